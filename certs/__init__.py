@@ -1,0 +1,1 @@
+"""ACME accounts, orders, HTTP-01 challenges and the certificate store."""

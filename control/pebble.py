@@ -1,0 +1,127 @@
+"""Pebble (a test ACME CA) and pebble-challtestsrv (its programmable DNS), for the demo and tests.
+
+Pebble needs a TLS certificate for its own listener, so we make a throwaway CA for it here.
+challtestsrv is started with empty HTTP/TLS challenge listeners and no default AAAA answer:
+otherwise it grabs ports on all interfaces and Pebble validates over IPv6 first.
+"""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import shutil
+import ssl
+import urllib.request
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from control.procs import ManagedProcess, free_port, wait_for_port
+
+
+def make_listener_cert(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a ``localhost``/``127.0.0.1`` certificate signed by it: (ca, cert, key) paths."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge test listener CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = directory / "listener-ca.pem", directory / "listener.pem", directory / "listener.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    paths[2].chmod(0o600)
+    return paths
+
+
+class PebbleStack:
+    """Pebble plus challtestsrv on free loopback ports; ``http_port`` is where HTTP-01 is probed."""
+
+    def __init__(self, directory: Path, http_port: int, eab_keys: dict[str, str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        for binary in ("pebble", "pebble-challtestsrv"):
+            if shutil.which(binary) is None:
+                raise RuntimeError(f"{binary} is not installed (apt-get install pebble)")
+        self.directory = directory
+        self.http_port = http_port
+        self.acme_port, self.mgmt_port = free_port(), free_port()
+        self.dns_port, self.dns_mgmt_port = free_port(), free_port()
+        self.listener_ca, cert, key = make_listener_cert(directory)
+        config = {"pebble": {
+            "listenAddress": f"127.0.0.1:{self.acme_port}",
+            "managementListenAddress": f"127.0.0.1:{self.mgmt_port}",
+            "certificate": str(cert), "privateKey": str(key),
+            "httpPort": http_port, "tlsPort": free_port(), "ocspResponderURL": "",
+            "externalAccountBindingRequired": bool(eab_keys),
+            **({"externalAccountMACKeys": eab_keys} if eab_keys else {}),
+        }}
+        config_path = directory / "pebble.json"
+        config_path.write_text(json.dumps(config))
+        self.challtestsrv = ManagedProcess("challtestsrv", [
+            "pebble-challtestsrv", "-dns01", f"127.0.0.1:{self.dns_port}",
+            "-management", f"127.0.0.1:{self.dns_mgmt_port}", "-http01", "", "-https01", "",
+            "-tlsalpn01", "", "-defaultIPv6", ""], directory / "challtestsrv.log")
+        self.pebble: ManagedProcess | None = None
+        try:
+            wait_for_port(self.dns_mgmt_port, process=self.challtestsrv)
+            self.pebble = ManagedProcess(
+                "pebble", ["pebble", "-config", str(config_path),
+                           "-dnsserver", f"127.0.0.1:{self.dns_port}"],
+                directory / "pebble.log",
+                env={"PEBBLE_VA_NOSLEEP": "1", **(env or {})})
+            wait_for_port(self.acme_port, process=self.pebble)
+            wait_for_port(self.mgmt_port, process=self.pebble)
+            self.root_path = directory / "pebble-root.pem"
+            self.root_path.write_text(self._management_get("/roots/0"))
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://127.0.0.1:{self.acme_port}/dir"
+
+    def _management_get(self, path: str) -> str:
+        context = ssl.create_default_context(cafile=str(self.listener_ca))
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.mgmt_port}{path}",
+                                    context=context, timeout=10) as response:
+            return str(response.read().decode())
+
+    def dns(self, path: str, body: dict[str, object]) -> None:
+        """Call challtestsrv's management API, e.g. ``dns("/set-txt", {...})``."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.dns_mgmt_port}{path}",
+                                         data=json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+    def set_txt(self, name: str, value: str) -> None:
+        self.dns("/set-txt", {"host": name.rstrip(".") + ".", "value": value})
+
+    def set_cname(self, name: str, target: str) -> None:
+        self.dns("/set-cname", {"host": name.rstrip(".") + ".", "target": target.rstrip(".") + "."})
+
+    def stop(self) -> None:
+        for process in (self.pebble, self.challtestsrv):
+            if process is not None:
+                process.stop()

@@ -1,0 +1,217 @@
+"""Settings, read once at start-up from an optional TOML file and environment variables.
+
+Every setting has a TOML key (``api_token``) and an environment variable (``EDGE_API_TOKEN``);
+the environment wins. A missing or malformed setting raises :class:`SettingsError` naming it,
+so a process refuses to start rather than run half-configured.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from cryptography.fernet import Fernet
+
+ENV_PREFIX = "EDGE_"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; ``name`` is the environment variable to fix."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"setting {ENV_PREFIX}{name.upper()} ({name}): {problem}")
+        self.name = name
+        self.problem = problem
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be an integer")
+    return int(value)
+
+
+def _float(value: Any) -> float:
+    return float(value)
+
+
+def _list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return list(value)
+    raise ValueError("must be a list of strings or a comma-separated string")
+
+
+def _port(value: Any) -> int:
+    port = _int(value)
+    if not 0 < port < 65536:
+        raise ValueError("must be a TCP port (1-65535)")
+    return port
+
+
+def _addresses(value: Any) -> list[str]:
+    items = _list(value)
+    for item in items:
+        ipaddress.ip_address(item)
+    return items
+
+
+def _servers(value: Any) -> list[str]:
+    items = _list(value)
+    for item in items:
+        host, sep, port = item.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{item!r} must be host:port")
+        _port(port)
+    return items
+
+
+def _fernet_keys(value: Any) -> list[str]:
+    keys = _list(value)
+    if not keys:
+        raise ValueError("at least one key is needed (generate one with `edgectl keys generate`)")
+    for key in keys:
+        try:
+            Fernet(key.encode())
+        except ValueError:
+            raise ValueError("each key must be a url-safe base64 Fernet key of 32 bytes") from None
+    return keys
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _str(value)
+        if text not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return text
+    return parse
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """All configuration of the control service, the edge agent and the demo."""
+
+    api_token: str
+    encryption_keys: list[str]
+    data_dir: str = "edge-data"
+    storage_backend: str = "sqlite"
+    sqlite_path: str = ""
+    dynamodb_endpoint_url: str = ""
+    dynamodb_region: str = "us-east-1"
+    dynamodb_table_prefix: str = "edge_"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8000
+    control_url: str = ""
+    platform_domains: list[str] = dataclasses.field(default_factory=list)
+    edge_cname_target: str = "edge.platform.test"
+    edge_addresses: list[str] = dataclasses.field(default_factory=lambda: ["127.0.0.1"])
+    dns_servers: list[str] = dataclasses.field(default_factory=list)
+    dns_port: int = 53
+    dns_timeout: float = 2.0
+    acme_directory_url: str = "https://127.0.0.1:14000/dir"
+    acme_ca_bundle: str = ""
+    acme_email: str = ""
+    app_servers: list[str] = dataclasses.field(default_factory=lambda: ["127.0.0.1:9001"])
+    haproxy_bin: str = "haproxy"
+    edge_dir: str = ""
+    edge_bind: str = "127.0.0.1"
+    edge_http_port: int = 8080
+    edge_https_port: int = 8443
+    worker_interval: float = 2.0
+    retry_base_seconds: float = 5.0
+    retry_max_seconds: float = 3600.0
+
+    @property
+    def control_address(self) -> str:
+        return self.control_url or f"http://{self.listen_host}:{self.listen_port}"
+
+    def path(self, name: str) -> Path:
+        return Path(self.data_dir) / name
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "api_token": _str,
+    "encryption_keys": _fernet_keys,
+    "data_dir": _str,
+    "storage_backend": _choice("sqlite", "dynamodb"),
+    "sqlite_path": _str,
+    "dynamodb_endpoint_url": _str,
+    "dynamodb_region": _str,
+    "dynamodb_table_prefix": _str,
+    "listen_host": _str,
+    "listen_port": _port,
+    "control_url": _str,
+    "platform_domains": _list,
+    "edge_cname_target": _str,
+    "edge_addresses": _addresses,
+    "dns_servers": _addresses,
+    "dns_port": _port,
+    "dns_timeout": _float,
+    "acme_directory_url": _str,
+    "acme_ca_bundle": _str,
+    "acme_email": _str,
+    "app_servers": _servers,
+    "haproxy_bin": _str,
+    "edge_dir": _str,
+    "edge_bind": _str,
+    "edge_http_port": _port,
+    "edge_https_port": _port,
+    "worker_interval": _float,
+    "retry_base_seconds": _float,
+    "retry_max_seconds": _float,
+}
+
+
+def load_settings(env: Mapping[str, str] | None = None, config_file: str | None = None,
+                  **overrides: Any) -> Settings:
+    """Build :class:`Settings` from a TOML file (``EDGE_CONFIG``), the environment and overrides."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    config_file = config_file or env.get(f"{ENV_PREFIX}CONFIG")
+    if config_file:
+        try:
+            raw.update(tomllib.loads(Path(config_file).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError("config", f"cannot read {config_file}: {exc}") from None
+    for name in _PARSERS:
+        if f"{ENV_PREFIX}{name.upper()}" in env:
+            raw[name] = env[f"{ENV_PREFIX}{name.upper()}"]
+    raw.update(overrides)
+    unknown = sorted(set(raw) - set(_PARSERS))
+    if unknown:
+        raise SettingsError(unknown[0], "unknown setting")
+    values: dict[str, Any] = {}
+    for name, parse in _PARSERS.items():
+        if name not in raw:
+            continue
+        try:
+            values[name] = parse(raw[name])
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(name, str(exc)) from None
+    for field in dataclasses.fields(Settings):
+        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING \
+                and field.name not in values:
+            raise SettingsError(field.name, "is required")
+    if not values.get("api_token", "x").strip():
+        raise SettingsError("api_token", "must not be empty")
+    return _with_derived_paths(Settings(**values))
+
+
+def _with_derived_paths(settings: Settings) -> Settings:
+    data_dir = Path(settings.data_dir).absolute()
+    return dataclasses.replace(
+        settings,
+        data_dir=str(data_dir),
+        sqlite_path=settings.sqlite_path or str(data_dir / "edge.db"),
+        edge_dir=settings.edge_dir or str(data_dir / "edge"),
+    )

@@ -1,0 +1,1 @@
+"""The custom-domain lifecycle: hostnames, DNS checks, the publisher API."""

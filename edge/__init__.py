@@ -1,0 +1,1 @@
+"""Desired edge state -> HAProxy: render, validate, apply; the edge agent."""

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the product and its tests need, only when missing: Debian packages (pebble,
+# haproxy, node/npm), npm packages (dynalite, for the DynamoDB tests) and this Python package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v pebble >/dev/null || missing+=(pebble)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v npm >/dev/null || missing+=(nodejs npm)
+command -v curl >/dev/null || missing+=(curl)
+if ((${#missing[@]})); then
+    echo "bootstrap: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ "${1:-}" = "--test" ] && [ ! -x node_modules/.bin/dynalite ]; then
+    echo "bootstrap: installing npm packages"
+    npm ci --no-audit --no-fund --loglevel=error
+fi
+
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+if ! python3 -c "import control, store" 2>/dev/null || [ -n "$extras" ]; then
+    python3 -m pip install -q --disable-pip-version-check -e ".${extras}" 2>&1 | grep -v '^WARNING' || true
+fi
+command -v pyenv >/dev/null && pyenv rehash || true

@@ -1,0 +1,1 @@
+"""Short-link service (issue 7): not built yet."""

@@ -1,0 +1,96 @@
+"""The small table interface every part stores its data through, with two backends.
+
+An item is a JSON-able dict. Each table has one string key attribute and optional indexes
+(string attributes that can be queried by equality). Writes are conditional on a ``version``
+that the backend bumps on every put; a lost race raises :class:`ConflictError`. An item whose
+``expires_at`` (epoch seconds) has passed is treated as absent on every read, whether or not
+the backend has deleted it yet. Counters live beside the item and are updated atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Protocol
+
+Item = dict[str, Any]
+
+VERSION = "version"
+EXPIRES_AT = "expires_at"
+ABSENT = 0
+"""Pass as ``expected_version`` to require that the item does not exist yet."""
+
+
+class StoreError(Exception):
+    """Root of the storage errors."""
+
+
+class ConflictError(StoreError):
+    """A conditional write lost: the item was not at the expected version."""
+
+    def __init__(self, table: str, key: str, expected_version: int | None) -> None:
+        super().__init__(f"{table}/{key}: not at version {expected_version}")
+        self.table = table
+        self.key = key
+        self.expected_version = expected_version
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSpec:
+    name: str
+    key: str
+    indexes: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class Page:
+    items: list[Item]
+    next_cursor: str | None = None
+
+
+class Table(Protocol):
+    spec: TableSpec
+
+    def get(self, key: str) -> Item | None:
+        """The item with this key (counters included), or None if absent or expired."""
+
+    def put(self, item: Item, expected_version: int | None = None) -> Item:
+        """Store ``item`` and return it with its new version.
+
+        ``expected_version=None`` writes unconditionally, ``ABSENT`` only if no live item has
+        the key, any other number only if the stored item is at that version.
+        """
+
+    def delete(self, key: str, expected_version: int | None = None) -> bool:
+        """Delete the item; False if it was absent. Conditional like :meth:`put`."""
+
+    def query(self, index: str, value: str, limit: int = 100,
+              cursor: str | None = None) -> Page:
+        """Live items whose ``index`` attribute equals ``value``, ordered by key."""
+
+    def scan(self, limit: int = 100, cursor: str | None = None) -> Page:
+        """All live items, ordered by key (one page)."""
+
+    def increment(self, key: str, counter: str, amount: int = 1) -> int:
+        """Atomically add ``amount`` to a counter of the item and return the new value."""
+
+
+class Backend(Protocol):
+    def table(self, spec: TableSpec) -> Table:
+        """Open (creating if needed) the table described by ``spec``."""
+
+    def close(self) -> None:
+        ...
+
+
+def is_expired(item: Item, now: float | None = None) -> bool:
+    expires_at = item.get(EXPIRES_AT)
+    return expires_at is not None and float(expires_at) <= (now or time.time())
+
+
+def open_backend(settings: Any) -> Backend:
+    """The backend chosen by ``settings.storage_backend``."""
+    if settings.storage_backend == "dynamodb":
+        from store.dynamo import DynamoBackend
+        return DynamoBackend.from_settings(settings)
+    from store.sqlite import SqliteBackend
+    return SqliteBackend(settings.sqlite_path)

@@ -1,0 +1,74 @@
+"""Session-scoped real servers on loopback: dynalite, Pebble + challtestsrv. Each is stopped by PID."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import boto3
+import pytest
+from cryptography.fernet import Fernet
+
+from control.pebble import PebbleStack
+from control.procs import ManagedProcess, free_port, wait_for_port
+from control.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _dynalite_bin() -> str:
+    local = ROOT / "node_modules" / ".bin" / "dynalite"
+    found = os.environ.get("EDGE_DYNALITE") or (str(local) if local.exists() else shutil.which("dynalite"))
+    if not found:
+        raise RuntimeError("dynalite is not installed: run `npm install` in the repository root")
+    return found
+
+
+@pytest.fixture(scope="session")
+def dynalite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The endpoint URL of a dynalite server (DynamoDB wire protocol on LevelDB)."""
+    directory = tmp_path_factory.mktemp("dynalite")
+    port = free_port()
+    process = ManagedProcess("dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port",
+                                          str(port), "--path", str(directory / "db")],
+                             directory / "dynalite.log")
+    try:
+        wait_for_port(port, process=process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _aws_credentials() -> None:
+    # dynalite ignores credentials but botocore insists on having some; never real ones in tests.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(env={}, api_token="test-token",
+                         encryption_keys=Fernet.generate_key().decode(),
+                         data_dir=str(tmp_path / "data"), platform_domains=["platform.test"],
+                         edge_cname_target="edge.platform.test", edge_addresses=["127.0.0.1"])
+
+
+@pytest.fixture(scope="session")
+def edge_http_port() -> int:
+    """The edge's port 80 stand-in; Pebble probes HTTP-01 there, so it is chosen before Pebble."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def pebble(tmp_path_factory: pytest.TempPathFactory, edge_http_port: int) -> Iterator[PebbleStack]:
+    stack = PebbleStack(tmp_path_factory.mktemp("pebble"), http_port=edge_http_port)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def dynamo_client(endpoint: str) -> object:
+    return boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
