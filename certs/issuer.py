@@ -1,0 +1,163 @@
+"""ACME issuance over HTTP-01 with our own short polling and a patient badNonce retry."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import josepy as jose
+from acme import challenges, client, errors, messages
+
+from certs.challenges import ChallengeStore
+from certs.keys import KeyVault, generate_key, key_from_pem, key_to_pem, make_csr
+from certs.store import CertificateStore
+from store import Table, TableSpec
+
+log = logging.getLogger(__name__)
+
+ACCOUNTS = TableSpec("acme_accounts", key="directory_url")
+BAD_NONCE_ATTEMPTS = 3  # each attempt is the library's post, which itself retries once
+POLL_INTERVAL = 0.1
+ORDER_TIMEOUT = 90.0
+
+
+class IssuanceError(Exception):
+    """The CA did not give us a certificate; ``hostnames`` and a reason a human can read."""
+
+    def __init__(self, hostnames: list[str], reason: str) -> None:
+        super().__init__(reason)
+        self.hostnames = hostnames
+        self.reason = reason
+
+
+class PatientNetwork(client.ClientNetwork):
+    """Retries badNonce more than the library's single retry (Pebble rejects 5% on purpose)."""
+
+    def post(self, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(BAD_NONCE_ATTEMPTS):
+            try:
+                return super().post(*args, **kwargs)
+            except messages.Error as error:
+                if error.code != "badNonce" or attempt == BAD_NONCE_ATTEMPTS - 1:
+                    raise
+            except errors.BadNonce:
+                if attempt == BAD_NONCE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+
+class AcmeIssuer:
+    def __init__(self, *, directory_url: str, accounts: Table, challenges_store: ChallengeStore,
+                 certificates: CertificateStore, vault: KeyVault, ca_bundle: str = "",
+                 email: str = "", key_type: str = "ec256",
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.directory_url = directory_url
+        self._accounts = accounts
+        self._challenges = challenges_store
+        self._certificates = certificates
+        self._vault = vault
+        self._verify: str | bool = ca_bundle or True
+        self._email = email
+        self._key_type = key_type
+        self._sleep = sleep
+        self._client: client.ClientV2 | None = None
+        self._lock = threading.Lock()
+
+    def _acme(self) -> client.ClientV2:
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
+
+    def _connect(self) -> client.ClientV2:
+        stored = self._accounts.get(self.directory_url)
+        if stored is None:
+            key = jose.JWKRSA(key=generate_key("rsa2048"))
+        else:
+            key = jose.JWKRSA(key=key_from_pem(self._vault.decrypt(stored["key_enc"])))
+        net = PatientNetwork(key, user_agent="edge-router", verify_ssl=self._verify)
+        directory = client.ClientV2.get_directory(self.directory_url, net)
+        acme = client.ClientV2(directory, net)
+        if stored is not None:
+            net.account = messages.RegistrationResource(uri=stored["uri"],
+                                                        body=messages.Registration())
+            return acme
+        registration = messages.NewRegistration.from_data(
+            email=self._email or None, terms_of_service_agreed=True)
+        try:
+            regr = acme.new_account(registration)
+            uri = regr.uri
+        except errors.ConflictError as existing:
+            uri = existing.location
+            net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
+        self._accounts.put({"directory_url": self.directory_url, "uri": uri,
+                            "key_enc": self._vault.encrypt(key_to_pem(key.key))})
+        return acme
+
+    def issue(self, hostnames: list[str]) -> None:
+        try:
+            self._issue(hostnames)
+        except IssuanceError:
+            raise
+        except (errors.Error, messages.Error) as exc:
+            raise IssuanceError(hostnames, f"ACME: {exc}") from None
+        except OSError as exc:
+            raise IssuanceError(hostnames, f"cannot reach the CA: {exc}") from None
+
+    def _issue(self, hostnames: list[str]) -> None:
+        acme = self._acme()
+        key = generate_key(self._key_type)
+        order = acme.new_order(make_csr(key, hostnames))
+        tokens = [self._answer(acme, authz) for authz in order.authorizations
+                  if authz.body.status != messages.STATUS_VALID]
+        try:
+            deadline = time.monotonic() + ORDER_TIMEOUT
+            for authz in order.authorizations:
+                self._wait_valid(acme, authz, deadline)
+            order = self._finalize(acme, order, hostnames, deadline)
+        finally:
+            for token in tokens:
+                self._challenges.remove(token)
+        self._certificates.save(hostnames, order.fullchain_pem, key_to_pem(key))
+        log.info("certificate issued for %s", ", ".join(hostnames))
+
+    def _answer(self, acme: client.ClientV2, authz: messages.AuthorizationResource) -> str:
+        for challb in authz.body.challenges:
+            if isinstance(challb.chall, challenges.HTTP01):
+                response, validation = challb.response_and_validation(acme.net.key)
+                token = challb.chall.encode("token")
+                self._challenges.add(token, validation)
+                acme.answer_challenge(challb, response)
+                return str(token)
+        raise IssuanceError([authz.body.identifier.value], "the CA offered no http-01 challenge")
+
+    def _wait_valid(self, acme: client.ClientV2, authz: messages.AuthorizationResource,
+                    deadline: float) -> None:
+        while time.monotonic() < deadline:
+            authz, _ = acme.poll(authz)
+            status = authz.body.status
+            if status == messages.STATUS_VALID:
+                return
+            if status not in (messages.STATUS_PENDING, messages.STATUS_PROCESSING):
+                errors_seen = [str(c.error) for c in authz.body.challenges if c.error]
+                raise IssuanceError([authz.body.identifier.value],
+                                    f"validation {status}: {'; '.join(errors_seen) or 'no detail'}")
+            self._sleep(POLL_INTERVAL)
+        raise IssuanceError([authz.body.identifier.value], "validation timed out")
+
+    def _finalize(self, acme: client.ClientV2, order: messages.OrderResource,
+                  hostnames: list[str], deadline: float) -> messages.OrderResource:
+        order = acme.begin_finalization(order)
+        while time.monotonic() < deadline:
+            body = order.body
+            if body.status == messages.STATUS_VALID and body.certificate:
+                chain = acme.net.post(body.certificate, None,
+                                      new_nonce_url=acme.directory["newNonce"])
+                return order.update(fullchain_pem=chain.text)
+            if body.status == messages.STATUS_INVALID:
+                raise IssuanceError(hostnames, f"order invalid: {body.error}")
+            self._sleep(POLL_INTERVAL)
+            response = acme.net.post(order.uri, None, new_nonce_url=acme.directory["newNonce"])
+            order = order.update(body=messages.Order.from_json(response.json()))
+        raise IssuanceError(hostnames, "finalization timed out")

@@ -1,0 +1,58 @@
+"""The certificate store: chain in the clear, private key encrypted, keyed by hostname."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+from cryptography import x509
+
+from certs.keys import KeyVault
+from store import Item, Table, TableSpec
+
+CERTIFICATES = TableSpec("certificates", key="hostname")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredCertificate:
+    hostname: str
+    names: list[str]
+    fullchain_pem: str
+    not_before: str
+    not_after: str
+    serial: str
+    issuer: str
+    key_pem: str = dataclasses.field(repr=False)
+
+    @property
+    def combined_pem(self) -> str:
+        """Chain plus key in the one file HAProxy loads."""
+        return self.fullchain_pem.rstrip("\n") + "\n" + self.key_pem
+
+
+class CertificateStore:
+    def __init__(self, table: Table, vault: KeyVault) -> None:
+        self.table = table
+        self._vault = vault
+
+    def save(self, hostnames: list[str], fullchain_pem: str, key_pem: bytes) -> Item:
+        leaf = x509.load_pem_x509_certificate(fullchain_pem.encode())
+        item = {"hostname": hostnames[0], "names": hostnames, "fullchain_pem": fullchain_pem,
+                "key_enc": self._vault.encrypt(key_pem),
+                "not_before": leaf.not_valid_before_utc.isoformat(),
+                "not_after": leaf.not_valid_after_utc.isoformat(),
+                "serial": format(leaf.serial_number, "x"),
+                "issuer": leaf.issuer.rfc4514_string(),
+                "stored_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+        return self.table.put(item)
+
+    def get(self, hostname: str) -> StoredCertificate | None:
+        item = self.table.get(hostname)
+        if item is None:
+            return None
+        return StoredCertificate(
+            hostname=item["hostname"], names=item["names"], fullchain_pem=item["fullchain_pem"],
+            not_before=item["not_before"], not_after=item["not_after"], serial=item["serial"],
+            issuer=item["issuer"], key_pem=self._vault.decrypt(item["key_enc"]).decode())
+
+    def delete(self, hostname: str) -> bool:
+        return self.table.delete(hostname)

@@ -1,0 +1,31 @@
+"""Errors of the domains part; the API maps each to a 4xx with its message."""
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Root of the domains errors."""
+
+    status = 400
+
+
+class InvalidHostname(DomainError):
+    def __init__(self, hostname: object, reason: str) -> None:
+        super().__init__(f"{hostname!r} cannot be connected: {reason}")
+        self.hostname = hostname
+        self.reason = reason
+
+
+class HostnameTaken(DomainError):
+    status = 409
+
+    def __init__(self, hostname: str) -> None:
+        super().__init__(f"{hostname} is already connected to another publication")
+        self.hostname = hostname
+
+
+class DomainNotFound(DomainError):
+    status = 404
+
+    def __init__(self, hostname: str) -> None:
+        super().__init__(f"{hostname} is not connected")
+        self.hostname = hostname

@@ -1,0 +1,25 @@
+"""The DNS records a publisher must create for a hostname."""
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable
+
+from domains.hostnames import is_apex
+
+CHALLENGE_LABEL = "_edge-challenge"
+
+
+def challenge_name(hostname: str) -> str:
+    return f"{CHALLENGE_LABEL}.{hostname}"
+
+
+def required_records(hostname: str, token: str, cname_target: str,
+                     edge_addresses: Iterable[str]) -> list[dict[str, str]]:
+    """CNAME to the edge for a subdomain, A/AAAA for an apex, plus the ownership TXT."""
+    if is_apex(hostname):
+        records = [{"type": "AAAA" if ipaddress.ip_address(a).version == 6 else "A",
+                    "name": hostname, "value": a} for a in edge_addresses]
+    else:
+        records = [{"type": "CNAME", "name": hostname, "value": cname_target}]
+    records.append({"type": "TXT", "name": challenge_name(hostname), "value": token})
+    return records

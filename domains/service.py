@@ -1,0 +1,135 @@
+"""Stored domains: connect, read, list, remove, and every status change as a conditional write."""
+from __future__ import annotations
+
+import datetime
+import random
+import secrets
+import time
+import uuid
+from typing import Any, Callable, Iterable
+
+from domains.errors import DomainNotFound, HostnameTaken
+from domains.hostnames import normalize_hostname
+from domains.records import required_records
+from store import ABSENT, ConflictError, Item, Page, Table, TableSpec
+
+DOMAINS = TableSpec("domains", key="hostname", indexes=("publication_id", "status"))
+EVENTS = TableSpec("domain_events", key="id", indexes=("hostname",))
+
+PENDING_DNS, VERIFIED, ISSUING, ACTIVE = "pending_dns", "verified", "issuing", "active"
+STATUSES = (PENDING_DNS, VERIFIED, ISSUING, ACTIVE)
+PUBLIC_FIELDS = ("hostname", "publication_id", "status", "dns_records", "created_at",
+                 "updated_at", "last_error", "problems", "dns_seen", "attempts",
+                 "next_attempt_at")
+
+
+def iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def public_view(domain: Item) -> dict[str, Any]:
+    view = {name: domain.get(name) for name in PUBLIC_FIELDS}
+    if view["next_attempt_at"] is not None:
+        view["next_attempt_at"] = iso(view["next_attempt_at"])
+    return view
+
+
+class DomainService:
+    def __init__(self, domains: Table, events: Table, *, cname_target: str,
+                 edge_addresses: list[str], platform_domains: Iterable[str],
+                 retry_base: float = 5.0, retry_max: float = 3600.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.domains = domains
+        self.events = events
+        self._target = cname_target
+        self._addresses = list(edge_addresses)
+        self._platform = list(platform_domains)
+        self._retry_base = retry_base
+        self._retry_max = retry_max
+        self._clock = clock
+
+    def normalize(self, hostname: object) -> str:
+        return normalize_hostname(hostname, self._platform)
+
+    def connect(self, hostname: object, publication_id: str, actor: str = "api") -> tuple[Item, bool]:
+        """Claim ``hostname`` for a publication: (domain, created). Idempotent for the same owner."""
+        name = self.normalize(hostname)
+        for _ in range(3):
+            existing = self.domains.get(name)
+            if existing is not None:
+                if existing["publication_id"] != publication_id:
+                    raise HostnameTaken(name)
+                return existing, False
+            now = self._clock()
+            token = secrets.token_urlsafe(24)
+            item = {"hostname": name, "publication_id": publication_id, "status": PENDING_DNS,
+                    "token": token, "created_at": iso(now), "updated_at": iso(now),
+                    "dns_records": required_records(name, token, self._target, self._addresses),
+                    "last_error": None, "problems": [], "dns_seen": {}, "attempts": 0,
+                    "next_attempt_at": now}
+            try:
+                stored = self.domains.put(item, expected_version=ABSENT)
+            except ConflictError:
+                continue  # someone connected it at the same moment: look again
+            self._event(name, "connected", actor, f"for publication {publication_id}")
+            return stored, True
+        raise HostnameTaken(name)
+
+    def get(self, hostname: object) -> Item:
+        name = self.normalize(hostname)
+        domain = self.domains.get(name)
+        if domain is None:
+            raise DomainNotFound(name)
+        return domain
+
+    def list_for(self, publication_id: str, limit: int = 100, cursor: str | None = None) -> Page:
+        return self.domains.query("publication_id", publication_id, limit=limit, cursor=cursor)
+
+    def with_status(self, status: str, limit: int = 100) -> list[Item]:
+        items: list[Item] = []
+        cursor = None
+        while True:
+            page = self.domains.query("status", status, limit=limit, cursor=cursor)
+            items += page.items
+            cursor = page.next_cursor
+            if not cursor:
+                return items
+
+    def remove(self, hostname: object, actor: str = "api") -> Item:
+        domain = self.get(hostname)
+        self.domains.delete(domain["hostname"], expected_version=domain["version"])
+        self._event(domain["hostname"], "removed", actor, f"was {domain['status']}")
+        return domain
+
+    def transition(self, domain: Item, status: str, why: str, actor: str = "worker",
+                   **changes: Any) -> Item:
+        """Move to ``status`` if nobody else changed the domain meanwhile (else ConflictError)."""
+        now = self._clock()
+        updated = {**domain, **changes, "status": status, "updated_at": iso(now)}
+        stored = self.domains.put(updated, expected_version=domain["version"])
+        if status != domain["status"]:
+            self._event(domain["hostname"], f"{domain['status']} -> {status}", actor, why)
+        return stored
+
+    def defer(self, domain: Item, error: str, problems: list[str] | None = None,
+              **changes: Any) -> Item:
+        """Stay in the same status, record why, and retry later with jittered exponential backoff."""
+        attempts = int(domain.get("attempts") or 0) + 1
+        delay = min(self._retry_max, self._retry_base * 2 ** (attempts - 1))
+        delay *= random.uniform(0.5, 1.0)
+        return self.transition(domain, domain["status"], error, last_error=error,
+                               problems=problems or [error], attempts=attempts,
+                               next_attempt_at=self._clock() + delay, **changes)
+
+    def due(self, status: str) -> list[Item]:
+        now = self._clock()
+        return [d for d in self.with_status(status) if (d.get("next_attempt_at") or 0) <= now]
+
+    def timeline(self, hostname: str, limit: int = 100) -> list[Item]:
+        return self.events.query("hostname", hostname, limit=limit).items
+
+    def _event(self, hostname: str, what: str, actor: str, why: str) -> None:
+        now = self._clock()
+        self.events.put({"id": f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}",
+                         "hostname": hostname, "what": what, "actor": actor, "why": why,
+                         "at": iso(now)})

@@ -1,0 +1,72 @@
+"""Render a desired state into the files of one HAProxy release: config, host map, crt-list, certs."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from edge.state import DesiredState
+
+# Values land in haproxy.cfg and map files: anything outside these shapes could inject config.
+_HOSTNAME = re.compile(r"^[a-z0-9.-]{1,253}$")
+_PUBLICATION = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_SERVER = re.compile(r"^[A-Za-z0-9.:\[\]-]{1,300}:[0-9]{1,5}$")
+
+
+class RenderError(ValueError):
+    """The desired state holds a value that must never reach HAProxy's files."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeLayout:
+    """Where one node listens and keeps its files; each release renders into its own folder."""
+
+    bind: str
+    http_port: int
+    https_port: int
+    runtime_socket: Path
+    default_cert: Path
+
+
+def _environment() -> jinja2.Environment:
+    folder = resources.files("haproxy_templates")
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              autoescape=False)
+
+
+def validate(state: DesiredState) -> None:
+    for route in state.routes:
+        if not _HOSTNAME.match(route.hostname) or ".." in route.hostname:
+            raise RenderError(f"route hostname {route.hostname!r} is not a normalized hostname")
+        if not _PUBLICATION.match(route.publication_id):
+            raise RenderError(f"publication id {route.publication_id!r} has unsafe characters")
+    for server in state.app_servers + state.control_servers:
+        if not _SERVER.match(server):
+            raise RenderError(f"server {server!r} must be host:port")
+    if not state.control_servers:
+        raise RenderError("at least one control server is needed for ACME challenges")
+
+
+def render(state: DesiredState, layout: NodeLayout, release_dir: Path) -> dict[str, str]:
+    """File name (relative to ``release_dir``) -> content."""
+    validate(state)
+    routes = sorted(state.routes, key=lambda r: r.hostname)
+    env = _environment()
+    cert_dir = release_dir / "certs"
+    files = {
+        "haproxy.cfg": env.get_template("haproxy.cfg.j2").render(
+            version=state.version, bind=layout.bind, http_port=layout.http_port,
+            https_port=layout.https_port, runtime_socket=layout.runtime_socket,
+            default_cert=layout.default_cert, crt_list=release_dir / "crt-list",
+            hosts_map=release_dir / "hosts.map", app_servers=state.app_servers,
+            control_servers=state.control_servers),
+        "hosts.map": env.get_template("hosts.map.j2").render(routes=routes),
+        "crt-list": env.get_template("crt-list.j2").render(routes=routes, cert_dir=cert_dir),
+    }
+    for route in routes:
+        files[f"certs/{route.hostname}.pem"] = route.pem
+    return files

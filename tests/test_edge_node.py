@@ -1,0 +1,101 @@
+"""A real HAProxy driven through EdgeNode: routing, identity headers, 404s, refused configs."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from control.procs import free_port
+from control.sample_app import SampleApp
+from edge.haproxy import ConfigRejected
+from edge.node import EdgeNode
+from edge.render import RenderError
+from edge.state import DesiredState, Route
+from tests.edge_helpers import https_get, json_body, self_signed_pem
+
+
+@pytest.fixture
+def app() -> Iterator[SampleApp]:
+    instance = SampleApp("app-a", 0)
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[EdgeNode]:
+    edge = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
+    yield edge
+    edge.stop()
+
+
+def state(app: SampleApp, *routes: Route) -> DesiredState:
+    return DesiredState(routes=routes, app_servers=(app.address,),
+                        control_servers=("127.0.0.1:9",))
+
+
+def test_routes_by_host_and_strips_client_identity(node: EdgeNode, app: SampleApp) -> None:
+    cert, pem = self_signed_pem("one.example.test")
+    node.apply(state(app, Route("one.example.test", "pub_1", pem)))
+    status, _, body, served = https_get(node.layout.https_port, "one.example.test", "/x",
+                                        cadata=cert, headers={"X-Publication-Id": "forged"})
+    assert status == 200
+    assert json_body(body)["publication_id"] == "pub_1"
+    assert served.subject.rfc4514_string() == "CN=one.example.test"
+    status, _, body, _ = https_get(node.layout.https_port, "unknown.example.test")
+    assert status == 404 and b"Unknown host" in body
+
+
+def test_change_of_routes_reloads_and_serves_new_host(node: EdgeNode, app: SampleApp) -> None:
+    _, pem1 = self_signed_pem("one.example.test")
+    cert2, pem2 = self_signed_pem("two.example.test")
+    node.apply(state(app, Route("one.example.test", "pub_1", pem1)))
+    assert https_get(node.layout.https_port, "two.example.test")[0] == 404
+    changed = state(app, Route("one.example.test", "pub_1", pem1),
+                    Route("two.example.test", "pub_2", pem2))
+    assert node.apply(changed) is True
+    assert node.apply(changed) is False
+    status, _, body, _ = https_get(node.layout.https_port, "two.example.test", cadata=cert2)
+    assert (status, json_body(body)["publication_id"]) == (200, "pub_2")
+    assert node.applied_version == changed.version
+
+
+def test_refused_certificate_never_replaces_the_running_config(node: EdgeNode,
+                                                               app: SampleApp) -> None:
+    cert, pem = self_signed_pem("one.example.test")
+    good = state(app, Route("one.example.test", "pub_1", pem))
+    node.apply(good)
+    broken = state(app, Route("one.example.test", "pub_1", pem),
+                   Route("two.example.test", "pub_2", "-----BEGIN CERTIFICATE-----\nnope\n"))
+    with pytest.raises(ConfigRejected):
+        node.apply(broken)
+    assert node.applied_version == good.version
+    assert node.last_error and "two.example.test" in node.last_error
+    status, _, body, _ = https_get(node.layout.https_port, "one.example.test", cadata=cert)
+    assert (status, json_body(body)["publication_id"]) == (200, "pub_1")
+
+
+def test_unsafe_values_never_reach_haproxy(node: EdgeNode, app: SampleApp) -> None:
+    _, pem = self_signed_pem("one.example.test")
+    with pytest.raises(RenderError):
+        node.apply(state(app, Route("one.example.test", "pub_1\nbackend evil", pem)))
+    with pytest.raises(RenderError):
+        node.apply(dataclasses.replace(state(app), app_servers=("127.0.0.1:1 backup\n",)))
+    assert node.applied_version is None
+
+
+def test_restart_serves_the_last_applied_state(tmp_path: Path, app: SampleApp) -> None:
+    ports = {"http_port": free_port(), "https_port": free_port()}
+    cert, pem = self_signed_pem("one.example.test")
+    first = EdgeNode(tmp_path / "edge", **ports)
+    first.apply(state(app, Route("one.example.test", "pub_1", pem)))
+    first.stop()
+    second = EdgeNode(tmp_path / "edge", **ports)
+    try:
+        second.start()
+        status, _, body, _ = https_get(ports["https_port"], "one.example.test", cadata=cert)
+        assert (status, json_body(body)["publication_id"]) == (200, "pub_1")
+    finally:
+        second.stop()
+
