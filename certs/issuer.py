@@ -105,6 +105,10 @@ class AcmeIssuer:
         except OSError as exc:
             raise IssuanceError(hostnames, f"cannot reach the CA: {exc}") from None
 
+    def discard(self, hostnames: list[str]) -> None:
+        # Revocation at the CA comes with the certificates issue; for now the key is destroyed.
+        self._certificates.delete(hostnames[0])
+
     def _issue(self, hostnames: list[str]) -> None:
         acme = self._acme()
         key = generate_key(self._key_type)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from typing import Any, Callable, Iterable
 
@@ -31,6 +32,7 @@ class SampleApp:
     """One instance of the sample app on a loopback port, served from a background thread."""
 
     def __init__(self, name: str, port: int, host: str = "127.0.0.1") -> None:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per health check
         self.server: BaseWSGIServer = make_server(host, port, make_app(name), threaded=True)
         self.address = f"{host}:{self.server.server_port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -23,6 +23,9 @@ class CertificateIssuer(Protocol):
     def issue(self, hostnames: list[str]) -> None:
         """Obtain and store a certificate covering ``hostnames``; raise with a reason if not."""
 
+    def discard(self, hostnames: list[str]) -> None:
+        """Forget the certificate of ``hostnames`` (the domain is gone)."""
+
 
 class RoutePublisher(Protocol):
     def publish(self, routes: dict[str, str]) -> None:
@@ -39,11 +42,12 @@ class Lifecycle:
         self._lease = lease_seconds
 
     def tick(self) -> None:
+        # Publish first: a fresh edge needs its (empty) state to open port 80 for HTTP-01.
+        self.publish_routes()
         for domain in self.domains.due(PENDING_DNS):
             self._guard(self.verify, domain)
         for domain in self.domains.due(VERIFIED) + self.domains.due(ISSUING):
             self._guard(self.issue, domain)
-        self.publish_routes()
 
     def _guard(self, step: Callable[[Item], Item], domain: Item) -> None:
         try:
@@ -72,6 +76,13 @@ class Lifecycle:
                                          problems=[], attempts=0, next_attempt_at=None)
         self.publish_routes()
         return active
+
+    def remove(self, hostname: str, actor: str = "api") -> Item:
+        """Remove a domain: its route leaves the edge at once and its certificate is dropped."""
+        domain = self.domains.remove(hostname, actor)
+        self.publish_routes()
+        self.issuer.discard([domain["hostname"]])
+        return domain
 
     def publish_routes(self) -> None:
         self.edge.publish({d["hostname"]: d["publication_id"]

@@ -13,7 +13,8 @@ from edge.haproxy import ConfigRejected
 from edge.node import EdgeNode
 from edge.render import RenderError
 from edge.state import DesiredState, Route
-from tests.edge_helpers import https_get, json_body, self_signed_pem
+from control.probe import https_get
+from tests.edge_helpers import self_signed_pem
 
 
 @pytest.fixture
@@ -38,26 +39,26 @@ def state(app: SampleApp, *routes: Route) -> DesiredState:
 def test_routes_by_host_and_strips_client_identity(node: EdgeNode, app: SampleApp) -> None:
     cert, pem = self_signed_pem("one.example.test")
     node.apply(state(app, Route("one.example.test", "pub_1", pem)))
-    status, _, body, served = https_get(node.layout.https_port, "one.example.test", "/x",
-                                        cadata=cert, headers={"X-Publication-Id": "forged"})
-    assert status == 200
-    assert json_body(body)["publication_id"] == "pub_1"
-    assert served.subject.rfc4514_string() == "CN=one.example.test"
-    status, _, body, _ = https_get(node.layout.https_port, "unknown.example.test")
-    assert status == 404 and b"Unknown host" in body
+    probe = https_get(node.layout.https_port, "one.example.test", "/x", cadata=cert,
+                      headers={"X-Publication-Id": "forged"})
+    assert probe.status == 200
+    assert probe.json()["publication_id"] == "pub_1"
+    assert probe.certificate.subject.rfc4514_string() == "CN=one.example.test"
+    unknown = https_get(node.layout.https_port, "unknown.example.test")
+    assert unknown.status == 404 and b"Unknown host" in unknown.body
 
 
 def test_change_of_routes_reloads_and_serves_new_host(node: EdgeNode, app: SampleApp) -> None:
     _, pem1 = self_signed_pem("one.example.test")
     cert2, pem2 = self_signed_pem("two.example.test")
     node.apply(state(app, Route("one.example.test", "pub_1", pem1)))
-    assert https_get(node.layout.https_port, "two.example.test")[0] == 404
+    assert https_get(node.layout.https_port, "two.example.test").status == 404
     changed = state(app, Route("one.example.test", "pub_1", pem1),
                     Route("two.example.test", "pub_2", pem2))
     assert node.apply(changed) is True
     assert node.apply(changed) is False
-    status, _, body, _ = https_get(node.layout.https_port, "two.example.test", cadata=cert2)
-    assert (status, json_body(body)["publication_id"]) == (200, "pub_2")
+    probe = https_get(node.layout.https_port, "two.example.test", cadata=cert2)
+    assert (probe.status, probe.json()["publication_id"]) == (200, "pub_2")
     assert node.applied_version == changed.version
 
 
@@ -72,8 +73,8 @@ def test_refused_certificate_never_replaces_the_running_config(node: EdgeNode,
         node.apply(broken)
     assert node.applied_version == good.version
     assert node.last_error and "two.example.test" in node.last_error
-    status, _, body, _ = https_get(node.layout.https_port, "one.example.test", cadata=cert)
-    assert (status, json_body(body)["publication_id"]) == (200, "pub_1")
+    probe = https_get(node.layout.https_port, "one.example.test", cadata=cert)
+    assert (probe.status, probe.json()["publication_id"]) == (200, "pub_1")
 
 
 def test_unsafe_values_never_reach_haproxy(node: EdgeNode, app: SampleApp) -> None:
@@ -94,8 +95,8 @@ def test_restart_serves_the_last_applied_state(tmp_path: Path, app: SampleApp) -
     second = EdgeNode(tmp_path / "edge", **ports)
     try:
         second.start()
-        status, _, body, _ = https_get(ports["https_port"], "one.example.test", cadata=cert)
-        assert (status, json_body(body)["publication_id"]) == (200, "pub_1")
+        probe = https_get(ports["https_port"], "one.example.test", cadata=cert)
+        assert (probe.status, probe.json()["publication_id"]) == (200, "pub_1")
     finally:
         second.stop()
 

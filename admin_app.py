@@ -1,0 +1,56 @@
+"""The control service's Flask app factory (publisher API, edge API, ACME responder, health).
+
+The admin dashboard proper (issue 8) will be registered here as blueprints; this module stays
+the entry point that assembles every HTTP surface of `edgectl serve`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from certs.challenges import bp as challenge_bp
+from control.wiring import Services
+from domains.api import bp as domains_bp
+from domains.service import STATUSES
+from edge.control_api import bp as edge_bp
+
+
+def create_app(services: Services, test_config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.update(EDGE_API_TOKEN=services.settings.api_token, JSON_SORT_KEYS=False,
+                      MAX_CONTENT_LENGTH=1024 * 1024)
+    app.config.update(test_config or {})
+    app.extensions.update({
+        "edge.services": services,
+        "edge.domains": services.domains,
+        "edge.lifecycle": services.lifecycle,
+        "edge.challenges": services.challenges,
+        "edge.state": services.edge_state,
+    })
+    for blueprint in (domains_bp, edge_bp, challenge_bp):
+        app.register_blueprint(blueprint)
+    _register_health(app, services)
+    return app
+
+
+def _register_health(app: Flask, services: Services) -> None:
+    registry = CollectorRegistry()
+    domains = Gauge("edge_domains", "Custom domains by status", ["status"], registry=registry)
+    nodes = Gauge("edge_nodes_in_sync", "Edge nodes serving the desired state", registry=registry)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        services.domains.domains.get("healthz.invalid")  # the store answers
+        return jsonify(status="ok")
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        for status in STATUSES:
+            domains.labels(status).set(len(services.domains.with_status(status)))
+        desired = services.edge_state.load()
+        version = desired["version"] if desired else None
+        nodes.set(sum(1 for n in services.edge_state.list_nodes()
+                      if n.get("applied_version") == version))
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,101 @@
+"""`edgectl`: serve (control service), agent (beside HAProxy), demo, keys."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from cryptography.fernet import Fernet
+from werkzeug.serving import make_server
+
+from control.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("edgectl")
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def serve(settings: Settings) -> None:
+    from admin_app import create_app
+    from control.wiring import Services
+    from control.worker import start_worker
+
+    services = Services.from_settings(settings)
+    app = create_app(services)
+    server = make_server(settings.listen_host, settings.listen_port, app, threaded=True)
+    stop = _stop_on_signals()
+    worker = start_worker(services.lifecycle, settings.worker_interval, stop)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    log.info("control service on http://%s:%d", settings.listen_host, server.server_port)
+    stop.wait()
+    server.shutdown()
+    worker.join(timeout=30)
+    services.close()
+
+
+def agent(settings: Settings, node_id: str | None) -> None:
+    from edge.agent import EdgeAgent
+    from edge.node import EdgeNode
+
+    node = EdgeNode(Path(settings.edge_dir), haproxy_bin=settings.haproxy_bin,
+                    bind=settings.edge_bind, http_port=settings.edge_http_port,
+                    https_port=settings.edge_https_port)
+    stop = _stop_on_signals()
+    try:
+        EdgeAgent(node, settings.control_address, settings.api_token, node_id).run(
+            settings.worker_interval, stop)
+    finally:
+        node.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgectl", description=__doc__)
+    parser.add_argument("--config", help="TOML settings file (else $EDGE_CONFIG)")
+    parser.add_argument("--log-level", default="INFO")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the control service and its worker")
+    agent_parser = commands.add_parser("agent", help="run the edge agent beside HAProxy")
+    agent_parser.add_argument("--node-id")
+    demo_parser = commands.add_parser("demo", help="everything on loopback, with Pebble")
+    demo_parser.add_argument("--hostname", default="blog.example.test")
+    demo_parser.add_argument("--once", action="store_true",
+                             help="stop after the domain is served (for scripts)")
+    keys = commands.add_parser("keys", help="encryption keys")
+    keys.add_argument("action", choices=["generate"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "keys":
+        print(Fernet.generate_key().decode())
+        return 0
+    if args.command == "demo":
+        from control.demo import run_demo
+        return run_demo(args.hostname, once=args.once)
+    try:
+        settings = load_settings(config_file=args.config)
+    except SettingsError as exc:
+        print(f"edgectl: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        serve(settings)
+    else:
+        agent(settings, args.node_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

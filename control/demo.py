@@ -1,0 +1,170 @@
+"""`edgectl demo`: Pebble, challtestsrv, HAProxy, the control service and two sample apps on
+loopback; connects a domain through the publisher API like a platform would, creates its DNS
+records like a publisher would, waits for real HTTPS, and prints a curl line to try it."""
+from __future__ import annotations
+
+import shutil
+import signal
+import ssl
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from cryptography.fernet import Fernet
+
+from control.pebble import PebbleStack
+from control.probe import Probe, https_get
+from control.procs import ManagedProcess, free_port, wait_for_port
+from control.sample_app import SampleApp
+
+EDGE_TARGET = "edge.platform.test"
+
+
+class LocalStack:
+    """Every process of the product on loopback, in ``directory``; ``stop()`` ends them all."""
+
+    def __init__(self, directory: Path, pebble: PebbleStack | None = None,
+                 edge_http_port: int | None = None) -> None:
+        self.directory = directory
+        self.token = "demo-" + Fernet.generate_key().decode()[:24]
+        self.edge_http_port = pebble.http_port if pebble else (edge_http_port or free_port())
+        self.edge_https_port = free_port()
+        self.control_port = free_port()
+        self._own_pebble = pebble is None
+        self.pebble = pebble or PebbleStack(directory / "pebble", http_port=self.edge_http_port)
+        self.apps: list[SampleApp] = []
+        self.processes: list[ManagedProcess] = []
+        try:
+            self.apps = [SampleApp(f"app-{n}", 0) for n in (1, 2)]
+            env = self.env()
+            control = self._spawn("control", ["serve"], env)
+            wait_for_port(self.control_port, process=control)
+            self._spawn("agent", ["agent", "--node-id", "demo-edge"], env)
+        except BaseException:
+            self.stop()
+            raise
+
+    def env(self) -> dict[str, str]:
+        return {
+            "EDGE_API_TOKEN": self.token,
+            "EDGE_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+            "EDGE_DATA_DIR": str(self.directory / "data"),
+            "EDGE_LISTEN_PORT": str(self.control_port),
+            "EDGE_PLATFORM_DOMAINS": "platform.test",
+            "EDGE_EDGE_CNAME_TARGET": EDGE_TARGET,
+            "EDGE_EDGE_ADDRESSES": "127.0.0.1",
+            "EDGE_DNS_SERVERS": "127.0.0.1",
+            "EDGE_DNS_PORT": str(self.pebble.dns_port),
+            "EDGE_ACME_DIRECTORY_URL": self.pebble.directory_url,
+            "EDGE_ACME_CA_BUNDLE": str(self.pebble.listener_ca),
+            "EDGE_APP_SERVERS": ",".join(app.address for app in self.apps),
+            "EDGE_EDGE_HTTP_PORT": str(self.edge_http_port),
+            "EDGE_EDGE_HTTPS_PORT": str(self.edge_https_port),
+            "EDGE_WORKER_INTERVAL": "0.2",
+            "EDGE_RETRY_BASE_SECONDS": "0.5",
+            "EDGE_RETRY_MAX_SECONDS": "5",
+        }
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> ManagedProcess:
+        process = ManagedProcess(name, [sys.executable, "-m", "control", *args],
+                                 self.directory / f"{name}.log", env=env)
+        self.processes.append(process)
+        return process
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return requests.request(method, f"{self.control_url}{path}", timeout=10,
+                                headers={"Authorization": f"Bearer {self.token}"}, **kwargs)
+
+    def create_records(self, records: list[dict[str, str]]) -> None:
+        """What the publisher does at their DNS provider (here: challtestsrv)."""
+        for record in records:
+            if record["type"] == "TXT":
+                self.pebble.set_txt(record["name"], record["value"])
+            elif record["type"] == "CNAME":
+                self.pebble.set_cname(record["name"], record["value"])
+
+    def wait_active(self, hostname: str, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        domain: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            domain = self.api("GET", f"/api/v1/domains/{hostname}").json()
+            if domain.get("status") == "active":
+                return domain
+            self.check_alive()
+            time.sleep(0.2)
+        raise TimeoutError(f"{hostname} is not active after {timeout}s: {domain}")
+
+    def wait_served(self, hostname: str, timeout: float = 60.0) -> Probe:
+        """Poll HTTPS on the edge until ``hostname`` answers from the app fleet."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                probe = https_get(self.edge_https_port, hostname,
+                                  cafile=str(self.pebble.root_path))
+                if probe.status == 200:
+                    return probe
+                last = probe.status
+            except (OSError, ssl.SSLError) as exc:
+                last = exc
+            self.check_alive()
+            time.sleep(0.2)
+        raise TimeoutError(f"https://{hostname} not served after {timeout}s: {last}")
+
+    def check_alive(self) -> None:
+        for process in self.processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.name} exited: {process.tail()}")
+
+    def curl_line(self, hostname: str) -> str:
+        return (f"curl --resolve {hostname}:{self.edge_https_port}:127.0.0.1 "
+                f"--cacert {self.pebble.root_path} https://{hostname}:{self.edge_https_port}/")
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        for app in self.apps:
+            app.stop()
+        if self._own_pebble:
+            self.pebble.stop()
+
+
+def run_demo(hostname: str, once: bool = False) -> int:
+    directory = Path(tempfile.mkdtemp(prefix="edge-demo-"))
+    print(f"demo: starting Pebble, HAProxy, the control service and two apps in {directory}")
+    stack = LocalStack(directory)
+    stop = threading.Event()
+    try:
+        print(f"demo: control service at {stack.control_url} (token {stack.token})")
+        response = stack.api("POST", "/api/v1/domains",
+                             json={"hostname": hostname, "publication_id": "pub_1"})
+        response.raise_for_status()
+        records = response.json()["dns_records"]
+        print(f"demo: connected {hostname}; creating its DNS records: "
+              + ", ".join(f"{r['type']} {r['name']} -> {r['value']}" for r in records))
+        stack.create_records(records)
+        started = time.monotonic()
+        stack.wait_active(hostname)
+        served = stack.wait_served(hostname)
+        print(f"demo: {hostname} is active and served over HTTPS in "
+              f"{time.monotonic() - started:.1f}s; the app saw {served.json()}")
+        print("\nTry it:\n  " + stack.curl_line(hostname) + "\n")
+        if not once:
+            print("demo: press Ctrl-C to stop everything")
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            stop.wait()
+        return 0
+    finally:
+        print("demo: stopping")
+        stack.stop()
+        if once:
+            shutil.rmtree(directory, ignore_errors=True)

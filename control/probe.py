@@ -1,0 +1,43 @@
+"""An HTTPS GET to a loopback edge with the SNI and Host we choose (no DNS involved)."""
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import socket
+import ssl
+from typing import Any
+
+from cryptography import x509
+
+
+@dataclasses.dataclass
+class Probe:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    certificate: x509.Certificate
+
+    def json(self) -> Any:
+        return json.loads(self.body.decode())
+
+
+def https_get(port: int, hostname: str, path: str = "/", cafile: str | None = None,
+              cadata: str | None = None, headers: dict[str, str] | None = None,
+              address: str = "127.0.0.1") -> Probe:
+    """GET ``path`` from ``address:port`` as ``hostname``; verified when a CA is given."""
+    context = ssl.create_default_context(cafile=cafile, cadata=cadata)
+    if cafile is None and cadata is None:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection(address, port, context=context, timeout=10)
+    raw = socket.create_connection((address, port), timeout=10)
+    conn.sock = context.wrap_socket(raw, server_hostname=hostname)
+    try:
+        der = conn.sock.getpeercert(binary_form=True)
+        conn.request("GET", path, headers={"Host": hostname, **(headers or {})})
+        response = conn.getresponse()
+        return Probe(response.status, dict(response.getheaders()), response.read(),
+                     x509.load_der_x509_certificate(der))
+    finally:
+        conn.close()

@@ -1,0 +1,79 @@
+"""Builds the control service's objects from settings: tables, services, the edge publisher."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from certs.challenges import CHALLENGES, ChallengeStore
+from certs.issuer import ACCOUNTS, AcmeIssuer
+from certs.keys import KeyVault
+from certs.store import CERTIFICATES, CertificateStore
+from control.settings import Settings
+from domains.dnscheck import DnsChecker
+from domains.lifecycle import Lifecycle
+from domains.service import DOMAINS, EVENTS, DomainService
+from edge.control_api import EDGE_NODES, EDGE_STATE, EdgeStateStore
+from edge.state import DesiredState, Route
+from store import Backend, open_backend
+
+log = logging.getLogger(__name__)
+
+
+class EdgePublisher:
+    """Routes from the domains part + certificates from the certs part -> the edge's desired state."""
+
+    def __init__(self, state: EdgeStateStore, certificates: CertificateStore,
+                 app_servers: list[str], control_servers: list[str]) -> None:
+        self._state = state
+        self._certificates = certificates
+        self._app_servers = tuple(app_servers)
+        self._control_servers = tuple(control_servers)
+
+    def publish(self, routes: dict[str, str]) -> None:
+        entries = []
+        for hostname, publication_id in sorted(routes.items()):
+            cert = self._certificates.get(hostname)
+            if cert is None:
+                log.error("active domain %s has no certificate; not routed", hostname)
+                continue
+            entries.append(Route(hostname, publication_id, cert.combined_pem))
+        desired = DesiredState(tuple(entries), self._app_servers, self._control_servers)
+        if self._state.save(desired):
+            log.info("edge state %s published with %d routes", desired.version, len(entries))
+
+
+@dataclasses.dataclass
+class Services:
+    settings: Settings
+    backend: Backend
+    domains: DomainService
+    challenges: ChallengeStore
+    certificates: CertificateStore
+    issuer: AcmeIssuer
+    edge_state: EdgeStateStore
+    lifecycle: Lifecycle
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Services":
+        backend = open_backend(settings)
+        vault = KeyVault(settings.encryption_keys)
+        domains = DomainService(
+            backend.table(DOMAINS), backend.table(EVENTS),
+            cname_target=settings.edge_cname_target, edge_addresses=settings.edge_addresses,
+            platform_domains=settings.platform_domains,
+            retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds)
+        challenges = ChallengeStore(backend.table(CHALLENGES))
+        certificates = CertificateStore(backend.table(CERTIFICATES), vault)
+        issuer = AcmeIssuer(directory_url=settings.acme_directory_url,
+                            accounts=backend.table(ACCOUNTS), challenges_store=challenges,
+                            certificates=certificates, vault=vault,
+                            ca_bundle=settings.acme_ca_bundle, email=settings.acme_email)
+        edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_NODES))
+        control_server = f"{settings.listen_host}:{settings.listen_port}"
+        publisher = EdgePublisher(edge_state, certificates, settings.app_servers, [control_server])
+        lifecycle = Lifecycle(domains, DnsChecker.from_settings(settings), issuer, publisher)
+        return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
+                   lifecycle)
+
+    def close(self) -> None:
+        self.backend.close()

@@ -1,0 +1,79 @@
+"""The publisher API: the platform's app servers connect, read and remove custom domains."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from control.auth import require_token
+from domains.errors import DomainError
+from domains.lifecycle import Lifecycle
+from domains.service import DomainService, public_view
+
+bp = Blueprint("domains_api", __name__, url_prefix="/api/v1/domains")
+PUBLICATION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+PUBLICATION_HELP = "publication_id must be 1-128 letters, digits, '_', '.', ':' or '-'"
+
+
+def _service() -> DomainService:
+    service: DomainService = current_app.extensions["edge.domains"]
+    return service
+
+
+def _error(message: str, status: int) -> tuple[Response, int]:
+    return jsonify(error=message), status
+
+
+@bp.errorhandler(DomainError)
+def domain_error(exc: DomainError) -> tuple[Response, int]:
+    return _error(str(exc), exc.status)
+
+
+@bp.post("")
+@require_token
+def connect() -> tuple[Response, int]:
+    body: Any = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return _error("send a JSON object with hostname and publication_id", 400)
+    publication_id = body.get("publication_id")
+    if not isinstance(publication_id, str) or not PUBLICATION_ID.match(publication_id):
+        return _error(PUBLICATION_HELP, 400)
+    domain, created = _service().connect(body.get("hostname"), publication_id)
+    return jsonify(public_view(domain)), 201 if created else 200
+
+
+@bp.get("/<hostname>")
+@require_token
+def show(hostname: str) -> Response:
+    service = _service()
+    domain = service.get(hostname)
+    return jsonify({**public_view(domain), "events": service.timeline(domain["hostname"])})
+
+
+@bp.get("")
+@require_token
+def list_domains() -> tuple[Response, int] | Response:
+    publication_id = request.args.get("publication_id", "")
+    if not PUBLICATION_ID.match(publication_id):
+        return _error(PUBLICATION_HELP, 400)
+    try:
+        limit = int(request.args.get("limit", "100"))
+    except ValueError:
+        return _error("limit must be a number", 400)
+    if not 1 <= limit <= 500:
+        return _error("limit must be between 1 and 500", 400)
+    try:
+        page = _service().list_for(publication_id, limit=limit,
+                                   cursor=request.args.get("cursor"))
+    except ValueError:
+        return _error("cursor is not one this API gave out", 400)
+    return jsonify(domains=[public_view(d) for d in page.items], next_cursor=page.next_cursor)
+
+
+@bp.delete("/<hostname>")
+@require_token
+def remove(hostname: str) -> Response:
+    lifecycle: Lifecycle = current_app.extensions["edge.lifecycle"]
+    domain = lifecycle.remove(hostname)
+    return jsonify(removed=domain["hostname"])
