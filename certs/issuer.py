@@ -17,7 +17,7 @@ from store import Table, TableSpec
 log = logging.getLogger(__name__)
 
 ACCOUNTS = TableSpec("acme_accounts", key="directory_url")
-BAD_NONCE_ATTEMPTS = 3  # each attempt is the library's post, which itself retries once
+BAD_NONCE_ATTEMPTS = 5  # each attempt is the library's post, which itself retries once
 POLL_INTERVAL = 0.1
 ORDER_TIMEOUT = 90.0
 
@@ -34,6 +34,9 @@ class IssuanceError(Exception):
 class PatientNetwork(client.ClientNetwork):
     """Retries badNonce more than the library's single retry (Pebble rejects 5% on purpose)."""
 
+    retries = 0
+    """How often a badNonce got past the library's own retry and we retried again."""
+
     def post(self, *args: Any, **kwargs: Any) -> Any:
         for attempt in range(BAD_NONCE_ATTEMPTS):
             try:
@@ -44,6 +47,7 @@ class PatientNetwork(client.ClientNetwork):
             except errors.BadNonce:
                 if attempt == BAD_NONCE_ATTEMPTS - 1:
                     raise
+            self.retries += 1
         raise AssertionError("unreachable")
 
 
@@ -104,6 +108,10 @@ class AcmeIssuer:
             raise IssuanceError(hostnames, f"ACME: {exc}") from None
         except OSError as exc:
             raise IssuanceError(hostnames, f"cannot reach the CA: {exc}") from None
+
+    @property
+    def bad_nonce_retries(self) -> int:
+        return self._client.net.retries if self._client else 0  # type: ignore[attr-defined]
 
     def discard(self, hostnames: list[str]) -> None:
         # Revocation at the CA comes with the certificates issue; for now the key is destroyed.

@@ -71,7 +71,7 @@ class Lifecycle:
             self.issuer.issue([domain["hostname"]])
         except Exception as exc:  # any failure: record it and retry from verified later
             log.warning("issuance for %s failed: %s", domain["hostname"], exc)
-            return self.domains.defer({**leased, "status": VERIFIED}, f"certificate: {exc}")
+            return self.domains.defer(leased, f"certificate: {exc}", status=VERIFIED)
         active = self.domains.transition(leased, ACTIVE, "certificate issued", last_error=None,
                                          problems=[], attempts=0, next_attempt_at=None)
         self.publish_routes()

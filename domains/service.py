@@ -112,12 +112,15 @@ class DomainService:
         return stored
 
     def defer(self, domain: Item, error: str, problems: list[str] | None = None,
-              **changes: Any) -> Item:
-        """Stay in the same status, record why, and retry later with jittered exponential backoff."""
+              status: str | None = None, **changes: Any) -> Item:
+        """Record why a step failed and when to retry (jittered exponential backoff).
+
+        The domain stays in its status, or moves back to ``status`` when a step must restart.
+        """
         attempts = int(domain.get("attempts") or 0) + 1
         delay = min(self._retry_max, self._retry_base * 2 ** (attempts - 1))
         delay *= random.uniform(0.5, 1.0)
-        return self.transition(domain, domain["status"], error, last_error=error,
+        return self.transition(domain, status or domain["status"], error, last_error=error,
                                problems=problems or [error], attempts=attempts,
                                next_attempt_at=self._clock() + delay, **changes)
 

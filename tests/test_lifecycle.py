@@ -1,0 +1,136 @@
+"""DNS checks against a real DNS server (challtestsrv), ACME against real Pebble, with backoff."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from werkzeug.serving import make_server
+
+from admin_app import create_app
+from control.pebble import PebbleStack
+from control.procs import free_port
+from control.settings import Settings
+from control.wiring import Services
+from domains.dnscheck import DnsChecker
+from domains.service import PENDING_DNS, VERIFIED
+
+
+@pytest.fixture
+def dns_settings(settings: Settings, pebble: PebbleStack) -> Settings:
+    return dataclasses.replace(settings, dns_servers=["127.0.0.1"], dns_port=pebble.dns_port,
+                               retry_base_seconds=0.2, retry_max_seconds=1.0)
+
+
+def test_dns_check_explains_each_problem(dns_settings: Settings, pebble: PebbleStack) -> None:
+    checker = DnsChecker.from_settings(dns_settings)
+    pebble.set_cname("wrong.example.test", "elsewhere.example.net")
+    result = checker.check("wrong.example.test", "tok-1")
+    assert not result.ok
+    assert result.problems[0] == ("CNAME wrong.example.test points to elsewhere.example.net; "
+                                  "it must point to edge.platform.test")
+    assert "must contain 'tok-1'; we found none" in result.problems[1]
+    assert result.seen["CNAME wrong.example.test"] == ["elsewhere.example.net"]
+
+    pebble.set_cname("right.example.test", "edge.platform.test")
+    pebble.set_txt("_edge-challenge.right.example.test", "other")
+    result = checker.check("right.example.test", "tok-2")
+    assert result.problems == ["TXT record _edge-challenge.right.example.test must contain "
+                               "'tok-2'; we found 'other'"]
+    pebble.set_txt("_edge-challenge.right.example.test", "tok-2")
+    assert checker.check("right.example.test", "tok-2").ok
+
+    pebble.dns("/add-a", {"host": "apex-wrong.test.", "addresses": ["192.0.2.7"]})
+    pebble.set_txt("_edge-challenge.apex-wrong.test", "tok-3")
+    result = checker.check("apex-wrong.test", "tok-3")
+    assert result.problems == ["apex-wrong.test resolves to 192.0.2.7, which is not our edge "
+                               "(127.0.0.1)"]
+
+
+def test_unreachable_dns_server_is_a_problem_not_a_crash(settings: Settings) -> None:
+    silent = dataclasses.replace(settings, dns_servers=["127.0.0.1"], dns_port=free_port(),
+                                 dns_timeout=0.3)
+    result = DnsChecker.from_settings(silent).check("x.example.test", "t")
+    assert not result.ok and any("timed out" in p or "failed" in p for p in result.problems)
+
+
+@pytest.fixture
+def services(dns_settings: Settings) -> Iterator[Services]:
+    built = Services.from_settings(dns_settings)
+    yield built
+    built.close()
+
+
+def test_pending_domain_backs_off_then_verifies(services: Services, pebble: PebbleStack) -> None:
+    domain, _ = services.domains.connect("backoff.example.test", "pub_1")
+    services.lifecycle.tick()
+    domain = services.domains.get("backoff.example.test")
+    assert domain["status"] == PENDING_DNS
+    assert domain["attempts"] == 1 and "_edge-challenge" in domain["last_error"]
+    assert domain["next_attempt_at"] > time.time()
+    services.lifecycle.tick()
+    assert services.domains.get("backoff.example.test")["attempts"] == 1, "not due yet"
+    pebble.set_txt("_edge-challenge.backoff.example.test", domain["token"])
+    deadline = time.monotonic() + 10
+    while services.domains.get("backoff.example.test")["status"] == PENDING_DNS:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+        for due in services.domains.due(PENDING_DNS):
+            services.lifecycle.verify(due)
+    verified = services.domains.get("backoff.example.test")
+    assert verified["status"] == VERIFIED and verified["last_error"] is None
+
+
+def test_failed_issuance_is_recorded_and_retried_later(dns_settings: Settings,
+                                                       pebble: PebbleStack) -> None:
+    broken = Services.from_settings(dataclasses.replace(
+        dns_settings, acme_directory_url=f"https://127.0.0.1:{free_port()}/dir"))
+    try:
+        domain, _ = broken.domains.connect("late.example.test", "pub_1")
+        pebble.set_txt("_edge-challenge.late.example.test", domain["token"])
+        broken.lifecycle.tick()
+        late = broken.domains.get("late.example.test")
+        assert late["status"] == VERIFIED
+        assert late["last_error"].startswith("certificate: ") and late["attempts"] == 1
+        assert [e["what"] for e in broken.domains.timeline("late.example.test")][-2:] == \
+            ["verified -> issuing", "issuing -> verified"]
+    finally:
+        broken.close()
+
+
+@pytest.fixture
+def nonce_hostile_pebble(tmp_path: Path) -> Iterator[tuple[PebbleStack, int]]:
+    """A Pebble rejecting 40% of good nonces, probing HTTP-01 on a port we answer on."""
+    http_port = free_port()
+    stack = PebbleStack(tmp_path / "pebble", http_port=http_port,
+                        env={"PEBBLE_WFE_NONCEREJECT": "40", "PEBBLE_AUTHZREUSE": "0"})
+    yield stack, http_port
+    stack.stop()
+
+
+def test_issuance_survives_bad_nonces_and_keeps_keys_encrypted(
+        settings: Settings, nonce_hostile_pebble: tuple[PebbleStack, int]) -> None:
+    hostile, http_port = nonce_hostile_pebble
+    services = Services.from_settings(dataclasses.replace(
+        settings, acme_directory_url=hostile.directory_url,
+        acme_ca_bundle=str(hostile.listener_ca)))
+    server = make_server("127.0.0.1", http_port, create_app(services), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for n in range(5):
+            services.issuer.issue([f"nonce{n}.example.test"])
+            stored = services.certificates.get(f"nonce{n}.example.test")
+            assert stored is not None and "Pebble" in stored.issuer
+            assert stored.key_pem.startswith("-----BEGIN PRIVATE KEY-----")
+        # The library alone retries once; these are the rejections that got past it.
+        assert services.issuer.bad_nonce_retries >= 1
+    finally:
+        server.shutdown()
+        services.close()
+    raw = b"".join(p.read_bytes() for p in Path(settings.sqlite_path).parent.glob("edge.db*"))
+    assert b"PRIVATE KEY" not in raw
+    assert b"BEGIN CERTIFICATE" in raw

@@ -1,0 +1,139 @@
+"""Publisher API through Flask's test client over the real SQLite store."""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+from flask.testing import FlaskClient
+
+from admin_app import create_app
+from control.settings import Settings
+from control.wiring import Services
+
+AUTH = {"Authorization": "Bearer test-token"}
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[FlaskClient]:
+    services = Services.from_settings(settings)
+    yield create_app(services).test_client()
+    services.close()
+
+
+def connect(client: FlaskClient, hostname: Any, publication_id: Any = "pub_1") -> Any:
+    return client.post("/api/v1/domains", headers=AUTH,
+                       json={"hostname": hostname, "publication_id": publication_id})
+
+
+@pytest.mark.parametrize("path,method", [
+    ("/api/v1/domains", "post"), ("/api/v1/domains?publication_id=p", "get"),
+    ("/api/v1/domains/blog.example.test", "get"), ("/api/v1/domains/blog.example.test", "delete"),
+    ("/api/v1/edge/state", "get"), ("/api/v1/edge/nodes", "get")])
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic test-token", "Bearer "])
+def test_every_endpoint_needs_the_token(client: FlaskClient, path: str, method: str,
+                                        header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    response = getattr(client, method)(path, headers=headers, json={})
+    assert response.status_code == 401
+    assert "token" in response.get_json()["error"]
+
+
+def test_connect_subdomain_returns_records_to_create(client: FlaskClient) -> None:
+    response = connect(client, "Blog.EXAMPLE.test.")
+    assert response.status_code == 201
+    body = response.get_json()
+    assert body["hostname"] == "blog.example.test"
+    assert body["status"] == "pending_dns"
+    assert body["created_at"] and body["updated_at"]
+    cname, txt = body["dns_records"]
+    assert cname == {"type": "CNAME", "name": "blog.example.test", "value": "edge.platform.test"}
+    assert txt["type"] == "TXT" and txt["name"] == "_edge-challenge.blog.example.test"
+    assert len(txt["value"]) >= 24
+    assert "token" not in body and "version" not in body
+
+
+def test_connect_apex_asks_for_addresses(client: FlaskClient) -> None:
+    records = connect(client, "example.test").get_json()["dns_records"]
+    assert records[0] == {"type": "A", "name": "example.test", "value": "127.0.0.1"}
+    assert records[1]["name"] == "_edge-challenge.example.test"
+
+
+def test_idn_is_stored_as_a_label(client: FlaskClient) -> None:
+    assert connect(client, "Bücher.example.test").get_json()["hostname"] == \
+        "xn--bcher-kva.example.test"
+
+
+@pytest.mark.parametrize("hostname,reason", [
+    ("127.0.0.1", "IP address"), ("[::1]", "IP address"), ("2001:db8::1", "IP address"),
+    ("bad_label.example.test", "not a valid hostname"), ("-lead.example.test", "hyphen"),
+    ("a..example.test", "not a valid hostname"), ("x" * 64 + ".example.test", "not a valid"),
+    (".".join(["abcdefghi"] * 26) + ".test", "too long"), ("co.uk", "public suffix"),
+    ("github.io", "public suffix"), ("localhost", "two labels"), ("", "required"),
+    (None, "required"), (42, "required"), ("https://blog.example.test/", "not a URL"),
+    ("platform.test", "platform"), ("www.platform.test", "platform"),
+    ("*.example.test", "wildcard"), ("example.123", "numeric")])
+def test_bad_hostnames_are_400_with_a_reason(client: FlaskClient, hostname: Any,
+                                             reason: str) -> None:
+    response = connect(client, hostname)
+    assert response.status_code == 400, response.get_json()
+    assert reason in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("publication_id", [None, "", "a b", "x" * 129, "pub\n1", 7])
+def test_bad_publication_ids_are_400(client: FlaskClient, publication_id: Any) -> None:
+    response = connect(client, "blog.example.test", publication_id)
+    assert response.status_code == 400
+    assert "publication_id" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'"x"'])
+def test_malformed_bodies_are_400(client: FlaskClient, body: bytes) -> None:
+    response = client.post("/api/v1/domains", headers={**AUTH, "Content-Type": "application/json"},
+                           data=body)
+    assert response.status_code == 400
+
+
+def test_hostname_held_by_another_publication_is_409(client: FlaskClient) -> None:
+    assert connect(client, "blog.example.test", "pub_1").status_code == 201
+    again = connect(client, "BLOG.example.test", "pub_1")
+    assert again.status_code == 200
+    taken = connect(client, "blog.example.test", "pub_2")
+    assert taken.status_code == 409
+    assert "another publication" in taken.get_json()["error"]
+
+
+def test_get_list_delete(client: FlaskClient) -> None:
+    for name in ("a.example.test", "b.example.test", "c.example.test"):
+        connect(client, name, "pub_1")
+    connect(client, "other.example.test", "pub_2")
+    shown = client.get("/api/v1/domains/A.example.test", headers=AUTH).get_json()
+    assert shown["hostname"] == "a.example.test" and shown["events"][0]["what"] == "connected"
+    first = client.get("/api/v1/domains?publication_id=pub_1&limit=2", headers=AUTH).get_json()
+    rest = client.get(f"/api/v1/domains?publication_id=pub_1&cursor={first['next_cursor']}",
+                      headers=AUTH).get_json()
+    assert [d["hostname"] for d in first["domains"] + rest["domains"]] == \
+        ["a.example.test", "b.example.test", "c.example.test"]
+    assert client.delete("/api/v1/domains/b.example.test", headers=AUTH).status_code == 200
+    assert client.get("/api/v1/domains/b.example.test", headers=AUTH).status_code == 404
+    assert client.delete("/api/v1/domains/b.example.test", headers=AUTH).status_code == 404
+    assert client.get("/api/v1/domains/1.2.3.4", headers=AUTH).status_code == 400
+    for query in ("", "?publication_id=a%20b", "?publication_id=p&limit=0",
+                  "?publication_id=p&limit=x"):
+        assert client.get(f"/api/v1/domains{query}", headers=AUTH).status_code == 400
+
+
+def test_health_and_metrics(client: FlaskClient) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    connect(client, "blog.example.test")
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'edge_domains{status="pending_dns"} 1.0' in metrics
+
+
+def test_challenge_responder_answers_only_known_tokens(client: FlaskClient,
+                                                       settings: Settings) -> None:
+    services: Services = client.application.extensions["edge.services"]
+    services.challenges.add("t" * 43, "t" * 43 + ".thumb")
+    assert client.get("/.well-known/acme-challenge/" + "t" * 43).get_data() == \
+        b"t" * 43 + b".thumb"
+    assert client.get("/.well-known/acme-challenge/" + "u" * 43).status_code == 404
+    assert client.get("/.well-known/acme-challenge/..%2f..").status_code == 404
