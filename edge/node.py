@@ -28,8 +28,10 @@ KEEP_RELEASES = 3
 
 class EdgeNode:
     def __init__(self, directory: Path, *, haproxy_bin: str = "haproxy", bind: str = "127.0.0.1",
-                 http_port: int = 80, https_port: int = 443) -> None:
+                 http_port: int = 80, https_port: int = 443,
+                 templates: Path | None = None) -> None:
         self.directory = directory.absolute()
+        self.templates = templates
         (self.directory / "releases").mkdir(parents=True, exist_ok=True)
         self.layout = NodeLayout(bind=bind, http_port=http_port, https_port=https_port,
                                  runtime_socket=self.directory / "admin.sock",
@@ -81,7 +83,7 @@ class EdgeNode:
         release = self.directory / "releases" / f"{stamp}-{number}-{state.version}"
         (release / "certs").mkdir(parents=True)
         os.chmod(release / "certs", 0o700)
-        for name, content in render(state, self.layout, release).items():
+        for name, content in render(state, self.layout, release, self.templates).items():
             path = release / name
             path.write_text(content)
             if name.startswith("certs/"):

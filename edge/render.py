@@ -31,8 +31,8 @@ class NodeLayout:
     default_cert: Path
 
 
-def _environment() -> jinja2.Environment:
-    folder = resources.files("haproxy_templates")
+def _environment(templates: Path | None) -> jinja2.Environment:
+    folder = templates or resources.files("haproxy_templates")
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)),
                               undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                               autoescape=False)
@@ -51,11 +51,12 @@ def validate(state: DesiredState) -> None:
         raise RenderError("at least one control server is needed for ACME challenges")
 
 
-def render(state: DesiredState, layout: NodeLayout, release_dir: Path) -> dict[str, str]:
-    """File name (relative to ``release_dir``) -> content."""
+def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
+           templates: Path | None = None) -> dict[str, str]:
+    """File name (relative to ``release_dir``) -> content; ``templates`` overrides the packaged ones."""
     validate(state)
     routes = sorted(state.routes, key=lambda r: r.hostname)
-    env = _environment()
+    env = _environment(templates)
     cert_dir = release_dir / "certs"
     files = {
         "haproxy.cfg": env.get_template("haproxy.cfg.j2").render(

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
@@ -73,6 +75,23 @@ def test_refused_certificate_never_replaces_the_running_config(node: EdgeNode,
         node.apply(broken)
     assert node.applied_version == good.version
     assert node.last_error and "two.example.test" in node.last_error
+    probe = https_get(node.layout.https_port, "one.example.test", cadata=cert)
+    assert (probe.status, probe.json()["publication_id"]) == (200, "pub_1")
+
+
+def test_broken_template_never_replaces_the_running_config(node: EdgeNode, app: SampleApp,
+                                                          tmp_path: Path) -> None:
+    cert, pem = self_signed_pem("one.example.test")
+    node.apply(state(app, Route("one.example.test", "pub_1", pem)))
+    served = node.current.resolve()
+    broken = tmp_path / "templates"
+    shutil.copytree(resources.files("haproxy_templates"), broken)
+    config = broken / "haproxy.cfg.j2"
+    config.write_text(config.read_text().replace("balance roundrobin", "balance sideways"))
+    node.templates = broken
+    with pytest.raises(ConfigRejected, match="balance only supports"):
+        node.apply(state(app, Route("one.example.test", "pub_2", pem)))
+    assert node.current.resolve() == served
     probe = https_get(node.layout.https_port, "one.example.test", cadata=cert)
     assert (probe.status, probe.json()["publication_id"]) == (200, "pub_1")
 
