@@ -1,4 +1,4 @@
-"""`edgectl`: serve (control service), agent (beside HAProxy), demo, keys."""
+"""`edgectl`: serve (control service), agent (beside HAProxy), plan, demo, keys."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +62,31 @@ def agent(settings: Settings, node_id: str | None) -> None:
         node.stop()
 
 
+def plan(settings: Settings) -> int:
+    """Print what the local node would change to reach the control service's desired state."""
+    import requests
+
+    from edge.node import EdgeNode
+    from edge.state import DesiredState
+
+    response = requests.get(f"{settings.control_address}/api/v1/edge/state", timeout=30,
+                            headers={"Authorization": f"Bearer {settings.api_token}"})
+    response.raise_for_status()
+    node = EdgeNode(Path(settings.edge_dir), haproxy_bin=settings.haproxy_bin,
+                    bind=settings.edge_bind, http_port=settings.edge_http_port,
+                    https_port=settings.edge_https_port)
+    desired = DesiredState.from_json(response.json())
+    node_plan = node.plan(desired)
+    print(f"node at {node.applied_version}, desired {desired.version}")
+    print("\n".join(node_plan.describe()))
+    try:
+        node_plan.raise_if_unsafe()
+    except Exception as exc:
+        print(f"refused: {exc}")
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgectl", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (else $EDGE_CONFIG)")
@@ -70,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="run the control service and its worker")
     agent_parser = commands.add_parser("agent", help="run the edge agent beside HAProxy")
     agent_parser.add_argument("--node-id")
+    commands.add_parser("plan", help="print the changes the local edge node would apply")
     demo_parser = commands.add_parser("demo", help="everything on loopback, with Pebble")
     demo_parser.add_argument("--hostname", default="blog.example.test")
     demo_parser.add_argument("--once", action="store_true",
@@ -92,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         serve(settings)
+    elif args.command == "plan":
+        return plan(settings)
     else:
         agent(settings, args.node_id)
     return 0

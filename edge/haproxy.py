@@ -47,7 +47,7 @@ class HAProxy:
             self.binary, "-W", "-db", "-f", str(self.config_path), "-S", str(self.master_socket)],
             self.log_path)
         deadline = time.monotonic() + timeout
-        while not self._workers():
+        while not self.workers():
             if self.process.poll() is not None:
                 raise EdgeError(f"HAProxy exited at start: {self.process.tail()}")
             if time.monotonic() > deadline:
@@ -57,11 +57,11 @@ class HAProxy:
     def reload(self, timeout: float = 60.0) -> None:
         """Seamless reload (the master re-reads the config path; listeners pass by fd)."""
         assert self.process is not None
-        before = set(self._workers())
+        before = set(self.workers())
         self.process.popen.send_signal(signal.SIGUSR2)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if set(self._workers()) - before:
+            if set(self.workers()) - before:
                 return
             if self.process.poll() is not None:
                 raise EdgeError(f"HAProxy master exited on reload: {self.process.tail()}")
@@ -84,7 +84,7 @@ class HAProxy:
                 chunks.append(chunk)
         return b"".join(chunks).decode(errors="replace")
 
-    def _workers(self) -> list[int]:
+    def workers(self) -> list[int]:
         """PIDs of the current workers, from the master CLI's ``show proc``."""
         try:
             output = self.master_command("show proc")

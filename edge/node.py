@@ -1,4 +1,5 @@
-"""One edge node: render a desired state into a new release, check it, swap it in, reload.
+"""One edge node: route and certificate changes hot through the runtime API; anything else as a
+new release: render, check, swap in, reload.
 
 Releases live in ``<dir>/releases/<n>-<version>/``; ``<dir>/current`` is a symlink swapped
 atomically, and HAProxy always runs ``current/haproxy.cfg``. A release HAProxy refuses is
@@ -8,9 +9,11 @@ restart serves exactly what ``current`` points at.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import os
 import shutil
+from importlib import resources
 from pathlib import Path
 
 from cryptography import x509
@@ -19,8 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edge.haproxy import HAProxy
-from edge.render import NodeLayout, render
-from edge.state import DesiredState
+from edge.plan import Plan, make_plan
+from edge.render import NodeLayout, render, validate
+from edge.runtime import RuntimeAPI, RuntimeCommandFailed
+from edge.state import DesiredState, Route
 
 log = logging.getLogger(__name__)
 KEEP_RELEASES = 3
@@ -39,7 +44,10 @@ class EdgeNode:
         self.current = self.directory / "current"
         self.haproxy = HAProxy(haproxy_bin, self.current / "haproxy.cfg",
                                self.directory / "master.sock", self.directory / "haproxy.log")
+        self.runtime = RuntimeAPI(self.layout.runtime_socket)
         self.last_error: str | None = None
+        self.hot_applies = 0
+        self.reloads = 0
         _ensure_default_cert(self.layout.default_cert)
 
     @property
@@ -47,10 +55,90 @@ class EdgeNode:
         marker = self.current / "VERSION"
         return marker.read_text().strip() if marker.exists() else None
 
-    def apply(self, state: DesiredState) -> bool:
-        """Serve ``state``; False if it was already served. Raises (keeping the old state) if refused."""
+    def existing_routes(self) -> dict[str, Route]:
+        """Routes the current release serves, read from its files."""
+        map_file = self.current / "hosts.map"
+        if not map_file.exists():
+            return {}
+        routes = {}
+        for line in filter(None, map_file.read_text().splitlines()):
+            hostname, _, publication_id = line.partition(" ")
+            pem = (self.current / "certs" / f"{hostname}.pem").read_text()
+            routes[hostname] = Route(hostname, publication_id, pem)
+        return routes
+
+    def plan(self, state: DesiredState) -> Plan:
+        return make_plan(self.existing_routes(), {r.hostname: r for r in state.routes})
+
+    def apply(self, state: DesiredState, force: bool = False) -> bool:
+        """Serve ``state``; False if it was already served. Raises (keeping the old state) if refused.
+
+        Route and certificate changes go through the runtime API with no reload; anything
+        structural (servers, templates, a node that is not running) takes a checked reload.
+        """
         if state.version == self.applied_version and self.haproxy.running:
             return False
+        plan = self.plan(state)
+        try:
+            plan.raise_if_unsafe(force)
+            plan.check_certificates()
+            validate(state)
+        except Exception as exc:
+            self.last_error = str(exc)
+            raise
+        if self._can_hot_apply(state):
+            try:
+                self._hot_apply(plan, state)
+                self.last_error = None
+                self.hot_applies += 1
+                return True
+            except RuntimeCommandFailed as exc:
+                log.warning("hot apply failed, falling back to a reload: %s", exc)
+        self._apply_release(state)
+        return True
+
+    def _can_hot_apply(self, state: DesiredState) -> bool:
+        marker = self.current / "STRUCTURE"
+        return (self.haproxy.running and marker.exists()
+                and marker.read_text() == self._structure(state)
+                and self.runtime.show_map(self.current.resolve() / "hosts.map")
+                == {h: r.publication_id for h, r in self.existing_routes().items()})
+
+    def _structure(self, state: DesiredState) -> str:
+        """What a hot apply cannot change: servers, templates and where the node listens."""
+        templates = self.templates or Path(str(resources.files("haproxy_templates")))
+        digest = hashlib.sha256(repr((state.app_servers, state.control_servers,
+                                      self.layout)).encode())
+        for template in sorted(templates.glob("*.j2")):
+            digest.update(template.read_bytes())
+        return digest.hexdigest()
+
+    def _hot_apply(self, plan: Plan, state: DesiredState) -> None:
+        release = self.current.resolve()
+        files = render(state, self.layout, release, self.templates)
+        hosts_map, crt_list = release / "hosts.map", release / "crt-list"
+        for change in plan.changes:
+            cert_path = release / "certs" / f"{change.hostname}.pem"
+            if change.desired is None:
+                self.runtime.del_map(hosts_map, change.hostname)
+                self.runtime.delete_cert(crt_list, cert_path)
+                cert_path.unlink(missing_ok=True)
+                continue
+            if change.cert_changed:
+                _write_atomic(cert_path, change.desired.pem, 0o600)
+                self.runtime.upload_cert(cert_path, change.desired.pem, new=change.existing is None)
+                if change.existing is None:
+                    self.runtime.add_crt_list_entry(crt_list, cert_path, change.hostname)
+            if change.existing is None or \
+                    change.existing.publication_id != change.desired.publication_id:
+                self.runtime.set_map(hosts_map, change.hostname, change.desired.publication_id,
+                                     exists=change.existing is not None)
+        for name in ("hosts.map", "crt-list"):
+            _write_atomic(release / name, files[name])
+        _write_atomic(release / "VERSION", state.version + "\n")
+        log.info("edge hot-applied version %s: %s", state.version, "; ".join(plan.describe()))
+
+    def _apply_release(self, state: DesiredState) -> None:
         if state.version != self.applied_version:
             release = self._write_release(state)
             try:
@@ -65,9 +153,9 @@ class EdgeNode:
         else:
             self.haproxy.start()
         self.last_error = None
+        self.reloads += 1
         self._prune()
         log.info("edge now serves version %s (%d routes)", state.version, len(state.routes))
-        return True
 
     def start(self) -> None:
         """Serve whatever was applied last (after a restart of the node)."""
@@ -89,6 +177,7 @@ class EdgeNode:
             if name.startswith("certs/"):
                 path.chmod(0o600)
         (release / "VERSION").write_text(state.version + "\n")
+        (release / "STRUCTURE").write_text(self._structure(state))
         return release
 
     def _swap(self, release: Path) -> None:
@@ -103,6 +192,13 @@ class EdgeNode:
         for old in releases[:-KEEP_RELEASES]:
             if old.resolve() not in keep:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_atomic(path: Path, content: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(content)
+    tmp.chmod(mode)
+    os.replace(tmp, path)
 
 
 def _ensure_default_cert(path: Path) -> None:

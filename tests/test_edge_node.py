@@ -12,6 +12,7 @@ import pytest
 from control.procs import free_port
 from control.sample_app import SampleApp
 from edge.haproxy import ConfigRejected
+from edge.plan import CertificateRejected, UnsafePlan
 from edge.node import EdgeNode
 from edge.render import RenderError
 from edge.state import DesiredState, Route
@@ -71,7 +72,7 @@ def test_refused_certificate_never_replaces_the_running_config(node: EdgeNode,
     node.apply(good)
     broken = state(app, Route("one.example.test", "pub_1", pem),
                    Route("two.example.test", "pub_2", "-----BEGIN CERTIFICATE-----\nnope\n"))
-    with pytest.raises(ConfigRejected):
+    with pytest.raises(CertificateRejected):
         node.apply(broken)
     assert node.applied_version == good.version
     assert node.last_error and "two.example.test" in node.last_error
@@ -119,3 +120,61 @@ def test_restart_serves_the_last_applied_state(tmp_path: Path, app: SampleApp) -
     finally:
         second.stop()
 
+
+
+def test_route_and_certificate_changes_apply_hot_without_reload(tmp_path: Path,
+                                                                 app: SampleApp) -> None:
+    ports = {"http_port": free_port(), "https_port": free_port()}
+    node = EdgeNode(tmp_path / "edge", **ports)
+    try:
+        cert1, pem1 = self_signed_pem("one.example.test")
+        node.apply(state(app, Route("one.example.test", "pub_1", pem1)))
+        workers = node.haproxy.workers()
+        cert2, pem2 = self_signed_pem("two.example.test")
+        node.apply(state(app, Route("one.example.test", "pub_1", pem1),
+                         Route("two.example.test", "pub_2", pem2)))
+        probe = https_get(ports["https_port"], "two.example.test", cadata=cert2)
+        assert (probe.status, probe.json()["publication_id"]) == (200, "pub_2")
+        renewed, pem1b = self_signed_pem("one.example.test")
+        final = state(app, Route("one.example.test", "pub_9", pem1b))
+        node.apply(final)
+        probe = https_get(ports["https_port"], "one.example.test", cadata=renewed)
+        assert (probe.status, probe.json()["publication_id"]) == (200, "pub_9")
+        assert https_get(ports["https_port"], "two.example.test").status == 404
+        assert (node.hot_applies, node.reloads) == (2, 1)
+        assert node.haproxy.workers() == workers, "no reload happened"
+        assert node.applied_version == final.version
+    finally:
+        node.stop()
+    restarted = EdgeNode(tmp_path / "edge", **ports)
+    try:
+        restarted.start()
+        probe = https_get(ports["https_port"], "one.example.test", cadata=renewed)
+        assert (probe.status, probe.json()["publication_id"]) == (200, "pub_9")
+        assert https_get(ports["https_port"], "two.example.test").status == 404
+    finally:
+        restarted.stop()
+
+
+def test_plan_removing_most_routes_is_refused_unless_forced(node: EdgeNode,
+                                                           app: SampleApp) -> None:
+    routes = [Route(f"h{n}.example.test", "pub_1", self_signed_pem(f"h{n}.example.test")[1])
+              for n in range(12)]
+    node.apply(state(app, *routes))
+    shrunk = state(app, *routes[:8])
+    assert node.plan(shrunk).describe() == [f"- h{n}.example.test (was pub_1)"
+                                            for n in (10, 11, 8, 9)]
+    with pytest.raises(UnsafePlan, match="removes 4 of 12"):
+        node.apply(shrunk)
+    assert "removes 4 of 12" in (node.last_error or "")
+    assert https_get(node.layout.https_port, "h11.example.test").status != 404
+    node.apply(shrunk, force=True)
+    assert https_get(node.layout.https_port, "h11.example.test").status == 404
+
+
+def test_certificate_with_a_foreign_key_is_refused(node: EdgeNode, app: SampleApp) -> None:
+    cert, _ = self_signed_pem("one.example.test")
+    _, other = self_signed_pem("one.example.test")
+    foreign_key = other[other.index("-----BEGIN PRIVATE KEY"):]
+    with pytest.raises(CertificateRejected, match="does not match"):
+        node.apply(state(app, Route("one.example.test", "pub_1", cert + foreign_key)))

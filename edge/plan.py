@@ -1,0 +1,98 @@
+"""Existing vs desired routes of a node, as a plan of creates/updates/deletes (octoDNS style)."""
+from __future__ import annotations
+
+import dataclasses
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from edge.haproxy import EdgeError
+from edge.state import Route
+
+MAX_DELETE_SHARE = 0.3
+MIN_EXISTING_FOR_SHARE = 10
+
+
+class UnsafePlan(EdgeError):
+    """The plan would take down too many routes at once; apply it with ``force``."""
+
+
+class CertificateRejected(EdgeError):
+    def __init__(self, hostname: str, reason: str) -> None:
+        super().__init__(f"certificate for {hostname} refused: {reason}")
+        self.hostname = hostname
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    action: str  # "create", "update" or "delete"
+    hostname: str
+    existing: Route | None
+    desired: Route | None
+
+    @property
+    def cert_changed(self) -> bool:
+        return self.desired is not None and (self.existing is None
+                                             or self.existing.pem != self.desired.pem)
+
+    def describe(self) -> str:
+        if self.action == "create" and self.desired:
+            return f"+ {self.hostname} -> {self.desired.publication_id} (new certificate)"
+        if self.action == "delete" and self.existing:
+            return f"- {self.hostname} (was {self.existing.publication_id})"
+        assert self.existing and self.desired
+        parts = []
+        if self.existing.publication_id != self.desired.publication_id:
+            parts.append(f"{self.existing.publication_id} -> {self.desired.publication_id}")
+        if self.cert_changed:
+            parts.append("new certificate")
+        return f"~ {self.hostname}: {', '.join(parts)}"
+
+
+@dataclasses.dataclass
+class Plan:
+    changes: list[Change]
+    existing_count: int
+
+    def describe(self) -> list[str]:
+        return [change.describe() for change in self.changes] or ["no changes"]
+
+    def raise_if_unsafe(self, force: bool = False) -> None:
+        deletes = sum(1 for c in self.changes if c.action == "delete")
+        if force or self.existing_count < MIN_EXISTING_FOR_SHARE:
+            return
+        if deletes > self.existing_count * MAX_DELETE_SHARE:
+            raise UnsafePlan(f"plan removes {deletes} of {self.existing_count} routes "
+                             f"(more than {MAX_DELETE_SHARE:.0%}); refused unless forced")
+
+    def check_certificates(self) -> None:
+        """Refuse a plan with a certificate HAProxy could not load, before touching HAProxy."""
+        for change in self.changes:
+            if change.cert_changed and change.desired is not None:
+                check_pem(change.desired)
+
+
+def make_plan(existing: dict[str, Route], desired: dict[str, Route]) -> Plan:
+    changes = []
+    for hostname in sorted(set(existing) | set(desired)):
+        old, new = existing.get(hostname), desired.get(hostname)
+        if old is None:
+            changes.append(Change("create", hostname, None, new))
+        elif new is None:
+            changes.append(Change("delete", hostname, old, None))
+        elif old != new:
+            changes.append(Change("update", hostname, old, new))
+    return Plan(changes, len(existing))
+
+
+def check_pem(route: Route) -> None:
+    try:
+        cert = x509.load_pem_x509_certificate(route.pem.encode())
+        key = serialization.load_pem_private_key(route.pem.encode(), password=None)
+    except ValueError as exc:
+        raise CertificateRejected(route.hostname, f"not a certificate and key in PEM ({exc})") \
+            from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(serialization.Encoding.DER, public) != \
+            key.public_key().public_bytes(serialization.Encoding.DER, public):
+        raise CertificateRejected(route.hostname, "the private key does not match the certificate")

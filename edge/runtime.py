@@ -1,0 +1,78 @@
+"""HAProxy's runtime API (the admin stats socket): hot changes to maps and certificates.
+
+One command per connection. Changes made here live in memory only and vanish on reload, so
+the caller always writes the same change to the files as well.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from edge.haproxy import EdgeError
+
+
+class RuntimeCommandFailed(EdgeError):
+    def __init__(self, command: str, output: str) -> None:
+        super().__init__(f"runtime API refused `{command}`: {output.strip()}")
+        self.command = command
+        self.output = output
+
+
+class RuntimeAPI:
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+
+    def command(self, line: str, payload: str | None = None) -> str:
+        text = line + (f" <<\n{payload.rstrip()}\n\n" if payload is not None else "\n")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(str(self.socket_path))
+            sock.sendall(text.encode())
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+
+    def _expect(self, line: str, success: str, payload: str | None = None) -> str:
+        output = self.command(line, payload)
+        if success not in output:
+            raise RuntimeCommandFailed(line, output)
+        return output
+
+    def show_map(self, map_path: Path) -> dict[str, str]:
+        entries = {}
+        for row in self.command(f"show map {map_path}").splitlines():
+            fields = row.split()
+            if len(fields) == 3 and fields[0].startswith("0x"):
+                entries[fields[1]] = fields[2]
+        return entries
+
+    def set_map(self, map_path: Path, key: str, value: str, exists: bool) -> None:
+        verb = "set" if exists else "add"
+        output = self.command(f"{verb} map {map_path} {key} {value}")
+        if output.strip():
+            raise RuntimeCommandFailed(f"{verb} map {map_path} {key}", output)
+
+    def del_map(self, map_path: Path, key: str) -> None:
+        output = self.command(f"del map {map_path} {key}")
+        if output.strip():
+            raise RuntimeCommandFailed(f"del map {map_path} {key}", output)
+
+    def upload_cert(self, cert_path: Path, pem: str, new: bool) -> None:
+        if new:
+            self._expect(f"new ssl cert {cert_path}", "New empty certificate store")
+        try:
+            self._expect(f"set ssl cert {cert_path}", "Transaction ", payload=pem)
+            self._expect(f"commit ssl cert {cert_path}", "Success!")
+        except RuntimeCommandFailed:
+            self.command(f"abort ssl cert {cert_path}")
+            raise
+
+    def add_crt_list_entry(self, crt_list: Path, cert_path: Path, sni: str) -> None:
+        self._expect(f"add ssl crt-list {crt_list}", "Success!",
+                     payload=f"{cert_path} [alpn h2,http/1.1] {sni}")
+
+    def delete_cert(self, crt_list: Path, cert_path: Path) -> None:
+        self._expect(f"del ssl crt-list {crt_list} {cert_path}", "deleted")
+        self._expect(f"del ssl cert {cert_path}", "deleted")
