@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from edge.haproxy import HAProxy
 from edge.plan import Plan, make_plan
-from edge.render import NodeLayout, render, validate
+from edge.render import NodeLayout, render, render_lists, validate
 from edge.runtime import RuntimeAPI, RuntimeCommandFailed
 from edge.state import DesiredState, Route
 
@@ -48,6 +48,8 @@ class EdgeNode:
         self.last_error: str | None = None
         self.hot_applies = 0
         self.reloads = 0
+        self._served: dict[str, Route] | None = None
+        self._map_checked = False
         _ensure_default_cert(self.layout.default_cert)
 
     @property
@@ -56,15 +58,16 @@ class EdgeNode:
         return marker.read_text().strip() if marker.exists() else None
 
     def existing_routes(self) -> dict[str, Route]:
-        """Routes the current release serves, read from its files."""
+        """Routes the current release serves: read from its files once, then kept in memory."""
+        if self._served is not None:
+            return self._served
         map_file = self.current / "hosts.map"
-        if not map_file.exists():
-            return {}
         routes = {}
-        for line in filter(None, map_file.read_text().splitlines()):
+        for line in filter(None, map_file.read_text().splitlines() if map_file.exists() else []):
             hostname, _, publication_id = line.partition(" ")
             pem = (self.current / "certs" / f"{hostname}.pem").read_text()
             routes[hostname] = Route(hostname, publication_id, pem)
+        self._served = routes
         return routes
 
     def plan(self, state: DesiredState) -> Plan:
@@ -86,23 +89,31 @@ class EdgeNode:
         except Exception as exc:
             self.last_error = str(exc)
             raise
+        self._served = None  # whatever happens next, re-read what is served
         if self._can_hot_apply(state):
             try:
                 self._hot_apply(plan, state)
                 self.last_error = None
                 self.hot_applies += 1
+                self._served = {r.hostname: r for r in state.routes}
                 return True
             except RuntimeCommandFailed as exc:
                 log.warning("hot apply failed, falling back to a reload: %s", exc)
         self._apply_release(state)
+        self._served = {r.hostname: r for r in state.routes}
+        self._map_checked = True
         return True
 
     def _can_hot_apply(self, state: DesiredState) -> bool:
         marker = self.current / "STRUCTURE"
-        return (self.haproxy.running and marker.exists()
-                and marker.read_text() == self._structure(state)
-                and self.runtime.show_map(self.current.resolve() / "hosts.map")
-                == {h: r.publication_id for h, r in self.existing_routes().items()})
+        if not (self.haproxy.running and marker.exists()
+                and marker.read_text() == self._structure(state)):
+            return False
+        if not self._map_checked:  # once per process: does HAProxy serve what the files say?
+            existing = {h: r.publication_id for h, r in self.existing_routes().items()}
+            self._map_checked = True
+            return self.runtime.show_map(self.current.resolve() / "hosts.map") == existing
+        return True
 
     def _structure(self, state: DesiredState) -> str:
         """What a hot apply cannot change: servers, templates and where the node listens."""
@@ -115,7 +126,7 @@ class EdgeNode:
 
     def _hot_apply(self, plan: Plan, state: DesiredState) -> None:
         release = self.current.resolve()
-        files = render(state, self.layout, release, self.templates)
+        files = render_lists(state, release, self.templates)
         hosts_map, crt_list = release / "hosts.map", release / "crt-list"
         for change in plan.changes:
             cert_path = release / "certs" / f"{change.hostname}.pem"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from importlib import resources
 from pathlib import Path
@@ -31,6 +32,7 @@ class NodeLayout:
     default_cert: Path
 
 
+@functools.lru_cache(maxsize=8)
 def _environment(templates: Path | None) -> jinja2.Environment:
     folder = templates or resources.files("haproxy_templates")
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)),
@@ -55,9 +57,7 @@ def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
            templates: Path | None = None) -> dict[str, str]:
     """File name (relative to ``release_dir``) -> content; ``templates`` overrides the packaged ones."""
     validate(state)
-    routes = sorted(state.routes, key=lambda r: r.hostname)
     env = _environment(templates)
-    cert_dir = release_dir / "certs"
     files = {
         "haproxy.cfg": env.get_template("haproxy.cfg.j2").render(
             version=state.version, bind=layout.bind, http_port=layout.http_port,
@@ -65,9 +65,18 @@ def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
             default_cert=layout.default_cert, crt_list=release_dir / "crt-list",
             hosts_map=release_dir / "hosts.map", app_servers=state.app_servers,
             control_servers=state.control_servers),
-        "hosts.map": env.get_template("hosts.map.j2").render(routes=routes),
-        "crt-list": env.get_template("crt-list.j2").render(routes=routes, cert_dir=cert_dir),
+        **render_lists(state, release_dir, templates),
     }
-    for route in routes:
+    for route in state.routes:
         files[f"certs/{route.hostname}.pem"] = route.pem
     return files
+
+
+def render_lists(state: DesiredState, release_dir: Path,
+                 templates: Path | None = None) -> dict[str, str]:
+    """Just the host map and the crt-list: what a hot apply rewrites."""
+    routes = sorted(state.routes, key=lambda r: r.hostname)
+    env = _environment(templates)
+    return {"hosts.map": env.get_template("hosts.map.j2").render(routes=routes),
+            "crt-list": env.get_template("crt-list.j2").render(
+                routes=routes, cert_dir=release_dir / "certs")}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from typing import Any
@@ -21,13 +22,14 @@ class DesiredState:
     app_servers: tuple[str, ...]
     control_servers: tuple[str, ...]
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
         return hashlib.sha256(json.dumps(self._body(), sort_keys=True).encode()).hexdigest()[:16]
 
     def _body(self) -> dict[str, Any]:
-        return {"routes": [dataclasses.asdict(r) for r in sorted(self.routes,
-                                                                 key=lambda r: r.hostname)],
+        ordered = sorted(self.routes, key=lambda r: r.hostname)
+        return {"routes": [{"hostname": r.hostname, "publication_id": r.publication_id,
+                            "pem": r.pem} for r in ordered],
                 "app_servers": list(self.app_servers),
                 "control_servers": list(self.control_servers)}
 

@@ -1,6 +1,7 @@
 """The walking skeleton for real: API -> DNS -> Pebble -> HAProxy -> app fleet, all processes."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -72,6 +73,12 @@ def test_connected_domain_is_served_over_https_with_a_pebble_certificate(
     assert nodes["nodes"][0]["node_id"] == "demo-edge"
     metrics = urllib.request.urlopen(f"{stack.control_url}/metrics", timeout=5).read().decode()
     assert 'edge_domains{status="active"} 1.0' in metrics
+
+    # `edgectl plan` on the node agrees: nothing left to change.
+    plan = subprocess.run([sys.executable, "-m", "control", "plan"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **stack.env()})
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stdout.splitlines()[-1] == "no changes"
 
 
 def test_removed_domain_leaves_the_edge(stack: LocalStack) -> None:

@@ -1,0 +1,116 @@
+"""Certificate stored -> served by an edge node: hot apply (runtime API) vs a reload.
+
+Usage: python bench/edge_apply.py [--certs 2000] [--hot 30] [--reloads 3]
+Prints latencies (p50/p99/max) of both paths measured in this run and their ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import socket
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from control.procs import free_port  # noqa: E402
+from control.sample_app import SampleApp  # noqa: E402
+from edge.node import EdgeNode  # noqa: E402
+from edge.state import DesiredState, Route  # noqa: E402
+
+_KEY = ec.generate_private_key(ec.SECP256R1())  # one key for all: signing speed is not measured
+_KEY_PEM = _KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()).decode()
+
+
+def pem_for(hostname: str) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(_KEY.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+            .sign(_KEY, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode() + _KEY_PEM
+
+
+def served_name(port: int, hostname: str) -> str:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=hostname) as tls:
+            der = tls.getpeercert(binary_form=True)
+    cert = x509.load_der_x509_certificate(der)
+    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+def time_until_served(node: EdgeNode, desired: DesiredState, hostname: str) -> float:
+    started = time.perf_counter()
+    node.apply(desired)
+    while served_name(node.layout.https_port, hostname) != hostname:
+        if time.perf_counter() - started > 120:
+            raise TimeoutError(hostname)
+        time.sleep(0.005)
+    return time.perf_counter() - started
+
+
+def summary(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return (f"p50 {statistics.median(ordered) * 1000:8.1f} ms  p99 {p99 * 1000:8.1f} ms  "
+            f"max {ordered[-1] * 1000:8.1f} ms  (n={len(ordered)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--certs", type=int, default=2000)
+    parser.add_argument("--hot", type=int, default=30)
+    parser.add_argument("--reloads", type=int, default=3)
+    args = parser.parse_args()
+    app, spare = SampleApp("bench", 0), SampleApp("spare", 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        node = EdgeNode(Path(tmp) / "edge", http_port=free_port(), https_port=free_port())
+        try:
+            routes = [Route(f"site{n}.bench.test", f"pub_{n}", pem_for(f"site{n}.bench.test"))
+                      for n in range(args.certs)]
+            base = DesiredState(tuple(routes), (app.address,), ("127.0.0.1:9",))
+            started = time.perf_counter()
+            node.apply(base)
+            print(f"cold start with {args.certs} certificates: "
+                  f"{time.perf_counter() - started:.2f} s")
+            hot: list[float] = []
+            for n in range(args.hot):
+                name = f"hot{n}.bench.test"
+                routes.append(Route(name, "pub_hot", pem_for(name)))
+                hot.append(time_until_served(node, DesiredState(
+                    tuple(routes), base.app_servers, base.control_servers), name))
+            assert node.reloads == 1, "hot applies must not reload"
+            reload: list[float] = []
+            for n in range(args.reloads):
+                name = f"reload{n}.bench.test"
+                routes.append(Route(name, "pub_reload", pem_for(name)))
+                servers = (app.address, spare.address) if n % 2 == 0 else (app.address,)
+                reload.append(time_until_served(node, DesiredState(
+                    tuple(routes), servers, base.control_servers), name))
+        finally:
+            node.stop()
+            app.stop()
+            spare.stop()
+    print(f"hot apply (runtime API, no reload): {summary(hot)}")
+    print(f"reload (render, haproxy -c, USR2):  {summary(reload)}")
+    print(f"ratio reload/hot at p50: {statistics.median(reload) / statistics.median(hot):.0f}x")
+
+
+if __name__ == "__main__":
+    main()
