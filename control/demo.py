@@ -28,7 +28,7 @@ class LocalStack:
     """Every process of the product on loopback, in ``directory``; ``stop()`` ends them all."""
 
     def __init__(self, directory: Path, pebble: PebbleStack | None = None,
-                 edge_http_port: int | None = None) -> None:
+                 edge_http_port: int | None = None, extra_nodes: int = 0) -> None:
         self.directory = directory
         self.token = "demo-" + Fernet.generate_key().decode()[:24]
         self.encryption_key = Fernet.generate_key().decode()
@@ -45,6 +45,14 @@ class LocalStack:
             control = self._spawn("control", ["serve"], env)
             wait_for_port(self.control_port, process=control)
             self._spawn("agent", ["agent", "--node-id", "demo-edge"], env)
+            self.extra_https_ports = []
+            for n in range(1, extra_nodes + 1):
+                # More edge nodes, each with its own agent, ports and files.
+                self.extra_https_ports.append(free_port())
+                self._spawn(f"agent{n}", ["agent", "--node-id", f"demo-edge-{n}"], {
+                    **env, "EDGE_EDGE_DIR": str(self.directory / f"edge{n}"),
+                    "EDGE_EDGE_HTTP_PORT": str(free_port()),
+                    "EDGE_EDGE_HTTPS_PORT": str(self.extra_https_ports[-1])})
         except BaseException:
             self.stop()
             raise
@@ -103,13 +111,14 @@ class LocalStack:
             time.sleep(0.2)
         raise TimeoutError(f"{hostname} is not active after {timeout}s: {domain}")
 
-    def wait_served(self, hostname: str, timeout: float = 60.0) -> Probe:
+    def wait_served(self, hostname: str, timeout: float = 60.0,
+                    port: int | None = None) -> Probe:
         """Poll HTTPS on the edge until ``hostname`` answers from the app fleet."""
         deadline = time.monotonic() + timeout
         last: object = None
         while time.monotonic() < deadline:
             try:
-                probe = https_get(self.edge_https_port, hostname,
+                probe = https_get(port or self.edge_https_port, hostname,
                                   cafile=str(self.pebble.root_path))
                 if probe.status == 200:
                     return probe

@@ -20,7 +20,7 @@ from control.probe import https_get
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleStack) -> Iterator[LocalStack]:
-    local = LocalStack(tmp_path_factory.mktemp("stack"), pebble=pebble)
+    local = LocalStack(tmp_path_factory.mktemp("stack"), pebble=pebble, extra_nodes=1)
     yield local
     local.stop()
 
@@ -69,8 +69,9 @@ def test_connected_domain_is_served_over_https_with_a_pebble_certificate(
     assert https_get(stack.edge_https_port, "nobody.example.test").status == 404
 
     # The control service knows the node applied the current state.
+    wait_in_sync(stack, nodes=2)
     nodes = stack.api("GET", "/api/v1/edge/nodes").json()
-    assert nodes["nodes"][0]["node_id"] == "demo-edge"
+    assert {n["node_id"] for n in nodes["nodes"]} == {"demo-edge", "demo-edge-1"}
     metrics = urllib.request.urlopen(f"{stack.control_url}/metrics", timeout=5).read().decode()
     assert 'edge_domains{status="active"} 1.0' in metrics
 
@@ -81,18 +82,33 @@ def test_connected_domain_is_served_over_https_with_a_pebble_certificate(
     assert plan.stdout.splitlines()[-1] == "no changes"
 
 
-def test_removed_domain_leaves_the_edge(stack: LocalStack) -> None:
+def test_two_nodes_converge_on_each_change(stack: LocalStack) -> None:
     created = stack.api("POST", "/api/v1/domains",
                         json={"hostname": "gone.example.test", "publication_id": "pub_2"})
     stack.create_records(created.json()["dns_records"])
     stack.wait_active("gone.example.test")
-    stack.wait_served("gone.example.test")
+    for port in (stack.edge_https_port, *stack.extra_https_ports):
+        assert stack.wait_served("gone.example.test", port=port).json()["publication_id"] == \
+            "pub_2"
+    wait_in_sync(stack, nodes=2)
     assert stack.api("DELETE", "/api/v1/domains/gone.example.test").status_code == 200
-    deadline = time.monotonic() + 30
-    while https_get(stack.edge_https_port, "gone.example.test").status != 404:
-        assert time.monotonic() < deadline, "route still served after removal"
-        time.sleep(0.2)
+    for port in (stack.edge_https_port, *stack.extra_https_ports):
+        deadline = time.monotonic() + 30
+        while https_get(port, "gone.example.test").status != 404:
+            assert time.monotonic() < deadline, "route still served after removal"
+            time.sleep(0.1)
     assert stack.api("GET", "/api/v1/domains/gone.example.test").status_code == 404
+    wait_in_sync(stack, nodes=2)
+
+
+def wait_in_sync(stack: LocalStack, nodes: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        listing = stack.api("GET", "/api/v1/edge/nodes").json()
+        if sum(1 for n in listing["nodes"] if n["in_sync"] and not n["error"]) == nodes:
+            return
+        assert time.monotonic() < deadline, listing
+        time.sleep(0.1)
 
 
 def test_demo_command_runs_and_stops_cleanly(tmp_path: Path) -> None:
