@@ -22,7 +22,7 @@ class ChallengeStore:
                         "expires_at": time.time() + CHALLENGE_TTL})
 
     def get(self, token: str) -> str | None:
-        item = self.table.get(token) if TOKEN.match(token) else None
+        item = self.table.get(token) if TOKEN.fullmatch(token) else None
         return None if item is None else str(item["key_authorization"])
 
     def remove(self, token: str) -> None:

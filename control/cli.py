@@ -53,7 +53,7 @@ def agent(settings: Settings, node_id: str | None) -> None:
 
     node = EdgeNode(Path(settings.edge_dir), haproxy_bin=settings.haproxy_bin,
                     bind=settings.edge_bind, http_port=settings.edge_http_port,
-                    https_port=settings.edge_https_port)
+                    https_port=settings.edge_https_port, stats_port=settings.edge_stats_port)
     stop = _stop_on_signals()
     try:
         EdgeAgent(node, settings.control_address, settings.api_token, node_id).run(
@@ -74,7 +74,7 @@ def plan(settings: Settings) -> int:
     response.raise_for_status()
     node = EdgeNode(Path(settings.edge_dir), haproxy_bin=settings.haproxy_bin,
                     bind=settings.edge_bind, http_port=settings.edge_http_port,
-                    https_port=settings.edge_https_port)
+                    https_port=settings.edge_https_port, stats_port=settings.edge_stats_port)
     desired = DesiredState.from_json(response.json())
     node_plan = node.plan(desired)
     print(f"node at {node.applied_version}, desired {desired.version}")

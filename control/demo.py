@@ -34,6 +34,7 @@ class LocalStack:
         self.encryption_key = Fernet.generate_key().decode()
         self.edge_http_port = pebble.http_port if pebble else (edge_http_port or free_port())
         self.edge_https_port = free_port()
+        self.edge_stats_port = free_port()
         self.control_port = free_port()
         self._own_pebble = pebble is None
         self.pebble = pebble or PebbleStack(directory / "pebble", http_port=self.edge_http_port)
@@ -52,7 +53,8 @@ class LocalStack:
                 self._spawn(f"agent{n}", ["agent", "--node-id", f"demo-edge-{n}"], {
                     **env, "EDGE_EDGE_DIR": str(self.directory / f"edge{n}"),
                     "EDGE_EDGE_HTTP_PORT": str(free_port()),
-                    "EDGE_EDGE_HTTPS_PORT": str(self.extra_https_ports[-1])})
+                    "EDGE_EDGE_HTTPS_PORT": str(self.extra_https_ports[-1]),
+                    "EDGE_EDGE_STATS_PORT": str(free_port())})
         except BaseException:
             self.stop()
             raise
@@ -73,6 +75,7 @@ class LocalStack:
             "EDGE_APP_SERVERS": ",".join(app.address for app in self.apps),
             "EDGE_EDGE_HTTP_PORT": str(self.edge_http_port),
             "EDGE_EDGE_HTTPS_PORT": str(self.edge_https_port),
+            "EDGE_EDGE_STATS_PORT": str(self.edge_stats_port),
             "EDGE_WORKER_INTERVAL": "0.2",
             "EDGE_RETRY_BASE_SECONDS": "0.5",
             "EDGE_RETRY_MAX_SECONDS": "5",

@@ -14,7 +14,7 @@ from cryptography import x509
 @dataclasses.dataclass
 class Probe:
     status: int
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lowercased
     body: bytes
     certificate: x509.Certificate
 
@@ -37,7 +37,8 @@ def https_get(port: int, hostname: str, path: str = "/", cafile: str | None = No
         der = conn.sock.getpeercert(binary_form=True)
         conn.request("GET", path, headers={"Host": hostname, **(headers or {})})
         response = conn.getresponse()
-        return Probe(response.status, dict(response.getheaders()), response.read(),
+        return Probe(response.status, {k.lower(): v for k, v in response.getheaders()},
+                     response.read(),
                      x509.load_der_x509_certificate(der))
     finally:
         conn.close()

@@ -21,6 +21,8 @@ def make_app(name: str) -> Callable[[dict[str, Any], StartResponse], Iterable[by
             "host": environ.get("HTTP_HOST"),
             "path": environ.get("PATH_INFO"),
             "publication_id": environ.get("HTTP_X_PUBLICATION_ID"),
+            "request_id": environ.get("HTTP_X_REQUEST_ID"),
+            "forwarded_for": environ.get("HTTP_X_FORWARDED_FOR"),
         }).encode()
         start_response("200 OK", [("Content-Type", "application/json"),
                                   ("Content-Length", str(len(body)))])

@@ -127,6 +127,7 @@ class Settings:
     edge_bind: str = "127.0.0.1"
     edge_http_port: int = 8080
     edge_https_port: int = 8443
+    edge_stats_port: int = 8404
     worker_interval: float = 2.0
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 3600.0
@@ -166,6 +167,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "edge_bind": _str,
     "edge_http_port": _port,
     "edge_https_port": _port,
+    "edge_stats_port": _int,
     "worker_interval": _float,
     "retry_base_seconds": _float,
     "retry_max_seconds": _float,

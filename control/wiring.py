@@ -68,7 +68,7 @@ class Services:
                             accounts=backend.table(ACCOUNTS), challenges_store=challenges,
                             certificates=certificates, vault=vault,
                             ca_bundle=settings.acme_ca_bundle, email=settings.acme_email)
-        edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_NODES))
+        edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_NODES), vault)
         control_server = f"{settings.listen_host}:{settings.listen_port}"
         publisher = EdgePublisher(edge_state, certificates, settings.app_servers, [control_server])
         lifecycle = Lifecycle(domains, DnsChecker.from_settings(settings), issuer, publisher)

@@ -10,6 +10,7 @@ from control.auth import require_token
 from domains.errors import DomainError
 from domains.lifecycle import Lifecycle
 from domains.service import DomainService, public_view
+from store import ConflictError
 
 bp = Blueprint("domains_api", __name__, url_prefix="/api/v1/domains")
 PUBLICATION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -30,6 +31,11 @@ def domain_error(exc: DomainError) -> tuple[Response, int]:
     return _error(str(exc), exc.status)
 
 
+@bp.errorhandler(ConflictError)
+def conflict(exc: ConflictError) -> tuple[Response, int]:
+    return _error(f"{exc.key} changed while we worked on it; try again", 409)
+
+
 @bp.post("")
 @require_token
 def connect() -> tuple[Response, int]:
@@ -37,7 +43,7 @@ def connect() -> tuple[Response, int]:
     if not isinstance(body, dict):
         return _error("send a JSON object with hostname and publication_id", 400)
     publication_id = body.get("publication_id")
-    if not isinstance(publication_id, str) or not PUBLICATION_ID.match(publication_id):
+    if not isinstance(publication_id, str) or not PUBLICATION_ID.fullmatch(publication_id):
         return _error(PUBLICATION_HELP, 400)
     domain, created = _service().connect(body.get("hostname"), publication_id)
     return jsonify(public_view(domain)), 201 if created else 200
@@ -55,7 +61,7 @@ def show(hostname: str) -> Response:
 @require_token
 def list_domains() -> tuple[Response, int] | Response:
     publication_id = request.args.get("publication_id", "")
-    if not PUBLICATION_ID.match(publication_id):
+    if not PUBLICATION_ID.fullmatch(publication_id):
         return _error(PUBLICATION_HELP, 400)
     try:
         limit = int(request.args.get("limit", "100"))

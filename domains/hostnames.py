@@ -52,7 +52,7 @@ def normalize_hostname(raw: object, platform_domains: Iterable[str] = ()) -> str
     if len(labels) < 2:
         raise InvalidHostname(raw, "a domain needs at least two labels, like example.com")
     for label in labels:
-        if not _LABEL.match(label):
+        if not _LABEL.fullmatch(label):
             raise InvalidHostname(raw, f"label {label!r} must be 1-63 letters, digits or inner hyphens")
     if labels[-1].isdigit():
         raise InvalidHostname(raw, "the top-level domain cannot be numeric")

@@ -43,7 +43,10 @@ class Lifecycle:
 
     def tick(self) -> None:
         # Publish first: a fresh edge needs its (empty) state to open port 80 for HTTP-01.
-        self.publish_routes()
+        try:
+            self.publish_routes()
+        except Exception:  # the domains must still move forward; the next round republishes
+            log.exception("publishing edge routes failed")
         for domain in self.domains.due(PENDING_DNS):
             self._guard(self.verify, domain)
         for domain in self.domains.due(VERIFIED) + self.domains.due(ISSUING):
@@ -80,8 +83,8 @@ class Lifecycle:
     def remove(self, hostname: str, actor: str = "api") -> Item:
         """Remove a domain: its route leaves the edge at once and its certificate is dropped."""
         domain = self.domains.remove(hostname, actor)
-        self.publish_routes()
         self.issuer.discard([domain["hostname"]])
+        self.publish_routes()
         return domain
 
     def publish_routes(self) -> None:

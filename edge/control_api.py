@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from certs.keys import KeyVault
 from control.auth import require_token
 from edge.state import DesiredState
 from store import Table, TableSpec
@@ -18,22 +19,26 @@ _NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class EdgeStateStore:
-    def __init__(self, state: Table, nodes: Table) -> None:
+    """The desired state, encrypted at rest (it holds every route's private key)."""
+
+    def __init__(self, state: Table, nodes: Table, vault: KeyVault) -> None:
         self.state = state
         self.nodes = nodes
+        self._vault = vault
 
     def save(self, desired: DesiredState) -> bool:
         """Store ``desired`` if it differs from what is stored; True if it changed."""
         current = self.state.get("desired")
         if current is not None and current["edge_version"] == desired.version:
             return False
+        doc = json.dumps(desired.to_json()).encode()
         self.state.put({"name": "desired", "edge_version": desired.version,
-                        "doc": json.dumps(desired.to_json())})
+                        "doc_enc": self._vault.encrypt(doc)})
         return True
 
     def load(self) -> dict[str, Any] | None:
         current = self.state.get("desired")
-        return None if current is None else dict(json.loads(current["doc"]))
+        return None if current is None else dict(json.loads(self._vault.decrypt(current["doc_enc"])))
 
     def report(self, node_id: str, applied: str | None, error: str | None) -> None:
         self.nodes.put({"node_id": node_id, "applied_version": applied, "error": error,
@@ -65,7 +70,7 @@ def desired_state() -> Response | tuple[Response, int]:
 @bp.post("/nodes/<node_id>")
 @require_token
 def report(node_id: str) -> tuple[Response, int]:
-    if not _NODE_ID.match(node_id):
+    if not _NODE_ID.fullmatch(node_id):
         return jsonify(error="node id must be 1-64 letters, digits, '.', '_' or '-'"), 400
     body = request.get_json(silent=True)
     if not isinstance(body, dict):

@@ -33,14 +33,15 @@ KEEP_RELEASES = 3
 
 class EdgeNode:
     def __init__(self, directory: Path, *, haproxy_bin: str = "haproxy", bind: str = "127.0.0.1",
-                 http_port: int = 80, https_port: int = 443,
+                 http_port: int = 80, https_port: int = 443, stats_port: int = 0,
                  templates: Path | None = None) -> None:
         self.directory = directory.absolute()
         self.templates = templates
         (self.directory / "releases").mkdir(parents=True, exist_ok=True)
         self.layout = NodeLayout(bind=bind, http_port=http_port, https_port=https_port,
                                  runtime_socket=self.directory / "admin.sock",
-                                 default_cert=self.directory / "default.pem")
+                                 default_cert=self.directory / "default.pem",
+                                 stats_port=stats_port)
         self.current = self.directory / "current"
         self.haproxy = HAProxy(haproxy_bin, self.current / "haproxy.cfg",
                                self.directory / "master.sock", self.directory / "haproxy.log")
@@ -97,7 +98,7 @@ class EdgeNode:
                 self.hot_applies += 1
                 self._served = {r.hostname: r for r in state.routes}
                 return True
-            except RuntimeCommandFailed as exc:
+            except (RuntimeCommandFailed, OSError) as exc:
                 log.warning("hot apply failed, falling back to a reload: %s", exc)
         self._apply_release(state)
         self._served = {r.hostname: r for r in state.routes}
@@ -128,12 +129,13 @@ class EdgeNode:
         release = self.current.resolve()
         files = render_lists(state, release, self.templates)
         hosts_map, crt_list = release / "hosts.map", release / "crt-list"
+        removed = []
         for change in plan.changes:
             cert_path = release / "certs" / f"{change.hostname}.pem"
             if change.desired is None:
                 self.runtime.del_map(hosts_map, change.hostname)
                 self.runtime.delete_cert(crt_list, cert_path)
-                cert_path.unlink(missing_ok=True)
+                removed.append(cert_path)
                 continue
             if change.cert_changed:
                 _write_atomic(cert_path, change.desired.pem, 0o600)
@@ -147,6 +149,8 @@ class EdgeNode:
         for name in ("hosts.map", "crt-list"):
             _write_atomic(release / name, files[name])
         _write_atomic(release / "VERSION", state.version + "\n")
+        for cert_path in removed:  # only once no file names them any more
+            cert_path.unlink(missing_ok=True)
         log.info("edge hot-applied version %s: %s", state.version, "; ".join(plan.describe()))
 
     def _apply_release(self, state: DesiredState) -> None:

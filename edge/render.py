@@ -30,6 +30,8 @@ class NodeLayout:
     https_port: int
     runtime_socket: Path
     default_cert: Path
+    stats_port: int = 0
+    """HAProxy's Prometheus exporter at /metrics; 0 turns it off."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -42,12 +44,12 @@ def _environment(templates: Path | None) -> jinja2.Environment:
 
 def validate(state: DesiredState) -> None:
     for route in state.routes:
-        if not _HOSTNAME.match(route.hostname) or ".." in route.hostname:
+        if not _HOSTNAME.fullmatch(route.hostname) or ".." in route.hostname:
             raise RenderError(f"route hostname {route.hostname!r} is not a normalized hostname")
-        if not _PUBLICATION.match(route.publication_id):
+        if not _PUBLICATION.fullmatch(route.publication_id):
             raise RenderError(f"publication id {route.publication_id!r} has unsafe characters")
     for server in state.app_servers + state.control_servers:
-        if not _SERVER.match(server):
+        if not _SERVER.fullmatch(server):
             raise RenderError(f"server {server!r} must be host:port")
     if not state.control_servers:
         raise RenderError("at least one control server is needed for ACME challenges")
@@ -62,7 +64,7 @@ def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
         "haproxy.cfg": env.get_template("haproxy.cfg.j2").render(
             version=state.version, bind=layout.bind, http_port=layout.http_port,
             https_port=layout.https_port, runtime_socket=layout.runtime_socket,
-            default_cert=layout.default_cert, crt_list=release_dir / "crt-list",
+            default_cert=layout.default_cert, stats_port=layout.stats_port, crt_list=release_dir / "crt-list",
             hosts_map=release_dir / "hosts.map", app_servers=state.app_servers,
             control_servers=state.control_servers),
         **render_lists(state, release_dir, templates),

@@ -175,6 +175,8 @@ class DynamoTable:
             raise ValueError("limit must be positive")
         items: list[Item] = []
         start = json.loads(cursor) if cursor else None
+        if start is not None and not (isinstance(start, dict) and "pk" in start):
+            raise ValueError("malformed cursor")
         now = time.time()
         while True:
             extra = {"ExclusiveStartKey": start} if start else {}

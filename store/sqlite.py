@@ -42,7 +42,7 @@ class SqliteBackend:
 
     def table(self, spec: TableSpec) -> "SqliteTable":
         for name in (spec.name, *spec.indexes):
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 raise ValueError(f"bad table or index name {name!r}")
         columns = "".join(f", i_{index} TEXT" for index in spec.indexes)
         with self.transaction() as conn:

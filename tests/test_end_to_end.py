@@ -47,6 +47,13 @@ def test_connected_domain_is_served_over_https_with_a_pebble_certificate(
     assert names == ["blog.example.test"]
     assert "Pebble" in probe.certificate.issuer.rfc4514_string()
 
+    # HSTS on custom domains; one request ID seen by the app and the visitor.
+    assert probe.headers["strict-transport-security"] == "max-age=63072000"
+    assert probe.json()["request_id"] == probe.headers["x-request-id"]
+    exporter = urllib.request.urlopen(f"http://127.0.0.1:{stack.edge_stats_port}/metrics",
+                                      timeout=5).read().decode()
+    assert "haproxy_frontend_http_requests_total" in exporter
+
     # A client cannot forge the identity header; both app instances take traffic.
     seen = set()
     for _ in range(6):
@@ -74,6 +81,10 @@ def test_connected_domain_is_served_over_https_with_a_pebble_certificate(
     assert {n["node_id"] for n in nodes["nodes"]} == {"demo-edge", "demo-edge-1"}
     metrics = urllib.request.urlopen(f"{stack.control_url}/metrics", timeout=5).read().decode()
     assert 'edge_domains{status="active"} 1.0' in metrics
+
+    # Private keys are encrypted in the control service's store.
+    stored = b"".join(p.read_bytes() for p in (stack.directory / "data").glob("edge.db*"))
+    assert b"BEGIN CERTIFICATE" in stored and b"PRIVATE KEY" not in stored
 
     # `edgectl plan` on the node agrees: nothing left to change.
     plan = subprocess.run([sys.executable, "-m", "control", "plan"], capture_output=True,

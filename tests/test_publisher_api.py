@@ -79,7 +79,7 @@ def test_bad_hostnames_are_400_with_a_reason(client: FlaskClient, hostname: Any,
     assert reason in response.get_json()["error"]
 
 
-@pytest.mark.parametrize("publication_id", [None, "", "a b", "x" * 129, "pub\n1", 7])
+@pytest.mark.parametrize("publication_id", [None, "", "a b", "x" * 129, "pub\n1", "pub1\n", 7])
 def test_bad_publication_ids_are_400(client: FlaskClient, publication_id: Any) -> None:
     response = connect(client, "blog.example.test", publication_id)
     assert response.status_code == 400
@@ -136,4 +136,4 @@ def test_challenge_responder_answers_only_known_tokens(client: FlaskClient,
     assert client.get("/.well-known/acme-challenge/" + "t" * 43).get_data() == \
         b"t" * 43 + b".thumb"
     assert client.get("/.well-known/acme-challenge/" + "u" * 43).status_code == 404
-    assert client.get("/.well-known/acme-challenge/..%2f..").status_code == 404
+    assert client.get("/.well-known/acme-challenge/" + "t" * 43 + "%0a").status_code == 404

@@ -126,7 +126,7 @@ def test_atomic_counter_under_concurrency(table: Table) -> None:
         thread.join()
     assert table.increment("c", "visits", 0) == 40
     assert table.get("c")["visits"] == 40
-    assert table.put({"id": "c", "owner": "o", "x": 1}, expected_version=1)
+    table.put({"id": "c", "owner": "o", "x": 1}, expected_version=1)
     assert table.get("c")["visits"] == 40, "a put must not reset counters"
 
 
