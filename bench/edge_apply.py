@@ -6,7 +6,6 @@ Prints latencies (p50/p99/max) of both paths measured in this run and their rati
 from __future__ import annotations
 
 import argparse
-import datetime
 import socket
 import ssl
 import statistics
@@ -16,32 +15,22 @@ import time
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from certs.x509util import self_signed  # noqa: E402
 from control.procs import free_port  # noqa: E402
 from control.sample_app import SampleApp  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
 from edge.state import DesiredState, Route  # noqa: E402
 
 _KEY = ec.generate_private_key(ec.SECP256R1())  # one key for all: signing speed is not measured
-_KEY_PEM = _KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()).decode()
 
 
 def pem_for(hostname: str) -> str:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(_KEY.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-            .sign(_KEY, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM).decode() + _KEY_PEM
+    return self_signed(hostname, _KEY)[1]
 
 
 def served_name(port: int, hostname: str) -> str:

@@ -6,51 +6,31 @@ otherwise it grabs ports on all interfaces and Pebble validates over IPv6 first.
 """
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import shutil
 import ssl
 import urllib.request
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from certs.keys import key_to_pem
+from certs.x509util import build_certificate, cert_to_pem
 from control.procs import ManagedProcess, free_port, wait_for_port
 
 
 def make_listener_cert(directory: Path) -> tuple[Path, Path, Path]:
     """A CA and a ``localhost``/``127.0.0.1`` certificate signed by it: (ca, cert, key) paths."""
-    now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge test listener CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=30))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = build_certificate("edge test listener CA", ca_key, ca=True)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = build_certificate("localhost", key, signer=ca_key, issuer=ca.subject,
+                             names=["localhost", "127.0.0.1"])
     directory.mkdir(parents=True, exist_ok=True)
     paths = directory / "listener-ca.pem", directory / "listener.pem", directory / "listener.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    paths[0].write_text(cert_to_pem(ca))
+    paths[1].write_text(cert_to_pem(cert))
+    paths[2].write_bytes(key_to_pem(key))
     paths[2].chmod(0o600)
     return paths
 

@@ -23,6 +23,19 @@ class ConfigRejected(EdgeError):
         self.output = output
 
 
+def unix_command(path: Path, text: str, timeout: float = 30) -> str:
+    """Send one command to a HAProxy CLI socket and read the whole answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(text.encode())
+        sock.shutdown(socket.SHUT_WR)  # else the CLI waits for more commands
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
 class HAProxy:
     def __init__(self, binary: str, config_path: Path, master_socket: Path, log_path: Path) -> None:
         self.binary = binary
@@ -74,15 +87,7 @@ class HAProxy:
             self.process = None
 
     def master_command(self, command: str) -> str:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
-            sock.connect(str(self.master_socket))
-            sock.sendall(command.encode() + b"\n")
-            sock.shutdown(socket.SHUT_WR)  # else the CLI waits for more commands
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode(errors="replace")
+        return unix_command(self.master_socket, command + "\n", timeout=5)
 
     def workers(self) -> list[int]:
         """PIDs of the current workers, from the master CLI's ``show proc``."""

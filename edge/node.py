@@ -16,11 +16,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
+from certs.x509util import self_signed
 from edge.haproxy import HAProxy
 from edge.plan import Plan, make_plan
 from edge.render import NodeLayout, render, render_lists, validate
@@ -218,19 +214,5 @@ def _write_atomic(path: Path, content: str, mode: int = 0o644) -> None:
 
 def _ensure_default_cert(path: Path) -> None:
     """A self-signed certificate HAProxy serves for unknown SNI (it needs one to bind TLS)."""
-    if path.exists():
-        return
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-default.invalid")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=3650))
-            .sign(key, hashes.SHA256()))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    tmp.chmod(0o600)
-    os.replace(tmp, path)
+    if not path.exists():
+        _write_atomic(path, self_signed("edge-default.invalid", days=3650)[1], 0o600)

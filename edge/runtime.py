@@ -5,10 +5,9 @@ the caller always writes the same change to the files as well.
 """
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
-from edge.haproxy import EdgeError
+from edge.haproxy import EdgeError, unix_command
 
 
 class RuntimeCommandFailed(EdgeError):
@@ -24,15 +23,7 @@ class RuntimeAPI:
 
     def command(self, line: str, payload: str | None = None) -> str:
         text = line + (f" <<\n{payload.rstrip()}\n\n" if payload is not None else "\n")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(30)
-            sock.connect(str(self.socket_path))
-            sock.sendall(text.encode())
-            sock.shutdown(socket.SHUT_WR)
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode(errors="replace")
+        return unix_command(self.socket_path, text)
 
     def _expect(self, line: str, success: str, payload: str | None = None) -> str:
         output = self.command(line, payload)

@@ -17,7 +17,7 @@ from edge.node import EdgeNode
 from edge.render import RenderError
 from edge.state import DesiredState, Route
 from control.probe import https_get
-from tests.edge_helpers import self_signed_pem
+from certs.x509util import self_signed as self_signed_pem
 
 
 @pytest.fixture

@@ -1,0 +1,54 @@
+"""Small X.509 builders for certificates we sign ourselves: a node's fallback certificate,
+the test CA for Pebble's listener, and the certificates tests and benchmarks serve."""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from typing import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from certs.keys import PrivateKey, key_to_pem
+
+
+def build_certificate(common_name: str, key: PrivateKey, *, signer: PrivateKey | None = None,
+                      issuer: x509.Name | None = None, names: Sequence[str] = (),
+                      ca: bool = False, days: int = 30) -> x509.Certificate:
+    """A certificate for ``key``, signed by ``signer`` (itself when None).
+
+    ``names`` become subjectAltNames: IP literals as IP addresses, the rest as DNS names.
+    """
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer or subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(hours=1))
+               .not_valid_after(now + datetime.timedelta(days=days)))
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0),
+                                        critical=True)
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [_general_name(name) for name in names]), critical=False)
+    return builder.sign(signer or key, hashes.SHA256())
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def cert_to_pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def self_signed(hostname: str, key: PrivateKey | None = None, days: int = 30) -> tuple[str, str]:
+    """(certificate PEM, certificate + key PEM) for ``hostname``."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    cert = cert_to_pem(build_certificate(hostname, key, names=[hostname], days=days))
+    return cert, cert + key_to_pem(key).decode()
