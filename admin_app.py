@@ -19,7 +19,8 @@ from edge.control_api import bp as edge_bp
 
 def create_app(services: Services, test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
-    app.config.update(EDGE_API_TOKEN=services.settings.api_token, JSON_SORT_KEYS=False,
+    app.config.update(EDGE_API_TOKEN=services.settings.api_token,
+                      EDGE_EDGE_TOKEN=services.settings.edge_token, JSON_SORT_KEYS=False,
                       MAX_CONTENT_LENGTH=1024 * 1024)
     app.config.update(test_config or {})
     app.extensions.update({
@@ -49,8 +50,5 @@ def _register_health(app: Flask, services: Services) -> None:
     def metrics() -> Response:
         for status in STATUSES:
             domains.labels(status).set(len(services.domains.with_status(status)))
-        desired = services.edge_state.load()
-        version = desired["version"] if desired else None
-        nodes.set(sum(1 for n in services.edge_state.list_nodes()
-                      if n.get("applied_version") == version))
+        nodes.set(sum(1 for n in services.edge_state.list_nodes() if n["in_sync"]))
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -8,11 +8,16 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet
 from werkzeug.serving import make_server
 
-from control.settings import Settings, SettingsError, load_settings
+from control.settings import (CONTROL_SERVICE, EDGE_AGENT, Settings, SettingsError,
+                              load_settings)
+
+if TYPE_CHECKING:
+    from edge.node import EdgeNode
 
 log = logging.getLogger("edgectl")
 
@@ -47,16 +52,21 @@ def serve(settings: Settings) -> None:
     services.close()
 
 
-def agent(settings: Settings, node_id: str | None) -> None:
-    from edge.agent import EdgeAgent
+def _node(settings: Settings) -> "EdgeNode":
     from edge.node import EdgeNode
 
-    node = EdgeNode(Path(settings.edge_dir), haproxy_bin=settings.haproxy_bin,
+    return EdgeNode(Path(settings.edge_dir), haproxy_bin=settings.haproxy_bin,
                     bind=settings.edge_bind, http_port=settings.edge_http_port,
                     https_port=settings.edge_https_port, stats_port=settings.edge_stats_port)
+
+
+def agent(settings: Settings, node_id: str | None) -> None:
+    from edge.agent import EdgeAgent
+
+    node = _node(settings)
     stop = _stop_on_signals()
     try:
-        EdgeAgent(node, settings.control_address, settings.api_token, node_id).run(
+        EdgeAgent(node, settings.control_address, settings.edge_token, node_id).run(
             settings.worker_interval, stop)
     finally:
         node.stop()
@@ -64,18 +74,13 @@ def agent(settings: Settings, node_id: str | None) -> None:
 
 def plan(settings: Settings) -> int:
     """Print what the local node would change to reach the control service's desired state."""
-    import requests
+    from edge.agent import EdgeAgent
 
-    from edge.node import EdgeNode
-    from edge.state import DesiredState
-
-    response = requests.get(f"{settings.control_address}/api/v1/edge/state", timeout=30,
-                            headers={"Authorization": f"Bearer {settings.api_token}"})
-    response.raise_for_status()
-    node = EdgeNode(Path(settings.edge_dir), haproxy_bin=settings.haproxy_bin,
-                    bind=settings.edge_bind, http_port=settings.edge_http_port,
-                    https_port=settings.edge_https_port, stats_port=settings.edge_stats_port)
-    desired = DesiredState.from_json(response.json())
+    node = _node(settings)
+    desired = EdgeAgent(node, settings.control_address, settings.edge_token).fetch()
+    if desired is None:
+        print("the control service has published no edge state yet")
+        return 1
     node_plan = node.plan(desired)
     print(f"node at {node.applied_version}, desired {desired.version}")
     print("\n".join(node_plan.describe()))
@@ -112,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         from control.demo import run_demo
         return run_demo(args.hostname, once=args.once)
     try:
-        settings = load_settings(config_file=args.config)
+        required = CONTROL_SERVICE if args.command == "serve" else EDGE_AGENT
+        settings = load_settings(config_file=args.config, required=required)
     except SettingsError as exc:
         print(f"edgectl: {exc}", file=sys.stderr)
         return 2

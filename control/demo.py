@@ -31,6 +31,7 @@ class LocalStack:
                  edge_http_port: int | None = None, extra_nodes: int = 0) -> None:
         self.directory = directory
         self.token = "demo-" + Fernet.generate_key().decode()[:24]
+        self.edge_token = "edge-" + Fernet.generate_key().decode()[:24]
         self.encryption_key = Fernet.generate_key().decode()
         self.edge_http_port = pebble.http_port if pebble else (edge_http_port or free_port())
         self.edge_https_port = free_port()
@@ -62,6 +63,7 @@ class LocalStack:
     def env(self) -> dict[str, str]:
         return {
             "EDGE_API_TOKEN": self.token,
+            "EDGE_EDGE_TOKEN": self.edge_token,
             "EDGE_ENCRYPTION_KEYS": self.encryption_key,
             "EDGE_DATA_DIR": str(self.directory / "data"),
             "EDGE_LISTEN_PORT": str(self.control_port),

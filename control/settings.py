@@ -101,8 +101,9 @@ def _choice(*options: str) -> Callable[[Any], str]:
 class Settings:
     """All configuration of the control service, the edge agent and the demo."""
 
-    api_token: str
-    encryption_keys: list[str]
+    api_token: str = ""
+    edge_token: str = ""
+    encryption_keys: list[str] = dataclasses.field(default_factory=list)
     data_dir: str = "edge-data"
     storage_backend: str = "sqlite"
     sqlite_path: str = ""
@@ -142,6 +143,7 @@ class Settings:
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "api_token": _str,
+    "edge_token": _str,
     "encryption_keys": _fernet_keys,
     "data_dir": _str,
     "storage_backend": _choice("sqlite", "dynamodb"),
@@ -174,9 +176,16 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+CONTROL_SERVICE = ("api_token", "edge_token", "encryption_keys")
+EDGE_AGENT = ("edge_token",)
+
+
 def load_settings(env: Mapping[str, str] | None = None, config_file: str | None = None,
-                  **overrides: Any) -> Settings:
-    """Build :class:`Settings` from a TOML file (``EDGE_CONFIG``), the environment and overrides."""
+                  required: tuple[str, ...] = CONTROL_SERVICE, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from a TOML file (``EDGE_CONFIG``), the environment and overrides.
+
+    ``required`` names the settings the calling process cannot run without.
+    """
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
     config_file = config_file or env.get(f"{ENV_PREFIX}CONFIG")
@@ -200,12 +209,14 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: str | None 
             values[name] = parse(raw[name])
         except (ValueError, TypeError) as exc:
             raise SettingsError(name, str(exc)) from None
-    for field in dataclasses.fields(Settings):
-        if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING \
-                and field.name not in values:
-            raise SettingsError(field.name, "is required")
-    if not values.get("api_token", "x").strip():
-        raise SettingsError("api_token", "must not be empty")
+    for name in required:
+        if name not in values:
+            raise SettingsError(name, "is required")
+    for name in ("api_token", "edge_token"):
+        if name in values and len(values[name].strip()) < 16:
+            raise SettingsError(name, "must be at least 16 characters")
+    if values.get("api_token") and values.get("api_token") == values.get("edge_token"):
+        raise SettingsError("edge_token", "must differ from api_token (agents get private keys)")
     return _with_derived_paths(Settings(**values))
 
 

@@ -12,7 +12,7 @@ from control.settings import Settings
 from domains.dnscheck import DnsChecker
 from domains.lifecycle import Lifecycle
 from domains.service import DOMAINS, EVENTS, DomainService
-from edge.control_api import EDGE_NODES, EDGE_STATE, EdgeStateStore
+from edge.control_api import EDGE_CERTS, EDGE_NODES, EDGE_ROUTES, EDGE_STATE, EdgeStateStore
 from edge.state import DesiredState, Route
 from store import Backend, open_backend
 
@@ -68,7 +68,8 @@ class Services:
                             accounts=backend.table(ACCOUNTS), challenges_store=challenges,
                             certificates=certificates, vault=vault,
                             ca_bundle=settings.acme_ca_bundle, email=settings.acme_email)
-        edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_NODES), vault)
+        edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
+                                    backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault)
         control_server = f"{settings.listen_host}:{settings.listen_port}"
         publisher = EdgePublisher(edge_state, certificates, settings.app_servers, [control_server])
         lifecycle = Lifecycle(domains, DnsChecker.from_settings(settings), issuer, publisher)

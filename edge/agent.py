@@ -1,16 +1,26 @@
-"""`edgectl agent`: beside each HAProxy node, pull the desired state, apply it, report back."""
+"""`edgectl agent`: beside each HAProxy node, pull the desired state, apply it, report back.
+
+Only changes cross the wire: the state lists routes with certificate fingerprints, and the
+agent downloads just the certificates its node does not already serve.
+"""
 from __future__ import annotations
 
 import logging
 import socket
 import threading
+from urllib.parse import quote
 
 import requests
 
+from edge.haproxy import EdgeError
 from edge.node import EdgeNode
-from edge.state import DesiredState
+from edge.state import DesiredState, Route, fingerprint
 
 log = logging.getLogger(__name__)
+
+
+class StateUnavailable(EdgeError):
+    """The control service's answer could not be turned into a state to apply."""
 
 
 class EdgeAgent:
@@ -21,21 +31,54 @@ class EdgeAgent:
         self._session = session or requests.Session()
         self._session.headers["Authorization"] = f"Bearer {token}"
         self.node_id = node_id or socket.gethostname()
+        self.downloads = 0
+        self._force = False
+
+    def fetch(self, have: str | None = None) -> DesiredState | None:
+        """The desired state with every certificate in it, or None if unchanged or unpublished."""
+        response = self._session.get(f"{self._url}/api/v1/edge/state", timeout=30,
+                                     params={"have": have} if have else {})
+        if response.status_code in (304, 404):
+            return None
+        response.raise_for_status()
+        doc = response.json()
+        self._force = bool(doc.get("force"))
+        served = self.node.existing_routes()
+        routes = []
+        for ref in doc["routes"]:
+            current = served.get(ref["hostname"])
+            if current is not None and current.ref.cert_sha256 == ref["cert_sha256"]:
+                pem = current.pem
+            else:
+                pem = self._download(ref["hostname"], ref["cert_sha256"])
+            routes.append(Route(ref["hostname"], ref["publication_id"], pem))
+        desired = DesiredState(tuple(routes), tuple(doc["app_servers"]),
+                               tuple(doc["control_servers"]))
+        if desired.version != doc["version"]:
+            raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
+        return desired
+
+    def _download(self, hostname: str, cert_sha256: str) -> str:
+        response = self._session.get(f"{self._url}/api/v1/edge/certs/{quote(hostname)}",
+                                     timeout=30)
+        response.raise_for_status()
+        pem = str(response.json()["pem"])
+        if fingerprint(pem) != cert_sha256:
+            raise StateUnavailable(f"certificate of {hostname} changed while fetching")
+        self.downloads += 1
+        return pem
 
     def sync(self) -> bool:
         """One round: fetch, apply if changed, report. True if something new was applied."""
-        params = {"have": self.node.applied_version} if self.node.haproxy.running else {}
-        response = self._session.get(f"{self._url}/api/v1/edge/state", params=params, timeout=30)
-        if response.status_code in (304, 404):
-            self.node.start()
-            self._report()
-            return False
-        response.raise_for_status()
         try:
-            changed = self.node.apply(DesiredState.from_json(response.json()))
+            have = self.node.applied_version if self.node.haproxy.running else None
+            desired = self.fetch(have)
+            if desired is None:
+                self.node.start()
+                return False
+            return self.node.apply(desired, force=self._force)
         finally:
             self._report()
-        return changed
 
     def _report(self) -> None:
         self._session.post(f"{self._url}/api/v1/edge/nodes/{self.node_id}", timeout=10, json={

@@ -1,51 +1,132 @@
-"""The control service's side of the edge: the desired state agents pull, and their reports."""
+"""The control service's side of the edge: the desired state agents pull, and their reports.
+
+Storage is one item per route (publication and certificate fingerprint), one item per
+certificate (PEM with its key, encrypted), and one small ``desired`` item carrying the version,
+so no item grows with the number of domains (DynamoDB caps items at 400 KB).
+"""
 from __future__ import annotations
 
-import json
 import re
+import threading
 import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from certs.keys import KeyVault
-from control.auth import require_token
-from edge.state import DesiredState
-from store import Table, TableSpec
+from control.auth import require_edge_token, require_token
+from edge.state import DesiredState, RouteRef, version_of
+from store import ConflictError, Table, TableSpec
 
 EDGE_STATE = TableSpec("edge_state", key="name")
+EDGE_ROUTES = TableSpec("edge_routes", key="hostname")
+EDGE_CERTS = TableSpec("edge_certs", key="hostname")
 EDGE_NODES = TableSpec("edge_nodes", key="node_id")
-_NODE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_VERSION = re.compile(r"[0-9a-f]{16}")
 
 
 class EdgeStateStore:
-    """The desired state, encrypted at rest (it holds every route's private key)."""
-
-    def __init__(self, state: Table, nodes: Table, vault: KeyVault) -> None:
+    def __init__(self, state: Table, routes: Table, certs: Table, nodes: Table,
+                 vault: KeyVault) -> None:
         self.state = state
+        self.routes = routes
+        self.certs = certs
         self.nodes = nodes
         self._vault = vault
+        self._cache: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def _all(self, table: Table) -> list[dict[str, Any]]:
+        items, cursor = [], None
+        while True:
+            page = table.scan(limit=500, cursor=cursor)
+            items += page.items
+            cursor = page.next_cursor
+            if not cursor:
+                return items
 
     def save(self, desired: DesiredState) -> bool:
-        """Store ``desired`` if it differs from what is stored; True if it changed."""
-        current = self.state.get("desired")
-        if current is not None and current["edge_version"] == desired.version:
+        """Make the stored state ``desired``, writing only what changed; True if anything did."""
+        meta = self.state.get("desired")
+        if meta is not None and meta["edge_version"] == desired.version:
             return False
-        doc = json.dumps(desired.to_json()).encode()
+        stored = {item["hostname"]: item for item in self._all(self.routes)}
+        for route in desired.routes:
+            ref = route.ref
+            old = stored.pop(route.hostname, None)
+            if old is None or old["cert_sha256"] != ref.cert_sha256:
+                self.certs.put({"hostname": route.hostname, "cert_sha256": ref.cert_sha256,
+                                "pem_enc": self._vault.encrypt(route.pem.encode())})
+            if old is None or (old["publication_id"], old["cert_sha256"]) != \
+                    (ref.publication_id, ref.cert_sha256):
+                self.routes.put({"hostname": route.hostname,
+                                 "publication_id": ref.publication_id,
+                                 "cert_sha256": ref.cert_sha256})
+        for hostname in stored:
+            self.routes.delete(hostname)
+            self.certs.delete(hostname)
+        forced = meta.get("forced_version") if meta else None
         self.state.put({"name": "desired", "edge_version": desired.version,
-                        "doc_enc": self._vault.encrypt(doc)})
+                        "app_servers": list(desired.app_servers),
+                        "control_servers": list(desired.control_servers),
+                        "published_at": time.time(), "forced_version": forced})
         return True
 
+    def meta(self) -> dict[str, Any] | None:
+        return self.state.get("desired")
+
     def load(self) -> dict[str, Any] | None:
-        current = self.state.get("desired")
-        return None if current is None else dict(json.loads(self._vault.decrypt(current["doc_enc"])))
+        """The wire form (no keys), rebuilt from the route items only when the version moved."""
+        meta = self.meta()
+        if meta is None:
+            return None
+        with self._lock:
+            if self._cache is None or self._cache["version"] != meta["edge_version"]:
+                refs = [RouteRef(i["hostname"], i["publication_id"], i["cert_sha256"])
+                        for i in self._all(self.routes)]
+                servers = tuple(meta["app_servers"]), tuple(meta["control_servers"])
+                summary = {"version": version_of(refs, *servers),
+                           "routes": [vars(r) for r in sorted(refs, key=lambda r: r.hostname)],
+                           "app_servers": list(servers[0]),
+                           "control_servers": list(servers[1])}
+                if summary["version"] != meta["edge_version"]:
+                    return summary  # caught mid-publish: do not cache, the next poll catches up
+                self._cache = summary
+            return {**self._cache, "force": meta.get("forced_version") == meta["edge_version"]}
+
+    def certificate(self, hostname: str) -> dict[str, str] | None:
+        item = self.certs.get(hostname)
+        if item is None:
+            return None
+        return {"hostname": hostname, "cert_sha256": item["cert_sha256"],
+                "pem": self._vault.decrypt(item["pem_enc"]).decode()}
+
+    def force(self, version: str) -> bool:
+        """Let nodes apply ``version`` even if its plan looks unsafe (an operator's decision)."""
+        meta = self.meta()
+        if meta is None or meta["edge_version"] != version:
+            return False
+        try:
+            self.state.put({**meta, "forced_version": version}, expected_version=meta["version"])
+        except ConflictError:
+            return False
+        return True
 
     def report(self, node_id: str, applied: str | None, error: str | None) -> None:
         self.nodes.put({"node_id": node_id, "applied_version": applied, "error": error,
                         "reported_at": time.time()})
 
     def list_nodes(self) -> list[dict[str, Any]]:
-        return self.nodes.scan(limit=1000).items
+        meta = self.meta()
+        now = time.time()
+        nodes = []
+        for node in self._all(self.nodes):
+            in_sync = meta is not None and node.get("applied_version") == meta["edge_version"]
+            lag = 0.0 if in_sync or meta is None else now - meta["published_at"]
+            nodes.append({**node, "in_sync": in_sync, "lag_seconds": round(lag, 3),
+                          "last_seen_seconds": round(now - node["reported_at"], 3)})
+        return nodes
 
 
 bp = Blueprint("edge_api", __name__, url_prefix="/api/v1/edge")
@@ -57,7 +138,7 @@ def _store() -> EdgeStateStore:
 
 
 @bp.get("/state")
-@require_token
+@require_edge_token
 def desired_state() -> Response | tuple[Response, int]:
     doc = _store().load()
     if doc is None:
@@ -67,8 +148,19 @@ def desired_state() -> Response | tuple[Response, int]:
     return jsonify(doc)
 
 
+@bp.get("/certs/<hostname>")
+@require_edge_token
+def certificate(hostname: str) -> Response | tuple[Response, int]:
+    cert = _store().certificate(hostname)
+    if cert is None:
+        return jsonify(error=f"no certificate for {hostname}"), 404
+    response = jsonify(cert)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @bp.post("/nodes/<node_id>")
-@require_token
+@require_edge_token
 def report(node_id: str) -> tuple[Response, int]:
     if not _NODE_ID.fullmatch(node_id):
         return jsonify(error="node id must be 1-64 letters, digits, '.', '_' or '-'"), 400
@@ -85,7 +177,18 @@ def report(node_id: str) -> tuple[Response, int]:
 @bp.get("/nodes")
 @require_token
 def nodes() -> Response:
-    desired = _store().load()
-    version = desired["version"] if desired else None
-    return jsonify(nodes=[{**n, "in_sync": n.get("applied_version") == version}
-                          for n in _store().list_nodes()], desired_version=version)
+    meta = _store().meta()
+    return jsonify(nodes=_store().list_nodes(),
+                   desired_version=meta["edge_version"] if meta else None)
+
+
+@bp.post("/force")
+@require_token
+def force() -> tuple[Response, int]:
+    body = request.get_json(silent=True)
+    version = body.get("version") if isinstance(body, dict) else None
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        return jsonify(error="send {\"version\": <the desired version to force>}"), 400
+    if not _store().force(version):
+        return jsonify(error=f"{version} is not the desired version any more"), 409
+    return jsonify(forced=version), 200

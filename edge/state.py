@@ -1,4 +1,8 @@
-"""The desired state of an edge node as plain data, with a content version."""
+"""The desired state of an edge node as plain data, with a content version.
+
+On the wire a route names its certificate by SHA-256 only (``RouteRef``); an agent fetches
+the PEM of a certificate it does not serve yet, so unchanged certificates never travel again.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,12 +12,34 @@ import json
 from typing import Any
 
 
+def fingerprint(pem: str) -> str:
+    return hashlib.sha256(pem.encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteRef:
+    hostname: str
+    publication_id: str
+    cert_sha256: str
+
+
 @dataclasses.dataclass(frozen=True)
 class Route:
     hostname: str
     publication_id: str
     pem: str = dataclasses.field(repr=False)
     """Certificate chain followed by its private key: the file HAProxy loads."""
+
+    @functools.cached_property
+    def ref(self) -> RouteRef:
+        return RouteRef(self.hostname, self.publication_id, fingerprint(self.pem))
+
+
+def version_of(refs: list[RouteRef], app_servers: tuple[str, ...],
+               control_servers: tuple[str, ...]) -> str:
+    body = {"routes": [dataclasses.astuple(r) for r in sorted(refs, key=lambda r: r.hostname)],
+            "app_servers": list(app_servers), "control_servers": list(control_servers)}
+    return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,20 +50,12 @@ class DesiredState:
 
     @functools.cached_property
     def version(self) -> str:
-        return hashlib.sha256(json.dumps(self._body(), sort_keys=True).encode()).hexdigest()[:16]
+        return version_of([r.ref for r in self.routes], self.app_servers, self.control_servers)
 
-    def _body(self) -> dict[str, Any]:
-        ordered = sorted(self.routes, key=lambda r: r.hostname)
-        return {"routes": [{"hostname": r.hostname, "publication_id": r.publication_id,
-                            "pem": r.pem} for r in ordered],
+    def summary(self) -> dict[str, Any]:
+        """The wire form without private keys: routes name their certificate by fingerprint."""
+        return {"version": self.version,
+                "routes": [dataclasses.asdict(r.ref)
+                           for r in sorted(self.routes, key=lambda r: r.hostname)],
                 "app_servers": list(self.app_servers),
                 "control_servers": list(self.control_servers)}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, **self._body()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "DesiredState":
-        return cls(routes=tuple(Route(**r) for r in data["routes"]),
-                   app_servers=tuple(data["app_servers"]),
-                   control_servers=tuple(data["control_servers"]))

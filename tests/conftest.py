@@ -49,7 +49,8 @@ def _aws_credentials() -> None:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return load_settings(env={}, api_token="test-token",
+    return load_settings(env={}, api_token="test-token-0123456789",
+                         edge_token="edge-token-0123456789",
                          encryption_keys=Fernet.generate_key().decode(),
                          data_dir=str(tmp_path / "data"), platform_domains=["platform.test"],
                          edge_cname_target="edge.platform.test", edge_addresses=["127.0.0.1"])

@@ -10,7 +10,8 @@ from admin_app import create_app
 from control.settings import Settings
 from control.wiring import Services
 
-AUTH = {"Authorization": "Bearer test-token"}
+AUTH = {"Authorization": "Bearer test-token-0123456789"}
+EDGE_AUTH = {"Authorization": "Bearer edge-token-0123456789"}
 
 
 @pytest.fixture
@@ -28,8 +29,10 @@ def connect(client: FlaskClient, hostname: Any, publication_id: Any = "pub_1") -
 @pytest.mark.parametrize("path,method", [
     ("/api/v1/domains", "post"), ("/api/v1/domains?publication_id=p", "get"),
     ("/api/v1/domains/blog.example.test", "get"), ("/api/v1/domains/blog.example.test", "delete"),
-    ("/api/v1/edge/state", "get"), ("/api/v1/edge/nodes", "get")])
-@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic test-token", "Bearer "])
+    ("/api/v1/edge/state", "get"), ("/api/v1/edge/nodes", "get"), ("/api/v1/edge/force", "post"),
+    ("/api/v1/edge/certs/blog.example.test", "get"), ("/api/v1/edge/nodes/n1", "post")])
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic test-token-0123456789",
+                                    "Bearer ", "Bearer edge-token-0123456789x"])
 def test_every_endpoint_needs_the_token(client: FlaskClient, path: str, method: str,
                                         header: str | None) -> None:
     headers = {"Authorization": header} if header else {}
@@ -137,3 +140,11 @@ def test_challenge_responder_answers_only_known_tokens(client: FlaskClient,
         b"t" * 43 + b".thumb"
     assert client.get("/.well-known/acme-challenge/" + "u" * 43).status_code == 404
     assert client.get("/.well-known/acme-challenge/" + "t" * 43 + "%0a").status_code == 404
+
+
+def test_each_token_opens_only_its_own_doors(client: FlaskClient) -> None:
+    # The platform's token cannot read private keys; the agents' cannot manage domains.
+    for path in ("/api/v1/edge/state", "/api/v1/edge/certs/blog.example.test"):
+        assert client.get(path, headers=AUTH).status_code == 401
+    assert client.get("/api/v1/domains?publication_id=p", headers=EDGE_AUTH).status_code == 401
+    assert client.get("/api/v1/edge/state", headers=EDGE_AUTH).status_code == 404

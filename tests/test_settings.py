@@ -8,37 +8,38 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from control.settings import SettingsError, load_settings
+from control.settings import EDGE_AGENT, SettingsError, load_settings
 
 KEY = Fernet.generate_key().decode()
+API, EDGE = "api-token-0123456789", "edge-token-0123456789"
+BASE = {"EDGE_API_TOKEN": API, "EDGE_EDGE_TOKEN": EDGE, "EDGE_ENCRYPTION_KEYS": KEY}
 
 
 def test_environment_overrides_toml(tmp_path: Path) -> None:
     config = tmp_path / "edge.toml"
-    config.write_text(f'api_token = "from-file"\nencryption_keys = ["{KEY}"]\n'
+    config.write_text(f'api_token = "from-file-0123456789"\nencryption_keys = ["{KEY}"]\n'
                       'listen_port = 9000\napp_servers = ["127.0.0.1:1", "127.0.0.1:2"]\n')
-    settings = load_settings(env={"EDGE_CONFIG": str(config), "EDGE_LISTEN_PORT": "9100"})
-    assert settings.api_token == "from-file"
+    settings = load_settings(env={"EDGE_CONFIG": str(config), "EDGE_LISTEN_PORT": "9100",
+                                  "EDGE_EDGE_TOKEN": EDGE})
+    assert settings.api_token == "from-file-0123456789"
     assert settings.listen_port == 9100
     assert settings.app_servers == ["127.0.0.1:1", "127.0.0.1:2"]
     assert Path(settings.sqlite_path).is_absolute()
 
 
 @pytest.mark.parametrize("env,name", [
-    ({"EDGE_ENCRYPTION_KEYS": KEY}, "api_token"),
-    ({"EDGE_API_TOKEN": "t"}, "encryption_keys"),
-    ({"EDGE_API_TOKEN": "t", "EDGE_ENCRYPTION_KEYS": "short"}, "encryption_keys"),
-    ({"EDGE_API_TOKEN": " ", "EDGE_ENCRYPTION_KEYS": KEY}, "api_token"),
-    ({"EDGE_API_TOKEN": "t", "EDGE_ENCRYPTION_KEYS": KEY, "EDGE_LISTEN_PORT": "99999"},
-     "listen_port"),
-    ({"EDGE_API_TOKEN": "t", "EDGE_ENCRYPTION_KEYS": KEY, "EDGE_STORAGE_BACKEND": "mysql"},
-     "storage_backend"),
-    ({"EDGE_API_TOKEN": "t", "EDGE_ENCRYPTION_KEYS": KEY, "EDGE_APP_SERVERS": "nohost"},
-     "app_servers"),
-    ({"EDGE_API_TOKEN": "t", "EDGE_ENCRYPTION_KEYS": KEY, "EDGE_EDGE_ADDRESSES": "1.2.3"},
-     "edge_addresses"),
-    ({"EDGE_API_TOKEN": "t", "EDGE_ENCRYPTION_KEYS": KEY, "EDGE_CONFIG": "/nonexistent.toml"},
-     "config"),
+    ({"EDGE_ENCRYPTION_KEYS": KEY, "EDGE_EDGE_TOKEN": EDGE}, "api_token"),
+    ({"EDGE_API_TOKEN": API, "EDGE_ENCRYPTION_KEYS": KEY}, "edge_token"),
+    ({"EDGE_API_TOKEN": API, "EDGE_EDGE_TOKEN": EDGE}, "encryption_keys"),
+    ({**BASE, "EDGE_ENCRYPTION_KEYS": "short"}, "encryption_keys"),
+    ({**BASE, "EDGE_API_TOKEN": " " * 20}, "api_token"),
+    ({**BASE, "EDGE_EDGE_TOKEN": "short"}, "edge_token"),
+    ({**BASE, "EDGE_EDGE_TOKEN": API}, "edge_token"),
+    ({**BASE, "EDGE_LISTEN_PORT": "99999"}, "listen_port"),
+    ({**BASE, "EDGE_STORAGE_BACKEND": "mysql"}, "storage_backend"),
+    ({**BASE, "EDGE_APP_SERVERS": "nohost"}, "app_servers"),
+    ({**BASE, "EDGE_EDGE_ADDRESSES": "1.2.3"}, "edge_addresses"),
+    ({**BASE, "EDGE_CONFIG": "/nonexistent.toml"}, "config"),
 ])
 def test_bad_or_missing_setting_is_named(env: dict[str, str], name: str) -> None:
     with pytest.raises(SettingsError) as caught:
@@ -49,9 +50,16 @@ def test_bad_or_missing_setting_is_named(env: dict[str, str], name: str) -> None
 
 def test_unknown_toml_key_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "edge.toml"
-    config.write_text(f'api_token = "t"\nencryption_keys = "{KEY}"\nlisten_prot = 1\n')
+    config.write_text(f'api_token = "{API}"\nencryption_keys = "{KEY}"\nlisten_prot = 1\n')
     with pytest.raises(SettingsError, match="listen_prot"):
         load_settings(env={"EDGE_CONFIG": str(config)})
+
+
+def test_an_agent_needs_only_its_own_token() -> None:
+    settings = load_settings(env={"EDGE_EDGE_TOKEN": EDGE}, required=EDGE_AGENT)
+    assert settings.api_token == "" and settings.encryption_keys == []
+    with pytest.raises(SettingsError, match="EDGE_EDGE_TOKEN"):
+        load_settings(env={"EDGE_API_TOKEN": API}, required=EDGE_AGENT)
 
 
 def test_serve_refuses_to_start_and_names_the_setting(tmp_path: Path) -> None:

@@ -1,0 +1,136 @@
+"""An edge agent against the real control app over HTTP, driving a real HAProxy."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from admin_app import create_app
+from certs.x509util import self_signed
+from control.probe import https_get
+from control.procs import free_port
+from control.sample_app import SampleApp
+from control.settings import Settings
+from control.wiring import Services
+from edge.agent import EdgeAgent
+from edge.node import EdgeNode
+from edge.plan import CertificateRejected, UnsafePlan
+from edge.state import DesiredState, Route
+
+API = {"Authorization": "Bearer test-token-0123456789"}
+
+
+@pytest.fixture
+def control(settings: Settings) -> Iterator[tuple[Services, str]]:
+    services = Services.from_settings(settings)
+    server = make_server("127.0.0.1", 0, create_app(services), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield services, f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    services.close()
+
+
+@pytest.fixture
+def agent(control: tuple[Services, str], tmp_path: Path) -> Iterator[EdgeAgent]:
+    node = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
+    yield EdgeAgent(node, control[1], "edge-token-0123456789", node_id="n1")
+    node.stop()
+
+
+@pytest.fixture
+def app() -> Iterator[SampleApp]:
+    instance = SampleApp("app", 0)
+    yield instance
+    instance.stop()
+
+
+def publish(services: Services, app: SampleApp, routes: dict[str, Route]) -> DesiredState:
+    desired = DesiredState(tuple(routes.values()), (app.address,), ("127.0.0.1:9",))
+    services.edge_state.save(desired)
+    return desired
+
+
+def node_report(control_url: str) -> dict[str, object]:
+    return dict(requests.get(f"{control_url}/api/v1/edge/nodes", headers=API,
+                             timeout=5).json()["nodes"][0])
+
+
+def test_only_new_certificates_cross_the_wire(control: tuple[Services, str],
+                                              agent: EdgeAgent, app: SampleApp) -> None:
+    services, url = control
+    routes = {f"h{n}.example.test": Route(f"h{n}.example.test", "pub_1",
+                                          self_signed(f"h{n}.example.test")[1])
+              for n in range(3)}
+    publish(services, app, routes)
+    assert agent.sync() is True and agent.downloads == 3
+    assert agent.sync() is False, "unchanged: 304, nothing applied"
+    cert, pem = self_signed("h0.example.test")
+    routes["h0.example.test"] = Route("h0.example.test", "pub_1", pem)
+    routes["h1.example.test"] = Route("h1.example.test", "pub_7", routes["h1.example.test"].pem)
+    desired = publish(services, app, routes)
+    assert agent.sync() is True
+    assert agent.downloads == 4, "only the renewed certificate was fetched"
+    assert https_get(agent.node.layout.https_port, "h0.example.test", cadata=cert).status == 200
+    assert https_get(agent.node.layout.https_port, "h1.example.test").json()["publication_id"] \
+        == "pub_7"
+    report = node_report(url)
+    assert report["applied_version"] == desired.version and report["in_sync"] is True
+    assert report["lag_seconds"] == 0
+
+
+def test_refused_certificate_is_reported_and_the_node_keeps_serving(
+        control: tuple[Services, str], agent: EdgeAgent, app: SampleApp) -> None:
+    services, url = control
+    cert, pem = self_signed("ok.example.test")
+    good = publish(services, app, {"ok.example.test": Route("ok.example.test", "pub_1", pem)})
+    agent.sync()
+    _, other = self_signed("bad.example.test")
+    broken = self_signed("bad.example.test")[0] + other[other.index("-----BEGIN PRIVATE"):]
+    publish(services, app, {"ok.example.test": Route("ok.example.test", "pub_1", pem),
+                            "bad.example.test": Route("bad.example.test", "pub_2", broken)})
+    with pytest.raises(CertificateRejected):
+        agent.sync()
+    report = node_report(url)
+    assert report["applied_version"] == good.version and report["in_sync"] is False
+    assert "bad.example.test" in str(report["error"]) and float(str(report["lag_seconds"])) >= 0
+    probe = https_get(agent.node.layout.https_port, "ok.example.test", cadata=cert)
+    assert (probe.status, probe.json()["publication_id"]) == (200, "pub_1")
+
+
+def test_unsafe_plan_waits_for_an_operator_to_force_it(control: tuple[Services, str],
+                                                       agent: EdgeAgent, app: SampleApp) -> None:
+    services, url = control
+    routes = {f"h{n}.example.test": Route(f"h{n}.example.test", "pub_1",
+                                          self_signed(f"h{n}.example.test")[1])
+              for n in range(10)}
+    publish(services, app, routes)
+    agent.sync()
+    shrunk = publish(services, app, dict(list(routes.items())[:2]))
+    with pytest.raises(UnsafePlan):
+        agent.sync()
+    assert "removes 8 of 10" in str(node_report(url)["error"])
+    assert https_get(agent.node.layout.https_port, "h9.example.test").status == 200
+    forced = requests.post(f"{url}/api/v1/edge/force", headers=API, timeout=5,
+                           json={"version": shrunk.version})
+    assert forced.status_code == 200
+    assert requests.post(f"{url}/api/v1/edge/force", headers=API, timeout=5,
+                         json={"version": "0" * 16}).status_code == 409
+    assert agent.sync() is True
+    assert https_get(agent.node.layout.https_port, "h9.example.test").status == 404
+    assert node_report(url)["in_sync"] is True
+
+
+def test_keys_are_encrypted_and_items_stay_small(control: tuple[Services, str],
+                                                 app: SampleApp, settings: Settings) -> None:
+    services, _ = control
+    publish(services, app, {f"h{n}.example.test": Route(
+        f"h{n}.example.test", "pub_1", self_signed(f"h{n}.example.test")[1]) for n in range(50)})
+    raw = b"".join(p.read_bytes() for p in Path(settings.sqlite_path).parent.glob("edge.db*"))
+    assert b"PRIVATE KEY" not in raw
+    meta = services.edge_state.meta()
+    assert meta is not None and len(str(meta)) < 1000, "the version item does not grow"
