@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the product and its tests need, only when missing: Debian packages (pebble,
-# haproxy, node/npm), npm packages (dynalite, for the DynamoDB tests) and this Python package.
+# haproxy, node/npm; with --test also testssl.sh and wrk), npm packages (dynalite, for the
+# DynamoDB tests) and this Python package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,10 @@ command -v pebble >/dev/null || missing+=(pebble)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v npm >/dev/null || missing+=(nodejs npm)
 command -v curl >/dev/null || missing+=(curl)
+if [ "${1:-}" = "--test" ]; then
+    command -v testssl >/dev/null || missing+=(testssl.sh)
+    command -v wrk >/dev/null || missing+=(wrk)
+fi
 if ((${#missing[@]})); then
     echo "bootstrap: installing ${missing[*]}"
     apt-get update -qq
