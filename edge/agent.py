@@ -82,7 +82,8 @@ class EdgeAgent:
 
     def _report(self) -> None:
         self._session.post(f"{self._url}/api/v1/edge/nodes/{self.node_id}", timeout=10, json={
-            "applied_version": self.node.applied_version, "error": self.node.last_error})
+            "applied_version": self.node.applied_version, "error": self.node.last_error,
+            "haproxy_running": self.node.haproxy.running})
 
     def run(self, interval: float, stop: threading.Event) -> None:
         self.node.start()

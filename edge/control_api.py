@@ -113,9 +113,10 @@ class EdgeStateStore:
             return False
         return True
 
-    def report(self, node_id: str, applied: str | None, error: str | None) -> None:
+    def report(self, node_id: str, applied: str | None, error: str | None,
+               running: bool) -> None:
         self.nodes.put({"node_id": node_id, "applied_version": applied, "error": error,
-                        "reported_at": time.time()})
+                        "haproxy_running": running, "reported_at": time.time()})
 
     def list_nodes(self) -> list[dict[str, Any]]:
         meta = self.meta()
@@ -168,9 +169,12 @@ def report(node_id: str) -> tuple[Response, int]:
     if not isinstance(body, dict):
         return jsonify(error="a JSON object is required"), 400
     applied, error = body.get("applied_version"), body.get("error")
+    running = body.get("haproxy_running", False)
     if not all(v is None or (isinstance(v, str) and len(v) < 4000) for v in (applied, error)):
         return jsonify(error="applied_version and error must be short strings"), 400
-    _store().report(node_id, applied, error)
+    if not isinstance(running, bool):
+        return jsonify(error="haproxy_running must be true or false"), 400
+    _store().report(node_id, applied, error, running)
     return jsonify(ok=True), 200
 
 

@@ -8,6 +8,7 @@ restart serves exactly what ``current`` points at.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import logging
@@ -25,13 +26,16 @@ from edge.state import DesiredState, Route
 
 log = logging.getLogger(__name__)
 KEEP_RELEASES = 3
+COLD_SLICE = 500
+"""A node starting with more routes serves this many first and adds the rest hot."""
 
 
 class EdgeNode:
     def __init__(self, directory: Path, *, haproxy_bin: str = "haproxy", bind: str = "127.0.0.1",
                  http_port: int = 80, https_port: int = 443, stats_port: int = 0,
-                 templates: Path | None = None) -> None:
+                 templates: Path | None = None, cold_slice: int = COLD_SLICE) -> None:
         self.directory = directory.absolute()
+        self.cold_slice = cold_slice
         self.templates = templates
         (self.directory / "releases").mkdir(parents=True, exist_ok=True)
         self.layout = NodeLayout(bind=bind, http_port=http_port, https_port=https_port,
@@ -87,6 +91,8 @@ class EdgeNode:
             self.last_error = str(exc)
             raise
         self._served = None  # whatever happens next, re-read what is served
+        if not self.haproxy.running and 0 < self.cold_slice < len(state.routes):
+            plan = self._start_with_first_slice(state)
         if self._can_hot_apply(state):
             try:
                 self._hot_apply(plan, state)
@@ -101,6 +107,15 @@ class EdgeNode:
         self._map_checked = True
         return True
 
+    def _start_with_first_slice(self, state: DesiredState) -> Plan:
+        """Cold start: HAProxy's load time grows faster than linearly with certificates, so
+        start with a slice (served within about a second) and stream the rest in hot."""
+        head = sorted(state.routes, key=lambda r: r.hostname)[:self.cold_slice]
+        self._apply_release(dataclasses.replace(state, routes=tuple(head)))
+        self._served = {r.hostname: r for r in head}
+        self._map_checked = True
+        return self.plan(state)
+
     def _can_hot_apply(self, state: DesiredState) -> bool:
         marker = self.current / "STRUCTURE"
         if not (self.haproxy.running and marker.exists()
@@ -108,8 +123,10 @@ class EdgeNode:
             return False
         if not self._map_checked:  # once per process: does HAProxy serve what the files say?
             existing = {h: r.publication_id for h, r in self.existing_routes().items()}
+            release = self.current.resolve()
             self._map_checked = True
-            return self.runtime.show_map(self.current.resolve() / "hosts.map") == existing
+            return (self.runtime.show_map(release / "hosts.map") == existing
+                    and self.runtime.crt_list_names(release / "crt-list") == set(existing))
         return True
 
     def _structure(self, state: DesiredState) -> str:

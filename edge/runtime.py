@@ -39,6 +39,15 @@ class RuntimeAPI:
                 entries[fields[1]] = fields[2]
         return entries
 
+    def crt_list_names(self, crt_list: Path) -> set[str]:
+        """The SNI names of a crt-list as HAProxy holds it (``show ssl crt-list``)."""
+        names = set()
+        for row in self.command(f"show ssl crt-list {crt_list}").splitlines():
+            if row and not row.startswith("#"):
+                # "<cert path> [<options>] <sni>..." where the options are optional
+                names.update(row.split("]", 1)[1].split() if "]" in row else row.split()[1:])
+        return names
+
     def set_map(self, map_path: Path, key: str, value: str, exists: bool) -> None:
         verb = "set" if exists else "add"
         output = self.command(f"{verb} map {map_path} {key} {value}")

@@ -80,7 +80,7 @@ def test_only_new_certificates_cross_the_wire(control: tuple[Services, str],
         == "pub_7"
     report = node_report(url)
     assert report["applied_version"] == desired.version and report["in_sync"] is True
-    assert report["lag_seconds"] == 0
+    assert report["lag_seconds"] == 0 and report["haproxy_running"] is True
 
 
 def test_refused_certificate_is_reported_and_the_node_keeps_serving(
@@ -134,3 +134,13 @@ def test_keys_are_encrypted_and_items_stay_small(control: tuple[Services, str],
     assert b"PRIVATE KEY" not in raw
     meta = services.edge_state.meta()
     assert meta is not None and len(str(meta)) < 1000, "the version item does not grow"
+
+
+def test_node_reports_are_validated(control: tuple[Services, str]) -> None:
+    _, url = control
+    edge = {"Authorization": "Bearer edge-token-0123456789"}
+    for node_id, body in [("bad id", {}), ("n1", []), ("n1", {"applied_version": 5}),
+                          ("n1", {"haproxy_running": "yes"}), ("n1", {"error": "x" * 5000})]:
+        response = requests.post(f"{url}/api/v1/edge/nodes/{node_id}", json=body, headers=edge,
+                                 timeout=5)
+        assert response.status_code in (400, 404), (node_id, body, response.status_code)

@@ -181,3 +181,19 @@ def test_certificate_with_a_foreign_key_is_refused(node: EdgeNode, app: SampleAp
     foreign_key = other[other.index("-----BEGIN PRIVATE KEY"):]
     with pytest.raises(CertificateRejected, match="does not match"):
         node.apply(state(app, Route("one.example.test", "pub_1", cert + foreign_key)))
+
+
+def test_cold_start_serves_a_first_slice_then_streams_the_rest(tmp_path: Path,
+                                                              app: SampleApp) -> None:
+    node = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port(),
+                    cold_slice=3)
+    try:
+        routes = [Route(f"h{n}.example.test", "pub_1", self_signed_pem(f"h{n}.example.test")[1])
+                  for n in range(8)]
+        node.apply(state(app, *routes))
+        assert (node.reloads, node.hot_applies) == (1, 1)
+        for route in routes:
+            assert https_get(node.layout.https_port, route.hostname).status == 200
+        assert len((node.current / "hosts.map").read_text().split()) == 16, "files hold all"
+    finally:
+        node.stop()
