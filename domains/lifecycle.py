@@ -88,5 +88,11 @@ class Lifecycle:
         return domain
 
     def publish_routes(self) -> None:
-        self.edge.publish({d["hostname"]: d["publication_id"]
-                           for d in self.domains.with_status(ACTIVE)})
+        for attempt in range(3):
+            try:
+                self.edge.publish({d["hostname"]: d["publication_id"]
+                                   for d in self.domains.with_status(ACTIVE)})
+                return
+            except ConflictError:  # another replica published meanwhile: read again
+                if attempt == 2:
+                    raise

@@ -16,7 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from certs.keys import KeyVault
 from control.auth import require_edge_token, require_token
 from edge.state import DesiredState, RouteRef, version_of
-from store import ConflictError, Table, TableSpec
+from store import ABSENT, ConflictError, Table, TableSpec
 
 EDGE_STATE = TableSpec("edge_state", key="name")
 EDGE_ROUTES = TableSpec("edge_routes", key="hostname")
@@ -67,10 +67,13 @@ class EdgeStateStore:
             self.routes.delete(hostname)
             self.certs.delete(hostname)
         forced = meta.get("forced_version") if meta else None
+        # Conditional: a replica that published meanwhile wins; the caller republishes from
+        # fresh data (ConflictError), so a stale route list cannot silently stand.
         self.state.put({"name": "desired", "edge_version": desired.version,
                         "app_servers": list(desired.app_servers),
                         "control_servers": list(desired.control_servers),
-                        "published_at": time.time(), "forced_version": forced})
+                        "published_at": time.time(), "forced_version": forced},
+                       expected_version=meta["version"] if meta else ABSENT)
         return True
 
     def meta(self) -> dict[str, Any] | None:
