@@ -54,7 +54,7 @@ def connect() -> tuple[Response, int]:
 def show(hostname: str) -> Response:
     service = _service()
     domain = service.get(hostname)
-    return jsonify({**public_view(domain), "events": service.timeline(domain["hostname"])})
+    return jsonify({**public_view(domain), "events": service.timeline(domain)})
 
 
 @bp.get("")

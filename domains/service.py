@@ -14,7 +14,9 @@ from domains.records import required_records
 from store import ABSENT, ConflictError, Item, Page, Table, TableSpec
 
 DOMAINS = TableSpec("domains", key="hostname", indexes=("publication_id", "status"))
-EVENTS = TableSpec("domain_events", key="id", indexes=("hostname",))
+EVENTS = TableSpec("domain_events", key="id", indexes=("claim",))
+"""Events belong to one claim (one connection of a hostname), so a later owner never sees them.
+Their ids sort newest first."""
 
 PENDING_DNS, VERIFIED, ISSUING, ACTIVE = "pending_dns", "verified", "issuing", "active"
 STATUSES = (PENDING_DNS, VERIFIED, ISSUING, ACTIVE)
@@ -63,6 +65,7 @@ class DomainService:
             now = self._clock()
             token = secrets.token_urlsafe(24)
             item = {"hostname": name, "publication_id": publication_id, "status": PENDING_DNS,
+                    "claim": uuid.uuid4().hex,
                     "token": token, "created_at": iso(now), "updated_at": iso(now),
                     "dns_records": required_records(name, token, self._target, self._addresses),
                     "last_error": None, "problems": [], "dns_seen": {}, "attempts": 0,
@@ -71,7 +74,7 @@ class DomainService:
                 stored = self.domains.put(item, expected_version=ABSENT)
             except ConflictError:
                 continue  # someone connected it at the same moment: look again
-            self._event(name, "connected", actor, f"for publication {publication_id}")
+            self._event(stored, "connected", actor, f"for publication {publication_id}")
             return stored, True
         raise HostnameTaken(name)
 
@@ -98,7 +101,7 @@ class DomainService:
     def remove(self, hostname: object, actor: str = "api") -> Item:
         domain = self.get(hostname)
         self.domains.delete(domain["hostname"], expected_version=domain["version"])
-        self._event(domain["hostname"], "removed", actor, f"was {domain['status']}")
+        self._event(domain, "removed", actor, f"was {domain['status']}")
         return domain
 
     def transition(self, domain: Item, status: str, why: str, actor: str = "worker",
@@ -108,7 +111,7 @@ class DomainService:
         updated = {**domain, **changes, "status": status, "updated_at": iso(now)}
         stored = self.domains.put(updated, expected_version=domain["version"])
         if status != domain["status"]:
-            self._event(domain["hostname"], f"{domain['status']} -> {status}", actor, why)
+            self._event(domain, f"{domain['status']} -> {status}", actor, why)
         return stored
 
     def defer(self, domain: Item, error: str, problems: list[str] | None = None,
@@ -128,11 +131,13 @@ class DomainService:
         now = self._clock()
         return [d for d in self.with_status(status) if (d.get("next_attempt_at") or 0) <= now]
 
-    def timeline(self, hostname: str, limit: int = 100) -> list[Item]:
-        return self.events.query("hostname", hostname, limit=limit).items
+    def timeline(self, domain: Item, limit: int = 100) -> list[Item]:
+        """This claim's events, newest first."""
+        return self.events.query("claim", domain["claim"], limit=limit).items
 
-    def _event(self, hostname: str, what: str, actor: str, why: str) -> None:
+    def _event(self, domain: Item, what: str, actor: str, why: str) -> None:
         now = self._clock()
-        self.events.put({"id": f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}",
-                         "hostname": hostname, "what": what, "actor": actor, "why": why,
-                         "at": iso(now)})
+        newest_first = 10**20 - time.time_ns()
+        self.events.put({"id": f"{newest_first:020d}-{uuid.uuid4().hex[:8]}",
+                         "hostname": domain["hostname"], "claim": domain["claim"], "what": what,
+                         "actor": actor, "why": why, "at": iso(now)})

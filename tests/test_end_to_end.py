@@ -35,7 +35,7 @@ def test_connected_domain_is_served_over_https_with_a_pebble_certificate(
     assert domain["status"] == "pending_dns"
     stack.create_records(domain["dns_records"])
     active = stack.wait_active("blog.example.test")
-    timeline = [e["what"] for e in active["events"]]
+    timeline = [e["what"] for e in reversed(active["events"])]
     assert timeline[:3] == ["connected", "pending_dns -> verified", "verified -> issuing"]
     assert timeline[-1] == "issuing -> active"
 

@@ -117,6 +117,10 @@ def test_get_list_delete(client: FlaskClient) -> None:
     assert [d["hostname"] for d in first["domains"] + rest["domains"]] == \
         ["a.example.test", "b.example.test", "c.example.test"]
     assert client.delete("/api/v1/domains/b.example.test", headers=AUTH).status_code == 200
+    connect(client, "b.example.test", "pub_3")
+    events = client.get("/api/v1/domains/b.example.test", headers=AUTH).get_json()["events"]
+    assert [e["why"] for e in events] == ["for publication pub_3"], "no earlier owner's events"
+    client.delete("/api/v1/domains/b.example.test", headers=AUTH)
     assert client.get("/api/v1/domains/b.example.test", headers=AUTH).status_code == 404
     assert client.delete("/api/v1/domains/b.example.test", headers=AUTH).status_code == 404
     assert client.get("/api/v1/domains/1.2.3.4", headers=AUTH).status_code == 400
