@@ -132,6 +132,7 @@ class Settings:
     worker_interval: float = 2.0
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 3600.0
+    claim_ttl_seconds: float = 7 * 86400.0
 
     @property
     def control_address(self) -> str:
@@ -173,6 +174,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "worker_interval": _float,
     "retry_base_seconds": _float,
     "retry_max_seconds": _float,
+    "claim_ttl_seconds": _float,
 }
 
 

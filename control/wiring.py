@@ -61,7 +61,8 @@ class Services:
             backend.table(DOMAINS), backend.table(EVENTS),
             cname_target=settings.edge_cname_target, edge_addresses=settings.edge_addresses,
             platform_domains=settings.platform_domains,
-            retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds)
+            retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
+            claim_ttl=settings.claim_ttl_seconds)
         challenges = ChallengeStore(backend.table(CHALLENGES))
         certificates = CertificateStore(backend.table(CERTIFICATES), vault)
         issuer = AcmeIssuer(directory_url=settings.acme_directory_url,

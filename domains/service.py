@@ -40,7 +40,7 @@ class DomainService:
     def __init__(self, domains: Table, events: Table, *, cname_target: str,
                  edge_addresses: list[str], platform_domains: Iterable[str],
                  retry_base: float = 5.0, retry_max: float = 3600.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 claim_ttl: float = 7 * 86400, clock: Callable[[], float] = time.time) -> None:
         self.domains = domains
         self.events = events
         self._target = cname_target
@@ -48,6 +48,7 @@ class DomainService:
         self._platform = list(platform_domains)
         self._retry_base = retry_base
         self._retry_max = retry_max
+        self._claim_ttl = claim_ttl
         self._clock = clock
 
     def normalize(self, hostname: object) -> str:
@@ -58,14 +59,21 @@ class DomainService:
         name = self.normalize(hostname)
         for _ in range(3):
             existing = self.domains.get(name)
-            if existing is not None:
-                if existing["publication_id"] != publication_id:
-                    raise HostnameTaken(name)
-                return existing, False
             now = self._clock()
+            if existing is not None and existing["publication_id"] == publication_id:
+                return existing, False
+            if existing is not None:
+                if not self._abandoned(existing, now):
+                    raise HostnameTaken(name)
+                try:  # an unproven claim past its time must not block the real owner
+                    self.domains.delete(name, expected_version=existing["version"])
+                except ConflictError:
+                    continue
+                self._event(existing, "released", actor,
+                            f"DNS never verified within {self._claim_ttl / 86400:g} days")
             token = secrets.token_urlsafe(24)
             item = {"hostname": name, "publication_id": publication_id, "status": PENDING_DNS,
-                    "claim": uuid.uuid4().hex,
+                    "claim": uuid.uuid4().hex, "claimed_at": now,
                     "token": token, "created_at": iso(now), "updated_at": iso(now),
                     "dns_records": required_records(name, token, self._target, self._addresses),
                     "last_error": None, "problems": [], "dns_seen": {}, "attempts": 0,
@@ -77,6 +85,9 @@ class DomainService:
             self._event(stored, "connected", actor, f"for publication {publication_id}")
             return stored, True
         raise HostnameTaken(name)
+
+    def _abandoned(self, domain: Item, now: float) -> bool:
+        return domain["status"] == PENDING_DNS and now - domain["claimed_at"] > self._claim_ttl
 
     def get(self, hostname: object) -> Item:
         name = self.normalize(hostname)

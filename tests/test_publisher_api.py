@@ -1,6 +1,8 @@
 """Publisher API through Flask's test client over the real SQLite store."""
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -152,3 +154,17 @@ def test_each_token_opens_only_its_own_doors(client: FlaskClient) -> None:
         assert client.get(path, headers=AUTH).status_code == 401
     assert client.get("/api/v1/domains?publication_id=p", headers=EDGE_AUTH).status_code == 401
     assert client.get("/api/v1/edge/state", headers=EDGE_AUTH).status_code == 404
+
+
+def test_unverified_claim_expires_so_a_squatter_cannot_block_the_owner(
+        settings: Settings) -> None:
+    services = Services.from_settings(dataclasses.replace(settings, claim_ttl_seconds=0.2))
+    try:
+        client = create_app(services).test_client()
+        assert connect(client, "squat.example.test", "pub_squatter").status_code == 201
+        assert connect(client, "squat.example.test", "pub_owner").status_code == 409
+        time.sleep(0.3)
+        taken = connect(client, "squat.example.test", "pub_owner")
+        assert taken.status_code == 201 and taken.get_json()["publication_id"] == "pub_owner"
+    finally:
+        services.close()
