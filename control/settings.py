@@ -122,6 +122,7 @@ class Settings:
     acme_directory_url: str = "https://127.0.0.1:14000/dir"
     acme_ca_bundle: str = ""
     acme_email: str = ""
+    caa_identities: list[str] = dataclasses.field(default_factory=lambda: ["letsencrypt.org"])
     app_servers: list[str] = dataclasses.field(default_factory=lambda: ["127.0.0.1:9001"])
     haproxy_bin: str = "haproxy"
     edge_dir: str = ""
@@ -133,6 +134,9 @@ class Settings:
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 3600.0
     claim_ttl_seconds: float = 7 * 86400.0
+    recheck_seconds: float = 3600.0
+    suspend_grace_seconds: float = 86400.0
+    give_up_seconds: float = 7 * 86400.0
 
     @property
     def control_address(self) -> str:
@@ -164,6 +168,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "acme_directory_url": _str,
     "acme_ca_bundle": _str,
     "acme_email": _str,
+    "caa_identities": _list,
     "app_servers": _servers,
     "haproxy_bin": _str,
     "edge_dir": _str,
@@ -175,6 +180,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "retry_base_seconds": _float,
     "retry_max_seconds": _float,
     "claim_ttl_seconds": _float,
+    "recheck_seconds": _float,
+    "suspend_grace_seconds": _float,
+    "give_up_seconds": _float,
 }
 
 

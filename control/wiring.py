@@ -10,7 +10,7 @@ from certs.keys import KeyVault
 from certs.store import CERTIFICATES, CertificateStore
 from control.settings import Settings
 from domains.dnscheck import DnsChecker
-from domains.lifecycle import Lifecycle
+from domains.lifecycle import Lifecycle, Timing
 from domains.service import DOMAINS, EVENTS, DomainService
 from edge.control_api import EDGE_CERTS, EDGE_NODES, EDGE_ROUTES, EDGE_STATE, EdgeStateStore
 from edge.state import DesiredState, Route
@@ -73,7 +73,11 @@ class Services:
                                     backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault)
         control_server = f"{settings.listen_host}:{settings.listen_port}"
         publisher = EdgePublisher(edge_state, certificates, settings.app_servers, [control_server])
-        lifecycle = Lifecycle(domains, DnsChecker.from_settings(settings), issuer, publisher)
+        timing = Timing(recheck=settings.recheck_seconds,
+                        suspend_grace=settings.suspend_grace_seconds,
+                        give_up=settings.give_up_seconds)
+        lifecycle = Lifecycle(domains, DnsChecker.from_settings(settings), issuer, publisher,
+                              timing)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
                    lifecycle)
 

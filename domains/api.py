@@ -77,6 +77,15 @@ def list_domains() -> tuple[Response, int] | Response:
     return jsonify(domains=[public_view(d) for d in page.items], next_cursor=page.next_cursor)
 
 
+@bp.post("/<hostname>/check")
+@require_token
+def check(hostname: str) -> Response:
+    """Re-check DNS now; answers the domain and the records found on each server asked."""
+    lifecycle: Lifecycle = current_app.extensions["edge.lifecycle"]
+    domain, result = lifecycle.check_now(hostname)
+    return jsonify({**public_view(domain), "ok": result.ok, "seen": result.seen})
+
+
 @bp.delete("/<hostname>")
 @require_token
 def remove(hostname: str) -> Response:

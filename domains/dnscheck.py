@@ -1,10 +1,21 @@
-"""Does the world's DNS point a hostname at our edge and prove ownership? Asked without a cache."""
+"""Does the world's DNS point a hostname at our edge, prove ownership and let our CA issue?
+
+We ask the zone's authoritative servers directly (found by walking up to the zone cut), so a
+record a publisher just created is seen at once; only when no NS can be found do we fall back
+to the configured resolver. Every server must agree: a problem on any one is reported with it.
+"""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import ipaddress
+from typing import Any, Iterable
 
 import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
@@ -12,21 +23,40 @@ from domains.hostnames import is_apex
 from domains.records import challenge_name
 
 
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    code: str
+    message: str
+
+
 @dataclasses.dataclass
 class DnsCheck:
     ok: bool
-    problems: list[str]
-    seen: dict[str, list[str]]
+    problems: list[Problem]
+    seen: dict[str, dict[str, list[str]]]
+    """Server (``ip:port`` or ``resolver``) -> ``"TYPE name"`` -> values found there."""
+
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        return [dataclasses.asdict(p) for p in self.problems]
+
+
+class _LookupFailed(Exception):
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
 
 
 class DnsChecker:
-    """Checks routing (CNAME to the edge target, or A/AAAA within the edge addresses) and the TXT."""
-
     def __init__(self, resolver: dns.resolver.Resolver, cname_target: str,
-                 edge_addresses: list[str]) -> None:
+                 edge_addresses: Iterable[str], *, port: int = 53, timeout: float = 2.0,
+                 caa_identities: Iterable[str] = ("letsencrypt.org",)) -> None:
         self._resolver = resolver
         self._target = cname_target.lower().rstrip(".")
-        self._addresses = set(edge_addresses)
+        self._addresses = {ipaddress.ip_address(a) for a in edge_addresses}
+        self._port = port
+        self._timeout = timeout
+        self._caa = {c.lower() for c in caa_identities}
 
     @classmethod
     def from_settings(cls, settings: Any) -> "DnsChecker":
@@ -36,71 +66,180 @@ class DnsChecker:
             resolver.port = settings.dns_port
         resolver.lifetime = settings.dns_timeout
         resolver.cache = None
-        return cls(resolver, settings.edge_cname_target, settings.edge_addresses)
+        return cls(resolver, settings.edge_cname_target, settings.edge_addresses,
+                   port=settings.dns_port, timeout=settings.dns_timeout,
+                   caa_identities=settings.caa_identities)
 
-    def _lookup(self, name: str, rdtype: str) -> tuple[list[str], str | None]:
-        """(values, error); NXDOMAIN and no-answer are empty lists, not errors."""
+    # -- the check ------------------------------------------------------------------------
+
+    def check(self, hostname: str, token: str) -> DnsCheck:
+        servers = self.authoritative_servers(hostname) or [None]
+        problems: list[Problem] = []
+        seen: dict[str, dict[str, list[str]]] = {}
+        for server in servers:
+            label = f"{server}:{self._port}" if server else "resolver"
+            found: dict[str, list[str]] = {}
+            seen[label] = found
+            for problem in self._check_on(server, hostname, token, found):
+                if len(servers) > 1:
+                    problem = Problem(problem.code, f"{problem.message} (on {label})")
+                problems.append(problem)
+        problems += self._check_caa(hostname)
+        return DnsCheck(not problems, problems, seen)
+
+    def _check_on(self, server: str | None, hostname: str, token: str,
+                  found: dict[str, list[str]]) -> list[Problem]:
         try:
-            answer = self._resolver.resolve(name, rdtype, raise_on_no_answer=False,
-                                            search=False)
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoNameservers):
-            return [], None
-        except dns.exception.Timeout:
-            return [], f"DNS lookup of {rdtype} {name} timed out"
-        except dns.exception.DNSException as exc:
-            return [], f"DNS lookup of {rdtype} {name} failed: {exc}"
+            problems = self._routing(server, hostname, found)
+            txt_name = challenge_name(hostname)
+            txt = self._ask(server, txt_name, "TXT", found)
+        except _LookupFailed as failed:
+            return [failed.problem]
+        if not txt:
+            problems.append(Problem("txt_missing", f"Create a TXT record {txt_name} with "
+                                                   f"the value {token!r}; we found none."))
+        elif token not in txt:
+            problems.append(Problem("txt_mismatch", f"TXT record {txt_name} must contain "
+                                    f"{token!r}; we found {', '.join(map(repr, txt))}."))
+        return problems
+
+    def _routing(self, server: str | None, hostname: str,
+                 found: dict[str, list[str]]) -> list[Problem]:
+        apex = is_apex(hostname)
+        if not apex:
+            cnames = self._ask(server, hostname, "CNAME", found)
+            if cnames and cnames != [self._target]:
+                return [Problem("cname_mismatch", f"Your CNAME {hostname} points to "
+                                f"{cnames[0]}; it must point to {self._target}.")]
+            if cnames:
+                return []
+        a = self._ask(server, hostname, "A", found)
+        aaaa = self._ask(server, hostname, "AAAA", found)
+        if not a and not aaaa:
+            want = (f"A/AAAA records to {self._edge_list()} (an apex cannot be a CNAME)"
+                    if apex else f"a CNAME to {self._target}")
+            code = "nxdomain" if f"NXDOMAIN {hostname}" in found else "no_records"
+            return [Problem(code, f"{hostname} has no DNS records pointing at us; create {want}.")]
+        wrong_a = sorted(x for x in a if ipaddress.ip_address(x) not in self._addresses)
+        wrong_aaaa = sorted(x for x in aaaa if ipaddress.ip_address(x) not in self._addresses)
+        problems = []
+        if wrong_a:
+            problems.append(Problem("a_mismatch", f"{hostname} resolves to "
+                                    f"{', '.join(wrong_a)}, which is not our edge "
+                                    f"({self._edge_list()})."))
+        if wrong_aaaa:
+            problems.append(Problem("stray_aaaa", f"Remove the AAAA record(s) "
+                                    f"{', '.join(wrong_aaaa)} of {hostname}: visitors on IPv6 "
+                                    f"would not reach us ({self._edge_list()})."))
+        return problems
+
+    def _edge_list(self) -> str:
+        return ", ".join(sorted(str(a) for a in self._addresses))
+
+    # -- CAA (RFC 8659: climb from the name towards the root; the first CAA RRset rules) ----
+
+    def _check_caa(self, hostname: str) -> list[Problem]:
+        name = dns.name.from_text(hostname)
+        while len(name.labels) > 2:  # stop before the root and the TLD
+            try:
+                records = self._resolve(name.to_text(), "CAA")
+            except _LookupFailed as failed:
+                return [failed.problem]
+            if records:
+                return self._caa_verdict(hostname, name.to_text().rstrip("."), records)
+            name = name.parent()
+        return []
+
+    def _caa_verdict(self, hostname: str, owner: str, records: list[Any]) -> list[Problem]:
+        issuers = [r.value.decode(errors="replace").split(";")[0].strip().lower()
+                   for r in records if r.tag.lower() == b"issue"]
+        critical = [r.tag.decode(errors="replace") for r in records
+                    if r.flags & 128 and r.tag.lower() not in (b"issue", b"issuewild", b"iodef")]
+        if critical:
+            return [Problem("caa_forbids_issuer", f"CAA at {owner} has a critical property "
+                            f"{critical[0]!r} we do not understand, so no CA may issue.")]
+        if issuers and not self._caa.intersection(issuers):
+            allowed = ", ".join(sorted(self._caa))
+            return [Problem("caa_forbids_issuer", f"CAA records at {owner} allow only "
+                            f"{', '.join(i or '(nobody)' for i in issuers)}; add "
+                            f"0 issue \"{allowed}\" so we can get a certificate for {hostname}.")]
+        return []
+
+    # -- lookups --------------------------------------------------------------------------
+
+    def authoritative_servers(self, hostname: str) -> list[str]:
+        """Addresses of the NS of the zone holding ``hostname``; empty if none can be found."""
+        name = dns.name.from_text(hostname)
+        while len(name.labels) > 1:
+            try:
+                answer = self._resolver.resolve(name, "NS", raise_on_no_answer=False,
+                                                search=False)
+            except dns.exception.DNSException:
+                answer = None
+            if answer is not None and answer.rrset is not None and \
+                    answer.rrset.rdtype == dns.rdatatype.NS and answer.rrset.name == name:
+                return self._addresses_of([str(r.target) for r in answer.rrset])
+            name = name.parent()
+        return []
+
+    def _addresses_of(self, names: list[str]) -> list[str]:
+        addresses: list[str] = []
+        for ns in sorted(names):
+            for rdtype in ("A", "AAAA"):
+                try:
+                    answer = self._resolver.resolve(ns, rdtype, raise_on_no_answer=False,
+                                                    search=False)
+                except dns.exception.DNSException:
+                    continue
+                addresses += [r.address for r in answer.rrset or []
+                              if r.address not in addresses]
+        return addresses
+
+    def _ask(self, server: str | None, name: str, rdtype: str,
+             found: dict[str, list[str]]) -> list[str]:
+        records = self._query(server, name, rdtype, found)
+        values = [self._text(r) for r in records]
+        found[f"{rdtype} {name}"] = values
+        return values
+
+    def _resolve(self, name: str, rdtype: str) -> list[Any]:
+        return self._query(None, name, rdtype, {})
+
+    def _query(self, server: str | None, name: str, rdtype: str,
+               found: dict[str, list[str]]) -> list[Any]:
         wanted = dns.rdatatype.from_text(rdtype)
-        values = []
-        for rrset in answer.response.answer:
-            if rrset.rdtype == wanted and rrset.name.to_text().rstrip(".").lower() == name:
-                values += [self._text(rdata) for rdata in rrset]
-        return values, None
+        try:
+            if server is None:
+                answer = self._resolver.resolve(name, rdtype, raise_on_no_answer=False,
+                                                search=False)
+                response = answer.response
+            else:
+                query = dns.message.make_query(name, rdtype)
+                query.flags &= ~dns.flags.RD
+                response = dns.query.udp(query, server, port=self._port, timeout=self._timeout)
+                if response.flags & dns.flags.TC:
+                    response = dns.query.tcp(query, server, port=self._port,
+                                             timeout=self._timeout)
+        except dns.resolver.NXDOMAIN:
+            found[f"NXDOMAIN {name}"] = []
+            return []
+        except dns.resolver.NoNameservers:
+            return []
+        except dns.exception.Timeout:
+            raise _LookupFailed(Problem("dns_timeout", f"The DNS lookup of {rdtype} {name} "
+                                        f"timed out{f' at {server}' if server else ''}; "
+                                        "we will try again.")) from None
+        except (dns.exception.DNSException, OSError) as exc:
+            raise _LookupFailed(Problem("dns_error", f"The DNS lookup of {rdtype} {name} "
+                                        f"failed: {exc}")) from None
+        if response.rcode() == dns.rcode.NXDOMAIN:
+            found[f"NXDOMAIN {name}"] = []
+        owner = dns.name.from_text(name)
+        return [rdata for rrset in response.answer
+                if rrset.rdtype == wanted and rrset.name == owner for rdata in rrset]
 
     @staticmethod
     def _text(rdata: Any) -> str:
         if rdata.rdtype == dns.rdatatype.TXT:
             return b"".join(rdata.strings).decode(errors="replace")
         return str(rdata.to_text()).rstrip(".").lower()
-
-    def check(self, hostname: str, token: str) -> DnsCheck:
-        problems: list[str] = []
-        seen: dict[str, list[str]] = {}
-        self._check_routing(hostname, problems, seen)
-        txt_name = challenge_name(hostname)
-        txt, error = self._lookup(txt_name, "TXT")
-        seen[f"TXT {txt_name}"] = txt
-        if error:
-            problems.append(error)
-        elif token not in txt:
-            found = f"we found {', '.join(repr(t) for t in txt)}" if txt else "we found none"
-            problems.append(f"TXT record {txt_name} must contain {token!r}; {found}")
-        return DnsCheck(not problems, problems, seen)
-
-    def _check_routing(self, hostname: str, problems: list[str], seen: dict[str, list[str]]) -> None:
-        if not is_apex(hostname):
-            cnames, error = self._lookup(hostname, "CNAME")
-            seen[f"CNAME {hostname}"] = cnames
-            if error:
-                problems.append(error)
-                return
-            if cnames:
-                if cnames != [self._target]:
-                    problems.append(f"CNAME {hostname} points to {cnames[0]}; "
-                                    f"it must point to {self._target}")
-                return
-        addresses: list[str] = []
-        for rdtype in ("A", "AAAA"):
-            values, error = self._lookup(hostname, rdtype)
-            seen[f"{rdtype} {hostname}"] = values
-            if error:
-                problems.append(error)
-                return
-            addresses += values
-        wrong = sorted(set(addresses) - self._addresses)
-        if not addresses:
-            want = f"a CNAME to {self._target}" if not is_apex(hostname) else \
-                f"A/AAAA records to {', '.join(sorted(self._addresses))}"
-            problems.append(f"{hostname} has no DNS records; create {want}")
-        elif wrong:
-            problems.append(f"{hostname} resolves to {', '.join(wrong)}, which is not our edge "
-                            f"({', '.join(sorted(self._addresses))})")

@@ -1,22 +1,26 @@
-"""Drives each domain from pending_dns to active; called by the worker loop of `edgectl serve`.
+"""Drives each domain through its lifecycle; called by the worker loop of `edgectl serve`.
 
-Every step is a conditional write, so two replicas racing for one domain cannot both act: the
-loser's write raises ConflictError and it moves on. ``issuing`` doubles as a lease: if the
-replica holding it dies, the domain becomes due again when the lease runs out.
+pending_dns -> verified -> issuing -> active; an active domain is re-checked every
+``recheck_seconds`` and suspended (route removed, so a dangling record cannot be used to take
+it over) once its DNS has pointed away for ``suspend_grace_seconds``; a suspended domain whose
+DNS comes back is active again. A pending domain is given up after ``give_up_seconds`` (a
+manual check revives it). Every step is a conditional write, so two replicas racing for one
+domain cannot both act: the loser's write raises ConflictError and it moves on. ``issuing``
+doubles as a lease: if the replica holding it dies, the domain becomes due when it runs out.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Callable, Protocol
 
-from domains.dnscheck import DnsChecker
-from domains.service import ACTIVE, ISSUING, PENDING_DNS, VERIFIED, DomainService
+from domains.dnscheck import DnsCheck, DnsChecker
+from domains.service import (ACTIVE, ISSUING, PENDING_DNS, SUSPENDED, VERIFIED,
+                             DomainService)
 from store import ConflictError, Item
 
 log = logging.getLogger(__name__)
-
-ISSUING_LEASE_SECONDS = 300.0
 
 
 class CertificateIssuer(Protocol):
@@ -32,14 +36,24 @@ class RoutePublisher(Protocol):
         """Make the edge serve exactly these routes (hostname -> publication id)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    issuing_lease: float = 300.0
+    recheck: float = 3600.0
+    suspend_grace: float = 86400.0
+    give_up: float = 7 * 86400.0
+
+
 class Lifecycle:
     def __init__(self, domains: DomainService, checker: DnsChecker, issuer: CertificateIssuer,
-                 edge: RoutePublisher, lease_seconds: float = ISSUING_LEASE_SECONDS) -> None:
+                 edge: RoutePublisher, timing: Timing = Timing(),
+                 clock: Callable[[], float] = time.time) -> None:
         self.domains = domains
         self.checker = checker
         self.issuer = issuer
         self.edge = edge
-        self._lease = lease_seconds
+        self.timing = timing
+        self._clock = clock
 
     def tick(self) -> None:
         # Publish first: a fresh edge needs its (empty) state to open port 80 for HTTP-01.
@@ -51,6 +65,8 @@ class Lifecycle:
             self._guard(self.verify, domain)
         for domain in self.domains.due(VERIFIED) + self.domains.due(ISSUING):
             self._guard(self.issue, domain)
+        for domain in self.domains.due(ACTIVE) + self.domains.due(SUSPENDED):
+            self._guard(self.recheck, domain)
 
     def _guard(self, step: Callable[[Item], Item], domain: Item) -> None:
         try:
@@ -58,27 +74,68 @@ class Lifecycle:
         except ConflictError:
             log.info("%s changed under us; another worker has it", domain["hostname"])
 
-    def verify(self, domain: Item) -> Item:
-        result = self.checker.check(domain["hostname"], domain["token"])
-        if not result.ok:
-            return self.domains.defer(domain, "; ".join(result.problems), result.problems,
-                                      dns_seen=result.seen)
-        return self.domains.transition(domain, VERIFIED, "DNS points at the edge and TXT matches",
-                                       last_error=None, problems=[], dns_seen=result.seen,
-                                       attempts=0, next_attempt_at=0)
+    def _check(self, domain: Item) -> DnsCheck:
+        return self.checker.check(domain["hostname"], domain["token"])
+
+    def verify(self, domain: Item, result: DnsCheck | None = None) -> Item:
+        result = result or self._check(domain)
+        if result.ok:
+            return self.domains.transition(
+                domain, VERIFIED, "DNS points at the edge, TXT matches, CAA allows our CA",
+                last_error=None, validation_errors=[], dns_seen=result.seen, attempts=0,
+                next_attempt_at=0)
+        deferred = self.domains.defer(domain, result.errors, dns_seen=result.seen)
+        if self._clock() - domain["claimed_at"] > self.timing.give_up:
+            return self.domains.transition(deferred, PENDING_DNS, "gave up waiting for DNS",
+                                           next_attempt_at=None, gave_up=True)
+        return deferred
 
     def issue(self, domain: Item) -> Item:
         leased = self.domains.transition(domain, ISSUING, "ordering a certificate",
-                                         next_attempt_at=time.time() + self._lease)
+                                         next_attempt_at=self._clock() + self.timing.issuing_lease)
         try:
             self.issuer.issue([domain["hostname"]])
         except Exception as exc:  # any failure: record it and retry from verified later
             log.warning("issuance for %s failed: %s", domain["hostname"], exc)
-            return self.domains.defer(leased, f"certificate: {exc}", status=VERIFIED)
+            return self.domains.defer(leased, [{"code": "issuance_failed",
+                                                "message": f"certificate: {exc}"}],
+                                      status=VERIFIED)
         active = self.domains.transition(leased, ACTIVE, "certificate issued", last_error=None,
-                                         problems=[], attempts=0, next_attempt_at=None)
+                                         validation_errors=[], attempts=0,
+                                         next_attempt_at=self._clock() + self.timing.recheck)
         self.publish_routes()
         return active
+
+    def recheck(self, domain: Item, result: DnsCheck | None = None) -> Item:
+        """An active or suspended domain: does its DNS (and ownership) still point at us?"""
+        result = result or self._check(domain)
+        now = self._clock()
+        if result.ok:
+            updated = self.domains.transition(
+                domain, ACTIVE, "DNS points at the edge again", last_error=None,
+                validation_errors=[], dns_seen=result.seen, attempts=0, failing_since=None,
+                next_attempt_at=now + self.timing.recheck)
+            if domain["status"] == SUSPENDED:
+                self.publish_routes()
+            return updated
+        failing_since = domain.get("failing_since") or now
+        if domain["status"] == ACTIVE and now - failing_since >= self.timing.suspend_grace:
+            suspended = self.domains.defer(domain, result.errors, status=SUSPENDED,
+                                           dns_seen=result.seen, failing_since=failing_since)
+            self.publish_routes()
+            return suspended
+        return self.domains.defer(domain, result.errors, dns_seen=result.seen,
+                                  failing_since=failing_since)
+
+    def check_now(self, hostname: str, actor: str = "api") -> tuple[Item, DnsCheck]:
+        """Re-check a domain at once, whatever its schedule (the publisher pressed "check")."""
+        domain = self.domains.get(hostname)
+        result = self._check(domain)
+        if domain["status"] == PENDING_DNS:
+            domain = self.verify({**domain, "gave_up": False}, result)
+        elif domain["status"] in (ACTIVE, SUSPENDED):
+            domain = self.recheck(domain, result)
+        return domain, result
 
     def remove(self, hostname: str, actor: str = "api") -> Item:
         """Remove a domain: its route leaves the edge at once and its certificate is dropped."""

@@ -18,11 +18,12 @@ EVENTS = TableSpec("domain_events", key="id", indexes=("claim",))
 """Events belong to one claim (one connection of a hostname), so a later owner never sees them.
 Their ids sort newest first."""
 
-PENDING_DNS, VERIFIED, ISSUING, ACTIVE = "pending_dns", "verified", "issuing", "active"
-STATUSES = (PENDING_DNS, VERIFIED, ISSUING, ACTIVE)
+PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED = (
+    "pending_dns", "verified", "issuing", "active", "suspended")
+STATUSES = (PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED)
 PUBLIC_FIELDS = ("hostname", "publication_id", "status", "dns_records", "created_at",
-                 "updated_at", "last_error", "problems", "dns_seen", "attempts",
-                 "next_attempt_at")
+                 "updated_at", "last_error", "validation_errors", "dns_seen", "attempts",
+                 "next_attempt_at", "gave_up")
 
 
 def iso(ts: float) -> str:
@@ -76,7 +77,7 @@ class DomainService:
                     "claim": uuid.uuid4().hex, "claimed_at": now,
                     "token": token, "created_at": iso(now), "updated_at": iso(now),
                     "dns_records": required_records(name, token, self._target, self._addresses),
-                    "last_error": None, "problems": [], "dns_seen": {}, "attempts": 0,
+                    "last_error": None, "validation_errors": [], "dns_seen": {}, "attempts": 0,
                     "next_attempt_at": now}
             try:
                 stored = self.domains.put(item, expected_version=ABSENT)
@@ -125,8 +126,8 @@ class DomainService:
             self._event(domain, f"{domain['status']} -> {status}", actor, why)
         return stored
 
-    def defer(self, domain: Item, error: str, problems: list[str] | None = None,
-              status: str | None = None, **changes: Any) -> Item:
+    def defer(self, domain: Item, errors: list[dict[str, str]], status: str | None = None,
+              **changes: Any) -> Item:
         """Record why a step failed and when to retry (jittered exponential backoff).
 
         The domain stays in its status, or moves back to ``status`` when a step must restart.
@@ -134,13 +135,15 @@ class DomainService:
         attempts = int(domain.get("attempts") or 0) + 1
         delay = min(self._retry_max, self._retry_base * 2 ** (attempts - 1))
         delay *= random.uniform(0.5, 1.0)
+        error = "; ".join(e["message"] for e in errors)
         return self.transition(domain, status or domain["status"], error, last_error=error,
-                               problems=problems or [error], attempts=attempts,
+                               validation_errors=errors, attempts=attempts,
                                next_attempt_at=self._clock() + delay, **changes)
 
     def due(self, status: str) -> list[Item]:
         now = self._clock()
-        return [d for d in self.with_status(status) if (d.get("next_attempt_at") or 0) <= now]
+        return [d for d in self.with_status(status)
+                if d.get("next_attempt_at") is not None and d["next_attempt_at"] <= now]
 
     def timeline(self, domain: Item, limit: int = 100) -> list[Item]:
         """This claim's events, newest first."""

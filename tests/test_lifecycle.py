@@ -15,7 +15,7 @@ from control.pebble import PebbleStack
 from control.procs import free_port
 from control.settings import Settings
 from control.wiring import Services
-from domains.dnscheck import DnsChecker
+from domains.dnscheck import DnsChecker, Problem
 from domains.service import PENDING_DNS, VERIFIED
 
 
@@ -30,31 +30,33 @@ def test_dns_check_explains_each_problem(dns_settings: Settings, pebble: PebbleS
     pebble.set_cname("wrong.example.test", "elsewhere.example.net")
     result = checker.check("wrong.example.test", "tok-1")
     assert not result.ok
-    assert result.problems[0] == ("CNAME wrong.example.test points to elsewhere.example.net; "
-                                  "it must point to edge.platform.test")
-    assert "must contain 'tok-1'; we found none" in result.problems[1]
-    assert result.seen["CNAME wrong.example.test"] == ["elsewhere.example.net"]
+    assert result.problems[0] == Problem("cname_mismatch", (
+        "Your CNAME wrong.example.test points to elsewhere.example.net; "
+        "it must point to edge.platform.test."))
+    assert result.problems[1].code == "txt_missing"
+    assert "'tok-1'; we found none" in result.problems[1].message
+    assert result.seen["resolver"]["CNAME wrong.example.test"] == ["elsewhere.example.net"]
 
     pebble.set_cname("right.example.test", "edge.platform.test")
     pebble.set_txt("_edge-challenge.right.example.test", "other")
     result = checker.check("right.example.test", "tok-2")
-    assert result.problems == ["TXT record _edge-challenge.right.example.test must contain "
-                               "'tok-2'; we found 'other'"]
+    assert result.problems == [Problem("txt_mismatch", "TXT record _edge-challenge.right."
+                                       "example.test must contain 'tok-2'; we found 'other'.")]
     pebble.set_txt("_edge-challenge.right.example.test", "tok-2")
     assert checker.check("right.example.test", "tok-2").ok
 
     pebble.dns("/add-a", {"host": "apex-wrong.test.", "addresses": ["192.0.2.7"]})
     pebble.set_txt("_edge-challenge.apex-wrong.test", "tok-3")
     result = checker.check("apex-wrong.test", "tok-3")
-    assert result.problems == ["apex-wrong.test resolves to 192.0.2.7, which is not our edge "
-                               "(127.0.0.1)"]
+    assert result.problems == [Problem("a_mismatch", "apex-wrong.test resolves to 192.0.2.7, "
+                                       "which is not our edge (127.0.0.1).")]
 
 
 def test_unreachable_dns_server_is_a_problem_not_a_crash(settings: Settings) -> None:
     silent = dataclasses.replace(settings, dns_servers=["127.0.0.1"], dns_port=free_port(),
                                  dns_timeout=0.3)
     result = DnsChecker.from_settings(silent).check("x.example.test", "t")
-    assert not result.ok and any("timed out" in p or "failed" in p for p in result.problems)
+    assert not result.ok and {p.code for p in result.problems} <= {"dns_timeout", "dns_error"}
 
 
 @pytest.fixture
@@ -70,6 +72,7 @@ def test_pending_domain_backs_off_then_verifies(services: Services, pebble: Pebb
     domain = services.domains.get("backoff.example.test")
     assert domain["status"] == PENDING_DNS
     assert domain["attempts"] == 1 and "_edge-challenge" in domain["last_error"]
+    assert [e["code"] for e in domain["validation_errors"]] == ["txt_missing"]
     assert domain["next_attempt_at"] > time.time()
     services.lifecycle.tick()
     assert services.domains.get("backoff.example.test")["attempts"] == 1, "not due yet"

@@ -1,0 +1,70 @@
+"""Property-based: the normalizer never crashes and is idempotent; the API never answers 5xx."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from admin_app import create_app
+from control.settings import Settings
+from control.wiring import Services
+from domains.errors import InvalidHostname
+from domains.hostnames import normalize_hostname
+
+AUTH = {"Authorization": "Bearer test-token-0123456789"}
+LABEL = st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?", fullmatch=True)
+HOSTLIKE = st.one_of(
+    st.text(max_size=300),
+    st.lists(st.one_of(LABEL, st.text(min_size=1, max_size=70)), min_size=1, max_size=6)
+    .map(".".join),
+    st.lists(LABEL, min_size=2, max_size=5).map(lambda labels: ".".join(labels) + "."),
+)
+
+
+@given(HOSTLIKE)
+@hsettings(max_examples=400, deadline=None)
+def test_normalizer_accepts_or_explains_and_is_idempotent(raw: str) -> None:
+    try:
+        name = normalize_hostname(raw, ["platform.test"])
+    except InvalidHostname as exc:
+        assert exc.reason
+        return
+    assert name == name.lower() and not name.endswith(".") and len(name) <= 253
+    assert normalize_hostname(name, ["platform.test"]) == name
+    assert not (name == "platform.test" or name.endswith(".platform.test"))
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlaskClient]:
+    from cryptography.fernet import Fernet
+
+    from control.settings import load_settings
+    built: Settings = load_settings(
+        env={}, api_token="test-token-0123456789", edge_token="edge-token-0123456789",
+        encryption_keys=Fernet.generate_key().decode(),
+        data_dir=str(tmp_path_factory.mktemp("prop")), platform_domains=["platform.test"])
+    services = Services.from_settings(built)
+    yield create_app(services).test_client()
+    services.close()
+
+
+JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=80),
+                       lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=10), inner, max_size=3), max_leaves=8)
+
+
+@given(hostname=st.one_of(HOSTLIKE, JSONISH), publication=st.one_of(st.text(max_size=40), JSONISH))
+@hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_api_answers_4xx_or_success_never_5xx(client: FlaskClient, hostname: object,
+                                              publication: object) -> None:
+    created = client.post("/api/v1/domains", headers=AUTH,
+                          json={"hostname": hostname, "publication_id": publication})
+    assert created.status_code in (200, 201, 400, 409), created.get_data()
+    if isinstance(hostname, str):
+        for method, path in (("get", f"/api/v1/domains/{hostname}"),
+                             ("delete", f"/api/v1/domains/{hostname}")):
+            answer = getattr(client, method)(path.replace("#", "%23").replace("?", "%3F"),
+                                             headers=AUTH)
+            assert answer.status_code < 500, (method, path, answer.get_data())
