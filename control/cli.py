@@ -43,6 +43,8 @@ def serve(settings: Settings) -> None:
     server = make_server(settings.listen_host, settings.listen_port, app, threaded=True)
     stop = _stop_on_signals()
     worker = start_worker(services.lifecycle, settings.worker_interval, stop)
+    if services.webhooks.enabled:
+        services.webhooks.start(stop)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     log.info("control service on http://%s:%d", settings.listen_host, server.server_port)

@@ -28,7 +28,8 @@ class LocalStack:
     """Every process of the product on loopback, in ``directory``; ``stop()`` ends them all."""
 
     def __init__(self, directory: Path, pebble: PebbleStack | None = None,
-                 edge_http_port: int | None = None, extra_nodes: int = 0) -> None:
+                 edge_http_port: int | None = None, extra_nodes: int = 0,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.directory = directory
         self.token = "demo-" + Fernet.generate_key().decode()[:24]
         self.edge_token = "edge-" + Fernet.generate_key().decode()[:24]
@@ -43,7 +44,7 @@ class LocalStack:
         self.processes: list[ManagedProcess] = []
         try:
             self.apps = [SampleApp(f"app-{n}", 0) for n in (1, 2)]
-            env = self.env()
+            env = {**self.env(), **(extra_env or {})}
             control = self._spawn("control", ["serve"], env)
             wait_for_port(self.control_port, process=control)
             self._spawn("agent", ["agent", "--node-id", "demo-edge"], env)

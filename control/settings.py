@@ -135,6 +135,8 @@ class Settings:
     retry_max_seconds: float = 3600.0
     claim_ttl_seconds: float = 7 * 86400.0
     recheck_seconds: float = 3600.0
+    webhook_url: str = ""
+    webhook_secret: str = ""
     suspend_grace_seconds: float = 86400.0
     give_up_seconds: float = 7 * 86400.0
 
@@ -181,6 +183,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "retry_max_seconds": _float,
     "claim_ttl_seconds": _float,
     "recheck_seconds": _float,
+    "webhook_url": _str,
+    "webhook_secret": _str,
     "suspend_grace_seconds": _float,
     "give_up_seconds": _float,
 }
@@ -225,6 +229,8 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: str | None 
     for name in ("api_token", "edge_token"):
         if name in values and len(values[name].strip()) < 16:
             raise SettingsError(name, "must be at least 16 characters")
+    if values.get("webhook_url") and len(values.get("webhook_secret", "")) < 16:
+        raise SettingsError("webhook_secret", "must be at least 16 characters with webhook_url")
     if values.get("api_token") and values.get("api_token") == values.get("edge_token"):
         raise SettingsError("edge_token", "must differ from api_token (agents get private keys)")
     return _with_derived_paths(Settings(**values))

@@ -12,6 +12,7 @@ from control.settings import Settings
 from domains.dnscheck import DnsChecker
 from domains.lifecycle import Lifecycle, Timing
 from domains.service import DOMAINS, EVENTS, DomainService
+from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.control_api import EDGE_CERTS, EDGE_NODES, EDGE_ROUTES, EDGE_STATE, EdgeStateStore
 from edge.state import DesiredState, Route
 from store import Backend, open_backend
@@ -52,6 +53,7 @@ class Services:
     issuer: AcmeIssuer
     edge_state: EdgeStateStore
     lifecycle: Lifecycle
+    webhooks: WebhookSender
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -76,10 +78,12 @@ class Services:
         timing = Timing(recheck=settings.recheck_seconds,
                         suspend_grace=settings.suspend_grace_seconds,
                         give_up=settings.give_up_seconds)
+        webhooks = WebhookSender(backend.table(WEBHOOKS), settings.webhook_url,
+                                 settings.webhook_secret)
         lifecycle = Lifecycle(domains, DnsChecker.from_settings(settings), issuer, publisher,
-                              timing)
+                              timing, events=webhooks)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
-                   lifecycle)
+                   lifecycle, webhooks)
 
     def close(self) -> None:
         self.backend.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import uuid
 from typing import Callable, Protocol
 
 from domains.dnscheck import DnsCheck, DnsChecker
@@ -36,9 +37,20 @@ class RoutePublisher(Protocol):
         """Make the edge serve exactly these routes (hostname -> publication id)."""
 
 
+class EventSink(Protocol):
+    def emit(self, event_type: str, data: dict[str, object]) -> str:
+        """Record an event for the platform (a webhook); must not block on the network."""
+
+
+class _NoEvents:
+    def emit(self, event_type: str, data: dict[str, object]) -> str:
+        return ""
+
+
 @dataclasses.dataclass(frozen=True)
 class Timing:
     issuing_lease: float = 300.0
+    worker_lease: float = 120.0
     recheck: float = 3600.0
     suspend_grace: float = 86400.0
     give_up: float = 7 * 86400.0
@@ -47,6 +59,7 @@ class Timing:
 class Lifecycle:
     def __init__(self, domains: DomainService, checker: DnsChecker, issuer: CertificateIssuer,
                  edge: RoutePublisher, timing: Timing = Timing(),
+                 events: EventSink | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.domains = domains
         self.checker = checker
@@ -54,6 +67,13 @@ class Lifecycle:
         self.edge = edge
         self.timing = timing
         self._clock = clock
+        self.worker_id = uuid.uuid4().hex[:12]
+        self.events = events or _NoEvents()
+
+    def _emit(self, event_type: str, domain: Item, **extra: object) -> None:
+        self.events.emit(event_type, {"hostname": domain["hostname"],
+                                      "publication_id": domain["publication_id"],
+                                      "status": domain["status"], **extra})
 
     def tick(self) -> None:
         # Publish first: a fresh edge needs its (empty) state to open port 80 for HTTP-01.
@@ -69,8 +89,12 @@ class Lifecycle:
             self._guard(self.recheck, domain)
 
     def _guard(self, step: Callable[[Item], Item], domain: Item) -> None:
+        """Run one step on a domain this worker leased (another replica may be on it)."""
+        leased = self.domains.lease(domain, self.worker_id, self.timing.worker_lease)
+        if leased is None:
+            return
         try:
-            step(domain)
+            step(leased)
         except ConflictError:
             log.info("%s changed under us; another worker has it", domain["hostname"])
 
@@ -80,10 +104,12 @@ class Lifecycle:
     def verify(self, domain: Item, result: DnsCheck | None = None) -> Item:
         result = result or self._check(domain)
         if result.ok:
-            return self.domains.transition(
+            verified = self.domains.transition(
                 domain, VERIFIED, "DNS points at the edge, TXT matches, CAA allows our CA",
                 last_error=None, validation_errors=[], dns_seen=result.seen, attempts=0,
                 next_attempt_at=0)
+            self._emit("domain.verified", verified)
+            return verified
         deferred = self.domains.defer(domain, result.errors, dns_seen=result.seen)
         if self._clock() - domain["claimed_at"] > self.timing.give_up:
             return self.domains.transition(deferred, PENDING_DNS, "gave up waiting for DNS",
@@ -104,6 +130,8 @@ class Lifecycle:
                                          validation_errors=[], attempts=0,
                                          next_attempt_at=self._clock() + self.timing.recheck)
         self.publish_routes()
+        self._emit("certificate.issued", active)
+        self._emit("domain.active", active)
         return active
 
     def recheck(self, domain: Item, result: DnsCheck | None = None) -> Item:
@@ -117,12 +145,14 @@ class Lifecycle:
                 next_attempt_at=now + self.timing.recheck)
             if domain["status"] == SUSPENDED:
                 self.publish_routes()
+                self._emit("domain.active", updated)
             return updated
         failing_since = domain.get("failing_since") or now
         if domain["status"] == ACTIVE and now - failing_since >= self.timing.suspend_grace:
             suspended = self.domains.defer(domain, result.errors, status=SUSPENDED,
                                            dns_seen=result.seen, failing_since=failing_since)
             self.publish_routes()
+            self._emit("domain.suspended", suspended, errors=result.errors)
             return suspended
         return self.domains.defer(domain, result.errors, dns_seen=result.seen,
                                   failing_since=failing_since)
@@ -142,6 +172,7 @@ class Lifecycle:
         domain = self.domains.remove(hostname, actor)
         self.issuer.discard([domain["hostname"]])
         self.publish_routes()
+        self._emit("domain.removed", {**domain, "status": "removed"})
         return domain
 
     def publish_routes(self) -> None:

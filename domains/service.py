@@ -126,6 +126,21 @@ class DomainService:
             self._event(domain, f"{domain['status']} -> {status}", actor, why)
         return stored
 
+    def lease(self, domain: Item, owner: str, seconds: float) -> Item | None:
+        """Hold ``domain`` for ``seconds`` so no other worker processes it meanwhile.
+
+        The domain as leased, or None if another worker holds a lease that has not expired.
+        A lease is a conditional write, so two workers cannot both take it.
+        """
+        now = self._clock()
+        if domain.get("lease_owner") not in (None, owner) and domain.get("lease_until", 0) > now:
+            return None
+        try:
+            return self.domains.put({**domain, "lease_owner": owner, "lease_until": now + seconds},
+                                    expected_version=domain["version"])
+        except ConflictError:
+            return None
+
     def defer(self, domain: Item, errors: list[dict[str, str]], status: str | None = None,
               **changes: Any) -> Item:
         """Record why a step failed and when to retry (jittered exponential backoff).

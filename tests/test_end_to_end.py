@@ -1,13 +1,15 @@
 """The walking skeleton for real: API -> DNS -> Pebble -> HAProxy -> app fleet, all processes."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from cryptography import x509
@@ -16,17 +18,64 @@ from cryptography.x509.oid import ExtensionOID
 from control.demo import LocalStack
 from control.pebble import PebbleStack
 from control.probe import https_get
+from domains.webhooks import verify_signature
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request
+
+
+WEBHOOK_SECRET = "webhook-secret-0123456789"
+
+
+class Receiver:
+    """The platform's webhook endpoint: a real HTTP server that checks every signature."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, object]] = []
+        self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def app(self, environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
+        request = Request(environ)
+        body = request.get_data()
+        if not verify_signature(WEBHOOK_SECRET, request.headers["X-Edge-Timestamp"], body,
+                                request.headers["X-Edge-Signature"]):
+            start_response("401 Unauthorized", [])
+            return [b""]
+        self.events.append(json.loads(body))
+        start_response("204 No Content", [])
+        return [b""]
+
+    def wait_for(self, event_type: str, hostname: str) -> dict[str, object]:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for event in self.events:
+                if event["type"] == event_type and \
+                        event["data"]["hostname"] == hostname:  # type: ignore[index]
+                    return event
+            time.sleep(0.05)
+        raise AssertionError(f"no {event_type} for {hostname}: {self.events}")
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleStack) -> Iterator[LocalStack]:
-    local = LocalStack(tmp_path_factory.mktemp("stack"), pebble=pebble, extra_nodes=1)
+def receiver() -> Iterator[Receiver]:
+    hooks = Receiver()
+    yield hooks
+    hooks.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleStack,
+          receiver: Receiver) -> Iterator[LocalStack]:
+    local = LocalStack(tmp_path_factory.mktemp("stack"), pebble=pebble, extra_nodes=1,
+                       extra_env={"EDGE_WEBHOOK_URL": receiver.url,
+                                  "EDGE_WEBHOOK_SECRET": WEBHOOK_SECRET})
     yield local
     local.stop()
 
 
 def test_connected_domain_is_served_over_https_with_a_pebble_certificate(
-        stack: LocalStack) -> None:
+        stack: LocalStack, receiver: Receiver) -> None:
     created = stack.api("POST", "/api/v1/domains",
                         json={"hostname": "Blog.Example.Test.", "publication_id": "pub_1"})
     assert created.status_code == 201, created.text
@@ -86,6 +135,11 @@ def test_connected_domain_is_served_over_https_with_a_pebble_certificate(
     stored = b"".join(p.read_bytes() for p in (stack.directory / "data").glob("edge.db*"))
     assert b"BEGIN CERTIFICATE" in stored and b"PRIVATE KEY" not in stored
 
+    # The platform heard about it through signed webhooks.
+    for event_type in ("domain.verified", "certificate.issued", "domain.active"):
+        event = receiver.wait_for(event_type, "blog.example.test")
+        assert event["data"]["publication_id"] == "pub_1"  # type: ignore[index]
+
     # `edgectl plan` on the node agrees: nothing left to change.
     plan = subprocess.run([sys.executable, "-m", "control", "plan"], capture_output=True,
                           text=True, timeout=60, env={**os.environ, **stack.env()})
@@ -93,7 +147,7 @@ def test_connected_domain_is_served_over_https_with_a_pebble_certificate(
     assert plan.stdout.splitlines()[-1] == "no changes"
 
 
-def test_two_nodes_converge_on_each_change(stack: LocalStack) -> None:
+def test_two_nodes_converge_on_each_change(stack: LocalStack, receiver: Receiver) -> None:
     created = stack.api("POST", "/api/v1/domains",
                         json={"hostname": "gone.example.test", "publication_id": "pub_2"})
     stack.create_records(created.json()["dns_records"])
@@ -110,6 +164,8 @@ def test_two_nodes_converge_on_each_change(stack: LocalStack) -> None:
             time.sleep(0.1)
     assert stack.api("GET", "/api/v1/domains/gone.example.test").status_code == 404
     wait_in_sync(stack, nodes=2)
+    assert receiver.wait_for("domain.removed", "gone.example.test")["data"]["status"] == \
+        "removed"  # type: ignore[index]
 
 
 def wait_in_sync(stack: LocalStack, nodes: int) -> None:
