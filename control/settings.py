@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from cryptography.fernet import Fernet
+
+from domains.registrars import provider_names
 
 ENV_PREFIX = "EDGE_"
 
@@ -87,6 +90,21 @@ def _fernet_keys(value: Any) -> list[str]:
     return keys
 
 
+def _registrars(value: Any) -> dict[str, dict[str, Any]]:
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else {}
+    if not isinstance(value, dict):
+        raise ValueError("must map zones to provider settings, e.g. {\"example.com\": "
+                         "{\"provider\": \"route53\"}}")
+    for zone, config in value.items():
+        if not isinstance(config, dict) or not isinstance(config.get("provider"), str):
+            raise ValueError(f"zone {zone!r} needs a table with a provider name")
+        if config["provider"] not in provider_names():
+            raise ValueError(f"zone {zone!r}: unknown provider {config['provider']!r} "
+                             f"(known: {', '.join(provider_names())})")
+    return {zone.lower().rstrip("."): dict(config) for zone, config in value.items()}
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = _str(value)
@@ -136,6 +154,7 @@ class Settings:
     claim_ttl_seconds: float = 7 * 86400.0
     recheck_seconds: float = 3600.0
     webhook_url: str = ""
+    registrars: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     webhook_secret: str = ""
     suspend_grace_seconds: float = 86400.0
     give_up_seconds: float = 7 * 86400.0
@@ -184,6 +203,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "claim_ttl_seconds": _float,
     "recheck_seconds": _float,
     "webhook_url": _str,
+    "registrars": _registrars,
     "webhook_secret": _str,
     "suspend_grace_seconds": _float,
     "give_up_seconds": _float,

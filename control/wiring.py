@@ -9,6 +9,7 @@ from certs.issuer import ACCOUNTS, AcmeIssuer
 from certs.keys import KeyVault
 from certs.store import CERTIFICATES, CertificateStore
 from control.settings import Settings
+from domains.automation import RecordAutomation
 from domains.dnscheck import DnsChecker
 from domains.lifecycle import Lifecycle, Timing
 from domains.service import DOMAINS, EVENTS, DomainService
@@ -64,7 +65,8 @@ class Services:
             cname_target=settings.edge_cname_target, edge_addresses=settings.edge_addresses,
             platform_domains=settings.platform_domains,
             retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
-            claim_ttl=settings.claim_ttl_seconds)
+            claim_ttl=settings.claim_ttl_seconds,
+            automation=RecordAutomation.from_settings(settings.registrars))
         challenges = ChallengeStore(backend.table(CHALLENGES))
         certificates = CertificateStore(backend.table(CERTIFICATES), vault)
         issuer = AcmeIssuer(directory_url=settings.acme_directory_url,

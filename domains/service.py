@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterable
 
+from domains.automation import RecordAutomation
 from domains.errors import DomainNotFound, HostnameTaken
 from domains.hostnames import normalize_hostname
 from domains.records import required_records
@@ -23,7 +24,7 @@ PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED = (
 STATUSES = (PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED)
 PUBLIC_FIELDS = ("hostname", "publication_id", "status", "dns_records", "created_at",
                  "updated_at", "last_error", "validation_errors", "dns_seen", "attempts",
-                 "next_attempt_at", "gave_up")
+                 "next_attempt_at", "gave_up", "automation")
 
 
 def iso(ts: float) -> str:
@@ -41,7 +42,8 @@ class DomainService:
     def __init__(self, domains: Table, events: Table, *, cname_target: str,
                  edge_addresses: list[str], platform_domains: Iterable[str],
                  retry_base: float = 5.0, retry_max: float = 3600.0,
-                 claim_ttl: float = 7 * 86400, clock: Callable[[], float] = time.time) -> None:
+                 claim_ttl: float = 7 * 86400, automation: RecordAutomation | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.domains = domains
         self.events = events
         self._target = cname_target
@@ -50,6 +52,7 @@ class DomainService:
         self._retry_base = retry_base
         self._retry_max = retry_max
         self._claim_ttl = claim_ttl
+        self.automation = automation or RecordAutomation({})
         self._clock = clock
 
     def normalize(self, hostname: object) -> str:
@@ -84,8 +87,22 @@ class DomainService:
             except ConflictError:
                 continue  # someone connected it at the same moment: look again
             self._event(stored, "connected", actor, f"for publication {publication_id}")
-            return stored, True
+            return self._automate(stored, actor), True
         raise HostnameTaken(name)
+
+    def _automate(self, domain: Item, actor: str) -> Item:
+        """Create the records at the registrar when a provider covers the zone."""
+        result = self.automation.create(domain["hostname"], domain["dns_records"])
+        if result is None:
+            return domain
+        what = f"registrar error: {result['error']}" if "error" in result else \
+            f"created {', '.join(result['created']) or 'nothing (records were there)'}"
+        self._event(domain, "records automated", actor, f"{result['provider']}: {what}")
+        try:
+            return self.domains.put({**domain, "automation": result},
+                                    expected_version=domain["version"])
+        except ConflictError:
+            return self.get(domain["hostname"])
 
     def _abandoned(self, domain: Item, now: float) -> bool:
         return domain["status"] == PENDING_DNS and now - domain["claimed_at"] > self._claim_ttl

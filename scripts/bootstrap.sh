@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the product and its tests need, only when missing: Debian packages (pebble,
-# haproxy, node/npm; with --test also testssl.sh and wrk), npm packages (dynalite, for the
+# haproxy, node/npm; with --test also testssl.sh, wrk and knot), npm packages (dynalite, for the
 # DynamoDB tests) and this Python package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ command -v curl >/dev/null || missing+=(curl)
 if [ "${1:-}" = "--test" ]; then
     command -v testssl >/dev/null || missing+=(testssl.sh)
     command -v wrk >/dev/null || missing+=(wrk)
+    command -v knotd >/dev/null || [ -x /usr/sbin/knotd ] || missing+=(knot)
 fi
 if ((${#missing[@]})); then
     echo "bootstrap: installing ${missing[*]}"
