@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable
 
 import dns.exception
 import dns.flags
@@ -50,13 +51,26 @@ class _LookupFailed(Exception):
 class DnsChecker:
     def __init__(self, resolver: dns.resolver.Resolver, cname_target: str,
                  edge_addresses: Iterable[str], *, port: int = 53, timeout: float = 2.0,
-                 caa_identities: Iterable[str] = ("letsencrypt.org",)) -> None:
+                 caa_identities: Iterable[str] = ("letsencrypt.org",),
+                 cache_seconds: float = 30.0) -> None:
         self._resolver = resolver
         self._target = cname_target.lower().rstrip(".")
         self._addresses = {ipaddress.ip_address(a) for a in edge_addresses}
         self._port = port
         self._timeout = timeout
         self._caa = {c.lower() for c in caa_identities}
+        # Zone cuts and parents' CAA are shared by many domains: remember them briefly.
+        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._cache_seconds = cache_seconds
+
+    def _cached(self, kind: str, key: str, compute: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        hit = self._cache.get((kind, key))
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = compute()
+        self._cache[(kind, key)] = (now + self._cache_seconds, value)
+        return value
 
     @classmethod
     def from_settings(cls, settings: Any) -> "DnsChecker":
@@ -141,8 +155,10 @@ class DnsChecker:
     def _check_caa(self, hostname: str) -> list[Problem]:
         name = dns.name.from_text(hostname)
         while len(name.labels) > 2:  # stop before the root and the TLD
+            text = name.to_text()
             try:
-                records = self._resolve(name.to_text(), "CAA")
+                records = self._resolve(text, "CAA") if text.rstrip(".") == hostname else \
+                    self._cached("caa", text, lambda: self._resolve(text, "CAA"))
             except _LookupFailed as failed:
                 return [failed.problem]
             if records:
@@ -171,16 +187,24 @@ class DnsChecker:
         """Addresses of the NS of the zone holding ``hostname``; empty if none can be found."""
         name = dns.name.from_text(hostname)
         while len(name.labels) > 1:
-            try:
-                answer = self._resolver.resolve(name, "NS", raise_on_no_answer=False,
-                                                search=False)
-            except dns.exception.DNSException:
-                answer = None
-            if answer is not None and answer.rrset is not None and \
-                    answer.rrset.rdtype == dns.rdatatype.NS and answer.rrset.name == name:
-                return self._addresses_of([str(r.target) for r in answer.rrset])
+            text = name.to_text()
+            servers = self._zone_cut(text) if text.rstrip(".") == hostname else \
+                self._cached("ns", text, lambda: self._zone_cut(text))
+            if servers is not None:
+                return list(servers)
             name = name.parent()
         return []
+
+    def _zone_cut(self, name: str) -> list[str] | None:
+        """Addresses of ``name``'s NS if it is a zone apex, else None."""
+        try:
+            answer = self._resolver.resolve(name, "NS", raise_on_no_answer=False, search=False)
+        except dns.exception.DNSException:
+            return None
+        if answer.rrset is not None and answer.rrset.rdtype == dns.rdatatype.NS and \
+                answer.rrset.name == dns.name.from_text(name):
+            return self._addresses_of([str(r.target) for r in answer.rrset])
+        return None
 
     def _addresses_of(self, names: list[str]) -> list[str]:
         addresses: list[str] = []

@@ -137,3 +137,68 @@ def test_issuance_survives_bad_nonces_and_keeps_keys_encrypted(
     raw = b"".join(p.read_bytes() for p in Path(settings.sqlite_path).parent.glob("edge.db*"))
     assert b"PRIVATE KEY" not in raw
     assert b"BEGIN CERTIFICATE" in raw
+
+
+def test_active_domain_whose_dns_moves_away_is_suspended_after_grace_then_resumes(
+        dns_settings: Settings, pebble: PebbleStack) -> None:
+    services = Services.from_settings(dataclasses.replace(
+        dns_settings, recheck_seconds=0.05, suspend_grace_seconds=0.5))
+    try:
+        hostname = "moving.example.test"
+        domain, _ = services.domains.connect(hostname, "pub_1")
+        pebble.set_cname(hostname, "edge.platform.test")
+        pebble.set_txt(f"_edge-challenge.{hostname}", domain["token"])
+        services.lifecycle.verify(domain)
+        services.certificates.save([hostname], *_cert_and_key(hostname))
+        active = services.domains.transition(services.domains.get(hostname), "active",
+                                             "certificate issued", next_attempt_at=0)
+        services.lifecycle.publish_routes()
+        assert routes(services) == [hostname]
+
+        pebble.set_cname(hostname, "someone-else.example.net")  # the publisher moved away
+        services.lifecycle.recheck(active)
+        grace = services.domains.get(hostname)
+        assert grace["status"] == "active" and grace["failing_since"]
+        assert [e["code"] for e in grace["validation_errors"]] == ["cname_mismatch"]
+        assert routes(services) == [hostname], "still routed during the grace period"
+        time.sleep(0.6)
+        suspended = services.lifecycle.recheck(services.domains.get(hostname))
+        assert suspended["status"] == "suspended"
+        assert routes(services) == [], "route removed: a dangling record cannot take it over"
+
+        pebble.set_cname(hostname, "edge.platform.test")
+        resumed = services.lifecycle.recheck(suspended)
+        assert resumed["status"] == "active" and resumed["failing_since"] is None
+        assert routes(services) == [hostname]
+        assert [e["what"] for e in services.domains.timeline(resumed)][:2] == \
+            ["suspended -> active", "active -> suspended"]
+    finally:
+        services.close()
+
+
+def test_pending_domain_is_given_up_then_revived_by_a_manual_check(
+        dns_settings: Settings, pebble: PebbleStack) -> None:
+    services = Services.from_settings(dataclasses.replace(dns_settings, give_up_seconds=0.2))
+    try:
+        domain, _ = services.domains.connect("never.example.test", "pub_1")
+        time.sleep(0.3)
+        services.lifecycle.verify(domain)
+        given_up = services.domains.get("never.example.test")
+        assert given_up["gave_up"] is True and given_up["next_attempt_at"] is None
+        assert given_up not in services.domains.due("pending_dns")
+        pebble.set_txt("_edge-challenge.never.example.test", domain["token"])
+        revived, result = services.lifecycle.check_now("never.example.test")
+        assert result.ok and revived["status"] == "verified"
+    finally:
+        services.close()
+
+
+def routes(services: Services) -> list[str]:
+    state = services.edge_state.load()
+    return [r["hostname"] for r in state["routes"]] if state else []
+
+
+def _cert_and_key(hostname: str) -> tuple[str, bytes]:
+    from certs.x509util import self_signed
+    cert, combined = self_signed(hostname)
+    return cert, combined[len(cert):].encode()
