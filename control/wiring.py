@@ -79,7 +79,8 @@ class Services:
         publisher = EdgePublisher(edge_state, certificates, settings.app_servers, [control_server])
         timing = Timing(recheck=settings.recheck_seconds,
                         suspend_grace=settings.suspend_grace_seconds,
-                        give_up=settings.give_up_seconds)
+                        give_up=settings.give_up_seconds,
+                        dns_concurrency=max(1, settings.dns_concurrency))
         webhooks = WebhookSender(backend.table(WEBHOOKS), settings.webhook_url,
                                  settings.webhook_secret)
         lifecycle = Lifecycle(domains, DnsChecker.from_settings(settings), issuer, publisher,

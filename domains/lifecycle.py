@@ -52,7 +52,7 @@ class _NoEvents:
 class Timing:
     issuing_lease: float = 300.0
     worker_lease: float = 120.0
-    dns_concurrency: int = 32
+    dns_concurrency: int = 16
     recheck: float = 3600.0
     suspend_grace: float = 86400.0
     give_up: float = 7 * 86400.0
