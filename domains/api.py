@@ -22,6 +22,10 @@ def _service() -> DomainService:
     return service
 
 
+def _view(domain: dict[str, Any]) -> dict[str, Any]:
+    return public_view(domain, _service().cname_target)
+
+
 def _error(message: str, status: int) -> tuple[Response, int]:
     return jsonify(error=message), status
 
@@ -46,7 +50,7 @@ def connect() -> tuple[Response, int]:
     if not isinstance(publication_id, str) or not PUBLICATION_ID.fullmatch(publication_id):
         return _error(PUBLICATION_HELP, 400)
     domain, created = _service().connect(body.get("hostname"), publication_id)
-    return jsonify(public_view(domain)), 201 if created else 200
+    return jsonify(_view(domain)), 201 if created else 200
 
 
 @bp.get("/<hostname>")
@@ -54,7 +58,7 @@ def connect() -> tuple[Response, int]:
 def show(hostname: str) -> Response:
     service = _service()
     domain = service.get(hostname)
-    return jsonify({**public_view(domain), "events": service.timeline(domain)})
+    return jsonify({**_view(domain), "events": service.timeline(domain)})
 
 
 @bp.get("")
@@ -74,7 +78,7 @@ def list_domains() -> tuple[Response, int] | Response:
                                    cursor=request.args.get("cursor"))
     except ValueError:
         return _error("cursor is not one this API gave out", 400)
-    return jsonify(domains=[public_view(d) for d in page.items], next_cursor=page.next_cursor)
+    return jsonify(domains=[_view(d) for d in page.items], next_cursor=page.next_cursor)
 
 
 @bp.post("/<hostname>/check")
@@ -83,7 +87,7 @@ def check(hostname: str) -> Response:
     """Re-check DNS now; answers the domain and the records found on each server asked."""
     lifecycle: Lifecycle = current_app.extensions["edge.lifecycle"]
     domain, result = lifecycle.check_now(hostname)
-    return jsonify({**public_view(domain), "ok": result.ok, "seen": result.seen})
+    return jsonify({**_view(domain), "ok": result.ok, "seen": result.seen})
 
 
 @bp.delete("/<hostname>")

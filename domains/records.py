@@ -23,3 +23,13 @@ def required_records(hostname: str, token: str, cname_target: str,
         records = [{"type": "CNAME", "name": hostname, "value": cname_target}]
     records.append({"type": "TXT", "name": challenge_name(hostname), "value": token})
     return records
+
+
+def instructions(hostname: str, cname_target: str) -> str:
+    """One sentence on what to create, and why an apex differs from a subdomain."""
+    if is_apex(hostname):
+        return (f"{hostname} is an apex domain, which cannot be a CNAME: create the A/AAAA "
+                "records below (or an ALIAS/ANAME to "
+                f"{cname_target} if your DNS host offers one) and the TXT record.")
+    return (f"{hostname} is a subdomain: create a CNAME to {cname_target} and the TXT record "
+            "that proves you own it.")

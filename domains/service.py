@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 from domains.automation import RecordAutomation
 from domains.errors import DomainNotFound, HostnameTaken
 from domains.hostnames import normalize_hostname
-from domains.records import required_records
+from domains.records import instructions, required_records
 from store import ABSENT, ConflictError, Item, Page, Table, TableSpec
 
 DOMAINS = TableSpec("domains", key="hostname", indexes=("publication_id", "status"))
@@ -31,8 +31,10 @@ def iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def public_view(domain: Item) -> dict[str, Any]:
+def public_view(domain: Item, cname_target: str | None = None) -> dict[str, Any]:
     view = {name: domain.get(name) for name in PUBLIC_FIELDS}
+    if cname_target:
+        view["instructions"] = instructions(domain["hostname"], cname_target)
     if view["next_attempt_at"] is not None:
         view["next_attempt_at"] = iso(view["next_attempt_at"])
     return view
@@ -54,6 +56,10 @@ class DomainService:
         self._claim_ttl = claim_ttl
         self.automation = automation or RecordAutomation({})
         self._clock = clock
+
+    @property
+    def cname_target(self) -> str:
+        return self._target
 
     def normalize(self, hostname: object) -> str:
         return normalize_hostname(hostname, self._platform)
@@ -140,7 +146,8 @@ class DomainService:
         updated = {**domain, **changes, "status": status, "updated_at": iso(now)}
         stored = self.domains.put(updated, expected_version=domain["version"])
         if status != domain["status"]:
-            self._event(domain, f"{domain['status']} -> {status}", actor, why)
+            self._event(domain, f"{domain['status']} -> {status}", actor, why,
+                        transition=(domain["status"], status))
         return stored
 
     def lease(self, domain: Item, owner: str, seconds: float) -> Item | None:
@@ -181,9 +188,12 @@ class DomainService:
         """This claim's events, newest first."""
         return self.events.query("claim", domain["claim"], limit=limit).items
 
-    def _event(self, domain: Item, what: str, actor: str, why: str) -> None:
+    def _event(self, domain: Item, what: str, actor: str, why: str,
+               transition: tuple[str, str] | None = None) -> None:
         now = self._clock()
         newest_first = 10**20 - time.time_ns()
         self.events.put({"id": f"{newest_first:020d}-{uuid.uuid4().hex[:8]}",
                          "hostname": domain["hostname"], "claim": domain["claim"], "what": what,
+                         "from": transition[0] if transition else None,
+                         "to": transition[1] if transition else None,
                          "actor": actor, "why": why, "at": iso(now)})

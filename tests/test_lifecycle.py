@@ -170,8 +170,8 @@ def test_active_domain_whose_dns_moves_away_is_suspended_after_grace_then_resume
         resumed = services.lifecycle.recheck(suspended)
         assert resumed["status"] == "active" and resumed["failing_since"] is None
         assert routes(services) == [hostname]
-        assert [e["what"] for e in services.domains.timeline(resumed)][:2] == \
-            ["suspended -> active", "active -> suspended"]
+        assert [(e["from"], e["to"]) for e in services.domains.timeline(resumed)][:2] == \
+            [("suspended", "active"), ("active", "suspended")]
     finally:
         services.close()
 

@@ -55,10 +55,13 @@ def test_connect_subdomain_returns_records_to_create(client: FlaskClient) -> Non
     assert txt["type"] == "TXT" and txt["name"] == "_edge-challenge.blog.example.test"
     assert len(txt["value"]) >= 24
     assert "token" not in body and "version" not in body
+    assert "subdomain: create a CNAME to edge.platform.test" in body["instructions"]
 
 
 def test_connect_apex_asks_for_addresses(client: FlaskClient) -> None:
-    records = connect(client, "example.test").get_json()["dns_records"]
+    body = connect(client, "example.test").get_json()
+    assert "cannot be a CNAME" in body["instructions"]
+    records = body["dns_records"]
     assert records[0] == {"type": "A", "name": "example.test", "value": "127.0.0.1"}
     assert records[1]["name"] == "_edge-challenge.example.test"
 
