@@ -12,7 +12,7 @@ from acme import challenges, client, errors, messages
 from certs.challenges import ChallengeStore
 from certs.keys import KeyVault, generate_key, key_from_pem, key_to_pem, make_csr
 from certs.store import CertificateStore
-from store import Table, TableSpec
+from store import Table, TableSpec, rewrite_field
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,10 @@ class AcmeIssuer:
             raise IssuanceError(hostnames, f"ACME: {exc}") from None
         except OSError as exc:
             raise IssuanceError(hostnames, f"cannot reach the CA: {exc}") from None
+
+    def reencrypt(self) -> int:
+        """Re-encrypt the stored ACME account keys under the newest encryption key."""
+        return rewrite_field(self._accounts, "key_enc", self._vault.rotate)
 
     @property
     def bad_nonce_retries(self) -> int:

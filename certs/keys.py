@@ -34,6 +34,14 @@ class KeyVault:
             raise KeyVaultError("stored secret cannot be decrypted with the configured keys") \
                 from None
 
+    def rotate(self, token: str) -> str:
+        """The same secret encrypted under the first (newest) key."""
+        try:
+            return self._fernet.rotate(token.encode("ascii")).decode("ascii")
+        except InvalidToken:
+            raise KeyVaultError("stored secret cannot be decrypted with the configured keys") \
+                from None
+
     def __repr__(self) -> str:
         return "KeyVault(<redacted>)"
 

@@ -7,7 +7,7 @@ import datetime
 from cryptography import x509
 
 from certs.keys import KeyVault
-from store import Item, Table, TableSpec
+from store import Item, Table, TableSpec, rewrite_field
 
 CERTIFICATES = TableSpec("certificates", key="hostname")
 
@@ -53,6 +53,10 @@ class CertificateStore:
             hostname=item["hostname"], names=item["names"], fullchain_pem=item["fullchain_pem"],
             not_before=item["not_before"], not_after=item["not_after"], serial=item["serial"],
             issuer=item["issuer"], key_pem=self._vault.decrypt(item["key_enc"]).decode())
+
+    def reencrypt(self) -> int:
+        """Re-encrypt every stored private key under the newest encryption key."""
+        return rewrite_field(self.table, "key_enc", self._vault.rotate)
 
     def delete(self, hostname: str) -> bool:
         return self.table.delete(hostname)

@@ -108,23 +108,33 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.add_argument("--once", action="store_true",
                              help="stop after the domain is served (for scripts)")
     keys = commands.add_parser("keys", help="encryption keys")
-    keys.add_argument("action", choices=["generate"])
+    keys.add_argument("action", choices=["generate", "rotate"],
+                      help="generate: print a new key; rotate: re-encrypt every stored key "
+                           "under the first of EDGE_ENCRYPTION_KEYS (put the new key first, "
+                           "keep the old ones after it until this has run)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "keys":
+    if args.command == "keys" and args.action == "generate":
         print(Fernet.generate_key().decode())
         return 0
     if args.command == "demo":
         from control.demo import run_demo
         return run_demo(args.hostname, once=args.once)
     try:
-        required = CONTROL_SERVICE if args.command == "serve" else EDGE_AGENT
+        required = EDGE_AGENT if args.command in ("agent", "plan") else CONTROL_SERVICE
         settings = load_settings(config_file=args.config, required=required)
     except SettingsError as exc:
         print(f"edgectl: {exc}", file=sys.stderr)
         return 2
-    if args.command == "serve":
+    if args.command == "keys":
+        from control.wiring import Services
+        services = Services.from_settings(settings)
+        try:
+            print(f"re-encrypted {services.reencrypt_keys()} stored keys under the newest key")
+        finally:
+            services.close()
+    elif args.command == "serve":
         serve(settings)
     elif args.command == "plan":
         return plan(settings)

@@ -141,6 +141,7 @@ class Settings:
     acme_directory_url: str = "https://127.0.0.1:14000/dir"
     acme_ca_bundle: str = ""
     acme_email: str = ""
+    certificate_key_type: str = "ec256"
     caa_identities: list[str] = dataclasses.field(default_factory=lambda: ["letsencrypt.org"])
     app_servers: list[str] = dataclasses.field(default_factory=lambda: ["127.0.0.1:9001"])
     haproxy_bin: str = "haproxy"
@@ -192,6 +193,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "acme_ca_bundle": _str,
     "acme_email": _str,
     "caa_identities": _list,
+    "certificate_key_type": _choice("ec256", "rsa2048", "rsa3072"),
     "app_servers": _servers,
     "haproxy_bin": _str,
     "edge_dir": _str,

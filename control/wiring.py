@@ -72,7 +72,8 @@ class Services:
         issuer = AcmeIssuer(directory_url=settings.acme_directory_url,
                             accounts=backend.table(ACCOUNTS), challenges_store=challenges,
                             certificates=certificates, vault=vault,
-                            ca_bundle=settings.acme_ca_bundle, email=settings.acme_email)
+                            ca_bundle=settings.acme_ca_bundle, email=settings.acme_email,
+                            key_type=settings.certificate_key_type)
         edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
                                     backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault)
         control_server = f"{settings.listen_host}:{settings.listen_port}"
@@ -87,6 +88,11 @@ class Services:
                               timing, events=webhooks)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
                    lifecycle, webhooks)
+
+    def reencrypt_keys(self) -> int:
+        """``edgectl keys rotate``: every stored secret, re-encrypted under the newest key."""
+        return (self.certificates.reencrypt() + self.issuer.reencrypt()
+                + self.edge_state.reencrypt())
 
     def close(self) -> None:
         self.backend.close()

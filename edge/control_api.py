@@ -16,7 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from certs.keys import KeyVault
 from control.auth import require_edge_token, require_token
 from edge.state import DesiredState, RouteRef, version_of
-from store import ABSENT, ConflictError, Table, TableSpec
+from store import ABSENT, ConflictError, Table, TableSpec, all_items, rewrite_field
 
 EDGE_STATE = TableSpec("edge_state", key="name")
 EDGE_ROUTES = TableSpec("edge_routes", key="hostname")
@@ -38,13 +38,11 @@ class EdgeStateStore:
         self._lock = threading.Lock()
 
     def _all(self, table: Table) -> list[dict[str, Any]]:
-        items, cursor = [], None
-        while True:
-            page = table.scan(limit=500, cursor=cursor)
-            items += page.items
-            cursor = page.next_cursor
-            if not cursor:
-                return items
+        return all_items(table)
+
+    def reencrypt(self) -> int:
+        """Re-encrypt every stored certificate key under the newest encryption key."""
+        return rewrite_field(self.certs, "pem_enc", self._vault.rotate)
 
     def save(self, desired: DesiredState) -> bool:
         """Make the stored state ``desired``, writing only what changed; True if anything did."""

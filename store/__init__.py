@@ -82,6 +82,33 @@ class Backend(Protocol):
         ...
 
 
+def all_items(table: Table, page_size: int = 500) -> list[Item]:
+    """Every live item of ``table``, following cursors."""
+    items: list[Item] = []
+    cursor = None
+    while True:
+        page = table.scan(limit=page_size, cursor=cursor)
+        items += page.items
+        cursor = page.next_cursor
+        if not cursor:
+            return items
+
+
+def rewrite_field(table: Table, field: str, change: Any) -> int:
+    """Apply ``change`` to ``field`` of every item holding it (conditional writes; a lost race
+    is retried with the fresh item). Returns how many items were rewritten."""
+    count = 0
+    for item in all_items(table):
+        while item is not None and item.get(field) is not None:
+            try:
+                table.put({**item, field: change(item[field])}, expected_version=item[VERSION])
+                count += 1
+                break
+            except ConflictError:
+                item = table.get(str(item[table.spec.key]))
+    return count
+
+
 def is_expired(item: Item, now: float | None = None) -> bool:
     expires_at = item.get(EXPIRES_AT)
     return expires_at is not None and float(expires_at) <= (now or time.time())
