@@ -7,6 +7,7 @@ import time
 from typing import Any, Callable
 
 import josepy as jose
+from cryptography import x509
 from acme import challenges, client, errors, messages
 
 from certs.challenges import ChallengeStore
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 ACCOUNTS = TableSpec("acme_accounts", key="directory_url")
 BAD_NONCE_ATTEMPTS = 5  # each attempt is the library's post, which itself retries once
 POLL_INTERVAL = 0.1
+CESSATION_OF_OPERATION = 5
 ORDER_TIMEOUT = 90.0
 
 
@@ -118,7 +120,17 @@ class AcmeIssuer:
         return self._client.net.retries if self._client else 0  # type: ignore[attr-defined]
 
     def discard(self, hostnames: list[str]) -> None:
-        # Revocation at the CA comes with the certificates issue; for now the key is destroyed.
+        """The domain is gone: revoke its certificate (cessationOfOperation), delete the key."""
+        stored = self._certificates.get(hostnames[0])
+        if stored is None:
+            return
+        try:
+            leaf = x509.load_pem_x509_certificate(stored.fullchain_pem.encode())
+            self._acme().revoke(leaf, CESSATION_OF_OPERATION)
+            log.info("certificate %s for %s revoked", stored.serial, hostnames[0])
+        except (errors.Error, messages.Error, OSError) as exc:
+            # The key is destroyed below either way, so the certificate can never be used.
+            log.warning("could not revoke the certificate of %s: %s", hostnames[0], exc)
         self._certificates.delete(hostnames[0])
 
     def _issue(self, hostnames: list[str]) -> None:

@@ -88,6 +88,11 @@ class PebbleStack:
                                     context=context, timeout=10) as response:
             return str(response.read().decode())
 
+    def certificate_status(self, serial_hex: str) -> str:
+        """Pebble's view of a certificate it issued: "Valid" or "Revoked"."""
+        return str(json.loads(self._management_get(f"/cert-status-by-serial/{serial_hex}"))
+                   ["Status"])
+
     def dns(self, path: str, body: dict[str, object]) -> None:
         """Call challtestsrv's management API, e.g. ``dns("/set-txt", {...})``."""
         request = urllib.request.Request(f"http://127.0.0.1:{self.dns_mgmt_port}{path}",

@@ -131,6 +131,12 @@ def test_issuance_survives_bad_nonces_and_keeps_keys_encrypted(
             assert stored.key_pem.startswith("-----BEGIN PRIVATE KEY-----")
         # The library alone retries once; these are the rejections that got past it.
         assert services.issuer.bad_nonce_retries >= 1
+        # Removing a domain revokes its certificate at the CA and destroys the key.
+        serial = services.certificates.get("nonce0.example.test").serial  # type: ignore[union-attr]
+        assert hostile.certificate_status(serial) == "Valid"
+        services.issuer.discard(["nonce0.example.test"])
+        assert hostile.certificate_status(serial) == "Revoked"
+        assert services.certificates.get("nonce0.example.test") is None
     finally:
         server.shutdown()
         services.close()
