@@ -1,6 +1,7 @@
 """ACME issuance over HTTP-01 with our own short polling and a patient badNonce retry."""
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
@@ -111,6 +112,26 @@ class AcmeIssuer:
         except OSError as exc:
             raise IssuanceError(hostnames, f"cannot reach the CA: {exc}") from None
 
+    def renewal_due(self, hostname: str, now: datetime.datetime | None = None) -> bool:
+        """Time to renew: inside the CA's ARI window when it offers renewalInfo, else once a
+        third of the lifetime is left."""
+        stored = self._certificates.get(hostname)
+        if stored is None:
+            return False
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        suggested = None
+        try:
+            acme = self._acme()
+            if _offers(acme.directory, "renewalInfo"):
+                suggested, _ = acme.renewal_time(stored.fullchain_pem.encode())
+        except (errors.Error, messages.Error, OSError) as exc:
+            log.info("no renewal info for %s (%s); using the lifetime", hostname, exc)
+        if suggested is not None:
+            return now >= suggested.astimezone(datetime.timezone.utc)
+        not_before = datetime.datetime.fromisoformat(stored.not_before)
+        not_after = datetime.datetime.fromisoformat(stored.not_after)
+        return now >= not_before + (not_after - not_before) * 2 / 3
+
     def reencrypt(self) -> int:
         """Re-encrypt the stored ACME account keys under the newest encryption key."""
         return rewrite_field(self._accounts, "key_enc", self._vault.rotate)
@@ -189,3 +210,11 @@ class AcmeIssuer:
             response = acme.net.post(order.uri, None, new_nonce_url=acme.directory["newNonce"])
             order = order.update(body=messages.Order.from_json(response.json()))
         raise IssuanceError(hostnames, "finalization timed out")
+
+
+def _offers(directory: messages.Directory, resource: str) -> bool:
+    try:
+        directory[resource]
+    except KeyError:
+        return False
+    return True

@@ -39,7 +39,7 @@ class PebbleStack:
     """Pebble plus challtestsrv on free loopback ports; ``http_port`` is where HTTP-01 is probed."""
 
     def __init__(self, directory: Path, http_port: int, eab_keys: dict[str, str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, validity_seconds: int | None = None) -> None:
         for binary in ("pebble", "pebble-challtestsrv"):
             if shutil.which(binary) is None:
                 raise RuntimeError(f"{binary} is not installed (apt-get install pebble)")
@@ -55,6 +55,7 @@ class PebbleStack:
             "httpPort": http_port, "tlsPort": free_port(), "ocspResponderURL": "",
             "externalAccountBindingRequired": bool(eab_keys),
             **({"externalAccountMACKeys": eab_keys} if eab_keys else {}),
+            **({"certificateValidityPeriod": validity_seconds} if validity_seconds else {}),
         }}
         config_path = directory / "pebble.json"
         config_path.write_text(json.dumps(config))

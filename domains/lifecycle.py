@@ -32,6 +32,9 @@ class CertificateIssuer(Protocol):
     def discard(self, hostnames: list[str]) -> None:
         """Forget the certificate of ``hostnames`` (the domain is gone)."""
 
+    def renewal_due(self, hostname: str) -> bool:
+        """Whether the certificate of ``hostname`` should be renewed now."""
+
 
 class RoutePublisher(Protocol):
     def publish(self, routes: dict[str, str]) -> None:
@@ -157,7 +160,8 @@ class Lifecycle:
             if domain["status"] == SUSPENDED:
                 self.publish_routes()
                 self._emit("domain.active", updated)
-            return updated
+                return updated
+            return self._renew_if_due(updated)
         failing_since = domain.get("failing_since") or now
         if domain["status"] == ACTIVE and now - failing_since >= self.timing.suspend_grace:
             suspended = self.domains.defer(domain, result.errors, status=SUSPENDED,
@@ -167,6 +171,23 @@ class Lifecycle:
             return suspended
         return self.domains.defer(domain, result.errors, dns_seen=result.seen,
                                   failing_since=failing_since)
+
+    def _renew_if_due(self, domain: Item) -> Item:
+        """Renew an active domain's certificate in place; the edge swaps it in hot."""
+        if not self.issuer.renewal_due(domain["hostname"]):
+            return domain
+        try:
+            self.issuer.issue([domain["hostname"]])
+        except Exception as exc:  # keep serving the current certificate; retry sooner
+            log.warning("renewal for %s failed: %s", domain["hostname"], exc)
+            self._emit("certificate.renewal_failed", domain, error=str(exc))
+            return self.domains.defer(domain, [{"code": "renewal_failed",
+                                                "message": f"certificate renewal: {exc}"}])
+        self.publish_routes()
+        self.domains.note(domain, "certificate renewed", "a third of its lifetime was left "
+                          "(or the CA's renewal window opened)")
+        self._emit("certificate.issued", domain, renewal=True)
+        return domain
 
     def check_now(self, hostname: str, actor: str = "api") -> tuple[Item, DnsCheck]:
         """Re-check a domain at once, whatever its schedule (the publisher pressed "check")."""

@@ -188,6 +188,10 @@ class DomainService:
         """This claim's events, newest first."""
         return self.events.query("claim", domain["claim"], limit=limit).items
 
+    def note(self, domain: Item, what: str, why: str, actor: str = "worker") -> None:
+        """An event in the domain's timeline that is not a status change."""
+        self._event(domain, what, actor, why)
+
     def _event(self, domain: Item, what: str, actor: str, why: str,
                transition: tuple[str, str] | None = None) -> None:
         now = self._clock()
