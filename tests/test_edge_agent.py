@@ -55,6 +55,12 @@ def publish(services: Services, app: SampleApp, routes: dict[str, Route]) -> Des
     return desired
 
 
+def some_routes(count: int) -> dict[str, Route]:
+    return {f"h{n}.example.test": Route(f"h{n}.example.test", "pub_1",
+                                        self_signed(f"h{n}.example.test")[1])
+            for n in range(count)}
+
+
 def node_report(control_url: str) -> dict[str, object]:
     return dict(requests.get(f"{control_url}/api/v1/edge/nodes", headers=API,
                              timeout=5).json()["nodes"][0])
@@ -63,9 +69,7 @@ def node_report(control_url: str) -> dict[str, object]:
 def test_only_new_certificates_cross_the_wire(control: tuple[Services, str],
                                               agent: EdgeAgent, app: SampleApp) -> None:
     services, url = control
-    routes = {f"h{n}.example.test": Route(f"h{n}.example.test", "pub_1",
-                                          self_signed(f"h{n}.example.test")[1])
-              for n in range(3)}
+    routes = some_routes(3)
     publish(services, app, routes)
     assert agent.sync() is True and agent.downloads == 3
     assert agent.sync() is False, "unchanged: 304, nothing applied"
@@ -105,9 +109,7 @@ def test_refused_certificate_is_reported_and_the_node_keeps_serving(
 def test_unsafe_plan_waits_for_an_operator_to_force_it(control: tuple[Services, str],
                                                        agent: EdgeAgent, app: SampleApp) -> None:
     services, url = control
-    routes = {f"h{n}.example.test": Route(f"h{n}.example.test", "pub_1",
-                                          self_signed(f"h{n}.example.test")[1])
-              for n in range(10)}
+    routes = some_routes(10)
     publish(services, app, routes)
     agent.sync()
     shrunk = publish(services, app, dict(list(routes.items())[:2]))
@@ -128,8 +130,7 @@ def test_unsafe_plan_waits_for_an_operator_to_force_it(control: tuple[Services, 
 def test_keys_are_encrypted_and_items_stay_small(control: tuple[Services, str],
                                                  app: SampleApp, settings: Settings) -> None:
     services, _ = control
-    publish(services, app, {f"h{n}.example.test": Route(
-        f"h{n}.example.test", "pub_1", self_signed(f"h{n}.example.test")[1]) for n in range(50)})
+    publish(services, app, some_routes(50))
     raw = b"".join(p.read_bytes() for p in Path(settings.sqlite_path).parent.glob("edge.db*"))
     assert b"PRIVATE KEY" not in raw
     meta = services.edge_state.meta()
