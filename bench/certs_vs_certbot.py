@@ -113,6 +113,12 @@ def run_certbot_once(certbot: Path, argv: list[str], env: dict[str, str],
             return -1, "timed out"
 
 
+def _reason(log: Path) -> str:
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if "rror" in line or "badNonce" in line]
+    return (errors or lines or ["no output"])[0]
+
+
 def run_certbot(root: Path, count: int) -> tuple[float, int, int, float, list[str]]:
     """(seconds incl. retries, certificates issued, failed runs, seconds in them, failures)."""
     certbot = certbot_binary()
@@ -137,17 +143,17 @@ def run_certbot(root: Path, count: int) -> tuple[float, int, int, float, list[st
             name = f"b{n}.bench.test"
             for attempt in range(CERTBOT_ATTEMPTS):
                 started = time.perf_counter()
+                (base / "run.log").unlink(missing_ok=True)
                 code, why = run_certbot_once(certbot, [*common, "-d", name], env,
-                                             base / "stdout.log")
+                                             base / "run.log")
                 took = time.perf_counter() - started
                 elapsed += took
                 if code == 0:
                     break
                 failed_runs += 1
                 failed_seconds += took
-                last = (base / "stdout.log").read_text(errors="replace").strip().splitlines()
                 print(f"  certbot run for {name} failed (exit {code} {why}): "
-                      f"{last[-1] if last else ''}", flush=True)
+                      f"{_reason(base / 'run.log')}", flush=True)
                 if attempt == CERTBOT_ATTEMPTS - 1:
                     failures.append(f"{name}: exit {code} {why}".strip())
             if (base / "config" / "live" / name / "fullchain.pem").exists():

@@ -58,6 +58,7 @@ class AcmeIssuer:
     def __init__(self, *, directory_url: str, accounts: Table, challenges_store: ChallengeStore,
                  certificates: CertificateStore, vault: KeyVault, ca_bundle: str = "",
                  email: str = "", key_type: str = "ec256",
+                 eab: tuple[str, str] | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.directory_url = directory_url
         self._accounts = accounts
@@ -67,6 +68,7 @@ class AcmeIssuer:
         self._verify: str | bool = ca_bundle or True
         self._email = email
         self._key_type = key_type
+        self._eab = eab
         self._sleep = sleep
         self._client: client.ClientV2 | None = None
         self._lock = threading.Lock()
@@ -90,8 +92,13 @@ class AcmeIssuer:
             net.account = messages.RegistrationResource(uri=stored["uri"],
                                                         body=messages.Registration())
             return acme
+        binding = {}
+        if self._eab:  # External Account Binding, as ZeroSSL and other CAs require
+            binding["external_account_binding"] = messages.ExternalAccountBinding.from_data(
+                account_public_key=key.public_key(), kid=self._eab[0], hmac_key=self._eab[1],
+                directory=directory)
         registration = messages.NewRegistration.from_data(
-            email=self._email or None, terms_of_service_agreed=True)
+            email=self._email or None, terms_of_service_agreed=True, **binding)
         try:
             regr = acme.new_account(registration)
             uri = regr.uri
@@ -168,7 +175,8 @@ class AcmeIssuer:
         finally:
             for token in tokens:
                 self._challenges.remove(token)
-        self._certificates.save(hostnames, order.fullchain_pem, key_to_pem(key))
+        self._certificates.save(hostnames, order.fullchain_pem, key_to_pem(key),
+                                ca=self.directory_url)
         log.info("certificate issued for %s", ", ".join(hostnames))
 
     def _answer(self, acme: client.ClientV2, authz: messages.AuthorizationResource) -> str:
@@ -218,3 +226,43 @@ def _offers(directory: messages.Directory, resource: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+class IssuerChain:
+    """An ordered list of CAs: when one fails for a domain, the next is tried."""
+
+    def __init__(self, issuers: list[AcmeIssuer], certificates: CertificateStore) -> None:
+        if not issuers:
+            raise ValueError("at least one ACME issuer is needed")
+        self.issuers = issuers
+        self._certificates = certificates
+
+    def issue(self, hostnames: list[str]) -> None:
+        reasons = []
+        for issuer in self.issuers:
+            try:
+                issuer.issue(hostnames)
+                return
+            except IssuanceError as exc:
+                log.warning("%s could not issue for %s: %s", issuer.directory_url,
+                            ", ".join(hostnames), exc.reason)
+                reasons.append(f"{issuer.directory_url}: {exc.reason}")
+        raise IssuanceError(hostnames, "; ".join(reasons))
+
+    def _issuer_of(self, hostname: str) -> AcmeIssuer:
+        stored = self._certificates.get(hostname)
+        ca = stored.ca if stored else ""
+        return next((i for i in self.issuers if i.directory_url == ca), self.issuers[0])
+
+    def discard(self, hostnames: list[str]) -> None:
+        self._issuer_of(hostnames[0]).discard(hostnames)
+
+    def renewal_due(self, hostname: str) -> bool:
+        return self._issuer_of(hostname).renewal_due(hostname)
+
+    def reencrypt(self) -> int:
+        return self.issuers[0].reencrypt()  # the accounts table is shared by every issuer
+
+    @property
+    def bad_nonce_retries(self) -> int:
+        return sum(i.bad_nonce_retries for i in self.issuers)

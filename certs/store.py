@@ -22,6 +22,8 @@ class StoredCertificate:
     serial: str
     issuer: str
     key_pem: str = dataclasses.field(repr=False)
+    ca: str = ""
+    """The ACME directory URL that issued it (to revoke it there)."""
 
     @property
     def combined_pem(self) -> str:
@@ -34,14 +36,15 @@ class CertificateStore:
         self.table = table
         self._vault = vault
 
-    def save(self, hostnames: list[str], fullchain_pem: str, key_pem: bytes) -> Item:
+    def save(self, hostnames: list[str], fullchain_pem: str, key_pem: bytes,
+             ca: str = "") -> Item:
         leaf = x509.load_pem_x509_certificate(fullchain_pem.encode())
         item = {"hostname": hostnames[0], "names": hostnames, "fullchain_pem": fullchain_pem,
                 "key_enc": self._vault.encrypt(key_pem),
                 "not_before": leaf.not_valid_before_utc.isoformat(),
                 "not_after": leaf.not_valid_after_utc.isoformat(),
                 "serial": format(leaf.serial_number, "x"),
-                "issuer": leaf.issuer.rfc4514_string(),
+                "issuer": leaf.issuer.rfc4514_string(), "ca": ca,
                 "stored_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         return self.table.put(item)
 
@@ -52,7 +55,8 @@ class CertificateStore:
         return StoredCertificate(
             hostname=item["hostname"], names=item["names"], fullchain_pem=item["fullchain_pem"],
             not_before=item["not_before"], not_after=item["not_after"], serial=item["serial"],
-            issuer=item["issuer"], key_pem=self._vault.decrypt(item["key_enc"]).decode())
+            issuer=item["issuer"], key_pem=self._vault.decrypt(item["key_enc"]).decode(),
+            ca=item.get("ca", ""))
 
     def reencrypt(self) -> int:
         """Re-encrypt every stored private key under the newest encryption key."""

@@ -105,6 +105,23 @@ def _registrars(value: Any) -> dict[str, dict[str, Any]]:
     return {zone.lower().rstrip("."): dict(config) for zone, config in value.items()}
 
 
+def _issuers(value: Any) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else []
+    if not isinstance(value, list):
+        raise ValueError("must be a list of tables with directory_url (and ca_bundle, "
+                         "eab_kid, eab_hmac_key)")
+    allowed = {"directory_url", "ca_bundle", "eab_kid", "eab_hmac_key"}
+    for n, issuer in enumerate(value):
+        if not isinstance(issuer, dict) or not isinstance(issuer.get("directory_url"), str):
+            raise ValueError(f"issuer {n} needs a directory_url")
+        if set(issuer) - allowed:
+            raise ValueError(f"issuer {n}: unknown keys {sorted(set(issuer) - allowed)}")
+        if bool(issuer.get("eab_kid")) != bool(issuer.get("eab_hmac_key")):
+            raise ValueError(f"issuer {n}: eab_kid and eab_hmac_key go together")
+    return [dict(issuer) for issuer in value]
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = _str(value)
@@ -141,6 +158,8 @@ class Settings:
     acme_directory_url: str = "https://127.0.0.1:14000/dir"
     acme_ca_bundle: str = ""
     acme_email: str = ""
+    acme_issuers: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    """Ordered CAs to try; when empty, the one of acme_directory_url / acme_ca_bundle."""
     certificate_key_type: str = "ec256"
     caa_identities: list[str] = dataclasses.field(default_factory=lambda: ["letsencrypt.org"])
     app_servers: list[str] = dataclasses.field(default_factory=lambda: ["127.0.0.1:9001"])
@@ -192,6 +211,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "acme_directory_url": _str,
     "acme_ca_bundle": _str,
     "acme_email": _str,
+    "acme_issuers": _issuers,
     "caa_identities": _list,
     "certificate_key_type": _choice("ec256", "rsa2048", "rsa3072"),
     "app_servers": _servers,

@@ -5,7 +5,7 @@ import dataclasses
 import logging
 
 from certs.challenges import CHALLENGES, ChallengeStore
-from certs.issuer import ACCOUNTS, AcmeIssuer
+from certs.issuer import ACCOUNTS, AcmeIssuer, IssuerChain
 from certs.keys import KeyVault
 from certs.store import CERTIFICATES, CertificateStore
 from control.settings import Settings
@@ -51,7 +51,7 @@ class Services:
     domains: DomainService
     challenges: ChallengeStore
     certificates: CertificateStore
-    issuer: AcmeIssuer
+    issuer: IssuerChain
     edge_state: EdgeStateStore
     lifecycle: Lifecycle
     webhooks: WebhookSender
@@ -69,11 +69,15 @@ class Services:
             automation=RecordAutomation.from_settings(settings.registrars))
         challenges = ChallengeStore(backend.table(CHALLENGES))
         certificates = CertificateStore(backend.table(CERTIFICATES), vault)
-        issuer = AcmeIssuer(directory_url=settings.acme_directory_url,
-                            accounts=backend.table(ACCOUNTS), challenges_store=challenges,
-                            certificates=certificates, vault=vault,
-                            ca_bundle=settings.acme_ca_bundle, email=settings.acme_email,
-                            key_type=settings.certificate_key_type)
+        cas = settings.acme_issuers or [{"directory_url": settings.acme_directory_url,
+                                         "ca_bundle": settings.acme_ca_bundle}]
+        accounts = backend.table(ACCOUNTS)
+        issuer = IssuerChain([AcmeIssuer(
+            directory_url=ca["directory_url"], accounts=accounts, challenges_store=challenges,
+            certificates=certificates, vault=vault, ca_bundle=ca.get("ca_bundle", ""),
+            email=settings.acme_email, key_type=settings.certificate_key_type,
+            eab=(ca["eab_kid"], ca["eab_hmac_key"]) if ca.get("eab_kid") else None)
+            for ca in cas], certificates)
         edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
                                     backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault)
         control_server = f"{settings.listen_host}:{settings.listen_port}"

@@ -1,0 +1,67 @@
+"""An ordered list of CAs: when the first fails, the next (here with EAB, as ZeroSSL needs)."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from werkzeug.serving import make_server
+
+from admin_app import create_app
+from certs.issuer import IssuanceError
+from control.pebble import PebbleStack
+from control.procs import free_port
+from control.settings import Settings
+from control.wiring import Services
+
+EAB_KID = "kid-1"
+EAB_KEY = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+
+
+@pytest.fixture
+def eab_pebble(tmp_path: Path) -> Iterator[PebbleStack]:
+    stack = PebbleStack(tmp_path / "eab", http_port=free_port(), eab_keys={EAB_KID: EAB_KEY})
+    yield stack
+    stack.stop()
+
+
+def services_for(settings: Settings, eab_pebble: PebbleStack,
+                 with_eab: bool) -> tuple[Services, object]:
+    second = {"directory_url": eab_pebble.directory_url,
+              "ca_bundle": str(eab_pebble.listener_ca)}
+    if with_eab:
+        second.update(eab_kid=EAB_KID, eab_hmac_key=EAB_KEY)
+    services = Services.from_settings(dataclasses.replace(settings, acme_issuers=[
+        {"directory_url": f"https://127.0.0.1:{free_port()}/dir"}, second]))
+    server = make_server("127.0.0.1", eab_pebble.http_port, create_app(services), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return services, server
+
+
+def test_second_ca_with_eab_issues_when_the_first_fails(settings: Settings,
+                                                        eab_pebble: PebbleStack) -> None:
+    services, server = services_for(settings, eab_pebble, with_eab=True)
+    try:
+        services.issuer.issue(["fallback.example.test"])
+        stored = services.certificates.get("fallback.example.test")
+        assert stored is not None and stored.ca == eab_pebble.directory_url
+        services.issuer.discard(["fallback.example.test"])  # revoked at the CA that issued it
+        assert eab_pebble.certificate_status(stored.serial) == "Revoked"
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+        services.close()
+
+
+def test_without_eab_the_second_ca_refuses_and_every_reason_is_reported(
+        settings: Settings, eab_pebble: PebbleStack) -> None:
+    services, server = services_for(settings, eab_pebble, with_eab=False)
+    try:
+        with pytest.raises(IssuanceError) as caught:
+            services.issuer.issue(["noeab.example.test"])
+        reason = caught.value.reason
+        assert "cannot reach the CA" in reason and "externalAccount" in reason, reason
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+        services.close()
