@@ -5,7 +5,7 @@ import datetime
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import josepy as jose
 from cryptography import x509
@@ -23,6 +23,19 @@ BAD_NONCE_ATTEMPTS = 5  # each attempt is the library's post, which itself retri
 POLL_INTERVAL = 0.1
 CESSATION_OF_OPERATION = 5
 ORDER_TIMEOUT = 90.0
+
+
+class DnsChallengeSolver(Protocol):
+    """Publishes DNS-01 TXT records (through a registrar, in practice)."""
+
+    def covers(self, hostname: str) -> bool:
+        """Whether we can create records for ``hostname``'s zone."""
+
+    def present(self, name: str, value: str) -> None:
+        """Create TXT ``name`` = ``value`` and return once the zone's servers all serve it."""
+
+    def cleanup(self, name: str, value: str) -> None:
+        """Remove that TXT value again (never raises)."""
 
 
 class IssuanceError(Exception):
@@ -58,7 +71,7 @@ class AcmeIssuer:
     def __init__(self, *, directory_url: str, accounts: Table, challenges_store: ChallengeStore,
                  certificates: CertificateStore, vault: KeyVault, ca_bundle: str = "",
                  email: str = "", key_type: str = "ec256",
-                 eab: tuple[str, str] | None = None,
+                 eab: tuple[str, str] | None = None, dns01: DnsChallengeSolver | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.directory_url = directory_url
         self._accounts = accounts
@@ -69,6 +82,7 @@ class AcmeIssuer:
         self._email = email
         self._key_type = key_type
         self._eab = eab
+        self._dns01 = dns01
         self._sleep = sleep
         self._client: client.ClientV2 | None = None
         self._lock = threading.Lock()
@@ -165,29 +179,47 @@ class AcmeIssuer:
         acme = self._acme()
         key = generate_key(self._key_type)
         order = acme.new_order(make_csr(key, hostnames))
-        tokens = [self._answer(acme, authz) for authz in order.authorizations
-                  if authz.body.status != messages.STATUS_VALID]
+        cleanups: list[Callable[[], None]] = []
         try:
+            for authz in order.authorizations:
+                if authz.body.status != messages.STATUS_VALID:
+                    cleanups.append(self._answer(acme, authz))
             deadline = time.monotonic() + ORDER_TIMEOUT
             for authz in order.authorizations:
                 self._wait_valid(acme, authz, deadline)
             order = self._finalize(acme, order, hostnames, deadline)
         finally:
-            for token in tokens:
-                self._challenges.remove(token)
+            for cleanup in cleanups:
+                cleanup()
         self._certificates.save(hostnames, order.fullchain_pem, key_to_pem(key),
                                 ca=self.directory_url)
         log.info("certificate issued for %s", ", ".join(hostnames))
 
-    def _answer(self, acme: client.ClientV2, authz: messages.AuthorizationResource) -> str:
-        for challb in authz.body.challenges:
-            if isinstance(challb.chall, challenges.HTTP01):
-                response, validation = challb.response_and_validation(acme.net.key)
-                token = challb.chall.encode("token")
-                self._challenges.add(token, validation)
-                acme.answer_challenge(challb, response)
-                return str(token)
-        raise IssuanceError([authz.body.identifier.value], "the CA offered no http-01 challenge")
+    def _answer(self, acme: client.ClientV2,
+                authz: messages.AuthorizationResource) -> Callable[[], None]:
+        """Answer one authorization; returns how to clean up after it.
+
+        DNS-01 through the registrar when one covers the name (needed for wildcards, and it
+        works before any traffic reaches us), else HTTP-01 from the challenge table.
+        """
+        identifier = authz.body.identifier.value
+        offered = {type(c.chall): c for c in authz.body.challenges}
+        dns01 = offered.get(challenges.DNS01)
+        if dns01 is not None and self._dns01 is not None and self._dns01.covers(identifier):
+            response, validation = dns01.response_and_validation(acme.net.key)
+            name = dns01.chall.validation_domain_name(identifier)
+            self._dns01.present(name, validation)
+            acme.answer_challenge(dns01, response)
+            return lambda: self._dns01.cleanup(name, validation)  # type: ignore[union-attr]
+        http01 = offered.get(challenges.HTTP01)
+        if http01 is None:
+            raise IssuanceError([identifier], "no challenge we can answer (http-01 needs a "
+                                "non-wildcard name; dns-01 needs a registrar for its zone)")
+        response, validation = http01.response_and_validation(acme.net.key)
+        token = str(http01.chall.encode("token"))
+        self._challenges.add(token, validation)
+        acme.answer_challenge(http01, response)
+        return lambda: self._challenges.remove(token)
 
     def _wait_valid(self, acme: client.ClientV2, authz: messages.AuthorizationResource,
                     deadline: float) -> None:

@@ -39,7 +39,9 @@ class PebbleStack:
     """Pebble plus challtestsrv on free loopback ports; ``http_port`` is where HTTP-01 is probed."""
 
     def __init__(self, directory: Path, http_port: int, eab_keys: dict[str, str] | None = None,
-                 env: dict[str, str] | None = None, validity_seconds: int | None = None) -> None:
+                 env: dict[str, str] | None = None, validity_seconds: int | None = None,
+                 dns_server: str | None = None) -> None:
+        """``dns_server`` (``ip:port``) replaces challtestsrv as the DNS Pebble validates with."""
         for binary in ("pebble", "pebble-challtestsrv"):
             if shutil.which(binary) is None:
                 raise RuntimeError(f"{binary} is not installed (apt-get install pebble)")
@@ -68,7 +70,7 @@ class PebbleStack:
             wait_for_port(self.dns_mgmt_port, process=self.challtestsrv)
             self.pebble = ManagedProcess(
                 "pebble", ["pebble", "-config", str(config_path),
-                           "-dnsserver", f"127.0.0.1:{self.dns_port}"],
+                           "-dnsserver", dns_server or f"127.0.0.1:{self.dns_port}"],
                 directory / "pebble.log",
                 env={"PEBBLE_VA_NOSLEEP": "1", **(env or {})})
             wait_for_port(self.acme_port, process=self.pebble)

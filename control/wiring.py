@@ -10,6 +10,7 @@ from certs.keys import KeyVault
 from certs.store import CERTIFICATES, CertificateStore
 from control.settings import Settings
 from domains.automation import RecordAutomation
+from domains.dns01 import RegistrarDnsSolver
 from domains.dnscheck import DnsChecker
 from domains.lifecycle import Lifecycle, Timing
 from domains.service import DOMAINS, EVENTS, DomainService
@@ -60,13 +61,15 @@ class Services:
     def from_settings(cls, settings: Settings) -> "Services":
         backend = open_backend(settings)
         vault = KeyVault(settings.encryption_keys)
+        automation = RecordAutomation.from_settings(settings.registrars)
+        checker = DnsChecker.from_settings(settings)
+        solver = RegistrarDnsSolver(automation, checker) if settings.registrars else None
         domains = DomainService(
             backend.table(DOMAINS), backend.table(EVENTS),
             cname_target=settings.edge_cname_target, edge_addresses=settings.edge_addresses,
             platform_domains=settings.platform_domains,
             retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
-            claim_ttl=settings.claim_ttl_seconds,
-            automation=RecordAutomation.from_settings(settings.registrars))
+            claim_ttl=settings.claim_ttl_seconds, automation=automation)
         challenges = ChallengeStore(backend.table(CHALLENGES))
         certificates = CertificateStore(backend.table(CERTIFICATES), vault)
         cas = settings.acme_issuers or [{"directory_url": settings.acme_directory_url,
@@ -76,7 +79,8 @@ class Services:
             directory_url=ca["directory_url"], accounts=accounts, challenges_store=challenges,
             certificates=certificates, vault=vault, ca_bundle=ca.get("ca_bundle", ""),
             email=settings.acme_email, key_type=settings.certificate_key_type,
-            eab=(ca["eab_kid"], ca["eab_hmac_key"]) if ca.get("eab_kid") else None)
+            eab=(ca["eab_kid"], ca["eab_hmac_key"]) if ca.get("eab_kid") else None,
+            dns01=solver)
             for ca in cas], certificates)
         edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
                                     backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault)
@@ -88,7 +92,7 @@ class Services:
                         dns_concurrency=max(1, settings.dns_concurrency))
         webhooks = WebhookSender(backend.table(WEBHOOKS), settings.webhook_url,
                                  settings.webhook_secret)
-        lifecycle = Lifecycle(domains, DnsChecker.from_settings(settings), issuer, publisher,
+        lifecycle = Lifecycle(domains, checker, issuer, publisher,
                               timing, events=webhooks)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
                    lifecycle, webhooks)

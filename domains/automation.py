@@ -31,6 +31,10 @@ class RecordAutomation:
                 return zone
         return None
 
+    def provider_for(self, hostname: str) -> tuple[str, RegistrarProvider] | None:
+        zone = self.zone_for(hostname)
+        return None if zone is None else (zone, self._providers[zone])
+
     def describe(self, hostname: str) -> dict[str, str] | None:
         """Which automation applies to ``hostname`` (for the API and the settings page)."""
         zone = self.zone_for(hostname)

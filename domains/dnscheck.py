@@ -150,6 +150,16 @@ class DnsChecker:
     def _edge_list(self) -> str:
         return ", ".join(sorted(str(a) for a in self._addresses))
 
+    def txt_everywhere(self, name: str, value: str) -> bool:
+        """Whether every authoritative server of ``name`` serves TXT ``value`` (propagation)."""
+        for server in self.authoritative_servers(name) or [None]:
+            try:
+                if value not in [self._text(r) for r in self._query(server, name, "TXT", {})]:
+                    return False
+            except _LookupFailed:
+                return False
+        return True
+
     # -- CAA (RFC 8659: climb from the name towards the root; the first CAA RRset rules) ----
 
     def _check_caa(self, hostname: str) -> list[Problem]:

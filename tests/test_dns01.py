@@ -1,0 +1,57 @@
+"""DNS-01 through a registrar (RFC 2136 into knotd) against Pebble validating with that knotd."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID
+
+from control.pebble import PebbleStack
+from control.procs import free_port
+from control.settings import Settings
+from control.wiring import Services
+from tests.dns_server import KnotServer
+
+TSIG = ("edge-key", "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHMtMTIzNA==")
+
+
+@pytest.fixture
+def knot(tmp_path: Path) -> Iterator[KnotServer]:
+    server = KnotServer(tmp_path / "knot", {"dns01.test": "@ A 127.0.0.1\n"}, tsig=TSIG)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def services(settings: Settings, knot: KnotServer, tmp_path: Path) -> Iterator[Services]:
+    # Nothing listens on Pebble's HTTP-01 port: only DNS-01 can succeed here.
+    pebble = PebbleStack(tmp_path / "pebble", http_port=free_port(),
+                         dns_server=f"127.0.0.1:{knot.port}")
+    built = Services.from_settings(dataclasses.replace(
+        settings, acme_directory_url=pebble.directory_url,
+        acme_ca_bundle=str(pebble.listener_ca), dns_servers=["127.0.0.1"], dns_port=knot.port,
+        registrars={"dns01.test": {"provider": "rfc2136", "server": "127.0.0.1",
+                                   "port": knot.port, "key_name": TSIG[0],
+                                   "key_secret": TSIG[1]}}))
+    yield built
+    built.close()
+    pebble.stop()
+
+
+def test_dns01_issues_a_wildcard_and_cleans_up(services: Services, knot: KnotServer) -> None:
+    services.issuer.issue(["*.dns01.test", "dns01.test"])
+    stored = services.certificates.get("*.dns01.test")
+    assert stored is not None
+    leaf = x509.load_pem_x509_certificate(stored.fullchain_pem.encode())
+    names = leaf.extensions.get_extension_for_oid(
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value.get_values_for_type(x509.DNSName)
+    assert sorted(names) == ["*.dns01.test", "dns01.test"]
+    assert knot.query("_acme-challenge.dns01.test", "TXT") == [], "challenge records removed"
+
+
+def test_dns01_for_a_name_before_any_traffic(services: Services) -> None:
+    services.issuer.issue(["new.dns01.test"])
+    assert services.certificates.get("new.dns01.test") is not None
