@@ -12,6 +12,7 @@ from cryptography import x509
 from acme import challenges, client, errors, messages
 
 from certs.challenges import ChallengeStore
+from certs.limits import BudgetExceeded, RateBudget
 from certs.keys import KeyVault, generate_key, key_from_pem, key_to_pem, make_csr
 from certs.store import CertificateStore
 from store import Table, TableSpec, rewrite_field
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 ACCOUNTS = TableSpec("acme_accounts", key="directory_url")
 BAD_NONCE_ATTEMPTS = 5  # each attempt is the library's post, which itself retries once
 POLL_INTERVAL = 0.1
+RATE_LIMITED_WAIT = 3600.0  # the library hides Retry-After; an hour is LE's shortest window
 CESSATION_OF_OPERATION = 5
 ORDER_TIMEOUT = 90.0
 
@@ -41,10 +43,13 @@ class DnsChallengeSolver(Protocol):
 class IssuanceError(Exception):
     """The CA did not give us a certificate; ``hostnames`` and a reason a human can read."""
 
-    def __init__(self, hostnames: list[str], reason: str) -> None:
+    def __init__(self, hostnames: list[str], reason: str,
+                 retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.hostnames = hostnames
         self.reason = reason
+        self.retry_after = retry_after
+        """Epoch seconds before which trying again is pointless (a rate limit), if known."""
 
 
 class PatientNetwork(client.ClientNetwork):
@@ -72,6 +77,7 @@ class AcmeIssuer:
                  certificates: CertificateStore, vault: KeyVault, ca_bundle: str = "",
                  email: str = "", key_type: str = "ec256",
                  eab: tuple[str, str] | None = None, dns01: DnsChallengeSolver | None = None,
+                 budget: RateBudget | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.directory_url = directory_url
         self._accounts = accounts
@@ -83,6 +89,7 @@ class AcmeIssuer:
         self._key_type = key_type
         self._eab = eab
         self._dns01 = dns01
+        self._budget = budget
         self._sleep = sleep
         self._client: client.ClientV2 | None = None
         self._lock = threading.Lock()
@@ -125,10 +132,17 @@ class AcmeIssuer:
 
     def issue(self, hostnames: list[str]) -> None:
         try:
+            if self._budget is not None:
+                self._budget.check(hostnames)
             self._issue(hostnames)
         except IssuanceError:
             raise
-        except (errors.Error, messages.Error) as exc:
+        except BudgetExceeded as exc:
+            raise IssuanceError(hostnames, f"rate budget: {exc}", exc.retry_after) from None
+        except messages.Error as exc:
+            retry_after = time.time() + RATE_LIMITED_WAIT if exc.code == "rateLimited" else None
+            raise IssuanceError(hostnames, f"ACME: {exc}", retry_after) from None
+        except errors.Error as exc:
             raise IssuanceError(hostnames, f"ACME: {exc}") from None
         except OSError as exc:
             raise IssuanceError(hostnames, f"cannot reach the CA: {exc}") from None
@@ -179,6 +193,8 @@ class AcmeIssuer:
         acme = self._acme()
         key = generate_key(self._key_type)
         order = acme.new_order(make_csr(key, hostnames))
+        if self._budget is not None:
+            self._budget.ordered()
         cleanups: list[Callable[[], None]] = []
         try:
             for authz in order.authorizations:
@@ -193,6 +209,8 @@ class AcmeIssuer:
                 cleanup()
         self._certificates.save(hostnames, order.fullchain_pem, key_to_pem(key),
                                 ca=self.directory_url)
+        if self._budget is not None:
+            self._budget.issued(hostnames)
         log.info("certificate issued for %s", ", ".join(hostnames))
 
     def _answer(self, acme: client.ClientV2,
@@ -230,6 +248,8 @@ class AcmeIssuer:
                 return
             if status not in (messages.STATUS_PENDING, messages.STATUS_PROCESSING):
                 errors_seen = [str(c.error) for c in authz.body.challenges if c.error]
+                if self._budget is not None:
+                    self._budget.failed_validation([authz.body.identifier.value])
                 raise IssuanceError([authz.body.identifier.value],
                                     f"validation {status}: {'; '.join(errors_seen) or 'no detail'}")
             self._sleep(POLL_INTERVAL)
@@ -270,7 +290,7 @@ class IssuerChain:
         self._certificates = certificates
 
     def issue(self, hostnames: list[str]) -> None:
-        reasons = []
+        failures: list[IssuanceError] = []
         for issuer in self.issuers:
             try:
                 issuer.issue(hostnames)
@@ -278,8 +298,11 @@ class IssuerChain:
             except IssuanceError as exc:
                 log.warning("%s could not issue for %s: %s", issuer.directory_url,
                             ", ".join(hostnames), exc.reason)
-                reasons.append(f"{issuer.directory_url}: {exc.reason}")
-        raise IssuanceError(hostnames, "; ".join(reasons))
+                failures.append(IssuanceError(hostnames, f"{issuer.directory_url}: "
+                                              f"{exc.reason}", exc.retry_after))
+        waits = [f.retry_after for f in failures]
+        retry_after = min(waits) if all(w is not None for w in waits) else None  # type: ignore
+        raise IssuanceError(hostnames, "; ".join(f.reason for f in failures), retry_after)
 
     def _issuer_of(self, hostname: str) -> AcmeIssuer:
         stored = self._certificates.get(hostname)

@@ -161,6 +161,9 @@ class Settings:
     acme_issuers: list[dict[str, str]] = dataclasses.field(default_factory=list)
     """Ordered CAs to try; when empty, the one of acme_directory_url / acme_ca_bundle."""
     certificate_key_type: str = "ec256"
+    acme_orders_per_3h: int = 300
+    acme_certs_per_domain_7d: int = 50
+    acme_failures_per_name_1h: int = 5
     caa_identities: list[str] = dataclasses.field(default_factory=lambda: ["letsencrypt.org"])
     app_servers: list[str] = dataclasses.field(default_factory=lambda: ["127.0.0.1:9001"])
     haproxy_bin: str = "haproxy"
@@ -214,6 +217,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "acme_issuers": _issuers,
     "caa_identities": _list,
     "certificate_key_type": _choice("ec256", "rsa2048", "rsa3072"),
+    "acme_orders_per_3h": _int,
+    "acme_certs_per_domain_7d": _int,
+    "acme_failures_per_name_1h": _int,
     "app_servers": _servers,
     "haproxy_bin": _str,
     "edge_dir": _str,

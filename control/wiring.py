@@ -7,6 +7,7 @@ import logging
 from certs.challenges import CHALLENGES, ChallengeStore
 from certs.issuer import ACCOUNTS, AcmeIssuer, IssuerChain
 from certs.keys import KeyVault
+from certs.limits import BUDGETS, Limits, RateBudget
 from certs.store import CERTIFICATES, CertificateStore
 from control.settings import Settings
 from domains.automation import RecordAutomation
@@ -75,12 +76,16 @@ class Services:
         cas = settings.acme_issuers or [{"directory_url": settings.acme_directory_url,
                                          "ca_bundle": settings.acme_ca_bundle}]
         accounts = backend.table(ACCOUNTS)
+        budgets = backend.table(BUDGETS)
+        limits = Limits(orders_per_account_3h=settings.acme_orders_per_3h,
+                        certs_per_domain_7d=settings.acme_certs_per_domain_7d,
+                        failures_per_name_1h=settings.acme_failures_per_name_1h)
         issuer = IssuerChain([AcmeIssuer(
             directory_url=ca["directory_url"], accounts=accounts, challenges_store=challenges,
             certificates=certificates, vault=vault, ca_bundle=ca.get("ca_bundle", ""),
             email=settings.acme_email, key_type=settings.certificate_key_type,
             eab=(ca["eab_kid"], ca["eab_hmac_key"]) if ca.get("eab_kid") else None,
-            dns01=solver)
+            dns01=solver, budget=RateBudget(budgets, ca["directory_url"], limits))
             for ca in cas], certificates)
         edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
                                     backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault)

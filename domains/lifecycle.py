@@ -139,7 +139,8 @@ class Lifecycle:
             log.warning("issuance for %s failed: %s", domain["hostname"], exc)
             return self.domains.defer(leased, [{"code": "issuance_failed",
                                                 "message": f"certificate: {exc}"}],
-                                      status=VERIFIED)
+                                      status=VERIFIED,
+                                      not_before=getattr(exc, "retry_after", None))
         active = self.domains.transition(leased, ACTIVE, "certificate issued", last_error=None,
                                          validation_errors=[], attempts=0,
                                          next_attempt_at=self._clock() + self.timing.recheck)

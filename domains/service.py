@@ -166,7 +166,7 @@ class DomainService:
             return None
 
     def defer(self, domain: Item, errors: list[dict[str, str]], status: str | None = None,
-              **changes: Any) -> Item:
+              not_before: float | None = None, **changes: Any) -> Item:
         """Record why a step failed and when to retry (jittered exponential backoff).
 
         The domain stays in its status, or moves back to ``status`` when a step must restart.
@@ -177,7 +177,8 @@ class DomainService:
         error = "; ".join(e["message"] for e in errors)
         return self.transition(domain, status or domain["status"], error, last_error=error,
                                validation_errors=errors, attempts=attempts,
-                               next_attempt_at=self._clock() + delay, **changes)
+                               next_attempt_at=max(self._clock() + delay, not_before or 0),
+                               **changes)
 
     def due(self, status: str) -> list[Item]:
         now = self._clock()

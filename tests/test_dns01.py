@@ -55,3 +55,21 @@ def test_dns01_issues_a_wildcard_and_cleans_up(services: Services, knot: KnotSer
 def test_dns01_for_a_name_before_any_traffic(services: Services) -> None:
     services.issuer.issue(["new.dns01.test"])
     assert services.certificates.get("new.dns01.test") is not None
+
+
+def test_rate_budget_stops_us_before_the_ca_does(settings: Settings, knot: KnotServer,
+                                                 services: Services, tmp_path: Path) -> None:
+    from certs.issuer import IssuanceError
+    limited = Services.from_settings(dataclasses.replace(
+        services.settings, data_dir=str(tmp_path / "limited"), sqlite_path="",
+        acme_certs_per_domain_7d=2))
+    try:
+        limited.issuer.issue(["a.dns01.test"])
+        limited.issuer.issue(["b.dns01.test"])
+        with pytest.raises(IssuanceError) as caught:
+            limited.issuer.issue(["c.dns01.test"])
+        assert "2 certificates in 7 days for dns01.test" in caught.value.reason
+        assert caught.value.retry_after and caught.value.retry_after > 0
+        assert limited.certificates.get("c.dns01.test") is None
+    finally:
+        limited.close()
