@@ -77,7 +77,7 @@ class AcmeIssuer:
                  certificates: CertificateStore, vault: KeyVault, ca_bundle: str = "",
                  email: str = "", key_type: str = "ec256",
                  eab: tuple[str, str] | None = None, dns01: DnsChallengeSolver | None = None,
-                 budget: RateBudget | None = None,
+                 budget: RateBudget | None = None, profile: str = "",
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.directory_url = directory_url
         self._accounts = accounts
@@ -90,6 +90,7 @@ class AcmeIssuer:
         self._eab = eab
         self._dns01 = dns01
         self._budget = budget
+        self.profile = profile
         self._sleep = sleep
         self._client: client.ClientV2 | None = None
         self._lock = threading.Lock()
@@ -192,7 +193,7 @@ class AcmeIssuer:
     def _issue(self, hostnames: list[str]) -> None:
         acme = self._acme()
         key = generate_key(self._key_type)
-        order = acme.new_order(make_csr(key, hostnames))
+        order = acme.new_order(make_csr(key, hostnames), profile=self._profile(acme, hostnames))
         if self._budget is not None:
             self._budget.ordered()
         cleanups: list[Callable[[], None]] = []
@@ -212,6 +213,17 @@ class AcmeIssuer:
         if self._budget is not None:
             self._budget.issued(hostnames)
         log.info("certificate issued for %s", ", ".join(hostnames))
+
+    def _profile(self, acme: client.ClientV2, hostnames: list[str]) -> str | None:
+        """The configured certificate profile, if the CA offers it (refused otherwise)."""
+        if not self.profile:
+            return None
+        meta = acme.directory.meta if _offers(acme.directory, "meta") else None
+        offered = getattr(meta, "profiles", None) or {}
+        if self.profile not in offered:
+            raise IssuanceError(hostnames, f"the CA offers no profile {self.profile!r} "
+                                f"(it offers: {', '.join(offered) or 'none'})")
+        return self.profile
 
     def _answer(self, acme: client.ClientV2,
                 authz: messages.AuthorizationResource) -> Callable[[], None]:

@@ -110,8 +110,8 @@ def _issuers(value: Any) -> list[dict[str, str]]:
         value = json.loads(value) if value.strip() else []
     if not isinstance(value, list):
         raise ValueError("must be a list of tables with directory_url (and ca_bundle, "
-                         "eab_kid, eab_hmac_key)")
-    allowed = {"directory_url", "ca_bundle", "eab_kid", "eab_hmac_key"}
+                         "eab_kid, eab_hmac_key, profile)")
+    allowed = {"directory_url", "ca_bundle", "eab_kid", "eab_hmac_key", "profile"}
     for n, issuer in enumerate(value):
         if not isinstance(issuer, dict) or not isinstance(issuer.get("directory_url"), str):
             raise ValueError(f"issuer {n} needs a directory_url")

@@ -85,7 +85,8 @@ class Services:
             certificates=certificates, vault=vault, ca_bundle=ca.get("ca_bundle", ""),
             email=settings.acme_email, key_type=settings.certificate_key_type,
             eab=(ca["eab_kid"], ca["eab_hmac_key"]) if ca.get("eab_kid") else None,
-            dns01=solver, budget=RateBudget(budgets, ca["directory_url"], limits))
+            dns01=solver, budget=RateBudget(budgets, ca["directory_url"], limits),
+            profile=ca.get("profile", ""))
             for ca in cas], certificates)
         edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
                                     backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault)

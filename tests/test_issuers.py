@@ -65,3 +65,15 @@ def test_without_eab_the_second_ca_refuses_and_every_reason_is_reported(
     finally:
         server.shutdown()  # type: ignore[attr-defined]
         services.close()
+
+
+def test_a_profile_the_ca_does_not_offer_is_refused_with_a_reason(
+        settings: Settings, eab_pebble: PebbleStack) -> None:
+    services = Services.from_settings(dataclasses.replace(settings, acme_issuers=[{
+        "directory_url": eab_pebble.directory_url, "ca_bundle": str(eab_pebble.listener_ca),
+        "eab_kid": EAB_KID, "eab_hmac_key": EAB_KEY, "profile": "shortlived"}]))
+    try:
+        with pytest.raises(IssuanceError, match="offers no profile 'shortlived'"):
+            services.issuer.issue(["profile.example.test"])
+    finally:
+        services.close()
