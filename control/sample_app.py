@@ -23,6 +23,7 @@ def make_app(name: str) -> Callable[[dict[str, Any], StartResponse], Iterable[by
             "publication_id": environ.get("HTTP_X_PUBLICATION_ID"),
             "request_id": environ.get("HTTP_X_REQUEST_ID"),
             "forwarded_for": environ.get("HTTP_X_FORWARDED_FOR"),
+            "user": environ.get("HTTP_X_EDGE_USER"),
         }).encode()
         start_response("200 OK", [("Content-Type", "application/json"),
                                   ("Content-Length", str(len(body)))])

@@ -1,7 +1,9 @@
 """An edge agent against the real control app over HTTP, driving a real HAProxy."""
 from __future__ import annotations
 
+import shutil
 import threading
+from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +20,7 @@ from control.settings import Settings
 from control.wiring import Services
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
+from edge.haproxy import ConfigRejected
 from edge.plan import CertificateRejected, UnsafePlan
 from edge.state import DesiredState, Route
 
@@ -145,3 +148,30 @@ def test_node_reports_are_validated(control: tuple[Services, str]) -> None:
         response = requests.post(f"{url}/api/v1/edge/nodes/{node_id}", json=body, headers=edge,
                                  timeout=5)
         assert response.status_code in (400, 404), (node_id, body, response.status_code)
+
+
+def test_broken_template_is_reported_and_the_node_keeps_serving(
+        control: tuple[Services, str], agent: EdgeAgent, app: SampleApp, tmp_path: Path) -> None:
+    services, url = control
+    cert, pem = self_signed("ok.example.test")
+    good = publish(services, app, {"ok.example.test": Route("ok.example.test", "pub_1", pem)})
+    agent.sync()
+    broken = tmp_path / "templates"
+    shutil.copytree(resources.files("haproxy_templates"), broken)
+    config = broken / "haproxy.cfg.j2"
+    config.write_text(config.read_text().replace("timeout connect 5s", "timeout connect soon"))
+    agent.node.templates = broken
+    spare = SampleApp("spare", 0)
+    try:
+        services.edge_state.save(DesiredState(
+            (Route("ok.example.test", "pub_1", pem),), (app.address, spare.address),
+            ("127.0.0.1:9",)))
+        with pytest.raises(ConfigRejected):
+            agent.sync()
+    finally:
+        spare.stop()
+    report = node_report(url)
+    assert report["applied_version"] == good.version and report["in_sync"] is False
+    assert "timeout" in str(report["error"])
+    probe = https_get(agent.node.layout.https_port, "ok.example.test", cadata=cert)
+    assert (probe.status, probe.json()["publication_id"]) == (200, "pub_1")

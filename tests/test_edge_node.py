@@ -43,10 +43,12 @@ def test_routes_by_host_and_strips_client_identity(node: EdgeNode, app: SampleAp
     cert, pem = self_signed_pem("one.example.test")
     node.apply(state(app, Route("one.example.test", "pub_1", pem)))
     probe = https_get(node.layout.https_port, "one.example.test", "/x", cadata=cert,
-                      headers={"X-Publication-Id": "forged", "X-Forwarded-For": "6.6.6.6"})
+                      headers={"X-Publication-Id": "forged", "X-Forwarded-For": "6.6.6.6",
+                               "X-Edge-User": "admin"})
     assert probe.status == 200
     assert probe.json()["publication_id"] == "pub_1"
     assert probe.json()["forwarded_for"] == "127.0.0.1"
+    assert probe.json()["user"] is None, "the SSO user header only ever comes from the edge"
     assert probe.certificate.subject.rfc4514_string() == "CN=one.example.test"
     unknown = https_get(node.layout.https_port, "unknown.example.test")
     assert unknown.status == 404 and b"Unknown host" in unknown.body
