@@ -42,6 +42,16 @@ def _int(value: Any) -> int:
     return int(value)
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(value).lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _float(value: Any) -> float:
     return float(value)
 
@@ -176,6 +186,7 @@ class Settings:
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 3600.0
     claim_ttl_seconds: float = 7 * 86400.0
+    allow_wildcards: bool = False
     recheck_seconds: float = 3600.0
     webhook_url: str = ""
     registrars: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -231,6 +242,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "retry_base_seconds": _float,
     "retry_max_seconds": _float,
     "claim_ttl_seconds": _float,
+    "allow_wildcards": _bool,
     "recheck_seconds": _float,
     "webhook_url": _str,
     "registrars": _registrars,

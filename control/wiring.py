@@ -70,7 +70,8 @@ class Services:
             cname_target=settings.edge_cname_target, edge_addresses=settings.edge_addresses,
             platform_domains=settings.platform_domains,
             retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
-            claim_ttl=settings.claim_ttl_seconds, automation=automation)
+            claim_ttl=settings.claim_ttl_seconds, automation=automation,
+            allow_wildcards=settings.allow_wildcards)
         challenges = ChallengeStore(backend.table(CHALLENGES))
         certificates = CertificateStore(backend.table(CERTIFICATES), vault)
         cas = settings.acme_issuers or [{"directory_url": settings.acme_directory_url,

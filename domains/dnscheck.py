@@ -20,7 +20,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
-from domains.hostnames import is_apex
+from domains.hostnames import base_of, is_apex
 from domains.records import challenge_name
 
 
@@ -40,6 +40,9 @@ class DnsCheck:
     @property
     def errors(self) -> list[dict[str, str]]:
         return [dataclasses.asdict(p) for p in self.problems]
+
+
+WILDCARD_PROBE = "edge-wildcard-probe"
 
 
 class _LookupFailed(Exception):
@@ -87,7 +90,7 @@ class DnsChecker:
     # -- the check ------------------------------------------------------------------------
 
     def check(self, hostname: str, token: str) -> DnsCheck:
-        servers = self.authoritative_servers(hostname) or [None]
+        servers = self.authoritative_servers(base_of(hostname)) or [None]
         problems: list[Problem] = []
         seen: dict[str, dict[str, list[str]]] = {}
         for server in servers:
@@ -119,6 +122,9 @@ class DnsChecker:
 
     def _routing(self, server: str | None, hostname: str,
                  found: dict[str, list[str]]) -> list[Problem]:
+        if hostname.startswith("*."):
+            # A wildcard is checked through a name only the wildcard record can answer.
+            hostname = f"{WILDCARD_PROBE}.{hostname[2:]}"
         apex = is_apex(hostname)
         if not apex:
             cnames = self._ask(server, hostname, "CNAME", found)
@@ -163,6 +169,8 @@ class DnsChecker:
     # -- CAA (RFC 8659: climb from the name towards the root; the first CAA RRset rules) ----
 
     def _check_caa(self, hostname: str) -> list[Problem]:
+        wildcard = hostname.startswith("*.")
+        hostname = base_of(hostname)
         name = dns.name.from_text(hostname)
         while len(name.labels) > 2:  # stop before the root and the TLD
             text = name.to_text()
@@ -172,13 +180,16 @@ class DnsChecker:
             except _LookupFailed as failed:
                 return [failed.problem]
             if records:
-                return self._caa_verdict(hostname, name.to_text().rstrip("."), records)
+                return self._caa_verdict(hostname, name.to_text().rstrip("."), records, wildcard)
             name = name.parent()
         return []
 
-    def _caa_verdict(self, hostname: str, owner: str, records: list[Any]) -> list[Problem]:
+    def _caa_verdict(self, hostname: str, owner: str, records: list[Any],
+                     wildcard: bool = False) -> list[Problem]:
+        tag = b"issuewild" if wildcard and any(r.tag.lower() == b"issuewild" for r in records) \
+            else b"issue"  # RFC 8659: issuewild, when present, rules wildcard names
         issuers = [r.value.decode(errors="replace").split(";")[0].strip().lower()
-                   for r in records if r.tag.lower() == b"issue"]
+                   for r in records if r.tag.lower() == tag]
         critical = [r.tag.decode(errors="replace") for r in records
                     if r.flags & 128 and r.tag.lower() not in (b"issue", b"issuewild", b"iodef")]
         if critical:

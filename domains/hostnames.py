@@ -28,8 +28,14 @@ def _reject_ip(text: str) -> None:
     raise InvalidHostname(text, "an IP address is not a hostname; connect a domain name")
 
 
-def normalize_hostname(raw: object, platform_domains: Iterable[str] = ()) -> str:
-    """The canonical form of ``raw``, or :class:`InvalidHostname` saying what is wrong with it."""
+def normalize_hostname(raw: object, platform_domains: Iterable[str] = (),
+                       allow_wildcard: bool = False) -> str:
+    """The canonical form of ``raw``, or :class:`InvalidHostname` saying what is wrong with it.
+
+    With ``allow_wildcard``, ``*.<name>`` is accepted for a valid, non-public ``<name>``.
+    """
+    if allow_wildcard and isinstance(raw, str) and raw.strip().startswith("*."):
+        return "*." + normalize_hostname(raw.strip()[2:], platform_domains)
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidHostname(raw, "a hostname is required")
     if len(raw) > MAX_INPUT:
@@ -40,7 +46,7 @@ def normalize_hostname(raw: object, platform_domains: Iterable[str] = ()) -> str
     _reject_ip(text)
     text = text[:-1] if text.endswith(".") else text
     if text.startswith("*"):
-        raise InvalidHostname(raw, "wildcard domains are not supported")
+        raise InvalidHostname(raw, "wildcard domains are not enabled here (allow_wildcards)")
     try:
         ascii_name = idna.encode(text, uts46=True).decode("ascii").lower()
     except (idna.IDNAError, UnicodeError) as exc:
@@ -63,6 +69,11 @@ def normalize_hostname(raw: object, platform_domains: Iterable[str] = ()) -> str
         if ascii_name == platform or ascii_name.endswith("." + platform):
             raise InvalidHostname(raw, f"{ascii_name} belongs to the platform itself")
     return ascii_name
+
+
+def base_of(hostname: str) -> str:
+    """``example.com`` for ``*.example.com``; other names unchanged."""
+    return hostname[2:] if hostname.startswith("*.") else hostname
 
 
 def is_apex(hostname: str) -> bool:

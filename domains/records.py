@@ -4,13 +4,13 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable
 
-from domains.hostnames import is_apex
+from domains.hostnames import base_of, is_apex
 
 CHALLENGE_LABEL = "_edge-challenge"
 
 
 def challenge_name(hostname: str) -> str:
-    return f"{CHALLENGE_LABEL}.{hostname}"
+    return f"{CHALLENGE_LABEL}.{base_of(hostname)}"
 
 
 def required_records(hostname: str, token: str, cname_target: str,
@@ -27,6 +27,10 @@ def required_records(hostname: str, token: str, cname_target: str,
 
 def instructions(hostname: str, cname_target: str) -> str:
     """One sentence on what to create, and why an apex differs from a subdomain."""
+    if hostname.startswith("*."):
+        return (f"{hostname} covers every name under {base_of(hostname)}: create a wildcard "
+                f"CNAME to {cname_target} and the TXT record on {base_of(hostname)}; "
+                "its certificate needs a registrar we can write DNS-01 records with.")
     if is_apex(hostname):
         return (f"{hostname} is an apex domain, which cannot be a CNAME: create the A/AAAA "
                 "records below (or an ALIAS/ANAME to "

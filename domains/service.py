@@ -45,6 +45,7 @@ class DomainService:
                  edge_addresses: list[str], platform_domains: Iterable[str],
                  retry_base: float = 5.0, retry_max: float = 3600.0,
                  claim_ttl: float = 7 * 86400, automation: RecordAutomation | None = None,
+                 allow_wildcards: bool = False,
                  clock: Callable[[], float] = time.time) -> None:
         self.domains = domains
         self.events = events
@@ -54,6 +55,7 @@ class DomainService:
         self._retry_base = retry_base
         self._retry_max = retry_max
         self._claim_ttl = claim_ttl
+        self._allow_wildcards = allow_wildcards
         self.automation = automation or RecordAutomation({})
         self._clock = clock
 
@@ -62,7 +64,7 @@ class DomainService:
         return self._target
 
     def normalize(self, hostname: object) -> str:
-        return normalize_hostname(hostname, self._platform)
+        return normalize_hostname(hostname, self._platform, self._allow_wildcards)
 
     def connect(self, hostname: object, publication_id: str, actor: str = "api") -> tuple[Item, bool]:
         """Claim ``hostname`` for a publication: (domain, created). Idempotent for the same owner."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from certs.x509util import self_signed
 from edge.haproxy import HAProxy
 from edge.plan import Plan, make_plan
-from edge.render import NodeLayout, render, render_lists, validate
+from edge.render import NodeLayout, cert_file, render, render_lists, validate
 from edge.runtime import RuntimeAPI, RuntimeCommandFailed
 from edge.state import DesiredState, Route
 
@@ -66,7 +66,7 @@ class EdgeNode:
         routes = {}
         for line in filter(None, map_file.read_text().splitlines() if map_file.exists() else []):
             hostname, _, publication_id = line.partition(" ")
-            pem = (self.current / "certs" / f"{hostname}.pem").read_text()
+            pem = (self.current / "certs" / cert_file(hostname)).read_text()
             routes[hostname] = Route(hostname, publication_id, pem)
         self._served = routes
         return routes
@@ -144,7 +144,7 @@ class EdgeNode:
         hosts_map, crt_list = release / "hosts.map", release / "crt-list"
         removed = []
         for change in plan.changes:
-            cert_path = release / "certs" / f"{change.hostname}.pem"
+            cert_path = release / "certs" / cert_file(change.hostname)
             if change.desired is None:
                 self.runtime.del_map(hosts_map, change.hostname)
                 self.runtime.delete_cert(crt_list, cert_path)

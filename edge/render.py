@@ -12,7 +12,7 @@ import jinja2
 from edge.state import DesiredState
 
 # Values land in haproxy.cfg and map files: anything outside these shapes could inject config.
-_HOSTNAME = re.compile(r"^[a-z0-9.-]{1,253}$")
+_HOSTNAME = re.compile(r"(\*\.)?[a-z0-9.-]{1,253}")
 _PUBLICATION = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _SERVER = re.compile(r"^[A-Za-z0-9.:\[\]-]{1,300}:[0-9]{1,5}$")
 
@@ -70,8 +70,13 @@ def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
         **render_lists(state, release_dir, templates),
     }
     for route in state.routes:
-        files[f"certs/{route.hostname}.pem"] = route.pem
+        files[f"certs/{cert_file(route.hostname)}"] = route.pem
     return files
+
+
+def cert_file(hostname: str) -> str:
+    """A route's certificate file name (no ``*`` in paths: ``*.x`` becomes ``_wildcard.x``)."""
+    return hostname.replace("*", "_wildcard") + ".pem"
 
 
 def render_lists(state: DesiredState, release_dir: Path,
@@ -81,4 +86,4 @@ def render_lists(state: DesiredState, release_dir: Path,
     env = _environment(templates)
     return {"hosts.map": env.get_template("hosts.map.j2").render(routes=routes),
             "crt-list": env.get_template("crt-list.j2").render(
-                routes=routes, cert_dir=release_dir / "certs")}
+                routes=routes, cert_dir=release_dir / "certs", cert_file=cert_file)}

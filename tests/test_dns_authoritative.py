@@ -95,3 +95,17 @@ def test_manual_check_explains_what_is_wrong(client: FlaskClient) -> None:
                                                                  "txt_missing"}
     assert checked["attempts"] == 1 and checked["next_attempt_at"]
     assert client.post("/api/v1/domains/nope.test/check", headers=AUTH).status_code == 404
+
+
+def test_wildcard_is_checked_through_a_probe_name(dns_settings: Settings,
+                                                  knot: KnotServer) -> None:
+    knot.set_zone("example.test", '@ A 127.0.0.1\n* CNAME edge.platform.test.\n'
+                                  '_edge-challenge TXT "wild-token"\n'
+                                  '@ CAA 0 issuewild "letsencrypt.org"\n'
+                                  '@ CAA 0 issue "otherca.example"\n')
+    checker = DnsChecker.from_settings(dns_settings)
+    result = checker.check("*.example.test", "wild-token")
+    assert result.ok, result.problems
+    assert "CNAME edge-wildcard-probe.example.test" in result.seen[f"127.0.0.1:{knot.port}"]
+    assert codes(checker, "plain.example.test", "wild-token") == ["txt_missing",
+                                                                  "caa_forbids_issuer"]

@@ -199,3 +199,18 @@ def test_cold_start_serves_a_first_slice_then_streams_the_rest(tmp_path: Path,
         assert len((node.current / "hosts.map").read_text().split()) == 16, "files hold all"
     finally:
         node.stop()
+
+
+def test_wildcard_route_serves_every_name_below_it_and_exact_routes_win(
+        node: EdgeNode, app: SampleApp) -> None:
+    wild_cert, wild_pem = self_signed_pem("*.wild.example.test")
+    exact_cert, exact_pem = self_signed_pem("exact.wild.example.test")
+    node.apply(state(app, Route("*.wild.example.test", "pub_wild", wild_pem)))
+    probe = https_get(node.layout.https_port, "anything.wild.example.test", cadata=wild_cert)
+    assert (probe.status, probe.json()["publication_id"]) == (200, "pub_wild")
+    node.apply(state(app, Route("*.wild.example.test", "pub_wild", wild_pem),
+                     Route("exact.wild.example.test", "pub_exact", exact_pem)))  # hot
+    probe = https_get(node.layout.https_port, "exact.wild.example.test", cadata=exact_cert)
+    assert probe.json()["publication_id"] == "pub_exact"
+    assert https_get(node.layout.https_port, "wild.example.test").status == 404
+    assert https_get(node.layout.https_port, "a.b.wild.example.test").status == 404

@@ -171,3 +171,23 @@ def test_unverified_claim_expires_so_a_squatter_cannot_block_the_owner(
         assert taken.status_code == 201 and taken.get_json()["publication_id"] == "pub_owner"
     finally:
         services.close()
+
+
+def test_wildcards_only_when_enabled(client: FlaskClient, settings: Settings) -> None:
+    refused = connect(client, "*.example.test")
+    assert refused.status_code == 400 and "allow_wildcards" in refused.get_json()["error"]
+    services = Services.from_settings(dataclasses.replace(settings, allow_wildcards=True,
+                                                          data_dir=settings.data_dir + "-w",
+                                                          sqlite_path=""))
+    try:
+        wild = create_app(services).test_client()
+        body = connect(wild, "*.Shop.Example.Test").get_json()
+        assert body["hostname"] == "*.shop.example.test"
+        assert body["dns_records"][0] == {"type": "CNAME", "name": "*.shop.example.test",
+                                          "value": "edge.platform.test"}
+        assert body["dns_records"][1]["name"] == "_edge-challenge.shop.example.test"
+        assert "DNS-01" in body["instructions"]
+        for bad in ("*.co.uk", "*.platform.test", "*.*.example.test", "a.*.example.test"):
+            assert connect(wild, bad).status_code == 400, bad
+    finally:
+        services.close()
