@@ -13,6 +13,7 @@ from acme import challenges, client, errors, messages
 
 from certs.challenges import ChallengeStore
 from certs.limits import BudgetExceeded, RateBudget
+from certs.orders import OrderJournal, fetch_order
 from certs.keys import KeyVault, generate_key, key_from_pem, key_to_pem, make_csr
 from certs.store import CertificateStore
 from store import Table, TableSpec, rewrite_field
@@ -73,7 +74,8 @@ class PatientNetwork(client.ClientNetwork):
 
 
 class AcmeIssuer:
-    def __init__(self, *, directory_url: str, accounts: Table, challenges_store: ChallengeStore,
+    def __init__(self, *, directory_url: str, accounts: Table, orders: Table,
+                 challenges_store: ChallengeStore,
                  certificates: CertificateStore, vault: KeyVault, ca_bundle: str = "",
                  email: str = "", key_type: str = "ec256",
                  eab: tuple[str, str] | None = None, dns01: DnsChallengeSolver | None = None,
@@ -88,6 +90,7 @@ class AcmeIssuer:
         self._email = email
         self._key_type = key_type
         self._eab = eab
+        self._orders = OrderJournal(orders, vault, directory_url)
         self._dns01 = dns01
         self._budget = budget
         self.profile = profile
@@ -170,7 +173,8 @@ class AcmeIssuer:
 
     def reencrypt(self) -> int:
         """Re-encrypt the stored ACME account keys under the newest encryption key."""
-        return rewrite_field(self._accounts, "key_enc", self._vault.rotate)
+        return rewrite_field(self._accounts, "key_enc", self._vault.rotate) + \
+            self._orders.reencrypt()
 
     @property
     def bad_nonce_retries(self) -> int:
@@ -192,10 +196,15 @@ class AcmeIssuer:
 
     def _issue(self, hostnames: list[str]) -> None:
         acme = self._acme()
-        key = generate_key(self._key_type)
-        order = acme.new_order(make_csr(key, hostnames), profile=self._profile(acme, hostnames))
-        if self._budget is not None:
-            self._budget.ordered()
+        order, key = self._resume(acme, hostnames)
+        if order is None:
+            key = generate_key(self._key_type)
+            csr = make_csr(key, hostnames)
+            self._orders.begin(hostnames, key_to_pem(key), csr)  # before the CA hears of it
+            order = acme.new_order(csr, profile=self._profile(acme, hostnames))
+            self._orders.ordered(hostnames, order.uri)
+            if self._budget is not None:
+                self._budget.ordered()
         cleanups: list[Callable[[], None]] = []
         try:
             for authz in order.authorizations:
@@ -210,9 +219,22 @@ class AcmeIssuer:
                 cleanup()
         self._certificates.save(hostnames, order.fullchain_pem, key_to_pem(key),
                                 ca=self.directory_url)
+        self._orders.done(hostnames)
         if self._budget is not None:
             self._budget.issued(hostnames)
         log.info("certificate issued for %s", ", ".join(hostnames))
+
+    def _resume(self, acme: client.ClientV2,
+                hostnames: list[str]) -> tuple[messages.OrderResource | None, Any]:
+        """The order a crashed run left in flight, with its key; (None, None) if there is none."""
+        record = self._orders.find(hostnames)
+        if record is None or not record.get("order_url"):
+            return None, None
+        order = fetch_order(acme, record)
+        if order is None:
+            return None, None
+        log.info("resuming the order for %s left by an interrupted run", ", ".join(hostnames))
+        return order, key_from_pem(self._orders.key_pem(record))
 
     def _profile(self, acme: client.ClientV2, hostnames: list[str]) -> str | None:
         """The configured certificate profile, if the CA offers it (refused otherwise)."""
@@ -239,7 +261,8 @@ class AcmeIssuer:
             response, validation = dns01.response_and_validation(acme.net.key)
             name = dns01.chall.validation_domain_name(identifier)
             self._dns01.present(name, validation)
-            acme.answer_challenge(dns01, response)
+            if dns01.status == messages.STATUS_PENDING:  # a resumed order may have answered
+                acme.answer_challenge(dns01, response)
             return lambda: self._dns01.cleanup(name, validation)  # type: ignore[union-attr]
         http01 = offered.get(challenges.HTTP01)
         if http01 is None:
@@ -248,7 +271,8 @@ class AcmeIssuer:
         response, validation = http01.response_and_validation(acme.net.key)
         token = str(http01.chall.encode("token"))
         self._challenges.add(token, validation)
-        acme.answer_challenge(http01, response)
+        if http01.status == messages.STATUS_PENDING:  # a resumed order may have answered
+            acme.answer_challenge(http01, response)
         return lambda: self._challenges.remove(token)
 
     def _wait_valid(self, acme: client.ClientV2, authz: messages.AuthorizationResource,
@@ -269,7 +293,8 @@ class AcmeIssuer:
 
     def _finalize(self, acme: client.ClientV2, order: messages.OrderResource,
                   hostnames: list[str], deadline: float) -> messages.OrderResource:
-        order = acme.begin_finalization(order)
+        if order.body.status in (messages.STATUS_PENDING, messages.STATUS_READY):
+            order = acme.begin_finalization(order)
         while time.monotonic() < deadline:
             body = order.body
             if body.status == messages.STATUS_VALID and body.certificate:
@@ -328,7 +353,7 @@ class IssuerChain:
         return self._issuer_of(hostname).renewal_due(hostname)
 
     def reencrypt(self) -> int:
-        return self.issuers[0].reencrypt()  # the accounts table is shared by every issuer
+        return self.issuers[0].reencrypt()  # the accounts and orders tables are shared
 
     @property
     def bad_nonce_retries(self) -> int:

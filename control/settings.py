@@ -183,6 +183,7 @@ class Settings:
     edge_https_port: int = 8443
     edge_stats_port: int = 8404
     worker_interval: float = 2.0
+    worker_id: str = ""
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 3600.0
     claim_ttl_seconds: float = 7 * 86400.0
@@ -239,6 +240,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "edge_https_port": _port,
     "edge_stats_port": _int,
     "worker_interval": _float,
+    "worker_id": _str,
     "retry_base_seconds": _float,
     "retry_max_seconds": _float,
     "claim_ttl_seconds": _float,

@@ -8,6 +8,7 @@ from certs.challenges import CHALLENGES, ChallengeStore
 from certs.issuer import ACCOUNTS, AcmeIssuer, IssuerChain
 from certs.keys import KeyVault
 from certs.limits import BUDGETS, Limits, RateBudget
+from certs.orders import ORDERS
 from certs.store import CERTIFICATES, CertificateStore
 from control.settings import Settings
 from domains.automation import RecordAutomation
@@ -77,12 +78,14 @@ class Services:
         cas = settings.acme_issuers or [{"directory_url": settings.acme_directory_url,
                                          "ca_bundle": settings.acme_ca_bundle}]
         accounts = backend.table(ACCOUNTS)
+        orders = backend.table(ORDERS)
         budgets = backend.table(BUDGETS)
         limits = Limits(orders_per_account_3h=settings.acme_orders_per_3h,
                         certs_per_domain_7d=settings.acme_certs_per_domain_7d,
                         failures_per_name_1h=settings.acme_failures_per_name_1h)
         issuer = IssuerChain([AcmeIssuer(
-            directory_url=ca["directory_url"], accounts=accounts, challenges_store=challenges,
+            directory_url=ca["directory_url"], accounts=accounts, orders=orders,
+            challenges_store=challenges,
             certificates=certificates, vault=vault, ca_bundle=ca.get("ca_bundle", ""),
             email=settings.acme_email, key_type=settings.certificate_key_type,
             eab=(ca["eab_kid"], ca["eab_hmac_key"]) if ca.get("eab_kid") else None,
@@ -100,7 +103,7 @@ class Services:
         webhooks = WebhookSender(backend.table(WEBHOOKS), settings.webhook_url,
                                  settings.webhook_secret)
         lifecycle = Lifecycle(domains, checker, issuer, publisher,
-                              timing, events=webhooks)
+                              timing, events=webhooks, worker_id=settings.worker_id)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
                    lifecycle, webhooks)
 

@@ -64,7 +64,7 @@ class Timing:
 class Lifecycle:
     def __init__(self, domains: DomainService, checker: DnsChecker, issuer: CertificateIssuer,
                  edge: RoutePublisher, timing: Timing = Timing(),
-                 events: EventSink | None = None,
+                 events: EventSink | None = None, worker_id: str = "",
                  clock: Callable[[], float] = time.time) -> None:
         self.domains = domains
         self.checker = checker
@@ -72,7 +72,8 @@ class Lifecycle:
         self.edge = edge
         self.timing = timing
         self._clock = clock
-        self.worker_id = uuid.uuid4().hex[:12]
+        # A stable id lets a restarted worker take back its own leases at once.
+        self.worker_id = worker_id or uuid.uuid4().hex[:12]
         self.events = events or _NoEvents()
 
     def _emit(self, event_type: str, domain: Item, **extra: object) -> None:
@@ -87,9 +88,17 @@ class Lifecycle:
         except Exception:  # the domains must still move forward; the next round republishes
             log.exception("publishing edge routes failed")
         self._each(self.verify, self.domains.due(PENDING_DNS))
-        for domain in self.domains.due(VERIFIED) + self.domains.due(ISSUING):
+        for domain in self.domains.due(VERIFIED) + self._issuing_to_resume():
             self._guard(self.issue, domain)
         self._each(self.recheck, self.domains.due(ACTIVE) + self.domains.due(SUSPENDED))
+
+    def _issuing_to_resume(self) -> list[Item]:
+        """Issuances whose lease ran out, and at once those this worker held before a crash
+        (the certs part resumes the order it had in flight)."""
+        now = self._clock()
+        return [d for d in self.domains.with_status(ISSUING)
+                if (d.get("next_attempt_at") or 0) <= now
+                or d.get("lease_owner") == self.worker_id]
 
     def _each(self, step: Callable[[Item], Item], domains: list[Item]) -> None:
         """DNS-bound steps run concurrently (bounded): 10,000 checks must not take hours."""

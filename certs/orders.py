@@ -1,0 +1,70 @@
+"""The order journal: what an issuance has sent to the CA, written before each network step.
+
+A control service killed at any point finds the order it had in flight here after a restart
+and resumes it (same key, same CSR, same order URL) instead of ordering again, so a crash
+costs at most the one order that was being created.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from acme import client, messages
+
+from certs.keys import KeyVault
+from store import Item, Table, TableSpec
+
+ORDERS = TableSpec("acme_orders", key="key")
+ORDER_RECORD_TTL = 7 * 86400.0  # CAs expire pending orders within days
+
+
+class OrderJournal:
+    def __init__(self, table: Table, vault: KeyVault, directory_url: str) -> None:
+        self._table = table
+        self._vault = vault
+        self._ca = directory_url
+
+    def _key(self, hostnames: list[str]) -> str:
+        return f"{self._ca}|{','.join(hostnames)}"
+
+    def find(self, hostnames: list[str]) -> Item | None:
+        return self._table.get(self._key(hostnames))
+
+    def begin(self, hostnames: list[str], key_pem: bytes, csr_pem: bytes) -> None:
+        self._table.put({"key": self._key(hostnames), "key_enc": self._vault.encrypt(key_pem),
+                         "csr_pem": csr_pem.decode(), "order_url": None,
+                         "expires_at": time.time() + ORDER_RECORD_TTL})
+
+    def ordered(self, hostnames: list[str], order_url: str) -> None:
+        record = self.find(hostnames)
+        if record is not None:
+            self._table.put({**record, "order_url": order_url})
+
+    def key_pem(self, record: Item) -> bytes:
+        return self._vault.decrypt(record["key_enc"])
+
+    def done(self, hostnames: list[str]) -> None:
+        self._table.delete(self._key(hostnames))
+
+    def reencrypt(self) -> int:
+        from store import rewrite_field
+        return rewrite_field(self._table, "key_enc", self._vault.rotate)
+
+
+def fetch_order(acme: client.ClientV2, record: Item) -> messages.OrderResource | None:
+    """The stored order as the CA sees it now, or None if it cannot be resumed."""
+    def post_as_get(url: str) -> Any:
+        return acme.net.post(url, None, new_nonce_url=acme.directory["newNonce"]).json()
+
+    try:
+        body = messages.Order.from_json(post_as_get(record["order_url"]))
+    except messages.Error:
+        return None
+    if body.status == messages.STATUS_INVALID:
+        return None
+    authorizations = [messages.AuthorizationResource(
+        body=messages.Authorization.from_json(post_as_get(url)), uri=url)
+        for url in body.authorizations]
+    return messages.OrderResource(body=body, uri=record["order_url"],
+                                  authorizations=authorizations,
+                                  csr_pem=record["csr_pem"].encode())
