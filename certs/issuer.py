@@ -13,6 +13,7 @@ from acme import challenges, client, errors, messages
 
 from certs.challenges import ChallengeStore
 from certs.limits import BudgetExceeded, RateBudget
+from certs.ari import NewOrderReplacing, cert_id
 from certs.orders import OrderJournal, fetch_order
 from certs.keys import KeyVault, generate_key, key_from_pem, key_to_pem, make_csr
 from certs.store import CertificateStore
@@ -201,7 +202,11 @@ class AcmeIssuer:
             key = generate_key(self._key_type)
             csr = make_csr(key, hostnames)
             self._orders.begin(hostnames, key_to_pem(key), csr)  # before the CA hears of it
-            order = acme.new_order(csr, profile=self._profile(acme, hostnames))
+            replaces = self._replaces(acme, hostnames)
+            if replaces:
+                order = self._new_order_replacing(acme, hostnames, csr, replaces)
+            else:
+                order = acme.new_order(csr, profile=self._profile(acme, hostnames))
             self._orders.ordered(hostnames, order.uri)
             if self._budget is not None:
                 self._budget.ordered()
@@ -223,6 +228,29 @@ class AcmeIssuer:
         if self._budget is not None:
             self._budget.issued(hostnames)
         log.info("certificate issued for %s", ", ".join(hostnames))
+
+    def _replaces(self, acme: client.ClientV2, hostnames: list[str]) -> str | None:
+        """The ARI certID of the certificate this order renews, when the CA speaks ARI."""
+        stored = self._certificates.get(hostnames[0])
+        if stored is None or stored.ca != self.directory_url or \
+                not _offers(acme.directory, "renewalInfo"):
+            return None
+        return cert_id(x509.load_pem_x509_certificate(stored.fullchain_pem.encode()))
+
+    def _new_order_replacing(self, acme: client.ClientV2, hostnames: list[str], csr: bytes,
+                             replaces: str) -> messages.OrderResource:
+        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name)
+                       for name in hostnames]
+        profile = self._profile(acme, hostnames)
+        order = NewOrderReplacing(identifiers=identifiers, replaces=replaces,
+                                  **({"profile": profile} if profile else {}))
+        response = acme.net.post(acme.directory["newOrder"], order,
+                                 new_nonce_url=acme.directory["newNonce"])
+        resumed = fetch_order(acme, {"order_url": response.headers["Location"],
+                                     "csr_pem": csr.decode()})
+        if resumed is None:
+            raise IssuanceError(hostnames, "the CA refused the renewal order")
+        return resumed
 
     def _resume(self, acme: client.ClientV2,
                 hostnames: list[str]) -> tuple[messages.OrderResource | None, Any]:

@@ -77,3 +77,34 @@ def test_a_profile_the_ca_does_not_offer_is_refused_with_a_reason(
             services.issuer.issue(["profile.example.test"])
     finally:
         services.close()
+
+
+def test_ari_window_drives_renewal_and_the_order_names_what_it_replaces(
+        settings: Settings, tmp_path: Path) -> None:
+    from certs.ari import cert_id
+    from cryptography import x509
+    from tests.ari_proxy import AriProxy
+
+    pebble = PebbleStack(tmp_path / "ari", http_port=free_port())
+    proxy = AriProxy(pebble)
+    services = Services.from_settings(dataclasses.replace(
+        settings, acme_directory_url=proxy.directory_url, acme_ca_bundle=str(pebble.listener_ca)))
+    server = make_server("127.0.0.1", pebble.http_port, create_app(services), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        services.issuer.issue(["ari.example.test"])
+        first = services.certificates.get("ari.example.test")
+        assert first is not None and "replaces" not in proxy.new_orders[-1]
+        proxy.window = (3600.0, 7200.0)  # the CA suggests renewing in an hour: not yet
+        assert services.issuer.renewal_due("ari.example.test") is False
+        proxy.window = (-7200.0, -60.0)  # the window has passed: renew now (a 5-year cert!)
+        assert services.issuer.renewal_due("ari.example.test") is True
+        services.issuer.issue(["ari.example.test"])
+        old = x509.load_pem_x509_certificate(first.fullchain_pem.encode())
+        assert proxy.new_orders[-1]["replaces"] == cert_id(old)
+        assert services.certificates.get("ari.example.test").serial != first.serial
+    finally:
+        server.shutdown()
+        services.close()
+        proxy.stop()
+        pebble.stop()
