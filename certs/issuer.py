@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import email.utils
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 ACCOUNTS = TableSpec("acme_accounts", key="directory_url")
 BAD_NONCE_ATTEMPTS = 5  # each attempt is the library's post, which itself retries once
 POLL_INTERVAL = 0.1
-RATE_LIMITED_WAIT = 3600.0  # the library hides Retry-After; an hour is LE's shortest window
+RATE_LIMITED_WAIT = 3600.0  # when a 429 carries no Retry-After: LE's shortest window
 CESSATION_OF_OPERATION = 5
 ORDER_TIMEOUT = 90.0
 
@@ -54,11 +55,43 @@ class IssuanceError(Exception):
         """Epoch seconds before which trying again is pointless (a rate limit), if known."""
 
 
+class RateLimited(Exception):
+    """The CA answered 429; ``retry_after`` is epoch seconds from its Retry-After header."""
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+def _retry_after(header: str | None, default: float) -> float:
+    now = time.time()
+    if not header:
+        return now + default
+    if header.strip().isdigit():
+        return now + int(header.strip())
+    try:
+        return email.utils.parsedate_to_datetime(header).timestamp()
+    except (TypeError, ValueError):
+        return now + default
+
+
 class PatientNetwork(client.ClientNetwork):
     """Retries badNonce more than the library's single retry (Pebble rejects 5% on purpose)."""
 
     retries = 0
     """How often a badNonce got past the library's own retry and we retried again."""
+
+    @classmethod
+    def _check_response(cls, response: Any, content_type: str | None = None) -> Any:
+        # The library turns a 429 into an error without its Retry-After: keep it.
+        if response.status_code == 429:
+            try:
+                detail = str(response.json().get("detail", "rate limited"))
+            except ValueError:
+                detail = "rate limited"
+            raise RateLimited(detail, _retry_after(response.headers.get("Retry-After"),
+                                                   RATE_LIMITED_WAIT))
+        return super()._check_response(response, content_type=content_type)
 
     def post(self, *args: Any, **kwargs: Any) -> Any:
         for attempt in range(BAD_NONCE_ATTEMPTS):
@@ -144,6 +177,9 @@ class AcmeIssuer:
             raise
         except BudgetExceeded as exc:
             raise IssuanceError(hostnames, f"rate budget: {exc}", exc.retry_after) from None
+        except RateLimited as exc:
+            raise IssuanceError(hostnames, f"the CA rate-limits us: {exc}",
+                                exc.retry_after) from None
         except messages.Error as exc:
             retry_after = time.time() + RATE_LIMITED_WAIT if exc.code == "rateLimited" else None
             raise IssuanceError(hostnames, f"ACME: {exc}", retry_after) from None

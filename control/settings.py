@@ -165,6 +165,7 @@ class Settings:
     dns_port: int = 53
     dns_timeout: float = 2.0
     dns_concurrency: int = 16
+    issue_concurrency: int = 8
     acme_directory_url: str = "https://127.0.0.1:14000/dir"
     acme_ca_bundle: str = ""
     acme_email: str = ""
@@ -223,6 +224,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "dns_port": _port,
     "dns_timeout": _float,
     "dns_concurrency": _int,
+    "issue_concurrency": _int,
     "acme_directory_url": _str,
     "acme_ca_bundle": _str,
     "acme_email": _str,

@@ -99,7 +99,8 @@ class Services:
         timing = Timing(recheck=settings.recheck_seconds,
                         suspend_grace=settings.suspend_grace_seconds,
                         give_up=settings.give_up_seconds,
-                        dns_concurrency=max(1, settings.dns_concurrency))
+                        dns_concurrency=max(1, settings.dns_concurrency),
+                        issue_concurrency=max(1, settings.issue_concurrency))
         webhooks = WebhookSender(backend.table(WEBHOOKS), settings.webhook_url,
                                  settings.webhook_secret)
         lifecycle = Lifecycle(domains, checker, issuer, publisher,

@@ -11,6 +11,7 @@ doubles as a lease: if the replica holding it dies, the domain becomes due when 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -56,6 +57,7 @@ class Timing:
     issuing_lease: float = 300.0
     worker_lease: float = 120.0
     dns_concurrency: int = 16
+    issue_concurrency: int = 8
     recheck: float = 3600.0
     suspend_grace: float = 86400.0
     give_up: float = 7 * 86400.0
@@ -88,8 +90,11 @@ class Lifecycle:
         except Exception:  # the domains must still move forward; the next round republishes
             log.exception("publishing edge routes failed")
         self._each(self.verify, self.domains.due(PENDING_DNS))
-        for domain in self.domains.due(VERIFIED) + self._issuing_to_resume():
-            self._guard(self.issue, domain)
+        issuing = self.domains.due(VERIFIED) + self._issuing_to_resume()
+        self._each(functools.partial(self.issue, publish=False), issuing,
+                   self.timing.issue_concurrency)
+        if issuing:
+            self.publish_routes()  # once for the whole batch
         self._each(self.recheck, self.domains.due(ACTIVE) + self.domains.due(SUSPENDED))
 
     def _issuing_to_resume(self) -> list[Item]:
@@ -100,14 +105,16 @@ class Lifecycle:
                 if (d.get("next_attempt_at") or 0) <= now
                 or d.get("lease_owner") == self.worker_id]
 
-    def _each(self, step: Callable[[Item], Item], domains: list[Item]) -> None:
-        """DNS-bound steps run concurrently (bounded): 10,000 checks must not take hours."""
-        if len(domains) <= 1:
+    def _each(self, step: Callable[[Item], Item], domains: list[Item],
+              concurrency: int | None = None) -> None:
+        """Network-bound steps run concurrently with a bound (10,000 DNS checks must not take
+        hours; many certificates must not wait for each other)."""
+        bound = min(concurrency or self.timing.dns_concurrency, len(domains))
+        if bound <= 1:
             for domain in domains:
                 self._guard(step, domain)
             return
-        with ThreadPoolExecutor(max_workers=min(self.timing.dns_concurrency,
-                                                len(domains))) as pool:
+        with ThreadPoolExecutor(max_workers=bound) as pool:
             for future in [pool.submit(self._guard, step, d) for d in domains]:
                 future.result()
 
@@ -139,7 +146,7 @@ class Lifecycle:
                                            next_attempt_at=None, gave_up=True)
         return deferred
 
-    def issue(self, domain: Item) -> Item:
+    def issue(self, domain: Item, publish: bool = True) -> Item:
         leased = self.domains.transition(domain, ISSUING, "ordering a certificate",
                                          next_attempt_at=self._clock() + self.timing.issuing_lease)
         try:
@@ -153,7 +160,8 @@ class Lifecycle:
         active = self.domains.transition(leased, ACTIVE, "certificate issued", last_error=None,
                                          validation_errors=[], attempts=0,
                                          next_attempt_at=self._clock() + self.timing.recheck)
-        self.publish_routes()
+        if publish:
+            self.publish_routes()
         self._emit("certificate.issued", active)
         self._emit("domain.active", active)
         return active

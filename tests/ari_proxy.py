@@ -1,4 +1,5 @@
-"""Debian's Pebble 2.4 has no renewalInfo: this HTTPS proxy in front of it adds ARI.
+"""Debian's Pebble 2.4 has no renewalInfo: this HTTPS proxy in front of it adds ARI (and can
+answer new orders with a 429, which Pebble never does).
 
 Every request goes on to Pebble unchanged with the proxy's Host header, so the URLs Pebble
 builds (and checks in each JWS) are the proxy's; the directory gains ``renewalInfo``, served
@@ -27,6 +28,8 @@ class AriProxy:
         self.pebble = pebble
         self.window = (-3600.0, 3600.0)
         self.new_orders: list[dict[str, Any]] = []
+        self.rate_limit: str | None = None
+        """When set, new orders get a 429 with this Retry-After value."""
         cert_dir = pebble.listener_ca.parent
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True,
                                   ssl_context=(str(cert_dir / "listener.pem"),
@@ -49,6 +52,12 @@ class AriProxy:
             body = {"suggestedWindow": {"start": start.isoformat(), "end": end.isoformat()}}
             return Response(json.dumps(body), content_type="application/json")(
                 environ, start_response)
+        if request.path == "/order-plz" and self.rate_limit is not None:
+            problem = {"type": "urn:ietf:params:acme:error:rateLimited",
+                       "detail": "too many new orders recently"}
+            return Response(json.dumps(problem), status=429,
+                            content_type="application/problem+json",
+                            headers={"Retry-After": self.rate_limit})(environ, start_response)
         if request.path == "/order-plz":
             payload = json.loads(request.get_data())["payload"]
             self.new_orders.append(json.loads(base64.urlsafe_b64decode(payload + "==")))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -108,3 +109,47 @@ def test_ari_window_drives_renewal_and_the_order_names_what_it_replaces(
         services.close()
         proxy.stop()
         pebble.stop()
+
+
+def test_a_429_defers_until_retry_after(settings: Settings, tmp_path: Path) -> None:
+    from tests.ari_proxy import AriProxy
+
+    pebble = PebbleStack(tmp_path / "limited", http_port=free_port())
+    proxy = AriProxy(pebble)
+    services = Services.from_settings(dataclasses.replace(
+        settings, acme_directory_url=proxy.directory_url, acme_ca_bundle=str(pebble.listener_ca)))
+    try:
+        proxy.rate_limit = "1800"
+        started = time.time()
+        with pytest.raises(IssuanceError) as caught:
+            services.issuer.issue(["busy.example.test"])
+        assert "rate-limits us: too many new orders" in caught.value.reason
+        assert started + 1790 <= (caught.value.retry_after or 0) <= time.time() + 1810
+        domain, _ = services.domains.connect("busy.example.test", "pub_1")
+        deferred = services.lifecycle.issue(services.domains.transition(
+            domain, "verified", "test", next_attempt_at=0))
+        assert deferred["status"] == "verified"
+        assert deferred["next_attempt_at"] >= started + 1790, "waits out Retry-After"
+    finally:
+        services.close()
+        proxy.stop()
+        pebble.stop()
+
+
+def test_rsa_keys_by_setting(settings: Settings, eab_pebble: PebbleStack) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    services = Services.from_settings(dataclasses.replace(
+        settings, certificate_key_type="rsa2048", acme_issuers=[{
+            "directory_url": eab_pebble.directory_url, "ca_bundle": str(eab_pebble.listener_ca),
+            "eab_kid": EAB_KID, "eab_hmac_key": EAB_KEY}]))
+    server = make_server("127.0.0.1", eab_pebble.http_port, create_app(services), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        services.issuer.issue(["rsa.example.test"])
+        stored = services.certificates.get("rsa.example.test")
+        from certs.keys import key_from_pem
+        key = key_from_pem(stored.key_pem.encode())  # type: ignore[union-attr]
+        assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    finally:
+        server.shutdown()
+        services.close()
