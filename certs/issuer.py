@@ -350,8 +350,9 @@ class AcmeIssuer:
                 errors_seen = [str(c.error) for c in authz.body.challenges if c.error]
                 if self._budget is not None:
                     self._budget.failed_validation([authz.body.identifier.value])
+                detail = "; ".join(errors_seen) or "no detail"
                 raise IssuanceError([authz.body.identifier.value],
-                                    f"validation {status}: {'; '.join(errors_seen) or 'no detail'}")
+                                    f"validation {getattr(status, 'name', status)}: {detail}")
             self._sleep(POLL_INTERVAL)
         raise IssuanceError([authz.body.identifier.value], "validation timed out")
 

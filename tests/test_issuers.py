@@ -28,22 +28,30 @@ def eab_pebble(tmp_path: Path) -> Iterator[PebbleStack]:
     stack.stop()
 
 
-def services_for(settings: Settings, eab_pebble: PebbleStack,
+@pytest.fixture
+def failing_pebble(tmp_path: Path) -> Iterator[PebbleStack]:
+    """A first CA that fails every validation: nothing answers on its HTTP-01 port."""
+    stack = PebbleStack(tmp_path / "first", http_port=free_port())
+    yield stack
+    stack.stop()
+
+
+def services_for(settings: Settings, eab_pebble: PebbleStack, first: PebbleStack,
                  with_eab: bool) -> tuple[Services, object]:
     second = {"directory_url": eab_pebble.directory_url,
               "ca_bundle": str(eab_pebble.listener_ca)}
     if with_eab:
         second.update(eab_kid=EAB_KID, eab_hmac_key=EAB_KEY)
     services = Services.from_settings(dataclasses.replace(settings, acme_issuers=[
-        {"directory_url": f"https://127.0.0.1:{free_port()}/dir"}, second]))
+        {"directory_url": first.directory_url, "ca_bundle": str(first.listener_ca)}, second]))
     server = make_server("127.0.0.1", eab_pebble.http_port, create_app(services), threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return services, server
 
 
-def test_second_ca_with_eab_issues_when_the_first_fails(settings: Settings,
-                                                        eab_pebble: PebbleStack) -> None:
-    services, server = services_for(settings, eab_pebble, with_eab=True)
+def test_second_ca_with_eab_issues_when_the_first_fails(
+        settings: Settings, eab_pebble: PebbleStack, failing_pebble: PebbleStack) -> None:
+    services, server = services_for(settings, eab_pebble, failing_pebble, with_eab=True)
     try:
         services.issuer.issue(["fallback.example.test"])
         stored = services.certificates.get("fallback.example.test")
@@ -56,13 +64,13 @@ def test_second_ca_with_eab_issues_when_the_first_fails(settings: Settings,
 
 
 def test_without_eab_the_second_ca_refuses_and_every_reason_is_reported(
-        settings: Settings, eab_pebble: PebbleStack) -> None:
-    services, server = services_for(settings, eab_pebble, with_eab=False)
+        settings: Settings, eab_pebble: PebbleStack, failing_pebble: PebbleStack) -> None:
+    services, server = services_for(settings, eab_pebble, failing_pebble, with_eab=False)
     try:
         with pytest.raises(IssuanceError) as caught:
             services.issuer.issue(["noeab.example.test"])
         reason = caught.value.reason
-        assert "cannot reach the CA" in reason and "externalAccount" in reason, reason
+        assert "validation invalid" in reason and "externalAccount" in reason, reason
     finally:
         server.shutdown()  # type: ignore[attr-defined]
         services.close()
