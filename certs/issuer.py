@@ -2,30 +2,28 @@
 from __future__ import annotations
 
 import datetime
-import email.utils
 import logging
 import threading
 import time
 from typing import Any, Callable, Protocol
 
 import josepy as jose
-from cryptography import x509
 from acme import challenges, client, errors, messages
+from cryptography import x509
 
-from certs.challenges import ChallengeStore
-from certs.limits import BudgetExceeded, RateBudget
 from certs.ari import NewOrderReplacing, cert_id
-from certs.orders import OrderJournal, fetch_order
+from certs.challenges import ChallengeStore
 from certs.keys import KeyVault, generate_key, key_from_pem, key_to_pem, make_csr
+from certs.limits import BudgetExceeded, RateBudget
+from certs.network import RATE_LIMITED_WAIT, PatientNetwork, RateLimited
+from certs.orders import OrderJournal, fetch_order
 from certs.store import CertificateStore
 from store import Table, TableSpec, rewrite_field
 
 log = logging.getLogger(__name__)
 
 ACCOUNTS = TableSpec("acme_accounts", key="directory_url")
-BAD_NONCE_ATTEMPTS = 5  # each attempt is the library's post, which itself retries once
 POLL_INTERVAL = 0.1
-RATE_LIMITED_WAIT = 3600.0  # when a 429 carries no Retry-After: LE's shortest window
 CESSATION_OF_OPERATION = 5
 ORDER_TIMEOUT = 90.0
 
@@ -53,58 +51,6 @@ class IssuanceError(Exception):
         self.reason = reason
         self.retry_after = retry_after
         """Epoch seconds before which trying again is pointless (a rate limit), if known."""
-
-
-class RateLimited(Exception):
-    """The CA answered 429; ``retry_after`` is epoch seconds from its Retry-After header."""
-
-    def __init__(self, detail: str, retry_after: float) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
-
-
-def _retry_after(header: str | None, default: float) -> float:
-    now = time.time()
-    if not header:
-        return now + default
-    if header.strip().isdigit():
-        return now + int(header.strip())
-    try:
-        return email.utils.parsedate_to_datetime(header).timestamp()
-    except (TypeError, ValueError):
-        return now + default
-
-
-class PatientNetwork(client.ClientNetwork):
-    """Retries badNonce more than the library's single retry (Pebble rejects 5% on purpose)."""
-
-    retries = 0
-    """How often a badNonce got past the library's own retry and we retried again."""
-
-    @classmethod
-    def _check_response(cls, response: Any, content_type: str | None = None) -> Any:
-        # The library turns a 429 into an error without its Retry-After: keep it.
-        if response.status_code == 429:
-            try:
-                detail = str(response.json().get("detail", "rate limited"))
-            except ValueError:
-                detail = "rate limited"
-            raise RateLimited(detail, _retry_after(response.headers.get("Retry-After"),
-                                                   RATE_LIMITED_WAIT))
-        return super()._check_response(response, content_type=content_type)
-
-    def post(self, *args: Any, **kwargs: Any) -> Any:
-        for attempt in range(BAD_NONCE_ATTEMPTS):
-            try:
-                return super().post(*args, **kwargs)
-            except messages.Error as error:
-                if error.code != "badNonce" or attempt == BAD_NONCE_ATTEMPTS - 1:
-                    raise
-            except errors.BadNonce:
-                if attempt == BAD_NONCE_ATTEMPTS - 1:
-                    raise
-            self.retries += 1
-        raise AssertionError("unreachable")
 
 
 class AcmeIssuer:
@@ -380,46 +326,3 @@ def _offers(directory: messages.Directory, resource: str) -> bool:
     except KeyError:
         return False
     return True
-
-
-class IssuerChain:
-    """An ordered list of CAs: when one fails for a domain, the next is tried."""
-
-    def __init__(self, issuers: list[AcmeIssuer], certificates: CertificateStore) -> None:
-        if not issuers:
-            raise ValueError("at least one ACME issuer is needed")
-        self.issuers = issuers
-        self._certificates = certificates
-
-    def issue(self, hostnames: list[str]) -> None:
-        failures: list[IssuanceError] = []
-        for issuer in self.issuers:
-            try:
-                issuer.issue(hostnames)
-                return
-            except IssuanceError as exc:
-                log.warning("%s could not issue for %s: %s", issuer.directory_url,
-                            ", ".join(hostnames), exc.reason)
-                failures.append(IssuanceError(hostnames, f"{issuer.directory_url}: "
-                                              f"{exc.reason}", exc.retry_after))
-        waits = [f.retry_after for f in failures]
-        retry_after = min(waits) if all(w is not None for w in waits) else None  # type: ignore
-        raise IssuanceError(hostnames, "; ".join(f.reason for f in failures), retry_after)
-
-    def _issuer_of(self, hostname: str) -> AcmeIssuer:
-        stored = self._certificates.get(hostname)
-        ca = stored.ca if stored else ""
-        return next((i for i in self.issuers if i.directory_url == ca), self.issuers[0])
-
-    def discard(self, hostnames: list[str]) -> None:
-        self._issuer_of(hostnames[0]).discard(hostnames)
-
-    def renewal_due(self, hostname: str) -> bool:
-        return self._issuer_of(hostname).renewal_due(hostname)
-
-    def reencrypt(self) -> int:
-        return self.issuers[0].reencrypt()  # the accounts and orders tables are shared
-
-    @property
-    def bad_nonce_retries(self) -> int:
-        return sum(i.bad_nonce_retries for i in self.issuers)

@@ -5,7 +5,8 @@ import dataclasses
 import logging
 
 from certs.challenges import CHALLENGES, ChallengeStore
-from certs.issuer import ACCOUNTS, AcmeIssuer, IssuerChain
+from certs.chain import IssuerChain
+from certs.issuer import ACCOUNTS, AcmeIssuer
 from certs.keys import KeyVault
 from certs.limits import BUDGETS, Limits, RateBudget
 from certs.orders import ORDERS

@@ -1,0 +1,52 @@
+"""An ordered list of CAs: when one fails for a domain, the next is tried."""
+from __future__ import annotations
+
+import logging
+
+from certs.issuer import AcmeIssuer, IssuanceError
+from certs.store import CertificateStore
+
+log = logging.getLogger(__name__)
+
+
+class IssuerChain:
+    """An ordered list of CAs: when one fails for a domain, the next is tried."""
+
+    def __init__(self, issuers: list[AcmeIssuer], certificates: CertificateStore) -> None:
+        if not issuers:
+            raise ValueError("at least one ACME issuer is needed")
+        self.issuers = issuers
+        self._certificates = certificates
+
+    def issue(self, hostnames: list[str]) -> None:
+        failures: list[IssuanceError] = []
+        for issuer in self.issuers:
+            try:
+                issuer.issue(hostnames)
+                return
+            except IssuanceError as exc:
+                log.warning("%s could not issue for %s: %s", issuer.directory_url,
+                            ", ".join(hostnames), exc.reason)
+                failures.append(IssuanceError(hostnames, f"{issuer.directory_url}: "
+                                              f"{exc.reason}", exc.retry_after))
+        waits = [f.retry_after for f in failures]
+        retry_after = min(waits) if all(w is not None for w in waits) else None  # type: ignore
+        raise IssuanceError(hostnames, "; ".join(f.reason for f in failures), retry_after)
+
+    def _issuer_of(self, hostname: str) -> AcmeIssuer:
+        stored = self._certificates.get(hostname)
+        ca = stored.ca if stored else ""
+        return next((i for i in self.issuers if i.directory_url == ca), self.issuers[0])
+
+    def discard(self, hostnames: list[str]) -> None:
+        self._issuer_of(hostnames[0]).discard(hostnames)
+
+    def renewal_due(self, hostname: str) -> bool:
+        return self._issuer_of(hostname).renewal_due(hostname)
+
+    def reencrypt(self) -> int:
+        return self.issuers[0].reencrypt()  # the accounts and orders tables are shared
+
+    @property
+    def bad_nonce_retries(self) -> int:
+        return sum(i.bad_nonce_retries for i in self.issuers)
