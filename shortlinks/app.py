@@ -1,0 +1,45 @@
+"""The redirect app: `GET https://<short domain>/<slug>` -> a redirect, or a small 404/410 page."""
+from __future__ import annotations
+
+import html
+from typing import Any, Callable, Iterable
+
+from shortlinks.links import SLUG
+from shortlinks.resolver import Resolver
+from store import StoreError
+
+StartResponse = Callable[..., Any]
+CACHE = {301: "public, max-age=86400", 308: "public, max-age=86400",
+         302: "private, no-store", 307: "private, no-store"}
+
+
+def make_app(resolver: Resolver) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+    def page(start_response: StartResponse, status: str, message: str) -> list[bytes]:
+        body = (f"<!doctype html><title>{html.escape(status)}</title>"
+                f"<p>{html.escape(message)}</p>").encode()
+        start_response(status, [("Content-Type", "text/html; charset=utf-8"),
+                                ("Content-Length", str(len(body))),
+                                ("X-Robots-Tag", "noindex"), ("Cache-Control", "no-store")])
+        return [body]
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        host = str(environ.get("HTTP_HOST", "")).split(":")[0].lower()
+        slug = str(environ.get("PATH_INFO", "")).lstrip("/")
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return page(start_response, "405 Method Not Allowed", "Only GET is supported.")
+        if not SLUG.fullmatch(slug):
+            return page(start_response, "404 Not Found", "This short link does not exist.")
+        try:
+            verdict = resolver.resolve(host, slug)
+        except StoreError:
+            return page(start_response, "503 Service Unavailable", "Please try again soon.")
+        if verdict.target is None:
+            status = "404 Not Found" if verdict.status == 404 else "410 Gone"
+            return page(start_response, status, verdict.reason)
+        reason = {301: "Moved Permanently", 302: "Found", 307: "Temporary Redirect",
+                  308: "Permanent Redirect"}[verdict.status]
+        start_response(f"{verdict.status} {reason}", [
+            ("Location", verdict.target), ("Cache-Control", CACHE[verdict.status]),
+            ("X-Robots-Tag", "noindex"), ("Content-Length", "0")])
+        return [b""]
+    return app

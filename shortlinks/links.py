@@ -1,0 +1,129 @@
+"""Short links: one item per (short domain, slug), created without ever overwriting one."""
+from __future__ import annotations
+
+import re
+import secrets
+import string
+import time
+from typing import Any, Iterable
+from urllib.parse import urlsplit
+
+from store import ABSENT, ConflictError, Item, Page, Table, TableSpec
+
+LINKS = TableSpec("short_links", key="id", indexes=("owner",))
+ALPHABET = string.ascii_letters + string.digits
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+RESERVED = {"api", "admin", "healthz", "metrics", "static", "robots.txt", "favicon.ico",
+            "_edge", ".well-known", "login", "logout"}
+CODES = (301, 302, 307, 308)
+MAX_TARGET = 2048
+
+
+class ShortlinkError(Exception):
+    status = 400
+
+
+class InvalidLink(ShortlinkError):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class SlugTaken(ShortlinkError):
+    status = 409
+
+
+class LinkNotFound(ShortlinkError):
+    status = 404
+
+
+def link_id(domain: str, slug: str) -> str:
+    return f"{domain.lower()}/{slug}"
+
+
+class LinkService:
+    def __init__(self, table: Table, short_domains: Iterable[str], slug_length: int = 7,
+                 default_code: int = 302) -> None:
+        self.table = table
+        self._domains = {d.lower() for d in short_domains}
+        self._slug_length = slug_length
+        self._default_code = default_code
+
+    def validate_target(self, target: Any) -> str:
+        if not isinstance(target, str) or not target.strip():
+            raise InvalidLink("target", "a URL is required")
+        if len(target) > MAX_TARGET:
+            raise InvalidLink("target", f"longer than {MAX_TARGET} characters")
+        if any(c in target for c in "\r\n\t ") or any(ord(c) < 32 for c in target):
+            raise InvalidLink("target", "must not contain spaces or control characters")
+        try:
+            parts = urlsplit(target)
+            _ = parts.port  # raises ValueError for a malformed port
+        except ValueError as exc:
+            raise InvalidLink("target", f"not a valid URL ({exc})") from None
+        if parts.scheme not in ("http", "https"):
+            raise InvalidLink("target", "only http and https URLs can be short-linked")
+        if not parts.hostname:
+            raise InvalidLink("target", "the URL needs a host")
+        if parts.username is not None or parts.password is not None:
+            raise InvalidLink("target", "credentials in the URL are not allowed")
+        if parts.hostname.lower().rstrip(".") in self._domains:
+            raise InvalidLink("target", "a short link cannot point at a short domain (a loop)")
+        return target
+
+    def _validate(self, domain: Any, slug: Any, code: Any) -> tuple[str, int]:
+        if not isinstance(domain, str) or domain.lower() not in self._domains:
+            raise InvalidLink("domain", "not one of our short domains")
+        if slug is not None and (not isinstance(slug, str) or not SLUG.fullmatch(slug)):
+            raise InvalidLink("slug", "1-64 letters, digits, '-' or '_', starting with a "
+                                      "letter or digit")
+        if isinstance(slug, str) and slug.lower() in RESERVED:
+            raise InvalidLink("slug", f"{slug!r} is reserved")
+        code = self._default_code if code is None else code
+        if code not in CODES or isinstance(code, bool):
+            raise InvalidLink("code", "one of 301, 302, 307, 308")
+        return domain.lower(), code
+
+    def create(self, domain: Any, target: Any, owner: str, slug: Any = None, code: Any = None,
+               valid_until: float | None = None, max_visits: int | None = None) -> Item:
+        domain, code = self._validate(domain, slug, code)
+        target = self.validate_target(target)
+        now = time.time()
+        for _ in range(10 if slug is None else 1):
+            chosen = slug or "".join(secrets.choice(ALPHABET) for _ in range(self._slug_length))
+            item = {"id": link_id(domain, chosen), "domain": domain, "slug": chosen,
+                    "target": target, "owner": owner, "code": code, "disabled": False,
+                    "valid_until": valid_until, "max_visits": max_visits,
+                    "created_at": now, "updated_at": now}
+            try:
+                return self.table.put(item, expected_version=ABSENT)
+            except ConflictError:
+                if slug is not None:
+                    raise SlugTaken(f"{domain}/{slug} is already taken") from None
+        raise SlugTaken("no free random slug after 10 tries; use a longer slug length")
+
+    def get(self, domain: str, slug: str) -> Item:
+        item = self.table.get(link_id(domain, slug))
+        if item is None:
+            raise LinkNotFound(f"{domain}/{slug} does not exist")
+        return item
+
+    def list_for(self, owner: str, limit: int = 100, cursor: str | None = None) -> Page:
+        return self.table.query("owner", owner, limit=limit, cursor=cursor)
+
+    def update(self, domain: str, slug: str, **changes: Any) -> Item:
+        link = self.get(domain, slug)
+        allowed = {"target", "code", "valid_until", "max_visits", "disabled"}
+        if set(changes) - allowed:
+            raise InvalidLink(sorted(set(changes) - allowed)[0], "cannot be changed")
+        if "target" in changes:
+            changes["target"] = self.validate_target(changes["target"])
+        if "code" in changes:
+            self._validate(domain, None, changes["code"])
+        return self.table.put({**link, **changes, "updated_at": time.time()},
+                              expected_version=link["version"])
+
+    def delete(self, domain: str, slug: str) -> None:
+        if not self.table.delete(link_id(domain, slug)):
+            raise LinkNotFound(f"{domain}/{slug} does not exist")

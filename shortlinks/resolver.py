@@ -1,0 +1,96 @@
+"""Resolving a slug fast: an in-process cache in front of the table, serving stale entries
+when the table is down, and visit counts buffered into periodic atomic ADDs."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from typing import Callable
+
+from shortlinks.links import link_id
+from store import Item, StoreError, Table
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Verdict:
+    status: int  # 301/302/307/308 redirect, 404 unknown, 410 gone
+    target: str | None = None
+    reason: str = ""
+
+
+class Resolver:
+    def __init__(self, table: Table, ttl: float = 30.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._table = table
+        self._ttl = ttl
+        self._clock = clock
+        self._cache: dict[str, tuple[float, Item | None]] = {}
+        self._visits: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+        self.store_errors = 0
+        self.stale_served = 0
+
+    def _lookup(self, key: str) -> Item | None:
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            item = self._table.get(key)
+        except StoreError as exc:
+            with self._lock:
+                self.store_errors += 1
+            if cached is None:
+                raise
+            log.warning("serving %s from cache: %s", key, exc)
+            with self._lock:
+                self.stale_served += 1
+            return cached[1]
+        self._cache[key] = (now + self._ttl, item)
+        return item
+
+    def invalidate(self, domain: str, slug: str) -> None:
+        self._cache.pop(link_id(domain, slug), None)
+
+    def resolve(self, domain: str, slug: str) -> Verdict:
+        key = link_id(domain, slug)
+        item = self._lookup(key)
+        if item is None:
+            return Verdict(404, reason="This short link does not exist.")
+        if item.get("disabled"):
+            return Verdict(410, reason="This short link has been disabled.")
+        if item.get("valid_until") is not None and item["valid_until"] <= self._clock():
+            return Verdict(410, reason="This short link has expired.")
+        visits = int(item.get("visits") or 0) + self._visits[key]
+        if item.get("max_visits") is not None and visits >= item["max_visits"]:
+            return Verdict(410, reason="This short link has reached its visit limit.")
+        with self._lock:
+            self._visits[key] += 1
+        return Verdict(int(item["code"]), target=str(item["target"]))
+
+    def flush_visits(self) -> int:
+        """Write buffered visits as one atomic ADD per link; returns how many were written."""
+        with self._lock:
+            pending, self._visits = self._visits, collections.Counter()
+        written = 0
+        for key, count in pending.items():
+            try:
+                self._table.increment(key, "visits", count)
+                written += count
+            except StoreError:
+                with self._lock:
+                    self._visits[key] += count  # keep them for the next flush
+        return written
+
+    def start_flusher(self, stop: threading.Event, interval: float = 2.0) -> threading.Thread:
+        def loop() -> None:
+            while not stop.wait(interval):
+                self.flush_visits()
+            self.flush_visits()
+        thread = threading.Thread(target=loop, name="visit-flusher", daemon=True)
+        thread.start()
+        return thread

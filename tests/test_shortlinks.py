@@ -1,0 +1,152 @@
+"""Short links on SQLite and on DynamoDB (dynalite): rules, redirects, caching, visit counts."""
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import boto3
+import pytest
+from botocore.config import Config
+from hypothesis import given, settings as hsettings, strategies as st
+from werkzeug.test import Client
+
+from control.procs import ManagedProcess, free_port, wait_for_port
+from shortlinks.app import make_app
+from shortlinks.links import LINKS, InvalidLink, LinkService, SlugTaken
+from shortlinks.resolver import Resolver
+from store import Table
+from store.dynamo import DynamoBackend
+from store.sqlite import SqliteBackend
+from tests.conftest import _dynalite_bin, dynamo_client
+
+DOMAINS = ["acme.link", "go.example.test"]
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Table]:
+    if request.param == "sqlite":
+        backend = SqliteBackend(str(tmp_path / "links.db"))
+    else:
+        backend = DynamoBackend(dynamo_client(request.getfixturevalue("dynalite")),
+                                prefix=f"l{uuid.uuid4().hex[:8]}_")
+    yield backend.table(LINKS)
+    backend.close()
+
+
+@pytest.fixture
+def links(table: Table) -> LinkService:
+    return LinkService(table, DOMAINS)
+
+
+def redirect(table: Table, host: str, slug: str, resolver: Resolver | None = None) -> object:
+    return Client(make_app(resolver or Resolver(table))).get(f"/{slug}", headers={"Host": host})
+
+
+def test_random_and_custom_slugs_never_overwrite(links: LinkService) -> None:
+    first = links.create("acme.link", "https://blog.example.com/a", owner="pub_1")
+    assert len(first["slug"]) == 7 and first["code"] == 302
+    links.create("acme.link", "https://example.com/x", owner="pub_1", slug="launch")
+    with pytest.raises(SlugTaken):
+        links.create("acme.link", "https://evil.example/", owner="pub_2", slug="launch")
+    assert links.get("acme.link", "launch")["target"] == "https://example.com/x"
+    assert links.create("go.example.test", "https://e.com/", owner="pub_2", slug="launch")
+    assert [l["slug"] for l in links.list_for("pub_1").items] == sorted([first["slug"], "launch"])
+
+
+@pytest.mark.parametrize("target,reason", [
+    ("javascript:alert(1)", "only http"), ("data:text/html,x", "only http"),
+    ("ftp://example.com/", "only http"), ("https://user:pw@example.com/", "credentials"),
+    ("https:///path", "needs a host"), ("https://acme.link/loop", "loop"),
+    ("https://example.com/" + "a" * 2048, "longer"), ("https://exa mple.com/", "spaces"),
+    ("", "required"), (None, "required"), ("https://example.com:99999/", "not a valid URL")])
+def test_bad_targets_are_refused_with_a_reason(links: LinkService, target: object,
+                                               reason: str) -> None:
+    with pytest.raises(InvalidLink) as caught:
+        links.create("acme.link", target, owner="pub_1")
+    assert reason in str(caught.value)
+
+
+@pytest.mark.parametrize("slug", ["api", "healthz", "-dash", "a/b", "x" * 65, "", "é"])
+def test_bad_or_reserved_slugs_are_refused(links: LinkService, slug: str) -> None:
+    with pytest.raises(InvalidLink):
+        links.create("acme.link", "https://example.com/", owner="pub_1", slug=slug)
+
+
+def test_redirects_carry_fitting_cache_headers(links: LinkService, table: Table) -> None:
+    links.create("acme.link", "https://example.com/p", owner="p", slug="temp")
+    links.create("acme.link", "https://example.com/q", owner="p", slug="perm", code=301)
+    temp = redirect(table, "ACME.link:443", "temp")
+    assert temp.status_code == 302 and temp.headers["Location"] == "https://example.com/p"
+    assert temp.headers["Cache-Control"] == "private, no-store"
+    assert temp.headers["X-Robots-Tag"] == "noindex"
+    perm = redirect(table, "acme.link", "perm")
+    assert perm.status_code == 301 and "max-age" in perm.headers["Cache-Control"]
+    assert redirect(table, "acme.link", "missing").status_code == 404
+    assert redirect(table, "other.test", "temp").status_code == 404
+    assert redirect(table, "acme.link", "../etc").status_code == 404
+
+
+def test_disabled_expired_and_exhausted_links_are_gone(links: LinkService, table: Table) -> None:
+    links.create("acme.link", "https://example.com/", owner="p", slug="off")
+    links.update("acme.link", "off", disabled=True)
+    links.create("acme.link", "https://example.com/", owner="p", slug="old",
+                 valid_until=time.time() - 1)
+    links.create("acme.link", "https://example.com/", owner="p", slug="twice", max_visits=2)
+    resolver = Resolver(table)
+    for slug in ("off", "old"):
+        gone = redirect(table, "acme.link", slug, resolver)
+        assert gone.status_code == 410 and b"<p>" in gone.data
+    assert [redirect(table, "acme.link", "twice", resolver).status_code for _ in range(3)] == \
+        [302, 302, 410]
+
+
+def test_visits_are_buffered_then_added_atomically(links: LinkService, table: Table) -> None:
+    links.create("acme.link", "https://example.com/", owner="p", slug="viral")
+    resolver = Resolver(table)
+    for _ in range(25):
+        assert resolver.resolve("acme.link", "viral").status == 302
+    assert links.get("acme.link", "viral").get("visits") is None, "nothing written per click"
+    assert resolver.flush_visits() == 25
+    assert links.get("acme.link", "viral")["visits"] == 25
+    other = Resolver(table)
+    other.resolve("acme.link", "viral")
+    other.flush_visits()
+    assert links.get("acme.link", "viral")["visits"] == 26
+
+
+def test_cached_links_keep_redirecting_when_dynamodb_is_down(tmp_path: Path) -> None:
+    port = free_port()
+    dynalite = ManagedProcess("dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port",
+                                           str(port), "--path", str(tmp_path / "db")],
+                              tmp_path / "dynalite.log")
+    try:
+        wait_for_port(port, process=dynalite)
+        # Fail fast once it is down: one attempt, short timeouts.
+        client = boto3.client("dynamodb", endpoint_url=f"http://127.0.0.1:{port}",
+                              region_name="us-east-1", config=Config(
+                                  retries={"max_attempts": 1, "mode": "standard"},
+                                  connect_timeout=0.5, read_timeout=2))
+        backend = DynamoBackend(client, prefix="down_")
+        table = backend.table(LINKS)
+        LinkService(table, DOMAINS).create("acme.link", "https://example.com/", owner="p",
+                                           slug="hot")
+        resolver = Resolver(table, ttl=0.05)
+        assert redirect(table, "acme.link", "hot", resolver).status_code == 302
+    finally:
+        dynalite.stop()
+    time.sleep(0.1)  # the cache entry is stale now, and DynamoDB is gone
+    assert redirect(table, "acme.link", "hot", resolver).status_code == 302
+    assert resolver.stale_served == 1 and resolver.store_errors == 1
+    assert redirect(table, "acme.link", "cold", resolver).status_code == 503
+
+
+@given(st.text(max_size=300))
+@hsettings(max_examples=300, deadline=None)
+def test_target_validation_accepts_or_explains(text: str) -> None:
+    service = LinkService(SqliteBackend(":memory:").table(LINKS), DOMAINS)
+    try:
+        assert service.validate_target(text) == text
+    except InvalidLink as exc:
+        assert exc.reason
