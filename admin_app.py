@@ -15,6 +15,7 @@ from control.wiring import Services
 from domains.api import bp as domains_bp
 from domains.service import STATUSES
 from edge.control_api import bp as edge_bp
+from shortlinks.api import bp as links_bp
 
 
 def create_app(services: Services, test_config: dict[str, Any] | None = None) -> Flask:
@@ -29,8 +30,10 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None) ->
         "edge.lifecycle": services.lifecycle,
         "edge.challenges": services.challenges,
         "edge.state": services.edge_state,
+        "edge.links": services.links,
+        "edge.resolver": services.resolver,
     })
-    for blueprint in (domains_bp, edge_bp, challenge_bp):
+    for blueprint in (domains_bp, edge_bp, challenge_bp, links_bp):
         app.register_blueprint(blueprint)
     _register_health(app, services)
     return app

@@ -54,6 +54,24 @@ def serve(settings: Settings) -> None:
     services.close()
 
 
+def shortlinks(settings: Settings) -> None:
+    """The redirect app for the short domains (behind HAProxy in production)."""
+    from control.wiring import Services
+    from shortlinks.app import make_app
+
+    services = Services.from_settings(settings)
+    server = make_server(settings.listen_host, settings.shortlinks_port,
+                         make_app(services.resolver), threaded=True)
+    stop = _stop_on_signals()
+    services.resolver.start_flusher(stop)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    log.info("short links on http://%s:%d", settings.listen_host, server.server_port)
+    stop.wait()
+    server.shutdown()
+    services.resolver.flush_visits()
+    services.close()
+
+
 def _node(settings: Settings) -> "EdgeNode":
     from edge.node import EdgeNode
 
@@ -103,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     agent_parser = commands.add_parser("agent", help="run the edge agent beside HAProxy")
     agent_parser.add_argument("--node-id")
     commands.add_parser("plan", help="print the changes the local edge node would apply")
+    commands.add_parser("shortlinks", help="run the short-link redirect app")
     demo_parser = commands.add_parser("demo", help="everything on loopback, with Pebble")
     demo_parser.add_argument("--hostname", default="blog.example.test")
     demo_parser.add_argument("--once", action="store_true",
@@ -138,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         serve(settings)
     elif args.command == "plan":
         return plan(settings)
+    elif args.command == "shortlinks":
+        shortlinks(settings)
     else:
         agent(settings, args.node_id)
     return 0

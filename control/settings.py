@@ -189,6 +189,8 @@ class Settings:
     retry_max_seconds: float = 3600.0
     claim_ttl_seconds: float = 7 * 86400.0
     allow_wildcards: bool = False
+    short_domains: list[str] = dataclasses.field(default_factory=list)
+    shortlinks_port: int = 8100
     recheck_seconds: float = 3600.0
     webhook_url: str = ""
     registrars: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -247,6 +249,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "retry_max_seconds": _float,
     "claim_ttl_seconds": _float,
     "allow_wildcards": _bool,
+    "short_domains": _list,
+    "shortlinks_port": _port,
     "recheck_seconds": _float,
     "webhook_url": _str,
     "registrars": _registrars,

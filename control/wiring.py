@@ -20,6 +20,8 @@ from domains.service import DOMAINS, EVENTS, DomainService
 from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.control_api import EDGE_CERTS, EDGE_NODES, EDGE_ROUTES, EDGE_STATE, EdgeStateStore
 from edge.state import DesiredState, Route
+from shortlinks.links import LINKS, LinkService
+from shortlinks.resolver import Resolver
 from store import Backend, open_backend
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,8 @@ class Services:
     edge_state: EdgeStateStore
     lifecycle: Lifecycle
     webhooks: WebhookSender
+    links: LinkService
+    resolver: Resolver
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -106,8 +110,10 @@ class Services:
                                  settings.webhook_secret)
         lifecycle = Lifecycle(domains, checker, issuer, publisher,
                               timing, events=webhooks, worker_id=settings.worker_id)
+        links_table = backend.table(LINKS)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
-                   lifecycle, webhooks)
+                   lifecycle, webhooks, LinkService(links_table, settings.short_domains),
+                   Resolver(links_table))
 
     def reencrypt_keys(self) -> int:
         """``edgectl keys rotate``: every stored secret, re-encrypted under the newest key."""

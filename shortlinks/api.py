@@ -1,0 +1,87 @@
+"""The short-link API (platform token): create, read, list by owner, update, disable, delete."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from control.auth import require_token
+from shortlinks.links import LinkService, ShortlinkError
+
+bp = Blueprint("links_api", __name__, url_prefix="/api/v1/links")
+FIELDS = ("domain", "slug", "target", "owner", "code", "disabled", "valid_until",
+          "max_visits", "created_at", "updated_at", "visits")
+
+
+def _links() -> LinkService:
+    service: LinkService = current_app.extensions["edge.links"]
+    return service
+
+
+def _view(link: dict[str, Any]) -> dict[str, Any]:
+    return {name: link.get(name) for name in FIELDS} | {"visits": link.get("visits") or 0}
+
+
+def _body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ShortlinkError("send a JSON object")
+    return body
+
+
+@bp.errorhandler(ShortlinkError)
+def link_error(exc: ShortlinkError) -> tuple[Response, int]:
+    return jsonify(error=str(exc)), exc.status
+
+
+@bp.post("")
+@require_token
+def create() -> tuple[Response, int]:
+    body = _body()
+    owner = body.get("owner")
+    if not isinstance(owner, str) or not owner or len(owner) > 128:
+        raise ShortlinkError("owner (the publication id) is required")
+    for name in ("valid_until", "max_visits"):
+        if body.get(name) is not None and (not isinstance(body[name], (int, float))
+                                           or isinstance(body[name], bool) or body[name] < 0):
+            raise ShortlinkError(f"{name} must be a positive number")
+    link = _links().create(body.get("domain"), body.get("target"), owner, slug=body.get("slug"),
+                           code=body.get("code"), valid_until=body.get("valid_until"),
+                           max_visits=body.get("max_visits"))
+    return jsonify(_view(link)), 201
+
+
+@bp.get("/<domain>/<slug>")
+@require_token
+def show(domain: str, slug: str) -> Response:
+    return jsonify(_view(_links().get(domain, slug)))
+
+
+@bp.get("")
+@require_token
+def list_links() -> Response:
+    owner = request.args.get("owner", "")
+    if not owner:
+        raise ShortlinkError("owner is required")
+    try:
+        page = _links().list_for(owner, limit=min(int(request.args.get("limit", "100")), 500),
+                                 cursor=request.args.get("cursor"))
+    except ValueError:
+        raise ShortlinkError("limit must be a number and cursor one we gave out") from None
+    return jsonify(links=[_view(link) for link in page.items], next_cursor=page.next_cursor)
+
+
+@bp.patch("/<domain>/<slug>")
+@require_token
+def update(domain: str, slug: str) -> Response:
+    link = _links().update(domain, slug, **_body())
+    current_app.extensions["edge.resolver"].invalidate(domain, slug)
+    return jsonify(_view(link))
+
+
+@bp.delete("/<domain>/<slug>")
+@require_token
+def delete(domain: str, slug: str) -> Response:
+    _links().delete(domain, slug)
+    current_app.extensions["edge.resolver"].invalidate(domain, slug)
+    return jsonify(deleted=f"{domain}/{slug}")
