@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     agent_parser.add_argument("--node-id")
     commands.add_parser("plan", help="print the changes the local edge node would apply")
     commands.add_parser("shortlinks", help="run the short-link redirect app")
+    links_parser = commands.add_parser("links", help="short links in bulk")
+    links_parser.add_argument("action", choices=["import"])
+    links_parser.add_argument("file", help="CSV with domain,target,owner[,slug,code,max_visits]")
     demo_parser = commands.add_parser("demo", help="everything on loopback, with Pebble")
     demo_parser.add_argument("--hostname", default="blog.example.test")
     demo_parser.add_argument("--once", action="store_true",
@@ -159,6 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         return plan(settings)
     elif args.command == "shortlinks":
         shortlinks(settings)
+    elif args.command == "links":
+        from control.wiring import Services
+        from shortlinks.bulk import run_import
+        services = Services.from_settings(settings)
+        try:
+            return run_import(services.links, args.file)
+        finally:
+            services.close()
     else:
         agent(settings, args.node_id)
     return 0

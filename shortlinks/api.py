@@ -6,6 +6,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from control.auth import require_token
+from shortlinks.bulk import qr_code
 from shortlinks.links import LinkService, ShortlinkError
 
 bp = Blueprint("links_api", __name__, url_prefix="/api/v1/links")
@@ -69,6 +70,15 @@ def list_links() -> Response:
     except ValueError:
         raise ShortlinkError("limit must be a number and cursor one we gave out") from None
     return jsonify(links=[_view(link) for link in page.items], next_cursor=page.next_cursor)
+
+
+@bp.get("/<domain>/<slug>/qr.<kind>")
+@require_token
+def qr(domain: str, slug: str, kind: str) -> Response:
+    link = _links().get(domain, slug)
+    mimetype = {"svg": "image/svg+xml", "png": "image/png"}.get(kind, "")
+    return Response(qr_code(f"https://{link['domain']}/{link['slug']}", kind),
+                    mimetype=mimetype)
 
 
 @bp.patch("/<domain>/<slug>")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -90,3 +91,40 @@ def test_edgectl_shortlinks_redirects_and_keeps_its_visit_counts(
         assert services.links.get("acme.link", "go")["visits"] == 3
     finally:
         services.close()
+
+
+def test_csv_import_reports_bad_lines_and_keeps_the_good(link_settings: Settings,
+                                                         tmp_path: Path) -> None:
+    csv_file = tmp_path / "links.csv"
+    csv_file.write_text("domain,target,owner,slug,code\n"
+                        "acme.link,https://example.com/1,pub_1,one,\n"
+                        "acme.link,javascript:alert(1),pub_1,two,\n"
+                        "acme.link,https://example.com/3,pub_1,one,\n"
+                        "acme.link,https://example.com/4,pub_1,,301\n"
+                        "acme.link,https://example.com/5,pub_1,five,abc\n")
+    env = {**os.environ, "EDGE_API_TOKEN": link_settings.api_token,
+           "EDGE_EDGE_TOKEN": link_settings.edge_token,
+           "EDGE_ENCRYPTION_KEYS": link_settings.encryption_keys[0],
+           "EDGE_DATA_DIR": link_settings.data_dir, "EDGE_SHORT_DOMAINS": "acme.link"}
+    result = subprocess.run([sys.executable, "-m", "control", "links", "import", str(csv_file)],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "created 2 links, 3 rows refused" in result.stdout
+    assert "line 3: target: only http" in result.stdout
+    assert "line 4: acme.link/one is already taken" in result.stdout
+    assert "line 6:" in result.stdout and "5/5" in result.stderr
+    services = Services.from_settings(link_settings)
+    try:
+        assert len(services.links.list_for("pub_1").items) == 2
+    finally:
+        services.close()
+
+
+def test_qr_codes_for_a_link(client: FlaskClient) -> None:
+    client.post("/api/v1/links", headers=AUTH, json={
+        "domain": "acme.link", "target": "https://example.com/", "owner": "p", "slug": "qr"})
+    svg = client.get("/api/v1/links/acme.link/qr/qr.svg", headers=AUTH)
+    assert svg.status_code == 200 and svg.mimetype == "image/svg+xml" and b"<svg" in svg.data
+    png = client.get("/api/v1/links/acme.link/qr/qr.png", headers=AUTH)
+    assert png.data.startswith(b"\x89PNG")
+    assert client.get("/api/v1/links/acme.link/qr/qr.gif", headers=AUTH).status_code == 400
