@@ -84,7 +84,7 @@ def qr(domain: str, slug: str, kind: str) -> Response:
 @bp.patch("/<domain>/<slug>")
 @require_token
 def update(domain: str, slug: str) -> Response:
-    link = _links().update(domain, slug, **_body())
+    link = _links().update(domain, slug, _body())
     current_app.extensions["edge.resolver"].invalidate(domain, slug)
     return jsonify(_view(link))
 

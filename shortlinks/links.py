@@ -112,15 +112,23 @@ class LinkService:
     def list_for(self, owner: str, limit: int = 100, cursor: str | None = None) -> Page:
         return self.table.query("owner", owner, limit=limit, cursor=cursor)
 
-    def update(self, domain: str, slug: str, **changes: Any) -> Item:
+    def update(self, domain: str, slug: str, changes: dict[str, Any]) -> Item:
         link = self.get(domain, slug)
         allowed = {"target", "code", "valid_until", "max_visits", "disabled"}
         if set(changes) - allowed:
             raise InvalidLink(sorted(set(changes) - allowed)[0], "cannot be changed")
+        changes = dict(changes)
         if "target" in changes:
             changes["target"] = self.validate_target(changes["target"])
         if "code" in changes:
             self._validate(domain, None, changes["code"])
+        if "disabled" in changes and not isinstance(changes["disabled"], bool):
+            raise InvalidLink("disabled", "must be true or false")
+        for name in ("valid_until", "max_visits"):
+            value = changes.get(name)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float)) or value < 0):
+                raise InvalidLink(name, "must be a positive number or null")
         return self.table.put({**link, **changes, "updated_at": time.time()},
                               expected_version=link["version"])
 

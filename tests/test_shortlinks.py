@@ -90,7 +90,7 @@ def test_redirects_carry_fitting_cache_headers(links: LinkService, table: Table)
 
 def test_disabled_expired_and_exhausted_links_are_gone(links: LinkService, table: Table) -> None:
     links.create("acme.link", "https://example.com/", owner="p", slug="off")
-    links.update("acme.link", "off", disabled=True)
+    links.update("acme.link", "off", {"disabled": True})
     links.create("acme.link", "https://example.com/", owner="p", slug="old",
                  valid_until=time.time() - 1)
     links.create("acme.link", "https://example.com/", owner="p", slug="twice", max_visits=2)

@@ -11,6 +11,7 @@ from typing import Iterator
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from flask.testing import FlaskClient
 
 from admin_app import create_app
@@ -128,3 +129,19 @@ def test_qr_codes_for_a_link(client: FlaskClient) -> None:
     png = client.get("/api/v1/links/acme.link/qr/qr.png", headers=AUTH)
     assert png.data.startswith(b"\x89PNG")
     assert client.get("/api/v1/links/acme.link/qr/qr.gif", headers=AUTH).status_code == 400
+
+
+JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                       | st.text(max_size=60),
+                       lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
+FIELDS = st.sampled_from(["domain", "target", "owner", "slug", "code", "valid_until",
+                          "max_visits", "disabled"])
+
+
+@given(body=st.dictionaries(FIELDS, JSONISH, max_size=8))
+@hsettings(max_examples=200, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_link_api_never_answers_5xx(client: FlaskClient, body: dict[str, object]) -> None:
+    assert client.post("/api/v1/links", headers=AUTH, json=body).status_code < 500
+    assert client.patch("/api/v1/links/acme.link/x", headers=AUTH, json=body).status_code < 500
