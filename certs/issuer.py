@@ -5,7 +5,7 @@ import datetime
 import logging
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, cast
 
 import josepy as jose
 from acme import challenges, client, errors, messages
@@ -90,14 +90,16 @@ class AcmeIssuer:
             key = jose.JWKRSA(key=generate_key("rsa2048"))
         else:
             key = jose.JWKRSA(key=key_from_pem(self._vault.decrypt(stored["key_enc"])))
-        net = PatientNetwork(key, user_agent="edge-router", verify_ssl=self._verify)
+        # verify_ssl goes to requests, which takes a CA bundle path as well as a bool.
+        net = PatientNetwork(key, user_agent="edge-router",
+                             verify_ssl=self._verify)  # type: ignore[arg-type]
         directory = client.ClientV2.get_directory(self.directory_url, net)
         acme = client.ClientV2(directory, net)
         if stored is not None:
             net.account = messages.RegistrationResource(uri=stored["uri"],
                                                         body=messages.Registration())
             return acme
-        binding = {}
+        binding: dict[str, Any] = {}
         if self._eab:  # External Account Binding, as ZeroSSL and other CAs require
             binding["external_account_binding"] = messages.ExternalAccountBinding.from_data(
                 account_public_key=key.public_key(), kid=self._eab[0], hmac_key=self._eab[1],
@@ -111,7 +113,7 @@ class AcmeIssuer:
             uri = existing.location
             net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
         self._accounts.put({"directory_url": self.directory_url, "uri": uri,
-                            "key_enc": self._vault.encrypt(key_to_pem(key.key))})
+                            "key_enc": self._vault.encrypt(key_to_pem(cast(Any, key.key)))})
         return acme
 
     def issue(self, hostnames: list[str]) -> None:

@@ -35,6 +35,7 @@ def https_get(port: int, hostname: str, path: str = "/", cafile: str | None = No
     conn.sock = context.wrap_socket(raw, server_hostname=hostname)
     try:
         der = conn.sock.getpeercert(binary_form=True)
+        assert der is not None, "the server sent no certificate"
         conn.request("GET", path, headers={"Host": hostname, **(headers or {})})
         response = conn.getresponse()
         return Probe(response.status, {k.lower(): v for k, v in response.getheaders()},

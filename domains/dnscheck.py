@@ -90,7 +90,7 @@ class DnsChecker:
     # -- the check ------------------------------------------------------------------------
 
     def check(self, hostname: str, token: str) -> DnsCheck:
-        servers = self.authoritative_servers(base_of(hostname)) or [None]
+        servers: list[str | None] = [*self.authoritative_servers(base_of(hostname))] or [None]
         problems: list[Problem] = []
         seen: dict[str, dict[str, list[str]]] = {}
         for server in servers:
@@ -158,7 +158,8 @@ class DnsChecker:
 
     def txt_everywhere(self, name: str, value: str) -> bool:
         """Whether every authoritative server of ``name`` serves TXT ``value`` (propagation)."""
-        for server in self.authoritative_servers(name) or [None]:
+        servers: list[str | None] = [*self.authoritative_servers(name)] or [None]
+        for server in servers:
             try:
                 if value not in [self._text(r) for r in self._query(server, name, "TXT", {})]:
                     return False
@@ -253,6 +254,7 @@ class DnsChecker:
     def _query(self, server: str | None, name: str, rdtype: str,
                found: dict[str, list[str]]) -> list[Any]:
         wanted = dns.rdatatype.from_text(rdtype)
+        response: dns.message.Message
         try:
             if server is None:
                 answer = self._resolver.resolve(name, rdtype, raise_on_no_answer=False,

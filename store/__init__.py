@@ -98,7 +98,8 @@ def rewrite_field(table: Table, field: str, change: Any) -> int:
     """Apply ``change`` to ``field`` of every item holding it (conditional writes; a lost race
     is retried with the fresh item). Returns how many items were rewritten."""
     count = 0
-    for item in all_items(table):
+    for found in all_items(table):
+        item: Item | None = found
         while item is not None and item.get(field) is not None:
             try:
                 table.put({**item, field: change(item[field])}, expected_version=item[VERSION])
