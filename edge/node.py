@@ -159,12 +159,27 @@ class EdgeNode:
                     change.existing.publication_id != change.desired.publication_id:
                 self.runtime.set_map(hosts_map, change.hostname, change.desired.publication_id,
                                      exists=change.existing is not None)
-        for name in ("hosts.map", "crt-list"):
+        self._hot_redirects(release / "redirects.map", state)
+        for name in ("hosts.map", "crt-list", "redirects.map"):
             _write_atomic(release / name, files[name])
         _write_atomic(release / "VERSION", state.version + "\n")
         for cert_path in removed:  # only once no file names them any more
             cert_path.unlink(missing_ok=True)
         log.info("edge hot-applied version %s: %s", state.version, "; ".join(plan.describe()))
+
+    def _hot_redirects(self, redirects_map: Path, state: DesiredState) -> None:
+        """Hot short links: the map entries HAProxy answers from, changed in place."""
+        existing = {}
+        if redirects_map.exists():
+            for line in filter(None, redirects_map.read_text().splitlines()):
+                key, _, value = line.partition(" ")
+                existing[key] = value
+        desired = {r.key: r.value for r in state.redirects}
+        for key in sorted(set(existing) - set(desired)):
+            self.runtime.del_map(redirects_map, key)
+        for key, value in sorted(desired.items()):
+            if existing.get(key) != value:
+                self.runtime.set_map(redirects_map, key, value, exists=key in existing)
 
     def _apply_release(self, state: DesiredState) -> None:
         if state.version != self.applied_version:

@@ -14,6 +14,8 @@ from edge.state import DesiredState
 # Values land in haproxy.cfg and map files: anything outside these shapes could inject config.
 _HOSTNAME = re.compile(r"(\*\.)?[a-z0-9.-]{1,253}")
 _PUBLICATION = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_TARGET = re.compile(r"https?://[\x21-\x7e]{1,2040}")  # printable, no spaces
 _SERVER = re.compile(r"^[A-Za-z0-9.:\[\]-]{1,300}:[0-9]{1,5}$")
 
 
@@ -51,6 +53,11 @@ def validate(state: DesiredState) -> None:
     for server in state.app_servers + state.control_servers:
         if not _SERVER.fullmatch(server):
             raise RenderError(f"server {server!r} must be host:port")
+    for redirect in state.redirects:
+        if not _HOSTNAME.fullmatch(redirect.host) or not _SLUG.fullmatch(redirect.slug) \
+                or redirect.code not in (301, 302, 307, 308) \
+                or not _TARGET.fullmatch(redirect.target):
+            raise RenderError(f"redirect {redirect.key!r} has unsafe values")
     if not state.control_servers:
         raise RenderError("at least one control server is needed for ACME challenges")
 
@@ -65,7 +72,8 @@ def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
             version=state.version, bind=layout.bind, http_port=layout.http_port,
             https_port=layout.https_port, runtime_socket=layout.runtime_socket,
             default_cert=layout.default_cert, stats_port=layout.stats_port, crt_list=release_dir / "crt-list",
-            hosts_map=release_dir / "hosts.map", app_servers=state.app_servers,
+            hosts_map=release_dir / "hosts.map", redirects_map=release_dir / "redirects.map",
+            app_servers=state.app_servers,
             control_servers=state.control_servers),
         **render_lists(state, release_dir, templates),
     }
@@ -84,6 +92,8 @@ def render_lists(state: DesiredState, release_dir: Path,
     """Just the host map and the crt-list: what a hot apply rewrites."""
     routes = sorted(state.routes, key=lambda r: r.hostname)
     env = _environment(templates)
+    redirects = sorted(state.redirects, key=lambda r: r.key)
     return {"hosts.map": env.get_template("hosts.map.j2").render(routes=routes),
+            "redirects.map": "".join(f"{r.key} {r.value}\n" for r in redirects),
             "crt-list": env.get_template("crt-list.j2").render(
                 routes=routes, cert_dir=release_dir / "certs", cert_file=cert_file)}

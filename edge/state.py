@@ -35,10 +35,33 @@ class Route:
         return RouteRef(self.hostname, self.publication_id, fingerprint(self.pem))
 
 
+@dataclasses.dataclass(frozen=True)
+class Redirect:
+    """A hot short link HAProxy answers by itself: ``host/slug`` -> ``code`` ``target``."""
+
+    host: str
+    slug: str
+    code: int
+    target: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.host}/{self.slug}"
+
+    @property
+    def value(self) -> str:
+        # "|" separates code and target in the map; spaces are refused by the link rules.
+        return f"{self.code}|{self.target.replace('|', '%7C')}"
+
+
 def version_of(refs: list[RouteRef], app_servers: tuple[str, ...],
-               control_servers: tuple[str, ...]) -> str:
-    body = {"routes": [dataclasses.astuple(r) for r in sorted(refs, key=lambda r: r.hostname)],
-            "app_servers": list(app_servers), "control_servers": list(control_servers)}
+               control_servers: tuple[str, ...],
+               redirects: tuple[Redirect, ...] = ()) -> str:
+    body: dict[str, Any] = {
+        "routes": [dataclasses.astuple(r) for r in sorted(refs, key=lambda r: r.hostname)],
+        "app_servers": list(app_servers), "control_servers": list(control_servers)}
+    if redirects:
+        body["redirects"] = sorted(dataclasses.astuple(r) for r in redirects)
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
 
 
@@ -47,10 +70,12 @@ class DesiredState:
     routes: tuple[Route, ...]
     app_servers: tuple[str, ...]
     control_servers: tuple[str, ...]
+    redirects: tuple[Redirect, ...] = ()
 
     @functools.cached_property
     def version(self) -> str:
-        return version_of([r.ref for r in self.routes], self.app_servers, self.control_servers)
+        return version_of([r.ref for r in self.routes], self.app_servers, self.control_servers,
+                          self.redirects)
 
     def summary(self) -> dict[str, Any]:
         """The wire form without private keys: routes name their certificate by fingerprint."""

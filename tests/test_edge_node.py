@@ -214,3 +214,28 @@ def test_wildcard_route_serves_every_name_below_it_and_exact_routes_win(
     assert probe.json()["publication_id"] == "pub_exact"
     assert https_get(node.layout.https_port, "wild.example.test").status == 404
     assert https_get(node.layout.https_port, "a.b.wild.example.test").status == 404
+
+
+def test_hot_short_links_are_answered_by_haproxy_and_change_without_reload(
+        node: EdgeNode, app: SampleApp) -> None:
+    from edge.state import Redirect
+    _, pem = self_signed_pem("blog.example.test")
+    blog = Route("blog.example.test", "pub_1", pem)
+    node.apply(dataclasses.replace(state(app, blog), redirects=(
+        Redirect("acme.link", "go", 302, "https://example.com/landing?a=1&b=2"),
+        Redirect("acme.link", "perm", 301, "https://example.com/p"))))
+    go = https_get(node.layout.https_port, "acme.link", "/go")
+    assert (go.status, go.headers["location"]) == (302, "https://example.com/landing?a=1&b=2")
+    assert https_get(node.layout.https_port, "acme.link", "/perm").status == 301
+    assert https_get(node.layout.https_port, "acme.link", "/other").status == 404
+    assert https_get(node.layout.https_port, "blog.example.test", "/go").status == 200
+    reloads = node.reloads
+    node.apply(dataclasses.replace(state(app, blog), redirects=(
+        Redirect("acme.link", "go", 307, "https://example.com/moved"),)))
+    go = https_get(node.layout.https_port, "acme.link", "/go")
+    assert (go.status, go.headers["location"]) == (307, "https://example.com/moved")
+    assert https_get(node.layout.https_port, "acme.link", "/perm").status == 404
+    assert node.reloads == reloads, "edited and removed through the runtime API"
+    with pytest.raises(RenderError):
+        node.apply(dataclasses.replace(state(app, blog), redirects=(
+            Redirect("acme.link", "x", 302, "https://e.com/a b\nbackend evil"),)))
