@@ -191,6 +191,8 @@ class Settings:
     allow_wildcards: bool = False
     short_domains: list[str] = dataclasses.field(default_factory=list)
     shortlinks_port: int = 8100
+    hot_links: int = 0
+    """How many of the most-visited short links HAProxy answers by itself (0: none)."""
     recheck_seconds: float = 3600.0
     webhook_url: str = ""
     registrars: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -251,6 +253,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "allow_wildcards": _bool,
     "short_domains": _list,
     "shortlinks_port": _port,
+    "hot_links": _int,
     "recheck_seconds": _float,
     "webhook_url": _str,
     "registrars": _registrars,

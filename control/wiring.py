@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 from certs.challenges import CHALLENGES, ChallengeStore
 from certs.chain import IssuerChain
@@ -18,8 +19,9 @@ from domains.dnscheck import DnsChecker
 from domains.lifecycle import Lifecycle, Timing
 from domains.service import DOMAINS, EVENTS, DomainService
 from domains.webhooks import WEBHOOKS, WebhookSender
-from edge.control_api import EDGE_CERTS, EDGE_NODES, EDGE_ROUTES, EDGE_STATE, EdgeStateStore
-from edge.state import DesiredState, Route
+from edge.control_api import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE,
+                               EdgeStateStore)
+from edge.state import DesiredState, Redirect, Route
 from shortlinks.links import LINKS, LinkService
 from shortlinks.resolver import Resolver
 from store import Backend, open_backend
@@ -31,11 +33,32 @@ class EdgePublisher:
     """Routes from the domains part + certificates from the certs part -> the edge's desired state."""
 
     def __init__(self, state: EdgeStateStore, certificates: CertificateStore,
-                 app_servers: list[str], control_servers: list[str]) -> None:
+                 app_servers: list[str], control_servers: list[str],
+                 links: LinkService | None = None, hot_links: int = 0,
+                 hot_refresh: float = 30.0) -> None:
         self._state = state
         self._certificates = certificates
         self._app_servers = tuple(app_servers)
         self._control_servers = tuple(control_servers)
+        self._links = links
+        self._hot_links = hot_links
+        self._hot_refresh = hot_refresh
+        self._hot: tuple[float, tuple[Redirect, ...]] = (0.0, ())
+
+    def redirects(self) -> tuple[Redirect, ...]:
+        """The hottest short links, recomputed every ``hot_refresh`` seconds (a scan)."""
+        if self._links is None or self._hot_links <= 0:
+            return ()
+        if time.monotonic() >= self._hot[0]:
+            hot = tuple(Redirect(link["domain"], link["slug"], int(link["code"]),
+                                 link["target"])
+                        for link in self._links.hottest(self._hot_links))
+            self._hot = (time.monotonic() + self._hot_refresh, hot)
+        return self._hot[1]
+
+    def refresh_redirects(self) -> None:
+        """A link changed: the next publish recomputes the hot set at once."""
+        self._hot = (0.0, self._hot[1])
 
     def publish(self, routes: dict[str, str]) -> None:
         entries = []
@@ -45,7 +68,8 @@ class EdgePublisher:
                 log.error("active domain %s has no certificate; not routed", hostname)
                 continue
             entries.append(Route(hostname, publication_id, cert.combined_pem))
-        desired = DesiredState(tuple(entries), self._app_servers, self._control_servers)
+        desired = DesiredState(tuple(entries), self._app_servers, self._control_servers,
+                               self.redirects())
         if self._state.save(desired):
             log.info("edge state %s published with %d routes", desired.version, len(entries))
 
@@ -63,6 +87,7 @@ class Services:
     webhooks: WebhookSender
     links: LinkService
     resolver: Resolver
+    publisher: EdgePublisher
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -98,9 +123,12 @@ class Services:
             profile=ca.get("profile", ""))
             for ca in cas], certificates)
         edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
-                                    backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault)
+                                    backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault,
+                                    backend.table(EDGE_REDIRECTS))
         control_server = f"{settings.listen_host}:{settings.listen_port}"
-        publisher = EdgePublisher(edge_state, certificates, settings.app_servers, [control_server])
+        links = LinkService(backend.table(LINKS), settings.short_domains)
+        publisher = EdgePublisher(edge_state, certificates, settings.app_servers,
+                                  [control_server], links, settings.hot_links)
         timing = Timing(recheck=settings.recheck_seconds,
                         suspend_grace=settings.suspend_grace_seconds,
                         give_up=settings.give_up_seconds,
@@ -110,10 +138,8 @@ class Services:
                                  settings.webhook_secret)
         lifecycle = Lifecycle(domains, checker, issuer, publisher,
                               timing, events=webhooks, worker_id=settings.worker_id)
-        links_table = backend.table(LINKS)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
-                   lifecycle, webhooks, LinkService(links_table, settings.short_domains),
-                   Resolver(links_table))
+                   lifecycle, webhooks, links, Resolver(links.table), publisher)
 
     def reencrypt_keys(self) -> int:
         """``edgectl keys rotate``: every stored secret, re-encrypted under the newest key."""

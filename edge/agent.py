@@ -14,7 +14,7 @@ import requests
 
 from edge.haproxy import EdgeError
 from edge.node import EdgeNode
-from edge.state import DesiredState, Route, fingerprint
+from edge.state import DesiredState, Redirect, Route, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ class EdgeAgent:
                 pem = self._download(ref["hostname"], ref["cert_sha256"])
             routes.append(Route(ref["hostname"], ref["publication_id"], pem))
         desired = DesiredState(tuple(routes), tuple(doc["app_servers"]),
-                               tuple(doc["control_servers"]))
+                               tuple(doc["control_servers"]),
+                               tuple(Redirect(**r) for r in doc.get("redirects", [])))
         if desired.version != doc["version"]:
             raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
         return desired

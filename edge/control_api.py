@@ -6,6 +6,7 @@ so no item grows with the number of domains (DynamoDB caps items at 400 KB).
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import time
@@ -15,22 +16,24 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from certs.keys import KeyVault
 from control.auth import require_edge_token, require_token
-from edge.state import DesiredState, RouteRef, version_of
+from edge.state import DesiredState, Redirect, RouteRef, version_of
 from store import ABSENT, ConflictError, Table, TableSpec, all_items, rewrite_field
 
 EDGE_STATE = TableSpec("edge_state", key="name")
 EDGE_ROUTES = TableSpec("edge_routes", key="hostname")
 EDGE_CERTS = TableSpec("edge_certs", key="hostname")
 EDGE_NODES = TableSpec("edge_nodes", key="node_id")
+EDGE_REDIRECTS = TableSpec("edge_redirects", key="key")
 _NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _VERSION = re.compile(r"[0-9a-f]{16}")
 
 
 class EdgeStateStore:
     def __init__(self, state: Table, routes: Table, certs: Table, nodes: Table,
-                 vault: KeyVault) -> None:
+                 vault: KeyVault, redirects: Table) -> None:
         self.state = state
         self.routes = routes
+        self.redirects = redirects
         self.certs = certs
         self.nodes = nodes
         self._vault = vault
@@ -64,6 +67,7 @@ class EdgeStateStore:
         for hostname in stored:
             self.routes.delete(hostname)
             self.certs.delete(hostname)
+        self._save_redirects(desired)
         forced = meta.get("forced_version") if meta else None
         # Conditional: a replica that published meanwhile wins; the caller republishes from
         # fresh data (ConflictError), so a stale route list cannot silently stand.
@@ -73,6 +77,15 @@ class EdgeStateStore:
                         "published_at": time.time(), "forced_version": forced},
                        expected_version=meta["version"] if meta else ABSENT)
         return True
+
+    def _save_redirects(self, desired: DesiredState) -> None:
+        stored = {item["key"]: item for item in self._all(self.redirects)}
+        for redirect in desired.redirects:
+            old = stored.pop(redirect.key, None)
+            if old is None or (old["code"], old["target"]) != (redirect.code, redirect.target):
+                self.redirects.put({"key": redirect.key, **dataclasses.asdict(redirect)})
+        for key in stored:
+            self.redirects.delete(key)
 
     def meta(self) -> dict[str, Any] | None:
         return self.state.get("desired")
@@ -87,10 +100,14 @@ class EdgeStateStore:
                 refs = [RouteRef(i["hostname"], i["publication_id"], i["cert_sha256"])
                         for i in self._all(self.routes)]
                 servers = tuple(meta["app_servers"]), tuple(meta["control_servers"])
-                summary = {"version": version_of(refs, *servers),
+                redirects = tuple(sorted((Redirect(i["host"], i["slug"], i["code"], i["target"])
+                                          for i in self._all(self.redirects)),
+                                         key=lambda r: r.key))
+                summary = {"version": version_of(refs, *servers, redirects),
                            "routes": [vars(r) for r in sorted(refs, key=lambda r: r.hostname)],
                            "app_servers": list(servers[0]),
-                           "control_servers": list(servers[1])}
+                           "control_servers": list(servers[1]),
+                           "redirects": [dataclasses.asdict(r) for r in redirects]}
                 if summary["version"] != meta["edge_version"]:
                     return summary  # caught mid-publish: do not cache, the next poll catches up
                 self._cache = summary

@@ -19,6 +19,13 @@ def _links() -> LinkService:
     return service
 
 
+def _changed(domain: str, slug: str) -> None:
+    """A link was edited or removed: drop it from the cache and republish the hot set now."""
+    current_app.extensions["edge.resolver"].invalidate(domain, slug)
+    current_app.extensions["edge.services"].publisher.refresh_redirects()
+    current_app.extensions["edge.lifecycle"].publish_routes()
+
+
 def _view(link: dict[str, Any]) -> dict[str, Any]:
     return {name: link.get(name) for name in FIELDS} | {"visits": link.get("visits") or 0}
 
@@ -85,7 +92,7 @@ def qr(domain: str, slug: str, kind: str) -> Response:
 @require_token
 def update(domain: str, slug: str) -> Response:
     link = _links().update(domain, slug, _body())
-    current_app.extensions["edge.resolver"].invalidate(domain, slug)
+    _changed(domain, slug)
     return jsonify(_view(link))
 
 
@@ -93,5 +100,5 @@ def update(domain: str, slug: str) -> Response:
 @require_token
 def delete(domain: str, slug: str) -> Response:
     _links().delete(domain, slug)
-    current_app.extensions["edge.resolver"].invalidate(domain, slug)
+    _changed(domain, slug)
     return jsonify(deleted=f"{domain}/{slug}")

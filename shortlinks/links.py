@@ -8,7 +8,7 @@ import time
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from store import ABSENT, ConflictError, Item, Page, Table, TableSpec
+from store import ABSENT, ConflictError, Item, Page, Table, TableSpec, all_items
 
 LINKS = TableSpec("short_links", key="id", indexes=("owner",))
 ALPHABET = string.ascii_letters + string.digits
@@ -131,6 +131,17 @@ class LinkService:
                 raise InvalidLink(name, "must be a positive number or null")
         return self.table.put({**link, **changes, "updated_at": time.time()},
                               expected_version=link["version"])
+
+    def hottest(self, limit: int, now: float | None = None) -> list[Item]:
+        """The most-visited links HAProxy may answer by itself: enabled, unexpired and with no
+        visit limit (a limited link must pass through the resolver to be counted)."""
+        now = now or time.time()
+        eligible = [link for link in all_items(self.table)
+                    if not link.get("disabled") and link.get("max_visits") is None
+                    and (link.get("valid_until") is None or link["valid_until"] > now)
+                    and link["domain"] in self._domains]
+        eligible.sort(key=lambda link: int(link.get("visits") or 0), reverse=True)
+        return eligible[:limit]
 
     def delete(self, domain: str, slug: str) -> None:
         if not self.table.delete(link_id(domain, slug)):

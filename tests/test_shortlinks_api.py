@@ -145,3 +145,25 @@ FIELDS = st.sampled_from(["domain", "target", "owner", "slug", "code", "valid_un
 def test_link_api_never_answers_5xx(client: FlaskClient, body: dict[str, object]) -> None:
     assert client.post("/api/v1/links", headers=AUTH, json=body).status_code < 500
     assert client.patch("/api/v1/links/acme.link/x", headers=AUTH, json=body).status_code < 500
+
+
+def test_hottest_links_are_published_to_the_edge_and_leave_it_when_disabled(
+        link_settings: Settings) -> None:
+    services = Services.from_settings(dataclasses.replace(link_settings, hot_links=2))
+    try:
+        client = create_app(services).test_client()
+        for slug, visits in (("cold", 1), ("warm", 5), ("hot", 50)):
+            services.links.create("acme.link", f"https://example.com/{slug}", "pub_1", slug=slug)
+            services.links.table.increment(f"acme.link/{slug}", "visits", visits)
+        services.links.create("acme.link", "https://example.com/l", "pub_1", slug="limited",
+                              max_visits=10)
+        services.links.table.increment("acme.link/limited", "visits", 99)
+        services.lifecycle.publish_routes()
+        published = services.edge_state.load()
+        assert published is not None
+        assert [(r["slug"], r["code"]) for r in published["redirects"]] == \
+            [("hot", 302), ("warm", 302)], "the two hottest, never a visit-limited one"
+        client.patch("/api/v1/links/acme.link/hot", headers=AUTH, json={"disabled": True})
+        assert [r["slug"] for r in services.edge_state.load()["redirects"]] == ["cold", "warm"]
+    finally:
+        services.close()
