@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the product and its tests need, only when missing: Debian packages (pebble,
-# haproxy, node/npm; with --test also testssl.sh, wrk and knot), npm packages (dynalite, for the
+# haproxy, node/npm; with --test also testssl.sh, wrk, knot and chromium), npm packages (dynalite, for the
 # DynamoDB tests) and this Python package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,7 @@ if [ "${1:-}" = "--test" ]; then
     command -v testssl >/dev/null || missing+=(testssl.sh)
     command -v wrk >/dev/null || missing+=(wrk)
     command -v knotd >/dev/null || [ -x /usr/sbin/knotd ] || missing+=(knot)
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
 fi
 if ((${#missing[@]})); then
     echo "bootstrap: installing ${missing[*]}"

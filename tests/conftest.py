@@ -73,3 +73,23 @@ def pebble(tmp_path_factory: pytest.TempPathFactory, edge_http_port: int) -> Ite
 
 def dynamo_client(endpoint: str) -> object:
     return boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 # Every test hostname resolves to loopback; nothing leaves the machine.
+                 "--host-resolver-rules=MAP *.test 127.0.0.1, MAP *.example 127.0.0.1"]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """Debian's Chromium driven by playwright (no browser download); one per test worker."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                              args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
