@@ -15,6 +15,7 @@ from control.wiring import Services
 from domains.api import bp as domains_bp
 from domains.service import STATUSES
 from edge.control_api import bp as edge_bp
+from edge.sso_views import bp as sso_bp
 from shortlinks.api import bp as links_bp
 
 
@@ -22,7 +23,8 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None) ->
     app = Flask(__name__)
     app.config.update(EDGE_API_TOKEN=services.settings.api_token,
                       EDGE_EDGE_TOKEN=services.settings.edge_token, JSON_SORT_KEYS=False,
-                      MAX_CONTENT_LENGTH=1024 * 1024)
+                      MAX_CONTENT_LENGTH=1024 * 1024,
+                      SSO_PLATFORM_LOGIN_URL=services.settings.sso_platform_login_url)
     app.config.update(test_config or {})
     app.extensions.update({
         "edge.services": services,
@@ -32,8 +34,10 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None) ->
         "edge.state": services.edge_state,
         "edge.links": services.links,
         "edge.resolver": services.resolver,
+        "edge.sso": services.sso,
+        "edge.platform_identity": services.platform_identity,
     })
-    for blueprint in (domains_bp, edge_bp, challenge_bp, links_bp):
+    for blueprint in (domains_bp, edge_bp, challenge_bp, links_bp, sso_bp):
         app.register_blueprint(blueprint)
     _register_health(app, services)
     return app

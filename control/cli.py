@@ -36,13 +36,17 @@ def _stop_on_signals() -> threading.Event:
 def serve(settings: Settings) -> None:
     from admin_app import create_app
     from control.wiring import Services
-    from control.worker import start_worker
+    from control.worker import PlatformCertificates, start_worker
 
     services = Services.from_settings(settings)
     app = create_app(services)
     server = make_server(settings.listen_host, settings.listen_port, app, threaded=True)
     stop = _stop_on_signals()
-    worker = start_worker(services.lifecycle, settings.worker_interval, stop)
+    platform = PlatformCertificates(services.publisher.platform_hosts, services.issuer,
+                                    services.certificates, services.lifecycle,
+                                    settings.retry_base_seconds)
+    worker = start_worker([services.lifecycle.tick, platform.tick], settings.worker_interval,
+                          stop)
     if services.webhooks.enabled:
         services.webhooks.start(stop)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

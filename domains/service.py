@@ -122,6 +122,12 @@ class DomainService:
             raise DomainNotFound(name)
         return domain
 
+    def is_active(self, hostname: str) -> bool:
+        """Whether the edge serves ``hostname`` as a custom domain (itself or a wildcard's)."""
+        wildcard = "*." + hostname.partition(".")[2]
+        return any((item := self.domains.get(name)) is not None and item["status"] == ACTIVE
+                   for name in (hostname, wildcard))
+
     def list_for(self, publication_id: str, limit: int = 100, cursor: str | None = None) -> Page:
         return self.domains.query("publication_id", publication_id, limit=limit, cursor=cursor)
 

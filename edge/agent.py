@@ -54,7 +54,8 @@ class EdgeAgent:
             routes.append(Route(ref["hostname"], ref["publication_id"], pem))
         desired = DesiredState(tuple(routes), tuple(doc["app_servers"]),
                                tuple(doc["control_servers"]),
-                               tuple(Redirect(**r) for r in doc.get("redirects", [])))
+                               tuple(Redirect(**r) for r in doc.get("redirects", [])),
+                               tuple(doc.get("sso_keys", [])))
         if desired.version != doc["version"]:
             raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
         return desired

@@ -74,6 +74,7 @@ class EdgeStateStore:
         self.state.put({"name": "desired", "edge_version": desired.version,
                         "app_servers": list(desired.app_servers),
                         "control_servers": list(desired.control_servers),
+                        "sso_keys": list(desired.sso_keys),
                         "published_at": time.time(), "forced_version": forced},
                        expected_version=meta["version"] if meta else ABSENT)
         return True
@@ -103,11 +104,13 @@ class EdgeStateStore:
                 redirects = tuple(sorted((Redirect(i["host"], i["slug"], i["code"], i["target"])
                                           for i in self._all(self.redirects)),
                                          key=lambda r: r.key))
-                summary = {"version": version_of(refs, *servers, redirects),
+                sso_keys = tuple(meta.get("sso_keys") or ())
+                summary = {"version": version_of(refs, *servers, redirects, sso_keys),
                            "routes": [vars(r) for r in sorted(refs, key=lambda r: r.hostname)],
                            "app_servers": list(servers[0]),
                            "control_servers": list(servers[1]),
-                           "redirects": [dataclasses.asdict(r) for r in redirects]}
+                           "redirects": [dataclasses.asdict(r) for r in redirects],
+                           "sso_keys": list(sso_keys)}
                 if summary["version"] != meta["edge_version"]:
                     return summary  # caught mid-publish: do not cache, the next poll catches up
                 self._cache = summary

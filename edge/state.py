@@ -56,12 +56,14 @@ class Redirect:
 
 def version_of(refs: list[RouteRef], app_servers: tuple[str, ...],
                control_servers: tuple[str, ...],
-               redirects: tuple[Redirect, ...] = ()) -> str:
+               redirects: tuple[Redirect, ...] = (), sso_keys: tuple[str, ...] = ()) -> str:
     body: dict[str, Any] = {
         "routes": [dataclasses.astuple(r) for r in sorted(refs, key=lambda r: r.hostname)],
         "app_servers": list(app_servers), "control_servers": list(control_servers)}
     if redirects:
         body["redirects"] = sorted(dataclasses.astuple(r) for r in redirects)
+    if sso_keys:
+        body["sso_keys"] = list(sso_keys)
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
 
 
@@ -71,11 +73,13 @@ class DesiredState:
     app_servers: tuple[str, ...]
     control_servers: tuple[str, ...]
     redirects: tuple[Redirect, ...] = ()
+    sso_keys: tuple[str, ...] = ()
+    """Public keys (PEM) the edge verifies SSO session cookies with; empty: no SSO."""
 
     @functools.cached_property
     def version(self) -> str:
         return version_of([r.ref for r in self.routes], self.app_servers, self.control_servers,
-                          self.redirects)
+                          self.redirects, self.sso_keys)
 
     def summary(self) -> dict[str, Any]:
         """The wire form without private keys: routes name their certificate by fingerprint."""
