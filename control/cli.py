@@ -116,6 +116,22 @@ def plan(settings: Settings) -> int:
     return 0
 
 
+def rotate_sso_key(settings: Settings) -> int:
+    from control.wiring import Services
+
+    services = Services.from_settings(settings)
+    try:
+        if services.sso is None:
+            print("edgectl: single sign-on is off (set EDGE_SSO_PLATFORM_URL)", file=sys.stderr)
+            return 2
+        kid = services.sso.keys.rotate()
+        services.lifecycle.publish_routes()  # the edges learn the new public key now
+        print(f"new SSO signing key {kid}; it signs in {settings.sso_key_activation_seconds:.0f}s")
+        return 0
+    finally:
+        services.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgectl", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (else $EDGE_CONFIG)")
@@ -138,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="generate: print a new key; rotate: re-encrypt every stored key "
                            "under the first of EDGE_ENCRYPTION_KEYS (put the new key first, "
                            "keep the old ones after it until this has run)")
+    sso = commands.add_parser("sso", help="single sign-on")
+    sso.add_argument("action", choices=["rotate-key"],
+                     help="add a new session signing key; it signs after "
+                          "sso_key_activation_seconds, and the previous key stays valid")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -160,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"re-encrypted {services.reencrypt_keys()} stored keys under the newest key")
         finally:
             services.close()
+    elif args.command == "sso":
+        return rotate_sso_key(settings)
     elif args.command == "serve":
         serve(settings)
     elif args.command == "plan":

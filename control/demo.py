@@ -169,7 +169,7 @@ class LocalStack:
 def run_demo(hostname: str, once: bool = False) -> int:
     directory = Path(tempfile.mkdtemp(prefix="edge-demo-"))
     print(f"demo: starting Pebble, HAProxy, the control service and two apps in {directory}")
-    stack = LocalStack(directory)
+    stack = LocalStack(directory, sso=True)
     stop = threading.Event()
     try:
         print(f"demo: control service at {stack.control_url} (token {stack.token})")
@@ -185,7 +185,13 @@ def run_demo(hostname: str, once: bool = False) -> int:
         served = stack.wait_served(hostname)
         print(f"demo: {hostname} is active and served over HTTPS in "
               f"{time.monotonic() - started:.1f}s; the app saw {served.json()}")
+        stack.wait_served(PLATFORM_HOST)
         print("\nTry it:\n  " + stack.curl_line(hostname) + "\n")
+        port = stack.edge_https_port
+        print("Sign in across domains (single sign-on) in a browser that resolves the demo's\n"
+              "names to loopback and accepts Pebble's certificates, for example:\n"
+              f"  chromium --host-resolver-rules='MAP *.example.test 127.0.0.1' "
+              f"--ignore-certificate-errors https://{hostname}:{port}/p/1\n")
         if not once:
             print("demo: press Ctrl-C to stop everything")
             signal.signal(signal.SIGINT, lambda *_: stop.set())

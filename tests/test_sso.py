@@ -187,3 +187,27 @@ def test_sso_settings_are_checked(tmp_path: Path) -> None:
         load_settings(**base, required=(), sso_platform_url="https://platform.test",
                       sso_platform_login_url="https://platform.test/login",
                       sso_platform_cookie="s", sso_platform_cookie_key="short")
+
+
+def test_edgectl_rotates_the_signing_key_and_publishes_both(
+        services: Services, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from control.cli import main
+
+    settings = services.settings
+    assert services.sso is not None
+    first = services.sso.keys.public_pems()
+    for name, value in {"API_TOKEN": settings.api_token, "EDGE_TOKEN": settings.edge_token,
+                        "ENCRYPTION_KEYS": ",".join(settings.encryption_keys),
+                        "DATA_DIR": settings.data_dir, "SSO_PLATFORM_URL": f"https://{PLATFORM}",
+                        "SSO_PLATFORM_LOGIN_URL": f"https://{PLATFORM}/login",
+                        "SSO_PLATFORM_COOKIE": "platform_session",
+                        "SSO_PLATFORM_COOKIE_KEY": COOKIE_KEY}.items():
+        monkeypatch.setenv(f"EDGE_{name}", value)
+    assert main(["sso", "rotate-key"]) == 0
+    assert "new SSO signing key" in capsys.readouterr().out
+    published = services.edge_state.meta()
+    assert published is not None and len(published["sso_keys"]) == 2
+    assert published["sso_keys"][1] == first[0]  # the old key still verifies
+    monkeypatch.delenv("EDGE_SSO_PLATFORM_URL")
+    assert main(["sso", "rotate-key"]) == 2

@@ -2,6 +2,9 @@
 for the platform domain and a custom domain, the sample app playing the platform."""
 from __future__ import annotations
 
+import http.client
+import json
+import ssl
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,7 +20,7 @@ from control.settings import load_settings
 from control.wiring import Services
 from edge.sso import SESSION_COOKIE
 
-BLOG = "blog.example.test"
+BLOG, OTHER = "blog.example.test", "other.example.test"
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +28,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleStack) -> Iter
     local = LocalStack(tmp_path_factory.mktemp("sso"), pebble=pebble, sso=True)
     try:
         local.wait_served(PLATFORM_HOST)
-        response = local.api("POST", "/api/v1/domains",
-                             json={"hostname": BLOG, "publication_id": "pub_1"})
-        assert response.status_code == 201, response.text
-        local.create_records(response.json()["dns_records"])
-        local.wait_active(BLOG)
-        local.wait_served(BLOG)
+        for hostname in (BLOG, OTHER):
+            response = local.api("POST", "/api/v1/domains",
+                                 json={"hostname": hostname, "publication_id": "pub_1"})
+            assert response.status_code == 201, response.text
+            local.create_records(response.json()["dns_records"])
+        for hostname in (BLOG, OTHER):
+            local.wait_active(hostname)
+            local.wait_served(hostname)
         yield local
     finally:
         local.stop()
@@ -111,6 +116,27 @@ def test_the_edge_forwards_only_a_valid_session(stack: LocalStack, services: Ser
     # A client's own identity header never reaches the apps, with or without a session.
     assert _user_seen(stack, None, **{"X-Edge-User": "mallory"}) is None
     assert _user_seen(stack, good, **{"X-Edge-User": "mallory"}) == "bob"
+
+
+def test_one_connection_cannot_carry_a_session_to_another_host(stack: LocalStack,
+                                                               services: Services) -> None:
+    """The edge keeps a verified token's claims for the connection: the audience is still
+    checked on every request, whatever Host the next request names."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # no SNI: the edge's default certificate answers
+    connection = http.client.HTTPSConnection("127.0.0.1", stack.edge_https_port,
+                                             context=context)
+    cookie = f"{SESSION_COOKIE}={_token(services)}"
+    seen = []
+    try:
+        for host in (BLOG, OTHER, BLOG):
+            connection.request("GET", "/echo", headers={"Host": host, "Cookie": cookie})
+            response = connection.getresponse()
+            seen.append(json.loads(response.read())["user"])
+    finally:
+        connection.close()
+    assert seen == ["bob", None, "bob"]
 
 
 def test_sessions_survive_a_key_rotation(stack: LocalStack, services: Services) -> None:
