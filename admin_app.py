@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from certs.challenges import bp as challenge_bp
 from control.wiring import Services
 from domains.api import bp as domains_bp
+from domains import settings_page
 from domains.service import STATUSES
 from edge.control_api import bp as edge_bp
 from edge.sso_views import bp as sso_bp
@@ -39,6 +40,7 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None) ->
     })
     for blueprint in (domains_bp, edge_bp, challenge_bp, links_bp, sso_bp):
         app.register_blueprint(blueprint)
+    settings_page.init_app(app, services.settings.encryption_keys[0])
     _register_health(app, services)
     return app
 

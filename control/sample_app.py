@@ -66,10 +66,10 @@ class Platform:
             return None
 
     def login(self, request: Request) -> Response:
-        back = request.values.get("return_to", "/")
+        back = request.values.get("return_to", "/home")
         if not (back.startswith(f"https://{request.host}/")
                 or (back.startswith("/") and not back.startswith("//"))):
-            back = "/"
+            back = "/home"
         if request.method == "GET":
             return _page("Sign in", (
                 '<h1>Sign in to the platform</h1><form method="post">'
@@ -107,6 +107,10 @@ def make_app(name: str, platform_secret: str = "sample-platform-secret-012345678
             return platform.login(request)
         if request.path == "/_platform/session":
             return platform.session(request)
+        if request.path == "/home":
+            return _page("Platform", '<h1>Your platform home</h1><ul>'
+                         '<li><a href="/_edge/settings/domains">Publication settings: '
+                         'custom domains</a></li><li><a href="/login">Sign in</a></li></ul>')
         if request.path.startswith("/p/"):
             return _article(request)
         return _echo(name, request)
