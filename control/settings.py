@@ -132,6 +132,20 @@ def _issuers(value: Any) -> list[dict[str, str]]:
     return [dict(issuer) for issuer in value]
 
 
+def _positive(value: Any) -> float:
+    number = _float(value)
+    if not number > 0:
+        raise ValueError("must be a positive number")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    number = _int(value)
+    if number < 1:
+        raise ValueError("must be a positive integer")
+    return number
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = _str(value)
@@ -199,6 +213,13 @@ class Settings:
     webhook_secret: str = ""
     suspend_grace_seconds: float = 86400.0
     give_up_seconds: float = 7 * 86400.0
+    # admin dashboard
+    admin_cookie_secure: bool = True
+    """Send the session cookie over HTTPS only; turn off only for plain-HTTP test servers."""
+    admin_session_seconds: float = 8 * 3600.0
+    admin_max_failures: int = 5
+    """Failed logins per username, and per client address, before a lockout."""
+    admin_lockout_seconds: float = 900.0
 
     @property
     def control_address(self) -> str:
@@ -260,6 +281,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "webhook_secret": _str,
     "suspend_grace_seconds": _float,
     "give_up_seconds": _float,
+    # admin dashboard
+    "admin_cookie_secure": _bool,
+    "admin_session_seconds": _positive,
+    "admin_max_failures": _positive_int,
+    "admin_lockout_seconds": _positive,
 }
 
 
