@@ -213,9 +213,54 @@ class Lifecycle:
         result = self._check(domain)
         if domain["status"] == PENDING_DNS:
             domain = self.verify({**domain, "gave_up": False}, result)
-        elif domain["status"] in (ACTIVE, SUSPENDED):
+        elif domain["status"] in (ACTIVE, SUSPENDED) and not domain.get("held"):
             domain = self.recheck(domain, result)
         return domain, result
+
+    def renew_now(self, hostname: str, actor: str = "admin") -> Item:
+        """Renew an active domain's certificate at once (an operator's decision); raises the
+        issuer's error after recording it in the timeline."""
+        domain = self.domains.get(hostname)
+        if domain["status"] != ACTIVE:
+            raise ValueError(f"only an active domain can be renewed (it is {domain['status']})")
+        try:
+            self.issuer.issue([domain["hostname"]])
+        except Exception as exc:
+            self.domains.note(domain, "renewal failed", str(exc), actor)
+            raise
+        self.publish_routes()
+        self.domains.note(domain, "certificate renewed", "renewed on request", actor)
+        self._emit("certificate.issued", domain, renewal=True)
+        return self.domains.get(hostname)
+
+    def suspend(self, hostname: str, actor: str = "admin") -> Item:
+        """Take a domain off the edge and keep it off: neither the worker nor a re-check
+        resumes it (it is ``held``) until :meth:`resume`."""
+        domain = self.domains.get(hostname)
+        if domain.get("held"):
+            return domain
+        suspended = self.domains.transition(domain, SUSPENDED, "suspended by an admin", actor,
+                                            held=True, held_from=domain["status"],
+                                            next_attempt_at=None)
+        self.publish_routes()
+        self._emit("domain.suspended", suspended)
+        return suspended
+
+    def resume(self, hostname: str, actor: str = "admin") -> Item:
+        """Lift an admin's suspension: a domain that had a certificate goes back to where it
+        was (its DNS re-checked at once by the worker), any other back to waiting for DNS."""
+        domain = self.domains.get(hostname)
+        if not domain.get("held"):
+            raise ValueError("only a domain suspended by an admin can be resumed")
+        was = domain.get("held_from")
+        status = was if was in (ACTIVE, SUSPENDED) else PENDING_DNS
+        resumed = self.domains.transition(domain, status, "resumed by an admin", actor,
+                                          held=False, held_from=None, attempts=0,
+                                          next_attempt_at=self._clock())
+        self.publish_routes()
+        if status == ACTIVE:
+            self._emit("domain.active", resumed)
+        return resumed
 
     def remove(self, hostname: str, actor: str = "api") -> Item:
         """Remove a domain: its route leaves the edge at once and its certificate is dropped."""

@@ -9,7 +9,7 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from domains.automation import RecordAutomation
-from domains.errors import DomainNotFound, HostnameTaken
+from domains.errors import DomainNotFound, HostnameTaken, InvalidHostname
 from domains.hostnames import normalize_hostname
 from domains.records import instructions, required_records
 from store import ABSENT, ConflictError, Item, Page, Table, TableSpec
@@ -124,6 +124,24 @@ class DomainService:
 
     def list_for(self, publication_id: str, limit: int = 100, cursor: str | None = None) -> Page:
         return self.domains.query("publication_id", publication_id, limit=limit, cursor=cursor)
+
+    def browse(self, status: str | None = None, limit: int = 50,
+               cursor: str | None = None) -> Page:
+        """One page of domains, of one status (an index query) or all (a paginated scan)."""
+        if status:
+            return self.domains.query("status", status, limit=limit, cursor=cursor)
+        return self.domains.scan(limit=limit, cursor=cursor)
+
+    def search(self, text: str, limit: int = 50) -> list[Item]:
+        """The domain named ``text``, else the domains of publication ``text``: a key read and
+        an index query, never a scan, so search stays fast with any number of domains."""
+        try:
+            found = self.domains.get(self.normalize(text))
+        except InvalidHostname:  # it may still be a publication id
+            found = None
+        if found is not None:
+            return [found]
+        return self.domains.query("publication_id", text.strip(), limit=limit).items
 
     def with_status(self, status: str, limit: int = 100) -> list[Item]:
         items: list[Item] = []
