@@ -131,16 +131,17 @@ class Lifecycle:
     def _check(self, domain: Item) -> DnsCheck:
         return self.checker.check(domain["hostname"], domain["token"])
 
-    def verify(self, domain: Item, result: DnsCheck | None = None) -> Item:
+    def verify(self, domain: Item, result: DnsCheck | None = None,
+               actor: str = "worker") -> Item:
         result = result or self._check(domain)
         if result.ok:
             verified = self.domains.transition(
-                domain, VERIFIED, "DNS points at the edge, TXT matches, CAA allows our CA",
+                domain, VERIFIED, "DNS points at the edge, TXT matches, CAA allows our CA", actor,
                 last_error=None, validation_errors=[], dns_seen=result.seen, attempts=0,
                 next_attempt_at=0)
             self._emit("domain.verified", verified)
             return verified
-        deferred = self.domains.defer(domain, result.errors, dns_seen=result.seen)
+        deferred = self.domains.defer(domain, result.errors, dns_seen=result.seen, actor=actor)
         if self._clock() - domain["claimed_at"] > self.timing.give_up:
             return self.domains.transition(deferred, PENDING_DNS, "gave up waiting for DNS",
                                            next_attempt_at=None, gave_up=True)
@@ -166,13 +167,14 @@ class Lifecycle:
         self._emit("domain.active", active)
         return active
 
-    def recheck(self, domain: Item, result: DnsCheck | None = None) -> Item:
+    def recheck(self, domain: Item, result: DnsCheck | None = None,
+                actor: str = "worker") -> Item:
         """An active or suspended domain: does its DNS (and ownership) still point at us?"""
         result = result or self._check(domain)
         now = self._clock()
         if result.ok:
             updated = self.domains.transition(
-                domain, ACTIVE, "DNS points at the edge again", last_error=None,
+                domain, ACTIVE, "DNS points at the edge again", actor, last_error=None,
                 validation_errors=[], dns_seen=result.seen, attempts=0, failing_since=None,
                 next_attempt_at=now + self.timing.recheck)
             if domain["status"] == SUSPENDED:
@@ -182,12 +184,12 @@ class Lifecycle:
             return self._renew_if_due(updated)
         failing_since = domain.get("failing_since") or now
         if domain["status"] == ACTIVE and now - failing_since >= self.timing.suspend_grace:
-            suspended = self.domains.defer(domain, result.errors, status=SUSPENDED,
+            suspended = self.domains.defer(domain, result.errors, status=SUSPENDED, actor=actor,
                                            dns_seen=result.seen, failing_since=failing_since)
             self.publish_routes()
             self._emit("domain.suspended", suspended, errors=result.errors)
             return suspended
-        return self.domains.defer(domain, result.errors, dns_seen=result.seen,
+        return self.domains.defer(domain, result.errors, dns_seen=result.seen, actor=actor,
                                   failing_since=failing_since)
 
     def _renew_if_due(self, domain: Item) -> Item:
@@ -212,9 +214,9 @@ class Lifecycle:
         domain = self.domains.get(hostname)
         result = self._check(domain)
         if domain["status"] == PENDING_DNS:
-            domain = self.verify({**domain, "gave_up": False}, result)
+            domain = self.verify({**domain, "gave_up": False}, result, actor)
         elif domain["status"] in (ACTIVE, SUSPENDED) and not domain.get("held"):
-            domain = self.recheck(domain, result)
+            domain = self.recheck(domain, result, actor)
         return domain, result
 
     def renew_now(self, hostname: str, actor: str = "admin") -> Item:

@@ -186,7 +186,7 @@ class DomainService:
             return None
 
     def defer(self, domain: Item, errors: list[dict[str, str]], status: str | None = None,
-              not_before: float | None = None, **changes: Any) -> Item:
+              not_before: float | None = None, actor: str = "worker", **changes: Any) -> Item:
         """Record why a step failed and when to retry (jittered exponential backoff).
 
         The domain stays in its status, or moves back to ``status`` when a step must restart.
@@ -195,7 +195,8 @@ class DomainService:
         delay = min(self._retry_max, self._retry_base * 2 ** (attempts - 1))
         delay *= random.uniform(0.5, 1.0)
         error = "; ".join(e["message"] for e in errors)
-        return self.transition(domain, status or domain["status"], error, last_error=error,
+        return self.transition(domain, status or domain["status"], error, actor,
+                               last_error=error,
                                validation_errors=errors, attempts=attempts,
                                next_attempt_at=max(self._clock() + delay, not_before or 0),
                                **changes)
