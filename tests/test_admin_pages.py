@@ -213,6 +213,8 @@ def test_actions_change_the_domain_and_are_audited(app: Flask, services: Service
     assert held["status"] == "suspended" and held["held"]
     assert client.post(f"{base}/resume", data={"csrf_token": token}).status_code == 303
     assert services.domains.get("x.example.test")["status"] == "pending_dns"
+    page = client.get(base).get_data(True)
+    assert "Renew now" not in page and "Suspend" in page, "only the actions that apply"
     refused = client.post(f"{base}/renew", data={"csrf_token": token})
     assert refused.status_code == 409 and "only an active domain" in refused.get_data(True)
     wrong = client.post(f"{base}/remove", data={"csrf_token": token, "confirm": "other"})
