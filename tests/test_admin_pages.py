@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
+import uuid
 from typing import Iterator
 
 import pytest
@@ -241,3 +242,38 @@ def test_disabling_a_link_stops_its_redirect(app: Flask, services: Services) -> 
     assert "Enable" in client.get("/admin/links").get_data(True)
     client.post("/admin/links/acme.link/spring/enable", data={"csrf_token": token})
     assert services.resolver.resolve("acme.link", "spring").status == 302
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "dynamodb"])
+def test_domain_pages_follow_cursors_on_both_backends(
+        backend: str, settings: Settings, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if backend == "dynamodb":
+        settings = dataclasses.replace(
+            settings, storage_backend="dynamodb",
+            dynamodb_endpoint_url=request.getfixturevalue("dynalite"),
+            dynamodb_table_prefix=f"p{uuid.uuid4().hex[:8]}_")
+    services = Services.from_settings(dataclasses.replace(settings, admin_cookie_secure=False))
+    try:
+        monkeypatch.setattr("admin.domains_views.PAGE", 2)
+        for n in range(5):
+            services.domains.connect(f"d{n}.example.test", f"pub_{n % 2}")
+        app = create_app(services)
+        app.extensions["edge.admin"].users.create("alice", PASSWORD)
+        client = app.test_client()
+        login(client)
+        for query in ("status=pending_dns", "status="):
+            seen, url = [], f"/admin/domains?{query}"
+            while url:
+                page = client.get(url).get_data(True)
+                seen += re.findall(r">(d\d\.example\.test)</a>", page)
+                found = re.search(r'href="([^"]+)">Next page', page)
+                url = found.group(1).replace("&amp;", "&") if found else ""
+            assert sorted(seen) == [f"d{n}.example.test" for n in range(5)], query
+        by_publication = client.get("/admin/domains?q=pub_1").get_data(True)
+        assert re.findall(r">(d\d\.example\.test)</a>", by_publication) == [
+            "d1.example.test", "d3.example.test"]
+        assert client.get("/admin/domains?cursor=%7Bbad").status_code in (200, 400)
+        assert client.get("/admin/").status_code == 200
+    finally:
+        services.close()
