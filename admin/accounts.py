@@ -20,7 +20,7 @@ ADMIN_USERS = TableSpec("admin_users", key="username")
 ADMIN_SESSIONS = TableSpec("admin_sessions", key="id")
 ADMIN_LOGIN_FAILURES = TableSpec("admin_login_failures", key="key")
 USERNAME = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
-MIN_PASSWORD = 12
+MIN_PASSWORD, MAX_PASSWORD = 12, 1024
 # Checked when the username is unknown, so a login takes as long whether or not it exists.
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
 
@@ -38,8 +38,8 @@ class Users:
         name = username.strip().lower()
         if not USERNAME.fullmatch(name):
             raise AccountError("username: 1-64 lowercase letters, digits, '.', '_', '@' or '-'")
-        if len(password) < MIN_PASSWORD:
-            raise AccountError(f"password: at least {MIN_PASSWORD} characters")
+        if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+            raise AccountError(f"password: {MIN_PASSWORD} to {MAX_PASSWORD} characters")
         item = {"username": name, "password_hash": generate_password_hash(password),
                 "created_at": time.time()}
         try:
@@ -50,9 +50,10 @@ class Users:
     def verify(self, username: str, password: str) -> str | None:
         """The normalized username if the password is right, else None."""
         name = username.strip().lower()
-        user = self.table.get(name) if USERNAME.fullmatch(name) else None
+        valid = USERNAME.fullmatch(name) and len(password) <= MAX_PASSWORD
+        user = self.table.get(name) if valid else None
         if user is None:
-            check_password_hash(_DUMMY_HASH, password)
+            check_password_hash(_DUMMY_HASH, password[:MAX_PASSWORD])
             return None
         return name if check_password_hash(user["password_hash"], password) else None
 

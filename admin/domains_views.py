@@ -109,5 +109,9 @@ def remove(hostname: str) -> Response | tuple[str, int]:
         admin().services.lifecycle.remove(domain["hostname"], actor=f"admin:{user()}")
     except DomainNotFound:
         pass  # removed meanwhile: the admin's wish holds
+    except Exception as exc:  # e.g. the store or the edge publish failed: say so, and audit
+        audit("domain remove failed", domain["hostname"], str(exc))
+        return render_template("admin/remove.html", domain=domain, wrong=False,
+                               error=f"remove failed: {exc}"), 409
     audit("domain remove", domain["hostname"], f"was {domain['status']}")
     return redirect(url_for(".index", done="removed"), 303)
