@@ -12,6 +12,8 @@ import pytest
 from admin.accounts import (ADMIN_LOGIN_FAILURES, ADMIN_SESSIONS, ADMIN_USERS, AccountError,
                             LoginLimiter, Sessions, Users)
 from admin.audit import ADMIN_AUDIT, AuditLog
+from admin.charts import Series, bar_chart
+from certs.stats import ISSUANCE_STATS, IssuanceStats
 from control import cli
 from control.settings import Settings
 from store import Backend, open_backend
@@ -104,3 +106,19 @@ def test_cli_creates_a_user_from_stdin(settings: Settings, monkeypatch: pytest.M
         assert Users(backend.table(ADMIN_USERS)).verify("dana", "a long enough password")
     finally:
         backend.close()
+
+
+def test_issuance_results_are_counted_per_day(backend: Backend) -> None:
+    stats = IssuanceStats(backend.table(ISSUANCE_STATS))
+    for result in ("issued", "issued", "failed"):
+        stats.record(result)
+    days = stats.last_days(3)
+    assert [d for d, _, _ in days] == sorted(d for d, _, _ in days)
+    assert days[-1][1:] == (2, 1) and days[0][1:] == (0, 0)
+
+
+def test_charts_escape_labels_and_print_totals() -> None:
+    svg = bar_chart("a <b> chart", ["<x>", "y"], [Series("ok", "#0f0", [2, 0]),
+                                                   Series("bad", "#f00", [1, 0])])
+    assert "<x>" not in svg and "&lt;x&gt;" in svg and "a &lt;b&gt; chart" in svg
+    assert ">3</text>" in svg and svg.count("<rect") == 2 + 2  # two bars, two legend keys
