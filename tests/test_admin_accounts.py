@@ -15,7 +15,7 @@ from admin.audit import ADMIN_AUDIT, AuditLog
 from admin.charts import Series, bar_chart
 from certs.stats import ISSUANCE_STATS, IssuanceStats
 from control import cli
-from control.settings import Settings
+from control.settings import Settings, SettingsError, load_settings
 from store import Backend, open_backend
 
 
@@ -122,3 +122,16 @@ def test_charts_escape_labels_and_print_totals() -> None:
                                                    Series("bad", "#f00", [1, 0])])
     assert "<x>" not in svg and "&lt;x&gt;" in svg and "a &lt;b&gt; chart" in svg
     assert ">3</text>" in svg and svg.count("<rect") == 2 + 2  # two bars, two legend keys
+
+
+def test_admin_settings_are_validated(settings: Settings) -> None:
+    base = {"api_token": settings.api_token, "edge_token": settings.edge_token,
+            "encryption_keys": settings.encryption_keys}
+    assert load_settings(env={}, **base).admin_cookie_secure is True
+    loaded = load_settings(env={"EDGE_ADMIN_COOKIE_SECURE": "false",
+                                "EDGE_ADMIN_MAX_FAILURES": "3"}, **base)
+    assert loaded.admin_cookie_secure is False and loaded.admin_max_failures == 3
+    for name, value in (("admin_max_failures", 0), ("admin_lockout_seconds", -1),
+                        ("admin_session_seconds", "soon"), ("admin_cookie_secure", "maybe")):
+        with pytest.raises(SettingsError, match=name):
+            load_settings(env={}, **base, **{name: value})
