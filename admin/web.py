@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hmac
-from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, g, redirect, request, url_for
@@ -17,6 +16,7 @@ from werkzeug.wrappers import Response
 
 from admin.accounts import LoginLimiter, Sessions, Users
 from admin.audit import AuditLog
+from admin.summary import Summary
 from control.wiring import Services
 
 COOKIE = "edge_admin"
@@ -39,7 +39,7 @@ class Admin:
     limiter: LoginLimiter
     audit: AuditLog
     cookie_secure: bool
-    summary: Any = None  # admin.overview.Summary, set by init_app
+    summary: Summary
 
 
 def admin() -> Admin:
