@@ -1,7 +1,7 @@
-"""The control service's Flask app factory (publisher API, edge API, ACME responder, health).
+"""The control service's Flask app factory (publisher API, edge API, ACME responder, health,
+and the admin dashboard under /admin, whose blueprints live in the ``admin`` package).
 
-The admin dashboard proper (issue 8) will be registered here as blueprints; this module stays
-the entry point that assembles every HTTP surface of `edgectl serve`.
+This module stays the entry point that assembles every HTTP surface of `edgectl serve`.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
+import admin
 from certs.challenges import bp as challenge_bp
 from control.wiring import Services
 from domains.api import bp as domains_bp
@@ -41,6 +42,7 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None) ->
     for blueprint in (domains_bp, edge_bp, challenge_bp, links_bp, sso_bp):
         app.register_blueprint(blueprint)
     settings_page.init_app(app, services.settings.encryption_keys[0])
+    admin.init_app(app, services)
     _register_health(app, services)
     return app
 

@@ -1,4 +1,4 @@
-"""`edgectl`: serve (control service), agent (beside HAProxy), plan, demo, keys."""
+"""`edgectl`: serve (control service), agent (beside HAProxy), plan, demo, keys, admin."""
 from __future__ import annotations
 
 import argparse
@@ -132,6 +132,33 @@ def rotate_sso_key(settings: Settings) -> int:
         services.close()
 
 
+def create_admin(settings: Settings, username: str, password_stdin: bool) -> int:
+    """`edgectl admin create-user`: the password from a prompt (typed twice) or stdin."""
+    import getpass
+
+    from admin.accounts import ADMIN_USERS, AccountError, Users
+    from store import open_backend
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("edgectl: the passwords differ", file=sys.stderr)
+            return 2
+    backend = open_backend(settings)
+    try:
+        Users(backend.table(ADMIN_USERS)).create(username, password)
+    except AccountError as exc:
+        print(f"edgectl: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        backend.close()
+    print(f"admin user {username.strip().lower()} created; sign in at "
+          f"{settings.control_address}/admin/")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgectl", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (else $EDGE_CONFIG)")
@@ -158,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     sso.add_argument("action", choices=["rotate-key"],
                      help="add a new session signing key; it signs after "
                           "sso_key_activation_seconds, and the previous key stays valid")
+    admin_parser = commands.add_parser("admin", help="dashboard accounts")
+    admin_actions = admin_parser.add_subparsers(dest="action", required=True)
+    create_user = admin_actions.add_parser("create-user", help="add an admin account")
+    create_user.add_argument("username")
+    create_user.add_argument("--password-stdin", action="store_true",
+                             help="read the password from the first line of stdin")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -173,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"edgectl: {exc}", file=sys.stderr)
         return 2
+    if args.command == "admin":
+        return create_admin(settings, args.username, args.password_stdin)
     if args.command == "keys":
         from control.wiring import Services
         services = Services.from_settings(settings)

@@ -141,6 +141,20 @@ def _https_url(value: Any) -> str:
     return url.rstrip("/")
 
 
+def _positive(value: Any) -> float:
+    number = _float(value)
+    if not number > 0:
+        raise ValueError("must be a positive number")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    number = _int(value)
+    if number < 1:
+        raise ValueError("must be a positive integer")
+    return number
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = _str(value)
@@ -221,6 +235,13 @@ class Settings:
     sso_session_seconds: float = 86400.0
     sso_key_activation_seconds: float = 60.0
     """A new signing key signs only after this long, once every edge has its public key."""
+    # admin dashboard
+    admin_cookie_secure: bool = True
+    """Send the session cookie over HTTPS only; turn off only for plain-HTTP test servers."""
+    admin_session_seconds: float = 8 * 3600.0
+    admin_max_failures: int = 5
+    """Failed logins per username, and per client address, before a lockout."""
+    admin_lockout_seconds: float = 900.0
 
     @property
     def sso_platform_host(self) -> str:
@@ -293,6 +314,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "sso_platform_cookie_key": _str,
     "sso_session_seconds": _float,
     "sso_key_activation_seconds": _float,
+    # admin dashboard
+    "admin_cookie_secure": _bool,
+    "admin_session_seconds": _positive,
+    "admin_max_failures": _positive_int,
+    "admin_lockout_seconds": _positive,
 }
 
 

@@ -11,6 +11,7 @@ from certs.issuer import ACCOUNTS, AcmeIssuer
 from certs.keys import KeyVault
 from certs.limits import BUDGETS, Limits, RateBudget
 from certs.orders import ORDERS
+from certs.stats import ISSUANCE_STATS, IssuanceStats
 from certs.store import CERTIFICATES, CertificateStore
 from control.platform import PlatformIdentity, identity_from_settings
 from control.settings import Settings
@@ -135,7 +136,7 @@ class Services:
             eab=(ca["eab_kid"], ca["eab_hmac_key"]) if ca.get("eab_kid") else None,
             dns01=solver, budget=RateBudget(budgets, ca["directory_url"], limits),
             profile=ca.get("profile", ""))
-            for ca in cas], certificates)
+            for ca in cas], certificates, IssuanceStats(backend.table(ISSUANCE_STATS)))
         edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
                                     backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault,
                                     backend.table(EDGE_REDIRECTS))
