@@ -103,6 +103,7 @@ def _index(user: PlatformUser, error: str | None = None, form: dict[str, str] | 
            status: int = 200) -> tuple[str, int]:
     domains = {p: _services().domains.list_for(p, limit=100).items for p in user.publications}
     return render_template("publisher/index.html", user=user, domains=domains,
+                           automated=_services().domains.automation.zones(),
                            csrf_token=_csrf(user), error=error, form=form or {}), status
 
 

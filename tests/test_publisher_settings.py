@@ -26,7 +26,11 @@ def services(settings: Settings) -> Iterator[Services]:
         settings, sso_platform_url=PLATFORM, sso_platform_login_url=f"{PLATFORM}/login",
         sso_platform_cookie="platform_session", sso_platform_cookie_key=COOKIE_KEY,
         # DNS checks ask a loopback port where nothing answers: every check fails, quickly.
-        dns_servers=["127.0.0.1"], dns_port=free_port(), dns_timeout=0.2))
+        dns_servers=["127.0.0.1"], dns_port=free_port(), dns_timeout=0.2,
+        # A zone we would automate, whose server is down: nothing listens on that port.
+        registrars={"auto.test": {"provider": "rfc2136", "server": "127.0.0.1",
+                                  "port": free_port(), "key_name": "edge-key",
+                                  "key_secret": "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHM="}}))
     built.domains.connect("theirs.example.test", "pub_other")
     try:
         yield built
@@ -137,3 +141,18 @@ def test_check_now_and_remove_with_confirmation(client: FlaskClient, services: S
     removed = post(client, "/domains/mine.example.test/remove", {})
     assert removed.status_code == 303
     assert get(client, "/domains/mine.example.test").status_code == 404
+
+
+def test_registrar_automation_is_announced_and_its_failure_shown(client: FlaskClient) -> None:
+    index = get(client, "/domains")
+    assert "We create the records ourselves for domains under" in index.text
+    assert "auto.test" in index.text
+    assert post(client, "/domains", {"hostname": "blog.auto.test",
+                                     "publication": "pub_1"}).status_code == 303
+    page = get(client, "/domains/blog.auto.test")
+    assert "We manage DNS for auto.test" in page.text
+    assert "but creating the records failed" in page.text
+    # A domain elsewhere is the publisher's to create.
+    post(client, "/domains", {"hostname": "manual.example.test", "publication": "pub_1"})
+    assert "Create these records at the company that hosts your DNS" in \
+        get(client, "/domains/manual.example.test").text
