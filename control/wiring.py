@@ -30,7 +30,8 @@ from shortlinks.resolver import Resolver
 from store import Backend, open_backend
 
 log = logging.getLogger(__name__)
-PLATFORM_PUBLICATION = "platform"
+PLATFORM_PUBLICATION = "_platform"
+"""What the apps see in X-Publication-Id on the platform's own domain (no publication has it)."""
 
 
 class EdgePublisher:
