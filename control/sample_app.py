@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from typing import Any, Callable, Iterable
+from urllib.parse import quote
 
 import jwt
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -42,6 +43,11 @@ def _echo(name: str, request: Request) -> Response:
 
 def _article(request: Request) -> Response:
     user = request.headers.get("X-Edge-User")
+    if not user and "__Host-edge_sso_tried" not in request.cookies:
+        # One silent sign-in attempt per browser session: readers the platform knows are
+        # signed in without a click; the edge's cookie stops a second attempt.
+        return Response(status=302, headers={
+            "Location": f"/_edge/sso/login?prompt=none&rd={quote(request.path)}"})
     rd = html.escape(request.path, quote=True)
     if user:
         status = (f'<p id="user">Signed in as <strong>{html.escape(user)}</strong></p>'

@@ -30,6 +30,8 @@ SSO_KEYS = TableSpec("sso_keys", key="kid")
 SSO_CODES = TableSpec("sso_codes", key="code")
 SESSION_COOKIE = "__Host-edge_session"
 STATE_COOKIE = "__Host-edge_sso_state"
+TRIED_COOKIE = "__Host-edge_sso_tried"
+"""Set for the browser session after a silent attempt or a logout: no further silent attempt."""
 CODE_SECONDS = 60.0
 STATE_SECONDS = 600
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
@@ -130,11 +132,14 @@ class SingleSignOn:
             raise SsoRefused("Sign-in is not available on this address.")
         return host
 
-    def authorize_url(self, host: str, state: str) -> str:
-        return (f"{self.platform_url}/_edge/sso/authorize?host={host}&state={state}")
+    def authorize_url(self, host: str, state: str, silent: bool = False) -> str:
+        return (f"{self.platform_url}/_edge/sso/authorize?host={host}&state={state}"
+                + ("&prompt=none" if silent else ""))
 
-    def callback_url(self, host: str, code: str, state: str) -> str:
-        return f"https://{host}{self._port}/_edge/sso/callback?code={code}&state={state}"
+    def callback_url(self, host: str, state: str, code: str = "") -> str:
+        """Back to the custom domain: with a code, or without one after a silent attempt."""
+        answer = f"code={code}" if code else "error=login_required"
+        return f"https://{host}{self._port}/_edge/sso/callback?{answer}&state={state}"
 
     def mint_code(self, user: str, host: str, state: str) -> str:
         self.require_custom_domain(host)

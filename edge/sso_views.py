@@ -14,8 +14,8 @@ from flask import Blueprint, current_app, redirect, request
 from werkzeug.wrappers import Response
 
 from control.platform import PlatformIdentity, PlatformUnavailable
-from edge.sso import (SESSION_COOKIE, STATE_COOKIE, STATE_SECONDS, SingleSignOn, SsoRefused,
-                      nonce, read_state_cookie, return_path, state_cookie)
+from edge.sso import (SESSION_COOKIE, STATE_COOKIE, STATE_SECONDS, TRIED_COOKIE, SingleSignOn,
+                      SsoRefused, nonce, read_state_cookie, return_path, state_cookie)
 
 log = logging.getLogger(__name__)
 bp = Blueprint("sso", __name__, url_prefix="/_edge/sso")
@@ -53,13 +53,24 @@ def unavailable(exc: PlatformUnavailable) -> tuple[Response, int]:
                               mimetype="text/plain")), 503
 
 
+def _no_more_silent_attempts(response: Response) -> Response:
+    # A browser-session cookie: the silent attempt happens once per session, never in a loop.
+    response.set_cookie(TRIED_COOKIE, "1", secure=True, httponly=True, samesite="Lax", path="/")
+    return response
+
+
 @bp.get("/login")
 def login() -> Response:
+    """``prompt=none`` asks for a silent attempt: signed in if the platform knows the visitor,
+    otherwise straight back to ``rd``, anonymous; once per browser session."""
     sso = _sso()
     rd = return_path(request.args.get("rd"))
     host = sso.require_custom_domain(_host())
+    silent = request.args.get("prompt") == "none"
+    if silent and request.cookies.get(TRIED_COOKIE):
+        return _no_store(redirect(rd, 302))
     state = secrets.token_urlsafe(24)
-    response = redirect(sso.authorize_url(host, state), 302)
+    response = redirect(sso.authorize_url(host, state, silent), 302)
     response.set_cookie(STATE_COOKIE, state_cookie(state, rd), max_age=STATE_SECONDS,
                         secure=True, httponly=True, samesite="Lax", path="/")
     return _no_store(response)
@@ -74,13 +85,15 @@ def authorize() -> Response:
     state = nonce(request.args.get("state"))
     identity: PlatformIdentity = current_app.extensions["edge.platform_identity"]
     user = identity.user(request.cookies, request.headers.get("Cookie", ""))
+    if user is None and request.args.get("prompt") == "none":
+        return _no_store(redirect(sso.callback_url(host, state), 302))
     if user is None:
         back = f"{sso.platform_url}{request.full_path}"
         login_url = current_app.config["SSO_PLATFORM_LOGIN_URL"]
         separator = "&" if "?" in login_url else "?"
         return _no_store(redirect(f"{login_url}{separator}return_to={quote(back, safe='')}"))
     code = sso.mint_code(user.id, host, state)
-    return _no_store(redirect(sso.callback_url(host, code, state), 302))
+    return _no_store(redirect(sso.callback_url(host, state, code), 302))
 
 
 @bp.get("/callback")
@@ -90,6 +103,11 @@ def callback() -> Response:
     state, rd = read_state_cookie(request.cookies.get(STATE_COOKIE))
     if not secrets.compare_digest(state, request.args.get("state") or ""):
         raise SsoRefused("This sign-in link was made for another request.")
+    if request.args.get("error") == "login_required":  # the silent attempt found nobody
+        response = _no_more_silent_attempts(redirect(rd, 302))
+        response.delete_cookie(STATE_COOKIE, path="/", secure=True, httponly=True,
+                               samesite="Lax")
+        return _no_store(response)
     user = sso.consume_code(request.args.get("code"), host, state)
     response = redirect(rd, 302)
     response.set_cookie(SESSION_COOKIE, sso.session_token(user, host),
@@ -101,6 +119,7 @@ def callback() -> Response:
 
 @bp.route("/logout", methods=["GET", "POST"])
 def logout() -> Response:
-    response = redirect(return_path(request.args.get("rd")), 302)
+    # No silent sign-in right after signing out, or the logout would not stick.
+    response = _no_more_silent_attempts(redirect(return_path(request.args.get("rd")), 302))
     response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
     return _no_store(response)

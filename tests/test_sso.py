@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from admin_app import create_app
 from control.settings import Settings, SettingsError, load_settings
 from control.wiring import Services
-from edge.sso import SESSION_COOKIE, STATE_COOKIE, SsoRefused, return_path
+from edge.sso import SESSION_COOKIE, STATE_COOKIE, TRIED_COOKIE, SsoRefused, return_path
 
 PLATFORM = "platform.example.test"
 BLOG, OTHER, PENDING = "blog.example.test", "other.example.test", "pending.example.test"
@@ -211,3 +211,37 @@ def test_edgectl_rotates_the_signing_key_and_publishes_both(
     assert published["sso_keys"][1] == first[0]  # the old key still verifies
     monkeypatch.delenv("EDGE_SSO_PLATFORM_URL")
     assert main(["sso", "rotate-key"]) == 2
+
+
+def test_a_silent_attempt_happens_once_and_never_loops(client: FlaskClient) -> None:
+    response = client.get(f"https://{BLOG}/_edge/sso/login",
+                          query_string={"rd": "/p/1", "prompt": "none"})
+    location = urlsplit(response.headers["Location"])
+    state = parse_qs(location.query)["state"][0]
+    assert parse_qs(location.query)["prompt"] == ["none"]
+    cookie = response.headers["Set-Cookie"].split(";")[0].split("=", 1)[1]
+    # Nobody signed in on the platform: straight back, with no code and no login page.
+    back = client.get(f"https://{PLATFORM}/_edge/sso/authorize",
+                      query_string={"host": BLOG, "state": state, "prompt": "none"},
+                      headers={"Cookie": "x=1"})
+    assert back.status_code == 302
+    assert parse_qs(urlsplit(back.headers["Location"]).query) == {
+        "error": ["login_required"], "state": [state]}
+    landed = client.get(f"https://{BLOG}/_edge/sso/callback",
+                        query_string={"error": "login_required", "state": state},
+                        headers={"Cookie": f"{STATE_COOKIE}={cookie}"})
+    assert landed.status_code == 302 and landed.headers["Location"] == "/p/1"
+    tried = [c for c in landed.headers.getlist("Set-Cookie") if c.startswith(TRIED_COOKIE)]
+    assert tried and "Max-Age" not in tried[0]  # for the browser session
+    assert not any(c.startswith(SESSION_COOKIE) for c in landed.headers.getlist("Set-Cookie"))
+    # With that cookie, a silent login goes nowhere but back.
+    again = client.get(f"https://{BLOG}/_edge/sso/login",
+                       query_string={"rd": "/p/1", "prompt": "none"},
+                       headers={"Cookie": f"{TRIED_COOKIE}=1"})
+    assert again.status_code == 302 and again.headers["Location"] == "/p/1"
+    # The "nobody" answer is bound to the state too.
+    assert client.get(f"https://{BLOG}/_edge/sso/callback",
+                      query_string={"error": "login_required", "state": state + "x"},
+                      headers={"Cookie": f"{STATE_COOKIE}={cookie}"}).status_code == 400
+    logout = client.get(f"https://{BLOG}/_edge/sso/logout")
+    assert any(c.startswith(TRIED_COOKIE) for c in logout.headers.getlist("Set-Cookie"))
