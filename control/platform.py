@@ -35,8 +35,8 @@ class PlatformIdentity(Protocol):
         """The signed-in platform user of a request, or None for an anonymous visitor."""
 
 
-def _user_from(claims: Mapping[str, Any]) -> PlatformUser | None:
-    user = claims.get("user", claims.get("sub"))
+def _user_from(claims: Mapping[str, Any], field: str) -> PlatformUser | None:
+    user = claims.get(field)
     publications = claims.get("publications") or []
     if not isinstance(user, str) or not USER_ID.fullmatch(user) \
             or not isinstance(publications, list):
@@ -67,7 +67,7 @@ class IntrospectionIdentity:
             claims = response.json()
         except ValueError:
             raise PlatformUnavailable("session introspection answered no JSON") from None
-        return _user_from(claims) if isinstance(claims, dict) else None
+        return _user_from(claims, "user") if isinstance(claims, dict) else None
 
 
 class SignedCookieIdentity:
@@ -84,7 +84,7 @@ class SignedCookieIdentity:
                                 options={"require": ["exp", "sub"]})
         except jwt.InvalidTokenError:
             return None
-        return _user_from(claims)
+        return _user_from(claims, "sub")  # the verified subject, never another claim
 
 
 def identity_from_settings(settings: Settings) -> PlatformIdentity | None:

@@ -4,11 +4,15 @@ It echoes what the edge told it as JSON, serves article pages (``/p/...``) that 
 the edge forwarded, and plays the platform's sign-in: ``/login`` sets a platform session cookie
 (an HS256 token) and ``/_platform/session`` answers who that cookie belongs to, the
 introspection call the control service makes for SSO.
+
+Not a model of a real sign-in: there is no password, anyone may claim any publication and the
+login form has no CSRF token. A real platform serves introspection on an internal address only.
 """
 from __future__ import annotations
 
 import html
 import json
+import re
 import logging
 import threading
 import time
@@ -22,6 +26,7 @@ from werkzeug.wrappers import Request, Response
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 PLATFORM_COOKIE = "platform_session"
+_LOCAL_PATH = re.compile(r"/(?![/\\])[\x21-\x7e]*")  # printable, no "//" or "/\\" start
 
 
 def _page(title: str, body: str) -> Response:
@@ -73,8 +78,9 @@ class Platform:
 
     def login(self, request: Request) -> Response:
         back = request.values.get("return_to", "/home")
-        if not (back.startswith(f"https://{request.host}/")
-                or (back.startswith("/") and not back.startswith("//"))):
+        if back.startswith(f"https://{request.host}/"):
+            back = back[len(f"https://{request.host}"):]
+        if not _LOCAL_PATH.fullmatch(back):
             back = "/home"
         if request.method == "GET":
             return _page("Sign in", (
@@ -94,6 +100,8 @@ class Platform:
         return response
 
     def session(self, request: Request) -> Response:
+        if "X-Forwarded-For" in request.headers:  # came through the edge: not for the public
+            return Response("not found", status=404)
         claims = self.user(request)
         if claims is None:
             return Response("not signed in", status=401)

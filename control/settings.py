@@ -232,7 +232,8 @@ class Settings:
     sso_platform_cookie: str = ""
     sso_platform_cookie_key: str = ""
     """Or: the platform's session cookie, an HS256 token verified with this key."""
-    sso_session_seconds: float = 86400.0
+    sso_session_seconds: float = 3600.0
+    """Short, so a platform sign-out or ban reaches custom domains soon; renewed silently."""
     sso_key_activation_seconds: float = 60.0
     """A new signing key signs only after this long, once every edge has its public key."""
     # admin dashboard

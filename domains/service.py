@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import random
+import re
 import secrets
 import time
 import uuid
@@ -19,6 +20,7 @@ EVENTS = TableSpec("domain_events", key="id", indexes=("claim",))
 """Events belong to one claim (one connection of a hostname), so a later owner never sees them.
 Their ids sort newest first."""
 
+HOSTNAME_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED = (
     "pending_dns", "verified", "issuing", "active", "suspended")
 STATUSES = (PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED)
@@ -124,7 +126,10 @@ class DomainService:
 
     def is_active(self, hostname: str) -> bool:
         """Whether the edge serves ``hostname`` as a custom domain (itself or a wildcard's)."""
-        wildcard = "*." + hostname.partition(".")[2]
+        label, _, parent = hostname.partition(".")
+        if not HOSTNAME_LABEL.fullmatch(label):
+            return False
+        wildcard = "*." + parent
         return any((item := self.domains.get(name)) is not None and item["status"] == ACTIVE
                    for name in (hostname, wildcard))
 

@@ -35,6 +35,15 @@ def init_app(app: Flask, encryption_key: str) -> None:
     app.register_blueprint(bp)
 
 
+@bp.after_request
+def _headers(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"  # no clickjacking of "Remove"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+    return response
+
+
 def _services() -> Any:
     return current_app.extensions["edge.services"]
 
@@ -63,7 +72,7 @@ def _csrf(user: PlatformUser, days_ago: int = 0) -> str:
 
 def _require_csrf(user: PlatformUser) -> None:
     sent = request.form.get("csrf_token", "") or request.headers.get("X-CSRF-Token", "")
-    if not any(hmac.compare_digest(sent, _csrf(user, days)) for days in (0, 1)):
+    if not any(hmac.compare_digest(sent.encode(), _csrf(user, days).encode()) for days in (0, 1)):
         abort(400, "The form expired; reload the page and try again.")
 
 
@@ -99,10 +108,19 @@ def status_of(domain: Item) -> dict[str, Any]:
             "url": f"https://{domain['hostname']}" + ("" if port == 443 else f":{port}")}
 
 
+def _hostname_or_empty(text: str) -> str:
+    """Echo a hostname back only if it is one (no text of an attacker's choosing on the page)."""
+    try:
+        return text if text and _services().domains.normalize(text) == text else ""
+    except DomainError:
+        return ""
+
+
 def _index(user: PlatformUser, error: str | None = None, form: dict[str, str] | None = None,
            status: int = 200) -> tuple[str, int]:
     domains = {p: _services().domains.list_for(p, limit=100).items for p in user.publications}
     return render_template("publisher/index.html", user=user, domains=domains,
+                           removed=_hostname_or_empty(request.args.get("removed", "")),
                            automated=_services().domains.automation.zones(),
                            csrf_token=_csrf(user), error=error, form=form or {}), status
 

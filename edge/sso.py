@@ -35,6 +35,9 @@ TRIED_COOKIE = "__Host-edge_sso_tried"
 CODE_SECONDS = 60.0
 STATE_SECONDS = 600
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+")
+"""A plain DNS name: anything else could make a URL we build point somewhere else."""
 _PATH_CHARS = re.compile(r"[\x21-\x7e]*")  # printable ASCII, no spaces or controls
 
 
@@ -128,7 +131,8 @@ class SingleSignOn:
         self._clock = clock
 
     def require_custom_domain(self, host: str) -> str:
-        if not host or host == self.platform_host or not self._is_active(host):
+        if not HOSTNAME.fullmatch(host) or host == self.platform_host \
+                or not self._is_active(host):
             raise SsoRefused("Sign-in is not available on this address.")
         return host
 
@@ -139,7 +143,10 @@ class SingleSignOn:
     def callback_url(self, host: str, state: str, code: str = "") -> str:
         """Back to the custom domain: with a code, or without one after a silent attempt."""
         answer = f"code={code}" if code else "error=login_required"
-        return f"https://{host}{self._port}/_edge/sso/callback?{answer}&state={state}"
+        url = f"https://{host}{self._port}/_edge/sso/callback?{answer}&state={state}"
+        if urlsplit(url).hostname != host:  # belt and braces: the code goes to that host only
+            raise SsoRefused("Sign-in is not available on this address.")
+        return url
 
     def mint_code(self, user: str, host: str, state: str) -> str:
         self.require_custom_domain(host)
@@ -159,7 +166,8 @@ class SingleSignOn:
             used = False
         if not used:
             raise SsoRefused("This sign-in link was already used.")
-        if item["host"] != host or not hmac.compare_digest(str(item["state"]), state):
+        if item["host"] != host or \
+                not hmac.compare_digest(str(item["state"]).encode(), state.encode()):
             raise SsoRefused("This sign-in link was made for another request.")
         return str(item["user"])
 

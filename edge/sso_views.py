@@ -101,7 +101,7 @@ def callback() -> Response:
     sso = _sso()
     host = sso.require_custom_domain(_host())
     state, rd = read_state_cookie(request.cookies.get(STATE_COOKIE))
-    if not secrets.compare_digest(state, request.args.get("state") or ""):
+    if not secrets.compare_digest(state.encode(), (request.args.get("state") or "").encode()):
         raise SsoRefused("This sign-in link was made for another request.")
     if request.args.get("error") == "login_required":  # the silent attempt found nobody
         response = _no_more_silent_attempts(redirect(rd, 302))
@@ -109,7 +109,9 @@ def callback() -> Response:
                                samesite="Lax")
         return _no_store(response)
     user = sso.consume_code(request.args.get("code"), host, state)
+    # Signed in: when this session expires, one silent attempt renews it.
     response = redirect(rd, 302)
+    response.delete_cookie(TRIED_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
     response.set_cookie(SESSION_COOKIE, sso.session_token(user, host),
                         max_age=int(sso.session_seconds), secure=True, httponly=True,
                         samesite="Lax", path="/")

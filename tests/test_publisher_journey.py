@@ -54,11 +54,12 @@ def test_a_publisher_connects_a_domain_and_sees_it_go_live(stack: LocalStack, br
                 "value": row.query_selector_all("code")[1].inner_text()}
                for row in page.query_selector_all("section[aria-labelledby=records-heading] tbody tr")]
     assert {r["type"] for r in records} == {"CNAME", "TXT"}
-    page.evaluate("window.stayedOnPage = true")  # gone if the page reloads
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
     stack.create_records(records)  # what the publisher does at their DNS host
-    page.wait_for_function("document.getElementById('status').textContent === 'active'",
-                           timeout=60_000)
-    assert page.evaluate("window.stayedOnPage") is True
+    page.wait_for_selector("#status.status-active", timeout=60_000)
+    assert page.inner_text("#status") == "active"
+    assert navigations == []  # followed live, without a reload
     assert page.is_visible("#active-note") and page.inner_text("#cert-expiry")
     page.screenshot(path=str(tmp_path / "active.png"), full_page=True)
     page.click("#site-link")

@@ -19,17 +19,18 @@ from edge.sso import SESSION_COOKIE, STATE_COOKIE, TRIED_COOKIE, SsoRefused, ret
 
 PLATFORM = "platform.example.test"
 BLOG, OTHER, PENDING = "blog.example.test", "other.example.test", "pending.example.test"
+WILD = "*.wild.example.test"
 COOKIE_KEY = "platform-cookie-key-0123456789-abcdef"
 
 
 @pytest.fixture
 def services(settings: Settings) -> Iterator[Services]:
     sso_settings = dataclasses.replace(
-        settings, sso_platform_url=f"https://{PLATFORM}",
+        settings, allow_wildcards=True, sso_platform_url=f"https://{PLATFORM}",
         sso_platform_login_url=f"https://{PLATFORM}/login",
         sso_platform_cookie="platform_session", sso_platform_cookie_key=COOKIE_KEY)
     built = Services.from_settings(sso_settings)
-    for host in (BLOG, OTHER, PENDING):
+    for host in (BLOG, OTHER, PENDING, WILD):
         domain, _ = built.domains.connect(host, "pub_1")
         if host != PENDING:
             built.domains.domains.put({**domain, "status": "active"},
@@ -93,7 +94,7 @@ def test_the_handshake_sets_a_session_for_this_host_only(client: FlaskClient,
     token = session[0].split(";")[0].split("=", 1)[1]
     claims = jwt.decode(token, services.sso.keys.public_pems()[0],  # type: ignore[union-attr]
                         algorithms=["ES256"], audience=BLOG)
-    assert claims["sub"] == "alice" and 0 < claims["exp"] - time.time() <= 86400
+    assert claims["sub"] == "alice" and 0 < claims["exp"] - time.time() <= 3600
 
 
 def test_a_code_works_once(client: FlaskClient) -> None:
@@ -245,3 +246,40 @@ def test_a_silent_attempt_happens_once_and_never_loops(client: FlaskClient) -> N
                       headers={"Cookie": f"{STATE_COOKIE}={cookie}"}).status_code == 400
     logout = client.get(f"https://{BLOG}/_edge/sso/logout")
     assert any(c.startswith(TRIED_COOKIE) for c in logout.headers.getlist("Set-Cookie"))
+
+
+@pytest.mark.parametrize("host", [
+    "1234567890/.wild.example.test", "evil.test/.wild.example.test", "[::1]/.wild.example.test",
+    "x?.wild.example.test", "x#.wild.example.test", WILD, ".wild.example.test",
+    "blog.example.test.", "blog.example.test:443"])
+def test_authorize_refuses_anything_but_a_plain_hostname(client: FlaskClient, host: str) -> None:
+    """A wildcard domain covers any first label: only a DNS label may stand there, or the code
+    would travel to whatever host the browser reads out of the URL."""
+    state, _ = login(client)
+    response = authorize(client, host, state)
+    assert response.status_code == 400, response.headers.get("Location")
+
+
+def test_a_wildcard_domain_takes_part_through_its_names(client: FlaskClient) -> None:
+    state, _ = login(client, host="a.wild.example.test")
+    assert code_for(client, "a.wild.example.test", state)
+
+
+def test_odd_bytes_are_refused_not_crashed_on(client: FlaskClient) -> None:
+    state, cookie = login(client)
+    response = client.get(f"https://{BLOG}/_edge/sso/callback",
+                          query_string={"code": "c" * 43, "state": "é" * 20},
+                          headers={"Cookie": f"{STATE_COOKIE}={cookie}"})
+    assert response.status_code == 400
+
+
+def test_the_platform_cookie_names_its_user_in_sub_only(client: FlaskClient) -> None:
+    token = jwt.encode({"sub": "alice", "user": "admin", "exp": int(time.time()) + 60},
+                       COOKIE_KEY, algorithm="HS256")
+    state, cookie = login(client)
+    response = authorize(client, BLOG, state, cookie=f"platform_session={token}")
+    code = parse_qs(urlsplit(response.headers["Location"]).query)["code"][0]
+    signed = callback(client, BLOG, code, state, cookie)
+    session = [c for c in signed.headers.getlist("Set-Cookie") if c.startswith(SESSION_COOKIE)]
+    assert jwt.decode(session[0].split(";")[0].split("=", 1)[1],
+                      options={"verify_signature": False})["sub"] == "alice"

@@ -127,6 +127,10 @@ def test_the_edge_forwards_only_a_valid_session(stack: LocalStack, services: Ser
     }
     for name, token in refused.items():
         assert _user_seen(stack, token) is None, name
+    # Only plain DNS names route: no Host a browser would read as another address.
+    odd = https_get(stack.edge_https_port, BLOG, "/echo", cafile=str(stack.pebble.root_path),
+                    headers={"Host": f"1234567890/.{BLOG}", "Cookie": f"{SESSION_COOKIE}={good}"})
+    assert odd.status == 400
     # A client's own identity header never reaches the apps, with or without a session.
     assert _user_seen(stack, None, **{"X-Edge-User": "mallory"}) is None
     assert _user_seen(stack, good, **{"X-Edge-User": "mallory"}) == "bob"
