@@ -71,28 +71,21 @@ def _act(hostname: str, action: str,
     return redirect(url_for(".show", hostname=name, done=action), 303)
 
 
-@bp.post("/<hostname>/check")
-def check(hostname: str) -> Response | tuple[str, int]:
-    return _act(hostname, "re-check", lambda name: admin().services.lifecycle.check_now(
-        name, actor=f"admin:{user()}"))
+ACTIONS = {"check": ("re-check", "check_now"), "renew": ("renew", "renew_now"),
+           "suspend": ("suspend", "suspend"), "resume": ("resume", "resume")}
+"""Endpoint -> (what the audit log calls it, the Lifecycle method that does it)."""
 
 
-@bp.post("/<hostname>/renew")
-def renew(hostname: str) -> Response | tuple[str, int]:
-    return _act(hostname, "renew", lambda name: admin().services.lifecycle.renew_now(
-        name, actor=f"admin:{user()}"))
+def _action_view(action: str, method: str) -> Callable[[str], Response | tuple[str, int]]:
+    def view(hostname: str) -> Response | tuple[str, int]:
+        run = getattr(admin().services.lifecycle, method)
+        return _act(hostname, action, lambda name: run(name, actor=f"admin:{user()}"))
+    return view
 
 
-@bp.post("/<hostname>/suspend")
-def suspend(hostname: str) -> Response | tuple[str, int]:
-    return _act(hostname, "suspend", lambda name: admin().services.lifecycle.suspend(
-        name, actor=f"admin:{user()}"))
-
-
-@bp.post("/<hostname>/resume")
-def resume(hostname: str) -> Response | tuple[str, int]:
-    return _act(hostname, "resume", lambda name: admin().services.lifecycle.resume(
-        name, actor=f"admin:{user()}"))
+for _endpoint, (_action, _method) in ACTIONS.items():
+    bp.add_url_rule(f"/<hostname>/{_endpoint}", _endpoint, _action_view(_action, _method),
+                    methods=["POST"])
 
 
 @bp.get("/<hostname>/remove")

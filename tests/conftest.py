@@ -1,6 +1,7 @@
 """Session-scoped real servers on loopback: dynalite, Pebble + challtestsrv. Each is stopped by PID."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -54,6 +55,19 @@ def settings(tmp_path: Path) -> Settings:
                          encryption_keys=Fernet.generate_key().decode(),
                          data_dir=str(tmp_path / "data"), platform_domains=["platform.test"],
                          edge_cname_target="edge.platform.test", edge_addresses=["127.0.0.1"])
+
+
+SSO_PLATFORM = "platform.example.test"
+SSO_COOKIE_KEY = "platform-cookie-key-0123456789-abcdef"
+
+
+@pytest.fixture
+def sso_settings(settings: Settings) -> Settings:
+    """SSO on; the platform's user comes from its signed cookie, so no platform server runs."""
+    return dataclasses.replace(
+        settings, sso_platform_url=f"https://{SSO_PLATFORM}",
+        sso_platform_login_url=f"https://{SSO_PLATFORM}/login",
+        sso_platform_cookie="platform_session", sso_platform_cookie_key=SSO_COOKIE_KEY)
 
 
 @pytest.fixture(scope="session")

@@ -15,16 +15,16 @@ from admin_app import create_app
 from control.procs import free_port
 from control.settings import Settings
 from control.wiring import Services
+from tests.conftest import SSO_COOKIE_KEY as COOKIE_KEY
+from tests.conftest import SSO_PLATFORM
 
-PLATFORM = "https://platform.example.test"
-COOKIE_KEY = "platform-cookie-key-0123456789-abcdef"
+PLATFORM = f"https://{SSO_PLATFORM}"
 
 
 @pytest.fixture
-def services(settings: Settings) -> Iterator[Services]:
+def services(sso_settings: Settings) -> Iterator[Services]:
     built = Services.from_settings(dataclasses.replace(
-        settings, sso_platform_url=PLATFORM, sso_platform_login_url=f"{PLATFORM}/login",
-        sso_platform_cookie="platform_session", sso_platform_cookie_key=COOKIE_KEY,
+        sso_settings,
         # DNS checks ask a loopback port where nothing answers: every check fails, quickly.
         dns_servers=["127.0.0.1"], dns_port=free_port(), dns_timeout=0.2,
         # A zone we would automate, whose server is down: nothing listens on that port.

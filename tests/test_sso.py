@@ -16,20 +16,16 @@ from admin_app import create_app
 from control.settings import Settings, SettingsError, load_settings
 from control.wiring import Services
 from edge.sso import SESSION_COOKIE, STATE_COOKIE, TRIED_COOKIE, SsoRefused, return_path
+from tests.conftest import SSO_COOKIE_KEY as COOKIE_KEY
+from tests.conftest import SSO_PLATFORM as PLATFORM
 
-PLATFORM = "platform.example.test"
 BLOG, OTHER, PENDING = "blog.example.test", "other.example.test", "pending.example.test"
 WILD = "*.wild.example.test"
-COOKIE_KEY = "platform-cookie-key-0123456789-abcdef"
 
 
 @pytest.fixture
-def services(settings: Settings) -> Iterator[Services]:
-    sso_settings = dataclasses.replace(
-        settings, allow_wildcards=True, sso_platform_url=f"https://{PLATFORM}",
-        sso_platform_login_url=f"https://{PLATFORM}/login",
-        sso_platform_cookie="platform_session", sso_platform_cookie_key=COOKIE_KEY)
-    built = Services.from_settings(sso_settings)
+def services(sso_settings: Settings) -> Iterator[Services]:
+    built = Services.from_settings(dataclasses.replace(sso_settings, allow_wildcards=True))
     for host in (BLOG, OTHER, PENDING, WILD):
         domain, _ = built.domains.connect(host, "pub_1")
         if host != PENDING:
