@@ -32,6 +32,7 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None) ->
         "edge.state": services.edge_state,
         "edge.links": services.links,
         "edge.resolver": services.resolver,
+        "edge.visit_sink": services.links.add_visits,
     })
     for blueprint in (domains_bp, edge_bp, challenge_bp, links_bp):
         app.register_blueprint(blueprint)

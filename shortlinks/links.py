@@ -143,6 +143,16 @@ class LinkService:
         eligible.sort(key=lambda link: int(link.get("visits") or 0), reverse=True)
         return eligible[:limit]
 
+    def add_visits(self, counts: dict[str, int]) -> int:
+        """Visits counted elsewhere (HAProxy, for hot links), ``domain/slug -> n``, added to
+        existing links as atomic ADDs; unknown links are skipped. Returns how many were added."""
+        added = 0
+        for key, count in counts.items():
+            if count > 0 and self.table.get(key) is not None:
+                self.table.increment(key, "visits", count)
+                added += count
+        return added
+
     def delete(self, domain: str, slug: str) -> None:
         if not self.table.delete(link_id(domain, slug)):
             raise LinkNotFound(f"{domain}/{slug} does not exist")
