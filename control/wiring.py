@@ -35,7 +35,8 @@ class EdgePublisher:
     def __init__(self, state: EdgeStateStore, certificates: CertificateStore,
                  app_servers: list[str], control_servers: list[str],
                  links: LinkService | None = None, hot_links: int = 0,
-                 hot_refresh: float = 30.0) -> None:
+                 hot_refresh: float = 30.0, short_domains: tuple[str, ...] = (),
+                 shortlink_servers: tuple[str, ...] = ()) -> None:
         self._state = state
         self._certificates = certificates
         self._app_servers = tuple(app_servers)
@@ -43,6 +44,8 @@ class EdgePublisher:
         self._links = links
         self._hot_links = hot_links
         self._hot_refresh = hot_refresh
+        self._short_domains = tuple(sorted(short_domains))
+        self._shortlink_servers = tuple(shortlink_servers) if short_domains else ()
         self._hot: tuple[float, tuple[Redirect, ...]] = (0.0, ())
 
     def redirects(self) -> tuple[Redirect, ...]:
@@ -69,7 +72,7 @@ class EdgePublisher:
                 continue
             entries.append(Route(hostname, publication_id, cert.combined_pem))
         desired = DesiredState(tuple(entries), self._app_servers, self._control_servers,
-                               self.redirects())
+                               self.redirects(), self._short_domains, self._shortlink_servers)
         if self._state.save(desired):
             log.info("edge state %s published with %d routes", desired.version, len(entries))
 
@@ -127,8 +130,12 @@ class Services:
                                     backend.table(EDGE_REDIRECTS))
         control_server = f"{settings.listen_host}:{settings.listen_port}"
         links = LinkService(backend.table(LINKS), settings.short_domains)
+        shortlink_servers = settings.shortlink_servers or [
+            f"{settings.listen_host}:{settings.shortlinks_port}"]
         publisher = EdgePublisher(edge_state, certificates, settings.app_servers,
-                                  [control_server], links, settings.hot_links)
+                                  [control_server], links, settings.hot_links,
+                                  short_domains=tuple(d.lower() for d in settings.short_domains),
+                                  shortlink_servers=tuple(shortlink_servers))
         timing = Timing(recheck=settings.recheck_seconds,
                         suspend_grace=settings.suspend_grace_seconds,
                         give_up=settings.give_up_seconds,

@@ -56,7 +56,9 @@ class EdgeAgent:
             routes.append(Route(ref["hostname"], ref["publication_id"], pem))
         desired = DesiredState(tuple(routes), tuple(doc["app_servers"]),
                                tuple(doc["control_servers"]),
-                               tuple(Redirect(**r) for r in doc.get("redirects", [])))
+                               tuple(Redirect(**r) for r in doc.get("redirects", [])),
+                               tuple(doc.get("short_domains", [])),
+                               tuple(doc.get("shortlink_servers", [])))
         if desired.version != doc["version"]:
             raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
         return desired

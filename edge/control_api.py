@@ -76,6 +76,8 @@ class EdgeStateStore:
         self.state.put({"name": "desired", "edge_version": desired.version,
                         "app_servers": list(desired.app_servers),
                         "control_servers": list(desired.control_servers),
+                        "short_domains": sorted(desired.short_domains),
+                        "shortlink_servers": list(desired.shortlink_servers),
                         "published_at": time.time(), "forced_version": forced},
                        expected_version=meta["version"] if meta else ABSENT)
         return True
@@ -105,10 +107,14 @@ class EdgeStateStore:
                 redirects = tuple(sorted((Redirect(i["host"], i["slug"], i["code"], i["target"])
                                           for i in self._all(self.redirects)),
                                          key=lambda r: r.key))
-                summary = {"version": version_of(refs, *servers, redirects),
+                short = (tuple(meta.get("short_domains") or ()),
+                         tuple(meta.get("shortlink_servers") or ()))
+                summary = {"version": version_of(refs, *servers, redirects, *short),
                            "routes": [vars(r) for r in sorted(refs, key=lambda r: r.hostname)],
                            "app_servers": list(servers[0]),
                            "control_servers": list(servers[1]),
+                           "short_domains": list(short[0]),
+                           "shortlink_servers": list(short[1]),
                            "redirects": [dataclasses.asdict(r) for r in redirects]}
                 if summary["version"] != meta["edge_version"]:
                     return summary  # caught mid-publish: do not cache, the next poll catches up

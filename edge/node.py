@@ -133,6 +133,7 @@ class EdgeNode:
         """What a hot apply cannot change: servers, templates and where the node listens."""
         templates = self.templates or Path(str(resources.files("haproxy_templates")))
         digest = hashlib.sha256(repr((state.app_servers, state.control_servers,
+                                      sorted(state.short_domains), state.shortlink_servers,
                                       self.layout)).encode())
         for template in sorted(templates.glob("*.j2")):
             digest.update(template.read_bytes())

@@ -56,12 +56,16 @@ class Redirect:
 
 def version_of(refs: list[RouteRef], app_servers: tuple[str, ...],
                control_servers: tuple[str, ...],
-               redirects: tuple[Redirect, ...] = ()) -> str:
+               redirects: tuple[Redirect, ...] = (), short_domains: tuple[str, ...] = (),
+               shortlink_servers: tuple[str, ...] = ()) -> str:
     body: dict[str, Any] = {
         "routes": [dataclasses.astuple(r) for r in sorted(refs, key=lambda r: r.hostname)],
         "app_servers": list(app_servers), "control_servers": list(control_servers)}
     if redirects:
         body["redirects"] = sorted(dataclasses.astuple(r) for r in redirects)
+    if short_domains:  # only when set, so states without short links keep their version
+        body["short_domains"] = sorted(short_domains)
+        body["shortlink_servers"] = list(shortlink_servers)
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
 
 
@@ -71,11 +75,14 @@ class DesiredState:
     app_servers: tuple[str, ...]
     control_servers: tuple[str, ...]
     redirects: tuple[Redirect, ...] = ()
+    short_domains: tuple[str, ...] = ()
+    """Hosts served by the short-link redirect app (``shortlink_servers``), not the app fleet."""
+    shortlink_servers: tuple[str, ...] = ()
 
     @functools.cached_property
     def version(self) -> str:
         return version_of([r.ref for r in self.routes], self.app_servers, self.control_servers,
-                          self.redirects)
+                          self.redirects, self.short_domains, self.shortlink_servers)
 
     def summary(self) -> dict[str, Any]:
         """The wire form without private keys: routes name their certificate by fingerprint."""
@@ -83,4 +90,6 @@ class DesiredState:
                 "routes": [dataclasses.asdict(r.ref)
                            for r in sorted(self.routes, key=lambda r: r.hostname)],
                 "app_servers": list(self.app_servers),
-                "control_servers": list(self.control_servers)}
+                "control_servers": list(self.control_servers),
+                "short_domains": sorted(self.short_domains),
+                "shortlink_servers": list(self.shortlink_servers)}

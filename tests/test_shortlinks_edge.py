@@ -133,3 +133,18 @@ def test_visit_reports_are_checked(control: tuple[Services, str]) -> None:
     assert ok.json() == {"added": 2}, "unknown links are skipped, never created"
     assert visits(services, "go") == 2
     assert services.links.table.get("acme.link/gone") is None
+
+
+def test_short_domains_need_redirect_servers_and_clean_names() -> None:
+    from edge.render import RenderError, validate
+    base = DesiredState((), ("127.0.0.1:9",), ("127.0.0.1:9",))
+    validate(dataclasses.replace(base, short_domains=("acme.link",),
+                                 shortlink_servers=("127.0.0.1:8100",)))
+    for bad in ({"short_domains": ("acme.link",)},
+                {"short_domains": ("acme.link evil",), "shortlink_servers": ("127.0.0.1:1",)},
+                {"short_domains": ("*.acme.link",), "shortlink_servers": ("127.0.0.1:1",)},
+                {"short_domains": ("acme.link",), "shortlink_servers": ("x y:1",)}):
+        with pytest.raises(RenderError):
+            validate(dataclasses.replace(base, **bad))
+    assert dataclasses.replace(base, short_domains=("acme.link",),
+                               shortlink_servers=("127.0.0.1:1",)).version != base.version
