@@ -54,22 +54,13 @@ def serve(settings: Settings) -> None:
     services.close()
 
 
-def shortlinks(settings: Settings) -> None:
+def shortlinks(settings: Settings, server: str, workers: int, threads: int) -> None:
     """The redirect app for the short domains (behind HAProxy in production)."""
-    from control.wiring import Services
-    from shortlinks.app import make_app
+    from shortlinks.serve import serve as serve_links
 
-    services = Services.from_settings(settings)
-    server = make_server(settings.listen_host, settings.shortlinks_port,
-                         make_app(services.resolver), threaded=True)
-    stop = _stop_on_signals()
-    services.resolver.start_flusher(stop)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    log.info("short links on http://%s:%d", settings.listen_host, server.server_port)
-    stop.wait()
-    server.shutdown()
-    services.resolver.flush_visits()
-    services.close()
+    log.info("short links on http://%s:%d (%s)", settings.listen_host,
+             settings.shortlinks_port, server)
+    serve_links(settings, _stop_on_signals(), server, workers=workers, threads=threads)
 
 
 def _node(settings: Settings) -> "EdgeNode":
@@ -121,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     agent_parser = commands.add_parser("agent", help="run the edge agent beside HAProxy")
     agent_parser.add_argument("--node-id")
     commands.add_parser("plan", help="print the changes the local edge node would apply")
-    commands.add_parser("shortlinks", help="run the short-link redirect app")
+    links_server = commands.add_parser("shortlinks", help="run the short-link redirect app")
+    links_server.add_argument("--server", choices=["waitress", "werkzeug"], default="waitress",
+                              help="werkzeug's development server is for debugging only")
+    links_server.add_argument("--workers", type=int, default=0,
+                              help="waitress processes on one socket (default: one per core)")
+    links_server.add_argument("--threads", type=int, default=4,
+                              help="threads per waitress process")
     links_parser = commands.add_parser("links", help="short links in bulk")
     links_parser.add_argument("action", choices=["import"])
     links_parser.add_argument("file", help="CSV with domain,target,owner[,slug,code,max_visits]")
@@ -161,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "plan":
         return plan(settings)
     elif args.command == "shortlinks":
-        shortlinks(settings)
+        shortlinks(settings, args.server, args.workers, args.threads)
     elif args.command == "links":
         from control.wiring import Services
         from shortlinks.bulk import run_import
