@@ -33,6 +33,7 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None) ->
         "edge.links": services.links,
         "edge.resolver": services.resolver,
         "edge.visit_sink": services.links.add_visits,
+        "edge.tokens": services.tokens,
     })
     for blueprint in (domains_bp, edge_bp, challenge_bp, links_bp):
         app.register_blueprint(blueprint)

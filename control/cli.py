@@ -63,6 +63,27 @@ def shortlinks(settings: Settings, server: str, workers: int, threads: int) -> N
     serve_links(settings, _stop_on_signals(), server, workers=workers, threads=threads)
 
 
+def tokens(settings: Settings, action: str, subject: str, label: str) -> int:
+    """Create (printed once), list or revoke a publication's API tokens."""
+    from control.wiring import Services
+
+    services = Services.from_settings(settings)
+    try:
+        if action == "create":
+            token, item = services.tokens.create(subject, label)
+            print(f"token {item['token_id']} for {subject} (shown once, store it now):")
+            print(token)
+        elif action == "list":
+            for item in services.tokens.list_for(subject):
+                print(f"{item['token_id']}  {item['label']}")
+        elif not services.tokens.revoke(subject):
+            print(f"no token {subject}", file=sys.stderr)
+            return 1
+    finally:
+        services.close()
+    return 0
+
+
 def _node(settings: Settings) -> "EdgeNode":
     from edge.node import EdgeNode
 
@@ -122,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     links_parser = commands.add_parser("links", help="short links in bulk")
     links_parser.add_argument("action", choices=["import"])
     links_parser.add_argument("file", help="CSV with domain,target,owner[,slug,code,max_visits]")
+    tokens_parser = commands.add_parser(
+        "tokens", help="per-publication API tokens (they see only that publication's links)")
+    tokens_parser.add_argument("action", choices=["create", "list", "revoke"])
+    tokens_parser.add_argument("subject", help="create/list: a publication id; revoke: a token id")
+    tokens_parser.add_argument("--label", default="")
     demo_parser = commands.add_parser("demo", help="everything on loopback, with Pebble")
     demo_parser.add_argument("--hostname", default="blog.example.test")
     demo_parser.add_argument("--once", action="store_true",
@@ -159,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         return plan(settings)
     elif args.command == "shortlinks":
         shortlinks(settings, args.server, args.workers, args.threads)
+    elif args.command == "tokens":
+        return tokens(settings, args.action, args.subject, args.label)
     elif args.command == "links":
         from control.wiring import Services
         from shortlinks.bulk import run_import

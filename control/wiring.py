@@ -22,6 +22,7 @@ from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.control_api import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE,
                                EdgeStateStore)
 from edge.state import DesiredState, Redirect, Route
+from control.tokens import API_TOKENS, PublicationTokens
 from shortlinks.links import LINKS, LinkService
 from shortlinks.resolver import Resolver
 from store import Backend, open_backend
@@ -91,6 +92,7 @@ class Services:
     links: LinkService
     resolver: Resolver
     publisher: EdgePublisher
+    tokens: PublicationTokens
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -146,7 +148,8 @@ class Services:
         lifecycle = Lifecycle(domains, checker, issuer, publisher,
                               timing, events=webhooks, worker_id=settings.worker_id)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
-                   lifecycle, webhooks, links, Resolver(links.table), publisher)
+                   lifecycle, webhooks, links, Resolver(links.table), publisher,
+                   PublicationTokens(backend.table(API_TOKENS)))
 
     def reencrypt_keys(self) -> int:
         """``edgectl keys rotate``: every stored secret, re-encrypted under the newest key."""

@@ -38,6 +38,10 @@ class LinkNotFound(ShortlinkError):
     status = 404
 
 
+class NotYours(ShortlinkError):
+    status = 403
+
+
 def link_id(domain: str, slug: str) -> str:
     return f"{domain.lower()}/{slug}"
 
