@@ -152,9 +152,17 @@ def main() -> int:
                 continue
             measure(f"python direct, HTTP: {name}", f"http://127.0.0.1:{links_port}/cold")
             server.stop()
+        workers = os.cpu_count() or 1
+        try:  # gunicorn's sync workers close every connection: HAProxy cannot reuse them
+            server = links_server(directory, env, "gunicorn-all",
+                                  gunicorn[:6] + [str(workers)] + gunicorn[7:], links_port)
+            measure(f"python via edge, HTTPS: gunicorn sync x{workers}",
+                    f"https://127.0.0.1:{node.layout.https_port}/cold")
+            server.stop()
+        except Exception as exc:
+            print(f"  gunicorn x{workers} via the edge: not measured ({exc})")
         server = links_server(directory, env, "shipped", shipped, links_port)
         processes.append(server)
-        workers = os.cpu_count() or 1
         measure(f"python direct, HTTP: edgectl shortlinks (waitress x{workers})",
                 f"http://127.0.0.1:{links_port}/cold")
         measure(f"python via edge, HTTPS: edgectl shortlinks (waitress x{workers})",
