@@ -63,7 +63,6 @@ def test_a_publication_token_sees_only_its_own_links(services: Services,
     # The platform's token still sees everything; a publication token is no edge token.
     assert client.get("/api/v1/links/shared.link/one", headers=PLATFORM).status_code == 200
     assert client.get("/api/v1/edge/nodes", headers=two).status_code == 401
-    assert client.get("/api/v1/domains?publication_id=pub_2", headers=two).status_code == 401
     assert client.get("/api/v1/links", headers=bearer("ept_made-up")).status_code == 401
 
 
@@ -75,6 +74,31 @@ def test_links_on_another_publications_short_domain_are_refused(
     body = {"domain": "acme.link", "target": "https://example.com/"}
     assert client.post("/api/v1/links", headers=two, json=body).status_code == 403
     assert client.post("/api/v1/links", headers=one, json=body).status_code == 201
+
+
+def test_a_publication_token_manages_only_its_own_domains(services: Services,
+                                                          client: FlaskClient) -> None:
+    one = bearer(services.tokens.create("pub_1")[0])
+    two = bearer(services.tokens.create("pub_2")[0])
+    made = client.post("/api/v1/domains", headers=one, json={"hostname": "blog.one.test"})
+    assert made.status_code == 201 and made.get_json()["publication_id"] == "pub_1"
+    assert client.post("/api/v1/domains", headers=two, json={
+        "hostname": "blog.two.test", "publication_id": "pub_1"}).status_code == 403
+    for method, path in (("GET", "/api/v1/domains/blog.one.test"),
+                         ("POST", "/api/v1/domains/blog.one.test/check"),
+                         ("DELETE", "/api/v1/domains/blog.one.test")):
+        assert client.open(path, method=method, headers=two).status_code == 404, path
+    assert services.domains.get("blog.one.test")["status"] == "pending_dns"
+    assert client.get("/api/v1/domains?publication_id=pub_1", headers=two).status_code == 403
+    assert client.get("/api/v1/domains", headers=two).get_json()["domains"] == []
+    assert [d["hostname"] for d in client.get("/api/v1/domains", headers=one)
+            .get_json()["domains"]] == ["blog.one.test"]
+    assert client.get("/api/v1/domains/blog.one.test", headers=one).status_code == 200
+    assert client.get("/api/v1/domains?publication_id=pub_1",
+                      headers=PLATFORM).status_code == 200
+    assert client.get("/api/v1/domains", headers=PLATFORM).status_code == 400, \
+        "the platform names the publication"
+    assert client.delete("/api/v1/domains/blog.one.test", headers=one).status_code == 200
 
 
 def test_tokens_are_created_listed_and_revoked_with_edgectl(settings: Settings,
