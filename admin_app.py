@@ -1,7 +1,7 @@
-"""The control service's Flask app factory (publisher API, edge API, ACME responder, health).
+"""The control service's Flask app factory (publisher API, edge API, ACME responder, health,
+and the admin dashboard under /admin, whose blueprints live in the ``admin`` package).
 
-The admin dashboard proper (issue 8) will be registered here as blueprints; this module stays
-the entry point that assembles every HTTP surface of `edgectl serve`.
+This module stays the entry point that assembles every HTTP surface of `edgectl serve`.
 """
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
+import admin
 from certs.challenges import bp as challenge_bp
 from control.wiring import Services
 from domains.api import bp as domains_bp
+from domains import settings_page
 from domains.service import STATUSES
 from edge.control_api import bp as edge_bp
+from edge.sso_views import bp as sso_bp
 from shortlinks.api import bp as links_bp
 
 
@@ -22,7 +25,8 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None) ->
     app = Flask(__name__)
     app.config.update(EDGE_API_TOKEN=services.settings.api_token,
                       EDGE_EDGE_TOKEN=services.settings.edge_token, JSON_SORT_KEYS=False,
-                      MAX_CONTENT_LENGTH=1024 * 1024)
+                      MAX_CONTENT_LENGTH=1024 * 1024,
+                      SSO_PLATFORM_LOGIN_URL=services.settings.sso_platform_login_url)
     app.config.update(test_config or {})
     app.extensions.update({
         "edge.services": services,
@@ -34,9 +38,13 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None) ->
         "edge.resolver": services.resolver,
         "edge.visit_sink": services.links.add_visits,
         "edge.tokens": services.tokens,
+        "edge.sso": services.sso,
+        "edge.platform_identity": services.platform_identity,
     })
-    for blueprint in (domains_bp, edge_bp, challenge_bp, links_bp):
+    for blueprint in (domains_bp, edge_bp, challenge_bp, links_bp, sso_bp):
         app.register_blueprint(blueprint)
+    settings_page.init_app(app, services.settings.encryption_keys[0])
+    admin.init_app(app, services)
     _register_health(app, services)
     return app
 

@@ -54,8 +54,9 @@ def node_with_map(directory: Path, upstream: str, extra_entries: int) -> EdgeNod
     return node
 
 
-def requests_per_second(port: int, seconds: int) -> float:
-    output = subprocess.run(["wrk", "-t2", "-c50", f"-d{seconds}s", "-H", f"Host: {HOST}",
+def requests_per_second(port: int, seconds: int, *headers: str) -> float:
+    extra = [arg for header in headers for arg in ("-H", header)]
+    output = subprocess.run(["wrk", "-t2", "-c50", f"-d{seconds}s", "-H", f"Host: {HOST}", *extra,
                              f"https://127.0.0.1:{port}/"],
                             capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in output or "Socket errors" in output:

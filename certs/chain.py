@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from certs.issuer import AcmeIssuer, IssuanceError
+from certs.stats import IssuanceStats
 from certs.store import CertificateStore
 
 log = logging.getLogger(__name__)
@@ -12,13 +13,31 @@ log = logging.getLogger(__name__)
 class IssuerChain:
     """An ordered list of CAs: when one fails for a domain, the next is tried."""
 
-    def __init__(self, issuers: list[AcmeIssuer], certificates: CertificateStore) -> None:
+    def __init__(self, issuers: list[AcmeIssuer], certificates: CertificateStore,
+                 stats: IssuanceStats | None = None) -> None:
         if not issuers:
             raise ValueError("at least one ACME issuer is needed")
         self.issuers = issuers
         self._certificates = certificates
+        self.stats = stats
 
     def issue(self, hostnames: list[str]) -> None:
+        """Issue with the first CA that succeeds; each result is counted for the dashboard."""
+        try:
+            self._issue(hostnames)
+        except Exception:
+            self._count("failed")
+            raise
+        self._count("issued")
+
+    def _count(self, result: str) -> None:
+        try:  # a statistic must never turn an issued certificate into a failure
+            if self.stats:
+                self.stats.record(result)
+        except Exception:
+            log.warning("could not count an issuance result", exc_info=True)
+
+    def _issue(self, hostnames: list[str]) -> None:
         failures: list[IssuanceError] = []
         for issuer in self.issuers:
             try:

@@ -7,9 +7,29 @@ import datetime
 from cryptography import x509
 
 from certs.keys import KeyVault
-from store import Item, Table, TableSpec, rewrite_field
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from store import Item, Page, Table, TableSpec, all_items, rewrite_field
 
 CERTIFICATES = TableSpec("certificates", key="hostname")
+PUBLIC_FIELDS = ("hostname", "names", "not_before", "not_after", "serial", "issuer", "ca",
+                 "stored_at")
+
+
+def key_type(fullchain_pem: str) -> str:
+    """The leaf's key, named as settings name it (``ec256``, ``rsa2048``...)."""
+    key = x509.load_pem_x509_certificate(fullchain_pem.encode()).public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ec{key.curve.key_size}"
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"rsa{key.key_size}"
+    return type(key).__name__
+
+
+def public_view(item: Item) -> dict[str, object]:
+    """What an operator may see of a stored certificate: never the key, encrypted or not."""
+    return {name: item.get(name) for name in PUBLIC_FIELDS} | {
+        "key_type": key_type(item["fullchain_pem"])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +77,19 @@ class CertificateStore:
             not_before=item["not_before"], not_after=item["not_after"], serial=item["serial"],
             issuer=item["issuer"], key_pem=self._vault.decrypt(item["key_enc"]).decode(),
             ca=item.get("ca", ""))
+
+    def describe(self, hostname: str) -> dict[str, object] | None:
+        item = self.table.get(hostname)
+        return public_view(item) if item else None
+
+    def browse(self, limit: int = 50, cursor: str | None = None) -> Page:
+        """One page of certificates (public view), for lists."""
+        page = self.table.scan(limit=limit, cursor=cursor)
+        return Page([public_view(item) for item in page.items], page.next_cursor)
+
+    def expiries(self) -> list[tuple[str, str]]:
+        """(hostname, not_after) of every certificate: a full read, for a cached summary."""
+        return [(item["hostname"], item["not_after"]) for item in all_items(self.table)]
 
     def reencrypt(self) -> int:
         """Re-encrypt every stored private key under the newest encryption key."""

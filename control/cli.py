@@ -1,4 +1,4 @@
-"""`edgectl`: serve (control service), agent (beside HAProxy), plan, demo, keys."""
+"""`edgectl`: serve (control service), agent (beside HAProxy), plan, demo, keys, admin."""
 from __future__ import annotations
 
 import argparse
@@ -36,13 +36,17 @@ def _stop_on_signals() -> threading.Event:
 def serve(settings: Settings) -> None:
     from admin_app import create_app
     from control.wiring import Services
-    from control.worker import start_worker
+    from control.worker import PlatformCertificates, start_worker
 
     services = Services.from_settings(settings)
     app = create_app(services)
     server = make_server(settings.listen_host, settings.listen_port, app, threaded=True)
     stop = _stop_on_signals()
-    worker = start_worker(services.lifecycle, settings.worker_interval, stop)
+    platform = PlatformCertificates(services.publisher.platform_hosts, services.issuer,
+                                    services.certificates, services.lifecycle,
+                                    settings.retry_base_seconds)
+    worker = start_worker([services.lifecycle.tick, platform.tick], settings.worker_interval,
+                          stop)
     if services.webhooks.enabled:
         services.webhooks.start(stop)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -124,6 +128,49 @@ def plan(settings: Settings) -> int:
     return 0
 
 
+def rotate_sso_key(settings: Settings) -> int:
+    from control.wiring import Services
+
+    services = Services.from_settings(settings)
+    try:
+        if services.sso is None:
+            print("edgectl: single sign-on is off (set EDGE_SSO_PLATFORM_URL)", file=sys.stderr)
+            return 2
+        kid = services.sso.keys.rotate()
+        services.lifecycle.publish_routes()  # the edges learn the new public key now
+        print(f"new SSO signing key {kid}; it signs in {settings.sso_key_activation_seconds:.0f}s")
+        return 0
+    finally:
+        services.close()
+
+
+def create_admin(settings: Settings, username: str, password_stdin: bool) -> int:
+    """`edgectl admin create-user`: the password from a prompt (typed twice) or stdin."""
+    import getpass
+
+    from admin.accounts import ADMIN_USERS, AccountError, Users
+    from store import open_backend
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("edgectl: the passwords differ", file=sys.stderr)
+            return 2
+    backend = open_backend(settings)
+    try:
+        Users(backend.table(ADMIN_USERS)).create(username, password)
+    except AccountError as exc:
+        print(f"edgectl: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        backend.close()
+    print(f"admin user {username.strip().lower()} created; sign in at "
+          f"{settings.control_address}/admin/")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgectl", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (else $EDGE_CONFIG)")
@@ -157,6 +204,16 @@ def main(argv: list[str] | None = None) -> int:
                       help="generate: print a new key; rotate: re-encrypt every stored key "
                            "under the first of EDGE_ENCRYPTION_KEYS (put the new key first, "
                            "keep the old ones after it until this has run)")
+    sso = commands.add_parser("sso", help="single sign-on")
+    sso.add_argument("action", choices=["rotate-key"],
+                     help="add a new session signing key; it signs after "
+                          "sso_key_activation_seconds, and the previous key stays valid")
+    admin_parser = commands.add_parser("admin", help="dashboard accounts")
+    admin_actions = admin_parser.add_subparsers(dest="action", required=True)
+    create_user = admin_actions.add_parser("create-user", help="add an admin account")
+    create_user.add_argument("username")
+    create_user.add_argument("--password-stdin", action="store_true",
+                             help="read the password from the first line of stdin")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -172,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"edgectl: {exc}", file=sys.stderr)
         return 2
+    if args.command == "admin":
+        return create_admin(settings, args.username, args.password_stdin)
     if args.command == "keys":
         from control.wiring import Services
         services = Services.from_settings(settings)
@@ -179,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"re-encrypted {services.reencrypt_keys()} stored keys under the newest key")
         finally:
             services.close()
+    elif args.command == "sso":
+        return rotate_sso_key(settings)
     elif args.command == "serve":
         serve(settings)
     elif args.command == "plan":

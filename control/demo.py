@@ -22,6 +22,7 @@ from control.procs import ManagedProcess, free_port, wait_for_port
 from control.sample_app import SampleApp
 
 EDGE_TARGET = "edge.platform.test"
+PLATFORM_HOST = "platform.example.test"
 
 
 class LocalStack:
@@ -29,7 +30,8 @@ class LocalStack:
 
     def __init__(self, directory: Path, pebble: PebbleStack | None = None,
                  edge_http_port: int | None = None, extra_nodes: int = 0,
-                 extra_env: dict[str, str] | None = None, shortlinks: bool = False) -> None:
+                 extra_env: dict[str, str] | None = None, sso: bool = False,
+                 shortlinks: bool = False) -> None:
         self.directory = directory
         self.token = "demo-" + Fernet.generate_key().decode()[:24]
         self.edge_token = "edge-" + Fernet.generate_key().decode()[:24]
@@ -40,6 +42,7 @@ class LocalStack:
         self.control_port = free_port()
         self.shortlinks_port = free_port()
         self._own_pebble = pebble is None
+        self.sso = sso
         self.pebble = pebble or PebbleStack(directory / "pebble", http_port=self.edge_http_port)
         self.apps: list[SampleApp] = []
         self.processes: list[ManagedProcess] = []
@@ -87,7 +90,18 @@ class LocalStack:
             "EDGE_WORKER_INTERVAL": "0.2",
             "EDGE_RETRY_BASE_SECONDS": "0.5",
             "EDGE_RETRY_MAX_SECONDS": "5",
+            **(self._sso_env() if self.sso else {}),
         }
+
+    def _sso_env(self) -> dict[str, str]:
+        """The first sample app plays the platform: its sign-in page and session introspection."""
+        return {"EDGE_SSO_PLATFORM_URL": self.platform_url,
+                "EDGE_SSO_PLATFORM_LOGIN_URL": f"{self.platform_url}/login",
+                "EDGE_SSO_INTROSPECTION_URL": f"http://{self.apps[0].address}/_platform/session"}
+
+    @property
+    def platform_url(self) -> str:
+        return f"https://{PLATFORM_HOST}:{self.edge_https_port}"
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> ManagedProcess:
         process = ManagedProcess(name, [sys.executable, "-m", "control", *args],
@@ -161,7 +175,7 @@ class LocalStack:
 def run_demo(hostname: str, once: bool = False) -> int:
     directory = Path(tempfile.mkdtemp(prefix="edge-demo-"))
     print(f"demo: starting Pebble, HAProxy, the control service and two apps in {directory}")
-    stack = LocalStack(directory)
+    stack = LocalStack(directory, sso=True)
     stop = threading.Event()
     try:
         print(f"demo: control service at {stack.control_url} (token {stack.token})")
@@ -177,7 +191,13 @@ def run_demo(hostname: str, once: bool = False) -> int:
         served = stack.wait_served(hostname)
         print(f"demo: {hostname} is active and served over HTTPS in "
               f"{time.monotonic() - started:.1f}s; the app saw {served.json()}")
+        stack.wait_served(PLATFORM_HOST)
         print("\nTry it:\n  " + stack.curl_line(hostname) + "\n")
+        port = stack.edge_https_port
+        print("Sign in across domains (single sign-on) in a browser that resolves the demo's\n"
+              "names to loopback and accepts Pebble's certificates, for example:\n"
+              f"  chromium --host-resolver-rules='MAP *.example.test 127.0.0.1' "
+              f"--ignore-certificate-errors https://{hostname}:{port}/p/1\n")
         if not once:
             print("demo: press Ctrl-C to stop everything")
             signal.signal(signal.SIGINT, lambda *_: stop.set())

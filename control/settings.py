@@ -13,6 +13,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 
@@ -132,6 +133,28 @@ def _issuers(value: Any) -> list[dict[str, str]]:
     return [dict(issuer) for issuer in value]
 
 
+def _https_url(value: Any) -> str:
+    url = _str(value)
+    parts = urlsplit(url)
+    if url and (parts.scheme != "https" or not parts.hostname or parts.username):
+        raise ValueError(f"{url!r} must be an https:// URL with a host")
+    return url.rstrip("/")
+
+
+def _positive(value: Any) -> float:
+    number = _float(value)
+    if not number > 0:
+        raise ValueError("must be a positive number")
+    return number
+
+
+def _positive_int(value: Any) -> int:
+    number = _int(value)
+    if number < 1:
+        raise ValueError("must be a positive integer")
+    return number
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = _str(value)
@@ -202,6 +225,31 @@ class Settings:
     webhook_secret: str = ""
     suspend_grace_seconds: float = 86400.0
     give_up_seconds: float = 7 * 86400.0
+    # single sign-on (edge/sso.py, control/platform.py); an empty sso_platform_url turns it off
+    sso_platform_url: str = ""
+    """The platform domain's base URL, e.g. https://platform.example; it serves /_edge/sso/authorize."""
+    sso_platform_login_url: str = ""
+    """Where a visitor signs in on the platform; ``return_to`` is appended."""
+    sso_introspection_url: str = ""
+    """Platform endpoint that answers the user of the request's cookies (or 401)."""
+    sso_platform_cookie: str = ""
+    sso_platform_cookie_key: str = ""
+    """Or: the platform's session cookie, an HS256 token verified with this key."""
+    sso_session_seconds: float = 3600.0
+    """Short, so a platform sign-out or ban reaches custom domains soon; renewed silently."""
+    sso_key_activation_seconds: float = 60.0
+    """A new signing key signs only after this long, once every edge has its public key."""
+    # admin dashboard
+    admin_cookie_secure: bool = True
+    """Send the session cookie over HTTPS only; turn off only for plain-HTTP test servers."""
+    admin_session_seconds: float = 8 * 3600.0
+    admin_max_failures: int = 5
+    """Failed logins per username, and per client address, before a lockout."""
+    admin_lockout_seconds: float = 900.0
+
+    @property
+    def sso_platform_host(self) -> str:
+        return (urlsplit(self.sso_platform_url).hostname or "") if self.sso_platform_url else ""
 
     @property
     def control_address(self) -> str:
@@ -264,6 +312,18 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "webhook_secret": _str,
     "suspend_grace_seconds": _float,
     "give_up_seconds": _float,
+    "sso_platform_url": _https_url,
+    "sso_platform_login_url": _https_url,
+    "sso_introspection_url": _str,
+    "sso_platform_cookie": _str,
+    "sso_platform_cookie_key": _str,
+    "sso_session_seconds": _float,
+    "sso_key_activation_seconds": _float,
+    # admin dashboard
+    "admin_cookie_secure": _bool,
+    "admin_session_seconds": _positive,
+    "admin_max_failures": _positive_int,
+    "admin_lockout_seconds": _positive,
 }
 
 
@@ -310,7 +370,22 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: str | None 
         raise SettingsError("webhook_secret", "must be at least 16 characters with webhook_url")
     if values.get("api_token") and values.get("api_token") == values.get("edge_token"):
         raise SettingsError("edge_token", "must differ from api_token (agents get private keys)")
+    if values.get("sso_platform_url"):
+        _check_sso(values)
     return _with_derived_paths(Settings(**values))
+
+
+def _check_sso(values: dict[str, Any]) -> None:
+    if not values.get("sso_platform_login_url"):
+        raise SettingsError("sso_platform_login_url", "is required with sso_platform_url")
+    by_cookie = bool(values.get("sso_platform_cookie"))
+    if by_cookie == bool(values.get("sso_introspection_url")):
+        raise SettingsError("sso_introspection_url", "set either it or sso_platform_cookie "
+                            "(how the platform's signed-in user is found)")
+    if by_cookie and len(values.get("sso_platform_cookie_key", "")) < 32:
+        raise SettingsError("sso_platform_cookie_key", "must be at least 32 characters")
+    if not 60 <= values.get("sso_session_seconds", 86400.0) <= 90 * 86400:
+        raise SettingsError("sso_session_seconds", "must be between 60 s and 90 days")
 
 
 def _with_derived_paths(settings: Settings) -> Settings:

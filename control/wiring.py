@@ -11,7 +11,9 @@ from certs.issuer import ACCOUNTS, AcmeIssuer
 from certs.keys import KeyVault
 from certs.limits import BUDGETS, Limits, RateBudget
 from certs.orders import ORDERS
+from certs.stats import ISSUANCE_STATS, IssuanceStats
 from certs.store import CERTIFICATES, CertificateStore
+from control.platform import PlatformIdentity, identity_from_settings
 from control.settings import Settings
 from domains.automation import RecordAutomation
 from domains.dns01 import RegistrarDnsSolver
@@ -21,6 +23,7 @@ from domains.service import DOMAINS, EVENTS, DomainService
 from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.control_api import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE,
                                EdgeStateStore)
+from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
 from edge.state import DesiredState, Redirect, Route
 from control.tokens import API_TOKENS, PublicationTokens
 from shortlinks.links import LINKS, LinkService
@@ -28,6 +31,8 @@ from shortlinks.resolver import Resolver
 from store import Backend, open_backend
 
 log = logging.getLogger(__name__)
+PLATFORM_PUBLICATION = "_platform"
+"""What the apps see in X-Publication-Id on the platform's own domain (no publication has it)."""
 
 
 class EdgePublisher:
@@ -36,7 +41,8 @@ class EdgePublisher:
     def __init__(self, state: EdgeStateStore, certificates: CertificateStore,
                  app_servers: list[str], control_servers: list[str],
                  links: LinkService | None = None, hot_links: int = 0,
-                 hot_refresh: float = 30.0, short_domains: tuple[str, ...] = (),
+                 hot_refresh: float = 30.0, sso_keys: SigningKeys | None = None,
+                 platform_hosts: tuple[str, ...] = (), short_domains: tuple[str, ...] = (),
                  shortlink_servers: tuple[str, ...] = ()) -> None:
         self._state = state
         self._certificates = certificates
@@ -48,6 +54,9 @@ class EdgePublisher:
         self._short_domains = tuple(sorted(short_domains))
         self._shortlink_servers = tuple(shortlink_servers) if short_domains else ()
         self._hot: tuple[float, tuple[Redirect, ...]] = (0.0, ())
+        self._sso_keys = sso_keys
+        self.platform_hosts = platform_hosts
+        """The platform's own domains: routed to the app fleet once their certificate exists."""
 
     def redirects(self) -> tuple[Redirect, ...]:
         """The hottest short links, recomputed every ``hot_refresh`` seconds (a scan)."""
@@ -66,14 +75,19 @@ class EdgePublisher:
 
     def publish(self, routes: dict[str, str]) -> None:
         entries = []
+        routes = {**routes, **{host: PLATFORM_PUBLICATION for host in self.platform_hosts}}
         for hostname, publication_id in sorted(routes.items()):
             cert = self._certificates.get(hostname)
             if cert is None:
+                if publication_id == PLATFORM_PUBLICATION:
+                    continue  # not issued yet: PlatformCertificates is on it
                 log.error("active domain %s has no certificate; not routed", hostname)
                 continue
             entries.append(Route(hostname, publication_id, cert.combined_pem))
+        sso_keys = self._sso_keys.public_pems() if self._sso_keys else ()
         desired = DesiredState(tuple(entries), self._app_servers, self._control_servers,
-                               self.redirects(), self._short_domains, self._shortlink_servers)
+                               self.redirects(), sso_keys, self._short_domains,
+                               self._shortlink_servers)
         if self._state.save(desired):
             log.info("edge state %s published with %d routes", desired.version, len(entries))
 
@@ -93,18 +107,21 @@ class Services:
     resolver: Resolver
     publisher: EdgePublisher
     tokens: PublicationTokens
+    sso: SingleSignOn | None = None
+    platform_identity: PlatformIdentity | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
         backend = open_backend(settings)
         vault = KeyVault(settings.encryption_keys)
+        platform_host = settings.sso_platform_host
         automation = RecordAutomation.from_settings(settings.registrars)
         checker = DnsChecker.from_settings(settings)
         solver = RegistrarDnsSolver(automation, checker) if settings.registrars else None
         domains = DomainService(
             backend.table(DOMAINS), backend.table(EVENTS),
             cname_target=settings.edge_cname_target, edge_addresses=settings.edge_addresses,
-            platform_domains=settings.platform_domains,
+            platform_domains=settings.platform_domains + ([platform_host] if platform_host else []),
             retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
             claim_ttl=settings.claim_ttl_seconds, automation=automation,
             allow_wildcards=settings.allow_wildcards)
@@ -126,16 +143,19 @@ class Services:
             eab=(ca["eab_kid"], ca["eab_hmac_key"]) if ca.get("eab_kid") else None,
             dns01=solver, budget=RateBudget(budgets, ca["directory_url"], limits),
             profile=ca.get("profile", ""))
-            for ca in cas], certificates)
+            for ca in cas], certificates, IssuanceStats(backend.table(ISSUANCE_STATS)))
         edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
                                     backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault,
                                     backend.table(EDGE_REDIRECTS))
         control_server = f"{settings.listen_host}:{settings.listen_port}"
         links = LinkService(backend.table(LINKS), settings.short_domains)
+        sso_keys = SigningKeys(backend.table(SSO_KEYS), vault,
+                               settings.sso_key_activation_seconds) if platform_host else None
         shortlink_servers = settings.shortlink_servers or [
             f"{settings.listen_host}:{settings.shortlinks_port}"]
         publisher = EdgePublisher(edge_state, certificates, settings.app_servers,
-                                  [control_server], links, settings.hot_links,
+                                  [control_server], links, settings.hot_links, sso_keys=sso_keys,
+                                  platform_hosts=(platform_host,) if platform_host else (),
                                   short_domains=tuple(d.lower() for d in settings.short_domains),
                                   shortlink_servers=tuple(shortlink_servers))
         timing = Timing(recheck=settings.recheck_seconds,
@@ -147,14 +167,22 @@ class Services:
                                  settings.webhook_secret)
         lifecycle = Lifecycle(domains, checker, issuer, publisher,
                               timing, events=webhooks, worker_id=settings.worker_id)
+        sso = None
+        if sso_keys is not None:
+            sso = SingleSignOn(sso_keys, backend.table(SSO_CODES),
+                               lambda host: domains.is_active(host),
+                               platform_url=settings.sso_platform_url,
+                               https_port=settings.edge_https_port,
+                               session_seconds=settings.sso_session_seconds)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
                    lifecycle, webhooks, links, Resolver(links.table), publisher,
-                   PublicationTokens(backend.table(API_TOKENS)))
+                   PublicationTokens(backend.table(API_TOKENS)), sso,
+                   identity_from_settings(settings))
 
     def reencrypt_keys(self) -> int:
         """``edgectl keys rotate``: every stored secret, re-encrypted under the newest key."""
         return (self.certificates.reencrypt() + self.issuer.reencrypt()
-                + self.edge_state.reencrypt())
+                + self.edge_state.reencrypt() + (self.sso.keys.reencrypt() if self.sso else 0))
 
     def close(self) -> None:
         self.backend.close()

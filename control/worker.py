@@ -3,23 +3,61 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from typing import Callable
 
+from certs.chain import IssuerChain
+from certs.store import CertificateStore
 from domains.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
 
-def run_worker(lifecycle: Lifecycle, interval: float, stop: threading.Event) -> None:
+class PlatformCertificates:
+    """The platform's own domain (SSO, publisher pages) needs a certificate at the edge too.
+    The operator declared it, so there is no DNS verification: issue, renew, publish."""
+
+    def __init__(self, hosts: tuple[str, ...], issuer: IssuerChain,
+                 certificates: CertificateStore, lifecycle: Lifecycle,
+                 retry_seconds: float = 5.0) -> None:
+        self._hosts = hosts
+        self._issuer = issuer
+        self._certificates = certificates
+        self._lifecycle = lifecycle
+        self._retry = retry_seconds
+        self._next: dict[str, float] = {}
+
+    def tick(self) -> None:
+        for host in self._hosts:
+            if time.monotonic() < self._next.get(host, 0.0):
+                continue
+            if self._certificates.get(host) is not None and not self._issuer.renewal_due(host):
+                continue
+            try:
+                # A published state (even without routes) starts the edge, which answers the
+                # CA's HTTP-01 request for this host.
+                self._lifecycle.publish_routes()
+                self._issuer.issue([host])
+                self._lifecycle.publish_routes()
+                log.info("platform domain %s has its certificate", host)
+            except Exception:
+                log.exception("certificate for platform domain %s failed; retrying", host)
+                self._next[host] = time.monotonic() + self._retry
+
+
+def run_worker(steps: list[Callable[[], None]], interval: float, stop: threading.Event) -> None:
     while not stop.is_set():
-        try:
-            lifecycle.tick()
-        except Exception:  # a bad round must not kill the loop; the next one retries
-            log.exception("worker round failed")
+        for step in steps:
+            try:
+                step()
+            except Exception:  # a bad round must not kill the loop; the next one retries
+                log.exception("worker round failed")
         stop.wait(interval)
 
 
-def start_worker(lifecycle: Lifecycle, interval: float, stop: threading.Event) -> threading.Thread:
-    thread = threading.Thread(target=run_worker, args=(lifecycle, interval, stop),
+def start_worker(steps: list[Callable[[], None]], interval: float,
+                 stop: threading.Event) -> threading.Thread:
+    thread = threading.Thread(target=run_worker, args=(steps, interval, stop),
                               name="edge-worker", daemon=True)
     thread.start()
     return thread

@@ -17,8 +17,10 @@ from domains.service import DomainService, public_view
 from store import ConflictError
 
 bp = Blueprint("domains_api", __name__, url_prefix="/api/v1/domains")
-PUBLICATION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-PUBLICATION_HELP = "publication_id must be 1-128 letters, digits, '_', '.', ':' or '-'"
+PUBLICATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+"""The first character is a letter or digit: ids starting with "_" are ours (``_platform``)."""
+PUBLICATION_HELP = ("publication_id must be 1-128 letters, digits, '_', '.', ':' or '-', "
+                    "starting with a letter or digit")
 
 
 def _service() -> DomainService:

@@ -35,6 +35,11 @@ class RecordAutomation:
         zone = self.zone_for(hostname)
         return None if zone is None else (zone, self._providers[zone])
 
+    def zones(self) -> list[dict[str, str]]:
+        """Every zone whose records we create ourselves, with its provider."""
+        return [{"zone": zone, "provider": type(provider).__name__}
+                for zone, provider in sorted(self._providers.items())]
+
     def describe(self, hostname: str) -> dict[str, str] | None:
         """Which automation applies to ``hostname`` (for the API and the settings page)."""
         zone = self.zone_for(hostname)

@@ -131,16 +131,17 @@ class Lifecycle:
     def _check(self, domain: Item) -> DnsCheck:
         return self.checker.check(domain["hostname"], domain["token"])
 
-    def verify(self, domain: Item, result: DnsCheck | None = None) -> Item:
+    def verify(self, domain: Item, result: DnsCheck | None = None,
+               actor: str = "worker") -> Item:
         result = result or self._check(domain)
         if result.ok:
             verified = self.domains.transition(
-                domain, VERIFIED, "DNS points at the edge, TXT matches, CAA allows our CA",
+                domain, VERIFIED, "DNS points at the edge, TXT matches, CAA allows our CA", actor,
                 last_error=None, validation_errors=[], dns_seen=result.seen, attempts=0,
                 next_attempt_at=0)
             self._emit("domain.verified", verified)
             return verified
-        deferred = self.domains.defer(domain, result.errors, dns_seen=result.seen)
+        deferred = self.domains.defer(domain, result.errors, dns_seen=result.seen, actor=actor)
         if self._clock() - domain["claimed_at"] > self.timing.give_up:
             return self.domains.transition(deferred, PENDING_DNS, "gave up waiting for DNS",
                                            next_attempt_at=None, gave_up=True)
@@ -166,13 +167,14 @@ class Lifecycle:
         self._emit("domain.active", active)
         return active
 
-    def recheck(self, domain: Item, result: DnsCheck | None = None) -> Item:
+    def recheck(self, domain: Item, result: DnsCheck | None = None,
+                actor: str = "worker") -> Item:
         """An active or suspended domain: does its DNS (and ownership) still point at us?"""
         result = result or self._check(domain)
         now = self._clock()
         if result.ok:
             updated = self.domains.transition(
-                domain, ACTIVE, "DNS points at the edge again", last_error=None,
+                domain, ACTIVE, "DNS points at the edge again", actor, last_error=None,
                 validation_errors=[], dns_seen=result.seen, attempts=0, failing_since=None,
                 next_attempt_at=now + self.timing.recheck)
             if domain["status"] == SUSPENDED:
@@ -182,12 +184,12 @@ class Lifecycle:
             return self._renew_if_due(updated)
         failing_since = domain.get("failing_since") or now
         if domain["status"] == ACTIVE and now - failing_since >= self.timing.suspend_grace:
-            suspended = self.domains.defer(domain, result.errors, status=SUSPENDED,
+            suspended = self.domains.defer(domain, result.errors, status=SUSPENDED, actor=actor,
                                            dns_seen=result.seen, failing_since=failing_since)
             self.publish_routes()
             self._emit("domain.suspended", suspended, errors=result.errors)
             return suspended
-        return self.domains.defer(domain, result.errors, dns_seen=result.seen,
+        return self.domains.defer(domain, result.errors, dns_seen=result.seen, actor=actor,
                                   failing_since=failing_since)
 
     def _renew_if_due(self, domain: Item) -> Item:
@@ -212,10 +214,55 @@ class Lifecycle:
         domain = self.domains.get(hostname)
         result = self._check(domain)
         if domain["status"] == PENDING_DNS:
-            domain = self.verify({**domain, "gave_up": False}, result)
-        elif domain["status"] in (ACTIVE, SUSPENDED):
-            domain = self.recheck(domain, result)
+            domain = self.verify({**domain, "gave_up": False}, result, actor)
+        elif domain["status"] in (ACTIVE, SUSPENDED) and not domain.get("held"):
+            domain = self.recheck(domain, result, actor)
         return domain, result
+
+    def renew_now(self, hostname: str, actor: str = "admin") -> Item:
+        """Renew an active domain's certificate at once (an operator's decision); raises the
+        issuer's error after recording it in the timeline."""
+        domain = self.domains.get(hostname)
+        if domain["status"] != ACTIVE:
+            raise ValueError(f"only an active domain can be renewed (it is {domain['status']})")
+        try:
+            self.issuer.issue([domain["hostname"]])
+        except Exception as exc:
+            self.domains.note(domain, "renewal failed", str(exc), actor)
+            raise
+        self.publish_routes()
+        self.domains.note(domain, "certificate renewed", "renewed on request", actor)
+        self._emit("certificate.issued", domain, renewal=True)
+        return self.domains.get(hostname)
+
+    def suspend(self, hostname: str, actor: str = "admin") -> Item:
+        """Take a domain off the edge and keep it off: neither the worker nor a re-check
+        resumes it (it is ``held``) until :meth:`resume`."""
+        domain = self.domains.get(hostname)
+        if domain.get("held"):
+            return domain
+        suspended = self.domains.transition(domain, SUSPENDED, "suspended by an admin", actor,
+                                            held=True, held_from=domain["status"],
+                                            next_attempt_at=None)
+        self.publish_routes()
+        self._emit("domain.suspended", suspended)
+        return suspended
+
+    def resume(self, hostname: str, actor: str = "admin") -> Item:
+        """Lift an admin's suspension: a domain that had a certificate goes back to where it
+        was (its DNS re-checked at once by the worker), any other back to waiting for DNS."""
+        domain = self.domains.get(hostname)
+        if not domain.get("held"):
+            raise ValueError("only a domain suspended by an admin can be resumed")
+        was = domain.get("held_from")
+        status = was if was in (ACTIVE, SUSPENDED) else PENDING_DNS
+        resumed = self.domains.transition(domain, status, "resumed by an admin", actor,
+                                          held=False, held_from=None, attempts=0,
+                                          next_attempt_at=self._clock())
+        self.publish_routes()
+        if status == ACTIVE:
+            self._emit("domain.active", resumed)
+        return resumed
 
     def remove(self, hostname: str, actor: str = "api") -> Item:
         """Remove a domain: its route leaves the edge at once and its certificate is dropped."""

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import datetime
 import random
+import re
 import secrets
 import time
 import uuid
 from typing import Any, Callable, Iterable
 
 from domains.automation import RecordAutomation
-from domains.errors import DomainNotFound, HostnameTaken
+from domains.errors import DomainNotFound, HostnameTaken, InvalidHostname
 from domains.hostnames import normalize_hostname
 from domains.records import instructions, required_records
 from store import ABSENT, ConflictError, Item, Page, Table, TableSpec
@@ -19,6 +20,7 @@ EVENTS = TableSpec("domain_events", key="id", indexes=("claim",))
 """Events belong to one claim (one connection of a hostname), so a later owner never sees them.
 Their ids sort newest first."""
 
+HOSTNAME_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED = (
     "pending_dns", "verified", "issuing", "active", "suspended")
 STATUSES = (PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED)
@@ -122,8 +124,35 @@ class DomainService:
             raise DomainNotFound(name)
         return domain
 
+    def is_active(self, hostname: str) -> bool:
+        """Whether the edge serves ``hostname`` as a custom domain (itself or a wildcard's)."""
+        label, _, parent = hostname.partition(".")
+        if not HOSTNAME_LABEL.fullmatch(label):
+            return False
+        wildcard = "*." + parent
+        return any((item := self.domains.get(name)) is not None and item["status"] == ACTIVE
+                   for name in (hostname, wildcard))
+
     def list_for(self, publication_id: str, limit: int = 100, cursor: str | None = None) -> Page:
         return self.domains.query("publication_id", publication_id, limit=limit, cursor=cursor)
+
+    def browse(self, status: str | None = None, limit: int = 50,
+               cursor: str | None = None) -> Page:
+        """One page of domains, of one status (an index query) or all (a paginated scan)."""
+        if status:
+            return self.domains.query("status", status, limit=limit, cursor=cursor)
+        return self.domains.scan(limit=limit, cursor=cursor)
+
+    def search(self, text: str, limit: int = 50) -> list[Item]:
+        """The domain named ``text``, else the domains of publication ``text``: a key read and
+        an index query, never a scan, so search stays fast with any number of domains."""
+        try:
+            found = self.domains.get(self.normalize(text))
+        except InvalidHostname:  # it may still be a publication id
+            found = None
+        if found is not None:
+            return [found]
+        return self.domains.query("publication_id", text.strip(), limit=limit).items
 
     def with_status(self, status: str, limit: int = 100) -> list[Item]:
         items: list[Item] = []
@@ -168,7 +197,7 @@ class DomainService:
             return None
 
     def defer(self, domain: Item, errors: list[dict[str, str]], status: str | None = None,
-              not_before: float | None = None, **changes: Any) -> Item:
+              not_before: float | None = None, actor: str = "worker", **changes: Any) -> Item:
         """Record why a step failed and when to retry (jittered exponential backoff).
 
         The domain stays in its status, or moves back to ``status`` when a step must restart.
@@ -177,7 +206,8 @@ class DomainService:
         delay = min(self._retry_max, self._retry_base * 2 ** (attempts - 1))
         delay *= random.uniform(0.5, 1.0)
         error = "; ".join(e["message"] for e in errors)
-        return self.transition(domain, status or domain["status"], error, last_error=error,
+        return self.transition(domain, status or domain["status"], error, actor,
+                               last_error=error,
                                validation_errors=errors, attempts=attempts,
                                next_attempt_at=max(self._clock() + delay, not_before or 0),
                                **changes)

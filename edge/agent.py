@@ -57,8 +57,9 @@ class EdgeAgent:
         desired = DesiredState(tuple(routes), tuple(doc["app_servers"]),
                                tuple(doc["control_servers"]),
                                tuple(Redirect(**r) for r in doc.get("redirects", [])),
-                               tuple(doc.get("short_domains", [])),
-                               tuple(doc.get("shortlink_servers", [])))
+                               sso_keys=tuple(doc.get("sso_keys", [])),
+                               short_domains=tuple(doc.get("short_domains", [])),
+                               shortlink_servers=tuple(doc.get("shortlink_servers", [])))
         if desired.version != doc["version"]:
             raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
         return desired

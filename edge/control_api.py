@@ -76,6 +76,7 @@ class EdgeStateStore:
         self.state.put({"name": "desired", "edge_version": desired.version,
                         "app_servers": list(desired.app_servers),
                         "control_servers": list(desired.control_servers),
+                        "sso_keys": list(desired.sso_keys),
                         "short_domains": sorted(desired.short_domains),
                         "shortlink_servers": list(desired.shortlink_servers),
                         "published_at": time.time(), "forced_version": forced},
@@ -107,15 +108,17 @@ class EdgeStateStore:
                 redirects = tuple(sorted((Redirect(i["host"], i["slug"], i["code"], i["target"])
                                           for i in self._all(self.redirects)),
                                          key=lambda r: r.key))
+                sso_keys = tuple(meta.get("sso_keys") or ())
                 short = (tuple(meta.get("short_domains") or ()),
                          tuple(meta.get("shortlink_servers") or ()))
-                summary = {"version": version_of(refs, *servers, redirects, *short),
+                summary = {"version": version_of(refs, *servers, redirects, sso_keys, *short),
                            "routes": [vars(r) for r in sorted(refs, key=lambda r: r.hostname)],
                            "app_servers": list(servers[0]),
                            "control_servers": list(servers[1]),
+                           "redirects": [dataclasses.asdict(r) for r in redirects],
+                           "sso_keys": list(sso_keys),
                            "short_domains": list(short[0]),
-                           "shortlink_servers": list(short[1]),
-                           "redirects": [dataclasses.asdict(r) for r in redirects]}
+                           "shortlink_servers": list(short[1])}
                 if summary["version"] != meta["edge_version"]:
                     return summary  # caught mid-publish: do not cache, the next poll catches up
                 self._cache = summary

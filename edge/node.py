@@ -133,8 +133,8 @@ class EdgeNode:
         """What a hot apply cannot change: servers, templates and where the node listens."""
         templates = self.templates or Path(str(resources.files("haproxy_templates")))
         digest = hashlib.sha256(repr((state.app_servers, state.control_servers,
-                                      sorted(state.short_domains), state.shortlink_servers,
-                                      self.layout)).encode())
+                                      state.sso_keys, sorted(state.short_domains),
+                                      state.shortlink_servers, self.layout)).encode())
         for template in sorted(templates.glob("*.j2")):
             digest.update(template.read_bytes())
         return digest.hexdigest()
@@ -217,6 +217,7 @@ class EdgeNode:
         os.chmod(release / "certs", 0o700)
         for name, content in render(state, self.layout, release, self.templates).items():
             path = release / name
+            path.parent.mkdir(exist_ok=True)
             path.write_text(content)
             if name.startswith("certs/"):
                 path.chmod(0o600)

@@ -16,6 +16,7 @@ _HOSTNAME = re.compile(r"(\*\.)?[a-z0-9.-]{1,253}")
 _PUBLICATION = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _TARGET = re.compile(r"https?://[\x21-\x7e]{1,2040}")  # printable, no spaces
+_PUBLIC_KEY = re.compile(r"-----BEGIN PUBLIC KEY-----\n[A-Za-z0-9+/=\n]+-----END PUBLIC KEY-----")
 _SERVER = re.compile(r"^[A-Za-z0-9.:\[\]-]{1,300}:[0-9]{1,5}$")
 
 
@@ -63,6 +64,9 @@ def validate(state: DesiredState) -> None:
                 or redirect.code not in (301, 302, 307, 308) \
                 or not _TARGET.fullmatch(redirect.target):
             raise RenderError(f"redirect {redirect.key!r} has unsafe values")
+    for pem in state.sso_keys:
+        if not _PUBLIC_KEY.fullmatch(pem.strip()):
+            raise RenderError("an SSO key is not a PEM public key")
     if not state.control_servers:
         raise RenderError("at least one control server is needed for ACME challenges")
 
@@ -80,11 +84,14 @@ def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
             hosts_map=release_dir / "hosts.map", redirects_map=release_dir / "redirects.map",
             app_servers=state.app_servers, short_domains=sorted(state.short_domains),
             shortlink_servers=state.shortlink_servers,
-            control_servers=state.control_servers),
+            control_servers=state.control_servers,
+            sso_keys=[release_dir / f"sso/key{n}.pem" for n in range(len(state.sso_keys))]),
         **render_lists(state, release_dir, templates),
     }
     for route in state.routes:
         files[f"certs/{cert_file(route.hostname)}"] = route.pem
+    for n, pem in enumerate(state.sso_keys):
+        files[f"sso/key{n}.pem"] = pem
     return files
 
 

@@ -157,6 +157,17 @@ class LinkService:
                 added += count
         return added
 
+    def summary(self, top: int) -> dict[str, Any]:
+        """Totals and the ``top`` most-visited links (a full read: cache the answer)."""
+        links = all_items(self.table)
+        links.sort(key=lambda link: int(link.get("visits") or 0), reverse=True)
+        return {"links": len(links), "disabled": sum(1 for x in links if x.get("disabled")),
+                "visits": sum(int(x.get("visits") or 0) for x in links), "top": links[:top]}
+
+    def browse(self, limit: int = 50, cursor: str | None = None) -> Page:
+        """One page of every link (a paginated scan), for the dashboard's list."""
+        return self.table.scan(limit=limit, cursor=cursor)
+
     def delete(self, domain: str, slug: str) -> None:
         if not self.table.delete(link_id(domain, slug)):
             raise LinkNotFound(f"{domain}/{slug} does not exist")

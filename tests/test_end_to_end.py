@@ -106,7 +106,7 @@ def test_connected_domain_is_served_over_https_with_a_pebble_certificate(
     # A client cannot forge the identity header; both app instances take traffic.
     seen = set()
     for _ in range(6):
-        forged = https_get(stack.edge_https_port, "blog.example.test", "/p/1",
+        forged = https_get(stack.edge_https_port, "blog.example.test", "/echo/1",
                            cafile=str(stack.pebble.root_path),
                            headers={"X-Publication-Id": "pub_evil"})
         assert forged.json()["publication_id"] == "pub_1"

@@ -87,7 +87,7 @@ def test_bad_hostnames_are_400_with_a_reason(client: FlaskClient, hostname: Any,
     assert reason in response.get_json()["error"]
 
 
-@pytest.mark.parametrize("publication_id", [None, "", "a b", "x" * 129, "pub\n1", "pub1\n", 7])
+@pytest.mark.parametrize("publication_id", [None, "", "a b", "x" * 129, "pub\n1", "pub1\n", 7, "_platform"])
 def test_bad_publication_ids_are_400(client: FlaskClient, publication_id: Any) -> None:
     response = connect(client, "blog.example.test", publication_id)
     assert response.status_code == 400

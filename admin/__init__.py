@@ -1,0 +1,36 @@
+"""The admin dashboard (issue 8), mounted under /admin by ``admin_app.create_app``.
+
+``web`` holds the parent blueprint with the guard (sessions, CSRF, headers); each area is a
+child blueprint. The dashboard owns three tables of its own: users, sessions, login failures,
+and the audit log (``accounts.py``, ``audit.py``).
+"""
+from __future__ import annotations
+
+from flask import Flask
+
+from admin import auth, domains_views, lists, overview
+from admin.accounts import (ADMIN_LOGIN_FAILURES, ADMIN_SESSIONS, ADMIN_USERS, LoginLimiter,
+                            Sessions, Users)
+from admin.audit import ADMIN_AUDIT, AuditLog
+from admin.summary import Summary
+from admin.web import Admin, bp
+from control.wiring import Services
+
+for _child in (auth.bp, overview.bp, domains_views.bp, lists.bp):
+    bp.register_blueprint(_child)
+
+
+def build(services: Services) -> Admin:
+    settings, backend = services.settings, services.backend
+    return Admin(services=services, users=Users(backend.table(ADMIN_USERS)),
+                 sessions=Sessions(backend.table(ADMIN_SESSIONS), settings.admin_session_seconds),
+                 limiter=LoginLimiter(backend.table(ADMIN_LOGIN_FAILURES),
+                                      settings.admin_max_failures,
+                                      settings.admin_lockout_seconds),
+                 audit=AuditLog(backend.table(ADMIN_AUDIT)),
+                 cookie_secure=settings.admin_cookie_secure, summary=Summary(services))
+
+
+def init_app(app: Flask, services: Services) -> None:
+    app.extensions["edge.admin"] = build(services)
+    app.register_blueprint(bp)

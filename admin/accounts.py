@@ -1,0 +1,131 @@
+"""Admin accounts: users with hashed passwords, server-side sessions and the login lockout.
+
+Sessions live in a table, keyed by the SHA-256 of a random id that only the browser's cookie
+holds: logout really ends a session, a table read reveals no usable id, and a new id is made
+at every login (no session fixation). Each session carries its own CSRF token.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from typing import Callable
+
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from store import ABSENT, ConflictError, Item, Table, TableSpec
+
+ADMIN_USERS = TableSpec("admin_users", key="username")
+ADMIN_SESSIONS = TableSpec("admin_sessions", key="id")
+ADMIN_LOGIN_FAILURES = TableSpec("admin_login_failures", key="key")
+USERNAME = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
+MIN_PASSWORD, MAX_PASSWORD = 12, 1024
+# Checked when the username is unknown, so a login takes as long whether or not it exists.
+_DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
+
+
+class AccountError(Exception):
+    """A username or password that cannot be used; the message says why."""
+
+
+class Users:
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def create(self, username: str, password: str) -> Item:
+        """A new admin; refuses a taken name, a malformed name or a short password."""
+        name = username.strip().lower()
+        if not USERNAME.fullmatch(name):
+            raise AccountError("username: 1-64 lowercase letters, digits, '.', '_', '@' or '-'")
+        if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+            raise AccountError(f"password: {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+        item = {"username": name, "password_hash": generate_password_hash(password),
+                "created_at": time.time()}
+        try:
+            return self.table.put(item, expected_version=ABSENT)
+        except ConflictError:
+            raise AccountError(f"user {name!r} already exists") from None
+
+    def verify(self, username: str, password: str) -> str | None:
+        """The normalized username if the password is right, else None."""
+        name = username.strip().lower()
+        valid = USERNAME.fullmatch(name) and len(password) <= MAX_PASSWORD
+        user = self.table.get(name) if valid else None
+        if user is None:
+            check_password_hash(_DUMMY_HASH, password[:MAX_PASSWORD])
+            return None
+        return name if check_password_hash(user["password_hash"], password) else None
+
+
+def _digest(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+class Sessions:
+    def __init__(self, table: Table, lifetime: float) -> None:
+        self.table = table
+        self.lifetime = lifetime
+
+    def start(self, username: str) -> str:
+        """A new session for ``username``; returns the id for the cookie (never stored)."""
+        session_id = secrets.token_urlsafe(32)
+        self.table.put({"id": _digest(session_id), "username": username,
+                        "csrf": secrets.token_urlsafe(32), "started_at": time.time(),
+                        "expires_at": time.time() + self.lifetime})
+        return session_id
+
+    def get(self, session_id: str) -> Item | None:
+        if not session_id or len(session_id) > 128:
+            return None
+        return self.table.get(_digest(session_id))
+
+    def end(self, session_id: str) -> None:
+        self.table.delete(_digest(session_id))
+
+
+class LoginLimiter:
+    """At most ``max_failures`` failed logins per username and per client address within
+    ``lockout`` seconds of the first one; then both wait until that window ends."""
+
+    def __init__(self, table: Table, max_failures: int, lockout: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.table = table
+        self.max_failures = max_failures
+        self.lockout = lockout
+        self._clock = clock
+
+    @staticmethod
+    def keys(username: str, address: str) -> list[str]:
+        return [f"user:{username.strip().lower()[:64]}", f"addr:{address}"]
+
+    def locked_for(self, keys: list[str]) -> float:
+        """Seconds until these keys may try again (0 when not locked)."""
+        waits = [0.0]
+        for key in keys:
+            item = self.table.get(key)
+            if item is not None and item["failures"] >= self.max_failures:
+                waits.append(float(item["expires_at"]) - self._clock())
+        return max(waits)
+
+    def failed(self, keys: list[str]) -> None:
+        for key in keys:
+            self._count(key)
+
+    def _count(self, key: str) -> None:
+        for _ in range(5):  # a read-modify-write; a lost race reads again
+            item = self.table.get(key)
+            fresh = {"key": key, "failures": 1, "expires_at": self._clock() + self.lockout}
+            try:
+                if item is None:
+                    self.table.put(fresh, expected_version=ABSENT)
+                else:
+                    self.table.put({**item, "failures": item["failures"] + 1},
+                                   expected_version=item["version"])
+                return
+            except ConflictError:
+                continue
+
+    def succeeded(self, username: str) -> None:
+        """A right password clears the username's count (not the address's)."""
+        self.table.delete(self.keys(username, "")[0])

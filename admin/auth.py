@@ -1,0 +1,66 @@
+"""Login and logout. A failed login counts against the username and the client address."""
+from __future__ import annotations
+
+import math
+import secrets
+
+from flask import Blueprint, make_response, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
+
+from admin.web import (COOKIE, admin, audit, client_address, safe_next, set_cookie,
+                       tokens_match)
+
+bp = Blueprint("auth", __name__)
+LOGIN_CSRF = "edge_admin_login"
+
+
+def _form(error: str = "", status: int = 200) -> Response:
+    token = request.cookies.get(LOGIN_CSRF) or secrets.token_urlsafe(32)
+    response = make_response(render_template(
+        "admin/login.html", login_token=token, error=error,
+        next=safe_next(request.values.get("next"))), status)
+    set_cookie(response, LOGIN_CSRF, token, max_age=3600)
+    return response
+
+
+@bp.get("/login")
+def login() -> Response:
+    return _form()
+
+
+@bp.post("/login")
+def login_post() -> Response:
+    if not tokens_match(request.form.get("csrf_token"), request.cookies.get(LOGIN_CSRF)):
+        return _form("The form expired; please try again.", 403)
+    context = admin()
+    username = request.form.get("username", "")[:64]
+    keys = context.limiter.keys(username, client_address())
+    wait = context.limiter.locked_for(keys)
+    if wait > 0:
+        context.audit.record(username, "login refused (locked)", address=client_address())
+        return _form(f"Too many failed logins. Try again in {math.ceil(wait / 60)} minute(s).",
+                     429)
+    name = context.users.verify(username, request.form.get("password", ""))
+    if name is None:
+        context.limiter.failed(keys)
+        context.audit.record(username, "login failed", address=client_address())
+        return _form("Wrong username or password.", 401)
+    context.limiter.succeeded(name)
+    old = request.cookies.get(COOKIE)
+    if old:
+        context.sessions.end(old)  # a new session id at every login: no fixation
+    session_id = context.sessions.start(name)
+    context.audit.record(name, "login", address=client_address())
+    response = redirect(safe_next(request.form.get("next")), 303)
+    set_cookie(response, COOKIE, session_id, max_age=int(context.sessions.lifetime))
+    response.delete_cookie(LOGIN_CSRF, path="/admin")
+    return response
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    audit("logout")
+    admin().sessions.end(request.cookies.get(COOKIE, ""))
+    response = redirect(url_for("admin.auth.login"), 303)
+    response.delete_cookie(COOKIE, path="/admin")
+    return response

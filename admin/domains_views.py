@@ -1,0 +1,117 @@
+"""Domains: list with search, status filter and pagination; a domain's page and its actions."""
+from __future__ import annotations
+
+from typing import Callable
+
+from flask import Blueprint, abort, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
+
+from admin.web import admin, audit, user
+from domains.errors import DomainError, DomainNotFound
+from domains.service import STATUSES
+from store import Item
+
+bp = Blueprint("domains", __name__, url_prefix="/domains")
+PAGE = 50
+NOTICES = {"re-check": "DNS re-checked.", "renew": "Certificate renewed.",
+           "suspend": "Domain suspended: its route left the edge.",
+           "resume": "Domain resumed."}
+
+
+@bp.get("")
+def index() -> str:
+    query = request.args.get("q", "").strip()[:253]
+    status = request.args.get("status", "")
+    if status not in STATUSES:
+        status = ""
+    cursor = request.args.get("cursor") or None
+    if query:
+        items, next_cursor = admin().services.domains.search(query, limit=PAGE), None
+    else:
+        try:
+            page = admin().services.domains.browse(status or None, limit=PAGE, cursor=cursor)
+        except ValueError:
+            abort(400, "That page link is not valid any more; start from the first page.")
+        items, next_cursor = page.items, page.next_cursor
+    return render_template("admin/domains.html", domains=items, q=query, status=status,
+                           statuses=STATUSES, next_cursor=next_cursor, cursor=cursor)
+
+
+def _domain(hostname: str) -> Item:
+    try:
+        return admin().services.domains.get(hostname)
+    except DomainError:
+        abort(404, f"No domain {hostname}.")
+
+
+def _page(hostname: str, error: str = "") -> str:
+    domain = _domain(hostname)
+    services = admin().services
+    return render_template(
+        "admin/domain.html", domain=domain, events=services.domains.timeline(domain, limit=50),
+        certificate=services.certificates.describe(domain["hostname"]),
+        notice=NOTICES.get(request.args.get("done", ""), ""), error=error)
+
+
+@bp.get("/<hostname>")
+def show(hostname: str) -> str:
+    return _page(hostname)
+
+
+def _act(hostname: str, action: str,
+         run: Callable[[str], object]) -> Response | tuple[str, int]:
+    """Run one action on a domain, audit it, and go back to the domain's page."""
+    name = _domain(hostname)["hostname"]
+    try:
+        run(name)
+    except Exception as exc:  # any failure is shown to the admin and audited
+        audit(f"domain {action} failed", name, str(exc))
+        return _page(name, f"{action} failed: {exc}"), 409
+    audit(f"domain {action}", name)
+    return redirect(url_for(".show", hostname=name, done=action), 303)
+
+
+@bp.post("/<hostname>/check")
+def check(hostname: str) -> Response | tuple[str, int]:
+    return _act(hostname, "re-check", lambda name: admin().services.lifecycle.check_now(
+        name, actor=f"admin:{user()}"))
+
+
+@bp.post("/<hostname>/renew")
+def renew(hostname: str) -> Response | tuple[str, int]:
+    return _act(hostname, "renew", lambda name: admin().services.lifecycle.renew_now(
+        name, actor=f"admin:{user()}"))
+
+
+@bp.post("/<hostname>/suspend")
+def suspend(hostname: str) -> Response | tuple[str, int]:
+    return _act(hostname, "suspend", lambda name: admin().services.lifecycle.suspend(
+        name, actor=f"admin:{user()}"))
+
+
+@bp.post("/<hostname>/resume")
+def resume(hostname: str) -> Response | tuple[str, int]:
+    return _act(hostname, "resume", lambda name: admin().services.lifecycle.resume(
+        name, actor=f"admin:{user()}"))
+
+
+@bp.get("/<hostname>/remove")
+def confirm_remove(hostname: str) -> str:
+    return render_template("admin/remove.html", domain=_domain(hostname), wrong=False)
+
+
+@bp.post("/<hostname>/remove")
+def remove(hostname: str) -> Response | tuple[str, int]:
+    domain = _domain(hostname)
+    if request.form.get("confirm", "").strip().lower() != domain["hostname"]:
+        return render_template("admin/remove.html", domain=domain, wrong=True), 400
+    try:
+        admin().services.lifecycle.remove(domain["hostname"], actor=f"admin:{user()}")
+    except DomainNotFound:
+        pass  # removed meanwhile: the admin's wish holds
+    except Exception as exc:  # e.g. the store or the edge publish failed: say so, and audit
+        audit("domain remove failed", domain["hostname"], str(exc))
+        return render_template("admin/remove.html", domain=domain, wrong=False,
+                               error=f"remove failed: {exc}"), 409
+    audit("domain remove", domain["hostname"], f"was {domain['status']}")
+    return redirect(url_for(".index", done="removed"), 303)

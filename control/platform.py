@@ -1,0 +1,95 @@
+"""Who is signed in on the platform: the platform owns its users, we only ask.
+
+Two ways, chosen by settings: an introspection URL on the app fleet (we pass the visitor's
+cookies on; it answers ``{"user": ..., "publications": [...]}`` or 401), or the platform's own
+session cookie, an HS256 token with ``sub``, ``exp`` and optionally ``publications``, verified
+with a shared key. SSO (edge/sso.py) and the publisher settings page both use this.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping, Protocol
+
+import jwt
+import requests
+
+from control.settings import Settings
+
+USER_ID = re.compile(r"[A-Za-z0-9_.@:+-]{1,128}")
+"""A user id travels to the apps in a header: nothing outside this shape is accepted."""
+
+
+class PlatformUnavailable(Exception):
+    """The platform could not say who is signed in (down, or an answer we cannot read)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlatformUser:
+    id: str
+    publications: tuple[str, ...] = ()
+
+
+class PlatformIdentity(Protocol):
+    def user(self, cookies: Mapping[str, str], cookie_header: str) -> PlatformUser | None:
+        """The signed-in platform user of a request, or None for an anonymous visitor."""
+
+
+def _user_from(claims: Mapping[str, Any], field: str) -> PlatformUser | None:
+    user = claims.get(field)
+    publications = claims.get("publications") or []
+    if not isinstance(user, str) or not USER_ID.fullmatch(user) \
+            or not isinstance(publications, list):
+        return None
+    return PlatformUser(user, tuple(str(p) for p in publications))
+
+
+class IntrospectionIdentity:
+    def __init__(self, url: str, session: requests.Session | None = None,
+                 timeout: float = 5.0) -> None:
+        self._url = url
+        self._session = session or requests.Session()
+        self._timeout = timeout
+
+    def user(self, cookies: Mapping[str, str], cookie_header: str) -> PlatformUser | None:
+        if not cookie_header:
+            return None
+        try:
+            response = self._session.get(self._url, headers={"Cookie": cookie_header},
+                                         timeout=self._timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            raise PlatformUnavailable(f"session introspection failed: {exc}") from None
+        if response.status_code in (401, 403):
+            return None
+        if response.status_code != 200:
+            raise PlatformUnavailable(f"session introspection answered {response.status_code}")
+        try:
+            claims = response.json()
+        except ValueError:
+            raise PlatformUnavailable("session introspection answered no JSON") from None
+        return _user_from(claims, "user") if isinstance(claims, dict) else None
+
+
+class SignedCookieIdentity:
+    def __init__(self, cookie: str, key: str) -> None:
+        self._cookie = cookie
+        self._key = key
+
+    def user(self, cookies: Mapping[str, str], cookie_header: str) -> PlatformUser | None:
+        token = cookies.get(self._cookie)
+        if not token:
+            return None
+        try:
+            claims = jwt.decode(token, self._key, algorithms=["HS256"],
+                                options={"require": ["exp", "sub"]})
+        except jwt.InvalidTokenError:
+            return None
+        return _user_from(claims, "sub")  # the verified subject, never another claim
+
+
+def identity_from_settings(settings: Settings) -> PlatformIdentity | None:
+    if settings.sso_introspection_url:
+        return IntrospectionIdentity(settings.sso_introspection_url)
+    if settings.sso_platform_cookie:
+        return SignedCookieIdentity(settings.sso_platform_cookie, settings.sso_platform_cookie_key)
+    return None

@@ -1,0 +1,182 @@
+"""The publisher's settings page: connect a custom domain, see its records and follow it live.
+
+Served by the control service under ``/_edge/settings/`` on the platform domain (the edge sends
+``/_edge/*`` there), so the platform's own session cookie arrives with every request. Who is
+signed in, and which publications they manage, comes from the platform (control/platform.py),
+never from the request. Plain form posts work without JavaScript; the script only adds live
+status, copy buttons and in-place "check now".
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import time
+from typing import Any
+from urllib.parse import quote
+
+from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, render_template,
+                   request, url_for)
+from werkzeug.wrappers import Response
+
+from control.platform import PlatformIdentity, PlatformUser
+from domains.api import PUBLICATION_ID
+from domains.errors import DomainError
+from domains.service import ACTIVE, Item, public_view
+
+bp = Blueprint("publisher_settings", __name__, url_prefix="/_edge/settings",
+               template_folder="templates", static_folder="static")
+
+
+def init_app(app: Flask, encryption_key: str) -> None:
+    # CSRF tokens are an HMAC of the user and the day under a key only the control service has.
+    app.config["PUBLISHER_CSRF_KEY"] = hashlib.sha256(
+        b"publisher-settings-csrf:" + encryption_key.encode()).digest()
+    app.register_blueprint(bp)
+
+
+@bp.after_request
+def _headers(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"  # no clickjacking of "Remove"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+    return response
+
+
+def _services() -> Any:
+    return current_app.extensions["edge.services"]
+
+
+def _publisher() -> PlatformUser:
+    services = _services()
+    identity: PlatformIdentity | None = services.platform_identity
+    platform_host = services.settings.sso_platform_host
+    if identity is None or request.host.partition(":")[0].lower() != platform_host:
+        abort(404)
+    user = identity.user(request.cookies, request.headers.get("Cookie", ""))
+    if user is None:
+        back = f"{services.settings.sso_platform_url}{request.full_path.rstrip('?')}"
+        login = services.settings.sso_platform_login_url
+        separator = "&" if "?" in login else "?"
+        abort(redirect(f"{login}{separator}return_to={quote(back, safe='')}", 303))
+    return PlatformUser(user.id, tuple(p for p in user.publications
+                                       if PUBLICATION_ID.fullmatch(p)))
+
+
+def _csrf(user: PlatformUser, days_ago: int = 0) -> str:
+    day = int(time.time() // 86400) - days_ago
+    return hmac.new(current_app.config["PUBLISHER_CSRF_KEY"], f"{user.id}:{day}".encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def _require_csrf(user: PlatformUser) -> None:
+    sent = request.form.get("csrf_token", "") or request.headers.get("X-CSRF-Token", "")
+    if not any(hmac.compare_digest(sent.encode(), _csrf(user, days).encode()) for days in (0, 1)):
+        abort(400, "The form expired; reload the page and try again.")
+
+
+def _own(user: PlatformUser, hostname: str) -> Item:
+    """The domain, if one of the user's publications holds it; 404 otherwise (no hint either way)."""
+    try:
+        domain: Item = _services().domains.get(hostname)
+    except DomainError:
+        abort(404)
+    if domain["publication_id"] not in user.publications:
+        abort(404)
+    return domain
+
+
+def _when(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M:%S UTC")
+
+
+def status_of(domain: Item) -> dict[str, Any]:
+    """What the page shows of a domain, also its live JSON."""
+    services = _services()
+    view = public_view(domain, services.domains.cname_target)
+    certificate = services.certificates.get(domain["hostname"]) \
+        if domain["status"] == ACTIVE else None
+    port = services.settings.edge_https_port
+    return {**view,
+            "next_check": _when(domain.get("next_attempt_at")),
+            "automation_available": services.domains.automation.describe(domain["hostname"]),
+            "certificate_expires": certificate.not_after[:10] if certificate else None,
+            "url": f"https://{domain['hostname']}" + ("" if port == 443 else f":{port}")}
+
+
+def _hostname_or_empty(text: str) -> str:
+    """Echo a hostname back only if it is one (no text of an attacker's choosing on the page)."""
+    try:
+        return text if text and _services().domains.normalize(text) == text else ""
+    except DomainError:
+        return ""
+
+
+def _index(user: PlatformUser, error: str | None = None, form: dict[str, str] | None = None,
+           status: int = 200) -> tuple[str, int]:
+    domains = {p: _services().domains.list_for(p, limit=100).items for p in user.publications}
+    return render_template("publisher/index.html", user=user, domains=domains,
+                           removed=_hostname_or_empty(request.args.get("removed", "")),
+                           automated=_services().domains.automation.zones(),
+                           csrf_token=_csrf(user), error=error, form=form or {}), status
+
+
+@bp.get("/domains")
+def index() -> tuple[str, int]:
+    return _index(_publisher())
+
+
+@bp.post("/domains")
+def connect() -> Response | tuple[str, int]:
+    user = _publisher()
+    _require_csrf(user)
+    form = {"hostname": request.form.get("hostname", ""),
+            "publication": request.form.get("publication", "")}
+    if form["publication"] not in user.publications:
+        return _index(user, "Choose one of your publications.", form, 400)
+    try:
+        domain, _ = _services().domains.connect(form["hostname"], form["publication"],
+                                                actor=f"publisher:{user.id}")
+    except DomainError as exc:
+        return _index(user, str(exc), form, exc.status)
+    return redirect(url_for(".show", hostname=domain["hostname"]), 303)
+
+
+@bp.get("/domains/<hostname>")
+def show(hostname: str) -> str:
+    user = _publisher()
+    domain = _own(user, hostname)
+    return render_template("publisher/domain.html", user=user, domain=status_of(domain),
+                           csrf_token=_csrf(user))
+
+
+@bp.get("/domains/<hostname>/status")
+def status(hostname: str) -> Response:
+    return jsonify(status_of(_own(_publisher(), hostname)))
+
+
+@bp.post("/domains/<hostname>/check")
+def check(hostname: str) -> Response:
+    user = _publisher()
+    _require_csrf(user)
+    domain = _own(user, hostname)
+    _services().lifecycle.check_now(domain["hostname"], actor=f"publisher:{user.id}")
+    if request.accept_mimetypes.best == "application/json":
+        return jsonify(status_of(_own(user, hostname)))
+    return redirect(url_for(".show", hostname=domain["hostname"]), 303)
+
+
+@bp.route("/domains/<hostname>/remove", methods=["GET", "POST"])
+def remove(hostname: str) -> Response | str:
+    user = _publisher()
+    domain = _own(user, hostname)
+    if request.method == "GET":
+        return render_template("publisher/remove.html", user=user, domain=domain,
+                               csrf_token=_csrf(user))
+    _require_csrf(user)
+    _services().lifecycle.remove(domain["hostname"], actor=f"publisher:{user.id}")
+    return redirect(url_for(".index", removed=domain["hostname"]), 303)

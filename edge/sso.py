@@ -1,0 +1,193 @@
+"""Single sign-on across custom domains with first-party cookies only.
+
+A custom domain has no cookie of the platform's, so the visitor takes a round trip:
+``/_edge/sso/login`` on the custom domain sets a state nonce cookie and goes to the platform's
+``/_edge/sso/authorize``, which finds the signed-in platform user and comes back with a one-time
+code bound to user, host and state; ``/_edge/sso/callback`` on the custom domain consumes the code
+and sets the custom domain's own session cookie: an ES256 token whose audience is that host.
+HAProxy verifies that cookie on every request with the public keys (edge nodes never hold the
+private key) and forwards the user in ``X-Edge-User``.
+"""
+from __future__ import annotations
+
+import base64
+import hmac
+import re
+import secrets
+import time
+from typing import Callable
+from urllib.parse import unquote, urlsplit
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from certs.keys import KeyVault
+from store import (ABSENT, VERSION, ConflictError, Item, Table, TableSpec, all_items,
+                   rewrite_field)
+
+SSO_KEYS = TableSpec("sso_keys", key="kid")
+SSO_CODES = TableSpec("sso_codes", key="code")
+SESSION_COOKIE = "__Host-edge_session"
+STATE_COOKIE = "__Host-edge_sso_state"
+TRIED_COOKIE = "__Host-edge_sso_tried"
+"""Set for the browser session after a silent attempt or a logout: no further silent attempt."""
+CODE_SECONDS = 60.0
+STATE_SECONDS = 600
+_NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+")
+"""A plain DNS name: anything else could make a URL we build point somewhere else."""
+_PATH_CHARS = re.compile(r"[\x21-\x7e]*")  # printable ASCII, no spaces or controls
+
+
+class SsoRefused(Exception):
+    """A handshake step that must stop here; the message is safe to show the visitor."""
+
+
+def return_path(rd: str | None) -> str:
+    """``rd`` when it is a path on the same host; anything that could leave the site is refused.
+
+    Browsers read ``/\\evil``, ``//evil`` and their percent-encoded forms as other hosts, so
+    the decoded form is checked too.
+    """
+    if not rd:
+        return "/"
+    if len(rd) > 2000:
+        raise SsoRefused("The return path is too long.")
+    for form in (rd, unquote(rd), unquote(unquote(rd))):
+        parts = urlsplit(form)
+        if not form.startswith("/") or form.startswith("//") or "\\" in form \
+                or not _PATH_CHARS.fullmatch(form) or parts.scheme or parts.netloc:
+            raise SsoRefused("The return address must be a path on this site.")
+    return rd
+
+
+def nonce(value: str | None) -> str:
+    if not value or not _NONCE.fullmatch(value):
+        raise SsoRefused("The sign-in request is malformed.")
+    return value
+
+
+class SigningKeys:
+    """ES256 keys in a table, private halves encrypted. The newest two are published to the edge;
+    a new key signs only after ``activation`` seconds, when every edge can verify it, so a
+    rotation signs nobody out."""
+
+    def __init__(self, table: Table, vault: KeyVault, activation: float = 60.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.table = table
+        self._vault = vault
+        self._activation = activation
+        self._clock = clock
+
+    def rotate(self) -> str:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = self._clock()
+        kid = f"{int(now * 1000):015d}-{secrets.token_hex(3)}"
+        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.table.put({"kid": kid, "created_at": now, "public_pem": public.decode(),
+                        "private_enc": self._vault.encrypt(private)}, expected_version=ABSENT)
+        return kid
+
+    def _newest(self) -> list[Item]:
+        items = sorted(all_items(self.table), key=lambda i: str(i["kid"]), reverse=True)[:2]
+        if not items:
+            self.rotate()
+            return self._newest()
+        return items
+
+    def public_pems(self) -> tuple[str, ...]:
+        return tuple(str(item["public_pem"]) for item in self._newest())
+
+    def signer(self) -> tuple[str, ec.EllipticCurvePrivateKey]:
+        newest, *older = self._newest()
+        ready = not older or newest["created_at"] <= self._clock() - self._activation
+        item = newest if ready else older[0]
+        key = serialization.load_pem_private_key(self._vault.decrypt(item["private_enc"]), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return str(item["kid"]), key
+
+    def reencrypt(self) -> int:
+        return rewrite_field(self.table, "private_enc", self._vault.rotate)
+
+
+class SingleSignOn:
+    """The handshake's decisions; the Flask views (edge/sso_views.py) only carry HTTP."""
+
+    def __init__(self, keys: SigningKeys, codes: Table, is_active: Callable[[str], bool], *,
+                 platform_url: str, https_port: int = 443, session_seconds: float = 86400.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.keys = keys
+        self.codes = codes
+        self._is_active = is_active
+        self.platform_url = platform_url
+        self.platform_host = urlsplit(platform_url).hostname or ""
+        self._port = "" if https_port == 443 else f":{https_port}"
+        self.session_seconds = session_seconds
+        self._clock = clock
+
+    def require_custom_domain(self, host: str) -> str:
+        if not HOSTNAME.fullmatch(host) or host == self.platform_host \
+                or not self._is_active(host):
+            raise SsoRefused("Sign-in is not available on this address.")
+        return host
+
+    def authorize_url(self, host: str, state: str, silent: bool = False) -> str:
+        return (f"{self.platform_url}/_edge/sso/authorize?host={host}&state={state}"
+                + ("&prompt=none" if silent else ""))
+
+    def callback_url(self, host: str, state: str, code: str = "") -> str:
+        """Back to the custom domain: with a code, or without one after a silent attempt."""
+        answer = f"code={code}" if code else "error=login_required"
+        url = f"https://{host}{self._port}/_edge/sso/callback?{answer}&state={state}"
+        if urlsplit(url).hostname != host:  # belt and braces: the code goes to that host only
+            raise SsoRefused("Sign-in is not available on this address.")
+        return url
+
+    def mint_code(self, user: str, host: str, state: str) -> str:
+        self.require_custom_domain(host)
+        code = secrets.token_urlsafe(32)
+        self.codes.put({"code": code, "user": user, "host": host, "state": nonce(state),
+                        "expires_at": self._clock() + CODE_SECONDS}, expected_version=ABSENT)
+        return code
+
+    def consume_code(self, code: str | None, host: str, state: str) -> str:
+        """The user a code was minted for; the code is gone afterwards, whatever the outcome."""
+        item = self.codes.get(code) if code and _NONCE.fullmatch(code) else None
+        if item is None or item["expires_at"] <= self._clock():
+            raise SsoRefused("This sign-in link has expired or was already used.")
+        try:
+            used = self.codes.delete(str(code), expected_version=item[VERSION])
+        except ConflictError:
+            used = False
+        if not used:
+            raise SsoRefused("This sign-in link was already used.")
+        if item["host"] != host or \
+                not hmac.compare_digest(str(item["state"]).encode(), state.encode()):
+            raise SsoRefused("This sign-in link was made for another request.")
+        return str(item["user"])
+
+    def session_token(self, user: str, host: str) -> str:
+        kid, key = self.keys.signer()
+        now = int(self._clock())
+        return jwt.encode({"sub": user, "aud": host, "iat": now,
+                           "exp": now + int(self.session_seconds)},
+                          key, algorithm="ES256", headers={"kid": kid})
+
+
+def state_cookie(state: str, rd: str) -> str:
+    return f"{state}.{base64.urlsafe_b64encode(rd.encode()).decode()}"
+
+
+def read_state_cookie(value: str | None) -> tuple[str, str]:
+    """(state, return path) from the state cookie; the path is checked again, never trusted."""
+    state, _, encoded = (value or "").partition(".")
+    try:
+        rd = base64.urlsafe_b64decode(encoded.encode()).decode()
+    except ValueError:
+        raise SsoRefused("The sign-in request is malformed.") from None
+    return nonce(state), return_path(rd)

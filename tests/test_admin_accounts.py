@@ -1,0 +1,137 @@
+"""The dashboard's own tables on both backends, and `edgectl admin create-user`."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import time
+import uuid
+from typing import Iterator
+
+import pytest
+
+from admin.accounts import (ADMIN_LOGIN_FAILURES, ADMIN_SESSIONS, ADMIN_USERS, AccountError,
+                            LoginLimiter, Sessions, Users)
+from admin.audit import ADMIN_AUDIT, AuditLog
+from admin.charts import Series, bar_chart
+from certs.stats import ISSUANCE_STATS, IssuanceStats
+from control import cli
+from control.settings import Settings, SettingsError, load_settings
+from store import Backend, open_backend
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def backend(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Backend]:
+    if request.param == "dynamodb":
+        settings = dataclasses.replace(
+            settings, storage_backend="dynamodb",
+            dynamodb_endpoint_url=request.getfixturevalue("dynalite"),
+            dynamodb_table_prefix=f"t{uuid.uuid4().hex[:8]}_")
+    opened = open_backend(settings)
+    yield opened
+    opened.close()
+
+
+def test_users_hash_passwords_and_refuse_bad_input(backend: Backend) -> None:
+    users = Users(backend.table(ADMIN_USERS))
+    users.create("Alice", "a long enough password")
+    stored = users.table.get("alice")
+    assert stored is not None and "a long enough" not in str(stored)
+    assert stored["password_hash"].startswith(("scrypt:", "pbkdf2:"))
+    assert users.verify("ALICE ", "a long enough password") == "alice"
+    assert users.verify("alice", "a long enough passwor") is None
+    assert users.verify("nobody", "a long enough password") is None
+    for name, password in (("alice", "another long password"), ("bad name", "x" * 20),
+                           ("bob", "short")):
+        with pytest.raises(AccountError):
+            users.create(name, password)
+
+
+def test_sessions_are_stored_by_digest_and_end(backend: Backend) -> None:
+    sessions = Sessions(backend.table(ADMIN_SESSIONS), lifetime=60)
+    session_id = sessions.start("alice")
+    found = sessions.get(session_id)
+    assert found is not None and found["username"] == "alice" and len(found["csrf"]) > 30
+    assert session_id not in str(found), "the table never holds the cookie's value"
+    assert sessions.get("guessed") is None and sessions.get("") is None
+    sessions.end(session_id)
+    assert sessions.get(session_id) is None
+    expired = Sessions(backend.table(ADMIN_SESSIONS), lifetime=-1)
+    assert expired.get(expired.start("alice")) is None
+
+
+def test_lockout_counts_failures_and_lifts_after_the_window(backend: Backend) -> None:
+    limiter = LoginLimiter(backend.table(ADMIN_LOGIN_FAILURES), max_failures=2, lockout=60)
+    keys = limiter.keys("Alice", "10.0.0.1")
+    limiter.failed(keys)
+    assert limiter.locked_for(keys) == 0
+    limiter.failed(keys)
+    assert 59 < limiter.locked_for(keys) <= 60
+    assert limiter.locked_for(limiter.keys("carol", "10.0.0.1")) > 0, "the address is locked"
+    limiter.succeeded("alice")
+    assert limiter.locked_for(limiter.keys("alice", "10.0.0.2")) == 0
+    brief = LoginLimiter(backend.table(ADMIN_LOGIN_FAILURES), max_failures=1, lockout=0.2)
+    brief.failed(brief.keys("erin", "10.0.0.3"))
+    assert brief.locked_for(brief.keys("erin", "10.0.0.4")) > 0
+    time.sleep(0.3)
+    assert brief.locked_for(brief.keys("erin", "10.0.0.4")) == 0, "the window ended"
+    brief.failed(brief.keys("erin", "10.0.0.3"))
+    assert brief.table.get("user:erin")["failures"] == 1, "a new window starts from one"
+
+
+def test_audit_log_pages_a_day_newest_first(backend: Backend) -> None:
+    audit = AuditLog(backend.table(ADMIN_AUDIT))
+    for n in range(5):
+        audit.record("alice", f"action {n}", "x.example.test", address="10.0.0.1")
+    first = audit.day(audit.today(), limit=3)
+    assert [a["action"] for a in first.items] == ["action 4", "action 3", "action 2"]
+    rest = audit.day(audit.today(), limit=3, cursor=first.next_cursor)
+    assert [a["action"] for a in rest.items] == ["action 1", "action 0"]
+    assert audit.day("1999-01-01").items == []
+
+
+def test_cli_creates_a_user_from_stdin(settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("EDGE_API_TOKEN", settings.api_token)
+    monkeypatch.setenv("EDGE_EDGE_TOKEN", settings.edge_token)
+    monkeypatch.setenv("EDGE_ENCRYPTION_KEYS", ",".join(settings.encryption_keys))
+    monkeypatch.setenv("EDGE_DATA_DIR", settings.data_dir)
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password\n"))
+    assert cli.main(["admin", "create-user", "Dana", "--password-stdin"]) == 0
+    assert "admin user dana created" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password\n"))
+    assert cli.main(["admin", "create-user", "dana", "--password-stdin"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    backend = open_backend(settings)
+    try:
+        assert Users(backend.table(ADMIN_USERS)).verify("dana", "a long enough password")
+    finally:
+        backend.close()
+
+
+def test_issuance_results_are_counted_per_day(backend: Backend) -> None:
+    stats = IssuanceStats(backend.table(ISSUANCE_STATS))
+    for result in ("issued", "issued", "failed"):
+        stats.record(result)
+    days = stats.last_days(3)
+    assert [d for d, _, _ in days] == sorted(d for d, _, _ in days)
+    assert days[-1][1:] == (2, 1) and days[0][1:] == (0, 0)
+
+
+def test_charts_escape_labels_and_print_totals() -> None:
+    svg = bar_chart("a <b> chart", ["<x>", "y"], [Series("ok", "#0f0", [2, 0]),
+                                                   Series("bad", "#f00", [1, 0])])
+    assert "<x>" not in svg and "&lt;x&gt;" in svg and "a &lt;b&gt; chart" in svg
+    assert ">3</text>" in svg and svg.count("<rect") == 2 + 2  # two bars, two legend keys
+
+
+def test_admin_settings_are_validated(settings: Settings) -> None:
+    base = {"api_token": settings.api_token, "edge_token": settings.edge_token,
+            "encryption_keys": settings.encryption_keys}
+    assert load_settings(env={}, **base).admin_cookie_secure is True
+    loaded = load_settings(env={"EDGE_ADMIN_COOKIE_SECURE": "false",
+                                "EDGE_ADMIN_MAX_FAILURES": "3"}, **base)
+    assert loaded.admin_cookie_secure is False and loaded.admin_max_failures == 3
+    for name, value in (("admin_max_failures", 0), ("admin_lockout_seconds", -1),
+                        ("admin_session_seconds", "soon"), ("admin_cookie_secure", "maybe")):
+        with pytest.raises(SettingsError, match=name):
+            load_settings(env={}, **base, **{name: value})

@@ -1,0 +1,120 @@
+"""The dashboard in a real Chromium: sign in, fix a failing domain, disable a short link.
+
+DNS is real (challtestsrv); the dashboard and the redirect app run in real HTTP servers on
+loopback; every *.test name resolves to 127.0.0.1 inside the browser.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from werkzeug.serving import make_server
+
+from admin_app import create_app
+from control.pebble import PebbleStack
+from control.procs import free_port
+from control.settings import Settings
+from control.wiring import Services
+from shortlinks.app import make_app
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def services(settings: Settings, pebble: PebbleStack) -> Iterator[Services]:
+    built = Services.from_settings(dataclasses.replace(
+        settings, dns_servers=["127.0.0.1"], dns_port=pebble.dns_port,
+        admin_cookie_secure=False, short_domains=["go.example.test"]))
+    yield built
+    built.close()
+
+
+def serve(app: Callable[..., Any]) -> Iterator[int]:
+    port = free_port()
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def admin_port(services: Services) -> Iterator[int]:
+    app = create_app(services)
+    app.extensions["edge.admin"].users.create("alice", PASSWORD)
+    yield from serve(app)
+
+
+@pytest.fixture
+def links_port(services: Services) -> Iterator[int]:
+    yield from serve(make_app(services.resolver))
+
+
+@pytest.fixture
+def page(browser: Any, admin_port: int) -> Iterator[Any]:
+    context = browser.new_context()
+    tab = context.new_page()
+    tab.set_default_timeout(15000)
+    tab.goto(f"http://admin.example.test:{admin_port}/admin/")
+    tab.fill("input[name=username]", "alice")
+    tab.fill("input[name=password]", PASSWORD)
+    tab.click("button:has-text('Sign in')")
+    tab.wait_for_selector("h1:has-text('Overview')")
+    yield tab
+    context.close()
+
+
+def test_find_a_failing_domain_and_recheck_it(services: Services, pebble: PebbleStack,
+                                              page: Any, tmp_path: Path) -> None:
+    domain, _ = services.domains.connect("broken.example.test", "pub_1")
+    services.lifecycle.check_now("broken.example.test")  # fails: no ownership TXT yet
+    assert services.domains.get("broken.example.test")["last_error"]
+    page.reload()
+    page.screenshot(path=str(tmp_path / "1-overview.png"), full_page=True)
+    page.click("text=Domains")
+    page.select_option("select[name=status]", "pending_dns")
+    page.click("button:has-text('Show')")
+    row = page.locator("tr", has_text="broken.example.test")
+    assert "_edge-challenge" in row.inner_text()
+    row.locator("a").click()
+    assert page.inner_text("#status") == "pending_dns"
+    assert "txt_missing" in page.content()
+    page.screenshot(path=str(tmp_path / "2-failing-domain.png"), full_page=True)
+
+    pebble.set_txt("_edge-challenge.broken.example.test", domain["token"])
+    page.click("button:has-text('Re-check now')")
+    page.wait_for_selector("text=DNS re-checked.")
+    assert page.inner_text("#status") == "verified"
+    assert "pending_dns -> verified\tadmin:alice" in page.inner_text("table.timeline")
+    page.screenshot(path=str(tmp_path / "3-verified.png"), full_page=True)
+    assert services.domains.get("broken.example.test")["status"] == "verified"
+
+
+def test_disable_a_short_link_and_its_redirect_stops(services: Services, page: Any,
+                                                     admin_port: int, links_port: int,
+                                                     tmp_path: Path) -> None:
+    target = f"http://target.example.test:{admin_port}/healthz"
+    services.links.create("go.example.test", target, "pub_1", slug="spring", code=302)
+    short = f"http://go.example.test:{links_port}/spring"
+    page.goto(short)
+    assert page.url == target and '"ok"' in page.content()  # redirected (and now cached)
+
+    page.goto(f"http://admin.example.test:{admin_port}/admin/links")
+    row = page.locator("tr", has_text="go.example.test/spring")
+    row.locator("button:has-text('Disable')").click()
+    page.wait_for_selector("button:has-text('Enable')")
+    assert "disabled" in page.locator("tr", has_text="go.example.test/spring").inner_text()
+    page.screenshot(path=str(tmp_path / "4-link-disabled.png"), full_page=True)
+
+    answer = page.goto(short)
+    assert answer.status == 410 and page.url == short
+    assert "This short link has been disabled." in page.content()
+    page.screenshot(path=str(tmp_path / "5-redirect-stopped.png"), full_page=True)
+    page.goto(f"http://admin.example.test:{admin_port}/admin/audit")
+    assert "link disabled" in page.inner_text("table")

@@ -1,0 +1,171 @@
+"""SSO end to end: real Chromium, real HAProxy verifying the session cookie, Pebble certificates
+for the platform domain and a custom domain, the sample app playing the platform."""
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from control.demo import PLATFORM_HOST, LocalStack
+from control.pebble import PebbleStack
+from control.probe import https_get
+from control.settings import load_settings
+from control.wiring import Services
+from edge.sso import SESSION_COOKIE
+
+BLOG, OTHER = "blog.example.test", "other.example.test"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleStack) -> Iterator[LocalStack]:
+    local = LocalStack(tmp_path_factory.mktemp("sso"), pebble=pebble, sso=True)
+    try:
+        local.wait_served(PLATFORM_HOST)
+        for hostname in (BLOG, OTHER):
+            response = local.api("POST", "/api/v1/domains",
+                                 json={"hostname": hostname, "publication_id": "pub_1"})
+            assert response.status_code == 201, response.text
+            local.create_records(response.json()["dns_records"])
+        for hostname in (BLOG, OTHER):
+            local.wait_active(hostname)
+            local.wait_served(hostname)
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="module")
+def services(stack: LocalStack) -> Iterator[Services]:
+    """The control service's own tables, opened beside it, to mint and rotate keys."""
+    opened = Services.from_settings(load_settings(env=stack.env(),
+                                                  sso_key_activation_seconds=0))
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def _user_seen(stack: LocalStack, cookie: str | None = None, host: str = BLOG,
+               **headers: str) -> Any:
+    if cookie is not None:
+        headers["Cookie"] = f"{SESSION_COOKIE}={cookie}"
+    probe = https_get(stack.edge_https_port, host, "/echo", cafile=str(stack.pebble.root_path),
+                      headers=headers)
+    assert probe.status == 200
+    return probe.json()["user"]
+
+
+def test_sign_in_on_a_custom_domain_in_chromium(stack: LocalStack, browser: Any,
+                                                 tmp_path: Path) -> None:
+    context = browser.new_context(ignore_https_errors=True)
+    page = context.new_page()
+    article = f"https://{BLOG}:{stack.edge_https_port}/p/1"
+    page.goto(article)  # one silent attempt: the platform does not know us yet
+    assert page.url == article and page.inner_text("#user") == "Not signed in"
+    page.click("#sign-in")
+    # Not signed in on the platform yet: its sign-in page, then back through the handshake.
+    page.wait_for_url(f"https://{PLATFORM_HOST}:{stack.edge_https_port}/login?*")
+    page.fill("#user", "alice")
+    page.click("button[type=submit]")
+    page.wait_for_url(article)
+    assert page.inner_text("#user") == "Signed in as alice"
+    page.screenshot(path=str(tmp_path / "signed-in.png"))
+    session = {c["name"]: c for c in context.cookies(article)}[SESSION_COOKIE]
+    assert (session["httpOnly"], session["secure"], session["sameSite"]) == (True, True, "Lax")
+    # Signing out sticks: no silent sign-in right after, though the platform still knows us.
+    page.click("text=Sign out")
+    page.wait_for_url(article)
+    assert page.inner_text("#user") == "Not signed in"
+    page.reload()
+    assert page.inner_text("#user") == "Not signed in"
+    page.click("#sign-in")  # signed in on the platform: no form this time
+    page.wait_for_url(article)
+    assert page.inner_text("#user") == "Signed in as alice"
+    context.close()
+
+
+def test_a_reader_known_to_the_platform_is_signed_in_without_a_click(stack: LocalStack,
+                                                                     browser: Any) -> None:
+    context = browser.new_context(ignore_https_errors=True)
+    page = context.new_page()
+    page.goto(f"{stack.platform_url}/login")
+    page.fill("#user", "carol")
+    page.click("button[type=submit]")
+    page.goto(f"https://{BLOG}:{stack.edge_https_port}/p/2")
+    assert page.inner_text("#user") == "Signed in as carol"
+    context.close()
+
+
+def _token(services: Services, key: Any = None, **claims: Any) -> str:
+    kid, signer = services.sso.keys.signer()  # type: ignore[union-attr]
+    now = int(time.time())
+    body = {"sub": "bob", "aud": BLOG, "iat": now, "exp": now + 600, **claims}
+    return jwt.encode(body, key or signer, algorithm="ES256", headers={"kid": kid})
+
+
+def test_the_edge_forwards_only_a_valid_session(stack: LocalStack, services: Services) -> None:
+    good = _token(services)
+    assert _user_seen(stack, good) == "bob"
+    header, payload, signature = good.split(".")
+    other_payload = jwt.utils.base64url_encode(
+        b'{"sub":"root","aud":"%s","exp":%d}' % (BLOG.encode(), time.time() + 600)).decode()
+    refused = {
+        "tampered": f"{header}.{other_payload}.{signature}",
+        "expired": _token(services, exp=int(time.time()) - 5),
+        "other domain": _token(services, aud="other.example.test"),
+        "foreign key": _token(services, key=ec.generate_private_key(ec.SECP256R1())),
+        "alg none": jwt.encode({"sub": "root", "aud": BLOG, "exp": int(time.time()) + 600},
+                               None, algorithm="none"),
+        "garbage": "not-a-token",
+    }
+    for name, token in refused.items():
+        assert _user_seen(stack, token) is None, name
+    # Only plain DNS names route: no Host a browser would read as another address.
+    odd = https_get(stack.edge_https_port, BLOG, "/echo", cafile=str(stack.pebble.root_path),
+                    headers={"Host": f"1234567890/.{BLOG}", "Cookie": f"{SESSION_COOKIE}={good}"})
+    assert odd.status == 400
+    # A client's own identity header never reaches the apps, with or without a session.
+    assert _user_seen(stack, None, **{"X-Edge-User": "mallory"}) is None
+    assert _user_seen(stack, good, **{"X-Edge-User": "mallory"}) == "bob"
+
+
+def test_one_connection_cannot_carry_a_session_to_another_host(stack: LocalStack,
+                                                               services: Services) -> None:
+    """The edge keeps a verified token's claims for the connection: the audience is still
+    checked on every request, whatever Host the next request names."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # no SNI: the edge's default certificate answers
+    connection = http.client.HTTPSConnection("127.0.0.1", stack.edge_https_port,
+                                             context=context)
+    cookie = f"{SESSION_COOKIE}={_token(services)}"
+    seen = []
+    try:
+        for host in (BLOG, OTHER, BLOG):
+            connection.request("GET", "/echo", headers={"Host": host, "Cookie": cookie})
+            response = connection.getresponse()
+            seen.append(json.loads(response.read())["user"])
+    finally:
+        connection.close()
+    assert seen == ["bob", None, "bob"]
+
+
+def test_sessions_survive_a_key_rotation(stack: LocalStack, services: Services) -> None:
+    assert services.sso is not None
+    before = _token(services)
+    services.sso.keys.rotate()
+    services.lifecycle.publish_routes()
+    after = _token(services)  # these services sign with a new key at once (activation 0)
+    assert jwt.get_unverified_header(after)["kid"] != jwt.get_unverified_header(before)["kid"]
+    deadline = time.monotonic() + 30
+    while _user_seen(stack, after) is None:
+        assert time.monotonic() < deadline, "the edge never accepted the new key"
+        time.sleep(0.2)
+    assert _user_seen(stack, before) == "bob"
