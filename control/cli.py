@@ -74,7 +74,11 @@ def tokens(settings: Settings, action: str, subject: str, label: str) -> int:
     services = Services.from_settings(settings)
     try:
         if action == "create":
-            token, item = services.tokens.create(subject, label)
+            try:
+                token, item = services.tokens.create(subject, label)
+            except ValueError as exc:
+                print(f"edgectl: {exc}", file=sys.stderr)
+                return 2
             print(f"token {item['token_id']} for {subject} (shown once, store it now):")
             print(token)
         elif action == "list":

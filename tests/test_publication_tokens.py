@@ -124,3 +124,6 @@ def test_tokens_are_created_listed_and_revoked_with_edgectl(settings: Settings,
     assert edgectl("revoke", stored[0]["token_id"]).returncode == 0
     assert client.get("/api/v1/links", headers=bearer(token)).status_code == 401
     assert edgectl("revoke", stored[0]["token_id"]).returncode == 1
+    refused = edgectl("create", "_platform")
+    assert refused.returncode == 2 and "starting with a letter" in refused.stderr, \
+        "the platform's own publication id gets no token"
