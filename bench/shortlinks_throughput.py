@@ -122,8 +122,8 @@ def main() -> int:
     try:
         node.apply(DesiredState(
             (Route(HOST, "pub_1", self_signed(HOST)[1]),), ("127.0.0.1:9",), ("127.0.0.1:9",),
-            (Redirect(HOST, "hot", 302, "https://example.com/hot"),), (HOST,),
-            (f"127.0.0.1:{links_port}",)))
+            (Redirect(HOST, "hot", 302, "https://example.com/hot"),), short_domains=(HOST,),
+            shortlink_servers=(f"127.0.0.1:{links_port}",)))
         fixed, http, https = ceiling(directory, node.layout.default_cert)
         processes.append(fixed)
 
