@@ -36,6 +36,8 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None) ->
         "edge.state": services.edge_state,
         "edge.links": services.links,
         "edge.resolver": services.resolver,
+        "edge.visit_sink": services.links.add_visits,
+        "edge.tokens": services.tokens,
         "edge.sso": services.sso,
         "edge.platform_identity": services.platform_identity,
     })

@@ -2,6 +2,8 @@
 
 Two tokens: the platform's (publisher API, operator calls) and the edge agents' (desired state
 and certificates with their private keys), so an app server never holds a key to every site.
+Short-link views also take a publication's own token (``control/tokens.py``); they read the
+publication it is restricted to from ``scope()`` (None: the platform's token, no restriction).
 """
 from __future__ import annotations
 
@@ -9,26 +11,60 @@ import functools
 import hmac
 from typing import Any, Callable, TypeVar
 
-from flask import current_app, jsonify, request
+from flask import Response, current_app, g, jsonify, request
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _bearer() -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _is(token: str | None, config_key: str) -> bool:
+    expected = current_app.config[config_key]
+    return bool(expected and token and hmac.compare_digest(token.encode(), expected.encode()))
+
+
+def _unauthorized() -> Response:
+    response = jsonify(error="a valid bearer token is required")
+    response.status_code = 401
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
 
 
 def _requiring(config_key: str) -> Callable[[F], F]:
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            expected = current_app.config[config_key]
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            if not expected or scheme.lower() != "bearer" or \
-                    not hmac.compare_digest(token.encode(), expected.encode()):
-                response = jsonify(error="a valid bearer token is required")
-                response.status_code = 401
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return response
+            if not _is(_bearer(), config_key):
+                return _unauthorized()
             return view(*args, **kwargs)
         return wrapped  # type: ignore[return-value]
     return decorator
+
+
+def require_token_or_publication(view: F) -> F:
+    """The platform's token (no restriction) or a publication's token (``scope()`` is its id)."""
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        token = _bearer()
+        if _is(token, "EDGE_API_TOKEN"):
+            g.publication_scope = None
+        else:
+            publication = current_app.extensions["edge.tokens"].publication_of(token) \
+                if token else None
+            if publication is None:
+                return _unauthorized()
+            g.publication_scope = publication
+        return view(*args, **kwargs)
+    return wrapped  # type: ignore[return-value]
+
+
+def scope() -> str | None:
+    """The publication the current request is restricted to; None for the platform's token."""
+    publication: str | None = g.get("publication_scope")
+    return publication
 
 
 require_token = _requiring("EDGE_API_TOKEN")

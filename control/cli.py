@@ -58,22 +58,38 @@ def serve(settings: Settings) -> None:
     services.close()
 
 
-def shortlinks(settings: Settings) -> None:
+def shortlinks(settings: Settings, server: str, workers: int, threads: int) -> None:
     """The redirect app for the short domains (behind HAProxy in production)."""
+    from shortlinks.serve import serve as serve_links
+
+    log.info("short links on http://%s:%d (%s)", settings.listen_host,
+             settings.shortlinks_port, server)
+    serve_links(settings, _stop_on_signals(), server, workers=workers, threads=threads)
+
+
+def tokens(settings: Settings, action: str, subject: str, label: str) -> int:
+    """Create (printed once), list or revoke a publication's API tokens."""
     from control.wiring import Services
-    from shortlinks.app import make_app
 
     services = Services.from_settings(settings)
-    server = make_server(settings.listen_host, settings.shortlinks_port,
-                         make_app(services.resolver), threaded=True)
-    stop = _stop_on_signals()
-    services.resolver.start_flusher(stop)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    log.info("short links on http://%s:%d", settings.listen_host, server.server_port)
-    stop.wait()
-    server.shutdown()
-    services.resolver.flush_visits()
-    services.close()
+    try:
+        if action == "create":
+            try:
+                token, item = services.tokens.create(subject, label)
+            except ValueError as exc:
+                print(f"edgectl: {exc}", file=sys.stderr)
+                return 2
+            print(f"token {item['token_id']} for {subject} (shown once, store it now):")
+            print(token)
+        elif action == "list":
+            for item in services.tokens.list_for(subject):
+                print(f"{item['token_id']}  {item['label']}")
+        elif not services.tokens.revoke(subject):
+            print(f"no token {subject}", file=sys.stderr)
+            return 1
+    finally:
+        services.close()
+    return 0
 
 
 def _node(settings: Settings) -> "EdgeNode":
@@ -168,10 +184,21 @@ def main(argv: list[str] | None = None) -> int:
     agent_parser = commands.add_parser("agent", help="run the edge agent beside HAProxy")
     agent_parser.add_argument("--node-id")
     commands.add_parser("plan", help="print the changes the local edge node would apply")
-    commands.add_parser("shortlinks", help="run the short-link redirect app")
+    links_server = commands.add_parser("shortlinks", help="run the short-link redirect app")
+    links_server.add_argument("--server", choices=["waitress", "werkzeug"], default="waitress",
+                              help="werkzeug's development server is for debugging only")
+    links_server.add_argument("--workers", type=int, default=0,
+                              help="waitress processes on one socket (default: one per core)")
+    links_server.add_argument("--threads", type=int, default=4,
+                              help="threads per waitress process")
     links_parser = commands.add_parser("links", help="short links in bulk")
     links_parser.add_argument("action", choices=["import"])
     links_parser.add_argument("file", help="CSV with domain,target,owner[,slug,code,max_visits]")
+    tokens_parser = commands.add_parser(
+        "tokens", help="per-publication API tokens (they see only that publication's links)")
+    tokens_parser.add_argument("action", choices=["create", "list", "revoke"])
+    tokens_parser.add_argument("subject", help="create/list: a publication id; revoke: a token id")
+    tokens_parser.add_argument("--label", default="")
     demo_parser = commands.add_parser("demo", help="everything on loopback, with Pebble")
     demo_parser.add_argument("--hostname", default="blog.example.test")
     demo_parser.add_argument("--once", action="store_true",
@@ -222,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "plan":
         return plan(settings)
     elif args.command == "shortlinks":
-        shortlinks(settings)
+        shortlinks(settings, args.server, args.workers, args.threads)
+    elif args.command == "tokens":
+        return tokens(settings, args.action, args.subject, args.label)
     elif args.command == "links":
         from control.wiring import Services
         from shortlinks.bulk import run_import

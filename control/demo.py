@@ -30,7 +30,8 @@ class LocalStack:
 
     def __init__(self, directory: Path, pebble: PebbleStack | None = None,
                  edge_http_port: int | None = None, extra_nodes: int = 0,
-                 extra_env: dict[str, str] | None = None, sso: bool = False) -> None:
+                 extra_env: dict[str, str] | None = None, sso: bool = False,
+                 shortlinks: bool = False) -> None:
         self.directory = directory
         self.token = "demo-" + Fernet.generate_key().decode()[:24]
         self.edge_token = "edge-" + Fernet.generate_key().decode()[:24]
@@ -39,6 +40,7 @@ class LocalStack:
         self.edge_https_port = free_port()
         self.edge_stats_port = free_port()
         self.control_port = free_port()
+        self.shortlinks_port = free_port()
         self._own_pebble = pebble is None
         self.sso = sso
         self.pebble = pebble or PebbleStack(directory / "pebble", http_port=self.edge_http_port)
@@ -49,6 +51,9 @@ class LocalStack:
             env = {**self.env(), **(extra_env or {})}
             control = self._spawn("control", ["serve"], env)
             wait_for_port(self.control_port, process=control)
+            if shortlinks:  # the redirect app (`edgectl shortlinks`) the edge sends short domains to
+                links = self._spawn("shortlinks", ["shortlinks"], env)
+                wait_for_port(self.shortlinks_port, process=links)
             self._spawn("agent", ["agent", "--node-id", "demo-edge"], env)
             self.extra_https_ports = []
             for n in range(1, extra_nodes + 1):
@@ -70,6 +75,7 @@ class LocalStack:
             "EDGE_ENCRYPTION_KEYS": self.encryption_key,
             "EDGE_DATA_DIR": str(self.directory / "data"),
             "EDGE_LISTEN_PORT": str(self.control_port),
+            "EDGE_SHORTLINKS_PORT": str(self.shortlinks_port),
             "EDGE_PLATFORM_DOMAINS": "platform.test",
             "EDGE_EDGE_CNAME_TARGET": EDGE_TARGET,
             "EDGE_EDGE_ADDRESSES": "127.0.0.1",

@@ -215,6 +215,9 @@ class Settings:
     short_domains: list[str] = dataclasses.field(default_factory=list)
     shortlinks_port: int = 8100
     hot_links: int = 0
+    shortlink_servers: list[str] = dataclasses.field(default_factory=list)
+    """Where the edge sends short domains (``edgectl shortlinks``); none: this host's
+    ``shortlinks_port``."""
     """How many of the most-visited short links HAProxy answers by itself (0: none)."""
     recheck_seconds: float = 3600.0
     webhook_url: str = ""
@@ -302,6 +305,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "short_domains": _list,
     "shortlinks_port": _port,
     "hot_links": _int,
+    "shortlink_servers": _servers,
     "recheck_seconds": _float,
     "webhook_url": _str,
     "registrars": _registrars,

@@ -25,6 +25,7 @@ from edge.control_api import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTE
                                EdgeStateStore)
 from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
 from edge.state import DesiredState, Redirect, Route
+from control.tokens import API_TOKENS, PublicationTokens
 from shortlinks.links import LINKS, LinkService
 from shortlinks.resolver import Resolver
 from store import Backend, open_backend
@@ -41,7 +42,8 @@ class EdgePublisher:
                  app_servers: list[str], control_servers: list[str],
                  links: LinkService | None = None, hot_links: int = 0,
                  hot_refresh: float = 30.0, sso_keys: SigningKeys | None = None,
-                 platform_hosts: tuple[str, ...] = ()) -> None:
+                 platform_hosts: tuple[str, ...] = (), short_domains: tuple[str, ...] = (),
+                 shortlink_servers: tuple[str, ...] = ()) -> None:
         self._state = state
         self._certificates = certificates
         self._app_servers = tuple(app_servers)
@@ -49,6 +51,8 @@ class EdgePublisher:
         self._links = links
         self._hot_links = hot_links
         self._hot_refresh = hot_refresh
+        self._short_domains = tuple(sorted(short_domains))
+        self._shortlink_servers = tuple(shortlink_servers) if short_domains else ()
         self._hot: tuple[float, tuple[Redirect, ...]] = (0.0, ())
         self._sso_keys = sso_keys
         self.platform_hosts = platform_hosts
@@ -82,7 +86,8 @@ class EdgePublisher:
             entries.append(Route(hostname, publication_id, cert.combined_pem))
         sso_keys = self._sso_keys.public_pems() if self._sso_keys else ()
         desired = DesiredState(tuple(entries), self._app_servers, self._control_servers,
-                               self.redirects(), sso_keys)
+                               self.redirects(), sso_keys, self._short_domains,
+                               self._shortlink_servers)
         if self._state.save(desired):
             log.info("edge state %s published with %d routes", desired.version, len(entries))
 
@@ -101,6 +106,7 @@ class Services:
     links: LinkService
     resolver: Resolver
     publisher: EdgePublisher
+    tokens: PublicationTokens
     sso: SingleSignOn | None = None
     platform_identity: PlatformIdentity | None = None
 
@@ -145,9 +151,13 @@ class Services:
         links = LinkService(backend.table(LINKS), settings.short_domains)
         sso_keys = SigningKeys(backend.table(SSO_KEYS), vault,
                                settings.sso_key_activation_seconds) if platform_host else None
+        shortlink_servers = settings.shortlink_servers or [
+            f"{settings.listen_host}:{settings.shortlinks_port}"]
         publisher = EdgePublisher(edge_state, certificates, settings.app_servers,
                                   [control_server], links, settings.hot_links, sso_keys=sso_keys,
-                                  platform_hosts=(platform_host,) if platform_host else ())
+                                  platform_hosts=(platform_host,) if platform_host else (),
+                                  short_domains=tuple(d.lower() for d in settings.short_domains),
+                                  shortlink_servers=tuple(shortlink_servers))
         timing = Timing(recheck=settings.recheck_seconds,
                         suspend_grace=settings.suspend_grace_seconds,
                         give_up=settings.give_up_seconds,
@@ -165,7 +175,8 @@ class Services:
                                https_port=settings.edge_https_port,
                                session_seconds=settings.sso_session_seconds)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
-                   lifecycle, webhooks, links, Resolver(links.table), publisher, sso,
+                   lifecycle, webhooks, links, Resolver(links.table), publisher,
+                   PublicationTokens(backend.table(API_TOKENS)), sso,
                    identity_from_settings(settings))
 
     def reencrypt_keys(self) -> int:

@@ -1,4 +1,7 @@
-"""The publisher API: the platform's app servers connect, read and remove custom domains."""
+"""The publisher API: the platform's app servers connect, read and remove custom domains.
+
+A publication's own token (``control/tokens.py``) works here too, for that publication only:
+its connects are for itself, and other publications' domains answer 404 as if absent."""
 from __future__ import annotations
 
 import re
@@ -6,8 +9,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from control.auth import require_token
-from domains.errors import DomainError
+from control.auth import require_token_or_publication as require_token
+from control.auth import scope
+from domains.errors import DomainError, DomainNotFound
 from domains.lifecycle import Lifecycle
 from domains.service import DomainService, public_view
 from store import ConflictError
@@ -22,6 +26,24 @@ PUBLICATION_HELP = ("publication_id must be 1-128 letters, digits, '_', '.', ':'
 def _service() -> DomainService:
     service: DomainService = current_app.extensions["edge.domains"]
     return service
+
+
+def _own(hostname: str) -> dict[str, Any]:
+    """The domain, if the caller may see it (a publication's token: only its own)."""
+    domain = _service().get(hostname)
+    if scope() is not None and domain["publication_id"] != scope():
+        raise DomainNotFound(domain["hostname"])
+    return domain
+
+
+def _publication(requested: Any) -> str | tuple[Response, int]:
+    """The publication a call is for: the token's own unless the platform names one."""
+    publication_id = scope() if requested is None else requested
+    if not isinstance(publication_id, str) or not PUBLICATION_ID.fullmatch(publication_id):
+        return _error(PUBLICATION_HELP, 400)
+    if scope() is not None and publication_id != scope():
+        return _error("a publication's token acts for that publication only", 403)
+    return publication_id
 
 
 def _view(domain: dict[str, Any]) -> dict[str, Any]:
@@ -48,9 +70,9 @@ def connect() -> tuple[Response, int]:
     body: Any = request.get_json(silent=True)
     if not isinstance(body, dict):
         return _error("send a JSON object with hostname and publication_id", 400)
-    publication_id = body.get("publication_id")
-    if not isinstance(publication_id, str) or not PUBLICATION_ID.fullmatch(publication_id):
-        return _error(PUBLICATION_HELP, 400)
+    publication_id = _publication(body.get("publication_id"))
+    if not isinstance(publication_id, str):
+        return publication_id
     domain, created = _service().connect(body.get("hostname"), publication_id)
     return jsonify(_view(domain)), 201 if created else 200
 
@@ -58,17 +80,16 @@ def connect() -> tuple[Response, int]:
 @bp.get("/<hostname>")
 @require_token
 def show(hostname: str) -> Response:
-    service = _service()
-    domain = service.get(hostname)
-    return jsonify({**_view(domain), "events": service.timeline(domain)})
+    domain = _own(hostname)
+    return jsonify({**_view(domain), "events": _service().timeline(domain)})
 
 
 @bp.get("")
 @require_token
 def list_domains() -> tuple[Response, int] | Response:
-    publication_id = request.args.get("publication_id", "")
-    if not PUBLICATION_ID.fullmatch(publication_id):
-        return _error(PUBLICATION_HELP, 400)
+    publication_id = _publication(request.args.get("publication_id"))
+    if not isinstance(publication_id, str):
+        return publication_id
     try:
         limit = int(request.args.get("limit", "100"))
     except ValueError:
@@ -88,6 +109,7 @@ def list_domains() -> tuple[Response, int] | Response:
 def check(hostname: str) -> Response:
     """Re-check DNS now; answers the domain and the records found on each server asked."""
     lifecycle: Lifecycle = current_app.extensions["edge.lifecycle"]
+    _own(hostname)
     domain, result = lifecycle.check_now(hostname)
     return jsonify({**_view(domain), "ok": result.ok, "seen": result.seen})
 
@@ -96,5 +118,6 @@ def check(hostname: str) -> Response:
 @require_token
 def remove(hostname: str) -> Response:
     lifecycle: Lifecycle = current_app.extensions["edge.lifecycle"]
+    _own(hostname)
     domain = lifecycle.remove(hostname)
     return jsonify(removed=domain["hostname"])

@@ -15,6 +15,7 @@ import requests
 from edge.haproxy import EdgeError
 from edge.node import EdgeNode
 from edge.state import DesiredState, Redirect, Route, fingerprint
+from edge.visits import HotVisitMeter
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class EdgeAgent:
         self.node_id = node_id or socket.gethostname()
         self.downloads = 0
         self._force = False
+        self.visits = HotVisitMeter(node.runtime, node.directory / "hot_visits.json")
 
     def fetch(self, have: str | None = None) -> DesiredState | None:
         """The desired state with every certificate in it, or None if unchanged or unpublished."""
@@ -55,7 +57,9 @@ class EdgeAgent:
         desired = DesiredState(tuple(routes), tuple(doc["app_servers"]),
                                tuple(doc["control_servers"]),
                                tuple(Redirect(**r) for r in doc.get("redirects", [])),
-                               tuple(doc.get("sso_keys", [])))
+                               sso_keys=tuple(doc.get("sso_keys", [])),
+                               short_domains=tuple(doc.get("short_domains", [])),
+                               shortlink_servers=tuple(doc.get("shortlink_servers", [])))
         if desired.version != doc["version"]:
             raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
         return desired
@@ -87,6 +91,22 @@ class EdgeAgent:
             "applied_version": self.node.applied_version, "error": self.node.last_error,
             "haproxy_running": self.node.haproxy.running})
 
+    def report_visits(self, batch: int = 1000) -> int:
+        """Send the visits HAProxy counted for hot links since the last report (kept and sent
+        again if the control service does not take them); returns how many were delivered."""
+        if not self.node.haproxy.running:
+            return 0
+        pending = sorted(self.visits.read().items())
+        delivered = 0
+        for start in range(0, len(pending), batch):
+            chunk = dict(pending[start:start + batch])
+            response = self._session.post(f"{self._url}/api/v1/edge/visits", timeout=10,
+                                          json={"visits": chunk})
+            response.raise_for_status()
+            self.visits.delivered(chunk)
+            delivered += sum(chunk.values())
+        return delivered
+
     def run(self, interval: float, stop: threading.Event) -> None:
         self.node.start()
         while not stop.is_set():
@@ -94,4 +114,8 @@ class EdgeAgent:
                 self.sync()
             except Exception as exc:  # keep serving the last good state whatever happens
                 log.warning("edge sync failed: %s", exc)
+            try:
+                self.report_visits()
+            except Exception as exc:  # the visits stay pending for the next round
+                log.warning("reporting hot link visits failed: %s", exc)
             stop.wait(interval)

@@ -25,6 +25,8 @@ EDGE_CERTS = TableSpec("edge_certs", key="hostname")
 EDGE_NODES = TableSpec("edge_nodes", key="node_id")
 EDGE_REDIRECTS = TableSpec("edge_redirects", key="key")
 _NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_VISIT_KEY = re.compile(r"[a-z0-9.*-]{1,253}/[A-Za-z0-9_-]{1,64}")
+MAX_VISIT_KEYS = 5000
 _VERSION = re.compile(r"[0-9a-f]{16}")
 
 
@@ -75,6 +77,8 @@ class EdgeStateStore:
                         "app_servers": list(desired.app_servers),
                         "control_servers": list(desired.control_servers),
                         "sso_keys": list(desired.sso_keys),
+                        "short_domains": sorted(desired.short_domains),
+                        "shortlink_servers": list(desired.shortlink_servers),
                         "published_at": time.time(), "forced_version": forced},
                        expected_version=meta["version"] if meta else ABSENT)
         return True
@@ -105,12 +109,16 @@ class EdgeStateStore:
                                           for i in self._all(self.redirects)),
                                          key=lambda r: r.key))
                 sso_keys = tuple(meta.get("sso_keys") or ())
-                summary = {"version": version_of(refs, *servers, redirects, sso_keys),
+                short = (tuple(meta.get("short_domains") or ()),
+                         tuple(meta.get("shortlink_servers") or ()))
+                summary = {"version": version_of(refs, *servers, redirects, sso_keys, *short),
                            "routes": [vars(r) for r in sorted(refs, key=lambda r: r.hostname)],
                            "app_servers": list(servers[0]),
                            "control_servers": list(servers[1]),
                            "redirects": [dataclasses.asdict(r) for r in redirects],
-                           "sso_keys": list(sso_keys)}
+                           "sso_keys": list(sso_keys),
+                           "short_domains": list(short[0]),
+                           "shortlink_servers": list(short[1])}
                 if summary["version"] != meta["edge_version"]:
                     return summary  # caught mid-publish: do not cache, the next poll catches up
                 self._cache = summary
@@ -197,6 +205,22 @@ def report(node_id: str) -> tuple[Response, int]:
         return jsonify(error="haproxy_running must be true or false"), 400
     _store().report(node_id, applied, error, running)
     return jsonify(ok=True), 200
+
+
+@bp.post("/visits")
+@require_edge_token
+def visits() -> tuple[Response, int]:
+    """Visits of hot links HAProxy answered by itself, ``{"visits": {"host/slug": n}}``; handed
+    to the sink the app registered (the short-link service adds them to its own counts)."""
+    body = request.get_json(silent=True)
+    counts = body.get("visits") if isinstance(body, dict) else None
+    if not isinstance(counts, dict) or len(counts) > MAX_VISIT_KEYS or not all(
+            isinstance(k, str) and _VISIT_KEY.fullmatch(k) and type(v) is int
+            and 0 < v < 2**31 for k, v in counts.items()):
+        return jsonify(error=f"send {{\"visits\": {{\"host/slug\": count}}}} with at most "
+                             f"{MAX_VISIT_KEYS} positive counts"), 400
+    added = current_app.extensions["edge.visit_sink"](counts)
+    return jsonify(added=added), 200
 
 
 @bp.get("/nodes")

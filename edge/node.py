@@ -133,7 +133,8 @@ class EdgeNode:
         """What a hot apply cannot change: servers, templates and where the node listens."""
         templates = self.templates or Path(str(resources.files("haproxy_templates")))
         digest = hashlib.sha256(repr((state.app_servers, state.control_servers,
-                                      state.sso_keys, self.layout)).encode())
+                                      state.sso_keys, sorted(state.short_domains),
+                                      state.shortlink_servers, self.layout)).encode())
         for template in sorted(templates.glob("*.j2")):
             digest.update(template.read_bytes())
         return digest.hexdigest()

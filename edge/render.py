@@ -51,7 +51,12 @@ def validate(state: DesiredState) -> None:
             raise RenderError(f"route hostname {route.hostname!r} is not a normalized hostname")
         if not _PUBLICATION.fullmatch(route.publication_id):
             raise RenderError(f"publication id {route.publication_id!r} has unsafe characters")
-    for server in state.app_servers + state.control_servers:
+    for host in state.short_domains:
+        if not _HOSTNAME.fullmatch(host) or ".." in host or host.startswith("*"):
+            raise RenderError(f"short domain {host!r} is not a normalized hostname")
+    if state.short_domains and not state.shortlink_servers:
+        raise RenderError("short domains need at least one short-link server")
+    for server in state.app_servers + state.control_servers + state.shortlink_servers:
         if not _SERVER.fullmatch(server):
             raise RenderError(f"server {server!r} must be host:port")
     for redirect in state.redirects:
@@ -77,7 +82,8 @@ def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
             https_port=layout.https_port, runtime_socket=layout.runtime_socket,
             default_cert=layout.default_cert, stats_port=layout.stats_port, crt_list=release_dir / "crt-list",
             hosts_map=release_dir / "hosts.map", redirects_map=release_dir / "redirects.map",
-            app_servers=state.app_servers,
+            app_servers=state.app_servers, short_domains=sorted(state.short_domains),
+            shortlink_servers=state.shortlink_servers,
             control_servers=state.control_servers,
             sso_keys=[release_dir / f"sso/key{n}.pem" for n in range(len(state.sso_keys))]),
         **render_lists(state, release_dir, templates),

@@ -48,6 +48,23 @@ class RuntimeAPI:
                 names.update(row.split("]", 1)[1].split() if "]" in row else row.split()[1:])
         return names
 
+    def show_table(self, table: str, counter: str) -> dict[str, int]:
+        """``key -> counter`` of a stick table (``show table``: ``0x..: key=k use=0 exp=.. c=n``)."""
+        counts = {}
+        for row in self.command(f"show table {table}").splitlines():
+            fields = dict(f.split("=", 1) for f in row.split()[1:] if "=" in f)
+            if row.startswith("0x") and "key" in fields and fields.get(counter, "").isdigit():
+                counts[fields["key"]] = int(fields[counter])
+        return counts
+
+    def worker_pid(self) -> int:
+        """The PID of the worker answering (it changes on every reload or restart)."""
+        for row in self.command("show info").splitlines():
+            name, _, value = row.partition(":")
+            if name == "Pid" and value.strip().isdigit():
+                return int(value)
+        raise RuntimeCommandFailed("show info", "no Pid line")
+
     def set_map(self, map_path: Path, key: str, value: str, exists: bool) -> None:
         verb = "set" if exists else "add"
         output = self.command(f"{verb} map {map_path} {key} {value}")

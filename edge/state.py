@@ -56,7 +56,9 @@ class Redirect:
 
 def version_of(refs: list[RouteRef], app_servers: tuple[str, ...],
                control_servers: tuple[str, ...],
-               redirects: tuple[Redirect, ...] = (), sso_keys: tuple[str, ...] = ()) -> str:
+               redirects: tuple[Redirect, ...] = (), sso_keys: tuple[str, ...] = (),
+               short_domains: tuple[str, ...] = (),
+               shortlink_servers: tuple[str, ...] = ()) -> str:
     body: dict[str, Any] = {
         "routes": [dataclasses.astuple(r) for r in sorted(refs, key=lambda r: r.hostname)],
         "app_servers": list(app_servers), "control_servers": list(control_servers)}
@@ -64,6 +66,9 @@ def version_of(refs: list[RouteRef], app_servers: tuple[str, ...],
         body["redirects"] = sorted(dataclasses.astuple(r) for r in redirects)
     if sso_keys:
         body["sso_keys"] = list(sso_keys)
+    if short_domains:  # only when set, so states without short links keep their version
+        body["short_domains"] = sorted(short_domains)
+        body["shortlink_servers"] = list(shortlink_servers)
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
 
 
@@ -75,11 +80,15 @@ class DesiredState:
     redirects: tuple[Redirect, ...] = ()
     sso_keys: tuple[str, ...] = ()
     """Public keys (PEM) the edge verifies SSO session cookies with; empty: no SSO."""
+    short_domains: tuple[str, ...] = ()
+    """Hosts served by the short-link redirect app (``shortlink_servers``), not the app fleet."""
+    shortlink_servers: tuple[str, ...] = ()
 
     @functools.cached_property
     def version(self) -> str:
         return version_of([r.ref for r in self.routes], self.app_servers, self.control_servers,
-                          self.redirects, self.sso_keys)
+                          self.redirects, self.sso_keys, self.short_domains,
+                          self.shortlink_servers)
 
     def summary(self) -> dict[str, Any]:
         """The wire form without private keys: routes name their certificate by fingerprint."""
@@ -87,4 +96,6 @@ class DesiredState:
                 "routes": [dataclasses.asdict(r.ref)
                            for r in sorted(self.routes, key=lambda r: r.hostname)],
                 "app_servers": list(self.app_servers),
-                "control_servers": list(self.control_servers)}
+                "control_servers": list(self.control_servers),
+                "short_domains": sorted(self.short_domains),
+                "shortlink_servers": list(self.shortlink_servers)}

@@ -1,13 +1,18 @@
-"""The short-link API (platform token): create, read, list by owner, update, disable, delete."""
+"""The short-link API: create, read, list by owner, update, disable, delete, QR codes.
+
+The platform's token sees every link; a publication's token (``control/tokens.py``) sees and
+changes only its own links (others' are answered 404, as if absent) and creates links only for
+itself, on short domains that no other publication has connected."""
 from __future__ import annotations
 
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from control.auth import require_token
+from control.auth import require_token_or_publication as require_token
+from control.auth import scope
 from shortlinks.bulk import qr_code
-from shortlinks.links import LinkService, ShortlinkError
+from shortlinks.links import LinkNotFound, LinkService, NotYours, ShortlinkError
 
 bp = Blueprint("links_api", __name__, url_prefix="/api/v1/links")
 FIELDS = ("domain", "slug", "target", "owner", "code", "disabled", "valid_until",
@@ -24,6 +29,24 @@ def _changed(domain: str, slug: str) -> None:
     current_app.extensions["edge.resolver"].invalidate(domain, slug)
     current_app.extensions["edge.services"].publisher.refresh_redirects()
     current_app.extensions["edge.lifecycle"].publish_routes()
+
+
+def _own(domain: str, slug: str) -> dict[str, Any]:
+    """The link, if the caller may see it (a publication's token: only its own)."""
+    link = _links().get(domain, slug)
+    if scope() is not None and link["owner"] != scope():
+        raise LinkNotFound(f"{domain}/{slug} does not exist")
+    return link
+
+
+def _check_domain(domain: Any) -> None:
+    """A publication creates links on shared short domains or on its own, never another's."""
+    try:
+        owner = current_app.extensions["edge.domains"].get(domain)["publication_id"]
+    except Exception:  # not a connected domain (or not a hostname at all): nobody's
+        return
+    if owner != scope():
+        raise NotYours(f"{domain} belongs to another publication")
 
 
 def _view(link: dict[str, Any]) -> dict[str, Any]:
@@ -46,9 +69,13 @@ def link_error(exc: ShortlinkError) -> tuple[Response, int]:
 @require_token
 def create() -> tuple[Response, int]:
     body = _body()
-    owner = body.get("owner")
+    owner = body.get("owner", scope())
     if not isinstance(owner, str) or not owner or len(owner) > 128:
         raise ShortlinkError("owner (the publication id) is required")
+    if scope() is not None:
+        if owner != scope():
+            raise NotYours("a publication's token creates links for that publication only")
+        _check_domain(body.get("domain"))
     for name in ("valid_until", "max_visits"):
         if body.get(name) is not None and (not isinstance(body[name], (int, float))
                                            or isinstance(body[name], bool) or body[name] < 0):
@@ -62,15 +89,17 @@ def create() -> tuple[Response, int]:
 @bp.get("/<domain>/<slug>")
 @require_token
 def show(domain: str, slug: str) -> Response:
-    return jsonify(_view(_links().get(domain, slug)))
+    return jsonify(_view(_own(domain, slug)))
 
 
 @bp.get("")
 @require_token
 def list_links() -> Response:
-    owner = request.args.get("owner", "")
+    owner = request.args.get("owner", scope() or "")
     if not owner:
         raise ShortlinkError("owner is required")
+    if scope() is not None and owner != scope():
+        raise NotYours("a publication's token lists its own links only")
     try:
         page = _links().list_for(owner, limit=min(int(request.args.get("limit", "100")), 500),
                                  cursor=request.args.get("cursor"))
@@ -82,7 +111,7 @@ def list_links() -> Response:
 @bp.get("/<domain>/<slug>/qr.<kind>")
 @require_token
 def qr(domain: str, slug: str, kind: str) -> Response:
-    link = _links().get(domain, slug)
+    link = _own(domain, slug)
     mimetype = {"svg": "image/svg+xml", "png": "image/png"}.get(kind, "")
     return Response(qr_code(f"https://{link['domain']}/{link['slug']}", kind),
                     mimetype=mimetype)
@@ -91,6 +120,7 @@ def qr(domain: str, slug: str, kind: str) -> Response:
 @bp.patch("/<domain>/<slug>")
 @require_token
 def update(domain: str, slug: str) -> Response:
+    _own(domain, slug)
     link = _links().update(domain, slug, _body())
     _changed(domain, slug)
     return jsonify(_view(link))
@@ -99,6 +129,7 @@ def update(domain: str, slug: str) -> Response:
 @bp.delete("/<domain>/<slug>")
 @require_token
 def delete(domain: str, slug: str) -> Response:
+    _own(domain, slug)
     _links().delete(domain, slug)
     _changed(domain, slug)
     return jsonify(deleted=f"{domain}/{slug}")

@@ -38,6 +38,10 @@ class LinkNotFound(ShortlinkError):
     status = 404
 
 
+class NotYours(ShortlinkError):
+    status = 403
+
+
 def link_id(domain: str, slug: str) -> str:
     return f"{domain.lower()}/{slug}"
 
@@ -142,6 +146,16 @@ class LinkService:
                     and link["domain"] in self._domains]
         eligible.sort(key=lambda link: int(link.get("visits") or 0), reverse=True)
         return eligible[:limit]
+
+    def add_visits(self, counts: dict[str, int]) -> int:
+        """Visits counted elsewhere (HAProxy, for hot links), ``domain/slug -> n``, added to
+        existing links as atomic ADDs; unknown links are skipped. Returns how many were added."""
+        added = 0
+        for key, count in counts.items():
+            if count > 0 and self.table.get(key) is not None:
+                self.table.increment(key, "visits", count)
+                added += count
+        return added
 
     def summary(self, top: int) -> dict[str, Any]:
         """Totals and the ``top`` most-visited links (a full read: cache the answer)."""

@@ -1,0 +1,191 @@
+"""Short-link redirects per second, printed as ratios against HAProxy's own ceiling.
+
+Usage: python bench/shortlinks_throughput.py [--seconds 5] [--connections 50] [--rounds 3]
+One run measures, with wrk on loopback (the route picked with a Host header):
+  ceiling  HAProxy answering a fixed `http-request redirect` by itself (HTTP and HTTPS)
+  map      a hot link answered by the edge from its redirects map (HTTPS, the real template)
+  python   a link answered by the redirect app with a warm cache, directly (HTTP) under
+           several WSGI servers (one process = one core), and through the edge (HTTPS) under
+           `edgectl shortlinks` as shipped (waitress, one process per core); gunicorn and
+           bjoern are measured when installed (they are not dependencies)
+Every answer must be a redirect (wrk's "Non-2xx or 3xx responses" must stay 0).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cryptography.fernet import Fernet  # noqa: E402
+
+from certs.x509util import self_signed  # noqa: E402
+from control.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
+from control.settings import load_settings  # noqa: E402
+from control.wiring import Services  # noqa: E402
+from edge.node import EdgeNode  # noqa: E402
+from edge.state import DesiredState, Redirect, Route  # noqa: E402
+
+HOST = "acme.link"
+ROOT = Path(__file__).resolve().parent.parent
+# bjoern is measured for comparison only (a C server; not a dependency of the product).
+BJOERN = """
+import os, bjoern
+from shortlinks.serve import wsgi_app
+bjoern.run(wsgi_app(), "127.0.0.1", int(os.environ["EDGE_SHORTLINKS_PORT"]))
+"""
+
+
+def wrk(url: str, seconds: int, connections: int) -> tuple[float, int]:
+    output = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+                             "-H", f"Host: {HOST}", url],
+                            capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    return rate, int(bad.group(1)) if bad else 0
+
+
+def ceiling(directory: Path, cert: Path) -> tuple[ManagedProcess, int, int]:
+    http, https = free_port(), free_port()
+    config = directory / "ceiling.cfg"
+    # The edge's own TLS settings, so both sides of a ratio pay for the same ciphers.
+    template = (ROOT / "haproxy_templates" / "haproxy.cfg.j2").read_text().splitlines()
+    tls = "\n".join(line for line in template if line.strip().startswith("ssl-default-bind"))
+    config.write_text(f"""global
+{tls}
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend fixed
+    bind 127.0.0.1:{http}
+    bind 127.0.0.1:{https} ssl crt {cert} alpn h2,http/1.1
+    http-request redirect location https://example.com/fixed code 302
+""")
+    process = ManagedProcess("ceiling", ["haproxy", "-db", "-f", str(config)],
+                             directory / "ceiling.log")
+    wait_for_port(https, process=process)
+    return process, http, https
+
+
+def links_server(directory: Path, env: dict[str, str], name: str, argv: list[str],
+                 port: int) -> ManagedProcess:
+    argv = [arg.replace("{port}", str(port)) for arg in argv]
+    process = ManagedProcess(name, argv, directory / f"{name}.log",
+                             env={**env, "EDGE_SHORTLINKS_PORT": str(port),
+                                  "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
+    wait_for_port(port, process=process)
+    return process
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    directory = Path(tempfile.mkdtemp(prefix="bench-links-"))
+    env = {"EDGE_API_TOKEN": "bench-token-0123456789", "EDGE_EDGE_TOKEN": "edge-token-012345678",
+           "EDGE_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+           "EDGE_DATA_DIR": str(directory / "data"), "EDGE_SHORT_DOMAINS": HOST}
+    services = Services.from_settings(load_settings(env=env))
+    services.links.create(HOST, "https://example.com/hot", "pub_1", slug="hot")
+    # A visit limit keeps it off the map: the resolver checks (and counts) every visit.
+    services.links.create(HOST, "https://example.com/cold", "pub_1", slug="cold",
+                          max_visits=10**12)
+    services.close()
+
+    py = sys.executable
+    product = [py, "-m", "control", "--log-level", "WARNING", "shortlinks"]
+    gunicorn = [py, "-m", "gunicorn", "--bind", "127.0.0.1:{port}", "--workers", "1",
+                "--log-level", "warning", "shortlinks.serve:wsgi_app()"]
+    candidates = {  # one process each: requests/s per core
+        "werkzeug dev server (threaded)": product + ["--server", "werkzeug"],
+        "waitress (4 threads)": product + ["--workers", "1"],
+        "gunicorn sync x1": gunicorn,
+        "gunicorn gthread x1 (4 threads)": gunicorn[:-1] + ["--threads", "4", gunicorn[-1]],
+        "bjoern": [py, "-c", BJOERN],
+    }
+    shipped = product  # waitress, one process per core
+    links_port = free_port()
+    node = EdgeNode(directory / "edge", http_port=free_port(), https_port=free_port())
+    processes: list[ManagedProcess] = []
+    results: list[tuple[str, float, int]] = []
+    try:
+        node.apply(DesiredState(
+            (Route(HOST, "pub_1", self_signed(HOST)[1]),), ("127.0.0.1:9",), ("127.0.0.1:9",),
+            (Redirect(HOST, "hot", 302, "https://example.com/hot"),), short_domains=(HOST,),
+            shortlink_servers=(f"127.0.0.1:{links_port}",)))
+        fixed, http, https = ceiling(directory, node.layout.default_cert)
+        processes.append(fixed)
+
+        def measure(label: str, url: str) -> float:
+            wrk(url, 1, args.connections)  # warm-up: caches, connections, TLS sessions
+            rate, bad = wrk(url, args.seconds, args.connections)
+            results.append((label, rate, bad))
+            print(f"  {label:<60} {rate:>9,.0f} req/s  non-3xx {bad}", flush=True)
+            return rate
+
+        # The machine is shared and noisy: ceiling and map alternate, and their medians count.
+        rounds: dict[str, list[float]] = {"http": [], "https": [], "map": []}
+        for n in range(1, args.rounds + 1):
+            rounds["http"].append(measure(f"ceiling: HAProxy fixed redirect, HTTP (round {n})",
+                                          f"http://127.0.0.1:{http}/x"))
+            rounds["https"].append(measure(f"ceiling: HAProxy fixed redirect, HTTPS (round {n})",
+                                           f"https://127.0.0.1:{https}/x"))
+            rounds["map"].append(measure(f"map: hot link from the edge's map, HTTPS (round {n})",
+                                         f"https://127.0.0.1:{node.layout.https_port}/hot"))
+        fixed.stop()
+        for name, argv in candidates.items():
+            try:
+                server = links_server(directory, env, name.split()[0], argv, links_port)
+            except Exception as exc:  # e.g. bjoern not installed
+                print(f"  {name}: not measured ({exc})")
+                continue
+            measure(f"python direct, HTTP: {name}", f"http://127.0.0.1:{links_port}/cold")
+            server.stop()
+        workers = os.cpu_count() or 1
+        try:  # gunicorn's sync workers close every connection: HAProxy cannot reuse them
+            server = links_server(directory, env, "gunicorn-all",
+                                  gunicorn[:6] + [str(workers)] + gunicorn[7:], links_port)
+            measure(f"python via edge, HTTPS: gunicorn sync x{workers}",
+                    f"https://127.0.0.1:{node.layout.https_port}/cold")
+            server.stop()
+        except Exception as exc:
+            print(f"  gunicorn x{workers} via the edge: not measured ({exc})")
+        server = links_server(directory, env, "shipped", shipped, links_port)
+        processes.append(server)
+        measure(f"python direct, HTTP: edgectl shortlinks (waitress x{workers})",
+                f"http://127.0.0.1:{links_port}/cold")
+        measure(f"python via edge, HTTPS: edgectl shortlinks (waitress x{workers})",
+                f"https://127.0.0.1:{node.layout.https_port}/cold")
+    finally:
+        for process in processes:
+            process.stop()
+        node.stop()
+    http_ceiling = statistics.median(rounds["http"])
+    https_ceiling = statistics.median(rounds["https"])
+    print(f"\nratios (wrk -t1 -c{args.connections} -d{args.seconds}s, {os.cpu_count()} cores "
+          f"shared by wrk, HAProxy and the servers; ceilings: medians of {args.rounds} rounds, "
+          f"HTTP {http_ceiling:,.0f}, HTTPS {https_ceiling:,.0f} req/s):")
+    paired = [m / c for m, c in zip(rounds["map"], rounds["https"])]
+    print(f"  {'map: hot link from the edge, HTTPS, each round vs its ceiling':<60} "
+          f"{', '.join(f'{r:.2f}' for r in paired)}; median {statistics.median(paired):.2f} "
+          f"of the HTTPS ceiling")
+    rows = [(label, rate) for label, rate, _ in results if label.startswith("python")]
+    for label, rate in rows:
+        print(f"  {label:<60} {rate / https_ceiling:5.2f} of the HTTPS ceiling, "
+              f"{rate / http_ceiling:5.2f} of the HTTP ceiling")
+    return 1 if any(bad for _, _, bad in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""`edgectl shortlinks`: the redirect app under a production WSGI server.
+
+waitress (pure Python, keep-alive, an asyncore loop in front of a few threads), one process per
+core sharing one listening socket: bench/shortlinks_throughput.py measured it against gunicorn,
+werkzeug's development server and bjoern (see README). Each process builds its own store
+connection and resolver after the fork, flushes buffered visit counts every two seconds and
+once more when it stops.
+
+Any other WSGI server can run ``shortlinks.serve:wsgi_app()`` (settings from the environment).
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import socket
+import threading
+from typing import Any, Callable, Iterable
+
+from control.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+SERVERS = ("waitress", "werkzeug")
+
+
+class _Worker:
+    """What one server process holds: its services, its app and the flusher's stop switch."""
+
+    def __init__(self, settings: Settings) -> None:
+        from control.wiring import Services
+        from shortlinks.app import make_app
+
+        self.services = Services.from_settings(settings)
+        self.app: WSGIApp = make_app(self.services.resolver)
+        self.stop = threading.Event()
+        self.flusher = self.services.resolver.start_flusher(self.stop)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.flusher.join(timeout=10)  # the flusher's last round writes what is left
+        self.services.close()
+
+
+def wsgi_app() -> WSGIApp:
+    """The redirect app for any WSGI server (e.g. ``gunicorn 'shortlinks.serve:wsgi_app()'``)."""
+    worker = _Worker(load_settings())
+    atexit.register(worker.close)
+    return worker.app
+
+
+def serve(settings: Settings, stop: threading.Event, server: str = "waitress",
+          workers: int = 0, threads: int = 4) -> None:
+    """Serve until ``stop`` is set (by the SIGTERM/SIGINT handler of the caller)."""
+    if server == "werkzeug":
+        _werkzeug(settings, stop)
+        return
+    if server != "waitress":
+        raise ValueError(f"server must be one of {', '.join(SERVERS)}")
+    listener = socket.create_server((settings.listen_host, settings.shortlinks_port),
+                                    backlog=1024)
+    workers = workers or os.cpu_count() or 1
+    if workers == 1:
+        _waitress(settings, listener, threads, stop)
+        return
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # the child inherits the signal handler, which sets its copy of ``stop``
+            try:
+                _waitress(settings, listener, threads, stop)
+            finally:
+                os._exit(0)
+        children.append(pid)
+    listener.close()
+    log.info("short links on http://%s:%d, %d waitress processes", settings.listen_host,
+             settings.shortlinks_port, workers)
+    stop.wait()
+    for pid in children:
+        os.kill(pid, signal.SIGTERM)
+    for pid in children:
+        os.waitpid(pid, 0)
+
+
+def _waitress(settings: Settings, listener: socket.socket, threads: int,
+              stop: threading.Event) -> None:
+    from waitress.server import create_server
+
+    worker = _Worker(settings)
+    server = create_server(worker.app, sockets=[listener], threads=threads, ident="",
+                           backlog=1024, connection_limit=1000)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    stop.wait()
+    server.close()
+    worker.close()
+
+
+def _werkzeug(settings: Settings, stop: threading.Event) -> None:
+    """werkzeug's development server: for debugging only (about 1,700 redirects/s)."""
+    from werkzeug.serving import make_server
+
+    worker = _Worker(settings)
+    server = make_server(settings.listen_host, settings.shortlinks_port, worker.app,
+                         threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stop.wait()
+    server.shutdown()
+    worker.close()

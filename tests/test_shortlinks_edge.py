@@ -1,0 +1,150 @@
+"""Hot short links through a real HAProxy: visits HAProxy answers from its map are counted in a
+stick table, reported by the edge agent and added to the links' counts (SQLite and dynalite)."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from admin_app import create_app
+from certs.x509util import self_signed
+from control.probe import https_get
+from control.procs import free_port
+from control.settings import Settings
+from control.wiring import Services
+from edge.agent import EdgeAgent
+from edge.node import EdgeNode
+from edge.state import DesiredState, Route
+
+EDGE = {"Authorization": "Bearer edge-token-0123456789"}
+API = {"Authorization": "Bearer test-token-0123456789"}
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def control(request: pytest.FixtureRequest,
+            settings: Settings) -> Iterator[tuple[Services, str]]:
+    backend = {}
+    if request.param == "dynamodb":
+        backend = {"storage_backend": "dynamodb",
+                   "dynamodb_endpoint_url": request.getfixturevalue("dynalite"),
+                   "dynamodb_table_prefix": f"v{uuid.uuid4().hex[:8]}_"}
+    services = Services.from_settings(dataclasses.replace(
+        settings, short_domains=["acme.link"], hot_links=10, **backend))
+    server = make_server("127.0.0.1", 0, create_app(services), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield services, f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    services.close()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[EdgeNode]:
+    edge = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
+    yield edge
+    edge.stop()
+
+
+def publish_hot_links(services: Services) -> None:
+    _, pem = self_signed("acme.link")
+    services.edge_state.save(DesiredState((Route("acme.link", "pub_1", pem),),
+                                          ("127.0.0.1:9",), ("127.0.0.1:9",),
+                                          services.publisher.redirects()))
+
+
+def visit(node: EdgeNode, slug: str, times: int) -> None:
+    for _ in range(times):
+        probe = https_get(node.layout.https_port, "acme.link", f"/{slug}")
+        assert probe.status == 302 and probe.headers["location"] == "https://example.com/go"
+
+
+def visits(services: Services, slug: str) -> int:
+    return int(services.links.get("acme.link", slug).get("visits") or 0)
+
+
+def test_visits_of_map_served_links_reach_the_link_counts(
+        control: tuple[Services, str], node: EdgeNode) -> None:
+    services, url = control
+    services.links.create("acme.link", "https://example.com/go", "pub_1", slug="go")
+    publish_hot_links(services)
+    agent = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
+    assert agent.sync() is True
+    assert node.runtime.show_map(node.current.resolve() / "redirects.map"), "served from the map"
+    visit(node, "go", 7)
+    https_get(node.layout.https_port, "acme.link", "/cold")  # not in the map: not counted here
+    assert agent.report_visits() == 7
+    assert visits(services, "go") == 7
+    assert agent.report_visits() == 0, "only deltas are reported"
+    assert visits(services, "go") == 7
+
+    visit(node, "go", 3)
+    # A restarted agent keeps its baseline (a file): it reports only the 3 new visits.
+    restarted = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
+    assert restarted.report_visits() == 3
+    assert visits(services, "go") == 10
+
+    node.haproxy.reload()  # a new worker counts from zero again: 11 there is 11 new visits,
+    visit(node, "go", 11)  # not 11 - 10 (the old worker's count)
+    assert restarted.report_visits() == 11
+    assert visits(services, "go") == 21
+
+
+def test_undelivered_visits_are_kept_and_sent_later(
+        control: tuple[Services, str], node: EdgeNode, tmp_path: Path) -> None:
+    services, url = control
+    services.links.create("acme.link", "https://example.com/go", "pub_1", slug="go")
+    publish_hot_links(services)
+    assert EdgeAgent(node, url, "edge-token-0123456789", node_id="n1").sync() is True
+    visit(node, "go", 4)
+    wrong = EdgeAgent(node, url, "not-the-edge-token-000", node_id="n1")
+    with pytest.raises(requests.HTTPError):
+        wrong.report_visits()
+    assert visits(services, "go") == 0
+    assert wrong.visits.pending == {"acme.link/go": 4}
+    assert EdgeAgent(node, url, "edge-token-0123456789").report_visits() == 4
+    assert visits(services, "go") == 4
+
+
+BAD_REPORTS = [
+    None, [], {"visits": []}, {"visits": {"acme.link/go": -1}},
+    {"visits": {"acme.link/go": True}}, {"visits": {"acme.link/go": 1.5}},
+    {"visits": {"acme.link/../x": 1}}, {"visits": {"acme.link/go b": 1}},
+    {"visits": {f"acme.link/s{n}": 1 for n in range(5001)}}]
+
+
+def test_visit_reports_are_checked(control: tuple[Services, str]) -> None:
+    services, url = control
+    services.links.create("acme.link", "https://example.com/go", "pub_1", slug="go")
+    for body in BAD_REPORTS:
+        response = requests.post(f"{url}/api/v1/edge/visits", json=body, headers=EDGE,
+                                 timeout=5)
+        assert response.status_code == 400, body
+    platform = requests.post(f"{url}/api/v1/edge/visits", headers=API, timeout=5,
+                             json={"visits": {"acme.link/go": 1}})
+    assert platform.status_code == 401, "only edge agents report visits"
+    ok = requests.post(f"{url}/api/v1/edge/visits", headers=EDGE, timeout=5,
+                       json={"visits": {"acme.link/go": 2, "acme.link/gone": 5}})
+    assert ok.json() == {"added": 2}, "unknown links are skipped, never created"
+    assert visits(services, "go") == 2
+    assert services.links.table.get("acme.link/gone") is None
+
+
+def test_short_domains_need_redirect_servers_and_clean_names() -> None:
+    from edge.render import RenderError, validate
+    base = DesiredState((), ("127.0.0.1:9",), ("127.0.0.1:9",))
+    validate(dataclasses.replace(base, short_domains=("acme.link",),
+                                 shortlink_servers=("127.0.0.1:8100",)))
+    for bad in ({"short_domains": ("acme.link",)},
+                {"short_domains": ("acme.link evil",), "shortlink_servers": ("127.0.0.1:1",)},
+                {"short_domains": ("*.acme.link",), "shortlink_servers": ("127.0.0.1:1",)},
+                {"short_domains": ("acme.link",), "shortlink_servers": ("x y:1",)}):
+        with pytest.raises(RenderError):
+            validate(dataclasses.replace(base, **bad))
+    assert dataclasses.replace(base, short_domains=("acme.link",),
+                               shortlink_servers=("127.0.0.1:1",)).version != base.version
