@@ -22,7 +22,7 @@ from domains.lifecycle import Lifecycle, Timing
 from domains.service import DOMAINS, EVENTS, DomainService
 from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.control_api import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE,
-                               EdgeStateStore)
+                               EDGE_VISIT_REPORTS, EdgeStateStore)
 from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
 from edge.state import DesiredState, Redirect, Route
 from control.tokens import API_TOKENS, PublicationTokens
@@ -146,7 +146,8 @@ class Services:
             for ca in cas], certificates, IssuanceStats(backend.table(ISSUANCE_STATS)))
         edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
                                     backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault,
-                                    backend.table(EDGE_REDIRECTS))
+                                    backend.table(EDGE_REDIRECTS),
+                                    backend.table(EDGE_VISIT_REPORTS))
         control_server = f"{settings.listen_host}:{settings.listen_port}"
         links = LinkService(backend.table(LINKS), settings.short_domains)
         sso_keys = SigningKeys(backend.table(SSO_KEYS), vault,

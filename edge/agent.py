@@ -96,15 +96,15 @@ class EdgeAgent:
         again if the control service does not take them); returns how many were delivered."""
         if not self.node.haproxy.running:
             return 0
-        pending = sorted(self.visits.read().items())
+        self.visits.read()
         delivered = 0
-        for start in range(0, len(pending), batch):
-            chunk = dict(pending[start:start + batch])
+        while (report := self.visits.next_report(batch)) is not None:
+            report_id, counts = report
             response = self._session.post(f"{self._url}/api/v1/edge/visits", timeout=10,
-                                          json={"visits": chunk})
+                                          json={"report_id": report_id, "visits": counts})
             response.raise_for_status()
-            self.visits.delivered(chunk)
-            delivered += sum(chunk.values())
+            self.visits.delivered(report_id)
+            delivered += sum(counts.values())
         return delivered
 
     def run(self, interval: float, stop: threading.Event) -> None:

@@ -24,6 +24,10 @@ EDGE_ROUTES = TableSpec("edge_routes", key="hostname")
 EDGE_CERTS = TableSpec("edge_certs", key="hostname")
 EDGE_NODES = TableSpec("edge_nodes", key="node_id")
 EDGE_REDIRECTS = TableSpec("edge_redirects", key="key")
+EDGE_VISIT_REPORTS = TableSpec("edge_visit_reports", key="report_id")
+"""Report ids already counted: an agent that resends a report after a lost answer counts once."""
+REPORT_MEMORY_SECONDS = 7 * 86400.0
+_REPORT_ID = re.compile(r"[0-9a-f]{32}")
 _NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _VISIT_KEY = re.compile(r"[a-z0-9.*-]{1,253}/[A-Za-z0-9_-]{1,64}")
 MAX_VISIT_KEYS = 5000
@@ -32,8 +36,9 @@ _VERSION = re.compile(r"[0-9a-f]{16}")
 
 class EdgeStateStore:
     def __init__(self, state: Table, routes: Table, certs: Table, nodes: Table,
-                 vault: KeyVault, redirects: Table) -> None:
+                 vault: KeyVault, redirects: Table, reports: Table) -> None:
         self.state = state
+        self.reports = reports
         self.routes = routes
         self.redirects = redirects
         self.certs = certs
@@ -91,6 +96,16 @@ class EdgeStateStore:
                 self.redirects.put({"key": redirect.key, **dataclasses.asdict(redirect)})
         for key in stored:
             self.redirects.delete(key)
+
+    def first_report(self, report_id: str) -> bool:
+        """True the first time a visit report id is seen; it is remembered for a week."""
+        try:
+            self.reports.put({"report_id": report_id,
+                              "expires_at": time.time() + REPORT_MEMORY_SECONDS},
+                             expected_version=ABSENT)
+            return True
+        except ConflictError:
+            return False
 
     def meta(self) -> dict[str, Any] | None:
         return self.state.get("desired")
@@ -210,15 +225,22 @@ def report(node_id: str) -> tuple[Response, int]:
 @bp.post("/visits")
 @require_edge_token
 def visits() -> tuple[Response, int]:
-    """Visits of hot links HAProxy answered by itself, ``{"visits": {"host/slug": n}}``; handed
-    to the sink the app registered (the short-link service adds them to its own counts)."""
+    """Visits of hot links HAProxy answered by itself, ``{"report_id", "visits": {"host/slug":
+    n}}``; handed to the sink the app registered (the short-link service adds them to its own
+    counts) once per report id. The id is recorded first: a crash in between loses that report
+    rather than counting it twice."""
     body = request.get_json(silent=True)
+    report_id = body.get("report_id") if isinstance(body, dict) else None
+    if not isinstance(report_id, str) or not _REPORT_ID.fullmatch(report_id):
+        return jsonify(error="send a report_id of 32 hex digits with the visits"), 400
     counts = body.get("visits") if isinstance(body, dict) else None
     if not isinstance(counts, dict) or len(counts) > MAX_VISIT_KEYS or not all(
             isinstance(k, str) and _VISIT_KEY.fullmatch(k) and type(v) is int
             and 0 < v < 2**31 for k, v in counts.items()):
         return jsonify(error=f"send {{\"visits\": {{\"host/slug\": count}}}} with at most "
                              f"{MAX_VISIT_KEYS} positive counts"), 400
+    if not _store().first_report(report_id):
+        return jsonify(added=0, duplicate=True), 200
     added = current_app.extensions["edge.visit_sink"](counts)
     return jsonify(added=added), 200
 

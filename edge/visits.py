@@ -12,6 +12,7 @@ import collections
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 
 from edge.runtime import RuntimeAPI
@@ -28,6 +29,8 @@ class HotVisitMeter:
         self._pid: int | None = None
         self._seen: dict[str, int] = {}
         self.pending: collections.Counter[str] = collections.Counter()
+        self.sealed: tuple[str, dict[str, int]] | None = None
+        """A report sent but not confirmed: resent as it is, under the same id, until it is."""
         self._load()
 
     def _load(self) -> None:
@@ -35,6 +38,8 @@ class HotVisitMeter:
             doc = json.loads(self._file.read_text())
             self._pid, self._seen = doc["pid"], dict(doc["seen"])
             self.pending.update(doc["pending"])
+            if doc.get("sealed"):
+                self.sealed = (str(doc["sealed"][0]), dict(doc["sealed"][1]))
         except FileNotFoundError:
             return
         except (ValueError, KeyError, TypeError) as exc:
@@ -43,7 +48,7 @@ class HotVisitMeter:
     def _save(self) -> None:
         tmp = self._file.with_name(self._file.name + ".tmp")
         tmp.write_text(json.dumps({"pid": self._pid, "seen": self._seen,
-                                   "pending": dict(self.pending)}))
+                                   "pending": dict(self.pending), "sealed": self.sealed}))
         os.replace(tmp, self._file)
 
     def read(self) -> dict[str, int]:
@@ -63,8 +68,22 @@ class HotVisitMeter:
         self._save()
         return dict(self.pending)
 
-    def delivered(self, sent: dict[str, int]) -> None:
-        """The control service has added ``sent``: drop it from what is pending."""
-        self.pending.subtract(sent)
-        self.pending = +self.pending  # drop zero entries
-        self._save()
+    def next_report(self, limit: int) -> tuple[str, dict[str, int]] | None:
+        """The report to send now: the unconfirmed one, else up to ``limit`` pending keys."""
+        if self.sealed is None and self.pending:
+            keys = sorted(self.pending)[:limit]
+            self.sealed = (uuid.uuid4().hex, {key: self.pending.pop(key) for key in keys})
+            self._save()
+        return self.sealed
+
+    def delivered(self, report_id: str) -> None:
+        """The control service has counted report ``report_id``."""
+        if self.sealed is not None and self.sealed[0] == report_id:
+            self.sealed = None
+            self._save()
+
+    def unreported(self) -> dict[str, int]:
+        """Visits not yet confirmed by the control service, sent or not."""
+        total = collections.Counter(self.pending)
+        total.update(self.sealed[1] if self.sealed else {})
+        return dict(total)

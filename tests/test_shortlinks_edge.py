@@ -106,16 +106,41 @@ def test_undelivered_visits_are_kept_and_sent_later(
     with pytest.raises(requests.HTTPError):
         wrong.report_visits()
     assert visits(services, "go") == 0
-    assert wrong.visits.pending == {"acme.link/go": 4}
+    assert wrong.visits.unreported() == {"acme.link/go": 4}
     assert EdgeAgent(node, url, "edge-token-0123456789").report_visits() == 4
     assert visits(services, "go") == 4
 
 
+def test_a_report_resent_after_a_lost_answer_counts_once(
+        control: tuple[Services, str], node: EdgeNode) -> None:
+    services, url = control
+    services.links.create("acme.link", "https://example.com/go", "pub_1", slug="go")
+    publish_hot_links(services)
+    agent = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
+    assert agent.sync() is True
+    visit(node, "go", 3)
+    agent.visits.read()
+    report = agent.visits.next_report(1000)
+    assert report is not None
+    # The control service counts it, but the answer never reaches the agent...
+    first = requests.post(f"{url}/api/v1/edge/visits", headers=EDGE, timeout=5,
+                          json={"report_id": report[0], "visits": report[1]})
+    assert first.json() == {"added": 3}
+    # ...which sends the same report again (also after a restart: it is on disk).
+    restarted = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
+    assert restarted.visits.sealed == report
+    visit(node, "go", 2)
+    assert restarted.report_visits() == 5  # the resent 3 (counted once) and 2 new
+    assert visits(services, "go") == 5
+
+
+REPORT_ID = "0123456789abcdef0123456789abcdef"
 BAD_REPORTS = [
-    None, [], {"visits": []}, {"visits": {"acme.link/go": -1}},
-    {"visits": {"acme.link/go": True}}, {"visits": {"acme.link/go": 1.5}},
-    {"visits": {"acme.link/../x": 1}}, {"visits": {"acme.link/go b": 1}},
-    {"visits": {f"acme.link/s{n}": 1 for n in range(5001)}}]
+    None, [], {"visits": {"acme.link/go": 1}}, {"report_id": "x", "visits": {"acme.link/go": 1}},
+    *({"report_id": REPORT_ID, "visits": visits} for visits in (
+        [], {"acme.link/go": -1}, {"acme.link/go": True}, {"acme.link/go": 1.5},
+        {"acme.link/../x": 1}, {"acme.link/go b": 1},
+        {f"acme.link/s{n}": 1 for n in range(5001)}))]
 
 
 def test_visit_reports_are_checked(control: tuple[Services, str]) -> None:
@@ -126,10 +151,11 @@ def test_visit_reports_are_checked(control: tuple[Services, str]) -> None:
                                  timeout=5)
         assert response.status_code == 400, body
     platform = requests.post(f"{url}/api/v1/edge/visits", headers=API, timeout=5,
-                             json={"visits": {"acme.link/go": 1}})
+                             json={"report_id": REPORT_ID, "visits": {"acme.link/go": 1}})
     assert platform.status_code == 401, "only edge agents report visits"
     ok = requests.post(f"{url}/api/v1/edge/visits", headers=EDGE, timeout=5,
-                       json={"visits": {"acme.link/go": 2, "acme.link/gone": 5}})
+                       json={"report_id": REPORT_ID,
+                             "visits": {"acme.link/go": 2, "acme.link/gone": 5}})
     assert ok.json() == {"added": 2}, "unknown links are skipped, never created"
     assert visits(services, "go") == 2
     assert services.links.table.get("acme.link/gone") is None
