@@ -26,7 +26,7 @@ from edge.control_api import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTE
 from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
 from edge.state import DesiredState, Redirect, Route
 from control.tokens import API_TOKENS, PublicationTokens
-from shortlinks.links import LINKS, LinkService
+from shortlinks.links import LINK_CHANGES, LINKS, LinkService
 from shortlinks.resolver import Resolver
 from store import Backend, open_backend
 
@@ -149,7 +149,8 @@ class Services:
                                     backend.table(EDGE_REDIRECTS),
                                     backend.table(EDGE_VISIT_REPORTS))
         control_server = f"{settings.listen_host}:{settings.listen_port}"
-        links = LinkService(backend.table(LINKS), settings.short_domains)
+        links = LinkService(backend.table(LINKS), settings.short_domains,
+                            changes=backend.table(LINK_CHANGES))
         sso_keys = SigningKeys(backend.table(SSO_KEYS), vault,
                                settings.sso_key_activation_seconds) if platform_host else None
         shortlink_servers = settings.shortlink_servers or [
@@ -176,7 +177,7 @@ class Services:
                                https_port=settings.edge_https_port,
                                session_seconds=settings.sso_session_seconds)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
-                   lifecycle, webhooks, links, Resolver(links.table), publisher,
+                   lifecycle, webhooks, links, Resolver(links.table, changes=links.changes), publisher,
                    PublicationTokens(backend.table(API_TOKENS)), sso,
                    identity_from_settings(settings))
 

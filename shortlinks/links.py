@@ -11,6 +11,10 @@ from urllib.parse import urlsplit
 from store import ABSENT, ConflictError, Item, Page, Table, TableSpec, all_items
 
 LINKS = TableSpec("short_links", key="id", indexes=("owner",))
+LINK_CHANGES = TableSpec("short_link_changes", key="name")
+"""One item, ``generation``, whose counter ``n`` moves on every change to any link: resolvers in
+other processes check it about once a second and drop what they cached before it moved."""
+GENERATION = "generation"
 ALPHABET = string.ascii_letters + string.digits
 SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 RESERVED = {"api", "admin", "healthz", "metrics", "static", "robots.txt", "favicon.ico",
@@ -48,8 +52,14 @@ def link_id(domain: str, slug: str) -> str:
 
 class LinkService:
     def __init__(self, table: Table, short_domains: Iterable[str], slug_length: int = 7,
-                 default_code: int = 302) -> None:
+                 default_code: int = 302, changes: Table | None = None) -> None:
         self.table = table
+        self.changes = changes
+        if changes is not None and changes.get(GENERATION) is None:
+            try:
+                changes.put({"name": GENERATION}, expected_version=ABSENT)
+            except ConflictError:
+                pass  # another process made it first
         self._domains = {d.lower() for d in short_domains}
         self._slug_length = slug_length
         self._default_code = default_code
@@ -101,7 +111,7 @@ class LinkService:
                     "valid_until": valid_until, "max_visits": max_visits,
                     "created_at": now, "updated_at": now}
             try:
-                return self.table.put(item, expected_version=ABSENT)
+                return self._changed(self.table.put(item, expected_version=ABSENT))
             except ConflictError:
                 if slug is not None:
                     raise SlugTaken(f"{domain}/{slug} is already taken") from None
@@ -133,8 +143,13 @@ class LinkService:
             if value is not None and (isinstance(value, bool)
                                       or not isinstance(value, (int, float)) or value < 0):
                 raise InvalidLink(name, "must be a positive number or null")
-        return self.table.put({**link, **changes, "updated_at": time.time()},
-                              expected_version=link["version"])
+        return self._changed(self.table.put({**link, **changes, "updated_at": time.time()},
+                                            expected_version=link["version"]))
+
+    def _changed(self, item: Item) -> Item:
+        if self.changes is not None:
+            self.changes.increment(GENERATION, "n")
+        return item
 
     def hottest(self, limit: int, now: float | None = None) -> list[Item]:
         """The most-visited links HAProxy may answer by itself: enabled, unexpired and with no
@@ -171,3 +186,4 @@ class LinkService:
     def delete(self, domain: str, slug: str) -> None:
         if not self.table.delete(link_id(domain, slug)):
             raise LinkNotFound(f"{domain}/{slug} does not exist")
+        self._changed({})

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Callable
 
-from shortlinks.links import link_id
+from shortlinks.links import GENERATION, link_id
 from store import Item, StoreError, Table
 
 log = logging.getLogger(__name__)
@@ -24,21 +24,38 @@ class Verdict:
 
 class Resolver:
     def __init__(self, table: Table, ttl: float = 30.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, changes: Table | None = None,
+                 check_every: float = 1.0) -> None:
         self._table = table
         self._ttl = ttl
         self._clock = clock
-        self._cache: dict[str, tuple[float, Item | None]] = {}
+        self._changes = changes
+        self._check_every = check_every
+        self._generation = 0
+        self._next_check = 0.0
+        self._cache: dict[str, tuple[float, int, Item | None]] = {}
         self._visits: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self.store_errors = 0
         self.stale_served = 0
 
+    def _current_generation(self, now: float) -> int:
+        """The links' change counter, read at most every ``check_every`` seconds."""
+        if self._changes is not None and now >= self._next_check:
+            self._next_check = now + self._check_every
+            try:
+                item = self._changes.get(GENERATION)
+                self._generation = int((item or {}).get("n") or 0)
+            except StoreError:
+                pass  # the store is down: cached entries stay good (stale-if-error)
+        return self._generation
+
     def _lookup(self, key: str) -> Item | None:
         now = self._clock()
+        generation = self._current_generation(now)
         cached = self._cache.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if cached is not None and cached[0] > now and cached[1] == generation:
+            return cached[2]
         try:
             item = self._table.get(key)
         except StoreError as exc:
@@ -49,8 +66,8 @@ class Resolver:
             log.warning("serving %s from cache: %s", key, exc)
             with self._lock:
                 self.stale_served += 1
-            return cached[1]
-        self._cache[key] = (now + self._ttl, item)
+            return cached[2]
+        self._cache[key] = (now + self._ttl, generation, item)
         return item
 
     def invalidate(self, domain: str, slug: str) -> None:

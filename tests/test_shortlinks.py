@@ -14,9 +14,9 @@ from werkzeug.test import Client
 
 from control.procs import ManagedProcess, free_port, wait_for_port
 from shortlinks.app import make_app
-from shortlinks.links import LINKS, InvalidLink, LinkService, SlugTaken
+from shortlinks.links import LINK_CHANGES, LINKS, InvalidLink, LinkService, SlugTaken
 from shortlinks.resolver import Resolver
-from store import Table
+from store import Backend, Table
 from store.dynamo import DynamoBackend
 from store.sqlite import SqliteBackend
 from tests.conftest import _dynalite_bin, dynamo_client
@@ -25,14 +25,19 @@ DOMAINS = ["acme.link", "go.example.test"]
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
-def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Table]:
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "sqlite":
-        backend = SqliteBackend(str(tmp_path / "links.db"))
+        opened: Backend = SqliteBackend(str(tmp_path / "links.db"))
     else:
-        backend = DynamoBackend(dynamo_client(request.getfixturevalue("dynalite")),
-                                prefix=f"l{uuid.uuid4().hex[:8]}_")
-    yield backend.table(LINKS)
-    backend.close()
+        opened = DynamoBackend(dynamo_client(request.getfixturevalue("dynalite")),
+                               prefix=f"l{uuid.uuid4().hex[:8]}_")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def table(backend: Backend) -> Table:
+    return backend.table(LINKS)
 
 
 @pytest.fixture
@@ -100,6 +105,24 @@ def test_disabled_expired_and_exhausted_links_are_gone(links: LinkService, table
         assert gone.status_code == 410 and b"<p>" in gone.data
     assert [redirect(table, "acme.link", "twice", resolver).status_code for _ in range(3)] == \
         [302, 302, 410]
+
+
+def test_a_change_reaches_other_processes_caches_within_a_second(backend: Backend) -> None:
+    """The redirect app runs in other processes than the API and the dashboard: their caches
+    learn of any change from the links' change counter, not from the 30 s TTL."""
+    changes = backend.table(LINK_CHANGES)
+    links = LinkService(backend.table(LINKS), DOMAINS, changes=changes)
+    now = [1000.0]
+    elsewhere = Resolver(links.table, clock=lambda: now[0], changes=changes)
+    links.create("acme.link", "https://example.com/", owner="p", slug="bad")
+    assert elsewhere.resolve("acme.link", "bad").status == 302
+    assert elsewhere.resolve("acme.link", "new").status == 404  # cached as unknown
+    links.update("acme.link", "bad", {"disabled": True})
+    links.create("acme.link", "https://example.com/new", owner="p", slug="new")
+    assert elsewhere.resolve("acme.link", "bad").status == 302  # within the check interval
+    now[0] += 1.0
+    assert elsewhere.resolve("acme.link", "bad").status == 410
+    assert elsewhere.resolve("acme.link", "new").status == 302
 
 
 def test_visits_are_buffered_then_added_atomically(links: LinkService, table: Table) -> None:
