@@ -34,7 +34,7 @@ def fast_upstream(directory: Path) -> tuple[ManagedProcess, str]:
     timeout server 30s
 frontend upstream
     bind 127.0.0.1:{port}
-    http-request return status 200 content-type text/plain string ok
+    http-request return status 200 content-type text/plain lf-string "ok %[req.hdr(x-edge-user)]"
 """)
     process = ManagedProcess("upstream", ["haproxy", "-db", "-f", str(config)],
                              directory / "upstream.log")

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from certs.x509util import self_signed  # noqa: E402
+from control.probe import https_get  # noqa: E402
 from control.procs import free_port  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
 from edge.sso import SESSION_COOKIE  # noqa: E402
@@ -41,8 +42,8 @@ def main() -> None:
     # A second published key, as during a rotation: the cookie is checked against both.
     spare = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    token = jwt.encode({"sub": "reader-1", "aud": HOST, "exp": int(time.time()) + 3600}, key,
-                       algorithm="ES256")
+    token = jwt.encode({"sub": "reader-1", "aud": HOST, "pub": "pub_1",
+                        "exp": int(time.time()) + 3600}, key, algorithm="ES256")
     with tempfile.TemporaryDirectory() as tmp:
         upstream, address = fast_upstream(Path(tmp))
         node = EdgeNode(Path(tmp) / "edge", http_port=free_port(), https_port=free_port())
@@ -50,6 +51,8 @@ def main() -> None:
             node.apply(DesiredState((Route(HOST, "pub_1", self_signed(HOST)[1]),), (address,),
                                     ("127.0.0.1:9",), (), (spare.decode(), public.decode())))
             port = node.layout.https_port
+            seen = https_get(port, HOST, headers={"Cookie": f"{SESSION_COOKIE}={token}"}).body
+            assert seen == b"ok reader-1", f"the edge did not forward the user: {seen!r}"
             anonymous, signed_in = [], []
             for _ in range(args.rounds):
                 anonymous.append(requests_per_second(port, args.seconds))

@@ -172,7 +172,7 @@ class Services:
         sso = None
         if sso_keys is not None:
             sso = SingleSignOn(sso_keys, backend.table(SSO_CODES),
-                               lambda host: domains.is_active(host),
+                               domains.active_publication,
                                platform_url=settings.sso_platform_url,
                                https_port=settings.edge_https_port,
                                session_seconds=settings.sso_session_seconds)

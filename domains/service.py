@@ -124,14 +124,17 @@ class DomainService:
             raise DomainNotFound(name)
         return domain
 
-    def is_active(self, hostname: str) -> bool:
-        """Whether the edge serves ``hostname`` as a custom domain (itself or a wildcard's)."""
+    def active_publication(self, hostname: str) -> str | None:
+        """The publication the edge serves ``hostname`` for, as an active custom domain (itself
+        or under its wildcard); None when it does not."""
         label, _, parent = hostname.partition(".")
         if not HOSTNAME_LABEL.fullmatch(label):
-            return False
-        wildcard = "*." + parent
-        return any((item := self.domains.get(name)) is not None and item["status"] == ACTIVE
-                   for name in (hostname, wildcard))
+            return None
+        for name in (hostname, "*." + parent):
+            item = self.domains.get(name)
+            if item is not None and item["status"] == ACTIVE:
+                return str(item["publication_id"])
+        return None
 
     def list_for(self, publication_id: str, limit: int = 100, cursor: str | None = None) -> Page:
         return self.domains.query("publication_id", publication_id, limit=limit, cursor=cursor)

@@ -118,12 +118,13 @@ class SigningKeys:
 class SingleSignOn:
     """The handshake's decisions; the Flask views (edge/sso_views.py) only carry HTTP."""
 
-    def __init__(self, keys: SigningKeys, codes: Table, is_active: Callable[[str], bool], *,
+    def __init__(self, keys: SigningKeys, codes: Table,
+                 publication_of: Callable[[str], str | None], *,
                  platform_url: str, https_port: int = 443, session_seconds: float = 86400.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.keys = keys
         self.codes = codes
-        self._is_active = is_active
+        self._publication_of = publication_of
         self.platform_url = platform_url
         self.platform_host = urlsplit(platform_url).hostname or ""
         self._port = "" if https_port == 443 else f":{https_port}"
@@ -131,10 +132,16 @@ class SingleSignOn:
         self._clock = clock
 
     def require_custom_domain(self, host: str) -> str:
-        if not HOSTNAME.fullmatch(host) or host == self.platform_host \
-                or not self._is_active(host):
-            raise SsoRefused("Sign-in is not available on this address.")
+        self.publication(host)
         return host
+
+    def publication(self, host: str) -> str:
+        """The publication of an active custom domain; anything else is refused."""
+        publication = self._publication_of(host) if HOSTNAME.fullmatch(host) \
+            and host != self.platform_host else None
+        if publication is None:
+            raise SsoRefused("Sign-in is not available on this address.")
+        return publication
 
     def authorize_url(self, host: str, state: str, silent: bool = False) -> str:
         return (f"{self.platform_url}/_edge/sso/authorize?host={host}&state={state}"
@@ -172,9 +179,11 @@ class SingleSignOn:
         return str(item["user"])
 
     def session_token(self, user: str, host: str) -> str:
+        """Bound to the host and to its publication now: should the domain pass to another
+        publication, the edge ignores sessions made before."""
         kid, key = self.keys.signer()
         now = int(self._clock())
-        return jwt.encode({"sub": user, "aud": host, "iat": now,
+        return jwt.encode({"sub": user, "aud": host, "pub": self.publication(host), "iat": now,
                            "exp": now + int(self.session_seconds)},
                           key, algorithm="ES256", headers={"kid": kid})
 

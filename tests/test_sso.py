@@ -91,6 +91,7 @@ def test_the_handshake_sets_a_session_for_this_host_only(client: FlaskClient,
     claims = jwt.decode(token, services.sso.keys.public_pems()[0],  # type: ignore[union-attr]
                         algorithms=["ES256"], audience=BLOG)
     assert claims["sub"] == "alice" and 0 < claims["exp"] - time.time() <= 3600
+    assert claims["pub"] == "pub_1"
 
 
 def test_a_code_works_once(client: FlaskClient) -> None:

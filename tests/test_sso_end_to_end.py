@@ -106,7 +106,8 @@ def test_a_reader_known_to_the_platform_is_signed_in_without_a_click(stack: Loca
 def _token(services: Services, key: Any = None, **claims: Any) -> str:
     kid, signer = services.sso.keys.signer()  # type: ignore[union-attr]
     now = int(time.time())
-    body = {"sub": "bob", "aud": BLOG, "iat": now, "exp": now + 600, **claims}
+    body = {"sub": "bob", "aud": BLOG, "pub": "pub_1", "iat": now, "exp": now + 600, **claims}
+    body = {name: value for name, value in body.items() if value is not None}
     return jwt.encode(body, key or signer, algorithm="ES256", headers={"kid": kid})
 
 
@@ -120,6 +121,9 @@ def test_the_edge_forwards_only_a_valid_session(stack: LocalStack, services: Ser
         "tampered": f"{header}.{other_payload}.{signature}",
         "expired": _token(services, exp=int(time.time()) - 5),
         "other domain": _token(services, aud="other.example.test"),
+        # Made while the domain belonged to another publication (it changed hands since).
+        "other publication": _token(services, pub="pub_2"),
+        "no publication": _token(services, pub=None),
         "foreign key": _token(services, key=ec.generate_private_key(ec.SECP256R1())),
         "alg none": jwt.encode({"sub": "root", "aud": BLOG, "exp": int(time.time()) + 600},
                                None, algorithm="none"),
