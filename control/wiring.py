@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import Any
 
 from certs.challenges import CHALLENGES, ChallengeStore
 from certs.chain import IssuerChain
@@ -53,21 +54,23 @@ class EdgePublisher:
         self._hot_refresh = hot_refresh
         self._short_domains = tuple(sorted(short_domains))
         self._shortlink_servers = tuple(shortlink_servers) if short_domains else ()
-        self._hot: tuple[float, tuple[Redirect, ...]] = (0.0, ())
+        self._hot: tuple[float, tuple[dict[str, Any], ...]] = (0.0, ())
         self._sso_keys = sso_keys
         self.platform_hosts = platform_hosts
         """The platform's own domains: routed to the app fleet once their certificate exists."""
 
     def redirects(self) -> tuple[Redirect, ...]:
-        """The hottest short links, recomputed every ``hot_refresh`` seconds (a scan)."""
+        """The hottest short links, recomputed every ``hot_refresh`` seconds (a scan); one that
+        expires in between leaves at the next publish (every worker round), not at the scan."""
         if self._links is None or self._hot_links <= 0:
             return ()
         if time.monotonic() >= self._hot[0]:
-            hot = tuple(Redirect(link["domain"], link["slug"], int(link["code"]),
-                                 link["target"])
-                        for link in self._links.hottest(self._hot_links))
-            self._hot = (time.monotonic() + self._hot_refresh, hot)
-        return self._hot[1]
+            self._hot = (time.monotonic() + self._hot_refresh,
+                         tuple(self._links.hottest(self._hot_links)))
+        now = time.time()
+        return tuple(Redirect(link["domain"], link["slug"], int(link["code"]), link["target"])
+                     for link in self._hot[1]
+                     if link.get("valid_until") is None or link["valid_until"] > now)
 
     def refresh_redirects(self) -> None:
         """A link changed: the next publish recomputes the hot set at once."""

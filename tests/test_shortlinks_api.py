@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import os
 import signal
 import subprocess
@@ -165,5 +166,22 @@ def test_hottest_links_are_published_to_the_edge_and_leave_it_when_disabled(
             [("hot", 302), ("warm", 302)], "the two hottest, never a visit-limited one"
         client.patch("/api/v1/links/acme.link/hot", headers=AUTH, json={"disabled": True})
         assert [r["slug"] for r in services.edge_state.load()["redirects"]] == ["cold", "warm"]
+    finally:
+        services.close()
+
+
+def test_a_hot_link_leaves_the_edge_when_it_expires_not_at_the_next_scan(
+        link_settings: Settings) -> None:
+    services = Services.from_settings(dataclasses.replace(link_settings, hot_links=5))
+    try:
+        services.links.create("acme.link", "https://example.com/a", "pub_1", slug="brief",
+                              valid_until=time.time() + 0.5)
+        services.links.create("acme.link", "https://example.com/b", "pub_1", slug="lasting")
+        services.lifecycle.publish_routes()
+        assert {r["slug"] for r in services.edge_state.load()["redirects"]} == \
+            {"brief", "lasting"}
+        time.sleep(0.6)  # expired; the hot set is not recomputed for another 30 s
+        services.lifecycle.publish_routes()
+        assert [r["slug"] for r in services.edge_state.load()["redirects"]] == ["lasting"]
     finally:
         services.close()
