@@ -24,6 +24,7 @@ from domains.service import DOMAINS, EVENTS, DomainService
 from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.control_api import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE,
                                EDGE_VISIT_REPORTS, EdgeStateStore)
+from edge.render import map_safe
 from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
 from edge.state import DesiredState, Redirect, Route
 from control.tokens import API_TOKENS, PublicationTokens
@@ -68,9 +69,11 @@ class EdgePublisher:
             self._hot = (time.monotonic() + self._hot_refresh,
                          tuple(self._links.hottest(self._hot_links)))
         now = time.time()
-        return tuple(Redirect(link["domain"], link["slug"], int(link["code"]), link["target"])
-                     for link in self._hot[1]
-                     if link.get("valid_until") is None or link["valid_until"] > now)
+        hot = (Redirect(link["domain"], link["slug"], int(link["code"]), link["target"])
+               for link in self._hot[1]
+               if link.get("valid_until") is None or link["valid_until"] > now)
+        # A target HAProxy's map cannot hold (non-ASCII, say) would block the whole state.
+        return tuple(redirect for redirect in hot if map_safe(redirect))
 
     def refresh_redirects(self) -> None:
         """A link changed: the next publish recomputes the hot set at once."""

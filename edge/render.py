@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jinja2
 
-from edge.state import DesiredState
+from edge.state import DesiredState, Redirect
 
 # Values land in haproxy.cfg and map files: anything outside these shapes could inject config.
 _HOSTNAME = re.compile(r"(\*\.)?[a-z0-9.-]{1,253}")
@@ -60,15 +60,19 @@ def validate(state: DesiredState) -> None:
         if not _SERVER.fullmatch(server):
             raise RenderError(f"server {server!r} must be host:port")
     for redirect in state.redirects:
-        if not _HOSTNAME.fullmatch(redirect.host) or not _SLUG.fullmatch(redirect.slug) \
-                or redirect.code not in (301, 302, 307, 308) \
-                or not _TARGET.fullmatch(redirect.target):
+        if not map_safe(redirect):
             raise RenderError(f"redirect {redirect.key!r} has unsafe values")
     for pem in state.sso_keys:
         if not _PUBLIC_KEY.fullmatch(pem.strip()):
             raise RenderError("an SSO key is not a PEM public key")
     if not state.control_servers:
         raise RenderError("at least one control server is needed for ACME challenges")
+
+
+def map_safe(redirect: Redirect) -> bool:
+    """Whether HAProxy may serve this redirect from its map; others stay on the Python path."""
+    return bool(_HOSTNAME.fullmatch(redirect.host) and _SLUG.fullmatch(redirect.slug)
+                and redirect.code in (301, 302, 307, 308) and _TARGET.fullmatch(redirect.target))
 
 
 def render(state: DesiredState, layout: NodeLayout, release_dir: Path,

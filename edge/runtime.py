@@ -67,12 +67,12 @@ class RuntimeAPI:
 
     def set_map(self, map_path: Path, key: str, value: str, exists: bool) -> None:
         verb = "set" if exists else "add"
-        output = self.command(f"{verb} map {map_path} {key} {value}")
+        output = self.command(f"{verb} map {map_path} {_word(key)} {_word(value)}")
         if output.strip():
             raise RuntimeCommandFailed(f"{verb} map {map_path} {key}", output)
 
     def del_map(self, map_path: Path, key: str) -> None:
-        output = self.command(f"del map {map_path} {key}")
+        output = self.command(f"del map {map_path} {_word(key)}")
         if output.strip():
             raise RuntimeCommandFailed(f"del map {map_path} {key}", output)
 
@@ -93,3 +93,9 @@ class RuntimeAPI:
     def delete_cert(self, crt_list: Path, cert_path: Path) -> None:
         self._expect(f"del ssl crt-list {crt_list} {cert_path}", "deleted")
         self._expect(f"del ssl cert {cert_path}", "deleted")
+
+
+def _word(text: str) -> str:
+    """One argument of the runtime API: ";" would end the command and start another one of the
+    caller's choosing, and "\\" would be eaten as an escape."""
+    return text.replace("\\", "\\\\").replace(";", "\\;").replace(" ", "\\ ")

@@ -1,12 +1,15 @@
 """Short links: one item per (short domain, slug), created without ever overwriting one."""
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 import string
 import time
 from typing import Any, Iterable
 from urllib.parse import urlsplit
+
+import idna
 
 from store import ABSENT, ConflictError, Item, Page, Table, TableSpec, all_items
 
@@ -46,6 +49,14 @@ class NotYours(ShortlinkError):
     status = 403
 
 
+def _ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
 def link_id(domain: str, slug: str) -> str:
     return f"{domain.lower()}/{slug}"
 
@@ -69,8 +80,9 @@ class LinkService:
             raise InvalidLink("target", "a URL is required")
         if len(target) > MAX_TARGET:
             raise InvalidLink("target", f"longer than {MAX_TARGET} characters")
-        if any(c in target for c in "\r\n\t ") or any(ord(c) < 32 for c in target):
-            raise InvalidLink("target", "must not contain spaces or control characters")
+        if any(c in target for c in "\r\n\t \\") or any(ord(c) < 32 for c in target):
+            raise InvalidLink("target", "must not contain spaces, backslashes or control "
+                                        "characters")
         try:
             parts = urlsplit(target)
             _ = parts.port  # raises ValueError for a malformed port
@@ -82,7 +94,15 @@ class LinkService:
             raise InvalidLink("target", "the URL needs a host")
         if parts.username is not None or parts.password is not None:
             raise InvalidLink("target", "credentials in the URL are not allowed")
-        if parts.hostname.lower().rstrip(".") in self._domains:
+        if "%" in parts.netloc:
+            raise InvalidLink("target", "the host must not be percent-encoded")
+        if _ip_address(parts.hostname):
+            return target
+        try:  # the host as a browser reads it (UTS 46), to catch loops however they are spelt
+            host = idna.encode(parts.hostname.rstrip("."), uts46=True).decode().lower()
+        except idna.IDNAError:
+            raise InvalidLink("target", "the host is not a valid domain name") from None
+        if host in self._domains:
             raise InvalidLink("target", "a short link cannot point at a short domain (a loop)")
         return target
 

@@ -230,10 +230,11 @@ def test_hot_short_links_are_answered_by_haproxy_and_change_without_reload(
     assert https_get(node.layout.https_port, "acme.link", "/other").status == 404
     assert https_get(node.layout.https_port, "blog.example.test", "/go").status == 200
     reloads = node.reloads
+    # ";" ends a runtime API command: a target holding one must stay one value, not a command.
     node.apply(dataclasses.replace(state(app, blog), redirects=(
-        Redirect("acme.link", "go", 307, "https://example.com/moved"),)))
+        Redirect("acme.link", "go", 307, "https://example.com/moved;prompt"),)))
     go = https_get(node.layout.https_port, "acme.link", "/go")
-    assert (go.status, go.headers["location"]) == (307, "https://example.com/moved")
+    assert (go.status, go.headers["location"]) == (307, "https://example.com/moved;prompt")
     assert https_get(node.layout.https_port, "acme.link", "/perm").status == 404
     assert node.reloads == reloads, "edited and removed through the runtime API"
     with pytest.raises(RenderError):

@@ -65,7 +65,11 @@ def test_random_and_custom_slugs_never_overwrite(links: LinkService) -> None:
     ("ftp://example.com/", "only http"), ("https://user:pw@example.com/", "credentials"),
     ("https:///path", "needs a host"), ("https://acme.link/loop", "loop"),
     ("https://example.com/" + "a" * 2048, "longer"), ("https://exa mple.com/", "spaces"),
-    ("", "required"), (None, "required"), ("https://example.com:99999/", "not a valid URL")])
+    ("", "required"), (None, "required"), ("https://example.com:99999/", "not a valid URL"),
+    # Loops however a browser would spell them: a backslash ends the host, %2E is a dot, and
+    # the Kelvin sign folds to "k".
+    ("https://acme.link\\x7Kq", "backslashes"), ("https://acme%2Elink/x", "percent-encoded"),
+    ("https://ACME.LINK./x", "loop"), ("https://acme.lin\u212a/x", "loop")])
 def test_bad_targets_are_refused_with_a_reason(links: LinkService, target: object,
                                                reason: str) -> None:
     with pytest.raises(InvalidLink) as caught:

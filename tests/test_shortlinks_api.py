@@ -185,3 +185,15 @@ def test_a_hot_link_leaves_the_edge_when_it_expires_not_at_the_next_scan(
         assert [r["slug"] for r in services.edge_state.load()["redirects"]] == ["lasting"]
     finally:
         services.close()
+
+
+def test_a_target_the_map_cannot_hold_stays_on_the_python_path(link_settings: Settings) -> None:
+    services = Services.from_settings(dataclasses.replace(link_settings, hot_links=5))
+    try:
+        services.links.create("acme.link", "https://bücher.example/ä", "pub_1", slug="uni")
+        services.links.table.increment("acme.link/uni", "visits", 100)
+        services.links.create("acme.link", "https://example.com/b", "pub_1", slug="plain")
+        services.lifecycle.publish_routes()  # would raise RenderError on the agents otherwise
+        assert [r["slug"] for r in services.edge_state.load()["redirects"]] == ["plain"]
+    finally:
+        services.close()
