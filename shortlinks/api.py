@@ -11,6 +11,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from control.auth import require_token_or_publication as require_token
 from control.auth import scope
+from domains.errors import DomainError
 from shortlinks.bulk import qr_code
 from shortlinks.links import LinkNotFound, LinkService, NotYours, ShortlinkError
 
@@ -40,11 +41,14 @@ def _own(domain: str, slug: str) -> dict[str, Any]:
 
 
 def _check_domain(domain: Any) -> None:
-    """A publication creates links on shared short domains or on its own, never another's."""
+    """A publication's token creates links only on short domains connected for it. A domain
+    nobody has connected is not free for the taking: its links would stay when its owner
+    connects it. Links on shared short domains are made with the platform's token."""
     try:
         owner = current_app.extensions["edge.domains"].get(domain)["publication_id"]
-    except Exception:  # not a connected domain (or not a hostname at all): nobody's
-        return
+    except DomainError:
+        raise NotYours(f"{domain} is not connected for this publication; connect it first, "
+                       "or ask the platform to make links on shared short domains") from None
     if owner != scope():
         raise NotYours(f"{domain} belongs to another publication")
 

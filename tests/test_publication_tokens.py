@@ -40,11 +40,12 @@ def test_a_publication_token_sees_only_its_own_links(services: Services,
                                                      client: FlaskClient) -> None:
     one = bearer(services.tokens.create("pub_1")[0])
     two = bearer(services.tokens.create("pub_2")[0])
-    made = client.post("/api/v1/links", headers=one, json={
-        "domain": "shared.link", "target": "https://example.com/1", "slug": "one"})
-    assert made.status_code == 201 and made.get_json()["owner"] == "pub_1"
-    client.post("/api/v1/links", headers=two, json={
-        "domain": "shared.link", "target": "https://example.com/2", "slug": "two"})
+    # Links on a shared short domain are made by the platform, for a publication.
+    for owner, slug in (("pub_1", "one"), ("pub_2", "two")):
+        made = client.post("/api/v1/links", headers=PLATFORM, json={
+            "domain": "shared.link", "target": f"https://example.com/{slug}", "slug": slug,
+            "owner": owner})
+        assert made.status_code == 201 and made.get_json()["owner"] == owner
     assert client.get("/api/v1/links/shared.link/one", headers=one).status_code == 200
     for method, path, body in (("GET", "/api/v1/links/shared.link/one", None),
                                ("PATCH", "/api/v1/links/shared.link/one", {"disabled": True}),
@@ -53,7 +54,7 @@ def test_a_publication_token_sees_only_its_own_links(services: Services,
         answer = client.open(path, method=method, headers=two, json=body)
         assert answer.status_code == 404, (method, path)  # as if it did not exist
     link = services.links.get("shared.link", "one")
-    assert link["disabled"] is False and link["target"] == "https://example.com/1"
+    assert link["disabled"] is False and link["target"] == "https://example.com/one"
     assert client.get("/api/v1/links?owner=pub_1", headers=two).status_code == 403
     listed = client.get("/api/v1/links", headers=two).get_json()["links"]
     assert [l["slug"] for l in listed] == ["two"]
@@ -68,10 +69,13 @@ def test_a_publication_token_sees_only_its_own_links(services: Services,
 
 def test_links_on_another_publications_short_domain_are_refused(
         services: Services, client: FlaskClient) -> None:
-    services.domains.connect("acme.link", "pub_1")
     one = bearer(services.tokens.create("pub_1")[0])
     two = bearer(services.tokens.create("pub_2")[0])
-    body = {"domain": "acme.link", "target": "https://example.com/"}
+    body = {"domain": "acme.link", "target": "https://example.com/", "slug": "promo"}
+    # Nobody has connected it: not free for the taking (the links would outlive the claim).
+    refused = client.post("/api/v1/links", headers=two, json=body)
+    assert refused.status_code == 403 and "connect it first" in refused.get_json()["error"]
+    services.domains.connect("acme.link", "pub_1")
     assert client.post("/api/v1/links", headers=two, json=body).status_code == 403
     assert client.post("/api/v1/links", headers=one, json=body).status_code == 201
 
