@@ -82,11 +82,14 @@ class Resolver:
             return Verdict(410, reason="This short link has been disabled.")
         if item.get("valid_until") is not None and item["valid_until"] <= self._clock():
             return Verdict(410, reason="This short link has expired.")
-        visits = int(item.get("visits") or 0) + self._visits[key]
-        if item.get("max_visits") is not None and visits >= item["max_visits"]:
-            return Verdict(410, reason="This short link has reached its visit limit.")
-        with self._lock:
-            self._visits[key] += 1
+        if item.get("max_visits") is not None:
+            # A limited link counts each visit at once, atomically, in the store: a cached or
+            # buffered count would let every process hand out its own share over the limit.
+            if self._table.increment(key, "visits") > item["max_visits"]:
+                return Verdict(410, reason="This short link has reached its visit limit.")
+        else:
+            with self._lock:
+                self._visits[key] += 1
         return Verdict(int(item["code"]), target=str(item["target"]))
 
     def flush_visits(self) -> int:

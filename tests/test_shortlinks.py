@@ -129,6 +129,18 @@ def test_a_change_reaches_other_processes_caches_within_a_second(backend: Backen
     assert elsewhere.resolve("acme.link", "new").status == 302
 
 
+def test_a_visit_limit_holds_across_processes_and_cached_entries(links: LinkService,
+                                                                 table: Table) -> None:
+    links.create("acme.link", "https://example.com/", owner="p", slug="three", max_visits=3)
+    processes = [Resolver(table), Resolver(table)]  # each caches the item with 0 visits
+    answers = []
+    for turn in range(8):
+        resolver = processes[turn % 2]
+        answers.append(resolver.resolve("acme.link", "three").status)
+        resolver.flush_visits()
+    assert answers.count(302) == 3 and answers[3:] == [410] * 5
+
+
 def test_visits_are_buffered_then_added_atomically(links: LinkService, table: Table) -> None:
     links.create("acme.link", "https://example.com/", owner="p", slug="viral")
     resolver = Resolver(table)
