@@ -25,12 +25,13 @@ class Verdict:
 class Resolver:
     def __init__(self, table: Table, ttl: float = 30.0,
                  clock: Callable[[], float] = time.time, changes: Table | None = None,
-                 check_every: float = 1.0) -> None:
+                 check_every: float = 1.0, max_entries: int = 200_000) -> None:
         self._table = table
         self._ttl = ttl
         self._clock = clock
         self._changes = changes
         self._check_every = check_every
+        self._max_entries = max_entries
         self._generation = 0
         self._next_check = 0.0
         self._cache: dict[str, tuple[float, int, Item | None]] = {}
@@ -67,8 +68,25 @@ class Resolver:
             with self._lock:
                 self.stale_served += 1
             return cached[2]
+        if len(self._cache) >= self._max_entries:
+            self._evict(now)
         self._cache[key] = (now + self._ttl, generation, item)
         return item
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+    def _evict(self, now: float) -> None:
+        """Random slugs must not grow the cache without end: drop what expired, and if that is
+        not enough the oldest quarter (a dict keeps insertion order)."""
+        entries = list(self._cache.items())  # one C call: safe beside the other threads
+        for key, (until, _, _) in entries:
+            if until <= now:
+                self._cache.pop(key, None)
+        if len(self._cache) >= self._max_entries:
+            for key, _ in entries[:max(1, self._max_entries // 4)]:
+                self._cache.pop(key, None)
 
     def invalidate(self, domain: str, slug: str) -> None:
         self._cache.pop(link_id(domain, slug), None)

@@ -189,3 +189,12 @@ def test_target_validation_accepts_or_explains(text: str) -> None:
         assert service.validate_target(text) == text
     except InvalidLink as exc:
         assert exc.reason
+
+
+def test_random_slugs_cannot_grow_the_cache_without_end(links: LinkService, table: Table) -> None:
+    links.create("acme.link", "https://example.com/", owner="p", slug="real")
+    resolver = Resolver(table, max_entries=40)
+    for n in range(200):
+        assert resolver.resolve("acme.link", f"made-up-{n}").status == 404
+    assert resolver.resolve("acme.link", "real").status == 302
+    assert resolver.cache_size <= 40
