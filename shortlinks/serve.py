@@ -64,23 +64,46 @@ def serve(settings: Settings, stop: threading.Event, server: str = "waitress",
     if workers == 1:
         _waitress(settings, listener, threads, stop)
         return
-    children = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:  # the child inherits the signal handler, which sets its copy of ``stop``
-            try:
-                _waitress(settings, listener, threads, stop)
-            finally:
-                os._exit(0)
-        children.append(pid)
-    listener.close()
+    children = {_fork(settings, listener, threads, stop) for _ in range(workers)}
     log.info("short links on http://%s:%d, %d waitress processes", settings.listen_host,
              settings.shortlinks_port, workers)
-    stop.wait()
+    while not stop.wait(1.0):  # a worker that dies is replaced (the listener stays open here)
+        for pid in _reap():
+            log.warning("short-link worker %d exited; starting another", pid)
+            children.discard(pid)
+            children.add(_fork(settings, listener, threads, stop))
     for pid in children:
         os.kill(pid, signal.SIGTERM)
     for pid in children:
         os.waitpid(pid, 0)
+
+
+def _fork(settings: Settings, listener: socket.socket, threads: int,
+          stop: threading.Event) -> int:
+    pid = os.fork()
+    if pid == 0:  # the child inherits the signal handler, which sets its copy of ``stop``
+        code = 0
+        try:
+            _waitress(settings, listener, threads, stop)
+        except BaseException:
+            log.exception("short-link worker failed")
+            code = 1
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _reap() -> list[int]:
+    """The children that have exited, collected without waiting."""
+    ended: list[int] = []
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return ended
+        if pid == 0:
+            return ended
+        ended.append(pid)
 
 
 def _waitress(settings: Settings, listener: socket.socket, threads: int,

@@ -64,6 +64,18 @@ def test_create_read_list_update_delete(client: FlaskClient) -> None:
     assert client.get("/api/v1/links/acme.link/spring", headers=AUTH).status_code == 404
 
 
+def _children(parent: int, count: int, without: int = 0) -> list[int]:
+    """The PIDs of ``parent``'s children, once there are ``count`` of them (``without`` gone)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = [int(pid) for pid in Path(f"/proc/{parent}/task/{parent}/children")
+                 .read_text().split()]
+        if len(found) == count and without not in found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"{parent} has children {found}, wanted {count} without {without}")
+
+
 def test_edgectl_shortlinks_redirects_and_keeps_its_visit_counts(
         link_settings: Settings, tmp_path: Path) -> None:
     services = Services.from_settings(link_settings)
@@ -75,10 +87,15 @@ def test_edgectl_shortlinks_redirects_and_keeps_its_visit_counts(
            "EDGE_ENCRYPTION_KEYS": link_settings.encryption_keys[0],
            "EDGE_DATA_DIR": link_settings.data_dir, "EDGE_SHORT_DOMAINS": "acme.link",
            "EDGE_SHORTLINKS_PORT": str(port)}
-    process = ManagedProcess("shortlinks", [sys.executable, "-m", "control", "shortlinks"],
+    process = ManagedProcess("shortlinks", [sys.executable, "-m", "control", "shortlinks",
+                                           "--workers", "2"],
                              tmp_path / "shortlinks.log", env=env)
     try:
         wait_for_port(port, process=process)
+        workers = _children(process.popen.pid, count=2)
+        os.kill(workers[0], signal.SIGKILL)  # a worker dies: another takes its place
+        replaced = _children(process.popen.pid, count=2, without=workers[0])
+        assert workers[0] not in replaced
         for _ in range(3):
             answer = requests.get(f"http://127.0.0.1:{port}/go", allow_redirects=False,
                                   headers={"Host": "acme.link"}, timeout=5)
