@@ -3,6 +3,8 @@ stick table, reported by the edge agent and added to the links' counts (SQLite a
 from __future__ import annotations
 
 import dataclasses
+import http.client
+import ssl
 import threading
 import uuid
 from pathlib import Path
@@ -64,6 +66,18 @@ def visit(node: EdgeNode, slug: str, times: int) -> None:
         assert probe.status == 302 and probe.headers["location"] == "https://example.com/go"
 
 
+def post(node: EdgeNode, path: str) -> int:
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    connection = http.client.HTTPSConnection("127.0.0.1", node.layout.https_port,
+                                             context=context, timeout=10)
+    try:
+        connection.request("POST", path, body=b"x", headers={"Host": "acme.link"})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
 def visits(services: Services, slug: str) -> int:
     return int(services.links.get("acme.link", slug).get("visits") or 0)
 
@@ -78,6 +92,7 @@ def test_visits_of_map_served_links_reach_the_link_counts(
     assert node.runtime.show_map(node.current.resolve() / "redirects.map"), "served from the map"
     visit(node, "go", 7)
     https_get(node.layout.https_port, "acme.link", "/cold")  # not in the map: not counted here
+    assert post(node, "/go") != 302, "only GET and HEAD are answered from the map"
     assert agent.report_visits() == 7
     assert visits(services, "go") == 7
     assert agent.report_visits() == 0, "only deltas are reported"
