@@ -1,15 +1,18 @@
 """Session-scoped real servers on loopback: dynalite, Pebble + challtestsrv. Each is stopped by PID."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
+import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import boto3
 import pytest
 from cryptography.fernet import Fernet
+from werkzeug.serving import make_server
 
 from control.pebble import PebbleStack
 from control.procs import ManagedProcess, free_port, wait_for_port
@@ -83,6 +86,19 @@ def pebble(tmp_path_factory: pytest.TempPathFactory, edge_http_port: int) -> Ite
         yield stack
     finally:
         stack.stop()
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """A WSGI app served on a free loopback port from a thread, for the length of the block."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def dynamo_client(endpoint: str) -> object:

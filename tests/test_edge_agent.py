@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import shutil
-import threading
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from admin_app import create_app
 from certs.x509util import self_signed
@@ -23,6 +21,7 @@ from edge.node import EdgeNode
 from edge.haproxy import ConfigRejected
 from edge.plan import CertificateRejected, UnsafePlan
 from edge.state import DesiredState, Route
+from tests.conftest import serving
 
 API = {"Authorization": "Bearer test-token-0123456789"}
 
@@ -30,11 +29,8 @@ API = {"Authorization": "Bearer test-token-0123456789"}
 @pytest.fixture
 def control(settings: Settings) -> Iterator[tuple[Services, str]]:
     services = Services.from_settings(settings)
-    server = make_server("127.0.0.1", 0, create_app(services), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield services, f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with serving(create_app(services)) as url:
+        yield services, url
     services.close()
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import ssl
-import threading
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from admin_app import create_app
 from certs.x509util import self_signed
@@ -23,6 +21,7 @@ from control.wiring import Services
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
 from edge.state import DesiredState, Route
+from tests.conftest import serving
 
 EDGE = {"Authorization": "Bearer edge-token-0123456789"}
 API = {"Authorization": "Bearer test-token-0123456789"}
@@ -38,11 +37,8 @@ def control(request: pytest.FixtureRequest,
                    "dynamodb_table_prefix": f"v{uuid.uuid4().hex[:8]}_"}
     services = Services.from_settings(dataclasses.replace(
         settings, short_domains=["acme.link"], hot_links=10, **backend))
-    server = make_server("127.0.0.1", 0, create_app(services), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield services, f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with serving(create_app(services)) as url:
+        yield services, url
     services.close()
 
 
@@ -58,6 +54,15 @@ def publish_hot_links(services: Services) -> None:
     services.edge_state.save(DesiredState((Route("acme.link", "pub_1", pem),),
                                           ("127.0.0.1:9",), ("127.0.0.1:9",),
                                           services.publisher.redirects()))
+
+
+def hot_link_agent(services: Services, url: str, node: EdgeNode) -> EdgeAgent:
+    """An agent whose node serves the hot link acme.link/go from its map."""
+    services.links.create("acme.link", "https://example.com/go", "pub_1", slug="go")
+    publish_hot_links(services)
+    agent = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
+    assert agent.sync() is True
+    return agent
 
 
 def visit(node: EdgeNode, slug: str, times: int) -> None:
@@ -85,10 +90,7 @@ def visits(services: Services, slug: str) -> int:
 def test_visits_of_map_served_links_reach_the_link_counts(
         control: tuple[Services, str], node: EdgeNode) -> None:
     services, url = control
-    services.links.create("acme.link", "https://example.com/go", "pub_1", slug="go")
-    publish_hot_links(services)
-    agent = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
-    assert agent.sync() is True
+    agent = hot_link_agent(services, url, node)
     assert node.runtime.show_map(node.current.resolve() / "redirects.map"), "served from the map"
     visit(node, "go", 7)
     https_get(node.layout.https_port, "acme.link", "/cold")  # not in the map: not counted here
@@ -113,9 +115,7 @@ def test_visits_of_map_served_links_reach_the_link_counts(
 def test_undelivered_visits_are_kept_and_sent_later(
         control: tuple[Services, str], node: EdgeNode, tmp_path: Path) -> None:
     services, url = control
-    services.links.create("acme.link", "https://example.com/go", "pub_1", slug="go")
-    publish_hot_links(services)
-    assert EdgeAgent(node, url, "edge-token-0123456789", node_id="n1").sync() is True
+    hot_link_agent(services, url, node)
     visit(node, "go", 4)
     wrong = EdgeAgent(node, url, "not-the-edge-token-000", node_id="n1")
     with pytest.raises(requests.HTTPError):
@@ -129,10 +129,7 @@ def test_undelivered_visits_are_kept_and_sent_later(
 def test_a_report_resent_after_a_lost_answer_counts_once(
         control: tuple[Services, str], node: EdgeNode) -> None:
     services, url = control
-    services.links.create("acme.link", "https://example.com/go", "pub_1", slug="go")
-    publish_hot_links(services)
-    agent = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
-    assert agent.sync() is True
+    agent = hot_link_agent(services, url, node)
     visit(node, "go", 3)
     agent.visits.read()
     report = agent.visits.next_report(1000)
