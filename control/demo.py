@@ -3,8 +3,11 @@ loopback; connects a domain through the publisher API like a platform would, cre
 records like a publisher would, waits for real HTTPS, and prints a curl line to try it."""
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import signal
+import subprocess
 import ssl
 import sys
 import tempfile
@@ -154,6 +157,14 @@ class LocalStack:
             time.sleep(0.2)
         raise TimeoutError(f"https://{hostname} not served after {timeout}s: {last}")
 
+    def create_admin(self, username: str = "admin") -> str:
+        """An admin account for the dashboard, through `edgectl admin create-user`; its password."""
+        password = secrets.token_urlsafe(12)
+        subprocess.run([sys.executable, "-m", "control", "admin", "create-user", username,
+                        "--password-stdin"], input=password + "\n", text=True, check=True,
+                       env={**os.environ, **self.env()}, capture_output=True)
+        return password
+
     def check_alive(self) -> None:
         for process in self.processes:
             if process.poll() is not None:
@@ -194,10 +205,14 @@ def run_demo(hostname: str, once: bool = False) -> int:
         stack.wait_served(PLATFORM_HOST)
         print("\nTry it:\n  " + stack.curl_line(hostname) + "\n")
         port = stack.edge_https_port
-        print("Sign in across domains (single sign-on) in a browser that resolves the demo's\n"
-              "names to loopback and accepts Pebble's certificates, for example:\n"
+        print("In a browser that resolves the demo's names to loopback and accepts Pebble's\n"
+              "certificates, for example\n"
               f"  chromium --host-resolver-rules='MAP *.example.test 127.0.0.1' "
-              f"--ignore-certificate-errors https://{hostname}:{port}/p/1\n")
+              f"--ignore-certificate-errors {stack.platform_url}/home\n"
+              "sign in on the platform, connect a domain on the publisher settings page, and\n"
+              f"read https://{hostname}:{port}/p/1 signed in (single sign-on).")
+        print(f"Admin dashboard: {stack.control_url}/admin/ (user admin, password "
+              f"{stack.create_admin()})\n")
         if not once:
             print("demo: press Ctrl-C to stop everything")
             signal.signal(signal.SIGINT, lambda *_: stop.set())

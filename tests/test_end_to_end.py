@@ -184,6 +184,9 @@ def test_demo_command_runs_and_stops_cleanly(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "curl --resolve blog.example.test:" in result.stdout
     assert "'publication_id': 'pub_1'" in result.stdout
+    assert "https://platform.example.test:" in result.stdout  # served, with its certificate
+    assert "Admin dashboard: http://127.0.0.1:" in result.stdout and "(user admin, password " \
+        in result.stdout
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
