@@ -29,7 +29,8 @@ def _sso() -> SingleSignOn:
 
 
 def _host() -> str:
-    return request.host.rpartition(":")[0].lower() if ":" in request.host else request.host.lower()
+    """The visitor's host, without a port (anything odd fails the hostname checks later)."""
+    return request.host.partition(":")[0].lower()
 
 
 def _no_store(response: Response) -> Response:
