@@ -36,7 +36,8 @@ def main() -> None:
         settings = load_settings(env={}, api_token="bench-token-0123456789",
                                  edge_token="bench-edge-0123456789",
                                  encryption_keys=Fernet.generate_key().decode(),
-                                 data_dir=tmp, edge_cname_target="edge.platform.test")
+                                 data_dir=tmp, edge_cname_target="edge.platform.test",
+                                 max_pending_domains=0)  # one publication, 10,000 claims
         services = Services.from_settings(settings)
         tokens = {}
         for name in names:

@@ -211,6 +211,8 @@ class Settings:
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 3600.0
     claim_ttl_seconds: float = 7 * 86400.0
+    max_pending_domains: int = 25
+    """Claims not yet verified per publication (each blocks its hostname); 0: no limit."""
     allow_wildcards: bool = False
     short_domains: list[str] = dataclasses.field(default_factory=list)
     shortlinks_port: int = 8100
@@ -301,6 +303,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "retry_base_seconds": _float,
     "retry_max_seconds": _float,
     "claim_ttl_seconds": _float,
+    "max_pending_domains": _int,
     "allow_wildcards": _bool,
     "short_domains": _list,
     "shortlinks_port": _port,

@@ -130,6 +130,7 @@ class Services:
             platform_domains=settings.platform_domains + ([platform_host] if platform_host else []),
             retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
             claim_ttl=settings.claim_ttl_seconds, automation=automation,
+            max_pending=settings.max_pending_domains,
             allow_wildcards=settings.allow_wildcards)
         challenges = ChallengeStore(backend.table(CHALLENGES))
         certificates = CertificateStore(backend.table(CERTIFICATES), vault)

@@ -29,3 +29,12 @@ class DomainNotFound(DomainError):
     def __init__(self, hostname: str) -> None:
         super().__init__(f"{hostname} is not connected")
         self.hostname = hostname
+
+
+class TooManyPending(DomainError):
+    status = 429
+
+    def __init__(self, publication_id: str, limit: int) -> None:
+        super().__init__(f"publication {publication_id} already has {limit} domains waiting for "
+                         "their DNS records; finish or remove one of them first")
+        self.publication_id = publication_id

@@ -10,7 +10,7 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from domains.automation import RecordAutomation
-from domains.errors import DomainNotFound, HostnameTaken, InvalidHostname
+from domains.errors import DomainNotFound, HostnameTaken, TooManyPending, InvalidHostname
 from domains.hostnames import normalize_hostname
 from domains.records import instructions, required_records
 from store import ABSENT, ConflictError, Item, Page, Table, TableSpec
@@ -47,7 +47,7 @@ class DomainService:
                  edge_addresses: list[str], platform_domains: Iterable[str],
                  retry_base: float = 5.0, retry_max: float = 3600.0,
                  claim_ttl: float = 7 * 86400, automation: RecordAutomation | None = None,
-                 allow_wildcards: bool = False,
+                 allow_wildcards: bool = False, max_pending: int = 0,
                  clock: Callable[[], float] = time.time) -> None:
         self.domains = domains
         self.events = events
@@ -58,6 +58,7 @@ class DomainService:
         self._retry_max = retry_max
         self._claim_ttl = claim_ttl
         self._allow_wildcards = allow_wildcards
+        self._max_pending = max_pending
         self.automation = automation or RecordAutomation({})
         self._clock = clock
 
@@ -85,6 +86,7 @@ class DomainService:
                     continue
                 self._event(existing, "released", actor,
                             f"DNS never verified within {self._claim_ttl / 86400:g} days")
+            self._check_pending(publication_id, now)
             token = secrets.token_urlsafe(24)
             item = {"hostname": name, "publication_id": publication_id, "status": PENDING_DNS,
                     "claim": uuid.uuid4().hex, "claimed_at": now,
@@ -113,6 +115,22 @@ class DomainService:
                                     expected_version=domain["version"])
         except ConflictError:
             return self.get(domain["hostname"])
+
+    def _check_pending(self, publication_id: str, now: float) -> None:
+        """Unproven claims are capped per publication: each one blocks its hostname for
+        everybody else until it is verified or expires."""
+        if self._max_pending <= 0:
+            return
+        pending, cursor = 0, None
+        for _ in range(50):  # a publication with more domains than this is not squatting
+            page = self.domains.query("publication_id", publication_id, limit=100, cursor=cursor)
+            pending += sum(1 for domain in page.items if domain["status"] == PENDING_DNS
+                           and not self._abandoned(domain, now))
+            if pending >= self._max_pending:
+                raise TooManyPending(publication_id, self._max_pending)
+            cursor = page.next_cursor
+            if not cursor:
+                return
 
     def _abandoned(self, domain: Item, now: float) -> bool:
         return domain["status"] == PENDING_DNS and now - domain["claimed_at"] > self._claim_ttl

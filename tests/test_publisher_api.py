@@ -191,3 +191,21 @@ def test_wildcards_only_when_enabled(client: FlaskClient, settings: Settings) ->
             assert connect(wild, bad).status_code == 400, bad
     finally:
         services.close()
+
+
+def test_unproven_claims_are_capped_per_publication(settings: Settings) -> None:
+    services = Services.from_settings(dataclasses.replace(settings, max_pending_domains=2))
+    try:
+        client = create_app(services).test_client()
+        assert connect(client, "a.example.test").status_code == 201
+        assert connect(client, "b.example.test").status_code == 201
+        third = connect(client, "c.example.test")
+        assert third.status_code == 429 and "waiting for their DNS" in third.get_json()["error"]
+        assert connect(client, "a.example.test").status_code == 200  # already its own: fine
+        assert connect(client, "c.example.test", "pub_2").status_code == 201
+        proven = services.domains.get("a.example.test")
+        services.domains.domains.put({**proven, "status": "active"},
+                                     expected_version=proven["version"])
+        assert connect(client, "c2.example.test").status_code == 201
+    finally:
+        services.close()
