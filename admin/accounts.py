@@ -85,8 +85,13 @@ class Sessions:
 
 
 class LoginLimiter:
-    """At most ``max_failures`` failed logins per username and per client address within
-    ``lockout`` seconds of the first one; then both wait until that window ends."""
+    """Failed logins within ``lockout`` seconds of the first one, counted three ways:
+    ``max_failures`` for one username from one address, and ``SPREAD`` times that for a username
+    from anywhere (guessing from many addresses) or for an address whatever the username. So
+    someone elsewhere cannot lock an admin out with a few wrong passwords, and guessing from
+    many places or at many names still stops."""
+
+    SPREAD = 10
 
     def __init__(self, table: Table, max_failures: int, lockout: float,
                  clock: Callable[[], float] = time.time) -> None:
@@ -97,14 +102,18 @@ class LoginLimiter:
 
     @staticmethod
     def keys(username: str, address: str) -> list[str]:
-        return [f"user:{username.strip().lower()[:64]}", f"addr:{address}"]
+        user = username.strip().lower()[:64]
+        return [f"pair:{user}|{address}", f"user:{user}", f"addr:{address}"]
+
+    def _limit(self, key: str) -> int:
+        return self.max_failures * (1 if key.startswith("pair:") else self.SPREAD)
 
     def locked_for(self, keys: list[str]) -> float:
         """Seconds until these keys may try again (0 when not locked)."""
         waits = [0.0]
         for key in keys:
             item = self.table.get(key)
-            if item is not None and item["failures"] >= self.max_failures:
+            if item is not None and item["failures"] >= self._limit(key):
                 waits.append(float(item["expires_at"]) - self._clock())
         return max(waits)
 
@@ -126,6 +135,8 @@ class LoginLimiter:
             except ConflictError:
                 continue
 
-    def succeeded(self, username: str) -> None:
-        """A right password clears the username's count (not the address's)."""
-        self.table.delete(self.keys(username, "")[0])
+    def succeeded(self, username: str, address: str) -> None:
+        """A right password clears the counts of the username (not the address's)."""
+        pair, user, _ = self.keys(username, address)
+        self.table.delete(pair)
+        self.table.delete(user)

@@ -45,7 +45,7 @@ def login_post() -> Response:
         context.limiter.failed(keys)
         context.audit.record(username, "login failed", address=client_address())
         return _form("Wrong username or password.", 401)
-    context.limiter.succeeded(name)
+    context.limiter.succeeded(name, client_address())
     old = request.cookies.get(COOKIE)
     if old:
         context.sessions.end(old)  # a new session id at every login: no fixation

@@ -101,19 +101,19 @@ def test_every_state_changing_route_needs_the_csrf_token(app: Flask, services: S
         "Set-Cookie", "")
 
 
-def test_login_lockout_per_username_and_per_address(app: Flask) -> None:
+def test_login_lockout_per_username_and_address(app: Flask) -> None:
     client = app.test_client()
     for _ in range(3):
         assert login(client, password="wrong password!").status_code == 401
     locked = login(client)
     assert locked.status_code == 429
     assert "Too many failed logins. Try again in 15 minute(s)." in locked.get_data(True)
+    # Someone elsewhere cannot lock the admin out: the real admin still signs in.
     other = app.test_client()
     other.environ_base["REMOTE_ADDR"] = "10.0.0.9"
-    assert login(other).status_code == 429, "the username is locked from any address"
+    assert login(other).status_code == 303
     app.extensions["edge.admin"].users.create("bob", PASSWORD + "!")
-    assert login(client, "bob", PASSWORD + "!").status_code == 429, "and the address too"
-    assert login(other, "bob", PASSWORD + "!").status_code == 303
+    assert login(client, "bob", PASSWORD + "!").status_code == 303
     audit = app.extensions["edge.admin"].audit
     actions = [a["action"] for a in audit.day(audit.today()).items]
     assert actions.count("login failed") == 3 and "login refused (locked)" in actions
