@@ -98,6 +98,24 @@ class EdgePublisher:
             log.info("edge state %s published with %d routes", desired.version, len(entries))
 
 
+class DomainEvents:
+    """What the domains part announces: webhooks for the platform, and the short links of a
+    removed short domain disabled, so whoever connects it next does not serve them."""
+
+    def __init__(self, webhooks: WebhookSender, links: LinkService,
+                 publisher: EdgePublisher) -> None:
+        self._webhooks = webhooks
+        self._links = links
+        self._publisher = publisher
+
+    def emit(self, event_type: str, data: dict[str, object]) -> str:
+        hostname = str(data.get("hostname", ""))
+        if event_type == "domain.removed" and self._links.is_short_domain(hostname):
+            if self._links.disable_domain(hostname):
+                self._publisher.refresh_redirects()
+        return self._webhooks.emit(event_type, data)
+
+
 @dataclasses.dataclass
 class Services:
     settings: Settings
@@ -174,8 +192,9 @@ class Services:
                         issue_concurrency=max(1, settings.issue_concurrency))
         webhooks = WebhookSender(backend.table(WEBHOOKS), settings.webhook_url,
                                  settings.webhook_secret)
-        lifecycle = Lifecycle(domains, checker, issuer, publisher,
-                              timing, events=webhooks, worker_id=settings.worker_id)
+        lifecycle = Lifecycle(domains, checker, issuer, publisher, timing,
+                              events=DomainEvents(webhooks, links, publisher),
+                              worker_id=settings.worker_id)
         sso = None
         if sso_keys is not None:
             sso = SingleSignOn(sso_keys, backend.table(SSO_CODES),

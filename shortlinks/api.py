@@ -45,12 +45,15 @@ def _check_domain(domain: Any) -> None:
     nobody has connected is not free for the taking: its links would stay when its owner
     connects it. Links on shared short domains are made with the platform's token."""
     try:
-        owner = current_app.extensions["edge.domains"].get(domain)["publication_id"]
+        connected = current_app.extensions["edge.domains"].get(domain)
     except DomainError:
         raise NotYours(f"{domain} is not connected for this publication; connect it first, "
                        "or ask the platform to make links on shared short domains") from None
-    if owner != scope():
+    if connected["publication_id"] != scope():
         raise NotYours(f"{domain} belongs to another publication")
+    if connected["status"] == "pending_dns":
+        raise NotYours(f"{domain} is not verified yet: links can be made once its DNS records "
+                       "prove it is yours")
 
 
 def _view(link: dict[str, Any]) -> dict[str, Any]:

@@ -203,6 +203,22 @@ class LinkService:
         """One page of every link (a paginated scan), for the dashboard's list."""
         return self.table.scan(limit=limit, cursor=cursor)
 
+    def is_short_domain(self, domain: str) -> bool:
+        return domain.lower() in self._domains
+
+    def disable_domain(self, domain: str) -> int:
+        """Disable every link on ``domain`` (its owner removed it: the next owner must not serve
+        them); a scan, as removing a short domain is rare. Returns how many were disabled."""
+        disabled = 0
+        for link in all_items(self.table):
+            if link.get("domain") == domain and not link.get("disabled"):
+                try:
+                    self.update(domain, link["slug"], {"disabled": True})
+                    disabled += 1
+                except (ConflictError, LinkNotFound):
+                    continue  # changed or deleted meanwhile: the next removal sweeps it
+        return disabled
+
     def delete(self, domain: str, slug: str) -> None:
         if not self.table.delete(link_id(domain, slug)):
             raise LinkNotFound(f"{domain}/{slug} does not exist")

@@ -75,9 +75,17 @@ def test_links_on_another_publications_short_domain_are_refused(
     # Nobody has connected it: not free for the taking (the links would outlive the claim).
     refused = client.post("/api/v1/links", headers=two, json=body)
     assert refused.status_code == 403 and "connect it first" in refused.get_json()["error"]
-    services.domains.connect("acme.link", "pub_1")
+    claimed, _ = services.domains.connect("acme.link", "pub_1")
+    unproven = client.post("/api/v1/links", headers=one, json=body)
+    assert unproven.status_code == 403 and "not verified yet" in unproven.get_json()["error"]
+    services.domains.domains.put({**claimed, "status": "active"},
+                                 expected_version=claimed["version"])
     assert client.post("/api/v1/links", headers=two, json=body).status_code == 403
     assert client.post("/api/v1/links", headers=one, json=body).status_code == 201
+    # pub_1 removes its short domain: its links stop, whoever connects acme.link next.
+    services.lifecycle.remove("acme.link")
+    assert services.resolver.resolve("acme.link", "promo").status == 410
+    assert services.links.get("acme.link", "promo")["disabled"] is True
 
 
 def test_a_publication_token_manages_only_its_own_domains(services: Services,
