@@ -25,8 +25,7 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None) ->
     app = Flask(__name__)
     app.config.update(EDGE_API_TOKEN=services.settings.api_token,
                       EDGE_EDGE_TOKEN=services.settings.edge_token, JSON_SORT_KEYS=False,
-                      MAX_CONTENT_LENGTH=1024 * 1024,
-                      SSO_PLATFORM_LOGIN_URL=services.settings.sso_platform_login_url)
+                      MAX_CONTENT_LENGTH=1024 * 1024)
     app.config.update(test_config or {})
     app.extensions.update({
         "edge.services": services,

@@ -11,6 +11,8 @@ import dataclasses
 import re
 from typing import Any, Mapping, Protocol
 
+from urllib.parse import quote
+
 import jwt
 import requests
 
@@ -85,6 +87,15 @@ class SignedCookieIdentity:
         except jwt.InvalidTokenError:
             return None
         return _user_from(claims, "sub")  # the verified subject, never another claim
+
+
+def sign_in_url(settings: Settings, path: str) -> str:
+    """The platform's sign-in page, sending the visitor back to ``path`` on the platform domain
+    (a fixed base: never an open redirect)."""
+    back = f"{settings.sso_platform_url}{path}"
+    login = settings.sso_platform_login_url
+    separator = "&" if "?" in login else "?"
+    return f"{login}{separator}return_to={quote(back, safe='')}"
 
 
 def identity_from_settings(settings: Settings) -> PlatformIdentity | None:

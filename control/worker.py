@@ -34,9 +34,8 @@ class PlatformCertificates:
             if self._certificates.get(host) is not None and not self._issuer.renewal_due(host):
                 continue
             try:
-                # A published state (even without routes) starts the edge, which answers the
-                # CA's HTTP-01 request for this host.
-                self._lifecycle.publish_routes()
+                # The edge answers the CA's HTTP-01 request for this host once any state is
+                # published, which Lifecycle.tick does first in every worker round.
                 self._issuer.issue([host])
                 self._lifecycle.publish_routes()
                 log.info("platform domain %s has its certificate", host)

@@ -13,13 +13,12 @@ import hashlib
 import hmac
 import time
 from typing import Any
-from urllib.parse import quote
 
 from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, render_template,
                    request, url_for)
 from werkzeug.wrappers import Response
 
-from control.platform import PlatformIdentity, PlatformUser
+from control.platform import PlatformIdentity, PlatformUser, sign_in_url
 from domains.api import PUBLICATION_ID
 from domains.errors import DomainError
 from domains.service import ACTIVE, Item, public_view
@@ -56,10 +55,7 @@ def _publisher() -> PlatformUser:
         abort(404)
     user = identity.user(request.cookies, request.headers.get("Cookie", ""))
     if user is None:
-        back = f"{services.settings.sso_platform_url}{request.full_path.rstrip('?')}"
-        login = services.settings.sso_platform_login_url
-        separator = "&" if "?" in login else "?"
-        abort(redirect(f"{login}{separator}return_to={quote(back, safe='')}", 303))
+        abort(redirect(sign_in_url(services.settings, request.full_path.rstrip("?")), 303))
     return PlatformUser(user.id, tuple(p for p in user.publications
                                        if PUBLICATION_ID.fullmatch(p)))
 
@@ -98,13 +94,14 @@ def status_of(domain: Item) -> dict[str, Any]:
     """What the page shows of a domain, also its live JSON."""
     services = _services()
     view = public_view(domain, services.domains.cname_target)
-    certificate = services.certificates.get(domain["hostname"]) \
+    # The public view: a status poll every 2 s must not decrypt the private key.
+    certificate = services.certificates.describe(domain["hostname"]) \
         if domain["status"] == ACTIVE else None
     port = services.settings.edge_https_port
     return {**view,
             "next_check": _when(domain.get("next_attempt_at")),
             "automation_available": services.domains.automation.describe(domain["hostname"]),
-            "certificate_expires": certificate.not_after[:10] if certificate else None,
+            "certificate_expires": str(certificate["not_after"])[:10] if certificate else None,
             "url": f"https://{domain['hostname']}" + ("" if port == 443 else f":{port}")}
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-from urllib.parse import quote
 
 from flask import Blueprint, current_app, redirect, request
 from werkzeug.wrappers import Response
 
-from control.platform import PlatformIdentity, PlatformUnavailable
+from control.platform import PlatformIdentity, PlatformUnavailable, sign_in_url
 from edge.sso import (SESSION_COOKIE, STATE_COOKIE, STATE_SECONDS, TRIED_COOKIE, SingleSignOn,
                       SsoRefused, nonce, read_state_cookie, return_path, state_cookie)
 
@@ -89,10 +88,8 @@ def authorize() -> Response:
     if user is None and request.args.get("prompt") == "none":
         return _no_store(redirect(sso.callback_url(host, state), 302))
     if user is None:
-        back = f"{sso.platform_url}{request.full_path}"
-        login_url = current_app.config["SSO_PLATFORM_LOGIN_URL"]
-        separator = "&" if "?" in login_url else "?"
-        return _no_store(redirect(f"{login_url}{separator}return_to={quote(back, safe='')}"))
+        settings = current_app.extensions["edge.services"].settings
+        return _no_store(redirect(sign_in_url(settings, request.full_path.rstrip("?"))))
     code = sso.mint_code(user.id, host, state)
     return _no_store(redirect(sso.callback_url(host, state, code), 302))
 
