@@ -13,11 +13,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 import admin
 from certs.challenges import bp as challenge_bp
 from control.wiring import Services
-from domains.api import bp as domains_bp
 from domains import settings_page
+from domains.api import bp as domains_bp
 from domains.service import STATUSES
+from edge.control_api import VisitSink
 from edge.control_api import bp as edge_bp
 from edge.sso_views import bp as sso_bp
+from kit.web import provide
 from shortlinks.api import bp as links_bp
 
 
@@ -27,19 +29,10 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None) ->
                       EDGE_EDGE_TOKEN=services.settings.edge_token, JSON_SORT_KEYS=False,
                       MAX_CONTENT_LENGTH=1024 * 1024)
     app.config.update(test_config or {})
-    app.extensions.update({
-        "edge.services": services,
-        "edge.domains": services.domains,
-        "edge.lifecycle": services.lifecycle,
-        "edge.challenges": services.challenges,
-        "edge.state": services.edge_state,
-        "edge.links": services.links,
-        "edge.resolver": services.resolver,
-        "edge.visit_sink": services.links.add_visits,
-        "edge.tokens": services.tokens,
-        "edge.sso": services.sso,
-        "edge.platform_identity": services.platform_identity,
-    })
+    provide(app, services, services.settings, services.domains, services.lifecycle,
+            services.challenges, services.certificates, services.edge_state, services.links,
+            services.tokens, services.platform, services.sso,
+            VisitSink(services.links.add_visits))
     for blueprint in (domains_bp, edge_bp, challenge_bp, links_bp, sso_bp):
         app.register_blueprint(blueprint)
     settings_page.init_app(app, services.settings.encryption_keys[0])

@@ -1,8 +1,8 @@
-"""The admin dashboard (issue 8), mounted under /admin by ``admin_app.create_app``.
+"""The admin dashboard, mounted under /admin by ``admin_app.create_app``.
 
 ``web`` holds the parent blueprint with the guard (sessions, CSRF, headers); each area is a
-child blueprint. The dashboard owns three tables of its own: users, sessions, login failures,
-and the audit log (``accounts.py``, ``audit.py``).
+child blueprint. The dashboard owns four tables of its own: users, sessions, login failures
+(``accounts.py``) and the audit log (``audit.py``).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from admin.audit import ADMIN_AUDIT, AuditLog
 from admin.summary import Summary
 from admin.web import Admin, bp
 from control.wiring import Services
+from kit.web import provide
 
 for _child in (auth.bp, overview.bp, domains_views.bp, lists.bp):
     bp.register_blueprint(_child)
@@ -32,5 +33,5 @@ def build(services: Services) -> Admin:
 
 
 def init_app(app: Flask, services: Services) -> None:
-    app.extensions["edge.admin"] = build(services)
+    provide(app, build(services))
     app.register_blueprint(bp)

@@ -14,6 +14,7 @@ from typing import Callable
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from kit.errors import EdgeRouterError
 from store import ABSENT, ConflictError, Item, Table, TableSpec
 
 ADMIN_USERS = TableSpec("admin_users", key="username")
@@ -25,7 +26,7 @@ MIN_PASSWORD, MAX_PASSWORD = 12, 1024
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
 
 
-class AccountError(Exception):
+class AccountError(EdgeRouterError):
     """A username or password that cannot be used; the message says why."""
 
 

@@ -52,15 +52,10 @@ def links() -> str:
 def toggle_link(domain: str, slug: str, action: str) -> Response:
     if action not in ("disable", "enable"):
         abort(404)
-    services = admin().services
-    try:
-        services.links.update(domain, slug, {"disabled": action == "disable"})
+    try:  # the resolver forgets it at once and the edge's hot set is republished (wiring)
+        admin().services.links.update(domain, slug, {"disabled": action == "disable"})
     except ShortlinkError as exc:
         abort(exc.status, str(exc))
-    # As the API does: the resolver forgets it at once, and the edge's hot set is republished.
-    services.resolver.invalidate(domain, slug)
-    services.publisher.refresh_redirects()
-    services.lifecycle.publish_routes()
     audit(f"link {action}d", f"{domain}/{slug}")
     return redirect(url_for(".links", cursor=request.form.get("cursor") or None), 303)
 

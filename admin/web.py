@@ -11,13 +11,14 @@ import datetime
 import hmac
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, current_app, g, redirect, request, url_for
+from flask import Blueprint, abort, g, redirect, request, url_for
 from werkzeug.wrappers import Response
 
 from admin.accounts import LoginLimiter, Sessions, Users
 from admin.audit import AuditLog
 from admin.summary import Summary
 from control.wiring import Services
+from kit.web import use
 
 COOKIE = "edge_admin"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -43,8 +44,7 @@ class Admin:
 
 
 def admin() -> Admin:
-    found: Admin = current_app.extensions["edge.admin"]
-    return found
+    return use(Admin)
 
 
 def user() -> str:

@@ -24,10 +24,12 @@ from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from admin.web import Admin  # noqa: E402
 from admin_app import create_app  # noqa: E402
-from control.settings import load_settings  # noqa: E402
 from control.wiring import Services  # noqa: E402
 from domains.service import STATUSES, iso  # noqa: E402
+from kit.settings import load_settings  # noqa: E402
+from kit.web import provided  # noqa: E402
 
 PASSWORD = "bench password 0123"
 
@@ -90,7 +92,7 @@ def main() -> None:
         print(f"seeded {args.domains} domains, {args.certificates} certificates in "
               f"{time.perf_counter() - start:.1f} s")
         app = create_app(services)
-        app.extensions["edge.admin"].users.create("bench", PASSWORD)
+        provided(app, Admin).users.create("bench", PASSWORD)
         client = app.test_client()
         page = client.get("/admin/login").get_data(as_text=True)
         token = page.split('name="csrf_token" value="')[1].split('"')[0]

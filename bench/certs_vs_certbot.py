@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from admin_app import create_app  # noqa: E402
 from certs.issuer import IssuanceError  # noqa: E402
-from control.pebble import PebbleStack  # noqa: E402
-from control.procs import free_port  # noqa: E402
-from control.settings import load_settings  # noqa: E402
 from control.wiring import Services  # noqa: E402
+from devtools.pebble import PebbleStack  # noqa: E402
+from kit.procs import free_port  # noqa: E402
+from kit.settings import load_settings  # noqa: E402
 
 VENV = Path.home() / ".cache" / "edge-bench" / "certbot-venv"
 CERTBOT_TIMEOUT = 180.0

@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from certs.x509util import self_signed  # noqa: E402
-from control.procs import free_port  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
 from edge.state import DesiredState, Route  # noqa: E402
+from kit.procs import free_port  # noqa: E402
+from kit.x509 import self_signed  # noqa: E402
 
 KEY = ec.generate_private_key(ec.SECP256R1())
 

@@ -20,11 +20,11 @@ from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from certs.x509util import self_signed  # noqa: E402
-from control.procs import free_port  # noqa: E402
-from control.sample_app import SampleApp  # noqa: E402
+from devtools.sample_app import SampleApp  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
 from edge.state import DesiredState, Route  # noqa: E402
+from kit.procs import free_port  # noqa: E402
+from kit.x509 import self_signed  # noqa: E402
 
 _KEY = ec.generate_private_key(ec.SECP256R1())  # one key for all: signing speed is not measured
 

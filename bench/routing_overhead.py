@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from certs.x509util import self_signed  # noqa: E402
-from control.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
 from edge.state import DesiredState, Route  # noqa: E402
+from kit.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
+from kit.x509 import self_signed  # noqa: E402
 
 HOST = "blog.example.test"
 

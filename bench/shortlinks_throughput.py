@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.fernet import Fernet  # noqa: E402
 
-from certs.x509util import self_signed  # noqa: E402
-from control.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
-from control.settings import load_settings  # noqa: E402
 from control.wiring import Services  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
 from edge.state import DesiredState, Redirect, Route  # noqa: E402
+from kit.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
+from kit.settings import load_settings  # noqa: E402
+from kit.x509 import self_signed  # noqa: E402
 
 HOST = "acme.link"
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,12 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from certs.x509util import self_signed  # noqa: E402
-from control.probe import https_get  # noqa: E402
-from control.procs import free_port  # noqa: E402
+from devtools.probe import https_get  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
 from edge.sso import SESSION_COOKIE  # noqa: E402
 from edge.state import DesiredState, Route  # noqa: E402
+from kit.procs import free_port  # noqa: E402
+from kit.x509 import self_signed  # noqa: E402
 from routing_overhead import HOST, fast_upstream, requests_per_second  # noqa: E402
 
 

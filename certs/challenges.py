@@ -4,8 +4,9 @@ from __future__ import annotations
 import re
 import time
 
-from flask import Blueprint, Response, abort, current_app
+from flask import Blueprint, Response, abort
 
+from kit.web import use
 from store import Table, TableSpec
 
 CHALLENGES = TableSpec("acme_challenges", key="token")
@@ -34,7 +35,7 @@ bp = Blueprint("acme_challenge", __name__)
 
 @bp.get("/.well-known/acme-challenge/<token>")
 def answer(token: str) -> Response:
-    store: ChallengeStore = current_app.extensions["edge.challenges"]
+    store = use(ChallengeStore)
     key_authorization = store.get(token)
     if key_authorization is None:
         abort(404)

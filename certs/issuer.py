@@ -1,4 +1,5 @@
-"""ACME issuance over HTTP-01 with our own short polling and a patient badNonce retry."""
+"""ACME issuance (HTTP-01 through the edge, DNS-01 through a registrar when a solver is given)
+with our own short polling and a patient badNonce retry."""
 from __future__ import annotations
 
 import datetime
@@ -13,11 +14,13 @@ from cryptography import x509
 
 from certs.ari import NewOrderReplacing, cert_id
 from certs.challenges import ChallengeStore
-from certs.keys import KeyVault, generate_key, key_from_pem, key_to_pem, make_csr
+from certs.errors import CertsError
+from certs.keys import generate_key, key_from_pem, key_to_pem, make_csr
 from certs.limits import BudgetExceeded, RateBudget
 from certs.network import RATE_LIMITED_WAIT, PatientNetwork, RateLimited
 from certs.orders import OrderJournal, fetch_order
 from certs.store import CertificateStore
+from kit.vault import KeyVault
 from store import Table, TableSpec, rewrite_field
 
 log = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ class DnsChallengeSolver(Protocol):
         """Remove that TXT value again (never raises)."""
 
 
-class IssuanceError(Exception):
+class IssuanceError(CertsError):
     """The CA did not give us a certificate; ``hostnames`` and a reason a human can read."""
 
     def __init__(self, hostnames: list[str], reason: str,

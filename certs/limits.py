@@ -13,6 +13,7 @@ from typing import Callable
 
 from publicsuffixlist import PublicSuffixList
 
+from certs.errors import CertsError
 from store import Table, TableSpec
 
 BUDGETS = TableSpec("acme_budgets", key="key")
@@ -26,7 +27,7 @@ class Limits:
     failures_per_name_1h: int = 5
 
 
-class BudgetExceeded(Exception):
+class BudgetExceeded(CertsError):
     def __init__(self, what: str, retry_after: float) -> None:
         super().__init__(f"{what}; we wait until the window moves on")
         self.what = what

@@ -7,12 +7,13 @@ import time
 from typing import Any
 
 from acme import client, errors, messages
+from certs.errors import CertsError
 
 BAD_NONCE_ATTEMPTS = 5  # each attempt is the library's post, which itself retries once
 RATE_LIMITED_WAIT = 3600.0  # when a 429 carries no Retry-After: LE's shortest window
 
 
-class RateLimited(Exception):
+class RateLimited(CertsError):
     """The CA answered 429; ``retry_after`` is epoch seconds from its Retry-After header."""
 
     def __init__(self, detail: str, retry_after: float) -> None:

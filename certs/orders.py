@@ -11,7 +11,7 @@ from typing import Any
 
 from acme import client, messages
 
-from certs.keys import KeyVault
+from kit.vault import KeyVault
 from store import Item, Table, TableSpec
 
 ORDERS = TableSpec("acme_orders", key="key")

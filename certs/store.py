@@ -6,7 +6,7 @@ import datetime
 
 from cryptography import x509
 
-from certs.keys import KeyVault
+from kit.vault import KeyVault
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from store import Item, Page, Table, TableSpec, all_items, rewrite_field

@@ -1,1 +1,2 @@
-"""Control-service plumbing: settings, process wiring, the worker loop, the CLI and the demo."""
+"""Composition only: ``wiring`` builds every part from settings, ``worker`` runs the loop,
+``cli`` is ``edgectl``."""

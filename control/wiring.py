@@ -6,16 +6,13 @@ import logging
 import time
 from typing import Any
 
-from certs.challenges import CHALLENGES, ChallengeStore
 from certs.chain import IssuerChain
+from certs.challenges import CHALLENGES, ChallengeStore
 from certs.issuer import ACCOUNTS, AcmeIssuer
-from certs.keys import KeyVault
 from certs.limits import BUDGETS, Limits, RateBudget
 from certs.orders import ORDERS
 from certs.stats import ISSUANCE_STATS, IssuanceStats
 from certs.store import CERTIFICATES, CertificateStore
-from control.platform import PlatformIdentity, identity_from_settings
-from control.settings import Settings
 from domains.automation import RecordAutomation
 from domains.dns01 import RegistrarDnsSolver
 from domains.dnscheck import DnsChecker
@@ -23,11 +20,14 @@ from domains.lifecycle import Lifecycle, Timing
 from domains.service import DOMAINS, EVENTS, DomainService
 from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.control_api import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE,
-                               EDGE_VISIT_REPORTS, EdgeStateStore)
+                               EDGE_VISIT_REPORTS, EdgeStateStore, VisitSink)
 from edge.render import map_safe
 from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
 from edge.state import DesiredState, Redirect, Route
-from control.tokens import API_TOKENS, PublicationTokens
+from kit.platform import Platform
+from kit.settings import Settings
+from kit.tokens import API_TOKENS, PublicationTokens
+from kit.vault import KeyVault
 from shortlinks.links import LINK_CHANGES, LINKS, LinkService
 from shortlinks.resolver import Resolver
 from store import Backend, open_backend
@@ -131,8 +131,8 @@ class Services:
     resolver: Resolver
     publisher: EdgePublisher
     tokens: PublicationTokens
+    platform: Platform
     sso: SingleSignOn | None = None
-    platform_identity: PlatformIdentity | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -175,7 +175,8 @@ class Services:
                                     backend.table(EDGE_VISIT_REPORTS))
         control_server = f"{settings.listen_host}:{settings.listen_port}"
         links = LinkService(backend.table(LINKS), settings.short_domains,
-                            changes=backend.table(LINK_CHANGES))
+                            changes=backend.table(LINK_CHANGES), domain_owner=domains.owner)
+        resolver = Resolver(links.table, changes=links.changes)
         sso_keys = SigningKeys(backend.table(SSO_KEYS), vault,
                                settings.sso_key_activation_seconds) if platform_host else None
         shortlink_servers = settings.shortlink_servers or [
@@ -195,6 +196,14 @@ class Services:
         lifecycle = Lifecycle(domains, checker, issuer, publisher, timing,
                               events=DomainEvents(webhooks, links, publisher),
                               worker_id=settings.worker_id)
+
+        def link_changed(domain: str, slug: str) -> None:
+            """An edited or removed link leaves this process's cache and the edge's hot set now."""
+            resolver.invalidate(domain, slug)
+            publisher.refresh_redirects()
+            lifecycle.publish_routes()
+
+        links.subscribe(link_changed)
         sso = None
         if sso_keys is not None:
             sso = SingleSignOn(sso_keys, backend.table(SSO_CODES),
@@ -203,9 +212,9 @@ class Services:
                                https_port=settings.edge_https_port,
                                session_seconds=settings.sso_session_seconds)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
-                   lifecycle, webhooks, links, Resolver(links.table, changes=links.changes), publisher,
-                   PublicationTokens(backend.table(API_TOKENS)), sso,
-                   identity_from_settings(settings))
+                   lifecycle, webhooks, links, resolver, publisher,
+                   PublicationTokens(backend.table(API_TOKENS)), Platform.from_settings(settings),
+                   sso)
 
     def reencrypt_keys(self) -> int:
         """``edgectl keys rotate``: every stored secret, re-encrypted under the newest key."""

@@ -1,31 +1,26 @@
 """The publisher API: the platform's app servers connect, read and remove custom domains.
 
-A publication's own token (``control/tokens.py``) works here too, for that publication only:
+A publication's own token (``kit/tokens.py``) works here too, for that publication only:
 its connects are for itself, and other publications' domains answer 404 as if absent."""
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
-from control.auth import require_token_or_publication as require_token
-from control.auth import scope
 from domains.errors import DomainError, DomainNotFound
 from domains.lifecycle import Lifecycle
 from domains.service import DomainService, public_view
+from kit.auth import require_platform_or_publication, scope
+from kit.tokens import PUBLICATION_ID, PUBLICATION_ID_RULE
+from kit.web import use
 from store import ConflictError
 
 bp = Blueprint("domains_api", __name__, url_prefix="/api/v1/domains")
-PUBLICATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-"""The first character is a letter or digit: ids starting with "_" are ours (``_platform``)."""
-PUBLICATION_HELP = ("publication_id must be 1-128 letters, digits, '_', '.', ':' or '-', "
-                    "starting with a letter or digit")
 
 
 def _service() -> DomainService:
-    service: DomainService = current_app.extensions["edge.domains"]
-    return service
+    return use(DomainService)
 
 
 def _own(hostname: str) -> dict[str, Any]:
@@ -40,7 +35,7 @@ def _publication(requested: Any) -> str | tuple[Response, int]:
     """The publication a call is for: the token's own unless the platform names one."""
     publication_id = scope() if requested is None else requested
     if not isinstance(publication_id, str) or not PUBLICATION_ID.fullmatch(publication_id):
-        return _error(PUBLICATION_HELP, 400)
+        return _error(f"publication_id must be {PUBLICATION_ID_RULE}", 400)
     if scope() is not None and publication_id != scope():
         return _error("a publication's token acts for that publication only", 403)
     return publication_id
@@ -65,7 +60,7 @@ def conflict(exc: ConflictError) -> tuple[Response, int]:
 
 
 @bp.post("")
-@require_token
+@require_platform_or_publication
 def connect() -> tuple[Response, int]:
     body: Any = request.get_json(silent=True)
     if not isinstance(body, dict):
@@ -78,14 +73,14 @@ def connect() -> tuple[Response, int]:
 
 
 @bp.get("/<hostname>")
-@require_token
+@require_platform_or_publication
 def show(hostname: str) -> Response:
     domain = _own(hostname)
     return jsonify({**_view(domain), "events": _service().timeline(domain)})
 
 
 @bp.get("")
-@require_token
+@require_platform_or_publication
 def list_domains() -> tuple[Response, int] | Response:
     publication_id = _publication(request.args.get("publication_id"))
     if not isinstance(publication_id, str):
@@ -105,19 +100,17 @@ def list_domains() -> tuple[Response, int] | Response:
 
 
 @bp.post("/<hostname>/check")
-@require_token
+@require_platform_or_publication
 def check(hostname: str) -> Response:
     """Re-check DNS now; answers the domain and the records found on each server asked."""
-    lifecycle: Lifecycle = current_app.extensions["edge.lifecycle"]
     _own(hostname)
-    domain, result = lifecycle.check_now(hostname)
+    domain, result = use(Lifecycle).check_now(hostname)
     return jsonify({**_view(domain), "ok": result.ok, "seen": result.seen})
 
 
 @bp.delete("/<hostname>")
-@require_token
+@require_platform_or_publication
 def remove(hostname: str) -> Response:
-    lifecycle: Lifecycle = current_app.extensions["edge.lifecycle"]
     _own(hostname)
-    domain = lifecycle.remove(hostname)
+    domain = use(Lifecycle).remove(hostname)
     return jsonify(removed=domain["hostname"])

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from domains.registrars import Record, RegistrarError, RegistrarProvider, ensure_records, \
-    get_provider
+from domains.registrars import (Record, RegistrarError, RegistrarProvider, UnknownProvider,
+                                ensure_records, get_provider)
+from kit.settings import SettingsError
 
 
 class RecordAutomation:
@@ -20,7 +21,10 @@ class RecordAutomation:
         providers = {}
         for zone, config in registrars.items():
             options = dict(config)
-            providers[zone] = get_provider(str(options.pop("provider")), **options)
+            try:
+                providers[zone] = get_provider(str(options.pop("provider")), **options)
+            except UnknownProvider as exc:
+                raise SettingsError("registrars", f"zone {zone!r}: {exc}") from None
         return cls(providers)
 
     def zone_for(self, hostname: str) -> str | None:

@@ -1,8 +1,10 @@
 """Errors of the domains part; the API maps each to a 4xx with its message."""
 from __future__ import annotations
 
+from kit.errors import EdgeRouterError
 
-class DomainError(Exception):
+
+class DomainError(EdgeRouterError):
     """Root of the domains errors."""
 
     status = 400

@@ -10,8 +10,8 @@ import idna
 from publicsuffixlist import PublicSuffixList
 
 from domains.errors import InvalidHostname
+from kit.hosts import HOSTNAME_LABEL
 
-_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_INPUT = 1024
 
 
@@ -58,7 +58,7 @@ def normalize_hostname(raw: object, platform_domains: Iterable[str] = (),
     if len(labels) < 2:
         raise InvalidHostname(raw, "a domain needs at least two labels, like example.com")
     for label in labels:
-        if not _LABEL.fullmatch(label):
+        if not HOSTNAME_LABEL.fullmatch(label):
             raise InvalidHostname(raw, f"label {label!r} must be 1-63 letters, digits or inner hyphens")
     if labels[-1].isdigit():
         raise InvalidHostname(raw, "the top-level domain cannot be numeric")

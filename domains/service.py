@@ -2,25 +2,26 @@
 from __future__ import annotations
 
 import datetime
-import random
-import re
+import itertools
 import secrets
 import time
 import uuid
 from typing import Any, Callable, Iterable
 
 from domains.automation import RecordAutomation
-from domains.errors import DomainNotFound, HostnameTaken, TooManyPending, InvalidHostname
+from domains.errors import (DomainError, DomainNotFound, HostnameTaken, InvalidHostname,
+                            TooManyPending)
 from domains.hostnames import normalize_hostname
 from domains.records import instructions, required_records
-from store import ABSENT, ConflictError, Item, Page, Table, TableSpec
+from kit.backoff import jittered_backoff
+from kit.hosts import HOSTNAME_LABEL
+from store import ABSENT, ConflictError, Item, Page, Table, TableSpec, every
 
 DOMAINS = TableSpec("domains", key="hostname", indexes=("publication_id", "status"))
 EVENTS = TableSpec("domain_events", key="id", indexes=("claim",))
 """Events belong to one claim (one connection of a hostname), so a later owner never sees them.
 Their ids sort newest first."""
 
-HOSTNAME_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED = (
     "pending_dns", "verified", "issuing", "active", "suspended")
 STATUSES = (PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED)
@@ -121,16 +122,14 @@ class DomainService:
         everybody else until it is verified or expires."""
         if self._max_pending <= 0:
             return
-        pending, cursor = 0, None
-        for _ in range(50):  # a publication with more domains than this is not squatting
-            page = self.domains.query("publication_id", publication_id, limit=100, cursor=cursor)
-            pending += sum(1 for domain in page.items if domain["status"] == PENDING_DNS
-                           and not self._abandoned(domain, now))
+        pending = 0
+        domains = every(lambda cursor: self.domains.query("publication_id", publication_id,
+                                                           limit=100, cursor=cursor))
+        # A publication with more domains than this is not squatting.
+        for domain in itertools.islice(domains, 5000):
+            pending += domain["status"] == PENDING_DNS and not self._abandoned(domain, now)
             if pending >= self._max_pending:
                 raise TooManyPending(publication_id, self._max_pending)
-            cursor = page.next_cursor
-            if not cursor:
-                return
 
     def _abandoned(self, domain: Item, now: float) -> bool:
         return domain["status"] == PENDING_DNS and now - domain["claimed_at"] > self._claim_ttl
@@ -141,6 +140,14 @@ class DomainService:
         if domain is None:
             raise DomainNotFound(name)
         return domain
+
+    def owner(self, hostname: str) -> tuple[str, bool] | None:
+        """(publication id, verified) of a connected domain; None if nobody connected it."""
+        try:
+            domain = self.get(hostname)
+        except DomainError:
+            return None
+        return str(domain["publication_id"]), domain["status"] != PENDING_DNS
 
     def active_publication(self, hostname: str) -> str | None:
         """The publication the edge serves ``hostname`` for, as an active custom domain (itself
@@ -176,14 +183,8 @@ class DomainService:
         return self.domains.query("publication_id", text.strip(), limit=limit).items
 
     def with_status(self, status: str, limit: int = 100) -> list[Item]:
-        items: list[Item] = []
-        cursor = None
-        while True:
-            page = self.domains.query("status", status, limit=limit, cursor=cursor)
-            items += page.items
-            cursor = page.next_cursor
-            if not cursor:
-                return items
+        return list(every(lambda cursor: self.domains.query("status", status, limit=limit,
+                                                             cursor=cursor)))
 
     def remove(self, hostname: object, actor: str = "api") -> Item:
         domain = self.get(hostname)
@@ -224,8 +225,7 @@ class DomainService:
         The domain stays in its status, or moves back to ``status`` when a step must restart.
         """
         attempts = int(domain.get("attempts") or 0) + 1
-        delay = min(self._retry_max, self._retry_base * 2 ** (attempts - 1))
-        delay *= random.uniform(0.5, 1.0)
+        delay = jittered_backoff(attempts, self._retry_base, self._retry_max)
         error = "; ".join(e["message"] for e in errors)
         return self.transition(domain, status or domain["status"], error, actor,
                                last_error=error,

@@ -2,7 +2,7 @@
 
 Served by the control service under ``/_edge/settings/`` on the platform domain (the edge sends
 ``/_edge/*`` there), so the platform's own session cookie arrives with every request. Who is
-signed in, and which publications they manage, comes from the platform (control/platform.py),
+signed in, and which publications they manage, comes from the platform (kit/platform.py),
 never from the request. Plain form posts work without JavaScript; the script only adds live
 status, copy buttons and in-place "check now".
 """
@@ -18,10 +18,15 @@ from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, rend
                    request, url_for)
 from werkzeug.wrappers import Response
 
-from control.platform import PlatformIdentity, PlatformUser, sign_in_url
-from domains.api import PUBLICATION_ID
+from certs.store import CertificateStore
 from domains.errors import DomainError
-from domains.service import ACTIVE, Item, public_view
+from domains.lifecycle import Lifecycle
+from domains.service import ACTIVE, DomainService, Item, public_view
+from kit.hosts import host_without_port
+from kit.platform import Platform, PlatformUser
+from kit.settings import Settings
+from kit.tokens import PUBLICATION_ID
+from kit.web import use
 
 bp = Blueprint("publisher_settings", __name__, url_prefix="/_edge/settings",
                template_folder="templates", static_folder="static")
@@ -43,19 +48,17 @@ def _headers(response: Response) -> Response:
     return response
 
 
-def _services() -> Any:
-    return current_app.extensions["edge.services"]
+def _domains() -> DomainService:
+    return use(DomainService)
 
 
 def _publisher() -> PlatformUser:
-    services = _services()
-    identity: PlatformIdentity | None = services.platform_identity
-    platform_host = services.settings.sso_platform_host
-    if identity is None or request.host.partition(":")[0].lower() != platform_host:
+    platform = use(Platform)
+    if platform.identity is None or host_without_port(request.host) != platform.host:
         abort(404)
-    user = identity.user(request.cookies, request.headers.get("Cookie", ""))
+    user = platform.identity.user(request.cookies, request.headers.get("Cookie", ""))
     if user is None:
-        abort(redirect(sign_in_url(services.settings, request.full_path.rstrip("?")), 303))
+        abort(redirect(platform.sign_in_url(request.full_path.rstrip("?")), 303))
     return PlatformUser(user.id, tuple(p for p in user.publications
                                        if PUBLICATION_ID.fullmatch(p)))
 
@@ -75,7 +78,7 @@ def _require_csrf(user: PlatformUser) -> None:
 def _own(user: PlatformUser, hostname: str) -> Item:
     """The domain, if one of the user's publications holds it; 404 otherwise (no hint either way)."""
     try:
-        domain: Item = _services().domains.get(hostname)
+        domain: Item = _domains().get(hostname)
     except DomainError:
         abort(404)
     if domain["publication_id"] not in user.publications:
@@ -92,15 +95,14 @@ def _when(ts: float | None) -> str | None:
 
 def status_of(domain: Item) -> dict[str, Any]:
     """What the page shows of a domain, also its live JSON."""
-    services = _services()
-    view = public_view(domain, services.domains.cname_target)
+    view = public_view(domain, _domains().cname_target)
     # The public view: a status poll every 2 s must not decrypt the private key.
-    certificate = services.certificates.describe(domain["hostname"]) \
+    certificate = use(CertificateStore).describe(domain["hostname"]) \
         if domain["status"] == ACTIVE else None
-    port = services.settings.edge_https_port
+    port = use(Settings).edge_https_port
     return {**view,
             "next_check": _when(domain.get("next_attempt_at")),
-            "automation_available": services.domains.automation.describe(domain["hostname"]),
+            "automation_available": _domains().automation.describe(domain["hostname"]),
             "certificate_expires": str(certificate["not_after"])[:10] if certificate else None,
             "url": f"https://{domain['hostname']}" + ("" if port == 443 else f":{port}")}
 
@@ -108,17 +110,17 @@ def status_of(domain: Item) -> dict[str, Any]:
 def _hostname_or_empty(text: str) -> str:
     """Echo a hostname back only if it is one (no text of an attacker's choosing on the page)."""
     try:
-        return text if text and _services().domains.normalize(text) == text else ""
+        return text if text and _domains().normalize(text) == text else ""
     except DomainError:
         return ""
 
 
 def _index(user: PlatformUser, error: str | None = None, form: dict[str, str] | None = None,
            status: int = 200) -> tuple[str, int]:
-    domains = {p: _services().domains.list_for(p, limit=100).items for p in user.publications}
+    domains = {p: _domains().list_for(p, limit=100).items for p in user.publications}
     return render_template("publisher/index.html", user=user, domains=domains,
                            removed=_hostname_or_empty(request.args.get("removed", "")),
-                           automated=_services().domains.automation.zones(),
+                           automated=_domains().automation.zones(),
                            csrf_token=_csrf(user), error=error, form=form or {}), status
 
 
@@ -136,7 +138,7 @@ def connect() -> Response | tuple[str, int]:
     if form["publication"] not in user.publications:
         return _index(user, "Choose one of your publications.", form, 400)
     try:
-        domain, _ = _services().domains.connect(form["hostname"], form["publication"],
+        domain, _ = _domains().connect(form["hostname"], form["publication"],
                                                 actor=f"publisher:{user.id}")
     except DomainError as exc:
         return _index(user, str(exc), form, exc.status)
@@ -161,7 +163,7 @@ def check(hostname: str) -> Response:
     user = _publisher()
     _require_csrf(user)
     domain = _own(user, hostname)
-    _services().lifecycle.check_now(domain["hostname"], actor=f"publisher:{user.id}")
+    use(Lifecycle).check_now(domain["hostname"], actor=f"publisher:{user.id}")
     if request.accept_mimetypes.best == "application/json":
         return jsonify(status_of(_own(user, hostname)))
     return redirect(url_for(".show", hostname=domain["hostname"]), 303)
@@ -175,5 +177,5 @@ def remove(hostname: str) -> Response | str:
         return render_template("publisher/remove.html", user=user, domain=domain,
                                csrf_token=_csrf(user))
     _require_csrf(user)
-    _services().lifecycle.remove(domain["hostname"], actor=f"publisher:{user.id}")
+    use(Lifecycle).remove(domain["hostname"], actor=f"publisher:{user.id}")
     return redirect(url_for(".index", removed=domain["hostname"]), 303)

@@ -25,7 +25,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import threading
 import time
 import uuid
@@ -33,7 +32,8 @@ from typing import Any, Callable
 
 import requests
 
-from store import ConflictError, Item, Table, TableSpec
+from kit.backoff import jittered_backoff
+from store import ConflictError, Item, Table, TableSpec, every
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +131,8 @@ class WebhookSender:
         return sorted(pending + stale, key=lambda e: e["id"])[:limit]
 
     def _query(self, state: str, due: Callable[[Item], bool]) -> list[Item]:
-        items: list[Item] = []
-        cursor = None
-        while True:
-            page = self.table.query("state", state, limit=100, cursor=cursor)
-            items += [item for item in page.items if due(item)]
-            cursor = page.next_cursor
-            if not cursor:
-                return items
+        return [item for item in every(lambda cursor: self.table.query(
+            "state", state, limit=100, cursor=cursor)) if due(item)]
 
     def _claim(self, event: Item) -> Item | None:
         """The event leased to us, or None if another sender got there first."""
@@ -175,8 +169,7 @@ class WebhookSender:
                         event["id"], event["type"], attempts, error)
             self._finish(event, state=FAILED, attempts=attempts, last_error=error)
             return
-        delay = min(self._retry_max, self._retry_base * 2 ** (attempts - 1))
-        delay *= random.uniform(0.5, 1.0)
+        delay = jittered_backoff(attempts, self._retry_base, self._retry_max)
         log.info("webhook %s (%s) attempt %d failed: %s; retrying in %.1fs",
                  event["id"], event["type"], attempts, error, delay)
         self._finish(event, state=PENDING, attempts=attempts, last_error=error,

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import requests
 
-from edge.haproxy import EdgeError
+from edge.errors import EdgeError
 from edge.node import EdgeNode
 from edge.state import DesiredState, Redirect, Route, fingerprint
 from edge.visits import HotVisitMeter

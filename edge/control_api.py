@@ -10,13 +10,14 @@ import dataclasses
 import re
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
-from certs.keys import KeyVault
-from control.auth import require_edge_token, require_token
 from edge.state import DesiredState, Redirect, RouteRef, version_of
+from kit.auth import require_edge_token, require_platform_token
+from kit.vault import KeyVault
+from kit.web import use
 from store import ABSENT, ConflictError, Table, TableSpec, all_items, rewrite_field
 
 EDGE_STATE = TableSpec("edge_state", key="name")
@@ -32,6 +33,14 @@ _NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _VISIT_KEY = re.compile(r"[a-z0-9.*-]{1,253}/[A-Za-z0-9_-]{1,64}")
 MAX_VISIT_KEYS = 5000
 _VERSION = re.compile(r"[0-9a-f]{16}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VisitSink:
+    """Where the visits HAProxy counted for hot links go: ``add({"host/slug": n})`` returns
+    how many were added (the short-link service keeps the counts; wired in ``control/``)."""
+
+    add: Callable[[dict[str, int]], int]
 
 
 class EdgeStateStore:
@@ -178,8 +187,7 @@ bp = Blueprint("edge_api", __name__, url_prefix="/api/v1/edge")
 
 
 def _store() -> EdgeStateStore:
-    store: EdgeStateStore = current_app.extensions["edge.state"]
-    return store
+    return use(EdgeStateStore)
 
 
 @bp.get("/state")
@@ -241,12 +249,12 @@ def visits() -> tuple[Response, int]:
                              f"{MAX_VISIT_KEYS} positive counts"), 400
     if not _store().first_report(report_id):
         return jsonify(added=0, duplicate=True), 200
-    added = current_app.extensions["edge.visit_sink"](counts)
+    added = use(VisitSink).add(counts)
     return jsonify(added=added), 200
 
 
 @bp.get("/nodes")
-@require_token
+@require_platform_token
 def nodes() -> Response:
     meta = _store().meta()
     return jsonify(nodes=_store().list_nodes(),
@@ -254,7 +262,7 @@ def nodes() -> Response:
 
 
 @bp.post("/force")
-@require_token
+@require_platform_token
 def force() -> tuple[Response, int]:
     body = request.get_json(silent=True)
     version = body.get("version") if isinstance(body, dict) else None

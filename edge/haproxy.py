@@ -7,11 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from control.procs import ManagedProcess
-
-
-class EdgeError(Exception):
-    """Root of the edge errors."""
+from edge.errors import EdgeError
+from kit.procs import ManagedProcess
 
 
 class ConfigRejected(EdgeError):

@@ -17,12 +17,12 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from certs.x509util import self_signed
 from edge.haproxy import HAProxy
 from edge.plan import Plan, make_plan
 from edge.render import NodeLayout, cert_file, render, render_lists, validate
 from edge.runtime import RuntimeAPI, RuntimeCommandFailed
 from edge.state import DesiredState, Route
+from kit.x509 import self_signed
 
 log = logging.getLogger(__name__)
 KEEP_RELEASES = 3

@@ -6,7 +6,7 @@ import dataclasses
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from edge.haproxy import EdgeError
+from edge.errors import EdgeError
 from edge.state import Route
 
 MAX_DELETE_SHARE = 0.3

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jinja2
 
+from edge.errors import EdgeError
 from edge.state import DesiredState, Redirect
 
 # Values land in haproxy.cfg and map files: anything outside these shapes could inject config.
@@ -20,7 +21,7 @@ _PUBLIC_KEY = re.compile(r"-----BEGIN PUBLIC KEY-----\n[A-Za-z0-9+/=\n]+-----END
 _SERVER = re.compile(r"^[A-Za-z0-9.:\[\]-]{1,300}:[0-9]{1,5}$")
 
 
-class RenderError(ValueError):
+class RenderError(EdgeError, ValueError):
     """The desired state holds a value that must never reach HAProxy's files."""
 
 

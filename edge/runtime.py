@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.haproxy import EdgeError, unix_command
+from edge.errors import EdgeError
+from edge.haproxy import unix_command
 
 
 class RuntimeCommandFailed(EdgeError):

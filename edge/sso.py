@@ -22,7 +22,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from certs.keys import KeyVault
+from edge.errors import EdgeError
+from kit.hosts import HOSTNAME_LABEL
+from kit.vault import KeyVault
 from store import (ABSENT, VERSION, ConflictError, Item, Table, TableSpec, all_items,
                    rewrite_field)
 
@@ -35,13 +37,13 @@ TRIED_COOKIE = "__Host-edge_sso_tried"
 CODE_SECONDS = 60.0
 STATE_SECONDS = 600
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_LABEL = HOSTNAME_LABEL.pattern
 HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+")
 """A plain DNS name: anything else could make a URL we build point somewhere else."""
 _PATH_CHARS = re.compile(r"[\x21-\x7e]*")  # printable ASCII, no spaces or controls
 
 
-class SsoRefused(Exception):
+class SsoRefused(EdgeError):
     """A handshake step that must stop here; the message is safe to show the visitor."""
 
 
@@ -120,7 +122,7 @@ class SingleSignOn:
 
     def __init__(self, keys: SigningKeys, codes: Table,
                  publication_of: Callable[[str], str | None], *,
-                 platform_url: str, https_port: int = 443, session_seconds: float = 86400.0,
+                 platform_url: str, https_port: int = 443, session_seconds: float = 3600.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.keys = keys
         self.codes = codes

@@ -9,27 +9,28 @@ from __future__ import annotations
 import logging
 import secrets
 
-from flask import Blueprint, current_app, redirect, request
+from flask import Blueprint, redirect, request
 from werkzeug.wrappers import Response
 
-from control.platform import PlatformIdentity, PlatformUnavailable, sign_in_url
 from edge.sso import (SESSION_COOKIE, STATE_COOKIE, STATE_SECONDS, TRIED_COOKIE, SingleSignOn,
                       SsoRefused, nonce, read_state_cookie, return_path, state_cookie)
+from kit.hosts import host_without_port
+from kit.platform import Platform, PlatformUnavailable
+from kit.web import find, use
 
 log = logging.getLogger(__name__)
 bp = Blueprint("sso", __name__, url_prefix="/_edge/sso")
 
 
 def _sso() -> SingleSignOn:
-    sso: SingleSignOn | None = current_app.extensions.get("edge.sso")
+    sso = find(SingleSignOn)
     if sso is None:
         raise SsoRefused("Sign-in is not configured.")
     return sso
 
 
 def _host() -> str:
-    """The visitor's host, without a port (anything odd fails the hostname checks later)."""
-    return request.host.partition(":")[0].lower()
+    return host_without_port(request.host)
 
 
 def _no_store(response: Response) -> Response:
@@ -83,13 +84,14 @@ def authorize() -> Response:
         raise SsoRefused("Sign-in is not available on this address.")
     host = sso.require_custom_domain((request.args.get("host") or "").lower())
     state = nonce(request.args.get("state"))
-    identity: PlatformIdentity = current_app.extensions["edge.platform_identity"]
-    user = identity.user(request.cookies, request.headers.get("Cookie", ""))
+    platform = use(Platform)
+    if platform.identity is None:
+        raise SsoRefused("Sign-in is not configured.")
+    user = platform.identity.user(request.cookies, request.headers.get("Cookie", ""))
     if user is None and request.args.get("prompt") == "none":
         return _no_store(redirect(sso.callback_url(host, state), 302))
     if user is None:
-        settings = current_app.extensions["edge.services"].settings
-        return _no_store(redirect(sign_in_url(settings, request.full_path.rstrip("?"))))
+        return _no_store(redirect(platform.sign_in_url(request.full_path.rstrip("?"))))
     code = sso.mint_code(user.id, host, state)
     return _no_store(redirect(sso.callback_url(host, state, code), 302))
 

@@ -1,17 +1,16 @@
 """The short-link API: create, read, list by owner, update, disable, delete, QR codes.
 
-The platform's token sees every link; a publication's token (``control/tokens.py``) sees and
+The platform's token sees every link; a publication's token (``kit/tokens.py``) sees and
 changes only its own links (others' are answered 404, as if absent) and creates links only for
-itself, on short domains that no other publication has connected."""
+itself, on short domains connected and verified for that publication."""
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
-from control.auth import require_token_or_publication as require_token
-from control.auth import scope
-from domains.errors import DomainError
+from kit.auth import require_platform_or_publication, scope
+from kit.web import use
 from shortlinks.bulk import qr_code
 from shortlinks.links import LinkNotFound, LinkService, NotYours, ShortlinkError
 
@@ -21,15 +20,7 @@ FIELDS = ("domain", "slug", "target", "owner", "code", "disabled", "valid_until"
 
 
 def _links() -> LinkService:
-    service: LinkService = current_app.extensions["edge.links"]
-    return service
-
-
-def _changed(domain: str, slug: str) -> None:
-    """A link was edited or removed: drop it from the cache and republish the hot set now."""
-    current_app.extensions["edge.resolver"].invalidate(domain, slug)
-    current_app.extensions["edge.services"].publisher.refresh_redirects()
-    current_app.extensions["edge.lifecycle"].publish_routes()
+    return use(LinkService)
 
 
 def _own(domain: str, slug: str) -> dict[str, Any]:
@@ -38,22 +29,6 @@ def _own(domain: str, slug: str) -> dict[str, Any]:
     if scope() is not None and link["owner"] != scope():
         raise LinkNotFound(f"{domain}/{slug} does not exist")
     return link
-
-
-def _check_domain(domain: Any) -> None:
-    """A publication's token creates links only on short domains connected for it. A domain
-    nobody has connected is not free for the taking: its links would stay when its owner
-    connects it. Links on shared short domains are made with the platform's token."""
-    try:
-        connected = current_app.extensions["edge.domains"].get(domain)
-    except DomainError:
-        raise NotYours(f"{domain} is not connected for this publication; connect it first, "
-                       "or ask the platform to make links on shared short domains") from None
-    if connected["publication_id"] != scope():
-        raise NotYours(f"{domain} belongs to another publication")
-    if connected["status"] == "pending_dns":
-        raise NotYours(f"{domain} is not verified yet: links can be made once its DNS records "
-                       "prove it is yours")
 
 
 def _view(link: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +48,7 @@ def link_error(exc: ShortlinkError) -> tuple[Response, int]:
 
 
 @bp.post("")
-@require_token
+@require_platform_or_publication
 def create() -> tuple[Response, int]:
     body = _body()
     owner = body.get("owner", scope())
@@ -82,11 +57,7 @@ def create() -> tuple[Response, int]:
     if scope() is not None:
         if owner != scope():
             raise NotYours("a publication's token creates links for that publication only")
-        _check_domain(body.get("domain"))
-    for name in ("valid_until", "max_visits"):
-        if body.get(name) is not None and (not isinstance(body[name], (int, float))
-                                           or isinstance(body[name], bool) or body[name] < 0):
-            raise ShortlinkError(f"{name} must be a positive number")
+        _links().check_publication_domain(body.get("domain"), owner)
     link = _links().create(body.get("domain"), body.get("target"), owner, slug=body.get("slug"),
                            code=body.get("code"), valid_until=body.get("valid_until"),
                            max_visits=body.get("max_visits"))
@@ -94,13 +65,13 @@ def create() -> tuple[Response, int]:
 
 
 @bp.get("/<domain>/<slug>")
-@require_token
+@require_platform_or_publication
 def show(domain: str, slug: str) -> Response:
     return jsonify(_view(_own(domain, slug)))
 
 
 @bp.get("")
-@require_token
+@require_platform_or_publication
 def list_links() -> Response:
     owner = request.args.get("owner", scope() or "")
     if not owner:
@@ -116,7 +87,7 @@ def list_links() -> Response:
 
 
 @bp.get("/<domain>/<slug>/qr.<kind>")
-@require_token
+@require_platform_or_publication
 def qr(domain: str, slug: str, kind: str) -> Response:
     link = _own(domain, slug)
     mimetype = {"svg": "image/svg+xml", "png": "image/png"}.get(kind, "")
@@ -125,18 +96,16 @@ def qr(domain: str, slug: str, kind: str) -> Response:
 
 
 @bp.patch("/<domain>/<slug>")
-@require_token
+@require_platform_or_publication
 def update(domain: str, slug: str) -> Response:
     _own(domain, slug)
     link = _links().update(domain, slug, _body())
-    _changed(domain, slug)
     return jsonify(_view(link))
 
 
 @bp.delete("/<domain>/<slug>")
-@require_token
+@require_platform_or_publication
 def delete(domain: str, slug: str) -> Response:
     _own(domain, slug)
     _links().delete(domain, slug)
-    _changed(domain, slug)
     return jsonify(deleted=f"{domain}/{slug}")

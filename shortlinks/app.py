@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 from typing import Any, Callable, Iterable
 
+from kit.hosts import host_without_port
 from shortlinks.links import SLUG
 from shortlinks.resolver import Resolver
 from store import StoreError
@@ -23,7 +24,7 @@ def make_app(resolver: Resolver) -> Callable[[dict[str, Any], StartResponse], It
         return [body]
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        host = str(environ.get("HTTP_HOST", "")).split(":")[0].lower()
+        host = host_without_port(str(environ.get("HTTP_HOST", "")))
         slug = str(environ.get("PATH_INFO", "")).lstrip("/")
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return page(start_response, "405 Method Not Allowed", "Only GET is supported.")

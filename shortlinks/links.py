@@ -6,11 +6,12 @@ import re
 import secrets
 import string
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 import idna
 
+from kit.errors import EdgeRouterError
 from store import ABSENT, ConflictError, Item, Page, Table, TableSpec, all_items
 
 LINKS = TableSpec("short_links", key="id", indexes=("owner",))
@@ -24,9 +25,15 @@ RESERVED = {"api", "admin", "healthz", "metrics", "static", "robots.txt", "favic
             "_edge", ".well-known", "login", "logout"}
 CODES = (301, 302, 307, 308)
 MAX_TARGET = 2048
+DomainOwner = Callable[[str], "tuple[str, bool] | None"]
+"""A connected domain's (publication id, verified), or None when nobody has connected it: the
+domains part answers (wired in ``control/``)."""
+LinkChanged = Callable[[str, str], None]
 
 
-class ShortlinkError(Exception):
+class ShortlinkError(EdgeRouterError):
+    """Root of the short-link errors; ``status`` is the HTTP answer the API gives."""
+
     status = 400
 
 
@@ -63,9 +70,12 @@ def link_id(domain: str, slug: str) -> str:
 
 class LinkService:
     def __init__(self, table: Table, short_domains: Iterable[str], slug_length: int = 7,
-                 default_code: int = 302, changes: Table | None = None) -> None:
+                 default_code: int = 302, changes: Table | None = None,
+                 domain_owner: DomainOwner | None = None) -> None:
         self.table = table
         self.changes = changes
+        self._domain_owner = domain_owner
+        self._listeners: list[LinkChanged] = []
         if changes is not None and changes.get(GENERATION) is None:
             try:
                 changes.put({"name": GENERATION}, expected_version=ABSENT)
@@ -119,10 +129,31 @@ class LinkService:
             raise InvalidLink("code", "one of 301, 302, 307, 308")
         return domain.lower(), code
 
+    def subscribe(self, listener: LinkChanged) -> None:
+        """Call ``listener(domain, slug)`` after a link is updated or deleted (caches and the
+        edge's hot set follow at once; the change counter tells other processes)."""
+        self._listeners.append(listener)
+
+    def check_publication_domain(self, domain: Any, publication_id: str) -> None:
+        """A publication's token creates links only on short domains connected and verified
+        for it. A domain nobody has connected is not free for the taking: its links would stay
+        when its owner connects it. Links on shared short domains are the platform's to make."""
+        owner = self._domain_owner(domain) if self._domain_owner and isinstance(domain, str) \
+            else None
+        if owner is None:
+            raise NotYours(f"{domain} is not connected for this publication; connect it first, "
+                           "or ask the platform to make links on shared short domains")
+        if owner[0] != publication_id:
+            raise NotYours(f"{domain} belongs to another publication")
+        if not owner[1]:
+            raise NotYours(f"{domain} is not verified yet: links can be made once its DNS "
+                           "records prove it is yours")
+
     def create(self, domain: Any, target: Any, owner: str, slug: Any = None, code: Any = None,
-               valid_until: float | None = None, max_visits: int | None = None) -> Item:
+               valid_until: Any = None, max_visits: Any = None) -> Item:
         domain, code = self._validate(domain, slug, code)
         target = self.validate_target(target)
+        _check_limits({"valid_until": valid_until, "max_visits": max_visits})
         now = time.time()
         for _ in range(10 if slug is None else 1):
             chosen = slug or "".join(secrets.choice(ALPHABET) for _ in range(self._slug_length))
@@ -158,13 +189,15 @@ class LinkService:
             self._validate(domain, None, changes["code"])
         if "disabled" in changes and not isinstance(changes["disabled"], bool):
             raise InvalidLink("disabled", "must be true or false")
-        for name in ("valid_until", "max_visits"):
-            value = changes.get(name)
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, (int, float)) or value < 0):
-                raise InvalidLink(name, "must be a positive number or null")
-        return self._changed(self.table.put({**link, **changes, "updated_at": time.time()},
-                                            expected_version=link["version"]))
+        _check_limits(changes)
+        updated = self._changed(self.table.put({**link, **changes, "updated_at": time.time()},
+                                               expected_version=link["version"]))
+        self._notify(domain, slug)
+        return updated
+
+    def _notify(self, domain: str, slug: str) -> None:
+        for listener in self._listeners:
+            listener(domain, slug)
 
     def _changed(self, item: Item) -> Item:
         if self.changes is not None:
@@ -213,13 +246,25 @@ class LinkService:
         for link in all_items(self.table):
             if link.get("domain") == domain and not link.get("disabled"):
                 try:
-                    self.update(domain, link["slug"], {"disabled": True})
+                    self.table.put({**link, "disabled": True, "updated_at": time.time()},
+                                   expected_version=link["version"])
                     disabled += 1
                 except (ConflictError, LinkNotFound):
                     continue  # changed or deleted meanwhile: the next removal sweeps it
+        if disabled:
+            self._changed({})
         return disabled
 
     def delete(self, domain: str, slug: str) -> None:
         if not self.table.delete(link_id(domain, slug)):
             raise LinkNotFound(f"{domain}/{slug} does not exist")
         self._changed({})
+        self._notify(domain, slug)
+
+
+def _check_limits(values: dict[str, Any]) -> None:
+    for name in ("valid_until", "max_visits"):
+        value = values.get(name)
+        if value is not None and (isinstance(value, bool)
+                                  or not isinstance(value, (int, float)) or value < 0):
+            raise InvalidLink(name, "must be a positive number or null")

@@ -18,7 +18,11 @@ import socket
 import threading
 from typing import Any, Callable, Iterable
 
-from control.settings import Settings, load_settings
+from kit.settings import Settings, load_settings
+from shortlinks.app import make_app
+from shortlinks.links import LINK_CHANGES, LINKS
+from shortlinks.resolver import Resolver
+from store import open_backend
 
 log = logging.getLogger(__name__)
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -26,21 +30,20 @@ SERVERS = ("waitress", "werkzeug")
 
 
 class _Worker:
-    """What one server process holds: its services, its app and the flusher's stop switch."""
+    """What one server process holds: its store connection (opened after the fork), its
+    resolver and app, and the flusher's stop switch. It opens only the link tables."""
 
     def __init__(self, settings: Settings) -> None:
-        from control.wiring import Services
-        from shortlinks.app import make_app
-
-        self.services = Services.from_settings(settings)
-        self.app: WSGIApp = make_app(self.services.resolver)
+        self.backend = open_backend(settings)
+        resolver = Resolver(self.backend.table(LINKS), changes=self.backend.table(LINK_CHANGES))
+        self.app: WSGIApp = make_app(resolver)
         self.stop = threading.Event()
-        self.flusher = self.services.resolver.start_flusher(self.stop)
+        self.flusher = resolver.start_flusher(self.stop)
 
     def close(self) -> None:
         self.stop.set()
         self.flusher.join(timeout=10)  # the flusher's last round writes what is left
-        self.services.close()
+        self.backend.close()
 
 
 def wsgi_app() -> WSGIApp:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 Item = dict[str, Any]
 
@@ -82,16 +82,21 @@ class Backend(Protocol):
         ...
 
 
-def all_items(table: Table, page_size: int = 500) -> list[Item]:
-    """Every live item of ``table``, following cursors."""
-    items: list[Item] = []
+def every(read_page: Callable[[str | None], Page]) -> Iterator[Item]:
+    """Every item of a paged read (``lambda cursor: table.query(..., cursor=cursor)``), page
+    by page, following cursors; stop iterating to stop reading."""
     cursor = None
     while True:
-        page = table.scan(limit=page_size, cursor=cursor)
-        items += page.items
+        page = read_page(cursor)
+        yield from page.items
         cursor = page.next_cursor
         if not cursor:
-            return items
+            return
+
+
+def all_items(table: Table, page_size: int = 500) -> list[Item]:
+    """Every live item of ``table``, following cursors."""
+    return list(every(lambda cursor: table.scan(limit=page_size, cursor=cursor)))
 
 
 def rewrite_field(table: Table, field: str, change: Any) -> int:

@@ -17,7 +17,7 @@ import requests
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from control.pebble import PebbleStack
+from devtools.pebble import PebbleStack
 
 HOP_BY_HOP = {"connection", "transfer-encoding", "content-length", "content-encoding",
               "keep-alive"}

@@ -14,9 +14,9 @@ import pytest
 from cryptography.fernet import Fernet
 from werkzeug.serving import make_server
 
-from control.pebble import PebbleStack
-from control.procs import ManagedProcess, free_port, wait_for_port
-from control.settings import Settings, load_settings
+from devtools.pebble import PebbleStack
+from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

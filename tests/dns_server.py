@@ -31,7 +31,7 @@ import dns.query
 import dns.rdatatype
 import dns.zone
 
-from control.procs import ManagedProcess, free_port, wait_for_port
+from kit.procs import ManagedProcess, free_port, wait_for_port
 
 KNOTD = shutil.which("knotd") or "/usr/sbin/knotd"
 KNOTC = shutil.which("knotc") or "/usr/sbin/knotc"

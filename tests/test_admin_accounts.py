@@ -15,7 +15,7 @@ from admin.audit import ADMIN_AUDIT, AuditLog
 from admin.charts import Series, bar_chart
 from certs.stats import ISSUANCE_STATS, IssuanceStats
 from control import cli
-from control.settings import Settings, SettingsError, load_settings
+from kit.settings import Settings, SettingsError, load_settings
 from store import Backend, open_backend
 
 

@@ -9,10 +9,12 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
+from admin.web import Admin
 from admin_app import create_app
-from control.pebble import PebbleStack
-from control.settings import Settings
 from control.wiring import Services
+from devtools.pebble import PebbleStack
+from kit.settings import Settings
+from kit.web import provided
 from tests.test_admin_pages import PASSWORD, csrf, login
 
 
@@ -30,7 +32,7 @@ def services(settings: Settings, pebble: PebbleStack) -> Iterator[Services]:
 def app(services: Services, pebble: PebbleStack) -> Iterator[Flask]:
     """The control app, also answering Pebble's HTTP-01 probes on its port."""
     flask_app = create_app(services)
-    flask_app.extensions["edge.admin"].users.create("alice", PASSWORD)
+    provided(flask_app, Admin).users.create("alice", PASSWORD)
     server = make_server("127.0.0.1", pebble.http_port, flask_app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

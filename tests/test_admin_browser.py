@@ -13,11 +13,13 @@ from typing import Any, Callable, Iterator
 import pytest
 from werkzeug.serving import make_server
 
+from admin.web import Admin
 from admin_app import create_app
-from control.pebble import PebbleStack
-from control.procs import free_port
-from control.settings import Settings
 from control.wiring import Services
+from devtools.pebble import PebbleStack
+from kit.procs import free_port
+from kit.settings import Settings
+from kit.web import provided
 from shortlinks.app import make_app
 
 PASSWORD = "correct horse battery"
@@ -47,7 +49,7 @@ def serve(app: Callable[..., Any]) -> Iterator[int]:
 @pytest.fixture
 def admin_port(services: Services) -> Iterator[int]:
     app = create_app(services)
-    app.extensions["edge.admin"].users.create("alice", PASSWORD)
+    provided(app, Admin).users.create("alice", PASSWORD)
     yield from serve(app)
 
 

@@ -15,9 +15,11 @@ from cryptography.x509.oid import NameOID
 from flask import Flask
 from flask.testing import FlaskClient
 
+from admin.web import Admin
 from admin_app import create_app
-from control.settings import Settings
 from control.wiring import Services
+from kit.settings import Settings
+from kit.web import provided
 
 PASSWORD = "correct horse battery"
 
@@ -34,7 +36,7 @@ def services(settings: Settings) -> Iterator[Services]:
 @pytest.fixture
 def app(services: Services) -> Flask:
     flask_app = create_app(services)
-    flask_app.extensions["edge.admin"].users.create("alice", PASSWORD)
+    provided(flask_app, Admin).users.create("alice", PASSWORD)
     return flask_app
 
 
@@ -112,9 +114,9 @@ def test_login_lockout_per_username_and_address(app: Flask) -> None:
     other = app.test_client()
     other.environ_base["REMOTE_ADDR"] = "10.0.0.9"
     assert login(other).status_code == 303
-    app.extensions["edge.admin"].users.create("bob", PASSWORD + "!")
+    provided(app, Admin).users.create("bob", PASSWORD + "!")
     assert login(client, "bob", PASSWORD + "!").status_code == 303
-    audit = app.extensions["edge.admin"].audit
+    audit = provided(app, Admin).audit
     actions = [a["action"] for a in audit.day(audit.today()).items]
     assert actions.count("login failed") == 3 and "login refused (locked)" in actions
 
@@ -122,7 +124,7 @@ def test_login_lockout_per_username_and_address(app: Flask) -> None:
 def test_session_cookie_flags_fixation_and_logout(services: Services) -> None:
     app = create_app(dataclasses.replace(services, settings=dataclasses.replace(
         services.settings, admin_cookie_secure=True)))
-    app.extensions["edge.admin"].users.create("alice", PASSWORD)
+    provided(app, Admin).users.create("alice", PASSWORD)
     client = app.test_client()
     answer = login(client)
     cookie = [c for c in answer.headers.getlist("Set-Cookie") if c.startswith("edge_admin=")][0]
@@ -132,7 +134,7 @@ def test_session_cookie_flags_fixation_and_logout(services: Services) -> None:
     again = login(client)
     second = [c for c in again.headers.getlist("Set-Cookie") if c.startswith("edge_admin=")][0]
     assert second.split(";")[0].split("=", 1)[1] != first, "a new session at every login"
-    assert app.extensions["edge.admin"].sessions.get(first) is None, "the old one ended"
+    assert provided(app, Admin).sessions.get(first) is None, "the old one ended"
 
 
 def test_logout_is_post_only_and_ends_the_session(app: Flask) -> None:
@@ -259,7 +261,7 @@ def test_domain_pages_follow_cursors_on_both_backends(
         for n in range(5):
             services.domains.connect(f"d{n}.example.test", f"pub_{n % 2}")
         app = create_app(services)
-        app.extensions["edge.admin"].users.create("alice", PASSWORD)
+        provided(app, Admin).users.create("alice", PASSWORD)
         client = app.test_client()
         login(client)
         for query in ("status=pending_dns", "status="):

@@ -11,11 +11,11 @@ from pathlib import Path
 import requests
 from cryptography.fernet import Fernet
 
-from control.pebble import PebbleStack
-from control.procs import ManagedProcess, free_port, wait_for_port
-from control.settings import load_settings
 from control.wiring import Services
+from devtools.pebble import PebbleStack
 from domains.service import ACTIVE
+from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.settings import load_settings
 
 API = "api-token-0123456789"
 

@@ -9,10 +9,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
-from control.pebble import PebbleStack
-from control.procs import free_port
-from control.settings import Settings
 from control.wiring import Services
+from devtools.pebble import PebbleStack
+from kit.procs import free_port
+from kit.settings import Settings
 from tests.dns_server import KnotServer
 
 TSIG = ("edge-key", "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHMtMTIzNA==")

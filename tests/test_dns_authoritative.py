@@ -9,10 +9,10 @@ import pytest
 from flask.testing import FlaskClient
 
 from admin_app import create_app
-from control.settings import Settings
 from control.wiring import Services
 from domains.dnscheck import DnsChecker
 from domains.service import VERIFIED
+from kit.settings import Settings
 from tests.dns_server import KnotServer
 
 TSIG = ("edge-key", "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHMtMTIzNA==")

@@ -10,17 +10,17 @@ import pytest
 import requests
 
 from admin_app import create_app
-from certs.x509util import self_signed
-from control.probe import https_get
-from control.procs import free_port
-from control.sample_app import SampleApp
-from control.settings import Settings
 from control.wiring import Services
+from devtools.probe import https_get
+from devtools.sample_app import SampleApp
 from edge.agent import EdgeAgent
-from edge.node import EdgeNode
 from edge.haproxy import ConfigRejected
+from edge.node import EdgeNode
 from edge.plan import CertificateRejected, UnsafePlan
 from edge.state import DesiredState, Route
+from kit.procs import free_port
+from kit.settings import Settings
+from kit.x509 import self_signed
 from tests.conftest import serving
 
 API = {"Authorization": "Bearer test-token-0123456789"}

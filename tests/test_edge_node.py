@@ -9,15 +9,15 @@ from typing import Iterator
 
 import pytest
 
-from control.procs import free_port
-from control.sample_app import SampleApp
+from devtools.probe import https_get
+from devtools.sample_app import SampleApp
 from edge.haproxy import ConfigRejected
-from edge.plan import CertificateRejected, UnsafePlan
 from edge.node import EdgeNode
+from edge.plan import CertificateRejected, UnsafePlan
 from edge.render import RenderError
 from edge.state import DesiredState, Route
-from control.probe import https_get
-from certs.x509util import self_signed as self_signed_pem
+from kit.procs import free_port
+from kit.x509 import self_signed as self_signed_pem
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from certs.x509util import self_signed
-from control.procs import free_port
-from control.sample_app import SampleApp
+from devtools.sample_app import SampleApp
 from edge.node import EdgeNode
 from edge.state import DesiredState, Route
+from kit.procs import free_port
+from kit.x509 import self_signed
 
 
 def wrk_failures(output: str) -> tuple[int, int, int]:

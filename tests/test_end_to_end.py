@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -12,13 +13,15 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
-from control.demo import LocalStack
-from control.pebble import PebbleStack
-from control.probe import https_get
+from devtools.demo import LocalStack
+from devtools.pebble import PebbleStack
+from devtools.probe import https_get
 from domains.webhooks import verify_signature
+from kit.procs import ManagedProcess
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request
 
@@ -178,15 +181,54 @@ def wait_in_sync(stack: LocalStack, nodes: int) -> None:
         time.sleep(0.1)
 
 
-def test_demo_command_runs_and_stops_cleanly(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "control", "demo", "--once"],
-                            capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "curl --resolve blog.example.test:" in result.stdout
-    assert "'publication_id': 'pub_1'" in result.stdout
-    assert "https://platform.example.test:" in result.stdout  # served, with its certificate
-    assert "Admin dashboard: http://127.0.0.1:" in result.stdout and "(user admin, password " \
-        in result.stdout
+def test_the_demo_runs_writes_demo_json_and_stops_cleanly(tmp_path: Path) -> None:
+    """`edgectl demo` as a newcomer runs it; a script drives it from demo.json alone."""
+    demo = ManagedProcess("demo", [sys.executable, "-m", "control", "demo", "--directory",
+                                   str(tmp_path)], tmp_path / "demo-output.log")
+    try:
+        manifest_path = tmp_path / "demo.json"
+        deadline = time.monotonic() + 240
+        while not manifest_path.exists():
+            assert demo.poll() is None, demo.tail(40)
+            assert time.monotonic() < deadline, demo.tail(40)
+            time.sleep(0.5)
+        time.sleep(0.2)  # written in one go, but let the writer close it
+        manifest = json.loads(manifest_path.read_text())
+        assert manifest_path.stat().st_mode & 0o077 == 0, "it holds tokens: owner only"
+
+        domain = requests.get(f"{manifest['control_url']}/api/v1/domains/"
+                              f"{manifest['custom_domain']}", timeout=10,
+                              headers={"Authorization": f"Bearer {manifest['api_token']}"})
+        assert domain.json()["status"] == "active"
+        page = https_get(manifest["edge_https_port"], manifest["custom_domain"],
+                         cafile=manifest["ca_file"])
+        assert page.status == 200 and page.json()["publication_id"] == manifest["publication_id"]
+        assert https_get(manifest["edge_https_port"], manifest["platform_host"],
+                         cafile=manifest["ca_file"]).status == 200
+        short = https_get(manifest["edge_https_port"], manifest["short_domain"], "/read",
+                          cafile=manifest["ca_file"])
+        assert short.status == 302
+        assert short.headers["location"].startswith(f"https://{manifest['custom_domain']}:")
+        assert manifest["short_link"].endswith(f"{manifest['short_domain']}:"
+                                               f"{manifest['edge_https_port']}/read")
+        dns = requests.post(f"{manifest['dns_management_url']}/set-txt", timeout=10,
+                            json={"host": "probe.example.test.", "value": "demo"})
+        assert dns.ok
+        login = requests.get(f"{manifest['control_url']}/admin/login", timeout=10)
+        assert login.status_code == 200 and manifest["admin_user"] == "admin" \
+            and len(manifest["admin_password"]) >= 12
+        assert manifest["edge_token"] != manifest["api_token"]
+        assert 0 < manifest["edge_http_port"] < 65536
+    finally:
+        demo.popen.send_signal(signal.SIGINT)  # Ctrl-C
+        assert demo.popen.wait(60) == 0, demo.tail(40)
+        demo.stop()
+    output = (tmp_path / "demo-output.log").read_text()
+    assert "curl --resolve blog.example.test:" in output
+    assert "'publication_id': 'pub_1'" in output
+    assert "https://platform.example.test:" in output  # served, with its certificate
+    assert "Admin dashboard: http://127.0.0.1:" in output and "(user admin, password " in output
+    assert "demo: stopping" in output
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -8,10 +8,10 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from admin_app import create_app
-from control.settings import Settings
 from control.wiring import Services
 from domains.errors import InvalidHostname
 from domains.hostnames import normalize_hostname
+from kit.settings import Settings
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 LABEL = st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?", fullmatch=True)
@@ -40,7 +40,7 @@ def test_normalizer_accepts_or_explains_and_is_idempotent(raw: str) -> None:
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlaskClient]:
     from cryptography.fernet import Fernet
 
-    from control.settings import load_settings
+    from kit.settings import load_settings
     built: Settings = load_settings(
         env={}, api_token="test-token-0123456789", edge_token="edge-token-0123456789",
         encryption_keys=Fernet.generate_key().decode(),

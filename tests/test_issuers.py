@@ -12,10 +12,10 @@ from werkzeug.serving import make_server
 
 from admin_app import create_app
 from certs.issuer import IssuanceError
-from control.pebble import PebbleStack
-from control.procs import free_port
-from control.settings import Settings
 from control.wiring import Services
+from devtools.pebble import PebbleStack
+from kit.procs import free_port
+from kit.settings import Settings
 
 EAB_KID = "kid-1"
 EAB_KEY = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"

@@ -9,11 +9,11 @@ import sys
 import pytest
 from cryptography.fernet import Fernet
 
-from certs.keys import KeyVaultError
-from certs.x509util import self_signed
-from control.settings import Settings
 from control.wiring import Services
 from edge.state import DesiredState, Route
+from kit.settings import Settings
+from kit.vault import KeyVaultError
+from kit.x509 import self_signed
 
 
 def test_rotate_reencrypts_everything_and_the_old_key_can_then_go(settings: Settings) -> None:

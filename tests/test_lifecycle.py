@@ -11,12 +11,12 @@ import pytest
 from werkzeug.serving import make_server
 
 from admin_app import create_app
-from control.pebble import PebbleStack
-from control.procs import free_port
-from control.settings import Settings
 from control.wiring import Services
+from devtools.pebble import PebbleStack
 from domains.dnscheck import DnsChecker, Problem
 from domains.service import PENDING_DNS, VERIFIED
+from kit.procs import free_port
+from kit.settings import Settings
 
 
 @pytest.fixture
@@ -205,7 +205,7 @@ def routes(services: Services) -> list[str]:
 
 
 def _cert_and_key(hostname: str) -> tuple[str, bytes]:
-    from certs.x509util import self_signed
+    from kit.x509 import self_signed
     cert, combined = self_signed(hostname)
     return cert, combined[len(cert):].encode()
 

@@ -13,11 +13,11 @@ import pytest
 from werkzeug.serving import make_server
 
 from admin_app import create_app
-from control.pebble import PebbleStack
-from control.procs import free_port
-from control.settings import Settings
 from control.wiring import Services
+from devtools.pebble import PebbleStack
 from domains.service import ACTIVE
+from kit.procs import free_port
+from kit.settings import Settings
 
 
 @pytest.fixture

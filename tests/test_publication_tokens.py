@@ -12,8 +12,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from admin_app import create_app
-from control.settings import Settings
 from control.wiring import Services
+from kit.settings import Settings
 
 PLATFORM = {"Authorization": "Bearer test-token-0123456789"}
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,9 @@ import pytest
 from flask.testing import FlaskClient
 
 from admin_app import create_app
-from control.settings import Settings
 from control.wiring import Services
+from kit.settings import Settings
+from kit.web import provided
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 EDGE_AUTH = {"Authorization": "Bearer edge-token-0123456789"}
@@ -143,7 +144,7 @@ def test_health_and_metrics(client: FlaskClient) -> None:
 
 def test_challenge_responder_answers_only_known_tokens(client: FlaskClient,
                                                        settings: Settings) -> None:
-    services: Services = client.application.extensions["edge.services"]
+    services: Services = provided(client.application, Services)
     services.challenges.add("t" * 43, "t" * 43 + ".thumb")
     assert client.get("/.well-known/acme-challenge/" + "t" * 43).get_data() == \
         b"t" * 43 + b".thumb"

@@ -9,8 +9,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from control.demo import PLATFORM_HOST, LocalStack
-from control.pebble import PebbleStack
+from devtools.demo import PLATFORM_HOST, LocalStack
+from devtools.pebble import PebbleStack
 
 NEWS = "news.example.test"
 

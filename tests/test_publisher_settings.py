@@ -12,9 +12,9 @@ import pytest
 from flask.testing import FlaskClient
 
 from admin_app import create_app
-from control.procs import free_port
-from control.settings import Settings
 from control.wiring import Services
+from kit.procs import free_port
+from kit.settings import Settings
 from tests.conftest import SSO_COOKIE_KEY as COOKIE_KEY
 from tests.conftest import SSO_PLATFORM
 

@@ -18,10 +18,10 @@ import boto3
 import botocore.config
 import pytest
 
-from control.procs import ManagedProcess, free_port, wait_for_port
 from domains.registrars import (AuthenticationFailed, InvalidRecord, Record, RegistrarError,
                                 RegistrarProvider, RegistrarUnavailable, ZoneNotFound,
                                 ensure_records, get_provider)
+from kit.procs import ManagedProcess, free_port, wait_for_port
 from tests.dns_server import KnotServer
 
 ZONE = "example.test"

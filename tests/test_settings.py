@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from control.settings import EDGE_AGENT, SettingsError, load_settings
+from kit.settings import EDGE_AGENT, SettingsError, load_settings
 
 KEY = Fernet.generate_key().decode()
 API, EDGE = "api-token-0123456789", "edge-token-0123456789"

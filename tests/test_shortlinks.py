@@ -12,7 +12,7 @@ from botocore.config import Config
 from hypothesis import given, settings as hsettings, strategies as st
 from werkzeug.test import Client
 
-from control.procs import ManagedProcess, free_port, wait_for_port
+from kit.procs import ManagedProcess, free_port, wait_for_port
 from shortlinks.app import make_app
 from shortlinks.links import LINK_CHANGES, LINKS, InvalidLink, LinkService, SlugTaken
 from shortlinks.resolver import Resolver

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from flask.testing import FlaskClient
 
 from admin_app import create_app
-from control.procs import ManagedProcess, free_port, wait_for_port
-from control.settings import Settings
 from control.wiring import Services
+from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.settings import Settings
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 

@@ -9,9 +9,9 @@ from typing import Callable, Iterator
 
 import pytest
 
-from control.demo import LocalStack
-from control.pebble import PebbleStack
-from control.probe import Probe, https_get
+from devtools.demo import LocalStack
+from devtools.pebble import PebbleStack
+from devtools.probe import Probe, https_get
 
 SHORT = "acme.example.test"
 

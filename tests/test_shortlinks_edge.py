@@ -13,14 +13,14 @@ import pytest
 import requests
 
 from admin_app import create_app
-from certs.x509util import self_signed
-from control.probe import https_get
-from control.procs import free_port
-from control.settings import Settings
 from control.wiring import Services
+from devtools.probe import https_get
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
 from edge.state import DesiredState, Route
+from kit.procs import free_port
+from kit.settings import Settings
+from kit.x509 import self_signed
 from tests.conftest import serving
 
 EDGE = {"Authorization": "Bearer edge-token-0123456789"}

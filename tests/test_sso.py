@@ -13,9 +13,9 @@ import pytest
 from flask.testing import FlaskClient
 
 from admin_app import create_app
-from control.settings import Settings, SettingsError, load_settings
 from control.wiring import Services
 from edge.sso import SESSION_COOKIE, STATE_COOKIE, TRIED_COOKIE, SsoRefused, return_path
+from kit.settings import Settings, SettingsError, load_settings
 from tests.conftest import SSO_COOKIE_KEY as COOKIE_KEY
 from tests.conftest import SSO_PLATFORM as PLATFORM
 

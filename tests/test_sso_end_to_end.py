@@ -13,12 +13,12 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from control.demo import PLATFORM_HOST, LocalStack
-from control.pebble import PebbleStack
-from control.probe import https_get
-from control.settings import load_settings
 from control.wiring import Services
+from devtools.demo import PLATFORM_HOST, LocalStack
+from devtools.pebble import PebbleStack
+from devtools.probe import https_get
 from edge.sso import SESSION_COOKIE
+from kit.settings import load_settings
 
 BLOG, OTHER = "blog.example.test", "other.example.test"
 

@@ -9,10 +9,10 @@ from typing import Iterator
 
 import pytest
 
-from certs.x509util import self_signed
-from control.procs import free_port
 from edge.node import EdgeNode
 from edge.state import DesiredState, Route
+from kit.procs import free_port
+from kit.x509 import self_signed
 
 
 @pytest.fixture

@@ -2,8 +2,9 @@
 
 Two tokens: the platform's (publisher API, operator calls) and the edge agents' (desired state
 and certificates with their private keys), so an app server never holds a key to every site.
-Short-link views also take a publication's own token (``control/tokens.py``); they read the
-publication it is restricted to from ``scope()`` (None: the platform's token, no restriction).
+Publisher and short-link views also take a publication's own token (``kit/tokens.py``); they
+read the publication it is restricted to from ``scope()`` (None: the platform's token, no
+restriction).
 """
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import hmac
 from typing import Any, Callable, TypeVar
 
 from flask import Response, current_app, g, jsonify, request
+
+from kit.tokens import PublicationTokens
+from kit.web import use
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,7 +48,7 @@ def _requiring(config_key: str) -> Callable[[F], F]:
     return decorator
 
 
-def require_token_or_publication(view: F) -> F:
+def require_platform_or_publication(view: F) -> F:
     """The platform's token (no restriction) or a publication's token (``scope()`` is its id)."""
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -52,8 +56,7 @@ def require_token_or_publication(view: F) -> F:
         if _is(token, "EDGE_API_TOKEN"):
             g.publication_scope = None
         else:
-            publication = current_app.extensions["edge.tokens"].publication_of(token) \
-                if token else None
+            publication = use(PublicationTokens).publication_of(token) if token else None
             if publication is None:
                 return _unauthorized()
             g.publication_scope = publication
@@ -67,5 +70,7 @@ def scope() -> str | None:
     return publication
 
 
-require_token = _requiring("EDGE_API_TOKEN")
+require_platform_token = _requiring("EDGE_API_TOKEN")
+"""The platform's token only: operator calls (edge nodes, forcing a plan)."""
 require_edge_token = _requiring("EDGE_EDGE_TOKEN")
+"""The edge agents' token only: the desired state and certificates with their private keys."""

@@ -8,10 +8,10 @@ from typing import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from certs.keys import PrivateKey, key_to_pem
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 def build_certificate(common_name: str, key: PrivateKey, *, signer: PrivateKey | None = None,
@@ -51,4 +51,6 @@ def self_signed(hostname: str, key: PrivateKey | None = None, days: int = 30) ->
     """(certificate PEM, certificate + key PEM) for ``hostname``."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     cert = cert_to_pem(build_certificate(hostname, key, names=[hostname], days=days))
-    return cert, cert + key_to_pem(key).decode()
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return cert, cert + key_pem

@@ -10,19 +10,19 @@ from __future__ import annotations
 import dataclasses
 import re
 from typing import Any, Mapping, Protocol
-
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import jwt
 import requests
 
-from control.settings import Settings
+from kit.errors import EdgeRouterError
+from kit.settings import Settings
 
 USER_ID = re.compile(r"[A-Za-z0-9_.@:+-]{1,128}")
 """A user id travels to the apps in a header: nothing outside this shape is accepted."""
 
 
-class PlatformUnavailable(Exception):
+class PlatformUnavailable(EdgeRouterError):
     """The platform could not say who is signed in (down, or an answer we cannot read)."""
 
 
@@ -89,18 +89,31 @@ class SignedCookieIdentity:
         return _user_from(claims, "sub")  # the verified subject, never another claim
 
 
-def sign_in_url(settings: Settings, path: str) -> str:
-    """The platform's sign-in page, sending the visitor back to ``path`` on the platform domain
-    (a fixed base: never an open redirect)."""
-    back = f"{settings.sso_platform_url}{path}"
-    login = settings.sso_platform_login_url
-    separator = "&" if "?" in login else "?"
-    return f"{login}{separator}return_to={quote(back, safe='')}"
+@dataclasses.dataclass(frozen=True)
+class Platform:
+    """The platform we serve: its own domain's base URL, its sign-in page, and who is signed
+    in there (``identity`` None: single sign-on and the settings page are off)."""
 
+    url: str
+    login_url: str
+    identity: PlatformIdentity | None
 
-def identity_from_settings(settings: Settings) -> PlatformIdentity | None:
-    if settings.sso_introspection_url:
-        return IntrospectionIdentity(settings.sso_introspection_url)
-    if settings.sso_platform_cookie:
-        return SignedCookieIdentity(settings.sso_platform_cookie, settings.sso_platform_cookie_key)
-    return None
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Platform":
+        identity: PlatformIdentity | None = None
+        if settings.sso_introspection_url:
+            identity = IntrospectionIdentity(settings.sso_introspection_url)
+        elif settings.sso_platform_cookie:
+            identity = SignedCookieIdentity(settings.sso_platform_cookie,
+                                            settings.sso_platform_cookie_key)
+        return cls(settings.sso_platform_url, settings.sso_platform_login_url, identity)
+
+    @property
+    def host(self) -> str:
+        return (urlsplit(self.url).hostname or "") if self.url else ""
+
+    def sign_in_url(self, path: str) -> str:
+        """The platform's sign-in page, sending the visitor back to ``path`` on the platform
+        domain (a fixed base: never an open redirect)."""
+        separator = "&" if "?" in self.login_url else "?"
+        return f"{self.login_url}{separator}return_to={quote(self.url + path, safe='')}"

@@ -1,8 +1,10 @@
-"""`edgectl demo`: Pebble, challtestsrv, HAProxy, the control service and two sample apps on
-loopback; connects a domain through the publisher API like a platform would, creates its DNS
-records like a publisher would, waits for real HTTPS, and prints a curl line to try it."""
+"""`edgectl demo`: Pebble, challtestsrv, HAProxy, the control service, the short-link app and
+two sample apps on loopback; connects a domain and a short domain through the publisher API
+like a platform would, creates their DNS records like a publisher would, waits for real HTTPS,
+makes a short link, prints curl lines to try them and writes ``demo.json`` for scripts."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -19,13 +21,14 @@ from typing import Any
 import requests
 from cryptography.fernet import Fernet
 
-from control.pebble import PebbleStack
-from control.probe import Probe, https_get
-from control.procs import ManagedProcess, free_port, wait_for_port
-from control.sample_app import SampleApp
+from devtools.pebble import PebbleStack
+from devtools.probe import Probe, https_get
+from devtools.sample_app import SampleApp
+from kit.procs import ManagedProcess, free_port, wait_for_port
 
 EDGE_TARGET = "edge.platform.test"
 PLATFORM_HOST = "platform.example.test"
+SHORT_DOMAIN = "go.example.test"
 
 
 class LocalStack:
@@ -183,38 +186,94 @@ class LocalStack:
             self.pebble.stop()
 
 
-def run_demo(hostname: str, once: bool = False) -> int:
-    directory = Path(tempfile.mkdtemp(prefix="edge-demo-"))
+def _connect(stack: LocalStack, hostname: str) -> None:
+    """Connect ``hostname`` for pub_1 as the platform would, create its DNS records as the
+    publisher would, and wait until it is active."""
+    response = stack.api("POST", "/api/v1/domains",
+                         json={"hostname": hostname, "publication_id": "pub_1"})
+    response.raise_for_status()
+    records = response.json()["dns_records"]
+    print(f"demo: connected {hostname}; creating its DNS records: "
+          + ", ".join(f"{r['type']} {r['name']} -> {r['value']}" for r in records))
+    stack.create_records(records)
+    stack.wait_active(hostname)
+
+
+def _short_link(stack: LocalStack, hostname: str) -> str:
+    """A short link on the demo's short domain to the custom domain's first article."""
+    response = stack.api("POST", "/api/v1/links", json={
+        "domain": SHORT_DOMAIN, "owner": "pub_1", "slug": "read",
+        "target": f"https://{hostname}:{stack.edge_https_port}/p/1"})
+    response.raise_for_status()
+    return f"https://{SHORT_DOMAIN}:{stack.edge_https_port}/read"
+
+
+def write_manifest(stack: LocalStack, hostname: str, short_link: str,
+                   admin_password: str) -> Path:
+    """``demo.json`` in the demo's directory: what a script needs to drive the running demo
+    (readable by its owner only: it holds the tokens and the admin password)."""
+    manifest = {
+        "control_url": stack.control_url,
+        "edge_http_port": stack.edge_http_port,
+        "edge_https_port": stack.edge_https_port,
+        "edge_address": "127.0.0.1",
+        "platform_host": PLATFORM_HOST,
+        "platform_url": stack.platform_url,
+        "custom_domain": hostname,
+        "publication_id": "pub_1",
+        "short_domain": SHORT_DOMAIN,
+        "short_link": short_link,
+        "api_token": stack.token,
+        "edge_token": stack.edge_token,
+        "admin_user": "admin",
+        "admin_password": admin_password,
+        "ca_file": str(stack.pebble.root_path),
+        "dns_management_url": f"http://127.0.0.1:{stack.pebble.dns_mgmt_port}",
+    }
+    path = stack.directory / "demo.json"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        json.dump(manifest, out, indent=2)
+    return path
+
+
+def run_demo(hostname: str, once: bool = False, directory: Path | None = None) -> int:
+    """The whole product on loopback. ``directory`` holds every process's files and
+    ``demo.json`` (default: a new temporary directory, removed after ``--once``)."""
+    temporary = directory is None
+    directory = directory or Path(tempfile.mkdtemp(prefix="edge-demo-"))
+    directory.mkdir(parents=True, exist_ok=True)
     print(f"demo: starting Pebble, HAProxy, the control service and two apps in {directory}")
-    stack = LocalStack(directory, sso=True)
+    stack = LocalStack(directory, sso=True, shortlinks=True,
+                       extra_env={"EDGE_SHORT_DOMAINS": SHORT_DOMAIN})
     stop = threading.Event()
     try:
         print(f"demo: control service at {stack.control_url} (token {stack.token})")
-        response = stack.api("POST", "/api/v1/domains",
-                             json={"hostname": hostname, "publication_id": "pub_1"})
-        response.raise_for_status()
-        records = response.json()["dns_records"]
-        print(f"demo: connected {hostname}; creating its DNS records: "
-              + ", ".join(f"{r['type']} {r['name']} -> {r['value']}" for r in records))
-        stack.create_records(records)
         started = time.monotonic()
-        stack.wait_active(hostname)
+        _connect(stack, hostname)
         served = stack.wait_served(hostname)
         print(f"demo: {hostname} is active and served over HTTPS in "
               f"{time.monotonic() - started:.1f}s; the app saw {served.json()}")
         stack.wait_served(PLATFORM_HOST)
-        print("\nTry it:\n  " + stack.curl_line(hostname) + "\n")
+        _connect(stack, SHORT_DOMAIN)
+        short_link = _short_link(stack, hostname)
         port = stack.edge_https_port
+        print("\nTry it:\n  " + stack.curl_line(hostname) + "\n  "
+              + f"curl -i --resolve {SHORT_DOMAIN}:{port}:127.0.0.1 "
+              f"--cacert {stack.pebble.root_path} {short_link}   (a short link)\n")
         print("In a browser that resolves the demo's names to loopback and accepts Pebble's\n"
               "certificates, for example\n"
               f"  chromium --host-resolver-rules='MAP *.example.test 127.0.0.1' "
               f"--ignore-certificate-errors {stack.platform_url}/home\n"
               "sign in on the platform, connect a domain on the publisher settings page, and\n"
               f"read https://{hostname}:{port}/p/1 signed in (single sign-on).")
+        password = stack.create_admin()
         print(f"Admin dashboard: {stack.control_url}/admin/ (user admin, password "
-              f"{stack.create_admin()})\n")
+              f"{password})")
+        print(f"demo: endpoints, tokens and passwords for scripts in "
+              f"{write_manifest(stack, hostname, short_link, password)}\n")
         if not once:
-            print("demo: press Ctrl-C to stop everything")
+            print("demo: press Ctrl-C to stop everything", flush=True)
             signal.signal(signal.SIGINT, lambda *_: stop.set())
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             stop.wait()
@@ -222,5 +281,5 @@ def run_demo(hostname: str, once: bool = False) -> int:
     finally:
         print("demo: stopping")
         stack.stop()
-        if once:
+        if once and temporary:
             shutil.rmtree(directory, ignore_errors=True)

@@ -15,7 +15,10 @@ from store import ABSENT, Item, Table, TableSpec, all_items
 
 API_TOKENS = TableSpec("api_tokens", key="token_hash", indexes=("publication_id",))
 PUBLICATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-"""As the publisher API's: ids starting with "_" are the platform's own (``_platform``)."""
+"""A publication id (use with ``fullmatch``). Ids starting with "_" are the platform's own
+(``_platform``), so no token or publisher call can name them."""
+PUBLICATION_ID_RULE = ("1-128 letters, digits, '_', '.', ':' or '-', "
+                       "starting with a letter or digit")
 PREFIX = "ept_"
 """Recognizable in logs and secret scanners: edge publication token."""
 
@@ -31,8 +34,7 @@ class PublicationTokens:
     def create(self, publication_id: str, label: str = "") -> tuple[str, Item]:
         """A new token for ``publication_id``: (the token, shown once; its stored record)."""
         if not PUBLICATION_ID.fullmatch(publication_id):
-            raise ValueError("a publication id is 1-128 letters, digits, '_', '.', ':' or '-', "
-                             "starting with a letter or digit")
+            raise ValueError(f"a publication id is {PUBLICATION_ID_RULE}")
         token = PREFIX + secrets.token_urlsafe(32)
         digest = _hash(token)
         item = self.table.put({"token_hash": digest, "token_id": digest[:12],

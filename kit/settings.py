@@ -7,162 +7,25 @@ so a process refuses to start rather than run half-configured.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import json
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from cryptography.fernet import Fernet
-
-from domains.registrars import provider_names
+from kit import parsers as parse
+from kit.errors import EdgeRouterError
 
 ENV_PREFIX = "EDGE_"
 
 
-class SettingsError(Exception):
+class SettingsError(EdgeRouterError):
     """A setting is missing or malformed; ``name`` is the environment variable to fix."""
 
     def __init__(self, name: str, problem: str) -> None:
         super().__init__(f"setting {ENV_PREFIX}{name.upper()} ({name}): {problem}")
         self.name = name
         self.problem = problem
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    return value
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("must be an integer")
-    return int(value)
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("1", "true", "yes", "on"):
-        return True
-    if str(value).lower() in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _float(value: Any) -> float:
-    return float(value)
-
-
-def _list(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return list(value)
-    raise ValueError("must be a list of strings or a comma-separated string")
-
-
-def _port(value: Any) -> int:
-    port = _int(value)
-    if not 0 < port < 65536:
-        raise ValueError("must be a TCP port (1-65535)")
-    return port
-
-
-def _addresses(value: Any) -> list[str]:
-    items = _list(value)
-    for item in items:
-        ipaddress.ip_address(item)
-    return items
-
-
-def _servers(value: Any) -> list[str]:
-    items = _list(value)
-    for item in items:
-        host, sep, port = item.rpartition(":")
-        if not sep or not host:
-            raise ValueError(f"{item!r} must be host:port")
-        _port(port)
-    return items
-
-
-def _fernet_keys(value: Any) -> list[str]:
-    keys = _list(value)
-    if not keys:
-        raise ValueError("at least one key is needed (generate one with `edgectl keys generate`)")
-    for key in keys:
-        try:
-            Fernet(key.encode())
-        except ValueError:
-            raise ValueError("each key must be a url-safe base64 Fernet key of 32 bytes") from None
-    return keys
-
-
-def _registrars(value: Any) -> dict[str, dict[str, Any]]:
-    if isinstance(value, str):
-        value = json.loads(value) if value.strip() else {}
-    if not isinstance(value, dict):
-        raise ValueError("must map zones to provider settings, e.g. {\"example.com\": "
-                         "{\"provider\": \"route53\"}}")
-    for zone, config in value.items():
-        if not isinstance(config, dict) or not isinstance(config.get("provider"), str):
-            raise ValueError(f"zone {zone!r} needs a table with a provider name")
-        if config["provider"] not in provider_names():
-            raise ValueError(f"zone {zone!r}: unknown provider {config['provider']!r} "
-                             f"(known: {', '.join(provider_names())})")
-    return {zone.lower().rstrip("."): dict(config) for zone, config in value.items()}
-
-
-def _issuers(value: Any) -> list[dict[str, str]]:
-    if isinstance(value, str):
-        value = json.loads(value) if value.strip() else []
-    if not isinstance(value, list):
-        raise ValueError("must be a list of tables with directory_url (and ca_bundle, "
-                         "eab_kid, eab_hmac_key, profile)")
-    allowed = {"directory_url", "ca_bundle", "eab_kid", "eab_hmac_key", "profile"}
-    for n, issuer in enumerate(value):
-        if not isinstance(issuer, dict) or not isinstance(issuer.get("directory_url"), str):
-            raise ValueError(f"issuer {n} needs a directory_url")
-        if set(issuer) - allowed:
-            raise ValueError(f"issuer {n}: unknown keys {sorted(set(issuer) - allowed)}")
-        if bool(issuer.get("eab_kid")) != bool(issuer.get("eab_hmac_key")):
-            raise ValueError(f"issuer {n}: eab_kid and eab_hmac_key go together")
-    return [dict(issuer) for issuer in value]
-
-
-def _https_url(value: Any) -> str:
-    url = _str(value)
-    parts = urlsplit(url)
-    if url and (parts.scheme != "https" or not parts.hostname or parts.username):
-        raise ValueError(f"{url!r} must be an https:// URL with a host")
-    return url.rstrip("/")
-
-
-def _positive(value: Any) -> float:
-    number = _float(value)
-    if not number > 0:
-        raise ValueError("must be a positive number")
-    return number
-
-
-def _positive_int(value: Any) -> int:
-    number = _int(value)
-    if number < 1:
-        raise ValueError("must be a positive integer")
-    return number
-
-
-def _choice(*options: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        text = _str(value)
-        if text not in options:
-            raise ValueError(f"must be one of {', '.join(options)}")
-        return text
-    return parse
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +90,7 @@ class Settings:
     webhook_secret: str = ""
     suspend_grace_seconds: float = 86400.0
     give_up_seconds: float = 7 * 86400.0
-    # single sign-on (edge/sso.py, control/platform.py); an empty sso_platform_url turns it off
+    # single sign-on (edge/sso.py, kit/platform.py); an empty sso_platform_url turns it off
     sso_platform_url: str = ""
     """The platform domain's base URL, e.g. https://platform.example; it serves /_edge/sso/authorize."""
     sso_platform_login_url: str = ""
@@ -262,71 +125,71 @@ class Settings:
 
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
-    "api_token": _str,
-    "edge_token": _str,
-    "encryption_keys": _fernet_keys,
-    "data_dir": _str,
-    "storage_backend": _choice("sqlite", "dynamodb"),
-    "sqlite_path": _str,
-    "dynamodb_endpoint_url": _str,
-    "dynamodb_region": _str,
-    "dynamodb_table_prefix": _str,
-    "listen_host": _str,
-    "listen_port": _port,
-    "control_url": _str,
-    "platform_domains": _list,
-    "edge_cname_target": _str,
-    "edge_addresses": _addresses,
-    "dns_servers": _addresses,
-    "dns_port": _port,
-    "dns_timeout": _float,
-    "dns_concurrency": _int,
-    "issue_concurrency": _int,
-    "acme_directory_url": _str,
-    "acme_ca_bundle": _str,
-    "acme_email": _str,
-    "acme_issuers": _issuers,
-    "caa_identities": _list,
-    "certificate_key_type": _choice("ec256", "rsa2048", "rsa3072"),
-    "acme_orders_per_3h": _int,
-    "acme_certs_per_domain_7d": _int,
-    "acme_failures_per_name_1h": _int,
-    "app_servers": _servers,
-    "haproxy_bin": _str,
-    "edge_dir": _str,
-    "edge_bind": _str,
-    "edge_http_port": _port,
-    "edge_https_port": _port,
-    "edge_stats_port": _int,
-    "worker_interval": _float,
-    "worker_id": _str,
-    "retry_base_seconds": _float,
-    "retry_max_seconds": _float,
-    "claim_ttl_seconds": _float,
-    "max_pending_domains": _int,
-    "allow_wildcards": _bool,
-    "short_domains": _list,
-    "shortlinks_port": _port,
-    "hot_links": _int,
-    "shortlink_servers": _servers,
-    "recheck_seconds": _float,
-    "webhook_url": _str,
-    "registrars": _registrars,
-    "webhook_secret": _str,
-    "suspend_grace_seconds": _float,
-    "give_up_seconds": _float,
-    "sso_platform_url": _https_url,
-    "sso_platform_login_url": _https_url,
-    "sso_introspection_url": _str,
-    "sso_platform_cookie": _str,
-    "sso_platform_cookie_key": _str,
-    "sso_session_seconds": _float,
-    "sso_key_activation_seconds": _float,
+    "api_token": parse.text,
+    "edge_token": parse.text,
+    "encryption_keys": parse.fernet_keys,
+    "data_dir": parse.text,
+    "storage_backend": parse.choice("sqlite", "dynamodb"),
+    "sqlite_path": parse.text,
+    "dynamodb_endpoint_url": parse.text,
+    "dynamodb_region": parse.text,
+    "dynamodb_table_prefix": parse.text,
+    "listen_host": parse.text,
+    "listen_port": parse.port,
+    "control_url": parse.text,
+    "platform_domains": parse.names,
+    "edge_cname_target": parse.text,
+    "edge_addresses": parse.addresses,
+    "dns_servers": parse.addresses,
+    "dns_port": parse.port,
+    "dns_timeout": parse.number,
+    "dns_concurrency": parse.integer,
+    "issue_concurrency": parse.integer,
+    "acme_directory_url": parse.text,
+    "acme_ca_bundle": parse.text,
+    "acme_email": parse.text,
+    "acme_issuers": parse.issuers,
+    "caa_identities": parse.names,
+    "certificate_key_type": parse.choice("ec256", "rsa2048", "rsa3072"),
+    "acme_orders_per_3h": parse.integer,
+    "acme_certs_per_domain_7d": parse.integer,
+    "acme_failures_per_name_1h": parse.integer,
+    "app_servers": parse.servers,
+    "haproxy_bin": parse.text,
+    "edge_dir": parse.text,
+    "edge_bind": parse.text,
+    "edge_http_port": parse.port,
+    "edge_https_port": parse.port,
+    "edge_stats_port": parse.integer,
+    "worker_interval": parse.number,
+    "worker_id": parse.text,
+    "retry_base_seconds": parse.number,
+    "retry_max_seconds": parse.number,
+    "claim_ttl_seconds": parse.number,
+    "max_pending_domains": parse.integer,
+    "allow_wildcards": parse.boolean,
+    "short_domains": parse.names,
+    "shortlinks_port": parse.port,
+    "hot_links": parse.integer,
+    "shortlink_servers": parse.servers,
+    "recheck_seconds": parse.number,
+    "webhook_url": parse.text,
+    "registrars": parse.registrars,
+    "webhook_secret": parse.text,
+    "suspend_grace_seconds": parse.number,
+    "give_up_seconds": parse.number,
+    "sso_platform_url": parse.https_url,
+    "sso_platform_login_url": parse.https_url,
+    "sso_introspection_url": parse.text,
+    "sso_platform_cookie": parse.text,
+    "sso_platform_cookie_key": parse.text,
+    "sso_session_seconds": parse.number,
+    "sso_key_activation_seconds": parse.number,
     # admin dashboard
-    "admin_cookie_secure": _bool,
-    "admin_session_seconds": _positive,
-    "admin_max_failures": _positive_int,
-    "admin_lockout_seconds": _positive,
+    "admin_cookie_secure": parse.boolean,
+    "admin_session_seconds": parse.positive,
+    "admin_max_failures": parse.positive_int,
+    "admin_lockout_seconds": parse.positive,
 }
 
 
@@ -387,7 +250,7 @@ def _check_sso(values: dict[str, Any]) -> None:
                             "(how the platform's signed-in user is found)")
     if by_cookie and len(values.get("sso_platform_cookie_key", "")) < 32:
         raise SettingsError("sso_platform_cookie_key", "must be at least 32 characters")
-    if not 60 <= values.get("sso_session_seconds", 86400.0) <= 90 * 86400:
+    if not 60 <= values.get("sso_session_seconds", 3600.0) <= 90 * 86400:
         raise SettingsError("sso_session_seconds", "must be between 60 s and 90 days")
 
 

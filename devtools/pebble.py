@@ -15,8 +15,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs.keys import key_to_pem
-from certs.x509util import build_certificate, cert_to_pem
-from control.procs import ManagedProcess, free_port, wait_for_port
+from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.x509 import build_certificate, cert_to_pem
 
 
 def make_listener_cert(directory: Path) -> tuple[Path, Path, Path]:

@@ -1,0 +1,141 @@
+"""Value parsers for settings: each takes what TOML or the environment gave and returns the
+typed value, or raises ValueError with a sentence saying what is expected."""
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def integer(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be an integer")
+    return int(value)
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(value).lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def number(value: Any) -> float:
+    return float(value)
+
+
+def names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return list(value)
+    raise ValueError("must be a list of strings or a comma-separated string")
+
+
+def port(value: Any) -> int:
+    found = integer(value)
+    if not 0 < found < 65536:
+        raise ValueError("must be a TCP port (1-65535)")
+    return found
+
+
+def addresses(value: Any) -> list[str]:
+    items = names(value)
+    for item in items:
+        ipaddress.ip_address(item)
+    return items
+
+
+def servers(value: Any) -> list[str]:
+    items = names(value)
+    for item in items:
+        host, sep, port_text = item.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{item!r} must be host:port")
+        port(port_text)
+    return items
+
+
+def fernet_keys(value: Any) -> list[str]:
+    keys = names(value)
+    if not keys:
+        raise ValueError("at least one key is needed (generate one with `edgectl keys generate`)")
+    for key in keys:
+        try:
+            Fernet(key.encode())
+        except ValueError:
+            raise ValueError("each key must be a url-safe base64 Fernet key of 32 bytes") from None
+    return keys
+
+
+def registrars(value: Any) -> dict[str, dict[str, Any]]:
+    """Zones to provider settings; the domains part checks the provider names when it builds them."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else {}
+    if not isinstance(value, dict):
+        raise ValueError("must map zones to provider settings, e.g. {\"example.com\": "
+                         "{\"provider\": \"route53\"}}")
+    for zone, config in value.items():
+        if not isinstance(config, dict) or not isinstance(config.get("provider"), str):
+            raise ValueError(f"zone {zone!r} needs a table with a provider name")
+    return {zone.lower().rstrip("."): dict(config) for zone, config in value.items()}
+
+
+def issuers(value: Any) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else []
+    if not isinstance(value, list):
+        raise ValueError("must be a list of tables with directory_url (and ca_bundle, "
+                         "eab_kid, eab_hmac_key, profile)")
+    allowed = {"directory_url", "ca_bundle", "eab_kid", "eab_hmac_key", "profile"}
+    for n, issuer in enumerate(value):
+        if not isinstance(issuer, dict) or not isinstance(issuer.get("directory_url"), str):
+            raise ValueError(f"issuer {n} needs a directory_url")
+        if set(issuer) - allowed:
+            raise ValueError(f"issuer {n}: unknown keys {sorted(set(issuer) - allowed)}")
+        if bool(issuer.get("eab_kid")) != bool(issuer.get("eab_hmac_key")):
+            raise ValueError(f"issuer {n}: eab_kid and eab_hmac_key go together")
+    return [dict(issuer) for issuer in value]
+
+
+def https_url(value: Any) -> str:
+    url = text(value)
+    parts = urlsplit(url)
+    if url and (parts.scheme != "https" or not parts.hostname or parts.username):
+        raise ValueError(f"{url!r} must be an https:// URL with a host")
+    return url.rstrip("/")
+
+
+def positive(value: Any) -> float:
+    found = number(value)
+    if not found > 0:
+        raise ValueError("must be a positive number")
+    return found
+
+
+def positive_int(value: Any) -> int:
+    found = integer(value)
+    if found < 1:
+        raise ValueError("must be a positive integer")
+    return found
+
+
+def choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        found = text(value)
+        if found not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return found
+    return parse
