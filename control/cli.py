@@ -82,8 +82,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                              threaded=True)
         stop = _stop_on_signals()
         platform = PlatformCertificates(services.publisher.platform_hosts, services.issuer,
-                                        services.certificates, services.lifecycle,
+                                        services.certificates, services.publisher,
                                         settings.retry_base_seconds)
+        services.lifecycle.publish_routes()  # reconcile once at start; then changes only
         worker = start_worker([services.lifecycle.tick, platform.tick],
                               settings.worker_interval, stop)
         if services.webhooks.enabled:
@@ -212,7 +213,7 @@ def rotate_sso_key(args: argparse.Namespace, settings: Settings) -> int:
             print("edgectl: single sign-on is off (set EDGE_SSO_PLATFORM_URL)", file=sys.stderr)
             return 2
         kid = services.sso.keys.rotate()
-        services.lifecycle.publish_routes()  # the edges learn the new public key now
+        services.publisher.refresh()  # the edges learn the new public key now
     print(f"new SSO signing key {kid}; it signs in {settings.sso_key_activation_seconds:.0f}s")
     return 0
 

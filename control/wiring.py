@@ -14,16 +14,17 @@ from certs.orders import ORDERS
 from certs.stats import ISSUANCE_STATS, IssuanceStats
 from certs.store import CERTIFICATES, CertificateStore
 from domains.automation import RecordAutomation
+from domains.counts import DOMAIN_COUNTS
 from domains.dns01 import RegistrarDnsSolver
 from domains.dnscheck import DnsChecker
 from domains.lifecycle import Lifecycle, Timing
 from domains.service import DOMAINS, EVENTS, DomainService
 from domains.webhooks import WEBHOOKS, WebhookSender
-from edge.control_api import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE,
-                               EDGE_VISIT_REPORTS, EdgeStateStore, VisitSink)
 from edge.render import map_safe
 from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
-from edge.state import DesiredState, Redirect, Route
+from edge.state import DesiredState, EdgeConfig, Redirect, Route
+from edge.state_store import (EDGE_CERTS, EDGE_NODES, EDGE_ROUTES, EDGE_STATE, EDGE_VISIT_REPORTS,
+                              EdgeStateStore)
 from kit.platform import Platform
 from kit.settings import Settings
 from kit.tokens import API_TOKENS, PublicationTokens
@@ -79,7 +80,32 @@ class EdgePublisher:
         """A link changed: the next publish recomputes the hot set at once."""
         self._hot = (0.0, self._hot[1])
 
+    def config(self) -> EdgeConfig:
+        sso_keys = self._sso_keys.public_pems() if self._sso_keys else ()
+        return EdgeConfig(self._app_servers, self._control_servers, self.redirects(), sso_keys,
+                          self._short_domains, self._shortlink_servers)
+
+    def refresh(self) -> None:
+        """Publish what is not a route (servers, SSO keys, hot links) if it changed: one read
+        of the state's version item when nothing did. A fresh store gets its first (empty)
+        state here, which opens the edge's port 80 for HTTP-01."""
+        self._state.change({}, self.config())
+
+    def route_changes(self, changes: dict[str, str | None]) -> None:
+        """These routes changed (hostname -> publication id, or None: off the edge); one
+        commit, reading only these routes and their certificates."""
+        resolved: dict[str, tuple[str, str] | None] = {}
+        for hostname, publication_id in changes.items():
+            cert = self._certificates.get(hostname) if publication_id else None
+            if publication_id and cert is None:
+                log.error("%s has no certificate; not routed", hostname)
+            resolved[hostname] = (publication_id, cert.combined_pem) \
+                if publication_id and cert is not None else None
+        self._state.change(resolved, self.config())
+
     def publish(self, routes: dict[str, str]) -> None:
+        """Make the edge serve exactly ``routes`` and the platform's hosts (a reconciliation:
+        reads every certificate; at start and on request, never on a timer)."""
         entries = []
         routes = {**routes, **{host: PLATFORM_PUBLICATION for host in self.platform_hosts}}
         for hostname, publication_id in sorted(routes.items()):
@@ -90,10 +116,10 @@ class EdgePublisher:
                 log.error("active domain %s has no certificate; not routed", hostname)
                 continue
             entries.append(Route(hostname, publication_id, cert.combined_pem))
-        sso_keys = self._sso_keys.public_pems() if self._sso_keys else ()
-        desired = DesiredState(tuple(entries), self._app_servers, self._control_servers,
-                               self.redirects(), sso_keys, self._short_domains,
-                               self._shortlink_servers)
+        config = self.config()
+        desired = DesiredState(tuple(entries), config.app_servers, config.control_servers,
+                               config.redirects, config.sso_keys, config.short_domains,
+                               config.shortlink_servers)
         if self._state.save(desired):
             log.info("edge state %s published with %d routes", desired.version, len(entries))
 
@@ -149,7 +175,7 @@ class Services:
             retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
             claim_ttl=settings.claim_ttl_seconds, automation=automation,
             max_pending=settings.max_pending_domains,
-            allow_wildcards=settings.allow_wildcards)
+            allow_wildcards=settings.allow_wildcards, counts=backend.table(DOMAIN_COUNTS))
         challenges = ChallengeStore(backend.table(CHALLENGES))
         certificates = CertificateStore(backend.table(CERTIFICATES), vault)
         cas = settings.acme_issuers or [{"directory_url": settings.acme_directory_url,
@@ -171,7 +197,6 @@ class Services:
             for ca in cas], certificates, IssuanceStats(backend.table(ISSUANCE_STATS)))
         edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
                                     backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault,
-                                    backend.table(EDGE_REDIRECTS),
                                     backend.table(EDGE_VISIT_REPORTS))
         control_server = f"{settings.listen_host}:{settings.listen_port}"
         links = LinkService(backend.table(LINKS), settings.short_domains,
@@ -201,7 +226,7 @@ class Services:
             """An edited or removed link leaves this process's cache and the edge's hot set now."""
             resolver.invalidate(domain, slug)
             publisher.refresh_redirects()
-            lifecycle.publish_routes()
+            publisher.refresh()
 
         links.subscribe(link_changed)
         sso = None

@@ -8,7 +8,7 @@ from typing import Callable
 
 from certs.chain import IssuerChain
 from certs.store import CertificateStore
-from domains.lifecycle import Lifecycle
+from control.wiring import PLATFORM_PUBLICATION, EdgePublisher
 
 log = logging.getLogger(__name__)
 
@@ -18,26 +18,29 @@ class PlatformCertificates:
     The operator declared it, so there is no DNS verification: issue, renew, publish."""
 
     def __init__(self, hosts: tuple[str, ...], issuer: IssuerChain,
-                 certificates: CertificateStore, lifecycle: Lifecycle,
-                 retry_seconds: float = 5.0) -> None:
+                 certificates: CertificateStore, publisher: EdgePublisher,
+                 retry_seconds: float = 5.0, check_seconds: float = 3600.0) -> None:
         self._hosts = hosts
         self._issuer = issuer
         self._certificates = certificates
-        self._lifecycle = lifecycle
+        self._publisher = publisher
         self._retry = retry_seconds
+        self._check = check_seconds
         self._next: dict[str, float] = {}
 
     def tick(self) -> None:
         for host in self._hosts:
             if time.monotonic() < self._next.get(host, 0.0):
                 continue
-            if self._certificates.get(host) is not None and not self._issuer.renewal_due(host):
+            if self._certificates.describe(host) is not None \
+                    and not self._issuer.renewal_due(host):
+                self._next[host] = time.monotonic() + self._check  # not every round
                 continue
             try:
                 # The edge answers the CA's HTTP-01 request for this host once any state is
-                # published, which Lifecycle.tick does first in every worker round.
+                # published, which Lifecycle.tick makes sure of first in every worker round.
                 self._issuer.issue([host])
-                self._lifecycle.publish_routes()
+                self._publisher.route_changes({host: PLATFORM_PUBLICATION})
                 log.info("platform domain %s has its certificate", host)
             except Exception:
                 log.exception("certificate for platform domain %s failed; retrying", host)

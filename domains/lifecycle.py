@@ -11,7 +11,6 @@ doubles as a lease: if the replica holding it dies, the domain becomes due when 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import time
 import uuid
@@ -39,7 +38,14 @@ class CertificateIssuer(Protocol):
 
 class RoutePublisher(Protocol):
     def publish(self, routes: dict[str, str]) -> None:
-        """Make the edge serve exactly these routes (hostname -> publication id)."""
+        """Make the edge serve exactly these routes (hostname -> publication id): a full
+        reconciliation, at start or on request."""
+
+    def route_changes(self, changes: dict[str, str | None]) -> None:
+        """These routes changed (hostname -> publication id, or None: off the edge)."""
+
+    def refresh(self) -> None:
+        """Publish what is not a route if it changed (cheap: one read when nothing did)."""
 
 
 class EventSink(Protocol):
@@ -77,6 +83,9 @@ class Lifecycle:
         # A stable id lets a restarted worker take back its own leases at once.
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
         self.events = events or _NoEvents()
+        self._unpublished: dict[str, str | None] = {}
+        """Route changes whose publication failed: retried every round (a crash is covered
+        by the reconciliation at start)."""
 
     def _emit(self, event_type: str, domain: Item, **extra: object) -> None:
         self.events.emit(event_type, {"hostname": domain["hostname"],
@@ -84,18 +93,36 @@ class Lifecycle:
                                       "status": domain["status"], **extra})
 
     def tick(self) -> None:
-        # Publish first: a fresh edge needs its (empty) state to open port 80 for HTTP-01.
+        """One round: only what is due, asked of an ordered index, so a round with nothing
+        due costs a constant number of store requests whatever the number of domains."""
+        # First: a fresh edge needs its (empty) state to open port 80 for HTTP-01.
         try:
-            self.publish_routes()
-        except Exception:  # the domains must still move forward; the next round republishes
-            log.exception("publishing edge routes failed")
+            self.edge.refresh()
+            self._retry_unpublished()
+        except Exception:  # the domains must still move forward; the next round retries
+            log.exception("publishing the edge state failed")
         self._each(self.verify, self.domains.due(PENDING_DNS))
         issuing = self.domains.due(VERIFIED) + self._issuing_to_resume()
-        self._each(functools.partial(self.issue, publish=False), issuing,
-                   self.timing.issue_concurrency)
-        if issuing:
-            self.publish_routes()  # once for the whole batch
+        self._each(self.issue, issuing, self.timing.issue_concurrency)
         self._each(self.recheck, self.domains.due(ACTIVE) + self.domains.due(SUSPENDED))
+
+    def _route(self, domain: Item) -> None:
+        """The edge follows this domain now: routed while active, off the edge otherwise."""
+        hostname = str(domain["hostname"])
+        publication = str(domain["publication_id"]) if domain["status"] == ACTIVE else None
+        try:
+            self.edge.route_changes({hostname: publication})
+            self._unpublished.pop(hostname, None)
+        except Exception:
+            log.exception("publishing the route of %s failed; retrying next round", hostname)
+            self._unpublished[hostname] = publication
+
+    def _retry_unpublished(self) -> None:
+        if self._unpublished:
+            changes = dict(self._unpublished)
+            self.edge.route_changes(changes)
+            for hostname in changes:
+                self._unpublished.pop(hostname, None)
 
     def _issuing_to_resume(self) -> list[Item]:
         """Issuances whose lease ran out, and at once those this worker held before a crash
@@ -147,7 +174,7 @@ class Lifecycle:
                                            next_attempt_at=None, gave_up=True)
         return deferred
 
-    def issue(self, domain: Item, publish: bool = True) -> Item:
+    def issue(self, domain: Item) -> Item:
         leased = self.domains.transition(domain, ISSUING, "ordering a certificate",
                                          next_attempt_at=self._clock() + self.timing.issuing_lease)
         try:
@@ -161,8 +188,7 @@ class Lifecycle:
         active = self.domains.transition(leased, ACTIVE, "certificate issued", last_error=None,
                                          validation_errors=[], attempts=0,
                                          next_attempt_at=self._clock() + self.timing.recheck)
-        if publish:
-            self.publish_routes()
+        self._route(active)
         self._emit("certificate.issued", active)
         self._emit("domain.active", active)
         return active
@@ -178,7 +204,7 @@ class Lifecycle:
                 validation_errors=[], dns_seen=result.seen, attempts=0, failing_since=None,
                 next_attempt_at=now + self.timing.recheck)
             if domain["status"] == SUSPENDED:
-                self.publish_routes()
+                self._route(updated)
                 self._emit("domain.active", updated)
                 return updated
             return self._renew_if_due(updated)
@@ -186,7 +212,7 @@ class Lifecycle:
         if domain["status"] == ACTIVE and now - failing_since >= self.timing.suspend_grace:
             suspended = self.domains.defer(domain, result.errors, status=SUSPENDED, actor=actor,
                                            dns_seen=result.seen, failing_since=failing_since)
-            self.publish_routes()
+            self._route(suspended)
             self._emit("domain.suspended", suspended, errors=result.errors)
             return suspended
         return self.domains.defer(domain, result.errors, dns_seen=result.seen, actor=actor,
@@ -203,7 +229,7 @@ class Lifecycle:
             self._emit("certificate.renewal_failed", domain, error=str(exc))
             return self.domains.defer(domain, [{"code": "renewal_failed",
                                                 "message": f"certificate renewal: {exc}"}])
-        self.publish_routes()
+        self._route(domain)
         self.domains.note(domain, "certificate renewed", "a third of its lifetime was left "
                           "(or the CA's renewal window opened)")
         self._emit("certificate.issued", domain, renewal=True)
@@ -230,7 +256,7 @@ class Lifecycle:
         except Exception as exc:
             self.domains.note(domain, "renewal failed", str(exc), actor)
             raise
-        self.publish_routes()
+        self._route(domain)
         self.domains.note(domain, "certificate renewed", "renewed on request", actor)
         self._emit("certificate.issued", domain, renewal=True)
         return self.domains.get(hostname)
@@ -244,7 +270,7 @@ class Lifecycle:
         suspended = self.domains.transition(domain, SUSPENDED, "suspended by an admin", actor,
                                             held=True, held_from=domain["status"],
                                             next_attempt_at=None)
-        self.publish_routes()
+        self._route(suspended)
         self._emit("domain.suspended", suspended)
         return suspended
 
@@ -259,7 +285,7 @@ class Lifecycle:
         resumed = self.domains.transition(domain, status, "resumed by an admin", actor,
                                           held=False, held_from=None, attempts=0,
                                           next_attempt_at=self._clock())
-        self.publish_routes()
+        self._route(resumed)
         if status == ACTIVE:
             self._emit("domain.active", resumed)
         return resumed
@@ -268,11 +294,13 @@ class Lifecycle:
         """Remove a domain: its route leaves the edge at once and its certificate is dropped."""
         domain = self.domains.remove(hostname, actor)
         self.issuer.discard([domain["hostname"]])
-        self.publish_routes()
+        self._route({**domain, "status": "removed"})
         self._emit("domain.removed", {**domain, "status": "removed"})
         return domain
 
     def publish_routes(self) -> None:
+        """Reconcile the edge with every active domain (reads them all): at start, and when
+        an operator asks; routine changes publish one route each."""
         for attempt in range(3):
             try:
                 self.edge.publish({d["hostname"]: d["publication_id"]

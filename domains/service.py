@@ -9,15 +9,18 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from domains.automation import RecordAutomation
+from domains.counts import StatusCounts
 from domains.errors import (DomainError, DomainNotFound, HostnameTaken, InvalidHostname,
                             TooManyPending)
 from domains.hostnames import normalize_hostname
 from domains.records import instructions, required_records
 from kit.backoff import jittered_backoff
 from kit.hosts import HOSTNAME_LABEL
-from store import ABSENT, ConflictError, Item, Page, Table, TableSpec, every
+from store import ABSENT, ConflictError, Item, Page, RangeIndex, Table, TableSpec, every
 
-DOMAINS = TableSpec("domains", key="hostname", indexes=("publication_id", "status"))
+DOMAINS = TableSpec("domains", key="hostname", indexes=("publication_id", "status"),
+                    ranges=(RangeIndex("due", key="status", sort="next_attempt_at"),))
+"""``due``: a domain's next step by time; clearing ``next_attempt_at`` takes it off the queue."""
 EVENTS = TableSpec("domain_events", key="id", indexes=("claim",))
 """Events belong to one claim (one connection of a hostname), so a later owner never sees them.
 Their ids sort newest first."""
@@ -49,9 +52,12 @@ class DomainService:
                  retry_base: float = 5.0, retry_max: float = 3600.0,
                  claim_ttl: float = 7 * 86400, automation: RecordAutomation | None = None,
                  allow_wildcards: bool = False, max_pending: int = 0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 counts: Table | None = None, clock: Callable[[], float] = time.time) -> None:
         self.domains = domains
         self.events = events
+        self.counts = StatusCounts(counts, STATUSES) if counts is not None else None
+        if self.counts is not None:
+            self.counts.open(lambda status: len(self.with_status(status)))
         self._target = cname_target
         self._addresses = list(edge_addresses)
         self._platform = list(platform_domains)
@@ -85,6 +91,7 @@ class DomainService:
                     self.domains.delete(name, expected_version=existing["version"])
                 except ConflictError:
                     continue
+                self._counted(existing["status"], None)
                 self._event(existing, "released", actor,
                             f"DNS never verified within {self._claim_ttl / 86400:g} days")
             self._check_pending(publication_id, now)
@@ -99,6 +106,7 @@ class DomainService:
                 stored = self.domains.put(item, expected_version=ABSENT)
             except ConflictError:
                 continue  # someone connected it at the same moment: look again
+            self._counted(None, PENDING_DNS)
             self._event(stored, "connected", actor, f"for publication {publication_id}")
             return self._automate(stored, actor), True
         raise HostnameTaken(name)
@@ -189,6 +197,7 @@ class DomainService:
     def remove(self, hostname: object, actor: str = "api") -> Item:
         domain = self.get(hostname)
         self.domains.delete(domain["hostname"], expected_version=domain["version"])
+        self._counted(domain["status"], None)
         self._event(domain, "removed", actor, f"was {domain['status']}")
         return domain
 
@@ -198,6 +207,7 @@ class DomainService:
         now = self._clock()
         updated = {**domain, **changes, "status": status, "updated_at": iso(now)}
         stored = self.domains.put(updated, expected_version=domain["version"])
+        self._counted(domain["status"], status)
         if status != domain["status"]:
             self._event(domain, f"{domain['status']} -> {status}", actor, why,
                         transition=(domain["status"], status))
@@ -233,10 +243,12 @@ class DomainService:
                                next_attempt_at=max(self._clock() + delay, not_before or 0),
                                **changes)
 
-    def due(self, status: str) -> list[Item]:
+    def due(self, status: str, limit: int = 1000) -> list[Item]:
+        """Domains of ``status`` whose ``next_attempt_at`` has come, soonest first, at most
+        ``limit`` (the rest are due next round): an ordered index query, never a scan."""
         now = self._clock()
-        return [d for d in self.with_status(status)
-                if d.get("next_attempt_at") is not None and d["next_attempt_at"] <= now]
+        return list(itertools.islice(every(lambda cursor: self.domains.query_range(
+            "due", status, upper=now, limit=min(limit, 500), cursor=cursor)), limit))
 
     def timeline(self, domain: Item, limit: int = 100) -> list[Item]:
         """This claim's events, newest first."""
@@ -245,6 +257,17 @@ class DomainService:
     def note(self, domain: Item, what: str, why: str, actor: str = "worker") -> None:
         """An event in the domain's timeline that is not a status change."""
         self._event(domain, what, actor, why)
+
+    def _counted(self, old: str | None, new: str | None) -> None:
+        if self.counts is not None:
+            self.counts.changed(old, new)
+
+    def by_status(self) -> dict[str, int]:
+        """How many domains each status has: one read (kept counts), or a count of every
+        domain when no counts table was given."""
+        if self.counts is not None:
+            return self.counts.by_status()
+        return {status: len(self.with_status(status)) for status in STATUSES}
 
     def _event(self, domain: Item, what: str, actor: str, why: str,
                transition: tuple[str, str] | None = None) -> None:

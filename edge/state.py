@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-from typing import Any
+from typing import Any, Iterable
 
 
 def fingerprint(pem: str) -> str:
@@ -54,21 +54,61 @@ class Redirect:
         return f"{self.code}|{self.target.replace('|', '%7C')}"
 
 
-def version_of(refs: list[RouteRef], app_servers: tuple[str, ...],
-               control_servers: tuple[str, ...],
-               redirects: tuple[Redirect, ...] = (), sso_keys: tuple[str, ...] = (),
-               short_domains: tuple[str, ...] = (),
-               shortlink_servers: tuple[str, ...] = ()) -> str:
-    body: dict[str, Any] = {
-        "routes": [dataclasses.astuple(r) for r in sorted(refs, key=lambda r: r.hostname)],
-        "app_servers": list(app_servers), "control_servers": list(control_servers)}
-    if redirects:
-        body["redirects"] = sorted(dataclasses.astuple(r) for r in redirects)
-    if sso_keys:
-        body["sso_keys"] = list(sso_keys)
-    if short_domains:  # only when set, so states without short links keep their version
-        body["short_domains"] = sorted(short_domains)
-        body["shortlink_servers"] = list(shortlink_servers)
+DIGEST_MODULUS = 2 ** 128
+
+
+def route_hash(ref: RouteRef) -> int:
+    """One route's share of the routes digest."""
+    body = json.dumps([ref.hostname, ref.publication_id, ref.cert_sha256]).encode()
+    return int(hashlib.sha256(body).hexdigest()[:32], 16)
+
+
+def routes_digest(refs: Iterable[RouteRef]) -> int:
+    """A digest of a set of routes that one route's change updates in O(1) (a sum of the
+    routes' hashes modulo 2**128: order does not matter, and removing a route subtracts its
+    hash), so the control service keeps it without reading every route."""
+    return sum(route_hash(ref) for ref in refs) % DIGEST_MODULUS
+
+
+@dataclasses.dataclass(frozen=True)
+class EdgeConfig:
+    """Everything in the desired state but the routes: small, and the same on every node."""
+
+    app_servers: tuple[str, ...]
+    control_servers: tuple[str, ...]
+    redirects: tuple[Redirect, ...] = ()
+    sso_keys: tuple[str, ...] = ()
+    short_domains: tuple[str, ...] = ()
+    shortlink_servers: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"app_servers": list(self.app_servers),
+                "control_servers": list(self.control_servers),
+                "redirects": [dataclasses.asdict(r)
+                              for r in sorted(self.redirects, key=lambda r: r.key)],
+                "sso_keys": list(self.sso_keys),
+                "short_domains": sorted(self.short_domains),
+                "shortlink_servers": list(self.shortlink_servers)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "EdgeConfig":
+        return cls(tuple(doc.get("app_servers") or ()), tuple(doc.get("control_servers") or ()),
+                   tuple(Redirect(**r) for r in doc.get("redirects") or ()),
+                   tuple(doc.get("sso_keys") or ()), tuple(doc.get("short_domains") or ()),
+                   tuple(doc.get("shortlink_servers") or ()))
+
+
+def state_version(digest: int, config: EdgeConfig) -> str:
+    """The content version of a desired state: its routes digest and its config."""
+    body: dict[str, Any] = {"routes": f"{digest:032x}", "app_servers": list(config.app_servers),
+                            "control_servers": list(config.control_servers)}
+    if config.redirects:
+        body["redirects"] = sorted(dataclasses.astuple(r) for r in config.redirects)
+    if config.sso_keys:
+        body["sso_keys"] = list(config.sso_keys)
+    if config.short_domains:  # only when set, so states without short links keep their version
+        body["short_domains"] = sorted(config.short_domains)
+        body["shortlink_servers"] = list(config.shortlink_servers)
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
 
 
@@ -85,10 +125,13 @@ class DesiredState:
     shortlink_servers: tuple[str, ...] = ()
 
     @functools.cached_property
+    def config(self) -> EdgeConfig:
+        return EdgeConfig(self.app_servers, self.control_servers, self.redirects, self.sso_keys,
+                          self.short_domains, self.shortlink_servers)
+
+    @functools.cached_property
     def version(self) -> str:
-        return version_of([r.ref for r in self.routes], self.app_servers, self.control_servers,
-                          self.redirects, self.sso_keys, self.short_domains,
-                          self.shortlink_servers)
+        return state_version(routes_digest(r.ref for r in self.routes), self.config)
 
     def summary(self) -> dict[str, Any]:
         """The wire form without private keys: routes name their certificate by fingerprint."""

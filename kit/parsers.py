@@ -132,6 +132,15 @@ def positive_int(value: Any) -> int:
     return found
 
 
+def between(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        found = integer(value)
+        if not low <= found <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return found
+    return parse
+
+
 def choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         found = text(value)

@@ -170,7 +170,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "allow_wildcards": parse.boolean,
     "short_domains": parse.names,
     "shortlinks_port": parse.port,
-    "hot_links": parse.integer,
+    "hot_links": parse.between(0, 2000),  # they travel in one item (edge/state_store.py)
     "shortlink_servers": parse.servers,
     "recheck_seconds": parse.number,
     "webhook_url": parse.text,

@@ -1,7 +1,9 @@
 """The small table interface every part stores its data through, with two backends.
 
-An item is a JSON-able dict. Each table has one string key attribute and optional indexes
-(string attributes that can be queried by equality). Writes are conditional on a ``version``
+An item is a JSON-able dict. Each table has one string key attribute, optional indexes
+(string attributes that can be queried by equality) and optional range indexes (a string
+attribute queried by equality plus a number attribute queried by a range, in its order: what is
+due by a time, say). Writes are conditional on a ``version``
 that the backend bumps on every put; a lost race raises :class:`ConflictError`. An item whose
 ``expires_at`` (epoch seconds) has passed is treated as absent on every read, whether or not
 the backend has deleted it yet. Counters live beside the item and are updated atomically.
@@ -35,10 +37,28 @@ class ConflictError(StoreError):
 
 
 @dataclasses.dataclass(frozen=True)
+class RangeIndex:
+    """Items whose ``key`` attribute (a string) equals a value, ordered by their ``sort``
+    attribute (a number). An item without either attribute is not in the index (sparse, like a
+    DynamoDB global secondary index), so clearing ``sort`` takes an item off a work queue."""
+
+    name: str
+    key: str
+    sort: str
+
+
+@dataclasses.dataclass(frozen=True)
 class TableSpec:
     name: str
     key: str
     indexes: tuple[str, ...] = ()
+    ranges: tuple[RangeIndex, ...] = ()
+
+    def range_index(self, name: str) -> RangeIndex:
+        for index in self.ranges:
+            if index.name == name:
+                return index
+        raise ValueError(f"{self.name} has no range index {name!r}")
 
 
 @dataclasses.dataclass
@@ -67,6 +87,12 @@ class Table(Protocol):
               cursor: str | None = None) -> Page:
         """Live items whose ``index`` attribute equals ``value``, ordered by key."""
 
+    def query_range(self, index: str, value: str, lower: float | None = None,
+                    upper: float | None = None, limit: int = 100,
+                    cursor: str | None = None) -> Page:
+        """Live items of range index ``index`` whose key attribute equals ``value`` and whose
+        sort attribute lies in [``lower``, ``upper``] (None: unbounded), ordered by it."""
+
     def scan(self, limit: int = 100, cursor: str | None = None) -> Page:
         """All live items, ordered by key (one page)."""
 
@@ -75,6 +101,10 @@ class Table(Protocol):
 
 
 class Backend(Protocol):
+    requests: int
+    """Store requests made so far (SQLite transactions, DynamoDB API calls): what tests and
+    benchmarks count to show that idle work does not grow with the data."""
+
     def table(self, spec: TableSpec) -> Table:
         """Open (creating if needed) the table described by ``spec``."""
 
@@ -113,6 +143,14 @@ def rewrite_field(table: Table, field: str, change: Any) -> int:
             except ConflictError:
                 item = table.get(str(item[table.spec.key]))
     return count
+
+
+def range_values(item: Item, index: RangeIndex) -> list[Any]:
+    """(key, sort) of ``item`` in a range index, or (None, None) when it is not in it."""
+    key, sort = item.get(index.key), item.get(index.sort)
+    if key is None or isinstance(sort, bool) or not isinstance(sort, (int, float)):
+        return [None, None]
+    return [str(key), float(sort)]
 
 
 def is_expired(item: Item, now: float | None = None) -> bool:

@@ -2,8 +2,9 @@
 
 Layout of an item: ``pk`` (the key), ``version``, ``expires_at`` (the TTL attribute), ``data``
 (the item as JSON, so no Decimal conversions leak out), one top-level string attribute per index
-(each backed by a global secondary index ``by_<name>`` with ``pk`` as range key), and counters
-as ``c_<name>`` numbers. An item exists when it has a ``version``; counters alone do not make one.
+(each backed by a global secondary index ``by_<name>`` with ``pk`` as range key), for each range
+index its key (string) and sort (number) attributes (a global secondary index ``range_<name>``),
+and counters as ``c_<name>`` numbers. An item exists when it has a ``version``; counters alone do not make one.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from store import ABSENT, EXPIRES_AT, VERSION, ConflictError, Item, Page, StoreError, TableSpec
+from store import (ABSENT, EXPIRES_AT, VERSION, ConflictError, Item, Page, StoreError, TableSpec,
+                   every, range_values)
 
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 
@@ -24,6 +26,11 @@ class DynamoBackend:
     def __init__(self, client: Any, prefix: str = "edge_") -> None:
         self._client = client
         self._prefix = prefix
+        self.requests = 0
+        client.meta.events.register("before-call.dynamodb", self._count)
+
+    def _count(self, **kwargs: Any) -> None:
+        self.requests += 1
 
     @classmethod
     def from_settings(cls, settings: Any) -> "DynamoBackend":
@@ -39,22 +46,62 @@ class DynamoBackend:
     def table(self, spec: TableSpec) -> "DynamoTable":
         name = self._prefix + spec.name
         try:
-            self._client.describe_table(TableName=name)
+            described = self._client.describe_table(TableName=name)["Table"]
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ResourceNotFoundException":
                 raise StoreError(f"cannot open table {name}: {exc}") from None
             self._create(name, spec)
-        return DynamoTable(self._client, name, spec)
+            return DynamoTable(self._client, name, spec)
+        table = DynamoTable(self._client, name, spec)
+        have = {index["IndexName"] for index in described.get("GlobalSecondaryIndexes", [])}
+        missing = [index for index in _indexes(spec) if index["IndexName"] not in have]
+        if missing:
+            self._add_indexes(table, missing)
+        return table
+
+    def _add_indexes(self, table: "DynamoTable", missing: list[dict[str, Any]]) -> None:
+        """A table from an earlier version: add its new indexes, then rewrite every item once so
+        the index holds it (each rewrite is conditional; an item changed meanwhile was indexed
+        by that change)."""
+        for index in missing:
+            try:
+                self._client.update_table(
+                    TableName=table.name, AttributeDefinitions=_attributes(table.spec),
+                    GlobalSecondaryIndexUpdates=[{"Create": index}])
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] not in ("ResourceInUseException",
+                                                         "ValidationException"):
+                    raise StoreError(f"cannot add {index['IndexName']} to {table.name}: "
+                                     f"{exc}") from None
+            self._wait_active(table.name)
+        described = self._client.describe_table(TableName=table.name)["Table"]
+        have = {index["IndexName"] for index in described.get("GlobalSecondaryIndexes", [])}
+        for index in missing:
+            if index["IndexName"] not in have:  # dynalite accepts the update and ignores it
+                raise StoreError(f"table {table.name} lacks its index {index['IndexName']} and "
+                                 "this server did not add it; recreate the table (export, "
+                                 "delete, start, import) or use one that can add indexes")
+        for item in every(lambda cursor: table.scan(limit=500, cursor=cursor)):
+            try:
+                table.put(item, expected_version=item[VERSION])
+            except ConflictError:
+                continue
+
+    def _wait_active(self, name: str) -> None:
+        deadline = time.monotonic() + 120
+        while True:
+            described = self._client.describe_table(TableName=name)["Table"]
+            if described["TableStatus"] == "ACTIVE" and all(
+                    index.get("IndexStatus", "ACTIVE") == "ACTIVE"
+                    for index in described.get("GlobalSecondaryIndexes", [])):
+                return
+            if time.monotonic() > deadline:
+                raise StoreError(f"table {name} did not become active")
+            time.sleep(0.05)
 
     def _create(self, name: str, spec: TableSpec) -> None:
-        attributes = [{"AttributeName": "pk", "AttributeType": "S"}]
-        attributes += [{"AttributeName": i, "AttributeType": "S"} for i in spec.indexes]
-        indexes = [{
-            "IndexName": f"by_{i}",
-            "KeySchema": [{"AttributeName": i, "KeyType": "HASH"},
-                          {"AttributeName": "pk", "KeyType": "RANGE"}],
-            "Projection": {"ProjectionType": "ALL"},
-        } for i in spec.indexes]
+        attributes = _attributes(spec)
+        indexes = _indexes(spec)
         kwargs: dict[str, Any] = {"GlobalSecondaryIndexes": indexes} if indexes else {}
         try:
             self._client.create_table(
@@ -63,11 +110,7 @@ class DynamoBackend:
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ResourceInUseException":
                 raise StoreError(f"cannot create table {name}: {exc}") from None
-        deadline = time.monotonic() + 60
-        while self._client.describe_table(TableName=name)["Table"]["TableStatus"] != "ACTIVE":
-            if time.monotonic() > deadline:
-                raise StoreError(f"table {name} did not become active")
-            time.sleep(0.05)
+        self._wait_active(name)
         try:
             self._client.update_time_to_live(
                 TableName=name,
@@ -79,10 +122,27 @@ class DynamoBackend:
         self._client.close()
 
 
+def _attributes(spec: TableSpec) -> list[dict[str, str]]:
+    types = {"pk": "S", **{i: "S" for i in spec.indexes}}
+    for index in spec.ranges:
+        types.update({index.key: "S", index.sort: "N"})
+    return [{"AttributeName": name, "AttributeType": kind} for name, kind in types.items()]
+
+
+def _indexes(spec: TableSpec) -> list[dict[str, Any]]:
+    def gsi(name: str, hash_key: str, range_key: str) -> dict[str, Any]:
+        return {"IndexName": name, "Projection": {"ProjectionType": "ALL"},
+                "KeySchema": [{"AttributeName": hash_key, "KeyType": "HASH"},
+                              {"AttributeName": range_key, "KeyType": "RANGE"}]}
+    return ([gsi(f"by_{i}", i, "pk") for i in spec.indexes]
+            + [gsi(f"range_{r.name}", r.key, r.sort) for r in spec.ranges])
+
+
 class DynamoTable:
     def __init__(self, client: Any, name: str, spec: TableSpec) -> None:
         self._client = client
         self._name = name
+        self.name = name
         self.spec = spec
 
     def _call(self, method: str, **kwargs: Any) -> Any:
@@ -130,16 +190,22 @@ class DynamoTable:
         values: dict[str, Any] = {":data": {"S": json.dumps(data, sort_keys=True)}}
         sets, removes = ["#data = :data"], []
         names = {"#data": "data", "#version": "version"}
-        for attr in (*self.spec.indexes, EXPIRES_AT):
-            names[f"#{attr}"] = attr
-            if data.get(attr) is None:
-                removes.append(f"#{attr}")
-            elif attr == EXPIRES_AT:
-                values[f":{attr}"] = {"N": repr(float(data[attr]))}
-                sets.append(f"#{attr} = :{attr}")
+        top: dict[str, dict[str, str] | None] = {
+            attr: None if data.get(attr) is None else {"S": str(data[attr])}
+            for attr in self.spec.indexes}
+        top[EXPIRES_AT] = None if data.get(EXPIRES_AT) is None else {
+            "N": repr(float(data[EXPIRES_AT]))}
+        for index in self.spec.ranges:
+            in_key, in_sort = range_values(data, index)
+            top.setdefault(index.key, None if in_key is None else {"S": in_key})
+            top[index.sort] = None if in_key is None else {"N": repr(in_sort)}
+        for n, (attr, value) in enumerate(top.items()):
+            names[f"#a{n}"] = attr
+            if value is None:
+                removes.append(f"#a{n}")
             else:
-                values[f":{attr}"] = {"S": str(data[attr])}
-                sets.append(f"#{attr} = :{attr}")
+                values[f":a{n}"] = value
+                sets.append(f"#a{n} = :a{n}")
         condition = self._condition(expected_version, values)
         if expected_version == ABSENT:
             sets.append("#version = :one")
@@ -196,6 +262,28 @@ class DynamoTable:
                           KeyConditionExpression="#i = :v",
                           ExpressionAttributeNames={"#i": index},
                           ExpressionAttributeValues={":v": {"S": value}})
+
+    def query_range(self, index: str, value: str, lower: float | None = None,
+                    upper: float | None = None, limit: int = 100,
+                    cursor: str | None = None) -> Page:
+        found = self.spec.range_index(index)
+        condition = "#k = :v"
+        values: dict[str, Any] = {":v": {"S": value}}
+        if lower is not None and upper is not None:
+            condition += " AND #s BETWEEN :lo AND :hi"
+        elif lower is not None:
+            condition += " AND #s >= :lo"
+        elif upper is not None:
+            condition += " AND #s <= :hi"
+        if lower is not None:
+            values[":lo"] = {"N": repr(float(lower))}
+        if upper is not None:
+            values[":hi"] = {"N": repr(float(upper))}
+        return self._page("query", limit, cursor, IndexName=f"range_{found.name}",
+                          KeyConditionExpression=condition,
+                          ExpressionAttributeNames={"#k": found.key, **(
+                              {"#s": found.sort} if ":lo" in values or ":hi" in values else {})},
+                          ExpressionAttributeValues=values)
 
     def scan(self, limit: int = 100, cursor: str | None = None) -> Page:
         return self._page("scan", limit, cursor)

@@ -11,7 +11,8 @@ from typing import Any, Iterator
 
 from contextlib import contextmanager
 
-from store import ABSENT, EXPIRES_AT, VERSION, ConflictError, Item, Page, TableSpec
+from store import (ABSENT, EXPIRES_AT, VERSION, ConflictError, Item, Page, TableSpec,
+                   range_values)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -28,10 +29,12 @@ class SqliteBackend:
             "CREATE TABLE IF NOT EXISTS counters (tbl TEXT, k TEXT, name TEXT, value INTEGER,"
             " PRIMARY KEY (tbl, k, name))")
         self._lock = threading.RLock()
+        self.requests = 0
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            self.requests += 1
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
@@ -41,16 +44,30 @@ class SqliteBackend:
             self._conn.execute("COMMIT")
 
     def table(self, spec: TableSpec) -> "SqliteTable":
-        for name in (spec.name, *spec.indexes):
+        ranges = [(r.name, r.key, r.sort) for r in spec.ranges]
+        for name in (spec.name, *spec.indexes, *(n for r in ranges for n in r)):
             if not _NAME.fullmatch(name):
                 raise ValueError(f"bad table or index name {name!r}")
         columns = "".join(f", i_{index} TEXT" for index in spec.indexes)
+        columns += "".join(f", r_{name}_k TEXT, r_{name}_s REAL" for name, _, _ in ranges)
+        t = f"t_{spec.name}"
         with self.transaction() as conn:
-            conn.execute(f"CREATE TABLE IF NOT EXISTS t_{spec.name} (k TEXT PRIMARY KEY,"
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {t} (k TEXT PRIMARY KEY,"
                          f" version INTEGER NOT NULL, expires_at REAL, data TEXT NOT NULL{columns})")
             for index in spec.indexes:
-                conn.execute(f"CREATE INDEX IF NOT EXISTS t_{spec.name}_{index}"
-                             f" ON t_{spec.name} (i_{index}, k)")
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_{index} ON {t} (i_{index}, k)")
+            existing = {row[1] for row in conn.execute(f"PRAGMA table_info({t})")}
+            for name, key, sort in ranges:
+                if f"r_{name}_k" not in existing:  # a table from an earlier version: migrate
+                    conn.execute(f"ALTER TABLE {t} ADD COLUMN r_{name}_k TEXT")
+                    conn.execute(f"ALTER TABLE {t} ADD COLUMN r_{name}_s REAL")
+                    conn.execute(
+                        f"UPDATE {t} SET r_{name}_k = json_extract(data, '$.{key}'),"
+                        f" r_{name}_s = json_extract(data, '$.{sort}')"
+                        f" WHERE json_type(data, '$.{key}') = 'text'"
+                        f" AND json_type(data, '$.{sort}') IN ('integer', 'real')")
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_r_{name}"
+                             f" ON {t} (r_{name}_k, r_{name}_s, k)")
         return SqliteTable(self, spec)
 
     def close(self) -> None:
@@ -88,7 +105,10 @@ class SqliteTable:
         expires_at = data.get(EXPIRES_AT)
         indexed = [None if data.get(i) is None else str(data[i]) for i in self.spec.indexes]
         cols = "".join(f", i_{i}" for i in self.spec.indexes)
-        marks = ", ?" * len(self.spec.indexes)
+        for index in self.spec.ranges:
+            indexed += range_values(data, index)
+            cols += f", r_{index.name}_k, r_{index.name}_s"
+        marks = ", ?" * len(indexed)
         now = time.time()
         with self._backend.transaction() as conn:
             row = conn.execute(f"SELECT version, expires_at FROM {self._t} WHERE k = ?",
@@ -112,6 +132,30 @@ class SqliteTable:
             conn.execute(f"DELETE FROM {self._t} WHERE k = ?", (key,))
             conn.execute("DELETE FROM counters WHERE tbl = ? AND k = ?", (self.spec.name, key))
             return row is not None
+
+    def query_range(self, index: str, value: str, lower: float | None = None,
+                    upper: float | None = None, limit: int = 100,
+                    cursor: str | None = None) -> Page:
+        name = self.spec.range_index(index).name
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        where = [f"r_{name}_k = ?", self._live()]
+        args: list[Any] = [value, time.time()]
+        for bound, op in ((lower, ">="), (upper, "<=")):
+            if bound is not None:
+                where.append(f"r_{name}_s {op} ?")
+                args.append(float(bound))
+        if cursor:
+            after_sort, after_key = _range_cursor(cursor)
+            where.append(f"(r_{name}_s > ? OR (r_{name}_s = ? AND k > ?))")
+            args += [after_sort, after_sort, after_key]
+        with self._backend.transaction() as conn:
+            rows = conn.execute(
+                f"SELECT k, data, version, r_{name}_s FROM {self._t} WHERE {' AND '.join(where)}"
+                f" ORDER BY r_{name}_s, k LIMIT ?", (*args, limit + 1)).fetchall()
+            items = [self._row_item(conn, *row[:3]) for row in rows[:limit]]
+        last = rows[limit - 1] if len(rows) > limit else None
+        return Page(items, json.dumps([last[3], last[0]]) if last else None)
 
     def _page(self, where: str, args: tuple[Any, ...], limit: int, cursor: str | None) -> Page:
         if limit < 1:
@@ -141,3 +185,11 @@ class SqliteTable:
                 (self.spec.name, key, counter, amount))
             return conn.execute("SELECT value FROM counters WHERE tbl = ? AND k = ? AND name = ?",
                                 (self.spec.name, key, counter)).fetchone()[0]
+
+
+def _range_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        sort, key = json.loads(cursor)
+        return float(sort), str(key)
+    except (ValueError, TypeError):
+        raise ValueError("malformed cursor") from None

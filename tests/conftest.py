@@ -44,6 +44,19 @@ def dynalite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.stop()
 
 
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The endpoint URL of moto_server (Route53; DynamoDB with the table updates dynalite lacks)."""
+    directory, port = tmp_path_factory.mktemp("moto"), free_port()
+    process = ManagedProcess("moto_server", ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+                             directory / "moto.log")
+    try:
+        wait_for_port(port, process=process, timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _aws_credentials() -> None:
     # dynalite ignores credentials but botocore insists on having some; never real ones in tests.

@@ -21,7 +21,7 @@ import pytest
 from domains.registrars import (AuthenticationFailed, InvalidRecord, Record, RegistrarError,
                                 RegistrarProvider, RegistrarUnavailable, ZoneNotFound,
                                 ensure_records, get_provider)
-from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.procs import free_port
 from tests.dns_server import KnotServer
 
 ZONE = "example.test"
@@ -155,18 +155,6 @@ class TestRfc2136(RegistrarContract):
 
 
 # --- Route53 against moto_server ------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    directory, port = tmp_path_factory.mktemp("moto"), free_port()
-    process = ManagedProcess("moto_server", ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
-                             directory / "moto.log")
-    try:
-        wait_for_port(port, process=process, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.stop()
-
 
 @pytest.fixture(scope="module")
 def route53_client(moto_server: str) -> Any:

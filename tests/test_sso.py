@@ -205,8 +205,8 @@ def test_edgectl_rotates_the_signing_key_and_publishes_both(
     assert main(["sso", "rotate-key"]) == 0
     assert "new SSO signing key" in capsys.readouterr().out
     published = services.edge_state.meta()
-    assert published is not None and len(published["sso_keys"]) == 2
-    assert published["sso_keys"][1] == first[0]  # the old key still verifies
+    assert published is not None and len(published["config"]["sso_keys"]) == 2
+    assert published["config"]["sso_keys"][1] == first[0]  # the old key still verifies
     monkeypatch.delenv("EDGE_SSO_PLATFORM_URL")
     assert main(["sso", "rotate-key"]) == 2
 

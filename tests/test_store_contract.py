@@ -9,23 +9,32 @@ from typing import Iterator
 
 import pytest
 
-from store import ABSENT, ConflictError, Table, TableSpec
+from store import (ABSENT, Backend, ConflictError, RangeIndex, StoreError, Table, TableSpec,
+                   every)
 from store.dynamo import DynamoBackend
 from store.sqlite import SqliteBackend
 from tests.conftest import dynamo_client
 
-SPEC = TableSpec("things", key="id", indexes=("owner", "status"))
+DUE = RangeIndex("due", key="status", sort="next_at")
+SPEC = TableSpec("things", key="id", indexes=("owner", "status"), ranges=(DUE,))
+OLD_SPEC = TableSpec("things", key="id", indexes=("owner", "status"))
+"""The same table as an earlier version defined it, before its range index."""
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
-def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Table]:
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "sqlite":
-        backend = SqliteBackend(str(tmp_path / "store.db"))
+        opened: Backend = SqliteBackend(str(tmp_path / "store.db"))
     else:
-        backend = DynamoBackend(dynamo_client(request.getfixturevalue("dynalite")),
-                                prefix=f"t{uuid.uuid4().hex[:8]}_")
-    yield backend.table(SPEC)
-    backend.close()
+        opened = DynamoBackend(dynamo_client(request.getfixturevalue("dynalite")),
+                               prefix=f"t{uuid.uuid4().hex[:8]}_")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def table(backend: Backend) -> Table:
+    return backend.table(SPEC)
 
 
 def test_put_get_roundtrip_bumps_version(table: Table) -> None:
@@ -146,3 +155,76 @@ def test_expired_items_are_absent_everywhere(table: Table) -> None:
     table.put({"id": "old", "expires_at": time.time() - 1}, expected_version=1)
     with pytest.raises(ConflictError):
         table.put({"id": "old"}, expected_version=2)
+
+
+def _due(table: Table, status: str, **bounds: float) -> list[str]:
+    return [item["id"] for item in every(
+        lambda cursor: table.query_range("due", status, limit=2, cursor=cursor, **bounds))]
+
+
+def test_range_query_orders_bounds_and_pages(table: Table) -> None:
+    for n, at in enumerate([50.0, 10.0, 30.0, 30.0, 70.0, 20.5]):
+        table.put({"id": f"d{n}", "status": "pending", "next_at": at})
+    table.put({"id": "other", "status": "active", "next_at": 1.0})
+    table.put({"id": "idle", "status": "pending", "next_at": None})  # not queued
+    table.put({"id": "flag", "status": "pending", "next_at": True})  # not a number
+    assert _due(table, "pending") == ["d1", "d5", "d2", "d3", "d0", "d4"]
+    assert _due(table, "pending", upper=30.0) == ["d1", "d5", "d2", "d3"]
+    assert _due(table, "pending", lower=20.5, upper=50.0) == ["d5", "d2", "d3", "d0"]
+    assert _due(table, "pending", lower=60.0) == ["d4"]
+    page = table.query_range("due", "pending", upper=30.0, limit=1)
+    assert [i["id"] for i in page.items] == ["d1"] and page.next_cursor
+    assert page.items[0]["next_at"] == 10.0 and page.items[0]["version"] == 1
+    with pytest.raises(ValueError):
+        table.query_range("nope", "pending")
+
+
+def test_range_query_follows_updates_deletes_and_expiry(table: Table) -> None:
+    stored = table.put({"id": "a", "status": "pending", "next_at": 5})
+    table.put({"id": "b", "status": "pending", "next_at": 6, "expires_at": time.time() - 1})
+    assert _due(table, "pending") == ["a"]
+    moved = table.put({**stored, "next_at": 500}, expected_version=stored["version"])
+    assert _due(table, "pending", upper=100) == []
+    table.put({**moved, "status": "active"})
+    assert _due(table, "pending") == [] and _due(table, "active") == ["a"]
+    table.put({**moved, "status": "active", "next_at": None})
+    assert _due(table, "active") == [], "clearing the sort attribute dequeues it"
+    table.put({"id": "a", "status": "active", "next_at": 1})
+    table.delete("a")
+    assert _due(table, "active") == []
+
+
+@pytest.fixture(params=["sqlite", "moto"])
+def upgraded(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """A backend that can add an index to an existing table (dynalite ignores UpdateTable's
+    index creation; real DynamoDB and moto_server do it)."""
+    if request.param == "sqlite":
+        opened: Backend = SqliteBackend(str(tmp_path / "store.db"))
+    else:
+        opened = DynamoBackend(dynamo_client(request.getfixturevalue("moto_server")),
+                               prefix=f"t{uuid.uuid4().hex[:8]}_")
+    yield opened
+    opened.close()
+
+
+def test_a_table_from_before_its_range_index_is_migrated_on_open(upgraded: Backend) -> None:
+    backend = upgraded
+    old = backend.table(OLD_SPEC)
+    for n in range(3):
+        old.put({"id": f"m{n}", "status": "pending", "next_at": 30 - n})
+    old.put({"id": "none", "status": "pending"})
+    migrated = backend.table(SPEC)
+    assert _due(migrated, "pending") == ["m2", "m1", "m0"]
+    assert migrated.get("m0") is not None and migrated.get("none") is not None
+    migrated.put({"id": "m3", "status": "pending", "next_at": 1})
+    assert _due(backend.table(SPEC), "pending") == ["m3", "m2", "m1", "m0"]
+
+
+def test_a_server_that_cannot_add_the_index_is_refused_with_a_reason(dynalite: str) -> None:
+    backend = DynamoBackend(dynamo_client(dynalite), prefix=f"t{uuid.uuid4().hex[:8]}_")
+    try:
+        backend.table(OLD_SPEC).put({"id": "x", "status": "pending", "next_at": 1})
+        with pytest.raises(StoreError, match="range_due"):
+            backend.table(SPEC)
+    finally:
+        backend.close()

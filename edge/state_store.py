@@ -1,0 +1,234 @@
+"""The desired edge state as the control service stores it, changed one route at a time.
+
+Storage: one item per route (publication, certificate fingerprint, the revision that wrote it),
+one item per certificate (chain and key, encrypted), and one small ``desired`` item: the content
+version, the routes digest (``edge.state.routes_digest``, kept by adding and subtracting route
+hashes, so no change reads every route), the config (servers, SSO keys, short domains, the hot
+redirects: at most ``MAX_HOT_LINKS``) and a monotonic ``revision``. No item grows with the
+number of domains (DynamoDB caps items at 400 KB).
+
+A change commits in one conditional write of the ``desired`` item, which carries the changed
+routes as ``pending`` (an outbox); the route items are written after it, each only over an older
+revision. A replica that loses the race writes no route item; one that dies after committing
+leaves ``pending`` for the next writer or reader to apply. So the version never names a state
+the route items do not hold, and no stale row outlives a newer change.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any
+
+from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, RouteRef, fingerprint,
+                        route_hash, routes_digest, state_version)
+from kit.vault import KeyVault
+from store import ABSENT, VERSION, ConflictError, Item, Table, TableSpec, all_items, rewrite_field
+
+log = logging.getLogger(__name__)
+EDGE_STATE = TableSpec("edge_state", key="name")
+EDGE_ROUTES = TableSpec("edge_routes", key="hostname")
+EDGE_CERTS = TableSpec("edge_certs", key="hostname")
+EDGE_NODES = TableSpec("edge_nodes", key="node_id")
+EDGE_VISIT_REPORTS = TableSpec("edge_visit_reports", key="report_id")
+"""Report ids already counted: an agent that resends a report after a lost answer counts once."""
+REPORT_MEMORY_SECONDS = 7 * 86400.0
+COMMIT_ATTEMPTS = 20
+MAX_HOT_LINKS = 2000
+"""Hot redirects travel in the ``desired`` item: this many stay well under 400 KB."""
+RouteChange = tuple[str, str] | None
+"""A route's new (publication id, certificate + key PEM), or None to remove it."""
+
+
+class EdgeStateStore:
+    def __init__(self, state: Table, routes: Table, certs: Table, nodes: Table,
+                 vault: KeyVault, reports: Table) -> None:
+        self.state = state
+        self.reports = reports
+        self.routes = routes
+        self.certs = certs
+        self.nodes = nodes
+        self._vault = vault
+        self._cache: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def reencrypt(self) -> int:
+        """Re-encrypt every stored certificate key under the newest encryption key."""
+        return rewrite_field(self.certs, "pem_enc", self._vault.rotate)
+
+    # --- changing the state -------------------------------------------------------------
+
+    def change(self, routes: dict[str, RouteChange], config: EdgeConfig | None = None) -> bool:
+        """Apply these route changes (and the config, if given) in one commit; True if the
+        version moved. Reads the ``desired`` item and each changed route, never all routes."""
+        for attempt in range(COMMIT_ATTEMPTS):
+            meta = self._settled(self.state.get("desired"))
+            try:
+                return self._commit(meta, routes, config)
+            except ConflictError:  # another replica committed meanwhile: build on its state
+                time.sleep(0.005 * attempt)
+        raise ConflictError(EDGE_STATE.name, "desired", None)
+
+    def _commit(self, meta: Item | None, routes: dict[str, RouteChange],
+                config: EdgeConfig | None) -> bool:
+        digest = int(meta["routes_digest"], 16) if meta and "routes_digest" in meta else 0
+        pending: dict[str, dict[str, str] | None] = {}
+        for hostname, new in sorted(routes.items()):
+            old = self.routes.get(hostname)
+            old_ref = _ref(old) if old is not None else None
+            new_ref = RouteRef(hostname, new[0], fingerprint(new[1])) if new else None
+            if old_ref == new_ref:
+                continue
+            if new is not None and new_ref is not None:
+                stored = self.certs.get(hostname)
+                if stored is None or stored["cert_sha256"] != new_ref.cert_sha256:
+                    self.certs.put({"hostname": hostname, "cert_sha256": new_ref.cert_sha256,
+                                    "pem_enc": self._vault.encrypt(new[1].encode())})
+            digest = (digest - (route_hash(old_ref) if old_ref else 0)
+                      + (route_hash(new_ref) if new_ref else 0)) % DIGEST_MODULUS
+            pending[hostname] = dataclasses.asdict(new_ref) if new_ref else None
+        current = EdgeConfig.from_json(meta["config"]) if meta and "config" in meta else None
+        config = config or current or EdgeConfig((), ())
+        version = state_version(digest, config)
+        if meta is not None and not pending and meta["edge_version"] == version:
+            return False
+        revision = int(meta.get("revision") or 0) + 1 if meta else 1
+        committed = self.state.put({
+            "name": "desired", "edge_version": version, "routes_digest": f"{digest:032x}",
+            "config": config.to_json(), "revision": revision, "pending": pending,
+            "published_at": time.time(),
+            "forced_version": meta.get("forced_version") if meta else None},
+            expected_version=meta[VERSION] if meta else ABSENT)
+        self._settled(committed)
+        log.info("edge state %s (revision %d): %d route changes", version, revision, len(pending))
+        return True
+
+    def _settled(self, meta: Item | None) -> Item | None:
+        """``meta`` with its pending route changes written to the route items (idempotent:
+        an item is written only over an older revision) and the outbox cleared."""
+        if meta is None or not meta.get("pending"):
+            return meta
+        revision = int(meta["revision"])
+        for hostname, ref in meta["pending"].items():
+            self._write_route(hostname, ref, revision)
+        try:
+            return self.state.put({**meta, "pending": {}}, expected_version=meta[VERSION])
+        except ConflictError:  # a newer commit: it settled ours before building on it
+            return self.state.get("desired")
+
+    def _write_route(self, hostname: str, ref: dict[str, str] | None, revision: int) -> None:
+        while True:
+            existing = self.routes.get(hostname)
+            if existing is not None and int(existing.get("revision") or 0) >= revision:
+                return  # a newer change already wrote it
+            try:
+                if ref is None:
+                    if existing is not None:
+                        self.routes.delete(hostname, expected_version=existing[VERSION])
+                        self.certs.delete(hostname)
+                else:
+                    self.routes.put({**ref, "revision": revision},
+                                    expected_version=existing[VERSION] if existing else ABSENT)
+                return
+            except ConflictError:
+                continue
+
+    def save(self, desired: DesiredState) -> bool:
+        """Make the stored state exactly ``desired``: a reconciliation (at start, or on an
+        operator's request) that reads every route item once; routine changes go through
+        :meth:`change`. It also repairs the digest (a store from an earlier version has none).
+        True if anything changed."""
+        stored = {item["hostname"]: _ref(item) for item in all_items(self.routes)}
+        self._repair_digest(routes_digest(stored.values()))
+        changes: dict[str, RouteChange] = {hostname: None for hostname in stored
+                                           if hostname not in {r.hostname for r in desired.routes}}
+        for route in desired.routes:
+            if stored.get(route.hostname) != route.ref:
+                changes[route.hostname] = (route.publication_id, route.pem)
+        return self.change(changes, desired.config)
+
+    def _repair_digest(self, digest: int) -> None:
+        meta = self._settled(self.meta())
+        if meta is None or meta.get("routes_digest") == f"{digest:032x}":
+            return
+        log.warning("the edge routes digest did not match the route items; repaired")
+        try:
+            self.state.put({**meta, "routes_digest": f"{digest:032x}"},
+                           expected_version=meta[VERSION])
+        except ConflictError:
+            pass  # a change meanwhile; the next reconciliation looks again
+
+    # --- reading it -----------------------------------------------------------------------
+
+    def meta(self) -> dict[str, Any] | None:
+        return self.state.get("desired")
+
+    def load(self) -> dict[str, Any] | None:
+        """The wire form (no keys). One read when the version has not moved; the route items
+        are read again only when it has (once per change per replica)."""
+        meta = self._settled(self.meta())
+        if meta is None:
+            return None
+        with self._lock:
+            if self._cache is None or self._cache["version"] != meta["edge_version"]:
+                refs = [_ref(item) for item in all_items(self.routes)]
+                config = EdgeConfig.from_json(meta.get("config") or {})
+                summary = {"version": state_version(routes_digest(refs), config),
+                           "routes": [vars(r) for r in sorted(refs, key=lambda r: r.hostname)],
+                           **config.to_json()}
+                if summary["version"] != meta["edge_version"]:
+                    return summary  # caught mid-change: do not cache, the next poll catches up
+                self._cache = summary
+            return {**self._cache, "force": meta.get("forced_version") == meta["edge_version"]}
+
+    def certificate(self, hostname: str) -> dict[str, str] | None:
+        """The certificate and key an agent downloads: the only place a key is decrypted."""
+        item = self.certs.get(hostname)
+        if item is None:
+            return None
+        return {"hostname": hostname, "cert_sha256": item["cert_sha256"],
+                "pem": self._vault.decrypt(item["pem_enc"]).decode()}
+
+    def force(self, version: str) -> bool:
+        """Let nodes apply ``version`` even if its plan looks unsafe (an operator's decision)."""
+        meta = self.meta()
+        if meta is None or meta["edge_version"] != version:
+            return False
+        try:
+            self.state.put({**meta, "forced_version": version}, expected_version=meta[VERSION])
+        except ConflictError:
+            return False
+        return True
+
+    # --- nodes and their reports --------------------------------------------------------------
+
+    def first_report(self, report_id: str) -> bool:
+        """True the first time a visit report id is seen; it is remembered for a week."""
+        try:
+            self.reports.put({"report_id": report_id,
+                              "expires_at": time.time() + REPORT_MEMORY_SECONDS},
+                             expected_version=ABSENT)
+            return True
+        except ConflictError:
+            return False
+
+    def report(self, node_id: str, applied: str | None, error: str | None,
+               running: bool) -> None:
+        self.nodes.put({"node_id": node_id, "applied_version": applied, "error": error,
+                        "haproxy_running": running, "reported_at": time.time()})
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        meta = self.meta()
+        now = time.time()
+        nodes = []
+        for node in all_items(self.nodes):
+            in_sync = meta is not None and node.get("applied_version") == meta["edge_version"]
+            lag = 0.0 if in_sync or meta is None else now - meta["published_at"]
+            nodes.append({**node, "in_sync": in_sync, "lag_seconds": round(lag, 3),
+                          "last_seen_seconds": round(now - node["reported_at"], 3)})
+        return nodes
+
+
+def _ref(item: Item) -> RouteRef:
+    return RouteRef(item["hostname"], item["publication_id"], item["cert_sha256"])

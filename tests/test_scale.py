@@ -1,0 +1,164 @@
+"""Work proportional to change, counted at the backends (SQLite transactions, requests to
+dynalite): an idle worker round and a one-route change cost the same whatever the number of
+domains; racing publishers and a publisher that dies mid-change leave no stale route."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from control.wiring import Services
+from edge.state import RouteRef, routes_digest
+from edge.state_store import EdgeStateStore
+from kit.settings import Settings
+from kit.x509 import self_signed
+
+KEY = ec.generate_private_key(ec.SECP256R1())
+KEY_PEM = KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def services(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Services]:
+    if request.param == "dynamodb":
+        settings = dataclasses.replace(
+            settings, storage_backend="dynamodb",
+            dynamodb_endpoint_url=request.getfixturevalue("dynalite"),
+            dynamodb_table_prefix=f"s{uuid.uuid4().hex[:8]}_")
+    opened = Services.from_settings(dataclasses.replace(settings, max_pending_domains=0))
+    yield opened
+    opened.close()
+
+
+def seed_active(services: Services, count: int, start: int = 0) -> None:
+    """``count`` active domains with certificates, none due for an hour."""
+    for n in range(start, start + count):
+        hostname = f"d{n}.scale.example.test"
+        domain, _ = services.domains.connect(hostname, f"pub_{n % 7}")
+        cert, _ = self_signed(hostname, KEY)
+        services.certificates.save([hostname], cert, KEY_PEM)
+        services.domains.transition(domain, "active", "seeded",
+                                    next_attempt_at=time.time() + 3600)
+
+
+def requests_of(services: Services, step: object) -> int:
+    before = services.backend.requests
+    step()  # type: ignore[operator]
+    return services.backend.requests - before
+
+
+def test_an_idle_round_costs_the_same_with_ten_times_the_domains(services: Services) -> None:
+    seed_active(services, 15)
+    services.lifecycle.publish_routes()  # the reconciliation at start
+    services.lifecycle.tick()
+    small = requests_of(services, services.lifecycle.tick)
+    seed_active(services, 135, start=15)
+    services.lifecycle.publish_routes()
+    services.lifecycle.tick()
+    large = requests_of(services, services.lifecycle.tick)
+    assert small == large <= 10, (small, large)
+    assert len(services.edge_state.load()["routes"]) == 150  # type: ignore[index]
+
+
+def test_one_route_change_costs_the_same_with_ten_times_the_domains(
+        services: Services) -> None:
+    def change_cost(hostname: str) -> int:
+        return requests_of(services,
+                           lambda: services.publisher.route_changes({hostname: "pub_x"}))
+
+    seed_active(services, 15)
+    services.lifecycle.publish_routes()
+    small = change_cost("d3.scale.example.test")
+    seed_active(services, 135, start=15)
+    services.lifecycle.publish_routes()
+    large = change_cost("d40.scale.example.test")
+    assert small == large <= 12, (small, large)
+    state = services.edge_state.load()
+    assert state is not None and state["version"] == services.edge_state.meta()["edge_version"]
+    assert {r["hostname"]: r["publication_id"] for r in state["routes"]}[
+        "d40.scale.example.test"] == "pub_x"
+
+
+def _replica(services: Services) -> EdgeStateStore:
+    """A second control replica's view of the same tables."""
+    store = services.edge_state
+    return EdgeStateStore(store.state, store.routes, store.certs, store.nodes,
+                          store._vault, store.reports)
+
+
+def _consistent(store: EdgeStateStore) -> dict[str, str]:
+    """The routes, after checking that the route items are exactly what the version names."""
+    meta = store.meta()
+    state = store.load()
+    assert meta is not None and state is not None
+    assert state["version"] == meta["edge_version"], "a route item the version does not name"
+    refs = [RouteRef(**r) for r in state["routes"]]
+    assert f"{routes_digest(refs):032x}" == meta["routes_digest"]
+    return {r.hostname: r.publication_id for r in refs}
+
+
+def test_racing_publishers_leave_no_stale_route(services: Services) -> None:
+    hosts = [f"race{n}.example.test" for n in range(4)]
+    pems = {h: self_signed(h, KEY)[1] for h in hosts}
+    replicas = [services.edge_state, _replica(services)]
+
+    def publish(replica: int) -> None:
+        store = replicas[replica]
+        for n in range(15):
+            host = hosts[(n + replica) % len(hosts)]
+            store.change({host: None if (n + replica) % 3 == 0 else (f"pub_{replica}",
+                                                                     pems[host])})
+
+    threads = [threading.Thread(target=publish, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert _consistent(replicas[0]) == _consistent(replicas[1])
+
+
+def test_a_change_committed_by_a_replica_that_died_is_applied_by_the_next(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    pem = self_signed("crash.example.test", KEY)[1]
+    services.edge_state.change({"kept.example.test": ("pub_1", self_signed(
+        "kept.example.test", KEY)[1])})
+    dying = _replica(services)
+
+    def die(*args: object) -> None:
+        raise SystemExit("killed between the commit and the route items")
+
+    monkeypatch.setattr(dying, "_write_route", die)
+    with pytest.raises(SystemExit):
+        dying.change({"crash.example.test": ("pub_2", pem)})
+    assert services.edge_state.routes.get("crash.example.test") is None  # not written yet
+    survivor = _replica(services)
+    assert _consistent(survivor) == {"kept.example.test": "pub_1", "crash.example.test": "pub_2"}
+    assert survivor.certificate("crash.example.test")["pem"] == pem  # type: ignore[index]
+
+
+def test_counts_by_status_follow_every_change_and_an_old_store_is_counted(
+        services: Services) -> None:
+    seed_active(services, 3)
+    services.domains.connect("new.scale.example.test", "pub_1")
+    services.lifecycle.remove("d1.scale.example.test")
+    expected = {"pending_dns": 1, "verified": 0, "issuing": 0, "active": 2, "suspended": 0}
+    assert services.domains.by_status() == expected
+    services.lifecycle.suspend("d2.scale.example.test")
+    assert services.domains.by_status()["suspended"] == 1
+    # A store from before the counts: the first process to open it counts what is there.
+    services.domains.counts.table.delete("by_status")  # type: ignore[union-attr]
+    reopened = Services.from_settings(services.settings)
+    try:
+        assert reopened.domains.by_status() == {**expected, "active": 1, "suspended": 1}
+        before = reopened.backend.requests
+        reopened.domains.by_status()
+        assert reopened.backend.requests - before == 1
+    finally:
+        reopened.close()
