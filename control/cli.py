@@ -166,8 +166,8 @@ def agent(args: argparse.Namespace, settings: Settings) -> int:
     node = _node(settings)
     stop = _stop_on_signals()
     try:
-        EdgeAgent(node, settings.control_address, settings.edge_token, args.node_id).run(
-            settings.worker_interval, stop)
+        EdgeAgent(node, settings.control_address, settings.edge_token, args.node_id,
+                  watch=settings.edge_watch_seconds).run(settings.worker_interval, stop)
     finally:
         node.stop()
     return 0

@@ -1,7 +1,10 @@
 """`edgectl agent`: beside each HAProxy node, pull the desired state, apply it, report back.
 
-Only changes cross the wire: the state lists routes with certificate fingerprints, and the
-agent downloads just the certificates its node does not already serve.
+Only changes cross the wire: the agent asks for the routes changed since the revision it
+holds (a full snapshot the first time, or when it is too far behind), routes name their
+certificates by fingerprint, and it downloads just the certificates its node does not serve
+yet. With ``watch``, each request waits on the control service until the state moves (a long
+poll), so a change reaches the node at once rather than a poll interval later.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ class StateUnavailable(EdgeError):
 
 class EdgeAgent:
     def __init__(self, node: EdgeNode, control_url: str, token: str,
-                 node_id: str | None = None, session: requests.Session | None = None) -> None:
+                 node_id: str | None = None, session: requests.Session | None = None,
+                 watch: float = 0.0) -> None:
         self.node = node
         self._url = control_url.rstrip("/")
         self._session = session or requests.Session()
@@ -34,20 +38,38 @@ class EdgeAgent:
         self.node_id = node_id or socket.gethostname()
         self.downloads = 0
         self._force = False
+        self.watch = watch
+        self._routes: dict[str, dict[str, str]] | None = None
+        """The routes of the last state fetched, by hostname, at ``self._revision``."""
+        self._revision: int | None = None
         self.visits = HotVisitMeter(node.runtime, node.directory / "hot_visits.json")
 
     def fetch(self, have: str | None = None) -> DesiredState | None:
         """The desired state with every certificate in it, or None if unchanged or unpublished."""
-        response = self._session.get(f"{self._url}/api/v1/edge/state", timeout=30,
-                                     params={"have": have} if have else {})
+        params: dict[str, str | float | int] = {}
+        if have:
+            params.update(have=have, wait=self.watch)
+        if self._routes is not None and self._revision is not None:
+            params["since"] = self._revision
+        response = self._session.get(f"{self._url}/api/v1/edge/state", params=params,
+                                     timeout=30 + self.watch)
         if response.status_code in (304, 404):
             return None
         response.raise_for_status()
         doc = response.json()
         self._force = bool(doc.get("force"))
+        if doc.get("delta") and self._routes is not None:
+            refs = dict(self._routes)
+            for change in doc["changes"]:
+                if change.get("removed"):
+                    refs.pop(change["hostname"], None)
+                else:
+                    refs[change["hostname"]] = change
+        else:
+            refs = {ref["hostname"]: ref for ref in doc["routes"]}
         served = self.node.existing_routes()
         routes = []
-        for ref in doc["routes"]:
+        for ref in sorted(refs.values(), key=lambda r: r["hostname"]):
             current = served.get(ref["hostname"])
             if current is not None and current.ref.cert_sha256 == ref["cert_sha256"]:
                 pem = current.pem
@@ -61,7 +83,9 @@ class EdgeAgent:
                                short_domains=tuple(doc.get("short_domains", [])),
                                shortlink_servers=tuple(doc.get("shortlink_servers", [])))
         if desired.version != doc["version"]:
+            self._routes = self._revision = None  # start again from a snapshot
             raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
+        self._routes, self._revision = refs, doc.get("revision")
         return desired
 
     def _download(self, hostname: str, cert_sha256: str) -> str:

@@ -17,6 +17,7 @@ _NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _VISIT_KEY = re.compile(r"[a-z0-9.*-]{1,253}/[A-Za-z0-9_-]{1,64}")
 MAX_VISIT_KEYS = 5000
 _VERSION = re.compile(r"[0-9a-f]{16}")
+MAX_WAIT = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,11 +38,25 @@ def _store() -> EdgeStateStore:
 @bp.get("/state")
 @require_edge_token
 def desired_state() -> Response | tuple[Response, int]:
-    doc = _store().load()
-    if doc is None:
+    """``have``: the version the node serves (304 while unchanged); ``wait``: seconds to hold
+    the request until the version moves (a long poll, at most 30); ``since``: the revision the
+    agent holds, for a delta of the routes changed after it (else, or when too old, a full
+    snapshot)."""
+    have = request.args.get("have")
+    try:
+        wait = min(max(float(request.args.get("wait", "0")), 0.0), MAX_WAIT)
+        since = int(request.args["since"]) if "since" in request.args else None
+    except ValueError:
+        return jsonify(error="wait is a number of seconds and since a revision number"), 400
+    store = _store()
+    if have and wait:
+        store.watch.wait(have, wait)
+    version = store.current_version()
+    if version is None:
         return jsonify(error="no edge state has been published yet"), 404
-    if request.args.get("have") == doc["version"]:
+    if have == version:
         return Response(status=304)
+    doc = (store.changes_since(since) if since is not None else None) or store.load()
     return jsonify(doc)
 
 

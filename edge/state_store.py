@@ -23,18 +23,28 @@ from typing import Any
 
 from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, RouteRef, fingerprint,
                         route_hash, routes_digest, state_version)
+from edge.watch import VersionWatch
 from kit.vault import KeyVault
-from store import ABSENT, VERSION, ConflictError, Item, Table, TableSpec, all_items, rewrite_field
+from store import (ABSENT, VERSION, ConflictError, Item, RangeIndex, Table, TableSpec, all_items,
+                   every, rewrite_field)
 
 log = logging.getLogger(__name__)
 EDGE_STATE = TableSpec("edge_state", key="name")
-EDGE_ROUTES = TableSpec("edge_routes", key="hostname")
+FEED = "routes"
+EDGE_ROUTES = TableSpec("edge_routes", key="hostname",
+                        ranges=(RangeIndex("feed", key="feed", sort="revision"),))
+"""Route items, and tombstones (``removed``) of routes taken off, both listed by the revision
+that wrote them (the ``feed`` index): an agent asks for the changes since its revision.
+A reconciliation drops the tombstones and records ``compacted_revision``: an agent from before
+it gets a full snapshot, so no removal can be missed."""
 EDGE_CERTS = TableSpec("edge_certs", key="hostname")
 EDGE_NODES = TableSpec("edge_nodes", key="node_id")
 EDGE_VISIT_REPORTS = TableSpec("edge_visit_reports", key="report_id")
 """Report ids already counted: an agent that resends a report after a lost answer counts once."""
 REPORT_MEMORY_SECONDS = 7 * 86400.0
 COMMIT_ATTEMPTS = 20
+CHUNK = 200
+"""Route changes per commit: the outbox rides in the version item, which must stay small."""
 MAX_HOT_LINKS = 2000
 """Hot redirects travel in the ``desired`` item: this many stay well under 400 KB."""
 RouteChange = tuple[str, str] | None
@@ -52,6 +62,8 @@ class EdgeStateStore:
         self._vault = vault
         self._cache: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self.watch = VersionWatch(self.current_version)
+        """Agents waiting for the next version (a long poll) wait here."""
 
     def reencrypt(self) -> int:
         """Re-encrypt every stored certificate key under the newest encryption key."""
@@ -60,8 +72,17 @@ class EdgeStateStore:
     # --- changing the state -------------------------------------------------------------
 
     def change(self, routes: dict[str, RouteChange], config: EdgeConfig | None = None) -> bool:
-        """Apply these route changes (and the config, if given) in one commit; True if the
-        version moved. Reads the ``desired`` item and each changed route, never all routes."""
+        """Apply these route changes (and the config, if given); True if the version moved.
+        Reads the ``desired`` item and each changed route, never all routes. Up to ``CHUNK``
+        routes commit at once; more (a reconciliation) commit chunk by chunk."""
+        hostnames = sorted(routes)
+        moved = False
+        for start in range(0, max(len(hostnames), 1), CHUNK):
+            chunk = {hostname: routes[hostname] for hostname in hostnames[start:start + CHUNK]}
+            moved = self._change(chunk, config) or moved
+        return moved
+
+    def _change(self, routes: dict[str, RouteChange], config: EdgeConfig | None) -> bool:
         for attempt in range(COMMIT_ATTEMPTS):
             meta = self._settled(self.state.get("desired"))
             try:
@@ -76,7 +97,7 @@ class EdgeStateStore:
         pending: dict[str, dict[str, str] | None] = {}
         for hostname, new in sorted(routes.items()):
             old = self.routes.get(hostname)
-            old_ref = _ref(old) if old is not None else None
+            old_ref = _ref(old) if old is not None and not old.get("removed") else None
             new_ref = RouteRef(hostname, new[0], fingerprint(new[1])) if new else None
             if old_ref == new_ref:
                 continue
@@ -98,9 +119,11 @@ class EdgeStateStore:
             "name": "desired", "edge_version": version, "routes_digest": f"{digest:032x}",
             "config": config.to_json(), "revision": revision, "pending": pending,
             "published_at": time.time(),
+            "compacted_revision": meta.get("compacted_revision", 0) if meta else 0,
             "forced_version": meta.get("forced_version") if meta else None},
             expected_version=meta[VERSION] if meta else ABSENT)
         self._settled(committed)
+        self.watch.changed(version)
         log.info("edge state %s (revision %d): %d route changes", version, revision, len(pending))
         return True
 
@@ -122,14 +145,12 @@ class EdgeStateStore:
             existing = self.routes.get(hostname)
             if existing is not None and int(existing.get("revision") or 0) >= revision:
                 return  # a newer change already wrote it
+            item = {"hostname": hostname, "removed": True} if ref is None else dict(ref)
             try:
+                self.routes.put({**item, "feed": FEED, "revision": revision},
+                                expected_version=existing[VERSION] if existing else ABSENT)
                 if ref is None:
-                    if existing is not None:
-                        self.routes.delete(hostname, expected_version=existing[VERSION])
-                        self.certs.delete(hostname)
-                else:
-                    self.routes.put({**ref, "revision": revision},
-                                    expected_version=existing[VERSION] if existing else ABSENT)
+                    self.certs.delete(hostname)
                 return
             except ConflictError:
                 continue
@@ -139,14 +160,34 @@ class EdgeStateStore:
         operator's request) that reads every route item once; routine changes go through
         :meth:`change`. It also repairs the digest (a store from an earlier version has none).
         True if anything changed."""
-        stored = {item["hostname"]: _ref(item) for item in all_items(self.routes)}
+        items = all_items(self.routes)
+        stored = {item["hostname"]: _ref(item) for item in items if not item.get("removed")}
         self._repair_digest(routes_digest(stored.values()))
+        self._compact([item for item in items if item.get("removed")])
         changes: dict[str, RouteChange] = {hostname: None for hostname in stored
                                            if hostname not in {r.hostname for r in desired.routes}}
         for route in desired.routes:
             if stored.get(route.hostname) != route.ref:
                 changes[route.hostname] = (route.publication_id, route.pem)
         return self.change(changes, desired.config)
+
+    def _compact(self, tombstones: list[Item]) -> None:
+        """Drop tombstones, after recording that agents older than them need a snapshot."""
+        meta = self._settled(self.meta())
+        if not tombstones or meta is None:
+            return
+        newest = max(int(item["revision"]) for item in tombstones)
+        try:
+            self.state.put({**meta, "compacted_revision": max(
+                newest, int(meta.get("compacted_revision") or 0))},
+                expected_version=meta[VERSION])
+        except ConflictError:
+            return  # a change meanwhile; the next reconciliation compacts
+        for item in tombstones:
+            try:
+                self.routes.delete(item["hostname"], expected_version=item[VERSION])
+            except ConflictError:
+                continue  # routed again meanwhile
 
     def _repair_digest(self, digest: int) -> None:
         meta = self._settled(self.meta())
@@ -164,17 +205,41 @@ class EdgeStateStore:
     def meta(self) -> dict[str, Any] | None:
         return self.state.get("desired")
 
+    def current_version(self) -> str | None:
+        meta = self.meta()
+        return str(meta["edge_version"]) if meta else None
+
+    def changes_since(self, since: int) -> dict[str, Any] | None:
+        """The wire form as a delta: the routes written after revision ``since`` (removed ones
+        as ``{"hostname", "removed": true}``) and the config. None when ``since`` is older than
+        the last compaction or newer than the state: the caller sends a snapshot instead.
+        Reads the version item and the changed routes only."""
+        meta = self._settled(self.meta())
+        if meta is None or not int(meta.get("compacted_revision") or 0) <= since \
+                <= int(meta["revision"]):
+            return None
+        changed = every(lambda cursor: self.routes.query_range(
+            "feed", FEED, lower=since + 0.5, upper=meta["revision"], limit=500, cursor=cursor))
+        return {"version": meta["edge_version"], "revision": int(meta["revision"]),
+                "delta": True, "since": since,
+                "changes": [{"hostname": item["hostname"], "removed": True}
+                            if item.get("removed") else vars(_ref(item)) for item in changed],
+                **(meta.get("config") or {}),
+                "force": meta.get("forced_version") == meta["edge_version"]}
+
     def load(self) -> dict[str, Any] | None:
-        """The wire form (no keys). One read when the version has not moved; the route items
-        are read again only when it has (once per change per replica)."""
+        """The wire form (no keys) as a full snapshot. One read when the version has not moved;
+        the route items are read again only when it has (once per change per replica)."""
         meta = self._settled(self.meta())
         if meta is None:
             return None
         with self._lock:
             if self._cache is None or self._cache["version"] != meta["edge_version"]:
-                refs = [_ref(item) for item in all_items(self.routes)]
+                refs = [_ref(item) for item in all_items(self.routes)
+                        if not item.get("removed")]
                 config = EdgeConfig.from_json(meta.get("config") or {})
                 summary = {"version": state_version(routes_digest(refs), config),
+                           "revision": int(meta["revision"]),
                            "routes": [vars(r) for r in sorted(refs, key=lambda r: r.hostname)],
                            **config.to_json()}
                 if summary["version"] != meta["edge_version"]:

@@ -70,6 +70,8 @@ class Settings:
     edge_https_port: int = 8443
     edge_stats_port: int = 8404
     worker_interval: float = 2.0
+    edge_watch_seconds: float = 5.0
+    """How long an agent's request waits for the next state (a long poll; 0: plain polls)."""
     worker_id: str = ""
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 3600.0
@@ -162,6 +164,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "edge_https_port": parse.port,
     "edge_stats_port": parse.integer,
     "worker_interval": parse.number,
+    "edge_watch_seconds": parse.number,
     "worker_id": parse.text,
     "retry_base_seconds": parse.number,
     "retry_max_seconds": parse.number,

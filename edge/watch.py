@@ -1,0 +1,62 @@
+"""Long polls for the edge state: agents wait for the next version instead of polling.
+
+One thread per process reads the state's version item while anyone waits (``interval``
+seconds apart, whatever the number of agents), so a change made by another control replica
+reaches waiting agents within ``interval``; a change made here wakes them at once. Nobody
+waiting: no reads at all.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+
+class VersionWatch:
+    def __init__(self, read_version: Callable[[], str | None], interval: float = 0.5) -> None:
+        self._read = read_version
+        self._interval = interval
+        self._condition = threading.Condition()
+        self._version: str | None = None
+        self._waiting = 0
+        self._poller: threading.Thread | None = None
+
+    def changed(self, version: str) -> None:
+        """This process committed ``version``: wake the agents waiting on an older one."""
+        with self._condition:
+            self._version = version
+            self._condition.notify_all()
+
+    def wait(self, have: str, timeout: float) -> None:
+        """Return once the version is not ``have`` any more, or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            self._waiting += 1
+            if self._poller is None or not self._poller.is_alive():
+                self._version = None  # unknown until the poller's first read
+                self._poller = threading.Thread(target=self._poll, name="edge-watch",
+                                                daemon=True)
+                self._poller.start()
+            try:
+                while self._version in (None, have) and time.monotonic() < deadline:
+                    self._condition.wait(min(deadline - time.monotonic(), self._interval))
+            finally:
+                self._waiting -= 1
+
+    def _poll(self) -> None:
+        while True:
+            with self._condition:
+                if self._waiting == 0:
+                    self._poller = None
+                    return
+            try:
+                version = self._read()
+            except Exception:  # the store is down: waiting agents time out and ask again
+                log.warning("reading the edge state version failed", exc_info=True)
+                version = None
+            if version is not None:
+                self.changed(version)
+            time.sleep(self._interval)

@@ -1,0 +1,126 @@
+"""The edge state over HTTP as agents see it: deltas since a revision (tombstones for removed
+routes, a snapshot after compaction) and long polls woken by a change here or on another
+control replica."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+from admin_app import create_app
+from control.wiring import Services
+from edge.agent import EdgeAgent
+from edge.node import EdgeNode
+from kit.procs import free_port
+from kit.settings import Settings
+from kit.x509 import self_signed
+from tests.conftest import serving
+
+EDGE = {"Authorization": "Bearer edge-token-0123456789"}
+
+
+@pytest.fixture
+def control(settings: Settings) -> Iterator[tuple[Services, str]]:
+    services = Services.from_settings(settings)
+    with serving(create_app(services)) as url:
+        yield services, url
+    services.close()
+
+
+def route(services: Services, hostname: str, publication: str | None) -> None:
+    services.edge_state.change({hostname: (publication, self_signed(hostname)[1])
+                                if publication else None}, services.publisher.config())
+
+
+def state(url: str, **params: Any) -> requests.Response:
+    return requests.get(f"{url}/api/v1/edge/state", params=params, headers=EDGE, timeout=40)
+
+
+def test_an_agent_gets_only_the_routes_changed_since_its_revision(
+        control: tuple[Services, str]) -> None:
+    services, url = control
+    for n in range(30):
+        route(services, f"h{n}.example.test", "pub_1")
+    snapshot = state(url).json()
+    assert len(snapshot["routes"]) == 30 and "delta" not in snapshot
+    route(services, "h3.example.test", "pub_2")
+    route(services, "h4.example.test", None)
+    delta = state(url, since=snapshot["revision"]).json()
+    assert delta["delta"] is True and delta["revision"] == snapshot["revision"] + 2
+    assert sorted((c["hostname"], c.get("publication_id"), c.get("removed"))
+                  for c in delta["changes"]) == [("h3.example.test", "pub_2", None),
+                                                 ("h4.example.test", None, True)]
+    assert state(url, since=delta["revision"]).json()["changes"] == []
+    route(services, "h4.example.test", "pub_4")  # back on the edge, over its tombstone
+    again = state(url, since=delta["revision"]).json()
+    assert [(c["hostname"], c["publication_id"]) for c in again["changes"]] == [
+        ("h4.example.test", "pub_4")]
+    route(services, "h4.example.test", None)
+    # A reconciliation drops the tombstones: an agent from before it gets a snapshot.
+    services.lifecycle.publish_routes()
+    after = state(url, since=snapshot["revision"]).json()
+    assert "delta" not in after and "h4.example.test" not in {r["hostname"]
+                                                                for r in after["routes"]}
+    assert services.edge_state.routes.get("h4.example.test") is None, "tombstone dropped"
+    route(services, "h4.example.test", "pub_4")
+    assert "h4.example.test" in {r["hostname"] for r in state(url).json()["routes"]}
+    assert state(url, since="nope").status_code == 400
+
+
+def test_an_agent_applies_deltas_to_a_real_node(control: tuple[Services, str],
+                                                tmp_path: Path) -> None:
+    services, url = control
+    node = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
+    agent = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1", watch=0.2)
+    try:
+        for n in range(3):
+            route(services, f"h{n}.example.test", "pub_1")
+        assert agent.sync()
+        route(services, "h1.example.test", None)
+        route(services, "h9.example.test", "pub_9")
+        assert agent.sync()
+        assert agent._revision == services.edge_state.meta()["revision"]  # type: ignore[index]
+        assert sorted(node.existing_routes()) == ["h0.example.test", "h2.example.test",
+                                                  "h9.example.test"]
+        assert node.applied_version == services.edge_state.current_version()
+        assert not agent.sync(), "unchanged: a 304 after the long poll's wait"
+    finally:
+        node.stop()
+
+
+def _long_poll(url: str, have: str, out: list[requests.Response]) -> threading.Thread:
+    thread = threading.Thread(target=lambda: out.append(state(url, have=have, wait=30)),
+                              daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_long_poll_wakes_on_a_change_here_and_on_another_replica(
+        control: tuple[Services, str], settings: Settings) -> None:
+    services, url = control
+    route(services, "a.example.test", "pub_1")
+    first = services.edge_state.current_version()
+    assert first is not None
+    out: list[requests.Response] = []
+    waiting = _long_poll(url, first, out)
+    waiting.join(0.5)
+    assert waiting.is_alive(), "nothing changed: the request waits"
+    route(services, "b.example.test", "pub_1")
+    waiting.join(10)  # far below the 30 s the request may wait: it was woken
+    assert not waiting.is_alive() and out[0].status_code == 200
+    second = out[0].json()["version"]
+    assert second != first
+
+    other = Services.from_settings(settings)  # a second replica on the same store
+    try:
+        waiting = _long_poll(url, second, out)
+        waiting.join(0.5)
+        route(other, "c.example.test", "pub_1")
+        waiting.join(10)
+        assert not waiting.is_alive() and out[1].status_code == 200
+        assert "c.example.test" in {r["hostname"] for r in out[1].json()["routes"]}
+    finally:
+        other.close()
