@@ -164,8 +164,9 @@ class EdgeStateStore:
         stored = {item["hostname"]: _ref(item) for item in items if not item.get("removed")}
         self._repair_digest(routes_digest(stored.values()))
         self._compact([item for item in items if item.get("removed")])
+        wanted = {route.hostname for route in desired.routes}
         changes: dict[str, RouteChange] = {hostname: None for hostname in stored
-                                           if hostname not in {r.hostname for r in desired.routes}}
+                                           if hostname not in wanted}
         for route in desired.routes:
             if stored.get(route.hostname) != route.ref:
                 changes[route.hostname] = (route.publication_id, route.pem)
