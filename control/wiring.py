@@ -22,7 +22,7 @@ from domains.service import DOMAINS, EVENTS, DomainService
 from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.render import map_safe
 from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
-from edge.state import DesiredState, EdgeConfig, Redirect, Route
+from edge.state import EdgeConfig, Redirect
 from edge.state_store import (EDGE_CERTS, EDGE_NODES, EDGE_ROUTES, EDGE_STATE, EDGE_VISIT_REPORTS,
                               EdgeStateStore)
 from kit.platform import Platform
@@ -106,22 +106,16 @@ class EdgePublisher:
     def publish(self, routes: dict[str, str]) -> None:
         """Make the edge serve exactly ``routes`` and the platform's hosts (a reconciliation:
         reads every certificate; at start and on request, never on a timer)."""
-        entries = []
         routes = {**routes, **{host: PLATFORM_PUBLICATION for host in self.platform_hosts}}
-        for hostname, publication_id in sorted(routes.items()):
+
+        def pem_of(hostname: str) -> str | None:
             cert = self._certificates.get(hostname)
-            if cert is None:
-                if publication_id == PLATFORM_PUBLICATION:
-                    continue  # not issued yet: PlatformCertificates is on it
+            if cert is None and routes[hostname] != PLATFORM_PUBLICATION:  # else not issued yet
                 log.error("active domain %s has no certificate; not routed", hostname)
-                continue
-            entries.append(Route(hostname, publication_id, cert.combined_pem))
-        config = self.config()
-        desired = DesiredState(tuple(entries), config.app_servers, config.control_servers,
-                               config.redirects, config.sso_keys, config.short_domains,
-                               config.shortlink_servers)
-        if self._state.save(desired):
-            log.info("edge state %s published with %d routes", desired.version, len(entries))
+            return cert.combined_pem if cert is not None else None
+
+        if self._state.reconcile(routes, pem_of, self.config()):
+            log.info("edge state reconciled with %d routes", len(routes))
 
 
 class DomainEvents:

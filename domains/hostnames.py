@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import re
 from typing import Iterable
 
 import idna

@@ -304,7 +304,7 @@ class Lifecycle:
         for attempt in range(3):
             try:
                 self.edge.publish({d["hostname"]: d["publication_id"]
-                                   for d in self.domains.with_status(ACTIVE)})
+                                   for d in self.domains.each_with_status(ACTIVE)})
                 return
             except ConflictError:  # another replica published meanwhile: read again
                 if attempt == 2:

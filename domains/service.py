@@ -6,7 +6,7 @@ import itertools
 import secrets
 import time
 import uuid
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from domains.automation import RecordAutomation
 from domains.counts import StatusCounts
@@ -191,8 +191,12 @@ class DomainService:
         return self.domains.query("publication_id", text.strip(), limit=limit).items
 
     def with_status(self, status: str, limit: int = 100) -> list[Item]:
-        return list(every(lambda cursor: self.domains.query("status", status, limit=limit,
-                                                             cursor=cursor)))
+        return list(self.each_with_status(status, limit))
+
+    def each_with_status(self, status: str, limit: int = 100) -> Iterator[Item]:
+        """Every domain of ``status``, a page at a time (memory stays one page)."""
+        return every(lambda cursor: self.domains.query("status", status, limit=limit,
+                                                        cursor=cursor))
 
     def remove(self, hostname: object, actor: str = "api") -> Item:
         domain = self.get(hostname)

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, RouteRef, fingerprint,
                         route_hash, routes_digest, state_version)
@@ -156,21 +156,37 @@ class EdgeStateStore:
                 continue
 
     def save(self, desired: DesiredState) -> bool:
-        """Make the stored state exactly ``desired``: a reconciliation (at start, or on an
-        operator's request) that reads every route item once; routine changes go through
-        :meth:`change`. It also repairs the digest (a store from an earlier version has none).
-        True if anything changed."""
-        items = all_items(self.routes)
-        stored = {item["hostname"]: _ref(item) for item in items if not item.get("removed")}
+        """Make the stored state exactly ``desired`` (see :meth:`reconcile`)."""
+        pems = {route.hostname: route.pem for route in desired.routes}
+        return self.reconcile({r.hostname: r.publication_id for r in desired.routes},
+                              pems.get, desired.config)
+
+    def reconcile(self, routes: dict[str, str], pem_of: Callable[[str], str | None],
+                  config: EdgeConfig) -> bool:
+        """Make the stored state exactly ``routes`` (hostname -> publication id; a route whose
+        ``pem_of`` is None is left out), at start or on an operator's request: reads every
+        route item once, keeps only the changed routes' PEMs in memory, repairs the digest (a
+        store from an earlier version has none) and drops tombstones. Routine changes go
+        through :meth:`change`. True if anything changed."""
+        stored: dict[str, RouteRef] = {}
+        tombstones = []
+        for item in every(lambda cursor: self.routes.scan(limit=500, cursor=cursor)):
+            if item.get("removed"):
+                tombstones.append(item)
+            else:
+                stored[item["hostname"]] = _ref(item)
         self._repair_digest(routes_digest(stored.values()))
-        self._compact([item for item in items if item.get("removed")])
-        wanted = {route.hostname for route in desired.routes}
+        self._compact(tombstones)
         changes: dict[str, RouteChange] = {hostname: None for hostname in stored
-                                           if hostname not in wanted}
-        for route in desired.routes:
-            if stored.get(route.hostname) != route.ref:
-                changes[route.hostname] = (route.publication_id, route.pem)
-        return self.change(changes, desired.config)
+                                           if hostname not in routes}
+        for hostname, publication_id in routes.items():
+            pem = pem_of(hostname)
+            if pem is None:
+                if hostname in stored:
+                    changes[hostname] = None
+            elif stored.get(hostname) != RouteRef(hostname, publication_id, fingerprint(pem)):
+                changes[hostname] = (publication_id, pem)
+        return self.change(changes, config)
 
     def _compact(self, tombstones: list[Item]) -> None:
         """Drop tombstones, after recording that agents older than them need a snapshot."""
@@ -236,7 +252,8 @@ class EdgeStateStore:
             return None
         with self._lock:
             if self._cache is None or self._cache["version"] != meta["edge_version"]:
-                refs = [_ref(item) for item in all_items(self.routes)
+                refs = [_ref(item) for item in every(
+                    lambda cursor: self.routes.scan(limit=500, cursor=cursor))
                         if not item.get("removed")]
                 config = EdgeConfig.from_json(meta.get("config") or {})
                 summary = {"version": state_version(routes_digest(refs), config),

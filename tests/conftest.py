@@ -14,6 +14,8 @@ import pytest
 from cryptography.fernet import Fernet
 from werkzeug.serving import make_server
 
+from admin_app import create_app
+from control.wiring import Services
 from devtools.pebble import PebbleStack
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.settings import Settings, load_settings
@@ -136,3 +138,12 @@ def browser() -> Iterator[object]:
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.fixture
+def control(settings: Settings) -> Iterator[tuple[Services, str]]:
+    """The control service's app over real HTTP on a free port: (its services, its URL)."""
+    services = Services.from_settings(settings)
+    with serving(create_app(services)) as url:
+        yield services, url
+    services.close()

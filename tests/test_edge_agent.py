@@ -9,7 +9,6 @@ from typing import Iterator
 import pytest
 import requests
 
-from admin_app import create_app
 from control.wiring import Services
 from devtools.probe import https_get
 from devtools.sample_app import SampleApp
@@ -21,17 +20,8 @@ from edge.state import DesiredState, Route
 from kit.procs import free_port
 from kit.settings import Settings
 from kit.x509 import self_signed
-from tests.conftest import serving
 
 API = {"Authorization": "Bearer test-token-0123456789"}
-
-
-@pytest.fixture
-def control(settings: Settings) -> Iterator[tuple[Services, str]]:
-    services = Services.from_settings(settings)
-    with serving(create_app(services)) as url:
-        yield services, url
-    services.close()
 
 
 @pytest.fixture

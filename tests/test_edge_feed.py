@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import pytest
 import requests
 
-from admin_app import create_app
 from control.wiring import Services
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
 from kit.procs import free_port
 from kit.settings import Settings
 from kit.x509 import self_signed
-from tests.conftest import serving
 
 EDGE = {"Authorization": "Bearer edge-token-0123456789"}
-
-
-@pytest.fixture
-def control(settings: Settings) -> Iterator[tuple[Services, str]]:
-    services = Services.from_settings(settings)
-    with serving(create_app(services)) as url:
-        yield services, url
-    services.close()
 
 
 def route(services: Services, hostname: str, publication: str | None) -> None:

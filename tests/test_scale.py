@@ -7,7 +7,6 @@ import dataclasses
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Iterator
 
 import pytest

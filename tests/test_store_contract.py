@@ -21,15 +21,20 @@ OLD_SPEC = TableSpec("things", key="id", indexes=("owner", "status"))
 """The same table as an earlier version defined it, before its range index."""
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+def _opened(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """SQLite, or DynamoDB on the server named by the parameter (dynalite or moto_server)."""
     if request.param == "sqlite":
         opened: Backend = SqliteBackend(str(tmp_path / "store.db"))
     else:
-        opened = DynamoBackend(dynamo_client(request.getfixturevalue("dynalite")),
+        opened = DynamoBackend(dynamo_client(request.getfixturevalue(request.param)),
                                prefix=f"t{uuid.uuid4().hex[:8]}_")
     yield opened
     opened.close()
+
+
+@pytest.fixture(params=["sqlite", "dynalite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from _opened(request, tmp_path)
 
 
 @pytest.fixture
@@ -194,17 +199,11 @@ def test_range_query_follows_updates_deletes_and_expiry(table: Table) -> None:
     assert _due(table, "active") == []
 
 
-@pytest.fixture(params=["sqlite", "moto"])
+@pytest.fixture(params=["sqlite", "moto_server"])
 def upgraded(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """A backend that can add an index to an existing table (dynalite ignores UpdateTable's
     index creation; real DynamoDB and moto_server do it)."""
-    if request.param == "sqlite":
-        opened: Backend = SqliteBackend(str(tmp_path / "store.db"))
-    else:
-        opened = DynamoBackend(dynamo_client(request.getfixturevalue("moto_server")),
-                               prefix=f"t{uuid.uuid4().hex[:8]}_")
-    yield opened
-    opened.close()
+    yield from _opened(request, tmp_path)
 
 
 def test_a_table_from_before_its_range_index_is_migrated_on_open(upgraded: Backend) -> None:
