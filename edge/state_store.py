@@ -179,6 +179,7 @@ class EdgeStateStore:
         self._compact(tombstones)
         changes: dict[str, RouteChange] = {hostname: None for hostname in stored
                                            if hostname not in routes}
+        moved = False
         for hostname, publication_id in routes.items():
             pem = pem_of(hostname)
             if pem is None:
@@ -186,7 +187,10 @@ class EdgeStateStore:
                     changes[hostname] = None
             elif stored.get(hostname) != RouteRef(hostname, publication_id, fingerprint(pem)):
                 changes[hostname] = (publication_id, pem)
-        return self.change(changes, config)
+            if len(changes) >= CHUNK:  # commit as it goes: at most a chunk of PEMs in memory
+                moved = self.change(changes, config) or moved
+                changes = {}
+        return self.change(changes, config) or moved
 
     def _compact(self, tombstones: list[Item]) -> None:
         """Drop tombstones, after recording that agents older than them need a snapshot."""
