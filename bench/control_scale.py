@@ -12,6 +12,7 @@ steady_round_ms=<x> connect_to_state_ms=<y> rss_mb=<z> store_requests_per_idle_r
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -75,6 +76,8 @@ def main() -> None:
                 str(ROOT / "node_modules" / ".bin" / "dynalite"), "--host", "127.0.0.1",
                 "--port", str(port), "--path", f"{tmp}/dynalite"], Path(tmp) / "dynalite.log")
             wait_for_port(port, process=dynalite)
+            os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")  # dynalite checks none
+            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
             overrides = {"storage_backend": "dynamodb",
                          "dynamodb_endpoint_url": f"http://127.0.0.1:{port}"}
         try:

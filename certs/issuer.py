@@ -188,15 +188,34 @@ class AcmeIssuer:
         if order is None:
             key = generate_key(self._key_type)
             csr = make_csr(key, hostnames)
-            self._orders.begin(hostnames, key_to_pem(key), csr)  # before the CA hears of it
-            replaces = self._replaces(acme, hostnames)
-            if replaces:
-                order = self._new_order_replacing(acme, hostnames, csr, replaces)
-            else:
-                order = acme.new_order(csr, profile=self._profile(acme, hostnames))
-            self._orders.ordered(hostnames, order.uri)
             if self._budget is not None:
-                self._budget.ordered()
+                self._budget.reserve(hostnames)  # exact across replicas, before the CA counts
+            self._orders.begin(hostnames, key_to_pem(key), csr)  # before the CA hears of it
+            try:
+                replaces = self._replaces(acme, hostnames)
+                if replaces:
+                    order = self._new_order_replacing(acme, hostnames, csr, replaces)
+                else:
+                    order = acme.new_order(csr, profile=self._profile(acme, hostnames))
+            except Exception:
+                if self._budget is not None:
+                    self._budget.not_issued(hostnames)
+                raise
+            self._orders.ordered(hostnames, order.uri)
+        try:
+            order = self._complete(acme, order, hostnames)
+        except Exception:
+            if self._budget is not None:
+                self._budget.not_issued(hostnames)
+            raise
+        self._certificates.save(hostnames, order.fullchain_pem, key_to_pem(key),
+                                ca=self.directory_url)
+        self._orders.done(hostnames)
+        log.info("certificate issued for %s", ", ".join(hostnames))
+
+    def _complete(self, acme: client.ClientV2, order: messages.OrderResource,
+                  hostnames: list[str]) -> messages.OrderResource:
+        """Answer the order's challenges, wait for them and finalize it."""
         cleanups: list[Callable[[], None]] = []
         try:
             for authz in order.authorizations:
@@ -209,12 +228,7 @@ class AcmeIssuer:
         finally:
             for cleanup in cleanups:
                 cleanup()
-        self._certificates.save(hostnames, order.fullchain_pem, key_to_pem(key),
-                                ca=self.directory_url)
-        self._orders.done(hostnames)
-        if self._budget is not None:
-            self._budget.issued(hostnames)
-        log.info("certificate issued for %s", ", ".join(hostnames))
+        return order
 
     def _replaces(self, acme: client.ClientV2, hostnames: list[str]) -> str | None:
         """The ARI certID of the certificate this order renews, when the CA speaks ARI."""

@@ -1,9 +1,12 @@
 """Our own count of what the CA would rate-limit, so we stop before it stops us.
 
 Let's Encrypt's published limits: 300 new orders per account per 3 hours, 50 certificates per
-registered domain per 7 days, 5 failed validations per identifier per hour. Counts live in
-fixed hourly buckets (atomic counters, so every replica shares them); a window is the sum of
-its buckets, a close and slightly conservative stand-in for the CA's sliding windows.
+registered domain per 7 days, 5 failed validations per identifier per hour. Each limit counts in
+fixed windows of its length, one item per window. A slot is taken with a conditional write
+(compare-and-set on the item's version), so replicas racing for the last slot cannot both get it,
+and only while the current and the previous window together are under the limit: any sliding
+window of that length lies inside those two, so the CA's own count can never be crossed. A check
+costs two reads and a write, whatever the window's length.
 """
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ from typing import Callable
 from publicsuffixlist import PublicSuffixList
 
 from certs.errors import CertsError
-from store import Table, TableSpec
+from store import ABSENT, VERSION, ConflictError, Item, Table, TableSpec
 
 BUDGETS = TableSpec("acme_budgets", key="key")
 HOUR = 3600
+ORDERS, CERTS, FAILURES = "orders", "certs", "failures"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,41 +46,84 @@ class RateBudget:
         self._limits = limits
         self._clock = clock
         self._psl = PublicSuffixList()
-
-    def _bucket(self, kind: str, subject: str, hours_ago: int = 0) -> str:
-        hour = int(self._clock() // HOUR) - hours_ago
-        return f"{kind}|{subject}|{hour}"
-
-    def _count(self, kind: str, subject: str, hours: int) -> int:
-        return sum(self._table.increment(self._bucket(kind, subject, n), "n", 0)
-                   for n in range(hours))
+        self._rules = {ORDERS: (limits.orders_per_account_3h, 3 * HOUR, "orders in 3 hours"),
+                       CERTS: (limits.certs_per_domain_7d, 7 * 24 * HOUR, "certificates in 7 days"),
+                       FAILURES: (limits.failures_per_name_1h, HOUR,
+                                  "failed validations in the last hour")}
 
     def _registered(self, hostname: str) -> str:
         name = hostname.lstrip("*.")
         return self._psl.privatesuffix(name) or name
 
+    def _window(self, kind: str) -> tuple[int, int]:
+        _, length, _ = self._rules[kind]
+        return int(self._clock() // length), length
+
+    def _used(self, kind: str, subject: str) -> tuple[int, Item | None]:
+        """(slots used in this and the previous window, this window's item)."""
+        window, _ = self._window(kind)
+        current = self._table.get(f"{kind}|{subject}|{window}")
+        previous = self._table.get(f"{kind}|{subject}|{window - 1}")
+        used = sum(int(item["n"]) for item in (current, previous) if item is not None)
+        return used, current
+
+    def _refuse(self, kind: str, subject: str) -> BudgetExceeded:
+        limit, length, what = self._rules[kind]
+        window, _ = self._window(kind)
+        # The previous window stops counting once the next one starts.
+        return BudgetExceeded(f"{limit} {what} for {subject}", (window + 1) * length)
+
+    def _take(self, kind: str, subject: str, amount: int = 1) -> None:
+        """Take (or, with a negative amount, give back) a slot, exactly under concurrency."""
+        limit = self._rules[kind][0]
+        window, length = self._window(kind)
+        key = f"{kind}|{subject}|{window}"
+        while True:
+            used, current = self._used(kind, subject)
+            if amount > 0 and used + amount > limit:
+                raise self._refuse(kind, subject)
+            n = max(0, int(current["n"]) + amount) if current else max(0, amount)
+            try:
+                self._table.put({"key": key, "n": n, "expires_at": (window + 3) * length},
+                                expected_version=current[VERSION] if current else ABSENT)
+                return
+            except ConflictError:
+                continue  # another replica took a slot meanwhile: count again
+
     def check(self, hostnames: list[str]) -> None:
-        """Raise BudgetExceeded if a new order for ``hostnames`` would cross a limit."""
-        next_hour = (int(self._clock() // HOUR) + 1) * HOUR
-        if self._count("orders", self._account, 3) >= self._limits.orders_per_account_3h:
-            raise BudgetExceeded(f"{self._limits.orders_per_account_3h} orders in 3 hours "
-                                 "for this ACME account", next_hour)
-        for domain in {self._registered(h) for h in hostnames}:
-            if self._count("certs", domain, 7 * 24) >= self._limits.certs_per_domain_7d:
-                raise BudgetExceeded(f"{self._limits.certs_per_domain_7d} certificates in 7 "
-                                     f"days for {domain}", next_hour)
+        """Raise BudgetExceeded if these names failed validation too often lately (read only:
+        failures are counted as they happen)."""
         for name in hostnames:
-            if self._count("failures", name, 1) >= self._limits.failures_per_name_1h:
-                raise BudgetExceeded(f"{self._limits.failures_per_name_1h} failed validations "
-                                     f"in the last hour for {name}", next_hour)
+            used, _ = self._used(FAILURES, name)
+            if used >= self._rules[FAILURES][0]:
+                raise self._refuse(FAILURES, name)
 
-    def ordered(self) -> None:
-        self._table.increment(self._bucket("orders", self._account), "n")
+    def reserve(self, hostnames: list[str]) -> None:
+        """Take an order slot for the account and a certificate slot for each registered
+        domain before a new order, or raise BudgetExceeded (then nothing is taken)."""
+        self._take(ORDERS, self._account)
+        taken: list[str] = []
+        try:
+            for domain in sorted({self._registered(h) for h in hostnames}):
+                self._take(CERTS, domain)
+                taken.append(domain)
+        except BudgetExceeded:
+            self._take(ORDERS, self._account, -1)
+            self._give_back(taken)
+            raise
 
-    def issued(self, hostnames: list[str]) -> None:
-        for domain in {self._registered(h) for h in hostnames}:
-            self._table.increment(self._bucket("certs", domain), "n")
+    def _give_back(self, domains: list[str]) -> None:
+        for domain in domains:
+            self._take(CERTS, domain, -1)
+
+    def not_issued(self, hostnames: list[str]) -> None:
+        """The order failed: its certificate slots are free again (the CA counts issued
+        certificates; the order slot stays taken, as the CA counts new orders)."""
+        self._give_back(sorted({self._registered(h) for h in hostnames}))
 
     def failed_validation(self, hostnames: list[str]) -> None:
         for name in hostnames:
-            self._table.increment(self._bucket("failures", name), "n")
+            try:
+                self._take(FAILURES, name)
+            except BudgetExceeded:
+                pass  # already at the limit: check() refuses the next order anyway

@@ -24,10 +24,11 @@ from control.worker import PlatformCertificates, start_worker
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
 from edge.plan import UnsafePlan
+from kit.backoff import jittered_backoff
 from kit.settings import CONTROL_SERVICE, EDGE_AGENT, Settings, SettingsError, load_settings
 from shortlinks.bulk import run_import
 from shortlinks.serve import SERVERS, serve as serve_links
-from store import open_backend
+from store import StoreError, open_backend
 
 log = logging.getLogger("edgectl")
 Run = Callable[[argparse.Namespace, Settings], int]
@@ -75,16 +76,40 @@ def _services(settings: Settings) -> Iterator[Services]:
         services.close()
 
 
+def _when_the_store_answers(settings: Settings, stop: threading.Event) -> Services | None:
+    """Services built from settings, once the store answers (a replica started during a store
+    outage waits for it instead of exiting), reconciled with the edge; None if stopped first."""
+    failures = 0
+    while not stop.is_set():
+        services = None
+        try:
+            services = Services.from_settings(settings)
+            services.lifecycle.publish_routes()  # reconcile once at start; then changes only
+            if failures:
+                log.warning("the store answers; starting")
+            return services
+        except StoreError as exc:
+            if services is not None:
+                services.close()
+            failures += 1
+            if failures == 1:
+                log.error("the store does not answer (%s); waiting for it", exc)
+            stop.wait(jittered_backoff(failures, 1.0, 30.0))
+    return None
+
+
 @command("serve", "run the control service and its worker")
 def serve(args: argparse.Namespace, settings: Settings) -> int:
-    with _services(settings) as services:
+    stop = _stop_on_signals()
+    services = _when_the_store_answers(settings, stop)
+    if services is None:
+        return 0
+    try:
         server = make_server(settings.listen_host, settings.listen_port, create_app(services),
                              threaded=True)
-        stop = _stop_on_signals()
         platform = PlatformCertificates(services.publisher.platform_hosts, services.issuer,
                                         services.certificates, services.publisher,
                                         settings.retry_base_seconds)
-        services.lifecycle.publish_routes()  # reconcile once at start; then changes only
         worker = start_worker([services.lifecycle.tick, platform.tick],
                               settings.worker_interval, stop)
         if services.webhooks.enabled:
@@ -94,6 +119,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         stop.wait()
         server.shutdown()
         worker.join(timeout=30)
+    finally:
+        services.close()
     return 0
 
 
@@ -166,7 +193,7 @@ def agent(args: argparse.Namespace, settings: Settings) -> int:
     node = _node(settings)
     stop = _stop_on_signals()
     try:
-        EdgeAgent(node, settings.control_address, settings.edge_token, args.node_id,
+        EdgeAgent(node, settings.control_urls, settings.edge_token, args.node_id,
                   watch=settings.edge_watch_seconds).run(settings.worker_interval, stop)
     finally:
         node.stop()
@@ -177,7 +204,7 @@ def agent(args: argparse.Namespace, settings: Settings) -> int:
 def plan(args: argparse.Namespace, settings: Settings) -> int:
     """Print what the local node would change to reach the control service's desired state."""
     node = _node(settings)
-    desired = EdgeAgent(node, settings.control_address, settings.edge_token).fetch()
+    desired = EdgeAgent(node, settings.control_urls, settings.edge_token).fetch()
     if desired is None:
         print("the control service has published no edge state yet")
         return 1

@@ -192,7 +192,6 @@ class Services:
         edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
                                     backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault,
                                     backend.table(EDGE_VISIT_REPORTS))
-        control_server = f"{settings.listen_host}:{settings.listen_port}"
         links = LinkService(backend.table(LINKS), settings.short_domains,
                             changes=backend.table(LINK_CHANGES), domain_owner=domains.owner)
         resolver = Resolver(links.table, changes=links.changes)
@@ -201,7 +200,7 @@ class Services:
         shortlink_servers = settings.shortlink_servers or [
             f"{settings.listen_host}:{settings.shortlinks_port}"]
         publisher = EdgePublisher(edge_state, certificates, settings.app_servers,
-                                  [control_server], links, settings.hot_links, sso_keys=sso_keys,
+                                  settings.edge_control_servers, links, settings.hot_links, sso_keys=sso_keys,
                                   platform_hosts=(platform_host,) if platform_host else (),
                                   short_domains=tuple(d.lower() for d in settings.short_domains),
                                   shortlink_servers=tuple(shortlink_servers))

@@ -9,6 +9,7 @@ from typing import Callable
 from certs.chain import IssuerChain
 from certs.store import CertificateStore
 from control.wiring import PLATFORM_PUBLICATION, EdgePublisher
+from store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,22 @@ class PlatformCertificates:
 
 
 def run_worker(steps: list[Callable[[], None]], interval: float, stop: threading.Event) -> None:
+    """Run ``steps`` every ``interval`` seconds until ``stop``. A store outage is logged when
+    it starts and when it ends, not every round; other failures with their traceback."""
+    store_down = False
     while not stop.is_set():
         for step in steps:
             try:
                 step()
+                if store_down:
+                    log.warning("the store answers again; the worker goes on")
+                    store_down = False
+            except StoreError as exc:
+                if not store_down:
+                    log.error("the store does not answer (%s); the worker retries every "
+                              "round and says when it answers again", exc)
+                store_down = True
+                break
             except Exception:  # a bad round must not kill the loop; the next one retries
                 log.exception("worker round failed")
         stop.wait(interval)

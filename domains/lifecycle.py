@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 from domains.dnscheck import DnsCheck, DnsChecker
 from domains.service import (ACTIVE, ISSUING, PENDING_DNS, SUSPENDED, VERIFIED,
                              DomainService)
-from store import ConflictError, Item
+from store import ConflictError, Item, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,8 @@ class Lifecycle:
         try:
             self.edge.refresh()
             self._retry_unpublished()
+        except StoreError:
+            raise  # the store is down: nothing else in this round can work either
         except Exception:  # the domains must still move forward; the next round retries
             log.exception("publishing the edge state failed")
         self._each(self.verify, self.domains.due(PENDING_DNS))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from typing import Any, Sequence
 from urllib.parse import quote
 
 import requests
@@ -19,6 +20,7 @@ from edge.errors import EdgeError
 from edge.node import EdgeNode
 from edge.state import DesiredState, Redirect, Route, fingerprint
 from edge.visits import HotVisitMeter
+from kit.backoff import jittered_backoff
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +29,17 @@ class StateUnavailable(EdgeError):
     """The control service's answer could not be turned into a state to apply."""
 
 
+MAX_BACKOFF = 30.0
+
+
 class EdgeAgent:
-    def __init__(self, node: EdgeNode, control_url: str, token: str,
+    def __init__(self, node: EdgeNode, control_url: str | Sequence[str], token: str,
                  node_id: str | None = None, session: requests.Session | None = None,
                  watch: float = 0.0) -> None:
         self.node = node
-        self._url = control_url.rstrip("/")
+        urls = [control_url] if isinstance(control_url, str) else list(control_url)
+        self._urls = [url.rstrip("/") for url in urls]
+        """Every control replica; requests go to the first that answers, and stay there."""
         self._session = session or requests.Session()
         self._session.headers["Authorization"] = f"Bearer {token}"
         self.node_id = node_id or socket.gethostname()
@@ -51,8 +58,8 @@ class EdgeAgent:
             params.update(have=have, wait=self.watch)
         if self._routes is not None and self._revision is not None:
             params["since"] = self._revision
-        response = self._session.get(f"{self._url}/api/v1/edge/state", params=params,
-                                     timeout=30 + self.watch)
+        response = self._request("GET", "/api/v1/edge/state", params=params,
+                                 timeout=30 + self.watch)
         if response.status_code in (304, 404):
             return None
         response.raise_for_status()
@@ -89,14 +96,29 @@ class EdgeAgent:
         return desired
 
     def _download(self, hostname: str, cert_sha256: str) -> str:
-        response = self._session.get(f"{self._url}/api/v1/edge/certs/{quote(hostname)}",
-                                     timeout=30)
+        response = self._request("GET", f"/api/v1/edge/certs/{quote(hostname)}", timeout=30)
         response.raise_for_status()
         pem = str(response.json()["pem"])
         if fingerprint(pem) != cert_sha256:
             raise StateUnavailable(f"certificate of {hostname} changed while fetching")
         self.downloads += 1
         return pem
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Ask the current control replica; one that does not answer (or answers 502-504)
+        sends the request on to the next, which becomes the current one."""
+        for attempt in range(len(self._urls)):
+            try:
+                response = self._session.request(method, self._urls[0] + path, **kwargs)
+                if response.status_code not in (502, 503, 504) or attempt == len(self._urls) - 1:
+                    return response
+            except (requests.ConnectionError, requests.Timeout):
+                if attempt == len(self._urls) - 1:
+                    raise
+            log.info("control replica %s is away; trying %s", self._urls[0],
+                     self._urls[1 % len(self._urls)])
+            self._urls.append(self._urls.pop(0))
+        raise AssertionError("unreachable")
 
     def sync(self) -> bool:
         """One round: fetch, apply if changed, report. True if something new was applied."""
@@ -111,7 +133,7 @@ class EdgeAgent:
             self._report()
 
     def _report(self) -> None:
-        self._session.post(f"{self._url}/api/v1/edge/nodes/{self.node_id}", timeout=10, json={
+        self._request("POST", f"/api/v1/edge/nodes/{self.node_id}", timeout=10, json={
             "applied_version": self.node.applied_version, "error": self.node.last_error,
             "haproxy_running": self.node.haproxy.running})
 
@@ -124,22 +146,31 @@ class EdgeAgent:
         delivered = 0
         while (report := self.visits.next_report(batch)) is not None:
             report_id, counts = report
-            response = self._session.post(f"{self._url}/api/v1/edge/visits", timeout=10,
-                                          json={"report_id": report_id, "visits": counts})
+            response = self._request("POST", "/api/v1/edge/visits", timeout=10,
+                                     json={"report_id": report_id, "visits": counts})
             response.raise_for_status()
             self.visits.delivered(report_id)
             delivered += sum(counts.values())
         return delivered
 
     def run(self, interval: float, stop: threading.Event) -> None:
+        """Sync until ``stop``; while the control service is away, wait longer each time
+        (jittered, at most ``MAX_BACKOFF``) and say so once, not every round."""
         self.node.start()
+        failures = 0
         while not stop.is_set():
             try:
                 self.sync()
+                if failures:
+                    log.warning("edge sync works again after %d failed rounds", failures)
+                failures = 0
             except Exception as exc:  # keep serving the last good state whatever happens
-                log.warning("edge sync failed: %s", exc)
+                failures += 1
+                if failures == 1:
+                    log.warning("edge sync failed (retrying with backoff): %s", exc)
             try:
                 self.report_visits()
             except Exception as exc:  # the visits stay pending for the next round
-                log.warning("reporting hot link visits failed: %s", exc)
-            stop.wait(interval)
+                log.info("reporting hot link visits failed: %s", exc)
+            stop.wait(jittered_backoff(failures, interval, MAX_BACKOFF) if failures
+                      else interval)

@@ -44,6 +44,12 @@ class Settings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8000
     control_url: str = ""
+    """The agents' way to the control service: one URL or a comma-separated list of every
+    replica (the agent moves to the next when one does not answer)."""
+    control_servers: list[str] = dataclasses.field(default_factory=list)
+    """Every control replica as host:port, as the edge reaches them (ACME challenges, SSO):
+    the same list on every replica, so the published state does not depend on which replica
+    wrote it. None: this replica's listen_host:listen_port."""
     platform_domains: list[str] = dataclasses.field(default_factory=list)
     edge_cname_target: str = "edge.platform.test"
     edge_addresses: list[str] = dataclasses.field(default_factory=lambda: ["127.0.0.1"])
@@ -120,7 +126,17 @@ class Settings:
 
     @property
     def control_address(self) -> str:
-        return self.control_url or f"http://{self.listen_host}:{self.listen_port}"
+        """The first control URL (for messages); agents use :attr:`control_urls`."""
+        return self.control_urls[0]
+
+    @property
+    def control_urls(self) -> list[str]:
+        urls = [url.strip() for url in self.control_url.split(",") if url.strip()]
+        return urls or [f"http://{self.listen_host}:{self.listen_port}"]
+
+    @property
+    def edge_control_servers(self) -> list[str]:
+        return self.control_servers or [f"{self.listen_host}:{self.listen_port}"]
 
     def path(self, name: str) -> Path:
         return Path(self.data_dir) / name
@@ -139,6 +155,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "listen_host": parse.text,
     "listen_port": parse.port,
     "control_url": parse.text,
+    "control_servers": parse.servers,
     "platform_domains": parse.names,
     "edge_cname_target": parse.text,
     "edge_addresses": parse.addresses,

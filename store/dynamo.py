@@ -52,7 +52,11 @@ class DynamoBackend:
                 raise StoreError(f"cannot open table {name}: {exc}") from None
             self._create(name, spec)
             return DynamoTable(self._client, name, spec)
+        except BotoCoreError as exc:  # nobody answers at the endpoint
+            raise StoreError(f"cannot open table {name}: {exc}") from None
         table = DynamoTable(self._client, name, spec)
+        if described.get("TableStatus") != "ACTIVE":  # another replica is creating it
+            self._wait_active(name)
         have = {index["IndexName"] for index in described.get("GlobalSecondaryIndexes", [])}
         missing = [index for index in _indexes(spec) if index["IndexName"] not in have]
         if missing:

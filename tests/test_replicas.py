@@ -1,0 +1,200 @@
+"""What several control replicas need from each part: exact budgets under concurrency, tables
+ready before use, one edge state whichever replica wrote it, agents that fail over and back
+off, and a store outage that is waited out and logged once."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+from cryptography.fernet import Fernet
+from werkzeug.wrappers import Request, Response
+
+from certs.limits import BUDGETS, HOUR, BudgetExceeded, Limits, RateBudget
+from control.wiring import Services
+from control.worker import run_worker
+from edge.agent import EdgeAgent
+from edge.node import EdgeNode
+from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.settings import Settings
+from store import Backend, StoreError, TableSpec
+from store.dynamo import DynamoBackend
+from store.sqlite import SqliteBackend
+from tests.conftest import _dynalite_bin, dynamo_client, serving
+
+
+@pytest.fixture(params=["sqlite", "dynalite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        opened: Backend = SqliteBackend(str(tmp_path / "store.db"))
+    else:
+        opened = DynamoBackend(dynamo_client(request.getfixturevalue("dynalite")),
+                               prefix=f"r{uuid.uuid4().hex[:8]}_")
+    yield opened
+    opened.close()
+
+
+def test_the_budget_holds_exactly_under_concurrency_at_a_constant_cost(
+        backend: Backend) -> None:
+    now = [1_000_000 * HOUR + 10.0]
+    budget = RateBudget(backend.table(BUDGETS), "acct", Limits(certs_per_domain_7d=5),
+                        clock=lambda: now[0])
+    won: list[int] = []
+
+    def attempt(n: int) -> None:
+        try:
+            budget.reserve([f"h{n}.example.com"])
+            won.append(n)
+        except BudgetExceeded:
+            pass
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 5, won
+    with pytest.raises(BudgetExceeded, match="5 certificates in 7 days for example.com") as e:
+        budget.reserve(["late.example.com"])
+    assert e.value.retry_after > now[0]
+    budget.not_issued(["h0.example.com"])  # a failed order frees its certificate slot
+    before = backend.requests
+    budget.reserve(["again.example.com"])
+    assert backend.requests - before <= 8, "two windows read, one written: not 170 buckets"
+    now[0] += 7 * 24 * HOUR  # the next window: the previous one still counts
+    with pytest.raises(BudgetExceeded):
+        budget.reserve(["next.example.com"])
+    now[0] += 7 * 24 * HOUR  # two windows on: free again
+    budget.reserve(["later.example.com"])
+
+
+def test_tables_opened_by_replicas_starting_at_once_are_ready(dynalite: str) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    spec = TableSpec("things", key="id", indexes=("owner",))
+    errors: list[BaseException] = []
+
+    def replica(n: int) -> None:
+        try:
+            table = DynamoBackend(dynamo_client(dynalite), prefix=prefix).table(spec)
+            table.put({"id": f"r{n}", "owner": "o"})
+            assert table.get(f"r{n}") is not None
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=replica, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def test_the_edge_state_does_not_depend_on_which_replica_wrote_it(settings: Settings) -> None:
+    shared = dataclasses.replace(settings, control_servers=["10.0.0.1:8000", "10.0.0.2:8000"])
+    first = Services.from_settings(dataclasses.replace(shared, listen_port=8001))
+    second = Services.from_settings(dataclasses.replace(shared, listen_port=8002))
+    try:
+        first.publisher.refresh()
+        version = first.edge_state.current_version()
+        second.publisher.refresh()
+        assert second.edge_state.current_version() == version, "no flip-flop"
+        assert first.edge_state.meta()["config"]["control_servers"] == [  # type: ignore[index]
+            "10.0.0.1:8000", "10.0.0.2:8000"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_an_agent_moves_to_a_replica_that_answers(control: tuple[Services, str],
+                                                  tmp_path: Path) -> None:
+    services, url = control
+    services.publisher.refresh()
+    node = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
+    agent = EdgeAgent(node, [f"http://127.0.0.1:{free_port()}", url], "edge-token-0123456789")
+    try:
+        assert agent.sync()
+        assert node.applied_version == services.edge_state.current_version()
+    finally:
+        node.stop()
+
+
+def test_an_agent_backs_off_while_the_control_service_is_away(tmp_path: Path) -> None:
+    calls: list[float] = []
+
+    @Request.application
+    def away(request: Request) -> Response:
+        calls.append(time.monotonic())
+        return Response("down for maintenance", status=503)
+
+    node = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
+    stop = threading.Event()
+    with serving(away) as url:
+        agent = EdgeAgent(node, url, "edge-token-0123456789")
+        runner = threading.Thread(target=agent.run, args=(0.05, stop))
+        runner.start()
+        time.sleep(3.0)
+        stop.set()
+        runner.join(35)
+    node.stop()
+    rounds = len(calls)  # each round asks for the state, then reports
+    # Without backoff: about 3 / 0.05 = 60 rounds. With it, the waits double from 0.05 s.
+    assert 2 <= rounds <= 2 * 8, rounds
+
+
+def test_worker_logs_a_store_outage_once_when_it_starts_and_once_when_it_ends(
+        caplog: pytest.LogCaptureFixture) -> None:
+    calls = [0]
+    stop = threading.Event()
+
+    def step() -> None:
+        calls[0] += 1
+        if calls[0] <= 6:
+            raise StoreError("down")
+        if calls[0] >= 9:
+            stop.set()
+
+    with caplog.at_level(logging.WARNING, logger="control.worker"):
+        run_worker([step], 0.01, stop)
+    messages = [r.getMessage() for r in caplog.records if r.name == "control.worker"]
+    assert len(messages) == 2, messages
+    assert "does not answer" in messages[0] and "answers again" in messages[1]
+
+
+def test_serve_started_during_a_store_outage_waits_for_the_store(
+        tmp_path: Path, settings: Settings) -> None:
+    port, control_port = free_port(), free_port()
+    env = {"EDGE_API_TOKEN": settings.api_token, "EDGE_EDGE_TOKEN": settings.edge_token,
+           "EDGE_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+           "EDGE_DATA_DIR": str(tmp_path / "data"), "EDGE_STORAGE_BACKEND": "dynamodb",
+           "EDGE_DYNAMODB_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "EDGE_LISTEN_PORT": str(control_port), "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test"}
+    serve = ManagedProcess("serve", [sys.executable, "-m", "control", "serve"],
+                           tmp_path / "serve.log", env=env)
+    store = None
+    try:
+        deadline = time.monotonic() + 90
+        while "the store does not answer" not in serve.tail(50):  # after botocore's retries
+            assert serve.poll() is None, serve.tail()
+            assert time.monotonic() < deadline, serve.tail()
+            time.sleep(0.5)
+        time.sleep(2.0)
+        assert serve.poll() is None, "it waits for the store instead of exiting"
+        store = ManagedProcess("dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port",
+                                            str(port), "--path", str(tmp_path / "db")],
+                               tmp_path / "dynalite.log")
+        wait_for_port(control_port, process=serve, timeout=90)
+        assert requests.get(f"http://127.0.0.1:{control_port}/healthz", timeout=10).ok
+        log = (tmp_path / "serve.log").read_text()
+        assert log.count("the store does not answer") == 1, log
+    finally:
+        serve.stop()
+        if store is not None:
+            store.stop()
