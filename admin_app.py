@@ -5,6 +5,7 @@ This module stays the entry point that assembles every HTTP surface of `edgectl 
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify
@@ -20,6 +21,9 @@ from edge.control_api import bp as edge_bp
 from edge.sso_views import bp as sso_bp
 from kit.web import provide
 from shortlinks.api import bp as links_bp
+from store import StoreError
+
+log = logging.getLogger(__name__)
 
 
 def create_app(services: Services, test_config: dict[str, Any] | None = None) -> Flask:
@@ -34,16 +38,28 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None) ->
             VisitSink(services.links.add_visits))
     for blueprint in (domains_bp, edge_bp, challenge_bp, links_bp, sso_bp):
         app.register_blueprint(blueprint)
+    app.register_error_handler(StoreError, _store_unavailable)
     settings_page.init_app(app, services.settings.encryption_keys[0])
     admin.init_app(app, services)
     _register_health(app, services)
     return app
 
 
+def _store_unavailable(exc: StoreError) -> tuple[Response, int, dict[str, str]]:
+    """The store did not answer: 503 and a sentence, so clients retry (no traceback: the
+    worker already says when the store goes away and comes back)."""
+    log.warning("a request failed: the store does not answer (%s)", exc)
+    return (jsonify(error="the store is unavailable right now; try again shortly"), 503,
+            {"Retry-After": "2"})
+
+
 def _register_health(app: Flask, services: Services) -> None:
     registry = CollectorRegistry()
     domains = Gauge("edge_domains", "Custom domains by status", ["status"], registry=registry)
     nodes = Gauge("edge_nodes_in_sync", "Edge nodes serving the desired state", registry=registry)
+    requests = Gauge("edge_store_requests", "Store requests this process has made (a counter; "
+                     "DynamoDB bills each)", registry=registry)
+    requests.set_function(lambda: services.backend.requests)
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -38,7 +38,7 @@ class DynamoBackend:
             "dynamodb",
             endpoint_url=settings.dynamodb_endpoint_url or None,
             region_name=settings.dynamodb_region,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"},
+            config=Config(retries={"max_attempts": 3, "mode": "standard"},
                           connect_timeout=3, read_timeout=10),
         )
         return cls(client, settings.dynamodb_table_prefix)

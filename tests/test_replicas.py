@@ -17,6 +17,7 @@ import requests
 from cryptography.fernet import Fernet
 from werkzeug.wrappers import Request, Response
 
+from admin_app import create_app
 from certs.limits import BUDGETS, HOUR, BudgetExceeded, Limits, RateBudget
 from control.wiring import Services
 from control.worker import run_worker
@@ -198,3 +199,27 @@ def test_serve_started_during_a_store_outage_waits_for_the_store(
         serve.stop()
         if store is not None:
             store.stop()
+
+
+def test_the_api_answers_503_while_the_store_is_away(tmp_path: Path, settings: Settings) -> None:
+    port = free_port()
+    store = ManagedProcess("dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port",
+                                        str(port), "--path", str(tmp_path / "db")],
+                           tmp_path / "dynalite.log")
+    wait_for_port(port, process=store)
+    services = Services.from_settings(dataclasses.replace(
+        settings, storage_backend="dynamodb", dynamodb_endpoint_url=f"http://127.0.0.1:{port}",
+        dynamodb_table_prefix="away_"))
+    try:
+        with serving(create_app(services)) as url:
+            assert requests.get(f"{url}/healthz", timeout=30).ok
+            store.stop()
+            for path in ("/healthz", "/api/v1/domains/blog.example.com"):
+                response = requests.get(f"{url}{path}", timeout=60, headers={
+                    "Authorization": f"Bearer {settings.api_token}"})
+                assert response.status_code == 503, response.text
+                assert response.json()["error"].startswith("the store is unavailable")
+                assert response.headers["Retry-After"] == "2"
+    finally:
+        services.close()
+        store.stop()
