@@ -103,6 +103,7 @@ class Lifecycle:
             raise  # the store is down: nothing else in this round can work either
         except Exception:  # the domains must still move forward; the next round retries
             log.exception("publishing the edge state failed")
+        self.domains.drain_outboxes()  # events a dead process left on its domains
         self._each(self.verify, self.domains.due(PENDING_DNS))
         issuing = self.domains.due(VERIFIED) + self._issuing_to_resume()
         self._each(self.issue, issuing, self.timing.issue_concurrency)

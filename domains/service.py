@@ -19,8 +19,14 @@ from kit.hosts import HOSTNAME_LABEL
 from store import ABSENT, ConflictError, Item, Page, RangeIndex, Table, TableSpec, every
 
 DOMAINS = TableSpec("domains", key="hostname", indexes=("publication_id", "status"),
-                    ranges=(RangeIndex("due", key="status", sort="next_attempt_at"),))
-"""``due``: a domain's next step by time; clearing ``next_attempt_at`` takes it off the queue."""
+                    ranges=(RangeIndex("due", key="status", sort="next_attempt_at"),
+                            RangeIndex("outbox", key="outbox_state", sort="outbox_at")))
+"""``due``: a domain's next step by time; clearing ``next_attempt_at`` takes it off the queue.
+``outbox``: domains whose timeline events are written on the item but not yet in the events
+table (a process died in between); the worker writes them."""
+OUTBOX = "outbox"
+OUTBOX_GRACE = 5.0
+"""An outbox older than this was left by a process that died: the worker drains it."""
 EVENTS = TableSpec("domain_events", key="id", indexes=("claim",))
 """Events belong to one claim (one connection of a hostname), so a later owner never sees them.
 Their ids sort newest first."""
@@ -102,12 +108,14 @@ class DomainService:
                     "dns_records": required_records(name, token, self._target, self._addresses),
                     "last_error": None, "validation_errors": [], "dns_seen": {}, "attempts": 0,
                     "next_attempt_at": now}
+            item = _with_event(item, now, self._event_item(
+                item, "connected", actor, f"for publication {publication_id}"))
             try:
                 stored = self.domains.put(item, expected_version=ABSENT)
             except ConflictError:
                 continue  # someone connected it at the same moment: look again
             self._counted(None, PENDING_DNS)
-            self._event(stored, "connected", actor, f"for publication {publication_id}")
+            stored = self._drained(stored)
             return self._automate(stored, actor), True
         raise HostnameTaken(name)
 
@@ -200,22 +208,53 @@ class DomainService:
 
     def remove(self, hostname: object, actor: str = "api") -> Item:
         domain = self.get(hostname)
-        self.domains.delete(domain["hostname"], expected_version=domain["version"])
+        # The event first: a crash before the delete leaves an event the client's retry repeats,
+        # never a removal without one.
+        event = self._event_item(domain, "removed", actor, f"was {domain['status']}")
+        self.events.put(event)
+        try:
+            self.domains.delete(domain["hostname"], expected_version=domain["version"])
+        except ConflictError:  # changed meanwhile: not removed after all
+            self.events.delete(event["id"])
+            raise
         self._counted(domain["status"], None)
-        self._event(domain, "removed", actor, f"was {domain['status']}")
         return domain
 
     def transition(self, domain: Item, status: str, why: str, actor: str = "worker",
                    **changes: Any) -> Item:
-        """Move to ``status`` if nobody else changed the domain meanwhile (else ConflictError)."""
+        """Move to ``status`` if nobody else changed the domain meanwhile (else ConflictError).
+
+        A status change carries its timeline event in the same conditional write (an outbox
+        on the item), so a crash right after it cannot lose the event."""
         now = self._clock()
         updated = {**domain, **changes, "status": status, "updated_at": iso(now)}
+        if status != domain["status"]:
+            updated = _with_event(updated, now, self._event_item(
+                domain, f"{domain['status']} -> {status}", actor, why,
+                transition=(domain["status"], status)))
         stored = self.domains.put(updated, expected_version=domain["version"])
         self._counted(domain["status"], status)
-        if status != domain["status"]:
-            self._event(domain, f"{domain['status']} -> {status}", actor, why,
-                        transition=(domain["status"], status))
-        return stored
+        return self._drained(stored) if stored.get(OUTBOX) else stored
+
+    def _drained(self, domain: Item) -> Item:
+        """Write the outbox's events (idempotent: their ids were fixed when they were made)
+        and clear it."""
+        for event in domain[OUTBOX]:
+            self.events.put(event)
+        try:
+            return self.domains.put({**domain, OUTBOX: [], "outbox_state": None,
+                                     "outbox_at": None}, expected_version=domain["version"])
+        except ConflictError:  # changed meanwhile: that write carried the outbox on
+            return self.domains.get(domain["hostname"]) or domain
+
+    def drain_outboxes(self) -> int:
+        """Write the events a dead process left on its domains: one index query when there
+        are none. Returns how many domains were drained."""
+        left = list(every(lambda cursor: self.domains.query_range(
+            "outbox", "pending", upper=self._clock() - OUTBOX_GRACE, cursor=cursor)))
+        for domain in left:
+            self._drained(domain)
+        return len(left)
 
     def lease(self, domain: Item, owner: str, seconds: float) -> Item | None:
         """Hold ``domain`` for ``seconds`` so no other worker processes it meanwhile.
@@ -273,12 +312,19 @@ class DomainService:
             return self.counts.by_status()
         return {status: len(self.with_status(status)) for status in STATUSES}
 
-    def _event(self, domain: Item, what: str, actor: str, why: str,
-               transition: tuple[str, str] | None = None) -> None:
-        now = self._clock()
+    def _event(self, domain: Item, what: str, actor: str, why: str) -> None:
+        self.events.put(self._event_item(domain, what, actor, why))
+
+    def _event_item(self, domain: Item, what: str, actor: str, why: str,
+                    transition: tuple[str, str] | None = None) -> Item:
         newest_first = 10**20 - time.time_ns()
-        self.events.put({"id": f"{newest_first:020d}-{uuid.uuid4().hex[:8]}",
-                         "hostname": domain["hostname"], "claim": domain["claim"], "what": what,
-                         "from": transition[0] if transition else None,
-                         "to": transition[1] if transition else None,
-                         "actor": actor, "why": why, "at": iso(now)})
+        return {"id": f"{newest_first:020d}-{uuid.uuid4().hex[:8]}",
+                "hostname": domain["hostname"], "claim": domain["claim"], "what": what,
+                "from": transition[0] if transition else None,
+                "to": transition[1] if transition else None,
+                "actor": actor, "why": why, "at": iso(self._clock())}
+
+
+def _with_event(domain: Item, now: float, event: Item) -> Item:
+    return {**domain, OUTBOX: list(domain.get(OUTBOX) or []) + [event],
+            "outbox_state": "pending", "outbox_at": now}

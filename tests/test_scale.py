@@ -161,3 +161,26 @@ def test_counts_by_status_follow_every_change_and_an_old_store_is_counted(
         assert reopened.backend.requests - before == 1
     finally:
         reopened.close()
+
+
+def test_a_status_change_whose_writer_died_keeps_its_event(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    domain, _ = services.domains.connect("outbox.example.test", "pub_1")
+
+    def die(*args: object) -> None:
+        raise SystemExit("killed between the domain's write and its event's")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(services.domains, "_drained", die)
+        with pytest.raises(SystemExit):
+            services.domains.transition(domain, "verified", "DNS is right")
+    steps = [e["what"] for e in services.domains.timeline(services.domains.get(
+        "outbox.example.test"))]
+    assert "pending_dns -> verified" not in steps  # not written yet...
+    assert services.domains.drain_outboxes() == 0, "a writer may still be on it"
+    services.domains._clock = lambda: time.time() + 60  # ...now it is long gone
+    assert services.domains.drain_outboxes() == 1  # what every worker round does first
+    steps = [e["what"] for e in services.domains.timeline(services.domains.get(
+        "outbox.example.test"))]
+    assert steps.count("pending_dns -> verified") == 1, steps
+    assert services.domains.get("outbox.example.test").get("outbox") == []
