@@ -6,6 +6,7 @@ import dataclasses
 import os
 import shutil
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,6 +20,9 @@ from control.wiring import Services
 from devtools.pebble import PebbleStack
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.settings import Settings, load_settings
+from store import Backend
+from store.dynamo import DynamoBackend
+from store.sqlite import SqliteBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,3 +151,20 @@ def control(settings: Settings) -> Iterator[tuple[Services, str]]:
     with serving(create_app(services)) as url:
         yield services, url
     services.close()
+
+
+def opened_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """For a fixture parametrized "sqlite", "dynalite" or "moto_server": that backend, fresh
+    (its own file, or its own table prefix on the shared server), closed afterwards."""
+    if request.param == "sqlite":
+        opened: Backend = SqliteBackend(str(tmp_path / "store.db"))
+    else:
+        opened = DynamoBackend(dynamo_client(request.getfixturevalue(request.param)),
+                               prefix=f"t{uuid.uuid4().hex[:8]}_")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(params=["sqlite", "dynalite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from opened_backend(request, tmp_path)

@@ -10,7 +10,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -27,19 +26,7 @@ from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.settings import Settings
 from store import Backend, StoreError, TableSpec
 from store.dynamo import DynamoBackend
-from store.sqlite import SqliteBackend
 from tests.conftest import _dynalite_bin, dynamo_client, serving
-
-
-@pytest.fixture(params=["sqlite", "dynalite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        opened: Backend = SqliteBackend(str(tmp_path / "store.db"))
-    else:
-        opened = DynamoBackend(dynamo_client(request.getfixturevalue("dynalite")),
-                               prefix=f"r{uuid.uuid4().hex[:8]}_")
-    yield opened
-    opened.close()
 
 
 def test_the_budget_holds_exactly_under_concurrency_at_a_constant_cost(

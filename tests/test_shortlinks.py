@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
-from typing import Iterator
 
 import boto3
 import pytest
@@ -19,20 +17,9 @@ from shortlinks.resolver import Resolver
 from store import Backend, Table
 from store.dynamo import DynamoBackend
 from store.sqlite import SqliteBackend
-from tests.conftest import _dynalite_bin, dynamo_client
+from tests.conftest import _dynalite_bin
 
 DOMAINS = ["acme.link", "go.example.test"]
-
-
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        opened: Backend = SqliteBackend(str(tmp_path / "links.db"))
-    else:
-        opened = DynamoBackend(dynamo_client(request.getfixturevalue("dynalite")),
-                               prefix=f"l{uuid.uuid4().hex[:8]}_")
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

@@ -12,29 +12,12 @@ import pytest
 from store import (ABSENT, Backend, ConflictError, RangeIndex, StoreError, Table, TableSpec,
                    every)
 from store.dynamo import DynamoBackend
-from store.sqlite import SqliteBackend
-from tests.conftest import dynamo_client
+from tests.conftest import dynamo_client, opened_backend
 
 DUE = RangeIndex("due", key="status", sort="next_at")
 SPEC = TableSpec("things", key="id", indexes=("owner", "status"), ranges=(DUE,))
 OLD_SPEC = TableSpec("things", key="id", indexes=("owner", "status"))
 """The same table as an earlier version defined it, before its range index."""
-
-
-def _opened(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """SQLite, or DynamoDB on the server named by the parameter (dynalite or moto_server)."""
-    if request.param == "sqlite":
-        opened: Backend = SqliteBackend(str(tmp_path / "store.db"))
-    else:
-        opened = DynamoBackend(dynamo_client(request.getfixturevalue(request.param)),
-                               prefix=f"t{uuid.uuid4().hex[:8]}_")
-    yield opened
-    opened.close()
-
-
-@pytest.fixture(params=["sqlite", "dynalite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    yield from _opened(request, tmp_path)
 
 
 @pytest.fixture
@@ -203,7 +186,7 @@ def test_range_query_follows_updates_deletes_and_expiry(table: Table) -> None:
 def upgraded(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """A backend that can add an index to an existing table (dynalite ignores UpdateTable's
     index creation; real DynamoDB and moto_server do it)."""
-    yield from _opened(request, tmp_path)
+    yield from opened_backend(request, tmp_path)
 
 
 def test_a_table_from_before_its_range_index_is_migrated_on_open(upgraded: Backend) -> None:
