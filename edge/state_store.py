@@ -235,12 +235,20 @@ class EdgeStateStore:
         as ``{"hostname", "removed": true}``) and the config. None when ``since`` is older than
         the last compaction or newer than the state: the caller sends a snapshot instead.
         Reads the version item and the changed routes only."""
-        meta = self._settled(self.meta())
-        if meta is None or not int(meta.get("compacted_revision") or 0) <= since \
-                <= int(meta["revision"]):
-            return None
-        changed = every(lambda cursor: self.routes.query_range(
-            "feed", FEED, lower=since + 0.5, upper=meta["revision"], limit=500, cursor=cursor))
+        for _ in range(3):
+            found = self._settled(self.meta())
+            if found is None or not int(found.get("compacted_revision") or 0) <= since \
+                    <= int(found["revision"]):
+                return None
+            meta: Item = found
+            revision = int(meta["revision"])
+            changed = list(every(lambda cursor: self.routes.query_range(
+                "feed", FEED, lower=since + 0.5, limit=500, cursor=cursor)))
+            if all(int(item["revision"]) <= revision for item in changed):
+                break  # exactly the changes this version names
+            # A newer change landed meanwhile (it may have overwritten one of ours): read the
+            # version again, so the delta and the version agree.
+        changed = [item for item in changed if int(item["revision"]) <= revision]
         return {"version": meta["edge_version"], "revision": int(meta["revision"]),
                 "delta": True, "since": since,
                 "changes": [{"hostname": item["hostname"], "removed": True}

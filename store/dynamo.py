@@ -271,6 +271,8 @@ class DynamoTable:
                     upper: float | None = None, limit: int = 100,
                     cursor: str | None = None) -> Page:
         found = self.spec.range_index(index)
+        if lower is not None and upper is not None and lower > upper:
+            return Page([])  # an empty range (DynamoDB refuses BETWEEN with bounds reversed)
         condition = "#k = :v"
         values: dict[str, Any] = {":v": {"S": value}}
         if lower is not None and upper is not None:

@@ -42,7 +42,7 @@ def test_an_agent_gets_only_the_routes_changed_since_its_revision(
     assert sorted((c["hostname"], c.get("publication_id"), c.get("removed"))
                   for c in delta["changes"]) == [("h3.example.test", "pub_2", None),
                                                  ("h4.example.test", None, True)]
-    assert state(url, since=delta["revision"]).json()["changes"] == []
+    assert state(url, since=delta["revision"]).json()["changes"] == []  # nothing newer
     route(services, "h4.example.test", "pub_4")  # back on the edge, over its tombstone
     again = state(url, since=delta["revision"]).json()
     assert [(c["hostname"], c["publication_id"]) for c in again["changes"]] == [

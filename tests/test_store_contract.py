@@ -160,6 +160,7 @@ def test_range_query_orders_bounds_and_pages(table: Table) -> None:
     assert _due(table, "pending", upper=30.0) == ["d1", "d5", "d2", "d3"]
     assert _due(table, "pending", lower=20.5, upper=50.0) == ["d5", "d2", "d3", "d0"]
     assert _due(table, "pending", lower=60.0) == ["d4"]
+    assert _due(table, "pending", lower=40.5, upper=40.0) == [], "an empty range, no error"
     page = table.query_range("due", "pending", upper=30.0, limit=1)
     assert [i["id"] for i in page.items] == ["d1"] and page.next_cursor
     assert page.items[0]["next_at"] == 10.0 and page.items[0]["version"] == 1
