@@ -191,11 +191,23 @@ def _node(settings: Settings) -> EdgeNode:
          arguments=lambda parser: parser.add_argument("--node-id"))
 def agent(args: argparse.Namespace, settings: Settings) -> int:
     node = _node(settings)
-    stop = _stop_on_signals()
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        # Also out of a long poll or a hung request at once, so HAProxy is always stopped
+        # below (a supervisor that kills a slow agent would leave HAProxy running).
+        stop.set()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
     try:
         EdgeAgent(node, settings.control_urls, settings.edge_token, args.node_id,
                   watch=settings.edge_watch_seconds).run(settings.worker_interval, stop)
+    except SystemExit:
+        pass
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping HAProxy is not interrupted
         node.stop()
     return 0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
+import socket
 import sys
 import threading
 import time
@@ -210,3 +212,27 @@ def test_the_api_answers_503_while_the_store_is_away(tmp_path: Path, settings: S
     finally:
         services.close()
         store.stop()
+
+
+def test_a_stopped_agent_leaves_no_haproxy_behind_even_in_a_long_poll(
+        control: tuple[Services, str], tmp_path: Path) -> None:
+    services, url = control
+    services.publisher.refresh()
+    https_port = free_port()
+    agent = ManagedProcess("agent", [sys.executable, "-m", "control", "agent"],
+                           tmp_path / "agent.log", env={
+                               "EDGE_EDGE_TOKEN": services.settings.edge_token,
+                               "EDGE_CONTROL_URL": url, "EDGE_EDGE_WATCH_SECONDS": "25",
+                               "EDGE_EDGE_DIR": str(tmp_path / "edge"),
+                               "EDGE_EDGE_HTTP_PORT": str(free_port()),
+                               "EDGE_EDGE_HTTPS_PORT": str(https_port),
+                               "EDGE_EDGE_STATS_PORT": str(free_port())})
+    try:
+        wait_for_port(https_port, process=agent, timeout=60)  # HAProxy serves
+        time.sleep(5.0)  # past its first round: it now waits in a long poll (25 s, no change)
+        agent.popen.send_signal(signal.SIGTERM)
+        assert agent.popen.wait(10) == 0, agent.tail()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", https_port), timeout=2).close()
+    finally:
+        agent.stop()
