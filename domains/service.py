@@ -294,8 +294,12 @@ class DomainService:
             "due", status, upper=now, limit=min(limit, 500), cursor=cursor)), limit))
 
     def timeline(self, domain: Item, limit: int = 100) -> list[Item]:
-        """This claim's events, newest first."""
-        return self.events.query("claim", domain["claim"], limit=limit).items
+        """This claim's events, newest first, with those still in the item's outbox (a writer
+        that died before writing them leaves them there until the worker drains it)."""
+        written = self.events.query("claim", domain["claim"], limit=limit).items
+        known = {event["id"] for event in written}
+        pending = [event for event in domain.get(OUTBOX) or [] if event["id"] not in known]
+        return sorted(written + pending, key=lambda event: event["id"])[:limit]
 
     def note(self, domain: Item, what: str, why: str, actor: str = "worker") -> None:
         """An event in the domain's timeline that is not a status change."""
