@@ -168,6 +168,7 @@ class EdgeStateStore:
         route item once, keeps only the changed routes' PEMs in memory, repairs the digest (a
         store from an earlier version has none) and drops tombstones. Routine changes go
         through :meth:`change`. True if anything changed."""
+        before = self._settled(self.meta())  # the scan must not miss a change after this
         stored: dict[str, RouteRef] = {}
         tombstones = []
         for item in every(lambda cursor: self.routes.scan(limit=500, cursor=cursor)):
@@ -175,7 +176,7 @@ class EdgeStateStore:
                 tombstones.append(item)
             else:
                 stored[item["hostname"]] = _ref(item)
-        self._repair_digest(routes_digest(stored.values()))
+        self._repair_digest(before, routes_digest(stored.values()))
         self._compact(tombstones)
         changes: dict[str, RouteChange] = {hostname: None for hostname in stored
                                            if hostname not in routes}
@@ -210,14 +211,16 @@ class EdgeStateStore:
             except ConflictError:
                 continue  # routed again meanwhile
 
-    def _repair_digest(self, digest: int) -> None:
-        meta = self._settled(self.meta())
+    def _repair_digest(self, meta: Item | None, digest: int) -> None:
+        """Set the digest counted by a scan, only if the version item has not moved since
+        ``meta`` was read before it: a change during the scan may be missing from it, and a
+        digest from such a scan would disagree with the route items for good."""
         if meta is None or meta.get("routes_digest") == f"{digest:032x}":
             return
-        log.warning("the edge routes digest did not match the route items; repaired")
         try:
             self.state.put({**meta, "routes_digest": f"{digest:032x}"},
                            expected_version=meta[VERSION])
+            log.warning("the edge routes digest did not match the route items; repaired")
         except ConflictError:
             pass  # a change meanwhile; the next reconciliation looks again
 
