@@ -16,11 +16,16 @@ log = logging.getLogger(__name__)
 
 class PlatformCertificates:
     """The platform's own domain (SSO, publisher pages) needs a certificate at the edge too.
-    The operator declared it, so there is no DNS verification: issue, renew, publish."""
+    The operator declared it, so there is no DNS verification: issue, renew, publish.
+
+    Only once an edge node serves (``edge_up``): the CA's HTTP-01 request goes through the
+    edge, and each validation that fails before counts against the CA's rate limits."""
 
     def __init__(self, hosts: tuple[str, ...], issuer: IssuerChain,
                  certificates: CertificateStore, publisher: EdgePublisher,
-                 retry_seconds: float = 5.0, check_seconds: float = 3600.0) -> None:
+                 retry_seconds: float = 5.0, check_seconds: float = 3600.0,
+                 edge_up: Callable[[], bool] = lambda: True) -> None:
+        self._edge_up = edge_up
         self._hosts = hosts
         self._issuer = issuer
         self._certificates = certificates
@@ -37,9 +42,9 @@ class PlatformCertificates:
                     and not self._issuer.renewal_due(host):
                 self._next[host] = time.monotonic() + self._check  # not every round
                 continue
+            if not self._edge_up():
+                return
             try:
-                # The edge answers the CA's HTTP-01 request for this host once any state is
-                # published, which Lifecycle.tick makes sure of first in every worker round.
                 self._issuer.issue([host])
                 self._publisher.route_changes({host: PLATFORM_PUBLICATION})
                 log.info("platform domain %s has its certificate", host)
