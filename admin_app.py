@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 
 import admin
 from certs.challenges import bp as challenge_bp
+from control.server import Draining
 from control.wiring import Services
 from domains import settings_page
 from domains.api import bp as domains_bp
@@ -26,7 +27,9 @@ from store import StoreError
 log = logging.getLogger(__name__)
 
 
-def create_app(services: Services, test_config: dict[str, Any] | None = None) -> Flask:
+def create_app(services: Services, test_config: dict[str, Any] | None = None,
+               draining: Draining | None = None) -> Flask:
+    """``draining``: set when the server stops (control/server.py); /healthz then answers 503."""
     app = Flask(__name__)
     app.config.update(EDGE_API_TOKEN=services.settings.api_token,
                       EDGE_EDGE_TOKEN=services.settings.edge_token, JSON_SORT_KEYS=False,
@@ -41,7 +44,7 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None) ->
     app.register_error_handler(StoreError, _store_unavailable)
     settings_page.init_app(app, services.settings.encryption_keys[0])
     admin.init_app(app, services)
-    _register_health(app, services)
+    _register_health(app, services, draining)
     return app
 
 
@@ -53,7 +56,7 @@ def _store_unavailable(exc: StoreError) -> tuple[Response, int, dict[str, str]]:
             {"Retry-After": "2"})
 
 
-def _register_health(app: Flask, services: Services) -> None:
+def _register_health(app: Flask, services: Services, draining: Draining | None) -> None:
     registry = CollectorRegistry()
     domains = Gauge("edge_domains", "Custom domains by status", ["status"], registry=registry)
     nodes = Gauge("edge_nodes_in_sync", "Edge nodes serving the desired state", registry=registry)
@@ -62,7 +65,9 @@ def _register_health(app: Flask, services: Services) -> None:
     requests.set_function(lambda: services.backend.requests)
 
     @app.get("/healthz")
-    def healthz() -> Response:
+    def healthz() -> Response | tuple[Response, int]:
+        if draining:
+            return jsonify(status="draining"), 503
         services.domains.domains.get("healthz.invalid")  # the store answers
         return jsonify(status="ok")
 

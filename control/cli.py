@@ -10,15 +10,16 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Callable, Iterator
 
 from cryptography.fernet import Fernet
-from werkzeug.serving import make_server
 
 from admin.accounts import ADMIN_USERS, AccountError, Users
 from admin_app import create_app
+from control.server import ControlServer, Draining
 from control.wiring import Services
 from control.worker import PlatformCertificates, start_worker
 from edge.agent import EdgeAgent
@@ -105,20 +106,35 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     if services is None:
         return 0
     try:
-        server = make_server(settings.listen_host, settings.listen_port, create_app(services),
-                             threaded=True)
+        draining = Draining()
+        server = ControlServer(create_app(services, draining=draining), settings.listen_host,
+                               settings.listen_port, threads=settings.serve_threads,
+                               shutdown_seconds=settings.shutdown_seconds,
+                               tls_cert=settings.control_tls_cert,
+                               tls_key=settings.control_tls_key)
         platform = PlatformCertificates(services.publisher.platform_hosts, services.issuer,
                                         services.certificates, services.publisher,
-                                        settings.retry_base_seconds)
+                                        settings.retry_base_seconds,
+                                        edge_up=lambda: any(node.get("applied_version") for node
+                                                            in services.edge_state.list_nodes()))
         worker = start_worker([services.lifecycle.tick, platform.tick],
                               settings.worker_interval, stop)
         if services.webhooks.enabled:
             services.webhooks.start(stop)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        log.info("control service on http://%s:%d", settings.listen_host, server.server_port)
+        server.start()
+        log.info("control service on %s://%s:%d", server.scheme, settings.listen_host,
+                 server.port)
         stop.wait()
-        server.shutdown()
-        worker.join(timeout=30)
+        stopped_at = time.monotonic()
+        # A rolling deploy: out of the load balancer first, then close; the worker finishes
+        # its round meanwhile and hands back its leases, so another replica goes on at once.
+        draining.begin()
+        log.info("stopping: draining for %.0f s, then closing", settings.drain_seconds)
+        worker.join(timeout=max(settings.drain_seconds, 30))
+        services.lifecycle.release_leases()
+        time.sleep(max(0.0, settings.drain_seconds - (time.monotonic() - stopped_at)))
+        server.stop()
+        log.info("control service stopped")
     finally:
         services.close()
     return 0
@@ -182,9 +198,19 @@ def tokens(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _node(settings: Settings) -> EdgeNode:
+    # The control replicas serve the edge (ACME, SSO, publisher pages) on the listener the
+    # agent uses: TLS there means TLS for HAProxy's control backend too.
+    tls = any(url.startswith("https://") for url in settings.control_urls)
     return EdgeNode(Path(settings.edge_dir), haproxy_bin=settings.haproxy_bin,
                     bind=settings.edge_bind, http_port=settings.edge_http_port,
-                    https_port=settings.edge_https_port, stats_port=settings.edge_stats_port)
+                    https_port=settings.edge_https_port, stats_port=settings.edge_stats_port,
+                    control_ca=(settings.control_ca_bundle or "@system-ca") if tls else "")
+
+
+def _agent(settings: Settings, node: EdgeNode, node_id: str | None = None) -> EdgeAgent:
+    return EdgeAgent(node, settings.control_urls, settings.edge_token, node_id,
+                     watch=settings.edge_watch_seconds, ca_bundle=settings.control_ca_bundle,
+                     allow_insecure=settings.allow_insecure_control)
 
 
 @command("agent", "run the edge agent beside HAProxy", required=EDGE_AGENT,
@@ -202,8 +228,7 @@ def agent(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     try:
-        EdgeAgent(node, settings.control_urls, settings.edge_token, args.node_id,
-                  watch=settings.edge_watch_seconds).run(settings.worker_interval, stop)
+        _agent(settings, node, args.node_id).run(settings.worker_interval, stop)
     except SystemExit:
         pass
     finally:
@@ -216,7 +241,7 @@ def agent(args: argparse.Namespace, settings: Settings) -> int:
 def plan(args: argparse.Namespace, settings: Settings) -> int:
     """Print what the local node would change to reach the control service's desired state."""
     node = _node(settings)
-    desired = EdgeAgent(node, settings.control_urls, settings.edge_token).fetch()
+    desired = _agent(settings, node).fetch()
     if desired is None:
         print("the control service has published no edge state yet")
         return 1

@@ -25,6 +25,7 @@ from devtools.pebble import PebbleStack
 from devtools.probe import Probe, https_get
 from devtools.sample_app import SampleApp
 from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.x509 import local_ca_and_server
 
 EDGE_TARGET = "edge.platform.test"
 PLATFORM_HOST = "platform.example.test"
@@ -47,6 +48,7 @@ class LocalStack:
         self.edge_stats_port = free_port()
         self.control_port = free_port()
         self.shortlinks_port = free_port()
+        self.control_ca = self._control_tls()
         self._own_pebble = pebble is None
         self.sso = sso
         self.pebble = pebble or PebbleStack(directory / "pebble", http_port=self.edge_http_port)
@@ -74,6 +76,19 @@ class LocalStack:
             self.stop()
             raise
 
+    def _control_tls(self) -> Path:
+        """A local CA made at start and a certificate for the control service: the agents'
+        channel carries private keys, so it is HTTPS here too. Returns the CA's file."""
+        ca, cert, key = local_ca_and_server(["localhost", "127.0.0.1"])
+        folder = self.directory / "control-tls"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ca.pem").write_text(ca)
+        (folder / "cert.pem").write_text(cert)
+        descriptor = os.open(folder / "key.pem", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(key)
+        return folder / "ca.pem"
+
     def env(self) -> dict[str, str]:
         return {
             "EDGE_API_TOKEN": self.token,
@@ -81,6 +96,9 @@ class LocalStack:
             "EDGE_ENCRYPTION_KEYS": self.encryption_key,
             "EDGE_DATA_DIR": str(self.directory / "data"),
             "EDGE_LISTEN_PORT": str(self.control_port),
+            "EDGE_CONTROL_TLS_CERT": str(self.control_ca.parent / "cert.pem"),
+            "EDGE_CONTROL_TLS_KEY": str(self.control_ca.parent / "key.pem"),
+            "EDGE_CONTROL_CA_BUNDLE": str(self.control_ca),
             "EDGE_SHORTLINKS_PORT": str(self.shortlinks_port),
             "EDGE_PLATFORM_DOMAINS": "platform.test",
             "EDGE_EDGE_CNAME_TARGET": EDGE_TARGET,
@@ -117,10 +135,11 @@ class LocalStack:
 
     @property
     def control_url(self) -> str:
-        return f"http://127.0.0.1:{self.control_port}"
+        return f"https://127.0.0.1:{self.control_port}"
 
     def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         return requests.request(method, f"{self.control_url}{path}", timeout=10,
+                                verify=str(self.control_ca),
                                 headers={"Authorization": f"Bearer {self.token}"}, **kwargs)
 
     def create_records(self, records: list[dict[str, str]]) -> None:
@@ -228,6 +247,7 @@ def write_manifest(stack: LocalStack, hostname: str, short_link: str,
         "admin_user": "admin",
         "admin_password": admin_password,
         "ca_file": str(stack.pebble.root_path),
+        "control_ca_file": str(stack.control_ca),
         "dns_management_url": f"http://127.0.0.1:{stack.pebble.dns_mgmt_port}",
     }
     path = stack.directory / "demo.json"

@@ -86,6 +86,8 @@ class Lifecycle:
         self._unpublished: dict[str, str | None] = {}
         """Route changes whose publication failed: retried every round (a crash is covered
         by the reconciliation at start)."""
+        self._held: dict[str, float] = {}
+        """Hostnames this worker leased -> when the lease runs out (handed back on a stop)."""
 
     def _emit(self, event_type: str, domain: Item, **extra: object) -> None:
         self.events.emit(event_type, {"hostname": domain["hostname"],
@@ -153,6 +155,7 @@ class Lifecycle:
         leased = self.domains.lease(domain, self.worker_id, self.timing.worker_lease)
         if leased is None:
             return
+        self._held[domain["hostname"]] = leased["lease_until"]
         try:
             step(leased)
         except ConflictError:
@@ -312,3 +315,12 @@ class Lifecycle:
             except ConflictError:  # another replica published meanwhile: read again
                 if attempt == 2:
                     raise
+
+    def release_leases(self) -> int:
+        """On a graceful stop, once the worker has stopped: hand back the domains this worker
+        still holds, so another replica takes them at once rather than when the leases run
+        out. Returns how many were released."""
+        now = self._clock()
+        held = [hostname for hostname, until in self._held.items() if until > now]
+        self._held.clear()
+        return sum(self.domains.release(hostname, self.worker_id) for hostname in held)

@@ -271,6 +271,18 @@ class DomainService:
         except ConflictError:
             return None
 
+    def release(self, hostname: str, owner: str) -> bool:
+        """End ``owner``'s lease on ``hostname`` early; False if it no longer holds one."""
+        domain = self.domains.get(hostname)
+        if domain is None or domain.get("lease_owner") != owner:
+            return False
+        try:
+            self.domains.put({**domain, "lease_owner": None, "lease_until": 0},
+                             expected_version=domain["version"])
+            return True
+        except ConflictError:
+            return False
+
     def defer(self, domain: Item, errors: list[dict[str, str]], status: str | None = None,
               not_before: float | None = None, actor: str = "worker", **changes: Any) -> Item:
         """Record why a step failed and when to retry (jittered exponential backoff).

@@ -21,6 +21,7 @@ from edge.node import EdgeNode
 from edge.state import DesiredState, Redirect, Route, fingerprint
 from edge.visits import HotVisitMeter
 from kit.backoff import jittered_backoff
+from kit.hosts import plain_http_off_host
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,18 @@ MAX_BACKOFF = 30.0
 class EdgeAgent:
     def __init__(self, node: EdgeNode, control_url: str | Sequence[str], token: str,
                  node_id: str | None = None, session: requests.Session | None = None,
-                 watch: float = 0.0) -> None:
+                 watch: float = 0.0, ca_bundle: str = "", allow_insecure: bool = False) -> None:
         self.node = node
         urls = [control_url] if isinstance(control_url, str) else list(control_url)
         self._urls = [url.rstrip("/") for url in urls]
         """Every control replica; requests go to the first that answers, and stay there."""
+        insecure = [url for url in self._urls if plain_http_off_host(url)]
+        if insecure and not allow_insecure:
+            raise EdgeError(f"{insecure[0]} is plain HTTP to another host: the agent would "
+                            "fetch private keys in clear (use https://)")
         self._session = session or requests.Session()
+        self._verify: str | bool = ca_bundle or True
+        """Per request: requests lets REQUESTS_CA_BUNDLE override a session's ``verify``."""
         self._session.headers["Authorization"] = f"Bearer {token}"
         self.node_id = node_id or socket.gethostname()
         self.downloads = 0
@@ -109,7 +116,8 @@ class EdgeAgent:
         sends the request on to the next, which becomes the current one."""
         for attempt in range(len(self._urls)):
             try:
-                response = self._session.request(method, self._urls[0] + path, **kwargs)
+                response = self._session.request(method, self._urls[0] + path,
+                                                 verify=self._verify, **kwargs)
                 if response.status_code not in (502, 503, 504) or attempt == len(self._urls) - 1:
                     return response
             except (requests.ConnectionError, requests.Timeout):

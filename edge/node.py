@@ -33,7 +33,8 @@ COLD_SLICE = 500
 class EdgeNode:
     def __init__(self, directory: Path, *, haproxy_bin: str = "haproxy", bind: str = "127.0.0.1",
                  http_port: int = 80, https_port: int = 443, stats_port: int = 0,
-                 templates: Path | None = None, cold_slice: int = COLD_SLICE) -> None:
+                 templates: Path | None = None, cold_slice: int = COLD_SLICE,
+                 control_ca: str = "") -> None:
         self.directory = directory.absolute()
         self.cold_slice = cold_slice
         self.templates = templates
@@ -41,7 +42,7 @@ class EdgeNode:
         self.layout = NodeLayout(bind=bind, http_port=http_port, https_port=https_port,
                                  runtime_socket=self.directory / "admin.sock",
                                  default_cert=self.directory / "default.pem",
-                                 stats_port=stats_port)
+                                 stats_port=stats_port, control_ca=control_ca)
         self.current = self.directory / "current"
         self.haproxy = HAProxy(haproxy_bin, self.current / "haproxy.cfg",
                                self.directory / "master.sock", self.directory / "haproxy.log")

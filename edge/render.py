@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import re
 from importlib import resources
 from pathlib import Path
@@ -36,6 +37,9 @@ class NodeLayout:
     default_cert: Path
     stats_port: int = 0
     """HAProxy's Prometheus exporter at /metrics; 0 turns it off."""
+    control_ca: str = ""
+    """The CA file HAProxy verifies the control replicas' TLS with (``@system-ca``: the
+    system's); empty: they speak plain HTTP."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -89,7 +93,8 @@ def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
             hosts_map=release_dir / "hosts.map", redirects_map=release_dir / "redirects.map",
             app_servers=state.app_servers, short_domains=sorted(state.short_domains),
             shortlink_servers=state.shortlink_servers,
-            control_servers=state.control_servers,
+            control_servers=[(server, _server_name(server)) for server in state.control_servers],
+            control_ca=layout.control_ca,
             sso_keys=[release_dir / f"sso/key{n}.pem" for n in range(len(state.sso_keys))]),
         **render_lists(state, release_dir, templates),
     }
@@ -98,6 +103,16 @@ def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
     for n, pem in enumerate(state.sso_keys):
         files[f"sso/key{n}.pem"] = pem
     return files
+
+
+def _server_name(server: str) -> str:
+    """The DNS name of ``host:port`` for HAProxy's ``verifyhost``; empty for an address."""
+    host = server.rpartition(":")[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        return ""
+    except ValueError:
+        return host
 
 
 def cert_file(hostname: str) -> str:

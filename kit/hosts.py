@@ -3,7 +3,9 @@ an HTTP request without its port. Full hostname rules (IDNA, public suffixes, wi
 to ``domains.hostnames``."""
 from __future__ import annotations
 
+import ipaddress
 import re
+from urllib.parse import urlsplit
 
 HOSTNAME_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 """One lowercase LDH label (use with ``fullmatch``)."""
@@ -13,3 +15,20 @@ def host_without_port(host_header: str) -> str:
     """``Blog.Example.test:8443`` -> ``blog.example.test``; anything odd stays odd, so the
     hostname checks that follow refuse it."""
     return host_header.partition(":")[0].lower()
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1: traffic that never leaves this machine."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_off_host(url: str) -> bool:
+    """True for an ``http://`` URL to another machine: whatever it carries travels in clear."""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not is_loopback(parts.hostname or "")

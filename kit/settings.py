@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from kit import parsers as parse
 from kit.errors import EdgeRouterError
+from kit.hosts import plain_http_off_host
 
 ENV_PREFIX = "EDGE_"
 
@@ -43,6 +44,22 @@ class Settings:
     dynamodb_table_prefix: str = "edge_"
     listen_host: str = "127.0.0.1"
     listen_port: int = 8000
+    serve_threads: int = 16
+    """Request threads of `edgectl serve` (long polls of agents each hold one)."""
+    drain_seconds: float = 5.0
+    """After SIGTERM, /healthz answers 503 this long while requests are still served, so load
+    balancers stop sending before the listener closes."""
+    shutdown_seconds: float = 20.0
+    """Then, at most this long for the requests in flight to finish."""
+    control_tls_cert: str = ""
+    control_tls_key: str = ""
+    """PEM files: `edgectl serve` speaks HTTPS (the agents' channel carries private keys)."""
+    control_ca_bundle: str = ""
+    """What agents and the edge's HAProxy trust for the control service's certificate (a
+    private CA's file); empty: the system's CAs."""
+    allow_insecure_control: bool = False
+    """Let agents use an http:// control URL (and SSO an http:// introspection URL) to another
+    host. Off: only loopback may be plain HTTP."""
     control_url: str = ""
     """The agents' way to the control service: one URL or a comma-separated list of every
     replica (the agent moves to the next when one does not answer)."""
@@ -132,7 +149,8 @@ class Settings:
     @property
     def control_urls(self) -> list[str]:
         urls = [url.strip() for url in self.control_url.split(",") if url.strip()]
-        return urls or [f"http://{self.listen_host}:{self.listen_port}"]
+        scheme = "https" if self.control_tls_cert else "http"
+        return urls or [f"{scheme}://{self.listen_host}:{self.listen_port}"]
 
     @property
     def edge_control_servers(self) -> list[str]:
@@ -154,6 +172,13 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "dynamodb_table_prefix": parse.text,
     "listen_host": parse.text,
     "listen_port": parse.port,
+    "serve_threads": parse.positive_int,
+    "drain_seconds": parse.number,
+    "shutdown_seconds": parse.positive,
+    "control_tls_cert": parse.text,
+    "control_tls_key": parse.text,
+    "control_ca_bundle": parse.text,
+    "allow_insecure_control": parse.boolean,
     "control_url": parse.text,
     "control_servers": parse.servers,
     "platform_domains": parse.names,
@@ -258,6 +283,7 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: str | None 
         raise SettingsError("edge_token", "must differ from api_token (agents get private keys)")
     if values.get("sso_platform_url"):
         _check_sso(values)
+    _check_channels(values)
     return _with_derived_paths(Settings(**values))
 
 
@@ -272,6 +298,24 @@ def _check_sso(values: dict[str, Any]) -> None:
         raise SettingsError("sso_platform_cookie_key", "must be at least 32 characters")
     if not 60 <= values.get("sso_session_seconds", 3600.0) <= 90 * 86400:
         raise SettingsError("sso_session_seconds", "must be between 60 s and 90 days")
+
+
+def _check_channels(values: dict[str, Any]) -> None:
+    """Private keys, the edge token and readers' cookies never cross the network in clear,
+    unless the operator says so (``allow_insecure_control``)."""
+    if bool(values.get("control_tls_cert")) != bool(values.get("control_tls_key")):
+        raise SettingsError("control_tls_key", "control_tls_cert and control_tls_key go together")
+    if values.get("allow_insecure_control"):
+        return
+    for url in (values.get("control_url") or "").split(","):
+        if plain_http_off_host(url.strip()):
+            raise SettingsError("control_url", f"{url.strip()} is plain HTTP to another host: "
+                                "agents would fetch private keys in clear; use https:// "
+                                "(control_tls_cert) or set allow_insecure_control")
+    if plain_http_off_host(values.get("sso_introspection_url") or ""):
+        raise SettingsError("sso_introspection_url", "is plain HTTP to another host: readers' "
+                            "cookies would travel in clear; use https:// or set "
+                            "allow_insecure_control")
 
 
 def _with_derived_paths(settings: Settings) -> Settings:

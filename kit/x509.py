@@ -51,6 +51,20 @@ def self_signed(hostname: str, key: PrivateKey | None = None, days: int = 30) ->
     """(certificate PEM, certificate + key PEM) for ``hostname``."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     cert = cert_to_pem(build_certificate(hostname, key, names=[hostname], days=days))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    return cert, cert + key_pem
+    return cert, cert + key_to_pem(key)
+
+
+def key_to_pem(key: PrivateKey) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def local_ca_and_server(names: Sequence[str], days: int = 365) -> tuple[str, str, str]:
+    """(CA certificate PEM, server certificate PEM, server key PEM): a private CA made on the
+    spot and one server certificate it signed for ``names`` (the demo's agent channel)."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = build_certificate("edge-router local CA", ca_key, ca=True, days=days)
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = build_certificate(names[0], key, signer=ca_key, issuer=ca.subject, names=names,
+                               days=days)
+    return cert_to_pem(ca), cert_to_pem(server), key_to_pem(key)

@@ -131,7 +131,8 @@ def test_connected_domain_is_served_over_https_with_a_pebble_certificate(
     wait_in_sync(stack, nodes=2)
     nodes = stack.api("GET", "/api/v1/edge/nodes").json()
     assert {n["node_id"] for n in nodes["nodes"]} == {"demo-edge", "demo-edge-1"}
-    metrics = urllib.request.urlopen(f"{stack.control_url}/metrics", timeout=5).read().decode()
+    metrics = requests.get(f"{stack.control_url}/metrics", timeout=5,
+                           verify=str(stack.control_ca)).text
     assert 'edge_domains{status="active"} 1.0' in metrics
 
     # Private keys are encrypted in the control service's store.
@@ -198,7 +199,7 @@ def test_the_demo_runs_writes_demo_json_and_stops_cleanly(tmp_path: Path) -> Non
 
         domain = requests.get(f"{manifest['control_url']}/api/v1/domains/"
                               f"{manifest['custom_domain']}", timeout=10,
-                              headers={"Authorization": f"Bearer {manifest['api_token']}"})
+                              verify=manifest["control_ca_file"], headers={"Authorization": f"Bearer {manifest['api_token']}"})
         assert domain.json()["status"] == "active"
         page = https_get(manifest["edge_https_port"], manifest["custom_domain"],
                          cafile=manifest["ca_file"])
@@ -214,7 +215,9 @@ def test_the_demo_runs_writes_demo_json_and_stops_cleanly(tmp_path: Path) -> Non
         dns = requests.post(f"{manifest['dns_management_url']}/set-txt", timeout=10,
                             json={"host": "probe.example.test.", "value": "demo"})
         assert dns.ok
-        login = requests.get(f"{manifest['control_url']}/admin/login", timeout=10)
+        assert manifest["control_url"].startswith("https://"), "the agents' channel is TLS"
+        login = requests.get(f"{manifest['control_url']}/admin/login", timeout=10,
+                             verify=manifest["control_ca_file"])
         assert login.status_code == 200 and manifest["admin_user"] == "admin" \
             and len(manifest["admin_password"]) >= 12
         assert manifest["edge_token"] != manifest["api_token"]
@@ -227,7 +230,7 @@ def test_the_demo_runs_writes_demo_json_and_stops_cleanly(tmp_path: Path) -> Non
     assert "curl --resolve blog.example.test:" in output
     assert "'publication_id': 'pub_1'" in output
     assert "https://platform.example.test:" in output  # served, with its certificate
-    assert "Admin dashboard: http://127.0.0.1:" in output and "(user admin, password " in output
+    assert "Admin dashboard: https://127.0.0.1:" in output and "(user admin, password " in output
     assert "demo: stopping" in output
 
 

@@ -1,0 +1,58 @@
+"""The HTTP server of `edgectl serve`: cheroot, a production thread-pool WSGI server (CherryPy's)
+that also speaks TLS, which the agents' channel needs (waitress, used for the short links, has
+no TLS). A stop is graceful, for rolling deploys behind a load balancer:
+
+1. *drain*: /healthz answers 503 while every request is still served, so health checks take
+   this replica out before anything is refused;
+2. *close*: the listener closes, idle keep-alive connections are closed, and the requests in
+   flight get ``shutdown_seconds`` to finish.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from typing import Any
+
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+from cheroot.wsgi import Server
+
+log = logging.getLogger(__name__)
+
+
+class Draining:
+    """Set once a stop began: /healthz says so, the rest of the app serves as usual."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def begin(self) -> None:
+        self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+
+class ControlServer:
+    def __init__(self, app: Any, host: str, port: int, *, threads: int = 16,
+                 shutdown_seconds: float = 20.0, tls_cert: str = "", tls_key: str = "") -> None:
+        self._server = Server((host, port), app, numthreads=threads,
+                              shutdown_timeout=max(1, round(shutdown_seconds)),
+                              server_name="edgectl")
+        if tls_cert:
+            adapter = BuiltinSSLAdapter(tls_cert, tls_key)
+            adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
+            self._server.ssl_adapter = adapter
+        self.scheme = "https" if tls_cert else "http"
+        self._server.prepare()  # binds now: a taken port fails here, not in a thread
+        self.port: int = self._server.bind_addr[1]
+        self._thread = threading.Thread(target=self._server.serve, name="control-http",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting, close idle connections, wait for the requests in flight."""
+        self._server.stop()
+        self._thread.join(timeout=5)

@@ -1,0 +1,244 @@
+"""`edgectl serve` as production runs it: cheroot with TLS on the agents' channel, a graceful
+stop that drains, finishes requests in flight and hands back leases, and a rolling restart of
+two replicas behind HAProxy under steady API load with no failed request."""
+from __future__ import annotations
+
+import dataclasses
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+from cryptography.fernet import Fernet
+
+from admin_app import create_app
+from control.server import ControlServer
+from control.wiring import Services
+from edge.agent import EdgeAgent
+from edge.errors import EdgeError
+from edge.node import EdgeNode
+from edge.render import NodeLayout, render
+from edge.state import DesiredState
+from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.settings import Settings, SettingsError, load_settings
+from kit.x509 import local_ca_and_server
+
+TOKEN = "test-token-0123456789"
+EDGE_TOKEN = "edge-token-0123456789"
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, str]:
+    ca, cert, key = local_ca_and_server(["localhost", "127.0.0.1"])
+    files = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem"}
+    for name, pem in (("ca", ca), ("cert", cert), ("key", key)):
+        files[name].write_text(pem)
+    return {name: str(path) for name, path in files.items()}
+
+
+def test_agents_reach_a_tls_control_service_only_through_its_ca(
+        settings: Settings, tls_files: dict[str, str], tmp_path: Path) -> None:
+    services = Services.from_settings(settings)
+    server = ControlServer(create_app(services), "127.0.0.1", 0, threads=4,
+                           tls_cert=tls_files["cert"], tls_key=tls_files["key"])
+    server.start()
+    try:
+        services.publisher.refresh()
+        url = f"https://127.0.0.1:{server.port}"
+        node = EdgeNode(tmp_path / "edge")
+        state = EdgeAgent(node, url, EDGE_TOKEN, ca_bundle=tls_files["ca"]).fetch()
+        assert state is not None and state.control_servers
+        with pytest.raises(requests.exceptions.SSLError):  # the system's CAs do not know it
+            EdgeAgent(node, url, EDGE_TOKEN).fetch()
+        with pytest.raises(requests.exceptions.ConnectionError):  # no plain HTTP on it
+            requests.get(f"http://127.0.0.1:{server.port}/healthz", timeout=5)
+    finally:
+        server.stop()
+        services.close()
+
+
+def test_plain_http_to_another_host_is_refused_for_keys_and_cookies(tmp_path: Path) -> None:
+    node = EdgeNode(tmp_path / "edge")
+    with pytest.raises(EdgeError, match="plain HTTP to another host"):
+        EdgeAgent(node, ["http://127.0.0.1:8000", "http://10.0.0.7:8000"], EDGE_TOKEN)
+    EdgeAgent(node, "http://10.0.0.7:8000", EDGE_TOKEN, allow_insecure=True)
+    for url in ("http://127.0.0.1:8000", "http://[::1]:8000", "http://localhost:8000",
+                "https://control.example:8443"):
+        EdgeAgent(node, url, EDGE_TOKEN)
+    with pytest.raises(SettingsError, match="control_url.*plain HTTP"):
+        load_settings(env={}, required=(), control_url="http://control.example:8000")
+    with pytest.raises(SettingsError, match="sso_introspection_url.*plain HTTP"):
+        load_settings(env={}, required=(), sso_platform_url="https://platform.example",
+                      sso_platform_login_url="https://platform.example/login",
+                      sso_introspection_url="http://platform.example/session")
+    load_settings(env={}, required=(), control_url="http://control.example:8000",
+                  allow_insecure_control=True)
+    with pytest.raises(SettingsError, match="go together"):
+        load_settings(env={}, required=(), control_tls_cert="/x/cert.pem")
+
+
+def test_the_edge_verifies_control_replicas_by_name_where_it_has_one(tmp_path: Path) -> None:
+    layout = NodeLayout("127.0.0.1", 80, 443, tmp_path / "admin.sock", tmp_path / "d.pem",
+                        control_ca="/etc/edge/control-ca.pem")
+    state = DesiredState((), ("127.0.0.1:9001",), ("control.internal:8443", "10.0.0.2:8443"))
+    config = render(state, layout, tmp_path)["haproxy.cfg"]
+    assert ("server control1 control.internal:8443 check inter 2s fall 2 rise 1 ssl verify "
+            "required ca-file /etc/edge/control-ca.pem sni str(control.internal) verifyhost "
+            "control.internal") in config
+    assert ("server control2 10.0.0.2:8443 check inter 2s fall 2 rise 1 ssl verify required "
+            "ca-file /etc/edge/control-ca.pem\n") in config
+    plain = render(state, dataclasses.replace(layout, control_ca=""), tmp_path)["haproxy.cfg"]
+    assert "server control2 10.0.0.2:8443 check inter 2s fall 2 rise 1\n" in plain
+
+
+def _replica_env(tmp_path: Path, port: int, worker_id: str) -> dict[str, str]:
+    return {"EDGE_API_TOKEN": TOKEN, "EDGE_EDGE_TOKEN": EDGE_TOKEN,
+            "EDGE_ENCRYPTION_KEYS": _KEY, "EDGE_DATA_DIR": str(tmp_path / "data"),
+            "EDGE_LISTEN_PORT": str(port), "EDGE_WORKER_ID": worker_id,
+            "EDGE_DNS_SERVERS": "127.0.0.1", "EDGE_DNS_PORT": str(free_port()),
+            "EDGE_DNS_TIMEOUT": "0.2", "EDGE_WORKER_INTERVAL": "0.5",
+            "EDGE_DRAIN_SECONDS": "1.5", "EDGE_SHUTDOWN_SECONDS": "10",
+            "EDGE_MAX_PENDING_DOMAINS": "0"}
+
+
+_KEY = Fernet.generate_key().decode()
+
+
+def _start(tmp_path: Path, name: str, port: int) -> ManagedProcess:
+    process = ManagedProcess(name, [sys.executable, "-m", "control", "serve"],
+                             tmp_path / f"{name}.log", env=_replica_env(tmp_path, port, name))
+    wait_for_port(port, process=process, timeout=60)
+    return process
+
+
+def test_a_stop_drains_finishes_requests_in_flight_and_hands_back_leases(
+        tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    replica = _start(tmp_path, "w1", port)
+    try:
+        api = {"Authorization": f"Bearer {TOKEN}"}
+        assert requests.post(f"{url}/api/v1/domains", headers=api, timeout=10, json={
+            "hostname": "blog.example.com", "publication_id": "pub_1"}).status_code == 201
+        deadline = time.monotonic() + 30
+        while not requests.get(f"{url}/api/v1/domains/blog.example.com", headers=api,
+                               timeout=10).json().get("attempts"):
+            assert time.monotonic() < deadline, replica.tail()
+            time.sleep(0.2)  # the worker leased it and checked its DNS (which fails here)
+        edge = {"Authorization": f"Bearer {EDGE_TOKEN}"}
+        version = requests.get(f"{url}/api/v1/edge/state", headers=edge,
+                               timeout=10).json()["version"]
+        in_flight: list[int] = []
+        poll = threading.Thread(target=lambda: in_flight.append(requests.get(
+            f"{url}/api/v1/edge/state", headers=edge, timeout=30,
+            params={"have": version, "wait": 4}).status_code))
+        poll.start()
+        time.sleep(0.5)  # the long poll now waits on the server
+        stopped = time.monotonic()
+        replica.popen.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        health = requests.get(f"{url}/healthz", timeout=5)
+        assert (health.status_code, health.json()) == (503, {"status": "draining"})
+        assert requests.get(f"{url}/api/v1/domains/blog.example.com", headers=api,
+                            timeout=5).ok, "still serving while draining"
+        assert replica.popen.wait(30) == 0, replica.tail()
+        poll.join(10)
+        assert in_flight == [304], "the request in flight was answered, not cut"
+        assert time.monotonic() - stopped < 15
+    finally:
+        replica.stop()
+    settings = load_settings(env=_replica_env(tmp_path, port, "w1"))
+    services = Services.from_settings(settings)
+    try:
+        domain = services.domains.domains.get("blog.example.com")
+        assert domain is not None and domain.get("lease_owner") is None, domain
+    finally:
+        services.close()
+
+
+@pytest.fixture
+def two_replicas_behind_haproxy(tmp_path: Path) -> Iterator[tuple[str, list[int],
+                                                                  list[ManagedProcess]]]:
+    ports = [free_port(), free_port()]
+    front = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(f"""global
+    log stderr format short local0 notice
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response
+frontend api
+    bind 127.0.0.1:{front}
+    default_backend control
+backend control
+    balance roundrobin
+    option httpchk
+    http-check send meth GET uri /healthz
+    server a 127.0.0.1:{ports[0]} check inter 200ms fall 1 rise 1
+    server b 127.0.0.1:{ports[1]} check inter 200ms fall 1 rise 1
+""")
+    subprocess.run(["haproxy", "-c", "-q", "-f", str(config)], check=True)
+    replicas = [_start(tmp_path, "a", ports[0]), _start(tmp_path, "b", ports[1])]
+    proxy = ManagedProcess("haproxy", ["haproxy", "-db", "-f", str(config)],
+                           tmp_path / "haproxy.log")
+    try:
+        wait_for_port(front, process=proxy)
+        time.sleep(0.5)  # both checked up
+        yield f"http://127.0.0.1:{front}", ports, replicas
+    finally:
+        proxy.stop()
+        for replica in replicas:
+            replica.stop()
+
+
+def test_a_rolling_restart_under_api_load_fails_no_request(
+        two_replicas_behind_haproxy: tuple[str, list[int], list[ManagedProcess]],
+        tmp_path: Path) -> None:
+    url, ports, replicas = two_replicas_behind_haproxy
+    api = {"Authorization": f"Bearer {TOKEN}"}
+    done = threading.Event()
+    results: list[int | str] = []
+
+    def load() -> None:
+        session = requests.Session()
+        n = 0
+        while not done.is_set():
+            n += 1
+            try:
+                if n % 4 == 0:  # writes too: a connect is not idempotent
+                    response = session.post(f"{url}/api/v1/domains", headers=api, timeout=20,
+                                            json={"hostname": f"d{n}.example.com",
+                                                  "publication_id": "pub_1"})
+                else:
+                    response = session.get(f"{url}/api/v1/domains", headers=api, timeout=20,
+                                           params={"publication_id": "pub_1"})
+                results.append(response.status_code)
+            except requests.RequestException as exc:
+                results.append(repr(exc))
+
+    clients = [threading.Thread(target=load) for _ in range(2)]
+    for client in clients:
+        client.start()
+    try:
+        time.sleep(1.0)
+        for n, name in enumerate(("a", "b")):  # one at a time, as a deploy does
+            replicas[n].popen.send_signal(signal.SIGTERM)
+            assert replicas[n].popen.wait(30) == 0, replicas[n].tail()
+            replicas[n] = _start(tmp_path, name, ports[n])
+            time.sleep(1.0)  # checked up again before the next one goes
+    finally:
+        done.set()
+        for client in clients:
+            client.join(30)
+    failed = [r for r in results if r not in (200, 201)]
+    assert len(results) > 50 and failed == [], (len(results), failed[:5])
