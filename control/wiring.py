@@ -225,7 +225,7 @@ class Services:
         sso = None
         if sso_keys is not None:
             sso = SingleSignOn(sso_keys, backend.table(SSO_CODES),
-                               domains.active_publication,
+                               domains.sign_in_publication,
                                platform_url=settings.sso_platform_url,
                                https_port=settings.edge_https_port,
                                session_seconds=settings.sso_session_seconds)

@@ -56,7 +56,9 @@ def _article(request: Request) -> Response:
     rd = html.escape(request.path, quote=True)
     if user:
         status = (f'<p id="user">Signed in as <strong>{html.escape(user)}</strong></p>'
-                  f'<p><a href="/_edge/sso/logout?rd={rd}">Sign out</a></p>')
+                  # A POST from this page (same origin): the edge signs out on nothing else.
+                  f'<form method="post" action="/_edge/sso/logout?rd={quote(request.path)}">'
+                  '<button type="submit">Sign out</button></form>')
     else:
         status = (f'<p id="user">Not signed in</p>'
                   f'<p><a id="sign-in" href="/_edge/sso/login?rd={rd}">Sign in</a></p>')

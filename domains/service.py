@@ -165,17 +165,31 @@ class DomainService:
             return None
         return str(domain["publication_id"]), domain["status"] != PENDING_DNS
 
-    def active_publication(self, hostname: str) -> str | None:
-        """The publication the edge serves ``hostname`` for, as an active custom domain (itself
-        or under its wildcard); None when it does not."""
+    def _serving(self, hostname: str) -> Item | None:
+        """The active domain the edge serves ``hostname`` as (itself or its wildcard)."""
         label, _, parent = hostname.partition(".")
         if not HOSTNAME_LABEL.fullmatch(label):
             return None
         for name in (hostname, "*." + parent):
             item = self.domains.get(name)
             if item is not None and item["status"] == ACTIVE:
-                return str(item["publication_id"])
+                return item
         return None
+
+    def active_publication(self, hostname: str) -> str | None:
+        """The publication the edge serves ``hostname`` for, as an active custom domain (itself
+        or under its wildcard); None when it does not."""
+        item = self._serving(hostname)
+        return None if item is None else str(item["publication_id"])
+
+    def sign_in_publication(self, hostname: str) -> tuple[str, bool] | None:
+        """(publication, DNS re-check failing) of the active domain serving ``hostname``; None
+        when none does. A failing domain is still served during its grace period, but its DNS
+        may already lead visitors to someone else's server: single sign-on stops for it."""
+        item = self._serving(hostname)
+        if item is None:
+            return None
+        return str(item["publication_id"]), bool(item.get("failing_since"))
 
     def list_for(self, publication_id: str, limit: int = 100, cursor: str | None = None) -> Page:
         return self.domains.query("publication_id", publication_id, limit=limit, cursor=cursor)

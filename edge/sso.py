@@ -34,6 +34,8 @@ SESSION_COOKIE = "__Host-edge_session"
 STATE_COOKIE = "__Host-edge_sso_state"
 TRIED_COOKIE = "__Host-edge_sso_tried"
 """Set for the browser session after a silent attempt or a logout: no further silent attempt."""
+LOGOUT_COOKIE = "__Host-edge_sso_logout"
+"""The confirmation page's token (SameSite=Strict): its form's POST signs out from any browser."""
 CODE_SECONDS = 60.0
 STATE_SECONDS = 600
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
@@ -45,6 +47,12 @@ _PATH_CHARS = re.compile(r"[\x21-\x7e]*")  # printable ASCII, no spaces or contr
 
 class SsoRefused(EdgeError):
     """A handshake step that must stop here; the message is safe to show the visitor."""
+
+
+class SignInPaused(SsoRefused):
+    """The domain is served, but its DNS re-check is failing: its DNS may already send visitors
+    to a server that is not ours, which would collect their one-time codes, so no code is made
+    for it, none is traded and no session is signed until the check passes again."""
 
 
 def return_path(rd: str | None) -> str:
@@ -121,7 +129,7 @@ class SingleSignOn:
     """The handshake's decisions; the Flask views (edge/sso_views.py) only carry HTTP."""
 
     def __init__(self, keys: SigningKeys, codes: Table,
-                 publication_of: Callable[[str], str | None], *,
+                 publication_of: Callable[[str], tuple[str, bool] | None], *,
                  platform_url: str, https_port: int = 443, session_seconds: float = 3600.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.keys = keys
@@ -133,16 +141,22 @@ class SingleSignOn:
         self.session_seconds = session_seconds
         self._clock = clock
 
-    def require_custom_domain(self, host: str) -> str:
-        self.publication(host)
+    def require_custom_domain(self, host: str, *, paused_ok: bool = False) -> str:
+        self.publication(host, paused_ok=paused_ok)
         return host
 
-    def publication(self, host: str) -> str:
-        """The publication of an active custom domain; anything else is refused."""
-        publication = self._publication_of(host) if HOSTNAME.fullmatch(host) \
+    def publication(self, host: str, *, paused_ok: bool = False) -> str:
+        """The publication of an active custom domain; anything else is refused, and so is a
+        domain whose DNS re-check is failing (:class:`SignInPaused`) unless ``paused_ok`` (for
+        steps that hand out nothing, like coming back anonymous)."""
+        found = self._publication_of(host) if HOSTNAME.fullmatch(host) \
             and host != self.platform_host else None
-        if publication is None:
+        if found is None:
             raise SsoRefused("Sign-in is not available on this address.")
+        publication, failing = found
+        if failing and not paused_ok:
+            raise SignInPaused("Sign-in is paused on this address while its DNS settings are "
+                               "checked again; you can keep reading without signing in.")
         return publication
 
     def authorize_url(self, host: str, state: str, silent: bool = False) -> str:

@@ -2,18 +2,21 @@
 
 The edge sends ``/_edge/`` on every routed host to the control service, so these views see the
 visitor's own Host header: ``login``, ``callback`` and ``logout`` answer on custom domains,
-``authorize`` on the platform domain only.
+``authorize`` on the platform domain only. ``logout`` signs out on a POST from the site itself
+only; a GET shows a page to confirm.
 """
 from __future__ import annotations
 
+import html
 import logging
 import secrets
 
 from flask import Blueprint, redirect, request
 from werkzeug.wrappers import Response
 
-from edge.sso import (SESSION_COOKIE, STATE_COOKIE, STATE_SECONDS, TRIED_COOKIE, SingleSignOn,
-                      SsoRefused, nonce, read_state_cookie, return_path, state_cookie)
+from edge.sso import (LOGOUT_COOKIE, SESSION_COOKIE, STATE_COOKIE, STATE_SECONDS, TRIED_COOKIE,
+                      SignInPaused, SingleSignOn, SsoRefused, nonce, read_state_cookie,
+                      return_path, state_cookie)
 from kit.hosts import host_without_port
 from kit.platform import Platform, PlatformUnavailable
 from kit.web import find, use
@@ -66,8 +69,14 @@ def login() -> Response:
     otherwise straight back to ``rd``, anonymous; once per browser session."""
     sso = _sso()
     rd = return_path(request.args.get("rd"))
-    host = sso.require_custom_domain(_host())
     silent = request.args.get("prompt") == "none"
+    try:
+        host = sso.require_custom_domain(_host())
+    except SignInPaused:
+        if not silent:
+            raise
+        # The site is still served while its DNS is re-checked: the reader stays anonymous.
+        return _no_store(_no_more_silent_attempts(redirect(rd, 302)))
     if silent and request.cookies.get(TRIED_COOKIE):
         return _no_store(redirect(rd, 302))
     state = secrets.token_urlsafe(24)
@@ -82,13 +91,21 @@ def authorize() -> Response:
     sso = _sso()
     if _host() != sso.platform_host:
         raise SsoRefused("Sign-in is not available on this address.")
-    host = sso.require_custom_domain((request.args.get("host") or "").lower())
+    host = (request.args.get("host") or "").lower()
     state = nonce(request.args.get("state"))
+    silent = request.args.get("prompt") == "none"
+    try:
+        sso.require_custom_domain(host)
+    except SignInPaused:
+        if not silent:
+            raise
+        # No code for a host whose DNS may lead elsewhere; a silent attempt just ends there.
+        return _no_store(redirect(sso.callback_url(host, state), 302))
     platform = use(Platform)
     if platform.identity is None:
         raise SsoRefused("Sign-in is not configured.")
     user = platform.identity.user(request.cookies, request.headers.get("Cookie", ""))
-    if user is None and request.args.get("prompt") == "none":
+    if user is None and silent:
         return _no_store(redirect(sso.callback_url(host, state), 302))
     if user is None:
         return _no_store(redirect(platform.sign_in_url(request.full_path.rstrip("?"))))
@@ -99,7 +116,8 @@ def authorize() -> Response:
 @bp.get("/callback")
 def callback() -> Response:
     sso = _sso()
-    host = sso.require_custom_domain(_host())
+    # Coming back anonymous needs no trust in the domain's DNS; a code does (below).
+    host = sso.require_custom_domain(_host(), paused_ok=True)
     state, rd = read_state_cookie(request.cookies.get(STATE_COOKIE))
     if not secrets.compare_digest(state.encode(), (request.args.get("state") or "").encode()):
         raise SsoRefused("This sign-in link was made for another request.")
@@ -108,7 +126,8 @@ def callback() -> Response:
         response.delete_cookie(STATE_COOKIE, path="/", secure=True, httponly=True,
                                samesite="Lax")
         return _no_store(response)
-    user = sso.consume_code(request.args.get("code"), host, state)
+    user = sso.consume_code(request.args.get("code"), host, state)  # gone, whatever follows
+    sso.require_custom_domain(host)
     # Signed in: when this session expires, one silent attempt renews it.
     response = redirect(rd, 302)
     response.delete_cookie(TRIED_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
@@ -119,9 +138,50 @@ def callback() -> Response:
     return _no_store(response)
 
 
-@bp.route("/logout", methods=["GET", "POST"])
+def _same_origin() -> bool:
+    """Whether the request comes from a page of this very site: a cross-site page can make a
+    browser GET or POST here, but cannot forge these headers or read our cookie."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site == "same-origin"
+    # Browsers without Fetch Metadata still send Origin on a POST ("null" for no-referrer pages).
+    return request.headers.get("Origin") == f"https://{request.host}"
+
+
+def _logout_token_matches() -> bool:
+    token, cookie = request.form.get("token") or "", request.cookies.get(LOGOUT_COOKIE) or ""
+    return bool(cookie) and secrets.compare_digest(token.encode(), cookie.encode())
+
+
+@bp.get("/logout")
+def confirm_logout() -> Response:
+    """A page asking to confirm: a GET (a link or an image on any site) never signs out, or
+    any page could sign readers out and stop their silent sign-in for the browser session."""
+    rd = return_path(request.args.get("rd"))
+    token = secrets.token_urlsafe(24)
+    body = ('<!doctype html><html lang="en"><meta charset="utf-8"><title>Sign out</title>'
+            '<form method="post" action="/_edge/sso/logout">'
+            f'<input type="hidden" name="rd" value="{html.escape(rd, quote=True)}">'
+            f'<input type="hidden" name="token" value="{token}">'
+            '<p><button type="submit">Sign out</button> '
+            f'<a href="{html.escape(rd, quote=True)}">Stay signed in</a></p></form></html>')
+    response = Response(body, mimetype="text/html")
+    response.set_cookie(LOGOUT_COOKIE, token, max_age=STATE_SECONDS, secure=True,
+                        httponly=True, samesite="Strict", path="/")
+    response.headers["Content-Security-Policy"] = "default-src 'none'; form-action 'self'"
+    response.headers["X-Frame-Options"] = "DENY"  # no click-jacking of the button
+    return _no_store(response)
+
+
+@bp.post("/logout")
 def logout() -> Response:
+    """Signs out only from a page of this site (same origin, or the confirmation page's token);
+    anything else gets the confirmation page, so a cross-site form cannot sign anybody out."""
+    if not (_same_origin() or _logout_token_matches()):
+        return confirm_logout()
+    rd = return_path(request.form.get("rd") or request.args.get("rd"))
     # No silent sign-in right after signing out, or the logout would not stick.
-    response = _no_more_silent_attempts(redirect(return_path(request.args.get("rd")), 302))
+    response = _no_more_silent_attempts(redirect(rd, 303))
     response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
+    response.delete_cookie(LOGOUT_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
     return _no_store(response)

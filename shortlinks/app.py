@@ -5,7 +5,7 @@ import html
 from typing import Any, Callable, Iterable
 
 from kit.hosts import host_without_port
-from shortlinks.links import SLUG
+from shortlinks.links import SLUG, location
 from shortlinks.resolver import Resolver
 from store import StoreError
 
@@ -40,7 +40,7 @@ def make_app(resolver: Resolver) -> Callable[[dict[str, Any], StartResponse], It
         reason = {301: "Moved Permanently", 302: "Found", 307: "Temporary Redirect",
                   308: "Permanent Redirect"}[verdict.status]
         start_response(f"{verdict.status} {reason}", [
-            ("Location", verdict.target), ("Cache-Control", CACHE[verdict.status]),
+            ("Location", location(verdict.target)), ("Cache-Control", CACHE[verdict.status]),
             ("X-Robots-Tag", "noindex"), ("Content-Length", "0")])
         return [b""]
     return app

@@ -6,8 +6,9 @@ import re
 import secrets
 import string
 import time
+import unicodedata
 from typing import Any, Callable, Iterable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import idna
 
@@ -64,6 +65,83 @@ def _ip_address(host: str) -> bool:
         return False
 
 
+_REFUSED_CATEGORIES = {"Cc", "Zs", "Zl", "Zp"}
+"""Controls (C0, DEL, C1), spaces and the line/paragraph separators U+2028/U+2029."""
+_LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_SUB_DELIMS = "!$&'()*+,;="
+_PATH_SAFE = _SUB_DELIMS + ":@/%"
+_QUERY_SAFE = _PATH_SAFE + "?"
+_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
+def _percent_encode(part: str, safe: str) -> str:
+    """RFC 3986: UTF-8 percent-encoding of all but unreserved and ``safe`` characters; escapes
+    already there stay, a ``%`` that starts none becomes ``%25``."""
+    return quote(_LONE_PERCENT.sub("%25", part), safe=safe)
+
+
+def ascii_target(target: Any) -> tuple[str, str]:
+    """(the target as an ASCII URI, its host in IDNA form) or InvalidLink with a reason.
+
+    A Location header is ASCII: waitress cannot send anything else, and raw Latin-1 bytes are
+    read differently by each client. So the host is IDNA-encoded as a browser reads it (UTS 46:
+    full-width letters, the Kelvin sign, the ideographic full stops all mapped), and the path,
+    query and fragment are percent-encoded as UTF-8.
+    """
+    if not isinstance(target, str) or not target.strip():
+        raise InvalidLink("target", "a URL is required")
+    if len(target) > MAX_TARGET:
+        raise InvalidLink("target", f"longer than {MAX_TARGET} characters")
+    if "\\" in target or any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in target):
+        raise InvalidLink("target", "must not contain spaces, backslashes, control characters "
+                                    "or line separators (U+2028, U+2029)")
+    try:
+        parts = urlsplit(target)
+        port = parts.port  # raises ValueError for a malformed port
+    except ValueError as exc:
+        raise InvalidLink("target", f"not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise InvalidLink("target", "only http and https URLs can be short-linked")
+    if not parts.hostname:
+        raise InvalidLink("target", "the URL needs a host")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidLink("target", "credentials in the URL are not allowed")
+    if "%" in parts.netloc:
+        raise InvalidLink("target", "the host must not be percent-encoded")
+    if _ip_address(parts.hostname):
+        host, netloc = "", f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    else:
+        try:  # the host as a browser reads it (UTS 46), to catch loops however they are spelt:
+            # map first (U+3002, U+FF0E and U+FF61 are dots), then drop the trailing dot
+            mapped = idna.uts46_remap(parts.hostname, std3_rules=False, transitional=False)
+            host = idna.encode(mapped.rstrip(".")).decode().lower()
+        except (idna.IDNAError, ValueError):
+            raise InvalidLink("target", "the host is not a valid domain name") from None
+        host += "." if mapped.endswith(".") else ""
+        netloc = host
+    if port is not None:
+        netloc += f":{port}"
+    url = urlunsplit((parts.scheme, netloc, _percent_encode(parts.path, _PATH_SAFE),
+                      _percent_encode(parts.query, _QUERY_SAFE),
+                      _percent_encode(parts.fragment, _QUERY_SAFE)))
+    if len(url) > MAX_TARGET:
+        raise InvalidLink("target", f"longer than {MAX_TARGET} characters once encoded")
+    return url, host
+
+
+def location(target: str) -> str:
+    """A stored target as a Location header can carry it: ASCII, however old the link (links
+    stored before targets were normalised may hold any character)."""
+    if all(c in _PRINTABLE for c in target):
+        return target
+    escaped = "".join(quote(c) if unicodedata.category(c) in _REFUSED_CATEGORIES else c
+                      for c in target)
+    try:
+        return ascii_target(escaped)[0]
+    except InvalidLink:
+        return quote(escaped, safe=_PRINTABLE)
+
+
 def link_id(domain: str, slug: str) -> str:
     return f"{domain.lower()}/{slug}"
 
@@ -86,35 +164,12 @@ class LinkService:
         self._default_code = default_code
 
     def validate_target(self, target: Any) -> str:
-        if not isinstance(target, str) or not target.strip():
-            raise InvalidLink("target", "a URL is required")
-        if len(target) > MAX_TARGET:
-            raise InvalidLink("target", f"longer than {MAX_TARGET} characters")
-        if any(c in target for c in "\r\n\t \\") or any(ord(c) < 32 for c in target):
-            raise InvalidLink("target", "must not contain spaces, backslashes or control "
-                                        "characters")
-        try:
-            parts = urlsplit(target)
-            _ = parts.port  # raises ValueError for a malformed port
-        except ValueError as exc:
-            raise InvalidLink("target", f"not a valid URL ({exc})") from None
-        if parts.scheme not in ("http", "https"):
-            raise InvalidLink("target", "only http and https URLs can be short-linked")
-        if not parts.hostname:
-            raise InvalidLink("target", "the URL needs a host")
-        if parts.username is not None or parts.password is not None:
-            raise InvalidLink("target", "credentials in the URL are not allowed")
-        if "%" in parts.netloc:
-            raise InvalidLink("target", "the host must not be percent-encoded")
-        if _ip_address(parts.hostname):
-            return target
-        try:  # the host as a browser reads it (UTS 46), to catch loops however they are spelt
-            host = idna.encode(parts.hostname.rstrip("."), uts46=True).decode().lower()
-        except idna.IDNAError:
-            raise InvalidLink("target", "the host is not a valid domain name") from None
-        if host in self._domains:
+        """The target as the ASCII URI it is stored and served as (see :func:`ascii_target`);
+        a target on one of our short domains, however it is spelt, is a loop and refused."""
+        url, host = ascii_target(target)
+        if host.rstrip(".") in self._domains:
             raise InvalidLink("target", "a short link cannot point at a short domain (a loop)")
-        return target
+        return url
 
     def _validate(self, domain: Any, slug: Any, code: Any) -> tuple[str, int]:
         if not isinstance(domain, str) or domain.lower() not in self._domains:

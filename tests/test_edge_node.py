@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -240,3 +241,49 @@ def test_hot_short_links_are_answered_by_haproxy_and_change_without_reload(
     with pytest.raises(RenderError):
         node.apply(dataclasses.replace(state(app, blog), redirects=(
             Redirect("acme.link", "x", 302, "https://e.com/a b\nbackend evil"),)))
+
+
+def http_get(port: int, host: str, path: str = "/x") -> tuple[int, str | None, bytes]:
+    """A plain-HTTP GET to the edge with any Host header (http.client sends it verbatim)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        return response.status, response.getheader("Location"), response.read()
+    finally:
+        conn.close()
+
+
+def test_the_request_id_comes_from_the_edge_only(node: EdgeNode, app: SampleApp) -> None:
+    """Battery finding 4: a client's X-Request-ID reached the apps before ours, so anyone could
+    plant ids in their logs."""
+    cert, pem = self_signed_pem("one.example.test")
+    node.apply(state(app, Route("one.example.test", "pub_1", pem)))
+    probe = https_get(node.layout.https_port, "one.example.test", "/x", cadata=cert,
+                      headers={"X-Request-ID": "planted-by-client"})
+    seen = probe.json()["request_id"]
+    assert seen and "planted" not in seen and "," not in seen
+    assert probe.headers["x-request-id"] == seen, "the client gets the id the app logged"
+
+
+def test_plain_http_redirects_only_hosts_the_edge_routes(node: EdgeNode, app: SampleApp) -> None:
+    """Battery finding 5: the HTTPS redirect was built from any Host header, so
+    ``Host: blog.example.test@evil.test`` sent the visitor to evil.test."""
+    _, pem = self_signed_pem("one.example.test")
+    _, wild = self_signed_pem("*.wild.example.test")
+    node.apply(state(app, Route("one.example.test", "pub_1", pem),
+                     Route("*.wild.example.test", "pub_2", wild)))
+    port, https = node.layout.http_port, node.layout.https_port
+    status, location, _ = http_get(port, "One.Example.Test:80", "/p/1?q=2")
+    assert (status, location) == (301, f"https://one.example.test:{https}/p/1?q=2")
+    assert http_get(port, "a.wild.example.test")[:2] == (301, f"https://a.wild.example.test:{https}/x")
+    for host in ("one.example.test@evil.test", "evil.test\\@one.example.test",
+                 "one.example.test/.evil.test", "[::1]", "", "evil.test/one.example.test"):
+        status, location, _ = http_get(port, host, "/x")
+        assert status == 400 and location is None, (host, status, location)
+    for host in ("evil.test", "one.example.test.evil.test", "example.test"):
+        status, location, body = http_get(port, host, "/x")
+        assert (status, location) == (404, None) and b"Unknown host" in body, host
+    # HTTP-01 checks still reach the control service for names not routed yet (it is down here).
+    status, _, _ = http_get(port, "new.example.test:80", "/.well-known/acme-challenge/t")
+    assert status == 503

@@ -6,12 +6,13 @@ import time
 from typing import Any, Iterator
 
 import pytest
+import requests
 from flask.testing import FlaskClient
 
 from admin_app import create_app
 from control.wiring import Services
 from kit.settings import Settings
-from kit.web import provided
+from kit.web import MAX_JSON_DEPTH, provided
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 EDGE_AUTH = {"Authorization": "Bearer edge-token-0123456789"}
@@ -210,3 +211,28 @@ def test_unproven_claims_are_capped_per_publication(settings: Settings) -> None:
         assert connect(client, "c2.example.test").status_code == 201
     finally:
         services.close()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/domains", "/api/v1/links",
+                                  "/api/v1/domains/blog.example.test/check"])
+def test_deeply_nested_json_is_a_400_not_a_crash(control: tuple[Services, str], path: str) -> None:
+    """Battery finding 3: 100,000 levels (195 KiB) made the parser recurse into a 500. Every
+    JSON body of the app is held to MAX_JSON_DEPTH levels, in the APIs' error shape."""
+    _, url = control
+    for body in ("[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000,
+                 "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1)):
+        answer = requests.post(url + path, data=body, timeout=30,
+                               headers={**AUTH, "Content-Type": "application/json"})
+        assert answer.status_code == 400, answer.text
+        assert "nests deeper" in answer.json()["error"]
+    # Depth within the limit, and brackets inside strings, are not counted as nesting.
+    fine = requests.post(url + "/api/v1/domains", timeout=30, headers=AUTH, json={
+        "hostname": "blog.example.test", "publication_id": "pub_1", "note": "[" * 100_000})
+    assert fine.status_code == 201, fine.text
+
+
+def test_the_json_provider_refuses_deep_nesting_wherever_it_parses(client: FlaskClient) -> None:
+    app = client.application
+    with pytest.raises(ValueError):
+        app.json.loads("[" * 100_000 + "]" * 100_000)
+    assert app.json.loads('["[[[[", {"a": [[1]]}]') == ["[[[[", {"a": [[1]]}]

@@ -1,6 +1,8 @@
 """Short links on SQLite and on DynamoDB (dynalite): rules, redirects, caching, visit counts."""
 from __future__ import annotations
 
+import http.client
+import threading
 import time
 from pathlib import Path
 
@@ -56,7 +58,13 @@ def test_random_and_custom_slugs_never_overwrite(links: LinkService) -> None:
     # Loops however a browser would spell them: a backslash ends the host, %2E is a dot, and
     # the Kelvin sign folds to "k".
     ("https://acme.link\\x7Kq", "backslashes"), ("https://acme%2Elink/x", "percent-encoded"),
-    ("https://ACME.LINK./x", "loop"), ("https://acme.lin\u212a/x", "loop")])
+    ("https://ACME.LINK./x", "loop"), ("https://acme.lin\u212a/x", "loop"),
+    # Battery finding 6: the ideographic, full-width and half-width full stops are dots too.
+    ("https://acme.link\u3002/x", "loop"), ("https://acme.link\uff0e/x", "loop"),
+    ("https://acme.link\uff61/x", "loop"), ("https://acme\u3002link\uff61", "loop"),
+    # Battery finding 2: no line or paragraph separator, no C1 control, in any part.
+    ("https://example.org/a\u2028b", "U+2028"), ("https://example.org/?q=\u2029", "U+2028"),
+    ("https://example.org/#\x85", "control"), ("https://example.org/\x7f", "control")])
 def test_bad_targets_are_refused_with_a_reason(links: LinkService, target: object,
                                                reason: str) -> None:
     with pytest.raises(InvalidLink) as caught:
@@ -168,14 +176,56 @@ def test_cached_links_keep_redirecting_when_dynamodb_is_down(tmp_path: Path) -> 
     assert redirect(table, "acme.link", "cold", resolver).status_code == 503
 
 
-@given(st.text(max_size=300))
+@given(st.one_of(st.text(max_size=300),
+                 st.builds("https://{}/{}".format, st.text(max_size=40), st.text(max_size=80))))
 @hsettings(max_examples=300, deadline=None)
 def test_target_validation_accepts_or_explains(text: str) -> None:
+    """An accepted target is stored as printable ASCII (a Location header carries nothing else),
+    and storing it again changes nothing."""
     service = LinkService(SqliteBackend(":memory:").table(LINKS), DOMAINS)
     try:
-        assert service.validate_target(text) == text
+        stored = service.validate_target(text)
     except InvalidLink as exc:
         assert exc.reason
+        return
+    assert all(0x21 <= ord(c) <= 0x7e for c in stored), stored
+    assert service.validate_target(stored) == stored
+
+
+@pytest.mark.parametrize("target,stored", [
+    ("https://example.org/日本", "https://example.org/%E6%97%A5%E6%9C%AC"),
+    ("https://bücher.example/ä?q=ü#é",
+     "https://xn--bcher-kva.example/%C3%A4?q=%C3%BC#%C3%A9"),
+    ("https://example.org/caf\xe9", "https://example.org/caf%C3%A9"),  # Latin-1 went out raw
+    ("https://EXAMPLE.org:8443/a%20b%zz?x=1&y=2", "https://example.org:8443/a%20b%25zz?x=1&y=2"),
+    ("https://example.org\u3002/x", "https://example.org./x"),
+    ("http://[::1]:8080/\xe9", "http://[::1]:8080/%C3%A9")])
+def test_targets_are_stored_as_ascii_uris_and_redirect_through_waitress(
+        tmp_path: Path, target: str, stored: str) -> None:
+    """Battery finding 2: a non-Latin-1 target was accepted, then every visit answered 500
+    (waitress cannot encode the Location header). The target is normalised when created, and
+    a link stored before that (any character at all) is encoded when served."""
+    from waitress.server import create_server
+
+    table = SqliteBackend(str(tmp_path / "links.db")).table(LINKS)
+    links = LinkService(table, DOMAINS)
+    assert links.create("acme.link", target, owner="p", slug="new")["target"] == stored
+    legacy = links.create("acme.link", "https://example.org/", owner="p", slug="old")
+    table.put({**legacy, "target": target + "\u2028\x85"})  # as an older version stored it
+    server = create_server(make_app(Resolver(table)), host="127.0.0.1", port=0, threads=1)
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        for slug in ("new", "old"):
+            conn = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=10)
+            conn.request("GET", f"/{slug}", headers={"Host": "acme.link"})
+            response = conn.getresponse()
+            assert response.status == 302, (slug, response.read())
+            location = response.getheader("Location")
+            assert location is not None and location.isascii() and location.isprintable()
+            conn.close()
+            assert location == stored if slug == "new" else location.startswith(stored)
+    finally:
+        server.close()
 
 
 def test_random_slugs_cannot_grow_the_cache_without_end(links: LinkService, table: Table) -> None:

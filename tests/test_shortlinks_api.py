@@ -207,10 +207,27 @@ def test_a_hot_link_leaves_the_edge_when_it_expires_not_at_the_next_scan(
 def test_a_target_the_map_cannot_hold_stays_on_the_python_path(link_settings: Settings) -> None:
     services = Services.from_settings(dataclasses.replace(link_settings, hot_links=5))
     try:
-        services.links.create("acme.link", "https://bücher.example/ä", "pub_1", slug="uni")
+        made = services.links.create("acme.link", "https://example.org/", "pub_1", slug="uni")
+        # Stored by a version that kept targets as given (they are ASCII URIs now).
+        services.links.table.put({**made, "target": "https://bücher.example/ä"})
         services.links.table.increment("acme.link/uni", "visits", 100)
         services.links.create("acme.link", "https://example.com/b", "pub_1", slug="plain")
         services.lifecycle.publish_routes()  # would raise RenderError on the agents otherwise
         assert [r["slug"] for r in services.edge_state.load()["redirects"]] == ["plain"]
     finally:
         services.close()
+
+
+def test_a_non_latin_1_target_is_stored_as_an_ascii_uri(client: FlaskClient) -> None:
+    """Battery finding 2 through the API: 201 with the target as it will be served."""
+    made = client.post("/api/v1/links", headers=AUTH, json={
+        "domain": "acme.link", "target": "https://example.org/日本", "owner": "p", "slug": "jp"})
+    assert made.status_code == 201, made.text
+    assert made.get_json()["target"] == "https://example.org/%E6%97%A5%E6%9C%AC"
+    for target in ("https://example.org/\u2028", "https://example.org/\u2029x"):
+        refused = client.post("/api/v1/links", headers=AUTH, json={
+            "domain": "acme.link", "target": target, "owner": "p"})
+        assert refused.status_code == 400 and "U+2028" in refused.get_json()["error"]
+    patched = client.patch("/api/v1/links/acme.link/jp", headers=AUTH,
+                           json={"target": "https://例え.jp/ü"})
+    assert patched.get_json()["target"] == "https://xn--r8jz45g.jp/%C3%BC"

@@ -14,8 +14,11 @@ from flask.testing import FlaskClient
 
 from admin_app import create_app
 from control.wiring import Services
-from edge.sso import SESSION_COOKIE, STATE_COOKIE, TRIED_COOKIE, SsoRefused, return_path
+from domains.dnscheck import DnsCheck, Problem
+from edge.sso import (LOGOUT_COOKIE, SESSION_COOKIE, STATE_COOKIE, TRIED_COOKIE, SsoRefused,
+                      return_path)
 from kit.settings import Settings, SettingsError, load_settings
+from store import all_items
 from tests.conftest import SSO_COOKIE_KEY as COOKIE_KEY
 from tests.conftest import SSO_PLATFORM as PLATFORM
 
@@ -165,11 +168,57 @@ def test_an_anonymous_visitor_is_sent_to_the_platform_login(client: FlaskClient)
         assert back.startswith(f"https://{PLATFORM}/_edge/sso/authorize?")
 
 
+def signed_out(response: Any) -> bool:
+    return any(c.startswith(SESSION_COOKIE) and "Max-Age=0" in c
+               for c in response.headers.getlist("Set-Cookie"))
+
+
 def test_logout_clears_the_session(client: FlaskClient) -> None:
-    response = client.get(f"https://{BLOG}/_edge/sso/logout", query_string={"rd": "/p/1"})
-    assert response.status_code == 302 and response.headers["Location"] == "/p/1"
-    cleared = [c for c in response.headers.getlist("Set-Cookie") if c.startswith(SESSION_COOKIE)]
-    assert cleared and "Max-Age=0" in cleared[0]
+    response = client.post(f"https://{BLOG}/_edge/sso/logout", query_string={"rd": "/p/1"},
+                           headers={"Sec-Fetch-Site": "same-origin"})
+    assert response.status_code == 303 and response.headers["Location"] == "/p/1"
+    assert signed_out(response)
+    assert any(c.startswith(TRIED_COOKIE) for c in response.headers.getlist("Set-Cookie"))
+
+
+@pytest.mark.parametrize("headers", [
+    {}, {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+    {"Sec-Fetch-Site": "none"}, {"Origin": "https://evil.test"}, {"Origin": "null"},
+    {"Origin": f"https://{BLOG}", "Sec-Fetch-Site": "cross-site"}])
+def test_a_cross_site_logout_signs_nobody_out(client: FlaskClient,
+                                              headers: dict[str, str]) -> None:
+    """Battery finding 7: a link, an image or a form on another site must not sign a reader
+    out (and so stop their silent sign-in for the browser session)."""
+    get = client.get(f"https://{BLOG}/_edge/sso/logout", query_string={"rd": "/p/1"},
+                     headers={"Cookie": f"{SESSION_COOKIE}=x", **headers})
+    assert get.status_code == 200 and not signed_out(get)
+    assert not any(c.startswith(TRIED_COOKIE) for c in get.headers.getlist("Set-Cookie"))
+    assert '<form method="post" action="/_edge/sso/logout">' in get.text
+    post = client.post(f"https://{BLOG}/_edge/sso/logout", data={"rd": "/p/1", "token": "x" * 32},
+                       headers={"Cookie": f"{SESSION_COOKIE}=x", **headers})
+    assert post.status_code == 200 and not signed_out(post), "a forged token is no proof"
+    assert not any(c.startswith(TRIED_COOKIE) for c in post.headers.getlist("Set-Cookie"))
+
+
+def test_the_confirmation_page_signs_out_from_any_browser(client: FlaskClient) -> None:
+    """Its form carries a token that matches a SameSite=Strict cookie: no Fetch Metadata or
+    Origin needed. Same origin by Origin alone works too (older browsers)."""
+    page = client.get(f"https://{BLOG}/_edge/sso/logout", query_string={"rd": "/p/1"})
+    cookie = [c for c in page.headers.getlist("Set-Cookie") if c.startswith(LOGOUT_COOKIE)][0]
+    assert "SameSite=Strict" in cookie and "HttpOnly" in cookie
+    token = cookie.split(";")[0].split("=", 1)[1]
+    assert f'name="token" value="{token}"' in page.text
+    confirmed = client.post(f"https://{BLOG}/_edge/sso/logout",
+                            data={"rd": "/p/1", "token": token},
+                            headers={"Cookie": f"{LOGOUT_COOKIE}={token}", "Origin": "null"})
+    assert confirmed.status_code == 303 and signed_out(confirmed)
+    assert confirmed.headers["Location"] == "/p/1"
+    by_origin = client.post(f"https://{BLOG}/_edge/sso/logout", data={"rd": "/p/2"},
+                            headers={"Origin": f"https://{BLOG}"})
+    assert by_origin.status_code == 303 and signed_out(by_origin)
+    off_site = client.post(f"https://{BLOG}/_edge/sso/logout", data={"rd": "//evil.test"},
+                           headers={"Sec-Fetch-Site": "same-origin"})
+    assert off_site.status_code == 400
 
 
 def test_sso_settings_are_checked(tmp_path: Path) -> None:
@@ -241,7 +290,8 @@ def test_a_silent_attempt_happens_once_and_never_loops(client: FlaskClient) -> N
     assert client.get(f"https://{BLOG}/_edge/sso/callback",
                       query_string={"error": "login_required", "state": state + "x"},
                       headers={"Cookie": f"{STATE_COOKIE}={cookie}"}).status_code == 400
-    logout = client.get(f"https://{BLOG}/_edge/sso/logout")
+    logout = client.post(f"https://{BLOG}/_edge/sso/logout",
+                         headers={"Sec-Fetch-Site": "same-origin"})
     assert any(c.startswith(TRIED_COOKIE) for c in logout.headers.getlist("Set-Cookie"))
 
 
@@ -280,3 +330,47 @@ def test_the_platform_cookie_names_its_user_in_sub_only(client: FlaskClient) -> 
     session = [c for c in signed.headers.getlist("Set-Cookie") if c.startswith(SESSION_COOKIE)]
     assert jwt.decode(session[0].split(";")[0].split("=", 1)[1],
                       options={"verify_signature": False})["sub"] == "alice"
+
+
+def test_no_sign_in_for_a_domain_whose_dns_recheck_is_failing(client: FlaskClient,
+                                                              services: Services) -> None:
+    """Battery finding 1: during the grace period the site is still served, but its DNS may
+    lead readers to the publisher's own server, which would collect their one-time codes
+    silently (``prompt=none``) and replay them to us. No code is minted or traded meanwhile."""
+    state, cookie = login(client)
+    early = code_for(client, BLOG, state)  # minted before the failure began
+    away = DnsCheck(False, [Problem("dns_not_pointing", "points elsewhere")], {})
+    services.lifecycle.recheck(services.domains.get(BLOG), away)
+    assert services.domains.get(BLOG)["status"] == "active", "still served during the grace"
+    assert services.domains.get(BLOG)["failing_since"]
+    refused = authorize(client, BLOG, state)
+    assert refused.status_code == 400 and "paused" in refused.text
+    silent = client.get(f"https://{PLATFORM}/_edge/sso/authorize",
+                        query_string={"host": BLOG, "state": state, "prompt": "none"},
+                        headers={"Cookie": platform_cookie()})
+    assert silent.status_code == 302
+    assert parse_qs(urlsplit(silent.headers["Location"]).query) == {
+        "error": ["login_required"], "state": [state]}, "no code, even silently"
+    assert services.sso is not None
+    assert [c["code"] for c in all_items(services.sso.codes)] == [early]
+    # The code in flight is burnt, not traded for a session.
+    traded = callback(client, BLOG, early, state, cookie)
+    assert traded.status_code == 400 and not any(
+        c.startswith(SESSION_COOKIE) for c in traded.headers.getlist("Set-Cookie"))
+    assert services.sso.codes.get(early) is None
+    # On the custom domain: an explicit sign-in says why; a silent one comes back anonymous.
+    assert client.get(f"https://{BLOG}/_edge/sso/login").status_code == 400
+    anonymous = client.get(f"https://{BLOG}/_edge/sso/login",
+                           query_string={"rd": "/p/1", "prompt": "none"})
+    assert anonymous.status_code == 302 and anonymous.headers["Location"] == "/p/1"
+    assert any(c.startswith(TRIED_COOKIE) for c in anonymous.headers.getlist("Set-Cookie"))
+    nobody = client.get(f"https://{BLOG}/_edge/sso/callback",
+                        query_string={"error": "login_required", "state": state},
+                        headers={"Cookie": f"{STATE_COOKIE}={cookie}"})
+    assert nobody.status_code == 302 and nobody.headers["Location"] == "/p/1"
+    # Other domains are unaffected, and the domain's sign-in is back once its DNS is.
+    other_state, _ = login(client, host=OTHER)
+    assert code_for(client, OTHER, other_state)
+    services.lifecycle.recheck(services.domains.get(BLOG), DnsCheck(True, [], {}))
+    state, cookie = login(client)
+    assert callback(client, BLOG, code_for(client, BLOG, state), state, cookie).status_code == 302

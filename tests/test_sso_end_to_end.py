@@ -173,3 +173,33 @@ def test_sessions_survive_a_key_rotation(stack: LocalStack, services: Services) 
         assert time.monotonic() < deadline, "the edge never accepted the new key"
         time.sleep(0.2)
     assert _user_seen(stack, before) == "bob"
+
+
+def test_another_site_cannot_sign_a_reader_out(stack: LocalStack, browser: Any) -> None:
+    """Battery finding 7 in Chromium: a link or a form on another origin reaching
+    /_edge/sso/logout signs nobody out (which would also stop the silent sign-in for the rest
+    of the browser session); the confirmation page's button does."""
+    context = browser.new_context(ignore_https_errors=True)
+    page = context.new_page()
+    page.goto(f"{stack.platform_url}/login")
+    page.fill("#user", "dave")
+    page.click("button[type=submit]")
+    article = f"https://{BLOG}:{stack.edge_https_port}/p/3"
+    page.goto(article)
+    assert page.inner_text("#user") == "Signed in as dave"
+    logout = f"https://{BLOG}:{stack.edge_https_port}/_edge/sso/logout"
+    page.goto(f"https://{OTHER}:{stack.edge_https_port}/p/1")  # another origin posts a form
+    page.evaluate("""url => { const form = document.createElement("form");
+        form.method = "post"; form.action = url + "?rd=/p/3";
+        document.body.append(form); form.submit(); }""", logout)
+    page.wait_for_load_state()
+    page.goto(article)
+    assert page.inner_text("#user") == "Signed in as dave", "a cross-site POST signed out"
+    page.goto(f"{logout}?rd=/p/3")  # a plain GET, as from a link: a page to confirm
+    page.goto(article)
+    assert page.inner_text("#user") == "Signed in as dave", "a GET signed out"
+    page.goto(f"{logout}?rd=/p/3")
+    page.click("button[type=submit]")
+    page.wait_for_url(article)
+    assert page.inner_text("#user") == "Not signed in"
+    context.close()
