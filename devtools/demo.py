@@ -24,6 +24,7 @@ from cryptography.fernet import Fernet
 from devtools.pebble import PebbleStack
 from devtools.probe import Probe, https_get
 from devtools.sample_app import SampleApp
+from kit.files import SECRET, write_atomic
 from kit.procs import ManagedProcess, free_port, wait_for_port
 
 EDGE_TARGET = "edge.platform.test"
@@ -231,9 +232,7 @@ def write_manifest(stack: LocalStack, hostname: str, short_link: str,
         "dns_management_url": f"http://127.0.0.1:{stack.pebble.dns_mgmt_port}",
     }
     path = stack.directory / "demo.json"
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as out:
-        json.dump(manifest, out, indent=2)
+    write_atomic(path, json.dumps(manifest, indent=2), SECRET)  # it holds tokens
     return path
 
 
