@@ -110,8 +110,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         platform = PlatformCertificates(services.publisher.platform_hosts, services.issuer,
                                         services.certificates, services.publisher,
                                         settings.retry_base_seconds)
-        worker = start_worker([services.lifecycle.tick, platform.tick],
-                              settings.worker_interval, stop)
+        steps = [services.lifecycle.tick, platform.tick]
+        if services.sweeper is not None:
+            steps.append(services.sweeper.tick)
+        worker = start_worker(steps, settings.worker_interval, stop)
         if services.webhooks.enabled:
             services.webhooks.start(stop)
         threading.Thread(target=server.serve_forever, daemon=True).start()

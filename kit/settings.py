@@ -98,6 +98,15 @@ class Settings:
     webhook_secret: str = ""
     suspend_grace_seconds: float = 86400.0
     give_up_seconds: float = 7 * 86400.0
+    # retention: expired items go by DynamoDB TTL, or by the worker's sweep (sweep_batch a round)
+    event_retention_seconds: float = 30 * 86400.0
+    """How long a domain's timeline events are kept."""
+    webhook_retention_seconds: float = 30 * 86400.0
+    """How long a delivered webhook stays in the outbox after its delivery."""
+    visit_report_retention_seconds: float = 7 * 86400.0
+    """How long the id of a counted visit report is remembered (a resend within it counts once)."""
+    sweep_batch: int = 500
+    """Expired items deleted per table per worker round where the store has no TTL."""
     # single sign-on (edge/sso.py, kit/platform.py); an empty sso_platform_url turns it off
     sso_platform_url: str = ""
     """The platform domain's base URL, e.g. https://platform.example; it serves /_edge/sso/authorize."""
@@ -198,6 +207,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "webhook_secret": parse.text,
     "suspend_grace_seconds": parse.number,
     "give_up_seconds": parse.number,
+    "event_retention_seconds": parse.positive,
+    "webhook_retention_seconds": parse.positive,
+    "visit_report_retention_seconds": parse.positive,
+    "sweep_batch": parse.positive_int,
     "sso_platform_url": parse.https_url,
     "sso_platform_login_url": parse.https_url,
     "sso_introspection_url": parse.text,
