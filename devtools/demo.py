@@ -38,8 +38,9 @@ class LocalStack:
     def __init__(self, directory: Path, pebble: PebbleStack | None = None,
                  edge_http_port: int | None = None, extra_nodes: int = 0,
                  extra_env: dict[str, str] | None = None, sso: bool = False,
-                 shortlinks: bool = False) -> None:
+                 shortlinks: bool = False, log_level: str = "INFO") -> None:
         self.directory = directory
+        self.log_level = log_level
         self.token = "demo-" + Fernet.generate_key().decode()[:24]
         self.edge_token = "edge-" + Fernet.generate_key().decode()[:24]
         self.encryption_key = Fernet.generate_key().decode()
@@ -111,7 +112,8 @@ class LocalStack:
         return f"https://{PLATFORM_HOST}:{self.edge_https_port}"
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> ManagedProcess:
-        process = ManagedProcess(name, [sys.executable, "-m", "control", *args],
+        process = ManagedProcess(name, [sys.executable, "-m", "control", "--log-level",
+                                        self.log_level, *args],
                                  self.directory / f"{name}.log", env=env)
         self.processes.append(process)
         return process
