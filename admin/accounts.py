@@ -7,6 +7,7 @@ at every login (no session fixation). Each session carries its own CSRF token.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import secrets
 import time
@@ -14,8 +15,9 @@ from typing import Callable
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from kit.backoff import jittered_backoff
 from kit.errors import EdgeRouterError
-from store import ABSENT, ConflictError, Item, Table, TableSpec
+from store import ABSENT, VERSION, ConflictError, Item, Table, TableSpec
 
 ADMIN_USERS = TableSpec("admin_users", key="username")
 ADMIN_SESSIONS = TableSpec("admin_sessions", key="id")
@@ -85,14 +87,31 @@ class Sessions:
         self.table.delete(_digest(session_id))
 
 
+class LimiterBusy(EdgeRouterError):
+    """A login count could not be written within the limiter's deadline (a store under heavy
+    contention): the login is refused rather than let through uncounted."""
+
+    def __init__(self, key: str, seconds: float) -> None:
+        super().__init__(f"login count {key!r} still contended after {seconds:.0f} s")
+        self.key = key
+
+
 class LoginLimiter:
-    """Failed logins within ``lockout`` seconds of the first one, counted three ways:
+    """Login attempts within ``lockout`` seconds of the first one, counted three ways:
     ``max_failures`` for one username from one address, and ``SPREAD`` times that for a username
     from anywhere (guessing from many addresses) or for an address whatever the username. So
     someone elsewhere cannot lock an admin out with a few wrong passwords, and guessing from
-    many places or at many names still stops."""
+    many places or at many names still stops.
+
+    An attempt is counted *before* its password is checked, in one conditional write per key
+    that also checks the limit (:meth:`attempt`), so parallel guesses can never check more
+    passwords than the limit allows; a right password then clears the username's counts and
+    gives the address its attempt back (:meth:`succeeded`)."""
 
     SPREAD = 10
+    DEADLINE = 30.0
+    """Seconds a count may stay contended before :class:`LimiterBusy` (each lost race means
+    another attempt was counted, so this only trips on a store that keeps failing writes)."""
 
     def __init__(self, table: Table, max_failures: int, lockout: float,
                  clock: Callable[[], float] = time.time) -> None:
@@ -109,35 +128,58 @@ class LoginLimiter:
     def _limit(self, key: str) -> int:
         return self.max_failures * (1 if key.startswith("pair:") else self.SPREAD)
 
+    def _wait(self, key: str, item: Item | None) -> float:
+        if item is None or item["failures"] < self._limit(key):
+            return 0.0
+        return max(float(item["expires_at"]) - self._clock(), 1e-3)
+
     def locked_for(self, keys: list[str]) -> float:
         """Seconds until these keys may try again (0 when not locked)."""
-        waits = [0.0]
-        for key in keys:
-            item = self.table.get(key)
-            if item is not None and item["failures"] >= self._limit(key):
-                waits.append(float(item["expires_at"]) - self._clock())
-        return max(waits)
+        return max([0.0] + [self._wait(key, self.table.get(key)) for key in keys])
 
-    def failed(self, keys: list[str]) -> None:
+    def attempt(self, keys: list[str]) -> float:
+        """Count one attempt against every key, unless one of them is at its limit: then
+        nothing stays counted and the seconds until it may try again are returned. 0 means
+        the attempt is counted and its password may be checked."""
+        taken: list[str] = []
         for key in keys:
-            self._count(key)
+            wait = self._change(key, +1)
+            if wait > 0:
+                for earlier in taken:
+                    self._change(earlier, -1)
+                return wait
+            taken.append(key)
+        return 0.0
 
-    def _count(self, key: str) -> None:
-        for _ in range(5):  # a read-modify-write; a lost race reads again
+    def _change(self, key: str, amount: int) -> float:
+        """Add ``amount`` to the key's count in one conditional write that also checks the
+        limit (when adding); retried on a lost race until it lands, or
+        :class:`LimiterBusy` after ``DEADLINE`` seconds. Returns the wait when locked, else 0."""
+        deadline = time.monotonic() + self.DEADLINE
+        for attempts in itertools.count(1):
             item = self.table.get(key)
-            fresh = {"key": key, "failures": 1, "expires_at": self._clock() + self.lockout}
+            wait = self._wait(key, item) if amount > 0 else 0.0
+            if wait > 0 or (item is None and amount < 0):
+                return wait
             try:
                 if item is None:
-                    self.table.put(fresh, expected_version=ABSENT)
+                    self.table.put({"key": key, "failures": amount,
+                                    "expires_at": self._clock() + self.lockout},
+                                   expected_version=ABSENT)
                 else:
-                    self.table.put({**item, "failures": item["failures"] + 1},
-                                   expected_version=item["version"])
-                return
+                    self.table.put({**item, "failures": max(0, item["failures"] + amount)},
+                                   expected_version=item[VERSION])
+                return 0.0
             except ConflictError:
-                continue
+                if time.monotonic() > deadline:
+                    raise LimiterBusy(key, self.DEADLINE) from None
+                time.sleep(jittered_backoff(attempts, 0.002, 0.05))
+        raise AssertionError("unreachable")
 
     def succeeded(self, username: str, address: str) -> None:
-        """A right password clears the counts of the username (not the address's)."""
-        pair, user, _ = self.keys(username, address)
+        """A right password clears the counts of the username, and gives the address back
+        the attempt :meth:`attempt` counted (its other failures stay)."""
+        pair, user, addr = self.keys(username, address)
         self.table.delete(pair)
         self.table.delete(user)
+        self._change(addr, -1)

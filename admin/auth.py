@@ -7,6 +7,7 @@ import secrets
 from flask import Blueprint, make_response, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
+from admin.accounts import LimiterBusy
 from admin.web import (COOKIE, admin, audit, client_address, safe_next, set_cookie,
                        tokens_match)
 
@@ -35,14 +36,16 @@ def login_post() -> Response:
     context = admin()
     username = request.form.get("username", "")[:64]
     keys = context.limiter.keys(username, client_address())
-    wait = context.limiter.locked_for(keys)
+    try:
+        wait = context.limiter.attempt(keys)  # counted before the password is checked
+    except LimiterBusy:
+        wait = 60.0
     if wait > 0:
         context.audit.record(username, "login refused (locked)", address=client_address())
         return _form(f"Too many failed logins. Try again in {math.ceil(wait / 60)} minute(s).",
                      429)
     name = context.users.verify(username, request.form.get("password", ""))
     if name is None:
-        context.limiter.failed(keys)
         context.audit.record(username, "login failed", address=client_address())
         return _form("Wrong username or password.", 401)
     context.limiter.succeeded(name, client_address())

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, abort
 from kit.web import use
 from store import Table, TableSpec
 
-CHALLENGES = TableSpec("acme_challenges", key="token")
+CHALLENGES = TableSpec("acme_challenges", key="token", expiring=True)
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,256}$")
 CHALLENGE_TTL = 900.0
 

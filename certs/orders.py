@@ -14,7 +14,7 @@ from acme import client, messages
 from kit.vault import KeyVault
 from store import Item, Table, TableSpec
 
-ORDERS = TableSpec("acme_orders", key="key")
+ORDERS = TableSpec("acme_orders", key="key", expiring=True)
 ORDER_RECORD_TTL = 7 * 86400.0  # CAs expire pending orders within days
 
 

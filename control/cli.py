@@ -117,8 +117,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                                         settings.retry_base_seconds,
                                         edge_up=lambda: any(node.get("applied_version") for node
                                                             in services.edge_state.list_nodes()))
-        worker = start_worker([services.lifecycle.tick, platform.tick],
-                              settings.worker_interval, stop)
+        steps = [services.lifecycle.tick, platform.tick]
+        if services.sweeper is not None:
+            steps.append(services.sweeper.tick)
+        worker = start_worker(steps, settings.worker_interval, stop)
         if services.webhooks.enabled:
             services.webhooks.start(stop)
         server.start()

@@ -32,6 +32,7 @@ from kit.vault import KeyVault
 from shortlinks.links import LINK_CHANGES, LINKS, LinkService
 from shortlinks.resolver import Resolver
 from store import Backend, open_backend
+from store.sweep import ExpirySweeper
 
 log = logging.getLogger(__name__)
 PLATFORM_PUBLICATION = "_platform"
@@ -153,6 +154,8 @@ class Services:
     tokens: PublicationTokens
     platform: Platform
     sso: SingleSignOn | None = None
+    sweeper: ExpirySweeper | None = None
+    """Deletes what the retention settings let go (a worker step)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -169,7 +172,8 @@ class Services:
             retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
             claim_ttl=settings.claim_ttl_seconds, automation=automation,
             max_pending=settings.max_pending_domains,
-            allow_wildcards=settings.allow_wildcards, counts=backend.table(DOMAIN_COUNTS))
+            allow_wildcards=settings.allow_wildcards, counts=backend.table(DOMAIN_COUNTS),
+            event_retention=settings.event_retention_seconds)
         challenges = ChallengeStore(backend.table(CHALLENGES))
         certificates = CertificateStore(backend.table(CERTIFICATES), vault)
         cas = settings.acme_issuers or [{"directory_url": settings.acme_directory_url,
@@ -191,7 +195,8 @@ class Services:
             for ca in cas], certificates, IssuanceStats(backend.table(ISSUANCE_STATS)))
         edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
                                     backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault,
-                                    backend.table(EDGE_VISIT_REPORTS))
+                                    backend.table(EDGE_VISIT_REPORTS),
+                                    report_memory=settings.visit_report_retention_seconds)
         links = LinkService(backend.table(LINKS), settings.short_domains,
                             changes=backend.table(LINK_CHANGES), domain_owner=domains.owner)
         resolver = Resolver(links.table, changes=links.changes)
@@ -210,7 +215,8 @@ class Services:
                         dns_concurrency=max(1, settings.dns_concurrency),
                         issue_concurrency=max(1, settings.issue_concurrency))
         webhooks = WebhookSender(backend.table(WEBHOOKS), settings.webhook_url,
-                                 settings.webhook_secret)
+                                 settings.webhook_secret,
+                                 retention=settings.webhook_retention_seconds)
         lifecycle = Lifecycle(domains, checker, issuer, publisher, timing,
                               events=DomainEvents(webhooks, links, publisher),
                               worker_id=settings.worker_id)
@@ -229,10 +235,13 @@ class Services:
                                platform_url=settings.sso_platform_url,
                                https_port=settings.edge_https_port,
                                session_seconds=settings.sso_session_seconds)
+        sweeper = ExpirySweeper([domains.events, webhooks.table, edge_state.reports,
+                                 challenges.table, backend.table(ORDERS),
+                                 backend.table(SSO_CODES)], settings.sweep_batch)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
                    lifecycle, webhooks, links, resolver, publisher,
                    PublicationTokens(backend.table(API_TOKENS)), Platform.from_settings(settings),
-                   sso)
+                   sso, sweeper)
 
     def reencrypt_keys(self) -> int:
         """``edgectl keys rotate``: every stored secret, re-encrypted under the newest key."""

@@ -24,6 +24,7 @@ from cryptography.fernet import Fernet
 from devtools.pebble import PebbleStack
 from devtools.probe import Probe, https_get
 from devtools.sample_app import SampleApp
+from kit.files import SECRET, write_atomic
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.x509 import local_ca_and_server
 
@@ -38,8 +39,9 @@ class LocalStack:
     def __init__(self, directory: Path, pebble: PebbleStack | None = None,
                  edge_http_port: int | None = None, extra_nodes: int = 0,
                  extra_env: dict[str, str] | None = None, sso: bool = False,
-                 shortlinks: bool = False) -> None:
+                 shortlinks: bool = False, log_level: str = "INFO") -> None:
         self.directory = directory
+        self.log_level = log_level
         self.token = "demo-" + Fernet.generate_key().decode()[:24]
         self.edge_token = "edge-" + Fernet.generate_key().decode()[:24]
         self.encryption_key = Fernet.generate_key().decode()
@@ -128,7 +130,8 @@ class LocalStack:
         return f"https://{PLATFORM_HOST}:{self.edge_https_port}"
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> ManagedProcess:
-        process = ManagedProcess(name, [sys.executable, "-m", "control", *args],
+        process = ManagedProcess(name, [sys.executable, "-m", "control", "--log-level",
+                                        self.log_level, *args],
                                  self.directory / f"{name}.log", env=env)
         self.processes.append(process)
         return process
@@ -251,9 +254,7 @@ def write_manifest(stack: LocalStack, hostname: str, short_link: str,
         "dns_management_url": f"http://127.0.0.1:{stack.pebble.dns_mgmt_port}",
     }
     path = stack.directory / "demo.json"
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as out:
-        json.dump(manifest, out, indent=2)
+    write_atomic(path, json.dumps(manifest, indent=2), SECRET)  # it holds tokens
     return path
 
 

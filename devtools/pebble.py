@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs.keys import key_to_pem
+from kit.files import PUBLIC, SECRET, write_atomic
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.x509 import build_certificate, cert_to_pem
 
@@ -28,10 +29,9 @@ def make_listener_cert(directory: Path) -> tuple[Path, Path, Path]:
                              names=["localhost", "127.0.0.1"])
     directory.mkdir(parents=True, exist_ok=True)
     paths = directory / "listener-ca.pem", directory / "listener.pem", directory / "listener.key"
-    paths[0].write_text(cert_to_pem(ca))
-    paths[1].write_text(cert_to_pem(cert))
-    paths[2].write_bytes(key_to_pem(key))
-    paths[2].chmod(0o600)
+    write_atomic(paths[0], cert_to_pem(ca), PUBLIC)
+    write_atomic(paths[1], cert_to_pem(cert), PUBLIC)
+    write_atomic(paths[2], key_to_pem(key), SECRET)
     return paths
 
 
@@ -60,7 +60,7 @@ class PebbleStack:
             **({"certificateValidityPeriod": validity_seconds} if validity_seconds else {}),
         }}
         config_path = directory / "pebble.json"
-        config_path.write_text(json.dumps(config))
+        write_atomic(config_path, json.dumps(config), PUBLIC)
         self.challtestsrv = ManagedProcess("challtestsrv", [
             "pebble-challtestsrv", "-dns01", f"127.0.0.1:{self.dns_port}",
             "-management", f"127.0.0.1:{self.dns_mgmt_port}", "-http01", "", "-https01", "",
@@ -76,7 +76,7 @@ class PebbleStack:
             wait_for_port(self.acme_port, process=self.pebble)
             wait_for_port(self.mgmt_port, process=self.pebble)
             self.root_path = directory / "pebble-root.pem"
-            self.root_path.write_text(self._management_get("/roots/0"))
+            write_atomic(self.root_path, self._management_get("/roots/0"), PUBLIC)
         except BaseException:
             self.stop()
             raise

@@ -27,9 +27,9 @@ table (a process died in between); the worker writes them."""
 OUTBOX = "outbox"
 OUTBOX_GRACE = 5.0
 """An outbox older than this was left by a process that died: the worker drains it."""
-EVENTS = TableSpec("domain_events", key="id", indexes=("claim",))
+EVENTS = TableSpec("domain_events", key="id", indexes=("claim",), expiring=True)
 """Events belong to one claim (one connection of a hostname), so a later owner never sees them.
-Their ids sort newest first."""
+Their ids sort newest first; each expires ``event_retention`` seconds after it happened."""
 
 PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED = (
     "pending_dns", "verified", "issuing", "active", "suspended")
@@ -58,7 +58,8 @@ class DomainService:
                  retry_base: float = 5.0, retry_max: float = 3600.0,
                  claim_ttl: float = 7 * 86400, automation: RecordAutomation | None = None,
                  allow_wildcards: bool = False, max_pending: int = 0,
-                 counts: Table | None = None, clock: Callable[[], float] = time.time) -> None:
+                 counts: Table | None = None, event_retention: float = 30 * 86400.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.domains = domains
         self.events = events
         self.counts = StatusCounts(counts, STATUSES) if counts is not None else None
@@ -72,6 +73,7 @@ class DomainService:
         self._claim_ttl = claim_ttl
         self._allow_wildcards = allow_wildcards
         self._max_pending = max_pending
+        self._event_retention = event_retention
         self.automation = automation or RecordAutomation({})
         self._clock = clock
 
@@ -352,7 +354,8 @@ class DomainService:
                 "hostname": domain["hostname"], "claim": domain["claim"], "what": what,
                 "from": transition[0] if transition else None,
                 "to": transition[1] if transition else None,
-                "actor": actor, "why": why, "at": iso(self._clock())}
+                "actor": actor, "why": why, "at": iso(self._clock()),
+                "expires_at": self._clock() + self._event_retention}
 
 
 def _with_event(domain: Item, now: float, event: Item) -> Item:

@@ -18,6 +18,7 @@ inside the signed payload, so a captured request cannot be replayed later
 (:func:`verify_signature` does all of this). Any 2xx answer counts as delivered; anything else,
 a redirect, a connection error or a timeout is retried with jittered exponential backoff until
 ``max_attempts``, after which the event is left in state ``failed`` with ``last_error``.
+A delivered event expires ``retention`` seconds after its delivery.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from store import ConflictError, Item, Table, TableSpec, every
 
 log = logging.getLogger(__name__)
 
-WEBHOOKS = TableSpec("webhook_outbox", key="id", indexes=("state",))
+WEBHOOKS = TableSpec("webhook_outbox", key="id", indexes=("state",), expiring=True)
 EVENT_TYPES = frozenset({
     "domain.verified", "domain.active", "domain.suspended", "domain.removed",
     "certificate.issued", "certificate.renewal_failed",
@@ -68,6 +69,7 @@ class WebhookSender:
     def __init__(self, table: Table, url: str, secret: str, *,
                  session: requests.Session | None = None, max_attempts: int = 12,
                  retry_base: float = 5.0, retry_max: float = 3600.0, timeout: float = 5.0,
+                 retention: float = 30 * 86400.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.table = table
         self._url = url
@@ -78,6 +80,7 @@ class WebhookSender:
         self._retry_max = retry_max
         self._timeout = timeout
         self._lease = 3 * timeout + 10  # longer than any one attempt can take
+        self._retention = retention
         self._clock = clock
 
     @property
@@ -157,7 +160,9 @@ class WebhookSender:
         except requests.RequestException as exc:
             error = type(exc).__name__  # the message may hold the URL, which may hold a token
         if error is None:
-            self._finish(event, state=DELIVERED, delivered_at=self._clock(), last_error=None)
+            now = self._clock()
+            self._finish(event, state=DELIVERED, delivered_at=now, last_error=None,
+                         expires_at=now + self._retention)
             return True
         self._failed_attempt(event, error)
         return False

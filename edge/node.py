@@ -22,6 +22,7 @@ from edge.plan import Plan, make_plan
 from edge.render import NodeLayout, cert_file, render, render_lists, validate
 from edge.runtime import RuntimeAPI, RuntimeCommandFailed
 from edge.state import DesiredState, Route
+from kit.files import PUBLIC, SECRET, fsync_directory, replace_durably, write_atomic
 from kit.x509 import self_signed
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class EdgeNode:
                 removed.append(cert_path)
                 continue
             if change.cert_changed:
-                _write_atomic(cert_path, change.desired.pem, 0o600)
+                write_atomic(cert_path, change.desired.pem, SECRET)
                 self.runtime.upload_cert(cert_path, change.desired.pem, new=change.existing is None)
                 if change.existing is None:
                     self.runtime.add_crt_list_entry(crt_list, cert_path, change.hostname)
@@ -163,8 +164,8 @@ class EdgeNode:
                                      exists=change.existing is not None)
         self._hot_redirects(release / "redirects.map", state)
         for name in ("hosts.map", "crt-list", "redirects.map"):
-            _write_atomic(release / name, files[name])
-        _write_atomic(release / "VERSION", state.version + "\n")
+            write_atomic(release / name, files[name], PUBLIC)
+        write_atomic(release / "VERSION", state.version + "\n", PUBLIC)
         for cert_path in removed:  # only once no file names them any more
             cert_path.unlink(missing_ok=True)
         log.info("edge hot-applied version %s: %s", state.version, "; ".join(plan.describe()))
@@ -216,21 +217,23 @@ class EdgeNode:
         release = self.directory / "releases" / f"{stamp}-{number}-{state.version}"
         (release / "certs").mkdir(parents=True)
         os.chmod(release / "certs", 0o700)
-        for name, content in render(state, self.layout, release, self.templates).items():
+        files = render(state, self.layout, release, self.templates)
+        files.update({"VERSION": state.version + "\n", "STRUCTURE": self._structure(state)})
+        for name, content in files.items():
             path = release / name
             path.parent.mkdir(exist_ok=True)
-            path.write_text(content)
-            if name.startswith("certs/"):
-                path.chmod(0o600)
-        (release / "VERSION").write_text(state.version + "\n")
-        (release / "STRUCTURE").write_text(self._structure(state))
+            # Each file is synced, its directory once below: the swap is what makes it current.
+            write_atomic(path, content, SECRET if name.startswith("certs/") else PUBLIC,
+                         sync_directory=False)
+        for directory in {(release / name).parent for name in files} | {release.parent}:
+            fsync_directory(directory)
         return release
 
     def _swap(self, release: Path) -> None:
         link = self.directory / "current.new"
         link.unlink(missing_ok=True)
         link.symlink_to(release.relative_to(self.directory))
-        os.replace(link, self.current)
+        replace_durably(link, self.current)
 
     def _prune(self) -> None:
         keep = {self.current.resolve()}
@@ -240,14 +243,7 @@ class EdgeNode:
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_atomic(path: Path, content: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(content)
-    tmp.chmod(mode)
-    os.replace(tmp, path)
-
-
 def _ensure_default_cert(path: Path) -> None:
     """A self-signed certificate HAProxy serves for unknown SNI (it needs one to bind TLS)."""
     if not path.exists():
-        _write_atomic(path, self_signed("edge-default.invalid", days=3650)[1], 0o600)
+        write_atomic(path, self_signed("edge-default.invalid", days=3650)[1], SECRET)

@@ -29,7 +29,7 @@ from store import (ABSENT, VERSION, ConflictError, Item, Table, TableSpec, all_i
                    rewrite_field)
 
 SSO_KEYS = TableSpec("sso_keys", key="kid")
-SSO_CODES = TableSpec("sso_codes", key="code")
+SSO_CODES = TableSpec("sso_codes", key="code", expiring=True)
 SESSION_COOKIE = "__Host-edge_session"
 STATE_COOKIE = "__Host-edge_sso_state"
 TRIED_COOKIE = "__Host-edge_sso_tried"

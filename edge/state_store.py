@@ -39,9 +39,9 @@ A reconciliation drops the tombstones and records ``compacted_revision``: an age
 it gets a full snapshot, so no removal can be missed."""
 EDGE_CERTS = TableSpec("edge_certs", key="hostname")
 EDGE_NODES = TableSpec("edge_nodes", key="node_id")
-EDGE_VISIT_REPORTS = TableSpec("edge_visit_reports", key="report_id")
-"""Report ids already counted: an agent that resends a report after a lost answer counts once."""
-REPORT_MEMORY_SECONDS = 7 * 86400.0
+EDGE_VISIT_REPORTS = TableSpec("edge_visit_reports", key="report_id", expiring=True)
+"""Report ids already counted: an agent that resends a report after a lost answer counts once.
+Each is remembered ``report_memory`` seconds."""
 COMMIT_ATTEMPTS = 20
 CHUNK = 200
 """Route changes per commit: the outbox rides in the version item, which must stay small."""
@@ -53,9 +53,12 @@ RouteChange = tuple[str, str] | None
 
 class EdgeStateStore:
     def __init__(self, state: Table, routes: Table, certs: Table, nodes: Table,
-                 vault: KeyVault, reports: Table) -> None:
+                 vault: KeyVault, reports: Table, report_memory: float = 7 * 86400.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.state = state
         self.reports = reports
+        self._report_memory = report_memory
+        self._clock = clock
         self.routes = routes
         self.certs = certs
         self.nodes = nodes
@@ -302,10 +305,10 @@ class EdgeStateStore:
     # --- nodes and their reports --------------------------------------------------------------
 
     def first_report(self, report_id: str) -> bool:
-        """True the first time a visit report id is seen; it is remembered for a week."""
+        """True the first time a visit report id is seen (within ``report_memory``)."""
         try:
             self.reports.put({"report_id": report_id,
-                              "expires_at": time.time() + REPORT_MEMORY_SECONDS},
+                              "expires_at": self._clock() + self._report_memory},
                              expected_version=ABSENT)
             return True
         except ConflictError:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import uuid
 from pathlib import Path
 
 from edge.runtime import RuntimeAPI
+from kit.files import PUBLIC, write_atomic
 
 log = logging.getLogger(__name__)
 TABLE = "hot_visits"
@@ -46,10 +46,9 @@ class HotVisitMeter:
             log.warning("ignoring unreadable %s: %s", self._file, exc)
 
     def _save(self) -> None:
-        tmp = self._file.with_name(self._file.name + ".tmp")
-        tmp.write_text(json.dumps({"pid": self._pid, "seen": self._seen,
-                                   "pending": dict(self.pending), "sealed": self.sealed}))
-        os.replace(tmp, self._file)
+        write_atomic(self._file, json.dumps({"pid": self._pid, "seen": self._seen,
+                                             "pending": dict(self.pending),
+                                             "sealed": self.sealed}), PUBLIC)
 
     def read(self) -> dict[str, int]:
         """Visits since the last read, added to ``pending``; returns all pending visits."""

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from kit import parsers as parse
 from kit.errors import EdgeRouterError
 from kit.hosts import plain_http_off_host
+from kit.redact import SECRET, redacted_repr
 
 ENV_PREFIX = "EDGE_"
 
@@ -33,9 +34,11 @@ class SettingsError(EdgeRouterError):
 class Settings:
     """All configuration of the control service, the edge agent and the demo."""
 
-    api_token: str = ""
-    edge_token: str = ""
-    encryption_keys: list[str] = dataclasses.field(default_factory=list)
+    __repr__ = redacted_repr  # secrets (metadata=SECRET) show as '***'
+
+    api_token: str = dataclasses.field(default="", metadata=SECRET)
+    edge_token: str = dataclasses.field(default="", metadata=SECRET)
+    encryption_keys: list[str] = dataclasses.field(default_factory=list, metadata=SECRET)
     data_dir: str = "edge-data"
     storage_backend: str = "sqlite"
     sqlite_path: str = ""
@@ -78,7 +81,8 @@ class Settings:
     acme_directory_url: str = "https://127.0.0.1:14000/dir"
     acme_ca_bundle: str = ""
     acme_email: str = ""
-    acme_issuers: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    acme_issuers: list[dict[str, str]] = dataclasses.field(default_factory=list,
+                                                           metadata=SECRET)  # EAB keys
     """Ordered CAs to try; when empty, the one of acme_directory_url / acme_ca_bundle."""
     certificate_key_type: str = "ec256"
     acme_orders_per_3h: int = 300
@@ -110,11 +114,21 @@ class Settings:
     ``shortlinks_port``."""
     """How many of the most-visited short links HAProxy answers by itself (0: none)."""
     recheck_seconds: float = 3600.0
-    webhook_url: str = ""
-    registrars: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    webhook_secret: str = ""
+    webhook_url: str = dataclasses.field(default="", metadata=SECRET)  # may hold a token
+    registrars: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict,
+                                                              metadata=SECRET)  # API keys
+    webhook_secret: str = dataclasses.field(default="", metadata=SECRET)
     suspend_grace_seconds: float = 86400.0
     give_up_seconds: float = 7 * 86400.0
+    # retention: expired items go by DynamoDB TTL, or by the worker's sweep (sweep_batch a round)
+    event_retention_seconds: float = 30 * 86400.0
+    """How long a domain's timeline events are kept."""
+    webhook_retention_seconds: float = 30 * 86400.0
+    """How long a delivered webhook stays in the outbox after its delivery."""
+    visit_report_retention_seconds: float = 7 * 86400.0
+    """How long the id of a counted visit report is remembered (a resend within it counts once)."""
+    sweep_batch: int = 500
+    """Expired items deleted per table per worker round where the store has no TTL."""
     # single sign-on (edge/sso.py, kit/platform.py); an empty sso_platform_url turns it off
     sso_platform_url: str = ""
     """The platform domain's base URL, e.g. https://platform.example; it serves /_edge/sso/authorize."""
@@ -123,7 +137,7 @@ class Settings:
     sso_introspection_url: str = ""
     """Platform endpoint that answers the user of the request's cookies (or 401)."""
     sso_platform_cookie: str = ""
-    sso_platform_cookie_key: str = ""
+    sso_platform_cookie_key: str = dataclasses.field(default="", metadata=SECRET)
     """Or: the platform's session cookie, an HS256 token verified with this key."""
     sso_session_seconds: float = 3600.0
     """Short, so a platform sign-out or ban reaches custom domains soon; renewed silently."""
@@ -223,6 +237,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "webhook_secret": parse.text,
     "suspend_grace_seconds": parse.number,
     "give_up_seconds": parse.number,
+    "event_retention_seconds": parse.positive,
+    "webhook_retention_seconds": parse.positive,
+    "visit_report_retention_seconds": parse.positive,
+    "sweep_batch": parse.positive_int,
     "sso_platform_url": parse.https_url,
     "sso_platform_login_url": parse.https_url,
     "sso_introspection_url": parse.text,

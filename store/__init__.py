@@ -53,6 +53,10 @@ class TableSpec:
     key: str
     indexes: tuple[str, ...] = ()
     ranges: tuple[RangeIndex, ...] = ()
+    expiring: bool = False
+    """Its items carry ``expires_at`` and must go once it passes: the backend keeps them in an
+    index on it, so :meth:`Table.purge_expired` deletes what is due without reading the rest
+    (or leaves the deleting to the server: DynamoDB's TTL)."""
 
     def range_index(self, name: str) -> RangeIndex:
         for index in self.ranges:
@@ -98,6 +102,14 @@ class Table(Protocol):
 
     def increment(self, key: str, counter: str, amount: int = 1) -> int:
         """Atomically add ``amount`` to a counter of the item and return the new value."""
+
+    def purge_expired(self, now: float | None = None, limit: int = 100) -> int:
+        """Delete up to ``limit`` items whose ``expires_at`` is at most ``now`` (default: the
+        time), soonest first, with their counters; return how many went. Reads only those
+        items (an index on expiry), so a table with nothing due costs one request. Each delete
+        is conditional on the item being still expired (one rewritten meanwhile stays). A
+        backend whose server deletes expired items itself (DynamoDB TTL) returns 0 at once.
+        Only for a table whose spec is ``expiring``."""
 
 
 class Backend(Protocol):

@@ -5,10 +5,16 @@ Layout of an item: ``pk`` (the key), ``version``, ``expires_at`` (the TTL attrib
 (each backed by a global secondary index ``by_<name>`` with ``pk`` as range key), for each range
 index its key (string) and sort (number) attributes (a global secondary index ``range_<name>``),
 and counters as ``c_<name>`` numbers. An item exists when it has a ``version``; counters alone do not make one.
+
+Expired items (``expires_at`` passed) are filtered on every read. An ``expiring`` table lets the
+server delete them (TTL on ``expires_at``); on a server without TTL (dynalite) its items that
+expire also carry ``expiry_shard``, the key of a keys-only index ``expiry`` ordered by
+``expires_at``, through which :meth:`DynamoTable.purge_expired` finds what is due.
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -19,7 +25,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from store import (ABSENT, EXPIRES_AT, VERSION, ConflictError, Item, Page, StoreError, TableSpec,
                    every, range_values)
 
+log = logging.getLogger(__name__)
 _CONDITION_FAILED = "ConditionalCheckFailedException"
+EXPIRY_INDEX, EXPIRY_SHARD = "expiry", "expiry_shard"
+_ONE_SHARD = "1"
+"""Only servers without TTL (dynalite, for development) use the expiry index: one partition."""
 
 
 class DynamoBackend:
@@ -27,6 +37,7 @@ class DynamoBackend:
         self._client = client
         self._prefix = prefix
         self.requests = 0
+        self._ttl: bool | None = None
         client.meta.events.register("before-call.dynamodb", self._count)
 
     def _count(self, **kwargs: Any) -> None:
@@ -43,25 +54,54 @@ class DynamoBackend:
         )
         return cls(client, settings.dynamodb_table_prefix)
 
+    def supports_ttl(self) -> bool:
+        """Whether the server deletes expired items itself. Asked once: enabling TTL on a
+        table that does not exist is refused as such by a server that has the API."""
+        if self._ttl is None:
+            try:
+                self._client.update_time_to_live(
+                    TableName=f"{self._prefix}ttl_probe_never_created",
+                    TimeToLiveSpecification={"Enabled": True, "AttributeName": EXPIRES_AT})
+                self._ttl = True
+            except ClientError as exc:
+                # moto answers "ResourceNotFound", DynamoDB "...Exception", dynalite
+                # "UnknownOperationException" (it has no TTL)
+                self._ttl = exc.response["Error"]["Code"].startswith("ResourceNotFound")
+            except BotoCoreError as exc:
+                raise StoreError(f"cannot reach the store: {exc}") from None
+        return self._ttl
+
     def table(self, spec: TableSpec) -> "DynamoTable":
         name = self._prefix + spec.name
+        sweep = spec.expiring and not self.supports_ttl()
         try:
             described = self._client.describe_table(TableName=name)["Table"]
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ResourceNotFoundException":
                 raise StoreError(f"cannot open table {name}: {exc}") from None
-            self._create(name, spec)
-            return DynamoTable(self._client, name, spec)
+            self._create(name, spec, sweep)
+            return DynamoTable(self._client, name, spec, sweep)
         except BotoCoreError as exc:  # nobody answers at the endpoint
             raise StoreError(f"cannot open table {name}: {exc}") from None
-        table = DynamoTable(self._client, name, spec)
+        table = DynamoTable(self._client, name, spec, sweep)
         if described.get("TableStatus") != "ACTIVE":  # another replica is creating it
             self._wait_active(name)
         have = {index["IndexName"] for index in described.get("GlobalSecondaryIndexes", [])}
         missing = [index for index in _indexes(spec) if index["IndexName"] not in have]
         if missing:
             self._add_indexes(table, missing)
+        if sweep and EXPIRY_INDEX not in have:
+            self._add_expiry_index(table)
         return table
+
+    def _add_expiry_index(self, table: "DynamoTable") -> None:
+        """A table from before it expired its items, on a server without TTL: without the
+        index its expired items are still filtered on read, only never deleted."""
+        try:
+            self._add_indexes(table, [_expiry_index()])
+        except StoreError as exc:
+            table.sweep = False
+            log.warning("expired items of %s will not be deleted: %s", table.name, exc)
 
     def _add_indexes(self, table: "DynamoTable", missing: list[dict[str, Any]]) -> None:
         """A table from an earlier version: add its new indexes, then rewrite every item once so
@@ -70,7 +110,8 @@ class DynamoBackend:
         for index in missing:
             try:
                 self._client.update_table(
-                    TableName=table.name, AttributeDefinitions=_attributes(table.spec),
+                    TableName=table.name, AttributeDefinitions=_attributes(table.spec,
+                                                                           table.sweep),
                     GlobalSecondaryIndexUpdates=[{"Create": index}])
             except ClientError as exc:
                 if exc.response["Error"]["Code"] not in ("ResourceInUseException",
@@ -103,9 +144,9 @@ class DynamoBackend:
                 raise StoreError(f"table {name} did not become active")
             time.sleep(0.05)
 
-    def _create(self, name: str, spec: TableSpec) -> None:
-        attributes = _attributes(spec)
-        indexes = _indexes(spec)
+    def _create(self, name: str, spec: TableSpec, sweep: bool) -> None:
+        attributes = _attributes(spec, sweep)
+        indexes = _indexes(spec) + ([_expiry_index()] if sweep else [])
         kwargs: dict[str, Any] = {"GlobalSecondaryIndexes": indexes} if indexes else {}
         try:
             self._client.create_table(
@@ -126,10 +167,12 @@ class DynamoBackend:
         self._client.close()
 
 
-def _attributes(spec: TableSpec) -> list[dict[str, str]]:
+def _attributes(spec: TableSpec, sweep: bool = False) -> list[dict[str, str]]:
     types = {"pk": "S", **{i: "S" for i in spec.indexes}}
     for index in spec.ranges:
         types.update({index.key: "S", index.sort: "N"})
+    if sweep:
+        types.update({EXPIRY_SHARD: "S", EXPIRES_AT: "N"})
     return [{"AttributeName": name, "AttributeType": kind} for name, kind in types.items()]
 
 
@@ -142,12 +185,20 @@ def _indexes(spec: TableSpec) -> list[dict[str, Any]]:
             + [gsi(f"range_{r.name}", r.key, r.sort) for r in spec.ranges])
 
 
+def _expiry_index() -> dict[str, Any]:
+    return {"IndexName": EXPIRY_INDEX, "Projection": {"ProjectionType": "KEYS_ONLY"},
+            "KeySchema": [{"AttributeName": EXPIRY_SHARD, "KeyType": "HASH"},
+                          {"AttributeName": EXPIRES_AT, "KeyType": "RANGE"}]}
+
+
 class DynamoTable:
-    def __init__(self, client: Any, name: str, spec: TableSpec) -> None:
+    def __init__(self, client: Any, name: str, spec: TableSpec, sweep: bool = False) -> None:
         self._client = client
         self._name = name
         self.name = name
         self.spec = spec
+        self.sweep = sweep
+        """Whether expired items are found through the expiry index (no TTL on the server)."""
 
     def _call(self, method: str, **kwargs: Any) -> Any:
         try:
@@ -199,6 +250,8 @@ class DynamoTable:
             for attr in self.spec.indexes}
         top[EXPIRES_AT] = None if data.get(EXPIRES_AT) is None else {
             "N": repr(float(data[EXPIRES_AT]))}
+        if self.sweep:
+            top[EXPIRY_SHARD] = None if top[EXPIRES_AT] is None else {"S": _ONE_SHARD}
         for index in self.spec.ranges:
             in_key, in_sort = range_values(data, index)
             top.setdefault(index.key, None if in_key is None else {"S": in_key})
@@ -293,6 +346,30 @@ class DynamoTable:
 
     def scan(self, limit: int = 100, cursor: str | None = None) -> Page:
         return self._page("scan", limit, cursor)
+
+    def purge_expired(self, now: float | None = None, limit: int = 100) -> int:
+        if not self.spec.expiring:
+            raise ValueError(f"{self.spec.name} is not an expiring table")
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        if not self.sweep:
+            return 0  # the server's TTL deletes them (reads filter them until it does)
+        cutoff = {":now": {"N": repr(time.time() if now is None else now)}}
+        due = self._call("query", IndexName=EXPIRY_INDEX, Limit=limit,
+                         KeyConditionExpression="#s = :s AND #e <= :now",
+                         ExpressionAttributeNames={"#s": EXPIRY_SHARD, "#e": EXPIRES_AT},
+                         ExpressionAttributeValues={":s": {"S": _ONE_SHARD}, **cutoff})
+        deleted = 0
+        for raw in due.get("Items", []):
+            try:
+                self._call("delete_item", Key={"pk": raw["pk"]},
+                           ConditionExpression="#e <= :now",
+                           ExpressionAttributeNames={"#e": EXPIRES_AT},
+                           ExpressionAttributeValues=cutoff)
+                deleted += 1
+            except ClientError:
+                continue  # rewritten with a later expiry since the index was read
+        return deleted
 
     def increment(self, key: str, counter: str, amount: int = 1) -> int:
         raw = self._call("update_item", Key={"pk": {"S": key}},

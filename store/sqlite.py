@@ -56,6 +56,9 @@ class SqliteBackend:
                          f" version INTEGER NOT NULL, expires_at REAL, data TEXT NOT NULL{columns})")
             for index in spec.indexes:
                 conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_{index} ON {t} (i_{index}, k)")
+            if spec.expiring:
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_expiry ON {t} (expires_at)"
+                             " WHERE expires_at IS NOT NULL")
             existing = {row[1] for row in conn.execute(f"PRAGMA table_info({t})")}
             for name, key, sort in ranges:
                 if f"r_{name}_k" not in existing:  # a table from an earlier version: migrate
@@ -176,6 +179,20 @@ class SqliteTable:
 
     def scan(self, limit: int = 100, cursor: str | None = None) -> Page:
         return self._page("1 = 1", (), limit, cursor)
+
+    def purge_expired(self, now: float | None = None, limit: int = 100) -> int:
+        if not self.spec.expiring:
+            raise ValueError(f"{self.spec.name} is not an expiring table")
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        with self._backend.transaction() as conn:  # one transaction: nothing to race with
+            keys = [row[0] for row in conn.execute(
+                f"SELECT k FROM {self._t} WHERE expires_at IS NOT NULL AND expires_at <= ?"
+                " ORDER BY expires_at LIMIT ?", (time.time() if now is None else now, limit))]
+            for key in keys:
+                conn.execute(f"DELETE FROM {self._t} WHERE k = ?", (key,))
+                conn.execute("DELETE FROM counters WHERE tbl = ? AND k = ?", (self.spec.name, key))
+        return len(keys)
 
     def increment(self, key: str, counter: str, amount: int = 1) -> int:
         with self._backend.transaction() as conn:

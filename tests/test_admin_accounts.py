@@ -5,6 +5,7 @@ import dataclasses
 import io
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import pytest
@@ -62,29 +63,73 @@ def test_sessions_are_stored_by_digest_and_end(backend: Backend) -> None:
 def test_lockout_counts_failures_and_lifts_after_the_window(backend: Backend) -> None:
     limiter = LoginLimiter(backend.table(ADMIN_LOGIN_FAILURES), max_failures=2, lockout=60)
     keys = limiter.keys("Alice", "10.0.0.1")
-    limiter.failed(keys)
+    limiter.attempt(keys)
     assert limiter.locked_for(keys) == 0
-    limiter.failed(keys)
+    limiter.attempt(keys)
     assert 59 < limiter.locked_for(keys) <= 60
     # Two wrong passwords here lock alice out from here only: not from elsewhere, nor carol.
     assert limiter.locked_for(limiter.keys("alice", "10.0.0.2")) == 0
     assert limiter.locked_for(limiter.keys("carol", "10.0.0.1")) == 0
     # Guessing alice's password from many addresses, or many names from one, still stops.
     for n in range(18):
-        limiter.failed(limiter.keys("alice", f"10.1.0.{n}"))
+        limiter.attempt(limiter.keys("alice", f"10.1.0.{n}"))
     assert limiter.locked_for(limiter.keys("alice", "10.0.0.9")) > 0
     for n in range(18):
-        limiter.failed(limiter.keys(f"user{n}", "10.0.0.1"))
+        limiter.attempt(limiter.keys(f"user{n}", "10.0.0.1"))
     assert limiter.locked_for(limiter.keys("dave", "10.0.0.1")) > 0
     limiter.succeeded("alice", "10.0.0.2")
     assert limiter.locked_for(limiter.keys("alice", "10.0.0.2")) == 0
     brief = LoginLimiter(backend.table(ADMIN_LOGIN_FAILURES), max_failures=1, lockout=0.2)
-    brief.failed(brief.keys("erin", "10.0.0.3"))
+    brief.attempt(brief.keys("erin", "10.0.0.3"))
     assert brief.locked_for(brief.keys("erin", "10.0.0.3")) > 0
     time.sleep(0.3)
     assert brief.locked_for(brief.keys("erin", "10.0.0.3")) == 0, "the window ended"
-    brief.failed(brief.keys("erin", "10.0.0.3"))
+    brief.attempt(brief.keys("erin", "10.0.0.3"))
     assert brief.table.get("user:erin")["failures"] == 1, "a new window starts from one"
+
+
+def test_parallel_wrong_passwords_check_no_more_than_the_limit(backend: Backend) -> None:
+    users = Users(backend.table(ADMIN_USERS))
+    users.create("alice", "the right password")
+    limiter = LoginLimiter(backend.table(ADMIN_LOGIN_FAILURES), max_failures=5, lockout=600)
+    checked: list[str] = []
+    verify = users.verify
+
+    def counted_verify(username: str, password: str) -> str | None:
+        checked.append(password)
+        return verify(username, password)
+
+    users.verify = counted_verify  # type: ignore[method-assign]
+
+    def login(password: str) -> str:
+        keys = limiter.keys("alice", "10.0.0.1")
+        if limiter.attempt(keys) > 0:
+            return "locked"
+        if users.verify("alice", password) is None:
+            return "wrong"
+        limiter.succeeded("alice", "10.0.0.1")
+        return "in"
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        answers = list(pool.map(login, [f"wrong password {n}" for n in range(50)]))
+    assert answers.count("wrong") == len(checked) == 5, "exactly the limit was checked"
+    assert answers.count("locked") == 45
+    assert limiter.table.get("pair:alice|10.0.0.1")["failures"] == 5
+    assert login("the right password") == "locked" and len(checked) == 5
+    assert login("the right password") == "locked", "and it stays locked"
+    # From elsewhere the right password still works, and gives its address its attempt back.
+    assert limiter.attempt(limiter.keys("alice", "10.0.0.2")) == 0
+    assert users.verify("alice", "the right password") == "alice"
+    limiter.succeeded("alice", "10.0.0.2")
+    assert limiter.table.get("addr:10.0.0.2")["failures"] == 0
+
+
+def test_a_refused_attempt_counts_against_no_key(backend: Backend) -> None:
+    limiter = LoginLimiter(backend.table(ADMIN_LOGIN_FAILURES), max_failures=1, lockout=600)
+    assert limiter.attempt(limiter.keys("alice", "10.0.0.1")) == 0
+    assert limiter.attempt(limiter.keys("alice", "10.0.0.1")) > 0
+    assert limiter.table.get("user:alice")["failures"] == 1
+    assert limiter.table.get("addr:10.0.0.1")["failures"] == 1
 
 
 def test_audit_log_pages_a_day_newest_first(backend: Backend) -> None:

@@ -211,3 +211,50 @@ def test_a_server_that_cannot_add_the_index_is_refused_with_a_reason(dynalite: s
             backend.table(SPEC)
     finally:
         backend.close()
+
+
+EXPIRING = TableSpec("expiring_things", key="id", indexes=("owner",), expiring=True)
+
+
+def test_purge_expired_deletes_only_what_is_due_soonest_first(backend: Backend) -> None:
+    table = backend.table(EXPIRING)
+    base = time.time() + 1000  # an injected clock ahead of the wall clock: all live to reads
+    for n in range(5):
+        table.put({"id": f"a{n}", "owner": "o", "expires_at": base + 10 * n})
+    table.put({"id": "forever", "owner": "o"})
+    table.increment("a0", "visits", 3)
+    assert table.purge_expired(now=base - 1) == 0
+    before = backend.requests
+    assert table.purge_expired(now=base - 1) == 0
+    assert backend.requests - before == 1, "nothing due: one request, whatever the table holds"
+    assert table.purge_expired(now=base + 25, limit=2) == 2
+    assert table.get("a0") is None and table.get("a1") is None
+    assert table.purge_expired(now=base + 25) == 1
+    assert [item["id"] for item in every(lambda c: table.query("owner", "o", cursor=c))] == [
+        "a3", "a4", "forever"]
+    table.put({**table.get("a3"), "expires_at": base + 100})  # renewed: no longer due
+    assert table.purge_expired(now=base + 45) == 1
+    assert table.get("a3") is not None and table.get("a4") is None
+    table.put({"id": "a0", "owner": "o"})
+    assert "visits" not in table.get("a0"), "its counters went with it"
+    assert table.get("forever") is not None
+
+
+def test_purge_is_only_for_expiring_tables(backend: Backend) -> None:
+    with pytest.raises(ValueError):
+        backend.table(SPEC).purge_expired()
+
+
+def test_a_server_with_ttl_deletes_expired_items_itself(moto_server: str) -> None:
+    backend = DynamoBackend(dynamo_client(moto_server), prefix=f"t{uuid.uuid4().hex[:8]}_")
+    try:
+        assert backend.supports_ttl()
+        table = backend.table(EXPIRING)
+        table.put({"id": "x", "expires_at": time.time() - 1})
+        assert table.get("x") is None, "filtered on read until the server deletes it"
+        ttl = dynamo_client(moto_server).describe_time_to_live(TableName=table.name)
+        assert ttl["TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED"
+        before = backend.requests
+        assert table.purge_expired() == 0 and backend.requests == before
+    finally:
+        backend.close()
