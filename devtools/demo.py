@@ -24,7 +24,7 @@ from cryptography.fernet import Fernet
 from devtools.pebble import PebbleStack
 from devtools.probe import Probe, https_get
 from devtools.sample_app import SampleApp
-from kit.files import SECRET, write_atomic
+from kit.files import PUBLIC, SECRET, write_atomic
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.x509 import local_ca_and_server
 
@@ -84,11 +84,9 @@ class LocalStack:
         ca, cert, key = local_ca_and_server(["localhost", "127.0.0.1"])
         folder = self.directory / "control-tls"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "ca.pem").write_text(ca)
-        (folder / "cert.pem").write_text(cert)
-        descriptor = os.open(folder / "key.pem", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            out.write(key)
+        write_atomic(folder / "ca.pem", ca, PUBLIC)
+        write_atomic(folder / "cert.pem", cert, PUBLIC)
+        write_atomic(folder / "key.pem", key, SECRET)
         return folder / "ca.pem"
 
     def env(self) -> dict[str, str]:
