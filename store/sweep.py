@@ -9,21 +9,31 @@ from store import Table
 
 class ExpirySweeper:
     """One :meth:`tick` asks each table's expiry index for what is due and deletes at most
-    ``batch`` items of each: a round with nothing due costs one request per table (none where
-    the server's TTL deletes), and a backlog drains over the next rounds."""
+    ``batch`` items of each: a sweep with nothing due costs one request per table (none where
+    the server's TTL deletes), and a backlog drains over the next rounds. Retention needs no
+    precision, so a sweep runs once every ``interval`` seconds, not every worker round,
+    unless the last one left a backlog."""
 
     def __init__(self, tables: Sequence[Table], batch: int = 500,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, interval: float = 60.0) -> None:
         for table in tables:
             if not table.spec.expiring:
                 raise ValueError(f"{table.spec.name} is not an expiring table")
         self.tables = list(tables)
         self._batch = batch
         self._clock = clock
+        self._interval = interval
+        self._next = 0.0
         self.deleted = 0
         """Items deleted since start (for metrics and tests)."""
 
     def tick(self) -> None:
         now = self._clock()
+        if now < self._next:
+            return
+        backlog = False
         for table in self.tables:
-            self.deleted += table.purge_expired(now=now, limit=self._batch)
+            deleted = table.purge_expired(now=now, limit=self._batch)
+            self.deleted += deleted
+            backlog = backlog or deleted >= self._batch
+        self._next = now if backlog else now + self._interval

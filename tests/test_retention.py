@@ -89,7 +89,7 @@ def test_the_tables_stop_growing(backend: Backend) -> None:
     assert edge.first_report(f"{0:016x}{0:016x}")
 
 
-def test_a_sweep_with_nothing_due_costs_one_request_per_table(backend: Backend) -> None:
+def test_a_sweep_with_nothing_due_costs_one_request_per_table_a_minute(backend: Backend) -> None:
     tables = [backend.table(spec) for spec in (EVENTS, WEBHOOKS, EDGE_VISIT_REPORTS)]
     for n in range(300):
         tables[0].put({"id": f"e{n}", "expires_at": time.time() + DAY})
@@ -97,6 +97,8 @@ def test_a_sweep_with_nothing_due_costs_one_request_per_table(backend: Backend) 
     before = backend.requests
     sweeper.tick()
     assert backend.requests - before == 3 and sweeper.deleted == 0
+    sweeper.tick()  # the next worker round: retention needs no precision, so no sweep yet
+    assert backend.requests - before == 3
 
 
 def test_the_control_worker_sweeps_every_expiring_table(settings: Settings) -> None:
