@@ -92,7 +92,7 @@ class Lifecycle:
         self.events = events or _NoEvents()
         consumers = domains.consumers
         consumers.register(outbox.ROUTE, self._follow)
-        consumers.register(outbox.REVOKE, lambda entry: issuer.discard([entry["hostname"]]))
+        consumers.register(outbox.REVOKE, lambda entry: self.issuer.discard([entry["hostname"]]))
         consumers.register(outbox.WEBHOOK, self._emit)
 
     def _emit(self, entry: Item) -> None:
