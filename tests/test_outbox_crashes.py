@@ -191,3 +191,37 @@ def assert_webhooks_once(receiver: Receiver, hostnames: list[str]) -> None:
         kinds = collections.Counter(body["type"] for body in by_id.values()
                                     if body["data"]["hostname"] == hostname)
         assert kinds == WEBHOOKS, (hostname, kinds)
+
+
+def test_a_failing_consumer_leaves_its_entries_for_the_worker(
+        settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = dataclasses.replace(settings, webhook_url=receiver.url,
+                                   webhook_secret="whsec-test-0123456789")
+    process = Process(settings)
+    services = process.services
+    try:
+        domain, _ = services.domains.connect("fail.example.test", "pub_1")
+        verified = process.lifecycle.verify(domain)
+
+        def down(changes: object) -> None:
+            raise ConnectionError("the edge state is out of reach")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(services.publisher, "route_changes", down)
+            process.lifecycle.issue(verified)
+        left = services.domains.get("fail.example.test")
+        assert left["status"] == "active" and left["outbox_state"] == "pending"
+        assert [e["kind"] for e in left["outbox"]] == ["route", "webhook", "webhook"]
+        assert services.domains.drain_outboxes() == 0, "not before the grace"
+        monkeypatch.setattr("domains.service.OUTBOX_GRACE", -1.0)
+        assert services.domains.drain_outboxes() == 1  # the worker's next round
+        assert services.domains.get("fail.example.test")["outbox"] == []
+        routes = {r["hostname"]: r["publication_id"]
+                  for r in (services.edge_state.load() or {"routes": []})["routes"]}
+        assert routes == {"fail.example.test": "pub_1"}
+        queued = services.webhooks.table.query("state", "pending").items
+        assert sorted(e["type"] for e in queued) == [
+            "certificate.issued", "domain.active", "domain.verified"]
+        assert services.domains.drain_outboxes() == 0, "nothing left: one index query"
+    finally:
+        services.close()
