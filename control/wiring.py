@@ -18,6 +18,7 @@ from domains.counts import DOMAIN_COUNTS
 from domains.dns01 import RegistrarDnsSolver
 from domains.dnscheck import DnsChecker
 from domains.lifecycle import Lifecycle, Timing
+from domains.outbox import DISABLE_LINKS
 from domains.service import DOMAINS, EVENTS, DomainService
 from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.render import map_safe
@@ -31,7 +32,7 @@ from kit.tokens import API_TOKENS, PublicationTokens
 from kit.vault import KeyVault
 from shortlinks.links import LINK_CHANGES, LINKS, LinkService
 from shortlinks.resolver import Resolver
-from store import Backend, open_backend
+from store import Backend, Item, open_backend
 from store.sweep import ExpirySweeper
 
 log = logging.getLogger(__name__)
@@ -120,8 +121,9 @@ class EdgePublisher:
 
 
 class DomainEvents:
-    """What the domains part announces: webhooks for the platform, and the short links of a
-    removed short domain disabled, so whoever connects it next does not serve them."""
+    """What the domains part announces, as its outbox is drained (domains/outbox.py): webhooks
+    for the platform, and the short links of a removed short domain disabled, so whoever
+    connects it next does not serve them. Both are idempotent, as a drain may be repeated."""
 
     def __init__(self, webhooks: WebhookSender, links: LinkService,
                  publisher: EdgePublisher) -> None:
@@ -129,12 +131,13 @@ class DomainEvents:
         self._links = links
         self._publisher = publisher
 
-    def emit(self, event_type: str, data: dict[str, object]) -> str:
-        hostname = str(data.get("hostname", ""))
-        if event_type == "domain.removed" and self._links.is_short_domain(hostname):
-            if self._links.disable_domain(hostname):
-                self._publisher.refresh_redirects()
-        return self._webhooks.emit(event_type, data)
+    def emit(self, event_type: str, data: dict[str, object], event_id: str | None = None) -> str:
+        return self._webhooks.emit(event_type, data, event_id)
+
+    def disable_links(self, entry: Item) -> None:
+        hostname = str(entry["hostname"])
+        if self._links.is_short_domain(hostname) and self._links.disable_domain(hostname):
+            self._publisher.refresh_redirects()
 
 
 @dataclasses.dataclass
@@ -217,9 +220,10 @@ class Services:
         webhooks = WebhookSender(backend.table(WEBHOOKS), settings.webhook_url,
                                  settings.webhook_secret,
                                  retention=settings.webhook_retention_seconds)
-        lifecycle = Lifecycle(domains, checker, issuer, publisher, timing,
-                              events=DomainEvents(webhooks, links, publisher),
+        events = DomainEvents(webhooks, links, publisher)
+        lifecycle = Lifecycle(domains, checker, issuer, publisher, timing, events=events,
                               worker_id=settings.worker_id)
+        domains.consumers.register(DISABLE_LINKS, events.disable_links)
 
         def link_changed(domain: str, slug: str) -> None:
             """An edited or removed link leaves this process's cache and the edge's hot set now."""

@@ -7,6 +7,10 @@ DNS comes back is active again. A pending domain is given up after ``give_up_sec
 manual check revives it). Every step is a conditional write, so two replicas racing for one
 domain cannot both act: the loser's write raises ConflictError and it moves on. ``issuing``
 doubles as a lease: if the replica holding it dies, the domain becomes due when it runs out.
+
+What follows a change (its webhook, the route at the edge, a revocation, the short links of a
+removed domain) is written with it, as outbox entries on the domain's item (domains/outbox.py),
+and applied by the consumers registered here and in ``control/`` wiring.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Protocol
 
+from domains import outbox
 from domains.dnscheck import DnsCheck, DnsChecker
 from domains.service import (ACTIVE, ISSUING, PENDING_DNS, SUSPENDED, VERIFIED,
                              DomainService)
@@ -49,12 +54,14 @@ class RoutePublisher(Protocol):
 
 
 class EventSink(Protocol):
-    def emit(self, event_type: str, data: dict[str, object]) -> str:
-        """Record an event for the platform (a webhook); must not block on the network."""
+    def emit(self, event_type: str, data: dict[str, object], event_id: str | None = None) -> str:
+        """Record an event for the platform (a webhook); must not block on the network.
+        An ``event_id`` already recorded must not be recorded twice (a drain repeated after a
+        crash gives the same id)."""
 
 
 class _NoEvents:
-    def emit(self, event_type: str, data: dict[str, object]) -> str:
+    def emit(self, event_type: str, data: dict[str, object], event_id: str | None = None) -> str:
         return ""
 
 
@@ -83,16 +90,24 @@ class Lifecycle:
         # A stable id lets a restarted worker take back its own leases at once.
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
         self.events = events or _NoEvents()
-        self._unpublished: dict[str, str | None] = {}
-        """Route changes whose publication failed: retried every round (a crash is covered
-        by the reconciliation at start)."""
         self._held: dict[str, float] = {}
         """Hostnames this worker leased -> when the lease runs out (handed back on a stop)."""
+        consumers = domains.consumers
+        consumers.register(outbox.ROUTE, self._follow)
+        consumers.register(outbox.REVOKE, lambda entry: self.issuer.discard([entry["hostname"]]))
+        consumers.register(outbox.WEBHOOK, self._emit)
 
-    def _emit(self, event_type: str, domain: Item, **extra: object) -> None:
-        self.events.emit(event_type, {"hostname": domain["hostname"],
-                                      "publication_id": domain["publication_id"],
-                                      "status": domain["status"], **extra})
+    def _emit(self, entry: Item) -> None:
+        self.events.emit(entry["type"], dict(entry["data"]), entry["id"])
+
+    def _follow(self, entry: Item) -> None:
+        """The edge follows the domain as it is now (routed while active, off the edge
+        otherwise), whatever the entry saw: an entry drained late, after a newer change,
+        cannot put back a stale route."""
+        domain = self.domains.domains.get(entry["hostname"])
+        active = domain is not None and domain["status"] == ACTIVE
+        self.edge.route_changes({entry["hostname"]: domain["publication_id"]
+                                 if domain is not None and active else None})
 
     def tick(self) -> None:
         """One round: only what is due, asked of an ordered index, so a round with nothing
@@ -100,34 +115,29 @@ class Lifecycle:
         # First: a fresh edge needs its (empty) state to open port 80 for HTTP-01.
         try:
             self.edge.refresh()
-            self._retry_unpublished()
         except StoreError:
             raise  # the store is down: nothing else in this round can work either
         except Exception:  # the domains must still move forward; the next round retries
             log.exception("publishing the edge state failed")
-        self.domains.drain_outboxes()  # events a dead process left on its domains
+        self.domains.drain_outboxes()  # what a dead process (or a failed consumer) left
         self._each(self.verify, self.domains.due(PENDING_DNS))
         issuing = self.domains.due(VERIFIED) + self._issuing_to_resume()
         self._each(self.issue, issuing, self.timing.issue_concurrency)
         self._each(self.recheck, self.domains.due(ACTIVE) + self.domains.due(SUSPENDED))
 
-    def _route(self, domain: Item) -> None:
-        """The edge follows this domain now: routed while active, off the edge otherwise."""
-        hostname = str(domain["hostname"])
-        publication = str(domain["publication_id"]) if domain["status"] == ACTIVE else None
-        try:
-            self.edge.route_changes({hostname: publication})
-            self._unpublished.pop(hostname, None)
-        except Exception:
-            log.exception("publishing the route of %s failed; retrying next round", hostname)
-            self._unpublished[hostname] = publication
+    @staticmethod
+    def _webhook(event_type: str, domain: Item, status: str, **extra: object) -> Item:
+        return outbox.webhook(event_type, hostname=domain["hostname"],
+                              publication_id=domain["publication_id"], status=status, **extra)
 
-    def _retry_unpublished(self) -> None:
-        if self._unpublished:
-            changes = dict(self._unpublished)
-            self.edge.route_changes(changes)
-            for hostname in changes:
-                self._unpublished.pop(hostname, None)
+    def _changed(self, domain: Item, status: str,
+                 *webhooks: tuple[str, dict[str, object]]) -> list[Item]:
+        """The outbox entries of ``domain`` moving to ``status``: its route, and ``webhooks``
+        as (event type, extra data)."""
+        return [outbox.route(domain["hostname"], domain["publication_id"]
+                             if status == ACTIVE else None),
+                *(self._webhook(event_type, domain, status, **extra)
+                  for event_type, extra in webhooks)]
 
     def _issuing_to_resume(self) -> list[Item]:
         """Issuances whose lease ran out, and at once those this worker held before a crash
@@ -168,12 +178,11 @@ class Lifecycle:
                actor: str = "worker") -> Item:
         result = result or self._check(domain)
         if result.ok:
-            verified = self.domains.transition(
+            return self.domains.transition(
                 domain, VERIFIED, "DNS points at the edge, TXT matches, CAA allows our CA", actor,
+                effects=[self._webhook("domain.verified", domain, VERIFIED)],
                 last_error=None, validation_errors=[], dns_seen=result.seen, attempts=0,
                 next_attempt_at=0)
-            self._emit("domain.verified", verified)
-            return verified
         deferred = self.domains.defer(domain, result.errors, dns_seen=result.seen, actor=actor)
         if self._clock() - domain["claimed_at"] > self.timing.give_up:
             return self.domains.transition(deferred, PENDING_DNS, "gave up waiting for DNS",
@@ -191,13 +200,12 @@ class Lifecycle:
                                                 "message": f"certificate: {exc}"}],
                                       status=VERIFIED,
                                       not_before=getattr(exc, "retry_after", None))
-        active = self.domains.transition(leased, ACTIVE, "certificate issued", last_error=None,
-                                         validation_errors=[], attempts=0,
-                                         next_attempt_at=self._clock() + self.timing.recheck)
-        self._route(active)
-        self._emit("certificate.issued", active)
-        self._emit("domain.active", active)
-        return active
+        return self.domains.transition(
+            leased, ACTIVE, "certificate issued",
+            effects=self._changed(leased, ACTIVE, ("certificate.issued", {}),
+                                  ("domain.active", {})),
+            last_error=None, validation_errors=[], attempts=0,
+            next_attempt_at=self._clock() + self.timing.recheck)
 
     def recheck(self, domain: Item, result: DnsCheck | None = None,
                 actor: str = "worker") -> Item:
@@ -205,22 +213,19 @@ class Lifecycle:
         result = result or self._check(domain)
         now = self._clock()
         if result.ok:
+            back = domain["status"] == SUSPENDED
             updated = self.domains.transition(
-                domain, ACTIVE, "DNS points at the edge again", actor, last_error=None,
-                validation_errors=[], dns_seen=result.seen, attempts=0, failing_since=None,
-                next_attempt_at=now + self.timing.recheck)
-            if domain["status"] == SUSPENDED:
-                self._route(updated)
-                self._emit("domain.active", updated)
-                return updated
-            return self._renew_if_due(updated)
+                domain, ACTIVE, "DNS points at the edge again", actor,
+                effects=self._changed(domain, ACTIVE, ("domain.active", {})) if back else (),
+                last_error=None, validation_errors=[], dns_seen=result.seen, attempts=0,
+                failing_since=None, next_attempt_at=now + self.timing.recheck)
+            return updated if back else self._renew_if_due(updated)
         failing_since = domain.get("failing_since") or now
         if domain["status"] == ACTIVE and now - failing_since >= self.timing.suspend_grace:
-            suspended = self.domains.defer(domain, result.errors, status=SUSPENDED, actor=actor,
-                                           dns_seen=result.seen, failing_since=failing_since)
-            self._route(suspended)
-            self._emit("domain.suspended", suspended, errors=result.errors)
-            return suspended
+            return self.domains.defer(
+                domain, result.errors, status=SUSPENDED, actor=actor, dns_seen=result.seen,
+                failing_since=failing_since, effects=self._changed(
+                    domain, SUSPENDED, ("domain.suspended", {"errors": result.errors})))
         return self.domains.defer(domain, result.errors, dns_seen=result.seen, actor=actor,
                                   failing_since=failing_since)
 
@@ -232,14 +237,14 @@ class Lifecycle:
             self.issuer.issue([domain["hostname"]])
         except Exception as exc:  # keep serving the current certificate; retry sooner
             log.warning("renewal for %s failed: %s", domain["hostname"], exc)
-            self._emit("certificate.renewal_failed", domain, error=str(exc))
             return self.domains.defer(domain, [{"code": "renewal_failed",
-                                                "message": f"certificate renewal: {exc}"}])
-        self._route(domain)
-        self.domains.note(domain, "certificate renewed", "a third of its lifetime was left "
-                          "(or the CA's renewal window opened)")
-        self._emit("certificate.issued", domain, renewal=True)
-        return domain
+                                                "message": f"certificate renewal: {exc}"}],
+                                      effects=[self._webhook("certificate.renewal_failed",
+                                                             domain, ACTIVE, error=str(exc))])
+        return self.domains.record(domain, "certificate renewed", "a third of its lifetime was "
+                                   "left (or the CA's renewal window opened)",
+                                   effects=self._changed(domain, ACTIVE, ("certificate.issued",
+                                                                          {"renewal": True})))
 
     def check_now(self, hostname: str, actor: str = "api") -> tuple[Item, DnsCheck]:
         """Re-check a domain at once, whatever its schedule (the publisher pressed "check")."""
@@ -262,10 +267,9 @@ class Lifecycle:
         except Exception as exc:
             self.domains.note(domain, "renewal failed", str(exc), actor)
             raise
-        self._route(domain)
-        self.domains.note(domain, "certificate renewed", "renewed on request", actor)
-        self._emit("certificate.issued", domain, renewal=True)
-        return self.domains.get(hostname)
+        return self.domains.record(domain, "certificate renewed", "renewed on request", actor,
+                                   effects=self._changed(domain, ACTIVE, ("certificate.issued",
+                                                                          {"renewal": True})))
 
     def suspend(self, hostname: str, actor: str = "admin") -> Item:
         """Take a domain off the edge and keep it off: neither the worker nor a re-check
@@ -273,12 +277,10 @@ class Lifecycle:
         domain = self.domains.get(hostname)
         if domain.get("held"):
             return domain
-        suspended = self.domains.transition(domain, SUSPENDED, "suspended by an admin", actor,
-                                            held=True, held_from=domain["status"],
-                                            next_attempt_at=None)
-        self._route(suspended)
-        self._emit("domain.suspended", suspended)
-        return suspended
+        return self.domains.transition(
+            domain, SUSPENDED, "suspended by an admin", actor,
+            effects=self._changed(domain, SUSPENDED, ("domain.suspended", {})),
+            held=True, held_from=domain["status"], next_attempt_at=None)
 
     def resume(self, hostname: str, actor: str = "admin") -> Item:
         """Lift an admin's suspension: a domain that had a certificate goes back to where it
@@ -288,21 +290,22 @@ class Lifecycle:
             raise ValueError("only a domain suspended by an admin can be resumed")
         was = domain.get("held_from")
         status = was if was in (ACTIVE, SUSPENDED) else PENDING_DNS
-        resumed = self.domains.transition(domain, status, "resumed by an admin", actor,
-                                          held=False, held_from=None, attempts=0,
-                                          next_attempt_at=self._clock())
-        self._route(resumed)
-        if status == ACTIVE:
-            self._emit("domain.active", resumed)
-        return resumed
+        webhooks: list[tuple[str, dict[str, object]]] = \
+            [("domain.active", {})] if status == ACTIVE else []
+        return self.domains.transition(domain, status, "resumed by an admin", actor,
+                                       effects=self._changed(domain, status, *webhooks),
+                                       held=False, held_from=None, attempts=0,
+                                       next_attempt_at=self._clock())
 
     def remove(self, hostname: str, actor: str = "api") -> Item:
-        """Remove a domain: its route leaves the edge at once and its certificate is dropped."""
-        domain = self.domains.remove(hostname, actor)
-        self.issuer.discard([domain["hostname"]])
-        self._route({**domain, "status": "removed"})
-        self._emit("domain.removed", {**domain, "status": "removed"})
-        return domain
+        """Remove a domain: in one write, it is marked ``removing`` with its route off the
+        edge, its certificate to revoke, its short links to disable and its webhook; once
+        those are done, it is deleted (a repeated call finishes a removal left half done)."""
+        domain = self.domains.get(hostname)
+        name = domain["hostname"]
+        return self.domains.remove(domain, actor, effects=[
+            outbox.route(name, None), outbox.disable_links(name), outbox.revoke(name),
+            self._webhook("domain.removed", domain, "removed")])
 
     def publish_routes(self) -> None:
         """Reconcile the edge with every active domain (reads them all): at start, and when

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import logging
 import secrets
 import time
 import uuid
@@ -13,20 +14,20 @@ from domains.counts import StatusCounts
 from domains.errors import (DomainError, DomainNotFound, HostnameTaken, InvalidHostname,
                             TooManyPending)
 from domains.hostnames import normalize_hostname
+from domains.outbox import (EVENT, OUTBOX, OUTBOX_GRACE, Consumers, kind_of,
+                            with_entries)
 from domains.records import instructions, required_records
 from kit.backoff import jittered_backoff
 from kit.hosts import HOSTNAME_LABEL
 from store import ABSENT, ConflictError, Item, Page, RangeIndex, Table, TableSpec, every
 
+log = logging.getLogger(__name__)
 DOMAINS = TableSpec("domains", key="hostname", indexes=("publication_id", "status"),
                     ranges=(RangeIndex("due", key="status", sort="next_attempt_at"),
                             RangeIndex("outbox", key="outbox_state", sort="outbox_at")))
 """``due``: a domain's next step by time; clearing ``next_attempt_at`` takes it off the queue.
-``outbox``: domains whose timeline events are written on the item but not yet in the events
-table (a process died in between); the worker writes them."""
-OUTBOX = "outbox"
-OUTBOX_GRACE = 5.0
-"""An outbox older than this was left by a process that died: the worker drains it."""
+``outbox``: domains whose outbox (see domains/outbox.py) still holds entries a process wrote
+with a change but did not drain (it died, or a consumer failed); the worker drains them."""
 EVENTS = TableSpec("domain_events", key="id", indexes=("claim",), expiring=True)
 """Events belong to one claim (one connection of a hostname), so a later owner never sees them.
 Their ids sort newest first; each expires ``event_retention`` seconds after it happened."""
@@ -34,6 +35,9 @@ Their ids sort newest first; each expires ``event_retention`` seconds after it h
 PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED = (
     "pending_dns", "verified", "issuing", "active", "suspended")
 STATUSES = (PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED)
+REMOVING = "removing"
+"""Not counted among STATUSES: a removed domain whose outbox is being drained; the item is
+deleted when the drain is done."""
 PUBLIC_FIELDS = ("hostname", "publication_id", "status", "dns_records", "created_at",
                  "updated_at", "last_error", "validation_errors", "dns_seen", "attempts",
                  "next_attempt_at", "gave_up", "automation")
@@ -76,6 +80,9 @@ class DomainService:
         self._event_retention = event_retention
         self.automation = automation or RecordAutomation({})
         self._clock = clock
+        self.consumers = Consumers()
+        """Who applies each kind of outbox entry (the lifecycle and ``control/`` register)."""
+        self.consumers.register(EVENT, self._write_event)
 
     @property
     def cname_target(self) -> str:
@@ -90,6 +97,9 @@ class DomainService:
         for _ in range(3):
             existing = self.domains.get(name)
             now = self._clock()
+            if existing is not None and existing["status"] == REMOVING:
+                self._drained(existing)  # finish a removal a dead process left half done
+                continue
             if existing is not None and existing["publication_id"] == publication_id:
                 return existing, False
             if existing is not None:
@@ -110,8 +120,8 @@ class DomainService:
                     "dns_records": required_records(name, token, self._target, self._addresses),
                     "last_error": None, "validation_errors": [], "dns_seen": {}, "attempts": 0,
                     "next_attempt_at": now}
-            item = _with_event(item, now, self._event_item(
-                item, "connected", actor, f"for publication {publication_id}"))
+            item = with_entries(item, now, [self._event_item(
+                item, "connected", actor, f"for publication {publication_id}")])
             try:
                 stored = self.domains.put(item, expected_version=ABSENT)
             except ConflictError:
@@ -165,7 +175,7 @@ class DomainService:
             domain = self.get(hostname)
         except DomainError:
             return None
-        return str(domain["publication_id"]), domain["status"] != PENDING_DNS
+        return str(domain["publication_id"]), domain["status"] not in (PENDING_DNS, REMOVING)
 
     def _serving(self, hostname: str) -> Item | None:
         """The active domain the edge serves ``hostname`` as (itself or its wildcard)."""
@@ -222,50 +232,109 @@ class DomainService:
         return every(lambda cursor: self.domains.query("status", status, limit=limit,
                                                         cursor=cursor))
 
-    def remove(self, hostname: object, actor: str = "api") -> Item:
-        domain = self.get(hostname)
-        # The event first: a crash before the delete leaves an event the client's retry repeats,
-        # never a removal without one.
+    def remove(self, domain: Item, actor: str = "api", effects: Iterable[Item] = ()) -> Item:
+        """Remove ``domain``: mark it ``removing`` with its timeline event and ``effects`` in
+        one conditional write (ConflictError if it changed meanwhile), drain them, and only
+        then delete the item. A crash on the way leaves the outbox, which the worker drains
+        (then deletes); removing a domain already ``removing`` finishes the same way.
+        Returns the domain as it was."""
+        if domain["status"] == REMOVING:
+            self._drained(domain)
+            return domain
+        now = self._clock()
         event = self._event_item(domain, "removed", actor, f"was {domain['status']}")
-        self.events.put(event)
-        try:
-            self.domains.delete(domain["hostname"], expected_version=domain["version"])
-        except ConflictError:  # changed meanwhile: not removed after all
-            self.events.delete(event["id"])
-            raise
+        marked = with_entries({**domain, "status": REMOVING, "updated_at": iso(now),
+                               "next_attempt_at": None}, now, [event, *effects])
+        stored = self.domains.put(marked, expected_version=domain["version"])
         self._counted(domain["status"], None)
+        self._drained(stored)
         return domain
 
     def transition(self, domain: Item, status: str, why: str, actor: str = "worker",
-                   **changes: Any) -> Item:
+                   effects: Iterable[Item] = (), **changes: Any) -> Item:
         """Move to ``status`` if nobody else changed the domain meanwhile (else ConflictError).
 
-        A status change carries its timeline event in the same conditional write (an outbox
-        on the item), so a crash right after it cannot lose the event."""
+        A status change carries its timeline event, and the change its ``effects`` (outbox
+        entries: webhooks, route changes...), in the same conditional write, so a crash right
+        after it loses none of them; they are drained before this returns."""
         now = self._clock()
         updated = {**domain, **changes, "status": status, "updated_at": iso(now)}
+        entries = list(effects)
         if status != domain["status"]:
-            updated = _with_event(updated, now, self._event_item(
-                domain, f"{domain['status']} -> {status}", actor, why,
-                transition=(domain["status"], status)))
+            entries.insert(0, self._event_item(domain, f"{domain['status']} -> {status}", actor,
+                                               why, transition=(domain["status"], status)))
+        if entries:
+            updated = with_entries(updated, now, entries)
         stored = self.domains.put(updated, expected_version=domain["version"])
         self._counted(domain["status"], status)
         return self._drained(stored) if stored.get(OUTBOX) else stored
 
-    def _drained(self, domain: Item) -> Item:
-        """Write the outbox's events (idempotent: their ids were fixed when they were made)
-        and clear it."""
-        for event in domain[OUTBOX]:
-            self.events.put(event)
+    def record(self, domain: Item, what: str, why: str, actor: str = "worker",
+               effects: Iterable[Item] = ()) -> Item:
+        """An event that is not a status change, with its ``effects``, in one write on the
+        domain's item (read again if it changed meanwhile), drained before this returns."""
+        effects = list(effects)
+
+        def write(current: Item) -> Item:
+            entries = [self._event_item(current, what, actor, why), *effects]
+            return self.domains.put(with_entries(current, self._clock(), entries),
+                                    expected_version=current["version"])
+
         try:
-            return self.domains.put({**domain, OUTBOX: [], "outbox_state": None,
-                                     "outbox_at": None}, expected_version=domain["version"])
-        except ConflictError:  # changed meanwhile: that write carried the outbox on
-            return self.domains.get(domain["hostname"]) or domain
+            stored = write(domain)
+        except ConflictError:  # a lease or a check changed it meanwhile: once more
+            stored = write(self.get(domain["hostname"]))
+        return self._drained(stored)
+
+    def _drained(self, domain: Item) -> Item:
+        """Hand the outbox's entries, in order, to their consumers and clear them; a removing
+        domain is deleted instead once all are done. An entry whose consumer fails stays, with
+        those after it, for the worker's drain after the grace."""
+        done: set[str] = set()
+        for entry in domain.get(OUTBOX) or []:
+            try:
+                self._apply(entry)
+            except Exception:  # the store or another part is down: the worker drains it later
+                log.exception("outbox entry %s (%s) of %s failed; the worker retries it",
+                              entry["id"], kind_of(entry), domain["hostname"])
+                return self._settle(domain, done, failed=True)
+            done.add(entry["id"])
+        return self._settle(domain, done, failed=False)
+
+    def _write_event(self, event: Item) -> None:
+        self.events.put(event)  # its id was fixed when it was made: a second put is the same
+
+    def _apply(self, entry: Item) -> None:
+        self.consumers.apply(entry)
+
+    def _settle(self, domain: Item, done: set[str], failed: bool) -> Item:
+        """Take the ``done`` entries off the item, keeping any a writer added meanwhile."""
+        current = domain
+        for _ in range(3):
+            left = [e for e in current.get(OUTBOX) or [] if e["id"] not in done]
+            try:
+                if current["status"] == REMOVING and not left:
+                    self._forget(current)
+                    return current
+                at = (self._clock() if failed else current.get("outbox_at")) if left else None
+                return self.domains.put({**current, OUTBOX: left, "outbox_at": at,
+                                         "outbox_state": "pending" if left else None},
+                                        expected_version=current["version"])
+            except ConflictError:  # changed meanwhile: that write carried the outbox on
+                fresh = self.domains.get(current["hostname"])
+                if fresh is None or fresh["claim"] != domain["claim"]:
+                    return fresh or current
+                current = fresh
+        return current
+
+    def _forget(self, domain: Item) -> None:
+        """The last step of a removal, once its outbox is drained."""
+        self.domains.delete(domain["hostname"], expected_version=domain["version"])
 
     def drain_outboxes(self) -> int:
-        """Write the events a dead process left on its domains: one index query when there
-        are none. Returns how many domains were drained."""
+        """Drain the outboxes a dead process (or a failed consumer) left on its domains, and
+        finish their removals: one index query when there are none. Returns how many domains
+        were drained."""
         left = list(every(lambda cursor: self.domains.query_range(
             "outbox", "pending", upper=self._clock() - OUTBOX_GRACE, cursor=cursor)))
         for domain in left:
@@ -300,7 +369,8 @@ class DomainService:
             return False
 
     def defer(self, domain: Item, errors: list[dict[str, str]], status: str | None = None,
-              not_before: float | None = None, actor: str = "worker", **changes: Any) -> Item:
+              not_before: float | None = None, actor: str = "worker",
+              effects: Iterable[Item] = (), **changes: Any) -> Item:
         """Record why a step failed and when to retry (jittered exponential backoff).
 
         The domain stays in its status, or moves back to ``status`` when a step must restart.
@@ -308,7 +378,7 @@ class DomainService:
         attempts = int(domain.get("attempts") or 0) + 1
         delay = jittered_backoff(attempts, self._retry_base, self._retry_max)
         error = "; ".join(e["message"] for e in errors)
-        return self.transition(domain, status or domain["status"], error, actor,
+        return self.transition(domain, status or domain["status"], error, actor, effects,
                                last_error=error,
                                validation_errors=errors, attempts=attempts,
                                next_attempt_at=max(self._clock() + delay, not_before or 0),
@@ -326,7 +396,8 @@ class DomainService:
         that died before writing them leaves them there until the worker drains it)."""
         written = self.events.query("claim", domain["claim"], limit=limit).items
         known = {event["id"] for event in written}
-        pending = [event for event in domain.get(OUTBOX) or [] if event["id"] not in known]
+        pending = [event for event in domain.get(OUTBOX) or []
+                   if kind_of(event) == EVENT and event["id"] not in known]
         return sorted(written + pending, key=lambda event: event["id"])[:limit]
 
     def note(self, domain: Item, what: str, why: str, actor: str = "worker") -> None:
@@ -357,7 +428,3 @@ class DomainService:
                 "actor": actor, "why": why, "at": iso(self._clock()),
                 "expires_at": self._clock() + self._event_retention}
 
-
-def _with_event(domain: Item, now: float, event: Item) -> Item:
-    return {**domain, OUTBOX: list(domain.get(OUTBOX) or []) + [event],
-            "outbox_state": "pending", "outbox_at": now}

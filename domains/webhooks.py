@@ -1,9 +1,17 @@
-"""Webhooks to the platform: a durable outbox, delivered in the background with retries.
+"""Webhooks to the platform: a durable queue, delivered in the background with retries.
 
-``emit`` only writes the event to the outbox table, so a crash loses nothing and the domain
-worker never waits on HTTP. ``deliver_due`` (run by the thread from ``start``) claims each due
-event with a conditional write and a short lease, POSTs it, and records the outcome. Delivery is
-at least once: a receiver must ignore a repeated ``X-Edge-Delivery`` id.
+``emit`` only writes the event to the queue table, so the domain worker never waits on HTTP.
+What emits a domain's webhooks is the drain of that domain's outbox (domains/outbox.py): the
+webhook is written with the status change it reports, in the same conditional write, and its id
+is fixed there. A crash before ``emit`` leaves the entry on the domain's item, and the worker's
+drain emits it later with the same id; ``emit`` stores an id only once. Once stored, an event
+survives any crash of the sender. Webhooks emitted without an id (not from an outbox) are
+stored only when ``emit`` returns: a crash before that loses them.
+
+``deliver_due`` (run by the thread from ``start``) claims each due event with a conditional
+write and a short lease, POSTs it, and records the outcome. Delivery is at least once: a sender
+that dies after the POST but before recording it sends again when its lease runs out, with the
+same ``X-Edge-Delivery`` id, which a receiver must use to ignore repeats.
 
 Each request is a JSON body ``{"id", "type", "created_at", "data"}`` with these headers::
 
@@ -34,7 +42,7 @@ from typing import Any, Callable
 import requests
 
 from kit.backoff import jittered_backoff
-from store import ConflictError, Item, Table, TableSpec, every
+from store import ABSENT, ConflictError, Item, Table, TableSpec, every
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +95,23 @@ class WebhookSender:
     def enabled(self) -> bool:
         return bool(self._url)
 
-    def emit(self, event_type: str, data: dict[str, Any]) -> str:
-        """Store the event durably for delivery and return its id ("" when disabled)."""
+    def emit(self, event_type: str, data: dict[str, Any], event_id: str | None = None) -> str:
+        """Store the event for delivery and return its id ("" when disabled).
+
+        An ``event_id`` given by the caller (a domain's outbox entry) is stored once: emitting
+        it again, as a drain repeated after a crash does, changes nothing."""
         if event_type not in EVENT_TYPES:
             raise ValueError(f"unknown webhook event type {event_type!r}")
         if not self.enabled:
             return ""
         now = self._clock()
-        event_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"  # sorts oldest first
-        self.table.put({"id": event_id, "type": event_type, "data": data, "created_at": now,
-                        "attempts": 0, "next_attempt_at": now, "state": PENDING,
-                        "last_error": None})
+        event_id = event_id or f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"  # oldest first
+        try:
+            self.table.put({"id": event_id, "type": event_type, "data": data, "created_at": now,
+                            "attempts": 0, "next_attempt_at": now, "state": PENDING,
+                            "last_error": None}, expected_version=ABSENT)
+        except ConflictError:
+            pass  # enqueued already (and maybe delivered): the first one stands
         return event_id
 
     def deliver_due(self, limit: int = 50) -> int:

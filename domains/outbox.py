@@ -1,0 +1,90 @@
+"""The outbox on a domain's item: a status change and its consequences in one write.
+
+DynamoDB-compatible servers without transactions (dynalite) still make a single-item
+conditional write atomic, so a transition writes, on the domain's own item, the entries for
+everything that must follow it: its timeline event, the webhook for the platform, the route
+change for the edge, the certificate to revoke, the short links to disable. A drain then hands
+each entry to the consumer registered for its kind and clears them. A process that dies between
+the write and the end of the drain leaves the entries on the item, where the worker finds them
+through the ``outbox`` range index (never a scan) and drains them again.
+
+Entries are plain data with an ``id`` fixed when they are written, so a second drain repeats
+exactly the same effect: consumers must be idempotent (a webhook id enqueued twice is one
+webhook; disabling disabled links or publishing the same route changes nothing).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from store import Item
+
+log = logging.getLogger(__name__)
+
+OUTBOX = "outbox"
+OUTBOX_GRACE = 5.0
+"""An outbox older than this was left by a process that died (or a consumer that failed): the
+worker drains it."""
+EVENT, WEBHOOK, ROUTE, REVOKE, DISABLE_LINKS = (
+    "event", "webhook", "route", "revoke", "disable_links")
+Consumer = Callable[[Item], None]
+"""Applies one entry; must be idempotent (it may see the same entry again after a crash)."""
+
+
+def webhook(event_type: str, **data: object) -> Item:
+    """A webhook for the platform; its ``id`` is the delivery id the receiver sees."""
+    return {"kind": WEBHOOK, "type": event_type, "data": data}
+
+
+def route(hostname: str, publication_id: str | None) -> Item:
+    """The edge serves ``hostname`` for ``publication_id`` now, or not at all (None)."""
+    return {"kind": ROUTE, "hostname": hostname, "publication_id": publication_id}
+
+
+def revoke(hostname: str) -> Item:
+    """The certificate of ``hostname`` is no longer wanted: revoke it and drop its key."""
+    return {"kind": REVOKE, "hostname": hostname}
+
+
+def disable_links(hostname: str) -> Item:
+    """``hostname`` is no longer connected: short links on it must stop (if it is a short
+    domain), so whoever connects it next does not serve them."""
+    return {"kind": DISABLE_LINKS, "hostname": hostname}
+
+
+def kind_of(entry: Item) -> str:
+    return str(entry.get("kind") or EVENT)  # entries written before kinds were all events
+
+
+def with_entries(domain: Item, now: float, entries: list[Item]) -> Item:
+    """``domain`` carrying ``entries`` in its outbox too, each with a stable id: the claim and a
+    counter kept on the item (two writers cannot both win the same version), after the time of
+    the write so webhooks still sort oldest first. Timeline events keep their own ids."""
+    seq = int(domain.get("outbox_seq") or 0)
+    stamp = f"{time.time_ns():020d}-{str(domain['claim'])[:12]}"
+    stamped = []
+    for entry in entries:
+        seq += 1
+        stamped.append(entry if "id" in entry else {**entry, "id": f"{stamp}-{seq}"})
+    return {**domain, OUTBOX: list(domain.get(OUTBOX) or []) + stamped, "outbox_seq": seq,
+            "outbox_state": "pending", "outbox_at": now}
+
+
+class Consumers:
+    """Who applies each kind of entry. The domains part registers its own (events, routes,
+    revocations, webhooks, through the callables it was given); ``control/`` wiring registers
+    the other parts' (links), so no part imports another to react to a domain's change."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[str, Consumer] = {}
+
+    def register(self, kind: str, consumer: Consumer) -> None:
+        self._by_kind[kind] = consumer
+
+    def apply(self, entry: Item) -> None:
+        consumer = self._by_kind.get(kind_of(entry))
+        if consumer is None:  # nothing in this process listens for it: nothing to do
+            log.debug("no consumer for outbox entry %s (%s)", entry.get("id"), kind_of(entry))
+            return
+        consumer(entry)
