@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+from importlib import metadata
 from pathlib import Path
 from types import FrameType
 from typing import Callable, Iterator
@@ -31,6 +32,7 @@ from shortlinks.serve import SERVERS, serve as serve_links
 from store import StoreError, open_backend
 
 log = logging.getLogger("edgectl")
+DISTRIBUTION = "edge-router"
 Run = Callable[[argparse.Namespace, Settings], int]
 
 
@@ -305,10 +307,20 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(args.hostname, once=args.once, directory=args.directory)
 
 
+def package_version() -> str:
+    """The installed distribution's version (pyproject's), or "unknown" when run from a tree
+    that was never installed."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgectl", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (else $EDGE_CONFIG)")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, registered in COMMANDS.items():
         registered.arguments(subparsers.add_parser(name, help=registered.help))
