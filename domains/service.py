@@ -63,7 +63,7 @@ class DomainService:
         self.events = events
         self.counts = StatusCounts(counts, STATUSES) if counts is not None else None
         if self.counts is not None:
-            self.counts.open(lambda status: len(self.with_status(status)))
+            self.counts.open(lambda status: len(self.with_status(status)), self._count_failing)
         self._target = cname_target
         self._addresses = list(edge_addresses)
         self._platform = list(platform_domains)
@@ -97,7 +97,7 @@ class DomainService:
                     self.domains.delete(name, expected_version=existing["version"])
                 except ConflictError:
                     continue
-                self._counted(existing["status"], None)
+                self._counted(existing, None)
                 self._event(existing, "released", actor,
                             f"DNS never verified within {self._claim_ttl / 86400:g} days")
             self._check_pending(publication_id, now)
@@ -114,7 +114,7 @@ class DomainService:
                 stored = self.domains.put(item, expected_version=ABSENT)
             except ConflictError:
                 continue  # someone connected it at the same moment: look again
-            self._counted(None, PENDING_DNS)
+            self._counted(None, stored)
             stored = self._drained(stored)
             return self._automate(stored, actor), True
         raise HostnameTaken(name)
@@ -217,7 +217,7 @@ class DomainService:
         except ConflictError:  # changed meanwhile: not removed after all
             self.events.delete(event["id"])
             raise
-        self._counted(domain["status"], None)
+        self._counted(domain, None)
         return domain
 
     def transition(self, domain: Item, status: str, why: str, actor: str = "worker",
@@ -233,7 +233,7 @@ class DomainService:
                 domain, f"{domain['status']} -> {status}", actor, why,
                 transition=(domain["status"], status)))
         stored = self.domains.put(updated, expected_version=domain["version"])
-        self._counted(domain["status"], status)
+        self._counted(domain, stored)
         return self._drained(stored) if stored.get(OUTBOX) else stored
 
     def _drained(self, domain: Item) -> Item:
@@ -305,9 +305,21 @@ class DomainService:
         """An event in the domain's timeline that is not a status change."""
         self._event(domain, what, actor, why)
 
-    def _counted(self, old: str | None, new: str | None) -> None:
+    def _counted(self, old: Item | None, new: Item | None) -> None:
+        """Keep the counts after ``old`` became ``new`` (None: absent)."""
         if self.counts is not None:
-            self.counts.changed(old, new)
+            self.counts.changed(old["status"] if old else None, new["status"] if new else None)
+            self.counts.failing_changed(bool(old and old.get("last_error")),
+                                        bool(new and new.get("last_error")))
+
+    def _count_failing(self) -> int:
+        return sum(1 for status in STATUSES for domain in self.each_with_status(status)
+                   if domain.get("last_error"))
+
+    def failing(self) -> int:
+        """How many domains' last step failed: one read (a kept count), or a count of every
+        domain when no counts table was given."""
+        return self.counts.failing() if self.counts is not None else self._count_failing()
 
     def by_status(self) -> dict[str, int]:
         """How many domains each status has: one read (kept counts), or a count of every
