@@ -23,6 +23,7 @@ from admin_app import create_app
 from control.wiring import Services
 from control.worker import PlatformCertificates, start_worker
 from edge.agent import EdgeAgent
+from edge.metrics import serve_metrics
 from edge.node import EdgeNode
 from edge.plan import UnsafePlan
 from kit.backoff import jittered_backoff
@@ -203,6 +204,9 @@ def agent(args: argparse.Namespace, settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    if settings.edge_metrics_port:
+        port = serve_metrics(node.runtime, settings.edge_bind, settings.edge_metrics_port)
+        log.info("requests per publication at http://%s:%d/metrics", settings.edge_bind, port)
     try:
         EdgeAgent(node, settings.control_urls, settings.edge_token, args.node_id,
                   watch=settings.edge_watch_seconds).run(settings.worker_interval, stop)
