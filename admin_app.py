@@ -6,10 +6,12 @@ This module stays the entry point that assembles every HTTP surface of `edgectl 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from typing import Any, Callable, Iterator
 
 from flask import Flask, Response, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 import admin
 from certs.challenges import bp as challenge_bp
@@ -57,13 +59,80 @@ def _store_unavailable(exc: StoreError) -> tuple[Response, int, dict[str, str]]:
             {"Retry-After": "2"})
 
 
+class ControlMetrics:
+    """What ``/metrics`` exports, read at each scrape. Every read is O(1) or follows the answer
+    (kept counts, one ordered index query, the few edge nodes), never the whole fleet."""
+
+    EXPIRY_WINDOWS = {"7d": 7 * 86400, "30d": 30 * 86400}
+
+    def __init__(self, services: Services, clock: Callable[[], float] = time.time) -> None:
+        self._services = services
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        services, now = self._services, self._clock()
+        domains = GaugeMetricFamily("edge_domains", "Custom domains by status", labels=["status"])
+        for status, count in services.domains.by_status().items():  # one read
+            domains.add_metric([status], count)
+        yield domains
+        yield GaugeMetricFamily("edge_domains_failing", "Custom domains whose last step failed "
+                                "(last_error set), whatever their status",
+                                value=services.domains.failing())
+        yield from self._certificates(now)
+        issuance = CounterMetricFamily(
+            "edge_certificate_issuance", "Certificate issuances this process attempted, by "
+            "result (issued, failed)", labels=["result"])
+        stats = services.issuer.stats
+        for result, count in (stats.totals if stats else {}).items():
+            issuance.add_metric([result], count)
+        yield issuance
+        yield from self._nodes()
+        yield GaugeMetricFamily("edge_store_requests", "Store requests this process has made (a "
+                                "counter; DynamoDB bills each)", value=services.backend.requests)
+
+    def _certificates(self, now: float) -> Iterator[Metric]:
+        certificates = self._services.certificates
+        soon = certificates.expiring(now + max(self.EXPIRY_WINDOWS.values()))
+        expiring = GaugeMetricFamily(
+            "edge_certificates_expiring", "Certificates whose not-after falls within the window "
+            "(expired ones included)", labels=["within"])
+        for window, seconds in self.EXPIRY_WINDOWS.items():
+            expiring.add_metric([window], sum(1 for _, at in soon if at < now + seconds))
+        yield expiring
+        next_expiry = GaugeMetricFamily(
+            "edge_certificate_next_expiry_timestamp_seconds",
+            "The soonest not-after of any stored certificate (absent when there are none)")
+        soonest = soon[0][1] if soon else certificates.next_expiry()
+        if soonest is not None:
+            next_expiry.add_metric([], soonest)
+        yield next_expiry
+
+    def _nodes(self) -> Iterator[Metric]:
+        nodes = self._services.edge_state.list_nodes()
+        yield GaugeMetricFamily("edge_nodes", "Edge nodes that have reported", value=len(nodes))
+        yield GaugeMetricFamily("edge_nodes_in_sync", "Edge nodes serving the desired state",
+                                value=sum(1 for n in nodes if n["in_sync"]))
+        families = {
+            "in_sync": GaugeMetricFamily("edge_node_in_sync", "1 if the node applied the "
+                                         "desired state's version, else 0", labels=["node"]),
+            "lag_seconds": GaugeMetricFamily("edge_node_lag_seconds", "Seconds since the desired "
+                                             "version the node lacks was published (0: in sync)",
+                                             labels=["node"]),
+            "last_seen_seconds": GaugeMetricFamily("edge_node_last_seen_seconds", "Seconds since "
+                                                   "the node's agent last reported",
+                                                   labels=["node"]),
+            "haproxy_running": GaugeMetricFamily("edge_node_haproxy_running", "1 if the node's "
+                                                 "agent reported HAProxy running", labels=["node"]),
+        }
+        for node in nodes:
+            for field, family in families.items():
+                family.add_metric([node["node_id"]], float(node[field]))
+        yield from families.values()
+
+
 def _register_health(app: Flask, services: Services, draining: Draining | None) -> None:
     registry = CollectorRegistry()
-    domains = Gauge("edge_domains", "Custom domains by status", ["status"], registry=registry)
-    nodes = Gauge("edge_nodes_in_sync", "Edge nodes serving the desired state", registry=registry)
-    requests = Gauge("edge_store_requests", "Store requests this process has made (a counter; "
-                     "DynamoDB bills each)", registry=registry)
-    requests.set_function(lambda: services.backend.requests)
+    registry.register(ControlMetrics(services))  # type: ignore[arg-type]
 
     @app.get("/healthz")
     def healthz() -> Response | tuple[Response, int]:
@@ -74,7 +143,4 @@ def _register_health(app: Flask, services: Services, draining: Draining | None) 
 
     @app.get("/metrics")
     def metrics() -> Response:
-        for status, count in services.domains.by_status().items():  # one read
-            domains.labels(status).set(count)
-        nodes.set(sum(1 for n in services.edge_state.list_nodes() if n["in_sync"]))
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -6,6 +6,7 @@ recording a result is one write, however many domains there are.
 from __future__ import annotations
 
 import datetime
+import threading
 import time
 from typing import Callable
 
@@ -23,10 +24,16 @@ class IssuanceStats:
     def __init__(self, table: Table, clock: Callable[[], float] = time.time) -> None:
         self.table = table
         self._clock = clock
+        self._lock = threading.Lock()
+        self.totals = {result: 0 for result in RESULTS}
+        """Results recorded by this process since it started: the Prometheus counters of
+        ``/metrics`` (each replica counts its own; Prometheus sums them)."""
 
     def record(self, result: str) -> None:
         if result not in RESULTS:
             raise ValueError(f"result must be one of {RESULTS}")
+        with self._lock:
+            self.totals[result] += 1
         day = _day(self._clock())
         try:  # counters alone do not make an item on DynamoDB: create the day first
             self.table.put({"day": day, "expires_at": self._clock() + 400 * 86400},

@@ -3,15 +3,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 
 from cryptography import x509
 
 from kit.vault import KeyVault
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from store import Item, Page, Table, TableSpec, all_items, rewrite_field
+from store import Item, Page, RangeIndex, Table, TableSpec, all_items, every, rewrite_field
 
-CERTIFICATES = TableSpec("certificates", key="hostname")
+CERTIFICATES = TableSpec("certificates", key="hostname",
+                         ranges=(RangeIndex("expiry", key="expiry_set", sort="not_after_ts"),))
+"""``expiry``: every certificate by its not-after time, so the soonest to expire are one
+ordered query (``/metrics``), never a read of every certificate."""
+EXPIRY_SET = "all"
 PUBLIC_FIELDS = ("hostname", "names", "not_before", "not_after", "serial", "issuer", "ca",
                  "stored_at")
 
@@ -63,6 +68,7 @@ class CertificateStore:
                 "key_enc": self._vault.encrypt(key_pem),
                 "not_before": leaf.not_valid_before_utc.isoformat(),
                 "not_after": leaf.not_valid_after_utc.isoformat(),
+                "expiry_set": EXPIRY_SET, "not_after_ts": leaf.not_valid_after_utc.timestamp(),
                 "serial": format(leaf.serial_number, "x"),
                 "issuer": leaf.issuer.rfc4514_string(), "ca": ca,
                 "stored_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
@@ -90,6 +96,21 @@ class CertificateStore:
     def expiries(self) -> list[tuple[str, str]]:
         """(hostname, not_after) of every certificate: a full read, for a cached summary."""
         return [(item["hostname"], item["not_after"]) for item in all_items(self.table)]
+
+    def expiring(self, before: float, limit: int = 10000) -> list[tuple[str, float]]:
+        """(hostname, not-after timestamp) of the certificates that expire before ``before``
+        (expired ones too), soonest first, at most ``limit``: an ordered index query whose
+        cost follows the answer, not the number of certificates. Certificates stored by a
+        version without the index enter it when they are renewed."""
+        found = every(lambda cursor: self.table.query_range(
+            "expiry", EXPIRY_SET, upper=before, limit=min(limit, 500), cursor=cursor))
+        return [(item["hostname"], float(item["not_after_ts"]))
+                for item in itertools.islice(found, limit)]
+
+    def next_expiry(self) -> float | None:
+        """The soonest not-after timestamp of any certificate (None: there are none)."""
+        page = self.table.query_range("expiry", EXPIRY_SET, limit=1)
+        return float(page.items[0]["not_after_ts"]) if page.items else None
 
     def reencrypt(self) -> int:
         """Re-encrypt every stored private key under the newest encryption key."""

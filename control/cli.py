@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from importlib import metadata
 from pathlib import Path
 from types import FrameType
 from typing import Callable, Iterator
@@ -23,6 +24,7 @@ from control.server import ControlServer, Draining
 from control.wiring import Services
 from control.worker import PlatformCertificates, start_worker
 from edge.agent import EdgeAgent
+from edge.metrics import serve_metrics
 from edge.node import EdgeNode
 from edge.plan import UnsafePlan
 from kit.backoff import jittered_backoff
@@ -32,6 +34,7 @@ from shortlinks.serve import SERVERS, serve as serve_links
 from store import StoreError, open_backend
 
 log = logging.getLogger("edgectl")
+DISTRIBUTION = "edge-router"
 Run = Callable[[argparse.Namespace, Settings], int]
 
 
@@ -229,6 +232,9 @@ def agent(args: argparse.Namespace, settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    if settings.edge_metrics_port:
+        port = serve_metrics(node.runtime, settings.edge_bind, settings.edge_metrics_port)
+        log.info("requests per publication at http://%s:%d/metrics", settings.edge_bind, port)
     try:
         _agent(settings, node, args.node_id).run(settings.worker_interval, stop)
     except SystemExit:
@@ -332,10 +338,20 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(args.hostname, once=args.once, directory=args.directory)
 
 
+def package_version() -> str:
+    """The installed distribution's version (pyproject's), or "unknown" when run from a tree
+    that was never installed."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgectl", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (else $EDGE_CONFIG)")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, registered in COMMANDS.items():
         registered.arguments(subparsers.add_parser(name, help=registered.help))

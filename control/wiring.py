@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from certs.chain import IssuerChain
 from certs.challenges import CHALLENGES, ChallengeStore
@@ -48,8 +48,10 @@ class EdgePublisher:
                  links: LinkService | None = None, hot_links: int = 0,
                  hot_refresh: float = 30.0, sso_keys: SigningKeys | None = None,
                  platform_hosts: tuple[str, ...] = (), short_domains: tuple[str, ...] = (),
-                 shortlink_servers: tuple[str, ...] = ()) -> None:
+                 shortlink_servers: tuple[str, ...] = (),
+                 clock: Callable[[], float] = time.time) -> None:
         self._state = state
+        self._clock = clock
         self._certificates = certificates
         self._app_servers = tuple(app_servers)
         self._control_servers = tuple(control_servers)
@@ -68,10 +70,10 @@ class EdgePublisher:
         expires in between leaves at the next publish (every worker round), not at the scan."""
         if self._links is None or self._hot_links <= 0:
             return ()
+        now = self._clock()
         if time.monotonic() >= self._hot[0]:
             self._hot = (time.monotonic() + self._hot_refresh,
-                         tuple(self._links.hottest(self._hot_links)))
-        now = time.time()
+                         tuple(self._links.hottest(self._hot_links, now)))
         hot = (Redirect(link["domain"], link["slug"], int(link["code"]), link["target"])
                for link in self._hot[1]
                if link.get("valid_until") is None or link["valid_until"] > now)

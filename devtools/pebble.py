@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs.keys import key_to_pem
 from kit.files import PUBLIC, SECRET, write_atomic
-from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.procs import ManagedProcess, free_port, retry_taken_ports, wait_for_port
 from kit.x509 import build_certificate, cert_to_pem
 
 
@@ -47,14 +47,23 @@ class PebbleStack:
                 raise RuntimeError(f"{binary} is not installed (apt-get install pebble)")
         self.directory = directory
         self.http_port = http_port
+        self.listener_ca, self._cert, self._key = make_listener_cert(directory)
+        self.pebble: ManagedProcess | None = None
+        self.challtestsrv: ManagedProcess | None = None
+        # Each server binds ports chosen just before: start both again on new ones if another
+        # process took one meanwhile.
+        retry_taken_ports(lambda: self._start(eab_keys, env, validity_seconds, dns_server))
+
+    def _start(self, eab_keys: dict[str, str] | None, env: dict[str, str] | None,
+               validity_seconds: int | None, dns_server: str | None) -> None:
+        directory = self.directory
         self.acme_port, self.mgmt_port = free_port(), free_port()
         self.dns_port, self.dns_mgmt_port = free_port(), free_port()
-        self.listener_ca, cert, key = make_listener_cert(directory)
         config = {"pebble": {
             "listenAddress": f"127.0.0.1:{self.acme_port}",
             "managementListenAddress": f"127.0.0.1:{self.mgmt_port}",
-            "certificate": str(cert), "privateKey": str(key),
-            "httpPort": http_port, "tlsPort": free_port(), "ocspResponderURL": "",
+            "certificate": str(self._cert), "privateKey": str(self._key),
+            "httpPort": self.http_port, "tlsPort": free_port(), "ocspResponderURL": "",
             "externalAccountBindingRequired": bool(eab_keys),
             **({"externalAccountMACKeys": eab_keys} if eab_keys else {}),
             **({"certificateValidityPeriod": validity_seconds} if validity_seconds else {}),
@@ -65,7 +74,7 @@ class PebbleStack:
             "pebble-challtestsrv", "-dns01", f"127.0.0.1:{self.dns_port}",
             "-management", f"127.0.0.1:{self.dns_mgmt_port}", "-http01", "", "-https01", "",
             "-tlsalpn01", "", "-defaultIPv6", ""], directory / "challtestsrv.log")
-        self.pebble: ManagedProcess | None = None
+        self.pebble = None
         try:
             wait_for_port(self.dns_mgmt_port, process=self.challtestsrv)
             self.pebble = ManagedProcess(

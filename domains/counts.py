@@ -13,6 +13,8 @@ from store import ABSENT, ConflictError, Table, TableSpec
 
 DOMAIN_COUNTS = TableSpec("domain_counts", key="name")
 _BY_STATUS = "by_status"
+_FAILING = "failing"
+"""Domains whose last step failed (``last_error`` set), whatever their status."""
 
 
 class StatusCounts:
@@ -20,14 +22,21 @@ class StatusCounts:
         self.table = table
         self._statuses = tuple(statuses)
 
-    def open(self, count_now: Callable[[str], int]) -> None:
-        """Create the counts item; its creator (the first process ever, or the first after an
-        upgrade) counts what is already there."""
+    def open(self, count_now: Callable[[str], int],
+             count_failing: Callable[[], int] | None = None) -> None:
+        """Create the counts items; the creator of each (the first process ever, or the first
+        after an upgrade) counts what is already there."""
+        if self._created(_BY_STATUS):
+            self.recount(count_now)
+        if count_failing is not None and self._created(_FAILING):
+            self.table.increment(_FAILING, "count", count_failing())
+
+    def _created(self, name: str) -> bool:
         try:
-            self.table.put({"name": _BY_STATUS}, expected_version=ABSENT)
+            self.table.put({"name": name}, expected_version=ABSENT)
         except ConflictError:
-            return
-        self.recount(count_now)
+            return False
+        return True
 
     def changed(self, old: str | None, new: str | None) -> None:
         """A domain moved from ``old`` to ``new`` (None: it did not exist / no longer does)."""
@@ -37,6 +46,15 @@ class StatusCounts:
             self.table.increment(_BY_STATUS, old, -1)
         if new is not None:
             self.table.increment(_BY_STATUS, new, 1)
+
+    def failing_changed(self, old: bool, new: bool) -> None:
+        """A domain started (``new``) or stopped (``old``) failing."""
+        if old != new:
+            self.table.increment(_FAILING, "count", 1 if new else -1)
+
+    def failing(self) -> int:
+        item = self.table.get(_FAILING) or {}
+        return max(0, int(item.get("count") or 0))
 
     def by_status(self) -> dict[str, int]:
         item = self.table.get(_BY_STATUS) or {}

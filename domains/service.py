@@ -68,7 +68,7 @@ class DomainService:
         self.events = events
         self.counts = StatusCounts(counts, STATUSES) if counts is not None else None
         if self.counts is not None:
-            self.counts.open(lambda status: len(self.with_status(status)))
+            self.counts.open(lambda status: len(self.with_status(status)), self._count_failing)
         self._target = cname_target
         self._addresses = list(edge_addresses)
         self._platform = list(platform_domains)
@@ -109,7 +109,7 @@ class DomainService:
                     self.domains.delete(name, expected_version=existing["version"])
                 except ConflictError:
                     continue
-                self._counted(existing["status"], None)
+                self._counted(existing, None)
                 self._event(existing, "released", actor,
                             f"DNS never verified within {self._claim_ttl / 86400:g} days")
             self._check_pending(publication_id, now)
@@ -126,7 +126,7 @@ class DomainService:
                 stored = self.domains.put(item, expected_version=ABSENT)
             except ConflictError:
                 continue  # someone connected it at the same moment: look again
-            self._counted(None, PENDING_DNS)
+            self._counted(None, stored)
             stored = self._drained(stored)
             return self._automate(stored, actor), True
         raise HostnameTaken(name)
@@ -246,7 +246,7 @@ class DomainService:
         marked = with_entries({**domain, "status": REMOVING, "updated_at": iso(now),
                                "next_attempt_at": None}, now, [event, *effects])
         stored = self.domains.put(marked, expected_version=domain["version"])
-        self._counted(domain["status"], None)
+        self._counted(domain, None)
         self._drained(stored)
         return domain
 
@@ -266,7 +266,7 @@ class DomainService:
         if entries:
             updated = with_entries(updated, now, entries)
         stored = self.domains.put(updated, expected_version=domain["version"])
-        self._counted(domain["status"], status)
+        self._counted(domain, stored)
         return self._drained(stored) if stored.get(OUTBOX) else stored
 
     def record(self, domain: Item, what: str, why: str, actor: str = "worker",
@@ -404,9 +404,21 @@ class DomainService:
         """An event in the domain's timeline that is not a status change."""
         self._event(domain, what, actor, why)
 
-    def _counted(self, old: str | None, new: str | None) -> None:
+    def _counted(self, old: Item | None, new: Item | None) -> None:
+        """Keep the counts after ``old`` became ``new`` (None: absent)."""
         if self.counts is not None:
-            self.counts.changed(old, new)
+            self.counts.changed(old["status"] if old else None, new["status"] if new else None)
+            self.counts.failing_changed(bool(old and old.get("last_error")),
+                                        bool(new and new.get("last_error")))
+
+    def _count_failing(self) -> int:
+        return sum(1 for status in STATUSES for domain in self.each_with_status(status)
+                   if domain.get("last_error"))
+
+    def failing(self) -> int:
+        """How many domains' last step failed: one read (a kept count), or a count of every
+        domain when no counts table was given."""
+        return self.counts.failing() if self.counts is not None else self._count_failing()
 
     def by_status(self) -> dict[str, int]:
         """How many domains each status has: one read (kept counts), or a count of every

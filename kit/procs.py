@@ -2,32 +2,155 @@
 from __future__ import annotations
 
 import os
+import random
+import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Callable, Sequence, TypeVar
+
+_LOWEST_PORT = 10000
+_given: set[int] = set()
+_given_lock = threading.Lock()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing is bound to now, for a server about to start.
+
+    The kernel's ``bind(0)`` answer is its next ephemeral port: any outgoing connection, of
+    this process or another (a parallel test worker), may take it before the server binds it.
+    So the port is drawn at random below the ephemeral range, where no outgoing connection
+    goes, and never twice by one process. Another process may still take it first (the same
+    draw): start servers with :func:`start_listening`, which retries on a new port."""
+    ephemeral_low, _ = _ephemeral_range()
+    if ephemeral_low - _LOWEST_PORT >= 1000:
+        for _ in range(200):
+            port = random.randrange(_LOWEST_PORT, ephemeral_low)
+            with _given_lock:
+                if port in _given or not _bindable(host, port):
+                    continue
+                _given.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
+_IN_USE = re.compile(r"address (already )?in use|EADDRINUSE", re.IGNORECASE)
+T = TypeVar("T")
+
+
+class ExitedEarly(RuntimeError):
+    """A server process exited before it listened on its port."""
+
+    def __init__(self, process: "ManagedProcess", port: int) -> None:
+        super().__init__(f"{process.name} exited before listening on {port}: {process.tail()}")
+        self.address_in_use = bool(_IN_USE.search(process.output()))
+        """It said its address was in use: another process took a port it was given."""
+
+
+def retry_taken_ports(start: Callable[[], T], attempts: int = 5) -> T:
+    """``start()``, again (it picks new ports) while it fails because a server found its port
+    taken by another process between :func:`free_port` and its bind."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except ExitedEarly as exc:
+            if not exc.address_in_use or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def start_listening(start: Callable[[int], "ManagedProcess"], host: str = "127.0.0.1",
+                    timeout: float = 20.0, attempts: int = 5) -> tuple["ManagedProcess", int]:
+    """``start(port)`` on a free port and wait until it listens; started again on another
+    port if the port was taken meanwhile. Returns the listening process and its port."""
+    def once() -> tuple[ManagedProcess, int]:
+        port = free_port(host)
+        process = start(port)
+        try:
+            wait_for_port(port, host, timeout, process)
+        except BaseException:
+            process.stop()
+            raise
+        return process, port
+    return retry_taken_ports(once, attempts)
+
+
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0,
                   process: "ManagedProcess | None" = None) -> None:
+    """Wait until something listens on ``host:port``; with ``process``, until that process (or
+    one it started) does: another process that took the port meanwhile does not count."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{process.name} exited early: {process.tail()}")
+            raise ExitedEarly(process, port)
         try:
             with socket.create_connection((host, port), timeout=0.5):
-                return
+                pass
         except OSError:
             time.sleep(0.05)
+            continue
+        if process is None or _listens(process.pid, port):
+            return
+        time.sleep(0.05)  # someone else's listener: ours fails to bind, or binds beside it
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` or one of its descendants holds a socket listening on ``port``
+    (Linux /proc; elsewhere, assumed true)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            return True
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    for candidate in parents:
+        ancestor, hops = candidate, 0
+        while ancestor not in (pid, 0, 1) and hops < 64:
+            ancestor, hops = parents.get(ancestor, 0), hops + 1
+        if ancestor != pid:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{candidate}/fd")
+            if any(os.readlink(f"/proc/{candidate}/fd/{fd}") in inodes for fd in fds):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 class ManagedProcess:
@@ -39,6 +162,7 @@ class ManagedProcess:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[bytes] = open(log_path, "ab")
+        self._log_start = self._log.tell()
         self.popen = subprocess.Popen(
             list(argv), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
@@ -53,6 +177,15 @@ class ManagedProcess:
     def tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def output(self) -> str:
+        """What this process wrote to its log (not the earlier runs' lines before it)."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_start)
+                return log.read().decode(errors="replace")
         except OSError:
             return ""
 

@@ -96,6 +96,9 @@ class Settings:
     edge_http_port: int = 8080
     edge_https_port: int = 8443
     edge_stats_port: int = 8404
+    edge_metrics_port: int = 0
+    """Where `edgectl agent` exports requests and errors per publication (/metrics on
+    edge_bind; 0: not exported)."""
     worker_interval: float = 2.0
     edge_watch_seconds: float = 5.0
     """How long an agent's request waits for the next state (a long poll; 0: plain polls)."""
@@ -219,6 +222,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "edge_http_port": parse.port,
     "edge_https_port": parse.port,
     "edge_stats_port": parse.integer,
+    "edge_metrics_port": parse.integer,
     "worker_interval": parse.number,
     "edge_watch_seconds": parse.number,
     "worker_id": parse.text,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the product and its tests need, only when missing: Debian packages (pebble,
-# haproxy, node/npm; with --test also testssl.sh, wrk, knot and chromium), npm packages (dynalite, for the
-# DynamoDB tests) and this Python package.
+# haproxy, node/npm; with --test also testssl.sh, wrk, knot, chromium and prometheus, for
+# promtool), npm packages (dynalite, for the DynamoDB tests) and this Python package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,7 @@ if [ "${1:-}" = "--test" ]; then
     command -v wrk >/dev/null || missing+=(wrk)
     command -v knotd >/dev/null || [ -x /usr/sbin/knotd ] || missing+=(knot)
     [ -x /usr/bin/chromium ] || missing+=(chromium)
+    command -v promtool >/dev/null || missing+=(prometheus)
 fi
 if ((${#missing[@]})); then
     echo "bootstrap: installing ${missing[*]}"

@@ -18,7 +18,7 @@ from werkzeug.serving import make_server
 from admin_app import create_app
 from control.wiring import Services
 from devtools.pebble import PebbleStack
-from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.procs import ManagedProcess, free_port, start_listening
 from kit.settings import Settings, load_settings
 from store import Backend
 from store.dynamo import DynamoBackend
@@ -39,12 +39,10 @@ def _dynalite_bin() -> str:
 def dynalite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The endpoint URL of a dynalite server (DynamoDB wire protocol on LevelDB)."""
     directory = tmp_path_factory.mktemp("dynalite")
-    port = free_port()
-    process = ManagedProcess("dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port",
-                                          str(port), "--path", str(directory / "db")],
-                             directory / "dynalite.log")
+    process, port = start_listening(lambda port: ManagedProcess(
+        "dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port", str(port),
+                     "--path", str(directory / "db")], directory / "dynalite.log"))
     try:
-        wait_for_port(port, process=process)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.stop()
@@ -53,11 +51,11 @@ def dynalite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The endpoint URL of moto_server (Route53; DynamoDB with the table updates dynalite lacks)."""
-    directory, port = tmp_path_factory.mktemp("moto"), free_port()
-    process = ManagedProcess("moto_server", ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
-                             directory / "moto.log")
+    directory = tmp_path_factory.mktemp("moto")
+    process, port = start_listening(lambda port: ManagedProcess(
+        "moto_server", ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        directory / "moto.log"), timeout=60)
     try:
-        wait_for_port(port, process=process, timeout=60)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.stop()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,25 +30,12 @@ import dns.query
 import dns.rdatatype
 import dns.zone
 
-from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.procs import ManagedProcess, start_listening
 
 KNOTD = shutil.which("knotd") or "/usr/sbin/knotd"
 KNOTC = shutil.which("knotc") or "/usr/sbin/knotc"
 _HAS_SOA = re.compile(r"^[^;]*\bSOA\b", re.IGNORECASE | re.MULTILINE)
 _HAS_NS = re.compile(r"^[^;]*\bNS\s", re.IGNORECASE | re.MULTILINE)
-
-
-def _free_udp_and_tcp_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (knotd binds both)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no port free for both TCP and UDP on 127.0.0.1")
 
 
 class KnotServer:
@@ -59,7 +45,7 @@ class KnotServer:
                  tsig: tuple[str, str] | None = None, timeout: float = 20.0) -> None:
         self.directory = directory
         self.tsig = tsig
-        self.port = _free_udp_and_tcp_port()
+        self.port = 0
         self._timeout = timeout
         self._serials: dict[str, int] = {}
         self._zones_dir = directory / "zones"
@@ -70,11 +56,16 @@ class KnotServer:
         for zone, text in zones.items():
             self._write_zone(zone.lower().rstrip("."), text)
         config = directory / "knot.conf"
-        config.write_text(self._config([z.lower().rstrip(".") for z in zones]))
-        self._process = ManagedProcess("knotd", [KNOTD, "-c", str(config)],
-                                       directory / "knotd.log")
+        names = [z.lower().rstrip(".") for z in zones]
+
+        def start(port: int) -> ManagedProcess:
+            self.port = port
+            config.write_text(self._config(names))
+            return ManagedProcess("knotd", [KNOTD, "-c", str(config)], directory / "knotd.log")
+
+        # knotd binds the port for UDP too: started again on another port if it was taken.
+        self._process, _ = start_listening(start, self.address, timeout)
         try:
-            wait_for_port(self.port, process=self._process, timeout=timeout)
             for zone in self._serials:
                 self._wait_for_serial(zone, self._serials[zone])
         except BaseException:

@@ -17,7 +17,6 @@ from admin.web import Admin
 from admin_app import create_app
 from control.wiring import Services
 from devtools.pebble import PebbleStack
-from kit.procs import free_port
 from kit.settings import Settings
 from kit.web import provided
 from shortlinks.app import make_app
@@ -35,8 +34,8 @@ def services(settings: Settings, pebble: PebbleStack) -> Iterator[Services]:
 
 
 def serve(app: Callable[..., Any]) -> Iterator[int]:
-    port = free_port()
-    server = make_server("127.0.0.1", port, app, threaded=True)
+    server = make_server("127.0.0.1", 0, app, threaded=True)  # the kernel's free port, bound
+    port = server.server_port
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -4,22 +4,25 @@ from __future__ import annotations
 import shutil
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from control.wiring import Services
 from devtools.probe import https_get
 from devtools.sample_app import SampleApp
 from edge.agent import EdgeAgent
 from edge.haproxy import ConfigRejected
+from edge.metrics import serve_metrics
 from edge.node import EdgeNode
 from edge.plan import CertificateRejected, UnsafePlan
 from edge.state import DesiredState, Route
 from kit.procs import free_port
 from kit.settings import Settings
 from kit.x509 import self_signed
+from tests.conftest import serving
 
 API = {"Authorization": "Bearer test-token-0123456789"}
 
@@ -161,3 +164,40 @@ def test_broken_template_is_reported_and_the_node_keeps_serving(
     assert "timeout" in str(report["error"])
     probe = https_get(agent.node.layout.https_port, "ok.example.test", cadata=cert)
     assert (probe.status, probe.json()["publication_id"]) == (200, "pub_1")
+
+
+def _answers_by_path(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """An app server that answers the status its path names: /500 -> 500, /404 -> 404."""
+    status = {"/500": "500 Internal Server Error", "/404": "404 Not Found"}.get(
+        environ["PATH_INFO"], "200 OK")
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", "0")])
+    return []
+
+
+def test_requests_and_errors_per_publication_are_exported(
+        control: tuple[Services, str], agent: EdgeAgent) -> None:
+    services, _ = control
+    routes = some_routes(3)
+    routes["h2.example.test"] = Route("h2.example.test", "pub_2", routes["h2.example.test"].pem)
+    with serving(_answers_by_path) as app_url:
+        services.edge_state.save(DesiredState(tuple(routes.values()),
+                                              (app_url.removeprefix("http://"),),
+                                              ("127.0.0.1:9",)))
+        assert agent.sync() is True
+        metrics_port = serve_metrics(agent.node.runtime, "127.0.0.1", 0)
+        for host, path, status in (("h0.example.test", "/", 200), ("h1.example.test", "/", 200),
+                                   ("h1.example.test", "/404", 404),
+                                   ("h2.example.test", "/500", 500),
+                                   ("nobody.example.test", "/", 404)):  # no publication
+            assert https_get(agent.node.layout.https_port, host, path).status == status
+        text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    samples = {(s.name, s.labels["publication"]): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name.endswith("_total")}
+    assert samples == {
+        ("edge_publication_http_requests_total", "pub_1"): 3,
+        ("edge_publication_http_requests_total", "pub_2"): 1,
+        ("edge_publication_http_client_errors_total", "pub_1"): 1,
+        ("edge_publication_http_client_errors_total", "pub_2"): 0,
+        ("edge_publication_http_server_errors_total", "pub_1"): 0,
+        ("edge_publication_http_server_errors_total", "pub_2"): 1}

@@ -24,7 +24,7 @@ from control.wiring import Services
 from control.worker import run_worker
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
-from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.procs import ManagedProcess, free_port, start_listening, wait_for_port
 from kit.settings import Settings
 from store import Backend, StoreError, TableSpec
 from store.dynamo import DynamoBackend
@@ -191,11 +191,9 @@ def test_serve_started_during_a_store_outage_waits_for_the_store(
 
 
 def test_the_api_answers_503_while_the_store_is_away(tmp_path: Path, settings: Settings) -> None:
-    port = free_port()
-    store = ManagedProcess("dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port",
-                                        str(port), "--path", str(tmp_path / "db")],
-                           tmp_path / "dynalite.log")
-    wait_for_port(port, process=store)
+    store, port = start_listening(lambda port: ManagedProcess(
+        "dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port", str(port),
+                     "--path", str(tmp_path / "db")], tmp_path / "dynalite.log"))
     services = Services.from_settings(dataclasses.replace(
         settings, storage_backend="dynamodb", dynamodb_endpoint_url=f"http://127.0.0.1:{port}",
         dynamodb_table_prefix="away_"))

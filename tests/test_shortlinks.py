@@ -12,7 +12,7 @@ from botocore.config import Config
 from hypothesis import given, settings as hsettings, strategies as st
 from werkzeug.test import Client
 
-from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.procs import ManagedProcess, start_listening
 from shortlinks.app import make_app
 from shortlinks.links import LINK_CHANGES, LINKS, InvalidLink, LinkService, SlugTaken
 from shortlinks.resolver import Resolver
@@ -151,12 +151,10 @@ def test_visits_are_buffered_then_added_atomically(links: LinkService, table: Ta
 
 
 def test_cached_links_keep_redirecting_when_dynamodb_is_down(tmp_path: Path) -> None:
-    port = free_port()
-    dynalite = ManagedProcess("dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port",
-                                           str(port), "--path", str(tmp_path / "db")],
-                              tmp_path / "dynalite.log")
+    dynalite, port = start_listening(lambda port: ManagedProcess(
+        "dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port", str(port),
+                     "--path", str(tmp_path / "db")], tmp_path / "dynalite.log"))
     try:
-        wait_for_port(port, process=dynalite)
         # Fail fast once it is down: one attempt, short timeouts.
         client = boto3.client("dynamodb", endpoint_url=f"http://127.0.0.1:{port}",
                               region_name="us-east-1", config=Config(
@@ -166,11 +164,12 @@ def test_cached_links_keep_redirecting_when_dynamodb_is_down(tmp_path: Path) -> 
         table = backend.table(LINKS)
         LinkService(table, DOMAINS).create("acme.link", "https://example.com/", owner="p",
                                            slug="hot")
-        resolver = Resolver(table, ttl=0.05)
+        now = [time.time()]
+        resolver = Resolver(table, ttl=30, clock=lambda: now[0])
         assert redirect(table, "acme.link", "hot", resolver).status_code == 302
     finally:
         dynalite.stop()
-    time.sleep(0.1)  # the cache entry is stale now, and DynamoDB is gone
+    now[0] += 31  # the cache entry is stale now, and DynamoDB is gone
     assert redirect(table, "acme.link", "hot", resolver).status_code == 302
     assert resolver.stale_served == 1 and resolver.store_errors == 1
     assert redirect(table, "acme.link", "cold", resolver).status_code == 503

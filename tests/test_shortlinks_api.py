@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 
 from admin_app import create_app
 from control.wiring import Services
-from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.procs import ManagedProcess, start_listening
 from kit.settings import Settings
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
@@ -81,17 +81,14 @@ def test_edgectl_shortlinks_redirects_and_keeps_its_visit_counts(
     services = Services.from_settings(link_settings)
     services.links.create("acme.link", "https://example.com/landing", "pub_1", slug="go")
     services.close()
-    port = free_port()
     env = {**os.environ, "EDGE_API_TOKEN": link_settings.api_token,
            "EDGE_EDGE_TOKEN": link_settings.edge_token,
            "EDGE_ENCRYPTION_KEYS": link_settings.encryption_keys[0],
-           "EDGE_DATA_DIR": link_settings.data_dir, "EDGE_SHORT_DOMAINS": "acme.link",
-           "EDGE_SHORTLINKS_PORT": str(port)}
-    process = ManagedProcess("shortlinks", [sys.executable, "-m", "control", "shortlinks",
-                                           "--workers", "2"],
-                             tmp_path / "shortlinks.log", env=env)
+           "EDGE_DATA_DIR": link_settings.data_dir, "EDGE_SHORT_DOMAINS": "acme.link"}
+    process, port = start_listening(lambda port: ManagedProcess(
+        "shortlinks", [sys.executable, "-m", "control", "shortlinks", "--workers", "2"],
+        tmp_path / "shortlinks.log", env={**env, "EDGE_SHORTLINKS_PORT": str(port)}))
     try:
-        wait_for_port(port, process=process)
         workers = _children(process.popen.pid, count=2)
         os.kill(workers[0], signal.SIGKILL)  # a worker dies: another takes its place
         replaced = _children(process.popen.pid, count=2, without=workers[0])
@@ -190,14 +187,17 @@ def test_hottest_links_are_published_to_the_edge_and_leave_it_when_disabled(
 def test_a_hot_link_leaves_the_edge_when_it_expires_not_at_the_next_scan(
         link_settings: Settings) -> None:
     services = Services.from_settings(dataclasses.replace(link_settings, hot_links=5))
+    now = time.time()
     try:
         services.links.create("acme.link", "https://example.com/a", "pub_1", slug="brief",
-                              valid_until=time.time() + 0.5)
+                              valid_until=now + 3600)
         services.links.create("acme.link", "https://example.com/b", "pub_1", slug="lasting")
+        services.publisher._clock = lambda: now
         services.lifecycle.publish_routes()
         assert {r["slug"] for r in services.edge_state.load()["redirects"]} == \
             {"brief", "lasting"}
-        time.sleep(0.6)  # expired; the hot set is not recomputed for another 30 s
+        # An hour later "brief" has expired; the hot set is not recomputed for another 30 s.
+        services.publisher._clock = lambda: now + 3601
         services.lifecycle.publish_routes()
         assert [r["slug"] for r in services.edge_state.load()["redirects"]] == ["lasting"]
     finally:

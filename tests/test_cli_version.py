@@ -1,0 +1,28 @@
+"""`edgectl --version` prints the installed package's version, as operators expect of a CLI."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from control.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"edgectl {metadata.version('edge-router')}"
+
+
+def test_version_needs_no_settings() -> None:
+    done = subprocess.run([sys.executable, "-m", "control.cli", "--version"], cwd=ROOT,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["edgectl", metadata.version("edge-router")]

@@ -1,0 +1,107 @@
+"""What /metrics exports for the dashboards and alert rules (deploy/grafana, deploy/prometheus):
+failing domains, certificates by expiry, issuance results, and each edge node's sync state."""
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from typing import Iterator
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client.parser import text_string_to_metric_families
+
+from admin_app import create_app
+from control.wiring import Services
+from kit.settings import Settings
+from kit.x509 import self_signed
+
+KEY = ec.generate_private_key(ec.SECP256R1())
+KEY_PEM = KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def services(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Services]:
+    if request.param == "dynamodb":
+        settings = dataclasses.replace(
+            settings, storage_backend="dynamodb",
+            dynamodb_endpoint_url=request.getfixturevalue("dynalite"),
+            dynamodb_table_prefix=f"m{uuid.uuid4().hex[:8]}_")
+    opened = Services.from_settings(settings)
+    yield opened
+    opened.close()
+
+
+def scrape(services: Services) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a /metrics scrape: (name, sorted labels) -> value."""
+    text = create_app(services).test_client().get("/metrics").get_data(as_text=True)
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_failing_domains_are_counted_on_every_change(services: Services) -> None:
+    first, _ = services.domains.connect("a.metrics.example.test", "pub_1")
+    services.domains.connect("b.metrics.example.test", "pub_1")
+    assert scrape(services)[("edge_domains_failing", ())] == 0
+    failed = services.domains.defer(first, [{"message": "no CNAME"}])
+    again = services.domains.defer(failed, [{"message": "still no CNAME"}])
+    assert scrape(services)[("edge_domains_failing", ())] == 1  # counted once
+    services.domains.transition(again, "verified", "DNS is right", last_error=None)
+    assert scrape(services)[("edge_domains_failing", ())] == 0
+    other = services.domains.get("b.metrics.example.test")
+    services.domains.defer(other, [{"message": "no CNAME"}])
+    services.domains.remove("b.metrics.example.test")
+    assert services.domains.failing() == 0
+    # A store from before this count: the first process to open it counts what is there.
+    services.domains.defer(services.domains.get("a.metrics.example.test"), [{"message": "x"}])
+    services.domains.counts.table.delete("failing")  # type: ignore[union-attr]
+    reopened = Services.from_settings(services.settings)
+    try:
+        assert reopened.domains.failing() == 1
+        before = reopened.backend.requests
+        reopened.domains.failing()
+        assert reopened.backend.requests - before == 1
+    finally:
+        reopened.close()
+
+
+def test_certificates_by_expiry_come_from_one_ordered_query(services: Services) -> None:
+    assert ("edge_certificate_next_expiry_timestamp_seconds", ()) not in scrape(services)
+    for hostname, days in (("soon.example.test", 3), ("month.example.test", 20),
+                           ("later.example.test", 80)):
+        services.certificates.save([hostname], self_signed(hostname, KEY, days=days)[0], KEY_PEM)
+    samples = scrape(services)
+    assert samples[("edge_certificates_expiring", (("within", "7d"),))] == 1
+    assert samples[("edge_certificates_expiring", (("within", "30d"),))] == 2
+    soonest = samples[("edge_certificate_next_expiry_timestamp_seconds", ())]
+    assert abs(soonest - (time.time() + 3 * 86400)) < 600
+    assert [host for host, _ in services.certificates.expiring(time.time() + 30 * 86400)] == [
+        "soon.example.test", "month.example.test"]
+    services.certificates.delete("soon.example.test")
+    assert scrape(services)[("edge_certificates_expiring", (("within", "7d"),))] == 0
+
+
+def test_issuance_results_are_prometheus_counters(services: Services) -> None:
+    assert services.issuer.stats is not None
+    for result in ("issued", "issued", "failed"):
+        services.issuer.stats.record(result)
+    samples = scrape(services)
+    assert samples[("edge_certificate_issuance_total", (("result", "issued"),))] == 2
+    assert samples[("edge_certificate_issuance_total", (("result", "failed"),))] == 1
+
+
+def test_each_node_reports_its_sync_state_and_lag(services: Services) -> None:
+    services.lifecycle.publish_routes()
+    desired = services.edge_state.meta()["edge_version"]  # type: ignore[index]
+    services.edge_state.report("node-a", desired, None, True)
+    services.edge_state.report("node-b", "0" * 8, "haproxy -c failed", False)
+    samples = scrape(services)
+    assert samples[("edge_nodes", ())] == 2 and samples[("edge_nodes_in_sync", ())] == 1
+    assert samples[("edge_node_in_sync", (("node", "node-a"),))] == 1
+    assert samples[("edge_node_in_sync", (("node", "node-b"),))] == 0
+    assert samples[("edge_node_lag_seconds", (("node", "node-a"),))] == 0
+    assert samples[("edge_node_lag_seconds", (("node", "node-b"),))] >= 0
+    assert samples[("edge_node_haproxy_running", (("node", "node-b"),))] == 0
+    assert samples[("edge_node_last_seen_seconds", (("node", "node-a"),))] < 60

@@ -1,0 +1,70 @@
+"""Ports for the servers the tests and the demo start: chosen where no outgoing connection
+goes, and a server that finds its port taken meanwhile is started again on another."""
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+import kit.procs
+from kit.procs import ExitedEarly, ManagedProcess, free_port, start_listening, wait_for_port
+
+LISTEN = ("import socket, sys, time; s = socket.socket(); "
+          "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); time.sleep(60)")
+
+
+def listener(port: int, log: Path) -> ManagedProcess:
+    return ManagedProcess("listener", [sys.executable, "-c", LISTEN, str(port)], log)
+
+
+def test_free_ports_are_below_the_ephemeral_range_and_never_given_twice() -> None:
+    low, _ = kit.procs._ephemeral_range()
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 < port < low for port in ports)
+
+
+def test_a_server_whose_port_was_taken_starts_again_on_another(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        drawn = [taken.getsockname()[1]]  # the first draw is a port another process holds
+        real = kit.procs.free_port
+        monkeypatch.setattr(kit.procs, "free_port",
+                            lambda host="127.0.0.1": drawn.pop() if drawn else real(host))
+        process, port = start_listening(lambda port: listener(port, tmp_path / "l.log"))
+        try:
+            assert port != taken.getsockname()[1] and process.poll() is None
+            assert "Address already in use" in (tmp_path / "l.log").read_text()
+        finally:
+            process.stop()
+
+
+def test_another_process_listening_on_the_port_is_not_taken_for_ours(tmp_path: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        sleeper = ManagedProcess("sleeper", [sys.executable, "-c", "import time; "
+                                             "time.sleep(60)"], tmp_path / "s.log")
+        try:
+            with pytest.raises(TimeoutError):
+                wait_for_port(port, timeout=1, process=sleeper)
+        finally:
+            sleeper.stop()
+
+
+def test_a_server_failing_for_another_reason_is_not_retried(tmp_path: Path) -> None:
+    starts = []
+
+    def broken(port: int) -> ManagedProcess:
+        starts.append(port)
+        return ManagedProcess("broken", [sys.executable, "-c", "raise SystemExit('bad config')"],
+                              tmp_path / "b.log")
+
+    with pytest.raises(ExitedEarly, match="bad config"):
+        start_listening(broken)
+    assert len(starts) == 1
