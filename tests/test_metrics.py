@@ -52,7 +52,7 @@ def test_failing_domains_are_counted_on_every_change(services: Services) -> None
     assert scrape(services)[("edge_domains_failing", ())] == 0
     other = services.domains.get("b.metrics.example.test")
     services.domains.defer(other, [{"message": "no CNAME"}])
-    services.domains.remove("b.metrics.example.test")
+    services.lifecycle.remove("b.metrics.example.test")
     assert services.domains.failing() == 0
     # A store from before this count: the first process to open it counts what is there.
     services.domains.defer(services.domains.get("a.metrics.example.test"), [{"message": "x"}])
