@@ -118,8 +118,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         platform = PlatformCertificates(services.publisher.platform_hosts, services.issuer,
                                         services.certificates, services.publisher,
                                         settings.retry_base_seconds,
-                                        edge_up=lambda: any(node.get("applied_version") for node
-                                                            in services.edge_state.list_nodes()))
+                                        edge_up=services.publisher.serving)
         steps = [services.lifecycle.tick, platform.tick]
         if services.sweeper is not None:
             steps.append(services.sweeper.tick)

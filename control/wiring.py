@@ -95,6 +95,11 @@ class EdgePublisher:
         state here, which opens the edge's port 80 for HTTP-01."""
         self._state.change({}, self.config())
 
+    def serving(self) -> bool:
+        """Whether any edge node serves a state (so port 80 answers the CA's HTTP-01): one
+        read of the few node items, asked only when a certificate is to be ordered."""
+        return any(node.get("applied_version") for node in self._state.list_nodes())
+
     def route_changes(self, changes: dict[str, str | None]) -> None:
         """These routes changed (hostname -> publication id, or None: off the edge); one
         commit, reading only these routes and their certificates."""

@@ -52,6 +52,9 @@ class RoutePublisher(Protocol):
     def refresh(self) -> None:
         """Publish what is not a route if it changed (cheap: one read when nothing did)."""
 
+    def serving(self) -> bool:
+        """Whether any edge node serves yet (the CA's HTTP-01 requests go through it)."""
+
 
 class EventSink(Protocol):
     def emit(self, event_type: str, data: dict[str, object], event_id: str | None = None) -> str:
@@ -122,7 +125,10 @@ class Lifecycle:
         self.domains.drain_outboxes()  # what a dead process (or a failed consumer) left
         self._each(self.verify, self.domains.due(PENDING_DNS))
         issuing = self.domains.due(VERIFIED) + self._issuing_to_resume()
-        self._each(self.issue, issuing, self.timing.issue_concurrency)
+        # No order before an edge node serves: the CA would find port 80 closed, and each
+        # failed validation counts against its limits (5 an hour per name at Let's Encrypt).
+        if issuing and self.edge.serving():
+            self._each(self.issue, issuing, self.timing.issue_concurrency)
         self._each(self.recheck, self.domains.due(ACTIVE) + self.domains.due(SUSPENDED))
 
     @staticmethod

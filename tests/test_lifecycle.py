@@ -95,6 +95,11 @@ def test_failed_issuance_is_recorded_and_retried_later(dns_settings: Settings,
         domain, _ = broken.domains.connect("late.example.test", "pub_1")
         pebble.set_txt("_edge-challenge.late.example.test", domain["token"])
         broken.lifecycle.tick()
+        waiting = broken.domains.get("late.example.test")
+        assert waiting["status"] == VERIFIED and not waiting.get("attempts"), \
+            "no order while no edge node serves: the CA would find port 80 closed"
+        broken.edge_state.report("edge-1", broken.edge_state.current_version(), None, True)
+        broken.lifecycle.tick()  # an edge serves: the order goes out (and fails, as the CA is away)
         late = broken.domains.get("late.example.test")
         assert late["status"] == VERIFIED
         assert late["last_error"].startswith("certificate: ") and late["attempts"] == 1

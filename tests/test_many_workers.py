@@ -39,6 +39,9 @@ def test_two_workers_share_the_work_and_never_repeat_a_step(
     responder = make_server("127.0.0.1", quiet_pebble.http_port, create_app(workers[0]),
                             threaded=True)
     threading.Thread(target=responder.serve_forever, daemon=True).start()
+    # The responder stands in for the edge on Pebble's HTTP-01 port; say a node serves.
+    workers[0].publisher.refresh()
+    workers[0].edge_state.report("edge-1", workers[0].edge_state.current_version(), None, True)
     hostnames = [f"batch{n}.example.test" for n in range(8)]
     try:
         for hostname in hostnames:
