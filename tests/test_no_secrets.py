@@ -31,10 +31,12 @@ def receiver() -> Iterator[Receiver]:
 
 def _login(stack: LocalStack, password: str) -> int:
     session = requests.Session()
-    form = session.get(f"{stack.control_url}/admin/login", timeout=10)
+    verify = str(stack.control_ca)  # the control service speaks TLS (its own CA)
+    form = session.get(f"{stack.control_url}/admin/login", timeout=10, verify=verify)
     token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
     assert token is not None, form.text
     answer = session.post(f"{stack.control_url}/admin/login", allow_redirects=False, timeout=10,
+                          verify=verify,
                           data={"username": "admin", "password": password,
                                 "csrf_token": token.group(1)},
                           cookies={"edge_admin_login": token.group(1)})
