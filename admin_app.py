@@ -22,7 +22,7 @@ from domains.api import bp as domains_bp
 from edge.control_api import VisitSink
 from edge.control_api import bp as edge_bp
 from edge.sso_views import bp as sso_bp
-from kit.web import bound_json, provide
+from kit.web import bound_json, provide, trace_requests
 from shortlinks.api import bp as links_bp
 from store import StoreError
 
@@ -37,6 +37,7 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None,
                       EDGE_EDGE_TOKEN=services.settings.edge_token, JSON_SORT_KEYS=False,
                       MAX_CONTENT_LENGTH=1024 * 1024)
     app.config.update(test_config or {})
+    trace_requests(app)  # first: its hooks bind the request id before any hook can answer
     bound_json(app)
     provide(app, services, services.settings, services.domains, services.lifecycle,
             services.challenges, services.certificates, services.edge_state, services.links,

@@ -27,6 +27,7 @@ from edge.agent import EdgeAgent
 from edge.metrics import serve_metrics
 from edge.node import EdgeNode
 from edge.plan import UnsafePlan
+from kit import logs
 from kit.backoff import jittered_backoff
 from kit.settings import CONTROL_SERVICE, EDGE_AGENT, Settings, SettingsError, load_settings
 from shortlinks.bulk import run_import
@@ -349,14 +350,20 @@ def package_version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgectl", description=__doc__)
     parser.add_argument("--config", help="TOML settings file (else $EDGE_CONFIG)")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", type=str.upper, choices=logs.LEVELS,
+                        help="overrides the log_level setting (default INFO)")
+    parser.add_argument("--log-format", choices=logs.FORMATS,
+                        help="overrides the log_format setting (default auto: text on a "
+                             "terminal, else JSON lines)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, registered in COMMANDS.items():
         registered.arguments(subparsers.add_parser(name, help=registered.help))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # One set-up for every subcommand: first from the flags (so reading the settings logs
+    # alike), then again once the settings say otherwise.
+    logs.configure(args.log_format or "auto", args.log_level or "INFO")
+    logging.captureWarnings(True)  # library warnings as log lines, not bare text between them
     chosen = COMMANDS[args.command]
     if args.command == "keys" and args.action == "generate":
         print(Fernet.generate_key().decode())
@@ -364,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings() if chosen.required is None else load_settings(
             config_file=args.config, required=chosen.required)
+        logs.configure(args.log_format or settings.log_format,
+                       args.log_level or settings.log_level)
         return chosen.run(args, settings)
     except SettingsError as exc:
         print(f"edgectl: {exc}", file=sys.stderr)

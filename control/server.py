@@ -18,6 +18,19 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 from cheroot.wsgi import Server
 
 log = logging.getLogger(__name__)
+_cheroot_log = logging.getLogger("cheroot")
+
+
+class _Server(Server):
+    """cheroot writes its messages straight to stderr, between our log lines and in no format
+    of ours. Here they are log records: what it says at INFO (a client that left during the
+    TLS handshake, plain HTTP on the TLS port: scanners, health checks) is noise at DEBUG;
+    warnings and errors keep their level and traceback."""
+
+    def error_log(self, msg: str = "", level: int = logging.INFO,
+                  traceback: bool = False) -> None:
+        _cheroot_log.log(logging.DEBUG if level <= logging.INFO else level, "%s", msg,
+                         exc_info=traceback)
 
 
 class Draining:
@@ -36,9 +49,9 @@ class Draining:
 class ControlServer:
     def __init__(self, app: Any, host: str, port: int, *, threads: int = 16,
                  shutdown_seconds: float = 20.0, tls_cert: str = "", tls_key: str = "") -> None:
-        self._server = Server((host, port), app, numthreads=threads,
-                              shutdown_timeout=max(1, round(shutdown_seconds)),
-                              server_name="edgectl")
+        self._server = _Server((host, port), app, numthreads=threads,
+                               shutdown_timeout=max(1, round(shutdown_seconds)),
+                               server_name="edgectl")
         if tls_cert:
             adapter = BuiltinSSLAdapter(tls_cert, tls_key)
             adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2

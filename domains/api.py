@@ -11,6 +11,7 @@ from flask import Blueprint, Response, jsonify, request
 from domains.errors import DomainError, DomainNotFound
 from domains.lifecycle import Lifecycle
 from domains.service import DomainService, public_view
+from kit import logs
 from kit.auth import require_platform_or_publication, scope
 from kit.tokens import PUBLICATION_ID, PUBLICATION_ID_RULE
 from kit.web import use
@@ -28,6 +29,7 @@ def _own(hostname: str) -> dict[str, Any]:
     domain = _service().get(hostname)
     if scope() is not None and domain["publication_id"] != scope():
         raise DomainNotFound(domain["hostname"])
+    logs.bind(hostname=domain["hostname"], publication_id=domain["publication_id"])
     return domain
 
 
@@ -38,6 +40,7 @@ def _publication(requested: Any) -> str | tuple[Response, int]:
         return _error(f"publication_id must be {PUBLICATION_ID_RULE}", 400)
     if scope() is not None and publication_id != scope():
         return _error("a publication's token acts for that publication only", 403)
+    logs.bind(publication_id=publication_id)
     return publication_id
 
 

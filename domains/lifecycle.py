@@ -25,6 +25,7 @@ from domains import outbox
 from domains.dnscheck import DnsCheck, DnsChecker
 from domains.service import (ACTIVE, ISSUING, PENDING_DNS, SUSPENDED, VERIFIED,
                              DomainService)
+from kit import logs
 from store import ConflictError, Item, StoreError
 
 log = logging.getLogger(__name__)
@@ -168,14 +169,15 @@ class Lifecycle:
 
     def _guard(self, step: Callable[[Item], Item], domain: Item) -> None:
         """Run one step on a domain this worker leased (another replica may be on it)."""
-        leased = self.domains.lease(domain, self.worker_id, self.timing.worker_lease)
-        if leased is None:
-            return
-        self._held[domain["hostname"]] = leased["lease_until"]
-        try:
-            step(leased)
-        except ConflictError:
-            log.info("%s changed under us; another worker has it", domain["hostname"])
+        with logs.bound(hostname=domain["hostname"], publication_id=domain.get("publication_id")):
+            leased = self.domains.lease(domain, self.worker_id, self.timing.worker_lease)
+            if leased is None:
+                return
+            self._held[domain["hostname"]] = leased["lease_until"]
+            try:
+                step(leased)  # its lines (and the certs part's) carry the domain
+            except ConflictError:
+                log.info("%s changed under us; another worker has it", domain["hostname"])
 
     def _check(self, domain: Item) -> DnsCheck:
         return self.checker.check(domain["hostname"], domain["token"])

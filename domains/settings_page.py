@@ -22,6 +22,7 @@ from certs.store import CertificateStore
 from domains.errors import DomainError
 from domains.lifecycle import Lifecycle
 from domains.service import ACTIVE, DomainService, Item, public_view
+from kit import logs
 from kit.hosts import host_without_port
 from kit.platform import Platform, PlatformUser
 from kit.settings import Settings
@@ -83,6 +84,7 @@ def _own(user: PlatformUser, hostname: str) -> Item:
         abort(404)
     if domain["publication_id"] not in user.publications:
         abort(404)
+    logs.bind(hostname=domain["hostname"], publication_id=domain["publication_id"])
     return domain
 
 

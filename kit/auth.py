@@ -14,6 +14,7 @@ from typing import Any, Callable, TypeVar
 
 from flask import Response, current_app, g, jsonify, request
 
+from kit import logs
 from kit.tokens import PublicationTokens
 from kit.web import use
 
@@ -60,6 +61,7 @@ def require_platform_or_publication(view: F) -> F:
             if publication is None:
                 return _unauthorized()
             g.publication_scope = publication
+            logs.bind(publication_id=publication)
         return view(*args, **kwargs)
     return wrapped  # type: ignore[return-value]
 

@@ -148,3 +148,10 @@ def choice(*options: str) -> Callable[[Any], str]:
             raise ValueError(f"must be one of {', '.join(options)}")
         return found
     return parse
+
+
+def log_level(value: Any) -> str:
+    level = text(value).strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("must be one of debug, info, warning, error, critical")
+    return level

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from kit import parsers as parse
 from kit.errors import EdgeRouterError
 from kit.hosts import plain_http_off_host
+from kit.logs import FORMATS as LOG_FORMATS
 from kit.redact import SECRET, redacted_repr
 
 ENV_PREFIX = "EDGE_"
@@ -47,6 +48,10 @@ class Settings:
     dynamodb_table_prefix: str = "edge_"
     listen_host: str = "127.0.0.1"
     listen_port: int = 8000
+    log_format: str = "auto"
+    """``json`` (one object a line), ``text``, or ``auto``: text when stderr is a terminal,
+    else JSON."""
+    log_level: str = "INFO"
     serve_threads: int = 16
     """Request threads of `edgectl serve` (long polls of agents each hold one)."""
     drain_seconds: float = 5.0
@@ -189,6 +194,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "dynamodb_table_prefix": parse.text,
     "listen_host": parse.text,
     "listen_port": parse.port,
+    "log_format": parse.choice(*LOG_FORMATS),
+    "log_level": parse.log_level,
     "serve_threads": parse.positive_int,
     "drain_seconds": parse.number,
     "shutdown_seconds": parse.positive,

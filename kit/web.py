@@ -6,17 +6,23 @@ know the object that wires them all.
 """
 from __future__ import annotations
 
+import logging
 import re
+import time
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
+
+from kit import logs
 
 T = TypeVar("T")
 _EXTENSION = "edge.provided"
 MAX_JSON_DEPTH = 32
 """Far more than any body our APIs take, far below what Python's parser can recurse into."""
 _JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+REQUEST_ID_HEADER = "X-Request-ID"
+access_log = logging.getLogger("edgectl.access")
 
 
 def provide(app: Flask, *objects: Any) -> None:
@@ -87,3 +93,55 @@ def bound_json(app: Flask) -> None:
         if request.is_json and json_too_deep(request.get_data(cache=True)):
             return jsonify(error=f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels"), 400
         return None
+
+
+def _quiet(path: str, status: int) -> bool:
+    """Requests that come every few seconds when all is well (health checks, scrapes, the
+    agents' long polls and reports): logged at DEBUG, so INFO shows what changes things."""
+    if path in ("/healthz", "/metrics"):
+        return True
+    return status < 400 and path.startswith(("/api/v1/edge/state", "/api/v1/edge/nodes/"))
+
+
+def trace_requests(app: Flask) -> None:
+    """Every request of ``app`` runs under a request id: HAProxy's (``X-Request-ID``, set by
+    each edge frontend after deleting the client's) or, for a request straight from an API
+    client, the client's own if it is a plain token (a correlation id, never trusted for
+    anything else), else a new one. The id, and the hostname of a ``<hostname>`` URL, go on
+    every log line of the request; views add the publication once they know it
+    (``logs.bind``). The response carries the id back, and one access line is logged.
+
+    Register it before other ``before_request`` hooks: one that answers early (a 400) stops
+    the hooks after it."""
+
+    @app.before_request
+    def bind_request() -> None:
+        g.request_started = time.monotonic()
+        g.request_id = logs.request_id_from(request.headers.get(REQUEST_ID_HEADER))
+        hostname = (request.view_args or {}).get("hostname")
+        g.log_context = logs.replace({"request_id": g.request_id})
+        logs.bind(hostname=hostname.lower() if isinstance(hostname, str) else None)
+
+    @app.after_request
+    def log_request(response: Response) -> Response:
+        request_id = g.get("request_id")
+        if request_id is None:  # a hook before ours answered: no context was bound
+            return response
+        response.headers[REQUEST_ID_HEADER] = request_id
+        elapsed = time.monotonic() - g.get("request_started", time.monotonic())
+        path = logs.strip_escapes(request.path)  # a client's text
+        access_log.log(logging.DEBUG if _quiet(path, response.status_code) else logging.INFO,
+                       "%s %s %d", request.method, path, response.status_code,
+                       extra={"method": request.method, "path": path,
+                              "status": response.status_code,
+                              "duration_ms": round(elapsed * 1000, 1)})
+        return response
+
+    @app.teardown_request
+    def unbind_request(exc: BaseException | None) -> None:
+        token = g.pop("log_context", None)
+        if token is not None:
+            try:
+                logs.reset(token)
+            except ValueError:  # set in another context (a test client quirk): start clean
+                logs.replace({})

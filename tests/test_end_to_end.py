@@ -172,6 +172,41 @@ def test_two_nodes_converge_on_each_change(stack: LocalStack, receiver: Receiver
         "removed"  # type: ignore[index]
 
 
+def test_the_edge_request_id_is_in_the_control_service_log(stack: LocalStack) -> None:
+    """A visitor's request to /_edge/ on a custom domain goes through HAProxy to the control
+    service: the id the visitor got back is on the control service's JSON line for it, and
+    the client's own X-Request-ID never gets through the edge."""
+    created = stack.api("POST", "/api/v1/domains",
+                        json={"hostname": "logs.example.test", "publication_id": "pub_3"})
+    stack.create_records(created.json()["dns_records"])
+    stack.wait_active("logs.example.test")
+    stack.wait_served("logs.example.test")
+    seen = https_get(stack.edge_https_port, "logs.example.test", "/_edge/settings/domains",
+                     cafile=str(stack.pebble.root_path),
+                     headers={"X-Request-ID": "forged-by-the-client"})
+    assert seen.status == 404  # the publisher pages live on the platform's domain only
+    request_id = seen.headers["x-request-id"]
+    assert request_id and request_id != "forged-by-the-client"
+
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in
+                 (stack.directory / "control.log").read_text().splitlines()]
+        ours = [line for line in lines if line.get("request_id") == request_id]
+        if ours or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert ours, f"{request_id} not in the control service's log"
+    assert ours[0]["event"] == "GET /_edge/settings/domains 404"
+    assert {"ts", "level", "logger"} <= set(ours[0])
+    assert not any(line.get("request_id") == "forged-by-the-client" for line in lines)
+    # The worker's lines about the domain say which one (the certs part's included).
+    issued = [line for line in lines
+              if line["event"] == "certificate issued for logs.example.test"]
+    assert issued and issued[0]["hostname"] == "logs.example.test" \
+        and issued[0]["publication_id"] == "pub_3"
+
+
 def wait_in_sync(stack: LocalStack, nodes: int) -> None:
     deadline = time.monotonic() + 30
     while True:
