@@ -140,8 +140,10 @@ class EdgeStateStore:
             self._write_route(hostname, ref, revision)
         try:
             return self.state.put({**meta, "pending": {}}, expected_version=meta[VERSION])
-        except ConflictError:  # a newer commit: it settled ours before building on it
-            return self.state.get("desired")
+        except ConflictError:  # a newer commit: it settled ours before building on it, but
+            # its own changes may still be pending: settle them too before anyone builds on it
+            # (a commit built on unwritten route items computes its digest from stale ones)
+            return self._settled(self.state.get("desired"))
 
     def _write_route(self, hostname: str, ref: dict[str, str] | None, revision: int) -> None:
         while True:
@@ -153,10 +155,22 @@ class EdgeStateStore:
                 self.routes.put({**item, "feed": FEED, "revision": revision},
                                 expected_version=existing[VERSION] if existing else ABSENT)
                 if ref is None:
-                    self.certs.delete(hostname)
+                    self._drop_certificate(hostname)
                 return
             except ConflictError:
                 continue
+
+    def _drop_certificate(self, hostname: str) -> None:
+        """The key of a removed route, unless a newer change routed the host again meanwhile
+        (it stores its certificate before it commits: a conditional delete leaves that one)."""
+        cert = self.certs.get(hostname)
+        route = self.routes.get(hostname)
+        if cert is None or route is None or not route.get("removed"):
+            return
+        try:
+            self.certs.delete(hostname, expected_version=cert[VERSION])
+        except ConflictError:
+            pass
 
     def save(self, desired: DesiredState) -> bool:
         """Make the stored state exactly ``desired`` (see :meth:`reconcile`)."""
