@@ -1,5 +1,6 @@
-"""The overview's figures. Counting domains, certificates and links reads whole tables, so the
-answer is computed at most once per ``ttl`` seconds per process, never on every request."""
+"""The overview's figures, computed at most once per ``ttl`` seconds per process. Domains and
+certificates come from kept counts and ordered indexes (cost follows the answer, not the
+fleet); the links' totals and top list still read the whole links table."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,6 @@ import time
 from typing import Any
 
 from control.wiring import Services
-from domains.service import STATUSES
 
 WEEKS = 12
 
@@ -24,12 +24,7 @@ class Figures:
     expiring_7: list[tuple[str, str]]
     expiring_30: list[tuple[str, str]]
     expiry_weeks: list[int]
-    certificates: int
     links: dict[str, Any]
-
-
-def _parse(text: str) -> float:
-    return datetime.datetime.fromisoformat(text).timestamp()
 
 
 def _within(expiries: list[tuple[float, str]], now: float, days: int) -> list[tuple[str, str]]:
@@ -54,20 +49,17 @@ class Summary:
 
     def _compute(self) -> Figures:
         now = time.time()
-        by_status = self._services.domains.by_status()  # kept counts: one read
-        failing = [d for status in STATUSES for d in self._services.domains.with_status(status)
-                   if d.get("last_error")]
-        failing.sort(key=lambda d: d.get("updated_at") or "", reverse=True)
-        expiries = sorted((_parse(not_after), host)
-                          for host, not_after in self._services.certificates.expiries())
+        domains, certificates = self._services.domains, self._services.certificates
+        by_status = domains.by_status()  # kept counts: one read
+        expiries = [(at, host) for host, at in
+                    certificates.expiring(now + WEEKS * 7 * 86400)]  # soonest first
         weeks = [0] * WEEKS
         for at, _ in expiries:
             week = int((at - now) // (7 * 86400))
             if 0 <= week < WEEKS:
                 weeks[week] += 1
         return Figures(
-            computed_at=now, by_status=by_status, failing=failing[:20],
-            failing_total=len(failing), expired=sum(1 for at, _ in expiries if at < now),
+            computed_at=now, by_status=by_status, failing=domains.longest_failing(20),
+            failing_total=domains.failing(), expired=sum(1 for at, _ in expiries if at < now),
             expiring_7=_within(expiries, now, 7), expiring_30=_within(expiries, now, 30),
-            expiry_weeks=weeks, certificates=len(expiries),
-            links=self._services.links.summary(10))
+            expiry_weeks=weeks, links=self._services.links.summary(10))

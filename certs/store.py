@@ -10,7 +10,7 @@ from cryptography import x509
 from kit.vault import KeyVault
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from store import Item, Page, RangeIndex, Table, TableSpec, all_items, every, rewrite_field
+from store import Item, Page, RangeIndex, Table, TableSpec, every, rewrite_field
 
 CERTIFICATES = TableSpec("certificates", key="hostname",
                          ranges=(RangeIndex("expiry", key="expiry_set", sort="not_after_ts"),))
@@ -92,10 +92,6 @@ class CertificateStore:
         """One page of certificates (public view), for lists."""
         page = self.table.scan(limit=limit, cursor=cursor)
         return Page([public_view(item) for item in page.items], page.next_cursor)
-
-    def expiries(self) -> list[tuple[str, str]]:
-        """(hostname, not_after) of every certificate: a full read, for a cached summary."""
-        return [(item["hostname"], item["not_after"]) for item in all_items(self.table)]
 
     def expiring(self, before: float, limit: int = 10000) -> list[tuple[str, float]]:
         """(hostname, not-after timestamp) of the certificates that expire before ``before``

@@ -24,8 +24,10 @@ from store import ABSENT, ConflictError, Item, Page, RangeIndex, Table, TableSpe
 log = logging.getLogger(__name__)
 DOMAINS = TableSpec("domains", key="hostname", indexes=("publication_id", "status"),
                     ranges=(RangeIndex("due", key="status", sort="next_attempt_at"),
-                            RangeIndex("outbox", key="outbox_state", sort="outbox_at")))
+                            RangeIndex("outbox", key="outbox_state", sort="outbox_at"),
+                            RangeIndex("failing", key="failing_set", sort="failing_since_ts")))
 """``due``: a domain's next step by time; clearing ``next_attempt_at`` takes it off the queue.
+``failing``: domains whose last step failed, longest failing first (the dashboard's list).
 ``outbox``: domains whose outbox (see domains/outbox.py) still holds entries a process wrote
 with a change but did not drain (it died, or a consumer failed); the worker drains them."""
 EVENTS = TableSpec("domain_events", key="id", indexes=("claim",), expiring=True)
@@ -36,6 +38,7 @@ PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED = (
     "pending_dns", "verified", "issuing", "active", "suspended")
 STATUSES = (PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED)
 REMOVING = "removing"
+FAILING_SET = "failing"
 """Not counted among STATUSES: a removed domain whose outbox is being drained; the item is
 deleted when the drain is done."""
 PUBLIC_FIELDS = ("hostname", "publication_id", "status", "dns_records", "created_at",
@@ -259,6 +262,9 @@ class DomainService:
         after it loses none of them; they are drained before this returns."""
         now = self._clock()
         updated = {**domain, **changes, "status": status, "updated_at": iso(now)}
+        failing = bool(updated.get("last_error"))
+        updated["failing_set"] = FAILING_SET if failing else None
+        updated["failing_since_ts"] = (domain.get("failing_since_ts") or now) if failing else None
         entries = list(effects)
         if status != domain["status"]:
             entries.insert(0, self._event_item(domain, f"{domain['status']} -> {status}", actor,
@@ -414,6 +420,12 @@ class DomainService:
     def _count_failing(self) -> int:
         return sum(1 for status in STATUSES for domain in self.each_with_status(status)
                    if domain.get("last_error"))
+
+    def longest_failing(self, limit: int = 20) -> list[Item]:
+        """The domains whose last step failed, longest failing first: an index query whose
+        cost follows ``limit``, not the fleet. (A domain that failed before this index existed
+        enters it at its next step.)"""
+        return self.domains.query_range("failing", FAILING_SET, limit=limit).items
 
     def failing(self) -> int:
         """How many domains' last step failed: one read (a kept count), or a count of every

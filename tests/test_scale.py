@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from admin.summary import Summary
 from control.wiring import Services
 from edge.state import RouteRef, routes_digest
 from edge.state_store import EdgeStateStore
@@ -184,3 +185,29 @@ def test_a_status_change_whose_writer_died_keeps_its_event(
     written = [e["what"] for e in services.domains.events.query("claim", left["claim"]).items]
     assert written.count("pending_dns -> verified") == 1, written
     assert services.domains.get("outbox.example.test").get("outbox") == []
+
+
+def test_the_dashboard_overview_costs_the_same_with_ten_times_the_domains(
+        services: Services) -> None:
+    def seed(start: int, count: int) -> None:
+        for n in range(start, start + count):
+            hostname = f"o{n}.scale.example.test"
+            domain, _ = services.domains.connect(hostname, "pub_1")
+            services.certificates.save([hostname], self_signed(hostname, KEY, days=365)[0],
+                                       KEY_PEM)
+            services.domains.transition(domain, "active", "seeded")
+
+    seed(0, 15)
+    failing = services.domains.get("o3.scale.example.test")
+    services.domains.defer(failing, [{"message": "DNS moved away"}])
+    summary = Summary(services, ttl=0)
+    before = services.backend.requests
+    small = summary.figures(fresh=True)
+    small_cost = services.backend.requests - before
+    seed(15, 135)
+    before = services.backend.requests
+    large = summary.figures(fresh=True)
+    assert services.backend.requests - before == small_cost, "the overview reads no whole table"
+    assert [d["hostname"] for d in large.failing] == ["o3.scale.example.test"]
+    assert large.failing_total == small.failing_total == 1
+    assert large.by_status["active"] == 150 and large.expiring_30 == []
