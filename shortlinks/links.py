@@ -275,8 +275,10 @@ class LinkService:
         existing links as atomic ADDs; unknown links are skipped. Returns how many were added."""
         added = 0
         for key, count in counts.items():
-            if count > 0 and self.table.get(key) is not None:
-                self.table.increment(key, "visits", count)
+            # In one step with the existence check: a link deleted meanwhile gets no orphan
+            # counter (on DynamoDB an ADD would create a bare item that never expires).
+            if count > 0 and self.table.increment(key, "visits", count,
+                                                  existing_only=True) is not None:
                 added += count
         return added
 

@@ -100,8 +100,11 @@ class Table(Protocol):
     def scan(self, limit: int = 100, cursor: str | None = None) -> Page:
         """All live items, ordered by key (one page)."""
 
-    def increment(self, key: str, counter: str, amount: int = 1) -> int:
-        """Atomically add ``amount`` to a counter of the item and return the new value."""
+    def increment(self, key: str, counter: str, amount: int = 1, *,
+                  existing_only: bool = False) -> int | None:
+        """Atomically add ``amount`` to a counter of the item and return the new value. With
+        ``existing_only``, only if the item exists (checked in the same step): None, and
+        nothing created, when it does not (a count racing a delete leaves no orphan)."""
 
     def purge_expired(self, now: float | None = None, limit: int = 100) -> int:
         """Delete up to ``limit`` items whose ``expires_at`` is at most ``now`` (default: the

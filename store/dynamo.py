@@ -371,9 +371,14 @@ class DynamoTable:
                 continue  # rewritten with a later expiry since the index was read
         return deleted
 
-    def increment(self, key: str, counter: str, amount: int = 1) -> int:
-        raw = self._call("update_item", Key={"pk": {"S": key}},
-                         UpdateExpression="ADD #c :n", ExpressionAttributeNames={"#c": f"c_{counter}"},
-                         ExpressionAttributeValues={":n": {"N": str(amount)}},
-                         ReturnValues="UPDATED_NEW")["Attributes"]
+    def increment(self, key: str, counter: str, amount: int = 1, *,
+                  existing_only: bool = False) -> int | None:
+        condition = {"ConditionExpression": "attribute_exists(version)"} if existing_only else {}
+        try:
+            raw = self._call("update_item", Key={"pk": {"S": key}}, UpdateExpression="ADD #c :n",
+                             ExpressionAttributeNames={"#c": f"c_{counter}"},
+                             ExpressionAttributeValues={":n": {"N": str(amount)}},
+                             ReturnValues="UPDATED_NEW", **condition)["Attributes"]
+        except ClientError:  # only a failed condition gets here (_call turns the rest)
+            return None
         return int(raw[f"c_{counter}"]["N"])

@@ -194,8 +194,13 @@ class SqliteTable:
                 conn.execute("DELETE FROM counters WHERE tbl = ? AND k = ?", (self.spec.name, key))
         return len(keys)
 
-    def increment(self, key: str, counter: str, amount: int = 1) -> int:
+    def increment(self, key: str, counter: str, amount: int = 1, *,
+                  existing_only: bool = False) -> int | None:
         with self._backend.transaction() as conn:
+            if existing_only and conn.execute(
+                    f"SELECT 1 FROM {self._t} WHERE k = ? AND {self._live()}",
+                    (key, time.time())).fetchone() is None:
+                return None
             conn.execute(
                 "INSERT INTO counters (tbl, k, name, value) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (tbl, k, name) DO UPDATE SET value = value + excluded.value",

@@ -133,6 +133,14 @@ def test_counter_alone_does_not_create_item(table: Table) -> None:
     table.put({"id": "ghost"}, expected_version=ABSENT)
 
 
+def test_a_counter_of_existing_items_only_leaves_no_orphan(table: Table) -> None:
+    assert table.increment("gone", "hits", 3, existing_only=True) is None
+    table.put({"id": "gone"}, expected_version=ABSENT)
+    assert table.increment("gone", "hits", 2, existing_only=True) == 2, "nothing was kept"
+    table.delete("gone")
+    assert table.increment("gone", "hits", 1, existing_only=True) is None
+
+
 def test_expired_items_are_absent_everywhere(table: Table) -> None:
     table.put({"id": "old", "owner": "o", "expires_at": time.time() - 1})
     table.put({"id": "new", "owner": "o", "expires_at": time.time() + 3600})
