@@ -35,6 +35,7 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None,
     app = Flask(__name__)
     app.config.update(EDGE_API_TOKEN=services.settings.api_token,
                       EDGE_EDGE_TOKEN=services.settings.edge_token, JSON_SORT_KEYS=False,
+                      EDGE_AGENT_CLIENT_CERTS=bool(services.settings.control_client_ca),
                       MAX_CONTENT_LENGTH=1024 * 1024)
     app.config.update(test_config or {})
     trace_requests(app)  # first: its hooks bind the request id before any hook can answer

@@ -115,7 +115,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                                settings.listen_port, threads=settings.serve_threads,
                                shutdown_seconds=settings.shutdown_seconds,
                                tls_cert=settings.control_tls_cert,
-                               tls_key=settings.control_tls_key)
+                               tls_key=settings.control_tls_key,
+                               client_ca=settings.control_client_ca)
         platform = PlatformCertificates(services.publisher.platform_hosts, services.issuer,
                                         services.certificates, services.publisher,
                                         settings.retry_base_seconds,
@@ -215,7 +216,9 @@ def _node(settings: Settings) -> EdgeNode:
 def _agent(settings: Settings, node: EdgeNode, node_id: str | None = None) -> EdgeAgent:
     return EdgeAgent(node, settings.control_urls, settings.edge_token, node_id,
                      watch=settings.edge_watch_seconds, ca_bundle=settings.control_ca_bundle,
-                     allow_insecure=settings.allow_insecure_control)
+                     allow_insecure=settings.allow_insecure_control,
+                     client_cert=(settings.control_client_cert, settings.control_client_key)
+                     if settings.control_client_cert else None)
 
 
 @command("agent", "run the edge agent beside HAProxy", required=EDGE_AGENT,

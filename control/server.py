@@ -48,13 +48,20 @@ class Draining:
 
 class ControlServer:
     def __init__(self, app: Any, host: str, port: int, *, threads: int = 16,
-                 shutdown_seconds: float = 20.0, tls_cert: str = "", tls_key: str = "") -> None:
+                 shutdown_seconds: float = 20.0, tls_cert: str = "", tls_key: str = "",
+                 client_ca: str = "") -> None:
+        """``client_ca``: ask TLS clients for a certificate and verify it against this CA
+        (optional at the TLS level, as browsers and the publisher API have none; the edge API
+        then refuses agents without one)."""
         self._server = _Server((host, port), app, numthreads=threads,
                                shutdown_timeout=max(1, round(shutdown_seconds)),
                                server_name="edgectl")
         if tls_cert:
             adapter = BuiltinSSLAdapter(tls_cert, tls_key)
             adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
+            if client_ca:
+                adapter.context.load_verify_locations(client_ca)
+                adapter.context.verify_mode = ssl.CERT_OPTIONAL
             self._server.ssl_adapter = adapter
         self.scheme = "https" if tls_cert else "http"
         self._server.prepare()  # binds now: a taken port fails here, not in a thread

@@ -26,7 +26,7 @@ from devtools.probe import Probe, https_get
 from devtools.sample_app import SampleApp
 from kit.files import PUBLIC, SECRET, write_atomic
 from kit.procs import ManagedProcess, free_port, wait_for_port
-from kit.x509 import local_ca_and_server
+from kit.x509 import LocalCA
 
 EDGE_TARGET = "edge.platform.test"
 PLATFORM_HOST = "platform.example.test"
@@ -79,14 +79,17 @@ class LocalStack:
             raise
 
     def _control_tls(self) -> Path:
-        """A local CA made at start and a certificate for the control service: the agents'
-        channel carries private keys, so it is HTTPS here too. Returns the CA's file."""
-        ca, cert, key = local_ca_and_server(["localhost", "127.0.0.1"])
+        """A local CA made at start, the control service's certificate and the agents' client
+        certificate: the agents' channel carries private keys, so it is HTTPS here too, with
+        mTLS. Returns the CA's file."""
+        ca = LocalCA()
         folder = self.directory / "control-tls"
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / "ca.pem", ca, PUBLIC)
-        write_atomic(folder / "cert.pem", cert, PUBLIC)
-        write_atomic(folder / "key.pem", key, SECRET)
+        write_atomic(folder / "ca.pem", ca.pem, PUBLIC)
+        for name, names in (("server", ["localhost", "127.0.0.1"]), ("agent", ["demo-agent"])):
+            cert, key = ca.issue(names)
+            write_atomic(folder / f"{name}.pem", cert, PUBLIC)
+            write_atomic(folder / f"{name}.key", key, SECRET)
         return folder / "ca.pem"
 
     def env(self) -> dict[str, str]:
@@ -96,9 +99,12 @@ class LocalStack:
             "EDGE_ENCRYPTION_KEYS": self.encryption_key,
             "EDGE_DATA_DIR": str(self.directory / "data"),
             "EDGE_LISTEN_PORT": str(self.control_port),
-            "EDGE_CONTROL_TLS_CERT": str(self.control_ca.parent / "cert.pem"),
-            "EDGE_CONTROL_TLS_KEY": str(self.control_ca.parent / "key.pem"),
+            "EDGE_CONTROL_TLS_CERT": str(self.control_ca.parent / "server.pem"),
+            "EDGE_CONTROL_TLS_KEY": str(self.control_ca.parent / "server.key"),
             "EDGE_CONTROL_CA_BUNDLE": str(self.control_ca),
+            "EDGE_CONTROL_CLIENT_CA": str(self.control_ca),
+            "EDGE_CONTROL_CLIENT_CERT": str(self.control_ca.parent / "agent.pem"),
+            "EDGE_CONTROL_CLIENT_KEY": str(self.control_ca.parent / "agent.key"),
             "EDGE_SHORTLINKS_PORT": str(self.shortlinks_port),
             "EDGE_PLATFORM_DOMAINS": "platform.test",
             "EDGE_EDGE_CNAME_TARGET": EDGE_TARGET,

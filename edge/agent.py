@@ -36,7 +36,8 @@ MAX_BACKOFF = 30.0
 class EdgeAgent:
     def __init__(self, node: EdgeNode, control_url: str | Sequence[str], token: str,
                  node_id: str | None = None, session: requests.Session | None = None,
-                 watch: float = 0.0, ca_bundle: str = "", allow_insecure: bool = False) -> None:
+                 watch: float = 0.0, ca_bundle: str = "", allow_insecure: bool = False,
+                 client_cert: tuple[str, str] | None = None) -> None:
         self.node = node
         urls = [control_url] if isinstance(control_url, str) else list(control_url)
         self._urls = [url.rstrip("/") for url in urls]
@@ -48,6 +49,7 @@ class EdgeAgent:
         self._session = session or requests.Session()
         self._verify: str | bool = ca_bundle or True
         """Per request: requests lets REQUESTS_CA_BUNDLE override a session's ``verify``."""
+        self._session.cert = client_cert  # (certificate, key) files for mTLS, if asked
         self._session.headers["Authorization"] = f"Bearer {token}"
         self.node_id = node_id or socket.gethostname()
         self.downloads = 0

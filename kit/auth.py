@@ -74,5 +74,19 @@ def scope() -> str | None:
 
 require_platform_token = _requiring("EDGE_API_TOKEN")
 """The platform's token only: operator calls (edge nodes, forcing a plan)."""
-require_edge_token = _requiring("EDGE_EDGE_TOKEN")
-"""The edge agents' token only: the desired state and certificates with their private keys."""
+def require_edge_token(view: F) -> F:
+    """The edge agents' token only: the desired state and certificates with their private
+    keys. With ``EDGE_AGENT_CLIENT_CERTS`` (the ``control_client_ca`` setting), also a client
+    certificate the TLS server verified against that CA (mTLS): a leaked token alone reads
+    no key."""
+    checked = _requiring("EDGE_EDGE_TOKEN")(view)
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if current_app.config.get("EDGE_AGENT_CLIENT_CERTS") and \
+                request.environ.get("SSL_CLIENT_VERIFY") != "SUCCESS":
+            response = jsonify(error="a client certificate from the agents' CA is required")
+            response.status_code = 403
+            return response
+        return checked(*args, **kwargs)
+    return wrapped  # type: ignore[return-value]

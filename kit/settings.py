@@ -65,6 +65,12 @@ class Settings:
     control_ca_bundle: str = ""
     """What agents and the edge's HAProxy trust for the control service's certificate (a
     private CA's file); empty: the system's CAs."""
+    control_client_ca: str = ""
+    """`edgectl serve`: the edge API also requires a client certificate this CA signed (mTLS,
+    besides the edge token)."""
+    control_client_cert: str = ""
+    control_client_key: str = ""
+    """`edgectl agent`: its client certificate and key, for ``control_client_ca``."""
     allow_insecure_control: bool = False
     """Let agents use an http:// control URL (and SSO an http:// introspection URL) to another
     host. Off: only loopback may be plain HTTP."""
@@ -202,6 +208,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "control_tls_cert": parse.text,
     "control_tls_key": parse.text,
     "control_ca_bundle": parse.text,
+    "control_client_ca": parse.text,
+    "control_client_cert": parse.text,
+    "control_client_key": parse.text,
     "allow_insecure_control": parse.boolean,
     "control_url": parse.text,
     "control_servers": parse.servers,
@@ -332,8 +341,12 @@ def _check_sso(values: dict[str, Any]) -> None:
 def _check_channels(values: dict[str, Any]) -> None:
     """Private keys, the edge token and readers' cookies never cross the network in clear,
     unless the operator says so (``allow_insecure_control``)."""
-    if bool(values.get("control_tls_cert")) != bool(values.get("control_tls_key")):
-        raise SettingsError("control_tls_key", "control_tls_cert and control_tls_key go together")
+    for cert, key in (("control_tls_cert", "control_tls_key"),
+                      ("control_client_cert", "control_client_key")):
+        if bool(values.get(cert)) != bool(values.get(key)):
+            raise SettingsError(key, f"{cert} and {key} go together")
+    if values.get("control_client_ca") and not values.get("control_tls_cert"):
+        raise SettingsError("control_client_ca", "client certificates need control_tls_cert")
     if values.get("allow_insecure_control"):
         return
     for url in (values.get("control_url") or "").split(","):

@@ -59,12 +59,25 @@ def key_to_pem(key: PrivateKey) -> str:
                              serialization.NoEncryption()).decode()
 
 
+class LocalCA:
+    """A private CA made on the spot (the demo's and the tests' control channel): it signs
+    the control service's certificate and the agents' client certificates."""
+
+    def __init__(self, days: int = 365) -> None:
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._days = days
+        self.cert = build_certificate("edge-router local CA", self._key, ca=True, days=days)
+        self.pem = cert_to_pem(self.cert)
+
+    def issue(self, names: Sequence[str]) -> tuple[str, str]:
+        """(certificate PEM, key PEM) for ``names`` (the first is the common name)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = build_certificate(names[0], key, signer=self._key, issuer=self.cert.subject,
+                                 names=names, days=self._days)
+        return cert_to_pem(cert), key_to_pem(key)
+
+
 def local_ca_and_server(names: Sequence[str], days: int = 365) -> tuple[str, str, str]:
-    """(CA certificate PEM, server certificate PEM, server key PEM): a private CA made on the
-    spot and one server certificate it signed for ``names`` (the demo's agent channel)."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = build_certificate("edge-router local CA", ca_key, ca=True, days=days)
-    key = ec.generate_private_key(ec.SECP256R1())
-    server = build_certificate(names[0], key, signer=ca_key, issuer=ca.subject, names=names,
-                               days=days)
-    return cert_to_pem(ca), cert_to_pem(server), key_to_pem(key)
+    """(CA certificate PEM, server certificate PEM, server key PEM) from a new :class:`LocalCA`."""
+    ca = LocalCA(days)
+    return (ca.pem, *ca.issue(names))

@@ -26,7 +26,7 @@ from edge.render import NodeLayout, render
 from edge.state import DesiredState
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.settings import Settings, SettingsError, load_settings
-from kit.x509 import local_ca_and_server
+from kit.x509 import LocalCA
 
 TOKEN = "test-token-0123456789"
 EDGE_TOKEN = "edge-token-0123456789"
@@ -34,11 +34,14 @@ EDGE_TOKEN = "edge-token-0123456789"
 
 @pytest.fixture
 def tls_files(tmp_path: Path) -> dict[str, str]:
-    ca, cert, key = local_ca_and_server(["localhost", "127.0.0.1"])
-    files = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem"}
-    for name, pem in (("ca", ca), ("cert", cert), ("key", key)):
-        files[name].write_text(pem)
-    return {name: str(path) for name, path in files.items()}
+    ca = LocalCA()
+    server, agent = ca.issue(["localhost", "127.0.0.1"]), ca.issue(["edge-1"])
+    stranger = LocalCA().issue(["edge-2"])  # signed by another CA
+    pems = {"ca": ca.pem, "cert": server[0], "key": server[1], "agent_cert": agent[0],
+            "agent_key": agent[1], "stranger_cert": stranger[0], "stranger_key": stranger[1]}
+    for name, pem in pems.items():
+        (tmp_path / f"{name}.pem").write_text(pem)
+    return {name: str(tmp_path / f"{name}.pem") for name in pems}
 
 
 def test_agents_reach_a_tls_control_service_only_through_its_ca(
@@ -62,6 +65,36 @@ def test_agents_reach_a_tls_control_service_only_through_its_ca(
         services.close()
 
 
+def test_with_client_certificates_agents_need_one_from_the_ca_besides_the_token(
+        settings: Settings, tls_files: dict[str, str], tmp_path: Path) -> None:
+    settings = dataclasses.replace(settings, control_client_ca=tls_files["ca"])
+    services = Services.from_settings(settings)
+    server = ControlServer(create_app(services), "127.0.0.1", 0, threads=4,
+                           tls_cert=tls_files["cert"], tls_key=tls_files["key"],
+                           client_ca=tls_files["ca"])
+    server.start()
+    try:
+        services.publisher.refresh()
+        url = f"https://127.0.0.1:{server.port}"
+        node = EdgeNode(tmp_path / "edge")
+        agent = EdgeAgent(node, url, EDGE_TOKEN, ca_bundle=tls_files["ca"],
+                          client_cert=(tls_files["agent_cert"], tls_files["agent_key"]))
+        assert agent.fetch() is not None
+        with pytest.raises(requests.HTTPError, match="403"):  # the token alone reads no key
+            EdgeAgent(node, url, EDGE_TOKEN, ca_bundle=tls_files["ca"]).fetch()
+        with pytest.raises(requests.exceptions.SSLError):  # another CA's certificate
+            EdgeAgent(node, url, EDGE_TOKEN, ca_bundle=tls_files["ca"], client_cert=(
+                tls_files["stranger_cert"], tls_files["stranger_key"])).fetch()
+        # Browsers and the publisher API have no client certificate: they are still served.
+        assert requests.get(f"{url}/healthz", verify=tls_files["ca"], timeout=5).ok
+        assert requests.get(f"{url}/api/v1/domains", verify=tls_files["ca"], timeout=5,
+                            params={"publication_id": "pub_1"},
+                            headers={"Authorization": f"Bearer {TOKEN}"}).ok
+    finally:
+        server.stop()
+        services.close()
+
+
 def test_plain_http_to_another_host_is_refused_for_keys_and_cookies(tmp_path: Path) -> None:
     node = EdgeNode(tmp_path / "edge")
     with pytest.raises(EdgeError, match="plain HTTP to another host"):
@@ -80,6 +113,8 @@ def test_plain_http_to_another_host_is_refused_for_keys_and_cookies(tmp_path: Pa
                   allow_insecure_control=True)
     with pytest.raises(SettingsError, match="go together"):
         load_settings(env={}, required=(), control_tls_cert="/x/cert.pem")
+    with pytest.raises(SettingsError, match="need control_tls_cert"):
+        load_settings(env={}, required=(), control_client_ca="/x/ca.pem")
 
 
 def test_the_edge_verifies_control_replicas_by_name_where_it_has_one(tmp_path: Path) -> None:
