@@ -21,7 +21,7 @@ from certs.network import RATE_LIMITED_WAIT, PatientNetwork, RateLimited
 from certs.orders import OrderJournal, fetch_order
 from certs.store import CertificateStore
 from kit.vault import KeyVault
-from store import Table, TableSpec, rewrite_field
+from store import VERSION, ConflictError, Table, TableSpec, rewrite_field
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +132,30 @@ class AcmeIssuer:
             raise IssuanceError(hostnames, f"the CA rate-limits us: {exc}",
                                 exc.retry_after) from None
         except messages.Error as exc:
+            if exc.code == "accountDoesNotExist":
+                self._forget_account()
             retry_after = time.time() + RATE_LIMITED_WAIT if exc.code == "rateLimited" else None
             raise IssuanceError(hostnames, f"ACME: {exc}", retry_after) from None
         except errors.Error as exc:
             raise IssuanceError(hostnames, f"ACME: {exc}") from None
         except OSError as exc:
             raise IssuanceError(hostnames, f"cannot reach the CA: {exc}") from None
+
+    def _forget_account(self) -> None:
+        """The CA no longer knows our account (its database was reset, or the account was
+        deactivated): drop it, so the next attempt registers a new one instead of failing
+        the same way forever."""
+        with self._lock:
+            account = getattr(self._client.net.account, "uri", None) if self._client else None
+            self._client = None
+            stored = self._accounts.get(self.directory_url)
+            if stored is not None and stored["uri"] == account:  # not one another replica made
+                try:
+                    self._accounts.delete(self.directory_url, expected_version=stored[VERSION])
+                except ConflictError:
+                    pass  # another replica replaced it meanwhile
+        log.warning("the CA at %s does not know our account any more; registering a new one",
+                    self.directory_url)
 
     def renewal_due(self, hostname: str, now: datetime.datetime | None = None) -> bool:
         """Time to renew: inside the CA's ARI window when it offers renewalInfo, else once a
@@ -345,3 +363,4 @@ def _offers(directory: messages.Directory, resource: str) -> bool:
     except KeyError:
         return False
     return True
+
