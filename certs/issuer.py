@@ -9,6 +9,8 @@ import time
 from typing import Any, Callable, Protocol, cast
 
 import josepy as jose
+import requests
+import urllib3
 from acme import challenges, client, errors, messages
 from cryptography import x509
 
@@ -215,9 +217,9 @@ class AcmeIssuer:
                     order = self._new_order_replacing(acme, hostnames, csr, replaces)
                 else:
                     order = acme.new_order(csr, profile=self._profile(acme, hostnames))
-            except Exception:
+            except Exception as exc:
                 if self._budget is not None:
-                    self._budget.not_issued(hostnames)
+                    self._budget.not_issued(hostnames, ordered=not _no_order_created(exc))
                 raise
             self._orders.ordered(hostnames, order.uri)
         try:
@@ -364,3 +366,14 @@ def _offers(directory: messages.Directory, resource: str) -> bool:
         return False
     return True
 
+
+def _no_order_created(exc: BaseException) -> bool:
+    """Whether a failed newOrder surely created no order at the CA: it answered with an error,
+    or could not be reached at all. Then the order slot of the budget is given back (the CA
+    counts the orders it created): else a CA outage would use up the budget for hours."""
+    if isinstance(exc, (messages.Error, RateLimited)):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return isinstance(reason, urllib3.exceptions.NewConnectionError)
+    return False
