@@ -257,6 +257,7 @@ class Chaos:
         self.served: list[dict[str, float]] = [{}, {}]  # node -> host -> first served at
         self.removal_asked: dict[str, float] = {}
         self.connected: dict[str, float] = {}
+        self.store_down: list[tuple[float, float]] = []
         self.targets: dict[str, set[str]] = {}  # slug -> every target it ever had
         self.link_served: list[dict[str, float]] = [{}, {}]
         self.masters: list[list[tuple[float, frozenset[int]]]] = [[], []]
@@ -402,6 +403,7 @@ class Chaos:
                 fault = f"kill -9 {fault}{n}"
             elif fault == "dynalite":
                 self.cluster.store.outage(10)
+                self.store_down.append((at, time.monotonic()))
                 fault = "dynalite down 10 s"
             else:
                 pebble_outage(self.cluster.pebble, 30)
@@ -538,8 +540,15 @@ def test_chaos(cluster: Cluster, receiver: Receiver) -> None:
 
     # No request to an active host failed on a node whose HAProxy stayed up.
     windows = [chaos.excluded_windows(n) for n in range(2)]
-    counted, excluded, failures, after_removal = 0, 0, [], 0
+    counted, excluded, failures, after_removal, link_misses = 0, 0, [], 0, 0
     for request in chaos.requests:
+        if request.host == cluster.short_domain and not request.ok and any(
+                request.start <= end + 2 and request.end >= start
+                for start, end in chaos.store_down):
+            # The redirect app answers a link missing from its process's cache from the
+            # store: while the store is down, only cached (and HAProxy's hot) links work.
+            link_misses += 1
+            continue
         if request.path == "/":
             since = chaos.served[request.node].get(request.host, float("inf"))
             if not (since <= request.start
@@ -562,7 +571,8 @@ def test_chaos(cluster: Cluster, receiver: Receiver) -> None:
           f"nodes at most {max(waited, default=0):.1f} s after it was back")
     failed = sum(not r.ok for r in chaos.requests)
     print(f"chaos: {len(chaos.requests)} requests, {counted} counted; {failed} failed: "
-          f"{after_removal} to hosts whose removal was asked, {len(failures)} counted; "
+          f"{after_removal} to hosts whose removal was asked, {link_misses} short links "
+          f"during the store outage, {len(failures)} counted; "
           f"{excluded} excluded in HAProxy-change windows on nodes {[len(w) for w in windows]}")
     print(f"chaos: {len(chaos.wanted)} domains "
           f"({sum(s == 'removed' for s in chaos.wanted.values())} removed), "
