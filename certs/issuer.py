@@ -9,6 +9,8 @@ import time
 from typing import Any, Callable, Protocol, cast
 
 import josepy as jose
+import requests
+import urllib3
 from acme import challenges, client, errors, messages
 from cryptography import x509
 
@@ -21,7 +23,7 @@ from certs.network import RATE_LIMITED_WAIT, PatientNetwork, RateLimited
 from certs.orders import OrderJournal, fetch_order
 from certs.store import CertificateStore
 from kit.vault import KeyVault
-from store import Table, TableSpec, rewrite_field
+from store import VERSION, ConflictError, Table, TableSpec, rewrite_field
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +134,30 @@ class AcmeIssuer:
             raise IssuanceError(hostnames, f"the CA rate-limits us: {exc}",
                                 exc.retry_after) from None
         except messages.Error as exc:
+            if exc.code == "accountDoesNotExist":
+                self._forget_account()
             retry_after = time.time() + RATE_LIMITED_WAIT if exc.code == "rateLimited" else None
             raise IssuanceError(hostnames, f"ACME: {exc}", retry_after) from None
         except errors.Error as exc:
             raise IssuanceError(hostnames, f"ACME: {exc}") from None
         except OSError as exc:
             raise IssuanceError(hostnames, f"cannot reach the CA: {exc}") from None
+
+    def _forget_account(self) -> None:
+        """The CA no longer knows our account (its database was reset, or the account was
+        deactivated): drop it, so the next attempt registers a new one instead of failing
+        the same way forever."""
+        with self._lock:
+            account = getattr(self._client.net.account, "uri", None) if self._client else None
+            self._client = None
+            stored = self._accounts.get(self.directory_url)
+            if stored is not None and stored["uri"] == account:  # not one another replica made
+                try:
+                    self._accounts.delete(self.directory_url, expected_version=stored[VERSION])
+                except ConflictError:
+                    pass  # another replica replaced it meanwhile
+        log.warning("the CA at %s does not know our account any more; registering a new one",
+                    self.directory_url)
 
     def renewal_due(self, hostname: str, now: datetime.datetime | None = None) -> bool:
         """Time to renew: inside the CA's ARI window when it offers renewalInfo, else once a
@@ -197,9 +217,9 @@ class AcmeIssuer:
                     order = self._new_order_replacing(acme, hostnames, csr, replaces)
                 else:
                     order = acme.new_order(csr, profile=self._profile(acme, hostnames))
-            except Exception:
+            except Exception as exc:
                 if self._budget is not None:
-                    self._budget.not_issued(hostnames)
+                    self._budget.not_issued(hostnames, ordered=not _no_order_created(exc))
                 raise
             self._orders.ordered(hostnames, order.uri)
         try:
@@ -345,3 +365,15 @@ def _offers(directory: messages.Directory, resource: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def _no_order_created(exc: BaseException) -> bool:
+    """Whether a failed newOrder surely created no order at the CA: it answered with an error,
+    or could not be reached at all. Then the order slot of the budget is given back (the CA
+    counts the orders it created): else a CA outage would use up the budget for hours."""
+    if isinstance(exc, (messages.Error, RateLimited)):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return isinstance(reason, urllib3.exceptions.NewConnectionError)
+    return False

@@ -116,10 +116,13 @@ class RateBudget:
         for domain in domains:
             self._take(CERTS, domain, -1)
 
-    def not_issued(self, hostnames: list[str]) -> None:
+    def not_issued(self, hostnames: list[str], ordered: bool = True) -> None:
         """The order failed: its certificate slots are free again (the CA counts issued
-        certificates; the order slot stays taken, as the CA counts new orders)."""
+        certificates; the order slot stays taken, as the CA counts new orders, unless
+        ``ordered`` is False: the CA surely created none)."""
         self._give_back(sorted({self._registered(h) for h in hostnames}))
+        if not ordered:
+            self._take(ORDERS, self._account, -1)
 
     def failed_validation(self, hostnames: list[str]) -> None:
         for name in hostnames:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from acme import client, messages
+from acme import client, errors, messages
 
 from kit.vault import KeyVault
 from store import Item, Table, TableSpec
@@ -60,6 +60,10 @@ def fetch_order(acme: client.ClientV2, record: Item) -> messages.OrderResource |
         body = messages.Order.from_json(post_as_get(record["order_url"]))
     except messages.Error:
         return None
+    except errors.ClientError as exc:  # a bare 404: the CA lost it (a reset CA, like Pebble's)
+        if getattr(exc.args[0] if exc.args else None, "status_code", None) == 404:
+            return None
+        raise
     if body.status == messages.STATUS_INVALID:
         return None
     authorizations = [messages.AuthorizationResource(

@@ -1,6 +1,7 @@
 """One HAProxy process in master-worker mode: check a config, start, reload seamlessly, stop."""
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 from edge.errors import EdgeError
+from kit.files import PUBLIC, write_atomic
 from kit.procs import ManagedProcess
 
 
@@ -40,6 +42,10 @@ class HAProxy:
         self.master_socket = master_socket
         self.log_path = log_path
         self.process: ManagedProcess | None = None
+        self.pid_file = master_socket.with_name(master_socket.stem + ".pid")
+        self.adopted: int | None = None
+        """The master PID of a HAProxy this object did not start (its agent was killed and
+        HAProxy kept serving): driven by signals and its master socket, never started twice."""
 
     def check(self, config: Path) -> None:
         result = subprocess.run([self.binary, "-c", "-f", str(config)],
@@ -49,9 +55,33 @@ class HAProxy:
 
     @property
     def running(self) -> bool:
+        if self.adopted is not None:
+            return _alive(self.adopted)
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return self.adopted if self.adopted is not None else (
+            self.process.pid if self.process is not None else None)
+
+    def _adopt(self) -> bool:
+        """Take over the master the previous agent started, if it still runs this config.
+
+        Starting a second one beside it would bind the same ports (SO_REUSEPORT): the kernel
+        would split the visitors between a HAProxy we drive and one nobody updates again."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return False
+        if not (_alive(pid) and str(self.config_path).encode() in argv and self.workers()):
+            return False
+        self.adopted = pid
+        return True
+
     def start(self, timeout: float = 30.0) -> None:
+        if self._adopt():
+            return
         self.master_socket.unlink(missing_ok=True)
         self.process = ManagedProcess("haproxy", [
             self.binary, "-W", "-db", "-f", str(self.config_path), "-S", str(self.master_socket)],
@@ -63,25 +93,41 @@ class HAProxy:
             if time.monotonic() > deadline:
                 raise EdgeError("HAProxy did not start a worker in time")
             time.sleep(0.05)
+        write_atomic(self.pid_file, f"{self.process.pid}\n", PUBLIC)
 
     def reload(self, timeout: float = 60.0) -> None:
         """Seamless reload (the master re-reads the config path; listeners pass by fd)."""
-        assert self.process is not None
+        pid = self.pid
+        assert pid is not None
         before = set(self.workers())
-        self.process.popen.send_signal(signal.SIGUSR2)
+        os.kill(pid, signal.SIGUSR2)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if set(self.workers()) - before:
                 return
-            if self.process.poll() is not None:
-                raise EdgeError(f"HAProxy master exited on reload: {self.process.tail()}")
+            if not self.running:
+                tail = self.process.tail() if self.process is not None else ""
+                raise EdgeError(f"HAProxy master exited on reload: {tail}")
             time.sleep(0.05)
         raise EdgeError("HAProxy did not start a new worker after reload")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.adopted is not None:
+            pid, self.adopted = self.adopted, None
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + timeout
+            while _alive(pid):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    deadline = float("inf")
+                time.sleep(0.05)
         if self.process is not None:
             self.process.stop()
             self.process = None
+        self.pid_file.unlink(missing_ok=True)
 
     def master_command(self, command: str) -> str:
         return unix_command(self.master_socket, command + "\n", timeout=5)
@@ -101,3 +147,18 @@ class HAProxy:
             if section == "workers" and len(fields) > 1 and fields[1] == "worker":
                 workers.append(int(fields[0]))
         return workers
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped yet does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
