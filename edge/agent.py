@@ -18,12 +18,17 @@ import requests
 
 from edge.errors import EdgeError
 from edge.node import EdgeNode
-from edge.state import DesiredState, Redirect, Route, fingerprint
+from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, Route, RouteRef,
+                        fingerprint, route_hash, routes_digest, state_version)
 from edge.visits import HotVisitMeter
 from kit.backoff import jittered_backoff
 from kit.hosts import plain_http_off_host
 
 log = logging.getLogger(__name__)
+
+
+def _route_ref(ref: dict[str, Any]) -> RouteRef:
+    return RouteRef(ref["hostname"], ref["publication_id"], ref["cert_sha256"])
 
 
 class StateUnavailable(EdgeError):
@@ -58,6 +63,8 @@ class EdgeAgent:
         self._routes: dict[str, dict[str, str]] | None = None
         """The routes of the last state fetched, by hostname, at ``self._revision``."""
         self._revision: int | None = None
+        self._digest: int | None = None
+        """The routes digest of ``self._routes``, kept by each delta like the control service's."""
         self.visits = HotVisitMeter(node.runtime, node.directory / "hot_visits.json")
 
     def fetch(self, have: str | None = None) -> DesiredState | None:
@@ -74,34 +81,44 @@ class EdgeAgent:
         response.raise_for_status()
         doc = response.json()
         self._force = bool(doc.get("force"))
-        if doc.get("delta") and self._routes is not None:
-            refs = dict(self._routes)
-            for change in doc["changes"]:
-                if change.get("removed"):
-                    refs.pop(change["hostname"], None)
-                else:
+        if doc.get("delta") and self._routes is not None and self._digest is not None:
+            refs, digest = dict(self._routes), self._digest
+            for change in doc["changes"]:  # the digest follows the changes: O(changes)
+                old = refs.pop(change["hostname"], None)
+                if old is not None:
+                    digest -= route_hash(_route_ref(old))
+                if not change.get("removed"):
                     refs[change["hostname"]] = change
+                    digest += route_hash(_route_ref(change))
+            digest %= DIGEST_MODULUS
         else:
             refs = {ref["hostname"]: ref for ref in doc["routes"]}
+            digest = routes_digest(_route_ref(ref) for ref in refs.values())
+        redirects = tuple(Redirect(**r) for r in doc.get("redirects", []))
+        config = EdgeConfig(tuple(doc["app_servers"]), tuple(doc["control_servers"]), redirects,
+                            tuple(doc.get("sso_keys", [])), tuple(doc.get("short_domains", [])),
+                            tuple(doc.get("shortlink_servers", [])))
+        if state_version(digest, config) != doc["version"]:
+            self._routes = self._revision = self._digest = None  # start again from a snapshot
+            raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
         served = self.node.existing_routes()
         routes = []
         for ref in sorted(refs.values(), key=lambda r: r["hostname"]):
             current = served.get(ref["hostname"])
-            if current is not None and current.ref.cert_sha256 == ref["cert_sha256"]:
-                pem = current.pem
-            else:
-                pem = self._download(ref["hostname"], ref["cert_sha256"])
+            if current is not None and current.publication_id == ref["publication_id"] \
+                    and current.ref.cert_sha256 == ref["cert_sha256"]:
+                routes.append(current)  # the same object: its fingerprint is not computed again
+                continue
+            pem = current.pem if current is not None and \
+                current.ref.cert_sha256 == ref["cert_sha256"] else \
+                self._download(ref["hostname"], ref["cert_sha256"])
             routes.append(Route(ref["hostname"], ref["publication_id"], pem))
-        desired = DesiredState(tuple(routes), tuple(doc["app_servers"]),
-                               tuple(doc["control_servers"]),
-                               tuple(Redirect(**r) for r in doc.get("redirects", [])),
-                               sso_keys=tuple(doc.get("sso_keys", [])),
-                               short_domains=tuple(doc.get("short_domains", [])),
-                               shortlink_servers=tuple(doc.get("shortlink_servers", [])))
-        if desired.version != doc["version"]:
-            self._routes = self._revision = None  # start again from a snapshot
-            raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
-        self._routes, self._revision = refs, doc.get("revision")
+        desired = DesiredState(tuple(routes), config.app_servers, config.control_servers,
+                               redirects, sso_keys=config.sso_keys,
+                               short_domains=config.short_domains,
+                               shortlink_servers=config.shortlink_servers,
+                               known_version=doc["version"])
+        self._routes, self._revision, self._digest = refs, doc.get("revision"), digest
         return desired
 
     def _download(self, hostname: str, cert_sha256: str) -> str:

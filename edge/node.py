@@ -113,7 +113,7 @@ class EdgeNode:
         """Cold start: HAProxy's load time grows faster than linearly with certificates, so
         start with a slice (served within about a second) and stream the rest in hot."""
         head = sorted(state.routes, key=lambda r: r.hostname)[:self.cold_slice]
-        self._apply_release(dataclasses.replace(state, routes=tuple(head)))
+        self._apply_release(dataclasses.replace(state, routes=tuple(head), known_version=None))
         self._served = {r.hostname: r for r in head}
         self._map_checked = True
         return self.plan(state)

@@ -73,15 +73,19 @@ class Plan:
 
 
 def make_plan(existing: dict[str, Route], desired: dict[str, Route]) -> Plan:
+    """The changes, by hostname. One pass over both dicts and a sort of the changes only: an
+    agent hands back the same Route objects for unchanged routes, so most compare by identity
+    (a one-route change at 100,000 routes must not sort or compare 100,000 PEMs)."""
     changes = []
-    for hostname in sorted(set(existing) | set(desired)):
-        old, new = existing.get(hostname), desired.get(hostname)
+    for hostname, new in desired.items():
+        old = existing.get(hostname)
         if old is None:
             changes.append(Change("create", hostname, None, new))
-        elif new is None:
-            changes.append(Change("delete", hostname, old, None))
-        elif old != new:
+        elif old is not new and old != new:
             changes.append(Change("update", hostname, old, new))
+    changes.extend(Change("delete", hostname, old, None)
+                   for hostname, old in existing.items() if hostname not in desired)
+    changes.sort(key=lambda change: change.hostname)
     return Plan(changes, len(existing))
 
 

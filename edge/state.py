@@ -123,6 +123,10 @@ class DesiredState:
     short_domains: tuple[str, ...] = ()
     """Hosts served by the short-link redirect app (``shortlink_servers``), not the app fleet."""
     shortlink_servers: tuple[str, ...] = ()
+    known_version: str | None = dataclasses.field(default=None, compare=False, repr=False)
+    """The version, when the caller checked it already (an agent keeps the routes digest by
+    each change): then :attr:`version` hashes no route. A copy with other routes or config
+    (``dataclasses.replace``) must set it to None."""
 
     @functools.cached_property
     def config(self) -> EdgeConfig:
@@ -131,7 +135,8 @@ class DesiredState:
 
     @functools.cached_property
     def version(self) -> str:
-        return state_version(routes_digest(r.ref for r in self.routes), self.config)
+        return self.known_version or state_version(routes_digest(r.ref for r in self.routes),
+                                                   self.config)
 
     def summary(self) -> dict[str, Any]:
         """The wire form without private keys: routes name their certificate by fingerprint."""

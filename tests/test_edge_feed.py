@@ -7,10 +7,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from control.wiring import Services
-from edge.agent import EdgeAgent
+from edge.agent import EdgeAgent, StateUnavailable
 from edge.node import EdgeNode
 from kit.procs import free_port
 from kit.settings import Settings
@@ -76,6 +77,22 @@ def test_an_agent_applies_deltas_to_a_real_node(control: tuple[Services, str],
                                                   "h9.example.test"]
         assert node.applied_version == services.edge_state.current_version()
         assert not agent.sync(), "unchanged: a 304 after the long poll's wait"
+        # A one-route change costs the agent that route, not the fleet: the digest follows
+        # the delta, and the unchanged routes are the very objects the node serves.
+        served = dict(node.existing_routes())
+        route(services, "h2.example.test", "pub_2")
+        desired = agent.fetch()
+        assert desired is not None and desired.version == services.edge_state.current_version()
+        assert [r.hostname for r in desired.routes if r is not served.get(r.hostname)] == [
+            "h2.example.test"]
+        # A delta whose version its changes do not explain is refused, and the next fetch
+        # starts again from a snapshot.
+        assert agent._digest is not None
+        agent._digest += 1
+        route(services, "h0.example.test", "pub_0")
+        with pytest.raises(StateUnavailable):
+            agent.fetch()
+        assert agent.fetch() is not None and agent._digest is not None
     finally:
         node.stop()
 
