@@ -114,6 +114,12 @@ def test_killed_at_random_points_connect_activation_and_removal_lose_and_repeat_
     base = f"http://127.0.0.1:{port}/api/v1"
     try:
         control = Control(env, port, tmp_path / "control.log")
+        # The control service answers HTTP-01 on Pebble's port itself here, standing in for
+        # the edge: report a node as an agent would (no order goes out before one serves).
+        edge = {"Authorization": "Bearer edge-token-0123456789"}
+        version = requests.get(f"{base}/edge/state", headers=edge, timeout=10).json()["version"]
+        assert requests.post(f"{base}/edge/nodes/stand-in", headers=edge, timeout=10, json={
+            "applied_version": version, "haproxy_running": True}).ok
         for hostname in hostnames:  # connect, killed at a random point of each
             created = control.call(lambda: requests.post(
                 f"{base}/domains", timeout=10, headers=AUTH,
