@@ -7,8 +7,9 @@ One run measures, with wrk on loopback (the route picked with a Host header):
   per core `edgectl shortlinks --workers 1` (one waitress process = one core) answering a
            cached plain link (no visit limit, not in the map) directly over HTTP, in rounds
            that alternate with the HTTP ceiling, so each round has its own ratio (issue 18's
-           goal: >= 3,000/s); then once a link with a visit limit (an atomic ADD in the store
-           per visit)
+           goal: >= 3,000/s), with the requests it served per CPU-second it used (what one
+           core does, whatever else loads the machine); then once a link with a visit limit
+           (an atomic ADD in the store per visit)
   python   the cached plain link under other WSGI servers (one process each), and through the
            edge (HTTPS) under `edgectl shortlinks` as shipped (waitress, one process per core);
            gunicorn and bjoern are measured when installed (they are not dependencies)
@@ -44,6 +45,12 @@ import os, bjoern
 from shortlinks.serve import wsgi_app
 bjoern.run(wsgi_app(), "127.0.0.1", int(os.environ["EDGE_SHORTLINKS_PORT"]))
 """
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(url: str, seconds: int, connections: int) -> tuple[float, int]:
@@ -131,16 +138,24 @@ def main() -> int:
         fixed, http, https = ceiling(directory, node.layout.default_cert)
         processes.append(fixed)
 
-        def measure(label: str, url: str) -> float:
+        def measure(label: str, url: str, server: ManagedProcess | None = None) -> float:
+            """req/s; with ``server``, also the requests per CPU-second that process used (its
+            capacity per core, which other load on the machine changes less than req/s)."""
             wrk(url, 1, args.connections)  # warm-up: caches, connections, TLS sessions
+            cpu = cpu_seconds(server.pid) if server else 0.0
             rate, bad = wrk(url, args.seconds, args.connections)
             results.append((label, rate, bad))
-            print(f"  {label:<60} {rate:>9,.0f} req/s  non-3xx {bad}", flush=True)
+            per_cpu = ""
+            if server:
+                used = cpu_seconds(server.pid) - cpu
+                per_cpu = f"  {rate * args.seconds / used:>9,.0f} req per CPU-s ({used:.1f} s)"
+                rounds["per-cpu"].append(rate * args.seconds / used)
+            print(f"  {label:<60} {rate:>9,.0f} req/s  non-3xx {bad}{per_cpu}", flush=True)
             return rate
 
         # The machine is shared and noisy: ceiling and map alternate, and their medians count.
         rounds: dict[str, list[float]] = {"http": [], "https": [], "map": [], "http-core": [],
-                                          "core": []}
+                                          "core": [], "per-cpu": []}
         for n in range(1, args.rounds + 1):
             rounds["http"].append(measure(f"ceiling: HAProxy fixed redirect, HTTP (round {n})",
                                           f"http://127.0.0.1:{http}/x"))
@@ -154,7 +169,8 @@ def main() -> int:
             rounds["http-core"].append(measure(f"ceiling: HAProxy fixed redirect, HTTP "
                                                f"(round {n})", f"http://127.0.0.1:{http}/x"))
             rounds["core"].append(measure(f"per core: waitress x1, cached plain link, HTTP "
-                                          f"(round {n})", f"http://127.0.0.1:{links_port}/warm"))
+                                          f"(round {n})", f"http://127.0.0.1:{links_port}/warm",
+                                          server))
         limited = measure("per core: waitress x1, link with a visit limit, HTTP",
                           f"http://127.0.0.1:{links_port}/cold")
         server.stop()
@@ -199,7 +215,8 @@ def main() -> int:
     print(f"  {'per core: waitress x1, cached plain link, each round vs its ceiling':<60} "
           f"{', '.join(f'{r:.3f}' for r in core)}; median {statistics.median(core):.3f} of "
           f"the HTTP ceiling; {min(rounds['core']):,.0f}-{max(rounds['core']):,.0f} req/s "
-          f"(goal 3,000)")
+          f"(goal 3,000); {min(rounds['per-cpu']):,.0f}-{max(rounds['per-cpu']):,.0f} "
+          f"requests per CPU-second of the server")
     print(f"  {'per core: waitress x1, link with a visit limit':<60} {limited:,.0f} req/s, "
           f"{limited / statistics.median(rounds['http-core']):.3f} of the HTTP ceiling")
     rows = [(label, rate) for label, rate, _ in results if label.startswith("python")]
