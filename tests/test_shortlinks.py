@@ -244,6 +244,8 @@ def test_cached_plain_links_are_answered_on_waitress_loop_thread_alike(tmp_path:
     handed to a pool thread. The answers must be those of the pool: redirects, 404 (cached
     unknown), 410 (disabled, expired), HEAD, 405, pipelined requests in order; a limited link
     and a due change check still go to the pool, and visits are counted once each."""
+    from waitress.wasyncore import close_all
+
     from shortlinks.inline import create_server
 
     backend = SqliteBackend(str(tmp_path / "links.db"))
@@ -261,7 +263,8 @@ def test_cached_plain_links_are_answered_on_waitress_loop_thread_alike(tmp_path:
     server = create_server(make_app(resolver), resolver.answers_from_memory, threads=2,
                            host="127.0.0.1", port=0)
     dispatcher = server.task_dispatcher
-    threading.Thread(target=server.run, daemon=True).start()
+    loop = threading.Thread(target=server.run, daemon=True)
+    loop.start()
 
     def visit(slug: str, method: str = "GET") -> tuple[int, str | None, bytes, str | None]:
         conn = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=10)
@@ -307,5 +310,7 @@ def test_cached_plain_links_are_answered_on_waitress_loop_thread_alike(tmp_path:
         assert visit("go")[1] == "https://example.com/moved"
         resolver.flush_visits()
         assert table.get("acme.link/go")["visits"] == 6  # GETs and the HEAD, each once
-    finally:
-        server.close()
+    finally:  # the loop thread closes its sockets itself (not under its select), then ends
+        server.trigger.pull_trigger(lambda: close_all(server._map))
+        loop.join(timeout=10)
+        dispatcher.shutdown()
