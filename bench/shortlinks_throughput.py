@@ -4,10 +4,15 @@ Usage: python bench/shortlinks_throughput.py [--seconds 5] [--connections 50] [-
 One run measures, with wrk on loopback (the route picked with a Host header):
   ceiling  HAProxy answering a fixed `http-request redirect` by itself (HTTP and HTTPS)
   map      a hot link answered by the edge from its redirects map (HTTPS, the real template)
-  python   a link answered by the redirect app with a warm cache, directly (HTTP) under
-           several WSGI servers (one process = one core), and through the edge (HTTPS) under
-           `edgectl shortlinks` as shipped (waitress, one process per core); gunicorn and
-           bjoern are measured when installed (they are not dependencies)
+  per core `edgectl shortlinks --workers 1` (one waitress process = one core) answering a
+           cached plain link (no visit limit, not in the map) directly over HTTP, in rounds
+           that alternate with the HTTP ceiling, so each round has its own ratio (issue 18's
+           goal: >= 3,000/s), with the requests it served per CPU-second it used (what one
+           core does, whatever else loads the machine); then once a link with a visit limit
+           (an atomic ADD in the store per visit)
+  python   the cached plain link under other WSGI servers (one process each), and through the
+           edge (HTTPS) under `edgectl shortlinks` as shipped (waitress, one process per core);
+           gunicorn and bjoern are measured when installed (they are not dependencies)
 Every answer must be a redirect (wrk's "Non-2xx or 3xx responses" must stay 0).
 """
 from __future__ import annotations
@@ -40,6 +45,12 @@ import os, bjoern
 from shortlinks.serve import wsgi_app
 bjoern.run(wsgi_app(), "127.0.0.1", int(os.environ["EDGE_SHORTLINKS_PORT"]))
 """
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(url: str, seconds: int, connections: int) -> tuple[float, int]:
@@ -97,6 +108,8 @@ def main() -> int:
            "EDGE_DATA_DIR": str(directory / "data"), "EDGE_SHORT_DOMAINS": HOST}
     services = Services.from_settings(load_settings(env=env))
     services.links.create(HOST, "https://example.com/hot", "pub_1", slug="hot")
+    # A plain link the edge's map does not hold: Python answers it from its cache.
+    services.links.create(HOST, "https://example.com/warm", "pub_1", slug="warm")
     # A visit limit keeps it off the map: the resolver checks (and counts) every visit.
     services.links.create(HOST, "https://example.com/cold", "pub_1", slug="cold",
                           max_visits=10**12)
@@ -108,7 +121,6 @@ def main() -> int:
                 "--log-level", "warning", "shortlinks.serve:wsgi_app()"]
     candidates = {  # one process each: requests/s per core
         "werkzeug dev server (threaded)": product + ["--server", "werkzeug"],
-        "waitress (4 threads)": product + ["--workers", "1"],
         "gunicorn sync x1": gunicorn,
         "gunicorn gthread x1 (4 threads)": gunicorn[:-1] + ["--threads", "4", gunicorn[-1]],
         "bjoern": [py, "-c", BJOERN],
@@ -126,15 +138,24 @@ def main() -> int:
         fixed, http, https = ceiling(directory, node.layout.default_cert)
         processes.append(fixed)
 
-        def measure(label: str, url: str) -> float:
+        def measure(label: str, url: str, server: ManagedProcess | None = None) -> float:
+            """req/s; with ``server``, also the requests per CPU-second that process used (its
+            capacity per core, which other load on the machine changes less than req/s)."""
             wrk(url, 1, args.connections)  # warm-up: caches, connections, TLS sessions
+            cpu = cpu_seconds(server.pid) if server else 0.0
             rate, bad = wrk(url, args.seconds, args.connections)
             results.append((label, rate, bad))
-            print(f"  {label:<60} {rate:>9,.0f} req/s  non-3xx {bad}", flush=True)
+            per_cpu = ""
+            if server:
+                used = cpu_seconds(server.pid) - cpu
+                per_cpu = f"  {rate * args.seconds / used:>9,.0f} req per CPU-s ({used:.1f} s)"
+                rounds["per-cpu"].append(rate * args.seconds / used)
+            print(f"  {label:<60} {rate:>9,.0f} req/s  non-3xx {bad}{per_cpu}", flush=True)
             return rate
 
         # The machine is shared and noisy: ceiling and map alternate, and their medians count.
-        rounds: dict[str, list[float]] = {"http": [], "https": [], "map": []}
+        rounds: dict[str, list[float]] = {"http": [], "https": [], "map": [], "http-core": [],
+                                          "core": [], "per-cpu": []}
         for n in range(1, args.rounds + 1):
             rounds["http"].append(measure(f"ceiling: HAProxy fixed redirect, HTTP (round {n})",
                                           f"http://127.0.0.1:{http}/x"))
@@ -142,6 +163,17 @@ def main() -> int:
                                            f"https://127.0.0.1:{https}/x"))
             rounds["map"].append(measure(f"map: hot link from the edge's map, HTTPS (round {n})",
                                          f"https://127.0.0.1:{node.layout.https_port}/hot"))
+        server = links_server(directory, env, "waitress", product + ["--workers", "1"],
+                              links_port)
+        for n in range(1, args.rounds + 1):  # the HTTP ceiling round next to each
+            rounds["http-core"].append(measure(f"ceiling: HAProxy fixed redirect, HTTP "
+                                               f"(round {n})", f"http://127.0.0.1:{http}/x"))
+            rounds["core"].append(measure(f"per core: waitress x1, cached plain link, HTTP "
+                                          f"(round {n})", f"http://127.0.0.1:{links_port}/warm",
+                                          server))
+        limited = measure("per core: waitress x1, link with a visit limit, HTTP",
+                          f"http://127.0.0.1:{links_port}/cold")
+        server.stop()
         fixed.stop()
         for name, argv in candidates.items():
             try:
@@ -149,23 +181,23 @@ def main() -> int:
             except Exception as exc:  # e.g. bjoern not installed
                 print(f"  {name}: not measured ({exc})")
                 continue
-            measure(f"python direct, HTTP: {name}", f"http://127.0.0.1:{links_port}/cold")
+            measure(f"python direct, HTTP: {name}", f"http://127.0.0.1:{links_port}/warm")
             server.stop()
         workers = os.cpu_count() or 1
         try:  # gunicorn's sync workers close every connection: HAProxy cannot reuse them
             server = links_server(directory, env, "gunicorn-all",
                                   gunicorn[:6] + [str(workers)] + gunicorn[7:], links_port)
             measure(f"python via edge, HTTPS: gunicorn sync x{workers}",
-                    f"https://127.0.0.1:{node.layout.https_port}/cold")
+                    f"https://127.0.0.1:{node.layout.https_port}/warm")
             server.stop()
         except Exception as exc:
             print(f"  gunicorn x{workers} via the edge: not measured ({exc})")
         server = links_server(directory, env, "shipped", shipped, links_port)
         processes.append(server)
         measure(f"python direct, HTTP: edgectl shortlinks (waitress x{workers})",
-                f"http://127.0.0.1:{links_port}/cold")
+                f"http://127.0.0.1:{links_port}/warm")
         measure(f"python via edge, HTTPS: edgectl shortlinks (waitress x{workers})",
-                f"https://127.0.0.1:{node.layout.https_port}/cold")
+                f"https://127.0.0.1:{node.layout.https_port}/warm")
     finally:
         for process in processes:
             process.stop()
@@ -179,6 +211,14 @@ def main() -> int:
     print(f"  {'map: hot link from the edge, HTTPS, each round vs its ceiling':<60} "
           f"{', '.join(f'{r:.2f}' for r in paired)}; median {statistics.median(paired):.2f} "
           f"of the HTTPS ceiling")
+    core = [m / c for m, c in zip(rounds["core"], rounds["http-core"])]
+    print(f"  {'per core: waitress x1, cached plain link, each round vs its ceiling':<60} "
+          f"{', '.join(f'{r:.3f}' for r in core)}; median {statistics.median(core):.3f} of "
+          f"the HTTP ceiling; {min(rounds['core']):,.0f}-{max(rounds['core']):,.0f} req/s "
+          f"(goal 3,000); {min(rounds['per-cpu']):,.0f}-{max(rounds['per-cpu']):,.0f} "
+          f"requests per CPU-second of the server")
+    print(f"  {'per core: waitress x1, link with a visit limit':<60} {limited:,.0f} req/s, "
+          f"{limited / statistics.median(rounds['http-core']):.3f} of the HTTP ceiling")
     rows = [(label, rate) for label, rate, _ in results if label.startswith("python")]
     for label, rate in rows:
         print(f"  {label:<60} {rate / https_ceiling:5.2f} of the HTTPS ceiling, "

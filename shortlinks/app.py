@@ -12,6 +12,8 @@ from store import StoreError
 StartResponse = Callable[..., Any]
 CACHE = {301: "public, max-age=86400", 308: "public, max-age=86400",
          302: "private, no-store", 307: "private, no-store"}
+STATUS = {301: "301 Moved Permanently", 302: "302 Found", 307: "307 Temporary Redirect",
+          308: "308 Permanent Redirect"}
 
 
 def make_app(resolver: Resolver) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
@@ -37,9 +39,7 @@ def make_app(resolver: Resolver) -> Callable[[dict[str, Any], StartResponse], It
         if verdict.target is None:
             status = "404 Not Found" if verdict.status == 404 else "410 Gone"
             return page(start_response, status, verdict.reason)
-        reason = {301: "Moved Permanently", 302: "Found", 307: "Temporary Redirect",
-                  308: "Permanent Redirect"}[verdict.status]
-        start_response(f"{verdict.status} {reason}", [
+        start_response(STATUS[verdict.status], [
             ("Location", location(verdict.target)), ("Cache-Control", CACHE[verdict.status]),
             ("X-Robots-Tag", "noindex"), ("Content-Length", "0")])
         return [b""]

@@ -132,8 +132,8 @@ def ascii_target(target: Any) -> tuple[str, str]:
 def location(target: str) -> str:
     """A stored target as a Location header can carry it: ASCII, however old the link (links
     stored before targets were normalised may hold any character)."""
-    if all(c in _PRINTABLE for c in target):
-        return target
+    if target.isascii() and target.isprintable() and " " not in target:
+        return target  # every character in _PRINTABLE (checked in C: this runs per redirect)
     escaped = "".join(quote(c) if unicodedata.category(c) in _REFUSED_CATEGORIES else c
                       for c in target)
     try:

@@ -73,6 +73,20 @@ class Resolver:
         self._cache[key] = (now + self._ttl, generation, item)
         return item
 
+    def answers_from_memory(self, domain: str, slug: str, margin: float = 0.05) -> bool:
+        """Whether :meth:`resolve` would answer without a store request for at least ``margin``
+        seconds: the entry is cached, fresh, of the current generation, the change counter is
+        not due, and the link has no visit limit (a limited link is counted in the store). The
+        server answers these on its I/O thread (see shortlinks/inline.py)."""
+        now = self._clock() + margin
+        if self._changes is not None and now >= self._next_check:
+            return False
+        cached = self._cache.get(link_id(domain, slug))
+        if cached is None or cached[0] <= now or cached[1] != self._generation:
+            return False
+        item = cached[2]
+        return item is None or item.get("max_visits") is None
+
     @property
     def cache_size(self) -> int:
         return len(self._cache)

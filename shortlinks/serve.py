@@ -4,7 +4,8 @@ waitress (pure Python, keep-alive, an asyncore loop in front of a few threads), 
 core sharing one listening socket: bench/shortlinks_throughput.py measured it against gunicorn,
 werkzeug's development server and bjoern (see README). Each process builds its own store
 connection and resolver after the fork, flushes buffered visit counts every two seconds and
-once more when it stops.
+once more when it stops. A cached plain link is answered on waitress's I/O thread, without the
+hand-off to a pool thread (shortlinks/inline.py).
 
 Any other WSGI server can run ``shortlinks.serve:wsgi_app()`` (settings from the environment).
 """
@@ -35,10 +36,11 @@ class _Worker:
 
     def __init__(self, settings: Settings) -> None:
         self.backend = open_backend(settings)
-        resolver = Resolver(self.backend.table(LINKS), changes=self.backend.table(LINK_CHANGES))
-        self.app: WSGIApp = make_app(resolver)
+        self.resolver = Resolver(self.backend.table(LINKS),
+                                 changes=self.backend.table(LINK_CHANGES))
+        self.app: WSGIApp = make_app(self.resolver)
         self.stop = threading.Event()
-        self.flusher = resolver.start_flusher(self.stop)
+        self.flusher = self.resolver.start_flusher(self.stop)
 
     def close(self) -> None:
         self.stop.set()
@@ -111,11 +113,16 @@ def _reap() -> list[int]:
 
 def _waitress(settings: Settings, listener: socket.socket, threads: int,
               stop: threading.Event) -> None:
-    from waitress.server import create_server
+    from shortlinks.inline import create_server
 
+    # waitress warns "Task queue depth is N" on every request queued while its threads are
+    # busy, which under load is every request: a log record per redirect (10% of the time in
+    # issue 18's profile). The depth is normal here: HAProxy keeps many connections open.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     worker = _Worker(settings)
-    server = create_server(worker.app, sockets=[listener], threads=threads, ident="",
-                           backlog=1024, connection_limit=1000)
+    # Cached plain links are answered on waitress's I/O thread, the rest by its threads.
+    server = create_server(worker.app, worker.resolver.answers_from_memory, threads=threads,
+                           sockets=[listener], ident="", backlog=1024, connection_limit=1000)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     stop.wait()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import http.client
+import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -234,3 +236,80 @@ def test_random_slugs_cannot_grow_the_cache_without_end(links: LinkService, tabl
         assert resolver.resolve("acme.link", f"made-up-{n}").status == 404
     assert resolver.resolve("acme.link", "real").status == 302
     assert resolver.cache_size <= 40
+
+
+def test_cached_plain_links_are_answered_on_waitress_loop_thread_alike(tmp_path: Path) -> None:
+    """Issue 18: a link the resolver holds in memory is answered on waitress's I/O thread, not
+    handed to a pool thread. The answers must be those of the pool: redirects, 404 (cached
+    unknown), 410 (disabled, expired), HEAD, 405, pipelined requests in order; a limited link
+    and a due change check still go to the pool, and visits are counted once each."""
+    from waitress.wasyncore import close_all
+
+    from shortlinks.inline import create_server
+
+    backend = SqliteBackend(str(tmp_path / "links.db"))
+    table, changes = backend.table(LINKS), backend.table(LINK_CHANGES)
+    links = LinkService(table, DOMAINS, changes=changes)
+    now = [time.time()]
+    links.create("acme.link", "https://example.com/go", owner="p", slug="go")
+    links.create("acme.link", "https://example.com/perm", owner="p", slug="perm", code=301)
+    links.create("acme.link", "https://example.com/", owner="p", slug="off")
+    links.update("acme.link", "off", {"disabled": True})
+    links.create("acme.link", "https://example.com/soon", owner="p", slug="soon",
+                 valid_until=now[0] + 10)
+    links.create("acme.link", "https://example.com/two", owner="p", slug="two", max_visits=2)
+    resolver = Resolver(table, clock=lambda: now[0], changes=changes)
+    server = create_server(make_app(resolver), resolver.answers_from_memory, threads=2,
+                           host="127.0.0.1", port=0)
+    dispatcher = server.task_dispatcher
+    loop = threading.Thread(target=server.run, daemon=True)
+    loop.start()
+
+    def visit(slug: str, method: str = "GET") -> tuple[int, str | None, bytes, str | None]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=10)
+        conn.request(method, f"/{slug}", headers={"Host": "ACME.link:8080"})
+        response = conn.getresponse()
+        answer = (response.status, response.getheader("Location"), response.read(),
+                  response.getheader("Cache-Control"))
+        conn.close()
+        return answer
+
+    try:
+        slugs = ("go", "perm", "off", "soon", "nope", "two")
+        first = {slug: visit(slug) for slug in slugs}  # cache misses: the pool answers
+        assert dispatcher.served_inline == 0
+        assert {slug: a[0] for slug, a in first.items()} == {
+            "go": 302, "perm": 301, "off": 410, "soon": 302, "nope": 404, "two": 302}
+        assert first["go"] == (302, "https://example.com/go", b"", "private, no-store")
+        again = {slug: visit(slug) for slug in slugs[:-1]}  # from memory: the loop thread
+        assert again == {slug: first[slug] for slug in slugs[:-1]}
+        assert dispatcher.served_inline == 5
+        head = visit("go", "HEAD")
+        assert head == (302, "https://example.com/go", b"", "private, no-store")
+        assert visit("go", "POST")[0] == 405 and dispatcher.served_inline == 6
+        assert visit("two")[0] == 302 and visit("two")[0] == 410  # counted in the store
+        assert dispatcher.served_inline == 6
+
+        with socket.create_connection(("127.0.0.1", server.effective_port), timeout=10) as sock:
+            sock.sendall(b"".join(f"GET /{slug} HTTP/1.1\r\nHost: acme.link\r\n\r\n".encode()
+                                  for slug in ("go", "two", "perm", "nope")))
+            received = b""
+            while received.count(b"HTTP/1.1 ") < 4 or not received.endswith(b"</p>"):
+                received += sock.recv(65536)
+        assert re.findall(rb"HTTP/1.1 (\d+)", received) == [b"302", b"410", b"301", b"404"]
+        # "go" on the loop thread; from "two" on the pool thread serves the rest in order
+        # (unless the requests arrived in separate reads)
+        assert 7 <= dispatcher.served_inline <= 9
+
+        now[0] += 11  # "soon" expires; the change check is due: that request goes to the pool
+        assert visit("soon")[0] == 410 and visit("soon")[0] == 410
+        links.update("acme.link", "go", {"target": "https://example.com/moved"})
+        assert visit("go")[1] == "https://example.com/go"  # within the check interval
+        now[0] += 1.0
+        assert visit("go")[1] == "https://example.com/moved"
+        resolver.flush_visits()
+        assert table.get("acme.link/go")["visits"] == 6  # GETs and the HEAD, each once
+    finally:  # the loop thread closes its sockets itself (not under its select), then ends
+        server.trigger.pull_trigger(lambda: close_all(server._map))
+        loop.join(timeout=10)
+        dispatcher.shutdown()
