@@ -50,7 +50,7 @@ class CreateLink(RequestModel):
     domain: str = Field(min_length=1, max_length=253, examples=["acme.link"])
     target: Target
     slug: Slug | None = None
-    owner: str | None = Field(None, min_length=1, max_length=128)
+    owner: str | None = Field(None, min_length=1, max_length=128, examples=["pub_1"])
     code: Code | None = None
     valid_until: Limit | None = Field(None, description="Unix time after which it answers 410")
     max_visits: Annotated[int, Field(ge=0)] | None = None
@@ -67,7 +67,7 @@ class UpdateLink(RequestModel):
 
 
 class ListLinks(QueryModel):
-    owner: str | None = Field(None, min_length=1, max_length=128)
+    owner: str | None = Field(None, min_length=1, max_length=128, examples=["pub_1"])
     limit: int = Field(100, ge=1, le=500)
     cursor: str | None = Field(None, max_length=2048)
 
