@@ -22,7 +22,8 @@ from domains.api import bp as domains_bp
 from edge.control_api import VisitSink
 from edge.control_api import bp as edge_bp
 from edge.sso_views import bp as sso_bp
-from kit.web import bound_json, provide, trace_requests
+from kit.api import serve_contract
+from kit.web import api_error, bound_json, provide, trace_requests
 from shortlinks.api import bp as links_bp
 from store import StoreError
 
@@ -47,6 +48,7 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None,
     for blueprint in (domains_bp, edge_bp, challenge_bp, links_bp, sso_bp):
         app.register_blueprint(blueprint)
     app.register_error_handler(StoreError, _store_unavailable)
+    serve_contract(app)
     settings_page.init_app(app, services.settings.encryption_keys[0])
     admin.init_app(app, services)
     _register_health(app, services, draining)
@@ -57,8 +59,9 @@ def _store_unavailable(exc: StoreError) -> tuple[Response, int, dict[str, str]]:
     """The store did not answer: 503 and a sentence, so clients retry (no traceback: the
     worker already says when the store goes away and comes back)."""
     log.warning("a request failed: the store does not answer (%s)", exc)
-    return (jsonify(error="the store is unavailable right now; try again shortly"), 503,
-            {"Retry-After": "2"})
+    response, status = api_error("the store is unavailable right now; try again shortly", 503,
+                                 "unavailable")
+    return response, status, {"Retry-After": "2"}
 
 
 class ControlMetrics:

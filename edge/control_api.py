@@ -4,20 +4,85 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable
+from typing import Annotated, Any, Callable
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel, ConfigDict, Field
 
 from edge.state_store import EdgeStateStore
+from kit.api import QueryModel, RequestModel, operation
 from kit.auth import require_edge_token, require_platform_token
-from kit.web import use
+from kit.web import api_error, use
 
-_REPORT_ID = re.compile(r"[0-9a-f]{32}")
 _NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_VISIT_KEY = re.compile(r"[a-z0-9.*-]{1,253}/[A-Za-z0-9_-]{1,64}")
+VISIT_KEY = r"^[a-z0-9.*-]{1,253}/[A-Za-z0-9_-]{1,64}$"
 MAX_VISIT_KEYS = 5000
-_VERSION = re.compile(r"[0-9a-f]{16}")
 MAX_WAIT = 30.0
+
+
+class StateQuery(QueryModel):
+    have: str | None = Field(None, max_length=64, description="The version the node serves "
+                             "(304 while unchanged)")
+    wait: float = Field(0.0, allow_inf_nan=False, description="Seconds to hold the request "
+                        "until the version moves (a long poll; at most 30 are used)")
+    since: int | None = Field(None, description="The revision the agent holds, for a delta")
+
+
+class NodeReport(RequestModel):
+    applied_version: str | None = Field(None, max_length=3999)
+    error: str | None = Field(None, max_length=3999)
+    haproxy_running: bool = False
+
+
+class VisitReport(RequestModel):
+    """Visits of hot links HAProxy answered by itself, once per report id."""
+
+    report_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    visits: dict[Annotated[str, Field(pattern=VISIT_KEY)],
+                 Annotated[int, Field(gt=0, lt=2**31)]] = Field(max_length=MAX_VISIT_KEYS)
+
+
+class ForcePlan(RequestModel):
+    version: str = Field(pattern=r"^[0-9a-f]{16}$")
+
+
+class EdgeState(BaseModel):
+    """A full snapshot (``routes``) or, with ``delta``, the routes changed since a revision
+    (``changes``; a removed one is ``{"hostname", "removed": true}``), plus the edge's config
+    (server lists, short domains, SSO keys)."""
+
+    model_config = ConfigDict(extra="allow")
+    version: str
+    revision: int
+    force: bool
+    routes: list[dict[str, Any]] | None = None
+    delta: bool | None = None
+    since: int | None = None
+    changes: list[dict[str, Any]] | None = None
+
+
+class EdgeCertificate(BaseModel):
+    hostname: str
+    cert_sha256: str
+    pem: str = Field(description="Chain and private key, PEM")
+
+
+class Accepted(BaseModel):
+    ok: bool
+
+
+class VisitsAdded(BaseModel):
+    added: int
+    duplicate: bool | None = None
+
+
+class EdgeNodes(BaseModel):
+    nodes: list[dict[str, Any]]
+    desired_version: str | None
+
+
+class Forced(BaseModel):
+    forced: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,35 +102,32 @@ def _store() -> EdgeStateStore:
 
 @bp.get("/state")
 @require_edge_token
-def desired_state() -> Response | tuple[Response, int]:
-    """``have``: the version the node serves (304 while unchanged); ``wait``: seconds to hold
-    the request until the version moves (a long poll, at most 30); ``since``: the revision the
-    agent holds, for a delta of the routes changed after it (else, or when too old, a full
-    snapshot)."""
-    have = request.args.get("have")
-    try:
-        wait = min(max(float(request.args.get("wait", "0")), 0.0), MAX_WAIT)
-        since = int(request.args["since"]) if "since" in request.args else None
-    except ValueError:
-        return jsonify(error="wait is a number of seconds and since a revision number"), 400
+@operation(summary="The desired edge state an agent pulls", auth="edge", query=StateQuery,
+           responses={200: EdgeState, 304: None, 404: None})
+def desired_state(query: StateQuery) -> Response | tuple[Response, int]:
+    """A delta of the routes changed after ``since`` when the store still has them, else a
+    full snapshot; 404 until a state is published."""
+    wait = min(max(query.wait, 0.0), MAX_WAIT)
     store = _store()
-    if have and wait:
-        store.watch.wait(have, wait)
+    if query.have and wait:
+        store.watch.wait(query.have, wait)
     version = store.current_version()
     if version is None:
-        return jsonify(error="no edge state has been published yet"), 404
-    if have == version:
+        return api_error("no edge state has been published yet", 404)
+    if query.have == version:
         return Response(status=304)
-    doc = (store.changes_since(since) if since is not None else None) or store.load()
+    doc = (store.changes_since(query.since) if query.since is not None else None) or store.load()
     return jsonify(doc)
 
 
 @bp.get("/certs/<hostname>")
 @require_edge_token
+@operation(summary="A certificate with its private key", auth="edge",
+           responses={200: EdgeCertificate, 404: None})
 def certificate(hostname: str) -> Response | tuple[Response, int]:
     cert = _store().certificate(hostname)
     if cert is None:
-        return jsonify(error=f"no certificate for {hostname}"), 404
+        return api_error(f"no certificate for {hostname}", 404)
     response = jsonify(cert)
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -73,47 +135,34 @@ def certificate(hostname: str) -> Response | tuple[Response, int]:
 
 @bp.post("/nodes/<node_id>")
 @require_edge_token
-def report(node_id: str) -> tuple[Response, int]:
+@operation(summary="An agent reports what its node serves", auth="edge", body=NodeReport,
+           responses={200: Accepted})
+def report(node_id: str, body: NodeReport) -> tuple[Response, int]:
     if not _NODE_ID.fullmatch(node_id):
-        return jsonify(error="node id must be 1-64 letters, digits, '.', '_' or '-'"), 400
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        return jsonify(error="a JSON object is required"), 400
-    applied, error = body.get("applied_version"), body.get("error")
-    running = body.get("haproxy_running", False)
-    if not all(v is None or (isinstance(v, str) and len(v) < 4000) for v in (applied, error)):
-        return jsonify(error="applied_version and error must be short strings"), 400
-    if not isinstance(running, bool):
-        return jsonify(error="haproxy_running must be true or false"), 400
-    _store().report(node_id, applied, error, running)
+        return api_error("node id must be 1-64 letters, digits, '.', '_' or '-'", 400,
+                         field="node_id")
+    _store().report(node_id, body.applied_version, body.error, body.haproxy_running)
     return jsonify(ok=True), 200
 
 
 @bp.post("/visits")
 @require_edge_token
-def visits() -> tuple[Response, int]:
-    """Visits of hot links HAProxy answered by itself, ``{"report_id", "visits": {"host/slug":
-    n}}``; handed to the sink the app registered (the short-link service adds them to its own
-    counts) once per report id. The id is recorded first: a crash in between loses that report
-    rather than counting it twice."""
-    body = request.get_json(silent=True)
-    report_id = body.get("report_id") if isinstance(body, dict) else None
-    if not isinstance(report_id, str) or not _REPORT_ID.fullmatch(report_id):
-        return jsonify(error="send a report_id of 32 hex digits with the visits"), 400
-    counts = body.get("visits") if isinstance(body, dict) else None
-    if not isinstance(counts, dict) or len(counts) > MAX_VISIT_KEYS or not all(
-            isinstance(k, str) and _VISIT_KEY.fullmatch(k) and type(v) is int
-            and 0 < v < 2**31 for k, v in counts.items()):
-        return jsonify(error=f"send {{\"visits\": {{\"host/slug\": count}}}} with at most "
-                             f"{MAX_VISIT_KEYS} positive counts"), 400
-    if not _store().first_report(report_id):
+@operation(summary="Visits HAProxy counted for hot links", auth="edge", body=VisitReport,
+           responses={200: VisitsAdded})
+def visits(body: VisitReport) -> tuple[Response, int]:
+    """``{"report_id", "visits": {"host/slug": n}}``, handed to the sink the app registered
+    (the short-link service adds them to its own counts) once per report id. The id is
+    recorded first: a crash in between loses that report rather than counting it twice."""
+    if not _store().first_report(body.report_id):
         return jsonify(added=0, duplicate=True), 200
-    added = use(VisitSink).add(counts)
+    added = use(VisitSink).add(body.visits)
     return jsonify(added=added), 200
 
 
 @bp.get("/nodes")
 @require_platform_token
+@operation(summary="The edge nodes and the version each serves", auth="platform",
+           responses={200: EdgeNodes})
 def nodes() -> Response:
     meta = _store().meta()
     return jsonify(nodes=_store().list_nodes(),
@@ -122,11 +171,9 @@ def nodes() -> Response:
 
 @bp.post("/force")
 @require_platform_token
-def force() -> tuple[Response, int]:
-    body = request.get_json(silent=True)
-    version = body.get("version") if isinstance(body, dict) else None
-    if not isinstance(version, str) or not _VERSION.fullmatch(version):
-        return jsonify(error="send {\"version\": <the desired version to force>}"), 400
-    if not _store().force(version):
-        return jsonify(error=f"{version} is not the desired version any more"), 409
-    return jsonify(forced=version), 200
+@operation(summary="Let nodes apply the desired version even if its plan looks unsafe",
+           auth="platform", body=ForcePlan, responses={200: Forced, 409: None})
+def force(body: ForcePlan) -> tuple[Response, int]:
+    if not _store().force(body.version):
+        return api_error(f"{body.version} is not the desired version any more", 409)
+    return jsonify(forced=body.version), 200

@@ -12,11 +12,11 @@ import functools
 import hmac
 from typing import Any, Callable, TypeVar
 
-from flask import Response, current_app, g, jsonify, request
+from flask import Response, current_app, g, request
 
 from kit import logs
 from kit.tokens import PublicationTokens
-from kit.web import use
+from kit.web import api_error, use
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,7 +32,7 @@ def _is(token: str | None, config_key: str) -> bool:
 
 
 def _unauthorized() -> Response:
-    response = jsonify(error="a valid bearer token is required")
+    response, _ = api_error("a valid bearer token is required", 401, "unauthorized")
     response.status_code = 401
     response.headers["WWW-Authenticate"] = "Bearer"
     return response

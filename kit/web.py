@@ -52,6 +52,22 @@ def provided(app: Flask, kind: type[T]) -> T:
     return cast(T, found)
 
 
+_STATUS_CODES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 409: "conflict", 413: "too_large",
+                 429: "too_many_requests", 503: "unavailable"}
+
+
+def api_error(message: str, status: int, code: str | None = None,
+              field: str | None = None) -> tuple[Response, int]:
+    """An API error in the one shape every /api/v1 answer shares: ``{"error", "field"?,
+    "code"}`` (``code`` defaults from the status: ``not_found``, ``conflict``...)."""
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    body["code"] = code or _STATUS_CODES.get(status, "invalid")
+    return jsonify(body), status
+
+
 def json_too_deep(data: str | bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether arrays and objects nest more than ``limit`` levels in ``data`` (strings
     skipped): one regular-expression pass, no parsing, cheap on any input."""
@@ -85,13 +101,14 @@ class BoundedJSONProvider(DefaultJSONProvider):
 
 def bound_json(app: Flask) -> None:
     """Every JSON body in ``app``: nested at most MAX_JSON_DEPTH levels, or a 400 in the APIs'
-    error shape (``{"error": ...}``) before any view sees it."""
+    error shape (``{"error", "code": "too_deep"}``) before any view sees it."""
     app.json = BoundedJSONProvider(app)
 
     @app.before_request
     def refuse_deep_json() -> tuple[Response, int] | None:
         if request.is_json and json_too_deep(request.get_data(cache=True)):
-            return jsonify(error=f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels"), 400
+            return api_error(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels", 400,
+                             "too_deep")
         return None
 
 

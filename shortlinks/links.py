@@ -241,6 +241,8 @@ class LinkService:
         if "target" in changes:
             changes["target"] = self.validate_target(changes["target"])
         if "code" in changes:
+            if changes["code"] is None:  # stored, the resolver's int(None) failed every visit
+                raise InvalidLink("code", "one of 301, 302, 307, 308")
             self._validate(domain, None, changes["code"])
         if "disabled" in changes and not isinstance(changes["disabled"], bool):
             raise InvalidLink("disabled", "must be true or false")
