@@ -85,8 +85,7 @@ def require_edge_token(view: F) -> F:
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         if current_app.config.get("EDGE_AGENT_CLIENT_CERTS") and \
                 request.environ.get("SSL_CLIENT_VERIFY") != "SUCCESS":
-            response = jsonify(error="a client certificate from the agents' CA is required")
-            response.status_code = 403
-            return response
+            return api_error("a client certificate from the agents' CA is required", 403,
+                             "client_certificate_required")
         return checked(*args, **kwargs)
     return wrapped  # type: ignore[return-value]
