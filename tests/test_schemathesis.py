@@ -1,15 +1,15 @@
-"""schemathesis against the live control service over HTTP: every /api/v1 operation of the
+"""schemathesis against a live `edgectl serve` over HTTP, with real Pebble and DNS servers: every /api/v1 operation of the
 served contract, with the platform's token and with a publication's token (and the edge
 agents' token for the edge operations). No answer may be a 5xx or break the contract, and
 publication B's answers must never carry publication A's data.
 
-DNS checks ask 127.0.0.1 on a port where nothing listens, with a short timeout, so the fuzzer
-never reaches the world. The number of generated cases is printed (run with ``-s``)."""
+DNS checks ask Pebble's challtestsrv on 127.0.0.1, so the fuzzer never reaches the world. The number of generated cases is printed (run with ``-s``)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import sys
 from typing import Any, Iterator
 
 import pytest
@@ -19,13 +19,12 @@ from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis import checks
 
-from admin_app import create_app
 from control.wiring import Services
 from domains.errors import DomainNotFound
-from kit.procs import free_port
+from devtools.pebble import PebbleStack
+from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.settings import load_settings
 from shortlinks.links import InvalidLink, LinkNotFound
-from tests.conftest import serving
 
 PLATFORM = "test-token-0123456789"
 EDGE = "edge-token-0123456789"
@@ -49,16 +48,26 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def live(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleStack) -> Iterator[Live]:
+    """A real `edgectl serve` (its worker on, asking Pebble's DNS server and CA), and this
+    process's own Services on the same SQLite store to set the scene between cases."""
     directory = tmp_path_factory.mktemp("fuzz")
-    config = load_settings(
-        env={}, api_token=PLATFORM, edge_token=EDGE,
-        encryption_keys=Fernet.generate_key().decode(), data_dir=str(directory / "data"),
-        platform_domains=["platform.test"], edge_cname_target="edge.platform.test",
-        edge_addresses=["127.0.0.1"], short_domains=["acme.link", "shared.link"],
-        dns_servers=["127.0.0.1"], dns_port=free_port(), dns_timeout=0.2)
-    services = Services.from_settings(config)
-    with serving(create_app(services)) as url:
+    port = free_port()
+    env = {"EDGE_API_TOKEN": PLATFORM, "EDGE_EDGE_TOKEN": EDGE,
+           "EDGE_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+           "EDGE_DATA_DIR": str(directory / "data"), "EDGE_LISTEN_PORT": str(port),
+           "EDGE_PLATFORM_DOMAINS": "platform.test", "EDGE_EDGE_CNAME_TARGET": "edge.platform.test",
+           "EDGE_EDGE_ADDRESSES": "127.0.0.1", "EDGE_SHORT_DOMAINS": "acme.link,shared.link",
+           "EDGE_DNS_SERVERS": "127.0.0.1", "EDGE_DNS_PORT": str(pebble.dns_port),
+           "EDGE_DNS_TIMEOUT": "0.5", "EDGE_ACME_DIRECTORY_URL": pebble.directory_url,
+           "EDGE_ACME_CA_BUNDLE": str(pebble.listener_ca), "EDGE_WORKER_INTERVAL": "0.5"}
+    serve = ManagedProcess("serve", [sys.executable, "-m", "control", "serve"],
+                           directory / "serve.log", env=env)
+    services = None
+    try:
+        wait_for_port(port, process=serve, timeout=60)
+        services = Services.from_settings(load_settings(env=env))
+        url = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {PLATFORM}"}
         made = requests.post(f"{url}/api/v1/domains", headers=headers, timeout=10, json={
             "hostname": A_HOSTNAME, "publication_id": SECRETS["publication"]})
@@ -71,7 +80,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         state = Live(url, services, token, [])
         _restore(state)
         yield state
-    services.close()
+    finally:
+        serve.stop()
+        if services is not None:
+            services.close()
+    assert "Traceback" not in (directory / "serve.log").read_text(), serve.tail(60)
     print(f"\nschemathesis: {LIVE_COUNTS['cases']} generated cases, "
           f"{LIVE_COUNTS['calls']} requests")
 
