@@ -143,7 +143,7 @@ class EdgeNode:
 
     def _hot_apply(self, plan: Plan, state: DesiredState) -> None:
         release = self.current.resolve()
-        files = render_lists(state, release, self.templates)
+        files = render_lists(state, release)
         hosts_map, crt_list = release / "hosts.map", release / "crt-list"
         removed = []
         for change in plan.changes:

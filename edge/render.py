@@ -96,7 +96,7 @@ def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
             control_servers=[(server, _server_name(server)) for server in state.control_servers],
             control_ca=layout.control_ca,
             sso_keys=[release_dir / f"sso/key{n}.pem" for n in range(len(state.sso_keys))]),
-        **render_lists(state, release_dir, templates),
+        **render_lists(state, release_dir),
     }
     for route in state.routes:
         files[f"certs/{cert_file(route.hostname)}"] = route.pem
@@ -120,13 +120,14 @@ def cert_file(hostname: str) -> str:
     return hostname.replace("*", "_wildcard") + ".pem"
 
 
-def render_lists(state: DesiredState, release_dir: Path,
-                 templates: Path | None = None) -> dict[str, str]:
-    """Just the host map and the crt-list: what a hot apply rewrites."""
+def render_lists(state: DesiredState, release_dir: Path) -> dict[str, str]:
+    """Just the host map and the crt-list: what a hot apply rewrites. Plain formatting, not
+    templates: these are HAProxy's data formats, and a one-route change at 100,000 routes
+    rewrites both (jinja took 270 ms for them at 100,000 routes, this about 75 ms)."""
     routes = sorted(state.routes, key=lambda r: r.hostname)
-    env = _environment(templates)
     redirects = sorted(state.redirects, key=lambda r: r.key)
-    return {"hosts.map": env.get_template("hosts.map.j2").render(routes=routes),
+    cert_dir = str(release_dir / "certs")
+    return {"hosts.map": "".join(f"{r.hostname} {r.publication_id}\n" for r in routes),
             "redirects.map": "".join(f"{r.key} {r.value}\n" for r in redirects),
-            "crt-list": env.get_template("crt-list.j2").render(
-                routes=routes, cert_dir=release_dir / "certs", cert_file=cert_file)}
+            "crt-list": "".join(f"{cert_dir}/{cert_file(r.hostname)} [alpn h2,http/1.1] "
+                                f"{r.hostname}\n" for r in routes)}

@@ -276,4 +276,5 @@ def test_a_rolling_restart_under_api_load_fails_no_request(
         for client in clients:
             client.join(30)
     failed = [r for r in results if r not in (200, 201)]
+    print(f"rolling restart: {len(results)} API requests, {len(failed)} failed")
     assert len(results) > 50 and failed == [], (len(results), failed[:5])
