@@ -23,6 +23,7 @@ from kit.settings import Settings, load_settings
 from store import Backend
 from store.dynamo import DynamoBackend
 from store.sqlite import SqliteBackend
+from tests.webhook_receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,3 +167,13 @@ def opened_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[B
 @pytest.fixture(params=["sqlite", "dynalite"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from opened_backend(request, tmp_path)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A local webhook receiver (tests/webhook_receiver.py), for the length of a test."""
+    server = Receiver()
+    try:
+        yield server
+    finally:
+        server.stop()

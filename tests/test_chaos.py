@@ -38,7 +38,7 @@ from devtools.sample_app import SampleApp
 from kit.files import PUBLIC, SECRET, write_atomic
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.x509 import local_ca_and_server
-from tests.conftest import _dynalite_bin
+from tests.supervised_dynalite import SupervisedDynalite
 from tests.webhook_receiver import Receiver
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
@@ -50,54 +50,6 @@ WEBHOOKS = ("domain.verified", "certificate.issued", "domain.active")
 FAULTS = ["replica", "agent", "replica", "agent", "dynalite", "pebble"]
 DOMAINS = 16
 LOAD_THREADS = 4
-
-
-class SupervisedDynalite:
-    """dynalite on one port, started again (same data) whenever it dies; ``outage()`` keeps
-    it down on purpose for a while."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.restarts = 0  # crashes of its own, restarted by the watcher
-        self._directory = directory
-        self._stopped = threading.Event()
-        self._lock = threading.Lock()
-        self._paused = False
-        self._process = self._start()
-        wait_for_port(self.port, process=self._process)
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _start(self) -> ManagedProcess:
-        return ManagedProcess("dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port",
-                                           str(self.port), "--path", str(self._directory / "db")],
-                              self._directory / "dynalite.log")
-
-    def _watch(self) -> None:
-        while not self._stopped.wait(0.1):
-            with self._lock:
-                if self._paused or self._process.poll() is None:
-                    continue
-                self.restarts += 1
-                self._process.stop()
-                self._process = self._start()
-
-    def outage(self, seconds: float) -> None:
-        with self._lock:
-            self._paused = True
-            self._process.stop()
-        time.sleep(seconds)
-        with self._lock:
-            self._process = self._start()
-            self._paused = False
-        wait_for_port(self.port, timeout=30)
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join(10)
-        with self._lock:
-            self._process.stop()
 
 
 def pebble_outage(pebble: PebbleStack, seconds: float) -> None:
@@ -425,15 +377,6 @@ class Chaos:
             if before != after or len(after) != 1:
                 windows.append((t0 - 0.5, t1 + 2.0))
         return windows
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import pytest
 import requests
 from cryptography.fernet import Fernet
 
@@ -27,15 +26,6 @@ from tests.webhook_receiver import Receiver
 API = "api-token-0123456789"
 AUTH = {"Authorization": f"Bearer {API}"}
 WEBHOOKS = {"domain.verified", "certificate.issued", "domain.active", "domain.removed"}
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Control:

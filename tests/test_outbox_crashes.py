@@ -9,7 +9,7 @@ import collections
 import dataclasses
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -70,15 +70,6 @@ def settings_with_hooks(request: pytest.FixtureRequest, settings: Settings,
             dynamodb_endpoint_url=request.getfixturevalue("dynalite"),
             dynamodb_table_prefix=f"o{uuid.uuid4().hex[:8]}_")
     return changed
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Process:

@@ -12,7 +12,6 @@ import random
 import re
 import signal
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,45 +24,12 @@ from cryptography.fernet import Fernet
 from devtools.pebble import PebbleStack
 from devtools.sample_app import SampleApp
 from kit.procs import ManagedProcess, free_port, wait_for_port
-from tests.conftest import _dynalite_bin
+from tests.supervised_dynalite import SupervisedDynalite
 
 TOKEN = "chaos-api-token-0123456789"
 EDGE_TOKEN = "chaos-edge-token-0123456789"
 EDGE_TARGET = "edge.platform.test"
 CROWD_LIMIT = 4
-
-
-class SupervisedDynalite:
-    """dynalite on one port, started again (same data) whenever it exits."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.restarts = 0
-        self._directory = directory
-        self._stopped = threading.Event()
-        self._process = self._start()
-        wait_for_port(self.port, process=self._process)
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _start(self) -> ManagedProcess:
-        return ManagedProcess("dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port",
-                                           str(self.port), "--path", str(self._directory / "db")],
-                              self._directory / "dynalite.log")
-
-    def _watch(self) -> None:
-        while not self._stopped.is_set():
-            self._process.popen.wait()
-            if self._stopped.is_set():
-                return
-            self.restarts += 1
-            self._process = self._start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._process.stop()
-        self._thread.join(10)
 
 
 class Cluster:

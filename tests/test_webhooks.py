@@ -28,15 +28,6 @@ class Clock:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def backend(tmp_path: Path) -> Iterator[SqliteBackend]:
     db = SqliteBackend(str(tmp_path / "db"))
     try:
