@@ -14,9 +14,12 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
+import tempfile
 from importlib import resources
 from pathlib import Path
 
+from edge.errors import EdgeError
 from edge.haproxy import HAProxy
 from edge.plan import Plan, make_plan
 from edge.render import NodeLayout, cert_file, render, render_lists, validate
@@ -40,13 +43,14 @@ class EdgeNode:
         self.cold_slice = cold_slice
         self.templates = templates
         (self.directory / "releases").mkdir(parents=True, exist_ok=True)
+        sockets = _socket_dir(self.directory)
         self.layout = NodeLayout(bind=bind, http_port=http_port, https_port=https_port,
-                                 runtime_socket=self.directory / "admin.sock",
+                                 runtime_socket=sockets / "admin.sock",
                                  default_cert=self.directory / "default.pem",
                                  stats_port=stats_port, control_ca=control_ca)
         self.current = self.directory / "current"
         self.haproxy = HAProxy(haproxy_bin, self.current / "haproxy.cfg",
-                               self.directory / "master.sock", self.directory / "haproxy.log")
+                               sockets / "master.sock", self.directory / "haproxy.log")
         self.runtime = RuntimeAPI(self.layout.runtime_socket)
         self.last_error: str | None = None
         self.hot_applies = 0
@@ -247,3 +251,22 @@ def _ensure_default_cert(path: Path) -> None:
     """A self-signed certificate HAProxy serves for unknown SNI (it needs one to bind TLS)."""
     if not path.exists():
         write_atomic(path, self_signed("edge-default.invalid", days=3650)[1], SECRET)
+
+
+SOCKET_PATH_MAX = 96
+"""HAProxy refuses a UNIX socket path longer than 97 bytes (sun_path)."""
+
+
+def _socket_dir(directory: Path) -> Path:
+    """Where the node's UNIX sockets live: its own directory, or, when that path is too long
+    for a socket, a short private directory named after it (``/tmp/edge-<hash>``, mode 0700,
+    refused if another user made it)."""
+    if len(str(directory / "master.sock")) <= SOCKET_PATH_MAX:
+        return directory
+    name = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
+    short = Path(tempfile.gettempdir()) / f"edge-{name}"
+    short.mkdir(mode=0o700, exist_ok=True)
+    info = short.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise EdgeError(f"{short} is not a private directory of this user; remove it")
+    return short

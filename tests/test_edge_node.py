@@ -287,3 +287,18 @@ def test_plain_http_redirects_only_hosts_the_edge_routes(node: EdgeNode, app: Sa
     # HTTP-01 checks still reach the control service for names not routed yet (it is down here).
     status, _, _ = http_get(port, "new.example.test:80", "/.well-known/acme-challenge/t")
     assert status == 503
+
+
+def test_a_node_in_a_deep_directory_still_gets_its_sockets(tmp_path: Path) -> None:
+    """HAProxy refuses socket paths over 97 bytes: a deep data directory (as pytest's own,
+    seen failing in CI) puts them in a short private directory instead."""
+    deep = tmp_path / ("d" * 60) / ("e" * 40) / "edge"
+    node = EdgeNode(deep, http_port=free_port(), https_port=free_port())
+    try:
+        assert len(str(node.layout.runtime_socket)) <= 97
+        assert node.layout.runtime_socket.parent.stat().st_mode & 0o777 == 0o700
+        node.apply(DesiredState((), ("127.0.0.1:9",), ("127.0.0.1:9",)))
+        assert node.haproxy.running and node.runtime.show_map(
+            node.current.resolve() / "hosts.map") == {}
+    finally:
+        node.stop()
