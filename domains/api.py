@@ -14,7 +14,7 @@ from domains.errors import DomainError, DomainNotFound
 from domains.lifecycle import Lifecycle
 from domains.service import DomainService, public_view
 from kit import logs
-from kit.api import QueryModel, RequestModel, operation
+from kit.api import PageQuery, RequestModel, operation
 from kit.auth import require_platform_or_publication, scope
 from kit.tokens import PUBLICATION_ID, PUBLICATION_ID_RULE
 from kit.web import api_error, use
@@ -56,10 +56,8 @@ class ConnectDomain(RequestModel):
     publication_id: PublicationId = None
 
 
-class ListDomains(QueryModel):
+class ListDomains(PageQuery):
     publication_id: PublicationId = None
-    limit: int = Field(100, ge=1, le=500)
-    cursor: str | None = Field(None, max_length=2048)
 
 
 class DnsRecord(BaseModel):

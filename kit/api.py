@@ -18,7 +18,7 @@ import re
 from typing import Any, Callable, Mapping, TypeVar
 
 from flask import Flask, Response, jsonify, request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from kit.web import api_error
@@ -41,6 +41,14 @@ class QueryModel(BaseModel):
     """A query string: every value arrives as text, so numbers are parsed from it."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class PageQuery(QueryModel):
+    """A list's paging: at most ``limit`` items after ``cursor`` (the last answer's
+    ``next_cursor``)."""
+
+    limit: int = Field(100, ge=1, le=500)
+    cursor: str | None = Field(None, max_length=2048)
 
 
 class ErrorBody(BaseModel):

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify
 from pydantic import AfterValidator, BaseModel, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
-from kit.api import QueryModel, RequestModel, operation
+from kit.api import PageQuery, RequestModel, operation
 from kit.auth import require_platform_or_publication, scope
 from kit.web import api_error, use
 from shortlinks.bulk import qr_code
@@ -66,10 +66,8 @@ class UpdateLink(RequestModel):
     disabled: bool = Field(None)  # type: ignore[assignment]
 
 
-class ListLinks(QueryModel):
+class ListLinks(PageQuery):
     owner: str | None = Field(None, min_length=1, max_length=128, examples=["pub_1"])
-    limit: int = Field(100, ge=1, le=500)
-    cursor: str | None = Field(None, max_length=2048)
 
 
 class Link(BaseModel):
