@@ -158,12 +158,17 @@ def drive(services: Services, pebble: PebbleStack, meter: Meter) -> dict[str, Co
     costs["certificate download"] = meter.measure(lambda: services.edge_state.certificate(hostname))
 
     def recheck() -> None:
-        leased = services.domains.lease(services.domains.get(hostname), "bench", 60)
+        """What the worker does with a domain its ``due`` query returned."""
+        leased = services.domains.lease(due, "bench", 60)
         assert leased is not None
         services.lifecycle.recheck(leased)
+    due = services.domains.get(hostname)
+    recheck()  # the first asks the CA for its renewal time and keeps it for 6 hours
+    due = services.domains.get(hostname)
     costs["recheck at rest (leased)"] = meter.measure(recheck)
     first = services.certificates.get(hostname)
     time.sleep(6.5)  # past two thirds of Pebble's nine seconds
+    due = services.domains.get(hostname)
     costs["renewal"] = meter.measure(recheck)
     renewed = services.certificates.get(hostname)
     assert first is not None and renewed is not None and renewed.serial != first.serial

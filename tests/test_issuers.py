@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import threading
 import time
 from pathlib import Path
@@ -107,7 +108,12 @@ def test_ari_window_drives_renewal_and_the_order_names_what_it_replaces(
         proxy.window = (3600.0, 7200.0)  # the CA suggests renewing in an hour: not yet
         assert services.issuer.renewal_due("ari.example.test") is False
         proxy.window = (-7200.0, -60.0)  # the window has passed: renew now (a 5-year cert!)
-        assert services.issuer.renewal_due("ari.example.test") is True
+        assert services.issuer.renewal_due("ari.example.test") is False, \
+            "the CA's answer is kept until its Retry-After (6 h without one)"
+        assert proxy.renewal_info_requests == 1
+        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=7)
+        assert services.issuer.renewal_due("ari.example.test", now=later) is True
+        assert proxy.renewal_info_requests == 2
         services.issuer.issue(["ari.example.test"])
         old = x509.load_pem_x509_certificate(first.fullchain_pem.encode())
         assert proxy.new_orders[-1]["replaces"] == cert_id(old)
