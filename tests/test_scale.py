@@ -3,11 +3,8 @@ dynalite): an idle worker round and a one-route change cost the same whatever th
 domains; racing publishers and a publisher that dies mid-change leave no stale route."""
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
-import uuid
-from typing import Iterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -17,7 +14,6 @@ from admin.summary import Summary
 from control.wiring import Services
 from edge.state import RouteRef, routes_digest
 from edge.state_store import EdgeStateStore
-from kit.settings import Settings
 from kit.x509 import self_signed
 
 KEY = ec.generate_private_key(ec.SECP256R1())
@@ -25,16 +21,9 @@ KEY_PEM = KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFor
                             serialization.NoEncryption())
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def services(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Services]:
-    if request.param == "dynamodb":
-        settings = dataclasses.replace(
-            settings, storage_backend="dynamodb",
-            dynamodb_endpoint_url=request.getfixturevalue("dynalite"),
-            dynamodb_table_prefix=f"s{uuid.uuid4().hex[:8]}_")
-    opened = Services.from_settings(dataclasses.replace(settings, max_pending_domains=0))
-    yield opened
-    opened.close()
+@pytest.fixture
+def services(services_both: Services) -> Services:
+    return services_both
 
 
 def seed_active(services: Services, count: int, start: int = 0) -> None:
