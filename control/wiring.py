@@ -260,4 +260,5 @@ class Services:
                 + self.edge_state.reencrypt() + (self.sso.keys.reencrypt() if self.sso else 0))
 
     def close(self) -> None:
+        self.edge_state.watch.close()
         self.backend.close()
