@@ -304,3 +304,63 @@ def test_accepted_keys_and_wildcards(client: FlaskClient, services: Services) ->
                          json={"certificate": "x", "private_key": "y", "passphrase": "z"},
                          headers={"Authorization": f"Bearer {TOKEN}"})
     assert unknown.status_code == 400 and unknown.get_json()["field"] == "passphrase"
+
+
+class Killed(BaseException):
+    """The process died here: nothing after this point runs and no handler catches it."""
+
+
+def mortal(services: Services, die_at: int) -> None:
+    """Kill ``services``' process at its ``die_at``-th outbox step (an entry applied, or the
+    outbox cleared)."""
+    steps = [0]
+    for name in ("_apply", "_settle"):
+        step = getattr(services.domains, name)
+
+        def run(*args: Any, _step: Any = step, **kwargs: Any) -> Any:
+            steps[0] += 1
+            if steps[0] == die_at:
+                raise Killed(f"killed at outbox step {die_at}")
+            return _step(*args, **kwargs)
+        setattr(services.domains, name, run)
+
+
+UPLOAD_STEPS = 5
+"""An upload's outbox: its event, the upload stored, the route, the webhook, then cleared."""
+
+
+@pytest.mark.parametrize("die_at", range(1, 2 * UPLOAD_STEPS + 1))
+def test_a_crash_at_any_step_of_an_upload_or_its_removal_loses_nothing(
+        die_at: int, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("domains.service.OUTBOX_GRACE", -1.0)  # the dead writer is long gone
+    settings = dataclasses.replace(settings, webhook_url="http://127.0.0.1:9/x",
+                                   webhook_secret="s" * 20)
+    first = Services.from_settings(settings)
+    acme_pem = activate(first)
+    ca = LocalCA()
+    cert, key = ca.issue([HOST])
+    mortal(first, die_at)
+    custom = first.custom_certificates
+    assert custom is not None
+    try:
+        custom.upload(first.domains.get(HOST), custom.check(HOST, cert + ca.pem, key))
+        custom.remove(first.domains.get(HOST))
+        raise AssertionError("never killed")
+    except Killed:
+        first.close()
+    second = Services.from_settings(settings)  # the restarted process; its worker drains first
+    try:
+        assert second.custom_certificates is not None
+        second.domains.drain_outboxes()
+        if die_at <= UPLOAD_STEPS:  # the upload was written before the crash: it is served
+            assert served_sha(second) == fingerprint(cert + ca.pem + key)
+            second.custom_certificates.remove(second.domains.get(HOST))
+        assert served_sha(second) == fingerprint(acme_pem)
+        assert second.custom_certificates.uploads.describe(HOST) is None
+        events = [e["what"] for e in second.domains.timeline(second.domains.get(HOST))]
+        assert events.count("uploaded certificate") == 1
+        assert events.count("ACME certificate served again") == 1
+        assert len(webhooks(second, "certificate.uploaded")) == 1
+        assert len(webhooks(second, "certificate.fallback")) == 1
+    finally:
+        second.close()
