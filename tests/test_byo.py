@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from flask.testing import FlaskClient
 
 from admin_app import create_app
+from certs.byo import UploadRejected, covers, validate
 from control.wiring import Services
 from edge.state import fingerprint
 from kit.settings import Settings
@@ -243,6 +244,7 @@ def _bad_uploads() -> dict[str, tuple[str, str, str, str]]:
         "a block that does not parse": (
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", key, "not_pem",
             "does not parse"),
+        "64 KiB of BEGIN lines": ("-----BEGIN A-----" * 3800, key, "not_pem", "not PEM text"),
         "unterminated block": (chain + "-----BEGIN CERTIFICATE-----\nMIIB", key, "not_pem",
                                "not PEM text"),
         "a key in the chain": (chain + key, key, "key_in_chain", "holds a private key"),
@@ -294,6 +296,32 @@ def test_bad_uploads_get_one_sentence_in_a_400(case: str, client: FlaskClient,
     assert "\n" not in body["error"] and "PRIVATE" not in body["error"]
     assert served_sha(services) == fingerprint(acme_pem)  # nothing changed
     assert call(client, "GET").status_code == 404
+
+
+@pytest.mark.parametrize("name, hostname, covered", [
+    ("shop.example.test", "shop.example.test", True),
+    ("SHOP.example.test.", "shop.example.test", True),
+    ("*.example.test", "shop.example.test", True),
+    ("*.example.test", "example.test", False),
+    ("*.example.test", "a.shop.example.test", False),
+    ("*.example.test", "*.example.test", True),
+    ("shop.example.test", "*.example.test", False),
+    ("s*.example.test", "shop.example.test", False),
+])
+def test_which_names_cover_a_host(name: str, hostname: str, covered: bool) -> None:
+    assert covers(name, hostname) is covered
+
+
+def test_a_wildcard_domain_takes_its_wildcard_certificate() -> None:
+    ca = LocalCA()
+    cert, key = ca.issue(["*.example.test"])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    checked = validate("*.example.test", cert + ca.pem, key, now=now,
+                       min_remaining=datetime.timedelta(days=7))
+    assert checked.names == ("*.example.test",)
+    with pytest.raises(UploadRejected, match="none of which covers"):
+        validate("*.example.test", *_chain(ca, ["shop.example.test"]), now=now,
+                 min_remaining=datetime.timedelta(days=7))
 
 
 def test_accepted_keys_and_wildcards(client: FlaskClient, services: Services) -> None:
