@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import functools
 import hashlib
+import logging
 import re
 import warnings
 
@@ -29,6 +30,7 @@ from cryptography.x509.verification import DNSName, PolicyBuilder, Store, Verifi
 from certs.errors import CertsError
 from kit.x509 import PrivateKey
 
+log = logging.getLogger(__name__)
 MAX_CHAIN_CHARS = 64 * 1024
 MAX_KEY_CHARS = 16 * 1024
 MAX_CHAIN_CERTS = 8
@@ -72,14 +74,27 @@ def validate(hostname: str, chain_pem: object, key_pem: object, *,
     """The upload for ``hostname`` (normalized: lowercase A-labels, maybe ``*.`` first), or
     :class:`UploadRejected`. ``min_remaining``: it must stay valid longer than this (the
     fallback window: a certificate inside it would never be served)."""
+    try:
+        return _validate(hostname, chain_pem, key_pem, now, min_remaining)
+    except UploadRejected:
+        raise
+    except Exception as exc:  # a corner of the parsers hostile input reached: still a 400
+        log.warning("an uploaded certificate failed a check unexpectedly (%s)",
+                    type(exc).__name__)  # its text may quote the upload: not logged
+        raise UploadRejected("the certificate or its key could not be read; check that both "
+                             "are PEM files as your CA gave them", code="not_pem") from None
+
+
+def _validate(hostname: str, chain_pem: object, key_pem: object, now: datetime.datetime,
+              min_remaining: datetime.timedelta) -> UploadedChain:
     chain = _certificates(chain_pem)
     key = _private_key(key_pem)
     leaf = chain[0]
     _check_key(key, leaf)
     names = _dns_names(leaf)
     if not any(covers(name, hostname) for name in names):
-        raise UploadRejected(f"the certificate names {', '.join(names) or 'no DNS name'}, "
-                             f"none of which covers {hostname}", code="names_mismatch")
+        raise UploadRejected(f"the certificate names {_short(', '.join(names)) or 'no DNS name'}"
+                             f", none of which covers {hostname}", code="names_mismatch")
     _check_dates(chain, now, min_remaining)
     _check_chain(chain, hostname, now)
     pem = "".join(cert.public_bytes(serialization.Encoding.PEM).decode() for cert in chain)
@@ -88,7 +103,7 @@ def validate(hostname: str, chain_pem: object, key_pem: object, *,
         key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()).decode(),
         not_before=leaf.not_valid_before_utc, not_after=leaf.not_valid_after_utc,
-        serial=format(leaf.serial_number, "x"), issuer=leaf.issuer.rfc4514_string())
+        serial=format(leaf.serial_number, "x"), issuer=_name(leaf.issuer, 400))
 
 
 def covers(name: str, hostname: str) -> bool:
@@ -149,11 +164,24 @@ def _certificates(text: object) -> list[x509.Certificate]:
     if len(blocks) > MAX_CHAIN_CERTS:
         raise UploadRejected(f"certificate holds {len(blocks)} certificates; a chain has at "
                              f"most {MAX_CHAIN_CERTS}", code="too_long")
-    try:
-        return x509.load_pem_x509_certificates(str(text).encode())
-    except ValueError:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a serial RFC 5280 forbids: refused, not warned about
+        try:
+            chain = x509.load_pem_x509_certificates(str(text).encode())
+        except Exception:  # ValueError, InvalidVersion...
+            chain = []
+        for cert in chain:  # fields parse lazily: read each one we use, once, here
+            try:
+                (cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(),
+                 cert.serial_number, cert.not_valid_before_utc, cert.not_valid_after_utc,
+                 list(cert.extensions), cert.signature_hash_algorithm, cert.public_key())
+            except Exception:  # hostile DER reaches odd corners of the parser (a KeyError)
+                chain = []
+                break
+    if not chain:
         raise UploadRejected("certificate holds a CERTIFICATE block that does not parse as an "
-                             "X.509 certificate", code="not_pem") from None
+                             "X.509 certificate", code="not_pem")
+    return chain
 
 
 def _private_key(text: object) -> PrivateKey:
@@ -170,7 +198,7 @@ def _private_key(text: object) -> PrivateKey:
                              code="encrypted_key")
     try:
         key = serialization.load_pem_private_key(str(text).encode(), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
+    except Exception:  # ValueError, TypeError, UnsupportedAlgorithm, or odder on hostile DER
         raise UploadRejected("private_key does not parse as a PEM private key",
                              field="private_key", code="not_pem") from None
     if isinstance(key, ec.EllipticCurvePrivateKey) \
@@ -188,7 +216,12 @@ def _spki(key: object) -> bytes:
 
 
 def _check_key(key: PrivateKey, leaf: x509.Certificate) -> None:
-    if _spki(key.public_key()) != _spki(leaf.public_key()):
+    try:
+        leaf_key = _spki(leaf.public_key())
+    except (ValueError, UnsupportedAlgorithm):
+        raise UploadRejected("the certificate's public key is of a type we cannot use: use "
+                             + ACCEPTED_KEYS, code="key_type") from None
+    if _spki(key.public_key()) != leaf_key:
         raise UploadRejected("the private key does not belong to the first certificate of the "
                              "chain (send your certificate first, then its intermediates)",
                              field="private_key", code="key_mismatch")
@@ -213,7 +246,7 @@ def _check_dates(chain: list[x509.Certificate], now: datetime.datetime,
                  min_remaining: datetime.timedelta) -> None:
     for position, cert in enumerate(chain):
         which = "the certificate" if position == 0 else \
-            f"certificate {position + 1} of the chain ({cert.subject.rfc4514_string()})"
+            f"certificate {position + 1} of the chain ({_subject(cert)})"
         if cert.not_valid_after_utc <= now:
             raise UploadRejected(f"{which} expired on {_day(cert.not_valid_after_utc)}",
                                  code="expired")
@@ -233,8 +266,8 @@ def _check_chain(chain: list[x509.Certificate], hostname: str, now: datetime.dat
             cert.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
             raise UploadRejected(
-                f"certificate {position} of the chain ({cert.subject.rfc4514_string()}) is not "
-                f"signed by certificate {position + 1} ({issuer.subject.rfc4514_string()}); "
+                f"certificate {position} of the chain ({_subject(cert)}) is not "
+                f"signed by certificate {position + 1} ({_subject(issuer)}); "
                 "order the chain from your certificate up to its root", code="broken_chain") \
                 from None
     anchors = [chain[-1]] if len(chain) > 1 else _system_roots()
@@ -244,7 +277,7 @@ def _check_chain(chain: list[x509.Certificate], hostname: str, now: datetime.dat
         DNSName(subject))
     try:
         verifier.verify(chain[0], chain[1:-1])
-    except VerificationError as exc:
+    except (VerificationError, ValueError) as exc:
         if len(chain) == 1:
             raise UploadRejected("the certificate alone does not lead to a trusted root: add "
                                  "its intermediate certificates after it", code="broken_chain") \
@@ -253,9 +286,26 @@ def _check_chain(chain: list[x509.Certificate], hostname: str, now: datetime.dat
                              code="broken_chain") from None
 
 
-def _reason(exc: VerificationError) -> str:
+def _reason(exc: Exception) -> str:
     text = str(exc).removeprefix("validation failed: ")
-    return re.sub(r"\s*\(encountered processing .*\)$", "", text)
+    return _short(re.sub(r"\s*\(encountered processing .*\)$", "", text, flags=re.S))
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """Text from the upload (a subject, the verifier's words) kept to one short line."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _subject(cert: x509.Certificate) -> str:
+    return _name(cert.subject)
+
+
+def _name(name: x509.Name, limit: int = 120) -> str:
+    try:
+        return _short(name.rfc4514_string(), limit)
+    except ValueError:
+        return "a name that does not parse"
 
 
 @functools.lru_cache(maxsize=1)

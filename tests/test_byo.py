@@ -5,6 +5,7 @@ HAProxy serving it is in test_byo_end_to_end.py."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import datetime
 import time
 from typing import Any, Iterator
@@ -392,3 +393,38 @@ def test_a_crash_at_any_step_of_an_upload_or_its_removal_loses_nothing(
         assert len(webhooks(second, "certificate.fallback")) == 1
     finally:
         second.close()
+
+
+def test_mangled_pem_is_refused_with_a_sentence_never_a_crash(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Bytes flipped inside the DER of a good chain and key: each answer is a refusal (or,
+    where the flip lands in a signature-free spot, an accepted upload), never another error."""
+    import base64
+    import random
+
+    ca = LocalCA()
+    chain, key = _chain(ca)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    pick = random.Random(17)
+    outcomes: set[str] = set()
+    for _ in range(1000):
+        blocks = re.findall(r"-----BEGIN ([A-Z ]+)-----\n(.*?)\n-----END", chain + key, re.S)
+        target = pick.randrange(len(blocks))
+        mangled = []
+        for n, (kind, body) in enumerate(blocks):
+            der = bytearray(base64.b64decode(body))
+            if n == target:
+                for _ in range(pick.randint(1, 3)):
+                    der[pick.randrange(len(der))] = pick.randrange(256)
+            text = base64.encodebytes(bytes(der)).decode()
+            mangled.append(f"-----BEGIN {kind}-----\n{text}-----END {kind}-----\n")
+        try:
+            validate(HOST, "".join(mangled[:-1]), mangled[-1], now=now,
+                     min_remaining=datetime.timedelta(days=7))
+            outcomes.add("accepted")
+        except UploadRejected as exc:
+            assert "\n" not in str(exc) and len(str(exc)) < 400
+            outcomes.add(exc.code)
+    assert len(outcomes) >= 3, outcomes  # the flips reached several checks
+    # Each refusal came from a check that names its reason, not from the catch-all.
+    assert "failed a check unexpectedly" not in caplog.text
