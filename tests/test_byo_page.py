@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import jwt
@@ -41,7 +42,7 @@ def pem_file(name: str, text: str) -> dict[str, Any]:
 
 
 def test_a_publisher_uploads_and_removes_their_certificate_in_chromium(
-        services: Services, browser: Any) -> None:
+        services: Services, browser: Any, tmp_path: Path) -> None:
     acme_pem = activate(services)
     ca = LocalCA()
     cert, key = ca.issue([HOST])
@@ -65,6 +66,7 @@ def test_a_publisher_uploads_and_removes_their_certificate_in_chromium(
         page.wait_for_selector("#own-cert-error")
         assert "does not belong to the first certificate" in page.inner_text("#own-cert-error")
         assert page.get_attribute("#own-cert-chain", "aria-invalid") == "true"
+        page.screenshot(path=str(tmp_path / "refused.png"), full_page=True)
         assert served_sha(services) == fingerprint(acme_pem)
 
         page.set_input_files("#own-cert-chain", pem_file("chain.pem", cert + ca.pem))
@@ -77,6 +79,7 @@ def test_a_publisher_uploads_and_removes_their_certificate_in_chromium(
         assert page.inner_text("#own-cert-fingerprint") == leaf_sha
         assert served_sha(services) == fingerprint(cert + ca.pem + key)
         assert "BEGIN" not in page.content()  # neither the chain nor the key comes back
+        page.screenshot(path=str(tmp_path / "own-certificate.png"), full_page=True)
 
         page.click("button:has-text('Remove my certificate')")
         page.wait_for_selector("#own-cert-state", state="detached")
