@@ -428,3 +428,28 @@ def test_mangled_pem_is_refused_with_a_sentence_never_a_crash(
     assert len(outcomes) >= 3, outcomes  # the flips reached several checks
     # Each refusal came from a check that names its reason, not from the catch-all.
     assert "failed a check unexpectedly" not in caplog.text
+
+
+def test_the_dashboard_shows_the_publisher_s_certificate(settings: Settings) -> None:
+    from admin.web import Admin
+    from kit.web import provided
+    from tests.test_admin_pages import PASSWORD, login
+
+    opened = Services.from_settings(dataclasses.replace(settings, admin_cookie_secure=False))
+    try:
+        app = create_app(opened)
+        provided(app, Admin).users.create("alice", PASSWORD)
+        client = app.test_client()
+        login(client)
+        activate(opened)
+        assert "own certificate" not in client.get(f"/admin/domains/{HOST}").get_data(True)
+        assert opened.custom_certificates is not None
+        ca = LocalCA()
+        upload = opened.custom_certificates.check(HOST, *_chain(ca))
+        opened.custom_certificates.upload(opened.domains.get(HOST), upload)
+        page = client.get(f"/admin/domains/{HOST}").get_data(True)
+        assert "The publisher&#39;s own certificate" in page or \
+            "The publisher's own certificate" in page
+        assert upload.fingerprint in page and "PRIVATE" not in page
+    finally:
+        opened.close()
