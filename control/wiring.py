@@ -245,7 +245,8 @@ class Services:
         lifecycle = Lifecycle(domains, checker, issuer, publisher, timing, events=events,
                               worker_id=settings.worker_id)
         domains.consumers.register(DISABLE_LINKS, events.disable_links)
-        custom = CustomCertificates(domains, uploads)  # after the lifecycle's consumers
+        custom = CustomCertificates(domains, uploads, lifecycle.worker_id,  # after the
+                                    timing.worker_lease)  # lifecycle's consumers
 
         def link_changed(domain: str, slug: str) -> None:
             """An edited or removed link leaves this process's cache and the edge's hot set now."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+import uuid
 from typing import Callable
 
 from certs.byo import UploadedChain, validate
@@ -48,11 +49,13 @@ class NoUpload(DomainError):
 
 
 class CustomCertificates:
-    def __init__(self, domains: DomainService, uploads: UploadStore,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, domains: DomainService, uploads: UploadStore, worker_id: str = "",
+                 lease_seconds: float = 120.0, clock: Callable[[], float] = time.time) -> None:
         self.domains = domains
         self.uploads = uploads
         self._clock = clock
+        self._worker_id = worker_id or f"byo-{uuid.uuid4().hex[:12]}"
+        self._lease_seconds = lease_seconds
         consumers = domains.consumers
         consumers.register(STORE_UPLOAD, self._store)
         consumers.register(RETIRE_UPLOAD, self._retire)
@@ -109,24 +112,40 @@ class CustomCertificates:
         """The worker's step: :meth:`fall_back_due`."""
         self.fall_back_due()
 
-    def fall_back_due(self) -> int:
+    def fall_back_due(self, found: list[Item] | None = None) -> int:
         """Fall back to the ACME certificate for every upload whose time has come: one
-        ordered index query, plus a write per upload due. Returns how many fell back."""
+        ordered index query, plus a lease and a write per upload due. Returns how many fell
+        back. Replicas racing for one upload: the lease lets one in, and it looks again at
+        the upload (and at the retirement a dead process left in the domain's outbox) before
+        it writes, so the fallback is recorded once. ``found``: the uploads an earlier query
+        found due (a replica that read before another one acted)."""
         count = 0
-        for due in self.uploads.due():
-            domain = self.domains.domains.get(due["hostname"])
+        for due in self.uploads.due() if found is None else found:
+            hostname, upload_id = due["hostname"], due["upload_id"]
+            domain = self.domains.domains.get(hostname)
             try:
                 if domain is None or domain["status"] == REMOVING:
-                    self.uploads.retire(due["hostname"], due["upload_id"])
+                    self.uploads.retire(hostname, upload_id)
                     continue
-                self._fall_back(domain, due["upload_id"], RETIRE_UPLOAD, "expiring",
+                leased = self.domains.lease(domain, self._worker_id, self._lease_seconds)
+                if leased is None or not self._still_due(leased, upload_id):
+                    continue  # another worker has it, or it is done already
+                self._fall_back(leased, upload_id, RETIRE_UPLOAD, "expiring",
                                 f"the uploaded certificate expires on {due['not_after'][:10]}, "
                                 f"within {self.uploads.fallback_seconds / 86400:g} days",
                                 "worker")
                 count += 1
-            except ConflictError:  # another replica is on it; it is due again next round
-                log.info("fallback of %s raced another writer", due["hostname"])
+            except ConflictError:  # another writer changed it meanwhile: due next round
+                log.info("fallback of %s raced another writer", hostname)
         return count
+
+    def _still_due(self, domain: Item, upload_id: str) -> bool:
+        current = self.uploads.table.get(domain["hostname"])
+        if current is None or current["upload_id"] != upload_id or current["retired"]:
+            return False
+        return not any(entry.get("kind") in (RETIRE_UPLOAD, DELETE_UPLOAD)
+                       and entry.get("upload_id") == upload_id
+                       for entry in domain.get(outbox.OUTBOX) or [])
 
     def _fall_back(self, domain: Item, upload_id: str, kind: str, reason: str, why: str,
                    actor: str) -> Item:

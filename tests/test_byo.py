@@ -453,3 +453,31 @@ def test_the_dashboard_shows_the_publisher_s_certificate(settings: Settings) -> 
         assert upload.fingerprint in page and "PRIVATE" not in page
     finally:
         opened.close()
+
+
+def test_two_replicas_fall_back_once(settings: Settings) -> None:
+    changed = dataclasses.replace(settings, byo_fallback_days=1 - 1 / 86400,
+                                  webhook_url="http://127.0.0.1:9/x", webhook_secret="s" * 20)
+    replicas = [Services.from_settings(dataclasses.replace(changed, worker_id=name))
+                for name in ("replica-a", "replica-b")]
+    try:
+        first, second = (r.custom_certificates for r in replicas)
+        assert first is not None and second is not None
+        activate(replicas[0])
+        ca = LocalCA()
+        cert, key = ca.issue([HOST], days=1)
+        first.upload(replicas[0].domains.get(HOST), first.check(HOST, cert + ca.pem, key))
+        deadline = time.monotonic() + 10
+        while not first.uploads.due():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        # Both saw it due; the second asks while the first holds the domain.
+        due_for_second = second.uploads.due()
+        assert first.fall_back_due() == 1
+        assert second.fall_back_due(due_for_second) == 0  # its read was before the first acted
+        events = [e["what"] for e in replicas[1].domains.timeline(replicas[1].domains.get(HOST))]
+        assert events.count("ACME certificate served again") == 1
+        assert len(webhooks(replicas[1], "certificate.fallback")) == 1
+    finally:
+        for replica in replicas:
+            replica.close()
