@@ -19,6 +19,7 @@ from control.server import Draining
 from control.wiring import Services
 from domains import settings_page
 from domains.api import bp as domains_bp
+from domains.byo_api import bp as byo_bp
 from edge.control_api import VisitSink
 from edge.control_api import bp as edge_bp
 from edge.sso_views import bp as sso_bp
@@ -43,9 +44,9 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None,
     bound_json(app)
     provide(app, services, services.settings, services.domains, services.lifecycle,
             services.challenges, services.certificates, services.edge_state, services.links,
-            services.tokens, services.platform, services.sso,
+            services.tokens, services.platform, services.sso, services.custom_certificates,
             VisitSink(services.links.add_visits))
-    for blueprint in (domains_bp, edge_bp, challenge_bp, links_bp, sso_bp):
+    for blueprint in (domains_bp, byo_bp, edge_bp, challenge_bp, links_bp, sso_bp):
         app.register_blueprint(blueprint)
     app.register_error_handler(StoreError, _store_unavailable)
     serve_contract(app)

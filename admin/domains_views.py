@@ -1,12 +1,14 @@
 """Domains: list with search, status filter and pagination; a domain's page and its actions."""
 from __future__ import annotations
 
+import datetime
 from typing import Callable
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from admin.web import admin, audit, user
+from control.wiring import Services
 from domains.errors import DomainError, DomainNotFound
 from domains.service import STATUSES
 from store import Item
@@ -44,12 +46,24 @@ def _domain(hostname: str) -> Item:
         abort(404, f"No domain {hostname}.")
 
 
+def _uploaded(services: Services, hostname: str) -> dict[str, object] | None:
+    """The publisher's own certificate (never its key), with its fallback time as a date."""
+    custom = services.custom_certificates
+    view = custom.uploads.describe(hostname) if custom is not None else None
+    if view is None:
+        return None
+    at = view.get("fallback_at")
+    return {**view, "fallback_on": datetime.datetime.fromtimestamp(
+        float(at), datetime.timezone.utc).isoformat(timespec="seconds") if at else None}  # type: ignore[arg-type]
+
+
 def _page(hostname: str, error: str = "") -> str:
     domain = _domain(hostname)
     services = admin().services
     return render_template(
         "admin/domain.html", domain=domain, events=services.domains.timeline(domain, limit=50),
         certificate=services.certificates.describe(domain["hostname"]),
+        uploaded=_uploaded(services, domain["hostname"]),
         notice=NOTICES.get(request.args.get("done", ""), ""), error=error)
 
 

@@ -124,6 +124,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         steps = [services.lifecycle.tick, platform.tick]
         if services.sweeper is not None:
             steps.append(services.sweeper.tick)
+        if services.custom_certificates is not None:
+            steps.append(services.custom_certificates.tick)  # uploads due to fall back
         worker = start_worker(steps, settings.worker_interval, stop)
         if services.webhooks.enabled:
             services.webhooks.start(stop)

@@ -12,8 +12,10 @@ from certs.issuer import ACCOUNTS, AcmeIssuer
 from certs.limits import BUDGETS, Limits, RateBudget
 from certs.orders import ORDERS
 from certs.stats import ISSUANCE_STATS, IssuanceStats
-from certs.store import CERTIFICATES, CertificateStore
+from certs.store import CERTIFICATES, CertificateStore, StoredCertificate
+from certs.uploads import UPLOADS, UploadStore
 from domains.automation import RecordAutomation
+from domains.byo import CustomCertificates
 from domains.counts import DOMAIN_COUNTS
 from domains.dns01 import RegistrarDnsSolver
 from domains.dnscheck import DnsChecker
@@ -49,8 +51,10 @@ class EdgePublisher:
                  hot_refresh: float = 30.0, sso_keys: SigningKeys | None = None,
                  platform_hosts: tuple[str, ...] = (), short_domains: tuple[str, ...] = (),
                  shortlink_servers: tuple[str, ...] = (),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 uploads: UploadStore | None = None) -> None:
         self._state = state
+        self._uploads = uploads
         self._clock = clock
         self._certificates = certificates
         self._app_servers = tuple(app_servers)
@@ -100,12 +104,18 @@ class EdgePublisher:
         read of the few node items, asked only when a certificate is to be ordered."""
         return any(node.get("applied_version") for node in self._state.list_nodes())
 
+    def certificate(self, hostname: str) -> StoredCertificate | None:
+        """What the edge serves for ``hostname``: the publisher's own certificate while it is
+        served (certs/uploads.py), else ours from the CA."""
+        uploaded = self._uploads.serving(hostname) if self._uploads is not None else None
+        return uploaded or self._certificates.get(hostname)
+
     def route_changes(self, changes: dict[str, str | None]) -> None:
         """These routes changed (hostname -> publication id, or None: off the edge); one
         commit, reading only these routes and their certificates."""
         resolved: dict[str, tuple[str, str] | None] = {}
         for hostname, publication_id in changes.items():
-            cert = self._certificates.get(hostname) if publication_id else None
+            cert = self.certificate(hostname) if publication_id else None
             if publication_id and cert is None:
                 log.error("%s has no certificate; not routed", hostname)
             resolved[hostname] = (publication_id, cert.combined_pem) \
@@ -118,7 +128,7 @@ class EdgePublisher:
         routes = {**routes, **{host: PLATFORM_PUBLICATION for host in self.platform_hosts}}
 
         def pem_of(hostname: str) -> str | None:
-            cert = self._certificates.get(hostname)
+            cert = self.certificate(hostname)
             if cert is None and routes[hostname] != PLATFORM_PUBLICATION:  # else not issued yet
                 log.error("active domain %s has no certificate; not routed", hostname)
             return cert.combined_pem if cert is not None else None
@@ -166,6 +176,8 @@ class Services:
     sso: SingleSignOn | None = None
     sweeper: ExpirySweeper | None = None
     """Deletes what the retention settings let go (a worker step)."""
+    custom_certificates: CustomCertificates | None = None
+    """Publishers' own certificates (upload, removal, and the fallback: a worker step)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -186,6 +198,7 @@ class Services:
             event_retention=settings.event_retention_seconds)
         challenges = ChallengeStore(backend.table(CHALLENGES))
         certificates = CertificateStore(backend.table(CERTIFICATES), vault)
+        uploads = UploadStore(backend.table(UPLOADS), vault, settings.byo_fallback_days)
         cas = settings.acme_issuers or [{"directory_url": settings.acme_directory_url,
                                          "ca_bundle": settings.acme_ca_bundle}]
         accounts = backend.table(ACCOUNTS)
@@ -218,7 +231,8 @@ class Services:
                                   settings.edge_control_servers, links, settings.hot_links, sso_keys=sso_keys,
                                   platform_hosts=(platform_host,) if platform_host else (),
                                   short_domains=tuple(d.lower() for d in settings.short_domains),
-                                  shortlink_servers=tuple(shortlink_servers))
+                                  shortlink_servers=tuple(shortlink_servers),
+                                  uploads=uploads)
         timing = Timing(recheck=settings.recheck_seconds,
                         suspend_grace=settings.suspend_grace_seconds,
                         give_up=settings.give_up_seconds,
@@ -231,6 +245,8 @@ class Services:
         lifecycle = Lifecycle(domains, checker, issuer, publisher, timing, events=events,
                               worker_id=settings.worker_id)
         domains.consumers.register(DISABLE_LINKS, events.disable_links)
+        custom = CustomCertificates(domains, uploads, lifecycle.worker_id,  # after the
+                                    timing.worker_lease)  # lifecycle's consumers
 
         def link_changed(domain: str, slug: str) -> None:
             """An edited or removed link leaves this process's cache and the edge's hot set now."""
@@ -252,11 +268,13 @@ class Services:
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
                    lifecycle, webhooks, links, resolver, publisher,
                    PublicationTokens(backend.table(API_TOKENS)), Platform.from_settings(settings),
-                   sso, sweeper)
+                   sso, sweeper, custom)
 
     def reencrypt_keys(self) -> int:
         """``edgectl keys rotate``: every stored secret, re-encrypted under the newest key."""
+        uploads = self.custom_certificates.uploads if self.custom_certificates else None
         return (self.certificates.reencrypt() + self.issuer.reencrypt()
+                + (uploads.reencrypt() if uploads is not None else 0)
                 + self.edge_state.reencrypt() + (self.sso.keys.reencrypt() if self.sso else 0))
 
     def close(self) -> None:

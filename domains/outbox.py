@@ -82,6 +82,18 @@ class Consumers:
     def register(self, kind: str, consumer: Consumer) -> None:
         self._by_kind[kind] = consumer
 
+    def also(self, kind: str, consumer: Consumer) -> None:
+        """Apply ``consumer`` too, after the one registered for ``kind`` (a part that keeps
+        its own data about a domain follows the domain's own consumers)."""
+        first = self._by_kind.get(kind)
+
+        def both(entry: Item) -> None:
+            if first is not None:
+                first(entry)
+            consumer(entry)
+
+        self._by_kind[kind] = both
+
     def apply(self, entry: Item) -> None:
         consumer = self._by_kind.get(kind_of(entry))
         if consumer is None:  # nothing in this process listens for it: nothing to do

@@ -37,6 +37,7 @@ def init_app(app: Flask, encryption_key: str) -> None:
     # CSRF tokens are an HMAC of the user and the day under a key only the control service has.
     app.config["PUBLISHER_CSRF_KEY"] = hashlib.sha256(
         b"publisher-settings-csrf:" + encryption_key.encode()).digest()
+    from domains import byo_page  # noqa: F401  (its views join this blueprint)
     app.register_blueprint(bp)
 
 
@@ -106,7 +107,14 @@ def status_of(domain: Item) -> dict[str, Any]:
             "next_check": _when(domain.get("next_attempt_at")),
             "automation_available": _domains().automation.describe(domain["hostname"]),
             "certificate_expires": str(certificate["not_after"])[:10] if certificate else None,
+            "own_certificate": _own_certificate(domain),
             "url": f"https://{domain['hostname']}" + ("" if port == 443 else f":{port}")}
+
+
+def _own_certificate(domain: Item) -> dict[str, Any] | None:
+    from domains.byo_page import own_certificate
+
+    return own_certificate(domain)
 
 
 def _hostname_or_empty(text: str) -> str:

@@ -51,6 +51,7 @@ WEBHOOKS = TableSpec("webhook_outbox", key="id", indexes=("state",), expiring=Tr
 EVENT_TYPES = frozenset({
     "domain.verified", "domain.active", "domain.suspended", "domain.removed",
     "certificate.issued", "certificate.renewal_failed",
+    "certificate.uploaded", "certificate.fallback",  # a publisher's own (domains/byo.py)
 })
 PENDING, SENDING, DELIVERED, FAILED = "pending", "sending", "delivered", "failed"
 

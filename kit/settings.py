@@ -128,6 +128,8 @@ class Settings:
     ``shortlinks_port``."""
     """How many of the most-visited short links HAProxy answers by itself (0: none)."""
     recheck_seconds: float = 3600.0
+    byo_fallback_days: float = 7.0
+    """An uploaded certificate this close to its expiry gives way to the ACME one."""
     webhook_url: str = dataclasses.field(default="", metadata=SECRET)  # may hold a token
     registrars: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict,
                                                               metadata=SECRET)  # API keys
@@ -252,6 +254,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "hot_links": parse.between(0, 2000),  # they travel in one item (edge/state_store.py)
     "shortlink_servers": parse.servers,
     "recheck_seconds": parse.number,
+    "byo_fallback_days": parse.positive,
     "webhook_url": parse.text,
     "registrars": parse.registrars,
     "webhook_secret": parse.text,

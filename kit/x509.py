@@ -9,14 +9,18 @@ from typing import Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+_CA_USAGE = x509.KeyUsage(digital_signature=True, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False, key_agreement=False,
+                          key_cert_sign=True, crl_sign=True, encipher_only=False,
+                          decipher_only=False)
 
 
 def build_certificate(common_name: str, key: PrivateKey, *, signer: PrivateKey | None = None,
                       issuer: x509.Name | None = None, names: Sequence[str] = (),
-                      ca: bool = False, days: int = 30) -> x509.Certificate:
+                      ca: bool = False, days: float = 30) -> x509.Certificate:
     """A certificate for ``key``, signed by ``signer`` (itself when None).
 
     ``names`` become subjectAltNames: IP literals as IP addresses, the rest as DNS names.
@@ -27,9 +31,18 @@ def build_certificate(common_name: str, key: PrivateKey, *, signer: PrivateKey |
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - datetime.timedelta(hours=1))
                .not_valid_after(now + datetime.timedelta(days=days)))
+    # The extensions a public CA's certificates carry, so ours pass a WebPKI path check
+    # (cryptography.x509.verification) like any publisher's certificate would.
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                                    critical=False).add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key((signer or key).public_key()),
+        critical=False)
     if ca:
         builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0),
-                                        critical=True)
+                                        critical=True).add_extension(_CA_USAGE, critical=True)
+    else:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(
             [_general_name(name) for name in names]), critical=False)
@@ -69,11 +82,12 @@ class LocalCA:
         self.cert = build_certificate("edge-router local CA", self._key, ca=True, days=days)
         self.pem = cert_to_pem(self.cert)
 
-    def issue(self, names: Sequence[str]) -> tuple[str, str]:
-        """(certificate PEM, key PEM) for ``names`` (the first is the common name)."""
+    def issue(self, names: Sequence[str], days: float | None = None) -> tuple[str, str]:
+        """(certificate PEM, key PEM) for ``names`` (the first is the common name), valid
+        for ``days`` (the CA's own lifetime when None)."""
         key = ec.generate_private_key(ec.SECP256R1())
         cert = build_certificate(names[0], key, signer=self._key, issuer=self.cert.subject,
-                                 names=names, days=self._days)
+                                 names=names, days=self._days if days is None else days)
         return cert_to_pem(cert), key_to_pem(key)
 
 

@@ -16,6 +16,7 @@ from control.wiring import Services
 from devtools.demo import LocalStack
 from devtools.pebble import PebbleStack
 from kit.settings import load_settings
+from kit.x509 import LocalCA
 from tests.test_end_to_end import WEBHOOK_SECRET, Receiver
 
 HOSTNAME = "quiet.example.test"
@@ -66,6 +67,17 @@ def test_no_token_key_or_password_in_any_log_or_repr(
         stack.wait_active(HOSTNAME)
         stack.wait_served(HOSTNAME)
         receiver.wait_for("domain.active", HOSTNAME)
+        # A publisher's own certificate: uploaded, refused once (another key), then removed.
+        ca = LocalCA()
+        cert, uploaded_key = ca.issue([HOSTNAME])
+        _, refused_key = ca.issue([HOSTNAME])
+        path = f"/api/v1/domains/{HOSTNAME}/certificate"
+        assert stack.api("PUT", path, json={"certificate": cert + ca.pem,
+                                            "private_key": refused_key}).status_code == 400
+        assert stack.api("PUT", path, json={"certificate": cert + ca.pem,
+                                            "private_key": uploaded_key}).status_code == 200
+        receiver.wait_for("certificate.uploaded", HOSTNAME)
+        assert stack.api("DELETE", path).status_code == 200
         password = stack.create_admin()
         assert _login(stack, "not the password at all") == 401
         assert _login(stack, password) == 303
@@ -84,6 +96,8 @@ def test_no_token_key_or_password_in_any_log_or_repr(
 
     edge_files = list((stack.directory / "data" / "edge").rglob("*.pem"))
     keys = _key_lines(edge_files)
+    for pem in (uploaded_key, refused_key):
+        keys.update(line for line in pem.splitlines() if len(line) >= 40)
     assert keys, "the node's certificate keys and its default certificate's"
     logs = {path.name: path.read_text(errors="replace")
             for path in stack.directory.glob("*.log")}
