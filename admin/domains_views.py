@@ -7,6 +7,7 @@ from flask import Blueprint, abort, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from admin.web import admin, audit, user
+from domains import dnsconfig
 from domains.errors import DomainError, DomainNotFound
 from domains.service import STATUSES
 from store import Item
@@ -50,6 +51,7 @@ def _page(hostname: str, error: str = "") -> str:
     return render_template(
         "admin/domain.html", domain=domain, events=services.domains.timeline(domain, limit=50),
         certificate=services.certificates.describe(domain["hostname"]),
+        report=dnsconfig.last_report(services.lifecycle.checker, domain, domain["dns_records"]),
         notice=NOTICES.get(request.args.get("done", ""), ""), error=error)
 
 

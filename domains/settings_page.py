@@ -19,6 +19,7 @@ from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, rend
 from werkzeug.wrappers import Response
 
 from certs.store import CertificateStore
+from domains import dnsconfig
 from domains.errors import DomainError
 from domains.lifecycle import Lifecycle
 from domains.service import ACTIVE, DomainService, Item, public_view
@@ -151,8 +152,9 @@ def connect() -> Response | tuple[str, int]:
 def show(hostname: str) -> str:
     user = _publisher()
     domain = _own(user, hostname)
+    report = dnsconfig.last_report(use(Lifecycle).checker, domain, domain["dns_records"])
     return render_template("publisher/domain.html", user=user, domain=status_of(domain),
-                           csrf_token=_csrf(user))
+                           report=report, csrf_token=_csrf(user))
 
 
 @bp.get("/domains/<hostname>/status")
