@@ -73,7 +73,8 @@ class Domain(BaseModel):
 
     hostname: str
     publication_id: str
-    status: str = Field(examples=["pending_dns", "verified", "issuing", "active", "suspended"])
+    status: str = Field(examples=["pending_dns", "verified", "issuing", "awaiting_traffic",
+                                  "active", "suspended"])
     dns_records: list[DnsRecord]
     created_at: str
     updated_at: str
