@@ -158,7 +158,7 @@ class Lifecycle:
         """The outbox entries of ``domain`` moving to ``status``: its route, and ``webhooks``
         as (event type, extra data)."""
         return [outbox.route(domain["hostname"], domain["publication_id"]
-                             if status == ACTIVE else None),
+                             if status in ROUTED else None),
                 *(self._webhook(event_type, domain, status, **extra)
                   for event_type, extra in webhooks)]
 
@@ -323,7 +323,7 @@ class Lifecycle:
         if not domain.get("held"):
             raise ValueError("only a domain suspended by an admin can be resumed")
         was = domain.get("held_from")
-        status = was if was in (ACTIVE, SUSPENDED) else PENDING_DNS
+        status = was if was in (ACTIVE, SUSPENDED, AWAITING_TRAFFIC) else PENDING_DNS
         webhooks: list[tuple[str, dict[str, object]]] = \
             [("domain.active", {})] if status == ACTIVE else []
         return self.domains.transition(domain, status, "resumed by an admin", actor,

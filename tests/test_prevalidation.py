@@ -168,6 +168,11 @@ def test_a_wildcard_through_the_delegation(services: Services, dns: Dns) -> None
                        f'_acme-challenge CNAME {records["_acme-challenge"]["value"]}.\n')
     ticks_until(services, "*.pub.test", AWAITING_TRAFFIC)
     assert names_of(services, "*.pub.test") == ["*.pub.test"]
+    # An admin's suspension takes it off the edge; resuming puts it back as it was.
+    services.lifecycle.suspend("*.pub.test")
+    assert "*.pub.test" not in routed(services)
+    resumed = services.lifecycle.resume("*.pub.test")
+    assert resumed["status"] == AWAITING_TRAFFIC and "*.pub.test" in routed(services)
 
 
 def test_no_prevalidation_without_the_delegation(services: Services, dns: Dns) -> None:
