@@ -13,6 +13,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
+from admin.web import Admin
+from admin_app import create_app
 from control.wiring import Services
 from devtools.pebble import PebbleStack
 from domains.errors import InvalidHostname
@@ -20,7 +22,9 @@ from domains.records import dcv_target
 from domains.service import ACTIVE, AWAITING_TRAFFIC, PENDING_DNS
 from kit.procs import free_port
 from kit.settings import Settings, SettingsError, load_settings
+from kit.web import provided
 from tests.dns_server import KnotServer, UnboundResolver
+from tests.test_admin_pages import PASSWORD, login
 
 TSIG = ("edge-key", "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHMtMTIzNA==")
 DCV_ZONE = "dcv.platform.test"
@@ -139,6 +143,7 @@ def test_certificate_before_traffic_then_active_when_the_cname_moves(
     assert "issuing -> awaiting_traffic" in whats and "pending_dns -> verified" in whats
     assert services.domains.by_status()[AWAITING_TRAFFIC] == 1
     assert services.domains.active_publication("www.pub.test") == "pub_1"
+    dashboard_and_metrics_count_it(services)
 
     # Nothing changes while the traffic record still points elsewhere (checked by due time).
     time.sleep(0.3)
@@ -156,6 +161,19 @@ def test_certificate_before_traffic_then_active_when_the_cname_moves(
     before = serial_of(services, "www.pub.test")
     services.lifecycle.renew_now("www.pub.test")
     assert serial_of(services, "www.pub.test") != before
+
+
+def dashboard_and_metrics_count_it(services: Services) -> None:
+    app = create_app(dataclasses.replace(services, settings=dataclasses.replace(
+        services.settings, admin_cookie_secure=False)))
+    metrics = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'edge_domains{status="awaiting_traffic"} 1.0' in metrics
+    provided(app, Admin).users.create("alice", PASSWORD)
+    client = app.test_client()
+    login(client)
+    assert "awaiting_traffic" in client.get("/admin/").get_data(as_text=True)
+    listed = client.get("/admin/domains?status=awaiting_traffic").get_data(as_text=True)
+    assert "www.pub.test" in listed
 
 
 def test_a_wildcard_through_the_delegation(services: Services, dns: Dns) -> None:
