@@ -216,6 +216,10 @@ class Lifecycle:
         return deferred
 
     def issue(self, domain: Item) -> Item:
+        if domain.get("traffic_elsewhere") and self.prevalidation is not None:
+            domain = self.prevalidation.still_delegated(domain)
+            if domain["status"] != VERIFIED:
+                return domain
         leased = self.domains.transition(domain, ISSUING, "ordering a certificate",
                                          next_attempt_at=self._clock() + self.timing.issuing_lease)
         try:

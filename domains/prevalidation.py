@@ -36,8 +36,6 @@ ROUTING_PROBLEMS = frozenset({"cname_mismatch", "a_mismatch", "stray_aaaa", "no_
                               "nxdomain"})
 """What may still be wrong for a pre-validation: only where the traffic goes."""
 OWNERSHIP_PROBLEMS = frozenset({"txt_missing", "txt_mismatch"})
-TRAFFIC_ELSEWHERE = "traffic_elsewhere"
-"""Item field: verified by delegation while its traffic record pointed elsewhere."""
 
 
 class DnsSolver(Protocol):
@@ -145,7 +143,8 @@ class Prevalidation:
             self.dcv.delegated(domain["hostname"])
 
     def verified(self, domain: Item, result: DnsCheck, actor: str) -> Item:
-        """pending_dns -> verified by delegation; the issue step then orders over DNS-01."""
+        """pending_dns -> verified by delegation (``traffic_elsewhere`` on the item); the issue
+        step then orders over DNS-01."""
         lifecycle = self.lifecycle
         return lifecycle.domains.transition(
             domain, "verified", "ownership TXT matches and DNS-01 is delegated to us; the "
@@ -153,7 +152,20 @@ class Prevalidation:
             effects=[lifecycle.webhook("domain.verified", domain, "verified",
                                        prevalidation=True)],
             last_error=None, validation_errors=result.errors, dns_seen=result.seen,
-            attempts=0, next_attempt_at=0, **{TRAFFIC_ELSEWHERE: True})
+            attempts=0, next_attempt_at=0, traffic_elsewhere=True)
+
+    def still_delegated(self, domain: Item) -> Item:
+        """Before ordering for a pre-validated domain: without the delegation only HTTP-01 is
+        left, which fails while the traffic goes elsewhere (and counts against the CA's
+        failed-validation limit), so the domain goes back to proving its DNS instead."""
+        if self.dcv.delegated(domain["hostname"]):
+            return domain
+        target = self.dcv.target(domain["hostname"])
+        return self.lifecycle.domains.defer(
+            domain, [{"code": "delegation_missing", "message": f"The CNAME "
+                      f"_acme-challenge.{base_of(domain['hostname'])} -> {target} is gone, and "
+                      "your traffic record does not point at us yet."}],
+            status=PENDING_DNS, traffic_elsewhere=False)
 
     def issued(self, domain: Item) -> Item:
         """issuing -> awaiting_traffic: routed at the edge with its certificate already."""
@@ -178,13 +190,13 @@ class Prevalidation:
                 effects=[outbox.route(domain["hostname"], domain["publication_id"]),
                          lifecycle.webhook("domain.active", domain, ACTIVE)],
                 last_error=None, validation_errors=[], dns_seen=result.seen, attempts=0,
-                next_attempt_at=now + lifecycle.timing.recheck, **{TRAFFIC_ELSEWHERE: False})
+                next_attempt_at=now + lifecycle.timing.recheck, traffic_elsewhere=False)
         codes = {p.code for p in result.problems}
         if codes & OWNERSHIP_PROBLEMS:
             # Ownership is no longer proven: off the edge, back to proving it.
             return lifecycle.domains.defer(
                 domain, result.errors, status=PENDING_DNS, actor=actor, dns_seen=result.seen,
-                effects=[outbox.route(domain["hostname"], None)], **{TRAFFIC_ELSEWHERE: False})
+                effects=[outbox.route(domain["hostname"], None)], traffic_elsewhere=False)
         if not self.ready(domain, result):  # CAA, the delegation gone, DNS down: say so
             return lifecycle.domains.defer(domain, result.errors, actor=actor,
                                            dns_seen=result.seen)

@@ -215,6 +215,20 @@ def test_no_prevalidation_without_the_ownership_txt(services: Services, dns: Dns
     assert services.certificates.get("shop.pub.test") is None
 
 
+def test_no_order_once_the_delegation_is_gone(services: Services, dns: Dns) -> None:
+    domain = connect(services, "shop.pub.test")
+    records = records_of(domain)
+    txt = f'_edge-challenge.shop TXT "{records["_edge-challenge"]["value"]}"\n'
+    dns.publisher_zone(f"shop CNAME old-host.example.\n{txt}"
+                       f'_acme-challenge.shop CNAME {records["_acme-challenge"]["value"]}.\n')
+    verified = services.lifecycle.verify(services.domains.get("shop.pub.test"))
+    assert verified["status"] == "verified" and verified["traffic_elsewhere"]
+    dns.publisher_zone(f"shop CNAME old-host.example.\n{txt}")  # removed before the order
+    back = services.lifecycle.issue(verified)
+    assert back["status"] == PENDING_DNS and "is gone" in back["last_error"]
+    assert services.certificates.get("shop.pub.test") is None
+
+
 def test_losing_ownership_while_waiting_takes_it_off_the_edge(services: Services,
                                                               dns: Dns) -> None:
     domain = connect(services, "www.pub.test")
