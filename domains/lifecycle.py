@@ -278,8 +278,9 @@ class Lifecycle:
                                                              domain, ACTIVE, error=str(exc))])
         return self.domains.record(domain, "certificate renewed", "a third of its lifetime was "
                                    "left (or the CA's renewal window opened)",
-                                   effects=self._changed(domain, ACTIVE, ("certificate.issued",
-                                                                          {"renewal": True})))
+                                   effects=self._changed(domain, domain["status"],
+                                                         ("certificate.issued",
+                                                          {"renewal": True})))
 
     def check_now(self, hostname: str, actor: str = "api") -> tuple[Item, DnsCheck]:
         """Re-check a domain at once, whatever its schedule (the publisher pressed "check")."""

@@ -43,14 +43,16 @@ class Dns:
 
 
 @pytest.fixture
-def dns(tmp_path: Path) -> Iterator[Dns]:
+def dns(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Dns]:
+    """Parametrized indirectly, the certificates' lifetime in seconds."""
     knot = KnotServer(tmp_path / "knot", {"pub.test": "@ A 192.0.2.10\n", DCV_ZONE: ""},
                       tsig=TSIG)
     unbound = pebble = None
     try:
         unbound = UnboundResolver(tmp_path / "unbound", knot, ZONES)
         pebble = PebbleStack(tmp_path / "pebble", http_port=free_port(),
-                             dns_server=unbound.server)
+                             dns_server=unbound.server,
+                             validity_seconds=getattr(request, "param", None))
         yield Dns(knot, unbound, pebble)
     finally:
         if pebble is not None:
@@ -191,6 +193,26 @@ def test_a_wildcard_through_the_delegation(services: Services, dns: Dns) -> None
     assert "*.pub.test" not in routed(services)
     resumed = services.lifecycle.resume("*.pub.test")
     assert resumed["status"] == AWAITING_TRAFFIC and "*.pub.test" in routed(services)
+
+
+@pytest.mark.parametrize("dns", [8], indirect=True)
+def test_a_waiting_domain_renews_through_the_delegation(services: Services, dns: Dns) -> None:
+    domain = connect(services, "www.pub.test")
+    records = records_of(domain)
+    dns.publisher_zone(f'www CNAME old-host.example.\n'
+                       f'_edge-challenge.www TXT "{records["_edge-challenge"]["value"]}"\n'
+                       f'_acme-challenge.www CNAME {records["_acme-challenge"]["value"]}.\n')
+    ticks_until(services, "www.pub.test", AWAITING_TRAFFIC)
+    first = serial_of(services, "www.pub.test")
+    deadline = time.monotonic() + 30
+    while serial_of(services, "www.pub.test") == first:
+        assert time.monotonic() < deadline, "not renewed while awaiting traffic"
+        services.lifecycle.tick()
+        time.sleep(0.2)
+    renewed = services.domains.get("www.pub.test")
+    assert renewed["status"] == AWAITING_TRAFFIC and "www.pub.test" in routed(services)
+    whats = [e["what"] for e in services.domains.timeline(renewed)]
+    assert "certificate renewed" in whats
 
 
 def test_no_prevalidation_without_the_delegation(services: Services, dns: Dns) -> None:
