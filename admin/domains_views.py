@@ -51,7 +51,8 @@ def _page(hostname: str, error: str = "") -> str:
     return render_template(
         "admin/domain.html", domain=domain, events=services.domains.timeline(domain, limit=50),
         certificate=services.certificates.describe(domain["hostname"]),
-        report=dnsconfig.last_report(services.lifecycle.checker, domain, domain["dns_records"]),
+        report=dnsconfig.last_report(services.lifecycle.checker, domain, dnsconfig.recommended(
+            domain, services.domains.dcv_zone)),
         notice=NOTICES.get(request.args.get("done", ""), ""), error=error)
 
 

@@ -240,7 +240,8 @@ def check(hostname: str) -> Response:
 def config(hostname: str) -> Response:
     """Checks DNS now (the domain's schedule is not changed)."""
     domain = _own(hostname)
-    return jsonify(dnsconfig.report(use(Lifecycle).checker, domain, domain["dns_records"]))
+    return jsonify(dnsconfig.report(use(Lifecycle).checker, domain, dnsconfig.recommended(
+        domain, _service().dcv_zone)))
 
 
 @bp.delete("/<hostname>")

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 from domains.dnscheck import WILDCARD_PROBE, DnsChecker
 from domains.hostnames import is_apex
+from domains.records import delegation_records
 from domains.service import iso
 
 MISSING = {"txt_missing": ("TXT",), "no_records": ("CNAME", "A", "AAAA"),
@@ -40,6 +41,14 @@ def _routed_by(checker: DnsChecker, found: Mapping[str, list[str]], name: str) -
     if a:  # a stray AAAA beside a right A is a conflict, not a different routing
         return "A" if all(checker.is_edge_address(x) for x in a) else None
     return "AAAA" if aaaa and all(checker.is_edge_address(x) for x in aaaa) else None
+
+
+def recommended(domain: Mapping[str, Any], dcv_zone: str) -> list[dict[str, str]]:
+    """The domain's records, with the DNS-01 delegation when we offer one (a domain connected
+    before ``dcv_zone`` was set has none among its records)."""
+    records = [dict(r) for r in domain["dns_records"]]
+    return records + [r for r in delegation_records(domain["hostname"], dcv_zone)
+                      if r not in records]
 
 
 def summarize(checker: DnsChecker, hostname: str, problems: list[dict[str, Any]],

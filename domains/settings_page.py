@@ -152,7 +152,8 @@ def connect() -> Response | tuple[str, int]:
 def show(hostname: str) -> str:
     user = _publisher()
     domain = _own(user, hostname)
-    report = dnsconfig.last_report(use(Lifecycle).checker, domain, domain["dns_records"])
+    report = dnsconfig.last_report(use(Lifecycle).checker, domain, dnsconfig.recommended(
+        domain, _domains().dcv_zone))
     return render_template("publisher/domain.html", user=user, domain=status_of(domain),
                            report=report, csrf_token=_csrf(user))
 

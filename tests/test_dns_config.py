@@ -51,7 +51,8 @@ def config(client: FlaskClient, hostname: str) -> dict[str, Any]:
 
 def test_a_correct_cname(client: FlaskClient, knot: KnotServer) -> None:
     token = connect(client, "www.report.test")
-    knot.set_zone("report.test", f'www CNAME edge.platform.test.\n_edge-challenge.www TXT "{token}"\n')
+    knot.set_zone("report.test", f'www CNAME edge.platform.test.\n'
+                                 f'_edge-challenge.www TXT "{token}"\n')
     report = config(client, "www.report.test")
     assert report["misconfigured"] is False and report["configured_by"] == "CNAME"
     assert report["conflicts"] == [] and report["missing"] == [] and report["problems"] == []

@@ -178,6 +178,38 @@ def dashboard_and_metrics_count_it(services: Services) -> None:
     assert "www.pub.test" in listed
 
 
+def test_an_apex_goes_active_when_its_a_record_moves(services: Services, dns: Dns) -> None:
+    domain = connect(services, "pub.test")
+    records = {r["name"]: r for r in domain["dns_records"] if r["type"] != "A"}
+    txt = f'_edge-challenge TXT "{records["_edge-challenge.pub.test"]["value"]}"\n' \
+          f'_acme-challenge CNAME {records["_acme-challenge.pub.test"]["value"]}.\n'
+    dns.publisher_zone("@ A 192.0.2.10\n" + txt)
+    waiting = ticks_until(services, "pub.test", AWAITING_TRAFFIC)
+    assert [p["code"] for p in waiting["validation_errors"]] == ["a_mismatch"]
+    dns.publisher_zone("@ A 127.0.0.1\n" + txt)
+    ticks_until(services, "pub.test", ACTIVE, timeout=10)
+
+
+def test_a_domain_connected_before_the_dcv_zone_is_offered_the_delegation(
+        settings: Settings, dns: Dns) -> None:
+    before = Services.from_settings(settings)
+    try:
+        before.domains.connect("old.pub.test", "pub_1")
+    finally:
+        before.close()
+    after = Services.from_settings(dataclasses.replace(dcv_settings(settings, dns),
+                                                       data_dir=settings.data_dir))
+    try:
+        app = create_app(after)
+        report = app.test_client().get("/api/v1/domains/old.pub.test/config", headers={
+            "Authorization": f"Bearer {settings.api_token}"}).get_json()
+        assert report["recommended"][-1] == {
+            "type": "CNAME", "name": "_acme-challenge.old.pub.test",
+            "value": dcv_target("old.pub.test", DCV_ZONE)}
+    finally:
+        after.close()
+
+
 def test_a_wildcard_through_the_delegation(services: Services, dns: Dns) -> None:
     """A publisher whose registrar we cannot drive still gets ``*.host``."""
     domain = connect(services, "*.pub.test")
