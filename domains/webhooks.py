@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 WEBHOOKS = TableSpec("webhook_outbox", key="id", indexes=("state",), expiring=True)
 EVENT_TYPES = frozenset({
-    "domain.verified", "domain.active", "domain.suspended", "domain.removed",
+    "domain.verified", "domain.awaiting_traffic", "domain.active", "domain.suspended",
+    "domain.removed",
     "certificate.issued", "certificate.renewal_failed",
     "certificate.uploaded", "certificate.fallback",  # a publisher's own (domains/byo.py)
 })

@@ -137,7 +137,8 @@ def test_counts_by_status_follow_every_change_and_an_old_store_is_counted(
     seed_active(services, 3)
     services.domains.connect("new.scale.example.test", "pub_1")
     services.lifecycle.remove("d1.scale.example.test")
-    expected = {"pending_dns": 1, "verified": 0, "issuing": 0, "active": 2, "suspended": 0}
+    expected = {"pending_dns": 1, "verified": 0, "issuing": 0, "awaiting_traffic": 0,
+                "active": 2, "suspended": 0}
     assert services.domains.by_status() == expected
     services.lifecycle.suspend("d2.scale.example.test")
     assert services.domains.by_status()["suspended"] == 1
