@@ -4,7 +4,7 @@ A publication's own token (``kit/tokens.py``) works here too, for that publicati
 its connects are for itself, and other publications' domains answer 404 as if absent."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo
@@ -12,10 +12,13 @@ from pydantic_core import PydanticCustomError
 
 from domains.errors import DomainError, DomainNotFound
 from domains.lifecycle import Lifecycle
+from domains.redirects import DomainOptions, InvalidOption
+from domains.routing import EXTRA_FIELDS, extras_view
 from domains.service import DomainService, public_view
 from kit import logs
 from kit.api import PageQuery, RequestModel, operation
 from kit.auth import require_platform_or_publication, scope
+from kit.settings import Settings
 from kit.tokens import PUBLICATION_ID, PUBLICATION_ID_RULE
 from kit.web import api_error, use
 from store import ConflictError
@@ -48,12 +51,35 @@ PublicationId = Annotated[str | None, BeforeValidator(_publication_id),
                                 examples=["pub_1"])]
 
 
-class ConnectDomain(RequestModel):
+RedirectCode = Literal[301, 302, 307, 308]
+Metadata = dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]]
+
+
+class DomainExtras(RequestModel):
+    """What the edge does besides serving the publication (``domains/redirects.py``)."""
+
+    redirect_to: Hostname | None = Field(None, description="Another active domain of the same "
+                                         "publication: this one answers with a redirect there, "
+                                         "path and query kept (one hop; no chains or loops)")
+    redirect_status_code: RedirectCode | None = Field(None, description="301, 302, 307 or 308 "
+                                                      "(default 308)")
+    origin_pool: str | None = Field(None, max_length=32, description="One of the operator's "
+                                    "origin_pools instead of the app fleet")
+    metadata: Metadata | None = Field(None, description="Up to 8 pairs, sent to the app as "
+                                      "X-Edge-Meta-<key> headers (keys: lowercase letters, "
+                                      "digits, '-'; values: 1-128 characters, no spaces)")
+
+
+class ConnectDomain(DomainExtras):
     """Connect a custom domain to a publication. ``publication_id``: required with the
     platform's token; with a publication's token it defaults to (and must be) its own."""
 
     hostname: Hostname
     publication_id: PublicationId = None
+
+
+class UpdateDomain(DomainExtras):
+    """Change a domain's extras; a field left out stays as it is, ``null`` clears it."""
 
 
 class ListDomains(PageQuery):
@@ -84,6 +110,10 @@ class Domain(BaseModel):
     gave_up: bool | None
     automation: Any
     instructions: str | None = None
+    redirect_to: str | None = None
+    redirect_status_code: int | None = None
+    origin_pool: str | None = None
+    metadata: dict[str, str] = {}
 
 
 class DomainEvent(BaseModel):
@@ -144,13 +174,26 @@ def _publication(requested: str | None) -> str | tuple[Response, int]:
 
 
 def _view(domain: dict[str, Any]) -> dict[str, Any]:
-    return public_view(domain, _service().cname_target)
+    return {**public_view(domain, _service().cname_target), **extras_view(domain)}
+
+
+def _options() -> DomainOptions:
+    return DomainOptions(_service(), use(Settings).origin_pools)
+
+
+def _extras(body: DomainExtras) -> dict[str, Any]:
+    return {name: getattr(body, name) for name in EXTRA_FIELDS if name in body.model_fields_set}
 
 
 @bp.errorhandler(DomainError)
 def domain_error(exc: DomainError) -> tuple[Response, int]:
     code = {400: "invalid_hostname", 409: "hostname_taken", 429: "too_many_pending"}
     return api_error(str(exc), exc.status, code.get(exc.status))
+
+
+@bp.errorhandler(InvalidOption)
+def invalid_option(exc: InvalidOption) -> tuple[Response, int]:
+    return api_error(f"{exc.field}: {exc}", 400, exc.code, field=exc.field)
 
 
 @bp.errorhandler(ConflictError)
@@ -170,8 +213,20 @@ def connect(body: ConnectDomain) -> tuple[Response, int]:
     publication_id = _publication(body.publication_id)
     if not isinstance(publication_id, str):
         return publication_id
-    domain, created = _service().connect(body.hostname, publication_id)
+    extras = _options().checked(body.hostname, publication_id, _extras(body))
+    domain, created = _service().connect(body.hostname, publication_id, extra=extras)
     return jsonify(_view(domain)), 201 if created else 200
+
+
+@bp.patch("/<hostname>")
+@require_platform_or_publication
+@operation(summary="Change a domain's redirect, origin pool or metadata",
+           auth="platform_or_publication", body=UpdateDomain, context=_rules,
+           responses={200: Domain, 404: None, 409: None})
+def update(hostname: str, body: UpdateDomain) -> Response:
+    """The edge follows at once when the domain is active (a map change, no reload)."""
+    domain = _options().change(_own(hostname), _extras(body))
+    return jsonify(_view(domain))
 
 
 @bp.get("/<hostname>")

@@ -23,6 +23,7 @@ from typing import Callable, Protocol
 
 from domains import outbox
 from domains.dnscheck import DnsCheck, DnsChecker
+from domains.routing import RouteValue, route_value
 from domains.service import (ACTIVE, ISSUING, PENDING_DNS, SUSPENDED, VERIFIED,
                              DomainService)
 from kit import logs
@@ -43,12 +44,12 @@ class CertificateIssuer(Protocol):
 
 
 class RoutePublisher(Protocol):
-    def publish(self, routes: dict[str, str]) -> None:
-        """Make the edge serve exactly these routes (hostname -> publication id): a full
-        reconciliation, at start or on request."""
+    def publish(self, routes: dict[str, RouteValue]) -> None:
+        """Make the edge serve exactly these routes (hostname -> publication id, or (publication
+        id, extras); ``domains/routing.py``): a full reconciliation, at start or on request."""
 
-    def route_changes(self, changes: dict[str, str | None]) -> None:
-        """These routes changed (hostname -> publication id, or None: off the edge)."""
+    def route_changes(self, changes: dict[str, RouteValue | None]) -> None:
+        """These routes changed (hostname -> route, or None: off the edge)."""
 
     def refresh(self) -> None:
         """Publish what is not a route if it changed (cheap: one read when nothing did)."""
@@ -110,7 +111,7 @@ class Lifecycle:
         cannot put back a stale route."""
         domain = self.domains.domains.get(entry["hostname"])
         active = domain is not None and domain["status"] == ACTIVE
-        self.edge.route_changes({entry["hostname"]: domain["publication_id"]
+        self.edge.route_changes({entry["hostname"]: route_value(domain)
                                  if domain is not None and active else None})
 
     def tick(self) -> None:
@@ -320,7 +321,7 @@ class Lifecycle:
         an operator asks; routine changes publish one route each."""
         for attempt in range(3):
             try:
-                self.edge.publish({d["hostname"]: d["publication_id"]
+                self.edge.publish({d["hostname"]: route_value(d)
                                    for d in self.domains.each_with_status(ACTIVE)})
                 return
             except ConflictError:  # another replica published meanwhile: read again
