@@ -10,9 +10,11 @@ from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
+from domains import pairs
 from domains.errors import DomainError, DomainNotFound
 from domains.lifecycle import Lifecycle
 from domains.redirects import DomainOptions, InvalidOption
+from domains.pairs import WithWww, pair_view
 from domains.routing import EXTRA_FIELDS, extras_view
 from domains.service import DomainService, public_view
 from kit import logs
@@ -76,6 +78,10 @@ class ConnectDomain(DomainExtras):
 
     hostname: Hostname
     publication_id: PublicationId = None
+    with_www: WithWww | None = Field(None, description="For an apex (or its www. name): its "
+                                     "companion redirects here (\"redirect\", the default), "
+                                     "serves the same (\"serve\"), or is not connected "
+                                     "(\"none\"); one action, two domains")
 
 
 class UpdateDomain(DomainExtras):
@@ -90,6 +96,17 @@ class DnsRecord(BaseModel):
     type: str
     name: str
     value: str
+
+
+class DomainPair(BaseModel):
+    """The other domain of a www/apex pair: created, served and removed with this one."""
+
+    hostname: str
+    with_www: str
+    role: str = Field(examples=["primary", "companion"])
+    status: str
+    redirect_to: str | None
+    dns_records: list[DnsRecord]
 
 
 class Domain(BaseModel):
@@ -114,6 +131,7 @@ class Domain(BaseModel):
     redirect_status_code: int | None = None
     origin_pool: str | None = None
     metadata: dict[str, str] = {}
+    pair: DomainPair | None = None
 
 
 class DomainEvent(BaseModel):
@@ -141,6 +159,7 @@ class DomainPage(BaseModel):
 
 class DomainRemoved(BaseModel):
     removed: str
+    pair_removed: str | None = None
 
 
 def _service() -> DomainService:
@@ -174,7 +193,17 @@ def _publication(requested: str | None) -> str | tuple[Response, int]:
 
 
 def _view(domain: dict[str, Any]) -> dict[str, Any]:
-    return {**public_view(domain, _service().cname_target), **extras_view(domain)}
+    view = {**public_view(domain, _service().cname_target), **extras_view(domain),
+            "pair": pair_view(_service(), domain)}
+    if view["pair"] is not None and view.get("instructions"):
+        other = view["pair"]
+        does = f"redirects to {other['redirect_to']}" if other["redirect_to"] else \
+            "serves the same publication"
+        view["instructions"] += (f" Create the records of {other['hostname']} too (under "
+                                 f"pair.dns_records): it {does}." if other["role"] == "companion"
+                                 else f" It is the companion of {other['hostname']}, whose "
+                                 "records are under pair.dns_records.")
+    return view
 
 
 def _options() -> DomainOptions:
@@ -214,7 +243,10 @@ def connect(body: ConnectDomain) -> tuple[Response, int]:
     if not isinstance(publication_id, str):
         return publication_id
     extras = _options().checked(body.hostname, publication_id, _extras(body))
-    domain, created = _service().connect(body.hostname, publication_id, extra=extras)
+    with_www = body.with_www
+    if with_www is None and body.hostname in {d.lower() for d in use(Settings).short_domains}:
+        with_www = "none"  # a short domain's links live on that one name
+    domain, created = pairs.connect(_service(), body.hostname, publication_id, with_www, extras)
     return jsonify(_view(domain)), 201 if created else 200
 
 
@@ -269,6 +301,7 @@ def check(hostname: str) -> Response:
 @operation(summary="Remove a domain (route and certificate go, the certificate is revoked)",
            auth="platform_or_publication", responses={200: DomainRemoved, 404: None, 409: None})
 def remove(hostname: str) -> Response:
-    _own(hostname)
+    partner = pairs.partner_of(_service(), _own(hostname))
     domain = use(Lifecycle).remove(hostname)
-    return jsonify(removed=domain["hostname"])
+    return jsonify(removed=domain["hostname"],
+                   pair_removed=partner["hostname"] if partner is not None else None)

@@ -21,7 +21,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Protocol
 
-from domains import outbox
+from domains import outbox, pairs
 from domains.dnscheck import DnsCheck, DnsChecker
 from domains.routing import RouteValue, route_value
 from domains.service import (ACTIVE, ISSUING, PENDING_DNS, SUSPENDED, VERIFIED,
@@ -101,6 +101,7 @@ class Lifecycle:
         consumers.register(outbox.ROUTE, self._follow)
         consumers.register(outbox.REVOKE, lambda entry: self.issuer.discard([entry["hostname"]]))
         consumers.register(outbox.WEBHOOK, self._emit)
+        pairs.register(self)
 
     def _emit(self, entry: Item) -> None:
         self.events.emit(entry["type"], dict(entry["data"]), entry["id"])
@@ -314,7 +315,7 @@ class Lifecycle:
         name = domain["hostname"]
         return self.domains.remove(domain, actor, effects=[
             outbox.route(name, None), outbox.disable_links(name), outbox.revoke(name),
-            self._webhook("domain.removed", domain, "removed")])
+            self._webhook("domain.removed", domain, "removed"), *pairs.removal_effects(domain)])
 
     def publish_routes(self) -> None:
         """Reconcile the edge with every active domain (reads them all): at start, and when

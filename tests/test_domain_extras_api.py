@@ -138,3 +138,41 @@ def test_unknown_fields_are_named(client: FlaskClient) -> None:
         field = next(name for name in body if name not in ("hostname", "publication_id"))
         assert answer.get_json() == {"error": f"{field}: unknown field", "field": field,
                                      "code": "unknown_field"}
+
+
+def test_an_apex_comes_with_its_www_companion_redirecting_to_it(services: Services,
+                                                                 client: FlaskClient) -> None:
+    created = connect(client, "pair.test")
+    assert created.status_code == 201, created.get_json()
+    body = created.get_json()
+    assert body["pair"]["hostname"] == "www.pair.test"
+    assert (body["pair"]["role"], body["pair"]["with_www"]) == ("companion", "redirect")
+    assert body["pair"]["redirect_to"] == "pair.test"
+    names = {r["name"] for r in body["dns_records"] + body["pair"]["dns_records"]}
+    assert names == {"pair.test", "_edge-challenge.pair.test", "www.pair.test",
+                     "_edge-challenge.www.pair.test"}
+    assert "www.pair.test too" in body["instructions"]
+    www = client.get("/api/v1/domains/www.pair.test", headers=AUTH).get_json()
+    assert (www["redirect_to"], www["redirect_status_code"]) == ("pair.test", 308)
+    assert www["pair"]["hostname"] == "pair.test" and www["pair"]["role"] == "primary"
+
+    # The reverse, serving both; then "none"; a subdomain has no companion to ask for.
+    served = connect(client, "www.serve.test", with_www="serve").get_json()
+    assert served["pair"]["hostname"] == "serve.test" and served["pair"]["redirect_to"] is None
+    assert connect(client, "alone.test", with_www="none").get_json()["pair"] is None
+    assert client.get("/api/v1/domains/www.alone.test", headers=AUTH).status_code == 404
+    refused = connect(client, "blog.sub.test", with_www="serve")
+    assert refused.status_code == 400 and refused.get_json()["field"] == "with_www"
+    assert connect(client, "blog.sub.test").get_json()["pair"] is None
+
+    # A companion someone else holds: refused when asked for, left alone by default.
+    assert connect(client, "www.taken.test", "pub_2", with_www="none").status_code == 201
+    assert connect(client, "taken.test", with_www="redirect").status_code == 409
+    assert connect(client, "taken.test").get_json()["pair"] is None
+
+    # Removing either removes both.
+    removed = client.delete("/api/v1/domains/www.pair.test", headers=AUTH).get_json()
+    assert removed == {"removed": "www.pair.test", "pair_removed": "pair.test"}
+    for name in ("pair.test", "www.pair.test"):
+        assert client.get(f"/api/v1/domains/{name}", headers=AUTH).status_code == 404
+
