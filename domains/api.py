@@ -300,8 +300,15 @@ def check(hostname: str) -> Response:
 @require_platform_or_publication
 @operation(summary="Remove a domain (route and certificate go, the certificate is revoked)",
            auth="platform_or_publication", responses={200: DomainRemoved, 404: None, 409: None})
-def remove(hostname: str) -> Response:
-    partner = pairs.partner_of(_service(), _own(hostname))
+def remove(hostname: str) -> Response | tuple[Response, int]:
+    domain = _own(hostname)
+    partner = pairs.partner_of(_service(), domain)
+    sources = [name for name in _options().redirected_to(domain["hostname"],
+                                                         domain["publication_id"])
+               if partner is None or name != partner["hostname"]]
+    if sources:  # removing it would leave them redirecting to nothing
+        return api_error(f"{', '.join(sources)} redirect(s) to {domain['hostname']}: change or "
+                         "remove them first", 409, "redirect_target")
     domain = use(Lifecycle).remove(hostname)
     return jsonify(removed=domain["hostname"],
                    pair_removed=partner["hostname"] if partner is not None else None)

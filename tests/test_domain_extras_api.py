@@ -56,11 +56,14 @@ def test_a_redirect_domain_to_an_active_domain(services: Services, client: Flask
     assert changed.status_code == 200
     assert (changed.get_json()["redirect_to"], changed.get_json()["redirect_status_code"]) == \
         ("main.example.test", 301)
+    kept = client.delete("/api/v1/domains/main.example.test", headers=AUTH)
+    assert kept.status_code == 409 and "old.example.test" in kept.get_json()["error"]
     cleared = patch(client, "old.example.test", redirect_to=None)
     assert (cleared.get_json()["redirect_to"], cleared.get_json()["redirect_status_code"]) == \
         (None, None)
     shown = client.get("/api/v1/domains/old.example.test", headers=AUTH).get_json()
     assert "options changed" in [e["what"] for e in shown["events"]]
+    assert client.delete("/api/v1/domains/main.example.test", headers=AUTH).status_code == 200
 
 
 def test_redirect_loops_chains_and_foreign_or_inactive_targets_are_refused(
