@@ -303,9 +303,7 @@ def check(hostname: str) -> Response:
 def remove(hostname: str) -> Response | tuple[Response, int]:
     domain = _own(hostname)
     partner = pairs.partner_of(_service(), domain)
-    sources = [name for name in _options().redirected_to(domain["hostname"],
-                                                         domain["publication_id"])
-               if partner is None or name != partner["hostname"]]
+    sources = _options().left_dangling(domain)
     if sources:  # removing it would leave them redirecting to nothing
         return api_error(f"{', '.join(sources)} redirect(s) to {domain['hostname']}: change or "
                          "remove them first", 409, "redirect_target")

@@ -106,6 +106,12 @@ class DomainOptions:
         return [str(d["hostname"]) for d in itertools.islice(domains, MAX_SCANNED)
                 if d.get("redirect_to") == hostname]
 
+    def left_dangling(self, domain: Item) -> list[str]:
+        """The domains that would redirect to nothing if ``domain`` were removed (its www/apex
+        partner is removed with it, so it does not count)."""
+        return [name for name in self.redirected_to(domain["hostname"], domain["publication_id"])
+                if name != domain.get("pair")]
+
     def change(self, domain: Item, fields: dict[str, Any], actor: str = "api") -> Item:
         """Change these extras of ``domain``: the fields, the timeline event and the route
         (the edge follows the domain as it is then) in one conditional write."""

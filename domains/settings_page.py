@@ -23,6 +23,7 @@ from domains import pairs
 from domains.errors import DomainError
 from domains.lifecycle import Lifecycle
 from domains.pairs import pair_view
+from domains.redirects import DomainOptions
 from domains.service import ACTIVE, DomainService, Item, public_view
 from kit import logs
 from kit.hosts import host_without_port
@@ -187,5 +188,9 @@ def remove(hostname: str) -> Response | str:
         return render_template("publisher/remove.html", user=user, domain=domain,
                                pair=pair_view(_domains(), domain), csrf_token=_csrf(user))
     _require_csrf(user)
+    sources = DomainOptions(_domains()).left_dangling(domain)
+    if sources:  # they would redirect to nothing
+        abort(409, f"{', '.join(sources)} redirect(s) to {domain['hostname']}: change or "
+                   "remove them first.")
     use(Lifecycle).remove(domain["hostname"], actor=f"publisher:{user.id}")
     return redirect(url_for(".index", removed=domain["hostname"]), 303)

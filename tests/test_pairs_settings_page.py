@@ -11,6 +11,7 @@ import pytest
 
 from admin_app import create_app
 from control.wiring import Services
+from domains.service import ACTIVE
 from kit.settings import Settings
 from tests.conftest import SSO_COOKIE_KEY, SSO_PLATFORM, serving
 
@@ -77,4 +78,15 @@ def test_a_pair_is_connected_shown_and_removed_as_one(site: tuple[Services, str]
     assert "www.duo.test" not in page.inner_text("main")
     for name in ("duo.test", "www.duo.test"):
         assert services.domains.domains.get(name) is None
+
+    # A domain another one redirects to is not removed from under it.
+    main, _ = services.domains.connect("main.trio.test", "pub_1")
+    services.domains.transition(main, ACTIVE, "set up for this test")
+    services.domains.connect("old.trio.test", "pub_1", extra={"redirect_to": "main.trio.test"})
+    page.goto(f"{base}/_edge/settings/domains/main.trio.test/remove")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.click("button:has-text('Remove main.trio.test')")
+    assert answer.value.status == 409
+    assert "old.trio.test redirect(s) to main.trio.test" in page.inner_text("body")
+    assert services.domains.domains.get("main.trio.test") is not None
     context.close()
