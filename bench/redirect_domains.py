@@ -39,12 +39,15 @@ def wrk(url: str, seconds: int) -> tuple[float, int]:
 
 
 def edge(directory: Path, routes: int) -> EdgeNode:
-    """A node whose every route redirects (one certificate shared, as only the maps matter)."""
+    """A node whose routes all redirect to the last one (one certificate shared, as only the
+    maps matter)."""
     node = EdgeNode(directory / "edge", http_port=free_port(), https_port=free_port())
     pem = self_signed(HOST)[1]
     redirect = route_extras.encode("main.example.test", 308)
+    target = Route("main.example.test", "pub_1", pem)  # redirected to only while routed
     node.apply(DesiredState(tuple(Route(f"old{n}.example.test", "pub_1", pem, redirect)
-                                  for n in range(routes)), ("127.0.0.1:9",), ("127.0.0.1:9",)))
+                                  for n in range(routes - 1)) + (target,),
+                            ("127.0.0.1:9",), ("127.0.0.1:9",)))
     return node
 
 
