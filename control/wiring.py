@@ -19,16 +19,16 @@ from domains.byo import CustomCertificates
 from domains.counts import DOMAIN_COUNTS
 from domains.dns01 import RegistrarDnsSolver
 from domains.dnscheck import DnsChecker
-from domains.lifecycle import Lifecycle, Timing
+from domains.lifecycle import Lifecycle, RouteValue, Timing
 from domains.prevalidation import DelegatedDcv, Prevalidation, Solvers
 from domains.outbox import DISABLE_LINKS
 from domains.service import DOMAINS, EVENTS, DomainService
 from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.render import map_safe
 from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
-from edge.state import EdgeConfig, Redirect
+from edge.state import EdgeConfig, Redirect, pools_of
 from edge.state_store import (EDGE_CERTS, EDGE_NODES, EDGE_ROUTES, EDGE_STATE, EDGE_VISIT_REPORTS,
-                              EdgeStateStore)
+                              EdgeStateStore, RouteChange)
 from kit.platform import Platform
 from kit.settings import Settings
 from kit.tokens import API_TOKENS, PublicationTokens
@@ -52,6 +52,7 @@ class EdgePublisher:
                  hot_refresh: float = 30.0, sso_keys: SigningKeys | None = None,
                  platform_hosts: tuple[str, ...] = (), short_domains: tuple[str, ...] = (),
                  shortlink_servers: tuple[str, ...] = (),
+                 origin_pools: dict[str, list[str]] | None = None,
                  clock: Callable[[], float] = time.time,
                  uploads: UploadStore | None = None) -> None:
         self._state = state
@@ -67,6 +68,7 @@ class EdgePublisher:
         self._shortlink_servers = tuple(shortlink_servers) if short_domains else ()
         self._hot: tuple[float, tuple[dict[str, Any], ...]] = (0.0, ())
         self._sso_keys = sso_keys
+        self._pools = pools_of(origin_pools)
         self.platform_hosts = platform_hosts
         """The platform's own domains: routed to the app fleet once their certificate exists."""
 
@@ -92,7 +94,7 @@ class EdgePublisher:
     def config(self) -> EdgeConfig:
         sso_keys = self._sso_keys.public_pems() if self._sso_keys else ()
         return EdgeConfig(self._app_servers, self._control_servers, self.redirects(), sso_keys,
-                          self._short_domains, self._shortlink_servers)
+                          self._short_domains, self._shortlink_servers, self._pools)
 
     def refresh(self) -> None:
         """Publish what is not a route (servers, SSO keys, hot links) if it changed: one read
@@ -111,26 +113,29 @@ class EdgePublisher:
         uploaded = self._uploads.serving(hostname) if self._uploads is not None else None
         return uploaded or self._certificates.get(hostname)
 
-    def route_changes(self, changes: dict[str, str | None]) -> None:
-        """These routes changed (hostname -> publication id, or None: off the edge); one
-        commit, reading only these routes and their certificates."""
-        resolved: dict[str, tuple[str, str] | None] = {}
-        for hostname, publication_id in changes.items():
-            cert = self.certificate(hostname) if publication_id else None
-            if publication_id and cert is None:
+    def route_changes(self, changes: dict[str, RouteValue | None]) -> None:
+        """These routes changed (hostname -> publication id or (publication id, extras), or
+        None: off the edge); one commit, reading only these routes and their certificates."""
+        resolved: dict[str, RouteChange] = {}
+        for hostname, value in changes.items():
+            cert = self.certificate(hostname) if value else None
+            if value and cert is None:
                 log.error("%s has no certificate; not routed", hostname)
-            resolved[hostname] = (publication_id, cert.combined_pem) \
-                if publication_id and cert is not None else None
+            if not value or cert is None:
+                resolved[hostname] = None
+                continue
+            publication_id, extras = (value, "") if isinstance(value, str) else value
+            resolved[hostname] = (publication_id, cert.combined_pem, extras)
         self._state.change(resolved, self.config())
 
-    def publish(self, routes: dict[str, str]) -> None:
+    def publish(self, routes: dict[str, RouteValue]) -> None:
         """Make the edge serve exactly ``routes`` and the platform's hosts (a reconciliation:
         reads every certificate; at start and on request, never on a timer)."""
         routes = {**routes, **{host: PLATFORM_PUBLICATION for host in self.platform_hosts}}
 
         def pem_of(hostname: str) -> str | None:
             cert = self.certificate(hostname)
-            if cert is None and routes[hostname] != PLATFORM_PUBLICATION:  # else not issued yet
+            if cert is None and hostname not in self.platform_hosts:  # else not issued yet
                 log.error("active domain %s has no certificate; not routed", hostname)
             return cert.combined_pem if cert is not None else None
 
@@ -236,6 +241,7 @@ class Services:
                                   platform_hosts=(platform_host,) if platform_host else (),
                                   short_domains=tuple(d.lower() for d in settings.short_domains),
                                   shortlink_servers=tuple(shortlink_servers),
+                                  origin_pools=settings.origin_pools,
                                   uploads=uploads)
         timing = Timing(recheck=settings.recheck_seconds,
                         suspend_grace=settings.suspend_grace_seconds,

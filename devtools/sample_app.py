@@ -43,6 +43,8 @@ def _echo(name: str, request: Request) -> Response:
         "request_id": request.headers.get("X-Request-ID"),
         "forwarded_for": request.headers.get("X-Forwarded-For"),
         "user": request.headers.get("X-Edge-User"),
+        "meta": {name.lower()[len("x-edge-meta-"):]: value for name, value in request.headers
+                 if name.lower().startswith("x-edge-meta-")},
     }), mimetype="application/json")
 
 

@@ -11,12 +11,17 @@ from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from domains import dnsconfig
+from domains import pairs
 from domains.errors import DomainError, DomainNotFound
 from domains.lifecycle import Lifecycle
+from domains.redirects import DomainOptions, InvalidOption
+from domains.pairs import WithWww, pair_view
+from domains.routing import EXTRA_FIELDS, extras_view
 from domains.service import DomainService, public_view
 from kit import logs
 from kit.api import PageQuery, RequestModel, operation
 from kit.auth import require_platform_or_publication, scope
+from kit.settings import Settings
 from kit.tokens import PUBLICATION_ID, PUBLICATION_ID_RULE
 from kit.web import api_error, use
 from store import ConflictError
@@ -49,12 +54,39 @@ PublicationId = Annotated[str | None, BeforeValidator(_publication_id),
                                 examples=["pub_1"])]
 
 
-class ConnectDomain(RequestModel):
+RedirectCode = Literal[301, 302, 307, 308]
+Metadata = dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]]
+
+
+class DomainExtras(RequestModel):
+    """What the edge does besides serving the publication (``domains/redirects.py``)."""
+
+    redirect_to: Hostname | None = Field(None, description="Another active domain of the same "
+                                         "publication: this one answers with a redirect there, "
+                                         "path and query kept (one hop; no chains or loops)")
+    redirect_status_code: RedirectCode | None = Field(None, description="301, 302, 307 or 308 "
+                                                      "(default 308)")
+    origin_pool: str | None = Field(None, max_length=32, description="One of the operator's "
+                                    "origin_pools instead of the app fleet")
+    metadata: Metadata | None = Field(None, description="Up to 8 pairs, sent to the app as "
+                                      "X-Edge-Meta-<key> headers (keys: lowercase letters, "
+                                      "digits, '-'; values: 1-128 characters, no spaces)")
+
+
+class ConnectDomain(DomainExtras):
     """Connect a custom domain to a publication. ``publication_id``: required with the
     platform's token; with a publication's token it defaults to (and must be) its own."""
 
     hostname: Hostname
     publication_id: PublicationId = None
+    with_www: WithWww | None = Field(None, description="For an apex (or its www. name): its "
+                                     "companion redirects here (\"redirect\", the default), "
+                                     "serves the same (\"serve\"), or is not connected "
+                                     "(\"none\"); one action, two domains")
+
+
+class UpdateDomain(DomainExtras):
+    """Change a domain's extras; a field left out stays as it is, ``null`` clears it."""
 
 
 class ListDomains(PageQuery):
@@ -65,6 +97,17 @@ class DnsRecord(BaseModel):
     type: str
     name: str
     value: str
+
+
+class DomainPair(BaseModel):
+    """The other domain of a www/apex pair: created, served and removed with this one."""
+
+    hostname: str
+    with_www: str
+    role: str = Field(examples=["primary", "companion"])
+    status: str
+    redirect_to: str | None
+    dns_records: list[DnsRecord]
 
 
 class Domain(BaseModel):
@@ -86,6 +129,11 @@ class Domain(BaseModel):
     gave_up: bool | None
     automation: Any
     instructions: str | None = None
+    redirect_to: str | None = None
+    redirect_status_code: int | None = None
+    origin_pool: str | None = None
+    metadata: dict[str, str] = {}
+    pair: DomainPair | None = None
 
 
 class DomainEvent(BaseModel):
@@ -135,6 +183,7 @@ class DomainPage(BaseModel):
 
 class DomainRemoved(BaseModel):
     removed: str
+    pair_removed: str | None = None
 
 
 def _service() -> DomainService:
@@ -168,13 +217,36 @@ def _publication(requested: str | None) -> str | tuple[Response, int]:
 
 
 def _view(domain: dict[str, Any]) -> dict[str, Any]:
-    return public_view(domain, _service().cname_target)
+    view = {**public_view(domain, _service().cname_target), **extras_view(domain),
+            "pair": pair_view(_service(), domain)}
+    if view["pair"] is not None and view.get("instructions"):
+        other = view["pair"]
+        does = f"redirects to {other['redirect_to']}" if other["redirect_to"] else \
+            "serves the same publication"
+        view["instructions"] += (f" Create the records of {other['hostname']} too (under "
+                                 f"pair.dns_records): it {does}." if other["role"] == "companion"
+                                 else f" It is the companion of {other['hostname']}, whose "
+                                 "records are under pair.dns_records.")
+    return view
+
+
+def _options() -> DomainOptions:
+    return DomainOptions(_service(), use(Settings).origin_pools)
+
+
+def _extras(body: DomainExtras) -> dict[str, Any]:
+    return {name: getattr(body, name) for name in EXTRA_FIELDS if name in body.model_fields_set}
 
 
 @bp.errorhandler(DomainError)
 def domain_error(exc: DomainError) -> tuple[Response, int]:
     code = {400: "invalid_hostname", 409: "hostname_taken", 429: "too_many_pending"}
     return api_error(str(exc), exc.status, code.get(exc.status))
+
+
+@bp.errorhandler(InvalidOption)
+def invalid_option(exc: InvalidOption) -> tuple[Response, int]:
+    return api_error(f"{exc.field}: {exc}", 400, exc.code, field=exc.field)
 
 
 @bp.errorhandler(ConflictError)
@@ -194,8 +266,23 @@ def connect(body: ConnectDomain) -> tuple[Response, int]:
     publication_id = _publication(body.publication_id)
     if not isinstance(publication_id, str):
         return publication_id
-    domain, created = _service().connect(body.hostname, publication_id)
+    extras = _options().checked(body.hostname, publication_id, _extras(body))
+    with_www = body.with_www
+    if with_www is None and body.hostname in {d.lower() for d in use(Settings).short_domains}:
+        with_www = "none"  # a short domain's links live on that one name
+    domain, created = pairs.connect(_service(), body.hostname, publication_id, with_www, extras)
     return jsonify(_view(domain)), 201 if created else 200
+
+
+@bp.patch("/<hostname>")
+@require_platform_or_publication
+@operation(summary="Change a domain's redirect, origin pool or metadata",
+           auth="platform_or_publication", body=UpdateDomain, context=_rules,
+           responses={200: Domain, 404: None, 409: None})
+def update(hostname: str, body: UpdateDomain) -> Response:
+    """The edge follows at once when the domain is active (a map change, no reload)."""
+    domain = _options().change(_own(hostname), _extras(body))
+    return jsonify(_view(domain))
 
 
 @bp.get("/<hostname>")
@@ -248,7 +335,13 @@ def config(hostname: str) -> Response:
 @require_platform_or_publication
 @operation(summary="Remove a domain (route and certificate go, the certificate is revoked)",
            auth="platform_or_publication", responses={200: DomainRemoved, 404: None, 409: None})
-def remove(hostname: str) -> Response:
-    _own(hostname)
+def remove(hostname: str) -> Response | tuple[Response, int]:
+    domain = _own(hostname)
+    partner = pairs.partner_of(_service(), domain)
+    sources = _options().left_dangling(domain)
+    if sources:  # removing it would leave them redirecting to nothing
+        return api_error(f"{', '.join(sources)} redirect(s) to {domain['hostname']}: change or "
+                         "remove them first", 409, "redirect_target")
     domain = use(Lifecycle).remove(hostname)
-    return jsonify(removed=domain["hostname"])
+    return jsonify(removed=domain["hostname"],
+                   pair_removed=partner["hostname"] if partner is not None else None)

@@ -21,8 +21,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from domains import outbox
+from domains import outbox, pairs
 from domains.dnscheck import DnsCheck, DnsChecker
+from domains.routing import RouteValue, route_value
 from domains.service import (ACTIVE, AWAITING_TRAFFIC, ISSUING, PENDING_DNS, ROUTED,
                              SUSPENDED, VERIFIED, DomainService)
 from kit import logs
@@ -46,12 +47,12 @@ class CertificateIssuer(Protocol):
 
 
 class RoutePublisher(Protocol):
-    def publish(self, routes: dict[str, str]) -> None:
-        """Make the edge serve exactly these routes (hostname -> publication id): a full
-        reconciliation, at start or on request."""
+    def publish(self, routes: dict[str, RouteValue]) -> None:
+        """Make the edge serve exactly these routes (hostname -> publication id, or (publication
+        id, extras); ``domains/routing.py``): a full reconciliation, at start or on request."""
 
-    def route_changes(self, changes: dict[str, str | None]) -> None:
-        """These routes changed (hostname -> publication id, or None: off the edge)."""
+    def route_changes(self, changes: dict[str, RouteValue | None]) -> None:
+        """These routes changed (hostname -> route, or None: off the edge)."""
 
     def refresh(self) -> None:
         """Publish what is not a route if it changed (cheap: one read when nothing did)."""
@@ -105,6 +106,7 @@ class Lifecycle:
         consumers.register(outbox.ROUTE, self._follow)
         consumers.register(outbox.REVOKE, lambda entry: self.issuer.discard([entry["hostname"]]))
         consumers.register(outbox.WEBHOOK, self._emit)
+        pairs.register(self)
 
     def _emit(self, entry: Item) -> None:
         self.events.emit(entry["type"], dict(entry["data"]), entry["id"])
@@ -115,7 +117,7 @@ class Lifecycle:
         cannot put back a stale route."""
         domain = self.domains.domains.get(entry["hostname"])
         active = domain is not None and domain["status"] in ROUTED
-        self.edge.route_changes({entry["hostname"]: domain["publication_id"]
+        self.edge.route_changes({entry["hostname"]: route_value(domain)
                                  if domain is not None and active else None})
 
     def tick(self) -> None:
@@ -344,14 +346,14 @@ class Lifecycle:
         name = domain["hostname"]
         return self.domains.remove(domain, actor, effects=[
             outbox.route(name, None), outbox.disable_links(name), outbox.revoke(name),
-            self._webhook("domain.removed", domain, "removed")])
+            self._webhook("domain.removed", domain, "removed"), *pairs.removal_effects(domain)])
 
     def publish_routes(self) -> None:
         """Reconcile the edge with every active domain (reads them all): at start, and when
         an operator asks; routine changes publish one route each."""
         for attempt in range(3):
             try:
-                self.edge.publish({d["hostname"]: d["publication_id"] for status in ROUTED
+                self.edge.publish({d["hostname"]: route_value(d) for status in ROUTED
                                    for d in self.domains.each_with_status(status)})
                 return
             except ConflictError:  # another replica published meanwhile: read again

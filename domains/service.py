@@ -100,8 +100,12 @@ class DomainService:
     def normalize(self, hostname: object) -> str:
         return normalize_hostname(hostname, self._platform, self._allow_wildcards)
 
-    def connect(self, hostname: object, publication_id: str, actor: str = "api") -> tuple[Item, bool]:
-        """Claim ``hostname`` for a publication: (domain, created). Idempotent for the same owner."""
+    def connect(self, hostname: object, publication_id: str, actor: str = "api",
+                extra: dict[str, Any] | None = None,
+                effects: Iterable[Item] = ()) -> tuple[Item, bool]:
+        """Claim ``hostname`` for a publication: (domain, created). Idempotent for the same owner.
+        ``extra``: more fields of the new item, and ``effects`` more outbox entries, written
+        with it (a redirect, a pool; the www companion to create)."""
         name = self.normalize(hostname)
         for _ in range(3):
             existing = self.domains.get(name)
@@ -129,9 +133,9 @@ class DomainService:
                     "dns_records": required_records(name, token, self._target, self._addresses)
                     + delegation_records(name, self.dcv_zone),
                     "last_error": None, "validation_errors": [], "dns_seen": {}, "attempts": 0,
-                    "next_attempt_at": now}
+                    "next_attempt_at": now, **(extra or {})}
             item = with_entries(item, now, [self._event_item(
-                item, "connected", actor, f"for publication {publication_id}")])
+                item, "connected", actor, f"for publication {publication_id}"), *effects])
             try:
                 stored = self.domains.put(item, expected_version=ABSENT)
             except ConflictError:

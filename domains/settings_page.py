@@ -12,16 +12,18 @@ import datetime
 import hashlib
 import hmac
 import time
-from typing import Any
+from typing import Any, cast
 
 from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, render_template,
                    request, url_for)
 from werkzeug.wrappers import Response
 
 from certs.store import CertificateStore
-from domains import dnsconfig
+from domains import dnsconfig, pairs
 from domains.errors import DomainError
 from domains.lifecycle import Lifecycle
+from domains.pairs import pair_view
+from domains.redirects import DomainOptions
 from domains.service import ROUTED, DomainService, Item, public_view
 from kit import logs
 from kit.hosts import host_without_port
@@ -104,7 +106,7 @@ def status_of(domain: Item) -> dict[str, Any]:
     certificate = use(CertificateStore).describe(domain["hostname"]) \
         if domain["status"] in ROUTED else None
     port = use(Settings).edge_https_port
-    return {**view,
+    return {**view, "pair": pair_view(_domains(), domain),
             "next_check": _when(domain.get("next_attempt_at")),
             "automation_available": _domains().automation.describe(domain["hostname"]),
             "certificate_expires": str(certificate["not_after"])[:10] if certificate else None,
@@ -145,12 +147,18 @@ def connect() -> Response | tuple[str, int]:
     user = _publisher()
     _require_csrf(user)
     form = {"hostname": request.form.get("hostname", ""),
-            "publication": request.form.get("publication", "")}
+            "publication": request.form.get("publication", ""),
+            "with_www": request.form.get("with_www", pairs.DEFAULT_WITH_WWW)}
     if form["publication"] not in user.publications:
         return _index(user, "Choose one of your publications.", form, 400)
+    if form["with_www"] not in ("redirect", "serve", "none"):
+        return _index(user, "Choose what the www companion does.", form, 400)
     try:
-        domain, _ = _domains().connect(form["hostname"], form["publication"],
-                                                actor=f"publisher:{user.id}")
+        hostname = _domains().normalize(form["hostname"])
+        # The choice is about an apex and its www name; any other name connects alone.
+        mode = cast(pairs.WithWww, form["with_www"]) if pairs.companion_of(hostname) else None
+        domain, _ = pairs.connect(_domains(), hostname, form["publication"], mode, {},
+                                  actor=f"publisher:{user.id}")
     except DomainError as exc:
         return _index(user, str(exc), form, exc.status)
     return redirect(url_for(".show", hostname=domain["hostname"]), 303)
@@ -188,7 +196,11 @@ def remove(hostname: str) -> Response | str:
     domain = _own(user, hostname)
     if request.method == "GET":
         return render_template("publisher/remove.html", user=user, domain=domain,
-                               csrf_token=_csrf(user))
+                               pair=pair_view(_domains(), domain), csrf_token=_csrf(user))
     _require_csrf(user)
+    sources = DomainOptions(_domains()).left_dangling(domain)
+    if sources:  # they would redirect to nothing
+        abort(409, f"{', '.join(sources)} redirect(s) to {domain['hostname']}: change or "
+                   "remove them first.")
     use(Lifecycle).remove(domain["hostname"], actor=f"publisher:{user.id}")
     return redirect(url_for(".index", removed=domain["hostname"]), 303)

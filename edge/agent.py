@@ -19,7 +19,7 @@ import requests
 from edge.errors import EdgeError
 from edge.node import EdgeNode
 from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, Route, RouteRef,
-                        fingerprint, route_hash, routes_digest, state_version)
+                        fingerprint, pools_of, route_hash, routes_digest, state_version)
 from edge.visits import HotVisitMeter
 from kit.backoff import jittered_backoff
 from kit.hosts import plain_http_off_host
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def _route_ref(ref: dict[str, Any]) -> RouteRef:
-    return RouteRef(ref["hostname"], ref["publication_id"], ref["cert_sha256"])
+    return RouteRef(ref["hostname"], ref["publication_id"], ref["cert_sha256"],
+                    ref.get("extras") or "")
 
 
 class StateUnavailable(EdgeError):
@@ -97,7 +98,8 @@ class EdgeAgent:
         redirects = tuple(Redirect(**r) for r in doc.get("redirects", []))
         config = EdgeConfig(tuple(doc["app_servers"]), tuple(doc["control_servers"]), redirects,
                             tuple(doc.get("sso_keys", [])), tuple(doc.get("short_domains", [])),
-                            tuple(doc.get("shortlink_servers", [])))
+                            tuple(doc.get("shortlink_servers", [])),
+                            pools_of(doc.get("origin_pools")))
         if state_version(digest, config) != doc["version"]:
             self._routes = self._revision = self._digest = None  # start again from a snapshot
             raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
@@ -105,18 +107,21 @@ class EdgeAgent:
         routes = []
         for ref in sorted(refs.values(), key=lambda r: r["hostname"]):
             current = served.get(ref["hostname"])
+            extras = ref.get("extras") or ""
             if current is not None and current.publication_id == ref["publication_id"] \
-                    and current.ref.cert_sha256 == ref["cert_sha256"]:
+                    and current.ref.cert_sha256 == ref["cert_sha256"] \
+                    and current.extras == extras:
                 routes.append(current)  # the same object: its fingerprint is not computed again
                 continue
             pem = current.pem if current is not None and \
                 current.ref.cert_sha256 == ref["cert_sha256"] else \
                 self._download(ref["hostname"], ref["cert_sha256"])
-            routes.append(Route(ref["hostname"], ref["publication_id"], pem))
+            routes.append(Route(ref["hostname"], ref["publication_id"], pem, extras))
         desired = DesiredState(tuple(routes), config.app_servers, config.control_servers,
                                redirects, sso_keys=config.sso_keys,
                                short_domains=config.short_domains,
                                shortlink_servers=config.shortlink_servers,
+                               origin_pools=config.origin_pools,
                                known_version=doc["version"])
         self._routes, self._revision, self._digest = refs, doc.get("revision"), digest
         return desired

@@ -22,7 +22,8 @@ from pathlib import Path
 from edge.errors import EdgeError
 from edge.haproxy import HAProxy
 from edge.plan import Plan, make_plan
-from edge.render import NodeLayout, cert_file, render, render_lists, validate
+from edge.render import (NodeLayout, cert_file, extras_maps, meta_keys, render, render_lists,
+                         validate)
 from edge.runtime import RuntimeAPI, RuntimeCommandFailed
 from edge.state import DesiredState, Route
 from kit.files import PUBLIC, SECRET, fsync_directory, replace_durably, write_atomic
@@ -69,11 +70,12 @@ class EdgeNode:
         if self._served is not None:
             return self._served
         map_file = self.current / "hosts.map"
+        extras = dict(_entries(self.current / "routes.extras"))
         routes = {}
         for line in filter(None, map_file.read_text().splitlines() if map_file.exists() else []):
             hostname, _, publication_id = line.partition(" ")
             pem = (self.current / "certs" / cert_file(hostname)).read_text()
-            routes[hostname] = Route(hostname, publication_id, pem)
+            routes[hostname] = Route(hostname, publication_id, pem, extras.get(hostname, ""))
         self._served = routes
         return routes
 
@@ -140,7 +142,9 @@ class EdgeNode:
         templates = self.templates or Path(str(resources.files("haproxy_templates")))
         digest = hashlib.sha256(repr((state.app_servers, state.control_servers,
                                       state.sso_keys, sorted(state.short_domains),
-                                      state.shortlink_servers, self.layout)).encode())
+                                      state.shortlink_servers, self.layout,
+                                      # a header line per metadata key; values are hot
+                                      state.origin_pools, meta_keys(state))).encode())
         for template in sorted(templates.glob("*.j2")):
             digest.update(template.read_bytes())
         return digest.hexdigest()
@@ -167,8 +171,10 @@ class EdgeNode:
                 self.runtime.set_map(hosts_map, change.hostname, change.desired.publication_id,
                                      exists=change.existing is not None)
         self._hot_redirects(release / "redirects.map", state)
-        for name in ("hosts.map", "crt-list", "redirects.map"):
-            write_atomic(release / name, files[name], PUBLIC)
+        for name, entries in extras_maps(state).items():
+            self._hot_map(release / name, entries)
+        for name, content in files.items():
+            write_atomic(release / name, content, PUBLIC)
         write_atomic(release / "VERSION", state.version + "\n", PUBLIC)
         for cert_path in removed:  # only once no file names them any more
             cert_path.unlink(missing_ok=True)
@@ -176,17 +182,16 @@ class EdgeNode:
 
     def _hot_redirects(self, redirects_map: Path, state: DesiredState) -> None:
         """Hot short links: the map entries HAProxy answers from, changed in place."""
-        existing = {}
-        if redirects_map.exists():
-            for line in filter(None, redirects_map.read_text().splitlines()):
-                key, _, value = line.partition(" ")
-                existing[key] = value
-        desired = {r.key: r.value for r in state.redirects}
+        self._hot_map(redirects_map, {r.key: r.value for r in state.redirects})
+
+    def _hot_map(self, map_file: Path, desired: dict[str, str]) -> None:
+        """Make the map HAProxy holds for ``map_file`` (as the file says) ``desired``."""
+        existing = dict(_entries(map_file))
         for key in sorted(set(existing) - set(desired)):
-            self.runtime.del_map(redirects_map, key)
+            self.runtime.del_map(map_file, key)
         for key, value in sorted(desired.items()):
             if existing.get(key) != value:
-                self.runtime.set_map(redirects_map, key, value, exists=key in existing)
+                self.runtime.set_map(map_file, key, value, exists=key in existing)
 
     def _apply_release(self, state: DesiredState) -> None:
         if state.version != self.applied_version:
@@ -245,6 +250,14 @@ class EdgeNode:
         for old in releases[:-KEEP_RELEASES]:
             if old.resolve() not in keep:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def _entries(path: Path) -> list[tuple[str, str]]:
+    """The ``key value`` lines of a map-like file (none if it does not exist)."""
+    if not path.exists():
+        return []
+    return [(key, value) for key, _, value in
+            (line.partition(" ") for line in path.read_text().splitlines() if line)]
 
 
 def _ensure_default_cert(path: Path) -> None:

@@ -46,6 +46,8 @@ class Change:
             parts.append(f"{self.existing.publication_id} -> {self.desired.publication_id}")
         if self.cert_changed:
             parts.append("new certificate")
+        if self.existing.extras != self.desired.extras:
+            parts.append(f"extras {self.desired.extras or 'none'}")
         return f"~ {self.hostname}: {', '.join(parts)}"
 
 

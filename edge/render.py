@@ -11,7 +11,8 @@ from pathlib import Path
 import jinja2
 
 from edge.errors import EdgeError
-from edge.state import DesiredState, Redirect
+from edge.state import DesiredState, Redirect, Route
+from kit import route_extras
 
 # Values land in haproxy.cfg and map files: anything outside these shapes could inject config.
 _HOSTNAME = re.compile(r"(\*\.)?[a-z0-9.-]{1,253}")
@@ -72,6 +73,29 @@ def validate(state: DesiredState) -> None:
             raise RenderError("an SSO key is not a PEM public key")
     if not state.control_servers:
         raise RenderError("at least one control server is needed for ACME challenges")
+    pools = dict(state.origin_pools)
+    for name, servers in state.origin_pools:
+        if not route_extras.POOL_NAME.fullmatch(name) or not servers:
+            raise RenderError(f"origin pool {name!r} needs a plain name and servers")
+        for server in servers:
+            if not _SERVER.fullmatch(server):
+                raise RenderError(f"server {server!r} of pool {name} must be host:port")
+    for route in state.routes:
+        _validate_extras(route, pools)
+
+
+def _validate_extras(route: Route, pools: dict[str, tuple[str, ...]]) -> None:
+    try:
+        extras = route_extras.decode(route.extras)
+    except route_extras.ExtrasError as exc:
+        raise RenderError(f"route {route.hostname}: {exc}") from None
+    target = (extras.get("redirect") or {}).get("to")
+    if target is not None and (not _HOSTNAME.fullmatch(target) or ".." in target
+                               or target.startswith("*") or target == route.hostname):
+        raise RenderError(f"route {route.hostname} redirects to {target!r}, not a hostname")
+    if extras.get("pool") is not None and extras["pool"] not in pools:
+        raise RenderError(f"route {route.hostname} names origin pool {extras['pool']!r}, "
+                          "which is not configured")
 
 
 def map_safe(redirect: Redirect) -> bool:
@@ -94,7 +118,10 @@ def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
             app_servers=state.app_servers, short_domains=sorted(state.short_domains),
             shortlink_servers=state.shortlink_servers,
             control_servers=[(server, _server_name(server)) for server in state.control_servers],
-            control_ca=layout.control_ca,
+            control_ca=layout.control_ca, origin_pools=state.origin_pools,
+            domain_redirects_map=release_dir / "domain_redirects.map",
+            pools_map=release_dir / "pools.map", meta_map=release_dir / "meta.map",
+            meta_keys=meta_keys(state),
             sso_keys=[release_dir / f"sso/key{n}.pem" for n in range(len(state.sso_keys))]),
         **render_lists(state, release_dir),
     }
@@ -120,6 +147,36 @@ def cert_file(hostname: str) -> str:
     return hostname.replace("*", "_wildcard") + ".pem"
 
 
+def meta_keys(state: DesiredState) -> list[str]:
+    """Every metadata key some route carries: each is one header line in haproxy.cfg (HAProxy
+    takes no header name from a variable), while the values live in a map, changed hot."""
+    keys: set[str] = set()
+    for route in state.routes:
+        if '"meta"' in route.extras:
+            keys.update(route_extras.decode(route.extras)["meta"])
+    return sorted(keys)
+
+
+def extras_maps(state: DesiredState) -> dict[str, dict[str, str]]:
+    """The map files of the routes' extras, as key -> value: domain redirects (``code|host``),
+    origin pools (the backend's name) and metadata (``route/key`` -> value)."""
+    maps: dict[str, dict[str, str]] = {"domain_redirects.map": {}, "pools.map": {},
+                                       "meta.map": {}}
+    for route in state.routes:
+        if not route.extras:
+            continue
+        extras = route_extras.decode(route.extras)
+        if "redirect" in extras:
+            redirect = extras["redirect"]
+            maps["domain_redirects.map"][route.hostname] = f"{redirect['code']}|{redirect['to']}"
+        if "pool" in extras:
+            maps["pools.map"][route.hostname] = f"pool_{extras['pool']}"
+        for key, value in (extras.get("meta") or {}).items():
+            if value:
+                maps["meta.map"][f"{route.hostname}/{key}"] = value
+    return maps
+
+
 def render_lists(state: DesiredState, release_dir: Path) -> dict[str, str]:
     """Just the host map and the crt-list: what a hot apply rewrites. Plain formatting, not
     templates: these are HAProxy's data formats, and a one-route change at 100,000 routes
@@ -127,7 +184,11 @@ def render_lists(state: DesiredState, release_dir: Path) -> dict[str, str]:
     routes = sorted(state.routes, key=lambda r: r.hostname)
     redirects = sorted(state.redirects, key=lambda r: r.key)
     cert_dir = str(release_dir / "certs")
-    return {"hosts.map": "".join(f"{r.hostname} {r.publication_id}\n" for r in routes),
+    maps = {name: "".join(f"{key} {value}\n" for key, value in sorted(entries.items()))
+            for name, entries in extras_maps(state).items()}
+    return {**maps,
+            "routes.extras": "".join(f"{r.hostname} {r.extras}\n" for r in routes if r.extras),
+            "hosts.map": "".join(f"{r.hostname} {r.publication_id}\n" for r in routes),
             "redirects.map": "".join(f"{r.key} {r.value}\n" for r in redirects),
             "crt-list": "".join(f"{cert_dir}/{cert_file(r.hostname)} [alpn h2,http/1.1] "
                                 f"{r.hostname}\n" for r in routes)}

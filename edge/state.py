@@ -21,6 +21,8 @@ class RouteRef:
     hostname: str
     publication_id: str
     cert_sha256: str
+    extras: str = ""
+    """What the edge does besides routing (``edge/extras.py``): canonical JSON, or empty."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +31,12 @@ class Route:
     publication_id: str
     pem: str = dataclasses.field(repr=False)
     """Certificate chain followed by its private key: the file HAProxy loads."""
+    extras: str = ""
+    """A redirect, an origin pool, metadata headers (``edge/extras.py``); empty: none."""
 
     @functools.cached_property
     def ref(self) -> RouteRef:
-        return RouteRef(self.hostname, self.publication_id, fingerprint(self.pem))
+        return RouteRef(self.hostname, self.publication_id, fingerprint(self.pem), self.extras)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +63,8 @@ DIGEST_MODULUS = 2 ** 128
 
 def route_hash(ref: RouteRef) -> int:
     """One route's share of the routes digest."""
-    body = json.dumps([ref.hostname, ref.publication_id, ref.cert_sha256]).encode()
+    fields = [ref.hostname, ref.publication_id, ref.cert_sha256]
+    body = json.dumps(fields + [ref.extras] if ref.extras else fields).encode()
     return int(hashlib.sha256(body).hexdigest()[:32], 16)
 
 
@@ -80,6 +85,8 @@ class EdgeConfig:
     sso_keys: tuple[str, ...] = ()
     short_domains: tuple[str, ...] = ()
     shortlink_servers: tuple[str, ...] = ()
+    origin_pools: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Named server lists a route may send its requests to instead of ``app_servers``."""
 
     def to_json(self) -> dict[str, Any]:
         return {"app_servers": list(self.app_servers),
@@ -88,14 +95,25 @@ class EdgeConfig:
                               for r in sorted(self.redirects, key=lambda r: r.key)],
                 "sso_keys": list(self.sso_keys),
                 "short_domains": sorted(self.short_domains),
-                "shortlink_servers": list(self.shortlink_servers)}
+                "shortlink_servers": list(self.shortlink_servers),
+                **pools_json(self.origin_pools)}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> "EdgeConfig":
         return cls(tuple(doc.get("app_servers") or ()), tuple(doc.get("control_servers") or ()),
                    tuple(Redirect(**r) for r in doc.get("redirects") or ()),
                    tuple(doc.get("sso_keys") or ()), tuple(doc.get("short_domains") or ()),
-                   tuple(doc.get("shortlink_servers") or ()))
+                   tuple(doc.get("shortlink_servers") or ()),
+                   pools_of(doc.get("origin_pools")))
+
+
+def pools_json(pools: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, Any]:
+    """Only when there are pools, so states without them keep their wire form."""
+    return {"origin_pools": {name: list(servers) for name, servers in pools}} if pools else {}
+
+
+def pools_of(pools: dict[str, list[str]] | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple(sorted((name, tuple(servers)) for name, servers in (pools or {}).items()))
 
 
 def state_version(digest: int, config: EdgeConfig) -> str:
@@ -109,6 +127,8 @@ def state_version(digest: int, config: EdgeConfig) -> str:
     if config.short_domains:  # only when set, so states without short links keep their version
         body["short_domains"] = sorted(config.short_domains)
         body["shortlink_servers"] = list(config.shortlink_servers)
+    if config.origin_pools:
+        body["origin_pools"] = [[name, list(servers)] for name, servers in config.origin_pools]
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
 
 
@@ -123,6 +143,7 @@ class DesiredState:
     short_domains: tuple[str, ...] = ()
     """Hosts served by the short-link redirect app (``shortlink_servers``), not the app fleet."""
     shortlink_servers: tuple[str, ...] = ()
+    origin_pools: tuple[tuple[str, tuple[str, ...]], ...] = ()
     known_version: str | None = dataclasses.field(default=None, compare=False, repr=False)
     """The version, when the caller checked it already (an agent keeps the routes digest by
     each change): then :attr:`version` hashes no route. A copy with other routes or config
@@ -131,7 +152,7 @@ class DesiredState:
     @functools.cached_property
     def config(self) -> EdgeConfig:
         return EdgeConfig(self.app_servers, self.control_servers, self.redirects, self.sso_keys,
-                          self.short_domains, self.shortlink_servers)
+                          self.short_domains, self.shortlink_servers, self.origin_pools)
 
     @functools.cached_property
     def version(self) -> str:
@@ -146,4 +167,5 @@ class DesiredState:
                 "app_servers": list(self.app_servers),
                 "control_servers": list(self.control_servers),
                 "short_domains": sorted(self.short_domains),
-                "shortlink_servers": list(self.shortlink_servers)}
+                "shortlink_servers": list(self.shortlink_servers),
+                **pools_json(self.origin_pools)}

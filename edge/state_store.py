@@ -47,8 +47,8 @@ CHUNK = 200
 """Route changes per commit: the outbox rides in the version item, which must stay small."""
 MAX_HOT_LINKS = 2000
 """Hot redirects travel in the ``desired`` item: this many stay well under 400 KB."""
-RouteChange = tuple[str, str] | None
-"""A route's new (publication id, certificate + key PEM), or None to remove it."""
+RouteChange = tuple[str, str] | tuple[str, str, str] | None
+"""A route's new (publication id, certificate + key PEM[, extras]), or None to remove it."""
 
 
 class EdgeStateStore:
@@ -101,7 +101,8 @@ class EdgeStateStore:
         for hostname, new in sorted(routes.items()):
             old = self.routes.get(hostname)
             old_ref = _ref(old) if old is not None and not old.get("removed") else None
-            new_ref = RouteRef(hostname, new[0], fingerprint(new[1])) if new else None
+            new_ref = RouteRef(hostname, new[0], fingerprint(new[1]), _extras(new)) \
+                if new else None
             if old_ref == new_ref:
                 continue
             if new is not None and new_ref is not None:
@@ -175,13 +176,13 @@ class EdgeStateStore:
     def save(self, desired: DesiredState) -> bool:
         """Make the stored state exactly ``desired`` (see :meth:`reconcile`)."""
         pems = {route.hostname: route.pem for route in desired.routes}
-        return self.reconcile({r.hostname: r.publication_id for r in desired.routes},
+        return self.reconcile({r.hostname: (r.publication_id, r.extras) for r in desired.routes},
                               pems.get, desired.config)
 
-    def reconcile(self, routes: dict[str, str], pem_of: Callable[[str], str | None],
-                  config: EdgeConfig) -> bool:
-        """Make the stored state exactly ``routes`` (hostname -> publication id; a route whose
-        ``pem_of`` is None is left out), at start or on an operator's request: reads every
+    def reconcile(self, routes: dict[str, str | tuple[str, str]],
+                  pem_of: Callable[[str], str | None], config: EdgeConfig) -> bool:
+        """Make the stored state exactly ``routes`` (hostname -> publication id, or (publication
+        id, extras); a route whose ``pem_of`` is None is left out), at start or on an operator's request: reads every
         route item once, keeps only the changed routes' PEMs in memory, repairs the digest (a
         store from an earlier version has none) and drops tombstones. Routine changes go
         through :meth:`change`. True if anything changed."""
@@ -198,13 +199,15 @@ class EdgeStateStore:
         changes: dict[str, RouteChange] = {hostname: None for hostname in stored
                                            if hostname not in routes}
         moved = False
-        for hostname, publication_id in routes.items():
+        for hostname, route in routes.items():
+            publication_id, extras = _split(route)
             pem = pem_of(hostname)
             if pem is None:
                 if hostname in stored:
                     changes[hostname] = None
-            elif stored.get(hostname) != RouteRef(hostname, publication_id, fingerprint(pem)):
-                changes[hostname] = (publication_id, pem)
+            elif stored.get(hostname) != RouteRef(hostname, publication_id, fingerprint(pem),
+                                                  extras):
+                changes[hostname] = (publication_id, pem, extras)
             if len(changes) >= CHUNK:  # commit as it goes: at most a chunk of PEMs in memory
                 moved = self.change(changes, config) or moved
                 changes = {}
@@ -346,4 +349,14 @@ class EdgeStateStore:
 
 
 def _ref(item: Item) -> RouteRef:
-    return RouteRef(item["hostname"], item["publication_id"], item["cert_sha256"])
+    return RouteRef(item["hostname"], item["publication_id"], item["cert_sha256"],
+                    item.get("extras") or "")
+
+
+def _extras(change: tuple[str, ...]) -> str:
+    return change[2] if len(change) > 2 else ""
+
+
+def _split(route: str | tuple[str, str]) -> tuple[str, str]:
+    """A reconciled route: a publication id, or (publication id, extras)."""
+    return (route, "") if isinstance(route, str) else route

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 
+from kit.route_extras import POOL_NAME
+
 
 def text(value: Any) -> str:
     if not isinstance(value, str):
@@ -104,6 +106,22 @@ def registrars(value: Any) -> dict[str, dict[str, Any]]:
         if not isinstance(config, dict) or not isinstance(config.get("provider"), str):
             raise ValueError(f"zone {zone!r} needs a table with a provider name")
     return {zone.lower().rstrip("."): dict(config) for zone, config in value.items()}
+
+
+def origin_pools(value: Any) -> dict[str, list[str]]:
+    """Pool name -> its servers (host:port), as JSON in the environment or a TOML table."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else {}
+    if not isinstance(value, dict):
+        raise ValueError('must map pool names to servers, e.g. {"canary": ["10.0.0.5:8080"]}')
+    pools = {}
+    for name, members in value.items():
+        if not isinstance(name, str) or not POOL_NAME.fullmatch(name):
+            raise ValueError(f"pool name {name!r}: 1-32 lowercase letters, digits, '_' or '-'")
+        pools[name] = servers(members)
+        if not pools[name]:
+            raise ValueError(f"pool {name!r} needs at least one server")
+    return pools
 
 
 def issuers(value: Any) -> list[dict[str, str]]:

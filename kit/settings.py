@@ -101,6 +101,8 @@ class Settings:
     acme_failures_per_name_1h: int = 5
     caa_identities: list[str] = dataclasses.field(default_factory=lambda: ["letsencrypt.org"])
     app_servers: list[str] = dataclasses.field(default_factory=lambda: ["127.0.0.1:9001"])
+    origin_pools: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """Named server lists a domain may send its requests to instead of ``app_servers``."""
     haproxy_bin: str = "haproxy"
     edge_dir: str = ""
     edge_bind: str = "127.0.0.1"
@@ -239,6 +241,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "acme_certs_per_domain_7d": parse.integer,
     "acme_failures_per_name_1h": parse.integer,
     "app_servers": parse.servers,
+    "origin_pools": parse.origin_pools,
     "haproxy_bin": parse.text,
     "edge_dir": parse.text,
     "edge_bind": parse.text,

@@ -68,7 +68,8 @@ class Control:
             for _ in range(10):
                 try:
                     return request()
-                except requests.ConnectionError:
+                # Killed before the answer, or while its body was on the way.
+                except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
                     time.sleep(0.05)
                     timer.join()
                     self.restart_if_dead()

@@ -159,16 +159,16 @@ def test_the_contract_and_its_error_shape(live: Live) -> None:
     doc = requests.get(f"{live.url}/api/v1/openapi.json", timeout=10).json()
     assert doc["openapi"].startswith("3.1")
     assert doc["components"]["schemas"]["ErrorBody"]["required"] == ["error", "code"]
-    assert len([op for path in doc["paths"].values() for op in path]) == 21  # 3: certificate, 1: config
+    assert len([op for path in doc["paths"].values() for op in path]) == 22  # 3: certificate, 1: config, 1: PATCH
     config = doc["paths"]["/api/v1/domains/{hostname}/config"]["get"]
     assert config["responses"]["200"]["content"]["application/json"]["schema"]["$ref"] \
         .endswith("/DomainConfig")
     answer = requests.post(f"{live.url}/api/v1/domains", timeout=10,
                            headers={"Authorization": f"Bearer {PLATFORM}"},
                            json={"hostname": "x.example.com", "publication_id": "p",
-                                 "with_www": "redirect"})
+                                 "redirect_target": "y.example.com"})
     assert answer.status_code == 400
-    assert answer.json() == {"error": "with_www: unknown field", "field": "with_www",
+    assert answer.json() == {"error": "redirect_target: unknown field", "field": "redirect_target",
                              "code": "unknown_field"}
     auth = {"Authorization": f"Bearer {PLATFORM}", "Content-Type": "application/json"}
     for body, status, code in ((b'{"hostname": "' + b"x" * 2_000_000 + b'"}', 413, "too_large"),

@@ -40,6 +40,10 @@ def test_environment_overrides_toml(tmp_path: Path) -> None:
     ({**BASE, "EDGE_APP_SERVERS": "nohost"}, "app_servers"),
     ({**BASE, "EDGE_EDGE_ADDRESSES": "1.2.3"}, "edge_addresses"),
     ({**BASE, "EDGE_CONFIG": "/nonexistent.toml"}, "config"),
+    ({**BASE, "EDGE_ORIGIN_POOLS": '{"Canary!": ["127.0.0.1:1"]}'}, "origin_pools"),
+    ({**BASE, "EDGE_ORIGIN_POOLS": '{"canary": ["nohost"]}'}, "origin_pools"),
+    ({**BASE, "EDGE_ORIGIN_POOLS": '{"canary": []}'}, "origin_pools"),
+    ({**BASE, "EDGE_ORIGIN_POOLS": '["canary"]'}, "origin_pools"),
 ])
 def test_bad_or_missing_setting_is_named(env: dict[str, str], name: str) -> None:
     with pytest.raises(SettingsError) as caught:

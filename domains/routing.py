@@ -1,0 +1,32 @@
+"""What the edge does for a domain besides routing it to its publication: redirect it to
+another of the publication's domains, send it to an origin pool, pass metadata headers.
+
+A domain's item keeps them as ``redirect_to``/``redirect_status_code``, ``origin_pool`` and
+``metadata``; its route carries them to the edge as extras (``kit/route_extras.py``)."""
+from __future__ import annotations
+
+from typing import Any
+
+from kit import route_extras
+from store import Item
+
+RouteValue = str | tuple[str, str]
+"""A route as the domains part publishes it: the publication id, or (publication id, extras)
+when the domain has extras."""
+EXTRA_FIELDS = ("redirect_to", "redirect_status_code", "origin_pool", "metadata")
+
+
+def route_value(domain: Item) -> RouteValue:
+    """The route of an active ``domain``."""
+    extras = route_extras.encode(domain.get("redirect_to"), domain.get("redirect_status_code"),
+                                 domain.get("origin_pool"), domain.get("metadata"))
+    return (str(domain["publication_id"]), extras) if extras else str(domain["publication_id"])
+
+
+def extras_view(domain: Item) -> dict[str, Any]:
+    """The extras as the API shows them (none of them secret)."""
+    return {"redirect_to": domain.get("redirect_to"),
+            "redirect_status_code": domain.get("redirect_status_code")
+            if domain.get("redirect_to") else None,
+            "origin_pool": domain.get("origin_pool"),
+            "metadata": domain.get("metadata") or {}}
