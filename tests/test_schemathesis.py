@@ -159,7 +159,7 @@ def test_the_contract_and_its_error_shape(live: Live) -> None:
     doc = requests.get(f"{live.url}/api/v1/openapi.json", timeout=10).json()
     assert doc["openapi"].startswith("3.1")
     assert doc["components"]["schemas"]["ErrorBody"]["required"] == ["error", "code"]
-    assert len([op for path in doc["paths"].values() for op in path]) == 17
+    assert len([op for path in doc["paths"].values() for op in path]) == 19  # + link stats, CSV
     answer = requests.post(f"{live.url}/api/v1/domains", timeout=10,
                            headers={"Authorization": f"Bearer {PLATFORM}"},
                            json={"hostname": "x.example.com", "publication_id": "p",
