@@ -30,7 +30,7 @@ from kit.platform import Platform
 from kit.settings import Settings
 from kit.tokens import API_TOKENS, PublicationTokens
 from kit.vault import KeyVault
-from shortlinks.links import LINK_CHANGES, LINKS, LinkService, edge_target
+from shortlinks.links import LINK_CHANGES, LINKS, LinkService
 from shortlinks.resolver import Resolver
 from shortlinks.stats import LINK_DAYS, VisitStats
 from store import Backend, Item, open_backend
@@ -75,7 +75,7 @@ class EdgePublisher:
         if time.monotonic() >= self._hot[0]:
             self._hot = (time.monotonic() + self._hot_refresh,
                          tuple(self._links.hottest(self._hot_links, now)))
-        hot = (Redirect(link["domain"], link["slug"], int(link["code"]), edge_target(link))
+        hot = (Redirect(link["domain"], link["slug"], int(link["code"]), link["target"])
                for link in self._hot[1]
                if link.get("valid_until") is None or link["valid_until"] > now)
         # A target HAProxy's map cannot hold (non-ASCII, say) would block the whole state.
@@ -208,11 +208,10 @@ class Services:
                                     backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault,
                                     backend.table(EDGE_VISIT_REPORTS),
                                     report_memory=settings.visit_report_retention_seconds)
-        stats = VisitStats(backend.table(LINK_DAYS))
         links = LinkService(backend.table(LINKS), settings.short_domains,
                             changes=backend.table(LINK_CHANGES), domain_owner=domains.owner,
-                            stats=stats)
-        resolver = Resolver(links.table, changes=links.changes, stats=stats)
+                            stats=VisitStats(backend.table(LINK_DAYS)))
+        resolver = Resolver(links.table, changes=links.changes, stats=links.stats)
         sso_keys = SigningKeys(backend.table(SSO_KEYS), vault,
                                settings.sso_key_activation_seconds) if platform_host else None
         shortlink_servers = settings.shortlink_servers or [
@@ -251,7 +250,8 @@ class Services:
                                session_seconds=settings.sso_session_seconds)
         sweeper = ExpirySweeper([domains.events, webhooks.table, edge_state.reports,
                                  challenges.table, backend.table(ORDERS),
-                                 backend.table(SSO_CODES), stats.table], settings.sweep_batch)
+                                 backend.table(SSO_CODES), backend.table(LINK_DAYS)],
+                                settings.sweep_batch)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
                    lifecycle, webhooks, links, resolver, publisher,
                    PublicationTokens(backend.table(API_TOKENS)), Platform.from_settings(settings),

@@ -24,9 +24,9 @@ from shortlinks.stats import RETENTION_DAYS
 
 bp = Blueprint("links_api", __name__, url_prefix="/api/v1/links")
 FIELDS = ("domain", "slug", "target", "owner", "code", "disabled", "valid_until",
-          "max_visits", "expired_url", "targets", "utm", "created_at", "updated_at", "visits",
-          "bots")
-RULES = ("expired_url", "targets", "utm")
+          "max_visits", "expired_url", "device_targets", "utm", "created_at", "updated_at",
+          "visits", "bots")
+RULES = ("expired_url", "device_targets", "utm")
 
 
 def _target(value: str, info: ValidationInfo) -> str:
@@ -73,7 +73,7 @@ class Utm(RequestModel):
 class Rules(RequestModel):
     expired_url: Target | None = Field(None, description="Where a visit to an expired or "
                                        "exhausted link goes (302) instead of a 410")
-    targets: DeviceTargets | None = None
+    device_targets: DeviceTargets | None = None
     utm: Utm | None = None
 
 
@@ -114,7 +114,7 @@ class Link(BaseModel):
     valid_until: float | None
     max_visits: int | None
     expired_url: str | None
-    targets: dict[str, str] | None
+    device_targets: dict[str, str] | None
     utm: dict[str, str] | None
     created_at: float
     updated_at: float

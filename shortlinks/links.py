@@ -30,7 +30,7 @@ MAX_TARGET = 2048
 DEVICES = ("ios", "android", "desktop")
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 MAX_UTM = 200
-RULES = ("expired_url", "targets", "utm")
+RULES = ("expired_url", "device_targets", "utm")
 """A link's rules: where an expired or exhausted link sends visitors instead of a 410, a target
 per device (by User-Agent), and UTM parameters appended to its targets."""
 DomainOwner = Callable[[str], "tuple[str, bool] | None"]
@@ -153,14 +153,6 @@ def link_id(domain: str, slug: str) -> str:
     return f"{domain.lower()}/{slug}"
 
 
-def is_plain(link: Item) -> bool:
-    """Whether HAProxy can answer ``link`` from a map by itself: no visit limit (each visit is
-    counted in the store) and no rule that needs Python (a target per device needs the
-    User-Agent read). Its target, UTM parameters included, is :func:`edge_target`. Being
-    disabled or expired is a separate question (whether to serve it at all)."""
-    return link.get("max_visits") is None and not link.get("targets")
-
-
 def device_of(agent: str) -> str:
     """``ios``, ``android`` or ``desktop`` from a User-Agent (the tokens the platforms' own
     browsers and webviews send; anything else, an unknown agent included, is desktop)."""
@@ -184,16 +176,11 @@ def with_utm(url: str, utm: dict[str, str] | None) -> str:
     return f"{path}?{'&'.join(kept)}{hash_}{fragment}"
 
 
-def edge_target(link: Item) -> str:
-    """The URL a plain link redirects to (its target with its UTM parameters)."""
-    return with_utm(str(link["target"]), link.get("utm"))
-
-
 def locations(link: Item) -> dict[str, str]:
     """Where ``link`` sends a visitor, by device (``""``: the default): computed once when the
     resolver reads the item, not per visit."""
-    found = {"": edge_target(link)}
-    for device, url in (link.get("targets") or {}).items():
+    found = {"": with_utm(str(link["target"]), link.get("utm"))}
+    for device, url in (link.get("device_targets") or {}).items():
         found[device] = with_utm(str(url), link.get("utm"))
     return found
 
@@ -261,7 +248,7 @@ class LinkService:
     def create(self, domain: Any, target: Any, owner: str, slug: Any = None, code: Any = None,
                valid_until: Any = None, max_visits: Any = None,
                rules: dict[str, Any] | None = None) -> Item:
-        """``rules``: ``expired_url``, ``targets`` (``{"ios"|"android"|"desktop": url}``) and
+        """``rules``: ``expired_url``, ``device_targets`` (``{"ios"|"android"|"desktop": url}``) and
         ``utm`` (``{"utm_source": ..., ...}``), each optional."""
         domain, code = self._validate(domain, slug, code)
         target = self.validate_target(target)
@@ -324,12 +311,13 @@ class LinkService:
         checked: dict[str, Any] = {}
         if rules.get("expired_url") is not None:
             checked["expired_url"] = self._rule_url("expired_url", rules["expired_url"])
-        targets = rules.get("targets")
+        targets = rules.get("device_targets")
         if targets is not None:
             if not isinstance(targets, dict) or set(targets) - set(DEVICES):
-                raise InvalidLink("targets", f"an object with any of {', '.join(DEVICES)}")
-            checked["targets"] = {device: self._rule_url(f"targets.{device}", url)
-                                  for device, url in targets.items() if url is not None} or None
+                raise InvalidLink("device_targets", f"an object with any of {', '.join(DEVICES)}")
+            checked["device_targets"] = {
+                device: self._rule_url(f"device_targets.{device}", url)
+                for device, url in targets.items() if url is not None} or None
         utm = rules.get("utm")
         if utm is not None:
             if not isinstance(utm, dict) or set(utm) - set(UTM_FIELDS):
@@ -365,7 +353,7 @@ class LinkService:
         visit limit (a limited link must pass through the resolver to be counted)."""
         now = now or time.time()
         eligible = [link for link in all_items(self.table)
-                    if not link.get("disabled") and is_plain(link)
+                    if is_plain(link)
                     and (link.get("valid_until") is None or link["valid_until"] > now)
                     and link["domain"] in self._domains]
         eligible.sort(key=lambda link: int(link.get("visits") or 0), reverse=True)
@@ -428,6 +416,18 @@ class LinkService:
             self.stats.forget(link_id(domain, slug))
         self._changed({})
         self._notify(domain, slug)
+
+
+RULE_FIELDS = ("device_targets", "utm")
+"""Fields of rules only the Python path applies (the rules work names them; kept in step)."""
+
+
+def is_plain(link: Item) -> bool:
+    """Whether the edge may answer ``link`` from its map: enabled, with no visit limit (each
+    visit must pass the resolver to be counted exactly) and no rule that needs Python. An
+    expiry is fine: HAProxy stops answering at that second and the Python path takes over."""
+    return not link.get("disabled") and link.get("max_visits") is None \
+        and not any(link.get(field) for field in RULE_FIELDS)
 
 
 def _check_limits(values: dict[str, Any]) -> None:

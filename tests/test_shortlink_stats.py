@@ -64,7 +64,7 @@ def test_expired_and_exhausted_links_go_to_their_expired_url(links: LinkService)
 
 def test_device_targets_follow_the_user_agent(links: LinkService) -> None:
     links.create("acme.link", "https://example.com/app", "p", slug="app", rules={
-        "targets": {"ios": "https://apps.apple.com/app/id1", "android":
+        "device_targets": {"ios": "https://apps.apple.com/app/id1", "android":
                     "https://play.google.com/store/apps/details?id=x"}})
     resolver = Resolver(links.table)
     assert visit(resolver, "app", IPHONE) == (302, "https://apps.apple.com/app/id1",
@@ -73,7 +73,7 @@ def test_device_targets_follow_the_user_agent(links: LinkService) -> None:
     assert visit(resolver, "app", DESKTOP)[1] == "https://example.com/app"
     assert visit(resolver, "app", "")[1] == "https://example.com/app"
     assert not is_plain(links.get("acme.link", "app")), "the edge's map cannot read the agent"
-    links.update("acme.link", "app", {"targets": {"desktop": "https://example.com/web"}})
+    links.update("acme.link", "app", {"device_targets": {"desktop": "https://example.com/web"}})
     resolver = Resolver(links.table)
     assert visit(resolver, "app", IPHONE)[1] == "https://example.com/app"
     assert visit(resolver, "app", DESKTOP)[1] == "https://example.com/web"
@@ -82,24 +82,24 @@ def test_device_targets_follow_the_user_agent(links: LinkService) -> None:
 def test_utm_parameters_are_appended_to_every_target(links: LinkService) -> None:
     links.create("acme.link", "https://example.com/p?a=1&utm_source=old#top", "p", slug="u",
                  rules={"utm": {"utm_source": "news letter", "utm_campaign": "été"},
-                        "targets": {"ios": "https://apps.apple.com/x"}})
+                        "device_targets": {"ios": "https://apps.apple.com/x"}})
     resolver = Resolver(links.table)
     assert visit(resolver, "u")[1] == ("https://example.com/p?a=1&utm_source=news%20letter"
                                        "&utm_campaign=%C3%A9t%C3%A9#top")
     assert visit(resolver, "u", IPHONE)[1] == ("https://apps.apple.com/x?utm_source=news%20letter"
                                                "&utm_campaign=%C3%A9t%C3%A9")
-    links.create("acme.link", "https://example.com/", "p", slug="plain",
+    links.create("acme.link", "https://example.com/", "p", slug="tagged",
                  rules={"utm": {"utm_medium": "email"}})
-    assert is_plain(links.get("acme.link", "plain")), "UTM alone: the edge can serve it"
+    assert not is_plain(links.get("acme.link", "tagged")), "the map holds the bare target"
 
 
 @pytest.mark.parametrize("rules,field", [
     ({"expired_url": "javascript:alert(1)"}, "expired_url"),
     ({"expired_url": "https://acme.link/loop"}, "expired_url"),
     ({"expired_url": "https://ACME.link\u3002/loop"}, "expired_url"),
-    ({"targets": {"ios": "//evil.example/"}}, "targets.ios"),
-    ({"targets": {"watch": "https://example.com/"}}, "targets"),
-    ({"targets": "https://example.com/"}, "targets"),
+    ({"device_targets": {"ios": "//evil.example/"}}, "device_targets.ios"),
+    ({"device_targets": {"watch": "https://example.com/"}}, "device_targets"),
+    ({"device_targets": "https://example.com/"}, "device_targets"),
     ({"utm": {"utm_source": "a\nb"}}, "utm.utm_source"),
     ({"utm": {"utm_source": "x" * 201}}, "utm.utm_source"),
     ({"utm": {"utm_id": "x"}}, "utm"),
@@ -118,11 +118,12 @@ def test_rules_are_validated_like_targets(links: LinkService, rules: dict[str, o
 
 def test_non_latin1_rule_targets_are_stored_encoded_and_served(links: LinkService) -> None:
     links.create("acme.link", "https://example.com/", "p", slug="intl", rules={
-        "expired_url": "https://bücher.example/über", "targets": {"ios": "https://例え.jp/パス"}},
+        "expired_url": "https://bücher.example/über",
+        "device_targets": {"ios": "https://例え.jp/パス"}},
         max_visits=0)
     stored = links.get("acme.link", "intl")
     assert stored["expired_url"] == "https://xn--bcher-kva.example/%C3%BCber"
-    assert stored["targets"]["ios"] == "https://xn--r8jz45g.jp/%E3%83%91%E3%82%B9"
+    assert stored["device_targets"]["ios"] == "https://xn--r8jz45g.jp/%E3%83%91%E3%82%B9"
     assert visit(Resolver(links.table), "intl")[:2] == (302, stored["expired_url"])
 
 
