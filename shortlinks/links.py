@@ -248,8 +248,8 @@ class LinkService:
     def create(self, domain: Any, target: Any, owner: str, slug: Any = None, code: Any = None,
                valid_until: Any = None, max_visits: Any = None,
                rules: dict[str, Any] | None = None) -> Item:
-        """``rules``: ``expired_url``, ``device_targets`` (``{"ios"|"android"|"desktop": url}``) and
-        ``utm`` (``{"utm_source": ..., ...}``), each optional."""
+        """``rules``: ``expired_url``, ``device_targets`` (``{"ios"|"android"|"desktop":
+        url}``) and ``utm`` (``{"utm_source": ..., ...}``), each optional."""
         domain, code = self._validate(domain, slug, code)
         target = self.validate_target(target)
         _check_limits({"valid_until": valid_until, "max_visits": max_visits})
