@@ -3,9 +3,13 @@ link per day, on SQLite and on DynamoDB (dynalite)."""
 from __future__ import annotations
 
 import datetime
+import threading
 import time
+from pathlib import Path
 
+import boto3
 import pytest
+from botocore.config import Config
 from werkzeug.test import Client
 
 from shortlinks.app import make_app
@@ -13,7 +17,9 @@ from shortlinks.links import LINKS, InvalidLink, LinkService, is_plain
 from shortlinks.resolver import Resolver
 from shortlinks.stats import DAY, LINK_DAYS, BotDetector, VisitStats, referrer_host
 from store import Backend
+from store.dynamo import DynamoBackend
 from store.sweep import ExpirySweeper
+from tests.supervised_dynalite import SupervisedDynalite
 
 DOMAINS = ["acme.link"]
 IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 "
@@ -205,3 +211,38 @@ def test_bot_verdicts_are_cached_and_bounded() -> None:
     assert bots.is_bot("python-requests/2.32") and len(bots._cache) == 1  # started over
     assert referrer_host("https://a.example:8443/x") == "a.example"
     assert referrer_host("https://a b/") is None and referrer_host("") is None
+
+
+def test_visits_kept_through_a_store_outage_are_written_once(tmp_path: Path) -> None:
+    """A flush while DynamoDB (dynalite) is down writes nothing and keeps every count; the
+    next one, once it is back, writes each exactly once, link totals and days alike."""
+    dynalite = SupervisedDynalite(tmp_path)
+    try:
+        client = boto3.client("dynamodb", endpoint_url=dynalite.url, region_name="us-east-1",
+                              config=Config(retries={"max_attempts": 1, "mode": "standard"},
+                                            connect_timeout=0.5, read_timeout=2))
+        backend = DynamoBackend(client, prefix="outage_")
+        stats = VisitStats(backend.table(LINK_DAYS))
+        links = LinkService(backend.table(LINKS), DOMAINS, stats=stats)
+        links.create("acme.link", "https://example.com/", "p", slug="s")
+        resolver = Resolver(links.table, stats=stats)
+        visit(resolver, "s", DESKTOP, "https://a.example/")
+        assert resolver.flush_visits() == 1  # the day item exists now
+        for agent in (DESKTOP, IPHONE, GOOGLEBOT):
+            visit(resolver, "s", agent, "https://b.example/")
+        down = threading.Thread(target=dynalite.outage, args=(3.0,))
+        down.start()
+        time.sleep(0.5)
+        assert resolver.flush_visits() == 0, "nothing written while the store is down"
+        down.join()
+        visit(resolver, "s", DESKTOP)
+        assert resolver.flush_visits() == 4
+        assert resolver.flush_visits() == 0
+        link = links.get("acme.link", "s")
+        assert (link["visits"], link["bots"]) == (4, 1)
+        found = links.visit_stats("acme.link", "s", 1)
+        assert found["days"][0] | {"date": ""} == {"date": "", "visits": 4, "bots": 1}
+        assert found["referrers"] == [{"host": "b.example", "visits": 2},
+                                      {"host": "a.example", "visits": 1}]
+    finally:
+        dynalite.stop()
