@@ -128,7 +128,12 @@ class VisitStats:
             if count <= 0:
                 continue
             try:
-                self.table.increment(key, name, count, existing_only=True)
+                if self.table.increment(key, name, count, existing_only=True) is None:
+                    # Gone since this process made it (its link was deleted, and one with the
+                    # same slug made again): make it again, once.
+                    self._made.discard(key)
+                    self._ensure(link, day)
+                    self.table.increment(key, name, count, existing_only=True)
             except StoreError:
                 failed[name] = count
         return failed

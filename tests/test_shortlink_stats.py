@@ -200,9 +200,13 @@ def test_days_leave_after_90_days_and_with_their_link(links: LinkService, stats:
         sweeper = ExpirySweeper([table])
         sweeper.tick()
         assert sweeper.deleted == 1
+    other = VisitStats(table)  # another process, which has made today's item
+    other.add("acme.link/old", {"visits": 2})
     links.delete("acme.link", "old")
     links.create("acme.link", "https://example.com/new", "p", slug="old")
     assert sum(d["visits"] for d in stats.read("acme.link/old", 90)["days"]) == 0
+    other.add("acme.link/old", {"visits": 3})  # the new link's visits are not lost
+    assert sum(d["visits"] for d in stats.read("acme.link/old", 90)["days"]) == 3
 
 
 def test_bot_verdicts_are_cached_and_bounded() -> None:
