@@ -107,7 +107,7 @@ def test_the_control_worker_sweeps_every_expiring_table(settings: Settings) -> N
         assert services.sweeper is not None
         names = {table.spec.name for table in services.sweeper.tables}
         assert {"domain_events", "webhook_outbox", "edge_visit_reports", "sso_codes",
-                "acme_challenges", "acme_orders", "short_link_days"} <= names
+                "acme_challenges", "acme_orders"} <= names
     finally:
         services.close()
 

@@ -12,6 +12,8 @@ import pytest
 from botocore.config import Config
 from werkzeug.test import Client
 
+from control.wiring import Services
+from kit.settings import Settings
 from shortlinks.app import make_app
 from shortlinks.links import LINKS, InvalidLink, LinkService, is_plain
 from shortlinks.resolver import Resolver
@@ -250,3 +252,12 @@ def test_visits_kept_through_a_store_outage_are_written_once(tmp_path: Path) -> 
                                       {"host": "a.example", "visits": 1}]
     finally:
         dynalite.stop()
+
+
+def test_the_control_worker_sweeps_the_days(settings: Settings) -> None:
+    services = Services.from_settings(settings)
+    try:
+        assert services.sweeper is not None
+        assert "short_link_days" in {table.spec.name for table in services.sweeper.tables}
+    finally:
+        services.close()
