@@ -22,7 +22,7 @@ def _scale(series: list[Series]) -> float:
 
 
 def _bar(x: float, width: float, stack: list[tuple[Series, int]], label: str,
-         per_unit: float) -> str:
+         per_unit: float, labelled: bool = True) -> str:
     parts: list[str] = []
     base: float = HEIGHT - AXIS
     for series, value in stack:
@@ -33,11 +33,12 @@ def _bar(x: float, width: float, stack: list[tuple[Series, int]], label: str,
                          f'height="{height:.1f}" fill="{series.colour}">'
                          f'<title>{escape(label)}: {value} {escape(series.name)}</title></rect>')
     total = sum(value for _, value in stack)
-    if total:
+    if total and width >= 12:  # narrower bars have no room for their figure (<title> has it)
         parts.append(f'<text x="{x + width / 2:.1f}" y="{base - 3:.1f}" '
                      f'text-anchor="middle" font-size="10">{total}</text>')
-    parts.append(f'<text x="{x + width / 2:.1f}" y="{HEIGHT - AXIS + 14}" '
-                 f'text-anchor="middle" font-size="10">{escape(label)}</text>')
+    if labelled:
+        parts.append(f'<text x="{x + width / 2:.1f}" y="{HEIGHT - AXIS + 14}" '
+                     f'text-anchor="middle" font-size="10">{escape(label)}</text>')
     return "".join(parts)
 
 
@@ -51,12 +52,15 @@ def _legend(series: list[Series]) -> str:
     return "".join(items)
 
 
-def bar_chart(title: str, labels: list[str], series: list[Series]) -> Markup:
-    """Stacked bars, one per label; ``series`` values line up with ``labels``."""
+def bar_chart(title: str, labels: list[str], series: list[Series],
+              label_every: int = 1) -> Markup:
+    """Stacked bars, one per label; ``series`` values line up with ``labels``. With many bars,
+    ``label_every`` prints every n-th label only (counted from the last)."""
     slot = (WIDTH - 2 * MARGIN) / max(1, len(labels))
     per_unit = (HEIGHT - AXIS - MARGIN) / _scale(series)
     bars = [_bar(MARGIN + n * slot + slot * 0.15, slot * 0.7,
-                 [(s, s.values[n]) for s in series], label, per_unit)
+                 [(s, s.values[n]) for s in series], label, per_unit,
+                 (len(labels) - 1 - n) % label_every == 0)
             for n, label in enumerate(labels)]
     axis = (f'<line x1="{MARGIN}" y1="{HEIGHT - AXIS}" x2="{WIDTH - MARGIN}" '
             f'y2="{HEIGHT - AXIS}" stroke="#888"/>')

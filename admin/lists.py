@@ -1,11 +1,15 @@
 """Certificates, edge nodes, short links (with disable / enable) and the audit log."""
 from __future__ import annotations
 
+import csv
+import io
 import re
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
+from markupsafe import Markup
 from werkzeug.wrappers import Response
 
+from admin.charts import Series, bar_chart
 from admin.web import admin, audit
 from shortlinks.links import ShortlinkError
 from store import Page
@@ -13,6 +17,7 @@ from store import Page
 bp = Blueprint("lists", __name__)
 PAGE = 50
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+STATS_DAYS = (7, 30, 90)
 
 
 def _cursor() -> str | None:
@@ -46,6 +51,46 @@ def links() -> str:
     except ValueError:
         page = _bad_cursor()
     return render_template("admin/links.html", page=page, cursor=_cursor())
+
+
+def _link_stats(domain: str, slug: str) -> tuple[dict[str, object], dict[str, object], int]:
+    """The link, its stats over ``?days=`` (7, 30 or 90; else 30) and that number of days."""
+    days = request.args.get("days", type=int)
+    days = days if days in STATS_DAYS else 30
+    try:
+        link = admin().services.links.get(domain, slug)
+        stats = admin().services.links.visit_stats(domain, slug, days)
+    except ShortlinkError as exc:
+        abort(exc.status, str(exc))
+    return link, stats, days
+
+
+def visits_chart(stats: dict[str, object], days: int) -> Markup:
+    rows: list[dict[str, object]] = stats["days"]  # type: ignore[assignment]
+    labels = [str(row["date"])[5:] for row in rows]  # MM-DD
+    return bar_chart(f"Visits per day over the last {days} days (UTC)", labels, [
+        Series("visits", "#2c7fb8", [int(str(row["visits"])) for row in rows]),
+        Series("bots and HEAD", "#b0b0b0", [int(str(row["bots"])) for row in rows])],
+        label_every=max(1, days // 10))
+
+
+@bp.get("/links/<domain>/<slug>")
+def link(domain: str, slug: str) -> str:
+    link, stats, days = _link_stats(domain, slug)
+    return render_template("admin/link.html", link=link, stats=stats, days=days,
+                           choices=STATS_DAYS, chart=visits_chart(stats, days))
+
+
+@bp.get("/links/<domain>/<slug>/stats.csv")
+def link_stats_csv(domain: str, slug: str) -> Response:
+    _, stats, days = _link_stats(domain, slug)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(("date", "visits", "bots"))
+    writer.writerows((row["date"], row["visits"], row["bots"])
+                     for row in stats["days"])  # type: ignore[attr-defined]
+    return Response(out.getvalue(), mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{domain}-{slug}-visits-{days}d.csv"'})
 
 
 @bp.post("/links/<domain>/<slug>/<action>")

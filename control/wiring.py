@@ -35,6 +35,7 @@ from kit.tokens import API_TOKENS, PublicationTokens
 from kit.vault import KeyVault
 from shortlinks.links import LINK_CHANGES, LINKS, LinkService
 from shortlinks.resolver import Resolver
+from shortlinks.stats import LINK_DAYS, VisitStats
 from store import Backend, Item, open_backend
 from store.sweep import ExpirySweeper
 
@@ -230,8 +231,9 @@ class Services:
                                     backend.table(EDGE_VISIT_REPORTS),
                                     report_memory=settings.visit_report_retention_seconds)
         links = LinkService(backend.table(LINKS), settings.short_domains,
-                            changes=backend.table(LINK_CHANGES), domain_owner=domains.owner)
-        resolver = Resolver(links.table, changes=links.changes)
+                            changes=backend.table(LINK_CHANGES), domain_owner=domains.owner,
+                            stats=VisitStats(backend.table(LINK_DAYS)))
+        resolver = Resolver(links.table, changes=links.changes, stats=links.stats)
         sso_keys = SigningKeys(backend.table(SSO_KEYS), vault,
                                settings.sso_key_activation_seconds) if platform_host else None
         shortlink_servers = settings.shortlink_servers or [
@@ -276,7 +278,8 @@ class Services:
                                session_seconds=settings.sso_session_seconds)
         sweeper = ExpirySweeper([domains.events, webhooks.table, edge_state.reports,
                                  challenges.table, backend.table(ORDERS),
-                                 backend.table(SSO_CODES)], settings.sweep_batch)
+                                 backend.table(SSO_CODES), backend.table(LINK_DAYS)],
+                                settings.sweep_batch)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
                    lifecycle, webhooks, links, resolver, publisher,
                    PublicationTokens(backend.table(API_TOKENS)), Platform.from_settings(settings),

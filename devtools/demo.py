@@ -234,6 +234,11 @@ def _short_link(stack: LocalStack, hostname: str) -> str:
     return f"https://{SHORT_DOMAIN}:{stack.edge_https_port}/read"
 
 
+def _stats_page(stack: LocalStack) -> str:
+    """The dashboard's page of the demo's short link (its visits per day, both paths)."""
+    return f"{stack.control_url}/admin/links/{SHORT_DOMAIN}/read"
+
+
 def write_manifest(stack: LocalStack, hostname: str, short_link: str,
                    admin_password: str) -> Path:
     """``demo.json`` in the demo's directory: what a script needs to drive the running demo
@@ -249,6 +254,7 @@ def write_manifest(stack: LocalStack, hostname: str, short_link: str,
         "publication_id": "pub_1",
         "short_domain": SHORT_DOMAIN,
         "short_link": short_link,
+        "short_link_stats_page": _stats_page(stack),
         "api_token": stack.token,
         "edge_token": stack.edge_token,
         "admin_user": "admin",
@@ -294,7 +300,8 @@ def run_demo(hostname: str, once: bool = False, directory: Path | None = None) -
               f"read https://{hostname}:{port}/p/1 signed in (single sign-on).")
         password = stack.create_admin()
         print(f"Admin dashboard: {stack.control_url}/admin/ (user admin, password "
-              f"{password})")
+              f"{password}); the short link's visits per day: {_stats_page(stack)}\n"
+              "  (curl counts as a bot there, apart from visits; a browser's visit counts)")
         print(f"demo: endpoints, tokens and passwords for scripts in "
               f"{write_manifest(stack, hostname, short_link, password)}\n")
         if not once:

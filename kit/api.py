@@ -181,8 +181,10 @@ def openapi_document(app: Flask, title: str = "edge-router publisher API",
             for status, model in sorted(statuses.items()):
                 model = ErrorBody if status >= 400 else model
                 answer: dict[str, Any] = {"description": _REASONS.get(status, "answer")}
-                if status in spec["media"]:
-                    answer["content"] = {kind: {"schema": {}} for kind in spec["media"][status]}
+                if status in spec["media"]:  # JSON beside another type keeps its model
+                    answer["content"] = {kind: {"schema": _schema(model, definitions)
+                                                if kind == "application/json" and model else {}}
+                                         for kind in spec["media"][status]}
                 elif model is ErrorBody:
                     answer["content"] = {"application/json": {"schema": error_ref}}
                 elif model is not None:

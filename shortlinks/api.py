@@ -1,26 +1,32 @@
-"""The short-link API: create, read, list by owner, update, disable, delete, QR codes.
+"""The short-link API: create, read, list by owner, update, disable, delete, QR codes, visit
+statistics (JSON or CSV).
 
 The platform's token sees every link; a publication's token (``kit/tokens.py``) sees and
 changes only its own links (others' are answered 404, as if absent) and creates links only for
 itself, on short domains connected and verified for that publication."""
 from __future__ import annotations
 
+import csv
+import io
 from typing import Annotated, Any, Literal
 
 from flask import Blueprint, Response, jsonify
 from pydantic import AfterValidator, BaseModel, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
-from kit.api import PageQuery, RequestModel, operation
+from kit.api import PageQuery, QueryModel, RequestModel, operation
 from kit.auth import require_platform_or_publication, scope
 from kit.web import api_error, use
 from shortlinks.bulk import qr_code
-from shortlinks.links import (SLUG, LinkNotFound, LinkService, NotYours, ShortlinkError,
-                              MAX_TARGET)
+from shortlinks.links import (MAX_TARGET, MAX_UTM, SLUG, LinkNotFound, LinkService, NotYours,
+                              ShortlinkError)
+from shortlinks.stats import RETENTION_DAYS
 
 bp = Blueprint("links_api", __name__, url_prefix="/api/v1/links")
 FIELDS = ("domain", "slug", "target", "owner", "code", "disabled", "valid_until",
-          "max_visits", "created_at", "updated_at", "visits")
+          "max_visits", "expired_url", "device_targets", "utm", "created_at", "updated_at",
+          "visits", "bots")
+RULES = ("expired_url", "device_targets", "utm")
 
 
 def _target(value: str, info: ValidationInfo) -> str:
@@ -41,9 +47,37 @@ Target = Annotated[str, Field(min_length=1, max_length=MAX_TARGET,
 Slug = Annotated[str, Field(pattern="^" + SLUG.pattern + "$", max_length=64)]
 Code = Literal[301, 302, 307, 308]
 Limit = Annotated[float, Field(ge=0)]
+UtmValue = Annotated[str, Field(min_length=1, max_length=MAX_UTM)]
 
 
-class CreateLink(RequestModel):
+class DeviceTargets(RequestModel):
+    """A target per device, picked by the visitor's User-Agent; a device left out gets the
+    link's ``target``. A link with these is served by the Python path (the edge's map cannot
+    read the User-Agent)."""
+
+    ios: Target | None = None
+    android: Target | None = None
+    desktop: Target | None = None
+
+
+class Utm(RequestModel):
+    """UTM parameters set on the link's targets (replacing any of the same name)."""
+
+    utm_source: UtmValue | None = Field(None, examples=["newsletter"])
+    utm_medium: UtmValue | None = Field(None, examples=["email"])
+    utm_campaign: UtmValue | None = Field(None, examples=["spring"])
+    utm_term: UtmValue | None = None
+    utm_content: UtmValue | None = None
+
+
+class Rules(RequestModel):
+    expired_url: Target | None = Field(None, description="Where a visit to an expired or "
+                                       "exhausted link goes (302) instead of a 410")
+    device_targets: DeviceTargets | None = None
+    utm: Utm | None = None
+
+
+class CreateLink(Rules):
     """A short link on one of our short domains; ``slug`` is random when left out, ``owner``
     (the publication) defaults to a publication token's own."""
 
@@ -56,8 +90,8 @@ class CreateLink(RequestModel):
     max_visits: Annotated[int, Field(ge=0)] | None = None
 
 
-class UpdateLink(RequestModel):
-    """Only the fields sent change; a null limit removes it."""
+class UpdateLink(Rules):
+    """Only the fields sent change; a null limit or rule removes it."""
 
     target: Target = Field(None, json_schema_extra={"default": None})  # type: ignore[assignment]
     code: Code = Field(None)  # type: ignore[arg-type]
@@ -79,9 +113,38 @@ class Link(BaseModel):
     disabled: bool
     valid_until: float | None
     max_visits: int | None
+    expired_url: str | None
+    device_targets: dict[str, str] | None
+    utm: dict[str, str] | None
     created_at: float
     updated_at: float
     visits: int
+    bots: int
+
+
+class StatsQuery(QueryModel):
+    days: int = Field(30, ge=1, le=RETENTION_DAYS, description="How many days back, today "
+                      "included (UTC days)")
+    format: Literal["json", "csv"] = "json"
+
+
+class DayStats(BaseModel):
+    date: str = Field(examples=["2026-11-30"])
+    visits: int
+    bots: int = Field(description="Crawlers (by CrawlerDetect's list) and HEAD requests")
+
+
+class ReferrerStats(BaseModel):
+    host: str = Field(examples=["news.ycombinator.com"])
+    visits: int
+
+
+class LinkStats(BaseModel):
+    """Visits per day, oldest first, and the referrer hosts over those days (Python path only;
+    visits the edge answers from its map carry no referrer), most visits first."""
+
+    days: list[DayStats]
+    referrers: list[ReferrerStats]
 
 
 class LinkPage(BaseModel):
@@ -110,7 +173,15 @@ def _own(domain: str, slug: str) -> dict[str, Any]:
 
 
 def _view(link: dict[str, Any]) -> dict[str, Any]:
-    return {name: link.get(name) for name in FIELDS} | {"visits": link.get("visits") or 0}
+    return {name: link.get(name) for name in FIELDS} | {"visits": link.get("visits") or 0,
+                                                        "bots": link.get("bots") or 0}
+
+
+def _rules_of(body: Rules) -> dict[str, Any]:
+    """The rules sent, as the service takes them (null device targets and UTM fields left
+    out)."""
+    sent = body.model_dump(include=set(RULES), exclude_unset=True, exclude_none=True)
+    return {name: value for name, value in sent.items() if value != {}}
 
 
 @bp.errorhandler(ShortlinkError)
@@ -131,7 +202,8 @@ def create(body: CreateLink) -> tuple[Response, int]:
             raise NotYours("a publication's token creates links for that publication only")
         _links().check_publication_domain(body.domain, owner)
     link = _links().create(body.domain, body.target, owner, slug=body.slug, code=body.code,
-                           valid_until=body.valid_until, max_visits=body.max_visits)
+                           valid_until=body.valid_until, max_visits=body.max_visits,
+                           rules=_rules_of(body))
     return jsonify(_view(link)), 201
 
 
@@ -177,8 +249,43 @@ def qr(domain: str, slug: str, kind: str) -> Response:
            context=_rules, responses={200: Link, 404: None, 409: None})
 def update(domain: str, slug: str, body: UpdateLink) -> Response:
     _own(domain, slug)
-    link = _links().update(domain, slug, body.model_dump(exclude_unset=True))
+    changes = body.model_dump(exclude_unset=True, exclude=set(RULES))
+    rules = _rules_of(body)
+    changes.update({name: rules.get(name) for name in RULES if name in body.model_fields_set})
+    link = _links().update(domain, slug, changes)
     return jsonify(_view(link))
+
+
+@bp.get("/<domain>/<slug>/stats")
+@require_platform_or_publication
+@operation(summary="A short link's visits per day and referrer hosts (JSON, or CSV with "
+           "format=csv)", auth="platform_or_publication", query=StatsQuery,
+           responses={200: LinkStats, 404: None}, media={200: ("application/json", "text/csv")})
+def stats(domain: str, slug: str, query: StatsQuery) -> Response:
+    _own(domain, slug)
+    found = _links().visit_stats(domain, slug, query.days)
+    if query.format == "csv":
+        return _csv(domain, slug, found)
+    return jsonify(found)
+
+
+@bp.get("/<domain>/<slug>/stats.csv")
+@require_platform_or_publication
+@operation(summary="A short link's visits per day as CSV (date, visits, bots)",
+           auth="platform_or_publication", query=StatsQuery, responses={200: None, 404: None},
+           media={200: ("text/csv",)})
+def stats_csv(domain: str, slug: str, query: StatsQuery) -> Response:
+    _own(domain, slug)
+    return _csv(domain, slug, _links().visit_stats(domain, slug, query.days))
+
+
+def _csv(domain: str, slug: str, found: dict[str, Any]) -> Response:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(("date", "visits", "bots"))
+    writer.writerows((day["date"], day["visits"], day["bots"]) for day in found["days"])
+    return Response(out.getvalue(), mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{domain}-{slug}-visits.csv"'})
 
 
 @bp.delete("/<domain>/<slug>")

@@ -28,19 +28,25 @@ def make_app(resolver: Resolver) -> Callable[[dict[str, Any], StartResponse], It
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         host = host_without_port(str(environ.get("HTTP_HOST", "")))
         slug = str(environ.get("PATH_INFO", "")).lstrip("/")
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+        method = environ.get("REQUEST_METHOD")
+        if method not in ("GET", "HEAD"):
             return page(start_response, "405 Method Not Allowed", "Only GET is supported.")
         if not SLUG.fullmatch(slug):
             return page(start_response, "404 Not Found", "This short link does not exist.")
         try:
-            verdict = resolver.resolve(host, slug)
+            # Bounded: the raw headers wait in the visit buffer until the next flush.
+            verdict = resolver.resolve(host, slug, environ.get("HTTP_USER_AGENT", "")[:512],
+                                       environ.get("HTTP_REFERER", "")[:512], method == "HEAD")
         except StoreError:
             return page(start_response, "503 Service Unavailable", "Please try again soon.")
         if verdict.target is None:
             status = "404 Not Found" if verdict.status == 404 else "410 Gone"
             return page(start_response, status, verdict.reason)
-        start_response(STATUS[verdict.status], [
-            ("Location", location(verdict.target)), ("Cache-Control", CACHE[verdict.status]),
-            ("X-Robots-Tag", "noindex"), ("Content-Length", "0")])
+        headers = [("Location", location(verdict.target)),
+                   ("Cache-Control", CACHE[verdict.status]), ("X-Robots-Tag", "noindex"),
+                   ("Content-Length", "0")]
+        if verdict.vary:
+            headers.append(("Vary", "User-Agent"))
+        start_response(STATUS[verdict.status], headers)
         return [b""]
     return app

@@ -13,6 +13,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import idna
 
 from kit.errors import EdgeRouterError
+from shortlinks.stats import VisitStats
 from store import ABSENT, ConflictError, Item, Page, Table, TableSpec, all_items
 
 LINKS = TableSpec("short_links", key="id", indexes=("owner",))
@@ -26,6 +27,12 @@ RESERVED = {"api", "admin", "healthz", "metrics", "static", "robots.txt", "favic
             "_edge", ".well-known", "login", "logout"}
 CODES = (301, 302, 307, 308)
 MAX_TARGET = 2048
+DEVICES = ("ios", "android", "desktop")
+UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
+MAX_UTM = 200
+RULES = ("expired_url", "device_targets", "utm")
+"""A link's rules: where an expired or exhausted link sends visitors instead of a 410, a target
+per device (by User-Agent), and UTM parameters appended to its targets."""
 DomainOwner = Callable[[str], "tuple[str, bool] | None"]
 """A connected domain's (publication id, verified), or None when nobody has connected it: the
 domains part answers (wired in ``control/``)."""
@@ -146,11 +153,45 @@ def link_id(domain: str, slug: str) -> str:
     return f"{domain.lower()}/{slug}"
 
 
+def device_of(agent: str) -> str:
+    """``ios``, ``android`` or ``desktop`` from a User-Agent (the tokens the platforms' own
+    browsers and webviews send; anything else, an unknown agent included, is desktop)."""
+    if "Android" in agent:
+        return "android"
+    if "iPhone" in agent or "iPad" in agent or "iPod" in agent:
+        return "ios"
+    return "desktop"
+
+
+def with_utm(url: str, utm: dict[str, str] | None) -> str:
+    """``url`` with the UTM parameters of ``utm`` set (replacing any of the same name already
+    in its query; the rest of the query and the fragment stay as they are)."""
+    if not utm:
+        return url
+    base, hash_, fragment = url.partition("#")
+    path, _, query = base.partition("?")
+    kept = [part for part in query.split("&")
+            if part and part.partition("=")[0] not in utm]
+    kept += [f"{name}={quote(str(utm[name]), safe='')}" for name in UTM_FIELDS if name in utm]
+    return f"{path}?{'&'.join(kept)}{hash_}{fragment}"
+
+
+def locations(link: Item) -> dict[str, str]:
+    """Where ``link`` sends a visitor, by device (``""``: the default): computed once when the
+    resolver reads the item, not per visit."""
+    found = {"": with_utm(str(link["target"]), link.get("utm"))}
+    for device, url in (link.get("device_targets") or {}).items():
+        found[device] = with_utm(str(url), link.get("utm"))
+    return found
+
+
 class LinkService:
     def __init__(self, table: Table, short_domains: Iterable[str], slug_length: int = 7,
                  default_code: int = 302, changes: Table | None = None,
-                 domain_owner: DomainOwner | None = None) -> None:
+                 domain_owner: DomainOwner | None = None,
+                 stats: VisitStats | None = None) -> None:
         self.table = table
+        self.stats = stats
         self.changes = changes
         self._domain_owner = domain_owner
         self._listeners: list[LinkChanged] = []
@@ -205,17 +246,22 @@ class LinkService:
                            "records prove it is yours")
 
     def create(self, domain: Any, target: Any, owner: str, slug: Any = None, code: Any = None,
-               valid_until: Any = None, max_visits: Any = None) -> Item:
+               valid_until: Any = None, max_visits: Any = None,
+               rules: dict[str, Any] | None = None) -> Item:
+        """``rules``: ``expired_url``, ``device_targets`` (``{"ios"|"android"|"desktop":
+        url}``) and ``utm`` (``{"utm_source": ..., ...}``), each optional."""
         domain, code = self._validate(domain, slug, code)
         target = self.validate_target(target)
         _check_limits({"valid_until": valid_until, "max_visits": max_visits})
+        checked = self._check_rules({name: value for name, value in (rules or {}).items()
+                                     if value is not None}, target)
         now = time.time()
         for _ in range(10 if slug is None else 1):
             chosen = slug or "".join(secrets.choice(ALPHABET) for _ in range(self._slug_length))
             item = {"id": link_id(domain, chosen), "domain": domain, "slug": chosen,
                     "target": target, "owner": owner, "code": code, "disabled": False,
                     "valid_until": valid_until, "max_visits": max_visits,
-                    "created_at": now, "updated_at": now}
+                    "created_at": now, "updated_at": now, **checked}
             try:
                 return self._changed(self.table.put(item, expected_version=ABSENT))
             except ConflictError:
@@ -234,7 +280,7 @@ class LinkService:
 
     def update(self, domain: str, slug: str, changes: dict[str, Any]) -> Item:
         link = self.get(domain, slug)
-        allowed = {"target", "code", "valid_until", "max_visits", "disabled"}
+        allowed = {"target", "code", "valid_until", "max_visits", "disabled", *RULES}
         if set(changes) - allowed:
             raise InvalidLink(sorted(set(changes) - allowed)[0], "cannot be changed")
         changes = dict(changes)
@@ -247,10 +293,51 @@ class LinkService:
         if "disabled" in changes and not isinstance(changes["disabled"], bool):
             raise InvalidLink("disabled", "must be true or false")
         _check_limits(changes)
+        rules = {name: changes[name] if name in changes else link.get(name) for name in RULES}
+        checked = self._check_rules({k: v for k, v in rules.items() if v is not None},
+                                    str(changes.get("target", link["target"])))
+        changes.update({name: checked.get(name) for name in RULES if name in changes})
         updated = self._changed(self.table.put({**link, **changes, "updated_at": time.time()},
                                                expected_version=link["version"]))
         self._notify(domain, slug)
         return updated
+
+    def _check_rules(self, rules: dict[str, Any], target: str) -> dict[str, Any]:
+        """The rules as stored: each URL validated and encoded like a target (a short domain
+        refused: a loop), UTM values short strings; InvalidLink names the field."""
+        unknown = set(rules) - set(RULES)
+        if unknown:
+            raise InvalidLink(sorted(unknown)[0], "not a rule")
+        checked: dict[str, Any] = {}
+        if rules.get("expired_url") is not None:
+            checked["expired_url"] = self._rule_url("expired_url", rules["expired_url"])
+        targets = rules.get("device_targets")
+        if targets is not None:
+            if not isinstance(targets, dict) or set(targets) - set(DEVICES):
+                raise InvalidLink("device_targets", f"an object with any of {', '.join(DEVICES)}")
+            checked["device_targets"] = {
+                device: self._rule_url(f"device_targets.{device}", url)
+                for device, url in targets.items() if url is not None} or None
+        utm = rules.get("utm")
+        if utm is not None:
+            if not isinstance(utm, dict) or set(utm) - set(UTM_FIELDS):
+                raise InvalidLink("utm", f"an object with any of {', '.join(UTM_FIELDS)}")
+            for name, value in utm.items():
+                if value is not None and (not isinstance(value, str) or not value
+                                          or len(value) > MAX_UTM or not value.isprintable()):
+                    raise InvalidLink(f"utm.{name}", f"1-{MAX_UTM} printable characters")
+            checked["utm"] = {k: v for k, v in utm.items() if v is not None} or None
+        for url in locations({"target": target, **checked}).values():
+            if len(url) > MAX_TARGET:
+                raise InvalidLink("utm", f"the target would be longer than {MAX_TARGET} "
+                                         "characters with these parameters")
+        return {name: value for name, value in checked.items() if value is not None}
+
+    def _rule_url(self, field: str, value: Any) -> str:
+        try:
+            return self.validate_target(value)
+        except InvalidLink as exc:
+            raise InvalidLink(field, exc.reason) from None
 
     def _notify(self, domain: str, slug: str) -> None:
         for listener in self._listeners:
@@ -266,7 +353,7 @@ class LinkService:
         visit limit (a limited link must pass through the resolver to be counted)."""
         now = now or time.time()
         eligible = [link for link in all_items(self.table)
-                    if not link.get("disabled") and link.get("max_visits") is None
+                    if is_plain(link)
                     and (link.get("valid_until") is None or link["valid_until"] > now)
                     and link["domain"] in self._domains]
         eligible.sort(key=lambda link: int(link.get("visits") or 0), reverse=True)
@@ -282,7 +369,15 @@ class LinkService:
             if count > 0 and self.table.increment(key, "visits", count,
                                                   existing_only=True) is not None:
                 added += count
+                if self.stats is not None:  # today's count (a failure here loses only these)
+                    self.stats.add(key, {"visits": count})
         return added
+
+    def visit_stats(self, domain: str, slug: str, days: int) -> dict[str, Any]:
+        """The link's last ``days`` days (see :meth:`VisitStats.read`): one query."""
+        if self.stats is None:
+            raise LinkNotFound("visit statistics are not kept here")
+        return self.stats.read(link_id(domain, slug), days)
 
     def summary(self, top: int) -> dict[str, Any]:
         """Totals and the ``top`` most-visited links (a full read: cache the answer)."""
@@ -317,8 +412,22 @@ class LinkService:
     def delete(self, domain: str, slug: str) -> None:
         if not self.table.delete(link_id(domain, slug)):
             raise LinkNotFound(f"{domain}/{slug} does not exist")
+        if self.stats is not None:
+            self.stats.forget(link_id(domain, slug))
         self._changed({})
         self._notify(domain, slug)
+
+
+RULE_FIELDS = ("device_targets", "utm")
+"""Fields of rules only the Python path applies (the rules work names them; kept in step)."""
+
+
+def is_plain(link: Item) -> bool:
+    """Whether the edge may answer ``link`` from its map: enabled, with no visit limit (each
+    visit must pass the resolver to be counted exactly) and no rule that needs Python. An
+    expiry is fine: HAProxy stops answering at that second and the Python path takes over."""
+    return not link.get("disabled") and link.get("max_visits") is None \
+        and not any(link.get(field) for field in RULE_FIELDS)
 
 
 def _check_limits(values: dict[str, Any]) -> None:

@@ -1,5 +1,9 @@
 """Resolving a slug fast: an in-process cache in front of the table, serving stale entries
-when the table is down, and visit counts buffered into periodic atomic ADDs."""
+when the table is down, and visit counts buffered into periodic atomic ADDs.
+
+A visit costs one counter increment here: its User-Agent and Referer are buffered as they
+came and classified by the flusher (bots apart, referrer hosts, the day), off the request path.
+"""
 from __future__ import annotations
 
 import collections
@@ -9,7 +13,8 @@ import threading
 import time
 from typing import Callable
 
-from shortlinks.links import GENERATION, link_id
+from shortlinks.links import GENERATION, device_of, link_id, locations
+from shortlinks.stats import REFERRER, BotDetector, VisitStats, referrer_host
 from store import Item, StoreError, Table
 
 log = logging.getLogger(__name__)
@@ -20,13 +25,21 @@ class Verdict:
     status: int  # 301/302/307/308 redirect, 404 unknown, 410 gone
     target: str | None = None
     reason: str = ""
+    vary: bool = False  # the target depends on the User-Agent (a per-device rule)
+
+
+Seen = tuple[str, int, bool, bool, str, str]
+"""A buffered visit: (link key, day, limited, HEAD, User-Agent, Referer)."""
 
 
 class Resolver:
     def __init__(self, table: Table, ttl: float = 30.0,
                  clock: Callable[[], float] = time.time, changes: Table | None = None,
-                 check_every: float = 1.0, max_entries: int = 200_000) -> None:
+                 check_every: float = 1.0, max_entries: int = 200_000,
+                 stats: VisitStats | None = None) -> None:
         self._table = table
+        self._stats = stats
+        self._bots: BotDetector | None = None
         self._ttl = ttl
         self._clock = clock
         self._changes = changes
@@ -35,7 +48,10 @@ class Resolver:
         self._generation = 0
         self._next_check = 0.0
         self._cache: dict[str, tuple[float, int, Item | None]] = {}
-        self._visits: collections.Counter[str] = collections.Counter()
+        self._seen: collections.Counter[Seen] = collections.Counter()
+        self._unwritten: collections.Counter[tuple[str, str]] = collections.Counter()
+        """Link totals a flush could not write, (key, counter) -> n, for the next one."""
+        self._unwritten_days: dict[tuple[str, int], collections.Counter[str]] = {}
         self._lock = threading.Lock()
         self.store_errors = 0
         self.stale_served = 0
@@ -68,6 +84,8 @@ class Resolver:
             with self._lock:
                 self.stale_served += 1
             return cached[2]
+        if item is not None:  # where it sends visitors, computed once per read, not per visit
+            item["_locations"] = locations(item)
         if len(self._cache) >= self._max_entries:
             self._evict(now)
         self._cache[key] = (now + self._ttl, generation, item)
@@ -105,37 +123,95 @@ class Resolver:
     def invalidate(self, domain: str, slug: str) -> None:
         self._cache.pop(link_id(domain, slug), None)
 
-    def resolve(self, domain: str, slug: str) -> Verdict:
+    def resolve(self, domain: str, slug: str, agent: str = "", referrer: str = "",
+                head: bool = False) -> Verdict:
+        """The answer for a visit; ``agent`` (User-Agent) picks a device target and, with
+        ``head`` and ``referrer``, goes into the visit statistics."""
         key = link_id(domain, slug)
         item = self._lookup(key)
         if item is None:
             return Verdict(404, reason="This short link does not exist.")
         if item.get("disabled"):
             return Verdict(410, reason="This short link has been disabled.")
-        if item.get("valid_until") is not None and item["valid_until"] <= self._clock():
-            return Verdict(410, reason="This short link has expired.")
-        if item.get("max_visits") is not None:
+        now = self._clock()
+        if item.get("valid_until") is not None and item["valid_until"] <= now:
+            return self._gone(item, "This short link has expired.")
+        limited = item.get("max_visits") is not None
+        if limited:
             # A limited link counts each visit at once, atomically, in the store: a cached or
             # buffered count would let every process hand out its own share over the limit.
+            # Every answer counts, a bot's too: a User-Agent is anyone's to claim.
             if self._table.increment(key, "visits") > item["max_visits"]:
-                return Verdict(410, reason="This short link has reached its visit limit.")
-        else:
-            with self._lock:
-                self._visits[key] += 1
-        return Verdict(int(item["code"]), target=str(item["target"]))
+                return self._gone(item, "This short link has reached its visit limit.")
+        with self._lock:
+            self._seen[(key, int(now // 86400), limited, head, agent, referrer)] += 1
+        found = item.get("_locations") or locations(item)
+        if len(found) == 1:
+            return Verdict(int(item["code"]), target=found[""])
+        return Verdict(int(item["code"]), target=found.get(device_of(agent), found[""]),
+                       vary=True)
+
+    @staticmethod
+    def _gone(item: Item, reason: str) -> Verdict:
+        """410, or a 302 to the link's ``expired_url`` when it has one."""
+        if item.get("expired_url"):
+            return Verdict(302, target=str(item["expired_url"]), reason=reason)
+        return Verdict(410, reason=reason)
+
+    def _is_bot(self, agent: str) -> bool:
+        if self._bots is None:
+            self._bots = BotDetector()
+        return self._bots.is_bot(agent)
+
+    def _classify(self, pending: collections.Counter[Seen]) -> tuple[
+            collections.Counter[tuple[str, str]], dict[tuple[str, int], collections.Counter[str]]]:
+        """Buffered visits -> link totals ((key, visits|bots) -> n; a limited link's visits
+        are counted already) and day counts ((key, day) -> visits, bots, ref:<host>)."""
+        totals: collections.Counter[tuple[str, str]] = collections.Counter()
+        days: dict[tuple[str, int], collections.Counter[str]] = {}
+        for (key, day, limited, head, agent, referrer), count in pending.items():
+            bot = head or (bool(agent) and self._is_bot(agent))
+            name = "bots" if bot else "visits"
+            if not limited:
+                totals[(key, name)] += count
+            counts = days.setdefault((key, day), collections.Counter())
+            counts[name] += count
+            host = referrer_host(referrer) if referrer and not bot else None
+            if host:
+                counts[REFERRER + host] += count
+        return totals, days
 
     def flush_visits(self) -> int:
-        """Write buffered visits as one atomic ADD per link; returns how many were written."""
+        """Write buffered visits: one atomic ADD per link and counter, then the day counts
+        (:class:`VisitStats`). What the store refuses is kept for the next flush, each count
+        apart, so none is written twice. Returns how many visits and bots were added to the
+        links' totals."""
         with self._lock:
-            pending, self._visits = self._visits, collections.Counter()
+            pending, self._seen = self._seen, collections.Counter()
+            totals, self._unwritten = self._unwritten, collections.Counter()
+            days, self._unwritten_days = self._unwritten_days, {}
+        new_totals, new_days = self._classify(pending)
+        totals.update(new_totals)
+        for day_key, counts in new_days.items():
+            days.setdefault(day_key, collections.Counter()).update(counts)
         written = 0
-        for key, count in pending.items():
+        failed: collections.Counter[tuple[str, str]] = collections.Counter()
+        for (key, name), count in totals.items():
             try:
-                self._table.increment(key, "visits", count)
+                self._table.increment(key, name, count)
                 written += count
             except StoreError:
-                with self._lock:
-                    self._visits[key] += count  # keep them for the next flush
+                failed[(key, name)] += count  # kept for the next flush
+        failed_days: dict[tuple[str, int], collections.Counter[str]] = {}
+        if self._stats is not None:
+            for (key, day), counts in days.items():
+                left = self._stats.add(key, dict(counts), day=day)
+                if left:
+                    failed_days[(key, day)] = collections.Counter(left)
+        with self._lock:
+            self._unwritten.update(failed)
+            for day_key, counts in failed_days.items():
+                self._unwritten_days.setdefault(day_key, collections.Counter()).update(counts)
         return written
 
     def start_flusher(self, stop: threading.Event, interval: float = 2.0) -> threading.Thread:

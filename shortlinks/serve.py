@@ -23,6 +23,7 @@ from kit.settings import Settings, load_settings
 from shortlinks.app import make_app
 from shortlinks.links import LINK_CHANGES, LINKS
 from shortlinks.resolver import Resolver
+from shortlinks.stats import LINK_DAYS, VisitStats
 from store import open_backend
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,14 @@ SERVERS = ("waitress", "werkzeug")
 
 class _Worker:
     """What one server process holds: its store connection (opened after the fork), its
-    resolver and app, and the flusher's stop switch. It opens only the link tables."""
+    resolver and app, and the flusher's stop switch. It opens only the link tables
+    (the links, their change counter, their days)."""
 
     def __init__(self, settings: Settings) -> None:
         self.backend = open_backend(settings)
         self.resolver = Resolver(self.backend.table(LINKS),
-                                 changes=self.backend.table(LINK_CHANGES))
+                                 changes=self.backend.table(LINK_CHANGES),
+                                 stats=VisitStats(self.backend.table(LINK_DAYS)))
         self.app: WSGIApp = make_app(self.resolver)
         self.stop = threading.Event()
         self.flusher = self.resolver.start_flusher(self.stop)

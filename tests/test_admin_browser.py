@@ -6,6 +6,7 @@ loopback; every *.test name resolves to 127.0.0.1 inside the browser.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -119,3 +120,42 @@ def test_disable_a_short_link_and_its_redirect_stops(services: Services, page: A
     page.screenshot(path=str(tmp_path / "5-redirect-stopped.png"), full_page=True)
     page.goto(f"http://admin.example.test:{admin_port}/admin/audit")
     assert "link disabled" in page.inner_text("table")
+
+
+def test_a_link_page_charts_its_visits_and_referrers(services: Services, browser: Any,
+                                                      page: Any, admin_port: int,
+                                                      links_port: int, tmp_path: Path) -> None:
+    """Issue 18: a visit from a browser (with a Referer) and one from headless Chromium (a bot
+    by CrawlerDetect's list) show on the link's page: the chart's bar, the per-day table and
+    the referrer hosts."""
+    target = f"http://target.example.test:{admin_port}/healthz"
+    services.links.create("go.example.test", target, "pub_1", slug="chart", code=302)
+    short = f"http://go.example.test:{links_port}/chart"
+    visitor = browser.new_context(user_agent=(
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/124.0 Safari/537.36"))
+    try:
+        tab = visitor.new_page()
+        tab.goto(short, referer="https://news.example.org/some/post?id=1")
+        assert tab.url == target
+    finally:
+        visitor.close()
+    page.goto(short)  # headless Chromium says so in its User-Agent: a bot
+    services.resolver.flush_visits()
+
+    page.goto(f"http://admin.example.test:{admin_port}/admin/links")
+    page.click("a:has-text('go.example.test/chart')")
+    page.wait_for_selector("h1:has-text('go.example.test/chart')")
+    assert (page.inner_text("#visits"), page.inner_text("#bots")) == ("1", "1")
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    bars = page.locator("#visits-chart svg rect title").all_text_contents()
+    assert f"{today[5:]}: 1 visits" in bars and f"{today[5:]}: 1 bots and HEAD" in bars
+    assert "news.example.org\t1" in page.inner_text("#referrers")
+    page.click("summary:has-text('Per day')")
+    assert f"{today}\t1\t1" in page.inner_text("#days")
+    page.click("a:has-text('90 days')")
+    page.wait_for_selector("strong:has-text('90 days')")
+    chart = page.locator("#visits-chart svg")
+    assert chart.get_attribute("aria-label") == "Visits per day over the last 90 days (UTC)"
+    assert chart.locator("rect[fill='#2c7fb8']").count() == 2  # today's bar and the legend
+    page.screenshot(path=str(tmp_path / "6-link-stats.png"), full_page=True)

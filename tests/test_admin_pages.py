@@ -162,7 +162,8 @@ def test_pages_render_escaped_with_security_headers(app: Flask, services: Servic
     for path in ("/admin/", "/admin/domains", "/admin/domains?status=pending_dns",
                  "/admin/domains?q=x.example.test", "/admin/domains/x.example.test",
                  "/admin/certificates", "/admin/nodes", "/admin/links", "/admin/audit",
-                 "/admin/domains/x.example.test/remove"):
+                 "/admin/domains/x.example.test/remove", "/admin/links/acme.link/spring",
+                 "/admin/links/acme.link/spring?days=90"):
         answer = client.get(path)
         assert answer.status_code == 200, path
         assert "<script>alert" not in answer.get_data(True), path
@@ -279,3 +280,34 @@ def test_domain_pages_follow_cursors_on_both_backends(
         assert client.get("/admin/").status_code == 200
     finally:
         services.close()
+
+
+def test_a_link_page_shows_its_visits_per_day_and_referrers(app: Flask,
+                                                             services: Services) -> None:
+    """Issue 18: visits of both paths (the Python path's, with bots apart and referrer hosts,
+    and the edge's reported counts) on the link's page: chart, referrers, CSV."""
+    services.links.create("acme.link", "https://example.com/a", "pub_1", slug="read",
+                          rules={"utm": {"utm_source": "<i>x</i>"}})
+    browser = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Version/17.0 Safari/604.1"
+    for agent, referrer in ((browser, "https://t.co/x"), (browser, "https://t.co/y"),
+                            (browser, ""), ("Googlebot/2.1 (+http://www.google.com/bot.html)",
+                                            "https://t.co/z")):
+        assert services.resolver.resolve("acme.link", "read", agent, referrer).status == 302
+    services.resolver.resolve("acme.link", "read", browser, head=True)
+    services.resolver.flush_visits()
+    assert services.links.add_visits({"acme.link/read": 4}) == 4  # an edge report
+    client = app.test_client()
+    login(client)
+    page = client.get("/admin/links/acme.link/read").get_data(True)
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    assert '<dd id="visits">7</dd>' in page and '<dd id="bots">2</dd>' in page
+    assert f"<title>{today[5:]}: 7 visits</title>" in page
+    assert f"<title>{today[5:]}: 2 bots and HEAD</title>" in page
+    assert "<td>t.co</td><td>2</td>" in page and "&lt;i&gt;x&lt;/i&gt;" in page
+    assert page.count("<rect") == 2 + 2  # one day with bars (two series) and the legend's two
+    assert "?days=90" in page and "stats.csv?days=30" in page
+    csv = client.get("/admin/links/acme.link/read/stats.csv?days=7")
+    assert csv.mimetype == "text/csv"
+    rows = csv.get_data(True).splitlines()
+    assert rows[0] == "date,visits,bots" and len(rows) == 8 and rows[-1] == f"{today},7,2"
+    assert client.get("/admin/links/acme.link/nope").status_code == 404

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import requests
@@ -247,6 +248,7 @@ def test_the_demo_runs_writes_demo_json_and_stops_cleanly(tmp_path: Path) -> Non
         assert short.headers["location"].startswith(f"https://{manifest['custom_domain']}:")
         assert manifest["short_link"].endswith(f"{manifest['short_domain']}:"
                                                f"{manifest['edge_https_port']}/read")
+        _link_stats_show_on_the_dashboard(manifest)
         dns = requests.post(f"{manifest['dns_management_url']}/set-txt", timeout=10,
                             json={"host": "probe.example.test.", "value": "demo"})
         assert dns.ok
@@ -267,6 +269,33 @@ def test_the_demo_runs_writes_demo_json_and_stops_cleanly(tmp_path: Path) -> Non
     assert "https://platform.example.test:" in output  # served, with its certificate
     assert "Admin dashboard: https://127.0.0.1:" in output and "(user admin, password " in output
     assert "demo: stopping" in output
+
+
+def _link_stats_show_on_the_dashboard(manifest: dict[str, Any]) -> None:
+    """Issue 18: the demo's short link's visits (a browser's; a script's is a bot's) reach
+    its page on the dashboard, whichever path (edge map or Python) served them."""
+    browser = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0 Safari/537.36",
+               "Referer": "https://news.example.org/post"}
+    for headers in (browser, browser, {"User-Agent": "curl/8.5.0"}):
+        assert https_get(manifest["edge_https_port"], manifest["short_domain"], "/read",
+                         cafile=manifest["ca_file"], headers=headers).status == 302
+    session = requests.Session()
+    ca = manifest["control_ca_file"]  # per request: the environment's CA bundle would win
+    page = session.get(f"{manifest['control_url']}/admin/login", timeout=10, verify=ca).text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token is not None
+    assert session.post(f"{manifest['control_url']}/admin/login", timeout=10, verify=ca, data={
+        "csrf_token": token.group(1), "username": manifest["admin_user"],
+        "password": manifest["admin_password"], "next": ""}).ok
+    deadline = time.monotonic() + 60
+    while True:  # the Python path flushes every 2 s, an agent reports the edge's counts
+        page = session.get(manifest["short_link_stats_page"], timeout=10, verify=ca).text
+        visits = re.search(r'<dd id="visits">(\d+)</dd>', page)
+        if visits and int(visits.group(1)) >= 3:  # the probe above's visit, and these two
+            break
+        assert time.monotonic() < deadline, page[-2000:]
+        time.sleep(0.5)
+    assert "<svg" in page and "visits</title>" in page
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

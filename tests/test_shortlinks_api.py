@@ -21,6 +21,8 @@ from kit.procs import ManagedProcess, start_listening
 from kit.settings import Settings
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
+BROWSER = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+           "Chrome/124.0 Safari/537.36")
 
 
 @pytest.fixture
@@ -93,9 +95,9 @@ def test_edgectl_shortlinks_redirects_and_keeps_its_visit_counts(
         os.kill(workers[0], signal.SIGKILL)  # a worker dies: another takes its place
         replaced = _children(process.popen.pid, count=2, without=workers[0])
         assert workers[0] not in replaced
-        for _ in range(3):
+        for agent in (BROWSER, BROWSER, BROWSER, "python-requests/2.32"):
             answer = requests.get(f"http://127.0.0.1:{port}/go", allow_redirects=False,
-                                  headers={"Host": "acme.link"}, timeout=5)
+                                  headers={"Host": "acme.link", "User-Agent": agent}, timeout=5)
             assert answer.status_code == 302
             assert answer.headers["Location"] == "https://example.com/landing"
         process.popen.send_signal(signal.SIGTERM)  # a clean stop flushes buffered visits
@@ -104,7 +106,8 @@ def test_edgectl_shortlinks_redirects_and_keeps_its_visit_counts(
         process.stop()
     services = Services.from_settings(link_settings)
     try:
-        assert services.links.get("acme.link", "go")["visits"] == 3
+        link = services.links.get("acme.link", "go")
+        assert (link["visits"], link["bots"]) == (3, 1)  # a script's request is a bot's
     finally:
         services.close()
 

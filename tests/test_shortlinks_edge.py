@@ -84,7 +84,18 @@ def post(node: EdgeNode, path: str) -> int:
 
 
 def visits(services: Services, slug: str) -> int:
-    return int(services.links.get("acme.link", slug).get("visits") or 0)
+    """The link's total, checked against its visits per day (both from the same reports)."""
+    total = int(services.links.get("acme.link", slug).get("visits") or 0)
+    days = services.links.visit_stats("acme.link", slug, 90)["days"]
+    assert sum(day["visits"] for day in days) == days[-1]["visits"] == total
+    return total
+
+
+def stats_api(url: str, slug: str) -> dict[str, object]:
+    answer = requests.get(f"{url}/api/v1/links/acme.link/{slug}/stats?days=2", headers=API,
+                          timeout=5)
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
 
 
 def test_visits_of_map_served_links_reach_the_link_counts(
@@ -110,6 +121,8 @@ def test_visits_of_map_served_links_reach_the_link_counts(
     visit(node, "go", 11)  # not 11 - 10 (the old worker's count)
     assert restarted.report_visits() == 11
     assert visits(services, "go") == 21
+    days = stats_api(url, "go")["days"]  # the same, through the API
+    assert [day["visits"] for day in days] == [0, 21]  # type: ignore[index]
 
 
 def test_undelivered_visits_are_kept_and_sent_later(
@@ -143,7 +156,7 @@ def test_a_report_resent_after_a_lost_answer_counts_once(
     assert restarted.visits.sealed == report
     visit(node, "go", 2)
     assert restarted.report_visits() == 5  # the resent 3 (counted once) and 2 new
-    assert visits(services, "go") == 5
+    assert visits(services, "go") == 5  # its day too, once
 
 
 REPORT_ID = "0123456789abcdef0123456789abcdef"
