@@ -8,6 +8,7 @@ import dataclasses
 import re
 import datetime
 import time
+import uuid
 from typing import Any, Iterator
 
 import pytest
@@ -31,6 +32,26 @@ TOKEN = "test-token-0123456789"
 def services(settings: Settings) -> Iterator[Services]:
     built = Services.from_settings(dataclasses.replace(
         settings, webhook_url="http://127.0.0.1:9/never-delivered", webhook_secret="s" * 20))
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def any_backend(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """The settings on SQLite, or on dynalite with a fresh table prefix."""
+    if request.param == "sqlite":
+        return settings
+    return dataclasses.replace(settings, storage_backend="dynamodb",
+                               dynamodb_endpoint_url=request.getfixturevalue("dynalite"),
+                               dynamodb_table_prefix=f"b{uuid.uuid4().hex[:8]}_")
+
+
+@pytest.fixture
+def both(any_backend: Settings) -> Iterator[Services]:
+    built = Services.from_settings(dataclasses.replace(
+        any_backend, webhook_url="http://127.0.0.1:9/never-delivered", webhook_secret="s" * 20))
     try:
         yield built
     finally:
@@ -95,7 +116,9 @@ def dated(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, names: 
 
 
 def test_an_upload_is_served_instead_of_ours_and_removed_gives_ours_back(
-        client: FlaskClient, services: Services) -> None:
+        both: Services) -> None:
+    services = both
+    client = create_app(services).test_client()
     acme_pem = activate(services)
     assert served_sha(services) == fingerprint(acme_pem)
     ca = LocalCA()
@@ -127,7 +150,8 @@ def test_an_upload_is_served_instead_of_ours_and_removed_gives_ours_back(
 
 
 def test_the_fallback_comes_at_its_due_time_from_one_index_query(
-        settings: Settings) -> None:
+        any_backend: Settings) -> None:
+    settings = any_backend
     # The upload is valid 1 day; we stop serving it 1 day minus 2 s before its expiry.
     opened = Services.from_settings(dataclasses.replace(
         settings, byo_fallback_days=1 - 2 / 86400, webhook_url="http://127.0.0.1:9/x",
