@@ -505,3 +505,31 @@ def test_two_replicas_fall_back_once(settings: Settings) -> None:
     finally:
         for replica in replicas:
             replica.close()
+
+
+def test_an_uploaded_key_follows_a_key_rotation(settings: Settings) -> None:
+    from cryptography.fernet import Fernet
+
+    old = settings.encryption_keys[0]
+    new = Fernet.generate_key().decode()
+    first = Services.from_settings(settings)
+    try:
+        activate(first)
+        assert first.custom_certificates is not None
+        cert, key = _chain(LocalCA())
+        first.custom_certificates.upload(first.domains.get(HOST),
+                                         first.custom_certificates.check(HOST, cert, key))
+    finally:
+        first.close()
+    rotating = Services.from_settings(dataclasses.replace(settings, encryption_keys=[new, old]))
+    try:
+        rotating.reencrypt_keys()
+    finally:
+        rotating.close()
+    rotated = Services.from_settings(dataclasses.replace(settings, encryption_keys=[new]))
+    try:
+        assert rotated.custom_certificates is not None
+        served = rotated.custom_certificates.uploads.serving(HOST)
+        assert served is not None and served.key_pem == key
+    finally:
+        rotated.close()
