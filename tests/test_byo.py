@@ -533,3 +533,25 @@ def test_an_uploaded_key_follows_a_key_rotation(settings: Settings) -> None:
         assert served is not None and served.key_pem == key
     finally:
         rotated.close()
+
+
+def test_an_intermediate_that_expires_first_sets_the_fallback(client: FlaskClient,
+                                                               services: Services) -> None:
+    activate(services)
+    root_key, inter_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    root = build_certificate("root", root_key, ca=True, days=3650)
+
+    def chain(inter_days: float) -> tuple[str, str]:
+        inter = build_certificate("intermediate", inter_key, signer=root_key,
+                                  issuer=root.subject, ca=True, days=inter_days)
+        leaf = build_certificate(HOST, leaf_key, signer=inter_key, issuer=inter.subject,
+                                 names=[HOST], days=300)
+        return cert_to_pem(leaf) + cert_to_pem(inter), key_to_pem(leaf_key)
+
+    refused = put(client, *chain(5))
+    assert refused.status_code == 400
+    assert refused.get_json()["error"].startswith("its chain expires on")
+    answer = put(client, *chain(30))
+    assert answer.status_code == 200, answer.text
+    expected = time.time() + 30 * 86400 - 7 * 86400
+    assert abs(answer.get_json()["fallback_at"] - expected) < 60
