@@ -186,8 +186,9 @@ class EdgeAgent:
         self.node.start()
         failures = 0
         while not stop.is_set():
+            applied = False
             try:
-                self.sync()
+                applied = self.sync()
                 if failures:
                     log.warning("edge sync works again after %d failed rounds", failures)
                 failures = 0
@@ -199,5 +200,11 @@ class EdgeAgent:
                 self.report_visits()
             except Exception as exc:  # the visits stay pending for the next round
                 log.info("reporting hot link visits failed: %s", exc)
-            stop.wait(jittered_backoff(failures, interval, MAX_BACKOFF) if failures
-                      else interval)
+            if failures:
+                stop.wait(jittered_backoff(failures, interval, MAX_BACKOFF))
+            elif not (applied and self.watch):
+                # Watching, a round that applied a change goes straight back to the long poll:
+                # the next change (a certificate upload, say) may be waiting already, and the
+                # pause would hold it up to ``interval``. Rounds still come at most once per
+                # change, as the long poll answers only when the state moves.
+                stop.wait(interval)
