@@ -8,9 +8,8 @@ time until HAProxy hands it out in a TLS handshake is measured; then it is remov
 and the time until Pebble's is served again is the baseline: the same route change and hot
 apply, without the upload's validation and encryption.
 
-Each change waits ``--gap`` seconds after the previous one was served, so the agent is back
-in its long poll (an agent pauses ``worker_interval``, 0.2 s in the demo and 2 s by default,
-after each sync: a change that lands in that pause waits for it; ``--gap 0`` shows that).
+Each change waits ``--gap`` seconds after the previous one was served (``--gap 0``: back to
+back, the agent just done with the previous change).
 
 Usage: python bench/byo_upload.py [--rounds 20] [--gap 1.0]
 """

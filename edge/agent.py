@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from typing import Any, Sequence
 from urllib.parse import quote
 
@@ -186,7 +187,7 @@ class EdgeAgent:
         self.node.start()
         failures = 0
         while not stop.is_set():
-            applied = False
+            applied, started = False, time.monotonic()
             try:
                 applied = self.sync()
                 if failures:
@@ -200,11 +201,13 @@ class EdgeAgent:
                 self.report_visits()
             except Exception as exc:  # the visits stay pending for the next round
                 log.info("reporting hot link visits failed: %s", exc)
+            waited = time.monotonic() - started
             if failures:
                 stop.wait(jittered_backoff(failures, interval, MAX_BACKOFF))
-            elif not (applied and self.watch):
-                # Watching, a round that applied a change goes straight back to the long poll:
-                # the next change (a certificate upload, say) may be waiting already, and the
-                # pause would hold it up to ``interval``. Rounds still come at most once per
-                # change, as the long poll answers only when the state moves.
+            elif not (self.watch and (applied or waited >= self.watch / 2)):
+                # Watching, a round that applied a change, or whose long poll waited, goes
+                # straight back to the long poll: a pause would hold the next change (a
+                # certificate upload, say) up to ``interval``. The long poll paces the rounds
+                # (it answers when the state moves, or after ``watch``); a round that came
+                # back early for another reason (a server that does not wait) still pauses.
                 stop.wait(interval)
