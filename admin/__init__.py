@@ -23,10 +23,13 @@ for _child in (auth.bp, overview.bp, domains_views.bp, lists.bp):
 
 def build(services: Services) -> Admin:
     settings, backend = services.settings, services.backend
+    sessions, failures = backend.table(ADMIN_SESSIONS), backend.table(ADMIN_LOGIN_FAILURES)
+    if services.sweeper is not None:
+        for table in (sessions, failures):
+            services.sweeper.add(table)
     return Admin(services=services, users=Users(backend.table(ADMIN_USERS)),
-                 sessions=Sessions(backend.table(ADMIN_SESSIONS), settings.admin_session_seconds),
-                 limiter=LoginLimiter(backend.table(ADMIN_LOGIN_FAILURES),
-                                      settings.admin_max_failures,
+                 sessions=Sessions(sessions, settings.admin_session_seconds),
+                 limiter=LoginLimiter(failures, settings.admin_max_failures,
                                       settings.admin_lockout_seconds),
                  audit=AuditLog(backend.table(ADMIN_AUDIT)),
                  cookie_secure=settings.admin_cookie_secure, summary=Summary(services))

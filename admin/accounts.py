@@ -20,8 +20,10 @@ from kit.errors import EdgeRouterError
 from store import ABSENT, VERSION, ConflictError, Item, Table, TableSpec
 
 ADMIN_USERS = TableSpec("admin_users", key="username")
-ADMIN_SESSIONS = TableSpec("admin_sessions", key="id")
-ADMIN_LOGIN_FAILURES = TableSpec("admin_login_failures", key="key")
+ADMIN_SESSIONS = TableSpec("admin_sessions", key="id", expiring=True)
+ADMIN_LOGIN_FAILURES = TableSpec("admin_login_failures", key="key", expiring=True)
+"""Both expire (``expires_at``): the retention sweep deletes sessions nobody ended and
+lockouts that passed, so neither table grows forever."""
 USERNAME = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
 MIN_PASSWORD, MAX_PASSWORD = 12, 1024
 # Checked when the username is unknown, so a login takes as long whether or not it exists.

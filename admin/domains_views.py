@@ -9,6 +9,7 @@ from werkzeug.wrappers import Response
 
 from admin.web import admin, audit, user
 from control.wiring import Services
+from domains import dnsconfig
 from domains.errors import DomainError, DomainNotFound
 from domains.service import STATUSES
 from store import Item
@@ -64,6 +65,8 @@ def _page(hostname: str, error: str = "") -> str:
         "admin/domain.html", domain=domain, events=services.domains.timeline(domain, limit=50),
         certificate=services.certificates.describe(domain["hostname"]),
         uploaded=_uploaded(services, domain["hostname"]),
+        report=dnsconfig.last_report(services.lifecycle.checker, domain, dnsconfig.recommended(
+            domain, services.domains.dcv_zone)),
         notice=NOTICES.get(request.args.get("done", ""), ""), error=error)
 
 

@@ -1,6 +1,7 @@
 """An ordered list of CAs: when one fails for a domain, the next is tried."""
 from __future__ import annotations
 
+import datetime
 import logging
 
 from certs.issuer import AcmeIssuer, IssuanceError
@@ -60,8 +61,8 @@ class IssuerChain:
     def discard(self, hostnames: list[str]) -> None:
         self._issuer_of(hostnames[0]).discard(hostnames)
 
-    def renewal_due(self, hostname: str) -> bool:
-        return self._issuer_of(hostname).renewal_due(hostname)
+    def renewal_due(self, hostname: str, now: datetime.datetime | None = None) -> bool:
+        return self._issuer_of(hostname).renewal_due(hostname, now)
 
     def reencrypt(self) -> int:
         return self.issuers[0].reencrypt()  # the accounts and orders tables are shared

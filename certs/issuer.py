@@ -23,7 +23,7 @@ from certs.network import RATE_LIMITED_WAIT, PatientNetwork, RateLimited
 from certs.orders import OrderJournal, fetch_order
 from certs.store import CertificateStore
 from kit.vault import KeyVault
-from store import VERSION, ConflictError, Table, TableSpec, rewrite_field
+from store import VERSION, ConflictError, Item, Table, TableSpec, rewrite_field
 
 log = logging.getLogger(__name__)
 
@@ -161,23 +161,42 @@ class AcmeIssuer:
 
     def renewal_due(self, hostname: str, now: datetime.datetime | None = None) -> bool:
         """Time to renew: inside the CA's ARI window when it offers renewalInfo, else once a
-        third of the lifetime is left."""
-        stored = self._certificates.get(hostname)
-        if stored is None:
+        third of the lifetime is left.
+
+        The CA is asked at most once per its Retry-After (six hours by default), not on every
+        recheck: its answer is kept on the certificate's item, so 100,000 domains rechecked
+        hourly cost the CA about 5 requests a second, not 28. The private key is not read."""
+        item = self._certificates.raw(hostname)
+        if item is None:
             return False
         now = now or datetime.datetime.now(datetime.timezone.utc)
-        suggested = None
+        if now.timestamp() < float(item.get("ari_ask_again_at") or 0):
+            renew_at = item.get("ari_renew_at")
+        else:
+            renew_at = self._ask_renewal_time(item, now)
+        if renew_at is not None:
+            return now.timestamp() >= float(renew_at)
+        not_before = datetime.datetime.fromisoformat(item["not_before"])
+        not_after = datetime.datetime.fromisoformat(item["not_after"])
+        return now >= not_before + (not_after - not_before) * 2 / 3
+
+    def _ask_renewal_time(self, item: Item, now: datetime.datetime) -> float | None:
+        """The CA's suggested renewal time (a random point in its window), remembered with
+        when to ask again; None when the CA has no renewal info."""
+        suggested, ask_again = None, now + datetime.timedelta(hours=6)
         try:
             acme = self._acme()
-            if _offers(acme.directory, "renewalInfo"):
-                suggested, _ = acme.renewal_time(stored.fullchain_pem.encode())
+            if not _offers(acme.directory, "renewalInfo"):
+                self._certificates.remember_renewal(item, None, ask_again.timestamp())
+                return None
+            suggested, ask_again = acme.renewal_time(item["fullchain_pem"].encode())
         except (errors.Error, messages.Error, OSError) as exc:
-            log.info("no renewal info for %s (%s); using the lifetime", hostname, exc)
-        if suggested is not None:
-            return now >= suggested.astimezone(datetime.timezone.utc)
-        not_before = datetime.datetime.fromisoformat(stored.not_before)
-        not_after = datetime.datetime.fromisoformat(stored.not_after)
-        return now >= not_before + (not_after - not_before) * 2 / 3
+            log.info("no renewal info for %s (%s); using the lifetime", item["hostname"], exc)
+            return None  # asked again at the next recheck
+        renew_at = suggested.astimezone(datetime.timezone.utc).timestamp() if suggested else None
+        # The library's "ask again" time is naive local time; astimezone() reads it as such.
+        self._certificates.remember_renewal(item, renew_at, ask_again.astimezone().timestamp())
+        return renew_at
 
     def reencrypt(self) -> int:
         """Re-encrypt the stored ACME account keys under the newest encryption key."""
@@ -208,18 +227,22 @@ class AcmeIssuer:
         if order is None:
             key = generate_key(self._key_type)
             csr = make_csr(key, hostnames)
-            if self._budget is not None:
-                self._budget.reserve(hostnames)  # exact across replicas, before the CA counts
+            replaces = self._replaces(acme, hostnames)
+            # An ARI renewal (it names the certificate it replaces) is exempt from the CA's
+            # rate limits, so it takes nothing from ours: a renewal wave cannot starve new
+            # domains, and 100,000 domains' renewals are not throttled to 2,400 a day.
+            budget = self._budget if replaces is None else None
+            if budget is not None:
+                budget.reserve(hostnames)  # exact across replicas, before the CA counts
             self._orders.begin(hostnames, key_to_pem(key), csr)  # before the CA hears of it
             try:
-                replaces = self._replaces(acme, hostnames)
                 if replaces:
                     order = self._new_order_replacing(acme, hostnames, csr, replaces)
                 else:
                     order = acme.new_order(csr, profile=self._profile(acme, hostnames))
             except Exception as exc:
-                if self._budget is not None:
-                    self._budget.not_issued(hostnames, ordered=not _no_order_created(exc))
+                if budget is not None:
+                    budget.not_issued(hostnames, ordered=not _no_order_created(exc))
                 raise
             self._orders.ordered(hostnames, order.uri)
         try:
@@ -252,11 +275,11 @@ class AcmeIssuer:
 
     def _replaces(self, acme: client.ClientV2, hostnames: list[str]) -> str | None:
         """The ARI certID of the certificate this order renews, when the CA speaks ARI."""
-        stored = self._certificates.get(hostnames[0])
-        if stored is None or stored.ca != self.directory_url or \
+        stored = self._certificates.raw(hostnames[0])
+        if stored is None or stored.get("ca", "") != self.directory_url or \
                 not _offers(acme.directory, "renewalInfo"):
             return None
-        return cert_id(x509.load_pem_x509_certificate(stored.fullchain_pem.encode()))
+        return cert_id(x509.load_pem_x509_certificate(stored["fullchain_pem"].encode()))
 
     def _new_order_replacing(self, acme: client.ClientV2, hostnames: list[str], csr: bytes,
                              replaces: str) -> messages.OrderResource:

@@ -10,7 +10,8 @@ from cryptography import x509
 from kit.vault import KeyVault
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from store import Item, Page, RangeIndex, Table, TableSpec, every, rewrite_field
+from store import (VERSION, ConflictError, Item, Page, RangeIndex, Table, TableSpec, every,
+                   rewrite_field)
 
 CERTIFICATES = TableSpec("certificates", key="hostname",
                          ranges=(RangeIndex("expiry", key="expiry_set", sort="not_after_ts"),))
@@ -83,6 +84,20 @@ class CertificateStore:
             not_before=item["not_before"], not_after=item["not_after"], serial=item["serial"],
             issuer=item["issuer"], key_pem=self._vault.decrypt(item["key_enc"]).decode(),
             ca=item.get("ca", ""))
+
+    def raw(self, hostname: str) -> Item | None:
+        """The stored item as it is: the key stays encrypted (renewal checks need only dates)."""
+        return self.table.get(hostname)
+
+    def remember_renewal(self, item: Item, renew_at: float | None, ask_again_at: float) -> None:
+        """Keep the CA's renewal time (ARI; None: the CA offers none) on the certificate until
+        ``ask_again_at``. A certificate replaced meanwhile is left alone: its successor is
+        asked about afresh."""
+        try:
+            self.table.put({**item, "ari_renew_at": renew_at, "ari_ask_again_at": ask_again_at},
+                           expected_version=item[VERSION])
+        except ConflictError:
+            pass
 
     def describe(self, hostname: str) -> dict[str, object] | None:
         item = self.table.get(hostname)

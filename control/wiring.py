@@ -20,6 +20,7 @@ from domains.counts import DOMAIN_COUNTS
 from domains.dns01 import RegistrarDnsSolver
 from domains.dnscheck import DnsChecker
 from domains.lifecycle import Lifecycle, Timing
+from domains.prevalidation import DelegatedDcv, Prevalidation, Solvers
 from domains.outbox import DISABLE_LINKS
 from domains.service import DOMAINS, EVENTS, DomainService
 from domains.webhooks import WEBHOOKS, WebhookSender
@@ -186,16 +187,19 @@ class Services:
         platform_host = settings.sso_platform_host
         automation = RecordAutomation.from_settings(settings.registrars)
         checker = DnsChecker.from_settings(settings)
-        solver = RegistrarDnsSolver(automation, checker) if settings.registrars else None
+        registrar_solver = RegistrarDnsSolver(automation, checker) if settings.registrars else None
+        dcv = DelegatedDcv(automation, checker, settings.dcv_zone) if settings.dcv_zone else None
+        solver = Solvers(registrar_solver, dcv) if dcv is not None else registrar_solver
         domains = DomainService(
             backend.table(DOMAINS), backend.table(EVENTS),
             cname_target=settings.edge_cname_target, edge_addresses=settings.edge_addresses,
-            platform_domains=settings.platform_domains + ([platform_host] if platform_host else []),
+            platform_domains=settings.platform_domains + ([platform_host] if platform_host else [])
+            + ([settings.dcv_zone] if settings.dcv_zone else []),  # nobody connects our zone
             retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
             claim_ttl=settings.claim_ttl_seconds, automation=automation,
             max_pending=settings.max_pending_domains,
             allow_wildcards=settings.allow_wildcards, counts=backend.table(DOMAIN_COUNTS),
-            event_retention=settings.event_retention_seconds)
+            event_retention=settings.event_retention_seconds, dcv_zone=settings.dcv_zone)
         challenges = ChallengeStore(backend.table(CHALLENGES))
         certificates = CertificateStore(backend.table(CERTIFICATES), vault)
         uploads = UploadStore(backend.table(UPLOADS), vault, settings.byo_fallback_days)
@@ -244,6 +248,8 @@ class Services:
         events = DomainEvents(webhooks, links, publisher)
         lifecycle = Lifecycle(domains, checker, issuer, publisher, timing, events=events,
                               worker_id=settings.worker_id)
+        if dcv is not None:
+            Prevalidation(dcv, settings.prevalidation_recheck_seconds).attach(lifecycle)
         domains.consumers.register(DISABLE_LINKS, events.disable_links)
         custom = CustomCertificates(domains, uploads, lifecycle.worker_id,  # after the
                                     timing.worker_lease)  # lifecycle's consumers
@@ -278,4 +284,5 @@ class Services:
                 + self.edge_state.reencrypt() + (self.sso.keys.reencrypt() if self.sso else 0))
 
     def close(self) -> None:
+        self.edge_state.watch.close()
         self.backend.close()

@@ -4,12 +4,13 @@ A publication's own token (``kit/tokens.py``) works here too, for that publicati
 its connects are for itself, and other publications' domains answer 404 as if absent."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
+from domains import dnsconfig
 from domains.errors import DomainError, DomainNotFound
 from domains.lifecycle import Lifecycle
 from domains.service import DomainService, public_view
@@ -72,7 +73,8 @@ class Domain(BaseModel):
 
     hostname: str
     publication_id: str
-    status: str = Field(examples=["pending_dns", "verified", "issuing", "active", "suspended"])
+    status: str = Field(examples=["pending_dns", "verified", "issuing", "awaiting_traffic",
+                                  "active", "suspended"])
     dns_records: list[DnsRecord]
     created_at: str
     updated_at: str
@@ -102,6 +104,28 @@ class DomainDetail(Domain):
 class DomainCheck(Domain):
     ok: bool
     seen: dict[str, dict[str, list[str]]]
+
+
+class DnsConflict(BaseModel):
+    type: str = Field(examples=["AAAA"])
+    name: str
+    value: str
+    code: str = Field(examples=["stray_aaaa", "cname_mismatch", "a_mismatch",
+                                "caa_forbids_issuer", "txt_mismatch"])
+    message: str
+
+
+class DomainConfig(BaseModel):
+    """A domain's DNS as we see it now, for programs (domains/dnsconfig.py)."""
+
+    hostname: str
+    misconfigured: bool
+    configured_by: Literal["CNAME", "A", "AAAA"] | None
+    recommended: list[DnsRecord]
+    conflicts: list[DnsConflict]
+    missing: list[DnsRecord]
+    problems: list[dict[str, str]]
+    checked_at: str
 
 
 class DomainPage(BaseModel):
@@ -207,6 +231,17 @@ def check(hostname: str) -> Response:
     _own(hostname)
     domain, result = use(Lifecycle).check_now(hostname)
     return jsonify({**_view(domain), "ok": result.ok, "seen": result.seen})
+
+
+@bp.get("/<hostname>/config")
+@require_platform_or_publication
+@operation(summary="A domain's DNS report: what routes it, what to create, what is in the way",
+           auth="platform_or_publication", responses={200: DomainConfig, 404: None})
+def config(hostname: str) -> Response:
+    """Checks DNS now (the domain's schedule is not changed)."""
+    domain = _own(hostname)
+    return jsonify(dnsconfig.report(use(Lifecycle).checker, domain, dnsconfig.recommended(
+        domain, _service().dcv_zone)))
 
 
 @bp.delete("/<hostname>")

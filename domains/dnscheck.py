@@ -28,6 +28,8 @@ from domains.records import challenge_name
 class Problem:
     code: str
     message: str
+    record: tuple[str, str, str] | None = dataclasses.field(default=None, compare=False)
+    """(type, name, value) of the record at fault, when one is (the DNS report's conflicts)."""
 
 
 @dataclasses.dataclass
@@ -38,8 +40,10 @@ class DnsCheck:
     """Server (``ip:port`` or ``resolver``) -> ``"TYPE name"`` -> values found there."""
 
     @property
-    def errors(self) -> list[dict[str, str]]:
-        return [dataclasses.asdict(p) for p in self.problems]
+    def errors(self) -> list[dict[str, Any]]:
+        return [{"code": p.code, "message": p.message,
+                 **({"record": dict(zip(("type", "name", "value"), p.record))}
+                    if p.record else {})} for p in self.problems]
 
 
 WILDCARD_PROBE = "edge-wildcard-probe"
@@ -99,7 +103,8 @@ class DnsChecker:
             seen[label] = found
             for problem in self._check_on(server, hostname, token, found):
                 if len(servers) > 1:
-                    problem = Problem(problem.code, f"{problem.message} (on {label})")
+                    problem = Problem(problem.code, f"{problem.message} (on {label})",
+                                  problem.record)
                 problems.append(problem)
         problems += self._check_caa(hostname)
         return DnsCheck(not problems, problems, seen)
@@ -117,7 +122,8 @@ class DnsChecker:
                                                    f"the value {token!r}; we found none."))
         elif token not in txt:
             problems.append(Problem("txt_mismatch", f"TXT record {txt_name} must contain "
-                                    f"{token!r}; we found {', '.join(map(repr, txt))}."))
+                                    f"{token!r}; we found {', '.join(map(repr, txt))}.",
+                                    ("TXT", txt_name, txt[0])))
         return problems
 
     def _routing(self, server: str | None, hostname: str,
@@ -130,7 +136,8 @@ class DnsChecker:
             cnames = self._ask(server, hostname, "CNAME", found)
             if cnames and cnames != [self._target]:
                 return [Problem("cname_mismatch", f"Your CNAME {hostname} points to "
-                                f"{cnames[0]}; it must point to {self._target}.")]
+                                f"{cnames[0]}; it must point to {self._target}.",
+                                ("CNAME", hostname, cnames[0]))]
             if cnames:
                 return []
         a = self._ask(server, hostname, "A", found)
@@ -146,12 +153,32 @@ class DnsChecker:
         if wrong_a:
             problems.append(Problem("a_mismatch", f"{hostname} resolves to "
                                     f"{', '.join(wrong_a)}, which is not our edge "
-                                    f"({self._edge_list()})."))
+                                    f"({self._edge_list()}).", ("A", hostname, wrong_a[0])))
         if wrong_aaaa:
             problems.append(Problem("stray_aaaa", f"Remove the AAAA record(s) "
                                     f"{', '.join(wrong_aaaa)} of {hostname}: visitors on IPv6 "
-                                    f"would not reach us ({self._edge_list()})."))
+                                    f"would not reach us ({self._edge_list()}).",
+                                    ("AAAA", hostname, wrong_aaaa[0])))
         return problems
+
+    @property
+    def cname_target(self) -> str:
+        return self._target
+
+    def is_edge_address(self, address: str) -> bool:
+        try:
+            return ipaddress.ip_address(address) in self._addresses
+        except ValueError:
+            return False
+
+    def records(self, name: str, rdtype: str) -> list[str]:
+        """The values of ``name`` ``rdtype`` on its first authoritative server (the resolver
+        when none is found); empty when there are none or the lookup fails."""
+        servers: list[str | None] = [*self.authoritative_servers(base_of(name))] or [None]
+        try:
+            return self._ask(servers[0], name, rdtype, {})
+        except _LookupFailed:
+            return []
 
     def _edge_list(self) -> str:
         return ", ".join(sorted(str(a) for a in self._addresses))
@@ -195,13 +222,21 @@ class DnsChecker:
                     if r.flags & 128 and r.tag.lower() not in (b"issue", b"issuewild", b"iodef")]
         if critical:
             return [Problem("caa_forbids_issuer", f"CAA at {owner} has a critical property "
-                            f"{critical[0]!r} we do not understand, so no CA may issue.")]
+                            f"{critical[0]!r} we do not understand, so no CA may issue.",
+                            ("CAA", owner, self._caa_text(records, critical[0])))]
         if issuers and not self._caa.intersection(issuers):
             allowed = ", ".join(sorted(self._caa))
             return [Problem("caa_forbids_issuer", f"CAA records at {owner} allow only "
                             f"{', '.join(i or '(nobody)' for i in issuers)}; add "
-                            f"0 issue \"{allowed}\" so we can get a certificate for {hostname}.")]
+                            f"0 issue \"{allowed}\" so we can get a certificate for {hostname}.",
+                            ("CAA", owner, self._caa_text(records, tag.decode())))]
         return []
+
+    @staticmethod
+    def _caa_text(records: list[Any], tag: str) -> str:
+        """The CAA records of ``tag`` in presentation form (``0 issue "ca.example"``)."""
+        return ", ".join(r.to_text() for r in records
+                         if r.tag.decode(errors="replace").lower() == tag.lower())
 
     # -- lookups --------------------------------------------------------------------------
 

@@ -19,14 +19,17 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from domains import outbox
 from domains.dnscheck import DnsCheck, DnsChecker
-from domains.service import (ACTIVE, ISSUING, PENDING_DNS, SUSPENDED, VERIFIED,
-                             DomainService)
+from domains.service import (ACTIVE, AWAITING_TRAFFIC, ISSUING, PENDING_DNS, ROUTED,
+                             SUSPENDED, VERIFIED, DomainService)
 from kit import logs
 from store import ConflictError, Item, StoreError
+
+if TYPE_CHECKING:
+    from domains.prevalidation import Prevalidation
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,8 @@ class Lifecycle:
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
         self.events = events or _NoEvents()
         self._held: dict[str, float] = {}
+        self.prevalidation: Prevalidation | None = None
+        """Set by domains/prevalidation.py when a DCV zone is configured."""
         """Hostnames this worker leased -> when the lease runs out (handed back on a stop)."""
         consumers = domains.consumers
         consumers.register(outbox.ROUTE, self._follow)
@@ -109,7 +114,7 @@ class Lifecycle:
         otherwise), whatever the entry saw: an entry drained late, after a newer change,
         cannot put back a stale route."""
         domain = self.domains.domains.get(entry["hostname"])
-        active = domain is not None and domain["status"] == ACTIVE
+        active = domain is not None and domain["status"] in ROUTED
         self.edge.route_changes({entry["hostname"]: domain["publication_id"]
                                  if domain is not None and active else None})
 
@@ -128,9 +133,20 @@ class Lifecycle:
         issuing = self.domains.due(VERIFIED) + self._issuing_to_resume()
         # No order before an edge node serves: the CA would find port 80 closed, and each
         # failed validation counts against its limits (5 an hour per name at Let's Encrypt).
-        if issuing and self.edge.serving():
+        # Pre-validated domains are validated over DNS-01 in our zone: they need no edge.
+        if issuing and not self.edge.serving():
+            issuing = [d for d in issuing if d.get("traffic_elsewhere")]
+        if issuing:
             self._each(self.issue, issuing, self.timing.issue_concurrency)
         self._each(self.recheck, self.domains.due(ACTIVE) + self.domains.due(SUSPENDED))
+        if self.prevalidation is not None:
+            self._each(self.prevalidation.advance, self.domains.due(AWAITING_TRAFFIC))
+
+    def now(self) -> float:
+        return self._clock()
+
+    def webhook(self, event_type: str, domain: Item, status: str, **extra: object) -> Item:
+        return self._webhook(event_type, domain, status, **extra)
 
     @staticmethod
     def _webhook(event_type: str, domain: Item, status: str, **extra: object) -> Item:
@@ -142,7 +158,7 @@ class Lifecycle:
         """The outbox entries of ``domain`` moving to ``status``: its route, and ``webhooks``
         as (event type, extra data)."""
         return [outbox.route(domain["hostname"], domain["publication_id"]
-                             if status == ACTIVE else None),
+                             if status in ROUTED else None),
                 *(self._webhook(event_type, domain, status, **extra)
                   for event_type, extra in webhooks)]
 
@@ -190,7 +206,9 @@ class Lifecycle:
                 domain, VERIFIED, "DNS points at the edge, TXT matches, CAA allows our CA", actor,
                 effects=[self._webhook("domain.verified", domain, VERIFIED)],
                 last_error=None, validation_errors=[], dns_seen=result.seen, attempts=0,
-                next_attempt_at=0)
+                next_attempt_at=0, traffic_elsewhere=False)
+        if self.prevalidation is not None and self.prevalidation.ready(domain, result):
+            return self.prevalidation.verified(domain, result, actor)
         deferred = self.domains.defer(domain, result.errors, dns_seen=result.seen, actor=actor)
         if self._clock() - domain["claimed_at"] > self.timing.give_up:
             return self.domains.transition(deferred, PENDING_DNS, "gave up waiting for DNS",
@@ -198,6 +216,10 @@ class Lifecycle:
         return deferred
 
     def issue(self, domain: Item) -> Item:
+        if domain.get("traffic_elsewhere") and self.prevalidation is not None:
+            domain = self.prevalidation.still_delegated(domain)
+            if domain["status"] != VERIFIED:
+                return domain
         leased = self.domains.transition(domain, ISSUING, "ordering a certificate",
                                          next_attempt_at=self._clock() + self.timing.issuing_lease)
         try:
@@ -208,6 +230,8 @@ class Lifecycle:
                                                 "message": f"certificate: {exc}"}],
                                       status=VERIFIED,
                                       not_before=getattr(exc, "retry_after", None))
+        if leased.get("traffic_elsewhere") and self.prevalidation is not None:
+            return self.prevalidation.issued(leased)
         return self.domains.transition(
             leased, ACTIVE, "certificate issued",
             effects=self._changed(leased, ACTIVE, ("certificate.issued", {}),
@@ -237,6 +261,9 @@ class Lifecycle:
         return self.domains.defer(domain, result.errors, dns_seen=result.seen, actor=actor,
                                   failing_since=failing_since)
 
+    def renew_if_due(self, domain: Item) -> Item:
+        return self._renew_if_due(domain)
+
     def _renew_if_due(self, domain: Item) -> Item:
         """Renew an active domain's certificate in place; the edge swaps it in hot."""
         if not self.issuer.renewal_due(domain["hostname"]):
@@ -251,8 +278,9 @@ class Lifecycle:
                                                              domain, ACTIVE, error=str(exc))])
         return self.domains.record(domain, "certificate renewed", "a third of its lifetime was "
                                    "left (or the CA's renewal window opened)",
-                                   effects=self._changed(domain, ACTIVE, ("certificate.issued",
-                                                                          {"renewal": True})))
+                                   effects=self._changed(domain, domain["status"],
+                                                         ("certificate.issued",
+                                                          {"renewal": True})))
 
     def check_now(self, hostname: str, actor: str = "api") -> tuple[Item, DnsCheck]:
         """Re-check a domain at once, whatever its schedule (the publisher pressed "check")."""
@@ -262,6 +290,9 @@ class Lifecycle:
             domain = self.verify({**domain, "gave_up": False}, result, actor)
         elif domain["status"] in (ACTIVE, SUSPENDED) and not domain.get("held"):
             domain = self.recheck(domain, result, actor)
+        elif domain["status"] == AWAITING_TRAFFIC and self.prevalidation is not None \
+                and not domain.get("held"):
+            domain = self.prevalidation.advance(domain, result, actor)
         return domain, result
 
     def renew_now(self, hostname: str, actor: str = "admin") -> Item:
@@ -297,7 +328,7 @@ class Lifecycle:
         if not domain.get("held"):
             raise ValueError("only a domain suspended by an admin can be resumed")
         was = domain.get("held_from")
-        status = was if was in (ACTIVE, SUSPENDED) else PENDING_DNS
+        status = was if was in (ACTIVE, SUSPENDED, AWAITING_TRAFFIC) else PENDING_DNS
         webhooks: list[tuple[str, dict[str, object]]] = \
             [("domain.active", {})] if status == ACTIVE else []
         return self.domains.transition(domain, status, "resumed by an admin", actor,
@@ -320,8 +351,8 @@ class Lifecycle:
         an operator asks; routine changes publish one route each."""
         for attempt in range(3):
             try:
-                self.edge.publish({d["hostname"]: d["publication_id"]
-                                   for d in self.domains.each_with_status(ACTIVE)})
+                self.edge.publish({d["hostname"]: d["publication_id"] for status in ROUTED
+                                   for d in self.domains.each_with_status(status)})
                 return
             except ConflictError:  # another replica published meanwhile: read again
                 if attempt == 2:

@@ -1,16 +1,33 @@
 """The DNS records a publisher must create for a hostname."""
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from typing import Iterable
 
 from domains.hostnames import base_of, is_apex
 
 CHALLENGE_LABEL = "_edge-challenge"
+ACME_LABEL = "_acme-challenge"
 
 
 def challenge_name(hostname: str) -> str:
     return f"{CHALLENGE_LABEL}.{base_of(hostname)}"
+
+
+def dcv_target(hostname: str, dcv_zone: str) -> str:
+    """Where ``_acme-challenge.<host>`` is delegated in our DCV zone: one label per base name
+    (a wildcard and its apex share ``_acme-challenge``), the same at every connect and renewal."""
+    label = hashlib.sha256(base_of(hostname).encode()).hexdigest()[:32]
+    return f"{label}.{dcv_zone}"
+
+
+def delegation_records(hostname: str, dcv_zone: str) -> list[dict[str, str]]:
+    """The CNAME that delegates DNS-01 for ``hostname`` to our DCV zone (none without one)."""
+    if not dcv_zone:
+        return []
+    return [{"type": "CNAME", "name": f"{ACME_LABEL}.{base_of(hostname)}",
+             "value": dcv_target(hostname, dcv_zone)}]
 
 
 def required_records(hostname: str, token: str, cname_target: str,

@@ -16,7 +16,7 @@ from domains.errors import (DomainError, DomainNotFound, HostnameTaken, InvalidH
 from domains.hostnames import normalize_hostname
 from domains.outbox import (EVENT, OUTBOX, OUTBOX_GRACE, Consumers, kind_of,
                             with_entries)
-from domains.records import instructions, required_records
+from domains.records import delegation_records, instructions, required_records
 from kit.backoff import jittered_backoff
 from kit.hosts import HOSTNAME_LABEL
 from store import ABSENT, ConflictError, Item, Page, RangeIndex, Table, TableSpec, every
@@ -36,7 +36,12 @@ Their ids sort newest first; each expires ``event_retention`` seconds after it h
 
 PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED = (
     "pending_dns", "verified", "issuing", "active", "suspended")
-STATUSES = (PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED)
+AWAITING_TRAFFIC = "awaiting_traffic"
+"""Pre-validated (domains/prevalidation.py): certificate ready, routed at the edge, waiting
+for the publisher's traffic record to point at us."""
+STATUSES = (PENDING_DNS, VERIFIED, ISSUING, AWAITING_TRAFFIC, ACTIVE, SUSPENDED)
+ROUTED = (ACTIVE, AWAITING_TRAFFIC)
+"""The statuses the edge serves a domain in."""
 REMOVING = "removing"
 FAILING_SET = "failing"
 """Not counted among STATUSES: a removed domain whose outbox is being drained; the item is
@@ -66,7 +71,7 @@ class DomainService:
                  claim_ttl: float = 7 * 86400, automation: RecordAutomation | None = None,
                  allow_wildcards: bool = False, max_pending: int = 0,
                  counts: Table | None = None, event_retention: float = 30 * 86400.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, dcv_zone: str = "") -> None:
         self.domains = domains
         self.events = events
         self.counts = StatusCounts(counts, STATUSES) if counts is not None else None
@@ -81,6 +86,7 @@ class DomainService:
         self._allow_wildcards = allow_wildcards
         self._max_pending = max_pending
         self._event_retention = event_retention
+        self.dcv_zone = dcv_zone
         self.automation = automation or RecordAutomation({})
         self._clock = clock
         self.consumers = Consumers()
@@ -120,7 +126,8 @@ class DomainService:
             item = {"hostname": name, "publication_id": publication_id, "status": PENDING_DNS,
                     "claim": uuid.uuid4().hex, "claimed_at": now,
                     "token": token, "created_at": iso(now), "updated_at": iso(now),
-                    "dns_records": required_records(name, token, self._target, self._addresses),
+                    "dns_records": required_records(name, token, self._target, self._addresses)
+                    + delegation_records(name, self.dcv_zone),
                     "last_error": None, "validation_errors": [], "dns_seen": {}, "attempts": 0,
                     "next_attempt_at": now}
             item = with_entries(item, now, [self._event_item(
@@ -187,7 +194,7 @@ class DomainService:
             return None
         for name in (hostname, "*." + parent):
             item = self.domains.get(name)
-            if item is not None and item["status"] == ACTIVE:
+            if item is not None and item["status"] in ROUTED:
                 return item
         return None
 

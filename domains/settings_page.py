@@ -19,10 +19,11 @@ from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, rend
 from werkzeug.wrappers import Response
 
 from certs.store import CertificateStore
+from domains import dnsconfig
 from domains.byo import CustomCertificates
 from domains.errors import DomainError
 from domains.lifecycle import Lifecycle
-from domains.service import ACTIVE, DomainService, Item, public_view
+from domains.service import ROUTED, DomainService, Item, public_view
 from kit import logs
 from kit.hosts import host_without_port
 from kit.platform import Platform, PlatformUser
@@ -102,7 +103,7 @@ def status_of(domain: Item) -> dict[str, Any]:
     view = public_view(domain, _domains().cname_target)
     # The public view: a status poll every 2 s must not decrypt the private key.
     certificate = use(CertificateStore).describe(domain["hostname"]) \
-        if domain["status"] == ACTIVE else None
+        if domain["status"] in ROUTED else None
     port = use(Settings).edge_https_port
     return {**view,
             "next_check": _when(domain.get("next_attempt_at")),
@@ -119,7 +120,7 @@ def _own_certificate(domain: Item) -> dict[str, Any] | None:
     if view is None or custom is None:
         return None
     return {**view, "expires": str(view["not_after"])[:10],
-            "served": domain["status"] == ACTIVE and custom.uploads.in_time(view)}
+            "served": domain["status"] in ROUTED and custom.uploads.in_time(view)}
 
 
 def _hostname_or_empty(text: str) -> str:
@@ -164,8 +165,10 @@ def connect() -> Response | tuple[str, int]:
 def show(hostname: str) -> str:
     user = _publisher()
     domain = _own(user, hostname)
+    report = dnsconfig.last_report(use(Lifecycle).checker, domain, dnsconfig.recommended(
+        domain, _domains().dcv_zone))
     return render_template("publisher/domain.html", user=user, domain=status_of(domain),
-                           csrf_token=_csrf(user))
+                           report=report, csrf_token=_csrf(user))
 
 
 @bp.get("/domains/<hostname>/status")

@@ -26,7 +26,8 @@ inside the signed payload, so a captured request cannot be replayed later
 (:func:`verify_signature` does all of this). Any 2xx answer counts as delivered; anything else,
 a redirect, a connection error or a timeout is retried with jittered exponential backoff until
 ``max_attempts``, after which the event is left in state ``failed`` with ``last_error``.
-A delivered event expires ``retention`` seconds after its delivery.
+A delivered event expires ``retention`` seconds after its delivery, a failed one as long
+after its last attempt.
 """
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ log = logging.getLogger(__name__)
 
 WEBHOOKS = TableSpec("webhook_outbox", key="id", indexes=("state",), expiring=True)
 EVENT_TYPES = frozenset({
-    "domain.verified", "domain.active", "domain.suspended", "domain.removed",
+    "domain.verified", "domain.awaiting_traffic", "domain.active", "domain.suspended",
+    "domain.removed",
     "certificate.issued", "certificate.renewal_failed",
     "certificate.uploaded", "certificate.fallback",  # a publisher's own (domains/byo.py)
 })
@@ -187,7 +189,9 @@ class WebhookSender:
         if attempts >= self._max_attempts:
             log.warning("webhook %s (%s) failed for good after %d attempts: %s",
                         event["id"], event["type"], attempts, error)
-            self._finish(event, state=FAILED, attempts=attempts, last_error=error)
+            # Kept for operators as long as a delivered one, then swept (never forever).
+            self._finish(event, state=FAILED, attempts=attempts, last_error=error,
+                         expires_at=self._clock() + self._retention)
             return
         delay = jittered_backoff(attempts, self._retry_base, self._retry_max)
         log.info("webhook %s (%s) attempt %d failed: %s; retrying in %.1fs",

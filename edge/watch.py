@@ -23,6 +23,17 @@ class VersionWatch:
         self._version: str | None = None
         self._waiting = 0
         self._poller: threading.Thread | None = None
+        self._closed = False
+
+    def close(self) -> None:
+        """The store is closing: the poller stops before its next read (no "closed database"
+        error from a thread outliving it), and waiting agents are answered at once."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+        poller = self._poller
+        if poller is not None and poller is not threading.current_thread():
+            poller.join(timeout=self._interval * 4)
 
     def changed(self, version: str) -> None:
         """This process committed ``version``: wake the agents waiting on an older one."""
@@ -35,13 +46,14 @@ class VersionWatch:
         deadline = time.monotonic() + timeout
         with self._condition:
             self._waiting += 1
-            if self._poller is None or not self._poller.is_alive():
+            if not self._closed and (self._poller is None or not self._poller.is_alive()):
                 self._version = None  # unknown until the poller's first read
                 self._poller = threading.Thread(target=self._poll, name="edge-watch",
                                                 daemon=True)
                 self._poller.start()
             try:
-                while self._version in (None, have) and time.monotonic() < deadline:
+                while (self._version in (None, have) and not self._closed
+                       and time.monotonic() < deadline):
                     self._condition.wait(min(deadline - time.monotonic(), self._interval))
             finally:
                 self._waiting -= 1
@@ -49,7 +61,7 @@ class VersionWatch:
     def _poll(self) -> None:
         while True:
             with self._condition:
-                if self._waiting == 0:
+                if self._waiting == 0 or self._closed:
                     self._poller = None
                     return
             try:
@@ -59,4 +71,5 @@ class VersionWatch:
                 version = None
             if version is not None:
                 self.changed(version)
-            time.sleep(self._interval)
+            with self._condition:
+                self._condition.wait_for(lambda: self._closed, self._interval)

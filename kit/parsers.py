@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -14,6 +15,18 @@ def text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a string")
     return value
+
+
+_ZONE_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def zone(value: Any) -> str:
+    """A DNS zone name: lowercase, no trailing dot, at least two labels."""
+    name = text(value).strip().lower().rstrip(".")
+    labels = name.split(".")
+    if name and (len(labels) < 2 or not all(_ZONE_LABEL.fullmatch(x) for x in labels)):
+        raise ValueError("must be a DNS zone such as dcv.example.net")
+    return name
 
 
 def integer(value: Any) -> int:

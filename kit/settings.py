@@ -120,6 +120,11 @@ class Settings:
     max_pending_domains: int = 25
     """Claims not yet verified per publication (each blocks its hostname); 0: no limit."""
     allow_wildcards: bool = False
+    dcv_zone: str = ""
+    """A zone we drive through ``registrars`` where publishers delegate DNS-01 (pre-validation,
+    wildcards without their registrar); empty: not offered."""
+    prevalidation_recheck_seconds: float = 60.0
+    """How often a pre-validated domain's traffic record is checked until it points at us."""
     short_domains: list[str] = dataclasses.field(default_factory=list)
     shortlinks_port: int = 8100
     hot_links: int = 0
@@ -249,6 +254,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "claim_ttl_seconds": parse.number,
     "max_pending_domains": parse.integer,
     "allow_wildcards": parse.boolean,
+    "dcv_zone": parse.zone,
+    "prevalidation_recheck_seconds": parse.positive,
     "short_domains": parse.names,
     "shortlinks_port": parse.port,
     "hot_links": parse.between(0, 2000),  # they travel in one item (edge/state_store.py)
@@ -324,8 +331,17 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: str | None 
         raise SettingsError("edge_token", "must differ from api_token (agents get private keys)")
     if values.get("sso_platform_url"):
         _check_sso(values)
+    if values.get("dcv_zone") and not _covers(values.get("registrars") or {}, values["dcv_zone"]):
+        raise SettingsError("dcv_zone", "needs a registrar provider for it (or a parent zone) "
+                                        "in registrars: we write its TXT records")
     _check_channels(values)
     return _with_derived_paths(Settings(**values))
+
+
+def _covers(registrars: Mapping[str, Any], zone: str) -> bool:
+    labels = zone.split(".")
+    return any(".".join(labels[start:]) in {z.lower().rstrip(".") for z in registrars}
+               for start in range(len(labels)))
 
 
 def _check_sso(values: dict[str, Any]) -> None:

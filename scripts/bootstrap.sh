@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the product and its tests need, only when missing: Debian packages (pebble,
-# haproxy, node/npm; with --test also testssl.sh, wrk, knot, chromium and prometheus, for
+# haproxy, node/npm; with --test also testssl.sh, wrk, knot, unbound, chromium and prometheus, for
 # promtool), npm packages (dynalite, for the DynamoDB tests) and this Python package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,8 @@ if [ "${1:-}" = "--test" ]; then
     command -v testssl >/dev/null || missing+=(testssl.sh)
     command -v wrk >/dev/null || missing+=(wrk)
     command -v knotd >/dev/null || [ -x /usr/sbin/knotd ] || missing+=(knot)
+    # Not started by the package here (no systemd); the tests run their own on loopback.
+    command -v unbound >/dev/null || [ -x /usr/sbin/unbound ] || missing+=(unbound)
     [ -x /usr/bin/chromium ] || missing+=(chromium)
     command -v promtool >/dev/null || missing+=(prometheus)
 fi

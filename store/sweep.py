@@ -16,16 +16,21 @@ class ExpirySweeper:
 
     def __init__(self, tables: Sequence[Table], batch: int = 500,
                  clock: Callable[[], float] = time.time, interval: float = 60.0) -> None:
+        self.tables: list[Table] = []
         for table in tables:
-            if not table.spec.expiring:
-                raise ValueError(f"{table.spec.name} is not an expiring table")
-        self.tables = list(tables)
+            self.add(table)
         self._batch = batch
         self._clock = clock
         self._interval = interval
         self._next = 0.0
         self.deleted = 0
         """Items deleted since start (for metrics and tests)."""
+
+    def add(self, table: Table) -> None:
+        """Sweep ``table`` too (a part built later, such as the dashboard, adds its own)."""
+        if not table.spec.expiring:
+            raise ValueError(f"{table.spec.name} is not an expiring table")
+        self.tables.append(table)
 
     def tick(self) -> None:
         now = self._clock()

@@ -28,6 +28,7 @@ class AriProxy:
         self.pebble = pebble
         self.window = (-3600.0, 3600.0)
         self.new_orders: list[dict[str, Any]] = []
+        self.renewal_info_requests = 0
         self.rate_limit: str | None = None
         """When set, new orders get a 429 with this Retry-After value."""
         cert_dir = pebble.listener_ca.parent
@@ -47,6 +48,7 @@ class AriProxy:
     def app(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
         if request.path.startswith("/renewal-info/"):
+            self.renewal_info_requests += 1
             now = datetime.datetime.now(datetime.timezone.utc)
             start, end = (now + datetime.timedelta(seconds=s) for s in self.window)
             body = {"suggestedWindow": {"start": start.isoformat(), "end": end.isoformat()}}

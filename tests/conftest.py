@@ -82,6 +82,21 @@ SSO_PLATFORM = "platform.example.test"
 SSO_COOKIE_KEY = "platform-cookie-key-0123456789-abcdef"
 
 
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def services_both(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Services]:
+    """The control service's objects on each backend (dynalite: its own table prefix), with
+    no cap on pending domains, closed after the test."""
+    settings = dataclasses.replace(settings, max_pending_domains=0)
+    if request.param == "dynamodb":
+        settings = dataclasses.replace(
+            settings, storage_backend="dynamodb",
+            dynamodb_endpoint_url=request.getfixturevalue("dynalite"),
+            dynamodb_table_prefix=f"s{uuid.uuid4().hex[:8]}_")
+    opened = Services.from_settings(settings)
+    yield opened
+    opened.close()
+
+
 @pytest.fixture
 def sso_settings(settings: Settings) -> Settings:
     """SSO on; the platform's user comes from its signed cookie, so no platform server runs."""

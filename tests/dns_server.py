@@ -172,3 +172,57 @@ class KnotServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
+
+
+class UnboundResolver:
+    """A real recursive resolver (unbound) on loopback that asks ``knot`` for ``zones``.
+
+    An authoritative server answers a CNAME into another zone with the CNAME alone; the CA's
+    resolver follows it (that is what lets a publisher delegate ``_acme-challenge`` to our zone).
+    Pebble's own DNS client does not follow CNAMEs, so Pebble asks this resolver, which follows
+    them into knotd's zones the way Let's Encrypt's unbound does. No cache (every answer fresh),
+    no DNSSEC, no root: only the stub zones resolve. Stop it with :meth:`stop` (by PID)."""
+
+    address = "127.0.0.1"
+
+    def __init__(self, directory: Path, knot: KnotServer, zones: list[str],
+                 timeout: float = 20.0) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        config = directory / "unbound.conf"
+
+        def start(port: int) -> ManagedProcess:
+            self.port = port
+            config.write_text(self._config(directory, port, knot, zones))
+            return ManagedProcess("unbound", [UNBOUND, "-d", "-c", str(config)],
+                                  directory / "unbound.log")
+
+        self._process, _ = start_listening(start, self.address, timeout)
+
+    def _config(self, directory: Path, port: int, knot: KnotServer, zones: list[str]) -> str:
+        lines = ["server:", f"    interface: {self.address}", f"    port: {port}",
+                 '    username: ""', '    chroot: ""', f'    directory: "{directory}"',
+                 f'    pidfile: "{directory / "unbound.pid"}"', '    logfile: ""',
+                 "    use-syslog: no", "    do-daemonize: no", "    do-ip6: no",
+                 "    num-threads: 1", "    access-control: 127.0.0.0/8 allow",
+                 "    do-not-query-localhost: no", '    module-config: "iterator"',
+                 "    qname-minimisation: no", "    cache-max-ttl: 0",
+                 "    cache-max-negative-ttl: 0", "    infra-host-ttl: 1",
+                 "    outgoing-range: 64", "    so-reuseport: no",
+                 '    root-hints: ""']
+        lines += [f'    local-zone: "{zone.split(".")[-1]}." nodefault'
+                  for zone in sorted({z.split(".")[-1] for z in zones})]
+        for zone in zones:
+            lines += ["stub-zone:", f'    name: "{zone}."',
+                      f"    stub-addr: {knot.address}@{knot.port}"]
+        return "\n".join(lines) + "\n"
+
+    @property
+    def server(self) -> str:
+        """``ip:port``, as Pebble's ``-dnsserver`` takes it."""
+        return f"{self.address}:{self.port}"
+
+    def stop(self) -> None:
+        self._process.stop()

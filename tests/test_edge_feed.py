@@ -130,3 +130,20 @@ def test_a_long_poll_wakes_on_a_change_here_and_on_another_replica(
         assert "c.example.test" in {r["hostname"] for r in out[1].json()["routes"]}
     finally:
         other.close()
+
+
+def test_closing_the_services_stops_the_watch_before_the_store_closes(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    services = Services.from_settings(settings)
+    route(services, "w.example.test", "pub_1")
+    have = services.edge_state.current_version()
+    assert have is not None
+    waiter = threading.Thread(target=services.edge_state.watch.wait, args=(have, 30))
+    waiter.start()
+    while not any(t.name == "edge-watch" for t in threading.enumerate()):
+        threading.Event().wait(0.01)
+    services.close()
+    waiter.join(timeout=5)
+    assert not waiter.is_alive(), "a waiting agent is answered when the store closes"
+    assert not any(t.name == "edge-watch" for t in threading.enumerate())
+    assert "reading the edge state version failed" not in caplog.text

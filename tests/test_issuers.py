@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import threading
 import time
 from pathlib import Path
@@ -97,18 +98,24 @@ def test_ari_window_drives_renewal_and_the_order_names_what_it_replaces(
     pebble = PebbleStack(tmp_path / "ari", http_port=free_port())
     proxy = AriProxy(pebble)
     services = Services.from_settings(dataclasses.replace(
-        settings, acme_directory_url=proxy.directory_url, acme_ca_bundle=str(pebble.listener_ca)))
+        settings, acme_directory_url=proxy.directory_url, acme_ca_bundle=str(pebble.listener_ca),
+        acme_orders_per_3h=1))
     server = make_server("127.0.0.1", pebble.http_port, create_app(services), threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        services.issuer.issue(["ari.example.test"])
+        services.issuer.issue(["ari.example.test"])  # takes the one new order of the budget
         first = services.certificates.get("ari.example.test")
         assert first is not None and "replaces" not in proxy.new_orders[-1]
         proxy.window = (3600.0, 7200.0)  # the CA suggests renewing in an hour: not yet
         assert services.issuer.renewal_due("ari.example.test") is False
         proxy.window = (-7200.0, -60.0)  # the window has passed: renew now (a 5-year cert!)
-        assert services.issuer.renewal_due("ari.example.test") is True
-        services.issuer.issue(["ari.example.test"])
+        assert services.issuer.renewal_due("ari.example.test") is False, \
+            "the CA's answer is kept until its Retry-After (6 h without one)"
+        assert proxy.renewal_info_requests == 1
+        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=7)
+        assert services.issuer.renewal_due("ari.example.test", now=later) is True
+        assert proxy.renewal_info_requests == 2
+        services.issuer.issue(["ari.example.test"])  # an ARI renewal: exempt, like at the CA
         old = x509.load_pem_x509_certificate(first.fullchain_pem.encode())
         assert proxy.new_orders[-1]["replaces"] == cert_id(old)
         assert services.certificates.get("ari.example.test").serial != first.serial

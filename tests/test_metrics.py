@@ -2,10 +2,7 @@
 failing domains, certificates by expiry, issuance results, and each edge node's sync state."""
 from __future__ import annotations
 
-import dataclasses
 import time
-import uuid
-from typing import Iterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -14,7 +11,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from admin_app import create_app
 from control.wiring import Services
-from kit.settings import Settings
 from kit.x509 import self_signed
 
 KEY = ec.generate_private_key(ec.SECP256R1())
@@ -22,16 +18,9 @@ KEY_PEM = KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFor
                             serialization.NoEncryption())
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def services(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Services]:
-    if request.param == "dynamodb":
-        settings = dataclasses.replace(
-            settings, storage_backend="dynamodb",
-            dynamodb_endpoint_url=request.getfixturevalue("dynalite"),
-            dynamodb_table_prefix=f"m{uuid.uuid4().hex[:8]}_")
-    opened = Services.from_settings(settings)
-    yield opened
-    opened.close()
+@pytest.fixture
+def services(services_both: Services) -> Services:
+    return services_both
 
 
 def scrape(services: Services) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -156,3 +156,16 @@ def test_registrar_automation_is_announced_and_its_failure_shown(client: FlaskCl
     post(client, "/domains", {"hostname": "manual.example.test", "publication": "pub_1"})
     assert "Create these records at the company that hosts your DNS" in \
         get(client, "/domains/manual.example.test").text
+
+
+def test_a_pre_validated_domain_says_its_certificate_is_ready(client: FlaskClient,
+                                                               services: Services) -> None:
+    domain, _ = services.domains.connect("moving.example.test", "pub_1")
+    services.domains.transition(domain, "awaiting_traffic", "certificate ready")
+    page = get(client, "/domains/moving.example.test").text
+    note = re.search(r'<p id="awaiting-note"\s*(hidden)?\s*>\s*(.*?)</p>', page, re.S)
+    assert note is not None and note.group(1) is None, "shown"
+    assert "Your certificate is ready" in note.group(2)
+    assert 'class="status status-awaiting_traffic"' in page
+    assert get(client, "/domains/moving.example.test/status").json["status"] == \
+        "awaiting_traffic"

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
+from admin.accounts import ADMIN_SESSIONS, Sessions
+from admin_app import create_app
 from control.wiring import Services
 from domains.service import DOMAINS, EVENTS, DomainService
 from domains.webhooks import DELIVERED, WEBHOOKS, WebhookSender
@@ -101,6 +103,15 @@ def test_a_sweep_with_nothing_due_costs_one_request_per_table_a_minute(backend: 
     assert backend.requests - before == 3
 
 
+def test_admin_sessions_nobody_ended_are_swept(backend: Backend) -> None:
+    sessions = Sessions(backend.table(ADMIN_SESSIONS), lifetime=DAY)
+    ids = [sessions.start("admin") for _ in range(3)]
+    sweeper = ExpirySweeper([sessions.table], clock=lambda: time.time() + 2 * DAY)
+    sweeper.tick()
+    assert sweeper.deleted == 3 and stored(sessions.table) == 0
+    assert all(sessions.get(session_id) is None for session_id in ids)
+
+
 def test_the_control_worker_sweeps_every_expiring_table(settings: Settings) -> None:
     services = Services.from_settings(settings)
     try:
@@ -108,6 +119,9 @@ def test_the_control_worker_sweeps_every_expiring_table(settings: Settings) -> N
         names = {table.spec.name for table in services.sweeper.tables}
         assert {"domain_events", "webhook_outbox", "edge_visit_reports", "sso_codes",
                 "acme_challenges", "acme_orders"} <= names
+        create_app(services)  # the dashboard's sessions and lockouts expire too
+        names = {table.spec.name for table in services.sweeper.tables}
+        assert {"admin_sessions", "admin_login_failures"} <= names
     finally:
         services.close()
 

@@ -3,11 +3,8 @@ dynalite): an idle worker round and a one-route change cost the same whatever th
 domains; racing publishers and a publisher that dies mid-change leave no stale route."""
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
-import uuid
-from typing import Iterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -17,7 +14,6 @@ from admin.summary import Summary
 from control.wiring import Services
 from edge.state import RouteRef, routes_digest
 from edge.state_store import EdgeStateStore
-from kit.settings import Settings
 from kit.x509 import self_signed
 
 KEY = ec.generate_private_key(ec.SECP256R1())
@@ -25,16 +21,9 @@ KEY_PEM = KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFor
                             serialization.NoEncryption())
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def services(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Services]:
-    if request.param == "dynamodb":
-        settings = dataclasses.replace(
-            settings, storage_backend="dynamodb",
-            dynamodb_endpoint_url=request.getfixturevalue("dynalite"),
-            dynamodb_table_prefix=f"s{uuid.uuid4().hex[:8]}_")
-    opened = Services.from_settings(dataclasses.replace(settings, max_pending_domains=0))
-    yield opened
-    opened.close()
+@pytest.fixture
+def services(services_both: Services) -> Services:
+    return services_both
 
 
 def seed_active(services: Services, count: int, start: int = 0) -> None:
@@ -148,7 +137,8 @@ def test_counts_by_status_follow_every_change_and_an_old_store_is_counted(
     seed_active(services, 3)
     services.domains.connect("new.scale.example.test", "pub_1")
     services.lifecycle.remove("d1.scale.example.test")
-    expected = {"pending_dns": 1, "verified": 0, "issuing": 0, "active": 2, "suspended": 0}
+    expected = {"pending_dns": 1, "verified": 0, "issuing": 0, "awaiting_traffic": 0,
+                "active": 2, "suspended": 0}
     assert services.domains.by_status() == expected
     services.lifecycle.suspend("d2.scale.example.test")
     assert services.domains.by_status()["suspended"] == 1

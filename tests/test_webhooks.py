@@ -135,6 +135,7 @@ def test_gives_up_after_max_attempts(table: Table, receiver: Receiver) -> None:
     deliver_until(lambda: (table.get(event_id) or {}).get("state") == "failed", hooks)
     failed = table.get(event_id)
     assert failed is not None and failed["attempts"] == 3 and failed["last_error"] == "HTTP 503"
+    assert failed["expires_at"] > time.time() + 29 * 86400, "kept, then swept like the delivered"
     assert len(receiver.requests) == 3
     assert hooks.deliver_due() == 0 and len(receiver.requests) == 3
 

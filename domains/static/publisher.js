@@ -21,6 +21,7 @@ function show(domain) {
   status.className = "status status-" + domain.status;
   const active = domain.status === "active";
   document.getElementById("active-note").hidden = !active;
+  document.getElementById("awaiting-note").hidden = domain.status !== "awaiting_traffic";
   document.getElementById("cert-expiry").textContent = domain.certificate_expires || "";
   document.getElementById("next-check").hidden = active || !domain.next_check;
   document.getElementById("next-check-at").textContent = domain.next_check || "";

@@ -1,0 +1,215 @@
+"""DynamoDB requests per operation, counted at the wire, and the capacity model built on them.
+
+Usage: python bench/store_requests.py [--recheck-hours 1] [--validity-days 90]
+
+Starts dynalite (DynamoDB over HTTP), Pebble (short-lived certificates, so a renewal happens
+within seconds) and challtestsrv, then drives one domain through its life with the control
+service's own objects: connect, verification, issuance, an edge node's delta and certificate
+download, a recheck at rest, a renewal, a short link's visit flush, an idle worker round and a
+removal. Every DynamoDB call is counted by operation name through botocore's event hook, as
+reads (GetItem, Query, ...) or writes (PutItem, UpdateItem, TransactWriteItems, ...).
+
+The last part prints the capacity model for 100,000 and 1,000,000 domains with 10 edge nodes
+from those counts: requests per second at rest and in a renewal wave, and the monthly
+DynamoDB on-demand bill (us-east-1 prices, $0.625 per million write request units and $0.125
+per million read request units; items here are under 1 KB, a transactional item costs 2).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from cryptography.fernet import Fernet
+from werkzeug.serving import make_server
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from admin_app import create_app  # noqa: E402
+from control.wiring import Services  # noqa: E402
+from devtools.pebble import PebbleStack  # noqa: E402
+from kit.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
+from kit.settings import load_settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+READS = {"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"}
+WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"}
+WRITE_PRICE, READ_PRICE = 0.625e-6, 0.125e-6
+MONTH = 30 * 86400
+
+
+@dataclasses.dataclass
+class Cost:
+    reads: int = 0
+    writes: int = 0
+    """Write request units: a TransactWriteItems item counts 2, as DynamoDB bills it."""
+    calls: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+
+    def __str__(self) -> str:
+        calls = ", ".join(f"{name} {n}" for name, n in sorted(self.calls.items()))
+        return f"{self.reads} reads, {self.writes} write units ({calls})"
+
+
+class Meter:
+    """Counts the DynamoDB calls a block makes, by operation."""
+
+    def __init__(self, client: Any) -> None:
+        self.current: Cost | None = None
+        client.meta.events.register("before-call.dynamodb", self._count)
+
+    def _count(self, model: Any, params: dict[str, Any], **kwargs: Any) -> None:
+        if self.current is None or model.name in ("DescribeTable", "ListTables"):
+            return
+        self.current.calls[model.name] += 1
+        if model.name in READS:
+            self.current.reads += 1
+        elif model.name == "TransactWriteItems":
+            self.current.writes += 2 * len(params.get("TransactItems", []))
+        elif model.name in WRITES:
+            self.current.writes += 1
+
+    def measure(self, step: Callable[[], object]) -> Cost:
+        self.current = cost = Cost()
+        try:
+            step()
+        finally:
+            self.current = None
+        return cost
+
+
+def per_second(cost: Cost, times_per_second: float) -> tuple[float, float]:
+    return cost.reads * times_per_second, cost.writes * times_per_second
+
+
+def dollars(reads_per_s: float, writes_per_s: float) -> float:
+    return (reads_per_s * READ_PRICE + writes_per_s * WRITE_PRICE) * MONTH
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--recheck-hours", type=float, default=1.0,
+                        help="recheck_seconds of the model, in hours (default 1)")
+    parser.add_argument("--validity-days", type=int, default=90)
+    args = parser.parse_args()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")  # dynalite checks none
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # Pebble's challenge fetches
+    with tempfile.TemporaryDirectory() as tmp:
+        port, http_port = free_port(), free_port()
+        dynalite = ManagedProcess("dynalite", [
+            str(ROOT / "node_modules" / ".bin" / "dynalite"), "--host", "127.0.0.1",
+            "--port", str(port)], Path(tmp) / "dynalite.log")
+        pebble = PebbleStack(Path(tmp) / "pebble", http_port=http_port, validity_seconds=9,
+                             env={"PEBBLE_WFE_NONCEREJECT": "0"})
+        try:
+            wait_for_port(port, process=dynalite)
+            settings = load_settings(
+                env={}, api_token="bench-token-0123456789", edge_token="bench-edge-0123456789",
+                encryption_keys=Fernet.generate_key().decode(), data_dir=tmp,
+                storage_backend="dynamodb", dynamodb_endpoint_url=f"http://127.0.0.1:{port}",
+                acme_directory_url=pebble.directory_url, acme_ca_bundle=str(pebble.listener_ca),
+                dns_servers=["127.0.0.1"], dns_port=pebble.dns_port, recheck_seconds=0.1,
+                edge_cname_target="edge.platform.test", edge_addresses=["127.0.0.1"],
+                short_domains=["go.bench.test"])
+            services = Services.from_settings(settings)
+            server = make_server("127.0.0.1", http_port, create_app(services), threaded=True)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            try:
+                costs = drive(services, pebble, Meter(services.backend._client))
+            finally:
+                server.shutdown()
+                services.close()
+        finally:
+            pebble.stop()
+            dynalite.stop()
+    for name, cost in costs.items():
+        print(f"{name}: {cost}")
+    model(costs, args.recheck_hours * 3600, args.validity_days)
+
+
+def drive(services: Services, pebble: PebbleStack, meter: Meter) -> dict[str, Cost]:
+    costs: dict[str, Cost] = {}
+    hostname = "one.bench.test"
+    services.lifecycle.publish_routes()  # the reconciliation at start
+    services.edge_state.report("edge-1", services.edge_state.current_version(), None, True)
+    domain = {}
+
+    def connect() -> None:
+        domain.update(services.domains.connect(hostname, "pub_1")[0])
+    costs["connect"] = meter.measure(connect)
+    pebble.set_txt(f"_edge-challenge.{hostname}", domain["token"])
+    costs["verification"] = meter.measure(
+        lambda: domain.update(services.lifecycle.verify(services.domains.get(hostname))))
+    revision = services.edge_state.meta()["revision"]  # type: ignore[index]
+    costs["issuance and activation"] = meter.measure(
+        lambda: domain.update(services.lifecycle.issue(domain)))
+    assert services.domains.get(hostname)["status"] == "active"
+    costs["an agent's delta"] = meter.measure(lambda: services.edge_state.changes_since(revision))
+    costs["an agent's idle watch (one return)"] = meter.measure(
+        services.edge_state.current_version)
+    costs["certificate download"] = meter.measure(lambda: services.edge_state.certificate(hostname))
+
+    def recheck() -> None:
+        """What the worker does with a domain its ``due`` query returned."""
+        leased = services.domains.lease(due, "bench", 60)
+        assert leased is not None
+        services.lifecycle.recheck(leased)
+    due = services.domains.get(hostname)
+    recheck()  # the first asks the CA for its renewal time and keeps it for 6 hours
+    due = services.domains.get(hostname)
+    costs["recheck at rest (leased)"] = meter.measure(recheck)
+    first = services.certificates.get(hostname)
+    time.sleep(6.5)  # past two thirds of Pebble's nine seconds
+    due = services.domains.get(hostname)
+    costs["renewal"] = meter.measure(recheck)
+    renewed = services.certificates.get(hostname)
+    assert first is not None and renewed is not None and renewed.serial != first.serial
+    link = services.links.create("go.bench.test", "https://example.org/", "pub_1", slug="read")
+    costs["link visit flush (one link)"] = meter.measure(
+        lambda: services.links.add_visits({link["id"]: 3}))
+    services.lifecycle.tick()
+    costs["idle worker round"] = meter.measure(services.lifecycle.tick)
+    costs["removal"] = meter.measure(lambda: services.lifecycle.remove(hostname))
+    return costs
+
+
+def model(costs: dict[str, Cost], recheck_seconds: float, validity_days: int) -> None:
+    nodes, replicas, worker_interval, watch_seconds = 10, 2, 2.0, 5.0
+    recheck, renewal = costs["recheck at rest (leased)"], costs["renewal"]
+    # An idle worker round per replica; each agent's watch returning; and each replica's
+    # watch thread reading the version item every 0.5 s while agents wait (edge/watch.py).
+    rest_fixed = (per_second(costs["idle worker round"], replicas / worker_interval),
+                  per_second(costs["an agent's idle watch (one return)"], nodes / watch_seconds),
+                  per_second(costs["an agent's idle watch (one return)"], replicas / 0.5))
+    fixed_reads = sum(r for r, _ in rest_fixed)
+    fixed_writes = sum(w for _, w in rest_fixed)
+    print(f"model: {nodes} edge nodes, {replicas} replicas, {worker_interval:g} s worker interval, "
+          f"rechecks every {recheck_seconds / 3600:g} h, {validity_days}-day certificates "
+          f"renewed at two thirds")
+    for n in (100_000, 1_000_000):
+        reads, writes = per_second(recheck, n / recheck_seconds)
+        reads, writes = reads + fixed_reads, writes + fixed_writes
+        renewals_per_day = n / (validity_days * 2 / 3)
+        wave_reads, wave_writes = per_second(renewal, renewals_per_day / 86400)
+        wave = per_second(costs["an agent's delta"], renewals_per_day / 86400 * nodes)
+        download = per_second(costs["certificate download"], renewals_per_day / 86400 * nodes)
+        renew_reads = wave_reads + wave[0] + download[0]
+        renew_writes = wave_writes + wave[1] + download[1]
+        bill = dollars(reads + renew_reads, writes + renew_writes)
+        print(f"{n:,} domains: at rest {reads:,.1f} reads/s, {writes:,.1f} write units/s; "
+              f"renewals {renewals_per_day:,.0f} a day add {renew_reads:,.2f} reads/s, "
+              f"{renew_writes:,.2f} write units/s (a wave 10x that: "
+              f"{10 * renew_reads:,.1f} and {10 * renew_writes:,.1f}); "
+              f"DynamoDB on demand about ${bill:,.0f} a month")
+
+
+if __name__ == "__main__":
+    main()
