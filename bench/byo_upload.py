@@ -8,7 +8,10 @@ time until HAProxy hands it out in a TLS handshake is measured; then it is remov
 and the time until Pebble's is served again is the baseline: the same route change and hot
 apply, without the upload's validation and encryption.
 
-Usage: python bench/byo_upload.py [--rounds 20]
+Each change waits ``--gap`` seconds after the previous one was served (``--gap 0``: back to
+back, the agent just done with the previous change).
+
+Usage: python bench/byo_upload.py [--rounds 20] [--gap 1.0]
 """
 from __future__ import annotations
 
@@ -62,6 +65,7 @@ def summary(samples: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--gap", type=float, default=1.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="byo-bench-") as directory:
         stack = LocalStack(Path(directory))
@@ -77,12 +81,14 @@ def main() -> None:
             for cert, key in uploads:
                 sha = x509.load_pem_x509_certificate(cert.encode()).fingerprint(
                     hashes.SHA256()).hex()
+                time.sleep(args.gap)
                 started = time.perf_counter()
                 answer = stack.api("PUT", f"/api/v1/domains/{HOST}/certificate",
                                    json={"certificate": cert + ca.pem, "private_key": key})
                 assert answer.status_code == 200, answer.text
                 put_answer.append(time.perf_counter() - started)
                 upload_served.append(until_served(stack.edge_https_port, sha, started))
+                time.sleep(args.gap)
                 started = time.perf_counter()
                 assert stack.api("DELETE", f"/api/v1/domains/{HOST}/certificate").ok
                 removal_served.append(until_served(stack.edge_https_port, acme, started))
@@ -90,7 +96,8 @@ def main() -> None:
             stack.stop()
     load = os.getloadavg()
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
-          f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {args.rounds} rounds")
+          f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {args.rounds} rounds, "
+          f"{args.gap:g} s between changes")
     print(f"PUT answered                      {summary(put_answer)}")
     print(f"upload -> served by the edge      {summary(upload_served)}")
     print(f"removal -> ours served (baseline) {summary(removal_served)}")

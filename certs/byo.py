@@ -59,6 +59,8 @@ class UploadedChain:
     names: tuple[str, ...]
     not_before: datetime.datetime
     not_after: datetime.datetime
+    serving_end: datetime.datetime
+    """The first expiry among the certificate and its intermediates (see :func:`serving_end`)."""
     serial: str
     issuer: str
 
@@ -103,6 +105,7 @@ def _validate(hostname: str, chain_pem: object, key_pem: object, now: datetime.d
         key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()).decode(),
         not_before=leaf.not_valid_before_utc, not_after=leaf.not_valid_after_utc,
+        serving_end=serving_end(chain),
         serial=format(leaf.serial_number, "x"), issuer=_name(leaf.issuer, 400))
 
 
@@ -253,11 +256,21 @@ def _check_dates(chain: list[x509.Certificate], now: datetime.datetime,
         if cert.not_valid_before_utc > now:
             raise UploadRejected(f"{which} is not valid before "
                                  f"{_day(cert.not_valid_before_utc)}", code="not_yet_valid")
-    if chain[0].not_valid_after_utc - now <= min_remaining:
+    end = serving_end(chain)
+    if end - now <= min_remaining:
+        which = "the certificate" if end == chain[0].not_valid_after_utc else "its chain"
         raise UploadRejected(
-            f"the certificate expires on {_day(chain[0].not_valid_after_utc)}, within "
+            f"{which} expires on {_day(end)}, within "
             f"{min_remaining.total_seconds() / 86400:g} days, when we serve our own instead; "
             "upload one valid longer", code="expiring")
+
+
+def serving_end(chain: list[x509.Certificate]) -> datetime.datetime:
+    """When the chain stops working for visitors: the first expiry among the certificate and
+    its intermediates (a root at the end is the browser's own copy that counts)."""
+    last = chain[-1]
+    served = chain[:-1] if len(chain) > 1 and last.subject == last.issuer else chain
+    return min(cert.not_valid_after_utc for cert in served)
 
 
 def _check_chain(chain: list[x509.Certificate], hostname: str, now: datetime.datetime) -> None:

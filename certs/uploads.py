@@ -47,6 +47,8 @@ class UploadStore:
         """The item to store for ``upload``, its key already encrypted: it may wait in the
         domain's outbox before :meth:`store` writes it."""
         not_after = upload.not_after.timestamp()
+        # An intermediate that expires first ends the chain's service first.
+        serving_end = min(not_after, upload.serving_end.timestamp())
         return {"hostname": upload.hostname,
                 "upload_id": hashlib.sha256(
                     (upload.fullchain_pem + upload.key_pem).encode()).hexdigest()[:32],
@@ -58,7 +60,7 @@ class UploadStore:
                 "issuer": upload.issuer, "serial": upload.serial,
                 "uploaded_at": datetime.datetime.fromtimestamp(
                     self._clock(), datetime.timezone.utc).isoformat(timespec="seconds"),
-                "fallback_set": SERVED, "fallback_at": not_after - self.fallback_seconds,
+                "fallback_set": SERVED, "fallback_at": serving_end - self.fallback_seconds,
                 "retired": False}
 
     def store(self, sealed: Item) -> None:

@@ -23,7 +23,7 @@ from certs.byo import UploadedChain, validate
 from certs.uploads import UploadStore
 from domains import outbox
 from domains.errors import DomainError
-from domains.service import ACTIVE, PENDING_DNS, REMOVING, DomainService
+from domains.service import PENDING_DNS, REMOVING, ROUTED, DomainService
 from store import ConflictError, Item
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,10 @@ class CustomCertificates:
         if domain["status"] in (PENDING_DNS, REMOVING):
             raise NotVerifiedYet(domain["hostname"])
         sealed = self.uploads.seal(upload)
-        served = domain["status"] == ACTIVE
+        served = domain["status"] in ROUTED
         why = (f"SHA-256 {sealed['fingerprint'][:16]}..., expires {sealed['not_after'][:10]}; "
                + ("served instead of the ACME certificate" if served
-                  else "served once the domain is active"))
+                  else "served once the domain is routed at the edge"))
         stored = self.domains.record(domain, "uploaded certificate", why, actor, effects=[
             {"kind": STORE_UPLOAD, "hostname": domain["hostname"], "upload": sealed},
             *self._route(domain),

@@ -12,6 +12,7 @@ from certs.uploads import public_view
 from domains.api import _own
 from domains.byo import CustomCertificates, NoUpload
 from domains.errors import DomainError
+from domains.service import ROUTED
 from kit.api import RequestModel, operation
 from kit.auth import require_platform_or_publication
 from kit.web import api_error, use
@@ -41,8 +42,8 @@ class UploadedCertificate(BaseModel):
     fallback_at: float | None = Field(description="when the ACME certificate is served again "
                                       "(epoch seconds; null once it is)")
     retired: bool
-    served: bool = Field(description="the edge serves it now (the domain is active and its "
-                                     "fallback time has not come)")
+    served: bool = Field(description="the edge serves it now (the domain is routed: active or "
+                                     "awaiting_traffic; and its fallback time has not come)")
 
 
 class UploadRemoved(BaseModel):
@@ -59,7 +60,7 @@ def _view(domain: dict[str, Any], upload: dict[str, Any] | None = None) -> dict[
     view = uploads.describe(domain["hostname"]) or (public_view(upload) if upload else None)
     if view is None:
         raise NoUpload(domain["hostname"])
-    return {**view, "served": domain["status"] == "active" and uploads.in_time(view)}
+    return {**view, "served": domain["status"] in ROUTED and uploads.in_time(view)}
 
 
 @bp.errorhandler(UploadRejected)

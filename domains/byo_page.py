@@ -3,27 +3,14 @@ removal, each a plain form with the page's CSRF token. Attached to the settings 
 blueprint by ``settings_page.init_app``."""
 from __future__ import annotations
 
-from typing import Any
-
 from flask import redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from certs.byo import MAX_CHAIN_CHARS, MAX_KEY_CHARS, UploadRejected
 from domains.byo import CustomCertificates
 from domains.errors import DomainError
-from domains.service import ACTIVE, Item
 from domains.settings_page import _csrf, _own, _publisher, _require_csrf, bp, status_of
-from kit.web import find, use
-
-
-def own_certificate(domain: Item) -> dict[str, Any] | None:
-    """What the page shows of the domain's upload (never its key), or None."""
-    custom = find(CustomCertificates)
-    view = custom.uploads.describe(domain["hostname"]) if custom is not None else None
-    if view is None or custom is None:
-        return None
-    return {**view, "expires": str(view["not_after"])[:10],
-            "served": domain["status"] == ACTIVE and custom.uploads.in_time(view)}
+from kit.web import use
 
 
 def _text(field: str, limit: int) -> str:

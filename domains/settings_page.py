@@ -20,6 +20,7 @@ from werkzeug.wrappers import Response
 
 from certs.store import CertificateStore
 from domains import dnsconfig, pairs
+from domains.byo import CustomCertificates
 from domains.errors import DomainError
 from domains.lifecycle import Lifecycle
 from domains.pairs import pair_view
@@ -30,7 +31,7 @@ from kit.hosts import host_without_port
 from kit.platform import Platform, PlatformUser
 from kit.settings import Settings
 from kit.tokens import PUBLICATION_ID
-from kit.web import use
+from kit.web import find, use
 
 bp = Blueprint("publisher_settings", __name__, url_prefix="/_edge/settings",
                template_folder="templates", static_folder="static")
@@ -115,9 +116,13 @@ def status_of(domain: Item) -> dict[str, Any]:
 
 
 def _own_certificate(domain: Item) -> dict[str, Any] | None:
-    from domains.byo_page import own_certificate
-
-    return own_certificate(domain)
+    """The publisher's own certificate as the page shows it (never its key), or None."""
+    custom = find(CustomCertificates)
+    view = custom.uploads.describe(domain["hostname"]) if custom is not None else None
+    if view is None or custom is None:
+        return None
+    return {**view, "expires": str(view["not_after"])[:10],
+            "served": domain["status"] in ROUTED and custom.uploads.in_time(view)}
 
 
 def _hostname_or_empty(text: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from typing import Any, Sequence
 from urllib.parse import quote
 
@@ -191,8 +192,9 @@ class EdgeAgent:
         self.node.start()
         failures = 0
         while not stop.is_set():
+            applied, started = False, time.monotonic()
             try:
-                self.sync()
+                applied = self.sync()
                 if failures:
                     log.warning("edge sync works again after %d failed rounds", failures)
                 failures = 0
@@ -204,5 +206,13 @@ class EdgeAgent:
                 self.report_visits()
             except Exception as exc:  # the visits stay pending for the next round
                 log.info("reporting hot link visits failed: %s", exc)
-            stop.wait(jittered_backoff(failures, interval, MAX_BACKOFF) if failures
-                      else interval)
+            waited = time.monotonic() - started
+            if failures:
+                stop.wait(jittered_backoff(failures, interval, MAX_BACKOFF))
+            elif not (self.watch and (applied or waited >= self.watch / 2)):
+                # Watching, a round that applied a change, or whose long poll waited, goes
+                # straight back to the long poll: a pause would hold the next change (a
+                # certificate upload, say) up to ``interval``. The long poll paces the rounds
+                # (it answers when the state moves, or after ``watch``); a round that came
+                # back early for another reason (a server that does not wait) still pauses.
+                stop.wait(interval)

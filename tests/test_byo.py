@@ -8,6 +8,7 @@ import dataclasses
 import re
 import datetime
 import time
+import uuid
 from typing import Any, Iterator
 
 import pytest
@@ -31,6 +32,26 @@ TOKEN = "test-token-0123456789"
 def services(settings: Settings) -> Iterator[Services]:
     built = Services.from_settings(dataclasses.replace(
         settings, webhook_url="http://127.0.0.1:9/never-delivered", webhook_secret="s" * 20))
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def any_backend(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """The settings on SQLite, or on dynalite with a fresh table prefix."""
+    if request.param == "sqlite":
+        return settings
+    return dataclasses.replace(settings, storage_backend="dynamodb",
+                               dynamodb_endpoint_url=request.getfixturevalue("dynalite"),
+                               dynamodb_table_prefix=f"b{uuid.uuid4().hex[:8]}_")
+
+
+@pytest.fixture
+def both(any_backend: Settings) -> Iterator[Services]:
+    built = Services.from_settings(dataclasses.replace(
+        any_backend, webhook_url="http://127.0.0.1:9/never-delivered", webhook_secret="s" * 20))
     try:
         yield built
     finally:
@@ -95,7 +116,9 @@ def dated(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, names: 
 
 
 def test_an_upload_is_served_instead_of_ours_and_removed_gives_ours_back(
-        client: FlaskClient, services: Services) -> None:
+        both: Services) -> None:
+    services = both
+    client = create_app(services).test_client()
     acme_pem = activate(services)
     assert served_sha(services) == fingerprint(acme_pem)
     ca = LocalCA()
@@ -127,7 +150,8 @@ def test_an_upload_is_served_instead_of_ours_and_removed_gives_ours_back(
 
 
 def test_the_fallback_comes_at_its_due_time_from_one_index_query(
-        settings: Settings) -> None:
+        any_backend: Settings) -> None:
+    settings = any_backend
     # The upload is valid 1 day; we stop serving it 1 day minus 2 s before its expiry.
     opened = Services.from_settings(dataclasses.replace(
         settings, byo_fallback_days=1 - 2 / 86400, webhook_url="http://127.0.0.1:9/x",
@@ -481,3 +505,53 @@ def test_two_replicas_fall_back_once(settings: Settings) -> None:
     finally:
         for replica in replicas:
             replica.close()
+
+
+def test_an_uploaded_key_follows_a_key_rotation(settings: Settings) -> None:
+    from cryptography.fernet import Fernet
+
+    old = settings.encryption_keys[0]
+    new = Fernet.generate_key().decode()
+    first = Services.from_settings(settings)
+    try:
+        activate(first)
+        assert first.custom_certificates is not None
+        cert, key = _chain(LocalCA())
+        first.custom_certificates.upload(first.domains.get(HOST),
+                                         first.custom_certificates.check(HOST, cert, key))
+    finally:
+        first.close()
+    rotating = Services.from_settings(dataclasses.replace(settings, encryption_keys=[new, old]))
+    try:
+        rotating.reencrypt_keys()
+    finally:
+        rotating.close()
+    rotated = Services.from_settings(dataclasses.replace(settings, encryption_keys=[new]))
+    try:
+        assert rotated.custom_certificates is not None
+        served = rotated.custom_certificates.uploads.serving(HOST)
+        assert served is not None and served.key_pem == key
+    finally:
+        rotated.close()
+
+
+def test_an_intermediate_that_expires_first_sets_the_fallback(client: FlaskClient,
+                                                               services: Services) -> None:
+    activate(services)
+    root_key, inter_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    root = build_certificate("root", root_key, ca=True, days=3650)
+
+    def chain(inter_days: float) -> tuple[str, str]:
+        inter = build_certificate("intermediate", inter_key, signer=root_key,
+                                  issuer=root.subject, ca=True, days=inter_days)
+        leaf = build_certificate(HOST, leaf_key, signer=inter_key, issuer=inter.subject,
+                                 names=[HOST], days=300)
+        return cert_to_pem(leaf) + cert_to_pem(inter), key_to_pem(leaf_key)
+
+    refused = put(client, *chain(5))
+    assert refused.status_code == 400
+    assert refused.get_json()["error"].startswith("its chain expires on")
+    answer = put(client, *chain(30))
+    assert answer.status_code == 200, answer.text
+    expected = time.time() + 30 * 86400 - 7 * 86400
+    assert abs(answer.get_json()["fallback_at"] - expected) < 60

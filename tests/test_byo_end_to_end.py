@@ -11,11 +11,12 @@ from typing import Any, Iterator
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from devtools.demo import LocalStack
 from devtools.pebble import PebbleStack
 from devtools.probe import https_get
-from kit.x509 import LocalCA
+from kit.x509 import LocalCA, build_certificate, cert_to_pem, key_to_pem
 from tests.webhook_receiver import Receiver
 
 HOST = "byo.example.test"
@@ -114,6 +115,19 @@ def test_an_uploaded_certificate_is_served_and_ours_comes_back(
     assert uploaded["fingerprint"] == sha256(leaf) and uploaded["served"] is True
     timeline = [e["what"] for e in stack.api("GET", f"/api/v1/domains/{HOST}").json()["events"]]
     assert "uploaded certificate" in timeline
+
+    # Replaced by an RSA one: HAProxy swaps the key type in place, hot.
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = build_certificate("rsa test CA", ca_key, ca=True)
+    rsa_key = rsa.generate_private_key(65537, 2048)
+    rsa_leaf = build_certificate(HOST, rsa_key, signer=ca_key, issuer=ca_cert.subject,
+                                 names=[HOST])
+    answer = stack.api("PUT", f"/api/v1/domains/{HOST}/certificate", json={
+        "certificate": cert_to_pem(rsa_leaf) + cert_to_pem(ca_cert),
+        "private_key": key_to_pem(rsa_key)})
+    assert answer.status_code == 200, answer.text
+    wait_served_sha(stack, HOST, sha256(rsa_leaf))
+    assert https_get(stack.edge_https_port, HOST, cadata=cert_to_pem(ca_cert)).status == 200
 
     assert stack.api("DELETE", f"/api/v1/domains/{HOST}/certificate").status_code == 200
     wait_served_sha(stack, HOST, sha256(acme))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -201,3 +202,43 @@ def test_requests_and_errors_per_publication_are_exported(
         ("edge_publication_http_client_errors_total", "pub_2"): 0,
         ("edge_publication_http_server_errors_total", "pub_1"): 0,
         ("edge_publication_http_server_errors_total", "pub_2"): 1}
+
+
+def test_a_watching_agent_takes_the_next_change_without_its_pause(
+        control: tuple[Services, str], tmp_path: Path, app: SampleApp) -> None:
+    """After applying a change, or after a long poll that waited, a watching agent asks again
+    at once: the next change is not held for the agent's interval (here an hour: it would
+    never arrive)."""
+    import threading
+
+    services, url = control
+    node = EdgeNode(tmp_path / "watching", http_port=free_port(), https_port=free_port())
+    watching = EdgeAgent(node, url, "edge-token-0123456789", node_id="w1", watch=1.0)
+    routes = some_routes(1)
+    publish(services, app, routes)
+    stop = threading.Event()
+    runner = threading.Thread(target=watching.run, args=(3600.0, stop), daemon=True)
+    runner.start()
+    try:
+        for n in range(3):
+            if n == 2:
+                time.sleep(1.5)  # the long poll (1 s) answers "no change" first
+            cert, pem = self_signed("h0.example.test")
+            routes["h0.example.test"] = Route("h0.example.test", "pub_1", pem)
+            desired = publish(services, app, routes)
+            deadline = time.monotonic() + 30
+            while not served(node, cert) or node.applied_version != desired.version:
+                assert time.monotonic() < deadline, f"change {n} not applied"
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        runner.join(15)
+        node.stop()
+
+
+def served(node: EdgeNode, cert: str) -> bool:
+    """Whether the node answers h0.example.test with ``cert`` (verified against it)."""
+    try:
+        return https_get(node.layout.https_port, "h0.example.test", cadata=cert).status == 200
+    except OSError:  # not listening yet, or another certificate (ssl.SSLError is an OSError)
+        return False
