@@ -207,6 +207,7 @@ def test_targets_are_stored_as_ascii_uris_and_redirect_through_waitress(
     (waitress cannot encode the Location header). The target is normalised when created, and
     a link stored before that (any character at all) is encoded when served."""
     from waitress.server import create_server
+    from waitress.wasyncore import close_all
 
     table = SqliteBackend(str(tmp_path / "links.db")).table(LINKS)
     links = LinkService(table, DOMAINS)
@@ -214,7 +215,8 @@ def test_targets_are_stored_as_ascii_uris_and_redirect_through_waitress(
     legacy = links.create("acme.link", "https://example.org/", owner="p", slug="old")
     table.put({**legacy, "target": target + "\u2028\x85"})  # as an older version stored it
     server = create_server(make_app(Resolver(table)), host="127.0.0.1", port=0, threads=1)
-    threading.Thread(target=server.run, daemon=True).start()
+    loop = threading.Thread(target=server.run, daemon=True)
+    loop.start()
     try:
         for slug in ("new", "old"):
             conn = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=10)
@@ -225,8 +227,10 @@ def test_targets_are_stored_as_ascii_uris_and_redirect_through_waitress(
             assert location is not None and location.isascii() and location.isprintable()
             conn.close()
             assert location == stored if slug == "new" else location.startswith(stored)
-    finally:
-        server.close()
+    finally:  # the loop thread closes its sockets itself (not under its select), then ends
+        server.trigger.pull_trigger(lambda: close_all(server._map))
+        loop.join(timeout=10)
+        server.task_dispatcher.shutdown()
 
 
 def test_random_slugs_cannot_grow_the_cache_without_end(links: LinkService, table: Table) -> None:
