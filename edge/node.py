@@ -1,10 +1,15 @@
-"""One edge node: route and certificate changes hot through the runtime API; anything else as a
-new release: render, check, swap in, reload.
+"""One edge node: route, certificate and redirect changes hot through the runtime API; anything
+else as a new release: render, check, swap in, reload.
 
 Releases live in ``<dir>/releases/<n>-<version>/``; ``<dir>/current`` is a symlink swapped
 atomically, and HAProxy always runs ``current/haproxy.cfg``. A release HAProxy refuses is
 deleted before it ever becomes current, so the node keeps serving the last good one, and a
 restart serves exactly what ``current`` points at.
+
+A hot change costs what changed, not what the node serves: it is checked alone, sent to
+HAProxy in one runtime-API batch, and appended to the release's journal (edge/journal.py), not
+written into maps of 100,000 lines. The journal is folded into the files before HAProxy reads
+them again (start, reload), past ``compact_after`` changes, and when the agent is idle.
 """
 from __future__ import annotations
 
@@ -16,15 +21,18 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from importlib import resources
 from pathlib import Path
 
+from edge import journal
 from edge.errors import EdgeError
 from edge.haproxy import HAProxy
-from edge.plan import Plan, make_plan
-from edge.render import NodeLayout, cert_file, render, render_lists, validate
+from edge.plan import Change, Plan, make_plan
+from edge.render import (NodeLayout, cert_file, crt_list_text, hosts_map_text, render,
+                         validate, validate_config, validate_redirect, validate_route)
 from edge.runtime import RuntimeAPI, RuntimeCommandFailed
-from edge.state import DesiredState, Route
+from edge.state import DesiredState, EdgeConfig, Route, StateDelta
 from kit.files import PUBLIC, SECRET, fsync_directory, replace_durably, write_atomic
 from kit.x509 import self_signed
 
@@ -32,13 +40,18 @@ log = logging.getLogger(__name__)
 KEEP_RELEASES = 3
 COLD_SLICE = 500
 """A node starting with more routes serves this many first and adds the rest hot."""
+COMPACT_AFTER = 20000
+"""Journal changes after which the node folds them into its files."""
+BATCH = 3000
+"""Runtime-API commands per connection when many changes stream in (a cold start)."""
 
 
 class EdgeNode:
     def __init__(self, directory: Path, *, haproxy_bin: str = "haproxy", bind: str = "127.0.0.1",
                  http_port: int = 80, https_port: int = 443, stats_port: int = 0,
                  templates: Path | None = None, cold_slice: int = COLD_SLICE,
-                 control_ca: str = "") -> None:
+                 control_ca: str = "", compact_after: int = COMPACT_AFTER,
+                 redirect_capacity: int = 1_000_000) -> None:
         self.directory = directory.absolute()
         self.cold_slice = cold_slice
         self.templates = templates
@@ -47,7 +60,8 @@ class EdgeNode:
         self.layout = NodeLayout(bind=bind, http_port=http_port, https_port=https_port,
                                  runtime_socket=sockets / "admin.sock",
                                  default_cert=self.directory / "default.pem",
-                                 stats_port=stats_port, control_ca=control_ca)
+                                 stats_port=stats_port, control_ca=control_ca,
+                                 redirect_capacity=redirect_capacity)
         self.current = self.directory / "current"
         self.haproxy = HAProxy(haproxy_bin, self.current / "haproxy.cfg",
                                sockets / "master.sock", self.directory / "haproxy.log")
@@ -57,25 +71,68 @@ class EdgeNode:
         self.reloads = 0
         self._served: dict[str, Route] | None = None
         self._map_checked = False
+        self.compact_after = compact_after
+        self._applied: str | None = None
+        """The version served, once read (VERSION, then the journal's last change)."""
+        self._journaled = 0
+        """Changes in the current release's journal (not yet folded into its files)."""
+        self._structure_served: str | None = None
+        self.last_change = time.monotonic()
         _ensure_default_cert(self.layout.default_cert)
 
     @property
     def applied_version(self) -> str | None:
-        marker = self.current / "VERSION"
-        return marker.read_text().strip() if marker.exists() else None
+        if self._applied is None:
+            marker = self.current / "VERSION"
+            if not marker.exists():
+                return None
+            version, _, _, self._journaled = journal.replay(self.current.resolve())
+            self._applied = version or marker.read_text().strip()
+        return self._applied
+
+    def _forget(self) -> None:
+        """What is served is re-read from the files (``current`` moved, or a change failed)."""
+        self._served = self._applied = self._structure_served = None
 
     def existing_routes(self) -> dict[str, Route]:
-        """Routes the current release serves: read from its files once, then kept in memory."""
+        """Routes the current release serves: read from its files and journal once, then kept
+        in memory and changed in place."""
         if self._served is not None:
             return self._served
         map_file = self.current / "hosts.map"
-        routes = {}
+        publications = {}
         for line in filter(None, map_file.read_text().splitlines() if map_file.exists() else []):
             hostname, _, publication_id = line.partition(" ")
-            pem = (self.current / "certs" / cert_file(hostname)).read_text()
-            routes[hostname] = Route(hostname, publication_id, pem)
-        self._served = routes
-        return routes
+            publications[hostname] = publication_id
+        if self.current.exists():
+            for hostname, publication in journal.replay(self.current.resolve())[1].items():
+                if publication is None:
+                    publications.pop(hostname, None)
+                else:
+                    publications[hostname] = publication
+        self._served = {hostname: Route(hostname, publication_id, (
+            self.current / "certs" / cert_file(hostname)).read_text())
+            for hostname, publication_id in publications.items()}
+        return self._served
+
+    def existing_redirects(self) -> dict[str, str]:
+        """``key -> map value`` of the redirects served (files and journal): read in full only
+        when a whole state is applied, never for a delta."""
+        redirects: dict[str, str] = {}
+        map_file = self.current / "redirects.map"
+        if map_file.exists():
+            with open(map_file, encoding="utf-8") as lines:
+                for line in lines:
+                    key, _, value = line.rstrip("\n").partition(" ")
+                    if key:
+                        redirects[key] = value
+        if self.current.exists():
+            for key, value in journal.replay(self.current.resolve())[2].items():
+                if value is None:
+                    redirects.pop(key, None)
+                else:
+                    redirects[key] = value
+        return redirects
 
     def plan(self, state: DesiredState) -> Plan:
         return make_plan(self.existing_routes(), {r.hostname: r for r in state.routes})
@@ -96,21 +153,74 @@ class EdgeNode:
         except Exception as exc:
             self.last_error = str(exc)
             raise
-        self._served = None  # whatever happens next, re-read what is served
         if not self.haproxy.running and 0 < self.cold_slice < len(state.routes):
             plan = self._start_with_first_slice(state)
-        if self._can_hot_apply(state):
+        if self._can_hot_apply(state.config):
+            desired = {r.key: r.value for r in state.redirects}
+            existing = self.existing_redirects()
+            redirects: dict[str, str | None] = {
+                key: value for key, value in desired.items() if existing.get(key) != value}
+            redirects.update((key, None) for key in existing if key not in desired)
             try:
-                self._hot_apply(plan, state)
-                self.last_error = None
-                self.hot_applies += 1
-                self._served = {r.hostname: r for r in state.routes}
+                self._hot_apply(plan.changes, redirects, state.version)
+                self.compact()  # a whole state costs O(N) anyway: leave no journal behind
                 return True
             except (RuntimeCommandFailed, OSError) as exc:
                 log.warning("hot apply failed, falling back to a reload: %s", exc)
+                self._forget()
         self._apply_release(state)
         self._served = {r.hostname: r for r in state.routes}
         self._map_checked = True
+        return True
+
+    def can_apply_delta(self, delta: StateDelta) -> bool:
+        """Whether ``delta`` applies hot: the node serves its base, and its config is the one
+        the running HAProxy was rendered with."""
+        return (self.haproxy.running and self.applied_version == delta.base
+                and self._can_hot_apply(delta.config))
+
+    def apply_delta(self, delta: StateDelta, force: bool = False) -> bool:
+        """Serve ``delta`` (see :meth:`can_apply_delta`, which the caller checks) in time and
+        file writes proportional to its changes; on a refused runtime command, a reload from
+        the files (which hold the change). Raises, keeping the old state, if refused."""
+        if delta.version == self.applied_version:
+            return False
+        existing = self.existing_routes()
+        changes = []
+        for hostname, route in sorted(delta.routes.items()):
+            old = existing.get(hostname)
+            if route is None:
+                if old is not None:
+                    changes.append(Change("delete", hostname, old, None))
+            elif old is None:
+                changes.append(Change("create", hostname, None, route))
+            elif old != route:
+                changes.append(Change("update", hostname, old, route))
+        plan = Plan(changes, len(existing))
+        try:
+            plan.raise_if_unsafe(force)
+            plan.check_certificates()
+            validate_config(delta.config)
+            for route in delta.routes.values():
+                if route is not None:
+                    validate_route(route)
+            for redirect in delta.redirects.values():
+                if redirect is not None:
+                    validate_redirect(redirect)
+        except Exception as exc:
+            self.last_error = str(exc)
+            raise
+        redirects = {key: r.value if r is not None else None for key, r in delta.redirects.items()}
+        try:
+            self._hot_apply(changes, redirects, delta.version)
+        except (RuntimeCommandFailed, OSError) as exc:
+            log.warning("hot change failed, reloading from the files: %s", exc)
+            self._forget()
+            self.compact()
+            self.haproxy.reload()
+            self.reloads += 1
+        if self._journaled > self.compact_after:
+            self.compact()
         return True
 
     def _start_with_first_slice(self, state: DesiredState) -> Plan:
@@ -122,10 +232,11 @@ class EdgeNode:
         self._map_checked = True
         return self.plan(state)
 
-    def _can_hot_apply(self, state: DesiredState) -> bool:
+    def _can_hot_apply(self, config: EdgeConfig) -> bool:
         marker = self.current / "STRUCTURE"
-        if not (self.haproxy.running and marker.exists()
-                and marker.read_text() == self._structure(state)):
+        if self._structure_served is None and marker.exists():
+            self._structure_served = marker.read_text()
+        if not (self.haproxy.running and self._structure_served == self._structure(config)):
             return False
         if not self._map_checked:  # once per process: does HAProxy serve what the files say?
             existing = {h: r.publication_id for h, r in self.existing_routes().items()}
@@ -135,60 +246,141 @@ class EdgeNode:
                     and self.runtime.crt_list_names(release / "crt-list") == set(existing))
         return True
 
-    def _structure(self, state: DesiredState) -> str:
+    def _structure(self, config: EdgeConfig) -> str:
         """What a hot apply cannot change: servers, templates and where the node listens."""
         templates = self.templates or Path(str(resources.files("haproxy_templates")))
-        digest = hashlib.sha256(repr((state.app_servers, state.control_servers,
-                                      state.sso_keys, sorted(state.short_domains),
-                                      state.shortlink_servers, self.layout)).encode())
+        digest = hashlib.sha256(repr((config.app_servers, config.control_servers,
+                                      config.sso_keys, sorted(config.short_domains),
+                                      config.shortlink_servers, self.layout)).encode())
         for template in sorted(templates.glob("*.j2")):
             digest.update(template.read_bytes())
         return digest.hexdigest()
 
-    def _hot_apply(self, plan: Plan, state: DesiredState) -> None:
+    def _hot_apply(self, changes: list[Change], redirects: dict[str, str | None],
+                   version: str) -> None:
+        """Certificates and maps through the runtime API, in batches of ``BATCH`` commands
+        (the first served while the next are sent), then one journal line. The journal comes
+        last: a crash before it leaves HAProxy ahead of the files, which a restarted agent
+        sees (the map check) and repairs with a reload from the files."""
         release = self.current.resolve()
-        files = render_lists(state, release)
+        routes: dict[str, str | None] = {
+            c.hostname: c.desired.publication_id if c.desired is not None else None
+            for c in changes}
+        self._write_certs(release, [c.desired for c in changes
+                                    if c.cert_changed and c.desired is not None])
+        try:
+            self._send_changes(release, changes, redirects)
+        except BaseException:
+            journal.append(release, version, routes, redirects)  # a reload serves the files
+            raise
+        journal.append(release, version, routes, redirects)
+        self._commit_served(changes, routes, redirects, version)
+
+    def _send_changes(self, release: Path, changes: list[Change],
+                      redirects: dict[str, str | None]) -> None:
         hosts_map, crt_list = release / "hosts.map", release / "crt-list"
-        removed = []
-        for change in plan.changes:
+        redirects_map = release / "redirects.map"
+        batch = self.runtime.batch()
+        for change in changes:
             cert_path = release / "certs" / cert_file(change.hostname)
             if change.desired is None:
-                self.runtime.del_map(hosts_map, change.hostname)
-                self.runtime.delete_cert(crt_list, cert_path)
-                removed.append(cert_path)
-                continue
-            if change.cert_changed:
-                write_atomic(cert_path, change.desired.pem, SECRET)
-                self.runtime.upload_cert(cert_path, change.desired.pem, new=change.existing is None)
-                if change.existing is None:
-                    self.runtime.add_crt_list_entry(crt_list, cert_path, change.hostname)
-            if change.existing is None or \
-                    change.existing.publication_id != change.desired.publication_id:
-                self.runtime.set_map(hosts_map, change.hostname, change.desired.publication_id,
-                                     exists=change.existing is not None)
-        self._hot_redirects(release / "redirects.map", state)
-        for name in ("hosts.map", "crt-list", "redirects.map"):
-            write_atomic(release / name, files[name], PUBLIC)
-        write_atomic(release / "VERSION", state.version + "\n", PUBLIC)
-        for cert_path in removed:  # only once no file names them any more
-            cert_path.unlink(missing_ok=True)
-        log.info("edge hot-applied version %s: %s", state.version, "; ".join(plan.describe()))
+                batch.del_map(hosts_map, change.hostname)
+                batch.delete_cert(crt_list, cert_path)
+            else:
+                if change.cert_changed:
+                    batch.upload_cert(cert_path, change.desired.pem, new=change.existing is None)
+                    if change.existing is None:
+                        batch.add_crt_list_entry(crt_list, cert_path, change.hostname)
+                if change.existing is None or \
+                        change.existing.publication_id != change.desired.publication_id:
+                    batch.set_map(hosts_map, change.hostname, change.desired.publication_id,
+                                  exists=change.existing is not None)
+            if len(batch) >= BATCH:
+                batch.send()
+        # A changed link leaves the map for an instant and comes back: meanwhile the Python
+        # path answers it, which serves every link (HAProxy 2.6 has no add-or-set).
+        for key in sorted(redirects):
+            batch.del_map(redirects_map, key, missing_ok=True)
+            if len(batch) >= BATCH:
+                batch.send()
+        for key, value in sorted(redirects.items()):
+            if value is not None:
+                batch.add_map(redirects_map, key, value)
+                if len(batch) >= BATCH:
+                    batch.send()
+        batch.send()
 
-    def _hot_redirects(self, redirects_map: Path, state: DesiredState) -> None:
-        """Hot short links: the map entries HAProxy answers from, changed in place."""
-        existing = {}
-        if redirects_map.exists():
-            for line in filter(None, redirects_map.read_text().splitlines()):
-                key, _, value = line.partition(" ")
-                existing[key] = value
-        desired = {r.key: r.value for r in state.redirects}
-        for key in sorted(set(existing) - set(desired)):
-            self.runtime.del_map(redirects_map, key)
-        for key, value in sorted(desired.items()):
-            if existing.get(key) != value:
-                self.runtime.set_map(redirects_map, key, value, exists=key in existing)
+    def _commit_served(self, changes: list[Change], routes: dict[str, str | None],
+                       redirects: dict[str, str | None], version: str) -> None:
+        served = self.existing_routes()
+        self._journaled += len(routes) + len(redirects)
+        for change in changes:
+            if change.desired is None:
+                served.pop(change.hostname, None)
+            else:
+                served[change.hostname] = change.desired
+        self._applied = version
+        self.last_error = None
+        self.hot_applies += 1
+        self.last_change = time.monotonic()
+        log.info("edge hot-applied version %s: %d route and %d redirect changes", version,
+                 len(routes), len(redirects))
+
+    def _write_certs(self, release: Path, routes: list[Route]) -> None:
+        """Each new certificate file, durable before HAProxy serves it (a restart must find
+        it). Many at once (a cold start) are written plainly and synced once."""
+        if len(routes) <= 50:
+            for route in routes:
+                write_atomic(release / "certs" / cert_file(route.hostname), route.pem, SECRET,
+                             sync_directory=False)
+        else:
+            for route in routes:
+                path = release / "certs" / cert_file(route.hostname)
+                tmp = path.with_name(f".{path.name}.tmp")
+                descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                                     SECRET)
+                try:
+                    os.write(descriptor, route.pem.encode())
+                finally:
+                    os.close(descriptor)
+                os.replace(tmp, path)
+            os.sync()
+        if routes:
+            fsync_directory(release / "certs")
+
+    def compact(self) -> bool:
+        """Fold the journal into the release's files (rewritten whole, atomically), so HAProxy
+        reads the served state from them; True if there was anything to fold."""
+        if not self.current.exists():
+            return False
+        release = self.current.resolve()
+        version, routes, redirects, count = journal.replay(release)
+        if not count or version is None:
+            return False
+        served = sorted(self.existing_routes().values(), key=lambda r: r.hostname)
+        write_atomic(release / "hosts.map", hosts_map_text(served), PUBLIC, sync_directory=False)
+        write_atomic(release / "crt-list", crt_list_text(served, release), PUBLIC,
+                     sync_directory=False)
+        journal.fold_redirects(release / "redirects.map", redirects)
+        write_atomic(release / "VERSION", version + "\n", PUBLIC, sync_directory=False)
+        fsync_directory(release)
+        journal.drop(release)
+        still = self.existing_routes()
+        for hostname, publication in routes.items():
+            if publication is None and hostname not in still:  # no file names it any more
+                (release / "certs" / cert_file(hostname)).unlink(missing_ok=True)
+        self._journaled = 0
+        log.info("edge journal folded into the files (%d changes, version %s)", count, version)
+        return True
+
+    def compact_if_idle(self, idle: float = 10.0) -> bool:
+        """Fold the journal once no change came for ``idle`` seconds (debounced)."""
+        if self._journaled and time.monotonic() - self.last_change >= idle:
+            return self.compact()
+        return False
 
     def _apply_release(self, state: DesiredState) -> None:
+        self.compact()  # HAProxy is about to read the files
         if state.version != self.applied_version:
             release = self._write_release(state)
             try:
@@ -198,6 +390,8 @@ class EdgeNode:
                 self.last_error = str(exc)
                 raise
             self._swap(release)
+            self._forget()
+            self._journaled = 0
         if self.haproxy.running:
             self.haproxy.reload()
         else:
@@ -210,6 +404,7 @@ class EdgeNode:
     def start(self) -> None:
         """Serve whatever was applied last (after a restart of the node)."""
         if self.applied_version and not self.haproxy.running:
+            self.compact()
             self.haproxy.start()
 
     def stop(self) -> None:
@@ -222,7 +417,8 @@ class EdgeNode:
         (release / "certs").mkdir(parents=True)
         os.chmod(release / "certs", 0o700)
         files = render(state, self.layout, release, self.templates)
-        files.update({"VERSION": state.version + "\n", "STRUCTURE": self._structure(state)})
+        files.update({"VERSION": state.version + "\n",
+                      "STRUCTURE": self._structure(state.config)})
         for name, content in files.items():
             path = release / name
             path.parent.mkdir(exist_ok=True)
