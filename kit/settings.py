@@ -122,7 +122,6 @@ class Settings:
     allow_wildcards: bool = False
     short_domains: list[str] = dataclasses.field(default_factory=list)
     shortlinks_port: int = 8100
-    hot_links: int = 0
     shortlink_servers: list[str] = dataclasses.field(default_factory=list)
     """Where the edge sends short domains (``edgectl shortlinks``); none: this host's
     ``shortlinks_port``."""
@@ -249,7 +248,6 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "allow_wildcards": parse.boolean,
     "short_domains": parse.names,
     "shortlinks_port": parse.port,
-    "hot_links": parse.between(0, 2000),  # they travel in one item (edge/state_store.py)
     "shortlink_servers": parse.servers,
     "recheck_seconds": parse.number,
     "webhook_url": parse.text,

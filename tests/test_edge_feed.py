@@ -13,6 +13,7 @@ import requests
 from control.wiring import Services
 from edge.agent import EdgeAgent, StateUnavailable
 from edge.node import EdgeNode
+from edge.state import StateDelta
 from kit.procs import free_port
 from kit.settings import Settings
 from kit.x509 import self_signed
@@ -78,13 +79,19 @@ def test_an_agent_applies_deltas_to_a_real_node(control: tuple[Services, str],
         assert node.applied_version == services.edge_state.current_version()
         assert not agent.sync(), "unchanged: a 304 after the long poll's wait"
         # A one-route change costs the agent that route, not the fleet: the digest follows
-        # the delta, and the unchanged routes are the very objects the node serves.
-        served = dict(node.existing_routes())
+        # the delta, which holds that route only, on top of the version the node serves.
         route(services, "h2.example.test", "pub_2")
         desired = agent.fetch()
-        assert desired is not None and desired.version == services.edge_state.current_version()
-        assert [r.hostname for r in desired.routes if r is not served.get(r.hostname)] == [
+        assert isinstance(desired, StateDelta)
+        assert desired.version == services.edge_state.current_version()
+        assert desired.base == node.applied_version and list(desired.routes) == [
             "h2.example.test"]
+        assert node.can_apply_delta(desired) and node.apply_delta(desired)
+        assert node.existing_routes()["h2.example.test"].publication_id == "pub_2"
+        assert not (node.current / "hosts.map").read_text().count("pub_2"), \
+            "a delta is journaled, not written into the maps"
+        node.compact()
+        assert "h2.example.test pub_2" in (node.current / "hosts.map").read_text()
         # A delta whose version its changes do not explain is refused, and the next fetch
         # starts again from a snapshot.
         assert agent._digest is not None
