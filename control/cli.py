@@ -210,6 +210,7 @@ def _node(settings: Settings) -> EdgeNode:
     return EdgeNode(Path(settings.edge_dir), haproxy_bin=settings.haproxy_bin,
                     bind=settings.edge_bind, http_port=settings.edge_http_port,
                     https_port=settings.edge_https_port, stats_port=settings.edge_stats_port,
+                    redirect_capacity=settings.edge_redirect_capacity,
                     control_ca=(settings.control_ca_bundle or "@system-ca") if tls else "")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from typing import Any, Sequence
 from urllib.parse import quote
 
@@ -233,6 +234,7 @@ class EdgeAgent:
         (jittered, at most ``MAX_BACKOFF``) and say so once, not every round."""
         self.node.start()
         failures = 0
+        reported = 0.0
         while not stop.is_set():
             try:
                 self.sync()
@@ -243,9 +245,13 @@ class EdgeAgent:
                 failures += 1
                 if failures == 1:
                     log.warning("edge sync failed (retrying with backoff): %s", exc)
-            try:
-                self.report_visits()
-            except Exception as exc:  # the visits stay pending for the next round
-                log.info("reporting hot link visits failed: %s", exc)
+            if time.monotonic() - reported >= interval:  # a table read: not once per change
+                reported = time.monotonic()
+                try:
+                    self.report_visits()
+                except Exception as exc:  # the visits stay pending for the next round
+                    log.info("reporting map-served link visits failed: %s", exc)
+            # With a watch the long poll paces the rounds: the next one starts at once, so a
+            # change right after another is not held back by ``interval``.
             stop.wait(jittered_backoff(failures, interval, MAX_BACKOFF) if failures
-                      else interval)
+                      else 0.0 if self.watch else interval)

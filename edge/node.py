@@ -27,8 +27,8 @@ from pathlib import Path
 
 from edge import journal
 from edge.errors import EdgeError
-from edge.haproxy import HAProxy
-from edge.plan import Change, Plan, make_plan
+from edge.haproxy import ConfigRejected, HAProxy
+from edge.plan import Change, Plan, check_pem, make_plan
 from edge.render import (NodeLayout, cert_file, crt_list_text, hosts_map_text, render,
                          validate, validate_config, validate_redirect, validate_route)
 from edge.runtime import RuntimeAPI, RuntimeCommandFailed
@@ -42,8 +42,11 @@ COLD_SLICE = 500
 """A node starting with more routes serves this many first and adds the rest hot."""
 COMPACT_AFTER = 20000
 """Journal changes after which the node folds them into its files."""
-BATCH = 3000
-"""Runtime-API commands per connection when many changes stream in (a cold start)."""
+CHUNK = 1000
+"""Route changes per runtime-API connection when many stream in (a cold start): the first
+are served while the next are sent."""
+BATCH = 5000
+"""Redirect changes per runtime-API connection."""
 
 
 class EdgeNode:
@@ -146,14 +149,16 @@ class EdgeNode:
         if state.version == self.applied_version and self.haproxy.running:
             return False
         plan = self.plan(state)
+        cold = not self.haproxy.running and 0 < self.cold_slice < len(state.routes)
         try:
             plan.raise_if_unsafe(force)
-            plan.check_certificates()
+            if not cold:
+                plan.check_certificates()
             validate(state)
         except Exception as exc:
             self.last_error = str(exc)
             raise
-        if not self.haproxy.running and 0 < self.cold_slice < len(state.routes):
+        if cold:
             plan = self._start_with_first_slice(state)
         if self._can_hot_apply(state.config):
             desired = {r.key: r.value for r in state.redirects}
@@ -162,7 +167,7 @@ class EdgeNode:
                 key: value for key, value in desired.items() if existing.get(key) != value}
             redirects.update((key, None) for key in existing if key not in desired)
             try:
-                self._hot_apply(plan.changes, redirects, state.version)
+                self._hot_apply(plan.changes, redirects, state.version, check=cold)
                 self.compact()  # a whole state costs O(N) anyway: leave no journal behind
                 return True
             except (RuntimeCommandFailed, OSError) as exc:
@@ -227,6 +232,8 @@ class EdgeNode:
         """Cold start: HAProxy's load time grows faster than linearly with certificates, so
         start with a slice (served within about a second) and stream the rest in hot."""
         head = sorted(state.routes, key=lambda r: r.hostname)[:self.cold_slice]
+        for route in head:
+            check_pem(route)
         self._apply_release(dataclasses.replace(state, routes=tuple(head), known_version=None))
         self._served = {r.hostname: r for r in head}
         self._map_checked = True
@@ -257,58 +264,81 @@ class EdgeNode:
         return digest.hexdigest()
 
     def _hot_apply(self, changes: list[Change], redirects: dict[str, str | None],
-                   version: str) -> None:
-        """Certificates and maps through the runtime API, in batches of ``BATCH`` commands
-        (the first served while the next are sent), then one journal line. The journal comes
-        last: a crash before it leaves HAProxy ahead of the files, which a restarted agent
-        sees (the map check) and repairs with a reload from the files."""
+                   version: str, check: bool = False) -> None:
+        """Certificates and maps through the runtime API, ``CHUNK`` route changes per batch
+        (each served as soon as it is sent), each chunk then one journal line. The journal
+        comes after HAProxy: a crash before it leaves HAProxy ahead of the files, which a
+        restarted agent sees (the map check) and repairs with a reload from the files. Only
+        the last chunk names ``version``; the others keep the version served, so a stream cut
+        short is taken up again by the next apply. ``check``: each chunk's certificates are
+        checked just before it goes (a cold start, whose first slice must not wait for the
+        check of 100,000 certificates)."""
         release = self.current.resolve()
-        routes: dict[str, str | None] = {
-            c.hostname: c.desired.publication_id if c.desired is not None else None
-            for c in changes}
-        self._write_certs(release, [c.desired for c in changes
-                                    if c.cert_changed and c.desired is not None])
-        try:
-            self._send_changes(release, changes, redirects)
-        except BaseException:
-            journal.append(release, version, routes, redirects)  # a reload serves the files
-            raise
-        journal.append(release, version, routes, redirects)
-        self._commit_served(changes, routes, redirects, version)
+        chunks = [changes[n:n + CHUNK] for n in range(0, len(changes), CHUNK)] or [[]]
+        for number, chunk in enumerate(chunks):
+            last = number == len(chunks) - 1
+            if check:
+                Plan(chunk, 0).check_certificates()
+            stamp = version if last else (self.applied_version or version)
+            routes: dict[str, str | None] = {
+                c.hostname: c.desired.publication_id if c.desired is not None else None
+                for c in chunk}
+            links = redirects if last else {}
+            self._write_certs(release, [c.desired for c in chunk
+                                        if c.cert_changed and c.desired is not None])
+            try:
+                self._send_changes(release, chunk, links)
+            except BaseException:
+                journal.append(release, stamp, routes, links)  # a reload serves the files
+                raise
+            journal.append(release, stamp, routes, links)
+            self._commit_served(chunk, routes, links, stamp)
+        self.hot_applies += 1
+        log.info("edge hot-applied version %s: %d route and %d redirect changes", version,
+                 len(changes), len(redirects))
 
     def _send_changes(self, release: Path, changes: list[Change],
                       redirects: dict[str, str | None]) -> None:
+        """Changes in chunks, each one batch grouped by kind (every new certificate store,
+        then each upload and its commit, then the crt-list lines and the maps)."""
         hosts_map, crt_list = release / "hosts.map", release / "crt-list"
-        redirects_map = release / "redirects.map"
-        batch = self.runtime.batch()
-        for change in changes:
-            cert_path = release / "certs" / cert_file(change.hostname)
-            if change.desired is None:
-                batch.del_map(hosts_map, change.hostname)
-                batch.delete_cert(crt_list, cert_path)
-            else:
-                if change.cert_changed:
-                    batch.upload_cert(cert_path, change.desired.pem, new=change.existing is None)
-                    if change.existing is None:
-                        batch.add_crt_list_entry(crt_list, cert_path, change.hostname)
-                if change.existing is None or \
+        for start in range(0, len(changes), CHUNK):
+            batch = self.runtime.batch()
+            chunk = changes[start:start + CHUNK]
+            uploads = [c for c in chunk if c.cert_changed and c.desired is not None]
+            for change in uploads:
+                if change.existing is None:
+                    batch.new_cert(release / "certs" / cert_file(change.hostname))
+            for change in uploads:  # one transaction at a time: each set, then its commit
+                assert change.desired is not None
+                batch.set_cert(release / "certs" / cert_file(change.hostname),
+                               change.desired.pem)
+                batch.commit_cert(release / "certs" / cert_file(change.hostname))
+            for change in uploads:
+                if change.existing is None:
+                    batch.add_crt_list_entry(crt_list, release / "certs" /
+                                             cert_file(change.hostname), change.hostname)
+            for change in chunk:
+                if change.desired is None:
+                    batch.del_map(hosts_map, change.hostname)
+                    batch.delete_cert(crt_list, release / "certs" / cert_file(change.hostname))
+                elif change.existing is None or \
                         change.existing.publication_id != change.desired.publication_id:
                     batch.set_map(hosts_map, change.hostname, change.desired.publication_id,
                                   exists=change.existing is not None)
-            if len(batch) >= BATCH:
-                batch.send()
+            batch.send()
         # A changed link leaves the map for an instant and comes back: meanwhile the Python
         # path answers it, which serves every link (HAProxy 2.6 has no add-or-set).
-        for key in sorted(redirects):
-            batch.del_map(redirects_map, key, missing_ok=True)
-            if len(batch) >= BATCH:
-                batch.send()
-        for key, value in sorted(redirects.items()):
-            if value is not None:
-                batch.add_map(redirects_map, key, value)
-                if len(batch) >= BATCH:
-                    batch.send()
-        batch.send()
+        redirects_map = release / "redirects.map"
+        keys = sorted(redirects)
+        for start in range(0, len(keys), BATCH):
+            batch = self.runtime.batch()
+            for key in keys[start:start + BATCH]:
+                batch.del_map(redirects_map, key, missing_ok=True)
+            for key in keys[start:start + BATCH]:
+                if redirects[key] is not None:
+                    batch.add_map(redirects_map, key, str(redirects[key]))
+            batch.send()
 
     def _commit_served(self, changes: list[Change], routes: dict[str, str | None],
                        redirects: dict[str, str | None], version: str) -> None:
@@ -321,10 +351,7 @@ class EdgeNode:
                 served[change.hostname] = change.desired
         self._applied = version
         self.last_error = None
-        self.hot_applies += 1
         self.last_change = time.monotonic()
-        log.info("edge hot-applied version %s: %d route and %d redirect changes", version,
-                 len(routes), len(redirects))
 
     def _write_certs(self, release: Path, routes: list[Route]) -> None:
         """Each new certificate file, durable before HAProxy serves it (a restart must find
@@ -381,18 +408,34 @@ class EdgeNode:
 
     def _apply_release(self, state: DesiredState) -> None:
         self.compact()  # HAProxy is about to read the files
+        started = False
         if state.version != self.applied_version:
             release = self._write_release(state)
+            previous = self.current.resolve() if self.current.exists() else None
             try:
-                self.haproxy.check(release / "haproxy.cfg")
+                if self.haproxy.running:
+                    self.haproxy.check(release / "haproxy.cfg")
+                self._swap(release)
+                self._forget()
+                self._journaled = 0
+                if not self.haproxy.running:
+                    # Nothing serves yet: starting is the check (a separate `haproxy -c`
+                    # would parse every certificate twice before the first is served).
+                    self._start_checked(release)
+                    started = True
             except Exception as exc:
+                if self.current.exists() and self.current.resolve() == release:
+                    if previous is not None:
+                        self._swap(previous)
+                    else:
+                        self.current.unlink()
+                    self._forget()
                 shutil.rmtree(release, ignore_errors=True)
                 self.last_error = str(exc)
                 raise
-            self._swap(release)
-            self._forget()
-            self._journaled = 0
-        if self.haproxy.running:
+        if started:
+            pass
+        elif self.haproxy.running:
             self.haproxy.reload()
         else:
             self.haproxy.start()
@@ -400,6 +443,12 @@ class EdgeNode:
         self.reloads += 1
         self._prune()
         log.info("edge now serves version %s (%d routes)", state.version, len(state.routes))
+
+    def _start_checked(self, release: Path) -> None:
+        try:
+            self.haproxy.start()
+        except EdgeError as exc:
+            raise ConfigRejected(release / "haproxy.cfg", str(exc)) from exc
 
     def start(self) -> None:
         """Serve whatever was applied last (after a restart of the node)."""
@@ -422,9 +471,15 @@ class EdgeNode:
         for name, content in files.items():
             path = release / name
             path.parent.mkdir(exist_ok=True)
-            # Each file is synced, its directory once below: the swap is what makes it current.
-            write_atomic(path, content, SECRET if name.startswith("certs/") else PUBLIC,
-                         sync_directory=False)
+            # Written plainly into the new folder (nobody reads it before the swap), synced
+            # all at once below: one fsync per certificate took 6 ms each here.
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                 SECRET if name.startswith("certs/") else PUBLIC)
+            try:
+                os.write(descriptor, content.encode())
+            finally:
+                os.close(descriptor)
+        os.sync()  # every file's data, before the swap makes the release current
         for directory in {(release / name).parent for name in files} | {release.parent}:
             fsync_directory(directory)
         return release

@@ -187,10 +187,15 @@ class Batch:
                     size += len(line) + 1
         self._map_adds = {}
 
-    def upload_cert(self, cert_path: Path, pem: str, new: bool) -> None:
-        if new:
-            self._add(f"new ssl cert {cert_path}", "New empty certificate store")
+    def new_cert(self, cert_path: Path) -> None:
+        self._add(f"new ssl cert {cert_path}", "New empty certificate store")
+
+    def set_cert(self, cert_path: Path, pem: str) -> None:
+        """Opens a transaction that :meth:`commit_cert` ends (one at a time: HAProxy 2.6
+        keeps a single certificate transaction, so each set is followed by its commit)."""
         self._add(f"set ssl cert {cert_path}", "Transaction ", payload=pem)
+
+    def commit_cert(self, cert_path: Path) -> None:
         self._add(f"commit ssl cert {cert_path}", "Success!")
 
     def add_crt_list_entry(self, crt_list: Path, cert_path: Path, sni: str) -> None:

@@ -107,6 +107,8 @@ class Settings:
     edge_http_port: int = 8080
     edge_https_port: int = 8443
     edge_stats_port: int = 8404
+    edge_redirect_capacity: int = 1_000_000
+    """Short links the edge's visit table holds (sized for every plain link in the map)."""
     edge_metrics_port: int = 0
     """Where `edgectl agent` exports requests and errors per publication (/metrics on
     edge_bind; 0: not exported)."""
@@ -238,6 +240,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "edge_https_port": parse.port,
     "edge_stats_port": parse.integer,
     "edge_metrics_port": parse.integer,
+    "edge_redirect_capacity": parse.between(1000, 100_000_000),
     "worker_interval": parse.number,
     "edge_watch_seconds": parse.number,
     "worker_id": parse.text,
