@@ -13,6 +13,7 @@ them again (start, reload), past ``compact_after`` changes, and when the agent i
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime
 import hashlib
@@ -24,6 +25,7 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from edge import journal
 from edge.errors import EdgeError
@@ -275,27 +277,43 @@ class EdgeNode:
         check of 100,000 certificates)."""
         release = self.current.resolve()
         chunks = [changes[n:n + CHUNK] for n in range(0, len(changes), CHUNK)] or [[]]
-        for number, chunk in enumerate(chunks):
-            last = number == len(chunks) - 1
-            if check:
-                Plan(chunk, 0).check_certificates()
-            stamp = version if last else (self.applied_version or version)
-            routes: dict[str, str | None] = {
-                c.hostname: c.desired.publication_id if c.desired is not None else None
-                for c in chunk}
-            links = redirects if last else {}
-            self._write_certs(release, [c.desired for c in chunk
-                                        if c.cert_changed and c.desired is not None])
+        # Pipelined: HAProxy takes chunk n while this thread checks and writes chunk n + 1.
+        sending: tuple[concurrent.futures.Future[None], tuple[Any, ...]] | None = None
+        with concurrent.futures.ThreadPoolExecutor(1, "edge-runtime") as sender:
             try:
-                self._send_changes(release, chunk, links)
-            except BaseException:
-                journal.append(release, stamp, routes, links)  # a reload serves the files
-                raise
-            journal.append(release, stamp, routes, links)
-            self._commit_served(chunk, routes, links, stamp)
+                for number, chunk in enumerate(chunks):
+                    last = number == len(chunks) - 1
+                    if check:
+                        Plan(chunk, 0).check_certificates()
+                    stamp = version if last else (self.applied_version or version)
+                    routes: dict[str, str | None] = {
+                        c.hostname: c.desired.publication_id if c.desired is not None else None
+                        for c in chunk}
+                    links = redirects if last else {}
+                    self._write_certs(release, [c.desired for c in chunk
+                                                if c.cert_changed and c.desired is not None])
+                    if sending is not None:
+                        current, sending = sending, None
+                        self._sent(release, *current)
+                    sending = (sender.submit(self._send_changes, release, chunk, links),
+                               (chunk, routes, links, stamp))
+            finally:
+                if sending is not None:  # what HAProxy was given is journaled, come what may
+                    self._sent(release, *sending)
         self.hot_applies += 1
         log.info("edge hot-applied version %s: %d route and %d redirect changes", version,
                  len(changes), len(redirects))
+
+    def _sent(self, release: Path, sent: "concurrent.futures.Future[None]",
+              chunk: tuple[Any, ...]) -> None:
+        """Once a chunk is in HAProxy, its journal line (also if HAProxy refused part of it:
+        the reload that follows serves the files)."""
+        changes, routes, links, stamp = chunk
+        try:
+            sent.result()
+        finally:
+            journal.append(release, stamp, routes, links)
+        self._commit_served(changes, routes, links, stamp)
 
     def _send_changes(self, release: Path, changes: list[Change],
                       redirects: dict[str, str | None]) -> None:

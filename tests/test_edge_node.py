@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import os
 import shutil
+import signal
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
@@ -301,4 +303,52 @@ def test_a_node_in_a_deep_directory_still_gets_its_sockets(tmp_path: Path) -> No
         assert node.haproxy.running and node.runtime.show_map(
             node.current.resolve() / "hosts.map") == {}
     finally:
+        node.stop()
+
+
+def test_deltas_are_journaled_and_a_restart_serves_them(tmp_path: Path, app: SampleApp) -> None:
+    """A delta costs its changes (no map rewritten); a node killed before folding its journal
+    restarts serving every change, and a delta on a stale base is not applied."""
+    from edge.state import Redirect, StateDelta
+    ports = {"http_port": free_port(), "https_port": free_port()}
+    node = EdgeNode(tmp_path / "edge", **ports)
+    restarted = EdgeNode(tmp_path / "edge", **ports)
+    try:
+        one = self_signed_pem("one.example.test")[1]
+        base = state(app, Route("one.example.test", "pub_1", one))
+        node.apply(base)
+        hosts_map = (node.current / "hosts.map").read_text()
+        cert2, pem2 = self_signed_pem("two.example.test")
+        first = StateDelta(base.version, "1" * 16, base.config,
+                           {"two.example.test": Route("two.example.test", "pub_2", pem2),
+                            "one.example.test": None},
+                           {"acme.link/go": Redirect("acme.link", "go", 302, "https://e.com/1")})
+        assert node.can_apply_delta(first) and node.apply_delta(first, force=True)
+        second = StateDelta(first.version, "2" * 16, base.config, {},
+                            {"acme.link/go": Redirect("acme.link", "go", 301, "https://e.com/2"),
+                             "acme.link/x": Redirect("acme.link", "x", 302, "https://e.com/x")})
+        assert node.apply_delta(second)
+        assert not node.can_apply_delta(second), "its base is not served any more"
+        assert (node.current / "hosts.map").read_text() == hosts_map, "journaled only"
+        assert node.applied_version == "2" * 16
+        probe = https_get(ports["https_port"], "two.example.test", cadata=cert2)
+        assert (probe.status, probe.json()["publication_id"]) == (200, "pub_2")
+        go = https_get(ports["https_port"], "acme.link", "/go")
+        assert (go.status, go.headers["location"]) == (301, "https://e.com/2")
+        assert https_get(ports["https_port"], "one.example.test").status == 404
+        for pid in [node.haproxy.pid or 0, *node.haproxy.workers()]:  # dies, journal unfolded
+            os.kill(pid, signal.SIGKILL)
+        restarted.start()  # folds the journal, then HAProxy reads the files
+        assert restarted.applied_version == "2" * 16
+        probe = https_get(ports["https_port"], "two.example.test", cadata=cert2)
+        assert (probe.status, probe.json()["publication_id"]) == (200, "pub_2")
+        assert https_get(ports["https_port"], "acme.link", "/x").headers["location"] == \
+            "https://e.com/x"
+        assert https_get(ports["https_port"], "one.example.test").status == 404
+        assert "two.example.test pub_2" in (restarted.current / "hosts.map").read_text()
+        assert not (restarted.current / "changes.jsonl").exists()
+        assert not (restarted.current / "certs" / "one.example.test.pem").exists(), \
+            "a removed route's key goes once no file names it"
+    finally:
+        restarted.stop()
         node.stop()
