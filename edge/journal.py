@@ -52,7 +52,10 @@ def entries(release: Path) -> Iterator[dict[str, object]]:
 
 def replay(release: Path) -> tuple[str | None, Changes, Changes, int]:
     """(the last version, route changes, redirect changes, lines) of the whole journal."""
-    version, routes, redirects, count = None, {}, {}, 0
+    version: str | None = None
+    routes: Changes = {}
+    redirects: Changes = {}
+    count = 0
     for entry in entries(release):
         version = str(entry["version"])
         routes.update(entry["routes"])  # type: ignore[call-overload]

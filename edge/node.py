@@ -132,11 +132,11 @@ class EdgeNode:
                     if key:
                         redirects[key] = value
         if self.current.exists():
-            for key, value in journal.replay(self.current.resolve())[2].items():
-                if value is None:
+            for key, change in journal.replay(self.current.resolve())[2].items():
+                if change is None:
                     redirects.pop(key, None)
                 else:
-                    redirects[key] = value
+                    redirects[key] = change
         return redirects
 
     def plan(self, state: DesiredState) -> Plan:

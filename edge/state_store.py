@@ -225,11 +225,12 @@ class EdgeStateStore:
     def reconcile_redirects(self, desired: dict[str, Redirect]) -> bool:
         """Make the stored redirects exactly ``desired`` (at start, or on request: reads every
         redirect item once) and drop their tombstones. True if anything changed."""
-        if self.redirects is None:
+        table = self.redirects
+        if table is None:
             return False
         before = self._settled(self.meta())
         stored, tombstones = {}, []
-        for item in every(lambda cursor: self.redirects.scan(limit=500, cursor=cursor)):
+        for item in every(lambda cursor: table.scan(limit=500, cursor=cursor)):
             if item.get("removed"):
                 tombstones.append(item)
             else:
@@ -352,9 +353,10 @@ class EdgeStateStore:
             revision = int(meta["revision"])
             changed = list(every(lambda cursor: self.routes.query_range(
                 "feed", FEED, lower=since + 0.5, limit=500, cursor=cursor)))
-            links = list(every(lambda cursor: self.redirects.query_range(
+            table = self.redirects
+            links = list(every(lambda cursor: table.query_range(
                 "feed", FEED, lower=since + 0.5, limit=500, cursor=cursor))) \
-                if self.redirects is not None else []
+                if table is not None else []
             if all(int(item["revision"]) <= revision for item in changed + links):
                 break  # exactly the changes this version names
             # A newer change landed meanwhile (it may have overwritten one of ours): read the
@@ -383,9 +385,10 @@ class EdgeStateStore:
                     lambda cursor: self.routes.scan(limit=500, cursor=cursor))
                         if not item.get("removed")]
                 config = EdgeConfig.from_json(meta.get("config") or {})
+                table = self.redirects
                 links = sorted((item["key"], item["value"]) for item in every(
-                    lambda cursor: self.redirects.scan(limit=1000, cursor=cursor))
-                    if not item.get("removed")) if self.redirects is not None else []
+                    lambda cursor: table.scan(limit=1000, cursor=cursor))
+                    if not item.get("removed")) if table is not None else []
                 rdigest = sum(redirect_hash(k, v) for k, v in links) % DIGEST_MODULUS
                 summary = {"version": state_version(routes_digest(refs), config, rdigest),
                            "revision": int(meta["revision"]),
