@@ -30,7 +30,8 @@ from typing import Any
 from edge import journal
 from edge.errors import EdgeError
 from edge.haproxy import ConfigRejected, HAProxy
-from edge.plan import Change, Plan, check_pem, make_plan
+from edge.plan import (MAX_DELETE_SHARE, MIN_EXISTING_FOR_SHARE, Change, Plan, UnsafePlan,
+                        check_pem, make_plan)
 from edge.render import (NodeLayout, cert_file, crt_list_text, hosts_map_text, render,
                          validate, validate_config, validate_redirect, validate_route)
 from edge.runtime import RuntimeAPI, RuntimeCommandFailed
@@ -152,8 +153,15 @@ class EdgeNode:
             return False
         plan = self.plan(state)
         cold = not self.haproxy.running and 0 < self.cold_slice < len(state.routes)
+        desired = {r.key: r.value for r in state.redirects}
+        existing = self.existing_redirects() if self.current.exists() else {}
         try:
             plan.raise_if_unsafe(force)
+            dropped = sum(1 for key in existing if key not in desired)
+            if not force and len(existing) >= MIN_EXISTING_FOR_SHARE \
+                    and dropped > len(existing) * MAX_DELETE_SHARE:
+                raise UnsafePlan(f"plan removes {dropped} of {len(existing)} short links "
+                                 f"(more than {MAX_DELETE_SHARE:.0%}); refused unless forced")
             if not cold:
                 plan.check_certificates()
             validate(state)
@@ -163,8 +171,6 @@ class EdgeNode:
         if cold:
             plan = self._start_with_first_slice(state)
         if self._can_hot_apply(state.config):
-            desired = {r.key: r.value for r in state.redirects}
-            existing = self.existing_redirects()
             redirects: dict[str, str | None] = {
                 key: value for key, value in desired.items() if existing.get(key) != value}
             redirects.update((key, None) for key in existing if key not in desired)

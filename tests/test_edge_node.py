@@ -352,3 +352,16 @@ def test_deltas_are_journaled_and_a_restart_serves_them(tmp_path: Path, app: Sam
     finally:
         restarted.stop()
         node.stop()
+
+
+def test_a_state_dropping_most_short_links_is_refused_unless_forced(node: EdgeNode,
+                                                                    app: SampleApp) -> None:
+    from edge.state import Redirect
+    blog = Route("blog.example.test", "pub_1", self_signed_pem("blog.example.test")[1])
+    links = tuple(Redirect("acme.link", f"s{n}", 302, f"https://e.com/{n}") for n in range(12))
+    node.apply(dataclasses.replace(state(app, blog), redirects=links))
+    with pytest.raises(UnsafePlan, match="removes 5 of 12 short links"):
+        node.apply(dataclasses.replace(state(app, blog), redirects=links[:7]))
+    assert https_get(node.layout.https_port, "acme.link", "/s11").status == 302
+    node.apply(dataclasses.replace(state(app, blog), redirects=links[:7]), force=True)
+    assert https_get(node.layout.https_port, "acme.link", "/s11").status == 404
