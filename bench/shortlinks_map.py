@@ -47,6 +47,19 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def haproxy_pids(node: EdgeNode) -> list[int]:
+    """The master and workers running the node's config (their command lines name it)."""
+    config = str(node.current / "haproxy.cfg").encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and config in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
 def percentiles(samples: list[float]) -> str:
     ordered = sorted(samples)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -120,8 +133,7 @@ def main() -> int:
         print(f"node cold start (agent started -> the last of {args.links:,} links answered "
               f"from the map): {time.perf_counter() - started:.1f} s", flush=True)
         node = EdgeNode(directory / "edge")  # the agent's node: for its HAProxy's PIDs
-        master = int(node.haproxy.pid_file.read_text())
-        haproxy_rss = rss_mb(master) + sum(rss_mb(pid) for pid in node.haproxy.workers())
+        haproxy_rss = sum(rss_mb(pid) for pid in haproxy_pids(node))
 
         fixed, _, ceiling_https = ceiling(directory, node.layout.default_cert)
         processes.append(fixed)

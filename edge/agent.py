@@ -81,8 +81,9 @@ class EdgeAgent:
             params.update(have=have, wait=self.watch)
         if self._routes is not None and self._revision is not None:
             params["since"] = self._revision
+        # A snapshot of a million links takes the control service a while to read and send.
         response = self._request("GET", "/api/v1/edge/state", params=params,
-                                 timeout=30 + self.watch)
+                                 timeout=30 + self.watch if "since" in params else 300)
         if response.status_code in (304, 404):
             return None
         response.raise_for_status()
