@@ -8,7 +8,9 @@ poll), so a change reaches the node at once rather than a poll interval later.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -37,6 +39,7 @@ class StateUnavailable(EdgeError):
 
 
 MAX_BACKOFF = 30.0
+SYNC_FILE = "agent_sync.json"
 
 
 class EdgeAgent:
@@ -68,6 +71,7 @@ class EdgeAgent:
         """The routes digest of ``self._routes``, kept by each delta like the control service's."""
         self._version: str | None = None
         """The version ``self._revision`` names: the base of the next delta."""
+        self._resumed = False
         self.visits = HotVisitMeter(node.runtime, node.directory / "hot_visits.json")
 
     def fetch(self, have: str | None = None) -> DesiredState | StateDelta | None:
@@ -76,6 +80,8 @@ class EdgeAgent:
         unpublished. A delta costs its changes: the routes digest is checked by updating it
         with the changed routes only (redirects are trusted to the revision, as the agent
         keeps none of them: 1,000,000 links stay in HAProxy and on disk)."""
+        if self._routes is None and have and not self._resumed:
+            self._resume(have)
         params: dict[str, str | float | int] = {}
         if have:
             params.update(have=have, wait=self.watch)
@@ -155,6 +161,34 @@ class EdgeAgent:
         return Route(ref["hostname"], ref["publication_id"],
                      self._download(ref["hostname"], ref["cert_sha256"]))
 
+    def _resume(self, applied: str) -> None:
+        """After a restart, go on with deltas from the revision the node's state came from
+        (kept in ``agent_sync.json``) rather than a snapshot of a million links; the routes
+        digest is rebuilt from what the node serves, so the next delta is checked as ever."""
+        self._resumed = True
+        try:
+            doc = json.loads((self.node.directory / SYNC_FILE).read_text())
+            revision, version = int(doc["revision"]), str(doc["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if version != applied:
+            return
+        refs = {hostname: {"hostname": hostname, "publication_id": route.publication_id,
+                           "cert_sha256": route.ref.cert_sha256}
+                for hostname, route in self.node.existing_routes().items()}
+        self._routes, self._revision, self._version = refs, revision, version
+        self._digest = routes_digest(_route_ref(ref) for ref in refs.values())
+
+    def _remember(self) -> None:
+        """Where the node's state came from (not synced: a lost or stale file only means a
+        snapshot, as the version must match)."""
+        if self._revision is None or self._version != self.node.applied_version:
+            return
+        path = self.node.directory / SYNC_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({"revision": self._revision, "version": self._version}))
+        os.replace(tmp, path)
+
     def reset(self) -> None:
         """Forget the state held: the next fetch asks for a snapshot."""
         self._routes = self._revision = self._digest = self._version = None
@@ -197,15 +231,19 @@ class EdgeAgent:
             if isinstance(desired, StateDelta):
                 if self.node.can_apply_delta(desired):
                     try:
-                        return self.node.apply_delta(desired, force=self._force)
+                        applied = self.node.apply_delta(desired, force=self._force)
                     except Exception:
                         self.reset()  # the node stays where it was: resume from a snapshot
                         raise
+                    self._remember()
+                    return applied
                 self.reset()  # the node is not at the delta's base (a reload, a restart)
                 desired = self.fetch(None)
                 if desired is None or isinstance(desired, StateDelta):
                     return False
-            return self.node.apply(desired, force=self._force)
+            applied = self.node.apply(desired, force=self._force)
+            self._remember()
+            return applied
         finally:
             self._report()
 

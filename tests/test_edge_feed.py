@@ -13,7 +13,7 @@ import requests
 from control.wiring import Services
 from edge.agent import EdgeAgent, StateUnavailable
 from edge.node import EdgeNode
-from edge.state import StateDelta
+from edge.state import DesiredState, StateDelta
 from kit.procs import free_port
 from kit.settings import Settings
 from kit.x509 import self_signed
@@ -100,6 +100,29 @@ def test_an_agent_applies_deltas_to_a_real_node(control: tuple[Services, str],
         with pytest.raises(StateUnavailable):
             agent.fetch()
         assert agent.fetch() is not None and agent._digest is not None
+    finally:
+        node.stop()
+
+
+def test_a_restarted_agent_goes_on_with_deltas(control: tuple[Services, str],
+                                              tmp_path: Path) -> None:
+    """A restarted agent does not start over from a snapshot (a million links): it resumes
+    from the revision its node's state came from, and still checks the digest."""
+    services, url = control
+    node = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
+    try:
+        route(services, "h0.example.test", "pub_1")
+        assert EdgeAgent(node, url, "edge-token-0123456789", node_id="n1").sync()
+        restarted = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
+        route(services, "h1.example.test", "pub_1")
+        resumed = restarted.fetch(node.applied_version)
+        assert isinstance(resumed, StateDelta) and list(resumed.routes) == ["h1.example.test"]
+        assert node.apply_delta(resumed)
+        (node.directory / "agent_sync.json").write_text('{"revision": 1, "version": "x"}')
+        route(services, "h2.example.test", "pub_1")
+        stale = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
+        assert isinstance(stale.fetch(node.applied_version), DesiredState), \
+            "a sync point of another version: a snapshot"
     finally:
         node.stop()
 
