@@ -166,7 +166,8 @@ def main() -> int:
         print(f"  map / ceiling, each round: {', '.join(f'{r:.2f}' for r in ratios)}; "
               f"median {statistics.median(ratios):.2f} (goal >= 0.85); ceiling median "
               f"{statistics.median(rounds['ceiling']):,.0f} req/s")
-        print(f"  a new link, made -> answered from the map: {percentiles(changes)}")
+        print(f"  a new link, made -> answered from the map: {percentiles(changes)}; in order "
+              f"(ms): {', '.join(f'{c * 1000:.0f}' for c in changes)}")
         print(f"  RSS: HAProxy {haproxy_rss:.0f} MB (master + worker), agent {agent_rss:.0f} MB")
         print(f"  load average {os.getloadavg()[0]:.2f}")
         return 1 if bad else 0
