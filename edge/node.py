@@ -170,6 +170,7 @@ class EdgeNode:
             raise
         if cold:
             plan = self._start_with_first_slice(state)
+            existing = desired  # its release holds every link: only certificates stream in
         if self._can_hot_apply(state.config):
             redirects: dict[str, str | None] = {
                 key: value for key, value in desired.items() if existing.get(key) != value}

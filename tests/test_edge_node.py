@@ -193,9 +193,18 @@ def test_cold_start_serves_a_first_slice_then_streams_the_rest(tmp_path: Path,
     node = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port(),
                     cold_slice=3)
     try:
+        from edge.state import Redirect
         routes = [Route(f"h{n}.example.test", "pub_1", self_signed_pem(f"h{n}.example.test")[1])
                   for n in range(8)]
-        node.apply(state(app, *routes))
+        sent = []
+        send = node.runtime.run_batch
+        node.runtime.run_batch = lambda commands, timeout=120: sent.extend(commands) or send(
+            commands, timeout)  # type: ignore[method-assign]
+        node.apply(dataclasses.replace(state(app, *routes), redirects=(
+            Redirect("acme.link", "go", 302, "https://example.com/go"),)))
+        assert https_get(node.layout.https_port, "acme.link", "/go").status == 302
+        assert not [line for line, _ in sent if "map" in line and "hosts" not in line], \
+            "the first release holds every link: only certificates stream in"
         assert (node.reloads, node.hot_applies) == (1, 1)
         for route in routes:
             assert https_get(node.layout.https_port, route.hostname).status == 200
