@@ -53,6 +53,9 @@ Each is remembered ``report_memory`` seconds."""
 COMMIT_ATTEMPTS = 20
 CHUNK = 200
 """Route changes per commit: the outbox rides in the version item, which must stay small."""
+OUTBOX_BYTES = 100_000
+"""And at most about this much of it: a link's target may take 2 kB (DynamoDB caps an item at
+400 KB)."""
 RouteChange = tuple[str, str] | None
 """A route's new (publication id, certificate + key PEM), or None to remove it."""
 RedirectChange = Redirect | None
@@ -87,14 +90,24 @@ class EdgeStateStore:
                redirects: dict[str, RedirectChange] | None = None) -> bool:
         """Apply these route and redirect changes (and the config, if given); True if the
         version moved. Reads the ``desired`` item and each changed item, never all of them. Up
-        to ``CHUNK`` changes commit at once; more (a reconciliation) commit chunk by chunk."""
-        changes: list[tuple[str, str]] = [("route", h) for h in sorted(routes)]
-        changes += [("redirect", k) for k in sorted(redirects or {})]
+        to ``CHUNK`` changes (``OUTBOX_BYTES``) commit at once; more (a reconciliation) commit
+        chunk by chunk."""
+        redirects = redirects or {}
+        chunks: list[list[tuple[str, str]]] = [[]]
+        size = 0
+        for kind, key in [("route", h) for h in sorted(routes)] + \
+                [("redirect", k) for k in sorted(redirects)]:
+            redirect = redirects.get(key) if kind == "redirect" else None
+            weight = len(key) + 64 + (len(redirect.target) if redirect is not None else 0)
+            if len(chunks[-1]) >= CHUNK or size + weight > OUTBOX_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append((kind, key))
+            size += weight
         moved = False
-        for start in range(0, max(len(changes), 1), CHUNK):
-            chunk = changes[start:start + CHUNK]
+        for chunk in chunks:
             moved = self._change({h: routes[h] for kind, h in chunk if kind == "route"}, config,
-                                 {k: (redirects or {})[k] for kind, k in chunk
+                                 {k: redirects[k] for kind, k in chunk
                                   if kind == "redirect"}) or moved
         return moved
 

@@ -13,7 +13,7 @@ import requests
 from control.wiring import Services
 from edge.agent import EdgeAgent, StateUnavailable
 from edge.node import EdgeNode
-from edge.state import DesiredState, StateDelta
+from edge.state import DesiredState, Redirect, StateDelta
 from kit.procs import free_port
 from kit.settings import Settings
 from kit.x509 import self_signed
@@ -125,6 +125,21 @@ def test_a_restarted_agent_goes_on_with_deltas(control: tuple[Services, str],
             "a sync point of another version: a snapshot"
     finally:
         node.stop()
+
+
+def test_long_link_targets_commit_in_outboxes_that_stay_small(
+        control: tuple[Services, str]) -> None:
+    """The outbox rides in the version item (400 KB at most on DynamoDB): links with 2 kB
+    targets commit about 100 kB at a time, whatever their number."""
+    services, _ = control
+    before = int((services.edge_state.meta() or {}).get("revision") or 0)
+    target = "https://example.com/" + "a" * 1900
+    services.edge_state.change({}, redirects={
+        f"acme.link/s{n}": Redirect("acme.link", f"s{n}", 302, target) for n in range(120)})
+    meta = services.edge_state.meta()
+    assert meta is not None and int(meta["revision"]) - before == 3
+    snapshot = services.edge_state.load()
+    assert snapshot is not None and len(snapshot["redirects"]) == 120
 
 
 def _long_poll(url: str, have: str, out: list[requests.Response]) -> threading.Thread:
