@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -176,6 +177,7 @@ def main() -> int:
             process.stop()
         server.shutdown()
         services.close()
+        shutil.rmtree(directory, ignore_errors=True)  # 300 MB of store and map
 
 
 if __name__ == "__main__":
