@@ -27,6 +27,7 @@ from edge.agent import EdgeAgent
 from edge.metrics import serve_metrics
 from edge.node import EdgeNode
 from edge.plan import UnsafePlan
+from edge.state import DesiredState
 from kit import logs
 from kit.backoff import jittered_backoff
 from kit.settings import CONTROL_SERVICE, EDGE_AGENT, Settings, SettingsError, load_settings
@@ -212,6 +213,7 @@ def _node(settings: Settings) -> EdgeNode:
     return EdgeNode(Path(settings.edge_dir), haproxy_bin=settings.haproxy_bin,
                     bind=settings.edge_bind, http_port=settings.edge_http_port,
                     https_port=settings.edge_https_port, stats_port=settings.edge_stats_port,
+                    redirect_capacity=settings.edge_redirect_capacity,
                     control_ca=(settings.control_ca_bundle or "@system-ca") if tls else "")
 
 
@@ -254,10 +256,11 @@ def agent(args: argparse.Namespace, settings: Settings) -> int:
 def plan(args: argparse.Namespace, settings: Settings) -> int:
     """Print what the local node would change to reach the control service's desired state."""
     node = _node(settings)
-    desired = _agent(settings, node).fetch()
+    desired = _agent(settings, node).fetch()  # a new agent asks for a whole state
     if desired is None:
         print("the control service has published no edge state yet")
         return 1
+    assert isinstance(desired, DesiredState)
     node_plan = node.plan(desired)
     print(f"node at {node.applied_version}, desired {desired.version}")
     print("\n".join(node_plan.describe()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from certs.chain import IssuerChain
 from certs.challenges import CHALLENGES, ChallengeStore
@@ -27,13 +27,13 @@ from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.render import map_safe
 from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
 from edge.state import EdgeConfig, Redirect, pools_of
-from edge.state_store import (EDGE_CERTS, EDGE_NODES, EDGE_ROUTES, EDGE_STATE, EDGE_VISIT_REPORTS,
-                              EdgeStateStore, RouteChange)
+from edge.state_store import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE,
+                              EDGE_VISIT_REPORTS, EdgeStateStore, RouteChange)
 from kit.platform import Platform
 from kit.settings import Settings
 from kit.tokens import API_TOKENS, PublicationTokens
 from kit.vault import KeyVault
-from shortlinks.links import LINK_CHANGES, LINKS, LinkService
+from shortlinks.links import LINK_CHANGES, LINKS, LinkService, is_plain, link_id
 from shortlinks.resolver import Resolver
 from shortlinks.stats import LINK_DAYS, VisitStats
 from store import Backend, Item, open_backend
@@ -49,8 +49,7 @@ class EdgePublisher:
 
     def __init__(self, state: EdgeStateStore, certificates: CertificateStore,
                  app_servers: list[str], control_servers: list[str],
-                 links: LinkService | None = None, hot_links: int = 0,
-                 hot_refresh: float = 30.0, sso_keys: SigningKeys | None = None,
+                 links: LinkService | None = None, sso_keys: SigningKeys | None = None,
                  platform_hosts: tuple[str, ...] = (), short_domains: tuple[str, ...] = (),
                  shortlink_servers: tuple[str, ...] = (),
                  origin_pools: dict[str, list[str]] | None = None,
@@ -63,45 +62,53 @@ class EdgePublisher:
         self._app_servers = tuple(app_servers)
         self._control_servers = tuple(control_servers)
         self._links = links
-        self._hot_links = hot_links
-        self._hot_refresh = hot_refresh
         self._short_domains = tuple(sorted(short_domains))
         self._shortlink_servers = tuple(shortlink_servers) if short_domains else ()
-        self._hot: tuple[float, tuple[dict[str, Any], ...]] = (0.0, ())
         self._sso_keys = sso_keys
         self._pools = pools_of(origin_pools)
         self.platform_hosts = platform_hosts
         """The platform's own domains: routed to the app fleet once their certificate exists."""
 
-    def redirects(self) -> tuple[Redirect, ...]:
-        """The hottest short links, recomputed every ``hot_refresh`` seconds (a scan); one that
-        expires in between leaves at the next publish (every worker round), not at the scan."""
-        if self._links is None or self._hot_links <= 0:
-            return ()
-        now = self._clock()
-        if time.monotonic() >= self._hot[0]:
-            self._hot = (time.monotonic() + self._hot_refresh,
-                         tuple(self._links.hottest(self._hot_links, now)))
-        hot = (Redirect(link["domain"], link["slug"], int(link["code"]), link["target"])
-               for link in self._hot[1]
-               if link.get("valid_until") is None or link["valid_until"] > now)
-        # A target HAProxy's map cannot hold (non-ASCII, say) would block the whole state.
-        return tuple(redirect for redirect in hot if map_safe(redirect))
+    def redirect(self, link: Item | None) -> Redirect | None:
+        """The map entry the edge answers ``link`` with, or None: the Python path serves it
+        (a visit limit or a rule, disabled, expired, or a target the map cannot hold)."""
+        if link is None or not is_plain(link) or not self._links \
+                or not self._links.is_short_domain(link["domain"]):
+            return None
+        valid_until = link.get("valid_until")
+        if valid_until is not None and valid_until <= self._clock():
+            return None
+        # HAProxy stops at the whole second before the limit; Python answers the rest of it.
+        redirect = Redirect(link["domain"], link["slug"], int(link["code"]), link["target"],
+                            int(valid_until) if valid_until is not None else 0)
+        return redirect if map_safe(redirect) else None
 
-    def refresh_redirects(self) -> None:
-        """A link changed: the next publish recomputes the hot set at once."""
-        self._hot = (0.0, self._hot[1])
+    def link_changed(self, domain: str, slug: str) -> None:
+        """A link was made, edited or removed: its map entry on every edge node follows now
+        (one commit of that one redirect; the agents' watch hands it over at once)."""
+        assert self._links is not None
+        redirect = self.redirect(self._links.table.get(link_id(domain, slug)))
+        self._state.change({}, redirects={f"{domain}/{slug}": redirect})
+
+    def expire_links(self) -> int:
+        """Take expired links off the map, by their due time (one index query when none is
+        due). HAProxy already stopped answering them at that second: this frees the entry."""
+        due = self._state.due_redirects(self._clock())
+        if due:
+            self._state.change({}, redirects={key: None for key in due})
+        return len(due)
 
     def config(self) -> EdgeConfig:
         sso_keys = self._sso_keys.public_pems() if self._sso_keys else ()
-        return EdgeConfig(self._app_servers, self._control_servers, self.redirects(), sso_keys,
+        return EdgeConfig(self._app_servers, self._control_servers, sso_keys,
                           self._short_domains, self._shortlink_servers, self._pools)
 
     def refresh(self) -> None:
-        """Publish what is not a route (servers, SSO keys, hot links) if it changed: one read
-        of the state's version item when nothing did. A fresh store gets its first (empty)
+        """Publish what is not a route (servers, SSO keys) if it changed, and take expired
+        links off the map: two reads when nothing did. A fresh store gets its first (empty)
         state here, which opens the edge's port 80 for HTTP-01."""
         self._state.change({}, self.config())
+        self.expire_links()
 
     def serving(self) -> bool:
         """Whether any edge node serves a state (so port 80 answers the CA's HTTP-01): one
@@ -142,6 +149,10 @@ class EdgePublisher:
 
         if self._state.reconcile(routes, pem_of, self.config()):
             log.info("edge state reconciled with %d routes", len(routes))
+        if self._links is not None:
+            redirects = {r.key: r for r in map(self.redirect, self._links.each()) if r}
+            if self._state.reconcile_redirects(redirects):
+                log.info("edge redirects reconciled with %d plain links", len(redirects))
 
 
 class DomainEvents:
@@ -160,8 +171,8 @@ class DomainEvents:
 
     def disable_links(self, entry: Item) -> None:
         hostname = str(entry["hostname"])
-        if self._links.is_short_domain(hostname) and self._links.disable_domain(hostname):
-            self._publisher.refresh_redirects()
+        if self._links.is_short_domain(hostname):
+            self._links.disable_domain(hostname)  # each link leaves the map as it is disabled
 
 
 @dataclasses.dataclass
@@ -229,7 +240,8 @@ class Services:
         edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
                                     backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault,
                                     backend.table(EDGE_VISIT_REPORTS),
-                                    report_memory=settings.visit_report_retention_seconds)
+                                    report_memory=settings.visit_report_retention_seconds,
+                                    redirects=backend.table(EDGE_REDIRECTS))
         links = LinkService(backend.table(LINKS), settings.short_domains,
                             changes=backend.table(LINK_CHANGES), domain_owner=domains.owner,
                             stats=VisitStats(backend.table(LINK_DAYS)))
@@ -239,7 +251,7 @@ class Services:
         shortlink_servers = settings.shortlink_servers or [
             f"{settings.listen_host}:{settings.shortlinks_port}"]
         publisher = EdgePublisher(edge_state, certificates, settings.app_servers,
-                                  settings.edge_control_servers, links, settings.hot_links, sso_keys=sso_keys,
+                                  settings.edge_control_servers, links, sso_keys=sso_keys,
                                   platform_hosts=(platform_host,) if platform_host else (),
                                   short_domains=tuple(d.lower() for d in settings.short_domains),
                                   shortlink_servers=tuple(shortlink_servers),
@@ -263,10 +275,9 @@ class Services:
                                     timing.worker_lease)  # lifecycle's consumers
 
         def link_changed(domain: str, slug: str) -> None:
-            """An edited or removed link leaves this process's cache and the edge's hot set now."""
+            """A made, edited or removed link: this process's cache and every edge's map now."""
             resolver.invalidate(domain, slug)
-            publisher.refresh_redirects()
-            publisher.refresh()
+            publisher.link_changed(domain, slug)
 
         links.subscribe(link_changed)
         sso = None

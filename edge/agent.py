@@ -8,7 +8,9 @@ poll), so a change reaches the node at once rather than a poll interval later.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -20,7 +22,8 @@ import requests
 from edge.errors import EdgeError
 from edge.node import EdgeNode
 from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, Route, RouteRef,
-                        fingerprint, pools_of, route_hash, routes_digest, state_version)
+                        StateDelta, fingerprint, pools_of, route_hash, routes_digest,
+                        state_version)
 from edge.visits import HotVisitMeter
 from kit.backoff import jittered_backoff
 from kit.hosts import plain_http_off_host
@@ -38,6 +41,7 @@ class StateUnavailable(EdgeError):
 
 
 MAX_BACKOFF = 30.0
+SYNC_FILE = "agent_sync.json"
 
 
 class EdgeAgent:
@@ -67,65 +71,132 @@ class EdgeAgent:
         self._revision: int | None = None
         self._digest: int | None = None
         """The routes digest of ``self._routes``, kept by each delta like the control service's."""
+        self._version: str | None = None
+        """The version ``self._revision`` names: the base of the next delta."""
+        self._resumed = False
         self.visits = HotVisitMeter(node.runtime, node.directory / "hot_visits.json")
 
-    def fetch(self, have: str | None = None) -> DesiredState | None:
-        """The desired state with every certificate in it, or None if unchanged or unpublished."""
+    def fetch(self, have: str | None = None) -> DesiredState | StateDelta | None:
+        """What changed since the revision the agent holds (a :class:`StateDelta`), or the
+        whole desired state with every certificate in it the first time; None if unchanged or
+        unpublished. A delta costs its changes: the routes digest is checked by updating it
+        with the changed routes only (redirects are trusted to the revision, as the agent
+        keeps none of them: 1,000,000 links stay in HAProxy and on disk)."""
+        if self._routes is None and have and not self._resumed:
+            self._resume(have)
         params: dict[str, str | float | int] = {}
         if have:
             params.update(have=have, wait=self.watch)
         if self._routes is not None and self._revision is not None:
             params["since"] = self._revision
+        # A snapshot of a million links takes the control service a while to read and send.
         response = self._request("GET", "/api/v1/edge/state", params=params,
-                                 timeout=30 + self.watch)
+                                 timeout=30 + self.watch if "since" in params else 300)
         if response.status_code in (304, 404):
             return None
         response.raise_for_status()
         doc = response.json()
         self._force = bool(doc.get("force"))
-        if doc.get("delta") and self._routes is not None and self._digest is not None:
-            refs, digest = dict(self._routes), self._digest
-            for change in doc["changes"]:  # the digest follows the changes: O(changes)
-                old = refs.pop(change["hostname"], None)
-                if old is not None:
-                    digest -= route_hash(_route_ref(old))
-                if not change.get("removed"):
-                    refs[change["hostname"]] = change
-                    digest += route_hash(_route_ref(change))
-            digest %= DIGEST_MODULUS
-        else:
-            refs = {ref["hostname"]: ref for ref in doc["routes"]}
-            digest = routes_digest(_route_ref(ref) for ref in refs.values())
-        redirects = tuple(Redirect(**r) for r in doc.get("redirects", []))
-        config = EdgeConfig(tuple(doc["app_servers"]), tuple(doc["control_servers"]), redirects,
+        config = EdgeConfig(tuple(doc["app_servers"]), tuple(doc["control_servers"]),
                             tuple(doc.get("sso_keys", [])), tuple(doc.get("short_domains", [])),
                             tuple(doc.get("shortlink_servers", [])),
                             pools_of(doc.get("origin_pools")))
-        if state_version(digest, config) != doc["version"]:
-            self._routes = self._revision = self._digest = None  # start again from a snapshot
+        redirects_digest = int(doc.get("redirects_digest") or "0", 16)
+        if doc.get("delta") and self._routes is not None and self._digest is not None \
+                and self._version is not None:
+            return self._delta(doc, config, redirects_digest)
+        refs = {ref["hostname"]: ref for ref in doc["routes"]}
+        digest = routes_digest(_route_ref(ref) for ref in refs.values())
+        if state_version(digest, config, redirects_digest) != doc["version"]:
+            self.reset()
             raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
         served = self.node.existing_routes()
-        routes = []
-        for ref in sorted(refs.values(), key=lambda r: r["hostname"]):
-            current = served.get(ref["hostname"])
-            extras = ref.get("extras") or ""
-            if current is not None and current.publication_id == ref["publication_id"] \
-                    and current.ref.cert_sha256 == ref["cert_sha256"] \
-                    and current.extras == extras:
-                routes.append(current)  # the same object: its fingerprint is not computed again
-                continue
-            pem = current.pem if current is not None and \
-                current.ref.cert_sha256 == ref["cert_sha256"] else \
-                self._download(ref["hostname"], ref["cert_sha256"])
-            routes.append(Route(ref["hostname"], ref["publication_id"], pem, extras))
+        routes = [self._route(ref, served)
+                  for ref in sorted(refs.values(), key=lambda r: r["hostname"])]
         desired = DesiredState(tuple(routes), config.app_servers, config.control_servers,
-                               redirects, sso_keys=config.sso_keys,
-                               short_domains=config.short_domains,
+                               tuple(Redirect.from_map(key, value)
+                                     for key, value in doc.get("redirects", [])),
+                               sso_keys=config.sso_keys, short_domains=config.short_domains,
                                shortlink_servers=config.shortlink_servers,
                                origin_pools=config.origin_pools,
                                known_version=doc["version"])
         self._routes, self._revision, self._digest = refs, doc.get("revision"), digest
+        self._version = doc["version"]
         return desired
+
+    def _delta(self, doc: dict[str, Any], config: EdgeConfig,
+               redirects_digest: int) -> StateDelta:
+        assert self._routes is not None and self._digest is not None and self._version
+        digest = self._digest
+        for change in doc["changes"]:  # the digest follows the changes: O(changes)
+            old = self._routes.get(change["hostname"])
+            if old is not None:
+                digest -= route_hash(_route_ref(old))
+            if not change.get("removed"):
+                digest += route_hash(_route_ref(change))
+        digest %= DIGEST_MODULUS
+        if state_version(digest, config, redirects_digest) != doc["version"]:
+            self.reset()  # start again from a snapshot
+            raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
+        served = self.node.existing_routes()
+        routes: dict[str, Route | None] = {}
+        for change in doc["changes"]:
+            routes[change["hostname"]] = None if change.get("removed") \
+                else self._route(change, served)
+        for change in doc["changes"]:  # only once every certificate is here
+            if change.get("removed"):
+                self._routes.pop(change["hostname"], None)
+            else:
+                self._routes[change["hostname"]] = change
+        delta = StateDelta(self._version, doc["version"], config, routes, {
+            key: None if value is None else Redirect.from_map(key, value)
+            for key, value in doc.get("redirect_changes", [])})
+        self._revision, self._digest, self._version = doc["revision"], digest, doc["version"]
+        return delta
+
+    def _route(self, ref: dict[str, str], served: dict[str, Route]) -> Route:
+        """The route ``ref`` names, reusing what the node serves (the same object, whose
+        fingerprint is not computed again) and downloading only a certificate it lacks."""
+        current = served.get(ref["hostname"])
+        extras = ref.get("extras") or ""
+        if current is not None and current.ref.cert_sha256 == ref["cert_sha256"]:
+            if current.publication_id == ref["publication_id"] and current.extras == extras:
+                return current
+            return Route(ref["hostname"], ref["publication_id"], current.pem, extras)
+        return Route(ref["hostname"], ref["publication_id"],
+                     self._download(ref["hostname"], ref["cert_sha256"]), extras)
+
+    def _resume(self, applied: str) -> None:
+        """After a restart, go on with deltas from the revision the node's state came from
+        (kept in ``agent_sync.json``) rather than a snapshot of a million links; the routes
+        digest is rebuilt from what the node serves, so the next delta is checked as ever."""
+        self._resumed = True
+        try:
+            doc = json.loads((self.node.directory / SYNC_FILE).read_text())
+            revision, version = int(doc["revision"]), str(doc["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if version != applied:
+            return
+        refs = {hostname: {"hostname": hostname, "publication_id": route.publication_id,
+                           "cert_sha256": route.ref.cert_sha256, "extras": route.extras}
+                for hostname, route in self.node.existing_routes().items()}
+        self._routes, self._revision, self._version = refs, revision, version
+        self._digest = routes_digest(_route_ref(ref) for ref in refs.values())
+
+    def _remember(self) -> None:
+        """Where the node's state came from (not synced: a lost or stale file only means a
+        snapshot, as the version must match)."""
+        if self._revision is None or self._version != self.node.applied_version:
+            return
+        path = self.node.directory / SYNC_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({"revision": self._revision, "version": self._version}))
+        os.replace(tmp, path)
+
+    def reset(self) -> None:
+        """Forget the state held: the next fetch asks for a snapshot."""
+        self._routes = self._revision = self._digest = self._version = None
 
     def _download(self, hostname: str, cert_sha256: str) -> str:
         response = self._request("GET", f"/api/v1/edge/certs/{quote(hostname)}", timeout=30)
@@ -160,8 +231,24 @@ class EdgeAgent:
             desired = self.fetch(have)
             if desired is None:
                 self.node.start()
+                self.node.compact_if_idle()
                 return False
-            return self.node.apply(desired, force=self._force)
+            if isinstance(desired, StateDelta):
+                if self.node.can_apply_delta(desired):
+                    try:
+                        applied = self.node.apply_delta(desired, force=self._force)
+                    except Exception:
+                        self.reset()  # the node stays where it was: resume from a snapshot
+                        raise
+                    self._remember()
+                    return applied
+                self.reset()  # the node is not at the delta's base (a reload, a restart)
+                desired = self.fetch(None)
+                if desired is None or isinstance(desired, StateDelta):
+                    return False
+            applied = self.node.apply(desired, force=self._force)
+            self._remember()
+            return applied
         finally:
             self._report()
 
@@ -191,6 +278,7 @@ class EdgeAgent:
         (jittered, at most ``MAX_BACKOFF``) and say so once, not every round."""
         self.node.start()
         failures = 0
+        reported = 0.0
         while not stop.is_set():
             applied, started = False, time.monotonic()
             try:
@@ -202,10 +290,12 @@ class EdgeAgent:
                 failures += 1
                 if failures == 1:
                     log.warning("edge sync failed (retrying with backoff): %s", exc)
-            try:
-                self.report_visits()
-            except Exception as exc:  # the visits stay pending for the next round
-                log.info("reporting hot link visits failed: %s", exc)
+            if time.monotonic() - reported >= interval:  # a table read: not once per change
+                reported = time.monotonic()
+                try:
+                    self.report_visits()
+                except Exception as exc:  # the visits stay pending for the next round
+                    log.info("reporting map-served link visits failed: %s", exc)
             waited = time.monotonic() - started
             if failures:
                 stop.wait(jittered_backoff(failures, interval, MAX_BACKOFF))

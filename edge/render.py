@@ -7,11 +7,12 @@ import ipaddress
 import re
 from importlib import resources
 from pathlib import Path
+from typing import Iterable
 
 import jinja2
 
 from edge.errors import EdgeError
-from edge.state import DesiredState, Redirect, Route
+from edge.state import DesiredState, EdgeConfig, Redirect, Route
 from kit import route_extras
 
 # Values land in haproxy.cfg and map files: anything outside these shapes could inject config.
@@ -41,6 +42,9 @@ class NodeLayout:
     control_ca: str = ""
     """The CA file HAProxy verifies the control replicas' TLS with (``@system-ca``: the
     system's); empty: they speak plain HTTP."""
+    redirect_capacity: int = 1_000_000
+    """Entries of the stick table counting visits of map-served links: the whole map (an entry
+    takes memory only once its link is visited)."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -51,40 +55,54 @@ def _environment(templates: Path | None) -> jinja2.Environment:
                               autoescape=False)
 
 
+def validate_route(route: Route, pools: Iterable[str] = ()) -> None:
+    """One route, extras included: ``pools`` are the configured origin pools' names."""
+    if not _HOSTNAME.fullmatch(route.hostname) or ".." in route.hostname:
+        raise RenderError(f"route hostname {route.hostname!r} is not a normalized hostname")
+    if not _PUBLICATION.fullmatch(route.publication_id):
+        raise RenderError(f"publication id {route.publication_id!r} has unsafe characters")
+    if route.extras:
+        _validate_extras(route, pools)
+
+
+def validate_redirect(redirect: Redirect) -> None:
+    if not map_safe(redirect):
+        raise RenderError(f"redirect {redirect.key!r} has unsafe values")
+
+
 def validate(state: DesiredState) -> None:
+    validate_config(state.config)
+    pools = {name for name, _ in state.origin_pools}
     for route in state.routes:
-        if not _HOSTNAME.fullmatch(route.hostname) or ".." in route.hostname:
-            raise RenderError(f"route hostname {route.hostname!r} is not a normalized hostname")
-        if not _PUBLICATION.fullmatch(route.publication_id):
-            raise RenderError(f"publication id {route.publication_id!r} has unsafe characters")
-    for host in state.short_domains:
+        validate_route(route, pools)
+    for redirect in state.redirects:
+        validate_redirect(redirect)
+
+
+def validate_config(config: EdgeConfig) -> None:
+    """What is neither a route nor a redirect: short domains, servers, SSO keys, pools."""
+    for host in config.short_domains:
         if not _HOSTNAME.fullmatch(host) or ".." in host or host.startswith("*"):
             raise RenderError(f"short domain {host!r} is not a normalized hostname")
-    if state.short_domains and not state.shortlink_servers:
+    if config.short_domains and not config.shortlink_servers:
         raise RenderError("short domains need at least one short-link server")
-    for server in state.app_servers + state.control_servers + state.shortlink_servers:
+    for server in config.app_servers + config.control_servers + config.shortlink_servers:
         if not _SERVER.fullmatch(server):
             raise RenderError(f"server {server!r} must be host:port")
-    for redirect in state.redirects:
-        if not map_safe(redirect):
-            raise RenderError(f"redirect {redirect.key!r} has unsafe values")
-    for pem in state.sso_keys:
+    for pem in config.sso_keys:
         if not _PUBLIC_KEY.fullmatch(pem.strip()):
             raise RenderError("an SSO key is not a PEM public key")
-    if not state.control_servers:
+    if not config.control_servers:
         raise RenderError("at least one control server is needed for ACME challenges")
-    pools = dict(state.origin_pools)
-    for name, servers in state.origin_pools:
+    for name, servers in config.origin_pools:
         if not route_extras.POOL_NAME.fullmatch(name) or not servers:
             raise RenderError(f"origin pool {name!r} needs a plain name and servers")
         for server in servers:
             if not _SERVER.fullmatch(server):
                 raise RenderError(f"server {server!r} of pool {name} must be host:port")
-    for route in state.routes:
-        _validate_extras(route, pools)
 
 
-def _validate_extras(route: Route, pools: dict[str, tuple[str, ...]]) -> None:
+def _validate_extras(route: Route, pools: Iterable[str]) -> None:
     try:
         extras = route_extras.decode(route.extras)
     except route_extras.ExtrasError as exc:
@@ -101,12 +119,14 @@ def _validate_extras(route: Route, pools: dict[str, tuple[str, ...]]) -> None:
 def map_safe(redirect: Redirect) -> bool:
     """Whether HAProxy may serve this redirect from its map; others stay on the Python path."""
     return bool(_HOSTNAME.fullmatch(redirect.host) and _SLUG.fullmatch(redirect.slug)
-                and redirect.code in (301, 302, 307, 308) and _TARGET.fullmatch(redirect.target))
+                and redirect.code in (301, 302, 307, 308) and _TARGET.fullmatch(redirect.target)
+                and isinstance(redirect.expires, int) and 0 <= redirect.expires < 2 ** 40)
 
 
 def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
-           templates: Path | None = None) -> dict[str, str]:
-    """File name (relative to ``release_dir``) -> content; ``templates`` overrides the packaged ones."""
+           templates: Path | None = None, meta: list[str] | None = None) -> dict[str, str]:
+    """File name (relative to ``release_dir``) -> content; ``templates`` overrides the packaged
+    ones; ``meta``: the metadata keys to give a header line (default: the routes')."""
     validate(state)
     env = _environment(templates)
     files = {
@@ -118,10 +138,11 @@ def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
             app_servers=state.app_servers, short_domains=sorted(state.short_domains),
             shortlink_servers=state.shortlink_servers,
             control_servers=[(server, _server_name(server)) for server in state.control_servers],
-            control_ca=layout.control_ca, origin_pools=state.origin_pools,
+            control_ca=layout.control_ca, redirect_capacity=layout.redirect_capacity,
+            origin_pools=state.origin_pools,
             domain_redirects_map=release_dir / "domain_redirects.map",
             pools_map=release_dir / "pools.map", meta_map=release_dir / "meta.map",
-            meta_keys=meta_keys(state),
+            meta_keys=meta_keys(state.routes) if meta is None else meta,
             sso_keys=[release_dir / f"sso/key{n}.pem" for n in range(len(state.sso_keys))]),
         **render_lists(state, release_dir),
     }
@@ -147,48 +168,79 @@ def cert_file(hostname: str) -> str:
     return hostname.replace("*", "_wildcard") + ".pem"
 
 
-def meta_keys(state: DesiredState) -> list[str]:
+EXTRAS_MAPS = ("domain_redirects.map", "pools.map", "meta.map")
+"""The map files of the routes' extras, keyed by route (meta.map: ``route/key``)."""
+
+
+def route_meta_keys(route: Route) -> set[str]:
+    return set(route_extras.decode(route.extras)["meta"]) if '"meta"' in route.extras else set()
+
+
+def meta_keys(routes: Iterable[Route]) -> list[str]:
     """Every metadata key some route carries: each is one header line in haproxy.cfg (HAProxy
     takes no header name from a variable), while the values live in a map, changed hot."""
     keys: set[str] = set()
-    for route in state.routes:
-        if '"meta"' in route.extras:
-            keys.update(route_extras.decode(route.extras)["meta"])
+    for route in routes:
+        keys |= route_meta_keys(route)
     return sorted(keys)
 
 
-def extras_maps(state: DesiredState) -> dict[str, dict[str, str]]:
+def route_extras_entries(route: Route) -> dict[str, dict[str, str]]:
+    """One route's entries in each extras map (a map name -> key -> value): what a hot change
+    of that route deletes and adds, and what the files hold for it."""
+    entries: dict[str, dict[str, str]] = {name: {} for name in EXTRAS_MAPS}
+    if not route.extras:
+        return entries
+    extras = route_extras.decode(route.extras)
+    if "redirect" in extras:
+        redirect = extras["redirect"]
+        entries["domain_redirects.map"][route.hostname] = f"{redirect['code']}|{redirect['to']}"
+    if "pool" in extras:
+        entries["pools.map"][route.hostname] = f"pool_{extras['pool']}"
+    for key, value in (extras.get("meta") or {}).items():
+        if value:
+            entries["meta.map"][f"{route.hostname}/{key}"] = value
+    return entries
+
+
+def extras_maps(routes: Iterable[Route]) -> dict[str, dict[str, str]]:
     """The map files of the routes' extras, as key -> value: domain redirects (``code|host``),
     origin pools (the backend's name) and metadata (``route/key`` -> value)."""
-    maps: dict[str, dict[str, str]] = {"domain_redirects.map": {}, "pools.map": {},
-                                       "meta.map": {}}
-    for route in state.routes:
-        if not route.extras:
-            continue
-        extras = route_extras.decode(route.extras)
-        if "redirect" in extras:
-            redirect = extras["redirect"]
-            maps["domain_redirects.map"][route.hostname] = f"{redirect['code']}|{redirect['to']}"
-        if "pool" in extras:
-            maps["pools.map"][route.hostname] = f"pool_{extras['pool']}"
-        for key, value in (extras.get("meta") or {}).items():
-            if value:
-                maps["meta.map"][f"{route.hostname}/{key}"] = value
+    maps: dict[str, dict[str, str]] = {name: {} for name in EXTRAS_MAPS}
+    for route in routes:
+        if route.extras:
+            for name, entries in route_extras_entries(route).items():
+                maps[name].update(entries)
     return maps
 
 
 def render_lists(state: DesiredState, release_dir: Path) -> dict[str, str]:
-    """Just the host map and the crt-list: what a hot apply rewrites. Plain formatting, not
-    templates: these are HAProxy's data formats, and a one-route change at 100,000 routes
-    rewrites both (jinja took 270 ms for them at 100,000 routes, this about 75 ms)."""
+    """The host map, the redirects map, the crt-list and the extras' maps. Plain formatting,
+    not templates: these are HAProxy's data formats (jinja took 270 ms for them at 100,000
+    routes, this about 75 ms); a hot change appends to the node's journal instead
+    (edge/journal.py)."""
     routes = sorted(state.routes, key=lambda r: r.hostname)
-    redirects = sorted(state.redirects, key=lambda r: r.key)
+    return {"hosts.map": hosts_map_text(routes),
+            "redirects.map": "".join(f"{r.key} {r.value}\n"
+                                     for r in sorted(state.redirects, key=lambda r: r.key)),
+            "crt-list": crt_list_text(routes, release_dir),
+            **extras_texts(routes)}
+
+
+def extras_texts(routes: Iterable[Route]) -> dict[str, str]:
+    """``routes.extras`` (each route's extras, read back on a restart) and the extras' maps."""
+    routes = [r for r in routes if r.extras]
+    return {**{name: "".join(f"{key} {value}\n" for key, value in sorted(entries.items()))
+               for name, entries in extras_maps(routes).items()},
+            "routes.extras": "".join(f"{r.hostname} {r.extras}\n"
+                                     for r in sorted(routes, key=lambda r: r.hostname))}
+
+
+def hosts_map_text(routes: Iterable[Route]) -> str:
+    return "".join(f"{r.hostname} {r.publication_id}\n" for r in routes)
+
+
+def crt_list_text(routes: Iterable[Route], release_dir: Path) -> str:
     cert_dir = str(release_dir / "certs")
-    maps = {name: "".join(f"{key} {value}\n" for key, value in sorted(entries.items()))
-            for name, entries in extras_maps(state).items()}
-    return {**maps,
-            "routes.extras": "".join(f"{r.hostname} {r.extras}\n" for r in routes if r.extras),
-            "hosts.map": "".join(f"{r.hostname} {r.publication_id}\n" for r in routes),
-            "redirects.map": "".join(f"{r.key} {r.value}\n" for r in redirects),
-            "crt-list": "".join(f"{cert_dir}/{cert_file(r.hostname)} [alpn h2,http/1.1] "
-                                f"{r.hostname}\n" for r in routes)}
+    return "".join(f"{cert_dir}/{cert_file(r.hostname)} [alpn h2,http/1.1] {r.hostname}\n"
+                   for r in routes)

@@ -1,10 +1,18 @@
 """HAProxy's runtime API (the admin stats socket): hot changes to maps and certificates.
 
-One command per connection. Changes made here live in memory only and vanish on reload, so
-the caller always writes the same change to the files as well.
+Single commands use one connection each. Many changes go as one :class:`Batch`: the CLI's
+interactive mode ("prompt") takes any number of commands on one connection, each answer ending
+with an empty line and a new prompt, so a thousand certificates cost one connection, not four
+thousand. What HAProxy 2.6 allows (management.txt): ``add map <map> <<`` takes many
+``key value`` lines in one payload (up to ``tune.bufsize``, 16 kB); ``set map``/``del map``
+take one key; ``new/set/commit ssl cert`` one certificate each; ``add ssl crt-list <<`` one
+crt-list line. Changes made here live in memory only and vanish on reload, so the caller always
+writes the same change to the files as well.
 """
 from __future__ import annotations
 
+import socket
+import threading
 from pathlib import Path
 
 from edge.errors import EdgeError
@@ -31,6 +39,31 @@ class RuntimeAPI:
         if success not in output:
             raise RuntimeCommandFailed(line, output)
         return output
+
+    def batch(self) -> "Batch":
+        return Batch(self)
+
+    def run_batch(self, commands: list[tuple[str, str | None]], timeout: float = 120) -> list[str]:
+        """Send ``(line, payload)`` commands on one interactive connection; their answers."""
+        if not commands:
+            return []
+        text = "prompt\n" + "".join(
+            line + (f" <<\n{payload.rstrip()}\n\n" if payload is not None else "\n")
+            for line, payload in commands) + "quit\n"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.socket_path))
+            # Written from a thread while this one reads: HAProxy stops reading while its
+            # answers wait, and a large batch would fill both buffers.
+            writer = threading.Thread(target=sock.sendall, args=(text.encode(),), daemon=True)
+            writer.start()
+            chunks = []
+            while chunk := sock.recv(262144):
+                chunks.append(chunk)
+            writer.join(timeout)
+        answers = b"".join(chunks).decode(errors="replace").split("\n> ")
+        # answers[0] is the prompt command's; each later one starts with "+ " per payload line
+        return [answer.lstrip("+ ").rstrip("\n") for answer in answers[1:len(commands) + 1]]
 
     def show_map(self, map_path: Path) -> dict[str, str]:
         entries = {}
@@ -100,3 +133,91 @@ def _word(text: str) -> str:
     """One argument of the runtime API: ";" would end the command and start another one of the
     caller's choosing, and "\\" would be eaten as an escape."""
     return text.replace("\\", "\\\\").replace(";", "\\;").replace(" ", "\\ ")
+
+
+MISSING_OK = "(empty, or the key was not there)"
+
+
+class Batch:
+    """Runtime API changes collected, then sent on one connection by :meth:`send`, which
+    raises :class:`RuntimeCommandFailed` for the first refused one (the ones before it are
+    applied: the caller falls back to a reload from the files, which hold every change)."""
+
+    MAP_PAYLOAD = 12000
+    """Bytes of ``key value`` lines per ``add map`` payload (HAProxy's buffer is 16 kB)."""
+
+    def __init__(self, api: RuntimeAPI) -> None:
+        self._api = api
+        self._commands: list[tuple[str, str | None, str]] = []
+        self._map_adds: dict[Path, list[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._commands) + sum(len(lines) for lines in self._map_adds.values())
+
+    def _add(self, line: str, success: str, payload: str | None = None) -> None:
+        self._flush_map_adds()
+        self._commands.append((line, payload, success))
+
+    def del_map(self, map_path: Path, key: str, missing_ok: bool = False) -> None:
+        self._add(f"del map {map_path} {_word(key)}", MISSING_OK if missing_ok else "")
+
+    def set_map(self, map_path: Path, key: str, value: str, exists: bool) -> None:
+        if exists:
+            self._add(f"set map {map_path} {_word(key)} {_word(value)}", "")
+        else:
+            self.add_map(map_path, key, value)
+
+    def add_map(self, map_path: Path, key: str, value: str) -> None:
+        """Queued: consecutive adds to one map go as one payload (keys hold no spaces)."""
+        if " " in key or "\n" in key + value:
+            raise RuntimeCommandFailed(f"add map {map_path} {key}", "unsafe key or value")
+        lines = self._map_adds.setdefault(map_path, [])
+        lines.append(f"{key} {value}")
+
+    def _flush_map_adds(self) -> None:
+        for map_path, lines in self._map_adds.items():
+            payload: list[str] = []
+            size = 0
+            for line in lines + [""]:
+                if (size + len(line) > self.MAP_PAYLOAD or not line) and payload:
+                    self._commands.append((f"add map {map_path}", "\n".join(payload), ""))
+                    payload, size = [], 0
+                if line:
+                    payload.append(line)
+                    size += len(line) + 1
+        self._map_adds = {}
+
+    def new_cert(self, cert_path: Path) -> None:
+        self._add(f"new ssl cert {cert_path}", "New empty certificate store")
+
+    def set_cert(self, cert_path: Path, pem: str) -> None:
+        """Opens a transaction that :meth:`commit_cert` ends (one at a time: HAProxy 2.6
+        keeps a single certificate transaction, so each set is followed by its commit)."""
+        self._add(f"set ssl cert {cert_path}", "Transaction ", payload=pem)
+
+    def commit_cert(self, cert_path: Path) -> None:
+        self._add(f"commit ssl cert {cert_path}", "Success!")
+
+    def add_crt_list_entry(self, crt_list: Path, cert_path: Path, sni: str) -> None:
+        self._add(f"add ssl crt-list {crt_list}", "Success!",
+                  payload=f"{cert_path} [alpn h2,http/1.1] {sni}")
+
+    def delete_cert(self, crt_list: Path, cert_path: Path) -> None:
+        self._add(f"del ssl crt-list {crt_list} {cert_path}", "deleted")
+        self._add(f"del ssl cert {cert_path}", "deleted")
+
+    def send(self) -> int:
+        """Send what was collected; how many commands went."""
+        self._flush_map_adds()
+        commands, self._commands = self._commands, []
+        answers = self._api.run_batch([(line, payload) for line, payload, _ in commands])
+        if len(answers) < len(commands):
+            raise RuntimeCommandFailed(commands[len(answers)][0], "no answer (connection lost)")
+        for (line, _, success), answer in zip(commands, answers):
+            if success == MISSING_OK:
+                answer, success = answer.replace("Key not found.", ""), ""
+            if (success and success not in answer) or (not success and answer.strip()):
+                if line.startswith("set ssl cert") or line.startswith("commit ssl cert"):
+                    self._api.command(f"abort ssl cert {line.split()[-1]}")
+                raise RuntimeCommandFailed(line, answer)
+        return len(commands)

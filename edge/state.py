@@ -41,12 +41,14 @@ class Route:
 
 @dataclasses.dataclass(frozen=True)
 class Redirect:
-    """A hot short link HAProxy answers by itself: ``host/slug`` -> ``code`` ``target``."""
+    """A plain short link HAProxy answers by itself: ``host/slug`` -> ``code`` ``target``,
+    until ``expires`` (epoch seconds; 0: never), which HAProxy checks itself on each visit."""
 
     host: str
     slug: str
     code: int
     target: str
+    expires: int = 0
 
     @property
     def key(self) -> str:
@@ -54,8 +56,14 @@ class Redirect:
 
     @property
     def value(self) -> str:
-        # "|" separates code and target in the map; spaces are refused by the link rules.
-        return f"{self.code}|{self.target.replace('|', '%7C')}"
+        # "|" separates the fields in the map; spaces are refused by the link rules.
+        return f"{self.code}|{self.expires}|{self.target.replace('|', '%7C')}"
+
+    @classmethod
+    def from_map(cls, key: str, value: str) -> "Redirect":
+        host, _, slug = key.partition("/")
+        code, expires, target = value.split("|", 2)
+        return cls(host, slug, int(code), target, int(expires))
 
 
 DIGEST_MODULUS = 2 ** 128
@@ -68,6 +76,15 @@ def route_hash(ref: RouteRef) -> int:
     return int(hashlib.sha256(body).hexdigest()[:32], 16)
 
 
+def redirect_hash(key: str, value: str) -> int:
+    """One redirect's share of the redirects digest (kept like the routes digest)."""
+    return int(hashlib.sha256(f"{key} {value}".encode()).hexdigest()[:32], 16)
+
+
+def redirects_digest(redirects: Iterable[Redirect]) -> int:
+    return sum(redirect_hash(r.key, r.value) for r in redirects) % DIGEST_MODULUS
+
+
 def routes_digest(refs: Iterable[RouteRef]) -> int:
     """A digest of a set of routes that one route's change updates in O(1) (a sum of the
     routes' hashes modulo 2**128: order does not matter, and removing a route subtracts its
@@ -77,11 +94,11 @@ def routes_digest(refs: Iterable[RouteRef]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class EdgeConfig:
-    """Everything in the desired state but the routes: small, and the same on every node."""
+    """Everything in the desired state but the routes and redirects: small, and the same on
+    every node."""
 
     app_servers: tuple[str, ...]
     control_servers: tuple[str, ...]
-    redirects: tuple[Redirect, ...] = ()
     sso_keys: tuple[str, ...] = ()
     short_domains: tuple[str, ...] = ()
     shortlink_servers: tuple[str, ...] = ()
@@ -91,8 +108,6 @@ class EdgeConfig:
     def to_json(self) -> dict[str, Any]:
         return {"app_servers": list(self.app_servers),
                 "control_servers": list(self.control_servers),
-                "redirects": [dataclasses.asdict(r)
-                              for r in sorted(self.redirects, key=lambda r: r.key)],
                 "sso_keys": list(self.sso_keys),
                 "short_domains": sorted(self.short_domains),
                 "shortlink_servers": list(self.shortlink_servers),
@@ -101,7 +116,6 @@ class EdgeConfig:
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> "EdgeConfig":
         return cls(tuple(doc.get("app_servers") or ()), tuple(doc.get("control_servers") or ()),
-                   tuple(Redirect(**r) for r in doc.get("redirects") or ()),
                    tuple(doc.get("sso_keys") or ()), tuple(doc.get("short_domains") or ()),
                    tuple(doc.get("shortlink_servers") or ()),
                    pools_of(doc.get("origin_pools")))
@@ -116,12 +130,13 @@ def pools_of(pools: dict[str, list[str]] | None) -> tuple[tuple[str, tuple[str, 
     return tuple(sorted((name, tuple(servers)) for name, servers in (pools or {}).items()))
 
 
-def state_version(digest: int, config: EdgeConfig) -> str:
-    """The content version of a desired state: its routes digest and its config."""
+def state_version(digest: int, config: EdgeConfig, redirects: int = 0) -> str:
+    """The content version of a desired state: its routes digest, its redirects digest and
+    its config."""
     body: dict[str, Any] = {"routes": f"{digest:032x}", "app_servers": list(config.app_servers),
                             "control_servers": list(config.control_servers)}
-    if config.redirects:
-        body["redirects"] = sorted(dataclasses.astuple(r) for r in config.redirects)
+    if redirects:
+        body["redirects"] = f"{redirects:032x}"
     if config.sso_keys:
         body["sso_keys"] = list(config.sso_keys)
     if config.short_domains:  # only when set, so states without short links keep their version
@@ -151,13 +166,14 @@ class DesiredState:
 
     @functools.cached_property
     def config(self) -> EdgeConfig:
-        return EdgeConfig(self.app_servers, self.control_servers, self.redirects, self.sso_keys,
+        return EdgeConfig(self.app_servers, self.control_servers, self.sso_keys,
                           self.short_domains, self.shortlink_servers, self.origin_pools)
 
     @functools.cached_property
     def version(self) -> str:
         return self.known_version or state_version(routes_digest(r.ref for r in self.routes),
-                                                   self.config)
+                                                   self.config,
+                                                   redirects_digest(self.redirects))
 
     def summary(self) -> dict[str, Any]:
         """The wire form without private keys: routes name their certificate by fingerprint."""
@@ -169,3 +185,15 @@ class DesiredState:
                 "short_domains": sorted(self.short_domains),
                 "shortlink_servers": list(self.shortlink_servers),
                 **pools_json(self.origin_pools)}
+
+
+@dataclasses.dataclass(frozen=True)
+class StateDelta:
+    """Changes that take a node from the state ``base`` (the version it serves) to
+    ``version``: only the routes and redirects that changed (None: removed), and the config."""
+
+    base: str
+    version: str
+    config: EdgeConfig
+    routes: dict[str, Route | None]
+    redirects: dict[str, Redirect | None]

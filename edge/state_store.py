@@ -1,11 +1,13 @@
 """The desired edge state as the control service stores it, changed one route at a time.
 
 Storage: one item per route (publication, certificate fingerprint, the revision that wrote it),
-one item per certificate (chain and key, encrypted), and one small ``desired`` item: the content
-version, the routes digest (``edge.state.routes_digest``, kept by adding and subtracting route
-hashes, so no change reads every route), the config (servers, SSO keys, short domains, the hot
-redirects: at most ``MAX_HOT_LINKS``) and a monotonic ``revision``. No item grows with the
-number of domains (DynamoDB caps items at 400 KB).
+one item per certificate (chain and key, encrypted), one item per short link the edge answers
+from its map (``edge_redirects``: every plain link), and one small ``desired`` item: the content
+version, the routes and redirects digests (``edge.state.routes_digest``, kept by adding and
+subtracting hashes, so no change reads every route), the config (servers, SSO keys, short
+domains) and a monotonic ``revision``. No item grows with the number of domains or links
+(DynamoDB caps items at 400 KB). Routes and redirects share the revision: an agent asks for
+both kinds of change since its revision in one request.
 
 A change commits in one conditional write of the ``desired`` item, which carries the changed
 routes as ``pending`` (an outbox); the route items are written after it, each only over an older
@@ -21,8 +23,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, RouteRef, fingerprint,
-                        route_hash, routes_digest, state_version)
+from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, RouteRef,
+                        fingerprint, redirect_hash, route_hash, routes_digest, state_version)
 from edge.watch import VersionWatch
 from kit.vault import KeyVault
 from store import (ABSENT, VERSION, ConflictError, Item, RangeIndex, Table, TableSpec, all_items,
@@ -37,6 +39,12 @@ EDGE_ROUTES = TableSpec("edge_routes", key="hostname",
 that wrote them (the ``feed`` index): an agent asks for the changes since its revision.
 A reconciliation drops the tombstones and records ``compacted_revision``: an agent from before
 it gets a full snapshot, so no removal can be missed."""
+EDGE_REDIRECTS = TableSpec("edge_redirects", key="key", ranges=(
+    RangeIndex("feed", key="feed", sort="revision"),
+    RangeIndex("expiry", key="expiring", sort="expires")))
+"""Short links the edge answers from its map (``host/slug`` -> ``value``, the map value), with
+tombstones like routes; one with an expiry is in the ``expiry`` index until it is removed, so
+the worker finds what is due without reading the rest."""
 EDGE_CERTS = TableSpec("edge_certs", key="hostname")
 EDGE_NODES = TableSpec("edge_nodes", key="node_id")
 EDGE_VISIT_REPORTS = TableSpec("edge_visit_reports", key="report_id", expiring=True)
@@ -45,17 +53,21 @@ Each is remembered ``report_memory`` seconds."""
 COMMIT_ATTEMPTS = 20
 CHUNK = 200
 """Route changes per commit: the outbox rides in the version item, which must stay small."""
-MAX_HOT_LINKS = 2000
-"""Hot redirects travel in the ``desired`` item: this many stay well under 400 KB."""
+OUTBOX_BYTES = 100_000
+"""And at most about this much of it: a link's target may take 2 kB (DynamoDB caps an item at
+400 KB)."""
 RouteChange = tuple[str, str] | tuple[str, str, str] | None
 """A route's new (publication id, certificate + key PEM[, extras]), or None to remove it."""
+RedirectChange = Redirect | None
 
 
 class EdgeStateStore:
     def __init__(self, state: Table, routes: Table, certs: Table, nodes: Table,
                  vault: KeyVault, reports: Table, report_memory: float = 7 * 86400.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 redirects: Table | None = None) -> None:
         self.state = state
+        self.redirects = redirects
         self.reports = reports
         self._report_memory = report_memory
         self._clock = clock
@@ -74,29 +86,60 @@ class EdgeStateStore:
 
     # --- changing the state -------------------------------------------------------------
 
-    def change(self, routes: dict[str, RouteChange], config: EdgeConfig | None = None) -> bool:
-        """Apply these route changes (and the config, if given); True if the version moved.
-        Reads the ``desired`` item and each changed route, never all routes. Up to ``CHUNK``
-        routes commit at once; more (a reconciliation) commit chunk by chunk."""
-        hostnames = sorted(routes)
+    def change(self, routes: dict[str, RouteChange], config: EdgeConfig | None = None,
+               redirects: dict[str, RedirectChange] | None = None) -> bool:
+        """Apply these route and redirect changes (and the config, if given); True if the
+        version moved. Reads the ``desired`` item and each changed item, never all of them. Up
+        to ``CHUNK`` changes (``OUTBOX_BYTES``) commit at once; more (a reconciliation) commit
+        chunk by chunk."""
+        redirects = redirects or {}
+        chunks: list[list[tuple[str, str]]] = [[]]
+        size = 0
+        for kind, key in [("route", h) for h in sorted(routes)] + \
+                [("redirect", k) for k in sorted(redirects)]:
+            redirect = redirects.get(key) if kind == "redirect" else None
+            route = routes.get(key) if kind == "route" else None
+            weight = len(key) + 64 + (len(redirect.target) if redirect is not None else 0) \
+                + (len(_extras(route)) if route else 0)
+            if len(chunks[-1]) >= CHUNK or size + weight > OUTBOX_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append((kind, key))
+            size += weight
         moved = False
-        for start in range(0, max(len(hostnames), 1), CHUNK):
-            chunk = {hostname: routes[hostname] for hostname in hostnames[start:start + CHUNK]}
-            moved = self._change(chunk, config) or moved
+        for chunk in chunks:
+            moved = self._change({h: routes[h] for kind, h in chunk if kind == "route"}, config,
+                                 {k: redirects[k] for kind, k in chunk
+                                  if kind == "redirect"}) or moved
         return moved
 
-    def _change(self, routes: dict[str, RouteChange], config: EdgeConfig | None) -> bool:
+    def _change(self, routes: dict[str, RouteChange], config: EdgeConfig | None,
+                redirects: dict[str, RedirectChange]) -> bool:
         for attempt in range(COMMIT_ATTEMPTS):
             meta = self._settled(self.state.get("desired"))
             try:
-                return self._commit(meta, routes, config)
+                return self._commit(meta, routes, config, redirects)
             except ConflictError:  # another replica committed meanwhile: build on its state
                 time.sleep(0.005 * attempt)
         raise ConflictError(EDGE_STATE.name, "desired", None)
 
     def _commit(self, meta: Item | None, routes: dict[str, RouteChange],
-                config: EdgeConfig | None) -> bool:
+                config: EdgeConfig | None, redirects: dict[str, RedirectChange]) -> bool:
         digest = int(meta["routes_digest"], 16) if meta and "routes_digest" in meta else 0
+        rdigest = int(meta.get("redirects_digest") or "0", 16) if meta else 0
+        pending_redirects: dict[str, dict[str, Any] | None] = {}
+        for key, redirect in sorted(redirects.items()):
+            if self.redirects is None:
+                raise ValueError("this store keeps no redirects")
+            old = self.redirects.get(key)
+            old_value = old["value"] if old is not None and not old.get("removed") else None
+            new_value = redirect.value if redirect is not None else None
+            if old_value == new_value:
+                continue
+            rdigest = (rdigest - (redirect_hash(key, old_value) if old_value else 0)
+                       + (redirect_hash(key, new_value) if new_value else 0)) % DIGEST_MODULUS
+            pending_redirects[key] = None if redirect is None else {
+                "value": new_value, "expires": redirect.expires}
         pending: dict[str, dict[str, str] | None] = {}
         for hostname, new in sorted(routes.items()):
             old = self.routes.get(hostname)
@@ -115,12 +158,14 @@ class EdgeStateStore:
             pending[hostname] = dataclasses.asdict(new_ref) if new_ref else None
         current = EdgeConfig.from_json(meta["config"]) if meta and "config" in meta else None
         config = config or current or EdgeConfig((), ())
-        version = state_version(digest, config)
-        if meta is not None and not pending and meta["edge_version"] == version:
+        version = state_version(digest, config, rdigest)
+        if meta is not None and not pending and not pending_redirects \
+                and meta["edge_version"] == version:
             return False
         revision = int(meta.get("revision") or 0) + 1 if meta else 1
         committed = self.state.put({
             "name": "desired", "edge_version": version, "routes_digest": f"{digest:032x}",
+            "redirects_digest": f"{rdigest:032x}", "pending_redirects": pending_redirects,
             "config": config.to_json(), "revision": revision, "pending": pending,
             "published_at": time.time(),
             "compacted_revision": meta.get("compacted_revision", 0) if meta else 0,
@@ -128,19 +173,23 @@ class EdgeStateStore:
             expected_version=meta[VERSION] if meta else ABSENT)
         self._settled(committed)
         self.watch.changed(version)
-        log.info("edge state %s (revision %d): %d route changes", version, revision, len(pending))
+        log.info("edge state %s (revision %d): %d route and %d redirect changes", version,
+                 revision, len(pending), len(pending_redirects))
         return True
 
     def _settled(self, meta: Item | None) -> Item | None:
         """``meta`` with its pending route changes written to the route items (idempotent:
         an item is written only over an older revision) and the outbox cleared."""
-        if meta is None or not meta.get("pending"):
+        if meta is None or not (meta.get("pending") or meta.get("pending_redirects")):
             return meta
         revision = int(meta["revision"])
-        for hostname, ref in meta["pending"].items():
+        for hostname, ref in (meta.get("pending") or {}).items():
             self._write_route(hostname, ref, revision)
+        for key, redirect in (meta.get("pending_redirects") or {}).items():
+            self._write_redirect(key, redirect, revision)
         try:
-            return self.state.put({**meta, "pending": {}}, expected_version=meta[VERSION])
+            return self.state.put({**meta, "pending": {}, "pending_redirects": {}},
+                                  expected_version=meta[VERSION])
         except ConflictError:  # a newer commit: it settled ours before building on it, but
             # its own changes may still be pending: settle them too before anyone builds on it
             # (a commit built on unwritten route items computes its digest from stale ones)
@@ -160,6 +209,60 @@ class EdgeStateStore:
                 return
             except ConflictError:
                 continue
+
+    def _write_redirect(self, key: str, redirect: dict[str, Any] | None, revision: int) -> None:
+        assert self.redirects is not None
+        while True:
+            existing = self.redirects.get(key)
+            if existing is not None and int(existing.get("revision") or 0) >= revision:
+                return  # a newer change already wrote it
+            item: Item = {"key": key, "feed": FEED, "revision": revision}
+            if redirect is None:
+                item["removed"] = True
+            else:
+                item["value"] = redirect["value"]
+                if redirect.get("expires"):  # in the expiry index only while it has one
+                    item.update(expiring="1", expires=int(redirect["expires"]))
+            try:
+                self.redirects.put(item, expected_version=existing[VERSION] if existing
+                                   else ABSENT)
+                return
+            except ConflictError:
+                continue
+
+    def due_redirects(self, now: float, limit: int = CHUNK) -> list[str]:
+        """Keys of redirects whose link has expired by ``now`` (HAProxy stopped answering
+        them at that second): one index query, whatever the number of links."""
+        if self.redirects is None:
+            return []
+        page = self.redirects.query_range("expiry", "1", upper=now, limit=limit)
+        return [str(item["key"]) for item in page.items]
+
+    def reconcile_redirects(self, desired: dict[str, Redirect]) -> bool:
+        """Make the stored redirects exactly ``desired`` (at start, or on request: reads every
+        redirect item once) and drop their tombstones. True if anything changed."""
+        table = self.redirects
+        if table is None:
+            return False
+        before = self._settled(self.meta())
+        stored, tombstones = {}, []
+        for item in every(lambda cursor: table.scan(limit=500, cursor=cursor)):
+            if item.get("removed"):
+                tombstones.append(item)
+            else:
+                stored[item["key"]] = item["value"]
+        digest = sum(redirect_hash(k, v) for k, v in stored.items()) % DIGEST_MODULUS
+        if before is not None and before.get("redirects_digest") != f"{digest:032x}":
+            try:  # as for routes: only if nothing moved during the scan
+                self.state.put({**before, "redirects_digest": f"{digest:032x}"},
+                               expected_version=before[VERSION])
+            except ConflictError:
+                pass
+        self._compact(tombstones, self.redirects)
+        changes: dict[str, RedirectChange] = {
+            key: None for key in stored if key not in desired}
+        changes.update((key, r) for key, r in desired.items() if stored.get(key) != r.value)
+        return self.change({}, redirects=changes) if changes else False
 
     def _drop_certificate(self, hostname: str) -> None:
         """The key of a removed route, unless a newer change routed the host again meanwhile
@@ -213,8 +316,9 @@ class EdgeStateStore:
                 changes = {}
         return self.change(changes, config) or moved
 
-    def _compact(self, tombstones: list[Item]) -> None:
+    def _compact(self, tombstones: list[Item], table: Table | None = None) -> None:
         """Drop tombstones, after recording that agents older than them need a snapshot."""
+        table = table or self.routes
         meta = self._settled(self.meta())
         if not tombstones or meta is None:
             return
@@ -227,7 +331,7 @@ class EdgeStateStore:
             return  # a change meanwhile; the next reconciliation compacts
         for item in tombstones:
             try:
-                self.routes.delete(item["hostname"], expected_version=item[VERSION])
+                table.delete(item[table.spec.key], expected_version=item[VERSION])
             except ConflictError:
                 continue  # routed again meanwhile
 
@@ -267,15 +371,23 @@ class EdgeStateStore:
             revision = int(meta["revision"])
             changed = list(every(lambda cursor: self.routes.query_range(
                 "feed", FEED, lower=since + 0.5, limit=500, cursor=cursor)))
-            if all(int(item["revision"]) <= revision for item in changed):
+            table = self.redirects
+            links = list(every(lambda cursor: table.query_range(
+                "feed", FEED, lower=since + 0.5, limit=500, cursor=cursor))) \
+                if table is not None else []
+            if all(int(item["revision"]) <= revision for item in changed + links):
                 break  # exactly the changes this version names
             # A newer change landed meanwhile (it may have overwritten one of ours): read the
             # version again, so the delta and the version agree.
         changed = [item for item in changed if int(item["revision"]) <= revision]
+        links = [item for item in links if int(item["revision"]) <= revision]
         return {"version": meta["edge_version"], "revision": int(meta["revision"]),
                 "delta": True, "since": since,
                 "changes": [{"hostname": item["hostname"], "removed": True}
                             if item.get("removed") else vars(_ref(item)) for item in changed],
+                "redirect_changes": [[item["key"], None if item.get("removed")
+                                      else item["value"]] for item in links],
+                "redirects_digest": meta.get("redirects_digest") or "0" * 32,
                 **(meta.get("config") or {}),
                 "force": meta.get("forced_version") == meta["edge_version"]}
 
@@ -291,9 +403,16 @@ class EdgeStateStore:
                     lambda cursor: self.routes.scan(limit=500, cursor=cursor))
                         if not item.get("removed")]
                 config = EdgeConfig.from_json(meta.get("config") or {})
-                summary = {"version": state_version(routes_digest(refs), config),
+                table = self.redirects
+                links = sorted((item["key"], item["value"]) for item in every(
+                    lambda cursor: table.scan(limit=1000, cursor=cursor))
+                    if not item.get("removed")) if table is not None else []
+                rdigest = sum(redirect_hash(k, v) for k, v in links) % DIGEST_MODULUS
+                summary = {"version": state_version(routes_digest(refs), config, rdigest),
                            "revision": int(meta["revision"]),
                            "routes": [vars(r) for r in sorted(refs, key=lambda r: r.hostname)],
+                           "redirects": [list(link) for link in links],
+                           "redirects_digest": f"{rdigest:032x}",
                            **config.to_json()}
                 if summary["version"] != meta["edge_version"]:
                     return summary  # caught mid-change: do not cache, the next poll catches up

@@ -109,6 +109,8 @@ class Settings:
     edge_http_port: int = 8080
     edge_https_port: int = 8443
     edge_stats_port: int = 8404
+    edge_redirect_capacity: int = 1_000_000
+    """Short links the edge's visit table holds (sized for every plain link in the map)."""
     edge_metrics_port: int = 0
     """Where `edgectl agent` exports requests and errors per publication (/metrics on
     edge_bind; 0: not exported)."""
@@ -129,7 +131,6 @@ class Settings:
     """How often a pre-validated domain's traffic record is checked until it points at us."""
     short_domains: list[str] = dataclasses.field(default_factory=list)
     shortlinks_port: int = 8100
-    hot_links: int = 0
     shortlink_servers: list[str] = dataclasses.field(default_factory=list)
     """Where the edge sends short domains (``edgectl shortlinks``); none: this host's
     ``shortlinks_port``."""
@@ -249,6 +250,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "edge_https_port": parse.port,
     "edge_stats_port": parse.integer,
     "edge_metrics_port": parse.integer,
+    "edge_redirect_capacity": parse.between(1000, 100_000_000),
     "worker_interval": parse.number,
     "edge_watch_seconds": parse.number,
     "worker_id": parse.text,
@@ -261,7 +263,6 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "prevalidation_recheck_seconds": parse.positive,
     "short_domains": parse.names,
     "shortlinks_port": parse.port,
-    "hot_links": parse.between(0, 2000),  # they travel in one item (edge/state_store.py)
     "shortlink_servers": parse.servers,
     "recheck_seconds": parse.number,
     "byo_fallback_days": parse.positive,

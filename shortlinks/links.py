@@ -7,14 +7,14 @@ import secrets
 import string
 import time
 import unicodedata
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import idna
 
 from kit.errors import EdgeRouterError
 from shortlinks.stats import VisitStats
-from store import ABSENT, ConflictError, Item, Page, Table, TableSpec, all_items
+from store import ABSENT, ConflictError, Item, Page, Table, TableSpec, all_items, every
 
 LINKS = TableSpec("short_links", key="id", indexes=("owner",))
 LINK_CHANGES = TableSpec("short_link_changes", key="name")
@@ -226,8 +226,8 @@ class LinkService:
         return domain.lower(), code
 
     def subscribe(self, listener: LinkChanged) -> None:
-        """Call ``listener(domain, slug)`` after a link is updated or deleted (caches and the
-        edge's hot set follow at once; the change counter tells other processes)."""
+        """Call ``listener(domain, slug)`` after a link is made, updated or deleted (caches and
+        the edge's map follow at once; the change counter tells other processes)."""
         self._listeners.append(listener)
 
     def check_publication_domain(self, domain: Any, publication_id: str) -> None:
@@ -263,7 +263,9 @@ class LinkService:
                     "valid_until": valid_until, "max_visits": max_visits,
                     "created_at": now, "updated_at": now, **checked}
             try:
-                return self._changed(self.table.put(item, expected_version=ABSENT))
+                made = self._changed(self.table.put(item, expected_version=ABSENT))
+                self._notify(domain, chosen)
+                return made
             except ConflictError:
                 if slug is not None:
                     raise SlugTaken(f"{domain}/{slug} is already taken") from None
@@ -348,16 +350,9 @@ class LinkService:
             self.changes.increment(GENERATION, "n")
         return item
 
-    def hottest(self, limit: int, now: float | None = None) -> list[Item]:
-        """The most-visited links HAProxy may answer by itself: enabled, unexpired and with no
-        visit limit (a limited link must pass through the resolver to be counted)."""
-        now = now or time.time()
-        eligible = [link for link in all_items(self.table)
-                    if is_plain(link)
-                    and (link.get("valid_until") is None or link["valid_until"] > now)
-                    and link["domain"] in self._domains]
-        eligible.sort(key=lambda link: int(link.get("visits") or 0), reverse=True)
-        return eligible[:limit]
+    def each(self) -> Iterator[Item]:
+        """Every link, page by page (a full read: for a reconciliation, never on a timer)."""
+        return every(lambda cursor: self.table.scan(limit=500, cursor=cursor))
 
     def add_visits(self, counts: dict[str, int]) -> int:
         """Visits counted elsewhere (HAProxy, for hot links), ``domain/slug -> n``, added to
@@ -403,6 +398,7 @@ class LinkService:
                     self.table.put({**link, "disabled": True, "updated_at": time.time()},
                                    expected_version=link["version"])
                     disabled += 1
+                    self._notify(link["domain"], link["slug"])
                 except (ConflictError, LinkNotFound):
                     continue  # changed or deleted meanwhile: the next removal sweeps it
         if disabled:

@@ -13,6 +13,7 @@ import requests
 from control.wiring import Services
 from edge.agent import EdgeAgent, StateUnavailable
 from edge.node import EdgeNode
+from edge.state import DesiredState, Redirect, StateDelta
 from kit.procs import free_port
 from kit.settings import Settings
 from kit.x509 import self_signed
@@ -78,13 +79,19 @@ def test_an_agent_applies_deltas_to_a_real_node(control: tuple[Services, str],
         assert node.applied_version == services.edge_state.current_version()
         assert not agent.sync(), "unchanged: a 304 after the long poll's wait"
         # A one-route change costs the agent that route, not the fleet: the digest follows
-        # the delta, and the unchanged routes are the very objects the node serves.
-        served = dict(node.existing_routes())
+        # the delta, which holds that route only, on top of the version the node serves.
         route(services, "h2.example.test", "pub_2")
         desired = agent.fetch()
-        assert desired is not None and desired.version == services.edge_state.current_version()
-        assert [r.hostname for r in desired.routes if r is not served.get(r.hostname)] == [
+        assert isinstance(desired, StateDelta)
+        assert desired.version == services.edge_state.current_version()
+        assert desired.base == node.applied_version and list(desired.routes) == [
             "h2.example.test"]
+        assert node.can_apply_delta(desired) and node.apply_delta(desired)
+        assert node.existing_routes()["h2.example.test"].publication_id == "pub_2"
+        assert not (node.current / "hosts.map").read_text().count("pub_2"), \
+            "a delta is journaled, not written into the maps"
+        node.compact()
+        assert "h2.example.test pub_2" in (node.current / "hosts.map").read_text()
         # A delta whose version its changes do not explain is refused, and the next fetch
         # starts again from a snapshot.
         assert agent._digest is not None
@@ -95,6 +102,44 @@ def test_an_agent_applies_deltas_to_a_real_node(control: tuple[Services, str],
         assert agent.fetch() is not None and agent._digest is not None
     finally:
         node.stop()
+
+
+def test_a_restarted_agent_goes_on_with_deltas(control: tuple[Services, str],
+                                              tmp_path: Path) -> None:
+    """A restarted agent does not start over from a snapshot (a million links): it resumes
+    from the revision its node's state came from, and still checks the digest."""
+    services, url = control
+    node = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
+    try:
+        route(services, "h0.example.test", "pub_1")
+        assert EdgeAgent(node, url, "edge-token-0123456789", node_id="n1").sync()
+        restarted = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
+        route(services, "h1.example.test", "pub_1")
+        resumed = restarted.fetch(node.applied_version)
+        assert isinstance(resumed, StateDelta) and list(resumed.routes) == ["h1.example.test"]
+        assert node.apply_delta(resumed)
+        (node.directory / "agent_sync.json").write_text('{"revision": 1, "version": "x"}')
+        route(services, "h2.example.test", "pub_1")
+        stale = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
+        assert isinstance(stale.fetch(node.applied_version), DesiredState), \
+            "a sync point of another version: a snapshot"
+    finally:
+        node.stop()
+
+
+def test_long_link_targets_commit_in_outboxes_that_stay_small(
+        control: tuple[Services, str]) -> None:
+    """The outbox rides in the version item (400 KB at most on DynamoDB): links with 2 kB
+    targets commit about 100 kB at a time, whatever their number."""
+    services, _ = control
+    before = int((services.edge_state.meta() or {}).get("revision") or 0)
+    target = "https://example.com/" + "a" * 1900
+    services.edge_state.change({}, redirects={
+        f"acme.link/s{n}": Redirect("acme.link", f"s{n}", 302, target) for n in range(120)})
+    meta = services.edge_state.meta()
+    assert meta is not None and int(meta["revision"]) - before == 3
+    snapshot = services.edge_state.load()
+    assert snapshot is not None and len(snapshot["redirects"]) == 120
 
 
 def _long_poll(url: str, have: str, out: list[requests.Response]) -> threading.Thread:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import os
 import shutil
+import signal
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
@@ -191,9 +193,18 @@ def test_cold_start_serves_a_first_slice_then_streams_the_rest(tmp_path: Path,
     node = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port(),
                     cold_slice=3)
     try:
+        from edge.state import Redirect
         routes = [Route(f"h{n}.example.test", "pub_1", self_signed_pem(f"h{n}.example.test")[1])
                   for n in range(8)]
-        node.apply(state(app, *routes))
+        sent = []
+        send = node.runtime.run_batch
+        node.runtime.run_batch = lambda commands, timeout=120: sent.extend(commands) or send(
+            commands, timeout)  # type: ignore[method-assign]
+        node.apply(dataclasses.replace(state(app, *routes), redirects=(
+            Redirect("acme.link", "go", 302, "https://example.com/go"),)))
+        assert https_get(node.layout.https_port, "acme.link", "/go").status == 302
+        assert not [line for line, _ in sent if "map" in line and "hosts" not in line], \
+            "the first release holds every link: only certificates stream in"
         assert (node.reloads, node.hot_applies) == (1, 1)
         for route in routes:
             assert https_get(node.layout.https_port, route.hostname).status == 200
@@ -302,3 +313,64 @@ def test_a_node_in_a_deep_directory_still_gets_its_sockets(tmp_path: Path) -> No
             node.current.resolve() / "hosts.map") == {}
     finally:
         node.stop()
+
+
+def test_deltas_are_journaled_and_a_restart_serves_them(tmp_path: Path, app: SampleApp) -> None:
+    """A delta costs its changes (no map rewritten); a node killed before folding its journal
+    restarts serving every change, and a delta on a stale base is not applied."""
+    from edge.state import Redirect, StateDelta
+    ports = {"http_port": free_port(), "https_port": free_port()}
+    node = EdgeNode(tmp_path / "edge", **ports)
+    restarted = EdgeNode(tmp_path / "edge", **ports)
+    try:
+        one = self_signed_pem("one.example.test")[1]
+        base = state(app, Route("one.example.test", "pub_1", one))
+        node.apply(base)
+        hosts_map = (node.current / "hosts.map").read_text()
+        cert2, pem2 = self_signed_pem("two.example.test")
+        first = StateDelta(base.version, "1" * 16, base.config,
+                           {"two.example.test": Route("two.example.test", "pub_2", pem2),
+                            "one.example.test": None},
+                           {"acme.link/go": Redirect("acme.link", "go", 302, "https://e.com/1")})
+        assert node.can_apply_delta(first) and node.apply_delta(first, force=True)
+        second = StateDelta(first.version, "2" * 16, base.config, {},
+                            {"acme.link/go": Redirect("acme.link", "go", 301, "https://e.com/2"),
+                             "acme.link/x": Redirect("acme.link", "x", 302, "https://e.com/x")})
+        assert node.apply_delta(second)
+        assert not node.can_apply_delta(second), "its base is not served any more"
+        assert (node.current / "hosts.map").read_text() == hosts_map, "journaled only"
+        assert node.applied_version == "2" * 16
+        probe = https_get(ports["https_port"], "two.example.test", cadata=cert2)
+        assert (probe.status, probe.json()["publication_id"]) == (200, "pub_2")
+        go = https_get(ports["https_port"], "acme.link", "/go")
+        assert (go.status, go.headers["location"]) == (301, "https://e.com/2")
+        assert https_get(ports["https_port"], "one.example.test").status == 404
+        for pid in [node.haproxy.pid or 0, *node.haproxy.workers()]:  # dies, journal unfolded
+            os.kill(pid, signal.SIGKILL)
+        restarted.start()  # folds the journal, then HAProxy reads the files
+        assert restarted.applied_version == "2" * 16
+        probe = https_get(ports["https_port"], "two.example.test", cadata=cert2)
+        assert (probe.status, probe.json()["publication_id"]) == (200, "pub_2")
+        assert https_get(ports["https_port"], "acme.link", "/x").headers["location"] == \
+            "https://e.com/x"
+        assert https_get(ports["https_port"], "one.example.test").status == 404
+        assert "two.example.test pub_2" in (restarted.current / "hosts.map").read_text()
+        assert not (restarted.current / "changes.jsonl").exists()
+        assert not (restarted.current / "certs" / "one.example.test.pem").exists(), \
+            "a removed route's key goes once no file names it"
+    finally:
+        restarted.stop()
+        node.stop()
+
+
+def test_a_state_dropping_most_short_links_is_refused_unless_forced(node: EdgeNode,
+                                                                    app: SampleApp) -> None:
+    from edge.state import Redirect
+    blog = Route("blog.example.test", "pub_1", self_signed_pem("blog.example.test")[1])
+    links = tuple(Redirect("acme.link", f"s{n}", 302, f"https://e.com/{n}") for n in range(12))
+    node.apply(dataclasses.replace(state(app, blog), redirects=links))
+    with pytest.raises(UnsafePlan, match="removes 5 of 12 short links"):
+        node.apply(dataclasses.replace(state(app, blog), redirects=links[:7]))
+    assert https_get(node.layout.https_port, "acme.link", "/s11").status == 302
+    node.apply(dataclasses.replace(state(app, blog), redirects=links[:7]), force=True)
+    assert https_get(node.layout.https_port, "acme.link", "/s11").status == 404

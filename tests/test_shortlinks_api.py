@@ -165,58 +165,74 @@ def test_link_api_never_answers_5xx(client: FlaskClient, body: dict[str, object]
     assert client.patch("/api/v1/links/acme.link/x", headers=AUTH, json=body).status_code < 500
 
 
-def test_hottest_links_are_published_to_the_edge_and_leave_it_when_disabled(
+def published(services: Services) -> dict[str, str]:
+    """``host/slug -> map value`` of the redirects in the edge state (a snapshot)."""
+    state = services.edge_state.load()
+    assert state is not None
+    return dict(state["redirects"])
+
+
+def test_every_plain_link_is_published_to_the_edge_as_it_changes(
         link_settings: Settings) -> None:
-    services = Services.from_settings(dataclasses.replace(link_settings, hot_links=2))
+    services = Services.from_settings(link_settings)
     try:
         client = create_app(services).test_client()
-        for slug, visits in (("cold", 1), ("warm", 5), ("hot", 50)):
+        for slug in ("a", "b"):
             services.links.create("acme.link", f"https://example.com/{slug}", "pub_1", slug=slug)
-            services.links.table.increment(f"acme.link/{slug}", "visits", visits)
         services.links.create("acme.link", "https://example.com/l", "pub_1", slug="limited",
                               max_visits=10)
-        services.links.table.increment("acme.link/limited", "visits", 99)
-        services.lifecycle.publish_routes()
-        published = services.edge_state.load()
-        assert published is not None
-        assert [(r["slug"], r["code"]) for r in published["redirects"]] == \
-            [("hot", 302), ("warm", 302)], "the two hottest, never a visit-limited one"
-        client.patch("/api/v1/links/acme.link/hot", headers=AUTH, json={"disabled": True})
-        assert [r["slug"] for r in services.edge_state.load()["redirects"]] == ["cold", "warm"]
+        assert published(services) == {"acme.link/a": "302|0|https://example.com/a",
+                                       "acme.link/b": "302|0|https://example.com/b"}, \
+            "each as it is made, never a visit-limited one"
+        revision = services.edge_state.meta()["revision"]  # type: ignore[index]
+        client.patch("/api/v1/links/acme.link/a", headers=AUTH, json={"disabled": True})
+        client.patch("/api/v1/links/acme.link/b", headers=AUTH,
+                     json={"target": "https://example.com/b2", "code": 301})
+        client.patch("/api/v1/links/acme.link/limited", headers=AUTH, json={"max_visits": None})
+        assert published(services) == {"acme.link/b": "301|0|https://example.com/b2",
+                                       "acme.link/limited": "302|0|https://example.com/l"}
+        delta = services.edge_state.changes_since(revision)
+        assert delta is not None and sorted(delta["redirect_changes"]) == [
+            ["acme.link/a", None], ["acme.link/b", "301|0|https://example.com/b2"],
+            ["acme.link/limited", "302|0|https://example.com/l"]], "one change per link"
+        client.delete("/api/v1/links/acme.link/b", headers=AUTH)
+        assert list(published(services)) == ["acme.link/limited"]
     finally:
         services.close()
 
 
-def test_a_hot_link_leaves_the_edge_when_it_expires_not_at_the_next_scan(
+def test_a_link_leaves_the_edge_when_it_expires_by_its_due_time(
         link_settings: Settings) -> None:
-    services = Services.from_settings(dataclasses.replace(link_settings, hot_links=5))
+    services = Services.from_settings(link_settings)
     now = time.time()
     try:
-        services.links.create("acme.link", "https://example.com/a", "pub_1", slug="brief",
-                              valid_until=now + 3600)
-        services.links.create("acme.link", "https://example.com/b", "pub_1", slug="lasting")
         services.publisher._clock = lambda: now
-        services.lifecycle.publish_routes()
-        assert {r["slug"] for r in services.edge_state.load()["redirects"]} == \
-            {"brief", "lasting"}
-        # An hour later "brief" has expired; the hot set is not recomputed for another 30 s.
+        services.links.create("acme.link", "https://example.com/a", "pub_1", slug="brief",
+                              valid_until=now + 3600.7)
+        services.links.create("acme.link", "https://example.com/b", "pub_1", slug="lasting")
+        assert published(services)["acme.link/brief"] == \
+            f"302|{int(now + 3600.7)}|https://example.com/a", "HAProxy checks the expiry itself"
+        assert services.publisher.expire_links() == 0, "nothing due: one index query"
         services.publisher._clock = lambda: now + 3601
+        assert services.publisher.expire_links() == 1
+        assert list(published(services)) == ["acme.link/lasting"]
+        # A reconciliation (at start) publishes exactly the plain links that are live.
+        services.edge_state.change({}, redirects={"acme.link/stale": None})
         services.lifecycle.publish_routes()
-        assert [r["slug"] for r in services.edge_state.load()["redirects"]] == ["lasting"]
+        assert list(published(services)) == ["acme.link/lasting"]
     finally:
         services.close()
 
 
 def test_a_target_the_map_cannot_hold_stays_on_the_python_path(link_settings: Settings) -> None:
-    services = Services.from_settings(dataclasses.replace(link_settings, hot_links=5))
+    services = Services.from_settings(link_settings)
     try:
         made = services.links.create("acme.link", "https://example.org/", "pub_1", slug="uni")
         # Stored by a version that kept targets as given (they are ASCII URIs now).
         services.links.table.put({**made, "target": "https://bücher.example/ä"})
-        services.links.table.increment("acme.link/uni", "visits", 100)
         services.links.create("acme.link", "https://example.com/b", "pub_1", slug="plain")
         services.lifecycle.publish_routes()  # would raise RenderError on the agents otherwise
-        assert [r["slug"] for r in services.edge_state.load()["redirects"]] == ["plain"]
+        assert list(published(services)) == ["acme.link/plain"]
     finally:
         services.close()
 

@@ -12,6 +12,7 @@ import pytest
 from devtools.demo import LocalStack
 from devtools.pebble import PebbleStack
 from devtools.probe import Probe, https_get
+from edge.node import EdgeNode
 
 SHORT = "acme.example.test"
 
@@ -20,7 +21,7 @@ SHORT = "acme.example.test"
 def stack(tmp_path_factory: pytest.TempPathFactory,
           pebble: PebbleStack) -> Iterator[LocalStack]:
     local = LocalStack(tmp_path_factory.mktemp("links-stack"), pebble=pebble, shortlinks=True,
-                       extra_env={"EDGE_SHORT_DOMAINS": SHORT, "EDGE_HOT_LINKS": "1"})
+                       extra_env={"EDGE_SHORT_DOMAINS": SHORT})
     yield local
     local.stop()
 
@@ -41,19 +42,81 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> Non
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_short_domain_redirects_on_the_python_path_and_the_map_path(stack: LocalStack) -> None:
-    created = stack.api("POST", "/api/v1/domains",
-                        json={"hostname": SHORT, "publication_id": "pub_1"})
-    assert created.status_code == 201, created.text
-    stack.create_records(created.json()["dns_records"])
+def connect(stack: LocalStack) -> None:
+    """The short domain, connected through the lifecycle (once per module)."""
+    if stack.api("GET", f"/api/v1/domains/{SHORT}").status_code != 200:
+        created = stack.api("POST", "/api/v1/domains",
+                            json={"hostname": SHORT, "publication_id": "pub_1"})
+        assert created.status_code == 201, created.text
+        stack.create_records(created.json()["dns_records"])
     stack.wait_active(SHORT)
+    wait_for(lambda: get(stack, "/nope").status == 404, "the short domain on the edge")
+
+
+def from_map(probe: Probe, location: str, status: int = 302) -> bool:
+    """Answered by HAProxy from its map (no backend: no request id) with this redirect."""
+    return probe.status == status and probe.headers.get("location") == location \
+        and "x-request-id" not in probe.headers
+
+
+def node_map(stack: LocalStack) -> dict[str, str]:
+    """The redirects map as the running HAProxy holds it (its runtime API)."""
+    node = EdgeNode(stack.directory / "data" / "edge")
+    return node.runtime.show_map(node.current.resolve() / "redirects.map")
+
+
+def test_every_plain_link_is_in_the_map_within_a_second_and_limited_ones_stay_exact(
+        stack: LocalStack) -> None:
+    connect(stack)
+    made = time.monotonic()
+    response = stack.api("POST", "/api/v1/links", json={
+        "domain": SHORT, "owner": "pub_1", "slug": "fresh", "target": "https://example.com/f"})
+    assert response.status_code == 201, response.text
+    # The agent's long poll hands the new link to the node: no reload, no timer.
+    wait_for(lambda: from_map(get(stack, "/fresh"), "https://example.com/f"),
+             "a new plain link answered from the map", timeout=1.0)
+    assert time.monotonic() - made < 1.0
+    assert stack.api("PATCH", f"/api/v1/links/{SHORT}/fresh",
+                     json={"target": "https://example.com/g", "code": 307}).ok
+    wait_for(lambda: from_map(get(stack, "/fresh"), "https://example.com/g", 307),
+             "the edit in the map", timeout=1.0)
+    assert node_map(stack)[f"{SHORT}/fresh"] == "307|0|https://example.com/g"
+
+    # An expiring link: answered from the map until its second, then by the redirect app
+    # (410), and its entry leaves the map by its due time (the worker's index query).
+    until = time.time() + 2.0
+    assert stack.api("POST", "/api/v1/links", json={
+        "domain": SHORT, "owner": "pub_1", "slug": "brief", "target": "https://example.com/b",
+        "valid_until": until}).status_code == 201
+    wait_for(lambda: from_map(get(stack, "/brief"), "https://example.com/b"),
+             "the expiring link in the map", timeout=1.0)
+    time.sleep(max(0.0, until - time.time()))
+    gone = get(stack, "/brief")
+    assert gone.status == 410 and "x-request-id" in gone.headers, "past it: the Python path"
+    wait_for(lambda: f"{SHORT}/brief" not in node_map(stack), "the expired entry removed",
+             timeout=5.0)
+
+    # A visit limit keeps a link on the Python path, exact across its processes.
+    assert stack.api("POST", "/api/v1/links", json={
+        "domain": SHORT, "owner": "pub_1", "slug": "three", "target": "https://example.com/3",
+        "max_visits": 3}).status_code == 201
+    assert f"{SHORT}/three" not in node_map(stack)
+    wait_for(lambda: get(stack, "/three").status in (302, 410), "the limited link served")
+    answers = [get(stack, "/three") for _ in range(5)]
+    served = 1 + sum(probe.status == 302 for probe in answers)  # the one wait_for saw
+    assert served == 3 and answers[-1].status == 410
+    assert all("x-request-id" in probe.headers for probe in answers), "never from the map"
+
+
+def test_short_domain_redirects_on_the_python_path_and_the_map_path(stack: LocalStack) -> None:
+    connect(stack)
     # A visit limit keeps "cold" off the map (HAProxy could not enforce it): Python answers it.
     for body in ({"slug": "cold", "target": "https://example.com/cold", "max_visits": 1000},
                  {"slug": "hot", "target": "https://example.com/hot", "code": 301}):
         response = stack.api("POST", "/api/v1/links", json={"domain": SHORT, "owner": "pub_1",
                                                             **body})
         assert response.status_code == 201, response.text
-    # An edit republishes the hot set at once (else within hot_refresh).
+    # An edit reaches the edge's map at once.
     assert stack.api("PATCH", f"/api/v1/links/{SHORT}/hot", json={"code": 308}).ok
 
     cold_visits = 0

@@ -36,7 +36,7 @@ def control(request: pytest.FixtureRequest,
                    "dynamodb_endpoint_url": request.getfixturevalue("dynalite"),
                    "dynamodb_table_prefix": f"v{uuid.uuid4().hex[:8]}_"}
     services = Services.from_settings(dataclasses.replace(
-        settings, short_domains=["acme.link"], hot_links=10, **backend))
+        settings, short_domains=["acme.link"], **backend))
     with serving(create_app(services)) as url:
         yield services, url
     services.close()
@@ -49,17 +49,16 @@ def node(tmp_path: Path) -> Iterator[EdgeNode]:
     edge.stop()
 
 
-def publish_hot_links(services: Services) -> None:
+def publish_route(services: Services) -> None:
     _, pem = self_signed("acme.link")
     services.edge_state.save(DesiredState((Route("acme.link", "pub_1", pem),),
-                                          ("127.0.0.1:9",), ("127.0.0.1:9",),
-                                          services.publisher.redirects()))
+                                          ("127.0.0.1:9",), ("127.0.0.1:9",)))
 
 
 def hot_link_agent(services: Services, url: str, node: EdgeNode) -> EdgeAgent:
-    """An agent whose node serves the hot link acme.link/go from its map."""
+    """An agent whose node serves the plain link acme.link/go from its map."""
+    publish_route(services)
     services.links.create("acme.link", "https://example.com/go", "pub_1", slug="go")
-    publish_hot_links(services)
     agent = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
     assert agent.sync() is True
     return agent
