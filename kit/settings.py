@@ -7,6 +7,7 @@ so a process refuses to start rather than run half-configured.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tomllib
 from pathlib import Path
@@ -19,6 +20,7 @@ from kit.hosts import plain_http_off_host
 from kit.logs import FORMATS as LOG_FORMATS
 from kit.redact import SECRET, redacted_repr
 
+log = logging.getLogger(__name__)
 ENV_PREFIX = "EDGE_"
 
 
@@ -294,6 +296,10 @@ CONTROL_SERVICE = ("api_token", "edge_token", "encryption_keys")
 EDGE_AGENT = ("edge_token",)
 
 
+RETIRED = {"hot_links": "every plain short link is now answered by the edge"}
+"""Settings an earlier version had: ignored with a warning, so an upgrade does not stop."""
+
+
 def load_settings(env: Mapping[str, str] | None = None, config_file: str | None = None,
                   required: tuple[str, ...] = CONTROL_SERVICE, **overrides: Any) -> Settings:
     """Build :class:`Settings` from a TOML file (``EDGE_CONFIG``), the environment and overrides.
@@ -312,6 +318,9 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: str | None 
         if f"{ENV_PREFIX}{name.upper()}" in env:
             raw[name] = env[f"{ENV_PREFIX}{name.upper()}"]
     raw.update(overrides)
+    for name, why in RETIRED.items():
+        if raw.pop(name, None) is not None or f"{ENV_PREFIX}{name.upper()}" in env:
+            log.warning("setting %s is no longer used (%s); remove it", name, why)
     unknown = sorted(set(raw) - set(_PARSERS))
     if unknown:
         raise SettingsError(unknown[0], "unknown setting")

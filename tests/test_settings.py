@@ -59,6 +59,16 @@ def test_unknown_toml_key_is_refused(tmp_path: Path) -> None:
         load_settings(env={"EDGE_CONFIG": str(config)})
 
 
+def test_a_retired_setting_is_ignored_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An upgrade does not stop on a setting an earlier version had (``hot_links``)."""
+    config = tmp_path / "edge.toml"
+    config.write_text(f'api_token = "{API}"\nencryption_keys = "{KEY}"\nhot_links = 100\n')
+    settings = load_settings(env={"EDGE_CONFIG": str(config), "EDGE_EDGE_TOKEN": EDGE})
+    assert settings.api_token == API
+    assert "hot_links is no longer used" in caplog.text
+
+
 def test_an_agent_needs_only_its_own_token() -> None:
     settings = load_settings(env={"EDGE_EDGE_TOKEN": EDGE}, required=EDGE_AGENT)
     assert settings.api_token == "" and settings.encryption_keys == []
