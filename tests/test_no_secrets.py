@@ -21,6 +21,7 @@ from tests.test_end_to_end import WEBHOOK_SECRET, Receiver
 
 HOSTNAME = "quiet.example.test"
 _KEY_BLOCK = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----\n(.*?)\n-----END", re.S)
+_CERT_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----\n(.*?)\n-----END", re.S)
 
 
 @pytest.fixture
@@ -45,11 +46,16 @@ def _login(stack: LocalStack, password: str) -> int:
 
 
 def _key_lines(pem_files: list[Path]) -> set[str]:
-    """Base64 lines of every private key in these files (each line alone must not leak)."""
+    """Base64 lines of every private key in these files (each line alone must not leak). An
+    EC key embeds its public point, which its certificate (public, and logged by the ACME
+    client at DEBUG) holds too: a key line found in a certificate of the file is not secret."""
     lines: set[str] = set()
     for path in pem_files:
-        for body in _KEY_BLOCK.findall(path.read_text()):
-            lines.update(line for line in body.splitlines() if len(line) >= 40)
+        text = path.read_text()
+        public = "".join(_CERT_BLOCK.findall(text))
+        for body in _KEY_BLOCK.findall(text):
+            lines.update(line for line in body.splitlines()
+                         if len(line) >= 40 and line not in public)
     return lines
 
 
