@@ -189,10 +189,10 @@ def test_another_site_cannot_sign_a_reader_out(stack: LocalStack, browser: Any) 
     assert page.inner_text("#user") == "Signed in as dave"
     logout = f"https://{BLOG}:{stack.edge_https_port}/_edge/sso/logout"
     page.goto(f"https://{OTHER}:{stack.edge_https_port}/p/1")  # another origin posts a form
-    page.evaluate("""url => { const form = document.createElement("form");
-        form.method = "post"; form.action = url + "?rd=/p/3";
-        document.body.append(form); form.submit(); }""", logout)
-    page.wait_for_load_state()
+    with page.expect_navigation():  # the form's own navigation, else goto aborts it
+        page.evaluate("""url => { const form = document.createElement("form");
+            form.method = "post"; form.action = url + "?rd=/p/3";
+            document.body.append(form); form.submit(); }""", logout)
     page.goto(article)
     assert page.inner_text("#user") == "Signed in as dave", "a cross-site POST signed out"
     page.goto(f"{logout}?rd=/p/3")  # a plain GET, as from a link: a page to confirm
