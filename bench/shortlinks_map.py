@@ -7,6 +7,9 @@ One run, on loopback:
   the node's cold start with the whole map, until the last link is answered from it;
 - wrk, HTTPS: HAProxy's own fixed redirect (the ceiling) and a link answered from the map,
   rounds alternating; the map's ratio to the ceiling (goal >= 0.85);
+- the Python path in the same run: one `edgectl shortlinks` process, a cached plain link over
+  HTTP, requests per CPU-second of that process (goal >= 3,000 per core), beside HTTP ceiling
+  rounds;
 - one change to be served: a link made through the short-link service until HAProxy answers
   it from the map (the agent's long poll), p50/p99 over ``--changes`` links;
 - RSS of HAProxy (master + worker) and of the agent with the whole map.
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import edge.state_store  # noqa: E402
 from admin_app import create_app  # noqa: E402
-from bench.shortlinks_throughput import HOST, ceiling, wrk  # noqa: E402
+from bench.shortlinks_throughput import HOST, ceiling, cpu_seconds, links_server, wrk  # noqa: E402
 from control.wiring import Services  # noqa: E402
 from devtools.probe import https_get  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
@@ -136,7 +139,7 @@ def main() -> int:
         node = EdgeNode(directory / "edge")  # the agent's node: for its HAProxy's PIDs
         haproxy_rss = sum(rss_mb(pid) for pid in haproxy_pids(node))
 
-        fixed, _, ceiling_https = ceiling(directory, node.layout.default_cert)
+        fixed, ceiling_http, ceiling_https = ceiling(directory, node.layout.default_cert)
         processes.append(fixed)
         rounds: dict[str, list[float]] = {"ceiling": [], "map": []}
         bad = 0
@@ -148,6 +151,27 @@ def main() -> int:
                 bad += errors
                 rounds[name].append(rate)
                 print(f"  {name:<8} round {n}: {rate:>9,.0f} req/s  non-3xx {errors}", flush=True)
+        # The Python path in the same run: one `edgectl shortlinks` process (one core), a
+        # cached plain link straight over HTTP, each round beside an HTTP ceiling round.
+        services.links.create(HOST, "https://example.com/warm", "pub_1", slug="warm")
+        links_port = free_port()
+        python = links_server(directory, env, "waitress", [
+            sys.executable, "-m", "control", "--log-level", "WARNING", "shortlinks",
+            "--workers", "1"], links_port)
+        processes.append(python)
+        for n in range(1, args.rounds + 1):
+            for name, url in (("http", f"http://127.0.0.1:{ceiling_http}/x"),
+                              ("python", f"http://127.0.0.1:{links_port}/warm")):
+                wrk(url, 1, args.connections)
+                cpu = cpu_seconds(python.pid)
+                rate, errors = wrk(url, args.seconds, args.connections)
+                bad += errors
+                rounds.setdefault(name, []).append(rate)
+                if name == "python":
+                    rounds.setdefault("per-cpu", []).append(
+                        rate * args.seconds / (cpu_seconds(python.pid) - cpu))
+                print(f"  {name:<8} round {n}: {rate:>9,.0f} req/s  non-3xx {errors}", flush=True)
+        python.stop()
         fixed.stop()
 
         changes = []
@@ -167,6 +191,12 @@ def main() -> int:
         print(f"  map / ceiling, each round: {', '.join(f'{r:.2f}' for r in ratios)}; "
               f"median {statistics.median(ratios):.2f} (goal >= 0.85); ceiling median "
               f"{statistics.median(rounds['ceiling']):,.0f} req/s")
+        python_ratios = [p / c for p, c in zip(rounds["python"], rounds["http"])]
+        print(f"  Python path (one waitress process, a cached plain link, HTTP): median "
+              f"{statistics.median(rounds['python']):,.0f} req/s, "
+              f"{statistics.median(rounds['per-cpu']):,.0f} requests per CPU-second of the "
+              f"process (goal >= 3,000 per core); of the HTTP ceiling, each round: "
+              f"{', '.join(f'{r:.3f}' for r in python_ratios)}")
         print(f"  a new link, made -> answered from the map: {percentiles(changes)}; in order "
               f"(ms): {', '.join(f'{c * 1000:.0f}' for c in changes)}")
         print(f"  RSS: HAProxy {haproxy_rss:.0f} MB (master + worker), agent {agent_rss:.0f} MB")
