@@ -33,7 +33,7 @@ from kit.platform import Platform
 from kit.settings import Settings
 from kit.tokens import API_TOKENS, PublicationTokens
 from kit.vault import KeyVault
-from shortlinks.links import LINK_CHANGES, LINKS, LinkService, is_plain, link_id
+from shortlinks.links import LINK_CHANGES, LINKS, LinkService, is_plain, link_id, locations
 from shortlinks.resolver import Resolver
 from shortlinks.stats import LINK_DAYS, VisitStats
 from store import Backend, Item, open_backend
@@ -79,7 +79,8 @@ class EdgePublisher:
         if valid_until is not None and valid_until <= self._clock():
             return None
         # HAProxy stops at the whole second before the limit; Python answers the rest of it.
-        redirect = Redirect(link["domain"], link["slug"], int(link["code"]), link["target"],
+        redirect = Redirect(link["domain"], link["slug"], int(link["code"]),
+                            locations(link)[""],  # the target with its UTM parameters
                             int(valid_until) if valid_until is not None else 0)
         return redirect if map_safe(redirect) else None
 

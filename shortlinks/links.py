@@ -414,8 +414,10 @@ class LinkService:
         self._notify(domain, slug)
 
 
-RULE_FIELDS = ("device_targets", "utm")
-"""Fields of rules only the Python path applies (the rules work names them; kept in step)."""
+RULE_FIELDS = ("device_targets",)
+"""Fields of rules only the Python path applies: a target by User-Agent. UTM parameters make a
+fixed URL, which the edge's map holds already appended (:func:`locations`); an ``expired_url``
+is Python's answer once HAProxy stops answering at the expiry."""
 
 
 def is_plain(link: Item) -> bool:
