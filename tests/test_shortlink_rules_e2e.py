@@ -8,13 +8,14 @@ import http.client
 import socket
 import ssl
 import time
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
 from devtools.demo import LocalStack
 from devtools.pebble import PebbleStack
 from devtools.probe import Probe, https_get
+from tests.test_shortlinks_e2e import wait_for
 
 SHORT = "rules.example.test"
 
@@ -26,18 +27,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
                        extra_env={"EDGE_SHORT_DOMAINS": SHORT})
     yield local
     local.stop()
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (OSError, ssl.SSLError):  # the edge does not serve the new certificate yet
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def connect_short_domain(stack: LocalStack) -> None:
