@@ -33,7 +33,8 @@ from kit.platform import Platform
 from kit.settings import Settings
 from kit.tokens import API_TOKENS, PublicationTokens
 from kit.vault import KeyVault
-from shortlinks.links import LINK_CHANGES, LINKS, LinkService, is_plain, link_id, locations
+from shortlinks.links import (DEVICES, LINK_CHANGES, LINKS, LinkService, is_plain, link_id,
+                              locations)
 from shortlinks.resolver import Resolver
 from shortlinks.stats import LINK_DAYS, VisitStats
 from store import Backend, Item, open_backend
@@ -79,9 +80,11 @@ class EdgePublisher:
         if valid_until is not None and valid_until <= self._clock():
             return None
         # HAProxy stops at the whole second before the limit; Python answers the rest of it.
-        redirect = Redirect(link["domain"], link["slug"], int(link["code"]),
-                            locations(link)[""],  # the target with its UTM parameters
-                            int(valid_until) if valid_until is not None else 0)
+        found = locations(link)  # the targets with their UTM parameters
+        redirect = Redirect(link["domain"], link["slug"], int(link["code"]), found[""],
+                            int(valid_until) if valid_until is not None else 0,
+                            tuple(found.get(device, found[""]) for device in DEVICES)
+                            if len(found) > 1 else ())
         return redirect if map_safe(redirect) else None
 
     def link_changed(self, domain: str, slug: str) -> None:

@@ -119,7 +119,8 @@ def _validate_extras(route: Route, pools: Iterable[str]) -> None:
 def map_safe(redirect: Redirect) -> bool:
     """Whether HAProxy may serve this redirect from its map; others stay on the Python path."""
     return bool(_HOSTNAME.fullmatch(redirect.host) and _SLUG.fullmatch(redirect.slug)
-                and redirect.code in (301, 302, 307, 308) and _TARGET.fullmatch(redirect.target)
+                and redirect.code in (301, 302, 307, 308) and len(redirect.devices) in (0, 3)
+                and all(_TARGET.fullmatch(url) for url in (redirect.target, *redirect.devices))
                 and isinstance(redirect.expires, int) and 0 <= redirect.expires < 2 ** 40)
 
 

@@ -42,13 +42,16 @@ class Route:
 @dataclasses.dataclass(frozen=True)
 class Redirect:
     """A plain short link HAProxy answers by itself: ``host/slug`` -> ``code`` ``target``,
-    until ``expires`` (epoch seconds; 0: never), which HAProxy checks itself on each visit."""
+    until ``expires`` (epoch seconds; 0: never), which HAProxy checks itself on each visit.
+    ``devices``: empty, or the targets for iOS, Android and desktop (each filled with
+    ``target`` where the link has none), which HAProxy picks by User-Agent."""
 
     host: str
     slug: str
     code: int
     target: str
     expires: int = 0
+    devices: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -56,14 +59,16 @@ class Redirect:
 
     @property
     def value(self) -> str:
-        # "|" separates the fields in the map; spaces are refused by the link rules.
-        return f"{self.code}|{self.expires}|{self.target.replace('|', '%7C')}"
+        # "|" separates the fields in the map ("code|expires|target[|ios|android|desktop]");
+        # spaces are refused by the link rules.
+        return "|".join([str(self.code), str(self.expires)] + [
+            url.replace("|", "%7C") for url in (self.target, *self.devices)])
 
     @classmethod
     def from_map(cls, key: str, value: str) -> "Redirect":
         host, _, slug = key.partition("/")
-        code, expires, target = value.split("|", 2)
-        return cls(host, slug, int(code), target, int(expires))
+        code, expires, *targets = value.split("|")
+        return cls(host, slug, int(code), targets[0], int(expires), tuple(targets[1:]))
 
 
 DIGEST_MODULUS = 2 ** 128

@@ -99,7 +99,7 @@ class EdgeStateStore:
                 [("redirect", k) for k in sorted(redirects)]:
             redirect = redirects.get(key) if kind == "redirect" else None
             route = routes.get(key) if kind == "route" else None
-            weight = len(key) + 64 + (len(redirect.target) if redirect is not None else 0) \
+            weight = len(key) + 64 + (len(redirect.value) if redirect is not None else 0) \
                 + (len(_extras(route)) if route else 0)
             if len(chunks[-1]) >= CHUNK or size + weight > OUTBOX_BYTES:
                 chunks.append([])

@@ -414,18 +414,13 @@ class LinkService:
         self._notify(domain, slug)
 
 
-RULE_FIELDS = ("device_targets",)
-"""Fields of rules only the Python path applies: a target by User-Agent. UTM parameters make a
-fixed URL, which the edge's map holds already appended (:func:`locations`); an ``expired_url``
-is Python's answer once HAProxy stops answering at the expiry."""
-
-
 def is_plain(link: Item) -> bool:
-    """Whether the edge may answer ``link`` from its map: enabled, with no visit limit (each
-    visit must pass the resolver to be counted exactly) and no rule that needs Python. An
-    expiry is fine: HAProxy stops answering at that second and the Python path takes over."""
-    return not link.get("disabled") and link.get("max_visits") is None \
-        and not any(link.get(field) for field in RULE_FIELDS)
+    """Whether the edge may answer ``link`` from its map: enabled and with no visit limit (each
+    visit must pass the resolver to be counted exactly). Its rules all fit the map: UTM
+    parameters make fixed URLs, device targets are picked by HAProxy from the User-Agent as
+    :func:`device_of` does, and an expiry is fine: HAProxy stops answering at that second and
+    the Python path takes over (with the ``expired_url``, if any)."""
+    return not link.get("disabled") and link.get("max_visits") is None
 
 
 def _check_limits(values: dict[str, Any]) -> None:

@@ -243,15 +243,29 @@ def test_hot_short_links_are_answered_by_haproxy_and_change_without_reload(
     assert https_get(node.layout.https_port, "blog.example.test", "/go").status == 200
     reloads = node.reloads
     # ";" ends a runtime API command: a target holding one must stay one value, not a command.
+    devices = Redirect("acme.link", "app", 301, "https://e.com/web|1", 0,
+                       ("https://e.com/ios", "https://e.com/android", "https://e.com/desktop"))
+    assert Redirect.from_map(devices.key, devices.value) == dataclasses.replace(
+        devices, target="https://e.com/web%7C1"), "a | in a target cannot split the fields"
     node.apply(dataclasses.replace(state(app, blog), redirects=(
-        Redirect("acme.link", "go", 307, "https://example.com/moved;prompt"),)))
+        Redirect("acme.link", "go", 307, "https://example.com/moved;prompt"), devices)))
     go = https_get(node.layout.https_port, "acme.link", "/go")
     assert (go.status, go.headers["location"]) == (307, "https://example.com/moved;prompt")
+    assert "vary" not in go.headers
     assert https_get(node.layout.https_port, "acme.link", "/perm").status == 404
+    for agent, device in (("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)", "ios"),
+                          ("Mozilla/5.0 (Linux; Android 14; iPhone-like)", "android"),
+                          ("curl/8.0", "desktop")):
+        app_link = https_get(node.layout.https_port, "acme.link", "/app",
+                             headers={"User-Agent": agent})
+        assert (app_link.status, app_link.headers["location"], app_link.headers["vary"]) == (
+            301, f"https://e.com/{device}", "User-Agent"), agent
     assert node.reloads == reloads, "edited and removed through the runtime API"
-    with pytest.raises(RenderError):
-        node.apply(dataclasses.replace(state(app, blog), redirects=(
-            Redirect("acme.link", "x", 302, "https://e.com/a b\nbackend evil"),)))
+    for bad in (Redirect("acme.link", "x", 302, "https://e.com/a b\nbackend evil"),
+                dataclasses.replace(devices, devices=("https://e.com/1", "javascript:x", "")),
+                dataclasses.replace(devices, devices=("https://e.com/only-one",))):
+        with pytest.raises(RenderError):
+            node.apply(dataclasses.replace(state(app, blog), redirects=(bad,)))
 
 
 def http_get(port: int, host: str, path: str = "/x") -> tuple[int, str | None, bytes]:
