@@ -10,7 +10,10 @@ Prints, measured in this run:
 - folding the journal into the files (what the node does when idle or before a reload);
 - RSS of HAProxy (master + worker) and of this process (which holds what the agent holds).
 The baseline of the ratio is the same change applied as a whole state (EdgeNode.apply, what a
-node did before deltas), measured here too.
+node did before deltas), measured here too. The cold start's baseline is HAProxy's own floor:
+a bare HAProxy with the edge's TLS settings taking ``--floor`` of the same certificates over
+its runtime API (new, set and commit ssl cert, add ssl crt-list, 1,000 per connection) with
+nothing else around it, per certificate, scaled to ``--routes``.
 """
 from __future__ import annotations
 
@@ -33,9 +36,10 @@ from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.node import EdgeNode  # noqa: E402
+from edge.node import CHUNK, EdgeNode  # noqa: E402
+from edge.runtime import RuntimeAPI  # noqa: E402
 from edge.state import DesiredState, Route, StateDelta  # noqa: E402
-from kit.procs import free_port  # noqa: E402
+from kit.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
 from kit.x509 import self_signed  # noqa: E402
 
 KEY = ec.generate_private_key(ec.SECP256R1())  # one key: signing speed is not measured
@@ -75,7 +79,7 @@ def route(n: int, publication: str = "pub_1") -> Route:
     return Route(hostname, publication, self_signed(hostname, KEY)[1])
 
 
-def cold_start(node: EdgeNode, state: DesiredState, first: str, last: str) -> None:
+def cold_start(node: EdgeNode, state: DesiredState, first: str, last: str) -> float:
     started = time.perf_counter()
     times: dict[str, float] = {}
 
@@ -95,6 +99,49 @@ def cold_start(node: EdgeNode, state: DesiredState, first: str, last: str) -> No
     print(f"cold start, {len(state.routes):,} certificates: first {node.cold_slice} served "
           f"{times.get('first', float('nan')):.2f} s, all served "
           f"{times.get('last', float('nan')):.2f} s (apply returned {applied:.2f} s)")
+    return times.get("last", float("nan"))
+
+
+def haproxy_floor(directory: Path, routes: list[Route], default_cert: Path) -> float:
+    """Seconds per certificate HAProxy itself takes over its runtime API (see the docstring)."""
+    template = (Path(__file__).resolve().parent.parent / "haproxy_templates" /
+                "haproxy.cfg.j2").read_text().splitlines()
+    tls = "\n".join(line for line in template if line.strip().startswith("ssl-default-bind"))
+    port, crt_list, sock = free_port(), directory / "floor.crt-list", directory / "floor.sock"
+    crt_list.write_text("")
+    config = directory / "floor.cfg"
+    config.write_text(f"""global
+    stats socket {sock} level admin
+{tls}
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend floor
+    bind 127.0.0.1:{port} ssl crt {default_cert} crt-list {crt_list} alpn h2,http/1.1
+    http-request return status 200
+""")
+    process = ManagedProcess("floor", ["haproxy", "-db", "-f", str(config)],
+                             directory / "floor.log")
+    try:
+        wait_for_port(port, process=process)
+        api = RuntimeAPI(sock)
+        started = time.perf_counter()
+        for start in range(0, len(routes), CHUNK):
+            batch = api.batch()
+            chunk = routes[start:start + CHUNK]
+            for route in chunk:
+                batch.new_cert(directory / route.hostname)
+            for route in chunk:
+                batch.set_cert(directory / route.hostname, route.pem)
+                batch.commit_cert(directory / route.hostname)
+            for route in chunk:
+                batch.add_crt_list_entry(crt_list, directory / route.hostname, route.hostname)
+            batch.send()
+        return (time.perf_counter() - started) / len(routes)
+    finally:
+        process.stop()
 
 
 def one_route_changes(node: EdgeNode, state: DesiredState, count: int) -> dict[str, list[float]]:
@@ -155,6 +202,8 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=500)
     parser.add_argument("--whole", type=int, default=5, help="baseline whole-state applies")
     parser.add_argument("--cold-only", action="store_true", help="only the cold start")
+    parser.add_argument("--floor", type=int, default=10_000,
+                        help="certificates for HAProxy's own floor (0: not measured)")
     args = parser.parse_args()
     started = time.perf_counter()
     routes = [route(n) for n in range(args.routes)]
@@ -168,7 +217,15 @@ def main() -> None:
         # computed here before the clock starts, as the agent does before it applies.
         state = dataclasses.replace(state, known_version=state.version)
         try:
-            cold_start(node, state, routes[args.first - 1].hostname, routes[-1].hostname)
+            floor = haproxy_floor(Path(tmp), routes[:args.floor], node.layout.default_cert) \
+                if args.floor else 0.0  # first, alone: nothing else runs yet
+            all_served = cold_start(node, state, routes[args.first - 1].hostname,
+                                    routes[-1].hostname)
+            if floor:
+                print(f"HAProxy's own floor ({args.floor:,} certificates, bare HAProxy, "
+                      f"runtime API only): {floor * 1000:.3f} ms per certificate, "
+                      f"{floor * args.routes:.1f} s for {args.routes:,}; cold start all served "
+                      f"/ floor: {all_served / (floor * args.routes):.2f}")
             if args.cold_only:
                 return
             workers = node.haproxy.workers()

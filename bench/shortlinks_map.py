@@ -5,8 +5,9 @@ One run, on loopback:
 - seeds the control service's edge state (SQLite) with ``--links`` plain links (untimed);
 - starts `edgectl agent` (its own process) against the control service served from this one:
   the node's cold start with the whole map, until the last link is answered from it;
-- wrk, HTTPS: HAProxy's own fixed redirect (the ceiling) and a link answered from the map,
-  rounds alternating; the map's ratio to the ceiling (goal >= 0.85);
+- wrk, HTTPS: HAProxy's own fixed redirect (the ceiling), a link answered from the map and
+  a link with device targets answered from it (a target picked by User-Agent), rounds
+  alternating; the map's ratios to the ceiling (goal >= 0.85);
 - the Python path in the same run: one `edgectl shortlinks` process, a cached plain link over
   HTTP, requests per CPU-second of that process (goal >= 3,000 per core), beside HTTP ceiling
   rounds;
@@ -93,6 +94,9 @@ def seed(services: Services, links: int, https_port: int) -> None:
         if len(batch) == 50_000:
             services.edge_state.change({}, redirects=batch)
             batch = {}
+    device = Redirect(HOST, "device", 302, "https://example.com/web", 0, tuple(
+        f"https://example.com/{name}" for name in ("ios", "android", "desktop")))
+    batch[device.key] = device
     services.edge_state.change({}, redirects=batch)
     edge.state_store.CHUNK = 200
     print(f"{links:,} links seeded into the edge state in {time.perf_counter() - started:.0f} s "
@@ -141,11 +145,12 @@ def main() -> int:
 
         fixed, ceiling_http, ceiling_https = ceiling(directory, node.layout.default_cert)
         processes.append(fixed)
-        rounds: dict[str, list[float]] = {"ceiling": [], "map": []}
+        rounds: dict[str, list[float]] = {"ceiling": [], "map": [], "device": []}
         bad = 0
         for n in range(1, args.rounds + 1):
             for name, url in (("ceiling", f"https://127.0.0.1:{ceiling_https}/x"),
-                              ("map", f"https://127.0.0.1:{https_port}/{last[0]}")):
+                              ("map", f"https://127.0.0.1:{https_port}/{last[0]}"),
+                              ("device", f"https://127.0.0.1:{https_port}/device")):
                 wrk(url, 1, args.connections)
                 rate, errors = wrk(url, args.seconds, args.connections)
                 bad += errors
@@ -191,6 +196,10 @@ def main() -> int:
         print(f"  map / ceiling, each round: {', '.join(f'{r:.2f}' for r in ratios)}; "
               f"median {statistics.median(ratios):.2f} (goal >= 0.85); ceiling median "
               f"{statistics.median(rounds['ceiling']):,.0f} req/s")
+        devices = [d / c for d, c in zip(rounds["device"], rounds["ceiling"])]
+        print(f"  a link with device targets (no User-Agent: every device rule evaluated) / "
+              f"ceiling, each round: {', '.join(f'{r:.2f}' for r in devices)}; median "
+              f"{statistics.median(devices):.2f}")
         python_ratios = [p / c for p, c in zip(rounds["python"], rounds["http"])]
         print(f"  Python path (one waitress process, a cached plain link, HTTP): median "
               f"{statistics.median(rounds['python']):,.0f} req/s, "

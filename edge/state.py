@@ -59,16 +59,18 @@ class Redirect:
 
     @property
     def value(self) -> str:
-        # "|" separates the fields in the map ("code|expires|target[|ios|android|desktop]");
-        # spaces are refused by the link rules.
-        return "|".join([str(self.code), str(self.expires)] + [
-            url.replace("|", "%7C") for url in (self.target, *self.devices)])
+        # "|" separates the fields in the map: "code|expires|target", or with device targets
+        # "d<code>|expires|target|ios|android|desktop" (the "d" costs a plain link one check in
+        # HAProxy); spaces are refused by the link rules.
+        return "|".join([f"d{self.code}" if self.devices else str(self.code), str(self.expires)]
+                        + [url.replace("|", "%7C") for url in (self.target, *self.devices)])
 
     @classmethod
     def from_map(cls, key: str, value: str) -> "Redirect":
         host, _, slug = key.partition("/")
         code, expires, *targets = value.split("|")
-        return cls(host, slug, int(code), targets[0], int(expires), tuple(targets[1:]))
+        return cls(host, slug, int(code.removeprefix("d")), targets[0], int(expires),
+                   tuple(targets[1:]))
 
 
 DIGEST_MODULUS = 2 ** 128

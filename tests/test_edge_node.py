@@ -6,6 +6,7 @@ import http.client
 import os
 import shutil
 import signal
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
@@ -248,7 +249,8 @@ def test_hot_short_links_are_answered_by_haproxy_and_change_without_reload(
     assert Redirect.from_map(devices.key, devices.value) == dataclasses.replace(
         devices, target="https://e.com/web%7C1"), "a | in a target cannot split the fields"
     node.apply(dataclasses.replace(state(app, blog), redirects=(
-        Redirect("acme.link", "go", 307, "https://example.com/moved;prompt"), devices)))
+        Redirect("acme.link", "go", 307, "https://example.com/moved;prompt"), devices,
+        dataclasses.replace(devices, slug="past", expires=int(time.time()) - 1))))
     go = https_get(node.layout.https_port, "acme.link", "/go")
     assert (go.status, go.headers["location"]) == (307, "https://example.com/moved;prompt")
     assert "vary" not in go.headers
@@ -260,6 +262,7 @@ def test_hot_short_links_are_answered_by_haproxy_and_change_without_reload(
                              headers={"User-Agent": agent})
         assert (app_link.status, app_link.headers["location"], app_link.headers["vary"]) == (
             301, f"https://e.com/{device}", "User-Agent"), agent
+    assert https_get(node.layout.https_port, "acme.link", "/past").status == 404, "expired"
     assert node.reloads == reloads, "edited and removed through the runtime API"
     for bad in (Redirect("acme.link", "x", 302, "https://e.com/a b\nbackend evil"),
                 dataclasses.replace(devices, devices=("https://e.com/1", "javascript:x", "")),

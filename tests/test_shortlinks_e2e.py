@@ -109,7 +109,7 @@ def test_every_plain_link_is_in_the_map_within_a_second_and_limited_ones_stay_ex
         "device_targets": {"ios": "https://apps.apple.com/app/id1"}}).status_code == 201
     wait_for(lambda: from_map(get(stack, "/device"), "https://example.com/d"),
              "a device link answered from the map", timeout=1.0)
-    assert node_map(stack)[f"{SHORT}/device"] == ("302|0|https://example.com/d|https://apps."
+    assert node_map(stack)[f"{SHORT}/device"] == ("d302|0|https://example.com/d|https://apps."
                                                   "apple.com/app/id1|https://example.com/d"
                                                   "|https://example.com/d")
 
