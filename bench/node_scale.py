@@ -36,10 +36,11 @@ from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.shortlinks_throughput import bare_haproxy  # noqa: E402
 from edge.node import CHUNK, EdgeNode  # noqa: E402
 from edge.runtime import RuntimeAPI  # noqa: E402
 from edge.state import DesiredState, Route, StateDelta  # noqa: E402
-from kit.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
+from kit.procs import free_port  # noqa: E402
 from kit.x509 import self_signed  # noqa: E402
 
 KEY = ec.generate_private_key(ec.SECP256R1())  # one key: signing speed is not measured
@@ -104,28 +105,13 @@ def cold_start(node: EdgeNode, state: DesiredState, first: str, last: str) -> fl
 
 def haproxy_floor(directory: Path, routes: list[Route], default_cert: Path) -> float:
     """Seconds per certificate HAProxy itself takes over its runtime API (see the docstring)."""
-    template = (Path(__file__).resolve().parent.parent / "haproxy_templates" /
-                "haproxy.cfg.j2").read_text().splitlines()
-    tls = "\n".join(line for line in template if line.strip().startswith("ssl-default-bind"))
     port, crt_list, sock = free_port(), directory / "floor.crt-list", directory / "floor.sock"
     crt_list.write_text("")
-    config = directory / "floor.cfg"
-    config.write_text(f"""global
-    stats socket {sock} level admin
-{tls}
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-frontend floor
-    bind 127.0.0.1:{port} ssl crt {default_cert} crt-list {crt_list} alpn h2,http/1.1
+    process = bare_haproxy(directory, "floor", port, f"""    bind 127.0.0.1:{port} ssl crt \
+{default_cert} crt-list {crt_list} alpn h2,http/1.1
     http-request return status 200
-""")
-    process = ManagedProcess("floor", ["haproxy", "-db", "-f", str(config)],
-                             directory / "floor.log")
+""", global_lines=f"    stats socket {sock} level admin\n")
     try:
-        wait_for_port(port, process=process)
         api = RuntimeAPI(sock)
         started = time.perf_counter()
         for start in range(0, len(routes), CHUNK):

@@ -62,27 +62,34 @@ def wrk(url: str, seconds: int, connections: int) -> tuple[float, int]:
     return rate, int(bad.group(1)) if bad else 0
 
 
-def ceiling(directory: Path, cert: Path) -> tuple[ManagedProcess, int, int]:
-    http, https = free_port(), free_port()
-    config = directory / "ceiling.cfg"
-    # The edge's own TLS settings, so both sides of a ratio pay for the same ciphers.
+def bare_haproxy(directory: Path, name: str, port: int, frontend: str,
+                 global_lines: str = "") -> ManagedProcess:
+    """A bare HAProxy (``frontend``'s lines under ``frontend <name>``) with the edge's own TLS
+    settings, so both sides of a ratio pay for the same ciphers; ready once ``port`` is."""
     template = (ROOT / "haproxy_templates" / "haproxy.cfg.j2").read_text().splitlines()
     tls = "\n".join(line for line in template if line.strip().startswith("ssl-default-bind"))
+    config = directory / f"{name}.cfg"
     config.write_text(f"""global
-{tls}
+{global_lines}{tls}
 defaults
     mode http
     timeout connect 5s
     timeout client 30s
     timeout server 30s
-frontend fixed
-    bind 127.0.0.1:{http}
+frontend {name}
+{frontend}""")
+    process = ManagedProcess(name, ["haproxy", "-db", "-f", str(config)],
+                             directory / f"{name}.log")
+    wait_for_port(port, process=process)
+    return process
+
+
+def ceiling(directory: Path, cert: Path) -> tuple[ManagedProcess, int, int]:
+    http, https = free_port(), free_port()
+    process = bare_haproxy(directory, "ceiling", https, f"""    bind 127.0.0.1:{http}
     bind 127.0.0.1:{https} ssl crt {cert} alpn h2,http/1.1
     http-request redirect location https://example.com/fixed code 302
 """)
-    process = ManagedProcess("ceiling", ["haproxy", "-db", "-f", str(config)],
-                             directory / "ceiling.log")
-    wait_for_port(https, process=process)
     return process, http, https
 
 
