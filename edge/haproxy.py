@@ -91,7 +91,8 @@ class HAProxy:
             if self.process.poll() is not None:
                 raise EdgeError(f"HAProxy exited at start: {self.process.tail()}")
             if time.monotonic() > deadline:
-                raise EdgeError("HAProxy did not start a worker in time")
+                self.process.stop()  # not left loading behind a start called failed
+                raise EdgeError(f"HAProxy did not start a worker within {timeout:.0f} s")
             time.sleep(0.05)
         write_atomic(self.pid_file, f"{self.process.pid}\n", PUBLIC)
 

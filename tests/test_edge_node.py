@@ -130,6 +130,35 @@ def test_restart_serves_the_last_applied_state(tmp_path: Path, app: SampleApp) -
         second.stop()
 
 
+def test_a_start_waits_for_every_certificate_and_a_late_one_leaves_nothing_running(
+        tmp_path: Path, app: SampleApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HAProxy parses every certificate before it serves, so how long a start (or reload) may
+    take grows with the routes: a fixed limit would call a large node's start failed while it
+    loads (150 s at 100,000 here). A start past its limit leaves no HAProxy loading behind."""
+    import edge.node
+    from edge.errors import EdgeError
+    ports = {"http_port": free_port(), "https_port": free_port()}
+    routes = [Route(f"h{n}.example.test", "pub_1", self_signed_pem(f"h{n}.example.test")[1])
+              for n in range(20)]
+    first = EdgeNode(tmp_path / "edge", **ports)
+    first.apply(state(app, *routes))
+    first.stop()
+    monkeypatch.setattr(edge.node, "LOAD_BASE_SECONDS", 0.0)
+    monkeypatch.setattr(edge.node, "LOAD_SECONDS_PER_CERT", 1e-6)
+    late = EdgeNode(tmp_path / "edge", **ports)
+    with pytest.raises(EdgeError, match="did not start a worker"):
+        late.start()
+    assert not late.haproxy.running and late.haproxy.process is not None
+    assert late.haproxy.process.poll() is not None, "stopped, not left loading"
+    monkeypatch.setattr(edge.node, "LOAD_SECONDS_PER_CERT", 0.25)  # 5 s for these 20
+    second = EdgeNode(tmp_path / "edge", **ports)
+    try:
+        second.start()
+        assert https_get(ports["https_port"], "h19.example.test").json()["publication_id"] \
+            == "pub_1"
+    finally:
+        second.stop()
+
 
 def test_route_and_certificate_changes_apply_hot_without_reload(tmp_path: Path,
                                                                  app: SampleApp) -> None:
