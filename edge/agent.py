@@ -276,7 +276,10 @@ class EdgeAgent:
     def run(self, interval: float, stop: threading.Event) -> None:
         """Sync until ``stop``; while the control service is away, wait longer each time
         (jittered, at most ``MAX_BACKOFF``) and say so once, not every round."""
-        self.node.start()
+        try:  # serve the last applied state from the files while the control service answers
+            self.node.start()
+        except EdgeError as exc:  # reported by the first sync, which applies the state anew
+            log.warning("%s", exc)
         failures = 0
         reported = 0.0
         while not stop.is_set():

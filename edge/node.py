@@ -94,10 +94,15 @@ class EdgeNode:
         self._meta_served: frozenset[str] | None = None
         """The metadata keys the running haproxy.cfg has a header line for (``META_KEYS``)."""
         self.last_change = time.monotonic()
+        self._unservable = False
+        """The current release's files failed to start: no version counts as served, so the
+        next apply writes a new release instead of starting the same files again."""
         _ensure_default_cert(self.layout.default_cert)
 
     @property
     def applied_version(self) -> str | None:
+        if self._unservable:
+            return None
         if self._applied is None:
             marker = self.current / "VERSION"
             if not marker.exists():
@@ -507,6 +512,7 @@ class EdgeNode:
                     self.haproxy.check(release / "haproxy.cfg")
                 self._swap(release)
                 self._forget()
+                self._unservable = False
                 self._journaled = 0
                 if not self.haproxy.running:
                     # Nothing serves yet: starting is the check (a separate `haproxy -c`
@@ -544,7 +550,12 @@ class EdgeNode:
         """Serve whatever was applied last (after a restart of the node)."""
         if self.applied_version and not self.haproxy.running:
             self.compact()
-            self.haproxy.start(_load_timeout(self._routes_in_files()))
+            try:
+                self.haproxy.start(_load_timeout(self._routes_in_files()))
+            except EdgeError as exc:
+                self._unservable = True
+                self.last_error = f"HAProxy did not start from the files: {exc}"
+                raise
 
     def _routes_in_files(self) -> int:
         """Routes of the current release's files (its journal folded first: a line each)."""

@@ -242,3 +242,42 @@ def served(node: EdgeNode, cert: str) -> bool:
         return https_get(node.layout.https_port, "h0.example.test", cadata=cert).status == 200
     except OSError:  # not listening yet, or another certificate (ssl.SSLError is an OSError)
         return False
+
+
+def test_files_that_cannot_start_leave_the_agent_running_and_the_state_served_anew(
+        control: tuple[Services, str], tmp_path: Path, app: SampleApp) -> None:
+    """A restarted agent whose node's files HAProxy refuses (a damaged release) says so and
+    goes on: its first sync serves the state as a new release, not the same files again."""
+    import threading
+
+    services, url = control
+    ports = {"http_port": free_port(), "https_port": free_port()}
+    node = EdgeNode(tmp_path / "edge", **ports)
+    routes = some_routes(2)
+    publish(services, app, routes)
+    EdgeAgent(node, url, "edge-token-0123456789", node_id="d1").sync()
+    node.stop()
+    (node.current / "haproxy.cfg").write_text("not a haproxy configuration\n")
+    restarted = EdgeNode(tmp_path / "edge", **ports)
+    agent = EdgeAgent(restarted, url, "edge-token-0123456789", node_id="d1")
+    stop = threading.Event()
+    runner = threading.Thread(target=agent.run, args=(0.2, stop), daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not serves_h1(ports["https_port"]):
+            assert runner.is_alive(), "the agent died on the damaged files"
+            assert time.monotonic() < deadline, "the state was never served again"
+            time.sleep(0.1)
+        assert "not a haproxy" not in (restarted.current / "haproxy.cfg").read_text()
+    finally:
+        stop.set()
+        runner.join(15)
+        restarted.stop()
+
+
+def serves_h1(port: int) -> bool:
+    try:
+        return https_get(port, "h1.example.test").json()["publication_id"] == "pub_1"
+    except (OSError, ValueError):  # not listening yet
+        return False
