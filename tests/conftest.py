@@ -83,16 +83,20 @@ SSO_COOKIE_KEY = "platform-cookie-key-0123456789-abcdef"
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
-def services_both(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Services]:
-    """The control service's objects on each backend (dynalite: its own table prefix), with
-    no cap on pending domains, closed after the test."""
-    settings = dataclasses.replace(settings, max_pending_domains=0)
-    if request.param == "dynamodb":
-        settings = dataclasses.replace(
-            settings, storage_backend="dynamodb",
-            dynamodb_endpoint_url=request.getfixturevalue("dynalite"),
-            dynamodb_table_prefix=f"s{uuid.uuid4().hex[:8]}_")
-    opened = Services.from_settings(settings)
+def any_backend(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """The settings on SQLite, or on dynalite with a table prefix of its own."""
+    if request.param == "sqlite":
+        return settings
+    return dataclasses.replace(settings, storage_backend="dynamodb",
+                               dynamodb_endpoint_url=request.getfixturevalue("dynalite"),
+                               dynamodb_table_prefix=f"s{uuid.uuid4().hex[:8]}_")
+
+
+@pytest.fixture
+def services_both(any_backend: Settings) -> Iterator[Services]:
+    """The control service's objects on each backend, with no cap on pending domains, closed
+    after the test."""
+    opened = Services.from_settings(dataclasses.replace(any_backend, max_pending_domains=0))
     yield opened
     opened.close()
 

@@ -8,7 +8,6 @@ import dataclasses
 import re
 import datetime
 import time
-import uuid
 from typing import Any, Iterator
 
 import pytest
@@ -28,8 +27,8 @@ HOST = "shop.example.test"
 TOKEN = "test-token-0123456789"
 
 
-@pytest.fixture
-def services(settings: Settings) -> Iterator[Services]:
+def with_webhooks(settings: Settings) -> Iterator[Services]:
+    """The control service's objects with a webhook endpoint (its events go to the outbox)."""
     built = Services.from_settings(dataclasses.replace(
         settings, webhook_url="http://127.0.0.1:9/never-delivered", webhook_secret="s" * 20))
     try:
@@ -38,24 +37,14 @@ def services(settings: Settings) -> Iterator[Services]:
         built.close()
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def any_backend(request: pytest.FixtureRequest, settings: Settings) -> Settings:
-    """The settings on SQLite, or on dynalite with a fresh table prefix."""
-    if request.param == "sqlite":
-        return settings
-    return dataclasses.replace(settings, storage_backend="dynamodb",
-                               dynamodb_endpoint_url=request.getfixturevalue("dynalite"),
-                               dynamodb_table_prefix=f"b{uuid.uuid4().hex[:8]}_")
+@pytest.fixture
+def services(settings: Settings) -> Iterator[Services]:
+    yield from with_webhooks(settings)
 
 
 @pytest.fixture
 def both(any_backend: Settings) -> Iterator[Services]:
-    built = Services.from_settings(dataclasses.replace(
-        any_backend, webhook_url="http://127.0.0.1:9/never-delivered", webhook_secret="s" * 20))
-    try:
-        yield built
-    finally:
-        built.close()
+    yield from with_webhooks(any_backend)
 
 
 @pytest.fixture
