@@ -1,6 +1,6 @@
 """The overview's figures, computed at most once per ``ttl`` seconds per process. Domains and
-certificates come from kept counts and ordered indexes (cost follows the answer, not the
-fleet); the links' totals and top list still read the whole links table."""
+certificates come from kept counts and ordered indexes, the links' totals and top list from
+kept totals (``shortlinks/totals.py``): the cost follows the answer, not the fleet."""
 from __future__ import annotations
 
 import dataclasses

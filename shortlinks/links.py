@@ -14,6 +14,7 @@ import idna
 
 from kit.errors import EdgeRouterError
 from shortlinks.stats import VisitStats
+from shortlinks.totals import LinkTotals
 from store import ABSENT, ConflictError, Item, Page, Table, TableSpec, all_items, every
 
 LINKS = TableSpec("short_links", key="id", indexes=("owner",))
@@ -203,6 +204,10 @@ class LinkService:
         self._domains = {d.lower() for d in short_domains}
         self._slug_length = slug_length
         self._default_code = default_code
+        self.totals = LinkTotals(changes) if changes is not None else None
+        """Totals and the top links kept on each change (:mod:`shortlinks.totals`)."""
+        if self.totals is not None:
+            self.totals.open(self.each)
 
     def validate_target(self, target: Any) -> str:
         """The target as the ASCII URI it is stored and served as (see :func:`ascii_target`);
@@ -264,6 +269,8 @@ class LinkService:
                     "created_at": now, "updated_at": now, **checked}
             try:
                 made = self._changed(self.table.put(item, expected_version=ABSENT))
+                if self.totals is not None:
+                    self.totals.add(links=1)
                 self._notify(domain, chosen)
                 return made
             except ConflictError:
@@ -301,6 +308,8 @@ class LinkService:
         changes.update({name: checked.get(name) for name in RULES if name in changes})
         updated = self._changed(self.table.put({**link, **changes, "updated_at": time.time()},
                                                expected_version=link["version"]))
+        if self.totals is not None and bool(updated.get("disabled")) != bool(link.get("disabled")):
+            self.totals.add(disabled=1 if updated.get("disabled") else -1)
         self._notify(domain, slug)
         return updated
 
@@ -358,14 +367,20 @@ class LinkService:
         """Visits counted elsewhere (HAProxy, for hot links), ``domain/slug -> n``, added to
         existing links as atomic ADDs; unknown links are skipped. Returns how many were added."""
         added = 0
+        now: dict[str, int] = {}
         for key, count in counts.items():
             # In one step with the existence check: a link deleted meanwhile gets no orphan
             # counter (on DynamoDB an ADD would create a bare item that never expires).
-            if count > 0 and self.table.increment(key, "visits", count,
-                                                  existing_only=True) is not None:
+            total = self.table.increment(key, "visits", count, existing_only=True) \
+                if count > 0 else None
+            if total is not None:
                 added += count
+                now[key] = total
                 if self.stats is not None:  # today's count (a failure here loses only these)
                     self.stats.add(key, {"visits": count})
+        if self.totals is not None and added:
+            self.totals.add(visits=added)
+            self.totals.visited(now)
         return added
 
     def visit_stats(self, domain: str, slug: str, days: int) -> dict[str, Any]:
@@ -375,7 +390,11 @@ class LinkService:
         return self.stats.read(link_id(domain, slug), days)
 
     def summary(self, top: int) -> dict[str, Any]:
-        """Totals and the ``top`` most-visited links (a full read: cache the answer)."""
+        """Totals and the ``top`` most-visited links: the kept totals (two reads and one per
+        top link), else a full read (no change table: cache the answer)."""
+        if self.totals is not None:
+            found = [self.table.get(key) for key, _ in self.totals.top()[:top]]
+            return {**self.totals.totals(), "top": [link for link in found if link]}
         links = all_items(self.table)
         links.sort(key=lambda link: int(link.get("visits") or 0), reverse=True)
         return {"links": len(links), "disabled": sum(1 for x in links if x.get("disabled")),
@@ -403,11 +422,18 @@ class LinkService:
                     continue  # changed or deleted meanwhile: the next removal sweeps it
         if disabled:
             self._changed({})
+            if self.totals is not None:
+                self.totals.add(disabled=disabled)
         return disabled
 
     def delete(self, domain: str, slug: str) -> None:
-        if not self.table.delete(link_id(domain, slug)):
+        link = self.table.get(link_id(domain, slug))  # what it took from the totals
+        if link is None or not self.table.delete(link_id(domain, slug)):
             raise LinkNotFound(f"{domain}/{slug} does not exist")
+        if self.totals is not None:
+            self.totals.add(links=-1, disabled=-1 if link.get("disabled") else 0,
+                            visits=-int(link.get("visits") or 0))
+            self.totals.forget(link["id"])
         if self.stats is not None:
             self.stats.forget(link_id(domain, slug))
         self._changed({})

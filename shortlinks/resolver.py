@@ -15,6 +15,7 @@ from typing import Callable
 
 from shortlinks.links import GENERATION, device_of, link_id, locations
 from shortlinks.stats import REFERRER, BotDetector, VisitStats, referrer_host
+from shortlinks.totals import LinkTotals
 from store import Item, StoreError, Table
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ class Resolver:
         self._unwritten: collections.Counter[tuple[str, str]] = collections.Counter()
         """Link totals a flush could not write, (key, counter) -> n, for the next one."""
         self._unwritten_days: dict[tuple[str, int], collections.Counter[str]] = {}
+        self._totals = LinkTotals(changes) if changes is not None else None
+        self._limited: collections.Counter[str] = collections.Counter()
+        """Visits a limited link counted itself since the last flush (for the kept totals)."""
+        self._limited_now: dict[str, int] = {}
+        self._totals_unwritten = 0
         self._lock = threading.Lock()
         self.store_errors = 0
         self.stale_served = 0
@@ -141,7 +147,11 @@ class Resolver:
             # A limited link counts each visit at once, atomically, in the store: a cached or
             # buffered count would let every process hand out its own share over the limit.
             # Every answer counts, a bot's too: a User-Agent is anyone's to claim.
-            if self._table.increment(key, "visits") > item["max_visits"]:
+            total = self._table.increment(key, "visits") or 0  # None only with existing_only
+            with self._lock:
+                self._limited[key] += 1
+                self._limited_now[key] = total
+            if total > item["max_visits"]:
                 return self._gone(item, "This short link has reached its visit limit.")
         with self._lock:
             self._seen[(key, int(now // 86400), limited, head, agent, referrer)] += 1
@@ -196,12 +206,18 @@ class Resolver:
             days.setdefault(day_key, collections.Counter()).update(counts)
         written = 0
         failed: collections.Counter[tuple[str, str]] = collections.Counter()
+        visits = 0
+        visited: dict[str, int] = {}  # link -> its visits now, for the kept top
         for (key, name), count in totals.items():
             try:
-                self._table.increment(key, name, count)
+                now = self._table.increment(key, name, count)
                 written += count
+                if name == "visits" and now is not None:
+                    visits += count
+                    visited[key] = now
             except StoreError:
                 failed[(key, name)] += count  # kept for the next flush
+        self._add_to_totals(visits, visited)
         failed_days: dict[tuple[str, int], collections.Counter[str]] = {}
         if self._stats is not None:
             for (key, day), counts in days.items():
@@ -213,6 +229,22 @@ class Resolver:
             for day_key, counts in failed_days.items():
                 self._unwritten_days.setdefault(day_key, collections.Counter()).update(counts)
         return written
+
+    def _add_to_totals(self, visits: int, visited: dict[str, int]) -> None:
+        """The kept totals (:mod:`shortlinks.totals`): this flush's visits and a limited
+        link's own counts, one ADD; what the store refuses goes with the next flush."""
+        if self._totals is None:
+            return
+        with self._lock:
+            limited, self._limited = self._limited, collections.Counter()
+            limited_now, self._limited_now = self._limited_now, {}
+        delta = visits + sum(limited.values()) + self._totals_unwritten
+        try:
+            self._totals.add(visits=delta)
+            self._totals_unwritten = 0
+            self._totals.visited({**visited, **limited_now})
+        except StoreError:
+            self._totals_unwritten = delta
 
     def start_flusher(self, stop: threading.Event, interval: float = 2.0) -> threading.Thread:
         def loop() -> None:
