@@ -93,6 +93,16 @@ class ControlMetrics:
             issuance.add_metric([result], count)
         yield issuance
         yield from self._nodes()
+        if services.links.totals is not None:
+            kept = services.links.totals.totals()  # one read
+            links = GaugeMetricFamily("edge_short_links", "Short links: all, and the disabled",
+                                      labels=["state"])
+            links.add_metric(["all"], kept["links"])
+            links.add_metric(["disabled"], kept["disabled"])
+            yield links
+            yield GaugeMetricFamily("edge_short_link_visits", "Visits counted to the short links "
+                                    "there are (both paths; a deleted link's leave)",
+                                    value=kept["visits"])
         yield GaugeMetricFamily("edge_store_requests", "Store requests this process has made (a "
                                 "counter; DynamoDB bills each)", value=services.backend.requests)
 

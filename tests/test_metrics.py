@@ -2,6 +2,7 @@
 failing domains, certificates by expiry, issuance results, and each edge node's sync state."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -94,3 +95,21 @@ def test_each_node_reports_its_sync_state_and_lag(services: Services) -> None:
     assert samples[("edge_node_lag_seconds", (("node", "node-b"),))] >= 0
     assert samples[("edge_node_haproxy_running", (("node", "node-b"),))] == 0
     assert samples[("edge_node_last_seen_seconds", (("node", "node-a"),))] < 60
+
+
+def test_short_link_totals_are_kept_not_counted(services: Services) -> None:
+    with_links = Services.from_settings(dataclasses.replace(
+        services.settings, short_domains=["go.metrics.example.test"]))
+    try:
+        for slug in ("a", "b", "c"):
+            with_links.links.create("go.metrics.example.test", "https://example.com/", "pub_1",
+                                    slug=slug)
+        with_links.links.update("go.metrics.example.test", "b", {"disabled": True})
+        with_links.links.add_visits({"go.metrics.example.test/a": 4})
+        with_links.links.delete("go.metrics.example.test", "c")
+        samples = scrape(with_links)
+        assert samples[("edge_short_links", (("state", "all"),))] == 2
+        assert samples[("edge_short_links", (("state", "disabled"),))] == 1
+        assert samples[("edge_short_link_visits", ())] == 4
+    finally:
+        with_links.close()
