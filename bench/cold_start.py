@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
-import ssl
 import sys
 import tempfile
 import threading
@@ -23,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.node_scale import served_name  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
 from edge.state import DesiredState, Route  # noqa: E402
 from kit.procs import free_port  # noqa: E402
@@ -31,22 +30,8 @@ from kit.x509 import self_signed  # noqa: E402
 KEY = ec.generate_private_key(ec.SECP256R1())
 
 
-def serves(port: int, hostname: str) -> bool:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
-            with context.wrap_socket(raw, server_hostname=hostname) as tls:
-                from cryptography import x509
-                cert = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
-                return hostname in cert.subject.rfc4514_string()
-    except OSError:
-        return False
-
-
 def wait_served(port: int, hostname: str, started: float) -> float:
-    while not serves(port, hostname):
+    while served_name(port, hostname) != hostname:
         time.sleep(0.01)
     return time.perf_counter() - started
 

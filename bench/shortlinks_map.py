@@ -28,14 +28,14 @@ import threading
 import time
 from pathlib import Path
 
-from cryptography.fernet import Fernet
 from werkzeug.serving import make_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import edge.state_store  # noqa: E402
 from admin_app import create_app  # noqa: E402
-from bench.shortlinks_throughput import HOST, ceiling, cpu_seconds, links_server, wrk  # noqa: E402
+from bench.shortlinks_throughput import (HOST, ceiling, cpu_seconds, links_server,  # noqa: E402
+                                         short_link_env, wrk)
 from control.wiring import Services  # noqa: E402
 from devtools.probe import https_get  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
@@ -112,10 +112,7 @@ def main() -> int:
     parser.add_argument("--changes", type=int, default=30)
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="bench-map-"))
-    env = {"EDGE_API_TOKEN": "bench-token-0123456789", "EDGE_EDGE_TOKEN": "edge-token-012345678",
-           "EDGE_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-           "EDGE_DATA_DIR": str(directory / "data"), "EDGE_SHORT_DOMAINS": HOST,
-           "EDGE_SHORTLINK_SERVERS": "127.0.0.1:9"}
+    env = short_link_env(directory, EDGE_SHORTLINK_SERVERS="127.0.0.1:9")
     services = Services.from_settings(load_settings(env=env))
     https_port = free_port()
     seed(services, args.links, https_port)

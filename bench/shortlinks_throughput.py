@@ -103,6 +103,14 @@ def links_server(directory: Path, env: dict[str, str], name: str, argv: list[str
     return process
 
 
+def short_link_env(directory: Path, **extra: str) -> dict[str, str]:
+    """The control service's environment for a short-link bench: ``HOST`` its short domain,
+    its data in ``directory``, fresh keys."""
+    return {"EDGE_API_TOKEN": "bench-token-0123456789", "EDGE_EDGE_TOKEN": "edge-token-012345678",
+            "EDGE_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+            "EDGE_DATA_DIR": str(directory / "data"), "EDGE_SHORT_DOMAINS": HOST, **extra}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
@@ -110,9 +118,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="bench-links-"))
-    env = {"EDGE_API_TOKEN": "bench-token-0123456789", "EDGE_EDGE_TOKEN": "edge-token-012345678",
-           "EDGE_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-           "EDGE_DATA_DIR": str(directory / "data"), "EDGE_SHORT_DOMAINS": HOST}
+    env = short_link_env(directory)
     services = Services.from_settings(load_settings(env=env))
     services.links.create(HOST, "https://example.com/hot", "pub_1", slug="hot")
     # A plain link the edge's map does not hold: Python answers it from its cache.

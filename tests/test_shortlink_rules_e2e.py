@@ -16,7 +16,7 @@ import pytest
 from devtools.demo import LocalStack
 from devtools.pebble import PebbleStack
 from devtools.probe import Probe, https_get
-from tests.test_shortlinks_e2e import from_map, wait_for
+from tests.test_shortlinks_e2e import connect, from_map, wait_for
 
 SHORT = "rules.example.test"
 
@@ -28,16 +28,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
                        extra_env={"EDGE_SHORT_DOMAINS": SHORT})
     yield local
     local.stop()
-
-
-def connect_short_domain(stack: LocalStack) -> None:
-    """The short domain connected through the lifecycle and active (once per module)."""
-    if stack.api("GET", f"/api/v1/domains/{SHORT}").status_code != 200:
-        created = stack.api("POST", "/api/v1/domains",
-                            json={"hostname": SHORT, "publication_id": "pub_1"})
-        assert created.status_code == 201, created.text
-        stack.create_records(created.json()["dns_records"])
-    stack.wait_active(SHORT)
 
 
 IPHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Version/17.0 Safari/604.1"
@@ -64,7 +54,7 @@ def test_rules_and_visit_stats_on_the_python_path_through_the_edge(stack: LocalS
     has a visit limit, so each visit passes the resolver), an exhausted link sent to its
     expired_url, bots and HEAD counted apart, and the day's stats adding up exactly; bad input
     answered 400."""
-    connect_short_domain(stack)
+    connect(stack, SHORT)
     rules = {"device_targets": {"ios": "https://apps.apple.com/app/id1",
                          "android": "https://play.google.com/store/apps/details?id=x"},
              "utm": {"utm_source": "e2e", "utm_medium": "short link"}}
@@ -128,7 +118,7 @@ def test_device_targets_and_utm_answered_by_the_edge_map(stack: LocalStack) -> N
     """A plain link with device targets is answered by HAProxy from its map (no request id:
     no Python), the target picked by User-Agent as the Python path picks it, with Vary; an
     edit that drops them reaches the map and the answer stops varying."""
-    connect_short_domain(stack)
+    connect(stack, SHORT)
     response = stack.api("POST", "/api/v1/links", json={
         "domain": SHORT, "owner": "pub_1", "slug": "store", "target": "https://example.com/s",
         "device_targets": {"ios": "https://apps.apple.com/app/id2",

@@ -42,15 +42,17 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> Non
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def connect(stack: LocalStack) -> None:
-    """The short domain, connected through the lifecycle (once per module)."""
-    if stack.api("GET", f"/api/v1/domains/{SHORT}").status_code != 200:
+def connect(stack: LocalStack, host: str = SHORT) -> None:
+    """A short domain, connected through the lifecycle (once per module) and on the edge."""
+    if stack.api("GET", f"/api/v1/domains/{host}").status_code != 200:
         created = stack.api("POST", "/api/v1/domains",
-                            json={"hostname": SHORT, "publication_id": "pub_1"})
+                            json={"hostname": host, "publication_id": "pub_1"})
         assert created.status_code == 201, created.text
         stack.create_records(created.json()["dns_records"])
-    stack.wait_active(SHORT)
-    wait_for(lambda: get(stack, "/nope").status == 404, "the short domain on the edge")
+    stack.wait_active(host)
+    wait_for(lambda: https_get(stack.edge_https_port, host, "/nope",
+                               cafile=str(stack.pebble.root_path)).status == 404,
+             "the short domain on the edge")
 
 
 def from_map(probe: Probe, location: str, status: int = 302) -> bool:
