@@ -9,8 +9,8 @@ from werkzeug.wrappers import Response
 
 from admin.web import admin, audit, user
 from control.wiring import Services
-from domains import dnsconfig
-from domains.errors import DomainError, DomainNotFound
+from dnsops import dnsconfig
+from domains.errors import PUBLISHER_ERRORS, DomainError, DomainNotFound
 from domains.service import STATUSES
 from store import Item
 
@@ -43,7 +43,7 @@ def index() -> str:
 def _domain(hostname: str) -> Item:
     try:
         return admin().services.domains.get(hostname)
-    except DomainError:
+    except PUBLISHER_ERRORS:
         abort(404, f"No domain {hostname}.")
 
 

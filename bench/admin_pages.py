@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from admin.web import Admin  # noqa: E402
 from admin_app import create_app  # noqa: E402
 from control.wiring import Services  # noqa: E402
-from domains.service import STATUSES, iso  # noqa: E402
+from domains.service import STATUSES  # noqa: E402
+from kit.clock import iso  # noqa: E402
 from kit.settings import load_settings  # noqa: E402
 from kit.web import provided  # noqa: E402
 

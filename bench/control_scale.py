@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from certs.store import CertificateStore  # noqa: E402
 from control.wiring import Services  # noqa: E402
-from domains.service import ACTIVE, iso  # noqa: E402
+from domains.service import ACTIVE  # noqa: E402
+from kit.clock import iso  # noqa: E402
 from kit.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
 from kit.settings import load_settings  # noqa: E402
 from kit.x509 import self_signed  # noqa: E402

@@ -19,10 +19,10 @@ from cryptography.fernet import Fernet
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from control.wiring import Services  # noqa: E402
-from domains.dnscheck import DnsChecker  # noqa: E402
+from dnsops.dnscheck import DnsChecker  # noqa: E402
 from domains.service import VERIFIED  # noqa: E402
 from kit.settings import load_settings  # noqa: E402
-from tests.dns_server import KnotServer  # noqa: E402
+from devtools.dns_server import KnotServer  # noqa: E402
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from devtools.demo import LocalStack  # noqa: E402
 from devtools.pebble import PebbleStack  # noqa: E402
 from kit.procs import free_port  # noqa: E402
-from tests.dns_server import KnotServer, UnboundResolver  # noqa: E402
+from devtools.dns_server import KnotServer, UnboundResolver  # noqa: E402
 
 HOST = "www.pub.test"
 DCV_ZONE = "dcv.platform.test"

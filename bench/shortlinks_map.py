@@ -127,7 +127,7 @@ def main() -> int:
     last = (f"s{args.links - 1:07d}", f"https://example.com/landing/{args.links - 1}")
     try:
         started = time.perf_counter()
-        agent = ManagedProcess("agent", [sys.executable, "-m", "control", "--log-level",
+        agent = ManagedProcess("agent", [sys.executable, "-m", "edgectl", "--log-level",
                                          "WARNING", "agent", "--node-id", "bench"],
                                directory / "agent.log", env=agent_env)
         processes.append(agent)
@@ -158,7 +158,7 @@ def main() -> int:
         services.links.create(HOST, "https://example.com/warm", "pub_1", slug="warm")
         links_port = free_port()
         python = links_server(directory, env, "waitress", [
-            sys.executable, "-m", "control", "--log-level", "WARNING", "shortlinks",
+            sys.executable, "-m", "edgectl", "--log-level", "WARNING", "shortlinks",
             "--workers", "1"], links_port)
         processes.append(python)
         for n in range(1, args.rounds + 1):

@@ -129,7 +129,7 @@ def main() -> int:
     services.close()
 
     py = sys.executable
-    product = [py, "-m", "control", "--log-level", "WARNING", "shortlinks"]
+    product = [py, "-m", "edgectl", "--log-level", "WARNING", "shortlinks"]
     gunicorn = [py, "-m", "gunicorn", "--bind", "127.0.0.1:{port}", "--workers", "1",
                 "--log-level", "warning", "shortlinks.serve:wsgi_app()"]
     candidates = {  # one process each: requests/s per core

@@ -14,11 +14,11 @@ from certs.orders import ORDERS
 from certs.stats import ISSUANCE_STATS, IssuanceStats
 from certs.store import CERTIFICATES, CertificateStore, StoredCertificate
 from certs.uploads import UPLOADS, UploadStore
-from domains.automation import RecordAutomation
+from dnsops.automation import RecordAutomation
 from domains.byo import CustomCertificates
 from domains.counts import DOMAIN_COUNTS
-from domains.dns01 import RegistrarDnsSolver
-from domains.dnscheck import DnsChecker
+from dnsops.dns01 import RegistrarDnsSolver
+from dnsops.dnscheck import DnsChecker
 from domains.lifecycle import Lifecycle, RouteValue, Timing
 from domains.prevalidation import DelegatedDcv, Prevalidation, Solvers
 from domains.outbox import DISABLE_LINKS

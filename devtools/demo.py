@@ -134,7 +134,7 @@ class LocalStack:
         return f"https://{PLATFORM_HOST}:{self.edge_https_port}"
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> ManagedProcess:
-        process = ManagedProcess(name, [sys.executable, "-m", "control", "--log-level",
+        process = ManagedProcess(name, [sys.executable, "-m", "edgectl", "--log-level",
                                         self.log_level, *args],
                                  self.directory / f"{name}.log", env=env)
         self.processes.append(process)
@@ -189,7 +189,7 @@ class LocalStack:
     def create_admin(self, username: str = "admin") -> str:
         """An admin account for the dashboard, through `edgectl admin create-user`; its password."""
         password = secrets.token_urlsafe(12)
-        subprocess.run([sys.executable, "-m", "control", "admin", "create-user", username,
+        subprocess.run([sys.executable, "-m", "edgectl", "admin", "create-user", username,
                         "--password-stdin"], input=password + "\n", text=True, check=True,
                        env={**os.environ, **self.env()}, capture_output=True)
         return password

@@ -1,20 +1,17 @@
 """Errors of the domains part; the API maps each to a 4xx with its message."""
 from __future__ import annotations
 
+from dnsops.errors import DnsError, InvalidHostname
 from kit.errors import EdgeRouterError
+
+__all__ = ["DnsError", "InvalidHostname", "DomainError", "HostnameTaken", "DomainNotFound",
+           "TooManyPending", "PUBLISHER_ERRORS"]
 
 
 class DomainError(EdgeRouterError):
     """Root of the domains errors."""
 
     status = 400
-
-
-class InvalidHostname(DomainError):
-    def __init__(self, hostname: object, reason: str) -> None:
-        super().__init__(f"{hostname!r} cannot be connected: {reason}")
-        self.hostname = hostname
-        self.reason = reason
 
 
 class HostnameTaken(DomainError):
@@ -40,3 +37,7 @@ class TooManyPending(DomainError):
         super().__init__(f"publication {publication_id} already has {limit} domains waiting for "
                          "their DNS records; finish or remove one of them first")
         self.publication_id = publication_id
+
+
+PUBLISHER_ERRORS = (DomainError, DnsError)
+"""What a publisher-facing view answers with its status and message."""

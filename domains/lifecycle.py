@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from domains import outbox, pairs
-from domains.dnscheck import DnsCheck, DnsChecker
+from dnsops.dnscheck import DnsCheck, DnsChecker
 from domains.routing import RouteValue, route_value
 from domains.service import (ACTIVE, AWAITING_TRAFFIC, ISSUING, PENDING_DNS, ROUTED,
                              SUSPENDED, VERIFIED, DomainService)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Literal
 
-from domains.errors import DomainError, DomainNotFound, HostnameTaken
-from domains.hostnames import is_apex
+from domains.errors import PUBLISHER_ERRORS, DomainError, DomainNotFound, HostnameTaken
+from dnsops.hostnames import is_apex
 from domains.redirects import InvalidOption
 from domains.service import REMOVING, DomainService
 from kit.route_extras import DEFAULT_REDIRECT_CODE
@@ -85,7 +85,7 @@ def _create_companion(domains: DomainService, entry: Item) -> None:
         domains.connect(entry["hostname"], entry["publication_id"], entry["actor"], extra={
             "pair": entry["primary"], "pair_role": "companion", "with_www": entry["with_www"],
             **redirect})
-    except DomainError as exc:  # taken meanwhile, or too many pending: the primary stays alone
+    except PUBLISHER_ERRORS as exc:  # taken meanwhile, or too many pending: the primary stays alone
         log.warning("companion %s of %s not connected: %s", entry["hostname"],
                     entry["primary"], exc)
         domains.note(primary, "companion not connected", f"{entry['hostname']}: {exc}",

@@ -1,7 +1,7 @@
 """Pre-validation and delegated DCV: the certificate before the traffic moves.
 
 A publisher moving a live site delegates ACME's DNS-01 to us with one CNAME,
-``_acme-challenge.<host> CNAME <label>.<dcv_zone>`` (domains/records.py), in a zone we drive
+``_acme-challenge.<host> CNAME <label>.<dcv_zone>`` (dnsops/records.py), in a zone we drive
 through a registrar provider. With that CNAME and the ownership TXT in place, and only the
 traffic record still pointing elsewhere, the domain is verified and its certificate issued over
 DNS-01 in our own zone. It then waits in ``awaiting_traffic``, already routed at the edge with
@@ -18,12 +18,12 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from domains import outbox
-from domains.automation import RecordAutomation
-from domains.dns01 import PropagationTimeout
-from domains.dnscheck import DnsCheck, DnsChecker
-from domains.hostnames import base_of
-from domains.records import ACME_LABEL, dcv_target
-from domains.registrars import Record, RegistrarError, RegistrarProvider
+from dnsops.automation import RecordAutomation
+from dnsops.dns01 import PropagationTimeout
+from dnsops.dnscheck import DnsCheck, DnsChecker
+from dnsops.hostnames import base_of
+from dnsops.records import ACME_LABEL, dcv_target
+from dnsops.registrars import Record, RegistrarError, RegistrarProvider
 from domains.service import ACTIVE, AWAITING_TRAFFIC, PENDING_DNS
 from store import Item
 

@@ -9,14 +9,15 @@ import time
 import uuid
 from typing import Any, Callable, Iterable, Iterator
 
-from domains.automation import RecordAutomation
+from dnsops.automation import RecordAutomation
 from domains.counts import StatusCounts
-from domains.errors import (DomainError, DomainNotFound, HostnameTaken, InvalidHostname,
+from domains.errors import (PUBLISHER_ERRORS, DomainError, DomainNotFound, HostnameTaken, InvalidHostname,
                             TooManyPending)
-from domains.hostnames import normalize_hostname
+from dnsops.hostnames import normalize_hostname
 from domains.outbox import (EVENT, OUTBOX, OUTBOX_GRACE, Consumers, kind_of,
                             with_entries)
-from domains.records import delegation_records, instructions, required_records
+from kit.clock import iso
+from dnsops.records import delegation_records, instructions, required_records
 from kit.backoff import jittered_backoff
 from kit.hosts import HOSTNAME_LABEL
 from store import ABSENT, ConflictError, Item, Page, RangeIndex, Table, TableSpec, every
@@ -49,10 +50,6 @@ deleted when the drain is done."""
 PUBLIC_FIELDS = ("hostname", "publication_id", "status", "dns_records", "created_at",
                  "updated_at", "last_error", "validation_errors", "dns_seen", "attempts",
                  "next_attempt_at", "gave_up", "automation")
-
-
-def iso(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def public_view(domain: Item, cname_target: str | None = None) -> dict[str, Any]:
@@ -187,7 +184,7 @@ class DomainService:
         """(publication id, verified) of a connected domain; None if nobody connected it."""
         try:
             domain = self.get(hostname)
-        except DomainError:
+        except PUBLISHER_ERRORS:
             return None
         return str(domain["publication_id"]), domain["status"] not in (PENDING_DNS, REMOVING)
 

@@ -1,6 +1,6 @@
 """The two small hostname facts every part needs: what a DNS label looks like, and the host of
 an HTTP request without its port. Full hostname rules (IDNA, public suffixes, wildcards) belong
-to ``domains.hostnames``."""
+to ``dnsops.hostnames``."""
 from __future__ import annotations
 
 import ipaddress

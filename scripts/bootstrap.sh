@@ -32,7 +32,7 @@ fi
 
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
-if ! python3 -c "import control, kit, devtools, store, waitress, pythonjsonlogger" 2>/dev/null || [ -n "$extras" ]; then
+if ! python3 -c "import edgectl, publisher, dnsops, control, kit, devtools, store, waitress, pythonjsonlogger" 2>/dev/null || [ -n "$extras" ]; then
     python3 -m pip install -q --disable-pip-version-check -e ".${extras}" 2>&1 | grep -v '^WARNING' || true
 fi
 command -v pyenv >/dev/null && pyenv rehash || true

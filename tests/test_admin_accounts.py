@@ -15,7 +15,7 @@ from admin.accounts import (ADMIN_LOGIN_FAILURES, ADMIN_SESSIONS, ADMIN_USERS, A
 from admin.audit import ADMIN_AUDIT, AuditLog
 from admin.charts import Series, bar_chart
 from certs.stats import ISSUANCE_STATS, IssuanceStats
-from control import cli
+from edgectl import cli
 from kit.settings import Settings, SettingsError, load_settings
 from store import Backend, open_backend
 

@@ -129,18 +129,18 @@ class Cluster:
         self.lock = threading.Lock()
 
     def start_replica(self, n: int) -> None:
-        self.replicas[n] = ManagedProcess(f"replica{n}", [sys.executable, "-m", "control",
+        self.replicas[n] = ManagedProcess(f"replica{n}", [sys.executable, "-m", "edgectl",
                                                           "serve"],
                                           self.directory / f"replica{n}.log",
                                           env=self.replica_env[n])
 
     def start_agent(self, n: int) -> None:
         self.agents[n] = ManagedProcess(
-            f"agent{n}", [sys.executable, "-m", "control", "agent", "--node-id", f"n{n}"],
+            f"agent{n}", [sys.executable, "-m", "edgectl", "agent", "--node-id", f"n{n}"],
             self.directory / f"agent{n}.log", env=self.agent_env[n])
 
     def start_links(self) -> None:
-        self.links = ManagedProcess("shortlinks", [sys.executable, "-m", "control", "shortlinks"],
+        self.links = ManagedProcess("shortlinks", [sys.executable, "-m", "edgectl", "shortlinks"],
                                     self.directory / "shortlinks.log",
                                     env={**self.common, "EDGE_DATA_DIR": str(self.directory)})
 

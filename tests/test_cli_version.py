@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from control.cli import main
+from edgectl.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +21,7 @@ def test_version_is_the_package_version(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_version_needs_no_settings() -> None:
-    done = subprocess.run([sys.executable, "-m", "control.cli", "--version"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "edgectl.cli", "--version"], cwd=ROOT,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

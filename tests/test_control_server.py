@@ -145,7 +145,7 @@ _KEY = Fernet.generate_key().decode()
 
 
 def _start(tmp_path: Path, name: str, port: int) -> ManagedProcess:
-    process = ManagedProcess(name, [sys.executable, "-m", "control", "serve"],
+    process = ManagedProcess(name, [sys.executable, "-m", "edgectl", "serve"],
                              tmp_path / f"{name}.log", env=_replica_env(tmp_path, port, name))
     wait_for_port(port, process=process, timeout=60)
     return process

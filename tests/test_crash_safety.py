@@ -38,7 +38,7 @@ class Control:
         self.process = self._start()
 
     def _start(self) -> ManagedProcess:
-        serve = ManagedProcess("control", [sys.executable, "-m", "control", "serve"],
+        serve = ManagedProcess("control", [sys.executable, "-m", "edgectl", "serve"],
                                self._log, env=self._env)
         wait_for_port(self._port, process=serve)
         return serve

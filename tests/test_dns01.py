@@ -13,7 +13,7 @@ from control.wiring import Services
 from devtools.pebble import PebbleStack
 from kit.procs import free_port
 from kit.settings import Settings
-from tests.dns_server import KnotServer
+from devtools.dns_server import KnotServer
 
 TSIG = ("edge-key", "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHMtMTIzNA==")
 

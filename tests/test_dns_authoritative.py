@@ -10,10 +10,10 @@ from flask.testing import FlaskClient
 
 from admin_app import create_app
 from control.wiring import Services
-from domains.dnscheck import DnsChecker
+from dnsops.dnscheck import DnsChecker
 from domains.service import VERIFIED
 from kit.settings import Settings
-from tests.dns_server import KnotServer
+from devtools.dns_server import KnotServer
 
 TSIG = ("edge-key", "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHMtMTIzNA==")
 AUTH = {"Authorization": "Bearer test-token-0123456789"}

@@ -14,7 +14,7 @@ from control.wiring import Services
 from kit.settings import Settings
 from kit.web import provided
 from tests.conftest import SSO_PLATFORM
-from tests.dns_server import KnotServer
+from devtools.dns_server import KnotServer
 from tests.test_admin_pages import PASSWORD, login
 from tests.test_publisher_settings import signed_in
 

@@ -146,7 +146,7 @@ def test_connected_domain_is_served_over_https_with_a_pebble_certificate(
         assert event["data"]["publication_id"] == "pub_1"  # type: ignore[index]
 
     # `edgectl plan` on the node agrees: nothing left to change.
-    plan = subprocess.run([sys.executable, "-m", "control", "plan"], capture_output=True,
+    plan = subprocess.run([sys.executable, "-m", "edgectl", "plan"], capture_output=True,
                           text=True, timeout=60, env={**os.environ, **stack.env()})
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.splitlines()[-1] == "no changes"
@@ -220,7 +220,7 @@ def wait_in_sync(stack: LocalStack, nodes: int) -> None:
 
 def test_the_demo_runs_writes_demo_json_and_stops_cleanly(tmp_path: Path) -> None:
     """`edgectl demo` as a newcomer runs it; a script drives it from demo.json alone."""
-    demo = ManagedProcess("demo", [sys.executable, "-m", "control", "demo", "--directory",
+    demo = ManagedProcess("demo", [sys.executable, "-m", "edgectl", "demo", "--directory",
                                    str(tmp_path)], tmp_path / "demo-output.log")
     try:
         manifest_path = tmp_path / "demo.json"

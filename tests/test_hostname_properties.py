@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from admin_app import create_app
 from control.wiring import Services
 from domains.errors import InvalidHostname
-from domains.hostnames import normalize_hostname
+from dnsops.hostnames import normalize_hostname
 from kit.settings import Settings
 from kit.web import provided
 

@@ -29,7 +29,7 @@ def test_rotate_reencrypts_everything_and_the_old_key_can_then_go(settings: Sett
     env = {**os.environ, "EDGE_API_TOKEN": settings.api_token,
            "EDGE_EDGE_TOKEN": settings.edge_token, "EDGE_DATA_DIR": settings.data_dir,
            "EDGE_ENCRYPTION_KEYS": f"{new_key},{old_key}"}
-    result = subprocess.run([sys.executable, "-m", "control", "keys", "rotate"], env=env,
+    result = subprocess.run([sys.executable, "-m", "edgectl", "keys", "rotate"], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "re-encrypted 2 stored keys" in result.stdout

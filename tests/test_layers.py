@@ -19,7 +19,7 @@ def test_import_contracts_are_kept() -> None:
 
 def test_serve_agent_and_shortlinks_do_not_load_the_dev_tools() -> None:
     # What `edgectl serve|agent|shortlinks` import before running: the CLI and its wiring.
-    probe = ("import sys, control.cli, control.wiring, shortlinks.serve, edge.agent; "
+    probe = ("import sys, edgectl.cli, control.wiring, shortlinks.serve, edge.agent; "
              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'devtools'))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)

@@ -13,7 +13,7 @@ from werkzeug.serving import make_server
 from admin_app import create_app
 from control.wiring import Services
 from devtools.pebble import PebbleStack
-from domains.dnscheck import DnsChecker, Problem
+from dnsops.dnscheck import DnsChecker, Problem
 from domains.service import PENDING_DNS, VERIFIED
 from kit.procs import free_port
 from kit.settings import Settings

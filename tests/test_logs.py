@@ -185,7 +185,7 @@ def test_the_control_service_binds_echoes_and_logs_the_request_id(
 
 def _serve(tmp_path: Path, env: dict[str, str], name: str) -> tuple[ManagedProcess, int]:
     port = free_port()
-    process = ManagedProcess(name, [sys.executable, "-m", "control", "serve"],
+    process = ManagedProcess(name, [sys.executable, "-m", "edgectl", "serve"],
                              tmp_path / f"{name}.log", cwd=str(ROOT), env={
                                  "PYTHONPATH": str(ROOT),
                                  "EDGE_API_TOKEN": "api-token-0123456789",
@@ -221,7 +221,7 @@ def test_serve_writes_no_escape_codes_to_its_log_file(tmp_path: Path, log_format
 
 
 def test_serve_with_a_bad_log_setting_says_so(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "control", "serve"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "edgectl", "serve"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(ROOT),
                                  "EDGE_LOG_FORMAT": "xml"})

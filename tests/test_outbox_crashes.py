@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs.store import CertificateStore
 from control.wiring import DomainEvents, Services
-from domains.dnscheck import DnsCheck
+from dnsops.dnscheck import DnsCheck
 from domains.lifecycle import Lifecycle
 from kit.settings import Settings
 from kit.x509 import self_signed

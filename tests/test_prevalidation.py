@@ -18,12 +18,12 @@ from admin_app import create_app
 from control.wiring import Services
 from devtools.pebble import PebbleStack
 from domains.errors import InvalidHostname
-from domains.records import dcv_target
+from dnsops.records import dcv_target
 from domains.service import ACTIVE, AWAITING_TRAFFIC, PENDING_DNS
 from kit.procs import free_port
 from kit.settings import Settings, SettingsError, load_settings
 from kit.web import provided
-from tests.dns_server import KnotServer, UnboundResolver
+from devtools.dns_server import KnotServer, UnboundResolver
 from tests.test_admin_pages import PASSWORD, login
 
 TSIG = ("edge-key", "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHMtMTIzNA==")

@@ -16,7 +16,7 @@ from devtools.demo import LocalStack
 from devtools.pebble import PebbleStack
 from devtools.probe import https_get
 from kit.procs import free_port
-from tests.dns_server import KnotServer, UnboundResolver
+from devtools.dns_server import KnotServer, UnboundResolver
 from tests.test_prevalidation import DCV_ZONE, TSIG, ZONES
 
 HOST = "www.pub.test"

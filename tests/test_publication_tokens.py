@@ -122,7 +122,7 @@ def test_tokens_are_created_listed_and_revoked_with_edgectl(settings: Settings,
            "EDGE_DATA_DIR": settings.data_dir}
 
     def edgectl(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "control", "--log-level", "WARNING",
+        return subprocess.run([sys.executable, "-m", "edgectl", "--log-level", "WARNING",
                                "tokens", *args], env=env, capture_output=True, text=True,
                               timeout=60)
     created = edgectl("create", "pub_9", "--label", "cms")

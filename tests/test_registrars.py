@@ -18,11 +18,11 @@ import boto3
 import botocore.config
 import pytest
 
-from domains.registrars import (AuthenticationFailed, InvalidRecord, Record, RegistrarError,
+from dnsops.registrars import (AuthenticationFailed, InvalidRecord, Record, RegistrarError,
                                 RegistrarProvider, RegistrarUnavailable, ZoneNotFound,
                                 ensure_records, get_provider)
 from kit.procs import free_port
-from tests.dns_server import KnotServer
+from devtools.dns_server import KnotServer
 
 ZONE = "example.test"
 TSIG = ("edge-key", "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHMtMTIzNA==")

@@ -166,7 +166,7 @@ def test_serve_started_during_a_store_outage_waits_for_the_store(
            "EDGE_DYNAMODB_ENDPOINT_URL": f"http://127.0.0.1:{port}",
            "EDGE_LISTEN_PORT": str(control_port), "AWS_ACCESS_KEY_ID": "test",
            "AWS_SECRET_ACCESS_KEY": "test"}
-    serve = ManagedProcess("serve", [sys.executable, "-m", "control", "serve"],
+    serve = ManagedProcess("serve", [sys.executable, "-m", "edgectl", "serve"],
                            tmp_path / "serve.log", env=env)
     store = None
     try:
@@ -217,7 +217,7 @@ def test_a_stopped_agent_leaves_no_haproxy_behind_even_in_a_long_poll(
     services, url = control
     services.publisher.refresh()
     https_port = free_port()
-    agent = ManagedProcess("agent", [sys.executable, "-m", "control", "agent"],
+    agent = ManagedProcess("agent", [sys.executable, "-m", "edgectl", "agent"],
                            tmp_path / "agent.log", env={
                                "EDGE_EDGE_TOKEN": services.settings.edge_token,
                                "EDGE_CONTROL_URL": url, "EDGE_EDGE_WATCH_SECONDS": "25",

@@ -67,7 +67,7 @@ class Cluster:
         self.agents: list[ManagedProcess] = []
 
     def start_replica(self, n: int) -> None:
-        self.replicas[n] = ManagedProcess(f"replica{n}", [sys.executable, "-m", "control",
+        self.replicas[n] = ManagedProcess(f"replica{n}", [sys.executable, "-m", "edgectl",
                                                           "serve"],
                                           self.directory / f"replica{n}.log",
                                           env=self.replica_env[n])
@@ -82,7 +82,7 @@ class Cluster:
     def start_agents(self) -> None:
         for n, env in enumerate(self.agent_env):
             self.agents.append(ManagedProcess(
-                f"agent{n}", [sys.executable, "-m", "control", "agent", "--node-id", f"n{n}"],
+                f"agent{n}", [sys.executable, "-m", "edgectl", "agent", "--node-id", f"n{n}"],
                 self.directory / f"agent{n}.log", env=env))
 
     def api(self, method: str, path: str, replica: int | None = None,

@@ -61,7 +61,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleStack) -> Itera
            "EDGE_DNS_SERVERS": "127.0.0.1", "EDGE_DNS_PORT": str(pebble.dns_port),
            "EDGE_DNS_TIMEOUT": "0.5", "EDGE_ACME_DIRECTORY_URL": pebble.directory_url,
            "EDGE_ACME_CA_BUNDLE": str(pebble.listener_ca), "EDGE_WORKER_INTERVAL": "0.5"}
-    serve = ManagedProcess("serve", [sys.executable, "-m", "control", "serve"],
+    serve = ManagedProcess("serve", [sys.executable, "-m", "edgectl", "serve"],
                            directory / "serve.log", env=env)
     services = None
     try:

@@ -77,7 +77,7 @@ def test_an_agent_needs_only_its_own_token() -> None:
 
 
 def test_serve_refuses_to_start_and_names_the_setting(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "control", "serve"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "edgectl", "serve"], capture_output=True,
                             text=True, timeout=60, cwd=tmp_path,
                             env={"PATH": "/usr/bin:/bin", "EDGE_ENCRYPTION_KEYS": KEY})
     assert result.returncode == 2

@@ -88,7 +88,7 @@ def test_edgectl_shortlinks_redirects_and_keeps_its_visit_counts(
            "EDGE_ENCRYPTION_KEYS": link_settings.encryption_keys[0],
            "EDGE_DATA_DIR": link_settings.data_dir, "EDGE_SHORT_DOMAINS": "acme.link"}
     process, port = start_listening(lambda port: ManagedProcess(
-        "shortlinks", [sys.executable, "-m", "control", "shortlinks", "--workers", "2"],
+        "shortlinks", [sys.executable, "-m", "edgectl", "shortlinks", "--workers", "2"],
         tmp_path / "shortlinks.log", env={**env, "EDGE_SHORTLINKS_PORT": str(port)}))
     try:
         workers = _children(process.popen.pid, count=2)
@@ -125,7 +125,7 @@ def test_csv_import_reports_bad_lines_and_keeps_the_good(link_settings: Settings
            "EDGE_EDGE_TOKEN": link_settings.edge_token,
            "EDGE_ENCRYPTION_KEYS": link_settings.encryption_keys[0],
            "EDGE_DATA_DIR": link_settings.data_dir, "EDGE_SHORT_DOMAINS": "acme.link"}
-    result = subprocess.run([sys.executable, "-m", "control", "links", "import", str(csv_file)],
+    result = subprocess.run([sys.executable, "-m", "edgectl", "links", "import", str(csv_file)],
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "created 2 links, 3 rows refused" in result.stdout

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from admin_app import create_app
 from control.wiring import Services
-from domains.dnscheck import DnsCheck, Problem
+from dnsops.dnscheck import DnsCheck, Problem
 from edge.sso import (LOGOUT_COOKIE, SESSION_COOKIE, STATE_COOKIE, TRIED_COOKIE, SsoRefused,
                       return_path)
 from kit.settings import Settings, SettingsError, load_settings
@@ -239,7 +239,7 @@ def test_sso_settings_are_checked(tmp_path: Path) -> None:
 def test_edgectl_rotates_the_signing_key_and_publishes_both(
         services: Services, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from control.cli import main
+    from edgectl.cli import main
 
     settings = services.settings
     assert services.sso is not None

@@ -5,7 +5,7 @@ import hashlib
 import ipaddress
 from typing import Iterable
 
-from domains.hostnames import base_of, is_apex
+from dnsops.hostnames import base_of, is_apex
 
 CHALLENGE_LABEL = "_edge-challenge"
 ACME_LABEL = "_acme-challenge"

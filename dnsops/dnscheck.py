@@ -20,8 +20,8 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
-from domains.hostnames import base_of, is_apex
-from domains.records import challenge_name
+from dnsops.hostnames import base_of, is_apex
+from dnsops.records import challenge_name
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,88 +9,39 @@ status, copy buttons and in-place "check now".
 from __future__ import annotations
 
 import datetime
-import hashlib
-import hmac
-import time
 from typing import Any, cast
 
-from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, render_template,
-                   request, url_for)
+from flask import Blueprint, Flask, abort, jsonify, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from certs.store import CertificateStore
-from domains import dnsconfig, pairs
+from dnsops import dnsconfig
+from domains import pairs
 from domains.byo import CustomCertificates
-from domains.errors import DomainError
+from domains.errors import PUBLISHER_ERRORS, DomainError
 from domains.lifecycle import Lifecycle
 from domains.pairs import pair_view
 from domains.redirects import DomainOptions
 from domains.service import ROUTED, DomainService, Item, public_view
-from kit import logs
-from kit.hosts import host_without_port
-from kit.platform import Platform, PlatformUser
+from kit.platform import PlatformUser
 from kit.settings import Settings
-from kit.tokens import PUBLICATION_ID
 from kit.web import find, use
+from publisher import auth
 
 bp = Blueprint("publisher_settings", __name__, url_prefix="/_edge/settings",
                template_folder="templates", static_folder="static")
 
 
 def init_app(app: Flask, encryption_key: str) -> None:
-    # CSRF tokens are an HMAC of the user and the day under a key only the control service has.
-    app.config["PUBLISHER_CSRF_KEY"] = hashlib.sha256(
-        b"publisher-settings-csrf:" + encryption_key.encode()).digest()
-    from domains import byo_page  # noqa: F401  (its views join this blueprint)
+    auth.init_csrf(app, encryption_key)
     app.register_blueprint(bp)
 
 
-@bp.after_request
-def _headers(response: Response) -> Response:
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Frame-Options"] = "DENY"  # no clickjacking of "Remove"
-    response.headers["Content-Security-Policy"] = (
-        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-    return response
+bp.after_request(auth.page_headers)
 
 
 def _domains() -> DomainService:
     return use(DomainService)
-
-
-def _publisher() -> PlatformUser:
-    platform = use(Platform)
-    if platform.identity is None or host_without_port(request.host) != platform.host:
-        abort(404)
-    user = platform.identity.user(request.cookies, request.headers.get("Cookie", ""))
-    if user is None:
-        abort(redirect(platform.sign_in_url(request.full_path.rstrip("?")), 303))
-    return PlatformUser(user.id, tuple(p for p in user.publications
-                                       if PUBLICATION_ID.fullmatch(p)))
-
-
-def _csrf(user: PlatformUser, days_ago: int = 0) -> str:
-    day = int(time.time() // 86400) - days_ago
-    return hmac.new(current_app.config["PUBLISHER_CSRF_KEY"], f"{user.id}:{day}".encode(),
-                    hashlib.sha256).hexdigest()
-
-
-def _require_csrf(user: PlatformUser) -> None:
-    sent = request.form.get("csrf_token", "") or request.headers.get("X-CSRF-Token", "")
-    if not any(hmac.compare_digest(sent.encode(), _csrf(user, days).encode()) for days in (0, 1)):
-        abort(400, "The form expired; reload the page and try again.")
-
-
-def _own(user: PlatformUser, hostname: str) -> Item:
-    """The domain, if one of the user's publications holds it; 404 otherwise (no hint either way)."""
-    try:
-        domain: Item = _domains().get(hostname)
-    except DomainError:
-        abort(404)
-    if domain["publication_id"] not in user.publications:
-        abort(404)
-    logs.bind(hostname=domain["hostname"], publication_id=domain["publication_id"])
-    return domain
 
 
 def _when(ts: float | None) -> str | None:
@@ -129,7 +80,7 @@ def _hostname_or_empty(text: str) -> str:
     """Echo a hostname back only if it is one (no text of an attacker's choosing on the page)."""
     try:
         return text if text and _domains().normalize(text) == text else ""
-    except DomainError:
+    except PUBLISHER_ERRORS:
         return ""
 
 
@@ -139,18 +90,18 @@ def _index(user: PlatformUser, error: str | None = None, form: dict[str, str] | 
     return render_template("publisher/index.html", user=user, domains=domains,
                            removed=_hostname_or_empty(request.args.get("removed", "")),
                            automated=_domains().automation.zones(),
-                           csrf_token=_csrf(user), error=error, form=form or {}), status
+                           csrf_token=auth.csrf_token(user), error=error, form=form or {}), status
 
 
 @bp.get("/domains")
 def index() -> tuple[str, int]:
-    return _index(_publisher())
+    return _index(auth.signed_in())
 
 
 @bp.post("/domains")
 def connect() -> Response | tuple[str, int]:
-    user = _publisher()
-    _require_csrf(user)
+    user = auth.signed_in()
+    auth.require_csrf(user)
     form = {"hostname": request.form.get("hostname", ""),
             "publication": request.form.get("publication", ""),
             "with_www": request.form.get("with_www", pairs.DEFAULT_WITH_WWW)}
@@ -164,45 +115,46 @@ def connect() -> Response | tuple[str, int]:
         mode = cast(pairs.WithWww, form["with_www"]) if pairs.companion_of(hostname) else None
         domain, _ = pairs.connect(_domains(), hostname, form["publication"], mode, {},
                                   actor=f"publisher:{user.id}")
-    except DomainError as exc:
+    except PUBLISHER_ERRORS as exc:
         return _index(user, str(exc), form, exc.status)
     return redirect(url_for(".show", hostname=domain["hostname"]), 303)
 
 
 @bp.get("/domains/<hostname>")
 def show(hostname: str) -> str:
-    user = _publisher()
-    domain = _own(user, hostname)
+    user = auth.signed_in()
+    domain = auth.page_domain(user, hostname)
     report = dnsconfig.last_report(use(Lifecycle).checker, domain, dnsconfig.recommended(
         domain, _domains().dcv_zone))
     return render_template("publisher/domain.html", user=user, domain=status_of(domain),
-                           report=report, csrf_token=_csrf(user))
+                           report=report, csrf_token=auth.csrf_token(user))
 
 
 @bp.get("/domains/<hostname>/status")
 def status(hostname: str) -> Response:
-    return jsonify(status_of(_own(_publisher(), hostname)))
+    return jsonify(status_of(auth.page_domain(auth.signed_in(), hostname)))
 
 
 @bp.post("/domains/<hostname>/check")
 def check(hostname: str) -> Response:
-    user = _publisher()
-    _require_csrf(user)
-    domain = _own(user, hostname)
+    user = auth.signed_in()
+    auth.require_csrf(user)
+    domain = auth.page_domain(user, hostname)
     use(Lifecycle).check_now(domain["hostname"], actor=f"publisher:{user.id}")
     if request.accept_mimetypes.best == "application/json":
-        return jsonify(status_of(_own(user, hostname)))
+        return jsonify(status_of(auth.page_domain(user, hostname)))
     return redirect(url_for(".show", hostname=domain["hostname"]), 303)
 
 
 @bp.route("/domains/<hostname>/remove", methods=["GET", "POST"])
 def remove(hostname: str) -> Response | str:
-    user = _publisher()
-    domain = _own(user, hostname)
+    user = auth.signed_in()
+    domain = auth.page_domain(user, hostname)
     if request.method == "GET":
         return render_template("publisher/remove.html", user=user, domain=domain,
-                               pair=pair_view(_domains(), domain), csrf_token=_csrf(user))
-    _require_csrf(user)
+                               pair=pair_view(_domains(), domain),
+                               csrf_token=auth.csrf_token(user))
+    auth.require_csrf(user)
     sources = DomainOptions(_domains()).left_dangling(domain)
     if sources:  # they would redirect to nothing
         abort(409, f"{', '.join(sources)} redirect(s) to {domain['hostname']}: change or "

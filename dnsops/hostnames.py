@@ -8,7 +8,7 @@ from typing import Iterable
 import idna
 from publicsuffixlist import PublicSuffixList
 
-from domains.errors import InvalidHostname
+from dnsops.errors import InvalidHostname
 from kit.hosts import HOSTNAME_LABEL
 
 MAX_INPUT = 1024

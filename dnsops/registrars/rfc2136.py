@@ -22,7 +22,7 @@ import dns.update
 import dns.xfr
 import dns.zone
 
-from domains.registrars import (AuthenticationFailed, Record, RegistrarError, RegistrarProvider,
+from dnsops.registrars import (AuthenticationFailed, Record, RegistrarError, RegistrarProvider,
                                 RegistrarUnavailable, ZoneNotFound, from_rdata, register,
                                 to_rdata)
 

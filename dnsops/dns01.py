@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import time
 
-from domains.automation import RecordAutomation
-from domains.dnscheck import DnsChecker
-from domains.registrars import Record, RegistrarError
+from dnsops.automation import RecordAutomation
+from dnsops.dnscheck import DnsChecker
+from dnsops.registrars import Record, RegistrarError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A machine-readable DNS report of one domain (what Vercel answers at ``/domains/{d}/config``).
 
-Built from the same check the lifecycle uses (domains/dnscheck.py), so the report and the
+Built from the same check the lifecycle uses (dnsops/dnscheck.py), so the report and the
 worker never disagree: ``misconfigured`` is true exactly when that check fails. The report adds
 what a program needs to act without parsing sentences: which record routes the name to us
 (``configured_by``), the exact records we recommend, and each record in the way
@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Mapping
 
-from domains.dnscheck import WILDCARD_PROBE, DnsChecker
-from domains.hostnames import is_apex
-from domains.records import delegation_records
-from domains.service import iso
+from dnsops.dnscheck import WILDCARD_PROBE, DnsChecker
+from dnsops.hostnames import is_apex
+from dnsops.records import delegation_records
+from kit.clock import iso
 
 MISSING = {"txt_missing": ("TXT",), "no_records": ("CNAME", "A", "AAAA"),
            "nxdomain": ("CNAME", "A", "AAAA")}

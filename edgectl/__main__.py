@@ -1,5 +1,5 @@
 import sys
 
-from control.cli import main
+from edgectl.cli import main
 
 sys.exit(main())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from domains.registrars import (Record, RegistrarError, RegistrarProvider, UnknownProvider,
+from dnsops.registrars import (Record, RegistrarError, RegistrarProvider, UnknownProvider,
                                 ensure_records, get_provider)
 from kit.settings import SettingsError
 

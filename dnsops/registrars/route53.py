@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, TypeVar
 import boto3
 import botocore.exceptions
 
-from domains.registrars import (AuthenticationFailed, InvalidRecord, Record, RegistrarError,
+from dnsops.registrars import (AuthenticationFailed, InvalidRecord, Record, RegistrarError,
                                 RegistrarProvider, RegistrarUnavailable, ZoneNotFound,
                                 from_presentation, register, to_rdata)
 

@@ -23,10 +23,10 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.TXT
 
-from domains.errors import DomainError
+from dnsops.errors import DnsError
 
 
-class RegistrarError(DomainError):
+class RegistrarError(DnsError):
     """Root of the registrar errors: ``provider`` and ``zone`` say where it happened."""
 
     def __init__(self, message: str, *, provider: str | None = None,
@@ -202,8 +202,8 @@ def ensure_records(provider: RegistrarProvider, zone: str,
 
 
 _REGISTRY: dict[str, type[RegistrarProvider]] = {}
-_BUILTIN = {"rfc2136": "domains.registrars.rfc2136", "route53": "domains.registrars.route53",
-            "namecheap": "domains.registrars.namecheap"}
+_BUILTIN = {"rfc2136": "dnsops.registrars.rfc2136", "route53": "dnsops.registrars.route53",
+            "namecheap": "dnsops.registrars.namecheap"}
 
 
 def register(cls: type[RegistrarProvider]) -> type[RegistrarProvider]:

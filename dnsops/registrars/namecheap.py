@@ -13,7 +13,7 @@ from typing import Iterable
 
 import requests
 
-from domains.registrars import (AuthenticationFailed, InvalidRecord, Record, RegistrarError,
+from dnsops.registrars import (AuthenticationFailed, InvalidRecord, Record, RegistrarError,
                                 RegistrarProvider, RegistrarUnavailable, ZoneNotFound, register)
 
 PRODUCTION_URL = "https://api.namecheap.com/xml.response"

@@ -9,13 +9,13 @@ from pydantic import BaseModel, Field
 
 from certs.byo import MAX_CHAIN_CHARS, MAX_KEY_CHARS, UploadRejected
 from certs.uploads import public_view
-from domains.api import _own
 from domains.byo import CustomCertificates, NoUpload
-from domains.errors import DomainError
+from domains.errors import PUBLISHER_ERRORS, DnsError, DomainError
 from domains.service import ROUTED
 from kit.api import RequestModel, operation
 from kit.auth import require_platform_or_publication
 from kit.web import api_error, use
+from publisher import auth
 from store import ConflictError
 
 bp = Blueprint("domains_byo_api", __name__, url_prefix="/api/v1/domains")
@@ -69,7 +69,8 @@ def rejected(exc: UploadRejected) -> tuple[Response, int]:
 
 
 @bp.errorhandler(DomainError)
-def domain_error(exc: DomainError) -> tuple[Response, int]:
+@bp.errorhandler(DnsError)
+def domain_error(exc: DomainError | DnsError) -> tuple[Response, int]:
     return api_error(str(exc), exc.status)
 
 
@@ -87,7 +88,7 @@ def upload(hostname: str, body: UploadCertificate) -> Response:
     """Checked before it is stored: the key matches the certificate, its names cover the
     host, it is valid now and beyond ``byo_fallback_days``, and the chain builds. Each
     refusal is a 400 with one sentence. 409 while the domain's DNS is not verified yet."""
-    domain = _own(hostname)
+    domain = auth.api_domain(hostname)
     checked = _custom().check(domain["hostname"], body.certificate, body.private_key)
     stored, sealed = _custom().upload(domain, checked)
     return jsonify(_view(stored, sealed))
@@ -98,7 +99,7 @@ def upload(hostname: str, body: UploadCertificate) -> Response:
 @operation(summary="A domain's own certificate (never its key)", auth="platform_or_publication",
            responses={200: UploadedCertificate, 404: None})
 def show(hostname: str) -> Response:
-    return jsonify(_view(_own(hostname)))
+    return jsonify(_view(auth.api_domain(hostname)))
 
 
 @bp.delete("/<hostname>/certificate")
@@ -106,6 +107,6 @@ def show(hostname: str) -> Response:
 @operation(summary="Remove a domain's own certificate: ours is served again",
            auth="platform_or_publication", responses={200: UploadRemoved, 404: None, 409: None})
 def remove(hostname: str) -> Response:
-    domain = _own(hostname)
+    domain = auth.api_domain(hostname)
     _custom().remove(domain)
     return jsonify(removed=domain["hostname"])

@@ -10,9 +10,9 @@ from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
-from domains import dnsconfig
+from dnsops import dnsconfig
 from domains import pairs
-from domains.errors import DomainError, DomainNotFound
+from domains.errors import PUBLISHER_ERRORS, DnsError, DomainError, DomainNotFound
 from domains.lifecycle import Lifecycle
 from domains.redirects import DomainOptions, InvalidOption
 from domains.pairs import WithWww, pair_view
@@ -24,19 +24,20 @@ from kit.auth import require_platform_or_publication, scope
 from kit.settings import Settings
 from kit.tokens import PUBLICATION_ID, PUBLICATION_ID_RULE
 from kit.web import api_error, use
+from publisher import auth
 from store import ConflictError
 
 bp = Blueprint("domains_api", __name__, url_prefix="/api/v1/domains")
 
 
 def _hostname(value: Any, info: ValidationInfo) -> Any:
-    """Our hostname rules (domains/hostnames.py), with this deployment's platform domains."""
+    """Our hostname rules (dnsops/hostnames.py), with this deployment's platform domains."""
     normalize = (info.context or {}).get("normalize")
     if normalize is None:
         return value
     try:
         return normalize(value)
-    except DomainError as exc:
+    except PUBLISHER_ERRORS as exc:
         raise PydanticCustomError("invalid_hostname", "{reason}", {"reason": str(exc)}) from None
 
 
@@ -164,7 +165,7 @@ class DnsConflict(BaseModel):
 
 
 class DomainConfig(BaseModel):
-    """A domain's DNS as we see it now, for programs (domains/dnsconfig.py)."""
+    """A domain's DNS as we see it now, for programs (dnsops/dnsconfig.py)."""
 
     hostname: str
     misconfigured: bool
@@ -192,15 +193,6 @@ def _service() -> DomainService:
 
 def _rules() -> dict[str, Any]:
     return {"normalize": _service().normalize}
-
-
-def _own(hostname: str) -> dict[str, Any]:
-    """The domain, if the caller may see it (a publication's token: only its own)."""
-    domain = _service().get(hostname)
-    if scope() is not None and domain["publication_id"] != scope():
-        raise DomainNotFound(domain["hostname"])
-    logs.bind(hostname=domain["hostname"], publication_id=domain["publication_id"])
-    return domain
 
 
 def _publication(requested: str | None) -> str | tuple[Response, int]:
@@ -239,7 +231,8 @@ def _extras(body: DomainExtras) -> dict[str, Any]:
 
 
 @bp.errorhandler(DomainError)
-def domain_error(exc: DomainError) -> tuple[Response, int]:
+@bp.errorhandler(DnsError)
+def domain_error(exc: DomainError | DnsError) -> tuple[Response, int]:
     code = {400: "invalid_hostname", 409: "hostname_taken", 429: "too_many_pending"}
     return api_error(str(exc), exc.status, code.get(exc.status))
 
@@ -281,7 +274,7 @@ def connect(body: ConnectDomain) -> tuple[Response, int]:
            responses={200: Domain, 404: None, 409: None})
 def update(hostname: str, body: UpdateDomain) -> Response:
     """The edge follows at once when the domain is active (a map change, no reload)."""
-    domain = _options().change(_own(hostname), _extras(body))
+    domain = _options().change(auth.api_domain(hostname), _extras(body))
     return jsonify(_view(domain))
 
 
@@ -290,7 +283,7 @@ def update(hostname: str, body: UpdateDomain) -> Response:
 @operation(summary="A domain, with its timeline", auth="platform_or_publication",
            responses={200: DomainDetail, 404: None})
 def show(hostname: str) -> Response:
-    domain = _own(hostname)
+    domain = auth.api_domain(hostname)
     return jsonify({**_view(domain), "events": _service().timeline(domain)})
 
 
@@ -315,7 +308,7 @@ def list_domains(query: ListDomains) -> tuple[Response, int] | Response:
            responses={200: DomainCheck, 404: None, 409: None})
 def check(hostname: str) -> Response:
     """Answers the domain and the records found on each server asked."""
-    _own(hostname)
+    auth.api_domain(hostname)
     domain, result = use(Lifecycle).check_now(hostname)
     return jsonify({**_view(domain), "ok": result.ok, "seen": result.seen})
 
@@ -326,7 +319,7 @@ def check(hostname: str) -> Response:
            auth="platform_or_publication", responses={200: DomainConfig, 404: None})
 def config(hostname: str) -> Response:
     """Checks DNS now (the domain's schedule is not changed)."""
-    domain = _own(hostname)
+    domain = auth.api_domain(hostname)
     return jsonify(dnsconfig.report(use(Lifecycle).checker, domain, dnsconfig.recommended(
         domain, _service().dcv_zone)))
 
@@ -336,7 +329,7 @@ def config(hostname: str) -> Response:
 @operation(summary="Remove a domain (route and certificate go, the certificate is revoked)",
            auth="platform_or_publication", responses={200: DomainRemoved, 404: None, 409: None})
 def remove(hostname: str) -> Response | tuple[Response, int]:
-    domain = _own(hostname)
+    domain = auth.api_domain(hostname)
     partner = pairs.partner_of(_service(), domain)
     sources = _options().left_dangling(domain)
     if sources:  # removing it would leave them redirecting to nothing
