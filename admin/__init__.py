@@ -1,4 +1,4 @@
-"""The admin dashboard, mounted under /admin by ``admin_app.create_app``.
+"""The admin dashboard, mounted under /admin by ``edgectl.app.create_app``.
 
 ``web`` holds the parent blueprint with the guard (sessions, CSRF, headers); each area is a
 child blueprint. The dashboard owns four tables of its own: users, sessions, login failures

@@ -1,6 +1,6 @@
 """What the app factory hands each blueprint, looked up by type so mypy sees the real class.
 
-``admin_app.create_app`` calls ``provide(app, domains, lifecycle, ...)`` once; a view calls
+``edgectl.app.create_app`` calls ``provide(app, domains, lifecycle, ...)`` once; a view calls
 ``use(DomainService)``. A part names only its own classes (or the kit's), so no part has to
 know the object that wires them all.
 """
