@@ -160,7 +160,9 @@ def test_short_domain_redirects_on_the_python_path_and_the_map_path(stack: Local
     def hot_from_map() -> bool:
         nonlocal hot_visits
         probe = get(stack, "/hot")
-        hot_visits += probe.status == 308
+        # Every redirect is a counted visit, also one that met the link's previous code (301)
+        # before the PATCH reached this node's map.
+        hot_visits += probe.status in (301, 302, 307, 308)
         return probe.status == 308 and "x-request-id" not in probe.headers
 
     wait_for(hot_from_map, "the hot link answered by HAProxy from its map")
