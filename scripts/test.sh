@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh --test
-exec python3 -m pytest -n 2 "$@"
+exec python3 -m pytest -n 2 --durations=25 "$@"
