@@ -42,7 +42,7 @@ def seed_domains(services: Services, count: int) -> None:
     for n in range(count):
         status = STATUSES[n % len(STATUSES)]
         error = "TXT record missing" if n % 7 == 0 else None
-        services.domains.domains.put({
+        services.domains.table.put({
             "hostname": f"site{n:05d}.bench.test", "publication_id": f"pub_{n % 500}",
             "status": status, "claim": f"claim{n}", "claimed_at": now, "token": "t",
             "created_at": iso(now), "updated_at": iso(now), "dns_records": [],

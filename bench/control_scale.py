@@ -46,7 +46,7 @@ def seed(services: Services, count: int) -> None:
     now = time.time()
     for n in range(count):
         hostname = f"s{n:07d}.bench.test"
-        services.domains.domains.put({
+        services.domains.table.put({
             "hostname": hostname, "publication_id": f"pub_{n % 997}", "status": ACTIVE,
             "token": "seeded", "claim": f"seed{n}", "claimed_at": now, "created_at": iso(now), "updated_at": iso(now),
             "dns_records": [], "validation_errors": [], "dns_seen": {}, "attempts": 0,

@@ -122,7 +122,7 @@ class CustomCertificates:
         count = 0
         for due in self.uploads.due() if found is None else found:
             hostname, upload_id = due["hostname"], due["upload_id"]
-            domain = self.domains.domains.get(hostname)
+            domain = self.domains.find(hostname)
             try:
                 if domain is None or domain["status"] == REMOVING:
                     self.uploads.retire(hostname, upload_id)

@@ -115,7 +115,7 @@ class Lifecycle:
         """The edge follows the domain as it is now (routed while active, off the edge
         otherwise), whatever the entry saw: an entry drained late, after a newer change,
         cannot put back a stale route."""
-        domain = self.domains.domains.get(entry["hostname"])
+        domain = self.domains.find(entry["hostname"])
         active = domain is not None and domain["status"] in ROUTED
         self.edge.route_changes({entry["hostname"]: route_value(domain)
                                  if domain is not None and active else None})
@@ -306,7 +306,7 @@ class Lifecycle:
         try:
             self.issuer.issue([domain["hostname"]])
         except Exception as exc:
-            self.domains.note(domain, "renewal failed", str(exc), actor)
+            self.domains.history.append(domain, "renewal failed", str(exc), actor)
             raise
         return self.domains.record(domain, "certificate renewed", "renewed on request", actor,
                                    effects=self._changed(domain, ACTIVE, ("certificate.issued",

@@ -15,7 +15,6 @@ webhook; disabling disabled links or publishing the same route changes nothing).
 from __future__ import annotations
 
 import logging
-import time
 from typing import Callable
 
 from store import Item
@@ -60,9 +59,10 @@ def kind_of(entry: Item) -> str:
 def with_entries(domain: Item, now: float, entries: list[Item]) -> Item:
     """``domain`` carrying ``entries`` in its outbox too, each with a stable id: the claim and a
     counter kept on the item (two writers cannot both win the same version), after the time of
-    the write so webhooks still sort oldest first. Timeline events keep their own ids."""
+    the write (``now``) so webhooks still sort oldest first. Timeline events keep their own
+    ids."""
     seq = int(domain.get("outbox_seq") or 0)
-    stamp = f"{time.time_ns():020d}-{str(domain['claim'])[:12]}"
+    stamp = f"{int(now * 1e9):020d}-{str(domain['claim'])[:12]}"
     stamped = []
     for entry in entries:
         seq += 1

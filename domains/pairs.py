@@ -59,7 +59,7 @@ def connect(domains: DomainService, hostname: str, publication_id: str,
         raise InvalidOption("with_www", f"{hostname} redirects itself: its companion would "
                             "redirect twice; use with_www \"none\" or \"serve\"",
                             "redirect_chain")
-    existing = domains.domains.get(partner) if partner else None
+    existing = domains.find(partner) if partner else None
     if existing is not None:
         if existing["publication_id"] != publication_id and with_www is not None:
             raise HostnameTaken(str(partner))
@@ -75,7 +75,7 @@ def connect(domains: DomainService, hostname: str, publication_id: str,
 
 def _create_companion(domains: DomainService, entry: Item) -> None:
     """The consumer of CREATE_COMPANION; idempotent (a connect of the same owner is)."""
-    primary = domains.domains.get(entry["primary"])
+    primary = domains.find(entry["primary"])
     if primary is None or primary["status"] == REMOVING or primary.get("pair") != entry[
             "hostname"]:
         return  # the primary went away before the companion was made: nothing to pair
@@ -88,8 +88,8 @@ def _create_companion(domains: DomainService, entry: Item) -> None:
     except PUBLISHER_ERRORS as exc:  # taken meanwhile, or too many pending: the primary stays alone
         log.warning("companion %s of %s not connected: %s", entry["hostname"],
                     entry["primary"], exc)
-        domains.note(primary, "companion not connected", f"{entry['hostname']}: {exc}",
-                     entry["actor"])
+        domains.history.append(primary, "companion not connected",
+                               f"{entry['hostname']}: {exc}", entry["actor"])
 
 
 def removal_effects(domain: Item) -> list[Item]:
@@ -100,7 +100,7 @@ def removal_effects(domain: Item) -> list[Item]:
 
 
 def _remove_partner(lifecycle: "Lifecycle", entry: Item, actor: str = "pair") -> None:
-    partner = lifecycle.domains.domains.get(entry["hostname"])
+    partner = lifecycle.domains.find(entry["hostname"])
     if partner is None or partner["status"] == REMOVING \
             or partner.get("pair") != entry["partner_of"]:
         return  # gone already, or not (any more) this one's partner
@@ -121,7 +121,7 @@ def register(lifecycle: "Lifecycle") -> None:
 def partner_of(domains: DomainService, domain: Item) -> Item | None:
     """The other domain of ``domain``'s pair, if both still name each other."""
     name = domain.get("pair")
-    partner = domains.domains.get(name) if name else None
+    partner = domains.find(name) if name else None
     if partner is None or partner.get("pair") != domain["hostname"] \
             or partner["publication_id"] != domain["publication_id"] \
             or partner["status"] == REMOVING:

@@ -15,7 +15,7 @@ from domains import outbox
 from domains.errors import DomainError
 from domains.service import ACTIVE, DomainService
 from kit import route_extras
-from store import Item, every
+from store import Item
 
 MAX_SCANNED = 5000
 """A publication's domains read to find those redirecting to one (an index query)."""
@@ -78,7 +78,7 @@ class DomainOptions:
                                 "redirect_loop")
         if name.startswith("*."):
             raise InvalidOption("redirect_to", "a redirect target is one domain, not a wildcard")
-        found = self.domains.domains.get(name)
+        found = self.domains.find(name)
         if found is None or found["publication_id"] != publication_id:
             raise InvalidOption("redirect_to", f"{name} is not a domain of publication "
                                 f"{publication_id}", "redirect_target")
@@ -101,8 +101,7 @@ class DomainOptions:
 
     def redirected_to(self, hostname: str, publication_id: str) -> list[str]:
         """The publication's domains that redirect to ``hostname``."""
-        domains = every(lambda cursor: self.domains.domains.query(
-            "publication_id", publication_id, limit=100, cursor=cursor))
+        domains = self.domains.repository.each_for(publication_id)
         return [str(d["hostname"]) for d in itertools.islice(domains, MAX_SCANNED)
                 if d.get("redirect_to") == hostname]
 
@@ -122,7 +121,7 @@ class DomainOptions:
         if not changed:
             return domain
         why = ", ".join(f"{key}={value}" for key, value in sorted(changed.items()))
-        event = self.domains._event_item(domain, "options changed", actor, why)
+        event = self.domains.history.event(domain, "options changed", why, actor)
         effects = [event]
         if domain["status"] == ACTIVE:
             effects.append(outbox.route(domain["hostname"], domain["publication_id"]))

@@ -1,52 +1,36 @@
-"""Stored domains: connect, read, list, remove, and every status change as a conditional write."""
+"""Custom domains as publishers and workers see them: connect (who may claim a hostname), and
+each step of a domain as one conditional write with its timeline event and consequences, drained
+before the call returns.
+
+Its parts: domains/repository.py (the table, its counts and leases), domains/timeline.py (the
+events) and domains/drain.py (the outbox drain). This module composes them and keeps the
+connect policy: claims, their expiry and the cap on unproven claims."""
 from __future__ import annotations
 
-import datetime
 import itertools
-import logging
 import secrets
 import time
 import uuid
 from typing import Any, Callable, Iterable, Iterator
 
 from dnsops.automation import RecordAutomation
-from domains.counts import StatusCounts
-from domains.errors import (PUBLISHER_ERRORS, DomainError, DomainNotFound, HostnameTaken, InvalidHostname,
-                            TooManyPending)
 from dnsops.hostnames import normalize_hostname
-from domains.outbox import (EVENT, OUTBOX, OUTBOX_GRACE, Consumers, kind_of,
-                            with_entries)
-from kit.clock import iso
 from dnsops.records import delegation_records, instructions, required_records
+from domains.drain import OutboxDrain
+from domains.errors import PUBLISHER_ERRORS, HostnameTaken, TooManyPending
+from domains.outbox import EVENT, OUTBOX, OUTBOX_GRACE, Consumers, with_entries
+from domains.repository import (ACTIVE, AWAITING_TRAFFIC, DOMAINS, ISSUING, PENDING_DNS,
+                                REMOVING, ROUTED, STATUSES, SUSPENDED, VERIFIED,
+                                DomainRepository)
+from domains.timeline import EVENTS, Timeline
 from kit.backoff import jittered_backoff
+from kit.clock import iso
 from kit.hosts import HOSTNAME_LABEL
-from store import ABSENT, ConflictError, Item, Page, RangeIndex, Table, TableSpec, every
+from store import ConflictError, Item, Page, Table
 
-log = logging.getLogger(__name__)
-DOMAINS = TableSpec("domains", key="hostname", indexes=("publication_id", "status"),
-                    ranges=(RangeIndex("due", key="status", sort="next_attempt_at"),
-                            RangeIndex("outbox", key="outbox_state", sort="outbox_at"),
-                            RangeIndex("failing", key="failing_set", sort="failing_since_ts")))
-"""``due``: a domain's next step by time; clearing ``next_attempt_at`` takes it off the queue.
-``failing``: domains whose last step failed, longest failing first (the dashboard's list).
-``outbox``: domains whose outbox (see domains/outbox.py) still holds entries a process wrote
-with a change but did not drain (it died, or a consumer failed); the worker drains them."""
-EVENTS = TableSpec("domain_events", key="id", indexes=("claim",), expiring=True)
-"""Events belong to one claim (one connection of a hostname), so a later owner never sees them.
-Their ids sort newest first; each expires ``event_retention`` seconds after it happened."""
-
-PENDING_DNS, VERIFIED, ISSUING, ACTIVE, SUSPENDED = (
-    "pending_dns", "verified", "issuing", "active", "suspended")
-AWAITING_TRAFFIC = "awaiting_traffic"
-"""Pre-validated (domains/prevalidation.py): certificate ready, routed at the edge, waiting
-for the publisher's traffic record to point at us."""
-STATUSES = (PENDING_DNS, VERIFIED, ISSUING, AWAITING_TRAFFIC, ACTIVE, SUSPENDED)
-ROUTED = (ACTIVE, AWAITING_TRAFFIC)
-"""The statuses the edge serves a domain in."""
-REMOVING = "removing"
-FAILING_SET = "failing"
-"""Not counted among STATUSES: a removed domain whose outbox is being drained; the item is
-deleted when the drain is done."""
+__all__ = ["ACTIVE", "AWAITING_TRAFFIC", "DOMAINS", "EVENTS", "ISSUING", "PENDING_DNS",
+           "PUBLIC_FIELDS", "REMOVING", "ROUTED", "STATUSES", "SUSPENDED", "VERIFIED",
+           "DomainService", "Item", "public_view"]
 PUBLIC_FIELDS = ("hostname", "publication_id", "status", "dns_records", "created_at",
                  "updated_at", "last_error", "validation_errors", "dns_seen", "attempts",
                  "next_attempt_at", "gave_up", "automation")
@@ -69,11 +53,7 @@ class DomainService:
                  allow_wildcards: bool = False, max_pending: int = 0,
                  counts: Table | None = None, event_retention: float = 30 * 86400.0,
                  clock: Callable[[], float] = time.time, dcv_zone: str = "") -> None:
-        self.domains = domains
-        self.events = events
-        self.counts = StatusCounts(counts, STATUSES) if counts is not None else None
-        if self.counts is not None:
-            self.counts.open(lambda status: len(self.with_status(status)), self._count_failing)
+        self._clock = clock
         self._target = cname_target
         self._addresses = list(edge_addresses)
         self._platform = list(platform_domains)
@@ -82,13 +62,23 @@ class DomainService:
         self._claim_ttl = claim_ttl
         self._allow_wildcards = allow_wildcards
         self._max_pending = max_pending
-        self._event_retention = event_retention
         self.dcv_zone = dcv_zone
         self.automation = automation or RecordAutomation({})
-        self._clock = clock
+        self.repository = DomainRepository(domains, normalize=self.normalize, clock=self._now,
+                                           counts=counts)
+        self.history = Timeline(events, clock=self._now, retention=event_retention)
         self.consumers = Consumers()
         """Who applies each kind of outbox entry (the lifecycle and ``control/`` register)."""
-        self.consumers.register(EVENT, self._write_event)
+        self.consumers.register(EVENT, self.history.save)
+        self.outbox = OutboxDrain(self.repository, self.consumers, self._now)
+        self.table = self.repository.table
+        """The domains table, for what the repository has no method for."""
+        self.events = self.history.table
+        self.counts = self.repository.counts
+
+    def _now(self) -> float:
+        """The parts read the service's clock through this, so all of them see the same one."""
+        return self._clock()
 
     @property
     def cname_target(self) -> str:
@@ -96,6 +86,8 @@ class DomainService:
 
     def normalize(self, hostname: object) -> str:
         return normalize_hostname(hostname, self._platform, self._allow_wildcards)
+
+    # The connect policy.
 
     def connect(self, hostname: object, publication_id: str, actor: str = "api",
                 extra: dict[str, Any] | None = None,
@@ -105,42 +97,52 @@ class DomainService:
         with it (a redirect, a pool; the www companion to create)."""
         name = self.normalize(hostname)
         for _ in range(3):
-            existing = self.domains.get(name)
+            existing = self.repository.find(name)
             now = self._clock()
             if existing is not None and existing["status"] == REMOVING:
-                self._drained(existing)  # finish a removal a dead process left half done
+                self.outbox.drain(existing)  # finish a removal a dead process left half done
                 continue
             if existing is not None and existing["publication_id"] == publication_id:
                 return existing, False
-            if existing is not None:
-                if not self._abandoned(existing, now):
-                    raise HostnameTaken(name)
-                try:  # an unproven claim past its time must not block the real owner
-                    self.domains.delete(name, expected_version=existing["version"])
-                except ConflictError:
-                    continue
-                self._counted(existing, None)
-                self._event(existing, "released", actor,
-                            f"DNS never verified within {self._claim_ttl / 86400:g} days")
+            if existing is not None and not self._released(existing, actor, now):
+                continue
             self._check_pending(publication_id, now)
-            token = secrets.token_urlsafe(24)
-            item = {"hostname": name, "publication_id": publication_id, "status": PENDING_DNS,
-                    "claim": uuid.uuid4().hex, "claimed_at": now,
-                    "token": token, "created_at": iso(now), "updated_at": iso(now),
-                    "dns_records": required_records(name, token, self._target, self._addresses)
-                    + delegation_records(name, self.dcv_zone),
-                    "last_error": None, "validation_errors": [], "dns_seen": {}, "attempts": 0,
-                    "next_attempt_at": now, **(extra or {})}
-            item = with_entries(item, now, [self._event_item(
-                item, "connected", actor, f"for publication {publication_id}"), *effects])
+            item = self._claim(name, publication_id, now, extra)
+            item = with_entries(item, now, [self.history.event(
+                item, "connected", f"for publication {publication_id}", actor), *effects])
             try:
-                stored = self.domains.put(item, expected_version=ABSENT)
+                stored = self.repository.create(item)
             except ConflictError:
                 continue  # someone connected it at the same moment: look again
-            self._counted(None, stored)
-            stored = self._drained(stored)
+            stored = self.outbox.drain(stored)
             return self._automate(stored, actor), True
         raise HostnameTaken(name)
+
+    def _claim(self, name: str, publication_id: str, now: float,
+               extra: dict[str, Any] | None) -> Item:
+        """The new item of a claim: unproven, due at once."""
+        token = secrets.token_urlsafe(24)
+        return {"hostname": name, "publication_id": publication_id, "status": PENDING_DNS,
+                "claim": uuid.uuid4().hex, "claimed_at": now,
+                "token": token, "created_at": iso(now), "updated_at": iso(now),
+                "dns_records": required_records(name, token, self._target, self._addresses)
+                + delegation_records(name, self.dcv_zone),
+                "last_error": None, "validation_errors": [], "dns_seen": {}, "attempts": 0,
+                "next_attempt_at": now, **(extra or {})}
+
+    def _released(self, existing: Item, actor: str, now: float) -> bool:
+        """Delete another publication's claim of the hostname if it was never proven in time
+        (an unproven claim past its time must not block the real owner): False if it changed
+        meanwhile; HostnameTaken if it is still theirs."""
+        if not self._abandoned(existing, now):
+            raise HostnameTaken(existing["hostname"])
+        try:
+            self.repository.delete(existing)
+        except ConflictError:
+            return False
+        self.history.append(existing, "released",
+                            f"DNS never verified within {self._claim_ttl / 86400:g} days", actor)
+        return True
 
     def _automate(self, domain: Item, actor: str) -> Item:
         """Create the records at the registrar when a provider covers the zone."""
@@ -149,10 +151,9 @@ class DomainService:
             return domain
         what = f"registrar error: {result['error']}" if "error" in result else \
             f"created {', '.join(result['created']) or 'nothing (records were there)'}"
-        self._event(domain, "records automated", actor, f"{result['provider']}: {what}")
+        self.history.append(domain, "records automated", f"{result['provider']}: {what}", actor)
         try:
-            return self.domains.put({**domain, "automation": result},
-                                    expected_version=domain["version"])
+            return self.repository.write(domain, {**domain, "automation": result})
         except ConflictError:
             return self.get(domain["hostname"])
 
@@ -162,10 +163,8 @@ class DomainService:
         if self._max_pending <= 0:
             return
         pending = 0
-        domains = every(lambda cursor: self.domains.query("publication_id", publication_id,
-                                                           limit=100, cursor=cursor))
         # A publication with more domains than this is not squatting.
-        for domain in itertools.islice(domains, 5000):
+        for domain in itertools.islice(self.repository.each_for(publication_id), 5000):
             pending += domain["status"] == PENDING_DNS and not self._abandoned(domain, now)
             if pending >= self._max_pending:
                 raise TooManyPending(publication_id, self._max_pending)
@@ -173,12 +172,7 @@ class DomainService:
     def _abandoned(self, domain: Item, now: float) -> bool:
         return domain["status"] == PENDING_DNS and now - domain["claimed_at"] > self._claim_ttl
 
-    def get(self, hostname: object) -> Item:
-        name = self.normalize(hostname)
-        domain = self.domains.get(name)
-        if domain is None:
-            raise DomainNotFound(name)
-        return domain
+    # Who a hostname belongs to.
 
     def owner(self, hostname: str) -> tuple[str, bool] | None:
         """(publication id, verified) of a connected domain; None if nobody connected it."""
@@ -194,7 +188,7 @@ class DomainService:
         if not HOSTNAME_LABEL.fullmatch(label):
             return None
         for name in (hostname, "*." + parent):
-            item = self.domains.get(name)
+            item = self.repository.find(name)
             if item is not None and item["status"] in ROUTED:
                 return item
         return None
@@ -214,34 +208,7 @@ class DomainService:
             return None
         return str(item["publication_id"]), bool(item.get("failing_since"))
 
-    def list_for(self, publication_id: str, limit: int = 100, cursor: str | None = None) -> Page:
-        return self.domains.query("publication_id", publication_id, limit=limit, cursor=cursor)
-
-    def browse(self, status: str | None = None, limit: int = 50,
-               cursor: str | None = None) -> Page:
-        """One page of domains, of one status (an index query) or all (a paginated scan)."""
-        if status:
-            return self.domains.query("status", status, limit=limit, cursor=cursor)
-        return self.domains.scan(limit=limit, cursor=cursor)
-
-    def search(self, text: str, limit: int = 50) -> list[Item]:
-        """The domain named ``text``, else the domains of publication ``text``: a key read and
-        an index query, never a scan, so search stays fast with any number of domains."""
-        try:
-            found = self.domains.get(self.normalize(text))
-        except InvalidHostname:  # it may still be a publication id
-            found = None
-        if found is not None:
-            return [found]
-        return self.domains.query("publication_id", text.strip(), limit=limit).items
-
-    def with_status(self, status: str, limit: int = 100) -> list[Item]:
-        return list(self.each_with_status(status, limit))
-
-    def each_with_status(self, status: str, limit: int = 100) -> Iterator[Item]:
-        """Every domain of ``status``, a page at a time (memory stays one page)."""
-        return every(lambda cursor: self.domains.query("status", status, limit=limit,
-                                                        cursor=cursor))
+    # A domain's steps: one conditional write each, drained before they return.
 
     def remove(self, domain: Item, actor: str = "api", effects: Iterable[Item] = ()) -> Item:
         """Remove ``domain``: mark it ``removing`` with its timeline event and ``effects`` in
@@ -250,15 +217,10 @@ class DomainService:
         (then deletes); removing a domain already ``removing`` finishes the same way.
         Returns the domain as it was."""
         if domain["status"] == REMOVING:
-            self._drained(domain)
+            self.outbox.drain(domain)
             return domain
-        now = self._clock()
-        event = self._event_item(domain, "removed", actor, f"was {domain['status']}")
-        marked = with_entries({**domain, "status": REMOVING, "updated_at": iso(now),
-                               "next_attempt_at": None}, now, [event, *effects])
-        stored = self.domains.put(marked, expected_version=domain["version"])
-        self._counted(domain, None)
-        self._drained(stored)
+        event = self.history.event(domain, "removed", f"was {domain['status']}", actor)
+        self.outbox.drain(self.repository.mark_removing(domain, [event, *effects]))
         return domain
 
     def transition(self, domain: Item, status: str, why: str, actor: str = "worker",
@@ -268,119 +230,29 @@ class DomainService:
         A status change carries its timeline event, and the change its ``effects`` (outbox
         entries: webhooks, route changes...), in the same conditional write, so a crash right
         after it loses none of them; they are drained before this returns."""
-        now = self._clock()
-        updated = {**domain, **changes, "status": status, "updated_at": iso(now)}
-        failing = bool(updated.get("last_error"))
-        updated["failing_set"] = FAILING_SET if failing else None
-        updated["failing_since_ts"] = (domain.get("failing_since_ts") or now) if failing else None
         entries = list(effects)
         if status != domain["status"]:
-            entries.insert(0, self._event_item(domain, f"{domain['status']} -> {status}", actor,
-                                               why, transition=(domain["status"], status)))
-        if entries:
-            updated = with_entries(updated, now, entries)
-        stored = self.domains.put(updated, expected_version=domain["version"])
-        self._counted(domain, stored)
-        return self._drained(stored) if stored.get(OUTBOX) else stored
+            entries.insert(0, self.history.event(domain, f"{domain['status']} -> {status}", why,
+                                                 actor, transition=(domain["status"], status)))
+        stored = self.repository.transition(domain, status, entries, **changes)
+        return self.outbox.drain(stored) if stored.get(OUTBOX) else stored
 
     def record(self, domain: Item, what: str, why: str, actor: str = "worker",
                effects: Iterable[Item] = ()) -> Item:
-        """An event that is not a status change, with its ``effects``, in one write on the
-        domain's item (read again if it changed meanwhile), drained before this returns."""
+        """A change that is not a status change: its timeline event and ``effects`` in one
+        conditional write on the domain's item (read again if it changed meanwhile), drained
+        before this returns. (An event alone, tied to no change: ``history.append``.)"""
         effects = list(effects)
 
         def write(current: Item) -> Item:
-            entries = [self._event_item(current, what, actor, why), *effects]
-            return self.domains.put(with_entries(current, self._clock(), entries),
-                                    expected_version=current["version"])
+            return self.repository.carry(
+                current, [self.history.event(current, what, why, actor), *effects])
 
         try:
             stored = write(domain)
         except ConflictError:  # a lease or a check changed it meanwhile: once more
             stored = write(self.get(domain["hostname"]))
-        return self._drained(stored)
-
-    def _drained(self, domain: Item) -> Item:
-        """Hand the outbox's entries, in order, to their consumers and clear them; a removing
-        domain is deleted instead once all are done. An entry whose consumer fails stays, with
-        those after it, for the worker's drain after the grace."""
-        done: set[str] = set()
-        for entry in domain.get(OUTBOX) or []:
-            try:
-                self._apply(entry)
-            except Exception:  # the store or another part is down: the worker drains it later
-                log.exception("outbox entry %s (%s) of %s failed; the worker retries it",
-                              entry["id"], kind_of(entry), domain["hostname"])
-                return self._settle(domain, done, failed=True)
-            done.add(entry["id"])
-        return self._settle(domain, done, failed=False)
-
-    def _write_event(self, event: Item) -> None:
-        self.events.put(event)  # its id was fixed when it was made: a second put is the same
-
-    def _apply(self, entry: Item) -> None:
-        self.consumers.apply(entry)
-
-    def _settle(self, domain: Item, done: set[str], failed: bool) -> Item:
-        """Take the ``done`` entries off the item, keeping any a writer added meanwhile."""
-        current = domain
-        for _ in range(3):
-            left = [e for e in current.get(OUTBOX) or [] if e["id"] not in done]
-            try:
-                if current["status"] == REMOVING and not left:
-                    self._forget(current)
-                    return current
-                at = (self._clock() if failed else current.get("outbox_at")) if left else None
-                return self.domains.put({**current, OUTBOX: left, "outbox_at": at,
-                                         "outbox_state": "pending" if left else None},
-                                        expected_version=current["version"])
-            except ConflictError:  # changed meanwhile: that write carried the outbox on
-                fresh = self.domains.get(current["hostname"])
-                if fresh is None or fresh["claim"] != domain["claim"]:
-                    return fresh or current
-                current = fresh
-        return current
-
-    def _forget(self, domain: Item) -> None:
-        """The last step of a removal, once its outbox is drained."""
-        self.domains.delete(domain["hostname"], expected_version=domain["version"])
-
-    def drain_outboxes(self) -> int:
-        """Drain the outboxes a dead process (or a failed consumer) left on its domains, and
-        finish their removals: one index query when there are none. Returns how many domains
-        were drained."""
-        left = list(every(lambda cursor: self.domains.query_range(
-            "outbox", "pending", upper=self._clock() - OUTBOX_GRACE, cursor=cursor)))
-        for domain in left:
-            self._drained(domain)
-        return len(left)
-
-    def lease(self, domain: Item, owner: str, seconds: float) -> Item | None:
-        """Hold ``domain`` for ``seconds`` so no other worker processes it meanwhile.
-
-        The domain as leased, or None if another worker holds a lease that has not expired.
-        A lease is a conditional write, so two workers cannot both take it.
-        """
-        now = self._clock()
-        if domain.get("lease_owner") not in (None, owner) and domain.get("lease_until", 0) > now:
-            return None
-        try:
-            return self.domains.put({**domain, "lease_owner": owner, "lease_until": now + seconds},
-                                    expected_version=domain["version"])
-        except ConflictError:
-            return None
-
-    def release(self, hostname: str, owner: str) -> bool:
-        """End ``owner``'s lease on ``hostname`` early; False if it no longer holds one."""
-        domain = self.domains.get(hostname)
-        if domain is None or domain.get("lease_owner") != owner:
-            return False
-        try:
-            self.domains.put({**domain, "lease_owner": None, "lease_until": 0},
-                             expected_version=domain["version"])
-            return True
-        except ConflictError:
-            return False
+        return self.outbox.drain(stored)
 
     def defer(self, domain: Item, errors: list[dict[str, str]], status: str | None = None,
               not_before: float | None = None, actor: str = "worker",
@@ -398,65 +270,53 @@ class DomainService:
                                next_attempt_at=max(self._clock() + delay, not_before or 0),
                                **changes)
 
-    def due(self, status: str, limit: int = 1000) -> list[Item]:
-        """Domains of ``status`` whose ``next_attempt_at`` has come, soonest first, at most
-        ``limit`` (the rest are due next round): an ordered index query, never a scan."""
-        now = self._clock()
-        return list(itertools.islice(every(lambda cursor: self.domains.query_range(
-            "due", status, upper=now, limit=min(limit, 500), cursor=cursor)), limit))
+    def drain_outboxes(self) -> int:
+        """Drain the outboxes a dead process (or a failed consumer) left on its domains, and
+        finish their removals. Returns how many domains were drained."""
+        return self.outbox.drain_outboxes(OUTBOX_GRACE)
 
     def timeline(self, domain: Item, limit: int = 100) -> list[Item]:
-        """This claim's events, newest first, with those still in the item's outbox (a writer
-        that died before writing them leaves them there until the worker drains it)."""
-        written = self.events.query("claim", domain["claim"], limit=limit).items
-        known = {event["id"] for event in written}
-        pending = [event for event in domain.get(OUTBOX) or []
-                   if kind_of(event) == EVENT and event["id"] not in known]
-        return sorted(written + pending, key=lambda event: event["id"])[:limit]
+        """This claim's events, newest first (domains/timeline.py)."""
+        return self.history.read(domain, limit)
 
-    def note(self, domain: Item, what: str, why: str, actor: str = "worker") -> None:
-        """An event in the domain's timeline that is not a status change."""
-        self._event(domain, what, actor, why)
+    # Reads and leases, as the repository does them.
 
-    def _counted(self, old: Item | None, new: Item | None) -> None:
-        """Keep the counts after ``old`` became ``new`` (None: absent)."""
-        if self.counts is not None:
-            self.counts.changed(old["status"] if old else None, new["status"] if new else None)
-            self.counts.failing_changed(bool(old and old.get("last_error")),
-                                        bool(new and new.get("last_error")))
+    def get(self, hostname: object) -> Item:
+        return self.repository.get(hostname)
 
-    def _count_failing(self) -> int:
-        return sum(1 for status in STATUSES for domain in self.each_with_status(status)
-                   if domain.get("last_error"))
+    def find(self, hostname: str) -> Item | None:
+        return self.repository.find(hostname)
+
+    def list_for(self, publication_id: str, limit: int = 100, cursor: str | None = None) -> Page:
+        return self.repository.list_for(publication_id, limit, cursor)
+
+    def browse(self, status: str | None = None, limit: int = 50,
+               cursor: str | None = None) -> Page:
+        return self.repository.browse(status, limit, cursor)
+
+    def search(self, text: str, limit: int = 50) -> list[Item]:
+        return self.repository.search(text, limit)
+
+    def with_status(self, status: str, limit: int = 100) -> list[Item]:
+        return self.repository.with_status(status, limit)
+
+    def each_with_status(self, status: str, limit: int = 100) -> Iterator[Item]:
+        return self.repository.each_with_status(status, limit)
+
+    def due(self, status: str, limit: int = 1000) -> list[Item]:
+        return self.repository.due(status, limit)
 
     def longest_failing(self, limit: int = 20) -> list[Item]:
-        """The domains whose last step failed, longest failing first: an index query whose
-        cost follows ``limit``, not the fleet. (A domain that failed before this index existed
-        enters it at its next step.)"""
-        return self.domains.query_range("failing", FAILING_SET, limit=limit).items
+        return self.repository.longest_failing(limit)
 
     def failing(self) -> int:
-        """How many domains' last step failed: one read (a kept count), or a count of every
-        domain when no counts table was given."""
-        return self.counts.failing() if self.counts is not None else self._count_failing()
+        return self.repository.failing()
 
     def by_status(self) -> dict[str, int]:
-        """How many domains each status has: one read (kept counts), or a count of every
-        domain when no counts table was given."""
-        if self.counts is not None:
-            return self.counts.by_status()
-        return {status: len(self.with_status(status)) for status in STATUSES}
+        return self.repository.by_status()
 
-    def _event(self, domain: Item, what: str, actor: str, why: str) -> None:
-        self.events.put(self._event_item(domain, what, actor, why))
+    def lease(self, domain: Item, owner: str, seconds: float) -> Item | None:
+        return self.repository.lease(domain, owner, seconds)
 
-    def _event_item(self, domain: Item, what: str, actor: str, why: str,
-                    transition: tuple[str, str] | None = None) -> Item:
-        newest_first = 10**20 - time.time_ns()
-        return {"id": f"{newest_first:020d}-{uuid.uuid4().hex[:8]}",
-                "hostname": domain["hostname"], "claim": domain["claim"], "what": what,
-                "from": transition[0] if transition else None,
-                "to": transition[1] if transition else None,
-                "actor": actor, "why": why, "at": iso(self._clock()),
-                "expires_at": self._clock() + self._event_retention}
-
+    def release(self, hostname: str, owner: str) -> bool:
+        return self.repository.release(hostname, owner)

@@ -93,6 +93,7 @@ class WebhookSender:
         self._lease = 3 * timeout + 10  # longer than any one attempt can take
         self._retention = retention
         self._clock = clock
+        self._last_ns = 0
 
     @property
     def enabled(self) -> bool:
@@ -108,7 +109,7 @@ class WebhookSender:
         if not self.enabled:
             return ""
         now = self._clock()
-        event_id = event_id or f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"  # oldest first
+        event_id = event_id or f"{self._nanoseconds(now):020d}-{uuid.uuid4().hex[:12]}"
         try:
             self.table.put({"id": event_id, "type": event_type, "data": data, "created_at": now,
                             "attempts": 0, "next_attempt_at": now, "state": PENDING,
@@ -116,6 +117,12 @@ class WebhookSender:
         except ConflictError:
             pass  # enqueued already (and maybe delivered): the first one stands
         return event_id
+
+    def _nanoseconds(self, now: float) -> int:
+        """``now`` in nanoseconds, after any this sender stamped before: ids sort oldest first
+        even for events emitted in one tick of the clock."""
+        self._last_ns = max(int(now * 1e9), self._last_ns + 1)
+        return self._last_ns
 
     def deliver_due(self, limit: int = 50) -> int:
         """Send up to ``limit`` due events, oldest first; return how many were delivered."""

@@ -225,7 +225,7 @@ def test_actions_change_the_domain_and_are_audited(app: Flask, services: Service
     assert wrong.status_code == 400 and services.domains.get("x.example.test")
     assert client.post(f"{base}/remove", data={"csrf_token": token,
                                                "confirm": "x.example.test"}).status_code == 303
-    assert services.domains.domains.get("x.example.test") is None
+    assert services.domains.find("x.example.test") is None
     page = client.get("/admin/audit").get_data(True)
     for action in ("login", "domain suspend", "domain resume", "domain renew failed",
                    "domain remove"):

@@ -357,14 +357,14 @@ def mortal(services: Services, die_at: int) -> None:
     outbox cleared)."""
     steps = [0]
     for name in ("_apply", "_settle"):
-        step = getattr(services.domains, name)
+        step = getattr(services.domains.outbox, name)
 
         def run(*args: Any, _step: Any = step, **kwargs: Any) -> Any:
             steps[0] += 1
             if steps[0] == die_at:
                 raise Killed(f"killed at outbox step {die_at}")
             return _step(*args, **kwargs)
-        setattr(services.domains, name, run)
+        setattr(services.domains.outbox, name, run)
 
 
 UPLOAD_STEPS = 5

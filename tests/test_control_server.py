@@ -190,7 +190,7 @@ def test_a_stop_drains_finishes_requests_in_flight_and_hands_back_leases(
     settings = load_settings(env=_replica_env(tmp_path, port, "w1"))
     services = Services.from_settings(settings)
     try:
-        domain = services.domains.domains.get("blog.example.com")
+        domain = services.domains.find("blog.example.com")
         assert domain is not None and domain.get("lease_owner") is None, domain
     finally:
         services.close()

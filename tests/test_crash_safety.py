@@ -137,7 +137,7 @@ def test_killed_at_random_points_connect_activation_and_removal_lose_and_repeat_
         time.sleep(rng.uniform(0.05, 0.3))
         control.kill()  # and once more while the worker drains what is left
         control.restart_if_dead()
-        wait_until(settings, lambda s: not any(s.domains.domains.get(h) for h in hostnames),
+        wait_until(settings, lambda s: not any(s.domains.find(h) for h in hostnames),
                    "every domain removed")
         deadline = time.monotonic() + 60  # a sender killed mid-POST resends after its lease
         expected = {(h, t) for h in hostnames for t in WEBHOOKS}

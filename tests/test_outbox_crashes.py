@@ -85,7 +85,8 @@ class Process:
         self.steps = 0
         self._die_at = die_at
         for name in ("_apply", "_settle", "_forget"):
-            setattr(services.domains, name, self._mortal(getattr(services.domains, name)))
+            setattr(services.domains.outbox, name,
+                    self._mortal(getattr(services.domains.outbox, name)))
 
     def _mortal(self, step: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -99,7 +100,7 @@ class Process:
         """One step of the publisher's and the worker's, as they would come; False when the
         domain is gone."""
         domains, lifecycle = self.services.domains, self.lifecycle
-        domain = domains.domains.get(hostname)
+        domain = domains.find(hostname)
         if domain is None:
             return False
         if domain["status"] == "pending_dns":
@@ -163,7 +164,7 @@ def test_a_process_killed_at_any_step_loses_nothing_and_repeats_nothing(
 
 
 def assert_done_once(services: Services, hostname: str, claim: str) -> None:
-    assert services.domains.domains.get(hostname) is None, f"{hostname} not deleted"
+    assert services.domains.find(hostname) is None, f"{hostname} not deleted"
     events = services.domains.events.query("claim", claim, limit=100).items
     assert collections.Counter(e["what"] for e in events) == STEPS, (hostname, events)
     assert services.links.get(hostname, "promo")["disabled"] is True, hostname

@@ -78,7 +78,7 @@ def test_links_on_another_publications_short_domain_are_refused(
     claimed, _ = services.domains.connect("acme.link", "pub_1")
     unproven = client.post("/api/v1/links", headers=one, json=body)
     assert unproven.status_code == 403 and "not verified yet" in unproven.get_json()["error"]
-    services.domains.domains.put({**claimed, "status": "active"},
+    services.domains.table.put({**claimed, "status": "active"},
                                  expected_version=claimed["version"])
     assert client.post("/api/v1/links", headers=two, json=body).status_code == 403
     assert client.post("/api/v1/links", headers=one, json=body).status_code == 201

@@ -208,7 +208,7 @@ def test_unproven_claims_are_capped_per_publication(settings: Settings) -> None:
         assert connect(client, "a.example.test").status_code == 200  # already its own: fine
         assert connect(client, "c.example.test", "pub_2").status_code == 201
         proven = services.domains.get("a.example.test")
-        services.domains.domains.put({**proven, "status": "active"},
+        services.domains.table.put({**proven, "status": "active"},
                                      expected_version=proven["version"])
         assert connect(client, "c2.example.test").status_code == 201
     finally:

@@ -72,7 +72,7 @@ def test_the_tables_stop_growing(backend: Backend) -> None:
     history: list[tuple[int, int, int]] = []
     for day in range(10):
         for n in range(4):
-            domains.note(domain, f"day {day} note {n}", "test")
+            domains.history.append(domain, f"day {day} note {n}", "test")
             webhooks.emit("domain.active", {"hostname": f"h{n}.example.test"})
             assert edge.first_report(f"{day:016x}{n:016x}")
         assert webhooks.deliver_due() == 4

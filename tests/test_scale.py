@@ -162,7 +162,7 @@ def test_a_status_change_whose_writer_died_keeps_its_event(
         raise SystemExit("killed between the domain's write and its event's")
 
     with monkeypatch.context() as patch:
-        patch.setattr(services.domains, "_drained", die)
+        patch.setattr(services.domains.outbox, "drain", die)
         with pytest.raises(SystemExit):
             services.domains.transition(domain, "verified", "DNS is right")
     left = services.domains.get("outbox.example.test")

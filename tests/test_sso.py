@@ -32,7 +32,7 @@ def services(sso_settings: Settings) -> Iterator[Services]:
     for host in (BLOG, OTHER, PENDING, WILD):
         domain, _ = built.domains.connect(host, "pub_1")
         if host != PENDING:
-            built.domains.domains.put({**domain, "status": "active"},
+            built.domains.table.put({**domain, "status": "active"},
                                       expected_version=domain["version"])
     try:
         yield built

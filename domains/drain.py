@@ -1,0 +1,77 @@
+"""The drain of a domain's outbox (domains/outbox.py): hand each entry to its consumer, then
+clear what was done.
+
+A drain may run twice over the same entries (the writer's own drain and the worker's, after a
+crash in between), so consumers are idempotent and the clearing is a conditional write that
+keeps any entry a writer added meanwhile. A removed domain's item goes only once its outbox is
+empty: whoever drains it last deletes it.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from domains.outbox import OUTBOX, Consumers, kind_of
+from domains.repository import REMOVING, DomainRepository
+from store import ConflictError, Item
+
+log = logging.getLogger(__name__)
+
+
+class OutboxDrain:
+    def __init__(self, repository: DomainRepository, consumers: Consumers,
+                 clock: Callable[[], float]) -> None:
+        self.repository = repository
+        self.consumers = consumers
+        self._clock = clock
+
+    def drain(self, domain: Item) -> Item:
+        """Hand the outbox's entries, in order, to their consumers and clear them; a removing
+        domain is deleted instead once all are done. An entry whose consumer fails stays, with
+        those after it, for the worker's drain after the grace. Returns the domain as stored."""
+        done: set[str] = set()
+        for entry in domain.get(OUTBOX) or []:
+            try:
+                self._apply(entry)
+            except Exception:  # the store or another part is down: the worker drains it later
+                log.exception("outbox entry %s (%s) of %s failed; the worker retries it",
+                              entry["id"], kind_of(entry), domain["hostname"])
+                return self._settle(domain, done, failed=True)
+            done.add(entry["id"])
+        return self._settle(domain, done, failed=False)
+
+    def drain_outboxes(self, grace: float) -> int:
+        """Drain the outboxes a dead process (or a failed consumer) left on its domains more
+        than ``grace`` seconds ago, and finish their removals: one index query when there are
+        none. Returns how many domains were drained."""
+        left = self.repository.outboxes_before(self._clock() - grace)
+        for domain in left:
+            self.drain(domain)
+        return len(left)
+
+    def _apply(self, entry: Item) -> None:
+        self.consumers.apply(entry)
+
+    def _settle(self, domain: Item, done: set[str], failed: bool) -> Item:
+        """Take the ``done`` entries off the item, keeping any a writer added meanwhile."""
+        current = domain
+        for _ in range(3):
+            left = [e for e in current.get(OUTBOX) or [] if e["id"] not in done]
+            try:
+                if current["status"] == REMOVING and not left:
+                    self._forget(current)
+                    return current
+                at = (self._clock() if failed else current.get("outbox_at")) if left else None
+                return self.repository.write(current, {
+                    **current, OUTBOX: left, "outbox_at": at,
+                    "outbox_state": "pending" if left else None})
+            except ConflictError:  # changed meanwhile: that write carried the outbox on
+                fresh = self.repository.find(current["hostname"])
+                if fresh is None or fresh["claim"] != domain["claim"]:
+                    return fresh or current
+                current = fresh
+        return current
+
+    def _forget(self, domain: Item) -> None:
+        """The last step of a removal, once its outbox is drained."""
+        self.repository.delete(domain)
