@@ -66,7 +66,7 @@ def with_entries(domain: Item, now: float, entries: list[Item]) -> Item:
     stamped = []
     for entry in entries:
         seq += 1
-        stamped.append(entry if "id" in entry else {**entry, "id": f"{stamp}-{seq}"})
+        stamped.append(entry if "id" in entry else {**entry, "id": f"{stamp}-{seq:06d}"})
     return {**domain, OUTBOX: list(domain.get(OUTBOX) or []) + stamped, "outbox_seq": seq,
             "outbox_state": "pending", "outbox_at": now}
 
