@@ -14,7 +14,7 @@ from domains.counts import StatusCounts
 from domains.errors import (PUBLISHER_ERRORS, DomainError, DomainNotFound, HostnameTaken, InvalidHostname,
                             TooManyPending)
 from dnsops.hostnames import normalize_hostname
-from domains.outbox import (EVENT, OUTBOX, OUTBOX_GRACE, Consumers, kind_of,
+from domains.outbox import (EVENT, OUTBOX, Consumers, kind_of,
                             with_entries)
 from kit.clock import iso
 from dnsops.records import delegation_records, instructions, required_records
@@ -68,8 +68,10 @@ class DomainService:
                  claim_ttl: float = 7 * 86400, automation: RecordAutomation | None = None,
                  allow_wildcards: bool = False, max_pending: int = 0,
                  counts: Table | None = None, event_retention: float = 30 * 86400.0,
-                 clock: Callable[[], float] = time.time, dcv_zone: str = "") -> None:
+                 clock: Callable[[], float] = time.time, dcv_zone: str = "",
+                 outbox_grace: float = 5.0) -> None:
         self.domains = domains
+        self._outbox_grace = outbox_grace
         self.events = events
         self.counts = StatusCounts(counts, STATUSES) if counts is not None else None
         if self.counts is not None:
@@ -350,7 +352,7 @@ class DomainService:
         finish their removals: one index query when there are none. Returns how many domains
         were drained."""
         left = list(every(lambda cursor: self.domains.query_range(
-            "outbox", "pending", upper=self._clock() - OUTBOX_GRACE, cursor=cursor)))
+            "outbox", "pending", upper=self._clock() - self._outbox_grace, cursor=cursor)))
         for domain in left:
             self._drained(domain)
         return len(left)

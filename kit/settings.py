@@ -173,7 +173,8 @@ class Settings:
     """Expired items deleted per table per worker round where the store has no TTL."""
     # single sign-on (edge/sso.py, kit/platform.py); an empty sso_platform_url turns it off
     sso_platform_url: str = setting("", parse.https_url)
-    """The platform domain's base URL, e.g. https://platform.example; it serves /_edge/sso/authorize."""
+    """The platform domain's base URL, e.g. https://platform.example; it serves
+    /_edge/sso/authorize."""
     sso_platform_login_url: str = setting("", parse.https_url)
     """Where a visitor signs in on the platform; ``return_to`` is appended."""
     sso_introspection_url: str = setting("", parse.text)
