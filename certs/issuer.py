@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import datetime
 import logging
-import threading
 import time
-from typing import Any, Callable, Protocol, cast
+from typing import Any, Callable, Protocol
 
-import josepy as jose
 import requests
 import urllib3
 from acme import challenges, client, errors, messages
 from cryptography import x509
 
+from certs.account import AcmeAccount
 from certs.ari import NewOrderReplacing, cert_id
 from certs.challenges import ChallengeStore
 from certs.errors import CertsError
 from certs.keys import generate_key, key_from_pem, key_to_pem, make_csr
 from certs.limits import BudgetExceeded, RateBudget
-from certs.network import RATE_LIMITED_WAIT, PatientNetwork, RateLimited
+from certs.network import RATE_LIMITED_WAIT, RateLimited
 from certs.orders import OrderJournal, fetch_order
 from certs.store import CertificateStore
 from kit.vault import KeyVault
-from store import VERSION, ConflictError, Item, Table, TableSpec, rewrite_field
+from store import Item, Table
 
 log = logging.getLogger(__name__)
 
-ACCOUNTS = TableSpec("acme_accounts", key="directory_url")
 POLL_INTERVAL = 0.1
 CESSATION_OF_OPERATION = 5
 ORDER_TIMEOUT = 90.0
@@ -65,61 +63,20 @@ class AcmeIssuer:
                  email: str = "", key_type: str = "ec256",
                  eab: tuple[str, str] | None = None, dns01: DnsChallengeSolver | None = None,
                  budget: RateBudget | None = None, profile: str = "",
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
         self.directory_url = directory_url
-        self._accounts = accounts
+        self._account = AcmeAccount(directory_url, accounts, vault, ca_bundle=ca_bundle,
+                                    email=email, eab=eab)
         self._challenges = challenges_store
         self._certificates = certificates
-        self._vault = vault
-        self._verify: str | bool = ca_bundle or True
-        self._email = email
         self._key_type = key_type
-        self._eab = eab
         self._orders = OrderJournal(orders, vault, directory_url)
         self._dns01 = dns01
         self._budget = budget
         self.profile = profile
         self._sleep = sleep
-        self._client: client.ClientV2 | None = None
-        self._lock = threading.Lock()
-
-    def _acme(self) -> client.ClientV2:
-        with self._lock:
-            if self._client is None:
-                self._client = self._connect()
-            return self._client
-
-    def _connect(self) -> client.ClientV2:
-        stored = self._accounts.get(self.directory_url)
-        if stored is None:
-            key = jose.JWKRSA(key=generate_key("rsa2048"))
-        else:
-            key = jose.JWKRSA(key=key_from_pem(self._vault.decrypt(stored["key_enc"])))
-        # verify_ssl goes to requests, which takes a CA bundle path as well as a bool.
-        net = PatientNetwork(key, user_agent="edge-router",
-                             verify_ssl=self._verify)  # type: ignore[arg-type]
-        directory = client.ClientV2.get_directory(self.directory_url, net)
-        acme = client.ClientV2(directory, net)
-        if stored is not None:
-            net.account = messages.RegistrationResource(uri=stored["uri"],
-                                                        body=messages.Registration())
-            return acme
-        binding: dict[str, Any] = {}
-        if self._eab:  # External Account Binding, as ZeroSSL and other CAs require
-            binding["external_account_binding"] = messages.ExternalAccountBinding.from_data(
-                account_public_key=key.public_key(), kid=self._eab[0], hmac_key=self._eab[1],
-                directory=directory)
-        registration = messages.NewRegistration.from_data(
-            email=self._email or None, terms_of_service_agreed=True, **binding)
-        try:
-            regr = acme.new_account(registration)
-            uri = regr.uri
-        except errors.ConflictError as existing:
-            uri = existing.location
-            net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
-        self._accounts.put({"directory_url": self.directory_url, "uri": uri,
-                            "key_enc": self._vault.encrypt(key_to_pem(cast(Any, key.key)))})
-        return acme
+        self._clock = clock
 
     def issue(self, hostnames: list[str]) -> None:
         try:
@@ -135,29 +92,13 @@ class AcmeIssuer:
                                 exc.retry_after) from None
         except messages.Error as exc:
             if exc.code == "accountDoesNotExist":
-                self._forget_account()
-            retry_after = time.time() + RATE_LIMITED_WAIT if exc.code == "rateLimited" else None
+                self._account.forget()
+            retry_after = self._clock() + RATE_LIMITED_WAIT if exc.code == "rateLimited" else None
             raise IssuanceError(hostnames, f"ACME: {exc}", retry_after) from None
         except errors.Error as exc:
             raise IssuanceError(hostnames, f"ACME: {exc}") from None
         except OSError as exc:
             raise IssuanceError(hostnames, f"cannot reach the CA: {exc}") from None
-
-    def _forget_account(self) -> None:
-        """The CA no longer knows our account (its database was reset, or the account was
-        deactivated): drop it, so the next attempt registers a new one instead of failing
-        the same way forever."""
-        with self._lock:
-            account = getattr(self._client.net.account, "uri", None) if self._client else None
-            self._client = None
-            stored = self._accounts.get(self.directory_url)
-            if stored is not None and stored["uri"] == account:  # not one another replica made
-                try:
-                    self._accounts.delete(self.directory_url, expected_version=stored[VERSION])
-                except ConflictError:
-                    pass  # another replica replaced it meanwhile
-        log.warning("the CA at %s does not know our account any more; registering a new one",
-                    self.directory_url)
 
     def renewal_due(self, hostname: str, now: datetime.datetime | None = None) -> bool:
         """Time to renew: inside the CA's ARI window when it offers renewalInfo, else once a
@@ -169,7 +110,7 @@ class AcmeIssuer:
         item = self._certificates.raw(hostname)
         if item is None:
             return False
-        now = now or datetime.datetime.now(datetime.timezone.utc)
+        now = now or datetime.datetime.fromtimestamp(self._clock(), datetime.timezone.utc)
         if now.timestamp() < float(item.get("ari_ask_again_at") or 0):
             renew_at = item.get("ari_renew_at")
         else:
@@ -185,7 +126,7 @@ class AcmeIssuer:
         when to ask again; None when the CA has no renewal info."""
         suggested, ask_again = None, now + datetime.timedelta(hours=6)
         try:
-            acme = self._acme()
+            acme = self._account.client()
             if not _offers(acme.directory, "renewalInfo"):
                 self._certificates.remember_renewal(item, None, ask_again.timestamp())
                 return None
@@ -200,12 +141,11 @@ class AcmeIssuer:
 
     def reencrypt(self) -> int:
         """Re-encrypt the stored ACME account keys under the newest encryption key."""
-        return rewrite_field(self._accounts, "key_enc", self._vault.rotate) + \
-            self._orders.reencrypt()
+        return self._account.reencrypt() + self._orders.reencrypt()
 
     @property
     def bad_nonce_retries(self) -> int:
-        return self._client.net.retries if self._client else 0  # type: ignore[attr-defined]
+        return self._account.bad_nonce_retries
 
     def discard(self, hostnames: list[str]) -> None:
         """The domain is gone: revoke its certificate (cessationOfOperation), delete the key."""
@@ -214,7 +154,7 @@ class AcmeIssuer:
             return
         try:
             leaf = x509.load_pem_x509_certificate(stored.fullchain_pem.encode())
-            self._acme().revoke(leaf, CESSATION_OF_OPERATION)
+            self._account.client().revoke(leaf, CESSATION_OF_OPERATION)
             log.info("certificate %s for %s revoked", stored.serial, hostnames[0])
         except (errors.Error, messages.Error, OSError) as exc:
             # The key is destroyed below either way, so the certificate can never be used.
@@ -222,7 +162,7 @@ class AcmeIssuer:
         self._certificates.delete(hostnames[0])
 
     def _issue(self, hostnames: list[str]) -> None:
-        acme = self._acme()
+        acme = self._account.client()
         order, key = self._resume(acme, hostnames)
         if order is None:
             key = generate_key(self._key_type)

@@ -8,7 +8,8 @@ from typing import Callable
 
 from certs.chain import IssuerChain
 from certs.challenges import CHALLENGES, ChallengeStore
-from certs.issuer import ACCOUNTS, AcmeIssuer
+from certs.account import ACCOUNTS
+from certs.issuer import AcmeIssuer, DnsChallengeSolver
 from certs.limits import BUDGETS, Limits, RateBudget
 from certs.orders import ORDERS
 from certs.stats import ISSUANCE_STATS, IssuanceStats
@@ -33,10 +34,10 @@ from kit.platform import Platform
 from kit.settings import Settings
 from kit.tokens import API_TOKENS, PublicationTokens
 from kit.vault import KeyVault
-from shortlinks.links import (DEVICES, LINK_CHANGES, LINKS, LinkService, is_plain, link_id,
-                              locations)
+from shortlinks.links import LINK_CHANGES, LINKS, LinkService, is_plain, link_id
 from shortlinks.resolver import Resolver
 from shortlinks.stats import LINK_DAYS, VisitStats
+from shortlinks.targets import DEVICES, locations
 from store import Backend, Item, open_backend
 from store.sweep import ExpirySweeper
 
@@ -201,66 +202,38 @@ class Services:
     custom_certificates: CustomCertificates | None = None
     """Publishers' own certificates (upload, removal, and the fallback: a worker step)."""
 
+    clock: Callable[[], float] = time.time
+    """What every part built here reads the time from (tests pass a settable one)."""
+
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Services":
+    def from_settings(cls, settings: Settings,
+                      clock: Callable[[], float] = time.time) -> "Services":
         backend = open_backend(settings)
         vault = KeyVault(settings.encryption_keys)
         platform_host = settings.sso_platform_host
         automation = RecordAutomation.from_settings(settings.registrars)
         checker = DnsChecker.from_settings(settings)
-        registrar_solver = RegistrarDnsSolver(automation, checker) if settings.registrars else None
         dcv = DelegatedDcv(automation, checker, settings.dcv_zone) if settings.dcv_zone else None
-        solver = Solvers(registrar_solver, dcv) if dcv is not None else registrar_solver
-        domains = DomainService(
-            backend.table(DOMAINS), backend.table(EVENTS),
-            cname_target=settings.edge_cname_target, edge_addresses=settings.edge_addresses,
-            platform_domains=settings.platform_domains + ([platform_host] if platform_host else [])
-            + ([settings.dcv_zone] if settings.dcv_zone else []),  # nobody connects our zone
-            retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
-            claim_ttl=settings.claim_ttl_seconds, automation=automation,
-            max_pending=settings.max_pending_domains,
-            allow_wildcards=settings.allow_wildcards, counts=backend.table(DOMAIN_COUNTS),
-            event_retention=settings.event_retention_seconds, dcv_zone=settings.dcv_zone)
+        domains = _domains(settings, backend, automation, clock)
         challenges = ChallengeStore(backend.table(CHALLENGES))
         certificates = CertificateStore(backend.table(CERTIFICATES), vault)
-        uploads = UploadStore(backend.table(UPLOADS), vault, settings.byo_fallback_days)
-        cas = settings.acme_issuers or [{"directory_url": settings.acme_directory_url,
-                                         "ca_bundle": settings.acme_ca_bundle}]
-        accounts = backend.table(ACCOUNTS)
-        orders = backend.table(ORDERS)
-        budgets = backend.table(BUDGETS)
-        limits = Limits(orders_per_account_3h=settings.acme_orders_per_3h,
-                        certs_per_domain_7d=settings.acme_certs_per_domain_7d,
-                        failures_per_name_1h=settings.acme_failures_per_name_1h)
-        issuer = IssuerChain([AcmeIssuer(
-            directory_url=ca["directory_url"], accounts=accounts, orders=orders,
-            challenges_store=challenges,
-            certificates=certificates, vault=vault, ca_bundle=ca.get("ca_bundle", ""),
-            email=settings.acme_email, key_type=settings.certificate_key_type,
-            eab=(ca["eab_kid"], ca["eab_hmac_key"]) if ca.get("eab_kid") else None,
-            dns01=solver, budget=RateBudget(budgets, ca["directory_url"], limits),
-            profile=ca.get("profile", ""))
-            for ca in cas], certificates, IssuanceStats(backend.table(ISSUANCE_STATS)))
+        uploads = UploadStore(backend.table(UPLOADS), vault, settings.byo_fallback_days,
+                              clock=clock)
+        issuer = _issuer(settings, backend, vault, challenges, certificates,
+                         _dns01_solver(settings, automation, checker, dcv), clock)
         edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
                                     backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault,
                                     backend.table(EDGE_VISIT_REPORTS),
                                     report_memory=settings.visit_report_retention_seconds,
-                                    redirects=backend.table(EDGE_REDIRECTS))
+                                    clock=clock, redirects=backend.table(EDGE_REDIRECTS))
         links = LinkService(backend.table(LINKS), settings.short_domains,
                             changes=backend.table(LINK_CHANGES), domain_owner=domains.owner,
-                            stats=VisitStats(backend.table(LINK_DAYS)))
-        resolver = Resolver(links.table, changes=links.changes, stats=links.stats)
-        sso_keys = SigningKeys(backend.table(SSO_KEYS), vault,
-                               settings.sso_key_activation_seconds) if platform_host else None
-        shortlink_servers = settings.shortlink_servers or [
-            f"{settings.listen_host}:{settings.shortlinks_port}"]
-        publisher = EdgePublisher(edge_state, certificates, settings.app_servers,
-                                  settings.edge_control_servers, links, sso_keys=sso_keys,
-                                  platform_hosts=(platform_host,) if platform_host else (),
-                                  short_domains=tuple(d.lower() for d in settings.short_domains),
-                                  shortlink_servers=tuple(shortlink_servers),
-                                  origin_pools=settings.origin_pools,
-                                  uploads=uploads)
+                            stats=VisitStats(backend.table(LINK_DAYS), clock=clock), clock=clock)
+        resolver = Resolver(links.table, changes=links.changes, stats=links.stats, clock=clock)
+        sso_keys = SigningKeys(backend.table(SSO_KEYS), vault, settings.sso_key_activation_seconds,
+                               clock=clock) if platform_host else None
+        publisher = _publisher(settings, edge_state, certificates, links, sso_keys, uploads,
+                               clock)
         timing = Timing(recheck=settings.recheck_seconds,
                         suspend_grace=settings.suspend_grace_seconds,
                         give_up=settings.give_up_seconds,
@@ -268,37 +241,25 @@ class Services:
                         issue_concurrency=max(1, settings.issue_concurrency))
         webhooks = WebhookSender(backend.table(WEBHOOKS), settings.webhook_url,
                                  settings.webhook_secret,
-                                 retention=settings.webhook_retention_seconds)
+                                 retention=settings.webhook_retention_seconds, clock=clock)
         events = DomainEvents(webhooks, links, publisher)
         lifecycle = Lifecycle(domains, checker, issuer, publisher, timing, events=events,
-                              worker_id=settings.worker_id)
+                              worker_id=settings.worker_id, clock=clock)
         if dcv is not None:
             Prevalidation(dcv, settings.prevalidation_recheck_seconds).attach(lifecycle)
         domains.consumers.register(DISABLE_LINKS, events.disable_links)
         custom = CustomCertificates(domains, uploads, lifecycle.worker_id,  # after the
-                                    timing.worker_lease)  # lifecycle's consumers
-
-        def link_changed(domain: str, slug: str) -> None:
-            """A made, edited or removed link: this process's cache and every edge's map now."""
-            resolver.invalidate(domain, slug)
-            publisher.link_changed(domain, slug)
-
-        links.subscribe(link_changed)
-        sso = None
-        if sso_keys is not None:
-            sso = SingleSignOn(sso_keys, backend.table(SSO_CODES),
-                               domains.sign_in_publication,
-                               platform_url=settings.sso_platform_url,
-                               https_port=settings.edge_https_port,
-                               session_seconds=settings.sso_session_seconds)
+                                    timing.worker_lease, clock=clock)  # lifecycle's consumers
+        links.subscribe(_link_followers(resolver, publisher))
+        sso = _sso(settings, backend, sso_keys, domains, clock)
         sweeper = ExpirySweeper([domains.events, webhooks.table, edge_state.reports,
                                  challenges.table, backend.table(ORDERS),
                                  backend.table(SSO_CODES), backend.table(LINK_DAYS)],
-                                settings.sweep_batch)
+                                settings.sweep_batch, clock=clock)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
                    lifecycle, webhooks, links, resolver, publisher,
                    PublicationTokens(backend.table(API_TOKENS)), Platform.from_settings(settings),
-                   sso, sweeper, custom)
+                   sso, sweeper, custom, clock)
 
     def reencrypt_keys(self) -> int:
         """``edgectl keys rotate``: every stored secret, re-encrypted under the newest key."""
@@ -310,3 +271,81 @@ class Services:
     def close(self) -> None:
         self.edge_state.watch.close()
         self.backend.close()
+
+
+def _domains(settings: Settings, backend: Backend, automation: RecordAutomation,
+             clock: Callable[[], float]) -> DomainService:
+    platform_host = settings.sso_platform_host
+    return DomainService(
+        backend.table(DOMAINS), backend.table(EVENTS),
+        cname_target=settings.edge_cname_target, edge_addresses=settings.edge_addresses,
+        platform_domains=settings.platform_domains + ([platform_host] if platform_host else [])
+        + ([settings.dcv_zone] if settings.dcv_zone else []),  # nobody connects our zone
+        retry_base=settings.retry_base_seconds, retry_max=settings.retry_max_seconds,
+        claim_ttl=settings.claim_ttl_seconds, automation=automation,
+        max_pending=settings.max_pending_domains,
+        allow_wildcards=settings.allow_wildcards, counts=backend.table(DOMAIN_COUNTS),
+        event_retention=settings.event_retention_seconds, dcv_zone=settings.dcv_zone,
+        outbox_grace=settings.outbox_grace_seconds, clock=clock)
+
+
+def _dns01_solver(settings: Settings, automation: RecordAutomation, checker: DnsChecker,
+                  dcv: DelegatedDcv | None) -> DnsChallengeSolver | None:
+    """DNS-01 through the publishers' registrars we drive, and through our delegated zone."""
+    registrar_solver = RegistrarDnsSolver(automation, checker) if settings.registrars else None
+    return Solvers(registrar_solver, dcv) if dcv is not None else registrar_solver
+
+
+def _issuer(settings: Settings, backend: Backend, vault: KeyVault, challenges: ChallengeStore,
+            certificates: CertificateStore, solver: DnsChallengeSolver | None,
+            clock: Callable[[], float]) -> IssuerChain:
+    """Every configured CA, in order, each with its own account and rate budget."""
+    cas = settings.acme_issuers or [{"directory_url": settings.acme_directory_url,
+                                     "ca_bundle": settings.acme_ca_bundle}]
+    accounts = backend.table(ACCOUNTS)
+    orders = backend.table(ORDERS)
+    budgets = backend.table(BUDGETS)
+    limits = Limits(orders_per_account_3h=settings.acme_orders_per_3h,
+                    certs_per_domain_7d=settings.acme_certs_per_domain_7d,
+                    failures_per_name_1h=settings.acme_failures_per_name_1h)
+    return IssuerChain([AcmeIssuer(
+        directory_url=ca["directory_url"], accounts=accounts, orders=orders,
+        challenges_store=challenges,
+        certificates=certificates, vault=vault, ca_bundle=ca.get("ca_bundle", ""),
+        email=settings.acme_email, key_type=settings.certificate_key_type,
+        eab=(ca["eab_kid"], ca["eab_hmac_key"]) if ca.get("eab_kid") else None,
+        dns01=solver, budget=RateBudget(budgets, ca["directory_url"], limits, clock=clock),
+        profile=ca.get("profile", ""), clock=clock)
+        for ca in cas], certificates, IssuanceStats(backend.table(ISSUANCE_STATS), clock=clock))
+
+
+def _publisher(settings: Settings, edge_state: EdgeStateStore, certificates: CertificateStore,
+               links: LinkService, sso_keys: SigningKeys | None, uploads: UploadStore,
+               clock: Callable[[], float]) -> EdgePublisher:
+    platform_host = settings.sso_platform_host
+    shortlink_servers = settings.shortlink_servers or [
+        f"{settings.listen_host}:{settings.shortlinks_port}"]
+    return EdgePublisher(edge_state, certificates, settings.app_servers,
+                         settings.edge_control_servers, links, sso_keys=sso_keys,
+                         platform_hosts=(platform_host,) if platform_host else (),
+                         short_domains=tuple(d.lower() for d in settings.short_domains),
+                         shortlink_servers=tuple(shortlink_servers),
+                         origin_pools=settings.origin_pools, clock=clock, uploads=uploads)
+
+
+def _link_followers(resolver: Resolver, publisher: EdgePublisher) -> Callable[[str, str], None]:
+    def link_changed(domain: str, slug: str) -> None:
+        """A made, edited or removed link: this process's cache and every edge's map now."""
+        resolver.invalidate(domain, slug)
+        publisher.link_changed(domain, slug)
+    return link_changed
+
+
+def _sso(settings: Settings, backend: Backend, sso_keys: SigningKeys | None,
+         domains: DomainService, clock: Callable[[], float]) -> SingleSignOn | None:
+    if sso_keys is None:
+        return None
+    return SingleSignOn(sso_keys, backend.table(SSO_CODES), domains.sign_in_publication,
+                        platform_url=settings.sso_platform_url,
+                        https_port=settings.edge_https_port,
+                        session_seconds=settings.sso_session_seconds, clock=clock)

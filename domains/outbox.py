@@ -22,9 +22,6 @@ from store import Item
 log = logging.getLogger(__name__)
 
 OUTBOX = "outbox"
-OUTBOX_GRACE = 5.0
-"""An outbox older than this was left by a process that died (or a consumer that failed): the
-worker drains it."""
 EVENT, WEBHOOK, ROUTE, REVOKE, DISABLE_LINKS = (
     "event", "webhook", "route", "revoke", "disable_links")
 Consumer = Callable[[Item], None]

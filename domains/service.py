@@ -18,7 +18,7 @@ from dnsops.hostnames import normalize_hostname
 from dnsops.records import delegation_records, instructions, required_records
 from domains.drain import OutboxDrain
 from domains.errors import PUBLISHER_ERRORS, HostnameTaken, TooManyPending
-from domains.outbox import EVENT, OUTBOX, OUTBOX_GRACE, Consumers, with_entries
+from domains.outbox import EVENT, OUTBOX, Consumers, with_entries
 from domains.repository import (ACTIVE, AWAITING_TRAFFIC, DOMAINS, ISSUING, PENDING_DNS,
                                 REMOVING, ROUTED, STATUSES, SUSPENDED, VERIFIED,
                                 DomainRepository)
@@ -52,8 +52,10 @@ class DomainService:
                  claim_ttl: float = 7 * 86400, automation: RecordAutomation | None = None,
                  allow_wildcards: bool = False, max_pending: int = 0,
                  counts: Table | None = None, event_retention: float = 30 * 86400.0,
-                 clock: Callable[[], float] = time.time, dcv_zone: str = "") -> None:
+                 clock: Callable[[], float] = time.time, dcv_zone: str = "",
+                 outbox_grace: float = 5.0) -> None:
         self._clock = clock
+        self._outbox_grace = outbox_grace
         self._target = cname_target
         self._addresses = list(edge_addresses)
         self._platform = list(platform_domains)
@@ -64,21 +66,17 @@ class DomainService:
         self._max_pending = max_pending
         self.dcv_zone = dcv_zone
         self.automation = automation or RecordAutomation({})
-        self.repository = DomainRepository(domains, normalize=self.normalize, clock=self._now,
+        self.repository = DomainRepository(domains, normalize=self.normalize, clock=clock,
                                            counts=counts)
-        self.history = Timeline(events, clock=self._now, retention=event_retention)
+        self.history = Timeline(events, clock=clock, retention=event_retention)
         self.consumers = Consumers()
         """Who applies each kind of outbox entry (the lifecycle and ``control/`` register)."""
         self.consumers.register(EVENT, self.history.save)
-        self.outbox = OutboxDrain(self.repository, self.consumers, self._now)
+        self.outbox = OutboxDrain(self.repository, self.consumers, clock)
         self.table = self.repository.table
         """The domains table, for what the repository has no method for."""
         self.events = self.history.table
         self.counts = self.repository.counts
-
-    def _now(self) -> float:
-        """The parts read the service's clock through this, so all of them see the same one."""
-        return self._clock()
 
     @property
     def cname_target(self) -> str:
@@ -273,7 +271,7 @@ class DomainService:
     def drain_outboxes(self) -> int:
         """Drain the outboxes a dead process (or a failed consumer) left on its domains, and
         finish their removals. Returns how many domains were drained."""
-        return self.outbox.drain_outboxes(OUTBOX_GRACE)
+        return self.outbox.drain_outboxes(self._outbox_grace)
 
     def timeline(self, domain: Item, limit: int = 100) -> list[Item]:
         """This claim's events, newest first (domains/timeline.py)."""

@@ -171,26 +171,7 @@ def openapi_document(app: Flask, title: str = "edge-router publisher API",
             if spec["body"]:
                 op["requestBody"] = {"required": True, "content": {
                     "application/json": {"schema": _schema(spec["body"], definitions)}}}
-            statuses = dict(spec["responses"])
-            errors = [400] if spec["body"] or spec["query"] or params else []
-            errors += [401] if spec["auth"] else []
-            errors += [413] if spec["body"] else []
-            errors += [503]
-            for status in errors:
-                statuses.setdefault(status, ErrorBody)
-            for status, model in sorted(statuses.items()):
-                model = ErrorBody if status >= 400 else model
-                answer: dict[str, Any] = {"description": _REASONS.get(status, "answer")}
-                if status in spec["media"]:  # JSON beside another type keeps its model
-                    answer["content"] = {kind: {"schema": _schema(model, definitions)
-                                                if kind == "application/json" and model else {}}
-                                         for kind in spec["media"][status]}
-                elif model is ErrorBody:
-                    answer["content"] = {"application/json": {"schema": error_ref}}
-                elif model is not None:
-                    answer["content"] = {"application/json": {
-                        "schema": _schema(model, definitions)}}
-                op["responses"][str(status)] = answer
+            op["responses"] = _responses(spec, bool(params), definitions, error_ref)
             paths.setdefault(path, {})[method.lower()] = op
     return {
         "openapi": "3.1.0",
@@ -205,6 +186,32 @@ def openapi_document(app: Flask, title: str = "edge-router publisher API",
             "edge": {"type": "http", "scheme": "bearer",
                      "description": "The edge agents' token"}}},
     }
+
+
+def _responses(spec: dict[str, Any], has_params: bool, definitions: dict[str, Any],
+               error_ref: dict[str, Any]) -> dict[str, Any]:
+    """An operation's answers: those it declares, and the errors its inputs can bring."""
+    statuses = dict(spec["responses"])
+    errors = [400] if spec["body"] or spec["query"] or has_params else []
+    errors += [401] if spec["auth"] else []
+    errors += [413] if spec["body"] else []
+    errors += [503]
+    for status in errors:
+        statuses.setdefault(status, ErrorBody)
+    responses: dict[str, Any] = {}
+    for status, model in sorted(statuses.items()):
+        model = ErrorBody if status >= 400 else model
+        answer: dict[str, Any] = {"description": _REASONS.get(status, "answer")}
+        if status in spec["media"]:  # JSON beside another type keeps its model
+            answer["content"] = {kind: {"schema": _schema(model, definitions)
+                                        if kind == "application/json" and model else {}}
+                                 for kind in spec["media"][status]}
+        elif model is ErrorBody:
+            answer["content"] = {"application/json": {"schema": error_ref}}
+        elif model is not None:
+            answer["content"] = {"application/json": {"schema": _schema(model, definitions)}}
+        responses[str(status)] = answer
+    return responses
 
 
 _REASONS = {200: "OK", 201: "Created", 304: "Not modified", 400: "Bad input", 401: "No valid "

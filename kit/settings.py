@@ -3,9 +3,15 @@
 Every setting has a TOML key (``api_token``) and an environment variable (``EDGE_API_TOKEN``);
 the environment wins. A missing or malformed setting raises :class:`SettingsError` naming it,
 so a process refuses to start rather than run half-configured.
+
+Each setting is declared once, as a field of :class:`Settings` made by :func:`setting`: its
+default, its parser and whether it is a secret sit together, and the parser table and the list
+of secrets are read from the fields (a setting cannot be parsed but not declared, or the
+reverse).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -33,149 +39,160 @@ class SettingsError(EdgeRouterError):
         self.problem = problem
 
 
+def setting(default: Any, parse: Callable[[Any], Any], *, secret: bool = False) -> Any:
+    """A field of :class:`Settings`: ``parse`` turns a TOML or environment value into it (or
+    raises ValueError saying what is wrong); a ``secret`` never shows in a repr."""
+    metadata = {"parse": parse, **(SECRET if secret else {})}
+    if isinstance(default, (list, dict)):  # each Settings gets its own copy
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default),
+                                 metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """All configuration of the control service, the edge agent and the demo."""
 
     __repr__ = redacted_repr  # secrets (metadata=SECRET) show as '***'
 
-    api_token: str = dataclasses.field(default="", metadata=SECRET)
-    edge_token: str = dataclasses.field(default="", metadata=SECRET)
-    encryption_keys: list[str] = dataclasses.field(default_factory=list, metadata=SECRET)
-    data_dir: str = "edge-data"
-    storage_backend: str = "sqlite"
-    sqlite_path: str = ""
-    dynamodb_endpoint_url: str = ""
-    dynamodb_region: str = "us-east-1"
-    dynamodb_table_prefix: str = "edge_"
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 8000
-    log_format: str = "auto"
+    api_token: str = setting("", parse.text, secret=True)
+    edge_token: str = setting("", parse.text, secret=True)
+    encryption_keys: list[str] = setting([], parse.fernet_keys, secret=True)
+    data_dir: str = setting("edge-data", parse.text)
+    storage_backend: str = setting("sqlite", parse.choice("sqlite", "dynamodb"))
+    sqlite_path: str = setting("", parse.text)
+    dynamodb_endpoint_url: str = setting("", parse.text)
+    dynamodb_region: str = setting("us-east-1", parse.text)
+    dynamodb_table_prefix: str = setting("edge_", parse.text)
+    listen_host: str = setting("127.0.0.1", parse.text)
+    listen_port: int = setting(8000, parse.port)
+    log_format: str = setting("auto", parse.choice(*LOG_FORMATS))
     """``json`` (one object a line), ``text``, or ``auto``: text when stderr is a terminal,
     else JSON."""
-    log_level: str = "INFO"
-    serve_threads: int = 16
+    log_level: str = setting("INFO", parse.log_level)
+    serve_threads: int = setting(16, parse.positive_int)
     """Request threads of `edgectl serve` (long polls of agents each hold one)."""
-    drain_seconds: float = 5.0
+    drain_seconds: float = setting(5.0, parse.number)
     """After SIGTERM, /healthz answers 503 this long while requests are still served, so load
     balancers stop sending before the listener closes."""
-    shutdown_seconds: float = 20.0
+    shutdown_seconds: float = setting(20.0, parse.positive)
     """Then, at most this long for the requests in flight to finish."""
-    control_tls_cert: str = ""
-    control_tls_key: str = ""
+    control_tls_cert: str = setting("", parse.text)
+    control_tls_key: str = setting("", parse.text)
     """PEM files: `edgectl serve` speaks HTTPS (the agents' channel carries private keys)."""
-    control_ca_bundle: str = ""
+    control_ca_bundle: str = setting("", parse.text)
     """What agents and the edge's HAProxy trust for the control service's certificate (a
     private CA's file); empty: the system's CAs."""
-    control_client_ca: str = ""
+    control_client_ca: str = setting("", parse.text)
     """`edgectl serve`: the edge API also requires a client certificate this CA signed (mTLS,
     besides the edge token)."""
-    control_client_cert: str = ""
-    control_client_key: str = ""
+    control_client_cert: str = setting("", parse.text)
+    control_client_key: str = setting("", parse.text)
     """`edgectl agent`: its client certificate and key, for ``control_client_ca``."""
-    allow_insecure_control: bool = False
+    allow_insecure_control: bool = setting(False, parse.boolean)
     """Let agents use an http:// control URL (and SSO an http:// introspection URL) to another
     host. Off: only loopback may be plain HTTP."""
-    control_url: str = ""
+    control_url: str = setting("", parse.text)
     """The agents' way to the control service: one URL or a comma-separated list of every
     replica (the agent moves to the next when one does not answer)."""
-    control_servers: list[str] = dataclasses.field(default_factory=list)
+    control_servers: list[str] = setting([], parse.servers)
     """Every control replica as host:port, as the edge reaches them (ACME challenges, SSO):
     the same list on every replica, so the published state does not depend on which replica
     wrote it. None: this replica's listen_host:listen_port."""
-    platform_domains: list[str] = dataclasses.field(default_factory=list)
-    edge_cname_target: str = "edge.platform.test"
-    edge_addresses: list[str] = dataclasses.field(default_factory=lambda: ["127.0.0.1"])
-    dns_servers: list[str] = dataclasses.field(default_factory=list)
-    dns_port: int = 53
-    dns_timeout: float = 2.0
-    dns_concurrency: int = 16
-    issue_concurrency: int = 8
-    acme_directory_url: str = "https://127.0.0.1:14000/dir"
-    acme_ca_bundle: str = ""
-    acme_email: str = ""
-    acme_issuers: list[dict[str, str]] = dataclasses.field(default_factory=list,
-                                                           metadata=SECRET)  # EAB keys
+    platform_domains: list[str] = setting([], parse.names)
+    edge_cname_target: str = setting("edge.platform.test", parse.text)
+    edge_addresses: list[str] = setting(["127.0.0.1"], parse.addresses)
+    dns_servers: list[str] = setting([], parse.addresses)
+    dns_port: int = setting(53, parse.port)
+    dns_timeout: float = setting(2.0, parse.number)
+    dns_concurrency: int = setting(16, parse.integer)
+    issue_concurrency: int = setting(8, parse.integer)
+    acme_directory_url: str = setting("https://127.0.0.1:14000/dir", parse.text)
+    acme_ca_bundle: str = setting("", parse.text)
+    acme_email: str = setting("", parse.text)
+    acme_issuers: list[dict[str, str]] = setting([], parse.issuers, secret=True)  # EAB keys
     """Ordered CAs to try; when empty, the one of acme_directory_url / acme_ca_bundle."""
-    certificate_key_type: str = "ec256"
-    acme_orders_per_3h: int = 300
-    acme_certs_per_domain_7d: int = 50
-    acme_failures_per_name_1h: int = 5
-    caa_identities: list[str] = dataclasses.field(default_factory=lambda: ["letsencrypt.org"])
-    app_servers: list[str] = dataclasses.field(default_factory=lambda: ["127.0.0.1:9001"])
-    origin_pools: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    certificate_key_type: str = setting("ec256", parse.choice("ec256", "rsa2048", "rsa3072"))
+    acme_orders_per_3h: int = setting(300, parse.integer)
+    acme_certs_per_domain_7d: int = setting(50, parse.integer)
+    acme_failures_per_name_1h: int = setting(5, parse.integer)
+    caa_identities: list[str] = setting(["letsencrypt.org"], parse.names)
+    app_servers: list[str] = setting(["127.0.0.1:9001"], parse.servers)
+    origin_pools: dict[str, list[str]] = setting({}, parse.origin_pools)
     """Named server lists a domain may send its requests to instead of ``app_servers``."""
-    haproxy_bin: str = "haproxy"
-    edge_dir: str = ""
-    edge_bind: str = "127.0.0.1"
-    edge_http_port: int = 8080
-    edge_https_port: int = 8443
-    edge_stats_port: int = 8404
-    edge_redirect_capacity: int = 1_000_000
+    haproxy_bin: str = setting("haproxy", parse.text)
+    edge_dir: str = setting("", parse.text)
+    edge_bind: str = setting("127.0.0.1", parse.text)
+    edge_http_port: int = setting(8080, parse.port)
+    edge_https_port: int = setting(8443, parse.port)
+    edge_stats_port: int = setting(8404, parse.integer)
+    edge_redirect_capacity: int = setting(1_000_000, parse.between(1000, 100_000_000))
     """Short links the edge's visit table holds (sized for every plain link in the map)."""
-    edge_metrics_port: int = 0
+    edge_metrics_port: int = setting(0, parse.integer)
     """Where `edgectl agent` exports requests and errors per publication (/metrics on
     edge_bind; 0: not exported)."""
-    worker_interval: float = 2.0
-    edge_watch_seconds: float = 5.0
+    worker_interval: float = setting(2.0, parse.number)
+    edge_watch_seconds: float = setting(5.0, parse.number)
     """How long an agent's request waits for the next state (a long poll; 0: plain polls)."""
-    worker_id: str = ""
-    retry_base_seconds: float = 5.0
-    retry_max_seconds: float = 3600.0
-    claim_ttl_seconds: float = 7 * 86400.0
-    max_pending_domains: int = 25
+    worker_id: str = setting("", parse.text)
+    retry_base_seconds: float = setting(5.0, parse.number)
+    retry_max_seconds: float = setting(3600.0, parse.number)
+    claim_ttl_seconds: float = setting(7 * 86400.0, parse.number)
+    max_pending_domains: int = setting(25, parse.integer)
     """Claims not yet verified per publication (each blocks its hostname); 0: no limit."""
-    allow_wildcards: bool = False
-    dcv_zone: str = ""
+    allow_wildcards: bool = setting(False, parse.boolean)
+    dcv_zone: str = setting("", parse.zone)
     """A zone we drive through ``registrars`` where publishers delegate DNS-01 (pre-validation,
     wildcards without their registrar); empty: not offered."""
-    prevalidation_recheck_seconds: float = 60.0
+    prevalidation_recheck_seconds: float = setting(60.0, parse.positive)
     """How often a pre-validated domain's traffic record is checked until it points at us."""
-    short_domains: list[str] = dataclasses.field(default_factory=list)
-    shortlinks_port: int = 8100
-    shortlink_servers: list[str] = dataclasses.field(default_factory=list)
+    short_domains: list[str] = setting([], parse.names)
+    shortlinks_port: int = setting(8100, parse.port)
+    shortlink_servers: list[str] = setting([], parse.servers)
     """Where the edge sends short domains (``edgectl shortlinks``); none: this host's
     ``shortlinks_port``."""
-    """How many of the most-visited short links HAProxy answers by itself (0: none)."""
-    recheck_seconds: float = 3600.0
-    byo_fallback_days: float = 7.0
+    recheck_seconds: float = setting(3600.0, parse.number)
+    byo_fallback_days: float = setting(7.0, parse.positive)
     """An uploaded certificate this close to its expiry gives way to the ACME one."""
-    webhook_url: str = dataclasses.field(default="", metadata=SECRET)  # may hold a token
-    registrars: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict,
-                                                              metadata=SECRET)  # API keys
-    webhook_secret: str = dataclasses.field(default="", metadata=SECRET)
-    suspend_grace_seconds: float = 86400.0
-    give_up_seconds: float = 7 * 86400.0
+    webhook_url: str = setting("", parse.text, secret=True)  # may hold a token
+    registrars: dict[str, dict[str, Any]] = setting({}, parse.registrars, secret=True)  # API keys
+    webhook_secret: str = setting("", parse.text, secret=True)
+    suspend_grace_seconds: float = setting(86400.0, parse.number)
+    give_up_seconds: float = setting(7 * 86400.0, parse.number)
+    outbox_grace_seconds: float = setting(5.0, parse.positive)
+    """An outbox older than this was left by a process that died (or a consumer that failed):
+    the worker drains it."""
     # retention: expired items go by DynamoDB TTL, or by the worker's sweep (sweep_batch a round)
-    event_retention_seconds: float = 30 * 86400.0
+    event_retention_seconds: float = setting(30 * 86400.0, parse.positive)
     """How long a domain's timeline events are kept."""
-    webhook_retention_seconds: float = 30 * 86400.0
+    webhook_retention_seconds: float = setting(30 * 86400.0, parse.positive)
     """How long a delivered webhook stays in the outbox after its delivery."""
-    visit_report_retention_seconds: float = 7 * 86400.0
+    visit_report_retention_seconds: float = setting(7 * 86400.0, parse.positive)
     """How long the id of a counted visit report is remembered (a resend within it counts once)."""
-    sweep_batch: int = 500
+    sweep_batch: int = setting(500, parse.positive_int)
     """Expired items deleted per table per worker round where the store has no TTL."""
     # single sign-on (edge/sso.py, kit/platform.py); an empty sso_platform_url turns it off
-    sso_platform_url: str = ""
-    """The platform domain's base URL, e.g. https://platform.example; it serves /_edge/sso/authorize."""
-    sso_platform_login_url: str = ""
+    sso_platform_url: str = setting("", parse.https_url)
+    """The platform domain's base URL, e.g. https://platform.example; it serves
+    /_edge/sso/authorize."""
+    sso_platform_login_url: str = setting("", parse.https_url)
     """Where a visitor signs in on the platform; ``return_to`` is appended."""
-    sso_introspection_url: str = ""
+    sso_introspection_url: str = setting("", parse.text)
     """Platform endpoint that answers the user of the request's cookies (or 401)."""
-    sso_platform_cookie: str = ""
-    sso_platform_cookie_key: str = dataclasses.field(default="", metadata=SECRET)
+    sso_platform_cookie: str = setting("", parse.text)
+    sso_platform_cookie_key: str = setting("", parse.text, secret=True)
     """Or: the platform's session cookie, an HS256 token verified with this key."""
-    sso_session_seconds: float = 3600.0
+    sso_session_seconds: float = setting(3600.0, parse.number)
     """Short, so a platform sign-out or ban reaches custom domains soon; renewed silently."""
-    sso_key_activation_seconds: float = 60.0
+    sso_key_activation_seconds: float = setting(60.0, parse.number)
     """A new signing key signs only after this long, once every edge has its public key."""
     # admin dashboard
-    admin_cookie_secure: bool = True
+    admin_cookie_secure: bool = setting(True, parse.boolean)
     """Send the session cookie over HTTPS only; turn off only for plain-HTTP test servers."""
-    admin_session_seconds: float = 8 * 3600.0
-    admin_max_failures: int = 5
+    admin_session_seconds: float = setting(8 * 3600.0, parse.positive)
+    admin_max_failures: int = setting(5, parse.positive_int)
     """Failed logins per username, and per client address, before a lockout."""
-    admin_lockout_seconds: float = 900.0
+    admin_lockout_seconds: float = setting(900.0, parse.positive)
 
     @property
     def sso_platform_host(self) -> str:
@@ -201,95 +218,10 @@ class Settings:
 
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
-    "api_token": parse.text,
-    "edge_token": parse.text,
-    "encryption_keys": parse.fernet_keys,
-    "data_dir": parse.text,
-    "storage_backend": parse.choice("sqlite", "dynamodb"),
-    "sqlite_path": parse.text,
-    "dynamodb_endpoint_url": parse.text,
-    "dynamodb_region": parse.text,
-    "dynamodb_table_prefix": parse.text,
-    "listen_host": parse.text,
-    "listen_port": parse.port,
-    "log_format": parse.choice(*LOG_FORMATS),
-    "log_level": parse.log_level,
-    "serve_threads": parse.positive_int,
-    "drain_seconds": parse.number,
-    "shutdown_seconds": parse.positive,
-    "control_tls_cert": parse.text,
-    "control_tls_key": parse.text,
-    "control_ca_bundle": parse.text,
-    "control_client_ca": parse.text,
-    "control_client_cert": parse.text,
-    "control_client_key": parse.text,
-    "allow_insecure_control": parse.boolean,
-    "control_url": parse.text,
-    "control_servers": parse.servers,
-    "platform_domains": parse.names,
-    "edge_cname_target": parse.text,
-    "edge_addresses": parse.addresses,
-    "dns_servers": parse.addresses,
-    "dns_port": parse.port,
-    "dns_timeout": parse.number,
-    "dns_concurrency": parse.integer,
-    "issue_concurrency": parse.integer,
-    "acme_directory_url": parse.text,
-    "acme_ca_bundle": parse.text,
-    "acme_email": parse.text,
-    "acme_issuers": parse.issuers,
-    "caa_identities": parse.names,
-    "certificate_key_type": parse.choice("ec256", "rsa2048", "rsa3072"),
-    "acme_orders_per_3h": parse.integer,
-    "acme_certs_per_domain_7d": parse.integer,
-    "acme_failures_per_name_1h": parse.integer,
-    "app_servers": parse.servers,
-    "origin_pools": parse.origin_pools,
-    "haproxy_bin": parse.text,
-    "edge_dir": parse.text,
-    "edge_bind": parse.text,
-    "edge_http_port": parse.port,
-    "edge_https_port": parse.port,
-    "edge_stats_port": parse.integer,
-    "edge_metrics_port": parse.integer,
-    "edge_redirect_capacity": parse.between(1000, 100_000_000),
-    "worker_interval": parse.number,
-    "edge_watch_seconds": parse.number,
-    "worker_id": parse.text,
-    "retry_base_seconds": parse.number,
-    "retry_max_seconds": parse.number,
-    "claim_ttl_seconds": parse.number,
-    "max_pending_domains": parse.integer,
-    "allow_wildcards": parse.boolean,
-    "dcv_zone": parse.zone,
-    "prevalidation_recheck_seconds": parse.positive,
-    "short_domains": parse.names,
-    "shortlinks_port": parse.port,
-    "shortlink_servers": parse.servers,
-    "recheck_seconds": parse.number,
-    "byo_fallback_days": parse.positive,
-    "webhook_url": parse.text,
-    "registrars": parse.registrars,
-    "webhook_secret": parse.text,
-    "suspend_grace_seconds": parse.number,
-    "give_up_seconds": parse.number,
-    "event_retention_seconds": parse.positive,
-    "webhook_retention_seconds": parse.positive,
-    "visit_report_retention_seconds": parse.positive,
-    "sweep_batch": parse.positive_int,
-    "sso_platform_url": parse.https_url,
-    "sso_platform_login_url": parse.https_url,
-    "sso_introspection_url": parse.text,
-    "sso_platform_cookie": parse.text,
-    "sso_platform_cookie_key": parse.text,
-    "sso_session_seconds": parse.number,
-    "sso_key_activation_seconds": parse.number,
-    # admin dashboard
-    "admin_cookie_secure": parse.boolean,
-    "admin_session_seconds": parse.positive,
-    "admin_max_failures": parse.positive_int,
-    "admin_lockout_seconds": parse.positive,
-}
+    field.name: field.metadata["parse"] for field in dataclasses.fields(Settings)}
+SECRETS = tuple(field.name for field in dataclasses.fields(Settings)
+                if field.metadata.get("secret"))
+"""The settings that hold credentials (tokens, keys, URLs that may carry one)."""
 
 
 CONTROL_SERVICE = ("api_token", "edge_token", "encryption_keys")

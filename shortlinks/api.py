@@ -18,19 +18,19 @@ from kit.api import PageQuery, QueryModel, RequestModel, operation
 from kit.auth import require_platform_or_publication, scope
 from kit.web import api_error, use
 from shortlinks.bulk import qr_code
-from shortlinks.links import (MAX_TARGET, MAX_UTM, SLUG, LinkNotFound, LinkService, NotYours,
-                              ShortlinkError)
+from shortlinks.errors import LinkNotFound, NotYours, ShortlinkError
+from shortlinks.links import SLUG, LinkService
 from shortlinks.stats import RETENTION_DAYS
+from shortlinks.targets import MAX_TARGET, MAX_UTM, RULES
 
 bp = Blueprint("links_api", __name__, url_prefix="/api/v1/links")
 FIELDS = ("domain", "slug", "target", "owner", "code", "disabled", "valid_until",
           "max_visits", "expired_url", "device_targets", "utm", "created_at", "updated_at",
           "visits", "bots")
-RULES = ("expired_url", "device_targets", "utm")
 
 
 def _target(value: str, info: ValidationInfo) -> str:
-    """Our URL rules (shortlinks/links.py): http(s) only, IDNA- and percent-encoded, no loop."""
+    """Our URL rules (shortlinks/targets.py): http(s) only, IDNA- and percent-encoded, no loop."""
     validate = (info.context or {}).get("validate_target")
     if validate is None:
         return value

@@ -5,8 +5,9 @@ import html
 from typing import Any, Callable, Iterable
 
 from kit.hosts import host_without_port
-from shortlinks.links import SLUG, location
+from shortlinks.links import SLUG
 from shortlinks.resolver import Resolver
+from shortlinks.targets import location
 from store import StoreError
 
 StartResponse = Callable[..., Any]

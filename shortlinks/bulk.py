@@ -9,7 +9,8 @@ from typing import IO, Iterator
 
 import segno
 
-from shortlinks.links import LinkService, ShortlinkError
+from shortlinks.errors import ShortlinkError
+from shortlinks.links import LinkService
 
 COLUMNS = ("domain", "target", "owner", "slug", "code", "max_visits")
 

@@ -1,19 +1,16 @@
 """Short links: one item per (short domain, slug), created without ever overwriting one."""
 from __future__ import annotations
 
-import ipaddress
 import re
 import secrets
 import string
 import time
-import unicodedata
 from typing import Any, Callable, Iterable, Iterator
-from urllib.parse import quote, urlsplit, urlunsplit
 
-import idna
-
-from kit.errors import EdgeRouterError
+from shortlinks.errors import (InvalidLink, LinkNotFound, NotYours,  # the part's errors, all
+                               ShortlinkError, SlugTaken)  # caught from here too
 from shortlinks.stats import VisitStats
+from shortlinks.targets import RULES, ascii_target, check_rules
 from shortlinks.totals import LinkTotals
 from store import ABSENT, ConflictError, Item, Page, Table, TableSpec, all_items, every
 
@@ -27,171 +24,24 @@ SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 RESERVED = {"api", "admin", "healthz", "metrics", "static", "robots.txt", "favicon.ico",
             "_edge", ".well-known", "login", "logout"}
 CODES = (301, 302, 307, 308)
-MAX_TARGET = 2048
-DEVICES = ("ios", "android", "desktop")
-UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
-MAX_UTM = 200
-RULES = ("expired_url", "device_targets", "utm")
-"""A link's rules: where an expired or exhausted link sends visitors instead of a 410, a target
-per device (by User-Agent), and UTM parameters appended to its targets."""
 DomainOwner = Callable[[str], "tuple[str, bool] | None"]
 """A connected domain's (publication id, verified), or None when nobody has connected it: the
 domains part answers (wired in ``control/``)."""
 LinkChanged = Callable[[str, str], None]
 
 
-class ShortlinkError(EdgeRouterError):
-    """Root of the short-link errors; ``status`` is the HTTP answer the API gives."""
-
-    status = 400
-
-
-class InvalidLink(ShortlinkError):
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-
-
-class SlugTaken(ShortlinkError):
-    status = 409
-
-
-class LinkNotFound(ShortlinkError):
-    status = 404
-
-
-class NotYours(ShortlinkError):
-    status = 403
-
-
-def _ip_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
-_REFUSED_CATEGORIES = {"Cc", "Zs", "Zl", "Zp"}
-"""Controls (C0, DEL, C1), spaces and the line/paragraph separators U+2028/U+2029."""
-_LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_SUB_DELIMS = "!$&'()*+,;="
-_PATH_SAFE = _SUB_DELIMS + ":@/%"
-_QUERY_SAFE = _PATH_SAFE + "?"
-_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
-
-
-def _percent_encode(part: str, safe: str) -> str:
-    """RFC 3986: UTF-8 percent-encoding of all but unreserved and ``safe`` characters; escapes
-    already there stay, a ``%`` that starts none becomes ``%25``."""
-    return quote(_LONE_PERCENT.sub("%25", part), safe=safe)
-
-
-def ascii_target(target: Any) -> tuple[str, str]:
-    """(the target as an ASCII URI, its host in IDNA form) or InvalidLink with a reason.
-
-    A Location header is ASCII: waitress cannot send anything else, and raw Latin-1 bytes are
-    read differently by each client. So the host is IDNA-encoded as a browser reads it (UTS 46:
-    full-width letters, the Kelvin sign, the ideographic full stops all mapped), and the path,
-    query and fragment are percent-encoded as UTF-8.
-    """
-    if not isinstance(target, str) or not target.strip():
-        raise InvalidLink("target", "a URL is required")
-    if len(target) > MAX_TARGET:
-        raise InvalidLink("target", f"longer than {MAX_TARGET} characters")
-    if "\\" in target or any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in target):
-        raise InvalidLink("target", "must not contain spaces, backslashes, control characters "
-                                    "or line separators (U+2028, U+2029)")
-    try:
-        parts = urlsplit(target)
-        port = parts.port  # raises ValueError for a malformed port
-    except ValueError as exc:
-        raise InvalidLink("target", f"not a valid URL ({exc})") from None
-    if parts.scheme not in ("http", "https"):
-        raise InvalidLink("target", "only http and https URLs can be short-linked")
-    if not parts.hostname:
-        raise InvalidLink("target", "the URL needs a host")
-    if parts.username is not None or parts.password is not None:
-        raise InvalidLink("target", "credentials in the URL are not allowed")
-    if "%" in parts.netloc:
-        raise InvalidLink("target", "the host must not be percent-encoded")
-    if _ip_address(parts.hostname):
-        host, netloc = "", f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    else:
-        try:  # the host as a browser reads it (UTS 46), to catch loops however they are spelt:
-            # map first (U+3002, U+FF0E and U+FF61 are dots), then drop the trailing dot
-            mapped = idna.uts46_remap(parts.hostname, std3_rules=False, transitional=False)
-            host = idna.encode(mapped.rstrip(".")).decode().lower()
-        except (idna.IDNAError, ValueError):
-            raise InvalidLink("target", "the host is not a valid domain name") from None
-        host += "." if mapped.endswith(".") else ""
-        netloc = host
-    if port is not None:
-        netloc += f":{port}"
-    url = urlunsplit((parts.scheme, netloc, _percent_encode(parts.path, _PATH_SAFE),
-                      _percent_encode(parts.query, _QUERY_SAFE),
-                      _percent_encode(parts.fragment, _QUERY_SAFE)))
-    if len(url) > MAX_TARGET:
-        raise InvalidLink("target", f"longer than {MAX_TARGET} characters once encoded")
-    return url, host
-
-
-def location(target: str) -> str:
-    """A stored target as a Location header can carry it: ASCII, however old the link (links
-    stored before targets were normalised may hold any character)."""
-    if target.isascii() and target.isprintable() and " " not in target:
-        return target  # every character in _PRINTABLE (checked in C: this runs per redirect)
-    escaped = "".join(quote(c) if unicodedata.category(c) in _REFUSED_CATEGORIES else c
-                      for c in target)
-    try:
-        return ascii_target(escaped)[0]
-    except InvalidLink:
-        return quote(escaped, safe=_PRINTABLE)
-
-
 def link_id(domain: str, slug: str) -> str:
     return f"{domain.lower()}/{slug}"
-
-
-def device_of(agent: str) -> str:
-    """``ios``, ``android`` or ``desktop`` from a User-Agent (the tokens the platforms' own
-    browsers and webviews send; anything else, an unknown agent included, is desktop)."""
-    if "Android" in agent:
-        return "android"
-    if "iPhone" in agent or "iPad" in agent or "iPod" in agent:
-        return "ios"
-    return "desktop"
-
-
-def with_utm(url: str, utm: dict[str, str] | None) -> str:
-    """``url`` with the UTM parameters of ``utm`` set (replacing any of the same name already
-    in its query; the rest of the query and the fragment stay as they are)."""
-    if not utm:
-        return url
-    base, hash_, fragment = url.partition("#")
-    path, _, query = base.partition("?")
-    kept = [part for part in query.split("&")
-            if part and part.partition("=")[0] not in utm]
-    kept += [f"{name}={quote(str(utm[name]), safe='')}" for name in UTM_FIELDS if name in utm]
-    return f"{path}?{'&'.join(kept)}{hash_}{fragment}"
-
-
-def locations(link: Item) -> dict[str, str]:
-    """Where ``link`` sends a visitor, by device (``""``: the default): computed once when the
-    resolver reads the item, not per visit."""
-    found = {"": with_utm(str(link["target"]), link.get("utm"))}
-    for device, url in (link.get("device_targets") or {}).items():
-        found[device] = with_utm(str(url), link.get("utm"))
-    return found
 
 
 class LinkService:
     def __init__(self, table: Table, short_domains: Iterable[str], slug_length: int = 7,
                  default_code: int = 302, changes: Table | None = None,
                  domain_owner: DomainOwner | None = None,
-                 stats: VisitStats | None = None) -> None:
+                 stats: VisitStats | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.table = table
+        self._clock = clock
         self.stats = stats
         self.changes = changes
         self._domain_owner = domain_owner
@@ -258,9 +108,9 @@ class LinkService:
         domain, code = self._validate(domain, slug, code)
         target = self.validate_target(target)
         _check_limits({"valid_until": valid_until, "max_visits": max_visits})
-        checked = self._check_rules({name: value for name, value in (rules or {}).items()
-                                     if value is not None}, target)
-        now = time.time()
+        checked = check_rules({name: value for name, value in (rules or {}).items()
+                               if value is not None}, target, self.validate_target)
+        now = self._clock()
         for _ in range(10 if slug is None else 1):
             chosen = slug or "".join(secrets.choice(ALPHABET) for _ in range(self._slug_length))
             item = {"id": link_id(domain, chosen), "domain": domain, "slug": chosen,
@@ -303,52 +153,15 @@ class LinkService:
             raise InvalidLink("disabled", "must be true or false")
         _check_limits(changes)
         rules = {name: changes[name] if name in changes else link.get(name) for name in RULES}
-        checked = self._check_rules({k: v for k, v in rules.items() if v is not None},
-                                    str(changes.get("target", link["target"])))
+        checked = check_rules({k: v for k, v in rules.items() if v is not None},
+                              str(changes.get("target", link["target"])), self.validate_target)
         changes.update({name: checked.get(name) for name in RULES if name in changes})
-        updated = self._changed(self.table.put({**link, **changes, "updated_at": time.time()},
+        updated = self._changed(self.table.put({**link, **changes, "updated_at": self._clock()},
                                                expected_version=link["version"]))
         if self.totals is not None and bool(updated.get("disabled")) != bool(link.get("disabled")):
             self.totals.add(disabled=1 if updated.get("disabled") else -1)
         self._notify(domain, slug)
         return updated
-
-    def _check_rules(self, rules: dict[str, Any], target: str) -> dict[str, Any]:
-        """The rules as stored: each URL validated and encoded like a target (a short domain
-        refused: a loop), UTM values short strings; InvalidLink names the field."""
-        unknown = set(rules) - set(RULES)
-        if unknown:
-            raise InvalidLink(sorted(unknown)[0], "not a rule")
-        checked: dict[str, Any] = {}
-        if rules.get("expired_url") is not None:
-            checked["expired_url"] = self._rule_url("expired_url", rules["expired_url"])
-        targets = rules.get("device_targets")
-        if targets is not None:
-            if not isinstance(targets, dict) or set(targets) - set(DEVICES):
-                raise InvalidLink("device_targets", f"an object with any of {', '.join(DEVICES)}")
-            checked["device_targets"] = {
-                device: self._rule_url(f"device_targets.{device}", url)
-                for device, url in targets.items() if url is not None} or None
-        utm = rules.get("utm")
-        if utm is not None:
-            if not isinstance(utm, dict) or set(utm) - set(UTM_FIELDS):
-                raise InvalidLink("utm", f"an object with any of {', '.join(UTM_FIELDS)}")
-            for name, value in utm.items():
-                if value is not None and (not isinstance(value, str) or not value
-                                          or len(value) > MAX_UTM or not value.isprintable()):
-                    raise InvalidLink(f"utm.{name}", f"1-{MAX_UTM} printable characters")
-            checked["utm"] = {k: v for k, v in utm.items() if v is not None} or None
-        for url in locations({"target": target, **checked}).values():
-            if len(url) > MAX_TARGET:
-                raise InvalidLink("utm", f"the target would be longer than {MAX_TARGET} "
-                                         "characters with these parameters")
-        return {name: value for name, value in checked.items() if value is not None}
-
-    def _rule_url(self, field: str, value: Any) -> str:
-        try:
-            return self.validate_target(value)
-        except InvalidLink as exc:
-            raise InvalidLink(field, exc.reason) from None
 
     def _notify(self, domain: str, slug: str) -> None:
         for listener in self._listeners:
@@ -364,8 +177,9 @@ class LinkService:
         return every(lambda cursor: self.table.scan(limit=500, cursor=cursor))
 
     def add_visits(self, counts: dict[str, int]) -> int:
-        """Visits counted elsewhere (HAProxy, for hot links), ``domain/slug -> n``, added to
-        existing links as atomic ADDs; unknown links are skipped. Returns how many were added."""
+        """Visits counted elsewhere (HAProxy, for the links its map serves), ``domain/slug ->
+        n``, added to existing links as atomic ADDs; unknown links are skipped. Returns how
+        many were added."""
         added = 0
         now: dict[str, int] = {}
         for key, count in counts.items():
@@ -414,7 +228,7 @@ class LinkService:
         for link in all_items(self.table):
             if link.get("domain") == domain and not link.get("disabled"):
                 try:
-                    self.table.put({**link, "disabled": True, "updated_at": time.time()},
+                    self.table.put({**link, "disabled": True, "updated_at": self._clock()},
                                    expected_version=link["version"])
                     disabled += 1
                     self._notify(link["domain"], link["slug"])

@@ -13,8 +13,9 @@ import threading
 import time
 from typing import Callable
 
-from shortlinks.links import GENERATION, device_of, link_id, locations
+from shortlinks.links import GENERATION, link_id
 from shortlinks.stats import REFERRER, BotDetector, VisitStats, referrer_host
+from shortlinks.targets import device_of, locations
 from shortlinks.totals import LinkTotals
 from store import Item, StoreError, Table
 

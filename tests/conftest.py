@@ -6,6 +6,7 @@ import dataclasses
 import os
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -196,3 +197,22 @@ def receiver() -> Iterator[Receiver]:
         yield server
     finally:
         server.stop()
+
+
+class FakeClock:
+    """The one clock a test hands to ``Services.from_settings(settings, clock=...)``: it stands
+    at ``now`` (the real time when made) and moves only when the test moves it."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

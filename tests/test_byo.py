@@ -22,6 +22,7 @@ from control.wiring import Services
 from edge.state import fingerprint
 from kit.settings import Settings
 from kit.x509 import LocalCA, build_certificate, cert_to_pem, key_to_pem, self_signed
+from tests.conftest import FakeClock
 
 HOST = "shop.example.test"
 TOKEN = "test-token-0123456789"
@@ -373,11 +374,10 @@ UPLOAD_STEPS = 5
 
 @pytest.mark.parametrize("die_at", range(1, 2 * UPLOAD_STEPS + 1))
 def test_a_crash_at_any_step_of_an_upload_or_its_removal_loses_nothing(
-        die_at: int, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("domains.service.OUTBOX_GRACE", -1.0)  # the dead writer is long gone
+        die_at: int, settings: Settings, clock: FakeClock) -> None:
     settings = dataclasses.replace(settings, webhook_url="http://127.0.0.1:9/x",
                                    webhook_secret="s" * 20)
-    first = Services.from_settings(settings)
+    first = Services.from_settings(settings, clock=clock)
     acme_pem = activate(first)
     ca = LocalCA()
     cert, key = ca.issue([HOST])
@@ -390,7 +390,8 @@ def test_a_crash_at_any_step_of_an_upload_or_its_removal_loses_nothing(
         raise AssertionError("never killed")
     except Killed:
         first.close()
-    second = Services.from_settings(settings)  # the restarted process; its worker drains first
+    clock.advance(settings.outbox_grace_seconds + 1)  # the dead writer is long gone
+    second = Services.from_settings(settings, clock=clock)  # restarted; its worker drains first
     try:
         assert second.custom_certificates is not None
         second.domains.drain_outboxes()

@@ -17,6 +17,7 @@ from dnsops.dnscheck import DnsChecker, Problem
 from domains.service import PENDING_DNS, VERIFIED
 from kit.procs import free_port
 from kit.settings import Settings
+from tests.conftest import FakeClock
 
 
 @pytest.fixture
@@ -60,26 +61,25 @@ def test_unreachable_dns_server_is_a_problem_not_a_crash(settings: Settings) -> 
 
 
 @pytest.fixture
-def services(dns_settings: Settings) -> Iterator[Services]:
-    built = Services.from_settings(dns_settings)
+def services(dns_settings: Settings, clock: FakeClock) -> Iterator[Services]:
+    built = Services.from_settings(dns_settings, clock=clock)
     yield built
     built.close()
 
 
-def test_pending_domain_backs_off_then_verifies(services: Services, pebble: PebbleStack) -> None:
-    now = [time.time()]
-    services.domains._clock = lambda: now[0]  # due times and backoff are read from it
+def test_pending_domain_backs_off_then_verifies(services: Services, pebble: PebbleStack,
+                                                clock: FakeClock) -> None:
     domain, _ = services.domains.connect("backoff.example.test", "pub_1")
     services.lifecycle.tick()
     domain = services.domains.get("backoff.example.test")
     assert domain["status"] == PENDING_DNS
     assert domain["attempts"] == 1 and "_edge-challenge" in domain["last_error"]
     assert [e["code"] for e in domain["validation_errors"]] == ["txt_missing"]
-    assert domain["next_attempt_at"] > now[0]
+    assert domain["next_attempt_at"] > clock()
     services.lifecycle.tick()
     assert services.domains.get("backoff.example.test")["attempts"] == 1, "not due yet"
     pebble.set_txt("_edge-challenge.backoff.example.test", domain["token"])
-    now[0] += 1.0  # retry_max_seconds: the backoff is over
+    clock.advance(1.0)  # retry_max_seconds: the backoff is over
     due = services.domains.due(PENDING_DNS)
     assert [d["hostname"] for d in due] == ["backoff.example.test"]
     services.lifecycle.verify(due[0])
@@ -151,11 +151,9 @@ def test_issuance_survives_bad_nonces_and_keeps_keys_encrypted(
 
 
 def test_active_domain_whose_dns_moves_away_is_suspended_after_grace_then_resumes(
-        dns_settings: Settings, pebble: PebbleStack) -> None:
+        dns_settings: Settings, pebble: PebbleStack, clock: FakeClock) -> None:
     services = Services.from_settings(dataclasses.replace(
-        dns_settings, recheck_seconds=0.05, suspend_grace_seconds=3600))
-    now = [time.time()]
-    services.lifecycle._clock = lambda: now[0]
+        dns_settings, recheck_seconds=0.05, suspend_grace_seconds=3600), clock=clock)
     try:
         hostname = "moving.example.test"
         domain, _ = services.domains.connect(hostname, "pub_1")
@@ -174,7 +172,7 @@ def test_active_domain_whose_dns_moves_away_is_suspended_after_grace_then_resume
         assert grace["status"] == "active" and grace["failing_since"]
         assert [e["code"] for e in grace["validation_errors"]] == ["cname_mismatch"]
         assert routes(services) == [hostname], "still routed during the grace period"
-        now[0] += 3601
+        clock.advance(3601)
         suspended = services.lifecycle.recheck(services.domains.get(hostname))
         assert suspended["status"] == "suspended"
         assert routes(services) == [], "route removed: a dangling record cannot take it over"
@@ -190,13 +188,12 @@ def test_active_domain_whose_dns_moves_away_is_suspended_after_grace_then_resume
 
 
 def test_pending_domain_is_given_up_then_revived_by_a_manual_check(
-        dns_settings: Settings, pebble: PebbleStack) -> None:
-    services = Services.from_settings(dataclasses.replace(dns_settings, give_up_seconds=3600))
-    now = [time.time()]
-    services.lifecycle._clock = lambda: now[0]
+        dns_settings: Settings, pebble: PebbleStack, clock: FakeClock) -> None:
+    services = Services.from_settings(dataclasses.replace(dns_settings, give_up_seconds=3600),
+                                      clock=clock)
     try:
         domain, _ = services.domains.connect("never.example.test", "pub_1")
-        now[0] += 3601
+        clock.advance(3601)
         services.lifecycle.verify(domain)
         given_up = services.domains.get("never.example.test")
         assert given_up["gave_up"] is True and given_up["next_attempt_at"] is None

@@ -22,6 +22,7 @@ from domains.lifecycle import Lifecycle
 from kit.settings import Settings
 from kit.x509 import self_signed
 from store import Item
+from tests.conftest import FakeClock
 from tests.webhook_receiver import Receiver
 
 KEY = ec.generate_private_key(ec.SECP256R1())
@@ -75,13 +76,13 @@ def settings_with_hooks(request: pytest.FixtureRequest, settings: Settings,
 class Process:
     """One control process on the shared store; ``die_at`` kills it at its n-th drain step."""
 
-    def __init__(self, settings: Settings, die_at: int = 0) -> None:
-        self.services = Services.from_settings(settings)
+    def __init__(self, settings: Settings, clock: FakeClock, die_at: int = 0) -> None:
+        self.services = Services.from_settings(settings, clock=clock)
         services = self.services
         self.lifecycle = Lifecycle(services.domains, Checker(),  # type: ignore[arg-type]
                                    Issuer(services.certificates), services.publisher,
                                    events=DomainEvents(services.webhooks, services.links,
-                                                       services.publisher))
+                                                       services.publisher), clock=clock)
         self.steps = 0
         self._die_at = die_at
         for name in ("_apply", "_settle", "_forget"):
@@ -116,10 +117,17 @@ class Process:
         return True
 
 
-def run(settings: Settings, hostname: str, die_at: int) -> tuple[int, str]:
+def restart(settings: Settings, clock: FakeClock) -> Process:
+    """A new process, once the dead one's outboxes are older than the grace (the worker drains
+    only those: a live writer may still be on a younger one)."""
+    clock.advance(settings.outbox_grace_seconds + 1)
+    return Process(settings, clock)
+
+
+def run(settings: Settings, clock: FakeClock, hostname: str, die_at: int) -> tuple[int, str]:
     """Connect, activate and remove ``hostname``, the process dying at drain step ``die_at``
     and a new one (its worker drains leftovers first) carrying on: (steps seen, claim)."""
-    process = Process(settings, die_at)
+    process = Process(settings, clock, die_at)
     claim = ""
     try:
         claim = process.services.domains.connect(hostname, "pub_1")[0]["claim"]
@@ -128,7 +136,7 @@ def run(settings: Settings, hostname: str, die_at: int) -> tuple[int, str]:
         return process.steps, claim
     except Killed:
         process.services.close()
-    restarted = Process(settings)
+    restarted = restart(settings, clock)
     try:
         restarted.services.domains.drain_outboxes()  # what every worker round does first
         if not claim:  # the publisher's connect got no answer: it asks again
@@ -141,16 +149,14 @@ def run(settings: Settings, hostname: str, die_at: int) -> tuple[int, str]:
 
 
 def test_a_process_killed_at_any_step_loses_nothing_and_repeats_nothing(
-        settings_with_hooks: Settings, receiver: Receiver,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("domains.service.OUTBOX_GRACE", -1.0)  # the dead writer is long gone
+        settings_with_hooks: Settings, receiver: Receiver, clock: FakeClock) -> None:
     settings = settings_with_hooks
-    total, claim = run(settings, SHORT[0], die_at=0)
+    total, claim = run(settings, clock, SHORT[0], die_at=0)
     claims = {SHORT[0]: claim}
     assert total >= 15, total
     for step in range(1, total + 1):
-        claims[SHORT[step]] = run(settings, SHORT[step], die_at=step)[1]
-    services = Services.from_settings(settings)
+        claims[SHORT[step]] = run(settings, clock, SHORT[step], die_at=step)[1]
+    services = Services.from_settings(settings, clock=clock)
     try:
         end = time.monotonic() + 30
         while services.webhooks.deliver_due() or services.webhooks.table.query(
@@ -186,10 +192,11 @@ def assert_webhooks_once(receiver: Receiver, hostnames: list[str]) -> None:
 
 
 def test_a_failing_consumer_leaves_its_entries_for_the_worker(
-        settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+        settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+        clock: FakeClock) -> None:
     settings = dataclasses.replace(settings, webhook_url=receiver.url,
                                    webhook_secret="whsec-test-0123456789")
-    process = Process(settings)
+    process = Process(settings, clock)
     services = process.services
     try:
         domain, _ = services.domains.connect("fail.example.test", "pub_1")
@@ -205,7 +212,7 @@ def test_a_failing_consumer_leaves_its_entries_for_the_worker(
         assert left["status"] == "active" and left["outbox_state"] == "pending"
         assert [e["kind"] for e in left["outbox"]] == ["route", "webhook", "webhook"]
         assert services.domains.drain_outboxes() == 0, "not before the grace"
-        monkeypatch.setattr("domains.service.OUTBOX_GRACE", -1.0)
+        clock.advance(settings.outbox_grace_seconds + 1)  # the dead writer is long gone
         assert services.domains.drain_outboxes() == 1  # the worker's next round
         assert services.domains.get("fail.example.test")["outbox"] == []
         routes = {r["hostname"]: r["publication_id"]

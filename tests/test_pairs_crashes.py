@@ -3,23 +3,22 @@ of the pair's connect or removal (tests/test_outbox_crashes.py's Process) loses 
 and leaves neither behind, once a new process drained what it left."""
 from __future__ import annotations
 
-import pytest
-
 from domains import pairs
 from kit.settings import Settings
-from tests.test_outbox_crashes import Killed, Process
+from tests.conftest import FakeClock
+from tests.test_outbox_crashes import Killed, Process, restart
 
 
-def connect_pair(settings: Settings, die_at: int, apex: str) -> int:
+def connect_pair(settings: Settings, clock: FakeClock, die_at: int, apex: str) -> int:
     """The publisher connects ``apex``; the process dies at drain step ``die_at``; a new one
     drains, and the publisher asks again if it got no answer. Returns the steps seen."""
-    process = Process(settings, die_at)
+    process = Process(settings, clock, die_at)
     try:
         pairs.connect(process.services.domains, apex, "pub_1", None, {})
         return process.steps
     except Killed:
         process.services.close()
-    restarted = Process(settings)
+    restarted = restart(settings, clock)
     try:
         restarted.services.domains.drain_outboxes()
         pairs.connect(restarted.services.domains, apex, "pub_1", None, {})
@@ -28,14 +27,14 @@ def connect_pair(settings: Settings, die_at: int, apex: str) -> int:
         restarted.services.close()
 
 
-def remove_pair(settings: Settings, die_at: int, hostname: str) -> int:
-    process = Process(settings, die_at)
+def remove_pair(settings: Settings, clock: FakeClock, die_at: int, hostname: str) -> int:
+    process = Process(settings, clock, die_at)
     try:
         process.lifecycle.remove(hostname)
         return process.steps
     except Killed:
         process.services.close()
-    restarted = Process(settings)
+    restarted = restart(settings, clock)
     try:
         restarted.services.domains.drain_outboxes()
         if restarted.services.domains.find(hostname) is not None:
@@ -45,14 +44,12 @@ def remove_pair(settings: Settings, die_at: int, hostname: str) -> int:
         restarted.services.close()
 
 
-def test_a_pair_survives_a_kill_at_any_step(settings: Settings,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("domains.service.OUTBOX_GRACE", -1.0)  # the dead writer is long gone
-    total = connect_pair(settings, 0, "pair0.test")
+def test_a_pair_survives_a_kill_at_any_step(settings: Settings, clock: FakeClock) -> None:
+    total = connect_pair(settings, clock, 0, "pair0.test")
     assert total >= 4, total
     for step in range(1, total + 1):
-        connect_pair(settings, step, f"pair{step}.test")
-    services = Process(settings).services
+        connect_pair(settings, clock, step, f"pair{step}.test")
+    services = Process(settings, clock).services
     try:
         for step in range(total + 1):
             apex, www = f"pair{step}.test", f"www.pair{step}.test"
@@ -62,11 +59,11 @@ def test_a_pair_survives_a_kill_at_any_step(settings: Settings,
     finally:
         services.close()
 
-    removal = remove_pair(settings, 0, "www.pair0.test")
+    removal = remove_pair(settings, clock, 0, "www.pair0.test")
     assert removal >= 4, removal
     for step in range(1, min(removal, total) + 1):
-        remove_pair(settings, step, f"pair{step}.test")
-    services = Process(settings).services
+        remove_pair(settings, clock, step, f"pair{step}.test")
+    services = Process(settings, clock).services
     try:
         for step in range(min(removal, total) + 1):
             for name in (f"pair{step}.test", f"www.pair{step}.test"):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Iterator
 
 import pytest
@@ -13,6 +12,7 @@ from admin_app import create_app
 from control.wiring import Services
 from kit.settings import Settings
 from kit.web import MAX_JSON_DEPTH, provided
+from tests.conftest import FakeClock
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 EDGE_AUTH = {"Authorization": "Bearer edge-token-0123456789"}
@@ -162,15 +162,14 @@ def test_each_token_opens_only_its_own_doors(client: FlaskClient) -> None:
 
 
 def test_unverified_claim_expires_so_a_squatter_cannot_block_the_owner(
-        settings: Settings) -> None:
-    services = Services.from_settings(dataclasses.replace(settings, claim_ttl_seconds=3600))
-    now = [time.time()]
-    services.domains._clock = lambda: now[0]
+        settings: Settings, clock: FakeClock) -> None:
+    services = Services.from_settings(dataclasses.replace(settings, claim_ttl_seconds=3600),
+                                      clock=clock)
     try:
         client = create_app(services).test_client()
         assert connect(client, "squat.example.test", "pub_squatter").status_code == 201
         assert connect(client, "squat.example.test", "pub_owner").status_code == 409
-        now[0] += 3601
+        clock.advance(3601)
         taken = connect(client, "squat.example.test", "pub_owner")
         assert taken.status_code == 201 and taken.get_json()["publication_id"] == "pub_owner"
     finally:

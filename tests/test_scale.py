@@ -14,7 +14,9 @@ from admin.summary import Summary
 from control.wiring import Services
 from edge.state import RouteRef, routes_digest
 from edge.state_store import EdgeStateStore
+from kit.settings import Settings
 from kit.x509 import self_signed
+from tests.conftest import FakeClock
 
 KEY = ec.generate_private_key(ec.SECP256R1())
 KEY_PEM = KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -155,26 +157,30 @@ def test_counts_by_status_follow_every_change_and_an_old_store_is_counted(
 
 
 def test_a_status_change_whose_writer_died_keeps_its_event(
-        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
-    domain, _ = services.domains.connect("outbox.example.test", "pub_1")
+        any_backend: Settings, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = Services.from_settings(any_backend, clock=clock)
+    try:
+        domain, _ = services.domains.connect("outbox.example.test", "pub_1")
 
-    def die(*args: object) -> None:
-        raise SystemExit("killed between the domain's write and its event's")
+        def die(*args: object) -> None:
+            raise SystemExit("killed between the domain's write and its event's")
 
-    with monkeypatch.context() as patch:
-        patch.setattr(services.domains.outbox, "drain", die)
-        with pytest.raises(SystemExit):
-            services.domains.transition(domain, "verified", "DNS is right")
-    left = services.domains.get("outbox.example.test")
-    written = [e["what"] for e in services.domains.events.query("claim", left["claim"]).items]
-    assert "pending_dns -> verified" not in written  # not in the events table yet...
-    assert "pending_dns -> verified" in [e["what"] for e in services.domains.timeline(left)]
-    assert services.domains.drain_outboxes() == 0, "a writer may still be on it"
-    services.domains._clock = lambda: time.time() + 60  # ...now it is long gone
-    assert services.domains.drain_outboxes() == 1  # what every worker round does first
-    written = [e["what"] for e in services.domains.events.query("claim", left["claim"]).items]
-    assert written.count("pending_dns -> verified") == 1, written
-    assert services.domains.get("outbox.example.test").get("outbox") == []
+        with monkeypatch.context() as patch:
+            patch.setattr(services.domains.outbox, "drain", die)
+            with pytest.raises(SystemExit):
+                services.domains.transition(domain, "verified", "DNS is right")
+        left = services.domains.get("outbox.example.test")
+        written = [e["what"] for e in services.domains.events.query("claim", left["claim"]).items]
+        assert "pending_dns -> verified" not in written  # not in the events table yet...
+        assert "pending_dns -> verified" in [e["what"] for e in services.domains.timeline(left)]
+        assert services.domains.drain_outboxes() == 0, "a writer may still be on it"
+        clock.advance(60)  # ...now it is long gone
+        assert services.domains.drain_outboxes() == 1  # what every worker round does first
+        written = [e["what"] for e in services.domains.events.query("claim", left["claim"]).items]
+        assert written.count("pending_dns -> verified") == 1, written
+        assert services.domains.get("outbox.example.test").get("outbox") == []
+    finally:
+        services.close()
 
 
 def test_the_dashboard_overview_costs_the_same_with_ten_times_the_domains(

@@ -1,6 +1,8 @@
 """Settings: read once from TOML and the environment; a wrong or missing one is named."""
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from kit.settings import EDGE_AGENT, SettingsError, load_settings
+from kit.settings import EDGE_AGENT, SECRETS, Settings, SettingsError, load_settings
 
 KEY = Fernet.generate_key().decode()
 API, EDGE = "api-token-0123456789", "edge-token-0123456789"
@@ -82,3 +84,38 @@ def test_serve_refuses_to_start_and_names_the_setting(tmp_path: Path) -> None:
                             env={"PATH": "/usr/bin:/bin", "EDGE_ENCRYPTION_KEYS": KEY})
     assert result.returncode == 2
     assert "EDGE_API_TOKEN" in result.stderr and "required" in result.stderr
+
+
+def readme_settings() -> list[str]:
+    """The names in the first column of README.md's settings table (a row may name several)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return [name for row in rows for name in re.findall(r"`([a-z0-9_]+)`", row.split("|")[1])]
+
+
+def test_the_readme_table_names_every_setting_and_no_other() -> None:
+    declared = {field.name for field in dataclasses.fields(Settings)}
+    documented = readme_settings()
+    assert sorted(declared - set(documented)) == [], "settings missing from README.md's table"
+    assert sorted(set(documented) - declared) == [], "README.md's table names no such setting"
+    assert len(documented) == len(set(documented)), "a setting has two rows"
+
+
+def test_every_setting_is_parsed_and_its_secrets_never_shown() -> None:
+    for field in dataclasses.fields(Settings):
+        assert callable(field.metadata.get("parse")), f"{field.name} has no parser"
+    assert {"api_token", "edge_token", "encryption_keys", "webhook_secret", "registrars",
+            "sso_platform_cookie_key"} <= set(SECRETS)
+    settings = load_settings(env=BASE, webhook_url="https://hooks.example/t0ken",
+                             webhook_secret="whsec-0123456789abcdef")
+    shown = repr(settings)
+    for secret in (API, EDGE, KEY, "t0ken", "whsec-0123456789abcdef"):
+        assert secret not in shown
+    assert "listen_port=8000" in shown
+
+
+def test_lists_in_defaults_are_not_shared() -> None:
+    first, second = Settings(), Settings()
+    first.app_servers.append("127.0.0.1:2")
+    assert second.app_servers == ["127.0.0.1:9001"]

@@ -19,6 +19,7 @@ from admin_app import create_app
 from control.wiring import Services
 from kit.procs import ManagedProcess, start_listening
 from kit.settings import Settings
+from tests.conftest import FakeClock
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 BROWSER = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -202,18 +203,17 @@ def test_every_plain_link_is_published_to_the_edge_as_it_changes(
 
 
 def test_a_link_leaves_the_edge_when_it_expires_by_its_due_time(
-        link_settings: Settings) -> None:
-    services = Services.from_settings(link_settings)
-    now = time.time()
+        link_settings: Settings, clock: FakeClock) -> None:
+    services = Services.from_settings(link_settings, clock=clock)
+    now = clock()
     try:
-        services.publisher._clock = lambda: now
         services.links.create("acme.link", "https://example.com/a", "pub_1", slug="brief",
                               valid_until=now + 3600.7)
         services.links.create("acme.link", "https://example.com/b", "pub_1", slug="lasting")
         assert published(services)["acme.link/brief"] == \
             f"302|{int(now + 3600.7)}|https://example.com/a", "HAProxy checks the expiry itself"
         assert services.publisher.expire_links() == 0, "nothing due: one index query"
-        services.publisher._clock = lambda: now + 3601
+        clock.advance(3601)
         assert services.publisher.expire_links() == 1
         assert list(published(services)) == ["acme.link/lasting"]
         # A reconciliation (at start) publishes exactly the plain links that are live.
