@@ -212,7 +212,8 @@ class DomainService:
         item = self._serving(hostname)
         if item is None:
             return None
-        return str(item["publication_id"]), bool(item.get("failing_since"))
+        return str(item["publication_id"]), bool(item.get("dns_away_since")
+                                                 or item.get("failing_since"))  # older items
 
     def list_for(self, publication_id: str, limit: int = 100, cursor: str | None = None) -> Page:
         return self.domains.query("publication_id", publication_id, limit=limit, cursor=cursor)
