@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Callable
@@ -16,13 +17,14 @@ from certs.stats import ISSUANCE_STATS, IssuanceStats
 from certs.store import CERTIFICATES, CertificateStore, StoredCertificate
 from certs.uploads import UPLOADS, UploadStore
 from dnsops.automation import RecordAutomation
+from domains import byo, outbox, pairs
 from domains.byo import CustomCertificates
 from domains.counts import DOMAIN_COUNTS
 from dnsops.dns01 import RegistrarDnsSolver
 from dnsops.dnscheck import DnsChecker
-from domains.lifecycle import Lifecycle, RouteValue, Timing
-from domains.prevalidation import DelegatedDcv, Prevalidation, Solvers
-from domains.outbox import DISABLE_LINKS
+from domains.lifecycle import Lifecycle, RouteValue, Rules, Timing
+from domains.prevalidation import DelegatedDcv, Solvers
+from domains.outbox import Consumer, Consumers
 from domains.service import DOMAINS, EVENTS, DomainService
 from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.render import map_safe
@@ -180,6 +182,33 @@ class DomainEvents:
             self._links.disable_domain(hostname)  # each link leaves the map as it is disabled
 
 
+def outbox_consumers(domains: DomainService, lifecycle: Lifecycle, events: DomainEvents,
+                     custom: CustomCertificates) -> dict[str, tuple[Consumer, ...]]:
+    """Every kind of outbox entry (domains/outbox.py) and who applies it, in this order: no
+    constructor registers one, so nothing depends on the order objects are built in. (The
+    timeline's own events are the domain service's: it writes them itself.)"""
+    return {
+        outbox.ROUTE: (lifecycle.follow_route,),
+        outbox.WEBHOOK: (lifecycle.send_webhook,),
+        outbox.REVOKE: (lifecycle.discard_certificate, custom.forget),
+        outbox.DISABLE_LINKS: (events.disable_links,),
+        pairs.CREATE_COMPANION: (functools.partial(pairs.create_companion, domains),),
+        pairs.REMOVE_PARTNER: (functools.partial(pairs.remove_partner, domains,
+                                                 lifecycle.remove),),
+        byo.STORE_UPLOAD: (custom.store_upload,),
+        byo.RETIRE_UPLOAD: (custom.retire_upload,),
+        byo.DELETE_UPLOAD: (custom.delete_upload,),
+    }
+
+
+def register_consumers(consumers: Consumers,
+                       table: dict[str, tuple[Consumer, ...]]) -> None:
+    for kind, (first, *then) in table.items():
+        consumers.register(kind, first)
+        for consumer in then:
+            consumers.also(kind, consumer)
+
+
 @dataclasses.dataclass
 class Services:
     settings: Settings
@@ -243,13 +272,14 @@ class Services:
                                  settings.webhook_secret,
                                  retention=settings.webhook_retention_seconds, clock=clock)
         events = DomainEvents(webhooks, links, publisher)
-        lifecycle = Lifecycle(domains, checker, issuer, publisher, timing, events=events,
-                              worker_id=settings.worker_id, clock=clock)
-        if dcv is not None:
-            Prevalidation(dcv, settings.prevalidation_recheck_seconds).attach(lifecycle)
-        domains.consumers.register(DISABLE_LINKS, events.disable_links)
-        custom = CustomCertificates(domains, uploads, lifecycle.worker_id,  # after the
-                                    timing.worker_lease, clock=clock)  # lifecycle's consumers
+        rules = Rules(timing, dcv_zone=settings.dcv_zone,
+                      prevalidation_recheck=settings.prevalidation_recheck_seconds)
+        lifecycle = Lifecycle(domains, checker, issuer, publisher, rules, delegation=dcv,
+                              events=events, worker_id=settings.worker_id, clock=clock)
+        custom = CustomCertificates(domains, uploads, lifecycle.worker_id, timing.worker_lease,
+                                    clock=clock)
+        register_consumers(domains.consumers,
+                           outbox_consumers(domains, lifecycle, events, custom))
         links.subscribe(_link_followers(resolver, publisher))
         sso = _sso(settings, backend, sso_keys, domains, clock)
         sweeper = ExpirySweeper([domains.events, webhooks.table, edge_state.reports,

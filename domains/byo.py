@@ -56,24 +56,22 @@ class CustomCertificates:
         self._clock = clock
         self._worker_id = worker_id or f"byo-{uuid.uuid4().hex[:12]}"
         self._lease_seconds = lease_seconds
-        consumers = domains.consumers
-        consumers.register(STORE_UPLOAD, self._store)
-        consumers.register(RETIRE_UPLOAD, self._retire)
-        consumers.register(DELETE_UPLOAD, self._delete)
-        # A removed domain's upload goes with its ACME certificate, so a later owner of the
-        # hostname never serves (or sees) it.
-        consumers.also(outbox.REVOKE, self._forget)
 
-    def _store(self, entry: Item) -> None:
+    # The consumers of STORE_UPLOAD, RETIRE_UPLOAD, DELETE_UPLOAD and, after the lifecycle's,
+    # of REVOKE (control/wiring.py's table).
+
+    def store_upload(self, entry: Item) -> None:
         self.uploads.store(entry["upload"])
 
-    def _retire(self, entry: Item) -> None:
+    def retire_upload(self, entry: Item) -> None:
         self.uploads.retire(entry["hostname"], entry["upload_id"])
 
-    def _delete(self, entry: Item) -> None:
+    def delete_upload(self, entry: Item) -> None:
         self.uploads.delete(entry["hostname"], entry["upload_id"])
 
-    def _forget(self, entry: Item) -> None:
+    def forget(self, entry: Item) -> None:
+        """A removed domain's upload goes with its ACME certificate, so a later owner of the
+        hostname never serves (or sees) it."""
         self.uploads.delete(entry["hostname"])
 
     def check(self, hostname: str, chain_pem: object, key_pem: object) -> UploadedChain:

@@ -1,4 +1,4 @@
-"""Drives each domain through its lifecycle; called by the worker loop of `edgectl serve`.
+"""Carries each domain through its lifecycle; called by the worker loop of `edgectl serve`.
 
 pending_dns -> verified -> issuing -> active; an active domain is re-checked every
 ``recheck_seconds`` and suspended (route removed, so a dangling record cannot be used to take
@@ -8,29 +8,31 @@ manual check revives it). Every step is a conditional write, so two replicas rac
 domain cannot both act: the loser's write raises ConflictError and it moves on. ``issuing``
 doubles as a lease: if the replica holding it dies, the domain becomes due when it runs out.
 
+What to do at each step is decided by the pure policies of ``domains/decide.py``; this module
+looks (DNS, the delegation, the certificate store), asks them, and carries out their steps.
 What follows a change (its webhook, the route at the edge, a revocation, the short links of a
 removed domain) is written with it, as outbox entries on the domain's item (domains/outbox.py),
-and applied by the consumers registered here and in ``control/`` wiring.
+and applied by the consumers ``control/wiring.py`` registers (some are methods here).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import Callable, Protocol
 
-from domains import outbox, pairs
 from dnsops.dnscheck import DnsCheck, DnsChecker
+from domains import decide, outbox, pairs
+from domains.decide import Rules, Seen, Step, Timing
 from domains.routing import RouteValue, route_value
 from domains.service import (ACTIVE, AWAITING_TRAFFIC, ISSUING, PENDING_DNS, ROUTED,
                              SUSPENDED, VERIFIED, DomainService)
 from kit import logs
 from store import ConflictError, Item, StoreError
 
-if TYPE_CHECKING:
-    from domains.prevalidation import Prevalidation
+__all__ = ["CertificateIssuer", "Delegation", "EventSink", "Lifecycle", "RoutePublisher",
+           "RouteValue", "Rules", "Timing"]
 
 log = logging.getLogger(__name__)
 
@@ -68,50 +70,41 @@ class EventSink(Protocol):
         crash gives the same id)."""
 
 
+class Delegation(Protocol):
+    def delegated(self, hostname: str) -> bool:
+        """Whether ACME's DNS-01 for ``hostname`` is delegated to our DCV zone
+        (domains/prevalidation.py)."""
+
+
 class _NoEvents:
     def emit(self, event_type: str, data: dict[str, object], event_id: str | None = None) -> str:
         return ""
 
 
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    issuing_lease: float = 300.0
-    worker_lease: float = 120.0
-    dns_concurrency: int = 16
-    issue_concurrency: int = 8
-    recheck: float = 3600.0
-    suspend_grace: float = 86400.0
-    give_up: float = 7 * 86400.0
-
-
 class Lifecycle:
     def __init__(self, domains: DomainService, checker: DnsChecker, issuer: CertificateIssuer,
-                 edge: RoutePublisher, timing: Timing = Timing(),
-                 events: EventSink | None = None, worker_id: str = "",
-                 clock: Callable[[], float] = time.time) -> None:
+                 edge: RoutePublisher, rules: Rules = Rules(), *,
+                 delegation: Delegation | None = None, events: EventSink | None = None,
+                 worker_id: str = "", clock: Callable[[], float] = time.time) -> None:
+        if rules.prevalidates and delegation is None:
+            raise ValueError("pre-validation (a DCV zone) needs a way to see the delegation")
         self.domains = domains
         self.checker = checker
         self.issuer = issuer
         self.edge = edge
-        self.timing = timing
+        self.rules = rules
+        self.timing = rules.timing
+        self._delegation = delegation
         self._clock = clock
         # A stable id lets a restarted worker take back its own leases at once.
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
         self.events = events or _NoEvents()
         self._held: dict[str, float] = {}
-        self.prevalidation: Prevalidation | None = None
-        """Set by domains/prevalidation.py when a DCV zone is configured."""
         """Hostnames this worker leased -> when the lease runs out (handed back on a stop)."""
-        consumers = domains.consumers
-        consumers.register(outbox.ROUTE, self._follow)
-        consumers.register(outbox.REVOKE, lambda entry: self.issuer.discard([entry["hostname"]]))
-        consumers.register(outbox.WEBHOOK, self._emit)
-        pairs.register(self)
 
-    def _emit(self, entry: Item) -> None:
-        self.events.emit(entry["type"], dict(entry["data"]), entry["id"])
+    # The consumers of the outbox entries the lifecycle writes (control/wiring.py's table).
 
-    def _follow(self, entry: Item) -> None:
+    def follow_route(self, entry: Item) -> None:
         """The edge follows the domain as it is now (routed while active, off the edge
         otherwise), whatever the entry saw: an entry drained late, after a newer change,
         cannot put back a stale route."""
@@ -119,6 +112,14 @@ class Lifecycle:
         active = domain is not None and domain["status"] in ROUTED
         self.edge.route_changes({entry["hostname"]: route_value(domain)
                                  if domain is not None and active else None})
+
+    def send_webhook(self, entry: Item) -> None:
+        self.events.emit(entry["type"], dict(entry["data"]), entry["id"])
+
+    def discard_certificate(self, entry: Item) -> None:
+        self.issuer.discard([entry["hostname"]])
+
+    # The worker's round.
 
     def tick(self) -> None:
         """One round: only what is due, asked of an ordered index, so a round with nothing
@@ -132,45 +133,20 @@ class Lifecycle:
             log.exception("publishing the edge state failed")
         self.domains.drain_outboxes()  # what a dead process (or a failed consumer) left
         self._each(self.verify, self.domains.due(PENDING_DNS))
-        issuing = self.domains.due(VERIFIED) + self._issuing_to_resume()
-        # No order before an edge node serves: the CA would find port 80 closed, and each
-        # failed validation counts against its limits (5 an hour per name at Let's Encrypt).
-        # Pre-validated domains are validated over DNS-01 in our zone: they need no edge.
-        if issuing and not self.edge.serving():
-            issuing = [d for d in issuing if d.get("traffic_elsewhere")]
+        now = self._clock()
+        issuing = self.domains.due(VERIFIED) + [
+            d for d in self.domains.with_status(ISSUING)
+            if decide.resumable(d, now, self.worker_id)]
+        serving = bool(issuing) and self.edge.serving()  # asked only when there is an order
+        issuing = [d for d in issuing if decide.orderable(d, serving)]
         if issuing:
             self._each(self.issue, issuing, self.timing.issue_concurrency)
         self._each(self.recheck, self.domains.due(ACTIVE) + self.domains.due(SUSPENDED))
-        if self.prevalidation is not None:
-            self._each(self.prevalidation.advance, self.domains.due(AWAITING_TRAFFIC))
+        if self.rules.prevalidates:
+            self._each(self.advance, self.domains.due(AWAITING_TRAFFIC))
 
     def now(self) -> float:
         return self._clock()
-
-    def webhook(self, event_type: str, domain: Item, status: str, **extra: object) -> Item:
-        return self._webhook(event_type, domain, status, **extra)
-
-    @staticmethod
-    def _webhook(event_type: str, domain: Item, status: str, **extra: object) -> Item:
-        return outbox.webhook(event_type, hostname=domain["hostname"],
-                              publication_id=domain["publication_id"], status=status, **extra)
-
-    def _changed(self, domain: Item, status: str,
-                 *webhooks: tuple[str, dict[str, object]]) -> list[Item]:
-        """The outbox entries of ``domain`` moving to ``status``: its route, and ``webhooks``
-        as (event type, extra data)."""
-        return [outbox.route(domain["hostname"], domain["publication_id"]
-                             if status in ROUTED else None),
-                *(self._webhook(event_type, domain, status, **extra)
-                  for event_type, extra in webhooks)]
-
-    def _issuing_to_resume(self) -> list[Item]:
-        """Issuances whose lease ran out, and at once those this worker held before a crash
-        (the certs part resumes the order it had in flight)."""
-        now = self._clock()
-        return [d for d in self.domains.with_status(ISSUING)
-                if (d.get("next_attempt_at") or 0) <= now
-                or d.get("lease_owner") == self.worker_id]
 
     def _each(self, step: Callable[[Item], Item], domains: list[Item],
               concurrency: int | None = None) -> None:
@@ -197,105 +173,90 @@ class Lifecycle:
             except ConflictError:
                 log.info("%s changed under us; another worker has it", domain["hostname"])
 
-    def _check(self, domain: Item) -> DnsCheck:
-        return self.checker.check(domain["hostname"], domain["token"])
+    # Carrying out a step.
 
-    def verify(self, domain: Item, result: DnsCheck | None = None,
-               actor: str = "worker") -> Item:
-        result = result or self._check(domain)
-        if result.ok:
-            return self.domains.transition(
-                domain, VERIFIED, "DNS points at the edge, TXT matches, CAA allows our CA", actor,
-                effects=[self._webhook("domain.verified", domain, VERIFIED)],
-                last_error=None, validation_errors=[], dns_seen=result.seen, attempts=0,
-                next_attempt_at=0, traffic_elsewhere=False)
-        if self.prevalidation is not None and self.prevalidation.ready(domain, result):
-            return self.prevalidation.verified(domain, result, actor)
-        deferred = self.domains.defer(domain, result.errors, dns_seen=result.seen, actor=actor)
-        if self._clock() - domain["claimed_at"] > self.timing.give_up:
-            return self.domains.transition(deferred, PENDING_DNS, "gave up waiting for DNS",
-                                           next_attempt_at=None, gave_up=True)
-        return deferred
+    def _apply(self, domain: Item, step: Step, actor: str = "worker") -> Item:
+        """Carry out ``step``: one conditional write with its outbox entries (drained before
+        this returns), then what follows it."""
+        effects = self._effects(domain, step)
+        if step.action in (decide.MOVE, decide.ISSUE):
+            done = self.domains.transition(domain, step.status, step.why, actor, effects,
+                                           **step.changes)
+        elif step.action == decide.RETRY:
+            done = self.domains.defer(domain, [dict(e) for e in step.errors], status=step.status,
+                                      not_before=step.not_before, actor=actor, effects=effects,
+                                      **step.changes)
+        elif step.action == decide.RECORD:
+            done = self.domains.record(domain, step.what, step.why, actor, effects)
+        else:
+            done = domain
+        if step.then is not None:
+            done = self._apply(done, step.then, actor)
+        return self._renew_if_due(done) if step.renew else done
+
+    @staticmethod
+    def _effects(domain: Item, step: Step) -> list[Item]:
+        """The outbox entries of ``step``: the route as its status wants it, its webhooks."""
+        status = step.webhook_status or step.status
+        route = [outbox.route(domain["hostname"], domain["publication_id"]
+                              if step.status in ROUTED else None)] if step.route else []
+        return route + [_webhook(event_type, domain, status, **data)
+                        for event_type, data in step.webhooks]
+
+    def _look(self, domain: Item, result: DnsCheck | None) -> Seen:
+        """What the policies read: the DNS check, and the delegation when it matters."""
+        result = result or self.checker.check(domain["hostname"], domain["token"])
+        delegated = decide.asks_delegation(domain, result, self.rules) \
+            and self._delegated(domain)
+        return Seen(result, delegated)
+
+    def _delegated(self, domain: Item) -> bool:
+        return self._delegation is not None and self._delegation.delegated(domain["hostname"])
+
+    def step(self, domain: Item, result: DnsCheck | None = None, actor: str = "worker") -> Item:
+        """Look at ``domain``'s DNS and take the step its status's policies decide."""
+        seen = self._look(domain, result)
+        return self._apply(domain, decide.decide(domain, seen, self._clock(), self.rules), actor)
+
+    verify = recheck = advance = step
+    """pending_dns -> verified; an active or suspended domain: does its DNS (and ownership)
+    still point at us; an awaiting domain: active once its traffic points at us."""
 
     def issue(self, domain: Item) -> Item:
-        if domain.get("traffic_elsewhere") and self.prevalidation is not None:
-            domain = self.prevalidation.still_delegated(domain)
-            if domain["status"] != VERIFIED:
-                return domain
-        leased = self.domains.transition(domain, ISSUING, "ordering a certificate",
-                                         next_attempt_at=self._clock() + self.timing.issuing_lease)
+        delegated = bool(domain.get("traffic_elsewhere")) and self.rules.prevalidates \
+            and self._delegated(domain)
+        step = decide.before_ordering(domain, delegated, self._clock(), self.rules)
+        leased = self._apply(domain, step)
+        if step.action != decide.ISSUE:
+            return leased
         try:
             self.issuer.issue([domain["hostname"]])
         except Exception as exc:  # any failure: record it and retry from verified later
             log.warning("issuance for %s failed: %s", domain["hostname"], exc)
-            return self.domains.defer(leased, [{"code": "issuance_failed",
-                                                "message": f"certificate: {exc}"}],
-                                      status=VERIFIED,
-                                      not_before=getattr(exc, "retry_after", None))
-        if leased.get("traffic_elsewhere") and self.prevalidation is not None:
-            return self.prevalidation.issued(leased)
-        return self.domains.transition(
-            leased, ACTIVE, "certificate issued",
-            effects=self._changed(leased, ACTIVE, ("certificate.issued", {}),
-                                  ("domain.active", {})),
-            last_error=None, validation_errors=[], attempts=0,
-            next_attempt_at=self._clock() + self.timing.recheck)
-
-    def recheck(self, domain: Item, result: DnsCheck | None = None,
-                actor: str = "worker") -> Item:
-        """An active or suspended domain: does its DNS (and ownership) still point at us?"""
-        result = result or self._check(domain)
-        now = self._clock()
-        if result.ok:
-            back = domain["status"] == SUSPENDED
-            updated = self.domains.transition(
-                domain, ACTIVE, "DNS points at the edge again", actor,
-                effects=self._changed(domain, ACTIVE, ("domain.active", {})) if back else (),
-                last_error=None, validation_errors=[], dns_seen=result.seen, attempts=0,
-                failing_since=None, next_attempt_at=now + self.timing.recheck)
-            return updated if back else self._renew_if_due(updated)
-        failing_since = domain.get("failing_since") or now
-        if domain["status"] == ACTIVE and now - failing_since >= self.timing.suspend_grace:
-            return self.domains.defer(
-                domain, result.errors, status=SUSPENDED, actor=actor, dns_seen=result.seen,
-                failing_since=failing_since, effects=self._changed(
-                    domain, SUSPENDED, ("domain.suspended", {"errors": result.errors})))
-        return self.domains.defer(domain, result.errors, dns_seen=result.seen, actor=actor,
-                                  failing_since=failing_since)
-
-    def renew_if_due(self, domain: Item) -> Item:
-        return self._renew_if_due(domain)
+            return self._apply(leased, decide.issue_failed(str(exc),
+                                                           getattr(exc, "retry_after", None)))
+        return self._apply(leased, decide.issued(leased, self._clock(), self.rules))
 
     def _renew_if_due(self, domain: Item) -> Item:
-        """Renew an active domain's certificate in place; the edge swaps it in hot."""
+        """Renew a routed domain's certificate in place; the edge swaps it in hot."""
         if not self.issuer.renewal_due(domain["hostname"]):
             return domain
         try:
             self.issuer.issue([domain["hostname"]])
         except Exception as exc:  # keep serving the current certificate; retry sooner
             log.warning("renewal for %s failed: %s", domain["hostname"], exc)
-            return self.domains.defer(domain, [{"code": "renewal_failed",
-                                                "message": f"certificate renewal: {exc}"}],
-                                      effects=[self._webhook("certificate.renewal_failed",
-                                                             domain, ACTIVE, error=str(exc))])
-        return self.domains.record(domain, "certificate renewed", "a third of its lifetime was "
-                                   "left (or the CA's renewal window opened)",
-                                   effects=self._changed(domain, domain["status"],
-                                                         ("certificate.issued",
-                                                          {"renewal": True})))
+            return self._apply(domain, decide.renewal_failed(domain, str(exc)))
+        return self._apply(domain, decide.renewed(domain))
+
+    # What people ask for.
 
     def check_now(self, hostname: str, actor: str = "api") -> tuple[Item, DnsCheck]:
         """Re-check a domain at once, whatever its schedule (the publisher pressed "check")."""
         domain = self.domains.get(hostname)
-        result = self._check(domain)
+        result = self.checker.check(domain["hostname"], domain["token"])
         if domain["status"] == PENDING_DNS:
-            domain = self.verify({**domain, "gave_up": False}, result, actor)
-        elif domain["status"] in (ACTIVE, SUSPENDED) and not domain.get("held"):
-            domain = self.recheck(domain, result, actor)
-        elif domain["status"] == AWAITING_TRAFFIC and self.prevalidation is not None \
-                and not domain.get("held"):
-            domain = self.prevalidation.advance(domain, result, actor)
-        return domain, result
+            domain = {**domain, "gave_up": False}
+        return self.step(domain, result, actor), result
 
     def renew_now(self, hostname: str, actor: str = "admin") -> Item:
         """Renew an active domain's certificate at once (an operator's decision); raises the
@@ -308,35 +269,19 @@ class Lifecycle:
         except Exception as exc:
             self.domains.history.append(domain, "renewal failed", str(exc), actor)
             raise
-        return self.domains.record(domain, "certificate renewed", "renewed on request", actor,
-                                   effects=self._changed(domain, ACTIVE, ("certificate.issued",
-                                                                          {"renewal": True})))
+        return self._apply(domain, decide.renewed(domain, "renewed on request"), actor)
 
     def suspend(self, hostname: str, actor: str = "admin") -> Item:
-        """Take a domain off the edge and keep it off: neither the worker nor a re-check
-        resumes it (it is ``held``) until :meth:`resume`."""
+        """Take a domain off the edge and keep it off until :meth:`resume`."""
         domain = self.domains.get(hostname)
-        if domain.get("held"):
-            return domain
-        return self.domains.transition(
-            domain, SUSPENDED, "suspended by an admin", actor,
-            effects=self._changed(domain, SUSPENDED, ("domain.suspended", {})),
-            held=True, held_from=domain["status"], next_attempt_at=None)
+        return self._apply(domain, decide.suspended_by_admin(domain), actor)
 
     def resume(self, hostname: str, actor: str = "admin") -> Item:
-        """Lift an admin's suspension: a domain that had a certificate goes back to where it
-        was (its DNS re-checked at once by the worker), any other back to waiting for DNS."""
+        """Lift an admin's suspension (the worker re-checks the domain at once)."""
         domain = self.domains.get(hostname)
         if not domain.get("held"):
             raise ValueError("only a domain suspended by an admin can be resumed")
-        was = domain.get("held_from")
-        status = was if was in (ACTIVE, SUSPENDED, AWAITING_TRAFFIC) else PENDING_DNS
-        webhooks: list[tuple[str, dict[str, object]]] = \
-            [("domain.active", {})] if status == ACTIVE else []
-        return self.domains.transition(domain, status, "resumed by an admin", actor,
-                                       effects=self._changed(domain, status, *webhooks),
-                                       held=False, held_from=None, attempts=0,
-                                       next_attempt_at=self._clock())
+        return self._apply(domain, decide.resumed_by_admin(domain, self._clock()), actor)
 
     def remove(self, hostname: str, actor: str = "api") -> Item:
         """Remove a domain: in one write, it is marked ``removing`` with its route off the
@@ -346,7 +291,7 @@ class Lifecycle:
         name = domain["hostname"]
         return self.domains.remove(domain, actor, effects=[
             outbox.route(name, None), outbox.disable_links(name), outbox.revoke(name),
-            self._webhook("domain.removed", domain, "removed"), *pairs.removal_effects(domain)])
+            _webhook("domain.removed", domain, "removed"), *pairs.removal_effects(domain)])
 
     def publish_routes(self) -> None:
         """Reconcile the edge with every active domain (reads them all): at start, and when
@@ -368,3 +313,8 @@ class Lifecycle:
         held = [hostname for hostname, until in self._held.items() if until > now]
         self._held.clear()
         return sum(self.domains.release(hostname, self.worker_id) for hostname in held)
+
+
+def _webhook(event_type: str, domain: Item, status: str, **extra: object) -> Item:
+    return outbox.webhook(event_type, hostname=domain["hostname"],
+                          publication_id=domain["publication_id"], status=status, **extra)

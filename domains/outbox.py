@@ -69,9 +69,9 @@ def with_entries(domain: Item, now: float, entries: list[Item]) -> Item:
 
 
 class Consumers:
-    """Who applies each kind of entry. The domains part registers its own (events, routes,
-    revocations, webhooks, through the callables it was given); ``control/`` wiring registers
-    the other parts' (links), so no part imports another to react to a domain's change."""
+    """Who applies each kind of entry: ``control/wiring.py`` registers them all from one
+    table (the domain service its own timeline events), so no part imports another to react
+    to a domain's change."""
 
     def __init__(self) -> None:
         self._by_kind: dict[str, Consumer] = {}

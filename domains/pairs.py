@@ -9,12 +9,13 @@ the lifecycle on its own records (a certificate per name, as each may point at u
 moment); removing either one removes the other, through an outbox entry on the one removed.
 
 Both items name each other (``pair``), with their ``pair_role`` (``primary``: the name the
-publisher connected; ``companion``) and the ``with_www`` mode.
+publisher connected; ``companion``) and the ``with_www`` mode. ``control/wiring.py`` registers
+:func:`create_companion` and :func:`remove_partner` as the consumers of the two entry kinds.
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Callable, Literal
 
 from domains.errors import PUBLISHER_ERRORS, DomainError, DomainNotFound, HostnameTaken
 from dnsops.hostnames import is_apex
@@ -22,9 +23,6 @@ from domains.redirects import InvalidOption
 from domains.service import REMOVING, DomainService
 from kit.route_extras import DEFAULT_REDIRECT_CODE
 from store import Item
-
-if TYPE_CHECKING:
-    from domains.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 WithWww = Literal["redirect", "serve", "none"]
@@ -73,7 +71,7 @@ def connect(domains: DomainService, hostname: str, publication_id: str,
                   "publication_id": publication_id, "with_www": mode, "actor": actor}])
 
 
-def _create_companion(domains: DomainService, entry: Item) -> None:
+def create_companion(domains: DomainService, entry: Item) -> None:
     """The consumer of CREATE_COMPANION; idempotent (a connect of the same owner is)."""
     primary = domains.find(entry["primary"])
     if primary is None or primary["status"] == REMOVING or primary.get("pair") != entry[
@@ -99,23 +97,18 @@ def removal_effects(domain: Item) -> list[Item]:
         if partner else []
 
 
-def _remove_partner(lifecycle: "Lifecycle", entry: Item, actor: str = "pair") -> None:
-    partner = lifecycle.domains.find(entry["hostname"])
+def remove_partner(domains: DomainService, remove: Callable[[str, str], object],
+                   entry: Item) -> None:
+    """The consumer of REMOVE_PARTNER: ``remove(hostname, actor)`` removes a domain with
+    everything that follows (the lifecycle's removal)."""
+    partner = domains.find(entry["hostname"])
     if partner is None or partner["status"] == REMOVING \
             or partner.get("pair") != entry["partner_of"]:
         return  # gone already, or not (any more) this one's partner
     try:
-        lifecycle.remove(partner["hostname"], actor=actor)
+        remove(partner["hostname"], "pair")
     except DomainNotFound:
         return
-
-
-def register(lifecycle: "Lifecycle") -> None:
-    """The consumers of the pairs' outbox entries."""
-    consumers = lifecycle.domains.consumers
-    consumers.register(CREATE_COMPANION,
-                       lambda entry: _create_companion(lifecycle.domains, entry))
-    consumers.register(REMOVE_PARTNER, lambda entry: _remove_partner(lifecycle, entry))
 
 
 def partner_of(domains: DomainService, domain: Item) -> Item | None:

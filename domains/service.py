@@ -204,7 +204,8 @@ class DomainService:
         item = self._serving(hostname)
         if item is None:
             return None
-        return str(item["publication_id"]), bool(item.get("failing_since"))
+        return str(item["publication_id"]), bool(item.get("dns_away_since")
+                                                 or item.get("failing_since"))  # older items
 
     # A domain's steps: one conditional write each, drained before they return.
 

@@ -169,7 +169,7 @@ def test_active_domain_whose_dns_moves_away_is_suspended_after_grace_then_resume
         pebble.set_cname(hostname, "someone-else.example.net")  # the publisher moved away
         services.lifecycle.recheck(active)
         grace = services.domains.get(hostname)
-        assert grace["status"] == "active" and grace["failing_since"]
+        assert grace["status"] == "active" and grace["dns_away_since"]
         assert [e["code"] for e in grace["validation_errors"]] == ["cname_mismatch"]
         assert routes(services) == [hostname], "still routed during the grace period"
         clock.advance(3601)
@@ -179,10 +179,48 @@ def test_active_domain_whose_dns_moves_away_is_suspended_after_grace_then_resume
 
         pebble.set_cname(hostname, "edge.platform.test")
         resumed = services.lifecycle.recheck(suspended)
-        assert resumed["status"] == "active" and resumed["failing_since"] is None
+        assert resumed["status"] == "active" and resumed["dns_away_since"] is None
         assert routes(services) == [hostname]
         assert [(e["from"], e["to"]) for e in services.domains.timeline(resumed)][:2] == \
             [("suspended", "active"), ("active", "suspended")]
+    finally:
+        services.close()
+
+
+def test_an_item_of_the_previous_release_keeps_its_grace_period(
+        dns_settings: Settings, pebble: PebbleStack) -> None:
+    """The previous release named the start of the grace ``failing_since``: an item it wrote
+    is suspended when that grace ends, and single sign-on stops for it meanwhile."""
+    services = Services.from_settings(dataclasses.replace(
+        dns_settings, recheck_seconds=0.05, suspend_grace_seconds=3600))
+    now = [time.time()]
+    services.lifecycle._clock = lambda: now[0]
+    try:
+        hostname = "older.example.test"
+        domain, _ = services.domains.connect(hostname, "pub_1")
+        pebble.set_cname(hostname, "edge.platform.test")
+        pebble.set_txt(f"_edge-challenge.{hostname}", domain["token"])
+        services.lifecycle.verify(domain)
+        services.certificates.save([hostname], *_cert_and_key(hostname))
+        active = services.domains.transition(services.domains.get(hostname), "active",
+                                             "certificate issued", next_attempt_at=0)
+        older = services.domains.domains.put({**active, "failing_since": now[0] - 3000},
+                                             expected_version=active["version"])
+        services.lifecycle.publish_routes()
+        assert services.domains.sign_in_publication(hostname) == ("pub_1", True)
+
+        pebble.set_cname(hostname, "someone-else.example.net")
+        grace = services.lifecycle.recheck(older)
+        assert grace["status"] == "active" and grace["dns_away_since"] == now[0] - 3000
+        now[0] += 601
+        assert services.lifecycle.recheck(grace)["status"] == "suspended"
+        assert routes(services) == []
+
+        pebble.set_cname(hostname, "edge.platform.test")
+        resumed = services.lifecycle.recheck(services.domains.get(hostname))
+        assert resumed["status"] == "active" and resumed["dns_away_since"] is None
+        assert resumed["failing_since"] is None
+        assert services.domains.sign_in_publication(hostname) == ("pub_1", False)
     finally:
         services.close()
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certs.store import CertificateStore
-from control.wiring import DomainEvents, Services
+from control.wiring import DomainEvents, Services, outbox_consumers, register_consumers
 from dnsops.dnscheck import DnsCheck
 from domains.lifecycle import Lifecycle
 from kit.settings import Settings
@@ -79,10 +79,13 @@ class Process:
     def __init__(self, settings: Settings, clock: FakeClock, die_at: int = 0) -> None:
         self.services = Services.from_settings(settings, clock=clock)
         services = self.services
+        events = DomainEvents(services.webhooks, services.links, services.publisher)
         self.lifecycle = Lifecycle(services.domains, Checker(),  # type: ignore[arg-type]
                                    Issuer(services.certificates), services.publisher,
-                                   events=DomainEvents(services.webhooks, services.links,
-                                                       services.publisher), clock=clock)
+                                   events=events, clock=clock)
+        assert services.custom_certificates is not None
+        register_consumers(services.domains.consumers, outbox_consumers(
+            services.domains, self.lifecycle, events, services.custom_certificates))
         self.steps = 0
         self._die_at = die_at
         for name in ("_apply", "_settle", "_forget"):

@@ -342,7 +342,7 @@ def test_no_sign_in_for_a_domain_whose_dns_recheck_is_failing(client: FlaskClien
     away = DnsCheck(False, [Problem("dns_not_pointing", "points elsewhere")], {})
     services.lifecycle.recheck(services.domains.get(BLOG), away)
     assert services.domains.get(BLOG)["status"] == "active", "still served during the grace"
-    assert services.domains.get(BLOG)["failing_since"]
+    assert services.domains.get(BLOG)["dns_away_since"]
     refused = authorize(client, BLOG, state)
     assert refused.status_code == 400 and "paused" in refused.text
     silent = client.get(f"https://{PLATFORM}/_edge/sso/authorize",
