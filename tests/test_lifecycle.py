@@ -188,13 +188,11 @@ def test_active_domain_whose_dns_moves_away_is_suspended_after_grace_then_resume
 
 
 def test_an_item_of_the_previous_release_keeps_its_grace_period(
-        dns_settings: Settings, pebble: PebbleStack) -> None:
+        dns_settings: Settings, pebble: PebbleStack, clock: FakeClock) -> None:
     """The previous release named the start of the grace ``failing_since``: an item it wrote
     is suspended when that grace ends, and single sign-on stops for it meanwhile."""
     services = Services.from_settings(dataclasses.replace(
-        dns_settings, recheck_seconds=0.05, suspend_grace_seconds=3600))
-    now = [time.time()]
-    services.lifecycle._clock = lambda: now[0]
+        dns_settings, recheck_seconds=0.05, suspend_grace_seconds=3600), clock=clock)
     try:
         hostname = "older.example.test"
         domain, _ = services.domains.connect(hostname, "pub_1")
@@ -204,15 +202,15 @@ def test_an_item_of_the_previous_release_keeps_its_grace_period(
         services.certificates.save([hostname], *_cert_and_key(hostname))
         active = services.domains.transition(services.domains.get(hostname), "active",
                                              "certificate issued", next_attempt_at=0)
-        older = services.domains.domains.put({**active, "failing_since": now[0] - 3000},
-                                             expected_version=active["version"])
+        older = services.domains.table.put({**active, "failing_since": clock.now - 3000},
+                                           expected_version=active["version"])
         services.lifecycle.publish_routes()
         assert services.domains.sign_in_publication(hostname) == ("pub_1", True)
 
         pebble.set_cname(hostname, "someone-else.example.net")
         grace = services.lifecycle.recheck(older)
-        assert grace["status"] == "active" and grace["dns_away_since"] == now[0] - 3000
-        now[0] += 601
+        assert grace["status"] == "active" and grace["dns_away_since"] == clock.now - 3000
+        clock.advance(601)
         assert services.lifecycle.recheck(grace)["status"] == "suspended"
         assert routes(services) == []
 
