@@ -37,7 +37,8 @@ from cryptography.x509.oid import NameOID
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.shortlinks_throughput import bare_haproxy  # noqa: E402
-from edge.node import CHUNK, EdgeNode  # noqa: E402
+from edge.hotapply import CHUNK  # noqa: E402
+from edge.node import EdgeNode  # noqa: E402
 from edge.runtime import RuntimeAPI  # noqa: E402
 from edge.state import DesiredState, Route, StateDelta  # noqa: E402
 from kit.procs import free_port  # noqa: E402

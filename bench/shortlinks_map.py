@@ -32,7 +32,7 @@ from werkzeug.serving import make_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import edge.state_store  # noqa: E402
+import edge.state_changes  # noqa: E402
 from admin_app import create_app  # noqa: E402
 from bench.shortlinks_throughput import (HOST, ceiling, cpu_seconds, links_server,  # noqa: E402
                                          short_link_env, wrk)
@@ -86,7 +86,7 @@ def seed(services: Services, links: int, https_port: int) -> None:
     services.edge_state.save(DesiredState(
         (Route(HOST, "pub_1", self_signed(HOST)[1]),), ("127.0.0.1:9",), ("127.0.0.1:9",),
         short_domains=(HOST,), shortlink_servers=("127.0.0.1:9",)))
-    edge.state_store.CHUNK = 5000  # seeding only: bigger commits (the outbox item grows)
+    edge.state_changes.CHUNK = 5000  # seeding only: bigger commits (the outbox item grows)
     batch: dict[str, Redirect | None] = {}
     for n in range(links):
         redirect = Redirect(HOST, f"s{n:07d}", 302, f"https://example.com/landing/{n}")
@@ -98,7 +98,7 @@ def seed(services: Services, links: int, https_port: int) -> None:
         f"https://example.com/{name}" for name in ("ios", "android", "desktop")))
     batch[device.key] = device
     services.edge_state.change({}, redirects=batch)
-    edge.state_store.CHUNK = 200
+    edge.state_changes.CHUNK = 200
     print(f"{links:,} links seeded into the edge state in {time.perf_counter() - started:.0f} s "
           "(untimed)", flush=True)
 

@@ -60,18 +60,25 @@ class Plan:
         return [change.describe() for change in self.changes] or ["no changes"]
 
     def raise_if_unsafe(self, force: bool = False) -> None:
-        deletes = sum(1 for c in self.changes if c.action == "delete")
-        if force or self.existing_count < MIN_EXISTING_FOR_SHARE:
-            return
-        if deletes > self.existing_count * MAX_DELETE_SHARE:
-            raise UnsafePlan(f"plan removes {deletes} of {self.existing_count} routes "
-                             f"(more than {MAX_DELETE_SHARE:.0%}); refused unless forced")
+        refuse_mass_delete(sum(1 for c in self.changes if c.action == "delete"),
+                           self.existing_count, "routes", force)
 
     def check_certificates(self) -> None:
         """Refuse a plan with a certificate HAProxy could not load, before touching HAProxy."""
         for change in self.changes:
             if change.cert_changed and change.desired is not None:
                 check_pem(change.desired)
+
+
+def refuse_mass_delete(deletes: int, existing: int, what: str, force: bool = False) -> None:
+    """Raise :class:`UnsafePlan` if ``deletes`` is more than ``MAX_DELETE_SHARE`` of the
+    ``existing`` ``what`` (routes, short links) a node serves, unless forced: a bug or an empty
+    store must not take them offline at once."""
+    if force or existing < MIN_EXISTING_FOR_SHARE:
+        return
+    if deletes > existing * MAX_DELETE_SHARE:
+        raise UnsafePlan(f"plan removes {deletes} of {existing} {what} "
+                         f"(more than {MAX_DELETE_SHARE:.0%}); refused unless forced")
 
 
 def make_plan(existing: dict[str, Route], desired: dict[str, Route]) -> Plan:
@@ -102,3 +109,12 @@ def check_pem(route: Route) -> None:
     if cert.public_key().public_bytes(serialization.Encoding.DER, public) != \
             key.public_key().public_bytes(serialization.Encoding.DER, public):
         raise CertificateRejected(route.hostname, "the private key does not match the certificate")
+
+
+def make_delta_plan(existing: dict[str, Route], changed: dict[str, Route | None]) -> Plan:
+    """The plan of a delta: ``changed`` maps each hostname it touches to its new route, or None
+    (removed). Only those hostnames are compared; the share of deletes is still counted
+    against every route of ``existing``."""
+    touched = {hostname: existing[hostname] for hostname in changed if hostname in existing}
+    plan = make_plan(touched, {h: route for h, route in changed.items() if route is not None})
+    return Plan(plan.changes, len(existing))

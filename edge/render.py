@@ -49,10 +49,22 @@ class NodeLayout:
 
 @functools.lru_cache(maxsize=8)
 def _environment(templates: Path | None) -> jinja2.Environment:
-    folder = templates or resources.files("haproxy_templates")
+    folder = template_folder(templates)
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)),
                               undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                               autoescape=False)
+
+
+def template_folder(templates: Path | None) -> Path:
+    """``templates``, or the packaged ones."""
+    return templates or Path(str(resources.files("haproxy_templates")))
+
+
+def template_bytes(templates: Path | None) -> bytes:
+    """The template files' content in name order: what part of a node's structure they are
+    (a change of them takes a reload)."""
+    return b"".join(template.read_bytes()
+                    for template in sorted(template_folder(templates).glob("*.j2")))
 
 
 def validate_route(route: Route, pools: Iterable[str] = ()) -> None:
@@ -71,11 +83,17 @@ def validate_redirect(redirect: Redirect) -> None:
 
 
 def validate(state: DesiredState) -> None:
-    validate_config(state.config)
-    pools = {name for name, _ in state.origin_pools}
-    for route in state.routes:
+    validate_values(state.config, state.routes, state.redirects)
+
+
+def validate_values(config: EdgeConfig, routes: Iterable[Route],
+                    redirects: Iterable[Redirect]) -> None:
+    """The config and these routes and redirects: a whole state's, or a delta's changes."""
+    validate_config(config)
+    pools = {name for name, _ in config.origin_pools}
+    for route in routes:
         validate_route(route, pools)
-    for redirect in state.redirects:
+    for redirect in redirects:
         validate_redirect(redirect)
 
 

@@ -34,12 +34,6 @@ class RuntimeAPI:
         text = line + (f" <<\n{payload.rstrip()}\n\n" if payload is not None else "\n")
         return unix_command(self.socket_path, text)
 
-    def _expect(self, line: str, success: str, payload: str | None = None) -> str:
-        output = self.command(line, payload)
-        if success not in output:
-            raise RuntimeCommandFailed(line, output)
-        return output
-
     def batch(self) -> "Batch":
         return Batch(self)
 
@@ -98,35 +92,6 @@ class RuntimeAPI:
             if name == "Pid" and value.strip().isdigit():
                 return int(value)
         raise RuntimeCommandFailed("show info", "no Pid line")
-
-    def set_map(self, map_path: Path, key: str, value: str, exists: bool) -> None:
-        verb = "set" if exists else "add"
-        output = self.command(f"{verb} map {map_path} {_word(key)} {_word(value)}")
-        if output.strip():
-            raise RuntimeCommandFailed(f"{verb} map {map_path} {key}", output)
-
-    def del_map(self, map_path: Path, key: str) -> None:
-        output = self.command(f"del map {map_path} {_word(key)}")
-        if output.strip():
-            raise RuntimeCommandFailed(f"del map {map_path} {key}", output)
-
-    def upload_cert(self, cert_path: Path, pem: str, new: bool) -> None:
-        if new:
-            self._expect(f"new ssl cert {cert_path}", "New empty certificate store")
-        try:
-            self._expect(f"set ssl cert {cert_path}", "Transaction ", payload=pem)
-            self._expect(f"commit ssl cert {cert_path}", "Success!")
-        except RuntimeCommandFailed:
-            self.command(f"abort ssl cert {cert_path}")
-            raise
-
-    def add_crt_list_entry(self, crt_list: Path, cert_path: Path, sni: str) -> None:
-        self._expect(f"add ssl crt-list {crt_list}", "Success!",
-                     payload=f"{cert_path} [alpn h2,http/1.1] {sni}")
-
-    def delete_cert(self, crt_list: Path, cert_path: Path) -> None:
-        self._expect(f"del ssl crt-list {crt_list} {cert_path}", "deleted")
-        self._expect(f"del ssl cert {cert_path}", "deleted")
 
 
 def _word(text: str) -> str:

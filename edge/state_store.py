@@ -1,481 +1,96 @@
-"""The desired edge state as the control service stores it, changed one route at a time.
-
-Storage: one item per route (publication, certificate fingerprint, the revision that wrote it),
-one item per certificate (chain and key, encrypted), one item per short link the edge answers
-from its map (``edge_redirects``: every plain link), and one small ``desired`` item: the content
-version, the routes and redirects digests (``edge.state.routes_digest``, kept by adding and
-subtracting hashes, so no change reads every route), the config (servers, SSO keys, short
-domains) and a monotonic ``revision``. No item grows with the number of domains or links
-(DynamoDB caps items at 400 KB). Routes and redirects share the revision: an agent asks for
-both kinds of change since its revision in one request.
-
-A change commits in one conditional write of the ``desired`` item, which carries the changed
-routes as ``pending`` (an outbox); the route items are written after it, each only over an older
-revision. A replica that loses the race writes no route item; one that dies after committing
-leaves ``pending`` for the next writer or reader to apply. So the version never names a state
-the route items do not hold, and no stale row outlives a newer change.
+"""The desired edge state as the control service stores it, in three parts over the same tables:
+how it changes (edge/state_changes.py: the version item, its outbox and the route, redirect
+and certificate items), what agents read of it (edge/state_feed.py: deltas, snapshots,
+certificates) and the nodes' reports (edge/state_reports.py).
 """
 from __future__ import annotations
 
-import dataclasses
-import logging
-import threading
 import time
 from typing import Any, Callable
 
-from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, RouteRef,
-                        fingerprint, redirect_hash, route_hash, routes_digest, state_version)
-from edge.watch import VersionWatch
+from edge.state import DesiredState, EdgeConfig, Redirect
+from edge.state_changes import (CHUNK, EDGE_CERTS, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE, FEED,
+                                RedirectChange, RouteChange, StateChanges)
+from edge.state_feed import StateFeed
+from edge.state_reports import EDGE_NODES, EDGE_VISIT_REPORTS, StateReports
 from kit.vault import KeyVault
-from store import (ABSENT, VERSION, ConflictError, Item, RangeIndex, Table, TableSpec, all_items,
-                   every, rewrite_field)
+from store import Table
 
-log = logging.getLogger(__name__)
-EDGE_STATE = TableSpec("edge_state", key="name")
-FEED = "routes"
-EDGE_ROUTES = TableSpec("edge_routes", key="hostname",
-                        ranges=(RangeIndex("feed", key="feed", sort="revision"),))
-"""Route items, and tombstones (``removed``) of routes taken off, both listed by the revision
-that wrote them (the ``feed`` index): an agent asks for the changes since its revision.
-A reconciliation drops the tombstones and records ``compacted_revision``: an agent from before
-it gets a full snapshot, so no removal can be missed."""
-EDGE_REDIRECTS = TableSpec("edge_redirects", key="key", ranges=(
-    RangeIndex("feed", key="feed", sort="revision"),
-    RangeIndex("expiry", key="expiring", sort="expires")))
-"""Short links the edge answers from its map (``host/slug`` -> ``value``, the map value), with
-tombstones like routes; one with an expiry is in the ``expiry`` index until it is removed, so
-the worker finds what is due without reading the rest."""
-EDGE_CERTS = TableSpec("edge_certs", key="hostname")
-EDGE_NODES = TableSpec("edge_nodes", key="node_id")
-EDGE_VISIT_REPORTS = TableSpec("edge_visit_reports", key="report_id", expiring=True)
-"""Report ids already counted: an agent that resends a report after a lost answer counts once.
-Each is remembered ``report_memory`` seconds."""
-COMMIT_ATTEMPTS = 20
-CHUNK = 200
-"""Route changes per commit: the outbox rides in the version item, which must stay small."""
-OUTBOX_BYTES = 100_000
-"""And at most about this much of it: a link's target may take 2 kB (DynamoDB caps an item at
-400 KB)."""
-RouteChange = tuple[str, str] | tuple[str, str, str] | None
-"""A route's new (publication id, certificate + key PEM[, extras]), or None to remove it."""
-RedirectChange = Redirect | None
+__all__ = ["EDGE_CERTS", "EDGE_NODES", "EDGE_REDIRECTS", "EDGE_ROUTES", "EDGE_STATE",
+           "EDGE_VISIT_REPORTS", "FEED", "EdgeStateStore", "RedirectChange", "RouteChange"]
 
 
 class EdgeStateStore:
+    """The one object callers hold: each method is its part's (see the module docstring)."""
+
     def __init__(self, state: Table, routes: Table, certs: Table, nodes: Table,
                  vault: KeyVault, reports: Table, report_memory: float = 7 * 86400.0,
                  clock: Callable[[], float] = time.time,
                  redirects: Table | None = None) -> None:
         self.state = state
-        self.redirects = redirects
-        self.reports = reports
-        self._report_memory = report_memory
-        self._clock = clock
         self.routes = routes
         self.certs = certs
         self.nodes = nodes
+        self.reports = reports
+        self.redirects = redirects
         self._vault = vault
-        self._cache: dict[str, Any] | None = None
-        self._lock = threading.Lock()
-        self.watch = VersionWatch(self.current_version)
+        self.changes = StateChanges(state, routes, certs, vault, redirects, clock)
+        self.feed = StateFeed(self.changes, routes, certs, vault, redirects)
+        self.node_reports = StateReports(nodes, reports, self.changes.meta, report_memory,
+                                         clock)
+        self.watch = self.changes.watch
         """Agents waiting for the next version (a long poll) wait here."""
 
-    def reencrypt(self) -> int:
-        """Re-encrypt every stored certificate key under the newest encryption key."""
-        return rewrite_field(self.certs, "pem_enc", self._vault.rotate)
-
-    # --- changing the state -------------------------------------------------------------
+    # --- changing the state (StateChanges) -------------------------------------------------
 
     def change(self, routes: dict[str, RouteChange], config: EdgeConfig | None = None,
                redirects: dict[str, RedirectChange] | None = None) -> bool:
-        """Apply these route and redirect changes (and the config, if given); True if the
-        version moved. Reads the ``desired`` item and each changed item, never all of them. Up
-        to ``CHUNK`` changes (``OUTBOX_BYTES``) commit at once; more (a reconciliation) commit
-        chunk by chunk."""
-        redirects = redirects or {}
-        chunks: list[list[tuple[str, str]]] = [[]]
-        size = 0
-        for kind, key in [("route", h) for h in sorted(routes)] + \
-                [("redirect", k) for k in sorted(redirects)]:
-            redirect = redirects.get(key) if kind == "redirect" else None
-            route = routes.get(key) if kind == "route" else None
-            weight = len(key) + 64 + (len(redirect.value) if redirect is not None else 0) \
-                + (len(_extras(route)) if route else 0)
-            if len(chunks[-1]) >= CHUNK or size + weight > OUTBOX_BYTES:
-                chunks.append([])
-                size = 0
-            chunks[-1].append((kind, key))
-            size += weight
-        moved = False
-        for chunk in chunks:
-            moved = self._change({h: routes[h] for kind, h in chunk if kind == "route"}, config,
-                                 {k: redirects[k] for kind, k in chunk
-                                  if kind == "redirect"}) or moved
-        return moved
-
-    def _change(self, routes: dict[str, RouteChange], config: EdgeConfig | None,
-                redirects: dict[str, RedirectChange]) -> bool:
-        for attempt in range(COMMIT_ATTEMPTS):
-            meta = self._settled(self.state.get("desired"))
-            try:
-                return self._commit(meta, routes, config, redirects)
-            except ConflictError:  # another replica committed meanwhile: build on its state
-                time.sleep(0.005 * attempt)
-        raise ConflictError(EDGE_STATE.name, "desired", None)
-
-    def _commit(self, meta: Item | None, routes: dict[str, RouteChange],
-                config: EdgeConfig | None, redirects: dict[str, RedirectChange]) -> bool:
-        digest = int(meta["routes_digest"], 16) if meta and "routes_digest" in meta else 0
-        rdigest = int(meta.get("redirects_digest") or "0", 16) if meta else 0
-        pending_redirects: dict[str, dict[str, Any] | None] = {}
-        for key, redirect in sorted(redirects.items()):
-            if self.redirects is None:
-                raise ValueError("this store keeps no redirects")
-            old = self.redirects.get(key)
-            old_value = old["value"] if old is not None and not old.get("removed") else None
-            new_value = redirect.value if redirect is not None else None
-            if old_value == new_value:
-                continue
-            rdigest = (rdigest - (redirect_hash(key, old_value) if old_value else 0)
-                       + (redirect_hash(key, new_value) if new_value else 0)) % DIGEST_MODULUS
-            pending_redirects[key] = None if redirect is None else {
-                "value": new_value, "expires": redirect.expires}
-        pending: dict[str, dict[str, str] | None] = {}
-        for hostname, new in sorted(routes.items()):
-            old = self.routes.get(hostname)
-            old_ref = _ref(old) if old is not None and not old.get("removed") else None
-            new_ref = RouteRef(hostname, new[0], fingerprint(new[1]), _extras(new)) \
-                if new else None
-            if old_ref == new_ref:
-                continue
-            if new is not None and new_ref is not None:
-                stored = self.certs.get(hostname)
-                if stored is None or stored["cert_sha256"] != new_ref.cert_sha256:
-                    self.certs.put({"hostname": hostname, "cert_sha256": new_ref.cert_sha256,
-                                    "pem_enc": self._vault.encrypt(new[1].encode())})
-            digest = (digest - (route_hash(old_ref) if old_ref else 0)
-                      + (route_hash(new_ref) if new_ref else 0)) % DIGEST_MODULUS
-            pending[hostname] = dataclasses.asdict(new_ref) if new_ref else None
-        current = EdgeConfig.from_json(meta["config"]) if meta and "config" in meta else None
-        config = config or current or EdgeConfig((), ())
-        version = state_version(digest, config, rdigest)
-        if meta is not None and not pending and not pending_redirects \
-                and meta["edge_version"] == version:
-            return False
-        revision = int(meta.get("revision") or 0) + 1 if meta else 1
-        committed = self.state.put({
-            "name": "desired", "edge_version": version, "routes_digest": f"{digest:032x}",
-            "redirects_digest": f"{rdigest:032x}", "pending_redirects": pending_redirects,
-            "config": config.to_json(), "revision": revision, "pending": pending,
-            "published_at": time.time(),
-            "compacted_revision": meta.get("compacted_revision", 0) if meta else 0,
-            "forced_version": meta.get("forced_version") if meta else None},
-            expected_version=meta[VERSION] if meta else ABSENT)
-        self._settled(committed)
-        self.watch.changed(version)
-        log.info("edge state %s (revision %d): %d route and %d redirect changes", version,
-                 revision, len(pending), len(pending_redirects))
-        return True
-
-    def _settled(self, meta: Item | None) -> Item | None:
-        """``meta`` with its pending route changes written to the route items (idempotent:
-        an item is written only over an older revision) and the outbox cleared."""
-        if meta is None or not (meta.get("pending") or meta.get("pending_redirects")):
-            return meta
-        revision = int(meta["revision"])
-        for hostname, ref in (meta.get("pending") or {}).items():
-            self._write_route(hostname, ref, revision)
-        for key, redirect in (meta.get("pending_redirects") or {}).items():
-            self._write_redirect(key, redirect, revision)
-        try:
-            return self.state.put({**meta, "pending": {}, "pending_redirects": {}},
-                                  expected_version=meta[VERSION])
-        except ConflictError:  # a newer commit: it settled ours before building on it, but
-            # its own changes may still be pending: settle them too before anyone builds on it
-            # (a commit built on unwritten route items computes its digest from stale ones)
-            return self._settled(self.state.get("desired"))
-
-    def _write_route(self, hostname: str, ref: dict[str, str] | None, revision: int) -> None:
-        while True:
-            existing = self.routes.get(hostname)
-            if existing is not None and int(existing.get("revision") or 0) >= revision:
-                return  # a newer change already wrote it
-            item = {"hostname": hostname, "removed": True} if ref is None else dict(ref)
-            try:
-                self.routes.put({**item, "feed": FEED, "revision": revision},
-                                expected_version=existing[VERSION] if existing else ABSENT)
-                if ref is None:
-                    self._drop_certificate(hostname)
-                return
-            except ConflictError:
-                continue
-
-    def _write_redirect(self, key: str, redirect: dict[str, Any] | None, revision: int) -> None:
-        assert self.redirects is not None
-        while True:
-            existing = self.redirects.get(key)
-            if existing is not None and int(existing.get("revision") or 0) >= revision:
-                return  # a newer change already wrote it
-            item: Item = {"key": key, "feed": FEED, "revision": revision}
-            if redirect is None:
-                item["removed"] = True
-            else:
-                item["value"] = redirect["value"]
-                if redirect.get("expires"):  # in the expiry index only while it has one
-                    item.update(expiring="1", expires=int(redirect["expires"]))
-            try:
-                self.redirects.put(item, expected_version=existing[VERSION] if existing
-                                   else ABSENT)
-                return
-            except ConflictError:
-                continue
-
-    def due_redirects(self, now: float, limit: int = CHUNK) -> list[str]:
-        """Keys of redirects whose link has expired by ``now`` (HAProxy stopped answering
-        them at that second): one index query, whatever the number of links."""
-        if self.redirects is None:
-            return []
-        page = self.redirects.query_range("expiry", "1", upper=now, limit=limit)
-        return [str(item["key"]) for item in page.items]
-
-    def reconcile_redirects(self, desired: dict[str, Redirect]) -> bool:
-        """Make the stored redirects exactly ``desired`` (at start, or on request: reads every
-        redirect item once) and drop their tombstones. True if anything changed."""
-        table = self.redirects
-        if table is None:
-            return False
-        before = self._settled(self.meta())
-        stored, tombstones = {}, []
-        for item in every(lambda cursor: table.scan(limit=500, cursor=cursor)):
-            if item.get("removed"):
-                tombstones.append(item)
-            else:
-                stored[item["key"]] = item["value"]
-        digest = sum(redirect_hash(k, v) for k, v in stored.items()) % DIGEST_MODULUS
-        if before is not None and before.get("redirects_digest") != f"{digest:032x}":
-            try:  # as for routes: only if nothing moved during the scan
-                self.state.put({**before, "redirects_digest": f"{digest:032x}"},
-                               expected_version=before[VERSION])
-            except ConflictError:
-                pass
-        self._compact(tombstones, self.redirects)
-        changes: dict[str, RedirectChange] = {
-            key: None for key in stored if key not in desired}
-        changes.update((key, r) for key, r in desired.items() if stored.get(key) != r.value)
-        return self.change({}, redirects=changes) if changes else False
-
-    def _drop_certificate(self, hostname: str) -> None:
-        """The key of a removed route, unless a newer change routed the host again meanwhile
-        (it stores its certificate before it commits: a conditional delete leaves that one)."""
-        cert = self.certs.get(hostname)
-        route = self.routes.get(hostname)
-        if cert is None or route is None or not route.get("removed"):
-            return
-        try:
-            self.certs.delete(hostname, expected_version=cert[VERSION])
-        except ConflictError:
-            pass
+        return self.changes.change(routes, config, redirects)
 
     def save(self, desired: DesiredState) -> bool:
-        """Make the stored state exactly ``desired`` (see :meth:`reconcile`)."""
-        pems = {route.hostname: route.pem for route in desired.routes}
-        return self.reconcile({r.hostname: (r.publication_id, r.extras) for r in desired.routes},
-                              pems.get, desired.config)
+        return self.changes.save(desired)
 
     def reconcile(self, routes: dict[str, str | tuple[str, str]],
                   pem_of: Callable[[str], str | None], config: EdgeConfig) -> bool:
-        """Make the stored state exactly ``routes`` (hostname -> publication id, or (publication
-        id, extras); a route whose ``pem_of`` is None is left out), at start or on an operator's request: reads every
-        route item once, keeps only the changed routes' PEMs in memory, repairs the digest (a
-        store from an earlier version has none) and drops tombstones. Routine changes go
-        through :meth:`change`. True if anything changed."""
-        before = self._settled(self.meta())  # the scan must not miss a change after this
-        stored: dict[str, RouteRef] = {}
-        tombstones = []
-        for item in every(lambda cursor: self.routes.scan(limit=500, cursor=cursor)):
-            if item.get("removed"):
-                tombstones.append(item)
-            else:
-                stored[item["hostname"]] = _ref(item)
-        self._repair_digest(before, routes_digest(stored.values()))
-        self._compact(tombstones)
-        changes: dict[str, RouteChange] = {hostname: None for hostname in stored
-                                           if hostname not in routes}
-        moved = False
-        for hostname, route in routes.items():
-            publication_id, extras = _split(route)
-            pem = pem_of(hostname)
-            if pem is None:
-                if hostname in stored:
-                    changes[hostname] = None
-            elif stored.get(hostname) != RouteRef(hostname, publication_id, fingerprint(pem),
-                                                  extras):
-                changes[hostname] = (publication_id, pem, extras)
-            if len(changes) >= CHUNK:  # commit as it goes: at most a chunk of PEMs in memory
-                moved = self.change(changes, config) or moved
-                changes = {}
-        return self.change(changes, config) or moved
+        return self.changes.reconcile(routes, pem_of, config)
 
-    def _compact(self, tombstones: list[Item], table: Table | None = None) -> None:
-        """Drop tombstones, after recording that agents older than them need a snapshot."""
-        table = table or self.routes
-        meta = self._settled(self.meta())
-        if not tombstones or meta is None:
-            return
-        newest = max(int(item["revision"]) for item in tombstones)
-        try:
-            self.state.put({**meta, "compacted_revision": max(
-                newest, int(meta.get("compacted_revision") or 0))},
-                expected_version=meta[VERSION])
-        except ConflictError:
-            return  # a change meanwhile; the next reconciliation compacts
-        for item in tombstones:
-            try:
-                table.delete(item[table.spec.key], expected_version=item[VERSION])
-            except ConflictError:
-                continue  # routed again meanwhile
+    def reconcile_redirects(self, desired: dict[str, Redirect]) -> bool:
+        return self.changes.reconcile_redirects(desired)
 
-    def _repair_digest(self, meta: Item | None, digest: int) -> None:
-        """Set the digest counted by a scan, only if the version item has not moved since
-        ``meta`` was read before it: a change during the scan may be missing from it, and a
-        digest from such a scan would disagree with the route items for good."""
-        if meta is None or meta.get("routes_digest") == f"{digest:032x}":
-            return
-        try:
-            self.state.put({**meta, "routes_digest": f"{digest:032x}"},
-                           expected_version=meta[VERSION])
-            log.warning("the edge routes digest did not match the route items; repaired")
-        except ConflictError:
-            pass  # a change meanwhile; the next reconciliation looks again
-
-    # --- reading it -----------------------------------------------------------------------
-
-    def meta(self) -> dict[str, Any] | None:
-        return self.state.get("desired")
-
-    def current_version(self) -> str | None:
-        meta = self.meta()
-        return str(meta["edge_version"]) if meta else None
-
-    def changes_since(self, since: int) -> dict[str, Any] | None:
-        """The wire form as a delta: the routes written after revision ``since`` (removed ones
-        as ``{"hostname", "removed": true}``) and the config. None when ``since`` is older than
-        the last compaction or newer than the state: the caller sends a snapshot instead.
-        Reads the version item and the changed routes only."""
-        for _ in range(3):
-            found = self._settled(self.meta())
-            if found is None or not int(found.get("compacted_revision") or 0) <= since \
-                    <= int(found["revision"]):
-                return None
-            meta: Item = found
-            revision = int(meta["revision"])
-            changed = list(every(lambda cursor: self.routes.query_range(
-                "feed", FEED, lower=since + 0.5, limit=500, cursor=cursor)))
-            table = self.redirects
-            links = list(every(lambda cursor: table.query_range(
-                "feed", FEED, lower=since + 0.5, limit=500, cursor=cursor))) \
-                if table is not None else []
-            if all(int(item["revision"]) <= revision for item in changed + links):
-                break  # exactly the changes this version names
-            # A newer change landed meanwhile (it may have overwritten one of ours): read the
-            # version again, so the delta and the version agree.
-        changed = [item for item in changed if int(item["revision"]) <= revision]
-        links = [item for item in links if int(item["revision"]) <= revision]
-        return {"version": meta["edge_version"], "revision": int(meta["revision"]),
-                "delta": True, "since": since,
-                "changes": [{"hostname": item["hostname"], "removed": True}
-                            if item.get("removed") else vars(_ref(item)) for item in changed],
-                "redirect_changes": [[item["key"], None if item.get("removed")
-                                      else item["value"]] for item in links],
-                "redirects_digest": meta.get("redirects_digest") or "0" * 32,
-                **(meta.get("config") or {}),
-                "force": meta.get("forced_version") == meta["edge_version"]}
-
-    def load(self) -> dict[str, Any] | None:
-        """The wire form (no keys) as a full snapshot. One read when the version has not moved;
-        the route items are read again only when it has (once per change per replica)."""
-        meta = self._settled(self.meta())
-        if meta is None:
-            return None
-        with self._lock:
-            if self._cache is None or self._cache["version"] != meta["edge_version"]:
-                refs = [_ref(item) for item in every(
-                    lambda cursor: self.routes.scan(limit=500, cursor=cursor))
-                        if not item.get("removed")]
-                config = EdgeConfig.from_json(meta.get("config") or {})
-                table = self.redirects
-                links = sorted((item["key"], item["value"]) for item in every(
-                    lambda cursor: table.scan(limit=1000, cursor=cursor))
-                    if not item.get("removed")) if table is not None else []
-                rdigest = sum(redirect_hash(k, v) for k, v in links) % DIGEST_MODULUS
-                summary = {"version": state_version(routes_digest(refs), config, rdigest),
-                           "revision": int(meta["revision"]),
-                           "routes": [vars(r) for r in sorted(refs, key=lambda r: r.hostname)],
-                           "redirects": [list(link) for link in links],
-                           "redirects_digest": f"{rdigest:032x}",
-                           **config.to_json()}
-                if summary["version"] != meta["edge_version"]:
-                    return summary  # caught mid-change: do not cache, the next poll catches up
-                self._cache = summary
-            return {**self._cache, "force": meta.get("forced_version") == meta["edge_version"]}
-
-    def certificate(self, hostname: str) -> dict[str, str] | None:
-        """The certificate and key an agent downloads: the only place a key is decrypted."""
-        item = self.certs.get(hostname)
-        if item is None:
-            return None
-        return {"hostname": hostname, "cert_sha256": item["cert_sha256"],
-                "pem": self._vault.decrypt(item["pem_enc"]).decode()}
+    def due_redirects(self, now: float, limit: int = CHUNK) -> list[str]:
+        return self.changes.due_redirects(now, limit)
 
     def force(self, version: str) -> bool:
-        """Let nodes apply ``version`` even if its plan looks unsafe (an operator's decision)."""
-        meta = self.meta()
-        if meta is None or meta["edge_version"] != version:
-            return False
-        try:
-            self.state.put({**meta, "forced_version": version}, expected_version=meta[VERSION])
-        except ConflictError:
-            return False
-        return True
+        return self.changes.force(version)
 
-    # --- nodes and their reports --------------------------------------------------------------
+    def reencrypt(self) -> int:
+        return self.changes.reencrypt()
+
+    def meta(self) -> dict[str, Any] | None:
+        return self.changes.meta()
+
+    def current_version(self) -> str | None:
+        return self.changes.current_version()
+
+    # --- what agents read (StateFeed) -----------------------------------------------------
+
+    def changes_since(self, since: int) -> dict[str, Any] | None:
+        return self.feed.changes_since(since)
+
+    def load(self) -> dict[str, Any] | None:
+        return self.feed.load()
+
+    def certificate(self, hostname: str) -> dict[str, str] | None:
+        return self.feed.certificate(hostname)
+
+    # --- nodes and their reports (StateReports) -------------------------------------------
 
     def first_report(self, report_id: str) -> bool:
-        """True the first time a visit report id is seen (within ``report_memory``)."""
-        try:
-            self.reports.put({"report_id": report_id,
-                              "expires_at": self._clock() + self._report_memory},
-                             expected_version=ABSENT)
-            return True
-        except ConflictError:
-            return False
+        return self.node_reports.first_report(report_id)
 
     def report(self, node_id: str, applied: str | None, error: str | None,
                running: bool) -> None:
-        self.nodes.put({"node_id": node_id, "applied_version": applied, "error": error,
-                        "haproxy_running": running, "reported_at": time.time()})
+        self.node_reports.report(node_id, applied, error, running)
 
     def list_nodes(self) -> list[dict[str, Any]]:
-        meta = self.meta()
-        now = time.time()
-        nodes = []
-        for node in all_items(self.nodes):
-            in_sync = meta is not None and node.get("applied_version") == meta["edge_version"]
-            lag = 0.0 if in_sync or meta is None else now - meta["published_at"]
-            nodes.append({**node, "in_sync": in_sync, "lag_seconds": round(lag, 3),
-                          "last_seen_seconds": round(now - node["reported_at"], 3)})
-        return nodes
-
-
-def _ref(item: Item) -> RouteRef:
-    return RouteRef(item["hostname"], item["publication_id"], item["cert_sha256"],
-                    item.get("extras") or "")
-
-
-def _extras(change: tuple[str, ...]) -> str:
-    return change[2] if len(change) > 2 else ""
-
-
-def _split(route: str | tuple[str, str]) -> tuple[str, str]:
-    """A reconciled route: a publication id, or (publication id, extras)."""
-    return (route, "") if isinstance(route, str) else route
+        return self.node_reports.list_nodes()

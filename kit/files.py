@@ -17,14 +17,15 @@ PUBLIC = 0o644
 
 
 def write_atomic(path: Path | str, data: str | bytes, mode: int = SECRET, *,
-                 sync_directory: bool = True) -> None:
+                 sync_directory: bool = True, sync_file: bool = True) -> None:
     """Replace ``path`` with ``data`` (str is written as UTF-8) and file mode ``mode``.
 
     The content goes to a new temporary file in the same directory (created exclusively with
     ``mode``), is fsynced, renamed over ``path``, then the directory is fsynced. On any error
     the temporary file is removed and ``path`` is left as it was. ``sync_directory=False``
     skips the last step for a caller that writes many files into one directory and then calls
-    :func:`fsync_directory` once.
+    :func:`fsync_directory` once; ``sync_file=False`` skips the content's fsync too, for one
+    that makes many new files durable at once (``os.sync()``, then :func:`fsync_directory`).
     """
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
@@ -36,7 +37,8 @@ def write_atomic(path: Path | str, data: str | bytes, mode: int = SECRET, *,
             view = memoryview(payload)
             while view:
                 view = view[os.write(descriptor, view):]
-            os.fsync(descriptor)
+            if sync_file:
+                os.fsync(descriptor)
         finally:
             os.close(descriptor)
         os.replace(tmp, path)

@@ -150,14 +150,17 @@ def test_broken_template_is_reported_and_the_node_keeps_serving(
     shutil.copytree(resources.files("haproxy_templates"), broken)
     config = broken / "haproxy.cfg.j2"
     config.write_text(config.read_text().replace("timeout connect 5s", "timeout connect soon"))
-    agent.node.templates = broken
+    restarted = EdgeNode(agent.node.directory, http_port=agent.node.layout.http_port,
+                         https_port=agent.node.layout.https_port, templates=broken)
+    restarted.start()  # takes over the HAProxy running, as a restarted agent does
+    rendering = EdgeAgent(restarted, url, "edge-token-0123456789", node_id="n1")
     spare = SampleApp("spare", 0)
     try:
         services.edge_state.save(DesiredState(
             (Route("ok.example.test", "pub_1", pem),), (app.address, spare.address),
             ("127.0.0.1:9",)))
         with pytest.raises(ConfigRejected):
-            agent.sync()
+            rendering.sync()
     finally:
         spare.stop()
     report = node_report(url)

@@ -9,14 +9,19 @@ from typing import Any
 
 import pytest
 import requests
+from cryptography.fernet import Fernet
 
 from control.wiring import Services
 from edge.agent import EdgeAgent, StateUnavailable
 from edge.node import EdgeNode
 from edge.state import DesiredState, Redirect, StateDelta
+from edge.state_store import (EDGE_CERTS, EDGE_NODES, EDGE_ROUTES, EDGE_STATE, EDGE_VISIT_REPORTS,
+                              EdgeStateStore)
 from kit.procs import free_port
 from kit.settings import Settings
+from kit.vault import KeyVault
 from kit.x509 import self_signed
+from store import Backend
 
 EDGE = {"Authorization": "Bearer edge-token-0123456789"}
 
@@ -192,3 +197,17 @@ def test_closing_the_services_stops_the_watch_before_the_store_closes(
     assert not waiter.is_alive(), "a waiting agent is answered when the store closes"
     assert not any(t.name == "edge-watch" for t in threading.enumerate())
     assert "reading the edge state version failed" not in caplog.text
+
+
+def test_the_clock_given_dates_commits_and_reports(backend: Backend) -> None:
+    now = [1_000_000.0]
+    edge = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
+                          backend.table(EDGE_CERTS), backend.table(EDGE_NODES),
+                          KeyVault([Fernet.generate_key().decode()]),
+                          backend.table(EDGE_VISIT_REPORTS), clock=lambda: now[0])
+    edge.save(DesiredState((), ("127.0.0.1:8",), ("127.0.0.1:9",)))
+    assert edge.meta()["published_at"] == now[0]  # type: ignore[index]
+    edge.report("n1", None, None, True)
+    now[0] += 30
+    [node] = edge.list_nodes()
+    assert (node["last_seen_seconds"], node["lag_seconds"], node["in_sync"]) == (30, 30, False)

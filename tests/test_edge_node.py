@@ -96,9 +96,11 @@ def test_broken_template_never_replaces_the_running_config(node: EdgeNode, app: 
     shutil.copytree(resources.files("haproxy_templates"), broken)
     config = broken / "haproxy.cfg.j2"
     config.write_text(config.read_text().replace("balance roundrobin", "balance sideways"))
-    node.templates = broken
+    rendering = EdgeNode(node.directory, http_port=node.layout.http_port,
+                         https_port=node.layout.https_port, templates=broken)
+    rendering.start()  # takes over the HAProxy running, as a restarted node does
     with pytest.raises(ConfigRejected, match="balance only supports"):
-        node.apply(state(app, Route("one.example.test", "pub_2", pem)))
+        rendering.apply(state(app, Route("one.example.test", "pub_2", pem)))
     assert node.current.resolve() == served
     probe = https_get(node.layout.https_port, "one.example.test", cadata=cert)
     assert (probe.status, probe.json()["publication_id"]) == (200, "pub_1")

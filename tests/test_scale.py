@@ -125,7 +125,7 @@ def test_a_change_committed_by_a_replica_that_died_is_applied_by_the_next(
     def die(*args: object) -> None:
         raise SystemExit("killed between the commit and the route items")
 
-    monkeypatch.setattr(dying, "_write_route", die)
+    monkeypatch.setattr(dying.changes, "_write_route", die)
     with pytest.raises(SystemExit):
         dying.change({"crash.example.test": ("pub_2", pem)})
     assert services.edge_state.routes.get("crash.example.test") is None  # not written yet
