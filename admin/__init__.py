@@ -27,11 +27,12 @@ def build(services: Services) -> Admin:
     if services.sweeper is not None:
         for table in (sessions, failures):
             services.sweeper.add(table)
-    return Admin(services=services, users=Users(backend.table(ADMIN_USERS)),
-                 sessions=Sessions(sessions, settings.admin_session_seconds),
+    clock = services.clock
+    return Admin(services=services, users=Users(backend.table(ADMIN_USERS), clock=clock),
+                 sessions=Sessions(sessions, settings.admin_session_seconds, clock=clock),
                  limiter=LoginLimiter(failures, settings.admin_max_failures,
-                                      settings.admin_lockout_seconds),
-                 audit=AuditLog(backend.table(ADMIN_AUDIT)),
+                                      settings.admin_lockout_seconds, clock=clock),
+                 audit=AuditLog(backend.table(ADMIN_AUDIT), clock=clock),
                  cookie_secure=settings.admin_cookie_secure, summary=Summary(services))
 
 

@@ -35,8 +35,9 @@ class AccountError(EdgeRouterError):
 
 
 class Users:
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, clock: Callable[[], float] = time.time) -> None:
         self.table = table
+        self._clock = clock
 
     def create(self, username: str, password: str) -> Item:
         """A new admin; refuses a taken name, a malformed name or a short password."""
@@ -46,7 +47,7 @@ class Users:
         if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
             raise AccountError(f"password: {MIN_PASSWORD} to {MAX_PASSWORD} characters")
         item = {"username": name, "password_hash": generate_password_hash(password),
-                "created_at": time.time()}
+                "created_at": self._clock()}
         try:
             return self.table.put(item, expected_version=ABSENT)
         except ConflictError:
@@ -68,16 +69,19 @@ def _digest(session_id: str) -> str:
 
 
 class Sessions:
-    def __init__(self, table: Table, lifetime: float) -> None:
+    def __init__(self, table: Table, lifetime: float,
+                 clock: Callable[[], float] = time.time) -> None:
         self.table = table
         self.lifetime = lifetime
+        self._clock = clock
 
     def start(self, username: str) -> str:
         """A new session for ``username``; returns the id for the cookie (never stored)."""
         session_id = secrets.token_urlsafe(32)
+        now = self._clock()
         self.table.put({"id": _digest(session_id), "username": username,
-                        "csrf": secrets.token_urlsafe(32), "started_at": time.time(),
-                        "expires_at": time.time() + self.lifetime})
+                        "csrf": secrets.token_urlsafe(32), "started_at": now,
+                        "expires_at": now + self.lifetime})
         return session_id
 
     def get(self, session_id: str) -> Item | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import threading
-import time
 from typing import Any
 
 from control.wiring import Services
@@ -43,12 +42,12 @@ class Summary:
     def figures(self, fresh: bool = False) -> Figures:
         with self._lock:
             if fresh or self._figures is None or \
-                    time.time() - self._figures.computed_at > self._ttl:
+                    self._services.clock() - self._figures.computed_at > self._ttl:
                 self._figures = self._compute()
             return self._figures
 
     def _compute(self) -> Figures:
-        now = time.time()
+        now = self._services.clock()
         domains, certificates = self._services.domains, self._services.certificates
         by_status = domains.by_status()  # kept counts: one read
         expiries = [(at, host) for host, at in

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Callable
 
 from flask import Blueprint, Response, abort
 
@@ -15,12 +16,13 @@ CHALLENGE_TTL = 900.0
 
 
 class ChallengeStore:
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self.table = table
 
     def add(self, token: str, key_authorization: str) -> None:
         self.table.put({"token": token, "key_authorization": key_authorization,
-                        "expires_at": time.time() + CHALLENGE_TTL})
+                        "expires_at": self._clock() + CHALLENGE_TTL})
 
     def get(self, token: str) -> str | None:
         item = self.table.get(token) if TOKEN.fullmatch(token) else None

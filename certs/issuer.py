@@ -71,7 +71,7 @@ class AcmeIssuer:
         self._challenges = challenges_store
         self._certificates = certificates
         self._key_type = key_type
-        self._orders = OrderJournal(orders, vault, directory_url)
+        self._orders = OrderJournal(orders, vault, directory_url, clock=clock)
         self._dns01 = dns01
         self._budget = budget
         self.profile = profile

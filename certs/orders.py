@@ -7,7 +7,7 @@ costs at most the one order that was being created.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from acme import client, errors, messages
 
@@ -19,7 +19,9 @@ ORDER_RECORD_TTL = 7 * 86400.0  # CAs expire pending orders within days
 
 
 class OrderJournal:
-    def __init__(self, table: Table, vault: KeyVault, directory_url: str) -> None:
+    def __init__(self, table: Table, vault: KeyVault, directory_url: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._table = table
         self._vault = vault
         self._ca = directory_url
@@ -33,7 +35,7 @@ class OrderJournal:
     def begin(self, hostnames: list[str], key_pem: bytes, csr_pem: bytes) -> None:
         self._table.put({"key": self._key(hostnames), "key_enc": self._vault.encrypt(key_pem),
                          "csr_pem": csr_pem.decode(), "order_url": None,
-                         "expires_at": time.time() + ORDER_RECORD_TTL})
+                         "expires_at": self._clock() + ORDER_RECORD_TTL})
 
     def ordered(self, hostnames: list[str], order_url: str) -> None:
         record = self.find(hostnames)

@@ -244,7 +244,7 @@ class Services:
         checker = DnsChecker.from_settings(settings)
         dcv = DelegatedDcv(automation, checker, settings.dcv_zone) if settings.dcv_zone else None
         domains = _domains(settings, backend, automation, clock)
-        challenges = ChallengeStore(backend.table(CHALLENGES))
+        challenges = ChallengeStore(backend.table(CHALLENGES), clock=clock)
         certificates = CertificateStore(backend.table(CERTIFICATES), vault)
         uploads = UploadStore(backend.table(UPLOADS), vault, settings.byo_fallback_days,
                               clock=clock)
@@ -288,7 +288,7 @@ class Services:
                                 settings.sweep_batch, clock=clock)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
                    lifecycle, webhooks, links, resolver, publisher,
-                   PublicationTokens(backend.table(API_TOKENS)), Platform.from_settings(settings),
+                   PublicationTokens(backend.table(API_TOKENS), clock=clock), Platform.from_settings(settings),
                    sso, sweeper, custom, clock)
 
     def reencrypt_keys(self) -> int:

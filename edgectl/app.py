@@ -50,7 +50,7 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None,
         app.register_blueprint(blueprint)
     app.register_error_handler(StoreError, _store_unavailable)
     serve_contract(app)
-    settings_page.init_app(app, services.settings.encryption_keys[0])
+    settings_page.init_app(app, services.settings.encryption_keys[0], services.clock)
     app.register_blueprint(byo_page.bp)
     admin.init_app(app, services)
     _register_health(app, services, draining)

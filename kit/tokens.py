@@ -10,6 +10,7 @@ import hashlib
 import re
 import secrets
 import time
+from typing import Callable
 
 from store import ABSENT, Item, Table, TableSpec, all_items
 
@@ -28,7 +29,8 @@ def _hash(token: str) -> str:
 
 
 class PublicationTokens:
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self.table = table
 
     def create(self, publication_id: str, label: str = "") -> tuple[str, Item]:
@@ -39,7 +41,7 @@ class PublicationTokens:
         digest = _hash(token)
         item = self.table.put({"token_hash": digest, "token_id": digest[:12],
                                "publication_id": publication_id, "label": label,
-                               "created_at": time.time()}, expected_version=ABSENT)
+                               "created_at": self._clock()}, expected_version=ABSENT)
         return token, item
 
     def publication_of(self, token: str) -> str | None:

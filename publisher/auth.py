@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import time
-from typing import Any
+from typing import Any, Callable
 
 from flask import Flask, abort, current_app, redirect, request
 from werkzeug.wrappers import Response
@@ -22,13 +21,14 @@ from kit.platform import Platform, PlatformUser
 from kit.tokens import PUBLICATION_ID
 from kit.web import use
 
-CSRF_KEY = "PUBLISHER_CSRF_KEY"
+CSRF_KEY, CLOCK = "PUBLISHER_CSRF_KEY", "PUBLISHER_CLOCK"
 
 
-def init_csrf(app: Flask, encryption_key: str) -> None:
+def init_csrf(app: Flask, encryption_key: str, clock: Callable[[], float]) -> None:
     # CSRF tokens are an HMAC of the user and the day under a key only the control service has.
     app.config[CSRF_KEY] = hashlib.sha256(b"publisher-settings-csrf:" + encryption_key.encode()
                                           ).digest()
+    app.config[CLOCK] = clock
 
 
 def page_headers(response: Response) -> Response:
@@ -54,7 +54,7 @@ def signed_in() -> PlatformUser:
 
 
 def csrf_token(user: PlatformUser, days_ago: int = 0) -> str:
-    day = int(time.time() // 86400) - days_ago
+    day = int(current_app.config[CLOCK]() // 86400) - days_ago
     return hmac.new(current_app.config[CSRF_KEY], f"{user.id}:{day}".encode(),
                     hashlib.sha256).hexdigest()
 

@@ -9,7 +9,7 @@ status, copy buttons and in-place "check now".
 from __future__ import annotations
 
 import datetime
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from flask import Blueprint, Flask, abort, jsonify, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
@@ -32,8 +32,8 @@ bp = Blueprint("publisher_settings", __name__, url_prefix="/_edge/settings",
                template_folder="templates", static_folder="static")
 
 
-def init_app(app: Flask, encryption_key: str) -> None:
-    auth.init_csrf(app, encryption_key)
+def init_app(app: Flask, encryption_key: str, clock: Callable[[], float]) -> None:
+    auth.init_csrf(app, encryption_key, clock)
     app.register_blueprint(bp)
 
 
