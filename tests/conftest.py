@@ -235,35 +235,42 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str = "the
         time.sleep(interval)
 
 
-Activate = Callable[[Services, str], Item]
+Activate = Callable[..., Item]
 
 
 @pytest.fixture
-def activate(pebble: PebbleStack) -> Activate:
+def activate(request: pytest.FixtureRequest) -> Activate:
     """Takes a connected domain to active the way production does: its DNS points at us (set in
-    challtestsrv, unless a registrar of the services wrote it at connect), an edge node reports
-    serving, then worker rounds verify it and issue its certificate from the CA of the services
-    (the session's Pebble probes HTTP-01 on the control app, served on its port meanwhile).
-    Returns the active domain, which has a certificate and a route."""
+    the session's challtestsrv, unless a registrar of the services wrote it at connect), the
+    publisher asks for a check, then worker rounds issue its certificate from the CA of the
+    services while an edge node reports serving (the session's Pebble probes HTTP-01 on the
+    control app, served on its port meanwhile; another CA is asked over DNS-01).
+    Returns the active domain, which has a certificate and a route; ``others`` are taken there
+    in the same worker rounds."""
 
-    def take(services: Services, hostname: str) -> Item:
-        domain = services.domains.get(hostname)
-        assert domain is not None, f"connect {hostname} first"
-        if not domain.get("automation"):
-            assert services.settings.dns_port == pebble.dns_port, \
-                "no registrar wrote its records: the services must ask challtestsrv"
-            _create_records(pebble, domain["dns_records"])
-        answers = contextlib.nullcontext("")
-        if services.settings.acme_directory_url == pebble.directory_url:
-            answers = serving(create_app(services), pebble.http_port)
+    def take(services: Services, hostname: str, *others: str) -> Item:
+        hostnames = [hostname, *others]
+        answers: contextlib.AbstractContextManager[str] = contextlib.nullcontext("")
+        for name in hostnames:
+            domain = services.domains.get(name)
+            assert domain is not None, f"connect {name} first"
+            if not domain.get("automation"):
+                pebble: PebbleStack = request.getfixturevalue("pebble")
+                assert services.settings.dns_port == pebble.dns_port, \
+                    "no registrar wrote its records: the services must ask challtestsrv"
+                _create_records(pebble, domain["dns_records"])
+                if services.settings.acme_directory_url == pebble.directory_url:
+                    answers = serving(create_app(services), pebble.http_port)
         with answers:
-            services.lifecycle.check_now(hostname, actor="publisher")  # "check my DNS"
-            wait_until(lambda: _worker_round(services, hostname), 30, f"{hostname} active",
-                       lambda: services.domains.get(hostname), interval=0.05)
-        active = services.domains.get(hostname)
-        assert services.certificates.get(hostname) is not None
-        assert services.edge_state.routes.get(hostname) is not None
-        return active
+            for name in hostnames:
+                services.lifecycle.check_now(name, actor="publisher")  # "check my DNS"
+            wait_until(lambda: _worker_round(services, hostnames), 30,
+                       f"{', '.join(hostnames)} active",
+                       lambda: [services.domains.get(name) for name in hostnames], interval=0.05)
+        for name in hostnames:
+            assert services.certificates.get(name) is not None
+            assert services.edge_state.routes.get(name) is not None
+        return services.domains.get(hostname)
 
     return take
 
@@ -281,12 +288,12 @@ def _create_records(pebble: PebbleStack, records: list[dict[str, str]]) -> None:
                        {"host": record["name"].rstrip(".") + ".", "addresses": [record["value"]]})
 
 
-def _worker_round(services: Services, hostname: str) -> bool:
+def _worker_round(services: Services, hostnames: list[str]) -> bool:
     services.lifecycle.tick()
     # An edge node applied what the round published: port 80 answers, orders may go out.
     services.edge_state.report("activating-edge", services.edge_state.current_version(),
                                None, True)
-    return bool(services.domains.get(hostname)["status"] == "active")
+    return all(services.domains.get(name)["status"] == "active" for name in hostnames)
 
 
 def dynamo_client(endpoint: str) -> object:
