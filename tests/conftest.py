@@ -1,4 +1,8 @@
-"""Session-scoped real servers on loopback: dynalite, Pebble + challtestsrv. Each is stopped by PID."""
+"""Session-scoped real servers on loopback: dynalite, Pebble + challtestsrv. Each is stopped by PID.
+
+And the factories every test file builds from: the control service's objects on the test's
+store (``services_with``), an edge node with a real HAProxy (``edge_node``), an authoritative
+DNS server (``knot``), a domain taken to active through the real transitions (``activate``)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,19 +13,22 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import boto3
 import pytest
 from cryptography.fernet import Fernet
+from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
 from admin_app import create_app
 from control.wiring import Services
+from devtools.dns_server import KnotServer
 from devtools.pebble import PebbleStack
+from edge.node import EdgeNode
 from kit.procs import ManagedProcess, free_port, start_listening
 from kit.settings import Settings, load_settings
-from store import Backend
+from store import Backend, Item
 from store.dynamo import DynamoBackend
 from store.sqlite import SqliteBackend
 from tests.webhook_receiver import Receiver
@@ -79,6 +86,41 @@ def settings(tmp_path: Path) -> Settings:
                          edge_cname_target="edge.platform.test", edge_addresses=["127.0.0.1"])
 
 
+ServicesWith = Callable[..., Services]
+
+
+@pytest.fixture
+def services_with(settings: Settings) -> Iterator[ServicesWith]:
+    """Builds the control service's objects on this test's store: ``services_with(**overrides)``
+    replaces settings fields (``base=`` starts from other settings, e.g. ``sso_settings``;
+    ``clock=`` a ``FakeClock`` for the time); every one built is closed after the test."""
+    built: list[Services] = []
+
+    def build(base: Settings | None = None, clock: Callable[[], float] = time.time,
+              **overrides: Any) -> Services:
+        opened = Services.from_settings(dataclasses.replace(base or settings, **overrides),
+                                        clock=clock)
+        built.append(opened)
+        return opened
+
+    yield build
+    for opened in reversed(built):
+        opened.close()
+
+
+@pytest.fixture
+def services(services_with: ServicesWith) -> Services:
+    """The control service's objects on this test's settings; a file that needs other settings
+    overrides this fixture with ``services_with(...)``."""
+    return services_with()
+
+
+@pytest.fixture
+def client(services: Services) -> FlaskClient:
+    """Flask's test client of the control app on ``services``."""
+    return create_app(services).test_client()
+
+
 SSO_PLATFORM = "platform.example.test"
 SSO_COOKIE_KEY = "platform-cookie-key-0123456789-abcdef"
 
@@ -94,12 +136,10 @@ def any_backend(request: pytest.FixtureRequest, settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def services_both(any_backend: Settings) -> Iterator[Services]:
+def services_both(any_backend: Settings, services_with: ServicesWith) -> Services:
     """The control service's objects on each backend, with no cap on pending domains, closed
     after the test."""
-    opened = Services.from_settings(dataclasses.replace(any_backend, max_pending_domains=0))
-    yield opened
-    opened.close()
+    return services_with(base=any_backend, max_pending_domains=0)
 
 
 @pytest.fixture
@@ -127,9 +167,10 @@ def pebble(tmp_path_factory: pytest.TempPathFactory, edge_http_port: int) -> Ite
 
 
 @contextlib.contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """A WSGI app served on a free loopback port from a thread, for the length of the block."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+def serving(app: Any, port: int = 0) -> Iterator[str]:
+    """A WSGI app served on loopback (on a free port by default) from a thread, for the length
+    of the block."""
+    server = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -137,6 +178,124 @@ def serving(app: Any) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def on_pebble(pebble: PebbleStack) -> dict[str, Any]:
+    """Settings overrides for DNS answered by Pebble's challtestsrv and certificates from Pebble."""
+    return {"dns_servers": ["127.0.0.1"], "dns_port": pebble.dns_port,
+            "acme_directory_url": pebble.directory_url, "acme_ca_bundle": str(pebble.listener_ca)}
+
+
+@pytest.fixture
+def edge_node(tmp_path: Path) -> Iterator[Callable[..., EdgeNode]]:
+    """Builds an EdgeNode running a real HAProxy, on free ports unless given; ``name`` keeps
+    several apart. Each HAProxy is stopped by its PID after the test."""
+    started: list[EdgeNode] = []
+
+    def start(name: str = "edge", **options: Any) -> EdgeNode:
+        options.setdefault("http_port", free_port())
+        options.setdefault("https_port", free_port())
+        node = EdgeNode(tmp_path / name, **options)
+        started.append(node)
+        return node
+
+    yield start
+    for node in reversed(started):
+        node.stop()
+
+
+@pytest.fixture
+def node(edge_node: Callable[..., EdgeNode]) -> EdgeNode:
+    """One edge node with HAProxy on free ports, stopped after the test."""
+    return edge_node()
+
+
+@pytest.fixture
+def knot(tmp_path: Path) -> Iterator[Callable[..., KnotServer]]:
+    """Builds a knotd serving ``zones`` (zone name -> zone file text), optionally with a TSIG key
+    for updates; stopped after the test."""
+    started: list[KnotServer] = []
+
+    def start(zones: dict[str, str], tsig: tuple[str, str] | None = None,
+              name: str = "knot") -> KnotServer:
+        server = KnotServer(tmp_path / name, zones, tsig=tsig)
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str = "the condition",
+               why: Callable[[], object] = lambda: "", interval: float = 0.5) -> None:
+    """Polls ``condition`` until it holds; fails naming ``what`` (and ``why()``) after ``timeout``
+    seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what} {why()}".rstrip()
+        time.sleep(interval)
+
+
+Activate = Callable[..., Item]
+
+
+@pytest.fixture
+def activate(request: pytest.FixtureRequest) -> Activate:
+    """Takes a connected domain to active the way production does: its DNS points at us (set in
+    the session's challtestsrv, unless a registrar of the services wrote it at connect), the
+    publisher asks for a check, then worker rounds issue its certificate from the CA of the
+    services while an edge node reports serving (the session's Pebble probes HTTP-01 on the
+    control app, served on its port meanwhile; another CA is asked over DNS-01).
+    Returns the active domain, which has a certificate and a route; ``others`` are taken there
+    in the same worker rounds."""
+
+    def take(services: Services, hostname: str, *others: str) -> Item:
+        hostnames = [hostname, *others]
+        answers: contextlib.AbstractContextManager[str] = contextlib.nullcontext("")
+        for name in hostnames:
+            domain = services.domains.get(name)
+            assert domain is not None, f"connect {name} first"
+            if not domain.get("automation"):
+                pebble: PebbleStack = request.getfixturevalue("pebble")
+                assert services.settings.dns_port == pebble.dns_port, \
+                    "no registrar wrote its records: the services must ask challtestsrv"
+                _create_records(pebble, domain["dns_records"])
+                if services.settings.acme_directory_url == pebble.directory_url:
+                    answers = serving(create_app(services), pebble.http_port)
+        with answers:
+            for name in hostnames:
+                services.lifecycle.check_now(name, actor="publisher")  # "check my DNS"
+            wait_until(lambda: _worker_round(services, hostnames), 30,
+                       f"{', '.join(hostnames)} active",
+                       lambda: [services.domains.get(name) for name in hostnames], interval=0.05)
+        for name in hostnames:
+            assert services.certificates.get(name) is not None
+            assert services.edge_state.routes.get(name) is not None
+        return services.domains.get(hostname)
+
+    return take
+
+
+def _create_records(pebble: PebbleStack, records: list[dict[str, str]]) -> None:
+    """What the publisher does with the records the API asked for, in challtestsrv."""
+    for record in records:
+        if record["type"] == "CNAME":
+            pebble.set_cname(record["name"], record["value"])
+        elif record["type"] == "TXT":
+            pebble.set_txt(record["name"], record["value"])
+        else:
+            assert record["type"] in ("A", "AAAA"), record
+            pebble.dns(f"/add-{record['type'].lower()}",
+                       {"host": record["name"].rstrip(".") + ".", "addresses": [record["value"]]})
+
+
+def _worker_round(services: Services, hostnames: list[str]) -> bool:
+    services.lifecycle.tick()
+    # An edge node applied what the round published: port 80 answers, orders may go out.
+    services.edge_state.report("activating-edge", services.edge_state.current_version(),
+                               None, True)
+    return all(services.domains.get(name)["status"] == "active" for name in hostnames)
 
 
 def dynamo_client(endpoint: str) -> object:
@@ -164,12 +323,11 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def control(settings: Settings) -> Iterator[tuple[Services, str]]:
+def control(services_with: ServicesWith) -> Iterator[tuple[Services, str]]:
     """The control service's app over real HTTP on a free port: (its services, its URL)."""
-    services = Services.from_settings(settings)
+    services = services_with()
     with serving(create_app(services)) as url:
         yield services, url
-    services.close()
 
 
 def opened_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:

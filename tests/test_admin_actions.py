@@ -1,7 +1,6 @@
 """Dashboard actions on an active domain, against real Pebble and real DNS (challtestsrv)."""
 from __future__ import annotations
 
-import dataclasses
 import threading
 from typing import Iterator
 
@@ -13,19 +12,14 @@ from admin.web import Admin
 from admin_app import create_app
 from control.wiring import Services
 from devtools.pebble import PebbleStack
-from kit.settings import Settings
 from kit.web import provided
+from tests.conftest import ServicesWith, on_pebble
 from tests.test_admin_pages import PASSWORD, csrf, login
 
 
 @pytest.fixture
-def services(settings: Settings, pebble: PebbleStack) -> Iterator[Services]:
-    built = Services.from_settings(dataclasses.replace(
-        settings, dns_servers=["127.0.0.1"], dns_port=pebble.dns_port,
-        acme_directory_url=pebble.directory_url, acme_ca_bundle=str(pebble.listener_ca),
-        admin_cookie_secure=False))
-    yield built
-    built.close()
+def services(services_with: ServicesWith, pebble: PebbleStack) -> Services:
+    return services_with(admin_cookie_secure=False, **on_pebble(pebble))
 
 
 @pytest.fixture

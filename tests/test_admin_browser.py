@@ -5,7 +5,6 @@ loopback; every *.test name resolves to 127.0.0.1 inside the browser.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import threading
 from pathlib import Path
@@ -18,20 +17,17 @@ from admin.web import Admin
 from admin_app import create_app
 from control.wiring import Services
 from devtools.pebble import PebbleStack
-from kit.settings import Settings
 from kit.web import provided
 from shortlinks.app import make_app
+from tests.conftest import ServicesWith
 
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def services(settings: Settings, pebble: PebbleStack) -> Iterator[Services]:
-    built = Services.from_settings(dataclasses.replace(
-        settings, dns_servers=["127.0.0.1"], dns_port=pebble.dns_port,
-        admin_cookie_secure=False, short_domains=["go.example.test"]))
-    yield built
-    built.close()
+def services(services_with: ServicesWith, pebble: PebbleStack) -> Services:
+    return services_with(dns_servers=["127.0.0.1"], dns_port=pebble.dns_port,
+                         admin_cookie_secure=False, short_domains=["go.example.test"])
 
 
 def serve(app: Callable[..., Any]) -> Iterator[int]:

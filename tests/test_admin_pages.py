@@ -5,7 +5,6 @@ import dataclasses
 import datetime
 import re
 import uuid
-from typing import Iterator
 
 import pytest
 from cryptography import x509
@@ -20,17 +19,15 @@ from admin_app import create_app
 from control.wiring import Services
 from kit.settings import Settings
 from kit.web import provided
+from tests.conftest import ServicesWith
 
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def services(settings: Settings) -> Iterator[Services]:
-    built = Services.from_settings(dataclasses.replace(
-        settings, admin_cookie_secure=False, admin_max_failures=3,
-        short_domains=["acme.link"]))
-    yield built
-    built.close()
+def services(services_with: ServicesWith) -> Services:
+    return services_with(admin_cookie_secure=False, admin_max_failures=3,
+                         short_domains=["acme.link"])
 
 
 @pytest.fixture

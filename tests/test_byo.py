@@ -8,7 +8,7 @@ import dataclasses
 import re
 import datetime
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -22,35 +22,24 @@ from control.wiring import Services
 from edge.state import fingerprint
 from kit.settings import Settings
 from kit.x509 import LocalCA, build_certificate, cert_to_pem, key_to_pem, self_signed
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, ServicesWith
 
 HOST = "shop.example.test"
 TOKEN = "test-token-0123456789"
 
 
-def with_webhooks(settings: Settings) -> Iterator[Services]:
-    """The control service's objects with a webhook endpoint (its events go to the outbox)."""
-    built = Services.from_settings(dataclasses.replace(
-        settings, webhook_url="http://127.0.0.1:9/never-delivered", webhook_secret="s" * 20))
-    try:
-        yield built
-    finally:
-        built.close()
+# A webhook endpoint: the events go to the outbox.
+WEBHOOKS = {"webhook_url": "http://127.0.0.1:9/never-delivered", "webhook_secret": "s" * 20}
 
 
 @pytest.fixture
-def services(settings: Settings) -> Iterator[Services]:
-    yield from with_webhooks(settings)
+def services(services_with: ServicesWith) -> Services:
+    return services_with(**WEBHOOKS)
 
 
 @pytest.fixture
-def both(any_backend: Settings) -> Iterator[Services]:
-    yield from with_webhooks(any_backend)
-
-
-@pytest.fixture
-def client(services: Services) -> FlaskClient:
-    return create_app(services).test_client()
+def both(services_with: ServicesWith, any_backend: Settings) -> Services:
+    return services_with(base=any_backend, **WEBHOOKS)
 
 
 def activate(services: Services, hostname: str = HOST, publication: str = "pub_1") -> str:

@@ -3,11 +3,10 @@ app on loopback (the platform's signed cookie signs the publisher in), and the f
 ownership rules through the test client."""
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jwt
 import pytest
@@ -19,17 +18,13 @@ from control.wiring import Services
 from edge.state import fingerprint
 from kit.settings import Settings
 from kit.x509 import LocalCA
-from tests.conftest import SSO_COOKIE_KEY, SSO_PLATFORM, serving
+from tests.conftest import SSO_COOKIE_KEY, SSO_PLATFORM, ServicesWith, serving
 from tests.test_byo import HOST, activate, served_sha
 
 
 @pytest.fixture
-def services(sso_settings: Settings) -> Iterator[Services]:
-    built = Services.from_settings(dataclasses.replace(sso_settings, edge_https_port=443))
-    try:
-        yield built
-    finally:
-        built.close()
+def services(services_with: ServicesWith, sso_settings: Settings) -> Services:
+    return services_with(base=sso_settings, edge_https_port=443)
 
 
 def session_cookie(user: str = "alice", publications: tuple[str, ...] = ("pub_1",)) -> str:

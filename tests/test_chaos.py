@@ -38,6 +38,7 @@ from devtools.sample_app import SampleApp
 from kit.files import PUBLIC, SECRET, write_atomic
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.x509 import local_ca_and_server
+from tests.conftest import wait_until
 from tests.supervised_dynalite import SupervisedDynalite
 from tests.webhook_receiver import Receiver
 
@@ -440,10 +441,10 @@ def test_chaos(cluster: Cluster, receiver: Receiver) -> None:
                 if s == "active" and h not in chaos.served[n]]
 
     try:
-        wait_until(settled, "every domain in the state asked", 180)
-        wait_until(converged, "both nodes on the desired version", 120)
+        wait_until(settled, 180, "every domain in the state asked")
+        wait_until(converged, 120, "both nodes on the desired version")
         to_converge = time.monotonic() - faults_done
-        wait_until(lambda: not unserved(), "every active host served by both nodes", 60,
+        wait_until(lambda: not unserved(), 60, "every active host served by both nodes",
                    unserved)
         time.sleep(3.0)  # more load on the final state
     finally:
@@ -528,10 +529,3 @@ def test_chaos(cluster: Cluster, receiver: Receiver) -> None:
     assert [len(m) for m in lasting] == [1, 1], f"one HAProxy per node, not {lasting}"
     assert not failures, [dataclasses.astuple(r) for r in failures[:10]]
 
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float,
-               why: Callable[[], object] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what} {why()}"
-        time.sleep(0.5)

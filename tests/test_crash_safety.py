@@ -21,6 +21,7 @@ from devtools.pebble import PebbleStack
 from domains.service import ACTIVE
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.settings import load_settings
+from tests.conftest import wait_until
 from tests.webhook_receiver import Receiver
 
 API = "api-token-0123456789"
@@ -121,8 +122,9 @@ def test_killed_at_random_points_connect_activation_and_removal_lose_and_repeat_
             time.sleep(rng.uniform(0.05, 0.6))
             control.kill()
             control.restart_if_dead()
-        wait_until(settings, lambda s: len(s.domains.with_status(ACTIVE)) == len(hostnames),
-                   "every domain active")
+        wait_until(lambda: seen_by_a_fresh_process(
+            settings, lambda s: len(s.domains.with_status(ACTIVE)) == len(hostnames)),
+            90, "every domain active", interval=0.2)
         claims = check_active_once(settings, hostnames, tmp_path / "control.log")
         for domain in short:
             made = control.call(lambda: requests.post(
@@ -137,8 +139,9 @@ def test_killed_at_random_points_connect_activation_and_removal_lose_and_repeat_
         time.sleep(rng.uniform(0.05, 0.3))
         control.kill()  # and once more while the worker drains what is left
         control.restart_if_dead()
-        wait_until(settings, lambda s: not any(s.domains.find(h) for h in hostnames),
-                   "every domain removed")
+        wait_until(lambda: seen_by_a_fresh_process(
+            settings, lambda s: not any(s.domains.find(h) for h in hostnames)),
+            90, "every domain removed", interval=0.2)
         deadline = time.monotonic() + 60  # a sender killed mid-POST resends after its lease
         expected = {(h, t) for h in hostnames for t in WEBHOOKS}
         while missing := expected - {(r["body"]["data"]["hostname"], r["type"])
@@ -164,17 +167,12 @@ def queued(settings: Any) -> list[tuple[str, str, str]]:
         services.close()
 
 
-def wait_until(settings: Any, done: Callable[[Services], bool], what: str) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        services = Services.from_settings(settings)
-        try:
-            if done(services):
-                return
-        finally:
-            services.close()
-        assert time.monotonic() < deadline, f"not reached: {what}"
-        time.sleep(0.2)
+def seen_by_a_fresh_process(settings: Any, done: Callable[[Services], bool]) -> bool:
+    services = Services.from_settings(settings)
+    try:
+        return done(services)
+    finally:
+        services.close()
 
 
 def check_active_once(settings: Any, hostnames: list[str], log: Path) -> dict[str, str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from cryptography import x509
@@ -14,30 +14,27 @@ from devtools.pebble import PebbleStack
 from kit.procs import free_port
 from kit.settings import Settings
 from devtools.dns_server import KnotServer
+from tests.conftest import ServicesWith
 
 TSIG = ("edge-key", "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHMtMTIzNA==")
 
 
 @pytest.fixture
-def knot(tmp_path: Path) -> Iterator[KnotServer]:
-    server = KnotServer(tmp_path / "knot", {"dns01.test": "@ A 127.0.0.1\n"}, tsig=TSIG)
-    yield server
-    server.stop()
+def knot(knot: Callable[..., KnotServer]) -> KnotServer:
+    return knot({"dns01.test": "@ A 127.0.0.1\n"}, tsig=TSIG)
 
 
 @pytest.fixture
-def services(settings: Settings, knot: KnotServer, tmp_path: Path) -> Iterator[Services]:
+def services(services_with: ServicesWith, knot: KnotServer, tmp_path: Path) -> Iterator[Services]:
     # Nothing listens on Pebble's HTTP-01 port: only DNS-01 can succeed here.
     pebble = PebbleStack(tmp_path / "pebble", http_port=free_port(),
                          dns_server=f"127.0.0.1:{knot.port}")
-    built = Services.from_settings(dataclasses.replace(
-        settings, acme_directory_url=pebble.directory_url,
-        acme_ca_bundle=str(pebble.listener_ca), dns_servers=["127.0.0.1"], dns_port=knot.port,
+    yield services_with(
+        acme_directory_url=pebble.directory_url, acme_ca_bundle=str(pebble.listener_ca),
+        dns_servers=["127.0.0.1"], dns_port=knot.port,
         registrars={"dns01.test": {"provider": "rfc2136", "server": "127.0.0.1",
                                    "port": knot.port, "key_name": TSIG[0],
-                                   "key_secret": TSIG[1]}}))
-    yield built
-    built.close()
+                                   "key_secret": TSIG[1]}})
     pebble.stop()
 
 

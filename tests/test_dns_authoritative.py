@@ -2,34 +2,31 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
 import pytest
 from flask.testing import FlaskClient
 
-from admin_app import create_app
 from control.wiring import Services
 from dnsops.dnscheck import DnsChecker
 from domains.service import VERIFIED
 from kit.settings import Settings
 from devtools.dns_server import KnotServer
+from tests.conftest import ServicesWith
 
 TSIG = ("edge-key", "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHMtMTIzNA==")
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 
 
 @pytest.fixture
-def knot(tmp_path: Path) -> Iterator[KnotServer]:
-    server = KnotServer(tmp_path / "knot", {
+def knot(knot: Callable[..., KnotServer]) -> KnotServer:
+    return knot({
         "example.test": "@ A 127.0.0.1\n",
         "caa.test": '@ CAA 0 issue "otherca.example"\nsub A 127.0.0.1\n',
         "okcaa.test": '@ CAA 0 issue "letsencrypt.org; validationmethods=http-01"\n'
                       "@ A 127.0.0.1\n",
         "v6.test": "@ A 127.0.0.1\n@ AAAA 2001:db8::1\n",
     }, tsig=TSIG)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -65,10 +62,8 @@ def test_caa_tree_climbing_and_stray_aaaa(dns_settings: Settings) -> None:
 
 
 @pytest.fixture
-def client(dns_settings: Settings) -> Iterator[FlaskClient]:
-    services = Services.from_settings(dns_settings)
-    yield create_app(services).test_client()
-    services.close()
+def services(services_with: ServicesWith, dns_settings: Settings) -> Services:
+    return services_with(base=dns_settings)
 
 
 def test_registrar_automation_creates_records_and_the_domain_verifies(

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from flask.testing import FlaskClient
@@ -13,7 +12,7 @@ from admin_app import create_app
 from control.wiring import Services
 from kit.settings import Settings
 from kit.web import provided
-from tests.conftest import SSO_PLATFORM
+from tests.conftest import SSO_PLATFORM, ServicesWith
 from devtools.dns_server import KnotServer
 from tests.test_admin_pages import PASSWORD, login
 from tests.test_publisher_settings import signed_in
@@ -22,18 +21,14 @@ AUTH = {"Authorization": "Bearer test-token-0123456789"}
 
 
 @pytest.fixture
-def knot(tmp_path: Path) -> Iterator[KnotServer]:
-    server = KnotServer(tmp_path / "knot", {"report.test": "@ A 192.0.2.1\n"})
-    yield server
-    server.stop()
+def knot(knot: Callable[..., KnotServer]) -> KnotServer:
+    return knot({"report.test": "@ A 192.0.2.1\n"})
 
 
 @pytest.fixture
-def client(settings: Settings, knot: KnotServer) -> Iterator[FlaskClient]:
-    services = Services.from_settings(dataclasses.replace(
-        settings, dns_servers=["127.0.0.1"], dns_port=knot.port, edge_addresses=["127.0.0.1"]))
-    yield create_app(services).test_client()
-    services.close()
+def services(services_with: ServicesWith, knot: KnotServer) -> Services:
+    return services_with(dns_servers=["127.0.0.1"], dns_port=knot.port,
+                         edge_addresses=["127.0.0.1"])
 
 
 def connect(client: FlaskClient, hostname: str) -> str:

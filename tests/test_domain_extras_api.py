@@ -2,31 +2,21 @@
 real SQLite store): what is accepted, and every bad input as a 400 naming its field."""
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import pytest
 from flask.testing import FlaskClient
 
-from admin_app import create_app
 from control.wiring import Services
-from domains.service import ACTIVE
-from kit.settings import Settings
+from devtools.pebble import PebbleStack
+from tests.conftest import Activate, ServicesWith, on_pebble
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 
 
 @pytest.fixture
-def services(settings: Settings) -> Iterator[Services]:
-    opened = Services.from_settings(dataclasses.replace(
-        settings, origin_pools={"canary": ["127.0.0.1:9101"]}))
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def client(services: Services) -> FlaskClient:
-    return create_app(services).test_client()
+def services(services_with: ServicesWith, pebble: PebbleStack) -> Services:
+    return services_with(origin_pools={"canary": ["127.0.0.1:9101"]}, **on_pebble(pebble))
 
 
 def connect(client: FlaskClient, hostname: str, publication_id: str = "pub_1",
@@ -35,18 +25,24 @@ def connect(client: FlaskClient, hostname: str, publication_id: str = "pub_1",
                        json={"hostname": hostname, "publication_id": publication_id, **extra})
 
 
-def active(services: Services, client: FlaskClient, hostname: str,
-           publication_id: str = "pub_1") -> None:
-    """A domain that went through its lifecycle (set here: these tests are about the API)."""
-    assert connect(client, hostname, publication_id).status_code == 201
-    services.domains.transition(services.domains.get(hostname), ACTIVE, "test")
+@pytest.fixture
+def active(activate: Activate) -> Callable[..., None]:
+    """Connects a domain through the API, then takes it through its lifecycle."""
+
+    def connected_and_active(services: Services, client: FlaskClient, hostname: str,
+                             publication_id: str = "pub_1") -> None:
+        assert connect(client, hostname, publication_id).status_code == 201
+        activate(services, hostname)
+
+    return connected_and_active
 
 
 def patch(client: FlaskClient, hostname: str, **body: Any) -> Any:
     return client.patch(f"/api/v1/domains/{hostname}", headers=AUTH, json=body)
 
 
-def test_a_redirect_domain_to_an_active_domain(services: Services, client: FlaskClient) -> None:
+def test_a_redirect_domain_to_an_active_domain(services: Services, client: FlaskClient,
+                                               active: Callable[..., None]) -> None:
     active(services, client, "main.example.test")
     created = connect(client, "old.example.test", redirect_to="Main.Example.Test.")
     assert created.status_code == 201, created.get_json()
@@ -67,7 +63,7 @@ def test_a_redirect_domain_to_an_active_domain(services: Services, client: Flask
 
 
 def test_redirect_loops_chains_and_foreign_or_inactive_targets_are_refused(
-        services: Services, client: FlaskClient) -> None:
+        services: Services, client: FlaskClient, active: Callable[..., None]) -> None:
     active(services, client, "a.example.test")
     active(services, client, "b.example.test")
     active(services, client, "theirs.example.test", "pub_2")

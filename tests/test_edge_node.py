@@ -31,13 +31,6 @@ def app() -> Iterator[SampleApp]:
     instance.stop()
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[EdgeNode]:
-    edge = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
-    yield edge
-    edge.stop()
-
-
 def state(app: SampleApp, *routes: Route) -> DesiredState:
     return DesiredState(routes=routes, app_servers=(app.address,),
                         control_servers=("127.0.0.1:9",))

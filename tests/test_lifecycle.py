@@ -17,7 +17,7 @@ from dnsops.dnscheck import DnsChecker, Problem
 from domains.service import PENDING_DNS, VERIFIED
 from kit.procs import free_port
 from kit.settings import Settings
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, ServicesWith
 
 
 @pytest.fixture
@@ -61,10 +61,8 @@ def test_unreachable_dns_server_is_a_problem_not_a_crash(settings: Settings) -> 
 
 
 @pytest.fixture
-def services(dns_settings: Settings, clock: FakeClock) -> Iterator[Services]:
-    built = Services.from_settings(dns_settings, clock=clock)
-    yield built
-    built.close()
+def services(services_with: ServicesWith, dns_settings: Settings, clock: FakeClock) -> Services:
+    return services_with(base=dns_settings, clock=clock)
 
 
 def test_pending_domain_backs_off_then_verifies(services: Services, pebble: PebbleStack,

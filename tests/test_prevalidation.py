@@ -25,6 +25,7 @@ from kit.settings import Settings, SettingsError, load_settings
 from kit.web import provided
 from devtools.dns_server import KnotServer, UnboundResolver
 from tests.test_admin_pages import PASSWORD, login
+from tests.conftest import ServicesWith
 
 TSIG = ("edge-key", "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHMtMTIzNA==")
 DCV_ZONE = "dcv.platform.test"
@@ -74,10 +75,8 @@ def dcv_settings(settings: Settings, dns: Dns) -> Settings:
 
 
 @pytest.fixture
-def services(settings: Settings, dns: Dns) -> Iterator[Services]:
-    built = Services.from_settings(dcv_settings(settings, dns))
-    yield built
-    built.close()
+def services(services_with: ServicesWith, settings: Settings, dns: Dns) -> Services:
+    return services_with(base=dcv_settings(settings, dns))
 
 
 def names_of(services: Services, hostname: str) -> list[str]:

@@ -1,35 +1,26 @@
 """A publication's own API token: it sees and changes only that publication's short links."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from flask.testing import FlaskClient
 
-from admin_app import create_app
 from control.wiring import Services
+from devtools.pebble import PebbleStack
 from kit.settings import Settings
+from tests.conftest import Activate, ServicesWith, on_pebble
 
 PLATFORM = {"Authorization": "Bearer test-token-0123456789"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def services(settings: Settings) -> Iterator[Services]:
-    instance = Services.from_settings(dataclasses.replace(
-        settings, short_domains=["acme.link", "shared.link"]))
-    yield instance
-    instance.close()
-
-
-@pytest.fixture
-def client(services: Services) -> FlaskClient:
-    return create_app(services).test_client()
+def services(services_with: ServicesWith, pebble: PebbleStack) -> Services:
+    return services_with(short_domains=["acme.link", "shared.link"], **on_pebble(pebble))
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -68,7 +59,7 @@ def test_a_publication_token_sees_only_its_own_links(services: Services,
 
 
 def test_links_on_another_publications_short_domain_are_refused(
-        services: Services, client: FlaskClient) -> None:
+        services: Services, client: FlaskClient, activate: Activate) -> None:
     one = bearer(services.tokens.create("pub_1")[0])
     two = bearer(services.tokens.create("pub_2")[0])
     body = {"domain": "acme.link", "target": "https://example.com/", "slug": "promo"}
@@ -78,8 +69,7 @@ def test_links_on_another_publications_short_domain_are_refused(
     claimed, _ = services.domains.connect("acme.link", "pub_1")
     unproven = client.post("/api/v1/links", headers=one, json=body)
     assert unproven.status_code == 403 and "not verified yet" in unproven.get_json()["error"]
-    services.domains.table.put({**claimed, "status": "active"},
-                                 expected_version=claimed["version"])
+    activate(services, claimed["hostname"])
     assert client.post("/api/v1/links", headers=two, json=body).status_code == 403
     assert client.post("/api/v1/links", headers=one, json=body).status_code == 201
     # pub_1 removes its short domain: its links stop, whoever connects acme.link next.

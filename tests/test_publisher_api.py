@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+import time
+from typing import Any
 
 import pytest
 import requests
@@ -10,19 +11,13 @@ from flask.testing import FlaskClient
 
 from admin_app import create_app
 from control.wiring import Services
+from devtools.pebble import PebbleStack
 from kit.settings import Settings
 from kit.web import MAX_JSON_DEPTH, provided
-from tests.conftest import FakeClock
+from tests.conftest import Activate, FakeClock, ServicesWith, on_pebble
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 EDGE_AUTH = {"Authorization": "Bearer edge-token-0123456789"}
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[FlaskClient]:
-    services = Services.from_settings(settings)
-    yield create_app(services).test_client()
-    services.close()
 
 
 def connect(client: FlaskClient, hostname: Any, publication_id: Any = "pub_1") -> Any:
@@ -176,42 +171,35 @@ def test_unverified_claim_expires_so_a_squatter_cannot_block_the_owner(
         services.close()
 
 
-def test_wildcards_only_when_enabled(client: FlaskClient, settings: Settings) -> None:
+def test_wildcards_only_when_enabled(client: FlaskClient, settings: Settings,
+                                     services_with: ServicesWith) -> None:
     refused = connect(client, "*.example.test")
     assert refused.status_code == 400 and "allow_wildcards" in refused.get_json()["error"]
-    services = Services.from_settings(dataclasses.replace(settings, allow_wildcards=True,
-                                                          data_dir=settings.data_dir + "-w",
-                                                          sqlite_path=""))
-    try:
-        wild = create_app(services).test_client()
-        body = connect(wild, "*.Shop.Example.Test").get_json()
-        assert body["hostname"] == "*.shop.example.test"
-        assert body["dns_records"][0] == {"type": "CNAME", "name": "*.shop.example.test",
-                                          "value": "edge.platform.test"}
-        assert body["dns_records"][1]["name"] == "_edge-challenge.shop.example.test"
-        assert "DNS-01" in body["instructions"]
-        for bad in ("*.co.uk", "*.platform.test", "*.*.example.test", "a.*.example.test"):
-            assert connect(wild, bad).status_code == 400, bad
-    finally:
-        services.close()
+    services = services_with(allow_wildcards=True, data_dir=settings.data_dir + "-w",
+                             sqlite_path="")
+    wild = create_app(services).test_client()
+    body = connect(wild, "*.Shop.Example.Test").get_json()
+    assert body["hostname"] == "*.shop.example.test"
+    assert body["dns_records"][0] == {"type": "CNAME", "name": "*.shop.example.test",
+                                      "value": "edge.platform.test"}
+    assert body["dns_records"][1]["name"] == "_edge-challenge.shop.example.test"
+    assert "DNS-01" in body["instructions"]
+    for bad in ("*.co.uk", "*.platform.test", "*.*.example.test", "a.*.example.test"):
+        assert connect(wild, bad).status_code == 400, bad
 
 
-def test_unproven_claims_are_capped_per_publication(settings: Settings) -> None:
-    services = Services.from_settings(dataclasses.replace(settings, max_pending_domains=2))
-    try:
-        client = create_app(services).test_client()
-        assert connect(client, "a.example.test").status_code == 201
-        assert connect(client, "b.example.test").status_code == 201
-        third = connect(client, "c.example.test")
-        assert third.status_code == 429 and "waiting for their DNS" in third.get_json()["error"]
-        assert connect(client, "a.example.test").status_code == 200  # already its own: fine
-        assert connect(client, "c.example.test", "pub_2").status_code == 201
-        proven = services.domains.get("a.example.test")
-        services.domains.table.put({**proven, "status": "active"},
-                                     expected_version=proven["version"])
-        assert connect(client, "c2.example.test").status_code == 201
-    finally:
-        services.close()
+def test_unproven_claims_are_capped_per_publication(
+        services_with: ServicesWith, pebble: PebbleStack, activate: Activate) -> None:
+    services = services_with(max_pending_domains=2, **on_pebble(pebble))
+    client = create_app(services).test_client()
+    assert connect(client, "a.example.test").status_code == 201
+    assert connect(client, "b.example.test").status_code == 201
+    third = connect(client, "c.example.test")
+    assert third.status_code == 429 and "waiting for their DNS" in third.get_json()["error"]
+    assert connect(client, "a.example.test").status_code == 200  # already its own: fine
+    assert connect(client, "c.example.test", "pub_2").status_code == 201
+    activate(services, "a.example.test")
+    assert connect(client, "c2.example.test").status_code == 201
 
 
 @pytest.mark.parametrize("path", ["/api/v1/domains", "/api/v1/links",

@@ -2,10 +2,8 @@
 what, CSRF, inline errors. The whole journey in Chromium is in test_publisher_journey.py."""
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
-from typing import Iterator
 
 import jwt
 import pytest
@@ -16,26 +14,23 @@ from control.wiring import Services
 from kit.procs import free_port
 from kit.settings import Settings
 from tests.conftest import SSO_COOKIE_KEY as COOKIE_KEY
-from tests.conftest import SSO_PLATFORM
+from tests.conftest import SSO_PLATFORM, ServicesWith
 
 PLATFORM = f"https://{SSO_PLATFORM}"
 
 
 @pytest.fixture
-def services(sso_settings: Settings) -> Iterator[Services]:
-    built = Services.from_settings(dataclasses.replace(
-        sso_settings,
+def services(services_with: ServicesWith, sso_settings: Settings) -> Services:
+    built = services_with(
+        base=sso_settings,
         # DNS checks ask a loopback port where nothing answers: every check fails, quickly.
         dns_servers=["127.0.0.1"], dns_port=free_port(), dns_timeout=0.2,
         # A zone we would automate, whose server is down: nothing listens on that port.
         registrars={"auto.test": {"provider": "rfc2136", "server": "127.0.0.1",
                                   "port": free_port(), "key_name": "edge-key",
-                                  "key_secret": "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHM="}}))
+                                  "key_secret": "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHM="}})
     built.domains.connect("theirs.example.test", "pub_other")
-    try:
-        yield built
-    finally:
-        built.close()
+    return built
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 import requests
@@ -24,6 +24,7 @@ from cryptography.fernet import Fernet
 from devtools.pebble import PebbleStack
 from devtools.sample_app import SampleApp
 from kit.procs import ManagedProcess, free_port, wait_for_port
+from tests.conftest import wait_until
 from tests.supervised_dynalite import SupervisedDynalite
 
 TOKEN = "chaos-api-token-0123456789"
@@ -132,13 +133,6 @@ def cluster(tmp_path: Path, pebble: PebbleStack, edge_http_port: int) -> Iterato
         app.stop()
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-
-
 def test_replicas_killed_and_restarted_lose_nothing_and_do_nothing_twice(
         cluster: Cluster, pebble: PebbleStack) -> None:
     random.seed(7)
@@ -171,13 +165,12 @@ def test_replicas_killed_and_restarted_lose_nothing_and_do_nothing_twice(
         return "removed" if response.status_code == 404 else str(response.json()["status"])
 
     kept = [h for h in pairs if h not in removed]
-    wait_until(lambda: all(status(h) == "active" for h in kept), "every kept domain active",
-               300)
+    wait_until(lambda: all(status(h) == "active" for h in kept), 300, "every kept domain active")
     to_active = time.monotonic() - started
     for hostname in removed:
         assert status(hostname) == "removed"
-    wait_until(lambda: sum(status(h) == "active" for h in crowd) == CROWD_LIMIT,
-               "the crowd's budget used up", 60)
+    wait_until(lambda: sum(status(h) == "active" for h in crowd) == CROWD_LIMIT, 60,
+               "the crowd's budget used up")
     time.sleep(3.0)  # more worker rounds: still exactly the limit
     crowd_states = [status(h) for h in crowd]
     assert crowd_states.count("active") == CROWD_LIMIT, crowd_states
@@ -197,7 +190,7 @@ def test_replicas_killed_and_restarted_lose_nothing_and_do_nothing_twice(
         return len(listing["nodes"]) == 2 and all(
             node["applied_version"] == listing["desired_version"] for node in listing["nodes"])
 
-    wait_until(converged, "both agents on the desired version", 60)
+    wait_until(converged, 60, "both agents on the desired version")
     reloads = cluster.reloads()
     time.sleep(6.0)
     assert cluster.reloads() == reloads, "a reload nobody asked for"

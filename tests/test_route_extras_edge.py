@@ -30,13 +30,6 @@ def apps() -> Iterator[tuple[SampleApp, SampleApp]]:
     canary.stop()
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[EdgeNode]:
-    edge = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
-    yield edge
-    edge.stop()
-
-
 def state(apps: tuple[SampleApp, SampleApp], *routes: Route) -> DesiredState:
     return DesiredState(routes=routes, app_servers=(apps[0].address,),
                         control_servers=("127.0.0.1:9",),

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -19,7 +18,7 @@ from admin_app import create_app
 from control.wiring import Services
 from kit.procs import ManagedProcess, start_listening
 from kit.settings import Settings
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, ServicesWith
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 BROWSER = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -32,10 +31,8 @@ def link_settings(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def client(link_settings: Settings) -> Iterator[FlaskClient]:
-    services = Services.from_settings(link_settings)
-    yield create_app(services).test_client()
-    services.close()
+def services(services_with: ServicesWith, link_settings: Settings) -> Services:
+    return services_with(base=link_settings)
 
 
 def test_create_read_list_update_delete(client: FlaskClient) -> None:

@@ -18,7 +18,6 @@ from devtools.probe import https_get
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
 from edge.state import DesiredState, Route
-from kit.procs import free_port
 from kit.settings import Settings
 from kit.x509 import self_signed
 from tests.conftest import serving
@@ -40,13 +39,6 @@ def control(request: pytest.FixtureRequest,
     with serving(create_app(services)) as url:
         yield services, url
     services.close()
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[EdgeNode]:
-    edge = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
-    yield edge
-    edge.stop()
 
 
 def publish_route(services: Services) -> None:

@@ -2,7 +2,6 @@
 is in test_sso_end_to_end.py). The platform user comes from a signed platform cookie here."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,27 +16,52 @@ from control.wiring import Services
 from dnsops.dnscheck import DnsCheck, Problem
 from edge.sso import (LOGOUT_COOKIE, SESSION_COOKIE, STATE_COOKIE, TRIED_COOKIE, SsoRefused,
                       return_path)
+from devtools.dns_server import KnotServer
+from devtools.pebble import PebbleStack
+from kit.procs import free_port
 from kit.settings import Settings, SettingsError, load_settings
 from store import all_items
 from tests.conftest import SSO_COOKIE_KEY as COOKIE_KEY
+from tests.conftest import Activate, ServicesWith
 from tests.conftest import SSO_PLATFORM as PLATFORM
 
 BLOG, OTHER, PENDING = "blog.example.test", "other.example.test", "pending.example.test"
 WILD = "*.wild.example.test"
 
 
+TSIG = ("edge-key", "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHMtMTIzNA==")
+
+
+@pytest.fixture(scope="module")
+def dns01_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KnotServer, PebbleStack]]:
+    """Our zone on knotd, where the registrar automation writes each domain's records, and a
+    Pebble that validates DNS-01 (the wildcard's only way) in it; shared by the module."""
+    directory = tmp_path_factory.mktemp("sso-ca")
+    with KnotServer(directory / "knot", {"example.test": "@ A 127.0.0.1\n"}, tsig=TSIG) as knot:
+        # Nothing listens on its HTTP-01 port: every name is validated over DNS-01.
+        pebble = PebbleStack(directory / "pebble", http_port=free_port(),
+                             dns_server=f"127.0.0.1:{knot.port}")
+        try:
+            yield knot, pebble
+        finally:
+            pebble.stop()
+
+
 @pytest.fixture
-def services(sso_settings: Settings) -> Iterator[Services]:
-    built = Services.from_settings(dataclasses.replace(sso_settings, allow_wildcards=True))
-    for host in (BLOG, OTHER, PENDING, WILD):
-        domain, _ = built.domains.connect(host, "pub_1")
-        if host != PENDING:
-            built.domains.table.put({**domain, "status": "active"},
-                                      expected_version=domain["version"])
-    try:
-        yield built
-    finally:
-        built.close()
+def services(services_with: ServicesWith, sso_settings: Settings, activate: Activate,
+             dns01_ca: tuple[KnotServer, PebbleStack]) -> Services:
+    knot, pebble = dns01_ca
+    built = services_with(
+        base=sso_settings, allow_wildcards=True, acme_directory_url=pebble.directory_url,
+        acme_ca_bundle=str(pebble.listener_ca), dns_servers=["127.0.0.1"], dns_port=knot.port,
+        registrars={"example.test": {"provider": "rfc2136", "server": "127.0.0.1",
+                                     "port": knot.port, "key_name": TSIG[0],
+                                     "key_secret": TSIG[1]}})
+    for host in (BLOG, OTHER, WILD):
+        built.domains.connect(host, "pub_1")
+    activate(built, BLOG, OTHER, WILD)
+    built.domains.connect(PENDING, "pub_1")  # its DNS is not checked yet
+    return built
 
 
 @pytest.fixture

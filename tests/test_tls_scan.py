@@ -5,24 +5,20 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from edge.node import EdgeNode
 from edge.state import DesiredState, Route
-from kit.procs import free_port
 from kit.x509 import self_signed
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[EdgeNode]:
-    edge = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
-    edge.apply(DesiredState((Route("scan.example.test", "pub_1",
+def node(node: EdgeNode) -> EdgeNode:
+    node.apply(DesiredState((Route("scan.example.test", "pub_1",
                                    self_signed("scan.example.test")[1]),),
                             ("127.0.0.1:9",), ("127.0.0.1:9",)))
-    yield edge
-    edge.stop()
+    return node
 
 
 def test_testssl_finds_no_old_protocols_and_no_weak_ciphers(node: EdgeNode,
