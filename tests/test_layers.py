@@ -1,7 +1,8 @@
-"""The layers hold: import-linter's contracts (pyproject.toml) pass, and the processes a
-platform runs never load the dev tools."""
+"""The layers hold: import-linter's contracts (pyproject.toml) pass, the processes a
+platform runs never load the dev tools, and no product file or function outgrows a reading."""
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -25,3 +26,21 @@ def test_serve_agent_and_shortlinks_do_not_load_the_dev_tools() -> None:
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+PRODUCT = ("edgectl", "admin", "publisher", "devtools", "control", "domains", "dnsops", "certs",
+           "edge", "shortlinks", "kit", "store")
+
+
+def test_no_product_file_over_400_lines_and_no_function_over_60() -> None:
+    too_long = []
+    for path in sorted(p for package in PRODUCT for p in (ROOT / package).rglob("*.py")):
+        source = path.read_text()
+        name = path.relative_to(ROOT)
+        if source.count("\n") > 400:
+            too_long.append(f"{name}: {source.count(chr(10))} lines")
+        too_long += [f"{name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+                     for node in ast.walk(ast.parse(source))
+                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                     and (node.end_lineno or 0) - node.lineno + 1 > 60]
+    assert too_long == []
