@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from kit.procs import ManagedProcess, free_port, wait_for_port
-from tests.conftest import _dynalite_bin
+from tests.conftest import dynalite_command
 
 
 class SupervisedDynalite:
@@ -28,8 +28,7 @@ class SupervisedDynalite:
         self._thread.start()
 
     def _start(self) -> ManagedProcess:
-        return ManagedProcess("dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port",
-                                           str(self.port), "--path", str(self._directory / "db")],
+        return ManagedProcess("dynalite", dynalite_command(self.port, self._directory / "db"),
                               self._directory / "dynalite.log")
 
     def _watch(self) -> None:

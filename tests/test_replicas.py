@@ -28,7 +28,7 @@ from kit.procs import ManagedProcess, free_port, start_listening, wait_for_port
 from kit.settings import Settings
 from store import Backend, StoreError, TableSpec
 from store.dynamo import DynamoBackend
-from tests.conftest import _dynalite_bin, dynamo_client, serving
+from tests.conftest import dynalite_command, dynamo_client, serving
 
 
 def test_the_budget_holds_exactly_under_concurrency_at_a_constant_cost(
@@ -177,8 +177,7 @@ def test_serve_started_during_a_store_outage_waits_for_the_store(
             time.sleep(0.5)
         time.sleep(2.0)
         assert serve.poll() is None, "it waits for the store instead of exiting"
-        store = ManagedProcess("dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port",
-                                            str(port), "--path", str(tmp_path / "db")],
+        store = ManagedProcess("dynalite", dynalite_command(port, tmp_path / "db"),
                                tmp_path / "dynalite.log")
         wait_for_port(control_port, process=serve, timeout=90)
         assert requests.get(f"http://127.0.0.1:{control_port}/healthz", timeout=10).ok
@@ -192,8 +191,7 @@ def test_serve_started_during_a_store_outage_waits_for_the_store(
 
 def test_the_api_answers_503_while_the_store_is_away(tmp_path: Path, settings: Settings) -> None:
     store, port = start_listening(lambda port: ManagedProcess(
-        "dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port", str(port),
-                     "--path", str(tmp_path / "db")], tmp_path / "dynalite.log"))
+        "dynalite", dynalite_command(port, tmp_path / "db"), tmp_path / "dynalite.log"))
     services = Services.from_settings(dataclasses.replace(
         settings, storage_backend="dynamodb", dynamodb_endpoint_url=f"http://127.0.0.1:{port}",
         dynamodb_table_prefix="away_"))

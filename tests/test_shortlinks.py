@@ -21,7 +21,7 @@ from shortlinks.resolver import Resolver
 from store import Backend, Table
 from store.dynamo import DynamoBackend
 from store.sqlite import SqliteBackend
-from tests.conftest import _dynalite_bin
+from tests.conftest import dynalite_command
 
 DOMAINS = ["acme.link", "go.example.test"]
 
@@ -154,8 +154,7 @@ def test_visits_are_buffered_then_added_atomically(links: LinkService, table: Ta
 
 def test_cached_links_keep_redirecting_when_dynamodb_is_down(tmp_path: Path) -> None:
     dynalite, port = start_listening(lambda port: ManagedProcess(
-        "dynalite", [_dynalite_bin(), "--host", "127.0.0.1", "--port", str(port),
-                     "--path", str(tmp_path / "db")], tmp_path / "dynalite.log"))
+        "dynalite", dynalite_command(port, tmp_path / "db"), tmp_path / "dynalite.log"))
     try:
         # Fail fast once it is down: one attempt, short timeouts.
         client = boto3.client("dynamodb", endpoint_url=f"http://127.0.0.1:{port}",
