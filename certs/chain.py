@@ -64,6 +64,9 @@ class IssuerChain:
     def renewal_due(self, hostname: str, now: datetime.datetime | None = None) -> bool:
         return self._issuer_of(hostname).renewal_due(hostname, now)
 
+    def holds(self, hostname: str) -> bool:
+        return self._certificates.raw(hostname) is not None and not self.renewal_due(hostname)
+
     def reencrypt(self) -> int:
         return self.issuers[0].reencrypt()  # the accounts and orders tables are shared
 

@@ -243,10 +243,24 @@ class AcmeIssuer:
         if record is None or not record.get("order_url"):
             return None, None
         order = fetch_order(acme, record)
-        if order is None:
+        if order is None or self._stored_already(acme, order, hostnames):
             return None, None
         log.info("resuming the order for %s left by an interrupted run", ", ".join(hostnames))
         return order, key_from_pem(self._orders.key_pem(record))
+
+    def _stored_already(self, acme: client.ClientV2, order: messages.OrderResource,
+                        hostnames: list[str]) -> bool:
+        """Whether ``order`` is finished and its certificate is the one stored: a run died
+        between storing it and closing the journal, so it is no order to resume (a renewal
+        would store the old certificate again)."""
+        stored = self._certificates.raw(hostnames[0])
+        if stored is None or order.body.status != messages.STATUS_VALID \
+                or not order.body.certificate:
+            return False
+        chain = acme.net.post(order.body.certificate, None,
+                              new_nonce_url=acme.directory["newNonce"])
+        leaf = x509.load_pem_x509_certificate(chain.text.encode())
+        return format(leaf.serial_number, "x") == stored.get("serial")
 
     def _profile(self, acme: client.ClientV2, hostnames: list[str]) -> str | None:
         """The configured certificate profile, if the CA offers it (refused otherwise)."""

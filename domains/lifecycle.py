@@ -47,6 +47,9 @@ class CertificateIssuer(Protocol):
     def renewal_due(self, hostname: str) -> bool:
         """Whether the certificate of ``hostname`` should be renewed now."""
 
+    def holds(self, hostname: str) -> bool:
+        """Whether a certificate of ``hostname`` is stored and not due for renewal."""
+
 
 class RoutePublisher(Protocol):
     def publish(self, routes: dict[str, RouteValue]) -> None:
@@ -223,6 +226,11 @@ class Lifecycle:
     still point at us; an awaiting domain: active once its traffic points at us."""
 
     def issue(self, domain: Item) -> Item:
+        if self.issuer.holds(domain["hostname"]):
+            # A run died after the CA issued and before the domain moved on: the certificate
+            # is stored, so ordering again would only cost a second one from the CA.
+            log.info("%s has its certificate already; not ordering again", domain["hostname"])
+            return self._apply(domain, decide.issued(domain, self._clock(), self.rules))
         delegated = bool(domain.get("traffic_elsewhere")) and self.rules.prevalidates \
             and self._delegated(domain)
         step = decide.before_ordering(domain, delegated, self._clock(), self.rules)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import random
+import re
 import sys
 import threading
 import time
@@ -187,8 +188,11 @@ def check_active_once(settings: Any, hostnames: list[str], log: Path) -> dict[st
                 (hostname, steps)
             assert services.certificates.get(hostname) is not None
             claims[hostname] = domain["claim"]
-        assert log.read_text().count("certificate issued for") == len(hostnames), \
-            "no certificate twice"
+        # A run killed after the CA issued stores or logs nothing more, and its successor
+        # finds the certificate stored (or resumes its order): one order each at most.
+        issued = collections.Counter(re.findall(r"certificate issued for ([^\s,]+)",
+                                                log.read_text()))
+        assert max(issued.values(), default=0) <= 1, ("no certificate twice", issued)
         return claims
     finally:
         services.close()

@@ -17,7 +17,7 @@ from dnsops.dnscheck import DnsChecker, Problem
 from domains.service import PENDING_DNS, VERIFIED
 from kit.procs import free_port
 from kit.settings import Settings
-from tests.conftest import FakeClock, ServicesWith
+from tests.conftest import FakeClock, ServicesWith, on_pebble, serving
 
 
 @pytest.fixture
@@ -115,6 +115,53 @@ def nonce_hostile_pebble(tmp_path: Path) -> Iterator[tuple[PebbleStack, int]]:
                         env={"PEBBLE_WFE_NONCEREJECT": "40", "PEBBLE_AUTHZREUSE": "0"})
     yield stack, http_port
     stack.stop()
+
+
+class Killed(BaseException):
+    """The process died here: nothing after this point runs and no handler catches it."""
+
+
+def test_a_run_killed_after_the_ca_issued_orders_no_second_certificate(
+        services_with: ServicesWith, pebble: PebbleStack) -> None:
+    """Killed after storing the certificate, before closing the order journal (``early``) or
+    before moving the domain on (``late``): the next run moves it to active without ordering
+    again, and a renewal later orders a new certificate instead of resuming the finished
+    order."""
+    first = services_with(**on_pebble(pebble))
+    first.edge_state.report("edge-1", first.edge_state.current_version(), None, True)
+    early, late = "killed-early.example.test", "killed-late.example.test"
+    acme = first.issuer.issuers[0]
+    acme._orders.done = lambda hostnames: die()  # type: ignore[method-assign]
+    issue = first.issuer.issue
+    for hostname in (early, late):
+        domain, _ = first.domains.connect(hostname, "pub_1")
+        pebble.set_cname(hostname, "edge.platform.test")
+        pebble.set_txt(f"_edge-challenge.{hostname}", domain["token"])
+        first.lifecycle.verify(domain)
+    with serving(create_app(first), pebble.http_port), pytest.raises(Killed):
+        first.lifecycle.issue(first.domains.get(early))
+    first.issuer.issue = lambda hostnames: (issue(hostnames), die())  # type: ignore
+    acme._orders.done = type(acme._orders).done.__get__(acme._orders)  # type: ignore
+    with serving(create_app(first), pebble.http_port), pytest.raises(Killed):
+        first.lifecycle.issue(first.domains.get(late))
+    serials = {h: first.certificates.get(h).serial for h in (early, late)}  # type: ignore
+
+    restarted = services_with(**on_pebble(pebble))
+    ordered = restarted.issuer.issue
+    restarted.issuer.issue = lambda hostnames: pytest.fail(  # type: ignore[method-assign]
+        f"ordered again for {hostnames}")
+    for hostname in (early, late):
+        assert restarted.domains.get(hostname)["status"] == "issuing"
+        assert restarted.lifecycle.issue(restarted.domains.get(hostname))["status"] == "active"
+        assert restarted.certificates.get(hostname).serial == serials[hostname]  # type: ignore
+    restarted.issuer.issue = ordered  # type: ignore[method-assign]
+    with serving(create_app(restarted), pebble.http_port):
+        restarted.lifecycle.renew_now(early)
+    assert restarted.certificates.get(early).serial != serials[early]  # type: ignore
+
+
+def die() -> None:
+    raise Killed()
 
 
 def test_issuance_survives_bad_nonces_and_keeps_keys_encrypted(
