@@ -79,13 +79,18 @@ def _aws_credentials() -> None:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def fresh_settings(data_dir: Path) -> Settings:
+    """The tests' settings on SQLite in ``data_dir``, with a fresh encryption key."""
     return load_settings(env={}, api_token="test-token-0123456789",
                          edge_token="edge-token-0123456789",
                          encryption_keys=Fernet.generate_key().decode(),
-                         data_dir=str(tmp_path / "data"), platform_domains=["platform.test"],
+                         data_dir=str(data_dir), platform_domains=["platform.test"],
                          edge_cname_target="edge.platform.test", edge_addresses=["127.0.0.1"])
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return fresh_settings(tmp_path / "data")
 
 
 ServicesWith = Callable[..., Services]
@@ -144,13 +149,17 @@ def services_both(any_backend: Settings, services_with: ServicesWith) -> Service
     return services_with(base=any_backend, max_pending_domains=0)
 
 
-@pytest.fixture
-def sso_settings(settings: Settings) -> Settings:
+def with_sso(settings: Settings) -> Settings:
     """SSO on; the platform's user comes from its signed cookie, so no platform server runs."""
     return dataclasses.replace(
         settings, sso_platform_url=f"https://{SSO_PLATFORM}",
         sso_platform_login_url=f"https://{SSO_PLATFORM}/login",
         sso_platform_cookie="platform_session", sso_platform_cookie_key=SSO_COOKIE_KEY)
+
+
+@pytest.fixture
+def sso_settings(settings: Settings) -> Settings:
+    return with_sso(settings)
 
 
 @pytest.fixture(scope="session")
@@ -244,39 +253,41 @@ Activate = Callable[..., Item]
 
 @pytest.fixture
 def activate(request: pytest.FixtureRequest) -> Activate:
-    """Takes a connected domain to active the way production does: its DNS points at us (set in
-    the session's challtestsrv, unless a registrar of the services wrote it at connect), the
-    publisher asks for a check, then worker rounds issue its certificate from the CA of the
+    """Takes a connected domain to active the way production does (``take_active``), with the
+    session's Pebble when it needs one; ``others`` are taken there in the same worker rounds."""
+    return lambda services, hostname, *others: take_active(
+        services, [hostname, *others], lambda: request.getfixturevalue("pebble"))
+
+
+def take_active(services: Services, hostnames: list[str],
+                session_pebble: Callable[[], PebbleStack]) -> Item:
+    """Takes connected domains to active the way production does: their DNS points at us (set
+    in the session's challtestsrv, unless a registrar of the services wrote it at connect), the
+    publisher asks for a check, then worker rounds issue their certificates from the CA of the
     services while an edge node reports serving (the session's Pebble probes HTTP-01 on the
     control app, served on its port meanwhile; another CA is asked over DNS-01).
-    Returns the active domain, which has a certificate and a route; ``others`` are taken there
-    in the same worker rounds."""
-
-    def take(services: Services, hostname: str, *others: str) -> Item:
-        hostnames = [hostname, *others]
-        answers: contextlib.AbstractContextManager[str] = contextlib.nullcontext("")
+    Returns the first domain, active, which has a certificate and a route."""
+    answers: contextlib.AbstractContextManager[str] = contextlib.nullcontext("")
+    for name in hostnames:
+        domain = services.domains.get(name)
+        assert domain is not None, f"connect {name} first"
+        if not domain.get("automation"):
+            pebble = session_pebble()
+            assert services.settings.dns_port == pebble.dns_port, \
+                "no registrar wrote its records: the services must ask challtestsrv"
+            _create_records(pebble, domain["dns_records"])
+            if services.settings.acme_directory_url == pebble.directory_url:
+                answers = serving(create_app(services), pebble.http_port)
+    with answers:
         for name in hostnames:
-            domain = services.domains.get(name)
-            assert domain is not None, f"connect {name} first"
-            if not domain.get("automation"):
-                pebble: PebbleStack = request.getfixturevalue("pebble")
-                assert services.settings.dns_port == pebble.dns_port, \
-                    "no registrar wrote its records: the services must ask challtestsrv"
-                _create_records(pebble, domain["dns_records"])
-                if services.settings.acme_directory_url == pebble.directory_url:
-                    answers = serving(create_app(services), pebble.http_port)
-        with answers:
-            for name in hostnames:
-                services.lifecycle.check_now(name, actor="publisher")  # "check my DNS"
-            wait_until(lambda: _worker_round(services, hostnames), 30,
-                       f"{', '.join(hostnames)} active",
-                       lambda: [services.domains.get(name) for name in hostnames], interval=0.05)
-        for name in hostnames:
-            assert services.certificates.get(name) is not None
-            assert services.edge_state.routes.get(name) is not None
-        return services.domains.get(hostname)
-
-    return take
+            services.lifecycle.check_now(name, actor="publisher")  # "check my DNS"
+        wait_until(lambda: _worker_round(services, hostnames), 30,
+                   f"{', '.join(hostnames)} active",
+                   lambda: [services.domains.get(name) for name in hostnames], interval=0.05)
+    for name in hostnames:
+        assert services.certificates.get(name) is not None
+        assert services.edge_state.routes.get(name) is not None
+    return services.domains.get(hostnames[0])
 
 
 def _create_records(pebble: PebbleStack, records: list[dict[str, str]]) -> None:

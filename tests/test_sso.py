@@ -2,6 +2,8 @@
 is in test_sso_end_to_end.py). The platform user comes from a signed platform cookie here."""
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,7 +24,7 @@ from kit.procs import free_port
 from kit.settings import Settings, SettingsError, load_settings
 from store import all_items
 from tests.conftest import SSO_COOKIE_KEY as COOKIE_KEY
-from tests.conftest import Activate, ServicesWith
+from tests.conftest import ServicesWith, fresh_settings, take_active, with_sso
 from tests.conftest import SSO_PLATFORM as PLATFORM
 
 BLOG, OTHER, PENDING = "blog.example.test", "other.example.test", "pending.example.test"
@@ -47,21 +49,36 @@ def dns01_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KnotSer
             pebble.stop()
 
 
-@pytest.fixture
-def services(services_with: ServicesWith, sso_settings: Settings, activate: Activate,
-             dns01_ca: tuple[KnotServer, PebbleStack]) -> Services:
+@pytest.fixture(scope="module")
+def activated(tmp_path_factory: pytest.TempPathFactory,
+              dns01_ca: tuple[KnotServer, PebbleStack]) -> Settings:
+    """A store with three domains activated over DNS-01 (slow: done once per module) and one
+    pending; each test works on its own copy of it."""
     knot, pebble = dns01_ca
-    built = services_with(
-        base=sso_settings, allow_wildcards=True, acme_directory_url=pebble.directory_url,
+    settings = dataclasses.replace(
+        with_sso(fresh_settings(tmp_path_factory.mktemp("sso-store") / "data")),
+        allow_wildcards=True, acme_directory_url=pebble.directory_url,
         acme_ca_bundle=str(pebble.listener_ca), dns_servers=["127.0.0.1"], dns_port=knot.port,
         registrars={"example.test": {"provider": "rfc2136", "server": "127.0.0.1",
                                      "port": knot.port, "key_name": TSIG[0],
                                      "key_secret": TSIG[1]}})
-    for host in (BLOG, OTHER, WILD):
-        built.domains.connect(host, "pub_1")
-    activate(built, BLOG, OTHER, WILD)
-    built.domains.connect(PENDING, "pub_1")  # its DNS is not checked yet
-    return built
+    built = Services.from_settings(settings)
+    try:
+        for host in (BLOG, OTHER, WILD):
+            built.domains.connect(host, "pub_1")
+        take_active(built, [BLOG, OTHER, WILD], lambda: pebble)
+        built.domains.connect(PENDING, "pub_1")  # its DNS is not checked yet
+    finally:
+        built.close()
+    return settings
+
+
+@pytest.fixture
+def services(services_with: ServicesWith, activated: Settings, tmp_path: Path) -> Services:
+    copy = tmp_path / "sso-data"
+    shutil.copytree(activated.data_dir, copy)
+    return services_with(base=activated, data_dir=str(copy), sqlite_path=str(copy / "edge.db"),
+                         edge_dir=str(copy / "edge"))
 
 
 @pytest.fixture
