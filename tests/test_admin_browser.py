@@ -21,6 +21,8 @@ from kit.web import provided
 from shortlinks.app import make_app
 from tests.conftest import ServicesWith
 
+pytestmark = pytest.mark.slow
+
 PASSWORD = "correct horse battery"
 
 

@@ -19,6 +19,8 @@ from devtools.probe import https_get
 from kit.x509 import LocalCA, build_certificate, cert_to_pem, key_to_pem
 from tests.webhook_receiver import Receiver
 
+pytestmark = pytest.mark.slow
+
 HOST = "byo.example.test"
 
 

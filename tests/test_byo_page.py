@@ -36,6 +36,7 @@ def pem_file(name: str, text: str) -> dict[str, Any]:
     return {"name": name, "mimeType": "application/x-pem-file", "buffer": text.encode()}
 
 
+@pytest.mark.slow
 def test_a_publisher_uploads_and_removes_their_certificate_in_chromium(
         services: Services, browser: Any, tmp_path: Path) -> None:
     acme_pem = activate(services)

@@ -1,6 +1,7 @@
 """`edgectl --version` prints the installed package's version, as operators expect of a CLI."""
 from __future__ import annotations
 
+import runpy
 import subprocess
 import sys
 from importlib import metadata
@@ -26,3 +27,13 @@ def test_version_needs_no_settings() -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["edgectl", metadata.version("edge-router")]
+
+
+def test_python_m_edgectl_runs_the_cli(monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m edgectl`` (how the tests and the service units start it) is the same CLI."""
+    monkeypatch.setattr(sys, "argv", ["edgectl", "--version"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("edgectl", run_name="__main__")
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.split() == ["edgectl", metadata.version("edge-router")]

@@ -151,6 +151,7 @@ def _start(tmp_path: Path, name: str, port: int) -> ManagedProcess:
     return process
 
 
+@pytest.mark.slow
 def test_a_stop_drains_finishes_requests_in_flight_and_hands_back_leases(
         tmp_path: Path) -> None:
     port = free_port()
@@ -236,6 +237,7 @@ backend control
             replica.stop()
 
 
+@pytest.mark.slow
 def test_a_rolling_restart_under_api_load_fails_no_request(
         two_replicas_behind_haproxy: tuple[str, list[int], list[ManagedProcess]],
         tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 import requests
 from cryptography.fernet import Fernet
 
@@ -24,6 +25,8 @@ from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.settings import load_settings
 from tests.conftest import wait_until
 from tests.webhook_receiver import Receiver
+
+pytestmark = pytest.mark.slow
 
 API = "api-token-0123456789"
 AUTH = {"Authorization": f"Bearer {API}"}

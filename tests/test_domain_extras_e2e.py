@@ -14,6 +14,8 @@ from devtools.pebble import PebbleStack
 from devtools.probe import Probe, https_get
 from devtools.sample_app import SampleApp
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def canary() -> Iterator[SampleApp]:

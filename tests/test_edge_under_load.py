@@ -7,11 +7,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from devtools.sample_app import SampleApp
 from edge.node import EdgeNode
 from edge.state import DesiredState, Route
 from kit.procs import free_port
 from kit.x509 import self_signed
+
+pytestmark = pytest.mark.slow
 
 
 def wrk_failures(output: str) -> tuple[int, int, int]:

@@ -26,6 +26,8 @@ from kit.procs import ManagedProcess
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request
 
+pytestmark = pytest.mark.slow
+
 
 WEBHOOK_SECRET = "webhook-secret-0123456789"
 

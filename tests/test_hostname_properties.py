@@ -15,6 +15,8 @@ from dnsops.hostnames import normalize_hostname
 from kit.settings import Settings
 from kit.web import provided
 
+pytestmark = pytest.mark.slow
+
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 LABEL = st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?", fullmatch=True)
 HOSTLIKE = st.one_of(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import threading
 import time
 from pathlib import Path
@@ -297,37 +298,30 @@ def _cert_and_key(hostname: str) -> tuple[str, bytes]:
     return cert, combined[len(cert):].encode()
 
 
-def test_certificate_is_renewed_at_two_thirds_and_swapped_in(settings: Settings,
-                                                             tmp_path: Path) -> None:
-    http_port = free_port()
-    short = PebbleStack(tmp_path / "short", http_port=http_port, validity_seconds=9,
-                        env={"PEBBLE_WFE_NONCEREJECT": "0"})
-    services = Services.from_settings(dataclasses.replace(
-        settings, acme_directory_url=short.directory_url, acme_ca_bundle=str(short.listener_ca),
-        dns_servers=["127.0.0.1"], dns_port=short.dns_port, recheck_seconds=0.1))
-    server = make_server("127.0.0.1", http_port, create_app(services), threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        hostname = "renew.example.test"
-        domain, _ = services.domains.connect(hostname, "pub_1")
-        short.set_txt(f"_edge-challenge.{hostname}", domain["token"])
+def test_certificate_is_renewed_at_two_thirds_and_swapped_in(
+        services_with: ServicesWith, dns_settings: Settings, pebble: PebbleStack,
+        clock: FakeClock) -> None:
+    services = services_with(base=dns_settings, clock=clock, recheck_seconds=0.1,
+                             **on_pebble(pebble))
+    hostname = "renew.example.test"
+    domain, _ = services.domains.connect(hostname, "pub_1")
+    pebble.set_txt(f"_edge-challenge.{hostname}", domain["token"])
+    with serving(create_app(services), pebble.http_port):
         services.lifecycle.issue(services.lifecycle.verify(domain))
         first = services.certificates.get(hostname)
         assert first is not None
         before = routes_with_fingerprints(services)
         assert services.lifecycle.recheck(services.domains.get(hostname))["status"] == "active"
         assert services.certificates.get(hostname).serial == first.serial, "too early"
-        time.sleep(6.5)  # past two thirds of nine seconds
+        not_before = datetime.datetime.fromisoformat(first.not_before).timestamp()
+        not_after = datetime.datetime.fromisoformat(first.not_after).timestamp()
+        clock.now = not_before + (not_after - not_before) * 0.72  # past two thirds
         services.lifecycle.recheck(services.domains.get(hostname))
-        renewed = services.certificates.get(hostname)
-        assert renewed is not None and renewed.serial != first.serial
-        assert routes_with_fingerprints(services) != before, "the edge gets the new certificate"
-        assert services.domains.timeline(services.domains.get(hostname))[0]["what"] == \
-            "certificate renewed"
-    finally:
-        server.shutdown()
-        services.close()
-        short.stop()
+    renewed = services.certificates.get(hostname)
+    assert renewed is not None and renewed.serial != first.serial
+    assert routes_with_fingerprints(services) != before, "the edge gets the new certificate"
+    assert services.domains.timeline(services.domains.get(hostname))[0]["what"] == \
+        "certificate renewed"
 
 
 def routes_with_fingerprints(services: Services) -> list[tuple[str, str]]:

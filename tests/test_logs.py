@@ -197,6 +197,7 @@ def _serve(tmp_path: Path, env: dict[str, str], name: str) -> tuple[ManagedProce
     return process, port
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_serve_writes_no_escape_codes_to_its_log_file(tmp_path: Path, log_format: str) -> None:
     """`edgectl serve` with its output in a file, each format: no escape sequence, not even
@@ -228,6 +229,7 @@ def test_serve_with_a_bad_log_setting_says_so(tmp_path: Path) -> None:
     assert result.returncode == 2 and "EDGE_LOG_FORMAT" in result.stderr
 
 
+@pytest.mark.slow
 def test_cheroot_handshake_noise_is_a_debug_log_line(tmp_path: Path) -> None:
     """A client that opens a TLS connection and leaves (a scanner, a TCP health check):
     cheroot's message is a JSON line at DEBUG, not bare text on stderr."""

@@ -19,6 +19,8 @@ from domains.service import ACTIVE
 from kit.procs import free_port
 from kit.settings import Settings
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def quiet_pebble(tmp_path: Path) -> Iterator[PebbleStack]:

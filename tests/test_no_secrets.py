@@ -59,6 +59,7 @@ def _key_lines(pem_files: list[Path]) -> set[str]:
     return lines
 
 
+@pytest.mark.slow
 def test_no_token_key_or_password_in_any_log_or_repr(
         tmp_path: Path, pebble: PebbleStack, receiver: Receiver,
         caplog: pytest.LogCaptureFixture) -> None:

@@ -63,7 +63,7 @@ class Issuer:
         return self._certificates.raw(hostname) is not None
 
 
-@pytest.fixture(params=["sqlite", "dynalite"])
+@pytest.fixture(params=["sqlite", pytest.param("dynalite", marks=pytest.mark.slow)])
 def settings_with_hooks(request: pytest.FixtureRequest, settings: Settings,
                         receiver: Receiver) -> Settings:
     changed = dataclasses.replace(settings, webhook_url=receiver.url,

@@ -15,6 +15,8 @@ from domains.service import ACTIVE
 from kit.settings import Settings
 from tests.conftest import SSO_COOKIE_KEY, SSO_PLATFORM, serving
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def site(sso_settings: Settings) -> Iterator[tuple[Services, str]]:

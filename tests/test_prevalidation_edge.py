@@ -19,6 +19,8 @@ from kit.procs import free_port
 from devtools.dns_server import KnotServer, UnboundResolver
 from tests.test_prevalidation import DCV_ZONE, TSIG, ZONES
 
+pytestmark = pytest.mark.slow
+
 HOST = "www.pub.test"
 
 

@@ -103,6 +103,7 @@ def test_a_publication_token_manages_only_its_own_domains(services: Services,
     assert client.delete("/api/v1/domains/blog.one.test", headers=one).status_code == 200
 
 
+@pytest.mark.slow
 def test_tokens_are_created_listed_and_revoked_with_edgectl(settings: Settings,
                                                              services: Services,
                                                              client: FlaskClient) -> None:

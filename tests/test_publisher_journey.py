@@ -12,6 +12,8 @@ import pytest
 from devtools.demo import PLATFORM_HOST, LocalStack
 from devtools.pebble import PebbleStack
 
+pytestmark = pytest.mark.slow
+
 NEWS = "news.example.test"
 
 

@@ -30,6 +30,8 @@ from store import Backend, StoreError, TableSpec
 from store.dynamo import DynamoBackend
 from tests.conftest import dynalite_command, dynamo_client, serving
 
+pytestmark = pytest.mark.slow
+
 
 def test_the_budget_holds_exactly_under_concurrency_at_a_constant_cost(
         backend: Backend) -> None:

@@ -27,6 +27,8 @@ from kit.procs import ManagedProcess, free_port, wait_for_port
 from tests.conftest import wait_until
 from tests.supervised_dynalite import SupervisedDynalite
 
+pytestmark = pytest.mark.slow
+
 TOKEN = "chaos-api-token-0123456789"
 EDGE_TOKEN = "chaos-edge-token-0123456789"
 EDGE_TARGET = "edge.platform.test"

@@ -16,7 +16,7 @@ from edge.state import RouteRef, routes_digest
 from edge.state_store import EdgeStateStore
 from kit.settings import Settings
 from kit.x509 import self_signed
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, dynamodb_is_slow
 
 KEY = ec.generate_private_key(ec.SECP256R1())
 KEY_PEM = KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -45,6 +45,7 @@ def requests_of(services: Services, step: object) -> int:
     return services.backend.requests - before
 
 
+@dynamodb_is_slow
 def test_an_idle_round_costs_the_same_with_ten_times_the_domains(services: Services) -> None:
     seed_active(services, 15)
     services.lifecycle.publish_routes()  # the reconciliation at start
@@ -58,6 +59,7 @@ def test_an_idle_round_costs_the_same_with_ten_times_the_domains(services: Servi
     assert len(services.edge_state.load()["routes"]) == 150  # type: ignore[index]
 
 
+@dynamodb_is_slow
 def test_one_route_change_costs_the_same_with_ten_times_the_domains(
         services: Services) -> None:
     def change_cost(hostname: str) -> int:
@@ -183,6 +185,7 @@ def test_a_status_change_whose_writer_died_keeps_its_event(
         services.close()
 
 
+@dynamodb_is_slow
 def test_the_dashboard_overview_costs_the_same_with_ten_times_the_domains(
         services: Services) -> None:
     def seed(start: int, count: int) -> None:

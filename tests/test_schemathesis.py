@@ -26,6 +26,8 @@ from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.settings import load_settings
 from shortlinks.links import InvalidLink, LinkNotFound
 
+pytestmark = pytest.mark.slow
+
 PLATFORM = "test-token-0123456789"
 EDGE = "edge-token-0123456789"
 MAX_EXAMPLES = int(os.environ.get("EDGE_FUZZ_EXAMPLES", "12"))

@@ -18,6 +18,8 @@ from devtools.pebble import PebbleStack
 from devtools.probe import Probe, https_get
 from tests.test_shortlinks_e2e import connect, from_map, wait_for
 
+pytestmark = pytest.mark.slow
+
 SHORT = "rules.example.test"
 
 
@@ -81,7 +83,14 @@ def test_rules_and_visit_stats_on_the_python_path_through_the_edge(stack: LocalS
         return https_get(stack.edge_https_port, SHORT, "/app", cafile=str(stack.pebble.root_path),
                          headers={"User-Agent": agent, "Referer": referrer})
 
-    wait_for(lambda: served(DESKTOP).status == 302, "the link through the edge")  # 1 visit
+    early = 0  # every redirect while waiting is a counted visit
+
+    def through_the_edge() -> bool:
+        nonlocal early
+        early += served(DESKTOP).status == 302
+        return early > 0
+
+    wait_for(through_the_edge, "the link through the edge")
     utm = "utm_source=e2e&utm_medium=short%20link"
     iphone = served(IPHONE, "https://news.example.org/post/1")
     assert (iphone.status, iphone.headers["location"]) == (
@@ -99,17 +108,17 @@ def test_rules_and_visit_stats_on_the_python_path_through_the_edge(stack: LocalS
                                                      "https://example.com/sold-out"]
 
     today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    expected = {"days": [{"date": today, "visits": 4, "bots": 2}],
+    expected = {"days": [{"date": today, "visits": 3 + early, "bots": 2}],
                 "referrers": [{"host": "news.example.org", "visits": 1}]}
 
     def stats() -> object:
         return stack.api("GET", f"/api/v1/links/{SHORT}/app/stats?days=1").json()
     wait_for(lambda: stats() == expected, "the visits flushed (every 2 s)")
     link = stack.api("GET", f"/api/v1/links/{SHORT}/app").json()
-    assert link["visits"] == 6, "a limited link's total is its limit's count: every visit"
+    assert link["visits"] == 5 + early, "a limited link's total is its limit's count: every visit"
     csv = stack.api("GET", f"/api/v1/links/{SHORT}/app/stats.csv?days=2")
     assert csv.headers["content-type"].startswith("text/csv")
-    assert csv.text.splitlines()[-1] == f"{today},4,2"
+    assert csv.text.splitlines()[-1] == f"{today},{3 + early},2"
     time.sleep(2.5)  # another flush: nothing counted twice
     assert stats() == expected
 

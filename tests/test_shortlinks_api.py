@@ -155,6 +155,7 @@ FIELDS = st.sampled_from(["domain", "target", "owner", "slug", "code", "valid_un
                           "max_visits", "disabled"])
 
 
+@pytest.mark.slow
 @given(body=st.dictionaries(FIELDS, JSONISH, max_size=8))
 @hsettings(max_examples=200, deadline=None,
            suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -14,6 +14,8 @@ from devtools.pebble import PebbleStack
 from devtools.probe import Probe, https_get
 from edge.node import EdgeNode
 
+pytestmark = pytest.mark.slow
+
 SHORT = "acme.example.test"
 
 

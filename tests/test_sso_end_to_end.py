@@ -20,6 +20,8 @@ from devtools.probe import https_get
 from edge.sso import SESSION_COOKIE
 from kit.settings import load_settings
 
+pytestmark = pytest.mark.slow
+
 BLOG, OTHER = "blog.example.test", "other.example.test"
 
 

@@ -12,6 +12,8 @@ from edge.node import EdgeNode
 from edge.state import DesiredState, Route
 from kit.x509 import self_signed
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def node(node: EdgeNode) -> EdgeNode:
