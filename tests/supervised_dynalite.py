@@ -22,6 +22,8 @@ class SupervisedDynalite:
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._paused = False
+        self.down = threading.Event()
+        """Set while ``outage()`` keeps it down."""
         self._process = self._start()
         wait_for_port(self.port, process=self._process)
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -44,9 +46,11 @@ class SupervisedDynalite:
         with self._lock:
             self._paused = True
             self._process.stop()
+            self.down.set()
         time.sleep(seconds)
         with self._lock:
             self._process = self._start()
+            self.down.clear()
             self._paused = False
         wait_for_port(self.port, timeout=30)
 

@@ -17,6 +17,7 @@ from devtools.pebble import PebbleStack
 from devtools.probe import https_get
 from kit.procs import free_port
 from devtools.dns_server import KnotServer, UnboundResolver
+from tests.conftest import wait_until
 from tests.test_prevalidation import DCV_ZONE, TSIG, ZONES
 
 pytestmark = pytest.mark.slow
@@ -112,10 +113,11 @@ def test_prevalidated_domain_switches_traffic_with_no_gap(
 
     visitors = Visitors(local)
     try:
-        time.sleep(1.0)
+        wait_until(lambda: visitors.ok >= 5, 30, "visitors served before the switch")
         knot.set_zone("pub.test", "www CNAME edge.platform.test.\n" + zone)
         active = wait_status(local, "active", timeout=30)
-        time.sleep(1.0)
+        after = visitors.ok
+        wait_until(lambda: visitors.ok >= after + 5, 30, "visitors served after the switch")
     finally:
         visitors.stop()
     assert visitors.failed == [], visitors.failed[:5]

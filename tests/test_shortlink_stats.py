@@ -238,7 +238,7 @@ def test_visits_kept_through_a_store_outage_are_written_once(tmp_path: Path) -> 
             visit(resolver, "s", agent, "https://b.example/")
         down = threading.Thread(target=dynalite.outage, args=(3.0,))
         down.start()
-        time.sleep(0.5)
+        assert dynalite.down.wait(30), "the outage never began"
         assert resolver.flush_visits() == 0, "nothing written while the store is down"
         down.join()
         visit(resolver, "s", DESKTOP)
