@@ -219,13 +219,24 @@ def test_a_watching_agent_takes_the_next_change_without_its_pause(
     watching = EdgeAgent(node, url, "edge-token-0123456789", node_id="w1", watch=1.0)
     routes = some_routes(1)
     publish(services, app, routes)
+    unchanged = threading.Event()
+    fetch = watching.fetch
+
+    def noting_unchanged(have: str | None = None) -> Any:
+        answer = fetch(have)
+        if answer is None:
+            unchanged.set()
+        return answer
+
+    watching.fetch = noting_unchanged  # type: ignore[method-assign]
     stop = threading.Event()
     runner = threading.Thread(target=watching.run, args=(3600.0, stop), daemon=True)
     runner.start()
     try:
         for n in range(3):
-            if n == 2:
-                time.sleep(1.5)  # the long poll (1 s) answers "no change" first
+            if n == 2:  # a long poll (1 s) answers "no change" first
+                unchanged.clear()
+                assert unchanged.wait(30), "the long poll never answered"
             cert, pem = self_signed("h0.example.test")
             routes["h0.example.test"] = Route("h0.example.test", "pub_1", pem)
             desired = publish(services, app, routes)
