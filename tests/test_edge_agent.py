@@ -236,11 +236,12 @@ def test_a_watching_agent_takes_the_next_change_without_its_pause(
         for n in range(3):
             if n == 2:  # a long poll (1 s) answers "no change" first
                 unchanged.clear()
-                assert unchanged.wait(30), "the long poll never answered"
+                # (60 s: a round that failed under load pauses up to MAX_BACKOFF, 30 s)
+                assert unchanged.wait(60), "the long poll never answered"
             cert, pem = self_signed("h0.example.test")
             routes["h0.example.test"] = Route("h0.example.test", "pub_1", pem)
             desired = publish(services, app, routes)
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60
             while not served(node, cert) or node.applied_version != desired.version:
                 assert time.monotonic() < deadline, f"change {n} not applied"
                 time.sleep(0.05)
