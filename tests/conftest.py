@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import boto3
 import pytest
@@ -248,6 +248,17 @@ def knot(tmp_path: Path) -> Iterator[Callable[..., KnotServer]]:
     yield start
     for server in reversed(started):
         server.stop()
+
+
+def stop_together(processes: Sequence[ManagedProcess | None]) -> None:
+    """Stops these processes (by PID, SIGTERM then SIGKILL after 10 s) at the same time: a
+    graceful stop takes seconds each (an agent stops its HAProxy, a replica drains)."""
+    running = [process for process in processes if process is not None]
+    threads = [threading.Thread(target=process.stop) for process in running]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str = "the condition",

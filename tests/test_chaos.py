@@ -38,7 +38,7 @@ from devtools.sample_app import SampleApp
 from kit.files import PUBLIC, SECRET, write_atomic
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.x509 import local_ca_and_server
-from tests.conftest import wait_until
+from tests.conftest import stop_together, wait_until
 from tests.supervised_dynalite import SupervisedDynalite
 from tests.webhook_receiver import Receiver
 
@@ -174,9 +174,8 @@ class Cluster:
         raise AssertionError(f"no replica answered {method} {path}: {last}")
 
     def stop(self) -> None:
-        for process in [*self.agents, *self.replicas, self.links]:
-            if process is not None:
-                process.stop()
+        stop_together(self.agents)
+        stop_together([*self.replicas, self.links])
 
 
 def haproxy_masters(edge_dir: Path) -> set[int]:

@@ -24,7 +24,7 @@ from cryptography.fernet import Fernet
 from devtools.pebble import PebbleStack
 from devtools.sample_app import SampleApp
 from kit.procs import ManagedProcess, free_port, wait_for_port
-from tests.conftest import wait_until
+from tests.conftest import stop_together, wait_until
 from tests.supervised_dynalite import SupervisedDynalite
 
 pytestmark = pytest.mark.slow
@@ -111,9 +111,8 @@ class Cluster:
                 for n in range(len(self.agents))]
 
     def stop(self) -> None:
-        for process in [*self.agents, *self.replicas]:
-            if process is not None:
-                process.stop()
+        stop_together(self.agents)
+        stop_together(self.replicas)
 
 
 @pytest.fixture
