@@ -19,7 +19,7 @@ from devtools.probe import https_get
 from kit.x509 import LocalCA, build_certificate, cert_to_pem, key_to_pem
 from tests.webhook_receiver import Receiver
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("byo-stack")]
 
 HOST = "byo.example.test"
 

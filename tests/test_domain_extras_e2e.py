@@ -14,7 +14,7 @@ from devtools.pebble import PebbleStack
 from devtools.probe import Probe, https_get
 from devtools.sample_app import SampleApp
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("extras-stack")]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from kit.procs import ManagedProcess
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo-stack")]
 
 
 WEBHOOK_SECRET = "webhook-secret-0123456789"

@@ -18,7 +18,7 @@ from devtools.pebble import PebbleStack
 from devtools.probe import Probe, https_get
 from tests.test_shortlinks_e2e import connect, from_map, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("rules-stack")]
 
 SHORT = "rules.example.test"
 

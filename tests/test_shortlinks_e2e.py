@@ -14,7 +14,7 @@ from devtools.pebble import PebbleStack
 from devtools.probe import Probe, https_get
 from edge.node import EdgeNode
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("links-stack")]
 
 SHORT = "acme.example.test"
 

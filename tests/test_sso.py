@@ -27,6 +27,9 @@ from tests.conftest import SSO_COOKIE_KEY as COOKIE_KEY
 from tests.conftest import ServicesWith, fresh_settings, take_active, with_sso
 from tests.conftest import SSO_PLATFORM as PLATFORM
 
+# Its domains are activated once per module: its tests stay on one xdist worker.
+pytestmark = pytest.mark.xdist_group("sso")
+
 BLOG, OTHER, PENDING = "blog.example.test", "other.example.test", "pending.example.test"
 WILD = "*.wild.example.test"
 

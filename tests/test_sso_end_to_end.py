@@ -20,7 +20,7 @@ from devtools.probe import https_get
 from edge.sso import SESSION_COOKIE
 from kit.settings import load_settings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sso-stack")]
 
 BLOG, OTHER = "blog.example.test", "other.example.test"
 
