@@ -28,6 +28,7 @@ from edge.metrics import serve_metrics
 from edge.node import EdgeNode
 from edge.plan import UnsafePlan
 from edge.state import DesiredState
+from edgectl.backup import register as register_backup
 from kit import logs
 from kit.backoff import jittered_backoff
 from kit.settings import CONTROL_SERVICE, EDGE_AGENT, Settings, SettingsError, load_settings
@@ -344,6 +345,9 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here, not above: the dev tools never load into serve, agent or shortlinks.
     from devtools.demo import run_demo
     return run_demo(args.hostname, once=args.once, directory=args.directory)
+
+
+register_backup(command)
 
 
 def package_version() -> str:
