@@ -21,6 +21,7 @@ import requests
 
 from edge.errors import EdgeError
 from edge.node import EdgeNode
+from edge.protocol import HEADER as PROTOCOL_HEADER, PROTOCOL
 from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, Route, RouteRef,
                         StateDelta, fingerprint, pools_of, route_hash, routes_digest,
                         state_version)
@@ -62,6 +63,7 @@ class EdgeAgent:
         """Per request: requests lets REQUESTS_CA_BUNDLE override a session's ``verify``."""
         self._session.cert = client_cert  # (certificate, key) files for mTLS, if asked
         self._session.headers["Authorization"] = f"Bearer {token}"
+        self._session.headers[PROTOCOL_HEADER] = str(PROTOCOL)  # the feed's form it reads
         self.node_id = node_id or socket.gethostname()
         self.downloads = 0
         self._force = False
@@ -94,6 +96,8 @@ class EdgeAgent:
                                  timeout=30 + self.watch if "since" in params else 300)
         if response.status_code in (304, 404):
             return None
+        if response.status_code == 426:  # a control service older than this agent
+            raise StateUnavailable(str(response.json().get("error")))
         response.raise_for_status()
         doc = response.json()
         self._force = bool(doc.get("force"))
@@ -176,7 +180,7 @@ class EdgeAgent:
             revision, version = int(doc["revision"]), str(doc["version"])
         except (OSError, ValueError, KeyError, TypeError):
             return
-        if version != applied:
+        if version != applied or doc.get("protocol") != PROTOCOL:  # another form: a snapshot
             return
         refs = {hostname: {"hostname": hostname, "publication_id": route.publication_id,
                            "cert_sha256": route.ref.cert_sha256, "extras": route.extras}
@@ -191,7 +195,8 @@ class EdgeAgent:
             return
         path = self.node.directory / SYNC_FILE
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({"revision": self._revision, "version": self._version}))
+        tmp.write_text(json.dumps({"revision": self._revision, "version": self._version,
+                                   "protocol": PROTOCOL}))
         os.replace(tmp, path)
 
     def reset(self) -> None:
@@ -199,7 +204,8 @@ class EdgeAgent:
         self._routes = self._revision = self._digest = self._version = None
 
     def _download(self, hostname: str, cert_sha256: str) -> str:
-        response = self._request("GET", f"/api/v1/edge/certs/{quote(hostname)}", timeout=30)
+        response = self._request("GET", f"/api/v1/edge/certs/{quote(hostname)}", timeout=30,
+                                 params={"sha256": cert_sha256})
         response.raise_for_status()
         pem = str(response.json()["pem"])
         if fingerprint(pem) != cert_sha256:

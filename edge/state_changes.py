@@ -17,6 +17,7 @@ the route items do not hold, and no stale row outlives a newer change.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -26,8 +27,8 @@ from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, Rout
                         fingerprint, redirect_hash, route_hash, routes_digest, state_version)
 from edge.watch import VersionWatch
 from kit.vault import KeyVault
-from store import (ABSENT, VERSION, ConflictError, Item, RangeIndex, Table, TableSpec, every,
-                   rewrite_field)
+from store import (ABSENT, EXPIRES_AT, VERSION, ConflictError, Item, RangeIndex, Table,
+                   TableSpec, every, rewrite_field)
 
 log = logging.getLogger(__name__)
 EDGE_STATE = TableSpec("edge_state", key="name")
@@ -45,6 +46,10 @@ EDGE_REDIRECTS = TableSpec("edge_redirects", key="key", ranges=(
 tombstones like routes; one with an expiry is in the ``expiry`` index until it is removed, so
 the worker finds what is due without reading the rest."""
 EDGE_CERTS = TableSpec("edge_certs", key="hostname")
+"""Certificates keyed by hostname and fingerprint (:func:`cert_key`): an agent gets the one its
+route names, also after a renewal (the one replaced stays ``SUPERSEDED_SECONDS``). The release
+before's replicas read one item per bare hostname: it is written too, until the next release."""
+SUPERSEDED_SECONDS = 86400.0
 COMMIT_ATTEMPTS = 20
 CHUNK = 200
 """Route changes per commit: the outbox rides in the version item, which must stay small."""
@@ -137,6 +142,7 @@ class StateChanges:
             pending_redirects[key] = None if redirect is None else {
                 "value": new_value, "expires": redirect.expires}
         pending: dict[str, dict[str, str] | None] = {}
+        superseded: list[str] = []
         for hostname, new in sorted(routes.items()):
             old = self.routes.get(hostname)
             old_ref = route_ref(old) if old is not None and not old.get("removed") else None
@@ -145,10 +151,9 @@ class StateChanges:
             if old_ref == new_ref:
                 continue
             if new is not None and new_ref is not None:
-                stored = self.certs.get(hostname)
-                if stored is None or stored["cert_sha256"] != new_ref.cert_sha256:
-                    self.certs.put({"hostname": hostname, "cert_sha256": new_ref.cert_sha256,
-                                    "pem_enc": self._vault.encrypt(new[1].encode())})
+                self._store_certificate(hostname, new_ref.cert_sha256, new[1])
+                if old_ref is not None and old_ref.cert_sha256 != new_ref.cert_sha256:
+                    superseded.append(cert_key(hostname, old_ref.cert_sha256))
             digest = (digest - (route_hash(old_ref) if old_ref else 0)
                       + (route_hash(new_ref) if new_ref else 0)) % DIGEST_MODULUS
             pending[hostname] = dataclasses.asdict(new_ref) if new_ref else None
@@ -168,6 +173,7 @@ class StateChanges:
             "forced_version": meta.get("forced_version") if meta else None},
             expected_version=meta[VERSION] if meta else ABSENT)
         self.settled(committed)
+        self._expire_certificates(superseded)
         self.watch.changed(version)
         log.info("edge state %s (revision %d): %d route and %d redirect changes", version,
                  revision, len(pending), len(pending_redirects))
@@ -201,7 +207,7 @@ class StateChanges:
                 self.routes.put({**item, "feed": FEED, "revision": revision},
                                 expected_version=existing[VERSION] if existing else ABSENT)
                 if ref is None:
-                    self._drop_certificate(hostname)
+                    self._drop_certificate(hostname, (existing or {}).get("cert_sha256"))
                 return
             except ConflictError:
                 continue
@@ -260,17 +266,34 @@ class StateChanges:
         changes.update((key, r) for key, r in desired.items() if stored.get(key) != r.value)
         return self.change({}, redirects=changes) if changes else False
 
-    def _drop_certificate(self, hostname: str) -> None:
+    def _store_certificate(self, hostname: str, cert_sha256: str, pem: str) -> None:
+        """Under its hostname and fingerprint, and under the bare hostname for the release
+        before's replicas (each only if not there already: a PEM is encrypted once)."""
+        for key in (cert_key(hostname, cert_sha256), hostname):
+            stored = self.certs.get(key)
+            if stored is None or stored["cert_sha256"] != cert_sha256 \
+                    or stored.get(EXPIRES_AT) is not None:
+                self.certs.put({"hostname": key, "cert_sha256": cert_sha256,
+                                "pem_enc": self._vault.encrypt(pem.encode())})
+
+    def _expire_certificates(self, keys: list[str]) -> None:
+        """Certificates renewals replaced: kept a while for agents on an earlier revision."""
+        for item in filter(None, map(self.certs.get, keys)):
+            with contextlib.suppress(ConflictError):  # stored again: a route names it again
+                self.certs.put({**item, EXPIRES_AT: self._clock() + SUPERSEDED_SECONDS},
+                               expected_version=item[VERSION])
+
+    def _drop_certificate(self, hostname: str, cert_sha256: str | None) -> None:
         """The key of a removed route, unless a newer change routed the host again meanwhile
         (it stores its certificate before it commits: a conditional delete leaves that one)."""
-        cert = self.certs.get(hostname)
         route = self.routes.get(hostname)
-        if cert is None or route is None or not route.get("removed"):
+        if route is None or not route.get("removed"):
             return
-        try:
-            self.certs.delete(hostname, expected_version=cert[VERSION])
-        except ConflictError:
-            pass
+        for key in (hostname, cert_key(hostname, cert_sha256 or "")):
+            cert = self.certs.get(key)
+            with contextlib.suppress(ConflictError):
+                if cert is not None:
+                    self.certs.delete(key, expected_version=cert[VERSION])
 
     def save(self, desired: DesiredState) -> bool:
         """Make the stored state exactly ``desired`` (see :meth:`reconcile`)."""
@@ -354,6 +377,11 @@ class StateChanges:
         except ConflictError:
             return False
         return True
+
+
+def cert_key(hostname: str, cert_sha256: str) -> str:
+    """An ``edge_certs`` key: no hostname holds a "/", so none is a bare hostname's."""
+    return f"{hostname}/{cert_sha256}"
 
 
 def route_ref(item: Item) -> RouteRef:

@@ -19,6 +19,7 @@ from certs.orders import ORDERS
 from certs.stats import ISSUANCE_STATS
 from certs.store import CERTIFICATES
 from certs.uploads import UPLOADS
+from control.migrations import META
 from domains.counts import DOMAIN_COUNTS
 from domains.repository import DOMAINS
 from domains.timeline import EVENTS
@@ -39,8 +40,9 @@ TABLES: tuple[TableSpec, ...] = (
     CERTIFICATES, UPLOADS, ACCOUNTS, ORDERS, CHALLENGES, BUDGETS, ISSUANCE_STATS,
     EDGE_STATE, EDGE_ROUTES, EDGE_REDIRECTS, EDGE_CERTS, EDGE_NODES, EDGE_VISIT_REPORTS,
     LINKS, LINK_CHANGES, LINK_DAYS, SSO_KEYS, SSO_CODES,
-    ADMIN_USERS, ADMIN_SESSIONS, ADMIN_LOGIN_FAILURES, ADMIN_AUDIT)
-"""Every table the product keeps (a test holds this to every ``TableSpec`` in the code)."""
+    ADMIN_USERS, ADMIN_SESSIONS, ADMIN_LOGIN_FAILURES, ADMIN_AUDIT, META)
+"""Every table the product keeps (a test holds this to every ``TableSpec`` in the code), the
+schema version (``store_meta``) with them, so a restored store says which migrations it had."""
 MARKERS = (EDGE_STATE, DOMAIN_COUNTS, LINK_CHANGES)
 """Small tables that move with every change of the edge state (routes, certificates, plain
 links), of a domain's status, and of a short link: read before and after a DynamoDB backup."""

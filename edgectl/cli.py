@@ -27,7 +27,9 @@ from edge.agent import EdgeAgent
 from edge.metrics import serve_metrics
 from edge.node import EdgeNode
 from edge.plan import UnsafePlan
+from edge.protocol import PROTOCOL
 from edge.state import DesiredState
+from edgectl import migrate
 from edgectl.backup import register as register_backup
 from kit import logs
 from kit.backoff import jittered_backoff
@@ -90,6 +92,7 @@ def _when_the_store_answers(settings: Settings, stop: threading.Event) -> Servic
     while not stop.is_set():
         services = None
         try:
+            migrate.refuse_newer(settings)  # before this release writes a thing
             services = Services.from_settings(settings)
             services.lifecycle.publish_routes()  # reconcile once at start; then changes only
             if failures:
@@ -348,6 +351,7 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 register_backup(command)
+command("migrate", migrate.HELP, required=(), arguments=migrate.arguments)(migrate.run)
 
 
 def package_version() -> str:
@@ -367,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-format", choices=logs.FORMATS,
                         help="overrides the log_format setting (default auto: text on a "
                              "terminal, else JSON lines)")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}"
+                        f" (edge protocol {PROTOCOL}, store schema {migrate.SCHEMA})")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, registered in COMMANDS.items():
         registered.arguments(subparsers.add_parser(name, help=registered.help))
