@@ -176,6 +176,9 @@ def test_an_unknown_domain_or_status_is_one_sentence(served: Served) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("edgectl: ") and "nowhere.example.org" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    for name in ("../admin", "..", "a.example.org?x=1"):  # nothing leaves the path segment
+        usage = served.run("domains", "show", name)
+        assert usage.returncode == 2 and "is not a hostname" in usage.stderr
     status = served.run("domains", "list", "--status", "sleeping")
     assert status.returncode == 1 and "status must be one of" in status.stderr
 
@@ -273,7 +276,7 @@ def test_config_check_reports_every_problem(tmp_path: Path) -> None:
     (tmp_path / "serve.toml").write_text('listen_port = 99999\nlisten_prot = 8000\n'
                                          'hot_links = true\n')
     env_file = tmp_path / "serve.env"
-    env_file.write_text(f"EDGE_API_TOKEN={TOKEN}\n# a comment\nPYTHONPATH=/opt/edge\n")
+    env_file.write_text("EDGE_API_TOKEN=short\n# a comment\nPYTHONPATH=/opt/edge\n")
     env_file.chmod(0o644)
     done = subprocess.run([sys.executable, "-m", "edgectl", "config", "check",
                            str(tmp_path / "serve.toml"), str(env_file)], capture_output=True,
@@ -284,6 +287,7 @@ def test_config_check_reports_every_problem(tmp_path: Path) -> None:
     assert "listen_port in " in out and "listen_prot" in out and "did you mean listen_port" in out
     assert "EDGE_EDGE_TOKEN (edge_token) is missing" in out
     assert "EDGE_ENCRYPTION_KEYS (encryption_keys) is missing" in out
+    assert "EDGE_API_TOKEN (api_token): must be at least 16 characters" in out
     assert "hot_links" in out and "chmod 600" in out
     env_file.write_text(f"EDGE_API_TOKEN={TOKEN}\nEDGE_EDGE_TOKEN={EDGE_TOKEN}\n"
                         f"EDGE_ENCRYPTION_KEYS={_KEY}\n")

@@ -4,6 +4,7 @@ the fix, and the exit code that says what kind of failure it was."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -34,9 +35,11 @@ _NO_ROUTE = "The requested URL was not found"
 class OperatorError(Exception):
     """One sentence for the operator, and the exit code."""
 
-    def __init__(self, message: str, code: int = REFUSED) -> None:
+    def __init__(self, message: str, code: int = REFUSED, api_code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.api_code = api_code
+        """The API's own ``code`` (``conflict``, ``not_found``...), when it answered one."""
 
 
 def user_config() -> Path:
@@ -95,6 +98,18 @@ class ControlClient:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
+
+    def again_on_conflict(self, method: str, path: str, tries: int = 4) -> Any:
+        """A request the service may answer 409 because the worker moved the item meanwhile
+        ("changed while we worked on it; try again"): tried again, as the answer asks."""
+        for attempt in range(1, tries + 1):
+            try:
+                return self.request(method, path)
+            except OperatorError as exc:
+                if exc.api_code != "conflict" or attempt == tries:
+                    raise
+                time.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """The answer's JSON; an :class:`OperatorError` for anything else."""
@@ -219,7 +234,7 @@ def status_error(response: requests.Response, body: Any, url: str,
         request_id = response.headers.get("X-Request-ID", "?")
         return OperatorError(f"the control service failed ({status}): see its log for request "
                              f"{request_id}", REFUSED)
-    return OperatorError(str(said), REFUSED)
+    return OperatorError(str(said), REFUSED, str(code) if code else None)
 
 
 def agent_failure(exc: Exception, url: str) -> OperatorError:

@@ -96,6 +96,7 @@ def _values(found: Found) -> dict[str, tuple[str, Any]]:
 def check(paths: list[str], role: str) -> Found:
     found = _read(paths)
     values = _values(found)
+    parsed: dict[str, Any] = {}
     for key, (where, value) in sorted(values.items()):
         if key in RETIRED:
             found.warnings.append(f"{where} is no longer used ({RETIRED[key]}): remove it")
@@ -106,6 +107,7 @@ def check(paths: list[str], role: str) -> Found:
         else:
             try:
                 PARSERS[key](value)
+                parsed[key] = value
             except (ValueError, TypeError) as exc:
                 found.problems.append(f"{where}: {exc}")
     for key in ROLES[role]:
@@ -113,11 +115,10 @@ def check(paths: list[str], role: str) -> Found:
             kind = "secret" if key in SECRETS else "setting"
             found.problems.append(f"{ENV_PREFIX}{key.upper()} ({key}) is missing: `edgectl "
                                   f"{role}` needs this {kind}")
-    if not found.problems:  # each value parses: now the rules across settings
-        try:
-            load_settings(env=found.env, config_file=found.toml_file, required=ROLES[role])
-        except SettingsError as exc:
-            found.problems.append(str(exc))
+    try:  # the rules across settings, over the values that parse (the first it finds)
+        load_settings(env={}, required=(), **parsed)
+    except SettingsError as exc:
+        found.problems.append(str(exc))
     return found
 
 

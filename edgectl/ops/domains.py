@@ -79,7 +79,7 @@ def _connected(out: Console, domain: dict[str, Any]) -> None:
 
 
 def check(args: argparse.Namespace, client: ControlClient) -> int:
-    domain = client.post(f"{API}/{segment(args.hostname)}/check")
+    domain = client.again_on_conflict("POST", f"{API}/{segment(args.hostname)}/check")
     emit(args, domain, _checked)
     return OK if domain["ok"] else NOT_YET
 
@@ -104,7 +104,7 @@ def remove(args: argparse.Namespace, client: ControlClient) -> int:
         typed = input(f"Remove {args.hostname} (route and certificate go)? Type its name: ")
         if typed.strip().lower() != args.hostname.strip().lower():
             return fail(f"{args.hostname} is kept (the name typed differs)", USAGE)
-    emit(args, client.delete(f"{API}/{segment(args.hostname)}"), _removed)
+    emit(args, client.again_on_conflict("DELETE", f"{API}/{segment(args.hostname)}"), _removed)
     return OK
 
 
@@ -123,8 +123,17 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
     paging(parser)
 
 
+def hostname(text: str) -> str:
+    """A name, checked by the service; here only what would change the request's path."""
+    name = text.strip().removeprefix("https://").removeprefix("http://").rstrip("/")
+    if set(name) <= {"."} or any(char in name for char in "/?#%\\") or \
+            any(char.isspace() for char in name):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a hostname")
+    return name
+
+
 def _hostname(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("hostname")
+    parser.add_argument("hostname", type=hostname)
 
 
 def _connect_arguments(parser: argparse.ArgumentParser) -> None:

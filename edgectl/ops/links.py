@@ -25,7 +25,8 @@ def address(text: str) -> tuple[str, str]:
     """``acme.link/x7Kq`` (a pasted https:// in front is fine) as (domain, slug)."""
     domain, _, slug = text.strip().removeprefix("https://").removeprefix("http://") \
         .partition("/")
-    if not domain or not slug or "/" in slug:
+    if set(domain) <= {"."} or set(slug) <= {"."} or "/" in slug or \
+            any(char in text.strip() for char in "?#%\\ "):
         raise argparse.ArgumentTypeError(f"{text!r} is not a link: write DOMAIN/SLUG, e.g. "
                                          "acme.link/spring")
     return domain, slug
