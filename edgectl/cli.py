@@ -1,5 +1,5 @@
-"""`edgectl`: serve (control service), agent (beside HAProxy), plan, shortlinks, links, tokens,
-keys, sso, admin, demo. Each subcommand registers itself with :func:`command`."""
+"""`edgectl`: serve (control service), agent (beside HAProxy), plan, shortlinks, tokens, keys,
+sso, admin, demo; the operator's commands are in ``edgectl.ops``. Each registers itself."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, Iterator
 
+import requests
 from cryptography.fernet import Fernet
 
 from admin.accounts import ADMIN_USERS, AccountError, Users
@@ -24,17 +25,17 @@ from control.server import ControlServer, Draining
 from control.wiring import Services
 from control.worker import PlatformCertificates, start_worker
 from edge.agent import EdgeAgent
+from edge.errors import EdgeError
 from edge.metrics import serve_metrics
 from edge.node import EdgeNode
 from edge.plan import UnsafePlan
 from edge.protocol import PROTOCOL
 from edge.state import DesiredState
-from edgectl import migrate
+from edgectl import migrate, ops
 from edgectl.backup import register as register_backup
 from kit import logs
 from kit.backoff import jittered_backoff
 from kit.settings import CONTROL_SERVICE, EDGE_AGENT, Settings, SettingsError, load_settings
-from shortlinks.bulk import run_import
 from shortlinks.serve import SERVERS, serve as serve_links
 from store import StoreError, open_backend
 
@@ -171,17 +172,6 @@ def shortlinks(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _links_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["import"])
-    parser.add_argument("file", help="CSV with domain,target,owner[,slug,code,max_visits]")
-
-
-@command("links", "short links in bulk", arguments=_links_arguments)
-def links(args: argparse.Namespace, settings: Settings) -> int:
-    with _services(settings) as services:
-        return run_import(services.links, args.file)
-
-
 def _tokens_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["create", "list", "revoke"])
     parser.add_argument("subject", help="create/list: a publication id; revoke: a token id")
@@ -256,11 +246,15 @@ def agent(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-@command("plan", "print the changes the local edge node would apply", required=EDGE_AGENT)
+@command("plan", "print the changes the local edge node would apply", required=EDGE_AGENT,
+         arguments=lambda parser: setattr(parser, "epilog", ops.PLAN_SETTINGS))
 def plan(args: argparse.Namespace, settings: Settings) -> int:
     """Print what the local node would change to reach the control service's desired state."""
     node = _node(settings)
-    desired = _agent(settings, node).fetch()  # a new agent asks for a whole state
+    try:
+        desired = _agent(settings, node).fetch()  # a new agent asks for a whole state
+    except (requests.RequestException, EdgeError) as exc:
+        return ops.agent_failed(exc, settings.control_address)  # says why in one sentence
     if desired is None:
         print("the control service has published no edge state yet")
         return 1
@@ -350,8 +344,10 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(args.hostname, once=args.once, directory=args.directory)
 
 
+# The commands declared beside their code: backup and restore, migrate, the operator's.
 register_backup(command)
 command("migrate", migrate.HELP, required=(), arguments=migrate.arguments)(migrate.run)
+ops.register(command)  # status, domains, nodes, links, certs, config
 
 
 def package_version() -> str:
@@ -364,8 +360,11 @@ def package_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgectl", description=__doc__)
-    parser.add_argument("--config", help="TOML settings file (else $EDGE_CONFIG)")
+    parser = argparse.ArgumentParser(prog="edgectl", description=ops.DESCRIPTION,
+                                     epilog=ops.EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="TOML settings file (else $EDGE_CONFIG; the operator "
+                        "commands also read ~/.config/edgectl/config.toml)")
     parser.add_argument("--log-level", type=str.upper, choices=logs.LEVELS,
                         help="overrides the log_level setting (default INFO)")
     parser.add_argument("--log-format", choices=logs.FORMATS,
@@ -375,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
                         f" (edge protocol {PROTOCOL}, store schema {migrate.SCHEMA})")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, registered in COMMANDS.items():
-        registered.arguments(subparsers.add_parser(name, help=registered.help))
+        registered.arguments(subparsers.add_parser(
+            name, help=registered.help, description=registered.help, epilog=ops.needs(
+                registered.required), formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     # One set-up for every subcommand: first from the flags (so reading the settings logs
     # alike), then again once the settings say otherwise.
