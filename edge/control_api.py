@@ -106,10 +106,15 @@ def _store() -> EdgeStateStore:
            responses={200: EdgeState, 304: None, 404: None})
 def desired_state(query: StateQuery) -> Response | tuple[Response, int]:
     """A delta of the routes changed after ``since`` when the store still has them, else a
-    full snapshot; 404 until a state is published."""
+    full snapshot; 404 until a state is published. While the replica stops, a long poll is
+    answered at once and a new one gets 503."""
     wait = min(max(query.wait, 0.0), MAX_WAIT)
     store = _store()
     if query.have and wait:
+        if store.watch.draining:  # this replica stops: wait on another one
+            refused, status = api_error("this control replica is stopping; ask another", 503)
+            refused.headers["Retry-After"] = "1"
+            return refused, status
         store.watch.wait(query.have, wait)
     version = store.current_version()
     if version is None:
