@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -210,25 +212,60 @@ def test_the_api_answers_503_while_the_store_is_away(tmp_path: Path, settings: S
         store.stop()
 
 
-def test_a_stopped_agent_leaves_no_haproxy_behind_even_in_a_long_poll(
+def haproxy_master(edge_dir: Path) -> tuple[int, int]:
+    """The node's HAProxy master: (its PID, how many reloads it has done), from ``show proc``."""
+    line = EdgeNode(edge_dir).haproxy.master_command("show proc").splitlines()[1].split()
+    assert line[1] == "master", line
+    return int(line[0]), int(line[2])
+
+
+def test_a_stopped_agent_leaves_haproxy_serving_and_only_stop_node_stops_it(
         control: tuple[Services, str], tmp_path: Path) -> None:
+    """The agent does not own HAProxy's life: a SIGTERM, even in a long poll, stops the
+    agent at once and HAProxy serves on; the next agent adopts the master without a reload;
+    `edgectl agent stop-node` stops both, leaving no HAProxy behind."""
     services, url = control
     services.publisher.refresh()
     https_port = free_port()
-    agent = ManagedProcess("agent", [sys.executable, "-m", "edgectl", "agent"],
-                           tmp_path / "agent.log", env={
-                               "EDGE_EDGE_TOKEN": services.settings.edge_token,
-                               "EDGE_CONTROL_URL": url, "EDGE_EDGE_WATCH_SECONDS": "25",
-                               "EDGE_EDGE_DIR": str(tmp_path / "edge"),
-                               "EDGE_EDGE_HTTP_PORT": str(free_port()),
-                               "EDGE_EDGE_HTTPS_PORT": str(https_port),
-                               "EDGE_EDGE_STATS_PORT": str(free_port())})
+    env = {"EDGE_EDGE_TOKEN": services.settings.edge_token, "EDGE_CONTROL_URL": url,
+           "EDGE_EDGE_WATCH_SECONDS": "25", "EDGE_EDGE_DIR": str(tmp_path / "edge"),
+           "EDGE_EDGE_HTTP_PORT": str(free_port()), "EDGE_EDGE_HTTPS_PORT": str(https_port),
+           "EDGE_EDGE_STATS_PORT": str(free_port())}
+
+    def start_agent() -> ManagedProcess:
+        return ManagedProcess("agent", [sys.executable, "-m", "edgectl", "agent"],
+                              tmp_path / "agent.log", env=env)
+
+    agent, stop_node = start_agent(), None
     try:
         wait_for_port(https_port, process=agent, timeout=60)  # HAProxy serves
         time.sleep(5.0)  # past its first round: it now waits in a long poll (25 s, no change)
+        master = haproxy_master(tmp_path / "edge")
+        second = subprocess.run([sys.executable, "-m", "edgectl", "agent"], timeout=60,
+                                capture_output=True, text=True, env={**os.environ, **env})
+        assert second.returncode == 1 and second.stderr.strip() == (
+            f"edgectl: another agent (pid {agent.pid}) runs for the node in "
+            f"{tmp_path / 'edge'}"), second.stderr
+        stopped = time.monotonic()
         agent.popen.send_signal(signal.SIGTERM)
         assert agent.popen.wait(10) == 0, agent.tail()
+        assert time.monotonic() - stopped < 2.0, "out of its long poll at once"
+        socket.create_connection(("127.0.0.1", https_port), timeout=2).close()  # serving
+        assert haproxy_master(tmp_path / "edge") == master
+        agent = start_agent()
+        time.sleep(3.0)  # adopted the master, synced, back in a long poll
+        assert agent.poll() is None, agent.tail()
+        assert haproxy_master(tmp_path / "edge") == master, "adopted, and not reloaded"
+        stop_node = subprocess.run([sys.executable, "-m", "edgectl", "agent", "stop-node"],
+                                   timeout=60, capture_output=True, text=True,
+                                   env={**os.environ, **env})
+        assert stop_node.returncode == 0, stop_node.stderr
+        assert stop_node.stdout.strip() == (f"stopped the agent (pid {agent.pid}) and HAProxy "
+                                            f"(pid {master[0]}) of {tmp_path / 'edge'}")
+        assert agent.popen.wait(5) == 0
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", https_port), timeout=2).close()
     finally:
         agent.stop()
+        if stop_node is None:
+            EdgeNode(tmp_path / "edge").stop()
