@@ -331,4 +331,3 @@ class EdgeAgent:
                 # (it answers when the state moves, or after ``watch``); a round that came
                 # back early for another reason (a server that does not wait) still pauses.
                 stop.wait(interval)
-

@@ -234,8 +234,8 @@ def stop_node(directory: Path, haproxy: HAProxy, timeout: float = 10.0) -> str:
         lock.release()
     stopped = [f"agent (pid {agent})"] if agent else []
     stopped += [f"HAProxy (pid {master})"] if master else []
-    return f"stopped the {' and '.join(stopped)} of {directory}" if stopped \
-        else f"nothing ran for {directory}"
+    return f"stopped the {' and '.join(stopped)} of the node in {directory}" if stopped \
+        else f"no agent or HAProxy runs for the node in {directory}"
 
 
 def _alive(pid: int) -> bool:
