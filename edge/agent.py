@@ -5,16 +5,21 @@ holds (a full snapshot the first time, or when it is too far behind), routes nam
 certificates by fingerprint, and it downloads just the certificates its node does not serve
 yet. With ``watch``, each request waits on the control service until the state moves (a long
 poll), so a change reaches the node at once rather than a poll interval later.
+
+The agent does not own HAProxy's life: when it stops, HAProxy goes on serving the last state
+applied, and the next agent adopts it (``edge/haproxy.py``). Stopping the node is an act of its
+own (``stop_node`` in ``edge/haproxy.py``). One agent runs per node directory (``NodeLock``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 from urllib.parse import quote
 
 import requests
@@ -77,6 +82,17 @@ class EdgeAgent:
         """The version ``self._revision`` names: the base of the next delta."""
         self._resumed = False
         self.visits = HotVisitMeter(node.runtime, node.directory / "hot_visits.json")
+        self.applying = False
+        """The node is being changed (files, HAProxy): a stop waits for that, not for a long
+        poll."""
+
+    @contextlib.contextmanager
+    def _applying(self) -> Iterator[None]:
+        self.applying = True
+        try:
+            yield
+        finally:
+            self.applying = False
 
     def fetch(self, have: str | None = None) -> DesiredState | StateDelta | None:
         """What changed since the revision the agent holds (a :class:`StateDelta`), or the
@@ -236,24 +252,27 @@ class EdgeAgent:
             have = self.node.applied_version if self.node.haproxy.running else None
             desired = self.fetch(have)
             if desired is None:
-                self.node.start()
-                self.node.compact_if_idle()
+                with self._applying():
+                    self.node.start()
+                    self.node.compact_if_idle()
                 return False
             if isinstance(desired, StateDelta):
                 if self.node.can_apply_delta(desired):
                     try:
-                        applied = self.node.apply_delta(desired, force=self._force)
+                        with self._applying():
+                            applied = self.node.apply_delta(desired, force=self._force)
+                            self._remember()
                     except Exception:
                         self.reset()  # the node stays where it was: resume from a snapshot
                         raise
-                    self._remember()
                     return applied
                 self.reset()  # the node is not at the delta's base (a reload, a restart)
                 desired = self.fetch(None)
                 if desired is None or isinstance(desired, StateDelta):
                     return False
-            applied = self.node.apply(desired, force=self._force)
-            self._remember()
+            with self._applying():
+                applied = self.node.apply(desired, force=self._force)
+                self._remember()
             return applied
         finally:
             self._report()
@@ -283,7 +302,8 @@ class EdgeAgent:
         """Sync until ``stop``; while the control service is away, wait longer each time
         (jittered, at most ``MAX_BACKOFF``) and say so once, not every round."""
         try:  # serve the last applied state from the files while the control service answers
-            self.node.start()
+            with self._applying():
+                self.node.start()
         except EdgeError as exc:  # reported by the first sync, which applies the state anew
             log.warning("%s", exc)
         failures = 0
@@ -299,6 +319,8 @@ class EdgeAgent:
                 failures += 1
                 if failures == 1:
                     log.warning("edge sync failed (retrying with backoff): %s", exc)
+            if stop.is_set():
+                break
             if time.monotonic() - reported >= interval:  # a table read: not once per change
                 reported = time.monotonic()
                 try:

@@ -113,7 +113,8 @@ def _store() -> EdgeStateStore:
 def desired_state(query: StateQuery) -> Response | tuple[Response, int]:
     """A delta of the routes changed after ``since`` when the store still has them, else a
     full snapshot, in the form of the agent's ``Edge-Protocol`` (edge/protocol.py); 404 until
-    a state is published."""
+    a state is published. While the replica stops, a long poll is answered at once and a new
+    one gets 503."""
     try:
         protocol = edge_protocol.parse(request.headers.get(edge_protocol.HEADER))
     except edge_protocol.ProtocolRefused as exc:
@@ -122,6 +123,10 @@ def desired_state(query: StateQuery) -> Response | tuple[Response, int]:
     store = _store()
     have = store.current_form(query.have, protocol)
     if have and wait:
+        if store.watch.draining:  # this replica stops: wait on another one
+            refused, status = api_error("this control replica is stopping; ask another", 503)
+            refused.headers["Retry-After"] = "1"
+            return refused, status
         store.watch.wait(have, wait)
     version = store.current_version()
     if version is None:

@@ -23,6 +23,7 @@ from cryptography.fernet import Fernet
 
 from devtools.pebble import PebbleStack
 from devtools.sample_app import SampleApp
+from edge.node import EdgeNode
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from tests.conftest import wait_until
 from tests.supervised_dynalite import SupervisedDynalite
@@ -112,6 +113,8 @@ class Cluster:
         for process in [*self.agents, *self.replicas]:
             if process is not None:
                 process.stop()
+        for n in range(len(self.agents)):  # an agent leaves HAProxy serving
+            EdgeNode(self.directory / f"edge{n}").stop()
 
 
 @pytest.fixture
