@@ -305,8 +305,9 @@ def test_a_stopped_agent_leaves_haproxy_serving_and_only_stop_node_stops_it(
 def test_serve_and_shortlinks_stop_on_time_while_the_store_is_down(
         tmp_path: Path, settings: Settings) -> None:
     """A store that does not answer holds requests, the worker's round and the last visit
-    flush: none of them holds the stop. `serve` is gone within drain + shutdown of a SIGTERM,
-    `shortlinks` within 1.5 s, with requests in flight on both."""
+    flush: none of them holds the stop. Both are gone within their drain time + 2 s of a
+    SIGTERM (the operator's promise; the product's own deadlines are drain + shutdown and
+    1.5 s), with requests in flight on both."""
     store, port = start_listening(lambda port: ManagedProcess(
         "dynalite", dynalite_command(port, tmp_path / "db"), tmp_path / "dynalite.log"))
     control_port, links_port = free_port(), free_port()
@@ -344,8 +345,8 @@ def test_serve_and_shortlinks_stop_on_time_while_the_store_is_down(
         for process in (serve, links):
             process.popen.send_signal(signal.SIGTERM)
         assert links.popen.wait(10) == 0, links.tail()
-        assert time.monotonic() - signalled < 1.5 + 0.3, links.tail()
+        assert time.monotonic() - signalled < 0 + 2, links.tail()  # no drain of its own
         assert serve.popen.wait(10) == 0, serve.tail()
-        assert time.monotonic() - signalled < 1 + 1 + 0.3, serve.tail()
+        assert time.monotonic() - signalled < 1 + 2, serve.tail()  # EDGE_DRAIN_SECONDS 1
     finally:
         stop_all([serve, links, store])
