@@ -295,3 +295,15 @@ frontend f
     hangups = [line for line in parsed if line["logger"] == "cheroot"]
     assert all(line["level"] == "DEBUG" and "exc_info" not in line for line in hangups)
     print(f"{len(hangups)} hang-ups in 20 checks, at DEBUG")
+
+
+def test_where_boto3_found_its_credentials_is_not_logged_at_info() -> None:
+    out = io.StringIO()
+    logs.configure("text", "INFO", out)
+    try:
+        logging.getLogger("botocore.credentials").info("Found credentials in environment variables.")
+        logging.getLogger("botocore.credentials").warning("credentials expire soon")
+        assert "Found credentials" not in out.getvalue()
+        assert "credentials expire soon" in out.getvalue()
+    finally:
+        logs.configure("text", "INFO")
