@@ -36,7 +36,7 @@ def ago(seconds: float) -> str:
     the pages' scripts say the same (publisher/static/publisher.js, ``ago``)."""
     size = abs(seconds)
     if size < 5:
-        return "just now"
+        return "just now" if seconds >= 0 else "in a moment"
     for unit, length in (("day", 86400), ("h", 3600), ("min", 60), ("s", 1)):
         if size >= length:
             count = int(size // length)

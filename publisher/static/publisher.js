@@ -20,7 +20,7 @@ function copyButtons(root) {
 // The same words as domains/words.py `ago`.
 function ago(seconds) {
   const size = Math.abs(seconds);
-  if (size < 5) return "just now";
+  if (size < 5) return seconds >= 0 ? "just now" : "in a moment";
   const units = [["day", 86400], ["h", 3600], ["min", 60], ["s", 1]];
   for (const [unit, length] of units) {
     if (size >= length) {
