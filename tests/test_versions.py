@@ -5,10 +5,8 @@ the certificates' re-key keeps every one downloadable by old and new agents)."""
 from __future__ import annotations
 
 import os
-import fcntl
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -35,10 +33,9 @@ from store import Backend
 from store.sqlite import SqliteBackend
 from devtools.probe import https_get
 from tests.conftest import serving, wait_until
+from tests.v010 import v010_command
 
 ROOT = Path(__file__).resolve().parent.parent
-V010 = "a7135c702c9ad01362a609f8e6d8ecd8b8e7c63b"
-"""The release before protocol and schema versions (CHANGELOG.md)."""
 EDGE = {"Authorization": "Bearer edge-token-0123456789"}
 SHORT = "go.example.test"
 
@@ -137,23 +134,6 @@ def test_an_upgraded_agent_takes_the_links_its_old_form_left_out_without_a_reloa
     assert node.reloads == reloads, "the left-out links came hot"
 
 
-def v010_source() -> Path:
-    """The v0.1.0 tree (``git archive`` of its commit), kept under the temp directory by commit:
-    a second run reuses it. Skips where the repository lacks the commit (a shallow clone)."""
-    cache = Path(tempfile.gettempdir()) / f"edge-router-{V010[:12]}"
-    cache.mkdir(exist_ok=True)
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one extraction at a time
-        if not (cache / "src" / "control" / "cli.py").exists():
-            if subprocess.run(["git", "cat-file", "-e", V010], cwd=ROOT).returncode:
-                pytest.skip(f"this clone lacks v0.1.0's commit {V010[:12]}")
-            archive = subprocess.run(["git", "archive", V010], cwd=ROOT, capture_output=True,
-                                     check=True).stdout
-            (cache / "src").mkdir(exist_ok=True)
-            subprocess.run(["tar", "-x", "-C", str(cache / "src")], input=archive, check=True)
-    return cache / "src"
-
-
 @pytest.mark.slow
 def test_a_v010_agent_serves_what_the_new_control_service_sends_it(
         control: tuple[Services, str], tmp_path: Path) -> None:
@@ -163,17 +143,12 @@ def test_a_v010_agent_serves_what_the_new_control_service_sends_it(
     services, url = control
     publish(services)
     https_port = free_port()
-    agent = ManagedProcess("v010-agent", [sys.executable, "-m", "control.cli", "agent",
-                                          "--node-id", "old"], tmp_path / "agent.log",
-                           cwd=str(v010_source()), env={
-                               "PYTHONPATH": str(v010_source()), "EDGE_CONTROL_URL": url,
-                               "EDGE_EDGE_TOKEN": "edge-token-0123456789",
-                               "EDGE_DATA_DIR": str(tmp_path / "data"),
-                               "EDGE_EDGE_DIR": str(tmp_path / "edge"),
-                               "EDGE_EDGE_HTTP_PORT": str(free_port()),
-                               "EDGE_EDGE_HTTPS_PORT": str(https_port),
-                               "EDGE_EDGE_STATS_PORT": str(free_port()),
-                               "EDGE_WORKER_INTERVAL": "0.2"})
+    argv, env, cwd = v010_command("agent", "--node-id", "old")
+    agent = ManagedProcess("v010-agent", argv, tmp_path / "agent.log", cwd=cwd, env={
+        **env, "EDGE_CONTROL_URL": url, "EDGE_EDGE_TOKEN": "edge-token-0123456789",
+        "EDGE_DATA_DIR": str(tmp_path / "data"), "EDGE_EDGE_DIR": str(tmp_path / "edge"),
+        "EDGE_EDGE_HTTP_PORT": str(free_port()), "EDGE_EDGE_HTTPS_PORT": str(https_port),
+        "EDGE_EDGE_STATS_PORT": str(free_port()), "EDGE_WORKER_INTERVAL": "0.2"})
     try:
         def in_sync() -> bool:
             nodes = services.edge_state.list_nodes()
