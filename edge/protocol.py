@@ -2,17 +2,18 @@
 
 During an upgrade a fleet runs two releases (replicas first, then agents), so the control
 service serves each agent the form it reads. An agent sends ``Edge-Protocol: <n>``; one that
-sends none speaks protocol 0, the release before the header (v0.1.0). Protocol 1 reads every
-map value format; protocol 0 is served only plain short links (``code|expires|target``): a
-device link (``d<code>|...``) is left out of its map, so HAProxy hands it to the short-link
-service, which answers it by User-Agent as the map would. A newer protocol than the control
-service knows is refused (426): replicas are upgraded before agents.
+sends none speaks protocol 0, the release before the header (v0.1.0). A newer protocol than the
+control service knows is refused (426): replicas are upgraded before agents.
 
-A state served without some of its links is another state, so its form for protocol 0 carries
-its own version: the redirects digest is replaced by a tag of it, from which the version is
-computed as ever (an agent checks the version against the routes it holds and the digest it is
-sent). An agent upgraded to protocol 1 then sees a new version, and its node takes the left-out
-links hot.
+Today protocols 0 and 1 read the same map values: v0.1.0 already reads device links
+(``d<code>|...``, which came before it), so every agent gets the same state and version. The
+forms below are for the next value format an older agent cannot read: each format names the
+first protocol that reads it (``DEVICE_LINKS`` is the example, and the tests exercise the
+forms by pretending device links are new). An older agent's state then leaves those values
+out (HAProxy hands such a link to the short-link service, which answers it as the map would),
+and carries its own version: the redirects digest is replaced by a tag of it, from which the
+version is computed as ever. An agent upgraded later sees a new version, and its node takes
+the left-out links hot.
 """
 from __future__ import annotations
 
@@ -23,8 +24,14 @@ from edge.state import EdgeConfig, redirect_hash, state_version
 PROTOCOL = 1
 OLDEST = 0
 HEADER = "Edge-Protocol"
-DEVICE_LINKS = 1
-"""The first protocol whose agents read ``d<code>|...`` map values."""
+DEVICE_LINKS = 0
+"""The first protocol whose agents read ``d<code>|...`` map values (v0.1.0 does)."""
+
+
+def same_form(protocol: int) -> bool:
+    """Whether agents of ``protocol`` read every map value format: then they get the newest
+    form, and its version."""
+    return protocol >= DEVICE_LINKS
 
 
 class ProtocolRefused(ValueError):
@@ -55,7 +62,7 @@ def readable(value: str, protocol: int) -> bool:
 
 def tagged_digest(redirects_digest: str, protocol: int) -> str:
     """The redirects digest a state carries in ``protocol``'s form (no links: none either)."""
-    if protocol >= PROTOCOL or int(redirects_digest or "0", 16) == 0:
+    if same_form(protocol) or int(redirects_digest or "0", 16) == 0:
         return redirects_digest
     return f"{redirect_hash(f'edge-protocol-{protocol}', redirects_digest):032x}"
 
@@ -72,7 +79,7 @@ def downgrade(doc: dict[str, Any], protocol: int, routes_digest: int,
     """``doc`` (a snapshot or a delta, in the newest form) as an agent of ``protocol`` reads
     it: map values it cannot apply left out (a delta removes them: the agent may hold the
     link's earlier plain value) and the version of that form."""
-    if protocol >= PROTOCOL:
+    if same_form(protocol):
         return doc
     out = dict(doc)
     if "redirects" in doc:
@@ -89,7 +96,7 @@ def downgrade(doc: dict[str, Any], protocol: int, routes_digest: int,
 
 def meta_version(meta: dict[str, Any], protocol: int) -> str:
     """The version the state in the version item ``meta`` has in ``protocol``'s form."""
-    if protocol >= PROTOCOL:
+    if same_form(protocol):
         return str(meta["edge_version"])
     return version_for(int(meta.get("routes_digest") or "0", 16),
                        EdgeConfig.from_json(meta.get("config") or {}),

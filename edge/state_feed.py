@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from edge.protocol import PROTOCOL, downgrade, meta_version
+from edge.protocol import PROTOCOL, downgrade, meta_version, same_form
 from edge.state import DIGEST_MODULUS, EdgeConfig, redirect_hash, routes_digest, state_version
 from edge.state_changes import FEED, StateChanges, cert_key, route_ref
 from kit.vault import KeyVault
@@ -106,7 +106,7 @@ class StateFeed:
         """The version ``have`` of an agent of ``protocol`` names, in the newest form: the
         current version if ``have`` is the current state in that protocol's form (so its long
         poll waits), else ``have``."""
-        if have is None or protocol >= PROTOCOL:
+        if have is None or same_form(protocol):
             return have
         meta = self._changes.meta()
         if meta is not None and have == meta_version(meta, protocol):

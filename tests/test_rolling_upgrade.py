@@ -401,9 +401,8 @@ def test_a_v010_fleet_upgraded_one_process_at_a_time_fails_no_request_and_loses_
         load.add(last)
         wait_until(lambda: in_sync(fleet), 60, "both v0.1.0 agents in sync with new replicas")
         assert [fleet.starts(n) for n in range(2)] == starts, "a reload for the new replicas"
-        # A device link goes by the visitor's device on a v0.1.0 node, whether its map holds
-        # the link (as a v0.1.0 replica serves it) or the short-link app answers it (the
-        # protocol 0 form of a new replica leaves it out).
+        # A device link goes by the visitor's device on a v0.1.0 node (its map holds it: the
+        # new replicas serve v0.1.0 agents every map value format they read).
         for n in range(2):
             assert on_iphone(fleet.https_ports[n], later[1], cafile) == "https://example.com/ios"
 

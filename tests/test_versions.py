@@ -17,6 +17,7 @@ from cryptography.fernet import Fernet
 from admin_app import create_app
 from control import migrations
 from control.wiring import Services
+import edge.protocol
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
 from edge.protocol import HEADER, PROTOCOL
@@ -71,8 +72,24 @@ def consistent(doc: dict[str, Any]) -> bool:
                          int(doc["redirects_digest"], 16)) == doc["version"]
 
 
-def test_an_agent_of_the_release_before_gets_only_the_map_values_it_reads(
+@pytest.fixture
+def device_links_are_new(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forms for older agents wait for a map value format v0.1.0 cannot read: these tests
+    exercise them by pretending device links came with protocol 1."""
+    monkeypatch.setattr(edge.protocol, "DEVICE_LINKS", 1)
+
+
+def test_an_agent_of_the_release_before_gets_the_same_state_today(
         control: tuple[Services, str]) -> None:
+    services, url = control
+    publish(services)
+    new, old = state(url, str(PROTOCOL)).json(), state(url, None).json()
+    assert old == new and any(value.startswith("d") for _, value in old["redirects"])
+    assert state(url, None, have=old["version"], wait=0.2).status_code == 304
+
+
+def test_an_agent_of_the_release_before_gets_only_the_map_values_it_reads(
+        control: tuple[Services, str], device_links_are_new: None) -> None:
     services, url = control
     publish(services)
     new = state(url, str(PROTOCOL)).json()
@@ -119,7 +136,7 @@ def old_agent(node: EdgeNode, url: str) -> EdgeAgent:
 
 
 def test_an_upgraded_agent_takes_the_links_its_old_form_left_out_without_a_reload(
-        control: tuple[Services, str], node: EdgeNode) -> None:
+        control: tuple[Services, str], node: EdgeNode, device_links_are_new: None) -> None:
     services, url = control
     publish(services)
     assert old_agent(node, url).sync()
@@ -138,8 +155,8 @@ def test_an_upgraded_agent_takes_the_links_its_old_form_left_out_without_a_reloa
 def test_a_v010_agent_serves_what_the_new_control_service_sends_it(
         control: tuple[Services, str], tmp_path: Path) -> None:
     """The release before's own agent (its code, its process) against this control service:
-    it applies the protocol 0 form (no device link in its map: the short-link service answers
-    those), downloads its certificates by hostname, and reports in sync."""
+    it applies the state (device links too, which it reads), downloads its certificates by
+    hostname, and reports in sync."""
     services, url = control
     publish(services)
     https_port = free_port()
@@ -159,7 +176,7 @@ def test_a_v010_agent_serves_what_the_new_control_service_sends_it(
         assert plain.status == 302 and plain.headers["location"] == "https://example.com/plain"
         assert "x-request-id" not in plain.headers, "answered from its map"
         node = EdgeNode(tmp_path / "edge")
-        assert sorted(node.existing_redirects()) == [f"{SHORT}/plain"]
+        assert sorted(node.existing_redirects()) == [f"{SHORT}/phone", f"{SHORT}/plain"]
         # A change made now reaches it as a delta, in its form.
         services.links.create(SHORT, "https://example.com/later", "pub_1", slug="later")
         wait_until(lambda: https_get(https_port, SHORT, "/later").status == 302, 30,
