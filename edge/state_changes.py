@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, RouteRef,
                         fingerprint, redirect_hash, route_hash, routes_digest, state_version)
+from edge import feed_log
 from edge.watch import VersionWatch
 from kit.vault import KeyVault
 from store import (ABSENT, EXPIRES_AT, VERSION, ConflictError, Item, RangeIndex, Table,
@@ -54,8 +55,7 @@ COMMIT_ATTEMPTS = 20
 CHUNK = 200
 """Route changes per commit: the outbox rides in the version item, which must stay small."""
 OUTBOX_BYTES = 100_000
-"""And at most about this much of it: a link's target may take 2 kB (DynamoDB caps an item at
-400 KB)."""
+"""And at most about this much of it: a link's target may take 2 kB (items cap at 400 KB)."""
 RouteChange = tuple[str, str] | tuple[str, str, str] | None
 """A route's new (publication id, certificate + key PEM[, extras]), or None to remove it."""
 RedirectChange = Redirect | None
@@ -84,7 +84,6 @@ class StateChanges:
         return str(meta["edge_version"]) if meta else None
 
     def reencrypt(self) -> int:
-        """Re-encrypt every stored certificate key under the newest encryption key."""
         return rewrite_field(self.certs, "pem_enc", self._vault.rotate)
 
     def change(self, routes: dict[str, RouteChange], config: EdgeConfig | None = None,
@@ -129,6 +128,7 @@ class StateChanges:
         digest = int(meta["routes_digest"], 16) if meta and "routes_digest" in meta else 0
         rdigest = int(meta.get("redirects_digest") or "0", 16) if meta else 0
         pending_redirects: dict[str, dict[str, Any] | None] = {}
+        overwritten: list[int] = []  # the revisions of the feed items this commit rewrites
         for key, redirect in sorted(redirects.items()):
             if self.redirects is None:
                 raise ValueError("this store keeps no redirects")
@@ -137,6 +137,7 @@ class StateChanges:
             new_value = redirect.value if redirect is not None else None
             if old_value == new_value:
                 continue
+            overwritten += [int(old["revision"])] if old and old.get("revision") else []
             rdigest = (rdigest - (redirect_hash(key, old_value) if old_value else 0)
                        + (redirect_hash(key, new_value) if new_value else 0)) % DIGEST_MODULUS
             pending_redirects[key] = None if redirect is None else {
@@ -150,6 +151,7 @@ class StateChanges:
                 if new else None
             if old_ref == new_ref:
                 continue
+            overwritten += [int(old["revision"])] if old and old.get("revision") else []
             if new is not None and new_ref is not None:
                 self._store_certificate(hostname, new_ref.cert_sha256, new[1])
                 if old_ref is not None and old_ref.cert_sha256 != new_ref.cert_sha256:
@@ -170,7 +172,9 @@ class StateChanges:
             "config": config.to_json(), "revision": revision, "pending": pending,
             "published_at": self._clock(),
             "compacted_revision": meta.get("compacted_revision", 0) if meta else 0,
-            "forced_version": meta.get("forced_version") if meta else None},
+            "forced_version": meta.get("forced_version") if meta else None,
+            **feed_log.advanced(meta, revision, overwritten,
+                                len(pending) + len(pending_redirects))},
             expected_version=meta[VERSION] if meta else ABSENT)
         self.settled(committed)
         self._expire_certificates(superseded)
@@ -233,8 +237,7 @@ class StateChanges:
                 continue
 
     def due_redirects(self, now: float, limit: int = CHUNK) -> list[str]:
-        """Keys of redirects whose link has expired by ``now`` (HAProxy stopped answering
-        them at that second): one index query, whatever the number of links."""
+        """Keys of redirects whose link has expired by ``now``: one index query."""
         if self.redirects is None:
             return []
         page = self.redirects.query_range("expiry", "1", upper=now, limit=limit)
@@ -393,6 +396,5 @@ def _extras(change: tuple[str, ...]) -> str:
     return change[2] if len(change) > 2 else ""
 
 
-def _split(route: str | tuple[str, str]) -> tuple[str, str]:
-    """A reconciled route: a publication id, or (publication id, extras)."""
+def _split(route: str | tuple[str, str]) -> tuple[str, str]:  # a publication id [, extras]
     return (route, "") if isinstance(route, str) else route

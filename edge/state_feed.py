@@ -7,13 +7,25 @@ outbox for the next reader to apply), so what it answers agrees with the version
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
+from edge import feed_log
 from edge.protocol import PROTOCOL, downgrade, meta_version, same_form
 from edge.state import DIGEST_MODULUS, EdgeConfig, redirect_hash, routes_digest, state_version
 from edge.state_changes import FEED, StateChanges, cert_key, route_ref
 from kit.vault import KeyVault
-from store import Item, Table, every
+from store import Item, StoreError, Table, every
+
+READS = 10
+BACKOFF = 0.01
+"""Seconds before the second read of a lagging index, doubling (at most 0.2) up to ``READS``
+reads, about a second in all: DynamoDB's index lag is milliseconds, seconds under load."""
+
+
+class FeedLagging(StoreError):
+    """The feed index has not shown every change of the range yet: the agent asks again
+    (a 503, as for a store that does not answer) rather than miss one."""
 
 
 class StateFeed:
@@ -31,29 +43,39 @@ class StateFeed:
         return self._changes.settled(self._changes.meta())
 
     def changes_since(self, since: int, protocol: int = PROTOCOL) -> dict[str, Any] | None:
-        """The wire form (in ``protocol``'s, edge/protocol.py) as a delta: the routes written after revision ``since`` (removed ones
-        as ``{"hostname", "removed": true}``) and the config. None when ``since`` is older than
-        the last compaction or newer than the state: the caller sends a snapshot instead.
-        Reads the version item and the changed routes only."""
-        for _ in range(3):
+        """The wire form (in ``protocol``'s, edge/protocol.py) as a delta: the routes and links
+        written after revision ``since`` (removed ones as ``{"hostname", "removed": true}``) and
+        the config. None when ``since`` is older than the last compaction or the feed's log, or
+        newer than the state: the caller sends a snapshot instead. Reads the version item and
+        the changed items only, again (with a short backoff) until they are all that the log
+        names (edge/feed_log.py): a lagging index gives a later answer, never a delta that
+        lacks a change; :class:`FeedLagging` if it lags longer."""
+        for attempt in range(READS):
             found = self._settled_meta()
             if found is None or not int(found.get("compacted_revision") or 0) <= since \
                     <= int(found["revision"]):
                 return None
             meta: Item = found
             revision = int(meta["revision"])
-            changed = list(every(lambda cursor: self.routes.query_range(
-                "feed", FEED, lower=since + 0.5, limit=500, cursor=cursor)))
-            table = self.redirects
-            links = list(every(lambda cursor: table.query_range(
-                "feed", FEED, lower=since + 0.5, limit=500, cursor=cursor))) \
-                if table is not None else []
-            if all(int(item["revision"]) <= revision for item in changed + links):
+            log = feed_log.window(meta)
+            if log is not None and not feed_log.covers(log, since):
+                return None
+            changed, links = self._feed(since)
+            newer = any(int(item["revision"]) > revision for item in changed + links)
+            changed = [item for item in changed if int(item["revision"]) <= revision]
+            links = [item for item in links if int(item["revision"]) <= revision]
+            if log is None and (not newer or attempt >= 2):
+                break  # the release before's version item: as that release answered
+            if log is not None and feed_log.complete(
+                    log, since, (int(item["revision"]) for item in changed + links)):
                 break  # exactly the changes this version names
-            # A newer change landed meanwhile (it may have overwritten one of ours): read the
-            # version again, so the delta and the version agree.
-        changed = [item for item in changed if int(item["revision"]) <= revision]
-        links = [item for item in links if int(item["revision"]) <= revision]
+            # The index lags, or a newer change landed meanwhile (it may have overwritten one
+            # of ours): read the version and the index again.
+            if not newer and attempt < READS - 1:
+                time.sleep(min(BACKOFF * 2 ** attempt, 0.2))
+        else:
+            raise FeedLagging(f"the edge feed index lacks changes after revision {since}; "
+                              "ask again shortly")
         doc = {"version": meta["edge_version"], "revision": int(meta["revision"]),
                "delta": True, "since": since,
                "changes": [{"hostname": item["hostname"], "removed": True}
@@ -65,6 +87,16 @@ class StateFeed:
                "force": meta.get("forced_version") == meta["edge_version"]}
         return downgrade(doc, protocol, int(meta.get("routes_digest") or "0", 16),
                          EdgeConfig.from_json(meta.get("config") or {}))
+
+    def _feed(self, since: int) -> tuple[list[Item], list[Item]]:
+        """The route and link items the feed index shows after revision ``since``."""
+        changed = list(every(lambda cursor: self.routes.query_range(
+            "feed", FEED, lower=since + 0.5, limit=500, cursor=cursor)))
+        table = self.redirects
+        links = list(every(lambda cursor: table.query_range(
+            "feed", FEED, lower=since + 0.5, limit=500, cursor=cursor))) \
+            if table is not None else []
+        return changed, links
 
     def load(self, protocol: int = PROTOCOL) -> dict[str, Any] | None:
         """The wire form (no keys, in ``protocol``'s) as a full snapshot. One read when the

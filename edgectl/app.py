@@ -107,6 +107,11 @@ class ControlMetrics:
                                     value=kept["visits"])
         yield GaugeMetricFamily("edge_store_requests", "Store requests this process has made (a "
                                 "counter; DynamoDB bills each)", value=services.backend.requests)
+        throttled = CounterMetricFamily("edge_store_throttled", "Store requests the store "
+                                        "throttled (DynamoDB), by table", labels=["table"])
+        for table, count in sorted(getattr(services.backend, "throttled", {}).items()):
+            throttled.add_metric([table], count)
+        yield throttled
 
     def _certificates(self, now: float) -> Iterator[Metric]:
         certificates = self._services.certificates
