@@ -15,10 +15,11 @@ bp = Blueprint("auth", __name__)
 LOGIN_CSRF = "edge_admin_login"
 
 
-def _form(error: str = "", status: int = 200) -> Response:
+def _form(error: str = "", status: int = 200, username: str = "") -> Response:
+    """The login form; after a failure it keeps the username typed (never the password)."""
     token = request.cookies.get(LOGIN_CSRF) or secrets.token_urlsafe(32)
     response = make_response(render_template(
-        "admin/login.html", login_token=token, error=error,
+        "admin/login.html", login_token=token, error=error, username=username,
         next=safe_next(request.values.get("next"))), status)
     set_cookie(response, LOGIN_CSRF, token, max_age=3600)
     return response
@@ -42,12 +43,13 @@ def login_post() -> Response:
         wait = 60.0
     if wait > 0:
         context.audit.record(username, "login refused (locked)", address=client_address())
-        return _form(f"Too many failed logins. Try again in {math.ceil(wait / 60)} minute(s).",
-                     429)
+        minutes = math.ceil(wait / 60)
+        return _form(f"Too many failed logins. Try again in {minutes} "
+                     f"minute{'' if minutes == 1 else 's'}.", 429, username)
     name = context.users.verify(username, request.form.get("password", ""))
     if name is None:
         context.audit.record(username, "login failed", address=client_address())
-        return _form("Wrong username or password.", 401)
+        return _form("Wrong username or password.", 401, username)
     context.limiter.succeeded(name, client_address())
     old = request.cookies.get(COOKIE)
     if old:

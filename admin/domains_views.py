@@ -10,11 +10,17 @@ from werkzeug.wrappers import Response
 from admin.web import admin, audit, user
 from control.wiring import Services
 from dnsops import dnsconfig
+from dnsops.hostnames import unicode_form
 from domains.errors import PUBLISHER_ERRORS, DomainError, DomainNotFound
-from domains.service import STATUSES
+from domains.service import ROUTED, STATUSES
+from domains.words import host_tag, plural, status_words
 from store import Item
 
 bp = Blueprint("domains", __name__, url_prefix="/domains")
+bp.add_app_template_filter(status_words, "status_words")
+bp.add_app_template_filter(unicode_form, "unicode_form")
+bp.add_app_template_global(plural, "plural")
+bp.add_app_template_global(host_tag, "host_tag")
 PAGE = 50
 NOTICES = {"re-check": "DNS re-checked.", "renew": "Certificate renewed.",
            "suspend": "Domain suspended: its route left the edge.",
@@ -61,12 +67,18 @@ def _uploaded(services: Services, hostname: str) -> dict[str, object] | None:
 def _page(hostname: str, error: str = "") -> str:
     domain = _domain(hostname)
     services = admin().services
+    problems = list(domain.get("validation_errors") or [])
+    # last_error is these problems' messages joined, unless the failure was elsewhere (an
+    # issuance, say): each is shown once, the record-bound ones in the report's table.
+    joined = "; ".join(str(p.get("message")) for p in problems)
     return render_template(
         "admin/domain.html", domain=domain, events=services.domains.timeline(domain, limit=50),
         certificate=services.certificates.describe(domain["hostname"]),
         uploaded=_uploaded(services, domain["hostname"]),
         report=dnsconfig.last_report(services.lifecycle.checker, domain, dnsconfig.recommended(
             domain, services.domains.dcv_zone)),
+        problems=[p for p in problems if not p.get("record")],
+        other_error=domain.get("last_error") if domain.get("last_error") != joined else None,
         notice=NOTICES.get(request.args.get("done", ""), ""), error=error)
 
 
@@ -105,16 +117,25 @@ for _endpoint, (_action, _method) in ACTIONS.items():
                     methods=["POST"])
 
 
+def _served(domain: Item) -> bool:
+    """Whether the domain ever went live (routed now, or a certificate was issued for it)."""
+    return domain["status"] in ROUTED or \
+        admin().services.certificates.describe(domain["hostname"]) is not None
+
+
 @bp.get("/<hostname>/remove")
 def confirm_remove(hostname: str) -> str:
-    return render_template("admin/remove.html", domain=_domain(hostname), wrong=False)
+    domain = _domain(hostname)
+    return render_template("admin/remove.html", domain=domain, wrong=False,
+                           served=_served(domain))
 
 
 @bp.post("/<hostname>/remove")
 def remove(hostname: str) -> Response | tuple[str, int]:
     domain = _domain(hostname)
     if request.form.get("confirm", "").strip().lower() != domain["hostname"]:
-        return render_template("admin/remove.html", domain=domain, wrong=True), 400
+        return render_template("admin/remove.html", domain=domain, wrong=True,
+                               served=_served(domain)), 400
     try:
         admin().services.lifecycle.remove(domain["hostname"], actor=f"admin:{user()}")
     except DomainNotFound:
@@ -122,6 +143,6 @@ def remove(hostname: str) -> Response | tuple[str, int]:
     except Exception as exc:  # e.g. the store or the edge publish failed: say so, and audit
         audit("domain remove failed", domain["hostname"], str(exc))
         return render_template("admin/remove.html", domain=domain, wrong=False,
-                               error=f"remove failed: {exc}"), 409
+                               served=_served(domain), error=f"remove failed: {exc}"), 409
     audit("domain remove", domain["hostname"], f"was {domain['status']}")
     return redirect(url_for(".index", done="removed"), 303)

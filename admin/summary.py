@@ -9,8 +9,18 @@ import threading
 from typing import Any
 
 from control.wiring import Services
+from domains.repository import FAILING_SET
+from store import every
 
-WEEKS = 12
+WEEKS = 13
+"""Weekly expiry buckets: +0w to +12w covers a fresh 90-day certificate (12.9 weeks), and a
+"later" bucket holds the rest, so the chart is never empty while certificates exist."""
+LATER_HORIZON = 10 * 365 * 86400.0
+FAILING_GRACE = 300.0
+"""Seconds a domain's step may fail before the overview counts it failing. A publisher who
+just connected a domain has not created its records yet, and DNS answers take minutes to
+change: the first checks fail as expected. Five minutes also spans the worker's first retries
+(5 s, doubling), so a domain counted failing has failed for a while, not once."""
 
 
 @dataclasses.dataclass
@@ -23,6 +33,7 @@ class Figures:
     expiring_7: list[tuple[str, str]]
     expiring_30: list[tuple[str, str]]
     expiry_weeks: list[int]
+    expiry_later: int
     links: dict[str, Any]
 
 
@@ -50,15 +61,32 @@ class Summary:
         now = self._services.clock()
         domains, certificates = self._services.domains, self._services.certificates
         by_status = domains.by_status()  # kept counts: one read
-        expiries = [(at, host) for host, at in
-                    certificates.expiring(now + WEEKS * 7 * 86400)]  # soonest first
+        # One ordered index query, bounded (``expiring``'s limit): a fleet of 90-day
+        # certificates lies within 13 weeks anyway, so "later" adds little to read.
+        expiries = [(at, host) for host, at in certificates.expiring(now + LATER_HORIZON)]
         weeks = [0] * WEEKS
+        later = 0
         for at, _ in expiries:
             week = int((at - now) // (7 * 86400))
             if 0 <= week < WEEKS:
                 weeks[week] += 1
+            elif week >= WEEKS:
+                later += 1
+        failing = self._failing(now)
         return Figures(
-            computed_at=now, by_status=by_status, failing=domains.longest_failing(20),
-            failing_total=domains.failing(), expired=sum(1 for at, _ in expiries if at < now),
+            computed_at=now, by_status=by_status, failing=failing[0], failing_total=failing[1],
+            expired=sum(1 for at, _ in expiries if at < now),
             expiring_7=_within(expiries, now, 7), expiring_30=_within(expiries, now, 30),
-            expiry_weeks=weeks, links=self._services.links.summary(10))
+            expiry_weeks=weeks, expiry_later=later, links=self._services.links.summary(10))
+
+    def _failing(self, now: float) -> tuple[list[dict[str, Any]], int]:
+        """The domains failing for longer than the grace (longest first, at most 20) and how
+        many: the kept count less those that started failing within the grace, an index query
+        whose cost follows the recent failures only."""
+        domains = self._services.domains
+        since = now - FAILING_GRACE
+        longest = [d for d in domains.longest_failing(20)
+                   if float(d.get("failing_since_ts") or now) <= since]
+        recent = sum(1 for _ in every(lambda cursor: domains.repository.table.query_range(
+            "failing", FAILING_SET, lower=since + 1e-6, limit=500, cursor=cursor)))
+        return longest, max(0, domains.failing() - recent)

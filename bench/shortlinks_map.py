@@ -211,6 +211,7 @@ def main() -> int:
     finally:
         for process in reversed(processes):
             process.stop()
+        EdgeNode(directory / "edge").stop()  # the agent leaves HAProxy serving
         server.shutdown()
         services.close()
         shutil.rmtree(directory, ignore_errors=True)  # 300 MB of store and map

@@ -9,7 +9,7 @@ from typing import Callable
 from certs.chain import IssuerChain
 from certs.store import CertificateStore
 from control.wiring import PLATFORM_PUBLICATION, EdgePublisher
-from store import StoreError
+from store import StoreError, Throttled
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +53,28 @@ class PlatformCertificates:
                 self._next[host] = time.monotonic() + self._retry
 
 
-def run_worker(steps: list[Callable[[], None]], interval: float, stop: threading.Event) -> None:
+def run_worker(steps: list[Callable[[], None]], interval: float, stop: threading.Event,
+               max_slowdown: float = 16.0) -> None:
     """Run ``steps`` every ``interval`` seconds until ``stop``. A store outage is logged when
-    it starts and when it ends, not every round; other failures with their traceback."""
+    it starts and when it ends, not every round; other failures with their traceback. A round
+    the store throttled (past the client's retries) ends there and the next waits twice as
+    long, up to ``max_slowdown`` times ``interval``: the work is left due, not failed, and
+    fewer requests give the store's partitions room."""
     store_down = False
+    slowdown = 1.0
     while not stop.is_set():
+        throttled = False
         for step in steps:
             try:
                 step()
                 if store_down:
                     log.warning("the store answers again; the worker goes on")
                     store_down = False
+            except Throttled as exc:
+                throttled = True
+                if slowdown == 1.0:
+                    log.warning("the store throttles (%s); the worker slows down", exc)
+                break
             except StoreError as exc:
                 if not store_down:
                     log.error("the store does not answer (%s); the worker retries every "
@@ -72,7 +83,12 @@ def run_worker(steps: list[Callable[[], None]], interval: float, stop: threading
                 break
             except Exception:  # a bad round must not kill the loop; the next one retries
                 log.exception("worker round failed")
-        stop.wait(interval)
+        if throttled:
+            slowdown = min(slowdown * 2, max_slowdown)
+        elif slowdown > 1.0:
+            log.warning("the store no longer throttles; the worker is back to its pace")
+            slowdown = 1.0
+        stop.wait(interval * slowdown)
 
 
 def start_worker(steps: list[Callable[[], None]], interval: float,

@@ -25,7 +25,8 @@ from devtools.pebble import PebbleStack
 from devtools.probe import Probe, https_get
 from devtools.sample_app import SampleApp
 from kit.files import PUBLIC, SECRET, write_atomic
-from kit.procs import ManagedProcess, free_port, wait_for_port
+from edge.node import EdgeNode
+from kit.procs import ManagedProcess, free_port, stop_all, wait_for_port
 from kit.x509 import LocalCA
 
 EDGE_TARGET = "edge.platform.test"
@@ -56,6 +57,7 @@ class LocalStack:
         self.pebble = pebble or PebbleStack(directory / "pebble", http_port=self.edge_http_port)
         self.apps: list[SampleApp] = []
         self.processes: list[ManagedProcess] = []
+        self.edge_dirs: list[Path] = []
         try:
             self.apps = [SampleApp(f"app-{n}", 0) for n in (1, 2)]
             env = {**self.env(), **(extra_env or {})}
@@ -65,12 +67,14 @@ class LocalStack:
                 links = self._spawn("shortlinks", ["shortlinks"], env)
                 wait_for_port(self.shortlinks_port, process=links)
             self._spawn("agent", ["agent", "--node-id", "demo-edge"], env)
+            self.edge_dirs.append(self.directory / "data" / "edge")  # the default edge_dir
             self.extra_https_ports = []
             for n in range(1, extra_nodes + 1):
                 # More edge nodes, each with its own agent, ports and files.
                 self.extra_https_ports.append(free_port())
+                self.edge_dirs.append(self.directory / f"edge{n}")
                 self._spawn(f"agent{n}", ["agent", "--node-id", f"demo-edge-{n}"], {
-                    **env, "EDGE_EDGE_DIR": str(self.directory / f"edge{n}"),
+                    **env, "EDGE_EDGE_DIR": str(self.edge_dirs[-1]),
                     "EDGE_EDGE_HTTP_PORT": str(free_port()),
                     "EDGE_EDGE_HTTPS_PORT": str(self.extra_https_ports[-1]),
                     "EDGE_EDGE_STATS_PORT": str(free_port())})
@@ -118,6 +122,7 @@ class LocalStack:
             "EDGE_EDGE_HTTPS_PORT": str(self.edge_https_port),
             "EDGE_EDGE_STATS_PORT": str(self.edge_stats_port),
             "EDGE_WORKER_INTERVAL": "0.2",
+            "EDGE_DRAIN_SECONDS": "0",  # no load balancer to take the replica out first
             "EDGE_RETRY_BASE_SECONDS": "0.5",
             "EDGE_RETRY_MAX_SECONDS": "5",
             **(self._sso_env() if self.sso else {}),
@@ -204,12 +209,18 @@ class LocalStack:
                 f"--cacert {self.pebble.root_path} https://{hostname}:{self.edge_https_port}/")
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
-        for app in self.apps:
-            app.stop()
-        if self._own_pebble:
-            self.pebble.stop()
+        """Everything at once (each process stops on its own clock), then each node's
+        HAProxy, which an agent leaves serving when it stops."""
+        stopping = [threading.Thread(target=app.stop) for app in self.apps]
+        for thread in stopping:
+            thread.start()
+        pebble = [self.pebble.pebble, self.pebble.challtestsrv] if self._own_pebble else []
+        stop_all([*self.processes, *(p for p in pebble if p is not None)])
+        for edge_dir in self.edge_dirs:
+            if edge_dir.exists():
+                EdgeNode(edge_dir).stop()
+        for thread in stopping:
+            thread.join()
 
 
 def _connect(stack: LocalStack, hostname: str) -> None:

@@ -29,7 +29,7 @@ from domains.routing import RouteValue, route_value
 from domains.service import (ACTIVE, AWAITING_TRAFFIC, ISSUING, PENDING_DNS, ROUTED,
                              SUSPENDED, VERIFIED, DomainService)
 from kit import logs
-from store import ConflictError, Item, StoreError
+from store import ConflictError, Item, StoreError, Throttled
 
 __all__ = ["CertificateIssuer", "Delegation", "EventSink", "Lifecycle", "RoutePublisher",
            "RouteValue", "Rules", "Timing"]
@@ -239,6 +239,8 @@ class Lifecycle:
             return leased
         try:
             self.issuer.issue([domain["hostname"]])
+        except Throttled:
+            raise  # the store's back-pressure, not the domain's failure: the worker slows down
         except Exception as exc:  # any failure: record it and retry from verified later
             log.warning("issuance for %s failed: %s", domain["hostname"], exc)
             return self._apply(leased, decide.issue_failed(str(exc),
@@ -251,6 +253,8 @@ class Lifecycle:
             return domain
         try:
             self.issuer.issue([domain["hostname"]])
+        except Throttled:
+            raise
         except Exception as exc:  # keep serving the current certificate; retry sooner
             log.warning("renewal for %s failed: %s", domain["hostname"], exc)
             return self._apply(domain, decide.renewal_failed(domain, str(exc)))

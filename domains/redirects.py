@@ -40,15 +40,18 @@ class DomainOptions:
     def checked(self, hostname: str, publication_id: str, fields: dict[str, Any],
                 partner: str | None = None) -> dict[str, Any]:
         """The item fields for ``fields`` (any of redirect_to, redirect_status_code,
-        origin_pool, metadata; None clears one) once checked; ``partner``: the domain created
+        origin_pool, metadata; None clears one to its default: no redirect, 308, no pool, no
+        metadata) once checked; ``partner``: the domain created
         with it in one action (a www/apex pair), which may be the target before it is active."""
         checked: dict[str, Any] = {}
         if "redirect_to" in fields:
             target = fields["redirect_to"]
             checked["redirect_to"] = None if target is None else \
                 self._target(hostname, publication_id, target, partner)
-        if fields.get("redirect_status_code") is not None:
+        if "redirect_status_code" in fields:
             code = fields["redirect_status_code"]
+            if code is None:  # cleared: back to the default
+                code = route_extras.DEFAULT_REDIRECT_CODE
             if code not in route_extras.REDIRECT_CODES:
                 raise InvalidOption("redirect_status_code", "redirect_status_code must be 301, "
                                     "302, 307 or 308")

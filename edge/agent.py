@@ -5,25 +5,31 @@ holds (a full snapshot the first time, or when it is too far behind), routes nam
 certificates by fingerprint, and it downloads just the certificates its node does not serve
 yet. With ``watch``, each request waits on the control service until the state moves (a long
 poll), so a change reaches the node at once rather than a poll interval later.
+
+The agent does not own HAProxy's life: when it stops, HAProxy goes on serving the last state
+applied, and the next agent adopts it (``edge/haproxy.py``). Stopping the node is an act of its
+own (``stop_node`` in ``edge/haproxy.py``). One agent runs per node directory (``NodeLock``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 from urllib.parse import quote
 
 import requests
 
 from edge.errors import EdgeError
 from edge.node import EdgeNode
+from edge.protocol import HEADER as PROTOCOL_HEADER, PROTOCOL
 from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, Route, RouteRef,
-                        StateDelta, fingerprint, pools_of, route_hash, routes_digest,
-                        state_version)
+                        StateDelta, fingerprint, pools_of, redirect_hash, route_hash,
+                        routes_digest, state_version)
 from edge.visits import HotVisitMeter
 from kit.backoff import jittered_backoff
 from kit.hosts import plain_http_off_host
@@ -41,6 +47,8 @@ class StateUnavailable(EdgeError):
 
 
 MAX_BACKOFF = 30.0
+LAGGING_ROUNDS = 5
+"""Rounds the feed may answer "not yet" (503) before the agent takes a snapshot instead."""
 SYNC_FILE = "agent_sync.json"
 
 
@@ -62,6 +70,7 @@ class EdgeAgent:
         """Per request: requests lets REQUESTS_CA_BUNDLE override a session's ``verify``."""
         self._session.cert = client_cert  # (certificate, key) files for mTLS, if asked
         self._session.headers["Authorization"] = f"Bearer {token}"
+        self._session.headers[PROTOCOL_HEADER] = str(PROTOCOL)  # the feed's form it reads
         self.node_id = node_id or socket.gethostname()
         self.downloads = 0
         self._force = False
@@ -73,15 +82,33 @@ class EdgeAgent:
         """The routes digest of ``self._routes``, kept by each delta like the control service's."""
         self._version: str | None = None
         """The version ``self._revision`` names: the base of the next delta."""
+        self._links: dict[str, int] | None = None
+        """The hash of each link applied (``redirect_hash``), for the redirects digest."""
+        self._links_digest: int | None = None
+        self._lagging = 0
+        self.snapshots = 0
+        """Full states fetched: the first, and any recovery from a delta that did not add up."""
         self._resumed = False
         self.visits = HotVisitMeter(node.runtime, node.directory / "hot_visits.json")
+        self.applying = False
+        """The node is being changed (files, HAProxy): a stop waits for that, not for a long
+        poll."""
+
+    @contextlib.contextmanager
+    def _applying(self) -> Iterator[None]:
+        self.applying = True
+        try:
+            yield
+        finally:
+            self.applying = False
 
     def fetch(self, have: str | None = None) -> DesiredState | StateDelta | None:
         """What changed since the revision the agent holds (a :class:`StateDelta`), or the
         whole desired state with every certificate in it the first time; None if unchanged or
-        unpublished. A delta costs its changes: the routes digest is checked by updating it
-        with the changed routes only (redirects are trusted to the revision, as the agent
-        keeps none of them: 1,000,000 links stay in HAProxy and on disk)."""
+        unpublished. A delta costs its changes: the routes and redirects digests are checked by
+        updating them with the changed routes and links only. The agent keeps a hash per link
+        for that (not its target: 1,000,000 links stay in HAProxy and on disk), so a delta
+        that lacks a change is noticed whatever it changed."""
         if self._routes is None and have and not self._resumed:
             self._resume(have)
         params: dict[str, str | float | int] = {}
@@ -94,6 +121,15 @@ class EdgeAgent:
                                  timeout=30 + self.watch if "since" in params else 300)
         if response.status_code in (304, 404):
             return None
+        if response.status_code == 503 and "since" in params:
+            self._lagging += 1  # the feed's index lags: ask for the same delta again, but
+            if self._lagging >= LAGGING_ROUNDS:  # not for ever (a snapshot needs no index)
+                log.warning("the edge feed lagged %d rounds; taking a snapshot", self._lagging)
+                self.reset()
+        else:
+            self._lagging = 0
+        if response.status_code == 426:  # a control service older than this agent
+            raise StateUnavailable(str(response.json().get("error")))
         response.raise_for_status()
         doc = response.json()
         self._force = bool(doc.get("force"))
@@ -101,13 +137,14 @@ class EdgeAgent:
                             tuple(doc.get("sso_keys", [])), tuple(doc.get("short_domains", [])),
                             tuple(doc.get("shortlink_servers", [])),
                             pools_of(doc.get("origin_pools")))
-        redirects_digest = int(doc.get("redirects_digest") or "0", 16)
         if doc.get("delta") and self._routes is not None and self._digest is not None \
-                and self._version is not None:
-            return self._delta(doc, config, redirects_digest)
+                and self._version is not None and self._links is not None:
+            return self._delta(doc, config)
         refs = {ref["hostname"]: ref for ref in doc["routes"]}
         digest = routes_digest(_route_ref(ref) for ref in refs.values())
-        if state_version(digest, config, redirects_digest) != doc["version"]:
+        links = {key: redirect_hash(key, value) for key, value in doc.get("redirects", [])}
+        if state_version(digest, config, self._checked(doc, sum(links.values()))) \
+                != doc["version"]:
             self.reset()
             raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
         served = self.node.existing_routes()
@@ -121,12 +158,13 @@ class EdgeAgent:
                                origin_pools=config.origin_pools,
                                known_version=doc["version"])
         self._routes, self._revision, self._digest = refs, doc.get("revision"), digest
-        self._version = doc["version"]
+        self._version, self._links = doc["version"], links
+        self.snapshots += 1
         return desired
 
-    def _delta(self, doc: dict[str, Any], config: EdgeConfig,
-               redirects_digest: int) -> StateDelta:
+    def _delta(self, doc: dict[str, Any], config: EdgeConfig) -> StateDelta:
         assert self._routes is not None and self._digest is not None and self._version
+        assert self._links is not None
         digest = self._digest
         for change in doc["changes"]:  # the digest follows the changes: O(changes)
             old = self._routes.get(change["hostname"])
@@ -135,7 +173,11 @@ class EdgeAgent:
             if not change.get("removed"):
                 digest += route_hash(_route_ref(change))
         digest %= DIGEST_MODULUS
-        if state_version(digest, config, redirects_digest) != doc["version"]:
+        links = {key: None if value is None else redirect_hash(key, value)
+                 for key, value in doc.get("redirect_changes", [])}
+        rdigest = (self._rdigest() + sum(hash_ or 0 for hash_ in links.values())
+                   - sum(self._links.get(key, 0) for key in links)) % DIGEST_MODULUS
+        if state_version(digest, config, self._checked(doc, rdigest)) != doc["version"]:
             self.reset()  # start again from a snapshot
             raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
         served = self.node.existing_routes()
@@ -148,11 +190,31 @@ class EdgeAgent:
                 self._routes.pop(change["hostname"], None)
             else:
                 self._routes[change["hostname"]] = change
+        for key, hash_ in links.items():
+            if hash_ is None:
+                self._links.pop(key, None)
+            else:
+                self._links[key] = hash_
+        self._links_digest = rdigest
         delta = StateDelta(self._version, doc["version"], config, routes, {
             key: None if value is None else Redirect.from_map(key, value)
             for key, value in doc.get("redirect_changes", [])})
         self._revision, self._digest, self._version = doc["revision"], digest, doc["version"]
         return delta
+
+    def _checked(self, doc: dict[str, Any], rdigest: int) -> int:
+        """The redirects digest to check the version with: the one computed from the links
+        applied; an agent that speaks protocol 0 (no header: the release before, as tests
+        play it) is sent a tag of the digest instead, which only the control service can
+        compute, so it takes the answer's, as that release did."""
+        if self._session.headers.get(PROTOCOL_HEADER):
+            return rdigest % DIGEST_MODULUS
+        return int(doc.get("redirects_digest") or "0", 16)
+
+    def _rdigest(self) -> int:
+        if self._links_digest is None:
+            self._links_digest = sum((self._links or {}).values()) % DIGEST_MODULUS
+        return self._links_digest
 
     def _route(self, ref: dict[str, str], served: dict[str, Route]) -> Route:
         """The route ``ref`` names, reusing what the node serves (the same object, whose
@@ -176,13 +238,15 @@ class EdgeAgent:
             revision, version = int(doc["revision"]), str(doc["version"])
         except (OSError, ValueError, KeyError, TypeError):
             return
-        if version != applied:
+        if version != applied or doc.get("protocol") != PROTOCOL:  # another form: a snapshot
             return
         refs = {hostname: {"hostname": hostname, "publication_id": route.publication_id,
                            "cert_sha256": route.ref.cert_sha256, "extras": route.extras}
                 for hostname, route in self.node.existing_routes().items()}
         self._routes, self._revision, self._version = refs, revision, version
         self._digest = routes_digest(_route_ref(ref) for ref in refs.values())
+        self._links = {key: redirect_hash(key, value)
+                       for key, value in self.node.existing_redirects().items()}
 
     def _remember(self) -> None:
         """Where the node's state came from (not synced: a lost or stale file only means a
@@ -191,15 +255,18 @@ class EdgeAgent:
             return
         path = self.node.directory / SYNC_FILE
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({"revision": self._revision, "version": self._version}))
+        tmp.write_text(json.dumps({"revision": self._revision, "version": self._version,
+                                   "protocol": PROTOCOL}))
         os.replace(tmp, path)
 
     def reset(self) -> None:
         """Forget the state held: the next fetch asks for a snapshot."""
         self._routes = self._revision = self._digest = self._version = None
+        self._links = self._links_digest = None
 
     def _download(self, hostname: str, cert_sha256: str) -> str:
-        response = self._request("GET", f"/api/v1/edge/certs/{quote(hostname)}", timeout=30)
+        response = self._request("GET", f"/api/v1/edge/certs/{quote(hostname)}", timeout=30,
+                                 params={"sha256": cert_sha256})
         response.raise_for_status()
         pem = str(response.json()["pem"])
         if fingerprint(pem) != cert_sha256:
@@ -230,24 +297,27 @@ class EdgeAgent:
             have = self.node.applied_version if self.node.haproxy.running else None
             desired = self.fetch(have)
             if desired is None:
-                self.node.start()
-                self.node.compact_if_idle()
+                with self._applying():
+                    self.node.start()
+                    self.node.compact_if_idle()
                 return False
             if isinstance(desired, StateDelta):
                 if self.node.can_apply_delta(desired):
                     try:
-                        applied = self.node.apply_delta(desired, force=self._force)
+                        with self._applying():
+                            applied = self.node.apply_delta(desired, force=self._force)
+                            self._remember()
                     except Exception:
                         self.reset()  # the node stays where it was: resume from a snapshot
                         raise
-                    self._remember()
                     return applied
                 self.reset()  # the node is not at the delta's base (a reload, a restart)
                 desired = self.fetch(None)
                 if desired is None or isinstance(desired, StateDelta):
                     return False
-            applied = self.node.apply(desired, force=self._force)
-            self._remember()
+            with self._applying():
+                applied = self.node.apply(desired, force=self._force)
+                self._remember()
             return applied
         finally:
             self._report()
@@ -277,7 +347,8 @@ class EdgeAgent:
         """Sync until ``stop``; while the control service is away, wait longer each time
         (jittered, at most ``MAX_BACKOFF``) and say so once, not every round."""
         try:  # serve the last applied state from the files while the control service answers
-            self.node.start()
+            with self._applying():
+                self.node.start()
         except EdgeError as exc:  # reported by the first sync, which applies the state anew
             log.warning("%s", exc)
         failures = 0
@@ -293,6 +364,8 @@ class EdgeAgent:
                 failures += 1
                 if failures == 1:
                     log.warning("edge sync failed (retrying with backoff): %s", exc)
+            if stop.is_set():
+                break
             if time.monotonic() - reported >= interval:  # a table read: not once per change
                 reported = time.monotonic()
                 try:

@@ -6,9 +6,10 @@ import dataclasses
 import re
 from typing import Annotated, Any, Callable
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge import protocol as edge_protocol
 from edge.state_store import EdgeStateStore
 from kit.api import QueryModel, RequestModel, operation
 from kit.auth import require_edge_token, require_platform_token
@@ -26,6 +27,11 @@ class StateQuery(QueryModel):
     wait: float = Field(0.0, allow_inf_nan=False, description="Seconds to hold the request "
                         "until the version moves (a long poll; at most 30 are used)")
     since: int | None = Field(None, description="The revision the agent holds, for a delta")
+
+
+class CertificateQuery(QueryModel):
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
+                               description="The fingerprint the route names (else its current)")
 
 
 class NodeReport(RequestModel):
@@ -103,29 +109,41 @@ def _store() -> EdgeStateStore:
 @bp.get("/state")
 @require_edge_token
 @operation(summary="The desired edge state an agent pulls", auth="edge", query=StateQuery,
-           responses={200: EdgeState, 304: None, 404: None})
+           responses={200: EdgeState, 304: None, 404: None, 426: None})
 def desired_state(query: StateQuery) -> Response | tuple[Response, int]:
     """A delta of the routes changed after ``since`` when the store still has them, else a
-    full snapshot; 404 until a state is published."""
+    full snapshot, in the form of the agent's ``Edge-Protocol`` (edge/protocol.py); 404 until
+    a state is published. While the replica stops, a long poll is answered at once and a new
+    one gets 503."""
+    try:
+        protocol = edge_protocol.parse(request.headers.get(edge_protocol.HEADER))
+    except edge_protocol.ProtocolRefused as exc:
+        return api_error(str(exc), exc.status, "upgrade_required" if exc.status == 426 else None)
     wait = min(max(query.wait, 0.0), MAX_WAIT)
     store = _store()
-    if query.have and wait:
-        store.watch.wait(query.have, wait)
+    have = store.current_form(query.have, protocol)
+    if have and wait:
+        if store.watch.draining:  # this replica stops: wait on another one
+            refused, status = api_error("this control replica is stopping; ask another", 503)
+            refused.headers["Retry-After"] = "1"
+            return refused, status
+        store.watch.wait(have, wait)
     version = store.current_version()
     if version is None:
         return api_error("no edge state has been published yet", 404)
-    if query.have == version:
+    if have == version:
         return Response(status=304)
-    doc = (store.changes_since(query.since) if query.since is not None else None) or store.load()
+    doc = (store.changes_since(query.since, protocol) if query.since is not None else None) \
+        or store.load(protocol)
     return jsonify(doc)
 
 
 @bp.get("/certs/<hostname>")
 @require_edge_token
-@operation(summary="A certificate with its private key", auth="edge",
+@operation(summary="A certificate with its private key", auth="edge", query=CertificateQuery,
            responses={200: EdgeCertificate, 404: None})
-def certificate(hostname: str) -> Response | tuple[Response, int]:
-    cert = _store().certificate(hostname)
+def certificate(hostname: str, query: CertificateQuery) -> Response | tuple[Response, int]:
+    cert = _store().certificate(hostname, query.sha256)
     if cert is None:
         return api_error(f"no certificate for {hostname}", 404)
     response = jsonify(cert)

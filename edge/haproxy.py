@@ -1,12 +1,18 @@
-"""One HAProxy process in master-worker mode: check a config, start, reload seamlessly, stop."""
+"""One HAProxy process in master-worker mode: check a config, start, reload seamlessly, stop;
+and the node's processes: one agent per node (:class:`NodeLock`), and :func:`stop_node`.
+
+HAProxy outlives its agent: an agent that stops or dies leaves it serving the last state
+applied, and the next one adopts the running master instead of starting another."""
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import IO
 
 from edge.errors import EdgeError
 from kit.files import PUBLIC, write_atomic
@@ -64,17 +70,22 @@ class HAProxy:
         return self.adopted if self.adopted is not None else (
             self.process.pid if self.process is not None else None)
 
+    def _left_running(self) -> int | None:
+        """The master a previous agent started, if it still runs this config (its PID file)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) and str(self.config_path).encode() in argv else None
+
     def _adopt(self) -> bool:
         """Take over the master the previous agent started, if it still runs this config.
 
         Starting a second one beside it would bind the same ports (SO_REUSEPORT): the kernel
         would split the visitors between a HAProxy we drive and one nobody updates again."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            return False
-        if not (_alive(pid) and str(self.config_path).encode() in argv and self.workers()):
+        pid = self._left_running()
+        if pid is None or not self.workers():
             return False
         self.adopted = pid
         return True
@@ -86,6 +97,9 @@ class HAProxy:
         self.process = ManagedProcess("haproxy", [
             self.binary, "-W", "-db", "-f", str(self.config_path), "-S", str(self.master_socket)],
             self.log_path)
+        # At once, not once it serves: an agent killed while HAProxy loads leaves a master
+        # the next agent must find rather than start a second one beside.
+        write_atomic(self.pid_file, f"{self.process.pid}\n", PUBLIC)
         deadline = time.monotonic() + timeout
         while not self.workers():
             if self.process.poll() is not None:
@@ -94,7 +108,6 @@ class HAProxy:
                 self.process.stop()  # not left loading behind a start called failed
                 raise EdgeError(f"HAProxy did not start a worker within {timeout:.0f} s")
             time.sleep(0.05)
-        write_atomic(self.pid_file, f"{self.process.pid}\n", PUBLIC)
 
     def reload(self, timeout: float = 60.0) -> None:
         """Seamless reload (the master re-reads the config path; listeners pass by fd)."""
@@ -112,7 +125,12 @@ class HAProxy:
             time.sleep(0.05)
         raise EdgeError("HAProxy did not start a new worker after reload")
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Stop the master this object drives, or the one a previous agent left running;
+        returns the PID stopped (None: nothing ran)."""
+        stopped = self.pid
+        if stopped is None:
+            self.adopted = stopped = self._left_running()
         if self.adopted is not None:
             pid, self.adopted = self.adopted, None
             try:
@@ -129,6 +147,7 @@ class HAProxy:
             self.process.stop()
             self.process = None
         self.pid_file.unlink(missing_ok=True)
+        return stopped
 
     def master_command(self, command: str) -> str:
         return unix_command(self.master_socket, command + "\n", timeout=5)
@@ -148,6 +167,75 @@ class HAProxy:
             if section == "workers" and len(fields) > 1 and fields[1] == "worker":
                 workers.append(int(fields[0]))
         return workers
+
+
+class NodeLock:
+    """One agent per node directory: two would apply states over each other, and a node
+    stopped by :func:`stop_node` would be started again by an agent still running. An
+    exclusive ``flock`` on ``agent.lock`` (it goes with the process, even after a kill -9),
+    with the holder's PID in the file."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "agent.lock"
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Hold the lock, or raise :class:`EdgeError` naming the agent that holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(self.path, "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise EdgeError(f"another agent (pid {self.holder()}) runs for the node in "
+                            f"{self.path.parent}") from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._file = lock
+
+    def holder(self) -> int | None:
+        """The PID of the agent holding the lock, None if none does."""
+        if self._file is not None:
+            return os.getpid()
+        try:
+            with open(self.path) as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    return None
+                except BlockingIOError:
+                    return int(lock.read().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def stop_node(directory: Path, haproxy: HAProxy, timeout: float = 10.0) -> str:
+    """Stop the node: its agent first if one runs (SIGTERM, as its supervisor would), so
+    nothing starts HAProxy again, then HAProxy, also one a previous agent left serving.
+    Returns what was done, in a sentence."""
+    lock = NodeLock(directory)
+    agent = lock.holder()
+    if agent is not None:
+        os.kill(agent, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while lock.holder() is not None:
+            if time.monotonic() > deadline:
+                raise EdgeError(f"the agent (pid {agent}) did not stop within {timeout:.0f} s")
+            time.sleep(0.05)
+    lock.acquire()  # no agent starts while HAProxy stops
+    try:
+        master = haproxy.stop()
+    finally:
+        lock.release()
+    stopped = [f"agent (pid {agent})"] if agent else []
+    stopped += [f"HAProxy (pid {master})"] if master else []
+    return f"stopped the {' and '.join(stopped)} of the node in {directory}" if stopped \
+        else f"no agent or HAProxy runs for the node in {directory}"
 
 
 def _alive(pid: int) -> bool:

@@ -17,6 +17,7 @@ the route items do not hold, and no stale row outlives a newer change.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -24,10 +25,11 @@ from typing import Any, Callable
 
 from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, RouteRef,
                         fingerprint, redirect_hash, route_hash, routes_digest, state_version)
+from edge import feed_log
 from edge.watch import VersionWatch
 from kit.vault import KeyVault
-from store import (ABSENT, VERSION, ConflictError, Item, RangeIndex, Table, TableSpec, every,
-                   rewrite_field)
+from store import (ABSENT, EXPIRES_AT, VERSION, ConflictError, Item, RangeIndex, Table,
+                   TableSpec, every, rewrite_field)
 
 log = logging.getLogger(__name__)
 EDGE_STATE = TableSpec("edge_state", key="name")
@@ -45,12 +47,15 @@ EDGE_REDIRECTS = TableSpec("edge_redirects", key="key", ranges=(
 tombstones like routes; one with an expiry is in the ``expiry`` index until it is removed, so
 the worker finds what is due without reading the rest."""
 EDGE_CERTS = TableSpec("edge_certs", key="hostname")
+"""Certificates keyed by hostname and fingerprint (:func:`cert_key`): an agent gets the one its
+route names, also after a renewal (the one replaced stays ``SUPERSEDED_SECONDS``). The release
+before's replicas read one item per bare hostname: it is written too, until the next release."""
+SUPERSEDED_SECONDS = 86400.0
 COMMIT_ATTEMPTS = 20
 CHUNK = 200
 """Route changes per commit: the outbox rides in the version item, which must stay small."""
 OUTBOX_BYTES = 100_000
-"""And at most about this much of it: a link's target may take 2 kB (DynamoDB caps an item at
-400 KB)."""
+"""And at most about this much of it: a link's target may take 2 kB (items cap at 400 KB)."""
 RouteChange = tuple[str, str] | tuple[str, str, str] | None
 """A route's new (publication id, certificate + key PEM[, extras]), or None to remove it."""
 RedirectChange = Redirect | None
@@ -79,7 +84,6 @@ class StateChanges:
         return str(meta["edge_version"]) if meta else None
 
     def reencrypt(self) -> int:
-        """Re-encrypt every stored certificate key under the newest encryption key."""
         return rewrite_field(self.certs, "pem_enc", self._vault.rotate)
 
     def change(self, routes: dict[str, RouteChange], config: EdgeConfig | None = None,
@@ -124,6 +128,7 @@ class StateChanges:
         digest = int(meta["routes_digest"], 16) if meta and "routes_digest" in meta else 0
         rdigest = int(meta.get("redirects_digest") or "0", 16) if meta else 0
         pending_redirects: dict[str, dict[str, Any] | None] = {}
+        overwritten: list[int] = []  # the revisions of the feed items this commit rewrites
         for key, redirect in sorted(redirects.items()):
             if self.redirects is None:
                 raise ValueError("this store keeps no redirects")
@@ -132,11 +137,13 @@ class StateChanges:
             new_value = redirect.value if redirect is not None else None
             if old_value == new_value:
                 continue
+            overwritten += [int(old["revision"])] if old and old.get("revision") else []
             rdigest = (rdigest - (redirect_hash(key, old_value) if old_value else 0)
                        + (redirect_hash(key, new_value) if new_value else 0)) % DIGEST_MODULUS
             pending_redirects[key] = None if redirect is None else {
                 "value": new_value, "expires": redirect.expires}
         pending: dict[str, dict[str, str] | None] = {}
+        superseded: list[str] = []
         for hostname, new in sorted(routes.items()):
             old = self.routes.get(hostname)
             old_ref = route_ref(old) if old is not None and not old.get("removed") else None
@@ -144,11 +151,11 @@ class StateChanges:
                 if new else None
             if old_ref == new_ref:
                 continue
+            overwritten += [int(old["revision"])] if old and old.get("revision") else []
             if new is not None and new_ref is not None:
-                stored = self.certs.get(hostname)
-                if stored is None or stored["cert_sha256"] != new_ref.cert_sha256:
-                    self.certs.put({"hostname": hostname, "cert_sha256": new_ref.cert_sha256,
-                                    "pem_enc": self._vault.encrypt(new[1].encode())})
+                self._store_certificate(hostname, new_ref.cert_sha256, new[1])
+                if old_ref is not None and old_ref.cert_sha256 != new_ref.cert_sha256:
+                    superseded.append(cert_key(hostname, old_ref.cert_sha256))
             digest = (digest - (route_hash(old_ref) if old_ref else 0)
                       + (route_hash(new_ref) if new_ref else 0)) % DIGEST_MODULUS
             pending[hostname] = dataclasses.asdict(new_ref) if new_ref else None
@@ -165,9 +172,12 @@ class StateChanges:
             "config": config.to_json(), "revision": revision, "pending": pending,
             "published_at": self._clock(),
             "compacted_revision": meta.get("compacted_revision", 0) if meta else 0,
-            "forced_version": meta.get("forced_version") if meta else None},
+            "forced_version": meta.get("forced_version") if meta else None,
+            **feed_log.advanced(meta, revision, overwritten,
+                                len(pending) + len(pending_redirects))},
             expected_version=meta[VERSION] if meta else ABSENT)
         self.settled(committed)
+        self._expire_certificates(superseded)
         self.watch.changed(version)
         log.info("edge state %s (revision %d): %d route and %d redirect changes", version,
                  revision, len(pending), len(pending_redirects))
@@ -201,7 +211,7 @@ class StateChanges:
                 self.routes.put({**item, "feed": FEED, "revision": revision},
                                 expected_version=existing[VERSION] if existing else ABSENT)
                 if ref is None:
-                    self._drop_certificate(hostname)
+                    self._drop_certificate(hostname, (existing or {}).get("cert_sha256"))
                 return
             except ConflictError:
                 continue
@@ -227,8 +237,7 @@ class StateChanges:
                 continue
 
     def due_redirects(self, now: float, limit: int = CHUNK) -> list[str]:
-        """Keys of redirects whose link has expired by ``now`` (HAProxy stopped answering
-        them at that second): one index query, whatever the number of links."""
+        """Keys of redirects whose link has expired by ``now``: one index query."""
         if self.redirects is None:
             return []
         page = self.redirects.query_range("expiry", "1", upper=now, limit=limit)
@@ -260,17 +269,34 @@ class StateChanges:
         changes.update((key, r) for key, r in desired.items() if stored.get(key) != r.value)
         return self.change({}, redirects=changes) if changes else False
 
-    def _drop_certificate(self, hostname: str) -> None:
+    def _store_certificate(self, hostname: str, cert_sha256: str, pem: str) -> None:
+        """Under its hostname and fingerprint, and under the bare hostname for the release
+        before's replicas (each only if not there already: a PEM is encrypted once)."""
+        for key in (cert_key(hostname, cert_sha256), hostname):
+            stored = self.certs.get(key)
+            if stored is None or stored["cert_sha256"] != cert_sha256 \
+                    or stored.get(EXPIRES_AT) is not None:
+                self.certs.put({"hostname": key, "cert_sha256": cert_sha256,
+                                "pem_enc": self._vault.encrypt(pem.encode())})
+
+    def _expire_certificates(self, keys: list[str]) -> None:
+        """Certificates renewals replaced: kept a while for agents on an earlier revision."""
+        for item in filter(None, map(self.certs.get, keys)):
+            with contextlib.suppress(ConflictError):  # stored again: a route names it again
+                self.certs.put({**item, EXPIRES_AT: self._clock() + SUPERSEDED_SECONDS},
+                               expected_version=item[VERSION])
+
+    def _drop_certificate(self, hostname: str, cert_sha256: str | None) -> None:
         """The key of a removed route, unless a newer change routed the host again meanwhile
         (it stores its certificate before it commits: a conditional delete leaves that one)."""
-        cert = self.certs.get(hostname)
         route = self.routes.get(hostname)
-        if cert is None or route is None or not route.get("removed"):
+        if route is None or not route.get("removed"):
             return
-        try:
-            self.certs.delete(hostname, expected_version=cert[VERSION])
-        except ConflictError:
-            pass
+        for key in (hostname, cert_key(hostname, cert_sha256 or "")):
+            cert = self.certs.get(key)
+            with contextlib.suppress(ConflictError):
+                if cert is not None:
+                    self.certs.delete(key, expected_version=cert[VERSION])
 
     def save(self, desired: DesiredState) -> bool:
         """Make the stored state exactly ``desired`` (see :meth:`reconcile`)."""
@@ -356,6 +382,11 @@ class StateChanges:
         return True
 
 
+def cert_key(hostname: str, cert_sha256: str) -> str:
+    """An ``edge_certs`` key: no hostname holds a "/", so none is a bare hostname's."""
+    return f"{hostname}/{cert_sha256}"
+
+
 def route_ref(item: Item) -> RouteRef:
     return RouteRef(item["hostname"], item["publication_id"], item["cert_sha256"],
                     item.get("extras") or "")
@@ -365,6 +396,5 @@ def _extras(change: tuple[str, ...]) -> str:
     return change[2] if len(change) > 2 else ""
 
 
-def _split(route: str | tuple[str, str]) -> tuple[str, str]:
-    """A reconciled route: a publication id, or (publication id, extras)."""
+def _split(route: str | tuple[str, str]) -> tuple[str, str]:  # a publication id [, extras]
     return (route, "") if isinstance(route, str) else route

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from edge.protocol import OLDEST, meta_version
 from store import ABSENT, ConflictError, Table, TableSpec, all_items
 
 EDGE_NODES = TableSpec("edge_nodes", key="node_id")
@@ -44,7 +45,8 @@ class StateReports:
         now = self._clock()
         nodes = []
         for node in all_items(self.nodes):
-            in_sync = meta is not None and node.get("applied_version") == meta["edge_version"]
+            in_sync = meta is not None and node.get("applied_version") in (  # either form
+                meta["edge_version"], meta_version(meta, OLDEST))
             lag = 0.0 if in_sync or meta is None else now - meta["published_at"]
             nodes.append({**node, "in_sync": in_sync, "lag_seconds": round(lag, 3),
                           "last_seen_seconds": round(now - node["reported_at"], 3)})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from edge.protocol import PROTOCOL
 from edge.state import DesiredState, EdgeConfig, Redirect
 from edge.state_changes import (CHUNK, EDGE_CERTS, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE, FEED,
                                 RedirectChange, RouteChange, StateChanges)
@@ -74,14 +75,18 @@ class EdgeStateStore:
 
     # --- what agents read (StateFeed) -----------------------------------------------------
 
-    def changes_since(self, since: int) -> dict[str, Any] | None:
-        return self.feed.changes_since(since)
+    def changes_since(self, since: int, protocol: int = PROTOCOL) -> dict[str, Any] | None:
+        return self.feed.changes_since(since, protocol)
 
-    def load(self) -> dict[str, Any] | None:
-        return self.feed.load()
+    def load(self, protocol: int = PROTOCOL) -> dict[str, Any] | None:
+        return self.feed.load(protocol)
 
-    def certificate(self, hostname: str) -> dict[str, str] | None:
-        return self.feed.certificate(hostname)
+    def current_form(self, have: str | None, protocol: int) -> str | None:
+        return self.feed.current_form(have, protocol)
+
+    def certificate(self, hostname: str, cert_sha256: str | None = None
+                    ) -> dict[str, str] | None:
+        return self.feed.certificate(hostname, cert_sha256)
 
     # --- nodes and their reports (StateReports) -------------------------------------------
 

@@ -3,7 +3,8 @@
 One thread per process reads the state's version item while anyone waits (``interval``
 seconds apart, whatever the number of agents), so a change made by another control replica
 reaches waiting agents within ``interval``; a change made here wakes them at once. Nobody
-waiting: no reads at all.
+waiting: no reads at all. A replica that stops (:meth:`VersionWatch.drain`) answers its waiting
+agents at once and holds no request any more, so its stop is not held up by a long poll.
 """
 from __future__ import annotations
 
@@ -24,6 +25,19 @@ class VersionWatch:
         self._waiting = 0
         self._poller: threading.Thread | None = None
         self._closed = False
+        self._draining = False
+
+    @property
+    def draining(self) -> bool:
+        """The replica is stopping: a long poll would outlast it (the API refuses one)."""
+        return self._draining
+
+    def drain(self) -> None:
+        """The replica stops: the agents waiting are answered now (with what they have or
+        the change), and a later :meth:`wait` returns at once."""
+        with self._condition:
+            self._draining = True
+            self._condition.notify_all()
 
     def close(self) -> None:
         """The store is closing: the poller stops before its next read (no "closed database"
@@ -52,7 +66,7 @@ class VersionWatch:
                                                 daemon=True)
                 self._poller.start()
             try:
-                while (self._version in (None, have) and not self._closed
+                while (self._version in (None, have) and not (self._closed or self._draining)
                        and time.monotonic() < deadline):
                     self._condition.wait(min(deadline - time.monotonic(), self._interval))
             finally:

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 import admin
+from admin.ops_api import bp as ops_bp
 from certs.challenges import bp as challenge_bp
 from control.server import Draining
 from control.wiring import Services
@@ -46,7 +47,7 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None,
             services.challenges, services.certificates, services.edge_state, services.links,
             services.tokens, services.platform, services.sso, services.custom_certificates,
             VisitSink(services.links.add_visits))
-    for blueprint in (domains_bp, byo_bp, edge_bp, challenge_bp, links_bp, sso_bp):
+    for blueprint in (domains_bp, byo_bp, edge_bp, challenge_bp, links_bp, sso_bp, ops_bp):
         app.register_blueprint(blueprint)
     app.register_error_handler(StoreError, _store_unavailable)
     serve_contract(app)
@@ -106,6 +107,11 @@ class ControlMetrics:
                                     value=kept["visits"])
         yield GaugeMetricFamily("edge_store_requests", "Store requests this process has made (a "
                                 "counter; DynamoDB bills each)", value=services.backend.requests)
+        throttled = CounterMetricFamily("edge_store_throttled", "Store requests the store "
+                                        "throttled (DynamoDB), by table", labels=["table"])
+        for table, count in sorted(getattr(services.backend, "throttled", {}).items()):
+            throttled.add_metric([table], count)
+        yield throttled
 
     def _certificates(self, now: float) -> Iterator[Metric]:
         certificates = self._services.certificates

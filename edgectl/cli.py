@@ -1,5 +1,5 @@
-"""`edgectl`: serve (control service), agent (beside HAProxy), plan, shortlinks, links, tokens,
-keys, sso, admin, demo. Each subcommand registers itself with :func:`command`."""
+"""`edgectl`: serve (control service), agent (beside HAProxy), plan, shortlinks, tokens, keys,
+sso, admin, demo; the operator's commands are in ``edgectl.ops``. Each registers itself."""
 from __future__ import annotations
 
 import argparse
@@ -7,37 +7,46 @@ import contextlib
 import dataclasses
 import getpass
 import logging
-import signal
 import sys
 import threading
 import time
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Callable, Iterator
 
+import requests
 from cryptography.fernet import Fernet
 
 from admin.accounts import ADMIN_USERS, AccountError, Users
 from admin_app import create_app
-from control.server import ControlServer, Draining
+from control.replicas import LoneReplica
+from control.server import ControlServer, Draining, stop_gracefully
 from control.wiring import Services
 from control.worker import PlatformCertificates, start_worker
 from edge.agent import EdgeAgent
+from edge.errors import EdgeError
+from edge.haproxy import NodeLock, stop_node
 from edge.metrics import serve_metrics
 from edge.node import EdgeNode
 from edge.plan import UnsafePlan
+from edge.protocol import PROTOCOL
 from edge.state import DesiredState
+from edgectl import migrate, ops
+from edgectl.backup import register as register_backup
 from kit import logs
 from kit.backoff import jittered_backoff
+from kit.procs import stop_on_signals
 from kit.settings import CONTROL_SERVICE, EDGE_AGENT, Settings, SettingsError, load_settings
-from shortlinks.bulk import run_import
 from shortlinks.serve import SERVERS, serve as serve_links
 from store import StoreError, open_backend
 
 log = logging.getLogger("edgectl")
 DISTRIBUTION = "edge-router"
 Run = Callable[[argparse.Namespace, Settings], int]
+AGENT_GRACE = 1.5
+"""Seconds an agent may take to stop: a change of the node under way finishes meanwhile."""
+SHORTLINKS_GRACE = 1.5
+"""Seconds the short-link app may take to stop: its last visit counts are written meanwhile."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,17 +71,6 @@ def command(name: str, help: str, required: tuple[str, ...] | None = CONTROL_SER
     return register
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop
-
-
 @contextlib.contextmanager
 def _services(settings: Settings) -> Iterator[Services]:
     services = Services.from_settings(settings)
@@ -89,6 +87,7 @@ def _when_the_store_answers(settings: Settings, stop: threading.Event) -> Servic
     while not stop.is_set():
         services = None
         try:
+            migrate.refuse_newer(settings)  # before this release writes a thing
             services = Services.from_settings(settings)
             services.lifecycle.publish_routes()  # reconcile once at start; then changes only
             if failures:
@@ -106,12 +105,12 @@ def _when_the_store_answers(settings: Settings, stop: threading.Event) -> Servic
 
 @command("serve", "run the control service and its worker")
 def serve(args: argparse.Namespace, settings: Settings) -> int:
-    stop = _stop_on_signals()
+    stop = stop_on_signals(settings.drain_seconds + settings.shutdown_seconds)
     services = _when_the_store_answers(settings, stop)
     if services is None:
         return 0
     try:
-        draining = Draining()
+        draining = Draining(services.edge_state.watch.drain)
         server = ControlServer(create_app(services, draining=draining), settings.listen_host,
                                settings.listen_port, threads=settings.serve_threads,
                                shutdown_seconds=settings.shutdown_seconds,
@@ -127,6 +126,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
             steps.append(services.sweeper.tick)
         if services.custom_certificates is not None:
             steps.append(services.custom_certificates.tick)  # uploads due to fall back
+        if not settings.control_servers:
+            steps.append(LoneReplica(services.edge_state, settings.edge_control_servers).tick)
         worker = start_worker(steps, settings.worker_interval, stop)
         if services.webhooks.enabled:
             services.webhooks.start(stop)
@@ -134,15 +135,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         log.info("control service on %s://%s:%d", server.scheme, settings.listen_host,
                  server.port)
         stop.wait()
-        stopped_at = time.monotonic()
-        # A rolling deploy: out of the load balancer first, then close; the worker finishes
-        # its round meanwhile and hands back its leases, so another replica goes on at once.
-        draining.begin()
-        log.info("stopping: draining for %.0f s, then closing", settings.drain_seconds)
-        worker.join(timeout=max(settings.drain_seconds, 30))
-        services.lifecycle.release_leases()
-        time.sleep(max(0.0, settings.drain_seconds - (time.monotonic() - stopped_at)))
-        server.stop()
+        stop_gracefully(server, draining, worker, services.lifecycle.release_leases,
+                        settings.drain_seconds, settings.shutdown_seconds, time.monotonic())
         log.info("control service stopped")
     finally:
         services.close()
@@ -162,20 +156,9 @@ def shortlinks(args: argparse.Namespace, settings: Settings) -> int:
     """The redirect app for the short domains (behind HAProxy in production)."""
     log.info("short links on http://%s:%d (%s)", settings.listen_host,
              settings.shortlinks_port, args.server)
-    serve_links(settings, _stop_on_signals(), args.server, workers=args.workers,
-                threads=args.threads)
+    serve_links(settings, stop_on_signals(SHORTLINKS_GRACE), args.server,
+                workers=args.workers, threads=args.threads)
     return 0
-
-
-def _links_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["import"])
-    parser.add_argument("file", help="CSV with domain,target,owner[,slug,code,max_visits]")
-
-
-@command("links", "short links in bulk", arguments=_links_arguments)
-def links(args: argparse.Namespace, settings: Settings) -> int:
-    with _services(settings) as services:
-        return run_import(services.links, args.file)
 
 
 def _tokens_arguments(parser: argparse.ArgumentParser) -> None:
@@ -225,38 +208,50 @@ def _agent(settings: Settings, node: EdgeNode, node_id: str | None = None) -> Ed
                      if settings.control_client_cert else None)
 
 
+def _agent_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", nargs="?", choices=["run", "stop-node"], default="run",
+                        help="run (the default): sync the node until SIGTERM, then leave "
+                             "HAProxy serving for the next agent; stop-node: stop this "
+                             "node's agent, if one runs, and its HAProxy (a node retired)")
+    parser.add_argument("--node-id")
+
+
 @command("agent", "run the edge agent beside HAProxy", required=EDGE_AGENT,
-         arguments=lambda parser: parser.add_argument("--node-id"))
+         arguments=_agent_arguments)
 def agent(args: argparse.Namespace, settings: Settings) -> int:
     node = _node(settings)
-    stop = threading.Event()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        # Also out of a long poll or a hung request at once, so HAProxy is always stopped
-        # below (a supervisor that kills a slow agent would leave HAProxy running).
-        stop.set()
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    lock = NodeLock(node.directory)
+    try:
+        if args.action == "stop-node":
+            print(stop_node(node.directory, node.haproxy))
+            return 0
+        lock.acquire()  # held until this process ends
+    except EdgeError as exc:
+        print(f"edgectl: {exc}", file=sys.stderr)
+        return 1
+    edge_agent = _agent(settings, node, args.node_id)
+    # A signal ends a long poll at once, but never a change of the node half made.
+    stop = stop_on_signals(AGENT_GRACE, interrupt=lambda: not edge_agent.applying)
     if settings.edge_metrics_port:
         port = serve_metrics(node.runtime, settings.edge_bind, settings.edge_metrics_port)
         log.info("requests per publication at http://%s:%d/metrics", settings.edge_bind, port)
     try:
-        _agent(settings, node, args.node_id).run(settings.worker_interval, stop)
+        edge_agent.run(settings.worker_interval, stop)
     except SystemExit:
         pass
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping HAProxy is not interrupted
-        node.stop()
+    log.info("agent stopped; HAProxy goes on serving version %s", node.applied_version)
     return 0
 
 
-@command("plan", "print the changes the local edge node would apply", required=EDGE_AGENT)
+@command("plan", "print the changes the local edge node would apply", required=EDGE_AGENT,
+         arguments=lambda parser: setattr(parser, "epilog", ops.PLAN_SETTINGS))
 def plan(args: argparse.Namespace, settings: Settings) -> int:
     """Print what the local node would change to reach the control service's desired state."""
     node = _node(settings)
-    desired = _agent(settings, node).fetch()  # a new agent asks for a whole state
+    try:
+        desired = _agent(settings, node).fetch()  # a new agent asks for a whole state
+    except (requests.RequestException, EdgeError) as exc:
+        return ops.agent_failed(exc, settings.control_address)  # says why in one sentence
     if desired is None:
         print("the control service has published no edge state yet")
         return 1
@@ -346,6 +341,12 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(args.hostname, once=args.once, directory=args.directory)
 
 
+# The commands declared beside their code: backup and restore, migrate, the operator's.
+register_backup(command)
+command("migrate", migrate.HELP, required=(), arguments=migrate.arguments)(migrate.run)
+ops.register(command)  # status, domains, nodes, links, certs, config
+
+
 def package_version() -> str:
     """The installed distribution's version (pyproject's), or "unknown" when run from a tree
     that was never installed."""
@@ -356,17 +357,23 @@ def package_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgectl", description=__doc__)
-    parser.add_argument("--config", help="TOML settings file (else $EDGE_CONFIG)")
+    parser = argparse.ArgumentParser(prog="edgectl", description=ops.DESCRIPTION,
+                                     epilog=ops.EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="TOML settings file (else $EDGE_CONFIG; the operator "
+                        "commands also read ~/.config/edgectl/config.toml)")
     parser.add_argument("--log-level", type=str.upper, choices=logs.LEVELS,
                         help="overrides the log_level setting (default INFO)")
     parser.add_argument("--log-format", choices=logs.FORMATS,
                         help="overrides the log_format setting (default auto: text on a "
                              "terminal, else JSON lines)")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}"
+                        f" (edge protocol {PROTOCOL}, store schema {migrate.SCHEMA})")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, registered in COMMANDS.items():
-        registered.arguments(subparsers.add_parser(name, help=registered.help))
+        registered.arguments(subparsers.add_parser(
+            name, help=registered.help, description=registered.help, epilog=ops.needs(
+                registered.required), formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     # One set-up for every subcommand: first from the flags (so reading the settings logs
     # alike), then again once the settings say otherwise.

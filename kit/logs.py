@@ -174,4 +174,7 @@ def configure(log_format: str = "auto", level: str = "INFO",
         old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Where boto3 found its credentials is said on every start of every command: not news.
+    logging.getLogger("botocore.credentials").setLevel(
+        max(logging.WARNING, logging.getLevelName(level.upper())))
     return chosen

@@ -1,6 +1,8 @@
-"""Child processes started on loopback by the demo and the tests, always stopped by PID."""
+"""Processes: the children the demo and the tests start on loopback, always stopped by PID,
+and the stop of an ``edgectl`` process itself, on time whatever holds it."""
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -10,8 +12,10 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import IO, Callable, Sequence, TypeVar
 
+log = logging.getLogger(__name__)
 _LOWEST_PORT = 10000
 _given: set[int] = set()
 _given_lock = threading.Lock()
@@ -190,11 +194,55 @@ class ManagedProcess:
             return ""
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
+        stop_all([self], timeout)
+
+
+def stop_all(processes: Sequence[ManagedProcess], timeout: float = 10.0) -> None:
+    """SIGTERM to every process at once, so each stops on its own clock rather than after the
+    one before; one still running after ``timeout`` seconds is killed."""
+    for process in processes:
+        if process.popen.poll() is None:
+            process.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.popen.kill()
+            process.popen.wait()
+        process._log.close()
+
+
+def exit_within(seconds: float) -> threading.Timer:
+    """Make sure this process is gone ``seconds`` from now: a stop is promised on time (a
+    supervisor's stop timeout, a deploy's next step), and what holds a process up (a store
+    that does not answer, a request that hangs) is work its restart takes up again anyway.
+    It exits with status 0, as the stop was asked for, after saying so in its log."""
+    def overdue() -> None:
+        log.warning("still stopping %.1f s after the signal: exiting now", seconds)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(0)
+    timer = threading.Timer(max(0.0, seconds), overdue)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def stop_on_signals(grace: float,
+                    interrupt: Callable[[], bool] = lambda: False) -> threading.Event:
+    """An event SIGTERM and SIGINT set; the process is then gone within ``grace`` seconds
+    (:func:`exit_within`). ``interrupt()``, called in the handler, may say the main thread
+    should be interrupted at once (SystemExit: out of a long poll) rather than wind down."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if not stop.is_set():
+            stop.set()
+            exit_within(grace)
+        if interrupt():
+            raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop

@@ -75,8 +75,9 @@ class Settings:
     drain_seconds: float = setting(5.0, parse.number)
     """After SIGTERM, /healthz answers 503 this long while requests are still served, so load
     balancers stop sending before the listener closes."""
-    shutdown_seconds: float = setting(20.0, parse.positive)
-    """Then, at most this long for the requests in flight to finish."""
+    shutdown_seconds: float = setting(1.0, parse.positive)
+    """Then, at most this long for the requests in flight to finish (long polls were answered
+    when the drain began): the process is gone ``drain + shutdown`` after the signal."""
     control_tls_cert: str = setting("", parse.text)
     control_tls_key: str = setting("", parse.text)
     """PEM files: `edgectl serve` speaks HTTPS (the agents' channel carries private keys)."""

@@ -87,7 +87,8 @@ class ConnectDomain(DomainExtras):
 
 
 class UpdateDomain(DomainExtras):
-    """Change a domain's extras; a field left out stays as it is, ``null`` clears it."""
+    """Change a domain's extras; a field left out stays as it is, ``null`` clears it to its
+    default (no redirect, 308, no origin pool, no metadata)."""
 
 
 class ListDomains(PageQuery):

@@ -8,14 +8,15 @@ status, copy buttons and in-place "check now".
 """
 from __future__ import annotations
 
-import datetime
 from typing import Any, Callable, cast
 
-from flask import Blueprint, Flask, abort, jsonify, redirect, render_template, request, url_for
+from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, render_template,
+                   request, url_for)
 from werkzeug.wrappers import Response
 
 from certs.store import CertificateStore
 from dnsops import dnsconfig
+from dnsops.hostnames import unicode_form
 from domains import pairs
 from domains.byo import CustomCertificates
 from domains.errors import PUBLISHER_ERRORS, DomainError
@@ -23,6 +24,7 @@ from domains.lifecycle import Lifecycle
 from domains.pairs import pair_view
 from domains.redirects import DomainOptions
 from domains.service import ROUTED, DomainService, Item, public_view
+from domains.words import host_tag, status_words, time_tag
 from kit.platform import PlatformUser
 from kit.settings import Settings
 from kit.web import find, use
@@ -40,26 +42,59 @@ def init_app(app: Flask, encryption_key: str, clock: Callable[[], float]) -> Non
 bp.after_request(auth.page_headers)
 
 
+@bp.app_template_filter("status_words")
+def _status_words(status: object) -> str:
+    return status_words(status)
+
+
+@bp.app_template_filter("unicode_form")
+def _unicode_form(hostname: str) -> str:
+    return unicode_form(hostname)
+
+
+@bp.app_context_processor
+def _time_tags() -> dict[str, Any]:
+    now = current_app.config[auth.CLOCK]()
+    return {"time_tag": lambda when, element_id="": time_tag(when, now, element_id),
+            "host_tag": host_tag}
+
+
 def _domains() -> DomainService:
     return use(DomainService)
 
 
-def _when(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
-        "%Y-%m-%d %H:%M:%S UTC")
+STATES = {"active": "live", "awaiting_traffic": "ready", "verified": "working",
+          "issuing": "working", "pending_dns": "waiting", "suspended": "stopped"}
+"""The card's state, from the status: what the whole domain page shows follows it."""
+DETAILS = {
+    "pending_dns": "We are waiting for the DNS records below; we check them again and again "
+                   "by ourselves.",
+    "verified": "Your DNS records are in place: we are getting a certificate.",
+    "issuing": "Your DNS records are in place: we are getting a certificate.",
+    "awaiting_traffic": "We wait for your traffic record to point at us.",
+    "active": "Your domain is live.",
+    "suspended": "This domain is suspended: our edge does not serve it. Contact us to know why.",
+}
 
 
 def status_of(domain: Item) -> dict[str, Any]:
-    """What the page shows of a domain, also its live JSON."""
+    """Everything the domain page shows of a domain, which is also its live JSON: the script
+    redraws the whole card from it, so the page never contradicts itself."""
     view = public_view(domain, _domains().cname_target)
     # The public view: a status poll every 2 s must not decrypt the private key.
     certificate = use(CertificateStore).describe(domain["hostname"]) \
         if domain["status"] in ROUTED else None
     port = use(Settings).edge_https_port
-    return {**view, "pair": pair_view(_domains(), domain),
-            "next_check": _when(domain.get("next_attempt_at")),
+    report = dnsconfig.last_report(use(Lifecycle).checker, domain, dnsconfig.recommended(
+        domain, _domains().dcv_zone))
+    pair = pair_view(_domains(), domain)
+    return {**view, "pair": {**pair, "status_text": status_words(pair["status"])} if pair else None,
+            "state": STATES.get(domain["status"], "waiting"),
+            "status_text": status_words(domain["status"]),
+            "status_detail": DETAILS.get(domain["status"], ""),
+            "display_name": unicode_form(domain["hostname"]),
+            "next_check": view["next_attempt_at"], "report": report,
+            "checked_at": report["checked_at"] if report else None,
             "automation_available": _domains().automation.describe(domain["hostname"]),
             "certificate_expires": str(certificate["not_after"])[:10] if certificate else None,
             "own_certificate": _own_certificate(domain),
@@ -89,8 +124,18 @@ def _index(user: PlatformUser, error: str | None = None, form: dict[str, str] | 
     domains = {p: _domains().list_for(p, limit=100).items for p in user.publications}
     return render_template("publisher/index.html", user=user, domains=domains,
                            removed=_hostname_or_empty(request.args.get("removed", "")),
+                           www_applies=_www_applies((form or {}).get("hostname", "")),
                            automated=_domains().automation.zones(),
                            csrf_token=auth.csrf_token(user), error=error, form=form or {}), status
+
+
+def _www_applies(typed: str) -> bool | None:
+    """Whether the www choice applies to what was typed: an apex or its www name; None when
+    that is not known yet (nothing typed, or not a hostname)."""
+    try:
+        return pairs.companion_of(_domains().normalize(typed)) is not None if typed else None
+    except PUBLISHER_ERRORS:
+        return None
 
 
 @bp.get("/domains")
@@ -124,10 +169,9 @@ def connect() -> Response | tuple[str, int]:
 def show(hostname: str) -> str:
     user = auth.signed_in()
     domain = auth.page_domain(user, hostname)
-    report = dnsconfig.last_report(use(Lifecycle).checker, domain, dnsconfig.recommended(
-        domain, _domains().dcv_zone))
     return render_template("publisher/domain.html", user=user, domain=status_of(domain),
-                           report=report, csrf_token=auth.csrf_token(user))
+                           checked=request.args.get("checked") == "1",
+                           csrf_token=auth.csrf_token(user))
 
 
 @bp.get("/domains/<hostname>/status")
@@ -140,10 +184,10 @@ def check(hostname: str) -> Response:
     user = auth.signed_in()
     auth.require_csrf(user)
     domain = auth.page_domain(user, hostname)
-    use(Lifecycle).check_now(domain["hostname"], actor=f"publisher:{user.id}")
+    _, result = use(Lifecycle).check_now(domain["hostname"], actor=f"publisher:{user.id}")
     if request.accept_mimetypes.best == "application/json":
-        return jsonify(status_of(auth.page_domain(user, hostname)))
-    return redirect(url_for(".show", hostname=domain["hostname"]), 303)
+        return jsonify({**status_of(auth.page_domain(user, hostname)), "check_ok": result.ok})
+    return redirect(url_for(".show", hostname=domain["hostname"], checked=1), 303)
 
 
 @bp.route("/domains/<hostname>/remove", methods=["GET", "POST"])
@@ -151,8 +195,10 @@ def remove(hostname: str) -> Response | str:
     user = auth.signed_in()
     domain = auth.page_domain(user, hostname)
     if request.method == "GET":
+        served = domain["status"] in ROUTED or \
+            use(CertificateStore).describe(domain["hostname"]) is not None
         return render_template("publisher/remove.html", user=user, domain=domain,
-                               pair=pair_view(_domains(), domain),
+                               pair=pair_view(_domains(), domain), served=served,
                                csrf_token=auth.csrf_token(user))
     auth.require_csrf(user)
     sources = DomainOptions(_domains()).left_dangling(domain)

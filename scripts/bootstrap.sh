@@ -18,6 +18,9 @@ if [ "${1:-}" = "--test" ]; then
     command -v unbound >/dev/null || [ -x /usr/sbin/unbound ] || missing+=(unbound)
     [ -x /usr/bin/chromium ] || missing+=(chromium)
     command -v promtool >/dev/null || missing+=(prometheus)
+    # systemd-analyze verifies deploy/systemd's units, ip netns runs the production topology.
+    command -v systemd-analyze >/dev/null || missing+=(systemd)
+    command -v ip >/dev/null || missing+=(iproute2)
 fi
 if ((${#missing[@]})); then
     echo "bootstrap: installing ${missing[*]}"

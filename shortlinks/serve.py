@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from typing import Any, Callable, Iterable
 
 from kit.settings import Settings, load_settings
@@ -45,9 +46,13 @@ class _Worker:
         self.stop = threading.Event()
         self.flusher = self.resolver.start_flusher(self.stop)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 1.0) -> None:
+        """The flusher's last round writes what is left, if the store answers within
+        ``timeout`` seconds: a stop is not held up by a store that is away."""
         self.stop.set()
-        self.flusher.join(timeout=10)  # the flusher's last round writes what is left
+        self.flusher.join(timeout)
+        if self.flusher.is_alive():
+            log.warning("the last visit counts were not written within %.1f s", timeout)
         self.backend.close()
 
 
@@ -80,9 +85,21 @@ def serve(settings: Settings, stop: threading.Event, server: str = "waitress",
             log.warning("short-link worker %d exited; starting another", pid)
             children.discard(pid)
             children.add(_fork(settings, listener, threads, stop))
+    listener.close()  # the port closes with the workers' copies: refused, not queued
     for pid in children:
         os.kill(pid, signal.SIGTERM)
+    _wait_for(children, timeout=1.2)
+
+
+def _wait_for(children: set[int], timeout: float) -> None:
+    """Reap the workers; one still running after ``timeout`` seconds is killed."""
+    deadline = time.monotonic() + timeout
+    while children and time.monotonic() < deadline:
+        children.difference_update(_reap())
+        time.sleep(0.02)
     for pid in children:
+        log.warning("short-link worker %d did not stop in time; killing it", pid)
+        os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
 
 

@@ -26,6 +26,12 @@ class StoreError(Exception):
     """Root of the storage errors."""
 
 
+class Throttled(StoreError):
+    """The store refused the request for lack of capacity even after the client's retries:
+    the caller slows down (the worker waits longer between rounds) rather than fail what it
+    was doing."""
+
+
 class ConflictError(StoreError):
     """A conditional write lost: the item was not at the expected version."""
 

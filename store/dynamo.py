@@ -23,11 +23,24 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from store import (ABSENT, EXPIRES_AT, VERSION, ConflictError, Item, Page, StoreError, TableSpec,
-                   every, range_values)
+                   Throttled, every, range_values)
+from store.dynamo_schema import (EXPIRY_INDEX, EXPIRY_SHARD, _attributes, _expiry_index,
+                                 _indexes)
+
+__all__ = ["DynamoBackend", "DynamoTable", "EXPIRY_INDEX", "EXPIRY_SHARD", "_attributes",
+           "_indexes"]
 
 log = logging.getLogger(__name__)
 _CONDITION_FAILED = "ConditionalCheckFailedException"
-EXPIRY_INDEX, EXPIRY_SHARD = "expiry", "expiry_shard"
+THROTTLING = ("ProvisionedThroughputExceededException", "ThrottlingException",
+              "RequestLimitExceeded")
+RETRIES = {"mode": "standard", "total_max_attempts": 5}
+"""Standard mode, five attempts in all: throttling and 5xx are retried with jittered
+exponential backoff (under a second in all at these attempts), and its retry quota stops
+retrying when most requests fail, so an outage fails fast rather than piling up retries.
+Not adaptive: its client-side rate limiter (experimental in botocore) would make every thread
+of a replica wait behind one hot table, agents' long polls included. What is still throttled
+after five attempts surfaces as :class:`Throttled`, and the worker slows down."""
 _ONE_SHARD = "1"
 """Only servers without TTL (dynalite, for development) use the expiry index: one partition."""
 
@@ -37,11 +50,25 @@ class DynamoBackend:
         self._client = client
         self._prefix = prefix
         self.requests = 0
+        self.throttled: dict[str, int] = {}
+        """Attempts the server throttled, by table (without the prefix): retried or not."""
         self._ttl: bool | None = None
         client.meta.events.register("before-call.dynamodb", self._count)
+        client.meta.events.register("needs-retry.dynamodb", self._count_throttled)
 
     def _count(self, **kwargs: Any) -> None:
         self.requests += 1
+
+    def _count_throttled(self, response: Any = None, request_dict: Any = None,
+                         **kwargs: Any) -> None:
+        code = (response[1].get("Error") or {}).get("Code") if response else None
+        if code in THROTTLING:
+            try:
+                name = str(json.loads((request_dict or {}).get("body") or b"{}")["TableName"])
+            except (ValueError, KeyError, TypeError):
+                name = "?"
+            table = name.removeprefix(self._prefix)
+            self.throttled[table] = self.throttled.get(table, 0) + 1
 
     @classmethod
     def from_settings(cls, settings: Any) -> "DynamoBackend":
@@ -49,7 +76,7 @@ class DynamoBackend:
             "dynamodb",
             endpoint_url=settings.dynamodb_endpoint_url or None,
             region_name=settings.dynamodb_region,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"},
+            config=Config(retries=RETRIES,  # type: ignore[arg-type]
                           connect_timeout=3, read_timeout=10),
         )
         return cls(client, settings.dynamodb_table_prefix)
@@ -167,30 +194,6 @@ class DynamoBackend:
         self._client.close()
 
 
-def _attributes(spec: TableSpec, sweep: bool = False) -> list[dict[str, str]]:
-    types = {"pk": "S", **{i: "S" for i in spec.indexes}}
-    for index in spec.ranges:
-        types.update({index.key: "S", index.sort: "N"})
-    if sweep:
-        types.update({EXPIRY_SHARD: "S", EXPIRES_AT: "N"})
-    return [{"AttributeName": name, "AttributeType": kind} for name, kind in types.items()]
-
-
-def _indexes(spec: TableSpec) -> list[dict[str, Any]]:
-    def gsi(name: str, hash_key: str, range_key: str) -> dict[str, Any]:
-        return {"IndexName": name, "Projection": {"ProjectionType": "ALL"},
-                "KeySchema": [{"AttributeName": hash_key, "KeyType": "HASH"},
-                              {"AttributeName": range_key, "KeyType": "RANGE"}]}
-    return ([gsi(f"by_{i}", i, "pk") for i in spec.indexes]
-            + [gsi(f"range_{r.name}", r.key, r.sort) for r in spec.ranges])
-
-
-def _expiry_index() -> dict[str, Any]:
-    return {"IndexName": EXPIRY_INDEX, "Projection": {"ProjectionType": "KEYS_ONLY"},
-            "KeySchema": [{"AttributeName": EXPIRY_SHARD, "KeyType": "HASH"},
-                          {"AttributeName": EXPIRES_AT, "KeyType": "RANGE"}]}
-
-
 class DynamoTable:
     def __init__(self, client: Any, name: str, spec: TableSpec, sweep: bool = False) -> None:
         self._client = client
@@ -206,6 +209,8 @@ class DynamoTable:
         except ClientError as exc:
             if exc.response["Error"]["Code"] == _CONDITION_FAILED:
                 raise
+            if exc.response["Error"]["Code"] in THROTTLING:
+                raise Throttled(f"{method} on {self._name}: throttled") from None
             raise StoreError(f"{method} on {self._name}: {exc}") from None
         except BotoCoreError as exc:
             raise StoreError(f"{method} on {self._name}: {exc}") from None

@@ -31,6 +31,7 @@ from kit.settings import Settings, load_settings
 from store import Backend, Item
 from store.dynamo import DynamoBackend
 from store.sqlite import SqliteBackend
+from tests.dynamo_nemesis import Nemesis
 from tests.webhook_receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +64,27 @@ def dynalite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def dynamo_nemesis(dynalite: str) -> Iterator[Nemesis]:
+    """The DynamoDB nemesis (tests/dynamo_nemesis.py) in front of this worker's dynalite."""
+    proxy = Nemesis(dynalite)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture
+def nemesis(dynamo_nemesis: Nemesis) -> Iterator[str]:
+    """The nemesis' endpoint URL, in DynamoDB's usual weather for the length of the test: a
+    few requests throttled or failed (the SDK retries them) and a few slow. A test that wants
+    index lag or more sets it on ``dynamo_nemesis``; each test starts afresh."""
+    dynamo_nemesis.reset()
+    dynamo_nemesis.fail_rate, dynamo_nemesis.slow_rate, dynamo_nemesis.slow = 0.03, 0.02, 0.05
+    yield dynamo_nemesis.url
+    dynamo_nemesis.reset()
 
 
 @pytest.fixture(scope="session")
@@ -138,13 +160,15 @@ SSO_PLATFORM = "platform.example.test"
 SSO_COOKIE_KEY = "platform-cookie-key-0123456789-abcdef"
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
+@pytest.fixture(params=["sqlite", "dynamodb", "nemesis"])
 def any_backend(request: pytest.FixtureRequest, settings: Settings) -> Settings:
-    """The settings on SQLite, or on dynalite with a table prefix of its own."""
+    """The settings on SQLite, or on dynalite (straight or through the nemesis) with a table
+    prefix of its own."""
     if request.param == "sqlite":
         return settings
+    endpoint = request.getfixturevalue("dynalite" if request.param == "dynamodb" else "nemesis")
     return dataclasses.replace(settings, storage_backend="dynamodb",
-                               dynamodb_endpoint_url=request.getfixturevalue("dynalite"),
+                               dynamodb_endpoint_url=endpoint,
                                dynamodb_table_prefix=f"s{uuid.uuid4().hex[:8]}_")
 
 
@@ -367,7 +391,7 @@ def control(services_with: ServicesWith) -> Iterator[tuple[Services, str]]:
 
 
 def opened_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """For a fixture parametrized "sqlite", "dynalite" or "moto_server": that backend, fresh
+    """For a fixture parametrized "sqlite", "dynalite", "nemesis" or "moto_server": that backend, fresh
     (its own file, or its own table prefix on the shared server), closed afterwards."""
     if request.param == "sqlite":
         opened: Backend = SqliteBackend(str(tmp_path / "store.db"))
@@ -378,7 +402,7 @@ def opened_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[B
     opened.close()
 
 
-@pytest.fixture(params=["sqlite", "dynalite"])
+@pytest.fixture(params=["sqlite", "dynalite", "nemesis"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from opened_backend(request, tmp_path)
 

@@ -83,14 +83,14 @@ def test_find_a_failing_domain_and_recheck_it(services: Services, pebble: Pebble
     row = page.locator("tr", has_text="broken.example.test")
     assert "_edge-challenge" in row.inner_text()
     row.locator("a").click()
-    assert page.inner_text("#status") == "pending_dns"
+    assert page.inner_text("#status") == "Waiting for DNS"
     assert "txt_missing" in page.content()
     page.screenshot(path=str(tmp_path / "2-failing-domain.png"), full_page=True)
 
     pebble.set_txt("_edge-challenge.broken.example.test", domain["token"])
     page.click("button:has-text('Re-check now')")
     page.wait_for_selector("text=DNS re-checked.")
-    assert page.inner_text("#status") == "verified"
+    assert page.inner_text("#status") == "DNS verified"
     assert "pending_dns -> verified\tadmin:alice" in page.inner_text("table.timeline")
     page.screenshot(path=str(tmp_path / "3-verified.png"), full_page=True)
     assert services.domains.get("broken.example.test")["status"] == "verified"

@@ -19,7 +19,8 @@ from admin_app import create_app
 from control.wiring import Services
 from kit.settings import Settings
 from kit.web import provided
-from tests.conftest import ServicesWith
+from admin.summary import FAILING_GRACE
+from tests.conftest import FakeClock, ServicesWith
 
 PASSWORD = "correct horse battery"
 
@@ -106,7 +107,7 @@ def test_login_lockout_per_username_and_address(app: Flask) -> None:
         assert login(client, password="wrong password!").status_code == 401
     locked = login(client)
     assert locked.status_code == 429
-    assert "Too many failed logins. Try again in 15 minute(s)." in locked.get_data(True)
+    assert "Too many failed logins. Try again in 15 minutes." in locked.get_data(True)
     # Someone elsewhere cannot lock the admin out: the real admin still signs in.
     other = app.test_client()
     other.environ_base["REMOTE_ADDR"] = "10.0.0.9"
@@ -172,13 +173,13 @@ def test_pages_render_escaped_with_security_headers(app: Flask, services: Servic
     assert "<svg" in client.get("/admin/").get_data(True)
 
 
-def _self_signed(hostname: str) -> tuple[str, bytes]:
+def _self_signed(hostname: str, days: int = 5) -> tuple[str, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(0xABCDEF)
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=5))
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), False)
             .sign(key, hashes.SHA256()))
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -198,7 +199,7 @@ def test_certificate_shown_without_its_key_and_counted_as_expiring(
     listed = client.get("/admin/certificates").get_data(True)
     assert "cert.example.test" in listed and "ec256" in listed
     overview = client.get("/admin/").get_data(True)
-    assert "<b>1</b> certs expire in 7 days" in overview
+    assert "<b>1</b> certificate expires within 7 days" in overview
     for body in (page, listed, overview):
         assert "PRIVATE KEY" not in body and "key_enc" not in body
 
@@ -266,12 +267,12 @@ def test_domain_pages_follow_cursors_on_both_backends(
             seen, url = [], f"/admin/domains?{query}"
             while url:
                 page = client.get(url).get_data(True)
-                seen += re.findall(r">(d\d\.example\.test)</a>", page)
+                seen += re.findall(r"class=\"host\">(d\d\.example\.test)<", page)
                 found = re.search(r'href="([^"]+)">Next page', page)
                 url = found.group(1).replace("&amp;", "&") if found else ""
             assert sorted(seen) == [f"d{n}.example.test" for n in range(5)], query
         by_publication = client.get("/admin/domains?q=pub_1").get_data(True)
-        assert re.findall(r">(d\d\.example\.test)</a>", by_publication) == [
+        assert re.findall(r"class=\"host\">(d\d\.example\.test)<", by_publication) == [
             "d1.example.test", "d3.example.test"]
         assert client.get("/admin/domains?cursor=%7Bbad").status_code in (200, 400)
         assert client.get("/admin/").status_code == 200
@@ -308,3 +309,124 @@ def test_a_link_page_shows_its_visits_per_day_and_referrers(app: Flask,
     rows = csv.get_data(True).splitlines()
     assert rows[0] == "date,visits,bots" and len(rows) == 8 and rows[-1] == f"{today},7,2"
     assert client.get("/admin/links/acme.link/nope").status_code == 404
+
+
+def signed_in_client(services: Services) -> FlaskClient:
+    app = create_app(services)
+    provided(app, Admin).users.create("alice", PASSWORD)
+    client = app.test_client()
+    login(client)
+    return client
+
+
+def failing_figure(page: str) -> int:
+    found = re.search(r"<b>(\d+)</b> failing", page)
+    assert found is not None
+    return int(found.group(1))
+
+
+def test_a_domain_counts_as_failing_only_after_the_grace(services_with: ServicesWith,
+                                                         clock: FakeClock) -> None:
+    """Issue 28: a domain connected 20 s ago, whose first DNS check failed as expected (the
+    publisher has not created its records yet), is not "failing" on the overview."""
+    services = services_with(admin_cookie_secure=False, clock=clock)
+    client = signed_in_client(services)
+    domain, _ = services.domains.connect("fresh.example.test", "pub_1")
+    services.domains.defer(domain, [{"code": "txt_missing", "message": "no TXT record yet"}])
+    clock.advance(20)
+    page = client.get("/admin/").get_data(True)
+    assert failing_figure(page) == 0 and "fresh.example.test" not in page
+    clock.advance(FAILING_GRACE)  # past the grace (and the figures' 30 s cache)
+    page = client.get("/admin/").get_data(True)
+    assert failing_figure(page) == 1
+    assert re.search(r'class="host">fresh\.example\.test</span></a></td>\s*<td>Waiting for DNS'
+                     r"</td>", page), "listed among the failing, in plain words"
+
+
+def test_plain_words_and_plurals(app: Flask, services: Services) -> None:
+    services.domains.connect("words.example.test", "pub_1")
+    services.links.create("acme.link", "https://example.com/a", "pub_1", slug="one")
+    client = app.test_client()
+    login(client)
+    overview = client.get("/admin/").get_data(True)
+    assert "<b>1</b> Waiting for DNS" in overview and ">pending_dns<" not in overview
+    assert "<p>1 link, 0 disabled, 0 visits counted.</p>" in overview
+    listed = client.get("/admin/domains").get_data(True)
+    assert '<option value="pending_dns" >Waiting for DNS</option>' in listed
+    assert '<td class="status-pending_dns">Waiting for DNS</td>' in listed
+    page = client.get("/admin/domains/words.example.test").get_data(True)
+    assert '<dd id="status" class="status-pending_dns">Waiting for DNS</dd>' in page
+
+
+def test_each_error_is_shown_once_on_the_domain_page(app: Flask, services: Services) -> None:
+    domain, _ = services.domains.connect("errors.example.test", "pub_1")
+    missing = "No TXT record at _edge-challenge.errors.example.test: create the one above"
+    stray = "A stray AAAA record sends visitors elsewhere: remove it"
+    services.domains.defer(domain, [
+        {"code": "txt_missing", "message": missing},
+        {"code": "stray_aaaa", "message": stray,
+         "record": {"type": "AAAA", "name": "errors.example.test", "value": "2001:db8::1"}}],
+        dns_seen={"127.0.0.1": {"TXT _edge-challenge.errors.example.test": []}})
+    client = app.test_client()
+    login(client)
+    page = client.get("/admin/domains/errors.example.test").get_data(True)
+    before_timeline = page.split("<h2>Timeline</h2>")[0]  # the timeline is the history
+    assert before_timeline.count(missing) == 1 and before_timeline.count(stray) == 1
+    assert "its DNS check (problems below)" in page
+    # A failure elsewhere (an issuance) is the latest error itself.
+    services.domains.defer(services.domains.get("errors.example.test"),
+                           [{"code": "issue_failed", "message": "the CA said no"}])
+    page = client.get("/admin/domains/errors.example.test").get_data(True)
+    assert page.split("<h2>Timeline</h2>")[0].count("the CA said no") == 1
+
+
+def test_the_expiry_chart_shows_certificates_beyond_eleven_weeks(app: Flask,
+                                                                  services: Services) -> None:
+    """A fresh 90-day certificate expires in week 12, a one-year one later: both are charted."""
+    for hostname, days in (("ninety.example.test", 88), ("year.example.test", 365)):
+        services.domains.connect(hostname, "pub_1")
+        chain, key = _self_signed(hostname, days)
+        services.certificates.save([hostname], chain, key)
+    client = app.test_client()
+    login(client)
+    chart = client.get("/admin/").get_data(True)
+    assert "<title>+12w: 1 later</title>" in chart
+    assert "<title>later: 1 later</title>" in chart
+
+
+def test_a_wrong_password_keeps_the_username(app: Flask) -> None:
+    answer = login(app.test_client(), "alice", "not the password")
+    page = answer.get_data(True)  # type: ignore[attr-defined]
+    assert answer.status_code == 401  # type: ignore[attr-defined]
+    assert 'name="username" autocomplete="username" required value="alice"' in page
+    assert "not the password" not in page
+
+
+def _luminance(colour: str) -> float:
+    channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def test_muted_text_has_enough_contrast(app: Flask) -> None:
+    css = app.test_client().get("/admin/static/admin.css").get_data(True)
+    muted = re.search(r"\.muted \{ color: (#[0-9a-f]{6}); \}", css)
+    backgrounds = re.findall(r"background: (#[0-9a-f]{6})", css)
+    assert muted is not None and backgrounds
+    for background in backgrounds:  # the page's and every card's and table's
+        light, dark = sorted((_luminance(muted.group(1)), _luminance(background)), reverse=True)
+        assert (light + 0.05) / (dark + 0.05) >= 4.5 or background == "#1f2d3d", background
+
+
+def test_the_removal_prompt_of_a_domain_that_never_went_live(app: Flask,
+                                                               services: Services) -> None:
+    services.domains.connect("never.example.test", "pub_1")
+    services.domains.connect("served.example.test", "pub_1")
+    chain, key = _self_signed("served.example.test")
+    services.certificates.save(["served.example.test"], chain, key)
+    client = app.test_client()
+    login(client)
+    never = client.get("/admin/domains/never.example.test/remove").get_data(True)
+    assert "never went live" in never and "certificate" not in never.split("<h1>")[1]
+    served = client.get("/admin/domains/served.example.test/remove").get_data(True)
+    assert "its certificate is discarded" in served and "never went live" not in served

@@ -137,7 +137,7 @@ def _replica_env(tmp_path: Path, port: int, worker_id: str) -> dict[str, str]:
             "EDGE_LISTEN_PORT": str(port), "EDGE_WORKER_ID": worker_id,
             "EDGE_DNS_SERVERS": "127.0.0.1", "EDGE_DNS_PORT": str(free_port()),
             "EDGE_DNS_TIMEOUT": "0.2", "EDGE_WORKER_INTERVAL": "0.5",
-            "EDGE_DRAIN_SECONDS": "1.5", "EDGE_SHUTDOWN_SECONDS": "10",
+            "EDGE_DRAIN_SECONDS": "1.5", "EDGE_SHUTDOWN_SECONDS": "1",
             "EDGE_MAX_PENDING_DOMAINS": "0"}
 
 
@@ -169,10 +169,10 @@ def test_a_stop_drains_finishes_requests_in_flight_and_hands_back_leases(
         edge = {"Authorization": f"Bearer {EDGE_TOKEN}"}
         version = requests.get(f"{url}/api/v1/edge/state", headers=edge,
                                timeout=10).json()["version"]
-        in_flight: list[int] = []
-        poll = threading.Thread(target=lambda: in_flight.append(requests.get(
+        in_flight: list[tuple[int, float]] = []
+        poll = threading.Thread(target=lambda: in_flight.append((requests.get(
             f"{url}/api/v1/edge/state", headers=edge, timeout=30,
-            params={"have": version, "wait": 4}).status_code))
+            params={"have": version, "wait": 25}).status_code, time.monotonic())))
         poll.start()
         time.sleep(0.5)  # the long poll now waits on the server
         stopped = time.monotonic()
@@ -182,10 +182,17 @@ def test_a_stop_drains_finishes_requests_in_flight_and_hands_back_leases(
         assert (health.status_code, health.json()) == (503, {"status": "draining"})
         assert requests.get(f"{url}/api/v1/domains/blog.example.com", headers=api,
                             timeout=5).ok, "still serving while draining"
-        assert replica.popen.wait(30) == 0, replica.tail()
         poll.join(10)
-        assert in_flight == [304], "the request in flight was answered, not cut"
-        assert time.monotonic() - stopped < 15
+        assert in_flight and in_flight[0][0] == 304, "the long poll in flight was answered"
+        assert in_flight[0][1] - stopped < 0.5, "when the drain began, not after 25 s"
+        refused = requests.get(f"{url}/api/v1/edge/state", headers=edge, timeout=5,
+                               params={"have": version, "wait": 25})
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert "stopping" in refused.json()["error"]
+        assert requests.get(f"{url}/api/v1/edge/state", headers=edge, timeout=5,
+                            params={"have": version}).status_code == 304, "no wait: served"
+        assert replica.popen.wait(30) == 0, replica.tail()
+        assert time.monotonic() - stopped < 1.5 + 1 + 0.3, "within drain + shutdown"
     finally:
         replica.stop()
     settings = load_settings(env=_replica_env(tmp_path, port, "w1"))

@@ -9,6 +9,7 @@ from flask.testing import FlaskClient
 
 from control.wiring import Services
 from devtools.pebble import PebbleStack
+from publisher.api import UpdateDomain
 from tests.conftest import Activate, ServicesWith, on_pebble
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
@@ -97,6 +98,31 @@ def test_redirect_loops_chains_and_foreign_or_inactive_targets_are_refused(
     assert bad_code.status_code == 400 and bad_code.get_json()["field"] == "redirect_status_code"
     bad_host = connect(client, "e.example.test", redirect_to="https://evil.test/")
     assert bad_host.status_code == 400 and bad_host.get_json()["field"] == "redirect_to"
+
+
+def test_null_clears_every_patch_field_to_its_default(services: Services, client: FlaskClient,
+                                                      active: Callable[..., None]) -> None:
+    """README: in a PATCH, a field left out stays and ``null`` clears it (to its default)."""
+    active(services, client, "home.example.test")
+    assert connect(client, "away.example.test").status_code == 201
+    full = {"redirect_to": "home.example.test", "redirect_status_code": 301,
+            "origin_pool": "canary", "metadata": {"plan": "pro"}}
+    assert set(full) == set(UpdateDomain.model_fields)  # every PATCH field is covered below
+    cleared_to = {"redirect_to": {"redirect_to": None, "redirect_status_code": None},
+                  "redirect_status_code": {"redirect_status_code": 308},
+                  "origin_pool": {"origin_pool": None}, "metadata": {"metadata": {}}}
+    for field, expected in cleared_to.items():
+        set_up = patch(client, "away.example.test", **full)
+        assert set_up.status_code == 200, set_up.get_json()
+        assert {name: set_up.get_json()[name] for name in full} == full
+        cleared = patch(client, "away.example.test", **{field: None})
+        assert cleared.status_code == 200, cleared.get_json()
+        assert {name: cleared.get_json()[name] for name in full} == {**full, **expected}, field
+        shown = client.get("/api/v1/domains/away.example.test", headers=AUTH).get_json()
+        assert {name: shown[name] for name in full} == {**full, **expected}, field
+    left_out = patch(client, "away.example.test", **full).get_json()
+    assert {name: patch(client, "away.example.test").get_json()[name] for name in full} == \
+        {name: left_out[name] for name in full}  # nothing sent: nothing changes
 
 
 def test_origin_pools_and_metadata(services: Services, client: FlaskClient) -> None:

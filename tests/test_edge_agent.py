@@ -12,6 +12,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from control.wiring import Services
+from admin_app import create_app
 from devtools.probe import https_get
 from devtools.sample_app import SampleApp
 from edge.agent import EdgeAgent
@@ -23,9 +24,17 @@ from edge.state import DesiredState, Route
 from kit.procs import free_port
 from kit.settings import Settings
 from kit.x509 import self_signed
-from tests.conftest import serving
+from tests.conftest import ServicesWith, serving
 
 API = {"Authorization": "Bearer test-token-0123456789"}
+
+
+@pytest.fixture
+def control(any_backend: Settings, services_with: ServicesWith) -> Iterator[tuple[Services, str]]:
+    """The control app over HTTP on each backend, the nemesis' weather among them."""
+    services = services_with(base=any_backend)
+    with serving(create_app(services)) as url:
+        yield services, url
 
 
 @pytest.fixture

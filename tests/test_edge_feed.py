@@ -3,9 +3,10 @@ routes, a snapshot after compaction) and long polls woken by a change here or on
 control replica."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import requests
@@ -21,9 +22,39 @@ from kit.procs import free_port
 from kit.settings import Settings
 from kit.vault import KeyVault
 from kit.x509 import self_signed
+from admin_app import create_app
+from edge import feed_log
+from edge.state_feed import FeedLagging
 from store import Backend
+from tests.conftest import ServicesWith, serving
+from tests.dynamo_nemesis import Nemesis
 
 EDGE = {"Authorization": "Bearer edge-token-0123456789"}
+
+
+@pytest.fixture
+def control(any_backend: Settings, services_with: ServicesWith) -> Iterator[tuple[Services, str]]:
+    """The control app over HTTP on each backend: the feed is an index query, which dynalite
+    answers at once and the nemesis answers as DynamoDB does."""
+    services = services_with(base=any_backend)
+    with serving(create_app(services)) as url:
+        yield services, url
+
+
+@pytest.fixture
+def lagging(dynamo_nemesis: Nemesis, nemesis: str, settings: Settings,
+            services_with: ServicesWith) -> Iterator[tuple[Services, str, Nemesis]]:
+    """The control app on DynamoDB whose indexes show a write only 300 ms after it."""
+    services = services_with(base=dataclasses.replace(
+        settings, storage_backend="dynamodb", dynamodb_endpoint_url=nemesis,
+        dynamodb_table_prefix=f"lag{free_port()}_"))
+    dynamo_nemesis.lag = 0.3
+    with serving(create_app(services)) as url:
+        yield services, url, dynamo_nemesis
+
+
+def link(n: int, target: str) -> Redirect:
+    return Redirect("s.example.test", f"l{n}", 302, target)
 
 
 def route(services: Services, hostname: str, publication: str | None) -> None:
@@ -155,7 +186,7 @@ def _long_poll(url: str, have: str, out: list[requests.Response]) -> threading.T
 
 
 def test_a_long_poll_wakes_on_a_change_here_and_on_another_replica(
-        control: tuple[Services, str], settings: Settings) -> None:
+        control: tuple[Services, str], any_backend: Settings) -> None:
     services, url = control
     route(services, "a.example.test", "pub_1")
     first = services.edge_state.current_version()
@@ -170,7 +201,7 @@ def test_a_long_poll_wakes_on_a_change_here_and_on_another_replica(
     second = out[0].json()["version"]
     assert second != first
 
-    other = Services.from_settings(settings)  # a second replica on the same store
+    other = Services.from_settings(any_backend)  # a second replica on the same store
     try:
         waiting = _long_poll(url, second, out)
         waiting.join(0.5)
@@ -211,3 +242,72 @@ def test_the_clock_given_dates_commits_and_reports(backend: Backend) -> None:
     now[0] += 30
     [node] = edge.list_nodes()
     assert (node["last_seen_seconds"], node["lag_seconds"], node["in_sync"]) == (30, 30, False)
+
+
+def test_a_lagging_index_delays_a_delta_and_never_loses_a_change(
+        lagging: tuple[Services, str, Nemesis], tmp_path: Path) -> None:
+    services, url, nemesis = lagging
+    node = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
+    agent = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
+    try:
+        route(services, "h0.example.test", "pub_0")
+        assert agent.sync() and agent.snapshots == 1
+        links: dict[str, str] = {}
+        for n in range(12):
+            # Every change is read through the index right after it is written: the
+            # nemesis hides it for 300 ms, the feed reads again until the log's count is met.
+            value = None if n % 4 == 3 else f"https://t.example/{n}"
+            key = link(n % 5, "x").key
+            services.edge_state.change({}, redirects={key: link(n % 5, value)
+                                                      if value else None})
+            links = {k: v for k, v in {**links, key: value}.items() if v}
+            if n % 3 == 0:
+                route(services, f"h{n}.example.test", f"pub_{n}")
+            assert agent.sync()
+            assert {k: v.split("|")[-1] for k, v in node.existing_redirects().items()} == links
+            assert node.applied_version == services.edge_state.current_version()
+        assert agent.snapshots == 1, "every change came in a delta: no snapshot to recover"
+        assert nemesis.hidden > 0, "the index did lag"
+    finally:
+        node.stop()
+
+
+def test_an_index_lagging_longer_answers_not_yet_then_the_missing_range(
+        lagging: tuple[Services, str, Nemesis], tmp_path: Path) -> None:
+    services, url, nemesis = lagging
+    node = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
+    agent = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
+    try:
+        route(services, "h0.example.test", "pub_0")
+        assert agent.sync()
+        nemesis.lag = 30.0
+        services.edge_state.change({}, redirects={link(1, "x").key: link(1, "https://t/1")})
+        since = agent._revision
+        assert since is not None
+        with pytest.raises(FeedLagging):
+            services.edge_state.changes_since(since)
+        assert state(url, since=since).status_code == 503  # "not yet", never a short delta
+        with pytest.raises(requests.HTTPError):
+            agent.sync()
+        nemesis.lag = 0.3  # the index catches up
+        assert agent.sync() and agent.snapshots == 1, "the missing range, not a snapshot"
+        assert list(node.existing_redirects()) == [link(1, "x").key]
+    finally:
+        node.stop()
+
+
+def test_a_version_item_of_the_release_before_is_read_as_that_release_read_it(
+        control: tuple[Services, str]) -> None:
+    services, url = control
+    route(services, "h0.example.test", "pub_0")
+    meta = services.edge_state.meta()
+    assert meta is not None and meta[feed_log.COUNTS] == [1]
+    old = {k: v for k, v in meta.items() if k not in (feed_log.FROM, feed_log.COUNTS)}
+    services.edge_state.state.put(old, expected_version=meta["version"])
+    assert state(url, since=0).json()["changes"][0]["hostname"] == "h0.example.test"
+    route(services, "h1.example.test", "pub_1")  # the next commit starts a log
+    after = services.edge_state.meta()
+    assert after is not None and after[feed_log.FROM] == after["revision"]
+    assert [c["hostname"] for c in state(url, since=meta["revision"]).json()["changes"]] == [
+        "h1.example.test"]
+    assert "delta" not in state(url, since=0).json(), "older than the log: a snapshot"

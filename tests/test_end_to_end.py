@@ -262,15 +262,32 @@ def test_the_demo_runs_writes_demo_json_and_stops_cleanly(tmp_path: Path) -> Non
         assert manifest["edge_token"] != manifest["api_token"]
         assert 0 < manifest["edge_http_port"] < 65536
     finally:
+        stopped = time.monotonic()
         demo.popen.send_signal(signal.SIGINT)  # Ctrl-C
         assert demo.popen.wait(60) == 0, demo.tail(40)
+        took = time.monotonic() - stopped
         demo.stop()
+    assert took < 2.0, f"the demo took {took:.1f} s to stop"
+    assert _running_in(tmp_path) == [], "every process of the demo stopped, HAProxy too"
     output = (tmp_path / "demo-output.log").read_text()
     assert "curl --resolve blog.example.test:" in output
     assert "'publication_id': 'pub_1'" in output
     assert "https://platform.example.test:" in output  # served, with its certificate
     assert "Admin dashboard: https://127.0.0.1:" in output and "(user admin, password " in output
     assert "demo: stopping" in output
+
+
+def _running_in(directory: Path) -> list[str]:
+    """The command lines of the processes that name ``directory`` (the demo's files)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if str(directory) in argv and entry.isdigit() and int(entry) != os.getpid():
+            found.append(argv)
+    return found
 
 
 def _link_stats_show_on_the_dashboard(manifest: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from dnsops.dnscheck import DnsChecker, Problem
 from domains.service import PENDING_DNS, VERIFIED
 from kit.procs import free_port
 from kit.settings import Settings
+from store import Item
 from tests.conftest import FakeClock, ServicesWith, on_pebble, serving
 
 
@@ -196,19 +197,25 @@ def test_issuance_survives_bad_nonces_and_keeps_keys_encrypted(
     assert b"BEGIN CERTIFICATE" in raw
 
 
+def _verified_then_active(services: Services, pebble: PebbleStack, hostname: str) -> Item:
+    """Verified through its DNS, then active with a stored certificate (the issuance itself is
+    another test's), due for a recheck at once."""
+    domain, _ = services.domains.connect(hostname, "pub_1")
+    pebble.set_cname(hostname, "edge.platform.test")
+    pebble.set_txt(f"_edge-challenge.{hostname}", domain["token"])
+    services.lifecycle.verify(domain)
+    services.certificates.save([hostname], *_cert_and_key(hostname))
+    return services.domains.transition(services.domains.get(hostname), "active",
+                                       "certificate issued", next_attempt_at=0)
+
+
 def test_active_domain_whose_dns_moves_away_is_suspended_after_grace_then_resumes(
         dns_settings: Settings, pebble: PebbleStack, clock: FakeClock) -> None:
     services = Services.from_settings(dataclasses.replace(
         dns_settings, recheck_seconds=0.05, suspend_grace_seconds=3600), clock=clock)
     try:
         hostname = "moving.example.test"
-        domain, _ = services.domains.connect(hostname, "pub_1")
-        pebble.set_cname(hostname, "edge.platform.test")
-        pebble.set_txt(f"_edge-challenge.{hostname}", domain["token"])
-        services.lifecycle.verify(domain)
-        services.certificates.save([hostname], *_cert_and_key(hostname))
-        active = services.domains.transition(services.domains.get(hostname), "active",
-                                             "certificate issued", next_attempt_at=0)
+        active = _verified_then_active(services, pebble, hostname)
         services.lifecycle.publish_routes()
         assert routes(services) == [hostname]
 
@@ -241,13 +248,7 @@ def test_an_item_of_the_previous_release_keeps_its_grace_period(
         dns_settings, recheck_seconds=0.05, suspend_grace_seconds=3600), clock=clock)
     try:
         hostname = "older.example.test"
-        domain, _ = services.domains.connect(hostname, "pub_1")
-        pebble.set_cname(hostname, "edge.platform.test")
-        pebble.set_txt(f"_edge-challenge.{hostname}", domain["token"])
-        services.lifecycle.verify(domain)
-        services.certificates.save([hostname], *_cert_and_key(hostname))
-        active = services.domains.transition(services.domains.get(hostname), "active",
-                                             "certificate issued", next_attempt_at=0)
+        active = _verified_then_active(services, pebble, hostname)
         older = services.domains.table.put({**active, "failing_since": clock.now - 3000},
                                            expected_version=active["version"])
         services.lifecycle.publish_routes()

@@ -7,8 +7,8 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -253,3 +253,59 @@ def test_cheroot_handshake_noise_is_a_debug_log_line(tmp_path: Path) -> None:
     noise = [line for line in parsed if "Client" in str(line["event"])]
     assert noise and all(line["logger"] == "cheroot" and line["level"] == "DEBUG"
                          for line in noise)
+
+
+def test_haproxys_tls_health_checks_log_nothing_above_debug(tmp_path: Path) -> None:
+    """HAProxy's TLS health checks of /healthz (every 2 s at the edge) close the connection
+    once they have the status, without a TLS close_notify: cheroot's "socket.error 8" WARNING,
+    with an SSLEOFError traceback, about every other check. It is noise: a DEBUG line."""
+    ca, cert, key = local_ca_and_server(["127.0.0.1"])
+    for name, pem in (("ca", ca), ("cert", cert), ("key", key)):
+        (tmp_path / f"{name}.pem").write_text(pem)
+    process, port = _serve(tmp_path, {"EDGE_LOG_FORMAT": "json", "EDGE_LOG_LEVEL": "debug",
+                                      "EDGE_CONTROL_TLS_CERT": str(tmp_path / "cert.pem"),
+                                      "EDGE_CONTROL_TLS_KEY": str(tmp_path / "key.pem")},
+                           "checked")
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(f"""global
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 1s
+    timeout server 1s
+backend control
+    option httpchk
+    http-check send meth GET uri /healthz
+    server c 127.0.0.1:{port} check inter 100ms ssl verify required ca-file {tmp_path}/ca.pem
+frontend f
+    bind 127.0.0.1:{free_port()}
+    default_backend control
+""")
+    checker = ManagedProcess("haproxy", ["haproxy", "-db", "-f", str(config)],
+                             tmp_path / "haproxy.log")
+    try:
+        deadline = time.monotonic() + 20
+        while (tmp_path / "checked.log").read_text().count("GET /healthz 200") < 20:
+            assert time.monotonic() < deadline, process.tail()
+            time.sleep(0.1)
+        time.sleep(0.3)  # the last check's hang-up logged too
+    finally:
+        checker.stop()
+        process.stop()
+    parsed = [json.loads(line) for line in (tmp_path / "checked.log").read_text().splitlines()]
+    assert not [line for line in parsed if line["level"] not in ("DEBUG", "INFO")], parsed
+    hangups = [line for line in parsed if line["logger"] == "cheroot"]
+    assert all(line["level"] == "DEBUG" and "exc_info" not in line for line in hangups)
+    print(f"{len(hangups)} hang-ups in 20 checks, at DEBUG")
+
+
+def test_where_boto3_found_its_credentials_is_not_logged_at_info() -> None:
+    out = io.StringIO()
+    logs.configure("text", "INFO", out)
+    try:
+        logging.getLogger("botocore.credentials").info("Found credentials in environment variables.")
+        logging.getLogger("botocore.credentials").warning("credentials expire soon")
+        assert "Found credentials" not in out.getvalue()
+        assert "credentials expire soon" in out.getvalue()
+    finally:
+        logs.configure("text", "INFO")

@@ -65,9 +65,9 @@ def test_a_pair_is_connected_shown_and_removed_as_one(site: tuple[Services, str]
     assert "www.duo.test" in rows[0].inner_text() and "duo.test (redirects here)" in \
         rows[0].inner_text()
 
-    # A name that is not an apex or its www connects alone, whatever the choice.
+    # A name that is not an apex or its www connects alone: the choice is not even asked.
     page.fill("#hostname", "blog.duo2.test")
-    page.check("input[name=with_www][value=serve]")
+    assert not page.is_visible("#with-www")
     page.click("button:has-text('Connect')")
     page.wait_for_url(f"{base}/_edge/settings/domains/blog.duo2.test")
     assert page.query_selector("#pair") is None

@@ -68,13 +68,22 @@ def test_idn_is_stored_as_a_label(client: FlaskClient) -> None:
         "xn--bcher-kva.example.test"
 
 
+@pytest.mark.parametrize("typed", ["https://Blog.Example.test/path?x", " blog.example.test. ",
+                                   "blog.example.test\u3002", "blog.example.test\uff0e"])
+def test_a_pasted_url_or_a_trailing_full_stop_connects_the_hostname(client: FlaskClient,
+                                                                    typed: str) -> None:
+    response = connect(client, typed)
+    assert response.status_code in (200, 201), response.get_json()
+    assert response.get_json()["hostname"] == "blog.example.test"
+
+
 @pytest.mark.parametrize("hostname,reason", [
     ("127.0.0.1", "IP address"), ("[::1]", "IP address"), ("2001:db8::1", "IP address"),
-    ("bad_label.example.test", "not a valid hostname"), ("-lead.example.test", "hyphen"),
-    ("a..example.test", "not a valid hostname"), ("x" * 64 + ".example.test", "not a valid"),
+    ("bad_label.example.test", "'_' is not allowed"), ("-lead.example.test", "hyphen"),
+    ("a..example.test", "empty label"), ("x" * 64 + ".example.test", "at most 63"),
     (".".join(["abcdefghi"] * 26) + ".test", "too long"), ("co.uk", "public suffix"),
     ("github.io", "public suffix"), ("localhost", "two labels"), ("", "required"),
-    (None, "required"), (42, "required"), ("https://blog.example.test/", "not a URL"),
+    (None, "required"), (42, "required"), ("https:///blog", "no hostname"),
     ("platform.test", "platform"), ("www.platform.test", "platform"),
     ("*.example.test", "wildcard"), ("example.123", "numeric")])
 def test_bad_hostnames_are_400_with_a_reason(client: FlaskClient, hostname: Any,

@@ -60,7 +60,7 @@ def test_a_publisher_connects_a_domain_and_sees_it_go_live(stack: LocalStack, br
     page.on("framenavigated", lambda frame: navigations.append(frame.url))
     stack.create_records(records)  # what the publisher does at their DNS host
     page.wait_for_selector("#status.status-active", timeout=60_000)
-    assert page.inner_text("#status") == "active"
+    assert page.inner_text("#status") == "Live"
     assert navigations == []  # followed live, without a reload
     assert page.is_visible("#active-note") and page.inner_text("#cert-expiry")
     page.screenshot(path=str(tmp_path / "active.png"), full_page=True)

@@ -44,6 +44,11 @@ def signed_in(user: str = "alice", publications: tuple[str, ...] = ("pub_1",)) -
     return {"Cookie": f"platform_session={token}"}
 
 
+def text_of(html: str) -> str:
+    """The page's text as a reader sees it: no tags, spaces collapsed."""
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split()).replace(" ?", "?").replace(" .", ".")
+
+
 def get(client: FlaskClient, path: str, **headers: str):  # type: ignore[no-untyped-def]
     return client.get(f"{PLATFORM}/_edge/settings{path}", headers=headers or signed_in())
 
@@ -131,7 +136,7 @@ def test_check_now_and_remove_with_confirmation(client: FlaskClient, services: S
                    **{**signed_in(), "Accept": "application/json"})
     assert checked.status_code == 200 and checked.get_json()["validation_errors"]
     confirm = get(client, "/domains/mine.example.test/remove")
-    assert confirm.status_code == 200 and "Remove mine.example.test?" in confirm.text
+    assert confirm.status_code == 200 and "Remove mine.example.test?" in text_of(confirm.text)
     assert services.domains.get("mine.example.test")  # asking is not removing
     removed = post(client, "/domains/mine.example.test/remove", {})
     assert removed.status_code == 303
@@ -164,3 +169,110 @@ def test_a_pre_validated_domain_says_its_certificate_is_ready(client: FlaskClien
     assert 'class="status status-awaiting_traffic"' in page
     assert get(client, "/domains/moving.example.test/status").json["status"] == \
         "awaiting_traffic"
+
+
+def test_a_live_domain_card_folds_its_set_up_away(client: FlaskClient,
+                                                  services: Services) -> None:
+    """One status model: the card, the notes, the errors and the set-up all follow the status
+    (the script redraws them from /status, whose JSON carries all of it)."""
+    domain, _ = services.domains.connect("card.example.test", "pub_1")
+    services.lifecycle.check_now("card.example.test")  # fails: nothing answers DNS here
+    waiting = get(client, "/domains/card.example.test").text
+    assert 'class="card state-waiting"' in waiting and "Waiting for DNS" in waiting
+    assert '<details id="setup" open>' in waiting and "not configured yet" in waiting
+    status = get(client, "/domains/card.example.test/status").get_json()
+    assert (status["state"], status["status_text"]) == ("waiting", "Waiting for DNS")
+    assert status["report"]["misconfigured"] and status["checked_at"]
+
+    services.domains.transition(services.domains.get("card.example.test"), "active", "test",
+                                validation_errors=[], last_error=None)
+    live = get(client, "/domains/card.example.test").text
+    assert 'class="card state-live"' in live and '<span id="status" class="status ' \
+        'status-active">Live</span>' in live
+    assert '<details id="setup" >' in live, "folded away"
+    assert "DNS set-up (done: nothing more to do)" in live
+    assert re.search(r'<p id="active-note"\s*>', live) and '<ul id="errors" class="errors" ' \
+        'hidden>' in live
+    assert get(client, "/domains/card.example.test/status").get_json()["state"] == "live"
+
+
+def test_times_are_relative_with_the_exact_time_on_hover(client: FlaskClient,
+                                                         services: Services) -> None:
+    services.domains.connect("when.example.test", "pub_1")
+    services.lifecycle.check_now("when.example.test")
+    page = get(client, "/domains/when.example.test").text
+    checked = re.search(r'<time id="checked-at" datetime="([^"]+)" title="([^"]+)" '
+                        r'data-relative>([^<]+)</time>', page)
+    assert checked is not None, "the last check is a <time> with the exact time on hover"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", checked.group(1))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", checked.group(2))
+    assert checked.group(3) in ("just now", "5 s ago", "6 s ago")
+    assert re.search(r'<time id="next-check-at" datetime="[^"]+" title="[^"]+" '
+                     r'data-relative>in (a moment|\d+ s)</time>', page)
+    shown = re.sub(r'<time [^>]*>[^<]*</time>', "", page)
+    assert not re.search(r"\d\d:\d\d:\d\d", re.sub(r"<[^>]+>", "", shown)), \
+        "every time on the page is one <time> element, in one format"
+
+
+def test_check_now_without_a_script_says_it_checked(client: FlaskClient,
+                                                    services: Services) -> None:
+    services.domains.connect("check.example.test", "pub_1")
+    answer = post(client, "/domains/check.example.test/check", {})
+    assert answer.status_code == 303 and answer.headers["Location"].endswith("?checked=1")
+    page = get(client, "/domains/check.example.test?checked=1").text
+    assert '<span id="check-result" role="status">Checked just now.</span>' in page
+    checked = post(client, "/domains/check.example.test/check", {},
+                   **{**signed_in(), "Accept": "application/json"}).get_json()
+    assert checked["check_ok"] is False and checked["report"]["misconfigured"]
+
+
+def test_the_www_choice_is_asked_only_for_an_apex_or_a_www_name(client: FlaskClient) -> None:
+    def fieldset(page: str) -> str:
+        found = re.search(r'<fieldset id="with-www"([^>]*)>', page)
+        assert found is not None
+        return found.group(1)
+
+    assert "hidden" not in fieldset(get(client, "/domains").text)  # no script: asked
+    sub = post(client, "/domains", {"hostname": "blog.example.test", "publication": "pub_x"})
+    assert sub.status_code == 400 and "hidden disabled" in fieldset(sub.text)
+    apex = post(client, "/domains", {"hostname": "example.test", "publication": "pub_x"})
+    assert apex.status_code == 400 and "hidden" not in fieldset(apex.text)
+    www = post(client, "/domains", {"hostname": "www.example.test", "publication": "pub_x"})
+    assert "hidden" not in fieldset(www.text)
+    css = get(client, "/static/publisher.css").text
+    assert "input, select {" not in css, "min-width no longer hits the radio buttons"
+    assert "input:not([type=radio])" in css
+
+
+def test_a_pasted_url_connects_its_hostname_and_unicode_reads_as_typed(
+        client: FlaskClient) -> None:
+    pasted = post(client, "/domains", {"hostname": " https://Pasted.Example.test/path?x ",
+                                       "publication": "pub_1"})
+    assert pasted.status_code == 303
+    assert pasted.headers["Location"].endswith("/domains/pasted.example.test")
+    full_stop = post(client, "/domains", {"hostname": "stop.example.test\u3002",
+                                          "publication": "pub_1"})
+    assert full_stop.headers["Location"].endswith("/domains/stop.example.test")
+    bad = post(client, "/domains", {"hostname": "news_1.example.test", "publication": "pub_1"})
+    assert bad.status_code == 400 and "Codepoint" not in bad.text
+    assert "&#39;_&#39; is not allowed in a hostname" in bad.text
+    unicode = post(client, "/domains", {"hostname": "B\u00fccher.example.test",
+                                        "publication": "pub_1"})
+    assert unicode.headers["Location"].endswith("/domains/xn--bcher-kva.example.test")
+    page = get(client, "/domains/xn--bcher-kva.example.test").text
+    assert '<h1><span class="host">b\u00fccher.example.test</span> <span class="host ace">' \
+        '(xn--bcher-kva.example.test)</span></h1>' in page
+    assert '<span class="host">b\u00fccher.example.test</span>' in get(client, "/domains").text
+
+
+def test_the_removal_prompt_of_a_domain_that_never_went_live(client: FlaskClient,
+                                                               services: Services) -> None:
+    services.domains.connect("never.example.test", "pub_1")
+    never = text_of(get(client, "/domains/never.example.test/remove").text)
+    assert "never went live, so no reader loses anything" in never
+    assert "no longer reach" not in never and "revoked" not in never
+    domain, _ = services.domains.connect("was-live.example.test", "pub_1")
+    services.domains.transition(domain, "active", "test")
+    served = text_of(get(client, "/domains/was-live.example.test/remove").text)
+    assert "Readers will no longer reach your publication at was-live.example.test" in served
+    assert "certificate will be revoked" in served

@@ -3,10 +3,13 @@ ready before use, one edge state whichever replica wrote it, agents that fail ov
 off, and a store outage that is waited out and logged once."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -20,11 +23,12 @@ from werkzeug.wrappers import Request, Response
 
 from admin_app import create_app
 from certs.limits import BUDGETS, HOUR, BudgetExceeded, Limits, RateBudget
+from control.replicas import LoneReplica
 from control.wiring import Services
 from control.worker import run_worker
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
-from kit.procs import ManagedProcess, free_port, start_listening, wait_for_port
+from kit.procs import ManagedProcess, free_port, start_listening, stop_all, wait_for_port
 from kit.settings import Settings
 from store import Backend, StoreError, TableSpec
 from store.dynamo import DynamoBackend
@@ -99,6 +103,30 @@ def test_the_edge_state_does_not_depend_on_which_replica_wrote_it(settings: Sett
         assert second.edge_state.current_version() == version, "no flip-flop"
         assert first.edge_state.meta()["config"]["control_servers"] == [  # type: ignore[index]
             "10.0.0.1:8000", "10.0.0.2:8000"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_replica_without_control_servers_says_so_when_another_publishes(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """Two replicas without ``control_servers`` each publish their own address, and the edge
+    state flips between them every round: the one that sees the other's list warns, once,
+    naming the setting."""
+    first = Services.from_settings(dataclasses.replace(settings, listen_port=8001))
+    second = Services.from_settings(dataclasses.replace(settings, listen_port=8002))
+    try:
+        alone = LoneReplica(second.edge_state, second.settings.edge_control_servers, every=0)
+        second.publisher.refresh()
+        with caplog.at_level(logging.WARNING, logger="control.replicas"):
+            alone.tick()  # its own list: nothing to say
+            first.publisher.refresh()
+            alone.tick()
+            alone.tick()  # said once
+        warnings = [r.getMessage() for r in caplog.records if r.name == "control.replicas"]
+        assert len(warnings) == 1, warnings
+        assert warnings[0].startswith("control_servers (EDGE_CONTROL_SERVERS) is not set")
+        assert "127.0.0.1:8001" in warnings[0] and "127.0.0.1:8002" in warnings[0]
     finally:
         first.close()
         second.close()
@@ -212,25 +240,115 @@ def test_the_api_answers_503_while_the_store_is_away(tmp_path: Path, settings: S
         store.stop()
 
 
-def test_a_stopped_agent_leaves_no_haproxy_behind_even_in_a_long_poll(
+def haproxy_master(edge_dir: Path) -> tuple[int, int]:
+    """The node's HAProxy master: (its PID, how many reloads it has done), from ``show proc``."""
+    line = EdgeNode(edge_dir).haproxy.master_command("show proc").splitlines()[1].split()
+    assert line[1] == "master", line
+    return int(line[0]), int(line[2])
+
+
+def test_a_stopped_agent_leaves_haproxy_serving_and_only_stop_node_stops_it(
         control: tuple[Services, str], tmp_path: Path) -> None:
+    """The agent does not own HAProxy's life: a SIGTERM, even in a long poll, stops the
+    agent at once and HAProxy serves on; the next agent adopts the master without a reload;
+    `edgectl agent stop-node` stops both, leaving no HAProxy behind."""
     services, url = control
     services.publisher.refresh()
     https_port = free_port()
-    agent = ManagedProcess("agent", [sys.executable, "-m", "edgectl", "agent"],
-                           tmp_path / "agent.log", env={
-                               "EDGE_EDGE_TOKEN": services.settings.edge_token,
-                               "EDGE_CONTROL_URL": url, "EDGE_EDGE_WATCH_SECONDS": "25",
-                               "EDGE_EDGE_DIR": str(tmp_path / "edge"),
-                               "EDGE_EDGE_HTTP_PORT": str(free_port()),
-                               "EDGE_EDGE_HTTPS_PORT": str(https_port),
-                               "EDGE_EDGE_STATS_PORT": str(free_port())})
+    env = {"EDGE_EDGE_TOKEN": services.settings.edge_token, "EDGE_CONTROL_URL": url,
+           "EDGE_EDGE_WATCH_SECONDS": "25", "EDGE_EDGE_DIR": str(tmp_path / "edge"),
+           "EDGE_EDGE_HTTP_PORT": str(free_port()), "EDGE_EDGE_HTTPS_PORT": str(https_port),
+           "EDGE_EDGE_STATS_PORT": str(free_port())}
+
+    def start_agent() -> ManagedProcess:
+        return ManagedProcess("agent", [sys.executable, "-m", "edgectl", "agent"],
+                              tmp_path / "agent.log", env=env)
+
+    agent, stop_node = start_agent(), None
     try:
         wait_for_port(https_port, process=agent, timeout=60)  # HAProxy serves
         time.sleep(5.0)  # past its first round: it now waits in a long poll (25 s, no change)
+        master = haproxy_master(tmp_path / "edge")
+        second = subprocess.run([sys.executable, "-m", "edgectl", "agent"], timeout=60,
+                                capture_output=True, text=True, env={**os.environ, **env})
+        assert second.returncode == 1 and second.stderr.strip() == (
+            f"edgectl: another agent (pid {agent.pid}) runs for the node in "
+            f"{tmp_path / 'edge'}"), second.stderr
+        stopped = time.monotonic()
         agent.popen.send_signal(signal.SIGTERM)
         assert agent.popen.wait(10) == 0, agent.tail()
+        assert time.monotonic() - stopped < 2.0, "out of its long poll at once"
+        socket.create_connection(("127.0.0.1", https_port), timeout=2).close()  # serving
+        assert haproxy_master(tmp_path / "edge") == master
+        agent = start_agent()
+        time.sleep(3.0)  # adopted the master, synced, back in a long poll
+        assert agent.poll() is None, agent.tail()
+        assert haproxy_master(tmp_path / "edge") == master, "adopted, and not reloaded"
+        stop_node = subprocess.run([sys.executable, "-m", "edgectl", "agent", "stop-node"],
+                                   timeout=60, capture_output=True, text=True,
+                                   env={**os.environ, **env})
+        assert stop_node.returncode == 0, stop_node.stderr
+        assert stop_node.stdout.strip() == (f"stopped the agent (pid {agent.pid}) and HAProxy "
+                                            f"(pid {master[0]}) of the node in {tmp_path / 'edge'}")
+        assert agent.popen.wait(5) == 0
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", https_port), timeout=2).close()
+        again = subprocess.run([sys.executable, "-m", "edgectl", "agent", "stop-node"],
+                               timeout=60, capture_output=True, text=True,
+                               env={**os.environ, **env})
+        assert again.stdout.strip() == (f"no agent or HAProxy runs for the node in "
+                                        f"{tmp_path / 'edge'}")
     finally:
         agent.stop()
+        if stop_node is None:
+            EdgeNode(tmp_path / "edge").stop()
+
+
+def test_serve_and_shortlinks_stop_on_time_while_the_store_is_down(
+        tmp_path: Path, settings: Settings) -> None:
+    """A store that does not answer holds requests, the worker's round and the last visit
+    flush: none of them holds the stop. Both are gone within their drain time + 2 s of a
+    SIGTERM (the operator's promise; the product's own deadlines are drain + shutdown and
+    1.5 s), with requests in flight on both."""
+    store, port = start_listening(lambda port: ManagedProcess(
+        "dynalite", dynalite_command(port, tmp_path / "db"), tmp_path / "dynalite.log"))
+    control_port, links_port = free_port(), free_port()
+    env = {"EDGE_API_TOKEN": settings.api_token, "EDGE_EDGE_TOKEN": settings.edge_token,
+           "EDGE_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+           "EDGE_DATA_DIR": str(tmp_path / "data"), "EDGE_STORAGE_BACKEND": "dynamodb",
+           "EDGE_DYNAMODB_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "EDGE_LISTEN_PORT": str(control_port), "EDGE_SHORTLINKS_PORT": str(links_port),
+           "EDGE_SHORT_DOMAINS": "go.example.test", "EDGE_DRAIN_SECONDS": "1",
+           "EDGE_SHUTDOWN_SECONDS": "1", "EDGE_WORKER_INTERVAL": "0.2",
+           "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    serve = ManagedProcess("serve", [sys.executable, "-m", "edgectl", "serve"],
+                           tmp_path / "serve.log", env=env)
+    links = ManagedProcess("shortlinks", [sys.executable, "-m", "edgectl", "shortlinks",
+                                          "--workers", "2"], tmp_path / "links.log", env=env)
+    try:
+        wait_for_port(control_port, process=serve, timeout=90)
+        wait_for_port(links_port, process=links, timeout=90)
+        assert requests.get(f"http://127.0.0.1:{links_port}/nope", timeout=30,
+                            headers={"Host": "go.example.test"}).status_code == 404
+        store.stop()
+        api = {"Authorization": f"Bearer {settings.api_token}", "Host": "go.example.test"}
+
+        def ask(url: str) -> None:
+            with contextlib.suppress(requests.RequestException):  # cut at the deadline
+                requests.get(url, timeout=30, headers=api)
+
+        held = [threading.Thread(target=ask, args=(url,), daemon=True)
+                for url in (f"http://127.0.0.1:{control_port}/api/v1/domains/a.example.com",
+                            f"http://127.0.0.1:{links_port}/other")]
+        for request in held:
+            request.start()
+        time.sleep(0.5)  # both wait on the store now
+        signalled = time.monotonic()
+        for process in (serve, links):
+            process.popen.send_signal(signal.SIGTERM)
+        assert links.popen.wait(10) == 0, links.tail()
+        assert time.monotonic() - signalled < 0 + 2, links.tail()  # no drain of its own
+        assert serve.popen.wait(10) == 0, serve.tail()
+        assert time.monotonic() - signalled < 1 + 2, serve.tail()  # EDGE_DRAIN_SECONDS 1
+    finally:
+        stop_all([serve, links, store])

@@ -23,6 +23,7 @@ from cryptography.fernet import Fernet
 
 from devtools.pebble import PebbleStack
 from devtools.sample_app import SampleApp
+from edge.node import EdgeNode
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from tests.conftest import stop_together, wait_until
 from tests.supervised_dynalite import SupervisedDynalite
@@ -113,6 +114,8 @@ class Cluster:
     def stop(self) -> None:
         stop_together(self.agents)
         stop_together(self.replicas)
+        for n in range(len(self.agents)):  # an agent leaves HAProxy serving
+            EdgeNode(self.directory / f"edge{n}").stop()
 
 
 @pytest.fixture

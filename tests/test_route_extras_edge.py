@@ -15,6 +15,7 @@ from devtools.probe import https_get
 from devtools.sample_app import SampleApp
 from edge.agent import SYNC_FILE, EdgeAgent
 from edge.node import EdgeNode
+from edge.protocol import PROTOCOL
 from edge.render import RenderError
 from edge.state import DesiredState, Route, StateDelta, routes_digest
 from kit import route_extras
@@ -179,8 +180,8 @@ def test_extras_survive_a_restart_with_an_unfolded_journal(
                                                              meta={"plan": "free"}))
         delta = _delta(base.version, "1" * 16, apps, moved, canary)
         assert node.apply_delta(delta)
-        (node.directory / SYNC_FILE).write_text(json.dumps({"revision": 7,
-                                                             "version": "1" * 16}))
+        (node.directory / SYNC_FILE).write_text(json.dumps({"revision": 7, "version": "1" * 16,
+                                                             "protocol": PROTOCOL}))
         for pid in [node.haproxy.pid or 0, *node.haproxy.workers()]:  # dies, journal unfolded
             os.kill(pid, signal.SIGKILL)
         assert (restarted.current / "changes.jsonl").exists()

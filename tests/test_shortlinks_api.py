@@ -5,7 +5,6 @@ import dataclasses
 import time
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -106,33 +105,6 @@ def test_edgectl_shortlinks_redirects_and_keeps_its_visit_counts(
     try:
         link = services.links.get("acme.link", "go")
         assert (link["visits"], link["bots"]) == (3, 1)  # a script's request is a bot's
-    finally:
-        services.close()
-
-
-def test_csv_import_reports_bad_lines_and_keeps_the_good(link_settings: Settings,
-                                                         tmp_path: Path) -> None:
-    csv_file = tmp_path / "links.csv"
-    csv_file.write_text("domain,target,owner,slug,code\n"
-                        "acme.link,https://example.com/1,pub_1,one,\n"
-                        "acme.link,javascript:alert(1),pub_1,two,\n"
-                        "acme.link,https://example.com/3,pub_1,one,\n"
-                        "acme.link,https://example.com/4,pub_1,,301\n"
-                        "acme.link,https://example.com/5,pub_1,five,abc\n")
-    env = {**os.environ, "EDGE_API_TOKEN": link_settings.api_token,
-           "EDGE_EDGE_TOKEN": link_settings.edge_token,
-           "EDGE_ENCRYPTION_KEYS": link_settings.encryption_keys[0],
-           "EDGE_DATA_DIR": link_settings.data_dir, "EDGE_SHORT_DOMAINS": "acme.link"}
-    result = subprocess.run([sys.executable, "-m", "edgectl", "links", "import", str(csv_file)],
-                            env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert "created 2 links, 3 rows refused" in result.stdout
-    assert "line 3: target: only http" in result.stdout
-    assert "line 4: acme.link/one is already taken" in result.stdout
-    assert "line 6:" in result.stdout and "5/5" in result.stderr
-    services = Services.from_settings(link_settings)
-    try:
-        assert len(services.links.list_for("pub_1").items) == 2
     finally:
         services.close()
 

@@ -12,7 +12,8 @@ import pytest
 from store import (ABSENT, Backend, ConflictError, RangeIndex, StoreError, Table, TableSpec,
                    every)
 from store.dynamo import DynamoBackend
-from tests.conftest import dynamo_client, opened_backend
+from tests.conftest import dynamo_client, opened_backend, wait_until
+from tests.dynamo_nemesis import Nemesis
 
 DUE = RangeIndex("due", key="status", sort="next_at")
 SPEC = TableSpec("things", key="id", indexes=("owner", "status"), ranges=(DUE,))
@@ -264,5 +265,24 @@ def test_a_server_with_ttl_deletes_expired_items_itself(moto_server: str) -> Non
         assert ttl["TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED"
         before = backend.requests
         assert table.purge_expired() == 0 and backend.requests == before
+    finally:
+        backend.close()
+
+
+def test_on_dynamodb_an_index_lags_its_table_and_a_hot_key_shows(
+        dynamo_nemesis: Nemesis, nemesis: str) -> None:
+    """What the design tolerates (docs/dynamodb.md): a single item is read consistently at
+    once, an index shows the write later; and the writes under one index key are counted."""
+    backend = DynamoBackend(dynamo_client(nemesis), prefix=f"t{uuid.uuid4().hex[:8]}_")
+    try:
+        table = backend.table(SPEC)
+        dynamo_nemesis.lag = 0.5
+        for n in range(20):
+            table.put({"id": f"i{n}", "owner": "o1", "status": f"s{n % 10}"})
+        assert table.get("i19") is not None, "a consistent read of the item sees it"
+        assert table.query("owner", "o1").items == [], "the index does not yet"
+        wait_until(lambda: len(table.query("owner", "o1").items) == 20, 5, "the index")
+        hot = dynamo_nemesis.hot_keys(table.name)
+        assert hot[0][0] == (table.name, "owner", "o1") and hot[0][1] >= 20
     finally:
         backend.close()

@@ -1,0 +1,144 @@
+"""`edgectl backup FILE` and `edgectl restore FILE`: every table of the product, as stored
+(private keys stay encrypted: neither command needs or reads the encryption keys). The file
+format and what is consistent: ``store/backup.py``, ``store/backup_stores.py`` and
+docs/backup.md."""
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from admin.accounts import ADMIN_LOGIN_FAILURES, ADMIN_SESSIONS, ADMIN_USERS
+from admin.audit import ADMIN_AUDIT
+from certs.account import ACCOUNTS
+from certs.challenges import CHALLENGES
+from certs.limits import BUDGETS
+from certs.orders import ORDERS
+from certs.stats import ISSUANCE_STATS
+from certs.store import CERTIFICATES
+from certs.uploads import UPLOADS
+from control.migrations import META
+from domains.counts import DOMAIN_COUNTS
+from domains.repository import DOMAINS
+from domains.timeline import EVENTS
+from domains.webhooks import WEBHOOKS
+from edge.sso import SSO_CODES, SSO_KEYS
+from edge.state_changes import EDGE_CERTS, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE
+from edge.state_reports import EDGE_NODES, EDGE_VISIT_REPORTS
+from kit.settings import Settings
+from kit.tokens import API_TOKENS
+from shortlinks.links import LINK_CHANGES, LINKS
+from shortlinks.stats import LINK_DAYS
+from store import StoreError, TableSpec, open_backend
+from store.backup import BackupError, Manifest, check_backup, restore_backup, take_backup
+from store.backup_stores import open_source, open_target
+
+TABLES: tuple[TableSpec, ...] = (
+    DOMAINS, DOMAIN_COUNTS, EVENTS, WEBHOOKS, API_TOKENS,
+    CERTIFICATES, UPLOADS, ACCOUNTS, ORDERS, CHALLENGES, BUDGETS, ISSUANCE_STATS,
+    EDGE_STATE, EDGE_ROUTES, EDGE_REDIRECTS, EDGE_CERTS, EDGE_NODES, EDGE_VISIT_REPORTS,
+    LINKS, LINK_CHANGES, LINK_DAYS, SSO_KEYS, SSO_CODES,
+    ADMIN_USERS, ADMIN_SESSIONS, ADMIN_LOGIN_FAILURES, ADMIN_AUDIT, META)
+"""Every table the product keeps (a test holds this to every ``TableSpec`` in the code), the
+schema version (``store_meta``) with them, so a restored store says which migrations it had."""
+MARKERS = (EDGE_STATE, DOMAIN_COUNTS, LINK_CHANGES)
+"""Small tables that move with every change of the edge state (routes, certificates, plain
+links), of a domain's status, and of a short link: read before and after a DynamoDB backup."""
+DISTRIBUTION = "edge-router"
+STORE_SETTINGS = ("storage_backend", "sqlite_path", "dynamodb_endpoint_url", "dynamodb_region",
+                  "dynamodb_table_prefix")
+
+
+def _version() -> str:
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _where(settings: Settings) -> str:
+    if settings.storage_backend == "dynamodb":
+        return f"the DynamoDB tables {settings.dynamodb_table_prefix}*"
+    return f"the SQLite store at {settings.sqlite_path}"
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"edgectl: {message}", file=sys.stderr)
+    return status
+
+
+def _warn_if_changed(manifest: Manifest) -> None:
+    if manifest.changed_during:
+        print(f"edgectl: warning: {', '.join(manifest.changed_during)} changed while the "
+              "backup read the tables, so items may be from different moments; for one "
+              "instant, stop the control service during the backup (see docs/backup.md)",
+              file=sys.stderr)
+
+
+def run_backup(args: argparse.Namespace, settings: Settings) -> int:
+    """Write every table of the store the settings name to a new backup file."""
+    path = Path(args.file)
+    try:
+        source = open_source(settings, TABLES)
+        try:
+            manifest = take_backup(source, TABLES, path, _version(), MARKERS)
+        finally:
+            source.close()
+    except BackupError as exc:
+        return _fail(str(exc), exc.status)
+    except StoreError as exc:
+        return _fail(f"cannot read {_where(settings)}: {exc}", 1)
+    except OSError as exc:
+        return _fail(f"cannot write {path}: {exc.strerror or exc}", 1)
+    print(f"backed up {manifest.items} items of {_where(settings)} to {path} "
+          f"({manifest.consistency})")
+    _warn_if_changed(manifest)
+    return 0
+
+
+def run_restore(args: argparse.Namespace, settings: Settings) -> int:
+    """Restore a backup file into the store the settings name (empty, unless --force)."""
+    path = Path(args.file)
+    try:
+        manifest = check_backup(path, TABLES)  # before the store is opened (or created)
+        backend = open_backend(settings)
+    except BackupError as exc:
+        return _fail(str(exc), exc.status)
+    except StoreError as exc:
+        return _fail(f"cannot open {_where(settings)}: {exc}", 1)
+    try:
+        restore_backup(open_target(backend), TABLES, path, args.force)
+    except BackupError as exc:
+        return _fail(str(exc), exc.status)
+    except StoreError as exc:
+        return _fail(f"cannot write {_where(settings)}: {exc}", 1)
+    finally:
+        backend.close()
+    print(f"restored {manifest.items} items into {_where(settings)} from a {manifest.backend} "
+          f"backup of {manifest.started_at} (edge-router {manifest.product_version})")
+    _warn_if_changed(manifest)
+    return 0
+
+
+def _backup_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="the backup to write (a new file: an existing one is kept)")
+    parser.epilog = f"settings: {', '.join(STORE_SETTINGS)} (no encryption key is needed)"
+
+
+def _restore_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="a file written by edgectl backup")
+    parser.add_argument("--force", action="store_true",
+                        help="delete what the store holds first (else a store that is not "
+                             "empty is refused)")
+    parser.epilog = (f"settings: {', '.join(STORE_SETTINGS)}; stop every control replica on "
+                     "that store first")
+
+
+def register(command: Callable[..., Callable[[Any], Any]]) -> None:
+    """Add both commands to the CLI's registry (passed in: the CLI imports this module)."""
+    command("backup", "write every table of the store to a backup file", required=(),
+            arguments=_backup_arguments)(run_backup)
+    command("restore", "restore a backup file into an empty store", required=(),
+            arguments=_restore_arguments)(run_restore)

@@ -1,0 +1,210 @@
+"""A DynamoDB nemesis: an HTTP proxy on loopback in front of dynalite that behaves the way
+DynamoDB does and dynalite does not (in the spirit of Toxiproxy and Jepsen's nemeses).
+
+- **Index lag.** It remembers when each item was written (the keys in PutItem, UpdateItem,
+  DeleteItem, TransactWriteItems and BatchWriteItem requests) and leaves items written in the
+  last ``lag`` seconds out of Query answers on a global secondary index (``IndexName``), as
+  an eventually consistent index does. ``lag_random`` picks the lag per request in
+  [0, ``lag``] (chaos).
+- **Throttling and errors.** A ``fail_rate`` fraction of requests is answered with one of
+  ``failures``: ``ProvisionedThroughputExceededException`` or ``ThrottlingException`` (400
+  with DynamoDB's ``__type``) or ``InternalServerError`` (500), without reaching dynalite.
+- **Slowness.** A ``slow_rate`` fraction waits ``slow`` seconds first.
+- **Consumed capacity** per index key: ``consumed[(table, key attribute, value)]`` counts the
+  requests that read or wrote under each key value of each index, so a test sees a hot key.
+
+Tests reach it through the ``nemesis`` fixture (tests/conftest.py); one runs per test worker
+and is reset between tests.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+_TYPES = {
+    "throughput": (400, "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+                   "The level of configured provisioned throughput for the table was exceeded."),
+    "throttling": (400, "com.amazon.coral.availability#ThrottlingException",
+                   "Rate of requests exceeds the allowed throughput."),
+    "internal": (500, "com.amazonaws.dynamodb.v20120810#InternalServerError",
+                 "Internal server error"),
+}
+WRITES = ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem")
+INDEXED_KEYS = ("feed", "status", "expiry_shard", "expiring", "state", "owner")
+"""Attributes counted as index key values when a write carries them (the hot-key counter)."""
+
+
+class Nemesis:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urlsplit(upstream).netloc
+        self._lock = threading.Lock()
+        self.written: dict[tuple[str, str], float] = {}
+        self.consumed: Counter[tuple[str, str, str]] = Counter()
+        self.injected: Counter[str] = Counter()
+        self.hidden = 0
+        """Items left out of index queries so far."""
+        self.reset()
+        nemesis = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                nemesis._handle(self)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def reset(self) -> None:
+        """Behave like dynalite again (the counters start from zero)."""
+        self.lag = 0.0
+        self.lag_random = False
+        self.fail_rate = 0.0
+        self.failures: tuple[str, ...] = ("throughput", "throttling", "internal")
+        self.slow_rate = 0.0
+        self.slow = 0.0
+        self.only: tuple[str, ...] = ()
+        """Operations the faults apply to (empty: all)."""
+        with self._lock:
+            self.consumed.clear()
+            self.injected.clear()
+            self.hidden = 0
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def hot_keys(self, table_suffix: str = "") -> list[tuple[tuple[str, str, str], int]]:
+        with self._lock:
+            return [(key, n) for key, n in self.consumed.most_common()
+                    if key[0].endswith(table_suffix)]
+
+    # --- the proxy ---------------------------------------------------------------------
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        operation = (handler.headers.get("X-Amz-Target") or "").rpartition(".")[2]
+        request = json.loads(body or b"{}")
+        if not self.only or operation in self.only:
+            if self.slow_rate and random.random() < self.slow_rate:
+                time.sleep(self.slow)
+            if self.fail_rate and random.random() < self.fail_rate:
+                kind = random.choice(self.failures)
+                with self._lock:
+                    self.injected[kind] += 1
+                status, kind_type, message = _TYPES[kind]
+                self._answer(handler, status, json.dumps(
+                    {"__type": kind_type, "message": message}).encode())
+                return
+        connection = http.client.HTTPConnection(self.upstream, timeout=30)
+        try:
+            headers = {k: v for k, v in handler.headers.items() if k.lower() != "host"}
+            connection.request("POST", handler.path, body, headers)
+            response = connection.getresponse()
+            status, answer = response.status, response.read()
+        except OSError as exc:  # dynalite dropped the connection: a 500 the SDK retries
+            status, kind_type, message = _TYPES["internal"]
+            answer = json.dumps({"__type": kind_type, "message": str(exc)}).encode()
+        finally:
+            connection.close()
+        self._count(operation, request)
+        if status == 200 and operation in WRITES:
+            self._written(operation, request)
+        if status == 200 and operation == "Query" and request.get("IndexName"):
+            answer = self._lagging(request, answer)
+        self._answer(handler, status, answer)
+
+    @staticmethod
+    def _answer(handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/x-amz-json-1.0")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def _lagging(self, request: dict[str, Any], answer: bytes) -> bytes:
+        lag = random.uniform(0, self.lag) if self.lag_random else self.lag
+        if lag <= 0:
+            return answer
+        doc = json.loads(answer)
+        now = time.monotonic()
+        table = request.get("TableName", "")
+        with self._lock:
+            kept = [item for item in doc.get("Items", [])
+                    if now - self.written.get((table, _key(item)), -1e9) >= lag]
+            self.hidden += len(doc.get("Items", [])) - len(kept)
+        doc["Items"], doc["Count"] = kept, len(kept)
+        return json.dumps(doc).encode()
+
+    def _written(self, operation: str, request: dict[str, Any]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for table, item in _writes(operation, request):
+                self.written[(table, _key(item))] = now
+
+    def _count(self, operation: str, request: dict[str, Any]) -> None:
+        """One unit per request under each index key value it names (a query's key
+        condition value, or a written item's indexed attributes)."""
+        counted: list[tuple[str, str, str]] = []
+        if operation == "Query" and request.get("IndexName"):
+            names = request.get("ExpressionAttributeNames") or {}
+            values = request.get("ExpressionAttributeValues") or {}
+            first = next(iter(values.values()), {})
+            counted.append((request.get("TableName", ""),
+                            next(iter(names.values()), request["IndexName"]),
+                            str(next(iter(first.values()), ""))))
+        elif operation in WRITES:
+            for table, item in _writes(operation, request):
+                for attr, value in _indexed(item, request).items():
+                    counted.append((table, attr, value))
+        with self._lock:
+            self.consumed.update(counted)
+
+
+def _writes(operation: str, request: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(table, item or key) of each item a write request touches."""
+    if operation == "PutItem":
+        return [(request["TableName"], request["Item"])]
+    if operation in ("UpdateItem", "DeleteItem"):
+        return [(request["TableName"], request["Key"])]
+    if operation == "TransactWriteItems":
+        found = []
+        for entry in request.get("TransactItems", []):
+            for kind, part in entry.items():
+                if kind != "ConditionCheck":
+                    found.append((part["TableName"], part.get("Item") or part["Key"]))
+        return found
+    if operation == "BatchWriteItem":
+        return [(table, (entry.get("PutRequest") or {}).get("Item")
+                 or (entry.get("DeleteRequest") or {}).get("Key"))
+                for table, entries in request.get("RequestItems", {}).items()
+                for entry in entries]
+    return []
+
+
+def _indexed(item: dict[str, Any], request: dict[str, Any]) -> dict[str, str]:
+    """Indexed attribute -> value a write sets: from a put's item, or an update's values
+    (``SET #a = :a`` with the attribute's name in ``ExpressionAttributeNames``)."""
+    found = {attr: str(next(iter(item[attr].values()))) for attr in INDEXED_KEYS if attr in item}
+    names = request.get("ExpressionAttributeNames") or {}
+    values = request.get("ExpressionAttributeValues") or {}
+    for alias, attr in names.items():
+        value = values.get(":" + alias.lstrip("#"))
+        if attr in INDEXED_KEYS and isinstance(value, dict):
+            found[attr] = str(next(iter(value.values())))
+    return found
+
+
+def _key(item: dict[str, Any]) -> str:
+    return json.dumps(item.get("pk"), sort_keys=True)

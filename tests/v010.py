@@ -1,0 +1,44 @@
+"""The release before versioned contracts, v0.1.0 (CHANGELOG.md), run from its own tree: the
+tests that show a fleet can move from it to this release start its processes."""
+from __future__ import annotations
+
+import fcntl
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+V010 = "a7135c702c9ad01362a609f8e6d8ecd8b8e7c63b"
+"""The release before protocol and schema versions (CHANGELOG.md)."""
+
+
+def v010_source() -> Path:
+    """The v0.1.0 tree (``git archive`` of its commit), kept under the temp directory by commit:
+    a second run reuses it. Skips where the repository lacks the commit (a shallow clone)."""
+    cache = Path(tempfile.gettempdir()) / f"edge-router-{V010[:12]}"
+    cache.mkdir(exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one extraction at a time
+        if not (cache / "src" / "control" / "cli.py").exists():
+            if subprocess.run(["git", "cat-file", "-e", V010], cwd=ROOT).returncode:
+                pytest.skip(f"this clone lacks v0.1.0's commit {V010[:12]}")
+            archive = subprocess.run(["git", "archive", V010], cwd=ROOT, capture_output=True,
+                                     check=True).stdout
+            (cache / "src").mkdir(exist_ok=True)
+            subprocess.run(["tar", "-x", "-C", str(cache / "src")], input=archive, check=True)
+    return cache / "src"
+
+
+def v010_command(*args: str) -> tuple[list[str], dict[str, str], str]:
+    """``edgectl <args>`` of v0.1.0 (its entry point was ``python -m control``): the argv, the
+    environment that imports its tree rather than this one, and the directory to run it in."""
+    source = v010_source()
+    return [sys.executable, "-m", "control", *args], {"PYTHONPATH": str(source)}, str(source)
+
+
+def current_command(*args: str) -> tuple[list[str], dict[str, str], str]:
+    """``edgectl <args>`` of this tree, the same way."""
+    return [sys.executable, "-m", "edgectl", *args], {"PYTHONPATH": str(ROOT)}, str(ROOT)
