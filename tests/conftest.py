@@ -160,7 +160,7 @@ SSO_PLATFORM = "platform.example.test"
 SSO_COOKIE_KEY = "platform-cookie-key-0123456789-abcdef"
 
 
-@pytest.fixture(params=["sqlite", "dynamodb", "nemesis"])
+@pytest.fixture(params=["sqlite", "dynamodb", pytest.param("nemesis", marks=pytest.mark.slow)])
 def any_backend(request: pytest.FixtureRequest, settings: Settings) -> Settings:
     """The settings on SQLite, or on dynalite (straight or through the nemesis) with a table
     prefix of its own."""
@@ -173,9 +173,10 @@ def any_backend(request: pytest.FixtureRequest, settings: Settings) -> Settings:
 
 
 dynamodb_is_slow = pytest.mark.parametrize(
-    "any_backend", ["sqlite", pytest.param("dynamodb", marks=pytest.mark.slow)], indirect=True)
-"""For a test on ``services_both`` whose DynamoDB run takes seconds: that run is in the full
-suite only."""
+    "any_backend", ["sqlite", pytest.param("dynamodb", marks=pytest.mark.slow),
+                    pytest.param("nemesis", marks=pytest.mark.slow)], indirect=True)
+"""For a test on ``any_backend`` whose DynamoDB runs take seconds: they are in the full suite
+only. (The nemesis runs of every test are: its weather is fault injection, like chaos.)"""
 
 
 @pytest.fixture
@@ -402,7 +403,7 @@ def opened_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[B
     opened.close()
 
 
-@pytest.fixture(params=["sqlite", "dynalite", "nemesis"])
+@pytest.fixture(params=["sqlite", "dynalite", pytest.param("nemesis", marks=pytest.mark.slow)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     yield from opened_backend(request, tmp_path)
 

@@ -176,6 +176,7 @@ def _repack(backup: Path, into: Path, manifest: Any = None, items: Any = None) -
     return into
 
 
+@pytest.mark.slow
 def test_bad_files_and_full_stores_are_refused_with_a_sentence(
         services_with: ServicesWith, settings: Settings, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -244,6 +244,7 @@ def test_the_clock_given_dates_commits_and_reports(backend: Backend) -> None:
     assert (node["last_seen_seconds"], node["lag_seconds"], node["in_sync"]) == (30, 30, False)
 
 
+@pytest.mark.slow
 def test_a_lagging_index_delays_a_delta_and_never_loses_a_change(
         lagging: tuple[Services, str, Nemesis], tmp_path: Path) -> None:
     services, url, nemesis = lagging
@@ -272,6 +273,7 @@ def test_a_lagging_index_delays_a_delta_and_never_loses_a_change(
         node.stop()
 
 
+@pytest.mark.slow
 def test_an_index_lagging_longer_answers_not_yet_then_the_missing_range(
         lagging: tuple[Services, str, Nemesis], tmp_path: Path) -> None:
     services, url, nemesis = lagging

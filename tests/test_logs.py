@@ -255,6 +255,7 @@ def test_cheroot_handshake_noise_is_a_debug_log_line(tmp_path: Path) -> None:
                          for line in noise)
 
 
+@pytest.mark.slow
 def test_haproxys_tls_health_checks_log_nothing_above_debug(tmp_path: Path) -> None:
     """HAProxy's TLS health checks of /healthz (every 2 s at the edge) close the connection
     once they have the status, without a TLS close_notify: cheroot's "socket.error 8" WARNING,

@@ -148,6 +148,7 @@ def test_certificates_expiring_within_a_window(served: Served) -> None:
     assert wrong.returncode == 2 and "not a duration like 30d" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_a_domain_from_connect_to_remove(served: Served) -> None:
     done = served.run("domains", "connect", "shop.example.org", "--publication", "pub_ops",
                       "--with-www", "none")
@@ -183,6 +184,7 @@ def test_an_unknown_domain_or_status_is_one_sentence(served: Served) -> None:
     assert status.returncode == 1 and "status must be one of" in status.stderr
 
 
+@pytest.mark.slow
 def test_links_create_list_show_stats_and_import(served: Served, tmp_path: Path) -> None:
     done = served.run("links", "create", "acme.link", "https://example.com/spring",
                       "--owner", "pub_ops", "--slug", "spring")
@@ -210,6 +212,7 @@ def test_links_create_list_show_stats_and_import(served: Served, tmp_path: Path)
     assert served.run("links", "show", "acme.link").returncode == 2  # no slug: usage
 
 
+@pytest.mark.slow
 def test_errors_name_the_setting_or_the_fix(served: Served, tmp_path: Path) -> None:
     cases = {
         "is not trusted: set EDGE_CONTROL_CA_BUNDLE": {
@@ -259,6 +262,7 @@ def test_plan_says_a_client_certificate_is_needed(served: Served) -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_help_names_the_settings_and_no_sphinx_markup(served: Served) -> None:
     top = served.run("--help")
     assert top.returncode == 0 and ":func:" not in top.stdout and "docs/cli.md" in top.stdout

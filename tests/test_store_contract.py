@@ -269,6 +269,7 @@ def test_a_server_with_ttl_deletes_expired_items_itself(moto_server: str) -> Non
         backend.close()
 
 
+@pytest.mark.slow
 def test_on_dynamodb_an_index_lags_its_table_and_a_hot_key_shows(
         dynamo_nemesis: Nemesis, nemesis: str) -> None:
     """What the design tolerates (docs/dynamodb.md): a single item is read consistently at
