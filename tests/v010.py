@@ -17,19 +17,30 @@ V010 = "a7135c702c9ad01362a609f8e6d8ecd8b8e7c63b"
 
 def v010_source() -> Path:
     """The v0.1.0 tree (``git archive`` of its commit), kept under the temp directory by commit:
-    a second run reuses it. Skips where the repository lacks the commit (a shallow clone)."""
+    a second run reuses it. A shallow clone fetches the commit from its origin first; a clone
+    that cannot get it fails with a sentence (a skip would hide the upgrade tests)."""
     cache = Path(tempfile.gettempdir()) / f"edge-router-{V010[:12]}"
     cache.mkdir(exist_ok=True)
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one extraction at a time
         if not (cache / "src" / "control" / "cli.py").exists():
-            if subprocess.run(["git", "cat-file", "-e", V010], cwd=ROOT).returncode:
-                pytest.skip(f"this clone lacks v0.1.0's commit {V010[:12]}")
+            if not _has_v010():
+                subprocess.run(["git", "fetch", "--quiet", "origin", V010], cwd=ROOT,
+                               capture_output=True, timeout=120)
+            if not _has_v010():
+                pytest.fail(f"this clone lacks v0.1.0's commit {V010[:12]} and could not fetch "
+                            "it from origin: clone with history (not --depth) to run the "
+                            "upgrade tests")
             archive = subprocess.run(["git", "archive", V010], cwd=ROOT, capture_output=True,
                                      check=True).stdout
             (cache / "src").mkdir(exist_ok=True)
             subprocess.run(["tar", "-x", "-C", str(cache / "src")], input=archive, check=True)
     return cache / "src"
+
+
+def _has_v010() -> bool:
+    return subprocess.run(["git", "cat-file", "-e", f"{V010}^{{commit}}"], cwd=ROOT,
+                          capture_output=True).returncode == 0
 
 
 def v010_command(*args: str) -> tuple[list[str], dict[str, str], str]:
