@@ -246,56 +246,48 @@ def test_the_clock_given_dates_commits_and_reports(backend: Backend) -> None:
 
 @pytest.mark.slow
 def test_a_lagging_index_delays_a_delta_and_never_loses_a_change(
-        lagging: tuple[Services, str, Nemesis], tmp_path: Path) -> None:
+        lagging: tuple[Services, str, Nemesis], node: EdgeNode) -> None:
     services, url, nemesis = lagging
-    node = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
     agent = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
-    try:
-        route(services, "h0.example.test", "pub_0")
-        assert agent.sync() and agent.snapshots == 1
-        links: dict[str, str] = {}
-        for n in range(12):
-            # Every change is read through the index right after it is written: the
-            # nemesis hides it for 300 ms, the feed reads again until the log's count is met.
-            value = None if n % 4 == 3 else f"https://t.example/{n}"
-            key = link(n % 5, "x").key
-            services.edge_state.change({}, redirects={key: link(n % 5, value)
-                                                      if value else None})
-            links = {k: v for k, v in {**links, key: value}.items() if v}
-            if n % 3 == 0:
-                route(services, f"h{n}.example.test", f"pub_{n}")
-            assert agent.sync()
-            assert {k: v.split("|")[-1] for k, v in node.existing_redirects().items()} == links
-            assert node.applied_version == services.edge_state.current_version()
-        assert agent.snapshots == 1, "every change came in a delta: no snapshot to recover"
-        assert nemesis.hidden > 0, "the index did lag"
-    finally:
-        node.stop()
+    route(services, "h0.example.test", "pub_0")
+    assert agent.sync() and agent.snapshots == 1
+    links: dict[str, str] = {}
+    for n in range(12):
+        # Every change is read through the index right after it is written: the
+        # nemesis hides it for 300 ms, the feed reads again until the log's count is met.
+        value = None if n % 4 == 3 else f"https://t.example/{n}"
+        key = link(n % 5, "x").key
+        services.edge_state.change({}, redirects={key: link(n % 5, value)
+                                                  if value else None})
+        links = {k: v for k, v in {**links, key: value}.items() if v}
+        if n % 3 == 0:
+            route(services, f"h{n}.example.test", f"pub_{n}")
+        assert agent.sync()
+        assert {k: v.split("|")[-1] for k, v in node.existing_redirects().items()} == links
+        assert node.applied_version == services.edge_state.current_version()
+    assert agent.snapshots == 1, "every change came in a delta: no snapshot to recover"
+    assert nemesis.hidden > 0, "the index did lag"
 
 
 @pytest.mark.slow
 def test_an_index_lagging_longer_answers_not_yet_then_the_missing_range(
-        lagging: tuple[Services, str, Nemesis], tmp_path: Path) -> None:
+        lagging: tuple[Services, str, Nemesis], node: EdgeNode) -> None:
     services, url, nemesis = lagging
-    node = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
     agent = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
-    try:
-        route(services, "h0.example.test", "pub_0")
-        assert agent.sync()
-        nemesis.lag = 30.0
-        services.edge_state.change({}, redirects={link(1, "x").key: link(1, "https://t/1")})
-        since = agent._revision
-        assert since is not None
-        with pytest.raises(FeedLagging):
-            services.edge_state.changes_since(since)
-        assert state(url, since=since).status_code == 503  # "not yet", never a short delta
-        with pytest.raises(requests.HTTPError):
-            agent.sync()
-        nemesis.lag = 0.3  # the index catches up
-        assert agent.sync() and agent.snapshots == 1, "the missing range, not a snapshot"
-        assert list(node.existing_redirects()) == [link(1, "x").key]
-    finally:
-        node.stop()
+    route(services, "h0.example.test", "pub_0")
+    assert agent.sync()
+    nemesis.lag = 30.0
+    services.edge_state.change({}, redirects={link(1, "x").key: link(1, "https://t/1")})
+    since = agent._revision
+    assert since is not None
+    with pytest.raises(FeedLagging):
+        services.edge_state.changes_since(since)
+    assert state(url, since=since).status_code == 503  # "not yet", never a short delta
+    with pytest.raises(requests.HTTPError):
+        agent.sync()
+    nemesis.lag = 0.3  # the index catches up
+    assert agent.sync() and agent.snapshots == 1, "the missing range, not a snapshot"
+    assert list(node.existing_redirects()) == [link(1, "x").key]
 
 
 def test_a_version_item_of_the_release_before_is_read_as_that_release_read_it(
