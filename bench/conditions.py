@@ -1,0 +1,58 @@
+"""The conditions a figure was measured under, printed by every bench and kept in its JSON.
+
+A figure without its date, commit, versions and load is a figure nobody can compare, so
+every script calls `print_conditions()` first and `bench/run_all.py` stores `conditions()`
+beside the results.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*argv: str) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=ROOT)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (done.stdout or done.stderr).strip() or "unknown"
+
+
+def _haproxy_version() -> str:
+    if not shutil.which("haproxy"):
+        return "not installed"
+    first = _run("haproxy", "-v").splitlines()[0]
+    parts = first.split()
+    return parts[2] if len(parts) > 2 else first
+
+
+def conditions() -> dict:
+    """Date, commit, versions and load of this machine, now."""
+    commit = _run("git", "rev-parse", "--short", "HEAD")
+    dirty = _run("git", "status", "--porcelain", "--untracked-files=no")
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit + ("+dirty" if dirty not in ("", "unknown") else ""),
+        "haproxy": _haproxy_version(),
+        "openssl": ssl.OPENSSL_VERSION,
+        "python": platform.python_version(),
+        "cores": os.cpu_count(),
+        "load_average": round(os.getloadavg()[0], 2),
+    }
+
+
+def print_conditions() -> dict:
+    found = conditions()
+    print(
+        f"conditions: {found['date']}, commit {found['commit']}, HAProxy {found['haproxy']}, "
+        f"{found['openssl']}, Python {found['python']}, {found['cores']} cores, "
+        f"load average {found['load_average']:.2f}"
+    )
+    return found
