@@ -7,6 +7,7 @@ beside the results.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -56,3 +57,18 @@ def print_conditions() -> dict:
         f"load average {found['load_average']:.2f}"
     )
     return found
+
+
+def record(bench: str, figures: dict) -> None:
+    """Keep one bench's figures for `bench/run_all.py`.
+
+    When BENCH_RESULTS names a file, one JSON line {"bench", "conditions", "figures"} is appended
+    to it; otherwise nothing happens, so a bench run by hand only prints. `figures` maps a short
+    name to a number or a small dict (value, unit, baseline, ratio), JSON-serialisable.
+    """
+    path = os.environ.get("BENCH_RESULTS")
+    if not path:
+        return
+    line = json.dumps({"bench": bench, "conditions": conditions(), "figures": figures})
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(line + "\n")
