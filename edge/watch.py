@@ -28,6 +28,11 @@ class VersionWatch:
         self._draining = False
 
     @property
+    def waiting(self) -> int:
+        """Long polls held right now (a gauge on /metrics)."""
+        return self._waiting
+
+    @property
     def draining(self) -> bool:
         """The replica is stopping: a long poll would outlast it (the API refuses one)."""
         return self._draining

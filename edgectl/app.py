@@ -105,6 +105,8 @@ class ControlMetrics:
             yield GaugeMetricFamily("edge_short_link_visits", "Visits counted to the short links "
                                     "there are (both paths; a deleted link's leave)",
                                     value=kept["visits"])
+        yield GaugeMetricFamily("edge_long_polls_waiting", "Agents' long polls this process "
+                                "holds right now", value=services.edge_state.watch.waiting)
         yield GaugeMetricFamily("edge_store_requests", "Store requests this process has made (a "
                                 "counter; DynamoDB bills each)", value=services.backend.requests)
         throttled = CounterMetricFamily("edge_store_throttled", "Store requests the store "

@@ -27,6 +27,7 @@ from edge.state import DesiredState
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.settings import Settings, SettingsError, load_settings
 from kit.x509 import LocalCA
+from tests.conftest import wait_until
 
 TOKEN = "test-token-0123456789"
 EDGE_TOKEN = "edge-token-0123456789"
@@ -131,24 +132,33 @@ def test_the_edge_verifies_control_replicas_by_name_where_it_has_one(tmp_path: P
     assert "server control2 10.0.0.2:8443 check inter 2s fall 2 rise 1\n" in plain
 
 
-def _replica_env(tmp_path: Path, port: int, worker_id: str) -> dict[str, str]:
+def _replica_env(tmp_path: Path, port: int, worker_id: str,
+                 drain: float = 1.5) -> dict[str, str]:
     return {"EDGE_API_TOKEN": TOKEN, "EDGE_EDGE_TOKEN": EDGE_TOKEN,
             "EDGE_ENCRYPTION_KEYS": _KEY, "EDGE_DATA_DIR": str(tmp_path / "data"),
             "EDGE_LISTEN_PORT": str(port), "EDGE_WORKER_ID": worker_id,
             "EDGE_DNS_SERVERS": "127.0.0.1", "EDGE_DNS_PORT": str(free_port()),
             "EDGE_DNS_TIMEOUT": "0.2", "EDGE_WORKER_INTERVAL": "0.5",
-            "EDGE_DRAIN_SECONDS": "1.5", "EDGE_SHUTDOWN_SECONDS": "1",
+            "EDGE_DRAIN_SECONDS": str(drain), "EDGE_SHUTDOWN_SECONDS": "1",
             "EDGE_MAX_PENDING_DOMAINS": "0"}
 
 
 _KEY = Fernet.generate_key().decode()
 
 
-def _start(tmp_path: Path, name: str, port: int) -> ManagedProcess:
+def _start(tmp_path: Path, name: str, port: int, drain: float = 1.5) -> ManagedProcess:
     process = ManagedProcess(name, [sys.executable, "-m", "edgectl", "serve"],
-                             tmp_path / f"{name}.log", env=_replica_env(tmp_path, port, name))
+                             tmp_path / f"{name}.log",
+                             env=_replica_env(tmp_path, port, name, drain))
     wait_for_port(port, process=process, timeout=60)
     return process
+
+
+def _waiting_polls(url: str) -> float:
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("edge_long_polls_waiting "):
+            return float(line.split()[1])
+    raise AssertionError("/metrics has no edge_long_polls_waiting")
 
 
 @pytest.mark.slow
@@ -156,7 +166,8 @@ def test_a_stop_drains_finishes_requests_in_flight_and_hands_back_leases(
         tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    replica = _start(tmp_path, "w1", port)
+    # 4 s of drain: the checks below all fall inside it however loaded the machine is.
+    replica = _start(tmp_path, "w1", port, drain=4)
     try:
         api = {"Authorization": f"Bearer {TOKEN}"}
         assert requests.post(f"{url}/api/v1/domains", headers=api, timeout=10, json={
@@ -174,17 +185,20 @@ def test_a_stop_drains_finishes_requests_in_flight_and_hands_back_leases(
             f"{url}/api/v1/edge/state", headers=edge, timeout=30,
             params={"have": version, "wait": 25}).status_code, time.monotonic())))
         poll.start()
-        time.sleep(0.5)  # the long poll now waits on the server
+        wait_until(lambda: _waiting_polls(url) == 1, 30, "the long poll to reach the server",
+                   interval=0.05)
         stopped = time.monotonic()
         replica.popen.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        health = requests.get(f"{url}/healthz", timeout=5)
-        assert (health.status_code, health.json()) == (503, {"status": "draining"})
+        wait_until(lambda: requests.get(f"{url}/healthz", timeout=5).status_code == 503, 10,
+                   "/healthz to say the replica drains", interval=0.05)
+        assert requests.get(f"{url}/healthz", timeout=5).json() == {"status": "draining"}
         assert requests.get(f"{url}/api/v1/domains/blog.example.com", headers=api,
                             timeout=5).ok, "still serving while draining"
         poll.join(10)
         assert in_flight and in_flight[0][0] == 304, "the long poll in flight was answered"
-        assert in_flight[0][1] - stopped < 0.5, "when the drain began, not after 25 s"
+        # Answered by the drain, not by its 25 s wait running out (the bound is loose on
+        # purpose: what matters is that the stop does not sit out the poll).
+        assert in_flight[0][1] - stopped < 10, "when the drain began, not after 25 s"
         refused = requests.get(f"{url}/api/v1/edge/state", headers=edge, timeout=5,
                                params={"have": version, "wait": 25})
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
@@ -192,7 +206,7 @@ def test_a_stop_drains_finishes_requests_in_flight_and_hands_back_leases(
         assert requests.get(f"{url}/api/v1/edge/state", headers=edge, timeout=5,
                             params={"have": version}).status_code == 304, "no wait: served"
         assert replica.popen.wait(30) == 0, replica.tail()
-        assert time.monotonic() - stopped < 1.5 + 1 + 0.3, "within drain + shutdown"
+        assert time.monotonic() - stopped < 15, "drain + shutdown, not the poll's 25 s"
     finally:
         replica.stop()
     settings = load_settings(env=_replica_env(tmp_path, port, "w1"))

@@ -267,7 +267,9 @@ def test_the_demo_runs_writes_demo_json_and_stops_cleanly(tmp_path: Path) -> Non
         assert demo.popen.wait(60) == 0, demo.tail(40)
         took = time.monotonic() - stopped
         demo.stop()
-    assert took < 2.0, f"the demo took {took:.1f} s to stop"
+    # Loose on purpose (no timed assertion): what it catches is a stop that sits out an agent's
+    # 25 s long poll or HAProxy's hard-stop-after, not a slow machine.
+    assert took < 12, f"the demo took {took:.1f} s to stop"
     assert _running_in(tmp_path) == [], "every process of the demo stopped, HAProxy too"
     output = (tmp_path / "demo-output.log").read_text()
     assert "curl --resolve blog.example.test:" in output

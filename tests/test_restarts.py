@@ -287,4 +287,5 @@ def test_restarting_each_process_under_load_fails_no_request(cluster: Cluster) -
                                for at, kind, wrong in load.failures[:20]]
     assert min(load.counts.values()) > 50, load.counts
     drains = {"replica0": DRAIN, "replica1": DRAIN, "agent": 0.0, "shortlinks": 0.0}
-    assert all(exits[name] < drain + 1 for name, drain in drains.items()), exits
+    # Loose on purpose (a loaded machine is slow): a stop must not sit out a 25 s long poll.
+    assert all(exits[name] < drain + 8 for name, drain in drains.items()), exits
