@@ -351,6 +351,10 @@ class EdgeAgent:
                 self.node.start()
         except EdgeError as exc:  # reported by the first sync, which applies the state anew
             log.warning("%s", exc)
+        try:  # seen at once: the first sync may wait a whole long poll before it reports
+            self._report()
+        except Exception as exc:  # the first sync says it, with backoff
+            log.info("the first report failed: %s", exc)
         failures = 0
         reported = 0.0
         while not stop.is_set():

@@ -32,7 +32,7 @@ from kit.procs import ManagedProcess, free_port, start_listening, stop_all, wait
 from kit.settings import Settings
 from store import Backend, StoreError, TableSpec
 from store.dynamo import DynamoBackend
-from tests.conftest import dynalite_command, dynamo_client, serving
+from tests.conftest import dynalite_command, dynamo_client, serving, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -267,7 +267,8 @@ def test_a_stopped_agent_leaves_haproxy_serving_and_only_stop_node_stops_it(
     agent, stop_node = start_agent(), None
     try:
         wait_for_port(https_port, process=agent, timeout=60)  # HAProxy serves
-        time.sleep(5.0)  # past its first round: it now waits in a long poll (25 s, no change)
+        wait_until(lambda: services.edge_state.watch.waiting == 1, 60,
+                   "the agent's long poll (25 s, no change)", interval=0.1)
         master = haproxy_master(tmp_path / "edge")
         second = subprocess.run([sys.executable, "-m", "edgectl", "agent"], timeout=60,
                                 capture_output=True, text=True, env={**os.environ, **env})
@@ -281,8 +282,12 @@ def test_a_stopped_agent_leaves_haproxy_serving_and_only_stop_node_stops_it(
         assert time.monotonic() - stopped < 12, "out of its long poll at once"
         socket.create_connection(("127.0.0.1", https_port), timeout=2).close()  # serving
         assert haproxy_master(tmp_path / "edge") == master
+        restarted = time.time()
         agent = start_agent()
-        time.sleep(3.0)  # adopted the master, synced, back in a long poll
+        # It reports when it starts, not after its first long poll (25 s here) returns.
+        wait_until(lambda: any(node["in_sync"] and node["reported_at"] > restarted
+                               for node in services.edge_state.list_nodes()), 20,
+                   "the new agent to adopt the master and report", interval=0.2)
         assert agent.poll() is None, agent.tail()
         assert haproxy_master(tmp_path / "edge") == master, "adopted, and not reloaded"
         stop_node = subprocess.run([sys.executable, "-m", "edgectl", "agent", "stop-node"],
