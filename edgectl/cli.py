@@ -1,4 +1,4 @@
-"""`edgectl`: serve (control service), agent (beside HAProxy), plan, shortlinks, tokens, keys,
+"""`edgectl`: serve (control service), agent (beside HAProxy), plan, shortlinks, keys,
 sso, admin, demo; the operator's commands are in ``edgectl.ops``. Each registers itself."""
 from __future__ import annotations
 
@@ -158,34 +158,6 @@ def shortlinks(args: argparse.Namespace, settings: Settings) -> int:
              settings.shortlinks_port, args.server)
     serve_links(settings, stop_on_signals(SHORTLINKS_GRACE), args.server,
                 workers=args.workers, threads=args.threads)
-    return 0
-
-
-def _tokens_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["create", "list", "revoke"])
-    parser.add_argument("subject", help="create/list: a publication id; revoke: a token id")
-    parser.add_argument("--label", default="")
-
-
-@command("tokens", "per-publication API tokens (they act for that publication only)",
-         arguments=_tokens_arguments)
-def tokens(args: argparse.Namespace, settings: Settings) -> int:
-    """Create (printed once), list or revoke a publication's API tokens."""
-    with _services(settings) as services:
-        if args.action == "create":
-            try:
-                token, item = services.tokens.create(args.subject, args.label)
-            except ValueError as exc:
-                print(f"edgectl: {exc}", file=sys.stderr)
-                return 2
-            print(f"token {item['token_id']} for {args.subject} (shown once, store it now):")
-            print(token)
-        elif args.action == "list":
-            for item in services.tokens.list_for(args.subject):
-                print(f"{item['token_id']}  {item['label']}")
-        elif not services.tokens.revoke(args.subject):
-            print(f"no token {args.subject}", file=sys.stderr)
-            return 1
     return 0
 
 

@@ -309,3 +309,23 @@ def test_config_check_reports_every_problem(tmp_path: Path) -> None:
                               str(tmp_path / "absent.toml")], capture_output=True, text=True,
                              timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_tokens_create_list_and_revoke(served: Served) -> None:
+    created = served.run("tokens", "create", "pub_7", "--label", "cms")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.split()[-1]
+    assert token.startswith("ept_") and "shown once" in created.stdout
+    links = requests.get(f"{served.url}/api/v1/links", timeout=10, verify=served.files["ca"],
+                         headers={"Authorization": f"Bearer {token}"},
+                         cert=(served.files["client_cert"], served.files["client_key"]))
+    assert links.status_code == 200, "the token acts for its publication"
+    listed = served.json("tokens", "list", "pub_7")
+    assert isinstance(listed, dict) and [t["label"] for t in listed["tokens"]] == ["cms"]
+    token_id = listed["tokens"][0]["token_id"]
+    assert token_id in served.run("tokens", "list", "pub_7").stdout
+    assert served.run("tokens", "revoke", token_id).returncode == 0
+    again = served.run("tokens", "revoke", token_id)
+    assert again.returncode == 1 and f"no token {token_id}" in again.stderr
+    refused = served.run("tokens", "create", "_platform")
+    assert refused.returncode == 1 and "starting with a letter" in refused.stderr

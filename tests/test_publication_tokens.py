@@ -1,15 +1,12 @@
 """A publication's own API token: it sees and changes only that publication's short links."""
 from __future__ import annotations
 
-import subprocess
 
 import pytest
 from flask.testing import FlaskClient
 
 from control.wiring import Services
 from devtools.pebble import PebbleStack
-from edgectl.cli import main
-from kit.settings import Settings
 from tests.conftest import Activate, ServicesWith, on_pebble
 
 PLATFORM = {"Authorization": "Bearer test-token-0123456789"}
@@ -100,31 +97,29 @@ def test_a_publication_token_manages_only_its_own_domains(services: Services,
     assert client.delete("/api/v1/domains/blog.one.test", headers=one).status_code == 200
 
 
-def test_tokens_are_created_listed_and_revoked_with_edgectl(
-        settings: Settings, services: Services, client: FlaskClient,
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    for name, value in {"API_TOKEN": settings.api_token, "EDGE_TOKEN": settings.edge_token,
-                        "ENCRYPTION_KEYS": ",".join(settings.encryption_keys),
-                        "DATA_DIR": settings.data_dir}.items():
-        monkeypatch.setenv(f"EDGE_{name}", value)
-
-    def edgectl(*args: str) -> subprocess.CompletedProcess[str]:
-        """``edgectl tokens ...``, run in this process (its own tests start it as one)."""
-        capsys.readouterr()
-        code = main(["tokens", *args])
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(["edgectl", "tokens", *args], code, out, err)
-    created = edgectl("create", "pub_9", "--label", "cms")
-    assert created.returncode == 0, created.stderr
-    token = created.stdout.split()[-1]
-    assert token.startswith("ept_")
+def test_tokens_are_created_listed_and_revoked_through_the_operator_api(
+        services: Services, client: FlaskClient) -> None:
+    path = "/api/v1/ops/publications/pub_9/tokens"
+    assert client.post(path, json={"label": "cms"}).status_code == 401, "the platform's only"
+    created = client.post(path, json={"label": "cms"}, headers=PLATFORM)
+    assert created.status_code == 201, created.text
+    token = created.json["token"]
+    assert token.startswith("ept_") and created.json["publication_id"] == "pub_9"
+    assert client.post(path, json={"label": "x"}, headers=bearer(token)).status_code == 401, \
+        "a publication's token makes no tokens"
     assert client.get("/api/v1/links", headers=bearer(token)).status_code == 200
     stored = services.tokens.list_for("pub_9")
     assert len(stored) == 1 and token not in repr(stored), "only a hash is stored"
-    assert edgectl("list", "pub_9").stdout.split() == [stored[0]["token_id"], "cms"]
-    assert edgectl("revoke", stored[0]["token_id"]).returncode == 0
+    listed = client.get(path, headers=PLATFORM).json["tokens"]
+    assert [(t["token_id"], t["label"]) for t in listed] == [(stored[0]["token_id"], "cms")]
+    assert "token" not in listed[0] and listed[0]["created_at"].endswith("+00:00")
+    revoke = f"/api/v1/ops/tokens/{stored[0]['token_id']}"
+    assert client.delete(revoke, headers=PLATFORM).json == {"revoked": stored[0]["token_id"]}
     assert client.get("/api/v1/links", headers=bearer(token)).status_code == 401
-    assert edgectl("revoke", stored[0]["token_id"]).returncode == 1
-    refused = edgectl("create", "_platform")
-    assert refused.returncode == 2 and "starting with a letter" in refused.stderr, \
+    gone = client.delete(revoke, headers=PLATFORM)
+    assert gone.status_code == 404 and "no token" in gone.json["error"]
+    refused = client.post("/api/v1/ops/publications/_platform/tokens", json={},
+                          headers=PLATFORM)
+    assert refused.status_code == 400 and "starting with a letter" in refused.json["error"], \
         "the platform's own publication id gets no token"
+    assert client.post(path, json={"label": "x" * 65}, headers=PLATFORM).status_code == 400

@@ -4,7 +4,7 @@ from __future__ import annotations
 from kit.settings import ENV_PREFIX
 
 DESCRIPTION = ("The custom-domain edge: run its processes (serve, agent, shortlinks, demo) and "
-               "operate it over the control API (status, domains, nodes, links, certs).")
+               "operate it over the control API (status, domains, nodes, links, certs, tokens).")
 EXIT_CODES = """exit codes: 0 done; 1 the control service refused or failed (its sentence is printed);
 2 usage or settings (flags, a setting, a certificate, the token); 3 the control service cannot
 be reached or is unavailable (retry later); 4 `domains check`: DNS is not right yet.
