@@ -137,6 +137,7 @@ class Takeovers:
         as now stored (its new claim, pending its DNS check), its outbox drained.
         TakeoverRefused (4xx, with a sentence) if not."""
         holder = self._holder(hostname, publication_id)
+        self._not_ordering(holder)
         request = self._request_for(holder, publication_id)
         self._prove(request)
         moved = self._moved(holder, request, actor)
@@ -165,10 +166,15 @@ class Takeovers:
         if holder["status"] == REMOVING:
             raise TakeoverRefused(name, "removing", f"{name} is being removed: connect it "
                                   "in a moment.")
-        if holder["status"] == ISSUING and float(holder.get("lease_until") or 0) > self._clock():
-            raise TakeoverRefused(name, "busy", f"A certificate is being issued for {name} "
-                                  "right now: try again in a minute.")
         return holder
+
+    def _not_ordering(self, holder: Item) -> None:
+        """``issuing`` doubles as a lease until ``next_attempt_at`` (domains/decide.py): an
+        order in flight would store the holder's certificate after the revocation."""
+        if holder["status"] == ISSUING and \
+                float(holder.get("next_attempt_at") or 0) > self._clock():
+            raise TakeoverRefused(holder["hostname"], "busy", "A certificate is being issued "
+                                  f"for {holder['hostname']} right now: try again in a minute.")
 
     def _request_for(self, holder: Item, publication_id: str) -> Item:
         name = holder["hostname"]
@@ -191,7 +197,9 @@ class Takeovers:
         if self._checker.txt_everywhere(record["name"], record["value"]):
             return
         found = self._checker.records(record["name"], "TXT")
-        seen = f"we found {', '.join(map(repr, found))}" if found else "we found none"
+        # What the zone serves is anyone's text: a few values, cut short, are enough to see.
+        shown = [repr(value if len(value) <= 64 else value[:64] + "...") for value in found[:3]]
+        seen = f"we found {', '.join(shown)}" if found else "we found none"
         raise TakeoverRefused(request["hostname"], "txt_mismatch" if found else "txt_missing",
                               f"Create a TXT record {record['name']} with the value "
                               f"{record['value']!r} at your DNS host; {seen}"

@@ -26,14 +26,14 @@ inside the signed payload, so a captured request cannot be replayed later
 (:func:`verify_signature` does all of this). Any 2xx answer counts as delivered; anything else,
 a redirect, a connection error or a timeout is retried with jittered exponential backoff until
 ``max_attempts``, after which the event is left in state ``failed`` with ``last_error``.
+A delivered event expires ``retention`` seconds after its delivery, a failed one as long
+after its last attempt.
+
 ``domain.taken_over`` goes to the publication that held a domain when the owner of its DNS
 moved it to their own publication with a TXT proof (domains/takeover.py, docs/takeover.md):
 ``data`` is ``{"hostname", "publication_id"`` (the previous holder)``, "status": "taken_over",
 "previous_status"}``; the new holder is not named (its own ``domain.verified`` and
 ``domain.active`` follow as usual).
-
-A delivered event expires ``retention`` seconds after its delivery, a failed one as long
-after its last attempt.
 """
 from __future__ import annotations
 

@@ -49,7 +49,8 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None,
             services.tokens, services.platform, services.sso, services.custom_certificates,
             services.takeovers,
             VisitSink(services.links.add_visits))
-    for blueprint in (domains_bp, takeover_bp, byo_bp, edge_bp, challenge_bp, links_bp, sso_bp, ops_bp):
+    for blueprint in (domains_bp, takeover_bp, byo_bp, edge_bp, challenge_bp, links_bp, sso_bp,
+                      ops_bp):
         app.register_blueprint(blueprint)
     app.register_error_handler(StoreError, _store_unavailable)
     serve_contract(app)

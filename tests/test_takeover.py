@@ -322,3 +322,17 @@ def test_a_replica_of_the_release_before_carries_a_moved_domain_on(
                           cwd=cwd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == ["pub_b", "verified"]
+
+
+def test_no_move_while_a_certificate_is_being_ordered(services: Services, zone: Zone,
+                                                      clock: FakeClock) -> None:
+    """An order in flight would store the holder's certificate after the revocation."""
+    domain = services.domains.connect(HOST, "pub_a")[0]
+    services.domains.transition(domain, "issuing", "ordering", next_attempt_at=clock() + 120)
+    token = takeovers(services).request(HOST, "pub_b")["token"]
+    zone.takeover_txt(token)
+    with pytest.raises(TakeoverRefused) as busy:
+        takeovers(services).take_over(HOST, "pub_b")
+    assert (busy.value.code, busy.value.status) == ("busy", 409)
+    clock.advance(121)  # the order's lease ran out: its worker is gone
+    assert takeovers(services).take_over(HOST, "pub_b")["publication_id"] == "pub_b"
