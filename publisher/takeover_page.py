@@ -44,6 +44,13 @@ def _publication(user: PlatformUser, source: dict[str, str]) -> str:
     return publication
 
 
+def _posted() -> tuple[PlatformUser, str]:
+    """Who posts (with the CSRF token) for which of their publications."""
+    user = auth.signed_in()
+    auth.require_csrf(user)
+    return user, _publication(user, request.form)
+
+
 @bp.get("/takeover/<hostname>")
 def show(hostname: str) -> tuple[str, int]:
     user = auth.signed_in()
@@ -53,9 +60,7 @@ def show(hostname: str) -> tuple[str, int]:
 @bp.post("/takeover/<hostname>")
 def ask(hostname: str) -> Response | tuple[str, int]:
     """Hand out (or show again) the publication's TXT record for ``hostname``."""
-    user = auth.signed_in()
-    auth.require_csrf(user)
-    publication = _publication(user, request.form)
+    user, publication = _posted()
     try:
         asked = use(Takeovers).request(hostname, publication)
     except TakeoverRefused as exc:
@@ -68,9 +73,7 @@ def ask(hostname: str) -> Response | tuple[str, int]:
 @bp.post("/takeover/<hostname>/verify")
 def verify(hostname: str) -> Response | tuple[str, int]:
     """Check the TXT record and move the domain; its own page follows."""
-    user = auth.signed_in()
-    auth.require_csrf(user)
-    publication = _publication(user, request.form)
+    user, publication = _posted()
     try:
         moved = use(Takeovers).take_over(hostname, publication, actor=f"publisher:{user.id}")
     except TakeoverRefused as exc:
