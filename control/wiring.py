@@ -26,6 +26,7 @@ from domains.lifecycle import Lifecycle, RouteValue, Rules, Timing
 from domains.prevalidation import DelegatedDcv, Solvers
 from domains.outbox import Consumer, Consumers
 from domains.service import DOMAINS, EVENTS, DomainService
+from domains.takeover import TAKEOVERS, Takeovers
 from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.render import map_safe
 from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
@@ -230,6 +231,8 @@ class Services:
     """Deletes what the retention settings let go (a worker step)."""
     custom_certificates: CustomCertificates | None = None
     """Publishers' own certificates (upload, removal, and the fallback: a worker step)."""
+    takeovers: Takeovers | None = None
+    """Moving a domain to the owner of its DNS (domains/takeover.py)."""
 
     clock: Callable[[], float] = time.time
     """What every part built here reads the time from (tests pass a settable one)."""
@@ -284,12 +287,14 @@ class Services:
         sso = _sso(settings, backend, sso_keys, domains, clock)
         sweeper = ExpirySweeper([domains.events, webhooks.table, edge_state.reports,
                                  challenges.table, backend.table(ORDERS),
-                                 backend.table(SSO_CODES), backend.table(LINK_DAYS)],
+                                 backend.table(SSO_CODES), backend.table(LINK_DAYS),
+                                 backend.table(TAKEOVERS)],
                                 settings.sweep_batch, clock=clock)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
                    lifecycle, webhooks, links, resolver, publisher,
                    PublicationTokens(backend.table(API_TOKENS), clock=clock), Platform.from_settings(settings),
-                   sso, sweeper, custom, clock)
+                   sso, sweeper, custom, Takeovers(domains, backend.table(TAKEOVERS), checker,
+                                                   clock=clock), clock)
 
     def reencrypt_keys(self) -> int:
         """``edgectl keys rotate``: every stored secret, re-encrypted under the newest key."""

@@ -54,3 +54,12 @@ def instructions(hostname: str, cname_target: str) -> str:
                 f"{cname_target} if your DNS host offers one) and the TXT record.")
     return (f"{hostname} is a subdomain: create a CNAME to {cname_target} and the TXT record "
             "that proves you own it.")
+
+
+TAKEOVER_LABEL = "_edge-takeover"
+
+
+def takeover_name(hostname: str) -> str:
+    """Where the owner of a hostname's DNS proves it to move the hostname to their publication
+    (domains/takeover.py): named like the ownership TXT, ``_edge-takeover.<host>``."""
+    return f"{TAKEOVER_LABEL}.{base_of(hostname)}"

@@ -82,6 +82,19 @@ class DomainService:
     def cname_target(self) -> str:
         return self._target
 
+    @property
+    def edge_addresses(self) -> list[str]:
+        return list(self._addresses)
+
+    def claim_expires_at(self, domain: Item) -> float | None:
+        """When another publication may connect ``domain``'s hostname if it is still unproven
+        (an unproven claim is released at the next connect after this); None once proven: a
+        verified claim does not expire (only a takeover by DNS proof moves it,
+        domains/takeover.py)."""
+        if domain["status"] != PENDING_DNS:
+            return None
+        return float(domain["claimed_at"]) + self._claim_ttl
+
     def normalize(self, hostname: object) -> str:
         return normalize_hostname(hostname, self._platform, self._allow_wildcards)
 

@@ -28,6 +28,12 @@ a redirect, a connection error or a timeout is retried with jittered exponential
 ``max_attempts``, after which the event is left in state ``failed`` with ``last_error``.
 A delivered event expires ``retention`` seconds after its delivery, a failed one as long
 after its last attempt.
+
+``domain.taken_over`` goes to the publication that held a domain when the owner of its DNS
+moved it to their own publication with a TXT proof (domains/takeover.py, docs/takeover.md):
+``data`` is ``{"hostname", "publication_id"`` (the previous holder)``, "status": "taken_over",
+"previous_status"}``; the new holder is not named (its own ``domain.verified`` and
+``domain.active`` follow as usual).
 """
 from __future__ import annotations
 
@@ -51,6 +57,7 @@ WEBHOOKS = TableSpec("webhook_outbox", key="id", indexes=("state",), expiring=Tr
 EVENT_TYPES = frozenset({
     "domain.verified", "domain.awaiting_traffic", "domain.active", "domain.suspended",
     "domain.removed",
+    "domain.taken_over",  # to the previous holder: the DNS owner moved it (domains/takeover.py)
     "certificate.issued", "certificate.renewal_failed",
     "certificate.uploaded", "certificate.fallback",  # a publisher's own (domains/byo.py)
 })

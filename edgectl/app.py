@@ -22,6 +22,7 @@ from control.wiring import Services
 from publisher import byo_page, settings_page
 from publisher.api import bp as domains_bp
 from publisher.byo_api import bp as byo_bp
+from publisher.takeover_api import bp as takeover_bp
 from edge.control_api import VisitSink
 from edge.control_api import bp as edge_bp
 from edge.sso_views import bp as sso_bp
@@ -47,9 +48,10 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None,
     provide(app, services, services.settings, services.domains, services.lifecycle,
             services.challenges, services.certificates, services.edge_state, services.links,
             services.tokens, services.platform, services.sso, services.custom_certificates,
+            services.takeovers,
             VisitSink(services.links.add_visits))
-    for blueprint in (domains_bp, byo_bp, edge_bp, challenge_bp, links_bp, sso_bp, ops_bp,
-                      tokens_bp):
+    for blueprint in (domains_bp, takeover_bp, byo_bp, edge_bp, challenge_bp, links_bp, sso_bp,
+                      ops_bp, tokens_bp):
         app.register_blueprint(blueprint)
     app.register_error_handler(StoreError, _store_unavailable)
     serve_contract(app)

@@ -22,6 +22,7 @@ from certs.uploads import UPLOADS
 from control.migrations import META
 from domains.counts import DOMAIN_COUNTS
 from domains.repository import DOMAINS
+from domains.takeover import TAKEOVERS
 from domains.timeline import EVENTS
 from domains.webhooks import WEBHOOKS
 from edge.sso import SSO_CODES, SSO_KEYS
@@ -36,7 +37,7 @@ from store.backup import BackupError, Manifest, check_backup, restore_backup, ta
 from store.backup_stores import open_source, open_target
 
 TABLES: tuple[TableSpec, ...] = (
-    DOMAINS, DOMAIN_COUNTS, EVENTS, WEBHOOKS, API_TOKENS,
+    DOMAINS, DOMAIN_COUNTS, EVENTS, WEBHOOKS, TAKEOVERS, API_TOKENS,
     CERTIFICATES, UPLOADS, ACCOUNTS, ORDERS, CHALLENGES, BUDGETS, ISSUANCE_STATS,
     EDGE_STATE, EDGE_ROUTES, EDGE_REDIRECTS, EDGE_CERTS, EDGE_NODES, EDGE_VISIT_REPORTS,
     LINKS, LINK_CHANGES, LINK_DAYS, SSO_KEYS, SSO_CODES,

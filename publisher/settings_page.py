@@ -19,7 +19,7 @@ from dnsops import dnsconfig
 from dnsops.hostnames import unicode_form
 from domains import pairs
 from domains.byo import CustomCertificates
-from domains.errors import PUBLISHER_ERRORS, DomainError
+from domains.errors import PUBLISHER_ERRORS, DomainError, HostnameTaken
 from domains.lifecycle import Lifecycle
 from domains.pairs import pair_view
 from domains.redirects import DomainOptions
@@ -28,7 +28,7 @@ from domains.words import host_tag, status_words, time_tag
 from kit.platform import PlatformUser
 from kit.settings import Settings
 from kit.web import find, use
-from publisher import auth
+from publisher import auth, takeover_page
 
 bp = Blueprint("publisher_settings", __name__, url_prefix="/_edge/settings",
                template_folder="templates", static_folder="static")
@@ -37,6 +37,7 @@ bp = Blueprint("publisher_settings", __name__, url_prefix="/_edge/settings",
 def init_app(app: Flask, encryption_key: str, clock: Callable[[], float]) -> None:
     auth.init_csrf(app, encryption_key, clock)
     app.register_blueprint(bp)
+    app.register_blueprint(takeover_page.bp)
 
 
 bp.after_request(auth.page_headers)
@@ -160,6 +161,8 @@ def connect() -> Response | tuple[str, int]:
         mode = cast(pairs.WithWww, form["with_www"]) if pairs.companion_of(hostname) else None
         domain, _ = pairs.connect(_domains(), hostname, form["publication"], mode, {},
                                   actor=f"publisher:{user.id}")
+    except HostnameTaken as exc:  # a dead end no more: who may release it, or move it here
+        return takeover_page.taken(user, exc.hostname, form["publication"], exc.status)
     except PUBLISHER_ERRORS as exc:
         return _index(user, str(exc), form, exc.status)
     return redirect(url_for(".show", hostname=domain["hostname"]), 303)
