@@ -89,7 +89,7 @@ def settings_rows() -> list[dict[str, Any]]:
         if name not in named:
             if name not in docstrings:
                 raise ValueError(f"setting {name} has no meaning: give it a docstring in "
-                                 f"kit/settings.py or a row in {NOTES.relative_to(ROOT)}")
+                                 f"kit/settings.py or a row in docs/reference/{NOTES.name}")
             rows.append({"section": "Other settings", "names": [name],
                          "meaning": docstrings[name]})
     for row in rows:
