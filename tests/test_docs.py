@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from flask.testing import FlaskClient
 
 from kit.settings import Settings
 
@@ -65,7 +66,7 @@ def test_the_generated_pages_are_current() -> None:
     assert gen_docs.stale() == []
 
 
-def test_the_api_reference_is_the_document_the_app_serves(client) -> None:  # type: ignore[no-untyped-def]
+def test_the_api_reference_is_the_document_the_app_serves(client: FlaskClient) -> None:
     served = client.get("/api/v1/openapi.json").get_json()
     committed = json.loads((ROOT / "docs" / "reference" / "openapi.json").read_text())
     assert served == committed
