@@ -56,19 +56,24 @@ def field_docstrings() -> dict[str, str]:
 
 
 def _shown_default(field: dataclasses.Field) -> str:  # type: ignore[type-arg]
+    """The declared default as an operator writes it: numbers bare (seconds also in days or
+    hours), a list comma-separated as the environment takes it, a table as JSON."""
     value = field.default_factory() if field.default is dataclasses.MISSING \
         else field.default  # type: ignore[misc]
     if value in ("", [], {}):
         return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
+    if isinstance(value, (int, float)):
         text = f"{value:g}" if value < 1e6 else f"{value:.0f}"
-        for unit, size in (("days", 86400), ("hours", 3600)):
+        for unit, size in (("day", 86400), ("hour", 3600)):
             if field.name.endswith("_seconds") and value >= size and value % size == 0:
-                return f"{text} ({value / size:g} {unit})"
+                count = value / size
+                return f"{text} ({count:g} {unit}{'s' if count != 1 else ''})"
         return text
-    if isinstance(value, (list, dict)):
+    if isinstance(value, list):
+        return f"`{','.join(str(item) for item in value)}`"
+    if isinstance(value, dict):
         return f"`{json.dumps(value)}`"
     return f"`{value}`"
 
@@ -212,6 +217,11 @@ def _schema_section(name: str, schema: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+SECTIONS = {"domains": "Custom domains", "edge": "Edge agents", "links": "Short links",
+            "ops": "Operator views (edgectl)"}
+"""The heading of each group of operations, by the path's first segment after /api/v1/."""
+
+
 def api_page(document: dict[str, Any]) -> str:
     lines = [GENERATED.format(source="the app's OpenAPI document"), "",
              "# API reference", "",
@@ -223,8 +233,13 @@ def api_page(document: dict[str, Any]) -> str:
              "Tokens: " + "; ".join(
                  f"`{name}`: {_cell(scheme.get('description', ''))}"
                  for name, scheme in document["components"]["securitySchemes"].items()) + ".",
-             "", "## Operations", ""]
+             ""]
+    section = None
     for path, methods in document["paths"].items():
+        part = path.removeprefix("/api/v1/").split("/")[0]
+        if part != section:
+            section = part
+            lines += [f"## {SECTIONS.get(part, part.capitalize())}", ""]
         for method, op in methods.items():
             lines += _operation(method, path, op)
     lines += ["## Schemas", ""]
