@@ -2,7 +2,7 @@
 
 waitress (pure Python, keep-alive, an asyncore loop in front of a few threads), one process per
 core sharing one listening socket: bench/shortlinks_throughput.py measured it against gunicorn,
-werkzeug's development server and bjoern (see README). Each process builds its own store
+werkzeug's development server and bjoern (docs/benchmarks.md). Each process builds its own store
 connection and resolver after the fork, flushes buffered visit counts every two seconds and
 once more when it stops. A cached plain link is answered on waitress's I/O thread, without the
 hand-off to a pool thread (shortlinks/inline.py).

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,22 +83,6 @@ def test_serve_refuses_to_start_and_names_the_setting(tmp_path: Path) -> None:
                             env={"PATH": "/usr/bin:/bin", "EDGE_ENCRYPTION_KEYS": KEY})
     assert result.returncode == 2
     assert "EDGE_API_TOKEN" in result.stderr and "required" in result.stderr
-
-
-def readme_settings() -> list[str]:
-    """The names in the first column of README.md's settings table (a row may name several)."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| `")]
-    return [name for row in rows for name in re.findall(r"`([a-z0-9_]+)`", row.split("|")[1])]
-
-
-def test_the_readme_table_names_every_setting_and_no_other() -> None:
-    declared = {field.name for field in dataclasses.fields(Settings)}
-    documented = readme_settings()
-    assert sorted(declared - set(documented)) == [], "settings missing from README.md's table"
-    assert sorted(set(documented) - declared) == [], "README.md's table names no such setting"
-    assert len(documented) == len(set(documented)), "a setting has two rows"
 
 
 def test_every_setting_is_parsed_and_its_secrets_never_shown() -> None:

@@ -23,4 +23,4 @@ def needs(required: tuple[str, ...] | None) -> str | None:
         return None
     return (f"needs {', '.join(ENV_PREFIX + name.upper() for name in required)}\n(environment, "
             "or their lowercase keys in --config / $EDGE_CONFIG);\nevery other setting is "
-            "optional (README.md's settings table)")
+            "optional (docs/reference/configuration.md)")
