@@ -166,6 +166,15 @@ RUN_BY: dict[str, tuple[str, str]] = {
     "edgectl certs list --expiring 30d": (
         "tests/test_operator_cli.py::test_certificates_expiring_within_a_window",
         '"--expiring", "30d"'),
+    "edgectl tokens create pub_1 --label cms": (
+        "tests/test_operator_cli.py::test_tokens_create_list_and_revoke",
+        '"tokens", "create", "pub_7", "--label", "cms"'),
+    "edgectl tokens list pub_1": (
+        "tests/test_operator_cli.py::test_tokens_create_list_and_revoke",
+        '"tokens", "list", "pub_7"'),
+    "edgectl tokens revoke 3f9a0c1d2e4b": (
+        "tests/test_operator_cli.py::test_tokens_create_list_and_revoke",
+        '"tokens", "revoke", token_id'),
     "edgectl config check serve.toml serve.env --for serve|agent|shortlinks|operator": (
         "tests/test_operator_cli.py::test_config_check_reports_every_problem",
         '"config", "check"'),
