@@ -102,7 +102,7 @@ def test_redirect_loops_chains_and_foreign_or_inactive_targets_are_refused(
 
 def test_null_clears_every_patch_field_to_its_default(services: Services, client: FlaskClient,
                                                       active: Callable[..., None]) -> None:
-    """README: in a PATCH, a field left out stays and ``null`` clears it (to its default)."""
+    """docs/publisher.md: in a PATCH, a field left out stays and ``null`` clears it (to its default)."""
     active(services, client, "home.example.test")
     assert connect(client, "away.example.test").status_code == 201
     full = {"redirect_to": "home.example.test", "redirect_status_code": 301,
