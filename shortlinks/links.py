@@ -34,6 +34,11 @@ def link_id(domain: str, slug: str) -> str:
     return f"{domain.lower()}/{slug}"
 
 
+def short_url(link: Item) -> str:
+    """The address visitors use: https on the link's short domain (its QR code says the same)."""
+    return f"https://{link['domain']}/{link['slug']}"
+
+
 class LinkService:
     def __init__(self, table: Table, short_domains: Iterable[str], slug_length: int = 7,
                  default_code: int = 302, changes: Table | None = None,
