@@ -6,18 +6,16 @@ import io
 import re
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
-from markupsafe import Markup
 from werkzeug.wrappers import Response
 
-from admin.charts import Series, bar_chart
 from admin.web import admin, audit
 from shortlinks.links import ShortlinkError
+from shortlinks.pages import STATS_DAYS, stats_days, visits_chart
 from store import Page
 
 bp = Blueprint("lists", __name__)
 PAGE = 50
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-STATS_DAYS = (7, 30, 90)
 
 
 def _cursor() -> str | None:
@@ -55,23 +53,13 @@ def links() -> str:
 
 def _link_stats(domain: str, slug: str) -> tuple[dict[str, object], dict[str, object], int]:
     """The link, its stats over ``?days=`` (7, 30 or 90; else 30) and that number of days."""
-    days = request.args.get("days", type=int)
-    days = days if days in STATS_DAYS else 30
+    days = stats_days(request.args.get("days", type=int))
     try:
         link = admin().services.links.get(domain, slug)
         stats = admin().services.links.visit_stats(domain, slug, days)
     except ShortlinkError as exc:
         abort(exc.status, str(exc))
     return link, stats, days
-
-
-def visits_chart(stats: dict[str, object], days: int) -> Markup:
-    rows: list[dict[str, object]] = stats["days"]  # type: ignore[assignment]
-    labels = [str(row["date"])[5:] for row in rows]  # MM-DD
-    return bar_chart(f"Visits per day over the last {days} days (UTC)", labels, [
-        Series("visits", "#2c7fb8", [int(str(row["visits"])) for row in rows]),
-        Series("bots and HEAD", "#b0b0b0", [int(str(row["bots"])) for row in rows])],
-        label_every=max(1, days // 10))
 
 
 @bp.get("/links/<domain>/<slug>")
