@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from typing import cast
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
@@ -11,6 +12,7 @@ from werkzeug.wrappers import Response
 from admin.web import admin, audit
 from shortlinks.links import ShortlinkError
 from shortlinks.pages import STATS_DAYS, stats_days, visits_chart
+from shortlinks.search import BY, TARGET_PAGE, By, search
 from store import Page
 
 bp = Blueprint("lists", __name__)
@@ -44,11 +46,22 @@ def nodes() -> str:
 
 @bp.get("/links")
 def links() -> str:
+    """Every link a page at a time, or a search (shortlinks/search.py: what it reads)."""
+    by = request.args.get("by", "link")
+    text = request.args.get("q", "").strip()[:2048]
+    if by not in BY:
+        abort(400, f"Search by one of: {', '.join(BY)}.")
     try:
-        page = admin().services.links.browse(limit=PAGE, cursor=_cursor())
+        if text:
+            found = search(admin().services.links, cast(By, by), text, PAGE, _cursor())
+            page = Page(found.links, found.next_cursor)
+            read = found.read
+        else:
+            page, read = admin().services.links.browse(limit=PAGE, cursor=_cursor()), 0
     except ValueError:
-        page = _bad_cursor()
-    return render_template("admin/links.html", page=page, cursor=_cursor())
+        page, read = _bad_cursor(), 0
+    return render_template("admin/links.html", page=page, cursor=_cursor(), by=by, q=text,
+                           choices=BY, read=read, target_page=TARGET_PAGE)
 
 
 def _link_stats(domain: str, slug: str) -> tuple[dict[str, object], dict[str, object], int]:
@@ -90,7 +103,8 @@ def toggle_link(domain: str, slug: str, action: str) -> Response:
     except ShortlinkError as exc:
         abort(exc.status, str(exc))
     audit(f"link {action}d", f"{domain}/{slug}")
-    return redirect(url_for(".links", cursor=request.form.get("cursor") or None), 303)
+    back = {name: request.form.get(name) or None for name in ("cursor", "by", "q")}
+    return redirect(url_for(".links", **back), 303)
 
 
 @bp.get("/audit")

@@ -223,6 +223,10 @@ class LinkService:
         """One page of every link (a paginated scan), for the dashboard's list."""
         return self.table.scan(limit=limit, cursor=cursor)
 
+    @property
+    def short_domains(self) -> list[str]:
+        return sorted(self._domains)
+
     def is_short_domain(self, domain: str) -> bool:
         return domain.lower() in self._domains
 
