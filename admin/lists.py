@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from typing import cast
+from typing import Any, cast
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
@@ -103,7 +103,8 @@ def toggle_link(domain: str, slug: str, action: str) -> Response:
     except ShortlinkError as exc:
         abort(exc.status, str(exc))
     audit(f"link {action}d", f"{domain}/{slug}")
-    back = {name: request.form.get(name) or None for name in ("cursor", "by", "q")}
+    back: dict[str, Any] = {name: request.form.get(name) or None
+                            for name in ("cursor", "by", "q")}
     return redirect(url_for(".links", **back), 303)
 
 

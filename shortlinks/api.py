@@ -132,9 +132,8 @@ class ListLinks(PageQuery):
     owner: str | None = Field(None, min_length=1, max_length=128, examples=["pub_1"])
 
 
-class Link(BaseModel):
-    """A short link as version 1 answers it (no ``Api-Version``; what v0.1.0 clients read):
-    times in Unix seconds."""
+class _LinkFields(BaseModel):
+    """What every version of a link answer carries (the times differ)."""
 
     domain: str
     slug: str
@@ -142,37 +141,31 @@ class Link(BaseModel):
     owner: str
     code: int
     disabled: bool
-    valid_until: float | None
     max_visits: int | None
     expired_url: str | None
     device_targets: dict[str, str] | None
     utm: dict[str, str] | None
-    created_at: float
-    updated_at: float
     visits: int
     bots: int
 
 
-class LinkV2(BaseModel):
+class Link(_LinkFields):
+    """A short link as version 1 answers it (no ``Api-Version``; what v0.1.0 clients read):
+    times in Unix seconds."""
+
+    valid_until: float | None
+    created_at: float
+    updated_at: float
+
+
+class LinkV2(_LinkFields):
     """A short link as version 2 answers it (``Api-Version: 2``): its ``short_url``, and times
     in ISO 8601 (UTC)."""
 
     short_url: str = Field(examples=["https://acme.link/spring"])
-    domain: str
-    slug: str
-    target: str
-    owner: str
-    code: int
-    disabled: bool
     valid_until: str | None = Field(examples=["2026-12-31T23:59:59+00:00"])
-    max_visits: int | None
-    expired_url: str | None
-    device_targets: dict[str, str] | None
-    utm: dict[str, str] | None
     created_at: str = Field(examples=["2026-12-04T21:59:25+00:00"])
     updated_at: str
-    visits: int
-    bots: int
 
 
 class LinkAnswer(RootModel[LinkV2 | Link]):

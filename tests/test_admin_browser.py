@@ -1,4 +1,5 @@
 """The dashboard in a real Chromium: sign in, fix a failing domain, disable a short link.
+axe-core checks each dashboard page the tests look at (tests/axe.py).
 
 DNS is real (challtestsrv); the dashboard and the redirect app run in real HTTP servers on
 loopback; every *.test name resolves to 127.0.0.1 inside the browser.
@@ -19,6 +20,7 @@ from control.wiring import Services
 from devtools.pebble import PebbleStack
 from kit.web import provided
 from shortlinks.app import make_app
+from tests import axe
 from tests.conftest import ServicesWith
 
 pytestmark = pytest.mark.slow
@@ -76,6 +78,7 @@ def test_find_a_failing_domain_and_recheck_it(services: Services, pebble: Pebble
     services.lifecycle.check_now("broken.example.test")  # fails: no ownership TXT yet
     assert services.domains.get("broken.example.test")["last_error"]
     page.reload()
+    axe.check(page, "1-overview")
     page.screenshot(path=str(tmp_path / "1-overview.png"), full_page=True)
     page.click("text=Domains")
     page.select_option("select[name=status]", "pending_dns")
@@ -85,6 +88,7 @@ def test_find_a_failing_domain_and_recheck_it(services: Services, pebble: Pebble
     row.locator("a").click()
     assert page.inner_text("#status") == "Waiting for DNS"
     assert "txt_missing" in page.content()
+    axe.check(page, "2-failing-domain")
     page.screenshot(path=str(tmp_path / "2-failing-domain.png"), full_page=True)
 
     pebble.set_txt("_edge-challenge.broken.example.test", domain["token"])
@@ -92,6 +96,7 @@ def test_find_a_failing_domain_and_recheck_it(services: Services, pebble: Pebble
     page.wait_for_selector("text=DNS re-checked.")
     assert page.inner_text("#status") == "DNS verified"
     assert "pending_dns -> verified\tadmin:alice" in page.inner_text("table.timeline")
+    axe.check(page, "3-verified")
     page.screenshot(path=str(tmp_path / "3-verified.png"), full_page=True)
     assert services.domains.get("broken.example.test")["status"] == "verified"
 
@@ -110,6 +115,7 @@ def test_disable_a_short_link_and_its_redirect_stops(services: Services, page: A
     row.locator("button:has-text('Disable')").click()
     page.wait_for_selector("button:has-text('Enable')")
     assert "disabled" in page.locator("tr", has_text="go.example.test/spring").inner_text()
+    axe.check(page, "4-link-disabled")
     page.screenshot(path=str(tmp_path / "4-link-disabled.png"), full_page=True)
 
     answer = page.goto(short)
@@ -156,4 +162,5 @@ def test_a_link_page_charts_its_visits_and_referrers(services: Services, browser
     chart = page.locator("#visits-chart svg")
     assert chart.get_attribute("aria-label") == "Visits per day over the last 90 days (UTC)"
     assert chart.locator("rect[fill='#2c7fb8']").count() == 2  # today's bar and the legend
+    axe.check(page, "6-link-stats")
     page.screenshot(path=str(tmp_path / "6-link-stats.png"), full_page=True)

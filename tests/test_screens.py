@@ -73,17 +73,23 @@ def base(services: Services) -> Iterator[str]:
         yield f"http://{SSO_PLATFORM}:{url.rsplit(':', 1)[1]}"
 
 
-@pytest.fixture
-def tab(browser: Any, base: str) -> Iterator[Any]:
-    context = browser.new_context()
-    token = jwt.encode({"sub": "alice", "publications": ["pub_1"],
+def publisher_tab(browser: Any, publications: list[str], width: int = 1280) -> Any:
+    """A new tab signed in to the platform as alice, who manages ``publications``."""
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    token = jwt.encode({"sub": "alice", "publications": publications,
                         "exp": int(time.time()) + 600}, SSO_COOKIE_KEY, algorithm="HS256")
     context.add_cookies([{"name": "platform_session", "value": token,
                           "domain": SSO_PLATFORM, "path": "/"}])
     page = context.new_page()
     page.set_default_timeout(15000)
+    return page
+
+
+@pytest.fixture
+def tab(browser: Any, base: str) -> Iterator[Any]:
+    page = publisher_tab(browser, ["pub_1"])
     yield page
-    context.close()
+    page.context.close()
 
 
 def publisher_pages() -> list[str]:
