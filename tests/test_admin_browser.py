@@ -72,6 +72,18 @@ def page(browser: Any, admin_port: int) -> Iterator[Any]:
     context.close()
 
 
+def shows_a_visit_and_a_bot_today(page: Any, referrer: str) -> None:
+    """A link's page (the admin's or the publisher's) after one visit from ``referrer`` and one
+    from a bot today: the totals, the chart's bars, the referrer and the day's row."""
+    assert (page.inner_text("#visits"), page.inner_text("#bots")) == ("1", "1")
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    bars = page.locator("#visits-chart svg rect title").all_text_contents()
+    assert f"{today[5:]}: 1 visits" in bars and f"{today[5:]}: 1 bots and HEAD" in bars
+    assert f"{referrer}\t1" in page.inner_text("#referrers")
+    page.click("summary:has-text('Per day')")
+    assert f"{today}\t1\t1" in page.inner_text("#days")
+
+
 def test_find_a_failing_domain_and_recheck_it(services: Services, pebble: PebbleStack,
                                               page: Any, tmp_path: Path) -> None:
     domain, _ = services.domains.connect("broken.example.test", "pub_1")
@@ -150,13 +162,7 @@ def test_a_link_page_charts_its_visits_and_referrers(services: Services, browser
     page.goto(f"http://admin.example.test:{admin_port}/admin/links")
     page.click("a:has-text('go.example.test/chart')")
     page.wait_for_selector("h1:has-text('go.example.test/chart')")
-    assert (page.inner_text("#visits"), page.inner_text("#bots")) == ("1", "1")
-    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    bars = page.locator("#visits-chart svg rect title").all_text_contents()
-    assert f"{today[5:]}: 1 visits" in bars and f"{today[5:]}: 1 bots and HEAD" in bars
-    assert "news.example.org\t1" in page.inner_text("#referrers")
-    page.click("summary:has-text('Per day')")
-    assert f"{today}\t1\t1" in page.inner_text("#days")
+    shows_a_visit_and_a_bot_today(page, "news.example.org")
     page.click("a:has-text('90 days')")
     page.wait_for_selector("strong:has-text('90 days')")
     chart = page.locator("#visits-chart svg")

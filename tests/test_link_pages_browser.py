@@ -8,7 +8,6 @@ The control app and the redirect app run in real HTTP servers on loopback; every
 resolves to 127.0.0.1 inside the browser."""
 from __future__ import annotations
 
-import datetime
 from typing import Any, Iterator
 
 import pytest
@@ -19,7 +18,7 @@ from shortlinks.app import make_app
 from shortlinks.errors import LinkNotFound
 from tests import axe
 from tests.conftest import SSO_PLATFORM
-from tests.test_admin_browser import serve
+from tests.test_admin_browser import serve, shows_a_visit_and_a_bot_today
 from tests.test_screens import (SHORT, base, fits, publisher_tab, services,  # noqa: F401
                                 sign_in)
 
@@ -76,13 +75,7 @@ def test_a_publisher_makes_follows_and_deletes_a_link(
     tab.goto(visit)
     services.resolver.flush_visits()
     tab.goto(f"{base}/_edge/settings/links/{SHORT}/launch{width}")
-    assert (tab.inner_text("#visits"), tab.inner_text("#bots")) == ("1", "1")
-    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    bars = tab.locator("#visits-chart svg rect title").all_text_contents()
-    assert f"{today[5:]}: 1 visits" in bars and f"{today[5:]}: 1 bots and HEAD" in bars
-    assert "news.example.org\t1" in tab.inner_text("#referrers")
-    tab.click("summary:has-text('Per day')")
-    assert f"{today}\t1\t1" in tab.inner_text("#days")
+    shows_a_visit_and_a_bot_today(tab, "news.example.org")
     tab.click("a:has-text('7 days')")
     tab.wait_for_selector("strong:has-text('7 days')")
     assert tab.locator("#visits-chart svg").get_attribute("aria-label") == \
