@@ -27,15 +27,14 @@ from store import Item
 bp = Blueprint("publisher_links", __name__, url_prefix="/_edge/settings/links",
                template_folder="templates")
 bp.after_request(auth.page_headers)
+PAGE = 50
+CODE_WORDS = {302: "302: temporary (the default)", 301: "301: permanent",
+              307: "307: temporary, method kept", 308: "308: permanent, method kept"}
 
 
 @bp.app_template_filter("iso_time")
 def _iso_time(seconds: float | None) -> str | None:
     return iso(float(seconds)) if seconds is not None else None
-
-PAGE = 50
-CODE_WORDS = {302: "302: temporary (the default)", 301: "301: permanent",
-              307: "307: temporary, method kept", 308: "308: permanent, method kept"}
 
 
 def _links() -> LinkService:

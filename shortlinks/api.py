@@ -7,8 +7,8 @@ itself, on short domains connected and verified for that publication."""
 from __future__ import annotations
 
 import csv
-import io
 import datetime
+import io
 from typing import Annotated, Any, Literal
 
 from flask import Blueprint, Response, jsonify
@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from kit.api import VERSION_HEADER, PageQuery, QueryModel, RequestModel, answer_version, operation
 from kit.auth import require_platform_or_publication, scope
-from kit.clock import iso
+from kit.clock import LAST_TIME, iso
 from kit.web import api_error, use
 from shortlinks.bulk import qr_code
 from shortlinks.errors import LinkNotFound, NotYours, ShortlinkError
@@ -55,12 +55,13 @@ Code = Literal[301, 302, 307, 308]
 
 def _limit_time(value: Any) -> float:
     """Unix seconds, or an ISO 8601 time with its offset, as the epoch seconds the service
-    keeps."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+    keeps (up to the year 9999, which an ISO answer can still write)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and 0 <= value <= LAST_TIME:
         return float(value)
     if not isinstance(value, str) or len(value) > 40:
-        raise PydanticCustomError("invalid_time", "Unix seconds (0 or more) or an ISO 8601 "
-                                  "time such as 2026-12-31T23:59:59Z")
+        raise PydanticCustomError("invalid_time", "Unix seconds (0 to 253402300799) or an "
+                                  "ISO 8601 time such as 2026-12-31T23:59:59Z")
     try:
         when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -68,11 +69,11 @@ def _limit_time(value: Any) -> float:
                                   "2026-12-31T23:59:59Z, or Unix seconds") from None
     if when.tzinfo is None:
         raise PydanticCustomError("invalid_time", "give the time's offset (Z for UTC)")
-    return max(0.0, when.timestamp())
+    return min(max(0.0, when.timestamp()), LAST_TIME)
 
 
 Limit = Annotated[float, PlainValidator(_limit_time), WithJsonSchema({"anyOf": [
-    {"type": "number", "minimum": 0},
+    {"type": "number", "minimum": 0, "maximum": LAST_TIME},
     {"type": "string", "format": "date-time", "examples": ["2026-12-31T23:59:59Z"]}]})]
 UtmValue = Annotated[str, Field(min_length=1, max_length=MAX_UTM)]
 

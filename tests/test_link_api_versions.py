@@ -86,7 +86,7 @@ def test_an_unknown_version_is_refused_with_a_sentence(client: FlaskClient,
 
 
 @pytest.mark.parametrize("when", ["2030-01-01", "next week", "2030-01-01T00:00:00",
-                                  True, -5, "9" * 41])
+                                  True, -5, "9" * 41, 253402300800, 1e300])
 def test_a_time_that_is_not_one_is_refused(client: FlaskClient, when: object) -> None:
     answer = client.post("/api/v1/links", headers=V2, json={
         "domain": "acme.link", "target": "https://example.com/a", "owner": "pub_1",
@@ -105,3 +105,15 @@ def test_the_contract_documents_both_versions(client: FlaskClient) -> None:
         "number"
     assert document["components"]["schemas"]["LinkV2"]["properties"]["created_at"]["type"] == \
         "string"
+
+
+def test_a_time_past_the_year_9999_answers_as_its_last_second(services: Services,
+                                                               client: FlaskClient) -> None:
+    """A v0.1.0 client could store any number; version 2 still answers (no 500)."""
+    services.links.create("acme.link", "https://example.com/a", "pub_1", slug="far",
+                          valid_until=1e20)
+    answer = client.get("/api/v1/links/acme.link/far", headers=V2)
+    assert answer.status_code == 200
+    assert answer.get_json()["valid_until"] == "9999-12-31T23:59:59+00:00"
+    assert client.get("/api/v1/links/acme.link/far", headers=AUTH).get_json()[
+        "valid_until"] == 1e20
