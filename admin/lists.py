@@ -4,20 +4,20 @@ from __future__ import annotations
 import csv
 import io
 import re
+from typing import Any, cast
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
-from markupsafe import Markup
 from werkzeug.wrappers import Response
 
-from admin.charts import Series, bar_chart
 from admin.web import admin, audit
 from shortlinks.links import ShortlinkError
+from shortlinks.pages import STATS_DAYS, stats_days, visits_chart
+from shortlinks.search import BY, TARGET_PAGE, By, search
 from store import Page
 
 bp = Blueprint("lists", __name__)
 PAGE = 50
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-STATS_DAYS = (7, 30, 90)
 
 
 def _cursor() -> str | None:
@@ -46,32 +46,33 @@ def nodes() -> str:
 
 @bp.get("/links")
 def links() -> str:
+    """Every link a page at a time, or a search (shortlinks/search.py: what it reads)."""
+    by = request.args.get("by", "link")
+    text = request.args.get("q", "").strip()[:2048]
+    if by not in BY:
+        abort(400, f"Search by one of: {', '.join(BY)}.")
     try:
-        page = admin().services.links.browse(limit=PAGE, cursor=_cursor())
+        if text:
+            found = search(admin().services.links, cast(By, by), text, PAGE, _cursor())
+            page = Page(found.links, found.next_cursor)
+            read = found.read
+        else:
+            page, read = admin().services.links.browse(limit=PAGE, cursor=_cursor()), 0
     except ValueError:
-        page = _bad_cursor()
-    return render_template("admin/links.html", page=page, cursor=_cursor())
+        page, read = _bad_cursor(), 0
+    return render_template("admin/links.html", page=page, cursor=_cursor(), by=by, q=text,
+                           choices=BY, read=read, target_page=TARGET_PAGE)
 
 
 def _link_stats(domain: str, slug: str) -> tuple[dict[str, object], dict[str, object], int]:
     """The link, its stats over ``?days=`` (7, 30 or 90; else 30) and that number of days."""
-    days = request.args.get("days", type=int)
-    days = days if days in STATS_DAYS else 30
+    days = stats_days(request.args.get("days", type=int))
     try:
         link = admin().services.links.get(domain, slug)
         stats = admin().services.links.visit_stats(domain, slug, days)
     except ShortlinkError as exc:
         abort(exc.status, str(exc))
     return link, stats, days
-
-
-def visits_chart(stats: dict[str, object], days: int) -> Markup:
-    rows: list[dict[str, object]] = stats["days"]  # type: ignore[assignment]
-    labels = [str(row["date"])[5:] for row in rows]  # MM-DD
-    return bar_chart(f"Visits per day over the last {days} days (UTC)", labels, [
-        Series("visits", "#2c7fb8", [int(str(row["visits"])) for row in rows]),
-        Series("bots and HEAD", "#b0b0b0", [int(str(row["bots"])) for row in rows])],
-        label_every=max(1, days // 10))
 
 
 @bp.get("/links/<domain>/<slug>")
@@ -102,7 +103,9 @@ def toggle_link(domain: str, slug: str, action: str) -> Response:
     except ShortlinkError as exc:
         abort(exc.status, str(exc))
     audit(f"link {action}d", f"{domain}/{slug}")
-    return redirect(url_for(".links", cursor=request.form.get("cursor") or None), 303)
+    back: dict[str, Any] = {name: request.form.get(name) or None
+                            for name in ("cursor", "by", "q")}
+    return redirect(url_for(".links", **back), 303)
 
 
 @bp.get("/audit")

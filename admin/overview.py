@@ -7,7 +7,7 @@ import datetime
 from flask import Blueprint, render_template
 from markupsafe import Markup
 
-from admin.charts import Series, bar_chart
+from kit.charts import Series, bar_chart
 from admin.summary import FAILING_GRACE, WEEKS
 from admin.web import admin
 

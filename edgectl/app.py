@@ -19,7 +19,7 @@ from admin.tokens_api import bp as tokens_bp
 from certs.challenges import bp as challenge_bp
 from control.server import Draining
 from control.wiring import Services
-from publisher import byo_page, settings_page
+from publisher import byo_page, links_page, settings_page
 from publisher.api import bp as domains_bp
 from publisher.byo_api import bp as byo_bp
 from publisher.takeover_api import bp as takeover_bp
@@ -57,6 +57,7 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None,
     serve_contract(app)
     settings_page.init_app(app, services.settings.encryption_keys[0], services.clock)
     app.register_blueprint(byo_page.bp)
+    app.register_blueprint(links_page.bp)
     admin.init_app(app, services)
     _register_health(app, services, draining)
     return app

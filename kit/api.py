@@ -26,6 +26,10 @@ from kit.web import api_error
 F = TypeVar("F", bound=Callable[..., Any])
 _OPERATION = "__api_operation__"
 API_PREFIX = "/api/v1"
+VERSION_HEADER = "Api-Version"
+ANSWER_VERSIONS = ("1", "2")
+"""The answer shapes a versioned operation speaks (``Api-Version`` request header; none: 1, what
+v0.1.0 clients read). 2: short links carry ``short_url`` and their times are ISO 8601."""
 CONTRACT_PATH = API_PREFIX + "/openapi.json"
 SECURITY: dict[str, list[dict[str, list[str]]]] = {"platform": [{"platform": []}], "edge": [{"edge": []}],
             "platform_or_publication": [{"platform": []}, {"publication": []}]}
@@ -89,18 +93,29 @@ def validation_error(exc: ValidationError, where: str = "") -> tuple[Response, i
     return api_error(text, 400, _code(first["type"]), field=field)
 
 
+def answer_version() -> str:
+    """The answer shape this request asked for (``Api-Version``), "1" when it names none."""
+    return request.headers.get(VERSION_HEADER, "").strip() or ANSWER_VERSIONS[0]
+
+
 def operation(*, summary: str, auth: str | None, responses: Mapping[int, type[BaseModel] | None],
               body: type[RequestModel] | None = None, query: type[QueryModel] | None = None,
               context: Callable[[], dict[str, Any]] | None = None,
-              media: Mapping[int, tuple[str, ...]] | None = None) -> Callable[[F], F]:
+              media: Mapping[int, tuple[str, ...]] | None = None,
+              versioned: bool = False) -> Callable[[F], F]:
     """Declare a view's contract. ``responses``: status -> the model of its JSON body (None: no
     body); every error status answers ``ErrorBody``. ``context``: what the models' validators
     need at request time (the hostname rules' platform domains, the short domains), passed to
-    ``model_validate``. ``media``: a status answered in another type than JSON (a QR code)."""
+    ``model_validate``. ``media``: a status answered in another type than JSON (a QR code).
+    ``versioned``: the answer's shape follows the ``Api-Version`` header (see
+    :func:`answer_version`); an unknown version is a 400."""
 
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if versioned and answer_version() not in ANSWER_VERSIONS:
+                return api_error(f"{VERSION_HEADER}: one of {', '.join(ANSWER_VERSIONS)}", 400,
+                                 "invalid", field=VERSION_HEADER)
             extra = context() if context else None
             if query is not None:
                 try:
@@ -119,7 +134,8 @@ def operation(*, summary: str, auth: str | None, responses: Mapping[int, type[Ba
 
         setattr(wrapped, _OPERATION, {"summary": summary, "auth": auth, "body": body,
                                       "query": query, "responses": dict(responses),
-                                      "media": dict(media or {}), "doc": view.__doc__})
+                                      "media": dict(media or {}), "doc": view.__doc__,
+                                      "versioned": versioned})
         return wrapped  # type: ignore[return-value]
     return decorator
 
@@ -141,6 +157,13 @@ def _query_parameters(model: type[QueryModel]) -> list[dict[str, Any]]:
     required = set(schema.get("required", []))
     return [{"name": name, "in": "query", "required": name in required, "schema": prop}
             for name, prop in schema.get("properties", {}).items()]
+
+
+_VERSION_PARAMETER = {
+    "name": VERSION_HEADER, "in": "header", "required": False,
+    "description": "The answer's shape: 1 (the default, as v0.1.0 answered) or 2 (short links "
+                   "with short_url, times in ISO 8601)",
+    "schema": {"type": "string", "enum": list(ANSWER_VERSIONS), "default": ANSWER_VERSIONS[0]}}
 
 
 def openapi_document(app: Flask, title: str = "edge-router publisher API",
@@ -165,9 +188,10 @@ def openapi_document(app: Flask, title: str = "edge-router publisher API",
                 op["description"] = " ".join(spec["doc"].split())
             if spec["auth"]:
                 op["security"] = SECURITY[spec["auth"]]
-            if params or spec["query"]:
-                op["parameters"] = params + (_query_parameters(spec["query"])
-                                             if spec["query"] else [])
+            parameters = params + (_query_parameters(spec["query"]) if spec["query"] else [])
+            parameters += [_VERSION_PARAMETER] if spec["versioned"] else []
+            if parameters:
+                op["parameters"] = parameters
             if spec["body"]:
                 op["requestBody"] = {"required": True, "content": {
                     "application/json": {"schema": _schema(spec["body"], definitions)}}}
@@ -192,7 +216,7 @@ def _responses(spec: dict[str, Any], has_params: bool, definitions: dict[str, An
                error_ref: dict[str, Any]) -> dict[str, Any]:
     """An operation's answers: those it declares, and the errors its inputs can bring."""
     statuses = dict(spec["responses"])
-    errors = [400] if spec["body"] or spec["query"] or has_params else []
+    errors = [400] if spec["body"] or spec["query"] or has_params or spec["versioned"] else []
     errors += [401] if spec["auth"] else []
     errors += [413] if spec["body"] else []
     errors += [503]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the product and its tests need, only when missing: Debian packages (pebble,
 # haproxy, node/npm; with --test also testssl.sh, wrk, knot, unbound, chromium and prometheus, for
-# promtool), npm packages (dynalite, for the DynamoDB tests) and this Python package.
+# promtool), the npm packages of package.json (dynalite for the DynamoDB tests, axe-core for the
+# accessibility checks in Chromium) and this Python package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +29,14 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if [ "${1:-}" = "--test" ] && [ ! -x node_modules/.bin/dynalite ]; then
+# Every devDependency of package.json, at the versions package-lock.json pins: installed again
+# when any is missing (a package added since the last bootstrap).
+npm_missing() {
+    node -e 'const deps = Object.keys(require("./package.json").devDependencies || {});
+      process.exit(deps.some((d) => { try { require.resolve(d + "/package.json"); return false; }
+                                      catch (e) { return true; } }) ? 0 : 1);'
+}
+if [ "${1:-}" = "--test" ] && npm_missing; then
     echo "bootstrap: installing npm packages"
     npm ci --no-audit --no-fund --loglevel=error
 fi

@@ -7,19 +7,22 @@ itself, on short domains connected and verified for that publication."""
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 from typing import Annotated, Any, Literal
 
 from flask import Blueprint, Response, jsonify
-from pydantic import AfterValidator, BaseModel, Field, ValidationInfo
+from pydantic import (AfterValidator, BaseModel, Field, PlainValidator, RootModel,
+                      ValidationInfo, WithJsonSchema)
 from pydantic_core import PydanticCustomError
 
-from kit.api import PageQuery, QueryModel, RequestModel, operation
+from kit.api import VERSION_HEADER, PageQuery, QueryModel, RequestModel, answer_version, operation
 from kit.auth import require_platform_or_publication, scope
+from kit.clock import LAST_TIME, iso
 from kit.web import api_error, use
 from shortlinks.bulk import qr_code
 from shortlinks.errors import LinkNotFound, NotYours, ShortlinkError
-from shortlinks.links import SLUG, LinkService
+from shortlinks.links import SLUG, LinkService, short_url
 from shortlinks.stats import RETENTION_DAYS
 from shortlinks.targets import MAX_TARGET, MAX_UTM, RULES
 
@@ -27,6 +30,8 @@ bp = Blueprint("links_api", __name__, url_prefix="/api/v1/links")
 FIELDS = ("domain", "slug", "target", "owner", "code", "disabled", "valid_until",
           "max_visits", "expired_url", "device_targets", "utm", "created_at", "updated_at",
           "visits", "bots")
+TIMES = ("created_at", "updated_at", "valid_until")
+"""Epoch seconds in the answer's version 1, ISO 8601 (UTC) from version 2 on."""
 
 
 def _target(value: str, info: ValidationInfo) -> str:
@@ -46,7 +51,30 @@ Target = Annotated[str, Field(min_length=1, max_length=MAX_TARGET,
                    AfterValidator(_target)]
 Slug = Annotated[str, Field(pattern="^" + SLUG.pattern + "$", max_length=64)]
 Code = Literal[301, 302, 307, 308]
-Limit = Annotated[float, Field(ge=0)]
+
+
+def _limit_time(value: Any) -> float:
+    """Unix seconds, or an ISO 8601 time with its offset, as the epoch seconds the service
+    keeps (up to the year 9999, which an ISO answer can still write)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and 0 <= value <= LAST_TIME:
+        return float(value)
+    if not isinstance(value, str) or len(value) > 40:
+        raise PydanticCustomError("invalid_time", "Unix seconds (0 to 253402300799) or an "
+                                  "ISO 8601 time such as 2026-12-31T23:59:59Z")
+    try:
+        when = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise PydanticCustomError("invalid_time", "an ISO 8601 time such as "
+                                  "2026-12-31T23:59:59Z, or Unix seconds") from None
+    if when.tzinfo is None:
+        raise PydanticCustomError("invalid_time", "give the time's offset (Z for UTC)")
+    return min(max(0.0, when.timestamp()), LAST_TIME)
+
+
+Limit = Annotated[float, PlainValidator(_limit_time), WithJsonSchema({"anyOf": [
+    {"type": "number", "minimum": 0, "maximum": LAST_TIME},
+    {"type": "string", "format": "date-time", "examples": ["2026-12-31T23:59:59Z"]}]})]
 UtmValue = Annotated[str, Field(min_length=1, max_length=MAX_UTM)]
 
 
@@ -86,7 +114,8 @@ class CreateLink(Rules):
     slug: Slug | None = None
     owner: str | None = Field(None, min_length=1, max_length=128, examples=["pub_1"])
     code: Code | None = None
-    valid_until: Limit | None = Field(None, description="Unix time after which it answers 410")
+    valid_until: Limit | None = Field(None, description="When it starts to answer 410: Unix "
+                                      "seconds or an ISO 8601 time with its offset")
     max_visits: Annotated[int, Field(ge=0)] | None = None
 
 
@@ -104,22 +133,44 @@ class ListLinks(PageQuery):
     owner: str | None = Field(None, min_length=1, max_length=128, examples=["pub_1"])
 
 
-class Link(BaseModel):
+class _LinkFields(BaseModel):
+    """What every version of a link answer carries (the times differ)."""
+
     domain: str
     slug: str
     target: str
     owner: str
     code: int
     disabled: bool
-    valid_until: float | None
     max_visits: int | None
     expired_url: str | None
     device_targets: dict[str, str] | None
     utm: dict[str, str] | None
-    created_at: float
-    updated_at: float
     visits: int
     bots: int
+
+
+class Link(_LinkFields):
+    """A short link as version 1 answers it (no ``Api-Version``; what v0.1.0 clients read):
+    times in Unix seconds."""
+
+    valid_until: float | None
+    created_at: float
+    updated_at: float
+
+
+class LinkV2(_LinkFields):
+    """A short link as version 2 answers it (``Api-Version: 2``): its ``short_url``, and times
+    in ISO 8601 (UTC)."""
+
+    short_url: str = Field(examples=["https://acme.link/spring"])
+    valid_until: str | None = Field(examples=["2026-12-31T23:59:59+00:00"])
+    created_at: str = Field(examples=["2026-12-04T21:59:25+00:00"])
+    updated_at: str
+
+
+class LinkAnswer(RootModel[LinkV2 | Link]):
+    """A short link in the shape the request's ``Api-Version`` asked for."""
 
 
 class StatsQuery(QueryModel):
@@ -148,7 +199,7 @@ class LinkStats(BaseModel):
 
 
 class LinkPage(BaseModel):
-    links: list[Link]
+    links: list[LinkV2] | list[Link]
     next_cursor: str | None
 
 
@@ -173,8 +224,21 @@ def _own(domain: str, slug: str) -> dict[str, Any]:
 
 
 def _view(link: dict[str, Any]) -> dict[str, Any]:
-    return {name: link.get(name) for name in FIELDS} | {"visits": link.get("visits") or 0,
+    """The link in the answer's version (the request's ``Api-Version``)."""
+    view = {name: link.get(name) for name in FIELDS} | {"visits": link.get("visits") or 0,
                                                         "bots": link.get("bots") or 0}
+    if answer_version() == "1":
+        return view
+    times = {name: iso(float(view[name])) if view[name] is not None else None
+             for name in TIMES}
+    return {"short_url": short_url(link), **view, **times}
+
+
+def _answer(body: Any, status: int = 200) -> tuple[Response, int]:
+    response = jsonify(body)
+    response.headers[VERSION_HEADER] = answer_version()
+    response.headers["Vary"] = VERSION_HEADER
+    return response, status
 
 
 def _rules_of(body: Rules) -> dict[str, Any]:
@@ -192,7 +256,7 @@ def link_error(exc: ShortlinkError) -> tuple[Response, int]:
 @bp.post("")
 @require_platform_or_publication
 @operation(summary="Create a short link", auth="platform_or_publication", body=CreateLink,
-           context=_rules, responses={201: Link, 403: None, 409: None})
+           context=_rules, responses={201: LinkAnswer, 403: None, 409: None}, versioned=True)
 def create(body: CreateLink) -> tuple[Response, int]:
     owner = body.owner or scope()
     if owner is None:
@@ -204,22 +268,23 @@ def create(body: CreateLink) -> tuple[Response, int]:
     link = _links().create(body.domain, body.target, owner, slug=body.slug, code=body.code,
                            valid_until=body.valid_until, max_visits=body.max_visits,
                            rules=_rules_of(body))
-    return jsonify(_view(link)), 201
+    return _answer(_view(link), 201)
 
 
 @bp.get("/<domain>/<slug>")
 @require_platform_or_publication
 @operation(summary="A short link", auth="platform_or_publication",
-           responses={200: Link, 404: None})
-def show(domain: str, slug: str) -> Response:
-    return jsonify(_view(_own(domain, slug)))
+           responses={200: LinkAnswer, 404: None}, versioned=True)
+def show(domain: str, slug: str) -> tuple[Response, int]:
+    return _answer(_view(_own(domain, slug)))
 
 
 @bp.get("")
 @require_platform_or_publication
 @operation(summary="A publication's short links, a page at a time",
-           auth="platform_or_publication", query=ListLinks, responses={200: LinkPage, 403: None})
-def list_links(query: ListLinks) -> Response | tuple[Response, int]:
+           auth="platform_or_publication", query=ListLinks, responses={200: LinkPage, 403: None},
+           versioned=True)
+def list_links(query: ListLinks) -> tuple[Response, int]:
     owner = query.owner or scope()
     if owner is None:
         return api_error("owner is required", 400, "missing", "owner")
@@ -229,7 +294,8 @@ def list_links(query: ListLinks) -> Response | tuple[Response, int]:
         page = _links().list_for(owner, limit=query.limit, cursor=query.cursor)
     except ValueError:
         return api_error("cursor is not one this API gave out", 400, field="cursor")
-    return jsonify(links=[_view(link) for link in page.items], next_cursor=page.next_cursor)
+    return _answer({"links": [_view(link) for link in page.items],
+                    "next_cursor": page.next_cursor})
 
 
 @bp.get("/<domain>/<slug>/qr.<kind>")
@@ -239,21 +305,21 @@ def list_links(query: ListLinks) -> Response | tuple[Response, int]:
 def qr(domain: str, slug: str, kind: str) -> Response:
     link = _own(domain, slug)
     mimetype = {"svg": "image/svg+xml", "png": "image/png"}.get(kind, "")
-    return Response(qr_code(f"https://{link['domain']}/{link['slug']}", kind),
+    return Response(qr_code(short_url(link), kind),
                     mimetype=mimetype)
 
 
 @bp.patch("/<domain>/<slug>")
 @require_platform_or_publication
 @operation(summary="Change a short link", auth="platform_or_publication", body=UpdateLink,
-           context=_rules, responses={200: Link, 404: None, 409: None})
-def update(domain: str, slug: str, body: UpdateLink) -> Response:
+           context=_rules, responses={200: LinkAnswer, 404: None, 409: None}, versioned=True)
+def update(domain: str, slug: str, body: UpdateLink) -> tuple[Response, int]:
     _own(domain, slug)
     changes = body.model_dump(exclude_unset=True, exclude=set(RULES))
     rules = _rules_of(body)
     changes.update({name: rules.get(name) for name in RULES if name in body.model_fields_set})
     link = _links().update(domain, slug, changes)
-    return jsonify(_view(link))
+    return _answer(_view(link))
 
 
 @bp.get("/<domain>/<slug>/stats")

@@ -34,6 +34,11 @@ def link_id(domain: str, slug: str) -> str:
     return f"{domain.lower()}/{slug}"
 
 
+def short_url(link: Item) -> str:
+    """The address visitors use: https on the link's short domain (its QR code says the same)."""
+    return f"https://{link['domain']}/{link['slug']}"
+
+
 class LinkService:
     def __init__(self, table: Table, short_domains: Iterable[str], slug_length: int = 7,
                  default_code: int = 302, changes: Table | None = None,
@@ -217,6 +222,10 @@ class LinkService:
     def browse(self, limit: int = 50, cursor: str | None = None) -> Page:
         """One page of every link (a paginated scan), for the dashboard's list."""
         return self.table.scan(limit=limit, cursor=cursor)
+
+    @property
+    def short_domains(self) -> list[str]:
+        return sorted(self._domains)
 
     def is_short_domain(self, domain: str) -> bool:
         return domain.lower() in self._domains

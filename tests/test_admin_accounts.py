@@ -12,7 +12,7 @@ import pytest
 from admin.accounts import (ADMIN_LOGIN_FAILURES, ADMIN_SESSIONS, ADMIN_USERS, AccountError,
                             LoginLimiter, Sessions, Users)
 from admin.audit import ADMIN_AUDIT, AuditLog
-from admin.charts import Series, bar_chart
+from kit.charts import Series, bar_chart
 from certs.stats import ISSUANCE_STATS, IssuanceStats
 from edgectl import cli
 from kit.settings import Settings, SettingsError, load_settings

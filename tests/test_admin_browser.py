@@ -1,4 +1,5 @@
 """The dashboard in a real Chromium: sign in, fix a failing domain, disable a short link.
+axe-core checks each dashboard page the tests look at (tests/axe.py).
 
 DNS is real (challtestsrv); the dashboard and the redirect app run in real HTTP servers on
 loopback; every *.test name resolves to 127.0.0.1 inside the browser.
@@ -19,6 +20,7 @@ from control.wiring import Services
 from devtools.pebble import PebbleStack
 from kit.web import provided
 from shortlinks.app import make_app
+from tests import axe
 from tests.conftest import ServicesWith
 
 pytestmark = pytest.mark.slow
@@ -70,12 +72,25 @@ def page(browser: Any, admin_port: int) -> Iterator[Any]:
     context.close()
 
 
+def shows_a_visit_and_a_bot_today(page: Any, referrer: str) -> None:
+    """A link's page (the admin's or the publisher's) after one visit from ``referrer`` and one
+    from a bot today: the totals, the chart's bars, the referrer and the day's row."""
+    assert (page.inner_text("#visits"), page.inner_text("#bots")) == ("1", "1")
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    bars = page.locator("#visits-chart svg rect title").all_text_contents()
+    assert f"{today[5:]}: 1 visits" in bars and f"{today[5:]}: 1 bots and HEAD" in bars
+    assert f"{referrer}\t1" in page.inner_text("#referrers")
+    page.click("summary:has-text('Per day')")
+    assert f"{today}\t1\t1" in page.inner_text("#days")
+
+
 def test_find_a_failing_domain_and_recheck_it(services: Services, pebble: PebbleStack,
                                               page: Any, tmp_path: Path) -> None:
     domain, _ = services.domains.connect("broken.example.test", "pub_1")
     services.lifecycle.check_now("broken.example.test")  # fails: no ownership TXT yet
     assert services.domains.get("broken.example.test")["last_error"]
     page.reload()
+    axe.check(page, "1-overview")
     page.screenshot(path=str(tmp_path / "1-overview.png"), full_page=True)
     page.click("text=Domains")
     page.select_option("select[name=status]", "pending_dns")
@@ -85,6 +100,7 @@ def test_find_a_failing_domain_and_recheck_it(services: Services, pebble: Pebble
     row.locator("a").click()
     assert page.inner_text("#status") == "Waiting for DNS"
     assert "txt_missing" in page.content()
+    axe.check(page, "2-failing-domain")
     page.screenshot(path=str(tmp_path / "2-failing-domain.png"), full_page=True)
 
     pebble.set_txt("_edge-challenge.broken.example.test", domain["token"])
@@ -92,6 +108,7 @@ def test_find_a_failing_domain_and_recheck_it(services: Services, pebble: Pebble
     page.wait_for_selector("text=DNS re-checked.")
     assert page.inner_text("#status") == "DNS verified"
     assert "pending_dns -> verified\tadmin:alice" in page.inner_text("table.timeline")
+    axe.check(page, "3-verified")
     page.screenshot(path=str(tmp_path / "3-verified.png"), full_page=True)
     assert services.domains.get("broken.example.test")["status"] == "verified"
 
@@ -110,6 +127,7 @@ def test_disable_a_short_link_and_its_redirect_stops(services: Services, page: A
     row.locator("button:has-text('Disable')").click()
     page.wait_for_selector("button:has-text('Enable')")
     assert "disabled" in page.locator("tr", has_text="go.example.test/spring").inner_text()
+    axe.check(page, "4-link-disabled")
     page.screenshot(path=str(tmp_path / "4-link-disabled.png"), full_page=True)
 
     answer = page.goto(short)
@@ -144,16 +162,11 @@ def test_a_link_page_charts_its_visits_and_referrers(services: Services, browser
     page.goto(f"http://admin.example.test:{admin_port}/admin/links")
     page.click("a:has-text('go.example.test/chart')")
     page.wait_for_selector("h1:has-text('go.example.test/chart')")
-    assert (page.inner_text("#visits"), page.inner_text("#bots")) == ("1", "1")
-    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    bars = page.locator("#visits-chart svg rect title").all_text_contents()
-    assert f"{today[5:]}: 1 visits" in bars and f"{today[5:]}: 1 bots and HEAD" in bars
-    assert "news.example.org\t1" in page.inner_text("#referrers")
-    page.click("summary:has-text('Per day')")
-    assert f"{today}\t1\t1" in page.inner_text("#days")
+    shows_a_visit_and_a_bot_today(page, "news.example.org")
     page.click("a:has-text('90 days')")
     page.wait_for_selector("strong:has-text('90 days')")
     chart = page.locator("#visits-chart svg")
     assert chart.get_attribute("aria-label") == "Visits per day over the last 90 days (UTC)"
     assert chart.locator("rect[fill='#2c7fb8']").count() == 2  # today's bar and the legend
+    axe.check(page, "6-link-stats")
     page.screenshot(path=str(tmp_path / "6-link-stats.png"), full_page=True)

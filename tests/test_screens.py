@@ -1,6 +1,7 @@
 """Every publisher and admin page in real Chromium at a phone's width (390 px) and a laptop's
-(1280 px): nothing scrolls sideways, the admin nav does not overlap "Log out"; and the
-publisher's domain card follows its domain live, without a reload.
+(1280 px): nothing scrolls sideways, axe-core finds no accessibility violation, the admin nav
+does not overlap "Log out"; and the publisher's domain card follows its domain live, without a
+reload.
 
 The control app runs in a real HTTP server on loopback; DNS asks a loopback port where nothing
 answers (every check fails, quickly), so the pages show their problems and reports."""
@@ -19,12 +20,14 @@ from domains import pairs
 from kit.procs import free_port
 from kit.settings import Settings
 from kit.web import provided
+from tests import axe
 from tests.conftest import SSO_COOKIE_KEY, SSO_PLATFORM, ServicesWith, serving
 from tests.test_admin_pages import PASSWORD, _self_signed
 
 pytestmark = pytest.mark.slow
 WIDTHS = (390, 1280)
 LONG = "a-rather-long-subdomain-for-wrapping-checks.an-even-longer-publication-name.example.test"
+SHORT = "go.example.test"
 NAMES = (LONG, "b\u00fccher.example.test", "pair.test", "live.example.test")
 OVERFLOW = """() => {
   const width = window.innerWidth;
@@ -53,6 +56,12 @@ def services(services_with: ServicesWith, sso_settings: Settings) -> Services:
     built.certificates.save(["live.example.test"], chain, key)
     built.links.create("go.example.test", "https://example.com/" + "a-long-path-segment/" * 8,
                        "pub_1", slug="spring")
+    # the publisher's own short domain, verified: their link pages offer it
+    pairs.connect(built.domains, SHORT, "pub_1", None, {})
+    built.domains.transition(built.domains.get(SHORT), "verified", "set up for this test")
+    built.links.create(SHORT, "https://example.com/" + "b\u00fccher-" * 12, "pub_1",
+                       slug="a-rather-long-short-name-to-wrap-on-a-phone-screen", code=301)
+    built.links.add_visits({f"{SHORT}/a-rather-long-short-name-to-wrap-on-a-phone-screen": 3})
     return built
 
 
@@ -64,17 +73,23 @@ def base(services: Services) -> Iterator[str]:
         yield f"http://{SSO_PLATFORM}:{url.rsplit(':', 1)[1]}"
 
 
-@pytest.fixture
-def tab(browser: Any, base: str) -> Iterator[Any]:
-    context = browser.new_context()
-    token = jwt.encode({"sub": "alice", "publications": ["pub_1"],
+def publisher_tab(browser: Any, publications: list[str], width: int = 1280) -> Any:
+    """A new tab signed in to the platform as alice, who manages ``publications``."""
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    token = jwt.encode({"sub": "alice", "publications": publications,
                         "exp": int(time.time()) + 600}, SSO_COOKIE_KEY, algorithm="HS256")
     context.add_cookies([{"name": "platform_session", "value": token,
                           "domain": SSO_PLATFORM, "path": "/"}])
     page = context.new_page()
     page.set_default_timeout(15000)
+    return page
+
+
+@pytest.fixture
+def tab(browser: Any, base: str) -> Iterator[Any]:
+    page = publisher_tab(browser, ["pub_1"])
     yield page
-    context.close()
+    page.context.close()
 
 
 def publisher_pages() -> list[str]:
@@ -82,19 +97,25 @@ def publisher_pages() -> list[str]:
     for name in (LONG, "xn--bcher-kva.example.test", "pair.test", "www.pair.test",
                  "live.example.test"):
         pages += [f"/_edge/settings/domains/{name}", f"/_edge/settings/domains/{name}/remove"]
-    return pages
+    return pages + ["/_edge/settings/links", f"/_edge/settings/links/{SHORT}/spring",
+                    f"/_edge/settings/links/{SHORT}/spring/delete",
+                    f"/_edge/settings/links/{SHORT}/a-rather-long-short-name-to-wrap-on-a-phone-"
+                    "screen?days=7"]
 
 
 ADMIN_PAGES = ["/admin/", "/admin/domains", "/admin/domains?status=pending_dns",
                f"/admin/domains/{LONG}", f"/admin/domains/{LONG}/remove",
                "/admin/domains/xn--bcher-kva.example.test", "/admin/domains/live.example.test",
                "/admin/certificates", "/admin/nodes", "/admin/links",
-               "/admin/links/go.example.test/spring", "/admin/audit"]
+               "/admin/links/go.example.test/spring", "/admin/links?by=link&q=spring",
+               "/admin/links?by=target&q=a-long-path", "/admin/audit"]
 
 
 def fits(page: Any, path: str, width: int) -> None:
+    """Nothing scrolls sideways, and axe finds nothing wrong."""
     measured = page.evaluate(OVERFLOW)
     assert measured["scroll"] <= measured["width"], (path, width, measured)
+    axe.check(page, f"{path} at {width} px")
 
 
 def sign_in(page: Any, base: str) -> None:
