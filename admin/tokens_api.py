@@ -81,7 +81,7 @@ def list_tokens(publication_id: str) -> Response | tuple[Response, int]:
 @bp.delete("/tokens/<token_id>")
 @require_platform_token
 @operation(summary="Revoke a token: it stops working at once", auth="platform",
-           responses={200: Revoked})
+           responses={200: Revoked, 404: None})
 def revoke(token_id: str) -> Response | tuple[Response, int]:
     if not admin().services.tokens.revoke(token_id):
         return api_error(f"no token {token_id}", 404, "not_found")
