@@ -44,6 +44,7 @@ INDEXED_KEYS = ("feed", "status", "expiry_shard", "expiring", "state", "owner")
 class Nemesis:
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream).netloc
+        self._upstream = threading.local()
         self._lock = threading.Lock()
         self.written: dict[tuple[str, str], float] = {}
         self.consumed: Counter[tuple[str, str, str]] = Counter()
@@ -54,6 +55,9 @@ class Nemesis:
         nemesis = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: the SDK reuses its connections
+            disable_nagle_algorithm = True  # headers and body go out in two writes
+
             def do_POST(self) -> None:
                 nemesis._handle(self)
 
@@ -107,23 +111,37 @@ class Nemesis:
                 self._answer(handler, status, json.dumps(
                     {"__type": kind_type, "message": message}).encode())
                 return
-        connection = http.client.HTTPConnection(self.upstream, timeout=30)
         try:
-            headers = {k: v for k, v in handler.headers.items() if k.lower() != "host"}
-            connection.request("POST", handler.path, body, headers)
-            response = connection.getresponse()
-            status, answer = response.status, response.read()
+            status, answer = self._forward(handler, body)
         except OSError as exc:  # dynalite dropped the connection: a 500 the SDK retries
             status, kind_type, message = _TYPES["internal"]
             answer = json.dumps({"__type": kind_type, "message": str(exc)}).encode()
-        finally:
-            connection.close()
         self._count(operation, request)
         if status == 200 and operation in WRITES:
             self._written(operation, request)
         if status == 200 and operation == "Query" and request.get("IndexName"):
             answer = self._lagging(request, answer)
         self._answer(handler, status, answer)
+
+    def _forward(self, handler: BaseHTTPRequestHandler, body: bytes) -> tuple[int, bytes]:
+        """To dynalite over this thread's kept connection (one new one if it was closed)."""
+        headers = {k: v for k, v in handler.headers.items()
+                   if k.lower() not in ("host", "connection")}
+        for attempt in (1, 2):
+            connection = getattr(self._upstream, "connection", None)
+            if connection is None:
+                connection = http.client.HTTPConnection(self.upstream, timeout=30)
+                self._upstream.connection = connection
+            try:
+                connection.request("POST", handler.path, body, headers)
+                response = connection.getresponse()
+                return response.status, response.read()
+            except (http.client.HTTPException, OSError):
+                connection.close()
+                self._upstream.connection = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _answer(handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
