@@ -8,7 +8,6 @@ import argparse
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
 
 from admin.accounts import ADMIN_LOGIN_FAILURES, ADMIN_SESSIONS, ADMIN_USERS
 from admin.audit import ADMIN_AUDIT
@@ -48,8 +47,6 @@ MARKERS = (EDGE_STATE, DOMAIN_COUNTS, LINK_CHANGES)
 """Small tables that move with every change of the edge state (routes, certificates, plain
 links), of a domain's status, and of a short link: read before and after a DynamoDB backup."""
 DISTRIBUTION = "edge-router"
-STORE_SETTINGS = ("storage_backend", "sqlite_path", "dynamodb_endpoint_url", "dynamodb_region",
-                  "dynamodb_table_prefix")
 
 
 def _version() -> str:
@@ -121,25 +118,3 @@ def run_restore(args: argparse.Namespace, settings: Settings) -> int:
           f"backup of {manifest.started_at} (edge-router {manifest.product_version})")
     _warn_if_changed(manifest)
     return 0
-
-
-def _backup_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="the backup to write (a new file: an existing one is kept)")
-    parser.epilog = f"settings: {', '.join(STORE_SETTINGS)} (no encryption key is needed)"
-
-
-def _restore_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="a file written by edgectl backup")
-    parser.add_argument("--force", action="store_true",
-                        help="delete what the store holds first (else a store that is not "
-                             "empty is refused)")
-    parser.epilog = (f"settings: {', '.join(STORE_SETTINGS)}; stop every control replica on "
-                     "that store first")
-
-
-def register(command: Callable[..., Callable[[Any], Any]]) -> None:
-    """Add both commands to the CLI's registry (passed in: the CLI imports this module)."""
-    command("backup", "write every table of the store to a backup file", required=(),
-            arguments=_backup_arguments)(run_backup)
-    command("restore", "restore a backup file into an empty store", required=(),
-            arguments=_restore_arguments)(run_restore)

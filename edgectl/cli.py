@@ -12,33 +12,19 @@ import threading
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-import requests
-from cryptography.fernet import Fernet
-
-from admin.accounts import ADMIN_USERS, AccountError, Users
-from admin_app import create_app
-from control.replicas import LoneReplica
-from control.server import ControlServer, Draining, stop_gracefully
-from control.wiring import Services
-from control.worker import PlatformCertificates, start_worker
-from edge.agent import EdgeAgent
-from edge.errors import EdgeError
-from edge.haproxy import NodeLock, stop_node
-from edge.metrics import serve_metrics
-from edge.node import EdgeNode
-from edge.plan import UnsafePlan
-from edge.protocol import PROTOCOL
-from edge.state import DesiredState
+from edge import protocol
 from edgectl import migrate, ops
-from edgectl.backup import register as register_backup
+from edgectl.backup_commands import register as register_backup
 from kit import logs
-from kit.backoff import jittered_backoff
-from kit.procs import stop_on_signals
 from kit.settings import CONTROL_SERVICE, EDGE_AGENT, Settings, SettingsError, load_settings
-from shortlinks.serve import SERVERS, serve as serve_links
-from store import StoreError, open_backend
+from shortlinks.serve import SERVERS
+
+if TYPE_CHECKING:
+    from control.wiring import Services
+    from edge.agent import EdgeAgent
+    from edge.node import EdgeNode
 
 log = logging.getLogger("edgectl")
 DISTRIBUTION = "edge-router"
@@ -73,6 +59,7 @@ def command(name: str, help: str, required: tuple[str, ...] | None = CONTROL_SER
 
 @contextlib.contextmanager
 def _services(settings: Settings) -> Iterator[Services]:
+    from control.wiring import Services
     services = Services.from_settings(settings)
     try:
         yield services
@@ -83,6 +70,9 @@ def _services(settings: Settings) -> Iterator[Services]:
 def _when_the_store_answers(settings: Settings, stop: threading.Event) -> Services | None:
     """Services built from settings, once the store answers (a replica started during a store
     outage waits for it instead of exiting), reconciled with the edge; None if stopped first."""
+    from control.wiring import Services
+    from kit.backoff import jittered_backoff
+    from store import StoreError
     failures = 0
     while not stop.is_set():
         services = None
@@ -105,6 +95,12 @@ def _when_the_store_answers(settings: Settings, stop: threading.Event) -> Servic
 
 @command("serve", "run the control service and its worker")
 def serve(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here, as in every process command: the operator's commands start fast.
+    from control.replicas import LoneReplica
+    from control.server import ControlServer, Draining, stop_gracefully
+    from control.worker import PlatformCertificates, start_worker
+    from edgectl.app import create_app
+    from kit.procs import stop_on_signals
     stop = stop_on_signals(settings.drain_seconds + settings.shutdown_seconds)
     services = _when_the_store_answers(settings, stop)
     if services is None:
@@ -154,6 +150,8 @@ def _shortlinks_arguments(parser: argparse.ArgumentParser) -> None:
 @command("shortlinks", "run the short-link redirect app", arguments=_shortlinks_arguments)
 def shortlinks(args: argparse.Namespace, settings: Settings) -> int:
     """The redirect app for the short domains (behind HAProxy in production)."""
+    from kit.procs import stop_on_signals
+    from shortlinks.serve import serve as serve_links
     log.info("short links on http://%s:%d (%s)", settings.listen_host,
              settings.shortlinks_port, args.server)
     serve_links(settings, stop_on_signals(SHORTLINKS_GRACE), args.server,
@@ -162,6 +160,7 @@ def shortlinks(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _node(settings: Settings) -> EdgeNode:
+    from edge.node import EdgeNode
     # The control replicas serve the edge (ACME, SSO, publisher pages) on the listener the
     # agent uses: TLS there means TLS for HAProxy's control backend too.
     tls = any(url.startswith("https://") for url in settings.control_urls)
@@ -173,6 +172,7 @@ def _node(settings: Settings) -> EdgeNode:
 
 
 def _agent(settings: Settings, node: EdgeNode, node_id: str | None = None) -> EdgeAgent:
+    from edge.agent import EdgeAgent
     return EdgeAgent(node, settings.control_urls, settings.edge_token, node_id,
                      watch=settings.edge_watch_seconds, ca_bundle=settings.control_ca_bundle,
                      allow_insecure=settings.allow_insecure_control,
@@ -191,6 +191,10 @@ def _agent_arguments(parser: argparse.ArgumentParser) -> None:
 @command("agent", "run the edge agent beside HAProxy", required=EDGE_AGENT,
          arguments=_agent_arguments)
 def agent(args: argparse.Namespace, settings: Settings) -> int:
+    from edge.errors import EdgeError
+    from edge.haproxy import NodeLock, stop_node
+    from edge.metrics import serve_metrics
+    from kit.procs import stop_on_signals
     node = _node(settings)
     lock = NodeLock(node.directory)
     try:
@@ -219,6 +223,11 @@ def agent(args: argparse.Namespace, settings: Settings) -> int:
          arguments=lambda parser: setattr(parser, "epilog", ops.PLAN_SETTINGS))
 def plan(args: argparse.Namespace, settings: Settings) -> int:
     """Print what the local node would change to reach the control service's desired state."""
+    import requests
+
+    from edge.errors import EdgeError
+    from edge.plan import UnsafePlan
+    from edge.state import DesiredState
     node = _node(settings)
     try:
         desired = _agent(settings, node).fetch()  # a new agent asks for a whole state
@@ -276,6 +285,9 @@ def _admin_arguments(parser: argparse.ArgumentParser) -> None:
 @command("admin", "dashboard accounts", arguments=_admin_arguments)
 def create_admin(args: argparse.Namespace, settings: Settings) -> int:
     """`edgectl admin create-user`: the password from a prompt (typed twice) or stdin."""
+    from admin.accounts import ADMIN_USERS, AccountError, Users
+    from store import open_backend
+
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -340,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="overrides the log_format setting (default auto: text on a "
                              "terminal, else JSON lines)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}"
-                        f" (edge protocol {PROTOCOL}, store schema {migrate.SCHEMA})")
+                        f" (edge protocol {protocol.PROTOCOL}, store schema {migrate.SCHEMA})")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, registered in COMMANDS.items():
         registered.arguments(subparsers.add_parser(
@@ -353,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.captureWarnings(True)  # library warnings as log lines, not bare text between them
     chosen = COMMANDS[args.command]
     if args.command == "keys" and args.action == "generate":
+        from cryptography.fernet import Fernet
         print(Fernet.generate_key().decode())
         return 0
     try:
