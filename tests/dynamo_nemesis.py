@@ -37,7 +37,8 @@ _TYPES = {
                  "Internal server error"),
 }
 WRITES = ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem")
-INDEXED_KEYS = ("feed", "status", "expiry_shard", "expiring", "state", "owner")
+INDEXED_KEYS = ("feed", "status", "expiry_shard", "expiring", "state", "owner", "expiry_set",
+                "failing_set", "outbox_state")
 """Attributes counted as index key values when a write carries them (the hot-key counter)."""
 
 
