@@ -93,15 +93,16 @@ def merged_page(fetch: Fetch, value: str, order: Order, convert: Callable[[Raw],
                 limit: int, cursor: str | None) -> Page:
     """Up to ``limit`` live items of every stored value of ``value``, in order, after where
     the cursor's page ended. Each value is read a chunk at a time, only as far as the merge
-    needs: a page costs one query per value, and more only where one value holds more of it.
+    needs: a page costs one query per value, and more only where a spread value holds more
+    than twice its share of it.
     The cursor names, for each value the page took items from, its last one's position."""
     if limit < 1:
         raise ValueError("limit must be positive")
     values = values_of(value)
     starts = order.starts(cursor, values)
     chunk = max(2, 2 * -(-limit // SPREAD))
-    streams = [_stream(fetch, stored, n, starts.get(n), chunk, order)
-               for n, stored in enumerate(values)]
+    streams = [_stream(fetch, stored, n, starts.get(n), limit if n == 0 else chunk, order)
+               for n, stored in enumerate(values)]  # the one value may hold all of a page
     positions = {n: order.position(start) for n, start in starts.items()}
     items: list[Item] = []
     seen: set[str] = set()

@@ -10,10 +10,18 @@ import uuid
 from typing import Callable
 
 import pytest
+from cryptography.fernet import Fernet
 
+from certs.store import CERTIFICATES, EXPIRY_SET
+from control import migrations
 from domains.repository import DOMAINS
+from edge.state import EdgeConfig, Redirect
+from edge.state_store import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE,
+                              EDGE_VISIT_REPORTS, EdgeStateStore)
+from kit.vault import KeyVault
+from kit.x509 import self_signed
 from store import SPREAD, Backend, RangeIndex, Table, TableSpec, every
-from store.dynamo import DynamoBackend
+from store.dynamo import DynamoBackend, DynamoTable
 from tests.conftest import dynamo_client
 from tests.dynamo_nemesis import Nemesis
 
@@ -135,3 +143,151 @@ def test_writes_under_a_spread_key_take_each_value_an_even_share(
 def _keys(nemesis: Nemesis, table: str, attr: str) -> dict[str, int]:
     return {value: n for (name, key, value), n in nemesis.consumed.items()
             if name == table and key == attr}
+
+
+# --- the migration to schema 3 ---------------------------------------------------------------
+
+
+class Crash(Exception):
+    """The migrating process dies here."""
+
+
+def edge(backend: Backend) -> EdgeStateStore:
+    return EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
+                          backend.table(EDGE_CERTS), backend.table(EDGE_NODES),
+                          KeyVault([Fernet.generate_key().decode()]),
+                          backend.table(EDGE_VISIT_REPORTS),
+                          redirects=backend.table(EDGE_REDIRECTS))
+
+
+def schema_2_store(backend: Backend) -> EdgeStateStore:
+    """A store at schema 2 as this release (or v0.1.0) writes it before the migration: every
+    index key under its one value. Domains on each queue, certificates, routes and links (some
+    expiring, some removed) in the edge feed."""
+    migrations._record(backend, 2)
+    domains, certs = backend.table(DOMAINS), backend.table(CERTIFICATES)
+    for n in range(30):
+        domains.put({"hostname": f"d{n}.example.test", "status": ("pending_dns", "active")[n % 2],
+                     "next_attempt_at": 1000 + n % 7, "claim": f"c{n}",
+                     **({"outbox_state": "pending", "outbox_at": n} if n % 3 == 0 else {}),
+                     **({"failing_set": "failing", "failing_since_ts": n} if n % 4 == 0 else {})})
+    for n in range(10):
+        certs.put({"hostname": f"d{n}.example.test", "expiry_set": EXPIRY_SET,
+                   "not_after_ts": 2000 + n % 3})
+    store = edge(backend)
+    config = EdgeConfig(("127.0.0.1:9",), ("127.0.0.1:9",))
+    store.change({f"d{n}.example.test": ("pub_1", self_signed(f"d{n}.example.test")[1])
+                  for n in range(4)}, config)
+    store.change({}, redirects={f"go.example.test/l{n}": Redirect(
+        "go.example.test", f"l{n}", 302, f"https://example.com/{n}", expires=3000 * (n % 2))
+        for n in range(12)})
+    store.change({"d0.example.test": None}, redirects={"go.example.test/l0": None})
+    return store
+
+
+def seen(backend: Backend, store: EdgeStateStore) -> dict[str, object]:
+    """What every reader of a spread key reads (each list sorted: ties come in any order)."""
+    domains, certs = backend.table(DOMAINS), backend.table(CERTIFICATES)
+
+    def keys(read: Callable[[str | None], object], field: str = "hostname") -> list[str]:
+        return sorted(str(item[field]) for item in every(read))  # type: ignore[arg-type]
+
+    delta = store.changes_since(0)
+    assert delta is not None
+    return {
+        "due": {s: keys(lambda c: domains.query_range("due", s, upper=1003, limit=8, cursor=c))
+                for s in ("pending_dns", "active")},
+        "status": keys(lambda c: domains.query("status", "active", limit=10, cursor=c)),
+        "outbox": keys(lambda c: domains.query_range("outbox", "pending", limit=6, cursor=c)),
+        "failing": keys(lambda c: domains.query_range("failing", "failing", cursor=c)),
+        "expiry": keys(lambda c: certs.query_range("expiry", EXPIRY_SET, limit=3, cursor=c)),
+        "routes": sorted(str(change) for change in delta["changes"]),
+        "links": sorted(str(change) for change in delta["redirect_changes"]),
+        "expiring": sorted(store.due_redirects(now=5000)),
+    }
+
+
+def unspread(backend: Backend) -> int:
+    """Items whose stored index keys are still the one value (DynamoDB's raw items)."""
+    if _sqlite(backend):
+        return 0
+    client, found = backend._client, 0  # type: ignore[attr-defined]
+    for spec in migrations.SPREAD_TABLES:
+        name = backend._prefix + spec.name  # type: ignore[attr-defined]
+        for raw in client.scan(TableName=name, ConsistentRead=True)["Items"]:
+            found += any("#" not in raw[attr]["S"] for attr in spec.spread if attr in raw)
+    return found
+
+
+def test_the_migration_to_schema_3_spreads_every_key_resumes_after_a_crash_and_loses_nothing(
+        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = schema_2_store(backend)
+    before = seen(backend, store)
+    assert before["due"]["active"] and before["outbox"] and before["failing"] \
+        and before["expiry"] and before["routes"] and before["links"] and before["expiring"]
+    total = unspread(backend)
+    assert total == (0 if _sqlite(backend) else 30 + 10 + 4 + 12), "nothing spread before"
+    # The process dies mid-way: on DynamoDB in the middle of the rewrite, on SQLite (nothing
+    # to rewrite) after the step, before its number is recorded.
+    rewrites = []
+    respread_item = DynamoTable._respread_item
+
+    def dying(table: DynamoTable, raw: dict[str, object]) -> int:
+        if len(rewrites) == 25:
+            raise Crash()
+        changed = respread_item(table, raw)
+        rewrites.extend([raw] * changed)
+        return changed
+
+    monkeypatch.setattr(DynamoTable, "_respread_item", dying)
+    record = migrations._record
+    monkeypatch.setattr(migrations, "_record", lambda b, number: record(b, number)
+                        if number < 3 else (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        migrations.apply(backend)
+    assert migrations.schema_version(backend) == 2
+    assert unspread(backend) == (0 if _sqlite(backend) else total - 25), "half-way"
+    assert seen(backend, store) == before, "a half-spread store reads the same"
+    monkeypatch.undo()
+    done = migrations.apply(backend)
+    assert [(m.number, n) for m, n in done] == [(3, 0 if _sqlite(backend) else total - 25)]
+    assert migrations.schema_version(backend) == 3 and unspread(backend) == 0
+    assert seen(backend, store) == before
+    assert migrations.spread_index_keys(backend) == 0, "run again: nothing to do"
+    # Written from now on: spread, also by a process that starts after the migration.
+    later = DynamoBackend(backend._client, backend._prefix) \
+        if not _sqlite(backend) else backend  # type: ignore[attr-defined]
+    later.table(DOMAINS).put({"hostname": "new.example.test", "status": "active",
+                              "next_attempt_at": 1001, "claim": "c"})
+    assert unspread(backend) == 0
+    assert "new.example.test" in seen(backend, store)["due"]["active"]  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_the_edge_feed_spreads_its_writes_and_reads_every_change(
+        dynamo_nemesis: Nemesis, nemesis: str) -> None:
+    """The feed's index keys (``feed#n``), written by commits of many links: each takes its
+    share, and a delta read through them all (the index lagging) names every change."""
+    backend = DynamoBackend(dynamo_client(nemesis), prefix=f"t{uuid.uuid4().hex[:8]}_")
+    try:
+        backend.spread_keys()
+        store = edge(backend)
+        store.change({}, redirects={f"go.example.test/l{n}": Redirect(
+            "go.example.test", f"l{n}", 302, f"https://example.com/{n}") for n in range(4)})
+        since = int(store.meta()["revision"])  # type: ignore[index]
+        dynamo_nemesis.lag = 0.2
+        links = 400
+        store.change({}, redirects={f"go.example.test/m{n}": Redirect(
+            "go.example.test", f"m{n}", 302, f"https://example.com/{n}") for n in range(links)})
+        delta = store.changes_since(since)
+        assert delta is not None and len(delta["redirect_changes"]) == links
+        counts = {value: n for (name, attr, value), n in dynamo_nemesis.consumed.items()
+                  if name.endswith("edge_redirects") and attr == "feed"
+                  and n and value != "routes"}
+        writes = sum(n for value, n in counts.items() if "#" in value)
+        assert set(counts) == {f"routes#{n}" for n in range(SPREAD)}, counts
+        assert max(counts.values()) <= writes / SPREAD * 1.4, counts
+        print(f"{writes} feed writes over {SPREAD} values: the busiest took "
+              f"{max(counts.values())}")
+    finally:
+        backend.close()
