@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from typing import Any, Callable
 
@@ -51,6 +52,7 @@ class DynamoBackend:
         self._client = client
         self._prefix = prefix
         self.requests = 0
+        self._lock = threading.Lock()
         self.throttled: dict[str, int] = {}
         """Attempts the server throttled, by table (without the prefix): retried or not."""
         self._ttl: bool | None = None
@@ -61,7 +63,8 @@ class DynamoBackend:
         client.meta.events.register("needs-retry.dynamodb", self._count_throttled)
 
     def _count(self, **kwargs: Any) -> None:
-        self.requests += 1
+        with self._lock:  # a merged read sends its queries from several threads
+            self.requests += 1
 
     def _count_throttled(self, response: Any = None, request_dict: Any = None,
                          **kwargs: Any) -> None:
@@ -72,7 +75,8 @@ class DynamoBackend:
             except (ValueError, KeyError, TypeError):
                 name = "?"
             table = name.removeprefix(self._prefix)
-            self.throttled[table] = self.throttled.get(table, 0) + 1
+            with self._lock:
+                self.throttled[table] = self.throttled.get(table, 0) + 1
 
     @classmethod
     def from_settings(cls, settings: Any) -> "DynamoBackend":
@@ -81,7 +85,7 @@ class DynamoBackend:
             endpoint_url=settings.dynamodb_endpoint_url or None,
             region_name=settings.dynamodb_region,
             config=Config(retries=RETRIES,  # type: ignore[arg-type]
-                          connect_timeout=3, read_timeout=10),
+                          connect_timeout=3, read_timeout=10, max_pool_connections=64),
         )
         return cls(client, settings.dynamodb_table_prefix)
 
