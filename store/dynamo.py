@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 from botocore.config import Config

@@ -1,8 +1,9 @@
-"""Chaos: 2 control replicas (HTTPS, local CA) and 2 edge nodes on a supervised dynalite (straight, or behind the DynamoDB nemesis: index lag, throttling, errors), with
-Pebble, a webhook receiver and the short-link app. A load client reads active hosts and short
-links through BOTH nodes' HTTPS ports for the whole test, while the API connects and removes
-domains and edits links through random replicas, and seeded random faults strike: kill -9 of a
-replica or an agent (then restarted), dynalite down for 10 s, Pebble down for 30 s.
+"""Chaos: 2 control replicas (HTTPS, local CA) and 2 edge nodes on a supervised dynalite
+(straight, or behind the DynamoDB nemesis: index lag, throttling, errors), with Pebble, a
+webhook receiver and the short-link app. A load client reads active hosts and short links
+through BOTH nodes' HTTPS ports for the whole test, while the API connects and removes domains
+and edits links through random replicas, and seeded random faults strike: kill -9 of a replica
+or an agent (then restarted), dynalite down for 10 s, Pebble down for 30 s.
 
 Invariants: every domain ends as asked with one certificate; every webhook arrives at least
 once under one stable id (a repeat only with the same id and body); both nodes converge on

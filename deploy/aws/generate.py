@@ -55,7 +55,8 @@ def table_specs() -> list[TableSpec]:
 
 
 def dynamo_actions() -> set[str]:
-    """The DynamoDB API operations store/dynamo.py and store/dynamo_table.py call, as IAM names (get_item: GetItem)."""
+    """The DynamoDB API operations store/dynamo.py and store/dynamo_table.py call, as IAM
+    names (get_item: GetItem)."""
     source = Path(dynamo.__file__).read_text() + Path(dynamo_table.__file__).read_text()
     if f"{{self._prefix}}{TTL_PROBE}" not in source:
         raise SystemExit(f"store/dynamo.py no longer probes TTL on {TTL_PROBE}: update "
