@@ -8,11 +8,12 @@ attribute is stored as ``<value>#<n>``, ``n`` a stable hash of the item's key (t
 its ``n`` for life, so a rewrite stays in one partition), while the item's data keeps the
 value itself. A query for ``value`` reads ``value`` (what the release before wrote, and what
 this release writes until the store's schema spreads, store.SPREAD_SCHEMA) and the ``SPREAD``
-spread values, each in its own order, and merges them: by (sort, key) for a range index, by
+spread values, each in its own order, and merges them: by sort value for a range index, by
 key for a plain one, as one query of one value would answer. A page's cursor names, for each
 value, the position of the last item taken from it, where that value's query starts again
 (``ExclusiveStartKey``): items of one sort value come in the server's own order (dynalite's,
-like DynamoDB's, is not the key's), so no single position could end a page among them.
+like DynamoDB's, is not the key's), so no single position could end a page among them. By
+key (a plain index, whose range key is the table's key) one position serves every value.
 """
 from __future__ import annotations
 
@@ -80,6 +81,9 @@ class Order:
             return {}
         try:
             found = json.loads(cursor)
+            if self.sort_attr is None and isinstance(found, dict) \
+                    and isinstance(found.get("after"), list) and len(found["after"]) == 1:
+                return {n: self.start(value, found["after"]) for n, value in enumerate(values)}
             if isinstance(found, dict) and isinstance(found.get("after"), dict):
                 width = 1 if self.sort_attr is None else 2
                 return {int(n): self.start(values[int(n)], position)
@@ -99,7 +103,8 @@ def merged_page(fetch: Fetch, value: str, order: Order, convert: Callable[[Raw],
     the cursor's page ended. Each value is read a chunk at a time, only as far as the merge
     needs: a page costs one query per value, and more only where a spread value holds more
     than twice its share of it.
-    The cursor names, for each value the page took items from, its last one's position."""
+    The cursor names, for each value the page took items from, its last one's position (by
+    key, the last position alone: every value starts again after it)."""
     if limit < 1:
         raise ValueError("limit must be positive")
     values = values_of(value)
@@ -113,10 +118,12 @@ def merged_page(fetch: Fetch, value: str, order: Order, convert: Callable[[Raw],
     positions = {n: order.position(start) for n, start in starts.items()}
     items: list[Item] = []
     seen: set[str] = set()
+    last: list[Any] = []
     for _, n, raw in heapq.merge(*streams, key=lambda entry: entry[0]):
-        if len(items) >= limit:
-            return Page(items, json.dumps({"after": positions}))
-        positions[n] = order.position(raw)
+        if len(items) >= limit:  # by key, one position ends the page for every value
+            return Page(items, json.dumps({"after": last if order.sort_attr is None
+                                           else positions}))
+        positions[n] = last = order.position(raw)
         if raw["pk"]["S"] in seen:
             continue  # moved from the one value to its spread value while we read
         seen.add(raw["pk"]["S"])
