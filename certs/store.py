@@ -14,7 +14,8 @@ from store import (VERSION, ConflictError, Item, Page, RangeIndex, Table, TableS
                    rewrite_field)
 
 CERTIFICATES = TableSpec("certificates", key="hostname",
-                         ranges=(RangeIndex("expiry", key="expiry_set", sort="not_after_ts"),))
+                         ranges=(RangeIndex("expiry", key="expiry_set", sort="not_after_ts"),),
+                         spread=("expiry_set",))
 """``expiry``: every certificate by its not-after time, so the soonest to expire are one
 ordered query (``/metrics``), never a read of every certificate."""
 EXPIRY_SET = "all"

@@ -21,12 +21,15 @@ import socket
 import time
 from typing import Callable
 
+from certs.store import CERTIFICATES
+from domains.repository import DOMAINS
 from edge.state_changes import EDGE_CERTS, EDGE_REDIRECTS, EDGE_ROUTES, cert_key
-from store import ABSENT, VERSION, Backend, ConflictError, TableSpec, all_items
+from store import (ABSENT, SCHEMA_ITEM, SPREAD_SCHEMA, VERSION, Backend, ConflictError,
+                   TableSpec, all_items)
+import store
 
 log = logging.getLogger(__name__)
-META = TableSpec("store_meta", key="name")
-SCHEMA_ITEM = "schema"
+META = TableSpec(store.META, key="name")
 LEASE_ITEM = "migration_lease"
 LEASE_SECONDS = 600.0
 """A lease outlives its holder by at most this long; each migration renews it."""
@@ -82,11 +85,29 @@ def drop_hot_link_items(backend: Backend) -> int:
     return dropped
 
 
+SPREAD_TABLES = (DOMAINS, EDGE_ROUTES, EDGE_REDIRECTS, CERTIFICATES)
+"""The tables with spread index keys (``TableSpec.spread``)."""
+
+
+def spread_index_keys(backend: Backend) -> int:
+    """Store the index keys that carry writes growing with the fleet (a status, a work queue's
+    flag, the edge feed) as ``store.SPREAD`` partition key values each (store/dynamo_spread.py):
+    from now on this process writes them so, the other replicas within a minute of the schema
+    being recorded, and every item written before is rewritten (its index attributes only; its
+    version stays). Readers read the one value and the spread ones throughout, so nothing is
+    missed meanwhile. Nothing to do on SQLite."""
+    backend.spread_keys()
+    return sum(backend.table(spec).respread() for spec in SPREAD_TABLES)
+
+
 MIGRATIONS = (
     Migration(1, "edge_certs keyed by hostname and fingerprint (the bare-hostname items stay "
                  "for the release before)", rekey_edge_certs),
     Migration(2, "edge_redirects without the hot-link items of the releases before the "
                  "change feed", drop_hot_link_items),
+    Migration(SPREAD_SCHEMA, "index keys written by every domain, certificate and edge feed "
+                             "change spread over several partitions (DynamoDB)",
+              spread_index_keys),
 )
 SCHEMA = MIGRATIONS[-1].number
 """The schema this release knows."""

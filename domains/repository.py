@@ -20,7 +20,8 @@ from store import ABSENT, ConflictError, Item, Page, RangeIndex, Table, TableSpe
 DOMAINS = TableSpec("domains", key="hostname", indexes=("publication_id", "status"),
                     ranges=(RangeIndex("due", key="status", sort="next_attempt_at"),
                             RangeIndex("outbox", key="outbox_state", sort="outbox_at"),
-                            RangeIndex("failing", key="failing_set", sort="failing_since_ts")))
+                            RangeIndex("failing", key="failing_set", sort="failing_since_ts")),
+                    spread=("status", "outbox_state", "failing_set"))
 """``due``: a domain's next step by time; clearing ``next_attempt_at`` takes it off the queue.
 ``failing``: domains whose last step failed, longest failing first (the dashboard's list).
 ``outbox``: domains whose outbox (see domains/outbox.py) still holds entries a process wrote

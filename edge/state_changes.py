@@ -34,7 +34,7 @@ from store import (ABSENT, EXPIRES_AT, VERSION, ConflictError, Item, RangeIndex,
 log = logging.getLogger(__name__)
 EDGE_STATE = TableSpec("edge_state", key="name")
 FEED = "routes"
-EDGE_ROUTES = TableSpec("edge_routes", key="hostname",
+EDGE_ROUTES = TableSpec("edge_routes", key="hostname", spread=("feed",),
                         ranges=(RangeIndex("feed", key="feed", sort="revision"),))
 """Route items, and tombstones (``removed``) of routes taken off, both listed by the revision
 that wrote them (the ``feed`` index): an agent asks for the changes since its revision.
@@ -42,7 +42,7 @@ A reconciliation drops the tombstones and records ``compacted_revision``: an age
 it gets a full snapshot, so no removal can be missed."""
 EDGE_REDIRECTS = TableSpec("edge_redirects", key="key", ranges=(
     RangeIndex("feed", key="feed", sort="revision"),
-    RangeIndex("expiry", key="expiring", sort="expires")))
+    RangeIndex("expiry", key="expiring", sort="expires")), spread=("feed", "expiring"))
 """Short links the edge answers from its map (``host/slug`` -> ``value``, the map value), with
 tombstones like routes; one with an expiry is in the ``expiry`` index until it is removed, so
 the worker finds what is due without reading the rest."""

@@ -20,6 +20,14 @@ VERSION = "version"
 EXPIRES_AT = "expires_at"
 ABSENT = 0
 """Pass as ``expected_version`` to require that the item does not exist yet."""
+SPREAD = 16
+"""Partition key values per spread index key (docs/dynamodb.md counts what this buys)."""
+META = "store_meta"
+SCHEMA_ITEM = "schema"
+"""The table and item that hold the store's schema version (control/migrations.py)."""
+SPREAD_SCHEMA = 3
+"""The schema from which writers spread index keys: before it, a replica of the release
+before may still run beside and reads each index key's one value (docs/upgrades.md)."""
 
 
 class StoreError(Exception):
@@ -63,6 +71,11 @@ class TableSpec:
     """Its items carry ``expires_at`` and must go once it passes: the backend keeps them in an
     index on it, so :meth:`Table.purge_expired` deletes what is due without reading the rest
     (or leaves the deleting to the server: DynamoDB's TTL)."""
+    spread: tuple[str, ...] = ()
+    """Index key attributes whose one value would carry writes that grow with the fleet (a
+    status, a work queue's flag, the edge feed): a backend with partitions (DynamoDB) stores
+    such a value as ``SPREAD`` values ``<value>#<n>``, ``n`` a stable hash of the item's key,
+    and a query merges their ranges in order. Callers see no difference."""
 
     def range_index(self, name: str) -> RangeIndex:
         for index in self.ranges:
@@ -120,6 +133,11 @@ class Table(Protocol):
         backend whose server deletes expired items itself (DynamoDB TTL) returns 0 at once.
         Only for a table whose spec is ``expiring``."""
 
+    def respread(self) -> int:
+        """Store the ``spread`` index keys of items written before they were spread in their
+        spread form (the data, and the version, stay); return how many items changed.
+        Idempotent and resumable; 0 on a backend that does not spread (SQLite)."""
+
 
 class Backend(Protocol):
     requests: int
@@ -128,6 +146,10 @@ class Backend(Protocol):
 
     def table(self, spec: TableSpec) -> Table:
         """Open (creating if needed) the table described by ``spec``."""
+
+    def spread_keys(self) -> None:
+        """Write ``spread`` index keys spread from now on, whatever the recorded schema (the
+        migration that spreads them calls it first)."""
 
     def close(self) -> None:
         ...

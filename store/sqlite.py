@@ -73,6 +73,9 @@ class SqliteBackend:
                              f" ON {t} (r_{name}_k, r_{name}_s, k)")
         return SqliteTable(self, spec)
 
+    def spread_keys(self) -> None:
+        """Nothing to spread on one file (see ``TableSpec.spread``)."""
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -193,6 +196,9 @@ class SqliteTable:
                 conn.execute(f"DELETE FROM {self._t} WHERE k = ?", (key,))
                 conn.execute("DELETE FROM counters WHERE tbl = ? AND k = ?", (self.spec.name, key))
         return len(keys)
+
+    def respread(self) -> int:
+        return 0  # one file, no partitions: index keys are never spread here
 
     def increment(self, key: str, counter: str, amount: int = 1, *,
                   existing_only: bool = False) -> int | None:

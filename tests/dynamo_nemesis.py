@@ -37,8 +37,15 @@ _TYPES = {
                  "Internal server error"),
 }
 WRITES = ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem")
-INDEXED_KEYS = ("feed", "status", "expiry_shard", "expiring", "state", "owner")
+INDEXED_KEYS = ("feed", "status", "expiry_shard", "expiring", "state", "owner", "expiry_set",
+                "failing_set", "outbox_state")
 """Attributes counted as index key values when a write carries them (the hot-key counter)."""
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128
+    """A merged read of a spread index key sends its seventeen queries at once (the default
+    backlog of 5 would drop some connections, to be retried a second later)."""
 
 
 class Nemesis:
@@ -64,7 +71,7 @@ class Nemesis:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

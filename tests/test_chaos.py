@@ -1,8 +1,9 @@
-"""Chaos: 2 control replicas (HTTPS, local CA) and 2 edge nodes on a supervised dynalite, with
-Pebble, a webhook receiver and the short-link app. A load client reads active hosts and short
-links through BOTH nodes' HTTPS ports for the whole test, while the API connects and removes
-domains and edits links through random replicas, and seeded random faults strike: kill -9 of a
-replica or an agent (then restarted), dynalite down for 10 s, Pebble down for 30 s.
+"""Chaos: 2 control replicas (HTTPS, local CA) and 2 edge nodes on a supervised dynalite
+(straight, or behind the DynamoDB nemesis: index lag, throttling, errors), with Pebble, a
+webhook receiver and the short-link app. A load client reads active hosts and short links
+through BOTH nodes' HTTPS ports for the whole test, while the API connects and removes domains
+and edits links through random replicas, and seeded random faults strike: kill -9 of a replica
+or an agent (then restarted), dynalite down for 10 s, Pebble down for 30 s.
 
 Invariants: every domain ends as asked with one certificate; every webhook arrives at least
 once under one stable id (a repeat only with the same id and body); both nodes converge on
@@ -39,6 +40,7 @@ from kit.files import PUBLIC, SECRET, write_atomic
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.x509 import local_ca_and_server
 from tests.conftest import stop_together, wait_until
+from tests.dynamo_nemesis import Nemesis
 from tests.supervised_dynalite import SupervisedDynalite
 from tests.webhook_receiver import Receiver
 
@@ -78,7 +80,7 @@ class Request:
 
 class Cluster:
     def __init__(self, directory: Path, pebble: PebbleStack, store: SupervisedDynalite,
-                 app: SampleApp, receiver: Receiver) -> None:
+                 app: SampleApp, receiver: Receiver, endpoint: str | None = None) -> None:
         self.directory = directory
         self.pebble = pebble
         self.store = store
@@ -97,7 +99,7 @@ class Cluster:
         common = {
             "EDGE_API_TOKEN": TOKEN, "EDGE_EDGE_TOKEN": EDGE_TOKEN,
             "EDGE_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-            "EDGE_STORAGE_BACKEND": "dynamodb", "EDGE_DYNAMODB_ENDPOINT_URL": store.url,
+            "EDGE_STORAGE_BACKEND": "dynamodb", "EDGE_DYNAMODB_ENDPOINT_URL": endpoint or store.url,
             "EDGE_DYNAMODB_TABLE_PREFIX": f"x{uid}_",
             "EDGE_CONTROL_TLS_CERT": str(tls / "cert.pem"),
             "EDGE_CONTROL_TLS_KEY": str(tls / "key.pem"), "EDGE_CONTROL_CA_BUNDLE": self.ca,
@@ -127,6 +129,7 @@ class Cluster:
         self.replicas: list[ManagedProcess | None] = [None, None]
         self.agents: list[ManagedProcess | None] = [None, None]
         self.links: ManagedProcess | None = None
+        self.nemesis: Nemesis | None = None
         self.lock = threading.Lock()
 
     def start_replica(self, n: int) -> None:
@@ -379,12 +382,22 @@ class Chaos:
         return windows
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, receiver: Receiver) -> Iterator[Cluster]:
+@pytest.fixture(params=["dynalite", "nemesis"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path,
+            receiver: Receiver) -> Iterator[Cluster]:
+    """The cluster on dynalite, or on dynalite behind the DynamoDB nemesis
+    (tests/dynamo_nemesis.py) in DynamoDB's weather: every index query lags up to 300 ms (a
+    random lag per query), 2% of requests are throttled or fail, 2% are slow."""
     pebble = PebbleStack(tmp_path / "pebble", http_port=free_port())
     app = SampleApp("app", 0)
     store = SupervisedDynalite(tmp_path)
-    cluster = Cluster(tmp_path, pebble, store, app, receiver)
+    nemesis = Nemesis(store.url) if request.param == "nemesis" else None
+    if nemesis is not None:
+        nemesis.lag, nemesis.lag_random = 0.3, True
+        nemesis.fail_rate, nemesis.slow_rate, nemesis.slow = 0.02, 0.02, 0.05
+    cluster = Cluster(tmp_path, pebble, store, app, receiver,
+                      nemesis.url if nemesis is not None else None)
+    cluster.nemesis = nemesis
     try:
         for n in range(2):
             cluster.start_replica(n)
@@ -400,6 +413,8 @@ def cluster(tmp_path: Path, receiver: Receiver) -> Iterator[Cluster]:
             for pid in haproxy_masters(edge_dir):
                 os.kill(pid, signal.SIGTERM)
         store.stop()
+        if nemesis is not None:
+            nemesis.stop()
         app.stop()
         pebble.stop()
 
@@ -525,6 +540,10 @@ def test_chaos(cluster: Cluster, receiver: Receiver) -> None:
           f"{to_converge:.1f} s after the last fault; webhooks {len(bodies)} "
           f"({repeats} repeats); dynalite crashes restarted {cluster.store.restarts}; "
           f"HAProxy masters at the end {lasting}")
+    if cluster.nemesis is not None:
+        print(f"chaos: nemesis hid {cluster.nemesis.hidden} index entries, injected "
+              f"{dict(cluster.nemesis.injected)}")
+        assert cluster.nemesis.hidden > 0 and cluster.nemesis.injected, "its weather struck"
     assert [len(m) for m in lasting] == [1, 1], f"one HAProxy per node, not {lasting}"
     assert not failures, [dataclasses.astuple(r) for r in failures[:10]]
 

@@ -33,6 +33,7 @@ from kit.settings import Settings
 from store import Backend, StoreError, TableSpec
 from store.dynamo import DynamoBackend
 from tests.conftest import dynalite_command, dynamo_client, serving, wait_until
+from tests.dynamo_nemesis import Nemesis
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,31 @@ def test_the_budget_holds_exactly_under_concurrency_at_a_constant_cost(
     budget.reserve(["later.example.com"])
 
 
-def test_tables_opened_by_replicas_starting_at_once_are_ready(dynalite: str) -> None:
+@pytest.fixture(params=["dynalite", "nemesis"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """dynalite, straight or behind the nemesis in DynamoDB's weather (throttling, errors,
+    slowness, and index queries lagging up to 200 ms)."""
+    url: str = request.getfixturevalue(request.param)
+    if request.param == "nemesis":
+        lagging(request.getfixturevalue("dynamo_nemesis"))
+    return url
+
+
+def lagging(nemesis: Nemesis) -> None:
+    nemesis.lag, nemesis.lag_random = 0.2, True  # the nemesis fixture resets it after
+
+
+@pytest.fixture
+def replicas_backend(any_backend: Settings, request: pytest.FixtureRequest) -> Settings:
+    """``any_backend``; through the nemesis, with index queries lagging too."""
+    if any_backend.storage_backend == "dynamodb" \
+            and any_backend.dynamodb_endpoint_url != request.getfixturevalue("dynalite"):
+        lagging(request.getfixturevalue("dynamo_nemesis"))
+    return any_backend
+
+
+def test_tables_opened_by_replicas_starting_at_once_are_ready(store_url: str) -> None:
+    dynalite = store_url
     prefix = f"t{uuid.uuid4().hex[:8]}_"
     spec = TableSpec("things", key="id", indexes=("owner",))
     errors: list[BaseException] = []
@@ -92,8 +117,10 @@ def test_tables_opened_by_replicas_starting_at_once_are_ready(dynalite: str) -> 
     assert errors == []
 
 
-def test_the_edge_state_does_not_depend_on_which_replica_wrote_it(settings: Settings) -> None:
-    shared = dataclasses.replace(settings, control_servers=["10.0.0.1:8000", "10.0.0.2:8000"])
+def test_the_edge_state_does_not_depend_on_which_replica_wrote_it(
+        replicas_backend: Settings) -> None:
+    shared = dataclasses.replace(replicas_backend,
+                                 control_servers=["10.0.0.1:8000", "10.0.0.2:8000"])
     first = Services.from_settings(dataclasses.replace(shared, listen_port=8001))
     second = Services.from_settings(dataclasses.replace(shared, listen_port=8002))
     try:
@@ -109,12 +136,12 @@ def test_the_edge_state_does_not_depend_on_which_replica_wrote_it(settings: Sett
 
 
 def test_a_replica_without_control_servers_says_so_when_another_publishes(
-        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+        replicas_backend: Settings, caplog: pytest.LogCaptureFixture) -> None:
     """Two replicas without ``control_servers`` each publish their own address, and the edge
     state flips between them every round: the one that sees the other's list warns, once,
     naming the setting."""
-    first = Services.from_settings(dataclasses.replace(settings, listen_port=8001))
-    second = Services.from_settings(dataclasses.replace(settings, listen_port=8002))
+    first = Services.from_settings(dataclasses.replace(replicas_backend, listen_port=8001))
+    second = Services.from_settings(dataclasses.replace(replicas_backend, listen_port=8002))
     try:
         alone = LoneReplica(second.edge_state, second.settings.edge_control_servers, every=0)
         second.publisher.refresh()
