@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import conditions  # noqa: E402
 from bench.node_scale import haproxy_floor, route, served_name  # noqa: E402
-from bench.shortlinks_throughput import bare_haproxy  # noqa: E402
 from edge.haproxy import stop_node  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
 from edge.releases import ensure_default_cert  # noqa: E402
@@ -173,11 +172,22 @@ def files_floor(directory: Path, routes: list[Route]) -> float:
     crt_list.write_text("".join(lines))
     os.sync()
     port = free_port()
-    started = time.perf_counter()
-    process = bare_haproxy(directory, "files", port, f"""    bind 127.0.0.1:{port} ssl crt \
-{default} crt-list {crt_list} alpn h2,http/1.1
+    template = (ROOT / "haproxy_templates" / "haproxy.cfg.j2").read_text().splitlines()
+    tls = "\n".join(line for line in template if line.strip().startswith("ssl-default-bind"))
+    config = directory / "files.cfg"  # bench/shortlinks_throughput.py's bare HAProxy, whose
+    config.write_text(f"""global\n{tls}
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend files
+    bind 127.0.0.1:{port} ssl crt {default} crt-list {crt_list} alpn h2,http/1.1
     http-request return status 200
-""")
+""")  # start waits 20 s at most for its port: HAProxy loads every file before it binds
+    started = time.perf_counter()
+    process = ManagedProcess("files", ["haproxy", "-db", "-f", str(config)],
+                             directory / "files.log")
     try:
         wait(lambda: served_name(port, routes[-1].hostname) == routes[-1].hostname, 3600,
              "the files floor", process)
