@@ -43,6 +43,7 @@ from bench import conditions  # noqa: E402
 from bench.node_scale import haproxy_floor, route, served_name  # noqa: E402
 from edge.haproxy import stop_node  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
+from edge.protocol import CERT_BATCH, CERT_BATCH_MAX, HEADER, PROTOCOL  # noqa: E402
 from edge.releases import ensure_default_cert  # noqa: E402
 from edge.state import Route  # noqa: E402
 from edge.state_store import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES,  # noqa: E402
@@ -157,6 +158,35 @@ class Agent:
             stop_node(node.directory, node.haproxy)
 
 
+def wire_only(control: Control, routes: list[Route], singles: int) -> dict[str, float]:
+    """The download alone, from this process, as the agent asks: the snapshot, every
+    certificate in batches, and ``singles`` of them one GET each (seconds per certificate)."""
+    session = requests.Session()
+    session.headers.update({"Authorization": f"Bearer {EDGE_TOKEN}", HEADER: str(PROTOCOL)})
+    started = time.perf_counter()
+    snapshot = session.get(control.url + "/api/v1/edge/state", timeout=300).json()
+    took = {"snapshot_s": time.perf_counter() - started}
+    wanted = [{"hostname": ref["hostname"], "sha256": ref["cert_sha256"]}
+              for ref in snapshot["routes"]]
+    started = time.perf_counter()
+    for start in range(0, len(wanted), CERT_BATCH_MAX):
+        answer = session.post(control.url + "/api/v1/edge/certs", timeout=300, json={
+            "format": CERT_BATCH, "certs": wanted[start:start + CERT_BATCH_MAX]})
+        assert len(answer.json()["certs"]) == len(wanted[start:start + CERT_BATCH_MAX])
+    took["batch_ms_per_cert"] = (time.perf_counter() - started) / len(wanted) * 1000
+    started = time.perf_counter()
+    for cert in wanted[:singles]:
+        answer = session.get(f"{control.url}/api/v1/edge/certs/{cert['hostname']}",
+                             params={"sha256": cert["sha256"]}, timeout=30)
+        assert answer.ok
+    took["single_ms_per_cert"] = (time.perf_counter() - started) / max(singles, 1) * 1000
+    print(f"download alone, {len(routes):,} routes: snapshot {took['snapshot_s']:.1f} s; "
+          f"batches {took['batch_ms_per_cert']:.3f} ms per certificate; one GET each "
+          f"{took['single_ms_per_cert']:.3f} ms per certificate ({singles:,} of them): "
+          f"{took['single_ms_per_cert'] / took['batch_ms_per_cert']:.1f}x")
+    return {key: round(value, 3) for key, value in took.items()}
+
+
 def files_floor(directory: Path, routes: list[Route]) -> float:
     """Seconds from spawning a bare HAProxy with every certificate in its crt-list until it
     serves the last host."""
@@ -235,6 +265,7 @@ def main() -> None:
             restart = agent.cold_start(routes, "restart")
             print(f"restart from the node's files (agent catches up): {restart:.1f} s "
                   f"({restart / from_files:.2f}x the files floor)")
+            figures.update(wire_only(control, routes, min(len(routes), 2000)))
             figures.update(cold_start_batch_s=round(batch, 2),
                            batch_over_runtime_floor=round(batch / runtime, 2),
                            batch_over_files_floor=round(batch / from_files, 2),
