@@ -8,13 +8,14 @@ import logging
 import os
 import subprocess
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 import requests
 from cryptography.fernet import Fernet
 
 import edge.protocol
+from admin_app import create_app
 from control.wiring import Services
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
@@ -22,7 +23,7 @@ from edge.protocol import CERT_BATCH, CERT_BATCH_KEY, CERT_BATCH_MAX
 from edge.state import EdgeConfig, fingerprint
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.x509 import self_signed
-from tests.conftest import wait_until
+from tests.conftest import ServicesWith, serving, wait_until
 from tests.v010 import v010_command
 
 EDGE_TOKEN = "edge-token-0123456789"
@@ -126,6 +127,28 @@ def test_the_batch_answers_what_the_single_gets_do_to_whom_they_do(
                 batch(url, [{"hostname": "../etc", "sha256": "0" * 64}]),
                 batch(url, wanted, format=CERT_BATCH + 1)):
         assert bad.status_code == 400 and bad.json()["error"], bad.text
+
+
+def test_a_replica_without_the_batch_endpoint_is_asked_one_get_each(
+        services_with: ServicesWith, edge_node: Callable[..., EdgeNode]) -> None:
+    """During an upgrade the state may come from a replica that offers batches and the batch
+    go to one of the release before, which answers 404: the agent asks that one by GETs."""
+    services = services_with()
+    app = create_app(services)
+
+    def release_before(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ["REQUEST_METHOD"] == "POST" and environ["PATH_INFO"] == "/api/v1/edge/certs":
+            start_response("404 NOT FOUND", [("Content-Type", "application/json")])
+            return [b'{"error": "the requested URL was not found", "code": "not_found"}']
+        return app(environ, start_response)
+
+    pems = hosts(4)
+    publish(services, pems)
+    with serving(release_before) as url:
+        agent = EdgeAgent(edge_node(), url, EDGE_TOKEN, node_id="n1")
+        assert agent.sync()
+    assert (agent.certificates.batches, agent.certificates.singles) == (0, 4)
+    assert {host: route.pem for host, route in agent.node.existing_routes().items()} == pems
 
 
 @pytest.mark.slow
