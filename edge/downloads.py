@@ -81,7 +81,7 @@ class CertificateDownloads:
         if doc.get("missing"):
             missing = doc["missing"][0]
             raise StateUnavailable(f"certificate of {missing.get('hostname')} changed "
-                                     "while fetching")
+                                   "while fetching")
         pems = {}
         for cert in doc["certs"]:
             hostname = cert["hostname"]
