@@ -2,8 +2,10 @@
 
 Usage: python bench/node_scale.py [--routes 100000] [--changes 300] [--first 500]
 Prints, measured in this run:
-- cold start of a node given the whole state: time until the first slice is served, and
-  until every route is (the rest streamed in through runtime-API batches);
+- the node's part of a cold start, given the whole state with every certificate already in
+  memory: time until the first slice is served, and until every route is (the rest streamed in
+  through runtime-API batches). A real cold start (a fresh agent downloading the certificates
+  from a control service over HTTP) is bench/cold_start.py;
 - one-route changes at that size through EdgeNode.apply_delta (what the agent calls for a
   delta): p50/p99/max of a publication move (map only), a renewal (certificate swapped), a new
   route (certificate + crt-list + map) and a removal, each until HAProxy has taken it;
@@ -36,6 +38,7 @@ from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import conditions  # noqa: E402
 from bench.shortlinks_throughput import bare_haproxy  # noqa: E402
 from edge.hotapply import CHUNK  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
@@ -100,7 +103,8 @@ def cold_start(node: EdgeNode, state: DesiredState, first: str, last: str) -> fl
     node.apply(state)
     applied = time.perf_counter() - started
     watcher.join(1800)
-    print(f"cold start, {len(state.routes):,} certificates: first {node.cold_slice} served "
+    print(f"node apply from memory (not a cold start: see bench/cold_start.py), "
+          f"{len(state.routes):,} certificates: first {node.cold_slice} served "
           f"{times.get('first', float('nan')):.2f} s, all served "
           f"{times.get('last', float('nan')):.2f} s (apply returned {applied:.2f} s)")
     return times.get("last", float("nan"))
@@ -194,6 +198,8 @@ def main() -> None:
     parser.add_argument("--floor", type=int, default=10_000,
                         help="certificates for HAProxy's own floor (0: not measured)")
     args = parser.parse_args()
+    conditions.print_conditions()
+    figures: dict[str, object] = {"routes": args.routes}
     started = time.perf_counter()
     routes = [route(n) for n in range(args.routes)]
     print(f"{args.routes:,} certificates made in {time.perf_counter() - started:.1f} s "
@@ -210,12 +216,15 @@ def main() -> None:
                 if args.floor else 0.0  # first, alone: nothing else runs yet
             all_served = cold_start(node, state, routes[args.first - 1].hostname,
                                     routes[-1].hostname)
+            figures.update(apply_from_memory_all_served_s=round(all_served, 2),
+                           floor_runtime_api_ms_per_cert=round(floor * 1000, 3))
             if floor:
                 print(f"HAProxy's own floor ({args.floor:,} certificates, bare HAProxy, "
                       f"runtime API only): {floor * 1000:.3f} ms per certificate, "
                       f"{floor * args.routes:.1f} s for {args.routes:,}; cold start all served "
                       f"/ floor: {all_served / (floor * args.routes):.2f}")
             if args.cold_only:
+                conditions.record("node_scale", figures)
                 return
             workers = node.haproxy.workers()
             assert node.haproxy.pid is not None
@@ -236,12 +245,16 @@ def main() -> None:
                   f"{percentiles(whole)}")
             print(f"ratio whole-state / delta p50: "
                   f"{statistics.median(whole) / statistics.median(every):.0f}x")
+            figures.update(delta_p50_ms=round(statistics.median(every) * 1000, 2),
+                           whole_state_p50_ms=round(statistics.median(whole) * 1000, 2),
+                           haproxy_rss_mb=round(haproxy_rss))
             print(f"RSS: HAProxy {haproxy_rss:.0f} MB (master + worker), this process "
                   f"{rss_mb(os.getpid()):.0f} MB now, "
                   f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB at most")
         finally:
             node.stop()
     print(f"load average {os.getloadavg()[0]:.2f} (2 cores shared)")
+    conditions.record("node_scale", figures)
 
 
 if __name__ == "__main__":

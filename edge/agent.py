@@ -19,17 +19,17 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Iterator, Sequence
-from urllib.parse import quote
+from typing import Any, Iterable, Iterator, Sequence
 
 import requests
 
+from edge.downloads import CertificateDownloads, StateUnavailable
 from edge.errors import EdgeError
 from edge.node import EdgeNode
-from edge.protocol import HEADER as PROTOCOL_HEADER, PROTOCOL
+from edge.protocol import CERT_BATCH_KEY, HEADER as PROTOCOL_HEADER, PROTOCOL, batch_size
 from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, Route, RouteRef,
-                        StateDelta, fingerprint, pools_of, redirect_hash, route_hash,
-                        routes_digest, state_version)
+                        StateDelta, pools_of, redirect_hash, route_hash, routes_digest,
+                        state_version)
 from edge.visits import HotVisitMeter
 from kit.backoff import jittered_backoff
 from kit.hosts import plain_http_off_host
@@ -40,10 +40,6 @@ log = logging.getLogger(__name__)
 def _route_ref(ref: dict[str, Any]) -> RouteRef:
     return RouteRef(ref["hostname"], ref["publication_id"], ref["cert_sha256"],
                     ref.get("extras") or "")
-
-
-class StateUnavailable(EdgeError):
-    """The control service's answer could not be turned into a state to apply."""
 
 
 MAX_BACKOFF = 30.0
@@ -72,7 +68,9 @@ class EdgeAgent:
         self._session.headers["Authorization"] = f"Bearer {token}"
         self._session.headers[PROTOCOL_HEADER] = str(PROTOCOL)  # the feed's form it reads
         self.node_id = node_id or socket.gethostname()
-        self.downloads = 0
+        self.certificates = CertificateDownloads(self._request)
+        self._pems: dict[str, str] = {}
+        """Certificates downloaded for the state being fetched, by hostname."""
         self._force = False
         self.watch = watch
         self._routes: dict[str, dict[str, str]] | None = None
@@ -147,9 +145,10 @@ class EdgeAgent:
                 != doc["version"]:
             self.reset()
             raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
-        served = self.node.existing_routes()
+        served = self._download(refs.values(), doc)
         routes = [self._route(ref, served)
                   for ref in sorted(refs.values(), key=lambda r: r["hostname"])]
+        self._pems = {}
         desired = DesiredState(tuple(routes), config.app_servers, config.control_servers,
                                tuple(Redirect.from_map(key, value)
                                      for key, value in doc.get("redirects", [])),
@@ -180,11 +179,12 @@ class EdgeAgent:
         if state_version(digest, config, self._checked(doc, rdigest)) != doc["version"]:
             self.reset()  # start again from a snapshot
             raise StateUnavailable(f"state changed while fetching ({doc['version']}); retrying")
-        served = self.node.existing_routes()
+        served = self._download([c for c in doc["changes"] if not c.get("removed")], doc)
         routes: dict[str, Route | None] = {}
         for change in doc["changes"]:
             routes[change["hostname"]] = None if change.get("removed") \
                 else self._route(change, served)
+        self._pems = {}
         for change in doc["changes"]:  # only once every certificate is here
             if change.get("removed"):
                 self._routes.pop(change["hostname"], None)
@@ -216,17 +216,34 @@ class EdgeAgent:
             self._links_digest = sum((self._links or {}).values()) % DIGEST_MODULUS
         return self._links_digest
 
+    @property
+    def downloads(self) -> int:
+        """Certificates downloaded so far, in batches or one at a time."""
+        return self.certificates.count
+
+    def _download(self, refs: Iterable[dict[str, str]], doc: dict[str, Any]
+                  ) -> dict[str, Route]:
+        """Download, in batches if the control service offers them, the certificates of
+        ``refs`` the node does not serve yet; returns what it serves."""
+        served = self.node.existing_routes()
+        wanted = [(ref["hostname"], ref["cert_sha256"]) for ref in refs
+                  if (current := served.get(ref["hostname"])) is None
+                  or current.ref.cert_sha256 != ref["cert_sha256"]]
+        self._pems = self.certificates.fetch(wanted, batch_size(doc.get(CERT_BATCH_KEY)))
+        return served
+
     def _route(self, ref: dict[str, str], served: dict[str, Route]) -> Route:
         """The route ``ref`` names, reusing what the node serves (the same object, whose
-        fingerprint is not computed again) and downloading only a certificate it lacks."""
+        fingerprint is not computed again) or the certificate just downloaded."""
         current = served.get(ref["hostname"])
         extras = ref.get("extras") or ""
         if current is not None and current.ref.cert_sha256 == ref["cert_sha256"]:
             if current.publication_id == ref["publication_id"] and current.extras == extras:
                 return current
             return Route(ref["hostname"], ref["publication_id"], current.pem, extras)
-        return Route(ref["hostname"], ref["publication_id"],
-                     self._download(ref["hostname"], ref["cert_sha256"]), extras)
+        pem = self._pems.get(ref["hostname"]) \
+            or self.certificates.one(ref["hostname"], ref["cert_sha256"])
+        return Route(ref["hostname"], ref["publication_id"], pem, extras)
 
     def _resume(self, applied: str) -> None:
         """After a restart, go on with deltas from the revision the node's state came from
@@ -263,16 +280,6 @@ class EdgeAgent:
         """Forget the state held: the next fetch asks for a snapshot."""
         self._routes = self._revision = self._digest = self._version = None
         self._links = self._links_digest = None
-
-    def _download(self, hostname: str, cert_sha256: str) -> str:
-        response = self._request("GET", f"/api/v1/edge/certs/{quote(hostname)}", timeout=30,
-                                 params={"sha256": cert_sha256})
-        response.raise_for_status()
-        pem = str(response.json()["pem"])
-        if fingerprint(pem) != cert_sha256:
-            raise StateUnavailable(f"certificate of {hostname} changed while fetching")
-        self.downloads += 1
-        return pem
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """Ask the current control replica; one that does not answer (or answers 502-504)

@@ -3,6 +3,8 @@ they download, and their reports (storage in ``edge/state_store.py``)."""
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import json
 import re
 from typing import Annotated, Any, Callable
 
@@ -32,6 +34,20 @@ class StateQuery(QueryModel):
 class CertificateQuery(QueryModel):
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
                                description="The fingerprint the route names (else its current)")
+
+
+class WantedCertificate(RequestModel):
+    hostname: str = Field(min_length=1, max_length=253, pattern=r"^(\*\.)?[a-z0-9.-]+$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="The fingerprint the route names")
+
+
+class CertificateBatchRequest(RequestModel):
+    """Certificates by hostname and fingerprint, in a batch format this service reads."""
+
+    format: int = Field(ge=1, le=edge_protocol.CERT_BATCH,
+                        description="The batch format the agent asks in (edge/protocol.py)")
+    certs: list[WantedCertificate] = Field(min_length=1,
+                                           max_length=edge_protocol.CERT_BATCH_MAX)
 
 
 class NodeReport(RequestModel):
@@ -71,6 +87,12 @@ class EdgeCertificate(BaseModel):
     hostname: str
     cert_sha256: str
     pem: str = Field(description="Chain and private key, PEM")
+
+
+class CertificateBatch(BaseModel):
+    format: int
+    certs: list[EdgeCertificate]
+    missing: list[WantedCertificate] = Field(description="Asked for and not stored (any more)")
 
 
 class Accepted(BaseModel):
@@ -135,7 +157,7 @@ def desired_state(query: StateQuery) -> Response | tuple[Response, int]:
         return Response(status=304)
     doc = (store.changes_since(query.since, protocol) if query.since is not None else None) \
         or store.load(protocol)
-    return jsonify(doc)
+    return jsonify({**doc, edge_protocol.CERT_BATCH_KEY: edge_protocol.batch_offer()})
 
 
 @bp.get("/certs/<hostname>")
@@ -147,6 +169,34 @@ def certificate(hostname: str, query: CertificateQuery) -> Response | tuple[Resp
     if cert is None:
         return api_error(f"no certificate for {hostname}", 404)
     response = jsonify(cert)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/certs")
+@require_edge_token
+@operation(summary="Many certificates with their private keys, in one answer", auth="edge",
+           body=CertificateBatchRequest, responses={200: CertificateBatch})
+def certificates(body: CertificateBatchRequest) -> Response:
+    """What a joining node downloads: up to ``CERT_BATCH_MAX`` certificates per request
+    (edge/protocol.py), each read and decrypted as ``GET /certs/<hostname>?sha256=`` does it,
+    gzip'd when the agent accepts it. One not stored is listed under ``missing`` rather than
+    failing the batch."""
+    store = _store()
+    found, missing = [], []
+    for wanted in body.certs:
+        cert = store.certificate(wanted.hostname, wanted.sha256)
+        if cert is None:
+            missing.append({"hostname": wanted.hostname, "sha256": wanted.sha256})
+        else:
+            found.append(cert)
+    data = json.dumps({"format": edge_protocol.CERT_BATCH, "certs": found,
+                       "missing": missing}, separators=(",", ":")).encode()
+    response = Response(data, mimetype="application/json")
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        response.set_data(gzip.compress(data, compresslevel=1))
+        response.headers["Content-Encoding"] = "gzip"
+    response.headers["Vary"] = "Accept-Encoding"
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -101,3 +101,34 @@ def meta_version(meta: dict[str, Any], protocol: int) -> str:
     return version_for(int(meta.get("routes_digest") or "0", 16),
                        EdgeConfig.from_json(meta.get("config") or {}),
                        meta.get("redirects_digest") or "0" * 32, protocol)
+
+
+# --- batch certificate downloads ------------------------------------------------------------
+
+CERT_BATCH = 1
+"""The form of a batch certificate download (``POST /api/v1/edge/certs``): the request names
+``{"format", "certs": [{"hostname", "sha256"}, ...]}``, the answer (gzip'd when the agent
+accepts it) ``{"format", "certs": [{"hostname", "cert_sha256", "pem"}], "missing": [...]}``.
+A control service that offers it says so in every state it sends (``"cert_batch": {"format",
+"max"}``); an agent that sees no offer (v0.1.0 and the releases up to protocol 1 make none)
+downloads one certificate per GET, as before. A format is never changed, only added: an agent
+asks in the newest format both sides read."""
+CERT_BATCH_MAX = 1000
+"""Certificates in one batch at most: about 1.5 MB of JSON before compression."""
+CERT_BATCH_KEY = "cert_batch"
+
+
+def batch_offer() -> dict[str, int]:
+    """What the control service adds to each state it sends."""
+    return {"format": CERT_BATCH, "max": CERT_BATCH_MAX}
+
+
+def batch_size(offer: Any) -> int:
+    """Certificates per batch request an agent uses against a state's ``offer`` (0: the
+    control service offers none, or in no format this agent reads: one GET each)."""
+    if not isinstance(offer, dict):
+        return 0
+    form, most = offer.get("format"), offer.get("max")
+    if not isinstance(form, int) or form < CERT_BATCH or not isinstance(most, int):
+        return 0
+    return max(0, min(most, CERT_BATCH_MAX))

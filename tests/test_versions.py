@@ -20,7 +20,7 @@ from control.wiring import Services
 import edge.protocol
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
-from edge.protocol import HEADER, PROTOCOL
+from edge.protocol import CERT_BATCH_KEY, HEADER, PROTOCOL
 from edge.state import EdgeConfig, RouteRef, fingerprint, routes_digest, state_version
 from edge.state_changes import cert_key
 from edge.state_store import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE,
@@ -156,7 +156,8 @@ def test_a_v010_agent_serves_what_the_new_control_service_sends_it(
         control: tuple[Services, str], tmp_path: Path) -> None:
     """The release before's own agent (its code, its process) against this control service:
     it applies the state (device links too, which it reads), downloads its certificates by
-    hostname, and reports in sync."""
+    hostname (one GET each: it reads past the batch offer, edge/protocol.py), and reports in
+    sync."""
     services, url = control
     publish(services)
     https_port = free_port()
@@ -172,6 +173,7 @@ def test_a_v010_agent_serves_what_the_new_control_service_sends_it(
             return bool(nodes) and all(node["in_sync"] for node in nodes)
 
         wait_until(in_sync, 60, "the v0.1.0 agent in sync", why=agent.tail)
+        assert state(url, None).json()[CERT_BATCH_KEY], "it reads past the batch offer"
         plain = https_get(https_port, SHORT, "/plain")
         assert plain.status == 302 and plain.headers["location"] == "https://example.com/plain"
         assert "x-request-id" not in plain.headers, "answered from its map"
