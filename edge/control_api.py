@@ -157,6 +157,8 @@ def desired_state(query: StateQuery) -> Response | tuple[Response, int]:
         return Response(status=304)
     doc = (store.changes_since(query.since, protocol) if query.since is not None else None) \
         or store.load(protocol)
+    if doc is None:  # removed between the version read and this one
+        return api_error("no edge state has been published yet", 404)
     return jsonify({**doc, edge_protocol.CERT_BATCH_KEY: edge_protocol.batch_offer()})
 
 

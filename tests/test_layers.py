@@ -34,7 +34,7 @@ def test_the_operators_commands_start_without_the_service() -> None:
     (they took most of a second of every operator command's start)."""
     probe = ("import sys, edgectl.cli; print(sorted(({m.split('.')[0] for m in sys.modules} | "
              "set(sys.modules)) & {'boto3', 'botocore', 'flask', 'admin', 'control.wiring', "
-             "'domains', 'certs', 'acme'}))")
+             "'acme', 'josepy', 'dns'}))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
