@@ -63,7 +63,7 @@ class VisitLeases:
     (a dead process's visits come back after it)."""
 
     def __init__(self, links: Table, leases: Table, owner: str, block: int = 200,
-                 step: int = 50, seconds: float = 30.0,
+                 step: int = 50, seconds: float = 120.0,
                  clock: Callable[[], float] = time.time) -> None:
         self._links = links
         self._table = leases
