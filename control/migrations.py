@@ -21,6 +21,7 @@ import socket
 import time
 from typing import Callable
 
+from domains.repository import DOMAINS, PENDING_FOR, pending_indexed
 from edge.state_changes import EDGE_CERTS, EDGE_REDIRECTS, EDGE_ROUTES, cert_key
 from store import ABSENT, VERSION, Backend, ConflictError, TableSpec, all_items
 
@@ -82,11 +83,33 @@ def drop_hot_link_items(backend: Backend) -> int:
     return dropped
 
 
+def reindex_domains(backend: Backend) -> int:
+    """Put back the domains the ``pending`` and ``redirected`` indexes may lack: the unproven
+    claims (and the domains still marked as one) from before those indexes, and every domain
+    with a redirect (a v0.1.0 replica's write took it out of them on DynamoDB). Each write is
+    conditional: a domain changed meanwhile was indexed by that change."""
+    domains = backend.table(DOMAINS)
+    rewritten = 0
+    for item in all_items(domains):
+        indexed = pending_indexed(item)
+        if indexed.get(PENDING_FOR) == item.get(PENDING_FOR) and not item.get("redirect_to"):
+            continue
+        try:
+            domains.put(indexed, expected_version=item[VERSION])
+            rewritten += 1
+        except ConflictError:
+            pass
+    return rewritten
+
+
 MIGRATIONS = (
     Migration(1, "edge_certs keyed by hostname and fingerprint (the bare-hostname items stay "
                  "for the release before)", rekey_edge_certs),
     Migration(2, "edge_redirects without the hot-link items of the releases before the "
                  "change feed", drop_hot_link_items),
+    Migration(3, "domains: unproven claims and redirects in their sparse indexes (the cap on "
+                 "claims and the redirect check read them, not a publication's domains)",
+              reindex_domains),
 )
 SCHEMA = MIGRATIONS[-1].number
 """The schema this release knows."""

@@ -159,13 +159,13 @@ class DomainRepository:
 
     def create(self, item: Item) -> Item:
         """Store a new domain; ConflictError if one is stored under its name already."""
-        stored = self.table.put(_pending_indexed(item), expected_version=ABSENT)
+        stored = self.table.put(pending_indexed(item), expected_version=ABSENT)
         self._counted(None, stored)
         return stored
 
     def write(self, domain: Item, updated: Item) -> Item:
         """Store ``updated`` in place of ``domain`` if nobody changed it meanwhile."""
-        stored = self.table.put(_pending_indexed(updated), expected_version=domain["version"])
+        stored = self.table.put(pending_indexed(updated), expected_version=domain["version"])
         self._counted(domain, stored)
         return stored
 
@@ -242,7 +242,7 @@ class DomainRepository:
                                     bool(after and after.get("last_error")))
 
 
-def _pending_indexed(domain: Item) -> Item:
+def pending_indexed(domain: Item) -> Item:
     """``domain`` in the ``pending`` index while it is an unproven claim, out of it after."""
     pending = domain["status"] == PENDING_DNS and domain.get("claimed_at") is not None
     return {**domain, PENDING_FOR: str(domain["publication_id"]) if pending else None}

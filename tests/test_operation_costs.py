@@ -140,3 +140,31 @@ def test_the_cap_on_unproven_claims_reads_only_the_claims(services_with: Service
     repository.write(old, {**old, "claimed_at": time.time() - 2 * 86400})
     services.domains.connect("p3.example.test", "pub_1")
     assert repository.pending_claims("pub_2", 0, 10) == []
+
+
+def test_claims_and_redirects_from_before_the_indexes_enter_them_by_the_migration(
+        services_with: ServicesWith) -> None:
+    """A store from before: claims and redirects written without the index fields (as the
+    release before, or a v0.1.0 replica during the upgrade, wrote them) are invisible to the
+    cap and to the redirect check until migration 3 puts them back."""
+    from control import migrations
+
+    services = services_with(max_pending_domains=2)
+    repository = services.domains.repository
+    now = time.time()
+    for n in range(2):
+        claim = services.domains._claim(f"old{n}.example.test", "pub_1", now, None)
+        repository.table.put(claim)  # raw: no pending_for, as before this release
+    target = {**services.domains._claim("t.example.test", "pub_1", now, None),
+              "status": "active"}
+    repository.table.put(target)
+    repository.table.put({**services.domains._claim("r.example.test", "pub_1", now, None),
+                          "status": "active", "redirect_to": "t.example.test"})
+    assert repository.pending_claims("pub_1", 0, 10) == []
+    assert migrations.reindex_domains(services.backend) == 3
+    assert len(repository.pending_claims("pub_1", 0, 10)) == 2
+    with pytest.raises(Exception, match="pub_1"):
+        services.domains.connect("new.example.test", "pub_1")
+    assert [d["hostname"] for d in repository.redirecting_to("t.example.test")] == [
+        "r.example.test"]
+    assert migrations.reindex_domains(services.backend) == 1, "only the redirect is put again"
