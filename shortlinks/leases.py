@@ -3,7 +3,9 @@
 A link with ``max_visits`` keeps, in its ``visits`` counter, every visit handed out: to a
 process's lease or, by a v0.1.0 process, one at a time. A process takes a block of visits with
 one atomic conditional ADD on that counter that never takes it past ``max_visits`` (the last
-block is what is left), and serves that block from memory: no store request per visit.
+block is what is left), and serves that block from memory: no store request per visit. Blocks
+start at one visit and double up to the largest (as many as the lease has taken so far), so
+the counter runs ahead of the visits served by at most as many again, plus one, per process.
 
 Each lease is an item of ``short_link_leases`` (one per link and process, format
 ``LEASE_FORMAT``): ``granted``, the visits the process took in all, and ``upto``, how many of
@@ -93,13 +95,16 @@ class VisitLeases:
         the kept top) if it is within the limit, None if not."""
         if self._closed:  # stopping: each visit counted on its own, conditionally
             return self._links.increment(key, "visits", 1, existing_only=True, at_most=limit)
-        lease = self._lease(key)
-        with lease.lock:
-            lease.last_used = self._clock()
-            if lease.used >= lease.upto and not self._room(key, lease, limit):
-                return None
-            lease.used += 1
-            return lease.seen
+        while True:
+            lease = self._lease(key)
+            with lease.lock:
+                if self._held.get(key) is not lease:
+                    continue  # dropped as idle meanwhile: take the new one
+                lease.last_used = self._clock()
+                if lease.used >= lease.upto and not self._room(key, lease, limit):
+                    return None
+                lease.used += 1
+                return lease.seen
 
     def _room(self, key: str, lease: _Lease, limit: int) -> bool:
         """Room for one more visit: ``upto`` raised a step (with a new block first when the
@@ -113,8 +118,9 @@ class VisitLeases:
             except ConflictError:
                 # Another process gave our item back (we were slow to renew it): what it did
                 # not hold (a block just taken) goes back too, and we start a new item.
-                self._links.increment(key, "visits", -(lease.granted - lease.stored),
-                                      existing_only=True)
+                if lease.granted > lease.stored:
+                    self._links.increment(key, "visits", -(lease.granted - lease.stored),
+                                          existing_only=True)
                 lease.granted = lease.upto = lease.used = lease.stored = 0
                 lease.version = ABSENT
         return False
@@ -133,7 +139,9 @@ class VisitLeases:
         """A block of visits added to the lease: one conditional ADD, a second with what is
         left when a whole block no longer fits, and once more after taking back what dead
         processes' leases held. False when none are left."""
-        size = max(1, min(self._block, limit // 8 or 1))
+        # Slow start: 1, 2, 4... up to the block, so a link visited now and then holds few
+        # visits it has not served (its counter stays near its visits), a busy one soon a block.
+        size = max(1, min(self._block, limit // 8 or 1, lease.granted + 1))
         for attempt in range(3):
             total = self._links.increment(key, "visits", size, existing_only=True,
                                           at_most=limit)
@@ -182,6 +190,9 @@ class VisitLeases:
         for key, lease in list(self._held.items()):
             with lease.lock:
                 if lease.version == ABSENT:
+                    if now - lease.last_used >= idle:  # memory follows the links in use
+                        with self._lock:
+                            self._held.pop(key, None)
                     continue
                 try:
                     if now - lease.last_used >= idle:
