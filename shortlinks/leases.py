@@ -4,8 +4,8 @@ A link with ``max_visits`` keeps, in its ``visits`` counter, every visit handed 
 process's lease or, by a v0.1.0 process, one at a time. A process takes a block of visits with
 one atomic conditional ADD on that counter that never takes it past ``max_visits`` (the last
 block is what is left), and serves that block from memory: no store request per visit. Blocks
-start at one visit and double up to the largest (as many as the lease has taken so far), so
-the counter runs ahead of the visits served by at most as many again, plus one, per process.
+start at 8 visits and double up to the largest (as many as the lease has taken so far), so
+the counter runs ahead of the visits served by at most as many again, or 8, per process.
 
 Each lease is an item of ``short_link_leases`` (one per link and process, format
 ``LEASE_FORMAT``): ``granted``, the visits the process took in all, and ``upto``, how many of
@@ -60,17 +60,19 @@ class _Lease:
 
 
 class VisitLeases:
-    """One process's leases. ``block``: the visits one ADD takes at most (fewer near the limit);
+    """One process's leases. ``block``: the visits one ADD takes at most (fewer near the limit),
+    ``first`` at first;
     ``step``: how far one write raises ``upto``; ``seconds``: how long a lease lives unrenewed
     (a dead process's visits come back after it)."""
 
     def __init__(self, links: Table, leases: Table, owner: str, block: int = 200,
                  step: int = 50, seconds: float = 120.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, first: int = 8) -> None:
         self._links = links
         self._table = leases
         self.owner = owner
         self._block = block
+        self._first = first
         self._step = step
         self._seconds = seconds
         self._clock = clock
@@ -139,9 +141,9 @@ class VisitLeases:
         """A block of visits added to the lease: one conditional ADD, a second with what is
         left when a whole block no longer fits, and once more after taking back what dead
         processes' leases held. False when none are left."""
-        # Slow start: 1, 2, 4... up to the block, so a link visited now and then holds few
+        # Slow start: 8, 8, 16, 32... up to the block, so a link visited now and then holds few
         # visits it has not served (its counter stays near its visits), a busy one soon a block.
-        size = max(1, min(self._block, limit // 8 or 1, lease.granted + 1))
+        size = max(1, min(self._block, limit // 8 or 1, max(self._first, lease.granted)))
         for attempt in range(3):
             total = self._links.increment(key, "visits", size, existing_only=True,
                                           at_most=limit)

@@ -73,7 +73,7 @@ def test_a_busy_link_costs_a_store_request_per_block_or_step_not_per_visit(
         backend: Backend, links: Table, clock: FakeClock) -> None:
     busy = VisitLeases(links, backend.table(LINK_LEASES), "busy", block=200, step=50,
                        clock=clock)
-    for _ in range(1000):  # slow start: blocks of 1, 2, 4... 128, then 200
+    for _ in range(1000):  # slow start: blocks of 8, 8, 16... 128, then 200
         assert busy.take(KEY, 10**6) is not None
     before = backend.requests
     for _ in range(1000):
@@ -117,7 +117,7 @@ def test_idle_leases_are_given_back_at_a_flush(backend: Backend, links: Table,
                                               clock: FakeClock) -> None:
     idle = process(backend, links, clock, "idle")
     assert idle.take(KEY, 100) is not None
-    assert links.get(KEY)["visits"] == 1, "blocks start at one visit"
+    assert links.get(KEY)["visits"] == 8, "blocks start at 8 visits"
     clock.advance(20)
     idle.renew()
     assert links.get(KEY)["visits"] == 1
