@@ -16,6 +16,8 @@ The links are written in bulk (the background); every visit goes through the rea
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -28,10 +30,11 @@ from bench.shortlinks_throughput import HOST, links_server, short_link_env  # no
 from bench.wrk.load import (cpu_seconds, pinned, spare_cores, warm, wrk,  # noqa: E402
                             write_keys)
 from control.wiring import Services  # noqa: E402
-from kit.procs import free_port  # noqa: E402
+from kit.procs import ManagedProcess, free_port, start_listening  # noqa: E402
 from kit.settings import load_settings  # noqa: E402
-from shortlinks.links import link_id  # noqa: E402
+from shortlinks.links import LINKS, link_id  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
 KINDS = {  # slug prefix -> what the link is (None: no link)
     "plain": "cached plain link (the baseline)",
     "limited": "link with a visit limit",
@@ -40,6 +43,18 @@ KINDS = {  # slug prefix -> what the link is (None: no link)
     "expired": "expired link",
 }
 EXPECTED = {"plain": 302, "limited": 302, "unknown": 404, "disabled": 410, "expired": 410}
+
+
+def start_dynalite(directory: Path) -> tuple[ManagedProcess, str]:
+    """dynalite (node_modules) on a free loopback port: (its process, its endpoint URL)."""
+    local = ROOT / "node_modules" / ".bin" / "dynalite"
+    found = str(local) if local.exists() else shutil.which("dynalite")
+    if not found:
+        raise SystemExit("dynalite is not installed: run `npm install` in the repository root")
+    process, port = start_listening(lambda port: ManagedProcess("dynalite", [
+        found, "--host", "127.0.0.1", "--port", str(port), "--path", str(directory / "db"),
+        "--createTableMs", "0"], directory / "dynalite.log"))
+    return process, f"http://127.0.0.1:{port}"
 
 
 def seed(env: dict[str, str], keys: int) -> None:
@@ -61,11 +76,44 @@ def seed(env: dict[str, str], keys: int) -> None:
         services.close()
 
 
+def in_process(env: dict[str, str], keys: int, visits: int = 20_000) -> dict[str, float]:
+    """Wall microseconds per limited-link visit in the resolver alone (no HTTP), leased vs one
+    conditional ADD per visit (the path before leases), Zipf over ``keys`` links, same store."""
+    import random
+
+    from shortlinks.leases import LINK_LEASES, VisitLeases
+    from shortlinks.resolver import Resolver
+    from store import open_backend
+
+    backend = open_backend(load_settings(env=env))
+    try:
+        table = backend.table(LINKS)
+        weights = [1 / (k + 1) for k in range(keys)]
+        slugs = [f"limited{k}" for k in random.choices(range(keys), weights, k=visits)]
+        found = {}
+        for name, leases in (("per-visit ADD", None),
+                             ("leased", VisitLeases(table, backend.table(LINK_LEASES), "bench"))):
+            resolver = Resolver(table, leases=leases)
+            for slug in slugs[:visits // 10]:  # warm: cache (and leases)
+                resolver.resolve(HOST, slug)
+            started = time.perf_counter()
+            for slug in slugs:
+                assert resolver.resolve(HOST, slug).status == 302
+            found[name] = (time.perf_counter() - started) / visits * 1e6
+            if leases is not None:
+                leases.close()
+        return found
+    finally:
+        backend.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--store", choices=("sqlite", "dynalite"), default="sqlite",
+                        help="dynalite: DynamoDB's wire protocol on loopback, as in production")
     args = parser.parse_args()
     conditions = print_conditions()
     server_core, load_core = spare_cores()
@@ -73,6 +121,12 @@ def main() -> int:
           f"kind; wrk -t1 -c{args.connections} -d{args.seconds}s", flush=True)
     directory = Path(tempfile.mkdtemp(prefix="bench-python-path-"))
     env = short_link_env(directory)
+    dynalite = start_dynalite(directory) if args.store == "dynalite" else None
+    if dynalite is not None:
+        env.update(EDGE_STORAGE_BACKEND="dynamodb", AWS_ACCESS_KEY_ID="bench",
+                   AWS_SECRET_ACCESS_KEY="bench", EDGE_DYNAMODB_ENDPOINT_URL=dynalite[1])
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
+    print(f"store: {args.store}", flush=True)
     started = time.monotonic()
     seed(env, args.keys)
     print(f"seeded {4 * args.keys:,} links in bulk in {time.monotonic() - started:.0f} s",
@@ -81,7 +135,7 @@ def main() -> int:
     argv = pinned([sys.executable, "-m", "edgectl", "--log-level", "WARNING", "shortlinks",
                    "--workers", "1"], server_core)
     server = links_server(directory, env, "shortlinks", argv, port)
-    figures: dict[str, dict[str, float]] = {}
+    figures: dict[str, dict[str, float]] = {}  # name -> its figures
     bad = 0
     try:
         for kind in KINDS:
@@ -104,8 +158,19 @@ def main() -> int:
                       f"(non-3xx {run.bad}, socket errors {run.errors})", flush=True)
     finally:
         server.stop()
+    try:
+        resolver_only = in_process(env, args.keys, 20_000 if dynalite is None else 4_000)
+    finally:
+        if dynalite is not None:
+            dynalite[0].stop()
+    print("\nthe resolver alone, a limited link's visit (Zipf, in-process, wall us per visit): "
+          + ", ".join(f"{name} {us:.0f}" for name, us in resolver_only.items())
+          + f"; leased / per-visit ADD {resolver_only['leased'] / resolver_only['per-visit ADD']:.3f}")
+    figures["resolver_wall_us"] = {name: round(us, 1) for name, us in resolver_only.items()}
     print("\nratios to the cached plain links of the same distribution (same run):")
     for name, figure in figures.items():
+        if "req_per_s" not in figure:
+            continue
         baseline = figures["plain_" + name.rpartition("_")[2]]
         figure["ratio"] = round(figure["req_per_s"] / baseline["req_per_s"], 3)
         print(f"  {name:<20} {figure['ratio']:.3f}")

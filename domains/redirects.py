@@ -17,7 +17,6 @@ from kit import route_extras
 from store import Item
 
 
-
 class InvalidOption(DomainError):
     """An extra the publisher asked for that we refuse; ``field`` names it."""
 

@@ -58,7 +58,8 @@ def spare_cores() -> tuple[int | None, int | None]:
 def wrk(url: str, keys: Path, distribution: str = "uniform", seconds: int = 5,
         connections: int = 50, threads: int = 1, core: int | None = None,
         exponent: float = 1.0, extra: Sequence[str] = ()) -> Run:
-    """One wrk run over the keys in ``keys``."""
+    """One wrk run over the keys in ``keys`` (``exponent``: Zipf's; for "sequential", the
+    line to start after)."""
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}")
     argv = pinned(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", *extra,
@@ -82,12 +83,13 @@ def _field(pattern: str, output: str) -> str:
 
 def warm(url: str, keys: Path, count: int, core: int | None = None, connections: int = 50,
          rate_guess: float = 500.0) -> None:
-    """Visit every key at least once (in order), so caches and leases are what a server that
-    has run for a while holds: wrk runs until it has made ``count`` requests."""
+    """Visit every key at least once (in order, each run going on where the last stopped), so
+    caches and leases are what a server that has run for a while holds: wrk runs until it has
+    made ``count`` requests."""
     done = 0
     while done < count:
         seconds = max(1, int((count - done) / rate_guess) + 1)
-        run = wrk(url, keys, "sequential", seconds, connections, core=core)
+        run = wrk(url, keys, "sequential", seconds, connections, core=core, exponent=done)
         done += run.requests
         rate_guess = max(run.rate, 50.0)
 

@@ -1,12 +1,12 @@
 -- Requests spread over many keys (hosts, slugs, session tokens), uniform or Zipf.
 --
--- wrk -s bench/wrk/spread.lua <url> -- <keys file> [uniform|zipf|sequential] [exponent]
+-- wrk -s bench/wrk/spread.lua <url> -- <keys file> [uniform|zipf|sequential] [exponent|start]
 --
 -- The keys file has one request per line, tab-separated: host, path, and optionally one more
 -- header ("Cookie: session=..."). A line's rank is its place in the file: with "zipf", line k
 -- is asked with weight 1 / k^exponent (exponent 1.0 unless given, Zipf's law as in web traffic),
 -- so a few keys are hot and most are cold; with "uniform" every line alike; "sequential" goes
--- through the lines in order (a warm-up that visits every key). Every request
+-- through the lines in order from line <start> + 1 (a warm-up that visits every key). Every request
 -- string is built once in init (per wrk thread), so what wrk measures is the server, not Lua.
 -- bench/wrk/load.py writes key files and runs wrk with this script.
 
@@ -56,6 +56,7 @@ function init(args)
     end
   elseif distribution == "sequential" then
     sequential = true
+    next_line = math.floor(exponent or 0) % count
   elseif distribution ~= "uniform" then
     error("distribution must be uniform, zipf or sequential, not " .. distribution)
   end
