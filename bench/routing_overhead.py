@@ -1,8 +1,12 @@
 """Routing overhead: requests/s through an edge node whose host map has 100,000 entries vs one.
 
-Usage: python bench/routing_overhead.py [--entries 100000] [--seconds 8] [--rounds 2]
+Usage: python bench/routing_overhead.py [--entries 100000] [--keys 10000] [--seconds 8]
+       [--rounds 2]
 The app fleet is a HAProxy answering 200 by itself, so the edge, not the app, is measured.
-Both nodes run the same rendered config; rounds alternate between them. Needs wrk.
+Both nodes run the same rendered config; rounds alternate between them. The baseline is the
+node with one route, asked for that host. The large node is asked for that one host too (the
+best case: one map entry hot in the CPU cache), then over ``--keys`` of its hosts, uniform and
+Zipf (bench/wrk/spread.lua), which is what a fleet of publications sends. Needs wrk.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.conditions import print_conditions, record  # noqa: E402
+from bench.wrk.load import wrk, write_keys  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
 from edge.state import DesiredState, Route  # noqa: E402
 from kit.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
@@ -64,29 +70,60 @@ def requests_per_second(port: int, seconds: int, *headers: str) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore
 
 
+def spread_rate(port: int, seconds: int, keys: Path, distribution: str) -> float:
+    """requests/s over the hosts in ``keys`` (every answer must be a 200)."""
+    run = wrk(f"https://127.0.0.1:{port}/", keys, distribution, seconds, 50, threads=2)
+    if run.bad or run.errors:
+        raise RuntimeError(f"{run.bad} answers were not 2xx/3xx, {run.errors} socket errors")
+    return run.rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    print_conditions()
+    runs: dict[str, list[float]] = {"single": [], "one host": [], "uniform": [], "zipf": []}
     with tempfile.TemporaryDirectory() as tmp:
+        keys, one = Path(tmp) / "hosts.keys", Path(tmp) / "one.keys"
+        write_keys(one, [(HOST, "/")])  # every side through the same Lua script
+        step = max(1, (args.entries - 1) // args.keys)
+        write_keys(keys, ((f"site{n}.example.net", "/")
+                          for n in range(0, args.entries - 1, step)))
         upstream, address = fast_upstream(Path(tmp))
         single = node_with_map(Path(tmp) / "single", address, 0)
         large = node_with_map(Path(tmp) / "large", address, args.entries - 1)
         try:
-            small_runs, large_runs = [], []
             for _ in range(args.rounds):
-                small_runs.append(requests_per_second(single.layout.https_port, args.seconds))
-                large_runs.append(requests_per_second(large.layout.https_port, args.seconds))
+                runs["single"].append(spread_rate(single.layout.https_port, args.seconds,
+                                                  one, "uniform"))
+                runs["one host"].append(spread_rate(large.layout.https_port, args.seconds,
+                                                    one, "uniform"))
+                for distribution in ("uniform", "zipf"):
+                    runs[distribution].append(spread_rate(large.layout.https_port,
+                                                          args.seconds, keys, distribution))
         finally:
             single.stop()
             large.stop()
             upstream.stop()
-    small, big = statistics.median(small_runs), statistics.median(large_runs)
-    print(f"1 route:              {small:10.0f} req/s  (runs: {', '.join(f'{r:.0f}' for r in small_runs)})")
-    print(f"{args.entries:,} map entries: {big:10.0f} req/s  (runs: {', '.join(f'{r:.0f}' for r in large_runs)})")
-    print(f"ratio large/single: {big / small:.3f}")
+    small = statistics.median(runs["single"])
+    figures: dict[str, object] = {"entries": args.entries, "keys": args.keys,
+                                  "single_req_per_s": round(small)}
+    print(f"1 route, its host:             {small:10.0f} req/s  "
+          f"(runs: {', '.join(f'{r:.0f}' for r in runs['single'])})")
+    for name, label in (("one host", "one host"),
+                        ("uniform", f"{args.keys:,} hosts, uniform"),
+                        ("zipf", f"{args.keys:,} hosts, Zipf")):
+        rate = statistics.median(runs[name])
+        ratios = [r / s for r, s in zip(runs[name], runs["single"])]
+        figures[name.replace(" ", "_") + "_ratio"] = round(statistics.median(ratios), 3)
+        figures[name.replace(" ", "_") + "_req_per_s"] = round(rate)
+        print(f"{args.entries:,} entries, {label + ':':<18} {rate:10.0f} req/s  ratio to 1 route "
+              f"{statistics.median(ratios):.3f} (runs: {', '.join(f'{r:.2f}' for r in ratios)})")
+    record("routing_overhead", figures)
 
 
 if __name__ == "__main__":

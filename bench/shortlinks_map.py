@@ -5,12 +5,16 @@ One run, on loopback:
 - seeds the control service's edge state (SQLite) with ``--links`` plain links (untimed);
 - starts `edgectl agent` (its own process) against the control service served from this one:
   the node's cold start with the whole map, until the last link is answered from it;
-- wrk, HTTPS: HAProxy's own fixed redirect (the ceiling), a link answered from the map and
-  a link with device targets answered from it (a target picked by User-Agent), rounds
+- wrk, HTTPS, its requests spread over ``--keys`` of the links (bench/wrk/spread.lua), uniform
+  and Zipf, so the map and the visit path are not held in the CPU cache by one hot slug:
+  HAProxy's own fixed redirect (the ceiling, sent the same requests), the links answered from
+  the map, and a link with device targets (a target picked by User-Agent), rounds
   alternating; the map's ratios to the ceiling (goal >= 0.85);
-- the Python path in the same run: one `edgectl shortlinks` process, a cached plain link over
-  HTTP, requests per CPU-second of that process (goal >= 3,000 per core), beside HTTP ceiling
-  rounds;
+- the Python path in the same run: one `edgectl shortlinks` process, cached plain links (as
+  many as ``--keys``, capped at 10,000, written in bulk) over HTTP, requests per CPU-second of
+  that process (goal >= 3,000 per core), beside HTTP ceiling rounds (a plain link reaches
+  Python only when the map does not hold it; bench/shortlinks_python_path.py measures what
+  does reach it);
 - one change to be served: a link made through the short-link service until HAProxy answers
   it from the map (the agent's long poll), p50/p99 over ``--changes`` links;
 - RSS of HAProxy (master + worker) and of the agent with the whole map.
@@ -34,8 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import edge.state_changes  # noqa: E402
 from admin_app import create_app  # noqa: E402
+from bench.conditions import print_conditions, record  # noqa: E402
 from bench.shortlinks_throughput import (HOST, ceiling, cpu_seconds, links_server,  # noqa: E402
-                                         short_link_env, wrk)
+                                         short_link_env)
+from bench.wrk.load import wrk, write_keys  # noqa: E402
 from control.wiring import Services  # noqa: E402
 from devtools.probe import https_get  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
@@ -43,6 +49,7 @@ from edge.state import DesiredState, Redirect, Route  # noqa: E402
 from kit.procs import ManagedProcess, free_port  # noqa: E402
 from kit.settings import load_settings  # noqa: E402
 from kit.x509 import self_signed  # noqa: E402
+from shortlinks.links import link_id  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -110,7 +117,10 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--changes", type=int, default=30)
+    parser.add_argument("--keys", type=int, default=100_000,
+                        help="links the requests are spread over")
     args = parser.parse_args()
+    conditions = print_conditions()
     directory = Path(tempfile.mkdtemp(prefix="bench-map-"))
     env = short_link_env(directory, EDGE_SHORTLINK_SERVERS="127.0.0.1:9")
     services = Services.from_settings(load_settings(env=env))
@@ -142,37 +152,55 @@ def main() -> int:
 
         fixed, ceiling_http, ceiling_https = ceiling(directory, node.layout.default_cert)
         processes.append(fixed)
-        rounds: dict[str, list[float]] = {"ceiling": [], "map": [], "device": []}
+        rounds: dict[str, list[float]] = {}
         bad = 0
+        step = max(1, args.links // args.keys)
+        spread, device, python_keys = (directory / name for name in ("spread", "device", "py"))
+        write_keys(spread, ((HOST, f"/s{n:07d}") for n in range(0, args.links, step)))
+        write_keys(device, [(HOST, "/device")])
+        python_links = min(args.keys, 10_000)
+        write_keys(python_keys, ((HOST, f"/p{n}") for n in range(python_links)))
+
+        def measure(name: str, url: str, keys: Path, distribution: str,
+                    server: ManagedProcess | None = None) -> None:
+            nonlocal bad
+            wrk(url, keys, distribution, 1, args.connections)  # warm-up
+            cpu = cpu_seconds(server.pid) if server else 0.0
+            run = wrk(url, keys, distribution, args.seconds, args.connections)
+            bad += run.bad + run.errors
+            rounds.setdefault(name, []).append(run.rate)
+            if server:
+                rounds.setdefault("per-cpu", []).append(
+                    run.requests / (cpu_seconds(server.pid) - cpu))
+            print(f"  {name:<16} {run.rate:>9,.0f} req/s  non-3xx {run.bad}", flush=True)
+
         for n in range(1, args.rounds + 1):
-            for name, url in (("ceiling", f"https://127.0.0.1:{ceiling_https}/x"),
-                              ("map", f"https://127.0.0.1:{https_port}/{last[0]}"),
-                              ("device", f"https://127.0.0.1:{https_port}/device")):
-                wrk(url, 1, args.connections)
-                rate, errors = wrk(url, args.seconds, args.connections)
-                bad += errors
-                rounds[name].append(rate)
-                print(f"  {name:<8} round {n}: {rate:>9,.0f} req/s  non-3xx {errors}", flush=True)
-        # The Python path in the same run: one `edgectl shortlinks` process (one core), a
-        # cached plain link straight over HTTP, each round beside an HTTP ceiling round.
-        services.links.create(HOST, "https://example.com/warm", "pub_1", slug="warm")
+            print(f" round {n}", flush=True)
+            for distribution in ("uniform", "zipf"):
+                measure(f"ceiling-{distribution}", f"https://127.0.0.1:{ceiling_https}",
+                        spread, distribution)
+                measure(f"map-{distribution}", f"https://127.0.0.1:{https_port}", spread,
+                        distribution)
+            measure("device", f"https://127.0.0.1:{https_port}", device, "uniform")
+        # The Python path in the same run: one `edgectl shortlinks` process (one core), cached
+        # plain links straight over HTTP, each round beside an HTTP ceiling round.
+        now = time.time()
+        for n in range(python_links):  # the background, in bulk
+            services.links.table.put({
+                "id": link_id(HOST, f"p{n}"), "domain": HOST, "slug": f"p{n}",
+                "target": f"https://example.com/p/{n}", "owner": "pub_1", "code": 302,
+                "disabled": False, "valid_until": None, "max_visits": None,
+                "created_at": now, "updated_at": now})
         links_port = free_port()
         python = links_server(directory, env, "waitress", [
             sys.executable, "-m", "edgectl", "--log-level", "WARNING", "shortlinks",
             "--workers", "1"], links_port)
         processes.append(python)
+        wrk(f"http://127.0.0.1:{links_port}", python_keys, "sequential",
+            max(2, python_links // 1000), args.connections)  # every link cached once
         for n in range(1, args.rounds + 1):
-            for name, url in (("http", f"http://127.0.0.1:{ceiling_http}/x"),
-                              ("python", f"http://127.0.0.1:{links_port}/warm")):
-                wrk(url, 1, args.connections)
-                cpu = cpu_seconds(python.pid)
-                rate, errors = wrk(url, args.seconds, args.connections)
-                bad += errors
-                rounds.setdefault(name, []).append(rate)
-                if name == "python":
-                    rounds.setdefault("per-cpu", []).append(
-                        rate * args.seconds / (cpu_seconds(python.pid) - cpu))
-                print(f"  {name:<8} round {n}: {rate:>9,.0f} req/s  non-3xx {errors}", flush=True)
+            measure("http", f"http://127.0.0.1:{ceiling_http}", python_keys, "uniform")
+            measure("python", f"http://127.0.0.1:{links_port}", python_keys, "uniform", python)
         python.stop()
         fixed.stop()
 
@@ -187,19 +215,31 @@ def main() -> int:
                 time.sleep(0.002)
             changes.append(time.perf_counter() - made)
         agent_rss = rss_mb(agent.pid)
-        ratios = [m / c for m, c in zip(rounds["map"], rounds["ceiling"])]
+        figures: dict[str, object] = {"links": args.links, "keys": args.keys}
         print(f"\n{args.links:,} plain links in the map (wrk -t1 -c{args.connections} "
-              f"-d{args.seconds}s, HTTPS, {os.cpu_count()} cores shared):")
-        print(f"  map / ceiling, each round: {', '.join(f'{r:.2f}' for r in ratios)}; "
-              f"median {statistics.median(ratios):.2f} (goal >= 0.85); ceiling median "
-              f"{statistics.median(rounds['ceiling']):,.0f} req/s")
-        devices = [d / c for d, c in zip(rounds["device"], rounds["ceiling"])]
+              f"-d{args.seconds}s, HTTPS, requests over {len(range(0, args.links, step)):,} "
+              f"of them, {os.cpu_count()} cores shared):")
+        for distribution in ("uniform", "zipf"):
+            ratios = [m / c for m, c in zip(rounds[f"map-{distribution}"],
+                                            rounds[f"ceiling-{distribution}"])]
+            figures[f"map_{distribution}_ratio"] = round(statistics.median(ratios), 3)
+            figures[f"map_{distribution}_req_per_s"] = round(
+                statistics.median(rounds[f"map-{distribution}"]))
+            print(f"  map / ceiling, {distribution}, each round: "
+                  f"{', '.join(f'{r:.2f}' for r in ratios)}; median "
+                  f"{statistics.median(ratios):.2f} (goal >= 0.85); ceiling median "
+                  f"{statistics.median(rounds[f'ceiling-{distribution}']):,.0f} req/s")
+        devices = [d / c for d, c in zip(rounds["device"], rounds["ceiling-uniform"])]
+        figures["device_ratio"] = round(statistics.median(devices), 3)
         print(f"  a link with device targets (no User-Agent: every device rule evaluated) / "
-              f"ceiling, each round: {', '.join(f'{r:.2f}' for r in devices)}; median "
+              f"uniform ceiling, each round: {', '.join(f'{r:.2f}' for r in devices)}; median "
               f"{statistics.median(devices):.2f}")
         python_ratios = [p / c for p, c in zip(rounds["python"], rounds["http"])]
-        print(f"  Python path (one waitress process, a cached plain link, HTTP): median "
-              f"{statistics.median(rounds['python']):,.0f} req/s, "
+        figures["python_req_per_s"] = round(statistics.median(rounds["python"]))
+        figures["python_req_per_cpu_s"] = round(statistics.median(rounds["per-cpu"]))
+        figures["python_ratio_http_ceiling"] = round(statistics.median(python_ratios), 3)
+        print(f"  Python path (one waitress process, {python_links:,} cached plain links, "
+              f"HTTP): median {statistics.median(rounds['python']):,.0f} req/s, "
               f"{statistics.median(rounds['per-cpu']):,.0f} requests per CPU-second of the "
               f"process (goal >= 3,000 per core); of the HTTP ceiling, each round: "
               f"{', '.join(f'{r:.3f}' for r in python_ratios)}")
@@ -207,6 +247,9 @@ def main() -> int:
               f"(ms): {', '.join(f'{c * 1000:.0f}' for c in changes)}")
         print(f"  RSS: HAProxy {haproxy_rss:.0f} MB (master + worker), agent {agent_rss:.0f} MB")
         print(f"  load average {os.getloadavg()[0]:.2f}")
+        figures.update(change_p50_ms=round(statistics.median(changes) * 1000),
+                       haproxy_rss_mb=round(haproxy_rss), agent_rss_mb=round(agent_rss))
+        record("shortlinks_map", {**figures, "conditions_at_start": conditions})
         return 1 if bad else 0
     finally:
         for process in reversed(processes):

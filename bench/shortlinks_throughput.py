@@ -1,15 +1,18 @@
 """Short-link redirects per second, printed as ratios against HAProxy's own ceiling.
 
 Usage: python bench/shortlinks_throughput.py [--seconds 5] [--connections 50] [--rounds 3]
-One run measures, with wrk on loopback (the route picked with a Host header):
+       [--keys 10000]
+One run measures, with wrk on loopback (the route picked with a Host header; the Python side's
+requests spread uniformly over ``--keys`` links of each kind with bench/wrk/spread.lua, the
+ceiling sent the same requests):
   ceiling  HAProxy answering a fixed `http-request redirect` by itself (HTTP and HTTPS)
   map      a hot link answered by the edge from its redirects map (HTTPS, the real template)
   per core `edgectl shortlinks --workers 1` (one waitress process = one core) answering a
-           cached plain link (no visit limit, not in the map) directly over HTTP, in rounds
+           cached plain links (no visit limit, not in the map) directly over HTTP, in rounds
            that alternate with the HTTP ceiling, so each round has its own ratio (issue 18's
            goal: >= 3,000/s), with the requests it served per CPU-second it used (what one
-           core does, whatever else loads the machine); then once a link with a visit limit
-           (an atomic ADD in the store per visit)
+           core does, whatever else loads the machine); then once links with a visit limit
+           (visits leased in blocks: shortlinks/leases.py)
   python   the cached plain link under other WSGI servers (one process each), and through the
            edge (HTTPS) under `edgectl shortlinks` as shipped (waitress, one process per core);
            gunicorn and bjoern are measured when installed (they are not dependencies)
@@ -24,18 +27,22 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.fernet import Fernet  # noqa: E402
 
+from bench.conditions import print_conditions, record  # noqa: E402
+from bench.wrk.load import warm, wrk as spread_wrk, write_keys  # noqa: E402
 from control.wiring import Services  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
 from edge.state import DesiredState, Redirect, Route  # noqa: E402
 from kit.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
 from kit.settings import load_settings  # noqa: E402
 from kit.x509 import self_signed  # noqa: E402
+from shortlinks.links import link_id  # noqa: E402
 
 HOST = "acme.link"
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,17 +123,27 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keys", type=int, default=10_000)
     args = parser.parse_args()
+    print_conditions()
     directory = Path(tempfile.mkdtemp(prefix="bench-links-"))
     env = short_link_env(directory)
     services = Services.from_settings(load_settings(env=env))
     services.links.create(HOST, "https://example.com/hot", "pub_1", slug="hot")
-    # A plain link the edge's map does not hold: Python answers it from its cache.
-    services.links.create(HOST, "https://example.com/warm", "pub_1", slug="warm")
-    # A visit limit keeps it off the map: the resolver checks (and counts) every visit.
-    services.links.create(HOST, "https://example.com/cold", "pub_1", slug="cold",
-                          max_visits=10**12)
+    now = time.time()
+    for n in range(args.keys):  # the background, in bulk
+        for slug, limit in ((f"warm{n}", None), (f"cold{n}", 10**12)):
+            # warm: plain links the edge's map does not hold (Python answers from its cache);
+            # cold: a visit limit keeps them off the map (the resolver counts every visit)
+            services.links.table.put({
+                "id": link_id(HOST, slug), "domain": HOST, "slug": slug,
+                "target": f"https://example.com/{slug}", "owner": "pub_1", "code": 302,
+                "disabled": False, "valid_until": None, "max_visits": limit,
+                "created_at": now, "updated_at": now})
     services.close()
+    warm_keys, cold_keys = directory / "warm.keys", directory / "cold.keys"
+    write_keys(warm_keys, ((HOST, f"/warm{n}") for n in range(args.keys)))
+    write_keys(cold_keys, ((HOST, f"/cold{n}") for n in range(args.keys)))
 
     py = sys.executable
     product = [py, "-m", "edgectl", "--log-level", "WARNING", "shortlinks"]
@@ -151,12 +168,20 @@ def main() -> int:
         fixed, http, https = ceiling(directory, node.layout.default_cert)
         processes.append(fixed)
 
-        def measure(label: str, url: str, server: ManagedProcess | None = None) -> float:
+        def measure(label: str, url: str, server: ManagedProcess | None = None,
+                    keys: Path | None = None) -> float:
             """req/s; with ``server``, also the requests per CPU-second that process used (its
-            capacity per core, which other load on the machine changes less than req/s)."""
-            wrk(url, 1, args.connections)  # warm-up: caches, connections, TLS sessions
+            capacity per core, which other load on the machine changes less than req/s); with
+            ``keys``, the requests spread over them."""
+            def run(seconds: int) -> tuple[float, int]:
+                if keys is None:
+                    return wrk(url, seconds, args.connections)
+                done = spread_wrk(url.rpartition("/")[0], keys, "uniform", seconds,
+                                  args.connections)
+                return done.rate, done.bad + done.errors
+            run(1)  # warm-up: caches, connections, TLS sessions
             cpu = cpu_seconds(server.pid) if server else 0.0
-            rate, bad = wrk(url, args.seconds, args.connections)
+            rate, bad = run(args.seconds)
             results.append((label, rate, bad))
             per_cpu = ""
             if server:
@@ -178,14 +203,18 @@ def main() -> int:
                                          f"https://127.0.0.1:{node.layout.https_port}/hot"))
         server = links_server(directory, env, "waitress", product + ["--workers", "1"],
                               links_port)
+        for keys in (warm_keys, cold_keys):  # every link cached (and leased) once
+            warm(f"http://127.0.0.1:{links_port}", keys, args.keys,
+                 connections=args.connections)
         for n in range(1, args.rounds + 1):  # the HTTP ceiling round next to each
             rounds["http-core"].append(measure(f"ceiling: HAProxy fixed redirect, HTTP "
-                                               f"(round {n})", f"http://127.0.0.1:{http}/x"))
-            rounds["core"].append(measure(f"per core: waitress x1, cached plain link, HTTP "
+                                               f"(round {n})", f"http://127.0.0.1:{http}/x",
+                                               keys=warm_keys))
+            rounds["core"].append(measure(f"per core: waitress x1, cached plain links, HTTP "
                                           f"(round {n})", f"http://127.0.0.1:{links_port}/warm",
-                                          server))
-        limited = measure("per core: waitress x1, link with a visit limit, HTTP",
-                          f"http://127.0.0.1:{links_port}/cold")
+                                          server, warm_keys))
+        limited = measure("per core: waitress x1, links with a visit limit, HTTP",
+                          f"http://127.0.0.1:{links_port}/cold", keys=cold_keys)
         server.stop()
         fixed.stop()
         for name, argv in candidates.items():
@@ -194,23 +223,24 @@ def main() -> int:
             except Exception as exc:  # e.g. bjoern not installed
                 print(f"  {name}: not measured ({exc})")
                 continue
-            measure(f"python direct, HTTP: {name}", f"http://127.0.0.1:{links_port}/warm")
+            measure(f"python direct, HTTP: {name}", f"http://127.0.0.1:{links_port}/warm",
+                    keys=warm_keys)
             server.stop()
         workers = os.cpu_count() or 1
         try:  # gunicorn's sync workers close every connection: HAProxy cannot reuse them
             server = links_server(directory, env, "gunicorn-all",
                                   gunicorn[:6] + [str(workers)] + gunicorn[7:], links_port)
             measure(f"python via edge, HTTPS: gunicorn sync x{workers}",
-                    f"https://127.0.0.1:{node.layout.https_port}/warm")
+                    f"https://127.0.0.1:{node.layout.https_port}/warm", keys=warm_keys)
             server.stop()
         except Exception as exc:
             print(f"  gunicorn x{workers} via the edge: not measured ({exc})")
         server = links_server(directory, env, "shipped", shipped, links_port)
         processes.append(server)
         measure(f"python direct, HTTP: edgectl shortlinks (waitress x{workers})",
-                f"http://127.0.0.1:{links_port}/warm")
+                f"http://127.0.0.1:{links_port}/warm", keys=warm_keys)
         measure(f"python via edge, HTTPS: edgectl shortlinks (waitress x{workers})",
-                f"https://127.0.0.1:{node.layout.https_port}/warm")
+                f"https://127.0.0.1:{node.layout.https_port}/warm", keys=warm_keys)
     finally:
         for process in processes:
             process.stop()
@@ -236,6 +266,13 @@ def main() -> int:
     for label, rate in rows:
         print(f"  {label:<60} {rate / https_ceiling:5.2f} of the HTTPS ceiling, "
               f"{rate / http_ceiling:5.2f} of the HTTP ceiling")
+    record("shortlinks_throughput", {
+        "keys": args.keys, "map_ratio_https_ceiling": round(statistics.median(paired), 3),
+        "core_ratio_http_ceiling": round(statistics.median(core), 3),
+        "core_req_per_s": round(statistics.median(rounds["core"])),
+        "core_req_per_cpu_s": round(statistics.median(rounds["per-cpu"])),
+        "limited_req_per_s": round(limited),
+        **{label: round(rate) for label, rate in rows}})
     return 1 if any(bad for _, _, bad in results) else 0
 
 

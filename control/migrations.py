@@ -22,7 +22,7 @@ import time
 from typing import Callable
 
 from certs.store import CERTIFICATES
-from domains.repository import DOMAINS
+from domains.repository import DOMAINS, PENDING_FOR, pending_indexed
 from edge.state_changes import EDGE_CERTS, EDGE_REDIRECTS, EDGE_ROUTES, cert_key
 from store import (ABSENT, SCHEMA_ITEM, SPREAD_SCHEMA, VERSION, Backend, ConflictError,
                    TableSpec, all_items)
@@ -100,6 +100,25 @@ def spread_index_keys(backend: Backend) -> int:
     return sum(backend.table(spec).respread() for spec in SPREAD_TABLES)
 
 
+def reindex_domains(backend: Backend) -> int:
+    """Put back the domains the ``pending`` and ``redirected`` indexes may lack: the unproven
+    claims (and the domains still marked as one) from before those indexes, and every domain
+    with a redirect (a v0.1.0 replica's write took it out of them on DynamoDB). Each write is
+    conditional: a domain changed meanwhile was indexed by that change."""
+    domains = backend.table(DOMAINS)
+    rewritten = 0
+    for item in all_items(domains):
+        indexed = pending_indexed(item)
+        if indexed.get(PENDING_FOR) == item.get(PENDING_FOR) and not item.get("redirect_to"):
+            continue
+        try:
+            domains.put(indexed, expected_version=item[VERSION])
+            rewritten += 1
+        except ConflictError:
+            pass
+    return rewritten
+
+
 MIGRATIONS = (
     Migration(1, "edge_certs keyed by hostname and fingerprint (the bare-hostname items stay "
                  "for the release before)", rekey_edge_certs),
@@ -108,6 +127,9 @@ MIGRATIONS = (
     Migration(SPREAD_SCHEMA, "index keys written by every domain, certificate and edge feed "
                              "change spread over several partitions (DynamoDB)",
               spread_index_keys),
+    Migration(4, "domains: unproven claims and redirects in their sparse indexes (the cap on "
+                 "claims and the redirect check read them, not a publication's domains)",
+              reindex_domains),
 )
 SCHEMA = MIGRATIONS[-1].number
 """The schema this release knows."""

@@ -8,7 +8,6 @@ a redirect domain can never send visitors to an address a publisher typed (no op
 """
 from __future__ import annotations
 
-import itertools
 from typing import Any, Collection
 
 from domains import outbox
@@ -16,9 +15,6 @@ from domains.errors import DomainError
 from domains.service import ACTIVE, DomainService
 from kit import route_extras
 from store import Item
-
-MAX_SCANNED = 5000
-"""A publication's domains read to find those redirecting to one (an index query)."""
 
 
 class InvalidOption(DomainError):
@@ -104,9 +100,8 @@ class DomainOptions:
 
     def redirected_to(self, hostname: str, publication_id: str) -> list[str]:
         """The publication's domains that redirect to ``hostname``."""
-        domains = self.domains.repository.each_for(publication_id)
-        return [str(d["hostname"]) for d in itertools.islice(domains, MAX_SCANNED)
-                if d.get("redirect_to") == hostname]
+        return [str(d["hostname"]) for d in self.domains.repository.redirecting_to(hostname)
+                if d["publication_id"] == publication_id]
 
     def left_dangling(self, domain: Item) -> list[str]:
         """The domains that would redirect to nothing if ``domain`` were removed (its www/apex

@@ -17,13 +17,20 @@ from domains.outbox import with_entries
 from kit.clock import iso
 from store import ABSENT, ConflictError, Item, Page, RangeIndex, Table, TableSpec, every
 
+PENDING_FOR = "pending_for"
 DOMAINS = TableSpec("domains", key="hostname", indexes=("publication_id", "status"),
                     ranges=(RangeIndex("due", key="status", sort="next_attempt_at"),
                             RangeIndex("outbox", key="outbox_state", sort="outbox_at"),
-                            RangeIndex("failing", key="failing_set", sort="failing_since_ts")),
+                            RangeIndex("failing", key="failing_set", sort="failing_since_ts"),
+                            RangeIndex("pending", key=PENDING_FOR, sort="claimed_at"),
+                            RangeIndex("redirected", key="redirect_to", sort="claimed_at")),
                     spread=("status", "outbox_state", "failing_set"))
 """``due``: a domain's next step by time; clearing ``next_attempt_at`` takes it off the queue.
 ``failing``: domains whose last step failed, longest failing first (the dashboard's list).
+``pending``: a publication's unproven claims by the time they were made (sparse: only
+``pending_dns`` domains carry ``pending_for``), so the cap on them is one query of at most the
+cap's items, whatever the publication's other domains (see ``pending_claims``).
+``redirected``: the domains that redirect to one (sparse: only those with ``redirect_to``).
 ``outbox``: domains whose outbox (see domains/outbox.py) still holds entries a process wrote
 with a change but did not drain (it died, or a consumer failed); the worker drains them."""
 
@@ -75,6 +82,18 @@ class DomainRepository:
     def each_for(self, publication_id: str) -> Iterator[Item]:
         """Every domain of a publication, a page at a time (memory stays one page)."""
         return every(lambda cursor: self.list_for(publication_id, PUBLICATION_PAGE, cursor))
+
+    def pending_claims(self, publication_id: str, since: float, limit: int) -> list[Item]:
+        """Up to ``limit`` of the publication's ``pending_dns`` domains claimed at or after
+        ``since``: one query on the sparse ``pending`` index, its cost following ``limit``."""
+        page = self.table.query_range("pending", publication_id, lower=since, limit=limit)
+        return [item for item in page.items if item["status"] == PENDING_DNS]
+
+    def redirecting_to(self, hostname: str) -> Iterator[Item]:
+        """The domains whose ``redirect_to`` is ``hostname``: an index query whose cost
+        follows how many there are, not the publication's domains."""
+        return every(lambda cursor: self.table.query_range("redirected", hostname,
+                                                           cursor=cursor))
 
     def browse(self, status: str | None = None, limit: int = 50,
                cursor: str | None = None) -> Page:
@@ -141,13 +160,13 @@ class DomainRepository:
 
     def create(self, item: Item) -> Item:
         """Store a new domain; ConflictError if one is stored under its name already."""
-        stored = self.table.put(item, expected_version=ABSENT)
+        stored = self.table.put(pending_indexed(item), expected_version=ABSENT)
         self._counted(None, stored)
         return stored
 
     def write(self, domain: Item, updated: Item) -> Item:
         """Store ``updated`` in place of ``domain`` if nobody changed it meanwhile."""
-        stored = self.table.put(updated, expected_version=domain["version"])
+        stored = self.table.put(pending_indexed(updated), expected_version=domain["version"])
         self._counted(domain, stored)
         return stored
 
@@ -222,6 +241,12 @@ class DomainRepository:
                             after["status"] if after else None)
         self.counts.failing_changed(bool(before and before.get("last_error")),
                                     bool(after and after.get("last_error")))
+
+
+def pending_indexed(domain: Item) -> Item:
+    """``domain`` in the ``pending`` index while it is an unproven claim, out of it after."""
+    pending = domain["status"] == PENDING_DNS and domain.get("claimed_at") is not None
+    return {**domain, PENDING_FOR: str(domain["publication_id"]) if pending else None}
 
 
 def _counted_as(domain: Item | None) -> Item | None:

@@ -7,7 +7,6 @@ events) and domains/drain.py (the outbox drain). This module composes them and k
 connect policy: claims, their expiry and the cap on unproven claims."""
 from __future__ import annotations
 
-import itertools
 import secrets
 import time
 import uuid
@@ -170,15 +169,14 @@ class DomainService:
 
     def _check_pending(self, publication_id: str, now: float) -> None:
         """Unproven claims are capped per publication: each one blocks its hostname for
-        everybody else until it is verified or expires."""
+        everybody else until it is verified or expires. One query of at most the cap's items
+        (the sparse ``pending`` index), whatever the number of the publication's domains."""
         if self._max_pending <= 0:
             return
-        pending = 0
-        # A publication with more domains than this is not squatting.
-        for domain in itertools.islice(self.repository.each_for(publication_id), 5000):
-            pending += domain["status"] == PENDING_DNS and not self._abandoned(domain, now)
-            if pending >= self._max_pending:
-                raise TooManyPending(publication_id, self._max_pending)
+        claims = self.repository.pending_claims(publication_id, now - self._claim_ttl,
+                                                self._max_pending)
+        if len(claims) >= self._max_pending:
+            raise TooManyPending(publication_id, self._max_pending)
 
     def _abandoned(self, domain: Item, now: float) -> bool:
         return domain["status"] == PENDING_DNS and now - domain["claimed_at"] > self._claim_ttl

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Callable
 
+from shortlinks.leases import VisitLeases
 from shortlinks.links import GENERATION, link_id
 from shortlinks.stats import REFERRER, BotDetector, VisitStats, referrer_host
 from shortlinks.targets import device_of, locations
@@ -38,8 +39,11 @@ class Resolver:
     def __init__(self, table: Table, ttl: float = 30.0,
                  clock: Callable[[], float] = time.time, changes: Table | None = None,
                  check_every: float = 1.0, max_entries: int = 200_000,
-                 stats: VisitStats | None = None) -> None:
+                 stats: VisitStats | None = None, leases: VisitLeases | None = None) -> None:
         self._table = table
+        self.leases = leases
+        """Where a limited link's visits come from in blocks (shortlinks/leases.py); None:
+        each visit is one conditional ADD in the store."""
         self._stats = stats
         self._bots: BotDetector | None = None
         self._ttl = ttl
@@ -101,8 +105,8 @@ class Resolver:
     def answers_from_memory(self, domain: str, slug: str, margin: float = 0.05) -> bool:
         """Whether :meth:`resolve` would answer without a store request for at least ``margin``
         seconds: the entry is cached, fresh, of the current generation, the change counter is
-        not due, and the link has no visit limit (a limited link is counted in the store). The
-        server answers these on its I/O thread (see shortlinks/inline.py)."""
+        not due, and the link has no visit limit or its next visit is in this process's lease.
+        The server answers these on its I/O thread (see shortlinks/inline.py)."""
         now = self._clock() + margin
         if self._changes is not None and now >= self._next_check:
             return False
@@ -110,7 +114,9 @@ class Resolver:
         if cached is None or cached[0] <= now or cached[1] != self._generation:
             return False
         item = cached[2]
-        return item is None or item.get("max_visits") is None
+        if item is None or item.get("max_visits") is None:
+            return True
+        return self.leases is not None and self.leases.has_room(link_id(domain, slug))
 
     @property
     def cache_size(self) -> int:
@@ -145,15 +151,17 @@ class Resolver:
             return self._gone(item, "This short link has expired.")
         limited = item.get("max_visits") is not None
         if limited:
-            # A limited link counts each visit at once, atomically, in the store: a cached or
-            # buffered count would let every process hand out its own share over the limit.
-            # Every answer counts, a bot's too: a User-Agent is anyone's to claim.
-            total = self._table.increment(key, "visits") or 0  # None only with existing_only
+            # A limited link's visits are taken from the store's counter, never past the limit:
+            # in blocks leased to this process, or one conditional ADD each. A bot's visit
+            # counts too: a User-Agent is anyone's to claim.
+            limit = int(item["max_visits"])
+            total = self.leases.take(key, limit) if self.leases is not None else \
+                self._table.increment(key, "visits", 1, existing_only=True, at_most=limit)
+            if total is None:
+                return self._gone(item, "This short link has reached its visit limit.")
             with self._lock:
                 self._limited[key] += 1
                 self._limited_now[key] = total
-            if total > item["max_visits"]:
-                return self._gone(item, "This short link has reached its visit limit.")
         with self._lock:
             self._seen[(key, int(now // 86400), limited, head, agent, referrer)] += 1
         found = item.get("_locations") or locations(item)
@@ -251,6 +259,10 @@ class Resolver:
         def loop() -> None:
             while not stop.wait(interval):
                 self.flush_visits()
+                if self.leases is not None:
+                    self.leases.renew()
+            if self.leases is not None:
+                self.leases.close()  # a clean stop gives back what this process did not use
             self.flush_visits()
         thread = threading.Thread(target=loop, name="visit-flusher", daemon=True)
         thread.start()

@@ -18,10 +18,12 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from typing import Any, Callable, Iterable
 
 from kit.settings import Settings, load_settings
 from shortlinks.app import make_app
+from shortlinks.leases import LINK_LEASES, VisitLeases
 from shortlinks.links import LINK_CHANGES, LINKS
 from shortlinks.resolver import Resolver
 from shortlinks.stats import LINK_DAYS, VisitStats
@@ -35,13 +37,16 @@ SERVERS = ("waitress", "werkzeug")
 class _Worker:
     """What one server process holds: its store connection (opened after the fork), its
     resolver and app, and the flusher's stop switch. It opens only the link tables
-    (the links, their change counter, their days)."""
+    (the links, their change counter, their days, the visit leases)."""
 
     def __init__(self, settings: Settings) -> None:
         self.backend = open_backend(settings)
-        self.resolver = Resolver(self.backend.table(LINKS),
-                                 changes=self.backend.table(LINK_CHANGES),
-                                 stats=VisitStats(self.backend.table(LINK_DAYS)))
+        links = self.backend.table(LINKS)
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.resolver = Resolver(links, changes=self.backend.table(LINK_CHANGES),
+                                 stats=VisitStats(self.backend.table(LINK_DAYS)),
+                                 leases=VisitLeases(links, self.backend.table(LINK_LEASES),
+                                                    owner))
         self.app: WSGIApp = make_app(self.resolver)
         self.stop = threading.Event()
         self.flusher = self.resolver.start_flusher(self.stop)

@@ -120,10 +120,12 @@ class Table(Protocol):
         """All live items, ordered by key (one page)."""
 
     def increment(self, key: str, counter: str, amount: int = 1, *,
-                  existing_only: bool = False) -> int | None:
+                  existing_only: bool = False, at_most: int | None = None) -> int | None:
         """Atomically add ``amount`` to a counter of the item and return the new value. With
         ``existing_only``, only if the item exists (checked in the same step): None, and
-        nothing created, when it does not (a count racing a delete leaves no orphan)."""
+        nothing created, when it does not (a count racing a delete leaves no orphan). With
+        ``at_most``, only if the new value would not pass it (checked in the same step): None,
+        and nothing added, when it would."""
 
     def purge_expired(self, now: float | None = None, limit: int = 100) -> int:
         """Delete up to ``limit`` items whose ``expires_at`` is at most ``now`` (default: the

@@ -277,12 +277,19 @@ class DynamoTable:
         return 0
 
     def increment(self, key: str, counter: str, amount: int = 1, *,
-                  existing_only: bool = False) -> int | None:
-        condition = {"ConditionExpression": "attribute_exists(version)"} if existing_only else {}
+                  existing_only: bool = False, at_most: int | None = None) -> int | None:
+        conditions = ["attribute_exists(version)"] if existing_only else []
+        values = {":n": {"N": str(amount)}}
+        if at_most is not None:
+            if amount > at_most:
+                return None
+            conditions.append("(attribute_not_exists(#c) OR #c <= :most)")
+            values[":most"] = {"N": str(at_most - amount)}
+        condition = {"ConditionExpression": " AND ".join(conditions)} if conditions else {}
         try:
             raw = self._call("update_item", Key={"pk": {"S": key}}, UpdateExpression="ADD #c :n",
                              ExpressionAttributeNames={"#c": f"c_{counter}"},
-                             ExpressionAttributeValues={":n": {"N": str(amount)}},
+                             ExpressionAttributeValues=values,
                              ReturnValues="UPDATED_NEW", **condition)["Attributes"]
         except ClientError:  # only a failed condition gets here (_call turns the rest)
             return None

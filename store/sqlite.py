@@ -201,12 +201,17 @@ class SqliteTable:
         return 0  # one file, no partitions: index keys are never spread here
 
     def increment(self, key: str, counter: str, amount: int = 1, *,
-                  existing_only: bool = False) -> int | None:
+                  existing_only: bool = False, at_most: int | None = None) -> int | None:
         with self._backend.transaction() as conn:
             if existing_only and conn.execute(
                     f"SELECT 1 FROM {self._t} WHERE k = ? AND {self._live()}",
                     (key, time.time())).fetchone() is None:
                 return None
+            if at_most is not None:
+                row = conn.execute("SELECT value FROM counters WHERE tbl = ? AND k = ?"
+                                   " AND name = ?", (self.spec.name, key, counter)).fetchone()
+                if (row[0] if row else 0) + amount > at_most:
+                    return None
             conn.execute(
                 "INSERT INTO counters (tbl, k, name, value) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (tbl, k, name) DO UPDATE SET value = value + excluded.value",

@@ -115,7 +115,9 @@ def test_rules_and_visit_stats_on_the_python_path_through_the_edge(stack: LocalS
         return stack.api("GET", f"/api/v1/links/{SHORT}/app/stats?days=1").json()
     wait_for(lambda: stats() == expected, "the visits flushed (every 2 s)")
     link = stack.api("GET", f"/api/v1/links/{SHORT}/app").json()
-    assert link["visits"] == 5 + early, "a limited link's total is its limit's count: every visit"
+    # A limited link's count is what its processes took from the limit: every visit, and at
+    # most as many again, or a first block of 8 each, held in their leases (shortlinks/leases.py).
+    assert 5 + early <= link["visits"] <= 2 * (5 + early) + 16, link["visits"]
     csv = stack.api("GET", f"/api/v1/links/{SHORT}/app/stats.csv?days=2")
     assert csv.headers["content-type"].startswith("text/csv")
     assert csv.text.splitlines()[-1] == f"{today},{3 + early},2"

@@ -1,0 +1,225 @@
+"""Visits of a limited link, leased from the store in blocks.
+
+A link with ``max_visits`` keeps, in its ``visits`` counter, every visit handed out: to a
+process's lease or, by a v0.1.0 process, one at a time. A process takes a block of visits with
+one atomic conditional ADD on that counter that never takes it past ``max_visits`` (the last
+block is what is left), and serves that block from memory: no store request per visit. Blocks
+start at 8 visits and double up to the largest (as many as the lease has taken so far), so
+the counter runs ahead of the visits served by at most as many again, or 8, per process.
+
+Each lease is an item of ``short_link_leases`` (one per link and process, format
+``LEASE_FORMAT``): ``granted``, the visits the process took in all, and ``upto``, how many of
+them it may have served. The process raises ``upto`` a step at a time, with a write conditional
+on the item's version, before it serves past it. So what a process can have served is always in
+the store, and whoever holds the item's version can give back ``granted - upto`` without ever
+handing out a visit twice:
+
+- on a clean stop the process gives back what it did not use (``granted - used``) and deletes
+  its item;
+- an idle lease is given back the same way by its own process at a flush;
+- a process that died leaves its item; once its ``until`` has passed, the next process that
+  finds the link exhausted deletes it (conditionally) and then gives back ``granted - upto``. A
+  crash loses at most one step of visits (served or not), never hands one out twice. A process
+  that was only slow finds its item gone at its next write and stops serving from it.
+
+A v0.1.0 process beside these counts each visit with an unconditional ADD and refuses the
+visit when the total passes the limit: its refused visits only ever raise the counter, so the
+two together never serve past the limit either (tests/test_visit_leases.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Callable
+
+from store import ABSENT, VERSION, ConflictError, Item, StoreError, Table, TableSpec, every
+
+LINK_LEASES = TableSpec("short_link_leases", key="id", indexes=("link",), expiring=True)
+LEASE_FORMAT = 1
+"""The lease items' format: a process leaves alone (never gives back) an item of another."""
+KEPT = 86400.0
+"""A lease item outlives its ``until`` by this long (then the store's TTL deletes it: a link
+deleted meanwhile leaves nothing behind, and its visits are lost, never handed out twice)."""
+
+
+@dataclasses.dataclass
+class _Lease:
+    granted: int = 0
+    """Visits this item's process took from the link's counter (since the item began)."""
+    stored: int = 0
+    """``granted`` as the item holds it (a block just taken is not in it yet)."""
+    upto: int = 0
+    used: int = 0
+    version: int = ABSENT
+    until: float = 0.0
+    last_used: float = 0.0
+    seen: int = 0
+    """The link's counter as the last ADD answered."""
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+class VisitLeases:
+    """One process's leases. ``block``: the visits one ADD takes at most (fewer near the limit),
+    ``first`` at first;
+    ``step``: how far one write raises ``upto``; ``seconds``: how long a lease lives unrenewed
+    (a dead process's visits come back after it)."""
+
+    def __init__(self, links: Table, leases: Table, owner: str, block: int = 200,
+                 step: int = 50, seconds: float = 120.0,
+                 clock: Callable[[], float] = time.time, first: int = 8) -> None:
+        self._links = links
+        self._table = leases
+        self.owner = owner
+        self._block = block
+        self._first = first
+        self._step = step
+        self._seconds = seconds
+        self._clock = clock
+        self._held: dict[str, _Lease] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _lease(self, key: str) -> _Lease:
+        with self._lock:
+            lease = self._held.get(key)
+            if lease is None:
+                lease = self._held[key] = _Lease()
+            return lease
+
+    def has_room(self, key: str) -> bool:
+        """Whether the next visit of ``key`` is served from memory (no store request)."""
+        lease = self._held.get(key)
+        return lease is not None and lease.used + 8 < lease.upto  # room for the pool threads too
+
+    def take(self, key: str, limit: int) -> int | None:
+        """One visit of link ``key`` limited to ``limit``: the link's counter as last seen (for
+        the kept top) if it is within the limit, None if not."""
+        if self._closed:  # stopping: each visit counted on its own, conditionally
+            return self._links.increment(key, "visits", 1, existing_only=True, at_most=limit)
+        while True:
+            lease = self._lease(key)
+            with lease.lock:
+                if self._held.get(key) is not lease:
+                    continue  # dropped as idle meanwhile: take the new one
+                lease.last_used = self._clock()
+                if lease.used >= lease.upto and not self._room(key, lease, limit):
+                    return None
+                lease.used += 1
+                return lease.seen
+
+    def _room(self, key: str, lease: _Lease, limit: int) -> bool:
+        """Room for one more visit: ``upto`` raised a step (with a new block first when the
+        lease has none left). False when the limit is reached."""
+        for _ in range(2):
+            if lease.used >= lease.granted and not self._grant(key, lease, limit):
+                return False
+            try:
+                self._write(key, lease, min(lease.granted, lease.used + self._step))
+                return True
+            except ConflictError:
+                # Another process gave our item back (we were slow to renew it): what it did
+                # not hold (a block just taken) goes back too, and we start a new item.
+                if lease.granted > lease.stored:
+                    self._links.increment(key, "visits", -(lease.granted - lease.stored),
+                                          existing_only=True)
+                lease.granted = lease.upto = lease.used = lease.stored = 0
+                lease.version = ABSENT
+        return False
+
+    def _write(self, key: str, lease: _Lease, upto: int) -> None:
+        now = self._clock()
+        until = now + self._seconds
+        stored = self._table.put({
+            "id": f"{key}|{self.owner}", "link": key, "owner": self.owner,
+            "format": LEASE_FORMAT, "granted": lease.granted, "upto": upto, "until": until,
+            "expires_at": until + KEPT}, expected_version=lease.version)
+        lease.version, lease.upto, lease.until = stored[VERSION], upto, until
+        lease.stored = lease.granted
+
+    def _grant(self, key: str, lease: _Lease, limit: int) -> bool:
+        """A block of visits added to the lease: one conditional ADD, a second with what is
+        left when a whole block no longer fits, and once more after taking back what dead
+        processes' leases held. False when none are left."""
+        # Slow start: 8, 8, 16, 32... up to the block, so a link visited now and then holds few
+        # visits it has not served (its counter stays near its visits), a busy one soon a block.
+        size = max(1, min(self._block, limit // 8 or 1, max(self._first, lease.granted)))
+        for attempt in range(3):
+            total = self._links.increment(key, "visits", size, existing_only=True,
+                                          at_most=limit)
+            if total is not None:
+                lease.granted += size
+                lease.seen = total
+                return True
+            item = self._links.get(key)
+            if item is None:
+                return False
+            left = limit - int(item.get("visits") or 0)
+            if left > 0:
+                size = min(size, left)
+                continue
+            if attempt or not self.reclaim(key):
+                return False
+        return False
+
+    def reclaim(self, key: str) -> int:
+        """Give back what the expired leases of ``key`` (their processes died) did not serve:
+        each item deleted (conditionally) before its visits are added back. Returns how many."""
+        now = self._clock()
+        back = 0
+        for item in list(every(lambda cursor: self._table.query("link", key, cursor=cursor))):
+            if item.get("format") != LEASE_FORMAT or item["owner"] == self.owner \
+                    or float(item["until"]) > now:
+                continue
+            back += self._give_back(key, item, int(item["granted"]) - int(item["upto"]))
+        return back
+
+    def _give_back(self, key: str, item: Item, unused: int) -> int:
+        try:
+            if not self._table.delete(str(item["id"]), expected_version=item[VERSION]):
+                return 0
+        except ConflictError:
+            return 0  # renewed or given back meanwhile
+        if unused > 0:
+            self._links.increment(key, "visits", -unused, existing_only=True)
+        return max(unused, 0)
+
+    def renew(self, idle: float | None = None) -> None:
+        """At each flush: give back the leases unused for ``idle`` seconds (default: half a
+        lease's life) and renew the others that near their end."""
+        now = self._clock()
+        idle = self._seconds / 2 if idle is None else idle
+        for key, lease in list(self._held.items()):
+            with lease.lock:
+                if lease.version == ABSENT:
+                    if now - lease.last_used >= idle:  # memory follows the links in use
+                        with self._lock:
+                            self._held.pop(key, None)
+                    continue
+                try:
+                    if now - lease.last_used >= idle:
+                        self._release(key, lease)
+                    elif lease.until - now < self._seconds / 2:
+                        self._write(key, lease, lease.upto)
+                except ConflictError:  # given back by another process: nothing left here
+                    lease.granted = lease.upto = lease.used = lease.stored = 0
+                    lease.version = ABSENT
+                except StoreError:
+                    pass  # the next flush tries again; the lease expires meanwhile at worst
+
+    def _release(self, key: str, lease: _Lease) -> None:
+        self._give_back(key, {"id": f"{key}|{self.owner}", VERSION: lease.version},
+                        lease.granted - lease.used)
+        lease.granted = lease.upto = lease.used = lease.stored = 0
+        lease.version = ABSENT
+
+    def close(self) -> None:
+        """A clean stop: every lease given back; later visits are counted one by one."""
+        self._closed = True
+        for key, lease in list(self._held.items()):
+            with lease.lock:
+                if lease.version != ABSENT:
+                    try:
+                        self._release(key, lease)
+                    except StoreError:
+                        pass  # it expires: the next process takes its visits back

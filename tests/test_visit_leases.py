@@ -1,0 +1,194 @@
+"""A limited link's visits leased in blocks (shortlinks/leases.py): never a visit past the limit,
+whether processes race, stop cleanly, die, stall, or run v0.1.0 beside them; and what a
+process did not serve comes back, so the link reaches exactly its limit."""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import requests
+from cryptography.fernet import Fernet
+
+from kit.procs import ManagedProcess, free_port, wait_for_port
+from shortlinks.leases import LINK_LEASES, VisitLeases
+from shortlinks.links import LINKS, LinkService
+from store import Backend, Table
+from tests.conftest import FakeClock, stop_together
+from tests.v010 import current_command, v010_command
+
+KEY = "acme.link/lim"
+
+
+@pytest.fixture
+def links(backend: Backend) -> Table:
+    table = backend.table(LINKS)
+    LinkService(table, ["acme.link"]).create("acme.link", "https://example.com/", "p",
+                                             slug="lim", max_visits=100)
+    return table
+
+
+def process(backend: Backend, links: Table, clock: FakeClock, name: str) -> VisitLeases:
+    return VisitLeases(links, backend.table(LINK_LEASES), name, block=30, step=10,
+                       seconds=30.0, clock=clock)
+
+
+def serve_all(leases: VisitLeases, limit: int = 100) -> int:
+    served = 0
+    while leases.take(KEY, limit) is not None:
+        served += 1
+    return served
+
+
+def test_the_counter_is_taken_in_blocks_and_never_past_the_limit(backend: Backend) -> None:
+    table = backend.table(LINKS)
+    table.put({"id": "k"})
+    assert table.increment("k", "visits", 60, at_most=100) == 60
+    assert table.increment("k", "visits", 60, at_most=100) is None, "it would pass the limit"
+    assert table.increment("k", "visits", 40, at_most=100) == 100
+    assert table.increment("k", "visits", 1, at_most=100) is None
+    assert table.increment("k", "visits", -10) == 90
+    assert table.increment("none", "visits", 1, existing_only=True, at_most=5) is None
+    assert table.get("k")["visits"] == 90
+
+
+def test_racing_processes_share_the_limit_and_a_clean_stop_gives_back_the_rest(
+        backend: Backend, links: Table, clock: FakeClock) -> None:
+    a, b = (process(backend, links, clock, name) for name in "ab")
+    served = sum(a.take(KEY, 100) is not None for _ in range(10))
+    served += serve_all(b)
+    assert served < 100, "a still holds the rest of its block"
+    a.close()  # a clean stop: its unused visits go back
+    served += serve_all(b)
+    assert served == 100
+    assert links.get(KEY)["visits"] == 100
+    assert a.take(KEY, 100) is None, "stopped: one conditional ADD per visit, still refused"
+
+
+def test_a_busy_link_costs_a_store_request_per_block_or_step_not_per_visit(
+        backend: Backend, links: Table, clock: FakeClock) -> None:
+    busy = VisitLeases(links, backend.table(LINK_LEASES), "busy", block=200, step=50,
+                       clock=clock)
+    for _ in range(1000):  # slow start: blocks of 8, 8, 16... 128, then 200
+        assert busy.take(KEY, 10**6) is not None
+    before = backend.requests
+    for _ in range(1000):
+        assert busy.take(KEY, 10**6) is not None
+    assert backend.requests - before <= 1000 // 200 + 1000 // 50, "an ADD a block, a put a step"
+    assert links.get(KEY)["visits"] - 2000 < 200, "one block at most ahead of the visits"
+    assert backend.table(LINK_LEASES).get(f"{KEY}|busy")["upto"] >= 2000
+
+
+def test_a_dead_process_visits_come_back_once_its_lease_expires(
+        backend: Backend, links: Table, clock: FakeClock) -> None:
+    dead, alive = (process(backend, links, clock, name) for name in ("dead", "alive"))
+    served = sum(dead.take(KEY, 100) is not None for _ in range(20))  # then it dies
+    announced = int(backend.table(LINK_LEASES).get(f"{KEY}|dead")["upto"])
+    served += serve_all(alive)
+    assert served < 100
+    assert alive.reclaim(KEY) == 0, "its lease has not expired: nothing comes back yet"
+    clock.advance(31)
+    served += serve_all(alive)  # the exhausted link takes back the dead lease's unserved part
+    assert 100 - 10 < served <= 100, "at most one step of the dead process is lost"
+    assert served == 100 - (announced - 20), "what it had announced it might serve is lost"
+
+
+def test_a_stalled_process_whose_lease_was_taken_back_serves_no_more_of_it(
+        backend: Backend, links: Table, clock: FakeClock) -> None:
+    slow, other = (process(backend, links, clock, name) for name in ("slow", "other"))
+    served = sum(slow.take(KEY, 100) is not None for _ in range(5))
+    served += serve_all(other)
+    clock.advance(31)  # slow stalls past its lease: other takes its unserved visits back
+    served += serve_all(other)
+    served += serve_all(slow)  # it wakes: what it may still serve was counted as served
+    served += serve_all(other)
+    assert served <= 100 and links.get(KEY)["visits"] <= 100
+    slow.close()
+    other.close()
+    fresh = process(backend, links, clock, "fresh")
+    assert served + serve_all(fresh) == 100
+
+
+def test_idle_leases_are_given_back_at_a_flush(backend: Backend, links: Table,
+                                              clock: FakeClock) -> None:
+    idle = process(backend, links, clock, "idle")
+    assert idle.take(KEY, 100) is not None
+    assert links.get(KEY)["visits"] == 8, "blocks start at 8 visits"
+    clock.advance(20)
+    idle.renew()
+    assert links.get(KEY)["visits"] == 1
+    assert backend.table(LINK_LEASES).query("link", KEY).items == []
+
+
+# Real processes: `edgectl shortlinks` (this release, and v0.1.0) on one dynalite store.
+
+def start(directory: Path, endpoint: str, prefix: str, release: Callable[..., tuple[
+        list[str], dict[str, str], str]], n: int) -> tuple[ManagedProcess, int]:
+    port = free_port()
+    argv, imports, cwd = release("shortlinks", "--workers", "1")
+    env = {**os.environ, "EDGE_API_TOKEN": "test-token-0123456789",
+           "EDGE_EDGE_TOKEN": "edge-token-0123456789",
+           "EDGE_ENCRYPTION_KEYS": Fernet.generate_key().decode(), "EDGE_DATA_DIR": str(directory / str(n)),
+           "EDGE_STORAGE_BACKEND": "dynamodb", "EDGE_DYNAMODB_ENDPOINT_URL": endpoint,
+           "EDGE_DYNAMODB_TABLE_PREFIX": prefix, "EDGE_SHORT_DOMAINS": "acme.link",
+           "EDGE_SHORTLINKS_PORT": str(port), "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", **imports}
+    running = ManagedProcess(f"shortlinks{n}", argv, directory / f"shortlinks{n}.log", env=env,
+                             cwd=cwd)
+    wait_for_port(port, process=running, timeout=60)
+    return running, port
+
+
+def hammer(ports: list[int], until_refused: int = 60) -> int:
+    """Visits to every port, 2 threads each, until each has answered 410 ``until_refused``
+    times in a row: how many were redirects."""
+    def one(port: int) -> int:
+        served = refused = 0
+        with requests.Session() as session:
+            while refused < until_refused:
+                answer = session.get(f"http://127.0.0.1:{port}/lim", allow_redirects=False,
+                                     headers={"Host": "acme.link"}, timeout=10)
+                assert answer.status_code in (302, 410), answer.text
+                served, refused = (served + 1, 0) if answer.status_code == 302 else \
+                    (served, refused + 1)
+        return served
+    with concurrent.futures.ThreadPoolExecutor(2 * len(ports)) as pool:
+        return sum(pool.map(one, ports * 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("releases", [("new",) * 4, ("new", "new", "v0.1.0", "v0.1.0")])
+def test_four_processes_race_for_a_limit_of_1000(dynalite: str, tmp_path: Path,
+                                                 releases: tuple[str, ...]) -> None:
+    """Four processes (with two of v0.1.0, in the middle of an upgrade) never serve past the
+    limit together; once they stop cleanly, the visits they leased and did not serve are back
+    and a new process serves the link exactly to its limit."""
+    from store.dynamo import DynamoBackend
+    from tests.conftest import dynamo_client
+
+    prefix = f"l{uuid.uuid4().hex[:8]}_"
+    backend = DynamoBackend(dynamo_client(dynalite), prefix=prefix)
+    table = backend.table(LINKS)
+    LinkService(table, ["acme.link"]).create("acme.link", "https://example.com/", "p",
+                                             slug="lim", max_visits=1000)
+    started = [start(tmp_path, dynalite, prefix,
+                     v010_command if release == "v0.1.0" else current_command, n)
+               for n, release in enumerate(releases)]
+    try:
+        served = hammer([port for _, port in started])
+        assert served <= 1000
+    finally:
+        stop_together([running for running, _ in started])  # SIGTERM: a clean stop
+    assert all(running.popen.returncode == 0 for running, _ in started)
+    fresh, port = start(tmp_path, dynalite, prefix, current_command, 9)
+    try:
+        served += hammer([port], until_refused=10)
+    finally:
+        fresh.stop()
+    assert served == 1000 if "v0.1.0" not in releases else served <= 1000
+    assert int(table.get("acme.link/lim")["visits"]) >= 1000
+    backend.close()
