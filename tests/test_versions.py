@@ -233,7 +233,7 @@ def test_migrate_plans_and_applies_once_under_a_lease(
     code, out = edgectl(capsys, "--config", config, "migrate", "--apply")
     assert code == 0 and "0 pending" in out
     # Each step is idempotent on its own too: a run cut short before recording repeats it.
-    assert [m.run(services.backend) for m in migrations.MIGRATIONS] == [0, 0, 0]
+    assert [m.run(services.backend) for m in migrations.MIGRATIONS] == [0, 0, 0, 0]
     code, out = edgectl(capsys, "--config", config, "migrate")
     assert code == 2  # neither --plan nor --apply: argparse's sentence
 
