@@ -5,7 +5,8 @@ Usage: python bench/run_all.py [--full] [--only a,b] [--skip a,b] [--keep]
 
 Each script of ``BENCHES`` runs as its own process (quick sizes by default, the published sizes
 with ``--full``) with ``BENCH_RESULTS`` naming a scratch file, where ``bench.conditions.record``
-appends its figures. The output is::
+appends its figures (``--add FILE`` takes what a bench run by hand recorded the same way). The
+output is::
 
     {"conditions": {...this run...}, "mode": "quick" | "full",
      "results": [{"bench", "conditions", "figures",
@@ -115,6 +116,10 @@ def main() -> int:
     parser.add_argument("--skip", default="", help="comma-separated bench names")
     parser.add_argument("--keep", action="store_true",
                         help="keep the existing output's entries of the benches not run")
+    parser.add_argument("--add", type=Path, action="append", default=[],
+                        help="also take the entries a bench run by hand recorded in this file "
+                             "(BENCH_RESULTS=FILE python bench/NAME.py ...); they replace "
+                             "this run's entries of the same bench")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--timeout", type=float, default=3 * 3600.0,
                         help="seconds one bench may take")
@@ -132,6 +137,11 @@ def main() -> int:
         bench = BENCHES[name]
         results += run_one(name, bench.full if args.full else bench.quick, args.timeout,
                            "full" if args.full else "quick")
+    added = [{**json.loads(line), "run": {"mode": "by hand", "from": str(path)}}
+             for path in args.add for line in path.read_text().splitlines() if line.strip()]
+    results = [entry for entry in results
+               if entry["bench"] not in {a["bench"] for a in added}] + added
+    names += [entry["bench"] for entry in added]
     if args.keep and args.out.exists():
         earlier = json.loads(args.out.read_text()).get("results", [])
         results = [entry for entry in earlier if entry["bench"] not in names] + results

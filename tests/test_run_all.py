@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.conditions import record
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
@@ -30,7 +32,8 @@ def run_all(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(process.args, process.returncode, output)
 
 
-def test_run_all_keeps_every_figure_with_its_conditions(tmp_path: Path) -> None:
+def test_run_all_keeps_every_figure_with_its_conditions(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "results.json"
     done = run_all("--only", "admin_pages,edge_apply", "--out", str(out))
     assert done.returncode == 0, done.stdout
@@ -48,11 +51,18 @@ def test_run_all_keeps_every_figure_with_its_conditions(tmp_path: Path) -> None:
     assert pages["pages_ms"]["/healthz"]["median"] > 0
     apply = by_bench["edge_apply"]["figures"]
     assert apply["certificates"] == 100 and apply["hot_ms"]["n"] == 5
-    # A bench that fails still has its entry, with its exit code and why; --keep merges.
-    failed = run_all("--only", "admin_pages", "--keep", "--out", str(out), "--timeout", "0.01")
+    # A bench that fails still has its entry, with its exit code and why; --keep merges, and
+    # --add takes what a bench run by hand recorded.
+    by_hand = tmp_path / "by_hand.jsonl"
+    monkeypatch.setenv("BENCH_RESULTS", str(by_hand))
+    record("dns_check", {"domains": 3})
+    failed = run_all("--only", "admin_pages", "--keep", "--out", str(out), "--timeout", "0.01",
+                     "--add", str(by_hand))
     assert failed.returncode == 1
     merged = {entry["bench"]: entry for entry in json.loads(out.read_text())["results"]}
     assert merged["edge_apply"]["figures"] == apply  # kept from the first run
     assert merged["admin_pages"]["figures"] == {}
     assert merged["admin_pages"]["run"]["exit_code"] != 0
     assert "stopped after" in merged["admin_pages"]["run"]["output_tail"]
+    assert merged["dns_check"]["figures"] == {"domains": 3}
+    assert merged["dns_check"]["run"]["mode"] == "by hand"
