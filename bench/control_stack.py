@@ -184,7 +184,7 @@ class ControlStack:
     def change_latency(self, source: str, target: str, samples: int) -> dict[str, Any]:
         """PATCH a redirect on ``source`` (to ``target``), then clear it: each change until
         HAProxy answers with it."""
-        timings = []
+        timings, answered = [], []
         for n in range(samples):
             redirect = target if n % 2 == 0 else None
             time.sleep(0.3)  # the agent back in its long poll, as between real changes
@@ -192,13 +192,17 @@ class ControlStack:
             answer = self.api("PATCH", f"/api/v1/domains/{source}",
                               json={"redirect_to": redirect})
             assert answer.status_code == 200, answer.text
+            answered.append((time.perf_counter() - started) * 1000)
             while (target in served_location(self.https_port, source)) != bool(redirect):
                 if time.perf_counter() - started > 30:
                     raise TimeoutError(f"change {n} not served after 30 s")
                 time.sleep(0.002)
             timings.append((time.perf_counter() - started) * 1000)
         return {"samples": samples, "p50": round(statistics.median(timings), 1),
-                "p99": round(percentile(timings, 0.99), 1), "max": round(max(timings), 1)}
+                "p99": round(percentile(timings, 0.99), 1), "max": round(max(timings), 1),
+                # of which the PATCH itself, until serve answered (the change committed)
+                "patch_answered_p50": round(statistics.median(answered), 1),
+                "patch_answered_p99": round(percentile(answered, 0.99), 1)}
 
     def steady(self, tokens: dict[str, str], window: float) -> dict[str, Any]:
         """N / recheck_seconds rechecks fall due each second over ``window``, answered by knotd.
