@@ -137,7 +137,7 @@ def main() -> int:
         bench = BENCHES[name]
         results += run_one(name, bench.full if args.full else bench.quick, args.timeout,
                            "full" if args.full else "quick")
-    added = [{**json.loads(line), "run": {"mode": "by hand", "from": str(path)}}
+    added = [{**json.loads(line), "run": {"mode": "by hand", "from": path.name}}
              for path in args.add for line in path.read_text().splitlines() if line.strip()]
     results = [entry for entry in results
                if entry["bench"] not in {a["bench"] for a in added}] + added
