@@ -120,6 +120,8 @@ def main() -> int:
                         help="also take the entries a bench run by hand recorded in this file "
                              "(BENCH_RESULTS=FILE python bench/NAME.py ...); they replace "
                              "this run's entries of the same bench")
+    parser.add_argument("--no-run", action="store_true",
+                        help="run no bench: only merge --add (and --keep) into the output")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--timeout", type=float, default=3 * 3600.0,
                         help="seconds one bench may take")
@@ -130,7 +132,8 @@ def main() -> int:
     if unknown:
         parser.error(f"no such bench: {', '.join(sorted(unknown))} "
                      f"(known: {', '.join(BENCHES)})")
-    names = [name for name in BENCHES if (not only or name in only) and name not in skip]
+    names = [name for name in BENCHES if (not only or name in only) and name not in skip
+             and not args.no_run]
     found = print_conditions()
     results: list[dict[str, Any]] = []
     for name in names:
