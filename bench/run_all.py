@@ -8,7 +8,7 @@ with ``--full``) with ``BENCH_RESULTS`` naming a scratch file, where ``bench.con
 appends its figures (``--add FILE`` takes what a bench run by hand recorded the same way). The
 output is::
 
-    {"conditions": {...this run...}, "mode": "quick" | "full",
+    {"conditions": {...this run...}, "mode": "quick" | "full" | "mixed",
      "results": [{"bench", "conditions", "figures",
                   "run": {"mode", "args", "exit_code", "seconds"}}]}
 
@@ -150,7 +150,8 @@ def main() -> int:
         results = [entry for entry in earlier if entry["bench"] not in names] + results
     results.sort(key=lambda entry: list(BENCHES).index(entry["bench"])
                  if entry["bench"] in BENCHES else len(BENCHES))
-    document = {"conditions": found, "mode": "full" if args.full else "quick",
+    modes = sorted({str(entry.get("run", {}).get("mode")) for entry in results})
+    document = {"conditions": found, "mode": modes[0] if len(modes) == 1 else "mixed",
                 "results": results}
     args.out.write_text(json.dumps(document, indent=1, sort_keys=False) + "\n")
     failed = [entry["bench"] for entry in results if entry.get("run", {}).get("exit_code")]
