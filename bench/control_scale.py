@@ -109,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.seed_processes:
         args.seed_processes = 1 if args.backend == "sqlite" else 4
-    print_conditions()
+    found = print_conditions()
     sizes = sorted(int(size) for size in args.domains.split(","))
     results = []
     for count in sizes:
@@ -123,7 +123,9 @@ def main() -> None:
           f"{verdict['serve_rss_mb']} MB (goal <= 200: "
           f"{'met' if verdict['serve_rss_goal_met'] else 'NOT met'})")
     record("control_scale", {"backend": args.backend, "window_s": args.window,
-                             "sizes": results, "goals": verdict})
+                             "sizes": results, "goals": verdict,
+                             "ended": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
+           measured=found)
     print(json.dumps(verdict))
 
 
