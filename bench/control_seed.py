@@ -2,12 +2,15 @@
 ``bench/control_scale.py``.
 
 Each domain is connected (``DomainService.connect``: its item, its event, its kept counts),
-moved to ``verified`` (``DomainService.transition``), given a certificate (``CertificateStore``;
-one self-signed certificate's PEM is reused so that seeding stays minutes, with the CA's renewal
-answer remembered as the issuer does, so no CA is asked), then issued: ``Lifecycle.issue`` finds
-the certificate held and takes the ``issued`` step, which moves the domain to ``active`` and
-publishes its route through the outbox, one edge-state commit per domain as in production.
-Slices of the fleet are seeded by parallel processes (each opens the store as a replica does).
+given a certificate (``CertificateStore.save``; one self-signed certificate's PEM is reused so
+that seeding stays minutes, with the CA's renewal answer remembered as the issuer does, so no CA
+is asked) and moved to ``active`` (``DomainService.transition``, with its event). Its route is
+published by serve's reconciliation at start, the product's batch path (one read of every
+active domain) rather than one edge-state commit per domain. The two domains whose change is
+timed go the long way instead: ``verified``, then ``Lifecycle.issue``, which finds the
+certificate held and takes the ``issued`` step, publishing the route through the outbox.
+Slices of the fleet can be seeded by parallel processes (each opens the store as a replica
+does): worth it on DynamoDB, not on SQLite, whose writers take one lock.
 """
 from __future__ import annotations
 
