@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from admin.web import Admin  # noqa: E402
 from admin_app import create_app  # noqa: E402
+from bench.conditions import print_conditions, record  # noqa: E402
 from control.wiring import Services  # noqa: E402
 from domains.service import STATUSES  # noqa: E402
 from kit.clock import iso  # noqa: E402
@@ -82,6 +83,9 @@ def main() -> None:
     parser.add_argument("--certificates", type=int, default=1_000)
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
+    print_conditions()
+    figures: dict[str, Any] = {"domains": args.domains, "certificates": args.certificates,
+                               "rounds": args.rounds, "pages_ms": {}}
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(env={}, api_token="bench-token-0123456789",
                                  edge_token="bench-edge-0123456789",
@@ -105,16 +109,22 @@ def main() -> None:
         print(f"{'page':<58} {'median':>9} {'p95':>9} {'x healthz':>10}")
         print(f"{'/admin/ (first: computes its figures)':<58} {first * 1000:>7.1f}ms"
               f" {'':>9} {first / baseline:>9.0f}x")
+        middle, one = f"site{args.domains // 2:05d}", f"site{args.domains * 4242 // 10000:05d}"
         for path in ("/healthz", "/admin/", "/admin/domains", "/admin/domains?status=active",
-                     "/admin/domains?status=active&cursor=site05000.bench.test",
-                     "/admin/domains?q=site04242.bench.test", "/admin/domains?q=pub_42",
-                     "/admin/domains/site04242.bench.test", "/admin/certificates",
+                     f"/admin/domains?status=active&cursor={middle}.bench.test",
+                     f"/admin/domains?q={one}.bench.test", "/admin/domains?q=pub_42",
+                     f"/admin/domains/{one}.bench.test", "/admin/certificates",
                      "/admin/links", "/admin/nodes", "/admin/audit"):
             times = sorted(timed(lambda: client.get(path), args.rounds))
             median, p95 = statistics.median(times), times[int(len(times) * 0.95) - 1]
             print(f"{path:<58} {median * 1000:>7.1f}ms {p95 * 1000:>7.1f}ms"
                   f" {median / baseline:>9.1f}x")
+            figures["pages_ms"][path] = {"median": round(median * 1000, 2),
+                                         "p95": round(p95 * 1000, 2),
+                                         "x_healthz": round(median / baseline, 1)}
+        figures["overview_first_ms"] = round(first * 1000, 1)
         services.close()
+    record("admin_pages", figures)
 
 
 if __name__ == "__main__":

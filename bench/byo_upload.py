@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devtools.demo import LocalStack  # noqa: E402
+from bench.conditions import print_conditions, record  # noqa: E402
 from kit.x509 import LocalCA  # noqa: E402
 
 HOST = "byo-bench.example.test"
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--gap", type=float, default=1.0)
     args = parser.parse_args()
+    print_conditions()
     with tempfile.TemporaryDirectory(prefix="byo-bench-") as directory:
         stack = LocalStack(Path(directory))
         try:
@@ -105,6 +107,19 @@ def main() -> None:
     print(f"upload / baseline (p50)           {ratio:.2f}x; goal <= 1 s: "
           f"{'met' if max(upload_served) <= 1.0 else 'NOT met'} (max "
           f"{max(upload_served) * 1000:.0f} ms)")
+    record("byo_upload", {"rounds": args.rounds, "gap_s": args.gap,
+                          "put_answered_ms": milliseconds(put_answer),
+                          "upload_served_ms": milliseconds(upload_served),
+                          "removal_served_ms": milliseconds(removal_served),
+                          "upload_over_baseline_p50": round(ratio, 2),
+                          "goal_met": max(upload_served) <= 1.0})
+
+
+def milliseconds(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {"n": len(ordered), "p50": round(statistics.median(ordered) * 1000, 1),
+            "p90": round(ordered[int(len(ordered) * 0.9) - 1] * 1000, 1),
+            "max": round(ordered[-1] * 1000, 1)}
 
 
 if __name__ == "__main__":

@@ -59,16 +59,19 @@ def print_conditions() -> dict:
     return found
 
 
-def record(bench: str, figures: dict) -> None:
+def record(bench: str, figures: dict, measured: dict | None = None) -> None:
     """Keep one bench's figures for `bench/run_all.py`.
 
     When BENCH_RESULTS names a file, one JSON line {"bench", "conditions", "figures"} is appended
     to it; otherwise nothing happens, so a bench run by hand only prints. `figures` maps a short
     name to a number or a small dict (value, unit, baseline, ratio), JSON-serialisable.
+    ``measured``: the conditions ``print_conditions()`` returned at the start, for a bench that
+    runs long (the load at its start, and the commit it started on); default: now.
     """
     path = os.environ.get("BENCH_RESULTS")
     if not path:
         return
-    line = json.dumps({"bench": bench, "conditions": conditions(), "figures": figures})
+    line = json.dumps({"bench": bench, "conditions": measured or conditions(),
+                       "figures": figures})
     with open(path, "a", encoding="utf-8") as out:
         out.write(line + "\n")

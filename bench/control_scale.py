@@ -1,130 +1,134 @@
-"""The control plane at scale: N active domains with certificates, nothing due.
+"""The control plane at scale, as processes: a real `edgectl serve` and a real `edgectl agent`
+(with its HAProxy) over N active domains, at rest and with a steady stream of rechecks.
 
-Usage: python bench/control_scale.py --domains 100000 [--backend sqlite|dynamodb]
+Usage: python bench/control_scale.py [--domains 1000,10000,100000] [--backend sqlite|dynamodb]
+           [--window 60] [--samples 30] [--seed-processes 1]
 (dynamodb starts dynalite from node_modules on a free loopback port.)
 
-Seeds N active domains, each with a certificate (one self-signed certificate reused, so seeding
-stays minutes, not hours; untimed), reconciles the edge state once (what every worker round did
-before: the baseline), then measures an idle worker round, one domain's activation until the
-state an agent's next poll gets holds its route, and the process's peak RSS. The last line is:
-steady_round_ms=<x> connect_to_state_ms=<y> rss_mb=<z> store_requests_per_idle_round=<k>
+For each size, in a new directory: knotd (the authoritative DNS the rechecks ask), the fleet
+seeded through the product's write paths (bench/control_seed.py: connect, transition, the
+certificate store; serve's reconciliation at start publishes every route, its batch path),
+then `edgectl serve` and `edgectl agent`, with default timings (worker round 2 s, long poll
+5 s, recheck every 3600 s). Once the agent serves the whole state:
+
+- quiet: nothing due for ten days. Over ``--window`` seconds: CPU-seconds per minute of serve
+  and of the agent (utime + stime from /proc/PID/stat), serve's store requests per minute
+  (``edge_store_requests`` on its /metrics, one scrape's own requests taken off; the agent
+  has no store: it asks serve), and the RSS of both.
+- change latency: ``PATCH /api/v1/domains/<host>`` (a redirect set, then cleared) until HAProxy
+  answers with the change (a TLS request on loopback every ~2 ms), through the agent's long
+  poll; ``--samples`` changes, p50 and p99.
+- steady: N / recheck_seconds rechecks fall due each second (the domains due in the window
+  are rescheduled through ``DomainService.transition``; knotd answers their CNAME and TXT);
+  the same figures over the window, and how many rechecks were done.
+
+The figures are compared with the smallest size of the same run (goals at 100,000: serve's
+CPU at rest <= 1.2x the smallest size's, change p99 <= 100 ms, serve's RSS <= 200 MB).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import resource
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-from cryptography.fernet import Fernet
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from certs.store import CertificateStore  # noqa: E402
-from control.wiring import Services  # noqa: E402
-from domains.service import ACTIVE  # noqa: E402
-from kit.clock import iso  # noqa: E402
-from kit.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
-from kit.settings import load_settings  # noqa: E402
-from kit.x509 import self_signed  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench import control_seed  # noqa: E402
+from bench.conditions import print_conditions, record  # noqa: E402
+from bench.control_stack import ControlStack  # noqa: E402
 
 
-def seed(services: Services, count: int) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    cert, _ = self_signed("bench.test", key, days=90)
-    certificates: CertificateStore = services.certificates
-    now = time.time()
-    for n in range(count):
-        hostname = f"s{n:07d}.bench.test"
-        services.domains.table.put({
-            "hostname": hostname, "publication_id": f"pub_{n % 997}", "status": ACTIVE,
-            "token": "seeded", "claim": f"seed{n}", "claimed_at": now, "created_at": iso(now), "updated_at": iso(now),
-            "dns_records": [], "validation_errors": [], "dns_seen": {}, "attempts": 0,
-            "next_attempt_at": now + 3600 + n % 600})
-        certificates.save([hostname], cert, key_pem)
-        if n and n % 10_000 == 0:
-            print(f"seeded {n:,} domains", flush=True)
+def run_size(count: int, args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"control-scale-{count}-") as folder:
+        stack = ControlStack(Path(folder), args.backend)
+        try:
+            started = time.monotonic()
+            tokens = control_seed.seed(stack.settings(), count, args.seed_processes)
+            latency_pair = control_seed.seed_latency_pair(stack.settings())
+            seeding = time.monotonic() - started
+            print(f"  seeded {count:,} domains in {seeding:.0f} s "
+                  f"({count / seeding:,.0f}/s)", flush=True)
+            serve_start = stack.start_serve()
+            print(f"  serve answers after {serve_start:.1f} s (its reconciliation at start "
+                  "published every route)", flush=True)
+            cold = stack.start_agent(latency_pair[0])
+            print(f"  the agent serves the whole state after {cold:.1f} s", flush=True)
+            figures: dict[str, Any] = {"domains": count, "seeding_s": round(seeding, 1),
+                                       "serve_start_s": round(serve_start, 1),
+                                       "agent_cold_start_s": round(cold, 1)}
+            stack.settle()
+            figures["quiet"] = stack.at_rest(args.window)
+            print(f"  quiet: {describe(figures['quiet'])}", flush=True)
+            figures["change_ms"] = stack.change_latency(*latency_pair, args.samples)
+            print(f"  change -> served: {describe(figures['change_ms'])}", flush=True)
+            figures["steady"] = stack.steady(tokens, args.window)
+            print(f"  steady: {describe(figures['steady'])}", flush=True)
+            return figures
+        finally:
+            stack.stop()
 
 
-def timed_ms(step: object) -> float:
-    started = time.perf_counter()
-    step()  # type: ignore[operator]
-    return (time.perf_counter() - started) * 1000
+def describe(figures: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {value:,}" if isinstance(value, (int, float)) else f"{key} {value}"
+                     for key, value in figures.items())
+
+
+def goals(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The largest size against the smallest of the same run."""
+    small, large = results[0], results[-1]
+    base_cpu = max(small["quiet"]["serve_cpu_s_per_min"], 1e-3)
+    ratio = large["quiet"]["serve_cpu_s_per_min"] / base_cpu
+    verdict = {
+        "sizes": f"{large['domains']:,} against {small['domains']:,}",
+        "serve_cpu_at_rest_ratio": round(ratio, 2),
+        "serve_cpu_goal_met": ratio <= 1.2,
+        "change_p99_ms": large["change_ms"]["p99"],
+        "change_p99_goal_met": large["change_ms"]["p99"] <= 100,
+        "serve_rss_mb": large["quiet"]["serve_rss_mb"],
+        "serve_rss_goal_met": large["quiet"]["serve_rss_mb"] <= 200,
+    }
+    return verdict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--domains", type=int, default=10_000)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--domains", default="1000,10000,100000",
+                        help="comma-separated sizes, smallest first (the baseline)")
     parser.add_argument("--backend", choices=["sqlite", "dynamodb"], default="sqlite")
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--window", type=float, default=60.0,
+                        help="seconds each at-rest figure is measured over")
+    parser.add_argument("--samples", type=int, default=30, help="changes timed")
+    parser.add_argument("--seed-processes", type=int, default=0,
+                        help="parallel seeding processes (default: 1 on SQLite, whose writes "
+                             "take one lock, 4 on DynamoDB)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        overrides: dict[str, object] = {}
-        dynalite = None
-        if args.backend == "dynamodb":
-            port = free_port()
-            dynalite = ManagedProcess("dynalite", [
-                str(ROOT / "node_modules" / ".bin" / "dynalite"), "--host", "127.0.0.1",
-                "--port", str(port), "--path", f"{tmp}/dynalite"], Path(tmp) / "dynalite.log")
-            wait_for_port(port, process=dynalite)
-            os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")  # dynalite checks none
-            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-            overrides = {"storage_backend": "dynamodb",
-                         "dynamodb_endpoint_url": f"http://127.0.0.1:{port}"}
-        try:
-            settings = load_settings(env={}, api_token="bench-token-0123456789",
-                                     edge_token="bench-edge-0123456789",
-                                     encryption_keys=Fernet.generate_key().decode(),
-                                     data_dir=tmp, max_pending_domains=0, **overrides)
-            services = Services.from_settings(settings)
-            seed(services, args.domains)
-            first = timed_ms(services.lifecycle.publish_routes)  # writes every route once
-            full = timed_ms(services.lifecycle.publish_routes)  # reads them all, writes nothing
-            print(f"first publication {first:.0f} ms; baseline: a reconciliation with nothing "
-                  f"to change (what every worker round did before) {full:.0f} ms")
-            services.lifecycle.tick()
-            rounds, requests = [], []
-            for _ in range(args.rounds):
-                before = services.backend.requests
-                rounds.append(timed_ms(services.lifecycle.tick))
-                requests.append(services.backend.requests - before)
-            steady = statistics.median(rounds)
-            print(f"idle round: median {steady:.2f} ms, max {max(rounds):.2f} ms over "
-                  f"{args.rounds} rounds; {full / steady:,.0f}x faster than the baseline")
-            hostname = "s0000007.bench.test"
-            domain = services.domains.get(hostname)
-            services.lifecycle.suspend(hostname)  # off the edge, then back on: one activation
-            assert hostname not in {r["hostname"] for r in services.edge_state.load()["routes"]}
-            agent_revision = services.edge_state.meta()["revision"]  # type: ignore[index]
-            started = time.perf_counter()
-            services.lifecycle.resume(hostname)
-            # What GET /api/v1/edge/state?since=<revision> answers the agent's next poll.
-            delta = services.edge_state.changes_since(agent_revision)
-            connect_ms = (time.perf_counter() - started) * 1000
-            assert delta is not None and [c["hostname"] for c in delta["changes"]] == [hostname]
-            assert domain["status"] == ACTIVE
-            snapshot_ms = timed_ms(services.edge_state.load)
-            print(f"activation -> in the agent's next answer (a delta): {connect_ms:.1f} ms "
-                  f"({full / connect_ms:,.0f}x faster than a full reconciliation); a full "
-                  f"snapshot for a new agent {snapshot_ms:.0f} ms")
-            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            services.close()
-        finally:
-            if dynalite is not None:
-                dynalite.stop()
-    print(f"steady_round_ms={steady:.2f} connect_to_state_ms={connect_ms:.1f} "
-          f"rss_mb={rss_mb:.0f} store_requests_per_idle_round={max(requests)}")
+    if not args.seed_processes:
+        args.seed_processes = 1 if args.backend == "sqlite" else 4
+    found = print_conditions()
+    sizes = sorted(int(size) for size in args.domains.split(","))
+    results = []
+    for count in sizes:
+        print(f"{count:,} domains on {args.backend}:", flush=True)
+        results.append(run_size(count, args))
+    verdict = goals(results)
+    print(f"goals ({verdict['sizes']}): serve's CPU at rest {verdict['serve_cpu_at_rest_ratio']}x"
+          f" (goal <= 1.2x: {'met' if verdict['serve_cpu_goal_met'] else 'NOT met'}); change "
+          f"p99 {verdict['change_p99_ms']} ms (goal <= 100: "
+          f"{'met' if verdict['change_p99_goal_met'] else 'NOT met'}); serve's RSS "
+          f"{verdict['serve_rss_mb']} MB (goal <= 200: "
+          f"{'met' if verdict['serve_rss_goal_met'] else 'NOT met'})")
+    record("control_scale", {"backend": args.backend, "window_s": args.window,
+                             "sizes": results, "goals": verdict,
+                             "ended": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
+           measured=found)
+    print(json.dumps(verdict))
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devtools.sample_app import SampleApp  # noqa: E402
+from bench.conditions import print_conditions, record  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
 from edge.state import DesiredState, Route  # noqa: E402
 from kit.procs import free_port  # noqa: E402
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--hot", type=int, default=30)
     parser.add_argument("--reloads", type=int, default=3)
     args = parser.parse_args()
+    print_conditions()
     app, spare = SampleApp("bench", 0), SampleApp("spare", 0)
     with tempfile.TemporaryDirectory() as tmp:
         node = EdgeNode(Path(tmp) / "edge", http_port=free_port(), https_port=free_port())
@@ -98,7 +100,17 @@ def main() -> None:
             spare.stop()
     print(f"hot apply (runtime API, no reload): {summary(hot)}")
     print(f"reload (render, haproxy -c, USR2):  {summary(reload)}")
-    print(f"ratio reload/hot at p50: {statistics.median(reload) / statistics.median(hot):.0f}x")
+    ratio = statistics.median(reload) / statistics.median(hot)
+    print(f"ratio reload/hot at p50: {ratio:.0f}x")
+    record("edge_apply", {"certificates": args.certs, "hot_ms": milliseconds(hot),
+                          "reload_ms": milliseconds(reload), "reload_over_hot_p50": round(ratio, 1)})
+
+
+def milliseconds(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return {"n": len(ordered), "p50": round(statistics.median(ordered) * 1000, 1),
+            "p99": round(p99 * 1000, 1), "max": round(ordered[-1] * 1000, 1)}
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from devtools.demo import LocalStack  # noqa: E402
+from bench.conditions import print_conditions, record  # noqa: E402
 from devtools.pebble import PebbleStack  # noqa: E402
 from kit.procs import free_port  # noqa: E402
 from devtools.dns_server import KnotServer, UnboundResolver  # noqa: E402
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=20)
     args = parser.parse_args()
+    print_conditions()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         knot = KnotServer(directory / "knot", {"pub.test": "@ A 192.0.2.10\n", DCV_ZONE: ""},
@@ -117,6 +119,12 @@ def main() -> None:
     print(f"baseline (active, no switch): {baseline['requests']:.0f} requests, "
           f"{baseline['failed']:.0f} failed, {baseline['rps']:.0f} req/s")
     print(f"ratio during/baseline: {during['rps'] / baseline['rps']:.2f}")
+    record("prevalidation_switch", {
+        "seconds": args.seconds, "connections": args.connections,
+        "issued_while_elsewhere_s": round(issued_in, 2),
+        "active_after_switch_s": round(switch.get("active_after", float("nan")), 2),
+        "during": during, "baseline": baseline,
+        "during_over_baseline": round(during["rps"] / baseline["rps"], 3)})
     if during["failed"]:
         sys.exit(1)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.shortlinks_throughput import ceiling  # noqa: E402
+from bench.conditions import print_conditions, record  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
 from edge.state import DesiredState, Route  # noqa: E402
 from kit import route_extras  # noqa: E402
@@ -57,6 +58,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    print_conditions()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         node = edge(directory, args.routes)
@@ -82,6 +84,12 @@ def main() -> int:
     print(f"  redirect domain from the map:     median {statistics.median(rates):,.0f} req/s")
     print(f"  ratio by round: {', '.join(f'{r:.2f}' for r in ratios)}; "
           f"median {statistics.median(ratios):.2f} (goal >= 0.85)")
+    record("redirect_domains", {
+        "routes": args.routes, "seconds": args.seconds, "rounds": args.rounds,
+        "ceiling_rps_median": round(statistics.median(ceilings)),
+        "redirect_rps_median": round(statistics.median(rates)),
+        "ratios": [round(r, 3) for r in ratios], "ratio_median": round(statistics.median(ratios), 3),
+        "goal": ">= 0.85"})
     return 0
 
 

@@ -34,6 +34,7 @@ from werkzeug.serving import make_server
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from admin_app import create_app  # noqa: E402
+from bench.conditions import print_conditions, record  # noqa: E402
 from control.wiring import Services  # noqa: E402
 from devtools.pebble import PebbleStack  # noqa: E402
 from kit.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
@@ -99,6 +100,7 @@ def main() -> None:
                         help="recheck_seconds of the model, in hours (default 1)")
     parser.add_argument("--validity-days", type=int, default=90)
     args = parser.parse_args()
+    print_conditions()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")  # dynalite checks none
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # Pebble's challenge fetches
@@ -132,7 +134,11 @@ def main() -> None:
             dynalite.stop()
     for name, cost in costs.items():
         print(f"{name}: {cost}")
-    model(costs, args.recheck_hours * 3600, args.validity_days)
+    modelled = model(costs, args.recheck_hours * 3600, args.validity_days)
+    record("store_requests", {
+        "operations": {name: {"reads": cost.reads, "write_units": cost.writes}
+                       for name, cost in costs.items()},
+        "model": modelled})
 
 
 def drive(services: Services, pebble: PebbleStack, meter: Meter) -> dict[str, Cost]:
@@ -181,7 +187,8 @@ def drive(services: Services, pebble: PebbleStack, meter: Meter) -> dict[str, Co
     return costs
 
 
-def model(costs: dict[str, Cost], recheck_seconds: float, validity_days: int) -> None:
+def model(costs: dict[str, Cost], recheck_seconds: float,
+          validity_days: int) -> dict[str, dict[str, float]]:
     nodes, replicas, worker_interval, watch_seconds = 10, 2, 2.0, 5.0
     recheck, renewal = costs["recheck at rest (leased)"], costs["renewal"]
     # An idle worker round per replica; each agent's watch returning; and each replica's
@@ -194,6 +201,7 @@ def model(costs: dict[str, Cost], recheck_seconds: float, validity_days: int) ->
     print(f"model: {nodes} edge nodes, {replicas} replicas, {worker_interval:g} s worker interval, "
           f"rechecks every {recheck_seconds / 3600:g} h, {validity_days}-day certificates "
           f"renewed at two thirds")
+    modelled = {}
     for n in (100_000, 1_000_000):
         reads, writes = per_second(recheck, n / recheck_seconds)
         reads, writes = reads + fixed_reads, writes + fixed_writes
@@ -209,6 +217,11 @@ def model(costs: dict[str, Cost], recheck_seconds: float, validity_days: int) ->
               f"{renew_writes:,.2f} write units/s (a wave 10x that: "
               f"{10 * renew_reads:,.1f} and {10 * renew_writes:,.1f}); "
               f"DynamoDB on demand about ${bill:,.0f} a month")
+        modelled[f"{n}"] = {"reads_per_s": round(reads, 1), "write_units_per_s": round(writes, 1),
+                            "renewal_reads_per_s": round(renew_reads, 2),
+                            "renewal_write_units_per_s": round(renew_writes, 2),
+                            "dollars_per_month": round(bill)}
+    return modelled
 
 
 if __name__ == "__main__":

@@ -114,6 +114,12 @@ class ControlMetrics:
                                 "holds right now", value=services.edge_state.watch.waiting)
         yield GaugeMetricFamily("edge_store_requests", "Store requests this process has made (a "
                                 "counter; DynamoDB bills each)", value=services.backend.requests)
+        by_table = CounterMetricFamily(
+            "edge_store_requests_by_table", "Store requests this process has made, by table and "
+            "operation (SQLite: the table method; DynamoDB: the API call)", labels=["table", "op"])
+        for (table, op), count in sorted(getattr(services.backend, "operations", {}).items()):
+            by_table.add_metric([table, op], count)
+        yield by_table
         throttled = CounterMetricFamily("edge_store_throttled", "Store requests the store "
                                         "throttled (DynamoDB), by table", labels=["table"])
         for table, count in sorted(getattr(services.backend, "throttled", {}).items()):

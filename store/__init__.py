@@ -146,6 +146,9 @@ class Backend(Protocol):
     """Store requests made so far (SQLite transactions, DynamoDB API calls): what tests and
     benchmarks count to show that idle work does not grow with the data."""
 
+    operations: dict[tuple[str, str], int]
+    """The same requests by (table, operation): which table the work falls on."""
+
     def table(self, spec: TableSpec) -> Table:
         """Open (creating if needed) the table described by ``spec``."""
 

@@ -53,6 +53,8 @@ class DynamoBackend:
         self._prefix = prefix
         self.requests = 0
         self._lock = threading.Lock()
+        self.operations: dict[tuple[str, str], int] = {}
+        """Requests by (table without the prefix, API operation), as /metrics exports them."""
         self.throttled: dict[str, int] = {}
         """Attempts the server throttled, by table (without the prefix): retried or not."""
         self._ttl: bool | None = None
@@ -60,11 +62,18 @@ class DynamoBackend:
         self._meta: DynamoTable | None = None
         self._schema_read_at: float | None = None
         client.meta.events.register("before-call.dynamodb", self._count)
+        client.meta.events.register("before-parameter-build.dynamodb", self._count_operation)
         client.meta.events.register("needs-retry.dynamodb", self._count_throttled)
 
     def _count(self, **kwargs: Any) -> None:
         with self._lock:  # a merged read sends its queries from several threads
             self.requests += 1
+
+    def _count_operation(self, params: Any = None, model: Any = None, **kwargs: Any) -> None:
+        table = str((params or {}).get("TableName", "*")).removeprefix(self._prefix)
+        key = (table, getattr(model, "name", "other"))
+        with self._lock:
+            self.operations[key] = self.operations.get(key, 0) + 1
 
     def _count_throttled(self, response: Any = None, request_dict: Any = None,
                          **kwargs: Any) -> None:

@@ -30,11 +30,14 @@ class SqliteBackend:
             " PRIMARY KEY (tbl, k, name))")
         self._lock = threading.RLock()
         self.requests = 0
+        self.operations: dict[tuple[str, str], int] = {}
+        """Requests by (table, operation), as /metrics exports them."""
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, table: str = "*", op: str = "other") -> Iterator[sqlite3.Connection]:
         with self._lock:
             self.requests += 1
+            self.operations[(table, op)] = self.operations.get((table, op), 0) + 1
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
@@ -51,7 +54,7 @@ class SqliteBackend:
         columns = "".join(f", i_{index} TEXT" for index in spec.indexes)
         columns += "".join(f", r_{name}_k TEXT, r_{name}_s REAL" for name, _, _ in ranges)
         t = f"t_{spec.name}"
-        with self.transaction() as conn:
+        with self.transaction(spec.name, "open") as conn:
             conn.execute(f"CREATE TABLE IF NOT EXISTS {t} (k TEXT PRIMARY KEY,"
                          f" version INTEGER NOT NULL, expires_at REAL, data TEXT NOT NULL{columns})")
             for index in spec.indexes:
@@ -99,7 +102,7 @@ class SqliteTable:
         return item
 
     def get(self, key: str) -> Item | None:
-        with self._backend.transaction() as conn:
+        with self._backend.transaction(self.spec.name, "get") as conn:
             row = conn.execute(f"SELECT data, version FROM {self._t} WHERE k = ? AND {self._live()}",
                                (key, time.time())).fetchone()
             return self._row_item(conn, key, *row) if row else None
@@ -116,7 +119,7 @@ class SqliteTable:
             cols += f", r_{index.name}_k, r_{index.name}_s"
         marks = ", ?" * len(indexed)
         now = time.time()
-        with self._backend.transaction() as conn:
+        with self._backend.transaction(self.spec.name, "put") as conn:
             row = conn.execute(f"SELECT version, expires_at FROM {self._t} WHERE k = ?",
                                (key,)).fetchone()
             live = row is not None and (row[1] is None or row[1] > now)
@@ -130,7 +133,7 @@ class SqliteTable:
         return {**data, VERSION: version}
 
     def delete(self, key: str, expected_version: int | None = None) -> bool:
-        with self._backend.transaction() as conn:
+        with self._backend.transaction(self.spec.name, "delete") as conn:
             row = conn.execute(f"SELECT version FROM {self._t} WHERE k = ? AND {self._live()}",
                                (key, time.time())).fetchone()
             if expected_version is not None and (row[0] if row else ABSENT) != expected_version:
@@ -155,7 +158,7 @@ class SqliteTable:
             after_sort, after_key = _range_cursor(cursor)
             where.append(f"(r_{name}_s > ? OR (r_{name}_s = ? AND k > ?))")
             args += [after_sort, after_sort, after_key]
-        with self._backend.transaction() as conn:
+        with self._backend.transaction(self.spec.name, "query_range") as conn:
             rows = conn.execute(
                 f"SELECT k, data, version, r_{name}_s FROM {self._t} WHERE {' AND '.join(where)}"
                 f" ORDER BY r_{name}_s, k LIMIT ?", (*args, limit + 1)).fetchall()
@@ -163,10 +166,11 @@ class SqliteTable:
         last = rows[limit - 1] if len(rows) > limit else None
         return Page(items, json.dumps([last[3], last[0]]) if last else None)
 
-    def _page(self, where: str, args: tuple[Any, ...], limit: int, cursor: str | None) -> Page:
+    def _page(self, op: str, where: str, args: tuple[Any, ...], limit: int,
+              cursor: str | None) -> Page:
         if limit < 1:
             raise ValueError("limit must be positive")
-        with self._backend.transaction() as conn:
+        with self._backend.transaction(self.spec.name, op) as conn:
             rows = conn.execute(
                 f"SELECT k, data, version FROM {self._t} WHERE {where} AND {self._live()}"
                 " AND k > ? ORDER BY k LIMIT ?", (*args, time.time(), cursor or "", limit + 1),
@@ -178,17 +182,18 @@ class SqliteTable:
     def query(self, index: str, value: str, limit: int = 100, cursor: str | None = None) -> Page:
         if index not in self.spec.indexes:
             raise ValueError(f"{self.spec.name} has no index {index!r}")
-        return self._page(f"i_{index} = ?", (value,), limit, cursor)
+        return self._page("query", f"i_{index} = ?", (value,), limit, cursor)
 
     def scan(self, limit: int = 100, cursor: str | None = None) -> Page:
-        return self._page("1 = 1", (), limit, cursor)
+        return self._page("scan", "1 = 1", (), limit, cursor)
 
     def purge_expired(self, now: float | None = None, limit: int = 100) -> int:
         if not self.spec.expiring:
             raise ValueError(f"{self.spec.name} is not an expiring table")
         if limit < 1:
             raise ValueError("limit must be positive")
-        with self._backend.transaction() as conn:  # one transaction: nothing to race with
+        # one transaction: nothing to race with
+        with self._backend.transaction(self.spec.name, "purge_expired") as conn:
             keys = [row[0] for row in conn.execute(
                 f"SELECT k FROM {self._t} WHERE expires_at IS NOT NULL AND expires_at <= ?"
                 " ORDER BY expires_at LIMIT ?", (time.time() if now is None else now, limit))]
@@ -202,7 +207,7 @@ class SqliteTable:
 
     def increment(self, key: str, counter: str, amount: int = 1, *,
                   existing_only: bool = False, at_most: int | None = None) -> int | None:
-        with self._backend.transaction() as conn:
+        with self._backend.transaction(self.spec.name, "increment") as conn:
             if existing_only and conn.execute(
                     f"SELECT 1 FROM {self._t} WHERE k = ? AND {self._live()}",
                     (key, time.time())).fetchone() is None:

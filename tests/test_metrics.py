@@ -113,3 +113,23 @@ def test_short_link_totals_are_kept_not_counted(services: Services) -> None:
         assert samples[("edge_short_link_visits", ())] == 4
     finally:
         with_links.close()
+
+
+def _by_table(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+              table: str | None = None) -> float:
+    return sum(value for (name, labels), value in samples.items()
+               if name == "edge_store_requests_by_table_total"
+               and (table is None or dict(labels)["table"] == table))
+
+
+def test_store_requests_are_counted_by_table_and_operation(services: Services) -> None:
+    before = scrape(services)
+    services.domains.connect("c.metrics.example.test", "pub_1")
+    after = scrape(services)
+    assert _by_table(after, "domains") > _by_table(before, "domains")
+    assert _by_table(after, "domain_events") > _by_table(before, "domain_events")  # its event
+    # Every request is in one (table, op) series: they add up to the process's total.
+    assert _by_table(after) == after[("edge_store_requests", ())]
+    ops = {dict(labels)["op"] for (name, labels) in after
+           if name == "edge_store_requests_by_table_total" and dict(labels)["table"] == "domains"}
+    assert ops & {"put", "PutItem", "UpdateItem"}, ops
