@@ -64,6 +64,7 @@ BENCHES: dict[str, Bench] = {
     "routing_overhead": Bench(("--entries", "1000", "--seconds", "2", "--rounds", "1")),
     "shortlinks_map": Bench(("--links", "10000", "--seconds", "2", "--rounds", "1",
                              "--changes", "5")),
+    "shortlinks_python_path": Bench(("--keys", "1000", "--seconds", "2")),
     "shortlinks_throughput": Bench(("--seconds", "2", "--rounds", "1")),
     "sso_overhead": Bench(("--seconds", "2", "--rounds", "1")),
     "store_requests": Bench(()),

@@ -24,14 +24,14 @@ class Probe:
 
 def https_get(port: int, hostname: str, path: str = "/", cafile: str | None = None,
               cadata: str | None = None, headers: dict[str, str] | None = None,
-              address: str = "127.0.0.1") -> Probe:
+              address: str = "127.0.0.1", timeout: float = 10) -> Probe:
     """GET ``path`` from ``address:port`` as ``hostname``; verified when a CA is given."""
     context = ssl.create_default_context(cafile=cafile, cadata=cadata)
     if cafile is None and cadata is None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    conn = http.client.HTTPSConnection(address, port, context=context, timeout=10)
-    raw = socket.create_connection((address, port), timeout=10)
+    conn = http.client.HTTPSConnection(address, port, context=context, timeout=timeout)
+    raw = socket.create_connection((address, port), timeout=timeout)
     conn.sock = context.wrap_socket(raw, server_hostname=hostname)
     try:
         der = conn.sock.getpeercert(binary_form=True)

@@ -100,8 +100,8 @@ class DomainOptions:
 
     def redirected_to(self, hostname: str, publication_id: str) -> list[str]:
         """The publication's domains that redirect to ``hostname``."""
-        return [str(d["hostname"]) for d in self.domains.repository.redirecting_to(hostname)
-                if d["publication_id"] == publication_id]
+        return [str(d["hostname"]) for d in
+                self.domains.repository.redirecting_to(hostname, publication_id)]
 
     def left_dangling(self, domain: Item) -> list[str]:
         """The domains that would redirect to nothing if ``domain`` were removed (its www/apex

@@ -18,13 +18,17 @@ from kit.clock import iso
 from store import ABSENT, ConflictError, Item, Page, RangeIndex, Table, TableSpec, every
 
 PENDING_FOR = "pending_for"
+WITHOUT_INDEX = 5000
+"""A publication's domains read where a store lacks the ``pending`` or ``redirected`` index
+(dynalite cannot add one to a v0.1.0 table); a publication with more is not squatting."""
 DOMAINS = TableSpec("domains", key="hostname", indexes=("publication_id", "status"),
                     ranges=(RangeIndex("due", key="status", sort="next_attempt_at"),
                             RangeIndex("outbox", key="outbox_state", sort="outbox_at"),
                             RangeIndex("failing", key="failing_set", sort="failing_since_ts"),
                             RangeIndex("pending", key=PENDING_FOR, sort="claimed_at"),
                             RangeIndex("redirected", key="redirect_to", sort="claimed_at")),
-                    spread=("status", "outbox_state", "failing_set"))
+                    spread=("status", "outbox_state", "failing_set"),
+                    optional=("pending", "redirected"))
 """``due``: a domain's next step by time; clearing ``next_attempt_at`` takes it off the queue.
 ``failing``: domains whose last step failed, longest failing first (the dashboard's list).
 ``pending``: a publication's unproven claims by the time they were made (sparse: only
@@ -86,14 +90,21 @@ class DomainRepository:
     def pending_claims(self, publication_id: str, since: float, limit: int) -> list[Item]:
         """Up to ``limit`` of the publication's ``pending_dns`` domains claimed at or after
         ``since``: one query on the sparse ``pending`` index, its cost following ``limit``."""
+        if "pending" in self.table.lacking:  # a store that cannot add it: the read before it
+            return list(itertools.islice(
+                (d for d in itertools.islice(self.each_for(publication_id), WITHOUT_INDEX)
+                 if d["status"] == PENDING_DNS and d["claimed_at"] >= since), limit))
         page = self.table.query_range("pending", publication_id, lower=since, limit=limit)
         return [item for item in page.items if item["status"] == PENDING_DNS]
 
-    def redirecting_to(self, hostname: str) -> Iterator[Item]:
-        """The domains whose ``redirect_to`` is ``hostname``: an index query whose cost
-        follows how many there are, not the publication's domains."""
-        return every(lambda cursor: self.table.query_range("redirected", hostname,
-                                                           cursor=cursor))
+    def redirecting_to(self, hostname: str, publication_id: str) -> Iterator[Item]:
+        """The publication's domains whose ``redirect_to`` is ``hostname``: an index query
+        whose cost follows how many there are, not the publication's domains."""
+        if "redirected" in self.table.lacking:  # a store that cannot add it: as before it
+            return (d for d in itertools.islice(self.each_for(publication_id), WITHOUT_INDEX)
+                    if d.get("redirect_to") == hostname)
+        return (d for d in every(lambda cursor: self.table.query_range(
+            "redirected", hostname, cursor=cursor)) if d["publication_id"] == publication_id)
 
     def browse(self, status: str | None = None, limit: int = 50,
                cursor: str | None = None) -> Page:

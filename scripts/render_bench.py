@@ -2,7 +2,8 @@
 """Renders docs/benchmarks.md from the results `bench/run_all.py` gathers.
 
 Each result is one JSON object {"bench", "conditions", "figures"} as `bench.conditions.record`
-writes it (one a line, JSONL; a JSON list of them is read too). A figure is a number or a small
+writes it: run_all's file (bench/results.json, {"results": [...]}), one a line (JSONL), or a
+JSON list of them. A figure is a number or a small
 dict (``value``, ``unit``, ``baseline``, ``ratio``). Every row of the page carries the date,
 commit, versions and load its figure was measured under.
 
@@ -11,7 +12,7 @@ kept as it is: only the part above it is rendered.
 
     python3 scripts/render_bench.py [RESULTS] [--out docs/benchmarks.md] [--check]
 
-RESULTS defaults to bench/results.jsonl; when it does not exist the page says no run_all
+RESULTS defaults to bench/results.json; when it does not exist the page says no run_all
 results are committed yet. ``--check`` writes nothing and exits 1 if the page is stale.
 """
 from __future__ import annotations
@@ -23,16 +24,19 @@ from pathlib import Path
 from typing import Any, Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results.jsonl"
+RESULTS = ROOT / "bench" / "results.json"
 PAGE = ROOT / "docs" / "benchmarks.md"
 LEGACY = "## Figures measured before run_all (legacy)"
 VALUE_KEYS = ("value", "unit", "baseline", "ratio")
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
-    """The results in ``path`` (JSONL, or one JSON list); ValueError names a bad line."""
+    """The results in ``path`` (run_all's file, JSONL, or one JSON list); ValueError names a
+    bad line."""
     text = path.read_text(encoding="utf-8").strip()
-    if text.startswith("["):
+    if text.startswith("{") and "\n" in text and text.splitlines()[0].strip() == "{":
+        rows = json.loads(text).get("results", [])
+    elif text.startswith("["):
         rows = json.loads(text)
     else:
         rows = []
@@ -79,6 +83,22 @@ def figure_row(name: str, figure: Any, conditions: dict[str, Any]) -> str:
             f"`{_cell(conditions.get('commit', '?'))}` | {versions} | {machine} |")
 
 
+def flatten(name: str, figure: Any) -> Iterable[tuple[str, Any]]:
+    """A nested figure as one row per leaf (``pages_ms./admin/.median``); a dict with a
+    ``value`` stays one row, and a list of dicts is named by each one's ``domains`` (a size)
+    or its place."""
+    if isinstance(figure, dict) and figure and "value" not in figure:
+        for key, item in figure.items():
+            yield from flatten(f"{name}.{key}", item)
+    elif isinstance(figure, list) and figure and all(isinstance(item, dict) for item in figure):
+        for place, item in enumerate(figure):
+            label = item.get("domains", place)
+            yield from flatten(f"{name}[{label}]",
+                               {k: v for k, v in item.items() if k != "domains"})
+    else:
+        yield name, figure
+
+
 def render_results(rows: Iterable[dict[str, Any]]) -> list[str]:
     by_bench: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -90,7 +110,11 @@ def render_results(rows: Iterable[dict[str, Any]]) -> list[str]:
                   "machine |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for run in runs:
             for name, figure in run["figures"].items():
-                lines.append(figure_row(name, figure, run["conditions"]))
+                lines += [figure_row(leaf, value, run["conditions"])
+                          for leaf, value in flatten(name, figure)]
+            if not run["figures"]:
+                lines.append(f"| (no figures recorded in this run) | | | | | "
+                             f"{_cell(run['conditions'].get('date', '?'))} | | | |")
         lines.append("")
     return lines
 

@@ -77,6 +77,11 @@ class TableSpec:
     such a value as ``SPREAD`` values ``<value>#<n>``, ``n`` a stable hash of the item's key,
     and a query merges their ranges in order. Callers see no difference."""
 
+    optional: tuple[str, ...] = ()
+    """Range indexes added after v0.1.0 that a table of a server unable to add an index to an
+    existing table (dynalite) may lack: it opens without them (``Table.lacking`` names them),
+    and their callers fall back to the read they replaced."""
+
     def range_index(self, name: str) -> RangeIndex:
         for index in self.ranges:
             if index.name == name:
@@ -92,6 +97,8 @@ class Page:
 
 class Table(Protocol):
     spec: TableSpec
+    lacking: frozenset[str]
+    """The ``spec.optional`` range indexes this table does not have (see TableSpec)."""
 
     def get(self, key: str) -> Item | None:
         """The item with this key (counters included), or None if absent or expired."""

@@ -156,7 +156,17 @@ class DynamoBackend:
             self._wait_active(name)
         have = {index["IndexName"] for index in described.get("GlobalSecondaryIndexes", [])}
         missing = [index for index in _indexes(spec) if index["IndexName"] not in have]
-        if missing:
+        optional = [index for index in missing
+                    if index["IndexName"] in {f"range_{name}" for name in spec.optional}]
+        if optional and len(optional) == len(missing):
+            try:
+                self._add_indexes(table, missing)
+            except StoreError as exc:  # dynalite: the callers read as before these indexes
+                table.lacking = frozenset(index["IndexName"].removeprefix("range_")
+                                          for index in optional)
+                log.warning("%s opens without %s: %s", name, ", ".join(sorted(table.lacking)),
+                            exc)
+        elif missing:
             self._add_indexes(table, missing)
         if sweep and EXPIRY_INDEX not in have:
             self._add_expiry_index(table)

@@ -30,6 +30,7 @@ class DynamoTable:
         self.spec = spec
         self.sweep = sweep
         """Whether expired items are found through the expiry index (no TTL on the server)."""
+        self.lacking: frozenset[str] = frozenset()
 
     def _call(self, method: str, **kwargs: Any) -> Any:
         try:

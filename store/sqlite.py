@@ -85,6 +85,8 @@ class SqliteBackend:
 
 
 class SqliteTable:
+    lacking: frozenset[str] = frozenset()  # every index is a query here
+
     def __init__(self, backend: SqliteBackend, spec: TableSpec) -> None:
         self._backend = backend
         self.spec = spec

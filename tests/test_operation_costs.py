@@ -5,7 +5,9 @@ dynalite), for each operation through the real app (Flask's test client on the r
 The 10,000 are background, written in bulk; what is measured goes through the API."""
 from __future__ import annotations
 
+import dataclasses
 import time
+import uuid
 from typing import Any, Callable
 
 import pytest
@@ -14,10 +16,12 @@ from flask.testing import FlaskClient
 
 from admin_app import create_app
 from control.wiring import Services
+from domains.repository import DOMAINS
 from devtools.pebble import PebbleStack
 from kit.settings import Settings
 from kit.x509 import LocalCA, key_to_pem, self_signed
-from tests.conftest import ServicesWith, dynamodb_is_slow, on_pebble
+from store.dynamo import DynamoBackend
+from tests.conftest import ServicesWith, dynamo_client, dynamodb_is_slow, on_pebble
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 SHORT = "acme.link"
@@ -165,6 +169,34 @@ def test_claims_and_redirects_from_before_the_indexes_enter_them_by_the_migratio
     assert len(repository.pending_claims("pub_1", 0, 10)) == 2
     with pytest.raises(Exception, match="pub_1"):
         services.domains.connect("new.example.test", "pub_1")
-    assert [d["hostname"] for d in repository.redirecting_to("t.example.test")] == [
+    assert [d["hostname"] for d in repository.redirecting_to("t.example.test", "pub_1")] == [
         "r.example.test"]
     assert migrations.reindex_domains(services.backend) == 1, "only the redirect is put again"
+
+
+def test_a_store_that_cannot_add_the_new_indexes_reads_as_before_them(
+        services_with: ServicesWith, settings: Settings, dynalite: str) -> None:
+    """dynalite accepts adding an index to an existing table and ignores it: a domains table
+    made before ``pending`` and ``redirected`` opens without them (a v0.1.0 fleet's store in
+    the rolling upgrade), and the cap and the redirect check read the publication's domains."""
+    prefix = f"old{uuid.uuid4().hex[:8]}_"
+    before = dataclasses.replace(DOMAINS, optional=(), ranges=tuple(
+        index for index in DOMAINS.ranges if index.name not in DOMAINS.optional))
+    DynamoBackend(dynamo_client(dynalite), prefix=prefix).table(before)
+    on_dynalite = dataclasses.replace(settings, storage_backend="dynamodb",
+                                      dynamodb_endpoint_url=dynalite,
+                                      dynamodb_table_prefix=prefix)
+    services = services_with(base=on_dynalite, max_pending_domains=2,
+                             claim_ttl_seconds=86400.0)
+    repository = services.domains.repository
+    assert repository.table.lacking == {"pending", "redirected"}
+    for n in range(2):
+        services.domains.connect(f"p{n}.example.test", "pub_1")
+    with pytest.raises(Exception, match="pub_1"):
+        services.domains.connect("p2.example.test", "pub_1")
+    assert len(repository.pending_claims("pub_1", 0, 10)) == 2
+    target = repository.get("p0.example.test")
+    repository.write(target, {**target, "redirect_to": "p1.example.test"})
+    assert [d["hostname"] for d in repository.redirecting_to("p1.example.test", "pub_1")] == [
+        "p0.example.test"]
+    assert list(repository.redirecting_to("p1.example.test", "pub_2")) == []

@@ -35,7 +35,7 @@ from devtools.sample_app import SampleApp
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from tests.conftest import wait_until
 from tests.supervised_dynalite import SupervisedDynalite
-from tests.v010 import current_command, v010_command
+from tests.v010 import ROOT, current_command, v010_command, v010_source
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -441,7 +441,11 @@ def test_a_v010_fleet_upgraded_one_process_at_a_time_fails_no_request_and_loses_
     assert min(load.served) > 100, load.served
     assert lost(before, after) == []
     assert set(after["certificates"]) == {fleet.blog, fleet.short, fleet.news, fleet.post}
-    assert max(upgraded) <= 1, upgraded
+    # The new agent starts HAProxy from the node's files (one start); where this release's
+    # HAProxy configuration differs from v0.1.0's, its first apply reloads it once as well.
+    template = Path("haproxy_templates/haproxy.cfg.j2")
+    changed = (v010_source() / template).read_text() != (ROOT / template).read_text()
+    assert max(upgraded) <= 1 + changed, upgraded
     for process in [*fleet.replicas, *fleet.agents]:
         assert process is not None
         assert "Traceback" not in process.output(), process.tail(40)
