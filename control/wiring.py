@@ -144,6 +144,10 @@ class EdgePublisher:
             resolved[hostname] = (publication_id, cert.combined_pem, extras)
         self._state.change(resolved, self.config())
 
+    def routed(self) -> set[str]:
+        state = self._state.load()
+        return {str(route["hostname"]) for route in state["routes"]} if state else set()
+
     def publish(self, routes: dict[str, RouteValue]) -> None:
         """Make the edge serve exactly ``routes`` and the platform's hosts (a reconciliation:
         reads every certificate; at start and on request, never on a timer)."""

@@ -59,6 +59,9 @@ class RoutePublisher(Protocol):
     def route_changes(self, changes: dict[str, RouteValue | None]) -> None:
         """These routes changed (hostname -> route, or None: off the edge)."""
 
+    def routed(self) -> set[str]:
+        """The hostnames the edge state routes now (a reconciliation reads them all)."""
+
     def refresh(self) -> None:
         """Publish what is not a route if it changed (cheap: one read when nothing did)."""
 
@@ -310,12 +313,28 @@ class Lifecycle:
         an operator asks; routine changes publish one route each."""
         for attempt in range(3):
             try:
-                self.edge.publish({d["hostname"]: route_value(d) for status in ROUTED
-                                   for d in self.domains.each_with_status(status)})
+                self.edge.publish(self._routes_to_publish())
                 return
             except ConflictError:  # another replica published meanwhile: read again
                 if attempt == 2:
                     raise
+
+    def _routes_to_publish(self) -> dict[str, RouteValue]:
+        """Every routed domain, by its status index. An index read may lag its table (a
+        DynamoDB GSI is eventually consistent): a domain activated or removed a moment ago can
+        be missing from it or still in it. So where the read and the edge disagree, the domain
+        is read by its key (consistent) before its route is added or taken off: a restarting
+        replica never drops a live route, nor brings back a removed one. The reads follow the
+        disagreement, usually none."""
+        routes = {d["hostname"]: route_value(d) for status in ROUTED
+                  for d in self.domains.each_with_status(status)}
+        for hostname in self.edge.routed() ^ routes.keys():
+            domain = self.domains.find(hostname)
+            if domain is not None and domain["status"] in ROUTED:
+                routes[hostname] = route_value(domain)
+            else:
+                routes.pop(hostname, None)
+        return routes
 
     def release_leases(self) -> int:
         """On a graceful stop, once the worker has stopped: hand back the domains this worker

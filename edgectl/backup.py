@@ -29,6 +29,7 @@ from edge.state_changes import EDGE_CERTS, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STA
 from edge.state_reports import EDGE_NODES, EDGE_VISIT_REPORTS
 from kit.settings import Settings
 from kit.tokens import API_TOKENS
+from shortlinks.leases import LINK_LEASES
 from shortlinks.links import LINK_CHANGES, LINKS
 from shortlinks.stats import LINK_DAYS
 from store import StoreError, TableSpec, open_backend
@@ -39,7 +40,7 @@ TABLES: tuple[TableSpec, ...] = (
     DOMAINS, DOMAIN_COUNTS, EVENTS, WEBHOOKS, TAKEOVERS, API_TOKENS,
     CERTIFICATES, UPLOADS, ACCOUNTS, ORDERS, CHALLENGES, BUDGETS, ISSUANCE_STATS,
     EDGE_STATE, EDGE_ROUTES, EDGE_REDIRECTS, EDGE_CERTS, EDGE_NODES, EDGE_VISIT_REPORTS,
-    LINKS, LINK_CHANGES, LINK_DAYS, SSO_KEYS, SSO_CODES,
+    LINKS, LINK_CHANGES, LINK_DAYS, LINK_LEASES, SSO_KEYS, SSO_CODES,
     ADMIN_USERS, ADMIN_SESSIONS, ADMIN_LOGIN_FAILURES, ADMIN_AUDIT, META)
 """Every table the product keeps (a test holds this to every ``TableSpec`` in the code), the
 schema version (``store_meta``) with them, so a restored store says which migrations it had."""

@@ -21,7 +21,7 @@ from devtools.pebble import PebbleStack
 from kit.settings import Settings
 from kit.x509 import LocalCA, key_to_pem, self_signed
 from store.dynamo import DynamoBackend
-from tests.conftest import ServicesWith, dynamo_client, dynamodb_is_slow, on_pebble
+from tests.conftest import ServicesWith, dynamo_client, on_pebble
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 SHORT = "acme.link"
@@ -110,7 +110,8 @@ def costs(services: Services, client: FlaskClient, publication: str,
     return found
 
 
-@dynamodb_is_slow
+@pytest.mark.parametrize("any_backend", [
+    "sqlite", pytest.param("dynamodb", marks=pytest.mark.slow)], indirect=True)
 def test_every_write_costs_the_same_with_10_or_10000_domains_per_publication(
         services: Services) -> None:
     client = create_app(services).test_client()
