@@ -41,6 +41,16 @@ def unix_command(path: Path, text: str, timeout: float = 30) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+def server_status(path: Path, backend: str) -> dict[str, str]:
+    """Each server of ``backend`` and its health-check status (``UP``, ``DOWN``, ...), from
+    ``show stat`` on the CLI socket at ``path``."""
+    rows = unix_command(path, "show stat\n").splitlines()
+    header = rows[0].lstrip("# ").split(",")
+    states = [dict(zip(header, row.split(","))) for row in rows[1:] if row]
+    return {s["svname"]: s["status"] for s in states
+            if s.get("pxname") == backend and s.get("svname") not in ("FRONTEND", "BACKEND")}
+
+
 class HAProxy:
     def __init__(self, binary: str, config_path: Path, master_socket: Path, log_path: Path) -> None:
         self.binary = binary

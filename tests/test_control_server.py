@@ -21,6 +21,7 @@ from control.server import ControlServer
 from control.wiring import Services
 from edge.agent import EdgeAgent
 from edge.errors import EdgeError
+from edge.haproxy import server_status
 from edge.node import EdgeNode
 from edge.render import NodeLayout, render
 from edge.state import DesiredState
@@ -218,6 +219,10 @@ def test_a_stop_drains_finishes_requests_in_flight_and_hands_back_leases(
         services.close()
 
 
+def _both_up(tmp_path: Path) -> bool:
+    return server_status(tmp_path / "haproxy.sock", "control") == {"a": "UP", "b": "UP"}
+
+
 @pytest.fixture
 def two_replicas_behind_haproxy(tmp_path: Path) -> Iterator[tuple[str, list[int],
                                                                   list[ManagedProcess]]]:
@@ -226,6 +231,7 @@ def two_replicas_behind_haproxy(tmp_path: Path) -> Iterator[tuple[str, list[int]
     config = tmp_path / "haproxy.cfg"
     config.write_text(f"""global
     log stderr format short local0 notice
+    stats socket {tmp_path}/haproxy.sock
 defaults
     mode http
     timeout connect 2s
@@ -250,7 +256,7 @@ backend control
                            tmp_path / "haproxy.log")
     try:
         wait_for_port(front, process=proxy)
-        time.sleep(0.5)  # both checked up
+        wait_until(lambda: _both_up(tmp_path), 30, "both replicas checked up")
         yield f"http://127.0.0.1:{front}", ports, replicas
     finally:
         proxy.stop()

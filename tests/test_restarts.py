@@ -25,7 +25,7 @@ from cryptography.fernet import Fernet
 
 from devtools.pebble import PebbleStack
 from devtools.sample_app import SampleApp
-from edge.haproxy import unix_command
+from edge.haproxy import server_status
 from edge.node import EdgeNode
 from kit.files import PUBLIC, SECRET, write_atomic
 from kit.procs import ManagedProcess, free_port, stop_all, wait_for_port
@@ -116,13 +116,8 @@ class Cluster:
 
     def control_backends_up(self) -> bool:
         """Whether the node's HAProxy counts both replicas up (its health checks)."""
-        node = EdgeNode(self.edge_dir)
-        rows = unix_command(node.layout.runtime_socket, "show stat\n").splitlines()
-        header = rows[0].lstrip("# ").split(",")
-        states = [dict(zip(header, row.split(","))) for row in rows[1:] if row]
-        control = [s["status"] for s in states if s.get("pxname") == "control"
-                   and s.get("svname", "").startswith("control")]
-        return control == ["UP", "UP"]
+        status = server_status(EdgeNode(self.edge_dir).layout.runtime_socket, "control")
+        return [v for k, v in sorted(status.items()) if k.startswith("control")] == ["UP", "UP"]
 
 
 @pytest.fixture
