@@ -1,0 +1,43 @@
+"""Which edge shard serves a hostname (docs/shards.md).
+
+A shard is a group of ordinary edge nodes that holds only its own hostnames' routes,
+certificates and short links. Every hostname is assigned by rendezvous (highest random weight)
+hashing over the shards' names: each (shard, hostname) pair gets a stable score and the highest
+wins, so adding or removing one of K shards moves only about 1/K of the hostnames, and every
+replica computes the same answer with no table to read. An admin may pin a hostname to a shard
+(an override), which wins over the hash.
+
+With no shard configured there is one, ``DEFAULT_SHARD``, and the edge is exactly what it is
+without shards: its state keeps the keys it always had.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Iterable, Mapping
+
+DEFAULT_SHARD = "default"
+SHARD_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+"""A shard's name: it becomes part of store keys, HAProxy backend names and map values."""
+
+
+def valid_shard_name(name: str) -> bool:
+    return bool(SHARD_NAME.match(name))
+
+
+def score(shard: str, hostname: str) -> int:
+    """The pair's rendezvous weight: stable across processes and releases (never Python's
+    ``hash``, which is salted per process)."""
+    digest = hashlib.blake2b(f"{shard}\0{hostname}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def assign(hostname: str, shards: Iterable[str],
+           overrides: Mapping[str, str] | None = None) -> str:
+    """The shard that serves ``hostname``: its override if that shard exists, else the shard
+    with the highest score (ties, which need a 64-bit collision, go to the smaller name)."""
+    names = sorted(set(shards)) or [DEFAULT_SHARD]
+    pinned = (overrides or {}).get(hostname)
+    if pinned in names:
+        return str(pinned)
+    return max(names, key=lambda name: (score(name, hostname), [-ord(c) for c in name]))

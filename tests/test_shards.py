@@ -1,0 +1,50 @@
+"""Assigning hostnames to edge shards (edge/shards.py): balanced, stable, and moving only what
+a change of the shard list must move."""
+from __future__ import annotations
+
+import collections
+
+from edge.shards import DEFAULT_SHARD, assign, valid_shard_name
+
+HOSTS = [f"site{i}.example.com" for i in range(30_000)]
+
+
+def test_hostnames_spread_evenly_over_the_shards() -> None:
+    counts = collections.Counter(assign(h, ["a", "b", "c"]) for h in HOSTS)
+    assert set(counts) == {"a", "b", "c"}
+    assert all(abs(n - len(HOSTS) / 3) < 0.03 * len(HOSTS) for n in counts.values()), counts
+
+
+def test_adding_a_shard_moves_about_a_quarter_and_only_onto_it() -> None:
+    before = {h: assign(h, ["a", "b", "c"]) for h in HOSTS}
+    after = {h: assign(h, ["a", "b", "c", "d"]) for h in HOSTS}
+    moved = [h for h in HOSTS if before[h] != after[h]]
+    assert all(after[h] == "d" for h in moved)
+    assert 0.22 < len(moved) / len(HOSTS) < 0.28
+
+
+def test_removing_a_shard_moves_only_its_hostnames() -> None:
+    before = {h: assign(h, ["a", "b", "c", "d"]) for h in HOSTS}
+    after = {h: assign(h, ["a", "b", "c"]) for h in HOSTS}
+    assert all(before[h] == "d" for h in HOSTS if before[h] != after[h])
+
+
+def test_the_assignment_is_the_same_in_every_process_and_release() -> None:
+    # A contract: replicas of two releases must agree, so these may never change.
+    assert [assign(h, ["a", "b", "c"]) for h in
+            ("blog.example.com", "www.acme.com", "news.example.org")] == ["b", "c", "b"]
+    assert assign("blog.example.com", ["c", "b", "a", "a"]) == "b", "order and repeats ignored"
+
+
+def test_an_override_wins_only_if_its_shard_exists() -> None:
+    assert assign("blog.example.com", ["a", "b", "c"], {"blog.example.com": "a"}) == "a"
+    assert assign("blog.example.com", ["a", "b", "c"], {"blog.example.com": "gone"}) == "b"
+
+
+def test_no_shard_configured_is_the_default_one() -> None:
+    assert assign("blog.example.com", []) == DEFAULT_SHARD
+
+
+def test_shard_names_are_safe_in_keys_backends_and_maps() -> None:
+    assert valid_shard_name("eu-1") and valid_shard_name(DEFAULT_SHARD)
+    assert not any(map(valid_shard_name, ["", "EU", "1eu", "a b", "a/b", "a" * 40, "a|b"]))
