@@ -12,6 +12,7 @@ without shards: its state keeps the keys it always had.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from typing import Iterable, Mapping
@@ -41,3 +42,21 @@ def assign(hostname: str, shards: Iterable[str],
     if pinned in names:
         return str(pinned)
     return max(names, key=lambda name: (score(name, hostname), [-ord(c) for c in name]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSet:
+    """The configured shards and the admins' overrides: what every replica assigns by.
+
+    ``shards`` maps a shard's name to the addresses (``host:port``) of its nodes' PROXY-protocol
+    TLS bind, where routers forward its hostnames' connections. Empty: the one default shard."""
+
+    shards: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.shards) or [DEFAULT_SHARD]
+
+    def assign(self, hostname: str) -> str:
+        return assign(hostname, self.names, self.overrides)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 
-from edge.shards import DEFAULT_SHARD, assign, valid_shard_name
+from edge.shards import DEFAULT_SHARD, ShardSet, assign, valid_shard_name
 
 HOSTS = [f"site{i}.example.com" for i in range(30_000)]
 
@@ -48,3 +48,10 @@ def test_no_shard_configured_is_the_default_one() -> None:
 def test_shard_names_are_safe_in_keys_backends_and_maps() -> None:
     assert valid_shard_name("eu-1") and valid_shard_name(DEFAULT_SHARD)
     assert not any(map(valid_shard_name, ["", "EU", "1eu", "a b", "a/b", "a" * 40, "a|b"]))
+
+
+def test_a_shard_set_assigns_by_its_shards_and_overrides() -> None:
+    assert ShardSet().names == [DEFAULT_SHARD] and ShardSet().assign("x.example.com") == "default"
+    shards = ShardSet({"a": ("10.0.0.1:8443",), "b": (), "c": ()}, {"blog.example.com": "c"})
+    assert shards.assign("blog.example.com") == "c"
+    assert shards.assign("news.example.org") == assign("news.example.org", ["a", "b", "c"])
