@@ -45,13 +45,31 @@ def assign(hostname: str, shards: Iterable[str],
 
 
 @dataclasses.dataclass(frozen=True)
+class ShardNode:
+    """Where routers reach one node of a shard: its binds that accept the PROXY protocol (v2),
+    for TLS (forwarded unterminated, by SNI) and for plain HTTP (by Host: the HTTPS redirect
+    and ACME HTTP-01)."""
+
+    host: str
+    https_port: int
+    http_port: int
+
+    def to_json(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, object]) -> "ShardNode":
+        return cls(str(doc["host"]), int(str(doc["https_port"])), int(str(doc["http_port"])))
+
+
+@dataclasses.dataclass(frozen=True)
 class ShardSet:
     """The configured shards and the admins' overrides: what every replica assigns by.
 
-    ``shards`` maps a shard's name to the addresses (``host:port``) of its nodes' PROXY-protocol
-    TLS bind, where routers forward its hostnames' connections. Empty: the one default shard."""
+    ``shards`` maps a shard's name to its nodes, where routers forward its hostnames'
+    connections. Empty: the one default shard, and no router."""
 
-    shards: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    shards: Mapping[str, tuple[ShardNode, ...]] = dataclasses.field(default_factory=dict)
     overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property

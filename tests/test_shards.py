@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 
-from edge.shards import DEFAULT_SHARD, ShardSet, assign, valid_shard_name
+from edge.shards import DEFAULT_SHARD, ShardNode, ShardSet, assign, valid_shard_name
 
 HOSTS = [f"site{i}.example.com" for i in range(30_000)]
 
@@ -52,6 +52,8 @@ def test_shard_names_are_safe_in_keys_backends_and_maps() -> None:
 
 def test_a_shard_set_assigns_by_its_shards_and_overrides() -> None:
     assert ShardSet().names == [DEFAULT_SHARD] and ShardSet().assign("x.example.com") == "default"
-    shards = ShardSet({"a": ("10.0.0.1:8443",), "b": (), "c": ()}, {"blog.example.com": "c"})
+    shards = ShardSet({"a": (ShardNode("10.0.0.1", 8443, 8080),), "b": (), "c": ()}, {"blog.example.com": "c"})
     assert shards.assign("blog.example.com") == "c"
     assert shards.assign("news.example.org") == assign("news.example.org", ["a", "b", "c"])
+    node = ShardNode("10.0.0.1", 8443, 8080)
+    assert ShardNode.from_json(node.to_json()) == node
