@@ -54,8 +54,8 @@ class IssuerChain:
         raise IssuanceError(hostnames, "; ".join(f.reason for f in failures), retry_after)
 
     def _issuer_of(self, hostname: str) -> AcmeIssuer:
-        stored = self._certificates.get(hostname)
-        ca = stored.ca if stored else ""
+        stored = self._certificates.raw(hostname)  # the CA's name only: the key stays sealed
+        ca = stored.get("ca", "") if stored else ""
         return next((i for i in self.issuers if i.directory_url == ca), self.issuers[0])
 
     def discard(self, hostnames: list[str]) -> None:

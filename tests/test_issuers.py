@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from cryptography.fernet import Fernet
 from werkzeug.serving import make_server
 
 from admin_app import create_app
@@ -57,6 +58,21 @@ def test_second_ca_with_eab_issues_when_the_first_fails(
         services.issuer.issue(["fallback.example.test"])
         stored = services.certificates.get("fallback.example.test")
         assert stored is not None and stored.ca == eab_pebble.directory_url
+        # A recheck asks whether to renew without the private key: a replica whose key cannot
+        # open it (the key is decrypted only for an agent's download) still answers, once the
+        # CA's renewal window is kept on the item (asking the CA needs the account's key).
+        assert services.issuer.renewal_due("fallback.example.test") is False
+        sealed = Services.from_settings(dataclasses.replace(
+            settings, encryption_keys=[Fernet.generate_key().decode()], acme_issuers=[
+                {"directory_url": failing_pebble.directory_url}, {
+                    "directory_url": eab_pebble.directory_url,
+                    "ca_bundle": str(eab_pebble.listener_ca)}]))
+        try:
+            assert sealed.issuer.renewal_due("fallback.example.test") is False
+            with pytest.raises(Exception):
+                sealed.certificates.get("fallback.example.test")  # what it used to read
+        finally:
+            sealed.close()
         services.issuer.discard(["fallback.example.test"])  # revoked at the CA that issued it
         assert eab_pebble.certificate_status(stored.serial) == "Revoked"
     finally:
