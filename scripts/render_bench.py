@@ -34,10 +34,14 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     """The results in ``path`` (run_all's file, JSONL, or one JSON list); ValueError names a
     bad line."""
     text = path.read_text(encoding="utf-8").strip()
-    if text.startswith("{") and "\n" in text and text.splitlines()[0].strip() == "{":
-        rows = json.loads(text).get("results", [])
-    elif text.startswith("["):
-        rows = json.loads(text)
+    try:  # run_all's one document, or one JSON list; else JSONL (a line per result)
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict):  # run_all's, or a JSONL of one result
+        rows = whole["results"] if "results" in whole else [whole]
+    elif isinstance(whole, list):
+        rows = whole
     else:
         rows = []
         for number, line in enumerate(text.splitlines(), 1):
