@@ -70,7 +70,7 @@ def requests_per_second(port: int, seconds: int, *headers: str) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore
 
 
-def spread_rate(port: int, seconds: int, keys: Path, distribution: str) -> float:
+def spread_rate(port: int, seconds: int, keys: Path, distribution: str = "uniform") -> float:
     """requests/s over the hosts in ``keys`` (every answer must be a 200)."""
     run = wrk(f"https://127.0.0.1:{port}/", keys, distribution, seconds, 50, threads=2)
     if run.bad or run.errors:

@@ -32,15 +32,8 @@ from edge.state import DesiredState, Route  # noqa: E402
 from kit.procs import free_port  # noqa: E402
 from kit.x509 import self_signed  # noqa: E402
 from bench.conditions import print_conditions, record  # noqa: E402
-from bench.wrk.load import wrk, write_keys  # noqa: E402
-from routing_overhead import HOST, fast_upstream  # noqa: E402
-
-
-def rate(port: int, seconds: int, keys: Path, distribution: str = "uniform") -> float:
-    run = wrk(f"https://127.0.0.1:{port}/", keys, distribution, seconds, 50, threads=2)
-    if run.bad or run.errors:
-        raise RuntimeError(f"{run.bad} answers were not 2xx/3xx, {run.errors} socket errors")
-    return run.rate
+from bench.wrk.load import write_keys  # noqa: E402
+from routing_overhead import HOST, fast_upstream, spread_rate as rate  # noqa: E402
 
 
 def main() -> None:
