@@ -10,7 +10,6 @@ A domain connected through the API is served by both nodes; with one replica's l
 edge fails no request. Only addresses inside the namespaces the test creates are used."""
 from __future__ import annotations
 
-import ctypes
 import http.client
 import json
 import os
@@ -33,6 +32,7 @@ from kit.files import PUBLIC, SECRET, write_atomic
 from kit.procs import ManagedProcess
 from kit.x509 import LocalCA
 from tests.conftest import dynalite_command, wait_until
+from tests.netns import Network, current, enter, restore, run, wait_listening
 from tests.test_deploy import INSTALLED, ROOT, SYSTEMD, environment_file, unit_values
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -42,78 +42,8 @@ ROLES = ["dynalite", "dns", "pebble", "control1", "control2", "edge1", "edge2", 
          "app", "client"]
 API_TOKEN, EDGE_TOKEN = "topology-api-token-0123456789", "topology-edge-token-0123456789"
 HOST, HOST2 = "blog.topology.test", "news.topology.test"
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def address(role: str) -> str:
     return f"{NET}.{10 + ROLES.index(role)}"
-
-
-def run(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True, timeout=30)
-
-
-class Network:
-    """One namespace per role, each with eth0 on a bridge inside a namespace of its own."""
-
-    def __init__(self) -> None:
-        self.tag = f"tp{os.getpid() % 100000}"
-        self.made: list[str] = []
-
-    def ns(self, role: str) -> str:
-        return f"{self.tag}-{role}"
-
-    def up(self) -> None:
-        switch = self.ns("switch")
-        run("ip", "netns", "add", switch)
-        self.made.append(switch)
-        run("ip", "-n", switch, "link", "add", "br0", "type", "bridge")
-        run("ip", "-n", switch, "link", "set", "br0", "up")
-        for n, role in enumerate(ROLES):
-            ns, inside, outside = self.ns(role), f"{self.tag}{n}a", f"{self.tag}{n}b"
-            run("ip", "netns", "add", ns)
-            self.made.append(ns)
-            run("ip", "link", "add", inside, "netns", ns, "type", "veth", "peer", "name", outside,
-                "netns", switch)
-            run("ip", "-n", ns, "link", "set", inside, "name", "eth0")
-            run("ip", "-n", ns, "addr", "add", f"{address(role)}/24", "dev", "eth0")
-            run("ip", "-n", ns, "link", "set", "eth0", "up")
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-            run("ip", "-n", switch, "link", "set", outside, "master", "br0", "up")
-
-    def pids(self, ns: str) -> list[int]:
-        found = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
-                               timeout=30).stdout.split()
-        return [int(pid) for pid in found]
-
-    def down(self) -> list[str]:
-        """Remove every namespace (and with them the links); what still ran in one."""
-        left = [f"{ns}: {pid}" for ns in self.made for pid in self.pids(ns)]
-        for ns in reversed(self.made):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
-        return left
-
-
-def enter(ns: str) -> None:
-    """Move the calling thread (only it) into network namespace ``ns``."""
-    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, _CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {ns}")
-    finally:
-        os.close(fd)
-
-
-def wait_listening(host: str, port: int, process: ManagedProcess, timeout: float = 60) -> None:
-    def listening() -> bool:
-        assert process.poll() is None, f"{process.name} exited: {process.tail()}"
-        try:
-            socket.create_connection((host, port), timeout=0.5).close()
-            return True
-        except OSError:
-            return False
-    wait_until(listening, timeout, f"{process.name} on {host}:{port}")
 
 
 class Topology:
@@ -228,8 +158,8 @@ class Topology:
 
 @pytest.fixture
 def topology(tmp_path: Path) -> Iterator[Topology]:
-    network = Network()
-    client = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    network = Network(NET, ROLES, "tp")
+    client = current()
     topology = None
     try:
         network.up()
@@ -240,8 +170,7 @@ def topology(tmp_path: Path) -> Iterator[Topology]:
     finally:
         if topology is not None:
             topology.stop()
-        _libc.setns(client, _CLONE_NEWNET)
-        os.close(client)
+        restore(client)
         left = network.down()
         assert left == [], f"processes left in the namespaces: {left}"
 
