@@ -136,7 +136,7 @@ class ShardRegistry:
         return self._cached
 
     def put_shard(self, name: str, nodes: list[ShardNode],
-                  expected_revision: int | None = None) -> ShardSet:
+                  expected_revision: int | None = None) -> tuple[int, ShardSet]:
         """Create shard ``name`` or replace its nodes."""
         def change(config: Item) -> None:
             shards = config.setdefault("shards", {})
@@ -146,7 +146,8 @@ class ShardRegistry:
             shards[name] = [node.to_json() for node in nodes]
         return self._commit(change, expected_revision)
 
-    def remove_shard(self, name: str, expected_revision: int | None = None) -> ShardSet:
+    def remove_shard(self, name: str,
+                     expected_revision: int | None = None) -> tuple[int, ShardSet]:
         def change(config: Item) -> None:
             if name not in (config.get("shards") or {}):
                 raise ShardRefused(f"there is no shard {name}", "name", 404)
@@ -157,7 +158,8 @@ class ShardRegistry:
             del config["shards"][name]
         return self._commit(change, expected_revision)
 
-    def pin(self, hostname: str, shard: str, expected_revision: int | None = None) -> ShardSet:
+    def pin(self, hostname: str, shard: str,
+            expected_revision: int | None = None) -> tuple[int, ShardSet]:
         """Serve ``hostname`` from ``shard`` whatever the hash says."""
         if not normal_hostname(hostname):
             raise ShardRefused("give the hostname in its normal form: lowercase, IDNA, no "
@@ -165,7 +167,8 @@ class ShardRegistry:
         return self._commit(lambda config: self._override(config, hostname, shard),
                             expected_revision)
 
-    def unpin(self, hostname: str, expected_revision: int | None = None) -> ShardSet:
+    def unpin(self, hostname: str,
+              expected_revision: int | None = None) -> tuple[int, ShardSet]:
         return self._commit(lambda config: self._override(config, hostname, None),
                             expected_revision)
 
@@ -195,7 +198,8 @@ class ShardRegistry:
         found = (self._bucket(hostname).get("overrides") or {}).get(hostname)
         return str(found) if found else None
 
-    def _commit(self, change: Callable[[Item], None], expected_revision: int | None) -> ShardSet:
+    def _commit(self, change: Callable[[Item], None],
+                expected_revision: int | None) -> tuple[int, ShardSet]:
         for _ in range(ATTEMPTS):
             stored = self._config()
             if expected_revision is not None and int(stored.get("revision", 0)) != \
@@ -213,7 +217,7 @@ class ShardRegistry:
             except ConflictError:
                 continue
             self._settle(written)
-            return self.load()
+            return self.current()
         raise ShardRefused("the shards are changing too fast; try again", None, 409)
 
     def _settle(self, config: Item) -> None:

@@ -41,7 +41,8 @@ def test_shards_and_overrides_are_kept_and_assigned_by(registry: ShardRegistry,
     assert fresh.overrides == {"blog.example.com": "a"} and fresh.assign("blog.example.com") == "a"
     registry.pin("blog.example.com", "b")
     registry.put_shard("a", [A1])  # replace its nodes
-    assert registry.load().shards["a"] == (A1,) and registry.load().assign("blog.example.com") == "b"
+    current = registry.load()
+    assert current.shards["a"] == (A1,) and current.assign("blog.example.com") == "b"
     registry.unpin("blog.example.com")
     registry.remove_shard("b")
     assert registry.load().overrides == {} and registry.load().names == ["a"]
