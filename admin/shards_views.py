@@ -96,11 +96,31 @@ def add() -> Answer:
         name, parse_nodes(nodes), _revision()), "added", " ".join(nodes.split()))
 
 
+@bp.get("/remove")
+def confirm_remove() -> Answer:
+    return _confirm(request.args.get("name", ""))
+
+
+def _confirm(name: str, wrong: bool = False, error: str = "") -> Answer:
+    revision, shard_set = registry().current()
+    if name not in shard_set.shards:
+        return _page(f"there is no shard {name[:64]}"), 404
+    return render_template("admin/shard_remove.html", name=name, revision=revision,
+                           others=len(shard_set.shards) - 1, wrong=wrong,
+                           error=error), 400 if wrong else 409 if error else 200
+
+
 @bp.post("/remove")
 def remove() -> Answer:
     name = request.form.get("name", "").strip()
-    return _change("remove", name, lambda: registry().remove_shard(name, _revision()),
-                   "removed")
+    if request.form.get("confirm", "").strip() != name:
+        return _confirm(name, wrong=True)
+    try:
+        registry().remove_shard(name, _revision())
+    except ShardRefused as exc:
+        return _confirm(name, error=str(exc)) if exc.status != 404 else (_page(str(exc)), 404)
+    audit("shard remove", name)
+    return redirect(url_for(".index", done="removed"), 303)
 
 
 @bp.post("/pin")

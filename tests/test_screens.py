@@ -113,7 +113,8 @@ ADMIN_PAGES = ["/admin/", "/admin/domains", "/admin/domains?status=pending_dns",
                "/admin/domains/xn--bcher-kva.example.test", "/admin/domains/live.example.test",
                "/admin/certificates", "/admin/nodes", "/admin/links",
                "/admin/links/go.example.test/spring", "/admin/links?by=link&q=spring",
-               "/admin/links?by=target&q=a-long-path", "/admin/audit", "/admin/shards"]
+               "/admin/links?by=target&q=a-long-path", "/admin/audit", "/admin/shards",
+               "/admin/shards/remove?name=eu-west-1"]
 
 
 def fits(page: Any, path: str, width: int) -> None:

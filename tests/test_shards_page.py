@@ -55,13 +55,20 @@ def test_add_pin_unpin_and_remove_through_the_forms(app: Flask,  # noqa: F811
     assert "10.0.1.5:8443:8080" in page
     assert "unknown" in page  # no feed gives routes and moves yet
     form = fields(client)
-    refused = client.post("/admin/shards/remove", data={**form, "name": "eu-1"})
+    confirm = client.get("/admin/shards/remove?name=eu-1").get_data(as_text=True)
+    assert "It is the last shard" in confirm
+    wrong = client.post("/admin/shards/remove", data={**form, "name": "eu-1", "confirm": "eu"})
+    assert wrong.status_code == 400 and "does not match" in wrong.get_data(as_text=True)
+    refused = client.post("/admin/shards/remove", data={**form, "name": "eu-1",
+                                                        "confirm": "eu-1"})
     assert refused.status_code == 409
     assert "1 hostname(s) are pinned to shard eu-1" in refused.get_data(as_text=True)
     assert client.post("/admin/shards/unpin", data={**form, "hostname": "blog.example.com"}
                        ).status_code == 303
     form = fields(client)
-    assert client.post("/admin/shards/remove", data={**form, "name": "eu-1"}).status_code == 303
+    assert client.post("/admin/shards/remove", data={**form, "name": "eu-1", "confirm": "eu-1"}
+                       ).status_code == 303
+    assert client.get("/admin/shards/remove?name=eu-1").status_code == 404
     assert services.shards.load().shards == {}
     audit = provided(app, Admin).audit
     actions = [entry["action"] for entry in audit.day(audit.today()).items]
