@@ -115,6 +115,8 @@ def test_a_load_with_nothing_changed_is_one_request(registry: ShardRegistry,
     before = backend.requests
     assert registry.load().overrides == {"blog.example.com": "a"}
     assert backend.requests - before == 1
+    ShardRegistry(backend.table(EDGE_SHARDS)).pin("news.example.org", "a")  # another replica
+    assert registry.load().overrides == {"blog.example.com": "a", "news.example.org": "a"}
 
 
 def test_a_writer_that_died_after_committing_loses_nothing(registry: ShardRegistry,
