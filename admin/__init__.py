@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from admin import auth, domains_views, lists, overview
+from admin import auth, domains_views, lists, overview, shards_views
 from admin.accounts import (ADMIN_LOGIN_FAILURES, ADMIN_SESSIONS, ADMIN_USERS, LoginLimiter,
                             Sessions, Users)
 from admin.audit import ADMIN_AUDIT, AuditLog
@@ -17,7 +17,7 @@ from admin.web import Admin, bp
 from control.wiring import Services
 from kit.web import provide
 
-for _child in (auth.bp, overview.bp, domains_views.bp, lists.bp):
+for _child in (auth.bp, overview.bp, domains_views.bp, lists.bp, shards_views.bp):
     bp.register_blueprint(_child)
 
 

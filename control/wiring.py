@@ -29,6 +29,7 @@ from domains.service import DOMAINS, EVENTS, DomainService
 from domains.takeover import TAKEOVERS, Takeovers
 from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.render import map_safe
+from edge.shard_registry import EDGE_SHARDS, ShardRegistry
 from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
 from edge.state import EdgeConfig, Redirect, pools_of
 from edge.state_store import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE,
@@ -240,6 +241,8 @@ class Services:
 
     clock: Callable[[], float] = time.time
     """What every part built here reads the time from (tests pass a settable one)."""
+    shards: ShardRegistry | None = None
+    """The edge shards and pinned hostnames (edge/shard_registry.py)."""
 
     @classmethod
     def from_settings(cls, settings: Settings,
@@ -298,7 +301,8 @@ class Services:
                    lifecycle, webhooks, links, resolver, publisher,
                    PublicationTokens(backend.table(API_TOKENS), clock=clock), Platform.from_settings(settings),
                    sso, sweeper, custom, Takeovers(domains, backend.table(TAKEOVERS), checker,
-                                                   clock=clock), clock)
+                                                   clock=clock), clock,
+                   shards=ShardRegistry(backend.table(EDGE_SHARDS)))
 
     def reencrypt_keys(self) -> int:
         """``edgectl keys rotate``: every stored secret, re-encrypted under the newest key."""

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 import admin
 from admin.ops_api import bp as ops_bp
+from admin.shards_api import bp as shards_bp
 from admin.tokens_api import bp as tokens_bp
 from certs.challenges import bp as challenge_bp
 from control.server import Draining
@@ -51,7 +52,7 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None,
             services.takeovers,
             VisitSink(services.links.add_visits))
     for blueprint in (domains_bp, takeover_bp, byo_bp, edge_bp, challenge_bp, links_bp, sso_bp,
-                      ops_bp, tokens_bp):
+                      ops_bp, tokens_bp, shards_bp):
         app.register_blueprint(blueprint)
     app.register_error_handler(StoreError, _store_unavailable)
     serve_contract(app)

@@ -17,6 +17,7 @@ from admin.web import Admin
 from admin_app import create_app
 from control.wiring import Services
 from domains import pairs
+from edge.shards import ShardNode
 from kit.procs import free_port
 from kit.settings import Settings
 from kit.web import provided
@@ -62,6 +63,10 @@ def services(services_with: ServicesWith, sso_settings: Settings) -> Services:
     built.links.create(SHORT, "https://example.com/" + "b\u00fccher-" * 12, "pub_1",
                        slug="a-rather-long-short-name-to-wrap-on-a-phone-screen", code=301)
     built.links.add_visits({f"{SHORT}/a-rather-long-short-name-to-wrap-on-a-phone-screen": 3})
+    assert built.shards is not None
+    built.shards.put_shard("eu-west-1", [ShardNode("2001:db8:ffff:ffff:ffff:ffff:ffff:1", 8443,
+                                                   8080), ShardNode("10.0.1.5", 8443, 8080)])
+    built.shards.pin(LONG, "eu-west-1")
     return built
 
 
@@ -108,7 +113,8 @@ ADMIN_PAGES = ["/admin/", "/admin/domains", "/admin/domains?status=pending_dns",
                "/admin/domains/xn--bcher-kva.example.test", "/admin/domains/live.example.test",
                "/admin/certificates", "/admin/nodes", "/admin/links",
                "/admin/links/go.example.test/spring", "/admin/links?by=link&q=spring",
-               "/admin/links?by=target&q=a-long-path", "/admin/audit"]
+               "/admin/links?by=target&q=a-long-path", "/admin/audit", "/admin/shards",
+               "/admin/shards/remove?name=eu-west-1"]
 
 
 def fits(page: Any, path: str, width: int) -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from edgectl.ops import config_check, domains, fleet, links, tokens  # noqa: F401  (declare)
+from edgectl.ops import config_check, domains, fleet, links, shards, tokens  # noqa: F401
 from edgectl.ops.base import OPERATOR_COMMANDS, fail
 from edgectl.ops.client import agent_failure
 from edgectl.ops.help import DESCRIPTION, EXIT_CODES, PLAN_SETTINGS, needs
 
 __all__ = ["DESCRIPTION", "EXIT_CODES", "PLAN_SETTINGS", "agent_failed", "needs", "register"]
 
-ORDER = ("status", "nodes", "domains", "links", "certs", "tokens", "config")
+ORDER = ("status", "nodes", "domains", "links", "certs", "tokens", "shards", "config")
 
 
 def register(command: Callable[..., Callable[[Any], Any]]) -> None:
