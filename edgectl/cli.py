@@ -168,6 +168,8 @@ def _node(settings: Settings) -> EdgeNode:
                     bind=settings.edge_bind, http_port=settings.edge_http_port,
                     https_port=settings.edge_https_port, stats_port=settings.edge_stats_port,
                     redirect_capacity=settings.edge_redirect_capacity,
+                    proxy_https_port=settings.edge_proxy_https_port,
+                    proxy_http_port=settings.edge_proxy_http_port,
                     control_ca=(settings.control_ca_bundle or "@system-ca") if tls else "")
 
 
