@@ -8,9 +8,10 @@ What it serves has two parts, changed in two ways:
 - the shards' nodes and the default shard (``router.cfg``), where a change re-renders the
   config, checks it and reloads seamlessly (edge/haproxy.py).
 
-The map file is kept in step with what HAProxy holds (written after each hot change), so a
-restart or a reload serves the same; ``router_state.json`` names the feed's version and
-revision it came from, so an agent started again asks for what changed since.
+The map file is kept in step with what HAProxy holds (each hot change is then appended to its
+journal, folded into the file before HAProxy reads it again), so a restart or a reload serves
+the same; ``router_state.json`` names the feed's version and revision it came from, so an
+agent started again asks for what changed since.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -39,6 +42,8 @@ _NODE_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:.]{2,45}\]")
 _VERSION = re.compile(r"[\x21-\x7e]{1,128}")
 CHECK_MS = 1000
 """How often the router checks each shard node (two failed checks take it out)."""
+COMPACT_AFTER = 20000
+"""Journal changes after which the router folds them into its map file."""
 
 
 class RouterError(EdgeError, ValueError):
@@ -106,7 +111,7 @@ class Router:
     def __init__(self, directory: Path, *, haproxy_bin: str = "haproxy",
                  bind: str = "127.0.0.1", https_port: int = 443, http_port: int = 80,
                  check_ms: int = CHECK_MS, maxconn: int = 4096,
-                 templates: Path | None = None) -> None:
+                 templates: Path | None = None, compact_after: int = COMPACT_AFTER) -> None:
         self.directory = directory.absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         sockets = _socket_dir(self.directory)
@@ -114,6 +119,11 @@ class Router:
                        "check_ms": check_ms, "maxconn": maxconn}
         self._templates = templates
         self.map_path = self.directory / "sni.map"
+        self.journal_path = self.directory / "sni.journal"
+        self.compact_after = compact_after
+        self._journaled = 0
+        """Changes in the journal, not yet folded into the map file."""
+        self.last_change = time.monotonic()
         self.config_path = self.directory / "router.cfg"
         self.state_path = self.directory / "router_state.json"
         self.runtime_socket = sockets / "admin.sock"
@@ -146,14 +156,19 @@ class Router:
         return self.state.get("revision") if self.config_path.exists() else None
 
     def hosts(self) -> dict[str, str]:
-        """hostname -> shard served: read from the map file once, then kept in memory."""
+        """hostname -> shard served: read from the map file and its journal once, then kept
+        in memory."""
         if self._hosts is None:
-            self._hosts = {}
-            if self.map_path.exists():
-                for line in self.map_path.read_text().splitlines():
-                    host, _, shard = line.partition(" ")
-                    if host and shard:
-                        self._hosts[host] = shard
+            self._hosts, self._journaled = {}, 0
+            for path in (self.map_path, self.journal_path):
+                if path.exists():
+                    for line in path.read_text().splitlines():
+                        host, _, shard = line.partition(" ")
+                        if shard:
+                            self._hosts[host] = shard
+                        elif host:
+                            self._hosts.pop(host, None)
+                        self._journaled += path == self.journal_path
         return self._hosts
 
     @contextlib.contextmanager
@@ -223,16 +238,44 @@ class Router:
         log.info("router hot-applied %d hostname changes", len(changes))
 
     def _write_map(self, changes: Mapping[str, str | None]) -> None:
-        """The map file, rewritten whole (atomically) with ``changes`` in: what HAProxy reads
-        on a reload or a restart."""
+        """``changes`` on disk: appended to the map's journal (``host shard``, or ``host``
+        alone for a removal), which costs the changes, not the million lines of the map; the
+        journal is folded into the map file before HAProxy reads it (:meth:`compact`)."""
         served = self.hosts()
         for host, shard in changes.items():
             if shard is None:
                 served.pop(host, None)
             else:
                 served[host] = shard
+        if not changes:
+            return
+        with open(self.journal_path, "a") as journal:
+            journal.write("".join(f"{host} {shard}\n" if shard else f"{host}\n"
+                                  for host, shard in changes.items()))
+            journal.flush()
+            os.fsync(journal.fileno())
+        self._journaled += len(changes)
+        self.last_change = time.monotonic()
+        if self._journaled > self.compact_after:
+            self.compact()
+
+    def compact(self) -> bool:
+        """Fold the journal into the map file (rewritten whole, atomically), so HAProxy reads
+        what is served from it; True if there was anything to fold."""
+        served = self.hosts()
+        if self.map_path.exists() and not self.journal_path.exists():
+            return False
         write_atomic(self.map_path, "".join(f"{host} {shard}\n"
-                                            for host, shard in sorted(served.items())), PUBLIC)
+                                            for host, shard in served.items()), PUBLIC)
+        self.journal_path.unlink(missing_ok=True)
+        self._journaled = 0
+        return True
+
+    def compact_if_idle(self, idle: float = 10.0) -> bool:
+        """Fold the journal once no change came for ``idle`` seconds (debounced)."""
+        if self._journaled and time.monotonic() - self.last_change >= idle:
+            return self.compact()
+        return False
 
     def render(self, update: RouterUpdate) -> str:
         """router.cfg for the shard table of ``update``."""
@@ -247,6 +290,7 @@ class Router:
     def _restart(self, update: RouterUpdate) -> None:
         """Render router.cfg, have HAProxy check it, then reload (or start): a refused config
         is never put in place, and the running one keeps serving."""
+        self.compact()  # HAProxy is about to read the map file
         candidate = self.config_path.with_name("router.cfg.new")
         write_atomic(candidate, self.render(update), PUBLIC)
         try:
@@ -272,6 +316,7 @@ class Router:
     def start(self) -> None:
         """Serve what was applied last (after a restart), or adopt the HAProxy that does."""
         if self.applied_version and not self.haproxy.running:
+            self.compact()
             try:
                 self.haproxy.start()
             except EdgeError as exc:

@@ -147,6 +147,7 @@ class RouterAgent:
         with self._applying():
             if update is None:
                 self.router.start()
+                self.router.compact_if_idle()
                 return False
             try:
                 applied = self.router.apply(update)

@@ -168,6 +168,17 @@ def test_updates_with_unsafe_values_are_refused(doc: dict[str, Any], says: str) 
         RouterUpdate.from_json({**base, **doc})
 
 
+def backend_stat(router: Router, backend: str, column: str) -> str:
+    """One column of ``show stat`` for the BACKEND row of ``backend``."""
+    rows = router.runtime.command("show stat").splitlines()
+    header = rows[0].lstrip("# ").split(",")
+    for row in rows[1:]:
+        stat = dict(zip(header, row.split(",")))
+        if stat.get("pxname") == backend and stat.get("svname") == "BACKEND":
+            return stat[column]
+    raise AssertionError(f"no backend {backend}")
+
+
 def _shards_up(router: Router, backends: dict[str, int]) -> Callable[[], bool]:
     def up() -> bool:
         return all(list(server_status(router.runtime_socket, backend).values())
@@ -214,7 +225,9 @@ def test_router_sends_each_hostname_to_its_shard(
     moved = tls_get(port, "moving.example.test", certm2)
     assert (moved.status, moved.json()["publication_id"]) == (200, "pub_m_two")
     assert (router.runtime.worker_pid(), router.reloads) == (worker, reloads)
-    assert "moving.example.test two" in router.map_path.read_text()
+    assert router.journal_path.read_text() == "moving.example.test two\n"
+    assert router.compact() and "moving.example.test two\n" in router.map_path.read_text()
+    assert not router.journal_path.exists()
     assert router.apply(feed("v2", {}, {"one": [one], "two": [two_a]}, delta=True)) is False
 
     # A removed hostname goes to the default shard, hot as well.
@@ -229,7 +242,16 @@ def test_router_sends_each_hostname_to_its_shard(
     assert router.apply(feed("v4", hosts, {"one": [one], "two": [two_a, two_b]}))
     assert router.reloads == reloads + 1 and router.runtime.worker_pid() != worker
     wait_until(_shards_up(router, {"tls_two": 2, "http_two": 2}), 20, "shard two's checks")
+    # Its check held back first: until it fails, a refused connection goes to the peer.
+    router.runtime.command("disable health tls_two/two1")
     two_a.stop()
+    for _ in range(4):
+        answer = tls_get(port, "two.example.test", cert2)
+        assert (answer.status, answer.json()["publication_id"]) == (200, "pub_2")
+    assert server_status(router.runtime_socket, "tls_two")["two1"] == "no check", \
+        "the stopped node still took its turns"
+    assert int(backend_stat(router, "tls_two", "wredis")) > 0, "and its connections moved"
+    router.runtime.command("enable health tls_two/two1")
     wait_until(lambda: server_status(router.runtime_socket, "tls_two")["two1"].startswith(
         "DOWN"), 20, "the stopped node's check to fail")
     for _ in range(4):
@@ -256,9 +278,11 @@ def test_router_restarts_serving_its_files(tmp_path: Path, edge_node: Callable[.
         assert again.hosts() == {"one.example.test": "one", "two.example.test": "one"}
         assert again.apply(feed("v3", {"one.example.test": None}, {"one": [one]}, delta=True))
         assert again.reloads == 0 and again.hot_applies == 1
+        assert again.journal_path.read_text() == "one.example.test\n"
         first.stop()
         restarted = Router(tmp_path / "r", **ports)
-        restarted.start()
+        restarted.start()  # the journal folded into the map file first
         assert restarted.runtime.show_map(restarted.map_path) == {"two.example.test": "one"}
+        assert restarted.map_path.read_text() == "two.example.test one\n"
     finally:
         first.stop()  # by the PID file: whichever of them runs HAProxy now
