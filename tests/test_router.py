@@ -213,9 +213,10 @@ def test_router_sends_each_hostname_to_its_shard(
         assert answer.json()["forwarded_for"] == "127.0.0.5", "the visitor's, through PROXY v2"
     unknown = tls_get(port, "nowhere.example.test")
     assert unknown.subject == "CN=edge-default.invalid" and unknown.status == 404
-    # Port 80 by Host: a shard-two host gets shard two's HTTPS redirect, an unknown one the
-    # default shard's 404.
-    assert http_get(router.listen["http_port"], "two.example.test")[0] == 301
+    # Port 80 by Host: a shard-two host gets shard two's HTTPS redirect (naming its node's
+    # own HTTPS port, as the node is not on 443 here), an unknown one the default's 404.
+    assert http_get(router.listen["http_port"], "two.example.test", "/p?q=1") == (
+        301, f"https://two.example.test:{two_a.layout.https_port}/p?q=1")
     assert http_get(router.listen["http_port"], "nowhere.example.test")[0] == 404
 
     # A hostname moves hot: no reload, the same worker.
