@@ -30,6 +30,7 @@ import jinja2
 from edge.errors import EdgeError
 from edge.haproxy import HAProxy
 from edge.node import _socket_dir
+from edge.plan import refuse_mass_delete
 from edge.render import template_folder
 from edge.runtime import RuntimeAPI, RuntimeCommandFailed
 from edge.shards import ShardNode, valid_shard_name
@@ -61,6 +62,9 @@ class RouterUpdate:
     hosts: Mapping[str, str | None]
     shards: Mapping[str, tuple[ShardNode, ...]]
     default_shard: str
+    force: bool = False
+    """Take it even if it removes most hostnames (refused otherwise: an empty feed by mistake
+    would send every visitor to the default shard, which holds none of their certificates)."""
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> "RouterUpdate":
@@ -73,7 +77,7 @@ class RouterUpdate:
                          bool(doc.get("delta")),
                          {str(host): None if shard is None else str(shard)
                           for host, shard in dict(doc["hosts"]).items()},
-                         shards, str(doc["default_shard"]))
+                         shards, str(doc["default_shard"]), bool(doc.get("force")))
         except (KeyError, TypeError, ValueError) as exc:
             raise RouterError(f"the router feed's answer is malformed: {exc!r}") from None
         update.validate()
@@ -189,6 +193,8 @@ class Router:
         with self._refusal_noted():
             update.validate()
             changes = self._changes(update)
+            refuse_mass_delete(sum(shard is None for shard in changes.values()),
+                               len(self.hosts()), "hostnames", update.force)
             if self._can_hot_apply(update):
                 try:
                     self._hot_apply(changes)

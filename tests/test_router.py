@@ -19,6 +19,7 @@ from cryptography import x509
 from devtools.sample_app import SampleApp
 from edge.haproxy import server_status
 from edge.node import EdgeNode
+from edge.plan import UnsafePlan
 from edge.render import NodeLayout, render
 from edge.router import Router, RouterError, RouterUpdate
 from edge.state import DesiredState, Route
@@ -196,20 +197,23 @@ def test_router_sends_each_hostname_to_its_shard(
     certm2, pemm2 = self_signed_pem("moving.example.test")
     one.apply(state(app, Route("one.example.test", "pub_1", pem1),
                     Route("moving.example.test", "pub_m_one", pemm1)))
+    certw, pemw = self_signed_pem("*.w.example.test")
     for node in (two_a, two_b):
         node.apply(state(app, Route("two.example.test", "pub_2", pem2),
-                         Route("moving.example.test", "pub_m_two", pemm2)))
+                         Route("moving.example.test", "pub_m_two", pemm2),
+                         Route("*.w.example.test", "pub_w", pemw)))
     hosts: dict[str, str | None] = {"one.example.test": "one", "two.example.test": "two",
-                                    "moving.example.test": "one"}
+                                    "moving.example.test": "one", "*.w.example.test": "two"}
     assert router.apply(feed("v1", hosts, {"one": [one], "two": [two_a]}))
     wait_until(_shards_up(router, {"tls_one": 1, "tls_two": 1}), 20, "the shards' checks")
     port = router.listen["https_port"]
     for hostname, cert, publication in (("one.example.test", cert1, "pub_1"),
                                         ("two.example.test", cert2, "pub_2"),
-                                        ("moving.example.test", certm1, "pub_m_one")):
+                                        ("moving.example.test", certm1, "pub_m_one"),
+                                        ("a.w.example.test", certw, "pub_w")):
         answer = tls_get(port, hostname, cert, source="127.0.0.5")
         assert (answer.status, answer.json()["publication_id"]) == (200, publication)
-        assert answer.subject == f"CN={hostname}"
+        assert answer.subject == f"CN={hostname.replace('a.w.', '*.w.')}"
         assert answer.json()["forwarded_for"] == "127.0.0.5", "the visitor's, through PROXY v2"
     unknown = tls_get(port, "nowhere.example.test")
     assert unknown.subject == "CN=edge-default.invalid" and unknown.status == 404
@@ -287,3 +291,16 @@ def test_router_restarts_serving_its_files(tmp_path: Path, edge_node: Callable[.
         assert restarted.map_path.read_text() == "two.example.test one\n"
     finally:
         first.stop()  # by the PID file: whichever of them runs HAProxy now
+
+
+def test_a_snapshot_dropping_most_hostnames_is_refused_unless_forced(tmp_path: Path) -> None:
+    router = Router(tmp_path / "router", https_port=free_port(), http_port=free_port())
+    router.map_path.write_text("".join(f"h{n}.example.test one\n" for n in range(20)))
+    shards = {"one": [{"host": "127.0.0.1", "https_port": 1, "http_port": 2}]}
+    empty = {"version": "v2", "revision": 2, "delta": False, "hosts": {}, "shards": shards,
+             "default_shard": "one"}
+    with pytest.raises(UnsafePlan, match="removes 20 of 20 hostnames"):
+        router.apply(RouterUpdate.from_json(empty))
+    assert router.last_error and "refused unless forced" in router.last_error
+    assert len(router.hosts()) == 20 and not router.config_path.exists()
+    assert RouterUpdate.from_json({**empty, "force": True}).force
