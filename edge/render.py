@@ -64,11 +64,16 @@ def template_folder(templates: Path | None) -> Path:
     return templates or Path(str(resources.files("haproxy_templates")))
 
 
+ROUTER_TEMPLATE = "router.cfg.j2"
+"""The shard router's (edge/router.py): no part of an edge node's structure."""
+
+
 def template_bytes(templates: Path | None) -> bytes:
     """The template files' content in name order: what part of a node's structure they are
     (a change of them takes a reload)."""
     return b"".join(template.read_bytes()
-                    for template in sorted(template_folder(templates).glob("*.j2")))
+                    for template in sorted(template_folder(templates).glob("*.j2"))
+                    if template.name != ROUTER_TEMPLATE)
 
 
 def validate_route(route: Route, pools: Iterable[str] = ()) -> None:

@@ -31,7 +31,7 @@ from edge.errors import EdgeError
 from edge.haproxy import HAProxy
 from edge.node import _socket_dir
 from edge.plan import refuse_mass_delete
-from edge.render import template_folder
+from edge.render import ROUTER_TEMPLATE, template_folder
 from edge.runtime import RuntimeAPI, RuntimeCommandFailed
 from edge.shards import ShardNode, valid_shard_name
 from kit.files import PUBLIC, write_atomic
@@ -288,7 +288,7 @@ class Router:
         folder = template_folder(self._templates)
         template = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(folder)), undefined=jinja2.StrictUndefined,
-            keep_trailing_newline=True, autoescape=False).get_template("router.cfg.j2")
+            keep_trailing_newline=True, autoescape=False).get_template(ROUTER_TEMPLATE)
         return template.render(**self.listen, runtime_socket=self.runtime_socket,
                                sni_map=self.map_path, default_shard=update.default_shard,
                                shards=sorted(update.shards.items()))
