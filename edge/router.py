@@ -305,10 +305,12 @@ class Router:
             candidate.unlink(missing_ok=True)
             raise
         candidate.replace(self.config_path)
-        if self.haproxy.running:
-            self.haproxy.reload()
-        else:
+        started = False
+        if not self.haproxy.running:
             self.haproxy.start()
+            started = self.haproxy.adopted is None  # adopted: it runs the config before
+        if not started:
+            self.haproxy.reload()
         self._map_checked = True
         self.reloads += 1
         log.info("router serves version %s: %d shards, %d hostnames", update.version,

@@ -289,6 +289,16 @@ def test_router_restarts_serving_its_files(tmp_path: Path, edge_node: Callable[.
         restarted.start()  # the journal folded into the map file first
         assert restarted.runtime.show_map(restarted.map_path) == {"two.example.test": "one"}
         assert restarted.map_path.read_text() == "two.example.test one\n"
+        # Its state file lost: the next agent adopts the running HAProxy and reloads it with
+        # the config it renders, rather than taking the old one's for it.
+        restarted.state_path.unlink()
+        worker = restarted.runtime.worker_pid()
+        lost = Router(tmp_path / "r", **ports)
+        assert lost.applied_version is None
+        lost.apply(feed("v5", {"one.example.test": "one"}, {"one": [one]}))
+        assert lost.haproxy.adopted == restarted.haproxy.pid and lost.reloads == 1
+        assert lost.runtime.worker_pid() != worker
+        assert lost.runtime.show_map(lost.map_path) == {"one.example.test": "one"}
     finally:
         first.stop()  # by the PID file: whichever of them runs HAProxy now
 
