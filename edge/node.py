@@ -47,7 +47,8 @@ class EdgeNode:
                  http_port: int = 80, https_port: int = 443, stats_port: int = 0,
                  templates: Path | None = None, cold_slice: int = COLD_SLICE,
                  control_ca: str = "", compact_after: int = COMPACT_AFTER,
-                 redirect_capacity: int = 1_000_000) -> None:
+                 redirect_capacity: int = 1_000_000, proxy_https_port: int = 0,
+                 proxy_http_port: int = 0) -> None:
         self.directory = directory.absolute()
         self.cold_slice = cold_slice
         self._templates = templates
@@ -59,7 +60,9 @@ class EdgeNode:
                                  runtime_socket=sockets / "admin.sock",
                                  default_cert=self.directory / "default.pem",
                                  stats_port=stats_port, control_ca=control_ca,
-                                 redirect_capacity=redirect_capacity)
+                                 redirect_capacity=redirect_capacity,
+                                 proxy_https_port=proxy_https_port,
+                                 proxy_http_port=proxy_http_port)
         self.current = self.releases.current
         self.haproxy = HAProxy(haproxy_bin, self.current / "haproxy.cfg",
                                sockets / "master.sock", self.directory / "haproxy.log")

@@ -45,6 +45,10 @@ class NodeLayout:
     redirect_capacity: int = 1_000_000
     """Entries of the stick table counting visits of map-served links: the whole map (an entry
     takes memory only once its link is visited)."""
+    proxy_https_port: int = 0
+    proxy_http_port: int = 0
+    """The binds a shard router (edge/router.py) forwards to, which take a PROXY v2 header
+    first: TLS (unterminated, by SNI) and plain HTTP; 0 turns each off."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -60,11 +64,16 @@ def template_folder(templates: Path | None) -> Path:
     return templates or Path(str(resources.files("haproxy_templates")))
 
 
+ROUTER_TEMPLATE = "router.cfg.j2"
+"""The shard router's (edge/router.py): no part of an edge node's structure."""
+
+
 def template_bytes(templates: Path | None) -> bytes:
     """The template files' content in name order: what part of a node's structure they are
     (a change of them takes a reload)."""
     return b"".join(template.read_bytes()
-                    for template in sorted(template_folder(templates).glob("*.j2")))
+                    for template in sorted(template_folder(templates).glob("*.j2"))
+                    if template.name != ROUTER_TEMPLATE)
 
 
 def validate_route(route: Route, pools: Iterable[str] = ()) -> None:
@@ -152,6 +161,7 @@ def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
         "haproxy.cfg": env.get_template("haproxy.cfg.j2").render(
             version=state.version, bind=layout.bind, http_port=layout.http_port,
             https_port=layout.https_port, runtime_socket=layout.runtime_socket,
+            proxy_https_port=layout.proxy_https_port, proxy_http_port=layout.proxy_http_port,
             default_cert=layout.default_cert, stats_port=layout.stats_port, crt_list=release_dir / "crt-list",
             hosts_map=release_dir / "hosts.map", redirects_map=release_dir / "redirects.map",
             app_servers=state.app_servers, short_domains=sorted(state.short_domains),

@@ -168,6 +168,8 @@ def _node(settings: Settings) -> EdgeNode:
                     bind=settings.edge_bind, http_port=settings.edge_http_port,
                     https_port=settings.edge_https_port, stats_port=settings.edge_stats_port,
                     redirect_capacity=settings.edge_redirect_capacity,
+                    proxy_https_port=settings.edge_proxy_https_port,
+                    proxy_http_port=settings.edge_proxy_http_port,
                     control_ca=(settings.control_ca_bundle or "@system-ca") if tls else "")
 
 
@@ -186,11 +188,17 @@ def _agent_arguments(parser: argparse.ArgumentParser) -> None:
                              "HAProxy serving for the next agent; stop-node: stop this "
                              "node's agent, if one runs, and its HAProxy (a node retired)")
     parser.add_argument("--node-id")
+    parser.add_argument("--role", choices=["edge", "router"], default="edge",
+                        help="edge (the default): a node serving its shard's sites; router: "
+                             "the shard router in front of the shards (TLS by SNI, HTTP by Host)")
 
 
 @command("agent", "run the edge agent beside HAProxy", required=EDGE_AGENT,
          arguments=_agent_arguments)
 def agent(args: argparse.Namespace, settings: Settings) -> int:
+    if args.role == "router":
+        from edge.router_agent import run_router
+        return run_router(settings, args.action, args.node_id)
     from edge.errors import EdgeError
     from edge.haproxy import NodeLock, stop_node
     from edge.metrics import serve_metrics

@@ -127,6 +127,10 @@ class Settings:
     edge_http_port: int = setting(8080, parse.port)
     edge_https_port: int = setting(8443, parse.port)
     edge_stats_port: int = setting(8404, parse.integer)
+    edge_proxy_https_port: int = setting(0, parse.integer)
+    edge_proxy_http_port: int = setting(0, parse.integer)
+    """A shard node's binds for its router's connections, which carry a PROXY v2 header
+    (TLS and plain HTTP, on edge_bind; 0: off)."""
     edge_redirect_capacity: int = setting(1_000_000, parse.between(1000, 100_000_000))
     """Short links the edge's visit table holds (sized for every plain link in the map)."""
     edge_metrics_port: int = setting(0, parse.integer)

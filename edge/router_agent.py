@@ -1,0 +1,244 @@
+"""`edgectl agent --role router`: beside a shard router's HAProxy (edge/router.py), long-poll
+the control service's router feed (hostname -> shard, as deltas) and apply it hot.
+
+The feed (``GET /api/v1/edge/router``, the edge token as Bearer) answers 304 while ``have`` is
+current; otherwise the hostnames changed since the revision held (``since``), or all of them
+(``delta`` false) when the agent holds none or the control service cannot answer a delta.
+Like the edge agent, the router agent does not own HAProxy's life: stopped, it leaves HAProxy
+serving the last map applied, and the next agent adopts it.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import requests
+
+from edge.errors import EdgeError
+from edge.haproxy import NodeLock, stop_node
+from edge.router import Router, RouterUpdate
+from kit.backoff import jittered_backoff
+from kit.hosts import plain_http_off_host
+from kit.procs import stop_on_signals
+from kit.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FEED_PATH = "/api/v1/edge/router"
+MAX_WAIT = 30.0
+"""The longest long poll the feed takes."""
+MAX_BACKOFF = 30.0
+
+
+class FeedOutOfStep(EdgeError):
+    """An answer of the router feed does not follow from what the agent holds (a delta with
+    no revision held, or one going back in time): the agent takes a snapshot next."""
+
+
+class RouterFeed:
+    """What the agent holds of the router feed (version and revision), and so what it asks
+    for next; decides whether an answer is a delta to apply or a snapshot."""
+
+    def __init__(self, version: str | None = None, revision: int | None = None) -> None:
+        self.version = version
+        self.revision = revision
+        self.snapshots = 0
+        self.deltas = 0
+
+    def params(self, watch: float) -> dict[str, str | int | float]:
+        """The next request's query: ``have`` (and a long poll) once a version is held,
+        ``since`` once a revision is (a delta); nothing held: a snapshot."""
+        params: dict[str, str | int | float] = {}
+        if self.version is not None:
+            params["have"] = self.version
+            if watch > 0:
+                params["wait"] = min(watch, MAX_WAIT)
+            if self.revision is not None:
+                params["since"] = self.revision
+        return params
+
+    def take(self, doc: Mapping[str, Any]) -> RouterUpdate:
+        """The update an answer (200) carries, checked against what is held: a delta must
+        follow the revision held, and never go back."""
+        update = RouterUpdate.from_json(doc)
+        if update.delta:
+            if self.revision is None or self.version is None:
+                self.reset()
+                raise FeedOutOfStep("the router feed sent a delta, but no revision is held")
+            if update.revision is not None and update.revision < self.revision:
+                self.reset()
+                raise FeedOutOfStep(f"the router feed's delta to revision {update.revision} "
+                                    f"goes back from {self.revision}")
+        return update
+
+    def held(self, update: RouterUpdate) -> None:
+        """``update`` is served: the next request asks for what changed since."""
+        self.version, self.revision = update.version, update.revision
+        if update.delta:
+            self.deltas += 1
+        else:
+            self.snapshots += 1
+
+    def reset(self) -> None:
+        """Forget what is held: the next request asks for a snapshot."""
+        self.version = self.revision = None
+
+
+class RouterAgent:
+    def __init__(self, router: Router, control_url: str | Sequence[str], token: str,
+                 node_id: str | None = None, session: requests.Session | None = None,
+                 watch: float = 0.0, ca_bundle: str = "", allow_insecure: bool = False,
+                 client_cert: tuple[str, str] | None = None) -> None:
+        self.router = router
+        urls = [control_url] if isinstance(control_url, str) else list(control_url)
+        self._urls = [url.rstrip("/") for url in urls]
+        insecure = [url for url in self._urls if plain_http_off_host(url)]
+        if insecure and not allow_insecure:
+            raise EdgeError(f"{insecure[0]} is plain HTTP to another host: the agent would "
+                            "send its edge token in clear (use https://)")
+        self._session = session or requests.Session()
+        self._verify: str | bool = ca_bundle or True
+        self._session.cert = client_cert
+        self._session.headers["Authorization"] = f"Bearer {token}"
+        self.node_id = node_id or socket.gethostname()
+        self.watch = watch
+        self.feed = RouterFeed(router.applied_version, router.applied_revision)
+        self.applying = False
+
+    @contextlib.contextmanager
+    def _applying(self) -> Iterator[None]:
+        self.applying = True
+        try:
+            yield
+        finally:
+            self.applying = False
+
+    def fetch(self) -> RouterUpdate | None:
+        """The next update of the feed; None if unchanged (or nothing published yet)."""
+        if not self.router.haproxy.running:
+            self.feed.reset()  # nothing serves: whatever comes is applied whole
+        params = self.feed.params(self.watch)
+        response = self._request("GET", FEED_PATH, params=params,
+                                 timeout=30 + float(params.get("wait", 0)))
+        if response.status_code in (304, 404):
+            return None
+        response.raise_for_status()
+        return self.feed.take(response.json())
+
+    def sync(self) -> bool:
+        """One round: fetch, apply, report. True if something new was applied. A round that
+        fails still reports (the router's error), but raises its own error, not the report's."""
+        try:
+            applied = self._apply(self.fetch())
+        except Exception:
+            with contextlib.suppress(Exception):
+                self._report()
+            raise
+        self._report()
+        return applied
+
+    def _apply(self, update: RouterUpdate | None) -> bool:
+        with self._applying():
+            if update is None:
+                self.router.start()
+                self.router.compact_if_idle()
+                return False
+            try:
+                applied = self.router.apply(update)
+            except Exception:
+                self.feed.reset()  # the router stays where it was: a snapshot next
+                raise
+            self.feed.held(update)
+            return applied
+
+    def _report(self) -> None:
+        # The edge nodes' report: the control service lists the router among them.
+        self._request("POST", f"/api/v1/edge/nodes/{self.node_id}", timeout=10, json={
+            "applied_version": self.router.applied_version, "error": self.router.last_error,
+            "haproxy_running": self.router.haproxy.running})
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Ask the current control replica; one that does not answer (or answers 502-504)
+        sends the request on to the next, which becomes the current one."""
+        for attempt in range(len(self._urls)):
+            last = attempt == len(self._urls) - 1
+            try:
+                response = self._session.request(method, self._urls[0] + path,
+                                                 verify=self._verify, **kwargs)
+                if response.status_code not in (502, 503, 504) or last:
+                    return response
+            except (requests.ConnectionError, requests.Timeout):
+                if last:
+                    raise
+            self._urls.append(self._urls.pop(0))
+        raise AssertionError("unreachable")
+
+    def run(self, interval: float, stop: threading.Event) -> None:
+        """Sync until ``stop``; while the control service is away, wait longer each time
+        (jittered, at most ``MAX_BACKOFF``) and say so once, not every round."""
+        try:  # serve the last map applied while the control service answers
+            with self._applying():
+                self.router.start()
+        except EdgeError as exc:
+            log.warning("%s", exc)
+        failures = 0
+        while not stop.is_set():
+            applied, started = False, time.monotonic()
+            try:
+                applied = self.sync()
+                if failures:
+                    log.warning("router sync works again after %d failed rounds", failures)
+                failures = 0
+            except Exception as exc:  # keep serving the last good map whatever happens
+                failures += 1
+                if failures == 1:
+                    log.warning("router sync failed (retrying with backoff): %s", exc)
+            if stop.is_set():
+                break
+            if failures:
+                stop.wait(jittered_backoff(failures, interval, MAX_BACKOFF))
+            elif not (self.watch and (applied or time.monotonic() - started >= self.watch / 2)):
+                stop.wait(interval)  # a long poll paces the rounds; a plain poll waits here
+
+
+GRACE = 1.5
+"""Seconds the agent may take to stop: a change of the router under way finishes meanwhile."""
+
+
+def run_router(settings: Settings, action: str, node_id: str | None) -> int:
+    """`edgectl agent --role router [run|stop-node]`: the router listens on ``edge_bind``,
+    ``edge_https_port`` and ``edge_http_port`` and keeps its files in ``edge_dir``."""
+    router = Router(Path(settings.edge_dir), haproxy_bin=settings.haproxy_bin,
+                    bind=settings.edge_bind, https_port=settings.edge_https_port,
+                    http_port=settings.edge_http_port)
+    lock = NodeLock(router.directory)
+    try:
+        if action == "stop-node":
+            print(stop_node(router.directory, router.haproxy))
+            return 0
+        lock.acquire()  # held until this process ends
+        agent = RouterAgent(router, settings.control_urls, settings.edge_token, node_id,
+                            watch=settings.edge_watch_seconds,
+                            ca_bundle=settings.control_ca_bundle,
+                            allow_insecure=settings.allow_insecure_control,
+                            client_cert=(settings.control_client_cert,
+                                         settings.control_client_key)
+                            if settings.control_client_cert else None)
+    except EdgeError as exc:
+        print(f"edgectl: {exc}", file=sys.stderr)
+        return 1
+    # A signal ends a long poll at once, but never a change of the router half made.
+    stop = stop_on_signals(GRACE, interrupt=lambda: not agent.applying)
+    try:
+        agent.run(settings.worker_interval, stop)
+    except SystemExit:
+        pass
+    log.info("router agent stopped; HAProxy goes on serving version %s",
+             router.applied_version)
+    return 0
