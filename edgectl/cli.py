@@ -106,7 +106,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     if services is None:
         return 0
     try:
-        draining = Draining(services.edge_state.watch.drain)
+        draining = Draining(services.edge_shards.drain)
         server = ControlServer(create_app(services, draining=draining), settings.listen_host,
                                settings.listen_port, threads=settings.serve_threads,
                                shutdown_seconds=settings.shutdown_seconds,
