@@ -67,7 +67,8 @@ class ShardedState:
                               namespaced(tables.certs, ROUTER), vault,
                               namespaced(tables.redirects, ROUTER), clock)
         self.router = RouterFeed(router, StateFeed(router, router.routes, router.certs, vault,
-                                                   router.redirects), shard_set)
+                                                   router.redirects),
+                                 lambda: self.shard_set())
 
     @classmethod
     def from_backend(cls, backend: Backend, vault: KeyVault, shard_set: Callable[[], ShardSet],
