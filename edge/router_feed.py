@@ -69,10 +69,6 @@ class RouterFeed:
         return self._changes.reconcile_redirects(
             {host: Assignment(host, "", 0, shard) for host, shard in desired.items()})
 
-    def written(self) -> bool:
-        """Whether the map was ever written (one read)."""
-        return self._changes.meta() is not None
-
     def holding(self, hostname: str) -> str | None:
         """The shard the router map sends ``hostname`` to, if it has an entry."""
         table = self._changes.redirects

@@ -137,7 +137,7 @@ class ShardedState:
         moved = False
         for shard, part in sorted(parts.items()):
             moved = self.store(shard).reconcile(part, pem, config) or moved
-        if shards.names != [DEFAULT_SHARD] or self.router.written():
+        if shards.names != [DEFAULT_SHARD]:  # an edge without shards has no router entries
             self.router.reconcile({hostname: shards.assign(hostname) for hostname in routed
                                    if shards.assign(hostname) != DEFAULT_SHARD})
         return moved

@@ -15,7 +15,7 @@ from devtools.sample_app import SampleApp
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
 from edge.shards import ShardNode, ShardSet
-from edge.state import EdgeConfig
+from edge.state import EdgeConfig, Redirect
 from kit.procs import free_port
 from kit.settings import Settings
 from kit.x509 import self_signed
@@ -168,3 +168,27 @@ def test_two_shards_agents_serve_only_their_own_hosts(
         for node in nodes.values():
             node.stop()
         app.stop()
+
+
+def test_a_reconciliation_splits_routes_and_links_and_rebuilds_the_router_map(
+        control: tuple[Services, str]) -> None:
+    services, url = control
+    shards = services.edge_shards
+    shards.shard_set = lambda: TWO
+    in_a, in_b = hosts_of("a", 2), hosts_of("b", 2)
+    pems = {host: route(host)[1] for host in in_a + in_b}
+    shards.change({in_b[0]: route(in_b[0])}, CONFIG)
+    shards.router.assign({"stale.shards.test": "b"})
+    assert shards.reconcile({host: "pub_1" for host in in_a + in_b}, pems.get, CONFIG)
+    links = {f"{host}/x": Redirect(host, "x", 302, "https://target.test/") for host in in_a}
+    assert shards.reconcile_redirects(links)
+    assert get(url, "router").json()["hosts"] == {**{h: "a" for h in in_a},
+                                                   **{h: "b" for h in in_b}}
+    state = get(url, "state", shard="a").json()
+    assert [key for key, _ in state["redirects"]] == sorted(links)
+    assert get(url, "state", shard="b").json()["redirects"] == []
+    # What a move builds on: publish in a shard whatever the assignment, read who holds it.
+    assert shards.publish_to("b", {in_a[0]: route(in_a[0])})
+    assert shards.holding("b", in_a[0]) == shards.revision("b")
+    assert shards.holding("a", in_a[0]) is not None and shards.holding("b", "x.test") is None
+    assert shards.router.holding(in_a[0]) == "a", "the router's entry waits for the move"
