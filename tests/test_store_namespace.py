@@ -60,7 +60,7 @@ def test_keys_and_index_values_carry_the_namespace(backend: Backend) -> None:
     assert [item["id"] for item in all_items(raw)] == ["a", "s1|a"]
     assert [item["id"] for item in all_items(namespaced(raw, ""))] == ["a"]
     assert [item["id"] for item in all_items(view)] == ["a"]
-    assert view.get("a")["version"] == 1 and raw.get("a")["owner"] == "o1"
+    assert (view.get("a") or {})["version"] == 1 and (raw.get("a") or {})["owner"] == "o1"
 
 
 def test_a_namespace_cannot_hold_the_separator(backend: Backend) -> None:
