@@ -2,6 +2,8 @@
 routers get the hostname -> shard map as deltas, and an edge without shards is as before."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -192,3 +194,15 @@ def test_a_reconciliation_splits_routes_and_links_and_rebuilds_the_router_map(
     assert shards.holding("b", in_a[0]) == shards.revision("b")
     assert shards.holding("a", in_a[0]) is not None and shards.holding("b", "x.test") is None
     assert shards.router.holding(in_a[0]) == "a", "the router's entry waits for the move"
+
+
+def test_the_agent_refuses_a_shard_name_it_could_not_ask_for(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[1]),
+           "EDGE_EDGE_TOKEN": "edge-token-0123456789", "EDGE_DATA_DIR": str(tmp_path),
+           "EDGE_EDGE_DIR": str(tmp_path / "edge"), "EDGE_EDGE_SHARD": "Shard One"}
+    by_setting = subprocess.run([sys.executable, "-m", "edgectl", "agent"], env=env,
+                                capture_output=True, text=True, timeout=60)
+    assert by_setting.returncode == 1 and "'Shard One' is not a shard name" in by_setting.stderr
+    by_flag = subprocess.run([sys.executable, "-m", "edgectl", "agent", "--shard=-x"],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert by_flag.returncode == 1 and "'-x' is not a shard name" in by_flag.stderr
