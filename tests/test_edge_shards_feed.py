@@ -112,26 +112,30 @@ def test_each_shard_has_its_own_state_and_the_router_its_map(
 
 def test_a_change_wakes_the_long_polls_of_its_shard_only(control: tuple[Services, str]) -> None:
     services, url = control
-    services.edge_shards.shard_set = lambda: TWO
+    shards = services.edge_shards
+    shards.shard_set = lambda: TWO
     in_a, in_b = hosts_of("a", 1), hosts_of("b", 2)
-    services.edge_shards.change({host: route(host) for host in in_a + in_b}, CONFIG)
+    shards.change({host: route(host) for host in in_a + in_b}, CONFIG)
     answers: dict[str, int] = {}
-    polls = {"a": dict(shard="a", have=get(url, "state", shard="a").json()["version"], wait=2),
-             "b": dict(shard="b", have=get(url, "state", shard="b").json()["version"], wait=30)}
+    polls = {shard: dict(shard=shard, have=get(url, "state", shard=shard).json()["version"],
+                         wait=30) for shard in ("a", "b")}
     router = get(url, "router").json()
-    threads = [threading.Thread(target=lambda: answers.__setitem__(
-        "router", get(url, "router", have=router["version"], wait=30).status_code))]
-    threads += [threading.Thread(target=lambda s=shard, p=params: answers.__setitem__(
-        s, get(url, "state", **p).status_code)) for shard, params in polls.items()]
-    for thread in threads:
+    threads = {"router": threading.Thread(target=lambda: answers.__setitem__(
+        "router", get(url, "router", have=router["version"], wait=30).status_code))}
+    threads.update({shard: threading.Thread(target=lambda s=shard, p=params: answers.__setitem__(
+        s, get(url, "state", **p).status_code)) for shard, params in polls.items()})
+    for thread in threads.values():
         thread.start()
-    wait_until(lambda: services.edge_shards.store("b").watch.waiting
-               and services.edge_shards.router.watch.waiting, 10, "the long polls",
-               interval=0.05)
-    services.edge_shards.change({in_b[1]: None})
-    for thread in threads:
-        thread.join(60)
-    assert answers == {"a": 304, "b": 200, "router": 200}
+    wait_until(lambda: shards.store("a").watch.waiting and shards.store("b").watch.waiting
+               and shards.router.watch.waiting, 10, "the long polls", interval=0.05)
+    shards.change({in_b[1]: None})
+    threads["b"].join(60)
+    threads["router"].join(60)
+    assert answers == {"b": 200, "router": 200}
+    assert shards.store("a").watch.waiting == 1, "shard a's long poll still waits"
+    shards.change({in_a[0]: route(in_a[0], "pub_2")})
+    threads["a"].join(60)
+    assert answers["a"] == 200, "and its own change answers it"
 
 
 @pytest.mark.slow
