@@ -32,8 +32,9 @@ from edge.render import map_safe
 from edge.shard_registry import EDGE_SHARDS, ShardRegistry
 from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
 from edge.state import EdgeConfig, Redirect, pools_of
-from edge.state_store import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE,
-                              EDGE_VISIT_REPORTS, EdgeStateStore, RouteChange)
+from edge.sharded_state import ShardedState
+from edge.shards import ShardSet
+from edge.state_store import EdgeStateStore, RouteChange
 from kit.platform import Platform
 from kit.settings import Settings
 from kit.tokens import API_TOKENS, PublicationTokens
@@ -53,7 +54,7 @@ PLATFORM_PUBLICATION = "_platform"
 class EdgePublisher:
     """Routes from the domains part + certificates from the certs part -> the edge's desired state."""
 
-    def __init__(self, state: EdgeStateStore, certificates: CertificateStore,
+    def __init__(self, state: ShardedState, certificates: CertificateStore,
                  app_servers: list[str], control_servers: list[str],
                  links: LinkService | None = None, sso_keys: SigningKeys | None = None,
                  platform_hosts: tuple[str, ...] = (), short_domains: tuple[str, ...] = (),
@@ -146,8 +147,7 @@ class EdgePublisher:
         self._state.change(resolved, self.config())
 
     def routed(self) -> set[str]:
-        state = self._state.load()
-        return {str(route["hostname"]) for route in state["routes"]} if state else set()
+        return self._state.routed()
 
     def publish(self, routes: dict[str, RouteValue]) -> None:
         """Make the edge serve exactly ``routes`` and the platform's hosts (a reconciliation:
@@ -224,6 +224,9 @@ class Services:
     certificates: CertificateStore
     issuer: IssuerChain
     edge_state: EdgeStateStore
+    """The default shard's edge state (the whole edge's while no shard is configured)."""
+    edge_shards: ShardedState
+    """Every shard's edge state and the router's map (edge/sharded_state.py)."""
     lifecycle: Lifecycle
     webhooks: WebhookSender
     links: LinkService
@@ -260,18 +263,16 @@ class Services:
                               clock=clock)
         issuer = _issuer(settings, backend, vault, challenges, certificates,
                          _dns01_solver(settings, automation, checker, dcv), clock)
-        edge_state = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
-                                    backend.table(EDGE_CERTS), backend.table(EDGE_NODES), vault,
-                                    backend.table(EDGE_VISIT_REPORTS),
-                                    report_memory=settings.visit_report_retention_seconds,
-                                    clock=clock, redirects=backend.table(EDGE_REDIRECTS))
+        edge_shards = ShardedState.from_backend(
+            backend, vault, ShardSet, settings.visit_report_retention_seconds, clock)
+        edge_state = edge_shards.default
         links = LinkService(backend.table(LINKS), settings.short_domains,
                             changes=backend.table(LINK_CHANGES), domain_owner=domains.owner,
                             stats=VisitStats(backend.table(LINK_DAYS), clock=clock), clock=clock)
         resolver = Resolver(links.table, changes=links.changes, stats=links.stats, clock=clock)
         sso_keys = SigningKeys(backend.table(SSO_KEYS), vault, settings.sso_key_activation_seconds,
                                clock=clock) if platform_host else None
-        publisher = _publisher(settings, edge_state, certificates, links, sso_keys, uploads,
+        publisher = _publisher(settings, edge_shards, certificates, links, sso_keys, uploads,
                                clock)
         timing = Timing(recheck=settings.recheck_seconds,
                         suspend_grace=settings.suspend_grace_seconds,
@@ -298,7 +299,7 @@ class Services:
                                  backend.table(TAKEOVERS)],
                                 settings.sweep_batch, clock=clock)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
-                   lifecycle, webhooks, links, resolver, publisher,
+                   edge_shards, lifecycle, webhooks, links, resolver, publisher,
                    PublicationTokens(backend.table(API_TOKENS), clock=clock), Platform.from_settings(settings),
                    sso, sweeper, custom, Takeovers(domains, backend.table(TAKEOVERS), checker,
                                                    clock=clock), clock,
@@ -309,10 +310,10 @@ class Services:
         uploads = self.custom_certificates.uploads if self.custom_certificates else None
         return (self.certificates.reencrypt() + self.issuer.reencrypt()
                 + (uploads.reencrypt() if uploads is not None else 0)
-                + self.edge_state.reencrypt() + (self.sso.keys.reencrypt() if self.sso else 0))
+                + self.edge_shards.reencrypt() + (self.sso.keys.reencrypt() if self.sso else 0))
 
     def close(self) -> None:
-        self.edge_state.watch.close()
+        self.edge_shards.close()
         self.backend.close()
 
 
@@ -362,7 +363,7 @@ def _issuer(settings: Settings, backend: Backend, vault: KeyVault, challenges: C
         for ca in cas], certificates, IssuanceStats(backend.table(ISSUANCE_STATS), clock=clock))
 
 
-def _publisher(settings: Settings, edge_state: EdgeStateStore, certificates: CertificateStore,
+def _publisher(settings: Settings, edge_state: ShardedState, certificates: CertificateStore,
                links: LinkService, sso_keys: SigningKeys | None, uploads: UploadStore,
                clock: Callable[[], float]) -> EdgePublisher:
     platform_host = settings.sso_platform_host

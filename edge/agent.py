@@ -27,6 +27,7 @@ from edge.downloads import CertificateDownloads, StateUnavailable
 from edge.errors import EdgeError
 from edge.node import EdgeNode
 from edge.protocol import CERT_BATCH_KEY, HEADER as PROTOCOL_HEADER, PROTOCOL, batch_size
+from edge.shards import DEFAULT_SHARD
 from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, Route, RouteRef,
                         StateDelta, pools_of, redirect_hash, route_hash, routes_digest,
                         state_version)
@@ -46,14 +47,16 @@ MAX_BACKOFF = 30.0
 LAGGING_ROUNDS = 5
 """Rounds the feed may answer "not yet" (503) before the agent takes a snapshot instead."""
 SYNC_FILE = "agent_sync.json"
+SHARDED_PATHS = ("/api/v1/edge/state", "/api/v1/edge/certs", "/api/v1/edge/nodes/")
 
 
 class EdgeAgent:
     def __init__(self, node: EdgeNode, control_url: str | Sequence[str], token: str,
                  node_id: str | None = None, session: requests.Session | None = None,
                  watch: float = 0.0, ca_bundle: str = "", allow_insecure: bool = False,
-                 client_cert: tuple[str, str] | None = None) -> None:
+                 client_cert: tuple[str, str] | None = None, shard: str = DEFAULT_SHARD) -> None:
         self.node = node
+        self.shard = shard  # the edge shard the node serves: the state the agent asks for
         urls = [control_url] if isinstance(control_url, str) else list(control_url)
         self._urls = [url.rstrip("/") for url in urls]
         """Every control replica; requests go to the first that answers, and stay there."""
@@ -89,8 +92,7 @@ class EdgeAgent:
         self._resumed = False
         self.visits = HotVisitMeter(node.runtime, node.directory / "hot_visits.json")
         self.applying = False
-        """The node is being changed (files, HAProxy): a stop waits for that, not for a long
-        poll."""
+        """The node is being changed (files, HAProxy): a stop waits for that, not a long poll."""
 
     @contextlib.contextmanager
     def _applying(self) -> Iterator[None]:
@@ -255,7 +257,8 @@ class EdgeAgent:
             revision, version = int(doc["revision"]), str(doc["version"])
         except (OSError, ValueError, KeyError, TypeError):
             return
-        if version != applied or doc.get("protocol") != PROTOCOL:  # another form: a snapshot
+        if (version, doc.get("protocol"), doc.get("shard", DEFAULT_SHARD)) \
+                != (applied, PROTOCOL, self.shard):  # another form or shard: a snapshot
             return
         refs = {hostname: {"hostname": hostname, "publication_id": route.publication_id,
                            "cert_sha256": route.ref.cert_sha256, "extras": route.extras}
@@ -273,7 +276,7 @@ class EdgeAgent:
         path = self.node.directory / SYNC_FILE
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps({"revision": self._revision, "version": self._version,
-                                   "protocol": PROTOCOL}))
+                                   "protocol": PROTOCOL, "shard": self.shard}))
         os.replace(tmp, path)
 
     def reset(self) -> None:
@@ -284,6 +287,8 @@ class EdgeAgent:
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """Ask the current control replica; one that does not answer (or answers 502-504)
         sends the request on to the next, which becomes the current one."""
+        if self.shard != DEFAULT_SHARD and path.startswith(SHARDED_PATHS):  # else as ever
+            kwargs["params"] = {**(kwargs.get("params") or {}), "shard": self.shard}
         for attempt in range(len(self._urls)):
             try:
                 response = self._session.request(method, self._urls[0] + path,

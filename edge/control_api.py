@@ -12,7 +12,10 @@ from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge import protocol as edge_protocol
+from edge.sharded_state import ShardedState
+from edge.shards import DEFAULT_SHARD, SHARD_NAME
 from edge.state_store import EdgeStateStore
+from edge.watch import VersionWatch
 from kit.api import QueryModel, RequestModel, operation
 from kit.auth import require_edge_token, require_platform_token
 from kit.web import api_error, use
@@ -23,7 +26,12 @@ MAX_VISIT_KEYS = 5000
 MAX_WAIT = 30.0
 
 
-class StateQuery(QueryModel):
+class ShardQuery(QueryModel):
+    shard: str = Field(DEFAULT_SHARD, pattern=SHARD_NAME.pattern,
+                       description="The edge shard the node serves (docs/shards.md)")
+
+
+class PollQuery(QueryModel):
     have: str | None = Field(None, max_length=64, description="The version the node serves "
                              "(304 while unchanged)")
     wait: float = Field(0.0, allow_inf_nan=False, description="Seconds to hold the request "
@@ -31,7 +39,11 @@ class StateQuery(QueryModel):
     since: int | None = Field(None, description="The revision the agent holds, for a delta")
 
 
-class CertificateQuery(QueryModel):
+class StateQuery(PollQuery, ShardQuery):
+    pass
+
+
+class CertificateQuery(ShardQuery):
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
                                description="The fingerprint the route names (else its current)")
 
@@ -83,6 +95,19 @@ class EdgeState(BaseModel):
     changes: list[dict[str, Any]] | None = None
 
 
+class RouterMap(BaseModel):
+    """Which shard holds each hostname off the default shard (null: the entry is gone), all
+    of them or, with ``delta``, those changed since a revision; and where each shard's nodes
+    are. A hostname without an entry goes to ``default_shard``."""
+
+    version: str
+    revision: int
+    delta: bool
+    hosts: dict[str, str | None]
+    shards: dict[str, list[dict[str, Any]]]
+    default_shard: str
+
+
 class EdgeCertificate(BaseModel):
     hostname: str
     cert_sha256: str
@@ -124,8 +149,26 @@ class VisitSink:
 bp = Blueprint("edge_api", __name__, url_prefix="/api/v1/edge")
 
 
-def _store() -> EdgeStateStore:
-    return use(EdgeStateStore)
+def _store(shard: str = DEFAULT_SHARD) -> EdgeStateStore:
+    return use(ShardedState).store(shard)
+
+
+def _unknown(shard: str) -> tuple[Response, int] | None:
+    """A 404 for a shard the edge does not have (a node configured for another edge)."""
+    if use(ShardedState).known(shard):
+        return None
+    return api_error(f"this edge has no shard named {shard}", 404, field="shard")
+
+
+def _held(watch: VersionWatch, have: str, wait: float) -> tuple[Response, int] | None:
+    """Hold a long poll until the version moves from ``have``; a 503 while the replica
+    stops."""
+    if watch.draining:  # this replica stops: wait on another one
+        refused, status = api_error("this control replica is stopping; ask another", 503)
+        refused.headers["Retry-After"] = "1"
+        return refused, status
+    watch.wait(have, wait)
+    return None
 
 
 @bp.get("/state")
@@ -142,14 +185,12 @@ def desired_state(query: StateQuery) -> Response | tuple[Response, int]:
     except edge_protocol.ProtocolRefused as exc:
         return api_error(str(exc), exc.status, "upgrade_required" if exc.status == 426 else None)
     wait = min(max(query.wait, 0.0), MAX_WAIT)
-    store = _store()
+    if (unknown := _unknown(query.shard)) is not None:
+        return unknown
+    store = _store(query.shard)
     have = store.current_form(query.have, protocol)
-    if have and wait:
-        if store.watch.draining:  # this replica stops: wait on another one
-            refused, status = api_error("this control replica is stopping; ask another", 503)
-            refused.headers["Retry-After"] = "1"
-            return refused, status
-        store.watch.wait(have, wait)
+    if have and wait and (refused := _held(store.watch, have, wait)) is not None:
+        return refused
     version = store.current_version()
     if version is None:
         return api_error("no edge state has been published yet", 404)
@@ -162,12 +203,35 @@ def desired_state(query: StateQuery) -> Response | tuple[Response, int]:
     return jsonify({**doc, edge_protocol.CERT_BATCH_KEY: edge_protocol.batch_offer()})
 
 
+@bp.get("/router")
+@require_edge_token
+@operation(summary="Which shard holds each hostname, for router nodes", auth="edge",
+           query=PollQuery, responses={200: RouterMap, 304: None})
+def router_map(query: PollQuery) -> Response | tuple[Response, int]:
+    """The router's map as a delta since ``since`` when the feed still has it, else whole
+    (edge/router_feed.py); 304 while ``have`` is the version, after a long poll of ``wait``
+    seconds. With no shard configured, the map is empty and every name goes to the default
+    shard."""
+    feed = use(ShardedState).router
+    wait = min(max(query.wait, 0.0), MAX_WAIT)
+    underlying, version = feed.versions()
+    if query.have == version and wait:
+        if (refused := _held(feed.watch, underlying or "", wait)) is not None:
+            return refused
+        underlying, version = feed.versions()
+    if query.have == version:
+        return Response(status=304)
+    return jsonify(feed.answer(query.since))
+
+
 @bp.get("/certs/<hostname>")
 @require_edge_token
 @operation(summary="A certificate with its private key", auth="edge", query=CertificateQuery,
            responses={200: EdgeCertificate, 404: None})
 def certificate(hostname: str, query: CertificateQuery) -> Response | tuple[Response, int]:
-    cert = _store().certificate(hostname, query.sha256)
+    if (unknown := _unknown(query.shard)) is not None:
+        return unknown
+    cert = _store(query.shard).certificate(hostname, query.sha256)
     if cert is None:
         return api_error(f"no certificate for {hostname}", 404)
     response = jsonify(cert)
@@ -178,13 +242,17 @@ def certificate(hostname: str, query: CertificateQuery) -> Response | tuple[Resp
 @bp.post("/certs")
 @require_edge_token
 @operation(summary="Many certificates with their private keys, in one answer", auth="edge",
-           body=CertificateBatchRequest, responses={200: CertificateBatch})
-def certificates(body: CertificateBatchRequest) -> Response:
+           body=CertificateBatchRequest, query=ShardQuery,
+           responses={200: CertificateBatch, 404: None})
+def certificates(body: CertificateBatchRequest,
+                 query: ShardQuery) -> Response | tuple[Response, int]:
     """What a joining node downloads: up to ``CERT_BATCH_MAX`` certificates per request
     (edge/protocol.py), each read and decrypted as ``GET /certs/<hostname>?sha256=`` does it,
     gzip'd when the agent accepts it. One not stored is listed under ``missing`` rather than
     failing the batch."""
-    store = _store()
+    if (unknown := _unknown(query.shard)) is not None:
+        return unknown
+    store = _store(query.shard)
     found, missing = [], []
     for wanted in body.certs:
         cert = store.certificate(wanted.hostname, wanted.sha256)
@@ -206,12 +274,16 @@ def certificates(body: CertificateBatchRequest) -> Response:
 @bp.post("/nodes/<node_id>")
 @require_edge_token
 @operation(summary="An agent reports what its node serves", auth="edge", body=NodeReport,
-           responses={200: Accepted})
-def report(node_id: str, body: NodeReport) -> tuple[Response, int]:
+           query=ShardQuery, responses={200: Accepted, 404: None})
+def report(node_id: str, body: NodeReport, query: ShardQuery) -> tuple[Response, int]:
     if not _NODE_ID.fullmatch(node_id):
         return api_error("node id must be 1-64 letters, digits, '.', '_' or '-'", 400,
                          field="node_id")
-    _store().report(node_id, body.applied_version, body.error, body.haproxy_running)
+    if (unknown := _unknown(query.shard)) is not None:
+        return unknown
+    _store(query.shard).report(node_id, body.applied_version, body.error,
+                               body.haproxy_running,
+                               shard=None if query.shard == DEFAULT_SHARD else query.shard)
     return jsonify(ok=True), 200
 
 
@@ -234,16 +306,24 @@ def visits(body: VisitReport) -> tuple[Response, int]:
 @operation(summary="The edge nodes and the version each serves", auth="platform",
            responses={200: EdgeNodes})
 def nodes() -> Response:
+    """Every shard's nodes (each named with its shard, and in sync with its shard's version,
+    once a shard is configured); ``desired_version`` is the default shard's."""
+    shards = use(ShardedState)
     meta = _store().meta()
-    return jsonify(nodes=_store().list_nodes(),
-                   desired_version=meta["edge_version"] if meta else None)
+    listed = _store().list_nodes() if shards.shard_set().names == [DEFAULT_SHARD] \
+        else shards.list_nodes()
+    return jsonify(nodes=listed, desired_version=meta["edge_version"] if meta else None)
 
 
 @bp.post("/force")
 @require_platform_token
 @operation(summary="Let nodes apply the desired version even if its plan looks unsafe",
-           auth="platform", body=ForcePlan, responses={200: Forced, 409: None})
-def force(body: ForcePlan) -> tuple[Response, int]:
-    if not _store().force(body.version):
+           auth="platform", body=ForcePlan, query=ShardQuery,
+           responses={200: Forced, 404: None, 409: None})
+def force(body: ForcePlan, query: ShardQuery) -> tuple[Response, int]:
+    """In the shard named (the default one if none is)."""
+    if (unknown := _unknown(query.shard)) is not None:
+        return unknown
+    if not _store(query.shard).force(body.version):
         return api_error(f"{body.version} is not the desired version any more", 409)
     return jsonify(forced=body.version), 200

@@ -36,9 +36,11 @@ class StateReports:
             return False
 
     def report(self, node_id: str, applied: str | None, error: str | None,
-               running: bool) -> None:
+               running: bool, shard: str | None = None) -> None:
+        """``shard``: the node's, recorded unless it is the default one."""
         self.nodes.put({"node_id": node_id, "applied_version": applied, "error": error,
-                        "haproxy_running": running, "reported_at": self._clock()})
+                        "haproxy_running": running, "reported_at": self._clock(),
+                        **({"shard": shard} if shard else {})})
 
     def list_nodes(self) -> list[dict[str, Any]]:
         meta = self._desired()

@@ -49,7 +49,7 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None,
     provide(app, services, services.settings, services.domains, services.lifecycle,
             services.challenges, services.certificates, services.edge_state, services.links,
             services.tokens, services.platform, services.sso, services.custom_certificates,
-            services.takeovers,
+            services.takeovers, services.edge_shards,
             VisitSink(services.links.add_visits))
     for blueprint in (domains_bp, takeover_bp, byo_bp, edge_bp, challenge_bp, links_bp, sso_bp,
                       ops_bp, tokens_bp, shards_bp):

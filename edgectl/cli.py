@@ -106,7 +106,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     if services is None:
         return 0
     try:
-        draining = Draining(services.edge_state.watch.drain)
+        draining = Draining(services.edge_shards.drain)
         server = ControlServer(create_app(services, draining=draining), settings.listen_host,
                                settings.listen_port, threads=settings.serve_threads,
                                shutdown_seconds=settings.shutdown_seconds,
@@ -173,9 +173,17 @@ def _node(settings: Settings) -> EdgeNode:
                     control_ca=(settings.control_ca_bundle or "@system-ca") if tls else "")
 
 
-def _agent(settings: Settings, node: EdgeNode, node_id: str | None = None) -> EdgeAgent:
+def _agent(settings: Settings, node: EdgeNode, node_id: str | None = None,
+           shard: str | None = None) -> EdgeAgent:
     from edge.agent import EdgeAgent
+    from edge.errors import EdgeError
+    from edge.shards import valid_shard_name
+    shard = shard or settings.edge_shard
+    if not valid_shard_name(shard):
+        raise EdgeError(f"{shard!r} is not a shard name: a lowercase letter, then up to 30 "
+                        "lowercase letters, digits or '-'")
     return EdgeAgent(node, settings.control_urls, settings.edge_token, node_id,
+                     shard=shard,
                      watch=settings.edge_watch_seconds, ca_bundle=settings.control_ca_bundle,
                      allow_insecure=settings.allow_insecure_control,
                      client_cert=(settings.control_client_cert, settings.control_client_key)
@@ -191,6 +199,8 @@ def _agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--role", choices=["edge", "router"], default="edge",
                         help="edge (the default): a node serving its shard's sites; router: "
                              "the shard router in front of the shards (TLS by SNI, HTTP by Host)")
+    parser.add_argument("--shard", help="the edge shard this node serves (default: the "
+                                        "edge_shard setting)")
 
 
 @command("agent", "run the edge agent beside HAProxy", required=EDGE_AGENT,
@@ -210,10 +220,10 @@ def agent(args: argparse.Namespace, settings: Settings) -> int:
             print(stop_node(node.directory, node.haproxy))
             return 0
         lock.acquire()  # held until this process ends
+        edge_agent = _agent(settings, node, args.node_id, args.shard)
     except EdgeError as exc:
         print(f"edgectl: {exc}", file=sys.stderr)
         return 1
-    edge_agent = _agent(settings, node, args.node_id)
     # A signal ends a long poll at once, but never a change of the node half made.
     stop = stop_on_signals(AGENT_GRACE, interrupt=lambda: not edge_agent.applying)
     if settings.edge_metrics_port:

@@ -139,6 +139,8 @@ class Settings:
     worker_interval: float = setting(2.0, parse.number)
     edge_watch_seconds: float = setting(5.0, parse.number)
     """How long an agent's request waits for the next state (a long poll; 0: plain polls)."""
+    edge_shard: str = setting("default", parse.text)
+    """The edge shard the node serves (docs/shards.md): its agent fetches that shard's state."""
     worker_id: str = setting("", parse.text)
     retry_base_seconds: float = setting(5.0, parse.number)
     retry_max_seconds: float = setting(3600.0, parse.number)

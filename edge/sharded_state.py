@@ -1,0 +1,218 @@
+"""The edge state of every shard, and the router's map, behind the interface the publisher
+uses (docs/shards.md).
+
+Each shard keeps an :class:`EdgeStateStore` of its own: its own version item, revision, feed,
+routes, certificates, short links and nodes, in the same tables under the shard's namespace
+(store/namespace.py). The default shard's namespace is the tables' plain keys: with no shard
+configured the edge stores, answers and costs exactly what it did before shards. A change is
+split by the shard each hostname is assigned to (edge/shards.py; a short link goes with its
+host), so it commits, and wakes long polls, in that shard only; the config goes to every shard.
+Hostnames off the default shard also get an entry in the router's map (edge/router_feed.py).
+
+Moving a hostname between shards (publish to the new one, switch the router, drop it from the
+old one) is built from :meth:`ShardedState.publish_to`, :meth:`holding`, :meth:`nodes` and
+``router.assign``: :meth:`change` itself always follows the current assignment.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Any, Callable
+
+from edge.router_feed import ROUTER, RouterFeed
+from edge.shards import DEFAULT_SHARD, ShardSet
+from edge.state import EdgeConfig, Redirect
+from edge.state_changes import RedirectChange, RouteChange, StateChanges
+from edge.state_feed import StateFeed
+from edge.state_store import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE,
+                              EDGE_VISIT_REPORTS, EdgeStateStore)
+from kit.vault import KeyVault
+from store import Backend, Table, rewrite_field
+from store.namespace import namespaced
+
+
+@dataclasses.dataclass(frozen=True)
+class EdgeTables:
+    """The edge state's tables, whole (every namespace's items)."""
+
+    state: Table
+    routes: Table
+    certs: Table
+    nodes: Table
+    reports: Table
+    redirects: Table
+
+
+def link_host(key: str) -> str:
+    """The host of a short link's map key (``host/slug``): its shard is the host's."""
+    return key.partition("/")[0]
+
+
+class ShardedState:
+    def __init__(self, tables: EdgeTables, vault: KeyVault,
+                 shard_set: Callable[[], ShardSet] = ShardSet,
+                 report_memory: float = 7 * 86400.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``shard_set`` is asked on every change: it must answer from memory."""
+        self.tables = tables
+        self.shard_set = shard_set
+        self._vault = vault
+        self._report_memory = report_memory
+        self._clock = clock
+        self._stores: dict[str, EdgeStateStore] = {}
+        self._lock = threading.Lock()
+        self.default = self.store(DEFAULT_SHARD)
+        router = StateChanges(namespaced(tables.state, ROUTER), namespaced(tables.routes, ROUTER),
+                              namespaced(tables.certs, ROUTER), vault,
+                              namespaced(tables.redirects, ROUTER), clock)
+        self.router = RouterFeed(router, StateFeed(router, router.routes, router.certs, vault,
+                                                   router.redirects),
+                                 lambda: self.shard_set())
+
+    @classmethod
+    def from_backend(cls, backend: Backend, vault: KeyVault, shard_set: Callable[[], ShardSet],
+                     report_memory: float, clock: Callable[[], float]) -> "ShardedState":
+        return cls(EdgeTables(*(backend.table(spec) for spec in (
+            EDGE_STATE, EDGE_ROUTES, EDGE_CERTS, EDGE_NODES, EDGE_VISIT_REPORTS,
+            EDGE_REDIRECTS))), vault, shard_set, report_memory, clock)
+
+    def store(self, shard: str) -> EdgeStateStore:
+        """Shard ``shard``'s state (whether or not it is configured: a shard being removed
+        keeps its state until its hostnames have moved)."""
+        with self._lock:
+            found = self._stores.get(shard)
+            if found is None:
+                ns = "" if shard == DEFAULT_SHARD else shard
+                t = self.tables
+                found = EdgeStateStore(
+                    namespaced(t.state, ns), namespaced(t.routes, ns), namespaced(t.certs, ns),
+                    namespaced(t.nodes, ns), self._vault, t.reports, self._report_memory,
+                    self._clock, redirects=namespaced(t.redirects, ns))
+                self._stores[shard] = found
+            return found
+
+    def known(self, shard: str) -> bool:
+        return shard in self.shard_set().names
+
+    # --- what the publisher calls ----------------------------------------------------------
+
+    def change(self, routes: dict[str, RouteChange], config: EdgeConfig | None = None,
+               redirects: dict[str, RedirectChange] | None = None) -> bool:
+        """Each route and link change committed in its hostname's shard (one commit per shard
+        changed), the config in every shard; the router's map follows the routes."""
+        shards = self.shard_set()
+        parts: dict[str, tuple[dict[str, RouteChange], dict[str, RedirectChange]]] = {}
+        for hostname, route in routes.items():
+            parts.setdefault(shards.assign(hostname), ({}, {}))[0][hostname] = route
+        for key, redirect in (redirects or {}).items():
+            parts.setdefault(shards.assign(link_host(key)), ({}, {}))[1][key] = redirect
+        moved = False
+        for shard in sorted(set(parts) | (set(shards.names) if config is not None else set())):
+            shard_routes, shard_links = parts.get(shard, ({}, {}))
+            moved = self.store(shard).change(shard_routes, config, shard_links) or moved
+        entries = {hostname: shard for shard, (part, _) in parts.items()
+                   if shard != DEFAULT_SHARD for hostname in part}
+        if entries:
+            self.router.assign({hostname: entries[hostname] if routes[hostname] else None
+                                for hostname in sorted(entries)})
+        return moved
+
+    def reconcile(self, routes: dict[str, str | tuple[str, str]],
+                  pem_of: Callable[[str], str | None], config: EdgeConfig) -> bool:
+        """Every configured shard made exactly its share of ``routes``, and the router's map
+        (see :meth:`EdgeStateStore.reconcile`: reads every route item)."""
+        shards = self.shard_set()
+        parts: dict[str, dict[str, str | tuple[str, str]]] = {name: {} for name in shards.names}
+        for hostname, route in routes.items():
+            parts[shards.assign(hostname)][hostname] = route
+        routed: set[str] = set()
+
+        def pem(hostname: str) -> str | None:
+            found = pem_of(hostname)
+            if found is not None:
+                routed.add(hostname)
+            return found
+
+        moved = False
+        for shard, part in sorted(parts.items()):
+            moved = self.store(shard).reconcile(part, pem, config) or moved
+        if shards.names != [DEFAULT_SHARD]:  # an edge without shards has no router entries
+            self.router.reconcile({hostname: shards.assign(hostname) for hostname in routed
+                                   if shards.assign(hostname) != DEFAULT_SHARD})
+        return moved
+
+    def reconcile_redirects(self, desired: dict[str, Redirect]) -> bool:
+        shards = self.shard_set()
+        parts: dict[str, dict[str, Redirect]] = {name: {} for name in shards.names}
+        for key, redirect in desired.items():
+            parts[shards.assign(link_host(key))][key] = redirect
+        moved = False
+        for shard, part in sorted(parts.items()):
+            moved = self.store(shard).reconcile_redirects(part) or moved
+        return moved
+
+    def due_redirects(self, now: float, limit: int = 200) -> list[str]:
+        """Expired links of every shard (one index query per shard)."""
+        due: list[str] = []
+        for shard in self.shard_set().names:
+            if len(due) >= limit:
+                break
+            due += self.store(shard).due_redirects(now, limit - len(due))
+        return due
+
+    def nodes(self, shard: str) -> list[dict[str, Any]]:
+        """Shard ``shard``'s nodes, each with the version it applied and whether that is the
+        shard's current one."""
+        return [{**node, "shard": shard} for node in self.store(shard).list_nodes()]
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return [node for shard in self.shard_set().names for node in self.nodes(shard)]
+
+    def routed(self) -> set[str]:
+        """Every hostname some configured shard routes (reads every shard's snapshot)."""
+        hosts: set[str] = set()
+        for shard in self.shard_set().names:
+            state = self.store(shard).load()
+            hosts |= {str(route["hostname"]) for route in state["routes"]} if state else set()
+        return hosts
+
+    # --- moves (issue 29 item 4) build on these ---------------------------------------------
+
+    def publish_to(self, shard: str, routes: dict[str, RouteChange],
+                   redirects: dict[str, RedirectChange] | None = None) -> bool:
+        """Commit these changes in ``shard`` whatever the assignment says, and leave the
+        router's map alone (a move switches it once the new shard's nodes apply them)."""
+        return self.store(shard).change(routes, None, redirects)
+
+    def holding(self, shard: str, hostname: str) -> int | None:
+        """The revision of ``shard`` that wrote its route for ``hostname``, or None when the
+        shard does not route it: a node of the shard holds it once it applied that revision
+        (its report names the version: :meth:`nodes`)."""
+        item = self.store(shard).routes.get(hostname)
+        return None if item is None or item.get("removed") else int(item["revision"])
+
+    def revision(self, shard: str) -> int:
+        """Shard ``shard``'s current revision (0: nothing published)."""
+        meta = self.store(shard).meta()
+        return int(meta["revision"]) if meta else 0
+
+    # --- the whole edge -------------------------------------------------------------------
+
+    def reencrypt(self) -> int:
+        """Every shard's certificates (read once, whichever namespace holds them)."""
+        return rewrite_field(self.tables.certs, "pem_enc", self._vault.rotate)
+
+    def drain(self) -> None:
+        for store in self._each():
+            store.watch.drain()
+        self.router.watch.drain()
+
+    def close(self) -> None:
+        for store in self._each():
+            store.watch.close()
+        self.router.watch.close()
+
+    def _each(self) -> list[EdgeStateStore]:
+        with self._lock:
+            return list(self._stores.values())
