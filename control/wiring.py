@@ -33,7 +33,6 @@ from edge.shard_registry import EDGE_SHARDS, ShardRegistry
 from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
 from edge.state import EdgeConfig, Redirect, pools_of
 from edge.sharded_state import ShardedState
-from edge.shards import ShardSet
 from edge.state_store import EdgeStateStore, RouteChange
 from kit.platform import Platform
 from kit.settings import Settings
@@ -263,8 +262,9 @@ class Services:
                               clock=clock)
         issuer = _issuer(settings, backend, vault, challenges, certificates,
                          _dns01_solver(settings, automation, checker, dcv), clock)
+        shards = ShardRegistry(backend.table(EDGE_SHARDS))
         edge_shards = ShardedState.from_backend(
-            backend, vault, ShardSet, settings.visit_report_retention_seconds, clock)
+            backend, vault, shards.load, settings.visit_report_retention_seconds, clock)
         edge_state = edge_shards.default
         links = LinkService(backend.table(LINKS), settings.short_domains,
                             changes=backend.table(LINK_CHANGES), domain_owner=domains.owner,
@@ -303,7 +303,7 @@ class Services:
                    PublicationTokens(backend.table(API_TOKENS), clock=clock), Platform.from_settings(settings),
                    sso, sweeper, custom, Takeovers(domains, backend.table(TAKEOVERS), checker,
                                                    clock=clock), clock,
-                   shards=ShardRegistry(backend.table(EDGE_SHARDS)))
+                   shards=shards)
 
     def reencrypt_keys(self) -> int:
         """``edgectl keys rotate``: every stored secret, re-encrypted under the newest key."""
