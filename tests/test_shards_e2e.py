@@ -1,0 +1,255 @@
+"""Edge shards behind the SNI router, end to end in network namespaces (docs/shards.md): the
+control service (`edgectl serve`, SQLite), one router node (`edgectl agent --role router`),
+three shards of one or two edge nodes (`edgectl agent --shard NAME`, PROXY binds on), the app
+and a client, each on a host address of its own. The shards are registered with
+`edgectl shards add`; a few thousand domains, each with a certificate of its own, are seeded
+through the product's write paths (bench/control_seed.py) and published by serve's
+reconciliation at start, so each shard's feed and the router's map are the product's own.
+Only addresses inside the namespaces the test creates are used."""
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from bench.control_seed import publication, seed_one
+from control.wiring import Services
+from edge.haproxy import server_status
+from edge.shards import assign
+from kit.procs import ManagedProcess
+from kit.settings import load_settings
+from kit.x509 import key_to_pem, self_signed
+from tests.conftest import wait_until
+from tests.netns import Network, current, enter, restore, wait_listening
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parent.parent
+NET = "10.214.0"
+SHARDS = {"s1": ["s1a", "s1b"], "s2": ["s2a", "s2b"], "s3": ["s3a"]}
+NODES = [node for nodes in SHARDS.values() for node in nodes]
+ROLES = ["control", "router", "app", "client", *NODES]
+DOMAINS = 2400
+ZONE = "e2e.test"
+API_TOKEN, EDGE_TOKEN = "shards-e2e-api-token-0123456789", "shards-e2e-edge-token-0123456789"
+PROXY_HTTPS, PROXY_HTTP = 8444, 8081
+
+
+def hostname(n: int) -> str:
+    return f"d{n:05d}.{ZONE}"
+
+
+@dataclasses.dataclass
+class Answer:
+    status: int
+    subject: str
+    body: dict[str, Any]
+    location: str
+
+
+def tls_get(address: str, host: str, path: str = "/") -> Answer:
+    """One GET over a new TLS connection to ``address``:443 with SNI ``host``; the
+    certificate is read, not trusted (each is self-signed), and its subject returned."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    conn = http.client.HTTPSConnection(address, 443, timeout=10, context=context)
+    conn.sock = context.wrap_socket(socket.create_connection((address, 443), timeout=10),
+                                    server_hostname=host)
+    try:
+        der = conn.sock.getpeercert(binary_form=True)
+        assert der is not None
+        conn.request("GET", path, headers={"Host": host, "Connection": "close"})
+        response = conn.getresponse()
+        raw = response.read()
+        body = json.loads(raw) if response.getheader("Content-Type", "").startswith(
+            "application/json") else {}
+        return Answer(response.status, x509.load_der_x509_certificate(der).subject
+                      .rfc4514_string(), body, response.getheader("Location") or "")
+    finally:
+        conn.close()
+
+
+class Fleet:
+    def __init__(self, directory: Path, network: Network) -> None:
+        self.directory = directory
+        self.network = network
+        self.processes: dict[str, ManagedProcess] = {}
+        self.keys = Fernet.generate_key().decode()
+        self.control = f"http://{network.address('control')}:8000"
+        self.haproxy = subprocess.check_output(["which", "haproxy"], text=True).strip()
+        self.hosts = [hostname(n) for n in range(DOMAINS)]
+        self.shard_of = {host: assign(host, SHARDS) for host in self.hosts}
+
+    def serve_env(self) -> dict[str, str]:
+        return {"EDGE_DATA_DIR": str(self.directory / "control"), "EDGE_API_TOKEN": API_TOKEN,
+                "EDGE_EDGE_TOKEN": EDGE_TOKEN, "EDGE_ENCRYPTION_KEYS": self.keys,
+                "EDGE_LISTEN_HOST": self.network.address("control"), "EDGE_LISTEN_PORT": "8000",
+                "EDGE_EDGE_CNAME_TARGET": "edge.platform.test",
+                "EDGE_EDGE_ADDRESSES": self.network.address("router"),
+                "EDGE_APP_SERVERS": f"{self.network.address('app')}:9001",
+                "EDGE_DNS_SERVERS": "127.0.0.1", "EDGE_DNS_PORT": "53",
+                "EDGE_ACME_DIRECTORY_URL": "http://127.0.0.1:9/directory",
+                "EDGE_RECHECK_SECONDS": str(10 * 86400), "EDGE_WORKER_INTERVAL": "0.2",
+                "EDGE_DRAIN_SECONDS": "0", "EDGE_EDGE_WATCH_SECONDS": "2"}
+
+    def agent_env(self, role: str) -> dict[str, str]:
+        address = self.network.address(role)
+        return {"EDGE_DATA_DIR": str(self.directory / role), "EDGE_EDGE_TOKEN": EDGE_TOKEN,
+                "EDGE_EDGE_DIR": str(self.directory / role / "edge"),
+                "EDGE_CONTROL_URL": self.control, "EDGE_ALLOW_INSECURE_CONTROL": "true",
+                "EDGE_HAPROXY_BIN": self.haproxy, "EDGE_EDGE_BIND": address,
+                "EDGE_EDGE_HTTPS_PORT": "443", "EDGE_EDGE_HTTP_PORT": "80",
+                "EDGE_EDGE_PROXY_HTTPS_PORT": str(PROXY_HTTPS),
+                "EDGE_EDGE_PROXY_HTTP_PORT": str(PROXY_HTTP),
+                "EDGE_WORKER_INTERVAL": "0.2", "EDGE_EDGE_WATCH_SECONDS": "2"}
+
+    def start(self, role: str, argv: list[str], env: dict[str, str], name: str = "") -> None:
+        name = name or role
+        self.processes[name] = ManagedProcess(
+            name, ["ip", "netns", "exec", self.network.ns(role), *argv],
+            self.directory / f"{name}.log", env={"PYTHONPATH": str(ROOT), **env})
+
+    def edgectl(self, role: str, *args: str, env: dict[str, str], name: str = "") -> None:
+        self.start(role, [sys.executable, "-m", "edgectl", *args], env, name)
+
+    def operator(self, *args: str) -> None:
+        """`edgectl ARGS` as an operator on the client's host, against the control service."""
+        done = subprocess.run(
+            [sys.executable, "-m", "edgectl", *args], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "EDGE_CONTROL_URL": self.control,
+                 "EDGE_API_TOKEN": API_TOKEN, "EDGE_ALLOW_INSECURE_CONTROL": "true"})
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def start_serve(self) -> None:
+        self.edgectl("control", "serve", env=self.serve_env())
+        wait_listening(self.network.address("control"), 8000, self.processes["control"])
+
+    def register_shards(self) -> None:
+        """Through the operator's command, against a control service holding no domain yet."""
+        self.start_serve()
+        for shard, nodes in SHARDS.items():
+            self.operator("shards", "add", shard, *[
+                arg for node in nodes
+                for arg in ("--node", f"{self.network.address(node)}:{PROXY_HTTPS}:{PROXY_HTTP}")])
+        self.processes.pop("control").stop()
+
+    def seed(self) -> None:
+        """Each domain connected, its own certificate stored, made active; serve publishes
+        every route at its start (bench/control_seed.py's fleet path)."""
+        settings = load_settings(env=self.serve_env())
+        settings = dataclasses.replace(settings, max_pending_domains=0)
+        key = ec.generate_private_key(ec.SECP256R1())
+        key_pem = key_to_pem(key).encode()
+        services = Services.from_settings(settings)
+        try:
+            for n, host in enumerate(self.hosts):
+                cert, _ = self_signed(host, key, days=90)
+                seed_one(services, host, publication(n), cert, key_pem)
+        finally:
+            services.close()
+
+    def start_all(self) -> None:
+        app = self.network.address("app")
+        self.start("app", [sys.executable, "-c", "import time; from devtools.sample_app import "
+                           f"SampleApp; SampleApp('app', 9001, {app!r}); time.sleep(3600)"], {})
+        self.register_shards()
+        self.seed()
+        self.start_serve()
+        for shard, nodes in SHARDS.items():
+            for node in nodes:
+                self.edgectl(node, "agent", "--shard", shard, "--node-id", node,
+                             env=self.agent_env(node))
+        self.edgectl("router", "agent", "--role", "router", "--node-id", "router",
+                     env=self.agent_env("router"))
+
+    def crt_list(self, node: str) -> set[str]:
+        """The hostnames whose certificates the node's current release holds."""
+        path = self.directory / node / "edge" / "current" / "crt-list"
+        if not path.exists():
+            return set()
+        return {line.split()[-1] for line in path.read_text().splitlines() if line.strip()}
+
+    def router_socket(self) -> Path:
+        [found] = (self.directory / "router" / "edge").rglob("admin.sock")
+        return found
+
+    def kill(self, role: str) -> None:
+        """SIGKILL every process on ``role``'s host (its agent and its HAProxy)."""
+        for pid in self.network.pids(self.network.ns(role)):
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not self.network.pids(self.network.ns(role)), 15, f"{role} dead")
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.stop()
+        for role in ["router", *NODES]:  # the agents leave HAProxy serving: stop it by PID
+            for pid in self.network.pids(self.network.ns(role)):
+                os.kill(pid, signal.SIGTERM)
+            wait_until(lambda: not self.network.pids(self.network.ns(role)), 15,
+                       f"{role}'s HAProxy gone")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    network = Network(NET, ROLES, "se")
+    client = current()
+    instance = None
+    try:
+        network.up()
+        enter(network.ns("client"))  # this thread speaks from the client's address
+        instance = Fleet(tmp_path_factory.mktemp("shards"), network)
+        instance.start_all()
+        for node in NODES:
+            wanted = {h for h, shard in instance.shard_of.items() if node in SHARDS[shard]}
+            wait_until(lambda: instance.crt_list(node) == wanted, 240, f"{node}'s certificates")
+        wait_until(lambda: all(set(status.values()) == {"UP"} for status in (
+            server_status(instance.router_socket(), f"tls_{shard}") for shard in SHARDS)),
+            60, "the router's checks of every shard node")
+        yield instance
+    finally:
+        if instance is not None:
+            instance.stop()
+        restore(client)
+        left = network.down()
+        assert left == [], f"processes left in the namespaces: {left}"
+
+
+def check(fleet: Fleet, n: int) -> str | None:
+    """What is wrong with domain ``n`` served through the router (None: nothing)."""
+    host = fleet.hosts[n]
+    try:
+        answer = tls_get(fleet.network.address("router"), host)
+    except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+        return f"{host}: {exc!r}"
+    seen = (answer.status, answer.subject, answer.body.get("publication_id"),
+            answer.body.get("forwarded_for"))
+    wanted = (200, f"CN={host}", publication(n), fleet.network.address("client"))
+    return None if seen == wanted else f"{host}: {seen} != {wanted}"
+
+
+def test_every_domain_is_served_through_the_router_with_its_own_certificate(
+        fleet: Fleet) -> None:
+    firsts = {fleet.shard_of[host]: n for n, host in reversed(list(enumerate(fleet.hosts)))}
+    for shard, n in firsts.items():  # the router's map is in once a host of each shard is
+        wait_until(lambda: check(fleet, n) is None, 60, f"{fleet.hosts[n]} through the router")
+    with ThreadPoolExecutor(6, initializer=enter,
+                            initargs=(fleet.network.ns("client"),)) as pool:
+        wrong = [found for found in pool.map(lambda n: check(fleet, n), range(DOMAINS)) if found]
+    assert wrong == [], f"{len(wrong)} of {DOMAINS} domains not served right: {wrong[:5]}"
