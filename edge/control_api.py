@@ -12,6 +12,7 @@ from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge import protocol as edge_protocol
+from edge.router_feed import ROUTER
 from edge.sharded_state import ShardedState
 from edge.shards import DEFAULT_SHARD, SHARD_NAME
 from edge.state_store import EdgeStateStore
@@ -287,6 +288,21 @@ def report(node_id: str, body: NodeReport, query: ShardQuery) -> tuple[Response,
     return jsonify(ok=True), 200
 
 
+@bp.post("/router/nodes/<node_id>")
+@require_edge_token
+@operation(summary="A router agent reports the router version it serves", auth="edge",
+           body=NodeReport, responses={200: Accepted})
+def router_report(node_id: str, body: NodeReport) -> tuple[Response, int]:
+    """Kept in the router map's namespace, apart from every shard's nodes: a router serves
+    the router feed's version, never a shard's, so it must not count as a shard's node."""
+    if not _NODE_ID.fullmatch(node_id):
+        return api_error("node id must be 1-64 letters, digits, '.', '_' or '-'", 400,
+                         field="node_id")
+    use(ShardedState).store(ROUTER).report(node_id, body.applied_version, body.error,
+                                           body.haproxy_running, shard=ROUTER)
+    return jsonify(ok=True), 200
+
+
 @bp.post("/visits")
 @require_edge_token
 @operation(summary="Visits HAProxy counted for hot links", auth="edge", body=VisitReport,
@@ -307,12 +323,18 @@ def visits(body: VisitReport) -> tuple[Response, int]:
            responses={200: EdgeNodes})
 def nodes() -> Response:
     """Every shard's nodes (each named with its shard, and in sync with its shard's version,
-    once a shard is configured); ``desired_version`` is the default shard's."""
+    once a shard is configured), then the routers (in sync with the router feed's version);
+    ``desired_version`` is the default shard's."""
     shards = use(ShardedState)
     meta = _store().meta()
     listed = _store().list_nodes() if shards.shard_set().names == [DEFAULT_SHARD] \
         else shards.list_nodes()
-    return jsonify(nodes=listed, desired_version=meta["edge_version"] if meta else None)
+    version = shards.router.versions()[1]
+    routers = [{**node, "role": "router", "in_sync": node.get("applied_version") == version,
+                "lag_seconds": 0.0 if node.get("applied_version") == version
+                else node["lag_seconds"]} for node in shards.store(ROUTER).list_nodes()]
+    return jsonify(nodes=listed + routers,
+                   desired_version=meta["edge_version"] if meta else None)
 
 
 @bp.post("/force")

@@ -158,8 +158,8 @@ class RouterAgent:
             return applied
 
     def _report(self) -> None:
-        # The edge nodes' report: the control service lists the router among them.
-        self._request("POST", f"/api/v1/edge/nodes/{self.node_id}", timeout=10, json={
+        # Its own report, not an edge node's: a router is never one of a shard's nodes.
+        self._request("POST", f"{FEED_PATH}/nodes/{self.node_id}", timeout=10, json={
             "applied_version": self.router.applied_version, "error": self.router.last_error,
             "haproxy_running": self.router.haproxy.running})
 

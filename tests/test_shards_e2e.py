@@ -280,6 +280,17 @@ def served_as(address: str, host: str) -> Answer | None:
         return None
 
 
+def test_the_router_and_every_shard_node_report_in_sync(fleet: Fleet) -> None:
+    """`edgectl nodes`' answer: each shard node with its shard, the router apart from them."""
+    def listed() -> dict[str, tuple[str | None, bool]]:
+        nodes = requests.get(f"{fleet.control}/api/v1/edge/nodes", timeout=30, headers={
+            "Authorization": f"Bearer {API_TOKEN}"}).json()["nodes"]
+        return {node["node_id"]: (node.get("shard"), node["in_sync"]) for node in nodes}
+    wanted = {node: (shard, True) for shard, nodes in SHARDS.items() for node in nodes}
+    wait_until(lambda: listed() == {**wanted, "router": ("_router", True)}, 30,
+               "every node's report", listed)
+
+
 def pair(fleet: Fleet, same_shard: bool) -> tuple[str, str]:
     """Two domains of one publication (n and n + 997), on one shard or on two."""
     n = next(n for n in range(997) if (fleet.shard_of[fleet.hosts[n]]
