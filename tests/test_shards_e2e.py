@@ -35,7 +35,7 @@ from control.wiring import Services
 from edge.haproxy import server_status, unix_command
 from edge.shards import assign
 from kit.procs import ManagedProcess
-from kit.settings import load_settings
+from kit.settings import Settings, load_settings
 from kit.x509 import key_to_pem, self_signed
 from tests.conftest import wait_until
 from tests.netns import Network, current, enter, restore, wait_listening
@@ -46,7 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 NET = "10.214.0"
 SHARDS = {"s1": ["s1a", "s1b"], "s2": ["s2a", "s2b"], "s3": ["s3a"]}
 NODES = [node for nodes in SHARDS.values() for node in nodes]
-ROLES = ["control", "router", "app", "client", *NODES]
+ROLES = ["control", "router", "app", "client", *NODES, "s4a"]
+MOVES = "shard_move_grace_seconds" in {field.name for field in dataclasses.fields(Settings)}
+"""Whether this tree moves hostnames between shards (issue 29, item 4)."""
 DOMAINS = 2400
 ZONE = "e2e.test"
 API_TOKEN, EDGE_TOKEN = "shards-e2e-api-token-0123456789", "shards-e2e-edge-token-0123456789"
@@ -108,7 +110,8 @@ class Fleet:
                 "EDGE_DNS_SERVERS": "127.0.0.1", "EDGE_DNS_PORT": "53",
                 "EDGE_ACME_DIRECTORY_URL": "http://127.0.0.1:9/directory",
                 "EDGE_RECHECK_SECONDS": str(10 * 86400), "EDGE_WORKER_INTERVAL": "0.2",
-                "EDGE_DRAIN_SECONDS": "0", "EDGE_EDGE_WATCH_SECONDS": "2"}
+                "EDGE_DRAIN_SECONDS": "0", "EDGE_EDGE_WATCH_SECONDS": "2",
+                **({"EDGE_SHARD_MOVE_GRACE_SECONDS": "2"} if MOVES else {})}
 
     def agent_env(self, role: str) -> dict[str, str]:
         address = self.network.address(role)
@@ -201,7 +204,7 @@ class Fleet:
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
             process.stop()
-        for role in ["router", *NODES]:  # the agents leave HAProxy serving: stop it by PID
+        for role in ["router", *NODES, "s4a"]:  # the agents leave HAProxy serving: by PID
             for pid in self.network.pids(self.network.ns(role)):
                 with contextlib.suppress(ProcessLookupError):  # a worker gone with its master
                     os.kill(pid, signal.SIGTERM)
@@ -343,6 +346,55 @@ def test_a_one_route_change_reaches_its_shards_nodes_and_the_router(fleet: Fleet
         assert tls_get(fleet.network.address(role), new).subject == "CN=edge-default.invalid"
 
 
+@pytest.mark.skipif(not MOVES, reason="needs the moves between shards (issue 29, item 4)")
+def test_a_shard_added_under_load_fails_no_request(fleet: Fleet) -> None:
+    """Four visitors load a sample of every shard's hostnames through the router (each request
+    on a new connection, never retried) while s4 is started and added: its share moves to it
+    (published, switched in the router's map, dropped from the old shards) and no request
+    fails."""
+    shards = {**SHARDS, "s4": ["s4a"]}
+    moved = {host for host in fleet.hosts if assign(host, shards) == "s4"}
+    numbers = list(range(0, DOMAINS, 7))
+    stop, lock = threading.Event(), threading.Lock()
+    results: list[str | None] = []
+
+    def load(k: int) -> None:
+        enter(fleet.network.ns("client"))
+        for i in range(k, 10**9, 4):
+            if stop.is_set():
+                return
+            wrong = check(fleet, numbers[i % len(numbers)])
+            with lock:
+                results.append(wrong)
+    threads = [threading.Thread(target=load, args=(k,), daemon=True) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        fleet.edgectl("s4a", "agent", "--shard", "s4", "--node-id", "s4a",
+                      env=fleet.agent_env("s4a"))
+        wait_listening(fleet.network.address("s4a"), PROXY_HTTPS, fleet.processes["s4a"])
+        fleet.operator("shards", "add", "s4", "--node",
+                       f"{fleet.network.address('s4a')}:{PROXY_HTTPS}:{PROXY_HTTP}")
+        wait_until(lambda: fleet.crt_list("s4a") == moved, 180, "s4's share on its node")
+        router_map = fleet.directory / "router" / "edge" / "sni.map"
+        wait_until(lambda: {parts[1] for parts in (line.split() for line in unix_command(
+            fleet.router_socket(), f"show map {router_map}\n").splitlines())
+            if parts[2:] == ["s4"]} == moved and all(
+            fleet.crt_list(node).isdisjoint(moved) for node in NODES), 120,
+            "the router's switch and the old shards' drop")
+        before = len(results)
+        wait_until(lambda: len(results) >= before + 100, 60, "load after the move")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    failed = [wrong for wrong in results if wrong]
+    print(f"shard added under load: {len(moved)} hostnames moved, {len(results)} requests, "
+          f"{len(failed)} failed")
+    assert failed == [] and len(results) > 200, failed[:5]
+    fleet.shard_of = {host: assign(host, shards) for host in fleet.hosts}
+
+
 def backend_stat(fleet: Fleet, backend: str, column: str) -> str:
     """One column of the router's ``show stat`` for the BACKEND row of ``backend``."""
     rows = unix_command(fleet.router_socket(), "show stat\n").splitlines()
@@ -403,9 +455,3 @@ def test_a_killed_shard_node_is_replaced_by_its_peer(fleet: Fleet) -> None:
     assert after == [], after[:5]
     assert redispatched > 0, "the killed node was offered connections before its check failed"
     assert len(in_flight) <= len(threads), in_flight
-
-
-@pytest.mark.skip(reason="needs the moves between shards (issue 29, item 4), not on main yet")
-def test_a_shard_added_under_load_fails_no_request() -> None:
-    """Start a node of s4, `edgectl shards add s4 --node ...` under the load above; once no
-    move is in flight, s4 holds its share and no request failed."""
