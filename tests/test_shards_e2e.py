@@ -278,6 +278,25 @@ def test_an_unknown_hostname_gets_the_default_shards_default_certificate(fleet: 
     assert (answer.status, answer.subject) == (404, "CN=edge-default.invalid")
 
 
+def http_get(address: str, host: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(address, 80, timeout=10)
+    try:
+        conn.request("GET", "/p?q=1", headers={"Host": host})
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("Location") or ""
+    finally:
+        conn.close()
+
+
+def test_port_80_is_routed_by_host_to_each_shards_https_redirect(fleet: Fleet) -> None:
+    router = fleet.network.address("router")
+    for shard in SHARDS:
+        host = next(h for h, holder in fleet.shard_of.items() if holder == shard)
+        assert http_get(router, host) == (301, f"https://{host}/p?q=1")
+    assert http_get(router, f"nowhere.{ZONE}")[0] == 404
+
+
 def served_as(address: str, host: str) -> Answer | None:
     try:
         return tls_get(address, host)
