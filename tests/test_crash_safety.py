@@ -134,7 +134,7 @@ def test_killed_at_random_points_connect_activation_and_removal_lose_and_repeat_
             made = control.call(lambda: requests.post(
                 f"{base}/links", timeout=10, headers=AUTH, json={
                     "domain": domain, "slug": "promo", "target": "https://example.org/",
-                    "owner": "pub_1"}), 5.0)
+                    "owner": "pub_1"}), rng.uniform(0.3, 1.0))  # in or just after the write
             assert made.status_code in (201, 409), made.text
         for hostname in hostnames:  # removal, killed at a random point of each
             removed = control.call(lambda: requests.delete(
