@@ -3,6 +3,7 @@ dynalite): an idle worker round and a one-route change cost the same whatever th
 domains; racing publishers and a publisher that dies mid-change leave no stale route."""
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import threading
 import time
@@ -57,15 +58,24 @@ def calm(request: pytest.FixtureRequest) -> Calm:
     return fair
 
 
+def at_once(seed_one: Callable[[int], None], numbers: range) -> None:
+    """``seed_one(n)`` for each number, four at a time, as concurrent API calls would: a
+    seeded domain is about a dozen store requests, and 150 of them one after the other were
+    most of a DynamoDB run's time (each request waits on the store in turn)."""
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(seed_one, numbers))
+
+
 def seed_active(services: Services, count: int, start: int = 0) -> None:
     """``count`` active domains with certificates, none due for an hour."""
-    for n in range(start, start + count):
+    def seed_one(n: int) -> None:
         hostname = f"d{n}.scale.example.test"
         domain, _ = services.domains.connect(hostname, f"pub_{n % 7}")
         cert, _ = self_signed(hostname, KEY)
         services.certificates.save([hostname], cert, KEY_PEM)
         services.domains.transition(domain, "active", "seeded",
                                     next_attempt_at=time.time() + 3600)
+    at_once(seed_one, range(start, start + count))
 
 
 def requests_of(services: Services, step: object) -> int:
@@ -229,12 +239,13 @@ def test_the_dashboard_overview_costs_the_same_with_ten_times_the_domains(
     services = services_with(base=any_backend, max_pending_domains=0, clock=clock)
 
     def seed(start: int, count: int) -> None:
-        for n in range(start, start + count):
+        def seed_one(n: int) -> None:
             hostname = f"o{n}.scale.example.test"
             domain, _ = services.domains.connect(hostname, "pub_1")
             services.certificates.save([hostname], self_signed(hostname, KEY, days=365)[0],
                                        KEY_PEM)
             services.domains.transition(domain, "active", "seeded")
+        at_once(seed_one, range(start, start + count))
 
     with calm():
         seed(0, 15)
