@@ -123,7 +123,7 @@ class Cluster:
             "EDGE_ACME_CA_BUNDLE": str(pebble.listener_ca), "EDGE_APP_SERVERS": app.address,
             "EDGE_WORKER_INTERVAL": "0.2", "EDGE_RETRY_BASE_SECONDS": "0.5",
             "EDGE_RETRY_MAX_SECONDS": "3", "EDGE_MAX_PENDING_DOMAINS": "0",
-            "EDGE_EDGE_WATCH_SECONDS": "2",
+            "EDGE_EDGE_WATCH_SECONDS": "2", "EDGE_DRAIN_SECONDS": "0",  # stopped by kill -9
             "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
         self.common = common
         self.replica_env = [{**common, "EDGE_LISTEN_PORT": str(port), "EDGE_WORKER_ID": f"r{n}",

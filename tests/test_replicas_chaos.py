@@ -58,6 +58,7 @@ class Cluster:
             "EDGE_WORKER_INTERVAL": "0.2", "EDGE_RETRY_BASE_SECONDS": "0.5",
             "EDGE_RETRY_MAX_SECONDS": "3", "EDGE_MAX_PENDING_DOMAINS": "0",
             "EDGE_ACME_CERTS_PER_DOMAIN_7D": str(CROWD_LIMIT), "EDGE_EDGE_WATCH_SECONDS": "2",
+            "EDGE_DRAIN_SECONDS": "0",  # stopped by kill -9, or at the end
             "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
         self.replica_env = [{**common, "EDGE_LISTEN_PORT": str(port), "EDGE_WORKER_ID": f"r{n}",
                              "EDGE_DATA_DIR": str(directory / f"replica{n}")}
