@@ -177,7 +177,7 @@ class Cluster:
                                             verify=self.ca,
                                             headers={"Authorization": f"Bearer {TOKEN}"},
                                             **kwargs)
-                if response.status_code < 500:
+                if response.status_code < 500 and not _try_again(response):
                     return response
                 last = f"{response.status_code} {response.text[:200]}"
             except requests.RequestException as exc:
@@ -557,3 +557,8 @@ def test_chaos(cluster: Cluster, receiver: Receiver) -> None:
     assert [len(m) for m in lasting] == [1, 1], f"one HAProxy per node, not {lasting}"
     assert not failures, [dataclasses.astuple(r) for r in failures[:10]]
 
+
+def _try_again(response: requests.Response) -> bool:
+    """A 409 that asks to be sent again: the worker moved the item while the request was
+    handled (a removal racing an activation), as a client of the API must expect."""
+    return response.status_code == 409 and "try again" in response.text

@@ -26,6 +26,7 @@ from devtools.sample_app import SampleApp
 from edge.node import EdgeNode
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from store import SPREAD
+from tests.test_chaos import _try_again
 from tests.conftest import stop_together, wait_until
 from tests.supervised_dynalite import SupervisedDynalite
 
@@ -102,7 +103,8 @@ class Cluster:
                 response = requests.request(method, f"{self.urls[n]}{path}", timeout=30,
                                             headers={"Authorization": f"Bearer {TOKEN}"},
                                             **kwargs)
-                if response.status_code != 503:  # 503: the store is restarting; retry
+                # 503: the store is restarting; a 409 "try again": the worker moved the item
+                if response.status_code != 503 and not _try_again(response):
                     return response
             except requests.ConnectionError:
                 pass  # that replica is restarting
