@@ -40,7 +40,8 @@ from kit.x509 import key_to_pem, self_signed
 from tests.conftest import wait_until
 from tests.netns import Network, current, enter, restore, wait_listening
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),
+              pytest.mark.xdist_group("shards-e2e")]  # one fleet, its tests in order
 
 ROOT = Path(__file__).resolve().parent.parent
 NET = "10.214.0"
