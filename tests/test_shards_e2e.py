@@ -275,8 +275,12 @@ def test_each_shard_node_holds_only_its_shards_certificates(fleet: Fleet) -> Non
 
 
 def test_an_unknown_hostname_gets_the_default_shards_default_certificate(fleet: Fleet) -> None:
+    """No shard is named ``default`` here: the router's default is the first, s1."""
+    sessions = {shard: int(backend_stat(fleet, f"tls_{shard}", "stot")) for shard in SHARDS}
     answer = tls_get(fleet.network.address("router"), f"nowhere.{ZONE}")
     assert (answer.status, answer.subject) == (404, "CN=edge-default.invalid")
+    assert {shard: int(backend_stat(fleet, f"tls_{shard}", "stot")) - before
+            for shard, before in sessions.items()} == {"s1": 1, "s2": 0, "s3": 0}
 
 
 def http_get(address: str, host: str) -> tuple[int, str]:
