@@ -233,11 +233,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             60, "the router's checks of every shard node")
         yield instance
     finally:
-        if instance is not None:
-            instance.stop()
-        restore(client)
-        left = network.down()
-        assert left == [], f"processes left in the namespaces: {left}"
+        try:
+            if instance is not None:
+                instance.stop()
+        finally:  # the namespaces go whatever stopping met
+            restore(client)
+            left = network.down()
+            assert left == [], f"processes left in the namespaces: {left}"
 
 
 def check(fleet: Fleet, n: int) -> str | None:
