@@ -116,8 +116,23 @@ class Lifecycle:
         cannot put back a stale route."""
         domain = self.domains.find(entry["hostname"])
         active = domain is not None and domain["status"] in ROUTED
-        self.edge.route_changes({entry["hostname"]: route_value(domain)
-                                 if domain is not None and active else None})
+        changes = {entry["hostname"]: self._route_of(domain) if domain is not None and active
+                   else None}
+        # The domains redirecting here redirect only while this one is routed (an index
+        # query, usually empty).
+        publication = domain["publication_id"] if domain else entry.get("publication_id")
+        if publication:
+            for source in self.domains.repository.redirecting_to(
+                    entry["hostname"], publication, fallback=False):
+                if source["status"] in ROUTED:
+                    changes[source["hostname"]] = route_value(source, target_routed=active)
+        self.edge.route_changes(changes)
+
+    def _route_of(self, domain: Item) -> RouteValue:
+        if not domain.get("redirect_to"):
+            return route_value(domain)
+        target = self.domains.find(domain["redirect_to"])
+        return route_value(domain, target is not None and target["status"] in ROUTED)
 
     def send_webhook(self, entry: Item) -> None:
         self.events.emit(entry["type"], dict(entry["data"]), entry["id"])
@@ -326,15 +341,16 @@ class Lifecycle:
         is read by its key (consistent) before its route is added or taken off: a restarting
         replica never drops a live route, nor brings back a removed one. The reads follow the
         disagreement, usually none."""
-        routes = {d["hostname"]: route_value(d) for status in ROUTED
-                  for d in self.domains.each_with_status(status)}
-        for hostname in self.edge.routed() ^ routes.keys():
+        domains = {d["hostname"]: d for status in ROUTED
+                   for d in self.domains.each_with_status(status)}
+        for hostname in self.edge.routed() ^ domains.keys():
             domain = self.domains.find(hostname)
             if domain is not None and domain["status"] in ROUTED:
-                routes[hostname] = route_value(domain)
+                domains[hostname] = domain
             else:
-                routes.pop(hostname, None)
-        return routes
+                domains.pop(hostname, None)
+        return {hostname: route_value(d, d.get("redirect_to") in domains)
+                for hostname, d in domains.items()}
 
     def release_leases(self) -> int:
         """On a graceful stop, once the worker has stopped: hand back the domains this worker

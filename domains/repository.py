@@ -97,9 +97,13 @@ class DomainRepository:
         page = self.table.query_range("pending", publication_id, lower=since, limit=limit)
         return [item for item in page.items if item["status"] == PENDING_DNS]
 
-    def redirecting_to(self, hostname: str, publication_id: str) -> Iterator[Item]:
+    def redirecting_to(self, hostname: str, publication_id: str,
+                       fallback: bool = True) -> Iterator[Item]:
         """The publication's domains whose ``redirect_to`` is ``hostname``: an index query
-        whose cost follows how many there are, not the publication's domains."""
+        whose cost follows how many there are, not the publication's domains. Without the
+        index, the publication's domains are read, or (``fallback`` False) none are."""
+        if "redirected" in self.table.lacking and not fallback:
+            return iter(())
         if "redirected" in self.table.lacking:  # a store that cannot add it: as before it
             return (d for d in itertools.islice(self.each_for(publication_id), WITHOUT_INDEX)
                     if d.get("redirect_to") == hostname)

@@ -16,9 +16,12 @@ when the domain has extras."""
 EXTRA_FIELDS = ("redirect_to", "redirect_status_code", "origin_pool", "metadata")
 
 
-def route_value(domain: Item) -> RouteValue:
-    """The route of an active ``domain``."""
-    extras = route_extras.encode(domain.get("redirect_to"), domain.get("redirect_status_code"),
+def route_value(domain: Item, target_routed: bool = True) -> RouteValue:
+    """The route of an active ``domain``: its redirect only while the edge routes the target
+    (else the domain is served, not sent to a host that leads nowhere). The control service
+    decides this, not the node: with shards, the target may be held by another shard."""
+    redirect_to = domain.get("redirect_to") if target_routed else None
+    extras = route_extras.encode(redirect_to, domain.get("redirect_status_code"),
                                  domain.get("origin_pool"), domain.get("metadata"))
     return (str(domain["publication_id"]), extras) if extras else str(domain["publication_id"])
 

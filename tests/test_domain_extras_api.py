@@ -8,6 +8,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from control.wiring import Services
+from domains import outbox
+from domains.repository import ACTIVE, SUSPENDED
 from devtools.pebble import PebbleStack
 from publisher.api import UpdateDomain
 from tests.conftest import Activate, ServicesWith, on_pebble
@@ -61,6 +63,36 @@ def test_a_redirect_domain_to_an_active_domain(services: Services, client: Flask
     shown = client.get("/api/v1/domains/old.example.test", headers=AUTH).get_json()
     assert "options changed" in [e["what"] for e in shown["events"]]
     assert client.delete("/api/v1/domains/main.example.test", headers=AUTH).status_code == 200
+
+
+def test_a_redirect_is_published_only_while_its_target_is_routed(
+        services: Services, client: FlaskClient, active: Callable[..., None]) -> None:
+    """A node cannot check the target itself (it may be another shard's), so the control
+    service takes a redirect off the edge while its target is suspended, and puts it back."""
+    active(services, client, "main.example.test")
+    active(services, client, "old.example.test")
+    assert patch(client, "old.example.test", redirect_to="main.example.test").status_code == 200
+
+    def published() -> str:
+        state = services.edge_state.load() or {}
+        return next(r.get("extras", "") for r in state["routes"]
+                    if r["hostname"] == "old.example.test")
+
+    assert '"to":"main.example.test"' in published()
+    for status in (SUSPENDED, ACTIVE):
+        target = services.domains.find("main.example.test")
+        assert target is not None
+        services.domains.transition(target, status, "test", effects=[
+            outbox.route("main.example.test", "pub_1")])
+        assert ('"to":"main.example.test"' in published()) == (status == ACTIVE), status
+    services.lifecycle.publish_routes()  # a replica's reconciliation at start agrees
+    assert '"to":"main.example.test"' in published()
+    target = services.domains.find("main.example.test")
+    assert target is not None
+    services.domains.transition(target, SUSPENDED, "no route effect: only a reconciliation")
+    assert '"to":"main.example.test"' in published()
+    services.lifecycle.publish_routes()
+    assert '"to":"main.example.test"' not in published()
 
 
 def test_redirect_loops_chains_and_foreign_or_inactive_targets_are_refused(

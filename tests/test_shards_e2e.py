@@ -347,8 +347,6 @@ def redirect(fleet: Fleet, source: str, target: str, timeout: float = 30) -> Non
                    lambda: served_as(fleet.network.address(role), source))
 
 
-@pytest.mark.xfail(strict=True, reason="a node redirects only to a target it routes itself "
-                   "(haproxy.cfg.j2, txn.domain_redirect), and a shard holds its own hosts")
 def test_a_redirect_to_a_domain_on_another_shard_is_served(fleet: Fleet) -> None:
     redirect(fleet, *pair(fleet, same_shard=False), timeout=10)
 
