@@ -9,6 +9,7 @@ from typing import Callable
 from certs.chain import IssuerChain
 from certs.store import CertificateStore
 from control.wiring import PLATFORM_PUBLICATION, EdgePublisher
+from edge.moves import Mover
 from store import StoreError, Throttled
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,15 @@ class PlatformCertificates:
             except Exception:
                 log.exception("certificate for platform domain %s failed; retrying", host)
                 self._next[host] = time.monotonic() + self._retry
+
+
+def shard_moves(mover: Mover) -> Callable[[], None]:
+    """The worker's step for edge shard moves (edge/moves.py): one read of the registry, one
+    index query when no move is due; the moved hostnames are looked for only when the shard set
+    changed."""
+    def tick() -> None:
+        mover.tick()
+    return tick
 
 
 def run_worker(steps: list[Callable[[], None]], interval: float, stop: threading.Event,

@@ -118,4 +118,4 @@ class RouterFeed:
 
 def _shards_doc(shards: ShardSet) -> dict[str, list[dict[str, object]]]:
     return {name: [node.to_json() for node in shards.shards.get(name, ())]
-            for name in shards.names}
+            for name in shards.all_names}

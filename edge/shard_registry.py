@@ -133,7 +133,8 @@ class ShardRegistry:
         if pending and int(buckets[bucket_of(pending["hostname"])].get("revision", 0)) < \
                 pending["revision"]:
             _apply(overrides, pending)
-        loaded = ShardSet(shards, overrides)
+        loaded = ShardSet(shards, overrides,
+                          frozenset(config.get("draining") or ()) & frozenset(shards))
         self._cached = (revision, loaded)
         return self._cached
 
@@ -146,10 +147,14 @@ class ShardRegistry:
                 raise ShardRefused(f"at most {MAX_SHARDS} shards", "name")
             check_nodes(name, nodes, self._shards(config))
             shards[name] = [node.to_json() for node in nodes]
+            config["draining"] = [n for n in config.get("draining") or () if n != name]
         return self._commit(change, expected_revision)
 
     def remove_shard(self, name: str,
                      expected_revision: int | None = None) -> tuple[int, ShardSet]:
+        """Mark shard ``name`` draining: nothing is assigned to it any more, but routers keep
+        forwarding to its nodes until its hostnames have moved off (edge/moves.py), and then
+        :meth:`drop_drained` deletes it."""
         def change(config: Item) -> None:
             if name not in (config.get("shards") or {}):
                 raise ShardRefused(f"there is no shard {name}", "name", 404)
@@ -157,8 +162,22 @@ class ShardRegistry:
             if pinned:
                 raise ShardRefused(f"{pinned} hostname(s) are pinned to shard {name}; unpin "
                                    "them (or pin them elsewhere) before removing it", "name", 409)
-            del config["shards"][name]
+            config["draining"] = sorted(set(config.get("draining") or ()) | {name})
         return self._commit(change, expected_revision)
+
+    def drop_drained(self, name: str) -> bool:
+        """Delete draining shard ``name`` (its hostnames have moved off); False when it is not
+        draining (someone added it again, or another replica deleted it first)."""
+        def change(config: Item) -> None:
+            if name not in (config.get("draining") or ()):
+                raise ShardRefused(f"shard {name} is not draining", "name", 409)
+            config["draining"] = [n for n in config["draining"] if n != name]
+            config["shards"].pop(name, None)
+        try:
+            self._commit(change, None)
+            return True
+        except ShardRefused:
+            return False
 
     def pin(self, hostname: str, shard: str,
             expected_revision: int | None = None) -> tuple[int, ShardSet]:
@@ -175,7 +194,8 @@ class ShardRegistry:
                             expected_revision)
 
     def _override(self, config: Item, hostname: str, shard: str | None) -> None:
-        if shard is not None and shard not in (config.get("shards") or {}):
+        if shard is not None and (shard not in (config.get("shards") or {})
+                                  or shard in (config.get("draining") or ())):
             raise ShardRefused(f"there is no shard {shard}; add it first", "shard",
                                404 if valid_shard_name(shard) else 400)
         current = self._current(hostname)

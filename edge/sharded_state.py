@@ -93,7 +93,7 @@ class ShardedState:
             return found
 
     def known(self, shard: str) -> bool:
-        return shard in self.shard_set().names
+        return shard in self.shard_set().all_names
 
     # --- what the publisher calls ----------------------------------------------------------
 
@@ -108,15 +108,24 @@ class ShardedState:
         for key, redirect in (redirects or {}).items():
             parts.setdefault(shards.assign(link_host(key)), ({}, {}))[1][key] = redirect
         moved = False
-        for shard in sorted(set(parts) | (set(shards.names) if config is not None else set())):
+        for shard in sorted(set(parts) | (set(shards.all_names) if config is not None
+                                          else set())):
             shard_routes, shard_links = parts.get(shard, ({}, {}))
             moved = self.store(shard).change(shard_routes, config, shard_links) or moved
         entries = {hostname: shard for shard, (part, _) in parts.items()
                    if shard != DEFAULT_SHARD for hostname in part}
-        if entries:
-            self.router.assign({hostname: entries[hostname] if routes[hostname] else None
-                                for hostname in sorted(entries)})
+        switched = {hostname: entries[hostname] if routes[hostname] else None
+                    for hostname in sorted(entries) if not routes[hostname] or self._new(hostname)}
+        if switched:
+            self.router.assign(switched)
         return moved
+
+    def _new(self, hostname: str) -> bool:
+        """Whether no shard serves ``hostname`` yet, so its router entry may point at its
+        shard at once; any other switch is a move's (edge/moves.py), after the new shard's
+        nodes hold it. Reads its router entry, and the default shard's route without one."""
+        return self.router.holding(hostname) is None and self.holding(DEFAULT_SHARD,
+                                                                       hostname) is None
 
     def reconcile(self, routes: dict[str, str | tuple[str, str]],
                   pem_of: Callable[[str], str | None], config: EdgeConfig) -> bool:
@@ -155,7 +164,7 @@ class ShardedState:
     def due_redirects(self, now: float, limit: int = 200) -> list[str]:
         """Expired links of every shard (one index query per shard)."""
         due: list[str] = []
-        for shard in self.shard_set().names:
+        for shard in self.shard_set().all_names:
             if len(due) >= limit:
                 break
             due += self.store(shard).due_redirects(now, limit - len(due))
@@ -167,12 +176,12 @@ class ShardedState:
         return [{**node, "shard": shard} for node in self.store(shard).list_nodes()]
 
     def list_nodes(self) -> list[dict[str, Any]]:
-        return [node for shard in self.shard_set().names for node in self.nodes(shard)]
+        return [node for shard in self.shard_set().all_names for node in self.nodes(shard)]
 
     def routed(self) -> set[str]:
         """Every hostname some configured shard routes (reads every shard's snapshot)."""
         hosts: set[str] = set()
-        for shard in self.shard_set().names:
+        for shard in self.shard_set().all_names:
             state = self.store(shard).load()
             hosts |= {str(route["hostname"]) for route in state["routes"]} if state else set()
         return hosts

@@ -1,0 +1,164 @@
+"""Moving hostnames between shards (issue 29 item 4): a shard added moves about 1/K of them,
+each published to the new shard before its router entry switches, the switch only once every
+node of the new shard holds it, the old shard drops it after the grace; a move interrupted
+resumes, and a removed shard drains, then goes. Node reports here are written as the edge API
+writes them (test_shard_moves_edge.py runs real agents and HAProxy)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from control.wiring import Services
+from edge.moves import Mover, move_key
+from edge.shards import ShardNode
+from edge.state import EdgeConfig, Redirect
+from kit.settings import Settings
+from kit.x509 import self_signed
+from store import all_items
+from tests.conftest import FakeClock, ServicesWith
+
+CONFIG = EdgeConfig(("127.0.0.1:9",), ("127.0.0.1:9",))
+HOSTS = [f"m{n}.moves.test" for n in range(45)]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def moving(any_backend: Settings, services_with: ServicesWith,
+           clock: FakeClock) -> Iterator[Services]:
+    services = services_with(base=any_backend, clock=clock, shard_move_grace_seconds=30.0)
+    assert services.shards is not None
+    for n, shard in enumerate(("a", "b")):
+        services.shards.put_shard(shard, [ShardNode(f"127.0.0.{n + 2}", 8443, 8080)])
+    services.edge_shards.change({host: ("pub_1", self_signed(host)[1]) for host in HOSTS},
+                                CONFIG,
+                                {f"{HOSTS[1]}/go": Redirect(HOSTS[1], "go", 302,
+                                                            "https://example.com/")})
+    yield services
+
+
+def report_in_sync(services: Services, *shards: str) -> None:
+    """Each shard's node reports the version it holds now, as the edge API records it."""
+    for shard in shards:
+        store = services.edge_shards.store(shard)
+        meta = store.meta()
+        store.report(f"{shard}1", meta["edge_version"] if meta else None, None, True, shard)
+
+
+def mover_of(services: Services) -> Mover:
+    assert services.moves is not None
+    return services.moves
+
+
+def test_a_shard_added_moves_its_share_after_its_nodes_hold_it(
+        moving: Services, clock: FakeClock) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    before = {host: state.router.holding(host) for host in HOSTS}
+    assert set(before.values()) == {"a", "b"}
+    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    shards = services.shards.load()
+    moved = [host for host in HOSTS if shards.assign(host) == "c"]
+    assert 5 <= len(moved) <= 25, "about a third of the hostnames"
+    mover_of(services).tick()
+    for host in moved:
+        assert state.holding("c", host) is not None, "published to the new shard"
+        assert state.router.holding(host) == before[host], "the router has not switched yet"
+    assert mover_of(services).in_flight()["c"] == {"from": 0, "to": len(moved)}
+
+    mover_of(services).tick()
+    assert all(state.router.holding(host) == before[host] for host in moved), \
+        "c's node has not reported: no switch"
+    report_in_sync(services, "c")
+    clock.advance(3)  # the next check, a poll (worker_interval) later
+    mover_of(services).tick()
+    for host in moved:
+        assert state.router.holding(host) == "c"
+        assert state.holding(before[host], host) is not None, "the old shard keeps it"
+    clock.advance(31)
+    mover_of(services).tick()
+    for host in moved:
+        assert state.holding(before[host], host) is None, "dropped after the grace"
+    assert mover_of(services).in_flight() == {}
+    unmoved = [host for host in HOSTS if host not in moved]
+    assert all(state.router.holding(host) == before[host] for host in unmoved)
+    if HOSTS[1] in moved:
+        assert state.store("c").redirects.get(f"{HOSTS[1]}/go") is not None, "its link moved"
+    assert not [item for item in all_items(mover_of(services).table)
+                if str(item["key"]).startswith("move#")]
+
+
+def test_an_ordinary_change_never_switches_an_entry(moving: Services) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    shards = services.shards.load()
+    host = next(h for h in HOSTS if shards.assign(h) == "c")
+    old = state.router.holding(host)
+    state.change({host: ("pub_2", self_signed(host)[1])}, CONFIG)
+    assert state.router.holding(host) == old, "only the mover switches it"
+    state.change({"brand-new.moves.test": ("pub_2", self_signed("brand-new.moves.test")[1])})
+    assert state.router.holding("brand-new.moves.test") == shards.assign("brand-new.moves.test")
+
+
+def test_an_interrupted_move_resumes_in_another_replica(
+        moving: Services, services_with: ServicesWith, any_backend: Settings,
+        clock: FakeClock) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    first = Mover(state, services.shards, mover_of(services).table, grace=30, lease=10,
+                  page=5, pages=1, owner="first", clock=clock)
+    assert first.discover(*services.shards.current()) is False, "one page, then it dies"
+    other = services_with(base=any_backend, clock=clock, shard_move_grace_seconds=30.0)
+    second = mover_of(other)
+    second.pages = 1000
+    second.tick()
+    shards = services.shards.load()
+    moved = [host for host in HOSTS if shards.assign(host) == "c"]
+    assert all(state.holding("c", host) is not None for host in moved), "nothing lost"
+
+    leased = first._lease(first.due()[0])
+    assert leased is not None
+    assert leased["hostname"] not in [item["hostname"] for item in second.due()], \
+        "a leased move is no other replica's"
+    report_in_sync(services, "c")
+    clock.advance(11)  # the first replica died holding its lease: it runs out
+    second.tick()
+    assert all(state.router.holding(host) == "c" for host in moved)
+    clock.advance(31)
+    second.tick()
+    assert second.in_flight() == {}
+    assert all(state.holding(shard, host) is None for host in moved for shard in ("a", "b"))
+
+
+def test_a_removed_shard_drains_then_goes(moving: Services, clock: FakeClock) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    on_b = [host for host in HOSTS if state.router.holding(host) == "b"]
+    services.shards.remove_shard("b")
+    shards = services.shards.load()
+    assert shards.names == ["a"] and shards.all_names == ["a", "b"]
+    router = state.router.answer(None)
+    assert "b" in router["shards"], "routers still reach b's nodes while it drains"
+    mover_of(services).tick()
+    assert all(state.holding("a", host) is not None for host in on_b)
+    assert all(state.router.holding(host) == "b" for host in on_b)
+    report_in_sync(services, "a")
+    clock.advance(3)
+    mover_of(services).tick()
+    assert all(state.router.holding(host) == "a" for host in on_b)
+    assert "b" in services.shards.load().shards, "still draining during the grace"
+    clock.advance(31)
+    mover_of(services).tick()
+    assert "b" not in services.shards.load().shards, "drained and removed"
+    assert all(state.holding("b", host) is None for host in on_b)
+    assert services.shards.load().draining == frozenset()
+    assert move_key(on_b[0]) not in {item["key"] for item in all_items(mover_of(services).table)}
