@@ -247,8 +247,7 @@ class Services:
     shards: ShardRegistry | None = None
     """The edge shards and pinned hostnames (edge/shard_registry.py)."""
     moves: Mover | None = None
-    """Moves hostnames between shards when the shard set changes (edge/moves.py: a worker
-    step)."""
+    """Moves hostnames between shards as the shard set changes (a worker step)."""
 
     @classmethod
     def from_settings(cls, settings: Settings,
@@ -306,8 +305,7 @@ class Services:
                    edge_shards, lifecycle, webhooks, links, resolver, publisher,
                    PublicationTokens(backend.table(API_TOKENS), clock=clock), Platform.from_settings(settings),
                    sso, sweeper, custom, Takeovers(domains, backend.table(TAKEOVERS), checker,
-                                                   clock=clock), clock,
-                   shards=shards,
+                                                   clock=clock), clock, shards=shards,
                    moves=Mover(edge_shards, shards, backend.table(EDGE_MOVES),
                                settings.shard_move_grace_seconds, settings.worker_interval,
                                timing.worker_lease, owner=lifecycle.worker_id, clock=clock))

@@ -54,13 +54,11 @@ class PlatformCertificates:
                 self._next[host] = time.monotonic() + self._retry
 
 
-def shard_moves(mover: Mover) -> Callable[[], None]:
-    """The worker's step for edge shard moves (edge/moves.py): one read of the registry, one
-    index query when no move is due; the moved hostnames are looked for only when the shard set
-    changed."""
-    def tick() -> None:
-        mover.tick()
-    return tick
+def shard_moves(mover: Mover | None) -> list[Callable[[], None]]:
+    """The worker's step for edge shard moves (edge/moves.py), if any: one read of the
+    registry and one index query when no move is due; the moved hostnames are looked for only
+    when the shard set changed."""
+    return [mover.tick] if mover is not None else []
 
 
 def run_worker(steps: list[Callable[[], None]], interval: float, stop: threading.Event,

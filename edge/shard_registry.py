@@ -166,16 +166,14 @@ class ShardRegistry:
         return self._commit(change, expected_revision)
 
     def drop_drained(self, name: str) -> bool:
-        """Delete draining shard ``name`` (its hostnames have moved off); False when it is not
-        draining (someone added it again, or another replica deleted it first)."""
+        """Delete draining shard ``name`` (emptied); False if it is not draining."""
         def change(config: Item) -> None:
             if name not in (config.get("draining") or ()):
                 raise ShardRefused(f"shard {name} is not draining", "name", 409)
             config["draining"] = [n for n in config["draining"] if n != name]
             config["shards"].pop(name, None)
         try:
-            self._commit(change, None)
-            return True
+            return bool(self._commit(change, None))
         except ShardRefused:
             return False
 

@@ -117,13 +117,11 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                                         services.certificates, services.publisher,
                                         settings.retry_base_seconds,
                                         edge_up=services.publisher.serving)
-        steps = [services.lifecycle.tick, platform.tick]
+        steps = [services.lifecycle.tick, platform.tick, *shard_moves(services.moves)]
         if services.sweeper is not None:
             steps.append(services.sweeper.tick)
         if services.custom_certificates is not None:
             steps.append(services.custom_certificates.tick)  # uploads due to fall back
-        if services.moves is not None:
-            steps.append(shard_moves(services.moves))
         if not settings.control_servers:
             steps.append(LoneReplica(services.edge_state, settings.edge_control_servers).tick)
         worker = start_worker(steps, settings.worker_interval, stop)
