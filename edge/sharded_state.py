@@ -23,13 +23,18 @@ from typing import Any, Callable
 from edge.router_feed import ROUTER, RouterFeed
 from edge.shards import DEFAULT_SHARD, ShardSet
 from edge.state import EdgeConfig, Redirect
-from edge.state_changes import RedirectChange, RouteChange, StateChanges
+from edge.state_changes import FEED, RedirectChange, RouteChange, StateChanges
 from edge.state_feed import StateFeed
 from edge.state_store import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE,
                               EDGE_VISIT_REPORTS, EdgeStateStore)
 from kit.vault import KeyVault
 from store import Backend, Table, rewrite_field
 from store.namespace import namespaced
+
+
+LISTING = ("feed", FEED)
+"""Every route and link item of a shard is in the feed index: a shard's snapshot and its
+reconciliation read their share through it, not the whole table (store/namespace.py)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +68,10 @@ class ShardedState:
         self._stores: dict[str, EdgeStateStore] = {}
         self._lock = threading.Lock()
         self.default = self.store(DEFAULT_SHARD)
-        router = StateChanges(namespaced(tables.state, ROUTER), namespaced(tables.routes, ROUTER),
+        router = StateChanges(namespaced(tables.state, ROUTER),
+                              namespaced(tables.routes, ROUTER, LISTING),
                               namespaced(tables.certs, ROUTER), vault,
-                              namespaced(tables.redirects, ROUTER), clock)
+                              namespaced(tables.redirects, ROUTER, LISTING), clock)
         self.router = RouterFeed(router, StateFeed(router, router.routes, router.certs, vault,
                                                    router.redirects),
                                  lambda: self.shard_set())
@@ -86,9 +92,10 @@ class ShardedState:
                 ns = "" if shard == DEFAULT_SHARD else shard
                 t = self.tables
                 found = EdgeStateStore(
-                    namespaced(t.state, ns), namespaced(t.routes, ns), namespaced(t.certs, ns),
-                    namespaced(t.nodes, ns), self._vault, t.reports, self._report_memory,
-                    self._clock, redirects=namespaced(t.redirects, ns))
+                    namespaced(t.state, ns), namespaced(t.routes, ns, LISTING),
+                    namespaced(t.certs, ns), namespaced(t.nodes, ns), self._vault, t.reports,
+                    self._report_memory, self._clock,
+                    redirects=namespaced(t.redirects, ns, LISTING))
                 self._stores[shard] = found
             return found
 

@@ -17,6 +17,8 @@ import hashlib
 import re
 from typing import Iterable, Mapping
 
+from edge.errors import EdgeError
+
 DEFAULT_SHARD = "default"
 SHARD_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 """A shard's name: it becomes part of store keys, HAProxy backend names and map values."""
@@ -24,6 +26,14 @@ SHARD_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
 def valid_shard_name(name: str) -> bool:
     return bool(SHARD_NAME.match(name))
+
+
+def shard_name(name: str) -> str:
+    """``name`` if it is a shard's name, else an EdgeError that says what one looks like."""
+    if not valid_shard_name(name):
+        raise EdgeError(f"{name!r} is not a shard name: a lowercase letter, then up to 30 "
+                        "lowercase letters, digits or '-'")
+    return name
 
 
 def score(shard: str, hostname: str) -> int:

@@ -176,14 +176,9 @@ def _node(settings: Settings) -> EdgeNode:
 def _agent(settings: Settings, node: EdgeNode, node_id: str | None = None,
            shard: str | None = None) -> EdgeAgent:
     from edge.agent import EdgeAgent
-    from edge.errors import EdgeError
-    from edge.shards import valid_shard_name
-    shard = shard or settings.edge_shard
-    if not valid_shard_name(shard):
-        raise EdgeError(f"{shard!r} is not a shard name: a lowercase letter, then up to 30 "
-                        "lowercase letters, digits or '-'")
+    from edge.shards import shard_name
     return EdgeAgent(node, settings.control_urls, settings.edge_token, node_id,
-                     shard=shard,
+                     shard=shard_name(shard or settings.edge_shard),
                      watch=settings.edge_watch_seconds, ca_bundle=settings.control_ca_bundle,
                      allow_insecure=settings.allow_insecure_control,
                      client_cert=(settings.control_client_cert, settings.control_client_key)

@@ -9,9 +9,12 @@ does, so no key of one namespace is another's. The view of namespace ``""`` is t
 always was (the same keys, the one the default shard keeps) less the other namespaces' items.
 
 Reads by key and by index cost what they cost on the table. A scan cannot be narrowed to a
-prefix (DynamoDB scans the table, whatever filter it is given): it reads every namespace's items
-and keeps its own, so it costs the whole table. The edge scans only to reconcile and to take a
-snapshot, never per change or per long poll.
+prefix (DynamoDB scans the table, whatever filter it is given), so a namespace whose every item
+carries a range index's key (``listing``: the edge feed's index, which lists every route and
+link with its revision) is scanned through that index: a shard's snapshot reads its own share,
+not every shard's. Without one, a scan reads every namespace's items and keeps its own. The
+namespace ``""`` always scans the table (items written before namespaces may lack the index's
+key). The edge scans only to reconcile and to take a snapshot, never per change or long poll.
 """
 from __future__ import annotations
 
@@ -20,19 +23,21 @@ from store import ConflictError, Item, Page, Table, TableSpec
 SEPARATOR = "|"
 
 
-def namespaced(table: Table, ns: str) -> Table:
-    """``table`` seen through namespace ``ns`` ("" : the items of no namespace)."""
+def namespaced(table: Table, ns: str, listing: tuple[str, str] | None = None) -> Table:
+    """``table`` seen through namespace ``ns`` ("" : the items of no namespace); ``listing``
+    names a range index and the value every item of the namespace has there (see above)."""
     if SEPARATOR in ns:
         raise ValueError(f"a namespace holds no {SEPARATOR!r}: {ns!r}")
-    return NamespacedTable(table, ns)
+    return NamespacedTable(table, ns, listing if ns else None)
 
 
 class NamespacedTable:
     """See the module docstring; implements :class:`store.Table`."""
 
-    def __init__(self, table: Table, ns: str) -> None:
+    def __init__(self, table: Table, ns: str, listing: tuple[str, str] | None = None) -> None:
         self.table = table
         self.ns = ns
+        self.listing = listing
         self.spec: TableSpec = table.spec
         self.lacking: frozenset[str] = table.lacking
         self._prefix = f"{ns}{SEPARATOR}" if ns else ""
@@ -102,8 +107,11 @@ class NamespacedTable:
                                                   limit, cursor))
 
     def scan(self, limit: int = 100, cursor: str | None = None) -> Page:
-        """This namespace's items of one page of the table (perhaps none, with a cursor to
-        go on: the page is filtered after it is read)."""
+        """This namespace's items: one page of its ``listing`` index (in that index's order),
+        else of the table, filtered after it is read (perhaps none, with a cursor to go on)."""
+        if self.listing is not None:
+            index, value = self.listing
+            return self.query_range(index, value, limit=limit, cursor=cursor)
         page = self.table.scan(limit, cursor)
         return self._page(Page([item for item in page.items if self._mine(item)],
                                page.next_cursor))

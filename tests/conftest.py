@@ -66,21 +66,47 @@ def dynalite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.stop()
 
 
+_NEMESES: dict[str, Nemesis] = {}
+"""This worker's nemesis by its endpoint URL, for ``fair_weather``."""
+
+
 @pytest.fixture(scope="session")
 def dynamo_nemesis(dynalite: str) -> Iterator[Nemesis]:
     """The DynamoDB nemesis (tests/dynamo_nemesis.py) in front of this worker's dynalite."""
     proxy = Nemesis(dynalite)
+    _NEMESES[proxy.url] = proxy
     try:
         yield proxy
     finally:
+        del _NEMESES[proxy.url]
         proxy.stop()
+
+
+@contextlib.contextmanager
+def fair_weather(settings: Settings) -> Iterator[None]:
+    """No injected faults or slowness (index lag stays) while a store through the nemesis
+    opens: some 300 requests (its tables, their schema), whose faults cost each test seconds
+    of the SDK's backoff and are not what the test is about; what it does next meets the
+    weather. A store opening in the weather is tested where it is the point: replicas
+    opening tables at once (test_replicas.py), the chaos tests' replicas."""
+    nemesis = _NEMESES.get(settings.dynamodb_endpoint_url or "")
+    if settings.storage_backend != "dynamodb" or nemesis is None:
+        yield
+        return
+    weather = nemesis.fail_rate, nemesis.slow_rate
+    nemesis.fail_rate = nemesis.slow_rate = 0.0
+    try:
+        yield
+    finally:
+        nemesis.fail_rate, nemesis.slow_rate = weather
 
 
 @pytest.fixture
 def nemesis(dynamo_nemesis: Nemesis) -> Iterator[str]:
     """The nemesis' endpoint URL, in DynamoDB's usual weather for the length of the test: a
-    few requests throttled or failed (the SDK retries them) and a few slow. A test that wants
-    index lag or more sets it on ``dynamo_nemesis``; each test starts afresh."""
+    few requests throttled or failed (the SDK retries them) and a few slow; ``services_with``
+    opens its stores in ``fair_weather``. A test that wants index lag or more sets it on
+    ``dynamo_nemesis``; each test starts afresh."""
     dynamo_nemesis.reset()
     dynamo_nemesis.fail_rate, dynamo_nemesis.slow_rate, dynamo_nemesis.slow = 0.03, 0.02, 0.05
     yield dynamo_nemesis.url
@@ -133,8 +159,9 @@ def services_with(settings: Settings) -> Iterator[ServicesWith]:
 
     def build(base: Settings | None = None, clock: Callable[[], float] = time.time,
               **overrides: Any) -> Services:
-        opened = Services.from_settings(dataclasses.replace(base or settings, **overrides),
-                                        clock=clock)
+        chosen = dataclasses.replace(base or settings, **overrides)
+        with fair_weather(chosen):
+            opened = Services.from_settings(chosen, clock=clock)
         built.append(opened)
         return opened
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from store import Backend, Table, all_items
+from store import Backend, Table, all_items, every
 from store.namespace import namespaced
 from tests.test_store_contract import (SPEC, test_a_counter_of_existing_items_only_leaves_no_orphan,
                                        test_atomic_counter_under_concurrency,
@@ -61,6 +61,28 @@ def test_keys_and_index_values_carry_the_namespace(backend: Backend) -> None:
     assert [item["id"] for item in all_items(namespaced(raw, ""))] == ["a"]
     assert [item["id"] for item in all_items(view)] == ["a"]
     assert (view.get("a") or {})["version"] == 1 and (raw.get("a") or {})["owner"] == "o1"
+
+
+def test_a_listed_namespace_is_scanned_through_its_index_at_the_cost_of_its_share(
+        backend: Backend) -> None:
+    """A shard's snapshot reads its own routes, however many the other shards hold."""
+    raw = backend.table(SPEC)
+    listed = namespaced(raw, "s1", listing=("due", "feed"))
+    for n in range(3):
+        listed.put({"id": f"k{n}", "status": "feed", "next_at": float(n)})
+
+    def scan_cost() -> tuple[list[str], int]:
+        before = backend.requests
+        ids = sorted(item["id"] for item in every(lambda c: listed.scan(limit=10, cursor=c)))
+        return ids, backend.requests - before
+
+    small = scan_cost()
+    other = namespaced(raw, "s2", listing=("due", "feed"))
+    for n in range(60):
+        other.put({"id": f"k{n}", "status": "feed", "next_at": float(n)})
+    assert scan_cost() == small and small[0] == ["k0", "k1", "k2"]
+    assert sorted(i["id"] for i in all_items(namespaced(raw, "", ("due", "feed")))) == [], \
+        "the plain keys' view scans the table (its old items may lack the index key)"
 
 
 def test_a_namespace_cannot_hold_the_separator(backend: Backend) -> None:
