@@ -213,6 +213,13 @@ class ShardedState:
         meta = self.store(shard).meta()
         return int(meta["revision"]) if meta else 0
 
+    def size(self, shard: str) -> int | None:
+        """How many routes shard ``shard`` holds: the count its commits keep (one read; None
+        until a reconciliation counted a store from the release before)."""
+        meta = self.store(shard).meta()
+        return int(meta["routes_count"]) if meta and "routes_count" in meta else \
+            0 if meta is None else None
+
     # --- the whole edge -------------------------------------------------------------------
 
     def reencrypt(self) -> int:
