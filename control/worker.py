@@ -58,7 +58,10 @@ def shard_moves(mover: Mover | None) -> list[Callable[[], None]]:
     """The worker's step for edge shard moves (edge/moves.py), if any: one read of the
     registry and one index query when no move is due; the moved hostnames are looked for only
     when the shard set changed."""
-    return [mover.tick] if mover is not None else []
+    def tick() -> None:
+        assert mover is not None
+        mover.tick()
+    return [tick] if mover is not None else []
 
 
 def run_worker(steps: list[Callable[[], None]], interval: float, stop: threading.Event,

@@ -27,12 +27,13 @@ import logging
 import time
 from typing import Any, Callable
 
+from edge.plan import MIN_EXISTING_FOR_SHARE
 from edge.protocol import OLDEST, meta_version
 from edge.router_feed import ROUTER
 from edge.shard_registry import ShardRegistry
 from edge.sharded_state import ShardedState, link_host
 from edge.shards import DEFAULT_SHARD, ShardSet
-from edge.state import Redirect
+from edge.state import EdgeConfig, Redirect
 from edge.state_changes import RedirectChange, RouteChange
 from store import ABSENT, VERSION, ConflictError, Item, RangeIndex, Table, TableSpec
 from store.namespace import SEPARATOR
@@ -170,8 +171,19 @@ class Mover:
         return self.table.query_range("due", QUEUE, upper=self._clock(), limit=limit).items
 
     def run_due(self, shards: ShardSet) -> int:
-        steps = 0
+        """Take the due moves; a round drops at most a tenth of a shard's routes (all of them
+        below ``MIN_EXISTING_FOR_SHARE``), so that a node following its feed never sees a
+        delta its agent refuses as a mass removal (edge/plan.py)."""
+        steps, budgets = 0, dict[str, int]()
         for item in self.due():
+            if item["step"] == DROP:
+                source = item["source"]
+                if source not in budgets:
+                    size = self.state.size(source) or 0
+                    budgets[source] = size if size < MIN_EXISTING_FOR_SHARE else size // 10
+                if budgets[source] <= 0:
+                    continue
+                budgets[source] -= 1
             leased = self._lease(item)
             if leased is not None:
                 self.step(leased, shards)
@@ -213,7 +225,9 @@ class Mover:
             item = old.redirects.get(key) if old.redirects is not None else None
             if item is not None and not item.get("removed"):
                 links[key] = Redirect.from_map(key, str(item["value"]))
-        self.state.publish_to(target, routes, links)
+        config = None if self.state.store(target).meta() else old.meta()
+        self.state.publish_to(target, routes, links, EdgeConfig.from_json(config["config"])
+                              if config and "config" in config else None)
         self._next(move, SWITCH, self._clock(), versions=self._versions(move, target))
 
     def _versions(self, move: Item, shard: str) -> list[str]:

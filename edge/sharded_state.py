@@ -196,10 +196,12 @@ class ShardedState:
     # --- moves (issue 29 item 4) build on these ---------------------------------------------
 
     def publish_to(self, shard: str, routes: dict[str, RouteChange],
-                   redirects: dict[str, RedirectChange] | None = None) -> bool:
+                   redirects: dict[str, RedirectChange] | None = None,
+                   config: EdgeConfig | None = None) -> bool:
         """Commit these changes in ``shard`` whatever the assignment says, and leave the
-        router's map alone (a move switches it once the new shard's nodes apply them)."""
-        return self.store(shard).change(routes, None, redirects)
+        router's map alone (a move switches it once the new shard's nodes apply them).
+        ``config``: for a shard that has none yet (one just added)."""
+        return self.store(shard).change(routes, config, redirects)
 
     def holding(self, shard: str, hostname: str) -> int | None:
         """The revision of ``shard`` that wrote its route for ``hostname``, or None when the
