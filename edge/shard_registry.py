@@ -18,9 +18,11 @@ a replica that dies between the two writes loses nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import threading
 import zlib
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from edge.errors import EdgeError
 from edge.shards import ShardNode, ShardSet, valid_shard_name
@@ -108,15 +110,33 @@ class ShardRegistry:
     def __init__(self, table: Table) -> None:
         self.table = table
         self._cached: tuple[int, ShardSet] | None = None
+        self._round = threading.local()
 
     def load(self) -> ShardSet:
         """The current shards and overrides: one GetItem, plus ``BUCKETS`` more only when an
         admin changed something since the last call."""
         return self.current()[1]
 
+    @contextlib.contextmanager
+    def once(self) -> Iterator[None]:
+        """Within it, this thread reads the registry once: a worker round hands every step the
+        set it read first (a change landing during the round is the next round's)."""
+        self._round.read = None
+        try:
+            yield
+        finally:
+            del self._round.read
+
     def current(self) -> tuple[int, ShardSet]:
         """The registry's revision (what a change that must not overwrite another's passes
         back) and its shards and overrides, read together."""
+        held = getattr(self._round, "read", False)
+        if held is not False:
+            self._round.read = held or self._read()
+            return self._round.read
+        return self._read()
+
+    def _read(self) -> tuple[int, ShardSet]:
         config = self._config()
         revision = int(config.get("revision", 0))
         cached = self._cached

@@ -124,7 +124,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
             steps.append(services.custom_certificates.tick)  # uploads due to fall back
         if not settings.control_servers:
             steps.append(LoneReplica(services.edge_state, settings.edge_control_servers).tick)
-        worker = start_worker(steps, settings.worker_interval, stop)
+        worker = start_worker(steps, settings.worker_interval, stop, *(
+            [services.shards.once] if services.shards else []))
         if services.webhooks.enabled:
             services.webhooks.start(stop)
         server.start()

@@ -181,3 +181,18 @@ def test_an_idle_round_reads_the_registry_and_one_index(moving: Services) -> Non
     assert mover.tick() == 0
     per_query = 1 if moving.settings.storage_backend == "sqlite" else SPREAD + 1
     assert moving.backend.requests - before <= 1 + per_query, "a GetItem and the due query"
+
+
+def test_a_worker_round_reads_the_registry_once(moving: Services) -> None:
+    registry, mover = moving.shards, mover_of(moving)
+    assert registry is not None
+    mover.tick()
+    with registry.once():  # what run_worker wraps a round in
+        before = moving.backend.requests
+        moving.publisher.refresh()  # asks the shard set for its change and for due links
+        publisher_reads = moving.backend.requests - before
+        mover.tick()
+        assert registry.load() is registry.load()
+    assert moving.backend.requests - before <= publisher_reads + \
+        (1 if moving.settings.storage_backend == "sqlite" else SPREAD + 1), \
+        "the mover's round adds its due query only"
