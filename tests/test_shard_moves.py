@@ -5,6 +5,10 @@ resumes, and a removed shard drains, then goes. Node reports here are written as
 writes them (test_shard_moves_edge.py runs real agents and HAProxy)."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from typing import Iterator
 
 import pytest
@@ -16,7 +20,7 @@ from edge.state import EdgeConfig, Redirect
 from kit.settings import Settings
 from kit.x509 import self_signed
 from store import SPREAD, all_items
-from tests.conftest import FakeClock, ServicesWith
+from tests.conftest import FakeClock, ServicesWith, wait_until
 
 CONFIG = EdgeConfig(("127.0.0.1:9",), ("127.0.0.1:9",))
 HOSTS = [f"m{n}.moves.test" for n in range(45)]
@@ -196,3 +200,48 @@ def test_a_worker_round_reads_the_registry_once(moving: Services) -> None:
     assert moving.backend.requests - before <= publisher_reads + \
         (1 if moving.settings.storage_backend == "sqlite" else SPREAD + 1), \
         "the mover's round adds its due query only"
+
+
+CHILD = """
+import json, sys
+from kit.settings import load_settings
+from control.wiring import Services
+services = Services.from_settings(load_settings(env={}, **json.loads(sys.argv[1])))
+services.moves.page, services.moves.pages, services.moves.lease = 2, 1, 1.0
+while True:  # a replica's worker, killed wherever it is
+    services.moves.tick()
+"""
+
+
+@pytest.mark.slow
+def test_a_replica_killed_mid_move_loses_nothing(settings: Settings,
+                                                 services_with: ServicesWith) -> None:
+    services = services_with(shard_move_grace_seconds=0.2)
+    state, registry = services.edge_shards, services.shards
+    assert registry is not None
+    for n, shard in enumerate(("a", "b")):
+        registry.put_shard(shard, [ShardNode(f"127.0.0.{n + 2}", 8443, 8080)])
+    state.change({host: ("pub_1", self_signed(host)[1]) for host in HOSTS}, CONFIG)
+    before = {host: str(state.router.holding(host)) for host in HOSTS}
+    report_in_sync(services, "a", "b")
+    registry.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    moved = [host for host in HOSTS if registry.load().assign(host) == "c"]
+    fields = {name: getattr(settings, name) for name in (
+        "api_token", "edge_token", "encryption_keys", "data_dir", "platform_domains",
+        "edge_cname_target", "edge_addresses")}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(fields)],
+                             env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        wait_until(lambda: any(state.holding("c", host) for host in moved), 60,
+                   "the replica's first publish")
+    finally:
+        child.kill()  # SIGKILL: no cleanup of any kind
+        child.wait(10)
+    mover = mover_of(services)
+    report_in_sync(services, "c")
+    wait_until(lambda: mover.tick() is not None and report_in_sync(services, "c") is None
+               and mover.in_flight() == {}, 60, "the moves resumed by this replica")
+    for host in HOSTS:
+        shard = "c" if host in moved else before[host]
+        assert state.router.holding(host) == shard and state.holding(shard, host) is not None
+        assert [s for s in ("a", "b", "c") if state.holding(s, host) is not None] == [shard]
