@@ -75,6 +75,10 @@ class RouterFeed:
         item = table.get(hostname) if table is not None else None
         return None if item is None or item.get("removed") else str(item["value"])
 
+    def entries(self) -> dict[str, str]:
+        """Every entry: hostname -> shard (reads them all: a reconciliation's)."""
+        return {host: str(shard) for host, shard in self._snapshot()[2].items() if shard}
+
     def versions(self) -> tuple[str | None, str]:
         """The map's own version (what :attr:`watch` waits on) and the router's version, which
         also covers the shard list."""

@@ -136,12 +136,20 @@ class ShardedState:
 
     def reconcile(self, routes: dict[str, str | tuple[str, str]],
                   pem_of: Callable[[str], str | None], config: EdgeConfig) -> bool:
-        """Every configured shard made exactly its share of ``routes``, and the router's map
-        (see :meth:`EdgeStateStore.reconcile`: reads every route item)."""
+        """Every shard made exactly its share of ``routes``, and the router's map (see
+        :meth:`EdgeStateStore.reconcile`: reads every route item and router entry). Never a
+        switch: a hostname the router sends elsewhere than its assignment (a move not done)
+        stays in that shard too, and keeps its entry; only the mover switches it."""
         shards = self.shard_set()
-        parts: dict[str, dict[str, str | tuple[str, str]]] = {name: {} for name in shards.names}
+        sharded = shards.names != [DEFAULT_SHARD]  # an edge without shards has no entries
+        placed = self.router.entries() if sharded else {}
+        parts: dict[str, dict[str, str | tuple[str, str]]] = {n: {} for n in shards.all_names}
+        keep: dict[str, str] = {}
         for hostname, route in routes.items():
-            parts[shards.assign(hostname)][hostname] = route
+            assigned = shards.assign(hostname)
+            keep[hostname] = now = placed.get(hostname, DEFAULT_SHARD) \
+                if placed.get(hostname, DEFAULT_SHARD) in parts else assigned
+            parts[assigned][hostname] = parts[now][hostname] = route
         routed: set[str] = set()
 
         def pem(hostname: str) -> str | None:
@@ -153,9 +161,9 @@ class ShardedState:
         moved = False
         for shard, part in sorted(parts.items()):
             moved = self.store(shard).reconcile(part, pem, config) or moved
-        if shards.names != [DEFAULT_SHARD]:  # an edge without shards has no router entries
-            self.router.reconcile({hostname: shards.assign(hostname) for hostname in routed
-                                   if shards.assign(hostname) != DEFAULT_SHARD})
+        if sharded:
+            self.router.reconcile({hostname: keep[hostname] for hostname in routed
+                                   if keep[hostname] != DEFAULT_SHARD})
         return moved
 
     def reconcile_redirects(self, desired: dict[str, Redirect]) -> bool:

@@ -249,3 +249,22 @@ def test_a_replica_killed_mid_move_loses_nothing(settings: Settings,
         shard = "c" if host in moved else before[host]
         assert state.router.holding(host) == shard and state.holding(shard, host) is not None
         assert [s for s in ("a", "b", "c") if state.holding(s, host) is not None] == [shard]
+
+
+def test_a_reconciliation_during_a_move_switches_nothing(moving: Services) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    before = {host: str(state.router.holding(host)) for host in HOSTS}
+    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    mover_of(services).tick()  # published to c, not switched
+    moved = [host for host in HOSTS if services.shards.load().assign(host) == "c"]
+    pems = {host: self_signed(host)[1] for host in HOSTS}
+    state.reconcile({host: "pub_1" for host in HOSTS}, pems.get, CONFIG)  # a replica's start
+    for host in moved:
+        assert state.router.holding(host) == before[host], "the router still sends it there"
+        assert state.holding(before[host], host) is not None, "which still serves it"
+        assert state.holding("c", host) is not None
+    report_in_sync(services, "c")
+    mover_of(services).tick()
+    assert all(state.router.holding(host) == "c" for host in moved), "the mover switches"
