@@ -202,7 +202,9 @@ class Mover:
 
     def step(self, move: Item, shards: ShardSet) -> None:
         """Take the move's next step (idempotent: a repeat after a crash does the same)."""
-        if move["step"] == PUBLISH:
+        if move["step"] != DROP and move["target"] not in shards.names:
+            self._retarget(move, shards)
+        elif move["step"] == PUBLISH:
             self._publish(move)
         elif move["step"] == SWITCH:
             self._switch(move, shards)
@@ -284,6 +286,27 @@ class Mover:
         if source in shards.draining:
             self._drop_drained(shards)
 
+    def _retarget(self, move: Item, shards: ShardSet) -> None:
+        """The target stopped taking hostnames before the switch (removed right after it was
+        added): take back what was published there, and move to the hostname's shard now, or
+        nowhere if that is the source."""
+        host, source, old = move["hostname"], move["source"], move["target"]
+        self.state.publish_to(old, {host: None} if self.state.holding(old, host) is not None
+                              else {}, {key: None for key in move["links"]})
+        now = shards.assign(host)
+        if now == source:
+            try:
+                self.table.delete(move_key(host), expected_version=move[VERSION])
+            except ConflictError:
+                return
+        else:
+            self._next(move, PUBLISH, self._clock(), target=now, versions=[])
+        self._count(source, old, -1)
+        if now != source:
+            self._count(source, now, 1)
+        if old in shards.draining:
+            self._drop_drained(shards)
+
     def _next(self, move: Item, step: str, due_at: float, **fields: Any) -> None:
         try:
             self.table.put({**move, **fields, "step": step, "due_at": due_at},
@@ -318,5 +341,5 @@ class Mover:
             return
         flying = self.in_flight()
         for name in sorted(shards.draining):
-            if not flying.get(name, {}).get("from") and self.registry.drop_drained(name):
+            if not any(flying.get(name, {}).values()) and self.registry.drop_drained(name):
                 log.info("shard %s drained and removed", name)

@@ -268,3 +268,25 @@ def test_a_reconciliation_during_a_move_switches_nothing(moving: Services) -> No
     report_in_sync(services, "c")
     mover_of(services).tick()
     assert all(state.router.holding(host) == "c" for host in moved), "the mover switches"
+
+
+def test_a_shard_removed_before_its_moves_switched_gives_them_back(
+        moving: Services, clock: FakeClock) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    before = {host: str(state.router.holding(host)) for host in HOSTS}
+    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    mover = mover_of(services)
+    mover.tick()  # published to c; its node never comes
+    moved = [host for host in HOSTS if state.holding("c", host) is not None]
+    assert moved
+    services.shards.remove_shard("c")
+    clock.advance(3)
+    for _ in range(5):
+        mover.tick()
+    assert mover.in_flight() == {}
+    assert "c" not in services.shards.load().shards, "nothing moves to or from it: it goes"
+    for host in HOSTS:
+        assert state.router.holding(host) == before[host]
+        assert state.holding(before[host], host) is not None and state.holding("c", host) is None
