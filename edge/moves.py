@@ -179,8 +179,9 @@ class Mover:
             if item["step"] == DROP:
                 source = item["source"]
                 if source not in budgets:
-                    size = self.state.size(source) or 0
-                    budgets[source] = size if size < MIN_EXISTING_FOR_SHARE else size // 10
+                    size = self.state.size(source) or 0  # unknown (an old store): one a round
+                    budgets[source] = max(1, size if size < MIN_EXISTING_FOR_SHARE
+                                          else size // 10)
                 if budgets[source] <= 0:
                     continue
                 budgets[source] -= 1
