@@ -51,6 +51,11 @@ class ShardView(BaseModel):
     name: str
     nodes: list[NodeView]
     pinned: int = Field(description="Hostnames pinned to this shard")
+    draining: bool = Field(description="Removed: its hostnames move off, then it goes")
+    routes: int | None = Field(description="Hostnames it serves (a kept count; null until a "
+                               "reconciliation counted a store from an earlier release)")
+    moving_in: int = Field(description="Moves in flight to this shard")
+    moving_out: int = Field(description="Moves in flight from this shard")
 
 
 class Override(BaseModel):
@@ -75,12 +80,19 @@ def registry() -> ShardRegistry:
 
 
 def view(revision: int, shard_set: ShardSet) -> dict[str, object]:
+    """The registry with each shard's size and moves (a read of each shard's version item and
+    one of the moves' counts)."""
     pinned: dict[str, int] = {}
     for shard in shard_set.overrides.values():
         pinned[shard] = pinned.get(shard, 0) + 1
+    services = admin().services
+    moves = services.moves.in_flight() if services.moves is not None else {}
     return {"revision": revision,
             "shards": [{"name": name, "nodes": [node.to_json() for node in nodes],
-                        "pinned": pinned.get(name, 0)}
+                        "pinned": pinned.get(name, 0), "draining": name in shard_set.draining,
+                        "routes": services.edge_shards.size(name),
+                        "moving_in": moves.get(name, {}).get("to", 0),
+                        "moving_out": moves.get(name, {}).get("from", 0)}
                        for name, nodes in sorted(shard_set.shards.items())],
             "overrides": [{"hostname": hostname, "shard": shard}
                           for hostname, shard in sorted(shard_set.overrides.items())]}
@@ -112,7 +124,8 @@ def put_shard(name: str, body: PutShard) -> Answer:
 
 @bp.delete("/shards/<name>")
 @require_platform_token
-@operation(summary="Remove a shard (refused while hostnames are pinned to it)",
+@operation(summary="Remove a shard: it drains (its hostnames move off), then goes; refused "
+           "while hostnames are pinned to it",
            auth="platform", responses={200: Shards, 404: None, 409: None})
 def remove_shard(name: str) -> Answer:
     try:

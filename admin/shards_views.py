@@ -10,13 +10,13 @@ from flask import Blueprint, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from admin.shards_api import hostname_of, registry
-from admin.web import audit
+from admin.web import admin, audit
 from edge.shard_registry import ShardRefused
 from edge.shards import ShardNode
 from kit.web import find
 
 bp = Blueprint("shards", __name__, url_prefix="/shards")
-NOTICES = {"added": "Shard saved.", "removed": "Shard removed.", "pinned": "Hostname pinned.",
+NOTICES = {"added": "Shard saved.", "removed": "Shard draining: its hostnames move off, then it goes.", "pinned": "Hostname pinned.",
            "unpinned": "Hostname unpinned: the hash assigns it again."}
 Answer = Response | tuple[str, int]
 
@@ -29,13 +29,21 @@ class ShardLoad:
     """Hostnames moving onto or off the shard right now; None: not known."""
 
 
+def kept_figures(names: list[str]) -> dict[str, ShardLoad]:
+    """Each shard's kept route count (one read of its version item) and its moves in flight,
+    onto it and off it (one read of the moves' counts): no scan."""
+    services = admin().services
+    moves = services.moves.in_flight() if services.moves is not None else {}
+    return {name: ShardLoad(services.edge_shards.size(name),
+                            sum(moves.get(name, {}).values())) for name in names}
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardFigures:
-    """SIZE AND MOVES IN FLIGHT: where the page gets each shard's routes and moves. The shard
-    feeds provide the real figures (``provide(app, ShardFigures(figures))``, ``figures`` taking
-    the shard names); until then every figure is unknown and the page says so."""
+    """Where the page gets each shard's routes and moves: the kept counts
+    (:func:`kept_figures`) unless an app provides others (``provide(app, ShardFigures(f))``)."""
 
-    figures: Callable[[list[str]], Mapping[str, ShardLoad]] = lambda names: {}
+    figures: Callable[[list[str]], Mapping[str, ShardLoad]] = kept_figures
 
     def of(self, names: list[str]) -> dict[str, ShardLoad]:
         known = self.figures(names)
@@ -48,7 +56,7 @@ def _page(error: str = "", form: Mapping[str, str] | None = None) -> str:
     pinned = {name: sum(1 for s in shard_set.overrides.values() if s == name) for name in names}
     return render_template(
         "admin/shards.html", revision=revision, shards=shard_set.shards, names=names,
-        pinned=pinned, overrides=sorted(shard_set.overrides.items()),
+        pinned=pinned, overrides=sorted(shard_set.overrides.items()), draining=shard_set.draining,
         load=(find(ShardFigures) or ShardFigures()).of(names), error=error, form=form or {},
         notice=NOTICES.get(request.args.get("done", ""), ""))
 

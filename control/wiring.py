@@ -29,6 +29,7 @@ from domains.service import DOMAINS, EVENTS, DomainService
 from domains.takeover import TAKEOVERS, Takeovers
 from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.render import map_safe
+from edge.moves import EDGE_MOVES, Mover
 from edge.shard_registry import EDGE_SHARDS, ShardRegistry
 from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
 from edge.state import EdgeConfig, Redirect, pools_of
@@ -245,6 +246,8 @@ class Services:
     """What every part built here reads the time from (tests pass a settable one)."""
     shards: ShardRegistry | None = None
     """The edge shards and pinned hostnames (edge/shard_registry.py)."""
+    moves: Mover | None = None
+    """Moves hostnames between shards as the shard set changes (a worker step)."""
 
     @classmethod
     def from_settings(cls, settings: Settings,
@@ -302,8 +305,10 @@ class Services:
                    edge_shards, lifecycle, webhooks, links, resolver, publisher,
                    PublicationTokens(backend.table(API_TOKENS), clock=clock), Platform.from_settings(settings),
                    sso, sweeper, custom, Takeovers(domains, backend.table(TAKEOVERS), checker,
-                                                   clock=clock), clock,
-                   shards=shards)
+                                                   clock=clock), clock, shards=shards,
+                   moves=Mover(edge_shards, shards, backend.table(EDGE_MOVES),
+                               settings.shard_move_grace_seconds, settings.worker_interval,
+                               timing.worker_lease, owner=lifecycle.worker_id, clock=clock))
 
     def reencrypt_keys(self) -> int:
         """``edgectl keys rotate``: every stored secret, re-encrypted under the newest key."""

@@ -75,6 +75,10 @@ class RouterFeed:
         item = table.get(hostname) if table is not None else None
         return None if item is None or item.get("removed") else str(item["value"])
 
+    def entries(self) -> dict[str, str]:
+        """Every entry: hostname -> shard (reads them all: a reconciliation's)."""
+        return {host: str(shard) for host, shard in self._snapshot()[2].items() if shard}
+
     def versions(self) -> tuple[str | None, str]:
         """The map's own version (what :attr:`watch` waits on) and the router's version, which
         also covers the shard list."""
@@ -118,4 +122,4 @@ class RouterFeed:
 
 def _shards_doc(shards: ShardSet) -> dict[str, list[dict[str, object]]]:
     return {name: [node.to_json() for node in shards.shards.get(name, ())]
-            for name in shards.names}
+            for name in shards.all_names}

@@ -18,9 +18,11 @@ a replica that dies between the two writes loses nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import threading
 import zlib
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from edge.errors import EdgeError
 from edge.shards import ShardNode, ShardSet, valid_shard_name
@@ -108,15 +110,33 @@ class ShardRegistry:
     def __init__(self, table: Table) -> None:
         self.table = table
         self._cached: tuple[int, ShardSet] | None = None
+        self._round = threading.local()
 
     def load(self) -> ShardSet:
         """The current shards and overrides: one GetItem, plus ``BUCKETS`` more only when an
         admin changed something since the last call."""
         return self.current()[1]
 
+    @contextlib.contextmanager
+    def once(self) -> Iterator[None]:
+        """Within it, this thread reads the registry once: a worker round hands every step the
+        set it read first (a change landing during the round is the next round's)."""
+        self._round.read = None
+        try:
+            yield
+        finally:
+            del self._round.read
+
     def current(self) -> tuple[int, ShardSet]:
         """The registry's revision (what a change that must not overwrite another's passes
         back) and its shards and overrides, read together."""
+        held = getattr(self._round, "read", False)
+        if held is not False:
+            self._round.read = held or self._read()
+            return self._round.read
+        return self._read()
+
+    def _read(self) -> tuple[int, ShardSet]:
         config = self._config()
         revision = int(config.get("revision", 0))
         cached = self._cached
@@ -133,7 +153,8 @@ class ShardRegistry:
         if pending and int(buckets[bucket_of(pending["hostname"])].get("revision", 0)) < \
                 pending["revision"]:
             _apply(overrides, pending)
-        loaded = ShardSet(shards, overrides)
+        loaded = ShardSet(shards, overrides,
+                          frozenset(config.get("draining") or ()) & frozenset(shards))
         self._cached = (revision, loaded)
         return self._cached
 
@@ -146,10 +167,14 @@ class ShardRegistry:
                 raise ShardRefused(f"at most {MAX_SHARDS} shards", "name")
             check_nodes(name, nodes, self._shards(config))
             shards[name] = [node.to_json() for node in nodes]
+            config["draining"] = [n for n in config.get("draining") or () if n != name]
         return self._commit(change, expected_revision)
 
     def remove_shard(self, name: str,
                      expected_revision: int | None = None) -> tuple[int, ShardSet]:
+        """Mark shard ``name`` draining: nothing is assigned to it any more, but routers keep
+        forwarding to its nodes until its hostnames have moved off (edge/moves.py), and then
+        :meth:`drop_drained` deletes it."""
         def change(config: Item) -> None:
             if name not in (config.get("shards") or {}):
                 raise ShardRefused(f"there is no shard {name}", "name", 404)
@@ -157,8 +182,20 @@ class ShardRegistry:
             if pinned:
                 raise ShardRefused(f"{pinned} hostname(s) are pinned to shard {name}; unpin "
                                    "them (or pin them elsewhere) before removing it", "name", 409)
-            del config["shards"][name]
+            config["draining"] = sorted(set(config.get("draining") or ()) | {name})
         return self._commit(change, expected_revision)
+
+    def drop_drained(self, name: str) -> bool:
+        """Delete draining shard ``name`` (emptied); False if it is not draining."""
+        def change(config: Item) -> None:
+            if name not in (config.get("draining") or ()):
+                raise ShardRefused(f"shard {name} is not draining", "name", 409)
+            config["draining"] = [n for n in config["draining"] if n != name]
+            config["shards"].pop(name, None)
+        try:
+            return bool(self._commit(change, None))
+        except ShardRefused:
+            return False
 
     def pin(self, hostname: str, shard: str,
             expected_revision: int | None = None) -> tuple[int, ShardSet]:
@@ -175,7 +212,8 @@ class ShardRegistry:
                             expected_revision)
 
     def _override(self, config: Item, hostname: str, shard: str | None) -> None:
-        if shard is not None and shard not in (config.get("shards") or {}):
+        if shard is not None and (shard not in (config.get("shards") or {})
+                                  or shard in (config.get("draining") or ())):
             raise ShardRefused(f"there is no shard {shard}; add it first", "shard",
                                404 if valid_shard_name(shard) else 400)
         current = self._current(hostname)

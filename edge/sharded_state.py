@@ -100,7 +100,7 @@ class ShardedState:
             return found
 
     def known(self, shard: str) -> bool:
-        return shard in self.shard_set().names
+        return shard in self.shard_set().all_names
 
     # --- what the publisher calls ----------------------------------------------------------
 
@@ -115,24 +115,41 @@ class ShardedState:
         for key, redirect in (redirects or {}).items():
             parts.setdefault(shards.assign(link_host(key)), ({}, {}))[1][key] = redirect
         moved = False
-        for shard in sorted(set(parts) | (set(shards.names) if config is not None else set())):
+        for shard in sorted(set(parts) | (set(shards.all_names) if config is not None
+                                          else set())):
             shard_routes, shard_links = parts.get(shard, ({}, {}))
             moved = self.store(shard).change(shard_routes, config, shard_links) or moved
         entries = {hostname: shard for shard, (part, _) in parts.items()
                    if shard != DEFAULT_SHARD for hostname in part}
-        if entries:
-            self.router.assign({hostname: entries[hostname] if routes[hostname] else None
-                                for hostname in sorted(entries)})
+        switched = {hostname: entries[hostname] if routes[hostname] else None
+                    for hostname in sorted(entries) if not routes[hostname] or self._new(hostname)}
+        if switched:
+            self.router.assign(switched)
         return moved
+
+    def _new(self, hostname: str) -> bool:
+        """Whether no shard serves ``hostname`` yet, so its router entry may point at its
+        shard at once; any other switch is a move's (edge/moves.py), after the new shard's
+        nodes hold it. Reads its router entry, and the default shard's route without one."""
+        return self.router.holding(hostname) is None and self.holding(DEFAULT_SHARD,
+                                                                       hostname) is None
 
     def reconcile(self, routes: dict[str, str | tuple[str, str]],
                   pem_of: Callable[[str], str | None], config: EdgeConfig) -> bool:
-        """Every configured shard made exactly its share of ``routes``, and the router's map
-        (see :meth:`EdgeStateStore.reconcile`: reads every route item)."""
+        """Every shard made exactly its share of ``routes``, and the router's map (see
+        :meth:`EdgeStateStore.reconcile`: reads every route item and router entry). Never a
+        switch: a hostname the router sends elsewhere than its assignment (a move not done)
+        stays in that shard too, and keeps its entry; only the mover switches it."""
         shards = self.shard_set()
-        parts: dict[str, dict[str, str | tuple[str, str]]] = {name: {} for name in shards.names}
+        sharded = shards.names != [DEFAULT_SHARD]  # an edge without shards has no entries
+        placed = self.router.entries() if sharded else {}
+        parts: dict[str, dict[str, str | tuple[str, str]]] = {n: {} for n in shards.all_names}
+        keep: dict[str, str] = {}
         for hostname, route in routes.items():
-            parts[shards.assign(hostname)][hostname] = route
+            assigned = shards.assign(hostname)
+            keep[hostname] = now = placed.get(hostname, DEFAULT_SHARD) \
+                if placed.get(hostname, DEFAULT_SHARD) in parts else assigned
+            parts[assigned][hostname] = parts[now][hostname] = route
         routed: set[str] = set()
 
         def pem(hostname: str) -> str | None:
@@ -144,9 +161,9 @@ class ShardedState:
         moved = False
         for shard, part in sorted(parts.items()):
             moved = self.store(shard).reconcile(part, pem, config) or moved
-        if shards.names != [DEFAULT_SHARD]:  # an edge without shards has no router entries
-            self.router.reconcile({hostname: shards.assign(hostname) for hostname in routed
-                                   if shards.assign(hostname) != DEFAULT_SHARD})
+        if sharded:
+            self.router.reconcile({hostname: keep[hostname] for hostname in routed
+                                   if keep[hostname] != DEFAULT_SHARD})
         return moved
 
     def reconcile_redirects(self, desired: dict[str, Redirect]) -> bool:
@@ -162,7 +179,7 @@ class ShardedState:
     def due_redirects(self, now: float, limit: int = 200) -> list[str]:
         """Expired links of every shard (one index query per shard)."""
         due: list[str] = []
-        for shard in self.shard_set().names:
+        for shard in self.shard_set().all_names:
             if len(due) >= limit:
                 break
             due += self.store(shard).due_redirects(now, limit - len(due))
@@ -174,12 +191,12 @@ class ShardedState:
         return [{**node, "shard": shard} for node in self.store(shard).list_nodes()]
 
     def list_nodes(self) -> list[dict[str, Any]]:
-        return [node for shard in self.shard_set().names for node in self.nodes(shard)]
+        return [node for shard in self.shard_set().all_names for node in self.nodes(shard)]
 
     def routed(self) -> set[str]:
         """Every hostname some configured shard routes (reads every shard's snapshot)."""
         hosts: set[str] = set()
-        for shard in self.shard_set().names:
+        for shard in self.shard_set().all_names:
             state = self.store(shard).load()
             hosts |= {str(route["hostname"]) for route in state["routes"]} if state else set()
         return hosts
@@ -187,10 +204,12 @@ class ShardedState:
     # --- moves (issue 29 item 4) build on these ---------------------------------------------
 
     def publish_to(self, shard: str, routes: dict[str, RouteChange],
-                   redirects: dict[str, RedirectChange] | None = None) -> bool:
+                   redirects: dict[str, RedirectChange] | None = None,
+                   config: EdgeConfig | None = None) -> bool:
         """Commit these changes in ``shard`` whatever the assignment says, and leave the
-        router's map alone (a move switches it once the new shard's nodes apply them)."""
-        return self.store(shard).change(routes, None, redirects)
+        router's map alone (a move switches it once the new shard's nodes apply them).
+        ``config``: for a shard that has none yet (one just added)."""
+        return self.store(shard).change(routes, config, redirects)
 
     def holding(self, shard: str, hostname: str) -> int | None:
         """The revision of ``shard`` that wrote its route for ``hostname``, or None when the
@@ -203,6 +222,13 @@ class ShardedState:
         """Shard ``shard``'s current revision (0: nothing published)."""
         meta = self.store(shard).meta()
         return int(meta["revision"]) if meta else 0
+
+    def size(self, shard: str) -> int | None:
+        """How many routes shard ``shard`` holds: the count its commits keep (one read; None
+        until a reconciliation counted a store from the release before)."""
+        meta = self.store(shard).meta()
+        return int(meta["routes_count"]) if meta and "routes_count" in meta else \
+            0 if meta is None else None
 
     # --- the whole edge -------------------------------------------------------------------
 

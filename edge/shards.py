@@ -77,14 +77,23 @@ class ShardSet:
     """The configured shards and the admins' overrides: what every replica assigns by.
 
     ``shards`` maps a shard's name to its nodes, where routers forward its hostnames'
-    connections. Empty: the one default shard, and no router."""
+    connections. Empty: the one default shard, and no router. A ``draining`` shard (being
+    removed) is assigned nothing, but keeps its nodes and state until its hostnames moved off
+    (edge/moves.py)."""
 
     shards: Mapping[str, tuple[ShardNode, ...]] = dataclasses.field(default_factory=dict)
     overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    draining: frozenset[str] = frozenset()
 
     @property
     def names(self) -> list[str]:
-        return sorted(self.shards) or [DEFAULT_SHARD]
+        """The shards hostnames are assigned to."""
+        return sorted(set(self.shards) - self.draining) or [DEFAULT_SHARD]
+
+    @property
+    def all_names(self) -> list[str]:
+        """Every shard with a state to serve: the assigned ones and the draining ones."""
+        return sorted(set(self.names) | set(self.shards))
 
     def assign(self, hostname: str) -> str:
         return assign(hostname, self.names, self.overrides)

@@ -1,13 +1,11 @@
 """How the control service changes the desired edge state: one route (or link) at a time.
 
 Storage: one item per route (publication, certificate fingerprint, the revision that wrote it),
-one item per certificate (chain and key, encrypted), one item per short link the edge answers
-from its map (``edge_redirects``: every plain link), and one small ``desired`` item: the content
-version, the routes and redirects digests (``edge.state.routes_digest``, kept by adding and
-subtracting hashes, so no change reads every route), the config (servers, SSO keys, short
-domains) and a monotonic ``revision``. No item grows with the number of domains or links
-(DynamoDB caps items at 400 KB). Routes and redirects share the revision: an agent asks for
-both kinds of change since its revision in one request.
+per certificate (chain and key, encrypted), per short link the edge answers from its map
+(``edge_redirects``), and one small ``desired`` item: the content version, the routes and
+redirects digests (``edge.state.routes_digest``) and the route count, kept by adding and
+subtracting so no change reads every route, the config and a monotonic ``revision`` (which
+routes and redirects share). No item grows with the number of domains or links.
 
 A change commits in one conditional write of the ``desired`` item, which carries the changed
 routes as ``pending`` (an outbox); the route items are written after it, each only over an older
@@ -67,12 +65,8 @@ class StateChanges:
 
     def __init__(self, state: Table, routes: Table, certs: Table, vault: KeyVault,
                  redirects: Table | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.state = state
-        self.routes = routes
-        self.certs = certs
-        self.redirects = redirects
-        self._vault = vault
-        self._clock = clock
+        self.state, self.routes, self.certs, self.redirects = state, routes, certs, redirects
+        self._vault, self._clock = vault, clock
         self.watch = VersionWatch(self.current_version)
         """Agents waiting for the next version (a long poll) wait here."""
 
@@ -143,7 +137,7 @@ class StateChanges:
             pending_redirects[key] = None if redirect is None else {
                 "value": new_value, "expires": redirect.expires}
         pending: dict[str, dict[str, str] | None] = {}
-        superseded: list[str] = []
+        superseded, added = list[str](), 0  # added: routes added less routes removed
         for hostname, new in sorted(routes.items()):
             old = self.routes.get(hostname)
             old_ref = route_ref(old) if old is not None and not old.get("removed") else None
@@ -153,12 +147,11 @@ class StateChanges:
                 continue
             overwritten += [int(old["revision"])] if old and old.get("revision") else []
             if new is not None and new_ref is not None:
-                self._store_certificate(hostname, new_ref.cert_sha256, new[1])
-                if old_ref is not None and old_ref.cert_sha256 != new_ref.cert_sha256:
-                    superseded.append(cert_key(hostname, old_ref.cert_sha256))
+                superseded += self._certificate(old_ref, new_ref, new[1])
             digest = (digest - (route_hash(old_ref) if old_ref else 0)
                       + (route_hash(new_ref) if new_ref else 0)) % DIGEST_MODULUS
             pending[hostname] = dataclasses.asdict(new_ref) if new_ref else None
+            added += (new_ref is not None) - (old_ref is not None)
         current = EdgeConfig.from_json(meta["config"]) if meta and "config" in meta else None
         config = config or current or EdgeConfig((), ())
         version = state_version(digest, config, rdigest)
@@ -173,6 +166,8 @@ class StateChanges:
             "published_at": self._clock(),
             "compacted_revision": meta.get("compacted_revision", 0) if meta else 0,
             "forced_version": meta.get("forced_version") if meta else None,
+            **({"routes_count": int((meta or {}).get("routes_count", 0)) + added}
+               if not meta or "routes_count" in meta else {}),  # none: a version item of old
             **feed_log.advanced(meta, revision, overwritten,
                                 len(pending) + len(pending_redirects))},
             expected_version=meta[VERSION] if meta else ABSENT)
@@ -182,6 +177,12 @@ class StateChanges:
         log.info("edge state %s (revision %d): %d route and %d redirect changes", version,
                  revision, len(pending), len(pending_redirects))
         return True
+
+    def _certificate(self, old: RouteRef | None, new: RouteRef, pem: str) -> list[str]:
+        """Store ``new``'s certificate; the key of the one it supersedes, if any."""
+        self._store_certificate(new.hostname, new.cert_sha256, pem)
+        sha = old.cert_sha256 if old is not None else new.cert_sha256
+        return [cert_key(new.hostname, sha)] if sha != new.cert_sha256 else []
 
     def settled(self, meta: Item | None) -> Item | None:
         """``meta`` with its pending route changes written to the route items (idempotent:
@@ -319,7 +320,7 @@ class StateChanges:
                 tombstones.append(item)
             else:
                 stored[item["hostname"]] = route_ref(item)
-        self._repair_digest(before, routes_digest(stored.values()))
+        self._repair_digest(before, routes_digest(stored.values()), len(stored))
         self._compact(tombstones)
         changes: dict[str, RouteChange] = {hostname: None for hostname in stored
                                            if hostname not in routes}
@@ -357,16 +358,15 @@ class StateChanges:
             except ConflictError:
                 continue  # routed again meanwhile
 
-    def _repair_digest(self, meta: Item | None, digest: int) -> None:
-        """Set the digest counted by a scan, only if the version item has not moved since
-        ``meta`` was read before it: a change during the scan may be missing from it, and a
-        digest from such a scan would disagree with the route items for good."""
-        if meta is None or meta.get("routes_digest") == f"{digest:032x}":
+    def _repair_digest(self, meta: Item | None, digest: int, count: int) -> None:
+        """Set the digest and route count a scan found, only if the version item has not moved
+        since ``meta`` was read before it: a change during the scan may be missing from it."""
+        if meta is None or (meta.get("routes_digest"), meta.get("routes_count")) == (
+                f"{digest:032x}", count):
             return
         try:
-            self.state.put({**meta, "routes_digest": f"{digest:032x}"},
+            self.state.put({**meta, "routes_digest": f"{digest:032x}", "routes_count": count},
                            expected_version=meta[VERSION])
-            log.warning("the edge routes digest did not match the route items; repaired")
         except ConflictError:
             pass  # a change meanwhile; the next reconciliation looks again
 

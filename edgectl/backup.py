@@ -24,6 +24,7 @@ from domains.repository import DOMAINS
 from domains.takeover import TAKEOVERS
 from domains.timeline import EVENTS
 from domains.webhooks import WEBHOOKS
+from edge.moves import EDGE_MOVES
 from edge.shard_registry import EDGE_SHARDS
 from edge.sso import SSO_CODES, SSO_KEYS
 from edge.state_changes import EDGE_CERTS, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE
@@ -41,7 +42,7 @@ TABLES: tuple[TableSpec, ...] = (
     DOMAINS, DOMAIN_COUNTS, EVENTS, WEBHOOKS, TAKEOVERS, API_TOKENS,
     CERTIFICATES, UPLOADS, ACCOUNTS, ORDERS, CHALLENGES, BUDGETS, ISSUANCE_STATS,
     EDGE_STATE, EDGE_ROUTES, EDGE_REDIRECTS, EDGE_CERTS, EDGE_NODES, EDGE_VISIT_REPORTS,
-    EDGE_SHARDS,
+    EDGE_SHARDS, EDGE_MOVES,
     LINKS, LINK_CHANGES, LINK_DAYS, LINK_LEASES, SSO_KEYS, SSO_CODES,
     ADMIN_USERS, ADMIN_SESSIONS, ADMIN_LOGIN_FAILURES, ADMIN_AUDIT, META)
 """Every table the product keeps (a test holds this to every ``TableSpec`` in the code), the

@@ -98,7 +98,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here, as in every process command: the operator's commands start fast.
     from control.replicas import LoneReplica
     from control.server import ControlServer, Draining, stop_gracefully
-    from control.worker import PlatformCertificates, start_worker
+    from control.worker import PlatformCertificates, shard_moves, start_worker
     from edgectl.app import create_app
     from kit.procs import stop_on_signals
     stop = stop_on_signals(settings.drain_seconds + settings.shutdown_seconds)
@@ -117,14 +117,15 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                                         services.certificates, services.publisher,
                                         settings.retry_base_seconds,
                                         edge_up=services.publisher.serving)
-        steps = [services.lifecycle.tick, platform.tick]
+        steps = [services.lifecycle.tick, platform.tick, *shard_moves(services.moves)]
         if services.sweeper is not None:
             steps.append(services.sweeper.tick)
         if services.custom_certificates is not None:
             steps.append(services.custom_certificates.tick)  # uploads due to fall back
         if not settings.control_servers:
             steps.append(LoneReplica(services.edge_state, settings.edge_control_servers).tick)
-        worker = start_worker(steps, settings.worker_interval, stop)
+        worker = start_worker(steps, settings.worker_interval, stop, *(
+            [services.shards.once] if services.shards else []))
         if services.webhooks.enabled:
             services.webhooks.start(stop)
         server.start()

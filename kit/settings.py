@@ -141,6 +141,9 @@ class Settings:
     """How long an agent's request waits for the next state (a long poll; 0: plain polls)."""
     edge_shard: str = setting("default", parse.text)
     """The edge shard the node serves (docs/shards.md): its agent fetches that shard's state."""
+    shard_move_grace_seconds: float = setting(60.0, parse.number)
+    """How long a shard keeps a hostname that moved to another after the routers switched
+    (routers still catching up find it served in both places; docs/shards.md)."""
     worker_id: str = setting("", parse.text)
     retry_base_seconds: float = setting(5.0, parse.number)
     retry_max_seconds: float = setting(3600.0, parse.number)

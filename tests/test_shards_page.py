@@ -53,7 +53,7 @@ def test_add_pin_unpin_and_remove_through_the_forms(app: Flask,  # noqa: F811
     page = client.get("/admin/shards?done=pinned").get_data(as_text=True)
     assert "Hostname pinned." in page and "blog.example.com" in page
     assert "10.0.1.5:8443:8080" in page
-    assert "unknown" in page  # no feed gives routes and moves yet
+    assert 'class="shard-routes">0<' in page and 'class="shard-moves">0<' in page
     form = fields(client)
     confirm = client.get("/admin/shards/remove?name=eu-1").get_data(as_text=True)
     assert "It is the last shard" in confirm
@@ -68,6 +68,9 @@ def test_add_pin_unpin_and_remove_through_the_forms(app: Flask,  # noqa: F811
     form = fields(client)
     assert client.post("/admin/shards/remove", data={**form, "name": "eu-1", "confirm": "eu-1"}
                        ).status_code == 303
+    assert "(draining)" in client.get("/admin/shards").get_data(as_text=True)
+    assert services.moves is not None
+    services.moves.tick()  # the worker's step: nothing to move off it, so it goes
     assert client.get("/admin/shards/remove?name=eu-1").status_code == 404
     assert services.shards.load().shards == {}
     audit = provided(app, Admin).audit

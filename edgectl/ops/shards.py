@@ -36,9 +36,12 @@ def _list(out: Console, data: dict[str, Any]) -> None:
     if not data["shards"]:
         out.print("no shard configured: one default shard, no router")
     else:
-        out.print(table("shards", ("shard", "nodes (host:https:http)", "pinned"), (
-            (s["name"], ", ".join(f"{n['host']}:{n['https_port']}:{n['http_port']}"
-                                  for n in s["nodes"]), s["pinned"]) for s in data["shards"])))
+        out.print(table("shards", ("shard", "nodes (host:https:http)", "pinned", "routes",
+                                   "moving in/out"), (
+            (s["name"] + (" (draining)" if s.get("draining") else ""),
+             ", ".join(f"{n['host']}:{n['https_port']}:{n['http_port']}" for n in s["nodes"]),
+             s["pinned"], "unknown" if s.get("routes") is None else s["routes"],
+             f"{s.get('moving_in', 0)}/{s.get('moving_out', 0)}") for s in data["shards"])))
     rows_or(out, table("pinned hostnames", ("hostname", "shard"),
                        ((o["hostname"], o["shard"]) for o in data["overrides"])),
             "no hostname pinned (the hash assigns every one)")
@@ -59,7 +62,7 @@ def add(args: argparse.Namespace, client: ControlClient) -> int:
 
 def remove(args: argparse.Namespace, client: ControlClient) -> int:
     emit(args, client.delete(f"{SHARDS}/{segment(args.name)}"),
-         _changed(f"removed shard {args.name}"))
+         _changed(f"shard {args.name} drains: its hostnames move off, then it goes"))
     return OK
 
 
@@ -99,6 +102,6 @@ def _unpin_arguments(parser: argparse.ArgumentParser) -> None:
 operator_command("shards", "edge shards and the hostnames pinned to them", actions({
     "list": ("the shards, their nodes and the pinned hostnames", list_shards, None),
     "add": ("add a shard, or replace its nodes", add, _add_arguments),
-    "remove": ("remove a shard (refused while hostnames are pinned to it)", remove, _name),
+    "remove": ("remove a shard: it drains (its hostnames move off), then goes", remove, _name),
     "pin": ("serve a hostname from a shard, whatever the hash says", pin, _pin_arguments),
     "unpin": ("let the hash assign a hostname again", unpin, _unpin_arguments)}))

@@ -1,0 +1,292 @@
+"""Moving hostnames between shards (issue 29 item 4): a shard added moves about 1/K of them,
+each published to the new shard before its router entry switches, the switch only once every
+node of the new shard holds it, the old shard drops it after the grace; a move interrupted
+resumes, and a removed shard drains, then goes. Node reports here are written as the edge API
+writes them (test_shard_moves_edge.py runs real agents and HAProxy)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Iterator
+
+import pytest
+
+from control.wiring import Services
+from edge.moves import Mover, move_key
+from edge.shards import ShardNode
+from edge.state import EdgeConfig, Redirect
+from kit.settings import Settings
+from kit.x509 import self_signed
+from store import SPREAD, all_items
+from tests.conftest import FakeClock, ServicesWith, wait_until
+
+CONFIG = EdgeConfig(("127.0.0.1:9",), ("127.0.0.1:9",))
+HOSTS = [f"m{n}.moves.test" for n in range(45)]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def moving(any_backend: Settings, services_with: ServicesWith,
+           clock: FakeClock) -> Iterator[Services]:
+    services = services_with(base=any_backend, clock=clock, shard_move_grace_seconds=30.0)
+    assert services.shards is not None
+    for n, shard in enumerate(("a", "b")):
+        services.shards.put_shard(shard, [ShardNode(f"127.0.0.{n + 2}", 8443, 8080)])
+    services.edge_shards.change({host: ("pub_1", self_signed(host)[1]) for host in HOSTS},
+                                CONFIG,
+                                {f"{HOSTS[1]}/go": Redirect(HOSTS[1], "go", 302,
+                                                            "https://example.com/")})
+    yield services
+
+
+def report_in_sync(services: Services, *shards: str) -> None:
+    """Each shard's node reports the version it holds now, as the edge API records it."""
+    for shard in shards:
+        store = services.edge_shards.store(shard)
+        meta = store.meta()
+        store.report(f"{shard}1", meta["edge_version"] if meta else None, None, True, shard)
+
+
+def until_done(mover: Mover) -> None:
+    """Rounds until no move is in flight: a round drops a tenth of a shard at most."""
+    for _ in range(50):
+        if not mover.in_flight():
+            return
+        mover.tick()
+    assert mover.in_flight() == {}
+
+
+def mover_of(services: Services) -> Mover:
+    assert services.moves is not None
+    return services.moves
+
+
+def test_a_shard_added_moves_its_share_after_its_nodes_hold_it(
+        moving: Services, clock: FakeClock) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    before = {host: str(state.router.holding(host)) for host in HOSTS}
+    assert set(before.values()) == {"a", "b"}
+    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    shards = services.shards.load()
+    moved = [host for host in HOSTS if shards.assign(host) == "c"]
+    assert 5 <= len(moved) <= 25, "about a third of the hostnames"
+    mover_of(services).tick()
+    for host in moved:
+        assert state.holding("c", host) is not None, "published to the new shard"
+        assert state.router.holding(host) == before[host], "the router has not switched yet"
+    assert mover_of(services).in_flight()["c"] == {"from": 0, "to": len(moved)}
+
+    mover_of(services).tick()
+    assert all(state.router.holding(host) == before[host] for host in moved), \
+        "c's node has not reported: no switch"
+    report_in_sync(services, "c")
+    clock.advance(3)  # the next check, a poll (worker_interval) later
+    mover_of(services).tick()
+    for host in moved:
+        assert state.router.holding(host) == "c"
+        assert state.holding(before[host], host) is not None, "the old shard keeps it"
+    clock.advance(31)
+    until_done(mover_of(services))
+    for host in moved:
+        assert state.holding(before[host], host) is None, "dropped after the grace"
+    assert mover_of(services).in_flight() == {}
+    unmoved = [host for host in HOSTS if host not in moved]
+    assert all(state.router.holding(host) == before[host] for host in unmoved)
+    if HOSTS[1] in moved:
+        links = state.store("c").redirects
+        assert links is not None and links.get(f"{HOSTS[1]}/go") is not None, "its link moved"
+    assert not [item for item in all_items(mover_of(services).table)
+                if str(item["key"]).startswith("move#")]
+
+
+def test_an_ordinary_change_never_switches_an_entry(moving: Services) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    shards = services.shards.load()
+    host = next(h for h in HOSTS if shards.assign(h) == "c")
+    old = state.router.holding(host)
+    state.change({host: ("pub_2", self_signed(host)[1])}, CONFIG)
+    assert state.router.holding(host) == old, "only the mover switches it"
+    state.change({"brand-new.moves.test": ("pub_2", self_signed("brand-new.moves.test")[1])})
+    assert state.router.holding("brand-new.moves.test") == shards.assign("brand-new.moves.test")
+
+
+def test_an_interrupted_move_resumes_in_another_replica(
+        moving: Services, services_with: ServicesWith, any_backend: Settings,
+        clock: FakeClock) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    first = Mover(state, services.shards, mover_of(services).table, grace=30, lease=10,
+                  page=5, pages=1, owner="first", clock=clock)
+    assert first.discover(*services.shards.current()) is False, "one page, then it dies"
+    other = services_with(base=any_backend, clock=clock, shard_move_grace_seconds=30.0)
+    second = mover_of(other)
+    second.pages = 1000
+    second.tick()
+    shards = services.shards.load()
+    moved = [host for host in HOSTS if shards.assign(host) == "c"]
+    assert all(state.holding("c", host) is not None for host in moved), "nothing lost"
+
+    leased = first._lease(first.due()[0])
+    assert leased is not None
+    assert leased["hostname"] not in [item["hostname"] for item in second.due()], \
+        "a leased move is no other replica's"
+    report_in_sync(services, "c")
+    clock.advance(11)  # the first replica died holding its lease: it runs out
+    second.tick()
+    assert all(state.router.holding(host) == "c" for host in moved)
+    clock.advance(31)
+    until_done(second)
+    assert second.in_flight() == {}
+    assert all(state.holding(shard, host) is None for host in moved for shard in ("a", "b"))
+
+
+def test_a_removed_shard_drains_then_goes(moving: Services, clock: FakeClock) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    on_b = [host for host in HOSTS if state.router.holding(host) == "b"]
+    services.shards.remove_shard("b")
+    shards = services.shards.load()
+    assert shards.names == ["a"] and shards.all_names == ["a", "b"]
+    router = state.router.answer(None)
+    assert "b" in router["shards"], "routers still reach b's nodes while it drains"
+    mover_of(services).tick()
+    assert all(state.holding("a", host) is not None for host in on_b)
+    assert all(state.router.holding(host) == "b" for host in on_b)
+    report_in_sync(services, "a")
+    clock.advance(3)
+    mover_of(services).tick()
+    assert all(state.router.holding(host) == "a" for host in on_b)
+    assert "b" in services.shards.load().shards, "still draining during the grace"
+    clock.advance(31)
+    until_done(mover_of(services))
+    assert "b" not in services.shards.load().shards, "drained and removed"
+    assert all(state.holding("b", host) is None for host in on_b)
+    assert services.shards.load().draining == frozenset()
+    assert move_key(on_b[0]) not in {item["key"] for item in all_items(mover_of(services).table)}
+
+
+def test_an_idle_round_reads_the_registry_and_one_index(moving: Services) -> None:
+    mover = mover_of(moving)
+    mover.tick()  # the registry's revision is seen once (its scan) and not again
+    before = moving.backend.requests
+    assert mover.tick() == 0
+    per_query = 1 if moving.settings.storage_backend == "sqlite" else SPREAD + 1
+    assert moving.backend.requests - before <= 1 + per_query, "a GetItem and the due query"
+
+
+def test_a_worker_round_reads_the_registry_once(moving: Services) -> None:
+    registry, mover = moving.shards, mover_of(moving)
+    assert registry is not None
+    mover.tick()
+    with registry.once():  # what run_worker wraps a round in
+        before = moving.backend.requests
+        moving.publisher.refresh()  # asks the shard set for its change and for due links
+        publisher_reads = moving.backend.requests - before
+        mover.tick()
+        assert registry.load() is registry.load()
+    assert moving.backend.requests - before <= publisher_reads + \
+        (1 if moving.settings.storage_backend == "sqlite" else SPREAD + 1), \
+        "the mover's round adds its due query only"
+
+
+CHILD = """
+import json, sys
+from kit.settings import load_settings
+from control.wiring import Services
+services = Services.from_settings(load_settings(env={}, **json.loads(sys.argv[1])))
+services.moves.page, services.moves.pages, services.moves.lease = 2, 1, 1.0
+while True:  # a replica's worker, killed wherever it is
+    services.moves.tick()
+"""
+
+
+@pytest.mark.slow
+def test_a_replica_killed_mid_move_loses_nothing(settings: Settings,
+                                                 services_with: ServicesWith) -> None:
+    services = services_with(shard_move_grace_seconds=0.2)
+    state, registry = services.edge_shards, services.shards
+    assert registry is not None
+    for n, shard in enumerate(("a", "b")):
+        registry.put_shard(shard, [ShardNode(f"127.0.0.{n + 2}", 8443, 8080)])
+    state.change({host: ("pub_1", self_signed(host)[1]) for host in HOSTS}, CONFIG)
+    before = {host: str(state.router.holding(host)) for host in HOSTS}
+    report_in_sync(services, "a", "b")
+    registry.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    moved = [host for host in HOSTS if registry.load().assign(host) == "c"]
+    fields = {name: getattr(settings, name) for name in (
+        "api_token", "edge_token", "encryption_keys", "data_dir", "platform_domains",
+        "edge_cname_target", "edge_addresses")}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(fields)],
+                             env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        wait_until(lambda: any(state.holding("c", host) for host in moved), 60,
+                   "the replica's first publish")
+    finally:
+        child.kill()  # SIGKILL: no cleanup of any kind
+        child.wait(10)
+    mover = mover_of(services)
+    report_in_sync(services, "c")
+    def resumed() -> bool:
+        mover.tick()
+        report_in_sync(services, "c")  # its node follows
+        return mover.in_flight() == {}
+
+    wait_until(resumed, 60, "the moves resumed by this replica")
+    for host in HOSTS:
+        shard = "c" if host in moved else before[host]
+        assert state.router.holding(host) == shard and state.holding(shard, host) is not None
+        assert [s for s in ("a", "b", "c") if state.holding(s, host) is not None] == [shard]
+
+
+def test_a_reconciliation_during_a_move_switches_nothing(moving: Services) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    before = {host: str(state.router.holding(host)) for host in HOSTS}
+    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    mover_of(services).tick()  # published to c, not switched
+    moved = [host for host in HOSTS if services.shards.load().assign(host) == "c"]
+    pems = {host: self_signed(host)[1] for host in HOSTS}
+    state.reconcile({host: "pub_1" for host in HOSTS}, pems.get, CONFIG)  # a replica's start
+    for host in moved:
+        assert state.router.holding(host) == before[host], "the router still sends it there"
+        assert state.holding(before[host], host) is not None, "which still serves it"
+        assert state.holding("c", host) is not None
+    report_in_sync(services, "c")
+    mover_of(services).tick()
+    assert all(state.router.holding(host) == "c" for host in moved), "the mover switches"
+
+
+def test_a_shard_removed_before_its_moves_switched_gives_them_back(
+        moving: Services, clock: FakeClock) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    before = {host: str(state.router.holding(host)) for host in HOSTS}
+    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    mover = mover_of(services)
+    mover.tick()  # published to c; its node never comes
+    moved = [host for host in HOSTS if state.holding("c", host) is not None]
+    assert moved
+    services.shards.remove_shard("c")
+    clock.advance(3)
+    for _ in range(5):
+        mover.tick()
+    assert mover.in_flight() == {}
+    assert "c" not in services.shards.load().shards, "nothing moves to or from it: it goes"
+    for host in HOSTS:
+        assert state.router.holding(host) == before[host]
+        assert state.holding(before[host], host) is not None and state.holding("c", host) is None

@@ -1,0 +1,76 @@
+"""A shard added while real edge nodes serve (issue 29 item 4): the moved hostnames reach the new
+shard's node (a real EdgeAgent and HAProxy) first, the router's map switches only once that node
+reported them applied, and the old shard's node drops them after the grace."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+from admin_app import create_app
+from control.wiring import Services
+from edge.agent import EdgeAgent
+from edge.node import EdgeNode
+from edge.shards import ShardNode
+from edge.state import EdgeConfig
+from kit.procs import free_port
+from kit.settings import Settings
+from kit.x509 import self_signed
+from tests.conftest import ServicesWith, serving, wait_until
+
+EDGE = {"Authorization": "Bearer edge-token-0123456789"}
+HOSTS = [f"e{n}.moves.test" for n in range(12)]
+
+
+@pytest.fixture
+def control(any_backend: Settings,
+            services_with: ServicesWith) -> Iterator[tuple[Services, str]]:
+    services = services_with(base=any_backend, shard_move_grace_seconds=1.0)
+    with serving(create_app(services)) as url:
+        yield services, url
+
+
+@pytest.mark.slow
+def test_a_shard_added_under_real_nodes_moves_without_a_gap(
+        control: tuple[Services, str], tmp_path: Path) -> None:
+    services, url = control
+    state, registry, mover = services.edge_shards, services.shards, services.moves
+    assert registry is not None and mover is not None
+    mover.poll = 0.1
+    registry.put_shard("a", [ShardNode("127.0.0.2", 8443, 8080)])
+    state.change({host: ("pub_1", self_signed(host)[1]) for host in HOSTS},
+                 EdgeConfig(("127.0.0.1:9",), ("127.0.0.1:9",)))
+    nodes = {shard: EdgeNode(tmp_path / shard, http_port=free_port(), https_port=free_port())
+             for shard in ("a", "c")}
+    agents = {shard: EdgeAgent(nodes[shard], url, "edge-token-0123456789",
+                               node_id=f"{shard}1", shard=shard, watch=0.0)
+              for shard in ("a", "c")}
+    try:
+        assert agents["a"].sync() is True
+        assert sorted(nodes["a"].existing_routes()) == sorted(HOSTS)
+        registry.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+        moved = [host for host in HOSTS if registry.load().assign(host) == "c"]
+        assert moved, "some hostnames go to the new shard"
+        mover.tick()
+        assert all(state.holding("c", host) is not None for host in moved), "published"
+        wait_until(lambda: mover.tick() == 0 or True, 1, "a round")  # c's node has not synced
+        assert all(state.router.holding(host) == "a" for host in moved), "no switch yet"
+
+        assert agents["c"].sync() is True  # loads the moved certificates, then reports
+        assert sorted(nodes["c"].existing_routes()) == sorted(moved)
+        wait_until(lambda: mover.tick() is not None and all(
+            state.router.holding(host) == "c" for host in moved), 20, "the switch")
+        router = requests.get(f"{url}/api/v1/edge/router", headers=EDGE, timeout=10).json()
+        assert {host: router["hosts"][host] for host in moved} == {h: "c" for h in moved}
+        agents["a"].sync()
+        assert set(moved) <= set(nodes["a"].existing_routes()), "a serves them in the grace"
+
+        wait_until(lambda: mover.tick() is not None and agents["a"].sync() is not None
+                   and mover.in_flight() == {}, 30, "the drops after the grace, a few a round")
+        assert not set(moved) & set(nodes["a"].existing_routes())
+        assert sorted(nodes["a"].existing_routes()) == sorted(set(HOSTS) - set(moved))
+    finally:
+        for node in nodes.values():
+            node.stop()
