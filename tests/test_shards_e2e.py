@@ -35,7 +35,7 @@ from control.wiring import Services
 from edge.haproxy import server_status, unix_command
 from edge.shards import assign
 from kit.procs import ManagedProcess
-from kit.settings import Settings, load_settings
+from kit.settings import load_settings
 from kit.x509 import key_to_pem, self_signed
 from tests.conftest import wait_until
 from tests.netns import Network, current, enter, restore, wait_listening
@@ -48,7 +48,6 @@ NET = "10.214.0"
 SHARDS = {"s1": ["s1a", "s1b"], "s2": ["s2a", "s2b"], "s3": ["s3a"]}
 NODES = [node for nodes in SHARDS.values() for node in nodes]
 ROLES = ["control", "router", "app", "client", *NODES, "s4a"]
-MOVES = "shard_move_grace_seconds" in {field.name for field in dataclasses.fields(Settings)}
 """Whether this tree moves hostnames between shards (issue 29, item 4)."""
 DOMAINS = 2400
 ZONE = "e2e.test"
@@ -114,7 +113,7 @@ class Fleet:
                 "EDGE_ACME_DIRECTORY_URL": "http://127.0.0.1:9/directory",
                 "EDGE_RECHECK_SECONDS": str(10 * 86400), "EDGE_WORKER_INTERVAL": "0.2",
                 "EDGE_DRAIN_SECONDS": "0", "EDGE_EDGE_WATCH_SECONDS": "2",
-                **({"EDGE_SHARD_MOVE_GRACE_SECONDS": "2"} if MOVES else {})}
+                "EDGE_SHARD_MOVE_GRACE_SECONDS": "2"}
 
     def agent_env(self, role: str) -> dict[str, str]:
         address = self.network.address(role)
@@ -373,7 +372,6 @@ def test_a_one_route_change_reaches_its_shards_nodes_and_the_router(fleet: Fleet
         assert tls_get(fleet.network.address(role), new).subject == "CN=edge-default.invalid"
 
 
-@pytest.mark.skipif(not MOVES, reason="needs the moves between shards (issue 29, item 4)")
 def test_a_shard_added_under_load_fails_no_request(fleet: Fleet) -> None:
     """Four visitors load a sample of every shard's hostnames through the router (each request
     on a new connection, never retried) while s4 is started and added: its share moves to it
