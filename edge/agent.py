@@ -32,7 +32,7 @@ from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, Rout
                         StateDelta, pools_of, redirect_hash, route_hash, routes_digest,
                         state_version)
 from edge.visits import HotVisitMeter
-from kit.backoff import jittered_backoff
+from kit.backoff import sync_rounds
 from kit.hosts import plain_http_off_host
 
 log = logging.getLogger(__name__)
@@ -367,34 +367,14 @@ class EdgeAgent:
             self._report()
         except Exception as exc:  # the first sync says it, with backoff
             log.info("the first report failed: %s", exc)
-        failures = 0
-        reported = 0.0
-        while not stop.is_set():
-            applied, started = False, time.monotonic()
-            try:
-                applied = self.sync()
-                if failures:
-                    log.warning("edge sync works again after %d failed rounds", failures)
-                failures = 0
-            except Exception as exc:  # keep serving the last good state whatever happens
-                failures += 1
-                if failures == 1:
-                    log.warning("edge sync failed (retrying with backoff): %s", exc)
-            if stop.is_set():
-                break
-            if time.monotonic() - reported >= interval:  # a table read: not once per change
-                reported = time.monotonic()
+        reported = [0.0]
+
+        def visits() -> None:
+            if time.monotonic() - reported[0] >= interval:  # a table read: not once per change
+                reported[0] = time.monotonic()
                 try:
                     self.report_visits()
                 except Exception as exc:  # the visits stay pending for the next round
                     log.info("reporting map-served link visits failed: %s", exc)
-            waited = time.monotonic() - started
-            if failures:
-                stop.wait(jittered_backoff(failures, interval, MAX_BACKOFF))
-            elif not (self.watch and (applied or waited >= self.watch / 2)):
-                # Watching, a round that applied a change, or whose long poll waited, goes
-                # straight back to the long poll: a pause would hold the next change (a
-                # certificate upload, say) up to ``interval``. The long poll paces the rounds
-                # (it answers when the state moves, or after ``watch``); a round that came
-                # back early for another reason (a server that does not wait) still pauses.
-                stop.wait(interval)
+
+        sync_rounds(self.sync, stop, interval, self.watch, "edge", MAX_BACKOFF, visits)

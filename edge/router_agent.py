@@ -23,7 +23,7 @@ import requests
 from edge.errors import EdgeError
 from edge.haproxy import NodeLock, stop_node
 from edge.router import Router, RouterUpdate
-from kit.backoff import jittered_backoff
+from kit.backoff import sync_rounds
 from kit.hosts import plain_http_off_host
 from kit.procs import stop_on_signals
 from kit.settings import Settings
@@ -187,24 +187,7 @@ class RouterAgent:
                 self.router.start()
         except EdgeError as exc:
             log.warning("%s", exc)
-        failures = 0
-        while not stop.is_set():
-            applied, started = False, time.monotonic()
-            try:
-                applied = self.sync()
-                if failures:
-                    log.warning("router sync works again after %d failed rounds", failures)
-                failures = 0
-            except Exception as exc:  # keep serving the last good map whatever happens
-                failures += 1
-                if failures == 1:
-                    log.warning("router sync failed (retrying with backoff): %s", exc)
-            if stop.is_set():
-                break
-            if failures:
-                stop.wait(jittered_backoff(failures, interval, MAX_BACKOFF))
-            elif not (self.watch and (applied or time.monotonic() - started >= self.watch / 2)):
-                stop.wait(interval)  # a long poll paces the rounds; a plain poll waits here
+        sync_rounds(self.sync, stop, interval, self.watch, "router", MAX_BACKOFF)
 
 
 GRACE = 1.5
