@@ -61,6 +61,7 @@ BENCHES: dict[str, Bench] = {
                          "--floor", "500")),
     "prevalidation_switch": Bench(("--seconds", "4",)),
     "redirect_domains": Bench(("--routes", "100", "--seconds", "2", "--rounds", "1")),
+    "router_overhead": Bench(("--map-entries", "100000", "--seconds", "2", "--rounds", "1")),
     "routing_overhead": Bench(("--entries", "1000", "--seconds", "2", "--rounds", "1")),
     "shortlinks_map": Bench(("--links", "10000", "--seconds", "2", "--rounds", "1",
                              "--changes", "5")),
