@@ -93,16 +93,23 @@ class Control:
              "serve's first state", self.process)
         started = time.perf_counter()
         backend = SqliteBackend(str(directory / "edge.db"))
+        try:
+            self.version = self.seed(backend, KeyVault([key]), routes)
+        finally:
+            backend.close()
+        self.seeded = time.perf_counter() - started
+
+    def seed(self, backend: SqliteBackend, vault: KeyVault, routes: list[Route]) -> str | None:
+        """Commit ``routes`` into serve's edge state, 1,000 per change; the version an agent
+        that applied them all reports (bench/cold_shards.py seeds shards instead)."""
         store = EdgeStateStore(backend.table(EDGE_STATE), backend.table(EDGE_ROUTES),
                                backend.table(EDGE_CERTS), backend.table(EDGE_NODES),
-                               KeyVault([key]), backend.table(EDGE_VISIT_REPORTS),
+                               vault, backend.table(EDGE_VISIT_REPORTS),
                                redirects=backend.table(EDGE_REDIRECTS))
         for start in range(0, len(routes), 1000):
             store.change({r.hostname: (r.publication_id, r.pem)
                           for r in routes[start:start + 1000]})
-        self.version = store.current_version()
-        backend.close()
-        self.seeded = time.perf_counter() - started
+        return store.current_version()
 
     def _get(self, path: str, token: str) -> requests.Response:
         return requests.get(self.url + path, headers={"Authorization": f"Bearer {token}"},
