@@ -1,6 +1,6 @@
 """A real cold start: an edge node joins with nothing and serves every host.
 
-Usage: python bench/cold_start.py [--routes 10000] [--singles 10000] [--first 500]
+Usage: python bench/cold_start.py [--routes 10000] [--singles 10000]
 
 What runs, all in this one run, on loopback:
 - a real control service (``edgectl serve``, SQLite), whose edge state holds ``--routes``

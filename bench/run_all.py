@@ -52,7 +52,7 @@ BENCHES: dict[str, Bench] = {
     "admin_pages": Bench(("--domains", "500", "--certificates", "100", "--rounds", "5")),
     "byo_upload": Bench(("--rounds", "3", "--gap", "0.2")),
     "certs_vs_certbot": Bench(("--count", "5", "--certbot-count", "2")),
-    "cold_start": Bench(("--sizes", "200", "--first", "50")),
+    "cold_start": Bench(("--routes", "500", "--singles", "200")),
     "cold_shards": Bench(("--routes", "2000", "--shards", "4")),
     "control_scale": Bench(("--domains", "200,1000", "--window", "10", "--samples", "10"),
                            ("--domains", "1000,10000,100000")),
