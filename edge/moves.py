@@ -35,7 +35,8 @@ from edge.sharded_state import ShardedState, link_host
 from edge.shards import DEFAULT_SHARD, ShardSet
 from edge.state import EdgeConfig, Redirect
 from edge.state_changes import RedirectChange, RouteChange
-from store import ABSENT, VERSION, ConflictError, Item, RangeIndex, Table, TableSpec
+from store import (ABSENT, VERSION, ConflictError, Item, RangeIndex, Table, TableSpec,
+                   all_items)
 from store.namespace import SEPARATOR
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Mover:
         self._clock = clock
         self._done: int | None = None
         """The registry revision whose moved hostnames this process saw all enqueued."""
+        state.mover = self
 
     def tick(self, current: tuple[int, ShardSet] | None = None) -> int:
         """Find what a shard-set change moved (only when the registry's revision moved), then
@@ -160,6 +162,27 @@ class Mover:
                                expected_version=item.get(VERSION, ABSENT))
                 if not item.get(VERSION):
                     self._count(source, target, 1)
+                return
+            except ConflictError:
+                continue
+
+    def flying(self) -> dict[str, tuple[str, str]]:
+        """Every hostname in flight: (source, target); reads every move (a reconciliation's)."""
+        return {str(item["hostname"]): (str(item["source"]), str(item["target"]))
+                for item in all_items(self.table) if str(item["key"]).startswith("move#")}
+
+    def follow(self, hostname: str, links: list[str]) -> None:
+        """Add ``links`` to the move of ``hostname`` (whatever its step), so that its drop
+        takes them off the source too; nothing if it has no move in flight."""
+        while True:
+            item = self.table.get(move_key(hostname))
+            if item is None:
+                return
+            merged = sorted(set(item["links"]) | set(links))
+            if merged == item["links"]:
+                return
+            try:
+                self.table.put({**item, "links": merged}, expected_version=item[VERSION])
                 return
             except ConflictError:
                 continue
