@@ -375,3 +375,24 @@ def test_the_links_of_a_moving_host_follow_its_move(
     until_done(mover)
     assert not link_in(services, before[host], key), "dropped with the route"
     assert link_in(services, "c", key)
+
+
+def test_a_count_left_off_by_a_crash_corrects_itself(
+        moving: Services, clock: FakeClock) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    mover = mover_of(services)
+    mover._count("b", "a", 1)  # a crash after a move's drop, before its count went down
+    services.shards.remove_shard("b")
+    mover.tick()
+    report_in_sync(services, "a")
+    clock.advance(3)
+    mover.tick()
+    clock.advance(31)
+    for _ in range(50):
+        mover.tick()
+        clock.advance(31)
+    assert "b" not in mover.in_flight(), "recounted"
+    assert "b" not in services.shards.load().shards, "drained and removed"
+    assert all(state.holding("b", host) is None for host in HOSTS)
