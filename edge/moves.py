@@ -35,7 +35,8 @@ from edge.sharded_state import ShardedState, link_host
 from edge.shards import DEFAULT_SHARD, ShardSet
 from edge.state import EdgeConfig, Redirect
 from edge.state_changes import RedirectChange, RouteChange
-from store import ABSENT, VERSION, ConflictError, Item, RangeIndex, Table, TableSpec
+from store import (ABSENT, VERSION, ConflictError, Item, RangeIndex, Table, TableSpec,
+                   all_items)
 from store.namespace import SEPARATOR
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,9 @@ class Mover:
         self._clock = clock
         self._done: int | None = None
         """The registry revision whose moved hostnames this process saw all enqueued."""
+        self._recount_at = 0.0
+        """When an idle round next recounts the moves of the draining shards."""
+        state.mover = self
 
     def tick(self, current: tuple[int, ShardSet] | None = None) -> int:
         """Find what a shard-set change moved (only when the registry's revision moved), then
@@ -89,7 +93,11 @@ class Mover:
         revision, shards = current or self.registry.current()
         if revision != self._done:
             self.discover(revision, shards)
-        return self.run_due(shards)
+        steps = self.run_due(shards)
+        if not steps and shards.draining and self._clock() >= self._recount_at:
+            self._recount_at = self._clock() + self.grace  # a count too high stalls a drain
+            self._drop_drained(shards, recount=True)
+        return steps
 
     # --- finding the moved hostnames --------------------------------------------------------
 
@@ -160,6 +168,27 @@ class Mover:
                                expected_version=item.get(VERSION, ABSENT))
                 if not item.get(VERSION):
                     self._count(source, target, 1)
+                return
+            except ConflictError:
+                continue
+
+    def flying(self) -> dict[str, tuple[str, str]]:
+        """Every hostname in flight: (source, target); reads every move (a reconciliation's)."""
+        return {str(item["hostname"]): (str(item["source"]), str(item["target"]))
+                for item in all_items(self.table) if str(item["key"]).startswith("move#")}
+
+    def follow(self, hostname: str, links: list[str]) -> None:
+        """Add ``links`` to the move of ``hostname`` (whatever its step), so that its drop
+        takes them off the source too; nothing if it has no move in flight."""
+        while True:
+            item = self.table.get(move_key(hostname))
+            if item is None:
+                return
+            merged = sorted(set(item["links"]) | set(links))
+            if merged == item["links"]:
+                return
+            try:
+                self.table.put({**item, "links": merged}, expected_version=item[VERSION])
                 return
             except ConflictError:
                 continue
@@ -336,11 +365,33 @@ class Mover:
                 found.setdefault(shard, {"from": 0, "to": 0})[direction] = int(value)
         return found
 
-    def _drop_drained(self, shards: ShardSet) -> None:
-        """Delete each draining shard nothing moves off any more (once its scan is done)."""
+    def _drop_drained(self, shards: ShardSet, recount: bool = False) -> None:
+        """Delete each draining shard nothing moves off any more (once its scan is done). The
+        counts are a hint: a move and its count are two writes, so a crash between them leaves
+        a count off by one. A shard is recounted from the moves themselves before it goes (a
+        count too low), and with ``recount`` whatever it counts (a count too high)."""
         if not shards.draining or self._done is None:
             return
         flying = self.in_flight()
         for name in sorted(shards.draining):
-            if not any(flying.get(name, {}).values()) and self.registry.drop_drained(name):
+            if any(flying.get(name, {}).values()) and not recount:
+                continue
+            if any(self.recount(name).values()):
+                continue
+            if self.registry.drop_drained(name):
                 log.info("shard %s drained and removed", name)
+
+    def recount(self, shard: str) -> dict[str, int]:
+        """The moves from and to ``shard``, counted from the move items (reads them all), and
+        the counts made to say so."""
+        moves = [item for item in all_items(self.table) if str(item["key"]).startswith("move#")]
+        actual = {"from": sum(1 for item in moves if item["source"] == shard),
+                  "to": sum(1 for item in moves if item["target"] == shard)}
+        counts = self.table.get(COUNTS) or {}
+        for direction, value in actual.items():
+            off = value - int(counts.get(f"{direction}_{shard}", 0))
+            if off:  # a counter is only added to (atomically); two replicas both adding
+                # leave it off again, for the next recount
+                self.table.increment(COUNTS, f"{direction}_{shard}", off, existing_only=True)
+                log.warning("moves %s shard %s recounted: %d", direction, shard, value)
+        return actual

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from edge.router_feed import ROUTER, RouterFeed
 from edge.shards import DEFAULT_SHARD, ShardSet
@@ -54,6 +54,19 @@ def link_host(key: str) -> str:
     return key.partition("/")[0]
 
 
+class Moves(Protocol):
+    """What the state hands the mover (edge/moves.py), which sets itself as ``mover``."""
+
+    def enqueue(self, hostname: str, source: str, target: str,
+                link: str | None = None) -> None: ...
+
+    def flying(self) -> dict[str, tuple[str, str]]:
+        """Every hostname with a move in flight: (source, target)."""
+
+    def follow(self, hostname: str, links: list[str]) -> None:
+        """These links of ``hostname`` move with it (dropped from the source after it)."""
+
+
 class ShardedState:
     def __init__(self, tables: EdgeTables, vault: KeyVault,
                  shard_set: Callable[[], ShardSet] = ShardSet,
@@ -65,6 +78,8 @@ class ShardedState:
         self._vault = vault
         self._report_memory = report_memory
         self._clock = clock
+        self.mover: Moves | None = None
+        """Where misplaced hostnames go, and what says which hostnames are moving."""
         self._stores: dict[str, EdgeStateStore] = {}
         self._lock = threading.Lock()
         self.default = self.store(DEFAULT_SHARD)
@@ -107,11 +122,24 @@ class ShardedState:
     def change(self, routes: dict[str, RouteChange], config: EdgeConfig | None = None,
                redirects: dict[str, RedirectChange] | None = None) -> bool:
         """Each route and link change committed in its hostname's shard (one commit per shard
-        changed), the config in every shard; the router's map follows the routes."""
+        changed), the config in every shard; the router's map follows the routes. A removal
+        also goes to the shard the router sends the hostname to, and a hostname served by
+        another shard than its assignment with no move in flight (a replica that read the
+        shard set before it changed put it there) is handed to the mover."""
         shards = self.shard_set()
+        sharded = shards.all_names != [DEFAULT_SHARD]
+        served = {hostname: self._served(hostname) for hostname in routes} if sharded else {}
         parts: dict[str, tuple[dict[str, RouteChange], dict[str, RedirectChange]]] = {}
+        misplaced: list[tuple[str, str, str]] = []
         for hostname, route in routes.items():
-            parts.setdefault(shards.assign(hostname), ({}, {}))[0][hostname] = route
+            assigned = shards.assign(hostname)
+            parts.setdefault(assigned, ({}, {}))[0][hostname] = route
+            where = served.get(hostname)
+            if where is not None and where != assigned and where in shards.all_names:
+                if route is None:
+                    parts.setdefault(where, ({}, {}))[0][hostname] = None
+                else:
+                    misplaced.append((hostname, where, assigned))
         for key, redirect in (redirects or {}).items():
             parts.setdefault(shards.assign(link_host(key)), ({}, {}))[1][key] = redirect
         moved = False
@@ -119,37 +147,48 @@ class ShardedState:
                                           else set())):
             shard_routes, shard_links = parts.get(shard, ({}, {}))
             moved = self.store(shard).change(shard_routes, config, shard_links) or moved
-        entries = {hostname: shard for shard, (part, _) in parts.items()
-                   if shard != DEFAULT_SHARD for hostname in part}
-        switched = {hostname: entries[hostname] if routes[hostname] else None
-                    for hostname in sorted(entries) if not routes[hostname] or self._new(hostname)}
+        switched = {hostname: shards.assign(hostname) if route else None
+                    for hostname, route in sorted(routes.items()) if sharded and (
+                        served[hostname] is None and shards.assign(hostname) != DEFAULT_SHARD
+                        if route else served[hostname] not in (None, DEFAULT_SHARD))}
         if switched:
             self.router.assign(switched)
+        for hostname, source, target in misplaced:
+            if self.mover is not None:
+                self.mover.enqueue(hostname, source, target)
         return moved
 
-    def _new(self, hostname: str) -> bool:
-        """Whether no shard serves ``hostname`` yet, so its router entry may point at its
-        shard at once; any other switch is a move's (edge/moves.py), after the new shard's
-        nodes hold it. Reads its router entry, and the default shard's route without one."""
-        return self.router.holding(hostname) is None and self.holding(DEFAULT_SHARD,
-                                                                       hostname) is None
+    def _served(self, hostname: str) -> str | None:
+        """The shard that serves ``hostname`` now: its router entry, else the default shard if
+        it holds it; None when no shard serves it yet, so its router entry may point at its
+        shard at once (any other switch is a move's, after the new shard's nodes hold it).
+        Reads its router entry, and the default shard's route without one."""
+        entry = self.router.holding(hostname)
+        if entry is not None:
+            return entry
+        return DEFAULT_SHARD if self.holding(DEFAULT_SHARD, hostname) is not None else None
 
     def reconcile(self, routes: dict[str, str | tuple[str, str]],
                   pem_of: Callable[[str], str | None], config: EdgeConfig) -> bool:
         """Every shard made exactly its share of ``routes``, and the router's map (see
-        :meth:`EdgeStateStore.reconcile`: reads every route item and router entry). Never a
-        switch: a hostname the router sends elsewhere than its assignment (a move not done)
-        stays in that shard too, and keeps its entry; only the mover switches it."""
+        :meth:`EdgeStateStore.reconcile`: reads every route item, router entry and move in
+        flight). Never a switch: a hostname the router sends elsewhere than its assignment
+        stays in that shard too, and keeps its entry; a moving hostname stays in both ends of
+        its move until the mover drops it; only the mover switches it. A hostname served away
+        from its assignment with no move in flight is handed to the mover."""
         shards = self.shard_set()
         sharded = shards.names != [DEFAULT_SHARD]  # an edge without shards has no entries
         placed = self.router.entries() if sharded else {}
+        flying = self.mover.flying() if sharded and self.mover is not None else {}
         parts: dict[str, dict[str, str | tuple[str, str]]] = {n: {} for n in shards.all_names}
         keep: dict[str, str] = {}
         for hostname, route in routes.items():
             assigned = shards.assign(hostname)
             keep[hostname] = now = placed.get(hostname, DEFAULT_SHARD) \
                 if placed.get(hostname, DEFAULT_SHARD) in parts else assigned
-            parts[assigned][hostname] = parts[now][hostname] = route
+            for shard in (assigned, now) + flying.get(hostname, ()):
+                if shard in parts:
+                    parts[shard][hostname] = route
         routed: set[str] = set()
 
         def pem(hostname: str) -> str | None:
@@ -164,16 +203,39 @@ class ShardedState:
         if sharded:
             self.router.reconcile({hostname: keep[hostname] for hostname in routed
                                    if keep[hostname] != DEFAULT_SHARD})
+        for hostname in sorted(routed):
+            assigned = shards.assign(hostname)
+            if sharded and self.mover is not None and keep[hostname] != assigned \
+                    and hostname not in flying:
+                self.mover.enqueue(hostname, keep[hostname], assigned)
         return moved
 
     def reconcile_redirects(self, desired: dict[str, Redirect]) -> bool:
+        """Every shard made exactly its share of ``desired``; a link of a hostname in flight
+        is in both ends of its move, and the move drops it from the source with the route.
+        A shard draining is only added to (its links go with its moves)."""
         shards = self.shard_set()
+        flying = self.mover.flying() if self.mover is not None else {}
         parts: dict[str, dict[str, Redirect]] = {name: {} for name in shards.names}
+        extra: dict[str, dict[str, RedirectChange]] = {}
+        following: dict[str, list[str]] = {}
         for key, redirect in desired.items():
-            parts[shards.assign(link_host(key))][key] = redirect
+            host = link_host(key)
+            parts[shards.assign(host)][key] = redirect
+            for shard in flying.get(host, ()):
+                following.setdefault(host, []).append(key)
+                if shard in parts:
+                    parts[shard][key] = redirect
+                elif shard in shards.all_names:
+                    extra.setdefault(shard, {})[key] = redirect
+        for host, keys in sorted(following.items()):
+            if self.mover is not None:
+                self.mover.follow(host, sorted(set(keys)))
         moved = False
         for shard, part in sorted(parts.items()):
             moved = self.store(shard).reconcile_redirects(part) or moved
+        for shard, links in sorted(extra.items()):
+            moved = self.store(shard).change({}, None, links) or moved
         return moved
 
     def due_redirects(self, now: float, limit: int = 200) -> list[str]:

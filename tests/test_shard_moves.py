@@ -15,6 +15,7 @@ import pytest
 
 from control.wiring import Services
 from edge.moves import Mover, move_key
+from edge.sharded_state import ShardedState
 from edge.shards import ShardNode
 from edge.state import EdgeConfig, Redirect
 from kit.settings import Settings
@@ -290,3 +291,108 @@ def test_a_shard_removed_before_its_moves_switched_gives_them_back(
     for host in HOSTS:
         assert state.router.holding(host) == before[host]
         assert state.holding(before[host], host) is not None and state.holding("c", host) is None
+
+
+def link_in(services: Services, shard: str, key: str) -> bool:
+    links = services.edge_shards.store(shard).redirects
+    item = links.get(key) if links is not None else None
+    return item is not None and not item.get("removed")
+
+
+def test_a_hostname_a_stale_replica_misplaced_moves_to_its_shard(
+        moving: Services, clock: FakeClock) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    old = services.shards.load()
+    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    mover = mover_of(services)
+    mover.tick()  # the scan has passed every hostname
+    shards = services.shards.load()
+    host = next(h for h in (f"late{n}.moves.test" for n in range(100))
+                if shards.assign(h) == "c")
+    stale = ShardedState(state.tables, state._vault, lambda: old, clock=clock)
+    stale.change({host: ("pub_1", self_signed(host)[1])})  # a replica that read the old set
+    placed = old.assign(host)
+    assert state.router.holding(host) == placed
+    state.change({host: ("pub_2", self_signed(host)[1])})  # a replica that reads the new one
+    assert state.router.holding(host) == placed, "no switch before c's node holds it"
+    assert mover.table.get(move_key(host)) is not None, "a move is enqueued"
+    mover.tick()
+    report_in_sync(services, "c")
+    clock.advance(3)
+    mover.tick()
+    assert state.router.holding(host) == "c"
+    assert str(state.store("c").routes.get(host)["publication_id"]) == "pub_2"
+    clock.advance(31)
+    until_done(mover)
+    assert state.holding(placed, host) is None, "dropped from where it was misplaced"
+
+
+def test_a_reconciliation_in_the_grace_keeps_the_old_shard(
+        moving: Services, clock: FakeClock) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    before = {host: str(state.router.holding(host)) for host in HOSTS}
+    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    mover = mover_of(services)
+    mover.tick()
+    report_in_sync(services, "c")
+    clock.advance(3)
+    mover.tick()
+    moved = [host for host in HOSTS if services.shards.load().assign(host) == "c"]
+    assert all(state.router.holding(host) == "c" for host in moved), "switched"
+    pems = {host: self_signed(host)[1] for host in HOSTS}
+    state.reconcile({host: "pub_1" for host in HOSTS}, pems.get, CONFIG)  # a replica's start
+    for host in moved:
+        assert state.holding(before[host], host) is not None, "routers catching up find it"
+    clock.advance(31)
+    until_done(mover)
+    assert all(state.holding(before[host], host) is None for host in moved)
+
+
+def test_the_links_of_a_moving_host_follow_its_move(
+        moving: Services, clock: FakeClock) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    before = {host: str(state.router.holding(host)) for host in HOSTS}
+    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    mover = mover_of(services)
+    mover.tick()  # published to c, not switched
+    host = next(h for h in HOSTS if services.shards.load().assign(h) == "c")
+    key = f"{host}/new"
+    state.reconcile_redirects({key: Redirect(host, "new", 302, "https://example.com/")})
+    assert link_in(services, before[host], key), "where the router sends its visitors now"
+    assert link_in(services, "c", key)
+    report_in_sync(services, "c")
+    clock.advance(3)
+    mover.tick()
+    assert state.router.holding(host) == "c"
+    assert link_in(services, before[host], key), "kept during the grace"
+    clock.advance(31)
+    until_done(mover)
+    assert not link_in(services, before[host], key), "dropped with the route"
+    assert link_in(services, "c", key)
+
+
+def test_a_count_left_off_by_a_crash_corrects_itself(
+        moving: Services, clock: FakeClock) -> None:
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    mover = mover_of(services)
+    mover._count("b", "a", 1)  # a crash after a move's drop, before its count went down
+    services.shards.remove_shard("b")
+    mover.tick()
+    report_in_sync(services, "a")
+    clock.advance(3)
+    mover.tick()
+    clock.advance(31)
+    for _ in range(50):
+        mover.tick()
+        clock.advance(31)
+    assert "b" not in mover.in_flight(), "recounted"
+    assert "b" not in services.shards.load().shards, "drained and removed"
+    assert all(state.holding("b", host) is None for host in HOSTS)
