@@ -299,7 +299,8 @@ def test_a_rolling_restart_under_api_load_fails_no_request(
             replicas[n].popen.send_signal(signal.SIGTERM)
             assert replicas[n].popen.wait(30) == 0, replicas[n].tail()
             replicas[n] = _start(tmp_path, name, ports[n])
-            time.sleep(1.0)  # checked up again before the next one goes
+            # HAProxy checks it up again before the next one goes, as a deploy waits.
+            wait_until(lambda: _both_up(tmp_path), 30, f"{name} checked up again")
     finally:
         done.set()
         for client in clients:
