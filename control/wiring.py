@@ -149,10 +149,13 @@ class EdgePublisher:
     def routed(self) -> set[str]:
         return self._state.routed()
 
-    def publish(self, routes: dict[str, RouteValue]) -> None:
-        """Make the edge serve exactly ``routes`` and the platform's hosts (a reconciliation:
-        reads every certificate; at start and on request, never on a timer)."""
-        routes = {**routes, **{host: PLATFORM_PUBLICATION for host in self.platform_hosts}}
+    def publish(self, routes_of: Callable[[], dict[str, RouteValue]]) -> None:
+        """Make the edge serve exactly the routes ``routes_of`` reads and the platform's hosts
+        (a reconciliation: reads every certificate; at start and on request, never on a
+        timer). The edge's revisions are read first: a route or link another replica changed
+        while this one read stays as that change made it."""
+        since = self._state.marks()
+        routes = {**routes_of(), **{host: PLATFORM_PUBLICATION for host in self.platform_hosts}}
 
         def pem_of(hostname: str) -> str | None:
             cert = self.certificate(hostname)
@@ -160,11 +163,11 @@ class EdgePublisher:
                 log.error("active domain %s has no certificate; not routed", hostname)
             return cert.combined_pem if cert is not None else None
 
-        if self._state.reconcile(routes, pem_of, self.config()):
+        if self._state.reconcile(routes, pem_of, self.config(), since):
             log.info("edge state reconciled with %d routes", len(routes))
         if self._links is not None:
             redirects = {r.key: r for r in map(self.redirect, self._links.each()) if r}
-            if self._state.reconcile_redirects(redirects):
+            if self._state.reconcile_redirects(redirects, since):
                 log.info("edge redirects reconciled with %d plain links", len(redirects))
 
 

@@ -52,9 +52,10 @@ class CertificateIssuer(Protocol):
 
 
 class RoutePublisher(Protocol):
-    def publish(self, routes: dict[str, RouteValue]) -> None:
-        """Make the edge serve exactly these routes (hostname -> publication id, or (publication
-        id, extras); ``domains/routing.py``): a full reconciliation, at start or on request."""
+    def publish(self, routes_of: Callable[[], dict[str, RouteValue]]) -> None:
+        """Make the edge serve exactly the routes ``routes_of`` reads (hostname -> publication
+        id, or (publication id, extras); ``domains/routing.py``): a full reconciliation, at
+        start or on request. A route changed while they are read is left as changed."""
 
     def route_changes(self, changes: dict[str, RouteValue | None]) -> None:
         """These routes changed (hostname -> route, or None: off the edge)."""
@@ -328,7 +329,7 @@ class Lifecycle:
         an operator asks; routine changes publish one route each."""
         for attempt in range(3):
             try:
-                self.edge.publish(self._routes_to_publish())
+                self.edge.publish(self._routes_to_publish)
                 return
             except ConflictError:  # another replica published meanwhile: read again
                 if attempt == 2:

@@ -64,10 +64,14 @@ class RouterFeed:
         return self._changes.change({}, redirects={
             host: assignment(host, shard) for host, shard in hosts.items()})
 
-    def reconcile(self, desired: dict[str, str]) -> bool:
-        """Make the map exactly ``desired`` (reads every entry: at start, on request)."""
+    def reconcile(self, desired: dict[str, str], since: int | None = None) -> bool:
+        """Make the map exactly ``desired`` (reads every entry: at start, on request); an
+        entry written after revision ``since`` stays (see StateChanges.reconcile)."""
         return self._changes.reconcile_redirects(
-            {host: Assignment(host, "", 0, shard) for host, shard in desired.items()})
+            {host: Assignment(host, "", 0, shard) for host, shard in desired.items()}, since)
+
+    def mark(self) -> int:
+        return self._changes.mark()
 
     def holding(self, hostname: str) -> str | None:
         """The shard the router map sends ``hostname`` to, if it has an entry."""

@@ -168,8 +168,15 @@ class ShardedState:
             return entry
         return DEFAULT_SHARD if self.holding(DEFAULT_SHARD, hostname) is not None else None
 
+    def marks(self) -> dict[str, int]:
+        """Every shard's revision, and the router's under ``ROUTER``: a reconciliation's
+        ``since``, read before what it reconciles to (:meth:`StateChanges.reconcile`)."""
+        return {**{shard: self.store(shard).mark() for shard in self.shard_set().all_names},
+                ROUTER: self.router.mark()}
+
     def reconcile(self, routes: dict[str, str | tuple[str, str]],
-                  pem_of: Callable[[str], str | None], config: EdgeConfig) -> bool:
+                  pem_of: Callable[[str], str | None], config: EdgeConfig,
+                  since: dict[str, int] | None = None) -> bool:
         """Every shard made exactly its share of ``routes``, and the router's map (see
         :meth:`EdgeStateStore.reconcile`: reads every route item, router entry and move in
         flight). Never a switch: a hostname the router sends elsewhere than its assignment
@@ -199,10 +206,11 @@ class ShardedState:
 
         moved = False
         for shard, part in sorted(parts.items()):
-            moved = self.store(shard).reconcile(part, pem, config) or moved
+            moved = self.store(shard).reconcile(part, pem, config, _since(since, shard)) \
+                or moved
         if sharded:
             self.router.reconcile({hostname: keep[hostname] for hostname in routed
-                                   if keep[hostname] != DEFAULT_SHARD})
+                                   if keep[hostname] != DEFAULT_SHARD}, _since(since, ROUTER))
         for hostname in sorted(routed):
             assigned = shards.assign(hostname)
             if sharded and self.mover is not None and keep[hostname] != assigned \
@@ -210,7 +218,8 @@ class ShardedState:
                 self.mover.enqueue(hostname, keep[hostname], assigned)
         return moved
 
-    def reconcile_redirects(self, desired: dict[str, Redirect]) -> bool:
+    def reconcile_redirects(self, desired: dict[str, Redirect],
+                            since: dict[str, int] | None = None) -> bool:
         """Every shard made exactly its share of ``desired``; a link of a hostname in flight
         is in both ends of its move, and the move drops it from the source with the route.
         A shard draining is only added to (its links go with its moves)."""
@@ -233,7 +242,7 @@ class ShardedState:
                 self.mover.follow(host, sorted(set(keys)))
         moved = False
         for shard, part in sorted(parts.items()):
-            moved = self.store(shard).reconcile_redirects(part) or moved
+            moved = self.store(shard).reconcile_redirects(part, _since(since, shard)) or moved
         for shard, links in sorted(extra.items()):
             moved = self.store(shard).change({}, None, links) or moved
         return moved
@@ -311,3 +320,9 @@ class ShardedState:
     def _each(self) -> list[EdgeStateStore]:
         with self._lock:
             return list(self._stores.values())
+
+
+def _since(marks: dict[str, int] | None, name: str) -> int | None:
+    """A reconciliation's ``since`` for one shard (or the router): a shard with no mark was
+    added after it, so everything in it is newer (0)."""
+    return None if marks is None else marks.get(name, 0)

@@ -81,11 +81,13 @@ class StateChanges:
         return rewrite_field(self.certs, "pem_enc", self._vault.rotate)
 
     def change(self, routes: dict[str, RouteChange], config: EdgeConfig | None = None,
-               redirects: dict[str, RedirectChange] | None = None) -> bool:
+               redirects: dict[str, RedirectChange] | None = None,
+               since: int | None = None) -> bool:
         """Apply these route and redirect changes (and the config, if given); True if the
         version moved. Reads the ``desired`` item and each changed item, never all of them. Up
         to ``CHUNK`` changes (``OUTBOX_BYTES``) commit at once; more (a reconciliation) commit
-        chunk by chunk."""
+        chunk by chunk. ``since``: a reconciliation's, which decided from what it read up to
+        that revision: an item a later commit wrote is left as that commit made it."""
         redirects = redirects or {}
         chunks: list[list[tuple[str, str]]] = [[]]
         size = 0
@@ -104,21 +106,22 @@ class StateChanges:
         for chunk in chunks:
             moved = self._change({h: routes[h] for kind, h in chunk if kind == "route"}, config,
                                  {k: redirects[k] for kind, k in chunk
-                                  if kind == "redirect"}) or moved
+                                  if kind == "redirect"}, since) or moved
         return moved
 
     def _change(self, routes: dict[str, RouteChange], config: EdgeConfig | None,
-                redirects: dict[str, RedirectChange]) -> bool:
+                redirects: dict[str, RedirectChange], since: int | None) -> bool:
         for attempt in range(COMMIT_ATTEMPTS):
             meta = self.settled(self.state.get("desired"))
             try:
-                return self._commit(meta, routes, config, redirects)
+                return self._commit(meta, routes, config, redirects, since)
             except ConflictError:  # another replica committed meanwhile: build on its state
                 time.sleep(0.005 * attempt)
         raise ConflictError(EDGE_STATE.name, "desired", None)
 
     def _commit(self, meta: Item | None, routes: dict[str, RouteChange],
-                config: EdgeConfig | None, redirects: dict[str, RedirectChange]) -> bool:
+                config: EdgeConfig | None, redirects: dict[str, RedirectChange],
+                since: int | None = None) -> bool:
         digest = int(meta["routes_digest"], 16) if meta and "routes_digest" in meta else 0
         rdigest = int(meta.get("redirects_digest") or "0", 16) if meta else 0
         pending_redirects: dict[str, dict[str, Any] | None] = {}
@@ -127,6 +130,8 @@ class StateChanges:
             if self.redirects is None:
                 raise ValueError("this store keeps no redirects")
             old = self.redirects.get(key)
+            if _newer(old, since):
+                continue
             old_value = old["value"] if old is not None and not old.get("removed") else None
             new_value = redirect.value if redirect is not None else None
             if old_value == new_value:
@@ -140,6 +145,8 @@ class StateChanges:
         superseded, added = list[str](), 0  # added: routes added less routes removed
         for hostname, new in sorted(routes.items()):
             old = self.routes.get(hostname)
+            if _newer(old, since):
+                continue
             old_ref = route_ref(old) if old is not None and not old.get("removed") else None
             new_ref = RouteRef(hostname, new[0], fingerprint(new[1]), _extras(new)) \
                 if new else None
@@ -244,15 +251,20 @@ class StateChanges:
         page = self.redirects.query_range("expiry", "1", upper=now, limit=limit)
         return [str(item["key"]) for item in page.items]
 
-    def reconcile_redirects(self, desired: dict[str, Redirect]) -> bool:
+    def reconcile_redirects(self, desired: dict[str, Redirect],
+                            since: int | None = None) -> bool:
         """Make the stored redirects exactly ``desired`` (at start, or on request: reads every
-        redirect item once) and drop their tombstones. True if anything changed."""
+        redirect item once) and drop their tombstones. True if anything changed. ``since``: the
+        revision read before ``desired`` was (see :meth:`reconcile`)."""
         table = self.redirects
         if table is None:
             return False
         before = self.settled(self.meta())
-        stored, tombstones = {}, []
+        since = _mark(before) if since is None else since
+        stored, tombstones, fresh = {}, [], set()
         for item in every(lambda cursor: table.scan(limit=500, cursor=cursor)):
+            if _newer(item, since):
+                fresh.add(item["key"])
             if item.get("removed"):
                 tombstones.append(item)
             else:
@@ -264,11 +276,12 @@ class StateChanges:
                                expected_version=before[VERSION])
             except ConflictError:
                 pass
-        self._compact(tombstones, self.redirects)
+        self._compact([t for t in tombstones if t["key"] not in fresh], self.redirects)
         changes: dict[str, RedirectChange] = {
             key: None for key in stored if key not in desired}
         changes.update((key, r) for key, r in desired.items() if stored.get(key) != r.value)
-        return self.change({}, redirects=changes) if changes else False
+        changes = {key: r for key, r in changes.items() if key not in fresh}
+        return self.change({}, redirects=changes, since=since) if changes else False
 
     def _store_certificate(self, hostname: str, cert_sha256: str, pem: str) -> None:
         """Under its hostname and fingerprint, and under the bare hostname for the release
@@ -306,26 +319,37 @@ class StateChanges:
                               pems.get, desired.config)
 
     def reconcile(self, routes: dict[str, str | tuple[str, str]],
-                  pem_of: Callable[[str], str | None], config: EdgeConfig) -> bool:
+                  pem_of: Callable[[str], str | None], config: EdgeConfig,
+                  since: int | None = None) -> bool:
         """Make the stored state exactly ``routes`` (hostname -> publication id, or (publication
-        id, extras); a route whose ``pem_of`` is None is left out), at start or on an operator's request: reads every
-        route item once, keeps only the changed routes' PEMs in memory, repairs the digest (a
-        store from an earlier version has none) and drops tombstones. Routine changes go
-        through :meth:`change`. True if anything changed."""
+        id, extras); a route whose ``pem_of`` is None is left out), at start or on an
+        operator's request: reads every route item once, keeps only the changed routes' PEMs
+        in memory, repairs the digest (a store from an earlier version has none) and drops
+        tombstones. Routine changes go through :meth:`change`. True if anything changed.
+
+        ``since``: the revision read before ``routes`` was (:meth:`mark`; default: now). A
+        route a change committed after it, for a domain activated or removed meanwhile, is
+        newer than ``routes`` and stays as that change made it: neither taken off nor put
+        back."""
         before = self.settled(self.meta())  # the scan must not miss a change after this
+        since = _mark(before) if since is None else since
         stored: dict[str, RouteRef] = {}
-        tombstones = []
+        tombstones, fresh = [], set()
         for item in every(lambda cursor: self.routes.scan(limit=500, cursor=cursor)):
+            if _newer(item, since):
+                fresh.add(item["hostname"])
             if item.get("removed"):
                 tombstones.append(item)
             else:
                 stored[item["hostname"]] = route_ref(item)
         self._repair_digest(before, routes_digest(stored.values()), len(stored))
-        self._compact(tombstones)
+        self._compact([t for t in tombstones if t["hostname"] not in fresh])
         changes: dict[str, RouteChange] = {hostname: None for hostname in stored
-                                           if hostname not in routes}
+                                           if hostname not in routes and hostname not in fresh}
         moved = False
         for hostname, route in routes.items():
+            if hostname in fresh:
+                continue
             publication_id, extras = _split(route)
             pem = pem_of(hostname)
             if pem is None:
@@ -335,9 +359,14 @@ class StateChanges:
                                                   extras):
                 changes[hostname] = (publication_id, pem, extras)
             if len(changes) >= CHUNK:  # commit as it goes: at most a chunk of PEMs in memory
-                moved = self.change(changes, config) or moved
+                moved = self.change(changes, config, since=since) or moved
                 changes = {}
-        return self.change(changes, config) or moved
+        return self.change(changes, config, since=since) or moved
+
+    def mark(self) -> int:
+        """The current revision: what a reconciliation's ``since`` is taken as, before it
+        reads what it reconciles to."""
+        return _mark(self.meta()) or 0
 
     def _compact(self, tombstones: list[Item], table: Table | None = None) -> None:
         """Drop tombstones, after recording that agents older than them need a snapshot."""
@@ -380,6 +409,15 @@ class StateChanges:
         except ConflictError:
             return False
         return True
+
+
+def _mark(meta: Item | None) -> int | None:
+    return int(meta.get("revision") or 0) if meta is not None else None
+
+
+def _newer(item: Item | None, since: int | None) -> bool:
+    """Whether a commit after revision ``since`` wrote ``item``."""
+    return since is not None and item is not None and int(item.get("revision") or 0) > since
 
 
 def cert_key(hostname: str, cert_sha256: str) -> str:

@@ -52,11 +52,16 @@ class EdgeStateStore:
         return self.changes.save(desired)
 
     def reconcile(self, routes: dict[str, str | tuple[str, str]],
-                  pem_of: Callable[[str], str | None], config: EdgeConfig) -> bool:
-        return self.changes.reconcile(routes, pem_of, config)
+                  pem_of: Callable[[str], str | None], config: EdgeConfig,
+                  since: int | None = None) -> bool:
+        return self.changes.reconcile(routes, pem_of, config, since)
 
-    def reconcile_redirects(self, desired: dict[str, Redirect]) -> bool:
-        return self.changes.reconcile_redirects(desired)
+    def reconcile_redirects(self, desired: dict[str, Redirect],
+                            since: int | None = None) -> bool:
+        return self.changes.reconcile_redirects(desired, since)
+
+    def mark(self) -> int:
+        return self.changes.mark()
 
     def due_redirects(self, now: float, limit: int = CHUNK) -> list[str]:
         return self.changes.due_redirects(now, limit)
