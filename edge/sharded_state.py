@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any, Callable, Protocol
 
-from edge.router_feed import ROUTER, RouterFeed
+from edge.router_feed import ROUTER, Assignment, RouterFeed
 from edge.shards import DEFAULT_SHARD, ShardSet
 from edge.state import EdgeConfig, Redirect
 from edge.state_changes import FEED, RedirectChange, RouteChange, StateChanges
@@ -87,6 +87,7 @@ class ShardedState:
                               namespaced(tables.routes, ROUTER, LISTING),
                               namespaced(tables.certs, ROUTER), vault,
                               namespaced(tables.redirects, ROUTER, LISTING), clock)
+        self._router_changes = router
         self.router = RouterFeed(router, StateFeed(router, router.routes, router.certs, vault,
                                                    router.redirects),
                                  lambda: self.shard_set())
@@ -176,13 +177,20 @@ class ShardedState:
 
     def reconcile(self, routes: dict[str, str | tuple[str, str]],
                   pem_of: Callable[[str], str | None], config: EdgeConfig,
-                  since: dict[str, int] | None = None) -> bool:
+                  since: dict[str, int] | None = None, seen: set[str] | None = None) -> bool:
         """Every shard made exactly its share of ``routes``, and the router's map (see
-        :meth:`EdgeStateStore.reconcile`: reads every route item, router entry and move in
+        :meth:`StateChanges.reconcile`: reads every route item, router entry and move in
         flight). Never a switch: a hostname the router sends elsewhere than its assignment
         stays in that shard too, and keeps its entry; a moving hostname stays in both ends of
         its move until the mover drops it; only the mover switches it. A hostname served away
-        from its assignment with no move in flight is handed to the mover."""
+        from its assignment with no move in flight is handed to the mover.
+
+        ``since``: :meth:`marks`, taken before ``routes`` was read. ``seen``: what
+        :meth:`routed` read after it, which ``routes`` was checked against: a stored route
+        that read missed (an index lagging) was confirmed off by nothing, and stays. A router
+        entry goes only once a read by key finds its shard no longer holds the hostname, and
+        a hostname missing from the read of every entry has its own read by key: what that
+        read missed must not look unrouted (which would switch it)."""
         shards = self.shard_set()
         sharded = shards.names != [DEFAULT_SHARD]  # an edge without shards has no entries
         placed = self.router.entries() if sharded else {}
@@ -191,8 +199,9 @@ class ShardedState:
         keep: dict[str, str] = {}
         for hostname, route in routes.items():
             assigned = shards.assign(hostname)
-            keep[hostname] = now = placed.get(hostname, DEFAULT_SHARD) \
-                if placed.get(hostname, DEFAULT_SHARD) in parts else assigned
+            where = placed.get(hostname) or (self.router.holding(hostname) if sharded else None) \
+                or DEFAULT_SHARD
+            keep[hostname] = now = where if where in parts else assigned
             for shard in (assigned, now) + flying.get(hostname, ()):
                 if shard in parts:
                     parts[shard][hostname] = route
@@ -206,11 +215,13 @@ class ShardedState:
 
         moved = False
         for shard, part in sorted(parts.items()):
-            moved = self.store(shard).reconcile(part, pem, config, _since(since, shard)) \
+            moved = self.store(shard).changes.reconcile(
+                part, pem, config, _since(since, shard), None if seen is None else seen.__and__) \
                 or moved
         if sharded:
-            self.router.reconcile({hostname: keep[hostname] for hostname in routed
-                                   if keep[hostname] != DEFAULT_SHARD}, _since(since, ROUTER))
+            self._router_changes.reconcile_redirects(
+                {hostname: Assignment(hostname, "", 0, keep[hostname]) for hostname in routed
+                 if keep[hostname] != DEFAULT_SHARD}, _since(since, ROUTER), self._unheld)
         for hostname in sorted(routed):
             assigned = shards.assign(hostname)
             if sharded and self.mover is not None and keep[hostname] != assigned \
@@ -218,11 +229,22 @@ class ShardedState:
                 self.mover.enqueue(hostname, keep[hostname], assigned)
         return moved
 
+    def _unheld(self, hostnames: set[str]) -> set[str]:
+        """Of these hostnames' router entries, those whose shard (read by key) no longer
+        holds the hostname, or is gone: an entry is never taken off while its shard serves it
+        (that would be a switch, the mover's; a lagging read of the entries may miss it)."""
+        names = self.shard_set().all_names
+        return {hostname for hostname in hostnames
+                if (shard := self.router.holding(hostname)) is None or shard not in names
+                or self.holding(shard, hostname) is None}
+
     def reconcile_redirects(self, desired: dict[str, Redirect],
-                            since: dict[str, int] | None = None) -> bool:
+                            since: dict[str, int] | None = None,
+                            gone: Callable[[set[str]], set[str]] | None = None) -> bool:
         """Every shard made exactly its share of ``desired``; a link of a hostname in flight
         is in both ends of its move, and the move drops it from the source with the route.
-        A shard draining is only added to (its links go with its moves)."""
+        A shard draining is only added to (its links go with its moves). ``since`` and
+        ``gone``: see :meth:`StateChanges.reconcile_redirects`."""
         shards = self.shard_set()
         flying = self.mover.flying() if self.mover is not None else {}
         parts: dict[str, dict[str, Redirect]] = {name: {} for name in shards.names}
@@ -242,7 +264,8 @@ class ShardedState:
                 self.mover.follow(host, sorted(set(keys)))
         moved = False
         for shard, part in sorted(parts.items()):
-            moved = self.store(shard).reconcile_redirects(part, _since(since, shard)) or moved
+            moved = self.store(shard).changes.reconcile_redirects(
+                part, _since(since, shard), gone) or moved
         for shard, links in sorted(extra.items()):
             moved = self.store(shard).change({}, None, links) or moved
         return moved
