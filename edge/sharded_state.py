@@ -66,6 +66,9 @@ class Moves(Protocol):
     def follow(self, hostname: str, links: list[str]) -> None:
         """These links of ``hostname`` move with it (dropped from the source after it)."""
 
+    def source(self, hostname: str) -> str | None:
+        """The shard a move of ``hostname`` in flight copies from (one read by key)."""
+
 
 class ShardedState:
     def __init__(self, tables: EdgeTables, vault: KeyVault,
@@ -126,7 +129,8 @@ class ShardedState:
         changed), the config in every shard; the router's map follows the routes. A removal
         also goes to the shard the router sends the hostname to, and a hostname served by
         another shard than its assignment with no move in flight (a replica that read the
-        shard set before it changed put it there) is handed to the mover."""
+        shard set before it changed put it there) is handed to the mover. A link removed while
+        its host moves is removed from the move's source too (else the move copies it back)."""
         shards = self.shard_set()
         sharded = shards.all_names != [DEFAULT_SHARD]
         served = {hostname: self._served(hostname) for hostname in routes} if sharded else {}
@@ -143,6 +147,10 @@ class ShardedState:
                     misplaced.append((hostname, where, assigned))
         for key, redirect in (redirects or {}).items():
             parts.setdefault(shards.assign(link_host(key)), ({}, {}))[1][key] = redirect
+            source = self.mover.source(link_host(key)) \
+                if sharded and redirect is None and self.mover is not None else None
+            if source is not None and source in shards.all_names:
+                parts.setdefault(source, ({}, {}))[1][key] = None
         moved = False
         for shard in sorted(set(parts) | (set(shards.all_names) if config is not None
                                           else set())):
@@ -299,11 +307,12 @@ class ShardedState:
 
     def publish_to(self, shard: str, routes: dict[str, RouteChange],
                    redirects: dict[str, RedirectChange] | None = None,
-                   config: EdgeConfig | None = None) -> bool:
+                   config: EdgeConfig | None = None, since: int | None = None) -> bool:
         """Commit these changes in ``shard`` whatever the assignment says, and leave the
         router's map alone (a move switches it once the new shard's nodes apply them).
-        ``config``: for a shard that has none yet (one just added)."""
-        return self.store(shard).change(routes, config, redirects)
+        ``config``: for a shard that has none yet (one just added). ``since``: the shard's
+        revision before the changes were read elsewhere: an item written after it stays."""
+        return self.store(shard).changes.change(routes, config, redirects, since)
 
     def holding(self, shard: str, hostname: str) -> int | None:
         """The revision of ``shard`` that wrote its route for ``hostname``, or None when the
