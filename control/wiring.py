@@ -62,17 +62,12 @@ class EdgePublisher:
                  origin_pools: dict[str, list[str]] | None = None,
                  clock: Callable[[], float] = time.time,
                  uploads: UploadStore | None = None) -> None:
-        self._state = state
-        self._uploads = uploads
-        self._clock = clock
-        self._certificates = certificates
-        self._app_servers = tuple(app_servers)
-        self._control_servers = tuple(control_servers)
-        self._links = links
+        self._state, self._uploads, self._clock = state, uploads, clock
+        self._certificates, self._links = certificates, links
+        self._app_servers, self._control_servers = tuple(app_servers), tuple(control_servers)
         self._short_domains = tuple(sorted(short_domains))
         self._shortlink_servers = tuple(shortlink_servers) if short_domains else ()
-        self._sso_keys = sso_keys
-        self._pools = pools_of(origin_pools)
+        self._sso_keys, self._pools = sso_keys, pools_of(origin_pools)
         self.platform_hosts = platform_hosts
         """The platform's own domains: routed to the app fleet once their certificate exists."""
 
@@ -88,24 +83,26 @@ class EdgePublisher:
         # HAProxy stops at the whole second before the limit; Python answers the rest of it.
         found = locations(link)  # the targets with their UTM parameters
         redirect = Redirect(link["domain"], link["slug"], int(link["code"]), found[""],
-                            int(valid_until) if valid_until is not None else 0,
-                            tuple(found.get(device, found[""]) for device in DEVICES)
-                            if len(found) > 1 else ())
+                            int(valid_until or 0), tuple(found.get(device, found[""]) for device
+                                                         in DEVICES) if len(found) > 1 else ())
         return redirect if map_safe(redirect) else None
 
     def link_changed(self, domain: str, slug: str) -> None:
-        """A link was made, edited or removed: its map entry on every edge node follows now
-        (one commit of that one redirect; the agents' watch hands it over at once)."""
+        """A link was made, edited or removed: its map entry on every edge node follows now."""
+        self._state.change({}, redirects={f"{domain}/{slug}": self._entry(f"{domain}/{slug}")})
+
+    def _entry(self, key: str) -> Redirect | None:
+        """The map entry of the link under map key ``key``, read by key."""
         assert self._links is not None
-        redirect = self.redirect(self._links.table.get(link_id(domain, slug)))
-        self._state.change({}, redirects={f"{domain}/{slug}": redirect})
+        return self.redirect(self._links.table.get(link_id(*key.split("/", 1))))
 
     def expire_links(self) -> int:
         """Take expired links off the map, by their due time (one index query when none is
-        due). HAProxy already stopped answering them at that second: this frees the entry."""
+        due; each due one read by key, as the index may lag a link given a later expiry)."""
         due = self._state.due_redirects(self._clock())
         if due:
-            self._state.change({}, redirects={key: None for key in due})
+            self._state.change({}, redirects={key: self._entry(key) if self._links else None
+                                              for key in due})
         return len(due)
 
     def config(self) -> EdgeConfig:
@@ -114,9 +111,9 @@ class EdgePublisher:
                           self._short_domains, self._shortlink_servers, self._pools)
 
     def refresh(self) -> None:
-        """Publish what is not a route (servers, SSO keys) if it changed, and take expired
-        links off the map: two reads when nothing did. A fresh store gets its first (empty)
-        state here, which opens the edge's port 80 for HTTP-01."""
+        """Publish what is not a route (servers, SSO keys) if it changed, and take expired links
+        off the map: two reads when nothing did. A fresh store gets its first (empty) state
+        here, which opens the edge's port 80 for HTTP-01."""
         self._state.change({}, self.config())
         self.expire_links()
 
@@ -149,13 +146,13 @@ class EdgePublisher:
     def routed(self) -> set[str]:
         return self._state.routed()
 
-    def publish(self, routes_of: Callable[[], dict[str, RouteValue]]) -> None:
-        """Make the edge serve exactly the routes ``routes_of`` reads and the platform's hosts
-        (a reconciliation: reads every certificate; at start and on request, never on a
-        timer). The edge's revisions are read first: a route or link another replica changed
-        while this one read stays as that change made it."""
+    def publish(self, routes_of: Callable[[set[str]], dict[str, RouteValue]]) -> None:
+        """Make the edge serve the routes ``routes_of`` reads (told what the edge routes) and
+        the platform's hosts; a reconciliation, which reads every certificate. What changed
+        after the edge's revisions read first stays; only what is confirmed off goes."""
         since = self._state.marks()
-        routes = {**routes_of(), **{host: PLATFORM_PUBLICATION for host in self.platform_hosts}}
+        seen = self._state.routed()
+        routes = {**routes_of(seen), **{host: PLATFORM_PUBLICATION for host in self.platform_hosts}}
 
         def pem_of(hostname: str) -> str | None:
             cert = self.certificate(hostname)
@@ -163,12 +160,16 @@ class EdgePublisher:
                 log.error("active domain %s has no certificate; not routed", hostname)
             return cert.combined_pem if cert is not None else None
 
-        if self._state.reconcile(routes, pem_of, self.config(), since):
+        if self._state.reconcile(routes, pem_of, self.config(), since, seen):
             log.info("edge state reconciled with %d routes", len(routes))
         if self._links is not None:
             redirects = {r.key: r for r in map(self.redirect, self._links.each()) if r}
-            if self._state.reconcile_redirects(redirects, since):
+            if self._state.reconcile_redirects(redirects, since, self._unlinked):
                 log.info("edge redirects reconciled with %d plain links", len(redirects))
+
+    def _unlinked(self, keys: set[str]) -> set[str]:
+        """Of these map keys, those whose link (read by key: a scan may lag) the map skips."""
+        return {key for key in keys if self._entry(key) is None}
 
 
 class DomainEvents:
@@ -210,8 +211,7 @@ def outbox_consumers(domains: DomainService, lifecycle: Lifecycle, events: Domai
     }
 
 
-def register_consumers(consumers: Consumers,
-                       table: dict[str, tuple[Consumer, ...]]) -> None:
+def register_consumers(consumers: Consumers, table: dict[str, tuple[Consumer, ...]]) -> None:
     for kind, (first, *then) in table.items():
         consumers.register(kind, first)
         for consumer in then:
@@ -244,7 +244,6 @@ class Services:
     """Publishers' own certificates (upload, removal, and the fallback: a worker step)."""
     takeovers: Takeovers | None = None
     """Moving a domain to the owner of its DNS (domains/takeover.py)."""
-
     clock: Callable[[], float] = time.time
     """What every part built here reads the time from (tests pass a settable one)."""
     shards: ShardRegistry | None = None
@@ -354,20 +353,18 @@ def _issuer(settings: Settings, backend: Backend, vault: KeyVault, challenges: C
     """Every configured CA, in order, each with its own account and rate budget."""
     cas = settings.acme_issuers or [{"directory_url": settings.acme_directory_url,
                                      "ca_bundle": settings.acme_ca_bundle}]
-    accounts = backend.table(ACCOUNTS)
-    orders = backend.table(ORDERS)
-    budgets = backend.table(BUDGETS)
     limits = Limits(orders_per_account_3h=settings.acme_orders_per_3h,
                     certs_per_domain_7d=settings.acme_certs_per_domain_7d,
                     failures_per_name_1h=settings.acme_failures_per_name_1h)
     return IssuerChain([AcmeIssuer(
-        directory_url=ca["directory_url"], accounts=accounts, orders=orders,
+        directory_url=ca["directory_url"], accounts=backend.table(ACCOUNTS),
+        orders=backend.table(ORDERS),
         challenges_store=challenges,
         certificates=certificates, vault=vault, ca_bundle=ca.get("ca_bundle", ""),
         email=settings.acme_email, key_type=settings.certificate_key_type,
         eab=(ca["eab_kid"], ca["eab_hmac_key"]) if ca.get("eab_kid") else None,
-        dns01=solver, budget=RateBudget(budgets, ca["directory_url"], limits, clock=clock),
-        profile=ca.get("profile", ""), clock=clock)
+        dns01=solver, profile=ca.get("profile", ""), clock=clock,
+        budget=RateBudget(backend.table(BUDGETS), ca["directory_url"], limits, clock=clock))
         for ca in cas], certificates, IssuanceStats(backend.table(ISSUANCE_STATS), clock=clock))
 
 

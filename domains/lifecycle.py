@@ -52,10 +52,12 @@ class CertificateIssuer(Protocol):
 
 
 class RoutePublisher(Protocol):
-    def publish(self, routes_of: Callable[[], dict[str, RouteValue]]) -> None:
+    def publish(self, routes_of: Callable[[set[str]], dict[str, RouteValue]]) -> None:
         """Make the edge serve exactly the routes ``routes_of`` reads (hostname -> publication
-        id, or (publication id, extras); ``domains/routing.py``): a full reconciliation, at
-        start or on request. A route changed while they are read is left as changed."""
+        id, or (publication id, extras); ``domains/routing.py``), given the hostnames the edge
+        routes, read once, to check against: a full reconciliation, at start or on request.
+        A route changed while they are read is left as changed; one missing from that read of
+        the edge is not taken off (a lagging read proves nothing)."""
 
     def route_changes(self, changes: dict[str, RouteValue | None]) -> None:
         """These routes changed (hostname -> route, or None: off the edge)."""
@@ -123,9 +125,12 @@ class Lifecycle:
         # query, usually empty).
         publication = domain["publication_id"] if domain else entry.get("publication_id")
         if publication:
-            for source in self.domains.repository.redirecting_to(
+            for listed in self.domains.repository.redirecting_to(
                     entry["hostname"], publication, fallback=False):
-                if source["status"] in ROUTED:
+                source = self.domains.find(listed["hostname"])  # the index may lag: by key
+                if source is not None and source["status"] in ROUTED \
+                        and source.get("redirect_to") == entry["hostname"] \
+                        and source["publication_id"] == publication:
                     changes[source["hostname"]] = route_value(source, target_routed=active)
         self.edge.route_changes(changes)
 
@@ -335,16 +340,17 @@ class Lifecycle:
                 if attempt == 2:
                     raise
 
-    def _routes_to_publish(self) -> dict[str, RouteValue]:
+    def _routes_to_publish(self, routed: set[str]) -> dict[str, RouteValue]:
         """Every routed domain, by its status index. An index read may lag its table (a
         DynamoDB GSI is eventually consistent): a domain activated or removed a moment ago can
         be missing from it or still in it. So where the read and the edge disagree, the domain
         is read by its key (consistent) before its route is added or taken off: a restarting
         replica never drops a live route, nor brings back a removed one. The reads follow the
-        disagreement, usually none."""
+        disagreement, usually none. ``routed``: what the edge routes, as the publisher read it
+        (it takes off only hostnames in it)."""
         domains = {d["hostname"]: d for status in ROUTED
                    for d in self.domains.each_with_status(status)}
-        for hostname in self.edge.routed() ^ domains.keys():
+        for hostname in routed ^ domains.keys():
             domain = self.domains.find(hostname)
             if domain is not None and domain["status"] in ROUTED:
                 domains[hostname] = domain

@@ -71,15 +71,12 @@ class Mover:
                  grace: float = 60.0, poll: float = 1.0, lease: float = 30.0,
                  stale: float = 120.0, owner: str = "", page: int = PAGE, pages: int = 20,
                  clock: Callable[[], float] = time.time) -> None:
-        self.state = state
-        self.registry = registry
-        self.table = table
+        self.state, self.registry, self.table = state, registry, table
         self.grace, self.poll, self.lease, self.stale = grace, poll, lease, stale
         self.page, self.pages = page, pages
         """Rows a page of the scan reads, and pages a round reads at most (the rest waits
         for the next round, which resumes at the kept cursor)."""
-        self.owner = owner or f"mover-{id(self):x}"
-        self._clock = clock
+        self.owner, self._clock = owner or f"mover-{id(self):x}", clock
         self._done: int | None = None
         """The registry revision whose moved hostnames this process saw all enqueued."""
         self._recount_at = 0.0
@@ -177,6 +174,10 @@ class Mover:
         return {str(item["hostname"]): (str(item["source"]), str(item["target"]))
                 for item in all_items(self.table) if str(item["key"]).startswith("move#")}
 
+    def source(self, hostname: str) -> str | None:
+        """The shard a move of ``hostname`` in flight copies from (one read by key)."""
+        return str(item["source"]) if (item := self.table.get(move_key(hostname))) else None
+
     def follow(self, hostname: str, links: list[str]) -> None:
         """Add ``links`` to the move of ``hostname`` (whatever its step), so that its drop
         takes them off the source too; nothing if it has no move in flight."""
@@ -243,7 +244,8 @@ class Mover:
 
     def _publish(self, move: Item) -> None:
         host, source, target = move["hostname"], move["source"], move["target"]
-        old = self.state.store(source)
+        old, new = self.state.store(source), self.state.store(target)
+        since = new.mark()  # the target's own changes (newer than the source's) stay
         route = old.routes.get(host)
         routes: dict[str, RouteChange] = {}
         if route is not None and not route.get("removed") \
@@ -255,11 +257,12 @@ class Mover:
         links: dict[str, RedirectChange] = {}
         for key in move["links"]:
             item = old.redirects.get(key) if old.redirects is not None else None
-            if item is not None and not item.get("removed"):
+            if item is not None and not item.get("removed") and new.redirects is not None \
+                    and new.redirects.get(key) is None:
                 links[key] = Redirect.from_map(key, str(item["value"]))
-        config = None if self.state.store(target).meta() else old.meta()
+        config = None if new.meta() else old.meta()
         self.state.publish_to(target, routes, links, EdgeConfig.from_json(config["config"])
-                              if config and "config" in config else None)
+                              if config and "config" in config else None, since)
         self._next(move, SWITCH, self._clock(), versions=self._versions(move, target))
 
     def _versions(self, move: Item, shard: str) -> list[str]:

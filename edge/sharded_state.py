@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any, Callable, Protocol
 
-from edge.router_feed import ROUTER, RouterFeed
+from edge.router_feed import ROUTER, Assignment, RouterFeed
 from edge.shards import DEFAULT_SHARD, ShardSet
 from edge.state import EdgeConfig, Redirect
 from edge.state_changes import FEED, RedirectChange, RouteChange, StateChanges
@@ -66,6 +66,9 @@ class Moves(Protocol):
     def follow(self, hostname: str, links: list[str]) -> None:
         """These links of ``hostname`` move with it (dropped from the source after it)."""
 
+    def source(self, hostname: str) -> str | None:
+        """The shard a move of ``hostname`` in flight copies from (one read by key)."""
+
 
 class ShardedState:
     def __init__(self, tables: EdgeTables, vault: KeyVault,
@@ -87,6 +90,7 @@ class ShardedState:
                               namespaced(tables.routes, ROUTER, LISTING),
                               namespaced(tables.certs, ROUTER), vault,
                               namespaced(tables.redirects, ROUTER, LISTING), clock)
+        self._router_changes = router
         self.router = RouterFeed(router, StateFeed(router, router.routes, router.certs, vault,
                                                    router.redirects),
                                  lambda: self.shard_set())
@@ -125,7 +129,8 @@ class ShardedState:
         changed), the config in every shard; the router's map follows the routes. A removal
         also goes to the shard the router sends the hostname to, and a hostname served by
         another shard than its assignment with no move in flight (a replica that read the
-        shard set before it changed put it there) is handed to the mover."""
+        shard set before it changed put it there) is handed to the mover. A link removed while
+        its host moves is removed from the move's source too (else the move copies it back)."""
         shards = self.shard_set()
         sharded = shards.all_names != [DEFAULT_SHARD]
         served = {hostname: self._served(hostname) for hostname in routes} if sharded else {}
@@ -142,6 +147,10 @@ class ShardedState:
                     misplaced.append((hostname, where, assigned))
         for key, redirect in (redirects or {}).items():
             parts.setdefault(shards.assign(link_host(key)), ({}, {}))[1][key] = redirect
+            source = self.mover.source(link_host(key)) \
+                if sharded and redirect is None and self.mover is not None else None
+            if source is not None and source in shards.all_names:
+                parts.setdefault(source, ({}, {}))[1][key] = None
         moved = False
         for shard in sorted(set(parts) | (set(shards.all_names) if config is not None
                                           else set())):
@@ -176,13 +185,20 @@ class ShardedState:
 
     def reconcile(self, routes: dict[str, str | tuple[str, str]],
                   pem_of: Callable[[str], str | None], config: EdgeConfig,
-                  since: dict[str, int] | None = None) -> bool:
+                  since: dict[str, int] | None = None, seen: set[str] | None = None) -> bool:
         """Every shard made exactly its share of ``routes``, and the router's map (see
-        :meth:`EdgeStateStore.reconcile`: reads every route item, router entry and move in
+        :meth:`StateChanges.reconcile`: reads every route item, router entry and move in
         flight). Never a switch: a hostname the router sends elsewhere than its assignment
         stays in that shard too, and keeps its entry; a moving hostname stays in both ends of
         its move until the mover drops it; only the mover switches it. A hostname served away
-        from its assignment with no move in flight is handed to the mover."""
+        from its assignment with no move in flight is handed to the mover.
+
+        ``since``: :meth:`marks`, taken before ``routes`` was read. ``seen``: what
+        :meth:`routed` read after it, which ``routes`` was checked against: a stored route
+        that read missed (an index lagging) was confirmed off by nothing, and stays. A router
+        entry goes only once a read by key finds its shard no longer holds the hostname, and
+        a hostname missing from the read of every entry has its own read by key: what that
+        read missed must not look unrouted (which would switch it)."""
         shards = self.shard_set()
         sharded = shards.names != [DEFAULT_SHARD]  # an edge without shards has no entries
         placed = self.router.entries() if sharded else {}
@@ -191,8 +207,9 @@ class ShardedState:
         keep: dict[str, str] = {}
         for hostname, route in routes.items():
             assigned = shards.assign(hostname)
-            keep[hostname] = now = placed.get(hostname, DEFAULT_SHARD) \
-                if placed.get(hostname, DEFAULT_SHARD) in parts else assigned
+            where = placed.get(hostname) or (self.router.holding(hostname) if sharded else None) \
+                or DEFAULT_SHARD
+            keep[hostname] = now = where if where in parts else assigned
             for shard in (assigned, now) + flying.get(hostname, ()):
                 if shard in parts:
                     parts[shard][hostname] = route
@@ -206,11 +223,13 @@ class ShardedState:
 
         moved = False
         for shard, part in sorted(parts.items()):
-            moved = self.store(shard).reconcile(part, pem, config, _since(since, shard)) \
+            moved = self.store(shard).changes.reconcile(
+                part, pem, config, _since(since, shard), None if seen is None else seen.__and__) \
                 or moved
         if sharded:
-            self.router.reconcile({hostname: keep[hostname] for hostname in routed
-                                   if keep[hostname] != DEFAULT_SHARD}, _since(since, ROUTER))
+            self._router_changes.reconcile_redirects(
+                {hostname: Assignment(hostname, "", 0, keep[hostname]) for hostname in routed
+                 if keep[hostname] != DEFAULT_SHARD}, _since(since, ROUTER), self._unheld)
         for hostname in sorted(routed):
             assigned = shards.assign(hostname)
             if sharded and self.mover is not None and keep[hostname] != assigned \
@@ -218,11 +237,22 @@ class ShardedState:
                 self.mover.enqueue(hostname, keep[hostname], assigned)
         return moved
 
+    def _unheld(self, hostnames: set[str]) -> set[str]:
+        """Of these hostnames' router entries, those whose shard (read by key) no longer
+        holds the hostname, or is gone: an entry is never taken off while its shard serves it
+        (that would be a switch, the mover's; a lagging read of the entries may miss it)."""
+        names = self.shard_set().all_names
+        return {hostname for hostname in hostnames
+                if (shard := self.router.holding(hostname)) is None or shard not in names
+                or self.holding(shard, hostname) is None}
+
     def reconcile_redirects(self, desired: dict[str, Redirect],
-                            since: dict[str, int] | None = None) -> bool:
+                            since: dict[str, int] | None = None,
+                            gone: Callable[[set[str]], set[str]] | None = None) -> bool:
         """Every shard made exactly its share of ``desired``; a link of a hostname in flight
         is in both ends of its move, and the move drops it from the source with the route.
-        A shard draining is only added to (its links go with its moves)."""
+        A shard draining is only added to (its links go with its moves). ``since`` and
+        ``gone``: see :meth:`StateChanges.reconcile_redirects`."""
         shards = self.shard_set()
         flying = self.mover.flying() if self.mover is not None else {}
         parts: dict[str, dict[str, Redirect]] = {name: {} for name in shards.names}
@@ -242,7 +272,8 @@ class ShardedState:
                 self.mover.follow(host, sorted(set(keys)))
         moved = False
         for shard, part in sorted(parts.items()):
-            moved = self.store(shard).reconcile_redirects(part, _since(since, shard)) or moved
+            moved = self.store(shard).changes.reconcile_redirects(
+                part, _since(since, shard), gone) or moved
         for shard, links in sorted(extra.items()):
             moved = self.store(shard).change({}, None, links) or moved
         return moved
@@ -276,11 +307,12 @@ class ShardedState:
 
     def publish_to(self, shard: str, routes: dict[str, RouteChange],
                    redirects: dict[str, RedirectChange] | None = None,
-                   config: EdgeConfig | None = None) -> bool:
+                   config: EdgeConfig | None = None, since: int | None = None) -> bool:
         """Commit these changes in ``shard`` whatever the assignment says, and leave the
         router's map alone (a move switches it once the new shard's nodes apply them).
-        ``config``: for a shard that has none yet (one just added)."""
-        return self.store(shard).change(routes, config, redirects)
+        ``config``: for a shard that has none yet (one just added). ``since``: the shard's
+        revision before the changes were read elsewhere: an item written after it stays."""
+        return self.store(shard).changes.change(routes, config, redirects, since)
 
     def holding(self, shard: str, hostname: str) -> int | None:
         """The revision of ``shard`` that wrote its route for ``hostname``, or None when the

@@ -21,13 +21,14 @@ import logging
 import time
 from typing import Any, Callable
 
-from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, RouteRef,
-                        fingerprint, redirect_hash, route_hash, routes_digest, state_version)
+from edge.state import (DIGEST_MODULUS, EdgeConfig, Redirect, RouteRef, fingerprint,
+                        redirect_hash, route_hash, state_version)
 from edge import feed_log
+from edge.state_reconcile import Reconciliation, _newer, route_ref
 from edge.watch import VersionWatch
 from kit.vault import KeyVault
 from store import (ABSENT, EXPIRES_AT, VERSION, ConflictError, Item, RangeIndex, Table,
-                   TableSpec, every, rewrite_field)
+                   TableSpec, rewrite_field)
 
 log = logging.getLogger(__name__)
 EDGE_STATE = TableSpec("edge_state", key="name")
@@ -59,7 +60,7 @@ RouteChange = tuple[str, str] | tuple[str, str, str] | None
 RedirectChange = Redirect | None
 
 
-class StateChanges:
+class StateChanges(Reconciliation):
     """Commits route, redirect and config changes; the version item and the route, redirect
     and certificate items it keeps in step."""
 
@@ -123,24 +124,8 @@ class StateChanges:
                 config: EdgeConfig | None, redirects: dict[str, RedirectChange],
                 since: int | None = None) -> bool:
         digest = int(meta["routes_digest"], 16) if meta and "routes_digest" in meta else 0
-        rdigest = int(meta.get("redirects_digest") or "0", 16) if meta else 0
-        pending_redirects: dict[str, dict[str, Any] | None] = {}
         overwritten: list[int] = []  # the revisions of the feed items this commit rewrites
-        for key, redirect in sorted(redirects.items()):
-            if self.redirects is None:
-                raise ValueError("this store keeps no redirects")
-            old = self.redirects.get(key)
-            if _newer(old, since):
-                continue
-            old_value = old["value"] if old is not None and not old.get("removed") else None
-            new_value = redirect.value if redirect is not None else None
-            if old_value == new_value:
-                continue
-            overwritten += [int(old["revision"])] if old and old.get("revision") else []
-            rdigest = (rdigest - (redirect_hash(key, old_value) if old_value else 0)
-                       + (redirect_hash(key, new_value) if new_value else 0)) % DIGEST_MODULUS
-            pending_redirects[key] = None if redirect is None else {
-                "value": new_value, "expires": redirect.expires}
+        rdigest, pending_redirects = self._redirect_changes(meta, redirects, since, overwritten)
         pending: dict[str, dict[str, str] | None] = {}
         superseded, added = list[str](), 0  # added: routes added less routes removed
         for hostname, new in sorted(routes.items()):
@@ -184,6 +169,30 @@ class StateChanges:
         log.info("edge state %s (revision %d): %d route and %d redirect changes", version,
                  revision, len(pending), len(pending_redirects))
         return True
+
+    def _redirect_changes(self, meta: Item | None, redirects: dict[str, RedirectChange],
+                          since: int | None, overwritten: list[int]
+                          ) -> tuple[int, dict[str, dict[str, Any] | None]]:
+        """The redirects digest after these changes, and the changes to write (each read by
+        key; one a commit after ``since`` wrote is left)."""
+        rdigest = int(meta.get("redirects_digest") or "0", 16) if meta else 0
+        pending: dict[str, dict[str, Any] | None] = {}
+        for key, redirect in sorted(redirects.items()):
+            if self.redirects is None:
+                raise ValueError("this store keeps no redirects")
+            old = self.redirects.get(key)
+            if _newer(old, since):
+                continue
+            old_value = old["value"] if old is not None and not old.get("removed") else None
+            new_value = redirect.value if redirect is not None else None
+            if old_value == new_value:
+                continue
+            overwritten += [int(old["revision"])] if old and old.get("revision") else []
+            rdigest = (rdigest - (redirect_hash(key, old_value) if old_value else 0)
+                       + (redirect_hash(key, new_value) if new_value else 0)) % DIGEST_MODULUS
+            pending[key] = None if redirect is None else {
+                "value": new_value, "expires": redirect.expires}
+        return rdigest, pending
 
     def _certificate(self, old: RouteRef | None, new: RouteRef, pem: str) -> list[str]:
         """Store ``new``'s certificate; the key of the one it supersedes, if any."""
@@ -251,38 +260,6 @@ class StateChanges:
         page = self.redirects.query_range("expiry", "1", upper=now, limit=limit)
         return [str(item["key"]) for item in page.items]
 
-    def reconcile_redirects(self, desired: dict[str, Redirect],
-                            since: int | None = None) -> bool:
-        """Make the stored redirects exactly ``desired`` (at start, or on request: reads every
-        redirect item once) and drop their tombstones. True if anything changed. ``since``: the
-        revision read before ``desired`` was (see :meth:`reconcile`)."""
-        table = self.redirects
-        if table is None:
-            return False
-        before = self.settled(self.meta())
-        since = _mark(before) if since is None else since
-        stored, tombstones, fresh = {}, [], set()
-        for item in every(lambda cursor: table.scan(limit=500, cursor=cursor)):
-            if _newer(item, since):
-                fresh.add(item["key"])
-            if item.get("removed"):
-                tombstones.append(item)
-            else:
-                stored[item["key"]] = item["value"]
-        digest = sum(redirect_hash(k, v) for k, v in stored.items()) % DIGEST_MODULUS
-        if before is not None and before.get("redirects_digest") != f"{digest:032x}":
-            try:  # as for routes: only if nothing moved during the scan
-                self.state.put({**before, "redirects_digest": f"{digest:032x}"},
-                               expected_version=before[VERSION])
-            except ConflictError:
-                pass
-        self._compact([t for t in tombstones if t["key"] not in fresh], self.redirects)
-        changes: dict[str, RedirectChange] = {
-            key: None for key in stored if key not in desired}
-        changes.update((key, r) for key, r in desired.items() if stored.get(key) != r.value)
-        changes = {key: r for key, r in changes.items() if key not in fresh}
-        return self.change({}, redirects=changes, since=since) if changes else False
-
     def _store_certificate(self, hostname: str, cert_sha256: str, pem: str) -> None:
         """Under its hostname and fingerprint, and under the bare hostname for the release
         before's replicas (each only if not there already: a PEM is encrypted once)."""
@@ -312,93 +289,6 @@ class StateChanges:
                 if cert is not None:
                     self.certs.delete(key, expected_version=cert[VERSION])
 
-    def save(self, desired: DesiredState) -> bool:
-        """Make the stored state exactly ``desired`` (see :meth:`reconcile`)."""
-        pems = {route.hostname: route.pem for route in desired.routes}
-        return self.reconcile({r.hostname: (r.publication_id, r.extras) for r in desired.routes},
-                              pems.get, desired.config)
-
-    def reconcile(self, routes: dict[str, str | tuple[str, str]],
-                  pem_of: Callable[[str], str | None], config: EdgeConfig,
-                  since: int | None = None) -> bool:
-        """Make the stored state exactly ``routes`` (hostname -> publication id, or (publication
-        id, extras); a route whose ``pem_of`` is None is left out), at start or on an
-        operator's request: reads every route item once, keeps only the changed routes' PEMs
-        in memory, repairs the digest (a store from an earlier version has none) and drops
-        tombstones. Routine changes go through :meth:`change`. True if anything changed.
-
-        ``since``: the revision read before ``routes`` was (:meth:`mark`; default: now). A
-        route a change committed after it, for a domain activated or removed meanwhile, is
-        newer than ``routes`` and stays as that change made it: neither taken off nor put
-        back."""
-        before = self.settled(self.meta())  # the scan must not miss a change after this
-        since = _mark(before) if since is None else since
-        stored: dict[str, RouteRef] = {}
-        tombstones, fresh = [], set()
-        for item in every(lambda cursor: self.routes.scan(limit=500, cursor=cursor)):
-            if _newer(item, since):
-                fresh.add(item["hostname"])
-            if item.get("removed"):
-                tombstones.append(item)
-            else:
-                stored[item["hostname"]] = route_ref(item)
-        self._repair_digest(before, routes_digest(stored.values()), len(stored))
-        self._compact([t for t in tombstones if t["hostname"] not in fresh])
-        changes: dict[str, RouteChange] = {hostname: None for hostname in stored
-                                           if hostname not in routes and hostname not in fresh}
-        moved = False
-        for hostname, route in routes.items():
-            if hostname in fresh:
-                continue
-            publication_id, extras = _split(route)
-            pem = pem_of(hostname)
-            if pem is None:
-                if hostname in stored:
-                    changes[hostname] = None
-            elif stored.get(hostname) != RouteRef(hostname, publication_id, fingerprint(pem),
-                                                  extras):
-                changes[hostname] = (publication_id, pem, extras)
-            if len(changes) >= CHUNK:  # commit as it goes: at most a chunk of PEMs in memory
-                moved = self.change(changes, config, since=since) or moved
-                changes = {}
-        return self.change(changes, config, since=since) or moved
-
-    def mark(self) -> int:
-        """The current revision: what a reconciliation's ``since`` is taken as, before it
-        reads what it reconciles to."""
-        return _mark(self.meta()) or 0
-
-    def _compact(self, tombstones: list[Item], table: Table | None = None) -> None:
-        """Drop tombstones, after recording that agents older than them need a snapshot."""
-        table = table or self.routes
-        meta = self.settled(self.meta())
-        if not tombstones or meta is None:
-            return
-        newest = max(int(item["revision"]) for item in tombstones)
-        try:
-            self.state.put({**meta, "compacted_revision": max(
-                newest, int(meta.get("compacted_revision") or 0))},
-                expected_version=meta[VERSION])
-        except ConflictError:
-            return  # a change meanwhile; the next reconciliation compacts
-        for item in tombstones:
-            try:
-                table.delete(item[table.spec.key], expected_version=item[VERSION])
-            except ConflictError:
-                continue  # routed again meanwhile
-
-    def _repair_digest(self, meta: Item | None, digest: int, count: int) -> None:
-        """Set the digest and route count a scan found, only if the version item has not moved
-        since ``meta`` was read before it: a change during the scan may be missing from it."""
-        if meta is None or (meta.get("routes_digest"), meta.get("routes_count")) == (
-                f"{digest:032x}", count):
-            return
-        try:
-            self.state.put({**meta, "routes_digest": f"{digest:032x}", "routes_count": count},
-                           expected_version=meta[VERSION])
-        except ConflictError:
-            pass  # a change meanwhile; the next reconciliation looks again
-
     def force(self, version: str) -> bool:
         """Let nodes apply ``version`` even if its plan looks unsafe (an operator's decision)."""
         meta = self.meta()
@@ -411,28 +301,10 @@ class StateChanges:
         return True
 
 
-def _mark(meta: Item | None) -> int | None:
-    return int(meta.get("revision") or 0) if meta is not None else None
-
-
-def _newer(item: Item | None, since: int | None) -> bool:
-    """Whether a commit after revision ``since`` wrote ``item``."""
-    return since is not None and item is not None and int(item.get("revision") or 0) > since
-
-
 def cert_key(hostname: str, cert_sha256: str) -> str:
     """An ``edge_certs`` key: no hostname holds a "/", so none is a bare hostname's."""
     return f"{hostname}/{cert_sha256}"
 
 
-def route_ref(item: Item) -> RouteRef:
-    return RouteRef(item["hostname"], item["publication_id"], item["cert_sha256"],
-                    item.get("extras") or "")
-
-
 def _extras(change: tuple[str, ...]) -> str:
     return change[2] if len(change) > 2 else ""
-
-
-def _split(route: str | tuple[str, str]) -> tuple[str, str]:  # a publication id [, extras]
-    return (route, "") if isinstance(route, str) else route
