@@ -21,6 +21,8 @@ EXPIRES_AT = "expires_at"
 ABSENT = 0
 """Pass as ``expected_version`` to require that the item does not exist yet."""
 SPREAD = 16
+BATCH_GET = 100
+"""Keys per request of :meth:`Table.get_many` (DynamoDB's BatchGetItem takes at most 100)."""
 """Partition key values per spread index key (docs/dynamodb.md counts what this buys)."""
 META = "store_meta"
 SCHEMA_ITEM = "schema"
@@ -102,6 +104,12 @@ class Table(Protocol):
 
     def get(self, key: str) -> Item | None:
         """The item with this key (counters included), or None if absent or expired."""
+
+    def get_many(self, keys: list[str]) -> dict[str, Item]:
+        """The live items of these keys (counters included), by key; an absent or expired one
+        is left out. Consistent like :meth:`get`, and costs about one request per
+        ``BATCH_GET`` keys rather than one per key (what a joining edge node's certificate
+        batch reads)."""
 
     def put(self, item: Item, expected_version: int | None = None) -> Item:
         """Store ``item`` and return it with its new version.
