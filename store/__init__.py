@@ -61,6 +61,11 @@ class RangeIndex:
     name: str
     key: str
     sort: str
+    keys_only: bool = False
+    """Its entries hold the keys alone (the table's key, ``key`` and ``sort``), and a query of
+    it answers items of those three attributes: a write that leaves them as they were (a
+    counter, any other attribute) does not write the index, which on DynamoDB is billed per
+    write. The caller reads the items it needs (:meth:`Table.get_many`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +134,8 @@ class Table(Protocol):
                     upper: float | None = None, limit: int = 100,
                     cursor: str | None = None) -> Page:
         """Live items of range index ``index`` whose key attribute equals ``value`` and whose
-        sort attribute lies in [``lower``, ``upper``] (None: unbounded), ordered by it."""
+        sort attribute lies in [``lower``, ``upper``] (None: unbounded), ordered by it (of a
+        ``keys_only`` index: the table's key, the index's key and sort of each, no version)."""
 
     def scan(self, limit: int = 100, cursor: str | None = None) -> Page:
         """All live items, ordered by key (one page)."""

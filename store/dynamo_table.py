@@ -169,7 +169,8 @@ class DynamoTable:
             raise ConflictError(self.spec.name, key, expected_version) from None
         return bool(old) and self._item(old, time.time()) is not None
 
-    def _page(self, method: str, limit: int, cursor: str | None, **kwargs: Any) -> Page:
+    def _page(self, method: str, limit: int, cursor: str | None,
+              convert: Callable[[Raw, float], Item | None] | None = None, **kwargs: Any) -> Page:
         if limit < 1:
             raise ValueError("limit must be positive")
         items: list[Item] = []
@@ -181,7 +182,7 @@ class DynamoTable:
             extra = {"ExclusiveStartKey": start} if start else {}
             response = self._call(method, Limit=limit - len(items), **kwargs, **extra)
             for raw in response.get("Items", []):
-                item = self._item(raw, now)
+                item = (convert or self._item)(raw, now)
                 if item is not None:
                     items.append(item)
             start = response.get("LastEvaluatedKey")
@@ -236,7 +237,10 @@ class DynamoTable:
                 f"range_{found.name}", Order(found.key, found.sort), value, limit, cursor,
                 condition.removeprefix("#k = :v"), {"#s": found.sort} if len(values) > 1 else {},
                 {k: v for k, v in values.items() if k != ":v"})
-        return self._page("query", limit, cursor, IndexName=f"range_{found.name}",
+        keys = None if not found.keys_only else lambda raw, now: {
+            self.spec.key: raw["pk"]["S"], found.key: raw[found.key]["S"],
+            found.sort: float(raw[found.sort]["N"])}
+        return self._page("query", limit, cursor, keys, IndexName=f"range_{found.name}",
                           KeyConditionExpression=condition,
                           ExpressionAttributeNames={"#k": found.key, **(
                               {"#s": found.sort} if ":lo" in values or ":hi" in values else {})},

@@ -168,7 +168,8 @@ class SqliteTable:
     def query_range(self, index: str, value: str, lower: float | None = None,
                     upper: float | None = None, limit: int = 100,
                     cursor: str | None = None) -> Page:
-        name = self.spec.range_index(index).name
+        found = self.spec.range_index(index)
+        name = found.name
         if limit < 1:
             raise ValueError("limit must be positive")
         where = [f"r_{name}_k = ?", self._live()]
@@ -185,7 +186,9 @@ class SqliteTable:
             rows = conn.execute(
                 f"SELECT k, data, version, r_{name}_s FROM {self._t} WHERE {' AND '.join(where)}"
                 f" ORDER BY r_{name}_s, k LIMIT ?", (*args, limit + 1)).fetchall()
-            items = [self._row_item(conn, *row[:3]) for row in rows[:limit]]
+            items = [{self.spec.key: row[0], found.key: value, found.sort: row[3]}
+                     if found.keys_only else self._row_item(conn, *row[:3])
+                     for row in rows[:limit]]
         last = rows[limit - 1] if len(rows) > limit else None
         return Page(items, json.dumps([last[3], last[0]]) if last else None)
 

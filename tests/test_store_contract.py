@@ -169,6 +169,21 @@ def test_get_many_reads_live_items_in_one_request_per_hundred_keys(backend: Back
     assert table.get_many([]) == {}
 
 
+def test_a_keys_only_range_index_answers_keys_in_order(backend: Backend) -> None:
+    table = backend.table(TableSpec("keyed", key="id", ranges=(
+        RangeIndex("by_place", key="place", sort="at", keys_only=True),)))
+    for n in (3, 1, 2):
+        table.put({"id": f"k{n}", "place": "p1", "at": n, "other": "x" * 50})
+    table.put({"id": "k9", "place": "p2", "at": 9})
+    table.increment("k1", "hits")
+    first = table.query_range("by_place", "p1", limit=2)
+    rest = table.query_range("by_place", "p1", cursor=first.next_cursor)
+    assert first.items + rest.items == [{"id": f"k{n}", "place": "p1", "at": n}
+                                        for n in (1, 2, 3)]
+    table.put({"id": "k2", "place": "p2", "at": 2})
+    assert [item["id"] for item in table.query_range("by_place", "p1").items] == ["k1", "k3"]
+
+
 def test_a_batch_read_asks_again_for_the_keys_it_was_left(
         dynamo_nemesis: Nemesis, nemesis: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """DynamoDB answers part of a batch read under throttling (``UnprocessedKeys``): the rest
