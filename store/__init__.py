@@ -21,9 +21,9 @@ EXPIRES_AT = "expires_at"
 ABSENT = 0
 """Pass as ``expected_version`` to require that the item does not exist yet."""
 SPREAD = 16
+"""Partition key values per spread index key (docs/dynamodb.md counts what this buys)."""
 BATCH_GET = 100
 """Keys per request of :meth:`Table.get_many` (DynamoDB's BatchGetItem takes at most 100)."""
-"""Partition key values per spread index key (docs/dynamodb.md counts what this buys)."""
 META = "store_meta"
 SCHEMA_ITEM = "schema"
 """The table and item that hold the store's schema version (control/migrations.py)."""

@@ -17,10 +17,10 @@ from store.dynamo_spread import Order, Raw, merged_page, spread_value
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 THROTTLING = ("ProvisionedThroughputExceededException", "ThrottlingException",
               "RequestLimitExceeded")
-BATCH_ROUNDS = 8
-BATCH_BACKOFF = 0.05
-"""Seconds before a batch read asks again for the keys it was left (doubling, at most 1 s,
-jittered): about 4 s in all, the order of botocore's own retries of a throttled request."""
+BATCH_ROUNDS, BATCH_BACKOFF = 8, 0.05
+"""Requests a batch read makes at most for keys left unprocessed, and the seconds before it
+asks again (doubling, at most 1 s, jittered): about 4 s in all, the order of botocore's own
+retries of a throttled request."""
 _ONE_SHARD = "1"
 """Only servers without TTL (dynalite, for development) use the expiry index: one partition."""
 
@@ -89,7 +89,8 @@ class DynamoTable:
                 pending = answer.get("UnprocessedKeys", {}).get(self._name, {}).get("Keys", [])
                 if not pending:
                     break
-                time.sleep(random.uniform(0.5, 1) * min(BATCH_BACKOFF * 2 ** attempt, 1.0))
+                if attempt < BATCH_ROUNDS - 1:
+                    time.sleep(random.uniform(0.5, 1) * min(BATCH_BACKOFF * 2 ** attempt, 1.0))
             else:
                 raise Throttled(f"batch_get_item on {self._name}: {len(pending)} keys still "
                                 f"unprocessed after {BATCH_ROUNDS} requests")
