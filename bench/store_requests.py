@@ -9,10 +9,17 @@ download, a recheck at rest, a renewal, a short link's visit flush, an idle work
 removal. Every DynamoDB call is counted by operation name through botocore's event hook, as
 reads (GetItem, Query, ...) or writes (PutItem, UpdateItem, TransactWriteItems, ...).
 
+Write units are not counted by the server (dynalite bills nothing): they are modelled, item
+by item, from the item as it was before and after each write and the table's global secondary
+indexes (bench/write_units.py states the rules): the table's units, one per KB (two in a
+transaction), and each index's, where the item enters, leaves or moves (a changed index key
+is a delete and a put, two writes). DynamoDB bills every index write, so a recheck costs its
+table writes and several times as many on indexes. Read counts are requests, not units.
+
 The last part prints the capacity model for 100,000 and 1,000,000 domains with 10 edge nodes
 from those counts: requests per second at rest and in a renewal wave, and the monthly
 DynamoDB on-demand bill (us-east-1 prices, $0.625 per million write request units and $0.125
-per million read request units; items here are under 1 KB, a transactional item costs 2).
+per million read request units).
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import boto3
 from cryptography.fernet import Fernet
 from werkzeug.serving import make_server
 
@@ -35,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from admin_app import create_app  # noqa: E402
 from bench.conditions import print_conditions, record  # noqa: E402
+from bench.write_units import item_size, write_units  # noqa: E402
+from store.dynamo_schema import EXPIRY_INDEX  # noqa: E402
 from control.wiring import Services  # noqa: E402
 from devtools.pebble import PebbleStack  # noqa: E402
 from kit.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
@@ -42,7 +52,7 @@ from kit.settings import load_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 READS = {"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"}
-WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"}
+WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
 WRITE_PRICE, READ_PRICE = 0.625e-6, 0.125e-6
 MONTH = 30 * 86400
 
@@ -51,31 +61,85 @@ MONTH = 30 * 86400
 class Cost:
     reads: int = 0
     writes: int = 0
-    """Write request units: a TransactWriteItems item counts 2, as DynamoDB bills it."""
+    """Write units on the tables: one per started KB of the larger of the item before and
+    after, two for an item of a TransactWriteItems, as DynamoDB bills them."""
+    index_writes: int = 0
+    """Write units on the tables' global secondary indexes (bench/write_units.py)."""
     calls: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    indexes: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    """Index write units by ``table.index``."""
+    sizes: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    """The largest item written, in bytes, by table."""
+
+    @property
+    def write_units(self) -> int:
+        return self.writes + self.index_writes
 
     def __str__(self) -> str:
         calls = ", ".join(f"{name} {n}" for name, n in sorted(self.calls.items()))
-        return f"{self.reads} reads, {self.writes} write units ({calls})"
+        text = (f"{self.reads} reads, {self.write_units} write units = {self.writes} on tables"
+                f" + {self.index_writes} on indexes ({calls})")
+        if self.indexes:
+            text += "\n    indexes: " + ", ".join(
+                f"{name} {n}" for name, n in sorted(self.indexes.items()))
+            text += "\n    largest item written: " + ", ".join(
+                f"{name} {size:,} B" for name, size in sorted(self.sizes.items()))
+        return text
 
 
 class Meter:
-    """Counts the DynamoDB calls a block makes, by operation."""
+    """Counts the DynamoDB calls a block makes, by operation, and the write units of its
+    writes, indexes included: each written item is read before and after the write through
+    ``reader``, a client of its own (uncounted), and billed by the model of
+    bench/write_units.py against the table's indexes as ``describe_table`` gives them."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, reader: Any, prefix: str) -> None:
         self.current: Cost | None = None
-        client.meta.events.register("before-call.dynamodb", self._count)
+        self.prefix = prefix
+        self._reader = reader
+        self._indexes: dict[str, list[dict[str, Any]]] = {}
+        client.meta.events.register("before-parameter-build.dynamodb", self._count)
+        client.meta.events.register("after-call.dynamodb", self._written)
 
-    def _count(self, model: Any, params: dict[str, Any], **kwargs: Any) -> None:
+    def _count(self, model: Any, params: dict[str, Any], context: dict[str, Any],
+               **kwargs: Any) -> None:
         if self.current is None or model.name in ("DescribeTable", "ListTables"):
             return
         self.current.calls[model.name] += 1
         if model.name in READS:
             self.current.reads += 1
-        elif model.name == "TransactWriteItems":
-            self.current.writes += 2 * len(params.get("TransactItems", []))
         elif model.name in WRITES:
-            self.current.writes += 1
+            context["bench_before"] = [(*touched, self._read(touched[0], touched[1]))
+                                       for touched in _touched(model.name, params)]
+
+    def _written(self, model: Any, parsed: dict[str, Any], context: dict[str, Any],
+                 **kwargs: Any) -> None:
+        cost, before = self.current, context.pop("bench_before", None)
+        if cost is None or before is None:
+            return
+        failed = "Error" in parsed
+        for table, key, transactional, changes, old in before:
+            new = self._read(table, key) if changes and not failed else old
+            table_units, index_units = write_units(
+                self._index_list(table), "pk", old, new, transactional, not changes or failed)
+            cost.writes += table_units
+            cost.sizes[table.removeprefix(self.prefix)] = max(
+                cost.sizes[table.removeprefix(self.prefix)], item_size(new or old))
+            for index, n in index_units.items():
+                cost.index_writes += n
+                cost.indexes[f"{table.removeprefix(self.prefix)}.{index}"] += n
+
+    def _read(self, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        item = self._reader.get_item(TableName=table, Key=key, ConsistentRead=True)
+        return item.get("Item")
+
+    def _index_list(self, table: str) -> list[dict[str, Any]]:
+        if table not in self._indexes:
+            described = self._reader.describe_table(TableName=table)["Table"]
+            self._indexes[table] = [  # dynalite's stand-in for TTL: DynamoDB has none
+                index for index in described.get("GlobalSecondaryIndexes", [])
+                if index["IndexName"] != EXPIRY_INDEX]
+        return self._indexes[table]
 
     def measure(self, step: Callable[[], object]) -> Cost:
         self.current = cost = Cost()
@@ -86,8 +150,28 @@ class Meter:
         return cost
 
 
+def _touched(operation: str, params: dict[str, Any]) -> list[tuple[str, Any, bool, bool]]:
+    """(table, key, transactional, changes) of each item a write names: a transaction's
+    condition check is billed as a write of its item that changes nothing."""
+    if operation == "PutItem":
+        return [(params["TableName"], {"pk": params["Item"]["pk"]}, False, True)]
+    if operation in ("UpdateItem", "DeleteItem"):
+        return [(params["TableName"], params["Key"], False, True)]
+    found: list[tuple[str, Any, bool, bool]] = []
+    for table, entries in params.get("RequestItems", {}).items():  # BatchWriteItem
+        for entry in entries:
+            put = entry.get("PutRequest")
+            key = {"pk": put["Item"]["pk"]} if put else entry["DeleteRequest"]["Key"]
+            found.append((table, key, False, True))
+    for entry in params.get("TransactItems", []):
+        for kind, part in entry.items():
+            key = {"pk": part["Item"]["pk"]} if "Item" in part else part["Key"]
+            found.append((part["TableName"], key, True, kind != "ConditionCheck"))
+    return found
+
+
 def per_second(cost: Cost, times_per_second: float) -> tuple[float, float]:
-    return cost.reads * times_per_second, cost.writes * times_per_second
+    return cost.reads * times_per_second, cost.write_units * times_per_second
 
 
 def dollars(reads_per_s: float, writes_per_s: float) -> float:
@@ -125,18 +209,25 @@ def main() -> None:
             server = make_server("127.0.0.1", http_port, create_app(services), threaded=True)
             threading.Thread(target=server.serve_forever, daemon=True).start()
             try:
-                costs = drive(services, pebble, Meter(services.backend._client))
+                reader = boto3.client("dynamodb", endpoint_url=f"http://127.0.0.1:{port}",
+                                      region_name=settings.dynamodb_region)
+                costs = drive(services, pebble, Meter(services.backend._client, reader,
+                                                     settings.dynamodb_table_prefix))
             finally:
                 server.shutdown()
                 services.close()
         finally:
             pebble.stop()
             dynalite.stop()
+    print("write units are a model (bench/write_units.py): the items' sizes before and after "
+          "each write and the tables' indexes, by DynamoDB's published rules; reads are requests")
     for name, cost in costs.items():
         print(f"{name}: {cost}")
     modelled = model(costs, args.recheck_hours * 3600, args.validity_days)
     record("store_requests", {
-        "operations": {name: {"reads": cost.reads, "write_units": cost.writes}
+        "operations": {name: {"reads": cost.reads, "write_units": cost.write_units,
+                              "table_write_units": cost.writes,
+                              "index_write_units": cost.index_writes}
                        for name, cost in costs.items()},
         "model": modelled})
 

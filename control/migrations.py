@@ -24,6 +24,7 @@ from typing import Callable
 from certs.store import CERTIFICATES
 from domains.repository import DOMAINS, PENDING_FOR, pending_indexed
 from edge.state_changes import EDGE_CERTS, EDGE_REDIRECTS, EDGE_ROUTES, cert_key
+from shortlinks.links import index_links
 from store import (ABSENT, SCHEMA_ITEM, SPREAD_SCHEMA, VERSION, Backend, ConflictError,
                    TableSpec, all_items)
 import store
@@ -130,6 +131,8 @@ MIGRATIONS = (
     Migration(4, "domains: unproven claims and redirects in their sparse indexes (the cap on "
                  "claims and the redirect check read them, not a publication's domains)",
               reindex_domains),
+    Migration(5, "short_links: every link in the domain index (removing a short domain reads "
+                 "its links, not every link)", index_links),
 )
 SCHEMA = MIGRATIONS[-1].number
 """The schema this release knows."""

@@ -248,21 +248,16 @@ def certificate(hostname: str, query: CertificateQuery) -> Response | tuple[Resp
 def certificates(body: CertificateBatchRequest,
                  query: ShardQuery) -> Response | tuple[Response, int]:
     """What a joining node downloads: up to ``CERT_BATCH_MAX`` certificates per request
-    (edge/protocol.py), each read and decrypted as ``GET /certs/<hostname>?sha256=`` does it,
-    gzip'd when the agent accepts it. One not stored is listed under ``missing`` rather than
-    failing the batch."""
+    (edge/protocol.py), answered as ``GET /certs/<hostname>?sha256=`` answers each but read
+    in batches from the store (one request per hundred on DynamoDB), gzip'd when the agent
+    accepts it. One not stored is listed under ``missing`` rather than failing the batch."""
     if (unknown := _unknown(query.shard)) is not None:
         return unknown
-    store = _store(query.shard)
-    found, missing = [], []
-    for wanted in body.certs:
-        cert = store.certificate(wanted.hostname, wanted.sha256)
-        if cert is None:
-            missing.append({"hostname": wanted.hostname, "sha256": wanted.sha256})
-        else:
-            found.append(cert)
+    found, missing = _store(query.shard).certificates(
+        [(wanted.hostname, wanted.sha256) for wanted in body.certs])
     data = json.dumps({"format": edge_protocol.CERT_BATCH, "certs": found,
-                       "missing": missing}, separators=(",", ":")).encode()
+                       "missing": [{"hostname": host, "sha256": sha} for host, sha in missing]},
+                      separators=(",", ":")).encode()
     response = Response(data, mimetype="application/json")
     if "gzip" in request.headers.get("Accept-Encoding", ""):
         response.set_data(gzip.compress(data, compresslevel=1))

@@ -158,5 +158,26 @@ class StateFeed:
             item = self.certs.get(hostname)
             if item is None or cert_sha256 not in (None, item["cert_sha256"]):
                 return None
+        return self._download(hostname, item)
+
+    def certificates(self, wanted: list[tuple[str, str]]
+                     ) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
+        """What :meth:`certificate` answers for each (hostname, fingerprint), in one batch
+        read of the store per ``store.BATCH_GET`` of them (plus one for those stored only by
+        the release before, under their hostname alone): the downloads found, in the order
+        asked, and the pairs not stored."""
+        stored = self.certs.get_many([cert_key(host, sha) for host, sha in wanted])
+        bare_keys = [host for host, sha in wanted if cert_key(host, sha) not in stored]
+        bare = self.certs.get_many(bare_keys) if bare_keys else {}
+        found, missing = [], []
+        for host, sha in wanted:
+            item = stored.get(cert_key(host, sha)) or bare.get(host)
+            if item is None or item["cert_sha256"] != sha:
+                missing.append((host, sha))
+            else:
+                found.append(self._download(host, item))
+        return found, missing
+
+    def _download(self, hostname: str, item: Item) -> dict[str, str]:
         return {"hostname": hostname, "cert_sha256": item["cert_sha256"],
                 "pem": self._vault.decrypt(item["pem_enc"]).decode()}

@@ -93,6 +93,10 @@ class EdgeStateStore:
                     ) -> dict[str, str] | None:
         return self.feed.certificate(hostname, cert_sha256)
 
+    def certificates(self, wanted: list[tuple[str, str]]
+                     ) -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
+        return self.feed.certificates(wanted)
+
     # --- nodes and their reports (StateReports) -------------------------------------------
 
     def first_report(self, report_id: str) -> bool:

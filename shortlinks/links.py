@@ -12,13 +12,22 @@ from shortlinks.errors import (InvalidLink, LinkNotFound, NotYours,  # the part'
 from shortlinks.stats import VisitStats
 from shortlinks.targets import RULES, ascii_target, check_rules
 from shortlinks.totals import LinkTotals
-from store import ABSENT, ConflictError, Item, Page, Table, TableSpec, all_items, every
+from store import (ABSENT, BATCH_GET, VERSION, Backend, ConflictError, Item, Page, RangeIndex,
+                   Table, TableSpec, all_items, every)
 
-LINKS = TableSpec("short_links", key="id", indexes=("owner",))
+LINKS = TableSpec("short_links", key="id", indexes=("owner",),
+                  ranges=(RangeIndex("domain", key="domain", sort="created_at", keys_only=True),),
+                  optional=("domain",))
+"""``domain``: a short domain's links (keys only: a visit's counter or a link's edit does not
+write it), what removing a short domain reads instead of every link."""
 LINK_CHANGES = TableSpec("short_link_changes", key="name")
 """One item, ``generation``, whose counter ``n`` moves on every change to any link: resolvers in
 other processes check it about once a second and drop what they cached before it moved."""
 GENERATION = "generation"
+BY_DOMAIN = "links_by_domain"
+"""The ``short_link_changes`` item :func:`index_links` writes once every link is in the
+``domain`` index (links the release before wrote are not, its writes do not set the index's
+attributes): until then a domain's links are found by reading every link."""
 ALPHABET = string.ascii_letters + string.digits
 SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 RESERVED = {"api", "admin", "healthz", "metrics", "static", "robots.txt", "favicon.ico",
@@ -230,12 +239,27 @@ class LinkService:
     def is_short_domain(self, domain: str) -> bool:
         return domain.lower() in self._domains
 
+    def links_on(self, domain: str) -> Iterator[Item]:
+        """Every link on ``domain``: a query of the ``domain`` index and a batch read per
+        ``BATCH_GET`` links once every link is in it (see ``BY_DOMAIN``), so the cost follows
+        that domain's links; before, or on a store that lacks the index, every link is read."""
+        if "domain" in self.table.lacking or self.changes is None \
+                or self.changes.get(BY_DOMAIN) is None:
+            return (link for link in list(self.each()) if link.get("domain") == domain)
+        return self._indexed(domain)
+
+    def _indexed(self, domain: str) -> Iterator[Item]:
+        for keys in _pages(self.table, domain):
+            found = self.table.get_many(keys)
+            yield from (found[key] for key in keys
+                        if key in found and found[key].get("domain") == domain)
+
     def disable_domain(self, domain: str) -> int:
         """Disable every link on ``domain`` (its owner removed it: the next owner must not serve
-        them); a scan, as removing a short domain is rare. Returns how many were disabled."""
+        them). Returns how many were disabled."""
         disabled = 0
-        for link in all_items(self.table):
-            if link.get("domain") == domain and not link.get("disabled"):
+        for link in list(self.links_on(domain)):
+            if not link.get("disabled"):
                 try:
                     self.table.put({**link, "disabled": True, "updated_at": self._clock()},
                                    expected_version=link["version"])
@@ -261,6 +285,44 @@ class LinkService:
             self.stats.forget(link_id(domain, slug))
         self._changed({})
         self._notify(domain, slug)
+
+
+def _pages(table: Table, domain: str) -> Iterator[list[str]]:
+    """The keys of ``domain``'s links in the ``domain`` index, ``BATCH_GET`` at a time."""
+    cursor = None
+    while True:
+        page = table.query_range("domain", domain, limit=BATCH_GET, cursor=cursor)
+        if page.items:
+            yield [str(item["id"]) for item in page.items]
+        cursor = page.next_cursor
+        if not cursor:
+            return
+
+
+def index_links(backend: Backend) -> int:
+    """Put the links the ``domain`` index lacks into it (written by the release before, whose
+    writes do not set its attributes), then record that it holds every link (``BY_DOMAIN``).
+    Reads every link once and each domain's index entries once; rewrites only those missing,
+    each conditional on its version (one changed meanwhile was indexed by that change).
+    Returns how many it rewrote; 0 on a store that lacks the index (it stays unused)."""
+    links, changes = backend.table(LINKS), backend.table(LINK_CHANGES)
+    if "domain" in links.lacking:
+        return 0
+    indexed: dict[str, set[str]] = {}
+    rewritten = 0
+    for link in all_items(links):
+        domain = str(link.get("domain"))
+        if domain not in indexed:
+            indexed[domain] = {key for keys in _pages(links, domain) for key in keys}
+        if link["id"] in indexed[domain]:
+            continue
+        try:
+            links.put(link, expected_version=link[VERSION])
+            rewritten += 1
+        except ConflictError:
+            pass
+    changes.put({"name": BY_DOMAIN, "complete": True})
+    return rewritten
 
 
 def is_plain(link: Item) -> bool:

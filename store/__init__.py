@@ -22,6 +22,8 @@ ABSENT = 0
 """Pass as ``expected_version`` to require that the item does not exist yet."""
 SPREAD = 16
 """Partition key values per spread index key (docs/dynamodb.md counts what this buys)."""
+BATCH_GET = 100
+"""Keys per request of :meth:`Table.get_many` (DynamoDB's BatchGetItem takes at most 100)."""
 META = "store_meta"
 SCHEMA_ITEM = "schema"
 """The table and item that hold the store's schema version (control/migrations.py)."""
@@ -59,6 +61,11 @@ class RangeIndex:
     name: str
     key: str
     sort: str
+    keys_only: bool = False
+    """Its entries hold the keys alone (the table's key, ``key`` and ``sort``), and a query of
+    it answers items of those three attributes: a write that leaves them as they were (a
+    counter, any other attribute) does not write the index, which on DynamoDB is billed per
+    write. The caller reads the items it needs (:meth:`Table.get_many`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +110,12 @@ class Table(Protocol):
     def get(self, key: str) -> Item | None:
         """The item with this key (counters included), or None if absent or expired."""
 
+    def get_many(self, keys: list[str]) -> dict[str, Item]:
+        """The live items of these keys (counters included), by key; an absent or expired one
+        is left out. Consistent like :meth:`get`, and costs about one request per
+        ``BATCH_GET`` keys rather than one per key (what a joining edge node's certificate
+        batch reads)."""
+
     def put(self, item: Item, expected_version: int | None = None) -> Item:
         """Store ``item`` and return it with its new version.
 
@@ -121,7 +134,8 @@ class Table(Protocol):
                     upper: float | None = None, limit: int = 100,
                     cursor: str | None = None) -> Page:
         """Live items of range index ``index`` whose key attribute equals ``value`` and whose
-        sort attribute lies in [``lower``, ``upper``] (None: unbounded), ordered by it."""
+        sort attribute lies in [``lower``, ``upper``] (None: unbounded), ordered by it (of a
+        ``keys_only`` index: the table's key, the index's key and sort of each, no version)."""
 
     def scan(self, limit: int = 100, cursor: str | None = None) -> Page:
         """All live items, ordered by key (one page)."""

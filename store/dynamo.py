@@ -70,7 +70,7 @@ class DynamoBackend:
             self.requests += 1
 
     def _count_operation(self, params: Any = None, model: Any = None, **kwargs: Any) -> None:
-        table = str((params or {}).get("TableName", "*")).removeprefix(self._prefix)
+        table = _table_name(params or {}).removeprefix(self._prefix)
         key = (table, getattr(model, "name", "other"))
         with self._lock:
             self.operations[key] = self.operations.get(key, 0) + 1
@@ -80,8 +80,8 @@ class DynamoBackend:
         code = (response[1].get("Error") or {}).get("Code") if response else None
         if code in THROTTLING:
             try:
-                name = str(json.loads((request_dict or {}).get("body") or b"{}")["TableName"])
-            except (ValueError, KeyError, TypeError):
+                name = _table_name(json.loads((request_dict or {}).get("body") or b"{}"), "?")
+            except (ValueError, TypeError):
                 name = "?"
             table = name.removeprefix(self._prefix)
             with self._lock:
@@ -243,3 +243,13 @@ class DynamoBackend:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _table_name(params: Any, unknown: str = "*") -> str:
+    """The table a request names: ``TableName``, or a batch's one table (``RequestItems``)."""
+    if not isinstance(params, dict):
+        return unknown
+    if "TableName" in params:
+        return str(params["TableName"])
+    tables = list(params.get("RequestItems") or {})
+    return str(tables[0]) if len(tables) == 1 else unknown

@@ -19,12 +19,14 @@ def _attributes(spec: TableSpec, sweep: bool = False) -> list[dict[str, str]]:
 
 
 def _indexes(spec: TableSpec) -> list[dict[str, Any]]:
-    def gsi(name: str, hash_key: str, range_key: str) -> dict[str, Any]:
-        return {"IndexName": name, "Projection": {"ProjectionType": "ALL"},
+    def gsi(name: str, hash_key: str, range_key: str, keys_only: bool = False
+            ) -> dict[str, Any]:
+        return {"IndexName": name,
+                "Projection": {"ProjectionType": "KEYS_ONLY" if keys_only else "ALL"},
                 "KeySchema": [{"AttributeName": hash_key, "KeyType": "HASH"},
                               {"AttributeName": range_key, "KeyType": "RANGE"}]}
     return ([gsi(f"by_{i}", i, "pk") for i in spec.indexes]
-            + [gsi(f"range_{r.name}", r.key, r.sort) for r in spec.ranges])
+            + [gsi(f"range_{r.name}", r.key, r.sort, r.keys_only) for r in spec.ranges])
 
 
 def _expiry_index() -> dict[str, Any]:

@@ -3,19 +3,24 @@ writes of one :class:`store.TableSpec`."""
 from __future__ import annotations
 
 import json
+import random
 import time
 from typing import Any, Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from store import (ABSENT, EXPIRES_AT, VERSION, ConflictError, Item, Page, StoreError, TableSpec,
-                   Throttled, range_values)
+from store import (ABSENT, BATCH_GET, EXPIRES_AT, VERSION, ConflictError, Item, Page,
+                   StoreError, TableSpec, Throttled, range_values)
 from store.dynamo_schema import EXPIRY_INDEX, EXPIRY_SHARD
 from store.dynamo_spread import Order, Raw, merged_page, spread_value
 
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 THROTTLING = ("ProvisionedThroughputExceededException", "ThrottlingException",
               "RequestLimitExceeded")
+BATCH_ROUNDS, BATCH_BACKOFF = 8, 0.05
+"""Requests a batch read makes at most for keys left unprocessed, and the seconds before it
+asks again (doubling, at most 1 s, jittered): about 4 s in all, the order of botocore's own
+retries of a throttled request."""
 _ONE_SHARD = "1"
 """Only servers without TTL (dynalite, for development) use the expiry index: one partition."""
 
@@ -33,8 +38,11 @@ class DynamoTable:
         self.lacking: frozenset[str] = frozenset()
 
     def _call(self, method: str, **kwargs: Any) -> Any:
+        return self._request(method, TableName=self._name, **kwargs)
+
+    def _request(self, method: str, **kwargs: Any) -> Any:
         try:
-            return getattr(self._client, method)(TableName=self._name, **kwargs)
+            return getattr(self._client, method)(**kwargs)
         except ClientError as exc:
             if exc.response["Error"]["Code"] == _CONDITION_FAILED:
                 raise
@@ -60,6 +68,33 @@ class DynamoTable:
     def get(self, key: str) -> Item | None:
         raw = self._call("get_item", Key={"pk": {"S": key}}, ConsistentRead=True).get("Item")
         return self._item(raw, time.time()) if raw else None
+
+    def get_many(self, keys: list[str]) -> dict[str, Item]:
+        """BatchGetItem, ``BATCH_GET`` keys a request (consistent reads). The keys a request
+        leaves unprocessed (throttling, its 16 MB limit) are asked again with jittered
+        exponential backoff; still unprocessed after ``BATCH_ROUNDS`` requests:
+        :class:`Throttled`, as a throttled single read after its retries."""
+        wanted = list(dict.fromkeys(keys))  # the same key twice is refused
+        found: dict[str, Item] = {}
+        for start in range(0, len(wanted), BATCH_GET):
+            pending = [{"pk": {"S": key}} for key in wanted[start:start + BATCH_GET]]
+            for attempt in range(BATCH_ROUNDS):
+                answer = self._request("batch_get_item", RequestItems={
+                    self._name: {"Keys": pending, "ConsistentRead": True}})
+                now = time.time()
+                for raw in answer.get("Responses", {}).get(self._name, []):
+                    item = self._item(raw, now)
+                    if item is not None:
+                        found[raw["pk"]["S"]] = item
+                pending = answer.get("UnprocessedKeys", {}).get(self._name, {}).get("Keys", [])
+                if not pending:
+                    break
+                if attempt < BATCH_ROUNDS - 1:
+                    time.sleep(random.uniform(0.5, 1) * min(BATCH_BACKOFF * 2 ** attempt, 1.0))
+            else:
+                raise Throttled(f"batch_get_item on {self._name}: {len(pending)} keys still "
+                                f"unprocessed after {BATCH_ROUNDS} requests")
+        return found
 
     def _condition(self, expected_version: int | None, values: dict[str, Any]) -> dict[str, Any]:
         now = {":now": {"N": repr(time.time())}}
@@ -135,7 +170,8 @@ class DynamoTable:
             raise ConflictError(self.spec.name, key, expected_version) from None
         return bool(old) and self._item(old, time.time()) is not None
 
-    def _page(self, method: str, limit: int, cursor: str | None, **kwargs: Any) -> Page:
+    def _page(self, method: str, limit: int, cursor: str | None,
+              convert: Callable[[Raw, float], Item | None] | None = None, **kwargs: Any) -> Page:
         if limit < 1:
             raise ValueError("limit must be positive")
         items: list[Item] = []
@@ -147,7 +183,7 @@ class DynamoTable:
             extra = {"ExclusiveStartKey": start} if start else {}
             response = self._call(method, Limit=limit - len(items), **kwargs, **extra)
             for raw in response.get("Items", []):
-                item = self._item(raw, now)
+                item = (convert or self._item)(raw, now)
                 if item is not None:
                     items.append(item)
             start = response.get("LastEvaluatedKey")
@@ -202,7 +238,10 @@ class DynamoTable:
                 f"range_{found.name}", Order(found.key, found.sort), value, limit, cursor,
                 condition.removeprefix("#k = :v"), {"#s": found.sort} if len(values) > 1 else {},
                 {k: v for k, v in values.items() if k != ":v"})
-        return self._page("query", limit, cursor, IndexName=f"range_{found.name}",
+        keys = None if not found.keys_only else lambda raw, now: {
+            self.spec.key: raw["pk"]["S"], found.key: raw[found.key]["S"],
+            found.sort: float(raw[found.sort]["N"])}
+        return self._page("query", limit, cursor, keys, IndexName=f"range_{found.name}",
                           KeyConditionExpression=condition,
                           ExpressionAttributeNames={"#k": found.key, **(
                               {"#s": found.sort} if ":lo" in values or ":hi" in values else {})},

@@ -79,6 +79,10 @@ class NamespacedTable:
     def get(self, key: str) -> Item | None:
         return self._read(self.table.get(self._in(key)))
 
+    def get_many(self, keys: list[str]) -> dict[str, Item]:
+        found = self.table.get_many([self._in(key) for key in keys])
+        return {key[len(self._prefix):]: self._strip(item) for key, item in found.items()}
+
     def put(self, item: Item, expected_version: int | None = None) -> Item:
         try:
             return self._strip(self.table.put(self._stored(item), expected_version))

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from contextlib import contextmanager
 
-from store import (ABSENT, EXPIRES_AT, VERSION, ConflictError, Item, Page, TableSpec,
+from store import (ABSENT, BATCH_GET, EXPIRES_AT, VERSION, ConflictError, Item, Page, TableSpec,
                    range_values)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -109,6 +109,27 @@ class SqliteTable:
                                (key, time.time())).fetchone()
             return self._row_item(conn, key, *row) if row else None
 
+    def get_many(self, keys: list[str]) -> dict[str, Item]:
+        """One ``IN (...)`` query, with the counters' in another, per ``BATCH_GET`` keys (a
+        transaction each, as DynamoDB sends a request each)."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, Item] = {}
+        for start in range(0, len(wanted), BATCH_GET):
+            chunk = wanted[start:start + BATCH_GET]
+            marks = ", ".join("?" * len(chunk))
+            with self._backend.transaction(self.spec.name, "get_many") as conn:
+                rows = conn.execute(f"SELECT k, data, version FROM {self._t} WHERE k IN ({marks})"
+                                    f" AND {self._live()}", (*chunk, time.time())).fetchall()
+                counters = conn.execute(
+                    f"SELECT k, name, value FROM counters WHERE tbl = ? AND k IN ({marks})",
+                    (self.spec.name, *chunk)).fetchall()
+            for key, data, version in rows:
+                found[key] = {**json.loads(data), VERSION: version}
+            for key, name, value in counters:
+                if key in found:
+                    found[key][name] = value
+        return found
+
     def put(self, item: Item, expected_version: int | None = None) -> Item:
         key = str(item[self.spec.key])
         data = {k: v for k, v in item.items() if k != VERSION}
@@ -147,7 +168,8 @@ class SqliteTable:
     def query_range(self, index: str, value: str, lower: float | None = None,
                     upper: float | None = None, limit: int = 100,
                     cursor: str | None = None) -> Page:
-        name = self.spec.range_index(index).name
+        found = self.spec.range_index(index)
+        name = found.name
         if limit < 1:
             raise ValueError("limit must be positive")
         where = [f"r_{name}_k = ?", self._live()]
@@ -164,7 +186,9 @@ class SqliteTable:
             rows = conn.execute(
                 f"SELECT k, data, version, r_{name}_s FROM {self._t} WHERE {' AND '.join(where)}"
                 f" ORDER BY r_{name}_s, k LIMIT ?", (*args, limit + 1)).fetchall()
-            items = [self._row_item(conn, *row[:3]) for row in rows[:limit]]
+            items = [{self.spec.key: row[0], found.key: value, found.sort: row[3]}
+                     if found.keys_only else self._row_item(conn, *row[:3])
+                     for row in rows[:limit]]
         last = rows[limit - 1] if len(rows) > limit else None
         return Page(items, json.dumps([last[3], last[0]]) if last else None)
 

@@ -10,6 +10,9 @@ DynamoDB does and dynalite does not (in the spirit of Toxiproxy and Jepsen's nem
   ``failures``: ``ProvisionedThroughputExceededException`` or ``ThrottlingException`` (400
   with DynamoDB's ``__type``) or ``InternalServerError`` (500), without reaching dynalite.
 - **Slowness.** A ``slow_rate`` fraction waits ``slow`` seconds first.
+- **Partial batches.** An ``unprocessed_rate`` fraction of the keys of a BatchGetItem is
+  left out of what dynalite is asked and answered as ``UnprocessedKeys`` (at least one key is
+  read), as DynamoDB does under throttling or past 16 MB.
 - **Consumed capacity** per index key: ``consumed[(table, key attribute, value)]`` counts the
   requests that read or wrote under each key value of each index, so a test sees a hot key.
 
@@ -85,6 +88,7 @@ class Nemesis:
         self.failures: tuple[str, ...] = ("throughput", "throttling", "internal")
         self.slow_rate = 0.0
         self.slow = 0.0
+        self.unprocessed_rate = 0.0
         self.only: tuple[str, ...] = ()
         """Operations the faults apply to (empty: all)."""
         with self._lock:
@@ -118,6 +122,10 @@ class Nemesis:
                 self._answer(handler, status, json.dumps(
                     {"__type": kind_type, "message": message}).encode())
                 return
+        withheld: dict[str, Any] = {}
+        if operation == "BatchGetItem" and self.unprocessed_rate:
+            request, withheld = self._withhold(request)
+            body = json.dumps(request).encode()
         try:
             status, answer = self._forward(handler, body)
         except OSError as exc:  # dynalite dropped the connection: a 500 the SDK retries
@@ -128,12 +136,27 @@ class Nemesis:
             self._written(operation, request)
         if status == 200 and operation == "Query" and request.get("IndexName"):
             answer = self._lagging(request, answer)
+        if status == 200 and withheld:
+            answer = json.dumps({**json.loads(answer), "UnprocessedKeys": withheld}).encode()
         self._answer(handler, status, answer)
+
+    def _withhold(self, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The batch read without the keys it leaves unprocessed, and those keys."""
+        asked, withheld = {}, {}
+        for table, part in request.get("RequestItems", {}).items():
+            keys = list(part.get("Keys", []))
+            left = [key for key in keys[1:] if random.random() < self.unprocessed_rate]
+            asked[table] = {**part, "Keys": [key for key in keys if key not in left]}
+            if left:
+                withheld[table] = {**part, "Keys": left}
+        with self._lock:
+            self.injected["unprocessed"] += sum(len(p["Keys"]) for p in withheld.values())
+        return {**request, "RequestItems": asked}, withheld
 
     def _forward(self, handler: BaseHTTPRequestHandler, body: bytes) -> tuple[int, bytes]:
         """To dynalite over this thread's kept connection (one new one if it was closed)."""
         headers = {k: v for k, v in handler.headers.items()
-                   if k.lower() not in ("host", "connection")}
+                   if k.lower() not in ("host", "connection", "content-length")}
         for attempt in (1, 2):
             connection = getattr(self._upstream, "connection", None)
             if connection is None:

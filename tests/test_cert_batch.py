@@ -22,6 +22,7 @@ from edge.node import EdgeNode
 from edge.protocol import CERT_BATCH, CERT_BATCH_KEY, CERT_BATCH_MAX
 from edge.state import EdgeConfig, fingerprint
 from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.vault import KeyVault
 from kit.x509 import self_signed
 from tests.conftest import ServicesWith, serving, wait_until
 from tests.v010 import v010_command
@@ -127,6 +128,43 @@ def test_the_batch_answers_what_the_single_gets_do_to_whom_they_do(
                 batch(url, [{"hostname": "../etc", "sha256": "0" * 64}]),
                 batch(url, wanted, format=CERT_BATCH + 1)):
         assert bad.status_code == 400 and bad.json()["error"], bad.text
+
+
+def test_a_batch_costs_one_store_request_per_hundred_certificates(
+        services_both: Services) -> None:
+    """A cold start's downloads read the certificates table in batches (BatchGetItem on
+    DynamoDB, where a GetItem each would bill every certificate as a request): 150 certificates
+    in one POST are 2 requests, and a certificate stored by the release before (its hostname
+    alone) one more, for all such certificates of the batch."""
+    services = services_both
+    pems = hosts(150)
+    publish(services, pems)
+    wanted = [{"hostname": host, "sha256": fingerprint(pem)} for host, pem in pems.items()]
+    old = hosts(1, start=900)  # as the release before stored it: under its hostname alone
+    services.edge_state.certs.put({"hostname": "h900.batch.test",
+                                   "cert_sha256": fingerprint(old["h900.batch.test"]),
+                                   "pem_enc": KeyVault(services.settings.encryption_keys).encrypt(
+                                       old["h900.batch.test"].encode())})
+    backend = services.backend
+
+    def certs_requests() -> int:
+        return sum(n for (table, _), n in backend.operations.items() if table == "edge_certs")
+
+    with serving(create_app(services)) as url:
+        before = certs_requests()
+        answer = batch(url, wanted).json()
+        assert certs_requests() - before == 2, "ceil(150 / 100) batch reads"
+        assert [cert["hostname"] for cert in answer["certs"]] == list(pems)
+        assert all(cert["pem"] == pems[cert["hostname"]] for cert in answer["certs"])
+        before = certs_requests()
+        gone = {"hostname": "h1.batch.test", "sha256": "0" * 64}
+        answer = batch(url, [*wanted[:3], gone, {"hostname": "h900.batch.test",
+                                                 "sha256": fingerprint(old["h900.batch.test"])}]
+                       ).json()
+        assert certs_requests() - before == 2, "one batch, then one of bare hostnames"
+        assert answer["missing"] == [gone]
+        assert [cert["hostname"] for cert in answer["certs"]][-1] == "h900.batch.test"
+        assert answer["certs"][-1]["pem"] == old["h900.batch.test"]
 
 
 def test_a_replica_without_the_batch_endpoint_is_asked_one_get_each(

@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 
 from store import (ABSENT, Backend, ConflictError, RangeIndex, StoreError, Table, TableSpec,
-                   every)
+                   Throttled, every)
 from store.dynamo import DynamoBackend
 from tests.conftest import dynamo_client, opened_backend, wait_until
 from tests.dynamo_nemesis import Nemesis
@@ -152,6 +152,58 @@ def test_expired_items_are_absent_everywhere(table: Table) -> None:
     table.put({"id": "old", "expires_at": time.time() - 1}, expected_version=1)
     with pytest.raises(ConflictError):
         table.put({"id": "old"}, expected_version=2)
+
+
+def test_get_many_reads_live_items_in_one_request_per_hundred_keys(backend: Backend) -> None:
+    table = backend.table(SPEC)
+    keys = [f"b{n:03}" for n in range(230)]
+    for key in keys:
+        table.put({"id": key, "owner": "o"})
+    table.put({"id": "b007", "expires_at": time.time() - 1})
+    table.increment("b001", "hits", 2)
+    before = backend.requests
+    found = table.get_many([*keys, "b001", "absent"])  # a key twice is read once
+    assert backend.requests - before == 3, "ceil(231 keys / 100) requests"
+    assert sorted(found) == [key for key in keys if key != "b007"]
+    assert found["b001"] == {**table.get("b001"), "hits": 2} and found["b000"]["version"] == 1
+    assert table.get_many([]) == {}
+
+
+def test_a_keys_only_range_index_answers_keys_in_order(backend: Backend) -> None:
+    table = backend.table(TableSpec("keyed", key="id", ranges=(
+        RangeIndex("by_place", key="place", sort="at", keys_only=True),)))
+    for n in (3, 1, 2):
+        table.put({"id": f"k{n}", "place": "p1", "at": n, "other": "x" * 50})
+    table.put({"id": "k9", "place": "p2", "at": 9})
+    table.increment("k1", "hits")
+    first = table.query_range("by_place", "p1", limit=2)
+    rest = table.query_range("by_place", "p1", cursor=first.next_cursor)
+    assert first.items + rest.items == [{"id": f"k{n}", "place": "p1", "at": n}
+                                        for n in (1, 2, 3)]
+    table.put({"id": "k2", "place": "p2", "at": 2})
+    assert [item["id"] for item in table.query_range("by_place", "p1").items] == ["k1", "k3"]
+
+
+def test_a_batch_read_asks_again_for_the_keys_it_was_left(
+        dynamo_nemesis: Nemesis, nemesis: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DynamoDB answers part of a batch read under throttling (``UnprocessedKeys``): the rest
+    is asked again, and a batch that stays unanswered is :class:`store.Throttled`."""
+    backend = DynamoBackend(dynamo_client(nemesis), prefix=f"t{uuid.uuid4().hex[:8]}_")
+    try:
+        table = backend.table(SPEC)
+        for n in range(150):
+            table.put({"id": f"u{n}"})
+        dynamo_nemesis.unprocessed_rate = 0.5
+        before = backend.requests
+        assert sorted(table.get_many([f"u{n}" for n in range(150)])) \
+            == sorted(f"u{n}" for n in range(150))
+        assert dynamo_nemesis.injected["unprocessed"] > 0 and backend.requests - before > 2
+        monkeypatch.setattr("store.dynamo_table.BATCH_BACKOFF", 0.001)
+        dynamo_nemesis.unprocessed_rate = 1.0  # one key a request: more rounds than allowed
+        with pytest.raises(Throttled):
+            table.get_many([f"u{n}" for n in range(20)])
+    finally:
+        backend.close()
 
 
 def _due(table: Table, status: str, **bounds: float) -> list[str]:
