@@ -4,6 +4,9 @@ the control service's router feed (hostname -> shard, as deltas) and apply it ho
 The feed (``GET /api/v1/edge/router``, the edge token as Bearer) answers 304 while ``have`` is
 current; otherwise the hostnames changed since the revision held (``since``), or all of them
 (``delta`` false) when the agent holds none or the control service cannot answer a delta.
+The agent names the answer format it reads (``Router-Format``) and refuses an answer in any
+other (edge/router_feed.py): it keeps serving what it holds and says why, in its log and its
+report, rather than apply a form it may misread.
 Like the edge agent, the router agent does not own HAProxy's life: stopped, it leaves HAProxy
 serving the last map applied, and the next agent adopts it.
 """
@@ -23,6 +26,7 @@ import requests
 from edge.errors import EdgeError
 from edge.haproxy import NodeLock, stop_node
 from edge.router import Router, RouterUpdate
+from edge.router_feed import FORMAT, FORMAT_HEADER, OLDEST_FORMAT
 from kit.backoff import sync_rounds
 from kit.hosts import plain_http_off_host
 from kit.procs import stop_on_signals
@@ -39,6 +43,23 @@ MAX_BACKOFF = 30.0
 class FeedOutOfStep(EdgeError):
     """An answer of the router feed does not follow from what the agent holds (a delta with
     no revision held, or one going back in time): the agent takes a snapshot next."""
+
+
+class FeedFormatRefused(EdgeError):
+    """An answer of the router feed is in a format this agent does not read."""
+
+
+def answer_format(doc: Mapping[str, Any]) -> int:
+    """The format of an answer (none: 1, the form before the field), refused unless this agent
+    reads it."""
+    form = doc.get("format", OLDEST_FORMAT)
+    if not isinstance(form, int) or isinstance(form, bool) or not (
+            OLDEST_FORMAT <= form <= FORMAT):
+        raise FeedFormatRefused(
+            f"the router feed answered in format {form!r}; this router agent reads formats "
+            f"{OLDEST_FORMAT} to {FORMAT} and keeps serving the map it holds (a control "
+            "replica should answer in the agent's format: check the replicas' release)")
+    return form
 
 
 class RouterFeed:
@@ -65,7 +86,9 @@ class RouterFeed:
 
     def take(self, doc: Mapping[str, Any]) -> RouterUpdate:
         """The update an answer (200) carries, checked against what is held: a delta must
-        follow the revision held, and never go back."""
+        follow the revision held, and never go back; an answer in a format this agent does
+        not read is refused (:class:`FeedFormatRefused`)."""
+        answer_format(doc)
         update = RouterUpdate.from_json(doc)
         if update.delta:
             if self.revision is None or self.version is None:
@@ -106,6 +129,7 @@ class RouterAgent:
         self._verify: str | bool = ca_bundle or True
         self._session.cert = client_cert
         self._session.headers["Authorization"] = f"Bearer {token}"
+        self._session.headers[FORMAT_HEADER] = str(FORMAT)
         self.node_id = node_id or socket.gethostname()
         self.watch = watch
         self.feed = RouterFeed(router.applied_version, router.applied_revision)
@@ -129,7 +153,12 @@ class RouterAgent:
         if response.status_code in (304, 404):
             return None
         response.raise_for_status()
-        return self.feed.take(response.json())
+        try:
+            return self.feed.take(response.json())
+        except FeedFormatRefused as exc:
+            log.error("%s", exc)
+            self.router.last_error = str(exc)  # reported: `edgectl nodes` shows it
+            raise
 
     def sync(self) -> bool:
         """One round: fetch, apply, report. True if something new was applied. A round that
