@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 from edge import hotapply, journal, releases
 from edge.errors import EdgeError
 from edge.haproxy import ConfigRejected, HAProxy
+from edge.node_health import NodeHealth
 from edge.plan import Change, Plan, check_pem, make_plan
 from edge.releases import Releases
 from edge.render import NodeLayout, meta_keys, render, route_meta_keys, template_bytes
@@ -85,6 +86,10 @@ class EdgeNode:
         """The current release's files failed to start: no version counts as served, so the
         next apply writes a new release instead of starting the same files again."""
         releases.ensure_default_cert(self.layout.default_cert)
+        self.health = NodeHealth(self.layout.health_map, self.runtime,
+                                 served=self.applied_version is not None,
+                                 checked=bool(proxy_http_port))
+        """What the shard routers' health check reads: ready once a whole state is served."""
 
     @property
     def templates(self) -> Path | None:
@@ -146,12 +151,14 @@ class EdgeNode:
         with self._refusal_noted():
             hotapply.check_state(plan, state, links, len(existing), force, certificates=not cold)
         if cold:
+            self.health.mark(False, running=False)  # until the last certificate is in
             plan = self._start_with_first_slice(state)
             links = {}  # its release holds every link: only certificates stream in
         if self._can_hot_apply(state.config) and not self._new_meta_keys(state.routes):
             try:
                 self._hot_apply(plan.changes, links, state.version, check=cold)
                 self.compact()  # a whole state costs O(N) anyway: leave no journal behind
+                self.health.mark(True, running=True)
                 return True
             except (RuntimeCommandFailed, OSError) as exc:
                 log.warning("hot apply failed, falling back to a reload: %s", exc)
@@ -159,6 +166,7 @@ class EdgeNode:
         self._apply_release(state)
         self._served = {r.hostname: r for r in state.routes}
         self._map_checked = True
+        self.health.mark(True, running=True)
         return True
 
     def can_apply_delta(self, delta: StateDelta) -> bool:
@@ -201,6 +209,7 @@ class EdgeNode:
             self.reloads += 1
         if self._journaled > self.compact_after:
             self.compact()
+        self.health.mark(True, running=True)  # a delta applies on a whole state
         return True
 
     def _start_with_first_slice(self, state: DesiredState) -> Plan:
