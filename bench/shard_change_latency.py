@@ -106,6 +106,7 @@ class Fleet(ControlStack):
     def register(self) -> None:
         """The shards, before any domain: the fleet is seeded straight onto them."""
         services = Services.from_settings(self.settings())
+        assert services.shards is not None
         try:
             for name in self.shards:
                 services.shards.put_shard(name, [ShardNode(
