@@ -323,11 +323,15 @@ def test_a_node_that_listens_but_is_not_ready_gets_no_visitors(
     """A node whose state is not whole (a cold start streaming its certificates in) answers
     TCP on every bind but 503 on its health URI: the router checks it DOWN and sends its
     shard's visitors to the node that is ready, until it is ready too."""
-    ready, loading = (shard_node(edge_node, name) for name in ("ready", "loading"))
+    ready = shard_node(edge_node, "ready")
+    loading = edge_node("loading", proxy_https_port=free_port(), proxy_http_port=free_port(),
+                        cold_slice=1)
+    assert not loading.health.ready, "a new node is not ready before its first whole state"
     cert, pem = self_signed_pem("one.example.test")
+    other = Route("other.example.test", "pub_other", self_signed_pem("other.example.test")[1])
     for node, publication in ((ready, "pub_ready"), (loading, "pub_loading")):
-        node.apply(state(app, Route("one.example.test", publication, pem)))
-        assert node.health.ready and health(node) == 200
+        node.apply(state(app, Route("one.example.test", publication, pem), other))
+        assert node.health.ready and health(node) == 200, "a cold start's last cert is in"
     loading.health.mark(False, running=True)  # as a cold start marks it, until its last cert
     assert health(loading) == 503 and health(ready) == 200
     assert EdgeNode(loading.directory).health.ready is False, "kept in its file"
