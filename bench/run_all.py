@@ -64,6 +64,8 @@ BENCHES: dict[str, Bench] = {
     "redirect_domains": Bench(("--routes", "100", "--seconds", "2", "--rounds", "1")),
     "router_overhead": Bench(("--map-entries", "100000", "--seconds", "2", "--rounds", "1")),
     "routing_overhead": Bench(("--entries", "1000", "--seconds", "2", "--rounds", "1")),
+    "shard_change_latency": Bench(("--domains", "1000", "--shards", "2", "--samples", "10",
+                                   "--new", "10")),
     "shortlinks_map": Bench(("--links", "10000", "--seconds", "2", "--rounds", "1",
                              "--changes", "5")),
     "shortlinks_python_path": Bench(("--keys", "1000", "--seconds", "2")),

@@ -12,17 +12,16 @@ own (``stop_node`` in ``edge/haproxy.py``). One agent runs per node directory (`
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import socket
 import threading
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import requests
 
+from edge.control_client import ControlClient
 from edge.downloads import CertificateDownloads, StateUnavailable
 from edge.errors import EdgeError
 from edge.node import EdgeNode
@@ -33,7 +32,6 @@ from edge.state import (DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, Rout
                         state_version)
 from edge.visits import HotVisitMeter
 from kit.backoff import sync_rounds
-from kit.hosts import plain_http_off_host
 
 log = logging.getLogger(__name__)
 
@@ -50,27 +48,17 @@ SYNC_FILE = "agent_sync.json"
 SHARDED_PATHS = ("/api/v1/edge/state", "/api/v1/edge/certs", "/api/v1/edge/nodes/")
 
 
-class EdgeAgent:
+class EdgeAgent(ControlClient):
     def __init__(self, node: EdgeNode, control_url: str | Sequence[str], token: str,
                  node_id: str | None = None, session: requests.Session | None = None,
                  watch: float = 0.0, ca_bundle: str = "", allow_insecure: bool = False,
                  client_cert: tuple[str, str] | None = None, shard: str = DEFAULT_SHARD) -> None:
+        super().__init__(control_url, token, node_id=node_id, session=session,
+                         ca_bundle=ca_bundle, allow_insecure=allow_insecure,
+                         client_cert=client_cert, carried="private keys")
         self.node = node
         self.shard = shard  # the edge shard the node serves: the state the agent asks for
-        urls = [control_url] if isinstance(control_url, str) else list(control_url)
-        self._urls = [url.rstrip("/") for url in urls]
-        """Every control replica; requests go to the first that answers, and stay there."""
-        insecure = [url for url in self._urls if plain_http_off_host(url)]
-        if insecure and not allow_insecure:
-            raise EdgeError(f"{insecure[0]} is plain HTTP to another host: the agent would "
-                            "fetch private keys in clear (use https://)")
-        self._session = session or requests.Session()
-        self._verify: str | bool = ca_bundle or True
-        """Per request: requests lets REQUESTS_CA_BUNDLE override a session's ``verify``."""
-        self._session.cert = client_cert  # (certificate, key) files for mTLS, if asked
-        self._session.headers["Authorization"] = f"Bearer {token}"
         self._session.headers[PROTOCOL_HEADER] = str(PROTOCOL)  # the feed's form it reads
-        self.node_id = node_id or socket.gethostname()
         self.certificates = CertificateDownloads(self._request)
         self._pems: dict[str, str] = {}
         """Certificates downloaded for the state being fetched, by hostname."""
@@ -91,16 +79,6 @@ class EdgeAgent:
         """Full states fetched: the first, and any recovery from a delta that did not add up."""
         self._resumed = False
         self.visits = HotVisitMeter(node.runtime, node.directory / "hot_visits.json")
-        self.applying = False
-        """The node is being changed (files, HAProxy): a stop waits for that, not a long poll."""
-
-    @contextlib.contextmanager
-    def _applying(self) -> Iterator[None]:
-        self.applying = True
-        try:
-            yield
-        finally:
-            self.applying = False
 
     def fetch(self, have: str | None = None) -> DesiredState | StateDelta | None:
         """What changed since the revision the agent holds (a :class:`StateDelta`), or the
@@ -285,23 +263,10 @@ class EdgeAgent:
         self._links = self._links_digest = None
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """Ask the current control replica; one that does not answer (or answers 502-504)
-        sends the request on to the next, which becomes the current one."""
+        """As any agent asks (ControlClient), naming its shard to the shards' feeds."""
         if self.shard != DEFAULT_SHARD and path.startswith(SHARDED_PATHS):  # else as ever
             kwargs["params"] = {**(kwargs.get("params") or {}), "shard": self.shard}
-        for attempt in range(len(self._urls)):
-            try:
-                response = self._session.request(method, self._urls[0] + path,
-                                                 verify=self._verify, **kwargs)
-                if response.status_code not in (502, 503, 504) or attempt == len(self._urls) - 1:
-                    return response
-            except (requests.ConnectionError, requests.Timeout):
-                if attempt == len(self._urls) - 1:
-                    raise
-            log.info("control replica %s is away; trying %s", self._urls[0],
-                     self._urls[1 % len(self._urls)])
-            self._urls.append(self._urls.pop(0))
-        raise AssertionError("unreachable")
+        return super()._request(method, path, **kwargs)
 
     def sync(self) -> bool:
         """One round: fetch, apply if changed, report. True if something new was applied."""

@@ -12,6 +12,7 @@ from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge import protocol as edge_protocol
+from edge import router_feed
 from edge.router_feed import ROUTER
 from edge.sharded_state import ShardedState
 from edge.shards import DEFAULT_SHARD, SHARD_NAME
@@ -101,6 +102,8 @@ class RouterMap(BaseModel):
     of them or, with ``delta``, those changed since a revision; and where each shard's nodes
     are. A hostname without an entry goes to ``default_shard``."""
 
+    format: int = Field(description="The form of this answer: the one the agent's "
+                        "Router-Format header names (edge/router_feed.py)")
     version: str
     revision: int
     delta: bool
@@ -207,12 +210,16 @@ def desired_state(query: StateQuery) -> Response | tuple[Response, int]:
 @bp.get("/router")
 @require_edge_token
 @operation(summary="Which shard holds each hostname, for router nodes", auth="edge",
-           query=PollQuery, responses={200: RouterMap, 304: None})
+           query=PollQuery, responses={200: RouterMap, 304: None, 426: None})
 def router_map(query: PollQuery) -> Response | tuple[Response, int]:
     """The router's map as a delta since ``since`` when the feed still has it, else whole
     (edge/router_feed.py); 304 while ``have`` is the version, after a long poll of ``wait``
     seconds. With no shard configured, the map is empty and every name goes to the default
-    shard."""
+    shard. Answered in the format the agent's ``Router-Format`` names (edge/router_feed.py)."""
+    try:
+        form = router_feed.parse_format(request.headers.get(router_feed.FORMAT_HEADER))
+    except edge_protocol.ProtocolRefused as exc:
+        return api_error(str(exc), exc.status, "upgrade_required" if exc.status == 426 else None)
     feed = use(ShardedState).router
     wait = min(max(query.wait, 0.0), MAX_WAIT)
     underlying, version = feed.versions()
@@ -222,7 +229,7 @@ def router_map(query: PollQuery) -> Response | tuple[Response, int]:
         underlying, version = feed.versions()
     if query.have == version:
         return Response(status=304)
-    return jsonify(feed.answer(query.since))
+    return jsonify(feed.answer(query.since, form))
 
 
 @bp.get("/certs/<hostname>")

@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 from edge import hotapply, journal, releases
 from edge.errors import EdgeError
 from edge.haproxy import ConfigRejected, HAProxy
+from edge.node_health import NodeHealth
 from edge.plan import Change, Plan, check_pem, make_plan
 from edge.releases import Releases
 from edge.render import NodeLayout, meta_keys, render, route_meta_keys, template_bytes
@@ -42,13 +43,45 @@ first (1.1-1.5 ms each measured here with OpenSSL 3.0, so about 150 s at 100,000
 limit would call a large node's start or reload failed while it is still loading."""
 
 
-class EdgeNode:
+class Journaled:
+    """What an edge node and a shard router (edge/router.py) share about the hot changes they
+    journal beside the files HAProxy reads: how many wait to be folded into the files, when the
+    last came, and when to fold them (:meth:`compact`, each its own)."""
+
+    def __init__(self, compact_after: int) -> None:
+        self.compact_after = compact_after
+        self._journaled = 0
+        """Changes in the journal, not yet folded into the files."""
+        self.last_change = time.monotonic()
+
+    def compact(self) -> bool:
+        """Fold the journal into the files; True if there was anything to fold."""
+        raise NotImplementedError
+
+    def _noted(self, changes: int) -> None:
+        self._journaled += changes
+        self.last_change = time.monotonic()
+
+    def _compact_if_long(self) -> None:
+        """Past ``compact_after`` changes, a restart would replay too long a journal."""
+        if self._journaled > self.compact_after:
+            self.compact()
+
+    def compact_if_idle(self, idle: float = 10.0) -> bool:
+        """Fold the journal once no change came for ``idle`` seconds (debounced)."""
+        if self._journaled and time.monotonic() - self.last_change >= idle:
+            return self.compact()
+        return False
+
+
+class EdgeNode(Journaled):
     def __init__(self, directory: Path, *, haproxy_bin: str = "haproxy", bind: str = "127.0.0.1",
                  http_port: int = 80, https_port: int = 443, stats_port: int = 0,
                  templates: Path | None = None, cold_slice: int = COLD_SLICE,
                  control_ca: str = "", compact_after: int = COMPACT_AFTER,
                  redirect_capacity: int = 1_000_000, proxy_https_port: int = 0,
                  proxy_http_port: int = 0) -> None:
+        super().__init__(compact_after)
         self.directory = directory.absolute()
         self.cold_slice = cold_slice
         self._templates = templates
@@ -72,19 +105,19 @@ class EdgeNode:
         self.reloads = 0
         self._served: dict[str, Route] | None = None
         self._map_checked = False
-        self.compact_after = compact_after
         self._applied: str | None = None
         """The version served, once read (VERSION, then the journal's last change)."""
-        self._journaled = 0
-        """Changes in the current release's journal (not yet folded into its files)."""
         self._structure_served: str | None = None
         self._meta_served: frozenset[str] | None = None
         """The metadata keys the running haproxy.cfg has a header line for (``META_KEYS``)."""
-        self.last_change = time.monotonic()
         self._unservable = False
         """The current release's files failed to start: no version counts as served, so the
         next apply writes a new release instead of starting the same files again."""
         releases.ensure_default_cert(self.layout.default_cert)
+        self.health = NodeHealth(self.layout.health_map, self.runtime,
+                                 served=self.applied_version is not None,
+                                 checked=bool(proxy_http_port))
+        """What the shard routers' health check reads: ready once a whole state is served."""
 
     @property
     def templates(self) -> Path | None:
@@ -146,12 +179,14 @@ class EdgeNode:
         with self._refusal_noted():
             hotapply.check_state(plan, state, links, len(existing), force, certificates=not cold)
         if cold:
+            self.health.mark(False, running=False)  # until the last certificate is in
             plan = self._start_with_first_slice(state)
             links = {}  # its release holds every link: only certificates stream in
         if self._can_hot_apply(state.config) and not self._new_meta_keys(state.routes):
             try:
                 self._hot_apply(plan.changes, links, state.version, check=cold)
                 self.compact()  # a whole state costs O(N) anyway: leave no journal behind
+                self.health.mark(True, running=True)
                 return True
             except (RuntimeCommandFailed, OSError) as exc:
                 log.warning("hot apply failed, falling back to a reload: %s", exc)
@@ -159,6 +194,7 @@ class EdgeNode:
         self._apply_release(state)
         self._served = {r.hostname: r for r in state.routes}
         self._map_checked = True
+        self.health.mark(True, running=True)
         return True
 
     def can_apply_delta(self, delta: StateDelta) -> bool:
@@ -199,8 +235,8 @@ class EdgeNode:
             self.compact()
             self.haproxy.reload(_load_timeout(releases.routes_in_files(self.current)))
             self.reloads += 1
-        if self._journaled > self.compact_after:
-            self.compact()
+        self._compact_if_long()
+        self.health.mark(True, running=True)  # a delta applies on a whole state
         return True
 
     def _start_with_first_slice(self, state: DesiredState) -> Plan:
@@ -251,7 +287,7 @@ class EdgeNode:
     def _commit_served(self, changes: list[Change], routes: journal.Changes,
                        redirects: journal.Changes, version: str) -> None:
         served = self.existing_routes()
-        self._journaled += len(routes) + len(redirects)
+        self._noted(len(routes) + len(redirects))
         for change in changes:
             if change.desired is None:
                 served.pop(change.hostname, None)
@@ -259,7 +295,6 @@ class EdgeNode:
                 served[change.hostname] = change.desired
         self._applied = version
         self.last_error = None
-        self.last_change = time.monotonic()
 
     def compact(self) -> bool:
         """Fold the journal into the release's files (rewritten whole, atomically), so HAProxy
@@ -269,12 +304,6 @@ class EdgeNode:
             return False
         self._journaled = 0
         return True
-
-    def compact_if_idle(self, idle: float = 10.0) -> bool:
-        """Fold the journal once no change came for ``idle`` seconds (debounced)."""
-        if self._journaled and time.monotonic() - self.last_change >= idle:
-            return self.compact()
-        return False
 
     def _apply_release(self, state: DesiredState, meta: list[str] | None = None) -> None:
         self.compact()  # HAProxy is about to read the files

@@ -50,6 +50,12 @@ class NodeLayout:
     """The binds a shard router (edge/router.py) forwards to, which take a PROXY v2 header
     first: TLS (unterminated, by SNI) and plain HTTP; 0 turns each off."""
 
+    @property
+    def health_map(self) -> Path:
+        """What the routers' health check answers from (edge/node_health.py): in the node's
+        directory, beside the default certificate, outside every release."""
+        return self.default_cert.with_name("health.map")
+
 
 @functools.lru_cache(maxsize=8)
 def _environment(templates: Path | None) -> jinja2.Environment:
@@ -163,6 +169,7 @@ def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
             https_port=layout.https_port, runtime_socket=layout.runtime_socket,
             proxy_https_port=layout.proxy_https_port, proxy_http_port=layout.proxy_http_port,
             default_cert=layout.default_cert, stats_port=layout.stats_port, crt_list=release_dir / "crt-list",
+            health_map=layout.health_map,
             hosts_map=release_dir / "hosts.map", redirects_map=release_dir / "redirects.map",
             app_servers=state.app_servers, short_domains=sorted(state.short_domains),
             shortlink_servers=state.shortlink_servers,

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -29,7 +28,7 @@ import jinja2
 
 from edge.errors import EdgeError
 from edge.haproxy import HAProxy
-from edge.node import _socket_dir
+from edge.node import Journaled, _socket_dir
 from edge.plan import refuse_mass_delete
 from edge.render import ROUTER_TEMPLATE, template_folder
 from edge.runtime import RuntimeAPI, RuntimeCommandFailed
@@ -109,13 +108,14 @@ class RouterUpdate:
                 raise RouterError(f"hostname {host} names shard {shard!r}, not a shard name")
 
 
-class Router:
+class Router(Journaled):
     """One router node: its HAProxy, map and config in ``directory``."""
 
     def __init__(self, directory: Path, *, haproxy_bin: str = "haproxy",
                  bind: str = "127.0.0.1", https_port: int = 443, http_port: int = 80,
                  check_ms: int = CHECK_MS, maxconn: int = 4096,
                  templates: Path | None = None, compact_after: int = COMPACT_AFTER) -> None:
+        super().__init__(compact_after)
         self.directory = directory.absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         sockets = _socket_dir(self.directory)
@@ -124,10 +124,6 @@ class Router:
         self._templates = templates
         self.map_path = self.directory / "sni.map"
         self.journal_path = self.directory / "sni.journal"
-        self.compact_after = compact_after
-        self._journaled = 0
-        """Changes in the journal, not yet folded into the map file."""
-        self.last_change = time.monotonic()
         self.config_path = self.directory / "router.cfg"
         self.state_path = self.directory / "router_state.json"
         self.runtime_socket = sockets / "admin.sock"
@@ -260,10 +256,8 @@ class Router:
                                   for host, shard in changes.items()))
             journal.flush()
             os.fsync(journal.fileno())
-        self._journaled += len(changes)
-        self.last_change = time.monotonic()
-        if self._journaled > self.compact_after:
-            self.compact()
+        self._noted(len(changes))
+        self._compact_if_long()
 
     def compact(self) -> bool:
         """Fold the journal into the map file (rewritten whole, atomically), so HAProxy reads
@@ -276,12 +270,6 @@ class Router:
         self.journal_path.unlink(missing_ok=True)
         self._journaled = 0
         return True
-
-    def compact_if_idle(self, idle: float = 10.0) -> bool:
-        """Fold the journal once no change came for ``idle`` seconds (debounced)."""
-        if self._journaled and time.monotonic() - self.last_change >= idle:
-            return self.compact()
-        return False
 
     def render(self, update: RouterUpdate) -> str:
         """router.cfg for the shard table of ``update``."""

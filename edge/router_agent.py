@@ -4,6 +4,9 @@ the control service's router feed (hostname -> shard, as deltas) and apply it ho
 The feed (``GET /api/v1/edge/router``, the edge token as Bearer) answers 304 while ``have`` is
 current; otherwise the hostnames changed since the revision held (``since``), or all of them
 (``delta`` false) when the agent holds none or the control service cannot answer a delta.
+The agent names the answer format it reads (``Router-Format``) and refuses an answer in any
+other (edge/router_feed.py): it keeps serving what it holds and says why, in its log and its
+report, rather than apply a form it may misread.
 Like the edge agent, the router agent does not own HAProxy's life: stopped, it leaves HAProxy
 serving the last map applied, and the next agent adopts it.
 """
@@ -11,20 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import requests
 
+from edge.control_client import ControlClient
 from edge.errors import EdgeError
 from edge.haproxy import NodeLock, stop_node
 from edge.router import Router, RouterUpdate
+from edge.router_feed import FORMAT, FORMAT_HEADER, OLDEST_FORMAT
 from kit.backoff import sync_rounds
-from kit.hosts import plain_http_off_host
 from kit.procs import stop_on_signals
 from kit.settings import Settings
 
@@ -39,6 +41,23 @@ MAX_BACKOFF = 30.0
 class FeedOutOfStep(EdgeError):
     """An answer of the router feed does not follow from what the agent holds (a delta with
     no revision held, or one going back in time): the agent takes a snapshot next."""
+
+
+class FeedFormatRefused(EdgeError):
+    """An answer of the router feed is in a format this agent does not read."""
+
+
+def answer_format(doc: Mapping[str, Any]) -> int:
+    """The format of an answer (none: 1, the form before the field), refused unless this agent
+    reads it."""
+    form = doc.get("format", OLDEST_FORMAT)
+    if not isinstance(form, int) or isinstance(form, bool) or not (
+            OLDEST_FORMAT <= form <= FORMAT):
+        raise FeedFormatRefused(
+            f"the router feed answered in format {form!r}; this router agent reads formats "
+            f"{OLDEST_FORMAT} to {FORMAT} and keeps serving the map it holds (a control "
+            "replica should answer in the agent's format: check the replicas' release)")
+    return form
 
 
 class RouterFeed:
@@ -65,7 +84,9 @@ class RouterFeed:
 
     def take(self, doc: Mapping[str, Any]) -> RouterUpdate:
         """The update an answer (200) carries, checked against what is held: a delta must
-        follow the revision held, and never go back."""
+        follow the revision held, and never go back; an answer in a format this agent does
+        not read is refused (:class:`FeedFormatRefused`)."""
+        answer_format(doc)
         update = RouterUpdate.from_json(doc)
         if update.delta:
             if self.revision is None or self.version is None:
@@ -90,34 +111,18 @@ class RouterFeed:
         self.version = self.revision = None
 
 
-class RouterAgent:
+class RouterAgent(ControlClient):
     def __init__(self, router: Router, control_url: str | Sequence[str], token: str,
                  node_id: str | None = None, session: requests.Session | None = None,
                  watch: float = 0.0, ca_bundle: str = "", allow_insecure: bool = False,
                  client_cert: tuple[str, str] | None = None) -> None:
+        super().__init__(control_url, token, node_id=node_id, session=session,
+                         ca_bundle=ca_bundle, allow_insecure=allow_insecure,
+                         client_cert=client_cert)
         self.router = router
-        urls = [control_url] if isinstance(control_url, str) else list(control_url)
-        self._urls = [url.rstrip("/") for url in urls]
-        insecure = [url for url in self._urls if plain_http_off_host(url)]
-        if insecure and not allow_insecure:
-            raise EdgeError(f"{insecure[0]} is plain HTTP to another host: the agent would "
-                            "send its edge token in clear (use https://)")
-        self._session = session or requests.Session()
-        self._verify: str | bool = ca_bundle or True
-        self._session.cert = client_cert
-        self._session.headers["Authorization"] = f"Bearer {token}"
-        self.node_id = node_id or socket.gethostname()
+        self._session.headers[FORMAT_HEADER] = str(FORMAT)
         self.watch = watch
         self.feed = RouterFeed(router.applied_version, router.applied_revision)
-        self.applying = False
-
-    @contextlib.contextmanager
-    def _applying(self) -> Iterator[None]:
-        self.applying = True
-        try:
-            yield
-        finally:
-            self.applying = False
 
     def fetch(self) -> RouterUpdate | None:
         """The next update of the feed; None if unchanged (or nothing published yet)."""
@@ -129,7 +134,12 @@ class RouterAgent:
         if response.status_code in (304, 404):
             return None
         response.raise_for_status()
-        return self.feed.take(response.json())
+        try:
+            return self.feed.take(response.json())
+        except FeedFormatRefused as exc:
+            log.error("%s", exc)
+            self.router.last_error = str(exc)  # reported: `edgectl nodes` shows it
+            raise
 
     def sync(self) -> bool:
         """One round: fetch, apply, report. True if something new was applied. A round that
@@ -162,22 +172,6 @@ class RouterAgent:
         self._request("POST", f"{FEED_PATH}/nodes/{self.node_id}", timeout=10, json={
             "applied_version": self.router.applied_version, "error": self.router.last_error,
             "haproxy_running": self.router.haproxy.running})
-
-    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """Ask the current control replica; one that does not answer (or answers 502-504)
-        sends the request on to the next, which becomes the current one."""
-        for attempt in range(len(self._urls)):
-            last = attempt == len(self._urls) - 1
-            try:
-                response = self._session.request(method, self._urls[0] + path,
-                                                 verify=self._verify, **kwargs)
-                if response.status_code not in (502, 503, 504) or last:
-                    return response
-            except (requests.ConnectionError, requests.Timeout):
-                if last:
-                    raise
-            self._urls.append(self._urls.pop(0))
-        raise AssertionError("unreachable")
 
     def run(self, interval: float, stop: threading.Event) -> None:
         """Sync until ``stop``; while the control service is away, wait longer each time

@@ -11,6 +11,12 @@ shard configured writes nothing here and its router map is empty.
 A router's version covers the map and the shard list (the nodes it forwards to), which come
 from the shard set rather than the store: a change of the list alone reaches a waiting router
 when its long poll ends.
+
+The answer names its ``format``. A router agent says which it reads (``Router-Format``; none:
+1, the form before the header), and is answered in it: replicas are upgraded before agents, so
+a newer replica serves an older agent's form, and an agent newer than every replica is refused
+(426) rather than sent what it may misread. There is one format today; a second one adds its
+form to :func:`in_format`.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import hashlib
 import json
 from typing import Any, Callable
 
+from edge.protocol import ProtocolRefused
 from edge.shards import DEFAULT_SHARD, ShardSet
 from edge.state import Redirect
 from edge.state_changes import StateChanges
@@ -28,6 +35,31 @@ from store import every
 
 ROUTER = "_router"
 """The namespace of the router's map (a shard name starts with a letter)."""
+FORMAT = 1
+"""The newest form of the router feed's answer this release writes and reads."""
+OLDEST_FORMAT = 1
+FORMAT_HEADER = "Router-Format"
+
+
+def parse_format(value: str | None) -> int:
+    """The format a router agent's header names (none: 1); raises ProtocolRefused."""
+    if value is None or not value.strip():
+        return OLDEST_FORMAT
+    text = value.strip()
+    if not text.isdigit() or len(text) > 6:
+        raise ProtocolRefused(f"{FORMAT_HEADER} must be a whole number, such as {FORMAT}", 400)
+    if int(text) > FORMAT:
+        raise ProtocolRefused(
+            f"this control service writes router feed formats {OLDEST_FORMAT} to {FORMAT}, "
+            f"the router agent reads {text}: upgrade the control replicas before the agents",
+            426)
+    return max(int(text), OLDEST_FORMAT)
+
+
+def in_format(doc: dict[str, Any], form: int) -> dict[str, Any]:
+    """``doc`` (an answer in the newest format) as an agent of format ``form`` reads it: the
+    same while there is one format."""
+    return {**doc, "format": form}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +127,10 @@ class RouterFeed:
                          sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(doc.encode(), digest_size=8).hexdigest()
 
-    def answer(self, since: int | None) -> dict[str, Any]:
-        """The router's wire form: the entries changed after revision ``since`` when the feed
-        still has them (``delta``), else every entry; a removed one is null."""
+    def answer(self, since: int | None, form: int = FORMAT) -> dict[str, Any]:
+        """The router's wire form, in format ``form``: the entries changed after revision
+        ``since`` when the feed still has them (``delta``), else every entry; a removed one is
+        null."""
         shards = self._shard_set()
         delta = self._feed.changes_since(since) if since is not None else None
         underlying: str | None
@@ -106,9 +139,10 @@ class RouterFeed:
             hosts = {key: value for key, value in delta["redirect_changes"]}
         else:
             underlying, revision, hosts = self._snapshot()
-        return {"version": self._version(underlying, shards), "revision": revision,
-                "delta": delta is not None, "hosts": hosts, "shards": _shards_doc(shards),
-                "default_shard": router_default(shards)}
+        return in_format({"version": self._version(underlying, shards), "revision": revision,
+                          "delta": delta is not None, "hosts": hosts,
+                          "shards": _shards_doc(shards),
+                          "default_shard": router_default(shards)}, form)
 
     def _snapshot(self) -> tuple[str | None, int, dict[str, str | None]]:
         """Every entry, at least as new as the revision it names (a change during the scan

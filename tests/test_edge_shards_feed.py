@@ -68,9 +68,17 @@ def test_without_shards_the_edge_keeps_its_keys_and_answers(
     assert unknown.status_code == 404 and "no shard named elsewhere" in unknown.json()["error"]
     assert get(url, "state", shard="Not A Name").status_code == 400
     router = get(url, "router").json()
-    assert router == {"version": router["version"], "revision": 0, "delta": False,
-                      "hosts": {}, "shards": {"default": []}, "default_shard": "default"}
+    assert router == {"format": 1, "version": router["version"], "revision": 0,
+                      "delta": False, "hosts": {}, "shards": {"default": []},
+                      "default_shard": "default"}
     assert get(url, "router", have=router["version"]).status_code == 304
+    for form, status in (("1", 200), ("2", 426), ("one", 400)):
+        asked = requests.get(f"{url}/api/v1/edge/router", timeout=10,
+                             headers={**EDGE, "Router-Format": form})
+        assert asked.status_code == status, form
+    assert "upgrade the control replicas before the agents" in requests.get(
+        f"{url}/api/v1/edge/router", headers={**EDGE, "Router-Format": "2"},
+        timeout=10).json()["error"]
     requests.post(f"{url}/api/v1/edge/nodes/n1", headers=EDGE, timeout=10,
                   json={"applied_version": None}).raise_for_status()
     node = requests.get(f"{url}/api/v1/edge/nodes", headers=API, timeout=10).json()["nodes"][0]

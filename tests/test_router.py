@@ -146,8 +146,13 @@ def test_proxy_binds_off_leave_the_config_as_it_was(tmp_path: Path) -> None:
     assert "accept-proxy" not in off_cfg
     added = [line for line in on_cfg.splitlines() if line not in off_cfg.splitlines()]
     assert [line for line in on_cfg.splitlines() if line not in added] == off_cfg.splitlines()
+    health = tmp_path / "health.map"
     assert [line for line in added if not line.lstrip().startswith("#")] == [
         "    bind 127.0.0.1:8081 accept-proxy",
+        "    http-request return status 200 content-type text/plain string \"ready\" if "
+        f"{{ path /_edge/health }} {{ str(state),map({health}) -m str ready }}",
+        "    http-request return status 503 content-type text/plain string \"not ready\" if "
+        "{ path /_edge/health }",
         f"    bind 127.0.0.1:8444 accept-proxy ssl crt {tmp_path / 'd.pem'} crt-list "
         f"{tmp_path / 'crt-list'} alpn h2,http/1.1"]
 
@@ -301,6 +306,52 @@ def test_router_restarts_serving_its_files(tmp_path: Path, edge_node: Callable[.
         assert lost.runtime.show_map(lost.map_path) == {"one.example.test": "one"}
     finally:
         first.stop()  # by the PID file: whichever of them runs HAProxy now
+
+
+def health(node: EdgeNode) -> int:
+    """The status of the routers' health check of ``node``, asked as a router asks it."""
+    port = node.layout.proxy_http_port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(proxy_v2_header("127.0.0.1", 40000, "127.0.0.1", port)
+                     + b"GET /_edge/health HTTP/1.0\r\n\r\n")
+        return int(conn.recv(4096).split()[1])
+
+
+@pytest.mark.slow
+def test_a_node_that_listens_but_is_not_ready_gets_no_visitors(
+        router: Router, edge_node: Callable[..., EdgeNode], app: SampleApp) -> None:
+    """A node whose state is not whole (a cold start streaming its certificates in) answers
+    TCP on every bind but 503 on its health URI: the router checks it DOWN and sends its
+    shard's visitors to the node that is ready, until it is ready too."""
+    ready = shard_node(edge_node, "ready")
+    loading = edge_node("loading", proxy_https_port=free_port(), proxy_http_port=free_port(),
+                        cold_slice=1)
+    assert not loading.health.ready, "a new node is not ready before its first whole state"
+    cert, pem = self_signed_pem("one.example.test")
+    other = Route("other.example.test", "pub_other", self_signed_pem("other.example.test")[1])
+    for node, publication in ((ready, "pub_ready"), (loading, "pub_loading")):
+        node.apply(state(app, Route("one.example.test", publication, pem), other))
+        assert node.health.ready and health(node) == 200, "a cold start's last cert is in"
+    loading.health.mark(False, running=True)  # as a cold start marks it, until its last cert
+    assert health(loading) == 503 and health(ready) == 200
+    assert EdgeNode(loading.directory).health.ready is False, "kept in its file"
+    socket.create_connection(("127.0.0.1", loading.layout.proxy_https_port), timeout=5).close()
+
+    router.apply(feed("v1", {"one.example.test": "one"}, {"one": [ready, loading]}))
+    for backend in ("tls_one", "http_one"):
+        wait_until(lambda: [status.split()[0] for status in server_status(
+            router.runtime_socket, backend).values()] == ["UP", "DOWN"], 20,
+            f"{backend}: the loading node's check to fail")
+    port = router.listen["https_port"]
+    for _ in range(6):
+        answer = tls_get(port, "one.example.test", cert)
+        assert (answer.status, answer.json()["publication_id"]) == (200, "pub_ready")
+
+    loading.health.mark(True, running=True)
+    wait_until(_shards_up(router, {"tls_one": 2, "http_one": 2}), 20, "the ready node's check")
+    served = {tls_get(port, "one.example.test", cert).json()["publication_id"]
+              for _ in range(6)}
+    assert served == {"pub_ready", "pub_loading"}, "both nodes take visitors again"
 
 
 def test_a_snapshot_dropping_most_hostnames_is_refused_unless_forced(tmp_path: Path) -> None:

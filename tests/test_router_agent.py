@@ -1,14 +1,21 @@
 """The router agent's bookkeeping of the router feed (edge/router_agent.py): what it asks for
 and which answers it takes. Its end-to-end run against the control service's feed belongs with
-that feed (GET /api/v1/edge/router)."""
+that feed (GET /api/v1/edge/router); here the agent meets a feed in a format it does not read,
+from a real HTTP server."""
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask, jsonify, request
 
-from edge.router import RouterError
-from edge.router_agent import MAX_WAIT, FeedOutOfStep, RouterFeed
+from edge.router import Router, RouterError
+from edge.router_agent import (FEED_PATH, MAX_WAIT, FeedFormatRefused, FeedOutOfStep,
+                               RouterAgent, RouterFeed)
+from edge.router_feed import FORMAT, FORMAT_HEADER
+from tests.conftest import serving
 
 SHARDS = {"one": [{"host": "10.0.0.1", "https_port": 8444, "http_port": 8081}]}
 
@@ -64,3 +71,43 @@ def test_an_unsafe_answer_is_refused_before_anything_is_applied() -> None:
     with pytest.raises(RouterError):
         feed.take(answer("v2", 2, True, {"bad host": "one"}))
     assert feed.params(watch=0) == {"have": "v1", "since": 1}, "still held: the router is"
+
+
+def test_the_current_format_is_taken_and_an_answer_without_one_is_format_1() -> None:
+    feed = RouterFeed()
+    assert feed.take({**answer("v1", 1, False, {}), "format": FORMAT}).version == "v1"
+    assert feed.take(answer("v1", 1, False, {})).version == "v1", "the form before the field"
+    for unknown in (FORMAT + 1, 0, "1", None):
+        with pytest.raises(FeedFormatRefused, match="keeps serving the map it holds"):
+            feed.take({**answer("v1", 1, False, {}), "format": unknown})
+
+
+def test_an_unknown_future_format_is_refused_logged_and_reported(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A control service that answers in a format newer than the agent reads (one that did
+    not honour Router-Format): the agent applies nothing, logs why, and reports it."""
+    asked: list[str | None] = []
+    reports: list[dict[str, Any]] = []
+    app = Flask("feed")
+
+    @app.get(FEED_PATH)
+    def feed() -> Any:
+        asked.append(request.headers.get(FORMAT_HEADER))
+        return jsonify({**answer("v2", 3, False, {"a.example.test": "one"}),
+                        "format": FORMAT + 1})
+
+    @app.post(f"{FEED_PATH}/nodes/<node>")
+    def report(node: str) -> Any:
+        reports.append(request.get_json())
+        return jsonify(ok=True)
+
+    router = Router(tmp_path / "router")
+    with serving(app) as url, caplog.at_level(logging.ERROR, "edge.router_agent"):
+        agent = RouterAgent(router, url, "edge-token-0123456789", "r1")
+        with pytest.raises(FeedFormatRefused):
+            agent.sync()
+    assert asked == [str(FORMAT)], "the agent names the format it reads"
+    assert f"answered in format {FORMAT + 1}" in caplog.text
+    assert reports[-1]["error"] and "reads formats" in reports[-1]["error"]
+    assert router.applied_version is None and not router.hosts(), "nothing applied"
+    assert agent.feed.params(watch=0) == {}, "nothing held"
