@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import boto3
 import pytest
+from botocore.retries.standard import ExponentialBackoff
 from cryptography.fernet import Fernet
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
@@ -101,12 +102,26 @@ def fair_weather(settings: Settings) -> Iterator[None]:
         nemesis.fail_rate, nemesis.slow_rate = weather
 
 
+SDK_BACKOFF_SCALE = 0.05
+"""What the tests' in-process clients wait between retries, as a fraction of botocore's
+(``rand * 2 ** (attempt - 1)`` seconds, a mean of half a second per injected fault): 25 ms at
+the first retry, the base botocore's newer retry scheme uses for DynamoDB's 5xx. Each fault is
+still retried, counted, charged to the retry quota and surfaced as ``Throttled`` after the
+fifth attempt; only the wall time between attempts shrinks, which the tests' code on a
+``FakeClock`` never sees and which was most of a nemesis run (44 of 50 s in one shard-move
+test). Replicas and agents started as processes (the chaos tests) keep the SDK's own waits."""
+
+
 @pytest.fixture
-def nemesis(dynamo_nemesis: Nemesis) -> Iterator[str]:
+def nemesis(dynamo_nemesis: Nemesis, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The nemesis' endpoint URL, in DynamoDB's usual weather for the length of the test: a
-    few requests throttled or failed (the SDK retries them) and a few slow; ``services_with``
-    opens its stores in ``fair_weather``. A test that wants index lag or more sets it on
-    ``dynamo_nemesis``; each test starts afresh."""
+    few requests throttled or failed (the SDK retries them, after ``SDK_BACKOFF_SCALE`` of
+    its usual wait) and a few slow; ``services_with`` opens its stores in ``fair_weather``.
+    A test that wants index lag or more sets it on ``dynamo_nemesis``; each test starts
+    afresh."""
+    usual = ExponentialBackoff.delay_amount
+    monkeypatch.setattr(ExponentialBackoff, "delay_amount",
+                        lambda backoff, context: SDK_BACKOFF_SCALE * usual(backoff, context))
     dynamo_nemesis.reset()
     dynamo_nemesis.fail_rate, dynamo_nemesis.slow_rate, dynamo_nemesis.slow = 0.03, 0.02, 0.05
     yield dynamo_nemesis.url

@@ -4,10 +4,9 @@ domains; racing publishers and a publisher that dies mid-change leave no stale r
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import threading
 import time
-from typing import Callable, ContextManager, Iterator
+from typing import Callable, ContextManager
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -20,7 +19,7 @@ from edge.state_store import EdgeStateStore
 from kit.settings import Settings
 from kit.x509 import self_signed
 from store import SPREAD
-from tests.conftest import FakeClock, ServicesWith, dynamodb_is_slow
+from tests.conftest import FakeClock, ServicesWith, dynamodb_is_slow, fair_weather
 
 KEY = ec.generate_private_key(ec.SECP256R1())
 KEY_PEM = KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -36,28 +35,13 @@ Calm = Callable[[], ContextManager[None]]
 
 
 @pytest.fixture
-def calm(request: pytest.FixtureRequest) -> Calm:
+def calm(services: Services) -> Calm:
     """Seeding is not what these tests measure: through the nemesis it runs in fair weather
     (the SDK's backoff on injected faults made it most of the test's time), and so does the
     reconciliation that publishes the seeded routes (hundreds of requests for 150 domains, most
     of what was left); the steps measured, and the round before each, run in the nemesis'
     usual weather. Elsewhere it changes nothing."""
-    callspec = getattr(request.node, "callspec", None)
-    through_nemesis = callspec is not None and callspec.params.get("any_backend") == "nemesis"
-
-    @contextlib.contextmanager
-    def fair() -> Iterator[None]:
-        if not through_nemesis:
-            yield
-            return
-        nemesis = request.getfixturevalue("dynamo_nemesis")
-        weather = nemesis.fail_rate, nemesis.slow_rate
-        nemesis.fail_rate = nemesis.slow_rate = 0.0
-        try:
-            yield
-        finally:
-            nemesis.fail_rate, nemesis.slow_rate = weather
-    return fair
+    return lambda: fair_weather(services.settings)
 
 
 def at_once(seed_one: Callable[[int], None], numbers: range) -> None:

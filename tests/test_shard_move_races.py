@@ -5,20 +5,19 @@ from __future__ import annotations
 from control.wiring import Services
 from edge.moves import move_key
 from edge.sharded_state import ShardedState
-from edge.shards import ShardNode
 from kit.x509 import self_signed
 from tests.conftest import FakeClock
-from tests.test_shard_moves import (CONFIG, HOSTS, clock, mover_of, moving,  # noqa: F401
-                                    report_in_sync, until_done)
+from tests.test_shard_moves import (CONFIG, HOSTS, add_c, mover_of, moving,  # noqa: F401
+                                    past_the_grace, report_in_sync, switch)
 
 
 def test_a_reconciliation_hands_a_misplaced_hostname_to_the_mover(
-        moving: Services, clock: FakeClock) -> None:  # noqa: F811
+        moving: Services, clock: FakeClock) -> None:  # noqa: F811 (moving)
     services, state = moving, moving.edge_shards
     assert services.shards is not None
     report_in_sync(services, "a", "b")
     old = services.shards.load()
-    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    add_c(services)
     mover = mover_of(services)
     mover.tick()  # the scan has passed every hostname
     shards = services.shards.load()
@@ -33,10 +32,7 @@ def test_a_reconciliation_hands_a_misplaced_hostname_to_the_mover(
     assert state.holding(placed, host) is not None
     assert mover.table.get(move_key(host)) is not None, "a move is enqueued"
     mover.tick()
-    report_in_sync(services, "c")
-    clock.advance(3)
-    mover.tick()
+    switch(services, mover, clock)
     assert state.router.holding(host) == "c"
-    clock.advance(31)
-    until_done(mover)
+    past_the_grace(mover, clock)
     assert state.holding(placed, host) is None and state.holding("c", host) is not None

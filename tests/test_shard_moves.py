@@ -28,11 +28,6 @@ HOSTS = [f"m{n}.moves.test" for n in range(45)]
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def moving(any_backend: Settings, services_with: ServicesWith,
            clock: FakeClock) -> Iterator[Services]:
     services = services_with(base=any_backend, clock=clock, shard_move_grace_seconds=30.0)
@@ -68,14 +63,39 @@ def mover_of(services: Services) -> Mover:
     return services.moves
 
 
+def add_c(services: Services) -> None:
+    """A third shard of one node, whose share of the hostnames the mover then moves."""
+    assert services.shards is not None
+    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+
+
+def placement(state: ShardedState) -> dict[str, str]:
+    """Where the router sends each of HOSTS now."""
+    return {host: str(state.router.holding(host)) for host in HOSTS}
+
+
+def switch(services: Services, mover: Mover, clock: FakeClock, shard: str = "c") -> None:
+    """The target shard's node reports holding what was published, and the mover's next check
+    (a poll, worker_interval, later) switches the router."""
+    report_in_sync(services, shard)
+    clock.advance(3)
+    mover.tick()
+
+
+def past_the_grace(mover: Mover, clock: FakeClock) -> None:
+    """The grace (30 s here) runs out and the moves finish: old copies dropped."""
+    clock.advance(31)
+    until_done(mover)
+
+
 def test_a_shard_added_moves_its_share_after_its_nodes_hold_it(
         moving: Services, clock: FakeClock) -> None:
     services, state = moving, moving.edge_shards
     assert services.shards is not None
     report_in_sync(services, "a", "b")
-    before = {host: str(state.router.holding(host)) for host in HOSTS}
+    before = placement(state)
     assert set(before.values()) == {"a", "b"}
-    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    add_c(services)
     shards = services.shards.load()
     moved = [host for host in HOSTS if shards.assign(host) == "c"]
     assert 5 <= len(moved) <= 25, "about a third of the hostnames"
@@ -88,14 +108,11 @@ def test_a_shard_added_moves_its_share_after_its_nodes_hold_it(
     mover_of(services).tick()
     assert all(state.router.holding(host) == before[host] for host in moved), \
         "c's node has not reported: no switch"
-    report_in_sync(services, "c")
-    clock.advance(3)  # the next check, a poll (worker_interval) later
-    mover_of(services).tick()
+    switch(services, mover_of(services), clock)
     for host in moved:
         assert state.router.holding(host) == "c"
         assert state.holding(before[host], host) is not None, "the old shard keeps it"
-    clock.advance(31)
-    until_done(mover_of(services))
+    past_the_grace(mover_of(services), clock)
     for host in moved:
         assert state.holding(before[host], host) is None, "dropped after the grace"
     assert mover_of(services).in_flight() == {}
@@ -111,7 +128,7 @@ def test_a_shard_added_moves_its_share_after_its_nodes_hold_it(
 def test_an_ordinary_change_never_switches_an_entry(moving: Services) -> None:
     services, state = moving, moving.edge_shards
     assert services.shards is not None
-    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    add_c(services)
     shards = services.shards.load()
     host = next(h for h in HOSTS if shards.assign(h) == "c")
     old = state.router.holding(host)
@@ -127,7 +144,7 @@ def test_an_interrupted_move_resumes_in_another_replica(
     services, state = moving, moving.edge_shards
     assert services.shards is not None
     report_in_sync(services, "a", "b")
-    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    add_c(services)
     first = Mover(state, services.shards, mover_of(services).table, grace=30, lease=10,
                   page=5, pages=1, owner="first", clock=clock)
     assert first.discover(*services.shards.current()) is False, "one page, then it dies"
@@ -147,8 +164,7 @@ def test_an_interrupted_move_resumes_in_another_replica(
     clock.advance(11)  # the first replica died holding its lease: it runs out
     second.tick()
     assert all(state.router.holding(host) == "c" for host in moved)
-    clock.advance(31)
-    until_done(second)
+    past_the_grace(second, clock)
     assert second.in_flight() == {}
     assert all(state.holding(shard, host) is None for host in moved for shard in ("a", "b"))
 
@@ -166,13 +182,10 @@ def test_a_removed_shard_drains_then_goes(moving: Services, clock: FakeClock) ->
     mover_of(services).tick()
     assert all(state.holding("a", host) is not None for host in on_b)
     assert all(state.router.holding(host) == "b" for host in on_b)
-    report_in_sync(services, "a")
-    clock.advance(3)
-    mover_of(services).tick()
+    switch(services, mover_of(services), clock, "a")
     assert all(state.router.holding(host) == "a" for host in on_b)
     assert "b" in services.shards.load().shards, "still draining during the grace"
-    clock.advance(31)
-    until_done(mover_of(services))
+    past_the_grace(mover_of(services), clock)
     assert "b" not in services.shards.load().shards, "drained and removed"
     assert all(state.holding("b", host) is None for host in on_b)
     assert services.shards.load().draining == frozenset()
@@ -223,7 +236,7 @@ def test_a_replica_killed_mid_move_loses_nothing(settings: Settings,
     for n, shard in enumerate(("a", "b")):
         registry.put_shard(shard, [ShardNode(f"127.0.0.{n + 2}", 8443, 8080)])
     state.change({host: ("pub_1", self_signed(host)[1]) for host in HOSTS}, CONFIG)
-    before = {host: str(state.router.holding(host)) for host in HOSTS}
+    before = placement(state)
     report_in_sync(services, "a", "b")
     registry.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
     moved = [host for host in HOSTS if registry.load().assign(host) == "c"]
@@ -256,8 +269,8 @@ def test_a_reconciliation_during_a_move_switches_nothing(moving: Services) -> No
     services, state = moving, moving.edge_shards
     assert services.shards is not None
     report_in_sync(services, "a", "b")
-    before = {host: str(state.router.holding(host)) for host in HOSTS}
-    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    before = placement(state)
+    add_c(services)
     mover_of(services).tick()  # published to c, not switched
     moved = [host for host in HOSTS if services.shards.load().assign(host) == "c"]
     pems = {host: self_signed(host)[1] for host in HOSTS}
@@ -276,8 +289,8 @@ def test_a_shard_removed_before_its_moves_switched_gives_them_back(
     services, state = moving, moving.edge_shards
     assert services.shards is not None
     report_in_sync(services, "a", "b")
-    before = {host: str(state.router.holding(host)) for host in HOSTS}
-    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    before = placement(state)
+    add_c(services)
     mover = mover_of(services)
     mover.tick()  # published to c; its node never comes
     moved = [host for host in HOSTS if state.holding("c", host) is not None]
@@ -305,7 +318,7 @@ def test_a_hostname_a_stale_replica_misplaced_moves_to_its_shard(
     assert services.shards is not None
     report_in_sync(services, "a", "b")
     old = services.shards.load()
-    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    add_c(services)
     mover = mover_of(services)
     mover.tick()  # the scan has passed every hostname
     shards = services.shards.load()
@@ -319,13 +332,10 @@ def test_a_hostname_a_stale_replica_misplaced_moves_to_its_shard(
     assert state.router.holding(host) == placed, "no switch before c's node holds it"
     assert mover.table.get(move_key(host)) is not None, "a move is enqueued"
     mover.tick()
-    report_in_sync(services, "c")
-    clock.advance(3)
-    mover.tick()
+    switch(services, mover, clock)
     assert state.router.holding(host) == "c"
     assert str(state.store("c").routes.get(host)["publication_id"]) == "pub_2"
-    clock.advance(31)
-    until_done(mover)
+    past_the_grace(mover, clock)
     assert state.holding(placed, host) is None, "dropped from where it was misplaced"
 
 
@@ -334,21 +344,18 @@ def test_a_reconciliation_in_the_grace_keeps_the_old_shard(
     services, state = moving, moving.edge_shards
     assert services.shards is not None
     report_in_sync(services, "a", "b")
-    before = {host: str(state.router.holding(host)) for host in HOSTS}
-    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    before = placement(state)
+    add_c(services)
     mover = mover_of(services)
     mover.tick()
-    report_in_sync(services, "c")
-    clock.advance(3)
-    mover.tick()
+    switch(services, mover, clock)
     moved = [host for host in HOSTS if services.shards.load().assign(host) == "c"]
     assert all(state.router.holding(host) == "c" for host in moved), "switched"
     pems = {host: self_signed(host)[1] for host in HOSTS}
     state.reconcile({host: "pub_1" for host in HOSTS}, pems.get, CONFIG)  # a replica's start
     for host in moved:
         assert state.holding(before[host], host) is not None, "routers catching up find it"
-    clock.advance(31)
-    until_done(mover)
+    past_the_grace(mover, clock)
     assert all(state.holding(before[host], host) is None for host in moved)
 
 
@@ -357,8 +364,8 @@ def test_the_links_of_a_moving_host_follow_its_move(
     services, state = moving, moving.edge_shards
     assert services.shards is not None
     report_in_sync(services, "a", "b")
-    before = {host: str(state.router.holding(host)) for host in HOSTS}
-    services.shards.put_shard("c", [ShardNode("127.0.0.4", 8443, 8080)])
+    before = placement(state)
+    add_c(services)
     mover = mover_of(services)
     mover.tick()  # published to c, not switched
     host = next(h for h in HOSTS if services.shards.load().assign(h) == "c")
@@ -366,13 +373,10 @@ def test_the_links_of_a_moving_host_follow_its_move(
     state.reconcile_redirects({key: Redirect(host, "new", 302, "https://example.com/")})
     assert link_in(services, before[host], key), "where the router sends its visitors now"
     assert link_in(services, "c", key)
-    report_in_sync(services, "c")
-    clock.advance(3)
-    mover.tick()
+    switch(services, mover, clock)
     assert state.router.holding(host) == "c"
     assert link_in(services, before[host], key), "kept during the grace"
-    clock.advance(31)
-    until_done(mover)
+    past_the_grace(mover, clock)
     assert not link_in(services, before[host], key), "dropped with the route"
     assert link_in(services, "c", key)
 
@@ -386,13 +390,12 @@ def test_a_count_left_off_by_a_crash_corrects_itself(
     mover._count("b", "a", 1)  # a crash after a move's drop, before its count went down
     services.shards.remove_shard("b")
     mover.tick()
-    report_in_sync(services, "a")
-    clock.advance(3)
-    mover.tick()
-    clock.advance(31)
-    for _ in range(50):
-        mover.tick()
+    switch(services, mover, clock, "a")
+    for _ in range(50):  # each a grace apart, until b is recounted and gone
+        if "b" not in mover.in_flight() and "b" not in services.shards.load().shards:
+            break
         clock.advance(31)
+        mover.tick()
     assert "b" not in mover.in_flight(), "recounted"
     assert "b" not in services.shards.load().shards, "drained and removed"
     assert all(state.holding("b", host) is None for host in HOSTS)
