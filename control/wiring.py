@@ -356,15 +356,15 @@ def _issuer(settings: Settings, backend: Backend, vault: KeyVault, challenges: C
     limits = Limits(orders_per_account_3h=settings.acme_orders_per_3h,
                     certs_per_domain_7d=settings.acme_certs_per_domain_7d,
                     failures_per_name_1h=settings.acme_failures_per_name_1h)
+    accounts, orders, budgets = (backend.table(spec) for spec in (ACCOUNTS, ORDERS, BUDGETS))
     return IssuerChain([AcmeIssuer(
-        directory_url=ca["directory_url"], accounts=backend.table(ACCOUNTS),
-        orders=backend.table(ORDERS),
+        directory_url=ca["directory_url"], accounts=accounts, orders=orders,
         challenges_store=challenges,
         certificates=certificates, vault=vault, ca_bundle=ca.get("ca_bundle", ""),
         email=settings.acme_email, key_type=settings.certificate_key_type,
         eab=(ca["eab_kid"], ca["eab_hmac_key"]) if ca.get("eab_kid") else None,
         dns01=solver, profile=ca.get("profile", ""), clock=clock,
-        budget=RateBudget(backend.table(BUDGETS), ca["directory_url"], limits, clock=clock))
+        budget=RateBudget(budgets, ca["directory_url"], limits, clock=clock))
         for ca in cas], certificates, IssuanceStats(backend.table(ISSUANCE_STATS), clock=clock))
 
 
