@@ -8,8 +8,7 @@ from control.wiring import Services
 from edge.shards import ShardNode
 from edge.state import Redirect
 from tests.conftest import FakeClock
-from tests.test_shard_moves import (CONFIG, HOSTS, clock, mover_of, moving,  # noqa: F401
-                                    report_in_sync, until_done)
+from tests.test_shard_moves import CONFIG, HOSTS, mover_of, moving, report_in_sync, until_done
 
 
 def _links(services: Services, shard: str) -> dict[str, str]:
