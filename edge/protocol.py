@@ -42,17 +42,25 @@ class ProtocolRefused(ValueError):
 
 def parse(value: str | None) -> int:
     """The protocol an agent's header names (none: 0); raises :class:`ProtocolRefused`."""
+    return parse_number(value, HEADER, OLDEST, PROTOCOL, (
+        f"this control service speaks edge protocol {OLDEST} to {PROTOCOL}, the agent {{}}: "
+        "upgrade the control replicas before the agents"))
+
+
+def parse_number(value: str | None, header: str, oldest: int, newest: int,
+                 too_new: str) -> int:
+    """The version a client's ``header`` names (none: ``oldest``). Not a number: 400; newer
+    than ``newest``: 426 with ``too_new`` (its ``{}`` is the number), so an agent upgraded
+    before the replicas is told why rather than sent what it may misread."""
     if value is None or not value.strip():
-        return OLDEST
+        return oldest
     text = value.strip()
     if not text.isdigit() or len(text) > 6:
-        raise ProtocolRefused(f"{HEADER} must be a whole number, such as {PROTOCOL}", 400)
-    protocol = int(text)
-    if protocol > PROTOCOL:
-        raise ProtocolRefused(
-            f"this control service speaks edge protocol {OLDEST} to {PROTOCOL}, the agent "
-            f"{protocol}: upgrade the control replicas before the agents", 426)
-    return protocol
+        raise ProtocolRefused(f"{header} must be a whole number, such as {newest}", 400)
+    number = int(text)
+    if number > newest:
+        raise ProtocolRefused(too_new.format(number), 426)
+    return max(number, oldest)
 
 
 def readable(value: str, protocol: int) -> bool:

@@ -25,7 +25,7 @@ import hashlib
 import json
 from typing import Any, Callable
 
-from edge.protocol import ProtocolRefused
+from edge.protocol import parse_number
 from edge.shards import DEFAULT_SHARD, ShardSet
 from edge.state import Redirect
 from edge.state_changes import StateChanges
@@ -43,17 +43,9 @@ FORMAT_HEADER = "Router-Format"
 
 def parse_format(value: str | None) -> int:
     """The format a router agent's header names (none: 1); raises ProtocolRefused."""
-    if value is None or not value.strip():
-        return OLDEST_FORMAT
-    text = value.strip()
-    if not text.isdigit() or len(text) > 6:
-        raise ProtocolRefused(f"{FORMAT_HEADER} must be a whole number, such as {FORMAT}", 400)
-    if int(text) > FORMAT:
-        raise ProtocolRefused(
-            f"this control service writes router feed formats {OLDEST_FORMAT} to {FORMAT}, "
-            f"the router agent reads {text}: upgrade the control replicas before the agents",
-            426)
-    return max(int(text), OLDEST_FORMAT)
+    return parse_number(value, FORMAT_HEADER, OLDEST_FORMAT, FORMAT, (
+        f"this control service writes router feed formats {OLDEST_FORMAT} to {FORMAT}, the "
+        "router agent reads {}: upgrade the control replicas before the agents"))
 
 
 def in_format(doc: dict[str, Any], form: int) -> dict[str, Any]:
