@@ -312,21 +312,28 @@ def link_in(services: Services, shard: str, key: str) -> bool:
     return item is not None and not item.get("removed")
 
 
-def test_a_hostname_a_stale_replica_misplaced_moves_to_its_shard(
-        moving: Services, clock: FakeClock) -> None:
-    services, state = moving, moving.edge_shards
+def misplaced_after_the_scan(services: Services, clock: FakeClock) -> tuple[str, str, Mover]:
+    """Shard c added and the move scan past every hostname, then a hostname that belongs on c
+    placed by a replica that read the shard set before c: (hostname, its shard, the mover)."""
+    state = services.edge_shards
     assert services.shards is not None
     report_in_sync(services, "a", "b")
     old = services.shards.load()
     add_c(services)
     mover = mover_of(services)
-    mover.tick()  # the scan has passed every hostname
+    mover.tick()
     shards = services.shards.load()
     host = next(h for h in (f"late{n}.moves.test" for n in range(100))
                 if shards.assign(h) == "c")
     stale = ShardedState(state.tables, state._vault, lambda: old, clock=clock)
-    stale.change({host: ("pub_1", self_signed(host)[1])})  # a replica that read the old set
-    placed = old.assign(host)
+    stale.change({host: ("pub_1", self_signed(host)[1])})
+    return host, old.assign(host), mover
+
+
+def test_a_hostname_a_stale_replica_misplaced_moves_to_its_shard(
+        moving: Services, clock: FakeClock) -> None:
+    services, state = moving, moving.edge_shards
+    host, placed, mover = misplaced_after_the_scan(services, clock)
     assert state.router.holding(host) == placed
     state.change({host: ("pub_2", self_signed(host)[1])})  # a replica that reads the new one
     assert state.router.holding(host) == placed, "no switch before c's node holds it"
