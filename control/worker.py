@@ -9,7 +9,7 @@ from typing import Callable, ContextManager
 
 from certs.chain import IssuerChain
 from certs.store import CertificateStore
-from control.wiring import PLATFORM_PUBLICATION, EdgePublisher
+from control.publisher import PLATFORM_PUBLICATION, EdgePublisher
 from edge.moves import Mover
 from store import StoreError, Throttled
 
