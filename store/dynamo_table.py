@@ -248,7 +248,10 @@ class DynamoTable:
                           ExpressionAttributeValues=values)
 
     def scan(self, limit: int = 100, cursor: str | None = None) -> Page:
-        return self._page("scan", limit, cursor)
+        """A consistent page of the table: the scans serve reconciliations, listings and
+        migrations, where a write missed by an eventually consistent read would be undone
+        (twice the read units of an eventual one, for reads done at start or on request)."""
+        return self._page("scan", limit, cursor, ConsistentRead=True)
 
     def purge_expired(self, now: float | None = None, limit: int = 100) -> int:
         if not self.spec.expiring:

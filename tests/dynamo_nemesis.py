@@ -4,8 +4,9 @@ DynamoDB does and dynalite does not (in the spirit of Toxiproxy and Jepsen's nem
 - **Index lag.** It remembers when each item was written (the keys in PutItem, UpdateItem,
   DeleteItem, TransactWriteItems and BatchWriteItem requests) and leaves items written in the
   last ``lag`` seconds out of Query answers on a global secondary index (``IndexName``), as
-  an eventually consistent index does. ``lag_random`` picks the lag per request in
-  [0, ``lag``] (chaos).
+  an eventually consistent index does, and out of a Query or Scan of the table that does not
+  ask for ``ConsistentRead`` (an eventually consistent read may miss a recent write).
+  ``lag_random`` picks the lag per request in [0, ``lag``] (chaos).
 - **Throttling and errors.** A ``fail_rate`` fraction of requests is answered with one of
   ``failures``: ``ProvisionedThroughputExceededException`` or ``ThrottlingException`` (400
   with DynamoDB's ``__type``) or ``InternalServerError`` (500), without reaching dynalite.
@@ -134,7 +135,8 @@ class Nemesis:
         self._count(operation, request)
         if status == 200 and operation in WRITES:
             self._written(operation, request)
-        if status == 200 and operation == "Query" and request.get("IndexName"):
+        if status == 200 and operation in ("Query", "Scan") and (
+                request.get("IndexName") or not request.get("ConsistentRead")):
             answer = self._lagging(request, answer)
         if status == 200 and withheld:
             answer = json.dumps({**json.loads(answer), "UnprocessedKeys": withheld}).encode()

@@ -334,6 +334,7 @@ def test_on_dynamodb_an_index_lags_its_table_and_a_hot_key_shows(
             table.put({"id": f"i{n}", "owner": "o1", "status": f"s{n % 10}"})
         assert table.get("i19") is not None, "a consistent read of the item sees it"
         assert table.query("owner", "o1").items == [], "the index does not yet"
+        assert len(table.scan(limit=100).items) == 20, "a scan of the table reads consistently"
         dynamo_nemesis.lag = 0.0  # the index catches up
         wait_until(lambda: len(table.query("owner", "o1").items) == 20, 5, "the index")
         hot = dynamo_nemesis.hot_keys(table.name)
