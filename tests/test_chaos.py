@@ -592,8 +592,16 @@ def issuance_problems(logs: dict[int, str], hosts: list[str]) -> dict[str, dict[
 
 def timeline(cluster: Cluster, host: str) -> list[str]:
     """The domain's events, oldest first, to tell what its lifecycle did: from the API, or
-    for a removed domain (the API no longer knows it) from the events table."""
-    response = cluster.api("GET", f"/api/v1/domains/{host}")
+    for a removed domain (the API no longer knows it) from the events table. Never raises:
+    it only explains a failure."""
+    try:
+        return _timeline(cluster, host)
+    except Exception as exc:  # the failure it explains must still be reported
+        return [f"no timeline: {exc!r}"]
+
+
+def _timeline(cluster: Cluster, host: str) -> list[str]:
+    response = cluster.api("GET", f"/api/v1/domains/{host}", timeout=30)
     if response.status_code != 404:
         events = response.json()["events"]
     else:
