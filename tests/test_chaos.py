@@ -40,11 +40,13 @@ import requests
 from cryptography import x509
 from cryptography.fernet import Fernet
 
+from control.wiring import Services
 from devtools.pebble import PebbleStack
 from devtools.probe import https_get
 from devtools.sample_app import SampleApp
 from kit.files import PUBLIC, SECRET, write_atomic
 from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.settings import load_settings
 from kit.x509 import local_ca_and_server
 from tests.conftest import stop_together, wait_until
 from tests.dynamo_nemesis import Nemesis
@@ -478,15 +480,17 @@ def test_chaos(cluster: Cluster, receiver: Receiver) -> None:
 
     # One certificate each: one issuance per host in the replicas' logs, one
     # certificate.issued webhook id, one activation in its timeline.
-    logs = "".join((cluster.directory / f"replica{n}.log").read_text() for n in range(2))
-    issued = {h: len(re.findall(rf"certificate issued for {re.escape(h)}(?![\w.-])", logs))
-              for h in chaos.wanted}  # text or JSON lines alike
-    assert all(count == 1 for count in issued.values()), issued
+    logs = {n: (cluster.directory / f"replica{n}.log").read_text() for n in range(2)}
+    wrong = issuance_problems(logs, list(chaos.wanted))
+    assert not wrong, {h: {**seen, "timeline": timeline(cluster, h)} for h, seen in wrong.items()}
     for host, state in chaos.wanted.items():
         if state == "active":
             steps = [e["what"] for e in cluster.api("GET", f"/api/v1/domains/{host}")
                      .json()["events"]]
-            assert steps.count("issuing -> active") == 1, (host, steps)
+            # "verified -> active" too: a failure recorded after the certificate was stored
+            # (the store went away before the order was closed) is retried from verified,
+            # where the stored certificate is found and no second one ordered.
+            assert sum(s.endswith(" -> active") for s in steps) == 1, (host, steps)
 
     # Every webhook at least once, under one id; a repeat only with the same id and body.
     deadline = time.monotonic() + 60
@@ -556,6 +560,63 @@ def test_chaos(cluster: Cluster, receiver: Receiver) -> None:
         assert cluster.nemesis.hidden > 0 and cluster.nemesis.injected, "its weather struck"
     assert [len(m) for m in lasting] == [1, 1], f"one HAProxy per node, not {lasting}"
     assert not failures, [dataclasses.astuple(r) for r in failures[:10]]
+
+
+def _host(hostname: str) -> str:
+    """``hostname`` as a whole name in a log line (h1.p1x... is not inside h11.p11x...)."""
+    return rf"(?<![\w.-]){re.escape(hostname)}(?![\w.-])"
+
+
+def issuance_problems(logs: dict[int, str], hosts: list[str]) -> dict[str, dict[str, Any]]:
+    """The hosts whose certificate was not issued exactly once by the replicas' logs, each
+    with its count and the log lines about its certificate (text or JSON lines alike).
+
+    A run killed (or cut off from the store) after storing the certificate and before logging
+    it leaves no "issued" line; its successor finds the certificate stored and says so ("has
+    its certificate already"): that is an issuance too, not a missing one."""
+    wrong = {}
+    for host in hosts:
+        name = _host(host)
+        issued = sum(len(re.findall(rf"certificate issued for {name}", log))
+                     for log in logs.values())
+        if issued == 0 and any(re.search(rf"{name} has its certificate already", log)
+                               for log in logs.values()):
+            issued = 1
+        if issued != 1:
+            lines = [f"replica{n}: {line}" for n, log in logs.items()
+                     for line in log.splitlines() if re.search(name, line)
+                     and re.search(r"certificate|issu|order|lease|changed under|store", line)]
+            wrong[host] = {"issued": issued, "lines": lines[-40:]}
+    return wrong
+
+
+def timeline(cluster: Cluster, host: str) -> list[str]:
+    """The domain's events, oldest first, to tell what its lifecycle did: from the API, or
+    for a removed domain (the API no longer knows it) from the events table. Never raises:
+    it only explains a failure."""
+    try:
+        return _timeline(cluster, host)
+    except Exception as exc:  # the failure it explains must still be reported
+        return [f"no timeline: {exc!r}"]
+
+
+def _timeline(cluster: Cluster, host: str) -> list[str]:
+    response = cluster.api("GET", f"/api/v1/domains/{host}", timeout=30)
+    if response.status_code != 404:
+        events = response.json()["events"]
+    else:
+        services = Services.from_settings(load_settings(env=cluster.replica_env[0]))
+        try:
+            events, cursor = [], None
+            while True:
+                page = services.domains.events.scan(limit=500, cursor=cursor)
+                events += [e for e in page.items if e["hostname"] == host]
+                if not (cursor := page.next_cursor):
+                    break
+        finally:
+            services.close()
+    return [f"{e['at']} {e['actor']}: {e['what']} ({e['why']})"
+            for e in sorted(events, key=lambda e: e["id"], reverse=True)]  # ids: newest first
 
 
 def _try_again(response: requests.Response) -> bool:
