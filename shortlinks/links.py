@@ -274,8 +274,8 @@ class LinkService:
         return disabled
 
     def delete(self, domain: str, slug: str) -> None:
-        link = self.table.get(link_id(domain, slug))  # what it took from the totals
-        if link is None or not self.table.delete(link_id(domain, slug)):
+        link = self._delete(link_id(domain, slug))
+        if link is None:
             raise LinkNotFound(f"{domain}/{slug} does not exist")
         if self.totals is not None:
             self.totals.add(links=-1, disabled=-1 if link.get("disabled") else 0,
@@ -285,6 +285,21 @@ class LinkService:
             self.stats.forget(link_id(domain, slug))
         self._changed({})
         self._notify(domain, slug)
+
+    def _delete(self, key: str, attempts: int = 5) -> Item | None:
+        """Delete the link as read (conditional on its version), so the totals lose what was
+        deleted, not a copy an edit or a delete and re-make replaced meanwhile: the deleted
+        item, or None if there was none. Raises ConflictError if edits won every attempt."""
+        for attempt in range(attempts):
+            link = self.table.get(key)
+            if link is None:
+                return None
+            try:
+                return link if self.table.delete(key, expected_version=link[VERSION]) else None
+            except ConflictError:
+                if attempt == attempts - 1:
+                    raise
+        return None
 
 
 def _pages(table: Table, domain: str) -> Iterator[list[str]]:
