@@ -43,11 +43,20 @@ class OutboxDrain:
     def drain_outboxes(self, grace: float) -> int:
         """Drain the outboxes a dead process (or a failed consumer) left on its domains more
         than ``grace`` seconds ago, and finish their removals: one index query when there are
-        none. Returns how many domains were drained."""
-        left = self.repository.outboxes_before(self._clock() - grace)
-        for domain in left:
-            self.drain(domain)
-        return len(left)
+        none. Returns how many domains were drained.
+
+        Each listed domain is read again by key before its drain: the list is an index read
+        (possibly behind) and a drain takes time, so by its turn a domain may have been
+        drained by another replica, or removed and connected again by a new owner, whose
+        certificate and links a replay of the old entries would take away."""
+        upper = self._clock() - grace
+        drained = 0
+        for listed in self.repository.outboxes_before(upper):
+            domain = self.repository.find(listed["hostname"])
+            if domain and domain.get(OUTBOX) and (domain.get("outbox_at") or 0) <= upper:
+                self.drain(domain)
+                drained += 1
+        return drained
 
     def _apply(self, entry: Item) -> None:
         self.consumers.apply(entry)

@@ -21,7 +21,7 @@ from dnsops.dnscheck import DnsCheck
 from domains.lifecycle import Lifecycle
 from kit.settings import Settings
 from kit.x509 import self_signed
-from store import Item
+from store import Item, all_items
 from tests.conftest import FakeClock
 from tests.webhook_receiver import Receiver
 
@@ -230,3 +230,52 @@ def test_a_failing_consumer_leaves_its_entries_for_the_worker(
         assert services.domains.drain_outboxes() == 0, "nothing left: one index query"
     finally:
         services.close()
+
+
+def test_a_removal_left_behind_is_not_drained_into_the_domain_connected_again(
+        settings_with_hooks: Settings, clock: FakeClock) -> None:
+    """Two removals a dead process left undrained; the worker lists both, and while it drains
+    the one it lists first, another replica finishes the other and its hostname is connected
+    again by a new owner, activated, with a link. What the worker listed of it is stale:
+    draining that copy would revoke the new owner's certificate and disable their link."""
+    settings, hostnames = settings_with_hooks, SHORT[-2:]
+    for hostname in hostnames:
+        owner = Process(settings, clock)
+        activate(owner, hostname, "pub_1")
+        owner.services.close()
+        dying = Process(settings, clock, die_at=1)
+        try:
+            dying.lifecycle.remove(hostname)
+        except Killed:
+            dying.services.close()
+    worker, other = restart(settings, clock), Process(settings, clock)
+    drain, again = worker.services.domains.outbox.drain, []
+
+    def meanwhile(domain: Item) -> Item:
+        if not again:  # the first drain: the other replica is quicker with the other one
+            again.append(next(h for h in hostnames if h != domain["hostname"]))
+            domains = other.services.domains
+            domains.outbox.drain(domains.get(again[0]))  # its removal finished: deleted
+            activate(other, again[0], "pub_2")
+        return drain(domain)
+
+    worker.services.domains.outbox.drain = meanwhile  # type: ignore[method-assign]
+    try:
+        drained = worker.services.domains.drain_outboxes()
+        domain = other.services.domains.get(again[0])
+        assert domain["publication_id"] == "pub_2" and domain["status"] == "active"
+        assert other.services.certificates.get(again[0]) is not None, "its certificate stays"
+        assert other.services.links.get(again[0], "pub_2")["disabled"] is False, "its link too"
+        assert not {h for h in hostnames if h not in again} & {
+            d["hostname"] for d in all_items(worker.services.domains.table)}, "removed"
+        assert drained == 1, "only the one still left"
+    finally:
+        worker.services.close()
+        other.services.close()
+
+
+def activate(process: Process, hostname: str, publication: str) -> None:
+    """Connect, verify and issue ``hostname`` for ``publication``, with a link on it."""
+    domain, _ = process.services.domains.connect(hostname, publication)
+    process.lifecycle.issue(process.lifecycle.verify(domain))
+    process.services.links.create(hostname, "https://example.org/", publication, slug=publication)
