@@ -107,6 +107,24 @@ def test_a_request_begun_before_sigterm_is_answered_whole_and_the_app_exits_0(
         app.stop()
 
 
+def test_a_client_that_never_finishes_its_request_holds_the_stop_no_longer_than_the_drain(
+        env: dict[str, str], tmp_path: Path) -> None:
+    """The worker gives up on it at its deadline (and says so), the parent waits for that
+    worker rather than killing it, and the app exits 0."""
+    port = int(env["EDGE_SHORTLINKS_PORT"])
+    app = start_app(env, tmp_path / "app.log", 2)
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(f"GET /limited HTTP/1.1\r\nHost: {HOST}\r\n".encode())
+        app.popen.send_signal(signal.SIGTERM)
+        assert app.popen.wait(30) == 0, app.tail()
+        assert "1 request(s) not answered within the 2.0 s drain" in app.output()
+        assert "did not stop in time" not in app.output()
+        sock.close()
+    finally:
+        app.stop()
+
+
 @pytest.mark.slow
 def test_restarting_the_app_behind_haproxy_under_load_fails_no_visit(
         env: dict[str, str], tmp_path: Path) -> None:
