@@ -31,8 +31,9 @@ DISTRIBUTION = "edge-router"
 Run = Callable[[argparse.Namespace, Settings], int]
 AGENT_GRACE = 1.5
 """Seconds an agent may take to stop: a change of the node under way finishes meanwhile."""
-SHORTLINKS_GRACE = 1.5
-"""Seconds the short-link app may take to stop: its last visit counts are written meanwhile."""
+SHORTLINKS_GRACE = 4.5
+"""Seconds the short-link app may take to stop: it answers the requests it has begun, then
+writes its last visit counts (shortlinks.serve.STOP_SECONDS, plus a margin)."""
 
 
 @dataclasses.dataclass(frozen=True)

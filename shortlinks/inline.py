@@ -9,16 +9,28 @@ thread, through the same WSGI app and waitress code (``HTTPChannel.service``), s
 byte for byte what a pool thread gives. Everything else (a cache miss, the change counter due,
 a limited link, a request with an error or a body still arriving) goes to the pool as before,
 so a slow store never stalls the loop.
+
+A stop is graceful (``serve_until``): the listener closes at once (HAProxy retries a refused
+connection), and every request the process has begun to receive, or queued, is answered, with
+``Connection: close``, before its connections close.
 """
 from __future__ import annotations
 
+import logging
+import socket
 import threading
+import time
 from typing import Any, Callable
 
+from waitress import wasyncore
 from waitress.channel import HTTPChannel
-from waitress.task import ThreadedTaskDispatcher
+from waitress.task import ThreadedTaskDispatcher, WSGITask
 
 from kit.hosts import host_without_port
+
+log = logging.getLogger(__name__)
+FIRST_REQUEST_SECONDS = 0.5
+"""How long a stopping server waits for the first request of a connection it has accepted."""
 
 InMemory = Callable[[str, str], bool]
 """``(host, slug) -> True`` when the app answers that request without a store request."""
@@ -49,16 +61,29 @@ class InlineDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
             str(request.headers.get("HOST", ""))), slug)
 
 
+class DrainingTask(WSGITask):  # type: ignore[misc]
+    """A request's answer; while the server drains it says ``Connection: close``, so the client
+    (HAProxy) sends nothing more on a connection about to close."""
+
+    def build_response_header(self) -> bytes:
+        if self.channel.server.draining:
+            self.set_close_on_finish()
+        return super().build_response_header()  # type: ignore[no-any-return]
+
+
 class InlineChannel(HTTPChannel):  # type: ignore[misc]
     """A connection whose requests the dispatcher may leave to the loop thread: after reading,
     the loop serves them here (outside waitress's locks), one after the other as they are
     pipelined, until one must go to the pool."""
 
+    task_class = DrainingTask
     reader: int | None = None  # the loop thread while it reads this channel
     inline_pending = False
+    fresh = True  # nothing read yet: the client's first request is on its way
 
     def handle_read(self) -> None:
         self.reader = threading.get_ident()
+        self.fresh = False
         try:
             super().handle_read()
             while self.inline_pending:
@@ -80,4 +105,64 @@ def create_server(app: Callable[..., Any], in_memory: InMemory, threads: int = 4
     server = waitress_server(app, threads=threads, _dispatcher=dispatcher,
                              clear_untrusted_proxy_headers=False, **adjustments)
     server.channel_class = InlineChannel
+    server.draining = False
     return server
+
+
+def serve_until(server: Any, stop: threading.Event, drain: float) -> None:
+    """Run the server's loop on this thread until ``stop`` is set (the setter pulls
+    ``server.pull_trigger()`` to wake it), then stop gracefully: no new connection, every
+    request begun or queued answered within ``drain`` seconds, then every connection closed
+    and the threads ended."""
+    adj = server.adj
+    while not stop.is_set():
+        wasyncore.loop(adj.asyncore_loop_timeout, adj.asyncore_use_poll, server._map, count=1)
+    _stop_accepting(server)
+    server.draining = True
+    deadline = time.monotonic() + drain
+    while (busy := [c for c in list(server.active_channels.values()) if _busy(c)]) \
+            and time.monotonic() < deadline:
+        wasyncore.loop(0.05, adj.asyncore_use_poll, server._map, count=1)
+    if busy:
+        log.warning("%d request(s) not answered within the %.1f s drain", len(busy), drain)
+    wasyncore.close_all(server._map)  # the connections left are idle (or out of time)
+    server.task_dispatcher.shutdown(timeout=0.5)
+
+
+def _stop_accepting(server: Any) -> None:
+    """Take the connections the kernel has already queued (they are answered), then close this
+    process's copy of the listening socket. Once every process has closed its copy, a new
+    connection is refused, which HAProxy retries (``retry-on conn-failure``); one left in the
+    queue at that instant would be reset after HAProxy sent its request: a 502."""
+    while True:
+        try:
+            accepted = server.accept()  # None: nothing queued
+        except OSError:
+            break
+        if accepted is None:
+            break
+        conn, addr = accepted
+        try:
+            server.set_socket_options(conn)
+        except OSError:  # the client has gone already
+            conn.close()
+            continue
+        server.channel_class(server, conn, server.fix_addr(addr), server.adj, map=server._map)
+    wasyncore.dispatcher.close(server)  # the listener only: the trigger stays for the threads
+
+
+def _busy(channel: Any) -> bool:
+    """Whether a connection holds a request not yet answered: queued or being served, half
+    received, still in the kernel's buffer, or an answer not yet sent."""
+    if channel.requests or channel.total_outbufs_len:
+        return True
+    if channel.will_close or channel.close_when_flushed or not channel.connected:
+        return False  # answered with "Connection: close": whatever else came is not read
+    if channel.request is not None:
+        return True
+    if channel.fresh and time.time() - channel.creation_time < FIRST_REQUEST_SECONDS:
+        return True  # HAProxy writes its request just after its connect is accepted
+    try:
+        return bool(channel.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing to read (BlockingIOError) or the connection is gone
+        return False

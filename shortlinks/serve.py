@@ -4,8 +4,10 @@ waitress (pure Python, keep-alive, an asyncore loop in front of a few threads), 
 core sharing one listening socket: bench/shortlinks_throughput.py measured it against gunicorn,
 werkzeug's development server and bjoern (docs/benchmarks.md). Each process builds its own store
 connection and resolver after the fork, flushes buffered visit counts every two seconds and
-once more when it stops. A cached plain link is answered on waitress's I/O thread, without the
-hand-off to a pool thread (shortlinks/inline.py).
+once more when it stops. On SIGTERM each process stops accepting, answers every request it has
+begun to receive (``DRAIN_SECONDS`` at most, shortlinks/inline.py ``serve_until``), then writes
+its last visit counts (``FLUSH_SECONDS`` at most). A cached plain link is answered on
+waitress's I/O thread, without the hand-off to a pool thread (shortlinks/inline.py).
 
 Any other WSGI server can run ``shortlinks.serve:wsgi_app()`` (settings from the environment).
 """
@@ -32,6 +34,14 @@ from store import open_backend
 log = logging.getLogger(__name__)
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 SERVERS = ("waitress", "werkzeug")
+DRAIN_SECONDS = 2.0
+"""How long a stopping process answers the requests it has begun to receive: a visit-limited
+link waits for its store request; a stalled client does not hold the stop up longer."""
+FLUSH_SECONDS = 1.0
+"""How long the last round of visit counts may wait for the store."""
+STOP_SECONDS = DRAIN_SECONDS + FLUSH_SECONDS + 1.0
+"""A worker still running this long after the stop is killed (edgectl's ``SHORTLINKS_GRACE``
+is longer)."""
 
 
 class _Worker:
@@ -51,7 +61,7 @@ class _Worker:
         self.stop = threading.Event()
         self.flusher = self.resolver.start_flusher(self.stop)
 
-    def close(self, timeout: float = 1.0) -> None:
+    def close(self, timeout: float = FLUSH_SECONDS) -> None:
         """The flusher's last round writes what is left, if the store answers within
         ``timeout`` seconds: a stop is not held up by a store that is away."""
         self.stop.set()
@@ -93,7 +103,7 @@ def serve(settings: Settings, stop: threading.Event, server: str = "waitress",
     listener.close()  # the port closes with the workers' copies: refused, not queued
     for pid in children:
         os.kill(pid, signal.SIGTERM)
-    _wait_for(children, timeout=1.2)
+    _wait_for(children, timeout=STOP_SECONDS)
 
 
 def _wait_for(children: set[int], timeout: float) -> None:
@@ -138,7 +148,7 @@ def _reap() -> list[int]:
 
 def _waitress(settings: Settings, listener: socket.socket, threads: int,
               stop: threading.Event) -> None:
-    from shortlinks.inline import create_server
+    from shortlinks.inline import create_server, serve_until
 
     # waitress warns "Task queue depth is N" on every request queued while its threads are
     # busy, which under load is every request: a log record per redirect (10% of the time in
@@ -148,11 +158,13 @@ def _waitress(settings: Settings, listener: socket.socket, threads: int,
     # Cached plain links are answered on waitress's I/O thread, the rest by its threads.
     server = create_server(worker.app, worker.resolver.answers_from_memory, threads=threads,
                            sockets=[listener], ident="", backlog=1024, connection_limit=1000)
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=serve_until, args=(server, stop, DRAIN_SECONDS),
+                              daemon=True)
     thread.start()
     stop.wait()
-    server.close()
-    worker.close()
+    server.pull_trigger()  # the loop sees ``stop`` now, not after its poll's timeout
+    thread.join(DRAIN_SECONDS + 0.5)
+    worker.close()  # after the drain: the visits it counted are written too
 
 
 def _werkzeug(settings: Settings, stop: threading.Event) -> None:

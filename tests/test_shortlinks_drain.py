@@ -1,0 +1,206 @@
+"""Stopping `edgectl shortlinks` drops no request: a request the app has begun to receive when
+SIGTERM comes is answered whole (with ``Connection: close``) before the app closes the
+connection, and the app still exits 0. Through a real HAProxy edge, the app restarted under
+load costs no visitor a 502."""
+from __future__ import annotations
+
+import contextlib
+import http.client
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from cryptography.fernet import Fernet
+
+from control.wiring import Services
+from edge.node import EdgeNode
+from edge.state import DesiredState, Route
+from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.settings import load_settings
+from kit.x509 import self_signed
+from tests.conftest import wait_until
+
+HOST = "go.drain.test"
+TARGETS = {"limited": "https://example.com/limited", "plain": "https://example.com/plain"}
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The app's environment, with a store holding a visit-limited link (a store request per
+    visit, on a pool thread) and a plain one (answered from memory once cached)."""
+    env = {"EDGE_API_TOKEN": "drain-token-0123456789", "EDGE_EDGE_TOKEN": "drain-edge-0123456789",
+           "EDGE_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+           "EDGE_DATA_DIR": str(tmp_path / "data"), "EDGE_SHORT_DOMAINS": HOST,
+           "EDGE_SHORTLINKS_PORT": str(free_port())}
+    services = Services.from_settings(load_settings(env=env))
+    try:
+        services.links.create(HOST, TARGETS["limited"], "pub_1", slug="limited",
+                              max_visits=10**6)
+        services.links.create(HOST, TARGETS["plain"], "pub_1", slug="plain")
+    finally:
+        services.close()
+    return env
+
+
+def start_app(env: dict[str, str], log: Path, workers: int) -> ManagedProcess:
+    app = ManagedProcess("shortlinks", [sys.executable, "-m", "edgectl", "shortlinks",
+                                        "--workers", str(workers), "--threads", "2"],
+                         log, env=env)
+    wait_for_port(int(env["EDGE_SHORTLINKS_PORT"]), process=app, timeout=60)
+    return app
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def visit(port: int, slug: str) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", f"/{slug}", headers={"Host": HOST})
+        response = conn.getresponse()
+        response.read()
+        return response
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("slug", ["limited", "plain"])
+def test_a_request_begun_before_sigterm_is_answered_whole_and_the_app_exits_0(
+        env: dict[str, str], tmp_path: Path, workers: int, slug: str) -> None:
+    port = int(env["EDGE_SHORTLINKS_PORT"])
+    app = start_app(env, tmp_path / "app.log", workers)
+    try:
+        for _ in range(workers * 2):  # cached in some worker: answered on its I/O thread there
+            assert visit(port, slug).status == 302
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(f"GET /{slug} HTTP/1.1\r\nHost: {HOST}\r\n".encode())  # no blank line yet
+        app.popen.send_signal(signal.SIGTERM)
+        wait_until(lambda: refused(port), 10, "the listener closed", interval=0.02)
+        time.sleep(0.5)  # the request's end arrives half a second into the stop
+        sock.sendall(b"\r\n")
+        response = http.client.HTTPResponse(sock)
+        try:
+            response.begin()
+        except (ConnectionError, http.client.RemoteDisconnected) as exc:  # the old app's way
+            app.popen.wait(30)
+            raise AssertionError(f"no answer: {exc!r}\n{app.tail()}") from exc
+        assert response.status == 302
+        assert response.getheader("Location") == TARGETS[slug]
+        assert response.getheader("Connection") == "close"  # the client sends no more on it
+        response.read()
+        assert sock.recv(1) == b"", "the app closes the connection after the answer"
+        sock.close()
+        assert app.popen.wait(30) == 0, app.tail()
+    finally:
+        app.stop()
+
+
+def test_a_client_that_never_finishes_its_request_holds_the_stop_no_longer_than_the_drain(
+        env: dict[str, str], tmp_path: Path) -> None:
+    """The worker gives up on it at its deadline (and says so), the parent waits for that
+    worker rather than killing it, and the app exits 0."""
+    port = int(env["EDGE_SHORTLINKS_PORT"])
+    app = start_app(env, tmp_path / "app.log", 2)
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(f"GET /limited HTTP/1.1\r\nHost: {HOST}\r\n".encode())
+        app.popen.send_signal(signal.SIGTERM)
+        assert app.popen.wait(30) == 0, app.tail()
+        assert "1 request(s) not answered within the 2.0 s drain" in app.output()
+        assert "did not stop in time" not in app.output()
+        sock.close()
+    finally:
+        app.stop()
+
+
+@pytest.mark.slow
+def test_restarting_the_app_behind_haproxy_under_load_fails_no_visit(
+        env: dict[str, str], tmp_path: Path) -> None:
+    port = int(env["EDGE_SHORTLINKS_PORT"])
+    node = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
+    app = start_app(env, tmp_path / "app.log", 2)
+    load = Load(node.layout.https_port)
+    try:
+        node.apply(DesiredState((Route(HOST, "pub_1", self_signed(HOST)[1]),),
+                                ("127.0.0.1:9",), ("127.0.0.1:9",), short_domains=(HOST,),
+                                shortlink_servers=(f"127.0.0.1:{port}",)))
+        wait_until(lambda: load.visit() is None, 30, "the link answered through the edge")
+        with load.running(threads=4):
+            for n in range(3):
+                load.wait_for_more(50)
+                app.popen.send_signal(signal.SIGTERM)
+                assert app.popen.wait(30) == 0, app.tail()
+                app.stop()
+                app = start_app(env, tmp_path / f"app{n}.log", 2)
+            load.wait_for_more(50)
+    finally:
+        app.stop()
+        node.stop()
+    assert not load.failures, load.failures[:10]
+
+
+class Load:
+    """Visits of the limited link through the edge (a new client connection each), each
+    answer checked."""
+
+    def __init__(self, https_port: int) -> None:
+        self.port = https_port
+        self.context = ssl._create_unverified_context()
+        self.done = threading.Event()
+        self.count = 0
+        self.failures: list[str] = []
+        self.lock = threading.Lock()
+
+    def visit(self) -> str | None:
+        """None if the visit was redirected to the link's target, else what came instead."""
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=15,
+                                           context=self.context)
+        conn.sock = self.context.wrap_socket(
+            socket.create_connection(("127.0.0.1", self.port), 15), server_hostname=HOST)
+        try:
+            conn.request("GET", "/limited", headers={"Host": HOST})
+            response = conn.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            return repr(exc)
+        finally:
+            conn.close()
+        location = response.getheader("Location")
+        return None if (response.status, location) == (302, TARGETS["limited"]) else \
+            f"{response.status} {location}"
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            wrong = self.visit()
+            with self.lock:
+                self.count += 1
+                if wrong is not None:
+                    self.failures.append(wrong)
+
+    def wait_for_more(self, visits: int) -> None:
+        until = self.count + visits
+        wait_until(lambda: self.count >= until, 60, f"{visits} more visits", interval=0.05)
+
+    @contextlib.contextmanager
+    def running(self, threads: int) -> Iterator[None]:
+        started = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
+        for thread in started:
+            thread.start()
+        try:
+            yield
+        finally:
+            self.done.set()
+            for thread in started:
+                thread.join(30)
