@@ -350,7 +350,7 @@ def test_serve_and_shortlinks_stop_on_time_while_the_store_is_down(
     """A store that does not answer holds requests, the worker's round and the last visit
     flush: none of them holds the stop. Both are gone within their drain time + 2 s of a
     SIGTERM (the operator's promise; the product's own deadlines are drain + shutdown and
-    1.5 s), with requests in flight on both."""
+    4.5 s for the short-link app), with requests in flight on both."""
     store, port = start_listening(lambda port: ManagedProcess(
         "dynalite", dynalite_command(port, tmp_path / "db"), tmp_path / "dynalite.log"))
     control_port, links_port = free_port(), free_port()
