@@ -37,7 +37,7 @@ from edge.shards import assign
 from kit.procs import ManagedProcess
 from kit.settings import load_settings
 from kit.x509 import key_to_pem, self_signed
-from tests.conftest import wait_until
+from tests.conftest import stop_together, wait_until
 from tests.netns import Network, current, enter, restore, wait_listening
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),
@@ -204,14 +204,22 @@ class Fleet:
         wait_until(lambda: not self.network.pids(self.network.ns(role)), 15, f"{role} dead")
 
     def stop(self) -> None:
-        for process in reversed(list(self.processes.values())):
-            process.stop()
-        for role in ["router", *NODES, "s4a"]:  # the agents leave HAProxy serving: by PID
+        """The agents at once, then the control service, then the app (a graceful stop takes
+        a second or two; one by one they were most of the teardown); then the HAProxies the
+        agents leave serving, by PID, all signalled before any is waited for."""
+        servers = ("control", "app")
+        stop_together([p for name, p in self.processes.items() if name not in servers])
+        for name in servers:
+            stop_together([self.processes.get(name)])
+        roles = ["router", *NODES, "s4a"]
+        for role in roles:
             for pid in self.network.pids(self.network.ns(role)):
                 with contextlib.suppress(ProcessLookupError):  # a worker gone with its master
                     os.kill(pid, signal.SIGTERM)
-            wait_until(lambda: not self.network.pids(self.network.ns(role)), 15,
-                       f"{role}'s HAProxy gone")
+        wait_until(lambda: not any(self.network.pids(self.network.ns(role)) for role in roles),
+                   15, "the nodes' HAProxies gone", lambda: {
+                       role: self.network.pids(self.network.ns(role)) for role in roles},
+                   interval=0.1)
 
 
 @pytest.fixture(scope="module")

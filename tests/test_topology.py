@@ -31,7 +31,7 @@ from devtools.probe import https_get
 from kit.files import PUBLIC, SECRET, write_atomic
 from kit.procs import ManagedProcess
 from kit.x509 import LocalCA
-from tests.conftest import dynalite_command, wait_until
+from tests.conftest import dynalite_command, stop_together, wait_until
 from tests.netns import Network, current, enter, restore, run, wait_listening
 from tests.test_deploy import INSTALLED, ROOT, SYSTEMD, environment_file, unit_values
 
@@ -145,15 +145,23 @@ class Topology:
             **self.common("shortlinks"), "EDGE_LISTEN_HOST": address("shortlinks")})
 
     def stop(self) -> None:
-        for role in reversed(list(self.processes)):
-            self.processes[role].stop()
-        for role in ("edge1", "edge2"):  # HAProxy outlives its agent (KillMode=process)
+        """The clients of the control replicas, then the replicas, then what they use: each
+        tier at once (a graceful stop takes a second or two; one by one they were most of the
+        teardown), then both HAProxies, which outlive their agents (KillMode=process)."""
+        tiers = [("shortlinks", "edge1", "edge2"), ("control1", "control2")]
+        tiers.append(tuple(role for role in self.processes if not any(role in t for t in tiers)))
+        for tier in tiers:
+            stop_together([self.processes.get(role) for role in tier])
+        pids: list[int] = []
+        for role in ("edge1", "edge2"):
             try:
                 pid = int((self.directory / role / "master.pid").read_text())
                 os.kill(pid, signal.SIGTERM)
+                pids.append(pid)
             except (OSError, ValueError):
                 continue
-            wait_until(lambda: not Path(f"/proc/{pid}").exists(), 15, f"HAProxy {pid} gone")
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 15,
+                   f"HAProxy {pids} gone", interval=0.1)
 
 
 @pytest.fixture
