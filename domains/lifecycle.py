@@ -25,7 +25,7 @@ from typing import Callable, Protocol
 from dnsops.dnscheck import DnsCheck, DnsChecker
 from domains import decide, outbox, pairs
 from domains.decide import Rules, Seen, Step, Timing
-from domains.routing import RouteValue, route_value
+from domains.routing import RouteValue, routable, route_value
 from domains.service import (ACTIVE, AWAITING_TRAFFIC, ISSUING, PENDING_DNS, ROUTED,
                              SUSPENDED, VERIFIED, DomainService)
 from kit import logs
@@ -344,20 +344,25 @@ class Lifecycle:
         """Every routed domain, by its status index. An index read may lag its table (a
         DynamoDB GSI is eventually consistent): a domain activated or removed a moment ago can
         be missing from it or still in it. So where the read and the edge disagree, the domain
-        is read by its key (consistent) before its route is added or taken off: a restarting
-        replica never drops a live route, nor brings back a removed one. The reads follow the
-        disagreement, usually none. ``routed``: what the edge routes, as the publisher read it
-        (it takes off only hostnames in it)."""
-        domains = {d["hostname"]: d for status in ROUTED
-                   for d in self.domains.each_with_status(status)}
-        for hostname in routed ^ domains.keys():
-            domain = self.domains.find(hostname)
-            if domain is not None and domain["status"] in ROUTED:
-                domains[hostname] = domain
-            else:
-                domains.pop(hostname, None)
-        return {hostname: route_value(d, d.get("redirect_to") in domains)
-                for hostname, d in domains.items()}
+        is read by its key (consistent, in batches) before its route is added or taken off: a
+        restarting replica never drops a live route, nor brings back a removed one. The reads
+        follow the disagreement, usually none. ``routed``: what the edge routes, as the
+        publisher read it (it takes off only hostnames in it). Only each domain's route inputs
+        are held, not its item (at 100,000 domains the items were 270 MB)."""
+        found = {d["hostname"]: routable(d) for status in ROUTED
+                 for d in self.domains.each_with_status(status)}
+        disagree = sorted(routed ^ found.keys())
+        for start in range(0, len(disagree), 1000):
+            chunk = disagree[start:start + 1000]
+            read = self.domains.find_many(chunk)
+            for hostname in chunk:
+                domain = read.get(hostname)
+                if domain is not None and domain["status"] in ROUTED:
+                    found[hostname] = routable(domain)
+                else:
+                    found.pop(hostname, None)
+        return {hostname: with_target if target in found else alone
+                for hostname, (target, with_target, alone) in found.items()}
 
     def release_leases(self) -> int:
         """On a graceful stop, once the worker has stopped: hand back the domains this worker

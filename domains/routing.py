@@ -26,6 +26,14 @@ def route_value(domain: Item, target_routed: bool = True) -> RouteValue:
     return (str(domain["publication_id"]), extras) if extras else str(domain["publication_id"])
 
 
+def routable(domain: Item) -> tuple[str | None, RouteValue, RouteValue]:
+    """What a reconciliation keeps of a domain to route it: its redirect target, its route
+    while the target is routed, and while it is not."""
+    alone = route_value(domain, target_routed=False)
+    target = domain.get("redirect_to")
+    return target, (route_value(domain) if target else alone), alone
+
+
 def extras_view(domain: Item) -> dict[str, Any]:
     """The extras as the API shows them (none of them secret)."""
     return {"redirect_to": domain.get("redirect_to"),

@@ -297,6 +297,10 @@ class DomainService:
     def find(self, hostname: str) -> Item | None:
         return self.repository.find(hostname)
 
+    def find_many(self, hostnames: list[str]) -> dict[str, Item]:
+        """The domains stored under these hostnames, by hostname (consistent batch reads)."""
+        return self.repository.table.get_many(hostnames)
+
     def list_for(self, publication_id: str, limit: int = 100, cursor: str | None = None) -> Page:
         return self.repository.list_for(publication_id, limit, cursor)
 
