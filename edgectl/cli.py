@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from edge import protocol
 from edgectl import migrate, ops
 from edgectl.backup_commands import register as register_backup
-from kit import logs
+from kit import logs, procs
 from kit.settings import CONTROL_SERVICE, EDGE_AGENT, Settings, SettingsError, load_settings
 from shortlinks.serve import SERVERS
 
@@ -101,8 +101,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from control.server import ControlServer, Draining, stop_gracefully
     from control.worker import PlatformCertificates, shard_moves, start_worker
     from edgectl.app import create_app
-    from kit.procs import stop_on_signals
-    stop = stop_on_signals(settings.drain_seconds + settings.shutdown_seconds)
+    stop = procs.stop_on_signals(settings.drain_seconds + settings.shutdown_seconds)
     services = _when_the_store_answers(settings, stop)
     if services is None:
         return 0
@@ -152,11 +151,10 @@ def _shortlinks_arguments(parser: argparse.ArgumentParser) -> None:
 @command("shortlinks", "run the short-link redirect app", arguments=_shortlinks_arguments)
 def shortlinks(args: argparse.Namespace, settings: Settings) -> int:
     """The redirect app for the short domains (behind HAProxy in production)."""
-    from kit.procs import stop_on_signals
     from shortlinks.serve import serve as serve_links
     log.info("short links on http://%s:%d (%s)", settings.listen_host,
              settings.shortlinks_port, args.server)
-    serve_links(settings, stop_on_signals(SHORTLINKS_GRACE), args.server,
+    serve_links(settings, procs.stop_on_signals(SHORTLINKS_GRACE), args.server,
                 workers=args.workers, threads=args.threads)
     return 0
 
@@ -209,7 +207,6 @@ def agent(args: argparse.Namespace, settings: Settings) -> int:
     from edge.errors import EdgeError
     from edge.haproxy import NodeLock, stop_node
     from edge.metrics import serve_metrics
-    from kit.procs import stop_on_signals
     node = _node(settings)
     lock = NodeLock(node.directory)
     try:
@@ -222,7 +219,7 @@ def agent(args: argparse.Namespace, settings: Settings) -> int:
         print(f"edgectl: {exc}", file=sys.stderr)
         return 1
     # A signal ends a long poll at once, but never a change of the node half made.
-    stop = stop_on_signals(AGENT_GRACE, interrupt=lambda: not edge_agent.applying)
+    stop = procs.stop_on_signals(AGENT_GRACE, interrupt=lambda: not edge_agent.applying)
     if settings.edge_metrics_port:
         port = serve_metrics(node.runtime, settings.edge_bind, settings.edge_metrics_port)
         log.info("requests per publication at http://%s:%d/metrics", settings.edge_bind, port)
@@ -374,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             name, help=registered.help, description=registered.help, epilog=ops.needs(
                 registered.required), formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
+    procs.limit_malloc_arenas()  # before any thread: a long-running process's RSS stays flat
     # One set-up for every subcommand: first from the flags (so reading the settings logs
     # alike), then again once the settings say otherwise.
     logs.configure(args.log_format or "auto", args.log_level or "INFO")

@@ -68,3 +68,10 @@ def test_a_server_failing_for_another_reason_is_not_retried(tmp_path: Path) -> N
     with pytest.raises(ExitedEarly, match="bad config"):
         start_listening(broken)
     assert len(starts) == 1
+
+
+def test_a_process_caps_glibcs_malloc_arenas_before_its_threads_start() -> None:
+    """On glibc (this machine's C library), ``mallopt(M_ARENA_MAX)`` is accepted: what keeps a
+    replica's RSS from growing with each thread that ever held a big answer (the effect is
+    measured in bench/control_scale.py, not here)."""
+    assert kit.procs.limit_malloc_arenas()
