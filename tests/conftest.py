@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import shutil
 import threading
 import time
@@ -326,6 +327,22 @@ def stop_together(processes: Sequence[ManagedProcess | None]) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+def stop_haproxy(edge_dirs: list[Path]) -> None:
+    """The nodes' HAProxy masters, by the PIDs their agents wrote, if they still run there:
+    all signalled, then waited for together."""
+    pids: list[int] = []
+    for edge_dir in edge_dirs:
+        try:
+            pid = int((edge_dir / "master.pid").read_text())
+            if str(edge_dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGTERM)
+                pids.append(pid)
+        except (OSError, ValueError):
+            pass
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 15,
+               f"HAProxy {pids} gone", interval=0.1)
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str = "the condition",

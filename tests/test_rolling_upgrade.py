@@ -33,7 +33,7 @@ from devtools.pebble import PebbleStack
 from devtools.probe import https_get
 from devtools.sample_app import SampleApp
 from kit.procs import ManagedProcess, free_port, wait_for_port
-from tests.conftest import stop_together, wait_until
+from tests.conftest import stop_haproxy, stop_together, wait_until
 from tests.supervised_dynalite import SupervisedDynalite
 from tests.v010 import ROOT, current_command, v010_command, v010_source
 
@@ -164,22 +164,6 @@ class Fleet:
         stop_together(self.agents)
         stop_together([*self.replicas, *self.others])
         stop_haproxy([self.edge_dir(n) for n in range(2)])  # left serving by an agent
-
-
-def stop_haproxy(edge_dirs: list[Path]) -> None:
-    """The nodes' HAProxy masters, by the PIDs their agents wrote, if they still run there:
-    all signalled, then waited for together."""
-    pids: list[int] = []
-    for edge_dir in edge_dirs:
-        try:
-            pid = int((edge_dir / "master.pid").read_text())
-            if str(edge_dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                os.kill(pid, signal.SIGTERM)
-                pids.append(pid)
-        except (OSError, ValueError):
-            pass
-    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 15,
-               f"HAProxy {pids} gone", interval=0.1)
 
 
 def stopped(process: ManagedProcess | None) -> None:

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -31,7 +28,7 @@ from devtools.probe import https_get
 from kit.files import PUBLIC, SECRET, write_atomic
 from kit.procs import ManagedProcess
 from kit.x509 import LocalCA
-from tests.conftest import dynalite_command, stop_together, wait_until
+from tests.conftest import dynalite_command, stop_haproxy, stop_together, wait_until
 from tests.netns import Network, current, enter, restore, run, wait_listening
 from tests.test_deploy import INSTALLED, ROOT, SYSTEMD, environment_file, unit_values
 
@@ -152,16 +149,7 @@ class Topology:
         tiers.append(tuple(role for role in self.processes if not any(role in t for t in tiers)))
         for tier in tiers:
             stop_together([self.processes.get(role) for role in tier])
-        pids: list[int] = []
-        for role in ("edge1", "edge2"):
-            try:
-                pid = int((self.directory / role / "master.pid").read_text())
-                os.kill(pid, signal.SIGTERM)
-                pids.append(pid)
-            except (OSError, ValueError):
-                continue
-        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 15,
-                   f"HAProxy {pids} gone", interval=0.1)
+        stop_haproxy([self.directory / role for role in ("edge1", "edge2")])
 
 
 @pytest.fixture
