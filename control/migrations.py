@@ -217,6 +217,11 @@ def apply(backend: Backend, holder: str | None = None) -> list[tuple[Migration, 
     return done
 
 
+def stamp(backend: Backend) -> None:
+    """Record this release's schema on a store that holds nothing yet (none to migrate)."""
+    _record(backend, SCHEMA)
+
+
 def _record(backend: Backend, number: int) -> None:
     """Move the recorded schema to ``number``, never back (conditional on what was read)."""
     meta = backend.table(META)

@@ -78,7 +78,7 @@ def _when_the_store_answers(settings: Settings, stop: threading.Event) -> Servic
     while not stop.is_set():
         services = None
         try:
-            migrate.refuse_newer(settings)  # before this release writes a thing
+            migrate.check_schema(settings)  # before this release writes a thing
             services = Services.from_settings(settings)
             services.lifecycle.publish_routes()  # reconcile once at start; then changes only
             if failures:

@@ -11,9 +11,9 @@ import sys
 from control import migrations
 from control.migrations import SCHEMA, refusal
 from kit.settings import Settings
-from store import StoreError, open_backend
+from store import Backend, StoreError, open_backend
 
-__all__ = ["HELP", "SCHEMA", "arguments", "refuse_newer", "run"]
+__all__ = ["HELP", "SCHEMA", "arguments", "check_schema", "run"]
 log = logging.getLogger("edgectl")
 HELP = "the store's schema: the migrations pending (--plan), or run them (--apply)"
 
@@ -62,12 +62,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         backend.close()
 
 
-def refuse_newer(settings: Settings) -> None:
+def check_schema(settings: Settings) -> None:
     """Exit (2), saying why, if the store's schema is newer than this release knows: a
-    release must not write a store whose shape it does not know. An older schema is fine."""
+    release must not write a store whose shape it does not know. An older schema is fine.
+    A new store (no item in any table) is stamped with this release's schema: it has nothing
+    to migrate, and left at 0 it would keep the oldest layout (DynamoDB's index keys unspread)
+    until an operator thought of `edgectl migrate --apply`."""
     backend = open_backend(settings)
     try:
         refused, current = refusal(backend), migrations.schema_version(backend)
+        if current == 0 and _new_store(backend):
+            migrations.stamp(backend)
+            log.info("a new store: its schema is this release's (%d)", SCHEMA)
+            current = SCHEMA
     finally:
         backend.close()
     if current < SCHEMA and refused is None:
@@ -76,3 +83,9 @@ def refuse_newer(settings: Settings) -> None:
     if refused is not None:
         log.error("edgectl serve refuses to start: %s", refused)
         raise SystemExit(2)
+
+
+def _new_store(backend: Backend) -> bool:
+    """No item in any table of the product (one read a table; asked only at schema 0)."""
+    from edgectl.backup import TABLES  # loads every table's module: not for operators' commands
+    return not any(backend.table(spec).scan(limit=1).items for spec in TABLES)

@@ -4,6 +4,7 @@ the store's schema (ordered, idempotent migrations under a lease; serve refuses 
 the certificates' re-key keeps every one downloadable by old and new agents)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from cryptography.fernet import Fernet
 from admin_app import create_app
 from control import migrations
 from control.wiring import Services
+from domains.repository import DOMAINS
 import edge.protocol
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
@@ -26,11 +28,13 @@ from edge.state_changes import cert_key
 from edge.state_store import (EDGE_CERTS, EDGE_NODES, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE,
                               EDGE_VISIT_REPORTS, EdgeStateStore)
 from edgectl.cli import main
+from edgectl.migrate import check_schema
 from kit.procs import ManagedProcess, free_port
 from kit.settings import Settings
 from kit.vault import KeyVault
 from kit.x509 import self_signed
-from store import Backend
+from store import SPREAD_SCHEMA, Backend, open_backend
+from store.dynamo import DynamoBackend
 from store.sqlite import SqliteBackend
 from devtools.probe import https_get
 from tests.conftest import serving, wait_until
@@ -255,6 +259,27 @@ def test_serve_refuses_a_schema_newer_than_it_knows(settings: Settings, tmp_path
            f"({migrations.SCHEMA})" in done.stderr
     assert "Traceback" not in done.stderr
 
+
+
+def test_serve_stamps_a_new_store_with_its_schema_and_leaves_an_old_one_to_migrate(
+        any_backend: Settings) -> None:
+    """A new store has nothing to migrate: at schema 0 it would keep the oldest layout (on
+    DynamoDB, index keys unspread) until someone ran `edgectl migrate --apply`."""
+    old = dataclasses.replace(any_backend, sqlite_path=f"{any_backend.sqlite_path}.old.db",
+                              dynamodb_table_prefix=f"o{any_backend.dynamodb_table_prefix}")
+    backend = open_backend(old)  # the release before's store: one domain, no schema item
+    backend.table(DOMAINS).put({"hostname": "old.example.com", "status": "active"})
+    backend.close()
+    for settings, schema in ((any_backend, migrations.SCHEMA), (old, 0)):
+        check_schema(settings)  # what serve does first
+        backend = open_backend(settings)
+        try:
+            assert migrations.schema_version(backend) == schema
+            if isinstance(backend, DynamoBackend):
+                assert backend.spreads() == (schema >= SPREAD_SCHEMA)
+        finally:
+            backend.close()
+    check_schema(any_backend)  # again: nothing changes
 
 # --- the certificates' re-key ---------------------------------------------------------------
 
