@@ -52,7 +52,8 @@ class EdgeAgent(ControlClient):
     def __init__(self, node: EdgeNode, control_url: str | Sequence[str], token: str,
                  node_id: str | None = None, session: requests.Session | None = None,
                  watch: float = 0.0, ca_bundle: str = "", allow_insecure: bool = False,
-                 client_cert: tuple[str, str] | None = None, shard: str = DEFAULT_SHARD) -> None:
+                 client_cert: tuple[str, str] | None = None, shard: str = DEFAULT_SHARD,
+                 batches: bool = True) -> None:
         super().__init__(control_url, token, node_id=node_id, session=session,
                          ca_bundle=ca_bundle, allow_insecure=allow_insecure,
                          client_cert=client_cert, carried="private keys")
@@ -60,6 +61,9 @@ class EdgeAgent(ControlClient):
         self.shard = shard  # the edge shard the node serves: the state the agent asks for
         self._session.headers[PROTOCOL_HEADER] = str(PROTOCOL)  # the feed's form it reads
         self.certificates = CertificateDownloads(self._request)
+        self.batches = batches
+        """Whether certificates come in the batches a state offers (False: one GET each, as
+        against a control service that offers none)."""
         self._pems: dict[str, str] = {}
         """Certificates downloaded for the state being fetched, by hostname."""
         self._force = False
@@ -209,7 +213,8 @@ class EdgeAgent(ControlClient):
         wanted = [(ref["hostname"], ref["cert_sha256"]) for ref in refs
                   if (current := served.get(ref["hostname"])) is None
                   or current.ref.cert_sha256 != ref["cert_sha256"]]
-        self._pems = self.certificates.fetch(wanted, batch_size(doc.get(CERT_BATCH_KEY)))
+        per_batch = batch_size(doc.get(CERT_BATCH_KEY)) if self.batches else 0
+        self._pems = self.certificates.fetch(wanted, per_batch)
         return served
 
     def _route(self, ref: dict[str, str], served: dict[str, Route]) -> Route:

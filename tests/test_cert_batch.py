@@ -71,8 +71,7 @@ def test_a_batch_download_yields_the_same_files_as_one_get_each(
     assert (batched.certificates.batches, batched.certificates.batched,
             batched.certificates.singles) == (3, 25, 0)
     # The same state through the path of an agent whose control service offers no batch.
-    monkeypatch.setattr("edge.agent.batch_size", lambda offer: 0)
-    single = EdgeAgent(edge_node("single"), url, EDGE_TOKEN, node_id="single")
+    single = EdgeAgent(edge_node("single"), url, EDGE_TOKEN, node_id="single", batches=False)
     assert single.sync()
     assert (single.certificates.batches, single.certificates.singles) == (0, 25)
     assert batched.node.applied_version == single.node.applied_version \
