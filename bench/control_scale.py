@@ -2,12 +2,14 @@
 (with its HAProxy) over N active domains, at rest and with a steady stream of rechecks.
 
 Usage: python bench/control_scale.py [--domains 1000,10000,100000] [--backend sqlite|dynamodb]
-           [--window 60] [--samples 30] [--seed-processes 1]
+           [--window 60] [--samples 30] [--seed-processes 1] [--seed-directly]
 (dynamodb starts dynalite from node_modules on a free loopback port.)
 
-For each size, in a new directory: knotd (the authoritative DNS the rechecks ask), the fleet
+For each size, in a new directory: knotd (the authoritative DNS the rechecks ask), a store at
+this release's schema (`edgectl migrate --apply`: on DynamoDB, index keys spread), the fleet
 seeded through the product's write paths (bench/control_seed.py: connect, transition, the
-certificate store; serve's reconciliation at start publishes every route, its batch path),
+certificate store; serve's reconciliation at start publishes every route, its batch path; on
+DynamoDB into a SQLite store first, then moved by `edgectl backup` and `edgectl restore`),
 then `edgectl serve` and `edgectl agent`, with default timings (worker round 2 s, long poll
 5 s, recheck every 3600 s). Once the agent serves the whole state:
 
@@ -48,7 +50,11 @@ def run_size(count: int, args: argparse.Namespace) -> dict[str, Any]:
         stack = ControlStack(Path(folder), args.backend)
         try:
             started = time.monotonic()
-            tokens = control_seed.seed(stack.settings(), count, args.seed_processes)
+            if args.backend == "dynamodb" and not args.seed_directly:
+                tokens = stack.seed_through_a_backup(count)
+            else:  # a store at this release's schema, as an operator's (DynamoDB spreads keys)
+                stack.edgectl("migrate", "--apply")
+                tokens = control_seed.seed(stack.settings(), count, args.seed_processes)
             latency_pair = control_seed.seed_latency_pair(stack.settings())
             seeding = time.monotonic() - started
             print(f"  seeded {count:,} domains in {seeding:.0f} s "
@@ -106,6 +112,9 @@ def main() -> None:
     parser.add_argument("--seed-processes", type=int, default=0,
                         help="parallel seeding processes (default: 1 on SQLite, whose writes "
                              "take one lock, 4 on DynamoDB)")
+    parser.add_argument("--seed-directly", action="store_true",
+                        help="on DynamoDB, seed through the write paths into DynamoDB itself "
+                             "(default: into SQLite, then `edgectl backup` and `edgectl restore`)")
     args = parser.parse_args()
     if not args.seed_processes:
         args.seed_processes = 1 if args.backend == "sqlite" else 4
