@@ -150,7 +150,8 @@ class Lifecycle:
 
     def tick(self) -> None:
         """One round: only what is due, asked of an ordered index, so a round with nothing
-        due costs a constant number of store requests whatever the number of domains."""
+        due costs a constant number of store requests whatever the number of domains (and
+        only the indexes where work may be: domains/due_hints.py)."""
         # First: a fresh edge needs its (empty) state to open port 80 for HTTP-01.
         try:
             self.edge.refresh()
@@ -159,18 +160,20 @@ class Lifecycle:
         except Exception:  # the domains must still move forward; the next round retries
             log.exception("publishing the edge state failed")
         self.domains.drain_outboxes()  # what a dead process (or a failed consumer) left
-        self._each(self.verify, self.domains.due(PENDING_DNS))
+        self.domains.begin_round()
+        due = self.domains.due_this_round
+        self._each(self.verify, due(PENDING_DNS))
         now = self._clock()
-        issuing = self.domains.due(VERIFIED) + [
+        issuing = due(VERIFIED) + [
             d for d in self.domains.with_status(ISSUING)
             if decide.resumable(d, now, self.worker_id)]
         serving = bool(issuing) and self.edge.serving()  # asked only when there is an order
         issuing = [d for d in issuing if decide.orderable(d, serving)]
         if issuing:
             self._each(self.issue, issuing, self.timing.issue_concurrency)
-        self._each(self.recheck, self.domains.due(ACTIVE) + self.domains.due(SUSPENDED))
+        self._each(self.recheck, due(ACTIVE) + due(SUSPENDED))
         if self.rules.prevalidates:
-            self._each(self.advance, self.domains.due(AWAITING_TRAFFIC))
+            self._each(self.advance, due(AWAITING_TRAFFIC))
 
     def now(self) -> float:
         return self._clock()

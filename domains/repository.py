@@ -12,6 +12,7 @@ import itertools
 from typing import Callable, Iterable, Iterator
 
 from domains.counts import StatusCounts
+from domains.due_hints import DueHints
 from domains.errors import DomainNotFound, InvalidHostname
 from domains.outbox import with_entries
 from kit.clock import iso
@@ -63,6 +64,7 @@ class DomainRepository:
         self._normalize = normalize
         self._clock = clock
         self.counts = StatusCounts(counts, STATUSES) if counts is not None else None
+        self.hints = DueHints(counts, STATUSES, clock)
         if self.counts is not None:
             self.counts.open(lambda status: len(self.with_status(status)), self._count_failing)
 
@@ -143,6 +145,20 @@ class DomainRepository:
         return list(itertools.islice(every(lambda cursor: self.table.query_range(
             "due", status, upper=now, limit=min(limit, 500), cursor=cursor)), limit))
 
+    def due_this_round(self, status: str, limit: int = 1000) -> list[Item]:
+        """``due`` for a worker round: asked only where work may be (domains/due_hints.py);
+        when none is due, one more query finds the earliest time ahead."""
+        if not self.hints.should_ask(status):
+            return []
+        now = self._clock()
+        found = self.due(status, limit)
+        ahead = None
+        if not found:
+            first = self.table.query_range("due", status, lower=now, limit=1).items
+            ahead = float(first[0]["next_attempt_at"]) if first else None
+        self.hints.asked(status, now, bool(found), ahead)
+        return found
+
     def outboxes_before(self, upper: float) -> list[Item]:
         """The domains whose outbox was last written at or before ``upper`` and still holds
         entries: one index query when there are none."""
@@ -177,12 +193,14 @@ class DomainRepository:
         """Store a new domain; ConflictError if one is stored under its name already."""
         stored = self.table.put(pending_indexed(item), expected_version=ABSENT)
         self._counted(None, stored)
+        self.hints.written(None, stored)
         return stored
 
     def write(self, domain: Item, updated: Item) -> Item:
         """Store ``updated`` in place of ``domain`` if nobody changed it meanwhile."""
         stored = self.table.put(pending_indexed(updated), expected_version=domain["version"])
         self._counted(domain, stored)
+        self.hints.written(domain, stored)
         return stored
 
     def delete(self, domain: Item) -> None:

@@ -320,6 +320,13 @@ class DomainService:
     def due(self, status: str, limit: int = 1000) -> list[Item]:
         return self.repository.due(status, limit)
 
+    def begin_round(self) -> None:
+        """A worker round starts: read which statuses may have work (domains/due_hints.py)."""
+        self.repository.hints.refresh()
+
+    def due_this_round(self, status: str, limit: int = 1000) -> list[Item]:
+        return self.repository.due_this_round(status, limit)
+
     def longest_failing(self, limit: int = 20) -> list[Item]:
         return self.repository.longest_failing(limit)
 
