@@ -80,7 +80,12 @@ class Target(Protocol):
         """Delete every item of the table, counters included."""
 
     def load(self, spec: TableSpec, stored: Stored) -> None:
-        """Write the item with its version, its stored text and its counters as they were."""
+        """Write the item with its version, its stored text and its counters as they were
+        (perhaps later, in a batch: by the next :meth:`flush`)."""
+
+    def flush(self) -> None:
+        """Return once every item loaded is written; raise :class:`StoreError` if one could
+        not be."""
 
 
 @dataclasses.dataclass
@@ -176,6 +181,7 @@ def restore_backup(target: Target, specs: tuple[TableSpec, ...], path: Path,
                 target.clear(spec)
         for table, stored in _items(path, by_name):
             target.load(by_name[table], stored)
+        target.flush()
     except StoreError as exc:
         raise BackupError(f"the store failed during the restore ({exc}) and may hold part of "
                           "the backup: once it answers, restore again with --force",
