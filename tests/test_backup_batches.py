@@ -180,7 +180,8 @@ def test_batches_left_unprocessed_are_written_again_or_reported(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Under the nemesis' weather (throttling, 500s, slowness) and with half the writes of
     each batch left unprocessed, every item arrives; a batch that stays unprocessed, or
-    whose requests keep failing, fails the restore with its sentence, never a silent loss."""
+    whose requests keep failing, fails the restore with its sentence, never a silent loss.
+    The deletes of ``--force`` go the same way."""
     path = _sqlite_backup(tmp_path)
     source = SqliteBackend(str(tmp_path / "source.db"))
     backend = _dynamo(nemesis)
@@ -188,6 +189,9 @@ def test_batches_left_unprocessed_are_written_again_or_reported(
         dynamo_nemesis.unprocessed_rate = 0.5
         restore_backup(DynamoTarget(backend), SPECS, path)
         assert dynamo_nemesis.injected["unprocessed"] > 100
+        assert _items(backend) == _items(source)
+        backend.table(LINKS).put({"slug": "extra"})
+        restore_backup(DynamoTarget(backend), SPECS, path, force=True)  # deletes in batches
         assert _items(backend) == _items(source)
 
         monkeypatch.setattr("store.backup_stores.WRITE_BACKOFF", 0.001)
