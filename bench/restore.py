@@ -36,7 +36,7 @@ from kit.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
 from store import RangeIndex, TableSpec  # noqa: E402
 from store.backup import Stored, restore_backup, take_backup  # noqa: E402
 from store.backup_stores import DynamoTarget, SqliteSource  # noqa: E402
-from store.dynamo import RETRIES, DynamoBackend, DynamoTable  # noqa: E402
+from store.dynamo import RETRIES, DynamoBackend  # noqa: E402
 from store.sqlite import SqliteBackend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

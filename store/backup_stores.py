@@ -193,8 +193,8 @@ new on-demand table accepts at first: 700,000 items in minutes, not the hours of
 sequential requests per item."""
 WRITE_ROUNDS, WRITE_BACKOFF = 12, 0.05
 """Requests a batch makes at most for the items DynamoDB leaves unprocessed (it does under
-throttling), and the seconds before it asks again (doubling, at most 1 s, jittered): some
-8 s, on top of botocore's own retries of a throttled or failed request. Still unprocessed
+throttling), and the seconds before it asks again (doubling, at most 1 s, jittered): 4 to
+8 s in all, on top of botocore's own retries of a throttled or failed request. Still unprocessed
 after them: :class:`StoreError`, and the operator restores again with ``--force``."""
 
 
