@@ -14,7 +14,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from store import RangeIndex, StoreError, Table, TableSpec, every
+from store import (META, SCHEMA_ITEM, SPREAD_SCHEMA, RangeIndex, StoreError, Table,
+                   TableSpec, every)
 from store.backup import BackupError, Stored, check_backup, restore_backup, take_backup
 from store.backup_stores import DynamoSource, DynamoTarget, SqliteSource
 from store.dynamo import RETRIES, DynamoBackend
@@ -27,6 +28,7 @@ SESSIONS = TableSpec("rb_sessions", key="id", indexes=("user",), expiring=True,
                      ranges=(RangeIndex("seen", "user", "seen_at", keys_only=True),))
 LINKS = TableSpec("rb_links", key="slug", indexes=("domain",))
 SPECS = (DOMAINS, SESSIONS, LINKS)
+SCHEMA = TableSpec(META, key="name")
 STATUSES = ("active", "pending", "failed")
 
 
@@ -151,6 +153,34 @@ def test_a_key_loaded_twice_is_never_in_one_batch(dynalite: str) -> None:
         assert table.get("l1") == {"domain": "b.test", "slug": "l1", "version": 5}
         assert [item["slug"] for item in table.query("domain", "b.test").items] == ["l1"]
         assert table.get("l2") == {"slug": "l2", "version": 1}
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("schema", [SPREAD_SCHEMA - 1, SPREAD_SCHEMA])
+def test_index_keys_are_spread_as_the_restored_schema_says(
+        dynalite: str, tmp_path: Path, schema: int) -> None:
+    """The schema is restored first: a store whose schema spreads gets its index keys spread
+    (not 1,500 statuses on one partition key); one whose schema does not, a replica of the
+    release before may read beside, gets them as that release wrote them."""
+    store = SqliteBackend(str(tmp_path / "schema.db"))
+    try:
+        _fill(store, domains=50, sessions=0, links=0)
+        store.table(SCHEMA).put({"name": SCHEMA_ITEM, "schema_version": schema})
+    finally:
+        store.close()
+    source = SqliteSource(str(tmp_path / "schema.db"))
+    try:
+        take_backup(source, (DOMAINS, SCHEMA), tmp_path / "schema.backup", "test")
+    finally:
+        source.close()
+    backend = DynamoBackend(_client(dynalite), prefix=f"b{uuid.uuid4().hex[:8]}_")
+    try:
+        restore_backup(DynamoTarget(backend), (DOMAINS, SCHEMA), tmp_path / "schema.backup")
+        stored = [raw["status"]["S"] for raw in _raw(backend, DOMAINS).values()
+                  if "status" in raw]
+        assert len(stored) == 42 and all(("#" in value) == (schema >= SPREAD_SCHEMA)
+                                         for value in stored)
     finally:
         backend.close()
 
