@@ -62,6 +62,7 @@ BENCHES: dict[str, Bench] = {
                          "--floor", "500")),
     "prevalidation_switch": Bench(("--seconds", "4",)),
     "redirect_domains": Bench(("--routes", "100", "--seconds", "2", "--rounds", "1")),
+    "restore": Bench(("--items", "2000")),
     "router_overhead": Bench(("--map-entries", "100000", "--seconds", "2", "--rounds", "1")),
     "routing_overhead": Bench(("--entries", "1000", "--seconds", "2", "--rounds", "1")),
     "shard_change_latency": Bench(("--domains", "1000", "--shards", "2", "--samples", "10",

@@ -29,7 +29,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Any, Iterator, NamedTuple, Protocol
 
-from store import StoreError, TableSpec
+from store import META, StoreError, TableSpec
 
 FORMAT = "edge-router-backup"
 FORMAT_VERSION = 1
@@ -80,7 +80,12 @@ class Target(Protocol):
         """Delete every item of the table, counters included."""
 
     def load(self, spec: TableSpec, stored: Stored) -> None:
-        """Write the item with its version, its stored text and its counters as they were."""
+        """Write the item with its version, its stored text and its counters as they were
+        (perhaps later, in a batch: by the next :meth:`flush`)."""
+
+    def flush(self) -> None:
+        """Return once every item loaded is written; raise :class:`StoreError` if one could
+        not be."""
 
 
 @dataclasses.dataclass
@@ -162,8 +167,15 @@ def restore_backup(target: Target, specs: tuple[TableSpec, ...], path: Path,
                    force: bool = False) -> None:
     """Write the items of the backup at ``path``, which :func:`check_backup` read whole first,
     into ``target``, which must hold no item (unless ``force``: then what it holds is deleted
-    first)."""
+    first).
+
+    The store's schema (``META``) is written first, so a store whose schema spreads index keys
+    has them spread as its items are written (DynamoDB reads it to decide): unspread, every
+    domain's status would be one partition key of its index, which throttles the restore and
+    the writes after it (``TableSpec.spread``)."""
     by_name = {spec.name: spec for spec in specs}
+    first = {META} & set(by_name)
+    passes = [first, set(by_name) - first] if first else [set(by_name)]
     if not force:
         full = [spec.name for spec in specs if target.holds_items(spec)]
         if full:
@@ -174,8 +186,11 @@ def restore_backup(target: Target, specs: tuple[TableSpec, ...], path: Path,
         for spec in specs:
             if force:
                 target.clear(spec)
-        for table, stored in _items(path, by_name):
-            target.load(by_name[table], stored)
+        for loading in passes:
+            for table, stored in _items(path, by_name):
+                if table in loading:
+                    target.load(by_name[table], stored)
+            target.flush()
     except StoreError as exc:
         raise BackupError(f"the store failed during the restore ({exc}) and may hold part of "
                           "the backup: once it answers, restore again with --force",

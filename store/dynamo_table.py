@@ -111,10 +111,11 @@ class DynamoTable:
     def put(self, item: Item, expected_version: int | None = None) -> Item:
         key = str(item[self.spec.key])
         data = {k: v for k, v in item.items() if k != VERSION}
-        values: dict[str, Any] = {":data": {"S": json.dumps(data, sort_keys=True)}}
-        sets, removes = ["#data = :data"], []
-        names = {"#data": "data", "#version": "version"}
-        for n, (attr, value) in enumerate(self._top(key, data).items()):
+        values: dict[str, Any] = {}
+        sets: list[str] = []
+        removes: list[str] = []
+        names = {"#version": "version"}
+        for n, (attr, value) in enumerate(self._laid_out(key, data).items()):
             names[f"#a{n}"] = attr
             if value is None:
                 removes.append(f"#a{n}")
@@ -136,6 +137,26 @@ class DynamoTable:
         except ClientError:
             raise ConflictError(self.spec.name, key, expected_version) from None
         return {**data, VERSION: int(raw["version"]["N"])}
+
+    def raw_item(self, key: str, text: str | None, version: int | None,
+                 counters: dict[str, int]) -> Raw:
+        """The whole item as :meth:`put` of the item stored as ``text`` (JSON), its version
+        then set to ``version``, and :meth:`increment` of each counter from nothing lay it
+        out: one PutRequest writes it. ``text`` None: counters kept without an item."""
+        raw: Raw = {"pk": {"S": key}}
+        if text is not None:
+            laid_out = self._laid_out(key, json.loads(text), text)
+            raw.update({attr: value for attr, value in laid_out.items() if value is not None})
+            raw["version"] = {"N": str(version)}
+        raw.update({f"c_{name}": {"N": str(value)} for name, value in counters.items()})
+        return raw
+
+    def _laid_out(self, key: str, data: Item,
+                  text: str | None = None) -> dict[str, dict[str, str] | None]:
+        """The attributes an item's data sets besides its key and version: the stored text
+        (``text``, or the data's own) and :meth:`_top`'s."""
+        stored = json.dumps(data, sort_keys=True) if text is None else text
+        return {"data": {"S": stored}, **self._top(key, data)}
 
     def _top(self, key: str, data: Item) -> dict[str, dict[str, str] | None]:
         """The top-level attributes the indexes read (None: remove it, out of the index)."""

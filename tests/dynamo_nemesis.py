@@ -11,9 +11,10 @@ DynamoDB does and dynalite does not (in the spirit of Toxiproxy and Jepsen's nem
   ``failures``: ``ProvisionedThroughputExceededException`` or ``ThrottlingException`` (400
   with DynamoDB's ``__type``) or ``InternalServerError`` (500), without reaching dynalite.
 - **Slowness.** A ``slow_rate`` fraction waits ``slow`` seconds first.
-- **Partial batches.** An ``unprocessed_rate`` fraction of the keys of a BatchGetItem is
-  left out of what dynalite is asked and answered as ``UnprocessedKeys`` (at least one key is
-  read), as DynamoDB does under throttling or past 16 MB.
+- **Partial batches.** An ``unprocessed_rate`` fraction of the keys of a BatchGetItem (the
+  writes of a BatchWriteItem) is left out of what dynalite is asked and answered as
+  ``UnprocessedKeys`` (``UnprocessedItems``), at least one key read (one write done), as
+  DynamoDB does under throttling or past 16 MB.
 - **Consumed capacity** per index key: ``consumed[(table, key attribute, value)]`` counts the
   requests that read or wrote under each key value of each index, so a test sees a hot key.
 
@@ -40,6 +41,8 @@ _TYPES = {
     "internal": (500, "com.amazonaws.dynamodb.v20120810#InternalServerError",
                  "Internal server error"),
 }
+_UNPROCESSED = {"BatchGetItem": "UnprocessedKeys", "BatchWriteItem": "UnprocessedItems"}
+"""The batch operations DynamoDB may answer in part, and the field naming what it left."""
 WRITES = ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem")
 INDEXED_KEYS = ("feed", "status", "expiry_shard", "expiring", "state", "owner", "expiry_set",
                 "failing_set", "outbox_state")
@@ -124,7 +127,7 @@ class Nemesis:
                     {"__type": kind_type, "message": message}).encode())
                 return
         withheld: dict[str, Any] = {}
-        if operation == "BatchGetItem" and self.unprocessed_rate:
+        if operation in _UNPROCESSED and self.unprocessed_rate:
             request, withheld = self._withhold(request)
             body = json.dumps(request).encode()
         try:
@@ -139,20 +142,26 @@ class Nemesis:
                 request.get("IndexName") or not request.get("ConsistentRead")):
             answer = self._lagging(request, answer)
         if status == 200 and withheld:
-            answer = json.dumps({**json.loads(answer), "UnprocessedKeys": withheld}).encode()
+            answer = json.dumps({**json.loads(answer), _UNPROCESSED[operation]: withheld})\
+                .encode()
         self._answer(handler, status, answer)
 
     def _withhold(self, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The batch read without the keys it leaves unprocessed, and those keys."""
-        asked, withheld = {}, {}
+        """The batch without the keys (writes) it leaves unprocessed, and those."""
+        asked: dict[str, Any] = {}
+        withheld: dict[str, Any] = {}
+        left_out = 0
         for table, part in request.get("RequestItems", {}).items():
-            keys = list(part.get("Keys", []))
+            reads = isinstance(part, dict)  # a read's {"Keys": [...]}; a write's list
+            keys = list(part.get("Keys", []) if reads else part)
             left = [key for key in keys[1:] if random.random() < self.unprocessed_rate]
-            asked[table] = {**part, "Keys": [key for key in keys if key not in left]}
+            kept = [key for key in keys if key not in left]
+            asked[table] = {**part, "Keys": kept} if reads else kept
             if left:
-                withheld[table] = {**part, "Keys": left}
+                withheld[table] = {**part, "Keys": left} if reads else left
+                left_out += len(left)
         with self._lock:
-            self.injected["unprocessed"] += sum(len(p["Keys"]) for p in withheld.values())
+            self.injected["unprocessed"] += left_out
         return {**request, "RequestItems": asked}, withheld
 
     def _forward(self, handler: BaseHTTPRequestHandler, body: bytes) -> tuple[int, bytes]:
