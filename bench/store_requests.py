@@ -273,7 +273,10 @@ def drive(services: Services, pebble: PebbleStack, meter: Meter) -> dict[str, Co
     costs["link visit flush (one link)"] = meter.measure(
         lambda: services.links.add_visits({link["id"]: 3}))
     services.lifecycle.tick()
+    time.sleep(services.domains.repository.hints.lag)  # the due hints settle (due_hints.py)
+    services.lifecycle.tick()
     costs["idle worker round"] = meter.measure(services.lifecycle.tick)
+    costs["a due index asked"] = meter.measure(lambda: services.domains.due("active"))
     costs["removal"] = meter.measure(lambda: services.lifecycle.remove(hostname))
     return costs
 
@@ -282,9 +285,12 @@ def model(costs: dict[str, Cost], recheck_seconds: float,
           validity_days: int) -> dict[str, dict[str, float]]:
     nodes, replicas, worker_interval, watch_seconds = 10, 2, 2.0, 5.0
     recheck, renewal = costs["recheck at rest (leased)"], costs["renewal"]
-    # An idle worker round per replica; each agent's watch returning; and each replica's
-    # watch thread reading the version item every 0.5 s while agents wait (edge/watch.py).
+    # An idle worker round per replica, and its ask of the active domains' due index (a fleet
+    # this size has rechecks due every round; domains/due_hints.py skips only idle indexes);
+    # each agent's watch returning; and each replica's watch thread reading the version item
+    # every 0.5 s while agents wait (edge/watch.py).
     rest_fixed = (per_second(costs["idle worker round"], replicas / worker_interval),
+                  per_second(costs["a due index asked"], replicas / worker_interval),
                   per_second(costs["an agent's idle watch (one return)"], nodes / watch_seconds),
                   per_second(costs["an agent's idle watch (one return)"], replicas / 0.5))
     fixed_reads = sum(r for r, _ in rest_fixed)
