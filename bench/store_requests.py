@@ -202,7 +202,7 @@ def main() -> None:
                 encryption_keys=Fernet.generate_key().decode(), data_dir=tmp,
                 storage_backend="dynamodb", dynamodb_endpoint_url=f"http://127.0.0.1:{port}",
                 acme_directory_url=pebble.directory_url, acme_ca_bundle=str(pebble.listener_ca),
-                dns_servers=["127.0.0.1"], dns_port=pebble.dns_port, recheck_seconds=0.1,
+                dns_servers=["127.0.0.1"], dns_port=pebble.dns_port, recheck_seconds=3600,
                 edge_cname_target="edge.platform.test", edge_addresses=["127.0.0.1"],
                 short_domains=["go.bench.test"])
             services = Services.from_settings(settings)
