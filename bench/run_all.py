@@ -78,6 +78,12 @@ BENCHES: dict[str, Bench] = {
 control_scale's parts, conditions.py and this file are the plumbing."""
 
 
+def _variant(entry: dict[str, Any]) -> tuple[str, Any]:
+    """What an entry added by hand replaces: the same bench on the same backend (a bench run
+    on SQLite and on DynamoDB keeps an entry of each)."""
+    return entry["bench"], entry.get("figures", {}).get("backend")
+
+
 def run_one(name: str, args: tuple[str, ...], timeout: float,
             mode: str) -> list[dict[str, Any]]:
     """Run ``bench/<name>.py``; the entries it recorded (one with empty figures if none)."""
@@ -148,12 +154,12 @@ def main() -> int:
                            "full" if args.full else "quick")
     added = [{**json.loads(line), "run": {"mode": "by hand", "from": path.name}}
              for path in args.add for line in path.read_text().splitlines() if line.strip()]
-    results = [entry for entry in results
-               if entry["bench"] not in {a["bench"] for a in added}] + added
-    names += [entry["bench"] for entry in added]
+    replaced = {_variant(entry) for entry in added}
+    results = [entry for entry in results if _variant(entry) not in replaced] + added
     if args.keep and args.out.exists():
         earlier = json.loads(args.out.read_text()).get("results", [])
-        results = [entry for entry in earlier if entry["bench"] not in names] + results
+        results = [entry for entry in earlier
+                   if entry["bench"] not in names and _variant(entry) not in replaced] + results
     results.sort(key=lambda entry: list(BENCHES).index(entry["bench"])
                  if entry["bench"] in BENCHES else len(BENCHES))
     modes = sorted({str(entry.get("run", {}).get("mode")) for entry in results})

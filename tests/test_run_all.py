@@ -66,3 +66,13 @@ def test_run_all_keeps_every_figure_with_its_conditions(
     assert "stopped after" in merged["admin_pages"]["run"]["output_tail"]
     assert merged["dns_check"]["figures"] == {"domains": 3}
     assert merged["dns_check"]["run"]["mode"] == "by hand"
+    # One bench on two backends keeps an entry of each; a new run on one replaces only its own.
+    for backend, seconds in (("sqlite", 1), ("dynamodb", 2), ("dynamodb", 3)):
+        by_hand.unlink()
+        record("control_scale", {"backend": backend, "seconds": seconds})
+        assert run_all("--no-run", "--keep", "--out", str(out), "--add", str(by_hand)
+                       ).returncode == 1  # admin_pages' failed entry is kept
+    scales = [entry["figures"] for entry in json.loads(out.read_text())["results"]
+              if entry["bench"] == "control_scale"]
+    assert scales == [{"backend": "sqlite", "seconds": 1}, {"backend": "dynamodb", "seconds": 3}]
+    assert "edge_apply" in {entry["bench"] for entry in json.loads(out.read_text())["results"]}
