@@ -1,4 +1,4 @@
-"""Which due indexes a worker round needs to ask, so an idle round costs one read.
+"""Which due indexes a worker round needs to ask, so an idle round asks none of them.
 
 Asking a status's ``due`` index is one query, and on DynamoDB seventeen (its key is spread,
 docs/dynamodb.md): an idle round asked five of them every ``worker_interval``, about 120 store
