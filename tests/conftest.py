@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import boto3
 import pytest
+from botocore.config import Config
 from botocore.retries.standard import ExponentialBackoff
 from cryptography.fernet import Fernet
 from flask.testing import FlaskClient
@@ -31,7 +32,7 @@ from edge.node import EdgeNode
 from kit.procs import ManagedProcess, free_port, start_listening
 from kit.settings import Settings, load_settings
 from store import Backend, Item
-from store.dynamo import DynamoBackend
+from store.dynamo import USER_AGENT, DynamoBackend
 from store.sqlite import SqliteBackend
 from tests.dynamo_nemesis import Nemesis
 from tests.webhook_receiver import Receiver
@@ -419,7 +420,9 @@ def _worker_round(services: Services, hostnames: list[str]) -> bool:
 
 
 def dynamo_client(endpoint: str) -> object:
-    return boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+    """botocore's default retries and timeouts, with the product's User-Agent (its cost)."""
+    return boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1",
+                        config=Config(user_agent=USER_AGENT))
 
 
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -12,13 +12,12 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.config import Config
 
 from store import (META, SCHEMA_ITEM, SPREAD_SCHEMA, RangeIndex, StoreError, Table,
                    TableSpec, every)
 from store.backup import BackupError, Stored, check_backup, restore_backup, take_backup
 from store.backup_stores import DynamoSource, DynamoTarget, SqliteSource
-from store.dynamo import RETRIES, DynamoBackend
+from store.dynamo import DynamoBackend, client_config
 from store.sqlite import SqliteBackend
 from tests.dynamo_nemesis import Nemesis
 
@@ -96,8 +95,7 @@ def _reads(table: Table, keys: list[str]) -> dict[str, Any]:
 def _client(endpoint: str) -> Any:
     """A client as the product's (its retries, a connection for each thread)."""
     return boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1",
-                        config=Config(retries=RETRIES,  # type: ignore[arg-type]
-                                      max_pool_connections=64))
+                        config=client_config())
 
 
 def _dynamo(endpoint: str) -> DynamoBackend:
