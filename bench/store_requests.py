@@ -5,8 +5,8 @@ Usage: python bench/store_requests.py [--recheck-hours 1] [--validity-days 90]
 Starts dynalite (DynamoDB over HTTP), Pebble (short-lived certificates, so a renewal happens
 within seconds) and challtestsrv, then drives one domain through its life with the control
 service's own objects: connect, verification, issuance, an edge node's delta and certificate
-download, a recheck at rest, a renewal, a short link's visit flush, an idle worker round and a
-removal. Every DynamoDB call is counted by operation name through botocore's event hook, as
+download, a recheck at rest, a renewal, a short link's visit flush, an idle worker round (and
+one at the due hints' window, when every idle index is asked) and a removal. Every DynamoDB call is counted by operation name through botocore's event hook, as
 reads (GetItem, Query, ...) or writes (PutItem, UpdateItem, TransactWriteItems, ...).
 
 Write units are not counted by the server (dynalite bills nothing): they are modelled, item
@@ -46,6 +46,7 @@ from bench.conditions import print_conditions, record  # noqa: E402
 from bench.write_units import item_size, write_units  # noqa: E402
 from store.dynamo_schema import EXPIRY_INDEX  # noqa: E402
 from control.wiring import Services  # noqa: E402
+from domains.due_hints import WINDOW  # noqa: E402
 from devtools.pebble import PebbleStack  # noqa: E402
 from kit.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
 from kit.settings import load_settings  # noqa: E402
@@ -276,6 +277,8 @@ def drive(services: Services, pebble: PebbleStack, meter: Meter) -> dict[str, Co
     time.sleep(services.domains.repository.hints.lag)  # the due hints settle (due_hints.py)
     services.lifecycle.tick()
     costs["idle worker round"] = meter.measure(services.lifecycle.tick)
+    time.sleep(WINDOW)  # each index is asked at least once a window (domains/due_hints.py)
+    costs["idle worker round at the window"] = meter.measure(services.lifecycle.tick)
     costs["a due index asked"] = meter.measure(lambda: services.domains.due("active"))
     costs["removal"] = meter.measure(lambda: services.lifecycle.remove(hostname))
     return costs
@@ -285,11 +288,16 @@ def model(costs: dict[str, Cost], recheck_seconds: float,
           validity_days: int) -> dict[str, dict[str, float]]:
     nodes, replicas, worker_interval, watch_seconds = 10, 2, 2.0, 5.0
     recheck, renewal = costs["recheck at rest (leased)"], costs["renewal"]
-    # An idle worker round per replica, and its ask of the active domains' due index (a fleet
-    # this size has rechecks due every round; domains/due_hints.py skips only idle indexes);
-    # each agent's watch returning; and each replica's watch thread reading the version item
-    # every 0.5 s while agents wait (edge/watch.py).
-    rest_fixed = (per_second(costs["idle worker round"], replicas / worker_interval),
+    # An idle worker round per replica, what its round at the window asks more, and its ask
+    # of the active domains' due index (a fleet this size has rechecks due every round;
+    # domains/due_hints.py skips only idle indexes); each agent's watch returning; and each
+    # replica's watch thread reading the version item every 0.5 s while agents wait
+    # (edge/watch.py).
+    idle, at_window = costs["idle worker round"], costs["idle worker round at the window"]
+    window_more = Cost(at_window.reads - idle.reads, at_window.writes - idle.writes,
+                       at_window.index_writes - idle.index_writes)
+    rest_fixed = (per_second(idle, replicas / worker_interval),
+                  per_second(window_more, replicas / WINDOW),
                   per_second(costs["a due index asked"], replicas / worker_interval),
                   per_second(costs["an agent's idle watch (one return)"], nodes / watch_seconds),
                   per_second(costs["an agent's idle watch (one return)"], replicas / 0.5))

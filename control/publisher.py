@@ -23,6 +23,9 @@ from store import Item
 log = logging.getLogger(__name__)
 PLATFORM_PUBLICATION = "_platform"
 """What the apps see in X-Publication-Id on the platform's own domain (no publication has it)."""
+EXPIRED_LINKS_EVERY = 10.0
+"""How often expired links are asked for once an ask found none (each ask is one index query,
+on DynamoDB seventeen)."""
 
 
 class EdgePublisher:
@@ -44,6 +47,7 @@ class EdgePublisher:
         self._sso_keys, self._pools = sso_keys, pools_of(origin_pools)
         self.platform_hosts = platform_hosts
         """The platform's own domains: routed to the app fleet once their certificate exists."""
+        self._expiry_next_ask = 0.0
 
     def redirect(self, link: Item | None) -> Redirect | None:
         """The map entry the edge answers ``link`` with, or None: the Python path serves it
@@ -72,11 +76,17 @@ class EdgePublisher:
 
     def expire_links(self) -> int:
         """Take expired links off the map, by their due time (one index query when none is
-        due; each due one read by key, as the index may lag a link given a later expiry)."""
-        due = self._state.due_redirects(self._clock())
+        due; each due one read by key, as the index may lag a link given a later expiry).
+        An ask that found none is not repeated for ``EXPIRED_LINKS_EVERY`` seconds: HAProxy
+        stops answering a link at its expiry itself, so its entry only takes room meanwhile."""
+        now = self._clock()
+        if now < self._expiry_next_ask:
+            return 0
+        due = self._state.due_redirects(now)
         if due:
             self._state.change({}, redirects={key: self._entry(key) if self._links else None
                                               for key in due})
+        self._expiry_next_ask = now if due else now + EXPIRED_LINKS_EVERY  # more may be due
         return len(due)
 
     def config(self) -> EdgeConfig:

@@ -5,12 +5,19 @@ A drain may run twice over the same entries (the writer's own drain and the work
 crash in between), so consumers are idempotent and the clearing is a conditional write that
 keeps any entry a writer added meanwhile. A removed domain's item goes only once its outbox is
 empty: whoever drains it last deletes it.
+
+The worker asks for outboxes left behind (``drain_outboxes``, on DynamoDB seventeen queries of
+a spread key) only where some may be, as domains/due_hints.py does for the due indexes: on its
+first round, once the grace of a drain of this process that failed is over, after an ask that
+found some, and every ``WINDOW`` seconds for what a dead process left behind.
 """
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable
 
+from domains.due_hints import WINDOW
 from domains.outbox import OUTBOX, Consumers, kind_of
 from domains.repository import REMOVING, DomainRepository
 from store import ConflictError, Item
@@ -24,6 +31,11 @@ class OutboxDrain:
         self.repository = repository
         self.consumers = consumers
         self._clock = clock
+        self._asked_at: float | None = None
+        self._found = False
+        self._failed: list[float] = []
+        """When drains of this process (its worker's, its API's) failed, not yet asked for."""
+        self._lock = threading.Lock()
 
     def drain(self, domain: Item) -> Item:
         """Hand the outbox's entries, in order, to their consumers and clear them; a removing
@@ -36,6 +48,8 @@ class OutboxDrain:
             except Exception:  # the store or another part is down: the worker drains it later
                 log.exception("outbox entry %s (%s) of %s failed; the worker retries it",
                               entry["id"], kind_of(entry), domain["hostname"])
+                with self._lock:
+                    self._failed.append(self._clock())
                 return self._settle(domain, done, failed=True)
             done.add(entry["id"])
         return self._settle(domain, done, failed=False)
@@ -49,14 +63,26 @@ class OutboxDrain:
         (possibly behind) and a drain takes time, so by its turn a domain may have been
         drained by another replica, or removed and connected again by a new owner, whose
         certificate and links a replay of the old entries would take away."""
-        upper = self._clock() - grace
+        now = self._clock()
+        upper = now - grace
+        with self._lock:
+            if not self._should_ask(now, upper):
+                return 0
+        found = self.repository.outboxes_before(upper)
+        with self._lock:
+            self._failed = [at for at in self._failed if at > upper]
         drained = 0
-        for listed in self.repository.outboxes_before(upper):
+        for listed in found:
             domain = self.repository.find(listed["hostname"])
             if domain and domain.get(OUTBOX) and (domain.get("outbox_at") or 0) <= upper:
                 self.drain(domain)
                 drained += 1
+        self._asked_at, self._found = now, bool(found)
         return drained
+
+    def _should_ask(self, now: float, upper: float) -> bool:
+        return (self._asked_at is None or self._found or now - self._asked_at >= WINDOW
+                or any(at <= upper for at in self._failed))
 
     def _apply(self, entry: Item) -> None:
         self.consumers.apply(entry)

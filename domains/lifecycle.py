@@ -110,6 +110,8 @@ class Lifecycle:
         self.events = events or _NoEvents()
         self._held: dict[str, float] = {}
         """Hostnames this worker leased -> when the lease runs out (handed back on a stop)."""
+        self._own_issuing = True
+        """Whether this worker may hold issuances to resume (its first round, or one failed)."""
 
     # The consumers of the outbox entries the lifecycle writes (control/wiring.py's table).
 
@@ -165,8 +167,7 @@ class Lifecycle:
         self._each(self.verify, due(PENDING_DNS))
         now = self._clock()
         issuing = due(VERIFIED) + [
-            d for d in self.domains.with_status(ISSUING)
-            if decide.resumable(d, now, self.worker_id)]
+            d for d in self._issuing() if decide.resumable(d, now, self.worker_id)]
         serving = bool(issuing) and self.edge.serving()  # asked only when there is an order
         issuing = [d for d in issuing if decide.orderable(d, serving)]
         if issuing:
@@ -177,6 +178,15 @@ class Lifecycle:
 
     def now(self) -> float:
         return self._clock()
+
+    def _issuing(self) -> list[Item]:
+        """Issuances to resume: every one when this worker may hold some under its id (from
+        before a restart, or left by a failure: resumed at once), else those whose lease ran
+        out, asked as a due index is."""
+        if not self._own_issuing:
+            return self.domains.due_this_round(ISSUING)
+        self._own_issuing = False
+        return self.domains.with_status(ISSUING)
 
     def _each(self, step: Callable[[Item], Item], domains: list[Item],
               concurrency: int | None = None) -> None:
@@ -253,6 +263,13 @@ class Lifecycle:
     still point at us; an awaiting domain: active once its traffic points at us."""
 
     def issue(self, domain: Item) -> Item:
+        try:
+            return self._issue(domain)
+        except Exception:  # the store or the CA went away midway: it may be left issuing
+            self._own_issuing = True
+            raise
+
+    def _issue(self, domain: Item) -> Item:
         if self.issuer.holds(domain["hostname"]):
             # A run died after the CA issued and before the domain moved on: the certificate
             # is stored, so ordering again would only cost a second one from the CA.

@@ -17,7 +17,7 @@ so that any replica resumes a move where a dead one left it:
 Work proportional to change: the moved hostnames are found by reading the edge's route and
 link tables once (paged, the cursor in the ``scan`` item), only when the registry's revision
 moved; the worker then takes moves by their due time (the ``due`` range index: one query when
-none is due). A step is taken under a lease (a conditional write on the move item), so two
+none is due, none when the shard set never changed). A step is taken under a lease (a conditional write on the move item), so two
 replicas never both do one, and every step is idempotent, so a step repeated after a crash
 does the same thing again.
 """
@@ -47,9 +47,8 @@ next step is due; the ``scan`` item (finding the moved hostnames) and the ``coun
 (moves in flight from and to each shard)."""
 SCAN, COUNTS, QUEUE = "scan", "counts", "1"
 PUBLISH, SWITCH, DROP = "publish", "switch", "drop"
-PAGE = 500
-VERSIONS = 16
-"""Versions a move remembers as holding its route: the shard's last few."""
+PAGE, VERSIONS = 500, 16
+"""Routes read a page; versions a move remembers as holding its route (the shard's last)."""
 
 
 def move_key(hostname: str) -> str:
@@ -84,10 +83,11 @@ class Mover:
         state.mover = self
 
     def tick(self, current: tuple[int, ShardSet] | None = None) -> int:
-        """Find what a shard-set change moved (only when the registry's revision moved), then
-        take the moves that are due; how many steps were taken. ``current``: the registry as
-        the round read it, so the round pays one read of it."""
+        """Find what a shard-set change moved (when the registry's revision moved), then take
+        the due moves; the steps taken. ``current``: the registry as the round read it."""
         revision, shards = current or self.registry.current()
+        if revision == 0:
+            return 0
         if revision != self._done:
             self.discover(revision, shards)
         steps = self.run_due(shards)

@@ -1,16 +1,21 @@
 """A worker round asks a status's due index only where work may be (domains/due_hints.py):
 after a write that gave a domain work within the window, while work was found, when the
 earliest time seen ahead comes, and at least once a window; never on an idle round otherwise.
-On DynamoDB each ask is seventeen queries (a spread key), so an idle round went from 122 store
-requests to 55 (tests/test_scale.py)."""
+The round's other index reads follow the same idea: outboxes left behind (domains/drain.py),
+issuances to resume (domains/lifecycle.py) and expired links (control/publisher.py). On
+DynamoDB each ask is seventeen queries (a spread key), so an idle round went from 122 store
+requests to 3 (tests/test_scale.py)."""
 from __future__ import annotations
 
 from typing import Callable
 
 import pytest
 
+from control.publisher import EXPIRED_LINKS_EVERY
 from control.wiring import Services
-from domains.repository import ACTIVE, PENDING_DNS
+from domains.due_hints import WINDOW
+from domains.repository import ACTIVE, ISSUING, PENDING_DNS, VERIFIED
+from store import Throttled
 from tests.conftest import FakeClock, ServicesWith
 
 
@@ -87,3 +92,72 @@ def test_an_index_is_asked_again_while_it_may_lag_a_count_that_moved(
     assert round_asks(services, PENDING_DNS)[0] == [], "an ask begun after the allowance"
     services.domains.begin_round()
     assert not should_ask()
+
+
+def cost(services: Services, step: Callable[[], object]) -> tuple[object, int]:
+    before = services.backend.requests
+    done = step()
+    return done, services.backend.requests - before
+
+
+def test_outboxes_left_behind_are_asked_for_after_a_failed_drain_and_once_a_window(
+        services: Services, clock: FakeClock) -> None:
+    grace = services.settings.outbox_grace_seconds
+    drain = services.domains.drain_outboxes
+    assert cost(services, drain)[1] > 0, "a process's first round asks"
+    assert cost(services, drain) == (0, 0), "then not before the window"
+    failures = [ConnectionError("the consumer is out of reach")]
+
+    def consumer(entry: object) -> None:
+        if failures:
+            raise failures.pop()
+
+    services.domains.consumers.register("probe", consumer)
+    domain, _ = services.domains.connect("left.hints.test", "pub_1")
+    services.domains.transition(domain, VERIFIED, "probe", effects=[{"kind": "probe"}])
+    assert services.domains.get("left.hints.test")["outbox_state"] == "pending"
+    clock.advance(grace / 2)
+    assert cost(services, drain) == (0, 0), "a writer may still be on it"
+    clock.advance(grace / 2 + 0.1)
+    drained, requests = cost(services, drain)
+    assert drained == 1 and requests > 0, "this process's drain failed: asked after the grace"
+    assert services.domains.get("left.hints.test")["outbox"] == []
+    assert cost(services, drain)[0] == 0, "the last ask found some: asked again"
+    assert cost(services, drain) == (0, 0)
+    clock.advance(WINDOW)
+    assert cost(services, drain)[1] > 0, "what a dead process left: found within the window"
+
+
+def test_an_issuance_a_failure_left_behind_is_resumed_at_the_next_round(
+        services: Services, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not when its lease runs out (minutes): the worker knows it left one."""
+    domain, _ = services.domains.connect("order.hints.test", "pub_1")
+    services.domains.transition(domain, VERIFIED, "seeded", next_attempt_at=clock())
+    services.lifecycle.tick()  # the edge's first state: no order before a node serves it
+    edge = services.edge_state
+    edge.report("node-1", edge.current_version(), None, True)  # port 80 answers: orders go
+    orders: list[str] = []
+
+    def issue(hostnames: list[str]) -> None:
+        orders.extend(hostnames)
+        if len(orders) == 1:
+            raise Throttled("the store throttles midway")
+
+    monkeypatch.setattr(services.lifecycle.issuer, "issue", issue)
+    with pytest.raises(Throttled):
+        services.lifecycle.tick()
+    assert services.domains.get("order.hints.test")["status"] == ISSUING
+    clock.advance(1)
+    services.lifecycle.tick()
+    assert orders == ["order.hints.test"] * 2
+    assert services.domains.get("order.hints.test")["status"] == ACTIVE
+
+
+def test_expired_links_are_asked_for_once_a_window_when_none_were_due(
+        services: Services, clock: FakeClock) -> None:
+    """HAProxy stops answering a link at its expiry itself: the map entry may stay a while."""
+    expire = services.publisher.expire_links
+    assert cost(services, expire)[1] > 0
+    assert cost(services, expire) == (0, 0)
+    clock.advance(EXPIRED_LINKS_EVERY)
+    assert cost(services, expire)[1] > 0
