@@ -357,7 +357,7 @@ def _csv(domain: str, slug: str, found: dict[str, Any]) -> Response:
 @bp.delete("/<domain>/<slug>")
 @require_platform_or_publication
 @operation(summary="Delete a short link", auth="platform_or_publication",
-           responses={200: LinkDeleted, 404: None})
+           responses={200: LinkDeleted, 404: None, 409: None})
 def delete(domain: str, slug: str) -> Response:
     _own(domain, slug)
     _links().delete(domain, slug)

@@ -27,3 +27,9 @@ class LinkNotFound(ShortlinkError):
 
 class NotYours(ShortlinkError):
     status = 403
+
+
+class LinkChanged(ShortlinkError):
+    """Edits won every attempt of a delete: the client asks again."""
+
+    status = 409
