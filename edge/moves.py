@@ -17,9 +17,9 @@ so that any replica resumes a move where a dead one left it:
 Work proportional to change: the moved hostnames are found by reading the edge's route and
 link tables once (paged, the cursor in the ``scan`` item), only when the registry's revision
 moved; the worker then takes moves by their due time (the ``due`` range index: one query when
-none is due, none when the shard set never changed). A step is taken under a lease (a conditional write on the move item), so two
-replicas never both do one, and every step is idempotent, so a step repeated after a crash
-does the same thing again.
+none is due, none while the shard set never changed). A step is taken under a lease (a
+conditional write on the move item), so two replicas never both do one, and every step is
+idempotent, so a step repeated after a crash does the same thing again.
 """
 from __future__ import annotations
 
