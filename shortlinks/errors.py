@@ -29,7 +29,7 @@ class NotYours(ShortlinkError):
     status = 403
 
 
-class LinkChanged(ShortlinkError):
+class LinkBusy(ShortlinkError):
     """Edits won every attempt of a delete: the client asks again."""
 
     status = 409

@@ -7,7 +7,7 @@ import string
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from shortlinks.errors import (InvalidLink, LinkChanged, LinkNotFound,  # the part's errors,
+from shortlinks.errors import (InvalidLink, LinkBusy, LinkNotFound,  # the part's errors,
                                NotYours, ShortlinkError, SlugTaken)  # all caught from here too
 from shortlinks.stats import VisitStats
 from shortlinks.targets import RULES, ascii_target, check_rules
@@ -289,7 +289,7 @@ class LinkService:
     def _delete(self, key: str, attempts: int = 5) -> Item | None:
         """Delete the link as read (conditional on its version), so the totals lose what was
         deleted, not a copy an edit or a delete and re-make replaced meanwhile: the deleted
-        item, or None if there was none. Raises LinkChanged if edits won every attempt."""
+        item, or None if there was none. Raises LinkBusy if edits won every attempt."""
         for attempt in range(attempts):
             link = self.table.get(key)
             if link is None:
@@ -298,7 +298,7 @@ class LinkService:
                 return link if self.table.delete(key, expected_version=link[VERSION]) else None
             except ConflictError:
                 if attempt == attempts - 1:
-                    raise LinkChanged(f"{key} changed while it was being deleted; try again") \
+                    raise LinkBusy(f"{key} changed while it was being deleted; try again") \
                         from None
         return None
 

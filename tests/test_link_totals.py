@@ -9,7 +9,7 @@ from typing import Any
 from werkzeug.test import Client
 
 from shortlinks.app import make_app
-from shortlinks.errors import LinkChanged, LinkNotFound
+from shortlinks.errors import LinkBusy, LinkNotFound
 from shortlinks.links import LINK_CHANGES, LINKS, LinkService
 from shortlinks.resolver import Resolver
 from shortlinks.totals import TOTALS
@@ -120,7 +120,7 @@ def test_a_delete_racing_edits_takes_from_the_totals_what_it_deleted(backend: Ba
         for _ in range(150):
             try:
                 second.delete(DOMAIN, "x")
-            except LinkChanged:
+            except LinkBusy:
                 continue  # the edits won every attempt: the API answers 409, the client asks again
             second.create(DOMAIN, "https://example.com/x", "pub_1", slug="x")
     finally:
