@@ -10,8 +10,8 @@ asks a status's index only when:
 - its counter moved later than ``lag`` before the last ask began (a global secondary index
   may lag the item it indexes: an ask soon after the move might not see it yet);
 - the last ask found work (one round may not take it all, or another replica holds it);
-- the earliest time the last ask saw ahead (one more query, made only when nothing was due)
-  has come;
+- the earliest time the last ask saw ahead has come (an ask after one that found nothing
+  reads the earliest domain first, which is that time when it is not due yet: one query);
 - ``window`` seconds passed since the last ask: work a write scheduled further out than the
   window does not count, nor does a process of the release before, nor a crash between a
   write and its count: they are found within the window.
@@ -88,6 +88,11 @@ class DueHints:
         return ((moved_at is not None and moved_at + self.lag > asked.at)
                 or (asked.next_due is not None and now >= asked.next_due)
                 or now - asked.at >= self.window)
+
+    def found_last(self, status: str) -> bool:
+        """Whether the last ask of ``status`` found work (False before any)."""
+        asked = self._asked.get(status)
+        return asked is not None and asked.found
 
     def asked(self, status: str, at: float, found: bool, next_due: float | None) -> None:
         self._asked[status] = _Asked(at, found, next_due)

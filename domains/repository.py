@@ -146,18 +146,25 @@ class DomainRepository:
             "due", status, upper=now, limit=min(limit, 500), cursor=cursor)), limit))
 
     def due_this_round(self, status: str, limit: int = 1000) -> list[Item]:
-        """``due`` for a worker round: asked only where work may be (domains/due_hints.py);
-        when none is due, one more query finds the earliest time ahead."""
+        """``due`` for a worker round: asked only where work may be (domains/due_hints.py).
+        After an ask that found none, the earliest domain is read first (one query), which
+        gives the time ahead when it is not due; after one that found work, ``due``, and the
+        time ahead only when nothing is due any more."""
         if not self.hints.should_ask(status):
             return []
         now = self._clock()
+        if not self.hints.found_last(status):
+            first = self._earliest(status, None)
+            if first is None or first > now:
+                self.hints.asked(status, now, False, first)
+                return []
         found = self.due(status, limit)
-        ahead = None
-        if not found:
-            first = self.table.query_range("due", status, lower=now, limit=1).items
-            ahead = float(first[0]["next_attempt_at"]) if first else None
-        self.hints.asked(status, now, bool(found), ahead)
+        self.hints.asked(status, now, bool(found), None if found else self._earliest(status, now))
         return found
+
+    def _earliest(self, status: str, lower: float | None) -> float | None:
+        first = self.table.query_range("due", status, lower=lower, limit=1).items
+        return float(first[0]["next_attempt_at"]) if first else None
 
     def outboxes_before(self, upper: float) -> list[Item]:
         """The domains whose outbox was last written at or before ``upper`` and still holds
