@@ -78,10 +78,14 @@ BENCHES: dict[str, Bench] = {
 control_scale's parts, conditions.py and this file are the plumbing."""
 
 
-def _variant(entry: dict[str, Any]) -> tuple[str, Any]:
-    """What an entry added by hand replaces: the same bench on the same backend (a bench run
-    on SQLite and on DynamoDB keeps an entry of each)."""
-    return entry["bench"], entry.get("figures", {}).get("backend")
+def _variant(entry: dict[str, Any]) -> tuple[str, Any, Any]:
+    """What an entry added by hand replaces: the same bench on the same backend at the same
+    sizes (a bench run on SQLite and on DynamoDB keeps an entry of each, and a run at 1,000
+    and 10,000 domains leaves the one at 100,000)."""
+    figures = entry.get("figures", {})
+    sizes = tuple(size.get("domains") for size in figures.get("sizes") or ()
+                  if isinstance(size, dict))
+    return entry["bench"], figures.get("backend"), sizes
 
 
 def run_one(name: str, args: tuple[str, ...], timeout: float,

@@ -66,13 +66,17 @@ def test_run_all_keeps_every_figure_with_its_conditions(
     assert "stopped after" in merged["admin_pages"]["run"]["output_tail"]
     assert merged["dns_check"]["figures"] == {"domains": 3}
     assert merged["dns_check"]["run"]["mode"] == "by hand"
-    # One bench on two backends keeps an entry of each; a new run on one replaces only its own.
-    for backend, seconds in (("sqlite", 1), ("dynamodb", 2), ("dynamodb", 3)):
+    # One bench on two backends keeps an entry of each, and one at other sizes; a new run
+    # replaces only the entry of its backend and sizes.
+    for backend, domains, seconds in (("sqlite", 10, 1), ("dynamodb", 10, 2), ("dynamodb", 99, 3),
+                                      ("dynamodb", 10, 4)):
         by_hand.unlink()
-        record("control_scale", {"backend": backend, "seconds": seconds})
+        record("control_scale", {"backend": backend, "sizes": [{"domains": domains}],
+                                 "seconds": seconds})
         assert run_all("--no-run", "--keep", "--out", str(out), "--add", str(by_hand)
                        ).returncode == 1  # admin_pages' failed entry is kept
-    scales = [entry["figures"] for entry in json.loads(out.read_text())["results"]
+    scales = [(entry["figures"]["backend"], entry["figures"]["seconds"])
+              for entry in json.loads(out.read_text())["results"]
               if entry["bench"] == "control_scale"]
-    assert scales == [{"backend": "sqlite", "seconds": 1}, {"backend": "dynamodb", "seconds": 3}]
+    assert sorted(scales) == [("dynamodb", 3), ("dynamodb", 4), ("sqlite", 1)]
     assert "edge_apply" in {entry["bench"] for entry in json.loads(out.read_text())["results"]}
