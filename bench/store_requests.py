@@ -6,8 +6,9 @@ Starts dynalite (DynamoDB over HTTP), Pebble (short-lived certificates, so a ren
 within seconds) and challtestsrv, then drives one domain through its life with the control
 service's own objects: connect, verification, issuance, an edge node's delta and certificate
 download, a recheck at rest, a renewal, a short link's visit flush, an idle worker round (and
-one at the due hints' window, when every idle index is asked) and a removal. Every DynamoDB call is counted by operation name through botocore's event hook, as
-reads (GetItem, Query, ...) or writes (PutItem, UpdateItem, TransactWriteItems, ...).
+one at the due hints' window, when every idle index is asked) and a removal. Every DynamoDB
+call is counted by operation name through botocore's event hook, as reads (GetItem, Query,
+...) or writes (PutItem, UpdateItem, TransactWriteItems, ...).
 
 Write units are not counted by the server (dynalite bills nothing): they are modelled, item
 by item, from the item as it was before and after each write and the table's global secondary

@@ -5,8 +5,9 @@ DynamoDB never half-applies a write, but dynalite does when its process stops in
 of one: it writes a global secondary index's entries and then the item, as separate LevelDB
 writes, so a SIGTERM (or a crash) between them leaves an index entry for an item that is not
 there, or an item its index does not list (a pending webhook no ``state`` query ever finds
-again). So an outage never stops dynalite: the gate resets every connection, new or open, the way a network cut makes DynamoDB unreachable, while dynalite finishes what it had
-been asked. A request cut off that way may have been applied or not, as on DynamoDB.
+again). So an outage never stops dynalite: the gate resets every connection, new or open, the
+way a network cut makes DynamoDB unreachable, while dynalite finishes what it had been asked.
+A request cut off that way may have been applied or not, as on DynamoDB.
 
 The gate also keeps reading what dynalite answers to a client that went away (a replica killed
 with -9), so dynalite never sees an aborted request, which it rethrows and dies of.

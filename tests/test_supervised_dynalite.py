@@ -45,8 +45,8 @@ def test_outages_cut_writers_off_and_leave_every_index_in_step(tmp_path: Path) -
             rng = random.Random(n)
             while not stop.is_set():
                 try:  # each write moves its item from one index key to another
-                    client.put_item(TableName=TABLE, Item={
-                        "id": {"S": f"w{n}-{rng.randrange(20)}"}, "state": {"S": rng.choice("abc")}})
+                    client.put_item(TableName=TABLE, Item={"id": {"S": f"w{n}-{rng.randrange(20)}"},
+                                                           "state": {"S": rng.choice("abc")}})
                     outcome = "written"
                 except Exception:
                     outcome = "cut off"
@@ -65,7 +65,8 @@ def test_outages_cut_writers_off_and_leave_every_index_in_step(tmp_path: Path) -
             thread.join(30)
         assert outcomes["written"] > 100 and outcomes["cut off"] > 0, outcomes
 
-        items = {i["id"]["S"]: i for i in client.scan(TableName=TABLE, ConsistentRead=True)["Items"]}
+        scanned = client.scan(TableName=TABLE, ConsistentRead=True)["Items"]
+        items = {item["id"]["S"]: item for item in scanned}
         listed: dict[str, list[dict]] = {}
         for state in "abc":
             for item in client.query(TableName=TABLE, IndexName="state",
