@@ -18,9 +18,9 @@ def jittered_backoff(attempts: int, base: float, cap: float) -> float:
 
 
 def sync_rounds(sync: Callable[[], bool], stop: threading.Event, interval: float, watch: float,
-                what: str, cap: float, each_round: Callable[[], None] | None = None) -> None:
-    """An agent's loop: ``sync`` until ``stop``, then ``each_round``; after a failure wait
-    longer each time (jittered, at most ``cap``) and say so once, not every round.
+                what: str, cap: float) -> None:
+    """An agent's loop: ``sync`` until ``stop``; after a failure wait longer each time
+    (jittered, at most ``cap``) and say so once, not every round.
 
     Watching (``watch`` > 0), a round that applied a change, or whose long poll waited, goes
     straight back to the long poll: a pause would hold the next change (a certificate upload,
@@ -41,8 +41,6 @@ def sync_rounds(sync: Callable[[], bool], stop: threading.Event, interval: float
                 log.warning("%s sync failed (retrying with backoff): %s", what, exc)
         if stop.is_set():
             break
-        if each_round is not None:
-            each_round()
         if failures:
             stop.wait(jittered_backoff(failures, interval, cap))
         elif not (watch and (applied or time.monotonic() - started >= watch / 2)):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import ssl
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -114,6 +116,37 @@ def test_visits_of_map_served_links_reach_the_link_counts(
     assert visits(services, "go") == 21
     days = stats_api(url, "go")["days"]  # the same, through the API
     assert [day["visits"] for day in days] == [0, 21]  # type: ignore[index]
+
+
+def test_visits_are_reported_while_the_agent_waits_for_a_change(
+        control: tuple[Services, str], node: EdgeNode) -> None:
+    """Visits go out every round of their own while the agent holds its long poll: neither
+    waits for the other (a big visit table takes a while to read, and a change must not
+    wait behind it)."""
+    services, url = control
+    hot_link_agent(services, url, node)
+    agent = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1", watch=30)
+    stop = threading.Event()
+    running = threading.Thread(target=agent.run, args=(0.2, stop), daemon=True)
+    running.start()
+    try:
+        visit(node, "go", 5)  # no change comes: the long poll is held its whole 30 s
+        deadline = time.monotonic() + 10
+        while visits(services, "go") < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert visits(services, "go") == 5
+        services.links.create("acme.link", "https://example.com/go", "pub_1", slug="new")
+        deadline = time.monotonic() + 10
+        while https_get(node.layout.https_port, "acme.link", "/new").headers.get(
+                "x-request-id") and time.monotonic() < deadline:  # the Python path's mark
+            time.sleep(0.05)
+        assert "x-request-id" not in https_get(node.layout.https_port, "acme.link",
+                                               "/new").headers, "the change was applied"
+    finally:
+        stop.set()  # and a change, to end the long poll the agent holds
+        services.links.create("acme.link", "https://example.com/go", "pub_1", slug="bye")
+        running.join(timeout=40)
+    assert not running.is_alive()
 
 
 def test_undelivered_visits_are_kept_and_sent_later(
