@@ -16,7 +16,9 @@ One run, on loopback:
   Python only when the map does not hold it; bench/shortlinks_python_path.py measures what
   does reach it);
 - one change to be served: a link made through the short-link service until HAProxy answers
-  it from the map (the agent's long poll), p50/p99 over ``--changes`` links;
+  it from the map (the agent's long poll), p50/p99 over ``--changes`` links. Until then the
+  edge sends the link to the short-link app, which answers it from the store, as in
+  production: a probe never waits on the edge's retries of an app that is not there;
 - RSS of HAProxy (master + worker) and of the agent with the whole map.
 """
 from __future__ import annotations
@@ -88,11 +90,12 @@ def from_map(port: int, slug: str, target: str) -> bool:
         and "x-request-id" not in probe.headers
 
 
-def seed(services: Services, links: int, https_port: int) -> None:
+def seed(services: Services, links: int, app: str) -> None:
+    """``links`` plain links in the edge state; ``app`` the short-link app's address."""
     started = time.perf_counter()
     services.edge_state.save(DesiredState(
         (Route(HOST, "pub_1", self_signed(HOST)[1]),), ("127.0.0.1:9",), ("127.0.0.1:9",),
-        short_domains=(HOST,), shortlink_servers=("127.0.0.1:9",)))
+        short_domains=(HOST,), shortlink_servers=(app,)))
     edge.state_changes.CHUNK = 5000  # seeding only: bigger commits (the outbox item grows)
     batch: dict[str, Redirect | None] = {}
     for n in range(links):
@@ -122,12 +125,14 @@ def main() -> int:
     args = parser.parse_args()
     conditions = print_conditions()
     directory = Path(tempfile.mkdtemp(prefix="bench-map-"))
-    env = short_link_env(directory, EDGE_SHORTLINK_SERVERS="127.0.0.1:9")
+    links_port = free_port()
+    env = short_link_env(directory, EDGE_SHORTLINK_SERVERS=f"127.0.0.1:{links_port}")
     services = Services.from_settings(load_settings(env=env))
     https_port = free_port()
-    seed(services, args.links, https_port)
+    seed(services, args.links, f"127.0.0.1:{links_port}")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = make_server("127.0.0.1", 0, create_app(services), threaded=True)
+    server.daemon_threads = False  # joined by server_close
     threading.Thread(target=server.serve_forever, daemon=True).start()
     agent_env = {**os.environ, **env, "EDGE_CONTROL_URL": f"http://127.0.0.1:{server.server_port}",
                  "EDGE_EDGE_DIR": str(directory / "edge"), "EDGE_EDGE_HTTPS_PORT": str(https_port),
@@ -136,6 +141,13 @@ def main() -> int:
     processes: list[ManagedProcess] = []
     last = (f"s{args.links - 1:07d}", f"https://example.com/landing/{args.links - 1}")
     try:
+        # The short-link app behind the edge, up before the node as in production: what the
+        # map does not answer yet (the last link while the node starts, a new link until its
+        # change is applied) it answers from the store, at once.
+        python = links_server(directory, env, "waitress", [
+            sys.executable, "-m", "edgectl", "--log-level", "WARNING", "shortlinks",
+            "--workers", "1"], links_port)
+        processes.append(python)
         started = time.perf_counter()
         agent = ManagedProcess("agent", [sys.executable, "-m", "edgectl", "--log-level",
                                          "WARNING", "agent", "--node-id", "bench"],
@@ -191,17 +203,11 @@ def main() -> int:
                 "target": f"https://example.com/p/{n}", "owner": "pub_1", "code": 302,
                 "disabled": False, "valid_until": None, "max_visits": None,
                 "created_at": now, "updated_at": now})
-        links_port = free_port()
-        python = links_server(directory, env, "waitress", [
-            sys.executable, "-m", "edgectl", "--log-level", "WARNING", "shortlinks",
-            "--workers", "1"], links_port)
-        processes.append(python)
         wrk(f"http://127.0.0.1:{links_port}", python_keys, "sequential",
             max(2, python_links // 1000), args.connections)  # every link cached once
         for n in range(1, args.rounds + 1):
             measure("http", f"http://127.0.0.1:{ceiling_http}", python_keys, "uniform")
             measure("python", f"http://127.0.0.1:{links_port}", python_keys, "uniform", python)
-        python.stop()
         fixed.stop()
 
         changes = []
@@ -255,7 +261,9 @@ def main() -> int:
         for process in reversed(processes):
             process.stop()
         EdgeNode(directory / "edge").stop()  # the agent leaves HAProxy serving
+        services.edge_state.watch.drain()  # the long poll of the agent just stopped ends now
         server.shutdown()
+        server.server_close()  # after its requests' threads end: none reads a closed store
         services.close()
         shutil.rmtree(directory, ignore_errors=True)  # 300 MB of store and map
 
