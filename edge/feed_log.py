@@ -20,6 +20,12 @@ from typing import Any, Iterable
 WINDOW = 1000
 """Revisions the log names (about 8 bytes each): an agent further behind gets a snapshot."""
 FROM, COUNTS = "feed_from", "feed_counts"
+KEYS_FROM, KEYS = "feed_keys_from", "feed_keys"
+KEYS_BYTES = 4000
+"""The keys the last revisions wrote, kept while they fit in about this much (a few hundred
+links or hosts): an agent a few changes behind reads its delta by key, in one consistent batch
+read per table, rather than from the index (on DynamoDB a query per spread partition, 34 in
+all, and behind its table)."""
 
 
 def window(meta: dict[str, Any]) -> tuple[int, list[int]] | None:
@@ -56,3 +62,43 @@ def complete(log: tuple[int, list[int]], since: int, revisions: Iterable[int]) -
     start, counts = log
     wanted = {start + n: count for n, count in enumerate(counts) if start + n > since and count}
     return Counter(revisions) == wanted
+
+
+def keyed(meta: dict[str, Any] | None, revision: int, routes: list[str],
+          links: list[str]) -> dict[str, Any]:
+    """The recent-keys fields of the version item that commits ``revision``, writing the
+    route items ``routes`` and the link items ``links``; the oldest revisions go first once
+    they do not fit in ``KEYS_BYTES`` (a change too big for it leaves no revision named)."""
+    found = _keys(meta) if meta is not None else None
+    start, entries = found if found and found[0] + len(found[1]) == revision else (revision, [])
+    entries.append([routes, links])
+    sizes = [8 + sum(len(key) + 4 for key in entry[0] + entry[1]) for entry in entries]
+    while entries and sum(sizes) > KEYS_BYTES:
+        entries.pop(0)
+        sizes.pop(0)
+        start += 1
+    return {KEYS_FROM: start, KEYS: entries}
+
+
+def keys_since(meta: dict[str, Any], since: int) -> tuple[list[str], list[str]] | None:
+    """The route and link keys written after revision ``since`` up to ``meta``'s, when its
+    recent keys name every one of those revisions; else None (read the index)."""
+    found = _keys(meta)
+    if found is None or since + 1 < found[0]:
+        return None
+    routes: set[str] = set()
+    links: set[str] = set()
+    for written_routes, written_links in found[1][since + 1 - found[0]:]:
+        routes.update(written_routes)
+        links.update(written_links)
+    return sorted(routes), sorted(links)
+
+
+def _keys(meta: dict[str, Any]) -> tuple[int, list[list[list[str]]]] | None:
+    """(first revision, the keys each revision wrote from it up to ``meta``'s), or None (an
+    item of the release before, or one that rewrote the version without them)."""
+    start, entries = meta.get(KEYS_FROM), meta.get(KEYS)
+    if not isinstance(start, int) or not isinstance(entries, list) \
+            or start + len(entries) - 1 != int(meta.get("revision") or 0):
+        return None
+    return start, [[list(entry[0]), list(entry[1])] for entry in entries]

@@ -4,8 +4,9 @@ Storage: one item per route (publication, certificate fingerprint, the revision 
 per certificate (chain and key, encrypted), per short link the edge answers from its map
 (``edge_redirects``), and one small ``desired`` item: the content version, the routes and
 redirects digests (``edge.state.routes_digest``) and the route count, kept by adding and
-subtracting so no change reads every route, the config and a monotonic ``revision`` (which
-routes and redirects share). No item grows with the number of domains or links.
+subtracting so no change reads every route, the config, a monotonic ``revision`` (which
+routes and redirects share) and the feed's log with the keys its last revisions wrote
+(edge/feed_log.py). No item grows with the number of domains or links.
 
 A change commits in one conditional write of the ``desired`` item, which carries the changed
 routes as ``pending`` (an outbox); the route items are written after it, each only over an older
@@ -161,7 +162,8 @@ class StateChanges(Reconciliation):
             **({"routes_count": int((meta or {}).get("routes_count", 0)) + added}
                if not meta or "routes_count" in meta else {}),  # none: a version item of old
             **feed_log.advanced(meta, revision, overwritten,
-                                len(pending) + len(pending_redirects))},
+                                len(pending) + len(pending_redirects)),
+            **feed_log.keyed(meta, revision, sorted(pending), sorted(pending_redirects))},
             expected_version=meta[VERSION] if meta else ABSENT)
         self.settled(committed)
         self._expire_certificates(superseded)

@@ -60,7 +60,7 @@ class StateFeed:
             log = feed_log.window(meta)
             if log is not None and not feed_log.covers(log, since):
                 return None
-            changed, links = self._feed(since)
+            changed, links = self._feed(since, meta)
             newer = any(int(item["revision"]) > revision for item in changed + links)
             changed = [item for item in changed if int(item["revision"]) <= revision]
             links = [item for item in links if int(item["revision"]) <= revision]
@@ -88,8 +88,14 @@ class StateFeed:
         return downgrade(doc, protocol, int(meta.get("routes_digest") or "0", 16),
                          EdgeConfig.from_json(meta.get("config") or {}))
 
-    def _feed(self, since: int) -> tuple[list[Item], list[Item]]:
-        """The route and link items the feed index shows after revision ``since``."""
+    def _feed(self, since: int, meta: Item) -> tuple[list[Item], list[Item]]:
+        """The route and link items written after revision ``since``: read by key when the
+        version item names them (edge/feed_log.py), else as the feed index shows them."""
+        keys = feed_log.keys_since(meta, since)
+        if keys is not None:
+            found = list(self.routes.get_many(keys[0]).values()) if keys[0] else []
+            return found, list(self.redirects.get_many(keys[1]).values()) \
+                if keys[1] and self.redirects is not None else []
         changed = list(every(lambda cursor: self.routes.query_range(
             "feed", FEED, lower=since + 0.5, limit=500, cursor=cursor)))
         table = self.redirects

@@ -250,8 +250,10 @@ def test_the_clock_given_dates_commits_and_reports(backend: Backend) -> None:
 
 @pytest.mark.slow
 def test_a_lagging_index_delays_a_delta_and_never_loses_a_change(
-        lagging: tuple[Services, str, Nemesis], node: EdgeNode) -> None:
+        lagging: tuple[Services, str, Nemesis], node: EdgeNode,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     services, url, nemesis = lagging
+    monkeypatch.setattr(feed_log, "KEYS_BYTES", 0)  # no revision's keys named: the index
     agent = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
     route(services, "h0.example.test", "pub_0")
     assert agent.sync() and agent.snapshots == 1
@@ -275,8 +277,10 @@ def test_a_lagging_index_delays_a_delta_and_never_loses_a_change(
 
 @pytest.mark.slow
 def test_an_index_lagging_longer_answers_not_yet_then_the_missing_range(
-        lagging: tuple[Services, str, Nemesis], node: EdgeNode) -> None:
+        lagging: tuple[Services, str, Nemesis], node: EdgeNode,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     services, url, nemesis = lagging
+    monkeypatch.setattr(feed_log, "KEYS_BYTES", 0)  # no revision's keys named: the index
     agent = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
     route(services, "h0.example.test", "pub_0")
     assert agent.sync()
@@ -294,18 +298,85 @@ def test_an_index_lagging_longer_answers_not_yet_then_the_missing_range(
     assert list(node.existing_redirects()) == [link(1, "x").key]
 
 
+@pytest.mark.slow
+def test_a_delta_a_few_changes_behind_is_read_by_key_whatever_the_index_shows(
+        lagging: tuple[Services, str, Nemesis], node: EdgeNode) -> None:
+    """The version item names the keys its last revisions wrote: an agent a few changes
+    behind gets its delta from one consistent batch read per table, at once, however far the
+    index lags (on DynamoDB an index read is a query per spread partition, and lags)."""
+    services, url, nemesis = lagging
+    agent = EdgeAgent(node, url, "edge-token-0123456789", node_id="n1")
+    route(services, "h0.example.test", "pub_0")
+    assert agent.sync() and agent.snapshots == 1
+    nemesis.lag = 600.0  # the index shows nothing written from now on
+    for n in range(3):
+        services.edge_state.change({}, redirects={link(n, "x").key: link(n, f"https://t/{n}")})
+    route(services, "h1.example.test", "pub_1")
+    route(services, "h0.example.test", None)
+    since = agent._revision
+    assert since is not None
+    before = services.backend.requests
+    delta = services.edge_state.changes_since(since)
+    assert delta is not None
+    assert services.backend.requests - before == 3, "the version item, one batch per table"
+    assert sorted(c["hostname"] for c in delta["changes"]) == ["h0.example.test",
+                                                               "h1.example.test"]
+    assert sorted(k for k, _ in delta["redirect_changes"]) == [link(n, "x").key
+                                                              for n in range(3)]
+    assert agent.sync() and agent.snapshots == 1, "a delta, not a snapshot"
+    assert sorted(node.existing_redirects()) == [link(n, "x").key for n in range(3)]
+    assert node.applied_version == services.edge_state.current_version()
+    lagging_index = services.edge_state.redirects.query_range("feed", "routes", lower=since + 0.5)
+    assert lagging_index.items == [] and nemesis.hidden > 0, "the index did lag"
+
+
+def test_the_version_item_names_the_keys_of_its_last_revisions_while_they_fit(
+        control: tuple[Services, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``KEYS_BYTES`` the oldest revisions' keys go: an agent further behind reads the
+    index, and gets the same delta."""
+    services, url = control
+    monkeypatch.setattr(feed_log, "KEYS_BYTES", 200)
+    route(services, "h0.example.test", "pub_0")
+    first = services.edge_state.meta()
+    assert first is not None and first[feed_log.KEYS] == [[["h0.example.test"], []]]
+    for n in range(8):
+        services.edge_state.change({}, redirects={link(n, "x").key: link(n, f"https://t/{n}")})
+    meta = services.edge_state.meta()
+    assert meta is not None
+    revision, start = meta["revision"], meta[feed_log.KEYS_FROM]
+    assert first["revision"] < start < revision and \
+        len(meta[feed_log.KEYS]) == revision - start + 1
+    assert feed_log.keys_since(meta, start - 1) is not None
+    assert feed_log.keys_since(meta, start - 2) is None, "older than the keys: the index"
+    written = {link(n, "x").key: first["revision"] + 1 + n for n in range(8)}
+    for since in (start - 2, start - 1, revision - 1):
+        delta = state(url, since=since).json()
+        assert delta["delta"] and sorted(k for k, _ in delta["redirect_changes"]) == sorted(
+            key for key, at in written.items() if at > since)
+    monkeypatch.setattr(feed_log, "KEYS_BYTES", 10)  # a change too big names no revision
+    services.edge_state.change({}, redirects={link(9, "x").key: link(9, "https://t/9")})
+    big = services.edge_state.meta()
+    assert big is not None and big[feed_log.KEYS] == [] and \
+        big[feed_log.KEYS_FROM] == big["revision"] + 1
+    assert feed_log.keys_since(big, big["revision"] - 1) is None
+    assert [k for k, _ in state(url, since=revision).json()["redirect_changes"]] == [
+        link(9, "x").key]
+
+
 def test_a_version_item_of_the_release_before_is_read_as_that_release_read_it(
         control: tuple[Services, str]) -> None:
     services, url = control
     route(services, "h0.example.test", "pub_0")
     meta = services.edge_state.meta()
     assert meta is not None and meta[feed_log.COUNTS] == [1]
-    old = {k: v for k, v in meta.items() if k not in (feed_log.FROM, feed_log.COUNTS)}
+    old = {k: v for k, v in meta.items() if k not in (feed_log.FROM, feed_log.COUNTS,
+                                                       feed_log.KEYS_FROM, feed_log.KEYS)}
     services.edge_state.state.put(old, expected_version=meta["version"])
     assert state(url, since=0).json()["changes"][0]["hostname"] == "h0.example.test"
     route(services, "h1.example.test", "pub_1")  # the next commit starts a log
     after = services.edge_state.meta()
-    assert after is not None and after[feed_log.FROM] == after["revision"]
+    assert after is not None and after[feed_log.FROM] == after[feed_log.KEYS_FROM] \
+        == after["revision"]
     assert [c["hostname"] for c in state(url, since=meta["revision"]).json()["changes"]] == [
         "h1.example.test"]
     assert "delta" not in state(url, since=0).json(), "older than the log: a snapshot"
