@@ -119,8 +119,7 @@ class DomainOptions:
         if not changed:
             return domain
         why = ", ".join(f"{key}={value}" for key, value in sorted(changed.items()))
-        event = self.domains.history.event(domain, "options changed", why, actor)
-        effects = [event]
-        if domain["status"] == ACTIVE:
-            effects.append(outbox.route(domain["hostname"], domain["publication_id"]))
+        effects = [self.domains.history.event(domain, "options changed", why, actor)]
+        if domain["status"] == ACTIVE:  # the edge first: the change waits for nothing else
+            effects.insert(0, outbox.route(domain["hostname"], domain["publication_id"]))
         return self.domains.transition(domain, domain["status"], why, actor, effects, **changed)

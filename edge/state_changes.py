@@ -59,6 +59,9 @@ OUTBOX_BYTES = 100_000
 RouteChange = tuple[str, str] | tuple[str, str, str] | None
 """A route's new (publication id, certificate + key PEM[, extras]), or None to remove it."""
 RedirectChange = Redirect | None
+Read = tuple[dict[str, Item | None], dict[str, Item | None]]
+"""Route and link items as a commit read them, by key."""
+UNREAD = object()
 
 
 class StateChanges(Reconciliation):
@@ -126,11 +129,13 @@ class StateChanges(Reconciliation):
                 since: int | None = None) -> bool:
         digest = int(meta["routes_digest"], 16) if meta and "routes_digest" in meta else 0
         overwritten: list[int] = []  # the revisions of the feed items this commit rewrites
-        rdigest, pending_redirects = self._redirect_changes(meta, redirects, since, overwritten)
+        read: Read = ({}, {})  # the items it read: its settle writes over them without a read
+        rdigest, pending_redirects = self._redirect_changes(meta, redirects, since, overwritten,
+                                                            read[1])
         pending: dict[str, dict[str, str] | None] = {}
         superseded, added = list[str](), 0  # added: routes added less routes removed
         for hostname, new in sorted(routes.items()):
-            old = self.routes.get(hostname)
+            old = read[0][hostname] = self.routes.get(hostname)
             if _newer(old, since):
                 continue
             old_ref = route_ref(old) if old is not None and not old.get("removed") else None
@@ -165,7 +170,7 @@ class StateChanges(Reconciliation):
                                 len(pending) + len(pending_redirects)),
             **feed_log.keyed(meta, revision, sorted(pending), sorted(pending_redirects))},
             expected_version=meta[VERSION] if meta else ABSENT)
-        self.settled(committed)
+        self.settled(committed, read)
         self._expire_certificates(superseded)
         self.watch.changed(version)
         log.info("edge state %s (revision %d): %d route and %d redirect changes", version,
@@ -173,7 +178,7 @@ class StateChanges(Reconciliation):
         return True
 
     def _redirect_changes(self, meta: Item | None, redirects: dict[str, RedirectChange],
-                          since: int | None, overwritten: list[int]
+                          since: int | None, overwritten: list[int], read: dict[str, Item | None]
                           ) -> tuple[int, dict[str, dict[str, Any] | None]]:
         """The redirects digest after these changes, and the changes to write (each read by
         key; one a commit after ``since`` wrote is left)."""
@@ -182,7 +187,7 @@ class StateChanges(Reconciliation):
         for key, redirect in sorted(redirects.items()):
             if self.redirects is None:
                 raise ValueError("this store keeps no redirects")
-            old = self.redirects.get(key)
+            old = read[key] = self.redirects.get(key)
             if _newer(old, since):
                 continue
             old_value = old["value"] if old is not None and not old.get("removed") else None
@@ -197,21 +202,26 @@ class StateChanges(Reconciliation):
         return rdigest, pending
 
     def _certificate(self, old: RouteRef | None, new: RouteRef, pem: str) -> list[str]:
-        """Store ``new``'s certificate; the key of the one it supersedes, if any."""
+        """Store ``new``'s certificate (the route it changes already named it: stored then);
+        the key of the one it supersedes, if any."""
+        if old is not None and old.cert_sha256 == new.cert_sha256:
+            return []
         self._store_certificate(new.hostname, new.cert_sha256, pem)
         sha = old.cert_sha256 if old is not None else new.cert_sha256
         return [cert_key(new.hostname, sha)] if sha != new.cert_sha256 else []
 
-    def settled(self, meta: Item | None) -> Item | None:
+    def settled(self, meta: Item | None, read: Read = ({}, {})) -> Item | None:
         """``meta`` with its pending route changes written to the route items (idempotent:
-        an item is written only over an older revision) and the outbox cleared."""
+        an item is written only over an older revision) and the outbox cleared. ``read``:
+        route and link items as the commit read them, written over without reading them again
+        (a conditional write: one changed since is read again)."""
         if meta is None or not (meta.get("pending") or meta.get("pending_redirects")):
             return meta
         revision = int(meta["revision"])
         for hostname, ref in (meta.get("pending") or {}).items():
-            self._write_route(hostname, ref, revision)
+            self._write_route(hostname, ref, revision, read[0].get(hostname, UNREAD))
         for key, redirect in (meta.get("pending_redirects") or {}).items():
-            self._write_redirect(key, redirect, revision)
+            self._write_redirect(key, redirect, revision, read[1].get(key, UNREAD))
         try:
             return self.state.put({**meta, "pending": {}, "pending_redirects": {}},
                                   expected_version=meta[VERSION])
@@ -220,9 +230,12 @@ class StateChanges(Reconciliation):
             # (a commit built on unwritten route items computes its digest from stale ones)
             return self.settled(self.state.get("desired"))
 
-    def _write_route(self, hostname: str, ref: dict[str, str] | None, revision: int) -> None:
+    def _write_route(self, hostname: str, ref: dict[str, str] | None, revision: int,
+                     existing: Item | None | object = UNREAD) -> None:
         while True:
-            existing = self.routes.get(hostname)
+            if existing is UNREAD:
+                existing = self.routes.get(hostname)
+            assert existing is None or isinstance(existing, dict)
             if existing is not None and int(existing.get("revision") or 0) >= revision:
                 return  # a newer change already wrote it
             item = {"hostname": hostname, "removed": True} if ref is None else dict(ref)
@@ -233,12 +246,15 @@ class StateChanges(Reconciliation):
                     self._drop_certificate(hostname, (existing or {}).get("cert_sha256"))
                 return
             except ConflictError:
-                continue
+                existing = UNREAD
 
-    def _write_redirect(self, key: str, redirect: dict[str, Any] | None, revision: int) -> None:
+    def _write_redirect(self, key: str, redirect: dict[str, Any] | None, revision: int,
+                        existing: Item | None | object = UNREAD) -> None:
         assert self.redirects is not None
         while True:
-            existing = self.redirects.get(key)
+            if existing is UNREAD:
+                existing = self.redirects.get(key)
+            assert existing is None or isinstance(existing, dict)
             if existing is not None and int(existing.get("revision") or 0) >= revision:
                 return  # a newer change already wrote it
             item: Item = {"key": key, "feed": FEED, "revision": revision}
@@ -253,7 +269,7 @@ class StateChanges(Reconciliation):
                                    else ABSENT)
                 return
             except ConflictError:
-                continue
+                existing = UNREAD
 
     def due_redirects(self, now: float, limit: int = CHUNK) -> list[str]:
         """Keys of redirects whose link has expired by ``now``: one index query."""

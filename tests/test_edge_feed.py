@@ -15,7 +15,8 @@ from cryptography.fernet import Fernet
 from control.wiring import Services
 from edge.agent import EdgeAgent, StateUnavailable
 from edge.node import EdgeNode
-from edge.state import DesiredState, Redirect, StateDelta
+from edge.state import DesiredState, Redirect, StateDelta, fingerprint
+from edge.state_changes import cert_key
 from edge.state_store import (EDGE_CERTS, EDGE_NODES, EDGE_ROUTES, EDGE_STATE, EDGE_VISIT_REPORTS,
                               EdgeStateStore)
 from kit.procs import free_port
@@ -142,6 +143,22 @@ def test_an_agent_applies_deltas_to_a_real_node(control: tuple[Services, str],
         assert agent.fetch() is not None and agent._digest is not None
     finally:
         node.stop()
+
+
+def test_a_change_costs_its_commit_and_its_items_only(control: tuple[Services, str]) -> None:
+    """A route changed in its extras alone (a redirect set, say) reads the version item and
+    the route, and writes them: its certificate, named already, is not stored again, and the
+    route item read for the commit is written over without a second read."""
+    services, _ = control
+    _, pem = self_signed("h0.example.test")
+    services.edge_state.change({"h0.example.test": ("pub_0", pem)})
+    certs = services.edge_state.certs.get(cert_key("h0.example.test", fingerprint(pem)))
+    before = services.backend.requests
+    assert services.edge_state.change({"h0.example.test": ("pub_0", pem, "r=x.example.test")})
+    # the version item read and committed, the route read and written, the outbox cleared
+    assert services.backend.requests - before == 5
+    assert services.edge_state.certs.get(cert_key("h0.example.test", fingerprint(pem))) == certs
+    assert services.edge_state.routes.get("h0.example.test")["extras"] == "r=x.example.test"
 
 
 def test_a_restarted_agent_goes_on_with_deltas(control: tuple[Services, str],
