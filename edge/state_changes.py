@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from edge.state import (DIGEST_MODULUS, EdgeConfig, Redirect, RouteRef, fingerprint,
                         redirect_hash, route_hash, state_version)
@@ -129,13 +129,14 @@ class StateChanges(Reconciliation):
                 since: int | None = None) -> bool:
         digest = int(meta["routes_digest"], 16) if meta and "routes_digest" in meta else 0
         overwritten: list[int] = []  # the revisions of the feed items this commit rewrites
-        read: Read = ({}, {})  # the items it read: its settle writes over them without a read
+        read = self._read(routes, redirects)
         rdigest, pending_redirects = self._redirect_changes(meta, redirects, since, overwritten,
                                                             read[1])
         pending: dict[str, dict[str, str] | None] = {}
         superseded, added = list[str](), 0  # added: routes added less routes removed
+        stored: list[tuple[RouteRef, str]] = []  # the certificates to store before the commit
         for hostname, new in sorted(routes.items()):
-            old = read[0][hostname] = self.routes.get(hostname)
+            old = read[0][hostname]
             if _newer(old, since):
                 continue
             old_ref = route_ref(old) if old is not None and not old.get("removed") else None
@@ -144,8 +145,11 @@ class StateChanges(Reconciliation):
             if old_ref == new_ref:
                 continue
             overwritten += [int(old["revision"])] if old and old.get("revision") else []
-            if new is not None and new_ref is not None:
-                superseded += self._certificate(old_ref, new_ref, new[1])
+            if new is not None and new_ref is not None and (
+                    old_ref is None or old_ref.cert_sha256 != new_ref.cert_sha256):
+                stored.append((new_ref, new[1]))  # one the route named already was stored then
+                if old_ref is not None:
+                    superseded.append(cert_key(hostname, old_ref.cert_sha256))
             digest = (digest - (route_hash(old_ref) if old_ref else 0)
                       + (route_hash(new_ref) if new_ref else 0)) % DIGEST_MODULUS
             pending[hostname] = dataclasses.asdict(new_ref) if new_ref else None
@@ -156,6 +160,7 @@ class StateChanges(Reconciliation):
         if meta is not None and not pending and not pending_redirects \
                 and meta["edge_version"] == version:
             return False
+        self._store_certificates(stored)
         revision = int(meta.get("revision") or 0) + 1 if meta else 1
         committed = self.state.put({
             "name": "desired", "edge_version": version, "routes_digest": f"{digest:032x}",
@@ -177,6 +182,15 @@ class StateChanges(Reconciliation):
                  revision, len(pending), len(pending_redirects))
         return True
 
+    def _read(self, routes: dict[str, RouteChange],
+              redirects: dict[str, RedirectChange]) -> Read:
+        """The items a commit changes, read in batches: its settle writes over them without a
+        second read."""
+        if redirects and self.redirects is None:
+            raise ValueError("this store keeps no redirects")
+        return (_read_all(self.routes, routes),
+                _read_all(self.redirects, redirects) if self.redirects is not None else {})
+
     def _redirect_changes(self, meta: Item | None, redirects: dict[str, RedirectChange],
                           since: int | None, overwritten: list[int], read: dict[str, Item | None]
                           ) -> tuple[int, dict[str, dict[str, Any] | None]]:
@@ -185,9 +199,7 @@ class StateChanges(Reconciliation):
         rdigest = int(meta.get("redirects_digest") or "0", 16) if meta else 0
         pending: dict[str, dict[str, Any] | None] = {}
         for key, redirect in sorted(redirects.items()):
-            if self.redirects is None:
-                raise ValueError("this store keeps no redirects")
-            old = read[key] = self.redirects.get(key)
+            old = read[key]
             if _newer(old, since):
                 continue
             old_value = old["value"] if old is not None and not old.get("removed") else None
@@ -200,15 +212,6 @@ class StateChanges(Reconciliation):
             pending[key] = None if redirect is None else {
                 "value": new_value, "expires": redirect.expires}
         return rdigest, pending
-
-    def _certificate(self, old: RouteRef | None, new: RouteRef, pem: str) -> list[str]:
-        """Store ``new``'s certificate (the route it changes already named it: stored then);
-        the key of the one it supersedes, if any."""
-        if old is not None and old.cert_sha256 == new.cert_sha256:
-            return []
-        self._store_certificate(new.hostname, new.cert_sha256, pem)
-        sha = old.cert_sha256 if old is not None else new.cert_sha256
-        return [cert_key(new.hostname, sha)] if sha != new.cert_sha256 else []
 
     def settled(self, meta: Item | None, read: Read = ({}, {})) -> Item | None:
         """``meta`` with its pending route changes written to the route items (idempotent:
@@ -278,11 +281,15 @@ class StateChanges(Reconciliation):
         page = self.redirects.query_range("expiry", "1", upper=now, limit=limit)
         return [str(item["key"]) for item in page.items]
 
-    def _store_certificate(self, hostname: str, cert_sha256: str, pem: str) -> None:
-        """Under its hostname and fingerprint, and under the bare hostname for the release
-        before's replicas (each only if not there already: a PEM is encrypted once)."""
-        for key in (cert_key(hostname, cert_sha256), hostname):
-            stored = self.certs.get(key)
+    def _store_certificates(self, wanted: list[tuple[RouteRef, str]]) -> None:
+        """Each route's certificate under its hostname and fingerprint, and under the bare
+        hostname for the release before's replicas (each only if not there already: a PEM is
+        encrypted once); what is there read in batches."""
+        keys = [(key, ref.cert_sha256, pem) for ref, pem in wanted
+                for key in (cert_key(ref.hostname, ref.cert_sha256), ref.hostname)]
+        found = _read_all(self.certs, [key for key, _, _ in keys])
+        for key, cert_sha256, pem in keys:
+            stored = found[key]
             if stored is None or stored["cert_sha256"] != cert_sha256 \
                     or stored.get(EXPIRES_AT) is not None:
                 self.certs.put({"hostname": key, "cert_sha256": cert_sha256,
@@ -317,6 +324,15 @@ class StateChanges(Reconciliation):
         except ConflictError:
             return False
         return True
+
+
+def _read_all(table: Table, keys: Collection[str]) -> dict[str, Item | None]:
+    """Each key's item (None: absent): one read for one key, else batch reads (``get_many``:
+    consistent, ``store.BATCH_GET`` keys a request)."""
+    if len(keys) <= 1:
+        return {key: table.get(key) for key in keys}
+    found = table.get_many(sorted(keys))
+    return {key: found.get(key) for key in keys}
 
 
 def cert_key(hostname: str, cert_sha256: str) -> str:

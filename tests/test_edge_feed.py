@@ -161,6 +161,22 @@ def test_a_change_costs_its_commit_and_its_items_only(control: tuple[Services, s
     assert services.edge_state.routes.get("h0.example.test")["extras"] == "r=x.example.test"
 
 
+def test_a_commit_of_many_routes_reads_them_and_their_certificates_in_batches(
+        control: tuple[Services, str]) -> None:
+    """What a replica's first start or a shard move commits, ``CHUNK`` routes at a time: the
+    routes and certificates it replaces are read in batches (``store.BATCH_GET`` keys a
+    request), so such a commit costs its writes and a few reads, not three reads a route."""
+    services, _ = control
+    routes = {f"h{n}.example.test": ("pub_0", self_signed(f"h{n}.example.test")[1])
+              for n in range(150)}
+    before = services.backend.requests
+    assert services.edge_state.change(routes)
+    writes = 150 * 3 + 2  # per route its item and its certificate twice; the commit, settled
+    assert writes < services.backend.requests - before <= writes + 12
+    assert services.edge_state.meta()["routes_count"] == 150
+    assert services.edge_state.certificate("h7.example.test") is not None
+
+
 def test_a_restarted_agent_goes_on_with_deltas(control: tuple[Services, str],
                                               tmp_path: Path) -> None:
     """A restarted agent does not start over from a snapshot (a million links): it resumes
