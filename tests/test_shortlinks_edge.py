@@ -131,8 +131,14 @@ def test_visits_are_reported_while_the_agent_waits_for_a_change(
     running.start()
     try:
         visit(node, "go", 5)  # no change comes: the long poll is held its whole 30 s
+        def counted() -> int:
+            try:
+                return visits(services, "go")
+            except AssertionError:  # a report half applied: its day counts follow its total
+                return -1
+
         deadline = time.monotonic() + 10
-        while visits(services, "go") < 5 and time.monotonic() < deadline:
+        while counted() != 5 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert visits(services, "go") == 5
         services.links.create("acme.link", "https://example.com/go", "pub_1", slug="new")
