@@ -11,8 +11,10 @@ import json
 import os
 import platform
 import shutil
+import signal
 import ssl
 import subprocess
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +52,11 @@ def conditions() -> dict:
 
 
 def print_conditions() -> dict:
+    """Print the conditions, and from now on stop on SIGTERM as on Ctrl-C: the bench's
+    ``finally`` blocks stop the servers it started (run_all's timeout and an operator's
+    ``kill`` send SIGTERM; its default would leave them running)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     found = conditions()
     print(
         f"conditions: {found['date']}, commit {found['commit']}, HAProxy {found['haproxy']}, "

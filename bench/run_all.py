@@ -102,7 +102,8 @@ def run_one(name: str, args: tuple[str, ...], timeout: float,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    env=env, cwd=ROOT, start_new_session=True)
         lines: list[str] = []
-        # Past the timeout the bench is stopped by its own PID; it stops the servers it started.
+        # Past the timeout the bench is stopped by its own PID (SIGTERM); it stops the servers
+        # it started (bench/conditions.py: print_conditions).
         timer = threading.Timer(timeout, process.terminate)
         timer.start()
         try:

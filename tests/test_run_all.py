@@ -80,3 +80,24 @@ def test_run_all_keeps_every_figure_with_its_conditions(
               if entry["bench"] == "control_scale"]
     assert sorted(scales) == [("dynamodb", 3), ("dynamodb", 4), ("sqlite", 1)]
     assert "edge_apply" in {entry["bench"] for entry in json.loads(out.read_text())["results"]}
+
+
+def test_a_bench_stopped_by_the_timeout_stops_the_servers_it_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_all's timeout sends SIGTERM to a bench; the bench stops what it started (here
+    control_scale, caught while it starts knotd, seeds and runs serve) before it exits."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the bench's folders: its servers name it
+    done = run_all("--only", "control_scale", "--timeout", "6", "--out", str(tmp_path / "r.json"))
+    assert "domains on sqlite" in done.stdout, done.stdout  # caught midway, servers started
+    mine = str(tmp_path).encode()
+    left = []
+    for proc in Path("/proc").iterdir():  # serve and the agent name it in their environment
+        try:
+            if proc.name.isdigit() and any(mine in (proc / part).read_bytes()
+                                           for part in ("cmdline", "environ")):
+                left.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    assert left == [], left
+    tail = json.loads((tmp_path / "r.json").read_text())["results"][0]["run"]["output_tail"]
+    assert "stopped after" in tail, tail
