@@ -23,12 +23,20 @@ class StatusCounts:
         self._statuses = tuple(statuses)
 
     def open(self, count_now: Callable[[str], int],
-             count_failing: Callable[[], int] | None = None) -> None:
+             count_failing: Callable[[], int] | None = None,
+             none_stored: Callable[[], bool] = lambda: False) -> None:
         """Create the counts items; the creator of each (the first process ever, or the first
-        after an upgrade) counts what is already there."""
-        if self._created(_BY_STATUS):
+        after an upgrade) counts what is already there, unless ``none_stored`` (one read)
+        says there is nothing: a new store's first open then asks no index (on DynamoDB a
+        count is a query per status and spread key, 204 of them). A domain written after
+        that read is counted by its own ADD, which comes after the item's creation."""
+        by_status = self._created(_BY_STATUS)
+        failing = count_failing is not None and self._created(_FAILING)
+        if not (by_status or failing) or none_stored():
+            return
+        if by_status:
             self.recount(count_now)
-        if count_failing is not None and self._created(_FAILING):
+        if failing and count_failing is not None:
             self.table.increment(_FAILING, "count", count_failing())
 
     def _created(self, name: str) -> bool:

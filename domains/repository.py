@@ -66,7 +66,8 @@ class DomainRepository:
         self.counts = StatusCounts(counts, STATUSES) if counts is not None else None
         self.hints = DueHints(counts, STATUSES, clock)
         if self.counts is not None:
-            self.counts.open(lambda status: len(self.with_status(status)), self._count_failing)
+            self.counts.open(lambda status: len(self.with_status(status)), self._count_failing,
+                             self._none_stored)
 
     # Reads.
 
@@ -189,6 +190,10 @@ class DomainRepository:
         if self.counts is not None:
             return self.counts.by_status()
         return {status: len(self.with_status(status)) for status in STATUSES}
+
+    def _none_stored(self) -> bool:
+        page = self.table.scan(limit=1)
+        return not page.items and page.next_cursor is None
 
     def _count_failing(self) -> int:
         return sum(1 for status in STATUSES for domain in self.each_with_status(status)

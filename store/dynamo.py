@@ -222,7 +222,10 @@ class DynamoBackend:
                 continue
 
     def _wait_active(self, name: str) -> None:
+        """Until the table and its indexes are ACTIVE: asked again after 10 ms, then less
+        often (DynamoDB takes seconds, dynalite a moment)."""
         deadline = time.monotonic() + 120
+        pause = 0.01
         while True:
             described = self._client.describe_table(TableName=name)["Table"]
             if described["TableStatus"] == "ACTIVE" and all(
@@ -231,7 +234,8 @@ class DynamoBackend:
                 return
             if time.monotonic() > deadline:
                 raise StoreError(f"table {name} did not become active")
-            time.sleep(0.05)
+            time.sleep(pause)
+            pause = min(2 * pause, 0.5)
 
     def _create(self, name: str, spec: TableSpec, sweep: bool) -> None:
         attributes = _attributes(spec, sweep)
@@ -245,12 +249,14 @@ class DynamoBackend:
             if exc.response["Error"]["Code"] != "ResourceInUseException":
                 raise StoreError(f"cannot create table {name}: {exc}") from None
         self._wait_active(name)
+        if not self.supports_ttl():
+            return  # dynalite has no TTL API; expired items are filtered on read anyway
         try:
             self._client.update_time_to_live(
                 TableName=name,
                 TimeToLiveSpecification={"Enabled": True, "AttributeName": EXPIRES_AT})
         except ClientError:
-            pass  # dynalite has no TTL API; expired items are filtered on read anyway
+            pass  # enabled already (another replica created the table too)
 
     def close(self) -> None:
         self._client.close()
