@@ -294,7 +294,7 @@ class Chaos:
                                if s == "active" and h not in self.served[node]]
                     settled = time.monotonic() - LINK_SETTLED
                     links = [s for s in self.targets if s not in self.link_served[node]
-                             and self.link_made.get(s, settled + 1) <= settled]
+                             and s in self.link_made and self.link_made[s] <= settled]
                 for host in waiting:
                     if self.probe(node, host, "/")[0]:
                         with self.lock:

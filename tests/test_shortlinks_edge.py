@@ -6,7 +6,6 @@ import dataclasses
 import http.client
 import ssl
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -22,7 +21,7 @@ from edge.node import EdgeNode
 from edge.state import DesiredState, Route
 from kit.settings import Settings
 from kit.x509 import self_signed
-from tests.conftest import serving
+from tests.conftest import serving, wait_until
 
 EDGE = {"Authorization": "Bearer edge-token-0123456789"}
 API = {"Authorization": "Bearer test-token-0123456789"}
@@ -131,21 +130,19 @@ def test_visits_are_reported_while_the_agent_waits_for_a_change(
     running.start()
     try:
         visit(node, "go", 5)  # no change comes: the long poll is held its whole 30 s
+
         def counted() -> int:
             try:
                 return visits(services, "go")
             except AssertionError:  # a report half applied: its day counts follow its total
                 return -1
 
-        deadline = time.monotonic() + 10
-        while counted() != 5 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: counted() == 5, 10, "the five visits reported", interval=0.1)
         assert visits(services, "go") == 5
         services.links.create("acme.link", "https://example.com/go", "pub_1", slug="new")
-        deadline = time.monotonic() + 10
-        while https_get(node.layout.https_port, "acme.link", "/new").headers.get(
-                "x-request-id") and time.monotonic() < deadline:  # the Python path's mark
-            time.sleep(0.05)
+        wait_until(lambda: "x-request-id" not in https_get(  # the Python path's mark
+            node.layout.https_port, "acme.link", "/new").headers, 10, "the map serving the link",
+            interval=0.05)
         assert "x-request-id" not in https_get(node.layout.https_port, "acme.link",
                                                "/new").headers, "the change was applied"
     finally:
