@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 
 import pytest
 
+from control.publisher import EXPIRED_LINKS_EVERY
 from devtools.demo import LocalStack
 from devtools.pebble import PebbleStack
 from devtools.probe import Probe, https_get
@@ -86,7 +87,8 @@ def test_every_plain_link_reaches_the_map_through_the_long_poll_and_limited_ones
     assert node_map(stack)[f"{SHORT}/fresh"] == "307|0|https://example.com/g"
 
     # An expiring link: answered from the map until its second, then by the redirect app
-    # (410), and its entry leaves the map by its due time (the worker's index query).
+    # (410). Its entry leaves the map on the worker's next ask of the expiry index, at most
+    # EXPIRED_LINKS_EVERY after the due time (HAProxy itself stops answering it at its second).
     until = time.time() + 5.0  # in the map well before
     assert stack.api("POST", "/api/v1/links", json={
         "domain": SHORT, "owner": "pub_1", "slug": "brief", "target": "https://example.com/b",
@@ -97,7 +99,7 @@ def test_every_plain_link_reaches_the_map_through_the_long_poll_and_limited_ones
     gone = get(stack, "/brief")
     assert gone.status == 410 and "x-request-id" in gone.headers, "past it: the Python path"
     wait_for(lambda: f"{SHORT}/brief" not in node_map(stack), "the expired entry removed",
-             timeout=5.0)
+             timeout=EXPIRED_LINKS_EVERY + 5.0)
 
     # UTM parameters make a fixed URL: the map holds it with them; device targets ride along
     # in the same entry, HAProxy picking one by User-Agent.
