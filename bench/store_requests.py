@@ -90,36 +90,56 @@ class Cost:
 
 
 class Meter:
-    """Counts the DynamoDB calls a block makes, by operation, and the write units of its
-    writes, indexes included: each written item is read before and after the write through
-    ``reader``, a client of its own (uncounted), and billed by the model of
-    bench/write_units.py against the table's indexes as ``describe_table`` gives them."""
+    """Counts the DynamoDB calls a block makes through ``backend``, by operation, and the
+    write units of its writes, indexes included: each written item is read before and after
+    the write through ``reader``, a client of its own (uncounted), and billed by the model of
+    bench/write_units.py against the table's indexes as ``describe_table`` gives them. Both of
+    the backend's clients are metered: boto3's (the tables) and the items' (store/dynamo_wire.py)."""
 
-    def __init__(self, client: Any, reader: Any, prefix: str) -> None:
+    def __init__(self, backend: Any, reader: Any, prefix: str) -> None:
         self.current: Cost | None = None
         self.prefix = prefix
         self._reader = reader
         self._indexes: dict[str, list[dict[str, Any]]] = {}
+        client = backend._client
         client.meta.events.register("before-parameter-build.dynamodb", self._count)
         client.meta.events.register("after-call.dynamodb", self._written)
+        items, send = backend._items, backend._items.call
+
+        def call(operation: str, params: dict[str, Any]) -> dict[str, Any]:
+            before = self._before(operation, params)
+            failed = True
+            try:
+                answer = send(operation, params)
+                failed = False
+                return answer
+            finally:
+                self._after(before, failed)
+        items.call = call
 
     def _count(self, model: Any, params: dict[str, Any], context: dict[str, Any],
                **kwargs: Any) -> None:
-        if self.current is None or model.name in ("DescribeTable", "ListTables"):
-            return
-        self.current.calls[model.name] += 1
-        if model.name in READS:
-            self.current.reads += 1
-        elif model.name in WRITES:
-            context["bench_before"] = [(*touched, self._read(touched[0], touched[1]))
-                                       for touched in _touched(model.name, params)]
+        context["bench_before"] = self._before(model.name, params)
 
-    def _written(self, model: Any, parsed: dict[str, Any], context: dict[str, Any],
-                 **kwargs: Any) -> None:
-        cost, before = self.current, context.pop("bench_before", None)
+    def _written(self, parsed: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
+        self._after(context.pop("bench_before", None), "Error" in parsed)
+
+    def _before(self, operation: str, params: dict[str, Any]) -> list[Any] | None:
+        """Count the call; for a write, each item it touches as it is before."""
+        if self.current is None or operation in ("DescribeTable", "ListTables"):
+            return None
+        self.current.calls[operation] += 1
+        if operation in READS:
+            self.current.reads += 1
+        elif operation in WRITES:
+            return [(*touched, self._read(touched[0], touched[1]))
+                    for touched in _touched(operation, params)]
+        return None
+
+    def _after(self, before: list[Any] | None, failed: bool) -> None:
+        cost = self.current
         if cost is None or before is None:
             return
-        failed = "Error" in parsed
         for table, key, transactional, changes, old in before:
             new = self._read(table, key) if changes and not failed else old
             table_units, index_units = write_units(
@@ -213,7 +233,7 @@ def main() -> None:
             try:
                 reader = boto3.client("dynamodb", endpoint_url=f"http://127.0.0.1:{port}",
                                       region_name=settings.dynamodb_region)
-                costs = drive(services, pebble, Meter(services.backend._client, reader,
+                costs = drive(services, pebble, Meter(services.backend, reader,
                                                      settings.dynamodb_table_prefix))
             finally:
                 server.shutdown()

@@ -156,7 +156,7 @@ class DynamoSource:
         name = self._prefix + spec.name
         if name not in self._existing:
             return
-        table, start, now = DynamoTable(self._client, name, spec), None, time.time()
+        table, start, now = DynamoTable(self._backend._items, name, spec), None, time.time()
         while True:
             extra: dict[str, Any] = {"ExclusiveStartKey": start} if start else {}
             page = table._call("scan", ConsistentRead=True, **extra)

@@ -6,7 +6,8 @@ Layout of an item: ``pk`` (the key), ``version``, ``expires_at`` (the TTL attrib
 index its key (string) and sort (number) attributes (a global secondary index ``range_<name>``),
 and counters as ``c_<name>`` numbers. An item exists when it has a ``version``; counters alone do not make one.
 An index key attribute the spec spreads holds ``<value>#<n>`` once the store's schema spreads
-them (store/dynamo_spread.py). The table's reads and writes are store/dynamo_table.py's.
+them (store/dynamo_spread.py). The table's reads and writes are store/dynamo_table.py's,
+sent by store/dynamo_wire.py; boto3's client creates and describes the tables.
 
 Expired items (``expires_at`` passed) are filtered on every read. An ``expiring`` table lets the
 server delete them (TTL on ``expires_at``); on a server without TTL (dynalite) its items that
@@ -30,6 +31,7 @@ from store import (EXPIRES_AT, META, SCHEMA_ITEM, SPREAD_SCHEMA, VERSION, Confli
 from store.dynamo_schema import (EXPIRY_INDEX, EXPIRY_SHARD, _attributes, _expiry_index,
                                  _indexes)
 from store.dynamo_table import THROTTLING, DynamoTable
+from store.dynamo_wire import WireClient, _table_name
 
 __all__ = ["DynamoBackend", "DynamoTable", "EXPIRY_INDEX", "EXPIRY_SHARD", "THROTTLING",
            "_attributes", "_indexes", "client_config"]
@@ -60,8 +62,23 @@ yet: a replica started before ``edgectl migrate --apply`` spreads within this lo
 
 
 class DynamoBackend:
-    def __init__(self, client: Any, prefix: str = "edge_") -> None:
+    """``client``: boto3's, for the tables themselves; the items go through a
+    :class:`WireClient` to the same endpoint, with the client's timeouts, pool size, attempts
+    and User-Agent, signed with ``credentials`` (default: boto3's default session's, the chain
+    ``boto3.client`` resolves)."""
+
+    def __init__(self, client: Any, prefix: str = "edge_", credentials: Any = None) -> None:
         self._client = client
+        if credentials is None:
+            credentials = (boto3.DEFAULT_SESSION or boto3.Session()).get_credentials()
+        config = client.meta.config
+        retries = config.retries or {}
+        self._items = WireClient(
+            client.meta.endpoint_url, client.meta.region_name, credentials,
+            user_agent=config.user_agent or USER_AGENT, connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout, max_pool_connections=config.max_pool_connections,
+            max_attempts=retries.get("total_max_attempts") or retries.get("max_attempts", 4) + 1,
+            counted=self._counted, throttled=self._count_throttled_table)
         self._prefix = prefix
         self.requests = 0
         self._lock = threading.Lock()
@@ -87,6 +104,17 @@ class DynamoBackend:
         with self._lock:
             self.operations[key] = self.operations.get(key, 0) + 1
 
+    def _counted(self, table: str, operation: str) -> None:
+        key = (table.removeprefix(self._prefix), operation)
+        with self._lock:
+            self.requests += 1
+            self.operations[key] = self.operations.get(key, 0) + 1
+
+    def _count_throttled_table(self, name: str) -> None:
+        table = name.removeprefix(self._prefix)
+        with self._lock:
+            self.throttled[table] = self.throttled.get(table, 0) + 1
+
     def _count_throttled(self, response: Any = None, request_dict: Any = None,
                          **kwargs: Any) -> None:
         code = (response[1].get("Error") or {}).get("Code") if response else None
@@ -95,19 +123,14 @@ class DynamoBackend:
                 name = _table_name(json.loads((request_dict or {}).get("body") or b"{}"), "?")
             except (ValueError, TypeError):
                 name = "?"
-            table = name.removeprefix(self._prefix)
-            with self._lock:
-                self.throttled[table] = self.throttled.get(table, 0) + 1
+            self._count_throttled_table(name)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "DynamoBackend":
-        client = boto3.client(
-            "dynamodb",
-            endpoint_url=settings.dynamodb_endpoint_url or None,
-            region_name=settings.dynamodb_region,
-            config=client_config(),
-        )
-        return cls(client, settings.dynamodb_table_prefix)
+        session = boto3.Session(region_name=settings.dynamodb_region)
+        client = session.client("dynamodb", endpoint_url=settings.dynamodb_endpoint_url or None,
+                                config=client_config())
+        return cls(client, settings.dynamodb_table_prefix, session.get_credentials())
 
     def supports_ttl(self) -> bool:
         """Whether the server deletes expired items itself. Asked once: enabling TTL on a
@@ -159,10 +182,10 @@ class DynamoBackend:
             if exc.response["Error"]["Code"] != "ResourceNotFoundException":
                 raise StoreError(f"cannot open table {name}: {exc}") from None
             self._create(name, spec, sweep)
-            return DynamoTable(self._client, name, spec, sweep, self.spreads)
+            return DynamoTable(self._items, name, spec, sweep, self.spreads)
         except BotoCoreError as exc:  # nobody answers at the endpoint
             raise StoreError(f"cannot open table {name}: {exc}") from None
-        table = DynamoTable(self._client, name, spec, sweep, self.spreads)
+        table = DynamoTable(self._items, name, spec, sweep, self.spreads)
         if described.get("TableStatus") != "ACTIVE":  # another replica is creating it
             self._wait_active(name)
         have = {index["IndexName"] for index in described.get("GlobalSecondaryIndexes", [])}
@@ -259,14 +282,5 @@ class DynamoBackend:
             pass  # enabled already (another replica created the table too)
 
     def close(self) -> None:
+        self._items.close()
         self._client.close()
-
-
-def _table_name(params: Any, unknown: str = "*") -> str:
-    """The table a request names: ``TableName``, or a batch's one table (``RequestItems``)."""
-    if not isinstance(params, dict):
-        return unknown
-    if "TableName" in params:
-        return str(params["TableName"])
-    tables = list(params.get("RequestItems") or {})
-    return str(tables[0]) if len(tables) == 1 else unknown

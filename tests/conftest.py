@@ -31,7 +31,7 @@ from devtools.pebble import PebbleStack
 from edge.node import EdgeNode
 from kit.procs import ManagedProcess, free_port, start_listening
 from kit.settings import Settings, load_settings
-from store import Backend, Item
+from store import Backend, Item, dynamo_wire
 from store.dynamo import USER_AGENT, DynamoBackend
 from store.sqlite import SqliteBackend
 from tests.dynamo_nemesis import Nemesis
@@ -107,7 +107,8 @@ def fair_weather(settings: Settings) -> Iterator[None]:
 
 SDK_BACKOFF_SCALE = 0.05
 """What the tests' in-process clients wait between retries, as a fraction of botocore's
-(``rand * 2 ** (attempt - 1)`` seconds, a mean of half a second per injected fault): 25 ms at
+(``rand * 2 ** (attempt - 1)`` seconds, a mean of half a second per injected fault; the store's
+item requests wait as botocore does, store/dynamo_wire.py): 25 ms at
 the first retry, the base botocore's newer retry scheme uses for DynamoDB's 5xx. Each fault is
 still retried, counted, charged to the retry quota and surfaced as ``Throttled`` after the
 fifth attempt; only the wall time between attempts shrinks, which the tests' code on a
@@ -122,9 +123,11 @@ def nemesis(dynamo_nemesis: Nemesis, monkeypatch: pytest.MonkeyPatch) -> Iterato
     its usual wait) and a few slow; ``services_with`` opens its stores in ``fair_weather``.
     A test that wants index lag or more sets it on ``dynamo_nemesis``; each test starts
     afresh."""
-    usual = ExponentialBackoff.delay_amount
+    usual, usual_items = ExponentialBackoff.delay_amount, dynamo_wire.backoff
     monkeypatch.setattr(ExponentialBackoff, "delay_amount",
                         lambda backoff, context: SDK_BACKOFF_SCALE * usual(backoff, context))
+    monkeypatch.setattr(dynamo_wire, "backoff",
+                        lambda attempt: SDK_BACKOFF_SCALE * usual_items(attempt))
     dynamo_nemesis.reset()
     dynamo_nemesis.fail_rate, dynamo_nemesis.slow_rate, dynamo_nemesis.slow = 0.03, 0.02, 0.05
     yield dynamo_nemesis.url

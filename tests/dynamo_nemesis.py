@@ -63,6 +63,8 @@ class Nemesis:
         self.written: dict[tuple[str, str], float] = {}
         self.consumed: Counter[tuple[str, str, str]] = Counter()
         self.injected: Counter[str] = Counter()
+        self.agents: Counter[str] = Counter()
+        """Requests by the User-Agent they carried."""
         self.hidden = 0
         """Items left out of index queries so far."""
         self.reset()
@@ -98,6 +100,7 @@ class Nemesis:
         with self._lock:
             self.consumed.clear()
             self.injected.clear()
+            self.agents.clear()
             self.hidden = 0
 
     def stop(self) -> None:
@@ -115,6 +118,8 @@ class Nemesis:
         body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
         operation = (handler.headers.get("X-Amz-Target") or "").rpartition(".")[2]
         request = json.loads(body or b"{}")
+        with self._lock:
+            self.agents[handler.headers.get("User-Agent") or ""] += 1
         if not self.only or operation in self.only:
             if self.slow_rate and random.random() < self.slow_rate:
                 time.sleep(self.slow)

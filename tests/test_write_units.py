@@ -24,7 +24,7 @@ def metered(dynalite: str) -> Iterator[tuple[DynamoBackend, Meter]]:
     backend = DynamoBackend(dynamo_client(dynalite), prefix=prefix)
     reader = boto3.client("dynamodb", endpoint_url=dynalite, region_name="us-east-1")
     try:
-        yield backend, Meter(backend._client, reader, prefix)
+        yield backend, Meter(backend, reader, prefix)
     finally:
         backend.close()
 

@@ -1,0 +1,121 @@
+"""The store's item client (store/dynamo_wire.py): signed as botocore signs, retried as
+botocore's standard mode retries, failing as botocore fails; against dynalite, through the
+nemesis for the faults."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Iterator
+
+import boto3
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from store import StoreError, TableSpec, Throttled, dynamo_wire
+from store.dynamo import USER_AGENT, DynamoBackend, DynamoTable, client_config
+from store.dynamo_wire import QUOTA, RETRY_COST, SigV4
+from kit.procs import free_port
+from kit.settings import Settings
+from tests.dynamo_nemesis import Nemesis
+
+SPEC = TableSpec("wire_things", key="id", indexes=("owner",))
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:8000",
+                                      "https://dynamodb.eu-west-1.amazonaws.com"])
+@pytest.mark.parametrize("token", [None, "a-session-token"])
+def test_it_signs_a_request_as_botocore_signs_it(endpoint: str, token: str | None) -> None:
+    body = json.dumps({"TableName": "edge_domains", "Key": {"pk": {"S": "a  b"}}}).encode()
+    theirs = AWSRequest("POST", endpoint + "/", data=body, headers={
+        "Content-Type": "application/x-amz-json-1.0",
+        "X-Amz-Target": "DynamoDB_20120810.GetItem"})
+    SigV4Auth(Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", token), "dynamodb",
+              "eu-west-1").add_auth(theirs)
+    headers = {"content-type": "application/x-amz-json-1.0",
+               "host": endpoint.split("://", 1)[1],
+               "x-amz-date": theirs.headers["X-Amz-Date"],
+               "x-amz-target": "DynamoDB_20120810.GetItem",
+               **({"x-amz-security-token": token} if token else {})}
+    ours = SigV4("eu-west-1").authorization(headers, body, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG")
+    assert ours == theirs.headers["Authorization"]
+
+
+@pytest.fixture
+def backend(dynamo_nemesis: Nemesis, nemesis: str, settings: Settings,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoBackend]:
+    """The product's backend through the nemesis, in fair weather, retrying at once."""
+    monkeypatch.setattr(dynamo_wire, "backoff", lambda attempt: 0.0)
+    dynamo_nemesis.fail_rate = dynamo_nemesis.slow_rate = 0.0
+    opened = DynamoBackend.from_settings(dataclasses.replace(
+        settings, storage_backend="dynamodb", dynamodb_endpoint_url=nemesis,
+        dynamodb_table_prefix=f"w{free_port()}_"))
+    yield opened
+    opened.close()
+
+
+def test_items_written_and_read_are_counted_by_table_and_operation(
+        backend: DynamoBackend, dynamo_nemesis: Nemesis) -> None:
+    table = backend.table(SPEC)
+    before = backend.requests
+    table.put({"id": "a", "owner": "o"})
+    assert table.get("a") == {"id": "a", "owner": "o", "version": 1}
+    assert backend.requests - before == 2
+    assert backend.operations[("wire_things", "UpdateItem")] == 1
+    assert backend.operations[("wire_things", "GetItem")] == 1
+    # The product's short User-Agent, on the tables' requests (botocore's) and the items'.
+    assert all(agent.startswith(USER_AGENT) and "ua/" not in agent
+               for agent in dynamo_nemesis.agents), dynamo_nemesis.agents
+
+
+@pytest.mark.parametrize("failure, raised", [("throughput", Throttled),
+                                             ("internal", StoreError)])
+def test_a_failing_request_is_tried_five_times_then_raised(
+        backend: DynamoBackend, dynamo_nemesis: Nemesis, failure: str,
+        raised: type[Exception]) -> None:
+    table = backend.table(SPEC)
+    dynamo_nemesis.failures, dynamo_nemesis.fail_rate = (failure,), 1.0
+    with pytest.raises(raised) as caught:
+        table.get("a")
+    assert dynamo_nemesis.injected[failure] == 5
+    assert "GetItem" in str(caught.value) or "get_item" in str(caught.value)
+    assert backend.throttled.get("wire_things", 0) == (5 if failure == "throughput" else 0)
+    dynamo_nemesis.fail_rate = 0.0
+    assert table.get("a") is None, "the next request goes through"
+
+
+def test_retries_stop_when_the_quota_is_spent_and_come_back_with_successes(
+        backend: DynamoBackend, dynamo_nemesis: Nemesis) -> None:
+    """botocore's retry quota: most requests failing stops the retries (an outage fails fast
+    rather than piling up attempts); each request that goes through gives some back."""
+    table = backend.table(SPEC)
+    dynamo_nemesis.failures, dynamo_nemesis.fail_rate = ("internal",), 1.0
+    calls = QUOTA // (4 * RETRY_COST)  # each failing call spends four retries
+    for _ in range(calls):
+        with pytest.raises(StoreError):
+            table.get("a")
+    assert dynamo_nemesis.injected["internal"] == 5 * calls
+    with pytest.raises(StoreError):
+        table.get("a")
+    assert dynamo_nemesis.injected["internal"] == 5 * calls + 1, "no retry left"
+    dynamo_nemesis.fail_rate = 0.0
+    for _ in range(RETRY_COST):
+        table.get("a")
+    dynamo_nemesis.fail_rate = 1.0
+    with pytest.raises(StoreError):
+        table.get("a")
+    assert dynamo_nemesis.injected["internal"] == 5 * calls + 3, "one retry again"
+
+
+def test_an_endpoint_nobody_answers_is_a_store_error(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dynamo_wire, "backoff", lambda attempt: 0.0)
+    client = boto3.client("dynamodb", endpoint_url=f"http://127.0.0.1:{free_port()}",
+                          region_name="us-east-1", config=client_config())
+    backend = DynamoBackend(client)
+    try:
+        with pytest.raises(StoreError, match="get_item on edge_x: Could not connect"):
+            DynamoTable(backend._items, "edge_x", SPEC).get("a")  # not opened: not asked
+    finally:
+        backend.close()
