@@ -72,6 +72,7 @@ BENCHES: dict[str, Bench] = {
     "shortlinks_python_path": Bench(("--keys", "1000", "--seconds", "2")),
     "shortlinks_throughput": Bench(("--seconds", "2", "--rounds", "1")),
     "sso_overhead": Bench(("--seconds", "2", "--rounds", "1")),
+    "store_client": Bench(("--items", "500", "--rounds", "2")),
     "store_requests": Bench(()),
 }
 """Every bench script (``bench/<name>.py``); bench/control_seed.py and control_stack.py are

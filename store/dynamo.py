@@ -31,7 +31,7 @@ from store import (EXPIRES_AT, META, SCHEMA_ITEM, SPREAD_SCHEMA, VERSION, Confli
 from store.dynamo_schema import (EXPIRY_INDEX, EXPIRY_SHARD, _attributes, _expiry_index,
                                  _indexes)
 from store.dynamo_table import THROTTLING, DynamoTable
-from store.dynamo_wire import WireClient, _table_name
+from store.dynamo_wire import WireClient, table_name
 
 __all__ = ["DynamoBackend", "DynamoTable", "EXPIRY_INDEX", "EXPIRY_SHARD", "THROTTLING",
            "_attributes", "_indexes", "client_config"]
@@ -64,8 +64,8 @@ yet: a replica started before ``edgectl migrate --apply`` spreads within this lo
 class DynamoBackend:
     """``client``: boto3's, for the tables themselves; the items go through a
     :class:`WireClient` to the same endpoint, with the client's timeouts, pool size, attempts
-    and User-Agent, signed with ``credentials`` (default: boto3's default session's, the chain
-    ``boto3.client`` resolves)."""
+    and User-Agent, signed with ``credentials`` (default: those of boto3's default session,
+    which ``boto3.client`` uses: the chain it resolves, refreshed as they expire)."""
 
     def __init__(self, client: Any, prefix: str = "edge_", credentials: Any = None) -> None:
         self._client = client
@@ -99,7 +99,7 @@ class DynamoBackend:
             self.requests += 1
 
     def _count_operation(self, params: Any = None, model: Any = None, **kwargs: Any) -> None:
-        table = _table_name(params or {}).removeprefix(self._prefix)
+        table = table_name(params or {}).removeprefix(self._prefix)
         key = (table, getattr(model, "name", "other"))
         with self._lock:
             self.operations[key] = self.operations.get(key, 0) + 1
@@ -120,17 +120,16 @@ class DynamoBackend:
         code = (response[1].get("Error") or {}).get("Code") if response else None
         if code in THROTTLING:
             try:
-                name = _table_name(json.loads((request_dict or {}).get("body") or b"{}"), "?")
+                name = table_name(json.loads((request_dict or {}).get("body") or b"{}"), "?")
             except (ValueError, TypeError):
                 name = "?"
             self._count_throttled_table(name)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "DynamoBackend":
-        session = boto3.Session(region_name=settings.dynamodb_region)
-        client = session.client("dynamodb", endpoint_url=settings.dynamodb_endpoint_url or None,
-                                config=client_config())
-        return cls(client, settings.dynamodb_table_prefix, session.get_credentials())
+        client = boto3.client("dynamodb", endpoint_url=settings.dynamodb_endpoint_url or None,
+                              region_name=settings.dynamodb_region, config=client_config())
+        return cls(client, settings.dynamodb_table_prefix)
 
     def supports_ttl(self) -> bool:
         """Whether the server deletes expired items itself. Asked once: enabling TTL on a

@@ -127,7 +127,7 @@ class WireClient:
         self._pool.close()
 
     def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        table = _table_name(params)
+        table = table_name(params)
         self._counted(table, operation)
         body = json.dumps(params, separators=(",", ":")).encode()
         charged = 0
@@ -138,7 +138,7 @@ class WireClient:
                 failure: Exception | None = None
             except (EndpointConnectionError, ReadTimeoutError, ConnectTimeoutError) as exc:
                 status, answer, code, message, failure = 0, {}, "", str(exc), exc
-            if 200 <= status < 300 and failure is None:
+            if 200 <= status < 300 and not code and failure is None:
                 self._give_back(charged or NO_RETRY_INCREMENT)
                 return answer
             if code in THROTTLED:
@@ -209,7 +209,7 @@ class WireClient:
             self._quota = min(QUOTA, self._quota + amount)
 
 
-def _table_name(params: Any, unknown: str = "*") -> str:
+def table_name(params: Any, unknown: str = "*") -> str:
     """The table a request names: ``TableName``, or a batch's one table (``RequestItems``)."""
     if not isinstance(params, dict):
         return unknown
