@@ -10,6 +10,9 @@ DynamoDB does and dynalite does not (in the spirit of Toxiproxy and Jepsen's nem
 - **Throttling and errors.** A ``fail_rate`` fraction of requests is answered with one of
   ``failures``: ``ProvisionedThroughputExceededException`` or ``ThrottlingException`` (400
   with DynamoDB's ``__type``) or ``InternalServerError`` (500), without reaching dynalite.
+- **Corruption.** ``corrupt`` among ``failures`` answers dynalite's answer with an
+  ``x-amz-crc32`` header that does not match it (DynamoDB sends the body's CRC32; a client
+  retries an answer damaged on the way).
 - **Slowness.** A ``slow_rate`` fraction waits ``slow`` seconds first.
 - **Partial batches.** An ``unprocessed_rate`` fraction of the keys of a BatchGetItem (the
   writes of a BatchWriteItem) is left out of what dynalite is asked and answered as
@@ -28,6 +31,7 @@ import json
 import random
 import threading
 import time
+import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -127,6 +131,10 @@ class Nemesis:
                 kind = random.choice(self.failures)
                 with self._lock:
                     self.injected[kind] += 1
+                if kind == "corrupt":  # dynalite's answer, its checksum not matching it
+                    status, answer = self._forward(handler, body)
+                    self._answer(handler, status, answer, crc32=zlib.crc32(answer) ^ 1)
+                    return
                 status, kind_type, message = _TYPES[kind]
                 self._answer(handler, status, json.dumps(
                     {"__type": kind_type, "message": message}).encode())
@@ -190,10 +198,12 @@ class Nemesis:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _answer(handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+    def _answer(handler: BaseHTTPRequestHandler, status: int, body: bytes,
+                crc32: int | None = None) -> None:
         handler.send_response(status)
         handler.send_header("Content-Type", "application/x-amz-json-1.0")
         handler.send_header("Content-Length", str(len(body)))
+        handler.send_header("x-amz-crc32", str(zlib.crc32(body) if crc32 is None else crc32))
         handler.end_headers()
         handler.wfile.write(body)
 

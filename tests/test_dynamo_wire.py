@@ -85,6 +85,20 @@ def test_a_failing_request_is_tried_five_times_then_raised(
     assert table.get("a") is None, "the next request goes through"
 
 
+def test_an_answer_whose_checksum_does_not_match_is_asked_again(
+        backend: DynamoBackend, dynamo_nemesis: Nemesis) -> None:
+    table = backend.table(SPEC)
+    table.put({"id": "a", "owner": "o"})
+    dynamo_nemesis.failures, dynamo_nemesis.only = ("corrupt",), ("GetItem",)
+    dynamo_nemesis.fail_rate = 1.0
+    with pytest.raises(StoreError, match="CRC32"):
+        table.get("a")
+    assert dynamo_nemesis.injected["corrupt"] == 5
+    dynamo_nemesis.fail_rate = 0.1  # five in a row: once in 100,000 reads
+    while dynamo_nemesis.injected["corrupt"] < 8:
+        assert table.get("a") == {"id": "a", "owner": "o", "version": 1}
+
+
 def test_retries_stop_when_the_quota_is_spent_and_come_back_with_successes(
         backend: DynamoBackend, dynamo_nemesis: Nemesis) -> None:
     """botocore's retry quota: most requests failing stops the retries (an outage fails fast
