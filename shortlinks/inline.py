@@ -113,7 +113,9 @@ def serve_until(server: Any, stop: threading.Event, drain: float) -> None:
     """Run the server's loop on this thread until ``stop`` is set (the setter pulls
     ``server.pull_trigger()`` to wake it), then stop gracefully: no new connection, every
     request begun or queued answered within ``drain`` seconds, then every connection closed
-    and the threads ended."""
+    and the threads ended. The trigger stays open: the setter may pull it after this loop
+    saw ``stop`` by its poll's timeout and ended (a closed trigger's descriptor may be a
+    file's by then); it closes it once this thread has ended."""
     adj = server.adj
     while not stop.is_set():
         wasyncore.loop(adj.asyncore_loop_timeout, adj.asyncore_use_poll, server._map, count=1)
@@ -125,7 +127,9 @@ def serve_until(server: Any, stop: threading.Event, drain: float) -> None:
         wasyncore.loop(0.05, adj.asyncore_use_poll, server._map, count=1)
     if busy:
         log.warning("%d request(s) not answered within the %.1f s drain", len(busy), drain)
-    wasyncore.close_all(server._map)  # the connections left are idle (or out of time)
+    for channel in list(server._map.values()):  # the connections left are idle (or out of time)
+        if channel is not server.trigger:
+            channel.close()
     server.task_dispatcher.shutdown(timeout=0.5)
 
 

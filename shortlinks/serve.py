@@ -161,10 +161,14 @@ def _waitress(settings: Settings, listener: socket.socket, threads: int,
     thread = threading.Thread(target=serve_until, args=(server, stop, DRAIN_SECONDS),
                               daemon=True)
     thread.start()
-    stop.wait()
-    server.pull_trigger()  # the loop sees ``stop`` now, not after its poll's timeout
-    thread.join(DRAIN_SECONDS + 0.5)
-    worker.close()  # after the drain: the visits it counted are written too
+    try:
+        stop.wait()
+        server.pull_trigger()  # the loop sees ``stop`` now, not after its poll's timeout
+        thread.join(DRAIN_SECONDS + 0.5)
+    finally:
+        worker.close()  # after the drain: the visits it counted are written too
+    if not thread.is_alive():
+        server.trigger.close()
 
 
 def _werkzeug(settings: Settings, stop: threading.Event) -> None:

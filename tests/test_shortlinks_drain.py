@@ -109,6 +109,22 @@ def test_a_request_begun_before_sigterm_is_answered_whole_and_the_app_exits_0(
         app.stop()
 
 
+def test_a_stop_that_wakes_the_loop_after_it_ended_fails_nothing() -> None:
+    """On a loaded machine the loop may see ``stop`` by its poll's timeout and end before the
+    stopping thread pulls the trigger to wake it. Pulling it then must not fail: it did
+    (EBADF, the loop had closed it), and the worker died without writing its last visits
+    (the app exited 1; a short-link test lost its three visits)."""
+    from shortlinks.inline import create_server, serve_until
+
+    server = create_server(lambda environ, start_response: [], lambda host, slug: False,
+                           threads=1, host="127.0.0.1", port=0)
+    stop = threading.Event()
+    stop.set()
+    serve_until(server, stop, drain=0.1)  # sees ``stop`` at once and ends
+    server.pull_trigger()
+    server.trigger.close()
+
+
 def test_a_client_that_never_finishes_its_request_holds_the_stop_no_longer_than_the_drain(
         env: dict[str, str], tmp_path: Path) -> None:
     """The worker gives up on it at its deadline (and says so), the parent waits for that
