@@ -145,16 +145,16 @@ class WireClient:
                 self._throttled(table)
             retryable = failure is not None or code in THROTTLED or code in TRANSIENT \
                 or status in TRANSIENT_STATUS or code == "CRC32CheckFailed"
-            timeout = isinstance(failure, (ReadTimeoutError, ConnectTimeoutError))
-            if not retryable or attempt >= self._attempts \
-                    or not self._take(TIMEOUT_RETRY_COST if timeout else RETRY_COST):
+            cost = TIMEOUT_RETRY_COST if isinstance(
+                failure, (ReadTimeoutError, ConnectTimeoutError)) else RETRY_COST
+            if not retryable or attempt >= self._attempts or not self._take(cost):
                 if failure is not None:
                     raise failure
                 raise ClientError({"Error": {"Code": code, "Message": message},
                                    "ResponseMetadata": {"HTTPStatusCode": status,
                                                         "RetryAttempts": attempt - 1}},
                                   operation)
-            charged = TIMEOUT_RETRY_COST if timeout else RETRY_COST
+            charged = cost
             time.sleep(backoff(attempt))
             attempt += 1
 
