@@ -106,14 +106,14 @@ def fair_weather(settings: Settings) -> Iterator[None]:
 
 
 SDK_BACKOFF_SCALE = 0.05
-"""What the tests' in-process clients wait between retries, as a fraction of botocore's
-(``rand * 2 ** (attempt - 1)`` seconds, a mean of half a second per injected fault; the store's
-item requests wait as botocore does, store/dynamo_wire.py): 25 ms at
-the first retry, the base botocore's newer retry scheme uses for DynamoDB's 5xx. Each fault is
-still retried, counted, charged to the retry quota and surfaced as ``Throttled`` after the
-fifth attempt; only the wall time between attempts shrinks, which the tests' code on a
-``FakeClock`` never sees and which was most of a nemesis run (44 of 50 s in one shard-move
-test). Replicas and agents started as processes (the chaos tests) keep the SDK's own waits."""
+"""What the tests' in-process clients wait between retries (botocore's for the tables, the
+store's item client for the items: the same ``rand * 2 ** (attempt - 1)`` seconds, a mean of
+half a second per injected fault), as a fraction of that: 25 ms at the first retry, the base
+botocore's newer retry scheme uses for DynamoDB's 5xx. Each fault is still retried, counted,
+charged to the retry quota and surfaced as ``Throttled`` after the fifth attempt; only the
+wall time between attempts shrinks, which the tests' code on a ``FakeClock`` never sees and
+which was most of a nemesis run (44 of 50 s in one shard-move test). Replicas and agents
+started as processes (the chaos tests) keep the SDK's own waits."""
 
 
 @pytest.fixture
