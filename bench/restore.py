@@ -32,14 +32,13 @@ from botocore.config import Config
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.conditions import print_conditions, record  # noqa: E402
-from kit.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
+from devtools.dynalite import start_dynalite  # noqa: E402
 from store import RangeIndex, TableSpec  # noqa: E402
 from store.backup import Stored, restore_backup, take_backup  # noqa: E402
 from store.backup_stores import DynamoTarget, SqliteSource  # noqa: E402
 from store.dynamo import RETRIES, DynamoBackend  # noqa: E402
 from store.sqlite import SqliteBackend  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 SPECS = (
     TableSpec("bench_domains", key="hostname", indexes=("status", "owner"),
               ranges=(RangeIndex("due", "status", "due_at"),), spread=("status",)),
@@ -123,14 +122,8 @@ def main() -> None:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     with tempfile.TemporaryDirectory() as tmp:
         path = write_backup(Path(tmp), args.items)
-        port = free_port()
-        dynalite = ManagedProcess("dynalite", [
-            str(ROOT / "node_modules" / ".bin" / "dynalite"), "--host", "127.0.0.1",
-            "--port", str(port), "--path", str(Path(tmp) / "dynalite"),
-            "--createTableMs", "0"], Path(tmp) / "dynalite.log")
+        dynalite, endpoint = start_dynalite(Path(tmp), path=Path(tmp) / "dynalite")
         try:
-            wait_for_port(port, process=dynalite)
-            endpoint = f"http://127.0.0.1:{port}"
             old, new = backend(endpoint), backend(endpoint)
             before = timed(ItemByItem(old), path)
             after = timed(DynamoTarget(new, writers=args.writers), path)

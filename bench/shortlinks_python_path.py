@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -30,11 +29,11 @@ from bench.shortlinks_throughput import HOST, links_server, short_link_env  # no
 from bench.wrk.load import (cpu_seconds, pinned, spare_cores, warm, wrk,  # noqa: E402
                             write_keys)
 from control.wiring import Services  # noqa: E402
-from kit.procs import ManagedProcess, free_port, start_listening  # noqa: E402
+from devtools.dynalite import start_dynalite  # noqa: E402
+from kit.procs import free_port  # noqa: E402
 from kit.settings import load_settings  # noqa: E402
 from shortlinks.links import LINKS, link_id  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 KINDS = {  # slug prefix -> what the link is (None: no link)
     "plain": "cached plain link (the baseline)",
     "limited": "link with a visit limit",
@@ -43,18 +42,6 @@ KINDS = {  # slug prefix -> what the link is (None: no link)
     "expired": "expired link",
 }
 EXPECTED = {"plain": 302, "limited": 302, "unknown": 404, "disabled": 410, "expired": 410}
-
-
-def start_dynalite(directory: Path) -> tuple[ManagedProcess, str]:
-    """dynalite (node_modules) on a free loopback port: (its process, its endpoint URL)."""
-    local = ROOT / "node_modules" / ".bin" / "dynalite"
-    found = str(local) if local.exists() else shutil.which("dynalite")
-    if not found:
-        raise SystemExit("dynalite is not installed: run `npm install` in the repository root")
-    process, port = start_listening(lambda port: ManagedProcess("dynalite", [
-        found, "--host", "127.0.0.1", "--port", str(port), "--path", str(directory / "db"),
-        "--createTableMs", "0"], directory / "dynalite.log"))
-    return process, f"http://127.0.0.1:{port}"
 
 
 def seed(env: dict[str, str], keys: int) -> None:
@@ -121,7 +108,7 @@ def main() -> int:
           f"kind; wrk -t1 -c{args.connections} -d{args.seconds}s", flush=True)
     directory = Path(tempfile.mkdtemp(prefix="bench-python-path-"))
     env = short_link_env(directory)
-    dynalite = start_dynalite(directory) if args.store == "dynalite" else None
+    dynalite = start_dynalite(directory, path=directory / "db") if args.store == "dynalite" else None
     if dynalite is not None:
         env.update(EDGE_STORAGE_BACKEND="dynamodb", AWS_ACCESS_KEY_ID="bench",
                    AWS_SECRET_ACCESS_KEY="bench", EDGE_DYNAMODB_ENDPOINT_URL=dynalite[1])

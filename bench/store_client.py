@@ -25,11 +25,10 @@ import boto3
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.conditions import print_conditions, record  # noqa: E402
-from kit.procs import ManagedProcess, free_port, wait_for_port  # noqa: E402
+from devtools.dynalite import start_dynalite  # noqa: E402
 from store import TableSpec  # noqa: E402
 from store.dynamo import DynamoBackend, DynamoTable, client_config  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 SPEC = TableSpec("bench_things", key="id", indexes=("owner",))
 
 
@@ -74,13 +73,9 @@ def main() -> None:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")  # dynalite checks none
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        dynalite = ManagedProcess("dynalite", [
-            str(ROOT / "node_modules" / ".bin" / "dynalite"), "--host", "127.0.0.1",
-            "--port", str(port), "--createTableMs", "0"], Path(tmp) / "dynalite.log")
+        dynalite, url = start_dynalite(Path(tmp))
         try:
-            wait_for_port(port, process=dynalite)
-            client = boto3.client("dynamodb", endpoint_url=f"http://127.0.0.1:{port}",
+            client = boto3.client("dynamodb", endpoint_url=url,
                                   region_name="us-east-1", config=client_config())
             backend = DynamoBackend(client, prefix="bench_")
             ours = backend.table(SPEC)

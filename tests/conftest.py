@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import os
 import signal
-import shutil
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from werkzeug.serving import make_server
 from admin_app import create_app
 from control.wiring import Services
 from devtools.dns_server import KnotServer
+from devtools.dynalite import dynalite_command, start_dynalite
 from devtools.pebble import PebbleStack
 from edge.node import EdgeNode
 from kit.procs import ManagedProcess, free_port, start_listening
@@ -40,19 +40,6 @@ from tests.webhook_receiver import Receiver
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def dynalite_command(port: int, path: Path | None, creating_ms: int = 50) -> list[str]:
-    """A dynalite on ``port`` storing in ``path`` (None: in its memory). Its tables stay
-    CREATING for ``creating_ms``, not its default 500 ms: the store still waits for ACTIVE as on
-    DynamoDB, without 10 s per store."""
-    local = ROOT / "node_modules" / ".bin" / "dynalite"
-    found = os.environ.get("EDGE_DYNALITE") or (str(local) if local.exists() else shutil.which("dynalite"))
-    if not found:
-        raise RuntimeError("dynalite is not installed: run `npm install` in the repository root")
-    return [found, "--host", "127.0.0.1", "--port", str(port),
-            *(["--path", str(path)] if path is not None else []),
-            "--createTableMs", str(creating_ms), "--deleteTableMs", "50", "--updateTableMs", "50"]
-
-
 @pytest.fixture(scope="session")
 def dynalite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The endpoint URL of this worker's dynalite server (DynamoDB's wire protocol), in its
@@ -60,12 +47,9 @@ def dynalite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     once: each test opens a store of some 25 tables on it (0.4 s, not 1.9); the store's wait
     while a table is CREATING is tested on the dynalites of test_replicas.py,
     test_replicas_chaos.py and test_chaos.py."""
-    directory = tmp_path_factory.mktemp("dynalite")
-    process, port = start_listening(lambda port: ManagedProcess(
-        "dynalite", dynalite_command(port, None, creating_ms=0),
-        directory / "dynalite.log"))
+    process, url = start_dynalite(tmp_path_factory.mktemp("dynalite"))
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         process.stop()
 
