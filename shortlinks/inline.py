@@ -136,8 +136,9 @@ def serve_until(server: Any, stop: threading.Event, drain: float) -> None:
 def _stop_accepting(server: Any) -> None:
     """Take the connections the kernel has already queued (they are answered), then close this
     process's copy of the listening socket. Once every process has closed its copy, a new
-    connection is refused, which HAProxy retries (``retry-on conn-failure``); one left in the
-    queue at that instant would be reset after HAProxy sent its request: a 502."""
+    connection is refused, which HAProxy retries (``retry-on conn-failure``). One the kernel
+    queued between the last process's last ``accept`` and its ``close`` is reset after HAProxy
+    sent its request, never seen here: HAProxy retries that too (``empty-response``)."""
     while True:
         try:
             accepted = server.accept()  # None: nothing queued

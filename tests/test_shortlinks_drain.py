@@ -5,6 +5,7 @@ load costs no visitor a 502."""
 from __future__ import annotations
 
 import contextlib
+import select
 import http.client
 import signal
 import socket
@@ -141,6 +142,36 @@ def test_a_client_that_never_finishes_its_request_holds_the_stop_no_longer_than_
         sock.close()
     finally:
         app.stop()
+
+
+def test_a_visit_left_in_the_listen_queue_when_the_app_stops_is_answered_by_the_next_app(
+        env: dict[str, str], tmp_path: Path) -> None:
+    """The last process to close the listening socket resets a connection the kernel queued
+    after that process's last ``accept``: HAProxy has connected and sent the request, and
+    gets a reset. That is an empty response, which HAProxy retries (``retry-on``) until the
+    next app answers; it was a 502 (the restart test under load met it)."""
+    port = int(env["EDGE_SHORTLINKS_PORT"])
+    node = EdgeNode(tmp_path / "edge", http_port=free_port(), https_port=free_port())
+    listener = socket.create_server(("127.0.0.1", port))  # the app's, never accepting
+    app = None
+    try:
+        node.apply(DesiredState((Route(HOST, "pub_1", self_signed(HOST)[1]),),
+                                ("127.0.0.1:9",), ("127.0.0.1:9",), short_domains=(HOST,),
+                                shortlink_servers=(f"127.0.0.1:{port}",)))
+        answers: list[str | None] = []
+        visitor = threading.Thread(target=lambda: answers.append(Load(
+            node.layout.https_port).visit()))
+        visitor.start()
+        assert select.select([listener], [], [], 30)[0], "HAProxy's connection was queued"
+        listener.close()  # the queued connection is reset
+        app = start_app(env, tmp_path / "app.log", 1)
+        visitor.join(30)
+        assert answers == [None], answers
+    finally:
+        listener.close()
+        if app is not None:
+            app.stop()
+        node.stop()
 
 
 @pytest.mark.slow
