@@ -93,18 +93,15 @@ class Meter:
     """Counts the DynamoDB calls a block makes through ``backend``, by operation, and the
     write units of its writes, indexes included: each written item is read before and after
     the write through ``reader``, a client of its own (uncounted), and billed by the model of
-    bench/write_units.py against the table's indexes as ``describe_table`` gives them. Both of
-    the backend's clients are metered: boto3's (the tables) and the items' (store/dynamo_wire.py)."""
+    bench/write_units.py against the table's indexes as ``describe_table`` gives them. The
+    backend sends every request through its one client (store/dynamo_wire.py), metered here."""
 
     def __init__(self, backend: Any, reader: Any, prefix: str) -> None:
         self.current: Cost | None = None
         self.prefix = prefix
         self._reader = reader
         self._indexes: dict[str, list[dict[str, Any]]] = {}
-        client = backend._client
-        client.meta.events.register("before-parameter-build.dynamodb", self._count)
-        client.meta.events.register("after-call.dynamodb", self._written)
-        items, send = backend._items, backend._items.call
+        client, send = backend._client, backend._client.call
 
         def call(operation: str, params: dict[str, Any]) -> dict[str, Any]:
             before = self._before(operation, params)
@@ -115,14 +112,7 @@ class Meter:
                 return answer
             finally:
                 self._after(before, failed)
-        items.call = call
-
-    def _count(self, model: Any, params: dict[str, Any], context: dict[str, Any],
-               **kwargs: Any) -> None:
-        context["bench_before"] = self._before(model.name, params)
-
-    def _written(self, parsed: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
-        self._after(context.pop("bench_before", None), "Error" in parsed)
+        client.call = call
 
     def _before(self, operation: str, params: dict[str, Any]) -> list[Any] | None:
         """Count the call; for a write, each item it touches as it is before."""

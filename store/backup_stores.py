@@ -140,9 +140,9 @@ class DynamoSource:
         # The backend's client and prefix, not its tables: opening a table creates it, and a
         # backup with a mistyped prefix must say so, not create empty tables.
         self._backend = backend
-        self._client, self._prefix = backend._client, backend._prefix
-        try:
-            self._existing = _existing_tables(self._client, self._prefix)
+        self._prefix = backend._prefix
+        try:  # botocore's client lists them (the item client does not page through names)
+            self._existing = _existing_tables(backend._sdk, self._prefix)
         except BackupError:
             backend.close()
             raise
@@ -156,7 +156,7 @@ class DynamoSource:
         name = self._prefix + spec.name
         if name not in self._existing:
             return
-        table, start, now = DynamoTable(self._backend._items, name, spec), None, time.time()
+        table, start, now = DynamoTable(self._backend._client, name, spec), None, time.time()
         while True:
             extra: dict[str, Any] = {"ExclusiveStartKey": start} if start else {}
             page = table._call("scan", ConsistentRead=True, **extra)

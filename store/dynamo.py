@@ -16,7 +16,6 @@ expire also carry ``expiry_shard``, the key of a keys-only index ``expiry`` orde
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -31,7 +30,7 @@ from store import (EXPIRES_AT, META, SCHEMA_ITEM, SPREAD_SCHEMA, VERSION, Confli
 from store.dynamo_schema import (EXPIRY_INDEX, EXPIRY_SHARD, _attributes, _expiry_index,
                                  _indexes)
 from store.dynamo_table import THROTTLING, DynamoTable
-from store.dynamo_wire import WireClient, table_name
+from store.dynamo_wire import WireClient
 
 __all__ = ["DynamoBackend", "DynamoTable", "EXPIRY_INDEX", "EXPIRY_SHARD", "THROTTLING",
            "_attributes", "_indexes", "client_config"]
@@ -62,23 +61,23 @@ yet: a replica started before ``edgectl migrate --apply`` spreads within this lo
 
 
 class DynamoBackend:
-    """``client``: boto3's, for the tables themselves; the items go through a
-    :class:`WireClient` to the same endpoint, with the client's timeouts, pool size, attempts
-    and User-Agent, signed with ``credentials`` (default: those of boto3's default session,
-    which ``boto3.client`` uses: the chain it resolves, refreshed as they expire)."""
+    """Every request goes through a :class:`WireClient`; ``client``, boto3's, gives it the
+    endpoint, region, timeouts, pool size, attempts and User-Agent, and ``credentials`` sign
+    it (default: those of boto3's default session, which ``boto3.client`` uses: the chain it
+    resolves, refreshed as they expire)."""
 
     def __init__(self, client: Any, prefix: str = "edge_", credentials: Any = None) -> None:
-        self._client = client
+        self._sdk = client
         if credentials is None:
             credentials = (boto3.DEFAULT_SESSION or boto3.Session()).get_credentials()
         config = client.meta.config
         retries = config.retries or {}
-        self._items = WireClient(
+        self._client = WireClient(
             client.meta.endpoint_url, client.meta.region_name, credentials,
             user_agent=config.user_agent or USER_AGENT, connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout, max_pool_connections=config.max_pool_connections,
             max_attempts=retries.get("total_max_attempts") or retries.get("max_attempts", 4) + 1,
-            counted=self._counted, throttled=self._count_throttled_table)
+            counted=self._counted, throttled=self._count_throttled)
         self._prefix = prefix
         self.requests = 0
         self._lock = threading.Lock()
@@ -90,40 +89,17 @@ class DynamoBackend:
         self._spread = False
         self._meta: DynamoTable | None = None
         self._schema_read_at: float | None = None
-        client.meta.events.register("before-call.dynamodb", self._count)
-        client.meta.events.register("before-parameter-build.dynamodb", self._count_operation)
-        client.meta.events.register("needs-retry.dynamodb", self._count_throttled)
-
-    def _count(self, **kwargs: Any) -> None:
-        with self._lock:  # a merged read sends its queries from several threads
-            self.requests += 1
-
-    def _count_operation(self, params: Any = None, model: Any = None, **kwargs: Any) -> None:
-        table = table_name(params or {}).removeprefix(self._prefix)
-        key = (table, getattr(model, "name", "other"))
-        with self._lock:
-            self.operations[key] = self.operations.get(key, 0) + 1
 
     def _counted(self, table: str, operation: str) -> None:
         key = (table.removeprefix(self._prefix), operation)
-        with self._lock:
+        with self._lock:  # a merged read sends its queries from several threads
             self.requests += 1
             self.operations[key] = self.operations.get(key, 0) + 1
 
-    def _count_throttled_table(self, name: str) -> None:
+    def _count_throttled(self, name: str) -> None:
         table = name.removeprefix(self._prefix)
         with self._lock:
             self.throttled[table] = self.throttled.get(table, 0) + 1
-
-    def _count_throttled(self, response: Any = None, request_dict: Any = None,
-                         **kwargs: Any) -> None:
-        code = (response[1].get("Error") or {}).get("Code") if response else None
-        if code in THROTTLING:
-            try:
-                name = table_name(json.loads((request_dict or {}).get("body") or b"{}"), "?")
-            except (ValueError, TypeError):
-                name = "?"
-            self._count_throttled_table(name)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "DynamoBackend":
@@ -181,10 +157,10 @@ class DynamoBackend:
             if exc.response["Error"]["Code"] != "ResourceNotFoundException":
                 raise StoreError(f"cannot open table {name}: {exc}") from None
             self._create(name, spec, sweep)
-            return DynamoTable(self._items, name, spec, sweep, self.spreads)
+            return DynamoTable(self._client, name, spec, sweep, self.spreads)
         except BotoCoreError as exc:  # nobody answers at the endpoint
             raise StoreError(f"cannot open table {name}: {exc}") from None
-        table = DynamoTable(self._items, name, spec, sweep, self.spreads)
+        table = DynamoTable(self._client, name, spec, sweep, self.spreads)
         if described.get("TableStatus") != "ACTIVE":  # another replica is creating it
             self._wait_active(name)
         have = {index["IndexName"] for index in described.get("GlobalSecondaryIndexes", [])}
@@ -281,5 +257,5 @@ class DynamoBackend:
             pass  # enabled already (another replica created the table too)
 
     def close(self) -> None:
-        self._items.close()
         self._client.close()
+        self._sdk.close()

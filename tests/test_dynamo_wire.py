@@ -57,14 +57,17 @@ def backend(dynamo_nemesis: Nemesis, nemesis: str, settings: Settings,
 
 def test_items_written_and_read_are_counted_by_table_and_operation(
         backend: DynamoBackend, dynamo_nemesis: Nemesis) -> None:
-    table = backend.table(SPEC)
+    table = backend.table(SPEC)  # a new table: described (not found), created, described,
+    # through the item client (the backend counts no request of botocore's)
+    assert backend.operations[("wire_things", "CreateTable")] == 1
+    assert backend.operations[("wire_things", "DescribeTable")] >= 2
     before = backend.requests
     table.put({"id": "a", "owner": "o"})
     assert table.get("a") == {"id": "a", "owner": "o", "version": 1}
     assert backend.requests - before == 2
     assert backend.operations[("wire_things", "UpdateItem")] == 1
     assert backend.operations[("wire_things", "GetItem")] == 1
-    # The product's short User-Agent, on the tables' requests (botocore's) and the items'.
+    # The product's short User-Agent, on every request (botocore's own begins "ua/").
     assert all(agent.startswith(USER_AGENT) and "ua/" not in agent
                for agent in dynamo_nemesis.agents), dynamo_nemesis.agents
 
@@ -130,6 +133,6 @@ def test_an_endpoint_nobody_answers_is_a_store_error(
     backend = DynamoBackend(client)
     try:
         with pytest.raises(StoreError, match="get_item on edge_x: Could not connect"):
-            DynamoTable(backend._items, "edge_x", SPEC).get("a")  # not opened: not asked
+            DynamoTable(backend._client, "edge_x", SPEC).get("a")  # not opened: not asked
     finally:
         backend.close()

@@ -1,7 +1,6 @@
 """One contract, every backend: SQLite and DynamoDB (dynalite on loopback)."""
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 import uuid
@@ -13,7 +12,7 @@ import pytest
 from store import (ABSENT, Backend, ConflictError, RangeIndex, StoreError, Table, TableSpec,
                    Throttled, every)
 from kit.settings import Settings
-from store.dynamo import USER_AGENT, DynamoBackend
+from store.dynamo import DynamoBackend
 from tests.conftest import dynamo_client, opened_backend, wait_until
 from tests.dynamo_nemesis import Nemesis
 
@@ -272,24 +271,6 @@ def test_a_server_that_cannot_add_the_index_is_refused_with_a_reason(dynalite: s
         backend.table(OLD_SPEC).put({"id": "x", "status": "pending", "next_at": 1})
         with pytest.raises(StoreError, match="range_due"):
             backend.table(SPEC)
-    finally:
-        backend.close()
-
-
-def test_the_product_client_sends_its_own_short_user_agent(dynalite: str,
-                                                         settings: Settings) -> None:
-    """botocore rebuilds its detailed User-Agent twice a request unless one is given (12% of
-    a request's client CPU): the product's client gives one."""
-    backend = DynamoBackend.from_settings(dataclasses.replace(
-        settings, storage_backend="dynamodb", dynamodb_endpoint_url=dynalite))
-    sent: list[str] = []
-    backend._client.meta.events.register(  # type: ignore[attr-defined]
-        "before-send.dynamodb", lambda request, **kwargs: sent.append(
-            request.headers["User-Agent"].decode()))
-    try:
-        backend.table(SPEC).get("x")
-        assert sent and all(agent.startswith(USER_AGENT) and "ua/" not in agent
-                            for agent in sent), sent  # "ua/2.1" begins botocore's own
     finally:
         backend.close()
 
