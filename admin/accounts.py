@@ -6,6 +6,7 @@ at every login (no session fixation). Each session carries its own CSRF token.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import re
@@ -26,8 +27,14 @@ ADMIN_LOGIN_FAILURES = TableSpec("admin_login_failures", key="key", expiring=Tru
 lockouts that passed, so neither table grows forever."""
 USERNAME = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
 MIN_PASSWORD, MAX_PASSWORD = 12, 1024
-# Checked when the username is unknown, so a login takes as long whether or not it exists.
-_DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked when the username is unknown, so a login takes as long whether or not it
+    exists. Made at the first such login, not at import: a hash costs 0.1 s of CPU, and
+    every process that imports this module (each replica, each operator command) paid it."""
+    return generate_password_hash(secrets.token_hex(16))
 
 
 class AccountError(EdgeRouterError):
@@ -59,7 +66,7 @@ class Users:
         valid = USERNAME.fullmatch(name) and len(password) <= MAX_PASSWORD
         user = self.table.get(name) if valid else None
         if user is None:
-            check_password_hash(_DUMMY_HASH, password[:MAX_PASSWORD])
+            check_password_hash(_dummy_hash(), password[:MAX_PASSWORD])
             return None
         return name if check_password_hash(user["password_hash"], password) else None
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from edgectl.ops.base import actions, body, fail, operator_command
 from edgectl.ops.client import NOT_YET, OK, USAGE, ControlClient, segment
 from edgectl.ops.fleet import paging
 from edgectl.ops.output import emit, more, pairs, rows_or, table, when
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 API = "/api/v1/domains"
 

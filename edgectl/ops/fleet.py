@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from edgectl.ops.base import actions, leaf, operator_command
 from edgectl.ops.client import OK, ControlClient
 from edgectl.ops.output import ago, cell, emit, more, pairs, rows_or, table, when
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhw]?)\s*$")
 _DAYS = {"": 1.0, "d": 1.0, "h": 1 / 24, "w": 7.0}

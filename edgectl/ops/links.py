@@ -5,10 +5,7 @@ import argparse
 import contextlib
 import json
 import sys
-from typing import Any, Iterator
-
-from rich.console import Console
-from rich.progress import Progress
+from typing import TYPE_CHECKING, Any, Iterator
 
 from edgectl.ops.base import actions, body, fail, operator_command
 from edgectl.ops.client import OK, REFUSED, USAGE, ControlClient, OperatorError, segment
@@ -16,6 +13,9 @@ from edgectl.ops.fleet import paging
 from edgectl.ops.output import emit, more, pairs, rows_or, table, when
 from shortlinks.bulk import link_fields, rows
 from shortlinks.errors import ShortlinkError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 API = "/api/v1/links"
 _COLUMNS = ("link", "target", "owner", "code", "visits", "disabled", "valid until")
@@ -134,6 +134,8 @@ def _progress(total: int) -> Iterator[Any]:
     if not sys.stderr.isatty():
         yield lambda: None
         return
+    from rich.console import Console
+    from rich.progress import Progress
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("importing", total=total or None)
         yield lambda: progress.advance(task)

@@ -6,16 +6,18 @@ import datetime
 import json
 import sys
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:  # rich is imported when a command prints: the CLI's other processes never do
+    from rich.console import Console
+    from rich.table import Table
 
-Render = Callable[[Console, Any], None]
+Render = Callable[["Console", Any], None]
 
 
 def console() -> Console:
     """Colours on a terminal only; a pipe gets wide plain text, so a line stays one row."""
+    from rich.console import Console
     if sys.stdout.isatty():
         return Console(highlight=False)
     return Console(width=200, no_color=True, highlight=False, soft_wrap=True)
@@ -34,6 +36,7 @@ def emit(args: argparse.Namespace, data: Any, render: Render) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    from rich.table import Table
     found = Table(title=title, title_justify="left", header_style="bold")
     for column in columns:
         found.add_column(column, overflow="fold")
@@ -44,6 +47,7 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
 
 def pairs(title: str | None, values: Iterable[tuple[str, Any]]) -> Table:
     """A two-column table of names and values (one object's fields)."""
+    from rich.table import Table
     found = Table(title=title, title_justify="left", show_header=False)
     found.add_column(style="bold")
     found.add_column(overflow="fold")

@@ -3,13 +3,14 @@ the operator API (the control service checks every change and refuses it with a 
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from edgectl.ops.base import actions, operator_command
 from edgectl.ops.client import OK, ControlClient, segment
 from edgectl.ops.output import emit, rows_or, table
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 SHARDS = "/api/v1/ops/shards"
 OVERRIDES = "/api/v1/ops/shard-overrides"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from edgectl.ops.base import actions, body, operator_command
 from edgectl.ops.client import OK, ControlClient, segment
 from edgectl.ops.output import emit, rows_or, table
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _path(publication: str) -> str:
