@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import http.client
 import json
 import socket
@@ -34,12 +35,23 @@ def _unverified() -> ssl.SSLContext:
 _UNVERIFIED = _unverified()
 
 
+@functools.lru_cache(maxsize=16)
+def _trusting(cadata: str) -> ssl.SSLContext:
+    """One context for every probe that trusts the same CA certificates (a load loop's): each
+    request parsed them again otherwise."""
+    return ssl.create_default_context(cadata=cadata)
+
+
 def https_get(port: int, hostname: str, path: str = "/", cafile: str | None = None,
               cadata: str | None = None, headers: dict[str, str] | None = None,
               address: str = "127.0.0.1", timeout: float = 10) -> Probe:
     """GET ``path`` from ``address:port`` as ``hostname``; verified when a CA is given."""
-    context = (ssl.create_default_context(cafile=cafile, cadata=cadata)
-               if cafile is not None or cadata is not None else _UNVERIFIED)
+    if cadata is not None and cafile is None:
+        context = _trusting(cadata)
+    elif cafile is not None:  # read each time: a test may write a new CA to the same file
+        context = ssl.create_default_context(cafile=cafile, cadata=cadata)
+    else:
+        context = _UNVERIFIED
     conn = http.client.HTTPSConnection(address, port, context=context, timeout=timeout)
     raw = socket.create_connection((address, port), timeout=timeout)
     conn.sock = context.wrap_socket(raw, server_hostname=hostname)

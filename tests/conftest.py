@@ -334,6 +334,13 @@ def stop_haproxy(edge_dirs: list[Path]) -> None:
                f"HAProxy {pids} gone", interval=0.1)
 
 
+LOAD_PAUSE = 0.04
+"""Between two probes of an end-to-end test's load thread (chaos, topology, shards): four
+threads make at most 100 requests a second. Without it they probed as fast as the machine let
+them (test_chaos: 16,000 requests a run against 6,000), sampling the same fault windows more
+densely at the cost of the whole suite's CPU, which runs beside."""
+
+
 def wait_until(condition: Callable[[], object], timeout: float, what: str = "the condition",
                why: Callable[[], object] = lambda: "", interval: float = 0.5) -> None:
     """Polls ``condition`` until it holds; fails naming ``what`` (and ``why()``) after ``timeout``

@@ -48,7 +48,7 @@ from kit.files import PUBLIC, SECRET, write_atomic
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.settings import load_settings
 from kit.x509 import local_ca_and_server
-from tests.conftest import stop_together, wait_until
+from tests.conftest import LOAD_PAUSE, stop_together, wait_until
 from tests.dynamo_nemesis import Nemesis
 from tests.supervised_dynalite import SupervisedDynalite
 from tests.webhook_receiver import Receiver
@@ -64,11 +64,6 @@ PEBBLE_DOWN = 15.0
 API_SECONDS = 60.0
 DOMAINS = 16
 LOAD_THREADS = 4
-PAUSE = 0.04
-"""Between two probes of a load thread: at most 100 requests a second in all, some 6,000 a
-run. Without it the threads probed as fast as the machine let them (16,000 a run), and the
-extra requests sampled the same fault windows more densely at the cost of the whole suite's
-CPU, which runs beside."""
 LINK_SETTLED = 1.5
 """A new link counts as served on a node this long after its creation was answered, once a
 probe there finds it: each short-link app process sees a change within a second (its resolver
@@ -288,7 +283,7 @@ class Chaos:
             with self.lock:
                 self.requests.append(Request(node, host, path, start, time.monotonic(), ok,
                                              detail))
-            time.sleep(PAUSE)
+            time.sleep(LOAD_PAUSE)
 
     def promote(self) -> None:
         """Marks each wanted host (and link) served on a node once it first is."""

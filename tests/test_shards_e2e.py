@@ -37,7 +37,7 @@ from edge.shards import assign
 from kit.procs import ManagedProcess
 from kit.settings import load_settings
 from kit.x509 import key_to_pem, self_signed
-from tests.conftest import stop_together, wait_until
+from tests.conftest import LOAD_PAUSE, stop_together, wait_until
 from tests.netns import Network, current, enter, restore, wait_listening
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),
@@ -399,6 +399,7 @@ def test_a_shard_added_under_load_fails_no_request(fleet: Fleet) -> None:
             wrong = check(fleet, numbers[i % len(numbers)])
             with lock:
                 results.append(wrong)
+            stop.wait(LOAD_PAUSE)
     threads = [threading.Thread(target=load, args=(k,), daemon=True) for k in range(4)]
     for thread in threads:
         thread.start()

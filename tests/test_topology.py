@@ -28,7 +28,7 @@ from devtools.probe import https_get
 from kit.files import PUBLIC, SECRET, write_atomic
 from kit.procs import ManagedProcess
 from kit.x509 import LocalCA
-from tests.conftest import dynalite_command, stop_haproxy, stop_together, wait_until
+from tests.conftest import LOAD_PAUSE, dynalite_command, stop_haproxy, stop_together, wait_until
 from tests.netns import Network, current, enter, restore, run, wait_listening
 from tests.test_deploy import INSTALLED, ROOT, SYSTEMD, environment_file, unit_values
 
@@ -218,6 +218,7 @@ def test_a_domain_is_served_by_both_nodes_and_a_replica_cut_off_fails_no_request
                     ok[0] += 1
                 else:
                     failed.append((node, time.monotonic()))
+            stop.wait(LOAD_PAUSE)
     threads = [threading.Thread(target=load, args=(node,), daemon=True)
                for node in ("edge1", "edge2") for _ in range(2)]
     for thread in threads:
