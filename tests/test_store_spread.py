@@ -260,7 +260,7 @@ def test_the_migration_to_schema_3_spreads_every_key_resumes_after_a_crash_and_l
     assert migrations.spread_index_keys(backend) == 0, "run again: nothing to do"
     # Written from now on: spread, also by a process that starts after the migration.
     later = backend if _sqlite(backend) else DynamoBackend(
-        backend._client, backend._prefix)  # type: ignore[attr-defined]
+        backend._sdk, backend._prefix)  # type: ignore[attr-defined]
     later.table(DOMAINS).put({"hostname": "new.example.test", "status": "active",
                               "next_attempt_at": 1001, "claim": "c"})
     assert unspread(backend) == 0
