@@ -26,15 +26,15 @@ and is reset between tests.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import random
+import socket
+import socketserver
 import threading
 import time
 import zlib
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 _TYPES = {
@@ -53,10 +53,50 @@ INDEXED_KEYS = ("feed", "status", "expiry_shard", "expiring", "state", "owner", 
 """Attributes counted as index key values when a write carries them (the hot-key counter)."""
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
     request_queue_size = 128
     """A merged read of a spread index key sends its seventeen queries at once (the default
     backlog of 5 would drop some connections, to be retried a second later)."""
+
+
+Headers = list[tuple[bytes, bytes]]
+"""A message's header fields in order, names lower-cased."""
+_HOP = frozenset({b"host", b"connection", b"content-length", b"transfer-encoding",
+                  b"keep-alive"})
+
+
+def _read_message(reader: IO[bytes]) -> tuple[bytes, Headers, bytes] | None:
+    """One HTTP/1.1 message off a kept connection: its first line, its header fields and its
+    body (by Content-Length, or chunked); None when the peer closed it first. Read by hand:
+    http.server and http.client parse every header block with the email package, which was
+    most of the relay's CPU (it doubled a test's CPU per store request)."""
+    first = reader.readline(65537)
+    if not first:
+        return None
+    headers: Headers = []
+    length, chunked = 0, False
+    while True:
+        line = reader.readline(65537)
+        if line in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        headers.append((name, value))
+    if not chunked:
+        return first, headers, reader.read(length) if length else b""
+    body = bytearray()
+    while (size := int(reader.readline(65537).split(b";")[0], 16)):
+        body += reader.read(size)
+        reader.readline(65537)
+    while reader.readline(65537) not in (b"\r\n", b"\n", b""):
+        pass  # trailer fields
+    return first, headers, bytes(body)
 
 
 class Nemesis:
@@ -74,19 +114,17 @@ class Nemesis:
         self.reset()
         nemesis = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive: the SDK reuses its connections
-            disable_nagle_algorithm = True  # headers and body go out in two writes
-
-            def do_POST(self) -> None:
-                nemesis._handle(self)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:  # keep-alive: the clients reuse their connections
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                while (message := _read_message(self.rfile)) is not None:
+                    _, headers, body = message
+                    nemesis._handle(self.wfile, dict(headers), headers, body)
+                    if (b"connection", b"close") in headers:
+                        return
 
         self._server = _Server(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -118,12 +156,12 @@ class Nemesis:
 
     # --- the proxy ---------------------------------------------------------------------
 
-    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
-        operation = (handler.headers.get("X-Amz-Target") or "").rpartition(".")[2]
+    def _handle(self, out: IO[bytes], fields: dict[bytes, bytes], headers: Headers,
+                body: bytes) -> None:
+        operation = fields.get(b"x-amz-target", b"").decode().rpartition(".")[2]
         request = json.loads(body or b"{}")
         with self._lock:
-            self.agents[handler.headers.get("User-Agent") or ""] += 1
+            self.agents[fields.get(b"user-agent", b"").decode()] += 1
         if not self.only or operation in self.only:
             if self.slow_rate and random.random() < self.slow_rate:
                 time.sleep(self.slow)
@@ -132,11 +170,11 @@ class Nemesis:
                 with self._lock:
                     self.injected[kind] += 1
                 if kind == "corrupt":  # dynalite's answer, its checksum not matching it
-                    status, answer = self._forward(handler, body)
-                    self._answer(handler, status, answer, crc32=zlib.crc32(answer) ^ 1)
+                    status, answer = self._forward(headers, body)
+                    self._answer(out, status, answer, crc32=zlib.crc32(answer) ^ 1)
                     return
                 status, kind_type, message = _TYPES[kind]
-                self._answer(handler, status, json.dumps(
+                self._answer(out, status, json.dumps(
                     {"__type": kind_type, "message": message}).encode())
                 return
         withheld: dict[str, Any] = {}
@@ -144,7 +182,7 @@ class Nemesis:
             request, withheld = self._withhold(request)
             body = json.dumps(request).encode()
         try:
-            status, answer = self._forward(handler, body)
+            status, answer = self._forward(headers, body)
         except OSError as exc:  # dynalite dropped the connection: a 500 the SDK retries
             status, kind_type, message = _TYPES["internal"]
             answer = json.dumps({"__type": kind_type, "message": str(exc)}).encode()
@@ -157,7 +195,7 @@ class Nemesis:
         if status == 200 and withheld:
             answer = json.dumps({**json.loads(answer), _UNPROCESSED[operation]: withheld})\
                 .encode()
-        self._answer(handler, status, answer)
+        self._answer(out, status, answer)
 
     def _withhold(self, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The batch without the keys (writes) it leaves unprocessed, and those."""
@@ -177,35 +215,39 @@ class Nemesis:
             self.injected["unprocessed"] += left_out
         return {**request, "RequestItems": asked}, withheld
 
-    def _forward(self, handler: BaseHTTPRequestHandler, body: bytes) -> tuple[int, bytes]:
+    def _forward(self, headers: Headers, body: bytes) -> tuple[int, bytes]:
         """To dynalite over this thread's kept connection (one new one if it was closed)."""
-        headers = {k: v for k, v in handler.headers.items()
-                   if k.lower() not in ("host", "connection", "content-length")}
+        head = b"".join([b"POST / HTTP/1.1\r\nHost: ", self.upstream.encode(), b"\r\n",
+                         *(name + b": " + value + b"\r\n" for name, value in headers
+                           if name not in _HOP),
+                         b"Content-Length: %d\r\n\r\n" % len(body)])
         for attempt in (1, 2):
-            connection = getattr(self._upstream, "connection", None)
-            if connection is None:
-                connection = http.client.HTTPConnection(self.upstream, timeout=30)
-                self._upstream.connection = connection
+            kept = getattr(self._upstream, "connection", None)
+            if kept is None:
+                host, _, port = self.upstream.rpartition(":")
+                connection = socket.create_connection((host, int(port)), timeout=30)
+                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                kept = self._upstream.connection = (connection, connection.makefile("rb"))
             try:
-                connection.request("POST", handler.path, body, headers)
-                response = connection.getresponse()
-                return response.status, response.read()
-            except (http.client.HTTPException, OSError):
-                connection.close()
+                kept[0].sendall(head + body)
+                message = _read_message(kept[1])
+                if message is None:
+                    raise ConnectionResetError("dynalite closed the connection")
+                return int(message[0].split()[1]), message[2]
+            except (OSError, ValueError, IndexError):
+                kept[1].close()
+                kept[0].close()
                 self._upstream.connection = None
                 if attempt == 2:
-                    raise
+                    raise OSError("dynalite did not answer") from None
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _answer(handler: BaseHTTPRequestHandler, status: int, body: bytes,
-                crc32: int | None = None) -> None:
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/x-amz-json-1.0")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.send_header("x-amz-crc32", str(zlib.crc32(body) if crc32 is None else crc32))
-        handler.end_headers()
-        handler.wfile.write(body)
+    def _answer(out: IO[bytes], status: int, body: bytes, crc32: int | None = None) -> None:
+        out.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/x-amz-json-1.0\r\n"
+                  b"Content-Length: %d\r\nx-amz-crc32: %d\r\n\r\n%s" % (
+                      status, b"OK" if status == 200 else b"Error", len(body),
+                      zlib.crc32(body) if crc32 is None else crc32, body))
 
     def _lagging(self, request: dict[str, Any], answer: bytes) -> bytes:
         lag = random.uniform(0, self.lag) if self.lag_random else self.lag
