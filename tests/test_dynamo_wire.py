@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import boto3
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from botocore.exceptions import ClientError, ReadTimeoutError, SSLError
 
 from store import StoreError, TableSpec, Throttled, dynamo_wire
 from store.dynamo import USER_AGENT, DynamoBackend, DynamoTable, client_config
-from store.dynamo_wire import QUOTA, RETRY_COST, SigV4
-from kit.procs import free_port
+from store.dynamo_wire import QUOTA, RETRY_COST, SigV4, WireClient
+from devtools.dynalite import dynalite_command
+from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.settings import Settings
 from tests.dynamo_nemesis import Nemesis
 
@@ -136,3 +139,60 @@ def test_an_endpoint_nobody_answers_is_a_store_error(
             DynamoTable(backend._client, "edge_x", SPEC).get("a")  # not opened: not asked
     finally:
         backend.close()
+
+
+def wire_client(endpoint: str, **options: Any) -> WireClient:
+    return WireClient(endpoint, "us-east-1", Credentials("x", "y"), user_agent=USER_AGENT,
+                      **options)
+
+
+def test_an_idle_connection_the_server_closed_is_not_reused(tmp_path: Path) -> None:
+    """dynalite restarted on its port between two requests: the second finds its kept
+    connection closed and opens another, at its first attempt (no retry spent)."""
+    port = free_port()
+    client = wire_client(f"http://127.0.0.1:{port}")
+    try:
+        for n in range(2):
+            server = ManagedProcess("dynalite", dynalite_command(port, None),
+                                    tmp_path / f"dynalite{n}.log")
+            try:
+                wait_for_port(port, process=server)
+                with pytest.raises(ClientError, match="ResourceNotFoundException"):
+                    client.describe_table(TableName="never_created")
+            finally:
+                server.stop()
+        assert client._quota == QUOTA, "no request was retried"
+    finally:
+        client.close()
+
+
+def test_a_connection_that_timed_out_is_closed_and_the_next_request_gets_its_own_answer(
+        dynamo_nemesis: Nemesis, nemesis: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reused, it would hand the next request the late answer of the one that timed out."""
+    monkeypatch.setattr(dynamo_wire, "backoff", lambda attempt: 0.0)
+    dynamo_nemesis.fail_rate = 0.0
+    client = wire_client(nemesis, read_timeout=0.3, max_attempts=1)
+    try:
+        dynamo_nemesis.slow_rate, dynamo_nemesis.slow = 1.0, 0.6
+        with pytest.raises(ReadTimeoutError):
+            client.describe_table(TableName="first_never_created")
+        dynamo_nemesis.slow_rate = 0.0  # the late answer is still to come
+        with pytest.raises(ClientError, match="second_never_created"):
+            client.describe_table(TableName="second_never_created")
+    finally:
+        client.close()
+
+
+def test_tls_is_verified_against_the_system_store(tmp_path: Path) -> None:
+    """dynalite over TLS with its own self-signed certificate: refused, never sent to."""
+    port = free_port()
+    server = ManagedProcess("dynalite", [*dynalite_command(port, None), "--ssl"],
+                            tmp_path / "dynalite.log")
+    client = wire_client(f"https://127.0.0.1:{port}", max_attempts=1)
+    try:
+        wait_for_port(port, process=server)
+        with pytest.raises(SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+            client.describe_table(TableName="never_created")
+    finally:
+        client.close()
+        server.stop()
