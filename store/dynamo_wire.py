@@ -2,10 +2,10 @@
 reads and writes of items (GetItem, UpdateItem, DeleteItem, Query, Scan, BatchGetItem,
 BatchWriteItem) and of its tables (DescribeTable, CreateTable, UpdateTable, UpdateTimeToLive).
 
-botocore's client spends 4.3 to 6.4 times this client's CPU on each of these requests (its
+botocore's client spends 4.6 to 9.6 times this client's CPU on each of these requests (its
 event hooks, endpoint rules, parameter validation, request objects, its SigV4 signer, the
-response parser, urllib3 and http.client under it): 1.15 ms against 0.18 ms a GetItem
-against dynalite (bench/store_client.py).
+response parser, urllib3 and http.client under it): 0.98 ms against 0.10 ms a GetItem
+against dynalite (bench/store_client.py, docs/benchmarks.md).
 The item operations carry the wire format the store already writes (``{"S": ...}``,
 ``{"N": ...}``), so they need none of that; nor do the table operations, whose answers the store
 reads only for names and statuses (a date stays a number here, where botocore parses it). A
