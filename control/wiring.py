@@ -162,6 +162,7 @@ class Services:
                         issue_concurrency=max(1, settings.issue_concurrency))
         webhooks = WebhookSender(backend.table(WEBHOOKS), settings.webhook_url,
                                  settings.webhook_secret,
+                                 timeout=settings.webhook_timeout_seconds,
                                  retention=settings.webhook_retention_seconds, clock=clock)
         events = DomainEvents(webhooks, links, publisher)
         rules = Rules(timing, dcv_zone=settings.dcv_zone,

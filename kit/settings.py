@@ -167,6 +167,9 @@ class Settings:
     webhook_url: str = setting("", parse.text, secret=True)  # may hold a token
     registrars: dict[str, dict[str, Any]] = setting({}, parse.registrars, secret=True)  # API keys
     webhook_secret: str = setting("", parse.text, secret=True)
+    webhook_timeout_seconds: float = setting(5.0, parse.positive)
+    """How long a webhook's POST may take; a sender that died mid-POST is taken over after
+    three times this plus 10 s (its lease)."""
     suspend_grace_seconds: float = setting(86400.0, parse.number)
     give_up_seconds: float = setting(7 * 86400.0, parse.number)
     outbox_grace_seconds: float = setting(5.0, parse.positive)

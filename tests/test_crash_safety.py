@@ -103,6 +103,8 @@ def test_killed_at_random_points_connect_activation_and_removal_lose_and_repeat_
            "EDGE_WORKER_INTERVAL": "0.05", "EDGE_RETRY_BASE_SECONDS": "0.2",
            "EDGE_RETRY_MAX_SECONDS": "1", "EDGE_WORKER_ID": "control-1",
            "EDGE_WEBHOOK_URL": receiver.url, "EDGE_WEBHOOK_SECRET": "whsec-crash-0123456789",
+           # A sender killed mid-POST is taken over after 3 * 1 + 10 s, not the default 25 s.
+           "EDGE_WEBHOOK_TIMEOUT_SECONDS": "1",
            "EDGE_SHORT_DOMAINS": ",".join(short),
            "EDGE_DRAIN_SECONDS": "0"}  # no load balancer to drain for: only the last stop
     settings = load_settings(env=env)

@@ -254,3 +254,20 @@ def test_disabled_sender_is_a_noop(table: Table, receiver: Receiver) -> None:
     assert table.scan().items == []
     assert hooks.deliver_due() == 0
     assert receiver.requests == []
+
+
+def test_the_timeout_setting_sets_the_post_timeout_and_the_lease(tmp_path: Path) -> None:
+    from control.wiring import Services
+    from kit.settings import SettingsError, load_settings
+
+    env = {"EDGE_API_TOKEN": "hooks-token-0123456789", "EDGE_EDGE_TOKEN": "edge-token-0123456789",
+           "EDGE_ENCRYPTION_KEYS": "xFreonI_B1HKunu9ky9i-dkbXuov6Mj02E4tzTYxmzU=",
+           "EDGE_DATA_DIR": str(tmp_path), "EDGE_WEBHOOK_URL": "http://127.0.0.1:9/hooks",
+           "EDGE_WEBHOOK_SECRET": "whsec-0123456789abcdef", "EDGE_WEBHOOK_TIMEOUT_SECONDS": "2"}
+    services = Services.from_settings(load_settings(env=env))
+    try:
+        assert (services.webhooks._timeout, services.webhooks._lease) == (2.0, 16.0)
+    finally:
+        services.close()
+    with pytest.raises(SettingsError, match="webhook_timeout_seconds"):
+        load_settings(env={**env, "EDGE_WEBHOOK_TIMEOUT_SECONDS": "0"})
