@@ -197,22 +197,28 @@ class Cluster:
         stop_together([*self.replicas, self.links])
 
 
-def haproxy_masters(edge_dir: Path) -> set[int]:
-    """PIDs of the HAProxy masters running this node's config (a worker's parent is one)."""
-    found: dict[int, int] = {}
+def haproxy_masters(*edge_dirs: Path) -> list[set[int]]:
+    """For each node, the PIDs of the HAProxy masters running its config (a worker's parent is
+    one): one pass over /proc for all of them, reading a process's state only if it is one of
+    theirs (the watcher does this ten times a second beside the whole suite's processes)."""
+    configs = [str(edge_dir / "current" / "haproxy.cfg").encode() for edge_dir in edge_dirs]
+    found: list[dict[int, int]] = [{} for _ in edge_dirs]
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            if not argv[0].endswith(b"haproxy"):
+                continue
+            node = next((n for n, config in enumerate(configs) if config in argv), None)
+            if node is None:
+                continue
+            state, parent = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:2]
         except OSError:
             continue
-        state, parent = stat.rsplit(")", 1)[1].split()[:2]
-        if (argv and argv[0].endswith(b"haproxy") and state != "Z"
-                and str(edge_dir / "current" / "haproxy.cfg").encode() in argv):
-            found[int(entry)] = int(parent)
-    return {pid for pid, parent in found.items() if parent not in found}
+        if state != "Z":
+            found[node][int(entry)] = int(parent)
+    return [{pid for pid, parent in pids.items() if parent not in pids} for pids in found]
 
 
 class Chaos:
@@ -308,8 +314,9 @@ class Chaos:
 
     def watch_haproxy(self) -> None:
         while not self.stop.is_set():
-            for node, edge_dir in enumerate(self.cluster.edge_dirs):
-                self.masters[node].append((time.monotonic(), frozenset(haproxy_masters(edge_dir))))
+            now = time.monotonic()
+            for node, masters in enumerate(haproxy_masters(*self.cluster.edge_dirs)):
+                self.masters[node].append((now, frozenset(masters)))
             time.sleep(0.1)
 
     def connect(self, host: str) -> None:
@@ -432,7 +439,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path,
     finally:
         cluster.stop()
         for edge_dir in cluster.edge_dirs:  # HAProxy left behind by a killed agent
-            for pid in haproxy_masters(edge_dir):
+            for pid in haproxy_masters(edge_dir)[0]:
                 os.kill(pid, signal.SIGTERM)
         store.stop()
         if nemesis is not None:
@@ -545,7 +552,7 @@ def test_chaos(cluster: Cluster, receiver: Receiver) -> None:
         counted += 1
         if not request.ok:
             failures.append(request)
-    lasting = [haproxy_masters(d) for d in cluster.edge_dirs]
+    lasting = haproxy_masters(*cluster.edge_dirs)
     print(f"chaos: faults {[(round(at - chaos.started, 1), what) for at, what in chaos.faults]}")
     outage = next(at for at, what in chaos.faults if what.startswith("pebble"))
     waited = [max(chaos.served[0][h], chaos.served[1][h]) - (outage + PEBBLE_DOWN)
