@@ -44,9 +44,8 @@ Not adaptive: its client-side rate limiter (experimental in botocore) would make
 of a replica wait behind one hot table, agents' long polls included. What is still throttled
 after five attempts surfaces as :class:`Throttled`, and the worker slows down."""
 USER_AGENT = "edge-router"
-"""The User-Agent given to botocore (which adds its own name and version). Without one,
-botocore builds its detailed string (platform, features, config) twice a request: 12% of a
-request's client CPU, measured against dynalite."""
+"""The User-Agent given to botocore's client config (which adds its own name and version); the
+store's requests carry what the config then holds (store/dynamo_wire.py)."""
 
 
 def client_config(**changes: Any) -> Config:
