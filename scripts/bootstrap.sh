@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the product and its tests need, only when missing: Debian packages (pebble,
-# haproxy, node/npm; with --test also testssl.sh, wrk, knot, unbound, chromium and prometheus, for
-# promtool), the npm packages of package.json (dynalite for the DynamoDB tests, axe-core for the
-# accessibility checks in Chromium) and this Python package.
+# haproxy, node/npm; with --test also testssl.sh, wrk, knot, unbound, chromium, tinyproxy and
+# prometheus, for promtool), the npm packages of package.json (dynalite for the DynamoDB tests,
+# axe-core for the accessibility checks in Chromium) and this Python package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +22,8 @@ if [ "${1:-}" = "--test" ]; then
     # systemd-analyze verifies deploy/systemd's units, ip netns runs the production topology.
     command -v systemd-analyze >/dev/null || missing+=(systemd)
     command -v ip >/dev/null || missing+=(iproute2)
+    # An operator's HTTP proxy, for the store client's proxy tests.
+    command -v tinyproxy >/dev/null || missing+=(tinyproxy)
 fi
 if ((${#missing[@]})); then
     echo "bootstrap: installing ${missing[*]}"

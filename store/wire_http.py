@@ -6,17 +6,21 @@ package: some 40% of the store client's CPU a request. DynamoDB's answers are sm
 Content-Length and need three of their headers, so this reads them by hand. What urllib3 did
 for the client, this does too: a pool of idle connections (a connection the server has closed
 meanwhile is not reused), timeouts to connect and to read, TLS verified against the system's
-CA store with the endpoint's name. No proxy, as before.
+CA store with the endpoint's name, and the proxy the environment names, as botocore does
+(``HTTPS_PROXY``/``HTTP_PROXY`` by the endpoint's scheme, unless ``NO_PROXY`` spares its host):
+an https endpoint through a ``CONNECT`` tunnel, an http one in the proxy's absolute form.
 """
 from __future__ import annotations
 
+import base64
 import io
 import select
 import socket
 import ssl
 import threading
+import urllib.request
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 MAX_LINE = 65536
 
@@ -76,6 +80,19 @@ class KeptConnections:
         self._hostname = parts.hostname or ""
         self._address = (self._hostname, parts.port or (443 if tls else 80))
         self._context = ssl.create_default_context() if tls else None
+        self._target = b"/"
+        self._proxy: tuple[str, int] | None = None
+        self._proxy_headers = b""
+        proxy = urllib.request.getproxies().get(parts.scheme)
+        if proxy and not urllib.request.proxy_bypass(self._hostname):
+            found = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            self._proxy = (found.hostname or "", found.port or 80)
+            if found.username is not None:
+                secret = f"{unquote(found.username)}:{unquote(found.password or '')}"
+                self._proxy_headers = (b"proxy-authorization: Basic "
+                                       + base64.b64encode(secret.encode()) + b"\r\n")
+            if not tls:  # the proxy forwards each request: it needs the whole URL
+                self._target = f"http://{parts.netloc}/".encode()
         self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self._maxsize = maxsize
         self._idle: list[_Connection] = []
@@ -84,7 +101,8 @@ class KeptConnections:
     def post(self, headers: dict[str, str], body: bytes) -> Answer:
         """POST ``body`` to ``/`` with ``headers`` (Host among them) and a Content-Length."""
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        request = b"".join([b"POST / HTTP/1.1\r\n", head.encode("latin-1"),
+        request = b"".join([b"POST ", self._target, b" HTTP/1.1\r\n", head.encode("latin-1"),
+                            b"" if self._context else self._proxy_headers,
                             b"content-length: %d\r\n\r\n" % len(body), body])
         connection = self._idle_connection() or self._connect()
         try:
@@ -122,21 +140,27 @@ class KeptConnections:
             connection.close()
 
     def _connect(self) -> _Connection:
+        address = self._proxy or self._address
         try:
-            sock = socket.create_connection(self._address, timeout=self._connect_timeout)
+            sock = socket.create_connection(address, timeout=self._connect_timeout)
         except TimeoutError:
-            raise ConnectTimedOut(f"connecting to {self._address[0]}:{self._address[1]} took "
+            raise ConnectTimedOut(f"connecting to {address[0]}:{address[1]} took "
                                   f"over {self._connect_timeout:g} s") from None
         except OSError as exc:
             raise ConnectFailed(str(exc)) from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._proxy is not None and self._context is not None:
+                self._tunnel(sock)
             if self._context is not None:
                 sock = self._context.wrap_socket(sock, server_hostname=self._hostname)
         except TimeoutError:
             sock.close()
             raise ConnectTimedOut(f"TLS with {self._address[0]} took over "
                                   f"{self._connect_timeout:g} s") from None
+        except ConnectFailed:  # the proxy refused the tunnel
+            sock.close()
+            raise
         except ssl.SSLError as exc:
             sock.close()
             raise TLSRefused(str(exc)) from None
@@ -146,9 +170,27 @@ class KeptConnections:
         sock.settimeout(self._read_timeout)
         return _Connection(sock)
 
+    def _tunnel(self, sock: socket.socket) -> None:
+        """``CONNECT`` through the proxy to the endpoint; TLS then goes end to end."""
+        host, port = self._address
+        sock.sendall(b"CONNECT %s:%d HTTP/1.1\r\nhost: %s:%d\r\n%s\r\n" % (
+            host.encode("idna"), port, host.encode("idna"), port, self._proxy_headers))
+        proxy = ":".join(map(str, self._proxy or ()))
+        reader = sock.makefile("rb")
+        try:
+            answer, _ = _read_answer(reader, with_body=False)
+        except (Broken, ValueError, IndexError) as exc:
+            raise ConnectFailed(f"the proxy {proxy}: {exc}") from None
+        finally:
+            reader.close()
+        if answer.status != 200:
+            raise ConnectFailed(f"the proxy {proxy} refused to reach {host}:{port}: "
+                                f"{answer.status} {answer.reason}")
 
-def _read_answer(reader: io.BufferedReader) -> tuple[Answer, bool]:
-    """The answer, and whether its connection may carry another request."""
+
+def _read_answer(reader: io.BufferedReader, with_body: bool = True) -> tuple[Answer, bool]:
+    """The answer, and whether its connection may carry another request (``with_body``: False
+    for a proxy's answer to ``CONNECT``, which has none)."""
     line = reader.readline(MAX_LINE + 1)
     if not line:
         raise Broken("the connection closed before an answer")
@@ -165,6 +207,9 @@ def _read_answer(reader: io.BufferedReader) -> tuple[Answer, bool]:
         name, _, value = line.partition(b":")
         headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
     keep = version == b"HTTP/1.1" and headers.get("connection", "").lower() != "close"
+    if not with_body:
+        return Answer(int(status), reason[0].strip().decode("latin-1") if reason else "",
+                      headers, b""), keep
     if "content-length" in headers:
         length = int(headers["content-length"])
         body = reader.read(length) if length else b""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -13,13 +14,13 @@ import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from botocore.exceptions import ClientError, ReadTimeoutError, SSLError
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError, SSLError
 
 from store import StoreError, TableSpec, Throttled, dynamo_wire
 from store.dynamo import USER_AGENT, DynamoBackend, DynamoTable, client_config
 from store.dynamo_wire import QUOTA, RETRY_COST, SigV4, WireClient
 from devtools.dynalite import dynalite_command
-from kit.procs import ManagedProcess, free_port, wait_for_port
+from kit.procs import ManagedProcess, free_port, start_listening, wait_for_port
 from kit.settings import Settings
 from tests.dynamo_nemesis import Nemesis
 
@@ -196,3 +197,83 @@ def test_tls_is_verified_against_the_system_store(tmp_path: Path) -> None:
     finally:
         client.close()
         server.stop()
+
+
+@pytest.fixture
+def proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+          request: pytest.FixtureRequest) -> Iterator[Path]:
+    """tinyproxy on loopback, named by the environment as an operator's proxy is (both
+    schemes, nothing spared; with ``user:password@`` when the test's parameter asks for a
+    proxy that wants them): its log, where each request it carried shows."""
+    log = tmp_path / "tinyproxy.log"
+    login = getattr(request, "param", "")
+
+    def start(port: int) -> ManagedProcess:
+        config = tmp_path / "tinyproxy.conf"
+        config.write_text(f'Port {port}\nListen 127.0.0.1\nTimeout 30\nLogFile "{log}"\n'
+                          "LogLevel Info\nMaxClients 20\nAllow 127.0.0.1\n"
+                          + (f"BasicAuth {login.replace(':', ' ')}\n" if login else ""))
+        return ManagedProcess("tinyproxy", ["tinyproxy", "-d", "-c", str(config)],
+                              tmp_path / "tinyproxy.out")
+    process, port = start_listening(start)
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, f"http://{login + '@' if login else ''}127.0.0.1:{port}")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        yield log
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("proxy", ["", "operator:s3cret"], indirect=True)
+def test_the_proxy_the_environment_names_carries_the_requests_unless_spared(
+        proxy: Path, dynalite: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = wire_client(dynalite)
+    try:
+        with pytest.raises(ClientError, match="ResourceNotFoundException"):
+            client.describe_table(TableName="through_the_proxy")
+    finally:
+        client.close()
+    assert f"POST {dynalite}/ HTTP/1.1" in proxy.read_text()
+    carried = proxy.read_text().count("POST ")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    client = wire_client(dynalite)
+    try:
+        with pytest.raises(ClientError, match="ResourceNotFoundException"):
+            client.describe_table(TableName="spared")
+    finally:
+        client.close()
+    assert proxy.read_text().count("POST ") == carried, "NO_PROXY spares the host"
+
+
+@pytest.mark.parametrize("proxy", ["", "operator:s3cret"], indirect=True)
+def test_tls_goes_through_the_proxy_in_a_tunnel(proxy: Path, tmp_path: Path) -> None:
+    """The handshake reaches dynalite's own certificate through ``CONNECT`` (and refuses it)."""
+    port = free_port()
+    server = ManagedProcess("dynalite", [*dynalite_command(port, None), "--ssl"],
+                            tmp_path / "dynalite.log")
+    client = wire_client(f"https://127.0.0.1:{port}", max_attempts=1)
+    try:
+        wait_for_port(port, process=server)
+        with pytest.raises(SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+            client.describe_table(TableName="never_created")
+    finally:
+        client.close()
+        server.stop()
+    assert f"CONNECT 127.0.0.1:{port} HTTP/1.1" in proxy.read_text()
+
+
+@pytest.mark.parametrize("proxy", ["operator:s3cret"], indirect=True)
+def test_a_tunnel_the_proxy_refuses_is_a_connection_error_that_says_why(
+        proxy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wrong = os.environ["https_proxy"].replace("s3cret", "wrong")
+    monkeypatch.setenv("https_proxy", wrong)
+    monkeypatch.setenv("HTTPS_PROXY", wrong)
+    client = wire_client(f"https://127.0.0.1:{free_port()}", max_attempts=1)
+    try:
+        with pytest.raises(EndpointConnectionError) as caught:
+            client.describe_table(TableName="never_created")
+        assert "refused to reach" in str(caught.value.kwargs["error"])  # tinyproxy: 401
+    finally:
+        client.close()
