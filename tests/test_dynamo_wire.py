@@ -184,8 +184,9 @@ def test_a_connection_that_timed_out_is_closed_and_the_next_request_gets_its_own
         client.close()
 
 
-def test_tls_is_verified_against_the_system_store(tmp_path: Path) -> None:
-    """dynalite over TLS with its own self-signed certificate: refused, never sent to."""
+def refused_over_tls(tmp_path: Path) -> int:
+    """A request to dynalite over TLS with its own self-signed certificate, refused (never
+    sent); dynalite's port."""
     port = free_port()
     server = ManagedProcess("dynalite", [*dynalite_command(port, None), "--ssl"],
                             tmp_path / "dynalite.log")
@@ -197,6 +198,11 @@ def test_tls_is_verified_against_the_system_store(tmp_path: Path) -> None:
     finally:
         client.close()
         server.stop()
+    return port
+
+
+def test_tls_is_verified_against_the_system_store(tmp_path: Path) -> None:
+    refused_over_tls(tmp_path)
 
 
 @pytest.fixture
@@ -250,17 +256,7 @@ def test_the_proxy_the_environment_names_carries_the_requests_unless_spared(
 @pytest.mark.parametrize("proxy", ["", "operator:s3cret"], indirect=True)
 def test_tls_goes_through_the_proxy_in_a_tunnel(proxy: Path, tmp_path: Path) -> None:
     """The handshake reaches dynalite's own certificate through ``CONNECT`` (and refuses it)."""
-    port = free_port()
-    server = ManagedProcess("dynalite", [*dynalite_command(port, None), "--ssl"],
-                            tmp_path / "dynalite.log")
-    client = wire_client(f"https://127.0.0.1:{port}", max_attempts=1)
-    try:
-        wait_for_port(port, process=server)
-        with pytest.raises(SSLError, match="CERTIFICATE_VERIFY_FAILED"):
-            client.describe_table(TableName="never_created")
-    finally:
-        client.close()
-        server.stop()
+    port = refused_over_tls(tmp_path)
     assert f"CONNECT 127.0.0.1:{port} HTTP/1.1" in proxy.read_text()
 
 
