@@ -188,37 +188,51 @@ class KeptConnections:
                                 f"{answer.status} {answer.reason}")
 
 
-def _read_answer(reader: io.BufferedReader, with_body: bool = True) -> tuple[Answer, bool]:
-    """The answer, and whether its connection may carry another request (``with_body``: False
-    for a proxy's answer to ``CONNECT``, which has none)."""
-    line = reader.readline(MAX_LINE + 1)
-    if not line:
-        raise Broken("the connection closed before an answer")
-    version, status, *reason = line.split(None, 2)
-    if not version.startswith(b"HTTP/"):
-        raise Broken(f"not an HTTP answer: {line[:40]!r}")
+def read_message(reader: io.BufferedReader, with_body: bool = True,
+                 to_end: bool = False) -> tuple[bytes, dict[str, str], bytes] | None:
+    """One HTTP/1.1 message off a kept connection: its first line, its header fields (names
+    lower-cased) and its body, by Content-Length or chunked; with neither, none, or (``to_end``:
+    an answer) what comes until the connection closes. None when the peer closed it first.
+    (The tests' DynamoDB nemesis reads its requests and dynalite's answers with it too.)"""
+    first = reader.readline(MAX_LINE + 1)
+    if not first:
+        return None
     headers: dict[str, str] = {}
     while True:
         line = reader.readline(MAX_LINE + 1)
         if line in (b"\r\n", b"\n"):
             break
         if not line or len(line) > MAX_LINE:
-            raise Broken("the answer's headers were cut or too long")
+            raise Broken("the message's headers were cut or too long")
         name, _, value = line.partition(b":")
         headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
-    keep = version == b"HTTP/1.1" and headers.get("connection", "").lower() != "close"
     if not with_body:
-        return Answer(int(status), reason[0].strip().decode("latin-1") if reason else "",
-                      headers, b""), keep
+        return first, headers, b""
     if "content-length" in headers:
         length = int(headers["content-length"])
         body = reader.read(length) if length else b""
         if len(body) < length:
-            raise Broken("the answer's body was cut")
-    elif "chunked" in headers.get("transfer-encoding", "").lower():
-        body = _chunks(reader)
-    else:  # the body runs to the connection's end
-        body, keep = reader.read(), False
+            raise Broken("the message's body was cut")
+        return first, headers, body
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return first, headers, _chunks(reader)
+    return first, headers, reader.read() if to_end else b""
+
+
+def _read_answer(reader: io.BufferedReader, with_body: bool = True) -> tuple[Answer, bool]:
+    """The answer, and whether its connection may carry another request (``with_body``: False
+    for a proxy's answer to ``CONNECT``, which has none)."""
+    message = read_message(reader, with_body, to_end=True)
+    if message is None:
+        raise Broken("the connection closed before an answer")
+    first, headers, body = message
+    version, status, *reason = first.split(None, 2)
+    if not version.startswith(b"HTTP/"):
+        raise Broken(f"not an HTTP answer: {first[:40]!r}")
+    framed = not with_body or "content-length" in headers or \
+        "chunked" in headers.get("transfer-encoding", "").lower()
+    keep = framed and version == b"HTTP/1.1" and \
+        headers.get("connection", "").lower() != "close"
     return Answer(int(status), reason[0].strip().decode("latin-1") if reason else "", headers,
                   body), keep
 

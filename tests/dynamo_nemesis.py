@@ -37,6 +37,8 @@ from collections import Counter
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from store.wire_http import Broken, read_message
+
 _TYPES = {
     "throughput": (400, "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
                    "The level of configured provisioned throughput for the table was exceeded."),
@@ -61,42 +63,7 @@ class _Server(socketserver.ThreadingTCPServer):
     backlog of 5 would drop some connections, to be retried a second later)."""
 
 
-Headers = list[tuple[bytes, bytes]]
-"""A message's header fields in order, names lower-cased."""
-_HOP = frozenset({b"host", b"connection", b"content-length", b"transfer-encoding",
-                  b"keep-alive"})
-
-
-def _read_message(reader: IO[bytes]) -> tuple[bytes, Headers, bytes] | None:
-    """One HTTP/1.1 message off a kept connection: its first line, its header fields and its
-    body (by Content-Length, or chunked); None when the peer closed it first. Read by hand:
-    http.server and http.client parse every header block with the email package, which was
-    most of the relay's CPU (it doubled a test's CPU per store request)."""
-    first = reader.readline(65537)
-    if not first:
-        return None
-    headers: Headers = []
-    length, chunked = 0, False
-    while True:
-        line = reader.readline(65537)
-        if line in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = line.partition(b":")
-        name, value = name.strip().lower(), value.strip()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding":
-            chunked = b"chunked" in value.lower()
-        headers.append((name, value))
-    if not chunked:
-        return first, headers, reader.read(length) if length else b""
-    body = bytearray()
-    while (size := int(reader.readline(65537).split(b";")[0], 16)):
-        body += reader.read(size)
-        reader.readline(65537)
-    while reader.readline(65537) not in (b"\r\n", b"\n", b""):
-        pass  # trailer fields
-    return first, headers, bytes(body)
+_HOP = frozenset({"host", "connection", "content-length", "transfer-encoding", "keep-alive"})
 
 
 class Nemesis:
@@ -117,10 +84,10 @@ class Nemesis:
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:  # keep-alive: the clients reuse their connections
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                while (message := _read_message(self.rfile)) is not None:
+                while (message := read_message(self.rfile)) is not None:
                     _, headers, body = message
-                    nemesis._handle(self.wfile, dict(headers), headers, body)
-                    if (b"connection", b"close") in headers:
+                    nemesis._handle(self.wfile, headers, body)
+                    if headers.get("connection", "").lower() == "close":
                         return
 
         self._server = _Server(("127.0.0.1", 0), Handler)
@@ -156,12 +123,11 @@ class Nemesis:
 
     # --- the proxy ---------------------------------------------------------------------
 
-    def _handle(self, out: IO[bytes], fields: dict[bytes, bytes], headers: Headers,
-                body: bytes) -> None:
-        operation = fields.get(b"x-amz-target", b"").decode().rpartition(".")[2]
+    def _handle(self, out: IO[bytes], headers: dict[str, str], body: bytes) -> None:
+        operation = headers.get("x-amz-target", "").rpartition(".")[2]
         request = json.loads(body or b"{}")
         with self._lock:
-            self.agents[fields.get(b"user-agent", b"").decode()] += 1
+            self.agents[headers.get("user-agent", "")] += 1
         if not self.only or operation in self.only:
             if self.slow_rate and random.random() < self.slow_rate:
                 time.sleep(self.slow)
@@ -215,12 +181,12 @@ class Nemesis:
             self.injected["unprocessed"] += left_out
         return {**request, "RequestItems": asked}, withheld
 
-    def _forward(self, headers: Headers, body: bytes) -> tuple[int, bytes]:
+    def _forward(self, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
         """To dynalite over this thread's kept connection (one new one if it was closed)."""
-        head = b"".join([b"POST / HTTP/1.1\r\nHost: ", self.upstream.encode(), b"\r\n",
-                         *(name + b": " + value + b"\r\n" for name, value in headers
-                           if name not in _HOP),
-                         b"Content-Length: %d\r\n\r\n" % len(body)])
+        head = "".join([f"POST / HTTP/1.1\r\nHost: {self.upstream}\r\n",
+                        *(f"{name}: {value}\r\n" for name, value in headers.items()
+                          if name not in _HOP),
+                        f"Content-Length: {len(body)}\r\n\r\n"]).encode("latin-1")
         for attempt in (1, 2):
             kept = getattr(self._upstream, "connection", None)
             if kept is None:
@@ -230,11 +196,11 @@ class Nemesis:
                 kept = self._upstream.connection = (connection, connection.makefile("rb"))
             try:
                 kept[0].sendall(head + body)
-                message = _read_message(kept[1])
+                message = read_message(kept[1], to_end=True)
                 if message is None:
                     raise ConnectionResetError("dynalite closed the connection")
                 return int(message[0].split()[1]), message[2]
-            except (OSError, ValueError, IndexError):
+            except (OSError, ValueError, IndexError, Broken):
                 kept[1].close()
                 kept[0].close()
                 self._upstream.connection = None

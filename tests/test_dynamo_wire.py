@@ -147,6 +147,11 @@ def wire_client(endpoint: str, **options: Any) -> WireClient:
                       **options)
 
 
+def own_dynalite(port: int, log: Path, *options: str) -> ManagedProcess:
+    """A dynalite of the test's own on ``port`` (started again there, or over TLS)."""
+    return ManagedProcess("dynalite", [*dynalite_command(port, None), *options], log)
+
+
 def test_an_idle_connection_the_server_closed_is_not_reused(tmp_path: Path) -> None:
     """dynalite restarted on its port between two requests: the second finds its kept
     connection closed and opens another, at its first attempt (no retry spent)."""
@@ -154,8 +159,7 @@ def test_an_idle_connection_the_server_closed_is_not_reused(tmp_path: Path) -> N
     client = wire_client(f"http://127.0.0.1:{port}")
     try:
         for n in range(2):
-            server = ManagedProcess("dynalite", dynalite_command(port, None),
-                                    tmp_path / f"dynalite{n}.log")
+            server = own_dynalite(port, tmp_path / f"dynalite{n}.log")
             try:
                 wait_for_port(port, process=server)
                 with pytest.raises(ClientError, match="ResourceNotFoundException"):
@@ -188,8 +192,7 @@ def refused_over_tls(tmp_path: Path) -> int:
     """A request to dynalite over TLS with its own self-signed certificate, refused (never
     sent); dynalite's port."""
     port = free_port()
-    server = ManagedProcess("dynalite", [*dynalite_command(port, None), "--ssl"],
-                            tmp_path / "dynalite.log")
+    server = own_dynalite(port, tmp_path / "dynalite.log", "--ssl")
     client = wire_client(f"https://127.0.0.1:{port}", max_attempts=1)
     try:
         wait_for_port(port, process=server)
