@@ -64,6 +64,9 @@ def test_a_publisher_makes_follows_and_deletes_a_link(
     tab.wait_for_selector("#link-notice:has-text('ready')")
     short = f"https://{SHORT}/launch{width}"
     assert tab.inner_text("#short-url") == short
+    # The image loads after the page shows the link: wait for it (a loaded machine took longer
+    # than the next line once), then check it decoded to something.
+    tab.wait_for_function("document.getElementById('qr').complete", timeout=30_000)
     assert tab.evaluate("document.getElementById('qr').naturalWidth") > 0, "the QR code shows"
     made = services.links.get(SHORT, f"launch{width}")
     assert (made["owner"], made["code"], made["target"]) == ("pub_1", 307, target)
