@@ -17,6 +17,7 @@ from typing import IO, Callable, Sequence, TypeVar
 
 log = logging.getLogger(__name__)
 _LOWEST_PORT = 10000
+PORTS_ENV = "EDGE_FREE_PORTS"
 _given: set[int] = set()
 _given_lock = threading.Lock()
 
@@ -27,6 +28,13 @@ def _ephemeral_range() -> tuple[int, int]:
         return int(low), int(high)
     except (OSError, ValueError):
         return 32768, 60999  # Linux's default
+
+
+def port_slice(index: int, count: int) -> str:
+    """Slice ``index`` of ``count`` of the ports :func:`free_port` draws from, for ``PORTS_ENV``."""
+    low, high = _LOWEST_PORT, _ephemeral_range()[0]
+    size = (high - low) // count
+    return f"{low + index * size}-{low + (index + 1) * size}"
 
 
 def _bindable(host: str, port: int) -> bool:
@@ -45,11 +53,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     this process or another (a parallel test worker), may take it before the server binds it.
     So the port is drawn at random below the ephemeral range, where no outgoing connection
     goes, and never twice by one process. Another process may still take it first (the same
-    draw): start servers with :func:`start_listening`, which retries on a new port."""
-    ephemeral_low, _ = _ephemeral_range()
-    if ephemeral_low - _LOWEST_PORT >= 1000:
+    draw): start servers with :func:`start_listening`, which retries on a new port. Processes
+    that draw side by side (parallel test workers) give each one its own slice of that range in
+    ``PORTS_ENV`` ("low-high"), which the processes they start inherit."""
+    low, high = _LOWEST_PORT, _ephemeral_range()[0]
+    if PORTS_ENV in os.environ:
+        low, high = (int(bound) for bound in os.environ[PORTS_ENV].split("-"))
+    if high - low >= 1000:
         for _ in range(200):
-            port = random.randrange(_LOWEST_PORT, ephemeral_low)
+            port = random.randrange(low, high)
             with _given_lock:
                 if port in _given or not _bindable(host, port):
                     continue

@@ -29,7 +29,7 @@ from devtools.dns_server import KnotServer
 from devtools.dynalite import dynalite_command, start_dynalite
 from devtools.pebble import PebbleStack
 from edge.node import EdgeNode
-from kit.procs import ManagedProcess, free_port, start_listening
+from kit.procs import PORTS_ENV, ManagedProcess, free_port, port_slice, start_listening
 from kit.settings import Settings, load_settings
 from store import Backend, Item, dynamo_wire
 from store.dynamo import USER_AGENT, DynamoBackend
@@ -38,6 +38,12 @@ from tests.dynamo_nemesis import Nemesis
 from tests.webhook_receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # Each worker (and what its tests start) draws its servers' ports from a slice of its own:
+    # two workers that drew one port would fail a test with "address in use" (CI, stop 43).
+    os.environ[PORTS_ENV] = port_slice(int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")),
+                                       int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
 
 
 @pytest.fixture(scope="session")

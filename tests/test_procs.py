@@ -3,6 +3,7 @@ goes, and a server that finds its port taken meanwhile is started again on anoth
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 import kit.procs
 from kit.procs import ExitedEarly, ManagedProcess, free_port, start_listening, wait_for_port
+from tests.conftest import ROOT
 
 LISTEN = ("import socket, sys, time; s = socket.socket(); "
           "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); time.sleep(60)")
@@ -24,6 +26,22 @@ def test_free_ports_are_below_the_ephemeral_range_and_never_given_twice() -> Non
     ports = [free_port() for _ in range(200)]
     assert len(set(ports)) == len(ports)
     assert all(1024 < port < low for port in ports)
+
+
+def test_processes_given_slices_of_the_ports_never_draw_the_same_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parallel workers each get a slice; what a worker's tests start draws from its slice."""
+    slices = [kit.procs.port_slice(index, 4) for index in range(4)]
+    bounds = [tuple(int(bound) for bound in part.split("-")) for part in slices]
+    assert all(high - low >= 1000 for low, high in bounds)
+    assert all(bounds[n][1] <= bounds[n + 1][0] for n in range(3))
+    for part, (low, high) in zip(slices, bounds):
+        monkeypatch.setenv(kit.procs.PORTS_ENV, part)
+        child = subprocess.run([sys.executable, "-c", "from kit.procs import free_port; "
+                                "print(*(free_port() for _ in range(300)))"],
+                               capture_output=True, text=True, check=True, cwd=ROOT)
+        ports = {int(port) for port in child.stdout.split()}
+        assert len(ports) == 300 and all(low <= port < high for port in ports)
 
 
 def test_a_server_whose_port_was_taken_starts_again_on_another(
