@@ -8,8 +8,6 @@ import dataclasses
 import getpass
 import logging
 import sys
-import threading
-import time
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -68,76 +66,10 @@ def _services(settings: Settings) -> Iterator[Services]:
         services.close()
 
 
-def _when_the_store_answers(settings: Settings, stop: threading.Event) -> Services | None:
-    """Services built from settings, once the store answers (a replica started during a store
-    outage waits for it instead of exiting), reconciled with the edge; None if stopped first."""
-    from control.wiring import Services
-    from kit.backoff import jittered_backoff
-    from store import StoreError
-    failures = 0
-    while not stop.is_set():
-        services = None
-        try:
-            migrate.check_schema(settings)  # before this release writes a thing
-            services = Services.from_settings(settings)
-            services.lifecycle.publish_routes()  # reconcile once at start; then changes only
-            if failures:
-                log.warning("the store answers; starting")
-            return services
-        except StoreError as exc:
-            if services is not None:
-                services.close()
-            failures += 1
-            if failures == 1:
-                log.error("the store does not answer (%s); waiting for it", exc)
-            stop.wait(jittered_backoff(failures, 1.0, 30.0))
-    return None
-
-
 @command("serve", "run the control service and its worker")
 def serve(args: argparse.Namespace, settings: Settings) -> int:
-    # Imported here, as in every process command: the operator's commands start fast.
-    from control.replicas import LoneReplica
-    from control.server import ControlServer, Draining, stop_gracefully
-    from control.worker import PlatformCertificates, shard_moves, start_worker
-    from edgectl.app import create_app
-    stop = procs.stop_on_signals(settings.drain_seconds + settings.shutdown_seconds)
-    services = _when_the_store_answers(settings, stop)
-    if services is None:
-        return 0
-    try:
-        draining = Draining(services.edge_shards.drain)
-        server = ControlServer(create_app(services, draining=draining), settings.listen_host,
-                               settings.listen_port, threads=settings.serve_threads,
-                               shutdown_seconds=settings.shutdown_seconds,
-                               tls_cert=settings.control_tls_cert,
-                               tls_key=settings.control_tls_key,
-                               client_ca=settings.control_client_ca)
-        platform = PlatformCertificates(services.publisher.platform_hosts, services.issuer,
-                                        services.certificates, services.publisher,
-                                        settings.retry_base_seconds,
-                                        edge_up=services.publisher.serving)
-        steps = [services.lifecycle.tick, platform.tick, *shard_moves(services.moves)]
-        if services.sweeper is not None:
-            steps.append(services.sweeper.tick)
-        if services.custom_certificates is not None:
-            steps.append(services.custom_certificates.tick)  # uploads due to fall back
-        if not settings.control_servers:
-            steps.append(LoneReplica(services.edge_state, settings.edge_control_servers).tick)
-        worker = start_worker(steps, settings.worker_interval, stop, *(
-            [services.shards.once] if services.shards else []))
-        if services.webhooks.enabled:
-            services.webhooks.start(stop)
-        server.start()
-        log.info("control service on %s://%s:%d", server.scheme, settings.listen_host,
-                 server.port)
-        stop.wait()
-        stop_gracefully(server, draining, worker, services.lifecycle.release_leases,
-                        settings.drain_seconds, settings.shutdown_seconds, time.monotonic())
-        log.info("control service stopped")
-    finally:
-        services.close()
-    return 0
+    from edgectl.serving import serve as serve_control  # as every process command: on use
+    return serve_control(settings)
 
 
 def _shortlinks_arguments(parser: argparse.ArgumentParser) -> None:

@@ -106,6 +106,8 @@ class Nemesis:
         self.unprocessed_rate = 0.0
         self.only: tuple[str, ...] = ()
         """Operations the faults apply to (empty: all)."""
+        self.tables: tuple[str, ...] = ()
+        """Ends of the table names the faults apply to (empty: all)."""
         with self._lock:
             self.consumed.clear()
             self.injected.clear()
@@ -128,7 +130,8 @@ class Nemesis:
         request = json.loads(body or b"{}")
         with self._lock:
             self.agents[headers.get("user-agent", "")] += 1
-        if not self.only or operation in self.only:
+        if (not self.only or operation in self.only) and (
+                not self.tables or str(request.get("TableName", "")).endswith(self.tables)):
             if self.slow_rate and random.random() < self.slow_rate:
                 time.sleep(self.slow)
             if self.fail_rate and random.random() < self.fail_rate:

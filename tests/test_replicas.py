@@ -31,8 +31,9 @@ from control.wiring import Services
 from control.worker import run_worker
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
+from edgectl.migrate import check_schema
 from kit.procs import ManagedProcess, free_port, start_listening, stop_all, wait_for_port
-from kit.settings import Settings
+from kit.settings import Settings, load_settings
 from store import Backend, StoreError, TableSpec
 from store.dynamo import DynamoBackend
 from tests.conftest import dynalite_command, dynamo_client, serving, wait_until
@@ -245,6 +246,39 @@ def test_serve_started_during_a_store_outage_waits_for_the_store(
         serve.stop()
         if store is not None:
             store.stop()
+
+
+@pytest.mark.slow
+def test_serve_meeting_a_store_outage_while_it_builds_its_app_waits_for_the_store(
+        tmp_path: Path, settings: Settings, dynamo_nemesis: Nemesis) -> None:
+    """The admin pages open their tables after the services have: a store that stops
+    answering between the two (the chaos test met it) is waited for, not a crash."""
+    env = {"EDGE_API_TOKEN": settings.api_token, "EDGE_EDGE_TOKEN": settings.edge_token,
+           "EDGE_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+           "EDGE_DATA_DIR": str(tmp_path / "data"), "EDGE_STORAGE_BACKEND": "dynamodb",
+           "EDGE_DYNAMODB_ENDPOINT_URL": dynamo_nemesis.url,
+           "EDGE_DYNAMODB_TABLE_PREFIX": f"t{uuid.uuid4().hex[:8]}_",
+           "EDGE_LISTEN_PORT": str(free_port()), "EDGE_DRAIN_SECONDS": "0",
+           "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    dynamo_nemesis.reset()
+    check_schema(load_settings(env=env))  # a store in use: serve's first look opens few tables
+    dynamo_nemesis.tables, dynamo_nemesis.fail_rate = ("admin_sessions",), 1.0
+    dynamo_nemesis.failures = ("internal",)
+    serve = ManagedProcess("serve", [sys.executable, "-m", "edgectl", "serve"],
+                           tmp_path / "serve.log", env=env)
+    try:
+        wait_until(lambda: "the store does not answer" in serve.tail(50)
+                   or serve.poll() is not None, timeout=90)
+        assert serve.poll() is None, serve.tail()
+        assert "admin_sessions" in serve.tail(50)
+        dynamo_nemesis.reset()
+        wait_for_port(int(env["EDGE_LISTEN_PORT"]), process=serve, timeout=90)
+        port = env["EDGE_LISTEN_PORT"]
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).ok
+        assert requests.get(f"http://127.0.0.1:{port}/admin/login", timeout=10).ok
+    finally:
+        dynamo_nemesis.reset()
+        serve.stop()
 
 
 @pytest.mark.slow

@@ -1,0 +1,90 @@
+"""`edgectl serve`: the control service and its worker in one process, started once the
+store answers, stopped gracefully (drain, then close) on SIGTERM or SIGINT."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from flask import Flask
+
+from control.replicas import LoneReplica
+from control.server import ControlServer, Draining, stop_gracefully
+from control.wiring import Services
+from control.worker import PlatformCertificates, shard_moves, start_worker
+from edgectl import migrate
+from edgectl.app import create_app
+from kit import procs
+from kit.backoff import jittered_backoff
+from kit.settings import Settings
+from store import StoreError
+
+log = logging.getLogger("edgectl")
+
+
+def when_the_store_answers(settings: Settings,
+                           stop: threading.Event) -> tuple[Services, Draining, Flask] | None:
+    """Services built from settings, reconciled with the edge, and the app on them (its admin
+    pages open tables too), once the store answers: a replica that starts in a store outage,
+    or meets one while it starts, waits for it instead of exiting. None if stopped first."""
+    failures = 0
+    while not stop.is_set():
+        services = None
+        try:
+            migrate.check_schema(settings)  # before this release writes a thing
+            services = Services.from_settings(settings)
+            services.lifecycle.publish_routes()  # reconcile once at start; then changes only
+            draining = Draining(services.edge_shards.drain)
+            app = create_app(services, draining=draining)
+            if failures:
+                log.warning("the store answers; starting")
+            return services, draining, app
+        except StoreError as exc:
+            if services is not None:
+                services.close()
+            failures += 1
+            if failures == 1:
+                log.error("the store does not answer (%s); waiting for it", exc)
+            stop.wait(jittered_backoff(failures, 1.0, 30.0))
+    return None
+
+
+def serve(settings: Settings) -> int:
+    """Run the control service and its worker until SIGTERM/SIGINT, then stop gracefully."""
+    stop = procs.stop_on_signals(settings.drain_seconds + settings.shutdown_seconds)
+    started = when_the_store_answers(settings, stop)
+    if started is None:
+        return 0
+    services, draining, app = started
+    try:
+        server = ControlServer(app, settings.listen_host, settings.listen_port,
+                               threads=settings.serve_threads,
+                               shutdown_seconds=settings.shutdown_seconds,
+                               tls_cert=settings.control_tls_cert,
+                               tls_key=settings.control_tls_key,
+                               client_ca=settings.control_client_ca)
+        platform = PlatformCertificates(services.publisher.platform_hosts, services.issuer,
+                                        services.certificates, services.publisher,
+                                        settings.retry_base_seconds,
+                                        edge_up=services.publisher.serving)
+        steps = [services.lifecycle.tick, platform.tick, *shard_moves(services.moves)]
+        if services.sweeper is not None:
+            steps.append(services.sweeper.tick)
+        if services.custom_certificates is not None:
+            steps.append(services.custom_certificates.tick)  # uploads due to fall back
+        if not settings.control_servers:
+            steps.append(LoneReplica(services.edge_state, settings.edge_control_servers).tick)
+        worker = start_worker(steps, settings.worker_interval, stop, *(
+            [services.shards.once] if services.shards else []))
+        if services.webhooks.enabled:
+            services.webhooks.start(stop)
+        server.start()
+        log.info("control service on %s://%s:%d", server.scheme, settings.listen_host,
+                 server.port)
+        stop.wait()
+        stop_gracefully(server, draining, worker, services.lifecycle.release_leases,
+                        settings.drain_seconds, settings.shutdown_seconds, time.monotonic())
+        log.info("control service stopped")
+    finally:
+        services.close()
+    return 0
