@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.1
 CESSATION_OF_OPERATION = 5
 ORDER_TIMEOUT = 90.0
+REVOKE_SECONDS = 10.0
+"""How long a revocation waits for the CA (its other requests wait 45 s): a removal waits for
+it in the API's request, and it is a courtesy (the key is destroyed either way)."""
 
 
 class DnsChallengeSolver(Protocol):
@@ -154,7 +157,10 @@ class AcmeIssuer:
             return
         try:
             leaf = x509.load_pem_x509_certificate(stored.fullchain_pem.encode())
-            self._account.client().revoke(leaf, CESSATION_OF_OPERATION)
+            acme = self._account.client()
+            acme.net.post(acme.directory["revokeCert"],
+                          messages.Revocation(certificate=leaf, reason=CESSATION_OF_OPERATION),
+                          new_nonce_url=acme.directory["newNonce"], timeout=REVOKE_SECONDS)
             log.info("certificate %s for %s revoked", stored.serial, hostnames[0])
         except (errors.Error, messages.Error, OSError) as exc:
             # The key is destroyed below either way, so the certificate can never be used.

@@ -1,5 +1,5 @@
 """Debian's Pebble 2.4 has no renewalInfo: this HTTPS proxy in front of it adds ARI (and can
-answer new orders with a 429, which Pebble never does).
+answer new orders with a 429, which Pebble never does, or hold a request as a hung CA would).
 
 Every request goes on to Pebble unchanged with the proxy's Host header, so the URLs Pebble
 builds (and checks in each JWS) are the proxy's; the directory gains ``renewalInfo``, served
@@ -31,6 +31,9 @@ class AriProxy:
         self.renewal_info_requests = 0
         self.rate_limit: str | None = None
         """When set, new orders get a 429 with this Retry-After value."""
+        self.stalled: str | None = None
+        """Requests to this path wait (a CA that stopped answering) until ``released`` is set."""
+        self.released = threading.Event()
         cert_dir = pebble.listener_ca.parent
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True,
                                   ssl_context=(str(cert_dir / "listener.pem"),
@@ -60,6 +63,8 @@ class AriProxy:
             return Response(json.dumps(problem), status=429,
                             content_type="application/problem+json",
                             headers={"Retry-After": self.rate_limit})(environ, start_response)
+        if request.path == self.stalled:
+            self.released.wait(120)
         if request.path == "/order-plz":
             payload = json.loads(request.get_data())["payload"]
             self.new_orders.append(json.loads(base64.urlsafe_b64decode(payload + "==")))

@@ -142,6 +142,36 @@ def test_ari_window_drives_renewal_and_the_order_names_what_it_replaces(
         pebble.stop()
 
 
+def test_a_ca_that_stops_answering_holds_a_removal_no_longer_than_the_revocation_timeout(
+        settings: Settings, pebble: PebbleStack) -> None:
+    """A removal (in the API's request) revokes the certificate: a CA that stopped answering
+    (the suite's Pebble once wedged so) holds it ``REVOKE_SECONDS``, not the 45 s of the CA's
+    other requests; the key is destroyed all the same."""
+    from certs.issuer import REVOKE_SECONDS
+    from tests.ari_proxy import AriProxy
+
+    proxy = AriProxy(pebble)
+    services = Services.from_settings(dataclasses.replace(
+        settings, acme_directory_url=proxy.directory_url, acme_ca_bundle=str(pebble.listener_ca)))
+    server = make_server("127.0.0.1", pebble.http_port, create_app(services), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        services.issuer.issue(["hung.example.test"])
+        serial = services.certificates.get("hung.example.test").serial  # type: ignore[union-attr]
+        proxy.stalled = "/revoke-cert"
+        removal = threading.Thread(target=services.issuer.discard, args=(["hung.example.test"],))
+        removal.start()
+        removal.join(REVOKE_SECONDS + 20)
+        assert not removal.is_alive(), "the removal still waits for the CA"
+        assert services.certificates.get("hung.example.test") is None
+        assert pebble.certificate_status(serial) == "Valid"  # the CA never heard of it
+    finally:
+        proxy.released.set()
+        server.shutdown()
+        services.close()
+        proxy.stop()
+
+
 def test_a_429_defers_until_retry_after(settings: Settings, tmp_path: Path) -> None:
     from tests.ari_proxy import AriProxy
 
