@@ -15,7 +15,7 @@ from control.worker import PlatformCertificates, shard_moves, start_worker
 from edgectl import migrate
 from edgectl.app import create_app
 from kit import procs
-from kit.backoff import jittered_backoff
+from kit.backoff import until_it_answers
 from kit.settings import Settings
 from store import StoreError
 
@@ -27,26 +27,17 @@ def when_the_store_answers(settings: Settings,
     """Services built from settings, reconciled with the edge, and the app on them (its admin
     pages open tables too), once the store answers: a replica that starts in a store outage,
     or meets one while it starts, waits for it instead of exiting. None if stopped first."""
-    failures = 0
-    while not stop.is_set():
-        services = None
+    def start() -> tuple[Services, Draining, Flask]:
+        migrate.check_schema(settings)  # before this release writes a thing
+        services = Services.from_settings(settings)
         try:
-            migrate.check_schema(settings)  # before this release writes a thing
-            services = Services.from_settings(settings)
             services.lifecycle.publish_routes()  # reconcile once at start; then changes only
             draining = Draining(services.edge_shards.drain)
-            app = create_app(services, draining=draining)
-            if failures:
-                log.warning("the store answers; starting")
-            return services, draining, app
-        except StoreError as exc:
-            if services is not None:
-                services.close()
-            failures += 1
-            if failures == 1:
-                log.error("the store does not answer (%s); waiting for it", exc)
-            stop.wait(jittered_backoff(failures, 1.0, 30.0))
-    return None
+            return services, draining, create_app(services, draining=draining)
+        except BaseException:
+            services.close()
+            raise
+    return until_it_answers(start, stop, StoreError, log)
 
 
 def serve(settings: Settings) -> int:

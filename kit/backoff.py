@@ -6,15 +6,39 @@ import logging
 import random
 import threading
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def jittered_backoff(attempts: int, base: float, cap: float) -> float:
     """Seconds to wait after the ``attempts``-th failure (1 for the first): ``base`` doubled per
     attempt, at most ``cap``, then scaled by a random factor between 0.5 and 1."""
     return min(cap, base * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
+
+
+def until_it_answers(start: Callable[[], T], stop: threading.Event,
+                     away: type[Exception] | tuple[type[Exception], ...],
+                     logger: logging.Logger = log) -> T | None:
+    """``start()``, again after a jittered wait (1 s doubling, at most 30 s) while it raises
+    ``away`` (the store does not answer); saying so once, and once more when it answers. A
+    process started during an outage waits for it rather than exiting. None if stopped first.
+    ``start`` closes what it opened before it raises."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            started = start()
+        except away as exc:
+            failures += 1
+            if failures == 1:
+                logger.error("the store does not answer (%s); waiting for it", exc)
+            stop.wait(jittered_backoff(failures, 1.0, 30.0))
+            continue
+        if failures:
+            logger.warning("the store answers; starting")
+        return started
+    return None
 
 
 def sync_rounds(sync: Callable[[], bool], stop: threading.Event, interval: float, watch: float,

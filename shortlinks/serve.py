@@ -23,13 +23,14 @@ import time
 import uuid
 from typing import Any, Callable, Iterable
 
+from kit.backoff import until_it_answers
 from kit.settings import Settings, load_settings
 from shortlinks.app import make_app
 from shortlinks.leases import LINK_LEASES, VisitLeases
 from shortlinks.links import LINK_CHANGES, LINKS
 from shortlinks.resolver import Resolver
 from shortlinks.stats import LINK_DAYS, VisitStats
-from store import open_backend
+from store import StoreError, open_backend
 
 log = logging.getLogger(__name__)
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -51,15 +52,21 @@ class _Worker:
 
     def __init__(self, settings: Settings) -> None:
         self.backend = open_backend(settings)
-        links = self.backend.table(LINKS)
-        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.resolver = Resolver(links, changes=self.backend.table(LINK_CHANGES),
-                                 stats=VisitStats(self.backend.table(LINK_DAYS)),
-                                 leases=VisitLeases(links, self.backend.table(LINK_LEASES),
-                                                    owner))
+        try:
+            self.resolver = self._resolver()
+        except BaseException:  # the store does not answer: nothing left open
+            self.backend.close()
+            raise
         self.app: WSGIApp = make_app(self.resolver)
         self.stop = threading.Event()
         self.flusher = self.resolver.start_flusher(self.stop)
+
+    def _resolver(self) -> Resolver:
+        links = self.backend.table(LINKS)
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        return Resolver(links, changes=self.backend.table(LINK_CHANGES),
+                        stats=VisitStats(self.backend.table(LINK_DAYS)),
+                        leases=VisitLeases(links, self.backend.table(LINK_LEASES), owner))
 
     def close(self, timeout: float = FLUSH_SECONDS) -> None:
         """The flusher's last round writes what is left, if the store answers within
@@ -154,7 +161,9 @@ def _waitress(settings: Settings, listener: socket.socket, threads: int,
     # busy, which under load is every request: a log record per redirect (10% of the time in
     # issue 18's profile). The depth is normal here: HAProxy keeps many connections open.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    worker = _Worker(settings)
+    worker = until_it_answers(lambda: _Worker(settings), stop, StoreError, log)
+    if worker is None:
+        return
     # Cached plain links are answered on waitress's I/O thread, the rest by its threads.
     server = create_server(worker.app, worker.resolver.answers_from_memory, threads=threads,
                            sockets=[listener], ident="", backlog=1024, connection_limit=1000)
@@ -175,7 +184,9 @@ def _werkzeug(settings: Settings, stop: threading.Event) -> None:
     """werkzeug's development server: for debugging only (about 1,700 redirects/s)."""
     from werkzeug.serving import make_server
 
-    worker = _Worker(settings)
+    worker = until_it_answers(lambda: _Worker(settings), stop, StoreError, log)
+    if worker is None:
+        return
     server = make_server(settings.listen_host, settings.shortlinks_port, worker.app,
                          threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -22,6 +22,7 @@ from cryptography.fernet import Fernet
 from control.wiring import Services
 from edge.node import EdgeNode
 from edge.state import DesiredState, Route
+from devtools.dynalite import dynalite_command
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.settings import load_settings
 from kit.x509 import self_signed
@@ -108,6 +109,45 @@ def test_a_request_begun_before_sigterm_is_answered_whole_and_the_app_exits_0(
         assert app.popen.wait(30) == 0, app.tail()
     finally:
         app.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_app_started_during_a_store_outage_waits_for_the_store(
+        env: dict[str, str], tmp_path: Path, workers: int) -> None:
+    """As `edgectl serve` does: it says so once and serves when the store answers (it
+    exited 1 with one process; with more, each process died and was forked again every
+    second, a traceback each time)."""
+    store_port = free_port()
+    env = {**env, "EDGE_STORAGE_BACKEND": "dynamodb", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test",
+           "EDGE_DYNAMODB_ENDPOINT_URL": f"http://127.0.0.1:{store_port}"}
+    app = ManagedProcess("shortlinks", [sys.executable, "-m", "edgectl", "shortlinks",
+                                        "--workers", str(workers)], tmp_path / "app.log",
+                         env=env)
+    store = None
+    try:
+        wait_until(lambda: "the store does not answer" in app.output(), 90,
+                   "the app saying the store does not answer", app.tail)
+        store = ManagedProcess("dynalite", dynalite_command(store_port, None),
+                               tmp_path / "dynalite.log")
+        wait_for_port(store_port, process=store)
+        services = Services.from_settings(load_settings(env=env))
+        try:
+            services.links.create(HOST, TARGETS["plain"], "pub_1", slug="plain")
+        finally:
+            services.close()
+        wait_until(lambda: "the store answers" in app.output(), 90, "the app starting",
+                   app.tail)
+        response = visit(int(env["EDGE_SHORTLINKS_PORT"]), "plain")
+        assert (response.status, response.getheader("Location")) == (302, TARGETS["plain"])
+        assert app.poll() is None
+        assert 1 <= app.output().count("the store does not answer") <= workers, app.tail()
+        assert "Traceback" not in app.output(), app.tail()
+    finally:
+        app.stop()
+        if store is not None:
+            store.stop()
 
 
 def test_a_stop_that_wakes_the_loop_after_it_ended_fails_nothing() -> None:
