@@ -46,13 +46,6 @@ if "PYTEST_XDIST_WORKER" in os.environ:
                                        int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The ``long`` tests first. xdist hands out the tests in this order (after the groups, which
-    go first), and the long ones came late, in the alphabet's last modules: at the end of a run
-    one worker still ran one while the other cores idled (half idle over its last minute)."""
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)
-
-
 @pytest.fixture(scope="session")
 def dynalite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The endpoint URL of this worker's dynalite server (DynamoDB's wire protocol), in its

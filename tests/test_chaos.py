@@ -53,7 +53,7 @@ from tests.dynamo_nemesis import Nemesis
 from tests.supervised_dynalite import SupervisedDynalite
 from tests.webhook_receiver import Receiver
 
-pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.chaos, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(600)]
 
 TOKEN = "chaos2-api-token-0123456789"
 EDGE_TOKEN = "chaos2-edge-token-0123456789"

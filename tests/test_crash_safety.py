@@ -26,7 +26,7 @@ from kit.settings import load_settings
 from tests.conftest import wait_until
 from tests.webhook_receiver import Receiver
 
-pytestmark = [pytest.mark.slow, pytest.mark.long]
+pytestmark = pytest.mark.slow
 
 API = "api-token-0123456789"
 AUTH = {"Authorization": f"Bearer {API}"}

@@ -216,7 +216,6 @@ def test_worker_logs_a_store_outage_once_when_it_starts_and_once_when_it_ends(
 
 
 @pytest.mark.slow
-@pytest.mark.long
 def test_serve_started_during_a_store_outage_waits_for_the_store(
         tmp_path: Path, settings: Settings) -> None:
     port, control_port = free_port(), free_port()
@@ -283,7 +282,6 @@ def test_serve_meeting_a_store_outage_while_it_builds_its_app_waits_for_the_stor
 
 
 @pytest.mark.slow
-@pytest.mark.long
 def test_the_api_answers_503_while_the_store_is_away(tmp_path: Path, settings: Settings) -> None:
     store, port = start_listening(lambda port: ManagedProcess(
         "dynalite", dynalite_command(port, tmp_path / "db"), tmp_path / "dynalite.log"))

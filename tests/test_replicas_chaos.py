@@ -30,7 +30,7 @@ from tests.test_chaos import _try_again
 from tests.conftest import stop_together, wait_until
 from tests.supervised_dynalite import SupervisedDynalite
 
-pytestmark = [pytest.mark.slow, pytest.mark.long]
+pytestmark = pytest.mark.slow
 
 TOKEN = "chaos-api-token-0123456789"
 EDGE_TOKEN = "chaos-edge-token-0123456789"

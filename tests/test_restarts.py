@@ -33,7 +33,7 @@ from kit.x509 import local_ca_and_server
 from tests.conftest import wait_until
 from tests.test_replicas import haproxy_master
 
-pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 TOKEN = "restarts-api-token-0123456789"
 EDGE_TOKEN = "restarts-edge-token-0123456789"

@@ -37,7 +37,7 @@ from tests.conftest import stop_haproxy, stop_together, wait_until
 from tests.supervised_dynalite import SupervisedDynalite
 from tests.v010 import ROOT, current_command, v010_command, v010_source
 
-pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 API_TOKEN = "upgrade-api-token-0123456789"
 EDGE_TOKEN = "upgrade-edge-token-0123456789"

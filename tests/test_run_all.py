@@ -32,7 +32,6 @@ def run_all(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(process.args, process.returncode, output)
 
 
-@pytest.mark.long
 def test_run_all_keeps_every_figure_with_its_conditions(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "results.json"

@@ -26,7 +26,7 @@ from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.settings import load_settings
 from shortlinks.links import InvalidLink, LinkNotFound
 
-pytestmark = [pytest.mark.slow, pytest.mark.long]
+pytestmark = pytest.mark.slow
 
 PLATFORM = "test-token-0123456789"
 EDGE = "edge-token-0123456789"

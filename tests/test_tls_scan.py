@@ -12,7 +12,7 @@ from edge.node import EdgeNode
 from edge.state import DesiredState, Route
 from kit.x509 import self_signed
 
-pytestmark = [pytest.mark.slow, pytest.mark.long]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

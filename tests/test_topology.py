@@ -194,7 +194,6 @@ def connect(replica: str, host: str, ca: str) -> None:
             "host": record["name"].rstrip(".") + ".", **body}).raise_for_status()
 
 
-@pytest.mark.long
 def test_a_domain_is_served_by_both_nodes_and_a_replica_cut_off_fails_no_request(
         topology: Topology) -> None:
     ca = str(topology.tls / "control-ca.crt")
