@@ -6,7 +6,7 @@ bash scripts/bootstrap.sh --test
 # Python keeps each module's compiled code beside it (__pycache__, ignored by git). An image
 # that sets PYTHONDONTWRITEBYTECODE (this one does) makes every Python process of the run
 # compile the tree again: pytest's workers (and their assertion rewriting), and each of the
-# some 300 edgectl processes the tests start, at 0.3 CPU-s each.
+# about 190 edgectl processes the tests start (0.3 CPU-s more for a serve).
 unset PYTHONDONTWRITEBYTECODE
 # loadgroup: the tests of a module that shares one stack of servers stay on one worker
 # (xdist_group), so the stack starts once. Four workers on two cores: most tests wait on the
