@@ -26,7 +26,7 @@ from devtools.probe import Probe, https_get
 from devtools.sample_app import SampleApp
 from kit.files import PUBLIC, SECRET, write_atomic
 from edge.node import EdgeNode
-from kit.procs import ManagedProcess, free_port, stop_all, wait_for_port
+from kit.procs import ManagedProcess, free_port, stop_all, wait_for_port, wait_for_stop
 from kit.x509 import LocalCA
 
 EDGE_TARGET = "edge.platform.test"
@@ -319,7 +319,7 @@ def run_demo(hostname: str, once: bool = False, directory: Path | None = None) -
             print("demo: press Ctrl-C to stop everything", flush=True)
             signal.signal(signal.SIGINT, lambda *_: stop.set())
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            stop.wait()
+            wait_for_stop(stop)
         return 0
     finally:
         print("demo: stopping")

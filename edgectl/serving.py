@@ -72,7 +72,7 @@ def serve(settings: Settings) -> int:
         server.start()
         log.info("control service on %s://%s:%d", server.scheme, settings.listen_host,
                  server.port)
-        stop.wait()
+        procs.wait_for_stop(stop)
         stop_gracefully(server, draining, worker, services.lifecycle.release_leases,
                         settings.drain_seconds, settings.shutdown_seconds, time.monotonic())
         log.info("control service stopped")

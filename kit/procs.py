@@ -260,6 +260,15 @@ def stop_on_signals(grace: float,
     return stop
 
 
+def wait_for_stop(stop: threading.Event, check: float = 0.5) -> None:
+    """Block the main thread until ``stop`` (set by :func:`stop_on_signals`' handler), waking
+    every ``check`` seconds. The kernel may hand SIGTERM to any thread; CPython runs the handler
+    in the main thread, and only once that thread runs Python code again, which a wait with no
+    timeout never does: the process sat out the signal until a second one came."""
+    while not stop.wait(check):
+        pass
+
+
 MALLOC_ARENAS = 2
 """glibc's malloc arenas a process may use. Its default is 8 a core, one for each thread that
 meets contention: a replica's request threads each keep the large buffers they freed (a state

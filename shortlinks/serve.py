@@ -24,6 +24,7 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from kit.backoff import until_it_answers
+from kit.procs import wait_for_stop
 from kit.settings import Settings, load_settings
 from shortlinks.app import make_app
 from shortlinks.leases import LINK_LEASES, VisitLeases
@@ -171,7 +172,7 @@ def _waitress(settings: Settings, listener: socket.socket, threads: int,
                               daemon=True)
     thread.start()
     try:
-        stop.wait()
+        wait_for_stop(stop)
         server.pull_trigger()  # the loop sees ``stop`` now, not after its poll's timeout
         thread.join(DRAIN_SECONDS + 0.5)
     finally:
@@ -190,6 +191,6 @@ def _werkzeug(settings: Settings, stop: threading.Event) -> None:
     server = make_server(settings.listen_host, settings.shortlinks_port, worker.app,
                          threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    stop.wait()
+    wait_for_stop(stop)
     server.shutdown()
     worker.close()

@@ -93,3 +93,24 @@ def test_a_process_caps_glibcs_malloc_arenas_before_its_threads_start() -> None:
     replica's RSS from growing with each thread that ever held a big answer (the effect is
     measured in bench/control_scale.py, not here)."""
     assert kit.procs.limit_malloc_arenas()
+
+
+STOPPED_BY_A_SIGNAL_TO_ANOTHER_THREAD = """
+import signal, threading, time
+from kit.procs import stop_on_signals, wait_for_stop
+stop = stop_on_signals(20.0)
+sleeper = threading.Thread(target=time.sleep, args=(60,), daemon=True)
+sleeper.start()
+threading.Timer(0.2, signal.pthread_kill, (sleeper.ident, signal.SIGTERM)).start()
+wait_for_stop(stop)
+print("stopped", flush=True)
+"""
+
+
+def test_a_sigterm_the_kernel_hands_to_another_thread_stops_the_main_thread_too() -> None:
+    """serve, shortlinks and the demo wait in their main thread for the stop: a wait with no
+    timeout sat out a SIGTERM taken by another thread (CPython runs the handler only when the
+    main thread runs Python again) until a second signal came, and CI's stop test timed out."""
+    child = subprocess.run([sys.executable, "-c", STOPPED_BY_A_SIGNAL_TO_ANOTHER_THREAD],
+                           capture_output=True, text=True, timeout=15, cwd=ROOT)
+    assert (child.returncode, child.stdout) == (0, "stopped\n"), child.stderr
