@@ -194,7 +194,9 @@ def test_a_batch_read_asks_again_for_the_keys_it_was_left(
         table = backend.table(SPEC)
         for n in range(150):
             table.put({"id": f"u{n}"})
-        dynamo_nemesis.unprocessed_rate = 0.5
+        # Each key but the first left out with this chance a request: a chunk of 100 keys is
+        # still not read after 8 rounds 2e-9 of the time (0.5 failed 0.8% of runs, CI once).
+        dynamo_nemesis.unprocessed_rate = 0.3
         before = backend.requests
         assert sorted(table.get_many([f"u{n}" for n in range(150)])) \
             == sorted(f"u{n}" for n in range(150))
