@@ -120,6 +120,9 @@ def nemesis(dynamo_nemesis: Nemesis, monkeypatch: pytest.MonkeyPatch) -> Iterato
                         lambda attempt: SDK_BACKOFF_SCALE * usual_items(attempt))
     dynamo_nemesis.reset()
     dynamo_nemesis.fail_rate, dynamo_nemesis.slow_rate, dynamo_nemesis.slow = 0.03, 0.02, 0.05
+    # At most two faults in a row: every client here makes three attempts or more (botocore's
+    # standard mode three, the store's own five), so none gives up by chance.
+    dynamo_nemesis.max_streak = 2
     yield dynamo_nemesis.url
     dynamo_nemesis.reset()
 

@@ -9,7 +9,8 @@ DynamoDB does and dynalite does not (in the spirit of Toxiproxy and Jepsen's nem
   ``lag_random`` picks the lag per request in [0, ``lag``] (chaos).
 - **Throttling and errors.** A ``fail_rate`` fraction of requests is answered with one of
   ``failures``: ``ProvisionedThroughputExceededException`` or ``ThrottlingException`` (400
-  with DynamoDB's ``__type``) or ``InternalServerError`` (500), without reaching dynalite.
+  with DynamoDB's ``__type``) or ``InternalServerError`` (500), without reaching dynalite;
+  the same request at most ``max_streak`` times in a row, when set.
 - **Corruption.** ``corrupt`` among ``failures`` answers dynalite's answer with an
   ``x-amz-crc32`` header that does not match it (DynamoDB sends the body's CRC32; a client
   retries an answer damaged on the way).
@@ -108,7 +109,15 @@ class Nemesis:
         """Operations the faults apply to (empty: all)."""
         self.tables: tuple[str, ...] = ()
         """Ends of the table names the faults apply to (empty: all)."""
+        self.max_streak: int | None = None
+        """While ``fail_rate`` is under 1, the same request (operation and body: a client's
+        retries send the same) fails at most this many times in a row, then goes through.
+        The ``nemesis`` fixture sets fewer than any client's attempts, so its weather
+        exercises retries and never makes a request give up by chance (at 3% and five
+        attempts a request gave up 2.4e-8 of the time: about once in a thousand runs of the
+        suite); a test that wants requests to give up sets ``fail_rate`` 1."""
         with self._lock:
+            self._streaks: dict[tuple[str, int], int] = {}
             self.consumed.clear()
             self.injected.clear()
             self.agents.clear()
@@ -134,7 +143,7 @@ class Nemesis:
                 not self.tables or str(request.get("TableName", "")).endswith(self.tables)):
             if self.slow_rate and random.random() < self.slow_rate:
                 time.sleep(self.slow)
-            if self.fail_rate and random.random() < self.fail_rate:
+            if self.fail_rate and self._fails((operation, hash(body))):
                 kind = random.choice(self.failures)
                 with self._lock:
                     self.injected[kind] += 1
@@ -165,6 +174,18 @@ class Nemesis:
             answer = json.dumps({**json.loads(answer), _UNPROCESSED[operation]: withheld})\
                 .encode()
         self._answer(out, status, answer)
+
+    def _fails(self, request: tuple[str, int]) -> bool:
+        """Whether to fail ``request`` (a draw of ``fail_rate``, within ``max_streak``). Only
+        the requests failed last time they came are remembered."""
+        with self._lock:
+            streak = self._streaks.pop(request, 0)
+            if random.random() >= self.fail_rate or (
+                    self.max_streak is not None and self.fail_rate < 1
+                    and streak >= self.max_streak):
+                return False
+            self._streaks[request] = streak + 1
+            return True
 
     def _withhold(self, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The batch without the keys (writes) it leaves unprocessed, and those."""

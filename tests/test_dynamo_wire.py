@@ -101,9 +101,22 @@ def test_an_answer_whose_checksum_does_not_match_is_asked_again(
     with pytest.raises(StoreError, match="CRC32"):
         table.get("a")
     assert dynamo_nemesis.injected["corrupt"] == 5
-    dynamo_nemesis.fail_rate = 0.1  # five in a row: once in 100,000 reads
+    dynamo_nemesis.fail_rate, dynamo_nemesis.max_streak = 0.1, 4  # never five in a row
     while dynamo_nemesis.injected["corrupt"] < 8:
         assert table.get("a") == {"id": "a", "owner": "o", "version": 1}
+
+
+def test_the_usual_weather_fails_no_request_more_times_in_a_row_than_its_cap(
+        backend: DynamoBackend, dynamo_nemesis: Nemesis) -> None:
+    """The nemesis' faults under ``fail_rate`` 1 fail the same request at most ``max_streak``
+    times in a row (the tests' usual weather must not make a request give up by chance)."""
+    table = backend.table(SPEC)
+    table.put({"id": "a", "owner": "o"})
+    dynamo_nemesis.failures, dynamo_nemesis.only = ("internal",), ("GetItem",)
+    dynamo_nemesis.fail_rate, dynamo_nemesis.max_streak = 0.9, 4
+    for _ in range(20):  # uncapped, five in a row at 0.9 would end 59% of these reads
+        assert table.get("a") == {"id": "a", "owner": "o", "version": 1}
+    assert dynamo_nemesis.injected["internal"] >= 40  # within the client's retry quota
 
 
 def test_retries_stop_when_the_quota_is_spent_and_come_back_with_successes(
