@@ -197,6 +197,31 @@ def test_a_429_defers_until_retry_after(settings: Settings, tmp_path: Path) -> N
         pebble.stop()
 
 
+def test_a_valid_authorization_the_ca_reuses_is_not_answered_again(
+        settings: Settings, tmp_path: Path) -> None:
+    """Let's Encrypt hands an account's valid authorization for a name to its next order (the
+    tests' Pebbles do not, as that can wedge Pebble: devtools/pebble.py): the order comes
+    with it valid, nothing is validated again, and the certificate is issued."""
+    stack = PebbleStack(tmp_path / "reuse", http_port=free_port(),
+                        env={"PEBBLE_AUTHZREUSE": "100"})
+    services = Services.from_settings(dataclasses.replace(
+        settings, acme_directory_url=stack.directory_url, acme_ca_bundle=str(stack.listener_ca)))
+    server = make_server("127.0.0.1", stack.http_port, create_app(services), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        serials = set()
+        for _ in range(2):
+            services.issuer.issue(["again.example.test"])
+            serials.add(services.certificates.get("again.example.test").serial)  # type: ignore
+        assert len(serials) == 2
+        log = (stack.directory / "pebble.log").read_text()
+        assert log.count("Pulled a task from the Tasks queue") == 1, "validated once"
+    finally:
+        server.shutdown()
+        services.close()
+        stack.stop()
+
+
 def test_rsa_keys_by_setting(settings: Settings, eab_pebble: PebbleStack) -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa
     services = Services.from_settings(dataclasses.replace(
