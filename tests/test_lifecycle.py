@@ -116,7 +116,7 @@ def nonce_hostile_pebble(tmp_path: Path) -> Iterator[tuple[PebbleStack, int]]:
     issuance's some 39 requests was refused ten times 0.4% of the runs."""
     http_port = free_port()
     stack = PebbleStack(tmp_path / "pebble", http_port=http_port,
-                        env={"PEBBLE_WFE_NONCEREJECT": "20", "PEBBLE_AUTHZREUSE": "0"})
+                        env={"PEBBLE_WFE_NONCEREJECT": "20"})
     yield stack, http_port
     stack.stop()
 

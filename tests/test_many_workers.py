@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def quiet_pebble(tmp_path: Path) -> Iterator[PebbleStack]:
     stack = PebbleStack(tmp_path / "pebble", http_port=free_port(),
-                        env={"PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"})
+                        env={"PEBBLE_WFE_NONCEREJECT": "0"})
     yield stack
     stack.stop()
 
