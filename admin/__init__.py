@@ -28,7 +28,8 @@ def build(services: Services) -> Admin:
         for table in (sessions, failures):
             services.sweeper.add(table)
     clock = services.clock
-    return Admin(services=services, users=Users(backend.table(ADMIN_USERS), clock=clock),
+    return Admin(services=services, users=Users(backend.table(ADMIN_USERS), clock=clock,
+                                             method=settings.admin_password_hash),
                  sessions=Sessions(sessions, settings.admin_session_seconds, clock=clock),
                  limiter=LoginLimiter(failures, settings.admin_max_failures,
                                       settings.admin_lockout_seconds, clock=clock),

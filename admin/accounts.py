@@ -18,6 +18,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from kit.backoff import jittered_backoff
 from kit.errors import EdgeRouterError
+from kit.settings import PASSWORD_HASH
 from store import ABSENT, VERSION, ConflictError, Item, Table, TableSpec
 
 ADMIN_USERS = TableSpec("admin_users", key="username")
@@ -30,11 +31,11 @@ MIN_PASSWORD, MAX_PASSWORD = 12, 1024
 
 
 @functools.cache
-def _dummy_hash() -> str:
+def _dummy_hash(method: str) -> str:
     """Checked when the username is unknown, so a login takes as long whether or not it
     exists. Made at the first such login, not at import: a hash costs 0.1 s of CPU, and
     every process that imports this module (each replica, each operator command) paid it."""
-    return generate_password_hash(secrets.token_hex(16))
+    return generate_password_hash(secrets.token_hex(16), method=method)
 
 
 class AccountError(EdgeRouterError):
@@ -42,9 +43,11 @@ class AccountError(EdgeRouterError):
 
 
 class Users:
-    def __init__(self, table: Table, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, table: Table, clock: Callable[[], float] = time.time,
+                 method: str = PASSWORD_HASH) -> None:
         self.table = table
         self._clock = clock
+        self._method = method
 
     def create(self, username: str, password: str) -> Item:
         """A new admin; refuses a taken name, a malformed name or a short password."""
@@ -53,7 +56,7 @@ class Users:
             raise AccountError("username: 1-64 lowercase letters, digits, '.', '_', '@' or '-'")
         if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
             raise AccountError(f"password: {MIN_PASSWORD} to {MAX_PASSWORD} characters")
-        item = {"username": name, "password_hash": generate_password_hash(password),
+        item = {"username": name, "password_hash": generate_password_hash(password, method=self._method),
                 "created_at": self._clock()}
         try:
             return self.table.put(item, expected_version=ABSENT)
@@ -66,7 +69,7 @@ class Users:
         valid = USERNAME.fullmatch(name) and len(password) <= MAX_PASSWORD
         user = self.table.get(name) if valid else None
         if user is None:
-            check_password_hash(_dummy_hash(), password[:MAX_PASSWORD])
+            check_password_hash(_dummy_hash(self._method), password[:MAX_PASSWORD])
             return None
         return name if check_password_hash(user["password_hash"], password) else None
 

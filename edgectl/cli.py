@@ -241,7 +241,8 @@ def create_admin(args: argparse.Namespace, settings: Settings) -> int:
             return 2
     backend = open_backend(settings)
     try:
-        Users(backend.table(ADMIN_USERS)).create(args.username, password)
+        Users(backend.table(ADMIN_USERS), method=settings.admin_password_hash).create(
+            args.username, password)
     except AccountError as exc:
         print(f"edgectl: {exc}", file=sys.stderr)
         return 2

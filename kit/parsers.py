@@ -186,3 +186,16 @@ def log_level(value: Any) -> str:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ValueError("must be one of debug, info, warning, error, critical")
     return level
+
+
+_SCRYPT = re.compile(r"scrypt:(\d+):(\d+):(\d+)")
+
+
+def password_hash(value: Any) -> str:
+    """werkzeug's scrypt method with its cost: ``scrypt:N:r:p``, N a power of two."""
+    method = text(value).strip()
+    found = _SCRYPT.fullmatch(method)
+    n, r, p = (int(x) for x in found.groups()) if found else (0, 0, 0)
+    if not (n >= 2 and n & (n - 1) == 0 and r >= 1 and p >= 1):
+        raise ValueError("must be scrypt:N:r:p with N a power of two, such as scrypt:32768:8:1")
+    return method

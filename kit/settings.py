@@ -28,6 +28,8 @@ from kit.redact import SECRET, redacted_repr
 
 log = logging.getLogger(__name__)
 ENV_PREFIX = "EDGE_"
+PASSWORD_HASH = "scrypt:32768:8:1"
+"""werkzeug's own default, the admins' passwords' (``admin_password_hash``)."""
 
 
 class SettingsError(EdgeRouterError):
@@ -206,6 +208,7 @@ class Settings:
     admin_max_failures: int = setting(5, parse.positive_int)
     """Failed logins per username, and per client address, before a lockout."""
     admin_lockout_seconds: float = setting(900.0, parse.positive)
+    admin_password_hash: str = setting(PASSWORD_HASH, parse.password_hash)
 
     @property
     def sso_platform_host(self) -> str:

@@ -147,13 +147,19 @@ def _aws_credentials() -> None:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
 
 
+TEST_PASSWORD_HASH = "scrypt:1024:8:1"
+"""A 32nd of the default's cost: the suite's logins and users spent a minute of CPU on it.
+test_admin_accounts checks the default."""
+
+
 def fresh_settings(data_dir: Path) -> Settings:
     """The tests' settings on SQLite in ``data_dir``, with a fresh encryption key."""
     return load_settings(env={}, api_token="test-token-0123456789",
                          edge_token="edge-token-0123456789",
                          encryption_keys=Fernet.generate_key().decode(),
                          data_dir=str(data_dir), platform_domains=["platform.test"],
-                         edge_cname_target="edge.platform.test", edge_addresses=["127.0.0.1"])
+                         edge_cname_target="edge.platform.test", edge_addresses=["127.0.0.1"],
+                         admin_password_hash=TEST_PASSWORD_HASH)
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def test_users_hash_passwords_and_refuse_bad_input(backend: Backend) -> None:
     users.create("Alice", "a long enough password")
     stored = users.table.get("alice")
     assert stored is not None and "a long enough" not in str(stored)
-    assert stored["password_hash"].startswith(("scrypt:", "pbkdf2:"))
+    assert stored["password_hash"].startswith("scrypt:32768:8:1$"), "werkzeug's default cost"
     assert users.verify("ALICE ", "a long enough password") == "alice"
     assert users.verify("alice", "a long enough passwor") is None
     assert users.verify("nobody", "a long enough password") is None
@@ -151,6 +151,7 @@ def test_cli_creates_a_user_from_stdin(settings: Settings, monkeypatch: pytest.M
     monkeypatch.setenv("EDGE_EDGE_TOKEN", settings.edge_token)
     monkeypatch.setenv("EDGE_ENCRYPTION_KEYS", ",".join(settings.encryption_keys))
     monkeypatch.setenv("EDGE_DATA_DIR", settings.data_dir)
+    monkeypatch.setenv("EDGE_ADMIN_PASSWORD_HASH", "scrypt:2048:8:1")
     monkeypatch.setattr("sys.stdin", io.StringIO("a long enough password\n"))
     assert cli.main(["admin", "create-user", "Dana", "--password-stdin"]) == 0
     assert "admin user dana created" in capsys.readouterr().out
@@ -160,8 +161,20 @@ def test_cli_creates_a_user_from_stdin(settings: Settings, monkeypatch: pytest.M
     backend = open_backend(settings)
     try:
         assert Users(backend.table(ADMIN_USERS)).verify("dana", "a long enough password")
+        assert backend.table(ADMIN_USERS).get("dana")["password_hash"].startswith(  # type: ignore[index]
+            "scrypt:2048:8:1$"), "the setting's cost"
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("method", ["md5", "pbkdf2:sha256:1", "scrypt:1000:8:1", "scrypt:1:8:1",
+                                    "scrypt:1024:0:1", "scrypt:1024"])
+def test_a_password_hash_setting_that_is_not_scrypt_is_refused(settings: Settings,
+                                                               method: str) -> None:
+    with pytest.raises(SettingsError, match="EDGE_ADMIN_PASSWORD_HASH.*power of two"):
+        load_settings(env={"EDGE_ADMIN_PASSWORD_HASH": method},
+                      **{n: getattr(settings, n) for n in ("api_token", "edge_token",
+                                                            "encryption_keys")})
 
 
 def test_issuance_results_are_counted_per_day(backend: Backend) -> None:

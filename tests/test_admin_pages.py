@@ -133,6 +133,9 @@ def test_session_cookie_flags_fixation_and_logout(services: Services) -> None:
     second = [c for c in again.headers.getlist("Set-Cookie") if c.startswith("edge_admin=")][0]
     assert second.split(";")[0].split("=", 1)[1] != first, "a new session at every login"
     assert provided(app, Admin).sessions.get(first) is None, "the old one ended"
+    stored = provided(app, Admin).users.table.get("alice")
+    assert stored is not None and stored["password_hash"].startswith(
+        services.settings.admin_password_hash + "$"), "hashed at the setting's cost"
 
 
 def test_logout_is_post_only_and_ends_the_session(app: Flask) -> None:
