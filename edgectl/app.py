@@ -28,7 +28,7 @@ from edge.control_api import VisitSink
 from edge.control_api import bp as edge_bp
 from edge.sso_views import bp as sso_bp
 from kit.api import serve_contract
-from kit.web import api_error, bound_json, provide, trace_requests
+from kit.web import LazyRule, api_error, bound_json, provide, trace_requests
 from shortlinks.api import bp as links_bp
 from store import StoreError
 
@@ -39,6 +39,7 @@ def create_app(services: Services, test_config: dict[str, Any] | None = None,
                draining: Draining | None = None) -> Flask:
     """``draining``: set when the server stops (control/server.py); /healthz then answers 503."""
     app = Flask(__name__)
+    app.url_rule_class = LazyRule
     app.config.update(EDGE_API_TOKEN=services.settings.api_token,
                       EDGE_EDGE_TOKEN=services.settings.edge_token, JSON_SORT_KEYS=False,
                       EDGE_AGENT_CLIENT_CERTS=bool(services.settings.control_client_ca),
