@@ -63,8 +63,9 @@ class HotVisitMeter:
             delta = count - before if count >= before else count
             if delta > 0:
                 self.pending[key] += delta
-        self._pid, self._seen = pid, counts
-        self._save()
+        if (pid, counts) != (self._pid, self._seen):  # an idle node writes nothing
+            self._pid, self._seen = pid, counts
+            self._save()
         return dict(self.pending)
 
     def next_report(self, limit: int) -> tuple[str, dict[str, int]] | None:

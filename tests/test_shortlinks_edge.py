@@ -102,6 +102,10 @@ def test_visits_of_map_served_links_reach_the_link_counts(
     assert visits(services, "go") == 7
     assert agent.report_visits() == 0, "only deltas are reported"
     assert visits(services, "go") == 7
+    kept = node.directory / "hot_visits.json"
+    written = kept.stat().st_ino  # each write replaces the file (kit.files.write_atomic)
+    assert agent.report_visits() == 0 and kept.stat().st_ino == written, \
+        "an idle round writes (and syncs) nothing"
 
     visit(node, "go", 3)
     # A restarted agent keeps its baseline (a file): it reports only the 3 new visits.
