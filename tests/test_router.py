@@ -51,13 +51,15 @@ def tls_get(port: int, hostname: str, cadata: str | None = None, source: str = "
             preamble: bytes = b"", path: str = "/") -> Answer:
     """GET over TLS with SNI ``hostname`` from ``source`` (another loopback address stands for
     another visitor), after ``preamble`` in clear (a PROXY header)."""
-    context = ssl.create_default_context(cadata=cadata)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no system trust store: 28 ms of CPU
     if cadata is None:
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    else:
+        context.load_verify_locations(cadata=cadata)
     raw = socket.create_connection(("127.0.0.1", port), timeout=10,
                                    source_address=(source, 0))
     raw.sendall(preamble)
-    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
     conn.sock = context.wrap_socket(raw, server_hostname=hostname)
     try:
         der = conn.sock.getpeercert(binary_form=True)
