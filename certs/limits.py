@@ -11,13 +11,11 @@ costs two reads and a write, whatever the window's length.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Callable
 
-from publicsuffixlist import PublicSuffixList
-
 from certs.errors import CertsError
+from kit.hosts import public_suffixes
 from store import ABSENT, VERSION, ConflictError, Item, Table, TableSpec
 
 BUDGETS = TableSpec("acme_budgets", key="key")
@@ -39,12 +37,6 @@ class BudgetExceeded(CertsError):
         self.retry_after = retry_after
 
 
-@functools.lru_cache(maxsize=1)
-def _public_suffixes() -> PublicSuffixList:
-    """Parsed once a process (28 ms; every store opened built its own)."""
-    return PublicSuffixList()
-
-
 class RateBudget:
     def __init__(self, table: Table, account: str, limits: Limits = Limits(),
                  clock: Callable[[], float] = time.time) -> None:
@@ -52,7 +44,7 @@ class RateBudget:
         self._account = account
         self._limits = limits
         self._clock = clock
-        self._psl = _public_suffixes()
+        self._psl = public_suffixes()
         self._rules = {ORDERS: (limits.orders_per_account_3h, 3 * HOUR, "orders in 3 hours"),
                        CERTS: (limits.certs_per_domain_7d, 7 * 24 * HOUR, "certificates in 7 days"),
                        FAILURES: (limits.failures_per_name_1h, HOUR,

@@ -6,7 +6,6 @@ the hostname. Every refusal is one of our own sentences; the idna library's mess
 Label", "Codepoint U+005F at position 5") never reach a publisher."""
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 import unicodedata
@@ -14,21 +13,15 @@ from typing import Iterable
 from urllib.parse import urlsplit
 
 import idna
-from publicsuffixlist import PublicSuffixList
 
 from dnsops.errors import InvalidHostname
-from kit.hosts import HOSTNAME_LABEL
+from kit.hosts import HOSTNAME_LABEL, public_suffixes
 
 MAX_INPUT = 1024
 FULL_STOPS = ".\u3002\uff0e\uff61"
 """ASCII, ideographic, fullwidth and halfwidth ideographic full stops: IDNA maps each to a dot."""
 _SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
 _LDH = re.compile(r"[a-z0-9-]")
-
-
-@functools.lru_cache(maxsize=1)
-def _psl() -> PublicSuffixList:
-    return PublicSuffixList()
 
 
 def _reject_ip(text: str) -> None:
@@ -144,7 +137,7 @@ def _check_ascii(raw: str, ascii_name: str, platform_domains: Iterable[str]) -> 
                                        "hyphens")
     if labels[-1].isdigit():
         raise InvalidHostname(raw, "the top-level domain cannot be numeric")
-    if _psl().is_public(ascii_name):
+    if public_suffixes().is_public(ascii_name):
         raise InvalidHostname(raw, f"{ascii_name} is a public suffix; connect a domain under it")
     for platform in platform_domains:
         platform = platform.lower().rstrip(".")
@@ -170,4 +163,4 @@ def base_of(hostname: str) -> str:
 
 def is_apex(hostname: str) -> bool:
     """True for a registrable domain (example.com), which cannot carry a CNAME."""
-    return _psl().privatesuffix(hostname) == hostname
+    return public_suffixes().privatesuffix(hostname) == hostname
