@@ -56,8 +56,8 @@ class Users:
             raise AccountError("username: 1-64 lowercase letters, digits, '.', '_', '@' or '-'")
         if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
             raise AccountError(f"password: {MIN_PASSWORD} to {MAX_PASSWORD} characters")
-        item = {"username": name, "password_hash": generate_password_hash(password, method=self._method),
-                "created_at": self._clock()}
+        item = {"username": name, "created_at": self._clock(),
+                "password_hash": generate_password_hash(password, method=self._method)}
         try:
             return self.table.put(item, expected_version=ABSENT)
         except ConflictError:

@@ -161,8 +161,9 @@ def test_cli_creates_a_user_from_stdin(settings: Settings, monkeypatch: pytest.M
     backend = open_backend(settings)
     try:
         assert Users(backend.table(ADMIN_USERS)).verify("dana", "a long enough password")
-        assert backend.table(ADMIN_USERS).get("dana")["password_hash"].startswith(  # type: ignore[index]
-            "scrypt:2048:8:1$"), "the setting's cost"
+        stored = backend.table(ADMIN_USERS).get("dana")
+        assert stored is not None and stored["password_hash"].startswith("scrypt:2048:8:1$"), \
+            "the setting's cost"
     finally:
         backend.close()
 
