@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from cheroot.server import HTTPConnection, HTTPRequest
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 from cheroot.wsgi import Server
 
@@ -29,8 +30,56 @@ _HANGUPS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, Broke
 health checks do so every 2 s, and so do load balancers and scanners."""
 
 
+class _HeadWithBody:
+    """A connection's writer for one response that sends the first two writes as one: the
+    response's head and the start of its body (or its end: an empty body, the chunked
+    trailer). cheroot writes them in two sends; a replica killed between the two left HAProxy
+    with a head and no body, which it had already passed on to the visitor and could not
+    retry. In one send, a kill leaves either the whole answer (a small one, as nearly all of
+    ours are: 16 KiB fits one TLS record) or nothing, which HAProxy asks the other replica
+    for (``retry-on empty-response``). A streamed body goes on in its own sends."""
+
+    def __init__(self, wfile: Any) -> None:
+        self._wfile = wfile
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> int:
+        if self._head is None:
+            self._head = bytes(data)
+            return len(data)
+        head, self._head = self._head, b""
+        self._wfile.write(head + data)
+        return len(data)
+
+    def finish(self) -> None:
+        """Send a head still held: a response with no body."""
+        if self._head:
+            self._wfile.write(self._head)
+        self._head = b""
+
+    def __getattr__(self, name: str) -> Any:  # flush, bytes_written, ...
+        return getattr(self._wfile, name)
+
+
+class _Request(HTTPRequest):  # type: ignore[misc]
+    def respond(self) -> None:
+        wfile = self.conn.wfile
+        self.conn.wfile = joined = _HeadWithBody(wfile)
+        try:
+            super().respond()
+        finally:
+            self.conn.wfile = wfile
+            joined.finish()
+
+
+class _Connection(HTTPConnection):  # type: ignore[misc]
+    RequestHandlerClass = _Request
+
+
 class _Server(Server):
-    """cheroot writes its messages straight to stderr, between our log lines and in no format
+    """Responses go out by :class:`_HeadWithBody`.
+
+    cheroot writes its messages straight to stderr, between our log lines and in no format
     of ours. Here they are log records: what it says at INFO (a client that left during the
     TLS handshake, plain HTTP on the TLS port: scanners, health checks) is noise at DEBUG, and
     so is the "socket.error" WARNING it logs, with a traceback, for a client that hung up
@@ -42,6 +91,8 @@ class _Server(Server):
             _cheroot_log.debug("%s", msg)
             return
         _cheroot_log.log(level, "%s", msg, exc_info=traceback)
+
+    ConnectionClass = _Connection
 
 
 class Draining:

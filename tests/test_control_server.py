@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import requests
@@ -95,6 +96,59 @@ def test_with_client_certificates_agents_need_one_from_the_ca_besides_the_token(
     finally:
         server.stop()
         services.close()
+
+
+def test_an_answer_goes_out_in_one_send_so_a_killed_replica_leaves_all_or_nothing(
+        tls_files: dict[str, str]) -> None:
+    """A replica killed between the head and the body of an answer left HAProxy with a head
+    it had passed on and could not retry (the visitor read a truncated answer). The head now
+    goes out in the same send as the body's start, so a kill leaves all of it or nothing
+    (which HAProxy retries). Every send of the server's threads is watched on its way to the
+    TLS socket."""
+    sends: list[bytes] = []
+
+    def watch(frame: Any, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code is socket.SocketIO.write.__code__:
+            sends.append(bytes(frame.f_locals["b"]))
+
+    def app(environ: dict[str, Any], start_response: Callable[..., object]) -> list[bytes]:
+        path = environ["PATH_INFO"]
+        if path == "/empty":
+            start_response("204 No Content", [])
+            return []
+        if path == "/stream":  # no length: chunked, each piece in a send of its own
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"first", b"second"]
+        body = b"<a href='https://platform.test/login'>moved</a>"
+        start_response("302 Found", [("Location", "https://platform.test/login"),
+                                     ("Content-Length", str(len(body)))])
+        return [body]
+
+    threading.setprofile(watch)  # the server's threads start with it
+    try:
+        server = ControlServer(app, "127.0.0.1", free_port(), threads=2,
+                               tls_cert=tls_files["cert"], tls_key=tls_files["key"])
+        server.start()
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+    url = f"https://127.0.0.1:{server.port}"
+    try:
+        with requests.Session() as session:  # one connection: each send is this test's
+            for path, status, pieces in (("/sso", 302, 1), ("/empty", 204, 1),
+                                         ("/stream", 200, 3)):
+                sends.clear()
+                answer = session.get(url + path, allow_redirects=False, timeout=10,
+                                     verify=tls_files["ca"])
+                assert answer.status_code == status
+                wait_until(lambda: len(sends) >= pieces, 5, f"{path} sent")
+                assert len(sends) == pieces, (path, sends)
+                head, _, body = sends[0].partition(b"\r\n\r\n")
+                assert head.startswith(f"HTTP/1.1 {status} ".encode()), sends
+                assert body == {"/sso": answer.content, "/empty": b"",
+                                "/stream": b"5\r\nfirst\r\n"}[path], sends
+            assert answer.text == "firstsecond"
+    finally:
+        server.stop(5)
 
 
 def test_plain_http_to_another_host_is_refused_for_keys_and_cookies(tmp_path: Path) -> None:
