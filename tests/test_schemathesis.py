@@ -62,7 +62,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleStack) -> Itera
            "EDGE_EDGE_ADDRESSES": "127.0.0.1", "EDGE_SHORT_DOMAINS": "acme.link,shared.link",
            "EDGE_DNS_SERVERS": "127.0.0.1", "EDGE_DNS_PORT": str(pebble.dns_port),
            "EDGE_DNS_TIMEOUT": "0.5", "EDGE_ACME_DIRECTORY_URL": pebble.directory_url,
-           "EDGE_ACME_CA_BUNDLE": str(pebble.listener_ca), "EDGE_WORKER_INTERVAL": "0.5"}
+           "EDGE_ACME_CA_BUNDLE": str(pebble.listener_ca), "EDGE_WORKER_INTERVAL": "0.5",
+           "EDGE_DRAIN_SECONDS": "0"}  # no load balancer to drain for: 5 s at each stop
     serve = ManagedProcess("serve", [sys.executable, "-m", "edgectl", "serve"],
                            directory / "serve.log", env=env)
     services = None
