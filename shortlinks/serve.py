@@ -94,8 +94,7 @@ def serve(settings: Settings, stop: threading.Event, server: str = "waitress",
         return
     if server != "waitress":
         raise ValueError(f"server must be one of {', '.join(SERVERS)}")
-    listener = socket.create_server((settings.listen_host, settings.shortlinks_port),
-                                    backlog=1024)
+    listener = _bound(settings.listen_host, settings.shortlinks_port)
     workers = workers or os.cpu_count() or 1
     if workers == 1:
         _waitress(settings, listener, threads, stop)
@@ -112,6 +111,21 @@ def serve(settings: Settings, stop: threading.Event, server: str = "waitress",
     for pid in children:
         os.kill(pid, signal.SIGTERM)
     _wait_for(children, timeout=STOP_SECONDS)
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    """The app's port, bound here (a port in use fails at once) and not listening: a worker
+    listens once it serves, after its store answered. Until then a connection is refused, so
+    HAProxy asks another server or answers 503, rather than leaving the visitor queued in the
+    backlog of a process waiting out a store outage."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+    except BaseException:
+        listener.close()
+        raise
+    return listener
 
 
 def _wait_for(children: set[int], timeout: float) -> None:

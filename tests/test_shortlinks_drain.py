@@ -117,7 +117,8 @@ def test_the_app_started_during_a_store_outage_waits_for_the_store(
         env: dict[str, str], tmp_path: Path, workers: int) -> None:
     """As `edgectl serve` does: it says so once and serves when the store answers (it
     exited 1 with one process; with more, each process died and was forked again every
-    second, a traceback each time)."""
+    second, a traceback each time). Meanwhile its port refuses connections, so HAProxy
+    tries another server: it used to queue them, unanswered, until the store came back."""
     store_port = free_port()
     env = {**env, "EDGE_STORAGE_BACKEND": "dynamodb", "AWS_ACCESS_KEY_ID": "test",
            "AWS_SECRET_ACCESS_KEY": "test",
@@ -129,6 +130,8 @@ def test_the_app_started_during_a_store_outage_waits_for_the_store(
     try:
         wait_until(lambda: "the store does not answer" in app.output(), 90,
                    "the app saying the store does not answer", app.tail)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", int(env["EDGE_SHORTLINKS_PORT"])), 5)
         store = ManagedProcess("dynalite", dynalite_command(store_port, None),
                                tmp_path / "dynalite.log")
         wait_for_port(store_port, process=store)
@@ -139,6 +142,7 @@ def test_the_app_started_during_a_store_outage_waits_for_the_store(
             services.close()
         wait_until(lambda: "the store answers" in app.output(), 90, "the app starting",
                    app.tail)
+        wait_for_port(int(env["EDGE_SHORTLINKS_PORT"]), process=app)
         response = visit(int(env["EDGE_SHORTLINKS_PORT"]), "plain")
         assert (response.status, response.getheader("Location")) == (302, TARGETS["plain"])
         assert app.poll() is None
