@@ -63,12 +63,30 @@ class InlineDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
 
 class DrainingTask(WSGITask):  # type: ignore[misc]
     """A request's answer; while the server drains it says ``Connection: close``, so the client
-    (HAProxy) sends nothing more on a connection about to close."""
+    (HAProxy) sends nothing more on a connection about to close.
+
+    Its head goes out with the first body bytes, in one send: waitress sends them in two,
+    and a process killed between the two left HAProxy with a head it had passed on to the
+    visitor and could not retry (a kill now leaves the whole answer or none, which HAProxy
+    retries: ``retry-on empty-response``). The control replicas do the same
+    (control/server.py)."""
 
     def build_response_header(self) -> bytes:
         if self.channel.server.draining:
             self.set_close_on_finish()
         return super().build_response_header()  # type: ignore[no-any-return]
+
+    def write(self, data: bytes) -> None:
+        if self.wrote_header:
+            super().write(data)
+            return
+        channel, pieces = self.channel, list[bytes]()
+        channel.write_soon = pieces.append  # this call's writes: the head, then the body's
+        try:
+            super().write(data)
+        finally:
+            del channel.write_soon  # the class's own again
+        channel.write_soon(b"".join(pieces))
 
 
 class InlineChannel(HTTPChannel):  # type: ignore[misc]

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from cryptography.fernet import Fernet
@@ -170,6 +170,49 @@ def test_a_stop_that_wakes_the_loop_after_it_ended_fails_nothing() -> None:
     server.trigger.close()
 
 
+def test_an_answer_goes_out_in_one_send_so_a_killed_app_leaves_all_or_nothing() -> None:
+    """A worker killed between an answer's head and its body left HAProxy with a head it had
+    passed on and could not retry. Each answer, from the loop thread (a link in memory) or a
+    pool thread (the rest), now goes out in one send; the server's sends are watched."""
+    from shortlinks.inline import create_server, serve_until
+
+    sends: list[int] = []
+
+    def watch(frame: object, event: str, arg: Any) -> None:
+        if event == "c_call" and getattr(arg, "__name__", "") == "send" and \
+                isinstance(getattr(arg, "__self__", None), socket.socket):
+            sends.append(1)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., object]) -> list[bytes]:
+        body = b"moved" if environ["PATH_INFO"] != "/empty" else b""
+        start_response("302 Found", [("Location", "https://example.com/"),
+                                     ("Content-Length", str(len(body)))])
+        return [body]
+
+    stop = threading.Event()
+    threading.setprofile(watch)  # the server's threads start with it
+    try:
+        server = create_server(app, lambda host, slug: slug == "inline", threads=1,
+                               host="127.0.0.1", port=0)
+        thread = threading.Thread(target=serve_until, args=(server, stop, 1.0))
+        thread.start()
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+    try:
+        for slug in ("inline", "pooled", "empty"):
+            sends.clear()
+            answer = visit(server.effective_port, slug)
+            assert answer.status == 302 and answer.getheader("Location") == \
+                "https://example.com/"
+            assert len(sends) == 1, (slug, sends)  # counted as called: before it arrived
+        assert server.task_dispatcher.served_inline == 1
+    finally:
+        stop.set()
+        server.pull_trigger()
+        thread.join(10)
+        server.trigger.close()
+
+
 def test_a_client_that_never_finishes_its_request_holds_the_stop_no_longer_than_the_drain(
         env: dict[str, str], tmp_path: Path) -> None:
     """The worker gives up on it at its deadline (and says so), the parent waits for that
@@ -177,8 +220,8 @@ def test_a_client_that_never_finishes_its_request_holds_the_stop_no_longer_than_
     port = int(env["EDGE_SHORTLINKS_PORT"])
     app = start_app(env, tmp_path / "app.log", 2)
     try:
-        # A worker serves (the port opens before they have opened the store): a request the
-        # kernel queued while none did is never begun, and the stop resets it unanswered.
+        # A worker serves: a request the kernel queued before a worker's first accept is
+        # never begun, and the stop resets it unanswered.
         assert visit(port, "none-yet", timeout=60).status == 404
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         sock.sendall(f"GET /limited HTTP/1.1\r\nHost: {HOST}\r\n".encode())
