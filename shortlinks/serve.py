@@ -71,11 +71,15 @@ class _Worker:
 
     def close(self, timeout: float = FLUSH_SECONDS) -> None:
         """The flusher's last round writes what is left, if the store answers within
-        ``timeout`` seconds: a stop is not held up by a store that is away."""
+        ``timeout`` seconds: a stop is not held up by a store that is away. A round still
+        writing then is left to the process's exit, the store open under it: closing it cut
+        the round with a traceback (SQLite: "Cannot operate on a closed database") and wrote
+        nothing more."""
         self.stop.set()
         self.flusher.join(timeout)
         if self.flusher.is_alive():
             log.warning("the last visit counts were not written within %.1f s", timeout)
+            return
         self.backend.close()
 
 

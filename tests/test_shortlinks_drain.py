@@ -5,6 +5,7 @@ load costs no visitor a 502."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import select
 import http.client
 import signal
@@ -26,7 +27,7 @@ from devtools.dynalite import dynalite_command
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.settings import load_settings
 from kit.x509 import self_signed
-from tests.conftest import wait_until
+from tests.conftest import fresh_settings, wait_until
 
 HOST = "go.drain.test"
 TARGETS = {"limited": "https://example.com/limited", "plain": "https://example.com/plain"}
@@ -211,6 +212,34 @@ def test_an_answer_goes_out_in_one_send_so_a_killed_app_leaves_all_or_nothing() 
         server.pull_trigger()
         thread.join(10)
         server.trigger.close()
+
+
+def test_a_last_flush_that_outlasts_the_stop_is_not_cut_with_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process's stop gives its last visit counts ``FLUSH_SECONDS``; a flush still writing
+    then (many links, a slow store) is left to finish or to die with the process. The store
+    was closed under it: the flusher failed with a traceback and wrote nothing more."""
+    from shortlinks.serve import _Worker
+
+    failed: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", failed.append)
+    settings = dataclasses.replace(fresh_settings(tmp_path / "data"), short_domains=[HOST])
+    services = Services.from_settings(settings)
+    try:
+        slugs = [f"s{n}" for n in range(1000)]
+        for slug in slugs:
+            services.links.create(HOST, TARGETS["plain"], "pub_1", slug=slug)
+        worker = _Worker(settings)
+        for slug in slugs:
+            assert worker.resolver.resolve(HOST, slug).status == 302
+        worker.close(timeout=0.0)  # the last round has not even begun
+        worker.flusher.join(60)
+        assert not worker.flusher.is_alive()
+        assert failed == [], [str(args.exc_value) for args in failed]
+        assert all(services.links.get(HOST, slug).get("visits") == 1 for slug in slugs)
+        worker.backend.close()
+    finally:
+        services.close()
 
 
 def test_a_client_that_never_finishes_its_request_holds_the_stop_no_longer_than_the_drain(
