@@ -33,8 +33,8 @@ health checks do so every 2 s, and so do load balancers and scanners."""
 class _HeadWithBody:
     """A connection's writer for one response that sends the first two writes as one: the
     response's head and the start of its body (or its end: an empty body, the chunked
-    trailer). cheroot writes them in two sends; a replica killed between the two left HAProxy
-    with a head and no body, which it had already passed on to the visitor and could not
+    trailer). cheroot writes them in two sends; a replica killed between the two would leave
+    HAProxy with a head and no body, which it has already passed on to the visitor and cannot
     retry. In one send, a kill leaves either the whole answer (a small one, as nearly all of
     ours are: 16 KiB fits one TLS record) or nothing, which HAProxy asks the other replica
     for (``retry-on empty-response``). A streamed body goes on in its own sends."""

@@ -66,9 +66,9 @@ class DrainingTask(WSGITask):  # type: ignore[misc]
     (HAProxy) sends nothing more on a connection about to close.
 
     Its head goes out with the first body bytes, in one send: waitress sends them in two,
-    and a process killed between the two left HAProxy with a head it had passed on to the
-    visitor and could not retry (a kill now leaves the whole answer or none, which HAProxy
-    retries: ``retry-on empty-response``). The control replicas do the same
+    and a process killed between the two would leave HAProxy with a head it has passed on to
+    the visitor and cannot retry (in one send, a kill leaves the whole answer or none, which
+    HAProxy retries: ``retry-on empty-response``). The control replicas do the same
     (control/server.py)."""
 
     def build_response_header(self) -> bytes:

@@ -72,9 +72,9 @@ class _Worker:
     def close(self, timeout: float = FLUSH_SECONDS) -> None:
         """The flusher's last round writes what is left, if the store answers within
         ``timeout`` seconds: a stop is not held up by a store that is away. A round still
-        writing then is left to the process's exit, the store open under it: closing it cut
-        the round with a traceback (SQLite: "Cannot operate on a closed database") and wrote
-        nothing more."""
+        writing then is left to the process's exit with the store open under it: closing the
+        store would cut it with an error in its thread (SQLite: "Cannot operate on a closed
+        database")."""
         self.stop.set()
         self.flusher.join(timeout)
         if self.flusher.is_alive():
