@@ -280,7 +280,7 @@ def test_the_quick_tier_selects_by_the_slow_marker() -> None:
     """`bash scripts/test.sh -m "not slow"` / `-k api`: pytest's own arguments, passed through
     by scripts/test.sh ("$@"); the quick tier leaves the slow-marked tests out."""
     script = (ROOT / "scripts" / "test.sh").read_text()
-    assert 'pytest -n 4 --dist loadgroup --durations=25 "$@"' in script
+    assert 'pytest -n 6 --dist loadgroup --durations=25 "$@"' in script
     picked = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
                              "-p", "no:cacheprovider", "-m", "not slow", "-k", "api or demo",
                              "tests/test_end_to_end.py", "tests/test_docs.py"],
