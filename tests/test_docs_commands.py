@@ -292,6 +292,20 @@ def test_the_quick_tier_selects_by_the_slow_marker() -> None:
     assert "test_the_readme_is_short" not in picked.stdout  # -k api
 
 
+def test_the_full_run_starts_the_slow_tests_first() -> None:
+    """docs/testing.md: the slow tests first (test_end_to_end.py's are, test_docs.py's are
+    not), each module's tests together."""
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                                "-p", "no:cacheprovider", "tests/test_docs.py",
+                                "tests/test_end_to_end.py"],
+                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               capture_output=True, text=True, timeout=120)
+    assert collected.returncode == 0, collected.stdout[-2000:]
+    files = [line.split("::")[0] for line in collected.stdout.splitlines() if "::" in line]
+    assert list(dict.fromkeys(files)) == ["tests/test_end_to_end.py", "tests/test_docs.py"]
+    assert files == sorted(files, reverse=True)  # each file's tests together
+
+
 def test_the_operator_cli_takes_every_documented_option() -> None:
     """Options of docs/cli.md no test drives against a live service are at least accepted."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
