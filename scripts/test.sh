@@ -10,7 +10,7 @@ bash scripts/bootstrap.sh --test
 unset PYTHONDONTWRITEBYTECODE
 # loadgroup: the tests of a module that shares one stack of servers stay on one worker
 # (xdist_group), so the stack starts once. Six workers on two cores: most tests wait on the
-# servers they started, so fewer workers leave the cores idle (fresh runs the same afternoon:
-# 520-566 s with four, 466 s with six, the same tests and less CPU in all); the suite is
-# kept green at six.
+# servers they started, and with four the cores sat idle while every worker waited (fresh
+# runs on one 2-core machine, one day: 520-654 s with four, 445-522 s with six, 501 s with
+# eight); the suite is kept green at six.
 exec python3 -m pytest -n 6 --dist loadgroup --durations=25 "$@"
