@@ -48,14 +48,15 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests first, each module's tests still together and in order: xdist hands out
-    the tests in this order as workers free up, so the long end-to-end runs start early and the
-    quick ones fill the cores at the end, not one long test running alone (the tail of a run
-    sat on test_topology and test_tls_scan, about 20 s with a core idle)."""
+    """The slow tests first, each kind in the order collected (a module wholly slow or quick
+    stays together): xdist hands out the tests in this order as workers free up, so the long
+    end-to-end runs start early and the quick ones fill the cores at the end, not one long
+    test running alone (the tail of a run sat on test_topology and test_tls_scan, about 20 s
+    with a core idle)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
+def pytest_collection_finish() -> None:
     """What collection built (every test module, item and fixture definition) lives as long as
     the worker: frozen, the collector stops walking it at each full collection (7.5% of the
     workers' CPU went to the collector, most of it in full collections)."""
