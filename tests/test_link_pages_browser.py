@@ -17,7 +17,7 @@ from control.wiring import Services
 from shortlinks.app import make_app
 from shortlinks.errors import LinkNotFound
 from tests import axe
-from tests.conftest import SSO_PLATFORM
+from tests.conftest import SSO_PLATFORM, wait_until
 from tests.test_admin_browser import serve, shows_a_visit_and_a_bot_today
 from tests.test_screens import (SHORT, base, fits, publisher_tab, services,  # noqa: F401
                                 sign_in)
@@ -65,8 +65,11 @@ def test_a_publisher_makes_follows_and_deletes_a_link(
     short = f"https://{SHORT}/launch{width}"
     assert tab.inner_text("#short-url") == short
     # The image loads after the page shows the link: wait for it (a loaded machine took longer
-    # than the next line once), then check it decoded to something.
-    tab.wait_for_function("document.getElementById('qr').complete", timeout=30_000)
+    # than the next line once), then check it decoded to something. Polled from here: Playwright's
+    # wait_for_function polls a string with eval in the page, which the page's CSP refuses (only
+    # its first try, over the DevTools protocol, is allowed).
+    wait_until(lambda: tab.evaluate("document.getElementById('qr').complete"), 30,
+               "the QR code image loaded", interval=0.1)
     assert tab.evaluate("document.getElementById('qr').naturalWidth") > 0, "the QR code shows"
     made = services.links.get(SHORT, f"launch{width}")
     assert (made["owner"], made["code"], made["target"]) == ("pub_1", 307, target)
