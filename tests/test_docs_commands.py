@@ -306,6 +306,14 @@ def test_the_full_run_starts_the_slow_tests_first() -> None:
     assert files == sorted(files, reverse=True)  # each file's tests together
 
 
+def test_no_browser_test_waits_with_eval() -> None:
+    """docs/testing.md: Playwright's wait_for_function polls with eval, which the pages' CSP
+    refuses, so it fails whenever its first check is false (a loaded machine)."""
+    call = "wait_for_function" + "("
+    found = [path.name for path in (ROOT / "tests").glob("*.py") if call in path.read_text()]
+    assert found == [], f"poll page.evaluate with wait_until instead: {found}"
+
+
 def test_the_operator_cli_takes_every_documented_option() -> None:
     """Options of docs/cli.md no test drives against a live service are at least accepted."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
