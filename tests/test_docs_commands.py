@@ -276,32 +276,33 @@ def test_the_cheap_commands_run_as_written(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # a pytest run of its own: about 10 s on a loaded machine
+def collected(*args: str) -> str:
+    """What pytest collects with ``args`` (one test id a line), as the suite's run sees it."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                           "-p", "no:cacheprovider", *args],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    return done.stdout
+
+
 def test_the_quick_tier_selects_by_the_slow_marker() -> None:
     """`bash scripts/test.sh -m "not slow"` / `-k api`: pytest's own arguments, passed through
     by scripts/test.sh ("$@"); the quick tier leaves the slow-marked tests out."""
     script = (ROOT / "scripts" / "test.sh").read_text()
     assert 'pytest -n 6 --dist loadgroup --durations=25 "$@"' in script
-    picked = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
-                             "-p", "no:cacheprovider", "-m", "not slow", "-k", "api or demo",
-                             "tests/test_end_to_end.py", "tests/test_docs.py"],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            capture_output=True, text=True, timeout=120)
-    assert picked.returncode == 0, picked.stdout[-2000:]
-    assert "test_the_api_reference_is_the_document_the_app_serves" in picked.stdout
-    assert "test_the_demo_runs" not in picked.stdout  # -m "not slow"
-    assert "test_the_readme_is_short" not in picked.stdout  # -k api
+    picked = collected("-m", "not slow", "-k", "api or demo", "tests/test_end_to_end.py",
+                       "tests/test_docs.py")
+    assert "test_the_api_reference_is_the_document_the_app_serves" in picked
+    assert "test_the_demo_runs" not in picked  # -m "not slow"
+    assert "test_the_readme_is_short" not in picked  # -k api
 
 
 def test_the_full_run_starts_the_slow_tests_first() -> None:
     """docs/testing.md: the slow tests first (test_end_to_end.py's are, test_docs.py's are
     not), each module's tests together."""
-    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
-                                "-p", "no:cacheprovider", "tests/test_docs.py",
-                                "tests/test_end_to_end.py"],
-                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                               capture_output=True, text=True, timeout=120)
-    assert collected.returncode == 0, collected.stdout[-2000:]
-    files = [line.split("::")[0] for line in collected.stdout.splitlines() if "::" in line]
+    order = collected("tests/test_docs.py", "tests/test_end_to_end.py")
+    files = [line.split("::")[0] for line in order.splitlines() if "::" in line]
     assert list(dict.fromkeys(files)) == ["tests/test_end_to_end.py", "tests/test_docs.py"]
     assert files == sorted(files, reverse=True)  # each file's tests together
 
