@@ -81,7 +81,7 @@ def test_lockout_counts_failures_and_lifts_after_the_window(backend: Backend) ->
     assert limiter.locked_for(limiter.keys("alice", "10.0.0.2")) == 0
     # The store ends the window (expires_at, real time). A window is read back some requests
     # after it began: 5 s, as a loaded machine's dynalite took over 2 s for four of them (and
-    # 0.2 s did not do once).
+    # 0.2 s was too short once).
     brief = LoginLimiter(backend.table(ADMIN_LOGIN_FAILURES), max_failures=1, lockout=5)
     erin = brief.keys("erin", "10.0.0.3")
     brief.attempt(erin)
