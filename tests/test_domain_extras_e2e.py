@@ -132,9 +132,13 @@ def test_an_origin_pool_gets_the_requests_with_the_metadata_headers(stack: Local
     patched = stack.api("PATCH", "/api/v1/domains/canary.example.test",
                         json={"metadata": {"plan": "free"}, "origin_pool": None})
     assert patched.status_code == 200, patched.text
-    moved = until(lambda: get(stack, "canary.example.test", "/x", spoofed),
-                  lambda p: p.json()["instance"] != "canary")
-    assert moved.json()["meta"] == {"plan": "free"}
+    # The pool and the metadata live in two maps that the edge changes one after the other,
+    # so a request in between may meet the new pool with the old metadata: wait for both.
+    def changed(probe: Probe) -> bool:
+        return probe.json()["instance"] != "canary" and probe.json()["meta"] == {"plan": "free"}
+    moved = until(lambda: get(stack, "canary.example.test", "/x", spoofed), changed)
+    assert moved.json()["publication_id"] == "pub_1"
+    assert changed(get(stack, "canary.example.test", "/x", spoofed))
 
     for body, field in [({"origin_pool": "legacy"}, "origin_pool"),
                         ({"metadata": {f"k{n}": "v" for n in range(9)}}, "metadata"),
