@@ -5,7 +5,9 @@ HAProxy outlives its agent: an agent that stops or dies leaves it serving the la
 applied, and the next one adopts the running master instead of starting another."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import logging
 import os
 import signal
 import socket
@@ -17,6 +19,8 @@ from typing import IO
 from edge.errors import EdgeError
 from kit.files import PUBLIC, write_atomic
 from kit.procs import ManagedProcess
+
+log = logging.getLogger(__name__)
 
 
 class ConfigRejected(EdgeError):
@@ -81,27 +85,57 @@ class HAProxy:
             self.process.pid if self.process is not None else None)
 
     def _left_running(self) -> int | None:
-        """The master a previous agent started, if it still runs this config (its PID file)."""
+        """The master a previous agent started for this config, if one still runs: by its PID
+        file, else by the process table (an agent killed between starting HAProxy and writing
+        the file leaves a master that only /proc knows). More than one (left before this
+        look): the one the file or else the master socket names is kept, and the others are
+        told to finish softly, or the kernel would go on splitting the visitors with a
+        HAProxy nobody updates."""
         try:
-            pid = int(self.pid_file.read_text().strip())
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            pid: int | None = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
-            return None
-        return pid if _alive(pid) and str(self.config_path).encode() in argv else None
+            pid = None
+        found = masters_running(self.config_path)[0]
+        if pid not in found:
+            if not found:
+                return None
+            answering = self._show_proc()[0]  # the one its master socket leads to, if any
+            pid = answering if answering in found else found[0]
+            write_atomic(self.pid_file, f"{pid}\n", PUBLIC)
+        for extra in found:
+            if extra != pid:
+                log.warning("a second HAProxy master (pid %d) runs %s: stopping it softly",
+                            extra, self.config_path)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(extra, signal.SIGUSR1)
+        return pid
 
-    def _adopt(self) -> bool:
-        """Take over the master the previous agent started, if it still runs this config.
+    def adopt(self, timeout: float = 30.0) -> bool:
+        """Take over the master the previous agent started, if it still runs this config,
+        once it answers on its master socket (it may still be loading, for as long as a
+        start may take); one that never answers is stopped and a new one started.
 
         Starting a second one beside it would bind the same ports (SO_REUSEPORT): the kernel
         would split the visitors between a HAProxy we drive and one nobody updates again."""
         pid = self._left_running()
-        if pid is None or not self.workers():
+        if pid is None:
             return False
+        deadline = time.monotonic() + timeout
+        while not self.workers():
+            if not _alive(pid):
+                return False
+            if time.monotonic() > deadline:
+                log.warning("the HAProxy master a previous agent left (pid %d) does not "
+                            "answer: starting a new one", pid)
+                self.adopted = pid
+                self.stop()
+                return False
+            time.sleep(0.05)
         self.adopted = pid
         return True
 
     def start(self, timeout: float = 30.0) -> None:
-        if self._adopt():
+        if self.adopt(timeout):
             return
         self.master_socket.unlink(missing_ok=True)
         self.process = ManagedProcess("haproxy", [
@@ -164,19 +198,25 @@ class HAProxy:
 
     def workers(self) -> list[int]:
         """PIDs of the current workers, from the master CLI's ``show proc``."""
+        return self._show_proc()[1]
+
+    def _show_proc(self) -> tuple[int | None, list[int]]:
+        """(the PID of the master answering on the master socket, its current workers)."""
         try:
             output = self.master_command("show proc")
         except OSError:
-            return []
-        workers, section = [], "master"
+            return None, []
+        master, workers, section = None, [], "master"
         for line in output.splitlines():
             if line.startswith("#"):
                 section = line.lstrip("# ").split(" ")[0]
                 continue
             fields = line.split()
-            if section == "workers" and len(fields) > 1 and fields[1] == "worker":
+            if len(fields) > 1 and fields[1] == "master":
+                master = int(fields[0])
+            elif section == "workers" and len(fields) > 1 and fields[1] == "worker":
                 workers.append(int(fields[0]))
-        return workers
+        return master, workers
 
 
 class NodeLock:
@@ -246,6 +286,29 @@ def stop_node(directory: Path, haproxy: HAProxy, timeout: float = 10.0) -> str:
     stopped += [f"HAProxy (pid {master})"] if master else []
     return f"stopped the {' and '.join(stopped)} of the node in {directory}" if stopped \
         else f"no agent or HAProxy runs for the node in {directory}"
+
+
+def masters_running(*configs: Path) -> list[list[int]]:
+    """For each config, the PIDs of the HAProxy masters running it (a worker's parent is one):
+    one pass over /proc for all of them, reading the state only of their processes."""
+    wanted = [str(config).encode() for config in configs]
+    found: list[dict[int, int]] = [{} for _ in configs]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            if not argv[0].endswith(b"haproxy"):
+                continue
+            which = next((n for n, config in enumerate(wanted) if config in argv), None)
+            if which is None:
+                continue
+            state, parent = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except OSError:
+            continue
+        if state != "Z":
+            found[which][int(entry)] = int(parent)
+    return [sorted(pid for pid, parent in pids.items() if parent not in pids) for pids in found]
 
 
 def _alive(pid: int) -> bool:

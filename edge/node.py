@@ -324,6 +324,8 @@ class EdgeNode(Journaled):
         A release refused is discarded, the previous one current again."""
         previous = self.releases.served()
         try:
+            if not self.haproxy.running:  # a master a killed agent left: reloaded, not doubled
+                self.haproxy.adopt(_load_timeout(routes))
             if self.haproxy.running:
                 self.haproxy.check(release / "haproxy.cfg")
             self.releases.swap(release)

@@ -44,6 +44,7 @@ from control.wiring import Services
 from devtools.pebble import PebbleStack
 from devtools.probe import https_get
 from devtools.sample_app import SampleApp
+from edge.haproxy import masters_running
 from kit.files import PUBLIC, SECRET, write_atomic
 from kit.procs import ManagedProcess, free_port, wait_for_port
 from kit.settings import load_settings
@@ -198,27 +199,11 @@ class Cluster:
 
 
 def haproxy_masters(*edge_dirs: Path) -> list[set[int]]:
-    """For each node, the PIDs of the HAProxy masters running its config (a worker's parent is
-    one): one pass over /proc for all of them, reading a process's state only if it is one of
-    theirs (the watcher does this ten times a second beside the whole suite's processes)."""
-    configs = [str(edge_dir / "current" / "haproxy.cfg").encode() for edge_dir in edge_dirs]
-    found: list[dict[int, int]] = [{} for _ in edge_dirs]
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            if not argv[0].endswith(b"haproxy"):
-                continue
-            node = next((n for n, config in enumerate(configs) if config in argv), None)
-            if node is None:
-                continue
-            state, parent = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:2]
-        except OSError:
-            continue
-        if state != "Z":
-            found[node][int(entry)] = int(parent)
-    return [{pid for pid, parent in pids.items() if parent not in pids} for pids in found]
+    """For each node, the PIDs of the HAProxy masters running its config: one pass over /proc
+    for all of them (the watcher does this ten times a second beside the whole suite's
+    processes)."""
+    return [set(pids) for pids in
+            masters_running(*(edge_dir / "current" / "haproxy.cfg" for edge_dir in edge_dirs))]
 
 
 class Chaos:

@@ -6,6 +6,7 @@ import http.client
 import os
 import shutil
 import signal
+import subprocess
 import time
 from importlib import resources
 from pathlib import Path
@@ -15,13 +16,14 @@ import pytest
 
 from devtools.probe import https_get
 from devtools.sample_app import SampleApp
-from edge.haproxy import ConfigRejected
+from edge.haproxy import ConfigRejected, masters_running
 from edge.node import EdgeNode
 from edge.plan import CertificateRejected, UnsafePlan
 from edge.render import RenderError
 from edge.state import DesiredState, Route
 from kit.procs import free_port
 from kit.x509 import self_signed as self_signed_pem
+from tests.conftest import wait_until
 
 
 @pytest.fixture
@@ -123,6 +125,60 @@ def test_restart_serves_the_last_applied_state(tmp_path: Path, app: SampleApp) -
         assert (probe.status, probe.json()["publication_id"]) == (200, "pub_1")
     finally:
         second.stop()
+
+
+def test_a_master_left_without_its_pid_file_is_adopted_and_reloaded_not_doubled(
+        tmp_path: Path, app: SampleApp) -> None:
+    """An agent killed between starting HAProxy and writing its PID file (the chaos test met
+    it under load): the next agent finds the master in the process table and reloads it with
+    what it applies. A second master would share the ports and never be updated."""
+    ports = {"http_port": free_port(), "https_port": free_port()}
+    _, pem1 = self_signed_pem("one.example.test")
+    cert2, pem2 = self_signed_pem("two.example.test")
+    first = EdgeNode(tmp_path / "edge", **ports)
+    first.apply(state(app, Route("one.example.test", "pub_1", pem1)))
+    master = first.haproxy.pid
+    first.haproxy.pid_file.unlink()
+    second = EdgeNode(tmp_path / "edge", **ports)
+    try:
+        second.apply(state(app, Route("one.example.test", "pub_1", pem1),
+                           Route("two.example.test", "pub_2", pem2)))
+        assert masters_running(second.haproxy.config_path) == [[master]]
+        assert second.haproxy.adopted == master
+        assert second.haproxy.pid_file.read_text() == f"{master}\n"
+        probe = https_get(ports["https_port"], "two.example.test", cadata=cert2)
+        assert (probe.status, probe.json()["publication_id"]) == (200, "pub_2")
+    finally:
+        second.stop()
+        first.stop()
+
+
+def test_a_second_master_on_the_config_is_stopped_and_the_named_one_kept(
+        tmp_path: Path, app: SampleApp) -> None:
+    """Two masters on one node (left by an agent from before the process-table look): the next
+    agent keeps the one its PID file names and has the other finish, so visitors stop being
+    split with a HAProxy nobody updates."""
+    ports = {"http_port": free_port(), "https_port": free_port()}
+    _, pem = self_signed_pem("one.example.test")
+    first = EdgeNode(tmp_path / "edge", **ports)
+    first.apply(state(app, Route("one.example.test", "pub_1", pem)))
+    master = first.haproxy.pid
+    stray = subprocess.Popen([first.haproxy.binary, "-W", "-db", "-f",
+                              str(first.haproxy.config_path), "-S", str(tmp_path / "stray.sock")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = EdgeNode(tmp_path / "edge", **ports)
+    try:
+        wait_until(lambda: masters_running(first.haproxy.config_path) == [sorted(
+            [master, stray.pid])], 10, "the stray master running the node's config")
+        second.start()
+        assert second.haproxy.adopted == master
+        stray.wait(10)
+        assert masters_running(first.haproxy.config_path) == [[master]]
+    finally:
+        stray.kill()
+        stray.wait()
+        second.stop()
+        first.stop()
 
 
 def test_a_start_waits_for_every_certificate_and_a_late_one_leaves_nothing_running(
