@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from control.wiring import Services
 from domains.service import ACTIVE, VERIFIED
 from kit.settings import Settings
-from store import ConflictError
 from kit.x509 import self_signed
+from store import ConflictError
 
 ZONE = "bench.test"
 LATENCY_PUBLICATION = "pub_latency"
