@@ -27,6 +27,7 @@ import logging
 import time
 from typing import Any, Callable
 
+from edge.move_counts import MoveCounts
 from edge.plan import MIN_EXISTING_FOR_SHARE
 from edge.protocol import OLDEST, meta_version
 from edge.router_feed import ROUTER
@@ -45,7 +46,7 @@ EDGE_MOVES = TableSpec("edge_moves", key="key", spread=("queue",),
 """One item per hostname in flight (``move#<hostname>``), in the ``due`` index by when its
 next step is due; the ``scan`` item (finding the moved hostnames) and the ``counts`` item
 (moves in flight from and to each shard)."""
-SCAN, COUNTS, QUEUE = "scan", "counts", "1"
+SCAN, QUEUE = "scan", "1"
 PUBLISH, SWITCH, DROP = "publish", "switch", "drop"
 PAGE, VERSIONS = 500, 16
 """Routes read a page; versions a move remembers as holding its route (the shard's last)."""
@@ -79,7 +80,8 @@ class Mover:
         self._done: int | None = None
         """The registry revision whose moved hostnames this process saw all enqueued."""
         self._recount_at = 0.0
-        """When an idle round next recounts the moves of the draining shards."""
+        """When an idle round next checks the counts (and recounts the draining shards)."""
+        self.counts = MoveCounts(table)
         state.mover = self
 
     def tick(self, current: tuple[int, ShardSet] | None = None) -> int:
@@ -91,9 +93,10 @@ class Mover:
         if revision != self._done:
             self.discover(revision, shards)
         steps = self.run_due(shards)
-        if not steps and shards.draining and self._clock() >= self._recount_at:
-            self._recount_at = self._clock() + self.grace  # a count too high stalls a drain
-            self._drop_drained(shards, recount=True)
+        if not steps and self._clock() >= self._recount_at:
+            self._recount_at = self._clock() + self.grace
+            self._settle_counts()
+            self._drop_drained(shards, recount=True)  # a count too high stalls a drain
         return steps
 
     # --- finding the moved hostnames --------------------------------------------------------
@@ -164,7 +167,7 @@ class Mover:
                 self.table.put({**item, "target": target, "links": links},
                                expected_version=item.get(VERSION, ABSENT))
                 if not item.get(VERSION):
-                    self._count(source, target, 1)
+                    self.counts.add(source, target, 1)
                 return
             except ConflictError:
                 continue
@@ -311,7 +314,7 @@ class Mover:
             self.table.delete(move_key(host), expected_version=move[VERSION])
         except ConflictError:
             return
-        self._count(source, target, -1)
+        self.counts.add(source, target, -1)
         log.info("%s moved from shard %s to %s", host, source, target)
         now = shards.assign(host)
         if now != target:  # the shard set changed again while this move ran
@@ -334,9 +337,9 @@ class Mover:
                 return
         else:
             self._next(move, PUBLISH, self._clock(), target=now, versions=[])
-        self._count(source, old, -1)
+        self.counts.add(source, old, -1)
         if now != source:
-            self._count(source, now, 1)
+            self.counts.add(source, now, 1)
         if old in shards.draining:
             self._drop_drained(shards)
 
@@ -349,30 +352,21 @@ class Mover:
 
     # --- what the dashboard shows ----------------------------------------------------------
 
-    def _count(self, source: str, target: str, amount: int) -> None:
-        for counter in (f"from_{source}", f"to_{target}"):
-            if self.table.increment(COUNTS, counter, amount, existing_only=True) is None:
-                try:  # a counter lives on an item: the first move makes it
-                    self.table.put({"key": COUNTS}, expected_version=ABSENT)
-                except ConflictError:
-                    pass
-                self.table.increment(COUNTS, counter, amount)
-
     def in_flight(self) -> dict[str, dict[str, int]]:
         """Moves in flight per shard, from it and to it (one read)."""
-        counts = self.table.get(COUNTS) or {}
-        found: dict[str, dict[str, int]] = {}
-        for field, value in counts.items():
-            direction, sep, shard = field.partition("_")
-            if sep and direction in ("from", "to") and int(value):
-                found.setdefault(shard, {"from": 0, "to": 0})[direction] = int(value)
-        return found
+        return self.counts.in_flight()
+
+    def _settle_counts(self) -> None:
+        """Counts a crash left off are zeroed once no move is left (one read while they are
+        all zero, and one index query when not)."""
+        if self.counts.in_flight() and not self.table.query_range("due", QUEUE, limit=1).items:
+            self.counts.zero()
 
     def _drop_drained(self, shards: ShardSet, recount: bool = False) -> None:
         """Delete each draining shard nothing moves off any more (once its scan is done). The
-        counts are a hint: a move and its count are two writes, so a crash between them leaves
-        a count off by one. A shard is recounted from the moves themselves before it goes (a
-        count too low), and with ``recount`` whatever it counts (a count too high)."""
+        counts are a hint (edge/move_counts.py): a shard is recounted from the moves
+        themselves before it goes (a count too low), and with ``recount`` whatever it counts
+        (a count too high)."""
         if not shards.draining or self._done is None:
             return
         flying = self.in_flight()
@@ -385,16 +379,6 @@ class Mover:
                 log.info("shard %s drained and removed", name)
 
     def recount(self, shard: str) -> dict[str, int]:
-        """The moves from and to ``shard``, counted from the move items (reads them all), and
-        the counts made to say so."""
-        moves = [item for item in all_items(self.table) if str(item["key"]).startswith("move#")]
-        actual = {"from": sum(1 for item in moves if item["source"] == shard),
-                  "to": sum(1 for item in moves if item["target"] == shard)}
-        counts = self.table.get(COUNTS) or {}
-        for direction, value in actual.items():
-            off = value - int(counts.get(f"{direction}_{shard}", 0))
-            if off:  # a counter is only added to (atomically); two replicas both adding
-                # leave it off again, for the next recount
-                self.table.increment(COUNTS, f"{direction}_{shard}", off, existing_only=True)
-                log.warning("moves %s shard %s recounted: %d", direction, shard, value)
-        return actual
+        """The moves from and to ``shard``, counted from the move items (reads them all)."""
+        return self.counts.recount(shard, [item for item in all_items(self.table)
+                                           if str(item["key"]).startswith("move#")])

@@ -253,16 +253,17 @@ def test_a_replica_killed_mid_move_loses_nothing(settings: Settings,
         child.wait(10)
     mover = mover_of(services)
     report_in_sync(services, "c")
-    def resumed() -> bool:
-        mover.tick()
+    def resumed() -> bool:  # the moves themselves, not their counts: the kill can land
+        mover.tick()        # between a move's write and its count's
         report_in_sync(services, "c")  # its node follows
-        return mover.in_flight() == {}
+        return mover.flying() == {}
 
     wait_until(resumed, 60, "the moves resumed by this replica")
     for host in HOSTS:
         shard = "c" if host in moved else before[host]
         assert state.router.holding(host) == shard and state.holding(shard, host) is not None
         assert [s for s in ("a", "b", "c") if state.holding(s, host) is not None] == [shard]
+    wait_until(lambda: mover.tick() == 0 and mover.in_flight() == {}, 30, "the counts settled")
 
 
 def test_a_reconciliation_during_a_move_switches_nothing(moving: Services) -> None:
@@ -388,13 +389,37 @@ def test_the_links_of_a_moving_host_follow_its_move(
     assert link_in(services, "c", key)
 
 
+def test_a_count_a_crash_left_too_low_is_zeroed_once_the_moves_end(
+        moving: Services, clock: FakeClock) -> None:
+    services = moving
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    before = placement(services.edge_shards)
+    add_c(services)
+    mover = mover_of(services)
+    mover.tick()
+    source = before[next(h for h in HOSTS if services.shards.load().assign(h) == "c")]
+    mover.counts.add(source, "c", -1)  # a replica died between a move's write and its count
+    switch(services, mover, clock)
+    for _ in range(50):
+        if not mover.flying():
+            break
+        clock.advance(31)
+        mover.tick()
+    assert mover.flying() == {}
+    assert mover.in_flight() != {}, "one below zero once the moves ended"
+    clock.advance(31)
+    mover.tick()
+    assert mover.in_flight() == {}
+
+
 def test_a_count_left_off_by_a_crash_corrects_itself(
         moving: Services, clock: FakeClock) -> None:
     services, state = moving, moving.edge_shards
     assert services.shards is not None
     report_in_sync(services, "a", "b")
     mover = mover_of(services)
-    mover._count("b", "a", 1)  # a crash after a move's drop, before its count went down
+    mover.counts.add("b", "a", 1)  # a crash after a move's drop, before its count went down
     services.shards.remove_shard("b")
     mover.tick()
     switch(services, mover, clock, "a")
