@@ -164,18 +164,18 @@ def _add_routes(batch: Batch, release: Path, chunk: list[Change]) -> None:
 
 
 def _add_extras(batch: Batch, release: Path, old: Route | None, new: Route | None) -> None:
-    """One route's extras maps from ``old``'s entries to ``new``'s: each changed entry
-    deleted (if there) then added, as redirects (HAProxy 2.6 has no add-or-set)."""
+    """One route's extras maps from ``old``'s entries to ``new``'s: an entry in both with a
+    new value is set in place (a request never finds it missing), one only in ``old``
+    deleted, one only in ``new`` added (HAProxy 2.6 has no add-or-set)."""
     before = route_extras_entries(old) if old is not None else {}
     after = route_extras_entries(new) if new is not None else {}
     for name in EXTRAS_MAPS:
         gone, wanted = before.get(name, {}), after.get(name, {})
-        for key in sorted(set(gone) | set(wanted)):
-            if gone.get(key) != wanted.get(key):
-                batch.del_map(release / name, key, missing_ok=True)
+        for key in sorted(set(gone) - set(wanted)):
+            batch.del_map(release / name, key, missing_ok=True)
         for key, value in sorted(wanted.items()):
             if gone.get(key) != value:
-                batch.add_map(release / name, key, value)
+                batch.set_map(release / name, key, value, exists=key in gone)
 
 
 def extras_changed(change: Change) -> bool:

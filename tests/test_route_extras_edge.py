@@ -97,6 +97,22 @@ def test_redirect_pool_and_metadata_change_hot(node: EdgeNode,
     assert again.plan(plain).changes == []
 
 
+def test_a_changed_extras_value_is_set_in_place(node: EdgeNode,
+                                               apps: tuple[SampleApp, SampleApp]) -> None:
+    """HAProxy lists a map's entries in the order they came in: an entry set in place keeps
+    its place, one deleted and added again (a moment when requests miss it) goes last."""
+    node.apply(state(apps, route("b.example.test", route_extras.encode(
+        meta={"plan": "pro", "tier": "gold"}))))
+    meta = node.current.resolve() / "meta.map"
+    assert list(node.runtime.show_map(meta)) == ["b.example.test/plan", "b.example.test/tier"]
+    reloads = node.reloads
+    node.apply(state(apps, route("b.example.test", route_extras.encode(
+        meta={"plan": "free", "tier": "gold"}))))
+    assert node.reloads == reloads
+    assert list(node.runtime.show_map(meta).items()) == [
+        ("b.example.test/plan", "free"), ("b.example.test/tier", "gold")]
+
+
 @pytest.mark.parametrize("extras", [
     route_extras.encode(pool="nosuchpool"),
     route_extras.encode("bad host"),
