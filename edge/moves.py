@@ -357,9 +357,11 @@ class Mover:
         return self.counts.in_flight()
 
     def _settle_counts(self) -> None:
-        """Counts a crash left off are zeroed once no move is left (one read while they are
-        all zero, and one index query when not)."""
-        if self.counts.in_flight() and not self.table.query_range("due", QUEUE, limit=1).items:
+        """Counts a crash left off are zeroed once no move is left: one read while they are
+        all zero; when not, a consistent page of three items (the ``due`` index may not show
+        a move just written yet), which holds a move if any is left beside scan and counts."""
+        if self.counts.in_flight() and not any(str(item["key"]).startswith("move#")
+                                               for item in self.table.scan(limit=3).items):
             self.counts.zero()
 
     def _drop_drained(self, shards: ShardSet, recount: bool = False) -> None:

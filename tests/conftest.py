@@ -245,6 +245,19 @@ only. (The nemesis runs of every test are: its weather is fault injection, like 
 
 
 @pytest.fixture
+def lag(any_backend: Settings, request: pytest.FixtureRequest) -> Callable[[float], None]:
+    """Sets how long the store's indexes lag a write (through the nemesis; SQLite and dynalite
+    never lag, and there a test runs the same steps without it)."""
+    if request.node.callspec.params.get("any_backend") != "nemesis":
+        return lambda seconds: None
+    nemesis = request.getfixturevalue("dynamo_nemesis")
+
+    def set_lag(seconds: float) -> None:
+        nemesis.lag = seconds
+    return set_lag
+
+
+@pytest.fixture
 def services_both(any_backend: Settings, services_with: ServicesWith) -> Services:
     """The control service's objects on each backend, with no cap on pending domains, closed
     after the test."""

@@ -76,19 +76,6 @@ CONFIG = EdgeConfig(("127.0.0.1:9",), ("127.0.0.1:9",))
 
 
 @pytest.fixture
-def lag(any_backend: Settings, request: pytest.FixtureRequest) -> Callable[[float], None]:
-    """Sets how long the store's indexes lag a write (through the nemesis; SQLite and dynalite
-    never lag, and there a test runs the same steps without it)."""
-    if request.node.callspec.params.get("any_backend") != "nemesis":
-        return lambda seconds: None
-    nemesis = request.getfixturevalue("dynamo_nemesis")
-
-    def set_lag(seconds: float) -> None:
-        nemesis.lag = seconds
-    return set_lag
-
-
-@pytest.fixture
 def sharded(any_backend: Settings, services_with: ServicesWith) -> Services:
     """The control service's objects with two edge shards: a shard's routes and links are
     read through the feed index (store/namespace.py), which lags on DynamoDB."""

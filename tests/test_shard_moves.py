@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -411,6 +411,20 @@ def test_a_count_a_crash_left_too_low_is_zeroed_once_the_moves_end(
     clock.advance(31)
     mover.tick()
     assert mover.in_flight() == {}
+
+
+def test_the_counts_stay_while_the_due_index_lags_the_moves(
+        moving: Services, lag: Callable[[float], None]) -> None:
+    services = moving
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    lag(600.0)  # the due index shows no move written from now on
+    add_c(services)
+    mover = mover_of(services)
+    mover.tick()  # enqueues them, takes none (none shows as due) and checks the counts
+    moved = [h for h in HOSTS if services.shards.load().assign(h) == "c"]
+    assert len(mover.flying()) == len(moved)
+    assert mover.in_flight()["c"] == {"from": 0, "to": len(moved)}
 
 
 def test_a_count_left_off_by_a_crash_corrects_itself(
