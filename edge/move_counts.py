@@ -52,8 +52,9 @@ class MoveCounts:
         return actual
 
     def zero(self) -> None:
-        """Every count back to zero: the caller found no move in flight (a move enqueued
-        meanwhile is counted one too low, and zeroed again once it ends)."""
+        """Every count back to zero: the caller found no move in flight. A move enqueued
+        meanwhile, or two replicas zeroing at once, leave a count off again: the next check
+        after the moves end sets it back."""
         off = {f"{direction}_{shard}": value for shard, counts in self.in_flight().items()
                for direction, value in counts.items() if value}
         for field, value in off.items():
