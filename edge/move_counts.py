@@ -51,11 +51,11 @@ class MoveCounts:
                 log.warning("moves %s shard %s recounted: %d", direction, shard, value)
         return actual
 
-    def zero(self) -> None:
-        """Every count back to zero: the caller found no move in flight. A move enqueued
-        meanwhile, or two replicas zeroing at once, leave a count off again: the next check
-        after the moves end sets it back."""
-        off = {f"{direction}_{shard}": value for shard, counts in self.in_flight().items()
+    def zero(self, found: dict[str, dict[str, int]]) -> None:
+        """The counts ``found`` (:meth:`in_flight`'s answer) back to zero: the caller found no
+        move in flight. A move enqueued meanwhile, or two replicas zeroing at once, leave a
+        count off again: the next check after the moves end sets it back."""
+        off = {f"{direction}_{shard}": value for shard, counts in found.items()
                for direction, value in counts.items() if value}
         for field, value in off.items():
             self.table.increment(COUNTS, field, -value, existing_only=True)

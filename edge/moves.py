@@ -360,9 +360,10 @@ class Mover:
         """Counts a crash left off are zeroed once no move is left: one read while they are
         all zero; when not, a consistent page of three items (the ``due`` index may not show
         a move just written yet), which holds a move if any is left beside scan and counts."""
-        if self.counts.in_flight() and not any(str(item["key"]).startswith("move#")
-                                               for item in self.table.scan(limit=3).items):
-            self.counts.zero()
+        found = self.counts.in_flight()
+        if found and not any(str(item["key"]).startswith("move#")
+                             for item in self.table.scan(limit=3).items):
+            self.counts.zero(found)
 
     def _drop_drained(self, shards: ShardSet, recount: bool = False) -> None:
         """Delete each draining shard nothing moves off any more (once its scan is done). The
