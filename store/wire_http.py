@@ -8,7 +8,10 @@ for the client, this does too: a pool of idle connections (a connection the serv
 meanwhile is not reused), timeouts to connect and to read, TLS verified against the system's
 CA store with the endpoint's name, and the proxy the environment names, as botocore does
 (``HTTPS_PROXY``/``HTTP_PROXY`` by the endpoint's scheme, unless ``NO_PROXY`` spares its host):
-an https endpoint through a ``CONNECT`` tunnel, an http one in the proxy's absolute form.
+an https endpoint through a ``CONNECT`` tunnel, an http one in the proxy's absolute form. A
+proxy named ``https://`` is reached over TLS too (verified against the same store, with the
+proxy's name), and an https endpoint's TLS then runs inside the proxy's (urllib3's
+``SSLTransport``, as botocore's urllib3 does).
 """
 from __future__ import annotations
 
@@ -19,8 +22,10 @@ import socket
 import ssl
 import threading
 import urllib.request
-from typing import NamedTuple
+from typing import NamedTuple, cast
 from urllib.parse import unquote, urlsplit
+
+from urllib3.util.ssltransport import SSLTransport
 
 MAX_LINE = 65536
 
@@ -56,9 +61,9 @@ class Broken(Exception):
 class _Connection:
     __slots__ = ("sock", "reader")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket | SSLTransport) -> None:
         self.sock = sock
-        self.reader = sock.makefile("rb")
+        self.reader = cast(io.BufferedReader, sock.makefile("rb"))  # SSLTransport's: one too
 
     def dropped(self) -> bool:
         """Whether the server closed it while it was idle (readable with nothing asked: its
@@ -82,11 +87,15 @@ class KeptConnections:
         self._context = ssl.create_default_context() if tls else None
         self._target = b"/"
         self._proxy: tuple[str, int] | None = None
+        self._proxy_context: ssl.SSLContext | None = None
         self._proxy_headers = b""
         proxy = urllib.request.getproxies().get(parts.scheme)
         if proxy and not urllib.request.proxy_bypass(self._hostname):
             found = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-            self._proxy = (found.hostname or "", found.port or 80)
+            if found.scheme == "https":
+                self._proxy_context = ssl.create_default_context()
+            self._proxy = (found.hostname or "", found.port or (443 if self._proxy_context
+                                                                 else 80))
             if found.username is not None:
                 secret = f"{unquote(found.username)}:{unquote(found.password or '')}"
                 self._proxy_headers = (b"proxy-authorization: Basic "
@@ -148,12 +157,17 @@ class KeptConnections:
                                   f"over {self._connect_timeout:g} s") from None
         except OSError as exc:
             raise ConnectFailed(str(exc)) from None
+        wrapped: socket.socket | SSLTransport = sock
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._proxy_context is not None:
+                sock = wrapped = self._proxy_tls(sock)
             if self._proxy is not None and self._context is not None:
                 self._tunnel(sock)
-            if self._context is not None:
-                sock = self._context.wrap_socket(sock, server_hostname=self._hostname)
+            if self._context is not None and self._proxy_context is not None:
+                wrapped = SSLTransport(sock, self._context, self._hostname)
+            elif self._context is not None:
+                wrapped = self._context.wrap_socket(sock, server_hostname=self._hostname)
         except TimeoutError:
             sock.close()
             raise ConnectTimedOut(f"TLS with {self._address[0]} took over "
@@ -167,8 +181,17 @@ class KeptConnections:
         except OSError as exc:
             sock.close()
             raise ConnectFailed(str(exc)) from None
-        sock.settimeout(self._read_timeout)
-        return _Connection(sock)
+        wrapped.settimeout(self._read_timeout)
+        return _Connection(wrapped)
+
+    def _proxy_tls(self, sock: socket.socket) -> ssl.SSLSocket:
+        """TLS with an ``https://`` proxy; a handshake it fails names the proxy, not the
+        endpoint."""
+        assert self._proxy is not None and self._proxy_context is not None
+        try:
+            return self._proxy_context.wrap_socket(sock, server_hostname=self._proxy[0])
+        except ssl.SSLError as exc:
+            raise TLSRefused(f"the proxy {self._proxy[0]}:{self._proxy[1]}: {exc}") from None
 
     def _tunnel(self, sock: socket.socket) -> None:
         """``CONNECT`` through the proxy to the endpoint; TLS then goes end to end."""

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
@@ -22,6 +23,7 @@ from store.dynamo_wire import QUOTA, RETRY_COST, SigV4, WireClient
 from devtools.dynalite import dynalite_command
 from kit.procs import ManagedProcess, free_port, start_listening, wait_for_port
 from kit.settings import Settings
+from kit.x509 import LocalCA
 from tests.dynamo_nemesis import Nemesis
 
 SPEC = TableSpec("wire_things", key="id", indexes=("owner",))
@@ -287,5 +289,73 @@ def test_a_tunnel_the_proxy_refuses_is_a_connection_error_that_says_why(
         with pytest.raises(EndpointConnectionError) as caught:
             client.describe_table(TableName="never_created")
         assert "refused to reach" in str(caught.value.kwargs["error"])  # tinyproxy: 401
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def tls_proxy(proxy: Path, dynalite: str, tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, str]]:
+    """The ``proxy`` fixture's tinyproxy behind HAProxy's TLS, named ``https://`` by the
+    environment, and dynalite behind HAProxy's TLS as an https endpoint, each with a
+    certificate from a CA the client trusts (``SSL_CERT_FILE``): (tinyproxy's log, the https
+    endpoint)."""
+    named = urlsplit(os.environ["https_proxy"])
+    ca = LocalCA()
+    (tmp_path / "ca.pem").write_text(ca.pem)
+    front, store = free_port(), free_port()
+    for name in ("proxy", "store"):
+        (tmp_path / f"{name}.pem").write_text("".join(ca.issue(["127.0.0.1"])))
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(f"""defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+listen proxy
+    bind 127.0.0.1:{front} ssl crt {tmp_path / "proxy.pem"}
+    server tinyproxy 127.0.0.1:{named.port}
+listen store
+    bind 127.0.0.1:{store} ssl crt {tmp_path / "store.pem"}
+    server dynalite {urlsplit(dynalite).netloc}
+""")
+    haproxy = ManagedProcess("haproxy", ["haproxy", "-db", "-f", str(config)],
+                             tmp_path / "haproxy.log")
+    try:
+        wait_for_port(front, process=haproxy)
+        wait_for_port(store, process=haproxy)
+        login = f"{named.username}:{named.password}@" if named.username else ""
+        for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+            monkeypatch.setenv(name, f"https://{login}127.0.0.1:{front}")
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        yield proxy, f"https://127.0.0.1:{store}"
+    finally:
+        haproxy.stop()
+
+
+@pytest.mark.parametrize("proxy", ["", "operator:s3cret"], indirect=True)
+def test_an_https_proxy_is_reached_over_tls_for_either_endpoint(
+        tls_proxy: tuple[Path, str], dynalite: str) -> None:
+    """An http endpoint's requests go to the proxy inside TLS; an https endpoint's TLS runs
+    inside the proxy's, through its tunnel, and answers."""
+    log, https_endpoint = tls_proxy
+    for endpoint in (dynalite, https_endpoint):
+        client = wire_client(endpoint, max_attempts=1)
+        try:
+            with pytest.raises(ClientError, match="ResourceNotFoundException"):
+                client.describe_table(TableName="through_a_tls_proxy")
+        finally:
+            client.close()
+    assert f"POST {dynalite}/ HTTP/1.1" in log.read_text()
+    assert f"CONNECT {https_endpoint.removeprefix('https://')} HTTP/1.1" in log.read_text()
+
+
+def test_an_https_proxy_whose_certificate_is_not_trusted_is_named_in_the_error(
+        tls_proxy: tuple[Path, str], dynalite: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(Path(__file__)))  # no certificate in it
+    client = wire_client(dynalite, max_attempts=1)
+    try:
+        with pytest.raises(SSLError, match=r"the proxy 127\.0\.0\.1:\d+: .*CERTIFICATE_VERIFY"):
+            client.describe_table(TableName="never_created")
     finally:
         client.close()
