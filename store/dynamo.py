@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -63,7 +64,9 @@ class DynamoBackend:
     """Every request goes through a :class:`WireClient`; ``client``, boto3's, gives it the
     endpoint, region, timeouts, pool size, attempts and User-Agent, and ``credentials`` sign
     it (default: those of boto3's default session, which ``boto3.client`` uses: the chain it
-    resolves, refreshed as they expire)."""
+    resolves, refreshed as they expire). An https endpoint is verified against the CA bundle
+    botocore's configuration names (``AWS_CA_BUNDLE``, or ``ca_bundle`` in the profile), else
+    the system's store."""
 
     def __init__(self, client: Any, prefix: str = "edge_", credentials: Any = None) -> None:
         self._sdk = client
@@ -71,12 +74,15 @@ class DynamoBackend:
             credentials = (boto3.DEFAULT_SESSION or boto3.Session()).get_credentials()
         config = client.meta.config
         retries = config.retries or {}
+        ca_bundle = botocore.session.get_session().get_config_variable("ca_bundle") \
+            if client.meta.endpoint_url.startswith("https:") else None  # 10 ms: only for TLS
         self._client = WireClient(
             client.meta.endpoint_url, client.meta.region_name, credentials,
             user_agent=config.user_agent or USER_AGENT, connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout, max_pool_connections=config.max_pool_connections,
             max_attempts=retries.get("total_max_attempts") or retries.get("max_attempts", 4) + 1,
-            counted=self._counted, throttled=self._count_throttled)
+            counted=self._counted, throttled=self._count_throttled,
+            ca_bundle=ca_bundle)
         self._prefix = prefix
         self.requests = 0
         self._lock = threading.Lock()

@@ -112,12 +112,13 @@ class WireClient:
                  connect_timeout: float = 3.0, read_timeout: float = 10.0,
                  max_pool_connections: int = 64, max_attempts: int = 5,
                  counted: Callable[[str, str], None] = lambda table, operation: None,
-                 throttled: Callable[[str], None] = lambda table: None) -> None:
+                 throttled: Callable[[str], None] = lambda table: None,
+                 ca_bundle: str | None = None) -> None:
         self.endpoint_url = endpoint_url
         parts = urlsplit(endpoint_url)
         self._host = parts.netloc  # as botocore signs it: the port only when the URL has one
         self._pool = KeptConnections(endpoint_url, connect_timeout, read_timeout,
-                                     max_pool_connections)
+                                     max_pool_connections, ca_bundle)
         self._credentials = credentials
         self._signer = SigV4(region)
         self._agent = user_agent

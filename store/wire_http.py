@@ -6,12 +6,12 @@ package: some 40% of the store client's CPU a request. DynamoDB's answers are sm
 Content-Length and need three of their headers, so this reads them by hand. What urllib3 did
 for the client, this does too: a pool of idle connections (a connection the server has closed
 meanwhile is not reused), timeouts to connect and to read, TLS verified against the system's
-CA store with the endpoint's name, and the proxy the environment names, as botocore does
-(``HTTPS_PROXY``/``HTTP_PROXY`` by the endpoint's scheme, unless ``NO_PROXY`` spares its host):
-an https endpoint through a ``CONNECT`` tunnel, an http one in the proxy's absolute form. A
-proxy named ``https://`` is reached over TLS too (verified against the same store, with the
-proxy's name), and an https endpoint's TLS then runs inside the proxy's (urllib3's
-``SSLTransport``, as botocore's urllib3 does).
+CA store (or the bundle botocore is given) with the endpoint's name, and the proxy the
+environment names, as botocore does (``HTTPS_PROXY``/``HTTP_PROXY`` by the endpoint's scheme,
+unless ``NO_PROXY`` spares its host): an https endpoint through a ``CONNECT`` tunnel, an http
+one in the proxy's absolute form. A proxy named ``https://`` is reached over TLS too
+(verified against the same certificates, with the proxy's name), and an https endpoint's TLS
+then runs inside the proxy's (urllib3's ``SSLTransport``, as botocore's urllib3 does).
 """
 from __future__ import annotations
 
@@ -79,12 +79,14 @@ class _Connection:
 
 class KeptConnections:
     def __init__(self, endpoint_url: str, connect_timeout: float, read_timeout: float,
-                 maxsize: int) -> None:
+                 maxsize: int, ca_bundle: str | None = None) -> None:
+        """``ca_bundle``: the certificates an https endpoint (and an https proxy) is verified
+        against, in place of the system's store (botocore's ``AWS_CA_BUNDLE``)."""
         parts = urlsplit(endpoint_url)
         tls = parts.scheme == "https"
         self._hostname = parts.hostname or ""
         self._address = (self._hostname, parts.port or (443 if tls else 80))
-        self._context = ssl.create_default_context() if tls else None
+        self._context = ssl.create_default_context(cafile=ca_bundle) if tls else None
         self._target = b"/"
         self._proxy: tuple[str, int] | None = None
         self._proxy_context: ssl.SSLContext | None = None
@@ -93,7 +95,7 @@ class KeptConnections:
         if proxy and not urllib.request.proxy_bypass(self._hostname):
             found = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
             if found.scheme == "https":
-                self._proxy_context = ssl.create_default_context()
+                self._proxy_context = ssl.create_default_context(cafile=ca_bundle)
             self._proxy = (found.hostname or "", found.port or (443 if self._proxy_context
                                                                  else 80))
             if found.username is not None:

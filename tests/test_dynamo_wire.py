@@ -293,42 +293,70 @@ def test_a_tunnel_the_proxy_refuses_is_a_connection_error_that_says_why(
         client.close()
 
 
+def tls_in_front(tmp_path: Path,
+                 backends: dict[str, str]) -> tuple[ManagedProcess, dict[str, int]]:
+    """HAProxy terminating TLS in front of each backend (name -> its host:port), each with a
+    certificate for 127.0.0.1 from a CA made here (its file: ``tmp_path / "ca.pem"``):
+    (HAProxy, name -> its TLS port)."""
+    ca = LocalCA()
+    (tmp_path / "ca.pem").write_text(ca.pem)
+    ports = {name: free_port() for name in backends}
+    config = tmp_path / "haproxy.cfg"
+    config.write_text("defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n"
+                      "    timeout server 30s\n")
+    for name, backend in backends.items():
+        (tmp_path / f"{name}.pem").write_text("".join(ca.issue(["127.0.0.1"])))
+        with config.open("a") as out:
+            out.write(f"listen {name}\n    bind 127.0.0.1:{ports[name]} ssl crt "
+                      f"{tmp_path / f'{name}.pem'}\n    server {name} {backend}\n")
+    haproxy = ManagedProcess("haproxy", ["haproxy", "-db", "-f", str(config)],
+                             tmp_path / "haproxy.log")
+    try:
+        for port in ports.values():
+            wait_for_port(port, process=haproxy)
+    except BaseException:
+        haproxy.stop()
+        raise
+    return haproxy, ports
+
+
+def test_an_endpoint_is_verified_against_the_ca_bundle_botocore_is_given(
+        dynalite: str, settings: Settings, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``AWS_CA_BUNDLE`` (a private CA's, or a TLS-inspecting proxy's) in place of the
+    system's store, as botocore reads it."""
+    haproxy, ports = tls_in_front(tmp_path, {"store": urlsplit(dynalite).netloc})
+    try:
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(tmp_path / "ca.pem"))
+        backend = DynamoBackend.from_settings(dataclasses.replace(
+            settings, storage_backend="dynamodb",
+            dynamodb_endpoint_url=f"https://127.0.0.1:{ports['store']}",
+            dynamodb_table_prefix=f"ca{free_port()}_"))
+        try:
+            table = backend.table(SPEC)
+            table.put({"id": "a", "owner": "o"})
+            assert table.get("a") == {"id": "a", "owner": "o", "version": 1}
+        finally:
+            backend.close()
+    finally:
+        haproxy.stop()
+
+
 @pytest.fixture
 def tls_proxy(proxy: Path, dynalite: str, tmp_path: Path,
               monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, str]]:
     """The ``proxy`` fixture's tinyproxy behind HAProxy's TLS, named ``https://`` by the
-    environment, and dynalite behind HAProxy's TLS as an https endpoint, each with a
-    certificate from a CA the client trusts (``SSL_CERT_FILE``): (tinyproxy's log, the https
-    endpoint)."""
+    environment, and dynalite behind HAProxy's TLS as an https endpoint, their CA trusted
+    (``SSL_CERT_FILE``): (tinyproxy's log, the https endpoint)."""
     named = urlsplit(os.environ["https_proxy"])
-    ca = LocalCA()
-    (tmp_path / "ca.pem").write_text(ca.pem)
-    front, store = free_port(), free_port()
-    for name in ("proxy", "store"):
-        (tmp_path / f"{name}.pem").write_text("".join(ca.issue(["127.0.0.1"])))
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(f"""defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-listen proxy
-    bind 127.0.0.1:{front} ssl crt {tmp_path / "proxy.pem"}
-    server tinyproxy 127.0.0.1:{named.port}
-listen store
-    bind 127.0.0.1:{store} ssl crt {tmp_path / "store.pem"}
-    server dynalite {urlsplit(dynalite).netloc}
-""")
-    haproxy = ManagedProcess("haproxy", ["haproxy", "-db", "-f", str(config)],
-                             tmp_path / "haproxy.log")
+    haproxy, ports = tls_in_front(tmp_path, {"proxy": f"127.0.0.1:{named.port}",
+                                             "store": urlsplit(dynalite).netloc})
     try:
-        wait_for_port(front, process=haproxy)
-        wait_for_port(store, process=haproxy)
         login = f"{named.username}:{named.password}@" if named.username else ""
         for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-            monkeypatch.setenv(name, f"https://{login}127.0.0.1:{front}")
+            monkeypatch.setenv(name, f"https://{login}127.0.0.1:{ports['proxy']}")
         monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
-        yield proxy, f"https://127.0.0.1:{store}"
+        yield proxy, f"https://127.0.0.1:{ports['store']}"
     finally:
         haproxy.stop()
 
