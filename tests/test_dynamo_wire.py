@@ -363,19 +363,24 @@ def tls_proxy(proxy: Path, dynalite: str, tmp_path: Path,
 
 @pytest.mark.parametrize("proxy", ["", "operator:s3cret"], indirect=True)
 def test_an_https_proxy_is_reached_over_tls_for_either_endpoint(
-        tls_proxy: tuple[Path, str], dynalite: str) -> None:
+        tls_proxy: tuple[Path, str], dynalite: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """An http endpoint's requests go to the proxy inside TLS; an https endpoint's TLS runs
-    inside the proxy's, through its tunnel, and answers."""
+    inside the proxy's, through its tunnel, and answers; the tunnel is kept for the next
+    request. (tinyproxy closes a connection after each request it forwarded, while its answer
+    says HTTP/1.1 with no ``close``: a request may meet that close and be retried.)"""
+    monkeypatch.setattr(dynamo_wire, "backoff", lambda attempt: 0.0)
     log, https_endpoint = tls_proxy
     for endpoint in (dynalite, https_endpoint):
-        client = wire_client(endpoint, max_attempts=1)
+        client = wire_client(endpoint)
         try:
-            with pytest.raises(ClientError, match="ResourceNotFoundException"):
-                client.describe_table(TableName="through_a_tls_proxy")
+            for _ in range(2):
+                with pytest.raises(ClientError, match="ResourceNotFoundException"):
+                    client.describe_table(TableName="through_a_tls_proxy")
         finally:
             client.close()
-    assert f"POST {dynalite}/ HTTP/1.1" in log.read_text()
-    assert f"CONNECT {https_endpoint.removeprefix('https://')} HTTP/1.1" in log.read_text()
+    assert log.read_text().count(f"POST {dynalite}/ HTTP/1.1") == 2
+    assert log.read_text().count(
+        f"CONNECT {https_endpoint.removeprefix('https://')} HTTP/1.1") == 1
 
 
 def test_an_https_proxy_whose_certificate_is_not_trusted_is_named_in_the_error(
