@@ -10,6 +10,7 @@ import dataclasses
 import gc
 import os
 import signal
+import statistics
 import threading
 import time
 import uuid
@@ -56,34 +57,47 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
-_SPEED: list[float] = []
-"""The CPU-s a fixed pure-Python loop took at the run's start (the best of three)."""
+class _Speed:
+    """How fast the machine runs a fixed pure-Python loop (its own thread's CPU time, so load
+    does not count), timed every few seconds through the run: timed once at the start of five
+    runs on one VM in one day, it took from 68 to 113 ms; and one tree's run took a fifth
+    longer, with as much more CPU, from one day to the next."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self.stop = threading.Event()
+        threading.Thread(target=self._run, name="speed", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            started, total = time.thread_time(), 0
+            for n in range(200_000):
+                total += n * n % 7
+            self.samples.append(time.thread_time() - started)
+            if self.stop.wait(5.0):
+                return
 
 
-def _speed_loop() -> float:
-    started = time.process_time()
-    total = 0
-    for n in range(1_000_000):
-        total += n * n % 7
-    return time.process_time() - started
+_SPEED: list[_Speed] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if "PYTEST_XDIST_WORKER" not in os.environ:  # before the workers start
-        _SPEED.append(min(_speed_loop() for _ in range(3)))
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # the run's own process: one for the run
+        _SPEED.append(_Speed())
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """The run's CPU (pytest, its workers and every process they waited for) beside the
-    machine's speed: one tree's run took 1.2 times the time on one day's 2-core VM as on the
-    day before's, with as much more CPU, so a run's time is read against its machine's."""
-    if not _SPEED:
+    machine's speed, so a run's time is read against its machine's."""
+    if not _SPEED or not _SPEED[0].samples:
         return
+    _SPEED[0].stop.set()
+    loop = statistics.median(_SPEED[0].samples)
     used = os.times()
     cpu = used.user + used.system + used.children_user + used.children_system
     terminalreporter.write_line(
-        f"run cost: {cpu:,.0f} CPU-s on {os.cpu_count()} cores; speed loop {_SPEED[0] * 1000:.0f} "
-        f"ms; {cpu / _SPEED[0]:,.0f} loops")
+        f"run cost: {cpu:,.0f} CPU-s on {os.cpu_count()} cores; the speed loop took "
+        f"{loop * 1000:.1f} ms (median of {len(_SPEED[0].samples)}): {cpu / loop:,.0f} loops")
 
 
 def pytest_collection_finish() -> None:
