@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import logging
 import os
 import signal
 import statistics
@@ -31,6 +32,7 @@ from devtools.dns_server import KnotServer
 from devtools.dynalite import dynalite_command, start_dynalite
 from devtools.pebble import PebbleStack
 from edge.node import EdgeNode
+from kit import logs
 from kit.procs import PORTS_ENV, ManagedProcess, free_port, port_slice, start_listening
 from kit.settings import Settings, load_settings
 from store import Backend, Item, dynamo_wire
@@ -207,6 +209,24 @@ def _aws_credentials() -> None:
     # dynalite ignores credentials but botocore insists on having some; never real ones in tests.
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """A test that runs ``edgectl``'s main in this process (``cli.main([...])``) leaves the
+    root logger on a handler of the product's (kit/logs.py) writing to the stderr pytest
+    captured for that test, closed once it ends: every later record of the worker then
+    printed "--- Logging error ---". That handler goes after the test, and the level with it."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    ours = [handler for handler in root.handlers
+            if any(isinstance(found, logs.ContextFilter) for found in handler.filters)]
+    for handler in ours:
+        root.removeHandler(handler)
+    if ours:
+        root.setLevel(level)
+        logging.captureWarnings(False)
 
 
 TEST_PASSWORD_HASH = "scrypt:1024:8:1"
