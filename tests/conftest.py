@@ -61,9 +61,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 class _Speed:
     """How fast the machine runs a fixed pure-Python loop (its own thread's CPU time, so load
-    does not count), timed every few seconds through the run: timed once at the start of five
-    runs on one VM in one day, it took from 68 to 113 ms; and one tree's run took a fifth
-    longer, with as much more CPU, from one day to the next."""
+    does not count), timed every few seconds through the run. Timed once instead, at the
+    start of each of five runs on one VM in one day, a million rounds of it took 68 to 113
+    ms; and one tree's run took a fifth longer, with as much more CPU, from one day to the
+    next."""
 
     def __init__(self) -> None:
         self.samples: list[float] = []
