@@ -302,11 +302,8 @@ frontend f
 
 def test_where_boto3_found_its_credentials_is_not_logged_at_info() -> None:
     out = io.StringIO()
-    logs.configure("text", "INFO", out)
-    try:
-        logging.getLogger("botocore.credentials").info("Found credentials in environment variables.")
-        logging.getLogger("botocore.credentials").warning("credentials expire soon")
-        assert "Found credentials" not in out.getvalue()
-        assert "credentials expire soon" in out.getvalue()
-    finally:
-        logs.configure("text", "INFO")
+    logs.configure("text", "INFO", out)  # taken off after the test (tests/conftest.py)
+    logging.getLogger("botocore.credentials").info("Found credentials in environment variables.")
+    logging.getLogger("botocore.credentials").warning("credentials expire soon")
+    assert "Found credentials" not in out.getvalue()
+    assert "credentials expire soon" in out.getvalue()
