@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import IO
@@ -55,14 +58,38 @@ def server_status(path: Path, backend: str) -> dict[str, str]:
             if s.get("pxname") == backend and s.get("svname") not in ("FRONTEND", "BACKEND")}
 
 
+SOCKET_PATH_MAX = 96
+"""HAProxy refuses a UNIX socket path longer than 97 bytes (sun_path)."""
+
+
+def socket_dir(directory: Path) -> Path:
+    """Where a node's UNIX sockets live: its own directory, or, when that path is too long
+    for a socket, a short private directory named after it (``/tmp/edge-<hash>``, mode 0700,
+    refused if another user made it). Made here; :meth:`HAProxy.stop` removes a short one."""
+    if len(str(directory / "master.sock")) <= SOCKET_PATH_MAX:
+        return directory
+    name = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
+    short = Path(tempfile.gettempdir()) / f"edge-{name}"
+    short.mkdir(mode=0o700, exist_ok=True)
+    info = short.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise EdgeError(f"{short} is not a private directory of this user; remove it")
+    return short
+
+
 class HAProxy:
-    def __init__(self, binary: str, config_path: Path, master_socket: Path, log_path: Path) -> None:
+    def __init__(self, binary: str, config_path: Path, directory: Path) -> None:
+        """``directory``: the node's (or router's), where its log is written; its sockets
+        (``master.sock``, ``admin.sock``, the runtime API) are in :func:`socket_dir`."""
         self.binary = binary
         self.config_path = config_path
-        self.master_socket = master_socket
-        self.log_path = log_path
+        self.directory = directory
+        sockets = socket_dir(directory)
+        self.master_socket = sockets / "master.sock"
+        self.runtime_socket = sockets / "admin.sock"
+        self.log_path = directory / "haproxy.log"
         self.process: ManagedProcess | None = None
-        self.pid_file = master_socket.with_name(master_socket.stem + ".pid")
+        self.pid_file = sockets / "master.pid"
         self.adopted: int | None = None
         """The master PID of a HAProxy this object did not start (its agent was killed and
         HAProxy kept serving): driven by signals and its master socket, never started twice."""
@@ -137,6 +164,7 @@ class HAProxy:
     def start(self, timeout: float = 30.0) -> None:
         if self.adopt(timeout):
             return
+        socket_dir(self.directory)  # again: a stop removed a short one
         self.master_socket.unlink(missing_ok=True)
         self.process = ManagedProcess("haproxy", [
             self.binary, "-W", "-db", "-f", str(self.config_path), "-S", str(self.master_socket)],
@@ -190,8 +218,17 @@ class HAProxy:
         if self.process is not None:
             self.process.stop()
             self.process = None
-        self.pid_file.unlink(missing_ok=True)
+        self._remove_sockets()
         return stopped
+
+    def _remove_sockets(self) -> None:
+        """No master runs: its sockets and PID file go, and a short socket directory too (a
+        node's own directory stays), so that a stopped node leaves nothing in /tmp."""
+        for path in (self.master_socket, self.runtime_socket, self.pid_file):
+            path.unlink(missing_ok=True)
+        if self.master_socket.parent != self.directory:
+            with contextlib.suppress(OSError):  # not empty: something else put a file there
+                self.master_socket.parent.rmdir()
 
     def master_command(self, command: str) -> str:
         return unix_command(self.master_socket, command + "\n", timeout=5)

@@ -88,17 +88,15 @@ class EdgeNode(Journaled):
         self._template_bytes = template_bytes(templates)
         """Read once: part of the structure every hot change is compared with."""
         self.releases = Releases(self.directory)
-        sockets = _socket_dir(self.directory)
+        self.current = self.releases.current
+        self.haproxy = HAProxy(haproxy_bin, self.current / "haproxy.cfg", self.directory)
         self.layout = NodeLayout(bind=bind, http_port=http_port, https_port=https_port,
-                                 runtime_socket=sockets / "admin.sock",
+                                 runtime_socket=self.haproxy.runtime_socket,
                                  default_cert=self.directory / "default.pem",
                                  stats_port=stats_port, control_ca=control_ca,
                                  redirect_capacity=redirect_capacity,
                                  proxy_https_port=proxy_https_port,
                                  proxy_http_port=proxy_http_port)
-        self.current = self.releases.current
-        self.haproxy = HAProxy(haproxy_bin, self.current / "haproxy.cfg",
-                               sockets / "master.sock", self.directory / "haproxy.log")
         self.runtime = RuntimeAPI(self.layout.runtime_socket)
         self.last_error: str | None = None
         self.hot_applies = 0
@@ -378,22 +376,3 @@ class EdgeNode(Journaled):
 
 def _load_timeout(routes: int) -> float:
     return LOAD_BASE_SECONDS + LOAD_SECONDS_PER_CERT * routes
-
-
-SOCKET_PATH_MAX = 96
-"""HAProxy refuses a UNIX socket path longer than 97 bytes (sun_path)."""
-
-
-def _socket_dir(directory: Path) -> Path:
-    """Where the node's UNIX sockets live: its own directory, or, when that path is too long
-    for a socket, a short private directory named after it (``/tmp/edge-<hash>``, mode 0700,
-    refused if another user made it)."""
-    if len(str(directory / "master.sock")) <= SOCKET_PATH_MAX:
-        return directory
-    name = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
-    short = Path(tempfile.gettempdir()) / f"edge-{name}"
-    short.mkdir(mode=0o700, exist_ok=True)
-    info = short.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise EdgeError(f"{short} is not a private directory of this user; remove it")
-    return short

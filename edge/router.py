@@ -28,7 +28,7 @@ import jinja2
 
 from edge.errors import EdgeError
 from edge.haproxy import HAProxy
-from edge.node import Journaled, _socket_dir
+from edge.node import Journaled
 from edge.plan import refuse_mass_delete
 from edge.render import ROUTER_TEMPLATE, template_folder
 from edge.runtime import RuntimeAPI, RuntimeCommandFailed
@@ -118,7 +118,6 @@ class Router(Journaled):
         super().__init__(compact_after)
         self.directory = directory.absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
-        sockets = _socket_dir(self.directory)
         self.listen = {"bind": bind, "https_port": https_port, "http_port": http_port,
                        "check_ms": check_ms, "maxconn": maxconn}
         self._templates = templates
@@ -126,9 +125,8 @@ class Router(Journaled):
         self.journal_path = self.directory / "sni.journal"
         self.config_path = self.directory / "router.cfg"
         self.state_path = self.directory / "router_state.json"
-        self.runtime_socket = sockets / "admin.sock"
-        self.haproxy = HAProxy(haproxy_bin, self.config_path, sockets / "master.sock",
-                               self.directory / "haproxy.log")
+        self.haproxy = HAProxy(haproxy_bin, self.config_path, self.directory)
+        self.runtime_socket = self.haproxy.runtime_socket
         self.runtime = RuntimeAPI(self.runtime_socket)
         self._hosts: dict[str, str] | None = None
         self._state: dict[str, Any] | None = None

@@ -6,7 +6,9 @@ import http.client
 import os
 import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -16,7 +18,8 @@ import pytest
 
 from devtools.probe import https_get
 from devtools.sample_app import SampleApp
-from edge.haproxy import ConfigRejected, masters_running
+from edge.errors import EdgeError
+from edge.haproxy import ConfigRejected, masters_running, stop_node
 from edge.node import EdgeNode
 from edge.plan import CertificateRejected, UnsafePlan
 from edge.render import RenderError
@@ -151,6 +154,35 @@ def test_a_master_left_without_its_pid_file_is_adopted_and_reloaded_not_doubled(
     finally:
         second.stop()
         first.stop()
+
+
+def test_a_node_whose_path_is_too_long_for_a_socket_leaves_nothing_in_tmp_once_stopped(
+        tmp_path: Path, app: SampleApp) -> None:
+    """HAProxy refuses a socket path over 97 bytes: such a node's sockets live in a private
+    /tmp/edge-<hash>, made at start and removed at stop (runs of the suite left dozens)."""
+    deep = tmp_path / ("d" * 60) / "edge"
+    ports = {"http_port": free_port(), "https_port": free_port()}
+    cert, pem = self_signed_pem("one.example.test")
+    node = EdgeNode(deep, **ports)
+    sockets = node.haproxy.master_socket.parent
+    assert sockets.parent == Path(tempfile.gettempdir()) and sockets.name.startswith("edge-")
+    try:
+        for _ in range(2):  # stopped, then started again by the same node
+            node.apply(state(app, Route("one.example.test", "pub_1", pem)))
+            assert stat.S_IMODE(sockets.stat().st_mode) == 0o700
+            assert node.runtime.command("show info").startswith("Name: HAProxy")
+            probe = https_get(ports["https_port"], "one.example.test", cadata=cert)
+            assert (probe.status, probe.json()["publication_id"]) == (200, "pub_1")
+            assert stop_node(node.directory, node.haproxy).startswith("stopped the HAProxy")
+            assert not sockets.exists(), "a stopped node leaves nothing in /tmp"
+    finally:
+        node.stop()
+    sockets.mkdir(mode=0o755)  # another user's (or a loose) directory is never used
+    try:
+        with pytest.raises(EdgeError, match="is not a private directory of this user"):
+            EdgeNode(deep, **ports)
+    finally:
+        sockets.rmdir()
 
 
 def test_a_second_master_on_the_config_is_stopped_and_the_named_one_kept(
