@@ -14,6 +14,9 @@ so that any replica resumes a move where a dead one left it:
 3. **drop**: after ``grace`` seconds (routers catching up still find it served in both
    places) the old shard removes the route and links, and the move item goes.
 
+A round takes its due moves together: one change of each shard they publish to or drop
+from, one of the router's map for those that switch (edge/move_steps.py).
+
 Work proportional to change: the moved hostnames are found by reading the edge's route and
 link tables once (paged, the cursor in the ``scan`` item), only when the registry's revision
 moved; the worker then takes moves by their due time (the ``due`` range index: one query when
@@ -25,17 +28,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections import Counter
+from typing import Callable
 
 from edge.move_counts import MoveCounts
+from edge.move_steps import DROP, PUBLISH, MoveSteps, Pair, move_key
 from edge.plan import MIN_EXISTING_FOR_SHARE
-from edge.protocol import OLDEST, meta_version
 from edge.router_feed import ROUTER
 from edge.shard_registry import ShardRegistry
 from edge.sharded_state import ShardedState, link_host
 from edge.shards import DEFAULT_SHARD, ShardSet
-from edge.state import EdgeConfig, Redirect
-from edge.state_changes import RedirectChange, RouteChange
 from store import (ABSENT, VERSION, ConflictError, Item, RangeIndex, Table, TableSpec,
                    all_items)
 from store.namespace import SEPARATOR
@@ -47,13 +49,8 @@ EDGE_MOVES = TableSpec("edge_moves", key="key", spread=("queue",),
 next step is due; the ``scan`` item (finding the moved hostnames) and the ``counts`` item
 (moves in flight from and to each shard)."""
 SCAN, QUEUE = "scan", "1"
-PUBLISH, SWITCH, DROP = "publish", "switch", "drop"
-PAGE, VERSIONS = 500, 16
-"""Routes read a page; versions a move remembers as holding its route (the shard's last)."""
-
-
-def move_key(hostname: str) -> str:
-    return f"move#{hostname}"
+PAGE = 500
+"""Routes read a page."""
 
 
 def shard_of(key: str) -> tuple[str, str] | None:
@@ -76,12 +73,13 @@ class Mover:
         self.page, self.pages = page, pages
         """Rows a page of the scan reads, and pages a round reads at most (the rest waits
         for the next round, which resumes at the kept cursor)."""
-        self.owner, self._clock = owner or f"mover-{id(self):x}", clock
+        self.owner, self.clock = owner or f"mover-{id(self):x}", clock
         self._done: int | None = None
         """The registry revision whose moved hostnames this process saw all enqueued."""
         self._recount_at = 0.0
         """When an idle round next checks the counts (and recounts the draining shards)."""
         self.counts = MoveCounts(table)
+        self._steps = MoveSteps(self)
         state.mover = self
 
     def tick(self, current: tuple[int, ShardSet] | None = None) -> int:
@@ -93,10 +91,10 @@ class Mover:
         if revision != self._done:
             self.discover(revision, shards)
         steps = self.run_due(shards)
-        if not steps and self._clock() >= self._recount_at:
-            self._recount_at = self._clock() + self.grace
+        if not steps and self.clock() >= self._recount_at:
+            self._recount_at = self.clock() + self.grace
             self._settle_counts()
-            self._drop_drained(shards, recount=True)  # a count too high stalls a drain
+            self.drop_drained(shards, recount=True)  # a count too high stalls a drain
         return steps
 
     # --- finding the moved hostnames --------------------------------------------------------
@@ -118,8 +116,10 @@ class Mover:
             tables = self.state.tables
             table = tables.routes if scan["phase"] == "routes" else tables.redirects
             page = table.scan(limit=self.page, cursor=scan.get("cursor"))
+            counted = Counter[Pair]()  # the page's moves counted at once, not one by one
             for item in page.items:
-                self._consider(item, scan["phase"] == "routes", shards)
+                counted.update(self._consider(item, scan["phase"] == "routes", shards))
+            self.count(counted)
             if page.next_cursor:
                 scan["cursor"] = page.next_cursor
             else:
@@ -135,42 +135,56 @@ class Mover:
             return False  # the next round goes on from the cursor
         self._done = revision
         log.info("shard set revision %d: moved hostnames enqueued", revision)
-        self._drop_drained(shards)
+        self.drop_drained(shards)
         return True
 
-    def _consider(self, item: Item, is_route: bool, shards: ShardSet) -> None:
+    def _consider(self, item: Item, is_route: bool, shards: ShardSet) -> Counter[Pair]:
         found = shard_of(str(item["hostname" if is_route else "key"]))
         if found is None or item.get("removed"):
-            return
+            return Counter()
         shard, key = found
         host = key if is_route else link_host(key)
         target = shards.assign(host)
-        if target != shard:
-            self.enqueue(host, shard, target, None if is_route else key)
+        if target == shard:
+            return Counter()
+        return self.enqueued(host, shard, target, None if is_route else key)
 
     def enqueue(self, hostname: str, source: str, target: str, link: str | None = None) -> None:
         """Write down the move of ``hostname`` (and ``link``, one of its short links) from
         ``source`` to ``target``, unless one is in flight: a move still to publish takes the
         new target and link; one past it ends first, and its drop enqueues the next."""
+        self.count(self.enqueued(hostname, source, target, link))
+
+    def enqueued(self, hostname: str, source: str, target: str,
+                 link: str | None) -> Counter[Pair]:
+        """:meth:`enqueue`, leaving the counts to the caller: their change is returned."""
         while True:
             item = self.table.get(move_key(hostname))
             if item is None:
                 item = {"key": move_key(hostname), "hostname": hostname, "source": source,
                         "target": target, "step": PUBLISH, "links": [], "queue": QUEUE,
-                        "due_at": self._clock(), "versions": []}
+                        "due_at": self.clock(), "versions": []}
             elif item["step"] != PUBLISH or item["source"] != source:
-                return
+                return Counter()
             links = sorted(set(item["links"]) | ({link} if link else set()))
             if item.get(VERSION) and item["target"] == target and links == item["links"]:
-                return
+                return Counter()
             try:
                 self.table.put({**item, "target": target, "links": links},
                                expected_version=item.get(VERSION, ABSENT))
-                if not item.get(VERSION):
-                    self.counts.add(source, target, 1)
-                return
             except ConflictError:
                 continue
+            if not item.get(VERSION):
+                return Counter({(source, target): 1})
+            if item["target"] == target:  # a link added to it
+                return Counter()
+            return Counter({(source, item["target"]): -1, (source, target): 1})
+
+    def count(self, changes: Counter[Pair]) -> None:
+        """Add these changes to the moves in flight from and to each shard."""
+        for (source, target), amount in sorted(changes.items()):
+            if amount:
+                self.counts.add(source, target, amount)
 
     def flying(self) -> dict[str, tuple[str, str]]:
         """Every hostname in flight: (source, target); reads every move (a reconciliation's)."""
@@ -201,13 +215,13 @@ class Mover:
 
     def due(self, limit: int = 100) -> list[Item]:
         """Moves whose next step is due: one index query."""
-        return self.table.query_range("due", QUEUE, upper=self._clock(), limit=limit).items
+        return self.table.query_range("due", QUEUE, upper=self.clock(), limit=limit).items
 
     def run_due(self, shards: ShardSet) -> int:
         """Take the due moves; a round drops at most a tenth of a shard's routes (all of them
         below ``MIN_EXISTING_FOR_SHARE``), so that a node following its feed never sees a
         delta its agent refuses as a mass removal (edge/plan.py)."""
-        steps, budgets = 0, dict[str, int]()
+        leased, budgets = list[Item](), dict[str, int]()
         for item in self.due():
             if item["step"] == DROP:
                 source = item["source"]
@@ -218,137 +232,21 @@ class Mover:
                 if budgets[source] <= 0:
                     continue
                 budgets[source] -= 1
-            leased = self._lease(item)
-            if leased is not None:
-                self.step(leased, shards)
-                steps += 1
-        return steps
+            move = self._lease(item)
+            if move is not None:
+                leased.append(move)
+        self._steps.take(leased, shards)
+        return len(leased)
 
     def _lease(self, item: Item) -> Item | None:
         """The move leased to this replica (its due time pushed past the lease, so no other
         replica takes it meanwhile), or None if another replica got it first."""
         try:
             return self.table.put({**item, "owner": self.owner,
-                                   "due_at": self._clock() + self.lease},
+                                   "due_at": self.clock() + self.lease},
                                   expected_version=item[VERSION])
         except ConflictError:
             return None
-
-    def step(self, move: Item, shards: ShardSet) -> None:
-        """Take the move's next step (idempotent: a repeat after a crash does the same)."""
-        if move["step"] != DROP and move["target"] not in shards.names:
-            self._retarget(move, shards)
-        elif move["step"] == PUBLISH:
-            self._publish(move)
-        elif move["step"] == SWITCH:
-            self._switch(move, shards)
-        else:
-            self._drop(move, shards)
-
-    def _publish(self, move: Item) -> None:
-        host, source, target = move["hostname"], move["source"], move["target"]
-        old, new = self.state.store(source), self.state.store(target)
-        since = new.mark()  # the target's own changes (newer than the source's) stay
-        route = old.routes.get(host)
-        routes: dict[str, RouteChange] = {}
-        if route is not None and not route.get("removed") \
-                and self.state.holding(target, host) is None:
-            cert = old.certificate(host, str(route["cert_sha256"]))
-            if cert is not None:
-                routes[host] = (str(route["publication_id"]), cert["pem"],
-                                str(route.get("extras") or ""))
-        links: dict[str, RedirectChange] = {}
-        for key in move["links"]:
-            item = old.redirects.get(key) if old.redirects is not None else None
-            if item is not None and not item.get("removed") and new.redirects is not None \
-                    and new.redirects.get(key) is None:
-                links[key] = Redirect.from_map(key, str(item["value"]))
-        config = None if new.meta() else old.meta()
-        self.state.publish_to(target, routes, links, EdgeConfig.from_json(config["config"])
-                              if config and "config" in config else None, since)
-        self._next(move, SWITCH, self._clock(), versions=self._versions(move, target))
-
-    def _versions(self, move: Item, shard: str) -> list[str]:
-        """The move's versions with the shard's current one, if it holds the route (or the
-        hostname has no route: its links moved alone)."""
-        known = list(move.get("versions") or [])
-        meta = self.state.store(shard).meta()
-        if meta is None:
-            return known
-        if self.state.holding(shard, move["hostname"]) is None and \
-                self.state.holding(move["source"], move["hostname"]) is not None:
-            return known
-        for version in (str(meta["edge_version"]), meta_version(meta, OLDEST)):
-            if version not in known:
-                known.append(version)
-        return known[-VERSIONS:]
-
-    def held(self, move: Item, shards: ShardSet) -> bool:
-        """Whether every node of the move's target holds its route: as many fresh reports as
-        the registry lists nodes (at least one), each naming a version that holds it."""
-        versions = set(move.get("versions") or [])
-        fresh = [node for node in self.state.nodes(move["target"])
-                 if node["last_seen_seconds"] <= self.stale]
-        wanted = max(1, len(shards.shards.get(move["target"], ())))
-        return len(fresh) >= wanted and all(node.get("applied_version") in versions
-                                            for node in fresh)
-
-    def _switch(self, move: Item, shards: ShardSet) -> None:
-        move = {**move, "versions": self._versions(move, move["target"])}
-        if not self.held(move, shards):
-            self._next(move, SWITCH, self._clock() + self.poll)
-            return
-        host, target = move["hostname"], move["target"]
-        entry = target if target != DEFAULT_SHARD and \
-            self.state.holding(target, host) is not None else None
-        if self.state.router.holding(host) != entry:
-            self.state.router.assign({host: entry})
-        self._next(move, DROP, self._clock() + self.grace)
-
-    def _drop(self, move: Item, shards: ShardSet) -> None:
-        host, source, target = move["hostname"], move["source"], move["target"]
-        if self.state.holding(source, host) is not None or move["links"]:
-            self.state.publish_to(source, {host: None} if self.state.holding(
-                source, host) is not None else {}, {key: None for key in move["links"]})
-        try:
-            self.table.delete(move_key(host), expected_version=move[VERSION])
-        except ConflictError:
-            return
-        self.counts.add(source, target, -1)
-        log.info("%s moved from shard %s to %s", host, source, target)
-        now = shards.assign(host)
-        if now != target:  # the shard set changed again while this move ran
-            self.enqueue(host, target, now)
-        if source in shards.draining:
-            self._drop_drained(shards)
-
-    def _retarget(self, move: Item, shards: ShardSet) -> None:
-        """The target stopped taking hostnames before the switch (removed right after it was
-        added): take back what was published there, and move to the hostname's shard now, or
-        nowhere if that is the source."""
-        host, source, old = move["hostname"], move["source"], move["target"]
-        self.state.publish_to(old, {host: None} if self.state.holding(old, host) is not None
-                              else {}, {key: None for key in move["links"]})
-        now = shards.assign(host)
-        if now == source:
-            try:
-                self.table.delete(move_key(host), expected_version=move[VERSION])
-            except ConflictError:
-                return
-        else:
-            self._next(move, PUBLISH, self._clock(), target=now, versions=[])
-        self.counts.add(source, old, -1)
-        if now != source:
-            self.counts.add(source, now, 1)
-        if old in shards.draining:
-            self._drop_drained(shards)
-
-    def _next(self, move: Item, step: str, due_at: float, **fields: Any) -> None:
-        try:
-            self.table.put({**move, **fields, "step": step, "due_at": due_at},
-                           expected_version=move[VERSION])
-        except ConflictError:  # the lease ran out and another replica took the move
-            pass
 
     # --- what the dashboard shows ----------------------------------------------------------
 
@@ -365,7 +263,7 @@ class Mover:
                              for item in self.table.scan(limit=3).items):
             self.counts.zero(found)
 
-    def _drop_drained(self, shards: ShardSet, recount: bool = False) -> None:
+    def drop_drained(self, shards: ShardSet, recount: bool = False) -> None:
         """Delete each draining shard nothing moves off any more (once its scan is done). The
         counts are a hint (edge/move_counts.py): a shard is recounted from the moves
         themselves before it goes (a count too low), and with ``recount`` whatever it counts

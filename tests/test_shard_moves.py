@@ -125,6 +125,51 @@ def test_a_shard_added_moves_its_share_after_its_nodes_hold_it(
                 if str(item["key"]).startswith("move#")]
 
 
+def test_a_round_s_moves_are_one_change_of_each_shard_they_touch(
+        moving: Services, clock: FakeClock) -> None:
+    """The moves a round takes to one shard are one change of it, their switch one change of
+    the router's map, and their drop one change of each source: a node (and a router)
+    follows one version for them, not one per hostname."""
+    services, state = moving, moving.edge_shards
+    report_in_sync(services, "a", "b")
+    before = placement(state)
+    add_c(services)
+    mover = mover_of(services)
+    revisions = {shard: state.revision(shard) for shard in ("a", "b", "c")}
+    mover.tick()
+    moved = [host for host in HOSTS if state.holding("c", host) is not None]
+    assert len(moved) >= 5 and state.revision("c") == revisions["c"] + 1
+    router = state.router.mark()
+    switch(services, mover, clock)
+    assert all(state.router.holding(host) == "c" for host in moved)
+    assert state.router.mark() == router + 1, "one change of the map for every switch"
+    clock.advance(31)
+    mover.tick()  # the drops due: a tenth of each source a round (two of its ~20 here)
+    dropped = {shard: [host for host in moved if before[host] == shard
+                       and state.holding(shard, host) is None] for shard in ("a", "b")}
+    assert max(len(hosts) for hosts in dropped.values()) >= 2
+    for shard, hosts in dropped.items():
+        assert state.revision(shard) == revisions[shard] + (1 if hosts else 0)
+    until_done(mover)
+    assert all(state.holding(before[host], host) is None for host in moved)
+
+
+def test_a_move_a_second_shard_retargets_before_it_published_is_counted_once(
+        moving: Services) -> None:
+    services = moving
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    add_c(services)
+    mover = mover_of(services)
+    assert mover.discover(*services.shards.current())
+    services.shards.put_shard("d", [ShardNode("127.0.0.5", 8443, 8080)])
+    assert mover.discover(*services.shards.current())  # before any move was taken
+    targets = [target for _, target in mover.flying().values()]
+    assert {"c", "d"} <= set(targets)
+    counts = mover.in_flight()
+    assert (counts["c"]["to"], counts["d"]["to"]) == (targets.count("c"), targets.count("d"))
+
+
 def test_an_ordinary_change_never_switches_an_entry(moving: Services) -> None:
     services, state = moving, moving.edge_shards
     assert services.shards is not None

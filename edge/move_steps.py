@@ -1,0 +1,209 @@
+"""A round's due moves, step by step (edge/moves.py has the whole design): the moves that
+publish to one shard are one change of it, those that switch one change of the router's map,
+and those that drop from one shard one change of it, so a node follows one version a round for
+them, not one per hostname. Each step stays idempotent: a move whose lease ran out after its
+round's change is taken again by the next round of any replica, which finds the change made
+and only moves the item on."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Callable, Protocol
+
+from edge.move_counts import MoveCounts
+from edge.protocol import OLDEST, meta_version
+from edge.sharded_state import ShardedState
+from edge.shards import DEFAULT_SHARD, ShardSet
+from edge.state import EdgeConfig, Redirect
+from edge.state_changes import RedirectChange, RouteChange
+from store import VERSION, ConflictError, Item, Table
+
+log = logging.getLogger(__name__)
+PUBLISH, SWITCH, DROP = "publish", "switch", "drop"
+VERSIONS = 16
+"""Versions a move remembers as holding its route (the shard's last)."""
+Pair = tuple[str, str]
+"""(source, target) of a move: what the counts count."""
+
+
+def move_key(hostname: str) -> str:
+    return f"move#{hostname}"
+
+
+class Moving(Protocol):
+    """What the steps use of edge.moves.Mover (which imports this module)."""
+    state: ShardedState
+    table: Table
+    counts: MoveCounts
+    grace: float
+    poll: float
+    stale: float
+    clock: Callable[[], float]
+
+    def enqueued(self, hostname: str, source: str, target: str,
+                 link: str | None) -> Counter[Pair]: ...
+
+    def count(self, changes: Counter[Pair]) -> None: ...
+
+    def drop_drained(self, shards: ShardSet, recount: bool = False) -> None: ...
+
+
+class MoveSteps:
+    """The steps of :class:`edge.moves.Mover`'s leased moves."""
+
+    def __init__(self, mover: Moving) -> None:
+        self.mover, self.state, self.table = mover, mover.state, mover.table
+
+    def take(self, moves: list[Item], shards: ShardSet) -> None:
+        """Take each leased move's next step, one change per shard and step (above)."""
+        publish, switch, drop = dict[str, list[Item]](), list[Item](), dict[str, list[Item]]()
+        for move in moves:
+            if move["step"] != DROP and move["target"] not in shards.names:
+                self._retarget(move, shards)
+            elif move["step"] == PUBLISH:
+                publish.setdefault(move["target"], []).append(move)
+            elif move["step"] == SWITCH:
+                switch.append(move)
+            else:
+                drop.setdefault(move["source"], []).append(move)
+        for target, group in sorted(publish.items()):
+            self._publish(target, group)
+        if switch:
+            self._switch(switch, shards)
+        for source, group in sorted(drop.items()):
+            self._drop(source, group, shards)
+
+    def _publish(self, target: str, moves: list[Item]) -> None:
+        new = self.state.store(target)
+        since = new.mark()  # the target's own changes (newer than the sources') stay
+        routes: dict[str, RouteChange] = {}
+        links: dict[str, RedirectChange] = {}
+        config: Item | None = None
+        wants_config = new.meta() is None  # a shard just added: its sources' config
+        for move in moves:
+            host, old = move["hostname"], self.state.store(move["source"])
+            route = old.routes.get(host)
+            if route is not None and not route.get("removed") \
+                    and self.state.holding(target, host) is None:
+                cert = old.certificate(host, str(route["cert_sha256"]))
+                if cert is not None:
+                    routes[host] = (str(route["publication_id"]), cert["pem"],
+                                    str(route.get("extras") or ""))
+            for key in move["links"]:
+                item = old.redirects.get(key) if old.redirects is not None else None
+                if item is not None and not item.get("removed") and new.redirects is not None \
+                        and new.redirects.get(key) is None:
+                    links[key] = Redirect.from_map(key, str(item["value"]))
+            if wants_config and not (config and "config" in config):
+                config = old.meta()
+        self.state.publish_to(target, routes, links, EdgeConfig.from_json(config["config"])
+                              if config and "config" in config else None, since)
+        meta = new.meta()
+        for move in moves:
+            self._next(move, SWITCH, self.mover.clock(),
+                       versions=self._versions(move, target, meta))
+
+    def _versions(self, move: Item, shard: str, meta: Item | None) -> list[str]:
+        """The move's versions with ``meta``'s (the shard's current one), if the shard holds
+        the route (or the hostname has no route: its links moved alone)."""
+        known = list(move.get("versions") or [])
+        if meta is None:
+            return known
+        if self.state.holding(shard, move["hostname"]) is None and \
+                self.state.holding(move["source"], move["hostname"]) is not None:
+            return known
+        for version in (str(meta["edge_version"]), meta_version(meta, OLDEST)):
+            if version not in known:
+                known.append(version)
+        return known[-VERSIONS:]
+
+    def held(self, move: Item, shards: ShardSet, nodes: list[Item] | None = None) -> bool:
+        """Whether every node of the move's target holds its route: as many fresh reports as
+        the registry lists nodes (at least one), each naming a version that holds it.
+        ``nodes``: the target's reports, if read already."""
+        versions = set(move.get("versions") or [])
+        nodes = self.state.nodes(move["target"]) if nodes is None else nodes
+        fresh = [node for node in nodes if node["last_seen_seconds"] <= self.mover.stale]
+        wanted = max(1, len(shards.shards.get(move["target"], ())))
+        return len(fresh) >= wanted and all(node.get("applied_version") in versions
+                                            for node in fresh)
+
+    def _switch(self, moves: list[Item], shards: ShardSet) -> None:
+        """Point the router at the target of each move its nodes hold (one change of the
+        map); the others wait a poll. The target's meta and reports are read once."""
+        metas: dict[str, Item | None] = {}
+        reports: dict[str, list[Item]] = {}
+        entries: dict[str, str | None] = {}
+        held = list[Item]()
+        for move in moves:
+            host, target = move["hostname"], move["target"]
+            if target not in metas:
+                metas[target] = self.state.store(target).meta()
+                reports[target] = self.state.nodes(target)
+            move = {**move, "versions": self._versions(move, target, metas[target])}
+            if not self.held(move, shards, reports[target]):
+                self._next(move, SWITCH, self.mover.clock() + self.mover.poll)
+                continue
+            entry = target if target != DEFAULT_SHARD and \
+                self.state.holding(target, host) is not None else None
+            if self.state.router.holding(host) != entry:
+                entries[host] = entry
+            held.append(move)
+        if entries:
+            self.state.router.assign(entries)
+        for move in held:
+            self._next(move, DROP, self.mover.clock() + self.mover.grace)
+
+    def _drop(self, source: str, moves: list[Item], shards: ShardSet) -> None:
+        """Take the moves' routes and links off ``source`` (one change), then end them."""
+        routes: dict[str, RouteChange] = {}
+        links: dict[str, RedirectChange] = {}
+        for move in moves:
+            if self.state.holding(source, move["hostname"]) is not None:
+                routes[move["hostname"]] = None
+            links.update({key: None for key in move["links"]})
+        if routes or links:
+            self.state.publish_to(source, routes, links)
+        counted = Counter[Pair]()
+        for move in moves:
+            host, target = move["hostname"], move["target"]
+            try:
+                self.table.delete(move_key(host), expected_version=move[VERSION])
+            except ConflictError:
+                continue
+            counted[(source, target)] -= 1
+            log.info("%s moved from shard %s to %s", host, source, target)
+            now = shards.assign(host)
+            if now != target:  # the shard set changed again while this move ran
+                counted.update(self.mover.enqueued(host, target, now, None))
+        self.mover.count(counted)
+        if counted and source in shards.draining:
+            self.mover.drop_drained(shards)
+
+    def _retarget(self, move: Item, shards: ShardSet) -> None:
+        """The target stopped taking hostnames before the switch (removed right after it was
+        added): take back what was published there, and move to the hostname's shard now, or
+        nowhere if that is the source."""
+        host, source, old = move["hostname"], move["source"], move["target"]
+        self.state.publish_to(old, {host: None} if self.state.holding(old, host) is not None
+                              else {}, {key: None for key in move["links"]})
+        now = shards.assign(host)
+        if now == source:
+            try:
+                self.table.delete(move_key(host), expected_version=move[VERSION])
+            except ConflictError:
+                return
+        else:
+            self._next(move, PUBLISH, self.mover.clock(), target=now, versions=[])
+        self.mover.counts.add(source, old, -1)
+        if now != source:
+            self.mover.counts.add(source, now, 1)
+        if old in shards.draining:
+            self.mover.drop_drained(shards)
+
+    def _next(self, move: Item, step: str, due_at: float, **fields: Any) -> None:
+        try:
+            self.table.put({**move, **fields, "step": step, "due_at": due_at},
+                           expected_version=move[VERSION])
+        except ConflictError:  # the lease ran out and another replica took the move
+            pass
