@@ -47,6 +47,8 @@ class Moving(Protocol):
 
     def drop_drained(self, shards: ShardSet, recount: bool = False) -> None: ...
 
+    def leased(self, item: Item) -> Item | None: ...
+
 
 class MoveSteps:
     """The steps of :class:`edge.moves.Mover`'s leased moves."""
@@ -54,24 +56,42 @@ class MoveSteps:
     def __init__(self, mover: Moving) -> None:
         self.mover, self.state, self.table = mover, mover.state, mover.table
 
-    def take(self, moves: list[Item], shards: ShardSet) -> None:
-        """Take each leased move's next step, one change per shard and step (above)."""
-        publish, switch, drop = dict[str, list[Item]](), list[Item](), dict[str, list[Item]]()
-        for move in moves:
+    def take(self, due: list[Item], shards: ShardSet) -> int:
+        """Lease the due moves and take their next steps, one change per shard and step
+        (above); the moves taken. Each group is leased just before its step: a step that
+        fails leaves the groups after it to the next round, not parked behind a lease."""
+        retarget, publish, switch, drop = list[Item](), dict[str, list[Item]](), \
+            list[Item](), dict[str, list[Item]]()
+        for move in due:
             if move["step"] != DROP and move["target"] not in shards.names:
-                self._retarget(move, shards)
+                retarget.append(move)
             elif move["step"] == PUBLISH:
                 publish.setdefault(move["target"], []).append(move)
             elif move["step"] == SWITCH:
                 switch.append(move)
             else:
                 drop.setdefault(move["source"], []).append(move)
+        taken = 0
+        for move in retarget:
+            for leased in self._leased([move]):
+                self._retarget(leased, shards)
+                taken += 1
         for target, group in sorted(publish.items()):
-            self._publish(target, group)
-        if switch:
-            self._switch(switch, shards)
+            if leased_group := self._leased(group):
+                self._publish(target, leased_group)
+                taken += len(leased_group)
+        if leased_group := self._leased(switch):
+            self._switch(leased_group, shards)
+            taken += len(leased_group)
         for source, group in sorted(drop.items()):
-            self._drop(source, group, shards)
+            if leased_group := self._leased(group):
+                self._drop(source, leased_group, shards)
+                taken += len(leased_group)
+        return taken
+
+    def _leased(self, moves: list[Item]) -> list[Item]:
+        """Those of ``moves`` this replica leased (another took the others first)."""
+        return [move for item in moves if (move := self.mover.leased(item)) is not None]
 
     def _publish(self, target: str, moves: list[Item]) -> None:
         new = self.state.store(target)
@@ -144,8 +164,9 @@ class MoveSteps:
             if not self.held(move, shards, reports[target]):
                 self._next(move, SWITCH, self.mover.clock() + self.mover.poll)
                 continue
-            entry = target if target != DEFAULT_SHARD and \
-                self.state.holding(target, host) is not None else None
+            # The default shard too gets an entry, which the drop takes off: a router refuses
+            # a delta that sends more than 30% of its entries elsewhere (a shard drained).
+            entry = target if self.state.holding(target, host) is not None else None
             if self.state.router.holding(host) != entry:
                 entries[host] = entry
             held.append(move)
@@ -164,6 +185,11 @@ class MoveSteps:
             links.update({key: None for key in move["links"]})
         if routes or links:
             self.state.publish_to(source, routes, links)
+        named: dict[str, str | None] = {
+            move["hostname"]: None for move in moves if move["target"] == DEFAULT_SHARD
+            and self.state.router.holding(move["hostname"]) == DEFAULT_SHARD}
+        if named:  # the switch's entries: the default shard serves them without one
+            self.state.router.assign(named)
         counted = Counter[Pair]()
         for move in moves:
             host, target = move["hostname"], move["target"]
@@ -193,17 +219,17 @@ class MoveSteps:
                 self.table.delete(move_key(host), expected_version=move[VERSION])
             except ConflictError:
                 return
-        else:
-            self._next(move, PUBLISH, self.mover.clock(), target=now, versions=[])
-        self.mover.counts.add(source, old, -1)
-        if now != source:
-            self.mover.counts.add(source, now, 1)
+        elif not self._next(move, PUBLISH, self.mover.clock(), target=now, versions=[]):
+            return  # the lease ran out: the replica that took the move counts it
+        self.mover.count(Counter({(source, old): -1, (source, now): 1 if now != source else 0}))
         if old in shards.draining:
             self.mover.drop_drained(shards)
 
-    def _next(self, move: Item, step: str, due_at: float, **fields: Any) -> None:
+    def _next(self, move: Item, step: str, due_at: float, **fields: Any) -> bool:
+        """The move on to ``step``; False if its lease ran out and another replica took it."""
         try:
             self.table.put({**move, **fields, "step": step, "due_at": due_at},
                            expected_version=move[VERSION])
-        except ConflictError:  # the lease ran out and another replica took the move
-            pass
+            return True
+        except ConflictError:
+            return False

@@ -221,7 +221,7 @@ class Mover:
         """Take the due moves; a round drops at most a tenth of a shard's routes (all of them
         below ``MIN_EXISTING_FOR_SHARE``), so that a node following its feed never sees a
         delta its agent refuses as a mass removal (edge/plan.py)."""
-        leased, budgets = list[Item](), dict[str, int]()
+        due, budgets = list[Item](), dict[str, int]()
         for item in self.due():
             if item["step"] == DROP:
                 source = item["source"]
@@ -232,13 +232,10 @@ class Mover:
                 if budgets[source] <= 0:
                     continue
                 budgets[source] -= 1
-            move = self._lease(item)
-            if move is not None:
-                leased.append(move)
-        self._steps.take(leased, shards)
-        return len(leased)
+            due.append(item)
+        return self._steps.take(due, shards)
 
-    def _lease(self, item: Item) -> Item | None:
+    def leased(self, item: Item) -> Item | None:
         """The move leased to this replica (its due time pushed past the lease, so no other
         replica takes it meanwhile), or None if another replica got it first."""
         try:

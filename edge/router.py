@@ -187,7 +187,7 @@ class Router(Journaled):
         with self._refusal_noted():
             update.validate()
             changes = self._changes(update)
-            refuse_mass_delete(sum(shard is None for shard in changes.values()),
+            refuse_mass_delete(self._rerouted(changes, update.default_shard),
                                len(self.hosts()), "hostnames", update.force)
             if self._can_hot_apply(update):
                 try:
@@ -214,6 +214,18 @@ class Router(Journaled):
             wanted = {host: shard for host, shard in update.hosts.items() if shard is not None}
             wanted = {**{host: None for host in served if host not in wanted}, **wanted}
         return {host: shard for host, shard in wanted.items() if served.get(host) != shard}
+
+    def _rerouted(self, changes: Mapping[str, str | None], default: str) -> int:
+        """The entries taken off that send their hostname elsewhere: without its entry a
+        hostname goes where its wildcard parent's entry says, else to the default shard, so an
+        entry naming that very shard (a move's to the default shard) changes nothing."""
+        served, count = self.hosts(), 0
+        for host, shard in changes.items():
+            if shard is None:
+                parent = "*" + host[host.find("."):] if "." in host else host
+                fallback = changes.get(parent, served.get(parent)) if parent != host else None
+                count += served.get(host) != (fallback or default)
+        return count
 
     def _can_hot_apply(self, update: RouterUpdate) -> bool:
         if not (self.haproxy.running and self.state.get("table") == update.table):

@@ -356,10 +356,14 @@ def test_a_node_that_listens_but_is_not_ready_gets_no_visitors(
     assert served == {"pub_ready", "pub_loading"}, "both nodes take visitors again"
 
 
+SHARDS = {name: [{"host": "127.0.0.1", "https_port": 1, "http_port": 2}]
+          for name in ("one", "two")}
+
+
 def test_a_snapshot_dropping_most_hostnames_is_refused_unless_forced(tmp_path: Path) -> None:
     router = Router(tmp_path / "router", https_port=free_port(), http_port=free_port())
-    router.map_path.write_text("".join(f"h{n}.example.test one\n" for n in range(20)))
-    shards = {"one": [{"host": "127.0.0.1", "https_port": 1, "http_port": 2}]}
+    router.map_path.write_text("".join(f"h{n}.example.test two\n" for n in range(20)))
+    shards = SHARDS
     empty = {"version": "v2", "revision": 2, "delta": False, "hosts": {}, "shards": shards,
              "default_shard": "one"}
     with pytest.raises(UnsafePlan, match="removes 20 of 20 hostnames"):
@@ -367,3 +371,27 @@ def test_a_snapshot_dropping_most_hostnames_is_refused_unless_forced(tmp_path: P
     assert router.last_error and "refused unless forced" in router.last_error
     assert len(router.hosts()) == 20 and not router.config_path.exists()
     assert RouterUpdate.from_json({**empty, "force": True}).force
+
+
+def test_an_entry_taken_off_counts_as_removed_only_if_its_hostname_goes_elsewhere(
+        tmp_path: Path) -> None:
+    """Without its entry a hostname goes where its wildcard parent's entry says, else to the
+    default shard: taking off entries that name that shard (a drain to the default shard)
+    sends no visitor elsewhere, so no number of them is a mass removal."""
+    router = Router(tmp_path / "router", https_port=free_port(), http_port=free_port())
+    router.map_path.write_text("".join(f"h{n}.example.test one\n" for n in range(12))
+                               + "*.w.test two\n"
+                               + "".join(f"x{n}.w.test one\n" for n in range(8)))
+    delta = {"version": "v2", "revision": 2, "delta": True, "shards": SHARDS,
+             "default_shard": "one"}
+    try:
+        with pytest.raises(UnsafePlan, match="removes 8 of 21 hostnames"):
+            router.apply(RouterUpdate.from_json({**delta, "hosts": {
+                **{f"h{n}.example.test": None for n in range(12)},
+                **{f"x{n}.w.test": None for n in range(8)}}}))  # the x's would go to two
+        assert router.apply(RouterUpdate.from_json({**delta, "hosts": {
+            f"h{n}.example.test": None for n in range(12)}}))
+        assert router.last_error is None
+        assert sorted(router.hosts()) == sorted(["*.w.test"] + [f"x{n}.w.test" for n in range(8)])
+    finally:
+        router.stop()

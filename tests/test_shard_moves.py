@@ -16,7 +16,7 @@ import pytest
 from control.wiring import Services
 from edge.moves import Mover, move_key
 from edge.sharded_state import ShardedState
-from edge.shards import ShardNode
+from edge.shards import DEFAULT_SHARD, ShardNode
 from edge.state import EdgeConfig, Redirect
 from kit.settings import Settings
 from kit.x509 import self_signed
@@ -170,6 +170,29 @@ def test_a_move_a_second_shard_retargets_before_it_published_is_counted_once(
     assert (counts["c"]["to"], counts["d"]["to"]) == (targets.count("c"), targets.count("d"))
 
 
+def test_a_retarget_that_lost_its_lease_leaves_the_count_to_the_replica_that_moved_it(
+        moving: Services) -> None:
+    """A step taken on a move another replica changed meanwhile (its lease ran out) writes
+    nothing, so it counts nothing: the counts stay those of the move items."""
+    services, registry = moving, moving.shards
+    assert registry is not None
+    report_in_sync(services, "a", "b")
+    add_c(services)
+    mover = mover_of(services)
+    assert mover.discover(*registry.current())
+    stale = [move for item in mover.due() if (move := mover.leased(item)) is not None]
+    registry.remove_shard("c")
+    registry.put_shard("d", [ShardNode("127.0.0.5", 8443, 8080)])
+    assert mover.discover(*registry.current())  # retargets c's moves that d takes now
+    shards = registry.load()
+    taken = [move for move in stale if mover.flying()[move["hostname"]][1] == "d"]
+    assert taken, "some of c's moves go to d now"
+    for move in taken:
+        mover._steps._retarget(move, shards)  # the replica whose lease ran out
+    for shard in ("c", "d"):
+        assert mover.in_flight().get(shard, {"from": 0, "to": 0}) == mover.recount(shard)
+
+
 def test_an_ordinary_change_never_switches_an_entry(moving: Services) -> None:
     services, state = moving, moving.edge_shards
     assert services.shards is not None
@@ -201,7 +224,7 @@ def test_an_interrupted_move_resumes_in_another_replica(
     moved = [host for host in HOSTS if shards.assign(host) == "c"]
     assert all(state.holding("c", host) is not None for host in moved), "nothing lost"
 
-    leased = first._lease(first.due()[0])
+    leased = first.leased(first.due()[0])
     assert leased is not None
     assert leased["hostname"] not in [item["hostname"] for item in second.due()], \
         "a leased move is no other replica's"
@@ -235,6 +258,30 @@ def test_a_removed_shard_drains_then_goes(moving: Services, clock: FakeClock) ->
     assert all(state.holding("b", host) is None for host in on_b)
     assert services.shards.load().draining == frozenset()
     assert move_key(on_b[0]) not in {item["key"] for item in all_items(mover_of(services).table)}
+
+
+def test_a_hostname_drained_to_the_default_shard_has_an_entry_naming_it_until_the_drop(
+        any_backend: Settings, services_with: ServicesWith, clock: FakeClock) -> None:
+    """The switch to the default shard names it in the router's map (taking the entries off
+    would be a removal routers refuse, test_shard_moves_edge.py); the drop takes them off."""
+    services = services_with(base=any_backend, clock=clock, shard_move_grace_seconds=30.0)
+    state, registry = services.edge_shards, services.shards
+    assert registry is not None
+    for n, shard in enumerate((DEFAULT_SHARD, "a")):
+        registry.put_shard(shard, [ShardNode(f"127.0.0.{n + 2}", 8443, 8080)])
+    state.change({host: ("pub_1", self_signed(host)[1]) for host in HOSTS}, CONFIG)
+    on_a = [host for host in HOSTS if state.router.holding(host) == "a"]
+    assert on_a and all(state.router.holding(host) is None for host in HOSTS
+                        if host not in on_a), "the default shard's hostnames have no entry"
+    registry.remove_shard("a")
+    mover = mover_of(services)
+    mover.tick()
+    switch(services, mover, clock, DEFAULT_SHARD)
+    assert all(state.router.holding(host) == DEFAULT_SHARD for host in on_a)
+    past_the_grace(mover, clock)
+    assert "a" not in registry.load().shards
+    assert all(state.router.holding(host) is None for host in HOSTS)
+    assert all(state.holding(DEFAULT_SHARD, host) is not None for host in HOSTS)
 
 
 def test_an_idle_round_reads_the_registry_and_one_index(moving: Services) -> None:

@@ -13,7 +13,9 @@ from admin_app import create_app
 from control.wiring import Services
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
-from edge.shards import ShardNode
+from edge.router import Router
+from edge.router_agent import RouterAgent
+from edge.shards import DEFAULT_SHARD, ShardNode
 from edge.state import EdgeConfig
 from kit.procs import free_port
 from kit.settings import Settings
@@ -74,3 +76,50 @@ def test_a_shard_added_under_real_nodes_moves_without_a_gap(
     finally:
         for node in nodes.values():
             node.stop()
+
+
+@pytest.mark.slow
+def test_a_shard_drained_to_the_default_shard_leaves_a_real_router_following(
+        control: tuple[Services, str], tmp_path: Path) -> None:
+    """A shard removed beside the default shard: its hostnames move to the default shard. A
+    router refuses a delta that takes off more than 30% of its entries, so the switch points
+    each entry at the default shard rather than taking it off, however many switch at once."""
+    services, url = control
+    state, registry, mover = services.edge_shards, services.shards, services.moves
+    assert registry is not None and mover is not None
+    mover.poll = 0.1
+    for n, shard in enumerate((DEFAULT_SHARD, "a")):
+        registry.put_shard(shard, [ShardNode(f"127.0.0.{n + 2}", 8443, 8080)])
+    hosts = [f"d{n}.drain.test" for n in range(30)]
+    state.change({host: ("pub_1", self_signed(host)[1]) for host in hosts},
+                 EdgeConfig(("127.0.0.1:9",), ("127.0.0.1:9",)))
+    on_a = [host for host in hosts if registry.load().assign(host) == "a"]
+    assert len(on_a) >= 10, "enough entries for the router's mass-removal check"
+    router = Router(tmp_path / "router", https_port=free_port(), http_port=free_port())
+    agent = RouterAgent(router, url, "edge-token-0123456789", "r1", watch=0.0)
+    try:
+        assert agent.sync() is True
+        assert router.hosts() == {host: "a" for host in on_a}
+        registry.remove_shard("a")
+        mover.tick()  # published to the default shard
+        assert all(state.holding(DEFAULT_SHARD, host) is not None for host in on_a)
+        default = state.store(DEFAULT_SHARD)
+
+        def switched() -> bool:
+            meta = default.meta()  # the default shard's node holds what it has
+            default.report("default1", meta["edge_version"] if meta else None, None, True,
+                           DEFAULT_SHARD)
+            mover.tick()
+            return all(state.router.holding(host) != "a" for host in on_a)
+
+        wait_until(switched, 20, "the switch")
+        assert agent.sync() is True, "the router takes the switch"
+        assert router.last_error is None
+        assert set(router.hosts().values()) == {DEFAULT_SHARD}
+        wait_until(lambda: mover.tick() is not None and "a" not in registry.load().shards,
+                   30, "a drained and removed")
+        assert all(state.holding("a", host) is None for host in on_a)
+        agent.sync()  # the drop took the entries off: the default shard serves them without
+        assert router.last_error is None and router.hosts() == {}
+    finally:
+        router.stop()
