@@ -5,7 +5,8 @@ certificates and short links. Every hostname is assigned by rendezvous (highest 
 hashing over the shards' names: each (shard, hostname) pair gets a stable score and the highest
 wins, so adding or removing one of K shards moves only about 1/K of the hostnames, and every
 replica computes the same answer with no table to read. An admin may pin a hostname to a shard
-(an override), which wins over the hash.
+(an override), which wins over the hash. A wildcard (``*.example.com``) is on the shard
+where routers send unknown hostnames: the default shard, else the first.
 
 With no shard configured there is one, ``DEFAULT_SHARD``, and the edge is exactly what it is
 without shards: its state keeps the keys it always had.
@@ -48,6 +49,11 @@ def assign(hostname: str, shards: Iterable[str],
     """The shard that serves ``hostname``: its override if that shard exists, else the shard
     with the highest score (ties, which need a 64-bit collision, go to the smaller name)."""
     names = sorted(set(shards)) or [DEFAULT_SHARD]
+    if hostname.startswith("*."):
+        # A router sends a hostname without an entry of its own by its wildcard parent's entry:
+        # a wildcard anywhere but where unknown hostnames go would take the visitors of its
+        # exact siblings on the default shard, which have no entry (and cannot be pinned).
+        return DEFAULT_SHARD if DEFAULT_SHARD in names else names[0]
     pinned = (overrides or {}).get(hostname)
     if pinned in names:
         return str(pinned)

@@ -218,3 +218,27 @@ def test_the_agent_refuses_a_shard_name_it_could_not_ask_for(tmp_path: Path) -> 
     by_flag = subprocess.run([sys.executable, "-m", "edgectl", "agent", "--shard=-x"],
                              env=env, capture_output=True, text=True, timeout=60)
     assert by_flag.returncode == 1 and "'-x' is not a shard name" in by_flag.stderr
+
+
+def test_every_hostname_reaches_the_shard_that_holds_its_route_beside_wildcards(
+        control: tuple[Services, str]) -> None:
+    """A router looks a hostname up, then its wildcard parent (one label up), then sends it to
+    the default shard (test_router.py runs that in HAProxy). A wildcard and its exact siblings
+    are assigned apart by the hash, so each sibling must still reach its own shard, whatever
+    the wildcard's shard: none may reach the wildcard's (its certificate, its publication)."""
+    services, url = control
+    registry = services.shards
+    assert registry is not None
+    for n, shard in enumerate(("default", "a", "b")):
+        registry.put_shard(shard, [ShardNode(f"127.0.0.{n + 2}", 8443, 8080)])
+    hosts = [host for n in range(12) for host in (f"*.w{n}.test", f"x.w{n}.test")]
+    services.edge_shards.change({host: route(host) for host in hosts}, CONFIG)
+    router = get(url, "router").json()
+    entries, default = router["hosts"], router["default_shard"]
+    state = services.edge_shards
+    for host in hosts:
+        parent = "*" + host[host.index("."):]
+        reached = entries.get(host) or entries.get(parent) or default
+        assert state.holding(reached, host) is not None, f"{host} reaches shard {reached}"
+    assert {registry.load().assign(host) for host in hosts if not host.startswith("*")} \
+        == {"default", "a", "b"}, "the siblings are spread over the shards"

@@ -57,3 +57,11 @@ def test_a_shard_set_assigns_by_its_shards_and_overrides() -> None:
     assert shards.assign("news.example.org") == assign("news.example.org", ["a", "b", "c"])
     node = ShardNode("10.0.0.1", 8443, 8080)
     assert ShardNode.from_json(node.to_json()) == node
+
+
+def test_a_wildcard_is_where_routers_send_unknown_hostnames() -> None:
+    wildcards = [f"*.w{n}.example" for n in range(50)]
+    assert {assign(host, ["a", "b", DEFAULT_SHARD]) for host in wildcards} == {DEFAULT_SHARD}
+    assert {assign(host, ["c", "b"]) for host in wildcards} == {"b"}, "the first, as routers"
+    assert {assign(f"x.w{n}.example", ["a", "b", DEFAULT_SHARD]) for n in range(50)} == \
+        {"a", "b", DEFAULT_SHARD}, "their exact siblings are hashed as any hostname"
