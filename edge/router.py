@@ -187,8 +187,8 @@ class Router(Journaled):
         with self._refusal_noted():
             update.validate()
             changes = self._changes(update)
-            refuse_mass_delete(self._rerouted(changes, update.default_shard),
-                               len(self.hosts()), "hostnames", update.force)
+            refuse_mass_delete(self._rerouted(changes, update), len(self.hosts()),
+                               "hostnames", update.force)
             if self._can_hot_apply(update):
                 try:
                     self._hot_apply(changes)
@@ -215,16 +215,19 @@ class Router(Journaled):
             wanted = {**{host: None for host in served if host not in wanted}, **wanted}
         return {host: shard for host, shard in wanted.items() if served.get(host) != shard}
 
-    def _rerouted(self, changes: Mapping[str, str | None], default: str) -> int:
-        """The entries taken off that send their hostname elsewhere: without its entry a
-        hostname goes where its wildcard parent's entry says, else to the default shard, so an
-        entry naming that very shard (a move's to the default shard) changes nothing."""
+    def _rerouted(self, changes: Mapping[str, str | None], update: RouterUpdate) -> int:
+        """The entries taken off that send their hostname elsewhere. Without its entry a
+        hostname goes where its wildcard parent's entry says, else to the default shard; so
+        does one whose entry names a shard the update no longer lists (no backend for it). An
+        entry taken off that named that very shard (a move's to the default shard), or a
+        shard gone (a drain a router catches up on), changes nothing."""
         served, count = self.hosts(), 0
         for host, shard in changes.items():
             if shard is None:
                 parent = "*" + host[host.find("."):] if "." in host else host
                 fallback = changes.get(parent, served.get(parent)) if parent != host else None
-                count += served.get(host) != (fallback or default)
+                fallback = fallback if fallback in update.shards else update.default_shard
+                count += served.get(host) in update.shards and served.get(host) != fallback
         return count
 
     def _can_hot_apply(self, update: RouterUpdate) -> bool:

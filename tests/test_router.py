@@ -395,3 +395,20 @@ def test_an_entry_taken_off_counts_as_removed_only_if_its_hostname_goes_elsewher
         assert sorted(router.hosts()) == sorted(["*.w.test"] + [f"x{n}.w.test" for n in range(8)])
     finally:
         router.stop()
+
+
+def test_the_entries_of_a_shard_gone_from_the_table_are_taken_off_as_they_lead_nowhere(
+        tmp_path: Path) -> None:
+    """A router catching up on a drain after its shard was removed: the entries naming it
+    already lead to the default shard (no backend for it), so taking them off is no removal."""
+    router = Router(tmp_path / "router", https_port=free_port(), http_port=free_port())
+    router.map_path.write_text("".join(f"h{n}.example.test two\n" for n in range(12)))
+    off = {"version": "v2", "revision": 2, "delta": True, "default_shard": "one",
+           "hosts": {f"h{n}.example.test": None for n in range(12)}}
+    try:
+        with pytest.raises(UnsafePlan, match="removes 12 of 12 hostnames"):
+            router.apply(RouterUpdate.from_json({**off, "shards": SHARDS}))  # two still serves
+        assert router.apply(RouterUpdate.from_json({**off, "shards": {"one": SHARDS["one"]}}))
+        assert router.hosts() == {} and router.last_error is None
+    finally:
+        router.stop()
