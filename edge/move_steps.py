@@ -13,7 +13,7 @@ from typing import Any, Callable, Protocol
 from edge.move_counts import MoveCounts
 from edge.protocol import OLDEST, meta_version
 from edge.sharded_state import ShardedState
-from edge.shards import DEFAULT_SHARD, ShardSet
+from edge.shards import ShardSet
 from edge.state import EdgeConfig, Redirect
 from edge.state_changes import RedirectChange, RouteChange
 from store import VERSION, ConflictError, Item, Table
@@ -164,8 +164,9 @@ class MoveSteps:
             if not self.held(move, shards, reports[target]):
                 self._next(move, SWITCH, self.mover.clock() + self.mover.poll)
                 continue
-            # The default shard too gets an entry, which the drop takes off: a router refuses
-            # a delta that sends more than 30% of its entries elsewhere (a shard drained).
+            # The default shard too gets an entry, and keeps it: a router refuses a delta that
+            # takes off more than 30% of its entries (a shard drained), even one that was away
+            # for longer than the grace and would see them taken off at once.
             entry = target if self.state.holding(target, host) is not None else None
             if self.state.router.holding(host) != entry:
                 entries[host] = entry
@@ -185,11 +186,6 @@ class MoveSteps:
             links.update({key: None for key in move["links"]})
         if routes or links:
             self.state.publish_to(source, routes, links)
-        named: dict[str, str | None] = {
-            move["hostname"]: None for move in moves if move["target"] == DEFAULT_SHARD
-            and self.state.router.holding(move["hostname"]) == DEFAULT_SHARD}
-        if named:  # the switch's entries: the default shard serves them without one
-            self.state.router.assign(named)
         counted = Counter[Pair]()
         for move in moves:
             host, target = move["hostname"], move["target"]

@@ -260,10 +260,10 @@ def test_a_removed_shard_drains_then_goes(moving: Services, clock: FakeClock) ->
     assert move_key(on_b[0]) not in {item["key"] for item in all_items(mover_of(services).table)}
 
 
-def test_a_hostname_drained_to_the_default_shard_has_an_entry_naming_it_until_the_drop(
+def test_a_hostname_drained_to_the_default_shard_keeps_an_entry_naming_it(
         any_backend: Settings, services_with: ServicesWith, clock: FakeClock) -> None:
-    """The switch to the default shard names it in the router's map (taking the entries off
-    would be a removal routers refuse, test_shard_moves_edge.py); the drop takes them off."""
+    """The switch to the default shard names it in the router's map, and the entry stays:
+    taking the entries off would be a removal routers refuse (test_shard_moves_edge.py)."""
     services = services_with(base=any_backend, clock=clock, shard_move_grace_seconds=30.0)
     state, registry = services.edge_shards, services.shards
     assert registry is not None
@@ -280,7 +280,7 @@ def test_a_hostname_drained_to_the_default_shard_has_an_entry_naming_it_until_th
     assert all(state.router.holding(host) == DEFAULT_SHARD for host in on_a)
     past_the_grace(mover, clock)
     assert "a" not in registry.load().shards
-    assert all(state.router.holding(host) is None for host in HOSTS)
+    assert all(state.router.holding(host) == DEFAULT_SHARD for host in on_a)
     assert all(state.holding(DEFAULT_SHARD, host) is not None for host in HOSTS)
 
 

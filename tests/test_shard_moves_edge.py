@@ -83,7 +83,8 @@ def test_a_shard_drained_to_the_default_shard_leaves_a_real_router_following(
         control: tuple[Services, str], tmp_path: Path) -> None:
     """A shard removed beside the default shard: its hostnames move to the default shard. A
     router refuses a delta that takes off more than 30% of its entries, so the switch points
-    each entry at the default shard rather than taking it off, however many switch at once."""
+    each entry at the default shard rather than taking it off, however many switch at once,
+    and a router that was away for the whole drain takes it too."""
     services, url = control
     state, registry, mover = services.edge_shards, services.shards, services.moves
     assert registry is not None and mover is not None
@@ -96,10 +97,12 @@ def test_a_shard_drained_to_the_default_shard_leaves_a_real_router_following(
     on_a = [host for host in hosts if registry.load().assign(host) == "a"]
     assert len(on_a) >= 10, "enough entries for the router's mass-removal check"
     router = Router(tmp_path / "router", https_port=free_port(), http_port=free_port())
+    away = Router(tmp_path / "away", https_port=free_port(), http_port=free_port())
     agent = RouterAgent(router, url, "edge-token-0123456789", "r1", watch=0.0)
+    away_agent = RouterAgent(away, url, "edge-token-0123456789", "r2", watch=0.0)
     try:
-        assert agent.sync() is True
-        assert router.hosts() == {host: "a" for host in on_a}
+        assert agent.sync() is True and away_agent.sync() is True
+        assert router.hosts() == away.hosts() == {host: "a" for host in on_a}
         registry.remove_shard("a")
         mover.tick()  # published to the default shard
         assert all(state.holding(DEFAULT_SHARD, host) is not None for host in on_a)
@@ -119,7 +122,9 @@ def test_a_shard_drained_to_the_default_shard_leaves_a_real_router_following(
         wait_until(lambda: mover.tick() is not None and "a" not in registry.load().shards,
                    30, "a drained and removed")
         assert all(state.holding("a", host) is None for host in on_a)
-        agent.sync()  # the drop took the entries off: the default shard serves them without
-        assert router.last_error is None and router.hosts() == {}
+        assert away_agent.sync() is True, "back after the drain: it takes the whole change"
+        assert away.last_error is None
+        assert away.hosts() == router.hosts() == {host: DEFAULT_SHARD for host in on_a}
     finally:
         router.stop()
+        away.stop()
