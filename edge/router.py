@@ -219,8 +219,9 @@ class Router(Journaled):
         """The entries taken off that send their hostname elsewhere. Without its entry a
         hostname goes where its wildcard parent's entry says, else to the default shard; so
         does one whose entry names a shard the update no longer lists (no backend for it). An
-        entry taken off that named that very shard (a move's to the default shard), or a
-        shard gone (a drain a router catches up on), changes nothing."""
+        entry taken off that named that very shard (as a move to the default shard leaves
+        one, until its hostname goes), or a shard gone (a drain a router catches up on),
+        changes nothing."""
         served, count = self.hosts(), 0
         for host, shard in changes.items():
             if shard is None:
