@@ -32,6 +32,7 @@ from domains.takeover import TAKEOVERS, Takeovers
 from domains.webhooks import WEBHOOKS, WebhookSender
 from edge.moves import EDGE_MOVES, Mover
 from edge.shard_registry import EDGE_SHARDS, ShardRegistry
+from edge.shards import DEFAULT_SHARD
 from edge.sso import SSO_CODES, SSO_KEYS, SigningKeys, SingleSignOn
 from edge.sharded_state import ShardedState
 from edge.state_store import EdgeStateStore
@@ -143,7 +144,7 @@ class Services:
                               clock=clock)
         issuer = _issuer(settings, backend, vault, challenges, certificates,
                          _dns01_solver(settings, automation, checker, dcv), clock)
-        shards = ShardRegistry(backend.table(EDGE_SHARDS))
+        shards = ShardRegistry(backend.table(EDGE_SHARDS), lambda: edge_shards.size(DEFAULT_SHARD))
         edge_shards = ShardedState.from_backend(
             backend, vault, shards.load, settings.visit_report_retention_seconds, clock)
         edge_state = edge_shards.default

@@ -25,7 +25,7 @@ import zlib
 from typing import Any, Callable, Iterator, Mapping
 
 from edge.errors import EdgeError
-from edge.shards import ShardNode, ShardSet, valid_shard_name
+from edge.shards import DEFAULT_SHARD, ShardNode, ShardSet, valid_shard_name
 from kit.hosts import HOSTNAME_LABEL
 from store import ABSENT, VERSION, ConflictError, Item, Table, TableSpec
 
@@ -107,8 +107,12 @@ class ShardRegistry:
     """Where the shards and overrides are kept; :meth:`load` is what the feeds and router
     assign by (``shard_set=registry.load``)."""
 
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table,
+                 default_size: Callable[[], int | None] = lambda: 0) -> None:
+        """``default_size``: how many routes the default shard holds (None: not counted yet),
+        read before a first shard other than it is added."""
         self.table = table
+        self._default_size = default_size
         self._cached: tuple[int, ShardSet] | None = None
         self._round = threading.local()
 
@@ -165,6 +169,15 @@ class ShardRegistry:
             shards = config.setdefault("shards", {})
             if name not in shards and len(shards) >= MAX_SHARDS:
                 raise ShardRefused(f"at most {MAX_SHARDS} shards", "name")
+            if name != DEFAULT_SHARD and DEFAULT_SHARD not in shards \
+                    and (held := self._default_size()) != 0:
+                # Routers would send every hostname without an entry (the default shard's)
+                # to the first shard at once, before a move published any of them there.
+                count = "hostnames" if held is None else f"{held} hostname(s)"
+                raise ShardRefused(
+                    f"the default shard holds {count} and has no nodes registered: register "
+                    "them first (edgectl shards add default --node HOST:TLS_PORT:HTTP_PORT, "
+                    f"docs/shards.md), then add shard {name}", "name", 409)
             check_nodes(name, nodes, self._shards(config))
             shards[name] = [node.to_json() for node in nodes]
             config["draining"] = [n for n in config.get("draining") or () if n != name]
@@ -178,6 +191,11 @@ class ShardRegistry:
         def change(config: Item) -> None:
             if name not in (config.get("shards") or {}):
                 raise ShardRefused(f"there is no shard {name}", "name", 404)
+            if name == DEFAULT_SHARD:
+                raise ShardRefused(
+                    "the default shard cannot be removed: routers send it every hostname "
+                    "they have no entry for; to retire its nodes, give it new ones (edgectl "
+                    "shards add default --node ...)", "name", 409)
             pinned = int((config.get("pinned") or {}).get(name, 0))
             if pinned:
                 raise ShardRefused(f"{pinned} hostname(s) are pinned to shard {name}; unpin "

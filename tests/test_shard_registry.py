@@ -10,7 +10,11 @@ import pytest
 from edge.shard_registry import (CONFIG, EDGE_SHARDS, MAX_OVERRIDES, ShardRefused, ShardRegistry,
                                  bucket_of)
 from edge.shards import ShardNode
+from edge.state import EdgeConfig
+from kit.settings import Settings
+from kit.x509 import self_signed
 from store import Backend
+from tests.conftest import ServicesWith
 
 A1, A2 = ShardNode("10.0.0.1", 8443, 8080), ShardNode("10.0.0.2", 8443, 8080)
 B1 = ShardNode("edge-b1.internal", 9443, 9080)
@@ -145,3 +149,25 @@ def test_the_overrides_are_bounded(registry: ShardRegistry, backend: Backend) ->
     assert config is not None
     table.put({**config, "overrides": MAX_OVERRIDES}, expected_version=config["version"])
     assert "at most 10,000 hostnames" in str(refused(registry.pin, "blog.example.com", "a"))
+
+
+def test_the_default_shard_is_registered_first_and_never_removed(
+        settings: Settings, services_with: ServicesWith) -> None:
+    """Routers send the default shard every hostname they have no entry for (all of its
+    own): a first shard added beside an unregistered default shard that holds hostnames would
+    take them all at once, and a default shard drained would hand them to another first."""
+    services = services_with(base=settings)
+    registry = services.shards
+    assert registry is not None
+    services.edge_shards.change({"a.example.test": ("pub_1", self_signed("a.example.test")[1])},
+                                EdgeConfig(("127.0.0.1:9",), ("127.0.0.1:9",)))
+    first = refused(registry.put_shard, "s1", [A1])
+    assert first.status == 409 and str(first).startswith(
+        "the default shard holds 1 hostname(s) and has no nodes registered: register them first")
+    assert registry.load().shards == {}, "nothing changed"
+    registry.put_shard("default", [A1])
+    registry.put_shard("s1", [A2])
+    assert registry.load().names == ["default", "s1"]
+    gone = refused(registry.remove_shard, "default")
+    assert gone.status == 409 and "the default shard cannot be removed" in str(gone)
+    assert registry.load().draining == frozenset()
