@@ -14,9 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import stat
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
