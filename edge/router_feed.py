@@ -26,7 +26,7 @@ import json
 from typing import Any, Callable
 
 from edge.protocol import parse_number
-from edge.shards import DEFAULT_SHARD, ShardSet
+from edge.shards import ShardSet, unknown_go_to
 from edge.state import Redirect
 from edge.state_changes import StateChanges
 from edge.state_feed import StateFeed
@@ -68,9 +68,8 @@ def assignment(hostname: str, shard: str | None) -> Assignment | None:
 
 
 def router_default(shards: ShardSet) -> str:
-    """Where a router sends a hostname without an entry: the default shard while it is one
-    of the shards, else the first."""
-    return DEFAULT_SHARD if DEFAULT_SHARD in shards.names else shards.names[0]
+    """Where a router sends a hostname without an entry (wildcards are assigned there)."""
+    return unknown_go_to(shards.names)
 
 
 class RouterFeed:

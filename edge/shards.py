@@ -44,6 +44,12 @@ def score(shard: str, hostname: str) -> int:
     return int.from_bytes(digest, "big")
 
 
+def unknown_go_to(names: list[str]) -> str:
+    """Where a router sends a hostname without an entry, of these (sorted) shard names: the
+    default shard while it is one of them, else the first."""
+    return DEFAULT_SHARD if DEFAULT_SHARD in names else names[0]
+
+
 def assign(hostname: str, shards: Iterable[str],
            overrides: Mapping[str, str] | None = None) -> str:
     """The shard that serves ``hostname``: its override if that shard exists, else the shard
@@ -53,7 +59,7 @@ def assign(hostname: str, shards: Iterable[str],
         # A router sends a hostname without an entry of its own by its wildcard parent's entry:
         # a wildcard anywhere but where unknown hostnames go would take the visitors of its
         # exact siblings on the default shard, which have no entry (and cannot be pinned).
-        return DEFAULT_SHARD if DEFAULT_SHARD in names else names[0]
+        return unknown_go_to(names)
     pinned = (overrides or {}).get(hostname)
     if pinned in names:
         return str(pinned)
