@@ -21,9 +21,14 @@ LINKS = TableSpec("short_links", key="id", indexes=("owner",),
 """``domain``: a short domain's links (keys only: a visit's counter or a link's edit does not
 write it), what removing a short domain reads instead of every link."""
 LINK_CHANGES = TableSpec("short_link_changes", key="name")
-"""One item, ``generation``, whose counter ``n`` moves on every change to any link: resolvers in
-other processes check it about once a second and drop what they cached before it moved."""
+"""The item ``generation``, whose counter ``n`` moves on every change to any link, and a ring of
+the last ``CHANGE_RING`` changes, ``change/<n % CHANGE_RING>`` = ``{"n": n, "link": key}``:
+resolvers in other processes check the counter about once a second and drop the links the
+slots name, or all they cached when a slot does not hold the change they expect."""
 GENERATION = "generation"
+CHANGE_RING = 1024
+ANY_LINK = "*"
+"""A slot's ``link`` for a change of many links at once (a domain's links disabled)."""
 BY_DOMAIN = "links_by_domain"
 """The ``short_link_changes`` item :func:`index_links` writes once every link is in the
 ``domain`` index (links the release before wrote are not, its writes do not set the index's
@@ -41,6 +46,11 @@ LinkChanged = Callable[[str, str], None]
 
 def link_id(domain: str, slug: str) -> str:
     return f"{domain.lower()}/{slug}"
+
+
+def change_slot(n: int) -> str:
+    """The ``short_link_changes`` item that names the link change ``n`` of the counter."""
+    return f"change/{n % CHANGE_RING}"
 
 
 def short_url(link: Item) -> str:
@@ -132,7 +142,8 @@ class LinkService:
                     "valid_until": valid_until, "max_visits": max_visits,
                     "created_at": now, "updated_at": now, **checked}
             try:
-                made = self._changed(self.table.put(item, expected_version=ABSENT))
+                made = self.table.put(item, expected_version=ABSENT)
+                self._changed(made["id"])
                 if self.totals is not None:
                     self.totals.add(links=1)
                 self._notify(domain, chosen)
@@ -170,8 +181,9 @@ class LinkService:
         checked = check_rules({k: v for k, v in rules.items() if v is not None},
                               str(changes.get("target", link["target"])), self.validate_target)
         changes.update({name: checked.get(name) for name in RULES if name in changes})
-        updated = self._changed(self.table.put({**link, **changes, "updated_at": self._clock()},
-                                               expected_version=link["version"]))
+        updated = self.table.put({**link, **changes, "updated_at": self._clock()},
+                                 expected_version=link["version"])
+        self._changed(updated["id"])
         if self.totals is not None and bool(updated.get("disabled")) != bool(link.get("disabled")):
             self.totals.add(disabled=1 if updated.get("disabled") else -1)
         self._notify(domain, slug)
@@ -181,10 +193,13 @@ class LinkService:
         for listener in self._listeners:
             listener(domain, slug)
 
-    def _changed(self, item: Item) -> Item:
+    def _changed(self, key: str) -> None:
+        """Move the change counter, then name the link (``ANY_LINK``: many) in its slot. A
+        crash between the two leaves a slot naming an older change, which makes resolvers drop
+        everything, as a change of the release before does (it moves the counter only)."""
         if self.changes is not None:
-            self.changes.increment(GENERATION, "n")
-        return item
+            n = int(self.changes.increment(GENERATION, "n") or 0)
+            self.changes.put({"name": change_slot(n), "n": n, "link": key})
 
     def each(self) -> Iterator[Item]:
         """Every link, page by page (a full read: for a reconciliation, never on a timer)."""
@@ -268,7 +283,7 @@ class LinkService:
                 except (ConflictError, LinkNotFound):
                     continue  # changed or deleted meanwhile: the next removal sweeps it
         if disabled:
-            self._changed({})
+            self._changed(ANY_LINK)
             if self.totals is not None:
                 self.totals.add(disabled=disabled)
         return disabled
@@ -283,7 +298,7 @@ class LinkService:
             self.totals.forget(link["id"])
         if self.stats is not None:
             self.stats.forget(link_id(domain, slug))
-        self._changed({})
+        self._changed(link["id"])
         self._notify(domain, slug)
 
     def _delete(self, key: str, attempts: int = 5) -> Item | None:

@@ -14,11 +14,11 @@ import time
 from typing import Callable
 
 from shortlinks.leases import VisitLeases
-from shortlinks.links import GENERATION, link_id
+from shortlinks.links import ANY_LINK, CHANGE_RING, GENERATION, change_slot, link_id
 from shortlinks.stats import REFERRER, BotDetector, VisitStats, referrer_host
 from shortlinks.targets import device_of, locations
 from shortlinks.totals import LinkTotals
-from store import Item, StoreError, Table
+from store import BATCH_GET, Item, StoreError, Table
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ Seen = tuple[str, int, bool, bool, str, str]
 
 
 class Resolver:
-    def __init__(self, table: Table, ttl: float = 30.0,
+    def __init__(self, table: Table, ttl: float | None = None,
                  clock: Callable[[], float] = time.time, changes: Table | None = None,
                  check_every: float = 1.0, max_entries: int = 200_000,
                  stats: VisitStats | None = None, leases: VisitLeases | None = None) -> None:
@@ -46,14 +46,17 @@ class Resolver:
         each visit is one conditional ADD in the store."""
         self._stats = stats
         self._bots: BotDetector | None = None
-        self._ttl = ttl
+        self._ttl = ttl if ttl is not None else 30.0 if changes is None else 300.0
+        """How long an entry is good without a store read: changes reach the cache through the
+        change counter (``changes``), so with it this only bounds a write that bypassed it."""
         self._clock = clock
         self._changes = changes
         self._check_every = check_every
         self._max_entries = max_entries
         self._generation = 0
         self._next_check = 0.0
-        self._cache: dict[str, tuple[float, int, Item | None]] = {}
+        self._cache: dict[str, tuple[float, Item | None]] = {}
+        """link key -> (good until, the item or None for unknown)."""
         self._seen: collections.Counter[Seen] = collections.Counter()
         self._unwritten: collections.Counter[tuple[str, str]] = collections.Counter()
         """Link totals a flush could not write, (key, counter) -> n, for the next one."""
@@ -67,23 +70,56 @@ class Resolver:
         self.store_errors = 0
         self.stale_served = 0
 
-    def _current_generation(self, now: float) -> int:
-        """The links' change counter, read at most every ``check_every`` seconds."""
-        if self._changes is not None and now >= self._next_check:
-            self._next_check = now + self._check_every
-            try:
-                item = self._changes.get(GENERATION)
-                self._generation = int((item or {}).get("n") or 0)
-            except StoreError:
-                pass  # the store is down: cached entries stay good (stale-if-error)
-        return self._generation
+    def _follow_changes(self, now: float) -> None:
+        """Read the links' change counter, at most every ``check_every`` seconds; if it moved,
+        drop the links its slots name (one batch read), or everything when they cannot say."""
+        if self._changes is None or now < self._next_check:
+            return
+        self._next_check = now + self._check_every
+        seen = self._generation
+        try:
+            item = self._changes.get(GENERATION)
+            current = int((item or {}).get("n") or 0)
+            if current == seen:
+                return
+            changed = self._changed_links(self._changes, seen, current) if self._cache else None
+        except StoreError:
+            return  # the store is down: cached entries stay good (stale-if-error)
+        with self._lock:
+            if self._generation != seen:
+                return  # another thread followed them meanwhile
+            if changed is None:
+                self._cache.clear()
+            for key in changed or ():
+                self._cache.pop(key, None)
+            self._generation = current
+
+    @staticmethod
+    def _changed_links(changes: Table, seen: int, current: int) -> set[str] | None:
+        """The links changes ``seen``+1 .. ``current`` name, or None (drop everything): too
+        many to read at once, the counter went back (a restore), a change of many links, or a
+        slot that does not hold its change (overwritten, not yet written, or the release
+        before moved the counter without one)."""
+        if not 0 < current - seen <= min(BATCH_GET, CHANGE_RING):
+            return None
+        wanted = range(seen + 1, current + 1)
+        slots = changes.get_many([change_slot(n) for n in wanted])
+        links = set()
+        for n in wanted:
+            slot = slots.get(change_slot(n)) or {}
+            link = slot.get("link")
+            if slot.get("n") != n or not isinstance(link, str) or link == ANY_LINK:
+                return None
+            links.add(link)
+        return links
 
     def _lookup(self, key: str) -> Item | None:
         now = self._clock()
-        generation = self._current_generation(now)
+        self._follow_changes(now)
         cached = self._cache.get(key)
-        if cached is not None and cached[0] > now and cached[1] == generation:
-            return cached[2]
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        generation = self._generation
         try:
             item = self._table.get(key)
         except StoreError as exc:
@@ -94,12 +130,16 @@ class Resolver:
             log.warning("serving %s from cache: %s", key, exc)
             with self._lock:
                 self.stale_served += 1
-            return cached[2]
+            return cached[1]
         if item is not None:  # where it sends visitors, computed once per read, not per visit
             item["_locations"] = locations(item)
-        if len(self._cache) >= self._max_entries:
-            self._evict(now)
-        self._cache[key] = (now + self._ttl, generation, item)
+        with self._lock:
+            # Kept only if no change was followed during the read: one may have named this
+            # link before it was cached, and the read may be older than that change.
+            if self._generation == generation:
+                if len(self._cache) >= self._max_entries:
+                    self._evict(now)
+                self._cache[key] = (now + self._ttl, item)
         return item
 
     def answers_from_memory(self, domain: str, slug: str, margin: float = 0.05) -> bool:
@@ -111,9 +151,9 @@ class Resolver:
         if self._changes is not None and now >= self._next_check:
             return False
         cached = self._cache.get(link_id(domain, slug))
-        if cached is None or cached[0] <= now or cached[1] != self._generation:
+        if cached is None or cached[0] <= now:
             return False
-        item = cached[2]
+        item = cached[1]
         if item is None or item.get("max_visits") is None:
             return True
         return self.leases is not None and self.leases.has_room(link_id(domain, slug))
@@ -126,7 +166,7 @@ class Resolver:
         """Random slugs must not grow the cache without end: drop what expired, and if that is
         not enough the oldest quarter (a dict keeps insertion order)."""
         entries = list(self._cache.items())  # one C call: safe beside the other threads
-        for key, (until, _, _) in entries:
+        for key, (until, _) in entries:
             if until <= now:
                 self._cache.pop(key, None)
         if len(self._cache) >= self._max_entries:

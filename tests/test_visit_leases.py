@@ -4,22 +4,17 @@ process did not serve comes back, so the link reaches exactly its limit."""
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import sys
 import uuid
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import requests
-from cryptography.fernet import Fernet
 
-from kit.procs import ManagedProcess, free_port, wait_for_port
 from shortlinks.leases import LINK_LEASES, VisitLeases
 from shortlinks.links import LINKS, LinkService
 from store import Backend, Table
 from tests.conftest import FakeClock, stop_together
-from tests.v010 import current_command, v010_command
+from tests.v010 import current_command, start_shortlinks, v010_command
 
 KEY = "acme.link/lim"
 
@@ -126,23 +121,6 @@ def test_idle_leases_are_given_back_at_a_flush(backend: Backend, links: Table,
 
 # Real processes: `edgectl shortlinks` (this release, and v0.1.0) on one dynalite store.
 
-def start(directory: Path, endpoint: str, prefix: str, release: Callable[..., tuple[
-        list[str], dict[str, str], str]], n: int) -> tuple[ManagedProcess, int]:
-    port = free_port()
-    argv, imports, cwd = release("shortlinks", "--workers", "1")
-    env = {**os.environ, "EDGE_API_TOKEN": "test-token-0123456789",
-           "EDGE_EDGE_TOKEN": "edge-token-0123456789",
-           "EDGE_ENCRYPTION_KEYS": Fernet.generate_key().decode(), "EDGE_DATA_DIR": str(directory / str(n)),
-           "EDGE_STORAGE_BACKEND": "dynamodb", "EDGE_DYNAMODB_ENDPOINT_URL": endpoint,
-           "EDGE_DYNAMODB_TABLE_PREFIX": prefix, "EDGE_SHORT_DOMAINS": "acme.link",
-           "EDGE_SHORTLINKS_PORT": str(port), "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", **imports}
-    running = ManagedProcess(f"shortlinks{n}", argv, directory / f"shortlinks{n}.log", env=env,
-                             cwd=cwd)
-    wait_for_port(port, process=running, timeout=60)
-    return running, port
-
-
 def hammer(ports: list[int], until_refused: int = 60) -> int:
     """Visits to every port, 2 threads each, until each has answered 410 ``until_refused``
     times in a row: how many were redirects."""
@@ -175,7 +153,7 @@ def test_four_processes_race_for_a_limit_of_1000(dynalite: str, tmp_path: Path,
     table = backend.table(LINKS)
     LinkService(table, ["acme.link"]).create("acme.link", "https://example.com/", "p",
                                              slug="lim", max_visits=1000)
-    started = [start(tmp_path, dynalite, prefix,
+    started = [start_shortlinks(tmp_path, dynalite, prefix,
                      v010_command if release == "v0.1.0" else current_command, n)
                for n, release in enumerate(releases)]
     try:
@@ -184,7 +162,7 @@ def test_four_processes_race_for_a_limit_of_1000(dynalite: str, tmp_path: Path,
     finally:
         stop_together([running for running, _ in started])  # SIGTERM: a clean stop
     assert all(running.popen.returncode == 0 for running, _ in started)
-    fresh, port = start(tmp_path, dynalite, prefix, current_command, 9)
+    fresh, port = start_shortlinks(tmp_path, dynalite, prefix, current_command, 9)
     try:
         served += hammer([port], until_refused=10)
     finally:

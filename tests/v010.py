@@ -3,12 +3,17 @@ tests that show a fleet can move from it to this release start its processes."""
 from __future__ import annotations
 
 import fcntl
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import pytest
+from cryptography.fernet import Fernet
+
+from kit.procs import ManagedProcess, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 V010 = "a7135c702c9ad01362a609f8e6d8ecd8b8e7c63b"
@@ -53,3 +58,27 @@ def v010_command(*args: str) -> tuple[list[str], dict[str, str], str]:
 def current_command(*args: str) -> tuple[list[str], dict[str, str], str]:
     """``edgectl <args>`` of this tree, the same way."""
     return [sys.executable, "-m", "edgectl", *args], {"PYTHONPATH": str(ROOT)}, str(ROOT)
+
+
+Release = Callable[..., "tuple[list[str], dict[str, str], str]"]
+"""``v010_command`` or ``current_command``."""
+
+
+def start_shortlinks(directory: Path, endpoint: str, prefix: str, release: Release,
+                     n: int) -> tuple[ManagedProcess, int]:
+    """``edgectl shortlinks --workers 1`` of ``release`` on the DynamoDB store ``endpoint``
+    (table ``prefix``), logging to ``directory``; started, with its port."""
+    port = free_port()
+    argv, imports, cwd = release("shortlinks", "--workers", "1")
+    env = {**os.environ, "EDGE_API_TOKEN": "test-token-0123456789",
+           "EDGE_EDGE_TOKEN": "edge-token-0123456789",
+           "EDGE_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+           "EDGE_DATA_DIR": str(directory / str(n)),
+           "EDGE_STORAGE_BACKEND": "dynamodb", "EDGE_DYNAMODB_ENDPOINT_URL": endpoint,
+           "EDGE_DYNAMODB_TABLE_PREFIX": prefix, "EDGE_SHORT_DOMAINS": "acme.link",
+           "EDGE_SHORTLINKS_PORT": str(port), "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", **imports}
+    running = ManagedProcess(f"shortlinks{n}", argv, directory / f"shortlinks{n}.log", env=env,
+                             cwd=cwd)
+    wait_for_port(port, process=running, timeout=60)
+    return running, port
