@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -150,6 +151,7 @@ def main() -> int:
     finally:
         if dynalite is not None:
             dynalite[0].stop()
+        shutil.rmtree(directory, ignore_errors=True)
     print("\nthe resolver alone, a limited link's visit (Zipf, in-process, wall us per visit): "
           + ", ".join(f"{name} {us:.0f}" for name, us in resolver_only.items())
           + f"; leased / per-visit ADD {resolver_only['leased'] / resolver_only['per-visit ADD']:.3f}")

@@ -14,7 +14,8 @@ ceiling sent the same requests):
            core does, whatever else loads the machine); then once links with a visit limit
            (visits leased in blocks: shortlinks/leases.py)
   python   the cached plain link under other WSGI servers (one process each), and through the
-           edge (HTTPS) under `edgectl shortlinks` as shipped (waitress, one process per core);
+           edge (HTTPS) under `edgectl shortlinks` as shipped (waitress, one process per core),
+           each warmed first (every link visited once, three times with several processes);
            gunicorn and bjoern are measured when installed (they are not dependencies)
 Every answer must be a redirect (wrk's "Non-2xx or 3xx responses" must stay 0).
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -223,6 +225,8 @@ def main() -> int:
             except Exception as exc:  # e.g. bjoern not installed
                 print(f"  {name}: not measured ({exc})")
                 continue
+            warm(f"http://127.0.0.1:{links_port}", warm_keys, args.keys,
+                 connections=args.connections)
             measure(f"python direct, HTTP: {name}", f"http://127.0.0.1:{links_port}/warm",
                     keys=warm_keys)
             server.stop()
@@ -230,6 +234,8 @@ def main() -> int:
         try:  # gunicorn's sync workers close every connection: HAProxy cannot reuse them
             server = links_server(directory, env, "gunicorn-all",
                                   gunicorn[:6] + [str(workers)] + gunicorn[7:], links_port)
+            warm(f"http://127.0.0.1:{links_port}", warm_keys, 3 * args.keys,
+                 connections=args.connections)  # each process sees most keys
             measure(f"python via edge, HTTPS: gunicorn sync x{workers}",
                     f"https://127.0.0.1:{node.layout.https_port}/warm", keys=warm_keys)
             server.stop()
@@ -237,6 +243,8 @@ def main() -> int:
             print(f"  gunicorn x{workers} via the edge: not measured ({exc})")
         server = links_server(directory, env, "shipped", shipped, links_port)
         processes.append(server)
+        warm(f"http://127.0.0.1:{links_port}", warm_keys, 3 * args.keys,
+             connections=args.connections)
         measure(f"python direct, HTTP: edgectl shortlinks (waitress x{workers})",
                 f"http://127.0.0.1:{links_port}/warm", keys=warm_keys)
         measure(f"python via edge, HTTPS: edgectl shortlinks (waitress x{workers})",
@@ -245,6 +253,7 @@ def main() -> int:
         for process in processes:
             process.stop()
         node.stop()
+        shutil.rmtree(directory, ignore_errors=True)
     http_ceiling = statistics.median(rounds["http"])
     https_ceiling = statistics.median(rounds["https"])
     print(f"\nratios (wrk -t1 -c{args.connections} -d{args.seconds}s, {os.cpu_count()} cores "
