@@ -32,7 +32,7 @@ from edge.state_reports import EDGE_NODES, EDGE_VISIT_REPORTS
 from kit.settings import Settings
 from kit.tokens import API_TOKENS
 from shortlinks.leases import LINK_LEASES
-from shortlinks.links import LINK_CHANGES, LINKS
+from shortlinks.links import LINK_CHANGES, LINKS, after_restore, generation
 from shortlinks.stats import LINK_DAYS
 from store import StoreError, TableSpec, open_backend
 from store.backup import BackupError, Manifest, check_backup, restore_backup, take_backup
@@ -111,7 +111,10 @@ def run_restore(args: argparse.Namespace, settings: Settings) -> int:
     except StoreError as exc:
         return _fail(f"cannot open {_where(settings)}: {exc}", 1)
     try:
+        changes = backend.table(LINK_CHANGES)
+        before = generation(changes)
         restore_backup(open_target(backend), TABLES, path, args.force)
+        after_restore(changes, before)  # redirect processes running beside drop their caches
     except BackupError as exc:
         return _fail(str(exc), exc.status)
     except StoreError as exc:

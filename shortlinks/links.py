@@ -53,6 +53,20 @@ def change_slot(n: int) -> str:
     return f"change/{n % CHANGE_RING}"
 
 
+def after_restore(changes: Table, before: int) -> None:
+    """Move the change counter past the one a restore put back, and past ``before`` (the
+    counter the store had), by more than a resolver follows: the restored counter may repeat
+    values the resolvers saw, and its slots would name other changes. They drop everything."""
+    n = int(changes.increment(GENERATION, "n", max(before - generation(changes), 0)
+                              + BATCH_GET + 1) or 0)
+    changes.put({"name": change_slot(n), "n": n, "link": ANY_LINK})
+
+
+def generation(changes: Table) -> int:
+    """The links' change counter."""
+    return int((changes.get(GENERATION) or {}).get("n") or 0)
+
+
 def short_url(link: Item) -> str:
     """The address visitors use: https on the link's short domain (its QR code says the same)."""
     return f"https://{link['domain']}/{link['slug']}"
@@ -149,7 +163,8 @@ class LinkService:
                 self._notify(domain, chosen)
                 return made
             except ConflictError:
-                if slug is not None:
+                if slug is not None:  # perhaps a repeat whose first did not say it was made
+                    self._changed(item["id"])
                     raise SlugTaken(f"{domain}/{slug} is already taken") from None
         raise SlugTaken("no free random slug after 10 tries; use a longer slug length")
 
@@ -273,7 +288,8 @@ class LinkService:
         """Disable every link on ``domain`` (its owner removed it: the next owner must not serve
         them). Returns how many were disabled."""
         disabled = 0
-        for link in list(self.links_on(domain)):
+        found = list(self.links_on(domain))
+        for link in found:
             if not link.get("disabled"):
                 try:
                     self.table.put({**link, "disabled": True, "updated_at": self._clock()},
@@ -282,15 +298,16 @@ class LinkService:
                     self._notify(link["domain"], link["slug"])
                 except (ConflictError, LinkNotFound):
                     continue  # changed or deleted meanwhile: the next removal sweeps it
-        if disabled:
+        if found:  # a repeat after a failed one finds them disabled: the change still goes out
             self._changed(ANY_LINK)
-            if self.totals is not None:
-                self.totals.add(disabled=disabled)
+        if disabled and self.totals is not None:
+            self.totals.add(disabled=disabled)
         return disabled
 
     def delete(self, domain: str, slug: str) -> None:
         link = self._delete(link_id(domain, slug))
         if link is None:
+            self._changed(link_id(domain, slug))  # a repeat: its first may not have said so
             raise LinkNotFound(f"{domain}/{slug} does not exist")
         if self.totals is not None:
             self.totals.add(links=-1, disabled=-1 if link.get("disabled") else 0,

@@ -14,7 +14,7 @@ import time
 from typing import Callable
 
 from shortlinks.leases import VisitLeases
-from shortlinks.links import ANY_LINK, CHANGE_RING, GENERATION, change_slot, link_id
+from shortlinks.links import ANY_LINK, CHANGE_RING, change_slot, generation, link_id
 from shortlinks.stats import REFERRER, BotDetector, VisitStats, referrer_host
 from shortlinks.targets import device_of, locations
 from shortlinks.totals import LinkTotals
@@ -78,13 +78,18 @@ class Resolver:
         self._next_check = now + self._check_every
         seen = self._generation
         try:
-            item = self._changes.get(GENERATION)
-            current = int((item or {}).get("n") or 0)
-            if current == seen:
-                return
-            changed = self._changed_links(self._changes, seen, current) if self._cache else None
+            current = generation(self._changes)
         except StoreError:
             return  # the store is down: cached entries stay good (stale-if-error)
+        if current == seen:
+            return
+        try:
+            changed = self._changed_links(self._changes, seen, current) if self._cache else None
+        except StoreError as exc:  # the counter moved: what it names must not stay cached
+            log.warning("dropping every cached link: the changes cannot be read: %s", exc)
+            with self._lock:
+                self.store_errors += 1
+            changed = None
         with self._lock:
             if self._generation != seen:
                 return  # another thread followed them meanwhile
@@ -119,7 +124,7 @@ class Resolver:
         cached = self._cache.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
-        generation = self._generation
+        seen = self._generation
         try:
             item = self._table.get(key)
         except StoreError as exc:
@@ -136,7 +141,7 @@ class Resolver:
         with self._lock:
             # Kept only if no change was followed during the read: one may have named this
             # link before it was cached, and the read may be older than that change.
-            if self._generation == generation:
+            if self._generation == seen:
                 if len(self._cache) >= self._max_entries:
                     self._evict(now)
                 self._cache[key] = (now + self._ttl, item)
@@ -144,8 +149,8 @@ class Resolver:
 
     def answers_from_memory(self, domain: str, slug: str, margin: float = 0.05) -> bool:
         """Whether :meth:`resolve` would answer without a store request for at least ``margin``
-        seconds: the entry is cached, fresh, of the current generation, the change counter is
-        not due, and the link has no visit limit or its next visit is in this process's lease.
+        seconds: the entry is cached and fresh, the change counter is not due, and the link
+        has no visit limit or its next visit is in this process's lease.
         The server answers these on its I/O thread (see shortlinks/inline.py)."""
         now = self._clock() + margin
         if self._changes is not None and now >= self._next_check:

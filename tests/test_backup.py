@@ -27,7 +27,8 @@ from devtools.pebble import PebbleStack
 from edgectl.backup import MARKERS, TABLES, run_backup, run_restore
 from kit.procs import free_port
 from kit.settings import Settings
-from store import META, TableSpec, all_items, open_backend
+from shortlinks.links import ANY_LINK, GENERATION, change_slot
+from store import BATCH_GET, META, TableSpec, all_items, open_backend
 from store.backup import FORMAT_VERSION, Source, Stored, take_backup
 from store.backup_stores import open_source
 from tests.conftest import ROOT, Activate, ServicesWith, on_pebble
@@ -81,6 +82,21 @@ def _every_item(settings: Settings) -> dict[str, list[dict[str, Any]]]:
         backend.close()
 
 
+def _but_the_link_counter(settings: Settings, restored: bool = False,
+                          ) -> dict[str, list[dict[str, Any]]]:
+    """Every item, the links' change counter apart. ``restored``: a fresh store `edgectl
+    restore` filled, which moved the restored counter on by more than a batch and wrote the
+    slot of that change (shortlinks.links.after_restore): the slot is taken out, the counter
+    taken back."""
+    items = _every_item(settings)
+    changes = {item["name"]: item for item in items["short_link_changes"]}
+    n = int(changes.pop(GENERATION).get("n") or 0)
+    if restored:
+        assert changes.pop(change_slot(n))["link"] == ANY_LINK
+        n -= BATCH_GET + 1
+    return {**items, "short_link_changes": [*changes.values(), {"counter": n}]}
+
+
 def _answers(client: FlaskClient) -> dict[str, Any]:
     """What the control API says of the domains, links and certificates."""
     domains = client.get("/api/v1/domains?publication_id=pub_1", headers=AUTH).get_json()
@@ -125,7 +141,8 @@ def test_a_store_comes_back_whole_in_a_fresh_one(
     fresh = _fresh(base)
     restored = _edgectl(fresh, "restore", str(backup))
     assert restored.returncode == 0, restored.stderr
-    assert _every_item(fresh) == _every_item(base), "every item, version and counter kept"
+    assert _but_the_link_counter(fresh, restored=True) == _but_the_link_counter(base), \
+        "every item, version and counter kept"
 
     again = services_with(base=fresh)
     before = _answers(client)
@@ -153,7 +170,7 @@ def test_a_sqlite_backup_restores_into_dynamodb(services_with: ServicesWith, set
                                  dynamodb_table_prefix=f"x{uuid.uuid4().hex[:8]}_")
     restored = _edgectl(dynamo, "restore", str(backup))
     assert restored.returncode == 0, restored.stderr
-    assert _every_item(dynamo) == _every_item(settings)
+    assert _but_the_link_counter(dynamo, restored=True) == _but_the_link_counter(settings)
     assert services_with(base=dynamo).domains.get("cross.backup.test")["publication_id"] == \
         "pub_9"
 

@@ -183,10 +183,10 @@ def test_the_aws_files_are_generated_from_the_code() -> None:
 
 
 def _dynamo_calls() -> set[str]:
-    source = "".join((ROOT / "store" / name).read_text()
-                     for name in ("dynamo.py", "dynamo_table.py"))  # the backend, its tables
+    source = "".join((ROOT / "store" / name).read_text()  # the backend, its tables, backups
+                     for name in ("dynamo.py", "dynamo_table.py", "backup_stores.py"))
     calls = set(re.findall(r"_client\.([a-z_]+)\(", source))
-    calls |= set(re.findall(r"_(?:call|page)\(\s*\"([a-z_]+)\"", source))
+    calls |= set(re.findall(r"_(?:call|page|request)\(\s*\"([a-z_]+)\"", source))
     return {"dynamodb:" + "".join(part.title() for part in call.split("_"))
             for call in calls - {"close"}}
 

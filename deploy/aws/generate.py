@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from store import EXPIRES_AT, TableSpec  # noqa: E402
-from store import dynamo, dynamo_table  # noqa: E402
+from store import backup_stores, dynamo, dynamo_table  # noqa: E402
 
 TTL_PROBE = "ttl_probe_never_created"
 """The table store/dynamo.py asks to enable TTL on, never created: whether the server has TTL."""
@@ -55,14 +55,16 @@ def table_specs() -> list[TableSpec]:
 
 
 def dynamo_actions() -> set[str]:
-    """The DynamoDB API operations store/dynamo.py and store/dynamo_table.py call, as IAM
-    names (get_item: GetItem)."""
-    source = Path(dynamo.__file__).read_text() + Path(dynamo_table.__file__).read_text()
+    """The DynamoDB API operations store/dynamo.py, store/dynamo_table.py and
+    store/backup_stores.py (`edgectl backup` and `restore`) call, as IAM names (get_item:
+    GetItem)."""
+    source = "".join(Path(module.__file__).read_text()
+                     for module in (dynamo, dynamo_table, backup_stores))
     if f"{{self._prefix}}{TTL_PROBE}" not in source:
         raise SystemExit(f"store/dynamo.py no longer probes TTL on {TTL_PROBE}: update "
                          f"{Path(__file__).name}")
     calls = set(re.findall(r"_client\.([a-z_]+)\(", source))
-    calls |= set(re.findall(r"_(?:call|page)\(\s*\"([a-z_]+)\"", source))
+    calls |= set(re.findall(r"_(?:call|page|request)\(\s*\"([a-z_]+)\"", source))
     calls.discard("close")
     return {"".join(part.title() for part in call.split("_")) for call in calls}
 
