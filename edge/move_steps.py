@@ -12,6 +12,7 @@ from typing import Any, Callable, Protocol
 
 from edge.move_counts import MoveCounts
 from edge.protocol import OLDEST, meta_version
+from edge.router_feed import ROUTER
 from edge.sharded_state import ShardedState
 from edge.shards import ShardSet
 from edge.state import EdgeConfig, Redirect
@@ -21,7 +22,8 @@ from store import VERSION, ConflictError, Item, Table
 log = logging.getLogger(__name__)
 PUBLISH, SWITCH, DROP = "publish", "switch", "drop"
 VERSIONS = 16
-"""Versions a move remembers as holding its route (the shard's last)."""
+"""Versions a move remembers as holding its route (the shard's last), or its switch (the
+router's)."""
 Pair = tuple[str, str]
 """(source, target) of a move: what the counts count."""
 
@@ -173,11 +175,39 @@ class MoveSteps:
             held.append(move)
         if entries:
             self.state.router.assign(entries)
+        seen = [self.state.router.versions()[1]] if held else []
         for move in held:
-            self._next(move, DROP, self.mover.clock() + self.mover.grace)
+            self._next(move, DROP, self.mover.clock() + self.mover.grace, routers=seen)
+
+    def _switched(self, moves: list[Item]) -> list[Item]:
+        """Those of ``moves`` whose switch every router holds: each fresh router report names a
+        router version seen since the switch (the move keeps them, as it keeps its target's for
+        the nodes). The others wait a poll: a router behind still sends their visitors to the
+        source. With no fresh report (no router runs, or every one is away), the grace alone
+        decides, as a router that is away serves nobody."""
+        routers = [node for node in self.state.store(ROUTER).list_nodes()
+                   if node["last_seen_seconds"] <= self.mover.stale]
+        if not routers:
+            return moves
+        current = self.state.router.versions()[1]
+        ready = []
+        for move in moves:
+            seen = [str(version) for version in move.get("routers") or []]
+            seen = seen if current in seen else (seen + [current])[-VERSIONS:]
+            if all(node.get("applied_version") in seen for node in routers):
+                ready.append(move)
+            else:
+                self._next(move, DROP, self.mover.clock() + self.mover.poll, routers=seen)
+        if len(ready) < len(moves):
+            log.info("%d moves wait for the routers to apply their switch before the drop",
+                     len(moves) - len(ready))
+        return ready
 
     def _drop(self, source: str, moves: list[Item], shards: ShardSet) -> None:
         """Take the moves' routes and links off ``source`` (one change), then end them."""
+        moves = self._switched(moves)
+        if not moves:
+            return
         routes: dict[str, RouteChange] = {}
         links: dict[str, RedirectChange] = {}
         for move in moves:

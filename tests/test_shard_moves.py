@@ -15,6 +15,7 @@ import pytest
 
 from control.wiring import Services
 from edge.moves import Mover, move_key
+from edge.router_feed import ROUTER
 from edge.sharded_state import ShardedState
 from edge.shards import DEFAULT_SHARD, ShardNode
 from edge.state import EdgeConfig, Redirect
@@ -123,6 +124,40 @@ def test_a_shard_added_moves_its_share_after_its_nodes_hold_it(
         assert links is not None and links.get(f"{HOSTS[1]}/go") is not None, "its link moved"
     assert not [item for item in all_items(mover_of(services).table)
                 if str(item["key"]).startswith("move#")]
+
+
+def router_reports(services: Services, node: str, version: str) -> None:
+    """A router's report, as the edge API's ``POST /router/nodes/<id>`` records it."""
+    services.edge_shards.store(ROUTER).report(node, version, None, True, shard=ROUTER)
+
+
+def test_the_old_shard_drops_a_hostname_only_once_every_router_holds_its_switch(
+        moving: Services, clock: FakeClock) -> None:
+    """A router that reports but has not applied the switch (behind, or refusing a delta)
+    still sends the hostname's visitors to the old shard: the drop waits for it, past the
+    grace. A router whose report went stale (away) holds nothing up."""
+    services, state = moving, moving.edge_shards
+    assert services.shards is not None
+    report_in_sync(services, "a", "b")
+    before = placement(state)
+    router_reports(services, "away", state.router.versions()[1])
+    clock.advance(mover_of(services).stale + 1)
+    router_reports(services, "behind", state.router.versions()[1])
+    add_c(services)
+    moved = [host for host in HOSTS if services.shards.load().assign(host) == "c"]
+    mover_of(services).tick()
+    switch(services, mover_of(services), clock)
+    assert all(state.router.holding(host) == "c" for host in moved)
+    clock.advance(31)
+    for _ in range(3):
+        mover_of(services).tick()
+        clock.advance(3)
+    assert all(state.holding(before[host], host) is not None for host in moved), \
+        "dropped while a router still sent visitors there"
+    assert mover_of(services).in_flight()["c"]["to"] == len(moved)
+    router_reports(services, "behind", state.router.versions()[1])
+    until_done(mover_of(services))
+    assert all(state.holding(before[host], host) is None for host in moved)
 
 
 def test_a_round_s_moves_are_one_change_of_each_shard_they_touch(

@@ -3,6 +3,7 @@ shard's node (a real EdgeAgent and HAProxy) first, the router's map switches onl
 reported them applied, and the old shard's node drops them after the grace."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -12,6 +13,7 @@ import requests
 from admin_app import create_app
 from control.wiring import Services
 from edge.agent import EdgeAgent
+from edge.moves import move_key
 from edge.node import EdgeNode
 from edge.router import Router
 from edge.router_agent import RouterAgent
@@ -84,7 +86,8 @@ def test_a_shard_drained_to_the_default_shard_leaves_a_real_router_following(
     """A shard removed beside the default shard: its hostnames move to the default shard. A
     router refuses a delta that takes off more than 30% of its entries, so the switch points
     each entry at the default shard rather than taking it off, however many switch at once,
-    and a router that was away for the whole drain takes it too."""
+    and a router that was away for the whole drain takes it too. The drop waits for a router
+    that reports and has not applied the switch, not for one away."""
     services, url = control
     state, registry, mover = services.edge_shards, services.shards, services.moves
     assert registry is not None and mover is not None
@@ -119,8 +122,21 @@ def test_a_shard_drained_to_the_default_shard_leaves_a_real_router_following(
         assert agent.sync() is True, "the router takes the switch"
         assert router.last_error is None
         assert set(router.hosts().values()) == {DEFAULT_SHARD}
-        wait_until(lambda: mover.tick() is not None and "a" not in registry.load().shards,
-                   30, "a drained and removed")
+        moves = [move_key(host) for host in on_a]
+        wait_until(lambda: all(move["step"] == "drop" and move["due_at"] <= time.time()
+                               for move in mover.table.get_many(moves).values()),
+                   10, "the grace")
+        agent.sync()
+        mover.tick()
+        assert all(state.holding("a", host) is not None for host in on_a), \
+            "dropped while r2, which reports, had not applied the switch"
+        mover.stale = 0.5  # r2 stops reporting: away
+
+        def drained() -> bool:
+            agent.sync()  # r1 reports the switch applied: the drop goes on without r2
+            mover.tick()
+            return "a" not in registry.load().shards
+        wait_until(drained, 30, "a drained and removed")
         assert all(state.holding("a", host) is None for host in on_a)
         assert away_agent.sync() is True, "back after the drain: it takes the whole change"
         assert away.last_error is None
