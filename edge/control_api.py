@@ -68,6 +68,9 @@ class NodeReport(RequestModel):
     applied_version: str | None = Field(None, max_length=3999)
     error: str | None = Field(None, max_length=3999)
     haproxy_running: bool = False
+    applied_revision: int | None = Field(None, ge=0, lt=2**53)
+    """A router's: the router map's revision it applied (a shard move drops a hostname from
+    its old shard once every router is at least at the revision that switched it)."""
 
 
 class VisitReport(RequestModel):
@@ -301,7 +304,8 @@ def router_report(node_id: str, body: NodeReport) -> tuple[Response, int]:
         return api_error("node id must be 1-64 letters, digits, '.', '_' or '-'", 400,
                          field="node_id")
     use(ShardedState).store(ROUTER).report(node_id, body.applied_version, body.error,
-                                           body.haproxy_running, shard=ROUTER)
+                                           body.haproxy_running, shard=ROUTER,
+                                           revision=body.applied_revision)
     return jsonify(ok=True), 200
 
 

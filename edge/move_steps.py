@@ -22,8 +22,7 @@ from store import VERSION, ConflictError, Item, Table
 log = logging.getLogger(__name__)
 PUBLISH, SWITCH, DROP = "publish", "switch", "drop"
 VERSIONS = 16
-"""Versions a move remembers as holding its route (the shard's last), or its switch (the
-router's)."""
+"""Versions a move remembers as holding its route (the shard's last)."""
 Pair = tuple[str, str]
 """(source, target) of a move: what the counts count."""
 
@@ -57,11 +56,14 @@ class MoveSteps:
 
     def __init__(self, mover: Moving) -> None:
         self.mover, self.state, self.table = mover, mover.state, mover.table
+        self._serving: list[Item] | None = None
+        """The routers that serve, as :meth:`_routers` read them this round."""
 
     def take(self, due: list[Item], shards: ShardSet) -> int:
         """Lease the due moves and take their next steps, one change per shard and step
         (above); the moves taken. Each group is leased just before its step: a step that
         fails leaves the groups after it to the next round, not parked behind a lease."""
+        self._serving = None
         retarget, publish, switch, drop = list[Item](), dict[str, list[Item]](), \
             list[Item](), dict[str, list[Item]]()
         for move in due:
@@ -175,29 +177,44 @@ class MoveSteps:
             held.append(move)
         if entries:
             self.state.router.assign(entries)
-        seen = [self.state.router.versions()[1]] if held else []
+        revision = self.state.router.mark() if held else 0
         for move in held:
-            self._next(move, DROP, self.mover.clock() + self.mover.grace, routers=seen)
+            self._next(move, DROP, self.mover.clock() + self.mover.grace,
+                       router_revision=revision)
+
+    def _routers(self) -> list[Item]:
+        """The routers that serve and report, read once a round: seen within ``stale``, their
+        HAProxy running a map whose revision they say (an agent that says none has applied
+        none, or is of a release before revisions: the grace alone decides for it)."""
+        if self._serving is None:
+            self._serving = [node for node in self.state.store(ROUTER).list_nodes()
+                             if node["last_seen_seconds"] <= self.mover.stale
+                             and node.get("haproxy_running")
+                             and node.get("applied_revision") is not None]
+        return self._serving
 
     def _switched(self, moves: list[Item]) -> list[Item]:
-        """Those of ``moves`` whose switch every router holds: each fresh router report names a
-        router version seen since the switch (the move keeps them, as it keeps its target's for
-        the nodes). The others wait a poll: a router behind still sends their visitors to the
-        source. With no fresh report (no router runs, or every one is away), the grace alone
-        decides, as a router that is away serves nobody."""
-        routers = [node for node in self.state.store(ROUTER).list_nodes()
-                   if node["last_seen_seconds"] <= self.mover.stale]
+        """Those of ``moves`` whose switch every router holds: each router that serves and
+        reports has applied the router map's revision that switched it, or a later one. The
+        others wait, longer each time (up to the grace): a router behind still sends their
+        visitors to the source. With no such router (none runs, or every one is away), the
+        grace alone decides."""
+        routers = self._routers()
         if not routers:
             return moves
-        current = self.state.router.versions()[1]
+        current: int | None = None
         ready = []
         for move in moves:
-            seen = [str(version) for version in move.get("routers") or []]
-            seen = seen if current in seen else (seen + [current])[-VERSIONS:]
-            if all(node.get("applied_version") in seen for node in routers):
+            if move.get("router_revision") is None:  # switched before routers said revisions
+                current = self.state.router.mark() if current is None else current
+                move = {**move, "router_revision": current}
+            if all(int(node["applied_revision"]) >= int(move["router_revision"])
+                   for node in routers):
                 ready.append(move)
-            else:
-                self._next(move, DROP, self.mover.clock() + self.mover.poll, routers=seen)
+                continue
+            wait = max(self.mover.poll, min(self.mover.grace, 2 * float(move.get("wait") or 0)))
+            self._next(move, DROP, self.mover.clock() + wait, wait=wait,
+                       router_revision=move["router_revision"])
         if len(ready) < len(moves):
             log.info("%d moves wait for the routers to apply their switch before the drop",
                      len(moves) - len(ready))

@@ -12,9 +12,9 @@ so that any replica resumes a move where a dead one left it:
    while the route was in it: the move records the shard's version (both forms) after it
    published and at every check, and compares each node's report with those;
 3. **drop**: after ``grace`` seconds (routers catching up still find it served in both
-   places), and once every router that reports holds the switch (its report names a router
-   version seen since: a router that applies nothing does not lose the hostname's visitors),
-   the old shard removes the route and links, and the move item goes.
+   places), and once every router that serves and reports has applied the router map's
+   revision that switched it (a router behind does not lose the hostname's visitors), the
+   old shard removes the route and links, and the move item goes.
 
 A round takes its due moves together: one change of each shard they publish to or drop
 from, one of the router's map for those that switch (edge/move_steps.py).

@@ -171,7 +171,8 @@ class RouterAgent(ControlClient):
         # Its own report, not an edge node's: a router is never one of a shard's nodes.
         self._request("POST", f"{FEED_PATH}/nodes/{self.node_id}", timeout=10, json={
             "applied_version": self.router.applied_version, "error": self.router.last_error,
-            "haproxy_running": self.router.haproxy.running})
+            "haproxy_running": self.router.haproxy.running,
+            "applied_revision": self.router.applied_revision})
 
     def run(self, interval: float, stop: threading.Event) -> None:
         """Sync until ``stop``; while the control service is away, wait longer each time

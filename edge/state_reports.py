@@ -36,11 +36,13 @@ class StateReports:
             return False
 
     def report(self, node_id: str, applied: str | None, error: str | None,
-               running: bool, shard: str | None = None) -> None:
-        """``shard``: the node's, recorded unless it is the default one."""
+               running: bool, shard: str | None = None, revision: int | None = None) -> None:
+        """``shard``: the node's, recorded unless it is the default one; ``revision``: a
+        router's, the router map's revision it applied (its version is a digest)."""
         self.nodes.put({"node_id": node_id, "applied_version": applied, "error": error,
                         "haproxy_running": running, "reported_at": self._clock(),
-                        **({"shard": shard} if shard else {})})
+                        **({"shard": shard} if shard else {}),
+                        **({"applied_revision": revision} if revision is not None else {})})
 
     def list_nodes(self) -> list[dict[str, Any]]:
         meta = self._desired()

@@ -103,8 +103,8 @@ class EdgeStateStore:
         return self.node_reports.first_report(report_id)
 
     def report(self, node_id: str, applied: str | None, error: str | None,
-               running: bool, shard: str | None = None) -> None:
-        self.node_reports.report(node_id, applied, error, running, shard)
+               running: bool, shard: str | None = None, revision: int | None = None) -> None:
+        self.node_reports.report(node_id, applied, error, running, shard, revision)
 
     def list_nodes(self) -> list[dict[str, Any]]:
         return self.node_reports.list_nodes()

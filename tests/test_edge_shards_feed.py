@@ -16,6 +16,7 @@ from control.wiring import Services
 from devtools.sample_app import SampleApp
 from edge.agent import EdgeAgent
 from edge.node import EdgeNode
+from edge.router_feed import ROUTER
 from edge.shards import ShardNode, ShardSet
 from edge.state import EdgeConfig, Redirect
 from kit.procs import free_port
@@ -116,6 +117,15 @@ def test_each_shard_has_its_own_state_and_the_router_its_map(
     assert delta["revision"] > snapshot["revision"] and delta["version"] != snapshot["version"]
     assert get(url, "state", shard="a").json()["revision"] == a_revision, "a did not move"
     assert get(url, "router", have=delta["version"]).status_code == 304
+
+    def report(body: dict[str, object]) -> requests.Response:
+        return requests.post(f"{url}/api/v1/edge/router/nodes/r1", headers=EDGE, json=body,
+                             timeout=10)
+    assert report({"applied_revision": -1}).status_code == 400
+    assert report({"applied_version": delta["version"], "haproxy_running": True,
+                   "applied_revision": delta["revision"]}).status_code == 200
+    reported = services.edge_shards.store(ROUTER).list_nodes()
+    assert [(n["node_id"], n["applied_revision"]) for n in reported] == [("r1", delta["revision"])]
 
 
 def test_a_change_wakes_the_long_polls_of_its_shard_only(control: tuple[Services, str]) -> None:

@@ -126,23 +126,28 @@ def test_a_shard_added_moves_its_share_after_its_nodes_hold_it(
                 if str(item["key"]).startswith("move#")]
 
 
-def router_reports(services: Services, node: str, version: str) -> None:
-    """A router's report, as the edge API's ``POST /router/nodes/<id>`` records it."""
-    services.edge_shards.store(ROUTER).report(node, version, None, True, shard=ROUTER)
+def router_reports(services: Services, node: str, running: bool = True) -> None:
+    """A router's report of the router map it holds now, as the edge API's
+    ``POST /router/nodes/<id>`` records it."""
+    router = services.edge_shards.router
+    services.edge_shards.store(ROUTER).report(node, router.versions()[1], None, running,
+                                              shard=ROUTER, revision=router.mark())
 
 
 def test_the_old_shard_drops_a_hostname_only_once_every_router_holds_its_switch(
         moving: Services, clock: FakeClock) -> None:
-    """A router that reports but has not applied the switch (behind, or refusing a delta)
-    still sends the hostname's visitors to the old shard: the drop waits for it, past the
-    grace. A router whose report went stale (away) holds nothing up."""
+    """A router that serves and reports but has not applied the switch (behind, or refusing a
+    delta) still sends the hostname's visitors to the old shard: the drop waits for it, past
+    the grace, however much the map changed since. A router away (its report stale) or whose
+    HAProxy does not run serves nobody, and holds nothing up."""
     services, state = moving, moving.edge_shards
     assert services.shards is not None
     report_in_sync(services, "a", "b")
     before = placement(state)
-    router_reports(services, "away", state.router.versions()[1])
+    router_reports(services, "away")
     clock.advance(mover_of(services).stale + 1)
-    router_reports(services, "behind", state.router.versions()[1])
+    router_reports(services, "behind")
+    router_reports(services, "stopped", running=False)
     add_c(services)
     moved = [host for host in HOSTS if services.shards.load().assign(host) == "c"]
     mover_of(services).tick()
@@ -155,7 +160,9 @@ def test_the_old_shard_drops_a_hostname_only_once_every_router_holds_its_switch(
     assert all(state.holding(before[host], host) is not None for host in moved), \
         "dropped while a router still sent visitors there"
     assert mover_of(services).in_flight()["c"]["to"] == len(moved)
-    router_reports(services, "behind", state.router.versions()[1])
+    state.router.assign({"new.moves.test": "a"})  # the map moves on: a revision never read
+    router_reports(services, "behind")
+    clock.advance(31)
     until_done(mover_of(services))
     assert all(state.holding(before[host], host) is None for host in moved)
 

@@ -17,6 +17,7 @@ from edge.moves import move_key
 from edge.node import EdgeNode
 from edge.router import Router
 from edge.router_agent import RouterAgent
+from edge.router_feed import ROUTER
 from edge.shards import DEFAULT_SHARD, ShardNode
 from edge.state import EdgeConfig
 from kit.procs import free_port
@@ -126,17 +127,18 @@ def test_a_shard_drained_to_the_default_shard_leaves_a_real_router_following(
         wait_until(lambda: all(move["step"] == "drop" and move["due_at"] <= time.time()
                                for move in mover.table.get_many(moves).values()),
                    10, "the grace")
-        agent.sync()
         mover.tick()
         assert all(state.holding("a", host) is not None for host in on_a), \
             "dropped while r2, which reports, had not applied the switch"
-        mover.stale = 0.5  # r2 stops reporting: away
+        mover.stale = 3.0  # r2 reported last before the switch: away, once it is older
 
         def drained() -> bool:
-            agent.sync()  # r1 reports the switch applied: the drop goes on without r2
+            agent.sync()  # r1 keeps reporting the revision it applied: it counts
             mover.tick()
             return "a" not in registry.load().shards
         wait_until(drained, 30, "a drained and removed")
+        assert {node["node_id"]: node["last_seen_seconds"] > mover.stale
+                for node in state.store(ROUTER).list_nodes()} == {"r1": False, "r2": True}
         assert all(state.holding("a", host) is None for host in on_a)
         assert away_agent.sync() is True, "back after the drain: it takes the whole change"
         assert away.last_error is None
