@@ -170,6 +170,11 @@ def main() -> int:
         fixed, http, https = ceiling(directory, node.layout.default_cert)
         processes.append(fixed)
 
+        def visit_all(keys: Path, passes: int = 1) -> None:
+            """Every link of ``keys`` visited ``passes`` times on the Python server."""
+            warm(f"http://127.0.0.1:{links_port}", keys, passes * args.keys,
+                 connections=args.connections)
+
         def measure(label: str, url: str, server: ManagedProcess | None = None,
                     keys: Path | None = None) -> float:
             """req/s; with ``server``, also the requests per CPU-second that process used (its
@@ -206,8 +211,7 @@ def main() -> int:
         server = links_server(directory, env, "waitress", product + ["--workers", "1"],
                               links_port)
         for keys in (warm_keys, cold_keys):  # every link cached (and leased) once
-            warm(f"http://127.0.0.1:{links_port}", keys, args.keys,
-                 connections=args.connections)
+            visit_all(keys)
         for n in range(1, args.rounds + 1):  # the HTTP ceiling round next to each
             rounds["http-core"].append(measure(f"ceiling: HAProxy fixed redirect, HTTP "
                                                f"(round {n})", f"http://127.0.0.1:{http}/x",
@@ -217,8 +221,7 @@ def main() -> int:
                                           server, warm_keys))
         # Leased again right before: a lease idle for half its life (60 s) is given back, and
         # the rounds above take about that long, longer on a slower machine.
-        warm(f"http://127.0.0.1:{links_port}", cold_keys, args.keys,
-             connections=args.connections)
+        visit_all(cold_keys)
         limited = measure("per core: waitress x1, links with a visit limit, HTTP",
                           f"http://127.0.0.1:{links_port}/cold", keys=cold_keys)
         server.stop()
@@ -229,8 +232,7 @@ def main() -> int:
             except Exception as exc:  # e.g. bjoern not installed
                 print(f"  {name}: not measured ({exc})")
                 continue
-            warm(f"http://127.0.0.1:{links_port}", warm_keys, args.keys,
-                 connections=args.connections)
+            visit_all(warm_keys)
             measure(f"python direct, HTTP: {name}", f"http://127.0.0.1:{links_port}/warm",
                     keys=warm_keys)
             server.stop()
@@ -238,8 +240,7 @@ def main() -> int:
         try:  # gunicorn's sync workers close every connection: HAProxy cannot reuse them
             server = links_server(directory, env, "gunicorn-all",
                                   gunicorn[:6] + [str(workers)] + gunicorn[7:], links_port)
-            warm(f"http://127.0.0.1:{links_port}", warm_keys, 3 * args.keys,
-                 connections=args.connections)  # each process sees most keys
+            visit_all(warm_keys, passes=3)  # each process sees most keys
             measure(f"python via edge, HTTPS: gunicorn sync x{workers}",
                     f"https://127.0.0.1:{node.layout.https_port}/warm", keys=warm_keys)
             server.stop()
@@ -247,8 +248,7 @@ def main() -> int:
             print(f"  gunicorn x{workers} via the edge: not measured ({exc})")
         server = links_server(directory, env, "shipped", shipped, links_port)
         processes.append(server)
-        warm(f"http://127.0.0.1:{links_port}", warm_keys, 3 * args.keys,
-             connections=args.connections)
+        visit_all(warm_keys, passes=3)
         measure(f"python direct, HTTP: edgectl shortlinks (waitress x{workers})",
                 f"http://127.0.0.1:{links_port}/warm", keys=warm_keys)
         measure(f"python via edge, HTTPS: edgectl shortlinks (waitress x{workers})",

@@ -92,7 +92,8 @@ def lap_before(changes: Table) -> None:
                                     "back (a restore)", "of a writer stopped short"])
 def test_a_change_no_slot_names_drops_every_cached_link(backend: Backend, change: str) -> None:
     """v0.1.0 moves the counter and names nothing; disabling a domain's links names them all;
-    more changes than one batch read holds, or a counter put back, cannot be followed."""
+    more changes than one batch read holds, a counter put back, or a slot still holding the
+    lap before (its writer stopped short) cannot be followed."""
     links, elsewhere, now = processes(backend)
     changes = backend.table(LINK_CHANGES)
     links.create("go.example.test", "https://example.com/", owner="p", slug="kept")
