@@ -16,7 +16,13 @@ handing out a visit twice:
 
 - on a clean stop the process gives back what it did not use (``granted - used``) and deletes
   its item;
-- an idle lease is given back the same way by its own process at a flush;
+- an idle lease is given back the same way by its own process at a flush, when its link is
+  within a few blocks of its limit (the other processes may soon need those visits) or once it
+  has sat unused for ``forget`` seconds (memory follows the links in use). Any other idle lease
+  is kept, unrenewed: its next visit is served from memory, where giving it back and taking a
+  new block would cost four store writes, each visit of a link visited less than once a
+  minute. Unrenewed, it expires, and a process that finds the link exhausted takes its visits
+  back (below); its own process may still serve up to its ``upto``, which counts as served;
 - a process that died leaves its item; once its ``until`` has passed, the next process that
   finds the link exhausted deletes it (conditionally) and then gives back ``granted - upto``. A
   crash loses at most one step of visits (served or not), never hands one out twice. A process
@@ -38,6 +44,8 @@ from store import ABSENT, VERSION, ConflictError, Item, StoreError, Table, Table
 LINK_LEASES = TableSpec("short_link_leases", key="id", indexes=("link",), expiring=True)
 LEASE_FORMAT = 1
 """The lease items' format: a process leaves alone (never gives back) an item of another."""
+NEAR_BLOCKS = 4
+"""An idle lease goes back at once when its link had this many whole blocks left, or fewer."""
 KEPT = 86400.0
 """A lease item outlives its ``until`` by this long (then the store's TTL deletes it: a link
 deleted meanwhile leaves nothing behind, and its visits are lost, never handed out twice)."""
@@ -56,6 +64,7 @@ class _Lease:
     last_used: float = 0.0
     seen: int = 0
     """The link's counter as the last ADD answered."""
+    limit: int = 0
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
@@ -67,7 +76,8 @@ class VisitLeases:
 
     def __init__(self, links: Table, leases: Table, owner: str, block: int = 200,
                  step: int = 50, seconds: float = 120.0,
-                 clock: Callable[[], float] = time.time, first: int = 8) -> None:
+                 clock: Callable[[], float] = time.time, first: int = 8,
+                 forget: float = 600.0) -> None:
         self._links = links
         self._table = leases
         self.owner = owner
@@ -75,6 +85,7 @@ class VisitLeases:
         self._first = first
         self._step = step
         self._seconds = seconds
+        self._forget = forget
         self._clock = clock
         self._held: dict[str, _Lease] = {}
         self._lock = threading.Lock()
@@ -102,7 +113,7 @@ class VisitLeases:
             with lease.lock:
                 if self._held.get(key) is not lease:
                     continue  # dropped as idle meanwhile: take the new one
-                lease.last_used = self._clock()
+                lease.last_used, lease.limit = self._clock(), limit
                 if lease.used >= lease.upto and not self._room(key, lease, limit):
                     return None
                 lease.used += 1
@@ -185,27 +196,33 @@ class VisitLeases:
         return max(unused, 0)
 
     def renew(self, idle: float | None = None) -> None:
-        """At each flush: give back the leases unused for ``idle`` seconds (default: half a
-        lease's life) and renew the others that near their end."""
+        """At each flush: renew the leases used in the last ``idle`` seconds (default: half a
+        lease's life) that near their end; of the others, give back those near their link's
+        limit or unused for ``forget`` seconds, and keep the rest as they are."""
         now = self._clock()
         idle = self._seconds / 2 if idle is None else idle
         for key, lease in list(self._held.items()):
             with lease.lock:
+                unused = now - lease.last_used
                 if lease.version == ABSENT:
-                    if now - lease.last_used >= idle:  # memory follows the links in use
+                    if unused >= idle:  # memory follows the links in use
                         with self._lock:
                             self._held.pop(key, None)
                     continue
                 try:
-                    if now - lease.last_used >= idle:
+                    if unused >= self._forget or unused >= idle and self._near_limit(lease):
                         self._release(key, lease)
-                    elif lease.until - now < self._seconds / 2:
+                    elif unused < idle and lease.until - now < self._seconds / 2:
                         self._write(key, lease, lease.upto)
                 except ConflictError:  # given back by another process: nothing left here
                     lease.granted = lease.upto = lease.used = lease.stored = 0
                     lease.version = ABSENT
                 except StoreError:
                     pass  # the next flush tries again; the lease expires meanwhile at worst
+
+    def _near_limit(self, lease: _Lease) -> bool:
+        """Whether the link had at most ``NEAR_BLOCKS`` whole blocks left at the last ADD."""
+        return lease.limit - lease.seen <= NEAR_BLOCKS * self._block
 
     def _release(self, key: str, lease: _Lease) -> None:
         self._give_back(key, {"id": f"{key}|{self.owner}", VERSION: lease.version},

@@ -119,6 +119,46 @@ def test_idle_leases_are_given_back_at_a_flush(backend: Backend, links: Table,
     assert backend.table(LINK_LEASES).query("link", KEY).items == []
 
 
+def test_an_idle_lease_far_from_the_limit_is_kept_unrenewed_until_it_is_forgotten(
+        backend: Backend, links: Table, clock: FakeClock) -> None:
+    """A link visited now and then, far from its limit: its lease stays in memory at a flush,
+    unrenewed, so the next visit costs no store request (giving it back and taking a new block
+    cost four writes a visit); once unused for ``forget`` seconds it goes back."""
+    quiet = VisitLeases(links, backend.table(LINK_LEASES), "quiet", block=30, step=10,
+                        seconds=30.0, clock=clock, forget=300.0)
+    assert quiet.take(KEY, 10**6) is not None
+    for _ in range(3):  # a visit every 100 s: idle at each flush, past its lease's end too
+        clock.advance(100)
+        before = backend.requests
+        quiet.renew()
+        assert quiet.take(KEY, 10**6) is not None
+        assert backend.requests == before, "kept, unrenewed, and served from memory"
+    assert links.get(KEY)["visits"] == 8
+    clock.advance(300)
+    quiet.renew()
+    assert links.get(KEY)["visits"] == 4, "forgotten: what it did not serve is back"
+    assert backend.table(LINK_LEASES).query("link", KEY).items == []
+
+
+def test_a_kept_idle_lease_goes_back_to_a_process_that_finds_the_link_exhausted(
+        backend: Backend, links: Table, clock: FakeClock) -> None:
+    """The kept lease expires unrenewed: another process that exhausts the link takes its
+    unannounced visits back, and its own process then serves only what it had announced."""
+    table = backend.table(LINK_LEASES)
+    quiet, busy = (VisitLeases(links, table, name, block=30, step=2, seconds=30.0,
+                               clock=clock, forget=300.0) for name in ("quiet", "busy"))
+    served = sum(quiet.take(KEY, 1000) is not None for _ in range(3))
+    clock.advance(31)
+    quiet.renew()  # idle, 992 left at its last ADD: far from the limit, so kept
+    announced = int(table.get(f"{KEY}|quiet")["upto"])
+    assert announced < 8, "a block of 8, announced a step of 2 at a time"
+    served += serve_all(busy, 1000)
+    assert table.get(f"{KEY}|quiet") is None, "expired: taken back by the exhausted link"
+    late = serve_all(quiet, 1000)
+    assert late == announced - 3, "what it had announced, no more"
+    assert served + late == 1000 == links.get(KEY)["visits"]
+
+
 # Real processes: `edgectl shortlinks` (this release, and v0.1.0) on one dynalite store.
 
 def hammer(ports: list[int], until_refused: int = 60) -> int:
