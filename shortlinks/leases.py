@@ -16,17 +16,18 @@ handing out a visit twice:
 
 - on a clean stop the process gives back what it did not use (``granted - used``) and deletes
   its item;
-- an idle lease is given back the same way by its own process at a flush, when its link is
-  within a few blocks of its limit (the other processes may soon need those visits) or once it
-  has sat unused for ``forget`` seconds (memory follows the links in use). Any other idle lease
-  is kept, unrenewed: its next visit is served from memory, where giving it back and taking a
-  new block would cost four store writes, each visit of a link visited less than once a
-  minute. Unrenewed, it expires, and a process that finds the link exhausted takes its visits
-  back (below); its own process may still serve up to its ``upto``, which counts as served;
+- an idle lease is given back the same way by its own process at a flush, when its link had
+  at most ``NEAR_BLOCKS`` blocks left at the process's last ADD (the other processes may soon
+  need those visits), or once unused for ``forget`` seconds (memory follows the links in use);
+- only a lease near its limit is renewed (its ``until`` moved on): elsewhere no process takes
+  it back, and a lease unrenewed costs no write at all. A link a process visits less than once
+  a minute used to cost four writes a visit (the idle lease given back, then a new block);
 - a process that died leaves its item; once its ``until`` has passed, the next process that
   finds the link exhausted deletes it (conditionally) and then gives back ``granted - upto``. A
-  crash loses at most one step of visits (served or not), never hands one out twice. A process
-  that was only slow finds its item gone at its next write and stops serving from it.
+  crash loses at most one step of visits (served or not), never hands one out twice;
+- a live process whose item was taken back so (its lease expired unrenewed, or it stalled)
+  finds it gone at its next write or release: it gives back the announced visits it did not
+  serve, since the other process counted them as served, and serves no more of them.
 
 A v0.1.0 process beside these counts each visit with an unconditional ADD and refuses the
 visit when the total passes the limit: its refused visits only ever raise the counter, so the
@@ -128,14 +129,8 @@ class VisitLeases:
             try:
                 self._write(key, lease, min(lease.granted, lease.used + self._step))
                 return True
-            except ConflictError:
-                # Another process gave our item back (we were slow to renew it): what it did
-                # not hold (a block just taken) goes back too, and we start a new item.
-                if lease.granted > lease.stored:
-                    self._links.increment(key, "visits", -(lease.granted - lease.stored),
-                                          existing_only=True)
-                lease.granted = lease.upto = lease.used = lease.stored = 0
-                lease.version = ABSENT
+            except ConflictError:  # another process took our item back: start a new one
+                self._taken_back(key, lease)
         return False
 
     def _write(self, key: str, lease: _Lease, upto: int) -> None:
@@ -209,14 +204,15 @@ class VisitLeases:
                         with self._lock:
                             self._held.pop(key, None)
                     continue
+                near = self._near_limit(lease)
                 try:
-                    if unused >= self._forget or unused >= idle and self._near_limit(lease):
+                    if unused >= self._forget or unused >= idle and near:
                         self._release(key, lease)
-                    elif unused < idle and lease.until - now < self._seconds / 2:
+                    elif unused < idle and lease.until - now < self._seconds / 2 \
+                            and (near or now - lease.until > KEPT / 2):
                         self._write(key, lease, lease.upto)
-                except ConflictError:  # given back by another process: nothing left here
-                    lease.granted = lease.upto = lease.used = lease.stored = 0
-                    lease.version = ABSENT
+                except ConflictError:
+                    self._taken_back(key, lease)
                 except StoreError:
                     pass  # the next flush tries again; the lease expires meanwhile at worst
 
@@ -225,10 +221,32 @@ class VisitLeases:
         return lease.limit - lease.seen <= NEAR_BLOCKS * self._block
 
     def _release(self, key: str, lease: _Lease) -> None:
-        self._give_back(key, {"id": f"{key}|{self.owner}", VERSION: lease.version},
-                        lease.granted - lease.used)
+        """Our item deleted and what we did not serve given back; or, when another process
+        took the item back first, the part of it that process could not."""
+        try:
+            deleted = self._table.delete(f"{key}|{self.owner}", expected_version=lease.version)
+        except ConflictError:
+            deleted = False
+        if not deleted:
+            self._taken_back(key, lease)
+            return
+        self._forget_and_add_back(key, lease, lease.granted - lease.used)
+
+    def _taken_back(self, key: str, lease: _Lease) -> None:
+        """Another process took our item back as expired (``reclaim``), giving back what it did
+        not announce (``granted - upto`` as stored). The rest we did not serve goes back here:
+        a block taken since the last write, and the announced visits not served (counted as
+        served by the other process; we serve no more of them)."""
+        self._forget_and_add_back(
+            key, lease, lease.granted - lease.stored + max(0, lease.upto - lease.used))
+
+    def _forget_and_add_back(self, key: str, lease: _Lease, unused: int) -> None:
+        """The lease emptied first: an ADD whose answer is lost is then never repeated (its
+        visits are lost at worst, never handed out twice)."""
         lease.granted = lease.upto = lease.used = lease.stored = 0
         lease.version = ABSENT
+        if unused > 0:
+            self._links.increment(key, "visits", -unused, existing_only=True)
 
     def close(self) -> None:
         """A clean stop: every lease given back; later visits are counted one by one."""

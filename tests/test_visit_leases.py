@@ -119,19 +119,22 @@ def test_idle_leases_are_given_back_at_a_flush(backend: Backend, links: Table,
     assert backend.table(LINK_LEASES).query("link", KEY).items == []
 
 
-def test_an_idle_lease_far_from_the_limit_is_kept_unrenewed_until_it_is_forgotten(
+def test_a_link_visited_now_and_then_far_from_its_limit_costs_no_store_request_a_visit(
         backend: Backend, links: Table, clock: FakeClock) -> None:
-    """A link visited now and then, far from its limit: its lease stays in memory at a flush,
-    unrenewed, so the next visit costs no store request (giving it back and taking a new block
-    cost four writes a visit); once unused for ``forget`` seconds it goes back."""
+    """Visited every 100 s (the flusher runs every 2 s), far from its limit: the lease stays
+    in memory, unrenewed, and neither the visit nor the flushes around it reach the store
+    (giving the idle lease back and taking a new block cost four writes a visit). Once unused
+    for ``forget`` seconds it goes back."""
     quiet = VisitLeases(links, backend.table(LINK_LEASES), "quiet", block=30, step=10,
                         seconds=30.0, clock=clock, forget=300.0)
     assert quiet.take(KEY, 10**6) is not None
-    for _ in range(3):  # a visit every 100 s: idle at each flush, past its lease's end too
-        clock.advance(100)
+    for _ in range(3):
+        clock.advance(98)
         before = backend.requests
         quiet.renew()
         assert quiet.take(KEY, 10**6) is not None
+        clock.advance(2)
+        quiet.renew()
         assert backend.requests == before, "kept, unrenewed, and served from memory"
     assert links.get(KEY)["visits"] == 8
     clock.advance(300)
@@ -140,23 +143,72 @@ def test_an_idle_lease_far_from_the_limit_is_kept_unrenewed_until_it_is_forgotte
     assert backend.table(LINK_LEASES).query("link", KEY).items == []
 
 
-def test_a_kept_idle_lease_goes_back_to_a_process_that_finds_the_link_exhausted(
-        backend: Backend, links: Table, clock: FakeClock) -> None:
-    """The kept lease expires unrenewed: another process that exhausts the link takes its
-    unannounced visits back, and its own process then serves only what it had announced."""
+@pytest.mark.parametrize("left", [4 * 30, 4 * 30 + 1])
+def test_only_a_lease_within_four_blocks_of_its_limit_is_renewed_or_given_back_when_idle(
+        backend: Backend, links: Table, clock: FakeClock, left: int) -> None:
+    """Near the limit, as this process's last ADD saw it, the others may soon need the
+    visits it holds: it renews its lease while it serves and gives it back once idle."""
     table = backend.table(LINK_LEASES)
-    quiet, busy = (VisitLeases(links, table, name, block=30, step=2, seconds=30.0,
-                               clock=clock, forget=300.0) for name in ("quiet", "busy"))
-    served = sum(quiet.take(KEY, 1000) is not None for _ in range(3))
-    clock.advance(31)
-    quiet.renew()  # idle, 992 left at its last ADD: far from the limit, so kept
-    announced = int(table.get(f"{KEY}|quiet")["upto"])
-    assert announced < 8, "a block of 8, announced a step of 2 at a time"
-    served += serve_all(busy, 1000)
-    assert table.get(f"{KEY}|quiet") is None, "expired: taken back by the exhausted link"
-    late = serve_all(quiet, 1000)
-    assert late == announced - 3, "what it had announced, no more"
-    assert served + late == 1000 == links.get(KEY)["visits"]
+    leases = process(backend, links, clock, "p")
+    limit = 8 + left  # its first block of 8 leaves ``left``
+    assert leases.take(KEY, limit) is not None
+    near = left <= 4 * 30
+    clock.advance(20)  # used 10 s before the flush, its lease 20 s from its end
+    assert leases.take(KEY, limit) is not None
+    clock.advance(10)
+    until = table.get(f"{KEY}|p")["until"]
+    leases.renew()
+    assert (table.get(f"{KEY}|p")["until"] > until) is near, "renewed only near the limit"
+    clock.advance(16)
+    leases.renew()
+    assert (table.get(f"{KEY}|p") is None) is near, "given back when idle only near"
+    assert links.get(KEY)["visits"] == (2 if near else 8)
+
+
+def test_a_lowered_limit_counts_at_the_next_flush(backend: Backend, links: Table,
+                                                 clock: FakeClock) -> None:
+    leases = process(backend, links, clock, "p")
+    assert leases.take(KEY, 10**6) is not None  # far from it: kept when idle
+    assert leases.take(KEY, 100) is not None  # max_visits lowered meanwhile: near
+    clock.advance(16)
+    leases.renew()
+    assert backend.table(LINK_LEASES).get(f"{KEY}|p") is None
+
+
+@pytest.mark.parametrize("step, stop", [(50, "close"), (2, "forget")])
+def test_a_kept_lease_taken_back_by_another_process_loses_no_visit(
+        backend: Backend, links: Table, clock: FakeClock, step: int, stop: str) -> None:
+    """The kept lease expires unrenewed and a process that exhausts the link takes it back,
+    giving back what it had not announced; its own process gives back the rest it did not
+    serve at its next release (a clean stop, or forgotten), so the link still reaches exactly
+    its limit. With the shipped sizes (a step larger than a first block: all of it announced)
+    and with a smaller step."""
+    key, table = "acme.link/big", backend.table(LINK_LEASES)
+    LinkService(links, ["acme.link"]).create("acme.link", "https://example.com/", "p",
+                                             slug="big", max_visits=1000)
+    quiet, busy, fresh = (VisitLeases(links, table, name, step=step, clock=clock)
+                          for name in ("quiet", "busy", "fresh"))
+
+    def served(leases: VisitLeases, visits: int | None = None) -> int:
+        count = 0
+        while count != visits and leases.take(key, 1000) is not None:
+            count += 1
+        return count
+    total = served(quiet, 3)
+    clock.advance(61)
+    quiet.renew()  # idle, 992 left at its ADD: kept
+    total += served(busy)
+    clock.advance(60)  # its lease has expired
+    total += served(busy)  # exhausted: takes the quiet lease back
+    assert table.get(f"{key}|quiet") is None
+    if stop == "close":
+        quiet.close()
+    else:
+        clock.advance(600)
+        quiet.renew()
+    busy.close()
+    total += served(fresh)
+    assert total == 1000 == links.get(key)["visits"]
 
 
 # Real processes: `edgectl shortlinks` (this release, and v0.1.0) on one dynalite store.
