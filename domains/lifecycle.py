@@ -25,7 +25,7 @@ from typing import Callable, Protocol
 from dnsops.dnscheck import DnsCheck, DnsChecker
 from domains import decide, outbox, pairs
 from domains.decide import Rules, Seen, Step, Timing
-from domains.routing import RouteValue, routable, route_value
+from domains.routing import RouteValue, follow, routable
 from domains.service import (ACTIVE, AWAITING_TRAFFIC, ISSUING, PENDING_DNS, ROUTED,
                              SUSPENDED, VERIFIED, DomainService)
 from kit import logs
@@ -116,31 +116,16 @@ class Lifecycle:
     # The consumers of the outbox entries the lifecycle writes (control/wiring.py's table).
 
     def follow_route(self, entry: Item) -> None:
-        """The edge follows the domain as it is now (routed while active, off the edge
-        otherwise), whatever the entry saw: an entry drained late, after a newer change,
-        cannot put back a stale route."""
+        """The edge follows the domain as it is now, and the domains that redirect to it
+        (domains/routing.py ``follow``)."""
         domain = self.domains.find(entry["hostname"])
-        active = domain is not None and domain["status"] in ROUTED
-        changes = {entry["hostname"]: self._route_of(domain) if domain is not None and active
-                   else None}
+        publication = domain["publication_id"] if domain else entry.get("publication_id")
         # The domains redirecting here redirect only while this one is routed (an index
         # query, usually empty).
-        publication = domain["publication_id"] if domain else entry.get("publication_id")
-        if publication:
-            for listed in self.domains.repository.redirecting_to(
-                    entry["hostname"], publication, fallback=False):
-                source = self.domains.find(listed["hostname"])  # the index may lag: by key
-                if source is not None and source["status"] in ROUTED \
-                        and source.get("redirect_to") == entry["hostname"] \
-                        and source["publication_id"] == publication:
-                    changes[source["hostname"]] = route_value(source, target_routed=active)
-        self.edge.route_changes(changes)
-
-    def _route_of(self, domain: Item) -> RouteValue:
-        if not domain.get("redirect_to"):
-            return route_value(domain)
-        target = self.domains.find(domain["redirect_to"])
-        return route_value(domain, target is not None and target["status"] in ROUTED)
+        sources = [listed["hostname"] for listed in self.domains.repository.redirecting_to(
+            entry["hostname"], publication, fallback=False)] if publication else []
+        follow(entry["hostname"], domain, publication, sources, self.domains.find,
+               self.edge.route_changes)
 
     def send_webhook(self, entry: Item) -> None:
         self.events.emit(entry["type"], dict(entry["data"]), entry["id"])

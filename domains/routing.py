@@ -5,8 +5,9 @@ A domain's item keeps them as ``redirect_to``/``redirect_status_code``, ``origin
 ``metadata``; its route carries them to the edge as extras (``kit/route_extras.py``)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+from domains.repository import ROUTED
 from kit import route_extras
 from store import Item
 
@@ -14,6 +15,9 @@ RouteValue = str | tuple[str, str]
 """A route as the domains part publishes it: the publication id, or (publication id, extras)
 when the domain has extras."""
 EXTRA_FIELDS = ("redirect_to", "redirect_status_code", "origin_pool", "metadata")
+ROUTE_WRITES = 3
+"""How many times ``follow`` writes routes that changed again under it before it gives up."""
+Routes = dict[str, RouteValue | None]
 
 
 def route_value(domain: Item, target_routed: bool = True) -> RouteValue:
@@ -41,3 +45,38 @@ def extras_view(domain: Item) -> dict[str, Any]:
             if domain.get("redirect_to") else None,
             "origin_pool": domain.get("origin_pool"),
             "metadata": domain.get("metadata") or {}}
+
+
+def follow(hostname: str, domain: Item | None, publication: str | None, sources: list[str],
+           find: Callable[[str], Item | None], write: Callable[[Routes], object]) -> None:
+    """Write the route of ``hostname`` as the domain (``domain``, as read) is now: routed while
+    active, off the edge otherwise, whatever the change that asked saw, so a change handled
+    late cannot put back a stale route. So are the ``sources`` that redirect to it (their
+    redirect only while it is routed).
+
+    The routes are read again after the write, and written again until they hold: a change
+    handled beside this one (a pair's two domains going active at once) may have changed what
+    they depend on between the reads and the write, and written its routes first. Then this
+    write was stale, and its read after sees the change (an outbox's race, seen in CI)."""
+    written: Routes | None = None
+    for _ in range(ROUTE_WRITES):
+        active = domain is not None and domain["status"] in ROUTED
+        changes: Routes = {hostname: _route_of(domain, find) if domain and active else None}
+        for name in sources:
+            source = find(name)  # the index may lag: by key
+            if source is not None and source["status"] in ROUTED \
+                    and source.get("redirect_to") == hostname \
+                    and source["publication_id"] == publication:
+                changes[name] = route_value(source, target_routed=active)
+        if changes == written:
+            return
+        write(changes)
+        written, domain = changes, find(hostname)
+    raise RuntimeError(f"the route of {hostname} kept changing; the worker drains it later")
+
+
+def _route_of(domain: Item, find: Callable[[str], Item | None]) -> RouteValue:
+    if not domain.get("redirect_to"):
+        return route_value(domain)
+    target = find(domain["redirect_to"])
+    return route_value(domain, target is not None and target["status"] in ROUTED)

@@ -15,6 +15,8 @@ from typing import Callable
 import pytest
 
 from control.wiring import Services
+from domains import outbox, pairs
+from domains.repository import ACTIVE
 from edge.shards import ShardNode
 from edge.state import EdgeConfig, Redirect
 from kit.settings import Settings
@@ -196,3 +198,39 @@ def _map(services: Services) -> list[tuple[str, str]]:
     loaded = services.edge_state.load()
     assert loaded is not None
     return [tuple(entry) for entry in loaded["redirects"]]
+
+
+def test_a_pair_going_active_at_once_ends_with_its_www_redirecting(
+        services_both: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen in CI: the www's activation read its apex as not yet active, the apex went active
+    and published the www's redirect, then the www's stale route (no redirect) landed: the www
+    was served, not redirected, until its next change. A route change now reads its routes
+    again after its write and writes them again until they hold."""
+    services = services_both
+    pairs.connect(services.domains, "duo.test", "pub_1", None, {})
+    for hostname in ("duo.test", "www.duo.test"):
+        cert, combined = self_signed(hostname)
+        services.certificates.save([hostname], cert, combined.encode())
+    write = services.publisher.route_changes
+    interleaved: list[dict] = []
+
+    def late(changes: dict) -> None:
+        if list(changes) == ["www.duo.test"] and not interleaved:
+            interleaved.append(changes)  # read with the apex pending; the apex goes active now
+            apex = services.domains.get("duo.test")
+            services.domains.transition(apex, ACTIVE, "test", effects=[
+                outbox.route("duo.test", "pub_1")])
+            assert '"to":"duo.test"' in published(), "the apex's change published the redirect"
+        write(changes)
+
+    def published() -> str:
+        state = services.edge_state.load() or {}
+        return next((r.get("extras") or "" for r in state["routes"]
+                     if r["hostname"] == "www.duo.test"), "not routed")
+
+    monkeypatch.setattr(services.publisher, "route_changes", late)
+    www = services.domains.get("www.duo.test")
+    services.domains.transition(www, ACTIVE, "test", effects=[
+        outbox.route("www.duo.test", "pub_1")])
+    assert interleaved == [{"www.duo.test": "pub_1"}], "the www's first write was stale"
+    assert '"to":"duo.test"' in published()
