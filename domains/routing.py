@@ -54,12 +54,13 @@ def follow(hostname: str, domain: Item | None, publication: str | None, sources:
     late cannot put back a stale route. So are the ``sources`` that redirect to it (their
     redirect only while it is routed).
 
-    The routes are read again after the write, and written again until they hold: a change
-    handled beside this one (a pair's two domains going active at once) may have changed what
-    they depend on between the reads and the write, and written its routes first. Then this
-    write was stale, and its read after sees the change (an outbox's race, seen in CI)."""
-    written: Routes | None = None
-    for _ in range(ROUTE_WRITES):
+    The domains are read again after the write, and the routes written again until they
+    hold: a change handled beside this one (a pair's two domains going active at once) may
+    have changed a domain between the reads and the write, and written its routes first. Then
+    this write was stale, and the reads after it see the change (an outbox's race, seen in
+    CI). A source written before that no longer redirects here is written as it now is."""
+    written: Routes = {}
+    for round_ in range(ROUTE_WRITES):
         active = domain is not None and domain["status"] in ROUTED
         changes: Routes = {hostname: _route_of(domain, find) if domain and active else None}
         for name in sources:
@@ -68,10 +69,15 @@ def follow(hostname: str, domain: Item | None, publication: str | None, sources:
                     and source.get("redirect_to") == hostname \
                     and source["publication_id"] == publication:
                 changes[name] = route_value(source, target_routed=active)
+            elif name in written:  # written in a round before, then it changed: as it is now
+                changes[name] = _route_of(source, find) \
+                    if source is not None and source["status"] in ROUTED else None
         if changes == written:
             return
         write(changes)
-        written, domain = changes, find(hostname)
+        written = changes
+        if round_ < ROUTE_WRITES - 1:
+            domain = find(hostname)
     raise RuntimeError(f"the route of {hostname} kept changing; the worker drains it later")
 
 

@@ -16,7 +16,8 @@ import pytest
 
 from control.wiring import Services
 from domains import outbox, pairs
-from domains.repository import ACTIVE
+from domains.redirects import DomainOptions
+from domains.repository import ACTIVE, SUSPENDED
 from edge.shards import ShardNode
 from edge.state import EdgeConfig, Redirect
 from kit.settings import Settings
@@ -234,3 +235,55 @@ def test_a_pair_going_active_at_once_ends_with_its_www_redirecting(
         outbox.route("www.duo.test", "pub_1")])
     assert interleaved == [{"www.duo.test": "pub_1"}], "the www's first write was stale"
     assert '"to":"duo.test"' in published()
+
+
+def test_a_domain_suspended_while_its_activation_drains_goes_off_the_edge(
+        services_both: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = services_both
+    domain, _ = services.domains.connect("h.example.test", "pub_1")
+    cert, combined = self_signed("h.example.test")
+    services.certificates.save(["h.example.test"], cert, combined.encode())
+    write = services.publisher.route_changes
+    suspended: list[bool] = []
+
+    def late(changes: dict) -> None:
+        if changes == {"h.example.test": "pub_1"} and not suspended:
+            suspended.append(True)  # read active; suspended (and taken off) before it lands
+            services.domains.transition(services.domains.get("h.example.test"), SUSPENDED,
+                                        "test", effects=[outbox.route("h.example.test", None)])
+        write(changes)
+
+    monkeypatch.setattr(services.publisher, "route_changes", late)
+    services.domains.transition(domain, ACTIVE, "test", effects=[
+        outbox.route("h.example.test", "pub_1")])
+    assert suspended and "h.example.test" not in services.publisher.routed()
+
+
+def test_a_redirect_dropped_while_its_targets_change_drains_stays_dropped(
+        services_both: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The target's change read the source as redirecting to it; the source drops its
+    redirect and publishes its plain route before the target's stale write lands."""
+    services = services_both
+    for hostname, extra in (("t.example.test", None),
+                            ("s.example.test", {"redirect_to": "t.example.test"})):
+        domain, _ = services.domains.connect(hostname, "pub_1", extra=extra)
+        cert, combined = self_signed(hostname)
+        services.certificates.save([hostname], cert, combined.encode())
+        services.domains.transition(domain, ACTIVE, "test", effects=[
+            outbox.route(hostname, "pub_1")])
+    assert services.edge_state.routes.get("s.example.test")["extras"]
+    write = services.publisher.route_changes
+    dropped: list[bool] = []
+
+    def late(changes: dict) -> None:
+        if set(changes) == {"t.example.test", "s.example.test"} and not dropped:
+            dropped.append(True)
+            DomainOptions(services.domains).change(services.domains.get("s.example.test"),
+                                                   {"redirect_to": None})
+        write(changes)
+
+    monkeypatch.setattr(services.publisher, "route_changes", late)
+    DomainOptions(services.domains).change(services.domains.get("t.example.test"),
+                                           {"metadata": {"plan": "pro"}})
+    assert dropped
+    assert not services.edge_state.routes.get("s.example.test").get("extras"), "stale redirect"
