@@ -19,9 +19,10 @@ handing out a visit twice:
 - an idle lease is given back the same way by its own process at a flush, when its link had
   at most ``NEAR_BLOCKS`` blocks left at the process's last ADD (the other processes may soon
   need those visits), or once unused for ``forget`` seconds (memory follows the links in use);
-- only a lease near its limit is renewed (its ``until`` moved on): elsewhere no process takes
-  it back, and a lease unrenewed costs no write at all. A link a process visits less than once
-  a minute used to cost four writes a visit (the idle lease given back, then a new block);
+- only a lease near its limit is renewed (its ``until`` moved on): elsewhere only a process
+  that finds the link exhausted takes it back (nothing is lost then, below), and a lease left
+  unrenewed costs no write at all. A link a process visits less than once a minute used to
+  cost four writes a visit (the idle lease given back, then a new block);
 - a process that died leaves its item; once its ``until`` has passed, the next process that
   finds the link exhausted deletes it (conditionally) and then gives back ``granted - upto``. A
   crash loses at most one step of visits (served or not), never hands one out twice;
