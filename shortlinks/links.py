@@ -57,9 +57,14 @@ def after_restore(changes: Table, before: int) -> None:
     """Move the change counter past the one a restore put back, and past ``before`` (the
     counter the store had), by more than a resolver follows: the restored counter may repeat
     values the resolvers saw, and its slots would name other changes. They drop everything."""
-    n = int(changes.increment(GENERATION, "n", max(before - generation(changes), 0)
-                              + BATCH_GET + 1) or 0)
-    changes.put({"name": change_slot(n), "n": n, "link": ANY_LINK})
+    record_change(changes, ANY_LINK, max(before - generation(changes), 0) + BATCH_GET + 1)
+
+
+def record_change(changes: Table, key: str, by: int = 1) -> None:
+    """Move the change counter on ``by``, then name the link ``key`` (``ANY_LINK``: many) in
+    the slot of the counter's new value."""
+    n = int(changes.increment(GENERATION, "n", by) or 0)
+    changes.put({"name": change_slot(n), "n": n, "link": key})
 
 
 def generation(changes: Table) -> int:
@@ -213,8 +218,7 @@ class LinkService:
         crash between the two leaves a slot naming an older change, which makes resolvers drop
         everything, as a change of the release before does (it moves the counter only)."""
         if self.changes is not None:
-            n = int(self.changes.increment(GENERATION, "n") or 0)
-            self.changes.put({"name": change_slot(n), "n": n, "link": key})
+            record_change(self.changes, key)
 
     def each(self) -> Iterator[Item]:
         """Every link, page by page (a full read: for a reconciliation, never on a timer)."""
