@@ -39,7 +39,8 @@ class Resolver:
     def __init__(self, table: Table, ttl: float | None = None,
                  clock: Callable[[], float] = time.time, changes: Table | None = None,
                  check_every: float = 1.0, max_entries: int = 200_000,
-                 stats: VisitStats | None = None, leases: VisitLeases | None = None) -> None:
+                 stats: VisitStats | None = None, leases: VisitLeases | None = None,
+                 ticks: Callable[[], float] | None = None) -> None:
         self._table = table
         self.leases = leases
         """Where a limited link's visits come from in blocks (shortlinks/leases.py); None:
@@ -50,6 +51,11 @@ class Resolver:
         """How long an entry is good without a store read: changes reach the cache through the
         change counter (``changes``), so with it this only bounds a write that bypassed it."""
         self._clock = clock
+        self._ticks = ticks or (time.monotonic if clock is time.time else clock)
+        """What the cache's lifetimes and the change checks count in: monotonic, so a wall clock
+        stepped back an hour does not keep serving what changed meanwhile for an hour. The
+        wall ``clock`` is for what is dated: a link's ``valid_until``, a visit's day. A test's
+        clock stands for both."""
         self._changes = changes
         self._check_every = check_every
         self._max_entries = max_entries
@@ -119,7 +125,7 @@ class Resolver:
         return links
 
     def _lookup(self, key: str) -> Item | None:
-        now = self._clock()
+        now = self._ticks()
         self._follow_changes(now)
         cached = self._cache.get(key)
         if cached is not None and cached[0] > now:
@@ -152,7 +158,7 @@ class Resolver:
         seconds: the entry is cached and fresh, the change counter is not due, and the link
         has no visit limit or its next visit is in this process's lease.
         The server answers these on its I/O thread (see shortlinks/inline.py)."""
-        now = self._clock() + margin
+        now = self._ticks() + margin
         if self._changes is not None and now >= self._next_check:
             return False
         cached = self._cache.get(link_id(domain, slug))

@@ -50,6 +50,24 @@ def test_a_change_reaches_other_processes_caches_within_a_second(backend: Backen
     assert elsewhere.resolve("acme.link", "new").status == 302
 
 
+def test_a_wall_clock_stepped_back_holds_no_change_back(backend: Backend) -> None:
+    """A host's clock stepped back an hour (NTP, a VM resumed from a snapshot) does not keep a
+    redirect process serving a changed link for that hour: the cache's lifetimes and the
+    change checks count monotonic time, only what is dated (a visit's day) the wall clock."""
+    changes = backend.table(LINK_CHANGES)
+    links = LinkService(backend.table(LINKS), DOMAINS, changes=changes)
+    wall, ticks = [1_000_000.0], [50.0]
+    elsewhere = Resolver(links.table, clock=lambda: wall[0], ticks=lambda: ticks[0],
+                         changes=changes)
+    links.create("acme.link", "https://example.com/", owner="p", slug="bad")
+    assert elsewhere.resolve("acme.link", "bad").status == 302
+    wall[0] -= 3600
+    links.update("acme.link", "bad", {"disabled": True})
+    wall[0] += 1.0
+    ticks[0] += 1.0
+    assert elsewhere.resolve("acme.link", "bad").status == 410
+
+
 def link_reads(backend: Backend) -> int:
     return sum(n for (table, _), n in backend.operations.items() if table == LINKS.name)
 
