@@ -24,11 +24,15 @@ LINK_CHANGES = TableSpec("short_link_changes", key="name")
 """The item ``generation``, whose counter ``n`` moves on every change to any link, and a ring of
 the last ``CHANGE_RING`` changes, ``change/<n % CHANGE_RING>`` = ``{"n": n, "link": key}``:
 resolvers in other processes check the counter about once a second and drop the links the
-slots name, or all they cached when a slot does not hold the change they expect."""
+slots name, or all they cached when a slot does not hold the change they expect. A change of
+up to ``MANY_LINKS`` links at once (a short domain's, removed) names them in ``links``, its
+``link`` being ``ANY_LINK``, which the release before reads as "drop everything"."""
 GENERATION = "generation"
 CHANGE_RING = 1024
 ANY_LINK = "*"
 """A slot's ``link`` for a change of many links at once (a domain's links disabled)."""
+MANY_LINKS = 100
+"""The most links one slot names (``links``): past it a change drops every cached link."""
 BY_DOMAIN = "links_by_domain"
 """The ``short_link_changes`` item :func:`index_links` writes once every link is in the
 ``domain`` index (links the release before wrote are not, its writes do not set the index's
@@ -60,11 +64,13 @@ def after_restore(changes: Table, before: int) -> None:
     record_change(changes, ANY_LINK, max(before - generation(changes), 0) + BATCH_GET + 1)
 
 
-def record_change(changes: Table, key: str, by: int = 1) -> None:
-    """Move the change counter on ``by``, then name the link ``key`` (``ANY_LINK``: many) in
-    the slot of the counter's new value."""
+def record_change(changes: Table, key: str | list[str], by: int = 1) -> None:
+    """Move the change counter on ``by``, then name the link ``key`` (``ANY_LINK``: many; a
+    list: those links, up to ``MANY_LINKS``) in the slot of the counter's new value."""
     n = int(changes.increment(GENERATION, "n", by) or 0)
-    changes.put({"name": change_slot(n), "n": n, "link": key})
+    slot = {"link": key} if isinstance(key, str) else {"link": ANY_LINK, "links": key} \
+        if len(key) <= MANY_LINKS else {"link": ANY_LINK}
+    changes.put({"name": change_slot(n), "n": n, **slot})
 
 
 def generation(changes: Table) -> int:
@@ -213,8 +219,8 @@ class LinkService:
         for listener in self._listeners:
             listener(domain, slug)
 
-    def _changed(self, key: str) -> None:
-        """Move the change counter, then name the link (``ANY_LINK``: many) in its slot. A
+    def _changed(self, key: str | list[str]) -> None:
+        """Move the change counter, then name the link (or the links) in its slot. A
         crash between the two leaves a slot naming an older change, which makes resolvers drop
         everything, as a change of the release before does (it moves the counter only)."""
         if self.changes is not None:
@@ -303,7 +309,7 @@ class LinkService:
                 except (ConflictError, LinkNotFound):
                     continue  # changed or deleted meanwhile: the next removal sweeps it
         if found:  # a repeat after a failed one finds them disabled: the change still goes out
-            self._changed(ANY_LINK)
+            self._changed([str(link["id"]) for link in found])
         if disabled and self.totals is not None:
             self.totals.add(disabled=disabled)
         return disabled

@@ -108,20 +108,25 @@ class Resolver:
     @staticmethod
     def _changed_links(changes: Table, seen: int, current: int) -> set[str] | None:
         """The links changes ``seen``+1 .. ``current`` name, or None (drop everything): too
-        many to read at once, the counter went back (a restore), a change of many links, or a
-        slot that does not hold its change (overwritten, not yet written, or the release
-        before moved the counter without one)."""
+        many to read at once, the counter went back (a restore), a change of more links than a
+        slot names, or a slot that does not hold its change (overwritten, not yet written, or
+        the release before moved the counter without one)."""
         if not 0 < current - seen <= min(BATCH_GET, CHANGE_RING):
             return None
         wanted = range(seen + 1, current + 1)
         slots = changes.get_many([change_slot(n) for n in wanted])
-        links = set()
+        links: set[str] = set()
         for n in wanted:
             slot = slots.get(change_slot(n)) or {}
-            link = slot.get("link")
-            if slot.get("n") != n or not isinstance(link, str) or link == ANY_LINK:
+            link, named = slot.get("link"), slot.get("links")
+            if slot.get("n") != n or not isinstance(link, str):
                 return None
-            links.add(link)
+            if link != ANY_LINK:
+                links.add(link)
+            elif isinstance(named, list) and all(isinstance(key, str) for key in named):
+                links.update(named)
+            else:
+                return None
         return links
 
     def _lookup(self, key: str) -> Item | None:

@@ -106,19 +106,23 @@ def lap_before(changes: Table) -> None:
     changes.put({"name": change_slot(n), "n": n - CHANGE_RING, "link": "acme.link/gone"})
 
 
-@pytest.mark.parametrize("change", ["of v0.1.0", "of a domain's links", "past a batch",
-                                    "back (a restore)", "of a writer stopped short"])
-def test_a_change_no_slot_names_drops_every_cached_link(backend: Backend, change: str) -> None:
-    """v0.1.0 moves the counter and names nothing; disabling a domain's links names them all;
-    more changes than one batch read holds, a counter put back, or a slot still holding the
-    lap before (its writer stopped short) cannot be followed."""
+@pytest.mark.parametrize("change", ["of v0.1.0", "of more links than a slot names",
+                                    "past a batch", "back (a restore)",
+                                    "of a writer stopped short"])
+def test_a_change_no_slot_names_drops_every_cached_link(
+        backend: Backend, change: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """v0.1.0 moves the counter and names nothing; disabling more of a domain's links than a
+    slot names (``MANY_LINKS``) names none; more changes than one batch read holds, a counter
+    put back, or a slot still holding the lap before (its writer stopped short) cannot be
+    followed."""
+    monkeypatch.setattr("shortlinks.links.MANY_LINKS", 0)
     links, elsewhere, now = processes(backend)
     changes = backend.table(LINK_CHANGES)
     links.create("go.example.test", "https://example.com/", owner="p", slug="kept")
     links.create("acme.link", "https://example.com/", owner="p", slug="gone")
     assert elsewhere.resolve("go.example.test", "kept").status == 302
     {"of v0.1.0": lambda: changes.increment(GENERATION, "n"),  # its LinkService._changed
-     "of a domain's links": lambda: links.disable_domain("acme.link"),
+     "of more links than a slot names": lambda: links.disable_domain("acme.link"),
      "past a batch": lambda: other_link_changes(links, BATCH_GET + 1),
      "back (a restore)": lambda: changes.increment(GENERATION, "n", -1),
      "of a writer stopped short": lambda: lap_before(changes)}[change]()
@@ -126,6 +130,25 @@ def test_a_change_no_slot_names_drops_every_cached_link(backend: Backend, change
     reads = link_reads(backend)
     assert elsewhere.resolve("go.example.test", "kept").status == 302
     assert link_reads(backend) == reads + 1
+
+
+def test_a_short_domain_removed_drops_only_its_links_from_other_processes_caches(
+        backend: Backend) -> None:
+    """Removing a short domain disables its links in one change, whose slot names each of
+    them: the other processes drop those, and keep every other link they cached."""
+    links, elsewhere, now = processes(backend)
+    links.create("go.example.test", "https://example.com/", owner="p", slug="kept")
+    for slug in ("a", "b"):
+        links.create("acme.link", f"https://example.com/{slug}", owner="p", slug=slug)
+    assert {elsewhere.resolve(*link).status for link in (
+        ("go.example.test", "kept"), ("acme.link", "a"), ("acme.link", "b"))} == {302}
+    assert links.disable_domain("acme.link") == 2
+    now[0] += 1
+    reads = link_reads(backend)
+    assert elsewhere.resolve("go.example.test", "kept").status == 302
+    assert link_reads(backend) == reads, "a link of another domain was read again"
+    assert [elsewhere.resolve("acme.link", slug).status for slug in "ab"] == [410, 410]
+    assert link_reads(backend) == reads + 2
 
 
 def test_a_repeat_of_a_change_whose_counter_did_not_move_moves_it(backend: Backend) -> None:
