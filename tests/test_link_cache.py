@@ -4,6 +4,7 @@ only; what the slots cannot name drops everything, as v0.1.0's changes do."""
 from __future__ import annotations
 
 import argparse
+import time
 import uuid
 from pathlib import Path
 from typing import cast
@@ -61,11 +62,13 @@ def test_a_wall_clock_stepped_back_holds_no_change_back(backend: Backend) -> Non
                          changes=changes)
     links.create("acme.link", "https://example.com/", owner="p", slug="bad")
     assert elsewhere.resolve("acme.link", "bad").status == 302
+    assert elsewhere.answers_from_memory("acme.link", "bad"), "the I/O thread's check"
     wall[0] -= 3600
     links.update("acme.link", "bad", {"disabled": True})
     wall[0] += 1.0
     ticks[0] += 1.0
     assert elsewhere.resolve("acme.link", "bad").status == 410
+    assert Resolver(links.table, changes=changes)._ticks is time.monotonic, "as shipped"
 
 
 def link_reads(backend: Backend) -> int:
