@@ -28,6 +28,7 @@ from edge.moves import EDGE_MOVES
 from edge.shard_registry import EDGE_SHARDS
 from edge.sso import SSO_CODES, SSO_KEYS
 from edge.state_changes import EDGE_CERTS, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE
+from edge.state_reconcile import after_restore as edge_after_restore
 from edge.state_reports import EDGE_NODES, EDGE_VISIT_REPORTS
 from kit.settings import Settings
 from kit.tokens import API_TOKENS
@@ -115,6 +116,7 @@ def run_restore(args: argparse.Namespace, settings: Settings) -> int:
         before = generation(changes)
         restore_backup(open_target(backend), TABLES, path, args.force)
         after_restore(changes, before)  # redirect processes running beside drop their caches
+        edge_after_restore(backend.table(EDGE_STATE))  # agents and routers take a snapshot
     except BackupError as exc:
         return _fail(str(exc), exc.status)
     except StoreError as exc:

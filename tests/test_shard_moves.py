@@ -5,16 +5,20 @@ resumes, and a removed shard drains, then goes. Node reports here are written as
 writes them (test_shard_moves_edge.py runs real agents and HAProxy)."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
 from control.wiring import Services
 from edge.moves import Mover, move_key
+from edgectl.backup import run_backup, run_restore
 from edge.router_feed import ROUTER
 from edge.sharded_state import ShardedState
 from edge.shards import DEFAULT_SHARD, ShardNode
@@ -31,7 +35,11 @@ HOSTS = [f"m{n}.moves.test" for n in range(45)]
 @pytest.fixture
 def moving(any_backend: Settings, services_with: ServicesWith,
            clock: FakeClock) -> Iterator[Services]:
-    services = services_with(base=any_backend, clock=clock, shard_move_grace_seconds=30.0)
+    yield populated(services_with(base=any_backend, clock=clock, shard_move_grace_seconds=30.0))
+
+
+def populated(services: Services) -> Services:
+    """Shards a and b, and HOSTS (one with a short link) spread over them."""
     assert services.shards is not None
     for n, shard in enumerate(("a", "b")):
         services.shards.put_shard(shard, [ShardNode(f"127.0.0.{n + 2}", 8443, 8080)])
@@ -39,7 +47,7 @@ def moving(any_backend: Settings, services_with: ServicesWith,
                                 CONFIG,
                                 {f"{HOSTS[1]}/go": Redirect(HOSTS[1], "go", 302,
                                                             "https://example.com/")})
-    yield services
+    return services
 
 
 def report_in_sync(services: Services, *shards: str) -> None:
@@ -162,6 +170,52 @@ def test_the_old_shard_drops_a_hostname_only_once_every_router_holds_its_switch(
     assert mover_of(services).in_flight()["c"]["to"] == len(moved)
     state.router.assign({"new.moves.test": "a"})  # the map moves on: a revision never read
     router_reports(services, "behind")
+    clock.advance(31)
+    until_done(mover_of(services))
+    assert all(state.holding(before[host], host) is None for host in moved)
+
+
+def test_a_router_left_on_the_timeline_a_restore_replaced_holds_the_drop_back(
+        settings: Settings, services_with: ServicesWith, clock: FakeClock,
+        tmp_path: Path) -> None:
+    """A restore puts the router map's revision back. A router that has not applied the
+    restored map (its snapshot refused, its HAProxy serving the old one) goes on reporting a
+    revision of the timeline the restore replaced, which a move switched after the restore
+    could take for its own. The restore moves every feed's revision past those, so the drop
+    waits for that router as for any router behind, and whoever asks since one of them gets a
+    snapshot."""
+    before_restore = populated(services_with(clock=clock, shard_move_grace_seconds=30.0))
+    backup = tmp_path / "edge.backup"
+    assert run_backup(argparse.Namespace(file=str(backup)), settings) == 0
+    for n in range(8):  # the replaced timeline goes on
+        before_restore.edge_shards.router.assign({f"new{n}.moves.test": "a"})
+    replaced = before_restore.edge_shards.router.mark()
+    restored = dataclasses.replace(settings, sqlite_path=str(tmp_path / "restored.db"))
+    assert run_restore(argparse.Namespace(file=str(backup), force=False), restored) == 0
+    services = services_with(base=restored, clock=clock, shard_move_grace_seconds=30.0)
+    state = services.edge_shards
+    assert state.router.mark() > replaced
+    assert not state.router.answer(since=replaced)["delta"]
+
+    def stuck_reports() -> None:
+        state.store(ROUTER).report("stuck", "v-replaced", "refused", True, shard=ROUTER,
+                                   revision=replaced)
+    stuck_reports()
+    report_in_sync(services, "a", "b")
+    before = placement(state)
+    add_c(services)
+    assert services.shards is not None
+    moved = [host for host in HOSTS if services.shards.load().assign(host) == "c"]
+    mover_of(services).tick()
+    switch(services, mover_of(services), clock)
+    clock.advance(31)
+    for _ in range(3):
+        stuck_reports()
+        mover_of(services).tick()
+        clock.advance(3)
+    assert moved and all(state.holding(before[host], host) is not None for host in moved), \
+        "dropped while the router left on the replaced timeline sent visitors there"
+    router_reports(services, "stuck")  # it applied the restored map, and the switch
     clock.advance(31)
     until_done(mover_of(services))
     assert all(state.holding(before[host], host) is None for host in moved)
