@@ -209,14 +209,16 @@ class DomainService:
         return None if item is None else str(item["publication_id"])
 
     def sign_in_publication(self, hostname: str) -> tuple[str, bool] | None:
-        """(publication, DNS re-check failing) of the active domain serving ``hostname``; None
-        when none does. A failing domain is still served during its grace period, but its DNS
-        may already lead visitors to someone else's server: single sign-on stops for it."""
+        """(publication, sign-in paused) of the domain serving ``hostname``; None when none
+        does. Single sign-on stops while the domain's DNS may lead visitors (and the one-time
+        codes they carry) to someone else's server: a domain awaiting traffic (served, its
+        certificate ready, its DNS still pointing elsewhere), or one whose re-check fails
+        (served during its grace period)."""
         item = self._serving(hostname)
         if item is None:
             return None
-        return str(item["publication_id"]), bool(item.get("dns_away_since")
-                                                 or item.get("failing_since"))  # older items
+        return str(item["publication_id"]), item["status"] != ACTIVE or bool(
+            item.get("dns_away_since") or item.get("failing_since"))  # older items
 
     # A domain's steps: one conditional write each, drained before they return.
 

@@ -144,6 +144,8 @@ def test_certificate_before_traffic_then_active_when_the_cname_moves(
     assert "issuing -> awaiting_traffic" in whats and "pending_dns -> verified" in whats
     assert services.domains.by_status()[AWAITING_TRAFFIC] == 1
     assert services.domains.active_publication("www.pub.test") == "pub_1"
+    assert services.domains.sign_in_publication("www.pub.test") == ("pub_1", True), \
+        "no single sign-on while its DNS sends visitors (and their one-time codes) elsewhere"
     dashboard_and_metrics_count_it(services)
 
     # Nothing changes while the traffic record still points elsewhere (checked by due time).
@@ -155,6 +157,7 @@ def test_certificate_before_traffic_then_active_when_the_cname_moves(
                        f'_acme-challenge.www CNAME {delegation["value"]}.\n')
     active = ticks_until(services, "www.pub.test", ACTIVE, timeout=10)
     assert active["validation_errors"] == [] and "www.pub.test" in routed(services)
+    assert services.domains.sign_in_publication("www.pub.test") == ("pub_1", False)
     assert services.domains.by_status()[AWAITING_TRAFFIC] == 0
     assert services.domains.by_status()[ACTIVE] == 1
 
