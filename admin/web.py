@@ -72,8 +72,8 @@ def safe_next(target: str | None) -> str:
     if not target or "\\" in target or any(ord(c) < 32 for c in target):
         return default
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not parts.path.startswith("/admin/"):
-        return default
+    if parts.scheme or parts.netloc or not target.startswith("/admin/"):
+        return default  # not the parsed path: browsers read "///admin/x" as host "admin"
     return target
 
 
