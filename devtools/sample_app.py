@@ -26,6 +26,10 @@ from werkzeug.wrappers import Request, Response
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 PLATFORM_COOKIE = "platform_session"
+FORWARDING = ("forwarded", "x-real-ip", "true-client-ip", "x-client-ip", "x-cluster-client-ip",
+              "x-original-url", "x-rewrite-url", "x-host", "x-original-host")
+"""Headers an app may trust for the client's address or the site's scheme, host or path (with
+every ``X-Forwarded-*``): the echo shows what the edge passed of them."""
 _LOCAL_PATH = re.compile(r"/(?![/\\])[\x21-\x7e]*")  # printable, no "//" or "/\\" start
 
 
@@ -42,6 +46,8 @@ def _echo(name: str, request: Request) -> Response:
         "publication_id": request.headers.get("X-Publication-Id"),
         "request_id": request.headers.get("X-Request-ID"),
         "forwarded_for": request.headers.get("X-Forwarded-For"),
+        "forwarding": {name.lower(): value for name, value in request.headers
+                       if name.lower() in FORWARDING or name.lower().startswith("x-forwarded-")},
         "user": request.headers.get("X-Edge-User"),
         "meta": {name.lower()[len("x-edge-meta-"):]: value for name, value in request.headers
                  if name.lower().startswith("x-edge-meta-")},

@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from devtools.probe import https_get
-from devtools.sample_app import SampleApp
+from devtools.sample_app import FORWARDING, SampleApp
 from edge.errors import EdgeError
 from edge.haproxy import ConfigRejected, masters_running, stop_node
 from edge.node import EdgeNode
@@ -46,10 +46,15 @@ def test_routes_by_host_and_strips_client_identity(node: EdgeNode, app: SampleAp
     node.apply(state(app, Route("one.example.test", "pub_1", pem)))
     probe = https_get(node.layout.https_port, "one.example.test", "/x", cadata=cert,
                       headers={"X-Publication-Id": "forged", "X-Forwarded-For": "6.6.6.6",
-                               "X-Edge-User": "admin"})
+                               "X-Edge-User": "admin",
+                               **{name: "evil.test" for name in (*FORWARDING, "x-forwarded-host",
+                                                                 "x-forwarded-port",
+                                                                 "x-forwarded-prefix")}})
     assert probe.status == 200
     assert probe.json()["publication_id"] == "pub_1"
     assert probe.json()["forwarded_for"] == "127.0.0.1"
+    assert probe.json()["forwarding"] == {"x-forwarded-for": "127.0.0.1",
+                                          "x-forwarded-proto": "https"}
     assert probe.json()["user"] is None, "the SSO user header only ever comes from the edge"
     assert probe.certificate.subject.rfc4514_string() == "CN=one.example.test"
     unknown = https_get(node.layout.https_port, "unknown.example.test")
