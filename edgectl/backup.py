@@ -33,7 +33,8 @@ from edge.state_reports import EDGE_NODES, EDGE_VISIT_REPORTS
 from kit.settings import Settings
 from kit.tokens import API_TOKENS
 from shortlinks.leases import LINK_LEASES
-from shortlinks.links import LINK_CHANGES, LINKS, after_restore, generation
+from shortlinks.changes import LINK_CHANGES, after_restore, generation
+from shortlinks.links import LINKS
 from shortlinks.stats import LINK_DAYS
 from store import StoreError, TableSpec, open_backend
 from store.backup import BackupError, Manifest, check_backup, restore_backup, take_backup

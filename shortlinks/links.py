@@ -7,6 +7,7 @@ import string
 import time
 from typing import Any, Callable, Iterable, Iterator
 
+from shortlinks.changes import GENERATION, LINK_CHANGES, record_change
 from shortlinks.errors import (InvalidLink, LinkBusy, LinkNotFound,  # the part's errors,
                                NotYours, ShortlinkError, SlugTaken)  # all caught from here too
 from shortlinks.stats import VisitStats
@@ -20,19 +21,6 @@ LINKS = TableSpec("short_links", key="id", indexes=("owner",),
                   optional=("domain",))
 """``domain``: a short domain's links (keys only: a visit's counter or a link's edit does not
 write it), what removing a short domain reads instead of every link."""
-LINK_CHANGES = TableSpec("short_link_changes", key="name")
-"""The item ``generation``, whose counter ``n`` moves on every change to any link, and a ring of
-the last ``CHANGE_RING`` changes, ``change/<n % CHANGE_RING>`` = ``{"n": n, "link": key}``:
-resolvers in other processes check the counter about once a second and drop the links the
-slots name, or all they cached when a slot does not hold the change they expect. A change of
-up to ``MANY_LINKS`` links at once (a short domain's, removed) names them in ``links``, its
-``link`` being ``ANY_LINK``, which the release before reads as "drop everything"."""
-GENERATION = "generation"
-CHANGE_RING = 1024
-ANY_LINK = "*"
-"""A slot's ``link`` for a change of many links at once (a domain's links disabled)."""
-MANY_LINKS = 100
-"""The most links one slot names (``links``): past it a change drops every cached link."""
 BY_DOMAIN = "links_by_domain"
 """The ``short_link_changes`` item :func:`index_links` writes once every link is in the
 ``domain`` index (links the release before wrote are not, its writes do not set the index's
@@ -50,32 +38,6 @@ LinkChanged = Callable[[str, str], None]
 
 def link_id(domain: str, slug: str) -> str:
     return f"{domain.lower()}/{slug}"
-
-
-def change_slot(n: int) -> str:
-    """The ``short_link_changes`` item that names the link change ``n`` of the counter."""
-    return f"change/{n % CHANGE_RING}"
-
-
-def after_restore(changes: Table, before: int) -> None:
-    """Move the change counter past the one a restore put back, and past ``before`` (the
-    counter the store had), by more than a resolver follows: the restored counter may repeat
-    values the resolvers saw, and its slots would name other changes. They drop everything."""
-    record_change(changes, ANY_LINK, max(before - generation(changes), 0) + BATCH_GET + 1)
-
-
-def record_change(changes: Table, key: str | list[str], by: int = 1) -> None:
-    """Move the change counter on ``by``, then name the link ``key`` (``ANY_LINK``: many; a
-    list: those links, up to ``MANY_LINKS``) in the slot of the counter's new value."""
-    n = int(changes.increment(GENERATION, "n", by) or 0)
-    slot = {"link": key} if isinstance(key, str) else {"link": ANY_LINK, "links": key} \
-        if len(key) <= MANY_LINKS else {"link": ANY_LINK}
-    changes.put({"name": change_slot(n), "n": n, **slot})
-
-
-def generation(changes: Table) -> int:
-    """The links' change counter."""
-    return int((changes.get(GENERATION) or {}).get("n") or 0)
 
 
 def short_url(link: Item) -> str:
@@ -138,8 +100,7 @@ class LinkService:
         """A publication's token creates links only on short domains connected and verified
         for it. A domain nobody has connected is not free for the taking: its links would stay
         when its owner connects it. Links on shared short domains are the platform's to make."""
-        owner = self._domain_owner(domain) if self._domain_owner and isinstance(domain, str) \
-            else None
+        owner = self._holder(domain) if isinstance(domain, str) else None
         if owner is None:
             raise NotYours(f"{domain} is not connected for this publication; connect it first, "
                            "or ask the platform to make links on shared short domains")
@@ -148,6 +109,10 @@ class LinkService:
         if not owner[1]:
             raise NotYours(f"{domain} is not verified yet: links can be made once its DNS "
                            "records prove it is yours")
+
+    def _holder(self, domain: str) -> tuple[str, bool] | None:
+        """(publication, verified) of whoever has connected ``domain`` now, if anyone."""
+        return self._domain_owner(domain) if self._domain_owner else None
 
     def create(self, domain: Any, target: Any, owner: str, slug: Any = None, code: Any = None,
                valid_until: Any = None, max_visits: Any = None,
@@ -190,6 +155,11 @@ class LinkService:
 
     def update(self, domain: str, slug: str, changes: dict[str, Any]) -> Item:
         link = self.get(domain, slug)
+        if link.get("released") and self._domain_owner \
+                and self._holder(link["domain"]) != (link["owner"], True):
+            raise NotYours(f"{domain}/{slug} was disabled when its short domain was removed or "
+                           "changed hands: it can only be deleted (or changed again once its "
+                           "owner holds the domain)")
         allowed = {"target", "code", "valid_until", "max_visits", "disabled", *RULES}
         if set(changes) - allowed:
             raise InvalidLink(sorted(set(changes) - allowed)[0], "cannot be changed")
@@ -207,12 +177,13 @@ class LinkService:
         checked = check_rules({k: v for k, v in rules.items() if v is not None},
                               str(changes.get("target", link["target"])), self.validate_target)
         changes.update({name: checked.get(name) for name in RULES if name in changes})
-        updated = self.table.put({**link, **changes, "updated_at": self._clock()},
+        kept = {key: value for key, value in link.items() if key != "released"}  # held again
+        updated = self.table.put({**kept, **changes, "updated_at": self._clock()},
                                  expected_version=link["version"])
         self._changed(updated["id"])
         if self.totals is not None and bool(updated.get("disabled")) != bool(link.get("disabled")):
             self.totals.add(disabled=1 if updated.get("disabled") else -1)
-        self._notify(domain, slug)
+        self._notify(updated["domain"], updated["slug"])
         return updated
 
     def _notify(self, domain: str, slug: str) -> None:
@@ -295,16 +266,17 @@ class LinkService:
                         if key in found and found[key].get("domain") == domain)
 
     def disable_domain(self, domain: str) -> int:
-        """Disable every link on ``domain`` (its owner removed it: the next owner must not serve
-        them). Returns how many were disabled."""
+        """Disable every link on ``domain``, marked ``released`` (its owner removed it, or lost
+        it: the next owner must not serve them, and their owner cannot enable them again while
+        it does not hold the domain). Returns how many were disabled."""
         disabled = 0
         found = list(self.links_on(domain))
         for link in found:
-            if not link.get("disabled"):
+            if not link.get("disabled") or not link.get("released"):
                 try:
-                    self.table.put({**link, "disabled": True, "updated_at": self._clock()},
-                                   expected_version=link["version"])
-                    disabled += 1
+                    self.table.put({**link, "disabled": True, "released": True,
+                                    "updated_at": self._clock()}, expected_version=link["version"])
+                    disabled += 0 if link.get("disabled") else 1
                     self._notify(link["domain"], link["slug"])
                 except (ConflictError, LinkNotFound):
                     continue  # changed or deleted meanwhile: the next removal sweeps it
@@ -326,7 +298,7 @@ class LinkService:
         if self.stats is not None:
             self.stats.forget(link_id(domain, slug))
         self._changed(link["id"])
-        self._notify(domain, slug)
+        self._notify(link["domain"], link["slug"])
 
     def _delete(self, key: str, attempts: int = 5) -> Item | None:
         """Delete the link as read (conditional on its version), so the totals lose what was

@@ -14,7 +14,8 @@ import time
 from typing import Callable
 
 from shortlinks.leases import VisitLeases
-from shortlinks.links import ANY_LINK, CHANGE_RING, change_slot, generation, link_id
+from shortlinks.changes import ANY_LINK, CHANGE_RING, change_slot, generation
+from shortlinks.links import link_id
 from shortlinks.stats import REFERRER, BotDetector, VisitStats, referrer_host
 from shortlinks.targets import device_of, locations
 from shortlinks.totals import LinkTotals

@@ -28,7 +28,7 @@ from edge.state_reconcile import TIMELINE_JUMP
 from edgectl.backup import MARKERS, TABLES, run_backup, run_restore
 from kit.procs import free_port
 from kit.settings import Settings
-from shortlinks.links import ANY_LINK, GENERATION, change_slot
+from shortlinks.changes import ANY_LINK, GENERATION, change_slot
 from store import BATCH_GET, META, TableSpec, all_items, open_backend
 from store.backup import FORMAT_VERSION, Source, Stored, take_backup
 from store.backup_stores import open_source

@@ -14,8 +14,8 @@ import requests
 
 from edgectl.backup import run_backup, run_restore
 from kit.settings import Settings
-from shortlinks.links import (CHANGE_RING, GENERATION, LINK_CHANGES, LINKS, LinkNotFound,
-                              LinkService, SlugTaken, change_slot)
+from shortlinks.changes import CHANGE_RING, GENERATION, LINK_CHANGES, change_slot
+from shortlinks.links import LINKS, LinkNotFound, LinkService, SlugTaken
 from shortlinks.resolver import Resolver
 from store import ABSENT, BATCH_GET, Backend, Item, Table
 from store.dynamo import DynamoBackend
@@ -118,7 +118,7 @@ def test_a_change_no_slot_names_drops_every_cached_link(
     slot names (``MANY_LINKS``) names none; more changes than one batch read holds, a counter
     put back, or a slot still holding the lap before (its writer stopped short) cannot be
     followed."""
-    monkeypatch.setattr("shortlinks.links.MANY_LINKS", 0)
+    monkeypatch.setattr("shortlinks.changes.MANY_LINKS", 0)
     links, elsewhere, now = processes(backend)
     changes = backend.table(LINK_CHANGES)
     links.create("go.example.test", "https://example.com/", owner="p", slug="kept")

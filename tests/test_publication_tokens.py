@@ -70,6 +70,20 @@ def test_links_on_another_publications_short_domain_are_refused(
     services.lifecycle.remove("acme.link")
     assert services.resolver.resolve("acme.link", "promo").status == 410
     assert services.links.get("acme.link", "promo")["disabled"] is True
+    # pub_1 cannot enable it again, nor point it elsewhere: not before pub_2 connects acme.link
+    # (it would be live on pub_2's domain), nor after (and a path spelt in capitals is the
+    # same link).
+    revived = {"disabled": False, "target": "https://attacker.example/x"}
+    for path in ("/api/v1/links/acme.link/promo", "/api/v1/links/ACME.link/promo"):
+        assert client.patch(path, headers=one, json=revived).status_code == 403, path
+    activate(services, services.domains.connect("acme.link", "pub_2")[0]["hostname"])
+    assert client.patch("/api/v1/links/acme.link/promo", headers=one,
+                        json=revived).status_code == 403
+    assert services.resolver.resolve("acme.link", "promo").status == 410
+    assert services.links.get("acme.link", "promo")["target"] == "https://example.com/"
+    # Its owner may still delete it (and only its owner sees it).
+    assert client.delete("/api/v1/links/acme.link/promo", headers=two).status_code == 404
+    assert client.delete("/api/v1/links/acme.link/promo", headers=one).status_code == 200
 
 
 def test_a_publication_token_manages_only_its_own_domains(services: Services,

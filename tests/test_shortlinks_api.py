@@ -34,6 +34,24 @@ def services(services_with: ServicesWith, link_settings: Settings) -> Services:
     return services_with(base=link_settings)
 
 
+def test_a_path_spelt_in_capitals_changes_the_edge_s_map_entry_too(
+        client: FlaskClient, services: Services) -> None:
+    """The store keeps a link under its lowercased domain, and so does the edge's map: a change
+    or a removal through ``/ACME.link/...`` reaches that entry, not one of its own."""
+    map_entries = services.edge_state.changes.redirects
+    assert map_entries is not None
+    assert client.post("/api/v1/links", headers=AUTH, json={
+        "domain": "acme.link", "target": "https://example.com/a", "owner": "pub_1",
+        "slug": "promo"}).status_code == 201
+    assert map_entries.get("acme.link/promo")["value"].endswith("https://example.com/a")
+    assert client.patch("/api/v1/links/ACME.link/promo", headers=AUTH, json={
+        "target": "https://example.com/b"}).status_code == 200
+    assert map_entries.get("acme.link/promo")["value"].endswith("https://example.com/b")
+    assert client.delete("/api/v1/links/ACME.Link/promo", headers=AUTH).status_code == 200
+    assert (map_entries.get("acme.link/promo") or {"removed": True}).get("removed")
+    assert map_entries.get("ACME.link/promo") is None and map_entries.get("ACME.Link/promo") is None
+
+
 def test_create_read_list_update_delete(client: FlaskClient) -> None:
     assert client.post("/api/v1/links", json={}).status_code == 401
     made = client.post("/api/v1/links", headers=AUTH, json={
