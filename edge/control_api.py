@@ -226,11 +226,15 @@ def router_map(query: PollQuery) -> Response | tuple[Response, int]:
     feed = use(ShardedState).router
     wait = min(max(query.wait, 0.0), MAX_WAIT)
     underlying, version = feed.versions()
-    if query.have == version and wait:
+    # A router holding the version, from before a compaction (a restore's), takes it again at
+    # the revision it has now, which its reports then name (a shard move waits for them).
+    held = query.have == version and not (query.since is not None
+                                          and query.since < feed.compacted())
+    if held and wait:
         if (refused := _held(feed.watch, underlying or "", wait)) is not None:
             return refused
         underlying, version = feed.versions()
-    if query.have == version:
+    if held and query.have == version:
         return Response(status=304)
     return jsonify(feed.answer(query.since, form))
 

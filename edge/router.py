@@ -183,6 +183,8 @@ class Router(Journaled):
         version is served already. Map changes go hot; a new shard table, or a HAProxy that
         does not run or holds another map than the file, takes a checked reload or a start."""
         if update.version == self.applied_version and self.haproxy.running:
+            if update.revision != self.applied_revision:  # the same map, renumbered (a restore)
+                self._save_state(update)
             return False
         with self._refusal_noted():
             update.validate()

@@ -96,6 +96,10 @@ class RouterFeed:
     def mark(self) -> int:
         return self._changes.mark()
 
+    def compacted(self) -> int:
+        """The revision no delta reaches back past (a reconciliation's, or a restore's)."""
+        return int((self._changes.meta() or {}).get("compacted_revision") or 0)
+
     def holding(self, hostname: str) -> str | None:
         """The shard the router map sends ``hostname`` to, if it has an entry."""
         table = self._changes.redirects

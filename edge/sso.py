@@ -50,9 +50,10 @@ class SsoRefused(EdgeError):
 
 
 class SignInPaused(SsoRefused):
-    """The domain is served, but its DNS re-check is failing: its DNS may already send visitors
-    to a server that is not ours, which would collect their one-time codes, so no code is made
-    for it, none is traded and no session is signed until the check passes again."""
+    """The domain is served, but its DNS may send visitors to a server that is not ours (it
+    still awaits its traffic, or its re-check is failing), which would collect their one-time
+    codes: no code is made for it, none is traded and no session is signed until its DNS
+    points at the edge."""
 
 
 def return_path(rd: str | None) -> str:
@@ -155,8 +156,8 @@ class SingleSignOn:
             raise SsoRefused("Sign-in is not available on this address.")
         publication, failing = found
         if failing and not paused_ok:
-            raise SignInPaused("Sign-in is paused on this address while its DNS settings are "
-                               "checked again; you can keep reading without signing in.")
+            raise SignInPaused("Sign-in is paused on this address until its DNS settings point "
+                               "here; you can keep reading without signing in.")
         return publication
 
     def authorize_url(self, host: str, state: str, silent: bool = False) -> str:

@@ -14,14 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from edge import feed_log
 from edge.state import DIGEST_MODULUS, DesiredState, EdgeConfig, Redirect, RouteRef, fingerprint, \
     redirect_hash, routes_digest
-from store import VERSION, ConflictError, Item, Table, all_items, every
-from store.namespace import SEPARATOR
+from store import VERSION, ConflictError, Item, Table, every
 
-TIMELINE_JUMP = 2**32
-"""How far a restore moves each edge feed's revision on (:func:`after_restore`)."""
 PEMS_HELD = 200
 """A reconciliation commits as it goes: at most this many changed routes' PEMs in memory."""
 Gone = Callable[[set[str]], set[str]]
@@ -182,22 +178,3 @@ def route_ref(item: Item) -> RouteRef:
 def _split(route: str | tuple[str, str]) -> tuple[str, str]:  # a publication id [, extras]
     return (route, "") if isinstance(route, str) else route
 
-
-def after_restore(state: Table) -> int:
-    """Move every feed's version item (the default shard's, each shard's, the router map's) on
-    by ``TIMELINE_JUMP``, compacted there, without the log of revisions it came with. The
-    restored revisions may repeat those of the timeline the restore replaced, which agents and
-    routers still hold and report. Now any of them asking since one gets a snapshot, and a
-    router's report of one (a router that has not applied the restored map yet) is older than
-    every shard move switched after the restore, which waits for it. Returns how many moved."""
-    moved = 0
-    for meta in all_items(state):
-        if str(meta["name"]).rpartition(SEPARATOR)[2] != "desired" or "revision" not in meta:
-            continue
-        revision = int(meta["revision"]) + TIMELINE_JUMP
-        kept = {key: value for key, value in meta.items() if key not in (
-            VERSION, feed_log.FROM, feed_log.COUNTS, feed_log.KEYS_FROM, feed_log.KEYS)}
-        state.put({**kept, "revision": revision, "compacted_revision": revision},
-                  expected_version=meta[VERSION])
-        moved += 1
-    return moved

@@ -28,7 +28,7 @@ from edge.moves import EDGE_MOVES
 from edge.shard_registry import EDGE_SHARDS
 from edge.sso import SSO_CODES, SSO_KEYS
 from edge.state_changes import EDGE_CERTS, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE
-from edge.state_reconcile import after_restore as edge_after_restore
+from edge import restore as edge_restore
 from edge.state_reports import EDGE_NODES, EDGE_VISIT_REPORTS
 from kit.settings import Settings
 from kit.tokens import API_TOKENS
@@ -113,11 +113,11 @@ def run_restore(args: argparse.Namespace, settings: Settings) -> int:
     except StoreError as exc:
         return _fail(f"cannot open {_where(settings)}: {exc}", 1)
     try:
-        changes = backend.table(LINK_CHANGES)
-        before = generation(changes)
+        changes, state = backend.table(LINK_CHANGES), backend.table(EDGE_STATE)
+        before, revisions = generation(changes), edge_restore.revisions(state)
         restore_backup(open_target(backend), TABLES, path, args.force)
         after_restore(changes, before)  # redirect processes running beside drop their caches
-        edge_after_restore(backend.table(EDGE_STATE))  # agents and routers take a snapshot
+        edge_restore.after_restore(state, backend.table(EDGE_MOVES), revisions)  # and agents
     except BackupError as exc:
         return _fail(str(exc), exc.status)
     except StoreError as exc:

@@ -24,7 +24,7 @@ from flask.testing import FlaskClient
 from admin_app import create_app
 from control.wiring import Services
 from devtools.pebble import PebbleStack
-from edge.state_reconcile import TIMELINE_JUMP
+from edge.restore import TIMELINE_JUMP
 from edgectl.backup import MARKERS, TABLES, run_backup, run_restore
 from kit.procs import free_port
 from kit.settings import Settings

@@ -3,9 +3,13 @@ index, keys only, then a batch read), not every link of every domain: on each ba
 links the release before wrote beside this one."""
 from __future__ import annotations
 
+from typing import Iterator
+
+import pytest
+
 from control import migrations
 from shortlinks.links import BY_DOMAIN, LINK_CHANGES, LINKS, LinkService, index_links
-from store import Backend, TableSpec
+from store import Backend, Item, TableSpec
 
 GONE, KEPT = "gone.example.test", "kept.example.test"
 RELEASE_BEFORE = TableSpec("short_links", key="id", indexes=("owner",))
@@ -74,3 +78,24 @@ def test_the_release_before_keeps_writing_links_until_the_migration(backend: Bac
     assert {link["slug"]: link["disabled"] for link in links.links_on(GONE)} == {
         "new": True, "a": True, "b": False}
     assert links.disable_domain(GONE) == 1
+
+
+def test_a_link_edited_while_its_domain_leaves_is_released_too(
+        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A takeover's drain disables the domain's links once: an edit its former owner lands
+    between the drain's read and its write must not keep the link enabled on the domain's
+    next owner's site."""
+    links = service(backend)
+    links.create(GONE, "https://example.com/", "pub_1", slug="g")
+    read = links.links_on
+
+    def edited_meanwhile(domain: str) -> Iterator[Item]:
+        found = list(read(domain))
+        links.update(GONE, "g", {"target": "https://example.com/edited"})
+        return iter(found)
+    monkeypatch.setattr(links, "links_on", edited_meanwhile)
+    assert links.disable_domain(GONE) == 1
+    link = links.get(GONE, "g")
+    assert link["disabled"] and link["released"]
+    assert link["target"] == "https://example.com/edited"
+

@@ -287,6 +287,11 @@ def test_router_restarts_serving_its_files(tmp_path: Path, edge_node: Callable[.
         assert (again.applied_version, again.applied_revision) == ("v2", 2)
         again.start()
         assert again.haproxy.pid == master
+        # The same map renumbered (a restore moved the feed's revisions on): nothing to serve
+        # anew, and the new revision is the one it holds, and reports, from now on.
+        renumbered = dataclasses.replace(feed("v2", {}, {"one": [one]}, delta=True), revision=9)
+        assert not again.apply(renumbered) and again.applied_revision == 9
+        assert Router(tmp_path / "r", **ports).applied_revision == 9
         assert again.hosts() == {"one.example.test": "one", "two.example.test": "one"}
         assert again.apply(feed("v3", {"one.example.test": None}, {"one": [one]}, delta=True))
         assert again.reloads == 0 and again.hot_applies == 1

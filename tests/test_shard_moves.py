@@ -18,6 +18,7 @@ import pytest
 
 from control.wiring import Services
 from edge.moves import Mover, move_key
+from edgectl.app import create_app
 from edgectl.backup import run_backup, run_restore
 from edge.router_feed import ROUTER
 from edge.sharded_state import ShardedState
@@ -30,6 +31,7 @@ from tests.conftest import FakeClock, ServicesWith, wait_until
 
 CONFIG = EdgeConfig(("127.0.0.1:9",), ("127.0.0.1:9",))
 HOSTS = [f"m{n}.moves.test" for n in range(45)]
+EDGE = {"Authorization": "Bearer edge-token-0123456789"}
 
 
 @pytest.fixture
@@ -180,34 +182,36 @@ def test_a_router_left_on_the_timeline_a_restore_replaced_holds_the_drop_back(
         tmp_path: Path) -> None:
     """A restore puts the router map's revision back. A router that has not applied the
     restored map (its snapshot refused, its HAProxy serving the old one) goes on reporting a
-    revision of the timeline the restore replaced, which a move switched after the restore
-    could take for its own. The restore moves every feed's revision past those, so the drop
-    waits for that router as for any router behind, and whoever asks since one of them gets a
-    snapshot."""
-    before_restore = populated(services_with(clock=clock, shard_move_grace_seconds=30.0))
+    revision of the timeline the restore replaced, which the switch of a move restored in
+    flight, or made after, could take for its own. The restore moves every feed's revision past
+    those (past the store's it replaced too: a second restore), and the moves' switches with
+    it, so the drop waits for that router as for any router behind. A router that holds the
+    restored map is answered again at the new revision, which its reports then name."""
+    first = populated(services_with(clock=clock, shard_move_grace_seconds=30.0))
+    report_in_sync(first, "a", "b")
+    before = placement(first.edge_shards)
+    add_c(first)
+    assert first.shards is not None
+    moved = [host for host in HOSTS if first.shards.load().assign(host) == "c"]
+    mover_of(first).tick()
+    switch(first, mover_of(first), clock)  # in flight: switched, dropped after the grace
     backup = tmp_path / "edge.backup"
     assert run_backup(argparse.Namespace(file=str(backup)), settings) == 0
     for n in range(8):  # the replaced timeline goes on
-        before_restore.edge_shards.router.assign({f"new{n}.moves.test": "a"})
-    replaced = before_restore.edge_shards.router.mark()
+        first.edge_shards.router.assign({f"new{n}.moves.test": "a"})
+    replaced = first.edge_shards.router.mark()
     restored = dataclasses.replace(settings, sqlite_path=str(tmp_path / "restored.db"))
     assert run_restore(argparse.Namespace(file=str(backup), force=False), restored) == 0
     services = services_with(base=restored, clock=clock, shard_move_grace_seconds=30.0)
     state = services.edge_shards
     assert state.router.mark() > replaced
     assert not state.router.answer(since=replaced)["delta"]
+    assert {item["router_revision"] for item in all_items(mover_of(services).table)
+            if "router_revision" in item} == {state.router.mark()}
 
     def stuck_reports() -> None:
         state.store(ROUTER).report("stuck", "v-replaced", "refused", True, shard=ROUTER,
                                    revision=replaced)
-    stuck_reports()
-    report_in_sync(services, "a", "b")
-    before = placement(state)
-    add_c(services)
-    assert services.shards is not None
-    moved = [host for host in HOSTS if services.shards.load().assign(host) == "c"]
-    mover_of(services).tick()
-    switch(services, mover_of(services), clock)
     clock.advance(31)
     for _ in range(3):
         stuck_reports()
@@ -215,10 +219,17 @@ def test_a_router_left_on_the_timeline_a_restore_replaced_holds_the_drop_back(
         clock.advance(3)
     assert moved and all(state.holding(before[host], host) is not None for host in moved), \
         "dropped while the router left on the replaced timeline sent visitors there"
+    edge = create_app(services).test_client()
+    answer = edge.get("/api/v1/edge/router", headers=EDGE, query_string={
+        "have": state.router.versions()[1], "since": replaced - 8})  # restored, renumbered
+    assert answer.status_code == 200 and answer.get_json()["revision"] == state.router.mark()
     router_reports(services, "stuck")  # it applied the restored map, and the switch
     clock.advance(31)
     until_done(mover_of(services))
     assert all(state.holding(before[host], host) is None for host in moved)
+    now = state.router.mark()
+    assert run_restore(argparse.Namespace(file=str(backup), force=True), restored) == 0
+    assert services_with(base=restored).edge_shards.router.mark() > now, "a second restore"
 
 
 def test_a_round_s_moves_are_one_change_of_each_shard_they_touch(
