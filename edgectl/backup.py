@@ -24,11 +24,11 @@ from domains.repository import DOMAINS
 from domains.takeover import TAKEOVERS
 from domains.timeline import EVENTS
 from domains.webhooks import WEBHOOKS
+from edge import restore as edge_restore
 from edge.moves import EDGE_MOVES
 from edge.shard_registry import EDGE_SHARDS
 from edge.sso import SSO_CODES, SSO_KEYS
 from edge.state_changes import EDGE_CERTS, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STATE
-from edge import restore as edge_restore
 from edge.state_reports import EDGE_NODES, EDGE_VISIT_REPORTS
 from kit.settings import Settings
 from kit.tokens import API_TOKENS
