@@ -123,7 +123,7 @@ class Lifecycle:
         # The domains redirecting here redirect only while this one is routed (an index
         # query, usually empty).
         sources = [listed["hostname"] for listed in self.domains.repository.redirecting_to(
-            entry["hostname"], publication, fallback=False)] if publication else []
+            entry["hostname"], None, fallback=False)]  # a takeover: another's stop redirecting
         follow(entry["hostname"], domain, publication, sources, self.domains.find,
                self.edge.route_changes)
 
@@ -366,8 +366,8 @@ class Lifecycle:
                     found[hostname] = routable(domain)
                 else:
                     found.pop(hostname, None)
-        return {hostname: with_target if target in found else alone
-                for hostname, (target, with_target, alone) in found.items()}
+        return {hostname: with_target if target in found and found[target][1] == publication
+                else alone for hostname, (target, publication, with_target, alone) in found.items()}
 
     def release_leases(self) -> int:
         """On a graceful stop, once the worker has stopped: hand back the domains this worker

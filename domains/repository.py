@@ -100,18 +100,19 @@ class DomainRepository:
         page = self.table.query_range("pending", publication_id, lower=since, limit=limit)
         return [item for item in page.items if item["status"] == PENDING_DNS]
 
-    def redirecting_to(self, hostname: str, publication_id: str,
+    def redirecting_to(self, hostname: str, publication_id: str | None,
                        fallback: bool = True) -> Iterator[Item]:
-        """The publication's domains whose ``redirect_to`` is ``hostname``: an index query
-        whose cost follows how many there are, not the publication's domains. Without the
-        index, the publication's domains are read, or (``fallback`` False) none are."""
-        if "redirected" in self.table.lacking and not fallback:
-            return iter(())
+        """The publication's domains (None: anyone's) whose ``redirect_to`` is ``hostname``:
+        an index query whose cost follows how many there are, not the publication's domains.
+        Without the index, the publication's domains are read, or (``fallback`` False, or no
+        publication) none are."""
         if "redirected" in self.table.lacking:  # a store that cannot add it: as before it
             return (d for d in itertools.islice(self.each_for(publication_id), WITHOUT_INDEX)
-                    if d.get("redirect_to") == hostname)
+                    if d.get("redirect_to") == hostname) if fallback and publication_id else \
+                iter(())
         return (d for d in every(lambda cursor: self.table.query_range(
-            "redirected", hostname, cursor=cursor)) if d["publication_id"] == publication_id)
+            "redirected", hostname, cursor=cursor))
+            if publication_id is None or d["publication_id"] == publication_id)
 
     def browse(self, status: str | None = None, limit: int = 50,
                cursor: str | None = None) -> Page:

@@ -30,12 +30,14 @@ def route_value(domain: Item, target_routed: bool = True) -> RouteValue:
     return (str(domain["publication_id"]), extras) if extras else str(domain["publication_id"])
 
 
-def routable(domain: Item) -> tuple[str | None, RouteValue, RouteValue]:
-    """What a reconciliation keeps of a domain to route it: its redirect target, its route
-    while the target is routed, and while it is not."""
+def routable(domain: Item) -> tuple[str | None, str, RouteValue, RouteValue]:
+    """What a reconciliation keeps of a domain to route it: its redirect target, its
+    publication, its route while the target is routed (and the same publication's), and
+    while it is not."""
     alone = route_value(domain, target_routed=False)
     target = domain.get("redirect_to")
-    return target, (route_value(domain) if target else alone), alone
+    return target, str(domain["publication_id"]), (route_value(domain) if target else alone), \
+        alone
 
 
 def extras_view(domain: Item) -> dict[str, Any]:
@@ -66,9 +68,9 @@ def follow(hostname: str, domain: Item | None, publication: str | None, sources:
         for name in sources:
             source = find(name)  # the index may lag: by key
             if source is not None and source["status"] in ROUTED \
-                    and source.get("redirect_to") == hostname \
-                    and source["publication_id"] == publication:
-                changes[name] = route_value(source, target_routed=active)
+                    and source.get("redirect_to") == hostname:  # not to another's (a takeover)
+                changes[name] = route_value(source, target_routed=active and source[
+                    "publication_id"] == publication)
             elif name in written:  # written in a round before, then it changed: as it is now
                 changes[name] = _route_of(source, find) \
                     if source is not None and source["status"] in ROUTED else None
@@ -85,4 +87,5 @@ def _route_of(domain: Item, find: Callable[[str], Item | None]) -> RouteValue:
     if not domain.get("redirect_to"):
         return route_value(domain)
     target = find(domain["redirect_to"])
-    return route_value(domain, target is not None and target["status"] in ROUTED)
+    return route_value(domain, target is not None and target["status"] in ROUTED
+                       and target["publication_id"] == domain["publication_id"])

@@ -287,3 +287,26 @@ def test_a_redirect_dropped_while_its_targets_change_drains_stays_dropped(
                                            {"metadata": {"plan": "pro"}})
     assert dropped
     assert not services.edge_state.routes.get("s.example.test").get("extras"), "stale redirect"
+
+
+def test_a_redirect_to_a_domain_another_publication_took_over_stops(
+        services_both: Services) -> None:
+    """A redirect leads only to the same publication's domain: when its target changes hands
+    (a takeover), the source is served itself, both as the target's route change follows it
+    and in a reconciliation, and not sent to the new holder's site."""
+    services = services_both
+    for hostname, extra in (("t.example.test", None),
+                            ("s.example.test", {"redirect_to": "t.example.test"})):
+        domain, _ = services.domains.connect(hostname, "pub_1", extra=extra)
+        cert, combined = self_signed(hostname)
+        services.certificates.save([hostname], cert, combined.encode())
+        services.domains.transition(domain, ACTIVE, "test", effects=[
+            outbox.route(hostname, "pub_1")])
+    assert services.edge_state.routes.get("s.example.test")["extras"], "it redirects"
+    target = services.domains.get("t.example.test")  # taken over, active again for pub_2
+    services.domains.repository.write(target, {**target, "publication_id": "pub_2"})
+    services.lifecycle.follow_route(outbox.route("t.example.test", "pub_2"))
+    source = services.edge_state.routes.get("s.example.test")
+    assert source["publication_id"] == "pub_1" and not source.get("extras")
+    assert services.lifecycle._routes_to_publish(set())["s.example.test"] == "pub_1"
+
