@@ -259,11 +259,8 @@ def test_a_domain_suspended_while_its_activation_drains_goes_off_the_edge(
     assert suspended and "h.example.test" not in services.publisher.routed()
 
 
-def test_a_redirect_dropped_while_its_targets_change_drains_stays_dropped(
-        services_both: Services, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The target's change read the source as redirecting to it; the source drops its
-    redirect and publishes its plain route before the target's stale write lands."""
-    services = services_both
+def redirecting_pair(services: Services) -> None:
+    """t.example.test and s.example.test, which redirects to it, both active for pub_1."""
     for hostname, extra in (("t.example.test", None),
                             ("s.example.test", {"redirect_to": "t.example.test"})):
         domain, _ = services.domains.connect(hostname, "pub_1", extra=extra)
@@ -271,6 +268,14 @@ def test_a_redirect_dropped_while_its_targets_change_drains_stays_dropped(
         services.certificates.save([hostname], cert, combined.encode())
         services.domains.transition(domain, ACTIVE, "test", effects=[
             outbox.route(hostname, "pub_1")])
+
+
+def test_a_redirect_dropped_while_its_targets_change_drains_stays_dropped(
+        services_both: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The target's change read the source as redirecting to it; the source drops its
+    redirect and publishes its plain route before the target's stale write lands."""
+    services = services_both
+    redirecting_pair(services)
     assert services.edge_state.routes.get("s.example.test")["extras"]
     write = services.publisher.route_changes
     dropped: list[bool] = []
@@ -295,13 +300,7 @@ def test_a_redirect_to_a_domain_another_publication_took_over_stops(
     (a takeover), the source is served itself, both as the target's route change follows it
     and in a reconciliation, and not sent to the new holder's site."""
     services = services_both
-    for hostname, extra in (("t.example.test", None),
-                            ("s.example.test", {"redirect_to": "t.example.test"})):
-        domain, _ = services.domains.connect(hostname, "pub_1", extra=extra)
-        cert, combined = self_signed(hostname)
-        services.certificates.save([hostname], cert, combined.encode())
-        services.domains.transition(domain, ACTIVE, "test", effects=[
-            outbox.route(hostname, "pub_1")])
+    redirecting_pair(services)
     assert services.edge_state.routes.get("s.example.test")["extras"], "it redirects"
     target = services.domains.get("t.example.test")  # taken over, active again for pub_2
     services.domains.repository.write(target, {**target, "publication_id": "pub_2"})
