@@ -177,4 +177,3 @@ def route_ref(item: Item) -> RouteRef:
 
 def _split(route: str | tuple[str, str]) -> tuple[str, str]:  # a publication id [, extras]
     return (route, "") if isinstance(route, str) else route
-
