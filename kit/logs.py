@@ -29,9 +29,10 @@ CONTEXT_FIELDS = ("request_id", "hostname", "publication_id")
 
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("edge_log_context",
                                                                           default={})
-_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]|[\x00-\x08\x0b-\x1f\x7f]")
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 """ANSI/VT100 sequences (werkzeug colours its access lines) and control characters but tab and
-newline (JSON escapes a newline; the text format indents the lines after the first)."""
+newline (JSON escapes a newline; the text format indents the lines after the first), the 8-bit
+ones (C1, which some terminals obey) included."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 """A request id we accept from a client or the edge: printable, no spaces, bounded. HAProxy's
 ``unique-id-format`` gives hex, ``:`` and ``_`` (e.g. ``7F000001:D1A2_7F000001:20FB_...``)."""

@@ -4,6 +4,7 @@ the one sentence every failure gets (wrong CA, no token, a refused client certif
 service down)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -329,3 +330,27 @@ def test_tokens_create_list_and_revoke(served: Served) -> None:
     assert again.returncode == 1 and f"no token {token_id}" in again.stderr
     refused = served.run("tokens", "create", "_platform")
     assert refused.returncode == 1 and "starting with a letter" in refused.stderr
+
+
+def test_what_a_publisher_wrote_prints_as_text_not_as_terminal_codes(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A publisher writes the TXT record ``domains check`` shows, and the error a failing check
+    keeps: escape sequences (a window title, a cleared screen) and rich markup in them print as
+    plain text, and a stray closing tag does not crash the table."""
+    from edgectl.ops import domains
+    from edgectl.ops.base import fail
+    from edgectl.ops.output import emit
+    txt = "\x1b]0;owned\x07\x1b[2J[link=https://evil.example]verify here[/link][/x]\x9b2J"
+    checked = {"hostname": "shop.example.org", "ok": False, "status": "pending_dns",
+               "validation_errors": [{"message": f"we found {txt!r}"}],
+               "seen": {"ns1.example.net": {"TXT": [txt]}}}
+    emit(argparse.Namespace(json=False), checked, domains._checked)
+    listed = {"domains": [{"hostname": "shop.example.org", "publication_id": "pub_ops",
+                           "status": "failing", "updated_at": 0, "last_error": txt}]}
+    emit(argparse.Namespace(json=False), listed, domains._list)
+    fail(txt, 1)
+    printed = capsys.readouterr()
+    for text in (printed.out, printed.err):
+        assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text
+    assert printed.out.count("[link=https://evil.example]verify here[/link][/x]") == 3
+    assert "[link=https://evil.example]" in printed.err

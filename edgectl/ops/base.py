@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from edgectl.ops.client import SETTINGS_HELP, ControlClient, OperatorError, operator_settings
 from edgectl.ops.output import json_flag
+from kit.logs import strip_escapes
 from kit.settings import Settings
 
 Handler = Callable[[argparse.Namespace, ControlClient], int]
@@ -75,7 +76,7 @@ def run_operator(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def fail(message: str, code: int) -> int:
-    print(f"edgectl: {message}", file=sys.stderr)
+    print(f"edgectl: {strip_escapes(message)}", file=sys.stderr)
     return code
 
 

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+from kit.logs import strip_escapes
+
 if TYPE_CHECKING:  # rich is imported when a command prints: the CLI's other processes never do
     from rich.console import Console
     from rich.table import Table
@@ -16,11 +18,14 @@ Render = Callable[["Console", Any], None]
 
 
 def console() -> Console:
-    """Colours on a terminal only; a pipe gets wide plain text, so a line stays one row."""
+    """Colours on a terminal only; a pipe gets wide plain text, so a line stays one row. No
+    markup or emoji codes: what is printed is data (a publisher's DNS answer reaches
+    ``domains check``), and ``[/x]`` in it must print as it is, not style or crash the table."""
     from rich.console import Console
     if sys.stdout.isatty():
-        return Console(highlight=False)
-    return Console(width=200, no_color=True, highlight=False, soft_wrap=True)
+        return Console(highlight=False, markup=False, emoji=False)
+    return Console(width=200, no_color=True, highlight=False, soft_wrap=True, markup=False,
+                   emoji=False)
 
 
 def json_flag(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +37,19 @@ def emit(args: argparse.Namespace, data: Any, render: Render) -> None:
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2))
     else:
-        render(console(), data)
+        render(console(), printable(data))
+
+
+def printable(data: Any) -> Any:
+    """``data`` with terminal escape sequences and control characters taken out of every
+    string: the operator's terminal obeys them, and a publisher chooses some of these strings."""
+    if isinstance(data, str):
+        return strip_escapes(data)
+    if isinstance(data, dict):
+        return {printable(key): printable(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [printable(item) for item in data]
+    return data
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
