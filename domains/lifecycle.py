@@ -274,6 +274,8 @@ class Lifecycle:
             log.warning("issuance for %s failed: %s", domain["hostname"], exc)
             return self._apply(leased, decide.issue_failed(str(exc),
                                                            getattr(exc, "retry_after", None)))
+        if not self._still_held(leased):
+            return leased
         return self._apply(leased, decide.issued(leased, self._clock(), self.rules))
 
     def _renew_if_due(self, domain: Item) -> Item:
@@ -287,7 +289,20 @@ class Lifecycle:
         except Exception as exc:  # keep serving the current certificate; retry sooner
             log.warning("renewal for %s failed: %s", domain["hostname"], exc)
             return self._apply(domain, decide.renewal_failed(domain, str(exc)))
+        if not self._still_held(domain):
+            return domain
         return self._apply(domain, decide.renewed(domain))
+
+    def _still_held(self, domain: Item) -> bool:
+        """After an order: does its claim still hold the hostname? A removal or a takeover that
+        came while the CA answered revoked the claim's certificate, so the one just stored goes
+        too (else the hostname's next holder would serve it, and not order its own)."""
+        if self.domains.still_held(domain):
+            return True
+        log.warning("%s changed hands during its order: its certificate is revoked",
+                    domain["hostname"])
+        self.issuer.discard([domain["hostname"]])
+        return False
 
     # What people ask for.
 

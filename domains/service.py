@@ -17,7 +17,8 @@ from dnsops.hostnames import normalize_hostname
 from dnsops.records import delegation_records, instructions, required_records
 from domains.drain import OutboxDrain
 from domains.errors import PUBLISHER_ERRORS, HostnameTaken, TooManyPending
-from domains.outbox import EVENT, OUTBOX, Consumers, with_entries
+from domains.outbox import (EVENT, OUTBOX, Consumers, disable_links, revoke, route,
+                             with_entries)
 from domains.repository import (ACTIVE, AWAITING_TRAFFIC, DOMAINS, ISSUING, PENDING_DNS,
                                 REMOVING, ROUTED, STATUSES, SUSPENDED, VERIFIED,
                                 DomainRepository)
@@ -42,6 +43,13 @@ def public_view(domain: Item, cname_target: str | None = None) -> dict[str, Any]
     if view["next_attempt_at"] is not None:
         view["next_attempt_at"] = iso(view["next_attempt_at"])
     return view
+
+
+def released(hostname: str) -> list[Item]:
+    """What a claim released unproven may have left (a claim can fall back to pending_dns with
+    its certificate, an upload and short links: a pre-validated domain whose ownership record
+    went): revoked, forgotten, disabled, in the next claim's outbox, so it never serves them."""
+    return [route(hostname, None), disable_links(hostname), revoke(hostname)]
 
 
 class DomainService:
@@ -119,7 +127,8 @@ class DomainService:
             self._check_pending(publication_id, now)
             item = self._claim(name, publication_id, now, extra)
             item = with_entries(item, now, [self.history.event(
-                item, "connected", f"for publication {publication_id}", actor), *effects])
+                item, "connected", f"for publication {publication_id}", actor), *effects,
+                *(released(name) if existing is not None else ())])
             try:
                 stored = self.repository.create(item)
             except ConflictError:
@@ -252,8 +261,13 @@ class DomainService:
     def record(self, domain: Item, what: str, why: str, actor: str = "worker",
                effects: Iterable[Item] = ()) -> Item:
         """A change that is not a status change: its timeline event and ``effects`` in one
-        conditional write on the domain's item (read again if it changed meanwhile), drained
-        before this returns. (An event alone, tied to no change: ``history.append``.)"""
+        conditional write on the domain's item, drained before this returns. (An event alone,
+        tied to no change: ``history.append``.)
+
+        If the item changed meanwhile (a lease, a check), it is read again and written once
+        more, but only while it is the same claim in the same status: ``effects`` were made
+        for that one (an upload checked for its holder, a renewal ordered while active), and
+        must not land on a claim another publication made since (ConflictError)."""
         effects = list(effects)
 
         def write(current: Item) -> Item:
@@ -262,8 +276,12 @@ class DomainService:
 
         try:
             stored = write(domain)
-        except ConflictError:  # a lease or a check changed it meanwhile: once more
-            stored = write(self.get(domain["hostname"]))
+        except ConflictError as lost:
+            current = self.repository.find(domain["hostname"])
+            if current is None or any(current.get(field) != domain.get(field)
+                                      for field in ("claim", "publication_id", "status")):
+                raise lost
+            stored = write(current)
         return self.outbox.drain(stored)
 
     def defer(self, domain: Item, errors: list[dict[str, str]], status: str | None = None,
@@ -298,6 +316,12 @@ class DomainService:
 
     def find(self, hostname: str) -> Item | None:
         return self.repository.find(hostname)
+
+    def still_held(self, domain: Item) -> bool:
+        """Whether ``domain``'s claim still holds its hostname, and is not being removed."""
+        now = self.repository.find(domain["hostname"])
+        return now is not None and now.get("claim") == domain.get("claim") and \
+            now["status"] != REMOVING
 
     def find_many(self, hostnames: list[str]) -> dict[str, Item]:
         """The domains stored under these hostnames, by hostname (consistent batch reads)."""

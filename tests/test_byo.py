@@ -19,9 +19,11 @@ from flask.testing import FlaskClient
 from admin_app import create_app
 from certs.byo import UploadRejected, covers, validate
 from control.wiring import Services
+from domains.outbox import OUTBOX
 from edge.state import fingerprint
 from kit.settings import Settings
 from kit.x509 import LocalCA, build_certificate, cert_to_pem, key_to_pem, self_signed
+from store import ConflictError
 from tests.conftest import FakeClock, ServicesWith
 
 HOST = "shop.example.test"
@@ -207,6 +209,48 @@ def test_a_domain_not_verified_yet_takes_no_upload(client: FlaskClient,
     answer = put(client, cert + ca.pem, key, "new.example.test")
     assert answer.status_code == 409 and "not verified yet" in answer.get_json()["error"]
     assert call(client, "GET", "unknown.example.test").status_code == 404
+
+
+def test_an_upload_checked_before_the_domain_changed_hands_does_not_land_on_the_new_claim(
+        services: Services) -> None:
+    """Publication A's upload request reads the domain and checks the chain; meanwhile A's
+    domain is removed and B connects the hostname. A's write finds another claim: refused, and
+    B's claim gets no upload (its edge would serve A's key once B is active)."""
+    activate(services)
+    custom = services.custom_certificates
+    assert custom is not None
+    seen_by_a = services.domains.get(HOST)
+    ca = LocalCA()
+    cert, key = ca.issue([HOST])
+    checked = custom.check(HOST, cert + ca.pem, key)
+    services.lifecycle.remove(HOST)
+    services.domains.connect(HOST, "pub_2")
+    with pytest.raises(ConflictError):
+        custom.upload(seen_by_a, checked)
+    assert custom.uploads.describe(HOST) is None
+    claim = services.domains.get(HOST)
+    assert claim["publication_id"] == "pub_2" and not claim.get(OUTBOX)
+    assert "uploaded certificate" not in [e["what"] for e in services.domains.timeline(claim)]
+
+
+def test_a_claim_released_unproven_leaves_its_certificate_and_upload_to_nobody(
+        services_with: ServicesWith, clock: FakeClock) -> None:
+    """A pre-validated domain whose ownership record went falls back to pending_dns holding
+    its certificate and an upload; past the claim's time another publication's connect
+    releases it. The new claim starts from nothing: no certificate to serve or reuse."""
+    services = services_with(clock=clock, claim_ttl_seconds=3600, **WEBHOOKS)
+    custom = services.custom_certificates
+    assert custom is not None
+    activate(services)
+    ca = LocalCA()
+    cert, key = ca.issue([HOST])
+    custom.upload(services.domains.get(HOST), custom.check(HOST, cert + ca.pem, key))
+    services.domains.transition(services.domains.get(HOST), "pending_dns", "ownership lost")
+    clock.advance(3601)
+    claim, created = services.domains.connect(HOST, "pub_2")
+    assert created and claim["publication_id"] == "pub_2"
+    assert services.certificates.get(HOST) is None and custom.uploads.describe(HOST) is None
+    assert not services.issuer.holds(HOST)
 
 
 def _chain(ca: LocalCA, names: list[str] | None = None) -> tuple[str, str]:

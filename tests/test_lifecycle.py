@@ -330,6 +330,37 @@ def test_certificate_is_renewed_at_two_thirds_and_swapped_in(
         "certificate renewed"
 
 
+@pytest.mark.parametrize("order", ["first", "renewal"])
+def test_a_removal_while_the_ca_answers_leaves_no_certificate_behind(
+        order: str, services_with: ServicesWith, dns_settings: Settings, pebble: PebbleStack,
+        clock: FakeClock) -> None:
+    """The publisher removes its domain while its order is in flight: the removal revokes what
+    is stored, then the order stores a certificate. That one is revoked too, or the hostname's
+    next holder would be served it (``holds``: no order of its own)."""
+    services = services_with(base=dns_settings, clock=clock, **on_pebble(pebble))
+    hostname = f"{order}-gone.example.test"
+    domain, _ = services.domains.connect(hostname, "pub_1")
+    pebble.set_txt(f"_edge-challenge.{hostname}", domain["token"])
+    issue = services.issuer.issue
+    with serving(create_app(services), pebble.http_port):
+        domain = services.lifecycle.verify(domain)
+        if order == "renewal":
+            services.lifecycle.issue(domain)
+            first = services.certificates.get(hostname)
+            assert first is not None
+            not_before = datetime.datetime.fromisoformat(first.not_before).timestamp()
+            not_after = datetime.datetime.fromisoformat(first.not_after).timestamp()
+            clock.now = not_before + (not_after - not_before) * 0.72
+        services.issuer.issue = lambda hostnames: (  # type: ignore
+            services.lifecycle.remove(hostname), issue(hostnames))
+        if order == "renewal":
+            services.lifecycle.recheck(services.domains.get(hostname))
+        else:
+            services.lifecycle.issue(services.domains.get(hostname))
+    assert services.domains.find(hostname) is None
+    assert services.certificates.get(hostname) is None and not services.issuer.holds(hostname)
+
+
 def routes_with_fingerprints(services: Services) -> list[tuple[str, str]]:
     state = services.edge_state.load()
     return [(r["hostname"], r["cert_sha256"]) for r in state["routes"]] if state else []
