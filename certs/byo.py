@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 MAX_CHAIN_CHARS = 64 * 1024
 MAX_KEY_CHARS = 16 * 1024
 MAX_CHAIN_CERTS = 8
+MAX_SERVED_CHARS = 14 * 1024
+"""The chain and key as the edge serves them: HAProxy takes a certificate change over its
+runtime API in one buffer (``tune.bufsize``, 16 KiB, with the command's path); a larger one
+could never change hot, and each upload of it would reload every node of its shard."""
 ACCEPTED_KEYS = "ECDSA P-256 or P-384, or RSA of 2048 to 4096 bits"
 _KIND = re.compile(r"[A-Z0-9 ]{1,40}")
 BEGIN = "-----BEGIN "
@@ -100,10 +104,15 @@ def _validate(hostname: str, chain_pem: object, key_pem: object, now: datetime.d
     _check_dates(chain, now, min_remaining)
     _check_chain(chain, hostname, now)
     pem = "".join(cert.public_bytes(serialization.Encoding.PEM).decode() for cert in chain)
+    key_text = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()).decode()
+    if len(pem) + len(key_text) > MAX_SERVED_CHARS:
+        raise UploadRejected(f"the chain and key come to {(len(pem) + len(key_text)) / 1024:.1f}"
+                             f" KiB as the edge serves them, and it takes at most "
+                             f"{MAX_SERVED_CHARS // 1024} KiB: leave out the root, and any "
+                             "intermediate your CA does not list", code="too_large_to_serve")
     return UploadedChain(
-        hostname=hostname, fullchain_pem=pem, names=tuple(names),
-        key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()).decode(),
+        hostname=hostname, fullchain_pem=pem, names=tuple(names), key_pem=key_text,
         not_before=leaf.not_valid_before_utc, not_after=leaf.not_valid_after_utc,
         serving_end=serving_end(chain),
         serial=format(leaf.serial_number, "x"), issuer=_name(leaf.issuer, 400))

@@ -8,7 +8,7 @@ import dataclasses
 import re
 import datetime
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from cryptography import x509
@@ -20,7 +20,8 @@ from admin_app import create_app
 from certs.byo import UploadRejected, covers, validate
 from control.wiring import Services
 from domains.outbox import OUTBOX
-from edge.state import fingerprint
+from edge.node import EdgeNode
+from edge.state import DesiredState, Route, StateDelta, fingerprint
 from kit.settings import Settings
 from kit.x509 import LocalCA, build_certificate, cert_to_pem, key_to_pem, self_signed
 from store import ConflictError
@@ -266,6 +267,44 @@ def _rsa_chain(bits: int) -> tuple[str, str]:
     return cert_to_pem(leaf) + cert_to_pem(ca_cert), key_to_pem(key)
 
 
+def _many_names(count: int) -> tuple[str, str]:
+    """A chain whose certificate names ``count`` more hostnames: as large as a publisher likes."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = build_certificate("many names CA", ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = [HOST, *(f"n{n:04d}-a-long-label-for-its-size.example.test" for n in range(count))]
+    leaf = build_certificate(HOST, key, signer=ca_key, issuer=ca_cert.subject, names=names)
+    return cert_to_pem(leaf) + cert_to_pem(ca_cert), key_to_pem(key)
+
+
+def test_the_largest_upload_we_take_changes_hot_on_a_real_edge(
+        edge_node: Callable[..., EdgeNode]) -> None:
+    """The size the upload check allows is what HAProxy takes over its runtime API: the
+    largest chain it accepts is swapped in without a reload (one over it cannot be: see the
+    "too large to serve" case of the bad uploads)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    largest, count = None, 100
+    while True:
+        try:
+            largest = validate(HOST, *_many_names(count), now=now,
+                               min_remaining=datetime.timedelta(days=7))
+        except UploadRejected as too_large:
+            assert too_large.code == "too_large_to_serve"
+            break
+        count += 10
+    assert largest is not None and len(largest.fullchain_pem + largest.key_pem) > 13 * 1024
+    node = edge_node()
+    _, ours = self_signed(HOST)
+    base = DesiredState(routes=(Route(HOST, "pub_1", ours),), app_servers=("127.0.0.1:9",),
+                        control_servers=("127.0.0.1:9",))
+    node.apply(base)
+    uploaded = Route(HOST, "pub_1", largest.fullchain_pem + largest.key_pem)
+    delta = StateDelta(base.version, "1" * 16, base.config, {HOST: uploaded}, {})
+    reloads = node.reloads
+    assert node.can_apply_delta(delta) and node.apply_delta(delta)
+    assert (node.reloads, node.hot_applies) == (reloads, 1)
+
+
 def _bad_uploads() -> dict[str, tuple[str, str, str, str]]:
     """name -> (certificate, key, expected code, a phrase of the sentence)."""
     ca, other_ca = LocalCA(), LocalCA()
@@ -325,6 +364,8 @@ def _bad_uploads() -> dict[str, tuple[str, str, str, str]]:
                            "is not signed by certificate 2"),
         "no chain to a trusted root": (leaf_only, key, "broken_chain",
                                        "add its intermediate certificates"),
+        "too large for the edge to change hot": (*_many_names(300), "too_large_to_serve",
+                                                 "it takes at most 14 KiB"),
     }
 
 
