@@ -29,9 +29,11 @@ class InvalidOption(DomainError):
 class DomainOptions:
     """Validates extras and changes them on existing domains, with their route, in one write."""
 
-    def __init__(self, domains: DomainService, pools: Collection[str] = ()) -> None:
+    def __init__(self, domains: DomainService, pools: Collection[str] = (),
+                 meta_keys: Collection[str] = ()) -> None:
         self.domains = domains
         self.pools = frozenset(pools)
+        self.meta_keys = frozenset(meta_keys)
 
     def checked(self, hostname: str, publication_id: str, fields: dict[str, Any],
                 partner: str | None = None) -> dict[str, Any]:
@@ -64,10 +66,20 @@ class DomainOptions:
             problem = route_extras.meta_problem(metadata)
             if problem is not None:
                 raise InvalidOption(problem.field, str(problem))
+            self._known_keys(metadata)
             checked["metadata"] = dict(sorted(metadata.items())) or None
         if checked.get("redirect_to") and "redirect_status_code" not in checked:
             checked["redirect_status_code"] = route_extras.DEFAULT_REDIRECT_CODE
         return checked
+
+    def _known_keys(self, metadata: dict[str, str]) -> None:
+        """Only the operator's key names (``metadata_keys``): each one in use is a line of
+        the edge's haproxy.cfg, so a publisher choosing new names could reload every node."""
+        for key in sorted(metadata):
+            if key not in self.meta_keys:
+                known = ", ".join(sorted(self.meta_keys)) or "none are configured"
+                raise InvalidOption(f"metadata.{key}", f"metadata key {key!r} is not one the "
+                                    f"operator allows ({known})", "unknown_key")
 
     def _target(self, hostname: str, publication_id: str, target: str,
                 partner: str | None) -> str:

@@ -123,6 +123,7 @@ class Settings:
     app_servers: list[str] = setting(["127.0.0.1:9001"], parse.servers)
     origin_pools: dict[str, list[str]] = setting({}, parse.origin_pools)
     """Named server lists a domain may send its requests to instead of ``app_servers``."""
+    metadata_keys: list[str] = setting([], parse.names)
     haproxy_bin: str = setting("haproxy", parse.text)
     edge_dir: str = setting("", parse.text)
     edge_bind: str = setting("127.0.0.1", parse.text)

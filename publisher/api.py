@@ -224,7 +224,8 @@ def _view(domain: dict[str, Any]) -> dict[str, Any]:
 
 
 def _options() -> DomainOptions:
-    return DomainOptions(_service(), use(Settings).origin_pools)
+    settings = use(Settings)
+    return DomainOptions(_service(), settings.origin_pools, settings.metadata_keys)
 
 
 def _extras(body: DomainExtras) -> dict[str, Any]:

@@ -19,7 +19,8 @@ AUTH = {"Authorization": "Bearer test-token-0123456789"}
 
 @pytest.fixture
 def services(services_with: ServicesWith, pebble: PebbleStack) -> Services:
-    return services_with(origin_pools={"canary": ["127.0.0.1:9101"]}, **on_pebble(pebble))
+    return services_with(origin_pools={"canary": ["127.0.0.1:9101"]},
+                         metadata_keys=["plan", "region"], **on_pebble(pebble))
 
 
 def connect(client: FlaskClient, hostname: str, publication_id: str = "pub_1",
@@ -178,6 +179,11 @@ def test_origin_pools_and_metadata(services: Services, client: FlaskClient) -> N
         answer = patch(client, "m.example.test", metadata=metadata)
         assert answer.status_code == 400, metadata
         assert answer.get_json()["field"] == field
+    unnamed = patch(client, "m.example.test", metadata={"plan": "pro", "tier": "gold"})
+    assert unnamed.status_code == 400
+    assert unnamed.get_json() == {
+        "error": "metadata.tier: metadata key 'tier' is not one the operator allows (plan, "
+                 "region)", "field": "metadata.tier", "code": "unknown_key"}
     too_big = patch(client, "m.example.test", metadata={"plan": "x" * 300})
     assert too_big.status_code == 400 and too_big.get_json()["code"] == "too_long"
     kept = client.get("/api/v1/domains/m.example.test", headers=AUTH).get_json()

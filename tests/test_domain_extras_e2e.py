@@ -28,7 +28,8 @@ def canary() -> Iterator[SampleApp]:
 def stack(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleStack,
           canary: SampleApp) -> Iterator[LocalStack]:
     local = LocalStack(tmp_path_factory.mktemp("extras"), pebble=pebble, extra_env={
-        "EDGE_ORIGIN_POOLS": json.dumps({"canary": [canary.address]})})
+        "EDGE_ORIGIN_POOLS": json.dumps({"canary": [canary.address]}),
+        "EDGE_METADATA_KEYS": "plan,region"})
     yield local
     local.stop()
 

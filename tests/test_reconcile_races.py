@@ -288,8 +288,8 @@ def test_a_redirect_dropped_while_its_targets_change_drains_stays_dropped(
         write(changes)
 
     monkeypatch.setattr(services.publisher, "route_changes", late)
-    DomainOptions(services.domains).change(services.domains.get("t.example.test"),
-                                           {"metadata": {"plan": "pro"}})
+    DomainOptions(services.domains, meta_keys=["plan"]).change(
+        services.domains.get("t.example.test"), {"metadata": {"plan": "pro"}})
     assert dropped
     assert not services.edge_state.routes.get("s.example.test").get("extras"), "stale redirect"
 
