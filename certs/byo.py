@@ -76,12 +76,14 @@ class UploadedChain:
 
 
 def validate(hostname: str, chain_pem: object, key_pem: object, *,
-             now: datetime.datetime, min_remaining: datetime.timedelta) -> UploadedChain:
+             now: datetime.datetime, min_remaining: datetime.timedelta,
+             private_roots: bool = False) -> UploadedChain:
     """The upload for ``hostname`` (normalized: lowercase A-labels, maybe ``*.`` first), or
     :class:`UploadRejected`. ``min_remaining``: it must stay valid longer than this (the
-    fallback window: a certificate inside it would never be served)."""
+    fallback window: a certificate inside it would never be served). ``private_roots``: a
+    chain may end at a root of its own (a private CA its visitors trust)."""
     try:
-        return _validate(hostname, chain_pem, key_pem, now, min_remaining)
+        return _validate(hostname, chain_pem, key_pem, now, min_remaining, private_roots)
     except UploadRejected:
         raise
     except Exception as exc:  # a corner of the parsers hostile input reached: still a 400
@@ -92,7 +94,7 @@ def validate(hostname: str, chain_pem: object, key_pem: object, *,
 
 
 def _validate(hostname: str, chain_pem: object, key_pem: object, now: datetime.datetime,
-              min_remaining: datetime.timedelta) -> UploadedChain:
+              min_remaining: datetime.timedelta, private_roots: bool) -> UploadedChain:
     chain = _certificates(chain_pem)
     key = _private_key(key_pem)
     leaf = chain[0]
@@ -102,7 +104,7 @@ def _validate(hostname: str, chain_pem: object, key_pem: object, now: datetime.d
         raise UploadRejected(f"the certificate names {_short(', '.join(names)) or 'no DNS name'}"
                              f", none of which covers {hostname}", code="names_mismatch")
     _check_dates(chain, now, min_remaining)
-    _check_chain(chain, hostname, now)
+    _check_chain(chain, hostname, now, private_roots)
     pem = "".join(cert.public_bytes(serialization.Encoding.PEM).decode() for cert in chain)
     key_text = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                  serialization.NoEncryption()).decode()
@@ -282,7 +284,10 @@ def serving_end(chain: list[x509.Certificate]) -> datetime.datetime:
     return min(cert.not_valid_after_utc for cert in served)
 
 
-def _check_chain(chain: list[x509.Certificate], hostname: str, now: datetime.datetime) -> None:
+def _check_chain(chain: list[x509.Certificate], hostname: str, now: datetime.datetime,
+                 private_roots: bool) -> None:
+    """Each certificate signed by the next, and a path to a root of certifi's bundle (the
+    browsers'), or with ``private_roots`` to the chain's own last certificate."""
     for position, (cert, issuer) in enumerate(zip(chain, chain[1:]), start=1):
         try:
             cert.verify_directly_issued_by(issuer)
@@ -292,20 +297,32 @@ def _check_chain(chain: list[x509.Certificate], hostname: str, now: datetime.dat
                 f"signed by certificate {position + 1} ({_subject(issuer)}); "
                 "order the chain from your certificate up to its root", code="broken_chain") \
                 from None
-    anchors = [chain[-1]] if len(chain) > 1 else _system_roots()
+    problem = _path_problem(chain, hostname, now, _system_roots())
+    if problem is None:
+        return
+    if len(chain) == 1:
+        raise UploadRejected("the certificate alone does not lead to a trusted root: add "
+                             "its intermediate certificates after it", code="broken_chain")
+    own_root = _path_problem(chain, hostname, now, [chain[-1]])
+    if own_root is not None:
+        raise UploadRejected(f"the chain does not build: {own_root}", code="broken_chain")
+    if not private_roots:
+        raise UploadRejected(f"the chain ends at {_subject(chain[-1])}, which browsers do not "
+                             "trust: upload a certificate from a public CA", code="untrusted_root")
+
+
+def _path_problem(chain: list[x509.Certificate], hostname: str, now: datetime.datetime,
+                  anchors: list[x509.Certificate]) -> str | None:
+    """Why ``chain`` does not build a WebPKI path to one of ``anchors``, or None."""
     # A wildcard host is checked as one of the names it stands for (the names check is ours).
     subject = hostname.replace("*", "wildcard-check", 1)
     verifier = PolicyBuilder().store(Store(anchors)).time(now).build_server_verifier(
         DNSName(subject))
     try:
-        verifier.verify(chain[0], chain[1:-1])
+        verifier.verify(chain[0], chain[1:])
     except (VerificationError, ValueError) as exc:
-        if len(chain) == 1:
-            raise UploadRejected("the certificate alone does not lead to a trusted root: add "
-                                 "its intermediate certificates after it", code="broken_chain") \
-                from None
-        raise UploadRejected(f"the chain does not build: {_reason(exc)}",
-                             code="broken_chain") from None
+        return _reason(exc)
+    return None
 
 
 def _reason(exc: Exception) -> str:

@@ -171,7 +171,7 @@ class Services:
         lifecycle = Lifecycle(domains, checker, issuer, publisher, rules, delegation=dcv,
                               events=events, worker_id=settings.worker_id, clock=clock)
         custom = CustomCertificates(domains, uploads, lifecycle.worker_id, timing.worker_lease,
-                                    clock=clock)
+                                    clock=clock, private_roots=settings.byo_private_roots)
         register_consumers(domains.consumers,
                            outbox_consumers(domains, lifecycle, events, custom))
         links.subscribe(link_followers(resolver, publisher))

@@ -50,8 +50,10 @@ class NoUpload(DomainError):
 
 class CustomCertificates:
     def __init__(self, domains: DomainService, uploads: UploadStore, worker_id: str = "",
-                 lease_seconds: float = 120.0, clock: Callable[[], float] = time.time) -> None:
+                 lease_seconds: float = 120.0, clock: Callable[[], float] = time.time,
+                 private_roots: bool = False) -> None:
         self.domains = domains
+        self.private_roots = private_roots
         self.uploads = uploads
         self._clock = clock
         self._worker_id = worker_id or f"byo-{uuid.uuid4().hex[:12]}"
@@ -78,7 +80,8 @@ class CustomCertificates:
         """The upload, validated for this domain (``UploadRejected`` says why not)."""
         now = datetime.datetime.fromtimestamp(self._clock(), datetime.timezone.utc)
         return validate(hostname, chain_pem, key_pem, now=now,
-                        min_remaining=datetime.timedelta(seconds=self.uploads.fallback_seconds))
+                        min_remaining=datetime.timedelta(seconds=self.uploads.fallback_seconds),
+                        private_roots=self.private_roots)
 
     def upload(self, domain: Item, upload: UploadedChain,
                actor: str = "api") -> tuple[Item, Item]:

@@ -167,6 +167,7 @@ class Settings:
     recheck_seconds: float = setting(3600.0, parse.number)
     byo_fallback_days: float = setting(7.0, parse.positive)
     """An uploaded certificate this close to its expiry gives way to the ACME one."""
+    byo_private_roots: bool = setting(False, parse.boolean)
     webhook_url: str = setting("", parse.text, secret=True)  # may hold a token
     registrars: dict[str, dict[str, Any]] = setting({}, parse.registrars, secret=True)  # API keys
     webhook_secret: str = setting("", parse.text, secret=True)

@@ -36,6 +36,12 @@ WEBHOOKS = {"webhook_url": "http://127.0.0.1:9/never-delivered", "webhook_secret
 
 
 @pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The uploads here come from private CAs (``LocalCA``): trusted to their own root."""
+    return dataclasses.replace(settings, byo_private_roots=True)
+
+
+@pytest.fixture
 def services(services_with: ServicesWith) -> Services:
     return services_with(**WEBHOOKS)
 
@@ -254,6 +260,21 @@ def test_a_claim_released_unproven_leaves_its_certificate_and_upload_to_nobody(
     assert not services.issuer.holds(HOST)
 
 
+def test_a_chain_to_a_root_of_its_own_is_refused_unless_the_operator_allows_private_roots(
+        services_with: ServicesWith, settings: Settings) -> None:
+    """Browsers would refuse it, so the publisher's site would break for every visitor (and
+    before a claim held its upload, another publication could break a site so)."""
+    public = services_with(base=dataclasses.replace(settings, byo_private_roots=False))
+    activate(public)
+    ca = LocalCA()
+    answer = put(create_app(public).test_client(), *_chain(ca))
+    assert answer.status_code == 400
+    assert answer.get_json()["code"] == "untrusted_root"
+    assert "which browsers do not trust" in answer.get_json()["error"]
+    assert public.custom_certificates is not None
+    assert public.custom_certificates.uploads.describe(HOST) is None
+
+
 def _chain(ca: LocalCA, names: list[str] | None = None) -> tuple[str, str]:
     cert, key = ca.issue(names or [HOST])
     return cert + ca.pem, key
@@ -287,7 +308,7 @@ def test_the_largest_upload_we_take_changes_hot_on_a_real_edge(
     while True:
         try:
             largest = validate(HOST, *_many_names(count), now=now,
-                               min_remaining=datetime.timedelta(days=7))
+                               min_remaining=datetime.timedelta(days=7), private_roots=True)
         except UploadRejected as too_large:
             assert too_large.code == "too_large_to_serve"
             break
@@ -406,11 +427,11 @@ def test_a_wildcard_domain_takes_its_wildcard_certificate() -> None:
     cert, key = ca.issue(["*.example.test"])
     now = datetime.datetime.now(datetime.timezone.utc)
     checked = validate("*.example.test", cert + ca.pem, key, now=now,
-                       min_remaining=datetime.timedelta(days=7))
+                       min_remaining=datetime.timedelta(days=7), private_roots=True)
     assert checked.names == ("*.example.test",)
     with pytest.raises(UploadRejected, match="none of which covers"):
         validate("*.example.test", *_chain(ca, ["shop.example.test"]), now=now,
-                 min_remaining=datetime.timedelta(days=7))
+                 min_remaining=datetime.timedelta(days=7), private_roots=True)
 
 
 def test_accepted_keys_and_wildcards(client: FlaskClient, services: Services) -> None:
@@ -508,7 +529,7 @@ def test_mangled_pem_is_refused_with_a_sentence_never_a_crash(
             mangled.append(f"-----BEGIN {kind}-----\n{text}-----END {kind}-----\n")
         try:
             validate(HOST, "".join(mangled[:-1]), mangled[-1], now=now,
-                     min_remaining=datetime.timedelta(days=7))
+                     min_remaining=datetime.timedelta(days=7), private_roots=True)
             outcomes.add("accepted")
         except UploadRejected as exc:
             assert "\n" not in str(exc) and len(str(exc)) < 400

@@ -38,7 +38,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pebble: PebbleStack,
           hooks: Receiver) -> Iterator[LocalStack]:
     local = LocalStack(tmp_path_factory.mktemp("byo"), pebble=pebble,
                        extra_env={"EDGE_WEBHOOK_URL": hooks.url,
-                                  "EDGE_WEBHOOK_SECRET": "webhook-secret-0123456789"})
+                                  "EDGE_WEBHOOK_SECRET": "webhook-secret-0123456789",
+                                  "EDGE_BYO_PRIVATE_ROOTS": "true"})
     try:
         yield local
     finally:

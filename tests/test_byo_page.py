@@ -24,7 +24,7 @@ from tests.test_byo import HOST, activate, served_sha
 
 @pytest.fixture
 def services(services_with: ServicesWith, sso_settings: Settings) -> Services:
-    return services_with(base=sso_settings, edge_https_port=443)
+    return services_with(base=sso_settings, edge_https_port=443, byo_private_roots=True)
 
 
 def session_cookie(user: str = "alice", publications: tuple[str, ...] = ("pub_1",)) -> str:

@@ -68,7 +68,8 @@ def test_no_token_key_or_password_in_any_log_or_repr(
         tmp_path: Path, pebble: PebbleStack, receiver: Receiver,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)  # the root logger: every logger of this process
-    env = {"EDGE_WEBHOOK_URL": receiver.url, "EDGE_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    env = {"EDGE_WEBHOOK_URL": receiver.url, "EDGE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+           "EDGE_BYO_PRIVATE_ROOTS": "true"}
     stack = LocalStack(tmp_path / "stack", pebble=pebble, extra_env=env, log_level="DEBUG")
     try:
         created = stack.api("POST", "/api/v1/domains",

@@ -35,7 +35,7 @@ BIG = 10_000
 def services(services_with: ServicesWith, any_backend: Settings,
              pebble: PebbleStack) -> Services:
     return services_with(base=any_backend, short_domains=[SHORT], max_pending_domains=25,
-                         metadata_keys=["plan"], **on_pebble(pebble))
+                         metadata_keys=["plan"], byo_private_roots=True, **on_pebble(pebble))
 
 
 def seed(services: Services, publication: str, count: int) -> None:
