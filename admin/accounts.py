@@ -28,6 +28,9 @@ ADMIN_LOGIN_FAILURES = TableSpec("admin_login_failures", key="key", expiring=Tru
 lockouts that passed, so neither table grows forever."""
 USERNAME = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
 MIN_PASSWORD, MAX_PASSWORD = 12, 1024
+LOCKED_BY = {"pair": "this username from this address", "user": "this username",
+             "addr": "this address"}
+"""What locked a login out, by the prefix of its :meth:`LoginLimiter.keys` key."""
 
 
 @functools.cache
@@ -191,6 +194,24 @@ class LoginLimiter:
                     raise LimiterBusy(key, self.DEADLINE) from None
                 time.sleep(jittered_backoff(attempts, 0.002, 0.05))
         raise AssertionError("unreachable")
+
+    def first_refusal(self, keys: list[str]) -> str | None:
+        """The key that locks these keys out, if this is the first refusal of its window, else
+        None: a lockout is reported once (the audit log would otherwise grow by a row at every
+        refused attempt). The key's item is marked in one conditional write, so of parallel
+        refusals only one reports it; the mark ends with the item (a new window is reported)."""
+        for attempts in range(1, 6):
+            found = ((key, self.table.get(key)) for key in keys)
+            key, item = next(((key, item) for key, item in found if self._wait(key, item) > 0),
+                             ("", None))  # the key :meth:`attempt` stopped at
+            if item is None or item.get("reported"):
+                return None
+            try:
+                self.table.put({**item, "reported": True}, expected_version=item[VERSION])
+                return key
+            except ConflictError:  # reported meanwhile, or its count moved: read it again
+                time.sleep(jittered_backoff(attempts, 0.002, 0.05))
+        return None
 
     def succeeded(self, username: str, address: str) -> None:
         """A right password clears the counts of the username, and gives the address back

@@ -1,4 +1,5 @@
-"""Login and logout. A failed login counts against the username and the client address."""
+"""Login and logout. A failed login counts against the username and the client address; a
+lockout is written to the audit log once, at its first refused attempt."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ import secrets
 from flask import Blueprint, make_response, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from admin.accounts import LimiterBusy
+from admin.accounts import LOCKED_BY, LimiterBusy
 from admin.web import (COOKIE, admin, audit, client_address, safe_next, set_cookie,
                        tokens_match)
 
@@ -42,7 +43,10 @@ def login_post() -> Response:
     except LimiterBusy:
         wait = 60.0
     if wait > 0:
-        context.audit.record(username, "login refused (locked)", address=client_address())
+        locked = context.limiter.first_refusal(keys)
+        if locked:  # once per lockout, not per refused attempt: one client cannot fill the log
+            context.audit.record(username, "login refused (locked)", address=client_address(),
+                                 detail=LOCKED_BY[locked.partition(":")[0]])
         minutes = math.ceil(wait / 60)
         return _form(f"Too many failed logins. Try again in {minutes} "
                      f"minute{'' if minutes == 1 else 's'}.", 429, username)
