@@ -1,13 +1,14 @@
 """`edgectl backup FILE` and `edgectl restore FILE`: every table of the product, as stored
-(private keys stay encrypted: neither command needs or reads the encryption keys). The file
-format and what is consistent: ``store/backup.py``, ``store/backup_stores.py`` and
-docs/backup.md."""
+(private keys stay encrypted: neither command decrypts; both read the encryption keys, from
+which the key that signs a backup and checks it is derived). The file format and what is
+consistent: ``store/backup.py``, ``store/backup_stores.py`` and docs/backup.md."""
 from __future__ import annotations
 
 import argparse
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import IO
 
 from admin.accounts import ADMIN_LOGIN_FAILURES, ADMIN_SESSIONS, ADMIN_USERS
 from admin.audit import ADMIN_AUDIT
@@ -37,7 +38,8 @@ from shortlinks.changes import LINK_CHANGES, after_restore, generation
 from shortlinks.links import LINKS
 from shortlinks.stats import LINK_DAYS
 from store import StoreError, TableSpec, open_backend
-from store.backup import BackupError, Manifest, check_backup, restore_backup, take_backup
+from store.backup import (BackupError, Manifest, check_backup, private_copy, restore_backup,
+                          take_backup)
 from store.backup_stores import open_source, open_target
 
 TABLES: tuple[TableSpec, ...] = (
@@ -84,10 +86,13 @@ def _warn_if_changed(manifest: Manifest) -> None:
 def run_backup(args: argparse.Namespace, settings: Settings) -> int:
     """Write every table of the store the settings name to a new backup file."""
     path = Path(args.file)
+    if not settings.encryption_keys:  # else the file would be unsigned: a restore refuses it
+        return _fail("a backup is signed under the first of encryption_keys: set them", 2)
     try:
         source = open_source(settings, TABLES)
         try:
-            manifest = take_backup(source, TABLES, path, _version(), MARKERS)
+            manifest = take_backup(source, TABLES, path, _version(), MARKERS,
+                                   settings.encryption_keys)
         finally:
             source.close()
     except BackupError as exc:
@@ -103,10 +108,21 @@ def run_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_restore(args: argparse.Namespace, settings: Settings) -> int:
-    """Restore a backup file into the store the settings name (empty, unless --force)."""
+    """Restore a backup file into the store the settings name (empty, unless --force), once
+    it is signed under one of the encryption keys (or unsigned, of the release before, and
+    --allow-unsigned)."""
     path = Path(args.file)
     try:
-        manifest = check_backup(path, TABLES)  # before the store is opened (or created)
+        with private_copy(path) as copy:  # what is checked is what is written
+            return _restore(args, settings, path, copy)
+    except BackupError as exc:
+        return _fail(str(exc), exc.status)
+
+
+def _restore(args: argparse.Namespace, settings: Settings, path: Path, copy: IO[bytes]) -> int:
+    try:
+        manifest = check_backup(path, TABLES, settings.encryption_keys,  # before the store is
+                                getattr(args, "allow_unsigned", False), copy)  # opened (made)
         backend = open_backend(settings)
     except BackupError as exc:
         return _fail(str(exc), exc.status)
@@ -115,7 +131,7 @@ def run_restore(args: argparse.Namespace, settings: Settings) -> int:
     try:
         changes, state = backend.table(LINK_CHANGES), backend.table(EDGE_STATE)
         before, revisions = generation(changes), edge_restore.revisions(state)
-        restore_backup(open_target(backend), TABLES, path, args.force)
+        restore_backup(open_target(backend), TABLES, path, args.force, copy)
         after_restore(changes, before)  # redirect processes running beside drop their caches
         edge_restore.after_restore(state, backend.table(EDGE_MOVES), revisions)  # and agents
     except BackupError as exc:
@@ -126,5 +142,9 @@ def run_restore(args: argparse.Namespace, settings: Settings) -> int:
         backend.close()
     print(f"restored {manifest.items} items into {_where(settings)} from a {manifest.backend} "
           f"backup of {manifest.started_at} (edge-router {manifest.product_version})")
+    if not manifest.signed:
+        print(f"edgectl: warning: {path} was not signed (format {manifest.format_version}, "
+              "written before backups were signed) and was restored on --allow-unsigned: "
+              "nothing showed that it held only what its release wrote", file=sys.stderr)
     _warn_if_changed(manifest)
     return 0

@@ -10,11 +10,15 @@ from kit.settings import Settings
 
 STORE_SETTINGS = ("storage_backend", "sqlite_path", "dynamodb_endpoint_url", "dynamodb_region",
                   "dynamodb_table_prefix")
+KEYS = ("encryption_keys",)
+"""The setting both cannot run without (the store's have defaults): a backup is signed under a
+key derived from the first encryption key, and checked under those of each."""
 
 
 def _backup_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="the backup to write (a new file: an existing one is kept)")
-    parser.epilog = f"settings: {', '.join(STORE_SETTINGS)} (no encryption key is needed)"
+    parser.epilog = (f"settings: {', '.join(STORE_SETTINGS)}, encryption_keys (the backup is "
+                     "signed under the first; nothing is decrypted)")
 
 
 def _restore_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +26,11 @@ def _restore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="delete what the store holds first (else a store that is not "
                              "empty is refused)")
-    parser.epilog = (f"settings: {', '.join(STORE_SETTINGS)}; stop every control replica on "
+    parser.add_argument("--allow-unsigned", action="store_true",
+                        help="restore a backup written before backups were signed (format 1), "
+                             "with a warning: nothing shows it was not changed since")
+    parser.epilog = (f"settings: {', '.join(STORE_SETTINGS)}, encryption_keys (a backup "
+                     "signed under none of them is refused); stop every control replica on "
                      "that store first")
 
 
@@ -38,7 +46,7 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
 
 def register(command: Callable[..., Callable[[Any], Any]]) -> None:
     """Add both commands to the CLI's registry (passed in: the CLI imports this module)."""
-    command("backup", "write every table of the store to a backup file", required=(),
+    command("backup", "write every table of the store to a backup file", required=KEYS,
             arguments=_backup_arguments)(_backup)
-    command("restore", "restore a backup file into an empty store", required=(),
+    command("restore", "restore a backup file into an empty store", required=KEYS,
             arguments=_restore_arguments)(_restore)

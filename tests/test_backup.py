@@ -8,6 +8,8 @@ import argparse
 import ast
 import dataclasses
 import gzip
+import hashlib
+import hmac
 import io
 import json
 import os
@@ -30,7 +32,7 @@ from kit.procs import free_port
 from kit.settings import Settings
 from shortlinks.changes import ANY_LINK, GENERATION, change_slot
 from store import BATCH_GET, META, TableSpec, all_items, open_backend
-from store.backup import FORMAT_VERSION, Source, Stored, take_backup
+from store.backup import FORMAT_VERSION, Source, Stored, mac_keys, take_backup
 from store.backup_stores import open_source
 from tests.conftest import ROOT, Activate, ServicesWith, on_pebble
 
@@ -63,12 +65,14 @@ def _fresh(settings: Settings) -> Settings:
 
 
 def _edgectl(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real command line, with the store settings in the environment and no secret."""
+    """The real command line, with the store settings and the encryption keys (that sign and
+    check a backup) in the environment, and no other secret."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("EDGE_")}
     env.update(PYTHONPATH=str(ROOT), EDGE_STORAGE_BACKEND=settings.storage_backend,
                EDGE_SQLITE_PATH=settings.sqlite_path,
                EDGE_DYNAMODB_ENDPOINT_URL=settings.dynamodb_endpoint_url,
-               EDGE_DYNAMODB_TABLE_PREFIX=settings.dynamodb_table_prefix)
+               EDGE_DYNAMODB_TABLE_PREFIX=settings.dynamodb_table_prefix,
+               EDGE_ENCRYPTION_KEYS=",".join(settings.encryption_keys))
     return subprocess.run([sys.executable, "-m", "edgectl", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
@@ -190,12 +194,31 @@ def test_a_sqlite_backup_restores_into_dynamodb(services_with: ServicesWith, set
         "pub_9"
 
 
-def _run(command: Any, settings: Settings, file: Path, force: bool = False) -> int:
-    return int(command(argparse.Namespace(file=str(file), force=force), settings))
+def _run(command: Any, settings: Settings, file: Path, force: bool = False,
+         allow_unsigned: bool = False) -> int:
+    return int(command(argparse.Namespace(file=str(file), force=force,
+                                          allow_unsigned=allow_unsigned), settings))
+
+
+def _signed(manifest: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The manifest with the MAC its fields have under the settings' first key: what only
+    someone holding the encryption keys can write."""
+    fields = {name: value for name, value in manifest.items() if name != "mac"}
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return {**fields, "mac": hmac.new(mac_keys(settings.encryption_keys)[0], body,
+                                      hashlib.sha256).hexdigest()}
+
+
+def _unsigned(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest as the release before wrote it: format 1, no MAC."""
+    assert manifest["format_version"] == FORMAT_VERSION == 2 and manifest["mac"]
+    return {**{name: value for name, value in manifest.items() if name != "mac"},
+            "format_version": 1}
 
 
 def _repack(backup: Path, into: Path, manifest: Any = None, items: Any = None) -> Path:
-    """A copy of ``backup`` with its manifest or items changed by the given functions."""
+    """A copy of ``backup`` with its manifest or items changed by the given functions (the
+    MAC left as it was)."""
     with tarfile.open(backup) as tar:
         members = {name: tar.extractfile(name).read()  # type: ignore[union-attr]
                    for name in ("manifest.json", "items.jsonl")}
@@ -230,12 +253,14 @@ def test_bad_files_and_full_stores_are_refused_with_a_sentence(
         tmp_path / "flipped.backup": "is corrupted",
         _repack(backup, tmp_path / "edited.backup", items=lambda body: body.replace(
             b"kept.backup.test", b"kxpt.backup.test")): "is corrupted",
-        _repack(backup, tmp_path / "counts.backup", manifest=lambda m: {
-            **m, "tables": {**m["tables"], "domains": 7}}): "is corrupted",
+        _repack(backup, tmp_path / "counts.backup", manifest=lambda m: _signed({
+            **m, "tables": {**m["tables"], "domains": 7}}, settings)): "is corrupted",
+        _repack(backup, tmp_path / "unsigned-counts.backup", manifest=lambda m: {
+            **m, "tables": {**m["tables"], "domains": 7}}): "is not signed under any",
         _repack(backup, tmp_path / "newer.backup", manifest=lambda m: {
             **m, "format_version": FORMAT_VERSION + 1}): f"format {FORMAT_VERSION + 1}",
-        _repack(backup, tmp_path / "other.backup", manifest=lambda m: {
-            **m, "tables": {**m["tables"], "from_the_future": 0}}): "does not know",
+        _repack(backup, tmp_path / "other.backup", manifest=lambda m: _signed({
+            **m, "tables": {**m["tables"], "from_the_future": 0}}, settings)): "does not know",
     }
     for path, sentence in cases.items():
         assert _run(run_restore, fresh, path) == 2, path

@@ -12,6 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
+from cryptography.fernet import Fernet
 
 from store import (META, SCHEMA_ITEM, SPREAD_SCHEMA, RangeIndex, StoreError, Table,
                    TableSpec, every)
@@ -29,6 +30,7 @@ LINKS = TableSpec("rb_links", key="slug", indexes=("domain",))
 SPECS = (DOMAINS, SESSIONS, LINKS)
 SCHEMA = TableSpec(META, key="name")
 STATUSES = ("active", "pending", "failed")
+KEY = Fernet.generate_key().decode()
 
 
 def _fill(backend: Any, domains: int, sessions: int, links: int) -> None:
@@ -113,10 +115,10 @@ def test_a_restore_lays_out_every_item_as_the_tables_own_writes(
         path = tmp_path / "many.backup"
         reader = DynamoSource(DynamoBackend(_client(dynalite), source._prefix), SPECS)
         try:
-            manifest = take_backup(reader, SPECS, path, "test")
+            manifest = take_backup(reader, SPECS, path, "test", encryption_keys=[KEY])
         finally:
             reader.close()
-        assert check_backup(path, SPECS).items == manifest.items > 2500
+        assert check_backup(path, SPECS, [KEY]).items == manifest.items > 2500
         restore_backup(DynamoTarget(target), SPECS, path)
         sessions = source.table(SESSIONS)  # expired: left out of the backup (a keys-only
         for key, raw in _raw(source, SESSIONS).items():  # index still answers them)
