@@ -2,7 +2,9 @@
 
 Sessions live in a table, keyed by the SHA-256 of a random id that only the browser's cookie
 holds: logout really ends a session, a table read reveals no usable id, and a new id is made
-at every login (no session fixation). Each session carries its own CSRF token.
+at every login (no session fixation). Each session carries its own CSRF token. A user's
+``sessions_after`` ends every session of theirs started before it (a new password, ``edgectl
+admin end-sessions``), and a deleted user's sessions end with them.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from kit.backoff import jittered_backoff
 from kit.errors import EdgeRouterError
 from kit.settings import PASSWORD_HASH
-from store import ABSENT, VERSION, ConflictError, Item, Table, TableSpec
+from store import ABSENT, VERSION, ConflictError, Item, Table, TableSpec, all_items
 
 ADMIN_USERS = TableSpec("admin_users", key="username")
 ADMIN_SESSIONS = TableSpec("admin_sessions", key="id", expiring=True)
@@ -57,14 +59,56 @@ class Users:
         name = username.strip().lower()
         if not USERNAME.fullmatch(name):
             raise AccountError("username: 1-64 lowercase letters, digits, '.', '_', '@' or '-'")
-        if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
-            raise AccountError(f"password: {MIN_PASSWORD} to {MAX_PASSWORD} characters")
         item = {"username": name, "created_at": self._clock(),
-                "password_hash": generate_password_hash(password, method=self._method)}
+                "password_hash": self._hash(password)}
         try:
             return self.table.put(item, expected_version=ABSENT)
         except ConflictError:
             raise AccountError(f"user {name!r} already exists") from None
+
+    def _hash(self, password: str) -> str:
+        if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+            raise AccountError(f"password: {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+        return generate_password_hash(password, method=self._method)
+
+    def set_password(self, username: str, password: str) -> None:
+        """A new password; every session of the user started before it ends."""
+        self._change(username, password_hash=self._hash(password))
+
+    def end_sessions(self, username: str) -> None:
+        """End every session of the user now (a lost laptop, a departure)."""
+        self._change(username)
+
+    def _change(self, username: str, **fields: str) -> None:
+        name = username.strip().lower()
+        for attempt in range(1, 6):
+            user = self.table.get(name)
+            if user is None:
+                raise AccountError(f"no user {name!r}")
+            try:
+                self.table.put({**user, **fields, "sessions_after": self._clock()},
+                               expected_version=user[VERSION])
+                return
+            except ConflictError:  # changed meanwhile: read it again
+                time.sleep(jittered_backoff(attempt, 0.002, 0.05))
+        raise AccountError(f"user {name!r} kept changing: try again")
+
+    def delete(self, username: str) -> None:
+        """Delete the user: their sessions end with them (:meth:`holds`)."""
+        name = username.strip().lower()
+        if not self.table.delete(name):
+            raise AccountError(f"no user {name!r}")
+
+    def names(self) -> list[str]:
+        """Every admin's username (a scan: the table holds a few accounts)."""
+        return sorted(str(user["username"]) for user in all_items(self.table))
+
+    def holds(self, session: Item) -> bool:
+        """Whether ``session`` is still its user's: the user exists and ended none of their
+        sessions since it started."""
+        user = self.table.get(session["username"])
+        return user is not None and \
+            float(session["started_at"]) >= float(user.get("sessions_after") or 0)
 
     def verify(self, username: str, password: str) -> str | None:
         """The normalized username if the password is right, else None."""

@@ -82,6 +82,8 @@ def guard() -> Response | None:
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     session = admin().sessions.get(request.cookies.get(COOKIE, ""))
+    if session is not None and not admin().users.holds(session):
+        session = None  # the user was deleted, or ended their sessions (a new password)
     if session is None:
         if request.method in SAFE_METHODS:
             return redirect(url_for("admin.auth.login", next=request.full_path.rstrip("?")))

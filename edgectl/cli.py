@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import getpass
 import logging
 import sys
 from importlib import metadata
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from edge import protocol
 from edgectl import migrate, ops
+from edgectl.admin_commands import register as register_admin
 from edgectl.backup_commands import register as register_backup
 from kit import logs, procs
 from kit.settings import CONTROL_SERVICE, EDGE_AGENT, Settings, SettingsError, load_settings
@@ -218,41 +218,6 @@ def rotate_sso_key(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _admin_arguments(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="action", required=True)
-    create_user = actions.add_parser("create-user", help="add an admin account")
-    create_user.add_argument("username")
-    create_user.add_argument("--password-stdin", action="store_true",
-                             help="read the password from the first line of stdin")
-
-
-@command("admin", "dashboard accounts", arguments=_admin_arguments)
-def create_admin(args: argparse.Namespace, settings: Settings) -> int:
-    """`edgectl admin create-user`: the password from a prompt (typed twice) or stdin."""
-    from admin.accounts import ADMIN_USERS, AccountError, Users
-    from store import open_backend
-
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
-            print("edgectl: the passwords differ", file=sys.stderr)
-            return 2
-    backend = open_backend(settings)
-    try:
-        Users(backend.table(ADMIN_USERS), method=settings.admin_password_hash).create(
-            args.username, password)
-    except AccountError as exc:
-        print(f"edgectl: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        backend.close()
-    print(f"admin user {args.username.strip().lower()} created; sign in at "
-          f"{settings.control_address}/admin/")
-    return 0
-
-
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hostname", default="blog.example.test")
     parser.add_argument("--once", action="store_true",
@@ -272,6 +237,7 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
 
 # The commands declared beside their code: backup and restore, migrate, the operator's.
 register_backup(command)
+register_admin(command)
 command("migrate", migrate.HELP, required=(), arguments=migrate.arguments)(migrate.run)
 ops.register(command)  # status, domains, nodes, links, certs, config
 

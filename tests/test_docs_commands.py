@@ -70,6 +70,8 @@ def documented_commands() -> dict[str, str]:
 PLACEHOLDER_ENV = ("EDGE_API_TOKEN=... EDGE_EDGE_TOKEN=... EDGE_ENCRYPTION_KEYS=... "
                    "EDGE_CONTROL_TLS_CERT=control.pem EDGE_CONTROL_TLS_KEY=control.key")
 
+USERS_CLI_TEST = ("tests/test_admin_users_cli.py::"
+                  "test_a_new_password_end_sessions_and_a_deleted_account_sign_the_user_out")
 EXECUTED: dict[str, str] = {
     # command: what its output must hold (run in order, in one scratch directory)
     "edgectl --help": "run the control service and its worker",
@@ -115,6 +117,8 @@ RUN_BY: dict[str, tuple[str, str]] = {
         "test_rotate_reencrypts_everything_and_the_old_key_can_then_go", '"keys", "rotate"'),
     "edgectl admin create-user alice": (
         "tests/test_admin_accounts.py::test_cli_creates_a_user_from_stdin", '"create-user"'),
+    **{f"edgectl admin {action}": (USERS_CLI_TEST, f'"{action.split()[0]}"') for action in (
+        "list-users", "set-password alice", "end-sessions alice", "delete-user alice")},
     "edgectl backup /var/backups/edge/$(date -u +%Y%m%dT%H%M%SZ).backup": (
         "tests/test_backup.py::test_a_store_comes_back_whole_in_a_fresh_one", '"backup"'),
     "edgectl restore /var/backups/edge/20250101T000000Z.backup": (
