@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from edge import journal, releases
 from edge.plan import Change, Plan, make_delta_plan, refuse_mass_delete
-from edge.render import EXTRAS_MAPS, cert_file, route_extras_entries, validate, validate_values
+from edge.render import EXTRAS_MAPS, cert_file, route_extras_entries, validate, validate_delta
 from edge.runtime import Batch, RuntimeAPI
 from edge.state import DesiredState, Route, StateDelta
 
@@ -51,8 +51,7 @@ def plan_delta(existing: dict[str, Route], delta: StateDelta, force: bool) -> Pl
     plan = make_delta_plan(existing, delta.routes)
     plan.raise_if_unsafe(force)
     plan.check_certificates()
-    validate_values(delta.config, (r for r in delta.routes.values() if r is not None),
-                    (r for r in delta.redirects.values() if r is not None))
+    validate_delta(delta)  # its removed keys too: they reach the runtime API as they are
     return plan
 
 

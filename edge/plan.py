@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -11,6 +12,9 @@ from edge.state import Route
 
 MAX_DELETE_SHARE = 0.3
 MIN_EXISTING_FOR_SHARE = 10
+_PEM_BLOCK = re.compile(
+    r"-----BEGIN ([A-Z0-9 ]{1,64})-----[A-Za-z0-9+/= \t\r\n]*-----END \1-----")
+"""One PEM block (RFC 7468): base64 and whitespace between its BEGIN and END lines."""
 
 
 class UnsafePlan(EdgeError):
@@ -99,6 +103,8 @@ def make_plan(existing: dict[str, Route], desired: dict[str, Route]) -> Plan:
 
 
 def check_pem(route: Route) -> None:
+    """A certificate and its key, and nothing but whitespace outside their PEM blocks (an ACME
+    chain holds none, RFC 8555 9.1): text there could only be meant for someone else."""
     try:
         cert = x509.load_pem_x509_certificate(route.pem.encode())
         key = serialization.load_pem_private_key(route.pem.encode(), password=None)
@@ -109,6 +115,8 @@ def check_pem(route: Route) -> None:
     if cert.public_key().public_bytes(serialization.Encoding.DER, public) != \
             key.public_key().public_bytes(serialization.Encoding.DER, public):
         raise CertificateRejected(route.hostname, "the private key does not match the certificate")
+    if _PEM_BLOCK.sub("", route.pem).strip(" \t\r\n"):
+        raise CertificateRejected(route.hostname, "text outside its PEM blocks")
 
 
 def make_delta_plan(existing: dict[str, Route], changed: dict[str, Route | None]) -> Plan:

@@ -12,7 +12,7 @@ from typing import Iterable
 import jinja2
 
 from edge.errors import EdgeError
-from edge.state import DesiredState, EdgeConfig, Redirect, Route
+from edge.state import DesiredState, EdgeConfig, Redirect, Route, StateDelta
 from kit import route_extras
 
 # Values land in haproxy.cfg and map files: anything outside these shapes could inject config.
@@ -112,6 +112,23 @@ def validate_values(config: EdgeConfig, routes: Iterable[Route],
         validate_redirect(redirect)
 
 
+def validate_delta(delta: StateDelta) -> None:
+    """A delta's config and changed values, and its keys: each a normalized hostname or a
+    ``host/slug`` map key, the very one of its route or redirect. A removed one's key too, as
+    it reaches HAProxy's runtime API as it is."""
+    validate_values(delta.config, (r for r in delta.routes.values() if r is not None),
+                    (r for r in delta.redirects.values() if r is not None))
+    for hostname, route in delta.routes.items():
+        if not _HOSTNAME.fullmatch(hostname) or ".." in hostname or \
+                (route is not None and route.hostname != hostname):
+            raise RenderError(f"route change {hostname!r:.300} is not keyed by its hostname")
+    for key, redirect in delta.redirects.items():
+        host, _, slug = key.partition("/")
+        if not (_HOSTNAME.fullmatch(host) and _SLUG.fullmatch(slug)) or \
+                (redirect is not None and redirect.key != key):
+            raise RenderError(f"redirect change {key!r:.300} is not keyed by host/slug")
+
+
 def validate_config(config: EdgeConfig) -> None:
     """What is neither a route nor a redirect: short domains, servers, SSO keys, pools."""
     for host in config.short_domains:
@@ -140,6 +157,8 @@ def _validate_extras(route: Route, pools: Iterable[str]) -> None:
         extras = route_extras.decode(route.extras)
     except route_extras.ExtrasError as exc:
         raise RenderError(f"route {route.hostname}: {exc}") from None
+    if route.extras != route_extras.canonical(extras):  # one line of routes.extras, never two
+        raise RenderError(f"route {route.hostname}: extras are not in their canonical form")
     target = (extras.get("redirect") or {}).get("to")
     if target is not None and (not _HOSTNAME.fullmatch(target) or ".." in target
                                or target.startswith("*") or target == route.hostname):

@@ -26,13 +26,46 @@ class RuntimeCommandFailed(EdgeError):
         self.output = output
 
 
+class UnsafeCommand(RuntimeCommandFailed):
+    """A command never sent: a control character in its line, or a payload with an empty line
+    (where the runtime API ends a payload, so what follows would run as commands)."""
+
+    def __init__(self, command: str, reason: str) -> None:
+        EdgeError.__init__(self, f"runtime API command not sent ({reason}): {command!r:.200}")
+        self.command = command
+        self.output = reason
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(char) < 0x20 or ord(char) == 0x7f for char in text)
+
+
+def command_text(line: str, payload: str | None) -> str:
+    """What goes on the socket for one command: raises :class:`UnsafeCommand` rather than send
+    a line that holds a control character (a newline starts another command) or a payload
+    that holds an empty line or a carriage return (HAProxy reads "\\r\\n" as "\\n")."""
+    if _has_control(line):
+        raise UnsafeCommand(line, "a control character in the command")
+    if payload is None:
+        return line + "\n"
+    body = payload.rstrip()
+    if "\r" in body or "\n\n" in body or body.startswith("\n"):
+        raise UnsafeCommand(line, "an empty line or a carriage return in the payload")
+    return f"{line} <<\n{body}\n\n"
+
+
+def pem_payload(pem: str) -> str:
+    """PEM text with no empty line and no carriage return (PEM parsers need neither): what a
+    certificate upload sends, so a chain with blank lines between its blocks still goes."""
+    return "\n".join(row for row in pem.replace("\r", "").split("\n") if row.strip())
+
+
 class RuntimeAPI:
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
 
     def command(self, line: str, payload: str | None = None) -> str:
-        text = line + (f" <<\n{payload.rstrip()}\n\n" if payload is not None else "\n")
-        return unix_command(self.socket_path, text)
+        return unix_command(self.socket_path, command_text(line, payload))
 
     def batch(self) -> "Batch":
         return Batch(self)
@@ -42,8 +75,7 @@ class RuntimeAPI:
         if not commands:
             return []
         text = "prompt\n" + "".join(
-            line + (f" <<\n{payload.rstrip()}\n\n" if payload is not None else "\n")
-            for line, payload in commands) + "quit\n"
+            command_text(line, payload) for line, payload in commands) + "quit\n"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(self.socket_path))
@@ -96,7 +128,11 @@ class RuntimeAPI:
 
 def _word(text: str) -> str:
     """One argument of the runtime API: ";" would end the command and start another one of the
-    caller's choosing, and "\\" would be eaten as an escape."""
+    caller's choosing, and "\\" would be eaten as an escape. A control character is refused
+    (raises :class:`UnsafeCommand`): a newline ends the command, a tab separates arguments,
+    and no key or value the edge sends holds one."""
+    if _has_control(text):
+        raise UnsafeCommand(text, "a control character in an argument")
     return text.replace("\\", "\\\\").replace(";", "\\;").replace(" ", "\\ ")
 
 
@@ -134,8 +170,8 @@ class Batch:
 
     def add_map(self, map_path: Path, key: str, value: str) -> None:
         """Queued: consecutive adds to one map go as one payload (keys hold no spaces)."""
-        if " " in key or "\n" in key + value:
-            raise RuntimeCommandFailed(f"add map {map_path} {key}", "unsafe key or value")
+        if " " in key or _has_control(key + value):
+            raise UnsafeCommand(f"add map {map_path} {key}", "an unsafe key or value")
         lines = self._map_adds.setdefault(map_path, [])
         lines.append(f"{key} {value}")
 
@@ -158,7 +194,7 @@ class Batch:
     def set_cert(self, cert_path: Path, pem: str) -> None:
         """Opens a transaction that :meth:`commit_cert` ends (one at a time: HAProxy 2.6
         keeps a single certificate transaction, so each set is followed by its commit)."""
-        self._add(f"set ssl cert {cert_path}", "Transaction ", payload=pem)
+        self._add(f"set ssl cert {cert_path}", "Transaction ", payload=pem_payload(pem))
 
     def commit_cert(self, cert_path: Path) -> None:
         self._add(f"commit ssl cert {cert_path}", "Success!")

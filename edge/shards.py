@@ -22,11 +22,13 @@ from edge.errors import EdgeError
 
 DEFAULT_SHARD = "default"
 SHARD_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-"""A shard's name: it becomes part of store keys, HAProxy backend names and map values."""
+"""A shard's name: it becomes part of store keys, HAProxy backend names and map values. Match
+it with ``fullmatch`` (``$`` also matches before a final newline); the anchors are for the
+API's pattern (control_api.py), which pydantic searches for."""
 
 
 def valid_shard_name(name: str) -> bool:
-    return bool(SHARD_NAME.match(name))
+    return bool(SHARD_NAME.fullmatch(name))
 
 
 def shard_name(name: str) -> str:

@@ -75,6 +75,8 @@ def decode(text: str) -> dict[str, Any]:
                                  or redirect.get("code") not in REDIRECT_CODES
                                  or not isinstance(redirect.get("to"), str)):
         raise ExtrasError("redirect", "a redirect needs a target and a code of 301/302/307/308")
+    if redirect is not None and set(redirect) - {"to", "code"}:
+        raise ExtrasError("redirect", "a redirect holds only a target and a code")
     pool = doc.get("pool")
     if pool is not None and (not isinstance(pool, str) or not POOL_NAME.fullmatch(pool)):
         raise ExtrasError("pool", f"origin pool name {pool!r} is not a valid name")
@@ -85,3 +87,11 @@ def decode(text: str) -> dict[str, Any]:
         if problem is not None:
             raise problem
     return doc
+
+
+def canonical(doc: dict[str, Any]) -> str:
+    """The canonical text (``encode``) of extras ``decode`` returned. Extras equal to their
+    canonical text are ASCII (``json.dumps`` escapes the rest) on one line: nothing in them
+    that ``str.splitlines`` splits on, in a file of one route a line."""
+    redirect = doc.get("redirect") or {}
+    return encode(redirect.get("to"), redirect.get("code"), doc.get("pool"), doc.get("meta"))

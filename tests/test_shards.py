@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import collections
 
-from edge.shards import DEFAULT_SHARD, ShardNode, ShardSet, assign, valid_shard_name
+import pytest
+
+from edge.errors import EdgeError
+from edge.shards import DEFAULT_SHARD, ShardNode, ShardSet, assign, shard_name, valid_shard_name
 
 HOSTS = [f"site{i}.example.com" for i in range(30_000)]
 
@@ -48,6 +51,14 @@ def test_no_shard_configured_is_the_default_one() -> None:
 def test_shard_names_are_safe_in_keys_backends_and_maps() -> None:
     assert valid_shard_name("eu-1") and valid_shard_name(DEFAULT_SHARD)
     assert not any(map(valid_shard_name, ["", "EU", "1eu", "a b", "a/b", "a" * 40, "a|b"]))
+
+
+def test_a_shard_name_with_a_trailing_newline_is_refused() -> None:
+    """``$`` matches before a final newline: "eu\n" passed, and the router's haproxy.cfg then
+    failed its check, so the router refused every later update."""
+    assert not any(map(valid_shard_name, ["eu\n", "eu\r\n", "\neu", "eu\nbackend x"]))
+    with pytest.raises(EdgeError, match="is not a shard name"):
+        shard_name("eu\n")
 
 
 def test_a_shard_set_assigns_by_its_shards_and_overrides() -> None:
