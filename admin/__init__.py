@@ -9,8 +9,8 @@ from __future__ import annotations
 from flask import Flask
 
 from admin import auth, domains_views, lists, overview, shards_views
-from admin.accounts import (ADMIN_LOGIN_FAILURES, ADMIN_SESSIONS, ADMIN_USERS, LoginLimiter,
-                            Sessions, Users)
+from admin.accounts import (ADMIN_LOGIN_FAILURES, ADMIN_SESSIONS, ADMIN_USERS, Devices,
+                            LoginLimiter, Sessions, Users)
 from admin.audit import ADMIN_AUDIT, AuditLog
 from admin.summary import Summary
 from admin.web import Admin, bp
@@ -28,8 +28,9 @@ def build(services: Services) -> Admin:
         for table in (sessions, failures):
             services.sweeper.add(table)
     clock = services.clock
-    return Admin(services=services, users=Users(backend.table(ADMIN_USERS), clock=clock,
-                                             method=settings.admin_password_hash),
+    users = Users(backend.table(ADMIN_USERS), clock=clock, method=settings.admin_password_hash)
+    return Admin(services=services, users=users,
+                 devices=Devices(users, settings.encryption_keys),
                  sessions=Sessions(sessions, settings.admin_session_seconds, clock=clock),
                  limiter=LoginLimiter(failures, settings.admin_max_failures,
                                       settings.admin_lockout_seconds, clock=clock),

@@ -8,13 +8,15 @@ admin end-sessions``), and a deleted user's sessions end with them.
 """
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
+import hmac
 import itertools
 import re
 import secrets
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -150,6 +152,38 @@ class Sessions:
         self.table.delete(_digest(session_id))
 
 
+class Devices:
+    """Browsers that signed a user in before: a lockout of the username from anywhere (many
+    addresses guessing) does not stop them, so nobody can lock an admin out of their own
+    browser (the limits per address and per username and address still hold). A device
+    cookie is the username and an HMAC of it and its ``sessions_after`` under a key derived
+    from each encryption key: a new password or ``end-sessions`` forgets every device."""
+
+    CONTEXT = b"edge-admin-device-v1"
+
+    def __init__(self, users: Users, encryption_keys: Sequence[str]) -> None:
+        self.users = users
+        self._keys = [hmac.new(base64.urlsafe_b64decode(key.encode()), self.CONTEXT,
+                               hashlib.sha256).digest() for key in encryption_keys]
+
+    def _sign(self, key: bytes, user: Item) -> str:
+        text = f"{user['username']}|{float(user.get('sessions_after') or 0)!r}"
+        return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+    def token(self, username: str) -> str:
+        user = self.users.table.get(username)
+        return f"{username}:{self._sign(self._keys[0], user)}" if user and self._keys else ""
+
+    def known(self, cookie: str | None, username: str) -> bool:
+        """Whether ``cookie`` marks a browser that signed ``username`` in before."""
+        name, _, signature = (cookie or "")[:200].partition(":")
+        if not signature or name != username.strip().lower():
+            return False
+        user = self.users.table.get(name) if USERNAME.fullmatch(name) else None
+        return user is not None and any(
+            hmac.compare_digest(self._sign(key, user), signature) for key in self._keys)
+
+
 class LimiterBusy(EdgeRouterError):
     """A login count could not be written within the limiter's deadline (a store under heavy
     contention): the login is refused rather than let through uncounted."""
@@ -184,9 +218,12 @@ class LoginLimiter:
         self._clock = clock
 
     @staticmethod
-    def keys(username: str, address: str) -> list[str]:
+    def keys(username: str, address: str, known_device: bool = False) -> list[str]:
+        """The counts an attempt goes to; a browser that signed the user in before
+        (:class:`Devices`) is not held by the username's count from anywhere."""
         user = username.strip().lower()[:64]
-        return [f"pair:{user}|{address}", f"user:{user}", f"addr:{address}"]
+        return [f"pair:{user}|{address}", *([] if known_device else [f"user:{user}"]),
+                f"addr:{address}"]
 
     def _limit(self, key: str) -> int:
         return self.max_failures * (1 if key.startswith("pair:") else self.SPREAD)

@@ -14,6 +14,8 @@ from admin.web import (COOKIE, admin, audit, client_address, safe_next, set_cook
 
 bp = Blueprint("auth", __name__)
 LOGIN_CSRF = "edge_admin_login"
+DEVICE, DEVICE_SECONDS = "edge_admin_device", 90 * 86400
+"""A browser that signed a user in: a lockout of the username from anywhere spares it."""
 
 
 def _form(error: str = "", status: int = 200, username: str = "") -> Response:
@@ -37,7 +39,8 @@ def login_post() -> Response:
         return _form("The form expired; please try again.", 403)
     context = admin()
     username = request.form.get("username", "")[:64]
-    keys = context.limiter.keys(username, client_address())
+    known = context.devices.known(request.cookies.get(DEVICE), username)
+    keys = context.limiter.keys(username, client_address(), known)
     try:
         wait = context.limiter.attempt(keys)  # counted before the password is checked
     except LimiterBusy:
@@ -62,6 +65,7 @@ def login_post() -> Response:
     context.audit.record(name, "login", address=client_address())
     response = redirect(safe_next(request.form.get("next")), 303)
     set_cookie(response, COOKIE, session_id, max_age=int(context.sessions.lifetime))
+    set_cookie(response, DEVICE, context.devices.token(name), max_age=DEVICE_SECONDS)
     response.delete_cookie(LOGIN_CSRF, path="/admin")
     return response
 

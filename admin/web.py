@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, abort, g, redirect, request, url_for
 from werkzeug.wrappers import Response
 
-from admin.accounts import LoginLimiter, Sessions, Users
+from admin.accounts import Devices, LoginLimiter, Sessions, Users
 from admin.audit import AuditLog
 from admin.summary import Summary
 from control.wiring import Services
@@ -38,6 +38,7 @@ class Admin:
     users: Users
     sessions: Sessions
     limiter: LoginLimiter
+    devices: Devices
     audit: AuditLog
     cookie_secure: bool
     summary: Summary

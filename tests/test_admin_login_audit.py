@@ -77,3 +77,28 @@ def test_each_lockout_window_is_audited_once(settings: Settings) -> None:
         assert limiter.first_refusal(keys) is None
     finally:
         backend.close()
+
+
+def test_guesses_from_many_addresses_do_not_lock_an_admin_out_of_their_own_browser(
+        services_with: ServicesWith, settings: Settings) -> None:
+    """Wrong passwords for alice from 10 addresses lock her username from anywhere (30 with a
+    limit of 3). Her own browser, which signed her in before, still signs in with the right
+    password; a new browser waits, and so do a forged cookie and one from before she ended her
+    sessions (a lost laptop)."""
+    app = _app(services_with, settings)
+    lost, own, stranger = app.test_client(), app.test_client(), app.test_client()
+    assert _login(lost, "alice", PASSWORD).status_code == 303
+    provided(app, Admin).users.end_sessions("alice")
+    assert _login(own, "alice", PASSWORD).status_code == 303
+    device = own.get_cookie("edge_admin_device", path="/admin")
+    assert device is not None and device.value.startswith("alice:")
+    for n in range(10):
+        guesser = app.test_client()
+        guesser.environ_base["REMOTE_ADDR"] = f"198.51.100.{n + 1}"
+        for _ in range(3):
+            assert _login(guesser, "alice", "wrong password!").status_code == 401
+    assert _login(stranger, "alice", PASSWORD).status_code == 429, "the username is locked"
+    stranger.set_cookie("edge_admin_device", "alice:" + "0" * 64, path="/admin")
+    assert _login(stranger, "alice", PASSWORD).status_code == 429, "a forged cookie is not"
+    assert _login(lost, "alice", PASSWORD).status_code == 429, "nor a stale one"
+    assert _login(own, "alice", PASSWORD).status_code == 303, "her browser is not"
