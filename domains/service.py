@@ -164,13 +164,18 @@ class DomainService:
         return True
 
     def _automate(self, domain: Item, actor: str) -> Item:
-        """Create the records at the registrar when a provider covers the zone."""
-        result = self.automation.create(domain["hostname"], domain["dns_records"])
+        """Create the records at the registrar when a provider covers the zone and the zone's
+        settings name the domain's publication (dnsops/automation.py says what it did)."""
+        result = self.automation.create(domain["hostname"], domain["dns_records"],
+                                        str(domain["publication_id"]))
         if result is None:
             return domain
-        what = f"registrar error: {result['error']}" if "error" in result else \
-            f"created {', '.join(result['created']) or 'nothing (records were there)'}"
-        self.history.append(domain, "records automated", f"{result['provider']}: {what}", actor)
+        created, error = result.get("created") or [], result.get("error")
+        what = f"created {', '.join(created) or 'nothing (records were there)'}"
+        if error:  # a registrar failure, a zone not this publication's, records in the way
+            what = f"{what}; {error}" if created else error
+        self.history.append(domain, "records automated" if created or not error else
+                            "records not automated", f"{result['provider']}: {what}", actor)
         try:
             return self.repository.write(domain, {**domain, "automation": result})
         except ConflictError:

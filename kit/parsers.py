@@ -96,15 +96,21 @@ def fernet_keys(value: Any) -> list[str]:
 
 
 def registrars(value: Any) -> dict[str, dict[str, Any]]:
-    """Zones to provider settings; the domains part checks the provider names when it builds them."""
+    """Zones to provider settings, each with the ``publications`` whose connects may create
+    records there (dnsops/automation.py); the domains part checks the provider names when it
+    builds them."""
     if isinstance(value, str):
         value = json.loads(value) if value.strip() else {}
     if not isinstance(value, dict):
         raise ValueError("must map zones to provider settings, e.g. {\"example.com\": "
-                         "{\"provider\": \"route53\"}}")
+                         "{\"provider\": \"route53\", \"publications\": [\"pub_1\"]}}")
     for zone, config in value.items():
         if not isinstance(config, dict) or not isinstance(config.get("provider"), str):
             raise ValueError(f"zone {zone!r} needs a table with a provider name")
+        found = config.get("publications", [])
+        if not isinstance(found, list) or not all(
+                isinstance(item, str) and item.strip() for item in found):
+            raise ValueError(f"zone {zone!r}: publications must be a list of publication ids")
     return {zone.lower().rstrip("."): dict(config) for zone, config in value.items()}
 
 

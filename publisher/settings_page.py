@@ -96,7 +96,8 @@ def status_of(domain: Item) -> dict[str, Any]:
             "display_name": unicode_form(domain["hostname"]),
             "next_check": view["next_attempt_at"], "report": report,
             "checked_at": report["checked_at"] if report else None,
-            "automation_available": _domains().automation.describe(domain["hostname"]),
+            "automation_available": _domains().automation.describe(domain["hostname"],
+                                                                   domain["publication_id"]),
             "certificate_expires": str(certificate["not_after"])[:10] if certificate else None,
             "own_certificate": _own_certificate(domain),
             "url": f"https://{domain['hostname']}" + ("" if port == 443 else f":{port}")}
@@ -126,7 +127,7 @@ def _index(user: PlatformUser, error: str | None = None, form: dict[str, str] | 
     return render_template("publisher/index.html", user=user, domains=domains,
                            removed=_hostname_or_empty(request.args.get("removed", "")),
                            www_applies=_www_applies((form or {}).get("hostname", "")),
-                           automated=_domains().automation.zones(),
+                           automated=_domains().automation.zones(user.publications),
                            csrf_token=auth.csrf_token(user), error=error, form=form or {}), status
 
 

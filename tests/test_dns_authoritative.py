@@ -35,7 +35,7 @@ def dns_settings(settings: Settings, knot: KnotServer) -> Settings:
         settings, dns_servers=["127.0.0.1"], dns_port=knot.port,
         registrars={"example.test": {"provider": "rfc2136", "server": "127.0.0.1",
                                      "port": knot.port, "key_name": TSIG[0],
-                                     "key_secret": TSIG[1]}})
+                                     "key_secret": TSIG[1], "publications": ["pub_1"]}})
 
 
 def codes(checker: DnsChecker, hostname: str, token: str = "t") -> list[str]:

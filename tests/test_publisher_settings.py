@@ -28,7 +28,8 @@ def services(services_with: ServicesWith, sso_settings: Settings) -> Services:
         # A zone we would automate, whose server is down: nothing listens on that port.
         registrars={"auto.test": {"provider": "rfc2136", "server": "127.0.0.1",
                                   "port": free_port(), "key_name": "edge-key",
-                                  "key_secret": "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHM="}})
+                                  "key_secret": "c2VjcmV0LWtleS1mb3ItdGhlLWVkZ2UtdGVzdHM=",
+                                  "publications": ["pub_1"]}})
     built.domains.connect("theirs.example.test", "pub_other")
     return built
 
@@ -152,6 +153,14 @@ def test_registrar_automation_is_announced_and_its_failure_shown(client: FlaskCl
     page = get(client, "/domains/blog.auto.test")
     assert "We manage DNS for auto.test" in page.text
     assert "but creating the records failed" in page.text
+    # The zone is pub_1's (its publications): another publication's connect there creates
+    # nothing, and its pages do not offer the zone.
+    bob = signed_in("bob", ("pub_2",))
+    assert "auto.test" not in get(client, "/domains", **bob).text
+    assert post(client, "/domains", {"hostname": "shop.auto.test", "publication": "pub_2"},
+                **bob).status_code == 303
+    page = get(client, "/domains/shop.auto.test", **bob)
+    assert "We manage DNS" not in page.text and "Create these records" in text_of(page.text)
     # A domain elsewhere is the publisher's to create.
     post(client, "/domains", {"hostname": "manual.example.test", "publication": "pub_1"})
     assert "Create these records at the company that hosts your DNS" in \

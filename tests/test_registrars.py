@@ -18,9 +18,9 @@ import boto3
 import botocore.config
 import pytest
 
-from dnsops.registrars import (AuthenticationFailed, InvalidRecord, Record, RegistrarError,
-                                RegistrarProvider, RegistrarUnavailable, ZoneNotFound,
-                                ensure_records, get_provider)
+from dnsops.registrars import (AuthenticationFailed, InvalidRecord, Record, RecordPlan,
+                                RegistrarError, RegistrarProvider, RegistrarUnavailable,
+                                ZoneNotFound, ensure_records, get_provider)
 from kit.procs import free_port
 from devtools.dns_server import KnotServer
 
@@ -73,10 +73,24 @@ class RegistrarContract:
                                                          name: str) -> None:
         provider.create_record(ZONE, Record(name, "TXT", "publisher's own"))
         wanted = [Record(name, "TXT", "ours"), Record(f"a{name}", "A", "192.0.2.7")]
-        assert ensure_records(provider, ZONE, wanted) == wanted
-        assert ensure_records(provider, ZONE, wanted) == []
+        assert ensure_records(provider, ZONE, wanted).create == wanted
+        assert ensure_records(provider, ZONE, wanted) == RecordPlan([], [])
         assert _values(provider, name, "TXT") == ["ours", "publisher's own"]
         assert _values(provider, f"a{name}", "A") == ["192.0.2.7"]
+
+    def test_ensure_records_never_adds_beside_what_a_name_answers(
+            self, provider: RegistrarProvider, name: str) -> None:
+        live = Record(f"a{name}", "A", "192.0.2.50")
+        provider.create_record(ZONE, live)
+        provider.create_record(ZONE, Record(name, "TXT", "theirs"))
+        wanted = [Record(f"a{name}", "A", "192.0.2.7"), Record(name, "CNAME", "edge.test"),
+                  Record(f"_edge-challenge.a{name}", "TXT", "ours")]
+        plan = ensure_records(provider, ZONE, wanted)
+        assert plan.create == wanted[2:]
+        assert [(c.wanted, c.existing) for c in plan.conflicts] == [
+            ((wanted[0],), (live,)), ((wanted[1],), (Record(name, "TXT", "theirs"),))]
+        assert _values(provider, f"a{name}", "A") == ["192.0.2.50"]
+        assert _values(provider, name, "CNAME") == []
 
     def test_values_round_trip(self, provider: RegistrarProvider, name: str) -> None:
         records = [Record(name, "TXT", 'v=spf1 include:"x.test" ; -all \\ done'),

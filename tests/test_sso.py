@@ -64,7 +64,7 @@ def activated(tmp_path_factory: pytest.TempPathFactory,
         acme_ca_bundle=str(pebble.listener_ca), dns_servers=["127.0.0.1"], dns_port=knot.port,
         registrars={"example.test": {"provider": "rfc2136", "server": "127.0.0.1",
                                      "port": knot.port, "key_name": TSIG[0],
-                                     "key_secret": TSIG[1]}})
+                                     "key_secret": TSIG[1], "publications": ["pub_1"]}})
     built = Services.from_settings(settings)
     try:
         for host in (BLOG, OTHER, WILD):

@@ -1,7 +1,8 @@
 """Registrar providers: create, delete and list DNS records in a publisher's zone.
 
 One small interface (:class:`RegistrarProvider`), providers registered by name
-(:func:`get_provider`), and :func:`ensure_records`, which creates only what is missing.
+(:func:`get_provider`), and :func:`ensure_records`, which creates only what is missing and
+never adds to a record set that already answers for a name (:func:`plan_records`).
 Each provider keeps its vendor's wire protocol inside its own module; vendor exceptions
 (boto3, dnspython, requests) never leave it: callers only ever see :class:`RegistrarError`.
 
@@ -188,17 +189,99 @@ class RegistrarProvider(abc.ABC):
         """Remove exactly this value, keeping the others; do nothing if it is absent."""
 
 
+_ADDRESS = frozenset({"A", "AAAA"})
+_DNSSEC = frozenset({"RRSIG", "NSEC", "NSEC3", "DNSKEY", "DS"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Conflict:
+    """Records we did not create: the name already answers with ``existing``, and ours beside
+    them would split its traffic or could not coexist (a CNAME beside anything)."""
+
+    name: str
+    wanted: tuple[Record, ...]
+    existing: tuple[Record, ...]
+
+    @property
+    def sentence(self) -> str:
+        """What a person has to do about it, by hand."""
+        theirs = ", ".join(f"{r.type} {r.value}" + (f" (from {r.name})" if r.name != self.name
+                                                     else "") for r in self.existing)
+        ours = ", ".join(f"{r.type} {r.value}" for r in self.wanted)
+        return (f"{self.name} already has {theirs}: we did not add {ours} beside it; "
+                f"replace {theirs} at {self.name} with {ours} by hand")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordPlan:
+    """What :func:`plan_records` decided: the records to create, and those left to a person."""
+
+    create: list[Record]
+    conflicts: list[Conflict]
+
+
+_TRAFFIC = _ADDRESS | {"CNAME"}
+
+
+def _in_the_way(wanted: Record, existing: Record) -> bool:
+    """Whether ``existing`` (not one of ours) at ``wanted``'s name keeps us from adding it."""
+    if existing.type in _DNSSEC:
+        return False
+    if wanted.type == "CNAME" or existing.type == "CNAME":
+        return True
+    return wanted.type in _ADDRESS and existing.type in _ADDRESS
+
+
+def _wildcard_answer(wanted: Record, present: list[Record]) -> list[Record]:
+    """The traffic records a wildcard answers ``wanted``'s name with (RFC 4592: the name has
+    no records at or below it; the wildcard of its closest existing ancestor answers), when
+    ``wanted`` would take that traffic (an A/AAAA/CNAME on a name people visit)."""
+    def exists(node: str) -> bool:
+        return any(r.name == node or r.name.endswith("." + node) for r in present)
+
+    if wanted.type not in _TRAFFIC or wanted.name.startswith("_") or exists(wanted.name):
+        return []
+    labels = wanted.name.split(".")
+    encloser = next((".".join(labels[i:]) for i in range(1, len(labels))
+                     if exists(".".join(labels[i:]))), None)
+    return [r for r in present if r.name == f"*.{encloser}" and r.type in _TRAFFIC]
+
+
+def plan_records(existing: Iterable[Record], desired: Iterable[Record]) -> RecordPlan:
+    """Desired records against a zone's existing ones: create what is missing unless the name
+    already answers otherwise. Another A/AAAA there (live traffic, also through a wildcard), a
+    CNAME there, or anything where we want a CNAME, stops every record of ours at that name
+    that it is in the way of; TXT records go beside other TXT (ownership and ACME values
+    coexist)."""
+    desired = list(dict.fromkeys(desired))
+    ours = {r.key for r in desired}
+    present = list(existing)
+    keys = {r.key for r in present}
+    create: list[Record] = []
+    blocked: dict[str, tuple[list[Record], list[Record]]] = {}
+    for record in desired:
+        theirs = [e for e in present if e.name == record.name and e.key not in ours
+                  and _in_the_way(record, e)] + [
+            e for e in _wildcard_answer(record, present)
+            if (record.name, e.type, e.value) not in ours]
+        if theirs:
+            wanted, found = blocked.setdefault(record.name, ([], []))
+            wanted.append(record)
+            found.extend(e for e in theirs if e not in found)
+        elif record.key not in keys:
+            create.append(record)
+    return RecordPlan(create, [Conflict(name, tuple(wanted), tuple(found))
+                               for name, (wanted, found) in blocked.items()])
+
+
 def ensure_records(provider: RegistrarProvider, zone: str,
-                   records: Iterable[Record]) -> list[Record]:
-    """Create the records the zone lacks, leave everything else untouched; return the created."""
-    existing = {r.key for r in provider.list_records(zone)}
-    created: list[Record] = []
-    for record in records:
-        if record.key not in existing:
-            provider.create_record(zone, record)
-            existing.add(record.key)
-            created.append(record)
-    return created
+                   records: Iterable[Record]) -> RecordPlan:
+    """Create what the zone lacks and can take (:func:`plan_records`), leave everything else
+    untouched; return the plan: ``create`` is what was created, ``conflicts`` what was not."""
+    plan = plan_records(provider.list_records(zone), records)
+    for record in plan.create:
+        provider.create_record(zone, record)
+    return plan
 
 
 _REGISTRY: dict[str, type[RegistrarProvider]] = {}

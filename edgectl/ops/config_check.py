@@ -119,7 +119,22 @@ def check(paths: list[str], role: str) -> Found:
         load_settings(env={}, required=(), **parsed)
     except SettingsError as exc:
         found.problems.append(str(exc))
+    found.warnings += _unassigned_zones(parsed)
     return found
+
+
+def _unassigned_zones(parsed: dict[str, Any]) -> list[str]:
+    """Registrar zones that name no ``publications``: a connect creates no record there (the
+    zone may hold other parties' names), which is right for a platform zone (the dcv_zone),
+    and a surprise for a publisher's zone whose automation was set up on purpose."""
+    if "registrars" not in parsed:
+        return []
+    dcv_zone = PARSERS["dcv_zone"](parsed.get("dcv_zone", ""))
+    return [f"registrars zone {zone!r} names no publications: no connect creates records "
+            f"there; name the publications whose hostnames it holds (publications = "
+            f"[\"pub_...\"]), or publications = [] for a platform zone"
+            for zone, config in PARSERS["registrars"](parsed["registrars"]).items()
+            if "publications" not in config and zone != dcv_zone]
 
 
 def config(args: argparse.Namespace, settings: Settings) -> int:
