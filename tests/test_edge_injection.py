@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from cryptography import x509
@@ -19,22 +18,11 @@ from edge.node import EdgeNode
 from edge.plan import CertificateRejected, check_pem
 from edge.render import RenderError, validate_route
 from edge.runtime import UnsafeCommand
-from edge.state import DesiredState, Redirect, Route, StateDelta
+from edge.state import Redirect, Route, StateDelta
 from kit import route_extras
 from kit.x509 import build_certificate, cert_to_pem, key_to_pem
 from kit.x509 import self_signed as self_signed_pem
-
-
-@pytest.fixture
-def app() -> Iterator[SampleApp]:
-    instance = SampleApp("app-a", 0)
-    yield instance
-    instance.stop()
-
-
-def state(app: SampleApp, *routes: Route) -> DesiredState:
-    return DesiredState(routes=routes, app_servers=(app.address,),
-                        control_servers=("127.0.0.1:9",))
+from tests.test_edge_node import app, state  # noqa: F401 (app: the fixture, shared)
 
 
 def served(node: EdgeNode, app: SampleApp) -> tuple[str, Path, Path]:
