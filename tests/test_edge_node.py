@@ -411,6 +411,26 @@ def test_the_request_id_comes_from_the_edge_only(node: EdgeNode, app: SampleApp)
     assert probe.headers["x-request-id"] == seen, "the client gets the id the app logged"
 
 
+def test_a_permanent_short_link_is_cached_no_longer_than_it_lives(
+        node: EdgeNode, app: SampleApp) -> None:
+    """A browser or a shared cache replays a 301/308 without asking: a day for a link without
+    an end, the seconds it has left for one that expires (else it outlives its expiry)."""
+    from edge.state import Redirect
+    _, pem = self_signed_pem("blog.example.test")
+    ends = int(time.time()) + 600
+    node.apply(dataclasses.replace(state(app, Route("blog.example.test", "pub_1", pem)),
+                                   redirects=(
+        Redirect("acme.link", "perm", 301, "https://example.com/p"),
+        Redirect("acme.link", "brief", 308, "https://example.com/b", ends),
+        Redirect("acme.link", "temp", 302, "https://example.com/t", ends))))
+    cached = {slug: https_get(node.layout.https_port, "acme.link", f"/{slug}").headers[
+        "cache-control"] for slug in ("perm", "brief", "temp")}
+    assert cached["perm"] == "public, max-age=86400"
+    assert cached["temp"] == "private, no-store"
+    brief = cached["brief"]
+    assert brief.startswith("public, max-age=") and 590 <= int(brief.split("=")[1]) <= 600, brief
+
+
 def test_plain_http_redirects_only_hosts_the_edge_routes(node: EdgeNode, app: SampleApp) -> None:
     """Battery finding 5: the HTTPS redirect was built from any Host header, so
     ``Host: blog.example.test@evil.test`` sent the visitor to evil.test."""
