@@ -61,7 +61,8 @@ class Users:
         name = username.strip().lower()
         if not USERNAME.fullmatch(name):
             raise AccountError("username: 1-64 lowercase letters, digits, '.', '_', '@' or '-'")
-        item = {"username": name, "created_at": self._clock(),
+        now = self._clock()  # sessions of a deleted user of this name stay ended (holds)
+        item = {"username": name, "created_at": now, "sessions_after": now,
                 "password_hash": self._hash(password)}
         try:
             return self.table.put(item, expected_version=ABSENT)

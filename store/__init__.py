@@ -11,6 +11,7 @@ the backend has deleted it yet. Counters live beside the item and are updated at
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
 from typing import Any, Callable, Iterator, Protocol
 
@@ -20,6 +21,17 @@ VERSION = "version"
 EXPIRES_AT = "expires_at"
 ABSENT = 0
 """Pass as ``expected_version`` to require that the item does not exist yet."""
+FIRST_VERSIONS = (1 << 32, 1 << 52)
+"""A new item's version is drawn from this range (:func:`first_version`), then counts up by
+one a write. Were it 1, an item deleted and made again would repeat its versions, and a write
+conditional on a copy read before the delete would land on the new item (ABA): a removed
+domain's stale copy over the next owner's claim. Versions are only ever compared for
+equality; every one stays below 2**53, exact in JSON and in DynamoDB numbers."""
+
+
+def first_version() -> int:
+    """The version of an item written where none lives (:data:`FIRST_VERSIONS`)."""
+    return secrets.randbelow(FIRST_VERSIONS[1] - FIRST_VERSIONS[0]) + FIRST_VERSIONS[0]
 SPREAD = 16
 """Partition key values per spread index key (docs/dynamodb.md counts what this buys)."""
 BATCH_GET = 100

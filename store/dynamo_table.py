@@ -10,7 +10,7 @@ from typing import Any, Callable
 from botocore.exceptions import BotoCoreError, ClientError
 
 from store import (ABSENT, BATCH_GET, EXPIRES_AT, VERSION, ConflictError, Item, Page,
-                   StoreError, TableSpec, Throttled, range_values)
+                   StoreError, TableSpec, Throttled, first_version, range_values)
 from store.dynamo_schema import EXPIRY_INDEX, EXPIRY_SHARD
 from store.dynamo_spread import Order, Raw, merged_page, spread_value
 
@@ -123,12 +123,13 @@ class DynamoTable:
                 values[f":a{n}"] = value
                 sets.append(f"#a{n} = :a{n}")
         condition = self._condition(expected_version, values)
+        first = {"N": str(first_version())}  # where no item lives (store.FIRST_VERSIONS)
         if expected_version == ABSENT:
-            sets.append("#version = :one")
-            values[":one"] = {"N": "1"}
+            sets.append("#version = :first")
+            values[":first"] = first
         else:
-            sets.append("#version = if_not_exists(#version, :zero) + :one")
-            values.update({":zero": {"N": "0"}, ":one": {"N": "1"}})
+            sets.append("#version = if_not_exists(#version, :before) + :one")
+            values.update({":before": {"N": str(int(first["N"]) - 1)}, ":one": {"N": "1"}})
         expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         try:
             raw = self._call("update_item", Key={"pk": {"S": key}}, UpdateExpression=expression,

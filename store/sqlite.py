@@ -12,7 +12,7 @@ from typing import Any, Iterator
 from contextlib import contextmanager
 
 from store import (ABSENT, BATCH_GET, EXPIRES_AT, VERSION, ConflictError, Item, Page, TableSpec,
-                   range_values)
+                   first_version, range_values)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -149,7 +149,7 @@ class SqliteTable:
             current = row[0] if live else ABSENT
             if expected_version is not None and expected_version != current:
                 raise ConflictError(self.spec.name, key, expected_version)
-            version = current + 1
+            version = current + 1 if live else first_version()
             conn.execute(f"INSERT OR REPLACE INTO {self._t} (k, version, expires_at, data{cols})"
                          f" VALUES (?, ?, ?, ?{marks})",
                          (key, version, expires_at, payload, *indexed))

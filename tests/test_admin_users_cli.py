@@ -64,6 +64,8 @@ def test_a_new_password_end_sessions_and_a_deleted_account_sign_the_user_out(
         assert login(bob, "bob").status_code == 401  # type: ignore[attr-defined]
         again = edgectl(settings, "delete-user", "bob")
         assert again.returncode == 2 and "no user 'bob'" in again.stderr
+        made = edgectl(settings, "create-user", "bob", "--password-stdin", stdin=PASSWORD + "\n")
+        assert made.returncode == 0 and not signed_in(bob), "a new bob is not the old one"
         short = edgectl(settings, "set-password", "alice", "--password-stdin", stdin="short\n")
         assert short.returncode == 2 and "12 to 1024 characters" in short.stderr
     finally:

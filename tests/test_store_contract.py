@@ -9,8 +9,8 @@ from typing import Iterator
 
 import pytest
 
-from store import (ABSENT, Backend, ConflictError, RangeIndex, StoreError, Table, TableSpec,
-                   Throttled, every)
+from store import (ABSENT, FIRST_VERSIONS, Backend, ConflictError, RangeIndex, StoreError, Table,
+                   TableSpec, Throttled, every)
 from kit.settings import Settings
 from store.dynamo import DynamoBackend
 from tests.conftest import dynamo_client, opened_backend, wait_until
@@ -29,11 +29,27 @@ def table(backend: Backend) -> Table:
 
 def test_put_get_roundtrip_bumps_version(table: Table) -> None:
     stored = table.put({"id": "a", "owner": "o1", "nested": {"x": [1, 2]}, "n": 1.5})
-    assert stored["version"] == 1
+    first = stored["version"]
+    assert FIRST_VERSIONS[0] <= first < FIRST_VERSIONS[1]
     assert table.get("a") == {"id": "a", "owner": "o1", "nested": {"x": [1, 2]}, "n": 1.5,
-                              "version": 1}
-    assert table.put({**stored, "n": 2})["version"] == 2
+                              "version": first}
+    assert table.put({**stored, "n": 2})["version"] == first + 1
     assert table.get("missing") is None
+
+
+def test_an_item_made_again_never_repeats_the_versions_of_the_one_deleted(table: Table) -> None:
+    """Else a write conditional on a copy read before the delete lands on the new item (ABA):
+    a stale copy of a removed domain written over the next owner's claim."""
+    for expected in (ABSENT, None):  # a create, and an unconditional put where none lives
+        stale = table.put({"id": "aba", "owner": "before"}, expected_version=expected)
+        assert table.delete("aba", expected_version=stale["version"])
+        again = table.put({"id": "aba", "owner": "after"}, expected_version=expected)
+        again = table.put({**again, "n": 1}, expected_version=again["version"])
+        assert again["version"] not in (stale["version"], stale["version"] + 1)
+        with pytest.raises(ConflictError):
+            table.put({**stale, "owner": "stale"}, expected_version=stale["version"])
+        assert (table.get("aba") or {})["owner"] == "after"
+        table.delete("aba")
 
 
 def test_conditional_put_on_absent(table: Table) -> None:
@@ -46,21 +62,21 @@ def test_conditional_put_on_absent(table: Table) -> None:
 
 def test_conditional_put_on_version(table: Table) -> None:
     first = table.put({"id": "a", "n": 0})
-    table.put({**first, "n": 1}, expected_version=1)
+    table.put({**first, "n": 1}, expected_version=first["version"])
     with pytest.raises(ConflictError):
-        table.put({**first, "n": 99}, expected_version=1)
+        table.put({**first, "n": 99}, expected_version=first["version"])
     assert table.get("a")["n"] == 1
     with pytest.raises(ConflictError):
         table.put({"id": "nope"}, expected_version=3)
 
 
 def test_only_one_of_racing_writers_wins(table: Table) -> None:
-    table.put({"id": "race", "winner": None})
+    version = table.put({"id": "race", "winner": None})["version"]
     wins: list[int] = []
 
     def attempt(n: int) -> None:
         try:
-            table.put({"id": "race", "winner": n}, expected_version=1)
+            table.put({"id": "race", "winner": n}, expected_version=version)
             wins.append(n)
         except ConflictError:
             pass
@@ -75,10 +91,10 @@ def test_only_one_of_racing_writers_wins(table: Table) -> None:
 
 
 def test_delete_plain_and_conditional(table: Table) -> None:
-    table.put({"id": "a"})
+    version = table.put({"id": "a"})["version"]
     with pytest.raises(ConflictError):
-        table.delete("a", expected_version=5)
-    assert table.delete("a", expected_version=1) is True
+        table.delete("a", expected_version=version + 4)
+    assert table.delete("a", expected_version=version) is True
     assert table.get("a") is None
     assert table.delete("a") is False
 
@@ -112,7 +128,7 @@ def test_scan_lists_everything(table: Table) -> None:
 
 
 def test_atomic_counter_under_concurrency(table: Table) -> None:
-    table.put({"id": "c", "owner": "o"})
+    version = table.put({"id": "c", "owner": "o"})["version"]
 
     def bump() -> None:
         for _ in range(10):
@@ -125,7 +141,7 @@ def test_atomic_counter_under_concurrency(table: Table) -> None:
         thread.join()
     assert table.increment("c", "visits", 0) == 40
     assert table.get("c")["visits"] == 40
-    table.put({"id": "c", "owner": "o", "x": 1}, expected_version=1)
+    table.put({"id": "c", "owner": "o", "x": 1}, expected_version=version)
     assert table.get("c")["visits"] == 40, "a put must not reset counters"
 
 
@@ -149,10 +165,10 @@ def test_expired_items_are_absent_everywhere(table: Table) -> None:
     assert table.get("old") is None
     assert [i["id"] for i in table.query("owner", "o").items] == ["new"]
     assert [i["id"] for i in table.scan().items] == ["new"]
-    assert table.put({"id": "old"}, expected_version=ABSENT)["version"] == 1
-    table.put({"id": "old", "expires_at": time.time() - 1}, expected_version=1)
+    made = table.put({"id": "old"}, expected_version=ABSENT)["version"]
+    table.put({"id": "old", "expires_at": time.time() - 1}, expected_version=made)
     with pytest.raises(ConflictError):
-        table.put({"id": "old"}, expected_version=2)
+        table.put({"id": "old"}, expected_version=made + 1)
 
 
 def test_get_many_reads_live_items_in_one_request_per_hundred_keys(backend: Backend) -> None:
@@ -166,7 +182,7 @@ def test_get_many_reads_live_items_in_one_request_per_hundred_keys(backend: Back
     found = table.get_many([*keys, "b001", "absent"])  # a key twice is read once
     assert backend.requests - before == 3, "ceil(231 keys / 100) requests"
     assert sorted(found) == [key for key in keys if key != "b007"]
-    assert found["b001"] == {**table.get("b001"), "hits": 2} and found["b000"]["version"] == 1
+    assert found["b001"] == {**table.get("b001"), "hits": 2} and found["b000"]["version"] >= FIRST_VERSIONS[0]
     assert table.get_many([]) == {}
 
 
@@ -227,7 +243,7 @@ def test_range_query_orders_bounds_and_pages(table: Table) -> None:
     assert _due(table, "pending", lower=40.5, upper=40.0) == [], "an empty range, no error"
     page = table.query_range("due", "pending", upper=30.0, limit=1)
     assert [i["id"] for i in page.items] == ["d1"] and page.next_cursor
-    assert page.items[0]["next_at"] == 10.0 and page.items[0]["version"] == 1
+    assert page.items[0]["next_at"] == 10.0 and page.items[0]["version"] >= FIRST_VERSIONS[0]
     with pytest.raises(ValueError):
         table.query_range("nope", "pending")
 
