@@ -309,3 +309,20 @@ def test_a_redirect_to_a_domain_another_publication_took_over_stops(
     assert source["publication_id"] == "pub_1" and not source.get("extras")
     assert services.lifecycle._routes_to_publish(set())["s.example.test"] == "pub_1"
 
+
+
+def test_a_workers_copy_of_a_removed_claim_cannot_write_over_the_next_owners(
+        services_both: Services) -> None:
+    """The worker's round read a claim in its due list; meanwhile its publication removed it
+    and another connected the hostname. The stale copy's lease (a write conditional on its
+    version) must not land on the new claim: the new one reaches the same version number
+    only if versions start again at 1 when an item is made again."""
+    services = services_both
+    first, _ = services.domains.connect("aba.example.test", "pub_a")
+    stale = services.domains.find("aba.example.test")
+    assert stale is not None and stale["claim"] == first["claim"]
+    services.lifecycle.remove("aba.example.test")
+    services.domains.connect("aba.example.test", "pub_b")
+    assert services.domains.repository.lease(stale, "worker-1", 60) is None
+    now = services.domains.get("aba.example.test")
+    assert now["publication_id"] == "pub_b" and now["claim"] != first["claim"]
