@@ -218,7 +218,10 @@ def apply(backend: Backend, holder: str | None = None) -> list[tuple[Migration, 
 
 
 def stamp(backend: Backend) -> None:
-    """Record this release's schema on a store that holds nothing yet (none to migrate)."""
+    """Record this release's schema on a store that holds nothing yet (none to migrate), and
+    what a migration would have recorded there: that the links' ``domain`` index holds every
+    link (without it, each short domain's removal read every link, for good)."""
+    index_links(backend)
     _record(backend, SCHEMA)
 
 

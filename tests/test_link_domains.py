@@ -64,6 +64,19 @@ def test_removing_a_short_domain_reads_its_links_not_every_link(backend: Backend
     assert index_links(backend) == 0, "idempotent"
 
 
+def test_a_new_store_reads_a_domains_links_from_its_first_day(backend: Backend) -> None:
+    """A store stamped new (nothing to migrate: `edgectl serve` on an empty store) is
+    recorded as holding every link in the index, as migration 5 would record it."""
+    migrations.stamp(backend)
+    links = service(backend)
+    for n in range(2):
+        links.create(GONE, f"https://example.com/{n}", "pub_1", slug=f"g{n}")
+    for n in range(5):
+        links.create(KEPT, f"https://example.com/{n}", "pub_1", slug=f"k{n}")
+    disabled, cost = disabled_at_a_cost(backend, links)
+    assert disabled == 2 and cost > 0, "the domain's links, not a scan of every link"
+
+
 def test_the_release_before_keeps_writing_links_until_the_migration(backend: Backend) -> None:
     """Its links are disabled with the domain whatever the schema: a scan until migration 5
     has put them in the index, the index after (the migration runs once every replica runs
