@@ -2,7 +2,7 @@
 the redirect processes (shortlinks/resolver.py) without them reading every link."""
 from __future__ import annotations
 
-from store import BATCH_GET, Table, TableSpec
+from store import ABSENT, BATCH_GET, ConflictError, Table, TableSpec
 
 LINK_CHANGES = TableSpec("short_link_changes", key="name")
 """The item ``generation``, whose counter ``n`` moves on every change to any link, and a ring of
@@ -31,9 +31,20 @@ def after_restore(changes: Table, before: int) -> None:
     record_change(changes, ANY_LINK, max(before - generation(changes), 0) + BATCH_GET + 1)
 
 
+def open_counter(changes: Table) -> None:
+    """Make the change counter's item if there is none yet (another process may make it too)."""
+    if changes.get(GENERATION) is None:
+        try:
+            changes.put({"name": GENERATION}, expected_version=ABSENT)
+        except ConflictError:
+            pass  # another process made it first
+
+
 def record_change(changes: Table, key: str | list[str], by: int = 1) -> None:
     """Move the change counter on ``by``, then name the link ``key`` (``ANY_LINK``: many; a
-    list: those links, up to ``MANY_LINKS``) in the slot of the counter's new value."""
+    list: those links, up to ``MANY_LINKS``) in the slot of the counter's new value. A crash
+    between the two leaves a slot naming an older change, which makes resolvers drop
+    everything, as a change of the release before does (it moves the counter only)."""
     n = int(changes.increment(GENERATION, "n", by) or 0)
     slot = {"link": key} if isinstance(key, str) else {"link": ANY_LINK, "links": key} \
         if len(key) <= MANY_LINKS else {"link": ANY_LINK}

@@ -7,7 +7,7 @@ import string
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from shortlinks.changes import GENERATION, LINK_CHANGES, record_change
+from shortlinks.changes import LINK_CHANGES, open_counter, record_change
 from shortlinks.errors import (InvalidLink, LinkBusy, LinkNotFound,  # the part's errors,
                                NotYours, ShortlinkError, SlugTaken)  # all caught from here too
 from shortlinks.stats import VisitStats
@@ -30,6 +30,8 @@ SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 RESERVED = {"api", "admin", "healthz", "metrics", "static", "robots.txt", "favicon.ico",
             "_edge", ".well-known", "login", "logout"}
 CODES = (301, 302, 307, 308)
+MAX_VISITS = 10**12
+"""The highest visit limit: each visit's conditional ADD compares the count with it."""
 DomainOwner = Callable[[str], "tuple[str, bool] | None"]
 """A connected domain's (publication id, verified), or None when nobody has connected it: the
 domains part answers (wired in ``control/``)."""
@@ -57,11 +59,8 @@ class LinkService:
         self.changes = changes
         self._domain_owner = domain_owner
         self._listeners: list[LinkChanged] = []
-        if changes is not None and changes.get(GENERATION) is None:
-            try:
-                changes.put({"name": GENERATION}, expected_version=ABSENT)
-            except ConflictError:
-                pass  # another process made it first
+        if changes is not None:
+            open_counter(changes)
         self._domains = {d.lower() for d in short_domains}
         self._slug_length = slug_length
         self._default_code = default_code
@@ -136,7 +135,7 @@ class LinkService:
                 self._changed(made["id"])
                 if self.totals is not None:
                     self.totals.add(links=1)
-                self._notify(domain, chosen)
+                self._notify(domain, chosen)  # last: the redirect app answers one not in the map
                 return made
             except ConflictError:
                 if slug is not None:  # perhaps a repeat whose first did not say it was made
@@ -180,10 +179,13 @@ class LinkService:
         kept = {key: value for key, value in link.items() if key != "released"}  # held again
         updated = self.table.put({**kept, **changes, "updated_at": self._clock()},
                                  expected_version=link["version"])
-        self._changed(updated["id"])
-        if self.totals is not None and bool(updated.get("disabled")) != bool(link.get("disabled")):
-            self.totals.add(disabled=1 if updated.get("disabled") else -1)
-        self._notify(updated["domain"], updated["slug"])
+        try:
+            self._changed(updated["id"])
+            if self.totals is not None \
+                    and bool(updated.get("disabled")) != bool(link.get("disabled")):
+                self.totals.add(disabled=1 if updated.get("disabled") else -1)
+        finally:  # a link disabled must leave the map whatever the counters do
+            self._notify(updated["domain"], updated["slug"])
         return updated
 
     def _notify(self, domain: str, slug: str) -> None:
@@ -191,9 +193,7 @@ class LinkService:
             listener(domain, slug)
 
     def _changed(self, key: str | list[str]) -> None:
-        """Move the change counter, then name the link (or the links) in its slot. A
-        crash between the two leaves a slot naming an older change, which makes resolvers drop
-        everything, as a change of the release before does (it moves the counter only)."""
+        """Tell other processes the link (or the links) changed (:func:`record_change`)."""
         if self.changes is not None:
             record_change(self.changes, key)
 
@@ -215,8 +215,9 @@ class LinkService:
             if total is not None:
                 added += count
                 now[key] = total
-                if self.stats is not None:  # today's count (a failure here loses only these)
-                    self.stats.add(key, {"visits": count})
+                if self.stats is not None:  # today's count (a failure loses only these); a
+                    self.stats.add(key, {"visits": count},  # day item is made for a link only
+                                   still=lambda: self.table.get(key) is not None)
         if self.totals is not None and added:
             self.totals.add(visits=added)
             self.totals.visited(now)
@@ -268,21 +269,25 @@ class LinkService:
     def disable_domain(self, domain: str) -> int:
         """Disable every link on ``domain``, marked ``released`` (its owner removed it, or lost
         it: the next owner must not serve them, and their owner cannot enable them again while
-        it does not hold the domain). Returns how many were disabled."""
+        it does not hold the domain). Returns how many were disabled. Each link leaves the map
+        as it is released, or as a repeat (the outbox's, after a failure) finds it released."""
         disabled = 0
         found = list(self.links_on(domain))
-        for link in found:
-            disabled += self._release(link)
-        if found:  # a repeat after a failed one finds them disabled: the change still goes out
-            self._changed([str(link["id"]) for link in found])
-        if disabled and self.totals is not None:
-            self.totals.add(disabled=disabled)
+        try:
+            for link in found:
+                disabled += self._release(link)
+                self._notify(str(link["domain"]), str(link["slug"]))
+        finally:  # what was disabled is counted whatever failed; a repeat moves the counter
+            if disabled and self.totals is not None:
+                self.totals.add(disabled=disabled)
+            if found:
+                self._changed([str(link["id"]) for link in found])
         return disabled
 
     def _release(self, link: Item | None, attempts: int = 10) -> int:
         """``link`` disabled and marked released, read again after each edit that won the race
         (a takeover's drain comes once: its owner's edits must not keep a link out of it).
-        1 if it was enabled before."""
+        1 if it was enabled before. The caller tells the map."""
         for _ in range(attempts):
             if link is None or link.get("disabled") and link.get("released"):
                 return 0
@@ -292,23 +297,34 @@ class LinkService:
             except ConflictError:
                 link = self.table.get(str(link["id"]))
                 continue
-            self._notify(link["domain"], link["slug"])
             return 0 if link.get("disabled") else 1
         raise LinkBusy(f"{link['id'] if link else '?'} kept changing while its domain left")
 
     def delete(self, domain: str, slug: str) -> None:
+        """Delete the link (the totals lose it once), then :meth:`gone`, even if that fails."""
         link = self._delete(link_id(domain, slug))
+        try:
+            if link is not None and self.totals is not None:  # a repeat finds none to take
+                self.totals.add(links=-1, disabled=-1 if link.get("disabled") else 0,
+                                visits=-int(link.get("visits") or 0))
+        finally:
+            self.gone(domain, slug)
         if link is None:
-            self._changed(link_id(domain, slug))  # a repeat: its first may not have said so
             raise LinkNotFound(f"{domain}/{slug} does not exist")
+
+    def gone(self, domain: str, slug: str) -> None:
+        """What follows a delete, each step harmless to repeat, so a delete asked again (its
+        first may have failed midway) finishes it: the edge's map and the change counter are
+        told the link is gone (each whatever the other does); its top entry and days go."""
+        key = link_id(domain, slug)
+        try:
+            self._notify(domain.lower(), slug)
+        finally:
+            self._changed(key)
         if self.totals is not None:
-            self.totals.add(links=-1, disabled=-1 if link.get("disabled") else 0,
-                            visits=-int(link.get("visits") or 0))
-            self.totals.forget(link["id"])
+            self.totals.forget(key)
         if self.stats is not None:
-            self.stats.forget(link_id(domain, slug))
-        self._changed(link["id"])
-        self._notify(link["domain"], link["slug"])
+            self.stats.forget(key)
 
     def _delete(self, key: str, attempts: int = 5) -> Item | None:
         """Delete the link as read (conditional on its version), so the totals lose what was
@@ -378,5 +394,7 @@ def _check_limits(values: dict[str, Any]) -> None:
     for name in ("valid_until", "max_visits"):
         value = values.get(name)
         if value is not None and (isinstance(value, bool)
-                                  or not isinstance(value, (int, float)) or value < 0):
+                                  or not isinstance(value, (int, float)) or not value >= 0):
             raise InvalidLink(name, "must be a positive number or null")
+    if (values.get("max_visits") or 0) > MAX_VISITS:  # DynamoDB's numbers hold 38 digits
+        raise InvalidLink("max_visits", f"at most {MAX_VISITS:,} (or null: no limit)")

@@ -17,6 +17,7 @@ from admin_app import create_app
 from control.wiring import Services
 from kit.procs import ManagedProcess, start_listening
 from kit.settings import Settings
+from shortlinks.errors import InvalidLink, LinkNotFound
 from tests.conftest import FakeClock, ServicesWith
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
@@ -238,3 +239,30 @@ def test_a_non_latin_1_target_is_stored_as_an_ascii_uri(client: FlaskClient) -> 
     patched = client.patch("/api/v1/links/acme.link/jp", headers=AUTH,
                            json={"target": "https://例え.jp/ü"})
     assert patched.get_json()["target"] == "https://xn--r8jz45g.jp/%C3%BC"
+
+
+def test_a_visit_limit_past_a_trillion_is_refused(client: FlaskClient,
+                                                  services: Services) -> None:
+    """Each visit of a limited link is a conditional ADD against its limit, and DynamoDB's
+    numbers hold 38 digits: a larger limit would fail every visit, so none past 10**12 is
+    kept, through the API or the service (the CSV import, the settings pages)."""
+    body = {"domain": "acme.link", "target": "https://example.com/", "owner": "pub_1"}
+    made = client.post("/api/v1/links", headers=AUTH,
+                       json={**body, "slug": "most", "max_visits": 10**12})
+    assert made.status_code == 201 and made.get_json()["max_visits"] == 10**12
+    for limit in (10**12 + 1, 10**40):
+        for answer in (client.post("/api/v1/links", headers=AUTH,
+                                   json={**body, "slug": "many", "max_visits": limit}),
+                       client.patch("/api/v1/links/acme.link/most", headers=AUTH,
+                                    json={"max_visits": limit})):
+            refused = answer.get_json()
+            assert answer.status_code == 400 and refused["field"] == "max_visits", refused
+            assert "1000000000000" in refused["error"], refused
+        with pytest.raises(InvalidLink, match="at most 1,000,000,000,000"):
+            services.links.create("acme.link", "https://example.com/", "pub_1",
+                                  max_visits=limit)
+        with pytest.raises(InvalidLink, match="at most 1,000,000,000,000"):
+            services.links.update("acme.link", "most", {"max_visits": limit})
+    assert services.links.get("acme.link", "most")["max_visits"] == 10**12
+    with pytest.raises(LinkNotFound):
+        services.links.get("acme.link", "many")
