@@ -30,6 +30,15 @@ handing out a visit twice:
   finds it gone at its next write or release: it gives back the announced visits it did not
   serve, since the other process counted them as served, and serves no more of them.
 
+A lease belongs to its link as it was made (``born``, the link's ``created_at``, in memory and
+in its item): a link deleted and made again with the same slug is another link. A process that
+finds the link it serves made again drops what its lease holds without giving it back (those
+visits were the deleted link's), and visits go back to a link only after a read that finds it
+still the one they were taken from (a deleted link keeps nothing; an item written before leases
+carried ``born`` goes back only to a link made before that item was written). A lowered limit
+is followed too: a process whose last ADD saw the counter past the new limit gives back what it
+holds before serving again, so it serves only what the new limit leaves.
+
 A v0.1.0 process beside these counts each visit with an unconditional ADD and refuses the
 visit when the total passes the limit: its refused visits only ever raise the counter, so the
 two together never serve past the limit either (tests/test_visit_leases.py).
@@ -39,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from store import ABSENT, VERSION, ConflictError, Item, StoreError, Table, TableSpec, every
 
@@ -67,6 +76,8 @@ class _Lease:
     seen: int = 0
     """The link's counter as the last ADD answered."""
     limit: int = 0
+    born: Any = None
+    """The ``created_at`` of the link the visits were taken from."""
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
@@ -100,14 +111,17 @@ class VisitLeases:
                 lease = self._held[key] = _Lease()
             return lease
 
-    def has_room(self, key: str) -> bool:
-        """Whether the next visit of ``key`` is served from memory (no store request)."""
+    def has_room(self, key: str, limit: int, born: Any) -> bool:
+        """Whether the next visit of ``key`` (``limit``, made at ``born``) is served from memory
+        (no store request)."""
         lease = self._held.get(key)
-        return lease is not None and lease.used + 8 < lease.upto  # room for the pool threads too
+        return lease is not None and lease.born == born and lease.seen <= limit \
+            and lease.used + 8 < lease.upto  # room for the pool threads too
 
-    def take(self, key: str, limit: int) -> int | None:
-        """One visit of link ``key`` limited to ``limit``: the link's counter as last seen (for
-        the kept top) if it is within the limit, None if not."""
+    def take(self, key: str, limit: int, born: Any) -> int | None:
+        """One visit of link ``key`` limited to ``limit``, as the caller read the link (made at
+        ``born``, its ``created_at``): the link's counter as last seen (for the kept top) if it
+        is within the limit, None if not."""
         if self._closed:  # stopping: each visit counted on its own, conditionally
             return self._links.increment(key, "visits", 1, existing_only=True, at_most=limit)
         while True:
@@ -115,11 +129,24 @@ class VisitLeases:
             with lease.lock:
                 if self._held.get(key) is not lease:
                     continue  # dropped as idle meanwhile: take the new one
+                self._follow_link(key, lease, limit, born)
                 lease.last_used, lease.limit = self._clock(), limit
                 if lease.used >= lease.upto and not self._room(key, lease, limit):
                     return None
                 lease.used += 1
                 return lease.seen
+
+    def _follow_link(self, key: str, lease: _Lease, limit: int, born: Any) -> None:
+        """The lease follows its link as the caller read it. A link made again (another
+        ``born``): what the lease holds is the deleted link's, dropped, not given back (its
+        item keeps its version: the next write overwrites it). A limit lowered below the
+        counter as this process's last ADD saw it: what the lease holds may be past it, so it
+        is given back, and the next block is taken under the new limit."""
+        if lease.born != born:
+            lease.granted = lease.stored = lease.upto = lease.used = lease.seen = 0
+            lease.born = born
+        elif limit < lease.seen and lease.granted > lease.used:
+            self._release(key, lease)
 
     def _room(self, key: str, lease: _Lease, limit: int) -> bool:
         """Room for one more visit: ``upto`` raised a step (with a new block first when the
@@ -140,7 +167,7 @@ class VisitLeases:
         stored = self._table.put({
             "id": f"{key}|{self.owner}", "link": key, "owner": self.owner,
             "format": LEASE_FORMAT, "granted": lease.granted, "upto": upto, "until": until,
-            "expires_at": until + KEPT}, expected_version=lease.version)
+            "born": lease.born, "expires_at": until + KEPT}, expected_version=lease.version)
         lease.version, lease.upto, lease.until = stored[VERSION], upto, until
         lease.stored = lease.granted
 
@@ -187,9 +214,25 @@ class VisitLeases:
                 return 0
         except ConflictError:
             return 0  # renewed or given back meanwhile
-        if unused > 0:
-            self._links.increment(key, "visits", -unused, existing_only=True)
-        return max(unused, 0)
+        if "born" in item:
+            return self._add_back(key, unused, lambda link: link.get("created_at") == item["born"])
+        # Written before leases named their link: given back only to a link made before the
+        # item was last written (its ``until`` less a lease's life).
+        written = float(item["until"]) - self._seconds
+        return self._add_back(key, unused,
+                              lambda link: float(link.get("created_at") or 0) <= written)
+
+    def _add_back(self, key: str, unused: int, taken_from: Callable[[Item], bool]) -> int:
+        """``unused`` visits given back to link ``key`` if it is the link they were taken from
+        (one read): a link deleted since gets nothing, and one made again with its slug none
+        of the deleted one's visits. Returns how many went back."""
+        if unused <= 0:
+            return 0
+        link = self._links.get(key)
+        if link is None or not taken_from(link):
+            return 0
+        self._links.increment(key, "visits", -unused, existing_only=True)
+        return unused
 
     def renew(self, idle: float | None = None) -> None:
         """At each flush: renew the leases used in the last ``idle`` seconds (default: half a
@@ -244,10 +287,10 @@ class VisitLeases:
     def _forget_and_add_back(self, key: str, lease: _Lease, unused: int) -> None:
         """The lease emptied first: an ADD whose answer is lost is then never repeated (its
         visits are lost at worst, never handed out twice)."""
-        lease.granted = lease.upto = lease.used = lease.stored = 0
+        lease.granted = lease.upto = lease.used = lease.stored = lease.seen = 0
         lease.version = ABSENT
-        if unused > 0:
-            self._links.increment(key, "visits", -unused, existing_only=True)
+        born = lease.born
+        self._add_back(key, unused, lambda link: link.get("created_at") == born)
 
     def close(self) -> None:
         """A clean stop: every lease given back; later visits are counted one by one."""

@@ -3,6 +3,8 @@ when the table is down, and visit counts buffered into periodic atomic ADDs.
 
 A visit costs one counter increment here: its User-Agent and Referer are buffered as they
 came and classified by the flusher (bots apart, referrer hosts, the day), off the request path.
+Each carries its link's ``created_at``: a flush writes a visit only to the link it came to, not
+to one deleted since, nor to one made again with its slug (nor to their days).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from shortlinks.leases import VisitLeases
 from shortlinks.changes import ANY_LINK, CHANGE_RING, change_slot, generation
@@ -32,8 +34,13 @@ class Verdict:
     vary: bool = False  # the target depends on the User-Agent (a per-device rule)
 
 
-Seen = tuple[str, int, bool, bool, str, str]
-"""A buffered visit: (link key, day, limited, HEAD, User-Agent, Referer)."""
+Seen = tuple[str, Any, int, bool, bool, str, str]
+"""A buffered visit: (link key, its ``created_at``, day, limited, HEAD, User-Agent, Referer)."""
+Totals = collections.Counter[tuple[str, Any, str]]
+"""Link totals to write: (link key, its ``created_at``, visits|bots) -> n."""
+Days = dict[tuple[str, Any, int], collections.Counter[str]]
+"""Day counts to write: (link key, its ``created_at``, day) -> visits, bots, ref:<host>."""
+_GONE = object()
 
 
 class Resolver:
@@ -65,9 +72,9 @@ class Resolver:
         self._cache: dict[str, tuple[float, Item | None]] = {}
         """link key -> (good until, the item or None for unknown)."""
         self._seen: collections.Counter[Seen] = collections.Counter()
-        self._unwritten: collections.Counter[tuple[str, str]] = collections.Counter()
-        """Link totals a flush could not write, (key, counter) -> n, for the next one."""
-        self._unwritten_days: dict[tuple[str, int], collections.Counter[str]] = {}
+        self._unwritten: Totals = collections.Counter()
+        """Link totals a flush could not write, for the next one."""
+        self._unwritten_days: Days = {}
         self._totals = LinkTotals(changes) if changes is not None else None
         self._limited: collections.Counter[str] = collections.Counter()
         """Visits a limited link counted itself since the last flush (for the kept totals)."""
@@ -77,19 +84,23 @@ class Resolver:
         self.store_errors = 0
         self.stale_served = 0
 
-    def _follow_changes(self, now: float) -> None:
-        """Read the links' change counter, at most every ``check_every`` seconds; if it moved,
-        drop the links its slots name (one batch read), or everything when they cannot say."""
-        if self._changes is None or now < self._next_check:
-            return
+    def _follow_changes(self, now: float, force: bool = False) -> bool:
+        """Read the links' change counter, at most every ``check_every`` seconds (``force``:
+        now); if it moved, drop the links its slots name (one batch read), or everything when
+        they cannot say. False when the cache cannot be said to follow the changes (no change
+        counter, or it cannot be read)."""
+        if self._changes is None:
+            return False
+        if now < self._next_check and not force:
+            return True
         self._next_check = now + self._check_every
         seen = self._generation
         try:
             current = generation(self._changes)
         except StoreError:
-            return  # the store is down: cached entries stay good (stale-if-error)
+            return False  # the store is down: cached entries stay good (stale-if-error)
         if current == seen:
-            return
+            return True
         try:
             changed = self._changed_links(self._changes, seen, current) if self._cache else None
         except StoreError as exc:  # the counter moved: what it names must not stay cached
@@ -99,12 +110,13 @@ class Resolver:
             changed = None
         with self._lock:
             if self._generation != seen:
-                return  # another thread followed them meanwhile
+                return True  # another thread followed them meanwhile
             if changed is None:
                 self._cache.clear()
             for key in changed or ():
                 self._cache.pop(key, None)
             self._generation = current
+        return True
 
     @staticmethod
     def _changed_links(changes: Table, seen: int, current: int) -> set[str] | None:
@@ -173,7 +185,8 @@ class Resolver:
         item = cached[1]
         if item is None or item.get("max_visits") is None:
             return True
-        return self.leases is not None and self.leases.has_room(link_id(domain, slug))
+        return self.leases is not None and self.leases.has_room(
+            link_id(domain, slug), int(item["max_visits"]), item.get("created_at"))
 
     @property
     def cache_size(self) -> int:
@@ -206,13 +219,13 @@ class Resolver:
         now = self._clock()
         if item.get("valid_until") is not None and item["valid_until"] <= now:
             return self._gone(item, "This short link has expired.")
-        limited = item.get("max_visits") is not None
+        limited, born = item.get("max_visits") is not None, item.get("created_at")
         if limited:
             # A limited link's visits are taken from the store's counter, never past the limit:
             # in blocks leased to this process, or one conditional ADD each. A bot's visit
             # counts too: a User-Agent is anyone's to claim.
             limit = int(item["max_visits"])
-            total = self.leases.take(key, limit) if self.leases is not None else \
+            total = self.leases.take(key, limit, born) if self.leases is not None else \
                 self._table.increment(key, "visits", 1, existing_only=True, at_most=limit)
             if total is None:
                 return self._gone(item, "This short link has reached its visit limit.")
@@ -220,7 +233,7 @@ class Resolver:
                 self._limited[key] += 1
                 self._limited_now[key] = total
         with self._lock:
-            self._seen[(key, int(now // 86400), limited, head, agent, referrer)] += 1
+            self._seen[(key, born, int(now // 86400), limited, head, agent, referrer)] += 1
         found = item.get("_locations") or locations(item)
         if len(found) == 1:
             return Verdict(int(item["code"]), target=found[""])
@@ -239,18 +252,17 @@ class Resolver:
             self._bots = BotDetector()
         return self._bots.is_bot(agent)
 
-    def _classify(self, pending: collections.Counter[Seen]) -> tuple[
-            collections.Counter[tuple[str, str]], dict[tuple[str, int], collections.Counter[str]]]:
-        """Buffered visits -> link totals ((key, visits|bots) -> n; a limited link's visits
-        are counted already) and day counts ((key, day) -> visits, bots, ref:<host>)."""
-        totals: collections.Counter[tuple[str, str]] = collections.Counter()
-        days: dict[tuple[str, int], collections.Counter[str]] = {}
-        for (key, day, limited, head, agent, referrer), count in pending.items():
+    def _classify(self, pending: collections.Counter[Seen]) -> tuple[Totals, Days]:
+        """Buffered visits -> link totals (a limited link's ``visits`` are counted already,
+        every answer, a bot's too: only its ``bots`` here) and day counts."""
+        totals: Totals = collections.Counter()
+        days: Days = {}
+        for (key, born, day, limited, head, agent, referrer), count in pending.items():
             bot = head or (bool(agent) and self._is_bot(agent))
             name = "bots" if bot else "visits"
-            if not limited:
-                totals[(key, name)] += count
-            counts = days.setdefault((key, day), collections.Counter())
+            if bot or not limited:
+                totals[(key, born, name)] += count
+            counts = days.setdefault((key, born, day), collections.Counter())
             counts[name] += count
             host = referrer_host(referrer) if referrer and not bot else None
             if host:
@@ -259,9 +271,10 @@ class Resolver:
 
     def flush_visits(self) -> int:
         """Write buffered visits: one atomic ADD per link and counter, then the day counts
-        (:class:`VisitStats`). What the store refuses is kept for the next flush, each count
-        apart, so none is written twice. Returns how many visits and bots were added to the
-        links' totals."""
+        (:class:`VisitStats`), each only to the link it came to (:meth:`_links_now`): a link
+        deleted since, or deleted and made again with its slug, gets none of them, nor do its
+        days. What the store refuses is kept for the next flush, each count apart, so none is
+        written twice. Returns how many visits and bots were added to the links' totals."""
         with self._lock:
             pending, self._seen = self._seen, collections.Counter()
             totals, self._unwritten = self._unwritten, collections.Counter()
@@ -270,31 +283,84 @@ class Resolver:
         totals.update(new_totals)
         for day_key, counts in new_days.items():
             days.setdefault(day_key, collections.Counter()).update(counts)
-        written = 0
-        failed: collections.Counter[tuple[str, str]] = collections.Counter()
-        visits = 0
-        visited: dict[str, int] = {}  # link -> its visits now, for the kept top
-        for (key, name), count in totals.items():
-            try:
-                now = self._table.increment(key, name, count)
-                written += count
-                if name == "visits" and now is not None:
-                    visits += count
-                    visited[key] = now
-            except StoreError:
-                failed[(key, name)] += count  # kept for the next flush
+        written, visits, failed, failed_days = 0, 0, totals, days
+        visited: dict[str, int] = {}
+        try:
+            live = self._links_now({key for key, _, _ in totals} | {key for key, _, _ in days})
+        except StoreError:
+            pass  # all kept for the next flush
+        else:
+            written, visits, visited, failed = self._write_totals(totals, live)
+            failed_days = self._write_days(days, live)
         self._add_to_totals(visits, visited)
-        failed_days: dict[tuple[str, int], collections.Counter[str]] = {}
-        if self._stats is not None:
-            for (key, day), counts in days.items():
-                left = self._stats.add(key, dict(counts), day=day)
-                if left:
-                    failed_days[(key, day)] = collections.Counter(left)
         with self._lock:
             self._unwritten.update(failed)
             for day_key, counts in failed_days.items():
                 self._unwritten_days.setdefault(day_key, collections.Counter()).update(counts)
         return written
+
+    def _links_now(self, keys: set[str]) -> dict[str, Any]:
+        """The ``created_at`` of each of ``keys`` whose link exists now: from the cache once
+        the change counter is read (a change drops the links it names), else one batch read
+        per ``BATCH_GET`` links. So a flush costs a store read or two, not one per visit."""
+        if not keys:
+            return {}
+        follows = self._follow_changes(self._ticks(), force=True)
+        now, found, unread = self._ticks(), {}, []
+        for key in keys:
+            cached = self._cache.get(key) if follows else None
+            if cached is None or cached[0] <= now:
+                unread.append(key)
+            elif cached[1] is not None:
+                found[key] = cached[1].get("created_at")
+        if unread:
+            found.update((key, item.get("created_at"))
+                         for key, item in self._table.get_many(unread).items())
+        return found
+
+    def _write_totals(self, totals: Totals, live: dict[str, Any]) -> tuple[
+            int, int, dict[str, int], Totals]:
+        """The links' totals, each an ADD only while its link exists (refused: dropped):
+        (visits and bots written, visits written, link -> its visits now, what failed)."""
+        written = visits = 0
+        visited: dict[str, int] = {}  # link -> its visits now, for the kept top
+        failed: Totals = collections.Counter()
+        for (key, born, name), count in totals.items():
+            if live.get(key, _GONE) != born:
+                continue  # not the link these visits came to
+            try:
+                now = self._table.increment(key, name, count, existing_only=True)
+            except StoreError:
+                failed[(key, born, name)] += count  # kept for the next flush
+                continue
+            if now is None:
+                continue  # deleted meanwhile
+            written += count
+            if name == "visits":
+                visits += count
+                visited[key] = now
+        return written, visits, visited, failed
+
+    def _write_days(self, days: Days, live: dict[str, Any]) -> Days:
+        """The day counts of the links still there; returns what failed."""
+        failed: Days = {}
+        if self._stats is None:
+            return failed
+        for (key, born, day), counts in days.items():
+            if live.get(key, _GONE) != born:
+                continue
+            left = self._stats.add(key, dict(counts), day=day, still=self._still(key, born))
+            if left:
+                failed[(key, born, day)] = collections.Counter(left)
+        return failed
+
+    def _still(self, key: str, born: Any) -> Callable[[], bool]:
+        """Whether link ``key`` is still the one made at ``born`` (a store read): asked when a
+        day item is made for its counts."""
+        def check() -> bool:
+            item = self._table.get(key)
+            return item is not None and item.get("created_at") == born
+        return check
 
     def _add_to_totals(self, visits: int, visited: dict[str, int]) -> None:
         """The kept totals (:mod:`shortlinks.totals`): this flush's visits and a limited

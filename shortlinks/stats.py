@@ -5,6 +5,8 @@ epoch), its counts as atomic counters beside it: ``visits``, ``bots`` (crawlers 
 maintained CrawlerDetect list, and HEAD requests) and ``ref:<host>``. The item carries
 ``expires_at`` (90 days after its day ends), so the retention sweep (store/sweep.py) or
 DynamoDB's TTL removes it, and a range index on (link, day): a read of N days is one query.
+Deleting a link deletes its days (:meth:`VisitStats.forget`); counts that arrive after it, which
+the caller can tell (``still``), do not make them again for a link made again with its slug.
 
 Who is a bot is decided off the request path: the resolver buffers the raw User-Agent and the
 flusher classifies it here, with a bounded cache per User-Agent (CrawlerDetect's regular
@@ -20,7 +22,8 @@ from urllib.parse import urlsplit
 
 import idna
 
-from store import ABSENT, ConflictError, Item, RangeIndex, StoreError, Table, TableSpec
+from store import (ABSENT, VERSION, ConflictError, Item, RangeIndex, StoreError, Table,
+                   TableSpec)
 
 LINK_DAYS = TableSpec("short_link_days", key="id", expiring=True,
                       ranges=(RangeIndex("by_link", key="link", sort="day"),))
@@ -98,28 +101,44 @@ class VisitStats:
     def key(link: str, day: int) -> str:
         return f"{link}@{day}"
 
-    def _ensure(self, link: str, day: int) -> str:
+    def _ensure(self, link: str, day: int, still: Callable[[], bool] | None = None) -> str | None:
+        """The key of ``link``'s day item, made if this process has not seen it yet. With
+        ``still`` (whether the link is still the one the counts came to: a store read, asked
+        only when the put made the item), an item made for a link deleted since, or deleted
+        and made again with its slug, is deleted again: None, the counts go with their link.
+        Asked after the put, so a delete of the link either finds the item (and deletes it)
+        or is seen here."""
         key = self.key(link, day)
-        if key not in self._made:
+        if key in self._made:
+            return key
+        try:
+            made = self.table.put({"id": key, "link": link, "day": day, "date": date_of(day),
+                                   "expires_at": (day + 1 + self._retention) * DAY},
+                                  expected_version=ABSENT)
+        except ConflictError:
+            made = None  # another process (or report) made it first
+        if made is not None and still is not None and not still():
             try:
-                self.table.put({"id": key, "link": link, "day": day, "date": date_of(day),
-                                "expires_at": (day + 1 + self._retention) * DAY},
-                               expected_version=ABSENT)
+                self.table.delete(key, expected_version=made[VERSION])
             except ConflictError:
-                pass  # another process (or report) made it first
-            if len(self._made) > 100_000:
-                self._made.clear()
-            self._made.add(key)
+                pass  # deleted with its link meanwhile
+            return None
+        if len(self._made) > 100_000:
+            self._made.clear()
+        self._made.add(key)
         return key
 
     def add(self, link: str, counts: dict[str, int], now: float | None = None,
-            day: int | None = None) -> dict[str, int]:
+            day: int | None = None, still: Callable[[], bool] | None = None) -> dict[str, int]:
         """Add ``counts`` (``visits``, ``bots``, ``ref:<host>``) to ``link``'s day, each as an
         atomic ADD; returns the counts that could not be written (the store failed), for the
-        caller to retry. Referrer hosts past ``max_referrers`` go to ``ref:(other)``."""
+        caller to retry. Referrer hosts past ``max_referrers`` go to ``ref:(other)``.
+        ``still``: see :meth:`_ensure` (without it the day item is made whatever the link)."""
         day = day_of(self._clock() if now is None else now) if day is None else day
         try:
-            key = self._ensure(link, day)
+            key = self._ensure(link, day, still)
+            if key is None:
+                return {}  # its link is gone: so are these counts
             counts = self._bounded(key, counts)
         except StoreError:
             return dict(counts)
@@ -129,10 +148,12 @@ class VisitStats:
                 continue
             try:
                 if self.table.increment(key, name, count, existing_only=True) is None:
-                    # Gone since this process made it (its link was deleted, and one with the
-                    # same slug made again): make it again, once.
+                    # Gone since this process made it: its link was deleted. Made again, once,
+                    # for a link made again with its slug (``still`` says whether these counts
+                    # are that link's; else they go with the deleted one).
                     self._made.discard(key)
-                    self._ensure(link, day)
+                    if self._ensure(link, day, still) is None:
+                        return failed
                     self.table.increment(key, name, count, existing_only=True)
             except StoreError:
                 failed[name] = count

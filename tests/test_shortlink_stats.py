@@ -15,6 +15,8 @@ from werkzeug.test import Client
 from control.wiring import Services
 from kit.settings import Settings
 from shortlinks.app import make_app
+from shortlinks.changes import LINK_CHANGES
+from shortlinks.leases import LINK_LEASES, VisitLeases
 from shortlinks.links import LINKS, InvalidLink, LinkService, is_plain
 from shortlinks.resolver import Resolver
 from shortlinks.stats import DAY, LINK_DAYS, BotDetector, VisitStats, referrer_host
@@ -151,10 +153,11 @@ def test_visits_per_day_bots_apart_and_referrer_hosts(links: LinkService, stats:
         assert visit(resolver, "lim", agent, referrer, method)[0] == 302
     day[0] -= DAY  # yesterday's visits, counted under yesterday
     visit(resolver, "s", DESKTOP, "https://bücher.example/")
-    assert resolver.flush_visits() == 8 + 0, "a limited link's total is counted per visit"
+    assert resolver.flush_visits() == 8 + 3, "a limited link's visits are counted per visit"
     link = links.get("acme.link", "s")
     assert (link["visits"], link["bots"]) == (5, 3)
-    assert links.get("acme.link", "lim")["visits"] == 7, "its limit counts bots too"
+    limited = links.get("acme.link", "lim")
+    assert (limited["visits"], limited["bots"]) == (7, 3), "its limit counts bots too"
 
     before = backend.requests
     found = links.visit_stats("acme.link", "s", 3)
@@ -209,6 +212,103 @@ def test_days_leave_after_90_days_and_with_their_link(links: LinkService, stats:
     assert sum(d["visits"] for d in stats.read("acme.link/old", 90)["days"]) == 0
     other.add("acme.link/old", {"visits": 3})  # the new link's visits are not lost
     assert sum(d["visits"] for d in stats.read("acme.link/old", 90)["days"]) == 3
+
+
+def changing(backend: Backend, check_every: float = 1.0) -> tuple[LinkService, Resolver]:
+    """Links with their change counter and a redirect process (its own day statistics, as
+    `edgectl shortlinks` has), which reads the counter at most every ``check_every`` s."""
+    links = LinkService(backend.table(LINKS), DOMAINS, changes=backend.table(LINK_CHANGES),
+                        stats=VisitStats(backend.table(LINK_DAYS)))
+    return links, Resolver(links.table, changes=links.changes, check_every=check_every,
+                           stats=VisitStats(backend.table(LINK_DAYS)))
+
+
+def nothing_of(links: LinkService, slug: str) -> None:
+    link = links.get("acme.link", slug)
+    assert (link.get("visits"), link.get("bots")) == (None, None)
+    found = links.visit_stats("acme.link", slug, 2)
+    assert [(day["visits"], day["bots"]) for day in found["days"]] == [(0, 0), (0, 0)]
+    assert found["referrers"] == []
+
+
+@pytest.mark.parametrize("made_today", [False, True])
+def test_visits_flushed_after_their_link_was_deleted_go_to_no_later_link(
+        backend: Backend, made_today: bool) -> None:
+    """The redirect process holds visits until its flush (every 2 s). Flushed after their
+    link was deleted, they are dropped: the next link made with the slug, by another
+    publication and with a visit limit, starts with no visits, bots or referrers, and is not
+    used up. ``made_today``: the process had made the deleted link's day item already."""
+    links, resolver = changing(backend)
+    links.create("acme.link", "https://a.example/", "pub_a", slug="promo")
+    if made_today:
+        visit(resolver, "promo", DESKTOP, "https://a.example/")
+        assert resolver.flush_visits() == 1
+    for agent in (DESKTOP, IPHONE, GOOGLEBOT):
+        assert visit(resolver, "promo", agent, "https://partner.example/private")[0] == 302
+    links.delete("acme.link", "promo")
+    assert resolver.flush_visits() == 0
+    links.create("acme.link", "https://b.example/", "pub_b", slug="promo", max_visits=2)
+    nothing_of(links, "promo")
+    fresh = Resolver(links.table, changes=links.changes)
+    assert [visit(fresh, "promo")[0] for _ in range(3)] == [302, 302, 410]
+
+
+def test_visits_of_a_link_made_again_before_the_flush_stay_with_their_link(
+        backend: Backend) -> None:
+    """Deleted and made again between two flushes, the slug's two links get each their own
+    visits: the deleted one's are dropped, the new one's counted, with their referrers."""
+    links, resolver = changing(backend, check_every=0.0)
+    links.create("acme.link", "https://a.example/", "pub_a", slug="promo")
+    for _ in range(3):
+        visit(resolver, "promo", DESKTOP, "https://old.example/")
+    links.delete("acme.link", "promo")
+    links.create("acme.link", "https://b.example/", "pub_b", slug="promo")
+    assert visit(resolver, "promo", DESKTOP, "https://new.example/")[1] == "https://b.example/"
+    assert resolver.flush_visits() == 1
+    assert links.get("acme.link", "promo")["visits"] == 1
+    found = links.visit_stats("acme.link", "promo", 1)
+    assert found["days"][0]["visits"] == 1
+    assert found["referrers"] == [{"host": "new.example", "visits": 1}]
+
+
+@pytest.mark.parametrize("still", [False, True])
+def test_a_day_item_is_made_again_only_for_the_link_the_counts_came_to(
+        links: LinkService, stats: VisitStats, still: bool) -> None:
+    """A day item this process made is gone (its link was deleted): made again only when
+    ``still`` says the counts are the link's that now has the slug; a new day item made for
+    a link that is no longer the counts' is deleted again. Either way nothing is left to
+    fail (no count to retry)."""
+    links.create("acme.link", "https://example.com/", "p", slug="d")
+    assert stats.add("acme.link/d", {"visits": 1}) == {}
+    links.delete("acme.link", "d")  # its day goes
+    links.create("acme.link", "https://example.com/", "q", slug="d")
+    counts = {"visits": 2, "ref:a.example": 2}
+    assert stats.add("acme.link/d", counts, still=lambda: still) == {}
+    assert VisitStats(stats.table).add("acme.link/e", counts, still=lambda: still) == {}
+    for link in ("acme.link/d", "acme.link/e"):
+        found = stats.read(link, 1)
+        assert found["days"][0]["visits"] == (2 if still else 0)
+        assert found["referrers"] == ([{"host": "a.example", "visits": 2}] if still else [])
+    assert len(stats.table.query_range("by_link", "acme.link/e").items) == int(still)
+
+
+def test_a_limited_links_bots_are_totalled_too(backend: Backend, links: LinkService,
+                                               stats: VisitStats) -> None:
+    """Its ``visits`` is its limit's counter (every answer, a bot's too); its ``bots`` total
+    is kept as a plain link's is."""
+    links.create("acme.link", "https://example.com/", "p", slug="lim", max_visits=100)
+    resolver = Resolver(links.table, stats=stats, leases=VisitLeases(
+        links.table, backend.table(LINK_LEASES), "p"))
+    for agent, method in ((GOOGLEBOT, "GET"), (GOOGLEBOT, "GET"), (DESKTOP, "HEAD"),
+                          (DESKTOP, "GET")):
+        assert visit(resolver, "lim", agent, method=method)[0] == 302
+    assert resolver.flush_visits() == 3
+    assert resolver.leases is not None
+    resolver.leases.close()  # what the lease did not serve goes back
+    link = links.get("acme.link", "lim")
+    assert (link["visits"], link.get("bots")) == (4, 3)
+    day = links.visit_stats("acme.link", "lim", 1)["days"][0]
+    assert (day["visits"], day["bots"]) == (1, 3)
 
 
 def test_bot_verdicts_are_cached_and_bounded() -> None:
