@@ -6,13 +6,12 @@ from typing import Any, Callable, Iterable
 
 from kit.hosts import host_without_port
 from shortlinks.links import SLUG
-from shortlinks.resolver import Resolver
+from shortlinks.resolver import Resolver, Verdict
 from shortlinks.targets import location
 from store import StoreError
 
 StartResponse = Callable[..., Any]
-CACHE = {301: "public, max-age=86400", 308: "public, max-age=86400",
-         302: "private, no-store", 307: "private, no-store"}
+DAY = 86400
 STATUS = {301: "301 Moved Permanently", 302: "302 Found", 307: "307 Temporary Redirect",
           308: "308 Permanent Redirect"}
 
@@ -44,10 +43,19 @@ def make_app(resolver: Resolver) -> Callable[[dict[str, Any], StartResponse], It
             status = "404 Not Found" if verdict.status == 404 else "410 Gone"
             return page(start_response, status, verdict.reason)
         headers = [("Location", location(verdict.target)),
-                   ("Cache-Control", CACHE[verdict.status]), ("X-Robots-Tag", "noindex"),
+                   ("Cache-Control", cache_control(verdict)), ("X-Robots-Tag", "noindex"),
                    ("Content-Length", "0")]
         if verdict.vary:
             headers.append(("Vary", "User-Agent"))
         start_response(STATUS[verdict.status], headers)
         return [b""]
     return app
+
+
+def cache_control(verdict: Verdict) -> str:
+    """A 301/308 is kept a day by browsers and shared caches, which then replay it unasked: a
+    limited link's never (each visit must be counted against its limit), an expiring one's
+    no longer than it lives (as the edge's map answers it)."""
+    if verdict.status in (302, 307) or verdict.lives is not None and verdict.lives < 1:
+        return "private, no-store"
+    return f"public, max-age={int(min(DAY, verdict.lives or DAY))}"

@@ -32,6 +32,7 @@ class Verdict:
     target: str | None = None
     reason: str = ""
     vary: bool = False  # the target depends on the User-Agent (a per-device rule)
+    lives: float | None = None  # seconds it may be cached: 0 limited, else to its expiry
 
 
 Seen = tuple[str, Any, int, bool, bool, str, str]
@@ -235,10 +236,12 @@ class Resolver:
         with self._lock:
             self._seen[(key, born, int(now // 86400), limited, head, agent, referrer)] += 1
         found = item.get("_locations") or locations(item)
+        lives = 0 if limited else None if item.get("valid_until") is None else \
+            item["valid_until"] - now
         if len(found) == 1:
-            return Verdict(int(item["code"]), target=found[""])
+            return Verdict(int(item["code"]), target=found[""], lives=lives)
         return Verdict(int(item["code"]), target=found.get(device_of(agent), found[""]),
-                       vary=True)
+                       vary=True, lives=lives)
 
     @staticmethod
     def _gone(item: Item, reason: str) -> Verdict:

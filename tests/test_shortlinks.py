@@ -88,7 +88,17 @@ def test_redirects_carry_fitting_cache_headers(links: LinkService, table: Table)
     assert temp.headers["Cache-Control"] == "private, no-store"
     assert temp.headers["X-Robots-Tag"] == "noindex"
     perm = redirect(table, "acme.link", "perm")
-    assert perm.status_code == 301 and "max-age" in perm.headers["Cache-Control"]
+    assert perm.status_code == 301 and perm.headers["Cache-Control"] == "public, max-age=86400"
+    # A cache replays a 301/308 unasked: a limited link's never, an expiring one's no longer
+    # than it lives (else visits past its limit or its end would be answered, uncounted).
+    links.create("acme.link", "https://example.com/l", owner="p", slug="limited", code=308,
+                 max_visits=10)
+    links.create("acme.link", "https://example.com/b", owner="p", slug="brief", code=301,
+                 valid_until=time.time() + 600)
+    assert redirect(table, "acme.link", "limited").headers["Cache-Control"] == \
+        "private, no-store"
+    brief = redirect(table, "acme.link", "brief").headers["Cache-Control"]
+    assert brief.startswith("public, max-age=") and 590 <= int(brief.split("=")[1]) <= 600
     assert redirect(table, "acme.link", "missing").status_code == 404
     assert redirect(table, "other.test", "temp").status_code == 404
     assert redirect(table, "acme.link", "../etc").status_code == 404
