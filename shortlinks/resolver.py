@@ -345,12 +345,17 @@ class Resolver:
         return written, visits, visited, failed
 
     def _write_days(self, days: Days, live: dict[str, Any]) -> Days:
-        """The day counts of the links still there; returns what failed."""
+        """The day counts of the links still there (:meth:`VisitStats.strays`); what failed."""
+        mine = {k: counts for k, counts in days.items() if live.get(k[0], _GONE) == k[1]}
+        if self._stats is None or not mine:
+            return {}
+        try:
+            strays = self._stats.strays({(k, d): b for k, b, d in mine}, self._table.get_many)
+        except StoreError:
+            return mine
         failed: Days = {}
-        if self._stats is None:
-            return failed
-        for (key, born, day), counts in days.items():
-            if live.get(key, _GONE) != born:
+        for (key, born, day), counts in mine.items():
+            if (key, day) in strays:
                 continue
             left = self._stats.add(key, dict(counts), day=day, still=self._still(key, born))
             if left:

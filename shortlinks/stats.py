@@ -101,6 +101,43 @@ class VisitStats:
     def key(link: str, day: int) -> str:
         return f"{link}@{day}"
 
+    def strays(self, wanted: dict[tuple[str, int], Any],
+               read: Callable[[list[str]], dict[str, Item]]) -> set[tuple[str, int]]:
+        """Make the day items of ``wanted`` ((link, day) -> the ``created_at`` of the link the
+        counts came to) this process has not seen yet, a put each, then read their links in
+        one batch (``read``: ``get_many``): an item made for a link deleted since, or made
+        again, is deleted again. Returns those (link, day), whose counts must go. Read after
+        the puts, so a delete of the link either found the item or is seen here (as
+        :meth:`_ensure`'s ``still``, in a read per hundred links, not per link)."""
+        made: dict[tuple[str, int], int] = {}
+        for link, day in wanted:
+            key = self.key(link, day)
+            if key in self._made:
+                continue
+            try:
+                made[(link, day)] = self.table.put(
+                    {"id": key, "link": link, "day": day, "date": date_of(day),
+                     "expires_at": (day + 1 + self._retention) * DAY},
+                    expected_version=ABSENT)[VERSION]
+            except ConflictError:
+                pass  # another process (or report) made it first
+            self._seen(key)
+        links = read(sorted({link for link, _ in made})) if made else {}
+        gone = {(link, day) for link, day in made if links.get(link) is None
+                or links[link].get("created_at") != wanted[(link, day)]}
+        for link, day in gone:
+            self._made.discard(self.key(link, day))
+            try:
+                self.table.delete(self.key(link, day), expected_version=made[(link, day)])
+            except ConflictError:
+                pass  # deleted with its link meanwhile
+        return gone
+
+    def _seen(self, key: str) -> None:
+        if len(self._made) > 100_000:
+            self._made.clear()
+        self._made.add(key)
+
     def _ensure(self, link: str, day: int, still: Callable[[], bool] | None = None) -> str | None:
         """The key of ``link``'s day item, made if this process has not seen it yet. With
         ``still`` (whether the link is still the one the counts came to: a store read, asked
@@ -123,9 +160,7 @@ class VisitStats:
             except ConflictError:
                 pass  # deleted with its link meanwhile
             return None
-        if len(self._made) > 100_000:
-            self._made.clear()
-        self._made.add(key)
+        self._seen(key)
         return key
 
     def add(self, link: str, counts: dict[str, int], now: float | None = None,

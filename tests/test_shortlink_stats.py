@@ -6,6 +6,7 @@ import datetime
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -269,6 +270,26 @@ def test_visits_of_a_link_made_again_before_the_flush_stay_with_their_link(
     found = links.visit_stats("acme.link", "promo", 1)
     assert found["days"][0]["visits"] == 1
     assert found["referrers"] == [{"host": "new.example", "visits": 1}]
+
+
+def test_a_link_deleted_while_its_visits_are_flushed_gets_no_day_item(
+        backend: Backend) -> None:
+    """The flush reads which links are there, then makes their day items: a delete landing
+    between the two (its days' delete finds no item yet) is seen by the one batch read that
+    follows the puts, and the item goes again; the next link with the slug starts empty."""
+    links, resolver = changing(backend)
+    links.create("acme.link", "https://a.example/", "pub_a", slug="promo")
+    visit(resolver, "promo", DESKTOP, "https://partner.example/private")
+    read = resolver._links_now
+
+    def deleted_meanwhile(keys: set[str]) -> dict[str, Any]:
+        found = read(keys)
+        links.delete("acme.link", "promo")
+        return found
+    resolver._links_now = deleted_meanwhile  # type: ignore[method-assign]
+    resolver.flush_visits()
+    links.create("acme.link", "https://b.example/", "pub_b", slug="promo")
+    nothing_of(links, "promo")
 
 
 @pytest.mark.parametrize("still", [False, True])
