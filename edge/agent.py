@@ -275,6 +275,7 @@ class EdgeAgent(ControlClient):
     def sync(self) -> bool:
         """One round: fetch, apply if changed, report. True if something new was applied."""
         try:
+            self._serve_files()
             have = self.node.applied_version if self.node.haproxy.running else None
             desired = self.fetch(have)
             if desired is None:
@@ -302,6 +303,18 @@ class EdgeAgent(ControlClient):
             return applied
         finally:
             self._report()
+
+    def _serve_files(self) -> None:
+        """HAProxy died (a crash, an OOM kill): serve the node's files again first, as the
+        control service may be away for a while. Files that fail to start are reported, and
+        the state is applied anew once the control service answers."""
+        if self.node.haproxy.running:
+            return
+        try:
+            with self._applying():
+                self.node.start()
+        except EdgeError as exc:
+            log.warning("%s", exc)
 
     def _report(self) -> None:
         self._request("POST", f"/api/v1/edge/nodes/{self.node_id}", timeout=10, json={

@@ -35,6 +35,10 @@ class ConfigRejected(EdgeError):
         self.output = output
 
 
+class ReloadFailed(EdgeError):
+    """HAProxy checked a config but could not load it on reload; the old workers serve on."""
+
+
 def unix_command(path: Path, text: str, timeout: float = 30) -> str:
     """Send one command to a HAProxy CLI socket and read the whole answer."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -182,20 +186,35 @@ class HAProxy:
             time.sleep(0.05)
 
     def reload(self, timeout: float = 60.0) -> None:
-        """Seamless reload (the master re-reads the config path; listeners pass by fd)."""
+        """Seamless reload (the master re-reads the config path; listeners pass by fd).
+        Raises :class:`ReloadFailed` once the master says it could not load the config (a
+        port taken, say, which ``haproxy -c`` does not see): its old workers keep serving."""
         pid = self.pid
         assert pid is not None
-        before = set(self.workers())
+        _, before, reloads, _ = self._show_proc()
         os.kill(pid, signal.SIGUSR2)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if set(self.workers()) - before:
+            _, workers, now, failed = self._show_proc()
+            if set(workers) - set(before):
                 return
+            if reloads is not None and now is not None and now > reloads and failed:
+                raise ReloadFailed(f"HAProxy could not load {self.config_path} and keeps "
+                                   f"serving the config before: {self._log_tail()}")
             if not self.running:
-                tail = self.process.tail() if self.process is not None else ""
-                raise EdgeError(f"HAProxy master exited on reload: {tail}")
+                raise EdgeError(f"HAProxy master exited on reload: {self._log_tail()}")
             time.sleep(0.05)
         raise EdgeError("HAProxy did not start a new worker after reload")
+
+    def _log_tail(self, lines: int = 40) -> str:
+        """The master's alerts among the last ``lines`` of HAProxy's log (all if none)."""
+        try:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        master = f"({self.pid}) :"
+        alerts = [line for line in tail if line.startswith("[ALERT]") and master in line]
+        return "\n".join(alerts or tail[-8:])
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """Stop the master this object drives, or the one a previous agent left running;
@@ -237,13 +256,14 @@ class HAProxy:
         """PIDs of the current workers, from the master CLI's ``show proc``."""
         return self._show_proc()[1]
 
-    def _show_proc(self) -> tuple[int | None, list[int]]:
-        """(the PID of the master answering on the master socket, its current workers)."""
+    def _show_proc(self) -> tuple[int | None, list[int], int | None, int]:
+        """(the PID of the master answering on the master socket, its current workers, its
+        reloads so far, the failed ones since the last that loaded: ``[failed: N]``)."""
         try:
             output = self.master_command("show proc")
         except OSError:
-            return None, []
-        master, workers, section = None, [], "master"
+            return None, [], None, 0
+        master, workers, section, reloads, failed = None, [], "master", None, 0
         for line in output.splitlines():
             if line.startswith("#"):
                 section = line.lstrip("# ").split(" ")[0]
@@ -251,9 +271,12 @@ class HAProxy:
             fields = line.split()
             if len(fields) > 1 and fields[1] == "master":
                 master = int(fields[0])
+                reloads = int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else None
+                if len(fields) > 4 and fields[3] == "[failed:" and fields[4][:-1].isdigit():
+                    failed = int(fields[4][:-1])
             elif section == "workers" and len(fields) > 1 and fields[1] == "worker":
                 workers.append(int(fields[0]))
-        return master, workers
+        return master, workers, reloads, failed
 
 
 class NodeLock:

@@ -5,9 +5,11 @@ that size. So each change appends one line to ``<release>/changes.jsonl`` (fsync
 version it brings and the absolute new value of each changed route (publication id, or null:
 removed) and redirect (map value, or null), and the new extras of a route whose extras
 changed. The release's files plus the journal, replayed in order, are the state the node
-serves; replaying a line twice changes nothing, so folding the journal into the files (:func:`fold_redirects`, the node's ``compact``) may be interrupted at
-any point. The node folds it before HAProxy reads the files (a start or a reload), when it
-grows past a threshold, and when the agent is idle.
+serves; replaying a line twice changes nothing, so folding the journal into the files
+(:func:`fold_redirects`, the node's ``compact``) may be interrupted at any point. The node
+folds it before HAProxy reads the files (a start or a reload), when it grows past a
+threshold, and when the agent is idle. A line torn by a crash or a full disk is no change:
+it is skipped when read and cut off before the next append.
 """
 from __future__ import annotations
 
@@ -32,9 +34,12 @@ def append(release: Path, version: str, routes: Changes, redirects: Changes,
     line = json.dumps(entry, separators=(",", ":")) + "\n"
     path = release / NAME
     created = not path.exists()
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PUBLIC)
+    descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PUBLIC)
     try:
-        os.write(descriptor, line.encode())
+        _cut_torn_tail(descriptor)
+        data = line.encode()
+        while data:  # a short write (a disk filling up) is not the whole line
+            data = data[os.write(descriptor, data):]
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
@@ -42,16 +47,52 @@ def append(release: Path, version: str, routes: Changes, redirects: Changes,
         fsync_directory(release)
 
 
+def _cut_torn_tail(descriptor: int) -> None:
+    """A crash or a full disk mid-append leaves a line without its newline (and an append
+    before this check glued its line onto such bytes): cut the file back to its last line
+    that decodes, so the next line is not glued onto them and no torn line ends up inside."""
+    end = os.fstat(descriptor).st_size
+    if end and os.pread(descriptor, 1, end - 1) != b"\n":
+        end = _line_start(descriptor, end - 1)
+        os.ftruncate(descriptor, end)
+    if end:
+        start = _line_start(descriptor, end - 1)
+        try:
+            json.loads(os.pread(descriptor, end - start, start))
+        except ValueError:
+            os.ftruncate(descriptor, start)
+
+
+def _line_start(descriptor: int, position: int, chunk: int = 65536) -> int:
+    """Where the line holding the byte before ``position`` starts (after the newline before)."""
+    while position > 0:
+        start = max(0, position - chunk)
+        newline = os.pread(descriptor, position - start, start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        position = start
+    return 0
+
+
 def entries(release: Path) -> Iterator[dict[str, object]]:
-    """The journal's changes in order; a torn last line (a crash mid-append) is not one."""
+    """The journal's changes in order; a torn last line (a crash mid-append) is not one, nor
+    a last line that does not decode (torn bytes an append was glued onto)."""
+    last: str | None = None
     try:
-        with open(release / NAME, encoding="utf-8") as journal:
+        with open(release / NAME, encoding="utf-8", errors="replace") as journal:
             for line in journal:
-                if not line.endswith("\n"):
-                    return
-                yield json.loads(line)
+                if last is not None:
+                    yield json.loads(last)
+                last = line
     except FileNotFoundError:
         return
+    if last is None or not last.endswith("\n"):
+        return
+    try:
+        entry = json.loads(last)
+    except ValueError:
+        return
+    yield entry
 
 
 def replay(release: Path) -> tuple[str | None, Changes, Changes, int]:

@@ -14,13 +14,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from edge import hotapply, journal, releases
 from edge.errors import EdgeError
 from edge.haproxy import ConfigRejected, HAProxy
+from edge.journaled import Journaled as Journaled
 from edge.node_health import NodeHealth
 from edge.plan import Change, Plan, check_pem, make_plan
 from edge.releases import Releases
@@ -38,37 +38,6 @@ LOAD_SECONDS_PER_CERT = 0.005
 """How long HAProxy may take to start or reload: it parses every certificate of the release
 first (1.1-1.5 ms each measured here with OpenSSL 3.0, so about 150 s at 100,000); a fixed
 limit would call a large node's start or reload failed while it is still loading."""
-
-
-class Journaled:
-    """What an edge node and a shard router (edge/router.py) share about the hot changes they
-    journal beside the files HAProxy reads: how many wait to be folded into the files, when the
-    last came, and when to fold them (:meth:`compact`, each its own)."""
-
-    def __init__(self, compact_after: int) -> None:
-        self.compact_after = compact_after
-        self._journaled = 0
-        """Changes in the journal, not yet folded into the files."""
-        self.last_change = time.monotonic()
-
-    def compact(self) -> bool:
-        """Fold the journal into the files; True if there was anything to fold."""
-        raise NotImplementedError
-
-    def _noted(self, changes: int) -> None:
-        self._journaled += changes
-        self.last_change = time.monotonic()
-
-    def _compact_if_long(self) -> None:
-        """Past ``compact_after`` changes, a restart would replay too long a journal."""
-        if self._journaled > self.compact_after:
-            self.compact()
-
-    def compact_if_idle(self, idle: float = 10.0) -> bool:
-        """Fold the journal once no change came for ``idle`` seconds (debounced)."""
-        if self._journaled and time.monotonic() - self.last_change >= idle:
-            return self.compact()
-        return False
 
 
 class EdgeNode(Journaled):
@@ -108,6 +77,11 @@ class EdgeNode(Journaled):
         self._unservable = False
         """The current release's files failed to start: no version counts as served, so the
         next apply writes a new release instead of starting the same files again."""
+        self._files_ahead = False
+        self._confirmed: str | None = None
+        """With ``_files_ahead``: a reload of the files failed after a hot change HAProxy
+        refused, so HAProxy serves ``_confirmed`` at best (reported as applied) and the next
+        apply renders a new release rather than change a HAProxy that does not serve them."""
         releases.ensure_default_cert(self.layout.default_cert)
         self.health = NodeHealth(self.layout.health_map, self.runtime,
                                  served=self.applied_version is not None,
@@ -123,6 +97,8 @@ class EdgeNode(Journaled):
     def applied_version(self) -> str | None:
         if self._unservable:
             return None
+        if self._files_ahead:
+            return self._confirmed
         if self._applied is None:
             marker = self.current / "VERSION"
             if not marker.exists():
@@ -160,12 +136,14 @@ class EdgeNode(Journaled):
             raise
 
     def apply(self, state: DesiredState, force: bool = False) -> bool:
-        """Serve ``state``; False if it was already served. Raises (keeping the old state) if refused.
+        """Serve ``state``; False if it was already served. Raises (keeping the old state) if
+        refused.
 
         Route and certificate changes go through the runtime API with no reload; anything
         structural (servers, templates, a node that is not running) takes a checked reload.
         """
-        if state.version == self.applied_version and self.haproxy.running:
+        if state.version == self.applied_version and self.haproxy.running \
+                and not self._files_ahead:
             return False
         plan = self.plan(state)
         cold = not self.haproxy.running and 0 < self.cold_slice < len(state.routes)
@@ -178,14 +156,16 @@ class EdgeNode(Journaled):
             plan = self._start_with_first_slice(state)
             links = {}  # its release holds every link: only certificates stream in
         if self._can_hot_apply(state.config) and not self._new_meta_keys(state.routes):
+            confirmed = self.applied_version
             try:
                 self._hot_apply(plan.changes, links, state.version, check=cold)
                 self.compact()  # a whole state costs O(N) anyway: leave no journal behind
                 self.health.mark(True, running=True)
                 return True
             except (RuntimeCommandFailed, OSError) as exc:
-                log.warning("hot apply failed, falling back to a reload: %s", exc)
-                self._forget()
+                log.warning("hot apply failed, falling back to a new release: %s", exc)
+                self._forget()  # HAProxy may hold part of it: it serves what it confirmed
+                self._files_ahead, self._confirmed = True, confirmed
         self._apply_release(state)
         self._served = {r.hostname: r for r in state.routes}
         self._map_checked = True
@@ -222,17 +202,27 @@ class EdgeNode(Journaled):
         with self._refusal_noted():
             plan = hotapply.plan_delta(self.existing_routes(), delta, force)
         links = {key: r.value if r is not None else None for key, r in delta.redirects.items()}
+        confirmed = self.applied_version
         try:
             self._hot_apply(plan.changes, links, delta.version)
         except (RuntimeCommandFailed, OSError) as exc:
             log.warning("hot change failed, reloading from the files: %s", exc)
-            self._forget()
-            self.compact()
-            self.haproxy.reload(_load_timeout(releases.routes_in_files(self.current)))
-            self.reloads += 1
+            self._reload_files(confirmed)
         self._compact_if_long()
         self.health.mark(True, running=True)  # a delta applies on a whole state
         return True
+
+    def _reload_files(self, confirmed: str | None) -> None:
+        """Serve the files (which hold a change HAProxy refused hot) by a reload; until one
+        succeeds, HAProxy serves ``confirmed`` at best (``_files_ahead``)."""
+        self._forget()
+        self._files_ahead, self._confirmed = True, confirmed
+        with self._refusal_noted():
+            self.compact()
+            self.haproxy.reload(_load_timeout(releases.routes_in_files(self.current)))
+        self._forget()
+        self._files_ahead = False
+        self.reloads += 1
 
     def _start_with_first_slice(self, state: DesiredState) -> Plan:
         """Cold start: HAProxy's load time grows faster than linearly with certificates, so
@@ -249,6 +239,8 @@ class EdgeNode(Journaled):
         return self.plan(state)
 
     def _can_hot_apply(self, config: EdgeConfig) -> bool:
+        if self._files_ahead:  # HAProxy does not serve the files: a new release first
+            return False
         marker = self.current / "STRUCTURE"
         if self._structure_served is None and marker.exists():
             self._structure_served = marker.read_text()
@@ -302,42 +294,43 @@ class EdgeNode(Journaled):
 
     def _apply_release(self, state: DesiredState, meta: list[str] | None = None) -> None:
         self.compact()  # HAProxy is about to read the files
-        started = False
-        if state.version != self.applied_version:
-            started = self._swap_in(self._write_release(state, meta), len(state.routes))
-        if not started and self.haproxy.running:
-            self.haproxy.reload(_load_timeout(len(state.routes)))
-        elif not started:
-            self.haproxy.start(_load_timeout(len(state.routes)))
+        timeout = _load_timeout(len(state.routes))
+        with self._refusal_noted():
+            if state.version != self.applied_version or self._files_ahead:
+                self._swap_in(self._write_release(state, meta), len(state.routes))
+            elif self.haproxy.running:
+                self.haproxy.reload(timeout)
+            else:
+                self.haproxy.start(timeout)
         self.last_error = None
         self.reloads += 1
         self.releases.prune()
         log.info("edge now serves version %s (%d routes)", state.version, len(state.routes))
 
-    def _swap_in(self, release: Path, routes: int) -> bool:
-        """Make ``release`` current once HAProxy accepts it; True if that started HAProxy.
-        A release refused is discarded, the previous one current again."""
+    def _swap_in(self, release: Path, routes: int) -> None:
+        """Make ``release`` current and have HAProxy serve it: reloaded, or started if nothing
+        runs. A release HAProxy refuses, or a reload that fails (its old workers serve on),
+        is discarded: the previous release current again, what HAProxy serves."""
         previous = self.releases.served()
         try:
             if not self.haproxy.running:  # a master a killed agent left: reloaded, not doubled
                 self.haproxy.adopt(_load_timeout(routes))
-            if self.haproxy.running:
+            running = self.haproxy.running
+            if running:
                 self.haproxy.check(release / "haproxy.cfg")
             self.releases.swap(release)
             self._forget()
             self._unservable = False
             self._journaled = 0
-            if self.haproxy.running:
-                return False
-            # Nothing serves yet: starting is the check (a separate `haproxy -c` would parse
-            # every certificate twice before the first is served).
-            self._start_checked(release, routes)
-            return True
-        except Exception as exc:
+            if running:
+                self.haproxy.reload(_load_timeout(routes))
+            else:  # starting is the check: a separate `haproxy -c` would parse every
+                self._start_checked(release, routes)  # certificate twice before the first
+            self._files_ahead = False
+        except Exception:
             if self.current.exists() and self.current.resolve() == release:
                 self._forget()
             self.releases.discard(release, previous)
-            self.last_error = str(exc)
             raise
 
     def _start_checked(self, release: Path, routes: int) -> None:
@@ -347,15 +340,31 @@ class EdgeNode(Journaled):
             raise ConfigRejected(release / "haproxy.cfg", str(exc)) from exc
 
     def start(self) -> None:
-        """Serve whatever was applied last (after a restart of the node)."""
+        """Serve whatever was applied last (after a restart of the node), or adopt the HAProxy
+        a previous agent left, reloaded if it reads another release than ``current``."""
         if self.applied_version and not self.haproxy.running:
             self.compact()
+            timeout = _load_timeout(releases.routes_in_files(self.current))
             try:
-                self.haproxy.start(_load_timeout(releases.routes_in_files(self.current)))
+                self.haproxy.start(timeout)
             except EdgeError as exc:
                 self._unservable = True
                 self.last_error = f"HAProxy did not start from the files: {exc}"
                 raise
+            if self.haproxy.adopted is not None and not self._reads_current():
+                self._reload_files(None)  # what it serves is not known until then
+            elif self._files_ahead:  # started from them: it serves the files now
+                self._files_ahead = False
+                self._forget()
+
+    def _reads_current(self) -> bool:
+        """Whether the running HAProxy reads the current release's maps (an agent killed
+        between the swap of ``current`` and the reload leaves one reading the release before)."""
+        try:
+            listing = self.runtime.command("show map")
+        except (OSError, RuntimeCommandFailed):
+            return False
+        return f"({self.current.resolve() / 'hosts.map'})" in listing
 
     def stop(self) -> None:
         self.haproxy.stop()

@@ -145,6 +145,7 @@ class RouterAgent(ControlClient):
         """One round: fetch, apply, report. True if something new was applied. A round that
         fails still reports (the router's error), but raises its own error, not the report's."""
         try:
+            self._serve_files()
             applied = self._apply(self.fetch())
         except Exception:
             with contextlib.suppress(Exception):
@@ -152,6 +153,17 @@ class RouterAgent(ControlClient):
             raise
         self._report()
         return applied
+
+    def _serve_files(self) -> None:
+        """HAProxy died (a crash, an OOM kill): serve the router's files again first, as the
+        control service may be away for a while (a start that fails is reported)."""
+        if self.router.haproxy.running:
+            return
+        try:
+            with self._applying():
+                self.router.start()
+        except EdgeError as exc:
+            log.warning("%s", exc)
 
     def _apply(self, update: RouterUpdate | None) -> bool:
         with self._applying():
