@@ -2,13 +2,21 @@
 
 We ask the zone's authoritative servers directly (found by walking up to the zone cut), so a
 record a publisher just created is seen at once; only when no NS can be found do we fall back
-to the configured resolver. Every server must agree: a problem on any one is reported with it.
+to the configured resolver. The servers are asked in parallel, under one deadline per check
+(dnsops/nameservers.py says which addresses are asked and what is kept of their answers). A
+server that does not answer with authority (a timeout, REFUSED, SERVFAIL, no AA flag) says
+nothing: the check is judged on the servers that did, and each of those must agree (a problem
+on any one is reported with it). When none did, the check is inconclusive (``dns_error``,
+``dns_timeout``): the lifecycle then neither counts the domain's DNS as moved away nor as
+ready.
 """
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
 import dns.exception
@@ -21,6 +29,7 @@ import dns.rdatatype
 import dns.resolver
 
 from dnsops.hostnames import base_of, is_apex
+from dnsops.nameservers import allows_loopback, askable, kept, quoted, shown
 from dnsops.records import challenge_name
 
 
@@ -32,12 +41,22 @@ class Problem:
     """(type, name, value) of the record at fault, when one is (the DNS report's conflicts)."""
 
 
+INCONCLUSIVE = frozenset({"dns_error", "dns_timeout"})
+"""Problems that say no server answered with authority: nothing is known of the records."""
+
+
 @dataclasses.dataclass
 class DnsCheck:
     ok: bool
     problems: list[Problem]
     seen: dict[str, dict[str, list[str]]]
     """Server (``ip:port`` or ``resolver``) -> ``"TYPE name"`` -> values found there."""
+
+    @property
+    def inconclusive(self) -> bool:
+        """Some lookup got no authoritative answer: the check says nothing of where DNS
+        points (not "moved away", not "ready")."""
+        return any(p.code in INCONCLUSIVE for p in self.problems)
 
     @property
     def errors(self) -> list[dict[str, Any]]:
@@ -59,7 +78,8 @@ class DnsChecker:
     def __init__(self, resolver: dns.resolver.Resolver, cname_target: str,
                  edge_addresses: Iterable[str], *, port: int = 53, timeout: float = 2.0,
                  caa_identities: Iterable[str] = ("letsencrypt.org",),
-                 cache_seconds: float = 30.0) -> None:
+                 cache_seconds: float = 30.0, check_seconds: float | None = None,
+                 loopback: bool | None = None) -> None:
         self._resolver = resolver
         self._target = cname_target.lower().rstrip(".")
         self._addresses = {ipaddress.ip_address(a) for a in edge_addresses}
@@ -69,6 +89,10 @@ class DnsChecker:
         # Zone cuts and parents' CAA are shared by many domains: remember them briefly.
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
         self._cache_seconds = cache_seconds
+        self._check_seconds = check_seconds or 3 * timeout
+        """One deadline for a check's lookups on the zone's servers, however many there are."""
+        self._loopback = allows_loopback(resolver.nameservers) if loopback is None else loopback
+        self._local = threading.local()  # the deadline of the check this thread works for
 
     def _cached(self, kind: str, key: str, compute: Callable[[], Any]) -> Any:
         now = time.monotonic()
@@ -89,25 +113,45 @@ class DnsChecker:
         resolver.cache = None
         return cls(resolver, settings.edge_cname_target, settings.edge_addresses,
                    port=settings.dns_port, timeout=settings.dns_timeout,
-                   caa_identities=settings.caa_identities)
+                   caa_identities=settings.caa_identities,
+                   loopback=allows_loopback(settings.dns_servers or ()))
 
     # -- the check ------------------------------------------------------------------------
 
     def check(self, hostname: str, token: str) -> DnsCheck:
         servers: list[str | None] = [*self.authoritative_servers(base_of(hostname))] or [None]
-        problems: list[Problem] = []
-        seen: dict[str, dict[str, list[str]]] = {}
-        for server in servers:
-            label = f"{server}:{self._port}" if server else "resolver"
-            found: dict[str, list[str]] = {}
-            seen[label] = found
-            for problem in self._check_on(server, hostname, token, found):
-                if len(servers) > 1:
-                    problem = Problem(problem.code, f"{problem.message} (on {label})",
-                                  problem.record)
-                problems.append(problem)
+        deadline = time.monotonic() + self._check_seconds
+        with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+            results = list(pool.map(lambda s: self._check_at(s, hostname, token, deadline),
+                                    servers))
+        problems = self._judged([(label, said) for label, said, _ in results])
         problems += self._check_caa(hostname)
-        return DnsCheck(not problems, problems, seen)
+        return DnsCheck(not problems, problems, {label: seen for label, _, seen in results})
+
+    def _check_at(self, server: str | None, hostname: str, token: str,
+                  deadline: float) -> tuple[str, list[Problem], dict[str, list[str]]]:
+        """What one server says: (its label, its problems, what it served)."""
+        label = f"{server}:{self._port}" if server else "resolver"
+        found: dict[str, list[str]] = {}
+        self._local.deadline = deadline
+        try:
+            problems = self._check_on(server, hostname, token, found)
+        finally:
+            self._local.deadline = None
+        for problem in problems:
+            if problem.code in INCONCLUSIVE:
+                found["error"] = [problem.message[:300]]
+        return label, problems, found
+
+    @staticmethod
+    def _judged(results: list[tuple[str, list[Problem]]]) -> list[Problem]:
+        """The problems of the servers that answered with authority, every one of them; only
+        when none did, what kept each from answering (an inconclusive check)."""
+        answered = [(label, problems) for label, problems in results
+                    if not any(p.code in INCONCLUSIVE for p in problems)]
+        judged = answered or results
+        return [Problem(p.code, f"{p.message} (on {label})", p.record) if len(judged) > 1
+                else p for label, problems in judged for p in problems]
 
     def _check_on(self, server: str | None, hostname: str, token: str,
                   found: dict[str, list[str]]) -> list[Problem]:
@@ -122,8 +166,8 @@ class DnsChecker:
                                                    f"the value {token!r}; we found none."))
         elif token not in txt:
             problems.append(Problem("txt_mismatch", f"TXT record {txt_name} must contain "
-                                    f"{token!r}; we found {', '.join(map(repr, txt))}.",
-                                    ("TXT", txt_name, txt[0])))
+                                    f"{token!r}; we found {quoted(txt)}.",
+                                    ("TXT", txt_name, shown(txt[0]))))
         return problems
 
     def _routing(self, server: str | None, hostname: str,
@@ -136,8 +180,8 @@ class DnsChecker:
             cnames = self._ask(server, hostname, "CNAME", found)
             if cnames and cnames != [self._target]:
                 return [Problem("cname_mismatch", f"Your CNAME {hostname} points to "
-                                f"{cnames[0]}; it must point to {self._target}.",
-                                ("CNAME", hostname, cnames[0]))]
+                                f"{shown(cnames[0])}; it must point to {self._target}.",
+                                ("CNAME", hostname, shown(cnames[0])))]
             if cnames:
                 return []
         a = self._ask(server, hostname, "A", found)
@@ -152,12 +196,12 @@ class DnsChecker:
         problems = []
         if wrong_a:
             problems.append(Problem("a_mismatch", f"{hostname} resolves to "
-                                    f"{', '.join(wrong_a)}, which is not our edge "
+                                    f"{quoted(wrong_a, quote=False)}, which is not our edge "
                                     f"({self._edge_list()}).", ("A", hostname, wrong_a[0])))
         if wrong_aaaa:
             problems.append(Problem("stray_aaaa", f"Remove the AAAA record(s) "
-                                    f"{', '.join(wrong_aaaa)} of {hostname}: visitors on IPv6 "
-                                    f"would not reach us ({self._edge_list()}).",
+                                    f"{quoted(wrong_aaaa, quote=False)} of {hostname}: "
+                                    "visitors on IPv6 would not reach us ({self._edge_list()}).",
                                     ("AAAA", hostname, wrong_aaaa[0])))
         return problems
 
@@ -248,7 +292,7 @@ class DnsChecker:
             servers = self._zone_cut(text) if text.rstrip(".") == hostname else \
                 self._cached("ns", text, lambda: self._zone_cut(text))
             if servers is not None:
-                return list(servers)
+                return askable(servers, self._port, self._loopback)
             name = name.parent()
         return []
 
@@ -280,7 +324,7 @@ class DnsChecker:
              found: dict[str, list[str]]) -> list[str]:
         records = self._query(server, name, rdtype, found)
         values = [self._text(r) for r in records]
-        found[f"{rdtype} {name}"] = values
+        found[f"{rdtype} {name}"] = kept(values)  # what is stored and shown: a few, cut short
         return values
 
     def _resolve(self, name: str, rdtype: str) -> list[Any]:
@@ -289,36 +333,51 @@ class DnsChecker:
     def _query(self, server: str | None, name: str, rdtype: str,
                found: dict[str, list[str]]) -> list[Any]:
         wanted = dns.rdatatype.from_text(rdtype)
-        response: dns.message.Message
+        where = f" at {server}" if server else ""
         try:
-            if server is None:
-                answer = self._resolver.resolve(name, rdtype, raise_on_no_answer=False,
-                                                search=False)
-                response = answer.response
-            else:
-                query = dns.message.make_query(name, rdtype)
-                query.flags &= ~dns.flags.RD
-                response = dns.query.udp(query, server, port=self._port, timeout=self._timeout)
-                if response.flags & dns.flags.TC:
-                    response = dns.query.tcp(query, server, port=self._port,
-                                             timeout=self._timeout)
+            response = self._response(server, name, rdtype)
         except dns.resolver.NXDOMAIN:
             found[f"NXDOMAIN {name}"] = []
             return []
-        except dns.resolver.NoNameservers:
-            return []
         except dns.exception.Timeout:
             raise _LookupFailed(Problem("dns_timeout", f"The DNS lookup of {rdtype} {name} "
-                                        f"timed out{f' at {server}' if server else ''}; "
-                                        "we will try again.")) from None
+                                        f"timed out{where}; we will try again.")) from None
         except (dns.exception.DNSException, OSError) as exc:
             raise _LookupFailed(Problem("dns_error", f"The DNS lookup of {rdtype} {name} "
-                                        f"failed: {exc}")) from None
-        if response.rcode() == dns.rcode.NXDOMAIN:
+                                        f"failed{where}: {exc}")) from None
+        rcode = response.rcode()
+        authority = server is None or bool(response.flags & dns.flags.AA)
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) or not authority:
+            # REFUSED, SERVFAIL, a referral or a cache's answer: that server knows nothing.
+            raise _LookupFailed(Problem("dns_error", f"The DNS lookup of {rdtype} {name}{where} "
+                                        f"got {dns.rcode.to_text(rcode)}"
+                                        f"{'' if authority else ' without authority'}; we will "
+                                        "try again."))
+        if rcode == dns.rcode.NXDOMAIN:
             found[f"NXDOMAIN {name}"] = []
         owner = dns.name.from_text(name)
         return [rdata for rrset in response.answer
                 if rrset.rdtype == wanted and rrset.name == owner for rdata in rrset]
+
+    def _response(self, server: str | None, name: str, rdtype: str) -> dns.message.Message:
+        """The answer of ``server`` (recursion off), within the check's deadline; of the
+        resolver when None."""
+        if server is None:
+            answer = self._resolver.resolve(name, rdtype, raise_on_no_answer=False,
+                                            search=False)
+            return answer.response
+        timeout = self._timeout
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout <= 0:
+                raise dns.exception.Timeout()
+        query = dns.message.make_query(name, rdtype)
+        query.flags &= ~dns.flags.RD
+        response = dns.query.udp(query, server, port=self._port, timeout=timeout)
+        if response.flags & dns.flags.TC:
+            response = dns.query.tcp(query, server, port=self._port, timeout=timeout)
+        return response
 
     @staticmethod
     def _text(rdata: Any) -> str:

@@ -175,6 +175,15 @@ def dns_points_here(domain: Item, seen: Seen, now: float, rules: Rules) -> Step 
                               **{DNS_AWAY_SINCE: None, LEGACY_DNS_AWAY_SINCE: None}))
 
 
+def dns_unknown(domain: Item, seen: Seen, now: float, rules: Rules) -> Step | None:
+    """No server answered with authority (a timeout, REFUSED, SERVFAIL): nothing says the DNS
+    moved, so the grace period neither starts nor runs out; look again later."""
+    if not seen.dns.inconclusive:
+        return None
+    return Step(RETRY, domain["status"], "DNS gave no authoritative answer",
+                errors=tuple(seen.dns.errors), changes=_seen(seen))
+
+
 def suspended_after_grace(domain: Item, seen: Seen, now: float, rules: Rules) -> Step | None:
     """Off the edge once DNS pointed away for the grace period: a dangling record must not
     let someone else take the name over."""
@@ -206,8 +215,9 @@ def traffic_arrived(domain: Item, seen: Seen, now: float, rules: Rules) -> Step 
 
 
 def ownership_lost(domain: Item, seen: Seen, now: float, rules: Rules) -> Step | None:
-    """Off the edge, back to proving ownership."""
-    if not {p.code for p in seen.dns.problems} & OWNERSHIP_PROBLEMS:
+    """Off the edge, back to proving ownership (not on an inconclusive check: a server that
+    did not answer proves nothing)."""
+    if seen.dns.inconclusive or not {p.code for p in seen.dns.problems} & OWNERSHIP_PROBLEMS:
         return None
     return Step(RETRY, PENDING_DNS, "ownership is no longer proven",
                 errors=tuple(seen.dns.errors), route=True,
@@ -230,8 +240,8 @@ def traffic_still_elsewhere(domain: Item, seen: Seen, now: float, rules: Rules) 
 
 CHAINS: dict[str, tuple[Policy, ...]] = {
     PENDING_DNS: (dns_proven, prevalidated, dns_not_ready),
-    ACTIVE: (dns_points_here, suspended_after_grace, dns_away),
-    SUSPENDED: (dns_points_here, suspended_after_grace, dns_away),
+    ACTIVE: (dns_points_here, dns_unknown, suspended_after_grace, dns_away),
+    SUSPENDED: (dns_points_here, dns_unknown, suspended_after_grace, dns_away),
     AWAITING_TRAFFIC: (traffic_arrived, ownership_lost, delegation_broken,
                        traffic_still_elsewhere),
 }
@@ -293,6 +303,14 @@ def issued(domain: Item, now: float, rules: Rules) -> Step:
                 webhooks=(("certificate.issued", {}), ("domain.active", {})), route=True,
                 changes={"last_error": None, "validation_errors": [], "attempts": 0,
                          "next_attempt_at": now + rules.timing.recheck})
+
+
+def failure(error: BaseException) -> dict[str, str]:
+    """The error of a step that failed on one domain alone (the store refused its item, a
+    bug), in a few words: the domain is deferred in the status the step left it in, and the
+    worker's round goes on with the others."""
+    text = f"{type(error).__name__}: {error}"
+    return {"code": "step_failed", "message": f"internal error, retried later: {text[:200]}"}
 
 
 def issue_failed(error: str, retry_after: float | None = None) -> Step:

@@ -177,11 +177,7 @@ class Lifecycle:
               concurrency: int | None = None) -> None:
         """Network-bound steps run concurrently with a bound (10,000 DNS checks must not take
         hours; many certificates must not wait for each other)."""
-        bound = min(concurrency or self.timing.dns_concurrency, len(domains))
-        if bound <= 1:
-            for domain in domains:
-                self._guard(step, domain)
-            return
+        bound = max(1, min(concurrency or self.timing.dns_concurrency, len(domains)))
         with ThreadPoolExecutor(max_workers=bound) as pool:
             for future in [pool.submit(self._guard, step, d) for d in domains]:
                 future.result()
@@ -197,6 +193,11 @@ class Lifecycle:
                 step(leased)  # its lines (and the certs part's) carry the domain
             except ConflictError:
                 log.info("%s changed under us; another worker has it", domain["hostname"])
+            except Throttled:
+                raise  # the round ends; the next one waits longer
+            except Exception as exc:  # this domain's alone, unless the store fails this write too
+                log.exception("the step of %s failed; it is deferred", domain["hostname"])
+                self.domains.defer(self.domains.get(domain["hostname"]), [decide.failure(exc)])
 
     # Carrying out a step.
 
