@@ -197,8 +197,9 @@ class RouterAgent(ControlClient):
         sync_rounds(self.sync, stop, interval, self.watch, "router", MAX_BACKOFF)
 
 
-GRACE = 1.5
-"""Seconds the agent may take to stop: a change of the router under way finishes meanwhile."""
+GRACE, LONGEST = 1.5, 60.0
+"""Seconds the agent may take to stop; a change of the router under way finishes first, up to
+the longest."""
 
 
 def run_router(settings: Settings, action: str, node_id: str | None) -> int:
@@ -224,7 +225,8 @@ def run_router(settings: Settings, action: str, node_id: str | None) -> int:
         print(f"edgectl: {exc}", file=sys.stderr)
         return 1
     # A signal ends a long poll at once, but never a change of the router half made.
-    stop = stop_on_signals(GRACE, interrupt=lambda: not agent.applying)
+    stop = stop_on_signals(GRACE, interrupt=lambda: not agent.applying,
+                           busy=lambda: agent.applying, longest=LONGEST)
     try:
         agent.run(settings.worker_interval, stop)
     except SystemExit:

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgectl")
 DISTRIBUTION = "edge-router"
 Run = Callable[[argparse.Namespace, Settings], int]
-AGENT_GRACE = 1.5
-"""Seconds an agent may take to stop: a change of the node under way finishes meanwhile."""
+AGENT_GRACE, AGENT_LONGEST = 1.5, 60.0
+"""Seconds an agent may take to stop; a change of the node under way finishes first, up to
+the longest (a kill mid-change leaves files ahead of what HAProxy serves)."""
 SHORTLINKS_GRACE = 4.5
 """Seconds the short-link app may take to stop: it answers the requests it has begun, then
 writes its last visit counts (shortlinks.serve.STOP_SECONDS, plus a margin)."""
@@ -151,7 +152,8 @@ def agent(args: argparse.Namespace, settings: Settings) -> int:
         print(f"edgectl: {exc}", file=sys.stderr)
         return 1
     # A signal ends a long poll at once, but never a change of the node half made.
-    stop = procs.stop_on_signals(AGENT_GRACE, interrupt=lambda: not edge_agent.applying)
+    stop = procs.stop_on_signals(AGENT_GRACE, interrupt=lambda: not edge_agent.applying,
+                                 busy=lambda: edge_agent.applying, longest=AGENT_LONGEST)
     if settings.edge_metrics_port:
         port = serve_metrics(node.runtime, settings.edge_bind, settings.edge_metrics_port)
         log.info("requests per publication at http://%s:%d/metrics", settings.edge_bind, port)

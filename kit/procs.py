@@ -225,13 +225,21 @@ def stop_all(processes: Sequence[ManagedProcess], timeout: float = 10.0) -> None
         process._log.close()
 
 
-def exit_within(seconds: float) -> threading.Timer:
+def exit_within(seconds: float, busy: Callable[[], bool] = lambda: False,
+                longest: float = 0.0) -> threading.Timer:
     """Make sure this process is gone ``seconds`` from now: a stop is promised on time (a
     supervisor's stop timeout, a deploy's next step), and what holds a process up (a store
     that does not answer, a request that hangs) is work its restart takes up again anyway.
-    It exits with status 0, as the stop was asked for, after saying so in its log."""
+    It exits with status 0, as the stop was asked for, after saying so in its log. While
+    ``busy()`` (work a kill would leave half done: an edge node's change), it waits on, up to
+    ``longest`` seconds after the signal."""
+    started = time.monotonic()
+
     def overdue() -> None:
-        log.warning("still stopping %.1f s after the signal: exiting now", seconds)
+        while busy() and time.monotonic() - started < longest:
+            time.sleep(0.05)
+        log.warning("still stopping %.1f s after the signal: exiting now",
+                    time.monotonic() - started)
         for handler in logging.getLogger().handlers:
             handler.flush()
         os._exit(0)
@@ -241,17 +249,19 @@ def exit_within(seconds: float) -> threading.Timer:
     return timer
 
 
-def stop_on_signals(grace: float,
-                    interrupt: Callable[[], bool] = lambda: False) -> threading.Event:
-    """An event SIGTERM and SIGINT set; the process is then gone within ``grace`` seconds
-    (:func:`exit_within`). ``interrupt()``, called in the handler, may say the main thread
-    should be interrupted at once (SystemExit: out of a long poll) rather than wind down."""
+def stop_on_signals(grace: float, interrupt: Callable[[], bool] = lambda: False,
+                    busy: Callable[[], bool] = lambda: False,
+                    longest: float = 0.0) -> threading.Event:
+    """An event SIGTERM and SIGINT set; the process is then gone within ``grace`` seconds, or
+    once ``busy()`` is over, within ``longest`` (:func:`exit_within`). ``interrupt()``, called
+    in the handler, may say the main thread should be interrupted at once (SystemExit: out of
+    a long poll) rather than wind down."""
     stop = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if not stop.is_set():
             stop.set()
-            exit_within(grace)
+            exit_within(grace, busy, longest)
         if interrupt():
             raise SystemExit(0)
 

@@ -2,9 +2,11 @@
 goes, and a server that finds its port taken meanwhile is started again on another."""
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,38 @@ def test_a_sigterm_the_kernel_hands_to_another_thread_stops_the_main_thread_too(
     child = subprocess.run([sys.executable, "-c", STOPPED_BY_A_SIGNAL_TO_ANOTHER_THREAD],
                            capture_output=True, text=True, timeout=15, cwd=ROOT)
     assert (child.returncode, child.stdout) == (0, "stopped\n"), child.stderr
+
+
+STOPPED_WHILE_BUSY = """
+import sys, threading, time
+from kit.procs import stop_on_signals, wait_for_stop
+busy = threading.Event()
+stop = stop_on_signals(0.3, busy=busy.is_set, longest=float(sys.argv[1]))
+busy.set()
+print("busy", flush=True)
+wait_for_stop(stop, 0.05)
+time.sleep(1.5)  # the change under way, past the grace
+print("finished", flush=True)
+busy.clear()
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("longest, finished", [(20.0, True), (0.5, False)])
+def test_a_stop_waits_for_the_change_under_way_up_to_the_longest(longest: float,
+                                                                 finished: bool) -> None:
+    """An edge agent stopped mid-change would leave files ahead of what HAProxy serves: its
+    stop waits for the change (within ``longest``), then goes without waiting the rest."""
+    child = subprocess.Popen([sys.executable, "-c", STOPPED_WHILE_BUSY, str(longest)],
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "busy\n"
+        started = time.monotonic()
+        child.send_signal(signal.SIGTERM)
+        out, _ = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0 and ("finished" in out) is finished, out
+    assert time.monotonic() - started < 10, "gone once the change is over, not at its sleep"
+
