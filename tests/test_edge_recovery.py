@@ -301,3 +301,26 @@ def test_an_adopted_haproxy_reading_another_release_than_current_is_reloaded(
     assert node.applied_version == s1.version
     assert served(node, "two.example.test", cert2) is None, "it serves what it reports"
     assert served(node, "one.example.test", cert1) == "pub_1"
+
+
+def test_an_adopted_haproxy_serving_a_change_the_journal_lost_is_reloaded_onto_the_files(
+        edge_node: Callable[..., EdgeNode], app: SampleApp) -> None:
+    """An agent killed after a runtime change reached HAProxy and before its journal line:
+    the files say the state before, HAProxy serves the change. The next agent (which reports
+    the files' version, and may never be sent that change again) reloads HAProxy onto them."""
+    from edge import hotapply
+    from edge.plan import make_delta_plan
+    ports = {"http_port": free_port(), "https_port": free_port()}
+    first = edge_node(**ports)
+    cert_x, x = route("x.example.test", "pub_x")
+    cert_h, h = route("h.example.test", "pub_h")
+    s1 = state(app, x, h)
+    first.apply(s1)
+    plan = make_delta_plan(first.existing_routes(), {"x.example.test": None})
+    hotapply.send_changes(first.runtime, first.current.resolve(), plan.changes, {})
+    assert served(first, "x.example.test", cert_x) is None  # then the agent dies
+    node = edge_node(**ports)
+    node.start()
+    assert node.applied_version == s1.version
+    assert served(node, "x.example.test", cert_x) == "pub_x", "it serves what it reports"
+    assert served(node, "h.example.test", cert_h) == "pub_h"
