@@ -2,7 +2,13 @@
 changes they journal beside the files HAProxy reads."""
 from __future__ import annotations
 
+import logging
 import time
+
+from edge.errors import EdgeError
+from edge.haproxy import HAProxy
+
+log = logging.getLogger(__name__)
 
 
 class Journaled:
@@ -15,6 +21,22 @@ class Journaled:
         self._journaled = 0
         """Changes in the journal, not yet folded into the files."""
         self.last_change = time.monotonic()
+
+    haproxy: HAProxy
+
+    def start(self) -> None:
+        """Serve the files HAProxy reads (each its own)."""
+        raise NotImplementedError
+
+    def start_if_down(self) -> None:
+        """HAProxy died (a crash, an OOM kill): serve the files again, as the control service
+        may be away for a while. A start that fails is logged; the agent reports it."""
+        if self.haproxy.running:
+            return
+        try:
+            self.start()
+        except EdgeError as exc:
+            log.warning("%s", exc)
 
     def compact(self) -> bool:
         """Fold the journal into the files; True if there was anything to fold."""

@@ -155,15 +155,9 @@ class RouterAgent(ControlClient):
         return applied
 
     def _serve_files(self) -> None:
-        """HAProxy died (a crash, an OOM kill): serve the router's files again first, as the
-        control service may be away for a while (a start that fails is reported)."""
-        if self.router.haproxy.running:
-            return
-        try:
-            with self._applying():
-                self.router.start()
-        except EdgeError as exc:
-            log.warning("%s", exc)
+        """Before asking the control service, which may be away."""
+        with self._applying():
+            self.router.start_if_down()
 
     def _apply(self, update: RouterUpdate | None) -> bool:
         with self._applying():

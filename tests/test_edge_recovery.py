@@ -25,17 +25,11 @@ from edge.haproxy import HAProxy
 from edge.node import EdgeNode
 from edge.router import Router, RouterUpdate
 from edge.router_agent import RouterAgent
-from edge.state import DesiredState, Route, StateDelta
+from edge.state import Route, StateDelta
 from kit.procs import free_port
 from kit.x509 import self_signed as self_signed_pem
 from tests.conftest import wait_until
-
-
-@pytest.fixture
-def app() -> Iterator[SampleApp]:
-    instance = SampleApp("app-a", 0)
-    yield instance
-    instance.stop()
+from tests.test_edge_node import app, state  # noqa: F401 (app: the fixture, shared)
 
 
 @pytest.fixture
@@ -47,11 +41,6 @@ def taken_port() -> Iterator[int]:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         yield busy.getsockname()[1]
-
-
-def state(app: SampleApp, *routes: Route) -> DesiredState:
-    return DesiredState(routes=routes, app_servers=(app.address,),
-                        control_servers=("127.0.0.1:9",))
 
 
 def route(hostname: str, publication: str) -> tuple[str, Route]:
@@ -167,18 +156,18 @@ def test_a_router_whose_haproxy_died_starts_it_again_while_the_control_service_i
         router.stop()
 
 
-def test_a_journal_line_torn_by_a_crash_neither_blocks_nor_swallows_the_next_change(
-        edge_node: Callable[..., EdgeNode], app: SampleApp) -> None:
-    """A crash mid-append of the first journal line leaves bytes without a newline: the next
-    agent starts, the next change is journaled as a line of its own and served, the journal
-    folds, and a node built after all that starts from it."""
+def changed_after_a_torn_journal(edge_node: Callable[..., EdgeNode], app: SampleApp,
+                                 torn: str) -> tuple[EdgeNode, Path, dict[str, int], str]:
+    """A node whose journal a crash left holding ``torn``, restarted and sent a change: the
+    torn bytes are cut, the change is a line of its own. (The node, its journal, its ports,
+    the new route's certificate.)"""
     ports = {"http_port": free_port(), "https_port": free_port()}
     first = edge_node(**ports)
     _, one = route("one.example.test", "pub_1")
     base = state(app, one)
     first.apply(base)
     journal = first.current.resolve() / "changes.jsonl"
-    journal.write_text('{"version":"aaaaaaaaaaaaaaaa","routes":{"two.exa')
+    journal.write_text(torn)
     node = edge_node(**ports)
     node.start()
     assert node.applied_version == base.version
@@ -187,6 +176,16 @@ def test_a_journal_line_torn_by_a_crash_neither_blocks_nor_swallows_the_next_cha
     assert node.can_apply_delta(delta) and node.apply_delta(delta)
     assert [json.loads(line)["version"] for line in journal.read_text().splitlines()] == \
         ["1" * 16], "the torn bytes are cut, the change is a line of its own"
+    return node, journal, ports, cert2
+
+
+def test_a_journal_line_torn_by_a_crash_neither_blocks_nor_swallows_the_next_change(
+        edge_node: Callable[..., EdgeNode], app: SampleApp) -> None:
+    """A crash mid-append of the first journal line leaves bytes without a newline: the next
+    agent starts, the next change is journaled as a line of its own and served, the journal
+    folds, and a node built after all that starts from it."""
+    node, journal, ports, cert2 = changed_after_a_torn_journal(
+        edge_node, app, '{"version":"aaaaaaaaaaaaaaaa","routes":{"two.exa')
     assert served(node, "two.example.test", cert2) == "pub_2"
     assert node.compact_if_idle(idle=0) and not journal.exists()
     assert "two.example.test pub_2" in (node.current / "hosts.map").read_text()
@@ -206,22 +205,9 @@ def test_a_journal_holding_only_a_torn_line_is_dropped_by_the_next_fold(
 def test_a_last_journal_line_that_does_not_decode_is_skipped_and_cut_before_the_next(
         edge_node: Callable[..., EdgeNode], app: SampleApp) -> None:
     """What an append before this fix left: its line glued onto torn bytes."""
-    ports = {"http_port": free_port(), "https_port": free_port()}
-    first = edge_node(**ports)
-    _, one = route("one.example.test", "pub_1")
-    base = state(app, one)
-    first.apply(base)
-    journal = first.current.resolve() / "changes.jsonl"
-    journal.write_text('{"version":"aaaa","routes":{"two.exa{"version":"bbbb","routes":{},'
-                       '"redirects":{}}\n')
-    node = edge_node(**ports)
-    node.start()
-    assert node.applied_version == base.version
-    cert2, two = route("two.example.test", "pub_2")
-    delta = StateDelta(base.version, "1" * 16, base.config, {"two.example.test": two}, {})
-    assert node.can_apply_delta(delta) and node.apply_delta(delta)
-    assert [json.loads(line)["version"] for line in journal.read_text().splitlines()] == \
-        ["1" * 16]
+    node, journal, ports, cert2 = changed_after_a_torn_journal(
+        edge_node, app, '{"version":"aaaa","routes":{"two.exa{"version":"bbbb","routes":{},'
+        '"redirects":{}}\n')
     assert edge_node(**ports).applied_version == "1" * 16
     assert served(node, "two.example.test", cert2) == "pub_2"
 
