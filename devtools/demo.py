@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import ssl
 import sys
@@ -26,7 +25,8 @@ from devtools.probe import Probe, https_get
 from devtools.sample_app import SampleApp
 from kit.files import PUBLIC, SECRET, write_atomic
 from edge.node import EdgeNode
-from kit.procs import ManagedProcess, free_port, stop_all, wait_for_port, wait_for_stop
+from kit.procs import (ManagedProcess, free_port, on_signals, stop_all, wait_for_port,
+                        wait_for_stop)
 from kit.x509 import LocalCA
 
 EDGE_TARGET = "edge.platform.test"
@@ -317,8 +317,7 @@ def run_demo(hostname: str, once: bool = False, directory: Path | None = None) -
               f"{write_manifest(stack, hostname, short_link, password)}\n")
         if not once:
             print("demo: press Ctrl-C to stop everything", flush=True)
-            signal.signal(signal.SIGINT, lambda *_: stop.set())
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            on_signals(stop.set)
             wait_for_stop(stop)
         return 0
     finally:

@@ -249,24 +249,48 @@ def exit_within(seconds: float, busy: Callable[[], bool] = lambda: False,
     return timer
 
 
-def stop_on_signals(grace: float, interrupt: Callable[[], bool] = lambda: False,
-                    busy: Callable[[], bool] = lambda: False,
-                    longest: float = 0.0) -> threading.Event:
-    """An event SIGTERM and SIGINT set; the process is then gone within ``grace`` seconds, or
-    once ``busy()`` is over, within ``longest`` (:func:`exit_within`). ``interrupt()``, called
-    in the handler, may say the main thread should be interrupted at once (SystemExit: out of
-    a long poll) rather than wind down."""
-    stop = threading.Event()
+def on_signals(act: Callable[[], None], interrupt: Callable[[], bool] = lambda: False) -> None:
+    """Run ``act()`` once, in a thread of its own, at the first SIGTERM or SIGINT.
+    ``interrupt()``, called in the handler, may say the main thread should be interrupted at
+    once (SystemExit: out of a long poll) rather than wind down.
+
+    The handler itself takes no lock: CPython runs it in the main thread between two of its
+    steps, maybe while that thread holds the very lock ``act`` needs (inside ``stop.wait()``,
+    an Event's lock), and a handler that set the event there waited on its own thread for
+    good. So it only writes a byte to a pipe, which the thread reads."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+
+    def watch() -> None:
+        os.read(read_end, 1)
+        act()
+
+    threading.Thread(target=watch, name="signals", daemon=True).start()
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if not stop.is_set():
-            stop.set()
-            exit_within(grace, busy, longest)
+        try:
+            os.write(write_end, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of earlier signals: one is enough
         if interrupt():
             raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def stop_on_signals(grace: float, interrupt: Callable[[], bool] = lambda: False,
+                    busy: Callable[[], bool] = lambda: False,
+                    longest: float = 0.0) -> threading.Event:
+    """An event SIGTERM and SIGINT set (:func:`on_signals`); the process is then gone within
+    ``grace`` seconds, or once ``busy()`` is over, within ``longest`` (:func:`exit_within`)."""
+    stop = threading.Event()
+
+    def act() -> None:
+        stop.set()
+        exit_within(grace, busy, longest)
+
+    on_signals(act, interrupt)
     return stop
 
 

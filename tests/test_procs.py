@@ -118,6 +118,28 @@ def test_a_sigterm_the_kernel_hands_to_another_thread_stops_the_main_thread_too(
     assert (child.returncode, child.stdout) == (0, "stopped\n"), child.stderr
 
 
+STOPPED_WHILE_HOLDING_THE_EVENTS_LOCK = """
+import os, signal
+from kit.procs import stop_on_signals, wait_for_stop
+stop = stop_on_signals(20.0)
+with stop._cond:  # where stop.wait() holds it, between its checks
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):  # the handler runs in the main thread, here
+        pass
+wait_for_stop(stop)
+print("stopped", flush=True)
+"""
+
+
+def test_a_sigterm_while_the_main_thread_holds_the_stop_events_lock_still_stops_it() -> None:
+    """A handler that set the stop event itself waited for the event's lock, which its own
+    thread held when the signal came inside ``stop.wait()``: the process hung for good (CI: a
+    stop test timed out at 30 s with nothing printed)."""
+    child = subprocess.run([sys.executable, "-c", STOPPED_WHILE_HOLDING_THE_EVENTS_LOCK],
+                           capture_output=True, text=True, timeout=15, cwd=ROOT)
+    assert (child.returncode, child.stdout) == (0, "stopped\n"), child.stderr
+
+
 STOPPED_WHILE_BUSY = """
 import sys, threading, time
 from kit.procs import stop_on_signals, wait_for_stop
