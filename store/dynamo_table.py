@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from decimal import Decimal
 from typing import Any, Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -13,6 +14,7 @@ from store import (ABSENT, BATCH_GET, EXPIRES_AT, VERSION, ConflictError, Item, 
                    StoreError, TableSpec, Throttled, first_version, range_values)
 from store.dynamo_schema import EXPIRY_INDEX, EXPIRY_SHARD
 from store.dynamo_spread import Order, Raw, merged_page, spread_value
+from store.dynamo_wire import MAYBE_APPLIED
 
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 THROTTLING = ("ProvisionedThroughputExceededException", "ThrottlingException",
@@ -23,6 +25,14 @@ asks again (doubling, at most 1 s, jittered): about 4 s in all, the order of bot
 retries of a throttled request."""
 _ONE_SHARD = "1"
 """Only servers without TTL (dynalite, for development) use the expiry index: one partition."""
+
+
+def _same(stored: dict[str, str] | None, written: dict[str, str] | None) -> bool:
+    """Whether an attribute as read back is the one written (a number as DynamoDB
+    normalizes it: ``1.0`` comes back ``1``)."""
+    if stored and written and "N" in stored and "N" in written:
+        return Decimal(stored["N"]) == Decimal(written["N"])
+    return stored == written
 
 
 class DynamoTable:
@@ -111,11 +121,12 @@ class DynamoTable:
     def put(self, item: Item, expected_version: int | None = None) -> Item:
         key = str(item[self.spec.key])
         data = {k: v for k, v in item.items() if k != VERSION}
+        laid_out = self._laid_out(key, data)
         values: dict[str, Any] = {}
         sets: list[str] = []
         removes: list[str] = []
         names = {"#version": "version"}
-        for n, (attr, value) in enumerate(self._laid_out(key, data).items()):
+        for n, (attr, value) in enumerate(laid_out.items()):
             names[f"#a{n}"] = attr
             if value is None:
                 removes.append(f"#a{n}")
@@ -135,9 +146,25 @@ class DynamoTable:
             raw = self._call("update_item", Key={"pk": {"S": key}}, UpdateExpression=expression,
                              ExpressionAttributeNames=names, ExpressionAttributeValues=values,
                              ReturnValues="ALL_NEW", **condition)["Attributes"]
-        except ClientError:
-            raise ConflictError(self.spec.name, key, expected_version) from None
+        except ClientError as exc:
+            written = {**laid_out, "version": first if expected_version == ABSENT
+                       else {"N": str((expected_version or 0) + 1)}}
+            now = self._after_a_lost_answer(exc, key)
+            if now is None or any(not _same(now.get(attr), value)
+                                  for attr, value in written.items()):
+                raise ConflictError(self.spec.name, key, expected_version) from None
+            raw = now
         return {**data, VERSION: int(raw["version"]["N"])}
+
+    def _after_a_lost_answer(self, failed: ClientError, key: str) -> Raw | None:
+        """The item as it stands (``{}``: none) when a write failed by its condition on a
+        retry whose earlier attempt may have been carried out (store/dynamo_wire.py), else
+        None. A write compares it with what it wrote: its own attempt, not a conflict. A
+        create's first version is drawn at random, so no other writer's item matches it."""
+        if not failed.response.get("ResponseMetadata", {}).get(MAYBE_APPLIED):
+            return None
+        return dict(self._call("get_item", Key={"pk": {"S": key}},
+                               ConsistentRead=True).get("Item") or {})
 
     def raw_item(self, key: str, text: str | None, version: int | None,
                  counters: dict[str, int]) -> Raw:
@@ -188,8 +215,10 @@ class DynamoTable:
         try:
             old = self._call("delete_item", Key={"pk": {"S": key}}, ReturnValues="ALL_OLD",
                              **condition, **extra).get("Attributes")
-        except ClientError:
-            raise ConflictError(self.spec.name, key, expected_version) from None
+        except ClientError as exc:
+            if self._after_a_lost_answer(exc, key) != {}:
+                raise ConflictError(self.spec.name, key, expected_version) from None
+            return expected_version != ABSENT  # gone: deleted by the attempt it lost
         return bool(old) and self._item(old, time.time()) is not None
 
     def _page(self, method: str, limit: int, cursor: str | None,

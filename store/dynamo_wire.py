@@ -20,6 +20,11 @@ call took, or 1). What still fails raises botocore's own ``ClientError`` (the er
 message) or ``BotoCoreError`` (nobody answered), as the store catches them. A TLS handshake
 refused (a certificate the system does not trust) is not retried: botocore's ``SSLError``
 says why at once.
+
+A write retried after an attempt whose answer never came (a read timeout, a connection broken
+after it was sent, a 5xx, a damaged answer) may have been applied by that attempt: its retry
+then fails its own condition. The ``ClientError`` says so (``MAYBE_APPLIED`` in its
+``ResponseMetadata``), and the store reads the item to tell (store/dynamo_table.py).
 """
 from __future__ import annotations
 
@@ -56,6 +61,7 @@ TRANSIENT = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorReques
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 QUOTA, RETRY_COST, TIMEOUT_RETRY_COST, NO_RETRY_INCREMENT = 500, 5, 10, 1
 MAX_BACKOFF = 20.0
+MAYBE_APPLIED = "MaybeApplied"
 TARGET = "DynamoDB_20120810."
 CONTENT_TYPE = "application/x-amz-json-1.0"
 
@@ -142,6 +148,7 @@ class WireClient:
         body = json.dumps(params, separators=(",", ":")).encode()
         charged = 0
         attempt = 1
+        unsure = False
         while True:
             try:
                 status, answer, code, message = self._send(operation, body)
@@ -162,8 +169,10 @@ class WireClient:
                     raise failure
                 raise ClientError({"Error": {"Code": code, "Message": message},
                                    "ResponseMetadata": {"HTTPStatusCode": status,
-                                                        "RetryAttempts": attempt - 1}},
+                                                        "RetryAttempts": attempt - 1,
+                                                        MAYBE_APPLIED: unsure}},
                                   operation)
+            unsure = unsure or _maybe_applied(status, code, failure)
             charged = cost
             time.sleep(backoff(attempt))
             attempt += 1
@@ -216,6 +225,16 @@ class WireClient:
     def _give_back(self, amount: int) -> None:
         with self._lock:
             self._quota = min(QUOTA, self._quota + amount)
+
+
+def _maybe_applied(status: int, code: str, failure: Exception | None) -> bool:
+    """Whether an attempt that failed so may still have been carried out: not one refused
+    before it was done (throttled) nor one never sent (no connection)."""
+    if failure is not None:
+        return not isinstance(failure, ConnectTimeoutError) and not isinstance(
+            failure.kwargs.get("error"), ConnectFailed)  # type: ignore[attr-defined]
+    return code not in THROTTLED and (status >= 500 or code in TRANSIENT
+                                      or code == "CRC32CheckFailed")
 
 
 def table_name(params: Any, unknown: str = "*") -> str:

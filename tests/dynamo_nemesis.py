@@ -14,6 +14,9 @@ DynamoDB does and dynalite does not (in the spirit of Toxiproxy and Jepsen's nem
 - **Corruption.** ``corrupt`` among ``failures`` answers dynalite's answer with an
   ``x-amz-crc32`` header that does not match it (DynamoDB sends the body's CRC32; a client
   retries an answer damaged on the way).
+- **Lost answers.** The next ``lose_next`` writes are carried out by dynalite, then answered
+  with a 500 (``lose_as`` "internal") or a connection closed without an answer ("dropped"),
+  as when DynamoDB's answer to a write is lost on the way: the client sends it again.
 - **Slowness.** A ``slow_rate`` fraction waits ``slow`` seconds first.
 - **Partial batches.** An ``unprocessed_rate`` fraction of the keys of a BatchGetItem (the
   writes of a BatchWriteItem) is left out of what dynalite is asked and answered as
@@ -87,7 +90,8 @@ class Nemesis:
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 while (message := read_message(self.rfile)) is not None:
                     _, headers, body = message
-                    nemesis._handle(self.wfile, headers, body)
+                    if not nemesis._handle(self.wfile, headers, body):
+                        return  # dropped without an answer
                     if headers.get("connection", "").lower() == "close":
                         return
 
@@ -109,6 +113,8 @@ class Nemesis:
         """Operations the faults apply to (empty: all)."""
         self.tables: tuple[str, ...] = ()
         """Ends of the table names the faults apply to (empty: all)."""
+        self.lose_next = 0
+        self.lose_as = "internal"
         self.max_streak: int | None = None
         """While ``fail_rate`` is under 1, the same request (operation and body: a client's
         retries send the same) fails at most this many times in a row, then goes through.
@@ -134,13 +140,24 @@ class Nemesis:
 
     # --- the proxy ---------------------------------------------------------------------
 
-    def _handle(self, out: IO[bytes], headers: dict[str, str], body: bytes) -> None:
+    def _handle(self, out: IO[bytes], headers: dict[str, str], body: bytes) -> bool:
+        """Answer one request; False: the connection is to be closed without an answer."""
         operation = headers.get("x-amz-target", "").rpartition(".")[2]
         request = json.loads(body or b"{}")
         with self._lock:
             self.agents[headers.get("user-agent", "")] += 1
         if (not self.only or operation in self.only) and (
                 not self.tables or str(request.get("TableName", "")).endswith(self.tables)):
+            if operation in WRITES and self._loses():
+                status, answer = self._forward(headers, body)
+                if status == 200:
+                    self._written(operation, request)
+                if self.lose_as == "dropped":
+                    return False
+                status, kind_type, message = _TYPES["internal"]
+                self._answer(out, status, json.dumps(
+                    {"__type": kind_type, "message": message}).encode())
+                return True
             if self.slow_rate and random.random() < self.slow_rate:
                 time.sleep(self.slow)
             if self.fail_rate and self._fails((operation, hash(body))):
@@ -150,11 +167,11 @@ class Nemesis:
                 if kind == "corrupt":  # dynalite's answer, its checksum not matching it
                     status, answer = self._forward(headers, body)
                     self._answer(out, status, answer, crc32=zlib.crc32(answer) ^ 1)
-                    return
+                    return True
                 status, kind_type, message = _TYPES[kind]
                 self._answer(out, status, json.dumps(
                     {"__type": kind_type, "message": message}).encode())
-                return
+                return True
         withheld: dict[str, Any] = {}
         if operation in _UNPROCESSED and self.unprocessed_rate:
             request, withheld = self._withhold(request)
@@ -174,6 +191,15 @@ class Nemesis:
             answer = json.dumps({**json.loads(answer), _UNPROCESSED[operation]: withheld})\
                 .encode()
         self._answer(out, status, answer)
+        return True
+
+    def _loses(self) -> bool:
+        with self._lock:
+            if self.lose_next <= 0:
+                return False
+            self.lose_next -= 1
+            self.injected["lost"] += 1
+            return True
 
     def _fails(self, request: tuple[str, int]) -> bool:
         """Whether to fail ``request`` (a draw of ``fail_rate``, within ``max_streak``). Only

@@ -17,7 +17,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError, SSLError
 
-from store import StoreError, TableSpec, Throttled, dynamo_wire
+from store import ABSENT, ConflictError, StoreError, TableSpec, Throttled, dynamo_wire
 from store.dynamo import USER_AGENT, DynamoBackend, DynamoTable, client_config
 from store.dynamo_wire import QUOTA, RETRY_COST, SigV4, WireClient
 from devtools.dynalite import dynalite_command
@@ -106,6 +106,39 @@ def test_an_answer_whose_checksum_does_not_match_is_asked_again(
     dynamo_nemesis.fail_rate, dynamo_nemesis.max_streak = 0.1, 4  # never five in a row
     while dynamo_nemesis.injected["corrupt"] < 8:
         assert table.get("a") == stored
+
+
+@pytest.mark.parametrize("lost_as", ["internal", "dropped"])
+def test_a_write_whose_answer_was_lost_does_not_conflict_with_itself(
+        backend: DynamoBackend, dynamo_nemesis: Nemesis, lost_as: str) -> None:
+    """DynamoDB may carry out a write whose answer never comes back (a 500, a connection
+    broken after the request went): the retry then fails the condition its first attempt met.
+    A create answered "taken" (a random slug made a second, orphan link), an update 409."""
+    table = backend.table(SPEC)
+    dynamo_nemesis.lose_as = lost_as
+    dynamo_nemesis.lose_next = 1
+    made = table.put({"id": "a", "owner": "o"}, expected_version=ABSENT)
+    assert table.get("a") == made
+    dynamo_nemesis.lose_next = 1
+    changed = table.put({**made, "owner": "p", "expires_at": 4102444800.0},
+                        expected_version=made["version"])  # a number DynamoDB writes "...800"
+    assert changed["version"] == made["version"] + 1 and table.get("a") == changed
+    dynamo_nemesis.lose_next = 1
+    assert table.delete("a", expected_version=changed["version"])
+    assert table.get("a") is None
+    assert dynamo_nemesis.injected["lost"] == 3
+    # What another writer did stays a conflict, lost answer or not.
+    other = table.put({"id": "b", "owner": "o"}, expected_version=ABSENT)
+    table.put({**other, "owner": "q"}, expected_version=other["version"])
+    for stale, expected in (({**other, "owner": "r"}, other["version"]),
+                            ({"id": "b", "owner": "q"}, ABSENT)):
+        dynamo_nemesis.lose_next = 1
+        with pytest.raises(ConflictError):
+            table.put(stale, expected_version=expected)
+        dynamo_nemesis.lose_next = 1
+        with pytest.raises(ConflictError):
+            table.delete("b", expected_version=other["version"])
+    assert (table.get("b") or {})["owner"] == "q"
 
 
 def test_the_usual_weather_fails_no_request_more_times_in_a_row_than_its_cap(

@@ -5,6 +5,7 @@ edge state; a failure is the store throttling one step, as a wrapped method rais
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from typing import Any, Callable
 
 import pytest
@@ -16,6 +17,7 @@ from kit.settings import Settings
 from shortlinks.changes import GENERATION
 from store import Throttled, all_items
 from tests.conftest import ServicesWith
+from tests.dynamo_nemesis import Nemesis
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 DOMAIN = "acme.link"
@@ -110,3 +112,27 @@ def test_a_link_disabled_leaves_the_map_whatever_the_change_counter_does(
                         json={"disabled": True}).status_code == 503
     assert services.links.get(DOMAIN, "off")["disabled"] is True
     assert in_the_map(services) == []
+
+
+@pytest.mark.parametrize("slug", ["spring", None])
+def test_a_link_whose_write_lost_its_answer_is_made_once(
+        services_with: ServicesWith, nemesis: str, settings: Settings,
+        dynamo_nemesis: Nemesis, slug: str | None) -> None:
+    """DynamoDB carried out the link's create, and its answer was lost: the store's retry
+    met the item it made. A custom slug was answered "taken" although made; a random one
+    made a second link, an orphan in the owner's list."""
+    services = services_with(base=dataclasses.replace(
+        settings, short_domains=[DOMAIN], storage_backend="dynamodb",
+        dynamodb_endpoint_url=nemesis, dynamodb_table_prefix=f"l{uuid.uuid4().hex[:8]}_"))
+    client = create_app(services).test_client()
+    dynamo_nemesis.fail_rate = dynamo_nemesis.slow_rate = 0.0
+    dynamo_nemesis.tables, dynamo_nemesis.only = ("short_links",), ("UpdateItem",)
+    dynamo_nemesis.lose_next = 1
+    made = client.post("/api/v1/links", headers=AUTH, json={
+        "domain": DOMAIN, "target": "https://example.com/", "owner": "pub_1",
+        **({"slug": slug} if slug else {})})
+    assert made.status_code == 201, made.get_json()
+    assert dynamo_nemesis.injected["lost"] == 1
+    listed = client.get("/api/v1/links?owner=pub_1", headers=AUTH).get_json()["links"]
+    assert [link["slug"] for link in listed] == [made.get_json()["slug"]]
+    assert in_the_map(services) == [f"{DOMAIN}/{made.get_json()['slug']}"]
