@@ -258,18 +258,26 @@ def on_signals(act: Callable[[], None], interrupt: Callable[[], bool] = lambda: 
     steps, maybe while that thread holds the very lock ``act`` needs (inside ``stop.wait()``,
     an Event's lock), and a handler that set the event there waited on its own thread for
     good. So it only writes a byte to a pipe, which the thread reads."""
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
+    wake: list[int] = []
 
-    def watch() -> None:
+    def listen() -> None:
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        wake[:] = [write_end]
+        threading.Thread(target=watch, args=(read_end,), name="signals", daemon=True).start()
+
+    def watch(read_end: int) -> None:
         os.read(read_end, 1)
         act()
 
-    threading.Thread(target=watch, name="signals", daemon=True).start()
+    listen()
+    # A forked child (short-link workers) inherits the handler and the pipe, not the thread:
+    # its signals would wake its parent's. It listens on a pipe of its own.
+    os.register_at_fork(after_in_child=listen)
 
     def handler(signum: int, frame: FrameType | None) -> None:
         try:
-            os.write(write_end, b"\0")
+            os.write(wake[0], b"\0")
         except BlockingIOError:
             pass  # the pipe is full of earlier signals: one is enough
         if interrupt():

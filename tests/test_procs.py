@@ -140,6 +140,32 @@ def test_a_sigterm_while_the_main_thread_holds_the_stop_events_lock_still_stops_
     assert (child.returncode, child.stdout) == (0, "stopped\n"), child.stderr
 
 
+STOPPED_AFTER_A_FORK = """
+import os, signal
+from kit.procs import stop_on_signals, wait_for_stop
+stop = stop_on_signals(20.0)
+ready, said = os.pipe()
+pid = os.fork()
+if pid == 0:  # a short-link worker
+    os.write(said, b"r")
+    wait_for_stop(stop, 0.05)
+    os._exit(3)
+os.read(ready, 1)
+os.kill(pid, signal.SIGTERM)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status), stop.is_set(), flush=True)
+"""
+
+
+def test_a_forked_worker_is_stopped_by_its_own_signal_and_its_parent_is_not() -> None:
+    """A forked child inherits the signal handler and its pipe, not the thread reading it:
+    its SIGTERM woke its parent's thread, so short-link workers were killed at the grace's
+    end instead of finishing their requests and flushing their visits."""
+    child = subprocess.run([sys.executable, "-c", STOPPED_AFTER_A_FORK],
+                           capture_output=True, text=True, timeout=15, cwd=ROOT)
+    assert (child.returncode, child.stdout) == (0, "3 False\n"), child.stderr
+
+
 STOPPED_WHILE_BUSY = """
 import sys, threading, time
 from kit.procs import stop_on_signals, wait_for_stop
