@@ -305,10 +305,16 @@ class EdgeAgent(ControlClient):
             self._report()
 
     def _serve_files(self) -> None:
-        """Before asking the control service, which may be away: files that fail to start are
-        reported, and the state is applied anew once it answers."""
-        with self._applying():
-            self.node.start_if_down()
+        """HAProxy died (a crash, an OOM kill): serve the node's files again first, as the
+        control service may be away for a while. Files that fail to start are reported, and
+        the state is applied anew once the control service answers."""
+        if self.node.haproxy.running:
+            return
+        try:
+            with self._applying():
+                self.node.start()
+        except EdgeError as exc:
+            log.warning("%s", exc)
 
     def _report(self) -> None:
         self._request("POST", f"/api/v1/edge/nodes/{self.node_id}", timeout=10, json={

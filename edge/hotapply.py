@@ -13,7 +13,7 @@ from typing import Any, Callable
 from edge import journal, releases
 from edge.plan import Change, Plan, make_delta_plan, refuse_mass_delete
 from edge.render import EXTRAS_MAPS, cert_file, route_extras_entries, validate, validate_delta
-from edge.runtime import Batch, RuntimeAPI
+from edge.runtime import Batch, RuntimeAPI, RuntimeCommandFailed
 from edge.state import DesiredState, Route, StateDelta
 
 CHUNK = 1000
@@ -180,3 +180,25 @@ def _add_extras(batch: Batch, release: Path, old: Route | None, new: Route | Non
 def extras_changed(change: Change) -> bool:
     return (change.existing.extras if change.existing is not None else "") != \
         (change.desired.extras if change.desired is not None else "")
+
+
+def serves(runtime: RuntimeAPI, release: Path, routes: dict[str, Route]) -> bool:
+    """Whether HAProxy serves the hostnames ``routes`` (what ``release``'s files and journal
+    say) names: a runtime change whose journal line a crash lost is served and not in the
+    files, or the other way round."""
+    existing = {h: r.publication_id for h, r in routes.items()}
+    try:
+        return (runtime.show_map(release / "hosts.map") == existing
+                and runtime.crt_list_names(release / "crt-list") == set(existing))
+    except (OSError, RuntimeCommandFailed):
+        return False
+
+
+def reads_release(runtime: RuntimeAPI, release: Path) -> bool:
+    """Whether the running HAProxy reads ``release``'s maps (an agent killed between the swap
+    of ``current`` and the reload leaves one reading the release before)."""
+    try:
+        listing = runtime.command("show map")
+    except (OSError, RuntimeCommandFailed):
+        return False
+    return f"({release / 'hosts.map'})" in listing

@@ -247,22 +247,12 @@ class EdgeNode(Journaled):
         if not (self.haproxy.running and self._structure_served == self._structure(config)):
             return False
         if not self._map_checked:  # once per process: does HAProxy serve what the files say?
+            existing = {h: r.publication_id for h, r in self.existing_routes().items()}
+            release = self.current.resolve()
             self._map_checked = True
-            if not self._maps_match():  # what it serves is not known: a new release repairs it
-                self._files_ahead, self._confirmed = True, None
-                return False
-        return True
-
-    def _maps_match(self) -> bool:
-        """Whether HAProxy serves the hostnames the files say (a runtime change whose journal
-        line a crash lost is served and not in the files, or the other way round)."""
-        existing = {h: r.publication_id for h, r in self.existing_routes().items()}
-        release = self.current.resolve()
-        try:
             return (self.runtime.show_map(release / "hosts.map") == existing
                     and self.runtime.crt_list_names(release / "crt-list") == set(existing))
-        except (OSError, RuntimeCommandFailed):
-            return False
+        return True
 
     def _structure(self, config: EdgeConfig) -> str:
         """What a hot apply cannot change: servers, templates and where the node listens."""
@@ -361,8 +351,7 @@ class EdgeNode(Journaled):
                 self._unservable = True
                 self.last_error = f"HAProxy did not start from the files: {exc}"
                 raise
-            if self.haproxy.adopted is not None and not (self._reads_current()
-                                                         and self._maps_match()):
+            if self.haproxy.adopted is not None and not self._reads_current():
                 self._reload_files(None)  # what it serves is not known until then
             elif self._files_ahead:  # started from them: it serves the files now
                 self._files_ahead = False

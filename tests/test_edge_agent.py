@@ -181,6 +181,30 @@ def test_broken_template_is_reported_and_the_node_keeps_serving(
     assert (probe.status, probe.json()["publication_id"]) == (200, "pub_1")
 
 
+def test_an_agent_restarted_with_new_templates_serves_them_with_no_change_published(
+        control: tuple[Services, str], agent: EdgeAgent, app: SampleApp, tmp_path: Path) -> None:
+    """An upgrade's templates (or a changed listening setting) reach HAProxy at the agent's
+    restart: it asks for the whole state and renders it, rather than wait on the long poll
+    for a change that on a quiet shard may be days away."""
+    services, url = control
+    cert, pem = self_signed("ok.example.test")
+    publish(services, app, {"ok.example.test": Route("ok.example.test", "pub_1", pem)})
+    agent.sync()
+    newer = tmp_path / "templates"
+    shutil.copytree(resources.files("haproxy_templates"), newer)
+    config = newer / "haproxy.cfg.j2"
+    config.write_text(config.read_text().replace(
+        "balance roundrobin", "balance roundrobin\n    http-response set-header X-Release next"))
+    restarted = EdgeNode(agent.node.directory, http_port=agent.node.layout.http_port,
+                         https_port=agent.node.layout.https_port, templates=newer)
+    restarted.start()  # takes over the HAProxy running, as a restarted agent does
+    upgraded = EdgeAgent(restarted, url, "edge-token-0123456789", node_id="n1", watch=5.0)
+    assert upgraded.sync(), "the state it already served, rendered with the new templates"
+    probe = https_get(agent.node.layout.https_port, "ok.example.test", cadata=cert)
+    assert (probe.status, probe.headers.get("x-release")) == (200, "next")
+    assert node_report(url)["in_sync"] is True
+
+
 def _answers_by_path(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
     """An app server that answers the status its path names: /500 -> 500, /404 -> 404."""
     status = {"/500": "500 Internal Server Error", "/404": "404 Not Found"}.get(

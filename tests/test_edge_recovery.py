@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -310,3 +312,30 @@ def test_an_adopted_haproxy_serving_a_change_the_journal_lost_is_reloaded_onto_t
     assert node.applied_version == s1.version
     assert served(node, "x.example.test", cert_x) == "pub_x", "it serves what it reports"
     assert served(node, "h.example.test", cert_h) == "pub_h"
+
+
+def test_a_node_restarted_with_new_templates_serves_them_before_its_state_changes(
+        edge_node: Callable[..., EdgeNode], app: SampleApp, tmp_path: Path) -> None:
+    """An upgrade brings new templates (a fix in haproxy.cfg), an operator a new setting: a
+    node whose state did not change served the old ones until some domain changed, which on
+    a quiet shard may be days."""
+    ports = {"http_port": free_port(), "https_port": free_port()}
+    first = edge_node(**ports)
+    cert, one = route("one.example.test", "pub_1")
+    s1 = state(app, one)
+    first.apply(s1)
+    newer = tmp_path / "templates"
+    shutil.copytree(resources.files("haproxy_templates"), newer)  # type: ignore[arg-type]
+    config = newer / "haproxy.cfg.j2"
+    config.write_text(config.read_text().replace(
+        "balance roundrobin", "balance roundrobin\n    http-response set-header X-Release next"))
+    assert first.own_files_served
+    node = edge_node(templates=newer, **ports)
+    node.start()
+    assert not node.own_files_served, "so its agent asks for a whole state"
+    assert node.apply(s1), "the same state, rendered anew"
+    probe = https_get(node.layout.https_port, "one.example.test", cadata=cert)
+    assert (probe.status, probe.headers.get("x-release")) == (200, "next")
+    again = edge_node(templates=newer, **ports)
+    again.start()
+    assert again.own_files_served and not again.apply(s1), "then nothing more to do"
