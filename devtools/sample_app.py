@@ -54,11 +54,19 @@ def _echo(name: str, request: Request) -> Response:
     }), mimetype="application/json")
 
 
+def _silent_attempt_due(request: Request) -> bool:
+    """docs/sso.md's rule for apps: no silent attempt while the edge's cookie is there, unless
+    it holds a session's expiry (Unix seconds) that has passed. Browsers drop that one at the
+    expiry anyway; ``1`` lasts the browser session."""
+    tried = request.cookies.get("__Host-edge_sso_tried")
+    return not tried or (tried.isdigit() and len(tried) <= 12 and 1 < int(tried) <= time.time())
+
+
 def _article(request: Request) -> Response:
     user = request.headers.get("X-Edge-User")
-    if not user and "__Host-edge_sso_tried" not in request.cookies:
-        # One silent sign-in attempt per browser session: readers the platform knows are
-        # signed in without a click; the edge's cookie stops a second attempt.
+    if not user and _silent_attempt_due(request):
+        # Readers the platform knows are signed in without a click; the edge's cookie stops
+        # a second attempt, and a session the edge does not accept from looping.
         return Response(status=302, headers={
             "Location": f"/_edge/sso/login?prompt=none&rd={quote(request.path)}"})
     rd = html.escape(request.path, quote=True)

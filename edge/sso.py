@@ -33,7 +33,9 @@ SSO_CODES = TableSpec("sso_codes", key="code", expiring=True)
 SESSION_COOKIE = "__Host-edge_session"
 STATE_COOKIE = "__Host-edge_sso_state"
 TRIED_COOKIE = "__Host-edge_sso_tried"
-"""Set for the browser session after a silent attempt or a logout: no further silent attempt."""
+"""No silent attempt while it is there: after a sign-in its value is the session's ``exp`` and it
+lasts as long (so a session the edge refuses costs one attempt per session, never a loop); after
+a silent attempt that found nobody, or a logout, it is ``1`` for the browser session."""
 LOGOUT_COOKIE = "__Host-edge_sso_logout"
 """The confirmation page's token (SameSite=Strict): its form's POST signs out from any browser."""
 CODE_SECONDS = 60.0
@@ -43,6 +45,18 @@ _LABEL = HOSTNAME_LABEL.pattern
 HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+")
 """A plain DNS name: anything else could make a URL we build point somewhere else."""
 _PATH_CHARS = re.compile(r"[\x21-\x7e]*")  # printable ASCII, no spaces or controls
+SESSION_VERSION = 1
+"""The session token's ``v`` claim. A token without one (the release before) is version 1; the
+edge ignores a token of a version it does not know (haproxy.cfg.j2)."""
+CODE_VERSION = 1
+"""A one-time code item's ``v``; an item without one (the release before) is version 1."""
+STATE_VERSION = 1
+"""The state cookie's format. Version 1 is written unmarked, the only form the release before
+reads; a ``v<N>.`` prefix names a version (``v1.`` is read as the unmarked form), so a later
+release may write one once every replica reads it."""
+_STATE_PREFIX = re.compile(r"v([0-9]{1,4})\.")
+_NEWER = ("This sign-in was started by a newer release of the sign-in service; "
+          "please sign in again in a moment.")
 
 
 class SsoRefused(EdgeError):
@@ -80,10 +94,21 @@ def nonce(value: str | None) -> str:
     return value
 
 
+def silent_attempt_due(tried: str | None, now: float) -> bool:
+    """Whether ``login?prompt=none`` may go to the platform, given the ``TRIED_COOKIE``: when
+    there is none, or it holds a session's expiry that has passed. ``1`` (a silent attempt found
+    nobody, or a logout) and anything unreadable mean not in this browser session."""
+    if not tried:
+        return True
+    return tried.isdigit() and len(tried) <= 12 and 1 < int(tried) <= now
+
+
 class SigningKeys:
     """ES256 keys in a table, private halves encrypted. The newest two are published to the edge;
-    a new key signs only after ``activation`` seconds, when every edge can verify it, so a
-    rotation signs nobody out."""
+    a new key signs only after ``activation`` seconds, by when edge nodes normally verify it.
+    A node that lags longer ignores the sessions signed meanwhile: their readers browse it
+    anonymously until the session expires (``TRIED_COOKIE`` stops a retry loop), never signed
+    out of the sessions they had."""
 
     def __init__(self, table: Table, vault: KeyVault, activation: float = 60.0,
                  clock: Callable[[], float] = time.time) -> None:
@@ -175,34 +200,47 @@ class SingleSignOn:
     def mint_code(self, user: str, host: str, state: str) -> str:
         self.require_custom_domain(host)
         code = secrets.token_urlsafe(32)
-        self.codes.put({"code": code, "user": user, "host": host, "state": nonce(state),
-                        "expires_at": self._clock() + CODE_SECONDS}, expected_version=ABSENT)
+        self.codes.put({"code": code, "v": CODE_VERSION, "user": user, "host": host,
+                        "state": nonce(state), "expires_at": self._clock() + CODE_SECONDS},
+                       expected_version=ABSENT)
         return code
 
-    def consume_code(self, code: str | None, host: str, state: str) -> str:
-        """The user a code was minted for; the code is gone afterwards, whatever the outcome."""
-        item = self.codes.get(code) if code and _NONCE.fullmatch(code) else None
+    def take_code(self, code: str) -> Item:
+        """The code's item, deleted from the table: a code is burnt by the first callback that
+        carries it, whatever that callback's outcome, so a refused one cannot be replayed."""
+        item = self.codes.get(code) if _NONCE.fullmatch(code) else None
         if item is None or item["expires_at"] <= self._clock():
             raise SsoRefused("This sign-in link has expired or was already used.")
         try:
-            used = self.codes.delete(str(code), expected_version=item[VERSION])
+            used = self.codes.delete(code, expected_version=item[VERSION])
         except ConflictError:
             used = False
         if not used:
             raise SsoRefused("This sign-in link was already used.")
+        version = item.get("v", 1)
+        if not isinstance(version, (int, float)) or version > CODE_VERSION:
+            raise SsoRefused(_NEWER)
+        return item
+
+    def code_user(self, item: Item, host: str, state: str) -> str:
+        """The user a taken code was minted for, if it was minted for this host and state."""
         if item["host"] != host or \
                 not hmac.compare_digest(str(item["state"]).encode(), state.encode()):
             raise SsoRefused("This sign-in link was made for another request.")
         return str(item["user"])
 
-    def session_token(self, user: str, host: str) -> str:
-        """Bound to the host and to its publication now: should the domain pass to another
-        publication, the edge ignores sessions made before."""
+    def session_token(self, user: str, host: str) -> tuple[str, int]:
+        """(token, its ``exp``). Bound to the host and to its publication now: should the
+        domain pass to another publication, the edge ignores sessions made before."""
         kid, key = self.keys.signer()
         now = int(self._clock())
-        return jwt.encode({"sub": user, "aud": host, "pub": self.publication(host), "iat": now,
-                           "exp": now + int(self.session_seconds)},
-                          key, algorithm="ES256", headers={"kid": kid})
+        expires = now + int(self.session_seconds)
+        return jwt.encode({"v": SESSION_VERSION, "sub": user, "aud": host,
+                           "pub": self.publication(host), "iat": now, "exp": expires},
+                          key, algorithm="ES256", headers={"kid": kid}), expires
+
+    def silent_attempt_due(self, tried: str | None) -> bool:
+        return silent_attempt_due(tried, self._clock())
 
 
 def state_cookie(state: str, rd: str) -> str:
@@ -211,7 +249,14 @@ def state_cookie(state: str, rd: str) -> str:
 
 def read_state_cookie(value: str | None) -> tuple[str, str]:
     """(state, return path) from the state cookie; the path is checked again, never trusted."""
-    state, _, encoded = (value or "").partition(".")
+    value = value or ""
+    marked = _STATE_PREFIX.match(value)
+    if marked:
+        if int(marked.group(1)) != STATE_VERSION:
+            raise SsoRefused(_NEWER if int(marked.group(1)) > STATE_VERSION
+                             else "The sign-in request is malformed.")
+        value = value[marked.end():]
+    state, _, encoded = value.partition(".")
     try:
         rd = base64.urlsafe_b64decode(encoded.encode()).decode()
     except ValueError:

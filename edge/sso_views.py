@@ -57,27 +57,38 @@ def unavailable(exc: PlatformUnavailable) -> tuple[Response, int]:
                               mimetype="text/plain")), 503
 
 
+SILENT_PLATFORM_TIMEOUT = 1.0
+"""How long a silent attempt waits for the platform to say who is signed in: the reader waits
+for the page meanwhile, and no answer means coming back anonymous."""
+
+
 def _no_more_silent_attempts(response: Response) -> Response:
     # A browser-session cookie: the silent attempt happens once per session, never in a loop.
     response.set_cookie(TRIED_COOKIE, "1", secure=True, httponly=True, samesite="Lax", path="/")
     return response
 
 
+def _drop_state(response: Response) -> Response:
+    response.delete_cookie(STATE_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
+    return _no_store(response)
+
+
 @bp.get("/login")
 def login() -> Response:
     """``prompt=none`` asks for a silent attempt: signed in if the platform knows the visitor,
-    otherwise straight back to ``rd``, anonymous; once per browser session."""
-    sso = _sso()
+    otherwise straight back to ``rd``, anonymous; none while ``TRIED_COOKIE`` says so. Where
+    sign-in is not offered (the platform's own hosts, a domain removed or paused) a silent
+    attempt comes back anonymous too: the page that started it asked the reader nothing."""
     rd = return_path(request.args.get("rd"))
     silent = request.args.get("prompt") == "none"
     try:
+        sso = _sso()
         host = sso.require_custom_domain(_host())
-    except SignInPaused:
+    except SsoRefused:
         if not silent:
             raise
-        # The site is still served while its DNS is re-checked: the reader stays anonymous.
         return _no_store(_no_more_silent_attempts(redirect(rd, 302)))
-    if silent and request.cookies.get(TRIED_COOKIE):
+    if silent and not sso.silent_attempt_due(request.cookies.get(TRIED_COOKIE)):
         return _no_store(redirect(rd, 302))
     state = secrets.token_urlsafe(24)
     response = redirect(sso.authorize_url(host, state, silent), 302)
@@ -104,7 +115,14 @@ def authorize() -> Response:
     platform = use(Platform)
     if platform.identity is None:
         raise SsoRefused("Sign-in is not configured.")
-    user = platform.identity.user(request.cookies, request.headers.get("Cookie", ""))
+    try:
+        user = platform.identity.user(request.cookies, request.headers.get("Cookie", ""),
+                                      SILENT_PLATFORM_TIMEOUT if silent else None)
+    except PlatformUnavailable as exc:
+        if not silent:
+            raise
+        log.warning("sso: a silent sign-in comes back anonymous: %s", exc)
+        user = None  # the reader asked nothing: an error page would stop their reading
     if user is None and silent:
         return _no_store(redirect(sso.callback_url(host, state), 302))
     if user is None:
@@ -115,27 +133,31 @@ def authorize() -> Response:
 
 @bp.get("/callback")
 def callback() -> Response:
+    """Trades a code for a session. The code is burnt first, whatever follows: a callback
+    refused for its state, its host or its domain leaves no code to replay."""
     sso = _sso()
-    # Coming back anonymous needs no trust in the domain's DNS; a code does (below).
-    host = sso.require_custom_domain(_host(), paused_ok=True)
+    code = request.args.get("code")
+    taken = sso.take_code(code) if code is not None else None
     state, rd = read_state_cookie(request.cookies.get(STATE_COOKIE))
     if not secrets.compare_digest(state.encode(), (request.args.get("state") or "").encode()):
         raise SsoRefused("This sign-in link was made for another request.")
-    if request.args.get("error") == "login_required":  # the silent attempt found nobody
-        response = _no_more_silent_attempts(redirect(rd, 302))
-        response.delete_cookie(STATE_COOKIE, path="/", secure=True, httponly=True,
-                               samesite="Lax")
-        return _no_store(response)
-    user = sso.consume_code(request.args.get("code"), host, state)  # gone, whatever follows
-    sso.require_custom_domain(host)
-    # Signed in: when this session expires, one silent attempt renews it.
+    if taken is None and request.args.get("error") == "login_required":
+        # The silent attempt found nobody. Coming back anonymous needs no trust in the
+        # domain's DNS, nor that it still takes part: a code does (below).
+        return _drop_state(_no_more_silent_attempts(redirect(rd, 302)))
+    if taken is None or "error" in request.args:
+        raise SsoRefused("The sign-in answer is malformed.")
+    host = sso.require_custom_domain(_host())
+    user = sso.code_user(taken, host, state)
+    token, expires = sso.session_token(user, host)
     response = redirect(rd, 302)
-    response.delete_cookie(TRIED_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
-    response.set_cookie(SESSION_COOKIE, sso.session_token(user, host),
-                        max_age=int(sso.session_seconds), secure=True, httponly=True,
-                        samesite="Lax", path="/")
-    response.delete_cookie(STATE_COOKIE, path="/", secure=True, httponly=True, samesite="Lax")
-    return _no_store(response)
+    # No silent attempt while this session lasts: should the edge refuse it (a node that has
+    # not loaded the signing key yet), the reader browses anonymously, never in a loop; once
+    # it expires, one silent attempt renews it.
+    for name, value in ((TRIED_COOKIE, str(expires)), (SESSION_COOKIE, token)):
+        response.set_cookie(name, value, max_age=int(sso.session_seconds), secure=True,
+                            httponly=True, samesite="Lax", path="/")
+    return _drop_state(response)
 
 
 def _same_origin() -> bool:

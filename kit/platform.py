@@ -33,8 +33,10 @@ class PlatformUser:
 
 
 class PlatformIdentity(Protocol):
-    def user(self, cookies: Mapping[str, str], cookie_header: str) -> PlatformUser | None:
-        """The signed-in platform user of a request, or None for an anonymous visitor."""
+    def user(self, cookies: Mapping[str, str], cookie_header: str,
+             timeout: float | None = None) -> PlatformUser | None:
+        """The signed-in platform user of a request, or None for an anonymous visitor;
+        ``timeout`` bounds a call to the platform when there is one (None: the identity's)."""
 
 
 def _user_from(claims: Mapping[str, Any], field: str) -> PlatformUser | None:
@@ -53,12 +55,14 @@ class IntrospectionIdentity:
         self._session = session or requests.Session()
         self._timeout = timeout
 
-    def user(self, cookies: Mapping[str, str], cookie_header: str) -> PlatformUser | None:
+    def user(self, cookies: Mapping[str, str], cookie_header: str,
+             timeout: float | None = None) -> PlatformUser | None:
         if not cookie_header:
             return None
         try:
             response = self._session.get(self._url, headers={"Cookie": cookie_header},
-                                         timeout=self._timeout, allow_redirects=False)
+                                         timeout=timeout or self._timeout,
+                                         allow_redirects=False)
         except requests.RequestException as exc:
             raise PlatformUnavailable(f"session introspection failed: {exc}") from None
         if response.status_code in (401, 403):
@@ -77,7 +81,8 @@ class SignedCookieIdentity:
         self._cookie = cookie
         self._key = key
 
-    def user(self, cookies: Mapping[str, str], cookie_header: str) -> PlatformUser | None:
+    def user(self, cookies: Mapping[str, str], cookie_header: str,
+             timeout: float | None = None) -> PlatformUser | None:
         token = cookies.get(self._cookie)
         if not token:
             return None
