@@ -22,14 +22,16 @@ class IssuerChain:
         self._certificates = certificates
         self.stats = stats
 
-    def issue(self, hostnames: list[str]) -> None:
-        """Issue with the first CA that succeeds; each result is counted for the dashboard."""
+    def issue(self, hostnames: list[str]) -> str:
+        """Issue with the first CA that succeeds; each result is counted for the dashboard.
+        Returns the serial of the certificate stored."""
         try:
-            self._issue(hostnames)
+            serial = self._issue(hostnames)
         except Exception:
             self._count("failed")
             raise
         self._count("issued")
+        return serial
 
     def _count(self, result: str) -> None:
         try:  # a statistic must never turn an issued certificate into a failure
@@ -38,12 +40,11 @@ class IssuerChain:
         except Exception:
             log.warning("could not count an issuance result", exc_info=True)
 
-    def _issue(self, hostnames: list[str]) -> None:
+    def _issue(self, hostnames: list[str]) -> str:
         failures: list[IssuanceError] = []
         for issuer in self.issuers:
             try:
-                issuer.issue(hostnames)
-                return
+                return issuer.issue(hostnames)
             except IssuanceError as exc:
                 log.warning("%s could not issue for %s: %s", issuer.directory_url,
                             ", ".join(hostnames), exc.reason)
@@ -58,8 +59,8 @@ class IssuerChain:
         ca = stored.get("ca", "") if stored else ""
         return next((i for i in self.issuers if i.directory_url == ca), self.issuers[0])
 
-    def discard(self, hostnames: list[str]) -> None:
-        self._issuer_of(hostnames[0]).discard(hostnames)
+    def discard(self, hostnames: list[str], serial: str | None = None) -> None:
+        self._issuer_of(hostnames[0]).discard(hostnames, serial)
 
     def renewal_due(self, hostname: str, now: datetime.datetime | None = None) -> bool:
         return self._issuer_of(hostname).renewal_due(hostname, now)

@@ -81,11 +81,13 @@ class AcmeIssuer:
         self._sleep = sleep
         self._clock = clock
 
-    def issue(self, hostnames: list[str]) -> None:
+    def issue(self, hostnames: list[str]) -> str:
+        """Obtain and store a certificate for ``hostnames``; returns its serial (what a
+        discard of this one certificate names); IssuanceError with a reason if not."""
         try:
             if self._budget is not None:
                 self._budget.check(hostnames)
-            self._issue(hostnames)
+            return self._issue(hostnames)
         except IssuanceError:
             raise
         except BudgetExceeded as exc:
@@ -150,24 +152,27 @@ class AcmeIssuer:
     def bad_nonce_retries(self) -> int:
         return self._account.bad_nonce_retries
 
-    def discard(self, hostnames: list[str]) -> None:
-        """The domain is gone: revoke its certificate (cessationOfOperation), delete the key."""
-        stored = self._certificates.get(hostnames[0])
-        if stored is None:
+    def discard(self, hostnames: list[str], serial: str | None = None) -> None:
+        """The domain is gone: revoke its certificate (cessationOfOperation), delete the key.
+        With ``serial``, only that certificate: one stored since under the name is another
+        claim's (the hostname's next holder's), and stays."""
+        stored = self._certificates.raw(hostnames[0])  # the key stays sealed: it is deleted
+        if stored is None or (serial is not None and stored["serial"] != serial):
             return
         try:
-            leaf = x509.load_pem_x509_certificate(stored.fullchain_pem.encode())
+            leaf = x509.load_pem_x509_certificate(stored["fullchain_pem"].encode())
             acme = self._account.client()
             acme.net.post(acme.directory["revokeCert"],
                           messages.Revocation(certificate=leaf, reason=CESSATION_OF_OPERATION),
                           new_nonce_url=acme.directory["newNonce"], timeout=REVOKE_SECONDS)
-            log.info("certificate %s for %s revoked", stored.serial, hostnames[0])
+            log.info("certificate %s for %s revoked", stored["serial"], hostnames[0])
         except (errors.Error, messages.Error, OSError) as exc:
             # The key is destroyed below either way, so the certificate can never be used.
             log.warning("could not revoke the certificate of %s: %s", hostnames[0], exc)
-        self._certificates.delete(hostnames[0])
+        # Without a serial (a removal), whatever is stored goes, a renewal racing it too.
+        self._certificates.delete(hostnames[0], stored if serial is not None else None)
 
-    def _issue(self, hostnames: list[str]) -> None:
+    def _issue(self, hostnames: list[str]) -> str:
         acme = self._account.client()
         order, key = self._resume(acme, hostnames)
         if order is None:
@@ -197,10 +202,11 @@ class AcmeIssuer:
             if self._budget is not None:
                 self._budget.not_issued(hostnames)
             raise
-        self._certificates.save(hostnames, order.fullchain_pem, key_to_pem(key),
-                                ca=self.directory_url)
+        saved = self._certificates.save(hostnames, order.fullchain_pem, key_to_pem(key),
+                                        ca=self.directory_url)
         self._orders.done(hostnames)
         log.info("certificate issued for %s", ", ".join(hostnames))
+        return str(saved["serial"])
 
     def _complete(self, acme: client.ClientV2, order: messages.OrderResource,
                   hostnames: list[str]) -> messages.OrderResource:

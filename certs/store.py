@@ -128,5 +128,12 @@ class CertificateStore:
         """Re-encrypt every stored private key under the newest encryption key."""
         return rewrite_field(self.table, "key_enc", self._vault.rotate)
 
-    def delete(self, hostname: str) -> bool:
-        return self.table.delete(hostname)
+    def delete(self, hostname: str, stored: Item | None = None) -> bool:
+        """Delete the certificate of ``hostname``; with ``stored`` (as :meth:`raw` read it),
+        only if it is still that one: one stored since is another claim's, and stays."""
+        if stored is None:
+            return self.table.delete(hostname)
+        try:
+            return self.table.delete(hostname, expected_version=stored[VERSION])
+        except ConflictError:
+            return False

@@ -74,6 +74,16 @@ class _LookupFailed(Exception):
         self.problem = problem
 
 
+def _dns_name(name: str) -> dns.name.Name:
+    """``name`` as a DNS name; one DNS cannot carry (too long, an empty label) fails its
+    lookup with a sentence, as any failed lookup does."""
+    try:
+        return dns.name.from_text(name)
+    except dns.exception.DNSException as exc:
+        raise _LookupFailed(Problem("bad_name", f"{shown(name)} cannot be looked up in DNS "
+                                    f"({exc})")) from None
+
+
 class DnsChecker:
     def __init__(self, resolver: dns.resolver.Resolver, cname_target: str,
                  edge_addresses: Iterable[str], *, port: int = 53, timeout: float = 2.0,
@@ -243,7 +253,7 @@ class DnsChecker:
     def _check_caa(self, hostname: str) -> list[Problem]:
         wildcard = hostname.startswith("*.")
         hostname = base_of(hostname)
-        name = dns.name.from_text(hostname)
+        name = dns.name.from_text(hostname)  # a connected hostname: a name DNS carries
         while len(name.labels) > 2:  # stop before the root and the TLD
             text = name.to_text()
             try:
@@ -285,8 +295,12 @@ class DnsChecker:
     # -- lookups --------------------------------------------------------------------------
 
     def authoritative_servers(self, hostname: str) -> list[str]:
-        """Addresses of the NS of the zone holding ``hostname``; empty if none can be found."""
-        name = dns.name.from_text(hostname)
+        """Addresses of the NS of the zone holding ``hostname``; empty if none can be found
+        (a name DNS cannot carry has none: its lookups then fail, each with its sentence)."""
+        try:
+            name = _dns_name(hostname)
+        except _LookupFailed:
+            return []
         while len(name.labels) > 1:
             text = name.to_text()
             servers = self._zone_cut(text) if text.rstrip(".") == hostname else \
@@ -334,6 +348,7 @@ class DnsChecker:
                found: dict[str, list[str]]) -> list[Any]:
         wanted = dns.rdatatype.from_text(rdtype)
         where = f" at {server}" if server else ""
+        owner = _dns_name(name)
         try:
             response = self._response(server, name, rdtype)
         except dns.resolver.NXDOMAIN:
@@ -355,7 +370,6 @@ class DnsChecker:
                                         "try again."))
         if rcode == dns.rcode.NXDOMAIN:
             found[f"NXDOMAIN {name}"] = []
-        owner = dns.name.from_text(name)
         return [rdata for rrset in response.answer
                 if rrset.rdtype == wanted and rrset.name == owner for rdata in rrset]
 

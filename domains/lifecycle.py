@@ -10,6 +10,7 @@ doubles as a lease: if the replica holding it dies, the domain becomes due when 
 
 What to do at each step is decided by the pure policies of ``domains/decide.py``; this module
 looks (DNS, the delegation, the certificate store), asks them, and carries out their steps.
+What it needs of the other parts (issuer, edge, events) is ``domains/ports.py``.
 What follows a change (its webhook, the route at the edge, a revocation, the short links of a
 removed domain) is written with it, as outbox entries on the domain's item (domains/outbox.py),
 and applied by the consumers ``control/wiring.py`` registers (some are methods here).
@@ -20,11 +21,12 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Protocol
+from typing import Callable
 
 from dnsops.dnscheck import DnsCheck, DnsChecker
 from domains import decide, outbox, pairs
 from domains.decide import Rules, Seen, Step, Timing
+from domains.ports import CertificateIssuer, Delegation, EventSink, NoEvents, RoutePublisher
 from domains.routing import RouteValue, follow, routable
 from domains.service import (ACTIVE, AWAITING_TRAFFIC, ISSUING, PENDING_DNS, ROUTED,
                              SUSPENDED, VERIFIED, DomainService)
@@ -35,59 +37,6 @@ __all__ = ["CertificateIssuer", "Delegation", "EventSink", "Lifecycle", "RoutePu
            "RouteValue", "Rules", "Timing"]
 
 log = logging.getLogger(__name__)
-
-
-class CertificateIssuer(Protocol):
-    def issue(self, hostnames: list[str]) -> None:
-        """Obtain and store a certificate covering ``hostnames``; raise with a reason if not."""
-
-    def discard(self, hostnames: list[str]) -> None:
-        """Forget the certificate of ``hostnames`` (the domain is gone)."""
-
-    def renewal_due(self, hostname: str) -> bool:
-        """Whether the certificate of ``hostname`` should be renewed now."""
-
-    def holds(self, hostname: str) -> bool:
-        """Whether a certificate of ``hostname`` is stored and not due for renewal."""
-
-
-class RoutePublisher(Protocol):
-    def publish(self, routes_of: Callable[[set[str]], dict[str, RouteValue]]) -> None:
-        """Make the edge serve exactly the routes ``routes_of`` reads (hostname -> publication
-        id, or (publication id, extras); ``domains/routing.py``), given the hostnames the edge
-        routes, read once, to check against: a full reconciliation, at start or on request.
-        A route changed while they are read is left as changed; one missing from that read of
-        the edge is not taken off (a lagging read proves nothing)."""
-
-    def route_changes(self, changes: dict[str, RouteValue | None]) -> None:
-        """These routes changed (hostname -> route, or None: off the edge)."""
-
-    def routed(self) -> set[str]:
-        """The hostnames the edge state routes now (a reconciliation reads them all)."""
-
-    def refresh(self) -> None:
-        """Publish what is not a route if it changed (cheap: one read when nothing did)."""
-
-    def serving(self) -> bool:
-        """Whether any edge node serves yet (the CA's HTTP-01 requests go through it)."""
-
-
-class EventSink(Protocol):
-    def emit(self, event_type: str, data: dict[str, object], event_id: str | None = None) -> str:
-        """Record an event for the platform (a webhook); must not block on the network.
-        An ``event_id`` already recorded must not be recorded twice (a drain repeated after a
-        crash gives the same id)."""
-
-
-class Delegation(Protocol):
-    def delegated(self, hostname: str) -> bool:
-        """Whether ACME's DNS-01 for ``hostname`` is delegated to our DCV zone
-        (domains/prevalidation.py)."""
-
-
-class _NoEvents:
-    def emit(self, event_type: str, data: dict[str, object], event_id: str | None = None) -> str:
-        return ""
 
 
 class Lifecycle:
@@ -107,7 +56,7 @@ class Lifecycle:
         self._clock = clock
         # A stable id lets a restarted worker take back its own leases at once.
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
-        self.events = events or _NoEvents()
+        self.events = events or NoEvents()
         self._held: dict[str, float] = {}
         """Hostnames this worker leased -> when the lease runs out (handed back on a stop)."""
         self._own_issuing = True
@@ -268,14 +217,14 @@ class Lifecycle:
         if step.action != decide.ISSUE:
             return leased
         try:
-            self.issuer.issue([domain["hostname"]])
+            serial = self.issuer.issue([domain["hostname"]])
         except Throttled:
             raise  # the store's back-pressure, not the domain's failure: the worker slows down
         except Exception as exc:  # any failure: record it and retry from verified later
             log.warning("issuance for %s failed: %s", domain["hostname"], exc)
             return self._apply(leased, decide.issue_failed(str(exc),
                                                            getattr(exc, "retry_after", None)))
-        if not self._still_held(leased):
+        if not self._still_held(leased, serial):
             return leased
         return self._apply(leased, decide.issued(leased, self._clock(), self.rules))
 
@@ -284,32 +233,38 @@ class Lifecycle:
         if not self.issuer.renewal_due(domain["hostname"]):
             return domain
         try:
-            self.issuer.issue([domain["hostname"]])
+            serial = self.issuer.issue([domain["hostname"]])
         except Throttled:
             raise
         except Exception as exc:  # keep serving the current certificate; retry sooner
             log.warning("renewal for %s failed: %s", domain["hostname"], exc)
             return self._apply(domain, decide.renewal_failed(domain, str(exc)))
-        if not self._still_held(domain):
+        if not self._still_held(domain, serial):
             return domain
         return self._apply(domain, decide.renewed(domain))
 
-    def _still_held(self, domain: Item) -> bool:
+    def _still_held(self, domain: Item, serial: str | None) -> bool:
         """After an order: does its claim still hold the hostname? A removal or a takeover that
-        came while the CA answered revoked the claim's certificate, so the one just stored goes
-        too (else the hostname's next holder would serve it, and not order its own)."""
+        came while the CA answered revoked the claim's certificate, so the one just stored
+        (``serial``) goes too (else the hostname's next holder would serve it, and not order
+        its own); one its next holder stored since stays."""
         if self.domains.still_held(domain):
             return True
         log.warning("%s changed hands during its order: its certificate is revoked",
                     domain["hostname"])
-        self.issuer.discard([domain["hostname"]])
+        if serial is None:  # an issuer that cannot say which: whatever is stored goes
+            self.issuer.discard([domain["hostname"]])
+        else:
+            self.issuer.discard([domain["hostname"]], serial)
         return False
 
     # What people ask for.
 
-    def check_now(self, hostname: str, actor: str = "api") -> tuple[Item, DnsCheck]:
-        """Re-check a domain at once, whatever its schedule (the publisher pressed "check")."""
-        domain = self.domains.get(hostname)
+    def check_now(self, domain: str | Item, actor: str = "api") -> tuple[Item, DnsCheck]:
+        """Re-check a domain at once, whatever its schedule (the publisher pressed "check").
+        ``domain``: a hostname, or the domain a caller was allowed to check, which is checked
+        only while its claim holds the hostname (``DomainService.current``)."""
+        domain = self.domains.current(domain)
         result = self.checker.check(domain["hostname"], domain["token"])
         if domain["status"] == PENDING_DNS:
             domain = {**domain, "gave_up": False}
@@ -322,10 +277,13 @@ class Lifecycle:
         if domain["status"] != ACTIVE:
             raise ValueError(f"only an active domain can be renewed (it is {domain['status']})")
         try:
-            self.issuer.issue([domain["hostname"]])
+            serial = self.issuer.issue([domain["hostname"]])
         except Exception as exc:
             self.domains.history.append(domain, "renewal failed", str(exc), actor)
             raise
+        if not self._still_held(domain, serial):
+            raise ValueError(f"{domain['hostname']} changed hands during its renewal: the "
+                             "certificate just issued is revoked")
         return self._apply(domain, decide.renewed(domain, "renewed on request"), actor)
 
     def suspend(self, hostname: str, actor: str = "admin") -> Item:
@@ -340,11 +298,15 @@ class Lifecycle:
             raise ValueError("only a domain suspended by an admin can be resumed")
         return self._apply(domain, decide.resumed_by_admin(domain, self._clock()), actor)
 
-    def remove(self, hostname: str, actor: str = "api") -> Item:
+    def remove(self, domain: str | Item, actor: str = "api") -> Item:
         """Remove a domain: in one write, it is marked ``removing`` with its route off the
         edge, its certificate to revoke, its short links to disable and its webhook; once
-        those are done, it is deleted (a repeated call finishes a removal left half done)."""
-        domain = self.domains.get(hostname)
+        those are done, it is deleted (a repeated call finishes a removal left half done).
+        ``domain``: a hostname (whoever holds it), or the domain as a caller read it when it
+        was allowed to remove it: then ConflictError if it changed since (it may have changed
+        hands), so a caller never removes what it was not allowed to."""
+        if isinstance(domain, str):
+            domain = self.domains.get(domain)
         name = domain["hostname"]
         return self.domains.remove(domain, actor, effects=[
             outbox.route(name, None), outbox.disable_links(name), outbox.revoke(name),

@@ -13,10 +13,12 @@ import uuid
 from typing import Any, Callable, Iterable, Iterator
 
 from dnsops.automation import RecordAutomation
-from dnsops.hostnames import normalize_hostname
-from dnsops.records import delegation_records, instructions, required_records
+from dnsops.hostnames import base_of, normalize_hostname
+from dnsops.records import (ACME_LABEL, CHALLENGE_LABEL, TAKEOVER_LABEL, delegation_records,
+                            instructions, required_records)
 from domains.drain import OutboxDrain
-from domains.errors import PUBLISHER_ERRORS, HostnameTaken, TooManyPending
+from domains.errors import (PUBLISHER_ERRORS, DomainNotFound, HostnameTaken, InvalidHostname,
+                            TooManyPending)
 from domains.outbox import (EVENT, OUTBOX, Consumers, disable_links, revoke, route,
                              with_entries)
 from domains.repository import (ACTIVE, AWAITING_TRAFFIC, DOMAINS, ISSUING, PENDING_DNS,
@@ -25,12 +27,14 @@ from domains.repository import (ACTIVE, AWAITING_TRAFFIC, DOMAINS, ISSUING, PEND
 from domains.timeline import EVENTS, Timeline
 from kit.backoff import jittered_backoff
 from kit.clock import iso
-from kit.hosts import HOSTNAME_LABEL
+from kit.hosts import HOSTNAME_LABEL, records_too_long
 from store import ConflictError, Item, Page, Table
 
 __all__ = ["ACTIVE", "AWAITING_TRAFFIC", "DOMAINS", "EVENTS", "ISSUING", "PENDING_DNS",
            "PUBLIC_FIELDS", "REMOVING", "ROUTED", "STATUSES", "SUSPENDED", "VERIFIED",
            "DomainService", "Item", "public_view"]
+RECORD_LABELS = (CHALLENGE_LABEL, ACME_LABEL, TAKEOVER_LABEL)
+"""The records we name under a hostname, ``<label>.<hostname>``: each must fit in DNS."""
 PUBLIC_FIELDS = ("hostname", "publication_id", "status", "dns_records", "created_at",
                  "updated_at", "last_error", "validation_errors", "dns_seen", "attempts",
                  "next_attempt_at", "gave_up", "automation")
@@ -114,6 +118,9 @@ class DomainService:
         ``extra``: more fields of the new item, and ``effects`` more outbox entries, written
         with it (a redirect, a pool; the www companion to create)."""
         name = self.normalize(hostname)
+        too_long = records_too_long(base_of(name), RECORD_LABELS)
+        if too_long is not None:
+            raise InvalidHostname(name, too_long)
         for _ in range(3):
             existing = self.repository.find(name)
             now = self._clock()
@@ -321,6 +328,17 @@ class DomainService:
 
     def find(self, hostname: str) -> Item | None:
         return self.repository.find(hostname)
+
+    def current(self, domain: str | Item) -> Item:
+        """The domain as stored now: by hostname, or, for a domain a caller read when it was
+        allowed to act on it, only while the same claim holds the hostname. DomainNotFound
+        once it changed hands, as for any domain not the caller's (never who holds it now)."""
+        if not isinstance(domain, dict):
+            return self.get(domain)
+        now = self.get(domain["hostname"])
+        if now.get("claim") != domain.get("claim"):
+            raise DomainNotFound(now["hostname"])
+        return now
 
     def still_held(self, domain: Item) -> bool:
         """Whether ``domain``'s claim still holds its hostname, and is not being removed."""

@@ -35,11 +35,13 @@ import time
 import uuid
 from typing import Callable, Protocol
 
+from dnsops.hostnames import base_of
 from dnsops.records import delegation_records, required_records, takeover_name
 from domains import outbox, pairs
 from domains.errors import DomainError, DomainNotFound
-from domains.service import ISSUING, PENDING_DNS, REMOVING, DomainService
+from domains.service import ISSUING, PENDING_DNS, RECORD_LABELS, REMOVING, DomainService
 from kit.clock import iso
+from kit.hosts import records_too_long
 from store import ABSENT, ConflictError, Item, Table, TableSpec
 
 TAKEOVERS = TableSpec("domain_takeovers", key="id", expiring=True)
@@ -166,6 +168,10 @@ class Takeovers:
         if holder["status"] == REMOVING:
             raise TakeoverRefused(name, "removing", f"{name} is being removed: connect it "
                                   "in a moment.")
+        too_long = records_too_long(base_of(name), RECORD_LABELS)
+        if too_long is not None:  # connected before such names were refused: no TXT can prove it
+            raise TakeoverRefused(name, "too_long", f"{name} cannot be taken over: it is "
+                                  f"{too_long}.", 400)
         return holder
 
     def _not_ordering(self, holder: Item) -> None:

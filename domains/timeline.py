@@ -57,11 +57,14 @@ class Timeline:
 
     def read(self, domain: Item, limit: int = 100) -> list[Item]:
         """This claim's events, newest first, with those still in the item's outbox (a writer
-        that died before writing them leaves them there until the worker drains it)."""
+        that died before writing them leaves them there until the worker drains it). Only this
+        claim's: a takeover carries the previous holder's undrained entries over to the new
+        claim's item (domains/takeover.py), and the new holder must never see them."""
         written = self.table.query("claim", domain["claim"], limit=limit).items
         known = {event["id"] for event in written}
         pending = [event for event in domain.get(OUTBOX) or []
-                   if kind_of(event) == EVENT and event["id"] not in known]
+                   if kind_of(event) == EVENT and event.get("claim") == domain["claim"]
+                   and event["id"] not in known]
         return sorted(written + pending, key=lambda event: event["id"])[:limit]
 
     def _nanoseconds(self, now: float) -> int:

@@ -12,6 +12,22 @@ from publicsuffixlist import PublicSuffixList
 
 HOSTNAME_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 """One lowercase LDH label (use with ``fullmatch``)."""
+MAX_NAME = 253
+"""The longest name DNS carries, written without its final dot (255 octets on the wire): a
+record named ``<label>.<hostname>`` leaves the hostname that much less."""
+
+
+def records_too_long(hostname: str, labels: tuple[str, ...]) -> str | None:
+    """Why records named ``<label>.<hostname>`` cannot exist in DNS, or None when they fit: a
+    hostname near DNS's own limit is valid, but no record could ever be made under it (a
+    wildcard's records are its base name's: pass that)."""
+    label = max(labels, key=len)
+    over = len(label) + 1 + len(hostname) - MAX_NAME
+    if over <= 0:
+        return None
+    return (f"too long for its DNS records: {label}.{hostname[:20]}... would have "
+            f"{MAX_NAME + over} characters, more than DNS allows ({MAX_NAME}); a hostname here "
+            f"has at most {len(hostname) - over} characters")
 
 
 @functools.cache

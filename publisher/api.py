@@ -310,8 +310,8 @@ def list_domains(query: ListDomains) -> tuple[Response, int] | Response:
            responses={200: DomainCheck, 404: None, 409: None})
 def check(hostname: str) -> Response:
     """Answers the domain and the records found on each server asked."""
-    auth.api_domain(hostname)
-    domain, result = use(Lifecycle).check_now(hostname)
+    # The domain as the caller may see it: checked only while that claim holds the hostname.
+    domain, result = use(Lifecycle).check_now(auth.api_domain(hostname))
     return jsonify({**_view(domain), "ok": result.ok, "seen": result.seen})
 
 
@@ -337,6 +337,7 @@ def remove(hostname: str) -> Response | tuple[Response, int]:
     if sources:  # removing it would leave them redirecting to nothing
         return api_error(f"{', '.join(sources)} redirect(s) to {domain['hostname']}: change or "
                          "remove them first", 409, "redirect_target")
-    domain = use(Lifecycle).remove(hostname)
+    # What was allowed, unchanged since (it may have changed hands meanwhile): else 409.
+    domain = use(Lifecycle).remove(domain)
     return jsonify(removed=domain["hostname"],
                    pair_removed=partner["hostname"] if partner is not None else None)

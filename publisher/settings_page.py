@@ -19,7 +19,7 @@ from dnsops import dnsconfig
 from dnsops.hostnames import unicode_form
 from domains import pairs
 from domains.byo import CustomCertificates
-from domains.errors import PUBLISHER_ERRORS, DomainError, HostnameTaken
+from domains.errors import PUBLISHER_ERRORS, DomainError, DomainNotFound, HostnameTaken
 from domains.lifecycle import Lifecycle
 from domains.pairs import pair_view
 from domains.redirects import DomainOptions
@@ -29,6 +29,7 @@ from kit.platform import PlatformUser
 from kit.settings import Settings
 from kit.web import find, use
 from publisher import auth, takeover_page
+from store import ConflictError
 
 bp = Blueprint("publisher_settings", __name__, url_prefix="/_edge/settings",
                template_folder="templates", static_folder="static")
@@ -67,6 +68,7 @@ def _domains() -> DomainService:
 STATES = {"active": "live", "awaiting_traffic": "ready", "verified": "working",
           "issuing": "working", "pending_dns": "waiting", "suspended": "stopped"}
 """The card's state, from the status: what the whole domain page shows follows it."""
+CHANGED = "This domain changed while we worked on it: reload its page and try again."
 DETAILS = {
     "pending_dns": "We are waiting for the DNS records below; we check them again and again "
                    "by ourselves.",
@@ -188,9 +190,14 @@ def check(hostname: str) -> Response:
     user = auth.signed_in()
     auth.require_csrf(user)
     domain = auth.page_domain(user, hostname)
-    _, result = use(Lifecycle).check_now(domain["hostname"], actor=f"publisher:{user.id}")
+    try:  # only while the claim the user manages holds the hostname
+        checked, result = use(Lifecycle).check_now(domain, actor=f"publisher:{user.id}")
+    except DomainNotFound:
+        abort(404)  # it changed hands: as for any domain not theirs
+    except ConflictError:
+        abort(409, CHANGED)
     if request.accept_mimetypes.best == "application/json":
-        return jsonify({**status_of(auth.page_domain(user, hostname)), "check_ok": result.ok})
+        return jsonify({**status_of(checked), "check_ok": result.ok})
     return redirect(url_for(".show", hostname=domain["hostname"], checked=1), 303)
 
 
@@ -209,5 +216,8 @@ def remove(hostname: str) -> Response | str:
     if sources:  # they would redirect to nothing
         abort(409, f"{', '.join(sources)} redirect(s) to {domain['hostname']}: change or "
                    "remove them first.")
-    use(Lifecycle).remove(domain["hostname"], actor=f"publisher:{user.id}")
+    try:  # what the user was allowed to remove, unchanged since (it may have changed hands)
+        use(Lifecycle).remove(domain, actor=f"publisher:{user.id}")
+    except ConflictError:
+        abort(409, CHANGED)
     return redirect(url_for(".index", removed=domain["hostname"]), 303)

@@ -330,13 +330,14 @@ def test_certificate_is_renewed_at_two_thirds_and_swapped_in(
         "certificate renewed"
 
 
-@pytest.mark.parametrize("order", ["first", "renewal"])
+@pytest.mark.parametrize("order", ["first", "renewal", "on-request"])
 def test_a_removal_while_the_ca_answers_leaves_no_certificate_behind(
         order: str, services_with: ServicesWith, dns_settings: Settings, pebble: PebbleStack,
         clock: FakeClock) -> None:
     """The publisher removes its domain while its order is in flight: the removal revokes what
     is stored, then the order stores a certificate. That one is revoked too, or the hostname's
-    next holder would be served it (``holds``: no order of its own)."""
+    next holder would be served it (``holds``: no order of its own). An operator's "renew now"
+    too, which says why it failed."""
     services = services_with(base=dns_settings, clock=clock, **on_pebble(pebble))
     hostname = f"{order}-gone.example.test"
     domain, _ = services.domains.connect(hostname, "pub_1")
@@ -344,7 +345,7 @@ def test_a_removal_while_the_ca_answers_leaves_no_certificate_behind(
     issue = services.issuer.issue
     with serving(create_app(services), pebble.http_port):
         domain = services.lifecycle.verify(domain)
-        if order == "renewal":
+        if order != "first":
             services.lifecycle.issue(domain)
             first = services.certificates.get(hostname)
             assert first is not None
@@ -352,9 +353,13 @@ def test_a_removal_while_the_ca_answers_leaves_no_certificate_behind(
             not_after = datetime.datetime.fromisoformat(first.not_after).timestamp()
             clock.now = not_before + (not_after - not_before) * 0.72
         services.issuer.issue = lambda hostnames: (  # type: ignore
-            services.lifecycle.remove(hostname), issue(hostnames))
+            services.lifecycle.remove(hostname), issue(hostnames))[1]
         if order == "renewal":
             services.lifecycle.recheck(services.domains.get(hostname))
+        elif order == "on-request":
+            with pytest.raises(ValueError, match="changed hands during its renewal: the "
+                               "certificate just issued is revoked"):
+                services.lifecycle.renew_now(hostname)
         else:
             services.lifecycle.issue(services.domains.get(hostname))
     assert services.domains.find(hostname) is None
@@ -364,3 +369,56 @@ def test_a_removal_while_the_ca_answers_leaves_no_certificate_behind(
 def routes_with_fingerprints(services: Services) -> list[tuple[str, str]]:
     state = services.edge_state.load()
     return [(r["hostname"], r["cert_sha256"]) for r in state["routes"]] if state else []
+
+
+def test_discarding_one_certificate_leaves_the_one_stored_since(
+        services_with: ServicesWith, pebble: PebbleStack) -> None:
+    """An order that ends after its claim lost the hostname discards the certificate it
+    stored, by its serial: one the hostname's next holder stored since (another replica) is
+    neither revoked nor deleted."""
+    services = services_with(**on_pebble(pebble))
+    acme = services.issuer.issuers[0]
+    hostname = "handed-on.example.test"
+    with serving(create_app(services), pebble.http_port):
+        first = acme.issue([hostname])
+        assert first == services.certificates.get(hostname).serial  # type: ignore[union-attr]
+        second = acme.issue([hostname])  # the next holder's, stored over it
+        acme.discard([hostname], first)
+        assert services.certificates.get(hostname).serial == second  # type: ignore[union-attr]
+        assert pebble.certificate_status(second) == "Valid"
+        acme.discard([hostname], second)
+    assert pebble.certificate_status(second) == "Revoked"
+    assert services.certificates.get(hostname) is None
+
+
+def test_a_renewal_that_lost_its_claim_leaves_the_next_holders_certificate(
+        services_with: ServicesWith, dns_settings: Settings, pebble: PebbleStack,
+        clock: FakeClock) -> None:
+    """Its order ends after the publisher removed the domain and another publication connected
+    it and got its certificate (another replica): only the renewal's own certificate goes."""
+    services = services_with(base=dns_settings, clock=clock, **on_pebble(pebble))
+    hostname = "handed-over.example.test"
+    domain, _ = services.domains.connect(hostname, "pub_1")
+    pebble.set_txt(f"_edge-challenge.{hostname}", domain["token"])
+    issue = services.issuer.issue
+    theirs: list[str] = []
+
+    def renewal_then_next_holder(hostnames: list[str]) -> str:
+        ours = issue(hostnames)
+        services.lifecycle.remove(hostname)
+        services.domains.connect(hostname, "pub_2")
+        theirs.append(issue(hostnames))  # the next holder's order, stored after ours
+        return ours
+
+    with serving(create_app(services), pebble.http_port):
+        first = services.lifecycle.issue(services.lifecycle.verify(domain))
+        stored = services.certificates.get(hostname)
+        assert first["status"] == "active" and stored is not None
+        not_before = datetime.datetime.fromisoformat(stored.not_before).timestamp()
+        not_after = datetime.datetime.fromisoformat(stored.not_after).timestamp()
+        clock.now = not_before + (not_after - not_before) * 0.72
+        services.issuer.issue = renewal_then_next_holder  # type: ignore[method-assign]
+        services.lifecycle.recheck(services.domains.get(hostname))
+    assert services.domains.get(hostname)["publication_id"] == "pub_2"
+    assert services.certificates.get(hostname).serial == theirs[0]  # type: ignore[union-attr]
+    assert pebble.certificate_status(theirs[0]) == "Valid"
