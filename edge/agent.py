@@ -276,7 +276,10 @@ class EdgeAgent(ControlClient):
         """One round: fetch, apply if changed, report. True if something new was applied."""
         try:
             self._serve_files()
-            have = self.node.applied_version if self.node.haproxy.running else None
+            rendered = self.node.own_files_served
+            if not rendered:  # new templates or settings: a whole state, rendered with them
+                self.reset()
+            have = self.node.applied_version if self.node.haproxy.running and rendered else None
             desired = self.fetch(have)
             if desired is None:
                 with self._applying():
@@ -305,16 +308,10 @@ class EdgeAgent(ControlClient):
             self._report()
 
     def _serve_files(self) -> None:
-        """HAProxy died (a crash, an OOM kill): serve the node's files again first, as the
-        control service may be away for a while. Files that fail to start are reported, and
-        the state is applied anew once the control service answers."""
-        if self.node.haproxy.running:
-            return
-        try:
-            with self._applying():
-                self.node.start()
-        except EdgeError as exc:
-            log.warning("%s", exc)
+        """Before asking the control service, which may be away: files that fail to start are
+        reported, and the state is applied anew once it answers."""
+        with self._applying():
+            self.node.start_if_down()
 
     def _report(self) -> None:
         self._request("POST", f"/api/v1/edge/nodes/{self.node_id}", timeout=10, json={

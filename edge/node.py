@@ -143,7 +143,7 @@ class EdgeNode(Journaled):
         structural (servers, templates, a node that is not running) takes a checked reload.
         """
         if state.version == self.applied_version and self.haproxy.running \
-                and not self._files_ahead:
+                and not self._files_ahead and self.own_files_served:
             return False
         plan = self.plan(state)
         cold = not self.haproxy.running and 0 < self.cold_slice < len(state.routes)
@@ -247,12 +247,26 @@ class EdgeNode(Journaled):
         if not (self.haproxy.running and self._structure_served == self._structure(config)):
             return False
         if not self._map_checked:  # once per process: does HAProxy serve what the files say?
-            existing = {h: r.publication_id for h, r in self.existing_routes().items()}
-            release = self.current.resolve()
             self._map_checked = True
-            return (self.runtime.show_map(release / "hosts.map") == existing
-                    and self.runtime.crt_list_names(release / "crt-list") == set(existing))
+            if not self._serves_files():  # else unknown: a new release repairs it
+                self._files_ahead, self._confirmed = True, None
+                return False
         return True
+
+    def _serves_files(self) -> bool:
+        return hotapply.serves(self.runtime, self.current.resolve(), self.existing_routes())
+
+    @property
+    def own_files_served(self) -> bool:
+        """Whether the release served was rendered with this node's templates and listening
+        settings. An upgrade brings new templates, an operator a new port: until a release
+        is rendered with them, HAProxy serves the old ones, and a node whose state did not
+        change would never render one (its agent asks for a whole state instead)."""
+        marker = self.current / "OWN_FILES"
+        return marker.exists() and marker.read_text() == self._own_files()
+
+    def _own_files(self) -> str:
+        return hashlib.sha256(repr(self.layout).encode() + self._template_bytes).hexdigest()
 
     def _structure(self, config: EdgeConfig) -> str:
         """What a hot apply cannot change: servers, templates and where the node listens."""
@@ -296,7 +310,8 @@ class EdgeNode(Journaled):
         self.compact()  # HAProxy is about to read the files
         timeout = _load_timeout(len(state.routes))
         with self._refusal_noted():
-            if state.version != self.applied_version or self._files_ahead:
+            if state.version != self.applied_version or self._files_ahead \
+                    or not self.own_files_served:
                 self._swap_in(self._write_release(state, meta), len(state.routes))
             elif self.haproxy.running:
                 self.haproxy.reload(timeout)
@@ -351,20 +366,12 @@ class EdgeNode(Journaled):
                 self._unservable = True
                 self.last_error = f"HAProxy did not start from the files: {exc}"
                 raise
-            if self.haproxy.adopted is not None and not self._reads_current():
+            if self.haproxy.adopted is not None and not (hotapply.reads_release(
+                    self.runtime, self.current.resolve()) and self._serves_files()):
                 self._reload_files(None)  # what it serves is not known until then
             elif self._files_ahead:  # started from them: it serves the files now
                 self._files_ahead = False
                 self._forget()
-
-    def _reads_current(self) -> bool:
-        """Whether the running HAProxy reads the current release's maps (an agent killed
-        between the swap of ``current`` and the reload leaves one reading the release before)."""
-        try:
-            listing = self.runtime.command("show map")
-        except (OSError, RuntimeCommandFailed):
-            return False
-        return f"({self.current.resolve() / 'hosts.map'})" in listing
 
     def stop(self) -> None:
         self.haproxy.stop()
@@ -375,6 +382,7 @@ class EdgeNode(Journaled):
         files = render(state, self.layout, release, self._templates, meta)
         files.update({"VERSION": state.version + "\n",
                       "STRUCTURE": self._structure(state.config),
+                      "OWN_FILES": self._own_files(),
                       "META_KEYS": json.dumps(meta)})
         self.releases.write(release, files)
         return release
