@@ -16,7 +16,9 @@ from edge.shards import ShardNode
 from kit.web import find
 
 bp = Blueprint("shards", __name__, url_prefix="/shards")
-NOTICES = {"added": "Shard saved.", "removed": "Shard draining: its hostnames move off, then it goes.", "pinned": "Hostname pinned.",
+NOTICES = {"added": "Shard saved.",
+           "removed": "Shard draining: its hostnames move off, then it goes.",
+           "pinned": "Hostname pinned.",
            "unpinned": "Hostname unpinned: the hash assigns it again."}
 Answer = Response | tuple[str, int]
 
@@ -67,8 +69,19 @@ def index() -> str:
 
 
 def _revision() -> int | None:
-    sent = request.form.get("revision", "")
-    return int(sent) if sent.isdigit() else None
+    """The registry revision the page showed (none sent: no check); refused unless digits
+    (ASCII: ``int`` takes no superscript '²', though ``isdigit`` says it is one)."""
+    sent = request.form.get("revision", "").strip()
+    if not sent:
+        return None
+    if not _number(sent, 20):
+        raise ShardRefused("the page's revision is not a number: reload the page and try "
+                           "again", "revision")
+    return int(sent)
+
+
+def _number(text: str, digits: int) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= digits
 
 
 def parse_nodes(text: str) -> list[ShardNode]:
@@ -78,7 +91,7 @@ def parse_nodes(text: str) -> list[ShardNode]:
         host, _, ports = line.rpartition("]") if line.startswith("[") else ("", "", line)
         parts = [host.lstrip("["), *ports.lstrip(":").split(":")] if host \
             else line.rsplit(":", 2)
-        if len(parts) != 3 or not all(p.isdigit() and len(p) < 6 for p in parts[1:]):
+        if len(parts) != 3 or not all(_number(p, 5) for p in parts[1:]):
             raise ShardRefused(f"line {number}: give a node as HOST:HTTPS_PORT:HTTP_PORT, "
                                "e.g. 10.0.1.5:8443:8080", "nodes")
         nodes.append(ShardNode(parts[0], int(parts[1]), int(parts[2])))
@@ -109,13 +122,13 @@ def confirm_remove() -> Answer:
     return _confirm(request.args.get("name", ""))
 
 
-def _confirm(name: str, wrong: bool = False, error: str = "") -> Answer:
+def _confirm(name: str, wrong: bool = False, error: str = "", status: int = 409) -> Answer:
     revision, shard_set = registry().current()
     if name not in shard_set.shards:
         return _page(f"there is no shard {name[:64]}"), 404
     return render_template("admin/shard_remove.html", name=name, revision=revision,
                            others=len(shard_set.shards) - 1, wrong=wrong,
-                           error=error), 400 if wrong else 409 if error else 200
+                           error=error), 400 if wrong else status if error else 200
 
 
 @bp.post("/remove")
@@ -126,7 +139,8 @@ def remove() -> Answer:
     try:
         registry().remove_shard(name, _revision())
     except ShardRefused as exc:
-        return _confirm(name, error=str(exc)) if exc.status != 404 else (_page(str(exc)), 404)
+        return _confirm(name, error=str(exc), status=exc.status) if exc.status != 404 \
+            else (_page(str(exc)), 404)
     audit("shard remove", name)
     return redirect(url_for(".index", done="removed"), 303)
 

@@ -102,8 +102,6 @@ class MoveSteps:
         since = new.mark()  # the target's own changes (newer than the sources') stay
         routes: dict[str, RouteChange] = {}
         links: dict[str, RedirectChange] = {}
-        config: Item | None = None
-        wants_config = new.meta() is None  # a shard just added: its sources' config
         for move in moves:
             host, old = move["hostname"], self.state.store(move["source"])
             route = old.routes.get(host)
@@ -118,14 +116,24 @@ class MoveSteps:
                 if item is not None and not item.get("removed") and new.redirects is not None \
                         and new.redirects.get(key) is None:
                     links[key] = Redirect.from_map(key, str(item["value"]))
-            if wants_config and not (config and "config" in config):
-                config = old.meta()
-        self.state.publish_to(target, routes, links, EdgeConfig.from_json(config["config"])
-                              if config and "config" in config else None, since)
+        self.state.publish_to(target, routes, links, self._config(new.meta(), moves), since)
         meta = new.meta()
         for move in moves:
             self._next(move, SWITCH, self.mover.clock(),
                        versions=self._versions(move, target, meta))
+
+    def _config(self, held: Item | None, moves: list[Item]) -> EdgeConfig | None:
+        """The config to publish with ``moves`` to a target whose version item is ``held``:
+        their first source's, if the target's differs (a shard just added has none; one added
+        again under a name drained before kept the config it had then, and the config changes
+        since went only to the shards configured meanwhile). One read of a source's item."""
+        for source in dict.fromkeys(str(move["source"]) for move in moves):
+            meta = self.state.store(source).meta()
+            if meta is not None and "config" in meta:
+                if held is not None and held.get("config") == meta["config"]:
+                    return None
+                return EdgeConfig.from_json(meta["config"])
+        return None
 
     def _versions(self, move: Item, shard: str, meta: Item | None) -> list[str]:
         """The move's versions with ``meta``'s (the shard's current one), if the shard holds

@@ -78,6 +78,9 @@ class Mover:
         self.owner, self.clock = owner or f"mover-{id(self):x}", clock
         self._done: int | None = None
         """The registry revision whose moved hostnames this process saw all enqueued."""
+        self._read: int | None = None
+        """The registry revision this round reads: a draining shard goes only once the scan
+        of that very revision is done (before, its hostnames may not have moves yet)."""
         self._recount_at = 0.0
         """When an idle round next checks the counts (and recounts the draining shards)."""
         self.counts = MoveCounts(table)
@@ -90,6 +93,7 @@ class Mover:
         revision, shards = current or self.registry.current()
         if revision == 0:
             return 0
+        self._read = revision
         if revision != self._done:
             self.discover(revision, shards)
         steps = self.run_due(shards)
@@ -106,6 +110,7 @@ class Mover:
         the route and link tables once, page by page; the cursor is kept after every page, so
         a replica that dies resumes there, and two replicas racing write it in turn (the loser
         stops). True once the scan for ``revision`` is complete."""
+        self._read = revision
         scan = self.table.get(SCAN) or {"key": SCAN}
         if revision == 0 or scan.get("done") == revision:  # 0: never sharded, nothing moved
             self._done = revision
@@ -263,17 +268,24 @@ class Mover:
             self.counts.zero(found)
 
     def drop_drained(self, shards: ShardSet, recount: bool = False) -> None:
-        """Delete each draining shard nothing moves off any more (once its scan is done). The
-        counts are a hint (edge/move_counts.py): a shard is recounted from the moves
-        themselves before it goes (a count too low), and with ``recount`` whatever it counts
-        (a count too high)."""
-        if not shards.draining or self._done is None:
+        """Delete each draining shard nothing moves off any more, once the scan of the
+        registry revision this round read is done: until then its hostnames may have no move
+        yet, and no move is not an empty shard. The counts are a hint (edge/move_counts.py):
+        a shard is recounted from the moves themselves before it goes (a count too low), and
+        with ``recount`` whatever it counts (a count too high). Last, its own kept figures
+        must say it holds no route and no link (one read): a hostname a stale replica put
+        there after the scan passed waits for a reconciliation to hand it to the mover."""
+        if not shards.draining or self._done is None or self._done != self._read:
             return
         flying = self.in_flight()
         for name in sorted(shards.draining):
             if any(flying.get(name, {}).values()) and not recount:
                 continue
             if any(self.recount(name).values()):
+                continue
+            if not self.state.emptied(name):
+                log.warning("shard %s has no move left but still holds routes or links: kept "
+                            "until a reconciliation hands them to the mover", name)
                 continue
             if self.registry.drop_drained(name):
                 log.info("shard %s drained and removed", name)

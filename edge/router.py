@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -38,7 +39,9 @@ from kit.files import PUBLIC, write_atomic
 log = logging.getLogger(__name__)
 
 _HOSTNAME = re.compile(r"(\*\.)?[a-z0-9][a-z0-9.-]{0,252}")
-_NODE_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:.]{2,45}\]")
+_NODE_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}")
+"""A shard node's host name or IPv4 address; an IPv6 address is checked by ``ipaddress``
+(:func:`node_address`)."""
 _VERSION = re.compile(r"[\x21-\x7e]{1,128}")
 CHECK_MS = 1000
 """How often the router checks each shard node (two failed checks take it out)."""
@@ -98,7 +101,7 @@ class RouterUpdate:
             if not valid_shard_name(name) or not nodes:
                 raise RouterError(f"shard {name!r} needs a plain name and at least one node")
             for node in nodes:
-                if not _NODE_HOST.fullmatch(node.host) or not all(
+                if node_address(node.host) is None or not all(
                         0 < port < 65536 for port in (node.https_port, node.http_port)):
                     raise RouterError(f"node {node} of shard {name} is not host and ports")
         for host, shard in self.hosts.items():
@@ -106,6 +109,20 @@ class RouterUpdate:
                 raise RouterError(f"hostname {host!r} is not a normalized hostname")
             if shard is not None and not valid_shard_name(shard):
                 raise RouterError(f"hostname {host} names shard {shard!r}, not a shard name")
+
+
+def node_address(host: str) -> str | None:
+    """``host`` as router.cfg names it (an IPv6 address in brackets, as the feed sends it; a
+    feed of another release may send it bare), or None if it is not a host name or address.
+    A scoped IPv6 address (``fe80::1%eth0``) is not one: its scope is the node's own."""
+    inner = host[1:-1] if host.startswith("[") and host.endswith("]") else None
+    try:
+        address = ipaddress.ip_address(host if inner is None else inner)
+    except ValueError:
+        return host if inner is None and _NODE_HOST.fullmatch(host) else None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is None:
+        return f"[{address}]"
+    return host if inner is None and address.version == 4 else None
 
 
 class Router(Journaled):
@@ -295,7 +312,10 @@ class Router(Journaled):
             keep_trailing_newline=True, autoescape=False).get_template(ROUTER_TEMPLATE)
         return template.render(**self.listen, runtime_socket=self.runtime_socket,
                                sni_map=self.map_path, default_shard=update.default_shard,
-                               shards=sorted(update.shards.items()))
+                               shards=[(name, [{**node.to_json(),
+                                                "address": node_address(node.host)}
+                                               for node in nodes])
+                                       for name, nodes in sorted(update.shards.items())])
 
     def _restart(self, update: RouterUpdate) -> None:
         """Render router.cfg, have HAProxy check it, then reload (or start): a refused config

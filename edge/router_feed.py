@@ -20,13 +20,15 @@ form to :func:`in_format`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import ipaddress
 import json
 from typing import Any, Callable
 
 from edge.protocol import parse_number
-from edge.shards import ShardSet, unknown_go_to
+from edge.shards import ShardNode, ShardSet, unknown_go_to
 from edge.state import Redirect
 from edge.state_changes import StateChanges
 from edge.state_feed import StateFeed
@@ -154,5 +156,15 @@ class RouterFeed:
 
 
 def _shards_doc(shards: ShardSet) -> dict[str, list[dict[str, object]]]:
-    return {name: [node.to_json() for node in shards.shards.get(name, ())]
+    return {name: [wire_node(node) for node in shards.shards.get(name, ())]
             for name in shards.all_names}
+
+
+def wire_node(node: ShardNode) -> dict[str, object]:
+    """A shard node as the feed sends it: an IPv6 address in brackets (the registry keeps it
+    bare), the one form of it every router agent takes, those of the release before too."""
+    doc = node.to_json()
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(node.host).version == 6:
+            doc["host"] = f"[{node.host}]"
+    return doc

@@ -61,11 +61,13 @@ def normal_hostname(hostname: str) -> bool:
 
 
 def _valid_host(host: str) -> bool:
+    """An IP address (IPv6 bare, without a zone: ``fe80::1%eth0`` names an interface of one
+    machine, not a node every router reaches) or a lowercase hostname."""
     try:
-        ipaddress.ip_address(host)
-        return True
+        address = ipaddress.ip_address(host)
     except ValueError:
         return normal_hostname(host) or bool(HOSTNAME_LABEL.fullmatch(host))
+    return not isinstance(address, ipaddress.IPv6Address) or address.scope_id is None
 
 
 def check_nodes(name: str, nodes: list[ShardNode],
@@ -81,8 +83,8 @@ def check_nodes(name: str, nodes: list[ShardNode],
             for n in group for port in (n.https_port, n.http_port)}
     for index, node in enumerate(nodes):
         if not _valid_host(node.host):
-            raise ShardRefused(f"{node.host!r} is neither an IP address nor a lowercase "
-                               "hostname", f"nodes.{index}.host")
+            raise ShardRefused(f"{node.host!r} is neither an IP address (IPv6 without a "
+                               "zone) nor a lowercase hostname", f"nodes.{index}.host")
         if node.https_port == node.http_port:
             raise ShardRefused("a node's HTTPS and HTTP ports differ", f"nodes.{index}.http_port")
         for field in ("https_port", "http_port"):

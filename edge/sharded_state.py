@@ -54,6 +54,10 @@ def link_host(key: str) -> str:
     return key.partition("/")[0]
 
 
+Parts = dict[str, tuple[dict[str, RouteChange], dict[str, RedirectChange]]]
+"""Route and link changes by shard."""
+
+
 class Moves(Protocol):
     """What the state hands the mover (edge/moves.py), which sets itself as ``mover``."""
 
@@ -130,32 +134,26 @@ class ShardedState:
         also goes to the shard the router sends the hostname to, and a hostname served by
         another shard than its assignment with no move in flight (a replica that read the
         shard set before it changed put it there) is handed to the mover. A link removed while
-        its host moves is removed from the move's source too (else the move copies it back)."""
+        its host moves is removed from the move's source too (else the move copies it back).
+
+        Such a removal (a route the router sends elsewhere than its assignment, a link whose
+        host has a move in flight) leaves a tombstone in the assigned shard even if that holds
+        nothing yet, written after the removal from the serving shard: a move publishing there
+        read the serving shard's copy before that removal, so after its own revision mark, and
+        its commit keeps the tombstone (``since``) instead of serving the copy again."""
         shards = self.shard_set()
         sharded = shards.all_names != [DEFAULT_SHARD]
         served = {hostname: self._served(hostname) for hostname in routes} if sharded else {}
-        parts: dict[str, tuple[dict[str, RouteChange], dict[str, RedirectChange]]] = {}
-        misplaced: list[tuple[str, str, str]] = []
-        for hostname, route in routes.items():
-            assigned = shards.assign(hostname)
-            parts.setdefault(assigned, ({}, {}))[0][hostname] = route
-            where = served.get(hostname)
-            if where is not None and where != assigned and where in shards.all_names:
-                if route is None:
-                    parts.setdefault(where, ({}, {}))[0][hostname] = None
-                else:
-                    misplaced.append((hostname, where, assigned))
-        for key, redirect in (redirects or {}).items():
-            parts.setdefault(shards.assign(link_host(key)), ({}, {}))[1][key] = redirect
-            source = self.mover.source(link_host(key)) \
-                if sharded and redirect is None and self.mover is not None else None
-            if source is not None and source in shards.all_names:
-                parts.setdefault(source, ({}, {}))[1][key] = None
+        parts, later, misplaced = self._split(shards, routes, redirects or {}, served)
         moved = False
         for shard in sorted(set(parts) | (set(shards.all_names) if config is not None
                                           else set())):
             shard_routes, shard_links = parts.get(shard, ({}, {}))
             moved = self.store(shard).change(shard_routes, config, shard_links) or moved
+        for shard, (shard_routes, shard_links) in sorted(later.items()):
+            moved = self.store(shard).changes.change(
+                shard_routes, None, shard_links, tombstones=[*shard_routes, *shard_links]) \
+                or moved
         switched = {hostname: shards.assign(hostname) if route else None
                     for hostname, route in sorted(routes.items()) if sharded and (
                         served[hostname] is None and shards.assign(hostname) != DEFAULT_SHARD
@@ -166,6 +164,36 @@ class ShardedState:
             if self.mover is not None:
                 self.mover.enqueue(hostname, source, target)
         return moved
+
+    def _split(self, shards: ShardSet, routes: dict[str, RouteChange],
+               redirects: dict[str, RedirectChange], served: dict[str, str | None]
+               ) -> tuple[Parts, Parts, list[tuple[str, str, str]]]:
+        """:meth:`change`'s changes by shard, the removals it writes last as tombstones (by
+        assigned shard), and the misplaced hostnames (hostname, where served, assigned)."""
+        parts: Parts = {}
+        later: Parts = {}
+        misplaced: list[tuple[str, str, str]] = []
+        for hostname, route in routes.items():
+            assigned = shards.assign(hostname)
+            where = served.get(hostname)
+            if where is not None and where != assigned and where in shards.all_names:
+                if route is None:
+                    parts.setdefault(where, ({}, {}))[0][hostname] = None
+                    later.setdefault(assigned, ({}, {}))[0][hostname] = None
+                    continue
+                misplaced.append((hostname, where, assigned))
+            parts.setdefault(assigned, ({}, {}))[0][hostname] = route
+        sharded = shards.all_names != [DEFAULT_SHARD]
+        for key, redirect in redirects.items():
+            assigned = shards.assign(link_host(key))
+            source = self.mover.source(link_host(key)) \
+                if sharded and redirect is None and self.mover is not None else None
+            if source is not None and source != assigned and source in shards.all_names:
+                parts.setdefault(source, ({}, {}))[1][key] = None
+                later.setdefault(assigned, ({}, {}))[1][key] = None
+                continue
+            parts.setdefault(assigned, ({}, {}))[1][key] = redirect
+        return parts, later, misplaced
 
     def _served(self, hostname: str) -> str | None:
         """The shard that serves ``hostname`` now: its router entry, else the default shard if
@@ -332,6 +360,17 @@ class ShardedState:
         meta = self.store(shard).meta()
         return int(meta["routes_count"]) if meta and "routes_count" in meta else \
             0 if meta is None else None
+
+    def emptied(self, shard: str) -> bool:
+        """Whether shard ``shard`` holds no route and no short link, by the count and digests
+        its commits keep (one read; a digest is a 128-bit sum over what it holds, so zero
+        only when it holds nothing). A count not kept yet (a store of old) says not empty."""
+        meta = self.store(shard).meta()
+        if meta is None:
+            return True
+        return "routes_count" in meta and int(meta["routes_count"]) == 0 and all(
+            int(meta.get(field) or "0", 16) == 0 for field in ("routes_digest",
+                                                               "redirects_digest"))
 
     # --- the whole edge -------------------------------------------------------------------
 

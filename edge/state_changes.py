@@ -87,12 +87,15 @@ class StateChanges(Reconciliation):
 
     def change(self, routes: dict[str, RouteChange], config: EdgeConfig | None = None,
                redirects: dict[str, RedirectChange] | None = None,
-               since: int | None = None) -> bool:
+               since: int | None = None, tombstones: Collection[str] = ()) -> bool:
         """Apply these route and redirect changes (and the config, if given); True if the
         version moved. Reads the ``desired`` item and each changed item, never all of them. Up
         to ``CHUNK`` changes (``OUTBOX_BYTES``) commit at once; more (a reconciliation) commit
         chunk by chunk. ``since``: a reconciliation's, which decided from what it read up to
-        that revision: an item a later commit wrote is left as that commit made it."""
+        that revision: an item a later commit wrote is left as that commit made it.
+        ``tombstones``: removed routes (hostnames) and links (keys) whose tombstone is written
+        at this revision even where none (or an older tombstone) is held, so that a commit built
+        on an earlier read (a move's publish, with its ``since``) leaves the removal in place."""
         redirects = redirects or {}
         chunks: list[list[tuple[str, str]]] = [[]]
         size = 0
@@ -111,27 +114,28 @@ class StateChanges(Reconciliation):
         for chunk in chunks:
             moved = self._change({h: routes[h] for kind, h in chunk if kind == "route"}, config,
                                  {k: redirects[k] for kind, k in chunk
-                                  if kind == "redirect"}, since) or moved
+                                  if kind == "redirect"}, since, frozenset(tombstones)) or moved
         return moved
 
     def _change(self, routes: dict[str, RouteChange], config: EdgeConfig | None,
-                redirects: dict[str, RedirectChange], since: int | None) -> bool:
+                redirects: dict[str, RedirectChange], since: int | None,
+                tombstones: frozenset[str] = frozenset()) -> bool:
         for attempt in range(COMMIT_ATTEMPTS):
             meta = self.settled(self.state.get("desired"))
             try:
-                return self._commit(meta, routes, config, redirects, since)
+                return self._commit(meta, routes, config, redirects, since, tombstones)
             except ConflictError:  # another replica committed meanwhile: build on its state
                 time.sleep(0.005 * attempt)
         raise ConflictError(EDGE_STATE.name, "desired", None)
 
     def _commit(self, meta: Item | None, routes: dict[str, RouteChange],
                 config: EdgeConfig | None, redirects: dict[str, RedirectChange],
-                since: int | None = None) -> bool:
+                since: int | None = None, tombstones: frozenset[str] = frozenset()) -> bool:
         digest = int(meta["routes_digest"], 16) if meta and "routes_digest" in meta else 0
         overwritten: list[int] = []  # the revisions of the feed items this commit rewrites
         read = self._read(routes, redirects)
         rdigest, pending_redirects = self._redirect_changes(meta, redirects, since, overwritten,
-                                                            read[1])
+                                                            read[1], tombstones)
         pending: dict[str, dict[str, str] | None] = {}
         superseded, added = list[str](), 0  # added: routes added less routes removed
         stored: list[tuple[RouteRef, str]] = []  # the certificates to store before the commit
@@ -142,7 +146,7 @@ class StateChanges(Reconciliation):
             old_ref = route_ref(old) if old is not None and not old.get("removed") else None
             new_ref = RouteRef(hostname, new[0], fingerprint(new[1]), _extras(new)) \
                 if new else None
-            if old_ref == new_ref:
+            if old_ref == new_ref and (new_ref is not None or hostname not in tombstones):
                 continue
             overwritten += [int(old["revision"])] if old and old.get("revision") else []
             if new is not None and new_ref is not None and (
@@ -192,10 +196,11 @@ class StateChanges(Reconciliation):
                 _read_all(self.redirects, redirects) if self.redirects is not None else {})
 
     def _redirect_changes(self, meta: Item | None, redirects: dict[str, RedirectChange],
-                          since: int | None, overwritten: list[int], read: dict[str, Item | None]
+                          since: int | None, overwritten: list[int], read: dict[str, Item | None],
+                          tombstones: frozenset[str] = frozenset()
                           ) -> tuple[int, dict[str, dict[str, Any] | None]]:
         """The redirects digest after these changes, and the changes to write (each read by
-        key; one a commit after ``since`` wrote is left)."""
+        key; one a commit after ``since`` wrote is left; ``tombstones``: see :meth:`change`)."""
         rdigest = int(meta.get("redirects_digest") or "0", 16) if meta else 0
         pending: dict[str, dict[str, Any] | None] = {}
         for key, redirect in sorted(redirects.items()):
@@ -204,7 +209,7 @@ class StateChanges(Reconciliation):
                 continue
             old_value = old["value"] if old is not None and not old.get("removed") else None
             new_value = redirect.value if redirect is not None else None
-            if old_value == new_value:
+            if old_value == new_value and (new_value is not None or key not in tombstones):
                 continue
             overwritten += [int(old["revision"])] if old and old.get("revision") else []
             rdigest = (rdigest - (redirect_hash(key, old_value) if old_value else 0)
