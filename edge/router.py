@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import ipaddress
 import json
 import logging
@@ -151,6 +152,10 @@ class Router(Journaled):
         self.last_error: str | None = None
         self.hot_applies = 0
         self.reloads = 0
+        self._own = hashlib.sha256(json.dumps(self.listen, sort_keys=True).encode() + (
+            template_folder(templates) / ROUTER_TEMPLATE).read_bytes()).hexdigest()
+        """What this router's own files and settings are (its template, where it listens):
+        a router.cfg rendered with others (an upgrade, a new port) is rendered again."""
 
     @property
     def state(self) -> dict[str, Any]:
@@ -251,7 +256,8 @@ class Router(Journaled):
         return count
 
     def _can_hot_apply(self, update: RouterUpdate) -> bool:
-        if not (self.haproxy.running and self.state.get("table") == update.table):
+        if not (self.haproxy.running and self.state.get("table") == update.table
+                and self.state.get("own") == self._own):
             return False
         if not self._map_checked:  # once per process: does HAProxy hold what the file says?
             self._map_checked = True
@@ -342,11 +348,14 @@ class Router(Journaled):
 
     def _save_state(self, update: RouterUpdate) -> None:
         self._state = {"version": update.version, "revision": update.revision,
-                       "table": update.table}
+                       "table": update.table, "own": self._own}
         write_atomic(self.state_path, json.dumps(self._state), PUBLIC)
 
     def start(self) -> None:
-        """Serve what was applied last (after a restart), or adopt the HAProxy that does."""
+        """Serve what was applied last (after a restart), or adopt the HAProxy that does;
+        with router.cfg rendered again from the shard table served if this router's template
+        or listening settings changed since (an upgrade): else they would wait for the next
+        change of the shard table, which may be months away."""
         if self.applied_version and not self.haproxy.running:
             self.compact()
             try:
@@ -354,6 +363,13 @@ class Router(Journaled):
             except EdgeError as exc:
                 self.last_error = f"HAProxy did not start from the files: {exc}"
                 raise
+        if self.applied_version and self.state.get("own") != self._own:
+            served = RouterUpdate.from_json({
+                **self.state["table"], "version": self.state["version"],
+                "revision": self.state.get("revision"), "delta": True, "hosts": {}})
+            with self._refusal_noted():
+                self._restart(served)
+            self._save_state(served)
 
     def stop(self) -> None:
         self.haproxy.stop()

@@ -339,3 +339,27 @@ def test_a_node_restarted_with_new_templates_serves_them_before_its_state_change
     again = edge_node(templates=newer, **ports)
     again.start()
     assert again.own_files_served and not again.apply(s1), "then nothing more to do"
+
+
+def test_a_router_restarted_with_new_settings_serves_them_before_its_shard_table_changes(
+        tmp_path: Path) -> None:
+    """A router's template or listening settings (an upgrade, a new limit) reached HAProxy
+    only with the next change of the shard table, which may be months away."""
+    ports = {"https_port": free_port(), "http_port": free_port()}
+    router = Router(tmp_path / "router", **ports)
+    try:
+        router.apply(RouterUpdate.from_json({
+            "version": "v1", "revision": 1, "delta": False, "hosts": {"a.example.test": "s1"},
+            "shards": {"s1": [{"host": "127.0.0.1", "https_port": 9, "http_port": 9}]},
+            "default_shard": "s1"}))
+        assert "Maxconn: 4096" in router.runtime.command("show info")
+        restarted = Router(tmp_path / "router", maxconn=1234, **ports)
+        restarted.start()  # as its agent does at each round with nothing new
+        assert "Maxconn: 1234" in restarted.runtime.command("show info")
+        assert restarted.runtime.show_map(restarted.map_path) == {"a.example.test": "s1"}
+        assert restarted.applied_version == "v1"
+        again = Router(tmp_path / "router", maxconn=1234, **ports)
+        again.start()
+        assert again.reloads == 0, "rendered with these settings already"
+    finally:
+        router.stop()
