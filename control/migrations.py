@@ -23,10 +23,12 @@ from typing import Callable
 
 from certs.store import CERTIFICATES
 from domains.repository import DOMAINS, PENDING_FOR, pending_indexed
+from domains.webhooks import COUNTS as WEBHOOK_COUNTS
+from domains.webhooks import DUE_INDEXED, PENDING, SENDING, WEBHOOKS
 from edge.state_changes import EDGE_CERTS, EDGE_REDIRECTS, EDGE_ROUTES, cert_key
 from shortlinks.links import index_links
 from store import (ABSENT, SCHEMA_ITEM, SPREAD_SCHEMA, VERSION, Backend, ConflictError,
-                   TableSpec, all_items)
+                   Item, Table, TableSpec, all_items, every)
 import store
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,53 @@ def reindex_domains(backend: Backend) -> int:
     return rewritten
 
 
+def index_webhooks(backend: Backend) -> int:
+    """Put the queued webhooks a replica of the release before wrote (DynamoDB: without the
+    ``due`` index's attributes) into that index, then record that it holds every queued one
+    (``DUE_INDEXED``): the senders stop reading queued events by state. Reads the queued events
+    only; each rewrite is conditional (one changed meanwhile was indexed by that change).
+    Returns how many it rewrote; 0 on a store that lacks the index (it stays unused)."""
+    webhooks = backend.table(WEBHOOKS)
+    if "due" in webhooks.lacking:
+        return 0
+    rewritten = seen = 0
+    for state in (PENDING, SENDING):
+        for event in _queued(webhooks, state):
+            seen += 1
+            try:
+                webhooks.put(event, expected_version=event[VERSION])
+                rewritten += 1
+            except ConflictError:
+                pass
+    mark_webhooks_indexed(backend)
+    recount_webhooks(backend, seen)
+    return rewritten
+
+
+def _queued(webhooks: Table, state: str) -> list[Item]:
+    return list(every(lambda cursor: webhooks.query("state", state, limit=500, cursor=cursor)))
+
+
+def recount_webhooks(backend: Backend, queued: int) -> None:
+    """Set the kept count of queued webhooks to ``queued`` (the release before did not keep
+    it, so it drifted while both ran); one queued meanwhile may leave it off by one."""
+    counts = backend.table(WEBHOOKS)
+    kept = int((counts.get(WEBHOOK_COUNTS) or {}).get(PENDING) or 0)
+    if queued == kept:
+        return
+    try:
+        counts.put({"id": WEBHOOK_COUNTS}, expected_version=ABSENT)
+    except ConflictError:
+        pass  # there: its counters stay
+    counts.increment(WEBHOOK_COUNTS, PENDING, queued - kept)
+
+
+def mark_webhooks_indexed(backend: Backend) -> None:
+    webhooks = backend.table(WEBHOOKS)
+    if "due" not in webhooks.lacking:
+        webhooks.put({"id": DUE_INDEXED, "complete": True})
+
+
 MIGRATIONS = (
     Migration(1, "edge_certs keyed by hostname and fingerprint (the bare-hostname items stay "
                  "for the release before)", rekey_edge_certs),
@@ -133,6 +182,8 @@ MIGRATIONS = (
               reindex_domains),
     Migration(5, "short_links: every link in the domain index (removing a short domain reads "
                  "its links, not every link)", index_links),
+    Migration(6, "webhook_outbox: every queued webhook in the due index (a sender's round "
+                 "reads what is due, not every queued webhook)", index_webhooks),
 )
 SCHEMA = MIGRATIONS[-1].number
 """The schema this release knows."""
@@ -220,8 +271,10 @@ def apply(backend: Backend, holder: str | None = None) -> list[tuple[Migration, 
 def stamp(backend: Backend) -> None:
     """Record this release's schema on a store that holds nothing yet (none to migrate), and
     what a migration would have recorded there: that the links' ``domain`` index holds every
-    link (without it, each short domain's removal read every link, for good)."""
+    link (without it, each short domain's removal read every link, for good), and that the
+    ``due`` index holds every queued webhook."""
     index_links(backend)
+    mark_webhooks_indexed(backend)
     _record(backend, SCHEMA)
 
 

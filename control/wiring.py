@@ -88,6 +88,16 @@ def outbox_consumers(domains: DomainService, lifecycle: Lifecycle, events: Domai
     }
 
 
+def webhook_sender(settings: Settings, backend: Backend,
+                   clock: Callable[[], float]) -> WebhookSender:
+    """The platform's webhooks, their counts kept (``/metrics``)."""
+    return WebhookSender(backend.table(WEBHOOKS), settings.webhook_url, settings.webhook_secret,
+                         timeout=settings.webhook_timeout_seconds,
+                         retry_window=settings.webhook_retry_hours * 3600,
+                         counted=True,
+                         retention=settings.webhook_retention_seconds, clock=clock)
+
+
 def register_consumers(consumers: Consumers, table: dict[str, tuple[Consumer, ...]]) -> None:
     for kind, (first, *then) in table.items():
         consumers.register(kind, first)
@@ -161,10 +171,7 @@ class Services:
                         give_up=settings.give_up_seconds,
                         dns_concurrency=max(1, settings.dns_concurrency),
                         issue_concurrency=max(1, settings.issue_concurrency))
-        webhooks = WebhookSender(backend.table(WEBHOOKS), settings.webhook_url,
-                                 settings.webhook_secret,
-                                 timeout=settings.webhook_timeout_seconds,
-                                 retention=settings.webhook_retention_seconds, clock=clock)
+        webhooks = webhook_sender(settings, backend, clock)
         events = DomainEvents(webhooks, links, publisher)
         rules = Rules(timing, dcv_zone=settings.dcv_zone,
                       prevalidation_recheck=settings.prevalidation_recheck_seconds)

@@ -22,6 +22,8 @@ from store import Item
 log = logging.getLogger(__name__)
 
 OUTBOX = "outbox"
+SEQUENCE = "sequence"
+"""The key of a webhook entry's data that carries the domain's counter (``with_entries``)."""
 EVENT, WEBHOOK, ROUTE, REVOKE, DISABLE_LINKS = (
     "event", "webhook", "route", "revoke", "disable_links")
 Consumer = Callable[[Item], None]
@@ -57,12 +59,17 @@ def with_entries(domain: Item, now: float, entries: list[Item]) -> Item:
     """``domain`` carrying ``entries`` in its outbox too, each with a stable id: the claim and a
     counter kept on the item (two writers cannot both win the same version), after the time of
     the write (``now``) so webhooks still sort oldest first. Timeline events keep their own
-    ids."""
-    seq = int(domain.get("outbox_seq") or 0)
+    ids. A webhook carries the counter as its ``sequence`` (domains/webhooks.py): a receiver
+    orders a hostname's webhooks by it, so it must only grow, also across a removal (the item
+    goes) and the next connection, whose counter therefore starts from the time in
+    milliseconds rather than from 0 (a takeover keeps the holder's)."""
+    seq = int(domain.get("outbox_seq") or int(now * 1000))
     stamp = f"{int(now * 1e9):020d}-{str(domain['claim'])[:12]}"
     stamped = []
     for entry in entries:
         seq += 1
+        if kind_of(entry) == WEBHOOK and "id" not in entry:
+            entry = {**entry, "data": {**entry["data"], SEQUENCE: seq}}
         stamped.append(entry if "id" in entry else {**entry, "id": f"{stamp}-{seq:06d}"})
     return {**domain, OUTBOX: list(domain.get(OUTBOX) or []) + stamped, "outbox_seq": seq,
             "outbox_state": "pending", "outbox_at": now}

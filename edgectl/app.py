@@ -112,6 +112,7 @@ class ControlMetrics:
             yield GaugeMetricFamily("edge_short_link_visits", "Visits counted to the short links "
                                     "there are (both paths; a deleted link's leave)",
                                     value=kept["visits"])
+        yield from self._webhooks(now)
         yield GaugeMetricFamily("edge_long_polls_waiting", "Agents' long polls this process "
                                 "holds right now", value=services.edge_state.watch.waiting)
         yield GaugeMetricFamily("edge_store_requests", "Store requests this process has made (a "
@@ -127,6 +128,27 @@ class ControlMetrics:
         for table, count in sorted(getattr(services.backend, "throttled", {}).items()):
             throttled.add_metric([table], count)
         yield throttled
+
+    def _webhooks(self, now: float) -> Iterator[Metric]:
+        """The kept counts (one read) and the oldest queued event (one query per state)."""
+        stats = self._services.webhooks.stats()
+        if not stats:
+            return
+        queued = GaugeMetricFamily("edge_webhooks", "Webhooks queued for delivery (pending, or "
+                                   "being sent)", labels=["state"])
+        queued.add_metric(["pending"], max(0.0, stats["pending"]))
+        yield queued
+        outcomes = CounterMetricFamily(
+            "edge_webhook_outcomes", "Webhooks delivered, failed for good (after "
+            "webhook_retry_hours) and queued again by edgectl webhooks redeliver, by every "
+            "replica", labels=["outcome"])
+        for outcome in ("delivered", "failed", "redelivered"):
+            outcomes.add_metric([outcome], stats[outcome])
+        yield outcomes
+        oldest = stats.get("oldest_pending_at")
+        yield GaugeMetricFamily("edge_webhooks_oldest_pending_seconds", "Age of the oldest "
+                                "queued webhook (0: none queued)",
+                                value=max(0.0, now - oldest) if oldest is not None else 0.0)
 
     def _certificates(self, now: float) -> Iterator[Metric]:
         certificates = self._services.certificates

@@ -15,6 +15,7 @@ from edge import protocol
 from edgectl import migrate, ops
 from edgectl.admin_commands import register as register_admin
 from edgectl.backup_commands import register as register_backup
+from edgectl.webhook_commands import register as register_webhooks
 from kit import logs, procs
 from kit.settings import CONTROL_SERVICE, EDGE_AGENT, Settings, SettingsError, load_settings
 from shortlinks.serve import SERVERS
@@ -240,6 +241,7 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
 # The commands declared beside their code: backup and restore, migrate, the operator's.
 register_backup(command)
 register_admin(command)
+register_webhooks(command)
 command("migrate", migrate.HELP, required=(), arguments=migrate.arguments)(migrate.run)
 ops.register(command)  # status, domains, nodes, links, certs, config
 

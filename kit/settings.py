@@ -174,6 +174,8 @@ class Settings:
     webhook_timeout_seconds: float = setting(5.0, parse.positive)
     """How long a webhook's POST may take; a sender that died mid-POST is taken over after
     three times this plus 10 s (its lease)."""
+    webhook_retry_hours: float = setting(72.0, parse.positive)
+    """How long a webhook is retried after it was emitted before it is left ``failed``."""
     suspend_grace_seconds: float = setting(86400.0, parse.number)
     give_up_seconds: float = setting(7 * 86400.0, parse.number)
     outbox_grace_seconds: float = setting(5.0, parse.positive)
@@ -290,6 +292,8 @@ def load_settings(env: Mapping[str, str] | None = None, config_file: str | None 
             raise SettingsError(name, "must be at least 16 characters")
     if values.get("webhook_url") and len(values.get("webhook_secret", "")) < 16:
         raise SettingsError("webhook_secret", "must be at least 16 characters with webhook_url")
+    if values.get("webhook_url"):
+        _check_webhook_url(values["webhook_url"])
     if values.get("api_token") and values.get("api_token") == values.get("edge_token"):
         raise SettingsError("edge_token", "must differ from api_token (agents get private keys)")
     if values.get("sso_platform_url"):
@@ -320,6 +324,20 @@ def _check_sso(values: dict[str, Any]) -> None:
         raise SettingsError("sso_session_seconds", "must be between 60 s and 90 days")
 
 
+def _check_webhook_url(url: str) -> None:
+    """An http(s) URL whose host a request can be sent to (every DNS label at most 63
+    characters): else each webhook failed its attempts until it was given up."""
+    parts = urlsplit(url)
+    try:
+        host, _ = parts.hostname or "", parts.port  # a port that is not a number raises
+        host.encode("idna")
+    except (ValueError, UnicodeError):
+        host = ""
+    if parts.scheme not in ("http", "https") or not host:
+        raise SettingsError("webhook_url", "must be an http(s) URL with a valid host (each "
+                                           "dot-separated label at most 63 characters)")
+
+
 def _check_channels(values: dict[str, Any]) -> None:
     """Private keys, the edge token and readers' cookies never cross the network in clear,
     unless the operator says so (``allow_insecure_control``)."""
@@ -339,6 +357,10 @@ def _check_channels(values: dict[str, Any]) -> None:
     if plain_http_off_host(values.get("sso_introspection_url") or ""):
         raise SettingsError("sso_introspection_url", "is plain HTTP to another host: readers' "
                             "cookies would travel in clear; use https:// or set "
+                            "allow_insecure_control")
+    if plain_http_off_host(values.get("webhook_url") or ""):
+        raise SettingsError("webhook_url", "is plain HTTP to another host: the platform's "
+                            "events would travel in clear; use https:// or set "
                             "allow_insecure_control")
 
 

@@ -123,6 +123,10 @@ RUN_BY: dict[str, tuple[str, str]] = {
         "tests/test_backup.py::test_a_store_comes_back_whole_in_a_fresh_one", '"backup"'),
     "edgectl restore /var/backups/edge/20250101T000000Z.backup": (
         "tests/test_backup.py::test_a_store_comes_back_whole_in_a_fresh_one", '"restore"'),
+    "edgectl webhooks redeliver --failed": (
+        "tests/test_webhooks_delivery.py::"
+        "test_a_two_day_outage_loses_nothing_and_the_counts_show_it",
+        '"webhooks", "redeliver", "--failed"'),
     "edgectl migrate --plan": (
         "tests/test_versions.py::test_migrate_plans_and_applies_once_under_a_lease",
         '"migrate", "--plan"'),

@@ -414,8 +414,8 @@ def test_a_v010_fleet_upgraded_one_process_at_a_time_fails_no_request_and_loses_
                 load.add(mid)
 
         plan = migrate(fleet, "--plan")
-        assert "store schema 0; this release knows 5" in plan and "5 pending" in plan, plan
-        assert migrate(fleet, "--apply").strip().endswith("store schema 5")
+        assert "store schema 0; this release knows 6" in plan and "6 pending" in plan, plan
+        assert migrate(fleet, "--apply").strip().endswith("store schema 6")
         assert "0 pending" in migrate(fleet, "--plan")
         connect(fleet, pebble, fleet.post)  # certificates are stored in the migrated form
         served_everywhere(fleet, [0, 1], [Target(fleet.post, "/", 200)], cafile)

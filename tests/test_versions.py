@@ -223,7 +223,7 @@ def test_migrate_plans_and_applies_once_under_a_lease(
     services = services_with(base=any_backend)
     config = config_file(any_backend, tmp_path / "store.toml")
     code, out = edgectl(capsys, "--config", config, "migrate", "--plan")
-    assert code == 0 and "store schema 0; this release knows 5" in out and "5 pending" in out
+    assert code == 0 and "store schema 0; this release knows 6" in out and "6 pending" in out
     assert migrations.schema_version(services.backend) == 0, "a plan changes nothing"
     lease = migrations.MigrationLease(services.backend, holder="replica-a")
     lease.take()
@@ -231,13 +231,13 @@ def test_migrate_plans_and_applies_once_under_a_lease(
     assert code == 1 and "replica-a is migrating the store" in out
     lease.release()
     code, out = edgectl(capsys, "--config", config, "migrate", "--apply")
-    assert code == 0 and out.strip().endswith("store schema 5"), out
+    assert code == 0 and out.strip().endswith("store schema 6"), out
     assert migrations.pending(services.backend) == []
     assert migrations.apply(services.backend) == []  # again: nothing to do
     code, out = edgectl(capsys, "--config", config, "migrate", "--apply")
     assert code == 0 and "0 pending" in out
     # Each step is idempotent on its own too: a run cut short before recording repeats it.
-    assert [m.run(services.backend) for m in migrations.MIGRATIONS] == [0, 0, 0, 0, 0]
+    assert [m.run(services.backend) for m in migrations.MIGRATIONS] == [0, 0, 0, 0, 0, 0]
     code, out = edgectl(capsys, "--config", config, "migrate")
     assert code == 2  # neither --plan nor --apply: argparse's sentence
 
@@ -315,7 +315,7 @@ def test_the_rekey_keeps_every_certificate_downloadable_by_old_and_new_agents(
     done = migrations.apply(backend)
     spread = 0 if isinstance(backend, SqliteBackend) else 3  # the route items' feed keys
     assert [(m.number, changed) for m, changed in done] == [(1, 3), (2, 1), (3, spread), (4, 0),
-                                                         (5, 0)]
+                                                         (5, 0), (6, 0)]
     assert every_one_downloads()
     assert edge.load() is not None  # the snapshot reads the table again
     # The next release drops the bare-hostname items: the keyed ones carry on alone.

@@ -217,14 +217,21 @@ class FlakyTable:
         self.spec = table.spec
         self.failures = 1
 
-    def query(self, index: str, value: str, limit: int = 100, cursor: str | None = None) -> Page:
+    def _hiccup(self) -> None:
         if self.failures:
             self.failures -= 1
             raise RuntimeError("database is locked")
+
+    def query(self, index: str, value: str, limit: int = 100, cursor: str | None = None) -> Page:
+        self._hiccup()
         return self._table.query(index, value, limit, cursor)
 
-    def put(self, item: Item, expected_version: int | None = None) -> Item:
-        return self._table.put(item, expected_version)
+    def query_range(self, *args: Any, **kwargs: Any) -> Page:
+        self._hiccup()
+        return self._table.query_range(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
 
 
 def test_background_thread_survives_errors_and_delivers(table: Table, receiver: Receiver) -> None:
