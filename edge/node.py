@@ -46,7 +46,7 @@ class EdgeNode(Journaled):
                  templates: Path | None = None, cold_slice: int = COLD_SLICE,
                  control_ca: str = "", compact_after: int = COMPACT_AFTER,
                  redirect_capacity: int = 1_000_000, proxy_https_port: int = 0,
-                 proxy_http_port: int = 0) -> None:
+                 proxy_http_port: int = 0, stats_bind: str = "") -> None:
         super().__init__(compact_after)
         self.directory = directory.absolute()
         self.cold_slice = cold_slice
@@ -59,8 +59,8 @@ class EdgeNode(Journaled):
         self.layout = NodeLayout(bind=bind, http_port=http_port, https_port=https_port,
                                  runtime_socket=self.haproxy.runtime_socket,
                                  default_cert=self.directory / "default.pem",
-                                 stats_port=stats_port, control_ca=control_ca,
-                                 redirect_capacity=redirect_capacity,
+                                 stats_port=stats_port, stats_bind=stats_bind,
+                                 control_ca=control_ca, redirect_capacity=redirect_capacity,
                                  proxy_https_port=proxy_https_port,
                                  proxy_http_port=proxy_http_port)
         self.runtime = RuntimeAPI(self.layout.runtime_socket)

@@ -39,6 +39,8 @@ class NodeLayout:
     default_cert: Path
     stats_port: int = 0
     """HAProxy's Prometheus exporter at /metrics; 0 turns it off."""
+    stats_bind: str = ""
+    """The address it listens on (empty: ``bind``)."""
     control_ca: str = ""
     """The CA file HAProxy verifies the control replicas' TLS with (``@system-ca``: the
     system's); empty: they speak plain HTTP."""
@@ -187,7 +189,8 @@ def render(state: DesiredState, layout: NodeLayout, release_dir: Path,
             version=state.version, bind=layout.bind, http_port=layout.http_port,
             https_port=layout.https_port, runtime_socket=layout.runtime_socket,
             proxy_https_port=layout.proxy_https_port, proxy_http_port=layout.proxy_http_port,
-            default_cert=layout.default_cert, stats_port=layout.stats_port, crt_list=release_dir / "crt-list",
+            default_cert=layout.default_cert, stats_port=layout.stats_port,
+            stats_bind=layout.stats_bind or layout.bind, crt_list=release_dir / "crt-list",
             health_map=layout.health_map,
             hosts_map=release_dir / "hosts.map", redirects_map=release_dir / "redirects.map",
             app_servers=state.app_servers, short_domains=sorted(state.short_domains),

@@ -101,6 +101,7 @@ def _node(settings: Settings) -> EdgeNode:
     return EdgeNode(Path(settings.edge_dir), haproxy_bin=settings.haproxy_bin,
                     bind=settings.edge_bind, http_port=settings.edge_http_port,
                     https_port=settings.edge_https_port, stats_port=settings.edge_stats_port,
+                    stats_bind=settings.edge_metrics_bind,
                     redirect_capacity=settings.edge_redirect_capacity,
                     proxy_https_port=settings.edge_proxy_https_port,
                     proxy_http_port=settings.edge_proxy_http_port,
@@ -156,8 +157,9 @@ def agent(args: argparse.Namespace, settings: Settings) -> int:
     stop = procs.stop_on_signals(AGENT_GRACE, interrupt=lambda: not edge_agent.applying,
                                  busy=lambda: edge_agent.applying, longest=AGENT_LONGEST)
     if settings.edge_metrics_port:
-        port = serve_metrics(node.runtime, settings.edge_bind, settings.edge_metrics_port)
-        log.info("requests per publication at http://%s:%d/metrics", settings.edge_bind, port)
+        bind = settings.edge_metrics_bind or settings.edge_bind
+        port = serve_metrics(node.runtime, bind, settings.edge_metrics_port)
+        log.info("requests per publication at http://%s:%d/metrics", bind, port)
     try:
         edge_agent.run(settings.worker_interval, stop)
     except SystemExit:

@@ -138,7 +138,10 @@ class Settings:
     """Short links the edge's visit table holds (sized for every plain link in the map)."""
     edge_metrics_port: int = setting(0, parse.integer)
     """Where `edgectl agent` exports requests and errors per publication (/metrics on
-    edge_bind; 0: not exported)."""
+    edge_metrics_bind; 0: not exported)."""
+    edge_metrics_bind: str = setting("", parse.text)
+    """The address both exporters listen on (edge_stats_port, edge_metrics_port); empty:
+    edge_bind. They answer anyone who reaches them: a private address, not the public one."""
     worker_interval: float = setting(2.0, parse.number)
     edge_watch_seconds: float = setting(5.0, parse.number)
     """How long an agent's request waits for the next state (a long poll; 0: plain polls)."""

@@ -119,8 +119,20 @@ def check(paths: list[str], role: str) -> Found:
         load_settings(env={}, required=(), **parsed)
     except SettingsError as exc:
         found.problems.append(str(exc))
-    found.warnings += _unassigned_zones(parsed)
+    found.warnings += _unassigned_zones(parsed) + _open_exporters(parsed)
     return found
+
+
+def _open_exporters(parsed: dict[str, Any]) -> list[str]:
+    """The edge's exporters listening on every address: per-publication request counts for
+    anyone who reaches the node, unless a firewall stands in front."""
+    ports = [name for name, default in (("edge_stats_port", 8404), ("edge_metrics_port", 0))
+             if PARSERS[name](parsed.get(name, default))]
+    bind = str(parsed.get("edge_metrics_bind") or parsed.get("edge_bind") or "127.0.0.1")
+    if not ports or bind not in ("0.0.0.0", "::", "*", "[::]"):
+        return []
+    return [f"{' and '.join(ports)} listen on every address ({bind}): anyone who reaches the "
+            f"node reads them; set edge_metrics_bind to its private address, or firewall them"]
 
 
 def _unassigned_zones(parsed: dict[str, Any]) -> list[str]:
