@@ -43,13 +43,13 @@ def publish(services: Services, pems: dict[str, str]) -> None:
 
 
 def files(node: EdgeNode) -> dict[str, bytes]:
-    """What a node's release holds that does not name its ports (the config and its digest):
+    """What a node's release holds that does not name its ports (the config and its digests):
     certificates, crt-list, maps (its journal folded in first), its own path taken out."""
     node.compact()
     release = node.current.resolve()
     return {str(path.relative_to(release)): path.read_bytes().replace(bytes(release), b"<r>")
             for path in sorted(release.rglob("*"))
-            if path.is_file() and path.name not in ("haproxy.cfg", "STRUCTURE")}
+            if path.is_file() and path.name not in ("haproxy.cfg", "STRUCTURE", "OWN_FILES")}
 
 
 def batch(url: str, certs: list[dict[str, str]], headers: dict[str, str] | None = None,
