@@ -169,7 +169,7 @@ def queued(settings: Any) -> list[tuple[str, str, str]]:
     services = Services.from_settings(settings)
     try:
         return [(e["data"].get("hostname"), e["type"], e["state"])
-                for e in services.webhooks.table.scan(limit=500).items]
+                for e in services.webhooks.table.scan(limit=500).items if "type" in e]
     finally:
         services.close()
 
