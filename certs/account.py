@@ -14,7 +14,7 @@ from acme.client import ClientV2
 from certs.keys import generate_key, key_from_pem, key_to_pem
 from certs.network import PatientNetwork
 from kit.vault import KeyVault
-from store import VERSION, ConflictError, Table, TableSpec, rewrite_field
+from store import ABSENT, VERSION, ConflictError, Item, Table, TableSpec, rewrite_field
 
 log = logging.getLogger(__name__)
 
@@ -42,36 +42,58 @@ class AcmeAccount:
             return self._client
 
     def _connect(self) -> ClientV2:
-        stored = self._table.get(self.directory_url)
-        if stored is None:
-            key = jose.JWKRSA(key=generate_key("rsa2048"))
-        else:
-            key = jose.JWKRSA(key=key_from_pem(self._vault.decrypt(stored["key_enc"])))
+        stored = self._stored_key()
+        key = jose.JWKRSA(key=key_from_pem(self._vault.decrypt(stored["key_enc"])))
         # verify_ssl goes to requests, which takes a CA bundle path as well as a bool.
         net = PatientNetwork(key, user_agent="edge-router",
                              verify_ssl=self._verify)  # type: ignore[arg-type]
         directory = ClientV2.get_directory(self.directory_url, net)
         acme = ClientV2(directory, net)
-        if stored is not None:
+        if stored.get("uri"):
             net.account = messages.RegistrationResource(uri=stored["uri"],
                                                         body=messages.Registration())
-            return acme
+        else:
+            uri = self._register(acme, key)
+            try:
+                self._table.put({**stored, "uri": uri}, expected_version=stored[VERSION])
+            except ConflictError:
+                pass  # another replica registered the same key: the CA gave it this account
+        return acme
+
+    def _stored_key(self) -> Item:
+        """The account key every replica signs with, stored (conditionally) before the CA hears
+        of it: replicas starting together would otherwise each register an account and the
+        last write would win, leaving the others' certificates under an account whose key is
+        kept nowhere (they could not be revoked). The loser of the write uses the winner's key,
+        and registering a known key again gives back the same account."""
+        stored = self._table.get(self.directory_url)
+        if stored is not None:
+            return stored
+        key_enc = self._vault.encrypt(key_to_pem(cast(Any, generate_key("rsa2048"))))
+        try:
+            return self._table.put({"directory_url": self.directory_url, "key_enc": key_enc},
+                                   expected_version=ABSENT)
+        except ConflictError:
+            won = self._table.get(self.directory_url)
+            if won is None:  # forgotten again meanwhile: a rare race, the next attempt retries
+                raise
+            return won
+
+    def _register(self, acme: ClientV2, key: jose.JWKRSA) -> str:
+        """Register ``key`` with the CA (or find the account it already has); its URI."""
         binding: dict[str, Any] = {}
         if self._eab:  # External Account Binding, as ZeroSSL and other CAs require
             binding["external_account_binding"] = messages.ExternalAccountBinding.from_data(
                 account_public_key=key.public_key(), kid=self._eab[0], hmac_key=self._eab[1],
-                directory=directory)
+                directory=acme.directory)
         registration = messages.NewRegistration.from_data(
             email=self._email or None, terms_of_service_agreed=True, **binding)
         try:
-            regr = acme.new_account(registration)
-            uri = regr.uri
-        except errors.ConflictError as existing:
-            uri = existing.location
-            net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
-        self._table.put({"directory_url": self.directory_url, "uri": uri,
-                         "key_enc": self._vault.encrypt(key_to_pem(cast(Any, key.key)))})
-        return acme
+            return str(acme.new_account(registration).uri)  # it signs in as the new account
+        except errors.ConflictError as existing:  # the key has an account already: that one
+            acme.net.account = messages.RegistrationResource(uri=existing.location,
+                                                             body=messages.Registration())
+            return str(existing.location)
 
     def forget(self) -> None:
         """The CA no longer knows our account (its database was reset, or the account was
@@ -81,7 +103,7 @@ class AcmeAccount:
             account = getattr(self._client.net.account, "uri", None) if self._client else None
             self._client = None
             stored = self._table.get(self.directory_url)
-            if stored is not None and stored["uri"] == account:  # not one another replica made
+            if stored is not None and stored.get("uri") == account:  # not one another replica made
                 try:
                     self._table.delete(self.directory_url, expected_version=stored[VERSION])
                 except ConflictError:

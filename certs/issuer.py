@@ -7,8 +7,7 @@ import logging
 import time
 from typing import Any, Callable, Protocol
 
-import requests
-import urllib3
+import josepy as jose
 from acme import challenges, client, errors, messages
 from cryptography import x509
 
@@ -18,7 +17,7 @@ from certs.challenges import ChallengeStore
 from certs.errors import CertsError
 from certs.keys import generate_key, key_from_pem, key_to_pem, make_csr
 from certs.limits import BudgetExceeded, RateBudget
-from certs.network import RATE_LIMITED_WAIT, RateLimited
+from certs.network import RATE_LIMITED_WAIT, RateLimited, no_order_created
 from certs.orders import OrderJournal, fetch_order
 from certs.store import CertificateStore
 from kit.vault import KeyVault
@@ -32,6 +31,9 @@ ORDER_TIMEOUT = 90.0
 REVOKE_SECONDS = 10.0
 """How long a revocation waits for the CA (its other requests wait 45 s): a removal waits for
 it in the API's request, and it is a courtesy (the key is destroyed either way)."""
+ARI_ASK_AGAIN = datetime.timedelta(hours=6)
+"""How long the CA's renewal info is kept when it gives no Retry-After (RFC 9773's default),
+or when its answer made no sense."""
 
 
 class DnsChallengeSolver(Protocol):
@@ -129,19 +131,30 @@ class AcmeIssuer:
     def _ask_renewal_time(self, item: Item, now: datetime.datetime) -> float | None:
         """The CA's suggested renewal time (a random point in its window), remembered with
         when to ask again; None when the CA has no renewal info."""
-        suggested, ask_again = None, now + datetime.timedelta(hours=6)
+        suggested, ask_again = None, now + ARI_ASK_AGAIN
         try:
             acme = self._account.client()
             if not _offers(acme.directory, "renewalInfo"):
                 self._certificates.remember_renewal(item, None, ask_again.timestamp())
                 return None
             suggested, ask_again = acme.renewal_time(item["fullchain_pem"].encode())
+            renew_at = suggested.astimezone(datetime.timezone.utc).timestamp() \
+                if suggested else None
+            # The library's "ask again" time is naive local time; astimezone() reads it so.
+            ask_again_at = ask_again.astimezone().timestamp()
+        except (jose.DeserializationError, TypeError, ValueError, OverflowError, KeyError,
+                AttributeError) as exc:
+            # An answer RFC 9773 does not describe ({}, a window without dates, a Retry-After
+            # past the calendar) would fail the same way at every recheck.
+            log.warning("the CA's renewal info for %s makes no sense (%s: %s); using the "
+                        "lifetime, asking again in %s", item["hostname"], type(exc).__name__,
+                        exc, ARI_ASK_AGAIN)
+            self._certificates.remember_renewal(item, None, (now + ARI_ASK_AGAIN).timestamp())
+            return None
         except (errors.Error, messages.Error, OSError) as exc:
             log.info("no renewal info for %s (%s); using the lifetime", item["hostname"], exc)
             return None  # asked again at the next recheck
-        renew_at = suggested.astimezone(datetime.timezone.utc).timestamp() if suggested else None
-        # The library's "ask again" time is naive local time; astimezone() reads it as such.
-        self._certificates.remember_renewal(item, renew_at, ask_again.astimezone().timestamp())
+        self._certificates.remember_renewal(item, renew_at, ask_again_at)
         return renew_at
 
     def reencrypt(self) -> int:
@@ -176,37 +189,50 @@ class AcmeIssuer:
         acme = self._account.client()
         order, key = self._resume(acme, hostnames)
         if order is None:
-            key = generate_key(self._key_type)
-            csr = make_csr(key, hostnames)
-            replaces = self._replaces(acme, hostnames)
-            # An ARI renewal (it names the certificate it replaces) is exempt from the CA's
-            # rate limits, so it takes nothing from ours: a renewal wave cannot starve new
-            # domains, and 100,000 domains' renewals are not throttled to 2,400 a day.
-            budget = self._budget if replaces is None else None
-            if budget is not None:
-                budget.reserve(hostnames)  # exact across replicas, before the CA counts
-            self._orders.begin(hostnames, key_to_pem(key), csr)  # before the CA hears of it
-            try:
-                if replaces:
-                    order = self._new_order_replacing(acme, hostnames, csr, replaces)
-                else:
-                    order = acme.new_order(csr, profile=self._profile(acme, hostnames))
-            except Exception as exc:
-                if budget is not None:
-                    budget.not_issued(hostnames, ordered=not _no_order_created(exc))
-                raise
-            self._orders.ordered(hostnames, order.uri)
+            order, key = self._order(acme, hostnames)
         try:
             order = self._complete(acme, order, hostnames)
         except Exception:
-            if self._budget is not None:
-                self._budget.not_issued(hostnames)
+            self._give_back(hostnames)
             raise
         saved = self._certificates.save(hostnames, order.fullchain_pem, key_to_pem(key),
                                         ca=self.directory_url)
         self._orders.done(hostnames)
         log.info("certificate issued for %s", ", ".join(hostnames))
         return str(saved["serial"])
+
+    def _order(self, acme: client.ClientV2,
+               hostnames: list[str]) -> tuple[messages.OrderResource, Any]:
+        """A new order with a new key, journaled before the CA hears of it."""
+        key = generate_key(self._key_type)
+        csr = make_csr(key, hostnames)
+        replaces = self._replaces(acme, hostnames)
+        # An ARI renewal (it names the certificate it replaces) is exempt from the CA's
+        # rate limits, so it takes nothing from ours: a renewal wave cannot starve new
+        # domains, and 100,000 domains' renewals are not throttled to 2,400 a day.
+        budget = self._budget if replaces is None else None
+        if budget is not None:
+            budget.reserve(hostnames)  # exact across replicas, before the CA counts
+        # The journal says whether a slot was taken, so a failure (of this run or of the run
+        # that resumes the order) gives back only what was taken.
+        self._orders.begin(hostnames, key_to_pem(key), csr, reserved=budget is not None)
+        try:
+            if replaces:
+                order = self._new_order_replacing(acme, hostnames, csr, replaces)
+            else:
+                order = acme.new_order(csr, profile=self._profile(acme, hostnames))
+        except Exception as exc:
+            if budget is not None and self._orders.released(hostnames):
+                budget.not_issued(hostnames, ordered=not no_order_created(exc))
+            raise
+        self._orders.ordered(hostnames, order.uri)
+        return order, key
+
+    def _give_back(self, hostnames: list[str]) -> None:
+        """The order failed: give back the certificate slots it took, if it took any (an ARI
+        renewal took none), once (a resumed order failing again gives back nothing more)."""
+        if self._budget is not None and self._orders.released(hostnames):
+            self._budget.not_issued(hostnames)
 
     def _complete(self, acme: client.ClientV2, order: messages.OrderResource,
                   hostnames: list[str]) -> messages.OrderResource:
@@ -215,14 +241,18 @@ class AcmeIssuer:
         try:
             for authz in order.authorizations:
                 if authz.body.status != messages.STATUS_VALID:
-                    cleanups.append(self._answer(acme, authz))
+                    self._answer(acme, authz, cleanups)
             deadline = time.monotonic() + ORDER_TIMEOUT
             for authz in order.authorizations:
                 self._wait_valid(acme, authz, deadline)
             order = self._finalize(acme, order, hostnames, deadline)
         finally:
             for cleanup in cleanups:
-                cleanup()
+                try:  # each one: a record left behind must not keep the others
+                    cleanup()
+                except Exception:
+                    log.warning("a challenge of %s was not cleaned up", ", ".join(hostnames),
+                                exc_info=True)
         return order
 
     def _replaces(self, acme: client.ClientV2, hostnames: list[str]) -> str | None:
@@ -285,9 +315,11 @@ class AcmeIssuer:
                                 f"(it offers: {', '.join(offered) or 'none'})")
         return self.profile
 
-    def _answer(self, acme: client.ClientV2,
-                authz: messages.AuthorizationResource) -> Callable[[], None]:
-        """Answer one authorization; returns how to clean up after it.
+    def _answer(self, acme: client.ClientV2, authz: messages.AuthorizationResource,
+                cleanups: list[Callable[[], None]]) -> None:
+        """Answer one authorization; how to clean up after it goes in ``cleanups`` before
+        anything is published, so a failure midway (the CA refuses the answer, the record
+        never propagates) leaves no TXT record or token behind.
 
         DNS-01 through the registrar when one covers the name (needed for wildcards, and it
         works before any traffic reaches us), else HTTP-01 from the challenge table.
@@ -295,23 +327,25 @@ class AcmeIssuer:
         identifier = authz.body.identifier.value
         offered = {type(c.chall): c for c in authz.body.challenges}
         dns01 = offered.get(challenges.DNS01)
-        if dns01 is not None and self._dns01 is not None and self._dns01.covers(identifier):
+        solver = self._dns01
+        if dns01 is not None and solver is not None and solver.covers(identifier):
             response, validation = dns01.response_and_validation(acme.net.key)
             name = dns01.chall.validation_domain_name(identifier)
-            self._dns01.present(name, validation)
+            cleanups.append(lambda: solver.cleanup(name, validation))
+            solver.present(name, validation)
             if dns01.status == messages.STATUS_PENDING:  # a resumed order may have answered
                 acme.answer_challenge(dns01, response)
-            return lambda: self._dns01.cleanup(name, validation)  # type: ignore[union-attr]
+            return
         http01 = offered.get(challenges.HTTP01)
         if http01 is None:
             raise IssuanceError([identifier], "no challenge we can answer (http-01 needs a "
                                 "non-wildcard name; dns-01 needs a registrar for its zone)")
         response, validation = http01.response_and_validation(acme.net.key)
         token = str(http01.chall.encode("token"))
+        cleanups.append(lambda: self._challenges.remove(token))
         self._challenges.add(token, validation)
         if http01.status == messages.STATUS_PENDING:  # a resumed order may have answered
             acme.answer_challenge(http01, response)
-        return lambda: self._challenges.remove(token)
 
     def _wait_valid(self, acme: client.ClientV2, authz: messages.AuthorizationResource,
                     deadline: float) -> None:
@@ -354,15 +388,3 @@ def _offers(directory: messages.Directory, resource: str) -> bool:
     except KeyError:
         return False
     return True
-
-
-def _no_order_created(exc: BaseException) -> bool:
-    """Whether a failed newOrder surely created no order at the CA: it answered with an error,
-    or could not be reached at all. Then the order slot of the budget is given back (the CA
-    counts the orders it created): else a CA outage would use up the budget for hours."""
-    if isinstance(exc, (messages.Error, RateLimited)):
-        return True
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        reason = getattr(exc.args[0], "reason", None) if exc.args else None
-        return isinstance(reason, urllib3.exceptions.NewConnectionError)
-    return False

@@ -6,7 +6,10 @@ import email.utils
 import time
 from typing import Any
 
+import requests
+import urllib3
 from acme import client, errors, messages
+
 from certs.errors import CertsError
 
 BAD_NONCE_ATTEMPTS = 5  # each attempt is the library's post, which itself retries once
@@ -63,3 +66,15 @@ class PatientNetwork(client.ClientNetwork):
                     raise
             self.retries += 1
         raise AssertionError("unreachable")
+
+
+def no_order_created(exc: BaseException) -> bool:
+    """Whether a failed newOrder surely created no order at the CA: it answered with an error,
+    or could not be reached at all. Then the order slot of the budget is given back (the CA
+    counts the orders it created): else a CA outage would use up the budget for hours."""
+    if isinstance(exc, (messages.Error, RateLimited)):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return isinstance(reason, urllib3.exceptions.NewConnectionError)
+    return False

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from acme import client, errors, messages
 
 from kit.vault import KeyVault
-from store import Item, Table, TableSpec
+from store import VERSION, ConflictError, Item, Table, TableSpec
 
 ORDERS = TableSpec("acme_orders", key="key", expiring=True)
 ORDER_RECORD_TTL = 7 * 86400.0  # CAs expire pending orders within days
@@ -32,10 +32,26 @@ class OrderJournal:
     def find(self, hostnames: list[str]) -> Item | None:
         return self._table.get(self._key(hostnames))
 
-    def begin(self, hostnames: list[str], key_pem: bytes, csr_pem: bytes) -> None:
+    def begin(self, hostnames: list[str], key_pem: bytes, csr_pem: bytes, *,
+              reserved: bool) -> None:
+        """``reserved``: the order took slots of the rate budget (a renewal naming the
+        certificate it replaces takes none)."""
         self._table.put({"key": self._key(hostnames), "key_enc": self._vault.encrypt(key_pem),
-                         "csr_pem": csr_pem.decode(), "order_url": None,
+                         "csr_pem": csr_pem.decode(), "order_url": None, "reserved": reserved,
                          "expires_at": self._clock() + ORDER_RECORD_TTL})
+
+    def released(self, hostnames: list[str]) -> bool:
+        """The order's budget slots are given back: whether it held any (then it holds none
+        from now on). A record of the previous release does not say: its slots are given back,
+        as that release did."""
+        record = self.find(hostnames)
+        if record is None or not record.get("reserved", True):
+            return False
+        try:
+            self._table.put({**record, "reserved": False}, expected_version=record[VERSION])
+        except ConflictError:
+            return False  # another run of this order gave them back (or began a new one)
+        return True
 
     def ordered(self, hostnames: list[str], order_url: str) -> None:
         record = self.find(hostnames)

@@ -40,8 +40,15 @@ class PlatformCertificates:
         for host in self._hosts:
             if time.monotonic() < self._next.get(host, 0.0):
                 continue
-            if self._certificates.describe(host) is not None \
-                    and not self._issuer.renewal_due(host):
+            try:  # one host's failure must not hold up the hosts after it
+                due = self._certificates.describe(host) is None \
+                    or self._issuer.renewal_due(host)
+            except Exception:
+                log.exception("cannot tell whether platform domain %s needs a certificate; "
+                              "retrying", host)
+                self._next[host] = time.monotonic() + self._retry
+                continue
+            if not due:
                 self._next[host] = time.monotonic() + self._check  # not every round
                 continue
             if not self._edge_up():

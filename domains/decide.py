@@ -323,19 +323,35 @@ def issue_failed(error: str, retry_after: float | None = None) -> Step:
 
 
 RENEWAL_DUE = "a third of its lifetime was left (or the CA's renewal window opened)"
+RENEWAL_FAILURES = "renewal_failures"
+"""Renewals failed in a row. Kept apart from ``attempts``, which every recheck that finds the
+DNS in place sets back to 0 right before it renews: the renewal's backoff must outlive it."""
+RENEWAL_RETRY_FIRST = 600.0
+RENEWAL_RETRY_MAX = 6 * 3600.0
+"""A failed renewal is tried again after 10 minutes, doubled per failure in a row, at most 6
+hours: the current certificate still serves for weeks, and each order counts at the CA."""
 
 
 def renewed(domain: Item, why: str = RENEWAL_DUE) -> Step:
     """Renewed in place; the edge swaps the certificate in hot."""
     return Step(RECORD, domain["status"], why, what="certificate renewed",
-                webhooks=(("certificate.issued", {"renewal": True}),), route=True)
+                webhooks=(("certificate.issued", {"renewal": True}),), route=True,
+                changes={RENEWAL_FAILURES: 0} if domain.get(RENEWAL_FAILURES) else {})
 
 
-def renewal_failed(domain: Item, error: str) -> Step:
-    """The current certificate is still served; retried sooner (backoff)."""
+def renewal_failed(domain: Item, error: str, now: float,
+                   retry_after: float | None = None) -> Step:
+    """The current certificate is still served; retried after a backoff of its own (see
+    :data:`RENEWAL_FAILURES`), and not before the CA's Retry-After, up to the backoff's most:
+    the renewal waits in the domain's recheck, which must go on (a domain that moves away
+    is still suspended), and one order in 6 hours costs the CA nothing."""
+    failures = int(domain.get(RENEWAL_FAILURES) or 0) + 1
+    wait = min(RENEWAL_RETRY_MAX, RENEWAL_RETRY_FIRST * 2 ** min(failures - 1, 16))
     return Step(RETRY, domain["status"], "the renewal failed", errors=(
         {"code": "renewal_failed", "message": f"certificate renewal: {error}"},),
-        webhooks=(("certificate.renewal_failed", {"error": error}),), webhook_status=ACTIVE)
+        webhooks=(("certificate.renewal_failed", {"error": error}),), webhook_status=ACTIVE,
+        changes={RENEWAL_FAILURES: failures},
+        not_before=max(now + wait, min(retry_after or 0, now + RENEWAL_RETRY_MAX)))
 
 
 # an admin's suspension

@@ -162,7 +162,8 @@ class Lifecycle:
                                       not_before=step.not_before, actor=actor, effects=effects,
                                       **step.changes)
         elif step.action == decide.RECORD:
-            done = self.domains.record(domain, step.what, step.why, actor, effects)
+            done = self.domains.record(domain, step.what, step.why, actor, effects,
+                                       **step.changes)
         else:
             done = domain
         if step.then is not None:
@@ -236,9 +237,10 @@ class Lifecycle:
             serial = self.issuer.issue([domain["hostname"]])
         except Throttled:
             raise
-        except Exception as exc:  # keep serving the current certificate; retry sooner
+        except Exception as exc:  # keep serving the current certificate; retry after a backoff
             log.warning("renewal for %s failed: %s", domain["hostname"], exc)
-            return self._apply(domain, decide.renewal_failed(domain, str(exc)))
+            return self._apply(domain, decide.renewal_failed(
+                domain, str(exc), self._clock(), getattr(exc, "retry_after", None)))
         if not self._still_held(domain, serial):
             return domain
         return self._apply(domain, decide.renewed(domain))

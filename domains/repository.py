@@ -9,7 +9,7 @@ is domains/drain.py's job, never this module's.
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from domains.counts import StatusCounts
 from domains.due_hints import DueHints
@@ -243,10 +243,11 @@ class DomainRepository:
             {**domain, "status": REMOVING, "updated_at": iso(now), "next_attempt_at": None},
             now, list(entries)))
 
-    def carry(self, domain: Item, entries: Iterable[Item]) -> Item:
-        """``entries`` added to ``domain``'s outbox, nothing else changed: one conditional
-        write."""
-        return self.write(domain, with_entries(domain, self._clock(), list(entries)))
+    def carry(self, domain: Item, entries: Iterable[Item], **changes: Any) -> Item:
+        """``entries`` added to ``domain``'s outbox, and its fields ``changes`` (none: nothing
+        else changed): one conditional write."""
+        return self.write(domain, with_entries({**domain, **changes}, self._clock(),
+                                               list(entries)))
 
     # Leases.
 

@@ -271,10 +271,10 @@ class DomainService:
         return self.outbox.drain(stored) if stored.get(OUTBOX) else stored
 
     def record(self, domain: Item, what: str, why: str, actor: str = "worker",
-               effects: Iterable[Item] = ()) -> Item:
-        """A change that is not a status change: its timeline event and ``effects`` in one
-        conditional write on the domain's item, drained before this returns. (An event alone,
-        tied to no change: ``history.append``.)
+               effects: Iterable[Item] = (), **changes: Any) -> Item:
+        """A change that is not a status change: its timeline event, ``effects`` and the
+        item's other fields ``changes`` in one conditional write on the domain's item, drained
+        before this returns. (An event alone, tied to no change: ``history.append``.)
 
         If the item changed meanwhile (a lease, a check), it is read again and written once
         more, but only while it is the same claim in the same status: ``effects`` were made
@@ -284,7 +284,7 @@ class DomainService:
 
         def write(current: Item) -> Item:
             return self.repository.carry(
-                current, [self.history.event(current, what, why, actor), *effects])
+                current, [self.history.event(current, what, why, actor), *effects], **changes)
 
         try:
             stored = write(domain)

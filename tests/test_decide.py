@@ -229,11 +229,33 @@ def test_renewal(status: str) -> None:
     renewed = decide.renewed(domain(status))
     assert summary(renewed) == (RECORD, status, ("certificate.issued",), True, False, None)
     assert renewed.webhooks[0][1] == {"renewal": True} and renewed.what == "certificate renewed"
-    failed = decide.renewal_failed(domain(status), "CA down")
+    failed = decide.renewal_failed(domain(status), "CA down", NOW)
     assert summary(failed) == (RETRY, status, ("certificate.renewal_failed",), False, False,
                                None)
     assert failed.errors[0]["code"] == "renewal_failed"
     assert failed.webhook_status == "active"
+
+
+def test_a_failed_renewal_backs_off_by_its_own_count_and_waits_out_retry_after() -> None:
+    """The recheck before a renewal sets ``attempts`` back to 0, so a renewal's backoff counts
+    its own failures in a row (reset once renewed), from minutes, and the CA's Retry-After wins
+    when it is later, up to the backoff's most (the renewal waits in the DNS recheck)."""
+    first = decide.renewal_failed(domain("active", attempts=0), "CA down", NOW)
+    assert first.changes == {"renewal_failures": 1}
+    assert first.not_before == NOW + decide.RENEWAL_RETRY_FIRST
+    third = decide.renewal_failed(domain("active", attempts=0, renewal_failures=2), "x", NOW)
+    assert third.changes == {"renewal_failures": 3}
+    assert third.not_before == NOW + 4 * decide.RENEWAL_RETRY_FIRST
+    many = decide.renewal_failed(domain("active", renewal_failures=400), "x", NOW)
+    assert many.not_before == NOW + decide.RENEWAL_RETRY_MAX
+    limited = decide.renewal_failed(domain("active"), "429", NOW, retry_after=NOW + 3600)
+    assert limited.not_before == NOW + 3600
+    banned = decide.renewal_failed(domain("active"), "429", NOW, retry_after=NOW + 30 * 86400)
+    assert banned.not_before == NOW + decide.RENEWAL_RETRY_MAX, "its DNS recheck goes on"
+    assert decide.renewed(domain("active", renewal_failures=3)).changes == \
+        {"renewal_failures": 0}
+    recheck = decide.decide(domain("active", renewal_failures=3), Seen(OK), NOW, PLAIN)
+    assert "renewal_failures" not in recheck.changes, "a recheck keeps the count"
 
 
 @pytest.mark.parametrize("status", ["pending_dns", "verified", "active", "awaiting_traffic",
