@@ -6,6 +6,16 @@ crash in between), so consumers are idempotent and the clearing is a conditional
 keeps any entry a writer added meanwhile. A removed domain's item goes only once its outbox is
 empty: whoever drains it last deletes it.
 
+A drain works from the item as it read it, and may pause anywhere (a slow store call, a GC
+pause) while another replica finishes the same outbox, deletes the item and a new owner
+connects the hostname. Most consumers act on the hostname, not on a claim (a revoke deletes
+whatever certificate it holds), so an entry bound to its claim (every kind but
+``outbox.ANY_HOLDER``) is applied only after a read of the item shows that claim still holding
+the hostname with the entry still pending: whoever deleted the item or cleared the entry had
+applied it, and a new claim carries its own clean-up (``released`` in domains/service.py, a
+takeover's entries). What is left is the time between that read and the consumer's call.
+Entries written before entries named their claim are applied as they come.
+
 The worker asks for outboxes left behind (``drain_outboxes``, on DynamoDB seventeen queries of
 a spread key) only where some may be, as domains/due_hints.py does for the due indexes: on its
 first round, once the grace of a drain of this process that failed is over, after an ask that
@@ -18,7 +28,7 @@ import threading
 from typing import Callable
 
 from domains.due_hints import WINDOW
-from domains.outbox import OUTBOX, Consumers, kind_of
+from domains.outbox import ANY_HOLDER, CLAIM, OUTBOX, Consumers, UnknownKind, kind_of
 from domains.repository import REMOVING, DomainRepository
 from store import ConflictError, Item
 
@@ -40,11 +50,17 @@ class OutboxDrain:
     def drain(self, domain: Item) -> Item:
         """Hand the outbox's entries, in order, to their consumers and clear them; a removing
         domain is deleted instead once all are done. An entry whose consumer fails stays, with
-        those after it, for the worker's drain after the grace. Returns the domain as stored."""
+        those after it, for the worker's drain after the grace; so does one of a kind this
+        release does not know. Returns the domain as stored."""
         done: set[str] = set()
         for entry in domain.get(OUTBOX) or []:
             try:
-                self._apply(entry)
+                self._apply(domain, entry)
+            except UnknownKind:  # written by a newer release: one of its replicas applies it
+                log.warning("outbox entry %s of %s is of kind %r, which this release does not "
+                            "know: left, with those after it, for a replica that does",
+                            entry["id"], domain["hostname"], kind_of(entry))
+                return self._settle(domain, done, failed=False)
             except Exception:  # the store or another part is down: the worker drains it later
                 log.exception("outbox entry %s (%s) of %s failed; the worker retries it",
                               entry["id"], kind_of(entry), domain["hostname"])
@@ -84,8 +100,23 @@ class OutboxDrain:
         return (self._asked_at is None or self._found or now - self._asked_at >= WINDOW
                 or any(at <= upper for at in self._failed))
 
-    def _apply(self, entry: Item) -> None:
+    def _apply(self, domain: Item, entry: Item) -> None:
+        if self._passed(domain, entry):
+            log.info("outbox entry %s (%s) of %s skipped: its claim no longer holds the "
+                     "hostname, or it was applied meanwhile", entry["id"], kind_of(entry),
+                     domain["hostname"])
+            return
         self.consumers.apply(entry)
+
+    def _passed(self, domain: Item, entry: Item) -> bool:
+        """Whether ``entry``, bound to its claim, is no longer to be applied: its claim does
+        not hold the hostname now, or another drain cleared it (one read by key)."""
+        claim = entry.get(CLAIM)
+        if claim is None or kind_of(entry) in ANY_HOLDER:
+            return False
+        now = self.repository.find(domain["hostname"])
+        return now is None or now.get("claim") != claim or not any(
+            pending.get("id") == entry["id"] for pending in now.get(OUTBOX) or [])
 
     def _settle(self, domain: Item, done: set[str], failed: bool) -> Item:
         """Take the ``done`` entries off the item, keeping any a writer added meanwhile."""

@@ -11,21 +11,32 @@ through the ``outbox`` range index (never a scan) and drains them again.
 Entries are plain data with an ``id`` fixed when they are written, so a second drain repeats
 exactly the same effect: consumers must be idempotent (a webhook id enqueued twice is one
 webhook; disabling disabled links or publishing the same route changes nothing).
+
+Each entry also carries the ``claim`` that wrote it. Most consumers act on the hostname
+whoever holds it (a revoke deletes the hostname's certificate, a disabling its links), so a
+drain that read the entries and then paused must not apply them once the hostname changed
+hands: domains/drain.py applies such an entry only while its claim still holds the hostname
+and the entry is still pending there. Only the kinds in ``ANY_HOLDER`` are applied whoever
+holds it: an event and a webhook say what happened to that claim, and a route follows the
+hostname as it is now.
 """
 from __future__ import annotations
 
-import logging
 from typing import Callable
 
 from store import Item
-
-log = logging.getLogger(__name__)
 
 OUTBOX = "outbox"
 SEQUENCE = "sequence"
 """The key of a webhook entry's data that carries the domain's counter (``with_entries``)."""
 EVENT, WEBHOOK, ROUTE, REVOKE, DISABLE_LINKS = (
     "event", "webhook", "route", "revoke", "disable_links")
+ANY_HOLDER = frozenset({EVENT, WEBHOOK, ROUTE})
+"""The kinds whose effect is right whoever holds the hostname when they are applied; every
+other kind (a new one too) is bound to the claim that wrote it."""
+CLAIM = "claim"
+"""The key of an entry that names its claim: the writer's (``with_entries``), or for a
+timeline event the claim whose timeline it belongs to."""
 Consumer = Callable[[Item], None]
 """Applies one entry; must be idempotent (it may see the same entry again after a crash)."""
 
@@ -59,10 +70,11 @@ def with_entries(domain: Item, now: float, entries: list[Item]) -> Item:
     """``domain`` carrying ``entries`` in its outbox too, each with a stable id: the claim and a
     counter kept on the item (two writers cannot both win the same version), after the time of
     the write (``now``) so webhooks still sort oldest first. Timeline events keep their own
-    ids. A webhook carries the counter as its ``sequence`` (domains/webhooks.py): a receiver
-    orders a hostname's webhooks by it, so it must only grow, also across a removal (the item
-    goes) and the next connection, whose counter therefore starts from the time in
-    milliseconds rather than from 0 (a takeover keeps the holder's)."""
+    ids. Each entry names the claim (``CLAIM``) unless it does already. A webhook carries the
+    counter as its ``sequence`` (domains/webhooks.py): a receiver orders a hostname's webhooks
+    by it, so it must only grow, also across a removal (the item goes) and the next
+    connection, whose counter therefore starts from the time in milliseconds rather than from
+    0 (a takeover keeps the holder's)."""
     seq = int(domain.get("outbox_seq") or int(now * 1000))
     stamp = f"{int(now * 1e9):020d}-{str(domain['claim'])[:12]}"
     stamped = []
@@ -70,6 +82,8 @@ def with_entries(domain: Item, now: float, entries: list[Item]) -> Item:
         seq += 1
         if kind_of(entry) == WEBHOOK and "id" not in entry:
             entry = {**entry, "data": {**entry["data"], SEQUENCE: seq}}
+        if CLAIM not in entry:
+            entry = {**entry, CLAIM: domain["claim"]}
         stamped.append(entry if "id" in entry else {**entry, "id": f"{stamp}-{seq:06d}"})
     return {**domain, OUTBOX: list(domain.get(OUTBOX) or []) + stamped, "outbox_seq": seq,
             "outbox_state": "pending", "outbox_at": now}
@@ -99,8 +113,14 @@ class Consumers:
         self._by_kind[kind] = both
 
     def apply(self, entry: Item) -> None:
+        """Apply ``entry``; ``UnknownKind`` if no consumer is registered for its kind."""
         consumer = self._by_kind.get(kind_of(entry))
-        if consumer is None:  # nothing in this process listens for it: nothing to do
-            log.debug("no consumer for outbox entry %s (%s)", entry.get("id"), kind_of(entry))
-            return
+        if consumer is None:
+            raise UnknownKind(kind_of(entry))
         consumer(entry)
+
+
+class UnknownKind(Exception):
+    """No consumer for an entry's kind in this process: a newer release wrote it (during an
+    upgrade the fleet runs two releases), so it stays in the outbox, with those after it,
+    for a replica that knows it; taking it as done would lose its effect for good."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable
 
 from flask import Flask
 
@@ -12,6 +13,7 @@ from control.replicas import LoneReplica
 from control.server import ControlServer, Draining, stop_gracefully
 from control.wiring import Services
 from control.worker import PlatformCertificates, shard_moves, start_worker
+from domains.counts import CountRepair
 from edgectl import migrate
 from edgectl.app import create_app
 from kit import procs
@@ -40,6 +42,16 @@ def when_the_store_answers(settings: Settings,
     return until_it_answers(start, stop, StoreError, log)
 
 
+def count_repair(services: Services) -> list[Callable[[], None]]:
+    """The daily recount of the kept domain counts (domains/counts.py ``CountRepair``): a
+    worker step that reads one item when a recount is due, and recounts on one replica."""
+    repository = services.domains.repository
+    if repository.counts is None:
+        return []
+    return [CountRepair(repository.counts, lambda status: repository.each_with_status(
+        status, limit=1000), clock=services.clock).tick]
+
+
 def serve(settings: Settings) -> int:
     """Run the control service and its worker until SIGTERM/SIGINT, then stop gracefully."""
     stop = procs.stop_on_signals(settings.drain_seconds + settings.shutdown_seconds)
@@ -63,6 +75,7 @@ def serve(settings: Settings) -> int:
             steps.append(services.sweeper.tick)
         if services.custom_certificates is not None:
             steps.append(services.custom_certificates.tick)  # uploads due to fall back
+        steps.extend(count_repair(services))
         if not settings.control_servers:
             steps.append(LoneReplica(services.edge_state, settings.edge_control_servers).tick)
         worker = start_worker(steps, settings.worker_interval, stop, *(
