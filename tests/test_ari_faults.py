@@ -15,6 +15,7 @@ from control.wiring import Services
 from control.worker import PlatformCertificates
 from devtools.pebble import PebbleStack
 from kit.settings import Settings
+from store import Table
 from tests.conftest import FakeClock, ServicesWith, serving
 from tests.faulty_ca import FaultyCa
 
@@ -119,6 +120,12 @@ def test_renewal_info_that_makes_no_sense_falls_back_to_the_lifetime(
         services.close()
 
 
+def certs_counted(budgets: Table) -> int:
+    """The certificates the rate budget counts for example.test now."""
+    return sum(int(item["n"]) for item in budgets.scan(limit=100).items
+               if item["key"].startswith("certs|example.test|"))
+
+
 def test_a_failed_ari_renewal_gives_back_no_slot_it_did_not_take(
         settings: Settings, pebble: PebbleStack, ca: FaultyCa) -> None:
     """A renewal naming the certificate it replaces takes no slot of the rate budget (the CA
@@ -128,21 +135,17 @@ def test_a_failed_ari_renewal_gives_back_no_slot_it_did_not_take(
         settings, acme_certs_per_domain_7d=1, **behind(ca, pebble)))
     budgets = services.backend.table(BUDGETS)
 
-    def certs_counted() -> int:
-        return sum(int(item["n"]) for item in budgets.scan(limit=100).items
-                   if item["key"].startswith("certs|example.test|"))
-
     try:
         with serving(create_app(services), pebble.http_port):
             services.issuer.issue(["a.example.test"])
-        assert certs_counted() == 1
+        assert certs_counted(budgets) == 1
         with pytest.raises(IssuanceError):  # nothing answers HTTP-01 now: the renewal fails
             services.issuer.issue(["a.example.test"])
         assert "replaces" in ca.new_orders[-1], "an ARI renewal"
-        assert certs_counted() == 1
+        assert certs_counted(budgets) == 1
         with pytest.raises(IssuanceError, match="rate budget: 1 certificates in 7 days"):
             services.issuer.issue(["b.example.test"])
-        assert certs_counted() == 1
+        assert certs_counted(budgets) == 1
     finally:
         services.close()
 
@@ -155,10 +158,6 @@ def test_a_resumed_order_gives_back_only_what_its_first_run_took(
         settings, acme_certs_per_domain_7d=3, **behind(ca, pebble)))
     budgets = services.backend.table(BUDGETS)
 
-    def certs_counted() -> int:
-        return sum(int(item["n"]) for item in budgets.scan(limit=100).items
-                   if item["key"].startswith("certs|example.test|"))
-
     try:
         with serving(create_app(services), pebble.http_port):
             services.issuer.issue(["d.example.test"])
@@ -168,6 +167,6 @@ def test_a_resumed_order_gives_back_only_what_its_first_run_took(
             with pytest.raises(IssuanceError):
                 services.issuer.issue(["c.example.test"])
         assert ca.orders_created - orders == 1, "resumed, not ordered again"
-        assert certs_counted() == 1, "d's slot stays taken"
+        assert certs_counted(budgets) == 1, "d's slot stays taken"
     finally:
         services.close()

@@ -12,7 +12,7 @@ from kit.settings import Settings
 from store import Item
 from tests.conftest import FakeClock
 from tests.test_outbox_crashes import (  # noqa: F401  (settings_with_hooks: a fixture)
-    SHORT, Killed, Process, activate, restart, settings_with_hooks)
+    SHORT, Process, activate, left_removing, restart, settings_with_hooks)
 
 
 def paused_at_first_entry(process: Process, meanwhile: Callable[[], None]) -> None:
@@ -43,14 +43,7 @@ def test_a_paused_drain_does_not_replay_a_removal_into_the_next_claim(
         settings_with_hooks: Settings, clock: FakeClock) -> None:
     """Two replicas drain a removal a dead process left; one pauses after its read."""
     settings, hostname = settings_with_hooks, SHORT[5]
-    owner = Process(settings, clock)
-    activate(owner, hostname, "pub_1")
-    owner.services.close()
-    dying = Process(settings, clock, die_at=1)
-    try:
-        dying.lifecycle.remove(hostname)
-    except Killed:
-        dying.services.close()
+    left_removing(settings, clock, hostname)
     paused, quick = restart(settings, clock), Process(settings, clock)
 
     def quick_removal_and_new_owner() -> None:

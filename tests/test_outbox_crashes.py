@@ -232,6 +232,19 @@ def test_a_failing_consumer_leaves_its_entries_for_the_worker(
         services.close()
 
 
+def left_removing(settings: Settings, clock: FakeClock, hostname: str) -> None:
+    """``hostname`` active for pub_1, then removed by a process killed after its first write:
+    the removal's outbox left for another to drain."""
+    owner = Process(settings, clock)
+    activate(owner, hostname, "pub_1")
+    owner.services.close()
+    dying = Process(settings, clock, die_at=1)
+    try:
+        dying.lifecycle.remove(hostname)
+    except Killed:
+        dying.services.close()
+
+
 def test_a_removal_left_behind_is_not_drained_into_the_domain_connected_again(
         settings_with_hooks: Settings, clock: FakeClock) -> None:
     """Two removals a dead process left undrained; the worker lists both, and while it drains
@@ -240,14 +253,7 @@ def test_a_removal_left_behind_is_not_drained_into_the_domain_connected_again(
     draining that copy would revoke the new owner's certificate and disable their link."""
     settings, hostnames = settings_with_hooks, SHORT[-2:]
     for hostname in hostnames:
-        owner = Process(settings, clock)
-        activate(owner, hostname, "pub_1")
-        owner.services.close()
-        dying = Process(settings, clock, die_at=1)
-        try:
-            dying.lifecycle.remove(hostname)
-        except Killed:
-            dying.services.close()
+        left_removing(settings, clock, hostname)
     worker, other = restart(settings, clock), Process(settings, clock)
     drain, again = worker.services.domains.outbox.drain, []
 
