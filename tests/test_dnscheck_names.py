@@ -5,20 +5,15 @@ gets a 4xx on a takeover, and every DNS lookup of a name DNS cannot carry is a f
 never an exception. Asked of a real authoritative server (knotd)."""
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
-
 import pytest
 from flask.testing import FlaskClient
 
 from admin_app import create_app
 from control.wiring import Services
-from devtools.dns_server import KnotServer
 from dnsops.records import takeover_name
-from kit.settings import Settings
-from tests.conftest import FakeClock, ServicesWith
+from tests.conftest import FakeClock
 from tests.test_publisher_settings import post, signed_in, text_of
-from tests.test_takeover import Zone
+from tests.test_takeover_holder import services, zone  # noqa: F401 (fixtures)
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 LABELS = ".".join(["a" * 63, "b" * 63, "c" * 63])
@@ -27,18 +22,6 @@ FITS = f"{LABELS}.{'d' * 32}.example.test"
 OVER = f"{LABELS}.{'d' * 33}.example.test"
 LONGEST = f"{LABELS}.{'d' * 48}.example.test"
 """253 characters: a valid hostname, and the longest."""
-
-
-@pytest.fixture
-def zone(knot: Callable[..., KnotServer]) -> Zone:
-    return Zone(knot({"example.test": "@ A 127.0.0.1\n"}))
-
-
-@pytest.fixture
-def services(services_with: ServicesWith, sso_settings: Settings, zone: Zone,
-             clock: FakeClock) -> Services:
-    return services_with(base=dataclasses.replace(
-        sso_settings, dns_servers=["127.0.0.1"], dns_port=zone.knot.port), clock=clock)
 
 
 @pytest.fixture
