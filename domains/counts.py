@@ -5,12 +5,12 @@ A kept count can drift: a crash between a domain's write and its count's ADD lea
 one, and on DynamoDB an ADD whose answer was lost is sent again and counted twice (an ADD
 carries no token, docs/dynamodb.md). So the counts are recounted from the domains themselves:
 by the first process to open a store without them (a store from an earlier version), and once
-a day by one replica (``CountRepair``, a worker step of ``edgectl serve``). A recount is one
+a week by one replica (``CountRepair``, a worker step of ``edgectl serve``). A recount is one
 pass over the domains (on DynamoDB a query per status and spread key, and one per page of
 domains: docs/scale.md), so the ``by_status`` item holds its lease: ``counting_since`` while a
 process recounts, cleared only once it is done, and ``counted_at``. A recount whose process
 died (its ``counting_since`` older than ``LEASE``) is done again by the next open or by the
-daily step, so the counts of a store whose first recount was cut short do not stay at zero.
+weekly step, so the counts of a store whose first recount was cut short do not stay at zero.
 A recount sets each count from what it just counted and the counter read right after, so it
 is off by the changes that raced it (one write's ADD, an index behind by a moment), which the
 next one repairs.
@@ -36,8 +36,9 @@ COUNTED = "counted_at"
 LEASE = 3600.0
 """Seconds a recount may take; a ``counting_since`` older than this was left by a dead
 process (a recount of 100,000 domains on DynamoDB takes minutes)."""
-EVERY = 86400.0
-"""Seconds between the daily recounts (``CountRepair``)."""
+EVERY = 7 * 86400.0
+"""Seconds between the weekly recounts (``CountRepair``): a recount reads every domain, which
+the scale rule allows only rarely, and drift is rare (a crash mid-write, a lost answer)."""
 
 
 class StatusCounts:
@@ -191,7 +192,7 @@ class StatusCounts:
 
 
 class CountRepair:
-    """The daily recount as a worker step: each replica reads the ``by_status`` item only
+    """The weekly recount as a worker step: each replica reads the ``by_status`` item only
     when the next recount is due (or its lease runs out), and one of them recounts."""
 
     def __init__(self, counts: StatusCounts, each: Callable[[str], Iterable[Item]],

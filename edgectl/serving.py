@@ -43,7 +43,7 @@ def when_the_store_answers(settings: Settings,
 
 
 def count_repair(services: Services) -> list[Callable[[], None]]:
-    """The daily recount of the kept domain counts (domains/counts.py ``CountRepair``): a
+    """The weekly recount of the kept domain counts (domains/counts.py ``CountRepair``): a
     worker step that reads one item when a recount is due, and recounts on one replica."""
     repository = services.domains.repository
     if repository.counts is None:
