@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from devtools.probe import https_get  # noqa: E402
 from edge.node import EdgeNode  # noqa: E402
-from edge.sso import SESSION_COOKIE  # noqa: E402
+from edge.sso import SESSION_COOKIE, SESSION_VERSION  # noqa: E402
 from edge.state import DesiredState, Route  # noqa: E402
 from kit.procs import free_port  # noqa: E402
 from kit.x509 import self_signed  # noqa: E402
@@ -50,7 +50,8 @@ def main() -> None:
     spare = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     expires = int(time.time()) + 3600
-    tokens = [jwt.encode({"sub": f"reader-{n}", "aud": HOST, "pub": "pub_1", "exp": expires},
+    tokens = [jwt.encode({"v": SESSION_VERSION, "sub": f"reader-{n}", "aud": HOST,  # as signed
+                          "pub": "pub_1", "iat": expires - 3600, "exp": expires},
                          key, algorithm="ES256") for n in range(args.tokens)]
     runs: dict[str, list[float]] = {"anonymous": [], "uniform": [], "zipf": []}
     with tempfile.TemporaryDirectory() as tmp:
