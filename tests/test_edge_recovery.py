@@ -27,7 +27,7 @@ from edge.haproxy import HAProxy
 from edge.node import EdgeNode
 from edge.router import Router, RouterUpdate
 from edge.router_agent import RouterAgent
-from edge.state import Route, StateDelta
+from edge.state import DesiredState, Route, StateDelta
 from kit.procs import free_port
 from kit.x509 import self_signed as self_signed_pem
 from tests.conftest import wait_until
@@ -60,16 +60,24 @@ def served(node: EdgeNode, hostname: str, cert: str) -> str | None:
     return str(probe.json()["publication_id"])
 
 
+def node_serving(edge_node: Callable[..., EdgeNode], app: SampleApp,
+                 *routes: Route) -> tuple[dict[str, int], EdgeNode, DesiredState]:
+    """A node on ports of its own serving ``routes``: its ports (for a node that takes its
+    HAProxy over, as a restarted agent does), the node and the state it serves."""
+    ports = {"http_port": free_port(), "https_port": free_port()}
+    first = edge_node(**ports)
+    served_state = state(app, *routes)
+    first.apply(served_state)
+    return ports, first, served_state
+
+
 def test_a_reload_that_fails_leaves_the_node_on_the_release_haproxy_serves(
         edge_node: Callable[..., EdgeNode], app: SampleApp, taken_port: int) -> None:
     """The agent restarted with a PROXY bind whose port is taken: `haproxy -c` passes, the
     reload fails and the old worker serves on. The node says so (not the new version), keeps
     the release HAProxy serves current, and takes later changes hot into it."""
-    ports = {"http_port": free_port(), "https_port": free_port()}
-    first = edge_node(**ports)
     cert1, one = route("one.example.test", "pub_1")
-    s1 = state(app, one)
-    first.apply(s1)
+    ports, first, s1 = node_serving(edge_node, app, one)
     serving = first.current.resolve()
     node = edge_node(**ports, proxy_https_port=free_port(), proxy_http_port=taken_port)
     node.start()  # adopts the HAProxy serving s1
@@ -163,11 +171,8 @@ def changed_after_a_torn_journal(edge_node: Callable[..., EdgeNode], app: Sample
     """A node whose journal a crash left holding ``torn``, restarted and sent a change: the
     torn bytes are cut, the change is a line of its own. (The node, its journal, its ports,
     the new route's certificate.)"""
-    ports = {"http_port": free_port(), "https_port": free_port()}
-    first = edge_node(**ports)
     _, one = route("one.example.test", "pub_1")
-    base = state(app, one)
-    first.apply(base)
+    ports, first, base = node_serving(edge_node, app, one)
     journal = first.current.resolve() / "changes.jsonl"
     journal.write_text(torn)
     node = edge_node(**ports)
@@ -274,11 +279,8 @@ def test_an_adopted_haproxy_reading_another_release_than_current_is_reloaded(
         edge_node: Callable[..., EdgeNode], app: SampleApp) -> None:
     """An agent killed between moving ``current`` and the reload leaves HAProxy reading the
     release before: the next agent does not take it for ``current``'s."""
-    ports = {"http_port": free_port(), "https_port": free_port()}
-    first = edge_node(**ports)
     cert1, one = route("one.example.test", "pub_1")
-    s1 = state(app, one)
-    first.apply(s1)
+    ports, first, s1 = node_serving(edge_node, app, one)
     before = first.current.resolve()
     cert2, two = route("two.example.test", "pub_2")
     first.apply(dataclasses.replace(state(app, one, two), app_servers=(app.address,) * 2))
@@ -298,12 +300,9 @@ def test_an_adopted_haproxy_serving_a_change_the_journal_lost_is_reloaded_onto_t
     the files' version, and may never be sent that change again) reloads HAProxy onto them."""
     from edge import hotapply
     from edge.plan import make_delta_plan
-    ports = {"http_port": free_port(), "https_port": free_port()}
-    first = edge_node(**ports)
     cert_x, x = route("x.example.test", "pub_x")
     cert_h, h = route("h.example.test", "pub_h")
-    s1 = state(app, x, h)
-    first.apply(s1)
+    ports, first, s1 = node_serving(edge_node, app, x, h)
     plan = make_delta_plan(first.existing_routes(), {"x.example.test": None})
     hotapply.send_changes(first.runtime, first.current.resolve(), plan.changes, {})
     assert served(first, "x.example.test", cert_x) is None  # then the agent dies
@@ -319,11 +318,8 @@ def test_a_node_restarted_with_new_templates_serves_them_before_its_state_change
     """An upgrade brings new templates (a fix in haproxy.cfg), an operator a new setting: a
     node whose state did not change served the old ones until some domain changed, which on
     a quiet shard may be days."""
-    ports = {"http_port": free_port(), "https_port": free_port()}
-    first = edge_node(**ports)
     cert, one = route("one.example.test", "pub_1")
-    s1 = state(app, one)
-    first.apply(s1)
+    ports, first, s1 = node_serving(edge_node, app, one)
     newer = tmp_path / "templates"
     shutil.copytree(resources.files("haproxy_templates"), newer)  # type: ignore[arg-type]
     config = newer / "haproxy.cfg.j2"
