@@ -23,6 +23,8 @@ import jwt
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
+from edge.sso import TRIED_COOKIE, silent_attempt_due
+
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 PLATFORM_COOKIE = "platform_session"
@@ -54,17 +56,9 @@ def _echo(name: str, request: Request) -> Response:
     }), mimetype="application/json")
 
 
-def _silent_attempt_due(request: Request) -> bool:
-    """docs/sso.md's rule for apps: no silent attempt while the edge's cookie is there, unless
-    it holds a session's expiry (Unix seconds) that has passed. Browsers drop that one at the
-    expiry anyway; ``1`` lasts the browser session."""
-    tried = request.cookies.get("__Host-edge_sso_tried")
-    return not tried or (tried.isdigit() and len(tried) <= 12 and 1 < int(tried) <= time.time())
-
-
 def _article(request: Request) -> Response:
     user = request.headers.get("X-Edge-User")
-    if not user and _silent_attempt_due(request):
+    if not user and silent_attempt_due(request.cookies.get(TRIED_COOKIE), time.time()):
         # Readers the platform knows are signed in without a click; the edge's cookie stops
         # a second attempt, and a session the edge does not accept from looping.
         return Response(status=302, headers={
