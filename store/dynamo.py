@@ -5,6 +5,8 @@ Layout of an item: ``pk`` (the key), ``version``, ``expires_at`` (the TTL attrib
 (each backed by a global secondary index ``by_<name>`` with ``pk`` as range key), for each range
 index its key (string) and sort (number) attributes (a global secondary index ``range_<name>``),
 and counters as ``c_<name>`` numbers. An item exists when it has a ``version``; counters alone do not make one.
+A conditional write also sets ``write_id``, its own random mark, so that its retry after a lost
+answer tells its own write from another writer's identical one (not data: backups leave it).
 An index key attribute the spec spreads holds ``<value>#<n>`` once the store's schema spreads
 them (store/dynamo_spread.py). The table's reads and writes are store/dynamo_table.py's,
 sent by store/dynamo_wire.py; boto3's client creates and describes the tables.

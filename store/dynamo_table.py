@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 import time
 from decimal import Decimal
 from typing import Any, Callable
@@ -23,6 +24,8 @@ BATCH_ROUNDS, BATCH_BACKOFF = 8, 0.05
 """Requests a batch read makes at most for keys left unprocessed, and the seconds before it
 asks again (doubling, at most 1 s, jittered): about 4 s in all, the order of botocore's own
 retries of a throttled request."""
+WRITE_ID = "write_id"
+"""A conditional write's random mark (store/dynamo.py lays it out): not data, never read."""
 _ONE_SHARD = "1"
 """Only servers without TTL (dynalite, for development) use the expiry index: one partition."""
 
@@ -134,6 +137,9 @@ class DynamoTable:
                 values[f":a{n}"] = value
                 sets.append(f"#a{n} = :a{n}")
         condition = self._condition(expected_version, values)
+        if condition:  # this write's own mark, for a retry after a lost answer to know it
+            names["#w"], values[":w"] = WRITE_ID, {"S": secrets.token_hex(8)}
+            sets.append("#w = :w")
         first = {"N": str(first_version())}  # where no item lives (store.FIRST_VERSIONS)
         if expected_version == ABSENT:
             sets.append("#version = :first")
@@ -147,8 +153,8 @@ class DynamoTable:
                              ExpressionAttributeNames=names, ExpressionAttributeValues=values,
                              ReturnValues="ALL_NEW", **condition)["Attributes"]
         except ClientError as exc:
-            written = {**laid_out, "version": first if expected_version == ABSENT
-                       else {"N": str((expected_version or 0) + 1)}}
+            written = {**laid_out, WRITE_ID: values.get(":w"), "version": first
+                       if expected_version == ABSENT else {"N": str((expected_version or 0) + 1)}}
             now = self._after_a_lost_answer(exc, key)
             if now is None or any(not _same(now.get(attr), value)
                                   for attr, value in written.items()):
@@ -159,8 +165,10 @@ class DynamoTable:
     def _after_a_lost_answer(self, failed: ClientError, key: str) -> Raw | None:
         """The item as it stands (``{}``: none) when a write failed by its condition on a
         retry whose earlier attempt may have been carried out (store/dynamo_wire.py), else
-        None. A write compares it with what it wrote: its own attempt, not a conflict. A
-        create's first version is drawn at random, so no other writer's item matches it."""
+        None. A conditional write compares it with what it wrote, its own random
+        ``WRITE_ID`` included: its own attempt, not a conflict. Without that mark, a writer
+        that read the same version and wrote the same data (two replicas taking one more
+        slot of a budget) would take the other's write for its own."""
         if not failed.response.get("ResponseMetadata", {}).get(MAYBE_APPLIED):
             return None
         return dict(self._call("get_item", Key={"pk": {"S": key}},

@@ -141,6 +141,23 @@ def test_a_write_whose_answer_was_lost_does_not_conflict_with_itself(
     assert (table.get("b") or {})["owner"] == "q"
 
 
+def test_another_writers_identical_write_is_a_conflict_after_a_failed_attempt(
+        backend: DynamoBackend, dynamo_nemesis: Nemesis) -> None:
+    """Two replicas that read one version and write the same data (one more slot of a
+    budget): the one whose first attempt failed with a 500 meets the other's write on its
+    retry. It is a conflict (it counts again), not its own write: else both took the slot."""
+    table = backend.table(SPEC)
+    made = table.put({"id": "c", "owner": "o", "n": 1}, expected_version=ABSENT)
+    theirs = table.put({**made, "n": 2}, expected_version=made["version"])
+    dynamo_nemesis.failures, dynamo_nemesis.only = ("internal",), ("UpdateItem",)
+    dynamo_nemesis.fail_rate, dynamo_nemesis.max_streak = 1 - 1e-9, 1  # the first attempt
+    # fails, the retry goes through (the cap holds under a rate below 1)
+    with pytest.raises(ConflictError):
+        table.put({**made, "n": 2}, expected_version=made["version"])
+    assert dynamo_nemesis.injected["internal"] == 1
+    assert table.get("c") == theirs
+
+
 def test_the_usual_weather_fails_no_request_more_times_in_a_row_than_its_cap(
         backend: DynamoBackend, dynamo_nemesis: Nemesis) -> None:
     """The nemesis' faults under ``fail_rate`` 1 fail the same request at most ``max_streak``
