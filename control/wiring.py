@@ -17,7 +17,9 @@ from certs.orders import ORDERS
 from certs.stats import ISSUANCE_STATS, IssuanceStats
 from certs.store import CERTIFICATES, CertificateStore
 from certs.uploads import UPLOADS, UploadStore
+from control.migrations import META
 from control.publisher import EdgePublisher, link_followers, publisher_of
+from control.worker import OrderLease, PlatformCertificates
 from dnsops.automation import RecordAutomation
 from domains import byo, outbox, pairs
 from domains.byo import CustomCertificates
@@ -207,6 +209,16 @@ class Services:
     def close(self) -> None:
         self.edge_shards.close()
         self.backend.close()
+
+
+def platform_certificates(services: Services) -> PlatformCertificates:
+    """The worker's step for the platform's own domains: ordered once an edge node serves, by
+    one replica at a time (a lease in ``store_meta``, held by this replica's worker id)."""
+    return PlatformCertificates(
+        services.publisher.platform_hosts, services.issuer, services.certificates,
+        services.publisher, services.settings.retry_base_seconds,
+        edge_up=services.publisher.serving,
+        lease=OrderLease(services.backend.table(META), services.lifecycle.worker_id))
 
 
 def _domains(settings: Settings, backend: Backend, automation: RecordAutomation,

@@ -11,8 +11,8 @@ from flask import Flask
 
 from control.replicas import LoneReplica
 from control.server import ControlServer, Draining, stop_gracefully
-from control.wiring import Services
-from control.worker import PlatformCertificates, shard_moves, start_worker
+from control.wiring import Services, platform_certificates
+from control.worker import shard_moves, start_worker
 from domains.counts import CountRepair
 from edgectl import migrate
 from edgectl.app import create_app
@@ -66,11 +66,8 @@ def serve(settings: Settings) -> int:
                                tls_cert=settings.control_tls_cert,
                                tls_key=settings.control_tls_key,
                                client_ca=settings.control_client_ca)
-        platform = PlatformCertificates(services.publisher.platform_hosts, services.issuer,
-                                        services.certificates, services.publisher,
-                                        settings.retry_base_seconds,
-                                        edge_up=services.publisher.serving)
-        steps = [services.lifecycle.tick, platform.tick, *shard_moves(services.moves)]
+        steps = [services.lifecycle.tick, platform_certificates(services).tick,
+                 *shard_moves(services.moves)]
         if services.sweeper is not None:
             steps.append(services.sweeper.tick)
         if services.custom_certificates is not None:
