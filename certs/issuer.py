@@ -3,6 +3,7 @@ with our own short polling and a patient badNonce retry."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import time
 from typing import Any, Callable, Protocol
@@ -12,14 +13,15 @@ from acme import challenges, client, errors, messages
 from cryptography import x509
 
 from certs.account import AcmeAccount
-from certs.ari import NewOrderReplacing, cert_id
+from certs.ari import cert_id
 from certs.challenges import ChallengeStore
 from certs.errors import CertsError
 from certs.keys import generate_key, key_from_pem, key_to_pem, make_csr
 from certs.limits import BudgetExceeded, RateBudget
-from certs.network import RATE_LIMITED_WAIT, RateLimited, no_order_created
-from certs.orders import OrderJournal, fetch_order
-from certs.store import CertificateStore
+from certs.network import (ALREADY_REPLACED, RATE_LIMITED_WAIT, RateLimited,
+                           no_order_created, offers, renewal_window)
+from certs.orders import OrderJournal, fetch_order, finished_serial, new_order_replacing
+from certs.store import CertificateStore, ReplacedMeanwhile
 from kit.vault import KeyVault
 from store import Item, Table
 
@@ -34,6 +36,15 @@ it in the API's request, and it is a courtesy (the key is destroyed either way).
 ARI_ASK_AGAIN = datetime.timedelta(hours=6)
 """How long the CA's renewal info is kept when it gives no Retry-After (RFC 9773's default),
 or when its answer made no sense."""
+RENEWAL_SPREAD = 1 / 12
+"""Without a CA window, a certificate renews at its own point in this part of its lifetime
+before the two-thirds mark (never after it): 7.5 days of a 90-day certificate."""
+
+
+def spread(serial: str) -> float:
+    """A point in [0, 1) fixed by a certificate's serial: uniform over certificates, the same
+    on every replica and after every restart."""
+    return int.from_bytes(hashlib.sha256(serial.encode()).digest()[:8], "big") / 2 ** 64
 
 
 class DnsChallengeSolver(Protocol):
@@ -108,8 +119,9 @@ class AcmeIssuer:
             raise IssuanceError(hostnames, f"cannot reach the CA: {exc}") from None
 
     def renewal_due(self, hostname: str, now: datetime.datetime | None = None) -> bool:
-        """Time to renew: inside the CA's ARI window when it offers renewalInfo, else once a
-        third of the lifetime is left.
+        """Time to renew: at the certificate's point in the CA's ARI window when it offers
+        renewalInfo, else at its point in the ``RENEWAL_SPREAD`` of the lifetime before two
+        thirds (certificates issued together must not all come back to the CA together).
 
         The CA is asked at most once per its Retry-After (six hours by default), not on every
         recheck: its answer is kept on the certificate's item, so 100,000 domains rechecked
@@ -125,36 +137,40 @@ class AcmeIssuer:
         if renew_at is not None:
             return now.timestamp() >= float(renew_at)
         not_before = datetime.datetime.fromisoformat(item["not_before"])
-        not_after = datetime.datetime.fromisoformat(item["not_after"])
-        return now >= not_before + (not_after - not_before) * 2 / 3
+        lifetime = datetime.datetime.fromisoformat(item["not_after"]) - not_before
+        early = lifetime * RENEWAL_SPREAD * spread(item["serial"])
+        return now >= not_before + lifetime * 2 / 3 - early
 
     def _ask_renewal_time(self, item: Item, now: datetime.datetime) -> float | None:
-        """The CA's suggested renewal time (a random point in its window), remembered with
-        when to ask again; None when the CA has no renewal info."""
-        suggested, ask_again = None, now + ARI_ASK_AGAIN
+        """The CA's renewal time (RFC 9773's random point in its window: this certificate's
+        own, so every replica and restart agrees), remembered with when to ask again; None when
+        the CA has no renewal info."""
+        at, wait = now.timestamp(), ARI_ASK_AGAIN.total_seconds()
+        leaf = x509.load_pem_x509_certificate(item["fullchain_pem"].encode())
+        if leaf.not_valid_after_utc.timestamp() <= at:
+            return None  # RFC 9773: never asked about once expired (due by its lifetime)
         try:
-            acme = self._account.client()
-            if not _offers(acme.directory, "renewalInfo"):
-                self._certificates.remember_renewal(item, None, ask_again.timestamp())
-                return None
-            suggested, ask_again = acme.renewal_time(item["fullchain_pem"].encode())
-            renew_at = suggested.astimezone(datetime.timezone.utc).timestamp() \
-                if suggested else None
-            # The library's "ask again" time is naive local time; astimezone() reads it so.
-            ask_again_at = ask_again.astimezone().timestamp()
+            window = renewal_window(self._account.client(), leaf, at, wait)
         except (jose.DeserializationError, TypeError, ValueError, OverflowError, KeyError,
                 AttributeError) as exc:
-            # An answer RFC 9773 does not describe ({}, a window without dates, a Retry-After
-            # past the calendar) would fail the same way at every recheck.
+            # An answer RFC 9773 does not describe ({}, a window without dates) would fail the
+            # same way at every recheck.
             log.warning("the CA's renewal info for %s makes no sense (%s: %s); using the "
                         "lifetime, asking again in %s", item["hostname"], type(exc).__name__,
                         exc, ARI_ASK_AGAIN)
-            self._certificates.remember_renewal(item, None, (now + ARI_ASK_AGAIN).timestamp())
+            self._certificates.remember_renewal(item, None, at + wait)
             return None
+        except RateLimited as exc:  # what we knew stands until the CA answers again
+            self._certificates.remember_renewal(item, item.get("ari_renew_at"), exc.retry_after)
+            return item.get("ari_renew_at")
         except (errors.Error, messages.Error, OSError) as exc:
             log.info("no renewal info for %s (%s); using the lifetime", item["hostname"], exc)
             return None  # asked again at the next recheck
-        self._certificates.remember_renewal(item, renew_at, ask_again_at)
+        if window is None:
+            self._certificates.remember_renewal(item, None, at + wait)
+            return None
+        renew_at = window.start + (window.end - window.start) * spread(item["serial"])
+        self._certificates.remember_renewal(item, renew_at, window.ask_again_at)
         return renew_at
 
     def reencrypt(self) -> int:
@@ -187,6 +203,7 @@ class AcmeIssuer:
 
     def _issue(self, hostnames: list[str]) -> str:
         acme = self._account.client()
+        started_from = self._certificates.serial_of(hostnames[0])
         order, key = self._resume(acme, hostnames)
         if order is None:
             order, key = self._order(acme, hostnames)
@@ -195,44 +212,70 @@ class AcmeIssuer:
         except Exception:
             self._give_back(hostnames)
             raise
-        saved = self._certificates.save(hostnames, order.fullchain_pem, key_to_pem(key),
-                                        ca=self.directory_url)
+        try:
+            saved = self._certificates.save(hostnames, order.fullchain_pem, key_to_pem(key),
+                                            ca=self.directory_url, replaces=started_from)
+        except ReplacedMeanwhile:
+            log.warning("the certificate issued for %s is not stored: the hostname changed "
+                        "hands during the order (the next holder's stays)", ", ".join(hostnames))
+            raise
         self._orders.done(hostnames)
         log.info("certificate issued for %s", ", ".join(hostnames))
         return str(saved["serial"])
 
     def _order(self, acme: client.ClientV2,
                hostnames: list[str]) -> tuple[messages.OrderResource, Any]:
-        """A new order with a new key, journaled before the CA hears of it."""
+        """A new order with a new key; an ARI renewal the CA refuses as already replaced is
+        ordered again as a plain one."""
         key = generate_key(self._key_type)
         csr = make_csr(key, hostnames)
+        profile = self._profile(acme, hostnames)  # before the budget: a refusal takes no slot
         replaces = self._replaces(acme, hostnames)
-        # An ARI renewal (it names the certificate it replaces) is exempt from the CA's
-        # rate limits, so it takes nothing from ours: a renewal wave cannot starve new
-        # domains, and 100,000 domains' renewals are not throttled to 2,400 a day.
+        if replaces is not None:
+            try:
+                return self._place(acme, hostnames, key, csr, profile, replaces), key
+            except messages.Error as exc:
+                if not str(exc.typ).endswith(ALREADY_REPLACED):
+                    raise
+                # Another order replaced that certificate (a run that died, a client outside
+                # us): the CA exempts no second one, so this one counts in the budget.
+                log.info("the CA says the certificate of %s was already replaced; ordering "
+                         "without naming it", ", ".join(hostnames))
+        return self._place(acme, hostnames, key, csr, profile, None), key
+
+    def _place(self, acme: client.ClientV2, hostnames: list[str], key: Any, csr: bytes,
+               profile: str | None, replaces: str | None) -> messages.OrderResource:
+        """Send the order, journaled before the CA hears of it.
+
+        An ARI renewal (it names the certificate it replaces) is exempt from the CA's rate
+        limits, so it takes nothing from our budget: a renewal wave cannot starve new domains,
+        and 100,000 domains' renewals are not throttled to 2,400 a day."""
         budget = self._budget if replaces is None else None
-        if budget is not None:
-            budget.reserve(hostnames)  # exact across replicas, before the CA counts
-        # The journal says whether a slot was taken, so a failure (of this run or of the run
-        # that resumes the order) gives back only what was taken.
-        self._orders.begin(hostnames, key_to_pem(key), csr, reserved=budget is not None)
+        # Exact across replicas, before the CA counts. The journal says whether (and when) a
+        # slot was taken, so a failure (of this run or of the run that resumes the order)
+        # gives back only what was taken, to the window it was taken from.
+        taken_at = budget.reserve(hostnames) if budget is not None else None
+        self._orders.begin(hostnames, key_to_pem(key), csr, reserved_at=taken_at)
         try:
             if replaces:
-                order = self._new_order_replacing(acme, hostnames, csr, replaces)
+                resumed = new_order_replacing(acme, hostnames, csr, replaces, profile)
+                if resumed is None:
+                    raise IssuanceError(hostnames, "the CA refused the renewal order")
+                order = resumed
             else:
-                order = acme.new_order(csr, profile=self._profile(acme, hostnames))
+                order = acme.new_order(csr, profile=profile)
         except Exception as exc:
-            if budget is not None and self._orders.released(hostnames):
-                budget.not_issued(hostnames, ordered=not no_order_created(exc))
+            if budget is not None and (taken := self._orders.released(hostnames)) is not None:
+                budget.not_issued(hostnames, ordered=not no_order_created(exc), taken_at=taken)
             raise
         self._orders.ordered(hostnames, order.uri)
-        return order, key
+        return order
 
     def _give_back(self, hostnames: list[str]) -> None:
         """The order failed: give back the certificate slots it took, if it took any (an ARI
         renewal took none), once (a resumed order failing again gives back nothing more)."""
-        if self._budget is not None and self._orders.released(hostnames):
-            self._budget.not_issued(hostnames)
+        if self._budget is not None and (taken := self._orders.released(hostnames)) is not None:
+            self._budget.not_issued(hostnames, taken_at=taken)
 
     def _complete(self, acme: client.ClientV2, order: messages.OrderResource,
                   hostnames: list[str]) -> messages.OrderResource:
@@ -259,24 +302,9 @@ class AcmeIssuer:
         """The ARI certID of the certificate this order renews, when the CA speaks ARI."""
         stored = self._certificates.raw(hostnames[0])
         if stored is None or stored.get("ca", "") != self.directory_url or \
-                not _offers(acme.directory, "renewalInfo"):
+                not offers(acme.directory, "renewalInfo"):
             return None
         return cert_id(x509.load_pem_x509_certificate(stored["fullchain_pem"].encode()))
-
-    def _new_order_replacing(self, acme: client.ClientV2, hostnames: list[str], csr: bytes,
-                             replaces: str) -> messages.OrderResource:
-        identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name)
-                       for name in hostnames]
-        profile = self._profile(acme, hostnames)
-        order = NewOrderReplacing(identifiers=identifiers, replaces=replaces,
-                                  **({"profile": profile} if profile else {}))
-        response = acme.net.post(acme.directory["newOrder"], order,
-                                 new_nonce_url=acme.directory["newNonce"])
-        resumed = fetch_order(acme, {"order_url": response.headers["Location"],
-                                     "csr_pem": csr.decode()})
-        if resumed is None:
-            raise IssuanceError(hostnames, "the CA refused the renewal order")
-        return resumed
 
     def _resume(self, acme: client.ClientV2,
                 hostnames: list[str]) -> tuple[messages.OrderResource | None, Any]:
@@ -285,30 +313,20 @@ class AcmeIssuer:
         if record is None or not record.get("order_url"):
             return None, None
         order = fetch_order(acme, record)
-        if order is None or self._stored_already(acme, order, hostnames):
+        stored = self._certificates.raw(hostnames[0])
+        # A run that died between storing the certificate and closing the journal left no
+        # order to resume: a renewal would store the old certificate again.
+        if order is None or (stored is not None and
+                             finished_serial(acme, order) == stored.get("serial")):
             return None, None
         log.info("resuming the order for %s left by an interrupted run", ", ".join(hostnames))
         return order, key_from_pem(self._orders.key_pem(record))
-
-    def _stored_already(self, acme: client.ClientV2, order: messages.OrderResource,
-                        hostnames: list[str]) -> bool:
-        """Whether ``order`` is finished and its certificate is the one stored: a run died
-        between storing it and closing the journal, so it is no order to resume (a renewal
-        would store the old certificate again)."""
-        stored = self._certificates.raw(hostnames[0])
-        if stored is None or order.body.status != messages.STATUS_VALID \
-                or not order.body.certificate:
-            return False
-        chain = acme.net.post(order.body.certificate, None,
-                              new_nonce_url=acme.directory["newNonce"])
-        leaf = x509.load_pem_x509_certificate(chain.text.encode())
-        return format(leaf.serial_number, "x") == stored.get("serial")
 
     def _profile(self, acme: client.ClientV2, hostnames: list[str]) -> str | None:
         """The configured certificate profile, if the CA offers it (refused otherwise)."""
         if not self.profile:
             return None
-        meta = acme.directory.meta if _offers(acme.directory, "meta") else None
+        meta = acme.directory.meta if offers(acme.directory, "meta") else None
         offered = getattr(meta, "profiles", None) or {}
         if self.profile not in offered:
             raise IssuanceError(hostnames, f"the CA offers no profile {self.profile!r} "
@@ -380,11 +398,3 @@ class AcmeIssuer:
             response = acme.net.post(order.uri, None, new_nonce_url=acme.directory["newNonce"])
             order = order.update(body=messages.Order.from_json(response.json()))
         raise IssuanceError(hostnames, "finalization timed out")
-
-
-def _offers(directory: messages.Directory, resource: str) -> bool:
-    try:
-        directory[resource]
-    except KeyError:
-        return False
-    return True

@@ -54,13 +54,12 @@ class RateBudget:
         name = hostname.lstrip("*.")
         return self._psl.privatesuffix(name) or name
 
-    def _window(self, kind: str) -> tuple[int, int]:
+    def _window(self, kind: str, at: float | None = None) -> tuple[int, int]:
         _, length, _ = self._rules[kind]
-        return int(self._clock() // length), length
+        return int((self._clock() if at is None else at) // length), length
 
-    def _used(self, kind: str, subject: str) -> tuple[int, Item | None]:
-        """(slots used in this and the previous window, this window's item)."""
-        window, _ = self._window(kind)
+    def _used(self, kind: str, subject: str, window: int) -> tuple[int, Item | None]:
+        """(slots used in ``window`` and the one before, ``window``'s item)."""
         current = self._table.get(f"{kind}|{subject}|{window}")
         previous = self._table.get(f"{kind}|{subject}|{window - 1}")
         used = sum(int(item["n"]) for item in (current, previous) if item is not None)
@@ -72,13 +71,18 @@ class RateBudget:
         # The previous window stops counting once the next one starts.
         return BudgetExceeded(f"{limit} {what} for {subject}", (window + 1) * length)
 
-    def _take(self, kind: str, subject: str, amount: int = 1) -> None:
-        """Take (or, with a negative amount, give back) a slot, exactly under concurrency."""
+    def _take(self, kind: str, subject: str, amount: int = 1, at: float | None = None) -> None:
+        """Take a slot at ``at`` (now if not said), exactly under concurrency; or, with a
+        negative amount, give back one taken then, to the window it was taken in: given to a
+        later window it would free a slot there that the CA still counts. A window that no
+        longer counts gets nothing back."""
         limit = self._rules[kind][0]
-        window, length = self._window(kind)
+        window, length = self._window(kind, at)
+        if window < self._window(kind)[0] - 1:
+            return
         key = f"{kind}|{subject}|{window}"
         while True:
-            used, current = self._used(kind, subject)
+            used, current = self._used(kind, subject, window)
             if amount > 0 and used + amount > limit:
                 raise self._refuse(kind, subject)
             n = max(0, int(current["n"]) + amount) if current else max(0, amount)
@@ -92,36 +96,42 @@ class RateBudget:
     def check(self, hostnames: list[str]) -> None:
         """Raise BudgetExceeded if these names failed validation too often lately (read only:
         failures are counted as they happen)."""
+        window, _ = self._window(FAILURES)
         for name in hostnames:
-            used, _ = self._used(FAILURES, name)
+            used, _ = self._used(FAILURES, name, window)
             if used >= self._rules[FAILURES][0]:
                 raise self._refuse(FAILURES, name)
 
-    def reserve(self, hostnames: list[str]) -> None:
+    def reserve(self, hostnames: list[str]) -> float:
         """Take an order slot for the account and a certificate slot for each registered
-        domain before a new order, or raise BudgetExceeded (then nothing is taken)."""
-        self._take(ORDERS, self._account)
+        domain before a new order, or raise BudgetExceeded (then nothing is taken). Returns
+        when they were taken: what giving them back names."""
+        taken_at = self._clock()
+        self._take(ORDERS, self._account, at=taken_at)
         taken: list[str] = []
         try:
             for domain in sorted({self._registered(h) for h in hostnames}):
-                self._take(CERTS, domain)
+                self._take(CERTS, domain, at=taken_at)
                 taken.append(domain)
         except BudgetExceeded:
-            self._take(ORDERS, self._account, -1)
-            self._give_back(taken)
+            self._take(ORDERS, self._account, -1, taken_at)
+            self._give_back(taken, taken_at)
             raise
+        return taken_at
 
-    def _give_back(self, domains: list[str]) -> None:
+    def _give_back(self, domains: list[str], taken_at: float | None) -> None:
         for domain in domains:
-            self._take(CERTS, domain, -1)
+            self._take(CERTS, domain, -1, taken_at)
 
-    def not_issued(self, hostnames: list[str], ordered: bool = True) -> None:
+    def not_issued(self, hostnames: list[str], ordered: bool = True,
+                   taken_at: float | None = None) -> None:
         """The order failed: its certificate slots are free again (the CA counts issued
         certificates; the order slot stays taken, as the CA counts new orders, unless
-        ``ordered`` is False: the CA surely created none)."""
-        self._give_back(sorted({self._registered(h) for h in hostnames}))
+        ``ordered`` is False: the CA surely created none). ``taken_at``: what
+        :meth:`reserve` returned (None: now, for a reservation that did not say)."""
+        self._give_back(sorted({self._registered(h) for h in hostnames}), taken_at)
         if not ordered:
-            self._take(ORDERS, self._account, -1)
+            self._take(ORDERS, self._account, -1, taken_at)
 
     def failed_validation(self, hostnames: list[str]) -> None:
         for name in hostnames:

@@ -1,7 +1,10 @@
 """The ACME client's network, hardened: badNonce retried beyond the library's single retry,
-and a 429's Retry-After kept (the library drops it)."""
+a 429's Retry-After kept (the library drops it), and Retry-After read as UTC wherever the
+host's clock is set (the library reads an HTTP date as local time)."""
 from __future__ import annotations
 
+import calendar
+import dataclasses
 import email.utils
 import time
 from typing import Any
@@ -9,11 +12,19 @@ from typing import Any
 import requests
 import urllib3
 from acme import client, errors, messages
+from cryptography import x509
 
+from certs.ari import cert_id
 from certs.errors import CertsError
 
 BAD_NONCE_ATTEMPTS = 5  # each attempt is the library's post, which itself retries once
 RATE_LIMITED_WAIT = 3600.0  # when a 429 carries no Retry-After: LE's shortest window
+ALREADY_REPLACED = ":alreadyReplaced"
+"""RFC 9773's problem type (after ``urn:ietf:params:acme:error``) for a new order naming a
+certificate that another order already replaced."""
+ARI_ASK_LIMITS = (60.0, 86400.0)
+"""RFC 9773 (4.3.3): a renewalInfo Retry-After under a minute counts as a minute, one over a
+day as a day (a CA's typo must not silence it for years, nor make us ask every second)."""
 
 
 class RateLimited(CertsError):
@@ -24,16 +35,25 @@ class RateLimited(CertsError):
         self.retry_after = retry_after
 
 
-def _retry_after(header: str | None, default: float) -> float:
-    now = time.time()
-    if not header:
+def retry_after(header: str | None, now: float, default: float) -> float:
+    """Epoch seconds from a Retry-After header (delay seconds or an HTTP date), or ``now +
+    default`` when there is none or it cannot be read."""
+    value = (header or "").strip()
+    if value.isdigit():
+        return now + int(value)
+    parsed = email.utils.parsedate_tz(value) if value else None
+    if parsed is None:
         return now + default
-    if header.strip().isdigit():
-        return now + int(header.strip())
+    # An HTTP date is GMT (RFC 9110, 5.6.7); its asctime form and "-0000" name no zone, which
+    # parsedate_tz gives as 0. parsedate_to_datetime and mktime_tz read those as local time.
+    return float(calendar.timegm(parsed[:6] + (0, 0, 0)) - (parsed[9] or 0))
+
+
+def _problem_type(response: Any) -> str:
     try:
-        return email.utils.parsedate_to_datetime(header).timestamp()
-    except (TypeError, ValueError):
-        return now + default
+        return str(response.json().get("type", ""))
+    except (ValueError, AttributeError):
+        return ""
 
 
 class PatientNetwork(client.ClientNetwork):
@@ -50,8 +70,12 @@ class PatientNetwork(client.ClientNetwork):
                 detail = str(response.json().get("detail", "rate limited"))
             except ValueError:
                 detail = "rate limited"
-            raise RateLimited(detail, _retry_after(response.headers.get("Retry-After"),
-                                                   RATE_LIMITED_WAIT))
+            raise RateLimited(detail, retry_after(response.headers.get("Retry-After"),
+                                                  time.time(), RATE_LIMITED_WAIT))
+        # The library makes every 409 a ConflictError and drops its problem: RFC 9773's
+        # alreadyReplaced must reach the issuer, which then orders without ``replaces``.
+        if response.status_code == 409 and _problem_type(response).endswith(ALREADY_REPLACED):
+            raise messages.Error.from_json(response.json())
         return super()._check_response(response, content_type=content_type)
 
     def post(self, *args: Any, **kwargs: Any) -> Any:
@@ -78,3 +102,42 @@ def no_order_created(exc: BaseException) -> bool:
         reason = getattr(exc.args[0], "reason", None) if exc.args else None
         return isinstance(reason, urllib3.exceptions.NewConnectionError)
     return False
+
+
+@dataclasses.dataclass(frozen=True)
+class RenewalWindow:
+    """The CA's suggested window for renewing a certificate, and when to ask it again (epoch
+    seconds)."""
+    start: float
+    end: float
+    ask_again_at: float
+
+
+def renewal_window(acme: client.ClientV2, cert: x509.Certificate, now: float,
+                   default_wait: float) -> RenewalWindow | None:
+    """What the CA's renewalInfo says of ``cert`` (None: it offers no renewalInfo).
+
+    Not the library's ``renewal_time``: it picks a new random point at every call (replicas
+    and restarts disagree) and reads an HTTP-date Retry-After as local time. An answer RFC
+    9773 does not describe raises ValueError, TypeError, AttributeError or josepy's
+    DeserializationError."""
+    if not offers(acme.directory, "renewalInfo"):
+        return None
+    response = acme.net.get(f"{acme.directory['renewalInfo']}/{cert_id(cert)}",
+                            content_type="application/json")
+    window = messages.RenewalInfo.from_json(response.json()).suggested_window
+    start, end = window.start.timestamp(), window.end.timestamp()
+    if end < start:
+        raise ValueError("the suggested window ends before it starts")
+    low, high = ARI_ASK_LIMITS
+    ask_again = retry_after(response.headers.get("Retry-After"), now, default_wait)
+    return RenewalWindow(start, end, min(max(ask_again, now + low), now + high))
+
+
+def offers(directory: messages.Directory, resource: str) -> bool:
+    """Whether the CA's directory names ``resource`` (renewalInfo, meta...)."""
+    try:
+        directory[resource]
+    except KeyError:
+        return False
+    return True

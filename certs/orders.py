@@ -10,7 +10,9 @@ import time
 from typing import Any, Callable
 
 from acme import client, errors, messages
+from cryptography import x509
 
+from certs.ari import NewOrderReplacing
 from kit.vault import KeyVault
 from store import VERSION, ConflictError, Item, Table, TableSpec
 
@@ -33,25 +35,29 @@ class OrderJournal:
         return self._table.get(self._key(hostnames))
 
     def begin(self, hostnames: list[str], key_pem: bytes, csr_pem: bytes, *,
-              reserved: bool) -> None:
-        """``reserved``: the order took slots of the rate budget (a renewal naming the
-        certificate it replaces takes none)."""
+              reserved_at: float | None) -> None:
+        """``reserved_at``: when the order took slots of the rate budget, which go back to
+        the windows of that time (None: it took none, as a renewal naming the certificate it
+        replaces). ``reserved`` says the same to the release before."""
         self._table.put({"key": self._key(hostnames), "key_enc": self._vault.encrypt(key_pem),
-                         "csr_pem": csr_pem.decode(), "order_url": None, "reserved": reserved,
+                         "csr_pem": csr_pem.decode(), "order_url": None,
+                         "reserved": reserved_at is not None, "reserved_at": reserved_at,
                          "expires_at": self._clock() + ORDER_RECORD_TTL})
 
-    def released(self, hostnames: list[str]) -> bool:
-        """The order's budget slots are given back: whether it held any (then it holds none
-        from now on). A record of the previous release does not say: its slots are given back,
-        as that release did."""
+    def released(self, hostnames: list[str]) -> float | None:
+        """The order's budget slots are given back: when they were taken, if it held any
+        (then it holds none from now on); None if not. A record of the previous release says
+        neither whether nor when: its slots are given back, as that release did, to now's
+        windows."""
         record = self.find(hostnames)
         if record is None or not record.get("reserved", True):
-            return False
+            return None
         try:
             self._table.put({**record, "reserved": False}, expected_version=record[VERSION])
         except ConflictError:
-            return False  # another run of this order gave them back (or began a new one)
-        return True
+            return None  # another run of this order gave them back (or began a new one)
+        taken_at = record.get("reserved_at")
+        return self._clock() if taken_at is None else float(taken_at)
 
     def ordered(self, hostnames: list[str], order_url: str) -> None:
         record = self.find(hostnames)
@@ -90,3 +96,25 @@ def fetch_order(acme: client.ClientV2, record: Item) -> messages.OrderResource |
     return messages.OrderResource(body=body, uri=record["order_url"],
                                   authorizations=authorizations,
                                   csr_pem=record["csr_pem"].encode())
+
+
+def new_order_replacing(acme: client.ClientV2, hostnames: list[str], csr: bytes, replaces: str,
+                        profile: str | None) -> messages.OrderResource | None:
+    """A new order naming (RFC 9773) the certificate it replaces; None if the CA has no order
+    to show for it."""
+    identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name)
+                   for name in hostnames]
+    order = NewOrderReplacing(identifiers=identifiers, replaces=replaces,
+                              **({"profile": profile} if profile else {}))
+    response = acme.net.post(acme.directory["newOrder"], order,
+                             new_nonce_url=acme.directory["newNonce"])
+    return fetch_order(acme, {"order_url": response.headers["Location"],
+                              "csr_pem": csr.decode()})
+
+
+def finished_serial(acme: client.ClientV2, order: messages.OrderResource) -> str | None:
+    """The serial (hex) of the certificate a finished order issued; None if it is not done."""
+    if order.body.status != messages.STATUS_VALID or not order.body.certificate:
+        return None
+    chain = acme.net.post(order.body.certificate, None, new_nonce_url=acme.directory["newNonce"])
+    return format(x509.load_pem_x509_certificate(chain.text.encode()).serial_number, "x")

@@ -10,8 +10,9 @@ from cryptography import x509
 from kit.vault import KeyVault
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from store import (VERSION, ConflictError, Item, Page, RangeIndex, Table, TableSpec, every,
-                   rewrite_field)
+from certs.errors import CertsError
+from store import (ABSENT, VERSION, ConflictError, Item, Page, RangeIndex, Table, TableSpec,
+                   every, rewrite_field)
 
 CERTIFICATES = TableSpec("certificates", key="hostname",
                          ranges=(RangeIndex("expiry", key="expiry_set", sort="not_after_ts"),),
@@ -19,6 +20,29 @@ CERTIFICATES = TableSpec("certificates", key="hostname",
 """``expiry``: every certificate by its not-after time, so the soonest to expire are one
 ordered query (``/metrics``), never a read of every certificate."""
 EXPIRY_SET = "all"
+
+
+class _Anything:
+    """Whatever the hostname holds (a save that replaces it unconditionally)."""
+
+
+ANYTHING = _Anything()
+SAVE_ATTEMPTS = 3
+
+
+class ReplacedMeanwhile(CertsError):
+    """The certificate an order started from is no longer the hostname's: another one was
+    stored, or it was discarded, meanwhile (the hostname changed hands while the CA answered,
+    and the next holder's certificate must not be replaced by this order's)."""
+
+    def __init__(self, hostname: str, replaces: str | None, found: str | None) -> None:
+        super().__init__(f"the certificate of {hostname} changed during the order "
+                         f"(it started from {replaces or 'none'}, {found or 'none'} is stored)")
+        self.hostname = hostname
+        self.replaces = replaces
+        self.found = found
+
+
 PUBLIC_FIELDS = ("hostname", "names", "not_before", "not_after", "serial", "issuer", "ca",
                  "stored_at")
 
@@ -64,7 +88,12 @@ class CertificateStore:
         self._vault = vault
 
     def save(self, hostnames: list[str], fullchain_pem: str, key_pem: bytes,
-             ca: str = "") -> Item:
+             ca: str = "", replaces: str | None | _Anything = ANYTHING) -> Item:
+        """Store the certificate of ``hostnames``. ``replaces``: the serial of the certificate
+        the order started from (:meth:`serial_of` before ordering; None: there was none), so
+        the certificate is stored only while that one is still the hostname's, else
+        ``ReplacedMeanwhile``: an order that outlived its holder's claim must not replace the
+        next holder's certificate. Not given: whatever is stored is replaced."""
         leaf = x509.load_pem_x509_certificate(fullchain_pem.encode())
         item = {"hostname": hostnames[0], "names": hostnames, "fullchain_pem": fullchain_pem,
                 "key_enc": self._vault.encrypt(key_pem),
@@ -74,7 +103,26 @@ class CertificateStore:
                 "serial": format(leaf.serial_number, "x"),
                 "issuer": leaf.issuer.rfc4514_string(), "ca": ca,
                 "stored_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-        return self.table.put(item)
+        if isinstance(replaces, _Anything):
+            return self.table.put(item)
+        found: str | None = None
+        for _ in range(SAVE_ATTEMPTS):
+            stored = self.table.get(hostnames[0])
+            found = str(stored["serial"]) if stored is not None else None
+            if found != replaces:
+                raise ReplacedMeanwhile(hostnames[0], replaces, found)
+            try:
+                return self.table.put(item, expected_version=ABSENT if stored is None
+                                      else stored[VERSION])
+            except ConflictError:  # renewal info kept meanwhile, or another save: look again
+                continue
+        raise ReplacedMeanwhile(hostnames[0], replaces, found)
+
+    def serial_of(self, hostname: str) -> str | None:
+        """The serial of the certificate stored for ``hostname`` (None: none is), what an
+        order names as the one it replaces."""
+        stored = self.table.get(hostname)
+        return str(stored["serial"]) if stored is not None else None
 
     def get(self, hostname: str) -> StoredCertificate | None:
         item = self.table.get(hostname)

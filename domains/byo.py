@@ -73,8 +73,9 @@ class CustomCertificates:
 
     def forget(self, entry: Item) -> None:
         """A removed domain's upload goes with its ACME certificate, so a later owner of the
-        hostname never serves (or sees) it."""
-        self.uploads.delete(entry["hostname"])
+        hostname never serves (or sees) it; only the one the entry names, when it names one
+        (a later owner's upload stays)."""
+        self.uploads.delete(entry["hostname"], entry.get(outbox.UPLOAD_ID))
 
     def check(self, hostname: str, chain_pem: object, key_pem: object) -> UploadedChain:
         """The upload, validated for this domain (``UploadRejected`` says why not)."""
@@ -98,7 +99,8 @@ class CustomCertificates:
             {"kind": STORE_UPLOAD, "hostname": domain["hostname"], "upload": sealed},
             *self._route(domain),
             self._webhook(UPLOADED, domain, fingerprint=sealed["fingerprint"],
-                          not_after=sealed["not_after"], served=served)])
+                          not_after=sealed["not_after"], served=served)],
+            **{outbox.HELD_UPLOAD: sealed["upload_id"]})
         return stored, sealed
 
     def remove(self, domain: Item, actor: str = "api") -> Item:

@@ -17,6 +17,7 @@ and applied by the consumers ``control/wiring.py`` registers (some are methods h
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -80,7 +81,12 @@ class Lifecycle:
         self.events.emit(entry["type"], dict(entry["data"]), entry["id"])
 
     def discard_certificate(self, entry: Item) -> None:
-        self.issuer.discard([entry["hostname"]])
+        """Only the certificate the entry names, when it names one (domains/outbox.py)."""
+        serial = entry.get(outbox.SERIAL)
+        if serial is None:  # the release before wrote none: whatever the hostname holds
+            self.issuer.discard([entry["hostname"]])
+        else:
+            self.issuer.discard([entry["hostname"]], str(serial))
 
     # The worker's round.
 
@@ -206,11 +212,14 @@ class Lifecycle:
             raise
 
     def _issue(self, domain: Item) -> Item:
-        if self.issuer.holds(domain["hostname"]):
+        if self.issuer.holds(domain["hostname"]) and not _revoking(domain):
             # A run died after the CA issued and before the domain moved on: the certificate
-            # is stored, so ordering again would only cost a second one from the CA.
+            # is stored, so ordering again would only cost a second one from the CA. (Not the
+            # previous holder's, still to be revoked by this claim's outbox.) Which one it is
+            # is not known: a removal then revokes whatever the hostname holds.
             log.info("%s has its certificate already; not ordering again", domain["hostname"])
-            return self._apply(domain, decide.issued(domain, self._clock(), self.rules))
+            return self._apply(domain, _holding(decide.issued(
+                domain, self._clock(), self.rules), None))
         delegated = bool(domain.get("traffic_elsewhere")) and self.rules.prevalidates \
             and self._delegated(domain)
         step = decide.before_ordering(domain, delegated, self._clock(), self.rules)
@@ -227,7 +236,7 @@ class Lifecycle:
                                                            getattr(exc, "retry_after", None)))
         if not self._still_held(leased, serial):
             return leased
-        return self._apply(leased, decide.issued(leased, self._clock(), self.rules))
+        return self._stored(leased, decide.issued(leased, self._clock(), self.rules), serial)
 
     def _renew_if_due(self, domain: Item) -> Item:
         """Renew a routed domain's certificate in place; the edge swaps it in hot."""
@@ -243,7 +252,19 @@ class Lifecycle:
                 domain, str(exc), self._clock(), getattr(exc, "retry_after", None)))
         if not self._still_held(domain, serial):
             return domain
-        return self._apply(domain, decide.renewed(domain))
+        return self._stored(domain, decide.renewed(domain), serial)
+
+    def _stored(self, domain: Item, step: Step, serial: str | None,
+                actor: str = "worker") -> Item:
+        """Take ``step`` after an order stored certificate ``serial``, recording it on the
+        item (a removal revokes that one only). If the claim lost the hostname between the
+        check after the order and this write, its removal named the certificate before, so
+        the one just stored goes now."""
+        try:
+            return self._apply(domain, _holding(step, serial), actor)
+        except ConflictError:
+            self._still_held(domain, serial)
+            raise
 
     def _still_held(self, domain: Item, serial: str | None) -> bool:
         """After an order: does its claim still hold the hostname? A removal or a takeover that
@@ -286,7 +307,7 @@ class Lifecycle:
         if not self._still_held(domain, serial):
             raise ValueError(f"{domain['hostname']} changed hands during its renewal: the "
                              "certificate just issued is revoked")
-        return self._apply(domain, decide.renewed(domain, "renewed on request"), actor)
+        return self._stored(domain, decide.renewed(domain, "renewed on request"), serial, actor)
 
     def suspend(self, hostname: str, actor: str = "admin") -> Item:
         """Take a domain off the edge and keep it off until :meth:`resume`."""
@@ -311,7 +332,7 @@ class Lifecycle:
             domain = self.domains.get(domain)
         name = domain["hostname"]
         return self.domains.remove(domain, actor, effects=[
-            outbox.route(name, None), outbox.disable_links(name), outbox.revoke(name),
+            outbox.route(name, None), outbox.disable_links(name), outbox.revoke_held(domain),
             _webhook("domain.removed", domain, "removed"), *pairs.removal_effects(domain)])
 
     def publish_routes(self) -> None:
@@ -357,6 +378,16 @@ class Lifecycle:
         held = [hostname for hostname, until in self._held.items() if until > now]
         self._held.clear()
         return sum(self.domains.release(hostname, self.worker_id) for hostname in held)
+
+
+def _holding(step: Step, serial: str | None) -> Step:
+    """``step`` also recording the claim's certificate (None: not known which it is)."""
+    return dataclasses.replace(step, changes={**step.changes, outbox.HELD_SERIAL: serial})
+
+
+def _revoking(domain: Item) -> bool:
+    """Whether ``domain``'s outbox still has a certificate to revoke (a previous holder's)."""
+    return any(outbox.kind_of(entry) == outbox.REVOKE for entry in domain.get(outbox.OUTBOX) or [])
 
 
 def _webhook(event_type: str, domain: Item, status: str, **extra: object) -> Item:

@@ -13,12 +13,15 @@ exactly the same effect: consumers must be idempotent (a webhook id enqueued twi
 webhook; disabling disabled links or publishing the same route changes nothing).
 
 Each entry also carries the ``claim`` that wrote it. Most consumers act on the hostname
-whoever holds it (a revoke deletes the hostname's certificate, a disabling its links), so a
-drain that read the entries and then paused must not apply them once the hostname changed
-hands: domains/drain.py applies such an entry only while its claim still holds the hostname
-and the entry is still pending there. Only the kinds in ``ANY_HOLDER`` are applied whoever
-holds it: an event and a webhook say what happened to that claim, and a route follows the
-hostname as it is now.
+whoever holds it (a revoke that names no serial deletes the hostname's certificate, a
+disabling its links), so a drain that read the entries and then paused must not apply them
+once the hostname changed hands: domains/drain.py applies such an entry only while its claim
+still holds the hostname and the entry is still pending there. Only the kinds in
+``ANY_HOLDER`` are applied whoever holds it: an event and a webhook say what happened to that
+claim, and a route follows the hostname as it is now. The claim check cannot protect a
+takeover's revoke (it is the new claim's entry, about the previous holder's certificate, and
+may wait behind a failed consumer while the new claim gets its own): so a revoke names the
+certificate and upload it means when its claim knows them (``revoke_held``).
 """
 from __future__ import annotations
 
@@ -51,9 +54,26 @@ def route(hostname: str, publication_id: str | None) -> Item:
     return {"kind": ROUTE, "hostname": hostname, "publication_id": publication_id}
 
 
-def revoke(hostname: str) -> Item:
-    """The certificate of ``hostname`` is no longer wanted: revoke it and drop its key."""
-    return {"kind": REVOKE, "hostname": hostname}
+SERIAL, UPLOAD_ID = "serial", "upload_id"
+"""The keys of a revoke entry naming what its claim held: the certificate's serial and the
+uploaded certificate's id. Entries without them (the release before wrote none, and a claim
+that does not know what it holds writes none) revoke whatever the hostname holds."""
+HELD_SERIAL, HELD_UPLOAD = "certificate_serial", "upload_id"
+"""The fields of a domain's item naming the certificate and the upload its claim stored."""
+
+
+def revoke(hostname: str, serial: str | None = None, upload_id: str | None = None) -> Item:
+    """The certificate of ``hostname`` is no longer wanted: revoke it and drop its key, and
+    forget its upload. ``serial`` and ``upload_id``: only those, so an entry applied after the
+    hostname changed hands (a drain that stopped or paused) leaves the next holder's."""
+    named = {SERIAL: serial, UPLOAD_ID: upload_id}
+    return {"kind": REVOKE, "hostname": hostname,
+            **{key: value for key, value in named.items() if value is not None}}
+
+
+def revoke_held(domain: Item) -> Item:
+    """The revoke entry of what ``domain``'s claim holds, as its item records it."""
+    return revoke(domain["hostname"], domain.get(HELD_SERIAL), domain.get(HELD_UPLOAD))
 
 
 def disable_links(hostname: str) -> Item:

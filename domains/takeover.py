@@ -236,7 +236,7 @@ class Takeovers:
                           f"TXT {takeover_name(name)} (was {holder['status']})", actor),
             history.event(fresh, "taken over", "moved here from another publication: the "
                           f"owner of its DNS proved it with TXT {takeover_name(name)}", actor),
-            outbox.route(name, None), outbox.revoke(name), outbox.disable_links(name),
+            outbox.route(name, None), outbox.revoke_held(holder), outbox.disable_links(name),
             outbox.webhook(TAKEN_OVER, hostname=name, publication_id=holder["publication_id"],
                            status="taken_over", previous_status=holder["status"]),
             *(pairs.removal_effects(holder) if holder.get("pair_role") == "primary" else [])])
