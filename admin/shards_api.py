@@ -1,5 +1,6 @@
 """The edge shards for the operator (``edgectl shards``): list them with their nodes and the
-pinned hostnames, add or replace a shard, remove one, pin a hostname to a shard and unpin it.
+pinned hostnames, add or replace a shard, remove one, pin a hostname to a shard and unpin it;
+force the routers to take a version their safety check refuses.
 Behind the platform's token. Each change is one compare-and-set of the registry
 (edge/shard_registry.py); one that names the ``revision`` it read is refused if another change
 landed first, so an operator never overwrites a change they did not see."""
@@ -56,6 +57,15 @@ class ShardView(BaseModel):
                                "reconciliation counted a store from an earlier release)")
     moving_in: int = Field(description="Moves in flight to this shard")
     moving_out: int = Field(description="Moves in flight from this shard")
+
+
+class ForceRouters(RequestModel):
+    version: str = Field(min_length=1, max_length=128, description="The router version to "
+                         "force: the one the routers are offered now (a 409 names it)")
+
+
+class ForcedRouters(BaseModel):
+    forced: str
 
 
 class Override(BaseModel):
@@ -161,3 +171,21 @@ def unpin(hostname: str) -> Answer:
         return jsonify(view(*registry().unpin(hostname_of(hostname))))
     except ShardRefused as exc:
         return refusal(exc)
+
+
+@bp.post("/router/force")
+@require_platform_token
+@operation(summary="Let the routers take the current router version even if it takes off "
+           "most of their entries (their safety check refuses that unless forced)",
+           auth="platform", body=ForceRouters, responses={200: ForcedRouters, 409: None})
+def force_routers(body: ForceRouters) -> Answer:
+    router = admin().services.edge_shards.router
+    underlying, version = router.versions()
+    if underlying is None:
+        return api_error("the router map has no entry yet: a router has nothing to take off",
+                         409, field="version")
+    if not router.force(body.version):
+        return api_error(f"{body.version} is not the router version any more (it is "
+                         f"{version}): check what the routers refuse again", 409,
+                         field="version")
+    return jsonify(forced=body.version)

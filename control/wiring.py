@@ -42,7 +42,7 @@ from kit.platform import Platform
 from kit.settings import Settings
 from kit.tokens import API_TOKENS, PublicationTokens
 from kit.vault import KeyVault
-from shortlinks.links import LINK_CHANGES, LINKS, LinkService
+from shortlinks.links import LINK_CHANGES, LINKS, LinkService, link_id
 from shortlinks.resolver import Resolver
 from shortlinks.stats import LINK_DAYS, VisitStats
 from store import Backend, Item, open_backend
@@ -197,7 +197,9 @@ class Services:
                                                    clock=clock), clock, shards=shards,
                    moves=Mover(edge_shards, shards, backend.table(EDGE_MOVES),
                                settings.shard_move_grace_seconds, settings.worker_interval,
-                               timing.worker_lease, owner=lifecycle.worker_id, clock=clock))
+                               timing.worker_lease, owner=lifecycle.worker_id, clock=clock,
+                               links_of=lambda host: [link_id(link["domain"], link["slug"])
+                                                      for link in links.links_on(host)]))
 
     def reencrypt_keys(self) -> int:
         """``edgectl keys rotate``: every stored secret, re-encrypted under the newest key."""

@@ -113,8 +113,11 @@ class MoveSteps:
                                     str(route.get("extras") or ""))
             for key in move["links"]:
                 item = old.redirects.get(key) if old.redirects is not None else None
+                held = new.redirects.get(key) if new.redirects is not None else None
+                # a tombstone there (the link moved off it before) is no copy: a removal
+                # since the mark stays (publish_to's ``since``)
                 if item is not None and not item.get("removed") and new.redirects is not None \
-                        and new.redirects.get(key) is None:
+                        and (held is None or held.get("removed")):
                     links[key] = Redirect.from_map(key, str(item["value"]))
         self.state.publish_to(target, routes, links, self._config(new.meta(), moves), since)
         meta = new.meta()

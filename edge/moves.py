@@ -19,10 +19,13 @@ so that any replica resumes a move where a dead one left it:
 A round takes its due moves together: one change of each shard they publish to or drop
 from, one of the router's map for those that switch (edge/move_steps.py).
 
-Work proportional to change: the moved hostnames are found by reading the edge's route and
-link tables once (paged, the cursor in the ``scan`` item), only when the registry's revision
-moved; the worker then takes moves by their due time (the ``due`` range index: one query when
-none is due, none while the shard set never changed). A step is taken under a lease (a
+Work proportional to change: when the registry's revision moved by pins and unpins only (its
+log says so, edge/shard_registry.py), the move of each such hostname is enqueued alone (a few
+reads by key, and its links: ``links_of``); when the shards changed, the moved hostnames are
+found by reading the edge's route and link tables once (paged, the cursor in the ``scan``
+item), which a pin landing meanwhile does not restart. The worker then takes moves by their
+due time (the ``due`` range index: one query when none is due, none while the shard set never
+changed). A step is taken under a lease (a
 conditional write on the move item), so two replicas never both do one, and every step is
 idempotent, so a step repeated after a crash does the same thing again.
 """
@@ -31,7 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from typing import Callable
+from typing import Callable, Iterable
 
 from edge.move_counts import MoveCounts
 from edge.move_steps import DROP, PUBLISH, MoveSteps, Pair, move_key
@@ -69,8 +72,13 @@ class Mover:
     def __init__(self, state: ShardedState, registry: ShardRegistry, table: Table,
                  grace: float = 60.0, poll: float = 1.0, lease: float = 30.0,
                  stale: float = 120.0, owner: str = "", page: int = PAGE, pages: int = 20,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 links_of: Callable[[str], Iterable[str]] | None = None) -> None:
+        """``links_of``: the map keys of a host's short links, whichever shard holds them
+        (a pin moves them with it); without it they are looked for in the source shard's
+        links, all read."""
         self.state, self.registry, self.table = state, registry, table
+        self.links_of = links_of
         self.grace, self.poll, self.lease, self.stale = grace, poll, lease, stale
         self.page, self.pages = page, pages
         """Rows a page of the scan reads, and pages a round reads at most (the rest waits
@@ -109,13 +117,23 @@ class Mover:
         """Enqueue a move for every routed hostname and link not on its assigned shard, reading
         the route and link tables once, page by page; the cursor is kept after every page, so
         a replica that dies resumes there, and two replicas racing write it in turn (the loser
-        stops). True once the scan for ``revision`` is complete."""
+        stops). Since the scan's revision only pins changed (the registry's log): just their
+        hostnames (:meth:`_repin`). True once the scan for ``revision`` is complete."""
         self._read = revision
         scan = self.table.get(SCAN) or {"key": SCAN}
         if revision == 0 or scan.get("done") == revision:  # 0: never sharded, nothing moved
             self._done = revision
             return True
-        if scan.get("revision") != revision:
+        if int(scan.get("revision") or 0) > revision:
+            return False  # another replica read a later revision: its rounds go on
+        pinned = None if scan.get("revision") is None else \
+            self.registry.pinned_since(int(scan["revision"]), revision)
+        if pinned is not None:
+            repinned = self._repin(scan, revision, pinned, shards)
+            if repinned is None:
+                return False  # another replica enqueued them (enqueueing is idempotent)
+            scan = repinned
+        elif scan.get("revision") != revision:
             scan = {**scan, "revision": revision, "phase": "routes", "cursor": None}
         for _ in range(self.pages):
             if scan["phase"] == "end":
@@ -156,6 +174,51 @@ class Mover:
             return Counter()
         return self.enqueued(host, shard, target, None if is_route else key)
 
+    def _repin(self, scan: Item, revision: int, pinned: set[str],
+               shards: ShardSet) -> Item | None:
+        """Only these hostnames' overrides changed since the scan's revision: enqueue their
+        moves, and move the scan item on to ``revision`` (a scan under way goes on from its
+        cursor; one ended is done for it too). None if another replica moved it first."""
+        counted = Counter[Pair]()
+        for hostname in sorted(pinned):
+            counted.update(self._repinned(hostname, shards))
+        self.count(counted)
+        scan = {**scan, "revision": revision}
+        if scan.get("phase") == "end":
+            scan["done"] = revision
+        try:
+            return self.table.put(scan, expected_version=scan.get(VERSION, ABSENT))
+        except ConflictError:
+            return None
+
+    def _repinned(self, hostname: str, shards: ShardSet) -> Counter[Pair]:
+        """Enqueue the move of ``hostname`` (its override changed) off each shard that may
+        hold it (where the router sends it, the default shard, a move's source) and holds
+        its route or links: reads by key, and its links (``links_of``)."""
+        target = shards.assign(hostname)
+        counted = Counter[Pair]()
+        for source in dict.fromkeys((self.state.router.holding(hostname), DEFAULT_SHARD,
+                                     self.source(hostname))):
+            if source is None or source == target or source not in shards.all_names:
+                continue
+            links = self._links(source, hostname)
+            if links or self.state.holding(source, hostname) is not None:
+                counted.update(self.enqueued(hostname, source, target, None, links))
+        return counted
+
+    def _links(self, shard: str, hostname: str) -> list[str]:
+        """The keys of ``hostname``'s links ``shard`` holds."""
+        redirects = self.state.store(shard).redirects
+        if redirects is None:
+            return []
+        if self.links_of is None:
+            found = (item for item in all_items(redirects) if not item.get("removed")
+                     and link_host(str(item["key"])) == hostname)
+            return sorted(str(item["key"]) for item in found)
+        keys = sorted(set(self.links_of(hostname)))
+        held = redirects.get_many(keys) if keys else {}
+        return [key for key in keys if key in held and not held[key].get("removed")]
+
     def enqueue(self, hostname: str, source: str, target: str, link: str | None = None) -> None:
         """Write down the move of ``hostname`` (and ``link``, one of its short links) from
         ``source`` to ``target``, unless one is in flight: a move still to publish takes the
@@ -163,8 +226,9 @@ class Mover:
         self.count(self.enqueued(hostname, source, target, link))
 
     def enqueued(self, hostname: str, source: str, target: str,
-                 link: str | None) -> Counter[Pair]:
-        """:meth:`enqueue`, leaving the counts to the caller: their change is returned."""
+                 link: str | None, more: Iterable[str] = ()) -> Counter[Pair]:
+        """:meth:`enqueue`, leaving the counts to the caller: their change is returned.
+        ``more``: other links of it that move too."""
         while True:
             item = self.table.get(move_key(hostname))
             if item is None:
@@ -173,7 +237,7 @@ class Mover:
                         "due_at": self.clock(), "versions": []}
             elif item["step"] != PUBLISH or item["source"] != source:
                 return Counter()
-            links = sorted(set(item["links"]) | ({link} if link else set()))
+            links = sorted(set(item["links"]) | ({link} if link else set()) | set(more))
             if item.get(VERSION) and item["target"] == target and links == item["links"]:
                 return Counter()
             try:

@@ -25,6 +25,8 @@ import dataclasses
 import hashlib
 import ipaddress
 import json
+import logging
+import re
 from typing import Any, Callable
 
 from edge.protocol import parse_number
@@ -35,6 +37,7 @@ from edge.state_feed import StateFeed
 from edge.watch import VersionWatch
 from store import every
 
+log = logging.getLogger(__name__)
 ROUTER = "_router"
 """The namespace of the router's map (a shard name starts with a letter)."""
 FORMAT = 1
@@ -124,40 +127,88 @@ class RouterFeed:
                          sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(doc.encode(), digest_size=8).hexdigest()
 
+    def force(self, version: str) -> bool:
+        """Let routers apply router version ``version`` (the one they are offered now) even
+        if it takes off most of their entries: an operator's decision, for a removal the
+        routers' safety check refuses (edge/router.py). It holds for the map's version it was
+        made at (``forced_version`` of the map's version item: a change of the map ends it);
+        False if ``version`` is not the current one."""
+        meta = self._changes.meta()
+        if meta is None or self._version(str(meta["edge_version"]), self._shard_set()) \
+                != version:
+            return False
+        return self._changes.force(str(meta["edge_version"]))
+
     def answer(self, since: int | None, form: int = FORMAT) -> dict[str, Any]:
         """The router's wire form, in format ``form``: the entries changed after revision
         ``since`` when the feed still has them (``delta``), else every entry; a removed one is
-        null."""
+        null. ``force`` when an operator forced the map's version (:meth:`force`)."""
         shards = self._shard_set()
         delta = self._feed.changes_since(since) if since is not None else None
         underlying: str | None
         if delta is not None:
             underlying, revision = str(delta["version"]), int(delta["revision"])
             hosts = {key: value for key, value in delta["redirect_changes"]}
+            forced = bool(delta.get("force"))
         else:
-            underlying, revision, hosts = self._snapshot()
+            underlying, revision, hosts, forced = self._snapshot()
         return in_format({"version": self._version(underlying, shards), "revision": revision,
                           "delta": delta is not None, "hosts": hosts,
                           "shards": _shards_doc(shards),
-                          "default_shard": router_default(shards)}, form)
+                          "default_shard": router_default(shards),
+                          **({"force": True} if forced else {})}, form)
 
-    def _snapshot(self) -> tuple[str | None, int, dict[str, str | None]]:
+    def _snapshot(self) -> tuple[str | None, int, dict[str, str | None], bool]:
         """Every entry, at least as new as the revision it names (a change during the scan
-        comes again in the next delta, which applies the same way twice)."""
+        comes again in the next delta, which applies the same way twice), and whether its
+        version is forced."""
         meta = self._changes.settled(self._changes.meta())
         table = self._changes.redirects
         if meta is None or table is None:
-            return None, 0, {}
+            return None, 0, {}, False
         hosts: dict[str, str | None] = {
             str(item["key"]): str(item["value"]) for item in every(
                 lambda cursor: table.scan(limit=1000, cursor=cursor))
             if not item.get("removed")}
-        return str(meta["edge_version"]), int(meta["revision"]), hosts
+        return str(meta["edge_version"]), int(meta["revision"]), hosts, \
+            meta.get("forced_version") == meta["edge_version"]
 
 
 def _shards_doc(shards: ShardSet) -> dict[str, list[dict[str, object]]]:
-    return {name: [wire_node(node) for node in shards.shards.get(name, ())]
-            for name in shards.all_names}
+    """Each shard's nodes a router can name; a shard all of whose nodes are not is left out,
+    but for the one unknown hostnames go to (no router could serve without it, and every one
+    says why)."""
+    default = router_default(shards)
+    doc = {}
+    for name in shards.all_names:
+        listed = shards.shards.get(name, ())
+        found = [wire_node(node) for node in listed if routable(node)]
+        if found or not listed or name == default:
+            doc[name] = found
+    return doc
+
+
+_ROUTABLE = re.compile(r"[A-Za-z0-9.-]{1,253}")
+_left_out: set[str] = set()
+"""Hosts already logged as left out (the feed is answered on every router's poll)."""
+
+
+def routable(node: ShardNode) -> bool:
+    """Whether routers can name ``node``'s host (an IP address, an IPv6 one without a zone,
+    or a host name). The registry refuses the others, but one it stored before it did (a
+    scoped ``fe80::1%eth0``) would make every router refuse the whole feed: it is left out,
+    and the routers keep serving every other node."""
+    try:
+        address = ipaddress.ip_address(node.host)
+    except ValueError:
+        ok = bool(_ROUTABLE.fullmatch(node.host))
+    else:
+        ok = not isinstance(address, ipaddress.IPv6Address) or address.scope_id is None
+    if not ok and node.host not in _left_out:
+        _left_out.add(node.host)
+        log.error("shard node %r is left out of the router feed: no router can name it (an "
+                  "IPv6 address with a zone?); give its shard its address again", node.host)
+    return ok
 
 
 def wire_node(node: ShardNode) -> dict[str, object]:

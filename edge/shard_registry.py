@@ -15,6 +15,14 @@ lost race with the fresh item, so two admins racing both land; a caller that nam
 ``pending`` (an outbox) and is copied to its bucket afterwards, each bucket only over an older
 revision; a reader overlays ``pending`` on the buckets, and the next writer copies it first, so
 a replica that dies between the two writes loses nothing.
+
+Every change also appends a line to the config's ``log`` (the last ``LOG`` changes): its
+revision and, for a pin or unpin, the hostname; a change that leaves every assignment but the
+overrides' as it was (a shard's nodes replaced, a drained shard dropped) says ``same``. What a
+revision moved is then known without reading the edge: the mover enqueues a pin's one hostname
+(:meth:`ShardRegistry.pinned_since`) and reads every route only when the shards changed. A
+change written by the release before appends nothing: its revision missing from the log, the
+mover reads every route, as that release's did.
 """
 from __future__ import annotations
 
@@ -38,6 +46,8 @@ MAX_SHARDS = 256
 MAX_NODES = 16
 """Per shard; with MAX_SHARDS it keeps the ``config`` item well under DynamoDB's 400 KB."""
 ATTEMPTS = 20
+LOG = 64
+"""Changes the config's ``log`` keeps: a mover further behind reads every route."""
 
 
 class ShardRefused(EdgeError, ValueError):
@@ -272,6 +282,7 @@ class ShardRegistry:
             config.pop("pending", None)
             change(config)
             config["revision"] = int(stored.get("revision", 0)) + 1
+            config["log"] = _logged(stored, config)
             try:
                 written = self.table.put(config, expected_version=stored.get(VERSION, ABSENT))
             except ConflictError:
@@ -279,6 +290,22 @@ class ShardRegistry:
             self._settle(written)
             return self.current()
         raise ShardRefused("the shards are changing too fast; try again", None, 409)
+
+    def pinned_since(self, since: int, revision: int) -> set[str] | None:
+        """The hostnames whose override changed after revision ``since`` up to ``revision``,
+        if that is all that changed the assignments (one read of the config); None if a
+        change in between did more, or is not in the log (too old, or an older release's)."""
+        if revision <= since:
+            return set()
+        lines = {int(line["revision"]): line for line in self._config().get("log") or ()}
+        hostnames: set[str] = set()
+        for number in range(since + 1, revision + 1):
+            line = lines.get(number)
+            if line is None or not (line.get("hostname") or line.get("same")):
+                return None
+            if line.get("hostname"):
+                hostnames.add(str(line["hostname"]))
+        return hostnames
 
     def _settle(self, config: Item) -> None:
         """Copy ``config``'s pending override into its bucket, unless it holds it (or a later
@@ -308,6 +335,21 @@ class ShardRegistry:
     def _shards(config: Item) -> dict[str, tuple[ShardNode, ...]]:
         return {name: tuple(ShardNode.from_json(n) for n in nodes)
                 for name, nodes in (config.get("shards") or {}).items()}
+
+
+def _assigned(config: Item) -> list[str]:
+    """The shards hostnames are assigned to, by ``config`` (``ShardSet.names``)."""
+    return sorted(set(config.get("shards") or {}) - set(config.get("draining") or ()))
+
+
+def _logged(stored: Item, config: Item) -> list[dict[str, Any]]:
+    """``stored``'s log with the line of the change ``config`` makes (module docstring)."""
+    line: dict[str, Any] = {"revision": config["revision"]}
+    if config.get("pending"):
+        line["hostname"] = config["pending"]["hostname"]
+    elif (_assigned(stored) or [DEFAULT_SHARD]) == (_assigned(config) or [DEFAULT_SHARD]):
+        line["same"] = True
+    return [*(stored.get("log") or ())[-(LOG - 1):], line]
 
 
 def _apply(overrides: dict[str, str], pending: Mapping[str, Any]) -> None:

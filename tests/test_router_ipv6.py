@@ -21,13 +21,15 @@ from edge.node import EdgeNode
 from edge.router import Router, RouterError, RouterUpdate
 from edge.router_agent import RouterAgent
 from edge.router_agent import RouterFeed as AgentFeed
-from edge.shard_registry import ShardRefused
+from edge.shard_registry import CONFIG, ShardRefused
 from edge.shards import DEFAULT_SHARD, ShardNode
 from edge.state import EdgeConfig
 from kit.procs import free_port
 from kit.x509 import self_signed
 from tests.conftest import ServicesWith, serving, wait_until
+from store import VERSION
 from tests.test_router import tls_get
+from tests.test_router_ports import router_synced
 
 EDGE = {"Authorization": "Bearer edge-token-0123456789"}
 TOKEN = "edge-token-0123456789"
@@ -92,6 +94,36 @@ def test_the_registry_refuses_an_ipv6_node_with_a_zone(control: tuple[Services, 
     services.shards.put_shard("a", [ShardNode("::1", 8443, 8080)])
 
 
+def test_a_zoned_node_stored_before_the_check_is_left_out_and_routers_serve_the_rest(
+        control: tuple[Services, str], tmp_path: Path) -> None:
+    """A registry written before it refused zones may hold ``fe80::1%eth0``: the feed leaves
+    that node out (a shard left with none, too), and a real router takes the rest."""
+    services, url = control
+    registry = services.shards
+    assert registry is not None
+    registry.put_shard("a", [ShardNode("127.0.0.2", 8443, 8080)])
+    registry.put_shard("z", [ShardNode("127.0.0.3", 8443, 8080)])
+    stored = registry.table.get(CONFIG)
+    assert stored is not None
+    zoned = {"host": "fe80::1%eth0", "https_port": 8443, "http_port": 8080}
+    registry.table.put({**stored, "shards": {"a": [*stored["shards"]["a"], zoned],
+                                             "z": [zoned]}}, expected_version=stored[VERSION])
+    registry.put_shard("b", [ShardNode("127.0.0.4", 8443, 8080)])  # a change on top of it
+    hosts = [f"z{n}.v6.test" for n in range(12)]
+    services.edge_shards.change({host: ("pub_1", self_signed(host)[1]) for host in hosts},
+                                EdgeConfig(("127.0.0.1:9",), ("127.0.0.1:9",)))
+    doc = answer(services, url)
+    assert doc["shards"]["a"] == [{"host": "127.0.0.2", "https_port": 8443, "http_port": 8080}]
+    assert "z" not in doc["shards"], "no node left to forward to"
+    router, _ = router_synced(tmp_path / "router", lambda r: RouterAgent(r, url, TOKEN, "r1"))
+    try:
+        assert router.last_error is None and router.haproxy.running
+        assert router.hosts() == {host: registry.load().assign(host) for host in hosts}
+        assert "fe80" not in router.config_path.read_text()
+    finally:
+        router.stop()
+
+
 @pytest.fixture
 def app() -> Iterator[SampleApp]:
     instance = SampleApp("app", 0)
@@ -121,10 +153,10 @@ def test_a_router_fed_by_the_control_service_forwards_to_a_node_on_ipv6(
     assert on_six and len(on_six) < len(hosts)
     for shard, node in nodes.items():
         assert EdgeAgent(node, url, TOKEN, node_id=f"{shard}1", shard=shard).sync() is True
-    router = Router(tmp_path / "router", https_port=free_port(), http_port=free_port(),
-                    check_ms=200)
+    router, _ = router_synced(tmp_path / "router", lambda r: RouterAgent(r, url, TOKEN, "r1"),
+                              check_ms=200)
     try:
-        assert RouterAgent(router, url, TOKEN, "r1").sync() is True
+        assert router.applied_version is not None
         assert router.hosts() == {host: "six" for host in on_six}
         assert router.last_error is None
         wait_until(lambda: list(server_status(router.runtime_socket, "tls_six").values())

@@ -165,8 +165,8 @@ def test_the_contract_and_its_error_shape(live: Live) -> None:
     assert doc["openapi"].startswith("3.1")
     assert doc["components"]["schemas"]["ErrorBody"]["required"] == ["error", "code"]
     # 3: certificate, 1: config, 1: PATCH, 2: link stats, 3: ops, 2: takeover, 3: tokens,
-    # 1: edge certificate batch, 1: edge router map, 5: shards
-    assert len([op for path in doc["paths"].values() for op in path]) == 40
+    # 1: edge certificate batch, 1: edge router map, 6: shards (a force of the routers)
+    assert len([op for path in doc["paths"].values() for op in path]) == 41
     config = doc["paths"]["/api/v1/domains/{hostname}/config"]["get"]
     assert config["responses"]["200"]["content"]["application/json"]["schema"]["$ref"] \
         .endswith("/DomainConfig")

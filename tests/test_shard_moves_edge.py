@@ -15,7 +15,6 @@ from control.wiring import Services
 from edge.agent import EdgeAgent
 from edge.moves import move_key
 from edge.node import EdgeNode
-from edge.router import Router
 from edge.router_agent import RouterAgent
 from edge.router_feed import ROUTER
 from edge.shards import DEFAULT_SHARD, ShardNode
@@ -24,6 +23,7 @@ from kit.procs import free_port
 from kit.settings import Settings
 from kit.x509 import self_signed
 from tests.conftest import ServicesWith, serving, wait_until
+from tests.test_router_ports import router_synced
 
 EDGE = {"Authorization": "Bearer edge-token-0123456789"}
 HOSTS = [f"e{n}.moves.test" for n in range(12)]
@@ -100,12 +100,16 @@ def test_a_shard_drained_to_the_default_shard_leaves_a_real_router_following(
                  EdgeConfig(("127.0.0.1:9",), ("127.0.0.1:9",)))
     on_a = [host for host in hosts if registry.load().assign(host) == "a"]
     assert len(on_a) >= 10, "enough entries for the router's mass-removal check"
-    router = Router(tmp_path / "router", https_port=free_port(), http_port=free_port())
-    away = Router(tmp_path / "away", https_port=free_port(), http_port=free_port())
-    agent = RouterAgent(router, url, "edge-token-0123456789", "r1", watch=0.0)
-    away_agent = RouterAgent(away, url, "edge-token-0123456789", "r2", watch=0.0)
+    router, agent = router_synced(tmp_path / "router", lambda r: RouterAgent(
+        r, url, "edge-token-0123456789", "r1", watch=0.0))
     try:
-        assert agent.sync() is True and away_agent.sync() is True
+        away, away_agent = router_synced(tmp_path / "away", lambda r: RouterAgent(
+            r, url, "edge-token-0123456789", "r2", watch=0.0))
+    except BaseException:
+        router.stop()
+        raise
+    try:
+        assert router.applied_version is not None and away.applied_version is not None
         assert router.hosts() == away.hosts() == {host: "a" for host in on_a}
         registry.remove_shard("a")
         mover.tick()  # published to the default shard

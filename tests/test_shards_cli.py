@@ -77,3 +77,11 @@ def test_the_api_refuses_bad_input_and_stale_changes(served: Served) -> None:  #
     assert _api(served, "DELETE", "/shards/nope").status_code == 404
     assert _api(served, "GET", "/shards", token="wrong").status_code == 401
     assert _api(served, "DELETE", "/shards/api-1").status_code == 200
+
+
+def test_force_routers_names_the_version_it_forces(served: Served) -> None:  # noqa: F811
+    """`edgectl shards force-routers VERSION` reaches the API and says why it is refused
+    (tests/test_router_force.py forces a map with entries, and a router takes it)."""
+    empty = served.run("shards", "force-routers", "0123456789abcdef")
+    assert empty.returncode != 0 and "a router has nothing to take off" in empty.stderr
+    assert served.run("shards", "force-routers").returncode == 2, "the version is asked for"

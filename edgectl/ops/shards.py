@@ -1,5 +1,6 @@
-"""`edgectl shards list|add|remove|pin|unpin`: the edge shards and the pinned hostnames, through
-the operator API (the control service checks every change and refuses it with a sentence)."""
+"""`edgectl shards list|add|remove|pin|unpin|force-routers`: the edge shards and the pinned
+hostnames, through the operator API (the control service checks every change and refuses it
+with a sentence); and the routers forced past their safety check."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 
 SHARDS = "/api/v1/ops/shards"
 OVERRIDES = "/api/v1/ops/shard-overrides"
+ROUTER_FORCE = "/api/v1/ops/router/force"
 
 
 def node(text: str) -> dict[str, Any]:
@@ -80,6 +82,19 @@ def unpin(args: argparse.Namespace, client: ControlClient) -> int:
     return OK
 
 
+def force_routers(args: argparse.Namespace, client: ControlClient) -> int:
+    emit(args, client.request("POST", ROUTER_FORCE, json={"version": args.version}),
+         lambda out, data: out.print(f"routers may take version {data['forced']} even if it "
+                                     "takes off most of their entries"))
+    return OK
+
+
+def _version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("version", metavar="VERSION",
+                        help="the router version the routers refuse (their report's error "
+                        "names the removal; a refused force names the current version)")
+
+
 def _name(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="SHARD")
 
@@ -105,4 +120,6 @@ operator_command("shards", "edge shards and the hostnames pinned to them", actio
     "add": ("add a shard, or replace its nodes", add, _add_arguments),
     "remove": ("remove a shard: it drains (its hostnames move off), then goes", remove, _name),
     "pin": ("serve a hostname from a shard, whatever the hash says", pin, _pin_arguments),
-    "unpin": ("let the hash assign a hostname again", unpin, _unpin_arguments)}))
+    "unpin": ("let the hash assign a hostname again", unpin, _unpin_arguments),
+    "force-routers": ("let the routers take a version that takes off most of their entries",
+                      force_routers, _version)}))
