@@ -14,7 +14,7 @@ from dnsops.hostnames import unicode_form
 from domains.errors import PUBLISHER_ERRORS, DomainError, DomainNotFound
 from domains.service import ROUTED, STATUSES
 from domains.words import host_tag, plural, status_words
-from store import Item
+from store import ConflictError, Item
 
 bp = Blueprint("domains", __name__, url_prefix="/domains")
 bp.add_app_template_filter(status_words, "status_words")
@@ -87,13 +87,72 @@ def show(hostname: str) -> str:
     return _page(hostname)
 
 
-def _act(hostname: str, action: str,
-         run: Callable[[str], object]) -> Response | tuple[str, int]:
-    """Run one action on a domain, audit it, and go back to the domain's page."""
-    name = _domain(hostname)["hostname"]
+class ChangedHands(DomainError):
+    """The claim an admin's page showed no longer holds its hostname: another publication's
+    claim does (a takeover, or a removal and a new connect), or nobody's (``now`` None)."""
+
+    status = 409
+
+    def __init__(self, hostname: str, now: Item | None) -> None:
+        super().__init__(f"{hostname} changed hands")
+        self.hostname = hostname
+        self.now = now
+
+
+def _seen(hostname: str) -> Item:
+    """The domain as stored now, if it is still the claim the admin's page showed (the form's
+    ``claim``), else ChangedHands: an action acts on what the admin saw, never on whoever holds
+    the hostname since. A form without one (a page the release before rendered) acts on the
+    current holder, as that release did."""
+    claim = request.form.get("claim")
     try:
-        run(name)
+        domain = admin().services.domains.get(hostname)
+    except DomainNotFound as gone:
+        if claim:
+            raise ChangedHands(gone.hostname, None) from None
+        abort(404, f"No domain {hostname}.")
+    except PUBLISHER_ERRORS:
+        abort(404, f"No domain {hostname}.")
+    if claim and claim != domain["claim"]:
+        raise ChangedHands(domain["hostname"], domain)
+    return domain
+
+
+def _refused(action: str, changed: ChangedHands) -> tuple[str, int]:
+    """Nothing done, said so, audited; the page of the hostname's current holder."""
+    now = changed.now
+    holder = f"publication {now['publication_id']} holds it now (since {now['created_at']})" \
+        if now is not None else "nobody holds it now"
+    audit(f"domain {action} refused", changed.hostname, f"changed hands: {holder}")
+    error = (f"{changed.hostname} changed hands since that page was shown: {holder}. Nothing "
+             "was done; this page shows the domain as it is now.")
+    if now is None:
+        abort(404, error)
+    return _page(now["hostname"], error), 409
+
+
+def _changed(domain: Item) -> ChangedHands | None:
+    """ChangedHands when ``domain``'s claim no longer holds its hostname, else None."""
+    now = admin().services.domains.find(domain["hostname"])
+    if now is not None and now["claim"] == domain["claim"]:
+        return None
+    return ChangedHands(domain["hostname"], now)
+
+
+def _act(hostname: str, action: str,
+         run: Callable[[Item], object]) -> Response | tuple[str, int]:
+    """Run one action on the domain the admin saw, audit it, and go back to its page."""
+    try:
+        domain = _seen(hostname)
+    except ChangedHands as changed:
+        return _refused(action, changed)
+    name = domain["hostname"]
+    try:
+        run(domain)
     except Exception as exc:  # any failure is shown to the admin and audited
+        moved = _changed(domain) if isinstance(exc, DomainNotFound) else None
+        if moved is not None:  # it changed hands while the action ran
+            return _refused(action, moved)
         audit(f"domain {action} failed", name, str(exc))
         return _page(name, f"{action} failed: {exc}"), 409
     audit(f"domain {action}", name)
@@ -102,13 +161,15 @@ def _act(hostname: str, action: str,
 
 ACTIONS = {"check": ("re-check", "check_now"), "renew": ("renew", "renew_now"),
            "suspend": ("suspend", "suspend"), "resume": ("resume", "resume")}
-"""Endpoint -> (what the audit log calls it, the Lifecycle method that does it)."""
+"""Endpoint -> (what the audit log calls it, the Lifecycle method that does it). Each method
+takes the domain as read and acts only while its claim holds the hostname
+(``DomainService.current``)."""
 
 
 def _action_view(action: str, method: str) -> Callable[[str], Response | tuple[str, int]]:
     def view(hostname: str) -> Response | tuple[str, int]:
         run = getattr(admin().services.lifecycle, method)
-        return _act(hostname, action, lambda name: run(name, actor=f"admin:{user()}"))
+        return _act(hostname, action, lambda domain: run(domain, actor=f"admin:{user()}"))
     return view
 
 
@@ -132,17 +193,41 @@ def confirm_remove(hostname: str) -> str:
 
 @bp.post("/<hostname>/remove")
 def remove(hostname: str) -> Response | tuple[str, int]:
-    domain = _domain(hostname)
+    try:
+        domain = _seen(hostname)
+    except ChangedHands as changed:
+        if changed.now is None:  # the claim the admin saw is gone, as they wished
+            return redirect(url_for(".index", done="removed"), 303)
+        return _refused("remove", changed)
     if request.form.get("confirm", "").strip().lower() != domain["hostname"]:
         return render_template("admin/remove.html", domain=domain, wrong=True,
                                served=_served(domain)), 400
     try:
-        admin().services.lifecycle.remove(domain["hostname"], actor=f"admin:{user()}")
-    except DomainNotFound:
-        pass  # removed meanwhile: the admin's wish holds
+        _remove(domain)
+    except ChangedHands as changed:
+        return _refused("remove", changed)
     except Exception as exc:  # e.g. the store or the edge publish failed: say so, and audit
         audit("domain remove failed", domain["hostname"], str(exc))
         return render_template("admin/remove.html", domain=domain, wrong=False,
                                served=_served(domain), error=f"remove failed: {exc}"), 409
     audit("domain remove", domain["hostname"], f"was {domain['status']}")
     return redirect(url_for(".index", done="removed"), 303)
+
+
+def _remove(domain: Item) -> None:
+    """Remove the claim the admin saw: the removal is conditional on the item as read, so a
+    step of the worker meanwhile means reading it again (the same claim), a move refusing."""
+    services = admin().services
+    for attempt in range(3):
+        try:
+            services.lifecycle.remove(domain, actor=f"admin:{user()}")
+            return
+        except ConflictError:
+            changed = _changed(domain)
+            if changed is not None and changed.now is None:
+                return  # removed meanwhile: the admin's wish holds
+            if changed is not None:
+                raise changed from None
+            if attempt == 2:
+                raise
+            domain = services.domains.get(domain["hostname"])

@@ -293,10 +293,11 @@ class Lifecycle:
             domain = {**domain, "gave_up": False}
         return self.step(domain, result, actor), result
 
-    def renew_now(self, hostname: str, actor: str = "admin") -> Item:
+    def renew_now(self, domain: str | Item, actor: str = "admin") -> Item:
         """Renew an active domain's certificate at once (an operator's decision); raises the
-        issuer's error after recording it in the timeline."""
-        domain = self.domains.get(hostname)
+        issuer's error after recording it in the timeline. ``domain``: a hostname, or the
+        domain a caller read, acted on only while its claim holds the hostname."""
+        domain = self.domains.current(domain)
         if domain["status"] != ACTIVE:
             raise ValueError(f"only an active domain can be renewed (it is {domain['status']})")
         try:
@@ -309,14 +310,16 @@ class Lifecycle:
                              "certificate just issued is revoked")
         return self._stored(domain, decide.renewed(domain, "renewed on request"), serial, actor)
 
-    def suspend(self, hostname: str, actor: str = "admin") -> Item:
-        """Take a domain off the edge and keep it off until :meth:`resume`."""
-        domain = self.domains.get(hostname)
+    def suspend(self, domain: str | Item, actor: str = "admin") -> Item:
+        """Take a domain off the edge and keep it off until :meth:`resume` (``domain``: as
+        :meth:`renew_now` takes it)."""
+        domain = self.domains.current(domain)
         return self._apply(domain, decide.suspended_by_admin(domain), actor)
 
-    def resume(self, hostname: str, actor: str = "admin") -> Item:
-        """Lift an admin's suspension (the worker re-checks the domain at once)."""
-        domain = self.domains.get(hostname)
+    def resume(self, domain: str | Item, actor: str = "admin") -> Item:
+        """Lift an admin's suspension (the worker re-checks the domain at once; ``domain``: as
+        :meth:`renew_now` takes it)."""
+        domain = self.domains.current(domain)
         if not domain.get("held"):
             raise ValueError("only a domain suspended by an admin can be resumed")
         return self._apply(domain, decide.resumed_by_admin(domain, self._clock()), actor)

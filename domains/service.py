@@ -19,7 +19,7 @@ from dnsops.records import (ACME_LABEL, CHALLENGE_LABEL, TAKEOVER_LABEL, delegat
 from domains.drain import OutboxDrain
 from domains.errors import (PUBLISHER_ERRORS, DomainNotFound, HostnameTaken, InvalidHostname,
                             TooManyPending)
-from domains.outbox import (EVENT, OUTBOX, Consumers, disable_links, revoke, route,
+from domains.outbox import (EVENT, OUTBOX, Consumers, disable_links, revoke_held, route,
                              with_entries)
 from domains.repository import (ACTIVE, AWAITING_TRAFFIC, DOMAINS, ISSUING, PENDING_DNS,
                                 REMOVING, ROUTED, STATUSES, SUSPENDED, VERIFIED,
@@ -49,11 +49,12 @@ def public_view(domain: Item, cname_target: str | None = None) -> dict[str, Any]
     return view
 
 
-def released(hostname: str) -> list[Item]:
+def released(existing: Item) -> list[Item]:
     """What a claim released unproven may have left (a claim can fall back to pending_dns with
     its certificate, an upload and short links: a pre-validated domain whose ownership record
     went): revoked, forgotten, disabled, in the next claim's outbox, so it never serves them."""
-    return [route(hostname, None), disable_links(hostname), revoke(hostname)]
+    hostname = existing["hostname"]
+    return [route(hostname, None), disable_links(hostname), revoke_held(existing)]
 
 
 class DomainService:
@@ -135,7 +136,7 @@ class DomainService:
             item = self._claim(name, publication_id, now, extra)
             item = with_entries(item, now, [self.history.event(
                 item, "connected", f"for publication {publication_id}", actor), *effects,
-                *(released(name) if existing is not None else ())])
+                *(released(existing) if existing is not None else ())])
             try:
                 stored = self.repository.create(item)
             except ConflictError:

@@ -33,6 +33,7 @@ from edge.state_changes import EDGE_CERTS, EDGE_REDIRECTS, EDGE_ROUTES, EDGE_STA
 from edge.state_reports import EDGE_NODES, EDGE_VISIT_REPORTS
 from kit.settings import Settings
 from kit.tokens import API_TOKENS
+from publisher.call_limits import PUBLISHER_CALLS
 from shortlinks.leases import LINK_LEASES
 from shortlinks.changes import LINK_CHANGES, after_restore, generation
 from shortlinks.links import LINKS
@@ -48,7 +49,7 @@ TABLES: tuple[TableSpec, ...] = (
     EDGE_STATE, EDGE_ROUTES, EDGE_REDIRECTS, EDGE_CERTS, EDGE_NODES, EDGE_VISIT_REPORTS,
     EDGE_SHARDS, EDGE_MOVES,
     LINKS, LINK_CHANGES, LINK_DAYS, LINK_LEASES, SSO_KEYS, SSO_CODES,
-    ADMIN_USERS, ADMIN_SESSIONS, ADMIN_LOGIN_FAILURES, ADMIN_AUDIT, META)
+    ADMIN_USERS, ADMIN_SESSIONS, ADMIN_LOGIN_FAILURES, PUBLISHER_CALLS, ADMIN_AUDIT, META)
 """Every table the product keeps (a test holds this to every ``TableSpec`` in the code), the
 schema version (``store_meta``) with them, so a restored store says which migrations it had."""
 MARKERS = (EDGE_STATE, DOMAIN_COUNTS, LINK_CHANGES)

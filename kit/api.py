@@ -240,7 +240,8 @@ def _responses(spec: dict[str, Any], has_params: bool, definitions: dict[str, An
 
 _REASONS = {200: "OK", 201: "Created", 304: "Not modified", 400: "Bad input", 401: "No valid "
             "token", 403: "Not this token's publication", 404: "Not found (or not yours)",
-            409: "Conflict", 413: "Body larger than 1 MiB", 429: "Too many pending",
+            409: "Conflict", 413: "Body larger than 1 MiB",
+            429: "Too many pending domains, or calls (see Retry-After)",
             503: "The store is unavailable"}
 
 

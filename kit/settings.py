@@ -179,6 +179,8 @@ class Settings:
     three times this plus 10 s (its lease)."""
     webhook_retry_hours: float = setting(72.0, parse.positive)
     """How long a webhook is retried after it was emitted before it is left ``failed``."""
+    publisher_dns_calls_per_minute: int = setting(30, parse.positive_int)
+    """DNS checks, DNS reports and takeover calls one publication may make a minute (429 past)."""
     suspend_grace_seconds: float = setting(86400.0, parse.number)
     give_up_seconds: float = setting(7 * 86400.0, parse.number)
     outbox_grace_seconds: float = setting(5.0, parse.positive)

@@ -25,9 +25,12 @@ from kit.settings import Settings
 from kit.tokens import PUBLICATION_ID, PUBLICATION_ID_RULE
 from kit.web import api_error, use
 from publisher import auth
+from publisher.call_limits import TooManyCalls, count_call, install, too_many
 from store import ConflictError
 
 bp = Blueprint("domains_api", __name__, url_prefix="/api/v1/domains")
+bp.record_once(install)
+bp.register_error_handler(TooManyCalls, too_many)
 
 
 def _hostname(value: Any, info: ValidationInfo) -> Any:
@@ -307,21 +310,25 @@ def list_domains(query: ListDomains) -> tuple[Response, int] | Response:
 @bp.post("/<hostname>/check")
 @require_platform_or_publication
 @operation(summary="Re-check a domain's DNS now", auth="platform_or_publication",
-           responses={200: DomainCheck, 404: None, 409: None})
+           responses={200: DomainCheck, 404: None, 409: None, 429: None})
 def check(hostname: str) -> Response:
-    """Answers the domain and the records found on each server asked."""
+    """Answers the domain and the records found on each server asked; 429 (Retry-After) past
+    the publication's budget of DNS checks a minute."""
     # The domain as the caller may see it: checked only while that claim holds the hostname.
-    domain, result = use(Lifecycle).check_now(auth.api_domain(hostname))
+    domain = auth.api_domain(hostname)
+    count_call(str(domain["publication_id"]))
+    domain, result = use(Lifecycle).check_now(domain)
     return jsonify({**_view(domain), "ok": result.ok, "seen": result.seen})
 
 
 @bp.get("/<hostname>/config")
 @require_platform_or_publication
 @operation(summary="A domain's DNS report: what routes it, what to create, what is in the way",
-           auth="platform_or_publication", responses={200: DomainConfig, 404: None})
+           auth="platform_or_publication", responses={200: DomainConfig, 404: None, 429: None})
 def config(hostname: str) -> Response:
-    """Checks DNS now (the domain's schedule is not changed)."""
+    """Checks DNS now (the domain's schedule is not changed): counted like a check."""
     domain = auth.api_domain(hostname)
+    count_call(str(domain["publication_id"]))
     return jsonify(dnsconfig.report(use(Lifecycle).checker, domain, dnsconfig.recommended(
         domain, _service().dcv_zone)))
 

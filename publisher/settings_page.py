@@ -8,10 +8,12 @@ status, copy buttons and in-place "check now".
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, cast
 
 from flask import (Blueprint, Flask, abort, current_app, jsonify, redirect, render_template,
                    request, url_for)
+from werkzeug.exceptions import TooManyRequests
 from werkzeug.wrappers import Response
 
 from certs.store import CertificateStore
@@ -29,6 +31,7 @@ from kit.platform import PlatformUser
 from kit.settings import Settings
 from kit.web import find, use
 from publisher import auth, takeover_page
+from publisher.call_limits import TooManyCalls, count_call
 from store import ConflictError
 
 bp = Blueprint("publisher_settings", __name__, url_prefix="/_edge/settings",
@@ -190,6 +193,10 @@ def check(hostname: str) -> Response:
     user = auth.signed_in()
     auth.require_csrf(user)
     domain = auth.page_domain(user, hostname)
+    try:  # the API's budget of calls that ask DNS (publisher/call_limits.py)
+        count_call(str(domain["publication_id"]))
+    except TooManyCalls as exc:
+        raise TooManyRequests(str(exc), retry_after=math.ceil(exc.retry_after)) from None
     try:  # only while the claim the user manages holds the hostname
         checked, result = use(Lifecycle).check_now(domain, actor=f"publisher:{user.id}")
     except DomainNotFound:

@@ -17,8 +17,11 @@ from kit.auth import require_platform_or_publication
 from kit.clock import iso
 from kit.web import api_error, use
 from publisher.api import Domain, PublicationId, _publication, _view
+from publisher.call_limits import TooManyCalls, count_call, install, too_many
 
 bp = Blueprint("takeover_api", __name__, url_prefix="/api/v1/domains")
+bp.record_once(install)
+bp.register_error_handler(TooManyCalls, too_many)
 
 
 class TakeoverBody(RequestModel):
@@ -59,12 +62,14 @@ def refused(exc: DomainError | DnsError) -> tuple[Response, int]:
 @require_platform_or_publication
 @operation(summary="Ask for the TXT record that moves a domain held by another publication",
            auth="platform_or_publication", body=TakeoverBody,
-           responses={200: TakeoverRequest, 403: None, 404: None, 409: None})
+           responses={200: TakeoverRequest, 403: None, 404: None, 409: None, 429: None})
 def request_takeover(hostname: str, body: TakeoverBody) -> Response | tuple[Response, int]:
-    """The same record until it expires; a new one once the domain changed hands."""
+    """The same record until it expires; a new one once the domain changed hands. Counted in
+    the publication's budget of DNS checks (429 with Retry-After past it)."""
     publication_id = _publication(body.publication_id)
     if not isinstance(publication_id, str):
         return publication_id
+    count_call(publication_id)
     takeovers = use(Takeovers)
     request = takeovers.request(hostname, publication_id)
     return jsonify(_request_view(takeovers, request))
@@ -74,13 +79,15 @@ def request_takeover(hostname: str, body: TakeoverBody) -> Response | tuple[Resp
 @require_platform_or_publication
 @operation(summary="Check the takeover TXT record and move the domain to this publication",
            auth="platform_or_publication", body=TakeoverBody,
-           responses={200: Domain, 403: None, 404: None, 409: None, 410: None})
+           responses={200: Domain, 403: None, 404: None, 409: None, 410: None, 429: None})
 def verify_takeover(hostname: str, body: TakeoverBody) -> Response | tuple[Response, int]:
     """Answers the domain, now this publication's and waiting for its DNS records (the
-    ownership TXT holds the same token); 403 when the TXT record is not there."""
+    ownership TXT holds the same token); 403 when the TXT record is not there; 429 (with
+    Retry-After) past the publication's budget of DNS checks."""
     publication_id = _publication(body.publication_id)
     if not isinstance(publication_id, str):
         return publication_id
+    count_call(publication_id)
     domain = use(Takeovers).take_over(hostname, publication_id, actor="api")
     return jsonify(_view(domain))
 

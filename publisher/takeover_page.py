@@ -3,6 +3,8 @@ it), and the way to move it here for whoever owns its DNS: a TXT record to add, 
 move" (domains/takeover.py). Same session and CSRF as the settings pages (publisher/auth.py)."""
 from __future__ import annotations
 
+import math
+
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
@@ -12,10 +14,12 @@ from kit.clock import iso
 from kit.platform import PlatformUser
 from kit.web import use
 from publisher import auth
+from publisher.call_limits import TooManyCalls, count_call, install
 
 bp = Blueprint("publisher_takeover", __name__, url_prefix="/_edge/settings",
                template_folder="templates")
 bp.after_request(auth.page_headers)
+bp.record_once(install)
 
 
 def taken(user: PlatformUser, hostname: str, publication: str, status: int = 200,
@@ -51,6 +55,13 @@ def _posted() -> tuple[PlatformUser, str]:
     return user, _publication(user, request.form)
 
 
+def _too_many(user: PlatformUser, hostname: str, publication: str,
+              exc: TooManyCalls) -> tuple[str, int, dict[str, str]]:
+    """The page again, saying when to retry (the API's budget: publisher/call_limits.py)."""
+    page, status = taken(user, hostname, publication, exc.status, str(exc))
+    return page, status, {"Retry-After": str(math.ceil(exc.retry_after))}
+
+
 @bp.get("/takeover/<hostname>")
 def show(hostname: str) -> tuple[str, int]:
     user = auth.signed_in()
@@ -58,9 +69,13 @@ def show(hostname: str) -> tuple[str, int]:
 
 
 @bp.post("/takeover/<hostname>")
-def ask(hostname: str) -> Response | tuple[str, int]:
+def ask(hostname: str) -> Response | tuple[str, int] | tuple[str, int, dict[str, str]]:
     """Hand out (or show again) the publication's TXT record for ``hostname``."""
     user, publication = _posted()
+    try:
+        count_call(publication)
+    except TooManyCalls as exc:
+        return _too_many(user, hostname, publication, exc)
     try:
         asked = use(Takeovers).request(hostname, publication)
     except TakeoverRefused as exc:
@@ -71,9 +86,13 @@ def ask(hostname: str) -> Response | tuple[str, int]:
 
 
 @bp.post("/takeover/<hostname>/verify")
-def verify(hostname: str) -> Response | tuple[str, int]:
+def verify(hostname: str) -> Response | tuple[str, int] | tuple[str, int, dict[str, str]]:
     """Check the TXT record and move the domain; its own page follows."""
     user, publication = _posted()
+    try:
+        count_call(publication)
+    except TooManyCalls as exc:
+        return _too_many(user, hostname, publication, exc)
     try:
         moved = use(Takeovers).take_over(hostname, publication, actor=f"publisher:{user.id}")
     except TakeoverRefused as exc:
