@@ -54,6 +54,7 @@ def pinned_through(services: Services, clock: FakeClock, host: str) -> dict[tupl
     return spent
 
 
+@pytest.mark.slow  # 1,000 routes written, on each store
 def test_a_pin_costs_the_same_with_10_or_1000_domains(moving: Services,
                                                        clock: FakeClock) -> None:
     mover = mover_of(moving)
