@@ -5,33 +5,20 @@ force names that version and ends with the next change of the map."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
 
-from admin_app import create_app
 from control.wiring import Services
 from edge.plan import UnsafePlan
 from edge.router_agent import RouterAgent
 from edge.shards import DEFAULT_SHARD, ShardNode
-from edge.state import EdgeConfig
-from kit.settings import Settings
 from kit.x509 import self_signed
-from tests.conftest import ServicesWith, serving
+from tests.test_edge_shards_feed import API, CONFIG, EDGE, control  # noqa: F401 (a fixture)
 from tests.test_router_ports import router_synced
 
-EDGE = {"Authorization": "Bearer edge-token-0123456789"}
-PLATFORM = {"Authorization": "Bearer test-token-0123456789"}
-CONFIG = EdgeConfig(("127.0.0.1:9",), ("127.0.0.1:9",))
-
-
-@pytest.fixture
-def control(any_backend: Settings,
-            services_with: ServicesWith) -> Iterator[tuple[Services, str]]:
-    services = services_with(base=any_backend)
-    with serving(create_app(services)) as url:
-        yield services, url
+PLATFORM = API
 
 
 def offered(url: str) -> dict[str, Any]:
