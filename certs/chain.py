@@ -65,6 +65,9 @@ class IssuerChain:
     def renewal_due(self, hostname: str, now: datetime.datetime | None = None) -> bool:
         return self._issuer_of(hostname).renewal_due(hostname, now)
 
+    def serial_of(self, hostname: str) -> str | None:
+        return self._certificates.serial_of(hostname)
+
     def holds(self, hostname: str) -> bool:
         return self._certificates.raw(hostname) is not None and not self.renewal_due(hostname)
 

@@ -18,7 +18,7 @@ from certs.challenges import ChallengeStore
 from certs.errors import CertsError
 from certs.keys import generate_key, key_from_pem, key_to_pem, make_csr
 from certs.limits import BudgetExceeded, RateBudget
-from certs.network import (ALREADY_REPLACED, RATE_LIMITED_WAIT, RateLimited,
+from certs.network import (ALREADY_REPLACED, ARI_ASK_LIMITS, RATE_LIMITED_WAIT, RateLimited,
                            no_order_created, offers, renewal_window)
 from certs.orders import OrderJournal, fetch_order, finished_serial, new_order_replacing
 from certs.store import CertificateStore, ReplacedMeanwhile
@@ -42,8 +42,7 @@ before the two-thirds mark (never after it): 7.5 days of a 90-day certificate.""
 
 
 def spread(serial: str) -> float:
-    """A point in [0, 1) fixed by a certificate's serial: uniform over certificates, the same
-    on every replica and after every restart."""
+    """A point in [0, 1) fixed by a certificate's serial: the same on every replica, ever."""
     return int.from_bytes(hashlib.sha256(serial.encode()).digest()[:8], "big") / 2 ** 64
 
 
@@ -160,8 +159,9 @@ class AcmeIssuer:
                         exc, ARI_ASK_AGAIN)
             self._certificates.remember_renewal(item, None, at + wait)
             return None
-        except RateLimited as exc:  # what we knew stands until the CA answers again
-            self._certificates.remember_renewal(item, item.get("ari_renew_at"), exc.retry_after)
+        except RateLimited as exc:  # what we knew stands until the CA answers (a day at most)
+            again = min(max(exc.retry_after, at + ARI_ASK_LIMITS[0]), at + ARI_ASK_LIMITS[1])
+            self._certificates.remember_renewal(item, item.get("ari_renew_at"), again)
             return item.get("ari_renew_at")
         except (errors.Error, messages.Error, OSError) as exc:
             log.info("no renewal info for %s (%s); using the lifetime", item["hostname"], exc)

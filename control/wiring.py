@@ -190,11 +190,13 @@ class Services:
                                  backend.table(SSO_CODES), backend.table(LINK_DAYS),
                                  backend.table(TAKEOVERS)],
                                 settings.sweep_batch, clock=clock)
+        takeovers = Takeovers(domains, backend.table(TAKEOVERS), checker, clock=clock,
+                              serial_of=certificates.serial_of)
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
                    edge_shards, lifecycle, webhooks, links, resolver, publisher,
-                   PublicationTokens(backend.table(API_TOKENS), clock=clock), Platform.from_settings(settings),
-                   sso, sweeper, custom, Takeovers(domains, backend.table(TAKEOVERS), checker,
-                                                   clock=clock), clock, shards=shards,
+                   PublicationTokens(backend.table(API_TOKENS), clock=clock),
+                   Platform.from_settings(settings), sso, sweeper, custom, takeovers, clock,
+                   shards=shards,
                    moves=Mover(edge_shards, shards, backend.table(EDGE_MOVES),
                                settings.shard_move_grace_seconds, settings.worker_interval,
                                timing.worker_lease, owner=lifecycle.worker_id, clock=clock,

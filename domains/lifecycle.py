@@ -212,11 +212,11 @@ class Lifecycle:
             raise
 
     def _issue(self, domain: Item) -> Item:
-        if self.issuer.holds(domain["hostname"]) and not _revoking(domain):
+        if self.issuer.holds(domain["hostname"]) and not outbox.revoking(domain):
             # A run died after the CA issued and before the domain moved on: the certificate
             # is stored, so ordering again would only cost a second one from the CA. (Not the
             # previous holder's, still to be revoked by this claim's outbox.) Which one it is
-            # is not known: a removal then revokes whatever the hostname holds.
+            # is not known here: a removal names the one stored then.
             log.info("%s has its certificate already; not ordering again", domain["hostname"])
             return self._apply(domain, _holding(decide.issued(
                 domain, self._clock(), self.rules), None))
@@ -294,21 +294,27 @@ class Lifecycle:
         return self.step(domain, result, actor), result
 
     def renew_now(self, domain: str | Item, actor: str = "admin") -> Item:
-        """Renew an active domain's certificate at once (an operator's decision); raises the
-        issuer's error after recording it in the timeline. ``domain``: a hostname, or the
-        domain a caller read, acted on only while its claim holds the hostname."""
-        domain = self.domains.current(domain)
-        if domain["status"] != ACTIVE:
-            raise ValueError(f"only an active domain can be renewed (it is {domain['status']})")
-        try:
-            serial = self.issuer.issue([domain["hostname"]])
-        except Exception as exc:
-            self.domains.history.append(domain, "renewal failed", str(exc), actor)
-            raise
-        if not self._still_held(domain, serial):
-            raise ValueError(f"{domain['hostname']} changed hands during its renewal: the "
-                             "certificate just issued is revoked")
-        return self._stored(domain, decide.renewed(domain, "renewed on request"), serial, actor)
+        """Renew an active domain's certificate at once (an operator's decision), under the
+        domain's lease as a worker's step; raises the issuer's error after recording it in the
+        timeline. ``domain``: a hostname, or the domain a caller read (then only while its
+        claim holds the hostname)."""
+        found = self.domains.current(domain)
+        if found["status"] != ACTIVE:
+            raise ValueError(f"only an active domain can be renewed (it is {found['status']})")
+        owner = f"renew-now-{uuid.uuid4().hex[:8]}"
+        with self.domains.repository.leased(found, owner, self.timing.worker_lease) as held:
+            if held is None:
+                raise ValueError(f"a worker holds this domain (for {self.timing.worker_lease:.0f}"
+                                 " s at most): try again soon")
+            try:
+                serial = self.issuer.issue([held["hostname"]])
+            except Exception as exc:
+                self.domains.history.append(held, "renewal failed", str(exc), actor)
+                raise
+            if not self._still_held(held, serial):
+                raise ValueError(f"{held['hostname']} changed hands during its renewal: the "
+                                 "certificate just issued is revoked")
+            return self._stored(held, decide.renewed(held, "renewed on request"), serial, actor)
 
     def suspend(self, domain: str | Item, actor: str = "admin") -> Item:
         """Take a domain off the edge and keep it off until :meth:`resume` (``domain``: as
@@ -335,7 +341,8 @@ class Lifecycle:
             domain = self.domains.get(domain)
         name = domain["hostname"]
         return self.domains.remove(domain, actor, effects=[
-            outbox.route(name, None), outbox.disable_links(name), outbox.revoke_held(domain),
+            outbox.route(name, None), outbox.disable_links(name), outbox.revoke_held(
+                domain, self.issuer.serial_of(name) or ""),
             _webhook("domain.removed", domain, "removed"), *pairs.removal_effects(domain)])
 
     def publish_routes(self) -> None:
@@ -386,11 +393,6 @@ class Lifecycle:
 def _holding(step: Step, serial: str | None) -> Step:
     """``step`` also recording the claim's certificate (None: not known which it is)."""
     return dataclasses.replace(step, changes={**step.changes, outbox.HELD_SERIAL: serial})
-
-
-def _revoking(domain: Item) -> bool:
-    """Whether ``domain``'s outbox still has a certificate to revoke (a previous holder's)."""
-    return any(outbox.kind_of(entry) == outbox.REVOKE for entry in domain.get(outbox.OUTBOX) or [])
 
 
 def _webhook(event_type: str, domain: Item, status: str, **extra: object) -> Item:

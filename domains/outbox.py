@@ -71,9 +71,13 @@ def revoke(hostname: str, serial: str | None = None, upload_id: str | None = Non
             **{key: value for key, value in named.items() if value is not None}}
 
 
-def revoke_held(domain: Item) -> Item:
-    """The revoke entry of what ``domain``'s claim holds, as its item records it."""
-    return revoke(domain["hostname"], domain.get(HELD_SERIAL), domain.get(HELD_UPLOAD))
+def revoke_held(domain: Item, stored: str | None = None) -> Item:
+    """The revoke entry of what ``domain``'s claim holds: the certificate ``stored`` now under
+    its hostname ("" for none), read by the caller as it writes the entry, since the item's
+    ``certificate_serial`` may lag a renewal (stored by a replica of the release before, or
+    whose domain write failed); else the one the item records. And its upload."""
+    serial = domain.get(HELD_SERIAL) if stored is None else stored
+    return revoke(domain["hostname"], serial, domain.get(HELD_UPLOAD))
 
 
 def disable_links(hostname: str) -> Item:
@@ -84,6 +88,11 @@ def disable_links(hostname: str) -> Item:
 
 def kind_of(entry: Item) -> str:
     return str(entry.get("kind") or EVENT)  # entries written before kinds were all events
+
+
+def revoking(domain: Item) -> bool:
+    """Whether ``domain``'s outbox still has a certificate to revoke (a previous holder's)."""
+    return any(kind_of(entry) == REVOKE for entry in domain.get(OUTBOX) or [])
 
 
 def with_entries(domain: Item, now: float, entries: list[Item]) -> Item:

@@ -26,6 +26,9 @@ class CertificateIssuer(Protocol):
     def holds(self, hostname: str) -> bool:
         """Whether a certificate of ``hostname`` is stored and not due for renewal."""
 
+    def serial_of(self, hostname: str) -> str | None:
+        """The serial of the certificate stored for ``hostname`` (None: none is)."""
+
 
 class RoutePublisher(Protocol):
     def publish(self, routes_of: Callable[[set[str]], dict[str, RouteValue]]) -> None:

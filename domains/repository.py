@@ -8,6 +8,7 @@ is domains/drain.py's job, never this module's.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Any, Callable, Iterable, Iterator
 
@@ -266,6 +267,17 @@ class DomainRepository:
                                        "lease_until": now + seconds})
         except ConflictError:
             return None
+
+    @contextlib.contextmanager
+    def leased(self, domain: Item, owner: str, seconds: float) -> Iterator[Item | None]:
+        """``domain`` held under ``owner``'s lease for the block (None: another worker holds
+        it), handed back after."""
+        leased = self.lease(domain, owner, seconds)
+        try:
+            yield leased
+        finally:
+            if leased is not None:
+                self.release(domain["hostname"], owner)
 
     def release(self, hostname: str, owner: str) -> bool:
         """End ``owner``'s lease on ``hostname`` early; False if it no longer holds one."""

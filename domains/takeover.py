@@ -73,8 +73,12 @@ class TakeoverRefused(DomainError):
 
 class Takeovers:
     def __init__(self, domains: DomainService, table: Table, checker: TxtChecker, *,
-                 ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.time) -> None:
+                 ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.time,
+                 serial_of: Callable[[str], str | None] | None = None) -> None:
+        """``serial_of``: the certificate stored under a hostname, which the takeover's revoke
+        names (else the one the holder's item records: outbox.revoke_held)."""
         self.domains = domains
+        self._serial_of = serial_of
         self.table = table
         self._checker = checker
         self._ttl = ttl
@@ -236,7 +240,8 @@ class Takeovers:
                           f"TXT {takeover_name(name)} (was {holder['status']})", actor),
             history.event(fresh, "taken over", "moved here from another publication: the "
                           f"owner of its DNS proved it with TXT {takeover_name(name)}", actor),
-            outbox.route(name, None), outbox.revoke_held(holder), outbox.disable_links(name),
+            outbox.route(name, None), outbox.disable_links(name), outbox.revoke_held(
+                holder, None if self._serial_of is None else self._serial_of(name) or ""),
             outbox.webhook(TAKEN_OVER, hostname=name, publication_id=holder["publication_id"],
                            status="taken_over", previous_status=holder["status"]),
             *(pairs.removal_effects(holder) if holder.get("pair_role") == "primary" else [])])

@@ -202,3 +202,20 @@ def test_a_rate_limited_renewal_info_question_keeps_the_last_answer_until_retry_
         assert ca.renewal_info_requests == 2, "not asked again before its Retry-After"
     finally:
         ca.stop()
+
+
+def test_a_429_on_renewal_info_is_kept_a_day_at_most(
+        services_with: ServicesWith, pebble: PebbleStack) -> None:
+    """As a renewalInfo answer's own Retry-After (RFC 9773): a year would hide a window the CA
+    moves meanwhile (a mass revocation) for that certificate."""
+    ca = BusyAri(pebble)
+    try:
+        services = services_with(**behind(ca, pebble))
+        with serving(create_app(services), pebble.http_port):
+            services.issuer.issue(["busy.example.test"])
+        ca.busy_for = str(365 * 86400)
+        services.issuer.renewal_due("busy.example.test", datetime.datetime.now(UTC))
+        stored = services.certificates.raw("busy.example.test")
+        assert stored is not None and stored["ari_ask_again_at"] <= time.time() + 86400
+    finally:
+        ca.stop()

@@ -53,8 +53,13 @@ class Issuer:
     def issue(self, hostnames: list[str]) -> None:
         self._certificates.save(hostnames, self_signed(hostnames[0], KEY)[0], KEY_PEM)
 
-    def discard(self, hostnames: list[str]) -> None:
-        self._certificates.delete(hostnames[0])
+    def discard(self, hostnames: list[str], serial: str | None = None) -> None:
+        stored = self._certificates.raw(hostnames[0])
+        if stored is not None and serial in (None, stored["serial"]):
+            self._certificates.delete(hostnames[0])
+
+    def serial_of(self, hostname: str) -> str | None:
+        return self._certificates.serial_of(hostname)
 
     def renewal_due(self, hostname: str) -> bool:
         return False

@@ -13,6 +13,7 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from admin_app import create_app
 from certs.store import CERTIFICATES, CertificateStore, ReplacedMeanwhile
 from control.wiring import Services
 from devtools.pebble import PebbleStack
@@ -20,6 +21,7 @@ from domains import outbox
 from kit.vault import KeyVault
 from kit.x509 import self_signed
 from store import Backend, Item
+from tests.conftest import serving
 from tests.test_takeover import Zone
 from tests.test_takeover_e2e import go_live, services, zone  # noqa: F401  (fixtures)
 
@@ -161,3 +163,20 @@ def test_a_late_revocation_forgets_only_the_upload_it_names(
     assert custom.uploads.table.get(HOST) is not None
     custom.forget({"kind": outbox.REVOKE, "hostname": HOST, "id": "old", "claim": "c"})
     assert custom.uploads.table.get(HOST) is None
+
+
+def test_a_removal_revokes_the_certificate_stored_even_if_the_item_lags_it(
+        services: Services, pebble: PebbleStack, zone: Zone) -> None:  # noqa: F811
+    """A renewal the domain's item does not record (a replica of the release before renewed,
+    or the renewal's domain write failed): the removal still names the certificate stored, and
+    the hostname's next owner orders its own rather than serve the removed domain's."""
+    services.domains.connect(HOST, "pub_a")
+    first = go_live(services, pebble, zone, "pub_a")
+    with serving(create_app(services), pebble.http_port):
+        second = services.issuer.issue([HOST])  # as the release before renews: no serial kept
+    assert second != first and services.domains.get(HOST)[outbox.HELD_SERIAL] == first
+    services.lifecycle.remove(HOST)
+    assert services.certificates.get(HOST) is None, "the removed domain's certificate went"
+    assert pebble.certificate_status(second) == "Revoked"
+    services.domains.connect(HOST, "pub_c")
+    assert go_live(services, pebble, zone, "pub_c") not in (first, second)

@@ -61,7 +61,9 @@ def services(services_with: ServicesWith, settings: Settings, zone: Zone,  # noq
 
 
 def live(services: Services, zone: Zone, publication: str) -> str:  # noqa: F811
-    """``publication``'s records in the zone, worker rounds until active; its serial."""
+    """``publication``'s records in the zone, worker rounds until active; its serial. The
+    worker's leases are then handed back (as at its stop), so an operator's renewal may take
+    the domain at once."""
     token = services.domains.get(HOST)["token"]
     zone.set("cname", "blog CNAME edge.platform.test.")
     zone.set("challenge", f'_edge-challenge.blog TXT "{token}"')
@@ -75,6 +77,7 @@ def live(services: Services, zone: Zone, publication: str) -> str:  # noqa: F811
     services.lifecycle.check_now(HOST)
     wait_until(round_done, 60, f"{HOST} active for {publication}",
                lambda: services.domains.get(HOST), interval=0.05)
+    services.lifecycle.release_leases()
     stored = services.certificates.get(HOST)
     assert stored is not None
     return stored.serial
@@ -120,3 +123,25 @@ def test_a_renewal_that_outlived_its_claim_leaves_the_next_holders_certificate(
         "the old holder's order replaced the new holder's certificate"
     assert pebble.certificate_status(second) != "Revoked"
     assert services.domains.get(HOST)["publication_id"] == "pub_b"
+
+
+def test_a_renewal_asked_while_one_runs_is_refused_and_the_first_stores_its_own(
+        services: Services, pebble: PebbleStack, zone: Zone,  # noqa: F811
+        proxy: SlowFinalization) -> None:
+    """A double click on "renew" (or the admin's renew beside the worker's): the second used to
+    resume the first's order, store its certificate first, and the first then failed as if the
+    hostname had changed hands. A renewal holds the domain's lease, as a worker's step does."""
+    with serving(create_app(services), pebble.http_port):
+        services.domains.connect(HOST, "pub_a")
+        first = live(services, zone, "pub_a")
+        proxy.armed = True
+        renewal, raised = in_thread(lambda: services.lifecycle.renew_now(HOST))
+        assert proxy.held.wait(60)
+        with pytest.raises(ValueError, match="a worker holds this domain"):
+            services.lifecycle.renew_now(HOST)
+        proxy.released.set()
+        renewal.join(60)
+    assert raised == []
+    stored = services.certificates.get(HOST)
+    assert stored is not None and stored.serial not in (first, None)
+    assert services.domains.get(HOST).get("lease_owner") is None, "the lease was handed back"
