@@ -223,11 +223,11 @@ def _remove(domain: Item) -> None:
             services.lifecycle.remove(domain, actor=f"admin:{user()}")
             return
         except ConflictError:
-            changed = _changed(domain)
-            if changed is not None and changed.now is None:
+            now = services.domains.find(domain["hostname"])  # one read: the claim and the
+            if now is None:  # item retried are the same
                 return  # removed meanwhile: the admin's wish holds
-            if changed is not None:
-                raise changed from None
+            if now["claim"] != domain["claim"]:
+                raise ChangedHands(domain["hostname"], now) from None
             if attempt == 2:
                 raise
-            domain = services.domains.get(domain["hostname"])
+            domain = now

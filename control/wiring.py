@@ -186,22 +186,21 @@ class Services:
         links.subscribe(link_followers(resolver, publisher))
         sso = _sso(settings, backend, sso_keys, domains, clock)
         sweeper = ExpirySweeper([domains.events, webhooks.table, edge_state.reports,
-                                 challenges.table, backend.table(ORDERS),
-                                 backend.table(SSO_CODES), backend.table(LINK_DAYS),
-                                 backend.table(TAKEOVERS)],
+                                 challenges.table, *(backend.table(spec) for spec in (
+                                     ORDERS, SSO_CODES, LINK_DAYS, TAKEOVERS))],
                                 settings.sweep_batch, clock=clock)
         takeovers = Takeovers(domains, backend.table(TAKEOVERS), checker, clock=clock,
                               serial_of=certificates.serial_of)
+        moves = Mover(edge_shards, shards, backend.table(EDGE_MOVES),
+                      settings.shard_move_grace_seconds, settings.worker_interval,
+                      timing.worker_lease, owner=lifecycle.worker_id, clock=clock,
+                      links_of=lambda host: [link_id(link["domain"], link["slug"])
+                                             for link in links.links_on(host)])
         return cls(settings, backend, domains, challenges, certificates, issuer, edge_state,
                    edge_shards, lifecycle, webhooks, links, resolver, publisher,
                    PublicationTokens(backend.table(API_TOKENS), clock=clock),
                    Platform.from_settings(settings), sso, sweeper, custom, takeovers, clock,
-                   shards=shards,
-                   moves=Mover(edge_shards, shards, backend.table(EDGE_MOVES),
-                               settings.shard_move_grace_seconds, settings.worker_interval,
-                               timing.worker_lease, owner=lifecycle.worker_id, clock=clock,
-                               links_of=lambda host: [link_id(link["domain"], link["slug"])
-                                                      for link in links.links_on(host)]))
+                   shards=shards, moves=moves)
 
     def reencrypt_keys(self) -> int:
         """``edgectl keys rotate``: every stored secret, re-encrypted under the newest key."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from edge.move_counts import MoveCounts
 from edge.protocol import OLDEST, meta_version
@@ -42,7 +42,7 @@ class Moving(Protocol):
     clock: Callable[[], float]
 
     def enqueued(self, hostname: str, source: str, target: str,
-                 link: str | None) -> Counter[Pair]: ...
+                 link: str | None, more: Iterable[str] = ()) -> Counter[Pair]: ...
 
     def count(self, changes: Counter[Pair]) -> None: ...
 
@@ -255,7 +255,7 @@ class MoveSteps:
             log.info("%s moved from shard %s to %s", host, source, target)
             now = shards.assign(host)
             if now != target:  # the shard set changed again while this move ran
-                counted.update(self.mover.enqueued(host, target, now, None))
+                counted.update(self.mover.enqueued(host, target, now, None, move["links"]))
         self.mover.count(counted)
         if counted and source in shards.draining:
             self.mover.drop_drained(shards)

@@ -126,7 +126,7 @@ class Mover:
             return True
         if int(scan.get("revision") or 0) > revision:
             return False  # another replica read a later revision: its rounds go on
-        pinned = None if scan.get("revision") is None else \
+        pinned = None if scan.get("revision") in (None, revision) else \
             self.registry.pinned_since(int(scan["revision"]), revision)
         if pinned is not None:
             repinned = self._repin(scan, revision, pinned, shards)

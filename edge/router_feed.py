@@ -175,17 +175,11 @@ class RouterFeed:
 
 
 def _shards_doc(shards: ShardSet) -> dict[str, list[dict[str, object]]]:
-    """Each shard's nodes a router can name; a shard all of whose nodes are not is left out,
-    but for the one unknown hostnames go to (no router could serve without it, and every one
-    says why)."""
-    default = router_default(shards)
-    doc = {}
-    for name in shards.all_names:
-        listed = shards.shards.get(name, ())
-        found = [wire_node(node) for node in listed if routable(node)]
-        if found or not listed or name == default:
-            doc[name] = found
-    return doc
+    """Each shard's nodes a router can name. A shard none of whose nodes it can name stays,
+    with none: routers then refuse the map entries naming it, and say so (left out, they
+    would send its hostnames to the default shard, which holds none of their certificates)."""
+    return {name: [wire_node(node) for node in shards.shards.get(name, ()) if routable(node)]
+            for name in shards.all_names}
 
 
 _ROUTABLE = re.compile(r"[A-Za-z0-9.-]{1,253}")

@@ -172,7 +172,8 @@ class StateChanges(Reconciliation):
             "config": config.to_json(), "revision": revision, "pending": pending,
             "published_at": self._clock(),
             "compacted_revision": meta.get("compacted_revision", 0) if meta else 0,
-            "forced_version": meta.get("forced_version") if meta else None,
+            "forced_version": meta.get("forced_version")  # a force ends with the version
+            if meta and meta["edge_version"] == version else None,
             **({"routes_count": int((meta or {}).get("routes_count", 0)) + added}
                if not meta or "routes_count" in meta else {}),  # none: a version item of old
             **feed_log.advanced(meta, revision, overwritten,

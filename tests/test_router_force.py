@@ -83,3 +83,23 @@ def test_the_force_is_in_the_delta_a_router_behind_asks_for(
     got = requests.get(f"{url}/api/v1/edge/router", params={"since": before["revision"]},
                        headers=EDGE, timeout=10).json()
     assert got["delta"] is True and got["force"] is True
+
+
+def test_a_force_ends_for_good_with_the_next_change(control: tuple[Services, str]) -> None:
+    """The map coming back later to the very content that was forced (emptied again, by a bug
+    this time) is not forced again: the force named one version, once."""
+    services, url = control
+    state, registry = services.edge_shards, services.shards
+    assert registry is not None
+    for n, shard in enumerate((DEFAULT_SHARD, "a")):
+        registry.put_shard(shard, [ShardNode(f"127.0.0.{n + 2}", 8443, 8080)])
+    hosts = [f"f{n}.force.test" for n in range(30)]
+    state.change({host: ("pub_1", self_signed(host)[1]) for host in hosts}, CONFIG)
+    on_a = [host for host in hosts if registry.load().assign(host) == "a"]
+    state.change({host: None for host in on_a})
+    assert force(url, offered(url)["version"]).status_code == 200
+    assert offered(url)["force"] is True
+    state.change({host: ("pub_1", self_signed(host)[1]) for host in on_a})
+    assert offered(url).get("force") is None, "the next change ends the force"
+    state.change({host: None for host in on_a})
+    assert offered(url).get("force") is None, "nobody forced this removal"

@@ -21,7 +21,7 @@ from edge.node import EdgeNode
 from edge.router import Router, RouterError, RouterUpdate
 from edge.router_agent import RouterAgent
 from edge.router_agent import RouterFeed as AgentFeed
-from edge.shard_registry import CONFIG, ShardRefused
+from edge.shard_registry import CONFIG, ShardRefused, ShardRegistry
 from edge.shards import DEFAULT_SHARD, ShardNode
 from edge.state import EdgeConfig
 from kit.procs import free_port
@@ -94,32 +94,46 @@ def test_the_registry_refuses_an_ipv6_node_with_a_zone(control: tuple[Services, 
     services.shards.put_shard("a", [ShardNode("::1", 8443, 8080)])
 
 
+def _zone(registry: ShardRegistry, shards: dict[str, list[dict[str, object]]]) -> None:
+    """Nodes as a registry written before it refused zones may hold them."""
+    stored = registry.table.get(CONFIG)
+    assert stored is not None
+    registry.table.put({**stored, "shards": {**stored["shards"], **shards}},
+                       expected_version=stored[VERSION])
+
+
 def test_a_zoned_node_stored_before_the_check_is_left_out_and_routers_serve_the_rest(
         control: tuple[Services, str], tmp_path: Path) -> None:
     """A registry written before it refused zones may hold ``fe80::1%eth0``: the feed leaves
-    that node out (a shard left with none, too), and a real router takes the rest."""
+    that node out, and a real router takes the rest. A shard left with no node stays, empty:
+    routers refuse the map naming it and say so, rather than send its hostnames to the default
+    shard, which holds none of their certificates."""
     services, url = control
     registry = services.shards
     assert registry is not None
     registry.put_shard("a", [ShardNode("127.0.0.2", 8443, 8080)])
     registry.put_shard("z", [ShardNode("127.0.0.3", 8443, 8080)])
-    stored = registry.table.get(CONFIG)
-    assert stored is not None
     zoned = {"host": "fe80::1%eth0", "https_port": 8443, "http_port": 8080}
-    registry.table.put({**stored, "shards": {"a": [*stored["shards"]["a"], zoned],
-                                             "z": [zoned]}}, expected_version=stored[VERSION])
+    _zone(registry, {"a": [{"host": "127.0.0.2", "https_port": 8443, "http_port": 8080},
+                           zoned]})
     registry.put_shard("b", [ShardNode("127.0.0.4", 8443, 8080)])  # a change on top of it
     hosts = [f"z{n}.v6.test" for n in range(12)]
     services.edge_shards.change({host: ("pub_1", self_signed(host)[1]) for host in hosts},
                                 EdgeConfig(("127.0.0.1:9",), ("127.0.0.1:9",)))
     doc = answer(services, url)
     assert doc["shards"]["a"] == [{"host": "127.0.0.2", "https_port": 8443, "http_port": 8080}]
-    assert "z" not in doc["shards"], "no node left to forward to"
-    router, _ = router_synced(tmp_path / "router", lambda r: RouterAgent(r, url, TOKEN, "r1"))
+    router, agent = router_synced(tmp_path / "router",
+                                  lambda r: RouterAgent(r, url, TOKEN, "r1"))
     try:
         assert router.last_error is None and router.haproxy.running
-        assert router.hosts() == {host: registry.load().assign(host) for host in hosts}
-        assert "fe80" not in router.config_path.read_text()
+        served = {host: registry.load().assign(host) for host in hosts}
+        assert router.hosts() == served and "fe80" not in router.config_path.read_text()
+        _zone(registry, {"z": [zoned]})
+        registry.put_shard("b", [ShardNode("127.0.0.5", 8443, 8080)])  # read from here on
+        assert answer(services, url)["shards"]["z"] == [], "listed, with no node"
+        with pytest.raises(RouterError, match="shard 'z'"):
+            agent.sync()
+        assert router.hosts() == served and router.haproxy.running, "it serves what it had"
     finally:
         router.stop()
 

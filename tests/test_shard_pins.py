@@ -164,3 +164,35 @@ def test_a_pin_moves_the_links_the_link_service_holds_for_its_host(
     target = other(services, host)
     pinned_through(services, clock, host)
     assert link_in(services, target, key) and not link_in(services, source, key)
+
+
+@pytest.mark.parametrize("stage", ["switch", "drop"])
+def test_an_unpin_while_the_pins_move_runs_brings_the_links_back_too(
+        moving: Services, clock: FakeClock, stage: str) -> None:
+    """The move's last step starts the move back when the host's shard changed meanwhile: it
+    carried no links, so they stayed on the shard the router no longer sends the host to."""
+    host, key = HOSTS[1], f"{HOSTS[1]}/go"
+    assert moving.shards is not None
+    source = moving.shards.load().assign(host)
+    mover = mover_of(moving)
+    mover.links_of = None  # the link was made on the edge directly: read the shard's links
+    report_in_sync(moving, "a", "b")
+    mover.tick()
+    target = other(moving, host)
+    moving.shards.pin(host, target)
+    assert mover.tick() == 1, "enqueued and published"
+    if stage == "drop":
+        report_in_sync(moving, target)
+        clock.advance(3)
+        mover.tick()
+        assert moving.edge_shards.router.holding(host) == target
+    moving.shards.unpin(host)
+    for _ in range(30):
+        report_in_sync(moving, "a", "b")
+        clock.advance(31)
+        mover.tick()
+        if not mover.flying():
+            break
+    assert not mover.flying()
+    assert moving.edge_shards.router.holding(host) == source, "back where the hash says"
+    assert link_in(moving, source, key), "its link served where its host is"
