@@ -31,7 +31,7 @@ import jinja2
 from edge.errors import EdgeError
 from edge.haproxy import HAProxy
 from edge.node import Journaled
-from edge.plan import refuse_mass_delete
+from edge.plan import UnsafePlan, refuse_mass_delete
 from edge.render import ROUTER_TEMPLATE, template_folder
 from edge.runtime import RuntimeAPI, RuntimeCommandFailed
 from edge.shards import ShardNode, valid_shard_name
@@ -211,8 +211,11 @@ class Router(Journaled):
         with self._refusal_noted():
             update.validate()
             changes = self._changes(update)
-            refuse_mass_delete(self._rerouted(changes, update), len(self.hosts()),
-                               "hostnames", update.force)
+            try:  # the version named: what an operator forces (edgectl shards force-routers)
+                refuse_mass_delete(self._rerouted(changes, update), len(self.hosts()),
+                                   "hostnames", update.force)
+            except UnsafePlan as exc:
+                raise UnsafePlan(f"version {update.version}: {exc}") from None
             if self._can_hot_apply(update):
                 try:
                     self._hot_apply(changes)

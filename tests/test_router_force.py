@@ -51,12 +51,13 @@ def test_a_router_refusing_a_large_removal_takes_it_once_forced(
         state.change({host: None for host in on_a})  # every domain of shard a goes, meant
         with pytest.raises(UnsafePlan):
             agent.sync()
+        version = offered(url)["version"]
         assert router.last_error is not None and "refused unless forced" in router.last_error
+        assert f"version {version}:" in router.last_error, "what the operator forces"
         assert offered(url).get("force") is None, "nobody forced it"
 
         stale = force(url, "0123456789abcdef")
         assert stale.status_code == 409
-        version = offered(url)["version"]
         assert version in stale.json()["error"], "the refusal names the current version"
         assert force(url, version).status_code == 200
         assert offered(url)["force"] is True

@@ -91,8 +91,8 @@ def force_routers(args: argparse.Namespace, client: ControlClient) -> int:
 
 def _version(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("version", metavar="VERSION",
-                        help="the router version the routers refuse (their report's error "
-                        "names the removal; a refused force names the current version)")
+                        help="the router version the routers refuse: their error (`edgectl "
+                        "nodes`) names it with the removal; a stale one is refused")
 
 
 def _name(parser: argparse.ArgumentParser) -> None:
