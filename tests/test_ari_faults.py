@@ -16,7 +16,7 @@ from control.worker import PlatformCertificates
 from devtools.pebble import PebbleStack
 from kit.settings import Settings
 from store import Table
-from tests.conftest import FakeClock, ServicesWith, serving
+from tests.conftest import FakeClock, ServicesWith, on_pebble, serving
 from tests.faulty_ca import FaultyCa
 
 
@@ -28,8 +28,8 @@ def ca(pebble: PebbleStack) -> Iterator[FaultyCa]:
 
 
 def behind(ca: FaultyCa, pebble: PebbleStack) -> dict[str, object]:
-    return {"dns_servers": ["127.0.0.1"], "dns_port": pebble.dns_port,
-            "acme_directory_url": ca.directory_url, "acme_ca_bundle": str(pebble.listener_ca)}
+    """Settings for certificates from Pebble through ``ca``."""
+    return {**on_pebble(pebble), "acme_directory_url": ca.directory_url}
 
 
 def test_a_renewal_the_ca_rate_limits_waits_out_its_retry_after(

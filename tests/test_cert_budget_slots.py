@@ -22,6 +22,7 @@ from kit.vault import KeyVault
 from store import Backend, Table
 from tests.conftest import FakeClock, ServicesWith, on_pebble, serving
 from tests.faulty_ca import FaultyCa
+from tests.test_ari_faults import behind
 
 WEEK = 7 * 24 * HOUR
 
@@ -62,10 +63,6 @@ def ca(pebble: PebbleStack) -> Iterator[ReplacingCa]:
     proxy = ReplacingCa(pebble)
     yield proxy
     proxy.stop()
-
-
-def behind(ca: FaultyCa, pebble: PebbleStack) -> dict[str, object]:
-    return {**on_pebble(pebble), "acme_directory_url": ca.directory_url}
 
 
 def counted(budgets: Table, kind: str, subject: str) -> dict[str, int]:

@@ -19,6 +19,7 @@ from certs.issuer import IssuanceError
 from devtools.pebble import PebbleStack
 from tests.conftest import ServicesWith, on_pebble, serving
 from tests.faulty_ca import FaultyCa
+from tests.test_ari_faults import behind
 
 HOSTS = [f"batch{n}.example.test" for n in range(4)]
 UTC = datetime.timezone.utc
@@ -46,10 +47,6 @@ def new_york() -> Iterator[None]:
         else:
             os.environ["TZ"] = before
         time.tzset()
-
-
-def behind(ca: FaultyCa, pebble: PebbleStack) -> dict[str, object]:
-    return {**on_pebble(pebble), "acme_directory_url": ca.directory_url}
 
 
 def first_due(services_issuer: object, hostname: str, low: datetime.datetime,

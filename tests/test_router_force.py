@@ -13,6 +13,7 @@ import requests
 from control.wiring import Services
 from edge.plan import UnsafePlan
 from edge.router_agent import RouterAgent
+from edge.sharded_state import ShardedState
 from edge.shards import DEFAULT_SHARD, ShardNode
 from kit.x509 import self_signed
 from tests.test_edge_shards_feed import API, CONFIG, EDGE, control  # noqa: F401 (a fixture)
@@ -33,16 +34,21 @@ def force(url: str, version: str) -> requests.Response:
                          headers=PLATFORM, timeout=10)
 
 
-def test_a_router_refusing_a_large_removal_takes_it_once_forced(
-        control: tuple[Services, str], tmp_path: Path) -> None:
-    services, url = control
+def on_two_shards(services: Services) -> tuple[ShardedState, list[str]]:
+    """The default shard and ``a``, 30 routes spread over them: the state, and a's routes."""
     state, registry = services.edge_shards, services.shards
     assert registry is not None
     for n, shard in enumerate((DEFAULT_SHARD, "a")):
         registry.put_shard(shard, [ShardNode(f"127.0.0.{n + 2}", 8443, 8080)])
     hosts = [f"f{n}.force.test" for n in range(30)]
     state.change({host: ("pub_1", self_signed(host)[1]) for host in hosts}, CONFIG)
-    on_a = [host for host in hosts if registry.load().assign(host) == "a"]
+    return state, [host for host in hosts if registry.load().assign(host) == "a"]
+
+
+def test_a_router_refusing_a_large_removal_takes_it_once_forced(
+        control: tuple[Services, str], tmp_path: Path) -> None:
+    services, url = control
+    state, on_a = on_two_shards(services)
     assert len(on_a) >= 10, "enough entries for the router's mass-removal check"
     router, agent = router_synced(tmp_path / "router", lambda r: RouterAgent(
         r, url, "edge-token-0123456789", "r1", watch=0.0))
@@ -90,13 +96,7 @@ def test_a_force_ends_for_good_with_the_next_change(control: tuple[Services, str
     """The map coming back later to the very content that was forced (emptied again, by a bug
     this time) is not forced again: the force named one version, once."""
     services, url = control
-    state, registry = services.edge_shards, services.shards
-    assert registry is not None
-    for n, shard in enumerate((DEFAULT_SHARD, "a")):
-        registry.put_shard(shard, [ShardNode(f"127.0.0.{n + 2}", 8443, 8080)])
-    hosts = [f"f{n}.force.test" for n in range(30)]
-    state.change({host: ("pub_1", self_signed(host)[1]) for host in hosts}, CONFIG)
-    on_a = [host for host in hosts if registry.load().assign(host) == "a"]
+    state, on_a = on_two_shards(services)
     state.change({host: None for host in on_a})
     assert force(url, offered(url)["version"]).status_code == 200
     assert offered(url)["force"] is True
