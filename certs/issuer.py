@@ -18,7 +18,7 @@ from certs.challenges import ChallengeStore
 from certs.errors import CertsError
 from certs.keys import generate_key, key_from_pem, key_to_pem, make_csr
 from certs.limits import BudgetExceeded, RateBudget
-from certs.network import (ALREADY_REPLACED, ARI_ASK_LIMITS, RATE_LIMITED_WAIT, RateLimited,
+from certs.network import (ALREADY_REPLACED, RATE_LIMITED_WAIT, RateLimited, ask_limited,
                            no_order_created, offers, renewal_window)
 from certs.orders import OrderJournal, fetch_order, finished_serial, new_order_replacing
 from certs.store import CertificateStore, ReplacedMeanwhile
@@ -160,7 +160,7 @@ class AcmeIssuer:
             self._certificates.remember_renewal(item, None, at + wait)
             return None
         except RateLimited as exc:  # what we knew stands until the CA answers (a day at most)
-            again = min(max(exc.retry_after, at + ARI_ASK_LIMITS[0]), at + ARI_ASK_LIMITS[1])
+            again = ask_limited(exc.retry_after, at)
             self._certificates.remember_renewal(item, item.get("ari_renew_at"), again)
             return item.get("ari_renew_at")
         except (errors.Error, messages.Error, OSError) as exc:

@@ -129,9 +129,14 @@ def renewal_window(acme: client.ClientV2, cert: x509.Certificate, now: float,
     start, end = window.start.timestamp(), window.end.timestamp()
     if end < start:
         raise ValueError("the suggested window ends before it starts")
-    low, high = ARI_ASK_LIMITS
     ask_again = retry_after(response.headers.get("Retry-After"), now, default_wait)
-    return RenewalWindow(start, end, min(max(ask_again, now + low), now + high))
+    return RenewalWindow(start, end, ask_limited(ask_again, now))
+
+
+def ask_limited(when: float, now: float) -> float:
+    """When to ask for renewalInfo again, ``when`` held within ``ARI_ASK_LIMITS`` of now."""
+    low, high = ARI_ASK_LIMITS
+    return min(max(when, now + low), now + high)
 
 
 def offers(directory: messages.Directory, resource: str) -> bool:
